@@ -1,0 +1,1 @@
+"""Subcommands of the ``trackserve`` command, one module each (see :mod:`trackserve.cli`)."""

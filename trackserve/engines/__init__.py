@@ -1,0 +1,1 @@
+"""Per-device engines: ONNX Runtime sessions (and, with the GPU issue, TensorRT)."""

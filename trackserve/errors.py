@@ -1,0 +1,61 @@
+"""The exceptions trackserve raises, one class per kind of problem.
+
+Every error carries a message that says what is wrong and, where it can, what to do.
+All derive from :class:`TrackserveError`, so a caller can catch them in one place;
+the ``trackserve`` command prints their message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class TrackserveError(Exception):
+    """Base class of every error raised on purpose by trackserve."""
+
+
+class EventFormatError(TrackserveError, ValueError):
+    """An event file is malformed: missing column, bad value, duplicated id, inconsistent truth.
+
+    The message names the file and, where it applies, the column and the (1-based, header
+    excluded) data row.
+    """
+
+    def __init__(self, message: str, *, path=None, column: str | None = None, row: int | None = None):
+        self.path = None if path is None else str(path)
+        self.column = column
+        self.row = row
+        where = []
+        if self.path is not None:
+            where.append(f"file {self.path}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        if row is not None:
+            where.append(f"row {row}")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+
+
+class GeometryError(TrackserveError, ValueError):
+    """The detector geometry file is malformed or does not describe the expected layers."""
+
+
+class BundleError(TrackserveError, ValueError):
+    """A bundle (``pipeline.json`` and its network files) is missing, corrupt or inconsistent."""
+
+
+class ExportParityError(TrackserveError):
+    """An exported ONNX network does not compute what the PyTorch network computes.
+
+    The message lists every output with its maximum difference and the tolerance.
+    """
+
+
+class CheckpointImportError(TrackserveError, ValueError):
+    """A checkpoint cannot be mapped onto one of trackserve's network definitions."""
+
+
+class InputError(TrackserveError, ValueError):
+    """Input arrays given to the runtime are invalid (shape, dtype, NaN, size limits)."""
+
+
+class BackendUnavailableError(TrackserveError, RuntimeError):
+    """An optional backend (torch, TensorRT, CuPy, FAISS, Triton) is not installed or has no device."""

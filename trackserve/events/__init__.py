@@ -1,0 +1,1 @@
+"""Events: TrackML CSV I/O, node features, truth graph, detector simulation, tracking metrics."""

@@ -1,0 +1,106 @@
+"""The in-memory event: TrackML tables as columns of numpy arrays.
+
+A *table* is a ``dict`` mapping a column name to a 1-D numpy array; all columns of one
+table have the same length. The column names and dtypes follow the TrackML challenge
+files (https://www.kaggle.com/c/trackml-particle-identification/data). The schemas below
+are the single place where they are written down: the reader, the writer and the
+simulation all use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+import numpy as np
+
+Table = Dict[str, np.ndarray]
+
+#: Required columns of each TrackML file kind, in file order, with their dtype.
+HITS_COLUMNS: dict[str, type] = {
+    "hit_id": np.int64,
+    "x": np.float64,
+    "y": np.float64,
+    "z": np.float64,
+    "volume_id": np.int64,
+    "layer_id": np.int64,
+    "module_id": np.int64,
+}
+TRUTH_COLUMNS: dict[str, type] = {
+    "hit_id": np.int64,
+    "particle_id": np.int64,
+    "tx": np.float64,
+    "ty": np.float64,
+    "tz": np.float64,
+    "tpx": np.float64,
+    "tpy": np.float64,
+    "tpz": np.float64,
+    "weight": np.float64,
+}
+PARTICLES_COLUMNS: dict[str, type] = {
+    "particle_id": np.int64,
+    "vx": np.float64,
+    "vy": np.float64,
+    "vz": np.float64,
+    "px": np.float64,
+    "py": np.float64,
+    "pz": np.float64,
+    "q": np.int64,
+    "nhits": np.int64,
+}
+#: Columns a particles file may carry in addition (the challenge files have it, some
+#: public full-event tables do not).
+PARTICLES_OPTIONAL_COLUMNS: dict[str, type] = {"particle_type": np.int64}
+CELLS_COLUMNS: dict[str, type] = {
+    "hit_id": np.int64,
+    "ch0": np.int64,
+    "ch1": np.int64,
+    "value": np.float64,
+}
+
+#: File kinds and their schemas, as in ``event<id>-<kind>.csv[.gz]``.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "hits": HITS_COLUMNS,
+    "truth": TRUTH_COLUMNS,
+    "particles": PARTICLES_COLUMNS,
+    "cells": CELLS_COLUMNS,
+}
+
+
+def table_length(table: Table) -> int:
+    """Number of rows of a table (0 for a table with no columns)."""
+    for column in table.values():
+        return int(len(column))
+    return 0
+
+
+def empty_table(schema: dict[str, type]) -> Table:
+    """A table with the schema's columns and no rows."""
+    return {name: np.zeros(0, dtype=dtype) for name, dtype in schema.items()}
+
+
+@dataclass
+class Event:
+    """One TrackML event.
+
+    ``hits`` is always present; ``truth``, ``particles`` and ``cells`` are ``None`` when
+    the corresponding file was not read or does not exist. ``source`` records where the
+    event came from (a path prefix), for error messages.
+    """
+
+    event_id: int
+    hits: Table
+    truth: Table | None = None
+    particles: Table | None = None
+    cells: Table | None = None
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def num_hits(self) -> int:
+        """Number of hits in the event."""
+        return table_length(self.hits)
+
+    @property
+    def name(self) -> str:
+        """The TrackML file prefix of this event, ``event<id zero-padded to 9>``."""
+        return f"event{self.event_id:09d}"

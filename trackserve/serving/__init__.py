@@ -1,0 +1,1 @@
+"""Serving in NVIDIA Triton Inference Server: repository writer, launcher, client, load generator."""

@@ -1,0 +1,1 @@
+"""Training loops that produce a bundle (needs torch)."""

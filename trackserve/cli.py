@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module under :mod:`trackserve.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``handler`` to a function
-``handler(args) -> int``. Modules import their heavy dependencies (torch, onnx) inside
+``handler(args) -> int``, and an ``ORDER`` integer that places it in ``--help``.
+Modules are discovered, so adding a subcommand is adding a module. Modules import their heavy dependencies (torch, onnx) inside
 the handler, so ``trackserve --help`` and the lean jobs stay fast and torch-free.
 """
 
@@ -10,16 +11,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
 from . import __version__
 from .errors import TrackserveError
 
-#: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = [
-    "simulate",
-    "evaluate",
-]
+
+def command_modules() -> list:
+    """The subcommand modules of :mod:`trackserve.commands`, ordered by their ``ORDER`` constant."""
+    from . import commands
+
+    modules = [
+        importlib.import_module(f"trackserve.commands.{info.name}")
+        for info in pkgutil.iter_modules(commands.__path__)
+        if not info.name.startswith("_")
+    ]
+    return sorted(modules, key=lambda module: (getattr(module, "ORDER", 100), module.__name__))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"trackserve {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"trackserve.commands.{name}")
+    for module in command_modules():
         module.register(subparsers)
     return parser
 

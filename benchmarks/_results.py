@@ -1,0 +1,52 @@
+"""Shared helpers of the benchmark scripts: machine description and RESULTS.md sections.
+
+Each benchmark owns one section of ``benchmarks/RESULTS.md``, delimited by HTML comment
+markers, and rewrites only that section, so benchmarks can be rerun independently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+from pathlib import Path
+
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+_HEADER = "# Benchmark results\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
+
+
+def machine_description() -> str:
+    """One line naming the machine: CPU model, core count, memory, Python and date (UTC)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f", {int(line.split()[1]) / 2**20:.0f} GiB"
+                break
+    except OSError:
+        pass
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, {date}"
+
+
+def write_section(name: str, markdown: str, path: Path = RESULTS_PATH) -> Path:
+    """Replace (or append) the section ``name`` of RESULTS.md with ``markdown``."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    text = path.read_text() if path.exists() else _HEADER
+    block = f"{begin}\n{markdown.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _match: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path

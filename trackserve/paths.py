@@ -1,0 +1,28 @@
+"""Where trackserve finds the files it ships: sample data, geometry and the default bundle.
+
+They live next to the package in the repository (``data/`` and ``models/default/``);
+the package is meant to be installed from a checkout (``pip install -e .``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import TrackserveError
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPOSITORY_ROOT / "data"
+DEFAULT_GEOMETRY = DATA_DIR / "detectors.csv"
+SAMPLE_EVENT = DATA_DIR / "event000000001"
+DEFAULT_BUNDLE = REPOSITORY_ROOT / "models" / "default"
+
+
+def shipped_path(path: Path, what: str) -> Path:
+    """Return ``path`` if it exists, else raise an error naming ``what`` is missing and how to get it."""
+    candidates = [path] + [path.with_name(path.name + suffix) for suffix in ("-hits.csv.gz", "-hits.csv")]
+    if any(candidate.exists() for candidate in candidates):
+        return path
+    raise TrackserveError(
+        f"the {what} shipped with trackserve is missing ({path}); trackserve looks for it in its "
+        "repository checkout: install with `pip install -e .` from a clone, or give the path explicitly"
+    )

@@ -13,7 +13,7 @@ class TrackserveError(Exception):
 
 
 class EventFormatError(TrackserveError, ValueError):
-    """An event file is malformed: missing column, bad value, duplicated id, inconsistent truth.
+    """An event file is missing or malformed: missing column, bad value, duplicated id, inconsistent truth.
 
     The message names the file and, where it applies, the column and the (1-based, header
     excluded) data row.
@@ -46,6 +46,12 @@ class ExportParityError(TrackserveError):
     """An exported ONNX network does not compute what the PyTorch network computes.
 
     The message lists every output with its maximum difference and the tolerance.
+    """
+
+
+class ExportError(TrackserveError, ValueError):
+    """A network cannot be exported to ONNX at all: its forward fails on its kind's inputs,
+    it returns the wrong shape or dtype, its input size is unknown, or the exporter fails.
     """
 
 

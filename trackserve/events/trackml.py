@@ -2,19 +2,528 @@
 
 Files are named ``<prefix>-<kind>.csv`` or ``<prefix>-<kind>.csv.gz`` where ``kind`` is
 one of ``hits``, ``truth``, ``particles``, ``cells`` and ``prefix`` is usually
-``event<id zero-padded to 9 digits>``. The column schemas live in
-:mod:`trackserve.events.event`.
+``event<id zero-padded to 9 digits>`` (any other prefix, such as ``20-density``, is
+accepted too). The column schemas live in :mod:`trackserve.events.event`.
+
+Reading conventions, shared by every reader here:
+
+* A table file must start with a header line naming its columns; the columns may come
+  in any order. Columns the schema does not know, and unnamed columns (such as a pandas
+  index), are ignored: they are not kept in the returned table. A missing required
+  column, or a name given twice, is an error naming it.
+* A file with a header and no data rows is a valid empty table; a file with no header
+  at all (zero bytes or only blank lines) is an error.
+* Errors are :class:`~trackserve.errors.EventFormatError` naming the file and, where it
+  applies, the column and the *row*: data rows are numbered from 1 for the first data
+  line after the header; empty lines are skipped and not counted.
+* Float columns must be finite: ``nan`` or ``inf`` is an error naming column and row.
+* ``.gz`` files are decompressed; a gzip-compressed file is also recognised by its
+  content whatever its name.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import re
+import warnings
+import zlib
 from pathlib import Path
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .event import SCHEMAS, Event, Table, table_length
+from ..errors import EventFormatError
+from .event import (
+    CELLS_COLUMNS,
+    HITS_COLUMNS,
+    PARTICLES_COLUMNS,
+    PARTICLES_OPTIONAL_COLUMNS,
+    SCHEMAS,
+    TRUTH_COLUMNS,
+    Event,
+    Table,
+    empty_table,
+)
+
+#: The optional parts of an event, read by :func:`read_event` when present.
+EVENT_PARTS: tuple[str, ...] = ("truth", "particles", "cells")
+
+_FILE_NAME = re.compile(r"^(?P<prefix>.+)-(?P<kind>hits|truth|particles|cells)\.csv(?:\.gz)?$")
+_EVENT_ID = re.compile(r"event(\d+)")
+_INTEGER_TEXT = re.compile(r"^[+-]?\d+$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_MAX_LISTED = 5
+
+# --------------------------------------------------------------------------- reading text
+
+
+def _read_text(path: Path) -> str:
+    """The whole text of a (possibly gzip-compressed) file, or an error naming the file."""
+    if not path.exists():
+        raise EventFormatError("the file does not exist", path=path)
+    if path.is_dir():
+        raise EventFormatError("is a directory, not a CSV file", path=path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b" or path.name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise EventFormatError(f"is not a valid gzip file ({exc}); recompress it or drop the .gz suffix", path=path) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventFormatError(f"is not UTF-8 text (byte {exc.start}): is it really a CSV file?", path=path) from None
+
+
+def _data_lines(body: str, first_line: int = 2) -> Iterator[tuple[int, int, str]]:
+    """``(row, line, text)`` of each non-empty line of ``body``, whose first line is file line ``first_line``."""
+    row = 0
+    for offset, text in enumerate(body.split("\n")):
+        text = text.rstrip("\r")
+        if text == "":
+            continue
+        row += 1
+        yield row, offset + first_line, text
+
+
+def _describe_dtype(dtype) -> str:
+    return "an integer" if np.issubdtype(np.dtype(dtype), np.integer) else "a number"
+
+
+def _field_parses(text: str, dtype) -> bool:
+    """Whether ``text`` is a valid value of ``dtype`` (int64 in range, or a float literal)."""
+    text = text.strip()
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        return bool(_INTEGER_TEXT.match(text)) and _INT64_MIN <= int(text) <= _INT64_MAX
+    if "_" in text or text == "":
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _diagnose_table(path: Path, body: str, num_fields: int, selected, reason: str) -> EventFormatError:
+    """Find the first bad data line of a table file (slow path, only after the fast parser failed)."""
+    for row, line, text in _data_lines(body):
+        fields = text.split(",")
+        if len(fields) != num_fields:
+            return EventFormatError(
+                f"line {line} has {len(fields)} fields but the header names {num_fields} columns",
+                path=path,
+                row=row,
+            )
+        for name, dtype, index in selected:
+            if not _field_parses(fields[index], dtype):
+                return EventFormatError(
+                    f"cannot read {fields[index].strip()!r} (line {line}) as {_describe_dtype(dtype)}",
+                    path=path,
+                    column=name,
+                    row=row,
+                )
+    return EventFormatError(f"cannot be parsed: {reason}", path=path)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_header(path: Path, text: str) -> tuple[list[str], str]:
+    """Split a table file's text into its header names and the body after the header line."""
+    if text.strip() == "":
+        raise EventFormatError("the file is empty: a TrackML table needs a header line naming its columns", path=path)
+    newline = text.find("\n")
+    header, body = (text, "") if newline < 0 else (text[:newline], text[newline + 1 :])
+    names = [name.strip() for name in header.lstrip("\ufeff").rstrip("\r").split(",")]
+    seen: set[str] = set()
+    for name in names:
+        if name == "":
+            continue  # an unnamed column (such as a pandas index) is never read
+        if name in seen:
+            raise EventFormatError("the column appears twice in the header", path=path, column=name)
+        seen.add(name)
+    return names, body
+
+
+def read_table(
+    path: str | Path,
+    schema: Mapping[str, type],
+    optional: Mapping[str, type] | None = None,
+) -> Table:
+    """Read a CSV file with a header into a table of the ``schema``'s columns.
+
+    ``schema`` maps each required column to its dtype (``np.int64`` or ``np.float64``);
+    ``optional`` maps columns read when the file has them. The table holds the required
+    columns in schema order, then the optional ones present; other columns of the file
+    are ignored. Parsing uses numpy's C reader (about 0.1 s for 100k hits); only when it
+    fails is the file scanned again line by line to name the bad row and column.
+
+    Raises :class:`EventFormatError` (file, column, row) for a missing file, an empty
+    file, a missing column, a line with the wrong number of fields, a value that does
+    not parse, and a non-finite value in a float column. A header-only file gives a
+    table with zero rows.
+    """
+    path = Path(path)
+    optional = dict(optional or {})
+    names, body = _parse_header(path, _read_text(path))
+    missing = [name for name in schema if name not in names]
+    if missing:
+        hint = ""
+        if all(_looks_numeric(name) for name in names):
+            hint = " (the first line looks like data: TrackML files need a header line)"
+        raise EventFormatError(
+            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+            f"the header has {', '.join(names)}{hint}",
+            path=path,
+            column=missing[0] if len(missing) == 1 else None,
+        )
+    wanted = dict(schema)
+    wanted.update({name: dtype for name, dtype in optional.items() if name in names and name not in schema})
+    selected = [(name, np.dtype(dtype), names.index(name)) for name, dtype in wanted.items()]
+    if body.strip("\r\n") == "":
+        return empty_table(wanted)
+
+    record = np.dtype([(name, dtype) for name, dtype, _ in selected])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            data = np.loadtxt(
+                io.StringIO(body),
+                dtype=record,
+                delimiter=",",
+                usecols=[index for _, _, index in selected],
+                comments=None,
+                ndmin=1,
+            )
+    except ValueError as exc:
+        raise _diagnose_table(path, body, len(names), selected, str(exc)) from None
+    if body.count(",") != len(data) * (len(names) - 1):
+        # usecols lets lines with extra fields through: find the ragged line.
+        raise _diagnose_table(path, body, len(names), selected, "the number of fields varies between lines")
+
+    table: Table = {}
+    for name, dtype, _ in selected:
+        column = np.ascontiguousarray(data[name])
+        if np.issubdtype(dtype, np.floating):
+            bad = ~np.isfinite(column)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise EventFormatError(
+                    f"value {column[row]} is not finite (NaN and infinity are not allowed)",
+                    path=path,
+                    column=name,
+                    row=row + 1,
+                )
+        table[name] = column
+    return table
+
+
+def read_feature_csv(path: str | Path, num_features: int | None = None) -> np.ndarray:
+    """Read a headerless numeric CSV of node features (one hit per line) as float32 ``[N, F]``.
+
+    This is the input format of the published ExaTrkX service (e.g. its ``lrt_events``).
+    Every line must have the same number of values, each a finite number also in
+    float32. An empty file gives ``[0, num_features]`` (``[0, 0]`` when not given). With
+    ``num_features`` the width is checked. Errors name the file, row (1-based) and the
+    1-based column number.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    if text.strip() == "":
+        return np.zeros((0, num_features or 0), dtype=np.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            values = np.loadtxt(io.StringIO(text), dtype=np.float64, delimiter=",", comments=None, ndmin=2)
+    except ValueError as exc:
+        raise _diagnose_features(path, text, str(exc)) from None
+    with np.errstate(over="ignore"):
+        features = values.astype(np.float32)
+    bad = ~np.isfinite(features)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise EventFormatError(
+            f"value {values[row, col]!r} is not a finite float32 (NaN, infinity and |x| > 3.4e38 are not allowed)",
+            path=path,
+            column=str(col + 1),
+            row=row + 1,
+        )
+    if num_features is not None and features.shape[1] != num_features:
+        raise EventFormatError(
+            f"has {features.shape[1]} features per hit, expected {num_features}",
+            path=path,
+        )
+    return features
+
+
+def _diagnose_features(path: Path, text: str, reason: str) -> EventFormatError:
+    """Find the first bad line of a headerless feature file (slow path)."""
+    width = None
+    for row, line, content in _data_lines(text, first_line=1):
+        fields = content.split(",")
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width:
+            return EventFormatError(
+                f"line {line} has {len(fields)} values but the first line has {width}",
+                path=path,
+                row=row,
+            )
+        for col, field in enumerate(fields):
+            if not _field_parses(field, np.float64):
+                hint = " (feature files have no header line)" if row == 1 else ""
+                return EventFormatError(
+                    f"cannot read {field.strip()!r} (line {line}) as a number{hint}",
+                    path=path,
+                    column=str(col + 1),
+                    row=row,
+                )
+    return EventFormatError(f"cannot be parsed: {reason}", path=path)
+
+
+# --------------------------------------------------------------------------- locating events
+
+
+def event_id_from_prefix(prefix: str | Path) -> int:
+    """The event id of a file prefix: the digits after ``event`` in its name, else 0.
+
+    ``.../event000001000`` gives 1000; a prefix without ``event<digits>`` in its last
+    component (such as ``20-density``) gives 0. Only the prefix's own name is looked at,
+    not its directory, so that several such events in one directory are not given the
+    directory's id.
+    """
+    match = _EVENT_ID.search(Path(prefix).name)
+    return int(match.group(1)) if match else 0
+
+
+def event_file(prefix: str | Path, kind: str) -> Path | None:
+    """The file ``<prefix>-<kind>.csv`` or ``<prefix>-<kind>.csv.gz``, or ``None`` if neither exists.
+
+    Both existing is an error: which one holds the event would be a guess.
+    """
+    prefix = Path(prefix)
+    candidates = [prefix.parent / f"{prefix.name}-{kind}.csv", prefix.parent / f"{prefix.name}-{kind}.csv.gz"]
+    present = [candidate for candidate in candidates if candidate.is_file()]
+    if len(present) == 2:
+        raise EventFormatError(
+            f"both {present[0].name} and {present[1].name} exist; remove one of them", path=prefix.parent
+        )
+    return present[0] if present else None
+
+
+def find_event_prefixes(path: str | Path) -> list[Path]:
+    """The event prefixes that ``path`` designates, sorted by event id then name.
+
+    ``path`` may be a directory (every ``<prefix>-hits.csv[.gz]`` in it is one event;
+    files without a hits file, like a lone particles table, are not events), a prefix
+    such as ``data/event000000001`` or ``data/20-density``, or any one file of an event
+    (``data/event000000001-truth.csv.gz``). Raises :class:`EventFormatError` when no
+    event is found.
+    """
+    path = Path(path)
+    if path.is_dir():
+        prefixes = set()
+        for child in path.iterdir():
+            match = _FILE_NAME.match(child.name)
+            if match and match["kind"] == "hits" and child.is_file():
+                prefixes.add(path / match["prefix"])
+        if not prefixes:
+            raise EventFormatError(
+                "no TrackML event in this directory: no file named <prefix>-hits.csv or <prefix>-hits.csv.gz",
+                path=path,
+            )
+        return sorted(prefixes, key=lambda prefix: (event_id_from_prefix(prefix), prefix.name))
+    if path.is_file():
+        match = _FILE_NAME.match(path.name)
+        if not match:
+            raise EventFormatError(
+                "is not a TrackML event file: expected a name <prefix>-<hits|truth|particles|cells>.csv[.gz]",
+                path=path,
+            )
+        prefix = path.parent / match["prefix"]
+    else:
+        prefix = path
+    if event_file(prefix, "hits") is None:
+        raise EventFormatError(
+            f"no event here: neither {prefix.name}-hits.csv nor {prefix.name}-hits.csv.gz exists in {prefix.parent}",
+            path=path,
+        )
+    return [prefix]
+
+
+# --------------------------------------------------------------------------- consistency checks
+
+
+def _listed(values: np.ndarray) -> str:
+    shown = ", ".join(str(v) for v in values[:_MAX_LISTED].tolist())
+    return shown + (f", ... ({len(values)} in all)" if len(values) > _MAX_LISTED else "")
+
+
+def _check_unique(values: np.ndarray, path: Path, column: str) -> None:
+    """Raise naming the first row whose ``column`` value already appeared in an earlier row."""
+    if len(values) < 2:
+        return
+    order = np.argsort(values, kind="stable")
+    repeated = np.flatnonzero(values[order][1:] == values[order][:-1])
+    if repeated.size == 0:
+        return
+    row = int(order[repeated + 1].min())
+    value = values[row]
+    first = int(np.flatnonzero(values == value)[0])
+    raise EventFormatError(
+        f"{column} {value} is duplicated (first at row {first + 1}); "
+        f"{repeated.size} row{'s' if repeated.size > 1 else ''} repeat an earlier {column}",
+        path=path,
+        column=column,
+        row=row + 1,
+    )
+
+
+def _align_truth(truth: Table, hit_ids: np.ndarray, truth_path: Path, hits_path: Path) -> Table:
+    """The truth table with its rows in the order of the hits; error if the hit id sets differ."""
+    _check_unique(truth["hit_id"], truth_path, "hit_id")
+    truth_ids = truth["hit_id"]
+    if np.array_equal(truth_ids, hit_ids):
+        return truth
+    absent = np.setdiff1d(hit_ids, truth_ids)
+    unknown = np.setdiff1d(truth_ids, hit_ids)
+    if absent.size or unknown.size:
+        parts = []
+        if absent.size:
+            parts.append(f"{absent.size} hit ids of {hits_path.name} are missing from truth ({_listed(absent)})")
+        row = None
+        if unknown.size:
+            parts.append(f"{unknown.size} truth hit ids are not in {hits_path.name} ({_listed(unknown)})")
+            row = int(np.flatnonzero(np.isin(truth_ids, unknown))[0]) + 1
+        raise EventFormatError(
+            "the truth must have one row per hit: " + "; ".join(parts), path=truth_path, column="hit_id", row=row
+        )
+    order = np.argsort(truth_ids)
+    rows = order[np.searchsorted(truth_ids, hit_ids, sorter=order)]
+    return {name: column[rows] for name, column in truth.items()}
+
+
+def _check_truth_particles(truth: Table, particles: Table, truth_path: Path, particles_path: Path) -> None:
+    """Every non-zero truth particle id must be a row of the particles table."""
+    particle_ids = truth["particle_id"]
+    unknown = (particle_ids != 0) & ~np.isin(particle_ids, particles["particle_id"])
+    if unknown.any():
+        row = int(np.argmax(unknown))
+        missing = np.unique(particle_ids[unknown])
+        raise EventFormatError(
+            f"particle_id {particle_ids[row]} is not in {particles_path.name} "
+            f"({missing.size} unknown particle id{'s' if missing.size > 1 else ''}: {_listed(missing)}); "
+            "noise hits have particle_id 0",
+            path=truth_path,
+            column="particle_id",
+            row=row + 1,
+        )
+
+
+def _check_cells(cells: Table, hit_ids: np.ndarray, cells_path: Path, hits_path: Path) -> None:
+    """Every cell must belong to a hit of the hits table."""
+    unknown = ~np.isin(cells["hit_id"], hit_ids)
+    if unknown.any():
+        row = int(np.argmax(unknown))
+        raise EventFormatError(
+            f"hit_id {cells['hit_id'][row]} is not in {hits_path.name} "
+            f"({int(unknown.sum())} cell rows name unknown hits)",
+            path=cells_path,
+            column="hit_id",
+            row=row + 1,
+        )
+
+
+# --------------------------------------------------------------------------- events
+
+
+def read_particles(path: str | Path) -> Table:
+    """Read a particles table (``particle_type`` optional) and check its particle ids are unique."""
+    path = Path(path)
+    particles = read_table(path, PARTICLES_COLUMNS, optional=PARTICLES_OPTIONAL_COLUMNS)
+    _check_unique(particles["particle_id"], path, "particle_id")
+    return particles
+
+
+def _read_prefix(prefix: Path, parts: Iterable[str]) -> Event:
+    """Read and cross-check the event at ``prefix`` (hits always, the ``parts`` present)."""
+    hits_path = event_file(prefix, "hits")
+    if hits_path is None:
+        raise EventFormatError(f"no hits file {prefix.name}-hits.csv[.gz]", path=prefix.parent)
+    hits = read_table(hits_path, HITS_COLUMNS)
+    _check_unique(hits["hit_id"], hits_path, "hit_id")
+    paths = {kind: event_file(prefix, kind) for kind in parts}
+
+    truth = particles = cells = None
+    if paths.get("truth") is not None:
+        truth = _align_truth(read_table(paths["truth"], TRUTH_COLUMNS), hits["hit_id"], paths["truth"], hits_path)
+    if paths.get("particles") is not None:
+        particles = read_particles(paths["particles"])
+    if paths.get("cells") is not None:
+        cells = read_table(paths["cells"], CELLS_COLUMNS)
+        _check_cells(cells, hits["hit_id"], paths["cells"], hits_path)
+    if truth is not None and particles is not None:
+        _check_truth_particles(truth, particles, paths["truth"], paths["particles"])
+    return Event(
+        event_id=event_id_from_prefix(prefix),
+        hits=hits,
+        truth=truth,
+        particles=particles,
+        cells=cells,
+        source=str(prefix),
+    )
+
+
+def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:
+    parts = (parts,) if isinstance(parts, str) else tuple(parts)
+    unknown = [part for part in parts if part not in EVENT_PARTS]
+    if unknown:
+        raise ValueError(f"unknown event part(s) {unknown}; choose among {list(EVENT_PARTS)} (hits are always read)")
+    return parts
+
+
+def read_event(path: str | Path, parts: Iterable[str] = EVENT_PARTS) -> Event:
+    """Read one TrackML event: its hits, and the ``parts`` (truth, particles, cells) present.
+
+    ``path`` is anything :func:`find_event_prefixes` accepts that designates exactly one
+    event. A part that is asked for but has no file is ``None``; a part not asked for is
+    not read. The event id is :func:`event_id_from_prefix` of the prefix.
+
+    Checks, each an :class:`EventFormatError` naming file, column and row: hit ids unique;
+    truth has exactly the hits' hit ids (rows are reordered to the hits' order when only
+    the order differs; otherwise the differing ids are listed); particle ids unique; each
+    non-zero truth particle id is in the particles table; each cell's hit id is a hit.
+    """
+    parts = _check_parts(parts)
+    prefixes = find_event_prefixes(path)
+    if len(prefixes) != 1:
+        raise EventFormatError(
+            f"holds {len(prefixes)} events ({', '.join(p.name for p in prefixes[:_MAX_LISTED])}"
+            f"{', ...' if len(prefixes) > _MAX_LISTED else ''}); give one prefix such as {prefixes[0]}, "
+            "or use read_events",
+            path=path,
+        )
+    return _read_prefix(prefixes[0], parts)
+
+
+def read_events(path: str | Path, parts: Iterable[str] = EVENT_PARTS) -> Iterator[Event]:
+    """Read every event that ``path`` designates (see :func:`find_event_prefixes`), one at a time.
+
+    The prefixes are found first (so a path with no event fails at once); each event is
+    read and checked as by :func:`read_event` when the iterator reaches it.
+    """
+    parts = _check_parts(parts)
+    prefixes = find_event_prefixes(path)
+    return (_read_prefix(prefix, parts) for prefix in prefixes)
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def _format_column(values: np.ndarray) -> list[str]:

@@ -1,0 +1,121 @@
+"""Tests of ``trackserve evaluate`` on the sample event: table, JSON, selections, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trackserve.cli import main
+from trackserve.events.metrics import evaluate_event
+from trackserve.events.submission import write_submission
+from trackserve.events.trackml import read_event
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+PREFIX = DATA / "event000000001"
+
+pytestmark = pytest.mark.skipif(
+    not PREFIX.with_name(PREFIX.name + "-truth.csv.gz").exists(), reason=f"the sample event {PREFIX} is absent"
+)
+
+
+@pytest.fixture(scope="module")
+def event():
+    return read_event(PREFIX)
+
+
+def _perfect_labels(particle_ids):
+    """Particle ids renumbered, each noise hit its own singleton track."""
+    _, labels = np.unique(particle_ids, return_inverse=True)
+    labels = labels.astype(np.int64) + 1
+    noise = particle_ids == 0
+    labels[noise] = -np.arange(1, noise.sum() + 1)
+    return labels
+
+
+@pytest.fixture()
+def perfect(tmp_path, event):
+    return write_submission(tmp_path / "labels.csv", 1, event.hits["hit_id"], _perfect_labels(event.truth["particle_id"]))
+
+
+def _run(capsys, *argv):
+    status = main(["evaluate", *map(str, argv)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_table_of_perfect_labels(capsys, perfect):
+    status, out, err = _run(capsys, PREFIX, perfect)
+    assert status == 0 and err == ""
+    rows = dict((line[:26].strip(), line[26:].strip()) for line in out.splitlines())
+    assert rows["hits"] == "5527 (829 noise)"
+    assert rows["track efficiency"] == "1.0000"
+    assert rows["fake rate"] == "0.0000" and rows["duplicate rate"] == "0.0000"
+    assert rows["TrackML score"] == "1.0000"
+    assert rows["particles"] == "468"
+    assert rows["selection"].startswith("pT >= 0 GeV, >= 5 hits per particle, >= 5 hits per track")
+    # Every value starts in the same column.
+    starts = {len(line) - len(line[26:].lstrip()) for line in out.splitlines()}
+    assert len(starts) == 1
+
+
+def test_json_matches_library_and_options(capsys, tmp_path, event):
+    rng = np.random.default_rng(5)
+    labels = _perfect_labels(event.truth["particle_id"])
+    scramble = rng.random(labels.size) < 0.3
+    labels[scramble] = rng.integers(0, 50, int(scramble.sum()))
+    order = rng.permutation(labels.size)
+    path = write_submission(tmp_path / "labels.csv.gz", 1, event.hits["hit_id"][order], labels[order])
+    status, out, _ = _run(capsys, PREFIX, path, "--json", "--min-pt", "0.8", "--min-hits", "4",
+                          "--min-track-hits", "3", "--include-noise")
+    assert status == 0
+    result = json.loads(out)
+    expected = evaluate_event(event, event.hits["hit_id"], labels, min_pt=0.8, min_hits=4, min_track_hits=3,
+                              exclude_noise=False)
+    assert result.pop("event") == str(PREFIX) and result.pop("labels") == str(path)
+    assert result == pytest.approx(expected)
+    assert 0 < result["efficiency"] < 1 and 0 < result["fake_rate"] < 1 and result["exclude_noise"] is False
+
+
+def test_json_undefined_ratio_is_null(capsys, tmp_path, event):
+    # Singleton tracks with --min-hits 100: no particle is reconstructable, no track is a candidate.
+    path = write_submission(tmp_path / "l.csv", 1, event.hits["hit_id"], np.arange(event.num_hits))
+    status, out, _ = _run(capsys, PREFIX, path, "--json", "--min-hits", "100")
+    result = json.loads(out)
+    assert status == 0 and result["efficiency"] is None and result["fake_rate"] is None
+    status, out, _ = _run(capsys, PREFIX, path, "--min-hits", "100")
+    assert "track efficiency           n/a" in out
+
+
+def test_labels_missing_hits_and_unknown_ids(capsys, tmp_path, event):
+    hit_ids = event.hits["hit_id"].copy()
+    labels = np.arange(hit_ids.size)
+    path = write_submission(tmp_path / "short.csv", 1, hit_ids[2:], labels[2:])
+    status, _, err = _run(capsys, PREFIX, path)
+    assert status == 2
+    assert f"2 hit(s) of the event not labelled: {hit_ids[0]}, {hit_ids[1]}" in err and "short.csv" in err
+    hit_ids[3] = 10**9
+    path = write_submission(tmp_path / "unknown.csv", 1, hit_ids, labels)
+    status, _, err = _run(capsys, PREFIX, path)
+    assert status == 2 and "1 hit id(s) not in the event: 1000000000" in err
+
+
+def test_labels_of_another_event(capsys, tmp_path, event):
+    path = write_submission(tmp_path / "other.csv", 2, event.hits["hit_id"], np.zeros(event.num_hits, np.int64))
+    status, _, err = _run(capsys, PREFIX, path)
+    assert status == 2 and "no labels for event 1 (the file holds event(s) 2)" in err
+
+
+def test_event_without_truth(capsys, tmp_path, perfect):
+    shutil.copy(DATA / "event000000001-hits.csv.gz", tmp_path / "event000000001-hits.csv.gz")
+    status, _, err = _run(capsys, tmp_path / "event000000001", perfect)
+    assert status == 2 and "evaluation needs the event's truth file" in err
+
+
+def test_listed_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "evaluate" in capsys.readouterr().out

@@ -1,0 +1,765 @@
+"""The bundle: one trained pipeline as a directory, ``pipeline.json`` plus one ONNX file per network.
+
+Layout::
+
+    <bundle>/
+      pipeline.json        what this module reads and writes
+      embedding.onnx       one file per network, named in pipeline.json
+      filter.onnx
+      gnn.onnx
+      engines/<device>/    engines built for one GPU (written by trackserve.engines)
+
+``pipeline.json`` (schema version 1) holds:
+
+* ``schema_version``: the integer :data:`SCHEMA_VERSION`;
+* ``features``: ``names`` and ``scales`` of the node features, in column order (a
+  feature is the raw quantity divided by its scale), as ``FeatureSpec.to_dict`` writes them;
+* ``networks``: for each of ``embedding``, ``filter`` and ``gnn`` its ``kind``, ``file``
+  (relative to the bundle), ``sha256``, ``inputs`` and ``outputs`` (name, dtype, dims;
+  a dynamic dim is a name such as ``"num_hits"``), the torch ``config`` that rebuilds
+  it and its ``architecture`` (the torch class);
+* ``stages``: ``radius`` and ``max_neighbours`` of the graph, ``filter_cut`` and
+  ``gnn_cut`` (probabilities, applied after the sigmoid), and ``edge_direction``
+  (see :data:`EDGE_DIRECTIONS`);
+* ``provenance``: free-form record of the data, training settings, package versions
+  and creation date.
+
+:func:`load_bundle` checks all of it, including the files' sha256 and the inputs and
+outputs the ONNX files really declare, and raises one :class:`~trackserve.errors.BundleError`
+listing every problem. This module imports only the standard library at import time;
+loading needs onnxruntime, and :func:`make_bundle` (which exports torch networks) needs torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import BundleError
+
+#: The version of the ``pipeline.json`` schema this module reads and writes.
+SCHEMA_VERSION = 1
+#: Name of the description file inside a bundle directory.
+PIPELINE_FILE = "pipeline.json"
+#: Folder of a bundle that holds the per-device engines.
+ENGINES_DIR = "engines"
+
+#: Edge direction conventions of the graph stage: how each neighbouring pair ``{i, j}`` is stored.
+EDGE_DIRECTIONS: dict[str, str] = {
+    "i<j": "each pair once, as edge_index[:, k] = (i, j) with i < j",
+    "i>j": "each pair once, as edge_index[:, k] = (i, j) with i > j",
+    "both": "each pair twice, as (i, j) and (j, i)",
+}
+
+#: Dims that vary from event to event; every other dim of a network is fixed.
+DYNAMIC_DIMS = ("num_hits", "num_edges")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, dtype (numpy name, e.g. ``"float32"``) and dims of one network input or output.
+
+    A dim is an ``int`` (fixed) or a ``str``: a dynamic dim such as ``"num_hits"`` or, in
+    :data:`NETWORK_INTERFACES`, a fixed size not yet known (``"num_features"``).
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]
+
+    def to_dict(self) -> dict:
+        """The JSON form: ``{"name", "dtype", "dims"}``."""
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "TensorInfo":
+        """Inverse of :meth:`to_dict` (no validation: see :func:`load_bundle`)."""
+        return cls(str(data["name"]), str(data["dtype"]), tuple(data["dims"]))
+
+    def resolve(self, sizes: Mapping[str, int]) -> "TensorInfo":
+        """The same tensor with each dim named in ``sizes`` replaced by its size."""
+        return TensorInfo(self.name, self.dtype, tuple(sizes.get(d, d) if isinstance(d, str) else d for d in self.dims))
+
+
+@dataclass(frozen=True)
+class NetworkInterface:
+    """The inputs and outputs every network of one kind has (the runtime feeds them by name)."""
+
+    kind: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def resolve(self, sizes: Mapping[str, int]) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+        """Inputs and outputs with the fixed sizes (``num_features``, ``embedding_dim``) filled in."""
+        return tuple(t.resolve(sizes) for t in self.inputs), tuple(t.resolve(sizes) for t in self.outputs)
+
+
+_FEATURES = TensorInfo("features", "float32", ("num_hits", "num_features"))
+
+#: The interface of each network kind. ``embedding``: features -> embedding;
+#: ``edge_classifier`` (the filter and the GNN): features, edge_index -> scores (logits).
+NETWORK_INTERFACES: dict[str, NetworkInterface] = {
+    "embedding": NetworkInterface(
+        "embedding",
+        inputs=(_FEATURES,),
+        outputs=(TensorInfo("embedding", "float32", ("num_hits", "embedding_dim")),),
+    ),
+    "edge_classifier": NetworkInterface(
+        "edge_classifier",
+        inputs=(_FEATURES, TensorInfo("edge_index", "int64", (2, "num_edges"))),
+        outputs=(TensorInfo("scores", "float32", ("num_edges",)),),
+    ),
+}
+
+#: The networks of a bundle and the kind of each.
+NETWORK_KINDS: dict[str, str] = {"embedding": "embedding", "filter": "edge_classifier", "gnn": "edge_classifier"}
+
+
+def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction) -> list[str]:
+    problems = []
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+        problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
+    if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
+        problems.append(f"stages.max_neighbours: {max_neighbours!r} is not an integer >= 1")
+    for name, cut in (("filter_cut", filter_cut), ("gnn_cut", gnn_cut)):
+        if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not (0.0 <= cut <= 1.0):
+            problems.append(
+                f"stages.{name}: {cut!r} is outside [0, 1] (cuts are probabilities, applied after the sigmoid of the logits)"
+            )
+    if edge_direction not in EDGE_DIRECTIONS:
+        problems.append(f"stages.edge_direction: {edge_direction!r} is not one of {', '.join(map(repr, EDGE_DIRECTIONS))}")
+    return problems
+
+
+@dataclass(frozen=True)
+class StageParameters:
+    """The parameters of the non-network stages.
+
+    ``radius`` and ``max_neighbours``: the graph keeps pairs closer than ``radius`` in the
+    embedding, at most ``max_neighbours`` per hit. ``filter_cut`` and ``gnn_cut``: an edge is
+    kept when ``sigmoid(logit) > cut``. ``edge_direction``: one of :data:`EDGE_DIRECTIONS`.
+    Invalid values raise :class:`~trackserve.errors.BundleError` naming each.
+    """
+
+    radius: float
+    max_neighbours: int
+    filter_cut: float
+    gnn_cut: float
+    edge_direction: str
+
+    def __post_init__(self):
+        problems = _stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction)
+        if problems:
+            raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    def to_dict(self) -> dict:
+        """The JSON form (the ``stages`` object of ``pipeline.json``)."""
+        return {
+            "radius": self.radius,
+            "max_neighbours": self.max_neighbours,
+            "filter_cut": self.filter_cut,
+            "gnn_cut": self.gnn_cut,
+            "edge_direction": self.edge_direction,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "StageParameters":
+        """Inverse of :meth:`to_dict`; missing keys or invalid values raise BundleError."""
+        missing = [k for k in ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction") if k not in data]
+        if missing:
+            raise BundleError(f"stages: missing key(s) {', '.join(map(repr, missing))}")
+        return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"])
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    """One network of a bundle: its ONNX file (relative to the bundle), checksum and interface."""
+
+    name: str
+    kind: str
+    file: str
+    sha256: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    config: dict = field(default_factory=dict, hash=False)
+    architecture: str | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form (one value of the ``networks`` object of ``pipeline.json``)."""
+        return {
+            "kind": self.kind,
+            "file": self.file,
+            "sha256": self.sha256,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "config": dict(self.config),
+            "architecture": self.architecture,
+        }
+
+
+@dataclass
+class Bundle:
+    """A pipeline: features, networks, stage parameters and provenance.
+
+    ``directory`` is where the network files live (``None`` for a bundle built in memory
+    and not yet saved).
+    """
+
+    features: dict
+    networks: dict[str, NetworkEntry]
+    stages: StageParameters
+    provenance: dict = field(default_factory=dict)
+    directory: Path | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the node features, in column order."""
+        return tuple(self.features["names"])
+
+    @property
+    def feature_scales(self) -> tuple[float, ...]:
+        """Scale of each feature (feature = raw value / scale)."""
+        return tuple(float(s) for s in self.features["scales"])
+
+    @property
+    def num_features(self) -> int:
+        """Number of node features F (the second dim of every network's ``features`` input)."""
+        return len(self.features["names"])
+
+    def network_path(self, name: str) -> Path:
+        """Path of the ONNX file of network ``name`` (``embedding``, ``filter`` or ``gnn``)."""
+        if name not in self.networks:
+            raise BundleError(f"the bundle has no network {name!r}; it has {', '.join(map(repr, self.networks))}")
+        if self.directory is None:
+            raise BundleError("this bundle has no directory yet: save it with save_bundle first")
+        return Path(self.directory) / self.networks[name].file
+
+    def engine_directory(self, device_key: str) -> Path:
+        """Folder ``engines/<device_key>`` of this bundle (not created here)."""
+        if self.directory is None:
+            raise BundleError("this bundle has no directory yet: save it with save_bundle first")
+        if not device_key or "/" in device_key or device_key in (".", ".."):
+            raise BundleError(f"invalid device key {device_key!r}: it must be a non-empty name without '/'")
+        return Path(self.directory) / ENGINES_DIR / device_key
+
+    def to_dict(self) -> dict:
+        """The content of ``pipeline.json``."""
+        return {
+            "schema_version": self.schema_version,
+            "features": dict(self.features),
+            "networks": {name: entry.to_dict() for name, entry in self.networks.items()},
+            "stages": self.stages.to_dict(),
+            "provenance": dict(self.provenance),
+        }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bundle_error(directory, problems: list[str]) -> BundleError:
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return BundleError(f"invalid bundle {directory}: {len(problems)} problem(s):\n{lines}")
+
+
+def _parse_tensors(value, where: str, problems: list[str]) -> tuple[TensorInfo, ...] | None:
+    if not isinstance(value, list):
+        problems.append(f"{where}: expected a list of {{name, dtype, dims}} objects, got {type(value).__name__}")
+        return None
+    tensors = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not {"name", "dtype", "dims"} <= item.keys():
+            problems.append(f"{where}[{i}]: expected an object with keys 'name', 'dtype', 'dims', got {item!r}")
+            return None
+        dims = item["dims"]
+        if not isinstance(dims, list) or not all(
+            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d) for d in dims
+        ):
+            problems.append(f"{where}[{i}].dims: {dims!r} is not a list of sizes (int >= 0) and dim names (str)")
+            return None
+        tensors.append(TensorInfo.from_dict(item))
+    return tuple(tensors)
+
+
+def _interface_problems(name: str, entry: NetworkEntry, num_features: int | None) -> list[str]:
+    """Compare the declared inputs/outputs of ``entry`` with the interface of its kind."""
+    interface = NETWORK_INTERFACES[entry.kind]
+    problems = []
+    for role, declared, expected in (("inputs", entry.inputs, interface.inputs), ("outputs", entry.outputs, interface.outputs)):
+        names = [t.name for t in declared]
+        expected_names = [t.name for t in expected]
+        if names != expected_names:
+            problems.append(f"networks.{name}.{role}: names {names} differ from the {entry.kind} interface {expected_names}")
+            continue
+        for got, want in zip(declared, expected):
+            where = f"networks.{name}.{role} '{got.name}'"
+            if got.dtype != want.dtype:
+                problems.append(f"{where}: dtype {got.dtype!r}, the {entry.kind} interface needs {want.dtype!r}")
+            if len(got.dims) != len(want.dims):
+                problems.append(f"{where}: dims {list(got.dims)} have rank {len(got.dims)}, the interface needs {list(want.dims)}")
+                continue
+            for axis, (g, w) in enumerate(zip(got.dims, want.dims)):
+                if w in DYNAMIC_DIMS:
+                    if g != w:
+                        problems.append(f"{where}: dim {axis} is {g!r}, it must be the dynamic dim {w!r}")
+                elif isinstance(w, int):
+                    if g != w:
+                        problems.append(f"{where}: dim {axis} is {g!r}, it must be {w}")
+                elif not isinstance(g, int) or g < 1:
+                    problems.append(f"{where}: dim {axis} ({w}) is {g!r}, it must be a fixed size >= 1")
+                elif w == "num_features" and num_features is not None and g != num_features:
+                    problems.append(
+                        f"{where}: takes {g} features but the bundle declares {num_features} "
+                        f"(features.names); every network reads the same feature array"
+                    )
+    return problems
+
+
+def _onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
+    """Compare the inputs and outputs the ONNX file declares with ``entry`` (loads, does not run)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return [f"networks.{name}: {entry.file} cannot be loaded by ONNX Runtime: {first_line}"]
+    problems = []
+    for role, declared, actual in (
+        ("inputs", entry.inputs, session.get_inputs()),
+        ("outputs", entry.outputs, session.get_outputs()),
+    ):
+        names = [t.name for t in declared]
+        actual_names = [a.name for a in actual]
+        if names != actual_names:
+            problems.append(f"networks.{name}.{role}: {entry.file} has {role} {actual_names}, pipeline.json declares {names}")
+            continue
+        for want, got in zip(declared, actual):
+            where = f"networks.{name}: {role[:-1]} '{want.name}' of {entry.file}"
+            dtype = _ORT_DTYPES.get(got.type, got.type)
+            if dtype != want.dtype:
+                problems.append(f"{where} has dtype {dtype}, pipeline.json declares {want.dtype}")
+            shape = list(got.shape)
+            if len(shape) != len(want.dims):
+                problems.append(f"{where} has dims {shape}, pipeline.json declares {list(want.dims)}")
+                continue
+            for axis, (w, g) in enumerate(zip(want.dims, shape)):
+                if isinstance(w, int) and g != w:
+                    problems.append(f"{where} has dims {shape}, pipeline.json declares {list(want.dims)} (dim {axis})")
+                    break
+                if isinstance(w, str) and isinstance(g, int):
+                    problems.append(
+                        f"{where} has the fixed size {g} at dim {axis} where pipeline.json declares the dynamic dim "
+                        f"{w!r}: the network was exported without dynamic axes; re-export it with `trackserve export`"
+                    )
+                    break
+    return problems
+
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+}
+
+
+def _parse_features(value, problems: list[str]) -> dict | None:
+    if not isinstance(value, dict):
+        problems.append(f"features: expected an object with 'names' and 'scales', got {type(value).__name__}")
+        return None
+    names, scales = value.get("names"), value.get("scales")
+    ok = True
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        problems.append(f"features.names: {names!r} is not a non-empty list of feature names")
+        ok = False
+    elif len(set(names)) != len(names):
+        problems.append(f"features.names: {names!r} repeats a name")
+        ok = False
+    if not isinstance(scales, list) or not all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s != 0 for s in scales
+    ):
+        problems.append(f"features.scales: {scales!r} is not a list of finite non-zero numbers")
+        ok = False
+    unknown = sorted(set(value) - {"names", "scales"})
+    if unknown:
+        problems.append(f"features: unknown key(s) {', '.join(map(repr, unknown))}; expected 'names' and 'scales'")
+        ok = False
+    elif ok and len(scales) != len(names):
+        problems.append(f"features: {len(names)} names but {len(scales)} scales")
+        ok = False
+    return dict(value) if ok else None
+
+
+def _parse_entry(name: str, value, problems: list[str]) -> NetworkEntry | None:
+    where = f"networks.{name}"
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected an object, got {type(value).__name__}")
+        return None
+    missing = [k for k in ("kind", "file", "sha256", "inputs", "outputs") if k not in value]
+    if missing:
+        problems.append(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
+        return None
+    before = len(problems)
+    kind, file, sha256 = value["kind"], value["file"], value["sha256"]
+    if kind != NETWORK_KINDS[name]:
+        problems.append(f"{where}.kind: {kind!r}, the {name} network must be of kind {NETWORK_KINDS[name]!r}")
+    if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
+        problems.append(f"{where}.file: {file!r} is not a relative path inside the bundle")
+    if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        problems.append(f"{where}.sha256: {sha256!r} is not a 64-character lowercase hex digest")
+    config = value.get("config", {})
+    if not isinstance(config, dict):
+        problems.append(f"{where}.config: expected an object, got {type(config).__name__}")
+    architecture = value.get("architecture")
+    if architecture is not None and not isinstance(architecture, str):
+        problems.append(f"{where}.architecture: expected a string or null, got {architecture!r}")
+    inputs = _parse_tensors(value["inputs"], f"{where}.inputs", problems)
+    outputs = _parse_tensors(value["outputs"], f"{where}.outputs", problems)
+    if len(problems) > before:
+        return None
+    return NetworkEntry(name, kind, file, sha256, inputs, outputs, dict(config), architecture)
+
+
+def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> Bundle | None:
+    """Build a Bundle from the decoded ``pipeline.json``, appending every problem found."""
+    if not isinstance(data, dict):
+        problems.append(f"{PIPELINE_FILE}: expected a JSON object at the top level, got {type(data).__name__}")
+        return None
+    if "schema_version" not in data:
+        problems.append(f"{PIPELINE_FILE}: missing key 'schema_version'")
+        return None
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        problems.append(
+            f"schema_version: {version!r} is not supported: this trackserve reads schema version {SCHEMA_VERSION}; "
+            "use the trackserve release that wrote the bundle, or re-create the bundle"
+        )
+        return None
+    missing = [k for k in ("features", "networks", "stages", "provenance") if k not in data]
+    if missing:
+        problems.append(f"{PIPELINE_FILE}: missing key(s) {', '.join(map(repr, missing))}")
+        return None
+
+    features = _parse_features(data["features"], problems)
+
+    stages = None
+    raw_stages = data["stages"]
+    if not isinstance(raw_stages, dict):
+        problems.append(f"stages: expected an object, got {type(raw_stages).__name__}")
+    else:
+        keys = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction")
+        absent = [k for k in keys if k not in raw_stages]
+        if absent:
+            problems.append(f"stages: missing key(s) {', '.join(map(repr, absent))}")
+        else:
+            stage_problems = _stage_problems(*(raw_stages[k] for k in keys))
+            problems.extend(stage_problems)
+            if not stage_problems:
+                stages = StageParameters(*(raw_stages[k] for k in keys))
+
+    provenance = data["provenance"]
+    if not isinstance(provenance, dict):
+        problems.append(f"provenance: expected an object, got {type(provenance).__name__}")
+
+    networks: dict[str, NetworkEntry] = {}
+    raw_networks = data["networks"]
+    if not isinstance(raw_networks, dict):
+        problems.append(f"networks: expected an object, got {type(raw_networks).__name__}")
+    else:
+        unknown = [n for n in raw_networks if n not in NETWORK_KINDS]
+        if unknown:
+            problems.append(f"networks: unknown network(s) {', '.join(map(repr, unknown))}; a bundle has {', '.join(NETWORK_KINDS)}")
+        absent = [n for n in NETWORK_KINDS if n not in raw_networks]
+        if absent:
+            problems.append(f"networks: missing network(s) {', '.join(map(repr, absent))}")
+        num_features = len(features["names"]) if features is not None else None
+        for name in NETWORK_KINDS:
+            if name not in raw_networks:
+                continue
+            entry = _parse_entry(name, raw_networks[name], problems)
+            if entry is None:
+                continue
+            networks[name] = entry
+            interface_problems = _interface_problems(name, entry, num_features)
+            problems.extend(interface_problems)
+            if check_files:
+                problems.extend(_file_problems(name, entry, directory, check_onnx=not interface_problems))
+
+    if problems:
+        return None
+    return Bundle(features, networks, stages, dict(provenance), directory, version)
+
+
+def _file_problems(name: str, entry: NetworkEntry, directory: Path, *, check_onnx: bool) -> list[str]:
+    path = directory / entry.file
+    if not path.is_file():
+        return [f"networks.{name}.file: {entry.file} does not exist in {directory}"]
+    actual = file_sha256(path)
+    if actual != entry.sha256:
+        return [
+            f"networks.{name}.sha256: {entry.file} has sha256 {actual}, pipeline.json declares {entry.sha256}: "
+            "the file changed after the bundle was written; restore it, or re-export the network into the bundle "
+            "with `trackserve export --bundle`"
+        ]
+    return _onnx_problems(name, entry, path) if check_onnx else []
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and validate the bundle in directory ``path`` (or the ``pipeline.json`` file itself).
+
+    Checks the JSON, the schema version, every key, the feature list, the stage
+    parameters, each network's declared interface against its kind, that each file
+    exists with the declared sha256, and that each ONNX file declares the same inputs
+    and outputs (names, dtypes, dims) as ``pipeline.json`` (read from ONNX Runtime's
+    session metadata; nothing is run). Raises :class:`~trackserve.errors.BundleError`
+    listing every problem found.
+    """
+    directory, data = _read_pipeline(path)
+    problems: list[str] = []
+    bundle = _parse(data, directory, problems, check_files=True)
+    if problems:
+        raise _bundle_error(directory, problems)
+    return bundle
+
+
+def _read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
+    """The bundle directory of ``path`` and its decoded ``pipeline.json`` (not yet validated)."""
+    path = Path(path)
+    directory = path.parent if path.name == PIPELINE_FILE and path.is_file() else path
+    if not directory.is_dir():
+        raise BundleError(f"bundle {directory} does not exist or is not a directory")
+    pipeline = directory / PIPELINE_FILE
+    if not pipeline.is_file():
+        raise BundleError(
+            f"{directory} is not a bundle: it has no {PIPELINE_FILE} (a bundle is a directory with {PIPELINE_FILE} "
+            "and one ONNX file per network; create one with `trackserve train` or trackserve.bundle.make_bundle)"
+        )
+    try:
+        return directory, json.loads(pipeline.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise BundleError(
+            f"{pipeline} is not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise BundleError(f"{pipeline} is not UTF-8 text: {error}") from None
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_bundle(bundle: Bundle, directory: str | os.PathLike) -> Bundle:
+    """Write ``bundle`` to ``directory`` and return it as loaded back from there.
+
+    Network files are copied from ``bundle.directory`` when it is another directory;
+    ``pipeline.json`` is written last, atomically. The result is checked by
+    :func:`load_bundle`, so a bundle that saves is a bundle that loads.
+    """
+    directory = Path(directory)
+    data = bundle.to_dict()
+    problems: list[str] = []
+    _parse(json.loads(json.dumps(data)), directory, problems, check_files=False)
+    if problems:
+        raise _bundle_error(directory, problems)
+    directory.mkdir(parents=True, exist_ok=True)
+    if bundle.directory is not None and Path(bundle.directory).resolve() != directory.resolve():
+        for name in bundle.networks:
+            source = bundle.network_path(name)
+            target = directory / bundle.networks[name].file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    write_pipeline_json(data, directory)
+    return load_bundle(directory)
+
+
+def write_pipeline_json(data: Mapping, directory: str | os.PathLike) -> Path:
+    """Write ``data`` as ``directory/pipeline.json`` atomically (temporary file, then rename)."""
+    target = Path(directory) / PIPELINE_FILE
+    temporary = target.with_name(target.name + ".tmp")
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise BundleError(
+            f"cannot write {target}: {error} (every value, network configs and provenance included, "
+            "must be JSON: str, finite number, bool, null, list, object)"
+        ) from None
+    temporary.write_text(text + "\n", encoding="utf-8")
+    os.replace(temporary, target)
+    return target
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a bundle (those installed), for the provenance record."""
+    from importlib import metadata
+
+    from . import __version__
+
+    versions = {"trackserve": __version__, "python": platform.python_version()}
+    for package in ("torch", "onnx", "onnxruntime", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def default_provenance(**record: Any) -> dict:
+    """A provenance record: creation date (UTC, ISO 8601), package versions, and ``record``."""
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return {"created": created, "packages": package_versions(), **record}
+
+
+def _features_dict(features) -> dict:
+    if hasattr(features, "to_dict"):
+        features = features.to_dict()
+    elif hasattr(features, "names") and hasattr(features, "scales"):
+        features = {"names": features.names, "scales": features.scales}
+    if not isinstance(features, Mapping):
+        raise BundleError(f"features: expected a FeatureSpec or a mapping with 'names' and 'scales', got {features!r}")
+    result = dict(features)
+    if isinstance(result.get("names"), (list, tuple)):
+        result["names"] = list(result["names"])
+    if isinstance(result.get("scales"), (list, tuple)):
+        result["scales"] = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in result["scales"]]
+    return result
+
+
+def make_bundle(
+    directory: str | os.PathLike,
+    networks: Mapping[str, Any],
+    *,
+    features,
+    stages: StageParameters,
+    provenance: Mapping | None = None,
+    opset: int | None = None,
+) -> Bundle:
+    """Export torch networks to ONNX (each validated against PyTorch) and write a bundle.
+
+    ``networks`` maps ``embedding``, ``filter`` and ``gnn`` to a torch module or a
+    ``(module, kind)`` pair; ``features`` is a FeatureSpec (or a mapping) with ``names``
+    and ``scales``; ``provenance`` is merged into :func:`default_provenance`. Each
+    network is written to ``<directory>/<name>.onnx`` by
+    :func:`trackserve.export.onnx_export.export_network`, which raises
+    :class:`~trackserve.errors.ExportParityError` if ONNX Runtime disagrees with PyTorch.
+    Needs torch.
+    """
+    from .export.onnx_export import DEFAULT_OPSET, export_network
+
+    directory = Path(directory)
+    features = _features_dict(features)
+    problems: list[str] = []
+    if _parse_features(features, problems) is None:
+        raise _bundle_error(directory, problems)
+    unknown = [n for n in networks if n not in NETWORK_KINDS]
+    absent = [n for n in NETWORK_KINDS if n not in networks]
+    if unknown or absent:
+        raise BundleError(
+            f"make_bundle needs exactly the networks {', '.join(NETWORK_KINDS)}; "
+            + (f"unknown: {', '.join(unknown)}; " if unknown else "")
+            + (f"missing: {', '.join(absent)}" if absent else "")
+        )
+    if not isinstance(stages, StageParameters):
+        stages = StageParameters.from_dict(stages)
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, value in networks.items():
+        module, kind = value if isinstance(value, tuple) else (value, NETWORK_KINDS[name])
+        if kind != NETWORK_KINDS[name]:
+            raise BundleError(f"networks.{name}: kind {kind!r}, the {name} network must be of kind {NETWORK_KINDS[name]!r}")
+        report = export_network(
+            module, kind, directory / f"{name}.onnx", num_features=len(features["names"]),
+            opset=opset or DEFAULT_OPSET, validate=True,
+        )
+        entries[name] = NetworkEntry(
+            name=name,
+            kind=kind,
+            file=f"{name}.onnx",
+            sha256=report.sha256,
+            inputs=report.inputs,
+            outputs=report.outputs,
+            config=dict(getattr(module, "config", None) or {}),
+            architecture=architecture_name(module),
+        )
+    record = default_provenance(**dict(provenance or {}))
+    record.setdefault("export", {"opset": opset or DEFAULT_OPSET, "exporter": "torch.onnx (TorchScript-based, dynamo=False)"})
+    bundle = Bundle(features, entries, stages, record, directory)
+    write_pipeline_json(bundle.to_dict(), directory)
+    return load_bundle(directory)
+
+
+def architecture_name(module) -> str:
+    """What a bundle records as a network's architecture: the registry name of a trackserve
+    network (``"ResAGNN"``...; see :func:`trackserve.export.networks.build_network`), else the
+    qualified class name."""
+    name = getattr(type(module), "architecture", None)
+    if isinstance(name, str) and name:
+        return name
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def replace_network(
+    directory: str | os.PathLike,
+    name: str,
+    module,
+    *,
+    opset: int | None = None,
+    runs: int = 3,
+) -> Bundle:
+    """Export ``module`` (validated against PyTorch) as network ``name`` of the bundle in ``directory``.
+
+    The network's file is overwritten only once the export passed validation; its
+    sha256, inputs, outputs, config and architecture are updated in ``pipeline.json``,
+    and the whole bundle is loaded back (and so checked). The rest of ``pipeline.json``
+    must be valid, but the old network file may be missing or damaged: this is how a
+    bundle whose file changed is repaired. Needs torch.
+    """
+    from .export.onnx_export import DEFAULT_OPSET, export_network
+
+    directory, data = _read_pipeline(directory)
+    problems: list[str] = []
+    bundle = _parse(data, directory, problems, check_files=False)
+    if problems:
+        raise _bundle_error(directory, problems)
+    if name not in NETWORK_KINDS:
+        raise BundleError(f"unknown network {name!r}: a bundle has {', '.join(NETWORK_KINDS)}")
+    entry = bundle.networks[name]
+    config = getattr(module, "config", None)
+    takes = config.get("in_channels") if isinstance(config, dict) else None
+    if takes is not None and takes != bundle.num_features:
+        raise BundleError(
+            f"the new {name} network takes {takes} features but the bundle's features are "
+            f"{list(bundle.feature_names)} ({bundle.num_features}); every network reads the same feature array"
+        )
+    report = export_network(
+        module, entry.kind, directory / entry.file, num_features=bundle.num_features,
+        opset=opset or DEFAULT_OPSET, runs=runs,
+    )
+    bundle.networks[name] = NetworkEntry(
+        name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs,
+        dict(getattr(module, "config", None) or {}), architecture_name(module),
+    )
+    write_pipeline_json(bundle.to_dict(), directory)
+    return load_bundle(directory)

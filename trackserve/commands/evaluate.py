@@ -1,0 +1,138 @@
+"""``trackserve evaluate``: score a track labelling against an event's truth.
+
+Reads an event (with its truth, and its particles table when present) and a labelling in
+the TrackML submission format, and prints the track efficiency (double majority), fake
+and duplicate rates and the TrackML score, as an aligned table or as one JSON object.
+The definitions are those of :mod:`trackserve.events.metrics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from ..events.metrics import DEFAULT_MIN_HITS
+
+ORDER = 20
+
+#: Table rows: (label, key of the evaluation dict, format).
+_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("particles", "num_particles", "d"),
+    ("reconstructable particles", "num_reconstructable", "d"),
+    ("found particles", "num_matched", "d"),
+    ("track efficiency", "efficiency", ".4f"),
+    ("tracks", "num_tracks", "d"),
+    ("candidate tracks", "num_candidate_tracks", "d"),
+    ("matched tracks", "num_matched_tracks", "d"),
+    ("fake tracks", "num_fake_tracks", "d"),
+    ("fake rate", "fake_rate", ".4f"),
+    ("duplicate tracks", "num_duplicate_tracks", "d"),
+    ("duplicate rate", "duplicate_rate", ".4f"),
+    ("TrackML score", "trackml_score", ".4f"),
+)
+
+
+def register(subparsers) -> None:
+    """Add the ``evaluate`` subcommand."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score track labels against an event's truth (efficiency, fake and duplicate rates, TrackML score)",
+        description=(
+            "Compare a labelling in the TrackML submission format (event_id,hit_id,track_id) with the "
+            "truth of one event. Every hit of the event must be labelled exactly once. A particle is "
+            "found when a track holds more than half of its hits and more than half of the track's "
+            "hits are its own (double majority); efficiency is over reconstructable particles "
+            "(--min-pt, --min-hits); candidate tracks have at least --min-track-hits hits; a fake "
+            "is a candidate with no particle holding more than half of its hits; duplicates are "
+            "matched candidates of a particle beyond its first. The TrackML score is the official one."
+        ),
+    )
+    parser.add_argument("event", metavar="EVENT", help="the event: a prefix such as data/event000000001, or one of its files")
+    parser.add_argument("labels", metavar="LABELS.csv", help="the track labels, TrackML submission format (.csv or .csv.gz)")
+    parser.add_argument("--min-pt", type=float, default=0.0, metavar="GEV",
+                        help="reconstructable particles have at least this transverse momentum (GeV; default 0)")
+    parser.add_argument("--min-hits", type=int, default=DEFAULT_MIN_HITS, metavar="N",
+                        help="reconstructable particles have at least N hits (default %(default)s)")
+    parser.add_argument("--min-track-hits", type=int, default=None, metavar="N",
+                        help="candidate tracks have at least N hits (default: --min-hits)")
+    parser.add_argument("--include-noise", action="store_true",
+                        help="keep noise hits on their tracks (they count in a track's size); by default they are ignored")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def _format(value, spec: str) -> str:
+    """A figure as text; an undefined ratio (nan) is ``n/a``."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return format(value, spec)
+
+
+def _selection(result: dict) -> str:
+    """The selection that produced ``result``, in words."""
+    noise = "noise hits ignored" if result["exclude_noise"] else "noise hits kept on tracks"
+    return (
+        f"pT >= {result['min_pt']:g} GeV, >= {result['min_hits']} hits per particle, "
+        f">= {result['min_track_hits']} hits per track, {noise}"
+    )
+
+
+def format_table(result: dict) -> str:
+    """The evaluation as an aligned two-column text table."""
+    rows = [
+        ("event", f"{result['event_id']} ({result['event']})"),
+        ("labels", result["labels"]),
+        ("hits", f"{result['num_hits']} ({result['num_noise_hits']} noise)"),
+        ("selection", _selection(result)),
+    ]
+    rows.extend((label, _format(result[key], spec)) for label, key, spec in _ROWS)
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _json_ready(result: dict) -> dict:
+    """``result`` with undefined ratios (nan) as ``None``, so the JSON is standard."""
+    return {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in result.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the event and the labels, evaluate, print; returns the exit status."""
+    import numpy as np
+
+    from ..errors import EventFormatError
+    from ..events.metrics import evaluate_event
+    from ..events.submission import read_submission
+    from ..events.trackml import read_event
+
+    event = read_event(args.event, parts=("truth", "particles"))
+    event_ids, hit_ids, track_ids = read_submission(args.labels)
+    rows = event_ids == event.event_id
+    if not rows.any():
+        present = np.unique(event_ids)
+        held = ", ".join(str(v) for v in present[:5].tolist()) + (" ..." if present.size > 5 else "")
+        raise EventFormatError(
+            f"no labels for event {event.event_id} (the file holds "
+            + (f"event(s) {held})" if present.size else "no rows)")
+            + "; give the labels of this event",
+            path=args.labels,
+            column="event_id",
+        )
+    result = {"event": str(event.source), "labels": str(args.labels)}
+    result.update(
+        evaluate_event(
+            event,
+            hit_ids[rows],
+            track_ids[rows],
+            min_pt=args.min_pt,
+            min_hits=args.min_hits,
+            min_track_hits=args.min_track_hits,
+            exclude_noise=not args.include_noise,
+            source=args.labels,
+        )
+    )
+    if args.json:
+        print(json.dumps(_json_ready(result), allow_nan=False))
+    else:
+        print(format_table(result))
+    return 0

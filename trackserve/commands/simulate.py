@@ -1,0 +1,108 @@
+"""``trackserve simulate``: write simulated TrackML events (hits, truth, particles)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import fields, replace
+
+ORDER = 10
+
+#: Options of random particles: (flag, SimulationConfig field, type, help).
+_RANDOM_OPTIONS = (
+    ("--num-particles", "num_particles", int, "number of random particles per event"),
+    ("--pt-min", "pt_min", float, "lowest transverse momentum (GeV)"),
+    ("--pt-max", "pt_max", float, "highest transverse momentum (GeV)"),
+    ("--pt-power", "pt_power", float, "spectrum dN/dpT ~ pT^-POWER"),
+    ("--eta-max", "eta_max", float, "pseudorapidity uniform in [-ETA_MAX, ETA_MAX]"),
+    ("--vertex-sigma-xy", "vertex_sigma_xy", float, "Gaussian vertex width in x and y (mm)"),
+    ("--vertex-sigma-z", "vertex_sigma_z", float, "Gaussian vertex width in z (mm)"),
+)
+#: Detector options: (flag, SimulationConfig field, type, help).
+_DETECTOR_OPTIONS = (
+    ("--magnetic-field", "magnetic_field", float, "solenoid field along +z (T)"),
+    ("--noise-fraction", "noise_fraction", float, "fraction of the hits that are noise, in [0, 1)"),
+    ("--inefficiency", "inefficiency", float, "probability to lose each hit"),
+    ("--resolution-u", "resolution_u", float, "smearing width in local u for every module (mm; default pitch_u/sqrt(12))"),
+    ("--resolution-v", "resolution_v", float, "smearing width in local v for every module (mm; default pitch_v/sqrt(12))"),
+    ("--x-over-x0", "x_over_x0", float, "material per layer in radiation lengths at normal incidence (0: no multiple scattering)"),
+)
+
+
+def register(subparsers) -> None:
+    """Add the ``simulate`` subcommand."""
+    from ..events.simulate import SimulationConfig
+
+    defaults = {field.name: field.default for field in fields(SimulationConfig)}
+    parser = subparsers.add_parser(
+        "simulate",
+        help="simulate TrackML events on the TrackML detector geometry",
+        description=(
+            "Simulate charged particles on helices in a solenoid field through the TrackML detector and write "
+            "TrackML files event<id>-{hits,truth,particles}.csv. Particles are random (options below) or read "
+            "from a TrackML particles table (--particles)."
+        ),
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="directory to write the events to")
+    parser.add_argument("--events", type=int, default=1, metavar="N", help="number of events (default 1)")
+    parser.add_argument("--first-event-id", type=int, default=0, metavar="ID", help="id of the first event (default 0)")
+    parser.add_argument("--particles", metavar="TABLE.csv", help="TrackML particles table to simulate in every event")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; event i uses (S, its event id)")
+    parser.add_argument("--geometry", metavar="detectors.csv", help="TrackML geometry file (default: the repository's data/detectors.csv)")
+    parser.add_argument("--gzip", action="store_true", help="write .csv.gz files")
+    random_group = parser.add_argument_group("random particles (without --particles)")
+    for flag, name, kind, text in _RANDOM_OPTIONS:
+        random_group.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {defaults[name]})")
+    detector_group = parser.add_argument_group("detector")
+    for flag, name, kind, text in _DETECTOR_OPTIONS:
+        shown = defaults[name] if defaults[name] is not None else "per module"
+        detector_group.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {shown})")
+    detector_group.add_argument("--no-smearing", dest="smearing", action="store_false", help="write the true positions")
+    parser.set_defaults(handler=run, smearing=True)
+
+
+def _config(args: argparse.Namespace):
+    """The SimulationConfig of the command-line options (defaults where not given)."""
+    from ..errors import InputError
+    from ..events.simulate import SimulationConfig
+
+    given = {name: getattr(args, name) for _, name, _, _ in _RANDOM_OPTIONS + _DETECTOR_OPTIONS}
+    if args.particles is not None:
+        clashing = [flag for flag, name, _, _ in _RANDOM_OPTIONS if given[name] is not None]
+        if clashing:
+            raise InputError(
+                f"{', '.join(clashing)} only apply to random particles; drop them or drop --particles {args.particles}"
+            )
+    config = replace(SimulationConfig(), smearing=args.smearing, **{k: v for k, v in given.items() if v is not None})
+    config.validate()
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate and write ``--events`` events, printing one summary line per event."""
+    import numpy as np
+
+    from ..errors import InputError
+    from ..events.geometry import load_geometry
+    from ..events.simulate import simulate_event
+    from ..events.trackml import read_particles, write_event
+
+    if args.events < 0:
+        raise InputError(f"--events {args.events} must be >= 0")
+    if args.first_event_id < 0:
+        raise InputError(f"--first-event-id {args.first_event_id} must be >= 0")
+    config = _config(args)
+    geometry = load_geometry(args.geometry)
+    source = config if args.particles is None else read_particles(args.particles)
+    for event_id in range(args.first_event_id, args.first_event_id + args.events):
+        start = time.perf_counter()
+        event = simulate_event(geometry, source, seed=[args.seed, event_id], config=config, event_id=event_id)
+        elapsed = time.perf_counter() - start
+        written = write_event(event, args.output, compress=args.gzip)
+        noise = int(np.count_nonzero(event.truth["particle_id"] == 0))
+        with_hits = int(np.count_nonzero(event.particles["nhits"] > 0))
+        print(
+            f"{event.name}: {event.num_hits} hits ({noise} noise), {len(event.particles['particle_id'])} particles "
+            f"({with_hits} with hits), simulated in {elapsed:.2f} s -> {written['hits'].parent}"
+        )
+    return 0

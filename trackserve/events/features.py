@@ -1,0 +1,175 @@
+"""Node features of hits: cylindrical coordinates divided by fixed scales.
+
+A :class:`FeatureSpec` names the features, in order, and the scale each is divided by:
+feature ``i`` of a hit is ``value(names[i]) / scales[i]``. The networks of a bundle are
+trained on one spec, stored in its ``pipeline.json`` with :meth:`FeatureSpec.to_dict`.
+
+Known feature names (hit positions in mm): ``r`` = sqrt(x² + y²) (the cylindrical
+radius, not the 3-D distance), ``phi`` = atan2(y, x) in (-π, π], ``z``, ``x``, ``y``,
+``eta`` = asinh(z / r) (the pseudorapidity seen from the origin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..errors import BundleError, EventFormatError, InputError
+from .event import Table, table_length
+
+
+def _r(x, y, z):
+    return np.hypot(x, y)
+
+
+def _eta(x, y, z):
+    return np.arcsinh(z / np.hypot(x, y))
+
+
+_FEATURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+    "r": _r,
+    "phi": lambda x, y, z: np.arctan2(y, x),
+    "z": lambda x, y, z: z,
+    "x": lambda x, y, z: x,
+    "y": lambda x, y, z: y,
+    "eta": _eta,
+}
+#: Feature names :func:`hit_features` can compute.
+KNOWN_FEATURES: tuple[str, ...] = tuple(_FEATURES)
+_DEFAULT_NAMES = ("r", "phi", "z")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which hit features a pipeline uses, in order, and the scale each is divided by.
+
+    ``names`` are among :data:`KNOWN_FEATURES`, without repeats; ``scales`` are finite
+    and non-zero, one per name. Construction raises ``ValueError`` otherwise.
+    """
+
+    names: tuple[str, ...]
+    scales: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(str(name) for name in self.names))
+        object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
+        if not self.names:
+            raise ValueError("a feature spec needs at least one feature")
+        if len(self.names) != len(self.scales):
+            raise ValueError(f"{len(self.names)} feature names {self.names} but {len(self.scales)} scales {self.scales}")
+        unknown = [name for name in self.names if name not in _FEATURES]
+        if unknown:
+            raise ValueError(f"unknown feature name(s) {unknown}; known: {list(KNOWN_FEATURES)}")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"feature names repeat: {self.names}")
+        bad = [scale for scale in self.scales if not math.isfinite(scale) or scale == 0.0]
+        if bad:
+            raise ValueError(f"feature scales must be finite and non-zero, got {self.scales}")
+
+    @property
+    def num_features(self) -> int:
+        """Number of features per hit."""
+        return len(self.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``{"names": [...], "scales": [...]}``."""
+        return {"names": list(self.names), "scales": list(self.scales)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FeatureSpec":
+        """The spec stored by :meth:`to_dict`; a malformed entry raises :class:`BundleError`."""
+        if not isinstance(data, Mapping) or set(data) != {"names", "scales"}:
+            raise BundleError(f"the features entry must be an object with keys 'names' and 'scales', got {data!r}")
+        names, scales = data["names"], data["scales"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise BundleError(f"features.names must be a list of strings, got {names!r}")
+        if not isinstance(scales, list) or not all(
+            isinstance(scale, (int, float)) and not isinstance(scale, bool) for scale in scales
+        ):
+            raise BundleError(f"features.scales must be a list of numbers, got {scales!r}")
+        try:
+            return cls(tuple(names), tuple(scales))
+        except ValueError as exc:
+            raise BundleError(f"invalid features entry: {exc}") from None
+
+
+#: The published ExaTrkX service's features (its LRT events and reference event):
+#: r / 3000 mm, φ / π, z / 400 mm.
+EXATRKX_SERVICE = FeatureSpec(("r", "phi", "z"), (3000.0, math.pi, 400.0))
+#: The usual TrackML ExaTrkX features: r / 1000 mm, φ / π, z / 1000 mm.
+TRACKML_1000 = FeatureSpec(("r", "phi", "z"), (1000.0, math.pi, 1000.0))
+#: Presets by the name the command line uses.
+FEATURE_PRESETS: dict[str, FeatureSpec] = {
+    "exatrkx-service": EXATRKX_SERVICE,
+    "trackml-1000": TRACKML_1000,
+}
+
+
+def _parse_scale(text: str) -> float:
+    text = text.strip().lower()
+    if text in ("pi", "π"):
+        return math.pi
+    return float(text)
+
+
+def feature_spec(name_or_scales: str | FeatureSpec) -> FeatureSpec:
+    """A spec from a command-line value: a preset name or a list of scales.
+
+    Accepted forms: a key of :data:`FEATURE_PRESETS` (``exatrkx-service``, ``trackml-1000``;
+    ``_`` may stand for ``-``); ``3000,pi,400`` (scales of r, φ, z); ``r:3000,phi:pi,z:400``
+    (names and scales). ``pi`` means π. A bad value raises :class:`InputError`.
+    """
+    if isinstance(name_or_scales, FeatureSpec):
+        return name_or_scales
+    text = str(name_or_scales).strip()
+    key = text.lower().replace("_", "-")
+    if key in FEATURE_PRESETS:
+        return FEATURE_PRESETS[key]
+    items = [item.strip() for item in text.split(",")]
+    try:
+        if all(":" in item for item in items):
+            pairs = [item.split(":", 1) for item in items]
+            return FeatureSpec(tuple(name.strip() for name, _ in pairs), tuple(_parse_scale(s) for _, s in pairs))
+        if any(":" in item for item in items):
+            raise ValueError("give a name for every scale or for none")
+        scales = tuple(_parse_scale(item) for item in items)
+        if len(scales) != len(_DEFAULT_NAMES):
+            raise ValueError(f"{len(scales)} scales given without names; without names give 3 (r, phi, z)")
+        return FeatureSpec(_DEFAULT_NAMES, scales)
+    except ValueError as exc:
+        raise InputError(
+            f"invalid feature spec {text!r}: {exc}. Use a preset ({', '.join(FEATURE_PRESETS)}), "
+            "scales of r, phi, z such as '3000,pi,400', or 'r:3000,phi:pi,z:400'"
+        ) from None
+
+
+def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray:
+    """The features of each hit as float32 ``[N, spec.num_features]``, in ``spec.names`` order.
+
+    ``hits`` needs columns ``x``, ``y``, ``z`` (mm). Values are computed in float64, then
+    divided by the scales and cast to float32. A hit at r = 0 has φ = 0 and an infinite
+    ``eta``; a non-finite feature raises :class:`EventFormatError` naming the feature and
+    the hit row (1-based).
+    """
+    missing = [name for name in ("x", "y", "z") if name not in hits]
+    if missing:
+        raise EventFormatError(f"the hits table has no column(s) {', '.join(missing)}; features need x, y, z")
+    n = table_length(hits)
+    x, y, z = (np.asarray(hits[name], dtype=np.float64) for name in ("x", "y", "z"))
+    features = np.empty((n, spec.num_features), dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for column, (name, scale) in enumerate(zip(spec.names, spec.scales)):
+            features[:, column] = _FEATURES[name](x, y, z) / scale
+    bad = ~np.isfinite(features)
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise EventFormatError(
+            f"feature {spec.names[column]} of hit row {row + 1} is {features[row, column]} "
+            f"(x={x[row]}, y={y[row]}, z={z[row]})",
+            column=spec.names[column],
+            row=row + 1,
+        )
+    return features

@@ -1,0 +1,367 @@
+"""Importing trained ExaTrkX / ACORN checkpoints into trackserve's network definitions.
+
+:func:`import_checkpoint` reads the file (:mod:`.checkpoint_reader`), decides which
+network it holds, renames the keys of the known layouts to ours, derives the
+hyperparameters from the weight shapes (checked against the training
+hyperparameters where those are given), builds the network and loads the weights
+strictly: every parameter must be matched by name and shape, and whatever cannot be
+mapped is listed in one :class:`~trackserve.errors.CheckpointImportError`.
+
+What the weights cannot tell comes from the hyperparameters (``--hparams`` or the
+Lightning checkpoint's own), or from the TorchScript module (its activations and
+``n_graph_iters``), or, last, from the defaults of the original code, which the
+docstring of each network states.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointImportError
+from .checkpoint_reader import CheckpointContents, read_checkpoint, read_hparams_yaml
+from .embedding import EmbeddingNetwork
+from .filter import EdgeFilter
+from .interaction_gnn import InteractionGNN
+from .mlp import ACTIVATIONS
+from .network_base import ConfigurableNetwork
+from .resagnn import ResAGNN
+
+#: Accepted values of ``kind`` and the architecture each one means (``"gnn"``: either GNN, detected).
+KINDS = {"embedding": "LayerlessEmbedding", "filter": "VanillaFilter", "gnn": None,
+         "resagnn": "ResAGNN", "interaction": "InteractionGNN"}
+
+#: ExaTrkX / ACORN class names (hparams ``name``, TorchScript ``original_name``) -> our architecture.
+_CLASS_NAMES = {
+    "LayerlessEmbedding": "LayerlessEmbedding", "MetricLearning": "LayerlessEmbedding",
+    "VanillaFilter": "VanillaFilter",
+    "ResAGNN": "ResAGNN",
+    "InteractionGNN": "InteractionGNN", "InteractionGNN2": "InteractionGNN",
+}
+
+
+def import_checkpoint(
+    path: str | Path,
+    kind: str | None = None,
+    hparams: dict[str, Any] | str | Path | None = None,
+    *,
+    trust_pickle: bool = False,
+) -> ConfigurableNetwork:
+    """The trackserve network holding the weights of the checkpoint at ``path``, in eval mode.
+
+    ``kind`` is ``"embedding"``, ``"filter"``, ``"gnn"`` (either GNN), ``"resagnn"`` or
+    ``"interaction"``; ``None`` detects it from the class name, hyperparameters or keys.
+    ``hparams`` (a dict or a YAML file such as ``hparams_GNN.yaml``) overrides the
+    checkpoint's own hyperparameters. ``trust_pickle`` allows pickles holding
+    arbitrary Python objects. Raises :class:`CheckpointImportError` when the weights
+    cannot be mapped, listing every unexpected or missing key and shape mismatch.
+    """
+    contents = read_checkpoint(path, trust_pickle=trust_pickle)
+    if hparams is not None:
+        given = read_hparams_yaml(hparams) if isinstance(hparams, (str, Path)) else dict(hparams)
+        contents.hparams = {**(contents.hparams or {}), **given}
+    architecture = detect_architecture(contents, kind)
+    builder = _BUILDERS[architecture]
+    state, config = builder(contents)
+    network = _ARCHITECTURE_CLASSES[architecture].from_config(config)
+    load_weights(network, state, contents.path)
+    return network.eval()
+
+
+def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
+    """Our architecture name for the checkpoint, from ``kind``, its class name or its keys."""
+    if kind is not None and kind not in KINDS:
+        raise CheckpointImportError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+    wanted = KINDS.get(kind) if kind else None
+    named = _CLASS_NAMES.get(contents.class_name or "")
+    by_keys = _architecture_from_keys(contents.state)
+    found = named or by_keys
+    if wanted is not None:
+        if found is not None and found != wanted:
+            raise CheckpointImportError(
+                f"checkpoint {contents.path} holds a {found} network, not the {wanted} asked for with kind {kind!r}"
+            )
+        return wanted
+    if found is None:
+        raise CheckpointImportError(
+            f"cannot tell which network checkpoint {contents.path} holds (class {contents.class_name!r}, "
+            f"keys {_key_summary(contents.state)}): pass kind (one of {', '.join(KINDS)})"
+        )
+    if kind == "gnn" and found not in ("ResAGNN", "InteractionGNN"):
+        raise CheckpointImportError(f"checkpoint {contents.path} holds a {found} network, not a GNN")
+    return found
+
+
+def _architecture_from_keys(state: dict[str, torch.Tensor]) -> str | None:
+    """The architecture whose characteristic keys the state dict has, or ``None``."""
+    roots = {name.split(".")[0] for name in state}
+    if {"edge_encoder", "output_edge_classifier"} <= roots:
+        return "InteractionGNN"
+    if "edge_network" in roots and roots & {"input_network", "node_encoder"}:
+        return "ResAGNN"
+    if {"input_layer", "output_layer"} <= roots:
+        return "VanillaFilter"
+    if "emb_layer" in roots:
+        return "LayerlessEmbedding"
+    return None
+
+
+def _key_summary(state: dict[str, torch.Tensor]) -> str:
+    """The first few keys of a state dict, for messages."""
+    names = sorted(state)
+    return ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def load_weights(network: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``network`` strictly; one error lists every key or shape that does not fit."""
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{name}: checkpoint {tuple(state[name].shape)}, network {tuple(expected[name].shape)}"
+        for name in sorted(set(state) & set(expected)) if state[name].shape != expected[name].shape
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {source} does not fit the {getattr(network, 'architecture', type(network).__name__)} "
+                 f"built from it (config {getattr(network, 'config', {})}):"]
+        if unexpected:
+            lines.append("  unexpected keys (in the checkpoint, not in the network): " + ", ".join(unexpected))
+        if missing:
+            lines.append("  missing keys (in the network, not in the checkpoint): " + ", ".join(missing))
+        if mismatched:
+            lines.append("  shape mismatches: " + "; ".join(mismatched))
+        lines.append("  Check --kind and the hyperparameters (--hparams) of the training run.")
+        raise CheckpointImportError("\n".join(lines))
+    network.load_state_dict({name: tensor.to(torch.float32) for name, tensor in state.items()}, strict=True)
+
+
+def _linear_layers(state: dict[str, torch.Tensor], prefix: str) -> list[tuple[int, torch.Size]]:
+    """``(index, weight shape)`` of the Linear layers of the Sequential at ``prefix``, in order."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
+    found = [(int(match.group(1)), tensor.shape) for name, tensor in state.items()
+             if (match := pattern.match(name)) and tensor.dim() == 2]
+    if not found:
+        raise CheckpointImportError(f"no Linear layer found under '{prefix}' (keys: {_key_summary(state)})")
+    return sorted(found)
+
+
+def _mlp_norm(state: dict[str, torch.Tensor], prefix: str, hparams: dict[str, Any]) -> tuple[bool, bool]:
+    """``(layer_norm, layer_norm_affine)`` of a make_mlp Sequential, from its keys and layer spacing.
+
+    Affine LayerNorms show as 1-D ``weight`` entries between the Linears; ACORN's
+    parameter-free ones only as a spacing of 3 (Linear, LayerNorm, activation) instead of 2.
+    """
+    linears = _linear_layers(state, prefix)
+    linear_names = {f"{prefix}{index}.weight" for index, _ in linears}
+    if any(name.startswith(prefix) and name.endswith(".weight") and name not in linear_names and tensor.dim() == 1
+           for name, tensor in state.items()):
+        return True, True
+    if len(linears) > 1:
+        spacing = linears[1][0] - linears[0][0]
+        return (True, False) if spacing >= 3 else (False, True)
+    return bool(hparams.get("layernorm", hparams.get("layer_norm", False))), False
+
+
+def _check_hparams(config: dict[str, Any], hparams: dict[str, Any], names: dict[str, str], source: str) -> None:
+    """Raise when a training hyperparameter contradicts what the weights say."""
+    conflicts = [
+        f"{hparam}={hparams[hparam]!r} but the weights give {key}={config[key]!r}"
+        for key, hparam in names.items() if hparam in hparams and hparams[hparam] is not None
+        and config.get(key) is not None and hparams[hparam] != config[key]
+    ]
+    if conflicts:
+        raise CheckpointImportError(f"checkpoint {source}: hyperparameters disagree with the weights: " + "; ".join(conflicts))
+
+
+def _activations(contents: CheckpointContents, prefix: str = "") -> list[str]:
+    """The activation module types of a TorchScript module under ``prefix``, in path order."""
+    return [kind for name, kind in sorted(contents.module_types.items())
+            if name.startswith(prefix) and kind in ACTIVATIONS]
+
+
+def _one_activation(contents: CheckpointContents, hparams: dict[str, Any], key: str, default: str | None) -> str:
+    """The hidden activation: hyperparameter ``key``, else the TorchScript modules', else ``default``."""
+    if hparams.get(key):
+        return hparams[key]
+    kinds = set(_activations(contents))
+    if len(kinds) == 1:
+        return kinds.pop()
+    if default is None:
+        raise CheckpointImportError(
+            f"checkpoint {contents.path}: the activation cannot be read from the weights; pass hyperparameters with '{key}'"
+        )
+    return default
+
+
+def _required_int(contents: CheckpointContents, hparams: dict[str, Any], key: str) -> int:
+    """An int hyperparameter that the weights cannot give (``n_graph_iters``)."""
+    value = hparams.get(key, contents.attributes.get(key))
+    if value is None:
+        raise CheckpointImportError(
+            f"checkpoint {contents.path}: '{key}' cannot be read from the weights; pass hyperparameters with '{key}'"
+        )
+    return int(value)
+
+
+def _overrides(hparams: dict[str, Any], cls: type[ConfigurableNetwork]) -> dict[str, Any]:
+    """Hyperparameters spelt as our own config keys (a trackserve-written config), which win."""
+    return {key: value for key, value in hparams.items() if key in cls.DEFAULTS}
+
+
+# ----------------------------------------------------------------------------- per architecture
+
+
+def _build_embedding(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Embedding config and state; the original ``layers.i`` / ``emb_layer`` layout is renamed."""
+    state, hparams = dict(contents.state), contents.hparams or {}
+    if "emb_layer.weight" in state:  # original LayerlessEmbedding: Linear+Tanh blocks, unused 'norm'
+        hidden_count = len(_linear_layers(state, "layers."))
+        renamed = {}
+        for name, tensor in state.items():
+            root, _, rest = name.partition(".")
+            if root == "layers":
+                index, _, leaf = rest.partition(".")
+                renamed[f"network.{2 * int(index)}.{leaf}"] = tensor
+            elif root == "emb_layer":
+                renamed[f"network.{2 * hidden_count}.{rest}"] = tensor
+            elif root != "norm":  # 'norm' is built but never applied by LayerlessEmbedding
+                renamed[name] = tensor
+        state, layer_norm, affine = renamed, False, True
+        activation = hparams.get("activation") or "Tanh"
+    else:
+        layer_norm, affine = _mlp_norm(state, "network.", hparams)
+        activation = _one_activation(contents, hparams, "activation", None)
+    linears = _linear_layers(state, "network.")
+    regime = hparams.get("regime") or []
+    config = {
+        "in_channels": int(linears[0][1][1]),
+        "emb_hidden": int(linears[0][1][0]),
+        "nb_layer": len(linears) - 1,
+        "emb_dim": int(linears[-1][1][0]),
+        "activation": activation,
+        "layer_norm": layer_norm,
+        "layer_norm_affine": affine,
+        "normalize": contents.class_name == "MetricLearning" or any("norm" == str(item) for item in regime),
+    }
+    _check_hparams(config, hparams, {"emb_hidden": "emb_hidden", "nb_layer": "nb_layer", "emb_dim": "emb_dim",
+                                     "in_channels": "in_channels"}, contents.path)
+    config.update(_overrides(hparams, EmbeddingNetwork))
+    return state, config
+
+
+def _build_filter(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """VanillaFilter config and state; unused ``batchnorm`` (and unused ``layernorm``) dropped."""
+    state, hparams = dict(contents.state), contents.hparams or {}
+    if hparams.get("batchnorm"):
+        raise CheckpointImportError(
+            f"checkpoint {contents.path}: a VanillaFilter trained with batchnorm=True normalises with the statistics "
+            "of each inference batch, which an exported network cannot reproduce; it is not supported"
+        )
+    if hparams.get("emb_channels"):
+        raise CheckpointImportError(
+            f"checkpoint {contents.path}: a VanillaFilter with emb_channels={hparams['emb_channels']} also reads the "
+            "embedding of each hit; only filters on hit features alone (emb_channels 0) are supported"
+        )
+    layer_norm = contents.fixed.get("layer_norm", hparams.get("layernorm", hparams.get("layer_norm", True)))
+    state = {name: tensor for name, tensor in state.items()
+             if not name.startswith("batchnorm.") and (layer_norm or not name.startswith("layernorm."))}
+    weight = state.get("input_layer.weight")
+    if weight is None or weight.dim() != 2 or weight.shape[1] % 2:
+        raise CheckpointImportError(
+            f"checkpoint {contents.path}: the filter's input_layer.weight must be [hidden, 2 * in_channels], got "
+            f"{None if weight is None else tuple(weight.shape)}"
+        )
+    config = {
+        "in_channels": int(weight.shape[1] // 2),
+        "hidden": int(weight.shape[0]),
+        "nb_layer": 1 + len([name for name in state if re.fullmatch(r"layers\.\d+\.weight", name)]),
+        "activation": contents.fixed.get("activation") or hparams.get("activation") or "Tanh",
+        "layer_norm": bool(layer_norm),
+    }
+    _check_hparams(config, hparams, {"hidden": "hidden", "nb_layer": "nb_layer", "in_channels": "in_channels"},
+                   contents.path)
+    config.update(_overrides(hparams, EdgeFilter))
+    return state, config
+
+
+def _build_resagnn(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """ResAGNN config and state; the ctd2022 ``torchgnn`` layout (``node_encoder``, flat
+    ``edge_network.i``) is renamed to the Lightning one and reads ``cat[h, m]``."""
+    state, hparams = dict(contents.state), contents.hparams or {}
+    nodes_first = any(name.startswith("node_encoder.") for name in state)
+    if nodes_first:
+        renamed = {}
+        for name, tensor in state.items():
+            root, _, rest = name.partition(".")
+            if root == "node_encoder":
+                renamed["input_network." + rest] = tensor
+            elif root in ("edge_network", "node_network") and not rest.startswith("network."):
+                renamed[f"{root}.network.{rest}"] = tensor
+            else:
+                renamed[name] = tensor
+        state = renamed
+    encoder = _linear_layers(state, "input_network.")
+    edges = _linear_layers(state, "edge_network.network.")
+    nodes = _linear_layers(state, "node_network.network.")
+    layer_norm, _ = _mlp_norm(state, "input_network.", hparams)
+    config = {
+        "in_channels": int(encoder[0][1][1]),
+        "hidden": int(encoder[0][1][0]),
+        "n_graph_iters": _required_int(contents, hparams, "n_graph_iters"),
+        "nb_node_layer": len(nodes),
+        "nb_edge_layer": len(edges) - 1,
+        "nb_input_layer": len(encoder),
+        "edge_hidden": int(edges[0][1][0]) if len(edges) > 1 else None,
+        "hidden_activation": _one_activation(contents, hparams, "hidden_activation", "ReLU"),
+        "layer_norm": layer_norm,
+        "node_input_order": "nodes_first" if nodes_first else "messages_first",
+    }
+    _check_hparams(config, hparams, {"hidden": "hidden", "in_channels": "in_channels", "n_graph_iters": "n_graph_iters",
+                                     "layer_norm": "layernorm"}, contents.path)
+    config.update(_overrides(hparams, ResAGNN))
+    return state, config
+
+
+def _build_interaction(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """InteractionGNN config and state; message direction from the node network's input width."""
+    state, hparams = dict(contents.state), contents.hparams or {}
+    encoder = _linear_layers(state, "node_encoder.")
+    node_net = _linear_layers(state, "node_network.")
+    edge_net = _linear_layers(state, "edge_network.")
+    hidden = int(encoder[0][1][0])
+    bidirectional = int(node_net[0][1][1]) == 3 * hidden
+    layer_norm, affine = _mlp_norm(state, "output_edge_classifier.", hparams)
+    activations = _activations(contents, "output_edge_classifier.")
+    config = {
+        "in_channels": int(encoder[0][1][1]),
+        "hidden": hidden,
+        "n_graph_iters": _required_int(contents, hparams, "n_graph_iters"),
+        "nb_node_layer": len(node_net),
+        "nb_edge_layer": len(edge_net),
+        "hidden_activation": hparams.get("hidden_activation") or (activations[0] if activations else "ReLU"),
+        "output_activation": hparams.get("output_activation"),
+        "layer_norm": layer_norm,
+        "layer_norm_affine": affine,
+        "residual": not bidirectional,
+        "bidirectional_messages": bidirectional,
+        "edge_update_uses_new_nodes": bidirectional,
+    }
+    _check_hparams(config, hparams, {"hidden": "hidden", "n_graph_iters": "n_graph_iters",
+                                     "nb_node_layer": "nb_node_layer", "nb_edge_layer": "nb_edge_layer"}, contents.path)
+    config.update(_overrides(hparams, InteractionGNN))
+    return state, config
+
+
+_BUILDERS = {
+    "LayerlessEmbedding": _build_embedding,
+    "VanillaFilter": _build_filter,
+    "ResAGNN": _build_resagnn,
+    "InteractionGNN": _build_interaction,
+}
+_ARCHITECTURE_CLASSES = {cls.architecture: cls for cls in (EmbeddingNetwork, EdgeFilter, ResAGNN, InteractionGNN)}

@@ -1,0 +1,224 @@
+"""Reading checkpoint files into tensors and hyperparameters, whatever their format.
+
+Four formats are read, all to the same :class:`CheckpointContents`:
+
+* TorchScript modules (``torch.jit.save``), as the ExaTrkX service and the ctd2022
+  examples ship them: the state dict, the class name (``original_name``), the int
+  attributes (``n_graph_iters``) and the module type at every path (which tells the
+  activations apart);
+* *frozen* TorchScript modules (``torch.jit.freeze``), whose weights are constants
+  of the code: the linear layers, activations and LayerNorms are recovered from the
+  code when it is the ``VanillaFilter`` pattern;
+* Lightning checkpoints (a dict with ``state_dict`` and ``hyper_parameters``), as the
+  ExaTrkX and ACORN training code writes them;
+* plain state dicts (a dict of tensors).
+
+Pickles are read with ``torch.load(weights_only=True)``: a file that holds arbitrary
+Python objects is refused unless the caller trusts it.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointImportError
+
+#: Prefixes that wrappers add to every key (a Lightning module holding ``self.model``,
+#: ``DistributedDataParallel``); stripped when every key carries the same one.
+WRAPPER_PREFIXES = ("model.", "module.", "network_model.")
+
+_FROZEN_OP = re.compile(
+    r"torch\.addmm\(CONSTANTS\.(?P<bias>c\d+), \w+, CONSTANTS\.(?P<weight>c\d+)\)"
+    r"|torch\.(?P<act>tanh|relu|sigmoid|silu|gelu|elu)\("
+    r"|torch\.layer_norm\(\w+, \[\d+\], CONSTANTS\.(?P<ln_weight>c\d+), CONSTANTS\.(?P<ln_bias>c\d+)"
+)
+_FROZEN_ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU", "elu": "ELU"}
+
+
+@dataclass
+class CheckpointContents:
+    """What a checkpoint file holds, in one shape for every format.
+
+    ``state`` maps parameter names (as the file writes them, wrapper prefix removed)
+    to float tensors; ``hparams`` are the training hyperparameters when the file has
+    them; ``class_name`` the network class when known; ``attributes`` the TorchScript
+    int/float/bool attributes; ``module_types`` the TorchScript module class at each
+    path (``"input_network.2": "ReLU"``); ``fixed`` config values the format
+    determines (a frozen filter's activation and LayerNorm use).
+    """
+
+    path: str
+    format: str
+    state: dict[str, torch.Tensor]
+    hparams: dict[str, Any] | None = None
+    class_name: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    module_types: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointContents:
+    """Read a TorchScript, Lightning or state-dict checkpoint file (see the module docstring).
+
+    ``trust_pickle=True`` allows a pickle with arbitrary Python objects (it can run code:
+    only for files from a trusted source).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointImportError(f"checkpoint {path} does not exist or is not a file")
+    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+        return _read_torchscript(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or others
+        hint = (
+            " It holds Python objects besides tensors: if the file comes from a source you trust, "
+            "pass trust_pickle=True (CLI: --trust-pickle)."
+            if not trust_pickle and "weights_only" in str(error) else ""
+        )
+        raise CheckpointImportError(f"checkpoint {path} cannot be read by torch.load: {error}.{hint}") from error
+    return _from_payload(path, payload)
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """Whether a zip file is a TorchScript archive (it has ``code/`` or ``constants.pkl``)."""
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _read_torchscript(path: Path) -> CheckpointContents:
+    """A TorchScript module's parameters, class, attributes and module types."""
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:
+        raise CheckpointImportError(f"TorchScript checkpoint {path} cannot be loaded: {error}") from error
+    state = {name: tensor.detach().float().clone() for name, tensor in module.state_dict().items()}
+    attributes = {}
+    for name in ("n_graph_iters",):
+        value = getattr(module, name, None)
+        if isinstance(value, (int, float, bool)):
+            attributes[name] = value
+    module_types = {name: sub.original_name for name, sub in module.named_modules() if name}
+    contents = CheckpointContents(
+        path=str(path), format="torchscript", state=state, class_name=module.original_name,
+        attributes=attributes, module_types=module_types,
+    )
+    if not state:
+        _recover_frozen_filter(module, contents)
+    return contents
+
+
+def _recover_frozen_filter(module: torch.jit.ScriptModule, contents: CheckpointContents) -> None:
+    """Fill ``contents`` from a frozen module whose code is the VanillaFilter pattern.
+
+    The pattern: ``input_layer`` (Linear, no activation), then ``Linear, activation,
+    [LayerNorm]`` repeated with one shared LayerNorm, then ``output_layer``.
+    """
+    code, constants = module.code_with_constants
+    values = constants.const_mapping
+    ops = []
+    for match in _FROZEN_OP.finditer(code):
+        if match.group("weight"):
+            ops.append(("linear", values[match.group("weight")].t(), values[match.group("bias")]))
+        elif match.group("act"):
+            ops.append(("act", _FROZEN_ACTIVATIONS[match.group("act")]))
+        else:
+            ops.append(("layer_norm", values[match.group("ln_weight")], values[match.group("ln_bias")]))
+    problem = f"frozen TorchScript checkpoint {contents.path} has no parameters, and its code is not the VanillaFilter pattern "
+    problem += "(input Linear, then Linear-activation-[LayerNorm] blocks, then output Linear); it cannot be imported"
+    if len(ops) < 2 or ops[0][0] != "linear" or ops[-1][0] != "linear":
+        raise CheckpointImportError(problem)
+    hidden_ops = ops[1:-1]
+    layer_norm = any(op[0] == "layer_norm" for op in hidden_ops)
+    block = 3 if layer_norm else 2
+    if len(hidden_ops) % block:
+        raise CheckpointImportError(problem)
+    state = {"input_layer.weight": ops[0][1], "input_layer.bias": ops[0][2]}
+    activations = set()
+    for number in range(len(hidden_ops) // block):
+        linear, act, *norm = hidden_ops[number * block:(number + 1) * block]
+        if linear[0] != "linear" or act[0] != "act" or (norm and norm[0][0] != "layer_norm"):
+            raise CheckpointImportError(problem)
+        state[f"layers.{number}.weight"], state[f"layers.{number}.bias"] = linear[1], linear[2]
+        activations.add(act[1])
+        if norm:
+            if "layernorm.weight" in state and not (
+                torch.equal(state["layernorm.weight"], norm[0][1]) and torch.equal(state["layernorm.bias"], norm[0][2])
+            ):
+                raise CheckpointImportError(problem + " (its LayerNorms differ, VanillaFilter shares one)")
+            state["layernorm.weight"], state["layernorm.bias"] = norm[0][1], norm[0][2]
+    if len(activations) > 1:
+        raise CheckpointImportError(problem + f" (it mixes activations {sorted(activations)})")
+    state["output_layer.weight"], state["output_layer.bias"] = ops[-1][1], ops[-1][2]
+    contents.state = {name: tensor.detach().float().contiguous().clone() for name, tensor in state.items()}
+    contents.format = "frozen torchscript"
+    contents.fixed = {"layer_norm": layer_norm}
+    if activations:
+        contents.fixed["activation"] = activations.pop()
+
+
+def _from_payload(path: Path, payload: Any) -> CheckpointContents:
+    """Contents of an unpickled Lightning checkpoint or state dict."""
+    if isinstance(payload, torch.nn.Module):
+        payload = payload.state_dict()
+    if not isinstance(payload, dict):
+        raise CheckpointImportError(
+            f"checkpoint {path} holds a {type(payload).__name__}, not a state dict or a Lightning checkpoint"
+        )
+    hparams = None
+    if "state_dict" in payload:
+        fmt, state = "lightning", payload["state_dict"]
+        raw = payload.get("hyper_parameters")
+        hparams = flatten_hparams(dict(raw)) if raw else None
+    else:
+        fmt, state = "state_dict", payload
+    if not isinstance(state, dict) or not state:
+        raise CheckpointImportError(f"checkpoint {path} has an empty or malformed state dict")
+    not_tensors = [name for name, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointImportError(
+            f"checkpoint {path}: state dict entries that are not tensors: {', '.join(map(str, not_tensors[:10]))}"
+        )
+    state = {name: tensor.detach().float() for name, tensor in state.items() if tensor.is_floating_point()}
+    return CheckpointContents(
+        path=str(path), format=fmt, state=strip_wrapper_prefix(state),
+        hparams=hparams, class_name=(hparams or {}).get("name"),
+    )
+
+
+def strip_wrapper_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without a wrapper prefix (``model.``, ``module.``) that every key carries."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(name.startswith(prefix) for name in state):
+            return {name[len(prefix):]: tensor for name, tensor in state.items()}
+    return state
+
+
+def flatten_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """ExaTrkX hyperparameters as one flat dict (their files repeat them under ``hparams:``)."""
+    nested = hparams.get("hparams")
+    flat = dict(nested) if isinstance(nested, dict) else {}
+    flat.update({key: value for key, value in hparams.items() if key != "hparams"})
+    return flat
+
+
+def read_hparams_yaml(path: str | Path) -> dict[str, Any]:
+    """The hyperparameters of an ExaTrkX/ACORN YAML file (``hparams_GNN.yaml``), flattened."""
+    import yaml
+
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointImportError(f"hyperparameter file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise CheckpointImportError(f"hyperparameter file {path} is not valid YAML: {error}") from error
+    if not isinstance(loaded, dict):
+        raise CheckpointImportError(f"hyperparameter file {path} must hold a mapping of names to values")
+    return flatten_hparams(loaded)

@@ -1,0 +1,58 @@
+"""The edge filter (ExaTrkX ``VanillaFilter``): an MLP on the two hits of each edge.
+
+``forward(features[N, F], edge_index[2, E]) -> logits[E]``. The layer order is
+ExaTrkX's, which is *not* :func:`~trackserve.export.mlp.make_mlp`'s::
+
+    h = input_layer(cat[x[start], x[end]])            # no activation after the input layer
+    for layer in layers:                              # nb_layer - 1 of them
+        h = layernorm(activation(layer(h)))           # one LayerNorm shared by all layers
+    logits = output_layer(h)
+
+The parameter names (``input_layer``, ``layers.i``, ``output_layer``, ``layernorm``)
+are ExaTrkX's, so its state dicts load as they are. ``VanillaFilter`` also builds a
+``batchnorm`` module; only its disabled form is supported (with batch statistics at
+inference the scores would depend on how edges are batched).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .mlp import activation_module, gather_pair
+from .network_base import ConfigurableNetwork, positive_int
+
+
+class EdgeFilter(ConfigurableNetwork):
+    """Edge filter logits from the concatenated features of each edge's two hits.
+
+    Config: ``in_channels`` (features per hit), ``hidden``, ``nb_layer`` (linear
+    layers before the output layer, at least 1), ``activation`` (default ``"Tanh"``),
+    ``layer_norm`` (default on).
+    """
+
+    kind = "filter"
+    architecture = "VanillaFilter"
+    REQUIRED = ("in_channels", "hidden", "nb_layer")
+    DEFAULTS = {"activation": "Tanh", "layer_norm": True}
+
+    def __init__(self, **hyperparameters):
+        super().__init__(**hyperparameters)
+        config = self._config
+        for name in self.REQUIRED:
+            positive_int(config, name, self.architecture)
+        hidden = config["hidden"]
+        self.input_layer = nn.Linear(2 * config["in_channels"], hidden)
+        self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config["nb_layer"] - 1))
+        self.output_layer = nn.Linear(hidden, 1)
+        self.activation = activation_module(config["activation"])
+        self.layernorm = nn.LayerNorm(hidden) if config["layer_norm"] else None
+
+    def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """Filter logits ``[E]`` for the edges ``edge_index[2, E]`` between hits ``features[N, F]``."""
+        hidden = self.input_layer(gather_pair(features, edge_index))
+        for layer in self.layers:
+            hidden = self.activation(layer(hidden))
+            if self.layernorm is not None:
+                hidden = self.layernorm(hidden)
+        return self.output_layer(hidden).squeeze(-1)

@@ -1,0 +1,100 @@
+"""The interaction network edge classifier (ExaTrkX / ACORN ``InteractionGNN``).
+
+``forward(features[N, F], edge_index[2, E]) -> logits[E]``::
+
+    x = node_encoder(features)                                 # [N, hidden]
+    e = edge_encoder(cat[x[start], x[end]])                    # [E, hidden]
+    repeat n_graph_iters times:
+        m = sum of e into end                                  # [N, hidden]
+            (bidirectional_messages: cat[sum of e into end, sum of e into start])
+        x' = node_network(cat[x, m])          (+ x when residual)
+        y  = x' if edge_update_uses_new_nodes else x
+        e' = edge_network(cat[y[start], y[end], e])  (+ e when residual)
+        x, e = x', e'
+    logits = output_edge_classifier(cat[x[start], x[end], e])
+
+The classic ExaTrkX residual version is ``residual=True, bidirectional_messages=False,
+edge_update_uses_new_nodes=False``; ACORN's is ``residual=False,
+bidirectional_messages=True, edge_update_uses_new_nodes=True`` with LayerNorms
+without affine parameters (``layer_norm_affine=False``). Parameter names are theirs
+(``node_encoder``, ``edge_encoder``, ``node_network``, ``edge_network``,
+``output_edge_classifier``), each a :func:`~trackserve.export.mlp.make_mlp` Sequential.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .mlp import make_mlp
+from .network_base import ConfigurableNetwork, positive_int
+from .scatter import scatter_sum
+
+
+class InteractionGNN(ConfigurableNetwork):
+    """Interaction network: node and edge MLPs updated over several message-passing steps.
+
+    Config: ``in_channels``, ``hidden``, ``n_graph_iters``, ``nb_node_layer``,
+    ``nb_edge_layer``, ``hidden_activation`` (default ``"ReLU"``),
+    ``output_activation`` (of the encoders and of the node and edge networks; default
+    none), ``layer_norm`` (default on), ``layer_norm_affine`` (default on),
+    ``residual`` (default on), ``bidirectional_messages`` (default off),
+    ``edge_update_uses_new_nodes`` (default off).
+    """
+
+    kind = "gnn"
+    architecture = "InteractionGNN"
+    REQUIRED = ("in_channels", "hidden", "n_graph_iters", "nb_node_layer", "nb_edge_layer")
+    DEFAULTS = {
+        "hidden_activation": "ReLU",
+        "output_activation": None,
+        "layer_norm": True,
+        "layer_norm_affine": True,
+        "residual": True,
+        "bidirectional_messages": False,
+        "edge_update_uses_new_nodes": False,
+    }
+
+    def __init__(self, **hyperparameters):
+        super().__init__(**hyperparameters)
+        config = self._config
+        for name in ("in_channels", "hidden", "nb_node_layer", "nb_edge_layer"):
+            positive_int(config, name, self.architecture)
+        positive_int(config, "n_graph_iters", self.architecture, minimum=0)
+        hidden = config["hidden"]
+        self.n_graph_iters = config["n_graph_iters"]
+        self.residual = bool(config["residual"])
+        self.bidirectional_messages = bool(config["bidirectional_messages"])
+        self.edge_update_uses_new_nodes = bool(config["edge_update_uses_new_nodes"])
+
+        def mlp(input_size: int, sizes: list[int], output_activation: str | None):
+            return make_mlp(
+                input_size, sizes,
+                hidden_activation=config["hidden_activation"], output_activation=output_activation,
+                layer_norm=bool(config["layer_norm"]), layer_norm_affine=bool(config["layer_norm_affine"]),
+            )
+
+        nodes, edges, out = [hidden] * config["nb_node_layer"], [hidden] * config["nb_edge_layer"], config["output_activation"]
+        self.node_encoder = mlp(config["in_channels"], nodes, out)
+        self.edge_encoder = mlp(2 * hidden, edges, out)
+        self.node_network = mlp((3 if self.bidirectional_messages else 2) * hidden, nodes, out)
+        self.edge_network = mlp(3 * hidden, edges, out)
+        self.output_edge_classifier = mlp(3 * hidden, edges + [1], None)
+
+    def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """GNN logits ``[E]`` for the edges ``edge_index[2, E]`` (int64) between hits ``features[N, F]``."""
+        start, end = edge_index[0], edge_index[1]
+        nodes = self.node_encoder(features)
+        edges = self.edge_encoder(torch.cat([nodes[start], nodes[end]], dim=1))
+        for _ in range(self.n_graph_iters):
+            messages = scatter_sum(edges, end, nodes)
+            if self.bidirectional_messages:
+                messages = torch.cat([messages, scatter_sum(edges, start, nodes)], dim=1)
+            new_nodes = self.node_network(torch.cat([nodes, messages], dim=1))
+            if self.residual:
+                new_nodes = new_nodes + nodes
+            source = new_nodes if self.edge_update_uses_new_nodes else nodes
+            new_edges = self.edge_network(torch.cat([source[start], source[end], edges], dim=1))
+            if self.residual:
+                new_edges = new_edges + edges
+            nodes, edges = new_nodes, new_edges
+        return self.output_edge_classifier(torch.cat([nodes[start], nodes[end], edges], dim=1)).squeeze(-1)

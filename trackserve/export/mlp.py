@@ -1,0 +1,75 @@
+"""The multi-layer perceptron of the ExaTrkX and ACORN codebases, layer for layer.
+
+``make_mlp`` builds the same ``nn.Sequential`` as ``make_mlp`` in ExaTrkX
+(``LightningModules/.../utils.py``) and ACORN (``acorn/utils/ml_utils.py``), so that a
+state dict written by their training code loads into it key for key. The layout is::
+
+    for each hidden layer:  Linear, [LayerNorm], hidden activation
+    final layer:            Linear, and when an output activation is given: [LayerNorm], output activation
+
+ExaTrkX's LayerNorms carry an affine weight and bias; ACORN's are built with
+``elementwise_affine=False`` (no parameters): ``layer_norm_affine`` chooses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointImportError
+
+#: Activation names accepted in network configs (``torch.nn`` class names, as the
+#: ExaTrkX/ACORN configs write them); all of them export to ONNX.
+ACTIVATIONS: tuple[str, ...] = ("ReLU", "Tanh", "SiLU", "GELU", "LeakyReLU", "Sigmoid", "ELU")
+
+
+def activation_module(name: str) -> nn.Module:
+    """A fresh ``torch.nn`` activation module from its class name (``"ReLU"``, ``"Tanh"``, ...)."""
+    if name not in ACTIVATIONS:
+        raise CheckpointImportError(
+            f"unsupported activation {name!r}: use one of {', '.join(ACTIVATIONS)}"
+        )
+    return getattr(nn, name)()
+
+
+def make_mlp(
+    input_size: int,
+    sizes: list[int],
+    hidden_activation: str = "ReLU",
+    output_activation: str | None = None,
+    layer_norm: bool = False,
+    layer_norm_affine: bool = True,
+) -> nn.Sequential:
+    """An MLP ``input_size -> sizes[0] -> ... -> sizes[-1]`` in the ExaTrkX/ACORN layout.
+
+    ``hidden_activation`` and ``output_activation`` are ``torch.nn`` class names; with
+    ``output_activation=None`` the last layer is a bare ``Linear`` (and has no LayerNorm).
+    ``layer_norm`` inserts a ``LayerNorm`` between each ``Linear`` and its activation.
+    """
+    if input_size < 1 or not sizes or any(int(size) < 1 for size in sizes):
+        raise CheckpointImportError(
+            f"an MLP needs a positive input size and at least one positive layer size, got {input_size} -> {sizes}"
+        )
+    widths = [int(input_size)] + [int(size) for size in sizes]
+    layers: list[nn.Module] = []
+    for index in range(len(sizes) - 1):
+        layers.append(nn.Linear(widths[index], widths[index + 1]))
+        if layer_norm:
+            layers.append(nn.LayerNorm(widths[index + 1], elementwise_affine=layer_norm_affine))
+        layers.append(activation_module(hidden_activation))
+    layers.append(nn.Linear(widths[-2], widths[-1]))
+    if output_activation is not None:
+        if layer_norm:
+            layers.append(nn.LayerNorm(widths[-1], elementwise_affine=layer_norm_affine))
+        layers.append(activation_module(output_activation))
+    return nn.Sequential(*layers)
+
+
+def mlp_linear_count(mlp: nn.Sequential) -> int:
+    """The number of ``Linear`` layers of an MLP (its depth)."""
+    return sum(isinstance(module, nn.Linear) for module in mlp)
+
+
+def gather_pair(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    """``cat([x[start], x[end]], dim=1)``: the features of both hits of every edge, ``[E, 2F]``."""
+    return torch.cat([x[edge_index[0]], x[edge_index[1]]], dim=1)

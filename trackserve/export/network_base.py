@@ -1,0 +1,75 @@
+"""What every trackserve network shares: a JSON-ready ``config`` and ``from_config``.
+
+A bundle stores a network as its ONNX file plus its config; ``from_config(config)``
+rebuilds the torch module (for re-export or fine-tuning) and ``network.config`` gives
+the dict back. Each network class declares its hyperparameters once, in ``DEFAULTS``
+(optional ones with their default) and ``REQUIRED`` (no default).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..errors import CheckpointImportError
+
+
+class ConfigurableNetwork(nn.Module):
+    """Base class of the networks: hyperparameters in, ``config`` out.
+
+    Subclasses set ``kind`` (the pipeline role and ONNX export spec: ``"embedding"``,
+    ``"filter"`` or ``"gnn"``), ``architecture`` (the ExaTrkX/ACORN class it
+    reproduces), ``REQUIRED`` and ``DEFAULTS``, and build their layers in ``__init__``
+    from the keyword arguments.
+    """
+
+    kind: ClassVar[str] = ""
+    architecture: ClassVar[str] = ""
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **hyperparameters: Any):
+        super().__init__()
+        self._config = self.resolve_config(hyperparameters)
+
+    @classmethod
+    def resolve_config(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """The full config from ``given``: defaults filled in; unknown or missing keys raise."""
+        known = set(cls.REQUIRED) | set(cls.DEFAULTS)
+        unknown = sorted(set(given) - known)
+        missing = [name for name in cls.REQUIRED if name not in given]
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown {', '.join(unknown)}")
+            raise CheckpointImportError(
+                f"{cls.architecture} config: {'; '.join(parts)} (accepted keys: {', '.join(sorted(known))})"
+            )
+        config = {name: given[name] for name in cls.REQUIRED}
+        config.update({name: given.get(name, default) for name, default in cls.DEFAULTS.items()})
+        return config
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters this network was built with (a copy; JSON-serialisable)."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ConfigurableNetwork":
+        """Build the network from a config dict as returned by :attr:`config`."""
+        return cls(**config)
+
+    def extra_repr(self) -> str:
+        """The architecture name and config, shown by ``print(network)``."""
+        return f"{self.architecture}: " + ", ".join(f"{key}={value!r}" for key, value in self._config.items())
+
+
+def positive_int(config: dict[str, Any], name: str, architecture: str, minimum: int = 1) -> int:
+    """``config[name]`` as an int, at least ``minimum``; a clear error otherwise."""
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CheckpointImportError(f"{architecture} config: {name} must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -1,0 +1,441 @@
+"""Export a torch network to ONNX and prove, on the spot, that ONNX Runtime computes the same thing.
+
+:func:`export_network` traces the network with the legacy (TorchScript-based) exporter
+at the sizes of its kind's :class:`~trackserve.export.specs.ExportSpec`, with dynamic
+``num_hits`` / ``num_edges`` axes and the interface's names, then runs
+:func:`validate_onnx`, which compares ONNX Runtime with PyTorch:
+
+1. names: the ONNX inputs and outputs are the interface's, in order;
+2. shapes: their declared dtypes and dims (fixed sizes equal, dynamic dims left
+   dynamic), then, for each validation case, every output's shape;
+3. values: for each case (sizes other than the traced ones, down to one hit and up
+   to a 50,000-edge power-law graph) and each of ``runs`` runs of one session at
+   ONNX Runtime's default threading, every output satisfies
+
+       max|onnx - torch| <= tolerance * max(1, max|torch|)      (tolerance = 1e-4)
+
+   where the maxima run over all elements of that output in that case (a NaN or
+   infinity where the other side has a different value counts as an infinite
+   difference);
+4. the graph: :func:`~trackserve.export.graph_scan.scan_graph` finds no scatter
+   known to aggregate wrongly.
+
+Every failure is collected, then one :class:`~trackserve.errors.ExportParityError`
+lists them all together with every output's difference. Needs torch and onnx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import TensorInfo, file_sha256
+from ..errors import ExportError, ExportParityError
+from .graph_scan import GraphHazard, scan_graph
+from .specs import ExportSpec, ShapeCase, get_spec
+
+#: The ONNX opset written by default: supported by the legacy exporter, ONNX Runtime
+#: 1.17 and later, and TensorRT 8.6 and later; it has ScatterElements(reduction="add").
+DEFAULT_OPSET = 17
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """The comparison of one output in one validation case, over all runs."""
+
+    case: str
+    output: str
+    max_abs_diff: float
+    bound: float
+    reference_scale: float
+    run_spread: float
+    runs: int
+
+    @property
+    def passed(self) -> bool:
+        """Whether the difference is within the bound."""
+        return self.max_abs_diff <= self.bound
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.passed else "FAIL"
+        text = (
+            f"{self.case}: '{self.output}' max|onnx - torch| = {self.max_abs_diff:.3g}, "
+            f"bound {self.bound:.3g} (max|torch| = {self.reference_scale:.3g}), {self.runs} run(s): {verdict}"
+        )
+        if self.run_spread > 0:
+            text += f"; runs differ from each other by up to {self.run_spread:.3g} (nondeterministic kernel)"
+        return text
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What :func:`validate_onnx` compared and found."""
+
+    path: str
+    kind: str
+    tolerance: float
+    runs: int
+    providers: tuple[str, ...]
+    checks: tuple[OutputCheck, ...]
+    hazards: tuple[GraphHazard, ...]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        """True when nothing failed."""
+        return not self.failures
+
+    def summary(self) -> str:
+        """Multi-line text: the failures (if any), then every comparison."""
+        lines = [
+            f"{self.kind} network {self.path}: ONNX Runtime ({', '.join(self.providers)}, default threading) "
+            f"vs PyTorch, bound = {self.tolerance:g} * max(1, max|torch|)"
+        ]
+        if self.failures:
+            lines.append(f"{len(self.failures)} failure(s):")
+            lines += [f"  - {failure}" for failure in self.failures]
+        if self.checks:
+            lines.append("comparisons:")
+            lines += [f"  {check}" for check in self.checks]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """The result of :func:`export_network`: the file, its checksum, interface and validation."""
+
+    path: str
+    kind: str
+    opset: int
+    sha256: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    validation: ValidationReport | None
+    export_warnings: tuple[str, ...] = ()
+
+
+def infer_num_features(module, num_features: int | None = None) -> int:
+    """The number of input features F of ``module``: ``num_features`` if given, else its config's ``in_channels``."""
+    if num_features is None:
+        config = getattr(module, "config", None)
+        if isinstance(config, dict):
+            num_features = config.get("in_channels", config.get("num_features"))
+    if num_features is None:
+        raise ExportError(
+            f"cannot tell how many features {type(module).__name__} takes: it has no config with 'in_channels'; "
+            "pass num_features (--num-features on the command line)"
+        )
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ExportError(f"num_features must be an integer >= 1, got {num_features!r}")
+    return num_features
+
+
+def _resolve_kind(module, kind: str | None) -> ExportSpec:
+    if kind is None:
+        kind = getattr(module, "kind", None)
+        if not kind:
+            raise ExportError(f"{type(module).__name__} declares no kind: pass kind='embedding' or 'edge_classifier'")
+    try:
+        return get_spec(kind)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+
+
+def _module_device(module):
+    import torch
+
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def torch_outputs(module, spec: ExportSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``module`` (already in eval mode) on ``inputs``; its outputs by name, as numpy arrays.
+
+    Raises ExportError when the forward fails or returns the wrong number of tensors.
+    """
+    import torch
+
+    device = _module_device(module)
+    args = [torch.from_numpy(inputs[name]).to(device) for name in spec.input_names]
+    try:
+        with torch.no_grad():
+            result = module(*args)
+    except Exception as error:
+        shapes = ", ".join(f"{name} {list(inputs[name].shape)}" for name in spec.input_names)
+        raise ExportError(f"the {spec.kind} network's forward fails on {shapes}: {type(error).__name__}: {error}") from error
+    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    if len(results) != len(spec.output_names) or not all(isinstance(r, torch.Tensor) for r in results):
+        raise ExportError(
+            f"the {spec.kind} network must return {len(spec.output_names)} tensor(s) ({', '.join(spec.output_names)}), "
+            f"it returned {type(result).__name__}"
+            + (f" of {len(results)}" if isinstance(result, (tuple, list)) else "")
+        )
+    return {name: r.detach().cpu().numpy() for name, r in zip(spec.output_names, results)}
+
+
+def _shape_problem(tensor: TensorInfo, shape: tuple[int, ...], sizes: dict[str, int]) -> str | None:
+    """Why ``shape`` does not fit ``tensor.dims`` with dynamic dims ``sizes``, or None."""
+    expected = [sizes.get(d, d) if isinstance(d, str) else d for d in tensor.dims]
+    if list(shape) != expected:
+        return f"has shape {list(shape)}, the interface needs {list(tensor.dims)} = {expected}"
+    return None
+
+
+def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
+    if want.size == 0:
+        return 0.0
+    a, b = got.astype(np.float64), want.astype(np.float64)
+    same = (np.isnan(a) & np.isnan(b)) | (np.isinf(a) & (a == b))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - b)
+    diff[same] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return float(diff.max())
+
+
+def _scale(reference: np.ndarray) -> float:
+    finite = np.abs(reference[np.isfinite(reference)]) if reference.size else reference
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _metadata_failures(session, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]) -> list[str]:
+    """Names, dtypes and declared dims of the session against the resolved interface."""
+    failures = []
+    for role, declared, actual in (("inputs", inputs, session.get_inputs()), ("outputs", outputs, session.get_outputs())):
+        for want, got in zip(declared, actual):
+            dtype = _ORT_DTYPES.get(got.type, got.type)
+            if dtype != want.dtype:
+                failures.append(f"{role[:-1]} '{want.name}' has dtype {dtype}, the interface needs {want.dtype}")
+            shape = list(got.shape)
+            if len(shape) != len(want.dims):
+                failures.append(f"{role[:-1]} '{want.name}' has dims {shape}, the interface needs {list(want.dims)}")
+                continue
+            for axis, (w, g) in enumerate(zip(want.dims, shape)):
+                if isinstance(w, int) and isinstance(g, int) and g != w:
+                    failures.append(f"{role[:-1]} '{want.name}' has dims {shape}, the interface needs {list(want.dims)}")
+                    break
+                if isinstance(w, str) and isinstance(g, int):
+                    failures.append(
+                        f"{role[:-1]} '{want.name}' has the fixed size {g} at dim {axis} where the interface has the "
+                        f"dynamic dim '{w}' (exported without dynamic axes)"
+                    )
+                    break
+    return failures
+
+
+def validate_onnx(
+    path: str | os.PathLike,
+    module,
+    kind: str | None = None,
+    *,
+    num_features: int | None = None,
+    runs: int = 3,
+    cases: tuple[ShapeCase, ...] | None = None,
+    tolerance: float | None = None,
+    providers: list[str] | None = None,
+    check_graph: bool = True,
+    seed: int = 0,
+) -> ValidationReport:
+    """Check that the ONNX file ``path`` computes what the torch ``module`` computes.
+
+    ``kind``: ``embedding`` or ``edge_classifier`` (or ``filter``/``gnn``; default:
+    ``module.kind``). ``cases`` default to the kind's validation cases; each runs
+    ``runs`` times in one ONNX Runtime session with default threading on ``providers``
+    (default CPU). ``check_graph`` also scans the graph for known-bad scatters. Returns
+    the report when everything passes; otherwise raises
+    :class:`~trackserve.errors.ExportParityError` listing every failure and comparison
+    (the report is its ``report`` attribute). See the module docstring for the bound.
+    """
+    import onnxruntime as ort
+
+    spec = _resolve_kind(module, kind)
+    num_features = infer_num_features(module, num_features)
+    tolerance = spec.tolerance if tolerance is None else float(tolerance)
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    providers = list(providers or ["CPUExecutionProvider"])
+    path = Path(path)
+    failures: list[str] = []
+    checks: list[OutputCheck] = []
+
+    hazards = tuple(scan_graph(path)) if check_graph else ()
+    try:
+        session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=providers)
+    except Exception as error:
+        failures.append(f"ONNX Runtime cannot load {path}: {_first_line(error)}")
+        session = None
+
+    was_training = getattr(module, "training", False)
+    if hasattr(module, "eval"):
+        module.eval()
+    try:
+        if session is not None:
+            failures += _compare(session, module, spec, num_features, cases or spec.cases, runs, tolerance, seed, checks)
+    finally:
+        if was_training:
+            module.train()
+    failures += [f"graph: {hazard}" for hazard in hazards]
+    report = ValidationReport(
+        str(path), spec.kind, tolerance, runs, tuple(session.get_providers() if session else providers),
+        tuple(checks), hazards, tuple(failures),
+    )
+    if failures:
+        error = ExportParityError(report.summary())
+        error.report = report
+        raise error
+    return report
+
+
+def _compare(session, module, spec, num_features, cases, runs, tolerance, seed, checks) -> list[str]:
+    """Names, then shapes, then values; appends to ``checks`` and returns the failures."""
+    failures = []
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
+    if input_names != spec.input_names:
+        failures.append(f"inputs are named {input_names}, the {spec.kind} interface needs {spec.input_names}")
+    if output_names != spec.output_names:
+        failures.append(f"outputs are named {output_names}, the {spec.kind} interface needs {spec.output_names}")
+    if failures:
+        return failures
+
+    trace_outputs = torch_outputs(module, spec, spec.make_inputs(spec.trace, num_features, seed))
+    inputs_info, outputs_info = spec.resolve(num_features, {k: v.shape for k, v in trace_outputs.items()})
+    failures += _metadata_failures(session, inputs_info, outputs_info)
+
+    for index, case in enumerate(cases):
+        label = f"case '{case.describe(with_edges='edge_index' in spec.input_names)}'"
+        feeds = spec.make_inputs(case, num_features, seed + 1 + index)
+        sizes = {"num_hits": case.num_hits, "num_edges": case.num_edges}
+        try:
+            reference = torch_outputs(module, spec, feeds)
+        except ExportError as error:
+            failures.append(f"{label}: PyTorch itself fails: {error}")
+            continue
+        for tensor in outputs_info:
+            problem = _shape_problem(tensor, reference[tensor.name].shape, sizes)
+            if problem:
+                failures.append(f"{label}: PyTorch output '{tensor.name}' {problem}")
+        results = []
+        for run in range(runs):
+            try:
+                results.append(dict(zip(spec.output_names, session.run(spec.output_names, feeds))))
+            except Exception as error:
+                failures.append(f"{label}: ONNX Runtime fails (run {run + 1}): {_first_line(error)}")
+                break
+        if len(results) < runs:
+            continue
+        for name in spec.output_names:
+            want = reference[name]
+            got_shapes = {tuple(r[name].shape) for r in results}
+            if got_shapes != {tuple(want.shape)}:
+                failures.append(
+                    f"{label}: output '{name}' has shape {sorted(map(list, got_shapes))} in ONNX Runtime, "
+                    f"{list(want.shape)} in PyTorch"
+                )
+                continue
+            scale = _scale(want)
+            check = OutputCheck(
+                case=label,
+                output=name,
+                max_abs_diff=max(_max_abs_diff(r[name], want) for r in results),
+                bound=tolerance * max(1.0, scale),
+                reference_scale=scale,
+                run_spread=max(_max_abs_diff(r[name], results[0][name]) for r in results),
+                runs=runs,
+            )
+            checks.append(check)
+            if not check.passed:
+                failures.append(str(check))
+    return failures
+
+
+def export_network(
+    module,
+    kind: str | None,
+    path: str | os.PathLike,
+    *,
+    num_features: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    validate: bool = True,
+    runs: int = 3,
+    providers: list[str] | None = None,
+) -> ExportReport:
+    """Export ``module`` to the ONNX file ``path`` and (``validate``) check it against PyTorch.
+
+    ``kind``: ``embedding`` or ``edge_classifier`` (``filter``/``gnn`` accepted; ``None``
+    takes ``module.kind``). ``num_features``: F (default: ``module.config["in_channels"]``).
+    The file is written next to ``path`` first and moved into place only once it passed
+    validation, so a failed export never replaces a good file. Raises
+    :class:`~trackserve.errors.ExportError` when the network cannot be exported and
+    :class:`~trackserve.errors.ExportParityError` when ONNX Runtime disagrees with PyTorch.
+    """
+    import torch
+
+    spec = _resolve_kind(module, kind)
+    num_features = infer_num_features(module, num_features)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+
+    was_training = getattr(module, "training", False)
+    module.eval()
+    try:
+        trace_inputs = spec.make_inputs(spec.trace, num_features)
+        trace_outputs = torch_outputs(module, spec, trace_inputs)
+        sizes = {"num_hits": spec.trace.num_hits, "num_edges": spec.trace.num_edges}
+        inputs_info, outputs_info = spec.resolve(num_features, {k: v.shape for k, v in trace_outputs.items()})
+        for tensor in outputs_info:
+            value = trace_outputs[tensor.name]
+            problem = _shape_problem(tensor, value.shape, sizes)
+            if problem:
+                raise ExportError(f"the {spec.kind} network's output '{tensor.name}' {problem}")
+            if str(value.dtype) != tensor.dtype:
+                raise ExportError(f"the {spec.kind} network's output '{tensor.name}' is {value.dtype}, the interface needs {tensor.dtype}")
+
+        device = _module_device(module)
+        args = tuple(torch.from_numpy(trace_inputs[name]).to(device) for name in spec.input_names)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                torch.onnx.export(
+                    module, args, str(temporary), dynamo=False, opset_version=opset,
+                    input_names=spec.input_names, output_names=spec.output_names,
+                    dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
+                )
+            except Exception as error:
+                temporary.unlink(missing_ok=True)
+                raise ExportError(f"torch.onnx.export fails on the {spec.kind} network: {_first_line(error)}") from error
+        export_warnings = tuple(dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()))
+
+        validation = None
+        if validate:
+            try:
+                validation = validate_onnx(temporary, module, spec.kind, num_features=num_features, runs=runs, providers=providers)
+            except ExportParityError as error:
+                temporary.unlink(missing_ok=True)
+                report = error.report
+                replaced = ExportParityError(
+                    f"export of {path} rejected (nothing written):\n" + report.summary().replace(str(temporary), str(path))
+                )
+                replaced.report = report
+                raise replaced from None
+    finally:
+        if was_training:
+            module.train()
+    os.replace(temporary, path)
+    if validation is not None:
+        validation = dataclasses.replace(validation, path=str(path))
+    return ExportReport(str(path), spec.kind, opset, file_sha256(path), inputs_info, outputs_info, validation, export_warnings)

@@ -1,0 +1,150 @@
+"""Track building on the CPU: connected components of the edges the GNN keeps.
+
+An edge is kept when its score passes the cut strictly, ``sigmoid(score) > cut`` as in
+the published ExaTrkX service. With logits this is decided as ``score > logit(cut)``
+in float64, the exact mathematical equivalent (no sigmoid is evaluated, so nothing
+saturates): at ``cut = 0`` every finite logit passes and ``-inf`` does not, at
+``cut = 1`` nothing passes. With probabilities it is ``score > cut``.
+
+Every hit gets a label, also a hit with no kept edge: it is a track of its own (the
+published service gave all such hits one shared label; a single-hit "track" is easy
+to drop downstream by its size, a shared label would merge unrelated hits). Labels
+are compact and stable: ``0 .. n_tracks - 1``, numbered in the order of the smallest
+hit index of each track, so the same partition always gives the same labels.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from scipy.sparse import csr_array
+from scipy.sparse.csgraph import connected_components
+
+from trackserve.errors import InputError
+
+
+def build_tracks(
+    num_hits: int,
+    edge_index: np.ndarray,
+    scores: np.ndarray,
+    cut: float,
+    *,
+    scores_are_logits: bool = True,
+) -> np.ndarray:
+    """Label each hit with its track: connected components over the edges passing ``cut``.
+
+    Parameters
+    ----------
+    num_hits:
+        number of hits ``N >= 0``; labels are returned for hits ``0 .. N-1``.
+    edge_index:
+        integer array ``[2, M]`` of hit indices in ``[0, N)``; direction, repeated edges
+        and self-loops do not matter.
+    scores:
+        float array ``[M]``, one score per edge, no NaN (infinities are allowed).
+    cut:
+        threshold in ``[0, 1]`` on the edge probability; an edge passes when
+        ``sigmoid(score) > cut`` (logits) or ``score > cut`` (probabilities).
+    scores_are_logits:
+        whether ``scores`` are logits (default) or probabilities.
+
+    Returns
+    -------
+    int64 array ``[N]``: track labels ``0 .. n_tracks-1`` in order of each track's smallest hit index.
+
+    Raises
+    ------
+    InputError
+        on a malformed hit count, edge list, score array or cut.
+    """
+    n = _validated_num_hits(num_hits)
+    edges = _validated_edges(edge_index, n)
+    values = _validated_scores(scores, edges.shape[1])
+    threshold = _threshold(cut, scores_are_logits)
+
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    kept = values > threshold
+    source = edges[0, kept]
+    target = edges[1, kept]
+    if source.size == 0:
+        return np.arange(n, dtype=np.int64)
+    index_type = np.int32 if n < 2**31 and source.size < 2**31 else np.int64
+    order = np.argsort(source, kind="stable")
+    indptr = np.zeros(n + 1, dtype=index_type)
+    np.cumsum(np.bincount(source, minlength=n), out=indptr[1:])
+    graph = csr_array(
+        (np.ones(source.size, dtype=np.float64), target[order].astype(index_type), indptr),
+        shape=(n, n),
+    )
+    _, labels = connected_components(graph, directed=True, connection="weak")
+    return _compact_in_order(labels)
+
+
+def _validated_num_hits(num_hits) -> int:
+    if isinstance(num_hits, bool) or not isinstance(num_hits, numbers.Integral) or num_hits < 0:
+        raise InputError(f"num_hits must be an integer >= 0; got {num_hits!r}")
+    return int(num_hits)
+
+
+def _validated_edges(edge_index, n: int) -> np.ndarray:
+    edges = np.asarray(edge_index)
+    if edges.ndim != 2 or edges.shape[0] != 2:
+        raise InputError(f"edge_index must have shape [2, M]; got {edges.shape}")
+    if edges.size == 0:
+        return np.zeros((2, 0), dtype=np.int64)
+    if edges.dtype.kind not in "iu":
+        raise InputError(f"edge_index must hold integers; got dtype {edges.dtype}")
+    low, high = edges.min(), edges.max()
+    if low < 0 or high >= n:
+        bad = int(np.flatnonzero(((edges < 0) | (edges >= n)).any(axis=0))[0])
+        raise InputError(
+            f"edge {bad} ({int(edges[0, bad])} -> {int(edges[1, bad])}) refers to a hit outside "
+            f"0..{n - 1} (num_hits = {n})"
+        )
+    return edges.astype(np.int64, copy=False)
+
+
+def _validated_scores(scores, m: int) -> np.ndarray:
+    values = np.asarray(scores)
+    if values.ndim != 1 or values.shape[0] != m:
+        raise InputError(f"scores must have shape [{m}] (one per edge); got {values.shape}")
+    if m == 0:
+        return np.zeros(0, dtype=np.float64)
+    if values.dtype.kind != "f":
+        raise InputError(f"scores must be floating-point; got dtype {values.dtype}")
+    nan = np.isnan(values)
+    if nan.any():
+        raise InputError(f"score of edge {int(np.flatnonzero(nan)[0])} is NaN ({int(nan.sum())} NaN scores in all)")
+    return values
+
+
+def _threshold(cut, scores_are_logits: bool) -> np.float64:
+    """The value a score must exceed, as a float64 scalar (so float32 scores compare in float64)."""
+    try:
+        value = float(cut)
+    except (TypeError, ValueError):
+        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}")
+    if not scores_are_logits:
+        return np.float64(value)
+    if value == 0.0:
+        return np.float64(-np.inf)
+    if value == 1.0:
+        return np.float64(np.inf)
+    return np.float64(np.log(value) - np.log1p(-value))
+
+
+def _compact_in_order(labels: np.ndarray) -> np.ndarray:
+    """Renumber component labels 0.. in order of first appearance (smallest hit index)."""
+    labels = labels.astype(np.int64, copy=False)
+    running_max = np.maximum.accumulate(labels)
+    if running_max[0] == 0 and np.all(np.diff(running_max) <= 1):
+        # Each new label is one above every label before it: already in first-appearance order.
+        return labels
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse]

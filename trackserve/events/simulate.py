@@ -46,6 +46,7 @@ in a fixed order, so an event is a function of its inputs and seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -487,7 +488,7 @@ def hit_weights(particle: np.ndarray, order: np.ndarray, pt: np.ndarray) -> np.n
     return weights / total if total > 0 else weights
 
 
-def simulate_event(geometry: Geometry, source: Table | SimulationConfig, *, seed: int,
+def simulate_event(geometry: Geometry, source: Table | SimulationConfig, *, seed: int | Sequence[int],
                    config: SimulationConfig | None = None, event_id: int = 0) -> Event:
     """Simulate one event on ``geometry``: hits, truth and particles as TrackML tables.
 
@@ -495,7 +496,9 @@ def simulate_event(geometry: Geometry, source: Table | SimulationConfig, *, seed
     ignored and recomputed, ``particle_type`` is used for the masses when present) or a
     :class:`SimulationConfig`, whose random-particle options then generate the particles.
     ``config`` holds the detector options (default: ``source`` when it is a config,
-    otherwise ``SimulationConfig()``). The same inputs and ``seed`` give the same event.
+    otherwise ``SimulationConfig()``). ``seed`` is an integer or a sequence of integers
+    (e.g. ``(run_seed, event_id)``) for ``numpy.random.default_rng``; the same inputs and
+    seed give the same event.
     """
     if isinstance(source, SimulationConfig):
         if config is not None and config != source:

@@ -229,6 +229,7 @@ def test_config_errors_name_the_problem():
     ResAGNN(in_channels=3, hidden=16, n_graph_iters=3, nb_node_layer=2, nb_edge_layer=2),
     InteractionGNN(in_channels=3, hidden=16, n_graph_iters=3, nb_node_layer=2, nb_edge_layer=2, **ACORN_STYLE),
 ], ids=["resagnn", "interaction"])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_gnn_exports_to_onnx_with_correct_scatter(net):
     """Legacy export with dynamic N and E; ONNX Runtime (default threads) matches PyTorch on
     50k edges crowding onto 60 destinations, run after run."""

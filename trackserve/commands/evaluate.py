@@ -9,10 +9,10 @@ The definitions are those of :mod:`trackserve.events.metrics`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 from ..events.metrics import DEFAULT_MIN_HITS
+from ..jsonout import dumps
 
 ORDER = 20
 
@@ -91,11 +91,6 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
-def _json_ready(result: dict) -> dict:
-    """``result`` with undefined ratios (nan) as ``None``, so the JSON is standard."""
-    return {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in result.items()}
-
-
 def run(args: argparse.Namespace) -> int:
     """Read the event and the labels, evaluate, print; returns the exit status."""
     import numpy as np
@@ -132,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     if args.json:
-        print(json.dumps(_json_ready(result), allow_nan=False))
+        print(dumps(result))
     else:
         print(format_table(result))
     return 0

@@ -20,6 +20,7 @@ Python objects is refused unless the caller trusts it.
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,9 @@ def _is_torchscript_archive(path: Path) -> bool:
 def _read_torchscript(path: Path) -> CheckpointContents:
     """A TorchScript module's parameters, class, attributes and module types."""
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.9+ deprecates torch.jit.load; these files only exist as TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
         raise CheckpointImportError(f"TorchScript checkpoint {path} cannot be loaded: {error}") from error
     state = {name: tensor.detach().float().clone() for name, tensor in module.state_dict().items()}

@@ -50,6 +50,9 @@ def make_mlp(
         raise CheckpointImportError(
             f"an MLP needs a positive input size and at least one positive layer size, got {input_size} -> {sizes}"
         )
+    for name in (hidden_activation, output_activation):
+        if name is not None:
+            activation_module(name)  # validates the name even where the layer count never uses it
     widths = [int(input_size)] + [int(size) for size in sizes]
     layers: list[nn.Module] = []
     for index in range(len(sizes) - 1):

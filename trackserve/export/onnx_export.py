@@ -189,7 +189,12 @@ def _shape_problem(tensor: TensorInfo, shape: tuple[int, ...], sizes: dict[str, 
     return None
 
 
-def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
+def max_abs_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """``max|got - want|`` over all elements, in float64; 0 for empty arrays.
+
+    A NaN facing a NaN, or an infinity facing the same infinity, counts as equal; any
+    other non-finite value counts as an infinite difference.
+    """
     if want.size == 0:
         return 0.0
     a, b = got.astype(np.float64), want.astype(np.float64)
@@ -350,10 +355,10 @@ def _compare(session, module, spec, num_features, cases, runs, tolerance, seed, 
             check = OutputCheck(
                 case=label,
                 output=name,
-                max_abs_diff=max(_max_abs_diff(r[name], want) for r in results),
+                max_abs_diff=max(max_abs_difference(r[name], want) for r in results),
                 bound=tolerance * max(1.0, scale),
                 reference_scale=scale,
-                run_spread=max(_max_abs_diff(r[name], results[0][name]) for r in results),
+                run_spread=max(max_abs_difference(r[name], results[0][name]) for r in results),
                 runs=runs,
             )
             checks.append(check)

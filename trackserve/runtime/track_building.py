@@ -78,7 +78,7 @@ def build_tracks(
         (np.ones(source.size, dtype=np.float64), target[order].astype(index_type), indptr),
         shape=(n, n),
     )
-    _, labels = connected_components(graph, directed=True, connection="weak")
+    _, labels = connected_components(graph, directed=True, connection="strong")
     return _compact_in_order(labels)
 
 

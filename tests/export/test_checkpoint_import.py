@@ -1,0 +1,272 @@
+"""Checkpoint import: the real ExaTrkX TorchScript models and reference event, and
+Lightning / state-dict files written the way the ExaTrkX and ACORN training code writes them."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trackserve import cli
+from trackserve.errors import CheckpointImportError
+from trackserve.export.checkpoint_import import import_checkpoint
+from trackserve.export.embedding import EmbeddingNetwork
+from trackserve.export.filter import EdgeFilter
+from trackserve.export.interaction_gnn import InteractionGNN
+from trackserve.export.resagnn import ResAGNN
+
+torch.set_num_threads(2)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+SERVICE = DATA / "exatrkx_service"
+CTD2022 = DATA / "exatrkx_ctd2022"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data folder {DATA} is absent")
+
+
+def crowded_graph(num_nodes: int, num_edges: int, hot_nodes: int, features: int, seed: int):
+    """Features and edges where both endpoints crowd onto a few nodes (many repeated indices)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(num_nodes, features, generator=generator) * 2 - 1
+    start = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+    start[: num_edges // 2] = torch.randint(0, hot_nodes, (num_edges // 2,), generator=generator)
+    end = torch.randint(0, hot_nodes, (num_edges,), generator=generator)
+    return x, torch.stack([start, end])
+
+
+def load_csv(name: str, dtype) -> torch.Tensor:
+    """One file of the service's reference event as a tensor."""
+    return torch.tensor(np.loadtxt(SERVICE / "reference_event" / name, delimiter=","), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- the real checkpoints
+
+
+@needs_data
+def test_service_gnn_reproduces_the_reference_event_logits():
+    net = import_checkpoint(SERVICE / "models" / "gnn.pt", hparams=SERVICE / "models" / "hparams_GNN.yaml")
+    assert isinstance(net, ResAGNN)
+    assert net.config["hidden"] == 64 and net.config["n_graph_iters"] == 8 and net.config["edge_hidden"] == 67
+    features = load_csv("in_e1000.csv", torch.float32)
+    edges = load_csv("applyfilter_output_EDGE_LIST_AFTER_FILTER.csv", torch.int64)
+    expected = load_csv("gnn_output_OUTPUT__0.csv", torch.float32)
+    assert features.shape == (314, 3) and edges.shape == (2, 584)
+    with torch.no_grad():
+        logits = net(features, edges)
+    assert float((logits - expected).abs().max()) < 1e-3
+
+
+@needs_data
+@pytest.mark.parametrize("path", [SERVICE / "models" / "gnn.pt", CTD2022 / "gnn_model.pt"], ids=["service", "ctd2022"])
+def test_imported_gnn_equals_torchscript_exactly_on_crowded_graphs(path):
+    net = import_checkpoint(path)  # no hparams: architecture and n_graph_iters from the TorchScript module
+    scripted = torch.jit.load(str(path), map_location="cpu")
+    x, edges = crowded_graph(1000, 12_000, 30, 3, seed=0)
+    with torch.no_grad():
+        assert torch.equal(net(x, edges), scripted(x, edges))
+
+
+@needs_data
+def test_ctd2022_gnn_reads_nodes_before_messages():
+    net = import_checkpoint(CTD2022 / "gnn_model.pt", kind="gnn")
+    assert net.config["node_input_order"] == "nodes_first"
+    assert (net.config["nb_input_layer"], net.config["nb_node_layer"], net.config["nb_edge_layer"]) == (1, 2, 2)
+
+
+@needs_data
+def test_frozen_ctd2022_filter_is_recovered_from_its_code():
+    net = import_checkpoint(CTD2022 / "filter_model.pt")
+    assert isinstance(net, EdgeFilter)
+    assert net.config == {"in_channels": 12, "hidden": 512, "nb_layer": 3, "activation": "Tanh", "layer_norm": True}
+    scripted = torch.jit.load(str(CTD2022 / "filter_model.pt"), map_location="cpu")
+    x, edges = crowded_graph(500, 3000, 30, 12, seed=3)
+    with torch.no_grad():
+        expected = scripted(x, edges)[:, 0]  # the TorchScript filter returns [E, 1]
+        torch.testing.assert_close(net(x, edges), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_data
+def test_service_hparams_contradicting_the_weights_are_refused():
+    with pytest.raises(CheckpointImportError, match="hidden=32 but the weights give hidden=64"):
+        import_checkpoint(SERVICE / "models" / "gnn.pt", hparams={"hidden": 32})
+
+
+@needs_data
+def test_kind_contradicting_the_checkpoint_is_refused():
+    with pytest.raises(CheckpointImportError, match="holds a ResAGNN network, not the VanillaFilter"):
+        import_checkpoint(SERVICE / "models" / "gnn.pt", kind="filter")
+
+
+# ----------------------------------------------------------------------------- Lightning and state-dict files
+
+
+def save_lightning(path: Path, state: dict, hparams: dict, prefix: str = "") -> Path:
+    """A Lightning-style checkpoint: ``state_dict`` plus ``hyper_parameters`` (and training extras)."""
+    torch.save({
+        "epoch": 3, "global_step": 120, "pytorch-lightning_version": "1.9.0",
+        "state_dict": {prefix + name: tensor for name, tensor in state.items()},
+        "hyper_parameters": hparams, "optimizer_states": [], "lr_schedulers": [],
+    }, path)
+    return path
+
+
+def assert_same_outputs(imported, original, features: int, with_edges: bool = True):
+    """Both networks give the same output on a crowded random graph."""
+    x, edges = crowded_graph(300, 4000, 20, features, seed=11)
+    with torch.no_grad():
+        if with_edges:
+            torch.testing.assert_close(imported(x, edges), original(x, edges), rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(imported(x), original(x), rtol=0, atol=0)
+
+
+def test_lightning_resagnn_checkpoint_imports(tmp_path):
+    torch.manual_seed(0)
+    original = ResAGNN(in_channels=3, hidden=16, n_graph_iters=4, nb_node_layer=2, nb_edge_layer=2,
+                       hidden_activation="Tanh").eval()
+    hparams = {"name": "ResAGNN", "in_channels": 3, "hidden": 16, "n_graph_iters": 4, "nb_node_layer": 2,
+               "nb_edge_layer": 2, "hidden_activation": "Tanh", "layernorm": True, "lr": 0.001}
+    path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(), hparams)
+    imported = import_checkpoint(path)
+    assert isinstance(imported, ResAGNN) and imported.config == original.config
+    assert_same_outputs(imported, original, 3)
+
+
+def test_legacy_layerless_embedding_state_dict_is_renamed(tmp_path):
+    """The original LayerlessEmbedding keys (layers.i, emb_layer, unused norm) under a 'model.' prefix."""
+    torch.manual_seed(1)
+    original = EmbeddingNetwork(in_channels=3, emb_hidden=32, nb_layer=3, emb_dim=8).eval()
+    linears = [module for module in original.network if isinstance(module, torch.nn.Linear)]
+    state = {}
+    for index, linear in enumerate(linears[:-1]):
+        state[f"model.layers.{index}.weight"], state[f"model.layers.{index}.bias"] = linear.weight, linear.bias
+    state["model.emb_layer.weight"], state["model.emb_layer.bias"] = linears[-1].weight, linears[-1].bias
+    state["model.norm.weight"], state["model.norm.bias"] = torch.ones(32), torch.zeros(32)
+    torch.save(state, tmp_path / "embedding.pt")
+    imported = import_checkpoint(tmp_path / "embedding.pt")
+    assert imported.config["normalize"] is False and imported.config["activation"] == "Tanh"
+    assert_same_outputs(imported, original, 3, with_edges=False)
+
+
+def test_acorn_embedding_with_norm_regime_is_normalised(tmp_path):
+    torch.manual_seed(2)
+    original = EmbeddingNetwork(in_channels=3, emb_hidden=16, nb_layer=2, emb_dim=4, activation="SiLU",
+                                layer_norm=True, layer_norm_affine=False, normalize=True).eval()
+    hparams = {"name": "LayerlessEmbedding", "emb_hidden": 16, "nb_layer": 2, "emb_dim": 4,
+               "activation": "SiLU", "regime": ["rp", "hnm", "norm"]}
+    imported = import_checkpoint(save_lightning(tmp_path / "emb.ckpt", original.state_dict(), hparams))
+    assert imported.config == original.config
+    assert_same_outputs(imported, original, 3, with_edges=False)
+
+
+def test_vanilla_filter_lightning_checkpoint_drops_unused_batchnorm(tmp_path):
+    torch.manual_seed(3)
+    original = EdgeFilter(in_channels=3, hidden=32, nb_layer=4).eval()
+    state = dict(original.state_dict())
+    state["batchnorm.weight"], state["batchnorm.bias"] = torch.ones(32), torch.zeros(32)
+    hparams = {"hparams": {"name": "VanillaFilter", "in_channels": 3, "hidden": 32, "nb_layer": 4,
+                           "layernorm": True, "batchnorm": False, "emb_channels": 0}}
+    imported = import_checkpoint(save_lightning(tmp_path / "filter.ckpt", state, hparams))
+    assert imported.config == original.config
+    assert_same_outputs(imported, original, 3)
+
+
+def test_filter_trained_with_batchnorm_is_refused(tmp_path):
+    original = EdgeFilter(in_channels=3, hidden=8, nb_layer=2)
+    path = save_lightning(tmp_path / "filter.ckpt", original.state_dict(), {"name": "VanillaFilter", "batchnorm": True})
+    with pytest.raises(CheckpointImportError, match="batchnorm=True"):
+        import_checkpoint(path)
+
+
+@pytest.mark.parametrize("variant", [
+    {},
+    dict(residual=False, bidirectional_messages=True, edge_update_uses_new_nodes=True, layer_norm_affine=False,
+         hidden_activation="SiLU", output_activation="Tanh"),
+], ids=["exatrkx", "acorn"])
+def test_interaction_gnn_state_dict_imports_with_hparams(tmp_path, variant):
+    torch.manual_seed(4)
+    original = InteractionGNN(in_channels=4, hidden=16, n_graph_iters=3, nb_node_layer=2, nb_edge_layer=3,
+                              **variant).eval()
+    torch.save(original.state_dict(), tmp_path / "ignn.pt")
+    hparams = {"n_graph_iters": 3, "hidden_activation": variant.get("hidden_activation", "ReLU"),
+               "output_activation": variant.get("output_activation")}
+    imported = import_checkpoint(tmp_path / "ignn.pt", kind="interaction", hparams=hparams)
+    assert imported.config == original.config
+    assert_same_outputs(imported, original, 4)
+
+
+def test_missing_n_graph_iters_is_asked_for(tmp_path):
+    torch.save(InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=1, nb_edge_layer=1).state_dict(),
+               tmp_path / "ignn.pt")
+    with pytest.raises(CheckpointImportError, match="'n_graph_iters' cannot be read from the weights"):
+        import_checkpoint(tmp_path / "ignn.pt")
+
+
+def test_unmappable_keys_and_shapes_are_all_listed(tmp_path):
+    state = dict(ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=1).state_dict())
+    state["edge_network.network.0.bias"] = torch.zeros(5)  # shape mismatch
+    state["attention.weight"] = torch.zeros(3, 3)          # unexpected
+    del state["node_network.network.3.bias"]               # missing
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointImportError) as raised:
+        import_checkpoint(tmp_path / "broken.pt", hparams={"n_graph_iters": 2})
+    message = str(raised.value)
+    assert "unexpected keys (in the checkpoint, not in the network): attention.weight" in message
+    assert "missing keys (in the network, not in the checkpoint): node_network.network.3.bias" in message
+    assert "edge_network.network.0.bias: checkpoint (5,), network (11,)" in message
+
+
+def test_unknown_network_and_bad_files_are_explained(tmp_path):
+    torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointImportError, match="cannot tell which network"):
+        import_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointImportError, match="does not exist"):
+        import_checkpoint(tmp_path / "absent.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointImportError, match="cannot be read by torch.load"):
+        import_checkpoint(tmp_path / "text.pt")
+    with pytest.raises(CheckpointImportError, match="unknown kind"):
+        import_checkpoint(tmp_path / "other.pt", kind="transformer")
+
+
+class _Unsafe:
+    """A pickled class: loading it needs trust."""
+
+
+def test_pickle_with_python_objects_needs_trust(tmp_path):
+    state = EdgeFilter(in_channels=3, hidden=8, nb_layer=2).state_dict()
+    path = tmp_path / "filter.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"name": "VanillaFilter"}, "extra": _Unsafe()}, path)
+    with pytest.raises(CheckpointImportError, match="trust_pickle=True"):
+        import_checkpoint(path)
+    assert isinstance(import_checkpoint(path, trust_pickle=True), EdgeFilter)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_cli_import_exports_the_imported_network(tmp_path, monkeypatch, capsys):
+    """``trackserve import`` hands the imported network and its kind to onnx_export.export_network."""
+    calls = []
+    fake = types.ModuleType("trackserve.export.onnx_export")
+    fake.export_network = lambda module, kind, path, **options: calls.append((module, kind, path))
+    monkeypatch.setitem(sys.modules, "trackserve.export.onnx_export", fake)
+    torch.manual_seed(5)
+    original = ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=1)
+    path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(), {"name": "ResAGNN", "n_graph_iters": 2})
+    status = cli.main(["import", str(path), "--output", str(tmp_path / "gnn.onnx")])
+    assert status == 0
+    (module, kind, output), = calls
+    assert isinstance(module, ResAGNN) and kind == "gnn" and output == str(tmp_path / "gnn.onnx")
+    assert "imported ResAGNN" in capsys.readouterr().out
+
+
+def test_cli_import_reports_errors_with_status_2(tmp_path, capsys):
+    status = cli.main(["import", str(tmp_path / "absent.pt"), "--output", str(tmp_path / "x.onnx")])
+    assert status == 2
+    assert "absent.pt does not exist" in capsys.readouterr().err

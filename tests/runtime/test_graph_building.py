@@ -1,0 +1,252 @@
+"""build_graph against a brute-force reference that applies the documented rule literally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from trackserve.errors import InputError
+from trackserve.runtime import graph_building
+from trackserve.runtime.graph_building import build_graph
+
+REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "exatrkx_service" / "reference_event"
+
+
+def squared_distance_matrix(points: np.ndarray) -> np.ndarray:
+    """All float32 squared distances, summed over dimensions 0, 1, ... in order."""
+    points = np.asarray(points, dtype=np.float32)
+    total = np.zeros((points.shape[0], points.shape[0]), dtype=np.float32)
+    for d in range(points.shape[1]):
+        diff = points[:, None, d] - points[None, :, d]
+        total += diff * diff
+    return total
+
+
+def brute_force(points: np.ndarray, radius: float, cap: int, direction: str = "i<j") -> np.ndarray:
+    """The documented rule, hit by hit: strict radius, K nearest (distance, index) of either end."""
+    n = points.shape[0]
+    r32 = np.float32(radius)
+    dist2 = squared_distance_matrix(points)
+    close = dist2 < np.float32(r32 * r32)
+    nearest = []
+    for i in range(n):
+        neighbours = [j for j in range(n) if j != i and close[i, j]]
+        neighbours.sort(key=lambda j: (dist2[i, j], j))
+        nearest.append(set(neighbours[:cap]))
+    pairs = sorted(
+        (i, j) for i in range(n) for j in range(i + 1, n) if close[i, j] and (j in nearest[i] or i in nearest[j])
+    )
+    if direction == "i<j":
+        edges = pairs
+    elif direction == "i>j":
+        edges = sorted((j, i) for i, j in pairs)
+    else:
+        edges = sorted(pairs + [(j, i) for i, j in pairs])
+    return np.array(edges, dtype=np.int64).reshape(-1, 2).T
+
+
+def assert_same_graph(points, radius, cap, direction="i<j", **kwargs):
+    got = build_graph(points, radius, cap, direction=direction, **kwargs)
+    expected = brute_force(points, radius, cap, direction)
+    assert got.dtype == np.int64 and got.shape[0] == 2
+    np.testing.assert_array_equal(got, expected)
+    return got
+
+
+def clustered(rng, n, dims, spread, clusters):
+    centres = rng.uniform(-1, 1, (clusters, dims))
+    return (centres[rng.integers(0, clusters, n)] + rng.normal(0, spread, (n, dims))).astype(np.float32)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3, 5, 8, 12])
+def test_random_points_match_brute_force(dims):
+    rng = np.random.default_rng(dims)
+    points = rng.normal(size=(300, dims)).astype(np.float32)
+    # A radius giving a handful of neighbours per hit in each dimension.
+    radius = float(np.sort(np.sqrt(squared_distance_matrix(points)), axis=1)[:, 6].mean())
+    got = assert_same_graph(points, radius, 1000)
+    assert got.shape[1] > points.shape[0]
+
+
+@pytest.mark.parametrize("dims", [3, 8, 12])
+@pytest.mark.parametrize("cap", [1, 3, 8, 1000])
+def test_clustered_points_match_brute_force_with_and_without_cap(dims, cap):
+    rng = np.random.default_rng(10 * dims + cap)
+    points = clustered(rng, 400, dims, 0.05, 30)
+    assert_same_graph(points, 0.25, cap)
+
+
+@pytest.mark.parametrize("direction", ["i<j", "i>j", "both"])
+def test_every_direction_convention(direction):
+    rng = np.random.default_rng(3)
+    points = clustered(rng, 250, 6, 0.08, 20)
+    got = assert_same_graph(points, 0.3, 4, direction)
+    if direction == "i<j":
+        assert np.all(got[0] < got[1])
+    elif direction == "i>j":
+        assert np.all(got[0] > got[1])
+    else:
+        forward = {tuple(e) for e in got.T}
+        assert forward == {(b, a) for a, b in forward}
+    keys = got[0] * points.shape[0] + got[1]
+    assert np.all(np.diff(keys) > 0), "edges must be sorted by source then target, without duplicates"
+
+
+def test_directions_hold_the_same_pairs():
+    rng = np.random.default_rng(4)
+    points = clustered(rng, 300, 8, 0.05, 25)
+    low = build_graph(points, 0.25, 3, direction="i<j")
+    high = build_graph(points, 0.25, 3, direction="i>j")
+    both = build_graph(points, 0.25, 3, direction="both")
+    assert {tuple(e) for e in low.T} == {(b, a) for a, b in high.T}
+    assert both.shape[1] == 2 * low.shape[1]
+
+
+@pytest.mark.parametrize("radius", [0.5, 0.1, 1.0])
+def test_lattice_points_on_cell_borders(radius):
+    # Coordinates at exact multiples of r: axis neighbours lie exactly on the radius.
+    grid = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    points = (grid * np.float32(radius)).astype(np.float32)
+    got = assert_same_graph(points, radius, 100)
+    if radius in (0.5, 1.0):  # exact in binary: every axis neighbour is at distance exactly r
+        assert got.shape[1] == 0
+    # A hair inside the radius every axis neighbour is an edge: 3 * 4 * 4 * 3 of them.
+    inside = build_graph(points, np.nextafter(np.float32(radius), np.float32(2)) * 1.0001, 100)
+    assert inside.shape[1] == 144
+
+
+def test_points_exactly_on_the_radius_are_excluded():
+    r = np.float32(0.75)
+    points = np.zeros((3, 4), dtype=np.float32)
+    points[1, 0] = r  # squared distance 0.5625 == r*r exactly
+    points[2, 0] = -np.nextafter(r, np.float32(0))  # a float32 step inside
+    got = build_graph(points, float(r), 10)
+    np.testing.assert_array_equal(got, [[0], [2]])
+
+
+def test_duplicates_are_all_connected_and_ties_break_by_index():
+    points = np.zeros((6, 5), dtype=np.float32)
+    got = assert_same_graph(points, 0.1, 100)
+    assert got.shape[1] == 15
+    # With K = 1 every duplicate's nearest is the lowest other index: hit 0 for all, hit 1 for hit 0.
+    capped = assert_same_graph(points, 0.1, 1)
+    np.testing.assert_array_equal(capped, [[0, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+
+
+def test_cap_keeps_the_nearest_along_a_line():
+    # Hits at 0, 1, 2, ...: with K = 1 each hit's nearest is its lower neighbour (ties by index).
+    points = np.zeros((8, 3), dtype=np.float32)
+    points[:, 1] = np.arange(8)
+    got = assert_same_graph(points, 100.0, 1)
+    np.testing.assert_array_equal(got, [np.arange(7), np.arange(1, 8)])
+
+
+def test_cap_is_either_endpoint():
+    # A hub with 6 leaves on orthogonal axes at distances 1.00..1.05, leaves 1.4 apart: with
+    # K = 2 the hub ranks only two of them, but every leaf ranks the hub first (its only
+    # neighbour), so every spoke is kept.
+    points = np.zeros((7, 6), dtype=np.float32)
+    points[1:, :] = np.diag(np.arange(100, 106) / 100)
+    got = assert_same_graph(points, 1.1, 2)
+    np.testing.assert_array_equal(got, [np.zeros(6), np.arange(1, 7)])
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_zero_and_one_point(count):
+    got = build_graph(np.zeros((count, 8), dtype=np.float32), 1.0, 10)
+    assert got.dtype == np.int64 and got.shape == (2, 0)
+
+
+def test_radius_larger_than_the_data_gives_the_complete_graph():
+    rng = np.random.default_rng(5)
+    points = rng.uniform(0, 1, (120, 8)).astype(np.float32)
+    got = assert_same_graph(points, 100.0, 1000)
+    assert got.shape[1] == 120 * 119 // 2
+
+
+def test_float64_input_is_rounded_to_float32_first():
+    rng = np.random.default_rng(6)
+    points = rng.normal(size=(200, 4))
+    np.testing.assert_array_equal(
+        build_graph(points, 0.6, 50), build_graph(points.astype(np.float32), 0.6, 50)
+    )
+
+
+def test_slabs_threads_and_projection_choice(monkeypatch):
+    # Shrink the slab and sample sizes so that a brute-forceable input goes through the
+    # multi-slab, multi-thread search and the sampled choice of projected dimensions.
+    monkeypatch.setattr(graph_building, "_MIN_SLAB", 50)
+    monkeypatch.setattr(graph_building, "_MAX_SLAB", 120)
+    monkeypatch.setattr(graph_building, "_SAMPLE", 100)
+    rng = np.random.default_rng(7)
+    points = clustered(rng, 600, 8, 0.06, 40)
+    for threads in (1, 2, 3):
+        assert_same_graph(points, 0.3, 5, threads=threads)
+
+
+def test_embedding_on_a_low_dimensional_manifold_matches_kdtree_reference():
+    # 30k hits: slabs and the sampled projection at their real sizes; the reference is a
+    # full-dimension k-d tree search (wider radius) followed by the exact float32 rule.
+    rng = np.random.default_rng(8)
+    latent = rng.uniform(-1, 1, (3_000, 3))
+    centres = np.tanh(latent @ rng.normal(0, 1.5, (3, 16))) @ rng.normal(0, 0.8, (16, 8))
+    points = (centres[rng.integers(0, 3_000, 30_000)] + rng.normal(0, 0.02, (30_000, 8))).astype(np.float32)
+    radius = 0.1
+    got = build_graph(points, radius, 10_000, threads=2)
+    candidates = cKDTree(points.astype(np.float64)).query_pairs(radius * 1.001, output_type="ndarray")
+    diff = points[candidates[:, 0]] - points[candidates[:, 1]]
+    dist2 = np.zeros(len(candidates), dtype=np.float32)
+    for d in range(points.shape[1]):
+        dist2 += diff[:, d] * diff[:, d]
+    kept = candidates[dist2 < np.float32(np.float32(radius) ** 2)]
+    expected = np.unique(np.sort(kept, axis=1) @ np.array([30_000, 1]))
+    np.testing.assert_array_equal(got[0] * 30_000 + got[1], expected)
+    assert got.shape[1] > 30_000
+
+
+def _load_reference():
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference event not found at {REFERENCE} (../shared/data is absent)")
+    embedding = np.loadtxt(REFERENCE / "embed_output_OUTPUT__0.csv", delimiter=",", dtype=np.float32)
+    edges = np.loadtxt(REFERENCE / "frnn_output_OUTPUT0.csv", delimiter=",").astype(np.int64)
+    return embedding, edges
+
+
+def test_reference_event_matches_the_published_service():
+    embedding, expected = _load_reference()
+    assert embedding.shape == (314, 8) and expected.shape == (2, 2334)
+    # The service stores i > j; its FRNN call used K = 500 including the hit itself.
+    got = build_graph(embedding, 1.6, 499, direction="i>j")
+    order = np.lexsort((expected[1], expected[0]))
+    np.testing.assert_array_equal(got, expected[:, order])
+    # No hit comes near the cap, so the cap rule cannot have mattered there.
+    degree = np.bincount(got.ravel(), minlength=314)
+    assert degree.max() < 100
+    np.testing.assert_array_equal(build_graph(embedding, 1.6, int(degree.max()), direction="i>j"), got)
+
+
+@pytest.mark.parametrize(
+    "embedding, radius, cap, kwargs, message",
+    [
+        (np.zeros(5, np.float32), 1.0, 3, {}, "2-D"),
+        (np.zeros((5, 2), np.int64), 1.0, 3, {}, "floating-point"),
+        (np.zeros((5, 0), np.float32), 1.0, 3, {}, "zero dimensions"),
+        (np.array([[0, 0], [0, np.nan]], np.float32), 1.0, 3, {}, "row 1"),
+        (np.array([[0, np.inf]], np.float32), 1.0, 3, {}, "row 0"),
+        (np.zeros((5, 2), np.float32), 0.0, 3, {}, "positive"),
+        (np.zeros((5, 2), np.float32), float("nan"), 3, {}, "positive"),
+        (np.zeros((5, 2), np.float32), "one", 3, {}, "number"),
+        (np.zeros((5, 2), np.float32), 1e-30, 3, {}, "out of range"),
+        (np.zeros((5, 2), np.float32), 1e20, 3, {}, "out of range"),
+        (np.zeros((5, 2), np.float32), 1.0, 0, {}, "max_neighbours"),
+        (np.zeros((5, 2), np.float32), 1.0, 2.5, {}, "max_neighbours"),
+        (np.zeros((5, 2), np.float32), 1.0, 3, {"direction": "up"}, "direction"),
+        (np.zeros((5, 2), np.float32), 1.0, 3, {"threads": 0}, "threads"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(embedding, radius, cap, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        build_graph(embedding, radius, cap, **kwargs)

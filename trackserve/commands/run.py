@@ -1,0 +1,180 @@
+"""``trackserve run``: run a bundle on events and write one track label per hit.
+
+Inputs are TrackML events or headerless feature CSVs (:mod:`trackserve.events.sources`);
+the default bundle and the sample event shipped with trackserve are used when none is
+given. Labels are written in the TrackML submission format, and a table (or, with
+``--json``, one JSON object) gives per-stage times, graph sizes, tracks found and, when
+the event has truth, the tracking metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..jsonout import dumps
+from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
+
+ORDER = 50
+
+#: Tracks of at least this many hits are counted as "tracks found" in the summary.
+MIN_TRACK_HITS = 5
+
+
+def register(subparsers) -> None:
+    """Add the ``run`` subcommand."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run a bundle on events (TrackML or feature CSV) and write track labels",
+        description=(
+            "Run the pipeline of a bundle (features -> embedding -> radius graph -> filter -> GNN -> "
+            "connected components) on each event and write its labels as <output>/<event>-labels.csv "
+            "(TrackML submission format: event_id,hit_id,track_id). With no EVENT the sample event "
+            "shipped with trackserve is used; with no --bundle, the shipped default bundle."
+        ),
+    )
+    parser.add_argument("events", nargs="*", metavar="EVENT",
+                        help="TrackML event prefixes, files or directories, or feature CSV files or directories "
+                        "(default: the shipped sample event)")
+    parser.add_argument("--bundle", default=None, help="bundle directory (default: the shipped models/default)")
+    parser.add_argument("--output", "-o", default="trackserve-output", help="directory for the label files (default: %(default)s)")
+    parser.add_argument("--no-labels", action="store_true", help="do not write label files")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime intra-op threads and graph-building threads (default: all cores)")
+    parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
+    parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
+                        help="refuse events whose estimated working memory exceeds this")
+    parser.add_argument("--min-pt", type=float, default=0.0, metavar="GEV",
+                        help="metrics: reconstructable particles have at least this pT (default 0)")
+    parser.add_argument("--min-hits", type=int, default=MIN_TRACK_HITS, metavar="N",
+                        help="metrics: reconstructable particles have at least N hits (default %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def _config(args):
+    from ..errors import InputError
+    from ..runtime.config import RuntimeConfig
+
+    settings = {}
+    if args.threads is not None:
+        settings["intra_op_threads"] = args.threads
+        settings["graph_threads"] = args.threads
+    if args.edge_chunk_size is not None:
+        settings["edge_chunk_size"] = args.edge_chunk_size
+    if args.memory_limit_gb is not None:
+        if not (args.memory_limit_gb > 0 and math.isfinite(args.memory_limit_gb)):
+            raise InputError(f"--memory-limit-gb must be a positive number, got {args.memory_limit_gb}")
+        settings["memory_limit_bytes"] = int(args.memory_limit_gb * 2**30)
+    return RuntimeConfig(**settings)
+
+
+def _event_record(item, result, args) -> dict:
+    from ..events.metrics import evaluate_event
+
+    record = {
+        "event": item.name,
+        "event_id": item.event_id,
+        "num_hits": result.num_hits,
+        "num_edges": result.num_edges,
+        "num_tracks": result.num_tracks_with(MIN_TRACK_HITS),
+        "timings_ms": {stage: 1e3 * seconds for stage, seconds in result.timings.items()},
+    }
+    if item.has_truth:
+        record["metrics"] = evaluate_event(
+            item.event, item.hit_ids, result.labels, min_pt=args.min_pt, min_hits=args.min_hits
+        )
+    return record
+
+
+def _fmt(value, spec=".3f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
+
+
+def _print_tables(report: dict, stages, out) -> None:
+    header = ["event", "hits", "graph", "filtered", "kept", f"tracks>={MIN_TRACK_HITS}"]
+    header += [f"{s} ms" for s in stages] + ["total ms"]
+    rows = []
+    for ev in report["events"]:
+        row = [ev["event"], ev["num_hits"], ev["num_edges"]["graph"], ev["num_edges"]["filter"], ev["num_edges"]["gnn"], ev["num_tracks"]]
+        row += [f"{ev['timings_ms'][s]:.1f}" for s in stages] + [f"{ev['timings_ms']['total']:.1f}"]
+        rows.append([str(v) for v in row])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)), file=out)
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)), file=out)
+    with_metrics = [ev for ev in report["events"] if "metrics" in ev]
+    if with_metrics:
+        print(file=out)
+        print(f"tracking metrics (double majority; particles with pT >= {report['settings']['min_pt']:g} GeV "
+              f"and >= {report['settings']['min_hits']} hits; noise ignored):", file=out)
+        print(f"{'event':>16}  {'efficiency':>10}  {'fake rate':>9}  {'duplicates':>10}  {'TrackML score':>13}", file=out)
+        for ev in with_metrics:
+            m = ev["metrics"]
+            print(f"{ev['event']:>16}  {_fmt(m['efficiency']):>10}  {_fmt(m['fake_rate']):>9}  "
+                  f"{_fmt(m['duplicate_rate']):>10}  {_fmt(m['trackml_score']):>13}", file=out)
+    summary = report["summary"]
+    print(file=out)
+    print(f"{summary['num_events']} event(s), {summary['num_hits']} hits in {summary['seconds']:.3f} s of pipeline time: "
+          f"{_fmt(summary['events_per_second'], '.2f')} events/s  (threads: {report['settings']['intra_op_threads']} "
+          f"ONNX Runtime, {report['settings']['graph_threads']} graph building)", file=out)
+    if report.get("labels_directory"):
+        print(f"labels written to {report['labels_directory']}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the bundle on every event and report."""
+    from tqdm import tqdm
+
+    from ..events.sources import list_inputs, read_input
+    from ..events.submission import write_submission
+    from ..paths import shipped_path
+    from ..runtime.pipeline import STAGES, Pipeline
+
+    bundle = args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle")
+    paths = args.events or [shipped_path(SAMPLE_EVENT, "sample event")]
+    pipeline = Pipeline(bundle, config=_config(args))
+    inputs = list_inputs(paths)
+    output = None if args.no_labels else Path(args.output)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    records = []
+    total_seconds = 0.0
+    total_hits = 0
+    progress = tqdm(inputs, desc="events", unit="event", file=sys.stderr, disable=len(inputs) < 2 or None)
+    for kind, path in progress:
+        item = read_input(kind, path, pipeline.feature_spec)
+        result = pipeline.run(item.features)
+        total_seconds += result.timings["total"]
+        total_hits += result.num_hits
+        if output is not None:
+            write_submission(output / f"{item.name}-labels.csv", item.event_id, item.hit_ids, result.labels)
+        records.append(_event_record(item, result, args))
+    report = {
+        "bundle": str(Path(bundle).resolve()),
+        "settings": {
+            "intra_op_threads": pipeline.config.resolved_intra_op_threads,
+            "graph_threads": pipeline.config.resolved_graph_threads,
+            "edge_chunk_size": pipeline.config.edge_chunk_size,
+            "min_pt": args.min_pt,
+            "min_hits": args.min_hits,
+        },
+        "labels_directory": None if output is None else str(output.resolve()),
+        "events": records,
+        "summary": {
+            "num_events": len(records),
+            "num_hits": total_hits,
+            "seconds": total_seconds,
+            "events_per_second": (len(records) / total_seconds) if total_seconds > 0 else None,
+        },
+    }
+    if args.json:
+        print(dumps(report, indent=2))
+    else:
+        _print_tables(report, STAGES, sys.stdout)
+    return 0
+

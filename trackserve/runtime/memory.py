@@ -1,0 +1,81 @@
+"""A coarse model of the runtime's working memory, to refuse events that would not fit.
+
+The estimate is deliberately simple and on the safe side: float32 activations of the
+widest layer of each network, a few live at once, per hit and per edge. It is checked
+before the stage that would need the memory, so an oversized event is refused with a
+clear :class:`~trackserve.errors.InputError` instead of exhausting the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+_FLOAT = 4
+_INDEX = 8
+# Live activation arrays of the widest layer at any time (input, output, workspace).
+_LIVE_ACTIVATIONS = 3
+# Hidden width assumed for a network whose config names none.
+_DEFAULT_WIDTH = 128
+
+
+def _widest(config: dict) -> int:
+    widths = [int(v) for k, v in config.items() if "hidden" in k and isinstance(v, int) and not isinstance(v, bool)]
+    return max(widths, default=_DEFAULT_WIDTH)
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Bytes per hit and per edge for each stage of one bundle."""
+
+    bytes_per_hit: int
+    bytes_per_graph_edge: int
+    bytes_per_filter_edge: int
+    bytes_per_gnn_edge: int
+    bytes_per_gnn_hit: int
+
+    @classmethod
+    def for_bundle(cls, bundle) -> "MemoryModel":
+        """The model of a loaded bundle, from its feature count and its networks' hidden widths."""
+        features = bundle.num_features
+        embedding = _widest(bundle.networks["embedding"].config)
+        filter_width = _widest(bundle.networks["filter"].config)
+        gnn = _widest(bundle.networks["gnn"].config)
+        return cls(
+            bytes_per_hit=_FLOAT * (2 * features + _LIVE_ACTIVATIONS * embedding) + _INDEX,
+            # edge_index (int64 pair), candidate distances and the kept mask while building.
+            bytes_per_graph_edge=2 * _INDEX + _FLOAT + _INDEX,
+            bytes_per_filter_edge=_FLOAT * _LIVE_ACTIVATIONS * filter_width + 2 * _INDEX,
+            bytes_per_gnn_edge=_FLOAT * _LIVE_ACTIVATIONS * 3 * gnn + 2 * _INDEX,
+            bytes_per_gnn_hit=_FLOAT * _LIVE_ACTIVATIONS * 3 * gnn,
+        )
+
+    def _refuse(self, what: str, needed: float, limit: int) -> None:
+        raise InputError(
+            f"{what} needs about {_gib(needed)} of working memory, more than the memory limit of "
+            f"{_gib(limit)}; raise the limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb) or split the event"
+        )
+
+    def check_hits(self, num_hits: int, limit: int) -> None:
+        """Refuse an event whose hits alone exceed ``limit`` bytes."""
+        needed = num_hits * self.bytes_per_hit
+        if needed > limit:
+            self._refuse(f"an event of {num_hits:,} hits", needed, limit)
+
+    def check_edges(self, num_hits: int, num_edges: int, limit: int, chunk: int) -> None:
+        """Refuse a graph whose edges plus one filter chunk exceed ``limit`` bytes."""
+        needed = num_hits * self.bytes_per_hit + num_edges * self.bytes_per_graph_edge
+        needed += min(num_edges, chunk) * self.bytes_per_filter_edge
+        if needed > limit:
+            self._refuse(f"the graph of {num_hits:,} hits and {num_edges:,} edges", needed, limit)
+
+    def check_gnn_edges(self, num_hits: int, num_edges: int, limit: int) -> None:
+        """Refuse a filtered graph whose GNN activations exceed ``limit`` bytes."""
+        needed = num_hits * (self.bytes_per_hit + self.bytes_per_gnn_hit) + num_edges * self.bytes_per_gnn_edge
+        if needed > limit:
+            self._refuse(f"the GNN on {num_hits:,} hits and {num_edges:,} filtered edges", needed, limit)

@@ -1,0 +1,188 @@
+"""The lean pipeline: features -> embedding -> radius graph -> filter -> GNN -> tracks.
+
+Only numpy, scipy and onnxruntime are used, so the same code runs in a script, in
+``trackserve run`` and inside a Triton Python-backend model. Each stage is also callable
+alone on arrays (:meth:`Pipeline.embed`, :meth:`Pipeline.build_graph`,
+:meth:`Pipeline.filter_edges`, :meth:`Pipeline.classify_edges`,
+:meth:`Pipeline.build_tracks`), and :meth:`Pipeline.run` records the wall time of every
+stage of every call in :class:`PipelineResult.timings`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..bundle import Bundle, load_bundle
+from ..engines.onnx_runtime import OnnxNetwork
+from ..errors import InputError
+from ..events.event import Event
+from ..events.features import FeatureSpec, hit_features
+from .config import RuntimeConfig
+from .graph_building import build_graph
+from .inputs import validate_features
+from .memory import MemoryModel
+from .track_building import build_tracks, logit_threshold
+
+#: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
+STAGES = ("embed", "graph", "filter", "gnn", "tracks")
+#: The devices this runtime supports (the GPU issue adds "cuda").
+DEVICES = ("cpu",)
+
+
+@dataclass
+class PipelineResult:
+    """What one event produced: a label per hit, the seconds of every stage and the graph sizes.
+
+    ``labels[i]`` is the track of hit ``i`` (compact, ``0 .. num_tracks-1``; a hit no kept
+    edge reaches is a track of its own). ``timings`` maps each name of :data:`STAGES`
+    and ``"total"`` to seconds. ``num_edges`` gives the edges after ``graph``,
+    ``filter`` and ``gnn`` (the edges that passed the GNN cut).
+    """
+
+    labels: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    num_edges: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_hits(self) -> int:
+        """Number of hits of the event."""
+        return int(self.labels.shape[0])
+
+    @property
+    def num_tracks(self) -> int:
+        """Number of distinct labels (tracks, single-hit ones included)."""
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+    def num_tracks_with(self, min_hits: int) -> int:
+        """Number of tracks with at least ``min_hits`` hits."""
+        if not self.labels.size:
+            return 0
+        return int(np.count_nonzero(np.bincount(self.labels) >= min_hits))
+
+
+class Pipeline:
+    """A bundle loaded for one device, ready to run events.
+
+    ``Pipeline(bundle_or_path, device="cpu", config=RuntimeConfig())`` loads and validates
+    the bundle and opens one ONNX Runtime session per network with the configured pool.
+    """
+
+    def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", config: RuntimeConfig | None = None):
+        if device not in DEVICES:
+            raise InputError(f"device {device!r} is not supported by this runtime; choose one of {', '.join(DEVICES)}")
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.device = device
+        self.config = config or RuntimeConfig()
+        self.feature_spec = FeatureSpec(tuple(self.bundle.feature_names), tuple(self.bundle.feature_scales))
+        threads = self.config.resolved_intra_op_threads
+        self.networks = {
+            name: OnnxNetwork(self.bundle.network_path(name), intra_op_threads=threads, name=name)
+            for name in ("embedding", "filter", "gnn")
+        }
+        self.stages = self.bundle.stages
+        self.memory = MemoryModel.for_bundle(self.bundle)
+
+    @property
+    def num_features(self) -> int:
+        """Number of node features the bundle's networks take."""
+        return self.bundle.num_features
+
+    # -- stages, each callable alone -------------------------------------------------
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """Embedding ``[N, D]`` float32 of validated features ``[N, F]``."""
+        if features.shape[0] == 0:
+            dim = self.networks["embedding"].outputs[0].shape[-1]
+            return np.zeros((0, dim if isinstance(dim, int) else 0), dtype=np.float32)
+        return self.networks["embedding"].run(features=features)
+
+    def build_graph(self, embedding: np.ndarray) -> np.ndarray:
+        """Edges ``[2, M]`` int64: pairs closer than the bundle's radius, capped and directed as it says."""
+        return build_graph(
+            embedding,
+            self.stages.radius,
+            self.stages.max_neighbours,
+            direction=self.stages.edge_direction,
+            threads=self.config.resolved_graph_threads,
+        )
+
+    def classify_edges(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
+        """Logits ``[M]`` of edge classifier ``network`` (``"filter"`` or ``"gnn"``) on ``edge_index``.
+
+        With ``chunked`` the edges go through in chunks of ``config.edge_chunk_size``
+        (right only for networks that score each edge from its own two hits: the filter).
+        """
+        runner = self.networks[network]
+        num_edges = edge_index.shape[1]
+        if num_edges == 0:
+            return np.zeros(0, dtype=np.float32)
+        step = self.config.edge_chunk_size if chunked else num_edges
+        if num_edges <= step:
+            return runner.run(features=features, edge_index=edge_index)
+        scores = np.empty(num_edges, dtype=np.float32)
+        for begin in range(0, num_edges, step):
+            chunk = np.ascontiguousarray(edge_index[:, begin : begin + step])
+            scores[begin : begin + step] = runner.run(features=features, edge_index=chunk)
+        return scores
+
+    def filter_edges(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the filter in chunks; return ``(kept_edges [2, M'], filter_logits [M])``."""
+        logits = self.classify_edges("filter", features, edge_index, chunked=True)
+        kept = logits > logit_threshold(self.stages.filter_cut)
+        return np.ascontiguousarray(edge_index[:, kept]), logits
+
+    def build_tracks(self, num_hits: int, edge_index: np.ndarray, gnn_logits: np.ndarray) -> np.ndarray:
+        """Track label per hit: connected components of the edges whose GNN score passes the cut."""
+        return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut)
+
+    # -- whole events ----------------------------------------------------------------
+    def run(self, features: np.ndarray) -> PipelineResult:
+        """Run every stage on one event's features ``[N, F]`` float32 and return its labels and timings."""
+        features = validate_features(features, self.num_features)
+        num_hits = features.shape[0]
+        self.memory.check_hits(num_hits, self.config.memory_limit_bytes)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+
+        embedding = self.embed(features)
+        timings["embed"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        edges = self.build_graph(embedding)
+        timings["graph"] = time.perf_counter() - mark
+        self.memory.check_edges(num_hits, edges.shape[1], self.config.memory_limit_bytes, self.config.edge_chunk_size)
+
+        mark = time.perf_counter()
+        filtered, _ = self.filter_edges(features, edges)
+        timings["filter"] = time.perf_counter() - mark
+        self.memory.check_gnn_edges(num_hits, filtered.shape[1], self.config.memory_limit_bytes)
+
+        mark = time.perf_counter()
+        gnn_logits = self.classify_edges("gnn", features, filtered, chunked=False)
+        timings["gnn"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        labels = self.build_tracks(num_hits, filtered, gnn_logits)
+        timings["tracks"] = time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - start
+        passed = int(np.count_nonzero(gnn_logits > logit_threshold(self.stages.gnn_cut)))
+        return PipelineResult(
+            labels=labels,
+            timings=timings,
+            num_edges={"graph": int(edges.shape[1]), "filter": int(filtered.shape[1]), "gnn": passed},
+        )
+
+    def event_features(self, event: Event) -> np.ndarray:
+        """The bundle's node features of a TrackML event's hits."""
+        return hit_features(event.hits, self.feature_spec)
+
+    def run_event(self, event: Event) -> PipelineResult:
+        """Compute the bundle's features of a TrackML event and run :meth:`run` on them."""
+        return self.run(self.event_features(event))
+
+    def run_many(self, events: Iterable[np.ndarray]) -> Iterator[PipelineResult]:
+        """Run events (feature arrays) one after the other, yielding each result as it is ready."""
+        for features in events:
+            yield self.run(features)

@@ -667,6 +667,7 @@ def make_bundle(
     Needs torch.
     """
     from .export.onnx_export import DEFAULT_OPSET, export_network
+    from .export.specs import KIND_ALIASES
 
     directory = Path(directory)
     features = _features_dict(features)
@@ -683,12 +684,16 @@ def make_bundle(
         )
     if not isinstance(stages, StageParameters):
         stages = StageParameters.from_dict(stages)
-    directory.mkdir(parents=True, exist_ok=True)
-    entries = {}
+    modules = {}
     for name, value in networks.items():
         module, kind = value if isinstance(value, tuple) else (value, NETWORK_KINDS[name])
-        if kind != NETWORK_KINDS[name]:
+        if KIND_ALIASES.get(kind, kind) != NETWORK_KINDS[name]:
             raise BundleError(f"networks.{name}: kind {kind!r}, the {name} network must be of kind {NETWORK_KINDS[name]!r}")
+        modules[name] = module
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, module in modules.items():
+        kind = NETWORK_KINDS[name]
         report = export_network(
             module, kind, directory / f"{name}.onnx", num_features=len(features["names"]),
             opset=opset or DEFAULT_OPSET, validate=True,
@@ -727,14 +732,15 @@ def replace_network(
     *,
     opset: int | None = None,
     runs: int = 3,
-) -> Bundle:
+) -> tuple[Bundle, Any]:
     """Export ``module`` (validated against PyTorch) as network ``name`` of the bundle in ``directory``.
 
     The network's file is overwritten only once the export passed validation; its
     sha256, inputs, outputs, config and architecture are updated in ``pipeline.json``,
     and the whole bundle is loaded back (and so checked). The rest of ``pipeline.json``
     must be valid, but the old network file may be missing or damaged: this is how a
-    bundle whose file changed is repaired. Needs torch.
+    bundle whose file changed is repaired. Returns the loaded bundle and the
+    :class:`~trackserve.export.onnx_export.ExportReport`. Needs torch.
     """
     from .export.onnx_export import DEFAULT_OPSET, export_network
 
@@ -762,4 +768,4 @@ def replace_network(
         dict(getattr(module, "config", None) or {}), architecture_name(module),
     )
     write_pipeline_json(bundle.to_dict(), directory)
-    return load_bundle(directory)
+    return load_bundle(directory), report

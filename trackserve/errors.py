@@ -60,7 +60,7 @@ class CheckpointImportError(TrackserveError, ValueError):
 
 
 class InputError(TrackserveError, ValueError):
-    """Input arrays given to the runtime are invalid (shape, dtype, NaN, size limits)."""
+    """Invalid input arrays or options (shape, dtype, NaN, out-of-range settings, size limits)."""
 
 
 class BackendUnavailableError(TrackserveError, RuntimeError):

@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     parameters = sum(parameter.numel() for parameter in network.parameters())
     print(f"imported {network.architecture} ({parameters:,} parameters) from {args.checkpoint}")
     print(f"config: {json.dumps(network.config, sort_keys=True)}")
-    export_network(network, network.kind, args.output)
-    print(f"wrote {args.output}")
+    report = export_network(network, network.kind, args.output)
+    if report.validation is not None:
+        print(report.validation.summary())
+    print(f"wrote {report.path} (sha256 {report.sha256})")
     return 0

@@ -47,7 +47,7 @@ in a fixed order, so an event is a function of its inputs and seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -67,7 +67,9 @@ _MIN_STEP_MM = 0.05
 #: A module crossing must lie within this path length (mm) of the layer crossing.
 _MAX_MODULE_DISTANCE_MM = 200.0
 _MAX_PATH_FACTOR = 10.0
-_NEWTON_ITERATIONS = 4
+_NEWTON_ITERATIONS = 30
+#: Newton's method stops when the distance to the module plane is below this (mm).
+_NEWTON_TOLERANCE_MM = 1e-9
 _TWO_PI = 2.0 * np.pi
 
 
@@ -232,7 +234,7 @@ class _Helices:
 
     def take(self, rows: np.ndarray) -> "_Helices":
         """The helices of ``rows``."""
-        return _Helices(**{name: value[rows] for name, value in asdict(self).items()})
+        return _Helices(**{field.name: getattr(self, field.name)[rows] for field in fields(self)})
 
     def point(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Position ``(x, y, z)`` after turning by ``alpha`` ([n] or [n, m], one row per helix)."""
@@ -358,14 +360,19 @@ def _module_crossings(geometry: Geometry, helices: _Helices, layers: np.ndarray)
     normal = geometry.normal[module]
     centre = geometry.center[module]
     alpha = np.zeros(len(row))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    todo = np.arange(len(row))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for _ in range(_NEWTON_ITERATIONS):
-            x, y, z = pairs.point(alpha)
-            residual = (
-                normal[:, 0] * (x - centre[:, 0]) + normal[:, 1] * (y - centre[:, 1]) + normal[:, 2] * (z - centre[:, 2])
-            )
-            slope = np.einsum("ni,ni->n", normal, pairs.tangent(alpha))
-            alpha = alpha - residual / slope
+            helix = pairs.take(todo)
+            x, y, z = helix.point(alpha[todo])
+            n, c = normal[todo], centre[todo]
+            residual = n[:, 0] * (x - c[:, 0]) + n[:, 1] * (y - c[:, 1]) + n[:, 2] * (z - c[:, 2])
+            slope = np.einsum("ni,ni->n", n, helix.tangent(alpha[todo]))
+            alpha[todo] -= residual / slope
+            todo = todo[np.abs(residual) > _NEWTON_TOLERANCE_MM]  # no longer finite ones drop out here too
+            if not len(todo):
+                break
+        alpha[todo] = np.nan  # not converged: no crossing near this layer
     x, y, z = pairs.point(alpha)
     position = np.stack([x, y, z], axis=1)
     path = np.abs(alpha) * np.hypot(pairs.radius, pairs.dz)
@@ -410,8 +417,12 @@ def _propagate(geometry: Geometry, position: np.ndarray, momentum: np.ndarray, c
     budget = _Helices.from_state(position, momentum, charge, field).turn_to_max_radius()
     budget = np.where(budget < 1e-9, _TWO_PI, budget)  # moving exactly tangentially: allow one turn
     out: dict[str, list[np.ndarray]] = {key: [] for key in ("particle", "module", "true", "momentum", "local", "order")}
-    step = 0
-    while len(active):
+    # Within the outgoing half turn a helix meets a cylinder at most twice and a disc once:
+    # the step count is bounded; the bound only guards against a numerical pathology.
+    max_steps = 2 * len(geometry.layers) + 2
+    for step in range(max_steps):
+        if not len(active):
+            break
         helices = _Helices.from_state(position, momentum, charge[active], field)
         limit = np.minimum(budget, helices.turn_to_max_radius())
         alpha, layer = _next_crossing(helices, limit, last_layer, surfaces)
@@ -441,7 +452,6 @@ def _propagate(geometry: Geometry, position: np.ndarray, momentum: np.ndarray, c
             momentum[hit_rows] = _scatter(
                 momentum[hit_rows], normal, charge[active[hit_rows]], mass[active[hit_rows]], config.x_over_x0, rng
             )
-        step += 1
     if not out["particle"]:
         return {
             "particle": np.zeros(0, dtype=np.int64), "module": np.zeros(0, dtype=np.int64),

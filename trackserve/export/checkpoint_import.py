@@ -76,7 +76,7 @@ def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
     if kind is not None and kind not in KINDS:
         raise CheckpointImportError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
     wanted = KINDS.get(kind) if kind else None
-    named = _CLASS_NAMES.get(contents.class_name or "")
+    named = _CLASS_NAMES.get(contents.class_name or "") or _CLASS_NAMES.get(str((contents.hparams or {}).get("name")))
     by_keys = _architecture_from_keys(contents.state)
     found = named or by_keys
     if wanted is not None:

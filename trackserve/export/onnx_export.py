@@ -385,7 +385,9 @@ def export_network(
     The file is written next to ``path`` first and moved into place only once it passed
     validation, so a failed export never replaces a good file. Raises
     :class:`~trackserve.errors.ExportError` when the network cannot be exported and
-    :class:`~trackserve.errors.ExportParityError` when ONNX Runtime disagrees with PyTorch.
+    :class:`~trackserve.errors.ExportParityError` (with the
+    :class:`ValidationReport` as its ``report`` attribute) when ONNX Runtime disagrees
+    with PyTorch.
     """
     import torch
 
@@ -431,10 +433,8 @@ def export_network(
                 validation = validate_onnx(temporary, module, spec.kind, num_features=num_features, runs=runs, providers=providers)
             except ExportParityError as error:
                 temporary.unlink(missing_ok=True)
-                report = error.report
-                replaced = ExportParityError(
-                    f"export of {path} rejected (nothing written):\n" + report.summary().replace(str(temporary), str(path))
-                )
+                report = dataclasses.replace(error.report, path=str(path))
+                replaced = ExportParityError(f"export of {path} rejected (nothing written):\n{report.summary()}")
                 replaced.report = report
                 raise replaced from None
     finally:

@@ -1,0 +1,423 @@
+"""Tests of the detector simulation: geometry, helix physics, options, determinism, output."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from trackserve.cli import main
+from trackserve.errors import EventFormatError, InputError
+from trackserve.events.event import PARTICLES_COLUMNS, TRUTH_COLUMNS, HITS_COLUMNS
+from trackserve.events.geometry import load_geometry
+from trackserve.events.simulate import (
+    GEV_PER_TESLA_MM,
+    SimulationConfig,
+    generate_particles,
+    hit_weights,
+    simulate_event,
+)
+from trackserve.events.trackml import read_event, read_particles
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+#: No smearing, no scattering, no noise: hits lie exactly on the helices.
+EXACT = SimulationConfig(smearing=False, x_over_x0=0.0, noise_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def geometry():
+    return load_geometry()
+
+
+def particles(pt, eta, phi, q, vertex=(0.0, 0.0, 0.0), particle_type=None) -> dict:
+    """A particle table with one particle per entry of the (broadcast) arguments."""
+    pt, eta, phi, q = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (pt, eta, phi, q)))
+    n = len(pt)
+    vertex = np.broadcast_to(np.asarray(vertex, dtype=np.float64), (n, 3))
+    table = {
+        "particle_id": np.arange(1, n + 1, dtype=np.int64) * 7,
+        "vx": vertex[:, 0].copy(), "vy": vertex[:, 1].copy(), "vz": vertex[:, 2].copy(),
+        "px": pt * np.cos(phi), "py": pt * np.sin(phi), "pz": pt * np.sinh(eta),
+        "q": q.astype(np.int64), "nhits": np.zeros(n, dtype=np.int64),
+    }
+    if particle_type is not None:
+        table["particle_type"] = np.broadcast_to(np.asarray(particle_type, dtype=np.int64), (n,)).copy()
+    return table
+
+
+def hits_of(event, particle_id):
+    """Measured and true hit positions of one particle, in production (truth) order sorted by path."""
+    rows = np.flatnonzero(event.truth["particle_id"] == particle_id)
+    measured = np.stack([event.hits[c][rows] for c in ("x", "y", "z")], axis=1)
+    true = np.stack([event.truth[c][rows] for c in ("tx", "ty", "tz")], axis=1)
+    momentum = np.stack([event.truth[c][rows] for c in ("tpx", "tpy", "tpz")], axis=1)
+    return rows, measured, true, momentum
+
+
+def fit_circle(x, y):
+    """Algebraic least-squares circle: centre and radius."""
+    design = np.stack([x, y, np.ones_like(x)], axis=1)
+    solution, *_ = np.linalg.lstsq(design, x * x + y * y, rcond=None)
+    cx, cy = solution[0] / 2, solution[1] / 2
+    return cx, cy, np.sqrt(solution[2] + cx * cx + cy * cy)
+
+
+# ----------------------------------------------------------------------------- geometry of hits
+def test_every_hit_lies_on_a_module(geometry):
+    config = SimulationConfig(num_particles=800, noise_fraction=0.2, inefficiency=0.1)
+    event = simulate_event(geometry, config, seed=11)
+    hits, truth = event.hits, event.truth
+    modules = geometry.module_indices(hits["volume_id"], hits["layer_id"], hits["module_id"])
+    measured = np.stack([hits["x"], hits["y"], hits["z"]], axis=1)
+    true = np.stack([truth["tx"], truth["ty"], truth["tz"]], axis=1)
+    for points in (measured, true):
+        local = geometry.to_local(modules, points)
+        assert np.all(geometry.contains(modules, local, tolerance=1e-6))
+        assert np.abs(local[:, 2]).max() < 1e-6  # on the mid-plane, well within the thickness
+    assert event.num_hits > 5000
+    assert len(np.unique(hits["volume_id"])) == 9  # random particles reach every volume
+
+
+def test_hits_are_sorted_and_numbered_like_trackml(geometry):
+    event = simulate_event(geometry, SimulationConfig(num_particles=300), seed=2)
+    hits = event.hits
+    assert list(hits) == list(HITS_COLUMNS) and list(event.truth) == list(TRUTH_COLUMNS)
+    np.testing.assert_array_equal(hits["hit_id"], np.arange(1, event.num_hits + 1))
+    np.testing.assert_array_equal(event.truth["hit_id"], hits["hit_id"])
+    key = np.stack([hits["volume_id"], hits["layer_id"], hits["module_id"]], axis=1)
+    assert np.all(np.diff(key[:, 0] * 10**10 + key[:, 1] * 10**5 + key[:, 2]) >= 0)
+    for name, dtype in HITS_COLUMNS.items():
+        assert hits[name].dtype == dtype, name
+    for name, dtype in PARTICLES_COLUMNS.items():
+        assert event.particles[name].dtype == dtype, name
+
+
+def test_overlaps_give_two_hits_and_gaps_none_like_the_real_event(geometry):
+    """Particles of the real TrackML event cross the same layers and overlaps as in the real data."""
+    real = read_event(REPO / "data" / "event000000001")
+    event = simulate_event(geometry, real.particles, seed=5, config=replace(SimulationConfig(), noise_fraction=0.0))
+
+    def layer_counts(e):
+        pid = e.truth["particle_id"]
+        keep = pid != 0
+        return Counter(zip(pid[keep].tolist(), e.hits["volume_id"][keep].tolist(), e.hits["layer_id"][keep].tolist()))
+
+    real_layers, simulated_layers = layer_counts(real), layer_counts(event)
+    shared = set(real_layers) & set(simulated_layers)
+    assert len(shared) / len(real_layers) > 0.95  # the same (particle, layer) crossings
+    real_double = np.mean([real_layers[k] > 1 for k in shared])
+    simulated_double = np.mean([simulated_layers[k] > 1 for k in shared])
+    assert 0.2 < real_double < 0.35
+    assert simulated_double == pytest.approx(real_double, abs=0.05)  # overlaps as often as in real data
+    np.testing.assert_array_equal(event.particles["particle_id"], real.particles["particle_id"])
+    np.testing.assert_array_equal(event.particles["particle_type"], real.particles["particle_type"])
+
+
+# ----------------------------------------------------------------------------- helix physics
+@pytest.mark.parametrize("field", [2.0, 0.7])
+@pytest.mark.parametrize("pt", [0.6, 1.5, 10.0])
+def test_helix_radius_is_pt_over_0_3_b(geometry, field, pt):
+    config = replace(EXACT, magnetic_field=field)
+    table = particles(pt, eta=0.4, phi=1.1, q=[1, -1])
+    event = simulate_event(geometry, table, seed=0, config=config)
+    expected = pt / (0.299792458 * field) * 1000.0  # R [m] = pT [GeV] / (0.3 B [T])
+    for pid in table["particle_id"]:
+        _, measured, true, _ = hits_of(event, pid)
+        assert len(measured) >= 8
+        np.testing.assert_allclose(measured, true, atol=1e-9)  # no smearing: measured = true
+        cx, cy, radius = fit_circle(measured[:, 0], measured[:, 1])
+        assert radius == pytest.approx(expected, rel=1e-6 if radius < 1e5 else 1e-3)
+        assert np.hypot(cx, cy) == pytest.approx(radius, rel=1e-6)  # the circle passes through the origin vertex
+        # z advances by pz/pT per unit transverse path: the helix pitch.
+        s = 2 * radius * np.arcsin(np.hypot(measured[:, 0], measured[:, 1]) / (2 * radius))
+        np.testing.assert_allclose(measured[:, 2], s * np.sinh(0.4), rtol=1e-7, atol=1e-6)
+    assert pt / (GEV_PER_TESLA_MM * field) == pytest.approx(expected)
+
+
+def test_positive_charge_turns_clockwise(geometry):
+    """F = q v x B with B along +z pushes a positive particle to the right: phi decreases with r."""
+    table = particles(0.8, eta=0.2, phi=np.linspace(-3, 3, 7), q=[1, -1, 1, -1, 1, -1, 1])
+    event = simulate_event(geometry, table, seed=0, config=EXACT)
+    for pid, q, phi0 in zip(table["particle_id"], table["q"], np.linspace(-3, 3, 7)):
+        _, measured, _, momentum = hits_of(event, pid)
+        r = np.hypot(measured[:, 0], measured[:, 1])
+        order = np.argsort(r)
+        azimuth = np.unwrap(np.arctan2(measured[order, 1], measured[order, 0]))
+        slope = np.diff(azimuth) / np.diff(r[order])
+        assert np.all(np.sign(slope[np.diff(r[order]) > 1]) == -q)
+        # Momentum direction turns the same way, twice as fast as the azimuth of the points.
+        direction = np.unwrap(np.arctan2(momentum[order, 1], momentum[order, 0]))
+        np.testing.assert_allclose(direction - phi0, 2 * (azimuth - phi0), atol=1e-9)
+
+
+def test_hits_match_an_integrated_lorentz_force(geometry):
+    """Reference: integrate dp/ds = k q p_hat x B numerically up to each module plane."""
+    field = 2.0
+    table = particles([0.7, 3.0], eta=[-0.8, 1.7], phi=[0.3, -2.0], q=[1, -1], vertex=[(0.01, -0.02, 15.0), (-0.01, 0.0, -30.0)])
+    event = simulate_event(geometry, table, seed=0, config=replace(EXACT, magnetic_field=field))
+    for i, pid in enumerate(table["particle_id"]):
+        rows, _, true, momentum = hits_of(event, pid)
+        modules = geometry.module_indices(event.hits["volume_id"][rows], event.hits["layer_id"][rows], event.hits["module_id"][rows])
+        start = np.array([table[c][i] for c in ("vx", "vy", "vz", "px", "py", "pz")])
+        q = table["q"][i]
+
+        def motion(_s, state):
+            p = state[3:]
+            direction = p / np.linalg.norm(p)
+            return np.r_[direction, GEV_PER_TESLA_MM * q * np.cross(direction, [0.0, 0.0, field])]
+
+        for module, point, p_true in zip(modules, true, momentum):
+            normal, centre = geometry.normal[module], geometry.center[module]
+
+            def plane(_s, state, normal=normal, centre=centre):
+                return float(normal @ (state[:3] - centre))
+
+            plane.terminal = True
+            reach = np.linalg.norm(point - start[:3]) * 1.5
+            # Stop at the crossing of this plane closest to the simulated hit.
+            solution = solve_ivp(motion, (0.0, reach), start, events=plane, rtol=1e-10, atol=1e-9, dense_output=True)
+            crossings = solution.t_events[0]
+            assert len(crossings) > 0
+            state = solution.sol(crossings[-1])
+            np.testing.assert_allclose(state[:3], point, atol=2e-3)
+            np.testing.assert_allclose(state[3:], p_true, atol=1e-5)
+
+
+def test_loopers_stop_after_the_outgoing_half_turn(geometry):
+    # 0.25 GeV in 2 T: R = 417 mm, so the particle reaches r = 834 mm and would come back.
+    table = particles([0.25, 0.1], eta=[0.1, 2.8], phi=0.5, q=[1, -1])
+    event = simulate_event(geometry, table, seed=0, config=EXACT)
+    rows, _, true, _ = hits_of(event, table["particle_id"][0])
+    r = np.hypot(true[:, 0], true[:, 1])
+    layers = Counter(zip(event.hits["volume_id"][rows].tolist(), event.hits["layer_id"][rows].tolist()))
+    assert set(layers) == {(8, 2), (8, 4), (8, 6), (8, 8), (13, 2), (13, 4), (13, 6), (13, 8), (17, 2)} - (
+        {(17, 2)} if r.max() < 818 else set()
+    )
+    assert all(count <= 2 for count in layers.values())  # each layer once (twice in an overlap), never on the way back
+    assert r.max() <= 2 * 0.25 / (GEV_PER_TESLA_MM * 2.0)
+    # A 0.1 GeV particle at eta 2.8 spirals along z through the discs: half a turn at most.
+    rows, _, true, _ = hits_of(event, table["particle_id"][1])
+    radius = 0.1 / (GEV_PER_TESLA_MM * 2.0)
+    cx, cy = radius * np.sin(0.5), -radius * np.cos(0.5)  # centre of a clockwise circle through the origin
+    turned = np.mod(-(np.arctan2(true[:, 1] - cy, true[:, 0] - cx) - np.arctan2(-cy, -cx)), 2 * np.pi)
+    assert 0 < len(rows) < 30
+    assert turned.max() <= np.pi + 1e-9
+
+
+def test_neutral_and_empty_inputs(geometry):
+    table = particles([2.0, 2.0], eta=0.0, phi=0.0, q=[0, 1])
+    event = simulate_event(geometry, table, seed=0, config=EXACT)
+    np.testing.assert_array_equal(event.particles["nhits"] == 0, [True, False])
+    empty = particles(np.zeros(0), eta=0.0, phi=0.0, q=1)
+    event = simulate_event(geometry, empty, seed=0)
+    assert event.num_hits == 0 and len(event.particles["particle_id"]) == 0
+    assert set(event.hits) == set(HITS_COLUMNS) and set(event.truth) == set(TRUTH_COLUMNS)
+    event = simulate_event(geometry, replace(SimulationConfig(), num_particles=0), seed=0)
+    assert event.num_hits == 0
+
+
+# ----------------------------------------------------------------------------- options
+def test_determinism_for_a_seed(geometry):
+    config = SimulationConfig(num_particles=200, inefficiency=0.1)
+    first = simulate_event(geometry, config, seed=42)
+    again = simulate_event(geometry, config, seed=42)
+    other = simulate_event(geometry, config, seed=43)
+    for kind in ("hits", "truth", "particles"):
+        for name, column in getattr(first, kind).items():
+            np.testing.assert_array_equal(column, getattr(again, kind)[name], err_msg=f"{kind}.{name}")
+    assert first.num_hits != other.num_hits or not np.array_equal(first.hits["x"], other.hits["x"])
+    # A given table with a sequence seed, as the command line uses it.
+    table = particles(1.0, eta=np.linspace(-2, 2, 20), phi=0.2, q=1)
+    np.testing.assert_array_equal(
+        simulate_event(geometry, table, seed=[7, 1000]).hits["x"], simulate_event(geometry, table, seed=[7, 1000]).hits["x"]
+    )
+
+
+def test_inefficiency_removes_that_fraction(geometry):
+    config = SimulationConfig(num_particles=500, noise_fraction=0.0)
+    full = simulate_event(geometry, config, seed=3)
+    lossy = simulate_event(geometry, replace(config, inefficiency=0.3), seed=3)
+    assert lossy.num_hits / full.num_hits == pytest.approx(0.7, abs=0.03)
+    # The same propagation: the surviving true positions are a subset of the full ones.
+    keys = lambda e: set(zip(e.truth["particle_id"].tolist(), np.round(e.truth["tx"], 6).tolist()))  # noqa: E731
+    assert keys(lossy) <= keys(full)
+    np.testing.assert_array_equal(np.bincount(np.searchsorted(lossy.particles["particle_id"], lossy.truth["particle_id"]),
+                                              minlength=500), lossy.particles["nhits"])
+    none = simulate_event(geometry, replace(config, inefficiency=1.0), seed=3)
+    assert none.num_hits == 0
+
+
+def test_noise_fraction_sets_the_noise_count(geometry):
+    config = SimulationConfig(num_particles=300, noise_fraction=0.2)
+    event = simulate_event(geometry, config, seed=4)
+    noise = event.truth["particle_id"] == 0
+    signal = int((~noise).sum())
+    assert noise.sum() == round(0.2 / 0.8 * signal)
+    assert np.all(event.truth["weight"][noise] == 0)
+    np.testing.assert_array_equal(event.truth["tpx"][noise], 0.0)
+    # Noise is spread over the detector: every volume gets some.
+    assert len(np.unique(event.hits["volume_id"][noise])) == 9
+    assert not np.any(simulate_event(geometry, replace(config, noise_fraction=0.0), seed=4).truth["particle_id"] == 0)
+
+
+def test_smearing_follows_the_resolution(geometry):
+    config = SimulationConfig(num_particles=600, noise_fraction=0.0)
+    for resolution in (None, 0.02):
+        event = simulate_event(geometry, replace(config, resolution_u=resolution, resolution_v=resolution), seed=6)
+        hits, truth = event.hits, event.truth
+        modules = geometry.module_indices(hits["volume_id"], hits["layer_id"], hits["module_id"])
+        measured = geometry.to_local(modules, np.stack([hits["x"], hits["y"], hits["z"]], axis=1))
+        true = geometry.to_local(modules, np.stack([truth["tx"], truth["ty"], truth["tz"]], axis=1))
+        pixel = np.isin(hits["volume_id"], [7, 8, 9])
+        sigma_u = 0.05 / np.sqrt(12) if resolution is None else resolution
+        sigma_v = 0.05625 / np.sqrt(12) if resolution is None else resolution
+        residual = measured[pixel] - true[pixel]
+        assert np.std(residual[:, 0]) == pytest.approx(sigma_u, rel=0.05)
+        assert np.std(residual[:, 1]) == pytest.approx(sigma_v, rel=0.05)
+        assert np.abs(np.mean(residual[:, 0])) < 3 * sigma_u / np.sqrt(pixel.sum()) + 1e-4
+    exact = simulate_event(geometry, replace(config, smearing=False), seed=6)
+    for measured, true in (("x", "tx"), ("y", "ty"), ("z", "tz")):
+        np.testing.assert_allclose(exact.hits[measured], exact.truth[true], atol=1e-9)
+
+
+def test_multiple_scattering_follows_highland(geometry):
+    """The polar angle is constant on a helix in a solenoid: its change between layers is the scattering."""
+    x0 = 0.02
+    p = 1.0
+    n = 2000
+    table = particles(p, eta=0.0, phi=np.linspace(-np.pi, np.pi, n, endpoint=False), q=1)
+    event = simulate_event(geometry, table, seed=8, config=replace(EXACT, x_over_x0=x0))
+    truth, hits = event.truth, event.hits
+    theta = np.arctan2(np.hypot(truth["tpx"], truth["tpy"]), truth["tpz"])
+    first_hit = {}  # (particle, layer) -> polar angle at its first hit on that layer
+    for pid, volume, layer, angle in zip(truth["particle_id"].tolist(), hits["volume_id"].tolist(),
+                                         hits["layer_id"].tolist(), theta.tolist()):
+        first_hit.setdefault((pid, volume, layer), angle)
+    kicks = [first_hit[(pid, 8, 4)] - first_hit[(pid, 8, 2)] for pid in table["particle_id"].tolist()
+             if (pid, 8, 2) in first_hit and (pid, 8, 4) in first_hit]
+    beta = p / np.hypot(p, 0.13957)
+    highland = 0.0136 / (beta * p) * np.sqrt(x0) * (1 + 0.038 * np.log(x0 / beta**2))
+    assert len(kicks) > 0.95 * n
+    assert np.std(kicks) == pytest.approx(highland, rel=0.05)  # 2000 samples: 1.6 % statistical precision
+    # Without material there is no kick at all.
+    event = simulate_event(geometry, table, seed=8, config=EXACT)
+    pt = np.hypot(event.truth["tpx"], event.truth["tpy"])
+    np.testing.assert_allclose(pt, p, rtol=1e-12)
+    np.testing.assert_allclose(event.truth["tpz"], 0.0, atol=1e-12)
+
+
+def test_weights_are_trackml_like(geometry):
+    event = simulate_event(geometry, SimulationConfig(num_particles=400, noise_fraction=0.1), seed=9)
+    truth = event.truth
+    assert truth["weight"].sum() == pytest.approx(1.0)
+    assert np.all(truth["weight"][truth["particle_id"] == 0] == 0)
+    nhits = dict(zip(event.particles["particle_id"].tolist(), event.particles["nhits"].tolist()))
+    short = np.array([nhits.get(pid, 0) < 4 for pid in truth["particle_id"].tolist()])
+    assert np.all(truth["weight"][short] == 0)
+    # Against a brute-force computation on a small example: particle 0 with 5 hits at pT 3 GeV,
+    # particle 1 with 3 hits (weight 0), particle 2 with 6 hits at pT 0.5 GeV, one noise hit.
+    owner = np.array([0, 0, 2, 0, 0, 1, 1, 1, 0, -1, 2, 2, 2, 2, 2])
+    order = np.array([1, 2, 1, 3, 4, 1, 2, 3, 5, 0, 2, 3, 4, 5, 6], dtype=float)
+    weights = hit_weights(owner, order, pt=np.array([3.0, 1.0, 0.5]))
+    raw = np.array([10, 8, 10, 6, 8, 0, 0, 0, 10, 0, 8, 6, 6, 8, 10], dtype=float)
+    raw[owner == 2] *= 0.2
+    np.testing.assert_allclose(weights, raw / raw.sum())
+    np.testing.assert_array_equal(hit_weights(np.array([-1, -1]), np.zeros(2), np.zeros(0)), [0.0, 0.0])
+
+
+def test_random_particles_follow_the_options():
+    config = SimulationConfig(num_particles=20000, pt_min=0.5, pt_max=20.0, pt_power=3.0, eta_max=2.0,
+                              vertex_sigma_xy=0.1, vertex_sigma_z=40.0)
+    table = generate_particles(config, np.random.default_rng(0))
+    pt = np.hypot(table["px"], table["py"])
+    eta = np.arcsinh(table["pz"] / pt)
+    assert pt.min() >= 0.5 and pt.max() <= 20.0
+    # Median of dN/dpT ~ pT^-3 on [0.5, 20]: solve (pmin^-2 - m^-2) = (pmin^-2 - pmax^-2) / 2.
+    median = (0.5**-2 - 0.5 * (0.5**-2 - 20.0**-2)) ** -0.5
+    assert np.median(pt) == pytest.approx(median, rel=0.02)
+    assert np.abs(eta).max() <= 2.0 and np.mean(np.abs(eta) < 1.0) == pytest.approx(0.5, abs=0.02)
+    assert set(np.unique(table["q"]).tolist()) == {-1, 1} and np.mean(table["q"]) == pytest.approx(0, abs=0.03)
+    np.testing.assert_array_equal(table["particle_type"], 211 * table["q"])
+    assert np.std(table["vx"]) == pytest.approx(0.1, rel=0.03) and np.std(table["vz"]) == pytest.approx(40.0, rel=0.03)
+    np.testing.assert_array_equal(table["particle_id"], np.arange(1, 20001))
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.pop("pz"), "lacks column.*pz"),
+        (lambda t: t["px"].__setitem__(1, np.nan), "column 'px', row 2: particle table: value is not finite"),
+        (lambda t: t["particle_id"].__setitem__(2, t["particle_id"][0]), "column 'particle_id', row 3: particle table: particle id 7 appears more than once"),
+        (lambda t: t["particle_id"].__setitem__(0, 0), "column 'particle_id', row 1: particle table: particle id 0 is reserved"),
+        (lambda t: t.__setitem__("q", np.array([1.0, 0.5, 1.0])), "column 'q', row 2: particle table: value must be an integer"),
+    ],
+)
+def test_bad_particle_tables_are_refused(geometry, change, message):
+    table = particles(1.0, eta=[0.0, 1.0, 2.0], phi=0.0, q=1)
+    change(table)
+    with pytest.raises(EventFormatError, match=message):
+        simulate_event(geometry, table, seed=0)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("pt_min", 0.0), ("pt_max", 0.1), ("eta_max", -1.0), ("magnetic_field", 0.0), ("inefficiency", 1.5),
+     ("noise_fraction", 1.0), ("x_over_x0", -0.1), ("resolution_u", -1.0), ("num_particles", -3), ("vertex_sigma_z", float("nan"))],
+)
+def test_bad_options_are_named(geometry, option, value):
+    with pytest.raises(InputError, match=f"simulation option {option} = "):
+        simulate_event(geometry, replace(SimulationConfig(num_particles=5), **{option: value}), seed=0)
+
+
+def test_two_different_configs_are_refused(geometry):
+    with pytest.raises(InputError, match="not two different configs"):
+        simulate_event(geometry, SimulationConfig(num_particles=5), seed=0, config=SimulationConfig(num_particles=6))
+
+
+# ----------------------------------------------------------------------------- real tables, command line
+def test_real_full_event_table(geometry):
+    path = SHARED_DATA / "trackml" / "event000021139-particles.csv"
+    if not path.is_file():
+        pytest.skip(f"the real particle table {path} is absent")
+    table = read_particles(path)
+    subset = {name: column[:1500] for name, column in table.items()}
+    event = simulate_event(geometry, subset, seed=1, config=replace(SimulationConfig(), noise_fraction=0.0))
+    simulated, real = event.particles["nhits"], subset["nhits"]
+    # Same kinematics, same detector: hit counts follow the real ones (the real simulation also
+    # has interactions and energy loss, so it loses some particles earlier).
+    assert np.corrcoef(simulated, real)[0, 1] > 0.5
+    assert 0.8 < simulated.sum() / real.sum() < 1.5
+    per_particle = Counter(event.truth["particle_id"].tolist())
+    assert [per_particle.get(pid, 0) for pid in subset["particle_id"].tolist()] == simulated.tolist()
+
+
+def test_command_line_writes_the_same_events(geometry, tmp_path, capsys):
+    status = main(["simulate", "--output", str(tmp_path), "--events", "2", "--first-event-id", "1000",
+                   "--num-particles", "50", "--seed", "3", "--noise-fraction", "0.05", "--gzip"])
+    assert status == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("event000001000: ") and "hits" in lines[0]
+    config = SimulationConfig(num_particles=50, noise_fraction=0.05)
+    for event_id in (1000, 1001):
+        written = read_event(tmp_path / f"event{event_id:09d}")
+        expected = simulate_event(geometry, config, seed=[3, event_id], event_id=event_id)
+        np.testing.assert_array_equal(written.hits["module_id"], expected.hits["module_id"])
+        np.testing.assert_allclose(written.hits["x"], expected.hits["x"], rtol=1e-8)
+        np.testing.assert_array_equal(written.truth["particle_id"], expected.truth["particle_id"])
+        np.testing.assert_array_equal(written.particles["nhits"], expected.particles["nhits"])
+
+
+def test_command_line_refuses_bad_options(tmp_path, capsys):
+    table = tmp_path / "particles.csv"
+    assert main(["simulate", "--output", str(tmp_path), "--particles", str(table), "--pt-min", "1"]) == 2
+    assert "--pt-min only apply to random particles" in capsys.readouterr().err
+    assert main(["simulate", "--output", str(tmp_path), "--geometry", str(tmp_path / "none.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["simulate", "--output", str(tmp_path), "--inefficiency", "2"]) == 2
+    assert "inefficiency" in capsys.readouterr().err

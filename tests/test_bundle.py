@@ -1,0 +1,329 @@
+"""The bundle: make, save and load round trip; every kind of damage refused with a message naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from trackserve.bundle import (
+    PIPELINE_FILE,
+    SCHEMA_VERSION,
+    Bundle,
+    StageParameters,
+    file_sha256,
+    load_bundle,
+    make_bundle,
+    replace_network,
+    save_bundle,
+)
+from trackserve.cli import main
+from trackserve.errors import BundleError, ExportParityError
+from trackserve.events.features import EXATRKX_SERVICE
+from trackserve.export.embedding import EmbeddingNetwork
+from trackserve.export.filter import EdgeFilter
+from trackserve.export.resagnn import ResAGNN
+
+STAGES = StageParameters(radius=1.6, max_neighbours=64, filter_cut=0.21, gnn_cut=0.75, edge_direction="i>j")
+
+
+def _networks():
+    torch.manual_seed(0)
+    return {
+        "embedding": EmbeddingNetwork(in_channels=3, emb_hidden=16, nb_layer=2, emb_dim=8),
+        "filter": EdgeFilter(in_channels=3, hidden=16, nb_layer=2),
+        "gnn": ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A bundle made once from small networks, and those networks."""
+    networks = _networks()
+    directory = tmp_path_factory.mktemp("made") / "bundle"
+    bundle = make_bundle(directory, networks, features=EXATRKX_SERVICE, stages=STAGES,
+                         provenance={"data": "random weights, no training"})
+    return bundle, networks
+
+
+@pytest.fixture
+def bundle_dir(made, tmp_path):
+    """A fresh copy of the made bundle that a test may damage."""
+    target = tmp_path / "bundle"
+    shutil.copytree(made[0].directory, target)
+    return target
+
+
+def _edit(directory: Path, change) -> None:
+    path = directory / PIPELINE_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _refused(directory) -> str:
+    with pytest.raises(BundleError) as caught:
+        load_bundle(directory)
+    return str(caught.value)
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_made_bundle_records_everything(made):
+    bundle, networks = made
+    data = json.loads((bundle.directory / PIPELINE_FILE).read_text())
+    assert data["schema_version"] == SCHEMA_VERSION == 1
+    assert data["features"] == {"names": ["r", "phi", "z"], "scales": list(EXATRKX_SERVICE.scales)}
+    assert data["stages"] == {"radius": 1.6, "max_neighbours": 64, "filter_cut": 0.21, "gnn_cut": 0.75, "edge_direction": "i>j"}
+    assert data["networks"]["embedding"]["outputs"] == [{"name": "embedding", "dtype": "float32", "dims": ["num_hits", 8]}]
+    assert data["networks"]["gnn"]["inputs"][1] == {"name": "edge_index", "dtype": "int64", "dims": [2, "num_edges"]}
+    for name, network in networks.items():
+        entry = data["networks"][name]
+        assert entry["sha256"] == file_sha256(bundle.directory / entry["file"])
+        assert entry["config"] == network.config and entry["architecture"] == network.architecture
+    assert data["provenance"]["data"] == "random weights, no training"
+    assert data["provenance"]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert data["provenance"]["created"].endswith("+00:00")
+
+
+def test_bundle_networks_compute_what_the_torch_networks_compute(made):
+    bundle, networks = made
+    rng = np.random.default_rng(3)
+    features = rng.uniform(-1, 1, (300, 3)).astype(np.float32)
+    edges = np.concatenate([rng.integers(0, 300, (2, 2000)), np.stack([np.arange(300), np.full(300, 7)])], 1)
+    for name, network in networks.items():
+        session = ort.InferenceSession(str(bundle.network_path(name)), providers=["CPUExecutionProvider"])
+        feeds = {"features": features} if name == "embedding" else {"features": features, "edge_index": edges}
+        with torch.no_grad():
+            expected = network(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        np.testing.assert_allclose(session.run(None, feeds)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_save_and_load_round_trip(made, tmp_path):
+    bundle = made[0]
+    loaded = load_bundle(bundle.directory / PIPELINE_FILE)
+    assert loaded == bundle
+    copy = save_bundle(loaded, tmp_path / "copy")
+    assert copy.directory == tmp_path / "copy"
+    assert copy.to_dict() == bundle.to_dict()
+    for name in bundle.networks:
+        assert file_sha256(copy.network_path(name)) == bundle.networks[name].sha256
+    assert copy.engine_directory("A100_sm80_trt10") == tmp_path / "copy" / "engines" / "A100_sm80_trt10"
+    # Saving in place rewrites pipeline.json only.
+    assert save_bundle(copy, copy.directory) == copy
+
+
+def test_load_bundle_does_not_import_torch_or_onnx(made):
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'onnx'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from trackserve.bundle import load_bundle\n"
+        f"bundle = load_bundle({str(made[0].directory)!r})\n"
+        "print(sorted(bundle.networks))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['embedding', 'filter', 'gnn']"
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_missing_directory_and_pipeline_json(tmp_path):
+    with pytest.raises(BundleError, match="does not exist or is not a directory"):
+        load_bundle(tmp_path / "nowhere")
+    with pytest.raises(BundleError, match="is not a bundle: it has no pipeline.json"):
+        load_bundle(tmp_path)
+
+
+def test_bad_json_names_line_and_column(bundle_dir):
+    (bundle_dir / PIPELINE_FILE).write_text('{\n  "schema_version": 1,\n  "features": [}\n')
+    assert "is not valid JSON: line 3, column" in _refused(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.update(schema_version=2), "schema_version: 2 is not supported: this trackserve reads schema version 1"),
+        (lambda d: d.pop("schema_version"), "missing key 'schema_version'"),
+        (lambda d: d.pop("stages"), "missing key(s) 'stages'"),
+        (lambda d: d["networks"]["gnn"].pop("sha256"), "networks.gnn: missing key(s) 'sha256'"),
+        (lambda d: d["networks"].pop("filter"), "networks: missing network(s) 'filter'"),
+        (lambda d: d["networks"].update(tracker=d["networks"]["gnn"]), "networks: unknown network(s) 'tracker'"),
+        (lambda d: d["networks"]["gnn"].update(sha256="0" * 64),
+         "networks.gnn.sha256: gnn.onnx has sha256 "),
+        (lambda d: d["networks"]["gnn"].update(file="../gnn.onnx"),
+         "networks.gnn.file: '../gnn.onnx' is not a relative path inside the bundle"),
+        (lambda d: d["networks"]["filter"].update(kind="embedding"),
+         "networks.filter.kind: 'embedding', the filter network must be of kind 'edge_classifier'"),
+        (lambda d: d["networks"]["embedding"]["outputs"][0].update(dims=["num_hits", 9]),
+         "output 'embedding' of embedding.onnx has dims ['num_hits', 8], pipeline.json declares ['num_hits', 9]"),
+        (lambda d: d["networks"]["gnn"]["inputs"][1].update(dims=[2, 100]),
+         "networks.gnn.inputs 'edge_index': dim 1 is 100, it must be the dynamic dim 'num_edges'"),
+        (lambda d: d["networks"]["gnn"]["outputs"][0].update(name="logits"),
+         "networks.gnn.outputs: names ['logits'] differ from the edge_classifier interface ['scores']"),
+        (lambda d: d["features"].update(names=["r", "phi", "z", "eta"], scales=[1, 1, 1, 1]),
+         "networks.embedding.inputs 'features': takes 3 features but the bundle declares 4"),
+        (lambda d: d["features"].update(scales=[1.0, 0.0, 1.0]), "features.scales: [1.0, 0.0, 1.0] is not a list of finite non-zero"),
+        (lambda d: d["stages"].update(filter_cut=1.5), "stages.filter_cut: 1.5 is outside [0, 1]"),
+        (lambda d: d["stages"].update(gnn_cut=-0.1), "stages.gnn_cut: -0.1 is outside [0, 1]"),
+        (lambda d: d["stages"].update(radius=-1.0), "stages.radius: -1.0 is not a positive finite number"),
+        (lambda d: d["stages"].update(max_neighbours=0), "stages.max_neighbours: 0 is not an integer >= 1"),
+        (lambda d: d["stages"].update(edge_direction="up"), "stages.edge_direction: 'up' is not one of 'i<j', 'i>j', 'both'"),
+        (lambda d: d.update(provenance="yesterday"), "provenance: expected an object, got str"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and len(value) < 40 else None,
+)
+def test_damaged_pipeline_json_is_refused_with_the_problem_named(bundle_dir, change, expected):
+    _edit(bundle_dir, change)
+    message = _refused(bundle_dir)
+    assert expected in message
+    assert str(bundle_dir) in message
+
+
+def test_missing_file_is_named(bundle_dir):
+    (bundle_dir / "gnn.onnx").unlink()
+    assert f"networks.gnn.file: gnn.onnx does not exist in {bundle_dir}" in _refused(bundle_dir)
+
+
+def test_changed_file_is_caught_by_its_hash(bundle_dir):
+    with open(bundle_dir / "filter.onnx", "ab") as stream:
+        stream.write(b"\0")
+    message = _refused(bundle_dir)
+    assert "networks.filter.sha256: filter.onnx has sha256" in message and "changed after the bundle was written" in message
+
+
+def test_onnx_file_with_other_inputs_is_caught_without_running_it(bundle_dir):
+    shutil.copyfile(bundle_dir / "embedding.onnx", bundle_dir / "gnn.onnx")
+    _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(sha256=file_sha256(bundle_dir / "gnn.onnx")))
+    message = _refused(bundle_dir)
+    assert "networks.gnn.inputs: gnn.onnx has inputs ['features'], pipeline.json declares ['features', 'edge_index']" in message
+    assert "networks.gnn.outputs: gnn.onnx has outputs ['embedding'], pipeline.json declares ['scores']" in message
+
+
+def test_unloadable_onnx_file_is_named(bundle_dir):
+    (bundle_dir / "gnn.onnx").write_bytes(b"not an onnx model")
+    _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(sha256=file_sha256(bundle_dir / "gnn.onnx")))
+    assert "networks.gnn: gnn.onnx cannot be loaded by ONNX Runtime" in _refused(bundle_dir)
+
+
+def test_every_problem_is_listed_at_once(bundle_dir):
+    def change(data):
+        data["stages"]["filter_cut"] = 2.0
+        data["stages"]["max_neighbours"] = -3
+        data["networks"]["embedding"]["sha256"] = "f" * 64
+
+    _edit(bundle_dir, change)
+    message = _refused(bundle_dir)
+    assert "3 problem(s)" in message
+    assert "stages.filter_cut" in message and "stages.max_neighbours" in message and "networks.embedding.sha256" in message
+
+
+# ----------------------------------------------------------------------------- API checks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"filter_cut": 1.01}, "stages.filter_cut: 1.01 is outside [0, 1]"),
+        ({"gnn_cut": float("nan")}, "stages.gnn_cut: nan is outside [0, 1]"),
+        ({"radius": 0.0}, "stages.radius: 0.0 is not a positive finite number"),
+        ({"radius": float("inf")}, "stages.radius: inf is not a positive finite number"),
+        ({"max_neighbours": 2.5}, "stages.max_neighbours: 2.5 is not an integer >= 1"),
+        ({"edge_direction": "i<=j"}, "stages.edge_direction: 'i<=j' is not one of"),
+    ],
+)
+def test_stage_parameters_refuse_impossible_values(kwargs, expected):
+    values = {**STAGES.to_dict(), **kwargs}
+    with pytest.raises(BundleError, match=r"invalid stage parameters") as caught:
+        StageParameters(**values)
+    assert expected in str(caught.value)
+    with pytest.raises(BundleError, match="stages: missing key.*'gnn_cut'"):
+        StageParameters.from_dict({k: v for k, v in STAGES.to_dict().items() if k != "gnn_cut"})
+    assert StageParameters.from_dict(STAGES.to_dict()) == STAGES
+
+
+def test_save_refuses_an_inconsistent_bundle(made, tmp_path):
+    bundle = made[0]
+    broken = Bundle({"names": ["r", "phi"], "scales": [1.0, 1.0]}, bundle.networks, bundle.stages, {}, bundle.directory)
+    with pytest.raises(BundleError, match="takes 3 features but the bundle declares 2"):
+        save_bundle(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(BundleError, match="the bundle has no network 'tracker'"):
+        bundle.network_path("tracker")
+    with pytest.raises(BundleError, match="invalid device key"):
+        bundle.engine_directory("../x")
+
+
+def test_make_bundle_refuses_missing_networks_and_wrong_kinds(tmp_path):
+    networks = _networks()
+    with pytest.raises(BundleError, match="missing: filter"):
+        make_bundle(tmp_path, {k: v for k, v in networks.items() if k != "filter"}, features=EXATRKX_SERVICE, stages=STAGES)
+    with pytest.raises(BundleError, match="the gnn network must be of kind 'edge_classifier'"):
+        make_bundle(tmp_path, {**networks, "gnn": (networks["gnn"], "embedding")}, features=EXATRKX_SERVICE, stages=STAGES)
+    assert not list(tmp_path.iterdir())
+
+
+def test_replace_network_repairs_a_damaged_bundle(bundle_dir):
+    (bundle_dir / "gnn.onnx").write_bytes(b"damaged")
+    assert "networks.gnn.sha256" in _refused(bundle_dir)
+    torch.manual_seed(1)
+    new_gnn = ResAGNN(in_channels=3, hidden=8, n_graph_iters=1, nb_node_layer=1, nb_edge_layer=1)
+    bundle, report = replace_network(bundle_dir, "gnn", new_gnn)
+    assert report.validation.passed
+    assert bundle.networks["gnn"].sha256 == file_sha256(bundle_dir / "gnn.onnx") == report.sha256
+    assert bundle.networks["gnn"].config["n_graph_iters"] == 1
+    assert load_bundle(bundle_dir) == bundle
+
+
+def test_replace_network_refuses_a_network_that_fails_parity(bundle_dir):
+    class IndexAddGNN(torch.nn.Module):
+        config = {"in_channels": 3}
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 3)
+
+        def forward(self, features, edge_index):
+            summed = torch.zeros_like(features).index_add(0, edge_index[1], self.linear(features)[edge_index[0]])
+            return summed[edge_index[0]].sum(dim=1)
+
+    before = (bundle_dir / PIPELINE_FILE).read_text(), file_sha256(bundle_dir / "gnn.onnx")
+    with pytest.raises(ExportParityError, match="power-law destinations"):
+        replace_network(bundle_dir, "gnn", IndexAddGNN())
+    assert ((bundle_dir / PIPELINE_FILE).read_text(), file_sha256(bundle_dir / "gnn.onnx")) == before
+    with pytest.raises(BundleError, match="takes 4 features but the bundle's features are"):
+        replace_network(bundle_dir, "gnn", ResAGNN(in_channels=4, hidden=8, n_graph_iters=1, nb_node_layer=1, nb_edge_layer=1))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def test_bundle_info_prints_a_valid_bundle(made, capsys):
+    assert main(["bundle-info", str(made[0].directory)]) == 0
+    out = capsys.readouterr().out
+    assert f"bundle {made[0].directory} (schema version 1): valid" in out
+    assert "features (3): r/3000, phi/3.14159, z/400" in out
+    assert "gnn: gnn.onnx (edge_classifier, ResAGNN)" in out
+    assert "outputs: embedding float32 [num_hits, 8]" in out
+    assert "stages: radius 1.6, max_neighbours 64, filter_cut 0.21, gnn_cut 0.75, edge_direction i>j" in out
+    assert main(["bundle-info", "--json", str(made[0].directory)]) == 0
+    assert json.loads(capsys.readouterr().out) == made[0].to_dict()
+
+
+def test_bundle_info_reports_problems_with_status_2(bundle_dir, capsys):
+    _edit(bundle_dir, lambda d: d["stages"].update(gnn_cut=7))
+    assert main(["bundle-info", str(bundle_dir)]) == 2
+    assert "stages.gnn_cut: 7 is outside [0, 1]" in capsys.readouterr().err

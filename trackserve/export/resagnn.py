@@ -56,7 +56,7 @@ class _NodeNetwork(nn.Module):
         """``network(cat[messages, hidden])`` (or ``cat[hidden, messages]``), ``[N, hidden]``."""
         start, end = edge_index[0], edge_index[1]
         weights = weights.unsqueeze(1)
-        messages = scatter_sum(weights * hidden[start], end, hidden)
+        messages = scatter_sum(weights * hidden[start], end, hidden) + scatter_sum(weights * hidden[end], start, hidden)
         parts = [messages, hidden] if self.messages_first else [hidden, messages]
         return self.network(torch.cat(parts, dim=1))
 

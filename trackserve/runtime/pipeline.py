@@ -26,7 +26,8 @@ from .config import RuntimeConfig
 from .graph_building import build_graph
 from .inputs import validate_features
 from .memory import MemoryModel
-from .track_building import build_tracks, logit_threshold
+from .cuts import logit_threshold
+from .track_building import build_tracks
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")

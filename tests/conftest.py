@@ -1,0 +1,75 @@
+"""Fixtures shared by the whole suite: paths to the shipped and shared data, a tiny bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE_EVENT = DATA / "event000000001"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (the real reference data); tests using it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"the shared data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+def _tiny_networks(num_features: int, seed: int):
+    import torch
+
+    from trackserve.export.embedding import EmbeddingNetwork
+    from trackserve.export.filter import EdgeFilter
+    from trackserve.export.interaction_gnn import InteractionGNN
+
+    torch.manual_seed(seed)
+    embedding = EmbeddingNetwork(in_channels=num_features, emb_hidden=16, nb_layer=2, emb_dim=4)
+    edge_filter = EdgeFilter(in_channels=num_features, hidden=16, nb_layer=2)
+    gnn = InteractionGNN(in_channels=num_features, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2)
+    for module in (embedding, edge_filter, gnn):
+        module.eval()
+    return embedding, edge_filter, gnn
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A bundle of small random networks on the TRACKML_1000 features, with a radius that
+    gives about ten neighbours per hit on the sample event (needs torch to build)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from trackserve.bundle import StageParameters, make_bundle
+    from trackserve.events.features import TRACKML_1000, hit_features
+    from trackserve.events.trackml import read_event
+
+    embedding, edge_filter, gnn = _tiny_networks(TRACKML_1000.num_features, seed=7)
+    features = hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
+    with torch.no_grad():
+        points = embedding(torch.from_numpy(features)).numpy()
+    sample = points[:: max(1, len(points) // 500)]
+    distances = np.sqrt(((sample[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+    radius = float(np.median(np.sort(distances, axis=1)[:, 11]))
+    directory = tmp_path_factory.mktemp("tiny_bundle")
+    make_bundle(
+        directory,
+        {"embedding": embedding, "filter": edge_filter, "gnn": gnn},
+        features=TRACKML_1000,
+        stages=StageParameters(radius=radius, max_neighbours=64, filter_cut=0.4, gnn_cut=0.5, edge_direction="i<j"),
+        provenance={"data": "random weights, for tests"},
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_networks():
+    """The torch networks of :func:`tiny_bundle` (same seed, same weights)."""
+    pytest.importorskip("torch")
+    from trackserve.events.features import TRACKML_1000
+
+    return _tiny_networks(TRACKML_1000.num_features, seed=7)

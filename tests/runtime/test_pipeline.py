@@ -1,0 +1,133 @@
+"""The Pipeline against an independent reference: PyTorch networks, brute-force graph, scipy components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from trackserve.errors import InputError
+from trackserve.events.trackml import read_event
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.pipeline import STAGES, Pipeline
+
+from ..conftest import SAMPLE_EVENT
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_bundle):
+    return Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))
+
+
+@pytest.fixture(scope="module")
+def sample_features(pipeline):
+    return pipeline.event_features(read_event(SAMPLE_EVENT, parts=()))
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two labellings group the hits the same way (label values may differ)."""
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def _reference_labels(networks, features, stages) -> tuple[np.ndarray, int, int]:
+    """Eager PyTorch networks, brute-force radius graph, scipy connected components."""
+    import torch
+
+    embedding_net, filter_net, gnn_net = networks
+    with torch.no_grad():
+        x = torch.from_numpy(features)
+        points = embedding_net(x).numpy().astype(np.float64)
+        n = len(points)
+        distance2 = ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+        i, j = np.nonzero(np.triu(distance2 < stages.radius**2, k=1))
+        edges = np.stack([i, j]).astype(np.int64)
+        filter_prob = torch.sigmoid(filter_net(x, torch.from_numpy(edges))).numpy()
+        kept = edges[:, filter_prob > stages.filter_cut]
+        gnn_prob = torch.sigmoid(gnn_net(x, torch.from_numpy(kept))).numpy()
+    good = kept[:, gnn_prob > stages.gnn_cut]
+    graph = coo_matrix((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels, edges.shape[1], kept.shape[1]
+
+
+def test_run_matches_torch_bruteforce_scipy_reference(pipeline, sample_features, tiny_torch_networks):
+    features = sample_features[:1500]
+    result = pipeline.run(features)
+    reference, graph_edges, filtered_edges = _reference_labels(tiny_torch_networks, features, pipeline.stages)
+    assert result.num_edges["graph"] == graph_edges
+    assert result.num_edges["filter"] == filtered_edges
+    assert _same_partition(result.labels, reference)
+    assert result.labels.dtype == np.int64 and result.labels.shape == (1500,)
+    assert set(result.timings) == set(STAGES) | {"total"}
+    assert all(seconds >= 0 for seconds in result.timings.values())
+
+
+def test_labels_are_compact_and_in_first_hit_order(pipeline, sample_features):
+    labels = pipeline.run(sample_features).labels
+    _, first = np.unique(labels, return_index=True)
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert np.all(np.diff(first) > 0)
+
+
+def test_filter_chunking_changes_nothing(tiny_bundle, pipeline, sample_features):
+    whole = pipeline.run(sample_features)
+    chunked = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, edge_chunk_size=97))
+    result = chunked.run(sample_features)
+    assert np.array_equal(result.labels, whole.labels)
+    assert result.num_edges == whole.num_edges
+
+
+def test_each_stage_alone_composes_to_run(pipeline, sample_features):
+    embedding = pipeline.embed(sample_features)
+    edges = pipeline.build_graph(embedding)
+    filtered, filter_logits = pipeline.filter_edges(sample_features, edges)
+    assert filter_logits.shape == (edges.shape[1],)
+    gnn_logits = pipeline.classify_edges("gnn", sample_features, filtered, chunked=False)
+    labels = pipeline.build_tracks(len(sample_features), filtered, gnn_logits)
+    assert np.array_equal(labels, pipeline.run(sample_features).labels)
+
+
+def test_zero_hits_give_empty_labels(pipeline):
+    result = pipeline.run(np.zeros((0, 3), dtype=np.float32))
+    assert result.labels.shape == (0,) and result.num_tracks == 0
+    assert result.num_edges == {"graph": 0, "filter": 0, "gnn": 0}
+
+
+def test_one_hit_is_one_track(pipeline, sample_features):
+    result = pipeline.run(sample_features[:1].copy())
+    assert result.labels.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda f: f.astype(np.float64), "float32"),
+        (lambda f: f[:, :2].copy(), "shape [N, 3]"),
+        (lambda f: f[None], "shape [N, 3]"),
+        (lambda f: f.tolist(), "numpy array"),
+        (lambda f: np.where(np.arange(len(f))[:, None] == 5, np.float32(np.nan), f).astype(np.float32), "hit 5"),
+        (lambda f: np.where(np.arange(len(f))[:, None] == 9, np.float32(np.inf), f).astype(np.float32), "hit 9"),
+    ],
+)
+def test_bad_features_are_refused_clearly(pipeline, sample_features, make, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        pipeline.run(make(sample_features[:50]))
+
+
+def test_event_above_memory_limit_is_refused(tiny_bundle, sample_features):
+    small = Pipeline(tiny_bundle, config=RuntimeConfig(memory_limit_bytes=100_000))
+    with pytest.raises(InputError, match="memory limit"):
+        small.run(sample_features)
+
+
+def test_unknown_device_is_refused(tiny_bundle):
+    with pytest.raises(InputError, match="device 'tpu'"):
+        Pipeline(tiny_bundle, device="tpu")
+
+
+@pytest.mark.parametrize("setting", [{"intra_op_threads": 0}, {"edge_chunk_size": 0}, {"memory_limit_bytes": -1}])
+def test_bad_runtime_settings_are_refused(setting):
+    with pytest.raises(InputError):
+        RuntimeConfig(**setting)

@@ -1,0 +1,34 @@
+"""Score cuts: an edge passes when ``sigmoid(score) > cut``, decided without a sigmoid.
+
+With logits the test is ``score > logit(cut)`` in float64, the exact mathematical
+equivalent: nothing saturates, ``cut = 0`` lets every finite logit pass (not ``-inf``)
+and ``cut = 1`` lets nothing pass. The published ExaTrkX service used the same strict
+``>`` after a sigmoid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def logit_threshold(cut, scores_are_logits: bool = True) -> np.float64:
+    """The value a score must strictly exceed to pass ``cut`` (a probability in ``[0, 1]``).
+
+    For logits this is ``logit(cut)`` (``-inf`` at 0, ``+inf`` at 1); for probabilities
+    it is ``cut`` itself. A float64 scalar, so float32 scores compare in float64.
+    """
+    try:
+        value = float(cut)
+    except (TypeError, ValueError):
+        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}")
+    if not scores_are_logits:
+        return np.float64(value)
+    if value == 0.0:
+        return np.float64(-np.inf)
+    if value == 1.0:
+        return np.float64(np.inf)
+    return np.float64(np.log(value) - np.log1p(-value))

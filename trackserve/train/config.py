@@ -1,0 +1,186 @@
+"""Every setting of a training run, with its default: one dataclass per stage and one for the run.
+
+The defaults train the shipped default bundle; :meth:`TrainingConfig.quick` shrinks every
+network and step count for smoke tests. :meth:`TrainingConfig.to_dict` is what the bundle's
+provenance records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from ..errors import InputError
+
+#: GNN architectures ``trackserve train`` can train.
+GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
+
+
+def _check(conditions: list[tuple[str, bool, str]], where: str) -> None:
+    for name, ok, expected in conditions:
+        if not ok:
+            raise InputError(f"training setting {where}.{name} must be {expected}")
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """Metric learning of the embedding network (ExaTrkX ``LayerlessEmbedding``).
+
+    Network: ``hidden`` wide, ``layers`` hidden layers, ``dim`` output coordinates,
+    ``activation``, with LayerNorm. Each step takes ``anchors`` random hits of one event;
+    its pairs are every truth-graph edge touching an anchor (true pairs), ``random_pairs``
+    random partners per anchor, and the ``hard_negatives`` nearest neighbours of each anchor
+    in the current embedding that lie within ``margin`` (hard negatives when they belong
+    to another particle). Loss: :func:`~trackserve.train.losses.hinge_loss` with ``margin``
+    and ``positive_weight``. An epoch passes every hit of every training event once as
+    an anchor. The radius is then chosen on the validation event so that the graph keeps
+    ``target_efficiency`` of its truth edges.
+    """
+
+    hidden: int = 128
+    layers: int = 4
+    dim: int = 8
+    activation: str = "Tanh"
+    epochs: int = 4
+    learning_rate: float = 3e-3
+    anchors: int = 2048
+    random_pairs: int = 2
+    hard_negatives: int = 12
+    margin: float = 1.0
+    positive_weight: float = 2.0
+    target_efficiency: float = 0.99
+
+    def validate(self) -> None:
+        """Raise InputError naming the first setting out of range."""
+        _check([
+            ("hidden", self.hidden >= 1, "an integer >= 1"),
+            ("layers", self.layers >= 1, "an integer >= 1"),
+            ("dim", self.dim >= 1, "an integer >= 1"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("anchors", self.anchors >= 1, "an integer >= 1"),
+            ("random_pairs", self.random_pairs >= 0, "an integer >= 0"),
+            ("hard_negatives", self.hard_negatives >= 0, "an integer >= 0"),
+            ("margin", self.margin > 0, "> 0"),
+            ("positive_weight", self.positive_weight > 0, "> 0"),
+            ("target_efficiency", 0 < self.target_efficiency <= 1, "in (0, 1]"),
+        ], "embedding")
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """The edge filter (ExaTrkX ``VanillaFilter``), trained on the embedding's radius graphs.
+
+    Network: ``hidden`` wide, ``layers`` linear layers before the output. Each step takes
+    ``batch_edges`` random edges of one event's graph; loss:
+    :func:`~trackserve.train.losses.weighted_bce` with ``positive_weight``. An epoch passes
+    every edge of every training graph once. The cut is chosen on the validation event to
+    keep ``target_efficiency`` of the graph's true edges.
+    """
+
+    hidden: int = 128
+    layers: int = 3
+    activation: str = "Tanh"
+    epochs: int = 3
+    learning_rate: float = 2e-3
+    batch_edges: int = 32768
+    positive_weight: float = 2.0
+    target_efficiency: float = 0.995
+
+    def validate(self) -> None:
+        """Raise InputError naming the first setting out of range."""
+        _check([
+            ("hidden", self.hidden >= 1, "an integer >= 1"),
+            ("layers", self.layers >= 1, "an integer >= 1"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("batch_edges", self.batch_edges >= 1, "an integer >= 1"),
+            ("positive_weight", self.positive_weight > 0, "> 0"),
+            ("target_efficiency", 0 < self.target_efficiency <= 1, "in (0, 1]"),
+        ], "filter")
+
+
+@dataclass(frozen=True)
+class GNNSettings:
+    """The GNN edge classifier, trained on the filter-cut graphs split into φ sectors.
+
+    ``architecture`` is one of :data:`GNN_ARCHITECTURES`; ``hidden``, ``iterations``
+    (message-passing steps), ``node_layers`` and ``edge_layers`` size it. Each step
+    trains on the edges whose two hits both lie in one φ sector of width ``2π / sectors``
+    centred at random (a sub-graph, to keep steps small); an epoch is ``sectors`` steps
+    per training event. Loss: weighted BCE with ``positive_weight``. The cut is chosen on
+    the validation event to maximise the track efficiency minus the fake rate.
+    """
+
+    architecture: str = "InteractionGNN"
+    hidden: int = 48
+    iterations: int = 6
+    node_layers: int = 2
+    edge_layers: int = 2
+    epochs: int = 6
+    learning_rate: float = 2e-3
+    sectors: int = 12
+    positive_weight: float = 1.0
+
+    def validate(self) -> None:
+        """Raise InputError naming the first setting out of range."""
+        _check([
+            ("architecture", self.architecture in GNN_ARCHITECTURES, f"one of {', '.join(GNN_ARCHITECTURES)}"),
+            ("hidden", self.hidden >= 1, "an integer >= 1"),
+            ("iterations", self.iterations >= 0, "an integer >= 0"),
+            ("node_layers", self.node_layers >= 1, "an integer >= 1"),
+            ("edge_layers", self.edge_layers >= 1, "an integer >= 1"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("sectors", self.sectors >= 1, "an integer >= 1"),
+            ("positive_weight", self.positive_weight > 0, "> 0"),
+        ], "gnn")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A whole training run: the three stages, the graph settings, the seed and the threads.
+
+    ``max_neighbours`` caps the radius graph (as in the bundle); ``edge_direction`` is the
+    graph's convention (see :data:`trackserve.bundle.EDGE_DIRECTIONS`); ``threads`` sizes
+    torch's pool and the graph builder; ``min_pt`` (GeV) and ``min_hits`` select the
+    particles of the validation track efficiency.
+    """
+
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    filter: FilterSettings = field(default_factory=FilterSettings)
+    gnn: GNNSettings = field(default_factory=GNNSettings)
+    max_neighbours: int = 64
+    edge_direction: str = "i<j"
+    seed: int = 0
+    threads: int = 2
+    min_pt: float = 1.0
+    min_hits: int = 5
+
+    def validate(self) -> None:
+        """Raise InputError naming the first setting out of range."""
+        from ..bundle import EDGE_DIRECTIONS
+
+        self.embedding.validate()
+        self.filter.validate()
+        self.gnn.validate()
+        _check([
+            ("max_neighbours", self.max_neighbours >= 1, "an integer >= 1"),
+            ("edge_direction", self.edge_direction in EDGE_DIRECTIONS, f"one of {', '.join(EDGE_DIRECTIONS)}"),
+            ("threads", self.threads >= 1, "an integer >= 1"),
+            ("min_pt", self.min_pt >= 0, ">= 0"),
+            ("min_hits", self.min_hits >= 1, "an integer >= 1"),
+        ], "run")
+
+    @classmethod
+    def quick(cls, **overrides) -> "TrainingConfig":
+        """Tiny networks and one epoch per stage: a smoke test that runs in seconds."""
+        config = cls(
+            embedding=EmbeddingSettings(hidden=16, layers=2, dim=4, epochs=1, anchors=256, hard_negatives=4),
+            filter=FilterSettings(hidden=16, layers=2, epochs=1, batch_edges=4096),
+            gnn=GNNSettings(hidden=8, iterations=2, node_layers=1, edge_layers=1, epochs=1, sectors=2),
+        )
+        return replace(config, **overrides)
+
+    def to_dict(self) -> dict:
+        """Every setting as nested plain dicts (for the bundle's provenance)."""
+        return asdict(self)

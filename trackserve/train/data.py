@@ -1,0 +1,147 @@
+"""Training data: events (read or simulated) turned into features, particle ids and truth edges.
+
+A :class:`TrainingEvent` is what every stage trains on. :func:`simulated_events` draws
+events from particle tables (each table simulated again with new seeds) and from random
+particles; :func:`read_training_events` reads TrackML events with their truth. Each
+source also gives a short description for the bundle's provenance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import EventFormatError, InputError
+from ..events.event import Event
+from ..events.features import FeatureSpec, hit_features
+from ..events.metrics import event_particle_pt
+from ..events.truth_graph import truth_graph
+
+
+@dataclass
+class TrainingEvent:
+    """One event ready for training: features ``[N, F]``, particle id per hit, truth edges ``[2, M]``.
+
+    ``truth_edges`` is the event's truth graph (consecutive hits of each particle, see
+    :func:`~trackserve.events.truth_graph.truth_graph`); ``hit_pt`` the pT (GeV) of each
+    hit's particle (0 for noise); ``event`` the source event, for track metrics.
+    """
+
+    name: str
+    features: np.ndarray
+    particle_ids: np.ndarray
+    truth_edges: np.ndarray
+    hit_pt: np.ndarray
+    event: Event
+
+    @property
+    def num_hits(self) -> int:
+        """Number of hits."""
+        return int(self.features.shape[0])
+
+
+def prepare_event(event: Event, spec: FeatureSpec, name: str | None = None) -> TrainingEvent:
+    """The :class:`TrainingEvent` of a TrackML event with truth (and, best, particles)."""
+    if event.truth is None:
+        raise EventFormatError(
+            "training needs the truth of every event (which particle made each hit): "
+            f"{event.name} has no -truth.csv file", path=event.source,
+        )
+    truth_ids = np.asarray(event.truth["hit_id"], dtype=np.int64)
+    if not np.array_equal(truth_ids, np.asarray(event.hits["hit_id"], dtype=np.int64)):
+        raise EventFormatError("the truth rows must follow the hits rows (read the event with read_event)", path=event.source)
+    particle_ids = np.asarray(event.truth["particle_id"], dtype=np.int64)
+    ids, pt = event_particle_pt(event)
+    hit_pt = np.zeros(len(particle_ids))
+    signal = particle_ids != 0
+    hit_pt[signal] = pt[np.searchsorted(ids, particle_ids[signal])]
+    return TrainingEvent(
+        name=name or event.name,
+        features=hit_features(event.hits, spec),
+        particle_ids=particle_ids,
+        truth_edges=truth_graph(event),
+        hit_pt=hit_pt,
+        event=event,
+    )
+
+
+@dataclass(frozen=True)
+class SimulatedSource:
+    """Where simulated events come from: a particle table (path) or random particles (count)."""
+
+    particles: Path | None = None
+    num_particles: int = 8500
+
+    def describe(self) -> str:
+        """One line for the provenance."""
+        if self.particles is not None:
+            return f"particles of {self.particles.name}"
+        return f"{self.num_particles} random particles (pions, dN/dpT ~ pT^-3 on [0.2, 50] GeV, |eta| < 3)"
+
+
+def simulated_events(
+    sources: Sequence[SimulatedSource],
+    events_per_source: int,
+    spec: FeatureSpec,
+    *,
+    seed: int,
+    stream: int = 0,
+    geometry=None,
+    show_progress: bool = True,
+) -> list[TrainingEvent]:
+    """Simulate ``events_per_source`` events of every source with :func:`~trackserve.events.simulate.simulate_event`.
+
+    Event ``i`` of source ``k`` uses the seed ``(seed, stream, k, i)``: training and
+    validation use different ``stream`` values, so they never share an event.
+    """
+    from dataclasses import replace
+
+    from ..events.geometry import load_geometry
+    from ..events.simulate import SimulationConfig, simulate_event
+    from ..events.trackml import read_particles
+    from .progress import progress
+
+    if events_per_source < 0:
+        raise InputError(f"events per source must be >= 0, got {events_per_source}")
+    geometry = load_geometry() if geometry is None else geometry
+    jobs = [(k, i) for k in range(len(sources)) for i in range(events_per_source)]
+    tables = {k: read_particles(source.particles) for k, source in enumerate(sources) if source.particles is not None}
+    events = []
+    for k, i in progress(jobs, "simulate", enabled=show_progress):
+        source = sources[k]
+        if source.particles is not None:
+            event = simulate_event(geometry, tables[k], seed=(seed, stream, k, i), event_id=i)
+            label = f"sim-{source.particles.stem.split('-')[0]}-{stream}-{i}"
+        else:
+            config = replace(SimulationConfig(), num_particles=int(source.num_particles))
+            event = simulate_event(geometry, config, seed=(seed, stream, k, i), event_id=i)
+            label = f"sim-random{source.num_particles}-{stream}-{i}"
+        events.append(prepare_event(event, spec, name=label))
+    return events
+
+
+def read_training_events(paths: Iterable[str | Path], spec: FeatureSpec) -> list[TrainingEvent]:
+    """Every TrackML event (with truth) found under ``paths`` (prefixes, files or directories)."""
+    from ..events.trackml import find_event_prefixes, read_event
+
+    events = []
+    for path in paths:
+        for prefix in find_event_prefixes(path):
+            event = read_event(prefix, parts=("truth", "particles"))
+            events.append(prepare_event(event, spec, name=str(prefix)))
+    if not events:
+        raise InputError(f"no TrackML event found in {', '.join(map(str, paths))}")
+    return events
+
+
+def describe_events(events: Sequence[TrainingEvent]) -> dict:
+    """Counts of a set of events for the provenance: names, hits, truth edges."""
+    return {
+        "num_events": len(events),
+        "events": [event.name for event in events],
+        "num_hits": int(sum(event.num_hits for event in events)),
+        "num_truth_edges": int(sum(event.truth_edges.shape[1] for event in events)),
+    }

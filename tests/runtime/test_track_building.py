@@ -66,8 +66,10 @@ def test_isolated_hits_get_their_own_label():
 
 
 def test_no_edges_and_no_passing_edges():
-    np.testing.assert_array_equal(build_tracks(4, np.zeros((2, 0), np.int64), np.zeros(0, np.float32), 0.5), np.arange(4))
-    np.testing.assert_array_equal(build_tracks(3, np.array([[0, 1], [1, 2]]), np.array([-1.0, -2.0]), 0.5), np.arange(3))
+    no_edges = build_tracks(4, np.zeros((2, 0), np.int64), np.zeros(0, np.float32), 0.5)
+    np.testing.assert_array_equal(no_edges, np.arange(4))
+    none_pass = build_tracks(3, np.array([[0, 1], [1, 2]]), np.array([-1.0, -2.0]), 0.5)
+    np.testing.assert_array_equal(none_pass, np.arange(3))
 
 
 def test_zero_hits():
@@ -83,7 +85,7 @@ def test_cut_is_strict_and_exact_at_the_ends():
         build_tracks(8, edges, np.array([0.0, tiny, -tiny, 1.0]), 0.5), [0, 1, 2, 2, 3, 4, 5, 5]
     )
     # cut 0: every finite logit passes (sigmoid > 0), -inf does not; cut 1: nothing passes.
-    scores = np.array([-1e30, -np.inf, -50.0, np.inf])
+    scores = np.array([-1.7e308, -np.inf, -50.0, np.inf])
     np.testing.assert_array_equal(build_tracks(8, edges, scores, 0.0), [0, 0, 1, 2, 3, 3, 4, 4])
     np.testing.assert_array_equal(build_tracks(8, edges, scores, 1.0), np.arange(8))
     # Probabilities: exactly the cut does not pass.

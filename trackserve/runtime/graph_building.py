@@ -48,8 +48,9 @@ _SEARCH_MARGIN = 1e-5
 _MIN_SLAB = 16_384
 # Hits per slab above which the search is split to bound the memory of one task.
 _MAX_SLAB = 65_536
-# Sample size used to choose the number of projected dimensions.
-_SAMPLE = 4_000
+# Sample size used to choose the number of projected dimensions; below 4 samples' worth
+# of hits the choice costs more than it saves and 3 dimensions are used.
+_SAMPLE = 2_000
 # Highest number of projected dimensions tried (k-d trees degrade in more).
 _MAX_TREE_DIMS = 6
 # Relative cost of one hit per k-d tree cell of the 2**g around it versus one candidate pair.
@@ -184,7 +185,7 @@ def _projection(points: np.ndarray, r32: np.float32) -> tuple[np.ndarray, float]
     # Every projected coordinate is at most the norm of a centred row.
     spread = float(np.max(points.max(axis=0).astype(np.float64) - points.min(axis=0)))
     search = float(r32) * (1 + _SEARCH_MARGIN) + 1e-12 * spread * math.sqrt(dims)
-    if n <= _SAMPLE:
+    if n <= 4 * _SAMPLE:
         best = min(dims, 3)
     else:
         rotated_sample = sample @ axes

@@ -18,10 +18,12 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from scipy.sparse import csr_array
+from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
 from trackserve.errors import InputError
+
+from .cuts import logit_threshold
 
 
 def build_tracks(
@@ -61,24 +63,18 @@ def build_tracks(
     n = _validated_num_hits(num_hits)
     edges = _validated_edges(edge_index, n)
     values = _validated_scores(scores, edges.shape[1])
-    threshold = _threshold(cut, scores_are_logits)
+    threshold = logit_threshold(cut, scores_are_logits)
 
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    kept = values > threshold
-    source = edges[0, kept]
-    target = edges[1, kept]
-    if source.size == 0:
+    kept = np.compress(values > threshold, edges, axis=1)
+    if kept.shape[1] == 0:
         return np.arange(n, dtype=np.int64)
-    index_type = np.int32 if n < 2**31 and source.size < 2**31 else np.int64
-    order = np.argsort(source, kind="stable")
-    indptr = np.zeros(n + 1, dtype=index_type)
-    np.cumsum(np.bincount(source, minlength=n), out=indptr[1:])
-    graph = csr_array(
-        (np.ones(source.size, dtype=np.float64), target[order].astype(index_type), indptr),
-        shape=(n, n),
-    )
-    _, labels = connected_components(graph, directed=True, connection="strong")
+    if n < 2**31:
+        kept = kept.astype(np.int32)
+    # A COO graph: scipy groups it by row in O(M); weak components ignore the direction.
+    graph = coo_array((np.ones(kept.shape[1], dtype=np.float64), (kept[0], kept[1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=True, connection="weak")
     return _compact_in_order(labels)
 
 
@@ -118,23 +114,6 @@ def _validated_scores(scores, m: int) -> np.ndarray:
     if nan.any():
         raise InputError(f"score of edge {int(np.flatnonzero(nan)[0])} is NaN ({int(nan.sum())} NaN scores in all)")
     return values
-
-
-def _threshold(cut, scores_are_logits: bool) -> np.float64:
-    """The value a score must exceed, as a float64 scalar (so float32 scores compare in float64)."""
-    try:
-        value = float(cut)
-    except (TypeError, ValueError):
-        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}")
-    if not scores_are_logits:
-        return np.float64(value)
-    if value == 0.0:
-        return np.float64(-np.inf)
-    if value == 1.0:
-        return np.float64(np.inf)
-    return np.float64(np.log(value) - np.log1p(-value))
 
 
 def _compact_in_order(labels: np.ndarray) -> np.ndarray:

@@ -33,7 +33,9 @@ class EmbeddingSettings:
     to another particle). Loss: :func:`~trackserve.train.losses.hinge_loss` with ``margin``
     and ``positive_weight``. An epoch passes every hit of every training event once as
     an anchor. The radius is then chosen on the validation event so that the graph keeps
-    ``target_efficiency`` of its truth edges.
+    ``target_efficiency`` of its truth edges of particles with ``pT >= min_pt`` (the run's
+    track selection): the low-pT particles, which bend most, would otherwise set the radius
+    and blow the graph up, while the quality target concerns the others.
     """
 
     hidden: int = 128
@@ -47,6 +49,7 @@ class EmbeddingSettings:
     hard_negatives: int = 12
     margin: float = 1.0
     positive_weight: float = 2.0
+    pair_min_pt: float = 0.75
     target_efficiency: float = 0.99
 
     def validate(self) -> None:
@@ -62,6 +65,7 @@ class EmbeddingSettings:
             ("hard_negatives", self.hard_negatives >= 0, "an integer >= 0"),
             ("margin", self.margin > 0, "> 0"),
             ("positive_weight", self.positive_weight > 0, "> 0"),
+            ("pair_min_pt", self.pair_min_pt >= 0, ">= 0 GeV"),
             ("target_efficiency", 0 < self.target_efficiency <= 1, "in (0, 1]"),
         ], "embedding")
 
@@ -74,7 +78,7 @@ class FilterSettings:
     ``batch_edges`` random edges of one event's graph; loss:
     :func:`~trackserve.train.losses.weighted_bce` with ``positive_weight``. An epoch passes
     every edge of every training graph once. The cut is chosen on the validation event to
-    keep ``target_efficiency`` of the graph's true edges.
+    keep ``target_efficiency`` of the graph's true edges of particles with ``pT >= min_pt``.
     """
 
     hidden: int = 128

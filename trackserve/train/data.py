@@ -42,6 +42,12 @@ class TrainingEvent:
         """Number of hits."""
         return int(self.features.shape[0])
 
+    def truth_edges_above(self, min_pt: float) -> np.ndarray:
+        """The truth edges of particles with ``pT >= min_pt`` (GeV)."""
+        if min_pt <= 0:
+            return self.truth_edges
+        return self.truth_edges[:, self.hit_pt[self.truth_edges[0]] >= min_pt]
+
 
 def prepare_event(event: Event, spec: FeatureSpec, name: str | None = None) -> TrainingEvent:
     """The :class:`TrainingEvent` of a TrackML event with truth (and, best, particles)."""

@@ -1,0 +1,73 @@
+"""The training losses on hand-built cases, against values computed by hand and by PyTorch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trackserve.train.losses import hinge_loss, weighted_bce
+
+
+def test_hinge_loss_values_by_hand():
+    distances = torch.tensor([0.5, 0.2, 1.5, 0.0])
+    positive = torch.tensor([True, False, False, True])
+    # positive: 0.5**2 = 0.25 and 0; negatives: (1 - 0.2)**2 = 0.64, beyond the margin 0.
+    assert hinge_loss(distances, positive, margin=1.0).item() == pytest.approx((0.25 + 0.64 + 0.0 + 0.0) / 4)
+
+
+def test_hinge_loss_positive_weight_scales_only_true_pairs():
+    distances = torch.tensor([0.5, 0.2])
+    positive = torch.tensor([True, False])
+    assert hinge_loss(distances, positive, margin=1.0, positive_weight=3.0).item() == pytest.approx((0.75 + 0.64) / 2)
+
+
+def test_hinge_loss_margin_and_gradient_direction():
+    distances = torch.tensor([0.4, 0.4], requires_grad=True)
+    positive = torch.tensor([True, False])
+    hinge_loss(distances, positive, margin=0.5).backward()
+    # pull the positive pair together (gradient > 0), push the negative apart (gradient < 0)
+    assert distances.grad[0] > 0 and distances.grad[1] < 0
+    assert distances.grad[1].item() == pytest.approx(-2 * 0.1 / 2)
+
+
+def test_hinge_loss_matches_torch_hinge_embedding_on_squared_form():
+    torch.manual_seed(0)
+    distances = torch.rand(1000) * 2
+    positive = torch.rand(1000) < 0.3
+    expected = torch.where(positive, distances**2, torch.clamp(1.0 - distances, min=0) ** 2).mean()
+    assert torch.allclose(hinge_loss(distances, positive, 1.0), expected)
+
+
+def test_hinge_loss_empty_and_bad_input():
+    assert hinge_loss(torch.zeros(0), torch.zeros(0, dtype=torch.bool), 1.0).item() == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        hinge_loss(torch.zeros(3), torch.zeros(2, dtype=torch.bool), 1.0)
+    with pytest.raises(ValueError, match="margin"):
+        hinge_loss(torch.zeros(3), torch.zeros(3, dtype=torch.bool), 0.0)
+
+
+def test_weighted_bce_values_by_hand():
+    logits = torch.tensor([0.0, 2.0, -1.0])
+    targets = torch.tensor([True, False, True])
+    w = 3.0
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = (-w * math.log(0.5) - math.log(1 - sigmoid(2.0)) - w * math.log(sigmoid(-1.0))) / 3
+    assert weighted_bce(logits, targets, w).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_weighted_bce_unweighted_equals_torch_and_is_stable():
+    logits = torch.tensor([-200.0, 200.0, 0.3])
+    targets = torch.tensor([False, True, True])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+    assert torch.isfinite(weighted_bce(logits, targets))
+    assert torch.allclose(weighted_bce(logits, targets), expected)
+
+
+def test_weighted_bce_empty_and_bad_input():
+    assert weighted_bce(torch.zeros(0), torch.zeros(0, dtype=torch.bool)).item() == 0.0
+    with pytest.raises(ValueError, match="positive_weight"):
+        weighted_bce(torch.zeros(2), torch.zeros(2, dtype=torch.bool), 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        weighted_bce(torch.zeros(2), torch.zeros(3, dtype=torch.bool))

@@ -1,0 +1,93 @@
+"""The pieces of training against brute-force references: pairs, k-d tree graph, cuts, sectors, figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from trackserve.runtime.graph_building import build_graph
+from trackserve.train.classifier import cut_for_efficiency, passing
+from trackserve.train.embedding import radius_for_efficiency
+from trackserve.train.gnn import sector_subgraph
+from trackserve.train.pairs import knn_graph, neighbour_pairs, pair_labels, random_pairs, true_pairs
+
+
+def test_true_pairs_keep_every_edge_touching_an_anchor():
+    edges = np.array([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    got = true_pairs(edges, np.array([2, 2]), 6)  # repeated anchor
+    assert got.tolist() == [[1, 2], [2, 3]]
+    assert true_pairs(edges, np.array([], dtype=np.int64), 6).shape == (2, 0)
+
+
+def test_random_pairs_have_no_self_pairs_and_valid_partners():
+    rng = np.random.default_rng(1)
+    pairs = random_pairs(np.arange(5), 6, 50, rng)
+    assert pairs.shape[0] == 2 and pairs.shape[1] > 200
+    assert np.all(pairs[0] != pairs[1]) and pairs.min() >= 0 and pairs.max() < 6
+    assert random_pairs(np.arange(5), 1, 3, rng).shape == (2, 0)
+
+
+def test_pair_labels_same_particle_never_noise():
+    pids = np.array([7, 7, 0, 0, 3])
+    pairs = np.array([[0, 2, 0, 4], [1, 3, 4, 4]])
+    assert pair_labels(pairs, pids).tolist() == [True, False, False, True]
+
+
+def test_neighbour_pairs_match_brute_force():
+    rng = np.random.default_rng(2)
+    points = rng.normal(size=(300, 3)).astype(np.float32)
+    anchors = np.array([0, 5, 5, 17])
+    got = neighbour_pairs(cKDTree(points), points, anchors, k=4, radius=0.8)
+    for a in np.unique(anchors):
+        d = np.linalg.norm(points - points[a], axis=1)
+        d[a] = np.inf
+        nearest = np.argsort(d)[:4]
+        expected = set(nearest[d[nearest] < 0.8].tolist())
+        assert set(got[1][got[0] == a].tolist()) == expected
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_knn_graph_equals_runtime_graph_without_ties(k):
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(2000, 4)).astype(np.float32)
+    got = knn_graph(points, 0.6, k)
+    expected = build_graph(points, 0.6, k, direction="i<j", threads=1)
+    assert np.array_equal(got, expected)
+
+
+def test_knn_graph_tiny_inputs():
+    assert knn_graph(np.zeros((0, 3), np.float32), 1.0, 4).shape == (2, 0)
+    assert knn_graph(np.zeros((1, 3), np.float32), 1.0, 4).shape == (2, 0)
+    assert knn_graph(np.zeros((2, 3), np.float32) + [[0, 0, 0], [0, 0, 0.5]], 1.0, 4).tolist() == [[0], [1]]
+
+
+def test_radius_for_efficiency_keeps_the_fraction_strictly():
+    embedding = np.zeros((11, 1), np.float32)
+    embedding[1:, 0] = np.arange(1, 11)  # edge 0-i has length i
+    edges = np.stack([np.zeros(10, int), np.arange(1, 11)])
+    radius = radius_for_efficiency(embedding, edges, 0.9)
+    lengths = np.arange(1, 11)
+    assert np.count_nonzero(lengths < radius) == 9 and radius < 10
+
+
+def test_cut_for_efficiency_keeps_at_least_the_target():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=5000).astype(np.float32)
+    labels = rng.random(5000) < 0.4
+    logits[labels] += 2
+    for target in (0.5, 0.9, 0.995, 1.0):
+        cut = cut_for_efficiency(logits, labels, target)
+        kept = passing(logits, cut)
+        assert np.count_nonzero(kept & labels) >= target * np.count_nonzero(labels)
+        assert 0.0 <= cut <= 1.0
+    assert cut_for_efficiency(logits, np.zeros(5000, bool), 0.9) == 0.5
+
+
+def test_sector_subgraph_wraps_around_pi_and_renumbers():
+    phi = np.array([3.1, -3.1, 0.0, 3.0, -2.9])
+    edges = np.array([[0, 0, 2, 3], [1, 2, 3, 4]])
+    hits, local, rows = sector_subgraph(phi, edges, centre=np.pi, half_width=0.3)
+    assert hits.tolist() == [0, 1, 3, 4]
+    assert rows.tolist() == [0, 3]
+    assert hits[local].tolist() == edges[:, rows].tolist()

@@ -1,0 +1,92 @@
+"""Training end to end on tiny simulated events: a loadable, runnable bundle, reproducible with a seed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from trackserve.bundle import load_bundle
+from trackserve.events.features import TRACKML_1000
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.pipeline import Pipeline
+from trackserve.train.config import TrainingConfig
+from trackserve.train.data import SimulatedSource, simulated_events
+from trackserve.train.embedding import train_embedding
+from trackserve.train.filter import radius_graph, train_filter
+from trackserve.train.gnn import train_gnn
+from trackserve.train.progress import seed_everything
+from trackserve.train.trainer import train_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_events():
+    """Three events of 30 random particles (a few hundred hits each): two to train, one to validate."""
+    events = simulated_events([SimulatedSource(num_particles=30)], 3, TRACKML_1000, seed=5, show_progress=False)
+    assert all(200 < event.num_hits < 1000 for event in events)
+    return events[:2], events[2]
+
+
+def _train_networks(events, validation, seed):
+    config = TrainingConfig.quick(seed=seed, threads=1)
+    torch.set_num_threads(1)
+    rng = seed_everything(seed)
+    embedding, _ = train_embedding(events, validation, config, rng, show_progress=False)
+    graphs = [radius_graph(embedding, event, 1.0, config) for event in events]
+    val_graph = radius_graph(embedding, validation, 1.0, config)
+    filter_net, _, _ = train_filter(events, graphs, validation, val_graph, config, rng, show_progress=False)
+    gnn, _ = train_gnn(events, graphs, validation, val_graph, config, rng, show_progress=False)
+    return [embedding, filter_net, gnn]
+
+
+def _weights(networks):
+    return [tensor.clone() for network in networks for tensor in network.state_dict().values()]
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_events):
+    events, validation = tiny_events
+    first = _weights(_train_networks(events, validation, seed=11))
+    second = _weights(_train_networks(events, validation, seed=11))
+    other = _weights(_train_networks(events, validation, seed=12))
+    assert len(first) == len(second) and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.slow
+def test_tiny_training_writes_a_bundle_the_pipeline_runs(tiny_events, tmp_path):
+    events, validation = tiny_events
+    config = TrainingConfig.quick(threads=1)
+    result = train_pipeline(events, validation, config, tmp_path / "bundle", spec=TRACKML_1000,
+                            data_description={"what": "test"}, show_progress=False)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.feature_names == TRACKML_1000.names
+    assert bundle.networks["gnn"].architecture == "InteractionGNN"
+    assert bundle.stages.radius == result.bundle.stages.radius > 0
+    provenance = json.loads((tmp_path / "bundle" / "pipeline.json").read_text())["provenance"]
+    assert provenance["settings"] == json.loads(json.dumps(config.to_dict()))
+    assert provenance["data"]["what"] == "test"
+    assert provenance["data"]["training"]["num_events"] == 2
+    assert len(provenance["history"]["embedding"]) == config.embedding.epochs
+    assert set(provenance["validation"]) >= {"graph", "filter", "gnn", "bundle_check"}
+    assert "torch" in provenance["packages"] and provenance["seconds"]["training"] > 0
+
+    pipeline = Pipeline(tmp_path / "bundle", config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    output = pipeline.run(validation.features)
+    assert output.labels.shape == (validation.num_hits,)
+    assert output.num_edges["graph"] == result.validation["graph"]["num_edges"]
+    assert output.num_edges["filter"] == result.validation["filter"]["num_edges"]
+
+
+def test_config_validation_names_the_setting():
+    from trackserve.errors import InputError
+
+    config = TrainingConfig()
+    with pytest.raises(InputError, match="gnn.architecture"):
+        replace(config, gnn=replace(config.gnn, architecture="GCN")).validate()
+    with pytest.raises(InputError, match="embedding.margin"):
+        replace(config, embedding=replace(config.embedding, margin=0.0)).validate()
+    with pytest.raises(InputError, match="run.threads"):
+        replace(config, threads=0).validate()

@@ -1,0 +1,172 @@
+"""``trackserve train``: train an embedding, a filter and a GNN on TrackML events and write a bundle.
+
+Training events are TrackML events with truth (``--events``), events simulated from
+particle tables (``--particles TABLE --simulate N``) and events of random particles
+(``--random-events N``), in any mix. The radius and the cuts are tuned on one validation
+event: ``--validation`` or, by default, one more simulated event with seeds no training
+event uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+ORDER = 30
+
+#: Per-stage options: (flag, stage, setting, type, help).
+_STAGE_OPTIONS = (
+    ("--embedding-epochs", "embedding", "epochs", int, "epochs of metric learning"),
+    ("--embedding-hidden", "embedding", "hidden", int, "width of the embedding MLP"),
+    ("--embedding-layers", "embedding", "layers", int, "hidden layers of the embedding MLP"),
+    ("--embedding-dim", "embedding", "dim", int, "embedding dimensions"),
+    ("--embedding-lr", "embedding", "learning_rate", float, "peak learning rate of the embedding"),
+    ("--margin", "embedding", "margin", float, "hinge margin (embedding distance)"),
+    ("--hard-negatives", "embedding", "hard_negatives", int, "nearest neighbours mined per anchor"),
+    ("--graph-efficiency", "embedding", "target_efficiency", float, "radius: fraction of validation truth edges kept"),
+    ("--filter-epochs", "filter", "epochs", int, "epochs of the filter"),
+    ("--filter-hidden", "filter", "hidden", int, "width of the filter"),
+    ("--filter-layers", "filter", "layers", int, "linear layers of the filter before its output"),
+    ("--filter-lr", "filter", "learning_rate", float, "peak learning rate of the filter"),
+    ("--filter-pos-weight", "filter", "positive_weight", float, "weight of true edges in the filter loss"),
+    ("--filter-efficiency", "filter", "target_efficiency", float, "filter cut: fraction of true graph edges kept"),
+    ("--gnn", "gnn", "architecture", str, "GNN architecture: InteractionGNN or ResAGNN"),
+    ("--gnn-epochs", "gnn", "epochs", int, "epochs of the GNN"),
+    ("--gnn-hidden", "gnn", "hidden", int, "width of the GNN"),
+    ("--gnn-iterations", "gnn", "iterations", int, "message-passing steps of the GNN"),
+    ("--gnn-lr", "gnn", "learning_rate", float, "peak learning rate of the GNN"),
+    ("--gnn-pos-weight", "gnn", "positive_weight", float, "weight of true edges in the GNN loss"),
+    ("--sectors", "gnn", "sectors", int, "phi sectors per event (GNN sub-graphs)"),
+)
+
+
+def register(subparsers) -> None:
+    """Add the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train an embedding, filter and GNN on TrackML events and write a bundle",
+        description=(
+            "Train the three networks of a pipeline (metric-learning embedding, edge filter, GNN) on TrackML events, "
+            "read (--events) or simulated (--particles/--simulate, --random-events), choose the graph radius and "
+            "the cuts on a validation event, and write a bundle (pipeline.json + ONNX files) to --output. "
+            "Every setting, the data and the validation figures are recorded in the bundle's provenance."
+        ),
+    )
+    parser.add_argument("--output", required=True, metavar="BUNDLE_DIR", help="directory to write the bundle to")
+    data = parser.add_argument_group("data")
+    data.add_argument("--events", action="append", default=[], metavar="DIR",
+                      help="TrackML events with truth to train on (prefix, file or directory; repeatable)")
+    data.add_argument("--particles", action="append", default=[], metavar="TABLE.csv",
+                      help="TrackML particles table to simulate training events from (repeatable)")
+    data.add_argument("--simulate", type=int, default=0, metavar="N", help="events simulated from each --particles table")
+    data.add_argument("--random-events", type=int, default=0, metavar="N", help="events of random particles to simulate")
+    data.add_argument("--num-particles", type=int, default=8500, metavar="P", help="particles per random event (default 8500)")
+    data.add_argument("--validation", metavar="EVENT",
+                      help="TrackML event with truth to tune the radius and cuts on (default: one more simulated event)")
+    data.add_argument("--features", default="trackml-1000",
+                      help="feature spec: a preset (trackml-1000, exatrkx-service) or scales (default trackml-1000)")
+    data.add_argument("--geometry", metavar="detectors.csv", help="geometry for the simulation (default: data/detectors.csv)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=0, help="seed of the simulation and of the training (default 0)")
+    run.add_argument("--threads", type=int, default=2, help="torch and graph-building threads (default 2)")
+    run.add_argument("--max-neighbours", type=int, default=None, metavar="K", help="cap of the radius graph per hit")
+    run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
+    for flag, _, name, kind, text in _STAGE_OPTIONS:
+        stage.add_argument(flag, dest=f"{flag[2:].replace('-', '_')}", type=kind, default=None, help=text)
+    parser.set_defaults(handler=handle)
+
+
+def training_config(args: argparse.Namespace):
+    """The :class:`~trackserve.train.config.TrainingConfig` the options describe."""
+    from ..train.config import TrainingConfig
+
+    config = TrainingConfig.quick() if args.quick else TrainingConfig()
+    stages = {"embedding": {}, "filter": {}, "gnn": {}}
+    for flag, stage, name, _, _ in _STAGE_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            stages[stage][name] = value
+    config = replace(
+        config,
+        embedding=replace(config.embedding, **stages["embedding"]),
+        filter=replace(config.filter, **stages["filter"]),
+        gnn=replace(config.gnn, **stages["gnn"]),
+        seed=args.seed, threads=args.threads,
+        **({"max_neighbours": args.max_neighbours} if args.max_neighbours is not None else {}),
+    )
+    config.validate()
+    return config
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Read or simulate the events, train, write the bundle and print the validation figures."""
+    from ..errors import InputError
+    from ..events.features import feature_spec
+    from ..events.geometry import load_geometry
+    from ..events.trackml import find_event_prefixes, read_event
+    from ..train.data import SimulatedSource, prepare_event, read_training_events, simulated_events
+    from ..train.trainer import train_pipeline
+
+    config = training_config(args)
+    spec = feature_spec(args.features)
+    for name in ("simulate", "random_events", "num_particles"):
+        if getattr(args, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.simulate and not args.particles:
+        raise InputError("--simulate N simulates events from --particles tables: give at least one --particles TABLE")
+    if args.particles and not args.simulate:
+        raise InputError("--particles given without --simulate N (the number of events to simulate from each table)")
+    tables = [Path(path) for path in args.particles]
+    for table in tables:
+        if not table.is_file():
+            raise InputError(f"--particles {table}: no such file")
+    sources = [SimulatedSource(particles=table) for table in tables]
+    random_source = SimulatedSource(num_particles=args.num_particles)
+    show = not args.quiet
+    geometry = load_geometry(args.geometry) if (tables or args.random_events or not args.validation) else None
+
+    start = time.perf_counter()
+    events = read_training_events(args.events, spec) if args.events else []
+    if args.simulate:
+        events += simulated_events(sources, args.simulate, spec, seed=args.seed, stream=0, geometry=geometry, show_progress=show)
+    if args.random_events:
+        events += simulated_events([random_source], args.random_events, spec, seed=args.seed, stream=1,
+                                   geometry=geometry, show_progress=show)
+    if not events:
+        raise InputError("no training events: give --events DIR, --particles TABLE --simulate N, or --random-events N")
+    if args.validation:
+        prefixes = find_event_prefixes(args.validation)
+        validation = prepare_event(read_event(prefixes[0], parts=("truth", "particles")), spec, name=str(prefixes[0]))
+        validation_source = str(prefixes[0])
+    else:
+        source = sources[0] if sources else random_source
+        validation = simulated_events([source], 1, spec, seed=args.seed, stream=2, geometry=geometry, show_progress=False)[0]
+        validation_source = f"simulated ({source.describe()}, seed stream 2)"
+    data_seconds = time.perf_counter() - start
+    description = {
+        "features": spec.to_dict(),
+        "trackml_events": [str(path) for path in args.events],
+        "simulated": {
+            "tables": [{"table": table.name, "events": args.simulate} for table in tables],
+            "random": {"events": args.random_events, "particles": args.num_particles},
+            "seed": args.seed, "simulation": "trackserve.events.simulate defaults (2 T, noise fraction 0.1)",
+        },
+        "validation_event": validation_source,
+        "data_seconds": data_seconds,
+    }
+    result = train_pipeline(events, validation, config, args.output, spec=spec, data_description=description,
+                            show_progress=show)
+    check = result.validation["bundle_check"]
+    stages = result.bundle.stages
+    print(f"bundle written to {args.output} in {time.perf_counter() - start:.0f} s "
+          f"(radius {stages.radius:g}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g})")
+    for stage in ("graph", "filter", "gnn"):
+        figures = result.validation[stage]
+        print(f"  {stage:6s} edges {figures['num_edges']:>9d}  efficiency {figures['efficiency']:.4f}  purity {figures['purity']:.4f}")
+    print(f"  tracks (pT > {config.min_pt:g} GeV, >= {config.min_hits} hits): efficiency {check['track_efficiency']:.4f}, "
+          f"fake rate {check['fake_rate']:.4f}, duplicate rate {check['duplicate_rate']:.4f}")
+    return 0

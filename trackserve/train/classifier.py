@@ -1,0 +1,62 @@
+"""What the filter and the GNN share: one weighted-BCE step, scoring a graph, cuts from scores.
+
+Both networks take ``(features [N, F], edge_index [2, E])`` and return a logit per edge;
+an edge's label is whether it joins two hits of one particle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .losses import weighted_bce
+
+
+def classifier_step(network, optimizer, features: np.ndarray, edges: np.ndarray, labels: np.ndarray,
+                    positive_weight: float) -> float:
+    """One optimiser step of weighted BCE on the edges ``[2, E]`` with boolean ``labels [E]``; the loss."""
+    import torch
+
+    logits = network(torch.from_numpy(features), torch.from_numpy(np.ascontiguousarray(edges)))
+    loss = weighted_bce(logits, torch.from_numpy(labels), positive_weight)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def score_edges(network, features: np.ndarray, edges: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Logits ``[E]`` float32 of ``edges`` (no gradient); ``chunk`` edges at a time when given (filter only)."""
+    import torch
+
+    if edges.shape[1] == 0:
+        return np.zeros(0, dtype=np.float32)
+    step = edges.shape[1] if chunk is None else chunk
+    out = np.empty(edges.shape[1], dtype=np.float32)
+    x = torch.from_numpy(features)
+    with torch.no_grad():
+        for begin in range(0, edges.shape[1], step):
+            part = torch.from_numpy(np.ascontiguousarray(edges[:, begin:begin + step]))
+            out[begin:begin + step] = network(x, part).numpy()
+    return out
+
+
+def cut_for_efficiency(logits: np.ndarray, labels: np.ndarray, efficiency: float) -> float:
+    """The cut (a probability) keeping at least a fraction ``efficiency`` of the true edges.
+
+    An edge passes when ``sigmoid(logit) > cut``; the cut sits just below the sigmoid of
+    the true-edge logit quantile ``1 - efficiency``. Rounded down to 1e-4 so it can be
+    written as a short number.
+    """
+    true_logits = logits[labels]
+    if true_logits.size == 0:
+        return 0.5
+    quantile = float(np.quantile(true_logits.astype(np.float64), 1.0 - efficiency, method="lower"))
+    probability = 1.0 / (1.0 + np.exp(-quantile))
+    return float(max(0.0, np.floor(probability * 1e4 - 1) / 1e4))
+
+
+def passing(logits: np.ndarray, cut: float) -> np.ndarray:
+    """Which edges pass ``sigmoid(logit) > cut`` (decided on the logit, as the runtime does)."""
+    from ..runtime.cuts import logit_threshold
+
+    return logits > logit_threshold(cut)

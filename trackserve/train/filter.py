@@ -1,0 +1,91 @@
+"""The edge filter: trained on the embedding's radius graphs, batches of random edges.
+
+The graphs are built with the runtime's :func:`~trackserve.runtime.graph_building.build_graph`
+(same radius, cap and edge direction as the bundle), so the filter trains on exactly the
+edges it will see at inference.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .classifier import classifier_step, cut_for_efficiency, passing, score_edges
+from .config import FilterSettings, TrainingConfig
+from .data import TrainingEvent
+from .embedding import embed
+from .pairs import pair_labels
+from .progress import progress, report
+from .validation import format_figures, graph_figures
+
+#: Edges scored at once when the filter runs on a whole graph.
+SCORE_CHUNK = 262_144
+
+
+def radius_graph(embedding_network, event: TrainingEvent, radius: float, config: TrainingConfig) -> np.ndarray:
+    """The event's graph as the pipeline builds it: pairs closer than ``radius`` in the embedding."""
+    from ..runtime.graph_building import build_graph
+
+    return build_graph(embed(embedding_network, event.features), radius, config.max_neighbours,
+                       direction=config.edge_direction, threads=config.threads)
+
+
+def build_filter_network(settings: FilterSettings, num_features: int):
+    """A fresh :class:`~trackserve.export.filter.EdgeFilter` of these settings."""
+    from ..export.filter import EdgeFilter
+
+    return EdgeFilter(in_channels=num_features, hidden=settings.hidden, nb_layer=settings.layers,
+                      activation=settings.activation, layer_norm=True)
+
+
+def validate_filter(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> dict:
+    """The cut keeping the target fraction of the graph's true edges, and the figures of the edges it keeps."""
+    logits = score_edges(network, event.features, graph, SCORE_CHUNK)
+    selected = pair_labels(graph, event.particle_ids) & (event.hit_pt[graph[0]] >= config.min_pt)
+    cut = cut_for_efficiency(logits, selected, config.filter.target_efficiency)
+    return {"cut": cut, **graph_figures(event, graph[:, passing(logits, cut)], config.min_pt)}
+
+
+def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validation: TrainingEvent,
+                 validation_graph: np.ndarray, config: TrainingConfig, rng: np.random.Generator,
+                 *, show_progress: bool = True):
+    """Train the filter on ``graphs`` (one per event); return ``(network, cut, history)``."""
+    import torch
+
+    settings = config.filter
+    network = build_filter_network(settings, events[0].features.shape[1])
+    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
+    labels = [pair_labels(graph, event.particle_ids) for event, graph in zip(events, graphs)]
+    counts = [max(1, -(-graph.shape[1] // settings.batch_edges)) for graph in graphs]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * sum(counts), pct_start=0.1)
+    history, cut = [], 0.5
+    for epoch in range(settings.epochs):
+        start, losses = time.perf_counter(), []
+        batches = [(k, b) for k in range(len(events)) for b in range(counts[k])]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        orders = {k: rng.permutation(graph.shape[1]) for k, graph in enumerate(graphs)}
+        network.train()
+        for k, b in progress(batches, f"filter epoch {epoch + 1}/{settings.epochs}", enabled=show_progress):
+            chosen = orders[k][b * settings.batch_edges:(b + 1) * settings.batch_edges]
+            if chosen.size == 0:
+                scheduler.step()
+                continue
+            losses.append(classifier_step(network, optimizer, events[k].features, graphs[k][:, chosen],
+                                          labels[k][chosen], settings.positive_weight))
+            scheduler.step()
+        network.eval()
+        figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "seconds": time.perf_counter() - start,
+                   **validate_filter(network, validation, validation_graph, config)}
+        cut = figures["cut"]
+        history.append(figures)
+        report(f"filter epoch {epoch + 1}: {format_figures(figures)}", enabled=show_progress)
+    return network, cut, history
+
+
+def filtered_graph(network, event: TrainingEvent, graph: np.ndarray, cut: float) -> np.ndarray:
+    """The edges of ``graph`` whose filter score passes ``cut``."""
+    logits = score_edges(network, event.features, graph, SCORE_CHUNK)
+    return np.ascontiguousarray(graph[:, passing(logits, cut)])

@@ -1,0 +1,113 @@
+"""The GNN edge classifier: trained on the filter-cut graphs, one φ sector (a sub-graph) per step.
+
+A sector keeps the hits whose azimuth lies within ``π / sectors`` of a random centre and
+the edges between two of them, so a step sees a small, complete piece of the detector.
+After training, :func:`choose_gnn_cut` picks the cut that maximises the validation track
+efficiency minus the fake rate.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .classifier import classifier_step, passing, score_edges
+from .config import GNNSettings, TrainingConfig
+from .data import TrainingEvent
+from .pairs import pair_labels
+from .progress import progress, report
+from .validation import format_figures, graph_figures, track_figures, track_labels
+
+#: Cuts tried by :func:`choose_gnn_cut`.
+CANDIDATE_CUTS = tuple(round(0.05 * i, 2) for i in range(2, 20))
+
+
+def build_gnn_network(settings: GNNSettings, num_features: int):
+    """A fresh GNN (``settings.architecture``) of these settings."""
+    from ..export.interaction_gnn import InteractionGNN
+    from ..export.resagnn import ResAGNN
+
+    if settings.architecture == "ResAGNN":
+        return ResAGNN(in_channels=num_features, hidden=settings.hidden, n_graph_iters=settings.iterations,
+                       nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers)
+    return InteractionGNN(in_channels=num_features, hidden=settings.hidden, n_graph_iters=settings.iterations,
+                          nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers,
+                          bidirectional_messages=True)
+
+
+def hit_phi(event: TrainingEvent) -> np.ndarray:
+    """Azimuth of every hit (rad)."""
+    return np.arctan2(np.asarray(event.event.hits["y"], float), np.asarray(event.event.hits["x"], float))
+
+
+def sector_subgraph(phi: np.ndarray, edges: np.ndarray, centre: float, half_width: float):
+    """The hits within ``half_width`` of azimuth ``centre`` and the edges between them.
+
+    Returns ``(hits, local_edges, edge_rows)``: the hit rows kept, the kept edges renumbered
+    to positions in ``hits``, and the kept edges' columns in ``edges``.
+    """
+    inside = np.abs(np.angle(np.exp(1j * (phi - centre)))) < half_width
+    edge_rows = np.flatnonzero(inside[edges[0]] & inside[edges[1]])
+    hits = np.flatnonzero(inside)
+    position = np.full(phi.shape[0], -1, dtype=np.int64)
+    position[hits] = np.arange(hits.size)
+    return hits, position[edges[:, edge_rows]], edge_rows
+
+
+def validate_gnn(network, event: TrainingEvent, graph: np.ndarray, cut: float, config: TrainingConfig) -> dict:
+    """Edge figures at ``cut`` and the track figures of the labels it gives."""
+    logits = score_edges(network, event.features, graph)
+    labels = track_labels(event.num_hits, graph, logits, cut)
+    return {"cut": cut, **graph_figures(event, graph[:, passing(logits, cut)], config.min_pt),
+            **track_figures(event, labels, config.min_pt, config.min_hits)}
+
+
+def choose_gnn_cut(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> tuple[float, dict]:
+    """The cut of :data:`CANDIDATE_CUTS` with the best track efficiency minus fake rate on ``event``, and its figures."""
+    logits = score_edges(network, event.features, graph)
+    best = None
+    for cut in CANDIDATE_CUTS:
+        figures = track_figures(event, track_labels(event.num_hits, graph, logits, cut), config.min_pt, config.min_hits)
+        value = np.nan_to_num(figures["track_efficiency"]) - np.nan_to_num(figures["fake_rate"])
+        if best is None or value > best[0]:
+            best = (value, cut)
+    cut = best[1]
+    return cut, validate_gnn(network, event, graph, cut, config)
+
+
+def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation: TrainingEvent,
+              validation_graph: np.ndarray, config: TrainingConfig, rng: np.random.Generator,
+              *, show_progress: bool = True):
+    """Train the GNN on sectors of ``graphs`` (one per event); return ``(network, history)``."""
+    import torch
+
+    settings = config.gnn
+    network = build_gnn_network(settings, events[0].features.shape[1])
+    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
+    labels = [pair_labels(graph, event.particle_ids) for event, graph in zip(events, graphs)]
+    phis = [hit_phi(event) for event in events]
+    half_width = np.pi / settings.sectors
+    steps = settings.sectors * len(events)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps, pct_start=0.1)
+    history = []
+    for epoch in range(settings.epochs):
+        start, losses = time.perf_counter(), []
+        order = np.repeat(np.arange(len(events)), settings.sectors)[rng.permutation(steps)]
+        centres = rng.uniform(-np.pi, np.pi, steps)
+        network.train()
+        for k, centre in progress(zip(order, centres), f"gnn epoch {epoch + 1}/{settings.epochs}", total=steps,
+                                  enabled=show_progress):
+            hits, local, rows = sector_subgraph(phis[k], graphs[k], centre, half_width)
+            if rows.size:
+                losses.append(classifier_step(network, optimizer, events[k].features[hits], local, labels[k][rows],
+                                              settings.positive_weight))
+            scheduler.step()
+        network.eval()
+        figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "seconds": time.perf_counter() - start,
+                   **validate_gnn(network, validation, validation_graph, 0.5, config)}
+        history.append(figures)
+        report(f"gnn epoch {epoch + 1}: {format_figures(figures)}", enabled=show_progress)
+    return network, history

@@ -1,0 +1,69 @@
+"""The hit pairs metric learning trains on: true pairs, random pairs and hard negatives.
+
+All functions return int64 arrays ``[2, P]`` of hit rows; :func:`pair_labels` says which
+pairs join two hits of one particle (noise never does). Hard negatives are the nearest
+neighbours of the anchors in the current embedding, found with a k-d tree query capped at
+``k`` neighbours per anchor, so memory stays ``anchors x k`` however poor the embedding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+
+def true_pairs(truth_edges: np.ndarray, anchors: np.ndarray, num_hits: int) -> np.ndarray:
+    """The truth-graph edges ``[2, M]`` that touch at least one of the ``anchors``."""
+    is_anchor = np.zeros(num_hits, dtype=bool)
+    is_anchor[anchors] = True
+    touching = is_anchor[truth_edges[0]] | is_anchor[truth_edges[1]]
+    return truth_edges[:, touching]
+
+
+def random_pairs(anchors: np.ndarray, num_hits: int, per_anchor: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_anchor`` pairs per anchor with partners drawn uniformly among the hits (self-pairs dropped)."""
+    if per_anchor == 0 or num_hits < 2:
+        return np.zeros((2, 0), dtype=np.int64)
+    first = np.repeat(anchors.astype(np.int64), per_anchor)
+    second = rng.integers(0, num_hits, first.shape[0])
+    keep = first != second
+    return np.stack([first[keep], second[keep]])
+
+
+def neighbour_pairs(tree: cKDTree, embedding: np.ndarray, anchors: np.ndarray, k: int, radius: float) -> np.ndarray:
+    """Pairs (anchor, neighbour) for the ``k`` nearest neighbours of each anchor closer than ``radius``.
+
+    ``tree`` indexes ``embedding`` (all hits of the event); the anchor itself is skipped.
+    """
+    if k == 0 or len(anchors) == 0:
+        return np.zeros((2, 0), dtype=np.int64)
+    count = min(k + 1, tree.n)
+    _, neighbours = tree.query(embedding[anchors], k=count, distance_upper_bound=radius)
+    neighbours = neighbours.reshape(len(anchors), count)
+    first = np.repeat(anchors.astype(np.int64), count)
+    second = neighbours.reshape(-1).astype(np.int64)
+    keep = (second < tree.n) & (second != first)
+    return np.stack([first[keep], second[keep]])
+
+
+def pair_labels(pairs: np.ndarray, particle_ids: np.ndarray) -> np.ndarray:
+    """Whether each pair joins two hits of the same non-noise particle, bool ``[P]``."""
+    first, second = particle_ids[pairs[0]], particle_ids[pairs[1]]
+    return (first == second) & (first != 0)
+
+
+def knn_graph(embedding: np.ndarray, radius: float, k: int) -> np.ndarray:
+    """Pairs ``i < j`` closer than ``radius`` where either hit has the other among its ``k`` nearest.
+
+    The same rule as :func:`trackserve.runtime.graph_building.build_graph` up to ties at
+    equal distance, with memory bounded by ``N x k`` whatever the embedding: used to
+    follow the graph during training, when the embedding may still be poor.
+    """
+    n = embedding.shape[0]
+    if n < 2:
+        return np.zeros((2, 0), dtype=np.int64)
+    tree = cKDTree(embedding)
+    pairs = neighbour_pairs(tree, embedding, np.arange(n), k, radius)
+    low, high = np.minimum(pairs[0], pairs[1]), np.maximum(pairs[0], pairs[1])
+    keys = np.unique(low * n + high)
+    return np.stack([keys // n, keys % n])

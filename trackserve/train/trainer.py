@@ -1,0 +1,144 @@
+"""The whole training run: embedding, radius, filter, GNN, cuts, then the bundle.
+
+:func:`train_pipeline` trains the three networks in order, each on what the previous
+stage produces, picks the radius and the cuts on the validation event, writes the bundle
+with :func:`~trackserve.bundle.make_bundle` (ONNX export with parity checks) and finally
+runs the written bundle through the runtime :class:`~trackserve.runtime.pipeline.Pipeline`
+on the validation event, recording every figure and setting in the provenance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..events.features import FeatureSpec
+from .config import TrainingConfig
+from .data import TrainingEvent, describe_events
+from .embedding import embed, radius_for_efficiency, train_embedding
+from .filter import filtered_graph, radius_graph, train_filter
+from .gnn import choose_gnn_cut, train_gnn
+from .progress import report, seed_everything
+from .validation import format_figures, graph_figures, track_figures
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced: the bundle, the per-epoch history, the final validation figures, the times."""
+
+    bundle: object
+    history: dict
+    validation: dict
+    seconds: dict
+
+
+def json_ready(value):
+    """``value`` with every non-finite float replaced by ``None`` and numpy scalars by Python ones."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: FeatureSpec) -> None:
+    if not events:
+        raise InputError("training needs at least one training event (give --events, or --simulate with sources)")
+    for event in list(events) + [validation]:
+        if event.features.shape[1] != spec.num_features:
+            raise InputError(f"event {event.name} has {event.features.shape[1]} features, the spec {spec.names} has {spec.num_features}")
+        if event.truth_edges.shape[1] == 0:
+            raise InputError(f"event {event.name} has no truth edge (no particle with two hits): it cannot train a pipeline")
+
+
+def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, config: TrainingConfig, output: str | Path,
+                   *, spec: FeatureSpec, data_description: dict | None = None, show_progress: bool = True) -> TrainingResult:
+    """Train a pipeline on ``events``, tune it on ``validation`` and write the bundle to ``output``."""
+    import torch
+
+    from ..bundle import StageParameters, load_bundle, make_bundle, write_pipeline_json
+
+    config.validate()
+    _check_events(events, validation, spec)
+    torch.set_num_threads(config.threads)
+    rng = seed_everything(config.seed)
+    seconds, started = {}, time.perf_counter()
+
+    mark = time.perf_counter()
+    embedding_net, embedding_history = train_embedding(events, validation, config, rng, show_progress=show_progress)
+    radius = radius_for_efficiency(embed(embedding_net, validation.features), validation.truth_edges_above(config.min_pt),
+                                   config.embedding.target_efficiency)
+    radius = float(np.format_float_positional(radius, precision=5, unique=True, fractional=False, trim="-"))
+    seconds["embedding"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    graphs = [radius_graph(embedding_net, event, radius, config) for event in events]
+    validation_graph = radius_graph(embedding_net, validation, radius, config)
+    report(f"radius {radius:.5g}: validation graph {format_figures(graph_figures(validation, validation_graph, config.min_pt))}",
+           enabled=show_progress)
+    filter_net, filter_cut, filter_history = train_filter(events, graphs, validation, validation_graph, config, rng,
+                                                          show_progress=show_progress)
+    seconds["filter"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    filtered = [filtered_graph(filter_net, event, graph, filter_cut) for event, graph in zip(events, graphs)]
+    validation_filtered = filtered_graph(filter_net, validation, validation_graph, filter_cut)
+    gnn_net, gnn_history = train_gnn(events, filtered, validation, validation_filtered, config, rng,
+                                     show_progress=show_progress)
+    gnn_cut, gnn_figures = choose_gnn_cut(gnn_net, validation, validation_filtered, config)
+    seconds["gnn"] = time.perf_counter() - mark
+    seconds["training"] = time.perf_counter() - started
+
+    final = {
+        "graph": graph_figures(validation, validation_graph, config.min_pt),
+        "filter": graph_figures(validation, validation_filtered, config.min_pt),
+        "gnn": gnn_figures,
+    }
+    report(f"validation: gnn cut {gnn_cut}: {format_figures(gnn_figures)}", enabled=show_progress)
+    stages = StageParameters(radius=radius, max_neighbours=config.max_neighbours, filter_cut=filter_cut,
+                             gnn_cut=gnn_cut, edge_direction=config.edge_direction)
+    history = {"embedding": embedding_history, "filter": filter_history, "gnn": gnn_history}
+    provenance = json_ready({
+        "trained_by": "trackserve train",
+        "data": {**(data_description or {}), "training": describe_events(events), "validation": describe_events([validation])},
+        "settings": config.to_dict(),
+        "history": history,
+        "validation": final,
+        "seconds": seconds,
+        "torch_threads": config.threads,
+    })
+    mark = time.perf_counter()
+    make_bundle(output, {"embedding": embedding_net, "filter": filter_net, "gnn": gnn_net},
+                features=spec, stages=stages, provenance=provenance)
+    seconds["export"] = time.perf_counter() - mark
+
+    bundle_check = run_bundle_check(output, validation, config)
+    report(f"bundle check (ONNX Runtime pipeline on the validation event): {format_figures(bundle_check)}",
+           enabled=show_progress)
+    bundle = load_bundle(output)
+    data = bundle.to_dict()
+    data["provenance"]["validation"]["bundle_check"] = json_ready(bundle_check)
+    data["provenance"]["seconds"] = json_ready(seconds)
+    write_pipeline_json(data, output)
+    return TrainingResult(load_bundle(output), history, {**final, "bundle_check": bundle_check}, seconds)
+
+
+def run_bundle_check(bundle_path: str | Path, event: TrainingEvent, config: TrainingConfig) -> dict:
+    """Run the written bundle with the runtime pipeline (ONNX Runtime) on ``event``; its track figures."""
+    from ..runtime.config import RuntimeConfig
+    from ..runtime.pipeline import Pipeline
+
+    pipeline = Pipeline(bundle_path, config=RuntimeConfig(intra_op_threads=config.threads, graph_threads=config.threads))
+    result = pipeline.run(event.features)
+    figures = track_figures(event, result.labels, config.min_pt, config.min_hits)
+    return {**figures, "edges_graph": result.num_edges["graph"], "edges_filter": result.num_edges["filter"],
+            "edges_gnn": result.num_edges["gnn"], "seconds": result.timings.get("total", float("nan"))}

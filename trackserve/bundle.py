@@ -17,7 +17,8 @@ Layout::
 * ``networks``: for each of ``embedding``, ``filter`` and ``gnn`` its ``kind``, ``file``
   (relative to the bundle), ``sha256``, ``inputs`` and ``outputs`` (name, dtype, dims;
   a dynamic dim is a name such as ``"num_hits"``), the torch ``config`` that rebuilds
-  it and its ``architecture`` (the torch class);
+  it and its ``architecture`` (the torch class), and optionally ``weights`` (``file`` and
+  ``sha256`` of the torch ``state_dict``, to rebuild the exact torch network);
 * ``stages``: ``radius`` and ``max_neighbours`` of the graph, ``filter_cut`` and
   ``gnn_cut`` (probabilities, applied after the sigmoid), and ``edge_direction``
   (see :data:`EDGE_DIRECTIONS`);
@@ -191,10 +192,11 @@ class NetworkEntry:
     outputs: tuple[TensorInfo, ...]
     config: dict = field(default_factory=dict, hash=False)
     architecture: str | None = None
+    weights: dict | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict:
         """The JSON form (one value of the ``networks`` object of ``pipeline.json``)."""
-        return {
+        data = {
             "kind": self.kind,
             "file": self.file,
             "sha256": self.sha256,
@@ -203,6 +205,9 @@ class NetworkEntry:
             "config": dict(self.config),
             "architecture": self.architecture,
         }
+        if self.weights is not None:
+            data["weights"] = dict(self.weights)
+        return data
 
 
 @dataclass
@@ -414,6 +419,14 @@ def _parse_features(value, problems: list[str]) -> dict | None:
     return dict(value) if ok else None
 
 
+def _is_relative_file(file) -> bool:
+    return isinstance(file, str) and bool(file) and not Path(file).is_absolute() and ".." not in Path(file).parts
+
+
+def _is_sha256(text) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def _parse_entry(name: str, value, problems: list[str]) -> NetworkEntry | None:
     where = f"networks.{name}"
     if not isinstance(value, dict):
@@ -427,9 +440,9 @@ def _parse_entry(name: str, value, problems: list[str]) -> NetworkEntry | None:
     kind, file, sha256 = value["kind"], value["file"], value["sha256"]
     if kind != NETWORK_KINDS[name]:
         problems.append(f"{where}.kind: {kind!r}, the {name} network must be of kind {NETWORK_KINDS[name]!r}")
-    if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
+    if not _is_relative_file(file):
         problems.append(f"{where}.file: {file!r} is not a relative path inside the bundle")
-    if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not _is_sha256(sha256):
         problems.append(f"{where}.sha256: {sha256!r} is not a 64-character lowercase hex digest")
     config = value.get("config", {})
     if not isinstance(config, dict):
@@ -437,11 +450,20 @@ def _parse_entry(name: str, value, problems: list[str]) -> NetworkEntry | None:
     architecture = value.get("architecture")
     if architecture is not None and not isinstance(architecture, str):
         problems.append(f"{where}.architecture: expected a string or null, got {architecture!r}")
+    weights = value.get("weights")
+    if weights is not None and not (
+        isinstance(weights, dict)
+        and _is_relative_file(weights.get("file"))
+        and _is_sha256(weights.get("sha256"))
+    ):
+        problems.append(
+            f"{where}.weights: {weights!r} is not an object with a relative 'file' and a 64-character hex 'sha256'"
+        )
     inputs = _parse_tensors(value["inputs"], f"{where}.inputs", problems)
     outputs = _parse_tensors(value["outputs"], f"{where}.outputs", problems)
     if len(problems) > before:
         return None
-    return NetworkEntry(name, kind, file, sha256, inputs, outputs, dict(config), architecture)
+    return NetworkEntry(name, kind, file, sha256, inputs, outputs, dict(config), architecture, weights)
 
 
 def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> Bundle | None:
@@ -515,6 +537,27 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
 
 
 def _file_problems(name: str, entry: NetworkEntry, directory: Path, *, check_onnx: bool) -> list[str]:
+    problems = _weights_problems(name, entry, directory)
+    return problems + _onnx_file_problems(name, entry, directory, check_onnx=check_onnx)
+
+
+def _weights_problems(name: str, entry: NetworkEntry, directory: Path) -> list[str]:
+    """Problems of the optional torch weights file (used to rebuild the torch network)."""
+    if entry.weights is None:
+        return []
+    path = directory / entry.weights["file"]
+    if not path.is_file():
+        return [f"networks.{name}.weights.file: {entry.weights['file']} does not exist in {directory}"]
+    actual = file_sha256(path)
+    if actual != entry.weights["sha256"]:
+        return [
+            f"networks.{name}.weights.sha256: {entry.weights['file']} has sha256 {actual}, pipeline.json declares "
+            f"{entry.weights['sha256']}: the file changed after the bundle was written"
+        ]
+    return []
+
+
+def _onnx_file_problems(name: str, entry: NetworkEntry, directory: Path, *, check_onnx: bool) -> list[str]:
     path = directory / entry.file
     if not path.is_file():
         return [f"networks.{name}.file: {entry.file} does not exist in {directory}"]
@@ -574,7 +617,7 @@ def _read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
 def save_bundle(bundle: Bundle, directory: str | os.PathLike) -> Bundle:
     """Write ``bundle`` to ``directory`` and return it as loaded back from there.
 
-    Network files are copied from ``bundle.directory`` when it is another directory;
+    Network files (ONNX and torch weights) are copied from ``bundle.directory`` when it is another directory;
     ``pipeline.json`` is written last, atomically. The result is checked by
     :func:`load_bundle`, so a bundle that saves is a bundle that loads.
     """
@@ -586,11 +629,12 @@ def save_bundle(bundle: Bundle, directory: str | os.PathLike) -> Bundle:
         raise _bundle_error(directory, problems)
     directory.mkdir(parents=True, exist_ok=True)
     if bundle.directory is not None and Path(bundle.directory).resolve() != directory.resolve():
-        for name in bundle.networks:
-            source = bundle.network_path(name)
-            target = directory / bundle.networks[name].file
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+        for entry in bundle.networks.values():
+            files = [entry.file] + ([entry.weights["file"]] if entry.weights is not None else [])
+            for file in files:
+                target = directory / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(bundle.directory) / file, target)
     write_pipeline_json(data, directory)
     return load_bundle(directory)
 
@@ -707,12 +751,26 @@ def make_bundle(
             outputs=report.outputs,
             config=dict(getattr(module, "config", None) or {}),
             architecture=architecture_name(module),
+            weights=save_weights(module, directory / f"{name}.pt"),
         )
     record = default_provenance(**dict(provenance or {}))
     record.setdefault("export", {"opset": opset or DEFAULT_OPSET, "exporter": "torch.onnx (TorchScript-based, dynamo=False)"})
     bundle = Bundle(features, entries, stages, record, directory)
     write_pipeline_json(bundle.to_dict(), directory)
     return load_bundle(directory)
+
+
+def save_weights(module, path: Path) -> dict:
+    """Save a torch network's ``state_dict`` to ``path``; return its ``weights`` entry (file, sha256).
+
+    The weights let :func:`trackserve.export.bundle_networks.load_torch_network` rebuild
+    the exact torch network of a bundle (for fine-tuning, re-export, or the eager
+    PyTorch baseline of the benchmarks). Needs torch.
+    """
+    import torch
+
+    torch.save({key: value.detach().cpu() for key, value in module.state_dict().items()}, path)
+    return {"file": path.name, "sha256": file_sha256(path)}
 
 
 def architecture_name(module) -> str:
@@ -766,6 +824,7 @@ def replace_network(
     bundle.networks[name] = NetworkEntry(
         name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs,
         dict(getattr(module, "config", None) or {}), architecture_name(module),
+        save_weights(module, directory / Path(entry.file).with_suffix(".pt").name),
     )
     write_pipeline_json(bundle.to_dict(), directory)
     return load_bundle(directory), report

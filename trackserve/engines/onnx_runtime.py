@@ -46,6 +46,21 @@ def default_intra_op_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def session_options(intra_op_threads: int):
+    """The ONNX Runtime session options of every network: ``intra_op_threads`` in the
+    intra-op pool, one inter-op thread (the networks are single chains), sequential
+    execution, all graph optimisations, warnings and errors only."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(intra_op_threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxNetwork:
     """One ONNX network run by ONNX Runtime on the CPU (or another provider given explicitly).
 
@@ -74,12 +89,7 @@ class OnnxNetwork:
         threads = default_intra_op_threads() if intra_op_threads is None else int(intra_op_threads)
         if threads < 1:
             raise InputError(f"intra_op_threads must be at least 1, got {threads}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options = session_options(threads)
         available = set(ort.get_available_providers())
         missing = [p for p in providers if p not in available]
         if missing:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..bundle import Bundle, load_bundle
 from ..engines.onnx_runtime import OnnxNetwork
+from ..engines.scatter_split import open_network
 from ..errors import InputError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
@@ -81,8 +82,9 @@ class Pipeline:
         self.config = config or RuntimeConfig()
         self.feature_spec = FeatureSpec(tuple(self.bundle.feature_names), tuple(self.bundle.feature_scales))
         threads = self.config.resolved_intra_op_threads
-        self.networks = {
-            name: OnnxNetwork(self.bundle.network_path(name), intra_op_threads=threads, name=name)
+        # open_network computes the GNN's scatter-adds outside ONNX Runtime, bit for bit the same.
+        self.networks: dict[str, OnnxNetwork] = {
+            name: open_network(self.bundle.network_path(name), intra_op_threads=threads, name=name)
             for name in ("embedding", "filter", "gnn")
         }
         self.stages = self.bundle.stages
@@ -133,7 +135,7 @@ class Pipeline:
     def filter_edges(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the filter in chunks; return ``(kept_edges [2, M'], filter_logits [M])``."""
         logits = self.classify_edges("filter", features, edge_index, chunked=True)
-        kept = logits > logit_threshold(self.stages.filter_cut)
+        kept = logits.astype(np.float64) > logit_threshold(self.stages.filter_cut)  # float64 with numpy < 2 too
         return np.ascontiguousarray(edge_index[:, kept]), logits
 
     def build_tracks(self, num_hits: int, edge_index: np.ndarray, gnn_logits: np.ndarray) -> np.ndarray:
@@ -168,7 +170,7 @@ class Pipeline:
         labels = self.build_tracks(num_hits, filtered, gnn_logits)
         timings["tracks"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
-        passed = int(np.count_nonzero(gnn_logits > logit_threshold(self.stages.gnn_cut)))
+        passed = int(np.count_nonzero(gnn_logits.astype(np.float64) > logit_threshold(self.stages.gnn_cut)))
         return PipelineResult(
             labels=labels,
             timings=timings,

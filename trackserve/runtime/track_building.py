@@ -67,7 +67,9 @@ def build_tracks(
 
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    kept = np.compress(values > threshold, edges, axis=1)
+    # Compare in float64 explicitly: numpy < 2 would compare a float32 array with a float64
+    # scalar in float32, where a logit just above logit(cut) can round onto it.
+    kept = np.compress(values.astype(np.float64, copy=False) > threshold, edges, axis=1)
     if kept.shape[1] == 0:
         return np.arange(n, dtype=np.int64)
     if n < 2**31:

@@ -1,0 +1,259 @@
+"""Our Pipeline against the way ExaTrkX users run the same pipeline today, side by side.
+
+Baseline (same bundle, same weights): the PyTorch eager networks rebuilt by
+``load_torch_network`` under ``torch.inference_mode``; graph building as the published
+service did it on a CPU, ``faiss.IndexFlatL2.range_search`` with the bundle's radius,
+then the bundle's cap and direction rule written plainly (self-pairs dropped, each hit's
+neighbours ranked by (distance, index), a pair kept when it is among the K nearest of
+either end); the filter in the same edge chunks; ``scipy.sparse.csgraph.connected_components``
+on the edges with ``sigmoid(score) > cut``. Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
+
+Events: the 100 published benchmark events (feature CSVs, 3 features) and a full-size
+simulated event (``simulate_event`` with the real particles of ``event000001000``, the
+bundle's features). Thread pools are set explicitly and identically: torch, faiss
+(OpenMP), ONNX Runtime intra-op, our graph threads. Warm-up first, then repetitions;
+medians. Labels are compared event by event as partitions; a difference is explained
+by the first stage whose output differs (graph edges on the radius, scores at the cut).
+
+``python benchmarks/bench_runtime.py [--bundle models/default] [--threads 2] [--quick]``
+writes the section ``runtime_vs_baseline`` of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_description, write_section  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+LRT_EVENTS = SHARED / "exatrkx_service" / "lrt_events"
+PARTICLES = SHARED / "trackml" / "event000001000-particles.csv"
+STAGES = ("embed", "graph", "filter", "gnn", "tracks")
+
+
+def set_threads(threads: int) -> dict:
+    """Set every pool to ``threads``; return the settings to print."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    return {"torch.set_num_threads": threads, "faiss.omp_set_num_threads": threads,
+            "ORT intra_op_num_threads": threads, "graph_threads": threads}
+
+
+class Baseline:
+    """The same pipeline as ExaTrkX users run it: eager PyTorch, FAISS, scipy."""
+
+    def __init__(self, bundle, chunk: int):
+        from trackserve.export.bundle_networks import load_torch_network
+
+        self.nets = {name: load_torch_network(bundle, name) for name in ("embedding", "filter", "gnn")}
+        self.stages = bundle.stages
+        self.chunk = chunk
+
+    def graph(self, points: np.ndarray) -> np.ndarray:
+        """faiss range search, then the cap and direction rule, straightforwardly."""
+        import faiss
+
+        n = points.shape[0]
+        index = faiss.IndexFlatL2(points.shape[1])
+        index.add(points)
+        limits, distances, neighbours = index.range_search(points, float(np.float32(self.stages.radius) ** 2))
+        query = np.repeat(np.arange(n), np.diff(limits.astype(np.int64)))
+        neighbours = neighbours.astype(np.int64)
+        other = query != neighbours
+        query, neighbours, distances = query[other], neighbours[other], distances[other]
+        order = np.lexsort((neighbours, distances, query))  # per hit: nearest first, ties by index
+        query, neighbours = query[order], neighbours[order]
+        starts = np.searchsorted(query, np.arange(n))
+        rank = np.arange(query.size) - starts[query]
+        near = rank < self.stages.max_neighbours
+        # a pair is kept when either end has the other among its K nearest
+        pairs = np.unique(np.stack([np.minimum(query, neighbours), np.maximum(query, neighbours)])[:, near], axis=1)
+        small, large = pairs
+        direction = self.stages.edge_direction
+        if direction == "i<j":
+            edges = np.stack([small, large])
+        elif direction == "i>j":
+            edges = np.stack([large, small])
+        else:
+            edges = np.concatenate([np.stack([small, large]), np.stack([large, small])], axis=1)
+        return edges[:, np.lexsort((edges[1], edges[0]))]
+
+    def run(self, features: np.ndarray):
+        """(labels, per-stage seconds, intermediate results) of one event."""
+        import torch
+
+        times, out = {}, {}
+        with torch.inference_mode():
+            x = torch.from_numpy(features)
+            t = time.perf_counter()
+            points = self.nets["embedding"](x).numpy()
+            times["embed"] = time.perf_counter() - t
+            t = time.perf_counter()
+            edges = self.graph(np.ascontiguousarray(points))
+            times["graph"] = time.perf_counter() - t
+            t = time.perf_counter()
+            scores = [torch.sigmoid(self.nets["filter"](x, torch.from_numpy(edges[:, b:b + self.chunk]))).numpy()
+                      for b in range(0, edges.shape[1], self.chunk)]
+            filter_prob = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+            kept = np.ascontiguousarray(edges[:, filter_prob > self.stages.filter_cut])
+            times["filter"] = time.perf_counter() - t
+            t = time.perf_counter()
+            gnn_prob = torch.sigmoid(self.nets["gnn"](x, torch.from_numpy(kept))).numpy() if kept.shape[1] else np.zeros(0)
+            times["gnn"] = time.perf_counter() - t
+        t = time.perf_counter()
+        good = kept[:, gnn_prob > self.stages.gnn_cut]
+        n = features.shape[0]
+        graph = coo_array((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
+        _, labels = connected_components(graph, directed=False)
+        times["tracks"] = time.perf_counter() - t
+        out.update(points=points, edges=edges, filter_prob=filter_prob, kept=kept, gnn_prob=gnn_prob)
+        return labels, times, out
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two labellings group the hits identically."""
+    if a.shape != b.shape:
+        return False
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def explain(pipeline, features, base_out) -> str:
+    """The first stage where ours and the baseline differ, and by how much."""
+    emb = pipeline.embed(features)
+    edges = pipeline.build_graph(emb)
+    r = pipeline.stages.radius
+    if edges.shape != base_out["edges"].shape or not np.array_equal(edges, base_out["edges"]):
+        n = features.shape[0]
+        ours = set((edges[0] * n + edges[1]).tolist())
+        theirs = set((base_out["edges"][0] * n + base_out["edges"][1]).tolist())
+        diff = np.array(sorted(ours ^ theirs), dtype=np.int64)
+        d = np.sqrt(((emb[diff // n].astype(np.float64) - emb[diff % n]) ** 2).sum(1)) / r - 1
+        return f"graph: {diff.size} edges differ, |d/r - 1| <= {np.abs(d).max():.1e}"
+    _, logits = pipeline.filter_edges(features, edges)
+    cut = pipeline.stages.filter_cut
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    flip = (p > cut) != (base_out["filter_prob"] > cut)
+    if flip.any():
+        return f"filter: {int(flip.sum())} edges cross the cut, |p - cut| <= {np.abs(p[flip] - cut).max():.1e}"
+    return "gnn: scores at the cut"
+
+
+def timed_runs(function, events, repeats):
+    """Median over repeats of (seconds per stage summed over events, wall seconds)."""
+    runs = []
+    for _ in range(repeats):
+        stage = dict.fromkeys(STAGES, 0.0)
+        start = time.perf_counter()
+        for features in events:
+            for key, value in function(features).items():
+                if key in stage:
+                    stage[key] += value
+        runs.append((stage, time.perf_counter() - start))
+    walls = [w for _, w in runs]
+    median_run = runs[walls.index(statistics.median_low(walls))]
+    return median_run
+
+
+def compare(name, pipeline, baseline, events, repeats, lines) -> tuple[float, int]:
+    """Time both on ``events``, check the labels, add a table to ``lines``; return (ratio, identical)."""
+    identical, notes = 0, []
+    for i, features in enumerate(events):
+        ours = pipeline.run(features).labels
+        theirs, _, out = baseline.run(features)
+        if same_partition(ours, theirs):
+            identical += 1
+        else:
+            notes.append(f"event {i}: {explain(pipeline, features, out)}")
+    ours_stage, ours_wall = timed_runs(lambda f: pipeline.run(f).timings, events, repeats)
+    base_stage, base_wall = timed_runs(lambda f: baseline.run(f)[1], events, repeats)
+    count = len(events)
+    lines += [f"**{name}**: {count} events, {sum(e.shape[0] for e in events) / count:,.0f} hits per event "
+              f"on average; median of {repeats} passes after a warm-up. Identical partitions: {identical}/{count}.", "",
+              "| stage | baseline (ms/event) | ours (ms/event) | baseline / ours |", "| --- | ---: | ---: | ---: |"]
+    for stage in STAGES:
+        b, o = base_stage[stage] / count * 1e3, ours_stage[stage] / count * 1e3
+        lines.append(f"| {stage} | {b:.2f} | {o:.2f} | {b / o if o else float('nan'):.2f}x |")
+    ratio = base_wall / ours_wall
+    lines += [f"| **events per second** | {count / base_wall:.2f} | {count / ours_wall:.2f} | **{ratio:.2f}x** |", ""]
+    lines += [f"- {note}" for note in notes[:10]] + ([""] if notes else [])
+    return ratio, identical
+
+
+def simulated_event(spec, num_particles: int | None):
+    """Features of an event simulated from the real particles of event000001000 (or a subset)."""
+    from trackserve.events.features import hit_features
+    from trackserve.events.geometry import load_geometry
+    from trackserve.events.simulate import simulate_event
+    from trackserve.events.trackml import read_particles
+
+    particles = read_particles(PARTICLES)
+    if num_particles is not None:
+        particles = {key: value[:num_particles] for key, value in particles.items()}
+    return hit_features(simulate_event(load_geometry(), particles, seed=1).hits, spec)
+
+
+def main(argv=None) -> int:
+    """Run the comparison, print the tables and write the RESULTS.md section."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the benchmark events")
+    parser.add_argument("--sim-repeats", type=int, default=2, help="timed runs of the simulated event")
+    parser.add_argument("--quick", action="store_true", help="20 events, 1 repeat, a 1/8-size simulated event")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+
+    from trackserve.bundle import load_bundle
+    from trackserve.events.trackml import read_feature_csv
+    from trackserve.runtime.config import RuntimeConfig
+    from trackserve.runtime.pipeline import Pipeline
+
+    threads = set_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    config = RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads)
+    pipeline = Pipeline(bundle, config=config)
+    baseline = Baseline(bundle, config.edge_chunk_size)
+    repeats = 1 if args.quick else args.repeats
+    lines = [f"Machine: {machine_description()}.", "",
+             "Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()) + f"; {args.threads} cores for both.",
+             f"Bundle: `{args.bundle}` ({bundle.provenance.get('data', 'no data recorded')}); radius "
+             f"{bundle.stages.radius:.4g}, K {bundle.stages.max_neighbours}, cuts {bundle.stages.filter_cut}/"
+             f"{bundle.stages.gnn_cut}. Other jobs may have shared the CPU: provisional.", ""]
+    ratio = None
+    if bundle.num_features != 3:
+        lines += [f"The benchmark events have 3 features, the bundle {bundle.num_features}: skipped.", ""]
+    elif LRT_EVENTS.is_dir():
+        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
+        for features in events[:5]:  # warm-up
+            pipeline.run(features), baseline.run(features)
+        ratio, _ = compare("published benchmark events (lrt_events)", pipeline, baseline, events, repeats, lines)
+    big = simulated_event(pipeline.feature_spec, 1500 if args.quick else None)
+    # compare() runs both once to check the labels before timing: that is the warm-up here.
+    compare("simulated full event (event000001000 particles)", pipeline, baseline, [big],
+            1 if args.quick else args.sim_repeats, lines)
+    if ratio is not None:
+        lines.append(f"Target: ours >= 3x the baseline's throughput on the benchmark events: "
+                     f"{'met' if ratio >= 3 else 'NOT met'} ({ratio:.2f}x).")
+    text = "## runtime_vs_baseline (`benchmarks/bench_runtime.py`)\n\n" + "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("runtime_vs_baseline", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""ScatterSplitNetwork against the whole-graph ONNX Runtime session: identical bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trackserve.engines.onnx_runtime import OnnxNetwork
+from trackserve.engines.scatter_split import ScatterSplitNetwork, _scatter_add, open_network
+from trackserve.errors import InputError
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def gnn_path(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from trackserve.export.interaction_gnn import InteractionGNN
+    from trackserve.export.onnx_export import export_network
+
+    torch.manual_seed(0)
+    module = InteractionGNN(in_channels=3, hidden=8, n_graph_iters=3, nb_node_layer=2, nb_edge_layer=2).eval()
+    path = tmp_path_factory.mktemp("gnn") / "gnn.onnx"
+    export_network(module, "gnn", path, num_features=3, validate=False)
+    return path
+
+
+@pytest.mark.parametrize("num_hits, num_edges", [(1, 1), (2, 0), (50, 3000), (5000, 40000)])
+def test_same_bits_as_whole_session(gnn_path, num_hits, num_edges):
+    rng = np.random.default_rng(num_edges)
+    features = rng.normal(size=(num_hits, 3)).astype(np.float32)
+    # Many repeated destinations: the order of the additions matters at float32 rounding.
+    edges = rng.integers(0, num_hits, (2, num_edges)).astype(np.int64)
+    whole = OnnxNetwork(gnn_path, intra_op_threads=2)
+    split = ScatterSplitNetwork(gnn_path, intra_op_threads=2)
+    expected = whole.run(features=features, edge_index=edges)
+    for _ in range(2):  # the incidence cache must not leak between calls
+        got = split.run(features=features, edge_index=edges)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+
+
+def test_open_network_splits_only_graphs_with_scatter_adds(gnn_path, tiny_bundle):
+    assert isinstance(open_network(gnn_path), ScatterSplitNetwork)
+    embedding = open_network(tiny_bundle / "embedding.onnx")
+    assert type(embedding) is OnnxNetwork
+
+
+def _sequential(data, index, updates):
+    out = data.copy()
+    full = np.broadcast_to(index, updates.shape)
+    for e in range(updates.shape[0]):
+        for c in range(updates.shape[1]):
+            out[full[e, c] % data.shape[0], c] += updates[e, c]
+    return out
+
+
+def test_scatter_add_fast_and_general_paths_add_in_update_order():
+    rng = np.random.default_rng(3)
+    updates = rng.normal(size=(400, 3)).astype(np.float32) * np.float32(1e4) ** rng.integers(-1, 2, (400, 1))
+    index = rng.integers(-5, 5, (400, 1))  # negative indices count from the end
+    zeros = np.zeros((5, 3), np.float32)
+    np.testing.assert_array_equal(_scatter_add(zeros, index, updates, {}, "t"), _sequential(zeros, index, updates))
+    data = rng.normal(size=(5, 3)).astype(np.float32)  # non-zero data: the general path
+    np.testing.assert_array_equal(_scatter_add(data, index, updates, {}, "t"), _sequential(data, index, updates))
+
+
+def test_scatter_index_out_of_range_is_an_input_error():
+    with pytest.raises(InputError, match="outside"):
+        _scatter_add(np.zeros((3, 2), np.float32), np.array([[3]]), np.ones((1, 2), np.float32), {}, "t")

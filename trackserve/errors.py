@@ -65,3 +65,11 @@ class InputError(TrackserveError, ValueError):
 
 class BackendUnavailableError(TrackserveError, RuntimeError):
     """An optional backend (torch, TensorRT, CuPy, FAISS, Triton) is not installed or has no device."""
+
+
+class ServingError(TrackserveError, RuntimeError):
+    """The Triton server cannot be started or stopped, died, or did not answer a request.
+
+    The message names the server (binary, address, model) and, for a failed start, the
+    last lines of the server's log.
+    """

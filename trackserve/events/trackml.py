@@ -193,6 +193,9 @@ def read_table(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
+            # numpy 1.x reads "4.5" into an integer column with a DeprecationWarning
+            # (numpy 2 raises): make it an error on both.
+            warnings.simplefilter("error", DeprecationWarning)
             data = np.loadtxt(
                 io.StringIO(body),
                 dtype=record,
@@ -201,7 +204,7 @@ def read_table(
                 comments=None,
                 ndmin=1,
             )
-    except ValueError as exc:
+    except (ValueError, DeprecationWarning) as exc:
         raise _diagnose_table(path, body, len(names), selected, str(exc)) from None
     if body.count(",") != len(data) * (len(names) - 1):
         # usecols lets lines with extra fields through: find the ragged line.

@@ -1,0 +1,166 @@
+"""The Python-backend model logic with a stand-in for ``triton_python_backend_utils`` (no server needed).
+
+Checks what Triton's stub would see: exactly one response per request, in order, each
+event computed on its own, an error response with a clear message for a bad request
+that leaves the other requests of the same ``execute`` call untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from trackserve.errors import InputError
+from trackserve.serving import backend
+from trackserve.serving.backend import PipelineModel, StageModel, respond
+from trackserve.serving.triton_models import PIPELINE_MODEL
+
+
+class FakeTensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+    @classmethod
+    def from_dlpack(cls, name, array):
+        tensor = cls(name, np.from_dlpack(array))
+        tensor.via_dlpack = True
+        return tensor
+
+
+class FakeError:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, message, code=None):
+        self.message, self.code = message, code
+
+
+class FakeResponse:
+    def __init__(self, output_tensors=None, error=None):
+        self.output_tensors, self.error = output_tensors or [], error
+
+
+def fake_pb_utils():
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor, module.TritonError, module.InferenceResponse = FakeTensor, FakeError, FakeResponse
+    module.get_input_tensor_by_name = lambda request, name: request.get(name)
+    return module
+
+
+def request(features=None, **others):
+    tensors = {} if features is None else {"FEATURES": FakeTensor("FEATURES", features)}
+    tensors.update({name: FakeTensor(name, value) for name, value in others.items()})
+    return tensors
+
+
+def args_for(bundle, *, kind="CPU", **parameters):
+    config = {"parameters": {key: {"string_value": str(value)} for key, value in {"bundle": bundle, **parameters}.items()}}
+    return {"model_config": json.dumps(config), "model_instance_kind": kind, "model_repository": "/nowhere/model"}
+
+
+@pytest.fixture(scope="module")
+def pipeline_model(tiny_bundle):
+    return PipelineModel.from_args(args_for(tiny_bundle, intra_op_threads=1, graph_threads=1))
+
+
+def test_one_response_per_request_in_order_bad_ones_isolated(pipeline_model, tiny_pipeline, sample_features):
+    pb = fake_pb_utils()
+    a, b = sample_features[:800], sample_features[2000:3500]
+    nan = a.copy()
+    nan[5, 2] = np.inf
+    requests = [
+        request(a),
+        request(),  # no FEATURES
+        request(a.astype(np.float64)),
+        request(np.ascontiguousarray(a[:, :2])),
+        request(nan),
+        request(np.zeros((0, 3), np.float32)),
+        request(b),
+    ]
+    responses = respond(pb, requests, pipeline_model)
+    assert len(responses) == len(requests)
+    np.testing.assert_array_equal(responses[0].output_tensors[0].array, tiny_pipeline.run(a).labels)
+    np.testing.assert_array_equal(responses[6].output_tensors[0].array, tiny_pipeline.run(b).labels)
+    assert responses[0].error is None and responses[6].error is None
+    assert responses[0].output_tensors[0].name == "LABELS"
+    errors = [responses[i].error for i in (1, 2, 3, 4)]
+    assert all(error.code == "INVALID_ARG" for error in errors)
+    assert "no input 'FEATURES'" in errors[0].message
+    assert "must be FP32" in errors[1].message and "float64" in errors[1].message
+    assert "must have shape [-1, 3], got [800, 2]" in errors[2].message
+    assert "hit 5" in errors[3].message and "inf" in errors[3].message
+    empty = responses[5]
+    assert empty.error is None and empty.output_tensors[0].array.shape == (0,)
+    assert empty.output_tensors[0].array.dtype == np.int64
+
+
+def test_a_crash_fails_its_request_only_and_is_logged():
+    pb = fake_pb_utils()
+    logged = []
+
+    class Flaky(backend.ServedModel):
+        inputs = ()
+
+        def __call__(self, arrays):
+            raise RuntimeError("boom")
+
+    responses = respond(pb, [request(), request()], Flaky(), logged.append)
+    assert [r.error.code for r in responses] == ["INTERNAL", "INTERNAL"]
+    assert "internal error: RuntimeError: boom" in responses[0].error.message
+    assert len(logged) == 2 and "Traceback" in logged[0]
+
+
+def test_outputs_go_through_dlpack_with_numpy_2(monkeypatch):
+    pb = fake_pb_utils()
+    labels = np.arange(7, dtype=np.int64)
+    monkeypatch.setattr(backend.np, "__version__", "2.1.0")
+    tensor = backend.output_tensor(pb, "LABELS", labels)
+    assert getattr(tensor, "via_dlpack", False)
+    np.testing.assert_array_equal(tensor.array, labels)
+    monkeypatch.setattr(backend.np, "__version__", "1.26.4")
+    assert not getattr(backend.output_tensor(pb, "LABELS", labels), "via_dlpack", False)
+
+
+def test_config_parameters_reach_the_runtime(tiny_bundle):
+    model = PipelineModel.from_args(args_for(tiny_bundle, intra_op_threads=1, graph_threads=2, edge_chunk_size=5000))
+    config = model.pipeline.config
+    assert (config.intra_op_threads, config.graph_threads, config.edge_chunk_size) == (1, 2, 5000)
+    assert [s.name for s in model.inputs] == ["FEATURES"] and model.inputs[0].dims == (-1, 3)
+
+
+def test_relative_bundle_is_found_from_the_repository_root(tiny_bundle):
+    args = args_for(tiny_bundle.name)
+    args["model_repository"] = str(tiny_bundle.parent / "exatrkx")
+    assert backend.bundle_path(args, backend.model_parameters(json.loads(args["model_config"]))) == tiny_bundle
+
+
+def test_bad_configs_are_refused_with_the_reason(tiny_bundle):
+    with pytest.raises(InputError, match="device 'cuda' is not supported"):
+        PipelineModel.from_args(args_for(tiny_bundle, kind="GPU"))
+    with pytest.raises(InputError, match="parameter 'intra_op_threads' must be an integer, got 'two'"):
+        PipelineModel.from_args(args_for(tiny_bundle, intra_op_threads="two"))
+    with pytest.raises(InputError, match="no parameter 'stage'"):
+        StageModel.from_args(args_for(tiny_bundle))
+    args = args_for(tiny_bundle)
+    args["model_config"] = json.dumps({"parameters": {}})
+    with pytest.raises(InputError, match="no parameter 'bundle'"):
+        PipelineModel.from_args(args)
+
+
+def test_the_shipped_model_file_drives_the_pipeline(tiny_bundle, tiny_pipeline, sample_features, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
+    spec = importlib.util.spec_from_file_location("trackserve_pipeline_model_under_test", PIPELINE_MODEL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize(args_for(tiny_bundle, intra_op_threads=1, graph_threads=1))
+    responses = model.execute([request(sample_features), request(sample_features[:0])])
+    np.testing.assert_array_equal(responses[0].output_tensors[0].array, tiny_pipeline.run(sample_features).labels)
+    assert responses[1].output_tensors[0].array.shape == (0,)

@@ -1,0 +1,119 @@
+"""Starting and stopping the server: missing pieces, taken ports, a model that fails, ``trackserve serve`` and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trackserve.errors import BackendUnavailableError, InputError, ServingError
+from trackserve.serving.client import TritonClient
+from trackserve.serving.repository import RepositoryOptions, write_repository
+from trackserve.serving.server import ServerSettings, TritonServer, find_triton, free_port
+
+from .conftest import require_triton
+
+
+@pytest.fixture(scope="module")
+def custom_repository(tiny_bundle, tmp_path_factory):
+    return write_repository(tiny_bundle, tmp_path_factory.mktemp("custom") / "models",
+                            RepositoryOptions(intra_op_threads=1, graph_threads=1))
+
+
+def test_a_missing_binary_is_named(tmp_path):
+    with pytest.raises(BackendUnavailableError, match="tritonserver binary .*/nope/tritonserver does not exist"):
+        find_triton(tmp_path / "nope" / "tritonserver")
+    fake = tmp_path / "bin" / "tritonserver"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    with pytest.raises(BackendUnavailableError, match="Python backend of .* is incomplete"):
+        find_triton(fake)
+
+
+def test_the_environment_puts_this_python_first():
+    require_triton()
+    installation = find_triton()
+    env = installation.environment({"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/lib"})
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    libraries = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert libraries[0].endswith("nvidia_pytriton.libs") and libraries[-1] == "/opt/lib"
+    assert installation.stub.parent.name == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_a_taken_port_is_refused_before_starting(custom_repository):
+    require_triton()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = TritonServer(custom_repository.path, ServerSettings(http_port=free_port(), grpc_port=port, metrics_port=None))
+        with pytest.raises(InputError, match=f"grpc port 127.0.0.1:{port} is already in use.*--grpc-port"):
+            server.start()
+    assert server.process is None
+
+
+def test_not_a_repository_is_refused(tmp_path):
+    require_triton()
+    with pytest.raises(InputError, match="holds no model folder with a config.pbtxt"):
+        TritonServer(tmp_path, ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None)).start()
+
+
+def test_a_model_that_cannot_load_stops_startup_with_its_reason(custom_repository, tmp_path):
+    require_triton()
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(custom_repository.path, broken)
+    shutil.rmtree(broken / "exatrkx" / "bundle")
+    server = TritonServer(broken, ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None))
+    with pytest.raises(ServingError, match="exited with status 1 before it was ready") as error:
+        server.start()
+    assert "failed to load 'exatrkx'" in str(error.value)
+    assert "BundleError: bundle " in str(error.value) and "exatrkx/bundle does not exist" in str(error.value)
+    assert not server.running
+
+
+def _serve(repository, http, grpc):
+    return subprocess.Popen(
+        [sys.executable, "-m", "trackserve.cli", "serve", str(repository), "--http-port", str(http),
+         "--grpc-port", str(grpc), "--no-metrics", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_prints_endpoints_and_stops_cleanly_on_a_signal(custom_repository, tiny_pipeline, sample_features, signum):
+    require_triton()
+    http, grpc = free_port(), free_port()
+    process = _serve(custom_repository.path, http, grpc)
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any("stop with Ctrl-C" in line for line in lines):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        out = "".join(lines)
+        assert "Triton is ready after" in out, out + process.stderr.read()
+        assert f"127.0.0.1:{grpc}" in out and f"http://127.0.0.1:{http}" in out
+        with TritonClient(f"127.0.0.1:{grpc}") as client:
+            assert client.infer(sample_features[:300]).tolist() == tiny_pipeline.run(sample_features[:300]).labels.tolist()
+        process.send_signal(signum)
+        assert process.wait(timeout=60) == 0
+        err = process.stderr.read()
+        assert f"{signal.Signals(signum).name} received, stopping the server" in err
+        assert "stopped (tritonserver status 0)" in err
+        with TritonClient(f"127.0.0.1:{grpc}", timeout_s=5) as client:
+            assert not client.is_ready()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

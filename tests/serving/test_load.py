@@ -1,0 +1,111 @@
+"""The server under load: 16 concurrent clients, and a server killed in the middle of it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from trackserve.errors import ServingError
+from trackserve.serving.client import TritonClient
+from trackserve.serving.server import ServerSettings, TritonServer, free_port
+
+from .conftest import require_triton
+
+CLIENTS = 16
+LOAD_SECONDS = 30.0
+
+
+def _events(sample_features, tiny_pipeline):
+    slices = [np.ascontiguousarray(sample_features[i * 300 : i * 300 + 200 + 50 * (i % 5)]) for i in range(12)]
+    return [(features, tiny_pipeline.run(features).labels) for features in slices]
+
+
+def _client_loop(url, model, events, stop, outcomes, index, failed=None):
+    """Send events until ``stop``; record ("ok", labels right?) or ("error", message) per request."""
+    with TritonClient(url, model=model, timeout_s=60) as client:
+        k = index
+        while not stop.is_set():
+            features, expected = events[k % len(events)]
+            k += 1
+            try:
+                labels = client.infer(features, request_id=f"{index}-{k}")
+            except ServingError as error:
+                outcomes.append(("error", str(error)))
+                if failed is not None:
+                    failed.set()
+                time.sleep(0.05)  # a dead server refuses at once: do not spin
+                continue
+            except Exception as error:  # anything but ServingError is a client bug
+                outcomes.append(("unexpected", repr(error)))
+                continue
+            outcomes.append(("ok", bool(np.array_equal(labels, expected))))
+
+
+@pytest.mark.slow
+def test_sixteen_clients_for_thirty_seconds_all_answered(triton_server, tiny_pipeline, sample_features):
+    events = _events(sample_features, tiny_pipeline)
+    stop = threading.Event()
+    outcomes: list[list] = [[] for _ in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=_client_loop,
+                         args=(triton_server.grpc_url, ("exatrkx", "exatrkx_ensemble")[i % 2], events, stop, outcomes[i], i))
+        for i in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(LOAD_SECONDS)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a client is still waiting for an answer"
+    everything = [outcome for per_client in outcomes for outcome in per_client]
+    assert all(per_client for per_client in outcomes), "every client got answers"
+    failures = [o for o in everything if o != ("ok", True)]
+    assert not failures, failures[:5]
+    assert len(everything) >= CLIENTS
+
+
+@pytest.mark.slow
+def test_a_killed_server_gives_a_clear_error_per_request_and_a_restart_serves(served_repository, tiny_pipeline,
+                                                                               sample_features):
+    require_triton()
+    events = _events(sample_features, tiny_pipeline)
+    settings = ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None, startup_timeout_s=240)
+    server = TritonServer(served_repository.path, settings).start()
+    stop = threading.Event()
+    outcomes: list[list] = [[] for _ in range(CLIENTS)]
+    failed = [threading.Event() for _ in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=_client_loop, args=(server.grpc_url, "exatrkx", events, stop, outcomes[i], i, failed[i]))
+        for i in range(CLIENTS)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        server.kill()
+        for event in failed:
+            event.wait(timeout=60)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=90)
+        assert not any(thread.is_alive() for thread in threads), "a request hung after the server died"
+        everything = [outcome for per_client in outcomes for outcome in per_client]
+        assert [o for o in everything if o[0] == "unexpected"] == []
+        assert ("ok", False) not in everything
+        assert any(o == ("ok", True) for o in everything), "requests were answered before the kill"
+        errors = [o[1] for o in everything if o[0] == "error"]
+        assert len(errors) >= CLIENTS, "every client saw the server go"
+        for message in errors:
+            assert f"the server at {server.grpc_url} did not answer" in message, message
+
+        server.start()
+        with TritonClient(server.grpc_url) as client:
+            features, expected = events[0]
+            np.testing.assert_array_equal(client.infer(features), expected)
+    finally:
+        stop.set()
+        server.stop()

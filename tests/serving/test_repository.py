@@ -1,0 +1,136 @@
+"""The model repository writer and ``trackserve triton-repo`` (no server needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trackserve.bundle import load_bundle
+from trackserve.cli import main
+from trackserve.errors import InputError
+from trackserve.serving.interface import STAGE_NAMES
+from trackserve.serving.repository import RepositoryOptions, write_repository
+from trackserve.serving.triton_models import PIPELINE_MODEL, STAGE_MODEL
+
+
+def parse_config(path):
+    """The config.pbtxt parsed with Triton's own ModelConfig message (proves the syntax)."""
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed")
+    from google.protobuf import text_format
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def parameters(config) -> dict:
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def test_custom_layout_is_one_model_derived_from_the_bundle(tiny_bundle, tmp_path):
+    written = write_repository(tiny_bundle, tmp_path / "repo")
+    assert written.models == ["exatrkx"] and written.entry_points == {"custom": "exatrkx"}
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["exatrkx"]
+    config = parse_config(tmp_path / "repo" / "exatrkx" / "config.pbtxt")
+    assert (config.name, config.backend, config.max_batch_size) == ("exatrkx", "python", 0)
+    assert [(t.name, list(t.dims)) for t in config.input] == [("FEATURES", [-1, load_bundle(tiny_bundle).num_features])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("LABELS", [-1])]
+    assert config.input[0].data_type == 11 and config.output[0].data_type == 9  # TYPE_FP32, TYPE_INT64
+    assert not config.HasField("dynamic_batching")
+    assert parameters(config) == {"bundle": "exatrkx/bundle"}
+    assert (tmp_path / "repo" / "exatrkx" / "1" / "model.py").read_text() == PIPELINE_MODEL.read_text()
+    copy = load_bundle(tmp_path / "repo" / "exatrkx" / "bundle")
+    assert copy.to_dict()["networks"] == load_bundle(tiny_bundle).to_dict()["networks"]
+
+
+def test_ensemble_layout_chains_the_stage_models(tiny_bundle, tmp_path):
+    options = RepositoryOptions(layout="ensemble", instance_count=3, dynamic_batching=True, max_queue_delay_us=250,
+                                intra_op_threads=1, graph_threads=2)
+    written = write_repository(tiny_bundle, tmp_path / "repo", options)
+    assert written.models == [*STAGE_NAMES, "exatrkx_ensemble"]
+    ensemble = parse_config(tmp_path / "repo" / "exatrkx_ensemble" / "config.pbtxt")
+    assert ensemble.platform == "ensemble"
+    assert (tmp_path / "repo" / "exatrkx_ensemble" / "1").is_dir()
+    steps = ensemble.ensemble_scheduling.step
+    assert [step.model_name for step in steps] == list(STAGE_NAMES)
+    produced = {"FEATURES"}
+    for step in steps:
+        stage = parse_config(tmp_path / "repo" / step.model_name / "config.pbtxt")
+        assert set(step.input_map.values()) <= produced, step.model_name
+        assert sorted(step.input_map) == sorted(t.name for t in stage.input)
+        assert sorted(step.output_map) == sorted(t.name for t in stage.output)
+        produced |= set(step.output_map.values())
+        assert parameters(stage) == {"bundle": "exatrkx_ensemble/bundle", "stage": step.model_name,
+                                     "intra_op_threads": "1", "graph_threads": "2"}
+        assert [(g.count, g.kind) for g in stage.instance_group] == [(3, 2)]  # 2: KIND_CPU
+        assert stage.dynamic_batching.max_queue_delay_microseconds == 250
+        assert (tmp_path / "repo" / step.model_name / "1" / "model.py").read_text() == STAGE_MODEL.read_text()
+    assert "LABELS" in produced
+    embed = parse_config(tmp_path / "repo" / "embed" / "config.pbtxt")
+    assert list(embed.output[0].dims) == [-1, 4]  # the tiny bundle's embedding width
+
+
+def test_instance_kind_is_written(tiny_bundle, tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed")
+
+    write_repository(tiny_bundle, tmp_path / "cpu", RepositoryOptions(instance_count=2))
+    write_repository(tiny_bundle, tmp_path / "gpu", RepositoryOptions(instance_kind="gpu"))
+    kinds = model_config_pb2.ModelInstanceGroup.Kind
+    cpu = parse_config(tmp_path / "cpu" / "exatrkx" / "config.pbtxt").instance_group[0]
+    gpu = parse_config(tmp_path / "gpu" / "exatrkx" / "config.pbtxt").instance_group[0]
+    assert (cpu.count, cpu.kind) == (2, kinds.Value("KIND_CPU"))
+    assert (gpu.count, gpu.kind) == (1, kinds.Value("KIND_GPU"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(layout="split"), "layout 'split' is not one of custom, ensemble, both"),
+        (dict(instance_count=0), "instance count must be an integer >= 1, got 0"),
+        (dict(instance_kind="tpu"), "instance kind 'tpu' is not one of cpu, gpu"),
+        (dict(max_queue_delay_us=-5), "max queue delay must be an integer >= 0"),
+        (dict(model_name="gnn"), "is the name of an ensemble stage model"),
+        (dict(model_name="a b"), "model name 'a b' must be letters"),
+        (dict(layout="both", ensemble_name="exatrkx"), "both are named 'exatrkx'"),
+        (dict(intra_op_threads=0), "intra_op_threads must be an integer >= 1"),
+    ],
+)
+def test_bad_options_are_named(options, message):
+    with pytest.raises(InputError, match="invalid model repository options") as error:
+        RepositoryOptions(**options)
+    assert message in str(error.value)
+
+
+def test_an_occupied_output_is_refused_unless_it_is_a_repository_and_forced(tiny_bundle, tmp_path):
+    write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(layout="both"))
+    with pytest.raises(InputError, match="already exists and is not empty; give --force"):
+        write_repository(tiny_bundle, tmp_path / "repo")
+    written = write_repository(tiny_bundle, tmp_path / "repo", overwrite=True)
+    assert sorted(p.name for p in written.path.iterdir()) == ["exatrkx"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep me")
+    with pytest.raises(InputError, match="is not a model repository .*thesis.tex"):
+        write_repository(tiny_bundle, other, overwrite=True)
+    assert (other / "thesis.tex").read_text() == "keep me"
+
+
+def test_the_command_writes_a_repository(tiny_bundle, tmp_path, capsys):
+    code = main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle), "--layout", "both",
+                 "--instances", "2", "--threads", "1", "--memory-limit-gb", "2", "--dynamic-batching"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "send events to 'exatrkx' (custom)" in out and "send events to 'exatrkx_ensemble' (ensemble)" in out
+    config = parse_config(tmp_path / "repo" / "exatrkx" / "config.pbtxt")
+    assert parameters(config)["memory_limit_bytes"] == str(2 * 2**30)
+    assert config.instance_group[0].count == 2 and config.HasField("dynamic_batching")
+    assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle)]) == 2
+    assert "give --force" in capsys.readouterr().err
+
+
+def test_a_bad_bundle_is_refused_before_anything_is_written(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "pipeline.json").write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(Exception, match="invalid bundle"):
+        write_repository(bundle, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()

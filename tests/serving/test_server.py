@@ -1,0 +1,146 @@
+"""A real tritonserver serving the tiny bundle in both layouts: answers, bad requests, the client command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE_EVENT
+from trackserve.cli import main
+from trackserve.errors import ServingError
+from trackserve.paths import DEFAULT_BUNDLE
+from trackserve.serving.client import TritonClient
+
+from .conftest import require_triton, start_server
+
+MODELS = ("exatrkx", "exatrkx_ensemble")
+PROTOCOLS = ("grpc", "http")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", MODELS)
+def test_sample_event_labels_are_the_local_runtime_labels(triton_server, tiny_pipeline, sample_features, model, protocol):
+    expected = tiny_pipeline.run(sample_features).labels
+    with TritonClient(triton_server.url(protocol), protocol=protocol, model=model) as client:
+        assert client.is_ready()
+        assert client.num_features() == 3
+        labels = client.infer(sample_features)
+    # Guard against python_backend's empty outputs (numpy 2 in the stub): labels must be there.
+    assert labels.shape == (sample_features.shape[0],) and labels.dtype == np.int64
+    assert len(np.unique(labels)) < labels.size, "some hits must share a track, or the comparison proves little"
+    np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_service_events_labels_are_the_local_runtime_labels(triton_server, tiny_pipeline, lrt_features, model):
+    with TritonClient(triton_server.grpc_url, model=model) as client:
+        for features in lrt_features:
+            np.testing.assert_array_equal(client.infer(features), tiny_pipeline.run(features).labels)
+
+
+BAD_REQUESTS = {
+    "wrong feature count": (np.zeros((10, 4), np.float32), "Expected [-1,3], got [10,4]"),
+    "wrong dtype": (np.zeros((10, 3), np.float64), "data-type is 'FP64', but model"),
+    "NaN": (np.array([[0.1, 0.2, 0.3], [0.2, np.nan, 0.1]], np.float32), "features of hit 1 (0-based) hold nan in column 1"),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", MODELS)
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_answering(triton_server, tiny_pipeline, sample_features,
+                                                                        model, protocol):
+    expected = tiny_pipeline.run(sample_features[:500]).labels
+    with TritonClient(triton_server.url(protocol), protocol=protocol, model=model) as client:
+        for what, (features, message) in BAD_REQUESTS.items():
+            with pytest.raises(ServingError, match="refused the request") as error:
+                client.infer(features)
+            assert message in str(error.value), what
+            np.testing.assert_array_equal(client.infer(sample_features[:500]), expected)
+        empty = client.infer(np.zeros((0, 3), np.float32))
+        assert empty.shape == (0,) and empty.dtype == np.int64
+        with pytest.raises(ServingError, match="missing required input.*FEATURES"):
+            client.send([], 0)  # a request without its input
+        assert client.is_ready()
+        np.testing.assert_array_equal(client.infer(sample_features[:500]), expected)
+
+
+def test_concurrent_good_and_bad_requests_do_not_mix(triton_server, tiny_pipeline, sample_features):
+    slices = [sample_features[i * 400 : i * 400 + 300 + 37 * i] for i in range(8)]
+    expected = [tiny_pipeline.run(s).labels for s in slices]
+    nan = slices[0].copy()
+    nan[7, 0] = np.nan
+
+    def send(index):
+        with TritonClient(triton_server.grpc_url, model=MODELS[index % 2]) as client:
+            if index % 3 == 0:
+                with pytest.raises(ServingError, match="hit 7"):
+                    client.infer(nan)
+                return None
+            return client.infer(slices[index % 8])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, range(24)))
+    for index, labels in enumerate(results):
+        if index % 3:
+            np.testing.assert_array_equal(labels, expected[index % 8])
+
+
+def test_client_command_checks_against_the_local_runtime(triton_server, tiny_bundle, shared_data, tmp_path, capsys):
+    lrt = shared_data / "exatrkx_service" / "lrt_events" / "evt_3.csv"
+    code = main(["client", str(SAMPLE_EVENT), str(lrt), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--check", "--output", str(tmp_path / "labels")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "event000000001: 5527 hits" in out and "identical to the local runtime" in out
+    assert "2 of 2 event(s) answered and identical" in out
+    from trackserve.events.submission import read_submission
+
+    _, hits, tracks = read_submission(tmp_path / "labels" / "event000000001-labels.csv")
+    assert hits.size == 5527 and tracks.max() > 0
+
+
+def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path, capsys):
+    other = tmp_path / "other_bundle"
+    shutil.copytree(tiny_bundle, other)
+    data = json.loads((other / "pipeline.json").read_text())
+    data["stages"]["gnn_cut"] = 1.0  # no edge passes: every hit its own track
+    (other / "pipeline.json").write_text(json.dumps(data))
+    code = main(["client", str(SAMPLE_EVENT), "--bundle", str(other), "--url", triton_server.http_url,
+                 "--protocol", "http", "--model", "exatrkx_ensemble", "--check", "--no-labels"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "MISMATCH" in captured.err and "labels differ from the local runtime" in captured.err
+
+
+def test_client_command_names_an_unreachable_server(tiny_bundle, capsys):
+    from trackserve.serving.server import free_port
+
+    require_triton()
+    code = main(["client", str(SAMPLE_EVENT), "--bundle", str(tiny_bundle), "--url", f"127.0.0.1:{free_port()}",
+                 "--timeout", "5"])
+    assert code == 2
+    assert "did not answer" in capsys.readouterr().err
+
+
+def test_default_bundle_is_served_identically(tmp_path):
+    if not DEFAULT_BUNDLE.is_dir():
+        pytest.skip(f"the default bundle {DEFAULT_BUNDLE} is absent")
+    require_triton()
+    from trackserve.events.sources import list_inputs, read_input
+    from trackserve.runtime.pipeline import Pipeline
+    from trackserve.serving.repository import RepositoryOptions, write_repository
+
+    pipeline = Pipeline(DEFAULT_BUNDLE)
+    features = read_input(*list_inputs([SAMPLE_EVENT])[0], pipeline.feature_spec).features
+    written = write_repository(DEFAULT_BUNDLE, tmp_path / "repo", RepositoryOptions(layout="both"))
+    server = start_server(written.path)
+    try:
+        for model in MODELS:
+            with TritonClient(server.grpc_url, model=model) as client:
+                np.testing.assert_array_equal(client.infer(features), pipeline.run(features).labels)
+    finally:
+        server.stop()

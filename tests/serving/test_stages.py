@@ -1,0 +1,77 @@
+"""The ensemble's stages, chained in-process, against the local runtime (no server needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trackserve.errors import InputError
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.pipeline import Pipeline
+from trackserve.serving.interface import ENSEMBLE_STAGES, FEATURES, LABELS, STAGE_NAMES
+from trackserve.serving.stages import make_stage, run_stages
+
+
+def _stages(pipeline, config=None):
+    return [make_stage(name, pipeline.bundle, config) for name in STAGE_NAMES]
+
+
+def test_every_stage_input_is_produced_before_it_is_used():
+    produced = {FEATURES}
+    for stage in ENSEMBLE_STAGES:
+        assert set(stage.inputs) <= produced, stage.name
+        produced |= set(stage.outputs)
+    assert LABELS in produced
+
+
+def test_chained_stages_give_the_runtime_labels_on_the_sample_event(tiny_pipeline, sample_features):
+    expected = tiny_pipeline.run(sample_features)
+    assert expected.num_edges["gnn"] > 100, "the tiny bundle must keep edges, or the comparison proves little"
+    labels = run_stages(_stages(tiny_pipeline), sample_features)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, expected.labels)
+
+
+def test_chunked_filter_gives_the_same_labels(tiny_bundle, sample_features):
+    config = RuntimeConfig(edge_chunk_size=997, intra_op_threads=1, graph_threads=1)
+    pipeline = Pipeline(tiny_bundle, config=config)
+    assert pipeline.run(sample_features).num_edges["graph"] > 10 * 997
+    np.testing.assert_array_equal(run_stages(_stages(pipeline, config), sample_features), pipeline.run(sample_features).labels)
+
+
+def test_chained_stages_on_real_service_events(tiny_pipeline, lrt_features):
+    stages = _stages(tiny_pipeline)
+    for features in lrt_features:
+        np.testing.assert_array_equal(run_stages(stages, features), tiny_pipeline.run(features).labels)
+
+
+@pytest.mark.parametrize("num_hits", [0, 1, 2])
+def test_tiny_events(tiny_pipeline, sample_features, num_hits):
+    features = np.ascontiguousarray(sample_features[:num_hits])
+    labels = run_stages(_stages(tiny_pipeline), features)
+    np.testing.assert_array_equal(labels, tiny_pipeline.run(features).labels)
+    assert labels.shape == (num_hits,)
+
+
+def test_bad_features_are_refused_by_the_first_stage(tiny_pipeline, sample_features):
+    embed = make_stage("embed", tiny_pipeline.bundle)
+    bad = sample_features[:10].copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(InputError, match="hit 3"):
+        embed({FEATURES: bad})
+    with pytest.raises(InputError, match="float32"):
+        embed({FEATURES: sample_features[:10].astype(np.float64)})
+
+
+def test_stage_inputs_of_wrong_shape_are_refused(tiny_pipeline):
+    applyfilter = make_stage("applyfilter", tiny_pipeline.bundle)
+    edges = np.array([[0, 1, 2], [1, 2, 3]], dtype=np.int64)
+    with pytest.raises(InputError, match=r"FILTER_SCORES must have shape \[3\]"):
+        applyfilter({"EDGE_LIST": edges, "FILTER_SCORES": np.zeros(2, dtype=np.float32)})
+    with pytest.raises(InputError, match=r"EDGE_LIST must have shape \[2, M\]"):
+        applyfilter({"EDGE_LIST": edges.T.copy(), "FILTER_SCORES": np.zeros(3, dtype=np.float32)})
+
+
+def test_unknown_stage_is_named(tiny_pipeline):
+    with pytest.raises(InputError, match="unknown ensemble stage 'cluster'.*embed, frnn"):
+        make_stage("cluster", tiny_pipeline.bundle)

@@ -1,0 +1,107 @@
+"""``trackserve client``: send events to a served trackserve model and write the labels it returns.
+
+Events are TrackML events or feature CSVs (as for ``trackserve run``), sent one request
+per event over gRPC or HTTP; the labels are written in the TrackML submission format.
+With ``--check`` each event is also run by the local runtime on the same bundle and the
+labels must be identical. Exit status: 0 when every event was answered (and matched),
+1 when a request failed or a label differed, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
+
+ORDER = 62
+
+
+def register(subparsers) -> None:
+    """Add the ``client`` subcommand."""
+    from ..serving.interface import DEFAULT_MODEL_NAME
+
+    parser = subparsers.add_parser(
+        "client",
+        help="send events to a Triton server, write the labels, optionally check them against the local runtime",
+        description=(
+            "Send each event (TrackML or feature CSV) as one request, FEATURES FP32 [N, F], to a served "
+            "trackserve model and write the LABELS it returns as <output>/<event>-labels.csv. The bundle "
+            "gives the features of TrackML events and, with --check, the local reference."
+        ),
+    )
+    parser.add_argument("events", nargs="*", metavar="EVENT",
+                        help="TrackML event prefixes, files or directories, or feature CSVs (default: the shipped sample event)")
+    parser.add_argument("--url", default=None,
+                        help="server host:port (default: 127.0.0.1:8001 for grpc, 127.0.0.1:8000 for http)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="default: %(default)s")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                        help="served model to call: the custom model or the ensemble (default: %(default)s)")
+    parser.add_argument("--bundle", default=None,
+                        help="bundle the server serves (features of TrackML events, --check); default: models/default")
+    parser.add_argument("--output", "-o", default="trackserve-output", help="directory for the label files (default: %(default)s)")
+    parser.add_argument("--no-labels", action="store_true", help="do not write label files")
+    parser.add_argument("--check", action="store_true",
+                        help="run each event with the local runtime too and exit 1 unless the labels are identical")
+    parser.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds per request (default: %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Send every event, write and optionally check its labels; report each failure."""
+    import numpy as np
+
+    from ..bundle import load_bundle
+    from ..errors import ServingError
+    from ..events.features import FeatureSpec
+    from ..events.sources import list_inputs, read_input
+    from ..events.submission import write_submission
+    from ..paths import shipped_path
+    from ..serving.client import PROTOCOLS, TritonClient
+
+    bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
+    spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
+    url = args.url or f"127.0.0.1:{PROTOCOLS[args.protocol]}"
+    inputs = list_inputs(args.events or [shipped_path(SAMPLE_EVENT, "sample event")])
+    pipeline = None
+    if args.check:
+        from ..runtime.pipeline import Pipeline
+
+        pipeline = Pipeline(bundle)
+    output = None if args.no_labels else Path(args.output)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+
+    failures = 0
+    with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
+        served = client.num_features()
+        if served != bundle.num_features:
+            raise ServingError(
+                f"model {args.model!r} at {url} takes {served} features per hit but the bundle has "
+                f"{bundle.num_features}; give the --bundle the server serves"
+            )
+        for kind, path in inputs:
+            item = read_input(kind, path, spec)
+            try:
+                labels = client.infer(item.features, request_id=item.name)
+            except ServingError as error:
+                failures += 1
+                print(f"{item.name}: FAILED: {error}", file=sys.stderr)
+                continue
+            line = f"{item.name}: {labels.shape[0]} hits, {int(labels.max()) + 1 if labels.size else 0} labels"
+            if pipeline is not None:
+                expected = pipeline.run(item.features).labels
+                if np.array_equal(labels, expected):
+                    line += ", identical to the local runtime"
+                else:
+                    failures += 1
+                    differ = int(np.count_nonzero(labels != expected)) if labels.shape == expected.shape else labels.size
+                    line += f", MISMATCH: {differ} of {expected.size} labels differ from the local runtime"
+            if output is not None:
+                write_submission(output / f"{item.name}-labels.csv", item.event_id, item.hit_ids, labels)
+            print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
+    answered = len(inputs) - failures
+    print(f"{answered} of {len(inputs)} event(s) answered{' and identical' if args.check else ''} by "
+          f"'{args.model}' at {url} ({args.protocol})" + (f"; labels in {output.resolve()}" if output else ""))
+    return 0 if failures == 0 else 1

@@ -1,0 +1,92 @@
+"""``trackserve serve``: run a real Triton Inference Server on a model repository.
+
+Starts ``tritonserver`` (the one bundled in nvidia-pytriton, or ``--tritonserver``),
+waits until every model is ready, prints the endpoints, forwards the server's log and
+stops it cleanly on Ctrl-C or SIGTERM. See :mod:`trackserve.serving.server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+ORDER = 61
+
+
+def register(subparsers) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model repository with Triton Inference Server",
+        description=(
+            "Start Triton Inference Server on a model repository written by `trackserve triton-repo`, "
+            "wait until it is ready, print its endpoints and forward its log; Ctrl-C or SIGTERM stops it "
+            "cleanly (requests in flight are finished first)."
+        ),
+    )
+    parser.add_argument("repository", metavar="REPOSITORY", help="model repository directory")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: %(default)s, loopback only; 0.0.0.0 for every interface)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: %(default)s)")
+    parser.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    parser.add_argument("--tritonserver", default=None, metavar="PATH",
+                        help="tritonserver binary to run (default: the one in the nvidia-pytriton wheel)")
+    parser.add_argument("--startup-timeout", type=float, default=120.0, metavar="S",
+                        help="seconds to wait for the server to be ready (default: %(default)s)")
+    parser.add_argument("--log-verbose", type=int, default=0, metavar="N", help="Triton's --log-verbose level")
+    parser.add_argument("--quiet", action="store_true", help="do not forward the server's log")
+    parser.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
+                        help="extra tritonserver argument, e.g. --triton-arg=--exit-on-error=false (repeatable)")
+    parser.set_defaults(handler=run)
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM handler."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signal.Signals(signum).name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; 0 after a clean stop, 1 if the server died on its own."""
+    from ..serving.server import ServerSettings, TritonServer
+
+    settings = ServerSettings(
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+        log_verbose=args.log_verbose,
+        startup_timeout_s=args.startup_timeout,
+        extra_args=tuple(args.triton_arg),
+    )
+
+    def forward(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    server = TritonServer(args.repository, settings, binary=args.tritonserver, log=None if args.quiet else forward)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        server.start()
+        print(f"trackserve serve: Triton is ready after {server.startup_seconds:.1f} s, serving {server.repository}",
+              flush=True)
+        for name, url in server.endpoints().items():
+            print(f"  {name:8s} {url}", flush=True)
+        print("  stop with Ctrl-C or SIGTERM", flush=True)
+        code = server.wait()
+        print(f"trackserve serve: tritonserver exited on its own with status {code}; "
+              + server.failure_report(), file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Stop) as reason:
+        name = "SIGINT" if isinstance(reason, KeyboardInterrupt) else str(reason)
+        print(f"trackserve serve: {name} received, stopping the server", file=sys.stderr, flush=True)
+        code = server.stop()
+        print(f"trackserve serve: stopped (tritonserver status {code})", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,93 @@
+"""``trackserve triton-repo``: write a Triton model repository that serves a bundle.
+
+The custom model (the whole pipeline in one Python-backend model), the ensemble (one
+model per stage, as the published ExaTrkX service), or both; ``config.pbtxt`` dims come
+from the bundle. See :mod:`trackserve.serving.repository`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..paths import DEFAULT_BUNDLE
+
+ORDER = 60
+
+
+def register(subparsers) -> None:
+    """Add the ``triton-repo`` subcommand."""
+    from ..serving.interface import DEFAULT_ENSEMBLE_NAME, DEFAULT_MODEL_NAME
+
+    parser = subparsers.add_parser(
+        "triton-repo",
+        help="write a Triton model repository serving a bundle (custom model, ensemble or both)",
+        description=(
+            "Write a Triton Inference Server model repository that serves a bundle: the custom model "
+            f"('{DEFAULT_MODEL_NAME}', the whole pipeline in one Python-backend model) and/or the ensemble "
+            f"('{DEFAULT_ENSEMBLE_NAME}', one model per stage). Both take FEATURES FP32 [-1, F] and return "
+            "LABELS INT64 [-1], one request per event. The bundle is copied into the repository. "
+            "Serve it with `trackserve serve OUTPUT`."
+        ),
+    )
+    parser.add_argument("output", metavar="OUTPUT", help="directory to write the repository into")
+    parser.add_argument("--bundle", default=None, help="bundle directory (default: the shipped models/default)")
+    parser.add_argument("--layout", choices=("custom", "ensemble", "both"), default="custom",
+                        help="which models to write (default: %(default)s)")
+    parser.add_argument("--instances", type=int, default=1, metavar="N", help="instances of each model (default: 1)")
+    parser.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
+                        help="instance_group kind of each model (default: %(default)s)")
+    parser.add_argument("--dynamic-batching", action="store_true",
+                        help="queue requests with Triton's dynamic batcher (each event is still run on its own)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US",
+                        help="dynamic batcher's max queue delay in microseconds (default: 0)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime and graph-building threads of each instance (default: all cores)")
+    parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
+    parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
+                        help="refuse events whose estimated working memory exceeds this")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
+    parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
+                        help="name of the ensemble model (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it is an existing model repository")
+    parser.set_defaults(handler=run)
+
+
+def options_from_args(args: argparse.Namespace):
+    """The :class:`~trackserve.serving.repository.RepositoryOptions` the command line gives."""
+    from ..errors import InputError
+    from ..serving.repository import RepositoryOptions
+
+    memory = None
+    if args.memory_limit_gb is not None:
+        if not (args.memory_limit_gb > 0 and math.isfinite(args.memory_limit_gb)):
+            raise InputError(f"--memory-limit-gb must be a positive number, got {args.memory_limit_gb}")
+        memory = int(args.memory_limit_gb * 2**30)
+    return RepositoryOptions(
+        layout=args.layout,
+        instance_count=args.instances,
+        instance_kind=args.instance_kind,
+        dynamic_batching=args.dynamic_batching,
+        max_queue_delay_us=args.max_queue_delay_us,
+        model_name=args.model_name,
+        ensemble_name=args.ensemble_name,
+        intra_op_threads=args.threads,
+        graph_threads=args.threads,
+        edge_chunk_size=args.edge_chunk_size,
+        memory_limit_bytes=memory,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the repository and say what it serves."""
+    from ..paths import shipped_path
+    from ..serving.repository import write_repository
+
+    bundle = args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle")
+    written = write_repository(bundle, args.output, options_from_args(args), overwrite=args.force)
+    print(f"model repository written to {written.path}")
+    print(f"  models: {', '.join(written.models)}")
+    for kind, name in written.entry_points.items():
+        print(f"  send events to '{name}' ({kind}): input FEATURES FP32 [-1, F], output LABELS INT64 [-1]")
+    print(f"serve it with: trackserve serve {written.path}")
+    return 0

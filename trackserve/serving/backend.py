@@ -1,0 +1,217 @@
+"""What the Triton Python-backend models do, kept out of their thin ``model.py``.
+
+A served model here is a callable with declared input tensors: :class:`PipelineModel`
+runs the whole :class:`~trackserve.runtime.pipeline.Pipeline`, :class:`StageModel` one
+ensemble stage. Both are built from the ``args`` Triton hands to ``initialize``: the
+model's ``config.pbtxt`` (as JSON) names the bundle and the runtime settings in its
+``parameters``, and the instance kind (``KIND_CPU``...) selects the device.
+:func:`respond` turns a list of requests into exactly one response per request, in
+order, each event processed on its own; a bad request gets an error response that says
+what is wrong, and the other requests of the same call are not affected.
+
+The ``pb_utils`` module (``triton_python_backend_utils``, which exists only inside the
+Triton stub) is passed in, so this module imports and tests without Triton.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..errors import InputError, TrackserveError
+from ..runtime.config import RuntimeConfig
+from .interface import FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
+
+#: ``config.pbtxt`` parameter keys the models read.
+PARAM_BUNDLE = "bundle"
+PARAM_STAGE = "stage"
+PARAM_INTRA_OP_THREADS = "intra_op_threads"
+PARAM_GRAPH_THREADS = "graph_threads"
+PARAM_EDGE_CHUNK_SIZE = "edge_chunk_size"
+PARAM_MEMORY_LIMIT_BYTES = "memory_limit_bytes"
+_INT_PARAMETERS = {
+    PARAM_INTRA_OP_THREADS: "intra_op_threads",
+    PARAM_GRAPH_THREADS: "graph_threads",
+    PARAM_EDGE_CHUNK_SIZE: "edge_chunk_size",
+    PARAM_MEMORY_LIMIT_BYTES: "memory_limit_bytes",
+}
+#: Triton instance kinds and the runtime device each one runs on.
+KIND_DEVICES = {"CPU": "cpu", "GPU": "cuda"}
+
+
+def model_parameters(model_config: Mapping) -> dict[str, str]:
+    """The ``parameters`` of a model config (as Triton passes it, JSON-decoded): key -> string value."""
+    return {key: str(value.get("string_value", "")) for key, value in model_config.get("parameters", {}).items()}
+
+
+def runtime_config(parameters: Mapping[str, str]) -> RuntimeConfig:
+    """The :class:`RuntimeConfig` the model parameters give (unset ones keep the runtime's defaults)."""
+    settings = {}
+    for key, field in _INT_PARAMETERS.items():
+        text = parameters.get(key, "").strip()
+        if not text:
+            continue
+        try:
+            settings[field] = int(text)
+        except ValueError:
+            raise InputError(f"model parameter {key!r} must be an integer, got {text!r}") from None
+    return RuntimeConfig(**settings)
+
+
+def bundle_path(args: Mapping, parameters: Mapping[str, str]) -> Path:
+    """The bundle a model serves: parameter ``bundle``, relative to the model repository's root or absolute."""
+    text = parameters.get(PARAM_BUNDLE, "").strip()
+    if not text:
+        raise InputError(f"the model config has no parameter {PARAM_BUNDLE!r} naming the bundle to serve")
+    path = Path(text)
+    if not path.is_absolute():
+        path = Path(args["model_repository"]).parent / path
+    return path
+
+
+def instance_device(args: Mapping) -> str:
+    """The runtime device of the model instance (``KIND_CPU`` -> ``"cpu"``, ``KIND_GPU`` -> ``"cuda"``)."""
+    kind = str(args.get("model_instance_kind", "CPU")).upper()
+    if kind not in KIND_DEVICES:
+        raise InputError(f"instance kind {kind!r} is not supported; use KIND_CPU or KIND_GPU in instance_group")
+    return KIND_DEVICES[kind]
+
+
+def _model_config(args: Mapping) -> dict:
+    config = args["model_config"]
+    return json.loads(config) if isinstance(config, str) else dict(config)
+
+
+class ServedModel:
+    """A callable ``model(arrays) -> outputs`` with the tensor specs of its inputs and outputs."""
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Compute the outputs of one request."""
+        raise NotImplementedError  # pragma: no cover - subclasses override
+
+
+class PipelineModel(ServedModel):
+    """The whole pipeline of a bundle: ``FEATURES [N, F]`` -> ``LABELS [N]`` (zero hits give zero labels)."""
+
+    def __init__(self, bundle: str | Path, *, device: str = "cpu", config: RuntimeConfig | None = None):
+        from ..runtime.pipeline import Pipeline
+
+        self.pipeline = Pipeline(bundle, device=device, config=config)
+        specs = bundle_tensor_specs(self.pipeline.bundle)
+        self.inputs = (specs[FEATURES],)
+        self.outputs = (specs[LABELS],)
+
+    @classmethod
+    def from_args(cls, args: Mapping) -> "PipelineModel":
+        """Build from the ``args`` of a Python-backend ``initialize``."""
+        parameters = model_parameters(_model_config(args))
+        return cls(bundle_path(args, parameters), device=instance_device(args), config=runtime_config(parameters))
+
+    def __call__(self, arrays):
+        return {LABELS: self.pipeline.run(arrays[FEATURES]).labels}
+
+
+class StageModel(ServedModel):
+    """One ensemble stage of a bundle (parameter ``stage``), see :mod:`trackserve.serving.stages`."""
+
+    def __init__(self, bundle: str | Path, stage: str, *, device: str = "cpu", config: RuntimeConfig | None = None):
+        from ..bundle import load_bundle
+        from ..runtime.pipeline import DEVICES
+        from .stages import make_stage
+
+        if device not in DEVICES:
+            raise InputError(f"device {device!r} is not supported by this runtime; choose one of {', '.join(DEVICES)}")
+        loaded = load_bundle(bundle)
+        self.stage = make_stage(stage, loaded, config)
+        specs = bundle_tensor_specs(loaded)
+        spec = stage_spec(stage)
+        self.inputs = tuple(specs[name] for name in spec.inputs)
+        self.outputs = tuple(specs[name] for name in spec.outputs)
+
+    @classmethod
+    def from_args(cls, args: Mapping) -> "StageModel":
+        """Build from the ``args`` of a Python-backend ``initialize``."""
+        parameters = model_parameters(_model_config(args))
+        stage = parameters.get(PARAM_STAGE, "").strip()
+        if not stage:
+            raise InputError(f"the stage model config has no parameter {PARAM_STAGE!r} naming its stage")
+        return cls(bundle_path(args, parameters), stage, device=instance_device(args), config=runtime_config(parameters))
+
+    def __call__(self, arrays):
+        return self.stage(arrays)
+
+
+def read_input(pb_utils, request, spec: TensorSpec) -> np.ndarray:
+    """The input ``spec.name`` of a request as a numpy array, or InputError: missing, wrong dtype, wrong dims."""
+    tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+    if tensor is None:
+        raise InputError(f"the request has no input {spec.name!r}: send {spec.name} {spec.wire_dtype} {list(spec.dims)}")
+    array = tensor.as_numpy()
+    if array.dtype != np.dtype(spec.dtype):
+        raise InputError(f"input {spec.name!r} must be {spec.wire_dtype} ({spec.dtype}), got {array.dtype}")
+    if array.ndim != len(spec.dims) or any(want not in (-1, got) for want, got in zip(spec.dims, array.shape)):
+        raise InputError(f"input {spec.name!r} must have shape {list(spec.dims)}, got {list(array.shape)}")
+    return array
+
+
+def output_tensor(pb_utils, name: str, array: np.ndarray):
+    """A ``pb_utils.Tensor`` of a numpy array.
+
+    With numpy 2 in the stub's environment, ``pb_utils.Tensor(name, array)`` sends an empty
+    tensor (python_backend 2.51); DLPack carries the data in both numpy generations.
+    """
+    array = np.ascontiguousarray(array)
+    if int(np.__version__.split(".")[0]) >= 2:
+        return pb_utils.Tensor.from_dlpack(name, array)
+    return pb_utils.Tensor(name, array)
+
+
+def error_response(pb_utils, message: str, *, invalid_argument: bool):
+    """A response that carries only an error: ``INVALID_ARG`` for bad input, ``INTERNAL`` otherwise."""
+    code_name = "INVALID_ARG" if invalid_argument else "INTERNAL"
+    code = getattr(pb_utils.TritonError, code_name, None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def respond_one(pb_utils, request, model: ServedModel, log: Callable[[str], None] | None = None):
+    """The response to one request: the model's outputs, or an error response naming what went wrong."""
+    try:
+        arrays = {spec.name: read_input(pb_utils, request, spec) for spec in model.inputs}
+        outputs = model(arrays)
+        tensors = [output_tensor(pb_utils, spec.name, outputs[spec.name]) for spec in model.outputs]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+    except InputError as error:
+        return error_response(pb_utils, f"bad request: {error}", invalid_argument=True)
+    except TrackserveError as error:
+        return error_response(pb_utils, str(error), invalid_argument=False)
+    except Exception as error:  # a bug must fail this request only, never the whole batch
+        if log is not None:
+            log(traceback.format_exc())
+        return error_response(pb_utils, f"internal error: {type(error).__name__}: {error}", invalid_argument=False)
+
+
+def respond(pb_utils, requests, model: ServedModel, log: Callable[[str], None] | None = None) -> list:
+    """One response per request, in order; each request is one event processed on its own."""
+    return [respond_one(pb_utils, request, model, log) for request in requests]
+
+
+def error_logger(pb_utils) -> Callable[[str], None]:
+    """A function that writes to Triton's log at error level (stderr where the stub has no logger)."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None and hasattr(logger, "log_error"):
+        return logger.log_error
+
+    def to_stderr(message: str) -> None:
+        import sys
+
+        print(message, file=sys.stderr, flush=True)
+
+    return to_stderr

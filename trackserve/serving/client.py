@@ -1,0 +1,167 @@
+"""Send events to a served trackserve model and get their track labels back, over gRPC or HTTP.
+
+The pieces are separate so that a load generator can reuse them: :func:`make_inputs`
+builds the request of one event for a protocol, :func:`labels_from_result` checks and
+extracts the answer, :func:`describe_failure` turns a tritonclient exception into a clear
+message. :class:`TritonClient` holds one connection (use one per thread) and combines them:
+``TritonClient(url, protocol="grpc", model="exatrkx").infer(features) -> labels``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputError, ServingError
+from .interface import DEFAULT_MODEL_NAME, FEATURES, LABELS, WIRE_DTYPES
+
+#: Supported protocols, with the default port of each.
+PROTOCOLS = {"grpc": 8001, "http": 8000}
+
+
+def client_module(protocol: str):
+    """``tritonclient.grpc`` or ``tritonclient.http``; BackendUnavailableError when tritonclient is missing."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"tritonclient[{protocol}] is not installed ({error}); install the serving extra: pip install -e \".[serving]\""
+        ) from error
+    return module
+
+
+def make_inputs(module, features: np.ndarray, *, name: str = FEATURES) -> list:
+    """The input list of one event's request: ``FEATURES`` with the array's shape and wire dtype.
+
+    The array is sent as it is (a wrong dtype or shape reaches the server, which refuses it
+    with a clear message); only dtypes with no wire name are refused here.
+    """
+    array = np.ascontiguousarray(features)
+    wire = WIRE_DTYPES.get(array.dtype.name)
+    if wire is None:
+        from tritonclient.utils import np_to_triton_dtype
+
+        wire = np_to_triton_dtype(array.dtype)
+        if wire is None:
+            raise InputError(f"features of dtype {array.dtype} cannot be sent; send float32")
+    tensor = module.InferInput(name, list(array.shape), wire)
+    tensor.set_data_from_numpy(array)
+    return [tensor]
+
+
+def make_outputs(module, *, name: str = LABELS) -> list:
+    """The requested outputs of one event's request: ``LABELS``."""
+    return [module.InferRequestedOutput(name)]
+
+
+def labels_from_result(result, num_hits: int, *, name: str = LABELS) -> np.ndarray:
+    """The labels of a response, checked: int64, one per hit; ServingError otherwise.
+
+    An answer with fewer labels than hits (python_backend with numpy 2 sends empty
+    tensors) is refused here rather than passed on.
+    """
+    labels = result.as_numpy(name)
+    if labels is None:
+        raise ServingError(f"the response has no output {name!r}")
+    if labels.dtype != np.int64 or labels.shape != (num_hits,):
+        raise ServingError(
+            f"the response's {name} has dtype {labels.dtype} and shape {list(labels.shape)}; "
+            f"expected int64 [{num_hits}] (one label per hit)"
+        )
+    return labels
+
+
+def describe_failure(error: Exception, url: str, model: str) -> str:
+    """A one-line account of why a request to ``model`` at ``url`` failed."""
+    message = getattr(error, "message", None)
+    text = message() if callable(message) else str(error)
+    status = getattr(error, "status", None)
+    status = status() if callable(status) else status
+    lowered = text.lower()
+    if any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "connection reset",
+                                        "broken pipe", "socket closed", "connection aborted", "eof")):
+        return f"the server at {url} did not answer ({text.strip()}): is it running?"
+    if "timeout" in lowered or "deadline" in lowered:
+        return f"the server at {url} did not answer in time ({text.strip()})"
+    prefix = f"[{status}] " if status and str(status) not in text else ""
+    return f"model {model!r} at {url} refused the request: {prefix}{text.strip()}"
+
+
+class TritonClient:
+    """One connection to a Triton server serving a trackserve model (not shared between threads).
+
+    ``url`` is ``host:port``; ``timeout_s`` bounds each request, so a dead server gives an
+    error, never a hang.
+    """
+
+    def __init__(self, url: str, *, protocol: str = "grpc", model: str = DEFAULT_MODEL_NAME, timeout_s: float = 120.0):
+        self.module = client_module(protocol)
+        self.protocol = protocol
+        self.url = url
+        self.model = model
+        self.timeout_s = float(timeout_s)
+        try:
+            if protocol == "grpc":
+                self.connection = self.module.InferenceServerClient(url)
+            else:
+                self.connection = self.module.InferenceServerClient(
+                    url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+        except Exception as error:  # tritonclient raises its own types for a malformed url
+            raise ServingError(f"cannot connect to {url} over {protocol}: {error}") from error
+
+    def _call(self, what: str, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # tritonclient and its transports raise many types
+            raise ServingError(f"{what}: {describe_failure(error, self.url, self.model)}") from error
+
+    def is_ready(self) -> bool:
+        """Whether the server and the model answer as ready (False when unreachable)."""
+        try:
+            return bool(self.connection.is_server_ready() and self.connection.is_model_ready(self.model))
+        except Exception:  # unreachable: not ready
+            return False
+
+    def num_features(self) -> int:
+        """The feature count F of the model's ``FEATURES [-1, F]`` input, read from the server."""
+        if self.protocol == "grpc":
+            metadata = self._call("model metadata", self.connection.get_model_metadata, self.model, as_json=True)
+        else:
+            metadata = self._call("model metadata", self.connection.get_model_metadata, self.model)
+        for tensor in metadata.get("inputs", []):
+            if tensor.get("name") == FEATURES:
+                return int(tensor["shape"][-1])
+        raise ServingError(f"model {self.model!r} at {self.url} has no input {FEATURES!r}: it is not a trackserve model")
+
+    def infer(self, features: np.ndarray, *, request_id: str = "") -> np.ndarray:
+        """Send one event's features ``[N, F]`` and return its labels ``[N]`` int64; ServingError on any failure."""
+        return self.send(make_inputs(self.module, features), int(np.shape(features)[0]), request_id=request_id)
+
+    def send(self, inputs: list, num_hits: int, *, request_id: str = "") -> np.ndarray:
+        """Send prebuilt inputs (:func:`make_inputs`, reusable across requests) and return the checked labels."""
+        outputs = make_outputs(self.module)
+        what = f"request {request_id!r}" if request_id else "request"
+        if self.protocol == "grpc":
+            result = self._call(what, self.connection.infer, self.model, inputs, outputs=outputs,
+                                request_id=request_id, client_timeout=self.timeout_s)
+        else:
+            result = self._call(what, self.connection.infer, self.model, inputs, outputs=outputs, request_id=request_id)
+        return labels_from_result(result, num_hits)
+
+    def close(self) -> None:
+        """Close the connection."""
+        try:
+            self.connection.close()
+        except Exception:  # closing a broken connection may fail; nothing is left to release
+            pass
+
+    def __enter__(self) -> "TritonClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

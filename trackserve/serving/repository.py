@@ -1,0 +1,259 @@
+"""The Triton model repository writer: a bundle in, a directory ``tritonserver`` can serve out.
+
+Layouts:
+
+* ``custom``: one Python-backend model (default name ``exatrkx``) running the whole
+  pipeline in-process;
+* ``ensemble``: the published service's layout, one Python-backend model per stage
+  (``embed``, ``frnn``, ``filter``, ``applyfilter``, ``gnn``, ``wcc``) chained by an
+  ``ensemble`` model (default name ``exatrkx_ensemble``);
+* ``both``: the two side by side, same answers, for comparison.
+
+Every ``config.pbtxt`` is derived from the bundle (feature count, embedding width) and
+from :mod:`trackserve.serving.interface`, never typed by hand. Each model's ``model.py``
+is copied from :mod:`trackserve.serving.triton_models`. The bundle is copied into the
+repository (``<model>/bundle``, a folder Triton ignores), so the repository is
+self-contained; configs name it relative to the repository root.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bundle import Bundle, load_bundle
+from ..errors import InputError
+from .interface import (
+    DEFAULT_ENSEMBLE_NAME,
+    DEFAULT_MODEL_NAME,
+    ENSEMBLE_STAGES,
+    FEATURES,
+    LABELS,
+    STAGE_NAMES,
+    TensorSpec,
+    bundle_tensor_specs,
+)
+from .backend import (
+    PARAM_BUNDLE,
+    PARAM_EDGE_CHUNK_SIZE,
+    PARAM_GRAPH_THREADS,
+    PARAM_INTRA_OP_THREADS,
+    PARAM_MEMORY_LIMIT_BYTES,
+    PARAM_STAGE,
+)
+from .triton_models import PIPELINE_MODEL, STAGE_MODEL
+
+LAYOUTS = ("custom", "ensemble", "both")
+#: ``--instance-kind`` values and the ``instance_group`` kind each writes.
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+#: Name of the folder, inside a model's folder, holding its copy of the bundle.
+BUNDLE_DIR = "bundle"
+#: Name of the config file Triton reads in each model folder.
+CONFIG_FILE = "config.pbtxt"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """How to write the repository.
+
+    ``layout``: one of :data:`LAYOUTS`. ``instance_count`` and ``instance_kind`` (a key of
+    :data:`INSTANCE_KINDS`): the ``instance_group`` of every Python-backend model.
+    ``dynamic_batching`` adds a ``dynamic_batching`` block with ``max_queue_delay_us``; the
+    interface has ``max_batch_size: 0`` (one request = one event), so Triton queues requests
+    but hands each ``execute`` call one at a time (measured with tritonserver 2.51).
+    ``intra_op_threads``, ``graph_threads``, ``edge_chunk_size``, ``memory_limit_bytes``:
+    the runtime settings of every instance (``None``: the runtime's default).
+    """
+
+    layout: str = "custom"
+    instance_count: int = 1
+    instance_kind: str = "cpu"
+    dynamic_batching: bool = False
+    max_queue_delay_us: int = 0
+    model_name: str = DEFAULT_MODEL_NAME
+    ensemble_name: str = DEFAULT_ENSEMBLE_NAME
+    intra_op_threads: int | None = None
+    graph_threads: int | None = None
+    edge_chunk_size: int | None = None
+    memory_limit_bytes: int | None = None
+
+    def __post_init__(self):
+        problems = []
+        if self.layout not in LAYOUTS:
+            problems.append(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.instance_kind not in INSTANCE_KINDS:
+            problems.append(f"instance kind {self.instance_kind!r} is not one of {', '.join(INSTANCE_KINDS)}")
+        if not _positive_int(self.instance_count):
+            problems.append(f"instance count must be an integer >= 1, got {self.instance_count!r}")
+        if not (_positive_int(self.max_queue_delay_us) or self.max_queue_delay_us == 0) or isinstance(self.max_queue_delay_us, bool):
+            problems.append(f"max queue delay must be an integer >= 0 microseconds, got {self.max_queue_delay_us!r}")
+        for what, value in (("intra_op_threads", self.intra_op_threads), ("graph_threads", self.graph_threads),
+                            ("edge_chunk_size", self.edge_chunk_size), ("memory_limit_bytes", self.memory_limit_bytes)):
+            if value is not None and not _positive_int(value):
+                problems.append(f"{what} must be an integer >= 1 or unset, got {value!r}")
+        for what, name in (("model name", self.model_name), ("ensemble name", self.ensemble_name)):
+            if not isinstance(name, str) or not _MODEL_NAME.match(name):
+                problems.append(f"{what} {name!r} must be letters, digits, '_', '-' or '.', starting with a letter or digit")
+            elif name in STAGE_NAMES:
+                problems.append(f"{what} {name!r} is the name of an ensemble stage model ({', '.join(STAGE_NAMES)})")
+        if self.layout == "both" and self.model_name == self.ensemble_name:
+            problems.append(f"the custom model and the ensemble both are named {self.model_name!r}; give them different names")
+        if problems:
+            raise InputError("invalid model repository options:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    @property
+    def writes_custom(self) -> bool:
+        """Whether the custom (whole-pipeline) model is written."""
+        return self.layout in ("custom", "both")
+
+    @property
+    def writes_ensemble(self) -> bool:
+        """Whether the ensemble and its stage models are written."""
+        return self.layout in ("ensemble", "both")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass
+class WrittenRepository:
+    """A repository written by :func:`write_repository`: its path, the model names, the entry points."""
+
+    path: Path
+    models: list[str] = field(default_factory=list)
+    #: The models a client sends events to: ``{"custom": name, "ensemble": name}`` (those written).
+    entry_points: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ config text
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tensor_block(kind: str, specs: list[TensorSpec]) -> str:
+    items = []
+    for spec in specs:
+        dims = ", ".join(str(d) for d in spec.dims)
+        items.append(f"  {{\n    name: {_quote(spec.name)}\n    data_type: {spec.config_dtype}\n    dims: [ {dims} ]\n  }}")
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def _parameters_block(parameters: dict[str, str]) -> str:
+    return "".join(
+        f"parameters: {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(value)} }}\n}}\n"
+        for key, value in parameters.items()
+    )
+
+
+def _python_model_config(name: str, inputs, outputs, parameters: dict[str, str], options: RepositoryOptions) -> str:
+    text = f"name: {_quote(name)}\nbackend: \"python\"\nmax_batch_size: 0\n"
+    text += _tensor_block("input", inputs) + _tensor_block("output", outputs)
+    text += (
+        f"instance_group [\n  {{\n    count: {options.instance_count}\n"
+        f"    kind: {INSTANCE_KINDS[options.instance_kind]}\n  }}\n]\n"
+    )
+    if options.dynamic_batching:
+        text += f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}\n"
+    return text + _parameters_block(parameters)
+
+
+def _ensemble_config(name: str, specs: dict[str, TensorSpec]) -> str:
+    text = f"name: {_quote(name)}\nplatform: \"ensemble\"\nmax_batch_size: 0\n"
+    text += _tensor_block("input", [specs[FEATURES]]) + _tensor_block("output", [specs[LABELS]])
+    steps = []
+    for stage in ENSEMBLE_STAGES:
+        maps = "".join(f"      input_map {{ key: {_quote(t)} value: {_quote(t)} }}\n" for t in stage.inputs)
+        maps += "".join(f"      output_map {{ key: {_quote(t)} value: {_quote(t)} }}\n" for t in stage.outputs)
+        steps.append(f"    {{\n      model_name: {_quote(stage.name)}\n      model_version: -1\n{maps}    }}")
+    return text + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+
+
+def _runtime_parameters(options: RepositoryOptions) -> dict[str, str]:
+    values = {
+        PARAM_INTRA_OP_THREADS: options.intra_op_threads,
+        PARAM_GRAPH_THREADS: options.graph_threads,
+        PARAM_EDGE_CHUNK_SIZE: options.edge_chunk_size,
+        PARAM_MEMORY_LIMIT_BYTES: options.memory_limit_bytes,
+    }
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _prepare_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise InputError(f"the repository path {output} is a file; give a directory")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise InputError(f"{output} already exists and is not empty; give --force to replace it or another path")
+        for entry in output.iterdir():
+            if not (entry.is_dir() and (entry / CONFIG_FILE).is_file()):
+                raise InputError(
+                    f"{output} is not a model repository ({entry.name} is not a model folder with {CONFIG_FILE}); "
+                    "refusing to replace it: give another path"
+                )
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def _write_python_model(output: Path, name: str, source: Path, config: str) -> None:
+    folder = output / name
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(source, folder / "1" / "model.py")
+    (folder / CONFIG_FILE).write_text(config)
+
+
+def _copy_bundle(bundle: Bundle, destination: Path) -> str:
+    shutil.copytree(bundle.directory, destination)
+    return destination.relative_to(destination.parent.parent).as_posix()
+
+
+def write_repository(bundle, output, options: RepositoryOptions | None = None, *, overwrite: bool = False) -> WrittenRepository:
+    """Write a Triton model repository serving ``bundle`` (a path or loaded :class:`Bundle`) into ``output``.
+
+    Raises :class:`~trackserve.errors.BundleError` for an invalid bundle and
+    :class:`~trackserve.errors.InputError` for bad options or an occupied ``output``
+    (replaced only with ``overwrite`` and only when it holds model folders alone).
+    """
+    options = options or RepositoryOptions()
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    output = Path(output)
+    _prepare_output(output, overwrite)
+    specs = bundle_tensor_specs(loaded)
+    runtime = _runtime_parameters(options)
+    written = WrittenRepository(path=output.resolve())
+
+    if options.writes_custom:
+        name = options.model_name
+        bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
+        config = _python_model_config(name, [specs[FEATURES]], [specs[LABELS]], {PARAM_BUNDLE: bundle_ref, **runtime}, options)
+        _write_python_model(output, name, PIPELINE_MODEL, config)
+        written.models.append(name)
+        written.entry_points["custom"] = name
+
+    if options.writes_ensemble:
+        name = options.ensemble_name
+        (output / name / "1").mkdir(parents=True)
+        bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
+        (output / name / CONFIG_FILE).write_text(_ensemble_config(name, specs))
+        for stage in ENSEMBLE_STAGES:
+            parameters = {PARAM_BUNDLE: bundle_ref, PARAM_STAGE: stage.name, **runtime}
+            config = _python_model_config(
+                stage.name,
+                [specs[t] for t in stage.inputs],
+                [specs[t] for t in stage.outputs],
+                parameters,
+                options,
+            )
+            _write_python_model(output, stage.name, STAGE_MODEL, config)
+            written.models.append(stage.name)
+        written.models.append(name)
+        written.entry_points["ensemble"] = name
+    return written

@@ -1,0 +1,417 @@
+"""Start, watch and stop a real ``tritonserver`` on a model repository.
+
+:func:`find_triton` locates the server: the binary bundled in the ``nvidia-pytriton``
+wheel (``pytriton/tritonserver/bin/tritonserver``, its libraries in
+``nvidia_pytriton.libs``) or one given by path, and the Python-backend stub built for
+this interpreter's minor version. :class:`TritonServer` prepares a private backend
+folder (``libtriton_python.so``, ``triton_python_backend_utils.py`` and the stub), sets
+``LD_LIBRARY_PATH`` (the server's libraries and this interpreter's ``LIBDIR``, so the stub
+loads the right libpython) and ``PATH`` (this environment's ``bin/`` first, so the stub's
+``python3`` can ``import trackserve``), checks that the ports are free, starts the
+server in its own process group, forwards its log lines, waits until it is ready and
+stops it with SIGTERM (Triton then finishes the requests in flight), SIGKILL as a last
+resort.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..errors import BackendUnavailableError, InputError, ServingError
+
+#: Lines of the server's log kept for error messages.
+LOG_TAIL_LINES = 60
+#: Error lines (``E<date> ...``) of the server's log kept for error messages, the harmless CUDA ones excepted.
+ERROR_LINES = 20
+_ERROR_LINE = re.compile(r"^E\d{4} ")
+_HARMLESS = ("CudaDriverHelper", "CUDA driver", "pinned memory", "cuda")
+#: Files of the bundled Python backend copied into the private backend folder.
+_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+_STUB = "triton_python_backend_stub"
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Where the server's pieces are: the binary, its library folders, the Python backend and its stub."""
+
+    binary: Path
+    library_dirs: tuple[Path, ...]
+    python_backend_dir: Path
+    stub: Path
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment the server runs in: library path and ``PATH`` set as the module docstring says."""
+        env = dict(os.environ if base is None else base)
+        libdir = sysconfig.get_config_var("LIBDIR")
+        dirs = [str(d) for d in self.library_dirs] + ([libdir] if libdir else [])
+        if env.get("LD_LIBRARY_PATH"):
+            dirs.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(dirs)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+
+def _pytriton_root() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def find_triton(binary: str | os.PathLike | None = None) -> TritonInstallation:
+    """Locate ``tritonserver``, its libraries, the Python backend and the stub for this Python.
+
+    ``binary``: a ``tritonserver`` executable to use instead of the one bundled in the
+    ``nvidia-pytriton`` wheel; its backends are then looked for in ``../backends/python``
+    next to it (the layout of Triton's own installs). Raises
+    :class:`~trackserve.errors.BackendUnavailableError` naming what is missing and how to get it.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    root = _pytriton_root()
+    if binary is None:
+        if root is None:
+            raise BackendUnavailableError(
+                "tritonserver is not installed: install the serving extra (`pip install -e \".[serving]\"`, "
+                "which brings the nvidia-pytriton wheel and its tritonserver) or give a tritonserver binary "
+                "with --tritonserver"
+            )
+        server_dir = root / "tritonserver"
+        binary_path = server_dir / "bin" / "tritonserver"
+        library_dirs = (root.parent / "nvidia_pytriton.libs",)
+        stub = server_dir / "python_backend_stubs" / version / _STUB
+    else:
+        binary_path = Path(binary).expanduser().resolve()
+        server_dir = binary_path.parent.parent
+        library_dirs = (server_dir / "lib",) + ((root.parent / "nvidia_pytriton.libs",) if root else ())
+        stub = server_dir / "backends" / "python" / _STUB
+        if root is not None and not stub.is_file():
+            stub = root / "tritonserver" / "python_backend_stubs" / version / _STUB
+    python_backend_dir = server_dir / "backends" / "python"
+    if not binary_path.is_file():
+        raise BackendUnavailableError(f"the tritonserver binary {binary_path} does not exist")
+    if not os.access(binary_path, os.X_OK):
+        raise BackendUnavailableError(f"the tritonserver binary {binary_path} is not executable (chmod +x it)")
+    missing = [python_backend_dir / name for name in _BACKEND_FILES if not (python_backend_dir / name).is_file()]
+    if missing:
+        raise BackendUnavailableError(
+            f"the Python backend of {binary_path} is incomplete: {', '.join(map(str, missing))} not found"
+        )
+    if not stub.is_file():
+        raise BackendUnavailableError(
+            f"no Python-backend stub for Python {version} ({stub} not found): run trackserve with a Python "
+            "version the nvidia-pytriton wheel ships a stub for (3.8 to 3.13)"
+        )
+    existing = tuple(d for d in library_dirs if d.is_dir())
+    if not existing and binary is None:
+        raise BackendUnavailableError(
+            f"the libraries of tritonserver ({library_dirs[0]}) are missing: reinstall nvidia-pytriton"
+        )
+    return TritonInstallation(binary_path, existing, python_backend_dir, stub)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a TCP server could bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _client_host(host: str) -> str:
+    """The address a local client uses to reach a server bound to ``host``."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass
+class ServerSettings:
+    """Where and how the server listens: host, ports (``metrics_port`` ``None``: metrics off), logging, timeouts."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int | None = 8002
+    log_verbose: int = 0
+    startup_timeout_s: float = 120.0
+    stop_timeout_s: float = 30.0
+    extra_args: Sequence[str] = field(default_factory=tuple)
+
+    def ports(self) -> dict[str, int]:
+        """The ports the server binds, by endpoint."""
+        ports = {"http": self.http_port, "grpc": self.grpc_port}
+        if self.metrics_port is not None:
+            ports["metrics"] = self.metrics_port
+        return ports
+
+
+class TritonServer:
+    """One ``tritonserver`` process serving a model repository.
+
+    ``TritonServer(repository, settings, binary=None, log=None)``; :meth:`start` launches it
+    and returns once it is ready (or raises :class:`~trackserve.errors.ServingError` with
+    the end of its log); :meth:`stop` ends it cleanly. Each log line of the server goes to
+    ``log`` (a callable; ``None``: kept only for error messages). Usable as a context manager.
+    """
+
+    def __init__(self, repository, settings: ServerSettings | None = None, *, binary=None,
+                 log: Callable[[str], None] | None = None):
+        self.repository = Path(repository).resolve()
+        self.settings = settings or ServerSettings()
+        self.installation = find_triton(binary)
+        self.log = log
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._errors: collections.deque[str] = collections.deque(maxlen=ERROR_LINES)
+        self._workdir: tempfile.TemporaryDirectory | None = None
+        self._reader: threading.Thread | None = None
+
+    # -- endpoints --------------------------------------------------------------------
+    @property
+    def client_host(self) -> str:
+        """The host a client on this machine connects to."""
+        return _client_host(self.settings.host)
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint (what tritonclient.http takes)."""
+        return f"{_url_host(self.client_host)}:{self.settings.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint (what tritonclient.grpc takes)."""
+        return f"{_url_host(self.client_host)}:{self.settings.grpc_port}"
+
+    def url(self, protocol: str) -> str:
+        """The ``host:port`` of ``protocol`` (``"grpc"`` or ``"http"``)."""
+        return {"grpc": self.grpc_url, "http": self.http_url}[protocol]
+
+    def endpoints(self) -> dict[str, str]:
+        """Human-readable endpoints: gRPC, HTTP and (when enabled) metrics."""
+        host = _url_host(self.settings.host)
+        found = {"grpc": f"{host}:{self.settings.grpc_port}", "http": f"http://{host}:{self.settings.http_port}"}
+        if self.settings.metrics_port is not None:
+            found["metrics"] = f"http://{host}:{self.settings.metrics_port}/metrics"
+        return found
+
+    @property
+    def log_tail(self) -> str:
+        """The last lines the server logged."""
+        return "\n".join(self._tail)
+
+    def failure_report(self) -> str:
+        """What the log says went wrong: its error lines, then its last lines."""
+        last = "\n".join(list(self._tail)[-8:])
+        if not self._errors:
+            return f"the end of its log:\n{last}"
+        return "its log's errors:\n" + "\n".join(self._errors) + f"\nthe end of its log:\n{last}"
+
+    # -- lifecycle --------------------------------------------------------------------
+    def command(self, backend_dir: Path) -> list[str]:
+        """The ``tritonserver`` command line."""
+        s = self.settings
+        shm_prefix = f"trackserve_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        command = [
+            str(self.installation.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_dir}",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            f"--http-address={s.host}", f"--http-port={s.http_port}",
+            f"--grpc-address={s.host}", f"--grpc-port={s.grpc_port}",
+            f"--log-verbose={s.log_verbose}",
+            "--exit-timeout-secs=" + str(max(1, int(s.stop_timeout_s))),
+        ]
+        if s.metrics_port is None:
+            command.append("--allow-metrics=false")
+        else:
+            command += [f"--metrics-address={s.host}", f"--metrics-port={s.metrics_port}", "--allow-gpu-metrics=false"]
+        return command + list(s.extra_args)
+
+    def _check_before_start(self) -> None:
+        if not (self.repository / "").is_dir():
+            raise InputError(f"the model repository {self.repository} does not exist; write one with `trackserve triton-repo`")
+        if not any((entry / "config.pbtxt").is_file() for entry in self.repository.iterdir() if entry.is_dir()):
+            raise InputError(f"{self.repository} holds no model folder with a config.pbtxt; write one with `trackserve triton-repo`")
+        ports = self.settings.ports()
+        if len(set(ports.values())) != len(ports):
+            raise InputError(f"the server's ports must differ, got {ports}")
+        for name, port in ports.items():
+            if not port_is_free(self.settings.host, port):
+                raise InputError(
+                    f"the {name} port {self.settings.host}:{port} is already in use (another Triton server?); "
+                    f"stop that process or choose another port with --{name}-port"
+                )
+
+    def _prepare_backends(self) -> Path:
+        self._workdir = tempfile.TemporaryDirectory(prefix="trackserve-triton-")
+        backend_dir = Path(self._workdir.name) / "backends"
+        python_dir = backend_dir / "python"
+        python_dir.mkdir(parents=True)
+        for name in _BACKEND_FILES:
+            shutil.copy2(self.installation.python_backend_dir / name, python_dir / name)
+        shutil.copy2(self.installation.stub, python_dir / _STUB)
+        return backend_dir
+
+    def _forward_logs(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            self._tail.append(line)
+            if _ERROR_LINE.match(line) and not any(word in line for word in _HARMLESS):
+                self._errors.append(line)
+            if self.log is not None:
+                self.log(line)
+
+    def start(self) -> "TritonServer":
+        """Launch the server and wait until it is ready; raises ServingError if it exits or times out first."""
+        if self.running:
+            raise ServingError(f"the server on {self.grpc_url} is already running")
+        self._check_before_start()
+        backend_dir = self._prepare_backends()
+        started = time.perf_counter()
+        self._tail.clear()
+        self._errors.clear()
+        self.process = subprocess.Popen(
+            self.command(backend_dir),
+            env=self.installation.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._reader = threading.Thread(target=self._forward_logs, name="tritonserver-log", daemon=True)
+        self._reader.start()
+        try:
+            self._wait_ready(started)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def _wait_ready(self, started: float) -> None:
+        url = f"http://{self.http_url}/v2/health/ready"
+        deadline = started + self.settings.startup_timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self._reader.join(timeout=5)
+                raise ServingError(
+                    f"tritonserver exited with status {code} before it was ready, serving {self.repository}; "
+                    + self.failure_report()
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.perf_counter() > deadline:
+                raise ServingError(
+                    f"tritonserver was not ready after {self.settings.startup_timeout_s:g} s serving {self.repository}; "
+                    + self.failure_report()
+                )
+            time.sleep(0.05)
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the server to exit (at most ``timeout`` seconds); its exit status, ``None`` if still running."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> int | None:
+        """Stop the server: SIGTERM, then SIGKILL after ``stop_timeout_s``; returns its exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(self.settings.stop_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                self._kill_group()
+                self.process.wait()
+        return self._finish()
+
+    def kill(self) -> int | None:
+        """End the server and its model processes at once with SIGKILL (a crash, to clients); returns its exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self._kill_group()
+            self.process.wait()
+        return self._finish()
+
+    def _kill_group(self) -> None:
+        """SIGKILL what is left of the server's process group (Python-backend stubs outlive a killed server)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _finish(self) -> int | None:
+        code = self.process.returncode
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to send SIGTERM to the server if trackserve dies without stopping it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,182 @@
+"""The ensemble's stage models as plain callables: named arrays in, named arrays out.
+
+Each stage does what the matching step of :meth:`trackserve.runtime.pipeline.Pipeline.run`
+does, with the runtime's own pieces (:class:`~trackserve.engines.onnx_runtime.OnnxNetwork`,
+:func:`~trackserve.runtime.graph_building.build_graph`,
+:func:`~trackserve.runtime.cuts.logit_threshold`,
+:func:`~trackserve.runtime.track_building.build_tracks`, the memory model), so the ensemble
+gives the labels the custom model gives. A stage opens only the network it runs. The
+Triton stage model (``triton_models/stage_model.py``) wraps one of these; tests chain them
+in-process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..engines.onnx_runtime import OnnxNetwork
+from ..errors import InputError
+from ..runtime.config import RuntimeConfig
+from ..runtime.cuts import logit_threshold
+from ..runtime.graph_building import build_graph
+from ..runtime.inputs import validate_features
+from ..runtime.memory import MemoryModel
+from ..runtime.track_building import build_tracks
+from .interface import FEATURES, LABELS, StageSpec, stage_spec
+
+
+class EnsembleStage:
+    """Base of the stage callables: ``stage(arrays) -> outputs``, both dicts of tensor name -> array."""
+
+    #: The stage's name in :data:`~trackserve.serving.interface.ENSEMBLE_STAGES`.
+    name = ""
+
+    def __init__(self, bundle: Bundle, config: RuntimeConfig):
+        self.bundle = bundle
+        self.config = config
+        self.stages = bundle.stages
+        self.memory = MemoryModel.for_bundle(bundle)
+        self.spec: StageSpec = stage_spec(self.name)
+
+    def _network(self, name: str) -> OnnxNetwork:
+        return OnnxNetwork(self.bundle.network_path(name), intra_op_threads=self.config.resolved_intra_op_threads, name=name)
+
+    def _features(self, arrays) -> np.ndarray:
+        return validate_features(arrays[FEATURES], self.bundle.num_features)
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the stage on its named inputs and return its named outputs."""
+        raise NotImplementedError  # pragma: no cover - every registered stage overrides it
+
+
+def _edge_list(array, what: str) -> np.ndarray:
+    if array.ndim != 2 or array.shape[0] != 2:
+        raise InputError(f"{what} must have shape [2, M]; got {list(array.shape)}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _scores(array, num_edges: int, what: str) -> np.ndarray:
+    if array.ndim != 1 or array.shape[0] != num_edges:
+        raise InputError(f"{what} must have shape [{num_edges}] (one per edge); got {list(array.shape)}")
+    return array
+
+
+class EmbedStage(EnsembleStage):
+    """``FEATURES [N, F] -> EMBEDDING [N, D]``: the embedding network (features validated here)."""
+
+    name = "embed"
+
+    def __init__(self, bundle, config):
+        super().__init__(bundle, config)
+        self.network = self._network("embedding")
+        self.embedding_dim = int(bundle.networks["embedding"].outputs[0].dims[-1])
+
+    def __call__(self, arrays):
+        features = self._features(arrays)
+        self.memory.check_hits(features.shape[0], self.config.memory_limit_bytes)
+        if features.shape[0] == 0:
+            return {"EMBEDDING": np.zeros((0, self.embedding_dim), dtype=np.float32)}
+        return {"EMBEDDING": self.network.run(features=features)}
+
+
+class GraphStage(EnsembleStage):
+    """``EMBEDDING [N, D] -> EDGE_LIST [2, M]``: fixed-radius graph with the bundle's radius, cap and direction."""
+
+    name = "frnn"
+
+    def __call__(self, arrays):
+        embedding = arrays["EMBEDDING"]
+        edges = build_graph(
+            embedding,
+            self.stages.radius,
+            self.stages.max_neighbours,
+            direction=self.stages.edge_direction,
+            threads=self.config.resolved_graph_threads,
+        )
+        self.memory.check_edges(embedding.shape[0], edges.shape[1], self.config.memory_limit_bytes, self.config.edge_chunk_size)
+        return {"EDGE_LIST": edges}
+
+
+class FilterStage(EnsembleStage):
+    """``FEATURES, EDGE_LIST -> FILTER_SCORES [M]``: filter logits, in chunks of ``config.edge_chunk_size`` edges."""
+
+    name = "filter"
+
+    def __init__(self, bundle, config):
+        super().__init__(bundle, config)
+        self.network = self._network("filter")
+
+    def __call__(self, arrays):
+        features = self._features(arrays)
+        edges = _edge_list(arrays["EDGE_LIST"], "EDGE_LIST")
+        num_edges = edges.shape[1]
+        scores = np.zeros(num_edges, dtype=np.float32)
+        step = self.config.edge_chunk_size
+        for begin in range(0, num_edges, step):
+            chunk = np.ascontiguousarray(edges[:, begin : begin + step])
+            scores[begin : begin + step] = self.network.run(features=features, edge_index=chunk)
+        return {"FILTER_SCORES": scores}
+
+
+class ApplyFilterStage(EnsembleStage):
+    """``EDGE_LIST, FILTER_SCORES -> EDGE_LIST_AFTER_FILTER``: the edges whose sigmoid(score) > filter_cut."""
+
+    name = "applyfilter"
+
+    def __call__(self, arrays):
+        edges = _edge_list(arrays["EDGE_LIST"], "EDGE_LIST")
+        scores = _scores(arrays["FILTER_SCORES"], edges.shape[1], "FILTER_SCORES")
+        kept = scores > logit_threshold(self.stages.filter_cut)
+        return {"EDGE_LIST_AFTER_FILTER": np.ascontiguousarray(edges[:, kept])}
+
+
+class GnnStage(EnsembleStage):
+    """``FEATURES, EDGE_LIST_AFTER_FILTER -> GNN_SCORES``: GNN logits over the whole filtered graph at once."""
+
+    name = "gnn"
+
+    def __init__(self, bundle, config):
+        super().__init__(bundle, config)
+        self.network = self._network("gnn")
+
+    def __call__(self, arrays):
+        features = self._features(arrays)
+        edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER")
+        self.memory.check_gnn_edges(features.shape[0], edges.shape[1], self.config.memory_limit_bytes)
+        if edges.shape[1] == 0:
+            return {"GNN_SCORES": np.zeros(0, dtype=np.float32)}
+        return {"GNN_SCORES": self.network.run(features=features, edge_index=edges)}
+
+
+class ComponentsStage(EnsembleStage):
+    """``FEATURES, EDGE_LIST_AFTER_FILTER, GNN_SCORES -> LABELS [N]``: connected components over the edges passing gnn_cut.
+
+    ``FEATURES`` gives the number of hits, so a hit no edge reaches still gets its label.
+    """
+
+    name = "wcc"
+
+    def __call__(self, arrays):
+        num_hits = int(arrays[FEATURES].shape[0])
+        edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER")
+        scores = _scores(arrays["GNN_SCORES"], edges.shape[1], "GNN_SCORES")
+        return {LABELS: build_tracks(num_hits, edges, scores, self.stages.gnn_cut)}
+
+
+_STAGES = {cls.name: cls for cls in (EmbedStage, GraphStage, FilterStage, ApplyFilterStage, GnnStage, ComponentsStage)}
+
+
+def make_stage(name: str, bundle: Bundle, config: RuntimeConfig | None = None) -> EnsembleStage:
+    """The stage callable ``name`` (one of :data:`~trackserve.serving.interface.STAGE_NAMES`) for ``bundle``."""
+    if name not in _STAGES:
+        raise InputError(f"unknown ensemble stage {name!r}; the stages are {', '.join(_STAGES)}")
+    return _STAGES[name](bundle, config or RuntimeConfig())
+
+
+def run_stages(stages: list[EnsembleStage], features: np.ndarray) -> np.ndarray:
+    """Chain stage callables as the ensemble does (every tensor produced is visible to later stages); return LABELS."""
+    tensors: dict[str, np.ndarray] = {FEATURES: features}
+    for stage in stages:
+        tensors.update(stage({name: tensors[name] for name in stage.spec.inputs}))
+    return tensors[LABELS]

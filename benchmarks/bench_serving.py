@@ -1,0 +1,332 @@
+"""The comparison of the published study, reproduced on this machine: custom model, ensemble, direct inference.
+
+The published ExaTrkX-as-a-service study measured, on an A100, the throughput of the
+whole pipeline in one custom Triton model at about 2.1x that of the per-stage ensemble,
+and at about 0.84x that of direct (in-process, no server) inference. This script
+measures the same three on this machine with the same 100 events
+(``../shared/data/exatrkx_service/lrt_events/evt_{0..99}.csv``, 3 features):
+
+* ``custom`` and ``ensemble``: a real ``tritonserver`` serving a repository written by
+  :func:`trackserve.serving.repository.write_repository` (layout ``both``), loaded by
+  :mod:`trackserve.serving.perf` (gRPC, sync mode: N client threads sending back to
+  back, cycling over the events), at each concurrency level;
+* ``direct``: the :class:`~trackserve.runtime.pipeline.Pipeline` in this process, N
+  threads each running events back to back on one shared pipeline (ONNX Runtime runs
+  concurrent calls of a session), measured with the same warm-up, window and
+  accounting (:func:`trackserve.serving.perf.summarize`);
+* the custom model's throughput versus its instance count (1, 2, 4).
+
+Served labels are first checked identical to the direct pipeline's on a few events.
+Threads are explicit: every served instance and the direct pipeline use
+``--threads`` ONNX Runtime intra-op threads and graph threads (default 1); numpy's
+pools are 1 (set before numpy loads). The machine has few cores, shared by the
+server's instances, the load generator's client threads and (for ``direct``) the
+pipeline's threads: the report says so with the figures.
+
+Usage: ``python benchmarks/bench_serving.py [--bundle DIR] [--threads 1] [--instances 2] [--quick]``;
+writes section ``serving`` of ``benchmarks/RESULTS.md`` and ``benchmarks/serving_throughput.png``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(REPO))
+from _results import machine_description, write_section  # noqa: E402
+
+LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
+DEFAULT_BUNDLE = REPO / "models" / "default"
+PLOT = HERE / "serving_throughput.png"
+PUBLISHED = {"custom_over_ensemble": 2.1, "custom_over_direct": 0.84}
+TARGETS = {"custom_over_ensemble": 2.0, "custom_over_direct": 0.9}
+FULL = {"levels": (1, 2, 4, 8, 12, 16), "instances": (1, 2, 4), "warmup": 2.0, "window": 8.0}
+QUICK = {"levels": (1, 4, 16), "instances": (1, 2, 4), "warmup": 0.5, "window": 2.0}
+
+
+def load_events(count: int) -> list[np.ndarray]:
+    """The first ``count`` published benchmark events (feature CSVs, 3 features)."""
+    from trackserve.events.trackml import read_feature_csv
+
+    if not LRT_EVENTS.is_dir():
+        sys.exit(f"the published events are absent: {LRT_EVENTS} (the shared data folder)")
+    return [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(count)]
+
+
+def tiny_bundle(directory: Path, events: list[np.ndarray]) -> Path:
+    """The tests' tiny-bundle recipe (tests/conftest.py) on 3 features, radius giving ~10 neighbours on the events."""
+    import torch
+
+    from tests.conftest import _tiny_networks
+    from trackserve.bundle import StageParameters, make_bundle
+    from trackserve.events.features import EXATRKX_SERVICE
+
+    embedding, edge_filter, gnn = _tiny_networks(EXATRKX_SERVICE.num_features, seed=7)
+    with torch.no_grad():
+        points = embedding(torch.from_numpy(events[0])).numpy()
+    distances = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+    radius = float(np.median(np.sort(distances, axis=1)[:, 11]))
+    make_bundle(directory, {"embedding": embedding, "filter": edge_filter, "gnn": gnn}, features=EXATRKX_SERVICE,
+                stages=StageParameters(radius=radius, max_neighbours=64, filter_cut=0.4, gnn_cut=0.5,
+                                       edge_direction="i<j"),
+                provenance={"data": "random weights (tests' tiny-bundle recipe), for the serving benchmark"})
+    return directory
+
+
+def measure_direct(pipeline, events, concurrency: int, warmup: float, window: float):
+    """Direct inference: ``concurrency`` threads running events back to back, as a perf level."""
+    from trackserve.serving.perf import PerfSettings, RequestRecord, summarize
+
+    counter = itertools.count()
+    stop = threading.Event()
+    records: list[list] = [[] for _ in range(concurrency)]
+
+    def worker(mine: list) -> None:
+        while not stop.is_set():
+            features = events[next(counter) % len(events)]
+            start = time.perf_counter()
+            error = None
+            try:
+                pipeline.run(features)
+            except Exception as failure:  # counted, as the load generator counts a failed request
+                error = f"{type(failure).__name__}: {failure}"
+            mine.append(RequestRecord(start, time.perf_counter(), error))
+
+    threads = [threading.Thread(target=worker, args=(records[i],), daemon=True) for i in range(concurrency)]
+    begin = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    window_start = begin + warmup
+    window_end = window_start + window
+    time.sleep(max(0.0, window_end - time.perf_counter()))
+    stop.set()
+    for thread in threads:
+        thread.join()
+    settings = PerfSettings(url="in-process", model="direct", window_s=window, warmup_s=warmup)
+    return summarize([r for mine in records for r in mine], concurrency=concurrency, settings=settings,
+                     window_start=window_start, window_end=window_end)
+
+
+def start_server(repository: Path):
+    """A tritonserver on free loopback ports serving ``repository``."""
+    from trackserve.serving.server import ServerSettings, TritonServer, free_port
+
+    settings = ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None, startup_timeout_s=300)
+    return TritonServer(repository, settings).start()
+
+
+def check_identical(server, models, pipeline, events) -> None:
+    """Exit unless every served model answers the direct pipeline's labels on a few events."""
+    from trackserve.serving.client import TritonClient
+
+    for model in models:
+        with TritonClient(server.grpc_url, model=model) as client:
+            for index in (0, 1, 57):
+                features = events[index % len(events)]
+                if not np.array_equal(client.infer(features), pipeline.run(features).labels):
+                    sys.exit(f"model {model!r} answers other labels than the direct pipeline on event {index}")
+
+
+def sweep(server_url: str, model: str, events, levels, warmup: float, window: float):
+    """A perf sweep of ``model`` over ``levels`` (gRPC, sync), printed as it goes."""
+    from trackserve.serving.perf import PerfSettings, run_sweep
+
+    settings = PerfSettings(url=server_url, model=model, window_s=window, warmup_s=warmup, timeout_s=120.0)
+    return run_sweep(events, levels, settings, progress=lambda r: _print(model, r))
+
+
+def _print(what: str, result) -> None:
+    print(f"  {what:9s} concurrency {result.concurrency:3d}: {result.throughput:8.2f} infer/s  "
+          f"p50 {result.latency_ms['p50'] or float('nan'):8.2f} ms  requests {result.requests}  errors {result.errors}",
+          flush=True)
+
+
+def _best(results):
+    return max(results, key=lambda r: r.throughput)
+
+
+def plot(curves: dict, instances: list, path: Path) -> None:
+    """Throughput versus concurrency (one line per target) and the custom model's versus instances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, results in curves.items():
+        left.plot([r.concurrency for r in results], [r.throughput for r in results], marker="o", label=name)
+    left.set_xlabel("concurrency (requests in flight)")
+    left.set_ylabel("throughput (events/s)")
+    left.set_title("throughput versus concurrency")
+    left.grid(alpha=0.3)
+    left.legend()
+    right.plot([n for n, _ in instances], [r.throughput for _, r in instances], marker="s", color="C0")
+    right.set_xticks([n for n, _ in instances])
+    right.set_xlabel("instances of the custom model")
+    right.set_ylabel("throughput (events/s)")
+    right.set_title(f"custom model, concurrency {instances[0][1].concurrency}")
+    right.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(args, bundle_note, config, curves, instances, ratios, setup) -> str:
+    """The ``serving`` section of RESULTS.md."""
+    lines = [
+        "## Serving: custom model vs ensemble vs direct inference (the published study's comparison)",
+        "",
+        f"Machine: {machine_description()}. Provisional figures: other jobs shared the CPU during the run.",
+        "",
+        f"Bundle: {bundle_note}. Events: the {args.events} published benchmark events "
+        "(`lrt_events/evt_*.csv`, 3 features), cycled. Load: `trackserve.serving.perf`, gRPC, sync mode "
+        f"(N client threads back to back); warm-up {config['warmup']:g} s then a {config['window']:g} s window "
+        "per level; throughput = events answered in the window / window.",
+        "",
+        f"Threads: each served instance and the direct pipeline use ONNX Runtime intra_op_threads={args.threads}, "
+        f"graph_threads={args.threads} (repository options `intra_op_threads`/`graph_threads`); numpy pools 1. "
+        f"Concurrency sweep: {args.instances} instance(s) of every model. Direct: one Pipeline in the benchmark "
+        "process, N threads each running events back to back. "
+        f"All of it shares {os.cpu_count()} cores: the server's instances, Triton, the load generator's client "
+        "threads (same process as the direct runs, which are measured separately).",
+        "",
+        f"Setup: server started in {setup['startup']:.1f} s; served labels identical to the direct pipeline's "
+        "(checked on 3 events per model).",
+        "",
+        "| concurrency | custom (events/s) | ensemble (events/s) | direct (events/s) | custom / ensemble | custom / direct | custom p50 ms | ensemble p50 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for custom, ensemble, direct in zip(curves["custom"], curves["ensemble"], curves["direct"]):
+        lines.append(
+            f"| {custom.concurrency} | {custom.throughput:.2f} | {ensemble.throughput:.2f} | {direct.throughput:.2f} "
+            f"| {custom.throughput / max(ensemble.throughput, 1e-12):.2f} | {custom.throughput / max(direct.throughput, 1e-12):.2f} "
+            f"| {_cell(custom.latency_ms['p50'])} | {_cell(ensemble.latency_ms['p50'])} |"
+        )
+    errors = sum(r.failed for results in curves.values() for r in results)
+    lines += [
+        "",
+        f"Failed requests over the whole sweep: {errors}.",
+        "",
+        f"Custom model versus instance count (concurrency {instances[0][1].concurrency}):",
+        "",
+        "| instances | events/s | p50 ms | p99 ms |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {r.throughput:.2f} | {_cell(r.latency_ms['p50'])} | {_cell(r.latency_ms['p99'])} |"
+              for n, r in instances]
+    lines += ["", "Ratios at the best concurrency of each (best throughput against best throughput):", "",
+              "| ratio | here | published (A100) | target | met |", "|---|---:|---:|---:|---|"]
+    rows = (("custom_over_ensemble", "custom / ensemble", "custom_over_ensemble"),
+            ("custom_over_direct", f"custom ({args.instances} instances) / direct", "custom_over_direct"),
+            ("custom_any_instances_over_direct", "custom (best instance count too) / direct", "custom_over_direct"))
+    for key, label, reference in rows:
+        met = "yes" if ratios[key] >= TARGETS[reference] else "no"
+        lines.append(f"| {label} | {ratios[key]:.2f} | {PUBLISHED[reference]:.2f} | >= {TARGETS[reference]:.1f} | {met} |")
+    lines += ["", f"Plot: `benchmarks/{PLOT.name}`. Rerun: `python benchmarks/bench_serving.py"
+              + (" --quick" if args.quick else "") + "`."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the comparison, write RESULTS.md's ``serving`` section and the plot."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=None,
+                        help="bundle to serve (default: models/default if it exists, else the tests' tiny bundle)")
+    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op and graph threads per instance (default 1)")
+    parser.add_argument("--instances", type=int, default=2, help="instances of every model in the concurrency sweep")
+    parser.add_argument("--events", type=int, default=100, help="how many of the 100 published events (default 100)")
+    parser.add_argument("--instance-concurrency", type=int, default=8, help="concurrency of the instance sweep")
+    parser.add_argument("--quick", action="store_true", help="short windows and fewer levels (a check that it works)")
+    args = parser.parse_args()
+    config = QUICK if args.quick else FULL
+
+    from trackserve.runtime.config import RuntimeConfig
+    from trackserve.runtime.pipeline import Pipeline
+    from trackserve.serving.repository import RepositoryOptions, write_repository
+
+    events = load_events(args.events)
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        scratch = Path(scratch)
+        if args.bundle:
+            bundle, bundle_note = Path(args.bundle), f"`{args.bundle}`"
+        elif (DEFAULT_BUNDLE / "pipeline.json").is_file():
+            bundle, bundle_note = DEFAULT_BUNDLE, "`models/default` (the shipped default bundle)"
+        else:
+            bundle = tiny_bundle(scratch / "tiny_bundle", events)
+            bundle_note = ("the tests' tiny-bundle recipe (random small networks, tests/conftest.py) on 3 features, "
+                           "because models/default does not exist yet: the networks are far smaller than a trained "
+                           "bundle's, so serving overheads weigh more than they would")
+        print(f"bundle: {bundle}", flush=True)
+        pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
+
+        options = dict(intra_op_threads=args.threads, graph_threads=args.threads)
+        written = write_repository(bundle, scratch / "both",
+                                   RepositoryOptions(layout="both", instance_count=args.instances, **options))
+        server = start_server(written.path)
+        setup = {"startup": server.startup_seconds}
+        try:
+            check_identical(server, written.entry_points.values(), pipeline, events)
+            curves = {
+                "custom": sweep(server.grpc_url, written.entry_points["custom"], events, config["levels"],
+                                config["warmup"], config["window"]),
+                "ensemble": sweep(server.grpc_url, written.entry_points["ensemble"], events, config["levels"],
+                                  config["warmup"], config["window"]),
+            }
+        finally:
+            server.stop()
+        curves["direct"] = []
+        for level in config["levels"]:
+            result = measure_direct(pipeline, events, level, config["warmup"], config["window"])
+            _print("direct", result)
+            curves["direct"].append(result)
+
+        instances = []
+        for count in config["instances"]:
+            written = write_repository(bundle, scratch / f"custom{count}",
+                                       RepositoryOptions(layout="custom", instance_count=count, **options))
+            server = start_server(written.path)
+            try:
+                result = sweep(server.grpc_url, written.entry_points["custom"], events, [args.instance_concurrency],
+                               config["warmup"], config["window"])[0]
+            finally:
+                server.stop()
+            print(f"    ({count} instance(s))", flush=True)
+            instances.append((count, result))
+
+    best = {name: _best(results) for name, results in curves.items()}
+    ratios = {
+        "custom_over_ensemble": best["custom"].throughput / max(best["ensemble"].throughput, 1e-12),
+        "custom_over_direct": best["custom"].throughput / max(best["direct"].throughput, 1e-12),
+        "custom_any_instances_over_direct": max([best["custom"].throughput] + [r.throughput for _, r in instances])
+        / max(best["direct"].throughput, 1e-12),
+    }
+    for key, value in ratios.items():
+        print(f"{key}: {value:.2f} (published {PUBLISHED.get(key, PUBLISHED['custom_over_direct'])}, "
+              f"target >= {TARGETS.get(key, TARGETS['custom_over_direct'])})")
+    plot(curves, instances, PLOT)
+    write_section("serving", markdown(args, bundle_note, config, curves, instances, ratios, setup))
+    print(f"wrote the 'serving' section of {HERE / 'RESULTS.md'} and {PLOT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The load generator: its bookkeeping against references, then sweeps against a real server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from trackserve.cli import main
+from trackserve.errors import InputError
+from trackserve.serving.perf import (
+    CSV_COLUMNS,
+    PerfSettings,
+    RequestRecord,
+    format_table,
+    measure_level,
+    nearest_rank,
+    parse_concurrency,
+    report,
+    run_sweep,
+    summarize,
+    write_csv,
+)
+
+from .conftest import require_triton, start_server
+from tests.conftest import SAMPLE_EVENT
+
+WINDOW = 1.0
+WARMUP = 0.3
+
+
+# ------------------------------------------------------------------ without a server
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1:4", [1, 2, 3, 4]), ("1:16:5", [1, 6, 11, 16]), ("2:2", [2]), ("1,2,4,8,16", [1, 2, 4, 8, 16]),
+    (" 3 ", [3]), ("4,1,4", [4, 1, 4]),
+])
+def test_concurrency_ranges_and_lists(text, expected):
+    assert parse_concurrency(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "1:0", "4:1", "1:4:0", "1:2:3:4", "a", "1,,2", "-1", "1:2000", "1.5"])
+def test_bad_concurrency_is_refused_with_the_accepted_forms(text):
+    with pytest.raises(InputError, match="start:end"):
+        parse_concurrency(text)
+
+
+@pytest.mark.parametrize("values", [[7.0], [3.0, 3.0, 3.0], list(np.random.default_rng(1).exponential(size=997)),
+                                    [1.0, 2.0], list(np.repeat(np.arange(10.0), 13))])
+def test_nearest_rank_is_numpy_inverted_cdf(values):
+    ordered = np.sort(np.asarray(values))
+    for percent in (1, 50, 95, 99, 100):
+        assert nearest_rank(ordered, percent) == np.percentile(ordered, percent, method="inverted_cdf")
+
+
+def test_summary_counts_by_completion_time_and_loses_nothing():
+    settings = PerfSettings(url="unused:1", max_error_messages=2)
+    rng = np.random.default_rng(3)
+    records = []
+    for _ in range(500):
+        start = rng.uniform(0, 10)
+        error = None if rng.random() < 0.8 else f"boom {rng.integers(4)}"
+        records.append(RequestRecord(start, start + rng.uniform(0.001, 0.5), error))
+    result = summarize(records, concurrency=3, settings=settings, window_start=2.0, window_end=8.0, unanswered=2)
+
+    window = [r for r in records if 2.0 <= r.end <= 8.0]
+    ok = sorted(r.latency_s * 1e3 for r in window if r.error is None)
+    assert result.requests == len(ok) and result.errors == len(window) - len(ok)
+    assert result.throughput == pytest.approx(len(ok) / 6.0)
+    for p in (50, 95, 99):
+        assert result.latency_ms[f"p{p}"] == pytest.approx(np.percentile(ok, p, method="inverted_cdf"))
+    assert result.latency_ms["min"] == pytest.approx(ok[0]) and result.latency_ms["max"] == pytest.approx(ok[-1])
+    assert result.latency_ms["mean"] == pytest.approx(np.mean(ok))
+    assert result.sent == 502 and result.sent == result.answered + result.failed
+    assert result.failed == sum(r.error is not None for r in records) + 2
+    first = [r.error for r in records if r.error is not None]
+    assert result.error_messages == list(dict.fromkeys(first))[:2]
+
+
+def test_a_level_with_no_answer_has_no_latency_and_zero_throughput(tmp_path):
+    settings = PerfSettings(url="unused:1")
+    records = [RequestRecord(1.0, 1.5, "refused"), RequestRecord(1.5, 9.0, None)]
+    result = summarize(records, concurrency=1, settings=settings, window_start=1.0, window_end=2.0)
+    assert (result.requests, result.errors, result.throughput) == (0, 1, 0.0)
+    assert result.latency_ms["p50"] is None
+    assert "-" in format_table([result]) and "refused" in format_table([result])
+    rows = list(csv.DictReader(write_csv([result], tmp_path / "r.csv").open()))
+    assert rows[0]["p99_ms"] == "" and rows[0]["first_error"] == "refused"
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(InputError) as caught:
+        PerfSettings(url="x:1", protocol="udp", mode="fast", window_s=0, timeout_s=float("nan"))
+    for word in ("protocol", "mode", "window_s", "timeout_s"):
+        assert word in str(caught.value)
+
+
+def test_no_events_or_bad_concurrency_is_refused():
+    settings = PerfSettings(url="127.0.0.1:1")
+    with pytest.raises(InputError, match="at least one event"):
+        measure_level([], 1, settings)
+    with pytest.raises(InputError, match="concurrency"):
+        measure_level([np.zeros((3, 3), np.float32)], 0, settings)
+    with pytest.raises(InputError, match=r"\[N, F\]"):
+        measure_level([np.zeros(3, np.float32)], 1, settings)
+
+
+# ------------------------------------------------------------------ against a real server
+
+
+def _events(sample_features):
+    return [np.ascontiguousarray(sample_features[i * 400: i * 400 + 300 + 40 * i]) for i in range(6)]
+
+
+def _settings(server, protocol="grpc", **kwargs):
+    require_triton()
+    return PerfSettings(url=server.url(protocol), protocol=protocol, window_s=WINDOW, warmup_s=WARMUP,
+                        timeout_s=30.0, **kwargs)
+
+
+def _check_sane(result, concurrency):
+    assert result.concurrency == concurrency
+    assert result.requests > 0 and result.errors == 0 and result.failed == 0, result.error_messages
+    assert result.sent == result.answered >= result.requests
+    assert result.throughput == pytest.approx(result.requests / result.window_s)
+    lat = result.latency_ms
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert lat["min"] <= lat["mean"] <= lat["max"]
+
+
+def test_sync_sweep_over_grpc_is_sane(triton_server, sample_features):
+    results = run_sweep(_events(sample_features), [1, 3], _settings(triton_server))
+    for result, level in zip(results, (1, 3)):
+        _check_sane(result, level)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_async_level_is_sane_on_custom_and_ensemble(triton_server, sample_features, protocol):
+    for model in ("exatrkx", "exatrkx_ensemble"):
+        result = measure_level(_events(sample_features), 3, _settings(triton_server, protocol, model=model, mode="async"))
+        _check_sane(result, 3)
+        assert result.model == model and result.mode == "async"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_wrong_model_name_counts_every_request_as_an_error(triton_server, sample_features, mode):
+    settings = _settings(triton_server, model="no_such_model", mode=mode, error_backoff_s=0.1)
+    result = measure_level(_events(sample_features), 2, settings)
+    assert result.requests == 0 and result.errors > 0 and result.answered == 0
+    assert result.sent == result.failed > 0
+    assert result.latency_ms["p50"] is None
+    assert all("no_such_model" in message for message in result.error_messages), result.error_messages
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stopped_server_counts_every_request_as_an_error(sample_features, mode):
+    require_triton()
+    from trackserve.serving.server import free_port
+
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there: a stopped server
+    settings = PerfSettings(url=url, mode=mode, window_s=WINDOW, warmup_s=0.0, timeout_s=5.0, error_backoff_s=0.1)
+    result = measure_level(_events(sample_features), 2, settings)
+    assert result.requests == 0 and result.errors > 0 and result.sent == result.failed
+    assert any("did not answer" in message for message in result.error_messages), result.error_messages
+
+
+@pytest.mark.slow
+def test_a_server_killed_during_the_window_loses_no_request(served_repository, sample_features):
+    require_triton()
+    server = start_server(served_repository.path)
+    try:
+        settings = PerfSettings(url=server.grpc_url, window_s=3.0, warmup_s=0.5, timeout_s=20.0)
+        killer = threading.Timer(2.0, server.kill)
+        killer.start()
+        result = measure_level(_events(sample_features), 4, settings)
+        killer.join()
+    finally:
+        server.stop()
+    assert result.requests > 0 and result.errors > 0
+    assert result.sent == result.answered + result.failed
+    assert any("did not answer" in message for message in result.error_messages), result.error_messages
+
+
+def test_command_writes_table_csv_and_json(triton_server, tiny_bundle, tmp_path, capsys):
+    require_triton()
+    csv_path, json_path = tmp_path / "perf.csv", tmp_path / "perf.json"
+    code = main(["perf", str(SAMPLE_EVENT), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--concurrency", "1:2", "--window-seconds", str(WINDOW), "--warmup-seconds", str(WARMUP),
+                 "--csv", str(csv_path), "--json", str(json_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "infer/s" in out and "p99 ms" in out
+    rows = list(csv.DictReader(csv_path.open()))
+    assert tuple(rows[0]) == CSV_COLUMNS and [int(r["concurrency"]) for r in rows] == [1, 2]
+    assert all(int(r["requests"]) > 0 and int(r["errors"]) == 0 for r in rows)
+    data = json.loads(json_path.read_text())
+    assert data["num_events"] == 1 and data["settings"]["model"] == "exatrkx"
+    assert [level["concurrency"] for level in data["levels"]] == [1, 2]
+    assert float(rows[0]["throughput_infer_per_s"]) == pytest.approx(data["levels"][0]["throughput"])
+
+
+def test_command_json_to_stdout_with_feature_csvs_over_http(triton_server, sample_features, tmp_path, capsys):
+    require_triton()
+    for index, features in enumerate(_events(sample_features)[:3]):
+        np.savetxt(tmp_path / f"evt_{index}.csv", features, delimiter=",", fmt="%.9g")
+    code = main(["perf", str(tmp_path), "--url", triton_server.http_url, "--protocol", "http",
+                 "--model", "exatrkx_ensemble", "--mode", "async", "--concurrency", "2",
+                 "--window-seconds", str(WINDOW), "--warmup-seconds", "0", "--json", "-"])
+    captured = capsys.readouterr()
+    assert code == 0
+    data = json.loads(captured.out)
+    assert data["num_events"] == 3 and data["levels"][0]["requests"] > 0
+    assert "infer/s" in captured.err
+
+
+def test_command_refuses_an_unknown_model_before_the_sweep(triton_server, capsys):
+    require_triton()
+    code = main(["perf", "--url", triton_server.grpc_url, "--model", "nope", "--window-seconds", "1"])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_report_is_json_ready(tmp_path):
+    settings = PerfSettings(url="unused:1")
+    result = summarize([RequestRecord(0.0, 0.5)], concurrency=1, settings=settings, window_start=0.0, window_end=1.0)
+    data = json.loads(json.dumps(report([result], settings, num_events=4)))
+    assert data["levels"][0]["latency_ms"]["p50"] == pytest.approx(500.0)
+    assert data["settings"]["url"] == "unused:1"

@@ -1,0 +1,453 @@
+"""A load generator for a served trackserve model, in the manner of Triton's ``perf_analyzer``.
+
+For each concurrency level N of a sweep, N clients send events (one request = one event,
+cycling over the given events) back to back to a running server, and the level reports
+the throughput (answered inferences per second), the latency percentiles, the number of
+requests and the errors, with the first distinct error messages.
+
+Modes:
+
+* ``sync``: one thread per client, each with its own connection
+  (:class:`~trackserve.serving.client.TritonClient`), sending its next request as soon
+  as the previous one is answered;
+* ``async``: one asyncio loop with N requests in flight over one connection
+  (``tritonclient.grpc.aio`` / ``tritonclient.http.aio``).
+
+Timeline of one level: the clients connect and build their requests, then run for
+``warmup_s`` (not measured), then for the measurement window ``window_s``; then they
+stop sending and the requests still in flight are finished. A request belongs to the
+phase in which it completed. Throughput counts the requests answered in the window,
+divided by the window; latencies are those of the requests answered in the window
+(percentiles by nearest rank, so each is an observed latency).
+
+No request is lost silently: each client counts a request when it sends it and records
+it as answered (labels checked: int64, one per hit) or failed with its message, whatever
+the exception; a request counted but not recorded when the level ends (still in flight:
+the per-request timeout prevents it) is counted as failed, so ``sent == answered + failed``. After a failure a client waits
+``error_backoff_s`` before its next request, so that a dead server is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputError, ServingError
+from .client import PROTOCOLS, TritonClient, describe_failure, labels_from_result, make_inputs, make_outputs
+from .interface import DEFAULT_MODEL_NAME
+
+#: The load-generation modes.
+MODES = ("sync", "async")
+#: Latency percentiles reported for each level.
+PERCENTILES = (50, 95, 99)
+#: Largest concurrency a sweep accepts.
+MAX_CONCURRENCY = 1024
+#: Columns of the CSV output, in order (one row per concurrency level).
+CSV_COLUMNS = (
+    "concurrency", "mode", "protocol", "model", "throughput_infer_per_s", "p50_ms", "p95_ms", "p99_ms",
+    "mean_ms", "min_ms", "max_ms", "requests", "errors", "window_s", "sent", "answered", "failed", "first_error",
+)
+
+
+def parse_concurrency(text: str) -> list[int]:
+    """Concurrency levels from ``"1:16"``, ``"1:16:4"`` (start:end[:step], end included) or ``"1,2,4,8,16"``.
+
+    Raises InputError naming the problem for anything else (zero, negative, empty, end
+    below start, more than :data:`MAX_CONCURRENCY`).
+    """
+    text = str(text).strip()
+    hint = "give start:end[:step] (e.g. 1:16) or a list (e.g. 1,2,4,8,16) of integers >= 1"
+    try:
+        if ":" in text:
+            parts = [int(part) for part in text.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, end, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
+            if step < 1 or end < start:
+                raise InputError(f"concurrency range {text!r} is empty or has a step below 1; {hint}")
+            levels = list(range(start, end + 1, step))
+        else:
+            levels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(f"concurrency {text!r} is not understood; {hint}") from None
+    bad = [level for level in levels if level < 1 or level > MAX_CONCURRENCY]
+    if not levels or bad:
+        raise InputError(f"concurrency {text!r} has levels outside 1..{MAX_CONCURRENCY} ({bad}); {hint}")
+    return levels
+
+
+@dataclass(frozen=True)
+class PerfSettings:
+    """Where to send and how to measure.
+
+    ``url`` (``host:port``), ``protocol`` (``grpc``/``http``), ``model``; ``mode`` (one of
+    :data:`MODES`); ``window_s``: the measurement window of each level; ``warmup_s``: the
+    unmeasured run before it; ``timeout_s``: the limit of each request;
+    ``max_error_messages``: distinct error messages kept per level; ``error_backoff_s``:
+    a client's pause after a failed request.
+    """
+
+    url: str
+    protocol: str = "grpc"
+    model: str = DEFAULT_MODEL_NAME
+    mode: str = "sync"
+    window_s: float = 5.0
+    warmup_s: float = 1.0
+    timeout_s: float = 60.0
+    max_error_messages: int = 5
+    error_backoff_s: float = 0.05
+
+    def __post_init__(self):
+        problems = []
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.mode not in MODES:
+            problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        for name, low in (("window_s", 0.0), ("warmup_s", -1.0), ("timeout_s", 0.0), ("error_backoff_s", -1.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
+                need = "> 0" if low == 0.0 else ">= 0"
+                problems.append(f"{name} must be a finite number {need}, got {value!r}")
+        if not isinstance(self.max_error_messages, int) or self.max_error_messages < 1:
+            problems.append(f"max_error_messages must be an integer >= 1, got {self.max_error_messages!r}")
+        if problems:
+            raise InputError("invalid load-generator settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request sent: when it started and completed (``time.perf_counter`` seconds) and its error, if any."""
+
+    start: float
+    end: float
+    error: str | None = None
+
+    @property
+    def latency_s(self) -> float:
+        """Seconds from sending to the answer (or the failure)."""
+        return self.end - self.start
+
+
+@dataclass
+class LevelResult:
+    """What one concurrency level measured.
+
+    ``requests``/``errors``: requests answered / failed within the window;
+    ``throughput``: answered in the window per second; latencies in milliseconds over the
+    answered requests of the window (``None`` when there is none). ``sent``, ``answered``
+    and ``failed`` count every request of the level (warm-up and drain included);
+    ``error_messages``: the first distinct messages, in order of appearance.
+    """
+
+    concurrency: int
+    mode: str
+    protocol: str
+    model: str
+    window_s: float
+    requests: int
+    errors: int
+    throughput: float
+    latency_ms: dict[str, float | None]
+    sent: int
+    answered: int
+    failed: int
+    error_messages: list[str] = field(default_factory=list)
+
+    def row(self) -> dict:
+        """The level as one flat row (the CSV columns, :data:`CSV_COLUMNS`)."""
+        values = {
+            "concurrency": self.concurrency, "mode": self.mode, "protocol": self.protocol, "model": self.model,
+            "throughput_infer_per_s": self.throughput,
+            **{f"{key}_ms": self.latency_ms.get(key) for key in ("p50", "p95", "p99", "mean", "min", "max")},
+            "requests": self.requests, "errors": self.errors, "window_s": self.window_s,
+            "sent": self.sent, "answered": self.answered, "failed": self.failed,
+            "first_error": self.error_messages[0] if self.error_messages else "",
+        }
+        return {column: values[column] for column in CSV_COLUMNS}
+
+    def as_dict(self) -> dict:
+        """The level as a JSON-ready mapping (every field)."""
+        return asdict(self)
+
+
+def nearest_rank(sorted_values: Sequence[float], percent: float) -> float:
+    """The ``percent`` percentile of ascending ``sorted_values`` by nearest rank (an element of them)."""
+    if not len(sorted_values):
+        raise InputError("a percentile of no values is undefined")
+    rank = max(1, math.ceil(percent / 100.0 * len(sorted_values)))
+    return float(sorted_values[min(rank, len(sorted_values)) - 1])
+
+
+def summarize(records: Sequence[RequestRecord], *, concurrency: int, settings: PerfSettings,
+              window_start: float, window_end: float, unanswered: int = 0) -> LevelResult:
+    """Reduce the records of one level to a :class:`LevelResult`.
+
+    A record is in the window when it completed in ``[window_start, window_end]``.
+    ``unanswered``: requests sent but never recorded (counted as failed).
+    """
+    if not window_end > window_start:
+        raise InputError(f"the window [{window_start}, {window_end}] is empty")
+    in_window = [r for r in records if window_start <= r.end <= window_end]
+    answered = [r for r in in_window if r.error is None]
+    latencies = np.sort(np.array([r.latency_s for r in answered], dtype=np.float64)) * 1e3
+    latency: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES}
+    latency.update(mean=None, min=None, max=None)
+    if latencies.size:
+        latency.update({f"p{p}": nearest_rank(latencies, p) for p in PERCENTILES})
+        latency.update(mean=float(latencies.mean()), min=float(latencies[0]), max=float(latencies[-1]))
+    messages: list[str] = []
+    for record in records:
+        if record.error is not None and record.error not in messages and len(messages) < settings.max_error_messages:
+            messages.append(record.error)
+    if unanswered and len(messages) < settings.max_error_messages:
+        messages.append(f"{unanswered} request(s) still unanswered when the level ended")
+    failed_total = sum(1 for r in records if r.error is not None) + unanswered
+    window = window_end - window_start
+    return LevelResult(
+        concurrency=concurrency, mode=settings.mode, protocol=settings.protocol, model=settings.model,
+        window_s=window, requests=len(answered), errors=len(in_window) - len(answered),
+        throughput=len(answered) / window, latency_ms=latency,
+        sent=len(records) + unanswered, answered=len(records) - (failed_total - unanswered), failed=failed_total,
+        error_messages=messages,
+    )
+
+
+# ------------------------------------------------------------------ sync mode
+
+
+class _SyncWorker:
+    """One client thread: its own connection, its own requests, back to back until told to stop."""
+
+    def __init__(self, settings: PerfSettings, events: Sequence[np.ndarray], counter, stop: threading.Event,
+                 ready: threading.Barrier):
+        self.settings, self.events, self.counter, self.stop, self.ready = settings, events, counter, stop, ready
+        self.records: list[RequestRecord] = []
+        self.sent = 0
+        self.setup_error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="trackserve-perf-client", daemon=True)
+
+    def _run(self) -> None:
+        s = self.settings
+        try:
+            client = TritonClient(s.url, protocol=s.protocol, model=s.model, timeout_s=s.timeout_s)
+            requests = [(make_inputs(client.module, features), int(features.shape[0])) for features in self.events]
+        except Exception as error:  # a malformed url or a missing tritonclient: the level cannot run
+            self.setup_error = str(error)
+            client = None
+        try:
+            self.ready.wait()
+        except threading.BrokenBarrierError:
+            return
+        if client is None:
+            return
+        try:
+            while not self.stop.is_set():
+                inputs, num_hits = requests[next(self.counter) % len(requests)]
+                self.sent += 1
+                start = time.perf_counter()
+                error = None
+                try:
+                    client.send(inputs, num_hits)
+                except ServingError as failure:
+                    error = str(failure)
+                except Exception as failure:  # never lose a request to an unexpected exception
+                    error = f"unexpected {type(failure).__name__}: {failure}"
+                self.records.append(RequestRecord(start, time.perf_counter(), error))
+                if error is not None and s.error_backoff_s:
+                    self.stop.wait(s.error_backoff_s)
+        finally:
+            client.close()
+
+
+def _run_sync(events, concurrency: int, settings: PerfSettings) -> LevelResult:
+    stop = threading.Event()
+    ready = threading.Barrier(concurrency + 1)
+    counter = itertools.count()
+    workers = [_SyncWorker(settings, events, counter, stop, ready) for _ in range(concurrency)]
+    for worker in workers:
+        worker.thread.start()
+    ready.wait()
+    setup_errors = [w.setup_error for w in workers if w.setup_error]
+    if setup_errors:
+        stop.set()
+        for worker in workers:
+            worker.thread.join()
+        raise ServingError(f"cannot set up the clients of {settings.model!r} at {settings.url}: {setup_errors[0]}")
+    begin = time.perf_counter()
+    window_start = begin + settings.warmup_s
+    window_end = window_start + settings.window_s
+    time.sleep(max(0.0, window_end - time.perf_counter()))
+    stop.set()
+    deadline = time.perf_counter() + settings.timeout_s + 10.0
+    for worker in workers:
+        worker.thread.join(max(0.0, deadline - time.perf_counter()))
+    records = [record for worker in workers for record in list(worker.records)]
+    unanswered = sum(max(0, worker.sent - len(worker.records)) for worker in workers)
+    return summarize(records, concurrency=concurrency, settings=settings,
+                     window_start=window_start, window_end=window_end, unanswered=unanswered)
+
+
+# ------------------------------------------------------------------ async mode
+
+
+def _aio_module(protocol: str):
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.http.aio as module
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"tritonclient[{protocol}] with asyncio support is not importable ({error}); "
+            "install the serving extra: pip install -e \".[serving]\""
+        ) from error
+    return module
+
+
+async def _run_async_level(events, concurrency: int, settings: PerfSettings):
+    module = _aio_module(settings.protocol)
+    try:
+        if settings.protocol == "grpc":
+            client = module.InferenceServerClient(settings.url)
+        else:
+            client = module.InferenceServerClient(settings.url, conn_limit=max(100, concurrency),
+                                                  conn_timeout=settings.timeout_s)
+    except Exception as error:  # tritonclient raises its own types for a malformed url
+        raise ServingError(f"cannot connect to {settings.url} over {settings.protocol}: {error}") from error
+    requests = [(make_inputs(module, features), int(features.shape[0])) for features in events]
+    outputs = make_outputs(module)
+    counter = itertools.count()
+    records: list[RequestRecord] = []
+    sent = [0]
+    stopping = asyncio.Event()
+
+    async def one_request(inputs, num_hits) -> None:
+        kwargs = {"client_timeout": settings.timeout_s} if settings.protocol == "grpc" else {}
+        result = await asyncio.wait_for(client.infer(settings.model, inputs, outputs=outputs, **kwargs),
+                                        settings.timeout_s + 5.0)
+        labels_from_result(result, num_hits)
+
+    async def worker() -> None:
+        while not stopping.is_set():
+            inputs, num_hits = requests[next(counter) % len(requests)]
+            sent[0] += 1
+            start = time.perf_counter()
+            error = None
+            try:
+                await one_request(inputs, num_hits)
+            except ServingError as failure:
+                error = str(failure)
+            except asyncio.TimeoutError:
+                error = f"request: the server at {settings.url} did not answer in time ({settings.timeout_s:g} s)"
+            except Exception as failure:  # tritonclient and its transports raise many types
+                error = f"request: {describe_failure(failure, settings.url, settings.model)}"
+            records.append(RequestRecord(start, time.perf_counter(), error))
+            if error is not None and settings.error_backoff_s:
+                await asyncio.sleep(settings.error_backoff_s)
+
+    begin = time.perf_counter()
+    window_start = begin + settings.warmup_s
+    window_end = window_start + settings.window_s
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
+    stopping.set()
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await client.close()
+    return records, sent[0] - len(records), window_start, window_end
+
+
+def _run_async(events, concurrency: int, settings: PerfSettings) -> LevelResult:
+    records, unanswered, window_start, window_end = asyncio.run(_run_async_level(events, concurrency, settings))
+    return summarize(records, concurrency=concurrency, settings=settings,
+                     window_start=window_start, window_end=window_end, unanswered=unanswered)
+
+
+# ------------------------------------------------------------------ sweep and reports
+
+
+def _check_events(events: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if not len(events):
+        raise InputError("the load generator needs at least one event")
+    checked = []
+    for index, features in enumerate(events):
+        array = np.ascontiguousarray(features)
+        if array.ndim != 2:
+            raise InputError(f"event {index}: features must be [N, F], got shape {list(array.shape)}")
+        checked.append(array)
+    return checked
+
+
+def measure_level(events: Sequence[np.ndarray], concurrency: int, settings: PerfSettings) -> LevelResult:
+    """Run one concurrency level against the server and return what it measured.
+
+    ``events``: feature arrays ``[N, F]``, sent in turn (cycling). Raises ServingError
+    only when the clients cannot be set up at all (a malformed url); failed requests are
+    counted in the result, never raised.
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise InputError(f"concurrency must be an integer in 1..{MAX_CONCURRENCY}, got {concurrency!r}")
+    events = _check_events(events)
+    run = _run_sync if settings.mode == "sync" else _run_async
+    return run(events, concurrency, settings)
+
+
+def run_sweep(events: Sequence[np.ndarray], levels: Sequence[int], settings: PerfSettings,
+              progress: Callable[[LevelResult], None] | None = None) -> list[LevelResult]:
+    """:func:`measure_level` for each concurrency of ``levels`` in turn; ``progress`` gets each result."""
+    results = []
+    for concurrency in levels:
+        result = measure_level(events, concurrency, settings)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results
+
+
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(results: Sequence[LevelResult]) -> str:
+    """An aligned text table of the levels, followed by the distinct error messages of each."""
+    header = ("concurrency", "infer/s", "p50 ms", "p95 ms", "p99 ms", "mean ms", "requests", "errors")
+    rows = [header] + [
+        (str(r.concurrency), _number(r.throughput, 2), _number(r.latency_ms["p50"], 2), _number(r.latency_ms["p95"], 2),
+         _number(r.latency_ms["p99"], 2), _number(r.latency_ms["mean"], 2), str(r.requests), str(r.errors))
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
+    for r in results:
+        if r.failed:
+            lines.append(f"concurrency {r.concurrency}: {r.failed} of {r.sent} request(s) failed; first errors:")
+            lines.extend(f"  - {message}" for message in r.error_messages)
+    return "\n".join(lines)
+
+
+def write_csv(results: Sequence[LevelResult], path: str | Path) -> Path:
+    """Write one CSV row per level (:data:`CSV_COLUMNS`; an undefined latency is an empty cell)."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for result in results:
+            writer.writerow({key: "" if value is None else value for key, value in result.row().items()})
+    return path
+
+
+def report(results: Sequence[LevelResult], settings: PerfSettings, *, num_events: int) -> dict:
+    """The whole sweep as one JSON-ready mapping: the settings, the number of events and every level."""
+    return {"settings": asdict(settings), "num_events": int(num_events), "levels": [r.as_dict() for r in results]}

@@ -187,6 +187,25 @@ def test_slabs_threads_and_projection_choice(monkeypatch):
         assert_same_graph(points, 0.3, 5, threads=threads)
 
 
+def test_single_slab_and_multi_slab_searches_agree_on_borders_duplicates_and_caps(monkeypatch):
+    # A grid of spacing exactly r (pairs on the border are excluded), repeated hits (zero
+    # distance), clustered hits with a binding cap: the one-tree path (small events) and
+    # the slab path must give the brute-force graph, each.
+    rng = np.random.default_rng(12)
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(4), indexing="ij"), -1).reshape(-1, 3)
+    points = np.concatenate([
+        grid.astype(np.float32) * np.float32(0.25),
+        np.repeat(rng.normal(0, 0.3, (20, 3)).astype(np.float32), 4, axis=0),
+        clustered(rng, 200, 3, 0.05, 8).astype(np.float32),
+    ])[rng.permutation(144 + 80 + 200)]
+    cases = [(0.25, 500, "i<j"), (0.2500001, 500, "both"), (0.3, 3, "i>j"), (0.05, 1, "i<j")]
+    single = [assert_same_graph(points, *case[:2], direction=case[2], threads=2) for case in cases]
+    monkeypatch.setattr(graph_building, "_MIN_SLAB", 40)
+    monkeypatch.setattr(graph_building, "_MAX_SLAB", 90)
+    for case, expected in zip(cases, single):
+        np.testing.assert_array_equal(build_graph(points, case[0], case[1], direction=case[2], threads=2), expected)
+
+
 def test_embedding_on_a_low_dimensional_manifold_matches_kdtree_reference():
     # 30k hits: slabs and the sampled projection at their real sizes; the reference is a
     # full-dimension k-d tree search (wider radius) followed by the exact float32 rule.

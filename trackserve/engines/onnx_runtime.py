@@ -49,11 +49,18 @@ def default_intra_op_threads() -> int:
 def session_options(intra_op_threads: int):
     """The ONNX Runtime session options of every network: ``intra_op_threads`` in the
     intra-op pool, one inter-op thread (the networks are single chains), sequential
-    execution, all graph optimisations, warnings and errors only."""
+    execution, all graph optimisations, warnings and errors only.
+
+    The pool's threads block instead of spinning while they wait for work: a spinning
+    worker keeps a core busy after each run, which on a shared machine (the pipeline's
+    own numpy/scipy stages, the other Triton instances) slowed a 100-event pass of the
+    whole pipeline about four-fold at 2 threads on 2 loaded cores. The results do not
+    depend on it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(intra_op_threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -178,12 +178,17 @@ def _projection(points: np.ndarray, r32: np.float32) -> tuple[np.ndarray, float]
     step = max(1, n // _SAMPLE)
     sample = points[::step].astype(np.float64)
     # Any centre gives the same projected differences; the sample's mean is cheap and close.
-    mean = sample.mean(axis=0)
+    # (Sums as a product with ones: numpy's axis-0 reductions of a few columns are slow.)
+    mean = (np.ones(sample.shape[0]) @ sample) / sample.shape[0]
     sample -= mean
     _, vectors = np.linalg.eigh(sample.T @ sample)
     axes = np.ascontiguousarray(vectors[:, ::-1])
-    # Every projected coordinate is at most the norm of a centred row.
-    spread = float(np.max(points.max(axis=0).astype(np.float64) - points.min(axis=0)))
+    centred = points.astype(np.float64)
+    centred -= mean
+    # The mean lies inside every column's range, so twice the largest centred value bounds
+    # the largest column range (the spread) from above; every projected coordinate is at
+    # most the norm of a centred row. A wider search only adds candidates.
+    spread = 2.0 * float(np.abs(centred).max())
     search = float(r32) * (1 + _SEARCH_MARGIN) + 1e-12 * spread * math.sqrt(dims)
     if n <= 4 * _SAMPLE:
         best = min(dims, 3)
@@ -196,8 +201,6 @@ def _projection(points: np.ndarray, r32: np.float32) -> tuple[np.ndarray, float]
             candidates = (tree.count_neighbors(tree, search) - sample.shape[0]) / 2 * scale
             costs.append(candidates + _TRAVERSAL_COST * n * 2**g)
         best = 1 + int(np.argmin(costs))
-    centred = points.astype(np.float64)
-    centred -= mean
     # einsum, not BLAS: a skinny product where a BLAS thread pool only adds start-up cost.
     return np.einsum("nd,dg->ng", centred, axes[:, :best]), search
 
@@ -207,10 +210,14 @@ def _pairs_within_radius(points: np.ndarray, r32: np.float32, n_threads: int):
     n = points.shape[0]
     r2 = np.float32(r32 * r32)
     projected, search = _projection(points, r32)
+    n_slabs = max(1, min(n_threads, n // _MIN_SLAB), -(-n // _MAX_SLAB))
+    if n_slabs == 1:
+        # One slab: no ordering along the first axis, the tree holds all the hits as they are.
+        return _exact_pairs(points, r2, cKDTree(projected, balanced_tree=False, compact_nodes=False).query_pairs(
+            search, output_type="ndarray"))
 
     order = np.argsort(projected[:, 0], kind="stable")
     first_axis = projected[order, 0]
-    n_slabs = max(1, min(n_threads, n // _MIN_SLAB), -(-n // _MAX_SLAB))
     bounds = np.linspace(0, n, n_slabs + 1).astype(np.int64)
 
     def slab(index: int):
@@ -220,22 +227,24 @@ def _pairs_within_radius(points: np.ndarray, r32: np.float32, n_threads: int):
         tree = cKDTree(projected[members], balanced_tree=False, compact_nodes=False)
         local = tree.query_pairs(search, output_type="ndarray")
         own = np.minimum(local[:, 0], local[:, 1]) < hi - lo
-        a = members[local[own, 0]]
-        b = members[local[own, 1]]
-        dist2 = _squared_distances(points, a, b)
-        close = dist2 < r2
-        a, b, dist2 = a[close], b[close], dist2[close]
-        return np.minimum(a, b), np.maximum(a, b), dist2
+        return _exact_pairs(points, r2, members[local[own]])
 
-    if n_slabs == 1:
-        parts = [slab(0)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(n_threads, n_slabs)) as pool:
-            parts = list(pool.map(slab, range(n_slabs)))
-    small = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
-    large = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
+    with ThreadPoolExecutor(max_workers=min(n_threads, n_slabs)) as pool:
+        parts = list(pool.map(slab, range(n_slabs)))
+    small = np.concatenate([p[0] for p in parts])
+    large = np.concatenate([p[1] for p in parts])
     dist2 = np.concatenate([p[2] for p in parts])
     return small, large, dist2
+
+
+def _exact_pairs(points: np.ndarray, r2: np.float32, candidates: np.ndarray):
+    """The candidate pairs ``[C, 2]`` that pass the exact rule: (small int64, large int64, squared distance)."""
+    a = candidates[:, 0].astype(np.int64, copy=False)
+    b = candidates[:, 1].astype(np.int64, copy=False)
+    dist2 = _squared_distances(points, a, b)
+    close = dist2 < r2
+    a, b, dist2 = a[close], b[close], dist2[close]
+    return np.minimum(a, b), np.maximum(a, b), dist2
 
 
 def _apply_cap(n: int, small: np.ndarray, large: np.ndarray, dist2: np.ndarray, k: int):

@@ -5,7 +5,9 @@ Only numpy, scipy and onnxruntime are used, so the same code runs in a script, i
 alone on arrays (:meth:`Pipeline.embed`, :meth:`Pipeline.build_graph`,
 :meth:`Pipeline.filter_edges`, :meth:`Pipeline.classify_edges`,
 :meth:`Pipeline.build_tracks`), and :meth:`Pipeline.run` records the wall time of every
-stage of every call in :class:`PipelineResult.timings`.
+stage of every call in :class:`PipelineResult.timings`. In :meth:`Pipeline.run` a
+message-passing GNN sees only the hits that some filtered edge touches
+(:mod:`trackserve.runtime.subgraph`): the same scores, bit for bit, for less work.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .graph_building import build_graph
 from .inputs import validate_features
 from .memory import MemoryModel
 from .cuts import logit_threshold
+from .subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
 from .track_building import build_tracks
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
@@ -89,6 +92,8 @@ class Pipeline:
         }
         self.stages = self.bundle.stages
         self.memory = MemoryModel.for_bundle(self.bundle)
+        # A message-passing GNN scores the edges from the hits they touch only (see subgraph).
+        self._gnn_is_local = self.bundle.networks["gnn"].architecture in LOCAL_GNN_ARCHITECTURES
 
     @property
     def num_features(self) -> int:
@@ -142,6 +147,12 @@ class Pipeline:
         """Track label per hit: connected components of the edges whose GNN score passes the cut."""
         return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut)
 
+    def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+        """GNN logits of the pipeline's own (valid) edges, on the touched hits when that is exact."""
+        if self._gnn_is_local and edge_index.shape[1]:
+            features, edge_index = touched_subgraph(features, edge_index)
+        return self.classify_edges("gnn", features, edge_index, chunked=False)
+
     # -- whole events ----------------------------------------------------------------
     def run(self, features: np.ndarray) -> PipelineResult:
         """Run every stage on one event's features ``[N, F]`` float32 and return its labels and timings."""
@@ -164,7 +175,7 @@ class Pipeline:
         self.memory.check_gnn_edges(num_hits, filtered.shape[1], self.config.memory_limit_bytes)
 
         mark = time.perf_counter()
-        gnn_logits = self.classify_edges("gnn", features, filtered, chunked=False)
+        gnn_logits = self._gnn_logits(features, filtered)
         timings["gnn"] = time.perf_counter() - mark
         mark = time.perf_counter()
         labels = self.build_tracks(num_hits, filtered, gnn_logits)

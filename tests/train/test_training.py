@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -66,7 +67,10 @@ def test_tiny_training_writes_a_bundle_the_pipeline_runs(tiny_events, tmp_path):
     assert bundle.networks["gnn"].architecture == "InteractionGNN"
     assert bundle.stages.radius == result.bundle.stages.radius > 0
     provenance = json.loads((tmp_path / "bundle" / "pipeline.json").read_text())["provenance"]
-    assert provenance["settings"] == json.loads(json.dumps(config.to_dict()))
+    # The trainer records the settings it used: the given ones, with the φ column of the spec as periodic.
+    used = dataclasses.replace(config, periodic_features=(TRACKML_1000.names.index("phi"),))
+    assert provenance["settings"] == json.loads(json.dumps(used.to_dict()))
+    assert bundle.networks["filter"].config["periodic_features"] == [1]
     assert provenance["data"]["what"] == "test"
     assert provenance["data"]["training"]["num_events"] == 2
     assert len(provenance["history"]["embedding"]) == config.embedding.epochs
@@ -90,3 +94,18 @@ def test_config_validation_names_the_setting():
         replace(config, embedding=replace(config.embedding, margin=0.0)).validate()
     with pytest.raises(InputError, match="run.threads"):
         replace(config, threads=0).validate()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--simulate", "2"], "--particles"),
+    (["--particles", "x.csv", "--simulate", "1"], "no such file"),
+    (["--random-events", "-1"], "--random-events"),
+    ([], "no training events"),
+    (["--random-events", "1", "--gnn", "GCN"], "gnn.architecture"),
+])
+def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
+    from trackserve.cli import main
+
+    assert main(["train", "--output", str(tmp_path / "b"), "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

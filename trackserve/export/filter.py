@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import activation_module, gather_pair
+from .mlp import activation_module, gather_pair, pair_differences
 from .network_base import ConfigurableNetwork, positive_int
 
 
@@ -28,13 +28,16 @@ class EdgeFilter(ConfigurableNetwork):
 
     Config: ``in_channels`` (features per hit), ``hidden``, ``nb_layer`` (linear
     layers before the output layer, at least 1), ``activation`` (default ``"Tanh"``),
-    ``layer_norm`` (default on).
+    ``layer_norm`` (default on), ``edge_differences`` (default off: also feed the two
+    hits' feature differences, see :func:`~trackserve.export.mlp.pair_differences`, with
+    ``periodic_features``, ``period`` and ``difference_scale``).
     """
 
     kind = "filter"
     architecture = "VanillaFilter"
     REQUIRED = ("in_channels", "hidden", "nb_layer")
-    DEFAULTS = {"activation": "Tanh", "layer_norm": True}
+    DEFAULTS = {"activation": "Tanh", "layer_norm": True, "edge_differences": False, "periodic_features": [],
+                "period": 2.0, "difference_scale": 1.0}
 
     def __init__(self, **hyperparameters):
         super().__init__(**hyperparameters)
@@ -42,7 +45,12 @@ class EdgeFilter(ConfigurableNetwork):
         for name in self.REQUIRED:
             positive_int(config, name, self.architecture)
         hidden = config["hidden"]
-        self.input_layer = nn.Linear(2 * config["in_channels"], hidden)
+        self.edge_differences = bool(config["edge_differences"])
+        self.periodic_features = [int(i) for i in config["periodic_features"]]
+        self.period = float(config["period"])
+        self.difference_scale = float(config["difference_scale"])
+        width = (3 if self.edge_differences else 2) * config["in_channels"]
+        self.input_layer = nn.Linear(width, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config["nb_layer"] - 1))
         self.output_layer = nn.Linear(hidden, 1)
         self.activation = activation_module(config["activation"])
@@ -50,7 +58,13 @@ class EdgeFilter(ConfigurableNetwork):
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """Filter logits ``[E]`` for the edges ``edge_index[2, E]`` between hits ``features[N, F]``."""
-        hidden = self.input_layer(gather_pair(features, edge_index))
+        inputs = gather_pair(features, edge_index)
+        if self.edge_differences:
+            differences = pair_differences(
+                features, edge_index, self.periodic_features, self.period, self.difference_scale
+            )
+            inputs = torch.cat([inputs, differences], dim=1)
+        hidden = self.input_layer(inputs)
         for layer in self.layers:
             hidden = self.activation(layer(hidden))
             if self.layernorm is not None:

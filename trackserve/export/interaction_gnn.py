@@ -3,7 +3,8 @@
 ``forward(features[N, F], edge_index[2, E]) -> logits[E]``::
 
     x = node_encoder(features)                                 # [N, hidden]
-    e = edge_encoder(cat[x[start], x[end]])                    # [E, hidden]
+    e = edge_encoder(cat[x[start], x[end] (, d)])              # [E, hidden]
+        (edge_differences: d = the hits' scaled feature differences, pair_differences)
     repeat n_graph_iters times:
         m = sum of e into end                                  # [N, hidden]
             (bidirectional_messages: cat[sum of e into end, sum of e into start])
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .mlp import make_mlp
+from .mlp import make_mlp, pair_differences
 from .network_base import ConfigurableNetwork, positive_int
 from .scatter import scatter_sum
 
@@ -52,6 +53,10 @@ class InteractionGNN(ConfigurableNetwork):
         "residual": True,
         "bidirectional_messages": False,
         "edge_update_uses_new_nodes": False,
+        "edge_differences": False,
+        "periodic_features": [],
+        "period": 2.0,
+        "difference_scale": 1.0,
     }
 
     def __init__(self, **hyperparameters):
@@ -75,7 +80,12 @@ class InteractionGNN(ConfigurableNetwork):
 
         nodes, edges, out = [hidden] * config["nb_node_layer"], [hidden] * config["nb_edge_layer"], config["output_activation"]
         self.node_encoder = mlp(config["in_channels"], nodes, out)
-        self.edge_encoder = mlp(2 * hidden, edges, out)
+        self.edge_differences = bool(config["edge_differences"])
+        self.periodic_features = [int(i) for i in config["periodic_features"]]
+        self.period = float(config["period"])
+        self.difference_scale = float(config["difference_scale"])
+        extra = config["in_channels"] if self.edge_differences else 0
+        self.edge_encoder = mlp(2 * hidden + extra, edges, out)
         self.node_network = mlp((3 if self.bidirectional_messages else 2) * hidden, nodes, out)
         self.edge_network = mlp(3 * hidden, edges, out)
         self.output_edge_classifier = mlp(3 * hidden, edges + [1], None)
@@ -84,7 +94,12 @@ class InteractionGNN(ConfigurableNetwork):
         """GNN logits ``[E]`` for the edges ``edge_index[2, E]`` (int64) between hits ``features[N, F]``."""
         start, end = edge_index[0], edge_index[1]
         nodes = self.node_encoder(features)
-        edges = self.edge_encoder(torch.cat([nodes[start], nodes[end]], dim=1))
+        encoder_inputs = [nodes[start], nodes[end]]
+        if self.edge_differences:
+            encoder_inputs.append(
+                pair_differences(features, edge_index, self.periodic_features, self.period, self.difference_scale)
+            )
+        edges = self.edge_encoder(torch.cat(encoder_inputs, dim=1))
         for _ in range(self.n_graph_iters):
             messages = scatter_sum(edges, end, nodes)
             if self.bidirectional_messages:

@@ -38,11 +38,11 @@ class EmbeddingSettings:
     and blow the graph up, while the quality target concerns the others.
     """
 
-    hidden: int = 128
+    hidden: int = 64
     layers: int = 4
     dim: int = 8
     activation: str = "Tanh"
-    epochs: int = 4
+    epochs: int = 2
     learning_rate: float = 3e-3
     anchors: int = 2048
     random_pairs: int = 2
@@ -75,20 +75,24 @@ class FilterSettings:
     """The edge filter (ExaTrkX ``VanillaFilter``), trained on the embedding's radius graphs.
 
     Network: ``hidden`` wide, ``layers`` linear layers before the output. Each step takes
-    ``batch_edges`` random edges of one event's graph; loss:
+    ``batch_edges`` random edges of one event's graph (with ``edge_differences`` the
+    network also reads the two hits' feature differences times ``difference_scale``,
+    φ wrapped); loss:
     :func:`~trackserve.train.losses.weighted_bce` with ``positive_weight``. An epoch passes
     every edge of every training graph once. The cut is chosen on the validation event to
     keep ``target_efficiency`` of the graph's true edges of particles with ``pT >= min_pt``.
     """
 
-    hidden: int = 128
+    hidden: int = 64
     layers: int = 3
     activation: str = "Tanh"
     epochs: int = 3
-    learning_rate: float = 2e-3
-    batch_edges: int = 32768
+    learning_rate: float = 1e-2
+    batch_edges: int = 131072
     positive_weight: float = 2.0
-    target_efficiency: float = 0.995
+    target_efficiency: float = 0.99
+    edge_differences: bool = True
+    difference_scale: float = 20.0
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
@@ -100,6 +104,7 @@ class FilterSettings:
             ("batch_edges", self.batch_edges >= 1, "an integer >= 1"),
             ("positive_weight", self.positive_weight > 0, "> 0"),
             ("target_efficiency", 0 < self.target_efficiency <= 1, "in (0, 1]"),
+            ("difference_scale", self.difference_scale > 0, "> 0"),
         ], "filter")
 
 
@@ -111,19 +116,22 @@ class GNNSettings:
     (message-passing steps), ``node_layers`` and ``edge_layers`` size it. Each step
     trains on the edges whose two hits both lie in one φ sector of width ``2π / sectors``
     centred at random (a sub-graph, to keep steps small); an epoch is ``sectors`` steps
-    per training event. Loss: weighted BCE with ``positive_weight``. The cut is chosen on
+    per training event. Loss: weighted BCE with ``positive_weight``. ``edge_differences``
+    and ``difference_scale`` as for the filter (edge encoder input). The cut is chosen on
     the validation event to maximise the track efficiency minus the fake rate.
     """
 
     architecture: str = "InteractionGNN"
-    hidden: int = 48
-    iterations: int = 6
+    hidden: int = 32
+    iterations: int = 4
     node_layers: int = 2
     edge_layers: int = 2
-    epochs: int = 6
-    learning_rate: float = 2e-3
-    sectors: int = 12
+    epochs: int = 3
+    learning_rate: float = 3e-3
+    sectors: int = 16
     positive_weight: float = 1.0
+    edge_differences: bool = True
+    difference_scale: float = 20.0
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
@@ -137,6 +145,7 @@ class GNNSettings:
             ("learning_rate", self.learning_rate > 0, "> 0"),
             ("sectors", self.sectors >= 1, "an integer >= 1"),
             ("positive_weight", self.positive_weight > 0, "> 0"),
+            ("difference_scale", self.difference_scale > 0, "> 0"),
         ], "gnn")
 
 
@@ -153,12 +162,14 @@ class TrainingConfig:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     filter: FilterSettings = field(default_factory=FilterSettings)
     gnn: GNNSettings = field(default_factory=GNNSettings)
-    max_neighbours: int = 64
+    max_neighbours: int = 32
     edge_direction: str = "i<j"
     seed: int = 0
     threads: int = 2
     min_pt: float = 1.0
     min_hits: int = 5
+    #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
+    periodic_features: tuple[int, ...] = ()
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""

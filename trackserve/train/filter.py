@@ -31,12 +31,13 @@ def radius_graph(embedding_network, event: TrainingEvent, radius: float, config:
                        direction=config.edge_direction, threads=config.threads)
 
 
-def build_filter_network(settings: FilterSettings, num_features: int):
+def build_filter_network(settings: FilterSettings, num_features: int, periodic_features=()):
     """A fresh :class:`~trackserve.export.filter.EdgeFilter` of these settings."""
     from ..export.filter import EdgeFilter
 
     return EdgeFilter(in_channels=num_features, hidden=settings.hidden, nb_layer=settings.layers,
-                      activation=settings.activation, layer_norm=True)
+                      activation=settings.activation, layer_norm=True, edge_differences=settings.edge_differences,
+                      periodic_features=list(periodic_features), difference_scale=settings.difference_scale)
 
 
 def validate_filter(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> dict:
@@ -54,7 +55,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
     import torch
 
     settings = config.filter
-    network = build_filter_network(settings, events[0].features.shape[1])
+    network = build_filter_network(settings, events[0].features.shape[1], config.periodic_features)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels = [pair_labels(graph, event.particle_ids) for event, graph in zip(events, graphs)]
     counts = [max(1, -(-graph.shape[1] // settings.batch_edges)) for graph in graphs]

@@ -23,7 +23,7 @@ from .validation import format_figures, graph_figures, track_figures, track_labe
 CANDIDATE_CUTS = tuple(round(0.05 * i, 2) for i in range(2, 20))
 
 
-def build_gnn_network(settings: GNNSettings, num_features: int):
+def build_gnn_network(settings: GNNSettings, num_features: int, periodic_features=()):
     """A fresh GNN (``settings.architecture``) of these settings."""
     from ..export.interaction_gnn import InteractionGNN
     from ..export.resagnn import ResAGNN
@@ -33,7 +33,8 @@ def build_gnn_network(settings: GNNSettings, num_features: int):
                        nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers)
     return InteractionGNN(in_channels=num_features, hidden=settings.hidden, n_graph_iters=settings.iterations,
                           nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers,
-                          bidirectional_messages=True)
+                          bidirectional_messages=True, edge_differences=settings.edge_differences,
+                          periodic_features=list(periodic_features), difference_scale=settings.difference_scale)
 
 
 def hit_phi(event: TrainingEvent) -> np.ndarray:
@@ -83,7 +84,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     import torch
 
     settings = config.gnn
-    network = build_gnn_network(settings, events[0].features.shape[1])
+    network = build_gnn_network(settings, events[0].features.shape[1], config.periodic_features)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels = [pair_labels(graph, event.particle_ids) for event, graph in zip(events, graphs)]
     phis = [hit_phi(event) for event in events]

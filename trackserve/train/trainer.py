@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
 
     from ..bundle import StageParameters, load_bundle, make_bundle, write_pipeline_json
 
+    config = replace(config, periodic_features=tuple(i for i, name in enumerate(spec.names) if name == "phi"))
     config.validate()
     _check_events(events, validation, spec)
     torch.set_num_threads(config.threads)

@@ -9,7 +9,7 @@ TrackML event) written as CSV and CSV.gz:
   neighbours).
 
 Each figure is the best of ``--repeat`` runs. Writes the ``trackml_io`` section of
-``benchmarks/RESULTS.md``. Run: ``python benchmarks/trackml_io.py [--hits 20000]``.
+``benchmarks/RESULTS.md``. Run: ``python benchmarks/bench_trackml_io.py [--hits 20000]``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> int:
 
     threads = ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     lines = [
-        "## TrackML I/O and truth graph (`benchmarks/trackml_io.py`)",
+        "## TrackML I/O and truth graph (`benchmarks/bench_trackml_io.py`)",
         "",
         f"Machine: {machine_description()}. Threads: single-threaded numpy code ({threads}).",
         f"Synthetic event of {args.hits:,} hits, best of {args.repeat} runs. Other work may have shared the CPU.",

@@ -6,7 +6,7 @@ Builds a synthetic full-size TrackML-like event (default 110,000 hits, 12,000 pa
 straightforward loop over tracks computing the same figures, checks they agree, and
 writes the "metrics" section of benchmarks/RESULTS.md.
 
-Run: ``python benchmarks/metrics.py [--hits N] [--repeat R]``.
+Run: ``python benchmarks/bench_metrics.py [--hits N] [--repeat R]``.
 """
 
 from __future__ import annotations

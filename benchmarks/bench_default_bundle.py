@@ -1,0 +1,189 @@
+"""Quality and speed of the shipped default bundle on held-out simulated events and on real TrackML data.
+
+Events:
+
+* held-out simulated events at full density: the particle tables of the real TrackML events
+  1000 and 21139 simulated with seeds no training event used, and one event of 8,500 random
+  particles (about 100k hits each);
+* the real TrackML event shipped in the repository (``data/event000000001``, 5 % of its
+  particles) and the real barrel subset of event 1000 (``../shared/data/trackml/
+  barrel_subset_event000001000/20-density``), when present.
+
+For each event the bundle runs stage by stage on the runtime :class:`Pipeline` (ONNX
+Runtime), and the script reports the edge efficiency and purity after the graph, the
+filter and the GNN cut (against the truth graph; efficiency for all particles and for
+pT > 1 GeV), the double-majority track efficiency for particles with pT > 1 GeV and at
+least 5 hits, the fake and duplicate rates, and the time of each stage. It writes the
+``default_bundle`` section of ``benchmarks/RESULTS.md``.
+
+Usage: ``python benchmarks/bench_default_bundle.py [--bundle DIR] [--threads N] [--small]``
+(``--small`` simulates 1/10 of the particles, a quick check that the script works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_description, write_section  # noqa: E402
+
+from trackserve.events.geometry import load_geometry  # noqa: E402
+from trackserve.events.metrics import evaluate_event  # noqa: E402
+from trackserve.events.simulate import SimulationConfig, simulate_event  # noqa: E402
+from trackserve.events.trackml import read_event, read_particles  # noqa: E402
+from trackserve.events.truth_graph import truth_graph  # noqa: E402
+from trackserve.paths import DEFAULT_BUNDLE, SAMPLE_EVENT  # noqa: E402
+from trackserve.runtime.config import RuntimeConfig  # noqa: E402
+from trackserve.runtime.cuts import logit_threshold  # noqa: E402
+from trackserve.runtime.pipeline import Pipeline  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO / ".." / "shared" / "data" / "trackml"
+TABLES = ("event000001000-particles.csv", "event000021139-particles.csv")
+BARREL = SHARED / "barrel_subset_event000001000" / "20-density"
+#: Seed of the held-out simulated events; the training used seeds (S, stream, source, i) with small S.
+HELD_OUT_SEED = 20_261_128
+MIN_PT, MIN_HITS = 1.0, 5
+TARGET_EFFICIENCY, TARGET_FAKE_RATE = 0.95, 0.02
+
+
+def held_out_events(small: bool):
+    """(name, event) of the held-out simulated events."""
+    geometry = load_geometry()
+    events = []
+    for index, table_name in enumerate(TABLES):
+        path = SHARED / table_name
+        if not path.exists():
+            print(f"skipping {table_name}: {path} not found", file=sys.stderr)
+            continue
+        table = read_particles(path)
+        if small:
+            keep = np.arange(len(table["particle_id"])) % 10 == 0
+            table = {key: value[keep] for key, value in table.items()}
+        event = simulate_event(geometry, table, seed=(HELD_OUT_SEED, index), event_id=index)
+        events.append((f"simulated from {table_name.split('-')[0]} particles", event))
+    config = replace(SimulationConfig(), num_particles=850 if small else 8500)
+    events.append((f"simulated, {config.num_particles} random particles", simulate_event(geometry, config, seed=(HELD_OUT_SEED, 9), event_id=9)))
+    return events
+
+
+def real_events():
+    """(name, event) of the real TrackML events available."""
+    events = [("real: data/event000000001 (5 % of the particles)", read_event(SAMPLE_EVENT))]
+    if BARREL.with_name(BARREL.name + "-hits.csv").exists():
+        events.append(("real: barrel subset of event 1000 (20 % of particles)", read_event(BARREL, parts=("truth", "particles"))))
+    else:
+        print(f"skipping the barrel subset: {BARREL} not found", file=sys.stderr)
+    return events
+
+
+def _edge_figures(edges: np.ndarray, truth: np.ndarray, pids: np.ndarray, high: np.ndarray, n: int) -> tuple[float, float, float]:
+    keys = np.unique(np.minimum(edges[0], edges[1]) * n + np.maximum(edges[0], edges[1]))
+    truth_keys = np.minimum(truth[0], truth[1]) * n + np.maximum(truth[0], truth[1])
+    found = np.isin(truth_keys, keys)
+    same = (pids[edges[0]] == pids[edges[1]]) & (pids[edges[0]] != 0)
+    mean = lambda values: float(values.mean()) if values.size else float("nan")  # noqa: E731
+    return mean(found), mean(found[high]), mean(same)
+
+
+def evaluate(pipeline: Pipeline, event) -> dict:
+    """Run the pipeline stage by stage on ``event``; edge figures per stage, track figures, stage times."""
+    features = pipeline.event_features(event)
+    times = {}
+    mark = time.perf_counter()
+    embedding = pipeline.embed(features)
+    times["embed"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    graph = pipeline.build_graph(embedding)
+    times["graph"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    filtered, _ = pipeline.filter_edges(features, graph)
+    times["filter"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    logits = pipeline.classify_edges("gnn", features, filtered, chunked=False)
+    times["gnn"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    labels = pipeline.build_tracks(event.num_hits, filtered, logits)
+    times["tracks"] = time.perf_counter() - mark
+    kept = filtered[:, logits > logit_threshold(pipeline.stages.gnn_cut)]
+
+    pids = np.asarray(event.truth["particle_id"], dtype=np.int64)
+    truth = truth_graph(event)
+    pt = np.hypot(event.particles["px"], event.particles["py"])
+    pt_of = dict(zip(event.particles["particle_id"].tolist(), pt.tolist()))
+    high = np.array([pt_of.get(int(p), 0.0) >= MIN_PT for p in pids[truth[0]]], dtype=bool)
+    stages = {name: (edges.shape[1],) + _edge_figures(edges, truth, pids, high, event.num_hits)
+              for name, edges in (("graph", graph), ("filter", filtered), ("gnn", kept))}
+    tracks = evaluate_event(event, event.hits["hit_id"], labels, min_pt=MIN_PT, min_hits=MIN_HITS)
+    return {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle to measure (default: models/default)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime and graph-building threads (default 2)")
+    parser.add_argument("--small", action="store_true", help="simulated events with 1/10 of the particles (a quick check)")
+    parser.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
+    args = parser.parse_args()
+
+    pipeline = Pipeline(args.bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
+    results = []
+    for name, event in held_out_events(args.small) + real_events():
+        result = evaluate(pipeline, event)
+        results.append((name, result))
+        tracks = result["tracks"]
+        print(f"{name}: {result['hits']} hits, efficiency {tracks['efficiency']:.4f}, fake rate {tracks['fake_rate']:.4f}, "
+              f"{sum(result['times'].values()):.2f} s", flush=True)
+
+    stages = pipeline.stages
+    lines = [
+        "## default bundle (`benchmarks/bench_default_bundle.py`)",
+        "",
+        f"Machine: {machine_description()}. Threads: ONNX Runtime intra-op {args.threads}, graph building {args.threads} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Other jobs may have shared the CPU: times are provisional.",
+        f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
+        f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g}."
+        + (" **Small run (`--small`): 1/10 of the particles.**" if args.small else ""),
+        "",
+        f"Tracks: double-majority efficiency for particles with pT > {MIN_PT:g} GeV and >= {MIN_HITS} hits; fake rate = "
+        f"candidate tracks (>= {MIN_HITS} hits) matched to no particle. Target on the held-out simulated events: "
+        f"efficiency >= {TARGET_EFFICIENCY:.0%}, fake rate <= {TARGET_FAKE_RATE:.0%}.",
+        "",
+        "| event | hits | efficiency | fake rate | duplicate rate | meets target | total time (s) |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for name, result in results:
+        tracks = result["tracks"]
+        meets = tracks["efficiency"] >= TARGET_EFFICIENCY and tracks["fake_rate"] <= TARGET_FAKE_RATE
+        lines.append(f"| {name} | {result['hits']} | {tracks['efficiency']:.4f} | {tracks['fake_rate']:.4f} | "
+                     f"{tracks['duplicate_rate']:.4f} | {'yes' if meets else 'no'} | {sum(result['times'].values()):.2f} |")
+    lines += [
+        "",
+        "Edges after each stage against the truth graph (efficiency: all particles / pT > 1 GeV; purity: edges joining two hits of one particle):",
+        "",
+        "| event | stage | edges | efficiency | efficiency pT > 1 | purity |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, result in results:
+        for stage, (count, efficiency, high, purity) in result["stages"].items():
+            lines.append(f"| {name} | {stage} | {count} | {efficiency:.4f} | {high:.4f} | {purity:.4f} |")
+    lines += ["", "Stage times (s):", "", "| event | embed | graph | filter | gnn | tracks |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, result in results:
+        t = result["times"]
+        lines.append(f"| {name} | {t['embed']:.3f} | {t['graph']:.3f} | {t['filter']:.3f} | {t['gnn']:.3f} | {t['tracks']:.3f} |")
+    markdown = "\n".join(lines)
+    print(markdown)
+    if not args.no_write:
+        write_section("default_bundle", markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

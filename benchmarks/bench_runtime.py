@@ -214,6 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the benchmark events")
     parser.add_argument("--sim-repeats", type=int, default=2, help="timed runs of the simulated event")
     parser.add_argument("--quick", action="store_true", help="20 events, 1 repeat, a 1/8-size simulated event")
+    parser.add_argument("--sim-bundle", default=None,
+                        help="bundle for the simulated event (default: --bundle); the benchmark events need a "
+                        "3-feature bundle, the simulated event a bundle trained for full-density events")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
 
@@ -241,6 +244,12 @@ def main(argv=None) -> int:
         for features in events[:5]:  # warm-up
             pipeline.run(features), baseline.run(features)
         ratio, _ = compare("published benchmark events (lrt_events)", pipeline, baseline, events, repeats, lines)
+    if args.sim_bundle is not None:
+        sim_bundle = load_bundle(args.sim_bundle)
+        pipeline, baseline = Pipeline(sim_bundle, config=config), Baseline(sim_bundle, config.edge_chunk_size)
+        lines += [f"Simulated event: bundle `{args.sim_bundle}` ({sim_bundle.provenance.get('data', {}).get('simulated', '')} "
+                  f"trained; radius {sim_bundle.stages.radius:.4g}, K {sim_bundle.stages.max_neighbours}, cuts "
+                  f"{sim_bundle.stages.filter_cut}/{sim_bundle.stages.gnn_cut}).", ""]
     big = simulated_event(pipeline.feature_spec, 1500 if args.quick else None)
     # compare() runs both once to check the labels before timing: that is the warm-up here.
     compare("simulated full event (event000001000 particles)", pipeline, baseline, [big],

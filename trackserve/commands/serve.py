@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 
 class _Stop(Exception):
-    """Raised in the main thread by the SIGTERM handler."""
+    """Raised in the main thread by the SIGTERM and SIGINT handler."""
 
 
 def _raise_stop(signum, frame):
@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)
 
     server = TritonServer(args.repository, settings, binary=args.tritonserver, log=None if args.quiet else forward)
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # Both signals are handled explicitly: a process started with SIGINT ignored (as a child
+    # of a shell or test runner that ignores it) would otherwise never see Ctrl-C.
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
         print(f"trackserve serve: Triton is ready after {server.startup_seconds:.1f} s, serving {server.repository}",
@@ -89,4 +91,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -6,7 +6,6 @@ import dataclasses
 import json
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 ORDER = 30

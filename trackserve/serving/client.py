@@ -18,20 +18,20 @@ from .interface import DEFAULT_MODEL_NAME, FEATURES, LABELS, WIRE_DTYPES
 PROTOCOLS = {"grpc": 8001, "http": 8000}
 
 
-def client_module(protocol: str):
-    """``tritonclient.grpc`` or ``tritonclient.http``; BackendUnavailableError when tritonclient is missing."""
+def client_module(protocol: str, *, asyncio: bool = False):
+    """``tritonclient.grpc`` or ``tritonclient.http`` (their ``.aio`` variants with ``asyncio``);
+    BackendUnavailableError when tritonclient is missing."""
+    import importlib
+
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    name = f"tritonclient.{protocol}" + (".aio" if asyncio else "")
     try:
-        if protocol == "grpc":
-            import tritonclient.grpc as module
-        else:
-            import tritonclient.http as module
+        return importlib.import_module(name)
     except ImportError as error:
         raise BackendUnavailableError(
-            f"tritonclient[{protocol}] is not installed ({error}); install the serving extra: pip install -e \".[serving]\""
+            f"{name} is not importable ({error}); install the serving extra: pip install -e \".[serving]\""
         ) from error
-    return module
 
 
 def make_inputs(module, features: np.ndarray, *, name: str = FEATURES) -> list:

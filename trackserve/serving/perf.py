@@ -41,8 +41,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputError, ServingError
-from .client import PROTOCOLS, TritonClient, describe_failure, labels_from_result, make_inputs, make_outputs
+from ..errors import InputError, ServingError
+from .client import PROTOCOLS, TritonClient, client_module, describe_failure, labels_from_result, make_inputs, make_outputs
 from .interface import DEFAULT_MODEL_NAME
 
 #: The load-generation modes.
@@ -299,24 +299,8 @@ def _run_sync(events, concurrency: int, settings: PerfSettings) -> LevelResult:
 # ------------------------------------------------------------------ async mode
 
 
-def _aio_module(protocol: str):
-    if protocol not in PROTOCOLS:
-        raise InputError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    try:
-        if protocol == "grpc":
-            import tritonclient.grpc.aio as module
-        else:
-            import tritonclient.http.aio as module
-    except ImportError as error:
-        raise BackendUnavailableError(
-            f"tritonclient[{protocol}] with asyncio support is not importable ({error}); "
-            "install the serving extra: pip install -e \".[serving]\""
-        ) from error
-    return module
-
-
 async def _run_async_level(events, concurrency: int, settings: PerfSettings):
-    module = _aio_module(settings.protocol)
+    module = client_module(settings.protocol, asyncio=True)
     try:
         if settings.protocol == "grpc":
             client = module.InferenceServerClient(settings.url)

@@ -9,7 +9,6 @@ on the validation event, recording every figure and setting in the provenance.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..events.features import FeatureSpec
+from ..jsonout import json_ready
 from .config import TrainingConfig
 from .data import TrainingEvent, describe_events
 from .embedding import embed, radius_for_efficiency, train_embedding
@@ -35,19 +35,6 @@ class TrainingResult:
     history: dict
     validation: dict
     seconds: dict
-
-
-def json_ready(value):
-    """``value`` with every non-finite float replaced by ``None`` and numpy scalars by Python ones."""
-    if isinstance(value, dict):
-        return {str(key): json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: FeatureSpec) -> None:

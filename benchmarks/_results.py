@@ -38,6 +38,13 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, {date}"
 
 
+def load_note() -> str:
+    """A sentence giving the machine's load when the benchmark started: other jobs skew timings."""
+    one_minute = os.getloadavg()[0]
+    verdict = "quiet" if one_minute < 0.5 * (os.cpu_count() or 1) else "busy: timings are provisional"
+    return f"Load average (1 min) at the start: {one_minute:.2f} on {os.cpu_count()} cores ({verdict})."
+
+
 def write_section(name: str, markdown: str, path: Path = RESULTS_PATH) -> Path:
     """Replace (or append) the section ``name`` of RESULTS.md with ``markdown``."""
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"

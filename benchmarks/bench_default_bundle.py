@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine_description, write_section  # noqa: E402
+from _results import load_note, machine_description, write_section  # noqa: E402
 
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.metrics import evaluate_event  # noqa: E402
@@ -147,7 +147,7 @@ def main() -> int:
         "## default bundle (`benchmarks/bench_default_bundle.py`)",
         "",
         f"Machine: {machine_description()}. Threads: ONNX Runtime intra-op {args.threads}, graph building {args.threads} "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Other jobs may have shared the CPU: times are provisional.",
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + load_note(),
         f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
         f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g}."
         + (" **Small run (`--small`): 1/10 of the particles.**" if args.small else ""),

@@ -37,7 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine_description, write_section  # noqa: E402
+from _results import load_note, machine_description, write_section  # noqa: E402
 
 from trackserve.runtime.graph_building import build_graph  # noqa: E402
 from trackserve.runtime.track_building import build_tracks  # noqa: E402
@@ -236,8 +236,7 @@ def main() -> int:
         f"Threads: ours `threads={args.threads}`; FAISS `omp_set_num_threads({args.threads})`; "
         f"cKDTree `query_ball_point(workers={args.threads})`, `query_pairs` has no workers option "
         "(1 thread); scipy connected_components is single-threaded. Medians of "
-        f"{args.repeats} runs (FAISS: 1 run). Our graph building uses no BLAS. "
-        "Other jobs shared the machine: figures are provisional.",
+        f"{args.repeats} runs (FAISS: 1 run). Our graph building uses no BLAS. " + load_note(),
         "",
     ]
     for kind in args.kinds.split(","):

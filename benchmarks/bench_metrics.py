@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from _results import machine_description, write_section
+from _results import load_note, machine_description, write_section
 from trackserve.events.event import Event
 from trackserve.events.metrics import evaluate_event, track_metrics, trackml_score
 
@@ -120,7 +120,7 @@ def main() -> None:
         "## metrics",
         "",
         f"Machine: {machine_description()}. numpy {np.__version__}; OMP_NUM_THREADS={threads} "
-        "(the metrics are single-threaded numpy sorts and counts). Other jobs shared the CPU: provisional.",
+        "(the metrics are single-threaded numpy sorts and counts). " + load_note(),
         "",
         f"Synthetic event: {args.hits} hits, {metrics.num_particles} particles, "
         f"{int((pids == 0).sum())} noise hits, {metrics.num_tracks} tracks "

@@ -32,7 +32,7 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine_description, write_section  # noqa: E402
+from _results import load_note, machine_description, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
              "Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()) + f"; {args.threads} cores for both.",
              f"Bundle: `{args.bundle}` ({bundle.provenance.get('data', 'no data recorded')}); radius "
              f"{bundle.stages.radius:.4g}, K {bundle.stages.max_neighbours}, cuts {bundle.stages.filter_cut}/"
-             f"{bundle.stages.gnn_cut}. Other jobs may have shared the CPU: provisional.", ""]
+             f"{bundle.stages.gnn_cut}. " + load_note(), ""]
     ratio = None
     if bundle.num_features != 3:
         lines += [f"The benchmark events have 3 features, the bundle {bundle.num_features}: skipped.", ""]

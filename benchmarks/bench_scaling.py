@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine_description, write_section  # noqa: E402
+from _results import load_note, machine_description, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
@@ -124,8 +124,7 @@ def main(argv=None) -> int:
              f"**{peak / 1e9:.1f} GFLOP/s** (float32 2048x2048, best of 5).",
              f"Bundle: `{args.bundle}` ({bundle.provenance.get('data', 'no data recorded')}). Random-particle events "
              f"on the full detector, each size in a fresh process; medians of {repeats} runs after a warm-up. "
-             "Peak memory: ru_maxrss of that process (in brackets: before the first event). Other jobs may "
-             "have shared the CPU: provisional.", "",
+             "Peak memory: ru_maxrss of that process (in brackets: before the first event). " + load_note(), "",
              "| hits | graph / filtered edges | " + " | ".join(f"{s} (ms)" for s in STAGES)
              + " | total (ms) | peak memory (MiB) |",
              "| ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: |"]

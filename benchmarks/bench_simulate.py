@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine_description, write_section  # noqa: E402
+from _results import load_note, machine_description, write_section  # noqa: E402
 
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.simulate import SimulationConfig, simulate_event  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine_description()}. Threads: single-threaded numpy code ({threads}).",
         f"Default options (2 T, smearing pitch/sqrt(12), x/X0 = 0.02 per layer, noise fraction 0.1). "
         f"Best of {args.repeats} runs{'; `--small`: a tenth of each source' if args.small else ''}. "
-        f"Geometry load (once): {load_time:.2f} s. Other work may have shared the CPU: provisional.",
+        f"Geometry load (once): {load_time:.2f} s. " + load_note(),
         "",
         "| source | hits | particle hits | real event's particle hits | simulated / real | simulate (s) | s per 100k hits | budget 10 s / per-100k time | write CSV (s) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

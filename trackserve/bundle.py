@@ -337,6 +337,30 @@ def _interface_problems(name: str, entry: NetworkEntry, num_features: int | None
     return problems
 
 
+def tensor_problems(want: TensorInfo, got, *, subject: str, reference: str, dynamic_reference: str,
+                    dynamic_hint: str, fixed_must_match_symbolic: bool = True) -> list[str]:
+    """What differs between a declared tensor ``want`` and ONNX Runtime's metadata ``got`` (dtype, rank, dims).
+
+    Messages read ``"<subject> has dtype X, <reference> Y"``; a fixed size where a dynamic
+    dim is declared reads ``"... where <dynamic_reference> the dynamic dim 'd'<dynamic_hint>"``. With ``fixed_must_match_symbolic`` a
+    symbolic dim where a fixed size is declared is also a mismatch.
+    """
+    problems = []
+    dtype = _ORT_DTYPES.get(got.type, got.type)
+    if dtype != want.dtype:
+        problems.append(f"{subject} has dtype {dtype}, {reference} {want.dtype}")
+    shape = list(got.shape)
+    if len(shape) != len(want.dims):
+        return problems + [f"{subject} has dims {shape}, {reference} {list(want.dims)}"]
+    for axis, (w, g) in enumerate(zip(want.dims, shape)):
+        if isinstance(w, int) and g != w and (fixed_must_match_symbolic or isinstance(g, int)):
+            return problems + [f"{subject} has dims {shape}, {reference} {list(want.dims)} (dim {axis})"]
+        if isinstance(w, str) and isinstance(g, int):
+            return problems + [f"{subject} has the fixed size {g} at dim {axis} where {dynamic_reference} the dynamic dim {w!r}"
+                               + dynamic_hint]
+    return problems
+
+
 def _onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
     """Compare the inputs and outputs the ONNX file declares with ``entry`` (loads, does not run)."""
     import onnxruntime as ort
@@ -361,24 +385,11 @@ def _onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
             problems.append(f"networks.{name}.{role}: {entry.file} has {role} {actual_names}, pipeline.json declares {names}")
             continue
         for want, got in zip(declared, actual):
-            where = f"networks.{name}: {role[:-1]} '{want.name}' of {entry.file}"
-            dtype = _ORT_DTYPES.get(got.type, got.type)
-            if dtype != want.dtype:
-                problems.append(f"{where} has dtype {dtype}, pipeline.json declares {want.dtype}")
-            shape = list(got.shape)
-            if len(shape) != len(want.dims):
-                problems.append(f"{where} has dims {shape}, pipeline.json declares {list(want.dims)}")
-                continue
-            for axis, (w, g) in enumerate(zip(want.dims, shape)):
-                if isinstance(w, int) and g != w:
-                    problems.append(f"{where} has dims {shape}, pipeline.json declares {list(want.dims)} (dim {axis})")
-                    break
-                if isinstance(w, str) and isinstance(g, int):
-                    problems.append(
-                        f"{where} has the fixed size {g} at dim {axis} where pipeline.json declares the dynamic dim "
-                        f"{w!r}: the network was exported without dynamic axes; re-export it with `trackserve export`"
-                    )
-                    break
+            problems.extend(tensor_problems(
+                want, got, subject=f"networks.{name}: {role[:-1]} '{want.name}' of {entry.file}",
+                reference="pipeline.json declares", dynamic_reference="pipeline.json declares",
+                dynamic_hint=": the network was exported without dynamic axes; re-export it with `trackserve export`",
+            ))
     return problems
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import TensorInfo, file_sha256
+from ..bundle import TensorInfo, file_sha256, tensor_problems
 from ..errors import ExportError, ExportParityError
 from .graph_scan import GraphHazard, scan_graph
 from .specs import ExportSpec, ShapeCase, get_spec
@@ -43,7 +43,6 @@ from .specs import ExportSpec, ShapeCase, get_spec
 #: 1.17 and later, and TensorRT 8.6 and later; it has ScatterElements(reduction="add").
 DEFAULT_OPSET = 17
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
 @dataclass(frozen=True)
@@ -221,23 +220,10 @@ def _metadata_failures(session, inputs: tuple[TensorInfo, ...], outputs: tuple[T
     failures = []
     for role, declared, actual in (("inputs", inputs, session.get_inputs()), ("outputs", outputs, session.get_outputs())):
         for want, got in zip(declared, actual):
-            dtype = _ORT_DTYPES.get(got.type, got.type)
-            if dtype != want.dtype:
-                failures.append(f"{role[:-1]} '{want.name}' has dtype {dtype}, the interface needs {want.dtype}")
-            shape = list(got.shape)
-            if len(shape) != len(want.dims):
-                failures.append(f"{role[:-1]} '{want.name}' has dims {shape}, the interface needs {list(want.dims)}")
-                continue
-            for axis, (w, g) in enumerate(zip(want.dims, shape)):
-                if isinstance(w, int) and isinstance(g, int) and g != w:
-                    failures.append(f"{role[:-1]} '{want.name}' has dims {shape}, the interface needs {list(want.dims)}")
-                    break
-                if isinstance(w, str) and isinstance(g, int):
-                    failures.append(
-                        f"{role[:-1]} '{want.name}' has the fixed size {g} at dim {axis} where the interface has the "
-                        f"dynamic dim '{w}' (exported without dynamic axes)"
-                    )
-                    break
+            failures.extend(tensor_problems(
+                want, got, subject=f"{role[:-1]} '{want.name}'", reference="the interface needs",
+                dynamic_reference="the interface has", dynamic_hint=" (exported without dynamic axes)", fixed_must_match_symbolic=False,
+            ))
     return failures
 
 

@@ -10,7 +10,7 @@ from trackserve.runtime.graph_building import build_graph
 from trackserve.train.classifier import cut_for_efficiency, passing
 from trackserve.train.embedding import radius_for_efficiency
 from trackserve.train.gnn import sector_subgraph
-from trackserve.train.pairs import knn_graph, neighbour_pairs, pair_labels, random_pairs, true_pairs
+from trackserve.train.pairs import knn_graph, neighbour_pairs, pair_labels, random_pairs, signal_labels, true_pairs
 
 
 def test_true_pairs_keep_every_edge_touching_an_anchor():
@@ -32,6 +32,15 @@ def test_pair_labels_same_particle_never_noise():
     pids = np.array([7, 7, 0, 0, 3])
     pairs = np.array([[0, 2, 0, 4], [1, 3, 4, 4]])
     assert pair_labels(pairs, pids).tolist() == [True, False, False, True]
+
+
+def test_signal_labels_keep_only_the_edges_of_particles_above_the_pt():
+    pids = np.array([7, 7, 0, 0, 3, 3, 5])
+    pt = np.array([0.4, 0.4, 0.0, 0.0, 2.0, 2.0, 0.7])
+    pairs = np.array([[0, 2, 4, 4, 6], [1, 3, 5, 6, 6]])
+    assert signal_labels(pairs, pids, pt, 0.0).tolist() == [True, False, True, False, True]
+    assert signal_labels(pairs, pids, pt, 0.7).tolist() == [False, False, True, False, True]
+    assert signal_labels(pairs, pids, pt, 1.0).tolist() == [False, False, True, False, False]
 
 
 def test_neighbour_pairs_match_brute_force():

@@ -83,6 +83,24 @@ def test_tiny_training_writes_a_bundle_the_pipeline_runs(tiny_events, tmp_path):
     assert output.num_edges["filter"] == result.validation["filter"]["num_edges"]
 
 
+@pytest.mark.slow
+def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tmp_path):
+    from trackserve.events.features import EXATRKX_SERVICE
+
+    events = simulated_events([SimulatedSource(num_particles=30)], 3, EXATRKX_SERVICE, seed=6, show_progress=False)
+    config = TrainingConfig.quick(threads=1, derive_eta=True, signal_min_pt=0.5)
+    train_pipeline(events[:2], events[2], config, tmp_path / "bundle", spec=EXATRKX_SERVICE, show_progress=False)
+    bundle = load_bundle(tmp_path / "bundle")
+    eta = {"r": 0, "z": 2, "r_scale": 3000.0, "z_scale": 400.0}
+    for name in ("embedding", "filter", "gnn"):
+        assert bundle.networks[name].config["derived_eta"] == eta
+        assert bundle.networks[name].inputs[0].dims[1] == 3
+    settings = json.loads((tmp_path / "bundle" / "pipeline.json").read_text())["provenance"]["settings"]
+    assert settings["signal_min_pt"] == 0.5 and settings["derive_eta"] and settings["eta_columns"] == eta
+    output = Pipeline(tmp_path / "bundle", config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(events[2].features)
+    assert output.labels.shape == (events[2].num_hits,)
+
+
 def test_config_validation_names_the_setting():
     from trackserve.errors import InputError
 
@@ -93,6 +111,8 @@ def test_config_validation_names_the_setting():
         replace(config, embedding=replace(config.embedding, margin=0.0)).validate()
     with pytest.raises(InputError, match="run.threads"):
         replace(config, threads=0).validate()
+    with pytest.raises(InputError, match="run.signal_min_pt"):
+        replace(config, signal_min_pt=-1.0).validate()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -72,6 +72,10 @@ def register(subparsers) -> None:
     run.add_argument("--seed", type=int, default=0, help="seed of the simulation and of the training (default 0)")
     run.add_argument("--threads", type=int, default=2, help="torch and graph-building threads (default 2)")
     run.add_argument("--max-neighbours", type=int, default=None, metavar="K", help="cap of the radius graph per hit")
+    run.add_argument("--signal-min-pt", type=float, default=None, metavar="GEV",
+                     help="filter and GNN learn to keep only edges of particles with at least this pT (default 0: all)")
+    run.add_argument("--derive-eta", action="store_true",
+                     help="networks compute eta from the r and z features themselves (the bundle reads r, phi, z only)")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
@@ -97,6 +101,8 @@ def training_config(args: argparse.Namespace):
         gnn=replace(config.gnn, **stages["gnn"]),
         seed=args.seed, threads=args.threads,
         **({"max_neighbours": args.max_neighbours} if args.max_neighbours is not None else {}),
+        **({"signal_min_pt": args.signal_min_pt} if args.signal_min_pt is not None else {}),
+        **({"derive_eta": True} if args.derive_eta else {}),
     )
     config.validate()
     return config

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .derived import DerivedEta, check_derived_eta
 from .mlp import make_mlp
 from .network_base import ConfigurableNetwork, positive_int
 
@@ -23,14 +24,16 @@ class EmbeddingNetwork(ConfigurableNetwork):
 
     Config: ``in_channels``, ``emb_hidden``, ``nb_layer`` (hidden layers), ``emb_dim``,
     ``activation`` (default ``"Tanh"``), ``layer_norm`` (default off),
-    ``layer_norm_affine`` (default on), ``normalize`` (L2 normalisation, default off).
+    ``layer_norm_affine`` (default on), ``normalize`` (L2 normalisation, default off),
+    ``derived_eta`` (default off; see :mod:`~trackserve.export.derived`).
     Parameters live in ``network`` (a :func:`~trackserve.export.mlp.make_mlp` Sequential).
     """
 
     kind = "embedding"
     architecture = "LayerlessEmbedding"
     REQUIRED = ("in_channels", "emb_hidden", "nb_layer", "emb_dim")
-    DEFAULTS = {"activation": "Tanh", "layer_norm": False, "layer_norm_affine": True, "normalize": False}
+    DEFAULTS = {"activation": "Tanh", "layer_norm": False, "layer_norm_affine": True, "normalize": False,
+                "derived_eta": None}
 
     def __init__(self, **hyperparameters):
         super().__init__(**hyperparameters)
@@ -38,8 +41,10 @@ class EmbeddingNetwork(ConfigurableNetwork):
         for name in self.REQUIRED:
             positive_int(config, name, self.architecture)
         self.normalize = bool(config["normalize"])
+        config["derived_eta"] = check_derived_eta(config["derived_eta"], config["in_channels"], self.architecture)
+        self.derived = DerivedEta(config["derived_eta"])
         self.network = make_mlp(
-            config["in_channels"],
+            self.derived.width(config["in_channels"]),
             [config["emb_hidden"]] * config["nb_layer"] + [config["emb_dim"]],
             hidden_activation=config["activation"],
             output_activation=None,
@@ -49,7 +54,7 @@ class EmbeddingNetwork(ConfigurableNetwork):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The embedding ``[N, emb_dim]`` of hit features ``[N, in_channels]``."""
-        embedding = self.network(features)
+        embedding = self.network(self.derived(features))
         if self.normalize:
             embedding = F.normalize(embedding, p=2.0, dim=1)
         return embedding

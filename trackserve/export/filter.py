@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .derived import DerivedEta, check_derived_eta
 from .mlp import activation_module, gather_pair, pair_differences
 from .network_base import ConfigurableNetwork, positive_int
 
@@ -30,14 +31,15 @@ class EdgeFilter(ConfigurableNetwork):
     layers before the output layer, at least 1), ``activation`` (default ``"Tanh"``),
     ``layer_norm`` (default on), ``edge_differences`` (default off: also feed the two
     hits' feature differences, see :func:`~trackserve.export.mlp.pair_differences`, with
-    ``periodic_features``, ``period`` and ``difference_scale``).
+    ``periodic_features``, ``period`` and ``difference_scale``), ``derived_eta`` (default
+    off; see :mod:`~trackserve.export.derived`).
     """
 
     kind = "filter"
     architecture = "VanillaFilter"
     REQUIRED = ("in_channels", "hidden", "nb_layer")
     DEFAULTS = {"activation": "Tanh", "layer_norm": True, "edge_differences": False, "periodic_features": [],
-                "period": 2.0, "difference_scale": 1.0}
+                "period": 2.0, "difference_scale": 1.0, "derived_eta": None}
 
     def __init__(self, **hyperparameters):
         super().__init__(**hyperparameters)
@@ -49,7 +51,9 @@ class EdgeFilter(ConfigurableNetwork):
         self.periodic_features = [int(i) for i in config["periodic_features"]]
         self.period = float(config["period"])
         self.difference_scale = float(config["difference_scale"])
-        width = (3 if self.edge_differences else 2) * config["in_channels"]
+        config["derived_eta"] = check_derived_eta(config["derived_eta"], config["in_channels"], self.architecture)
+        self.derived = DerivedEta(config["derived_eta"])
+        width = (3 if self.edge_differences else 2) * self.derived.width(config["in_channels"])
         self.input_layer = nn.Linear(width, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config["nb_layer"] - 1))
         self.output_layer = nn.Linear(hidden, 1)
@@ -58,6 +62,7 @@ class EdgeFilter(ConfigurableNetwork):
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """Filter logits ``[E]`` for the edges ``edge_index[2, E]`` between hits ``features[N, F]``."""
+        features = self.derived(features)
         inputs = gather_pair(features, edge_index)
         if self.edge_differences:
             differences = pair_differences(

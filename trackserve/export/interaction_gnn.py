@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .derived import DerivedEta, check_derived_eta
 from .mlp import make_mlp, pair_differences
 from .network_base import ConfigurableNetwork, positive_int
 from .scatter import scatter_sum
@@ -39,7 +40,9 @@ class InteractionGNN(ConfigurableNetwork):
     ``output_activation`` (of the encoders and of the node and edge networks; default
     none), ``layer_norm`` (default on), ``layer_norm_affine`` (default on),
     ``residual`` (default on), ``bidirectional_messages`` (default off),
-    ``edge_update_uses_new_nodes`` (default off).
+    ``edge_update_uses_new_nodes`` (default off), ``edge_differences`` with
+    ``periodic_features``, ``period`` and ``difference_scale`` (default off, as for the
+    filter), ``derived_eta`` (default off; see :mod:`~trackserve.export.derived`).
     """
 
     kind = "gnn"
@@ -57,6 +60,7 @@ class InteractionGNN(ConfigurableNetwork):
         "periodic_features": [],
         "period": 2.0,
         "difference_scale": 1.0,
+        "derived_eta": None,
     }
 
     def __init__(self, **hyperparameters):
@@ -78,13 +82,16 @@ class InteractionGNN(ConfigurableNetwork):
                 layer_norm=bool(config["layer_norm"]), layer_norm_affine=bool(config["layer_norm_affine"]),
             )
 
+        config["derived_eta"] = check_derived_eta(config["derived_eta"], config["in_channels"], self.architecture)
+        self.derived = DerivedEta(config["derived_eta"])
+        in_width = self.derived.width(config["in_channels"])
         nodes, edges, out = [hidden] * config["nb_node_layer"], [hidden] * config["nb_edge_layer"], config["output_activation"]
-        self.node_encoder = mlp(config["in_channels"], nodes, out)
+        self.node_encoder = mlp(in_width, nodes, out)
         self.edge_differences = bool(config["edge_differences"])
         self.periodic_features = [int(i) for i in config["periodic_features"]]
         self.period = float(config["period"])
         self.difference_scale = float(config["difference_scale"])
-        extra = config["in_channels"] if self.edge_differences else 0
+        extra = in_width if self.edge_differences else 0
         self.edge_encoder = mlp(2 * hidden + extra, edges, out)
         self.node_network = mlp((3 if self.bidirectional_messages else 2) * hidden, nodes, out)
         self.edge_network = mlp(3 * hidden, edges, out)
@@ -93,6 +100,7 @@ class InteractionGNN(ConfigurableNetwork):
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """GNN logits ``[E]`` for the edges ``edge_index[2, E]`` (int64) between hits ``features[N, F]``."""
         start, end = edge_index[0], edge_index[1]
+        features = self.derived(features)
         nodes = self.node_encoder(features)
         encoder_inputs = [nodes[start], nodes[end]]
         if self.edge_differences:

@@ -156,7 +156,11 @@ class TrainingConfig:
     ``max_neighbours`` caps the radius graph (as in the bundle); ``edge_direction`` is the
     graph's convention (see :data:`trackserve.bundle.EDGE_DIRECTIONS`); ``threads`` sizes
     torch's pool and the graph builder; ``min_pt`` (GeV) and ``min_hits`` select the
-    particles of the validation track efficiency.
+    particles of the validation track efficiency. ``signal_min_pt`` (GeV) sets what the
+    filter and the GNN learn to keep: edges joining two hits of one particle with at least
+    this pT (:func:`~trackserve.train.pairs.signal_labels`); 0 keeps every particle's edges.
+    ``derive_eta`` makes every network compute η from the r and z features itself
+    (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z.
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -168,8 +172,12 @@ class TrainingConfig:
     threads: int = 2
     min_pt: float = 1.0
     min_hits: int = 5
+    signal_min_pt: float = 0.0
+    derive_eta: bool = False
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
     periodic_features: tuple[int, ...] = ()
+    #: The networks' ``derived_eta`` config (columns and scales of r and z); set by the trainer when ``derive_eta``.
+    eta_columns: dict | None = None
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
@@ -184,6 +192,7 @@ class TrainingConfig:
             ("threads", self.threads >= 1, "an integer >= 1"),
             ("min_pt", self.min_pt >= 0, ">= 0"),
             ("min_hits", self.min_hits >= 1, "an integer >= 1"),
+            ("signal_min_pt", self.signal_min_pt >= 0, ">= 0 GeV"),
         ], "run")
 
     @classmethod

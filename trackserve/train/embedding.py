@@ -26,13 +26,13 @@ from .validation import format_figures, graph_figures
 _REFRESH_STEPS = 16
 
 
-def build_embedding_network(settings: EmbeddingSettings, num_features: int):
+def build_embedding_network(settings: EmbeddingSettings, num_features: int, derived_eta: dict | None = None):
     """A fresh :class:`~trackserve.export.embedding.EmbeddingNetwork` of these settings."""
     from ..export.embedding import EmbeddingNetwork
 
     return EmbeddingNetwork(
         in_channels=num_features, emb_hidden=settings.hidden, nb_layer=settings.layers, emb_dim=settings.dim,
-        activation=settings.activation, layer_norm=True,
+        activation=settings.activation, layer_norm=True, derived_eta=derived_eta,
     )
 
 
@@ -93,7 +93,7 @@ def train_embedding(events: list[TrainingEvent], validation: TrainingEvent, conf
     import torch
 
     settings = config.embedding
-    network = build_embedding_network(settings, events[0].features.shape[1])
+    network = build_embedding_network(settings, events[0].features.shape[1], config.eta_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     steps_per_epoch = sum(-(-event.num_hits // settings.anchors) for event in events)
     total_steps = settings.epochs * steps_per_epoch

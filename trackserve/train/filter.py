@@ -15,7 +15,7 @@ from .classifier import classifier_step, cut_for_efficiency, passing, score_edge
 from .config import FilterSettings, TrainingConfig
 from .data import TrainingEvent
 from .embedding import embed
-from .pairs import pair_labels
+from .pairs import pair_labels, signal_labels
 from .progress import progress, report
 from .validation import format_figures, graph_figures
 
@@ -31,13 +31,14 @@ def radius_graph(embedding_network, event: TrainingEvent, radius: float, config:
                        direction=config.edge_direction, threads=config.threads)
 
 
-def build_filter_network(settings: FilterSettings, num_features: int, periodic_features=()):
+def build_filter_network(settings: FilterSettings, num_features: int, periodic_features=(), derived_eta=None):
     """A fresh :class:`~trackserve.export.filter.EdgeFilter` of these settings."""
     from ..export.filter import EdgeFilter
 
     return EdgeFilter(in_channels=num_features, hidden=settings.hidden, nb_layer=settings.layers,
                       activation=settings.activation, layer_norm=True, edge_differences=settings.edge_differences,
-                      periodic_features=list(periodic_features), difference_scale=settings.difference_scale)
+                      periodic_features=list(periodic_features), difference_scale=settings.difference_scale,
+                      derived_eta=derived_eta)
 
 
 def validate_filter(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> dict:
@@ -55,9 +56,11 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
     import torch
 
     settings = config.filter
-    network = build_filter_network(settings, events[0].features.shape[1], config.periodic_features)
+    network = build_filter_network(settings, events[0].features.shape[1], config.periodic_features,
+                                   config.eta_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
-    labels = [pair_labels(graph, event.particle_ids) for event, graph in zip(events, graphs)]
+    labels = [signal_labels(graph, event.particle_ids, event.hit_pt, config.signal_min_pt)
+              for event, graph in zip(events, graphs)]
     counts = [max(1, -(-graph.shape[1] // settings.batch_edges)) for graph in graphs]
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * sum(counts), pct_start=0.1)

@@ -52,6 +52,20 @@ def pair_labels(pairs: np.ndarray, particle_ids: np.ndarray) -> np.ndarray:
     return (first == second) & (first != 0)
 
 
+def signal_labels(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarray, min_pt: float) -> np.ndarray:
+    """Whether each pair joins two hits of one particle with pT >= ``min_pt`` (GeV), bool ``[P]``.
+
+    The labels the filter and the GNN train on: with ``min_pt > 0`` the edges of softer
+    particles count as wrong edges, so the networks learn to keep the tracks the bundle is
+    meant for and to cut the curling low-pT ones that otherwise merge tracks in the
+    connected components. ``min_pt = 0`` gives :func:`pair_labels`.
+    """
+    same = pair_labels(pairs, particle_ids)
+    if min_pt <= 0:
+        return same
+    return same & (hit_pt[pairs[0]] >= min_pt)
+
+
 def knn_graph(embedding: np.ndarray, radius: float, k: int) -> np.ndarray:
     """Pairs ``i < j`` closer than ``radius`` where either hit has the other among its ``k`` nearest.
 

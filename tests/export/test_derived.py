@@ -1,0 +1,87 @@
+"""η derived inside the networks from the r and z features (``derived_eta``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trackserve.errors import CheckpointImportError, InputError
+from trackserve.events.features import EXATRKX_SERVICE, hit_features, FeatureSpec
+from trackserve.export.derived import DerivedEta, check_derived_eta, eta_spec_for
+from trackserve.export.embedding import EmbeddingNetwork
+from trackserve.export.filter import EdgeFilter
+from trackserve.export.interaction_gnn import InteractionGNN
+from trackserve.export.onnx_export import export_network
+
+SERVICE_ETA = {"r": 0, "z": 2, "r_scale": 3000.0, "z_scale": 400.0}
+
+
+def test_derived_eta_is_the_pseudorapidity_of_the_hit():
+    rng = np.random.default_rng(4)
+    hits = {"x": rng.uniform(-900, 900, 200), "y": rng.uniform(-900, 900, 200), "z": rng.uniform(-2900, 2900, 200)}
+    features = hit_features(hits, EXATRKX_SERVICE)
+    with_eta = DerivedEta(eta_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales))(torch.from_numpy(features)).numpy()
+    expected = hit_features(hits, FeatureSpec(("eta",), (1.0,)))[:, 0]
+    assert with_eta.shape == (200, 4)
+    np.testing.assert_array_equal(with_eta[:, :3], features)
+    np.testing.assert_allclose(with_eta[:, 3], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_off_passes_the_features_through_and_a_zero_radius_stays_finite():
+    features = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.0, 0.0], [0.1, -0.3, -2.0]])
+    assert DerivedEta(None)(features) is features
+    assert DerivedEta(None).width(3) == 3 and DerivedEta(SERVICE_ETA).width(3) == 4
+    out = DerivedEta(SERVICE_ETA)(features)
+    assert torch.isfinite(out).all()
+    assert out[1, 3] == 0.0 and out[0, 3] > 10 and out[2, 3] < 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"r": 0, "z": 2}, "exactly the keys"),
+    ([0, 2, 1.0, 1.0], "exactly the keys"),
+    ({"r": 0, "z": 3, "r_scale": 1.0, "z_scale": 1.0}, "derived_eta.z must be a feature column in \\[0, 3\\)"),
+    ({"r": True, "z": 2, "r_scale": 1.0, "z_scale": 1.0}, "derived_eta.r must be a feature column"),
+    ({"r": 2, "z": 2, "r_scale": 1.0, "z_scale": 1.0}, "are the same column 2"),
+    ({"r": 0, "z": 2, "r_scale": 0.0, "z_scale": 1.0}, "derived_eta.r_scale must be a number > 0"),
+    ({"r": 0, "z": 2, "r_scale": 1.0, "z_scale": "400"}, "derived_eta.z_scale must be a number > 0"),
+])
+def test_bad_configs_are_refused_by_name(value, message):
+    with pytest.raises(CheckpointImportError, match=message):
+        check_derived_eta(value, 3, "Net")
+    with pytest.raises(CheckpointImportError, match=message):
+        EdgeFilter(in_channels=3, hidden=8, nb_layer=2, derived_eta=value)
+
+
+def test_spec_without_r_and_z_or_with_eta_already_is_refused():
+    with pytest.raises(InputError, match="missing z"):
+        eta_spec_for(("r", "phi"), (1.0, 1.0))
+    with pytest.raises(InputError, match="already has eta"):
+        eta_spec_for(("r", "phi", "z", "eta"), (1.0, 1.0, 1.0, 1.0))
+    assert eta_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales) == SERVICE_ETA
+
+
+def _networks():
+    return [
+        EmbeddingNetwork(in_channels=3, emb_hidden=16, nb_layer=2, emb_dim=8, layer_norm=True, derived_eta=SERVICE_ETA),
+        EdgeFilter(in_channels=3, hidden=16, nb_layer=2, edge_differences=True, periodic_features=[1],
+                   difference_scale=20.0, derived_eta=SERVICE_ETA),
+        InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2,
+                       edge_differences=True, periodic_features=[1], derived_eta=SERVICE_ETA),
+    ]
+
+
+@pytest.mark.parametrize("index", range(3), ids=["embedding", "filter", "interaction_gnn"])
+def test_networks_deriving_eta_read_three_features_and_export_with_parity(tmp_path, index):
+    torch.manual_seed(index)
+    network = _networks()[index].eval()
+    first = next(module for module in network.modules() if isinstance(module, torch.nn.Linear))
+    report = export_network(network, None, tmp_path / "network.onnx")
+    assert report.validation.passed and not report.validation.hazards
+    assert report.inputs[0].dims == ("num_hits", 3)
+    assert network.config["derived_eta"] == SERVICE_ETA
+    rebuilt = type(network).from_config(network.config)
+    rebuilt_first = next(module for module in rebuilt.modules() if isinstance(module, torch.nn.Linear))
+    assert rebuilt_first.in_features == first.in_features
+    # the layers read the three features plus η (the filter: both hits and their differences)
+    assert first.in_features == (4, 3 * 4, 4)[index]

@@ -121,6 +121,9 @@ def test_config_validation_names_the_setting():
     (["--random-events", "-1"], "--random-events"),
     ([], "no training events"),
     (["--random-events", "1", "--gnn", "GCN"], "gnn.architecture"),
+    (["--random-events", "1", "--validation-particles", "nope.csv"], "--validation-particles nope.csv: no such file"),
+    (["--random-events", "1", "--validation", "x", "--validation-particles", "y.csv"], "not both"),
+    (["--random-events", "1", "--features", "r:1000,phi:pi,z:1000,eta:1", "--derive-eta"], "already has eta"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
     from trackserve.cli import main

@@ -3,8 +3,8 @@
 Training events are TrackML events with truth (``--events``), events simulated from
 particle tables (``--particles TABLE --simulate N``) and events of random particles
 (``--random-events N``), in any mix. The radius and the cuts are tuned on one validation
-event: ``--validation`` or, by default, one more simulated event with seeds no training
-event uses.
+event: ``--validation``, or one more simulated event with seeds no training event uses
+(from ``--validation-particles`` when given, else from the first table or random particles).
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def register(subparsers) -> None:
     data.add_argument("--num-particles", type=int, default=8500, metavar="P", help="particles per random event (default 8500)")
     data.add_argument("--validation", metavar="EVENT",
                       help="TrackML event with truth to tune the radius and cuts on (default: one more simulated event)")
+    data.add_argument("--validation-particles", metavar="TABLE.csv",
+                      help="simulate the validation event from this particles table (default: the first --particles "
+                           "table, else random particles)")
     data.add_argument("--features", default="trackml-1000",
                       help="feature spec: a preset (trackml-1000, exatrkx-service) or scales (default trackml-1000)")
     data.add_argument("--geometry", metavar="detectors.csv", help="geometry for the simulation (default: data/detectors.csv)")
@@ -119,6 +122,10 @@ def handle(args: argparse.Namespace) -> int:
 
     config = training_config(args)
     spec = feature_spec(args.features)
+    if config.derive_eta:
+        from ..export.derived import eta_spec_for
+
+        eta_spec_for(spec.names, spec.scales)  # refuses a spec without r and z, or with eta already
     for name in ("simulate", "random_events", "num_particles"):
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -134,6 +141,10 @@ def handle(args: argparse.Namespace) -> int:
     random_source = SimulatedSource(num_particles=args.num_particles)
     show = not args.quiet
     geometry = load_geometry(args.geometry) if (tables or args.random_events or not args.validation) else None
+    if args.validation and args.validation_particles:
+        raise InputError("give --validation (an event) or --validation-particles (a table to simulate it from), not both")
+    if args.validation_particles and not Path(args.validation_particles).is_file():
+        raise InputError(f"--validation-particles {args.validation_particles}: no such file")
 
     start = time.perf_counter()
     events = read_training_events(args.events, spec) if args.events else []
@@ -149,7 +160,10 @@ def handle(args: argparse.Namespace) -> int:
         validation = prepare_event(read_event(prefixes[0], parts=("truth", "particles")), spec, name=str(prefixes[0]))
         validation_source = str(prefixes[0])
     else:
-        source = sources[0] if sources else random_source
+        if args.validation_particles:
+            source = SimulatedSource(particles=Path(args.validation_particles))
+        else:
+            source = sources[0] if sources else random_source
         validation = simulated_events([source], 1, spec, seed=args.seed, stream=2, geometry=geometry, show_progress=False)[0]
         validation_source = f"simulated ({source.describe()}, seed stream 2)"
     data_seconds = time.perf_counter() - start

@@ -369,13 +369,17 @@ def export_network(
     ``kind``: ``embedding`` or ``edge_classifier`` (``filter``/``gnn`` accepted; ``None``
     takes ``module.kind``). ``num_features``: F (default: ``module.config["in_channels"]``).
     The file is written next to ``path`` first and moved into place only once it passed
-    validation, so a failed export never replaces a good file. Raises
+    validation, so a failed export never replaces a good file. The graph written is that of
+    :func:`~trackserve.export.inference_forms.inference_form` (a cheaper form of the same
+    function for some networks), validated against ``module`` itself. Raises
     :class:`~trackserve.errors.ExportError` when the network cannot be exported and
     :class:`~trackserve.errors.ExportParityError` (with the
     :class:`ValidationReport` as its ``report`` attribute) when ONNX Runtime disagrees
     with PyTorch.
     """
     import torch
+
+    from .inference_forms import inference_form
 
     spec = _resolve_kind(module, kind)
     num_features = infer_num_features(module, num_features)
@@ -404,7 +408,7 @@ def export_network(
             warnings.simplefilter("always")
             try:
                 torch.onnx.export(
-                    module, args, str(temporary), dynamo=False, opset_version=opset,
+                    inference_form(module), args, str(temporary), dynamo=False, opset_version=opset,
                     input_names=spec.input_names, output_names=spec.output_names,
                     dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
                 )

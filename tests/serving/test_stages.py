@@ -75,3 +75,16 @@ def test_stage_inputs_of_wrong_shape_are_refused(tiny_pipeline):
 def test_unknown_stage_is_named(tiny_pipeline):
     with pytest.raises(InputError, match="unknown ensemble stage 'cluster'.*embed, frnn"):
         make_stage("cluster", tiny_pipeline.bundle)
+
+
+def test_gnn_stage_scores_the_touched_hits_as_the_pipeline_does(tiny_pipeline, sample_features):
+    gnn = make_stage("gnn", tiny_pipeline.bundle)
+    assert gnn.local
+    # a few edges among many hits: most hits untouched, repeated destinations
+    edges = np.array([[0, 5, 7, 7, 900], [5, 7, 900, 901, 5]], dtype=np.int64)
+    scores = gnn({FEATURES: sample_features, "EDGE_LIST_AFTER_FILTER": edges})["GNN_SCORES"]
+    np.testing.assert_array_equal(scores, tiny_pipeline._gnn_logits(sample_features, edges))
+    whole = tiny_pipeline.classify_edges("gnn", sample_features, edges, chunked=False)
+    np.testing.assert_allclose(scores, whole, rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match=f"refers to hit {sample_features.shape[0]}, but the event has"):
+        gnn({FEATURES: sample_features, "EDGE_LIST_AFTER_FILTER": edges + sample_features.shape[0] - 901})

@@ -22,6 +22,7 @@ from ..runtime.cuts import logit_threshold
 from ..runtime.graph_building import build_graph
 from ..runtime.inputs import validate_features
 from ..runtime.memory import MemoryModel
+from ..runtime.subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
 from ..runtime.track_building import build_tracks
 from .interface import FEATURES, LABELS, StageSpec, stage_spec
 
@@ -132,13 +133,19 @@ class ApplyFilterStage(EnsembleStage):
 
 
 class GnnStage(EnsembleStage):
-    """``FEATURES, EDGE_LIST_AFTER_FILTER -> GNN_SCORES``: GNN logits over the whole filtered graph at once."""
+    """``FEATURES, EDGE_LIST_AFTER_FILTER -> GNN_SCORES``: GNN logits over the whole filtered graph at once.
+
+    As in the custom model's :class:`~trackserve.runtime.pipeline.Pipeline`, a
+    message-passing GNN runs on the hits the edges touch only (the same scores, bit for
+    bit, see :mod:`trackserve.runtime.subgraph`), so both layouts do the same work.
+    """
 
     name = "gnn"
 
     def __init__(self, bundle, config):
         super().__init__(bundle, config)
         self.network = self._network("gnn")
+        self.local = bundle.networks["gnn"].architecture in LOCAL_GNN_ARCHITECTURES
 
     def __call__(self, arrays):
         features = self._features(arrays)
@@ -146,6 +153,12 @@ class GnnStage(EnsembleStage):
         self.memory.check_gnn_edges(features.shape[0], edges.shape[1], self.config.memory_limit_bytes)
         if edges.shape[1] == 0:
             return {"GNN_SCORES": np.zeros(0, dtype=np.float32)}
+        low, high = int(edges.min()), int(edges.max())
+        if low < 0 or high >= features.shape[0]:
+            raise InputError(f"EDGE_LIST_AFTER_FILTER refers to hit {low if low < 0 else high}, "
+                             f"but the event has {features.shape[0]} hits")
+        if self.local:
+            features, edges = touched_subgraph(features, edges)
         return {"GNN_SCORES": self.network.run(features=features, edge_index=edges)}
 
 

@@ -110,7 +110,7 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     logits = pipeline.classify_edges("gnn", features, filtered, chunked=False)
     times["gnn"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    labels = pipeline.build_tracks(event.num_hits, filtered, logits)
+    labels = pipeline.build_tracks(event.num_hits, filtered, logits, features)
     times["tracks"] = time.perf_counter() - mark
     kept = filtered[:, logits > logit_threshold(pipeline.stages.gnn_cut)]
 

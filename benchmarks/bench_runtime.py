@@ -6,7 +6,8 @@ service did it on a CPU, ``faiss.IndexFlatL2.range_search`` with the bundle's ra
 then the bundle's cap and direction rule written plainly (self-pairs dropped, each hit's
 neighbours ranked by (distance, index), a pair kept when it is among the K nearest of
 either end); the filter in the same edge chunks; ``scipy.sparse.csgraph.connected_components``
-on the edges with ``sigmoid(score) > cut``. Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
+on the edges with ``sigmoid(score) > cut`` (for a ``best_edges`` bundle, after keeping each
+hit's best inward and outward edge, written plainly with ``numpy.maximum.at``). Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
 
 Events: the 100 published benchmark events (feature CSVs, 3 features) and a full-size
 simulated event (``simulate_event`` with the real particles of ``event000001000``, the
@@ -60,6 +61,7 @@ class Baseline:
 
         self.nets = {name: load_torch_network(bundle, name) for name in ("embedding", "filter", "gnn")}
         self.stages = bundle.stages
+        self.feature_names, self.feature_scales = list(bundle.feature_names), list(bundle.feature_scales)
         self.chunk = chunk
 
     def graph(self, points: np.ndarray) -> np.ndarray:
@@ -91,6 +93,20 @@ class Baseline:
             edges = np.concatenate([np.stack([small, large]), np.stack([large, small])], axis=1)
         return edges[:, np.lexsort((edges[1], edges[0]))]
 
+    def best_edges(self, features, edges, prob):
+        """Each hit's best outward and inward edge (hits ordered by distance from the origin), plainly."""
+        names, scales = self.feature_names, self.feature_scales
+        distance = np.hypot(features[:, names.index("r")] * scales[names.index("r")],
+                            features[:, names.index("z")] * scales[names.index("z")])
+        swap = (distance[edges[0]] > distance[edges[1]]) | ((distance[edges[0]] == distance[edges[1]]) & (edges[0] > edges[1]))
+        inner, outer = np.where(swap, edges[1], edges[0]), np.where(swap, edges[0], edges[1])
+        keep = np.zeros(edges.shape[1], dtype=bool)
+        for end in (inner, outer):
+            best = np.full(features.shape[0], -np.inf)
+            np.maximum.at(best, end, prob)
+            keep |= prob == best[end]
+        return edges[:, keep & (inner != outer)]
+
     def run(self, features: np.ndarray):
         """(labels, per-stage seconds, intermediate results) of one event."""
         import torch
@@ -116,6 +132,8 @@ class Baseline:
         t = time.perf_counter()
         good = kept[:, gnn_prob > self.stages.gnn_cut]
         n = features.shape[0]
+        if self.stages.track_building == "best_edges":
+            good = self.best_edges(features, good, gnn_prob[gnn_prob > self.stages.gnn_cut])
         graph = coo_array((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
         _, labels = connected_components(graph, directed=False)
         times["tracks"] = time.perf_counter() - t

@@ -82,7 +82,8 @@ def test_made_bundle_records_everything(made):
     data = json.loads((bundle.directory / PIPELINE_FILE).read_text())
     assert data["schema_version"] == SCHEMA_VERSION == 1
     assert data["features"] == {"names": ["r", "phi", "z"], "scales": list(EXATRKX_SERVICE.scales)}
-    assert data["stages"] == {"radius": 1.6, "max_neighbours": 64, "filter_cut": 0.21, "gnn_cut": 0.75, "edge_direction": "i>j"}
+    assert data["stages"] == {"radius": 1.6, "max_neighbours": 64, "filter_cut": 0.21, "gnn_cut": 0.75, "edge_direction": "i>j",
+                              "track_building": "components"}
     assert data["networks"]["embedding"]["outputs"] == [{"name": "embedding", "dtype": "float32", "dims": ["num_hits", 8]}]
     assert data["networks"]["gnn"]["inputs"][1] == {"name": "edge_index", "dtype": "int64", "dims": [2, "num_edges"]}
     for name, network in networks.items():

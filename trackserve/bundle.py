@@ -124,7 +124,13 @@ NETWORK_INTERFACES: dict[str, NetworkInterface] = {
 NETWORK_KINDS: dict[str, str] = {"embedding": "embedding", "filter": "edge_classifier", "gnn": "edge_classifier"}
 
 
-def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction) -> list[str]:
+#: Track building methods (``stages.track_building``; see :mod:`trackserve.runtime.track_building`).
+#: ``best_edges`` orders hits by their distance from the origin, so it needs r and z features.
+TRACK_BUILDING_METHODS = ("components", "best_edges")
+
+
+def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
+                    track_building="components") -> list[str]:
     problems = []
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
@@ -137,6 +143,10 @@ def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction)
             )
     if edge_direction not in EDGE_DIRECTIONS:
         problems.append(f"stages.edge_direction: {edge_direction!r} is not one of {', '.join(map(repr, EDGE_DIRECTIONS))}")
+    if track_building not in TRACK_BUILDING_METHODS:
+        problems.append(
+            f"stages.track_building: {track_building!r} is not one of {', '.join(map(repr, TRACK_BUILDING_METHODS))}"
+        )
     return problems
 
 
@@ -147,6 +157,8 @@ class StageParameters:
     ``radius`` and ``max_neighbours``: the graph keeps pairs closer than ``radius`` in the
     embedding, at most ``max_neighbours`` per hit. ``filter_cut`` and ``gnn_cut``: an edge is
     kept when ``sigmoid(logit) > cut``. ``edge_direction``: one of :data:`EDGE_DIRECTIONS`.
+    ``track_building``: one of :data:`TRACK_BUILDING_METHODS` (default ``"components"``,
+    also for bundles written before the key existed).
     Invalid values raise :class:`~trackserve.errors.BundleError` naming each.
     """
 
@@ -155,9 +167,11 @@ class StageParameters:
     filter_cut: float
     gnn_cut: float
     edge_direction: str
+    track_building: str = "components"
 
     def __post_init__(self):
-        problems = _stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction)
+        problems = _stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction,
+                                   self.track_building)
         if problems:
             raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -169,6 +183,7 @@ class StageParameters:
             "filter_cut": self.filter_cut,
             "gnn_cut": self.gnn_cut,
             "edge_direction": self.edge_direction,
+            "track_building": self.track_building,
         }
 
     @classmethod
@@ -177,7 +192,8 @@ class StageParameters:
         missing = [k for k in ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction") if k not in data]
         if missing:
             raise BundleError(f"stages: missing key(s) {', '.join(map(repr, missing))}")
-        return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"])
+        return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"],
+                   data.get("track_building", "components"))
 
 
 @dataclass(frozen=True)
@@ -509,10 +525,15 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
         if absent:
             problems.append(f"stages: missing key(s) {', '.join(map(repr, absent))}")
         else:
-            stage_problems = _stage_problems(*(raw_stages[k] for k in keys))
+            method = raw_stages.get("track_building", "components")
+            stage_problems = _stage_problems(*(raw_stages[k] for k in keys), method)
+            if method == "best_edges" and features is not None and not {"r", "z"} <= set(features["names"]):
+                stage_problems.append(
+                    f"stages.track_building: 'best_edges' orders hits by r and z, the features {features['names']} lack them"
+                )
             problems.extend(stage_problems)
             if not stage_problems:
-                stages = StageParameters(*(raw_stages[k] for k in keys))
+                stages = StageParameters(*(raw_stages[k] for k in keys), method)
 
     provenance = data["provenance"]
     if not isinstance(provenance, dict):

@@ -31,7 +31,7 @@ from .inputs import validate_features
 from .memory import MemoryModel
 from .cuts import logit_threshold
 from .subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
-from .track_building import build_tracks
+from .track_building import build_tracks, hit_distances
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
@@ -143,9 +143,21 @@ class Pipeline:
         kept = logits.astype(np.float64) > logit_threshold(self.stages.filter_cut)  # float64 with numpy < 2 too
         return np.ascontiguousarray(edge_index[:, kept]), logits
 
-    def build_tracks(self, num_hits: int, edge_index: np.ndarray, gnn_logits: np.ndarray) -> np.ndarray:
-        """Track label per hit: connected components of the edges whose GNN score passes the cut."""
-        return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut)
+    def build_tracks(self, num_hits: int, edge_index: np.ndarray, gnn_logits: np.ndarray,
+                     features: np.ndarray | None = None) -> np.ndarray:
+        """Track label per hit: connected components of the edges whose GNN score passes the cut,
+        by the bundle's ``track_building`` method (``best_edges`` reads the hits' r and z from
+        ``features``, which it then needs)."""
+        return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut, method=self.stages.track_building,
+                            hit_order=self.hit_order(features))
+
+    def hit_order(self, features: np.ndarray | None) -> np.ndarray | None:
+        """Each hit's distance from the origin when the track building needs it (else None)."""
+        if self.stages.track_building != "best_edges":
+            return None
+        if features is None:
+            raise InputError("this bundle builds tracks with 'best_edges', which needs the hits' features (r and z)")
+        return hit_distances(features, self.bundle.feature_names, self.bundle.feature_scales)
 
     def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """GNN logits of the pipeline's own (valid) edges, on the touched hits when that is exact."""
@@ -178,7 +190,7 @@ class Pipeline:
         gnn_logits = self._gnn_logits(features, filtered)
         timings["gnn"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        labels = self.build_tracks(num_hits, filtered, gnn_logits)
+        labels = self.build_tracks(num_hits, filtered, gnn_logits, features)
         timings["tracks"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
         passed = int(np.count_nonzero(gnn_logits.astype(np.float64) > logit_threshold(self.stages.gnn_cut)))

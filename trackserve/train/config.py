@@ -160,7 +160,9 @@ class TrainingConfig:
     filter and the GNN learn to keep: edges joining two hits of one particle with at least
     this pT (:func:`~trackserve.train.pairs.signal_labels`); 0 keeps every particle's edges.
     ``derive_eta`` makes every network compute η from the r and z features itself
-    (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z.
+    (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z. ``track_building``
+    is the bundle's method (:data:`trackserve.bundle.TRACK_BUILDING_METHODS`), used to
+    choose the GNN cut.
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -174,6 +176,7 @@ class TrainingConfig:
     min_hits: int = 5
     signal_min_pt: float = 0.0
     derive_eta: bool = False
+    track_building: str = "components"
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
     periodic_features: tuple[int, ...] = ()
     #: The networks' ``derived_eta`` config (columns and scales of r and z); set by the trainer when ``derive_eta``.
@@ -181,7 +184,7 @@ class TrainingConfig:
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
-        from ..bundle import EDGE_DIRECTIONS
+        from ..bundle import EDGE_DIRECTIONS, TRACK_BUILDING_METHODS
 
         self.embedding.validate()
         self.filter.validate()
@@ -193,6 +196,7 @@ class TrainingConfig:
             ("min_pt", self.min_pt >= 0, ">= 0"),
             ("min_hits", self.min_hits >= 1, "an integer >= 1"),
             ("signal_min_pt", self.signal_min_pt >= 0, ">= 0 GeV"),
+            ("track_building", self.track_building in TRACK_BUILDING_METHODS, f"one of {', '.join(TRACK_BUILDING_METHODS)}"),
         ], "run")
 
     @classmethod

@@ -42,6 +42,12 @@ class TrainingEvent:
         """Number of hits."""
         return int(self.features.shape[0])
 
+    @property
+    def hit_distance(self) -> np.ndarray:
+        """Each hit's distance from the origin (mm, float64): the order of hits along a track."""
+        hits = self.event.hits
+        return np.sqrt(sum(np.asarray(hits[axis], dtype=np.float64) ** 2 for axis in ("x", "y", "z")))
+
     def truth_edges_above(self, min_pt: float) -> np.ndarray:
         """The truth edges of particles with ``pT >= min_pt`` (GeV)."""
         if min_pt <= 0:

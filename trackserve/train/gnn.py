@@ -63,7 +63,7 @@ def sector_subgraph(phi: np.ndarray, edges: np.ndarray, centre: float, half_widt
 def validate_gnn(network, event: TrainingEvent, graph: np.ndarray, cut: float, config: TrainingConfig) -> dict:
     """Edge figures at ``cut`` and the track figures of the labels it gives."""
     logits = score_edges(network, event.features, graph)
-    labels = track_labels(event.num_hits, graph, logits, cut)
+    labels = track_labels(event.num_hits, graph, logits, cut, config.track_building, event.hit_distance)
     return {"cut": cut, **graph_figures(event, graph[:, passing(logits, cut)], config.min_pt),
             **track_figures(event, labels, config.min_pt, config.min_hits)}
 
@@ -73,7 +73,8 @@ def choose_gnn_cut(network, event: TrainingEvent, graph: np.ndarray, config: Tra
     logits = score_edges(network, event.features, graph)
     best = None
     for cut in CANDIDATE_CUTS:
-        figures = track_figures(event, track_labels(event.num_hits, graph, logits, cut), config.min_pt, config.min_hits)
+        labels = track_labels(event.num_hits, graph, logits, cut, config.track_building, event.hit_distance)
+        figures = track_figures(event, labels, config.min_pt, config.min_hits)
         value = np.nan_to_num(figures["track_efficiency"]) - np.nan_to_num(figures["fake_rate"])
         if best is None or value > best[0]:
             best = (value, cut)

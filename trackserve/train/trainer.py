@@ -96,7 +96,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     }
     report(f"validation: gnn cut {gnn_cut}: {format_figures(gnn_figures)}", enabled=show_progress)
     stages = StageParameters(radius=radius, max_neighbours=config.max_neighbours, filter_cut=filter_cut,
-                             gnn_cut=gnn_cut, edge_direction=config.edge_direction)
+                             gnn_cut=gnn_cut, edge_direction=config.edge_direction, track_building=config.track_building)
     history = {"embedding": embedding_history, "filter": filter_history, "gnn": gnn_history}
     provenance = json_ready({
         "trained_by": "trackserve train",

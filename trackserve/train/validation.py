@@ -47,18 +47,25 @@ def track_figures(event: TrainingEvent, labels: np.ndarray, min_pt: float, min_h
     }
 
 
-def track_labels(num_hits: int, edges: np.ndarray, logits: np.ndarray, cut: float) -> np.ndarray:
+def track_labels(num_hits: int, edges: np.ndarray, logits: np.ndarray, cut: float, method: str = "components",
+                 hit_order: np.ndarray | None = None) -> np.ndarray:
     """Track label per hit: connected components (undirected) of the edges with ``sigmoid(logit) > cut``.
 
     The same partition as the runtime's track builder; computed here with scipy directly so
-    that validation depends only on the definition.
+    that validation depends only on the definition. ``method="best_edges"`` first keeps each
+    hit's best inward and outward edge (:func:`~trackserve.runtime.track_building.best_edges`,
+    ``hit_order`` the hits' distances from the origin).
     """
     from scipy.sparse import coo_array
     from scipy.sparse.csgraph import connected_components
 
     from ..runtime.cuts import logit_threshold
+    from ..runtime.track_building import best_edges
 
-    kept = edges[:, logits > logit_threshold(cut)]
+    passing = logits > logit_threshold(cut)
+    kept = edges[:, passing]
+    if method == "best_edges" and kept.shape[1]:
+        kept = kept[:, best_edges(kept, logits[passing], hit_order)]
     graph = coo_array((np.ones(kept.shape[1]), (kept[0], kept[1])), shape=(num_hits, num_hits))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 

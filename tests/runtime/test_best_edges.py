@@ -1,0 +1,166 @@
+"""Track building 'best_edges': each hit's best inward and outward edge, then components."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
+
+from trackserve.bundle import load_bundle
+from trackserve.errors import BundleError, InputError
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.pipeline import Pipeline
+from trackserve.runtime.track_building import best_edges, build_tracks, hit_distances
+from trackserve.serving.interface import STAGE_NAMES
+from trackserve.serving.stages import make_stage, run_stages
+
+
+def _reference_best(edges, scores, order):
+    """The rule written as a loop over hits."""
+    m = edges.shape[1]
+    inner = [min((order[a], a), (order[b], b))[1] for a, b in edges.T]
+    outer = [max((order[a], a), (order[b], b))[1] for a, b in edges.T]
+    keep = np.zeros(m, dtype=bool)
+    for ends in (inner, outer):
+        best = {}
+        for e in range(m):
+            hit = ends[e]
+            if hit not in best or scores[e] > scores[best[hit]]:
+                best[hit] = e
+        keep[list(best.values())] = True
+    return keep & (np.array(inner) != np.array(outer))
+
+
+def _same_partition(a, b):
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_best_edges_match_a_loop_on_random_graphs_with_ties_and_repeats(seed):
+    rng = np.random.default_rng(seed)
+    n, m = 60, 400
+    edges = rng.integers(0, n, (2, m))
+    edges[:, 50:60] = edges[:, 0:10]  # repeated edges
+    edges[:, 60:63] = edges[0, 63:66]  # self-loops
+    scores = rng.integers(-3, 4, m).astype(np.float32)  # many equal scores
+    order = rng.integers(0, 10, n).astype(np.float64)  # many hits at the same distance
+    np.testing.assert_array_equal(best_edges(edges, scores, order), _reference_best(edges, scores, order))
+
+
+def test_a_wrong_edge_that_merges_two_tracks_is_dropped():
+    # two straight tracks 0-1-2-3 and 4-5-6-7 (hit order = index within each), a weaker
+    # cross edge 1-6 that would merge them under plain components
+    order = np.array([1, 2, 3, 4, 1, 2, 3, 4], dtype=float)
+    edges = np.array([[0, 1, 2, 4, 5, 6, 1], [1, 2, 3, 5, 6, 7, 6]])
+    logits = np.array([5, 5, 5, 5, 5, 5, 1], dtype=np.float32)
+    plain = build_tracks(8, edges, logits, 0.5)
+    pruned = build_tracks(8, edges, logits, 0.5, method="best_edges", hit_order=order)
+    assert plain.tolist() == [0] * 8
+    assert pruned.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_labels_are_the_components_of_the_kept_edges(seed):
+    rng = np.random.default_rng(10 + seed)
+    n, m = 500, 3000
+    edges = rng.integers(0, n, (2, m))
+    logits = rng.normal(0, 2, m).astype(np.float32)
+    order = rng.random(n)
+    labels = build_tracks(n, edges, logits, 0.3, method="best_edges", hit_order=order)
+    passing = logits.astype(np.float64) > np.log(0.3 / 0.7)
+    kept = edges[:, passing][:, _reference_best(edges[:, passing], logits[passing], order)]
+    _, expected = connected_components(coo_array((np.ones(kept.shape[1]), (kept[0], kept[1])), shape=(n, n)),
+                                       directed=False)
+    assert _same_partition(labels, expected)
+    assert labels.max() + 1 == len(np.unique(labels)) and labels[0] == 0
+
+
+def test_empty_and_one_hit_events():
+    assert build_tracks(0, np.zeros((2, 0), int), np.zeros(0), 0.5, method="best_edges", hit_order=np.zeros(0)).shape == (0,)
+    assert build_tracks(1, np.zeros((2, 0), int), np.zeros(0), 0.5, method="best_edges",
+                        hit_order=np.zeros(1)).tolist() == [0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "walk"}, "track building method must be one of components, best_edges"),
+    ({"method": "best_edges"}, "needs hit_order"),
+    ({"method": "best_edges", "hit_order": np.zeros(3)}, r"hit_order must be a real array of shape \[4\]"),
+    ({"method": "best_edges", "hit_order": np.array([0, 1, np.nan, 2])}, "hit_order of hit 2 is not finite"),
+])
+def test_bad_method_or_order_is_refused(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        build_tracks(4, np.array([[0], [1]]), np.array([1.0]), 0.5, **kwargs)
+
+
+def test_hit_distances_from_scaled_features():
+    features = np.array([[0.1, 0.5, 0.75], [0.01, -0.2, -1.0]], dtype=np.float32)
+    got = hit_distances(features, ("r", "phi", "z"), (3000.0, np.pi, 400.0))
+    np.testing.assert_allclose(got, [np.hypot(300.0, 300.0), np.hypot(30.0, 400.0)], rtol=1e-6)
+    with pytest.raises(InputError, match="needs the features r and z"):
+        hit_distances(features, ("r", "phi", "eta"), (1.0, 1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def sample_features():
+    from trackserve.events.features import TRACKML_1000, hit_features
+    from trackserve.events.trackml import read_event
+    from trackserve.paths import SAMPLE_EVENT
+
+    return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
+
+
+@pytest.fixture(scope="module")
+def best_edges_bundle(tiny_bundle, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("best_edges_bundle") / "bundle"
+    shutil.copytree(tiny_bundle, directory)
+    data = json.loads((directory / "pipeline.json").read_text())
+    data["stages"]["track_building"] = "best_edges"
+    (directory / "pipeline.json").write_text(json.dumps(data))
+    return directory
+
+
+def test_pipeline_and_ensemble_build_tracks_by_the_bundle_method(best_edges_bundle, tiny_bundle, sample_features):
+    config = RuntimeConfig(intra_op_threads=1, graph_threads=1)
+    pipeline = Pipeline(best_edges_bundle, config=config)
+    assert pipeline.stages.track_building == "best_edges"
+    result = pipeline.run(sample_features)
+    plain = Pipeline(tiny_bundle, config=config).run(sample_features)
+    assert len(np.unique(result.labels)) > len(np.unique(plain.labels))  # merged tracks split apart
+    embedding = pipeline.embed(sample_features)
+    filtered, _ = pipeline.filter_edges(sample_features, pipeline.build_graph(embedding))
+    logits = pipeline.classify_edges("gnn", sample_features, filtered, chunked=False)
+    order = hit_distances(sample_features, pipeline.bundle.feature_names, pipeline.bundle.feature_scales)
+    expected = build_tracks(len(sample_features), filtered, logits, pipeline.stages.gnn_cut, method="best_edges",
+                            hit_order=order)
+    np.testing.assert_array_equal(result.labels, expected)
+    stages = [make_stage(name, pipeline.bundle, config) for name in STAGE_NAMES]
+    np.testing.assert_array_equal(run_stages(stages, sample_features), result.labels)
+    with pytest.raises(InputError, match="needs the hits' features"):
+        pipeline.build_tracks(len(sample_features), filtered, logits)
+
+
+def test_bundle_track_building_is_validated(best_edges_bundle, tiny_bundle, tmp_path):
+    assert load_bundle(tiny_bundle).stages.track_building == "components"
+    bad = tmp_path / "bad"
+    shutil.copytree(best_edges_bundle, bad)
+    data = json.loads((bad / "pipeline.json").read_text())
+    data["stages"]["track_building"] = "walk"
+    (bad / "pipeline.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="stages.track_building: 'walk' is not one of 'components', 'best_edges'"):
+        load_bundle(bad)
+    data["stages"]["track_building"] = "best_edges"
+    data["features"] = {"names": ["r", "phi", "eta"], "scales": [1000.0, 3.14159, 1.0]}
+    (bad / "pipeline.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="'best_edges' orders hits by r and z"):
+        load_bundle(bad)
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    data = json.loads((old / "pipeline.json").read_text())
+    data["stages"].pop("track_building", None)
+    (old / "pipeline.json").write_text(json.dumps(data))
+    assert load_bundle(old).stages.track_building == "components"

@@ -17,7 +17,15 @@ The rule (what :func:`build_graph` returns, and what its tests check by brute fo
   once as ``[[large], [small]]`` (the published service's convention), ``"both"``
   gives both. Edges are sorted by source, then target. There are no self-loops.
 
-How it is fast and still exact: the embedding is projected onto its ``g`` leading
+How it is fast and still exact. When the cap binds for most hits (a radius wide enough
+to reach far more than K neighbours), the pairs are found as each hit's nearest
+neighbours instead (:func:`_nearest_capped_pairs`): a k-d tree query of the
+``K + 1 + 8`` nearest within the radius in float64, the exact float32 rule applied to
+them, and each hit's K first by (float32 squared distance, index). A hit whose K-th
+float32 distance is not clearly below the farthest float64 distance returned (a near
+tie at the edge of the list) is searched again over its whole radius, so the result is
+the rule's, not an approximation; memory is ``N x (K + 9)`` whatever the radius.
+Otherwise the embedding is projected onto its ``g`` leading
 principal axes (an orthogonal projection shortens every distance), candidate pairs
 closer than ``r`` (plus a relative margin of 1e-5, far wider than float32 rounding)
 in the projection are found with :class:`scipy.spatial.cKDTree`, and every candidate
@@ -102,9 +110,95 @@ def build_graph(
     n = points.shape[0]
     if n < 2:
         return np.zeros((2, 0), dtype=np.int64)
-    small, large, dist2 = _pairs_within_radius(points, r32, n_threads)
-    small, large = _apply_cap(n, small, large, dist2, k)
+    if _cap_binds(points, r32, k):
+        small, large = _nearest_capped_pairs(points, r32, k, n_threads)
+    else:
+        small, large, dist2 = _pairs_within_radius(points, r32, n_threads)
+        small, large = _apply_cap(n, small, large, dist2, k)
     return _oriented_sorted(n, small, large, direction)
+
+
+# Extra neighbours asked of the nearest-neighbour query beyond K + 1 (the hit itself):
+# room for float32 and float64 to order near ties differently.
+_KNN_EXTRA = 8
+# The cap is taken to bind when a sample of hits has on average more than this many
+# times K neighbours within the radius (then enumerating every pair costs more).
+_KNN_FACTOR = 1.0
+# Hits sampled to estimate the neighbour count.
+_KNN_SAMPLE = 256
+# Relative gap (on squared distances) between the K-th float32 distance and the farthest
+# float64 one that proves no unlisted neighbour can rank among the K nearest.
+_KNN_GAP = 1e-5
+
+
+def _cap_binds(points: np.ndarray, r32: np.float32, k: int) -> bool:
+    """Whether most hits have far more than ``k`` neighbours within the radius (estimated on a sample)."""
+    n = points.shape[0]
+    if n <= 4 * (k + 1 + _KNN_EXTRA) or n < 1_000:
+        return False
+    step = max(1, n // _KNN_SAMPLE)
+    tree = cKDTree(points)
+    counts = tree.query_ball_point(points[::step], float(r32), return_length=True)
+    return float(np.mean(counts)) - 1.0 > _KNN_FACTOR * k
+
+
+def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int):
+    """The capped pairs (small, large) from each hit's nearest neighbours; see the module docstring."""
+    n = points.shape[0]
+    r2 = np.float32(r32 * r32)
+    want = min(n, k + 1 + _KNN_EXTRA)
+    tree = cKDTree(points)
+    reach = float(r32) * (1 + _SEARCH_MARGIN)
+    dist, index = tree.query(points, k=want, distance_upper_bound=reach, workers=n_threads)
+    rows = np.repeat(np.arange(n, dtype=np.int64), want)
+    cols = index.reshape(-1).astype(np.int64)
+    valid = (cols < n) & (cols != rows)
+    rows, cols = rows[valid], cols[valid]
+    d32 = _squared_distances(points, rows, cols)
+    close = d32 < r2
+    rows, cols, d32 = rows[close], cols[close], d32[close]
+    # each hit's candidates by (float32 squared distance, index); the first k are its nearest
+    order = np.lexsort((cols, d32, rows))
+    rows, cols, d32 = rows[order], cols[order], d32[order]
+    starts = np.searchsorted(rows, np.arange(n + 1))
+    rank = np.arange(rows.size) - starts[rows]
+    near = rank < k
+    # a full list (want entries within reach) may hide an unlisted neighbour ranking among the
+    # k nearest when the k-th listed distance is close to the farthest listed one: redo those
+    full = index[:, -1] < n
+    counts = np.diff(starts)
+    kth = np.full(n, np.inf)
+    has_k = counts >= k
+    kth[has_k] = d32[starts[:-1][has_k] + k - 1]
+    farthest = dist[:, -1] ** 2
+    unsure = np.flatnonzero(full & ~(kth < farthest * (1 - _KNN_GAP)))
+    keep_rows, keep_cols = rows[near], cols[near]
+    if unsure.size:
+        redo = np.isin(keep_rows, unsure, assume_unique=False)
+        keep_rows, keep_cols = keep_rows[~redo], keep_cols[~redo]
+        extra_rows, extra_cols = _nearest_by_full_search(points, tree, unsure, r32, r2, k)
+        keep_rows = np.concatenate([keep_rows, extra_rows])
+        keep_cols = np.concatenate([keep_cols, extra_cols])
+    small, large = np.minimum(keep_rows, keep_cols), np.maximum(keep_rows, keep_cols)
+    keys = np.unique(small * n + large)
+    return keys // n, keys % n
+
+
+def _nearest_by_full_search(points, tree, hits, r32, r2, k):
+    """(hit, neighbour) for the k nearest of each of ``hits`` among all its neighbours within the radius."""
+    reach = float(r32) * (1 + _SEARCH_MARGIN)
+    out_rows, out_cols = [], []
+    for hit, neighbours in zip(hits, tree.query_ball_point(points[hits], reach)):
+        cols = np.asarray(neighbours, dtype=np.int64)
+        cols = cols[cols != hit]
+        rows = np.full(cols.size, hit, dtype=np.int64)
+        d32 = _squared_distances(points, rows, cols)
+        close = d32 < r2
+        cols, d32 = cols[close], d32[close]
+        chosen = cols[np.lexsort((cols, d32))[:k]]
+        out_rows.append(np.full(chosen.size, hit, dtype=np.int64))
+        out_cols.append(chosen)
+    return np.concatenate(out_rows), np.concatenate(out_cols)
 
 
 def _validated_embedding(embedding) -> np.ndarray:

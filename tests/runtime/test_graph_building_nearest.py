@@ -1,0 +1,73 @@
+"""The nearest-neighbour path of build_graph (taken when the cap binds) against the same brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trackserve.runtime import graph_building
+from trackserve.runtime.graph_building import build_graph
+
+from .test_graph_building import brute_force, clustered
+
+
+@pytest.fixture
+def nearest_path(monkeypatch):
+    """Force the nearest-neighbour path whatever the data, and count how often it ran."""
+    calls = {"nearest": 0, "full": 0}
+    nearest, full = graph_building._nearest_capped_pairs, graph_building._nearest_by_full_search
+
+    def count_nearest(*args):
+        calls["nearest"] += 1
+        return nearest(*args)
+
+    def count_full(*args):
+        calls["full"] += 1
+        return full(*args)
+
+    monkeypatch.setattr(graph_building, "_cap_binds", lambda *args: True)
+    monkeypatch.setattr(graph_building, "_nearest_capped_pairs", count_nearest)
+    monkeypatch.setattr(graph_building, "_nearest_by_full_search", count_full)
+    return calls
+
+
+@pytest.mark.parametrize("dims", [3, 8, 12])
+@pytest.mark.parametrize("cap", [1, 3, 8, 40])
+def test_clustered_points_match_brute_force(nearest_path, dims, cap):
+    rng = np.random.default_rng(100 * dims + cap)
+    points = clustered(rng, 400, dims, 0.05, 30)
+    for direction in ("i<j", "i>j", "both"):
+        np.testing.assert_array_equal(build_graph(points, 0.25, cap, direction=direction, threads=2),
+                                      brute_force(points, 0.25, cap, direction))
+    assert nearest_path["nearest"] == 3
+
+
+def test_duplicates_and_lattice_ties_take_the_full_search_and_stay_exact(nearest_path):
+    grid = np.stack(np.meshgrid(*[np.arange(5)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    points = np.concatenate([grid, grid[:20], np.zeros((15, 3))]).astype(np.float32) * np.float32(0.1)
+    for cap in (1, 2, 6):
+        np.testing.assert_array_equal(build_graph(points, 0.25, cap), brute_force(points, 0.25, cap))
+    assert nearest_path["full"] >= 1, "equal distances at the end of the list must trigger the full search"
+
+
+def test_one_point_and_points_on_the_radius(nearest_path):
+    assert build_graph(np.zeros((1, 4), np.float32), 1.0, 3).shape == (2, 0)
+    r = np.float32(0.75)
+    points = np.zeros((3, 4), dtype=np.float32)
+    points[1, 0] = r
+    points[2, 0] = -np.nextafter(r, np.float32(0))
+    np.testing.assert_array_equal(build_graph(points, float(r), 10), [[0], [2]])
+
+
+def test_the_path_is_chosen_when_the_cap_binds():
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(5000, 4)).astype(np.float32)
+    assert graph_building._cap_binds(points, np.float32(2.0), 8)
+    assert not graph_building._cap_binds(points, np.float32(0.2), 8)
+    assert not graph_building._cap_binds(points[:200], np.float32(2.0), 8)  # small events: the pair search
+    # both paths give the same graph where the cap binds
+    assert graph_building._cap_binds(points, np.float32(1.0), 8)
+    fast = build_graph(points, 1.0, 8, threads=2)
+    pairs = graph_building._pairs_within_radius(points, np.float32(1.0), 2)
+    small, large = graph_building._apply_cap(5000, *pairs, 8)
+    np.testing.assert_array_equal(fast, graph_building._oriented_sorted(5000, small, large, "i<j"))

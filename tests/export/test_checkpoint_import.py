@@ -81,7 +81,7 @@ def test_frozen_ctd2022_filter_is_recovered_from_its_code():
     assert isinstance(net, EdgeFilter)
     assert net.config == {
         "in_channels": 12, "hidden": 512, "nb_layer": 3, "activation": "Tanh", "layer_norm": True,
-        "edge_differences": False, "periodic_features": [], "period": 2.0, "difference_scale": 1.0, "derived_eta": None,
+        "edge_differences": False, "periodic_features": [], "period": 2.0, "difference_scale": 1.0, "derived_eta": None, "pair_geometry": None,
     }
     scripted = torch.jit.load(str(CTD2022 / "filter_model.pt"), map_location="cpu")
     x, edges = crowded_graph(500, 3000, 30, 12, seed=3)

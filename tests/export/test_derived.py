@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,78 @@ def test_networks_deriving_eta_read_three_features_and_export_with_parity(tmp_pa
     assert rebuilt_first.in_features == first.in_features
     # the layers read the three features plus η (the filter: both hits and their differences)
     assert first.in_features == (4, 3 * 4, 4)[index]
+
+
+# ----------------------------------------------------------------------------- pair geometry
+
+from trackserve.export.derived import PairGeometry, check_pair_geometry, geometry_spec_for  # noqa: E402
+
+SERVICE_GEOMETRY = {"r": 0, "phi": 1, "z": 2, "r_scale": 3000.0, "phi_scale": float(np.pi), "z_scale": 400.0}
+
+
+def test_curvature_of_true_edges_follows_the_particle_pt():
+    from trackserve.events.geometry import load_geometry
+    from trackserve.events.simulate import SimulationConfig, simulate_event
+    from trackserve.events.truth_graph import truth_graph
+
+    config = dataclasses.replace(SimulationConfig(), num_particles=3000, noise_fraction=0.0, vertex_sigma_z=0.0,
+                                 vertex_sigma_xy=0.0)
+    event = simulate_event(load_geometry(), config, seed=3, event_id=0)
+    features = hit_features(event.hits, EXATRKX_SERVICE)
+    edges = truth_graph(event)
+    geometry = PairGeometry(geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales))(
+        torch.from_numpy(features), torch.from_numpy(edges)).numpy()
+    pids = np.asarray(event.truth["particle_id"])[edges[0]]
+    particles = {int(p): i for i, p in enumerate(np.asarray(event.particles["particle_id"]))}
+    pt = np.hypot(event.particles["px"], event.particles["py"])[[particles[int(p)] for p in pids]]
+    expected = 0.3 * 2.0 / pt  # 1/m in 2 T
+    clean = pt > 1.5  # away from multiple-scattering kinks
+    assert clean.sum() > 100
+    # two-hit estimates carry the hits' smearing (tens of microns over centimetres): compare robustly
+    ratio = np.abs(geometry[clean, 0]) / expected[clean]
+    assert abs(np.median(ratio) - 1.0) < 0.1
+    close = np.abs(np.abs(geometry[clean, 0]) - expected[clean]) < 0.1 + 0.2 * expected[clean]
+    assert close.mean() > 0.8
+    # true prompt edges point back at the origin; random pairs do not
+    assert np.median(np.abs(geometry[clean, 1])) < 0.05
+    rng = np.random.default_rng(0)
+    random_pairs = rng.integers(0, len(features), (2, 2000))
+    noise = PairGeometry(SERVICE_GEOMETRY)(torch.from_numpy(features), torch.from_numpy(random_pairs)).numpy()
+    assert np.median(np.abs(noise[:, 1])) > 1.0
+
+
+def test_pair_geometry_is_finite_for_coincident_and_zero_hits():
+    features = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.1, 0.5, 1.0], [0.1, 0.5, 1.0]])
+    edges = torch.tensor([[0, 0, 2], [1, 2, 3]])
+    out = PairGeometry(SERVICE_GEOMETRY)(features, edges)
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    assert (out[:, 0].abs() <= 20).all()
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"r": 0, "phi": 1}, "exactly the keys"),
+    ({**SERVICE_GEOMETRY, "phi": 0}, "columns r, phi, z must differ"),
+    ({**SERVICE_GEOMETRY, "z": 5}, r"pair_geometry.z must be a feature column in \[0, 3\)"),
+    ({**SERVICE_GEOMETRY, "phi_scale": -1.0}, "pair_geometry.phi_scale must be a number > 0"),
+])
+def test_bad_pair_geometry_configs_are_refused(value, message):
+    with pytest.raises(CheckpointImportError, match=message):
+        check_pair_geometry(value, 3, "Net")
+    with pytest.raises(InputError, match="missing z"):
+        geometry_spec_for(("r", "phi"), (1.0, 1.0))
+
+
+@pytest.mark.parametrize("kind", ["filter", "gnn"])
+def test_networks_with_pair_geometry_export_with_parity(tmp_path, kind):
+    torch.manual_seed(5)
+    common = {"edge_differences": True, "periodic_features": [1], "derived_eta": SERVICE_ETA,
+              "pair_geometry": SERVICE_GEOMETRY}
+    if kind == "filter":
+        network = EdgeFilter(in_channels=3, hidden=16, nb_layer=2, **common)
+        assert network.input_layer.in_features == 3 * 4 + 2
+    else:
+        network = InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2, **common)
+        assert network.edge_encoder[0].in_features == 2 * 8 + 4 + 2
+    report = export_network(network.eval(), None, tmp_path / "network.onnx")
+    assert report.validation.passed and report.inputs[0].dims == ("num_hits", 3)
+    assert type(network).from_config(network.config).config["pair_geometry"] == SERVICE_GEOMETRY

@@ -79,6 +79,8 @@ def register(subparsers) -> None:
                      help="filter and GNN learn to keep only edges of particles with at least this pT (default 0: all)")
     run.add_argument("--derive-eta", action="store_true",
                      help="networks compute eta from the r and z features themselves (the bundle reads r, phi, z only)")
+    run.add_argument("--pair-geometry", action="store_true",
+                     help="filter and GNN also read each edge's transverse curvature and r-z pointing (needs r, phi, z)")
     run.add_argument("--track-building", choices=("components", "best_edges"), default=None,
                      help="the bundle's track building: plain connected components (default) or best_edges")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
@@ -109,6 +111,7 @@ def training_config(args: argparse.Namespace):
         **({"signal_min_pt": args.signal_min_pt} if args.signal_min_pt is not None else {}),
         **({"derive_eta": True} if args.derive_eta else {}),
         **({"track_building": args.track_building} if args.track_building else {}),
+        **({"pair_geometry": True} if args.pair_geometry else {}),
     )
     config.validate()
     return config
@@ -129,6 +132,10 @@ def handle(args: argparse.Namespace) -> int:
         from ..export.derived import eta_spec_for
 
         eta_spec_for(spec.names, spec.scales)  # refuses a spec without r and z, or with eta already
+    if config.pair_geometry:
+        from ..export.derived import geometry_spec_for
+
+        geometry_spec_for(spec.names, spec.scales)  # refuses a spec without r, phi and z
     if config.track_building == "best_edges" and not {"r", "z"} <= set(spec.names):
         raise InputError(f"--track-building best_edges orders hits by r and z; the features {list(spec.names)} lack them")
     for name in ("simulate", "random_events", "num_particles"):

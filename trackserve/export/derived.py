@@ -1,4 +1,4 @@
-"""Features a network computes from its own inputs: the pseudorapidity of a hit from r and z.
+"""Features a network computes from its own inputs: a hit's pseudorapidity, an edge's geometry.
 
 The published ExaTrkX service feeds its networks three features per hit (r/3000, φ/π,
 z/400), and its clients send exactly those. A network that also wants η (which tells the
@@ -90,3 +90,86 @@ def eta_spec_for(names: list[str] | tuple[str, ...], scales: list[float] | tuple
         raise InputError(f"the feature spec {names} already has eta: do not ask the networks to derive it too")
     return {"r": names.index("r"), "z": names.index("z"), "r_scale": float(scales[names.index("r")]),
             "z_scale": float(scales[names.index("z")])}
+
+
+class PairGeometry(nn.Module):
+    """Two numbers per edge that say whether its hits can lie on one track from the collision.
+
+    From the r, φ, z features (times their scales: mm and radians) of the edge's two hits:
+
+    * ``curvature``: the signed curvature (1/m) of the circle through the beam line and
+      the two hits in the transverse plane, ``2 sin(φ2 - φ1) / d`` with ``d`` their
+      transverse distance (floored at 1e-3 mm): about ``0.3 B / pT``, 0.6 for 1 GeV in 2 T;
+      clamped to [-20, 20].
+    * ``pointing``: the sine of the angle, in the r-z plane, between the segment joining
+      the hits and the direction from the origin to its midpoint, times 10: 0 for a
+      segment pointing back at the origin, larger the farther its line passes from it.
+
+    Config (``pair_geometry``): ``None`` (off) or the columns and scales of r, φ and z as
+    ``{"r": i, "phi": j, "z": k, "r_scale": mm, "phi_scale": rad, "z_scale": mm}``.
+    Exports with Gather, Sub, Mul, Sin, Cos, Sqrt, Div, Max and Clip.
+    """
+
+    WIDTH = 2
+
+    def __init__(self, spec: dict | None):
+        super().__init__()
+        self.spec = spec
+
+    def width(self) -> int:
+        """Columns added to each edge's input (0 when off)."""
+        return self.WIDTH if self.spec is not None else 0
+
+    def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """``[E, 2]`` (curvature, pointing) of the edges ``edge_index [2, E]``."""
+        spec = self.spec
+        r = features[:, spec["r"]] * spec["r_scale"]
+        phi = features[:, spec["phi"]] * spec["phi_scale"]
+        z = features[:, spec["z"]] * spec["z_scale"]
+        start, end = edge_index[0], edge_index[1]
+        r1, r2, z1, z2 = r[start], r[end], z[start], z[end]
+        dphi = phi[end] - phi[start]
+        transverse = torch.sqrt(torch.clamp(r1 * r1 + r2 * r2 - 2.0 * r1 * r2 * torch.cos(dphi), min=0.0))
+        curvature = torch.clamp(2000.0 * torch.sin(dphi) / torch.clamp(transverse, min=MIN_RADIUS_MM), -20.0, 20.0)
+        dr, dz = r2 - r1, z2 - z1
+        mr, mz = 0.5 * (r1 + r2), 0.5 * (z1 + z2)
+        length = torch.sqrt(dr * dr + dz * dz) * torch.sqrt(mr * mr + mz * mz)
+        pointing = 10.0 * (dr * mz - dz * mr) / torch.clamp(length, min=MIN_RADIUS_MM)
+        return torch.stack([curvature, pointing], dim=1)
+
+
+def check_pair_geometry(value: Any, in_channels: int, architecture: str) -> dict | None:
+    """``value`` validated as a ``pair_geometry`` config (None or the dict above); a clear error otherwise."""
+    if value is None:
+        return None
+    keys = {"r", "phi", "z", "r_scale", "phi_scale", "z_scale"}
+    if not isinstance(value, dict) or set(value) != keys:
+        raise CheckpointImportError(
+            f"{architecture} config: pair_geometry must be null or an object with exactly the keys "
+            f"{', '.join(sorted(keys))}, got {value!r}"
+        )
+    columns = [value[name] for name in ("r", "phi", "z")]
+    for name, column in zip(("r", "phi", "z"), columns):
+        if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < in_channels:
+            raise CheckpointImportError(
+                f"{architecture} config: pair_geometry.{name} must be a feature column in [0, {in_channels}), got {column!r}"
+            )
+    if len(set(columns)) != 3:
+        raise CheckpointImportError(f"{architecture} config: pair_geometry columns r, phi, z must differ, got {columns}")
+    for name in ("r_scale", "phi_scale", "z_scale"):
+        scale = value[name]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not float(scale) > 0:
+            raise CheckpointImportError(f"{architecture} config: pair_geometry.{name} must be a number > 0, got {scale!r}")
+    return {**{name: int(value[name]) for name in ("r", "phi", "z")},
+            **{name: float(value[name]) for name in ("r_scale", "phi_scale", "z_scale")}}
+
+
+def geometry_spec_for(names, scales) -> dict:
+    """The ``pair_geometry`` config for a feature spec with ``r``, ``phi`` and ``z`` columns."""
+    names = list(names)
+    missing = [name for name in ("r", "phi", "z") if name not in names]
+    if missing:
+        raise InputError(f"pair geometry needs the features r, phi and z; the feature spec has {names} "
+                         f"(missing {', '.join(missing)})")
+    return {**{name: names.index(name) for name in ("r", "phi", "z")},
+            **{f"{name}_scale": float(scales[names.index(name)]) for name in ("r", "phi", "z")}}

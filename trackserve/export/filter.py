@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .derived import DerivedEta, check_derived_eta
+from .derived import DerivedEta, PairGeometry, check_derived_eta, check_pair_geometry
 from .mlp import activation_module, gather_pair, pair_differences
 from .network_base import ConfigurableNetwork, positive_int
 
@@ -31,15 +31,15 @@ class EdgeFilter(ConfigurableNetwork):
     layers before the output layer, at least 1), ``activation`` (default ``"Tanh"``),
     ``layer_norm`` (default on), ``edge_differences`` (default off: also feed the two
     hits' feature differences, see :func:`~trackserve.export.mlp.pair_differences`, with
-    ``periodic_features``, ``period`` and ``difference_scale``), ``derived_eta`` (default
-    off; see :mod:`~trackserve.export.derived`).
+    ``periodic_features``, ``period`` and ``difference_scale``), ``derived_eta`` and
+    ``pair_geometry`` (default off; see :mod:`~trackserve.export.derived`).
     """
 
     kind = "filter"
     architecture = "VanillaFilter"
     REQUIRED = ("in_channels", "hidden", "nb_layer")
     DEFAULTS = {"activation": "Tanh", "layer_norm": True, "edge_differences": False, "periodic_features": [],
-                "period": 2.0, "difference_scale": 1.0, "derived_eta": None}
+                "period": 2.0, "difference_scale": 1.0, "derived_eta": None, "pair_geometry": None}
 
     def __init__(self, **hyperparameters):
         super().__init__(**hyperparameters)
@@ -53,7 +53,9 @@ class EdgeFilter(ConfigurableNetwork):
         self.difference_scale = float(config["difference_scale"])
         config["derived_eta"] = check_derived_eta(config["derived_eta"], config["in_channels"], self.architecture)
         self.derived = DerivedEta(config["derived_eta"])
-        width = (3 if self.edge_differences else 2) * self.derived.width(config["in_channels"])
+        config["pair_geometry"] = check_pair_geometry(config["pair_geometry"], config["in_channels"], self.architecture)
+        self.geometry = PairGeometry(config["pair_geometry"])
+        width = (3 if self.edge_differences else 2) * self.derived.width(config["in_channels"]) + self.geometry.width()
         self.input_layer = nn.Linear(width, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config["nb_layer"] - 1))
         self.output_layer = nn.Linear(hidden, 1)
@@ -69,6 +71,8 @@ class EdgeFilter(ConfigurableNetwork):
                 features, edge_index, self.periodic_features, self.period, self.difference_scale
             )
             inputs = torch.cat([inputs, differences], dim=1)
+        if self.geometry.spec is not None:
+            inputs = torch.cat([inputs, self.geometry(features, edge_index)], dim=1)
         hidden = self.input_layer(inputs)
         for layer in self.layers:
             hidden = self.activation(layer(hidden))

@@ -79,10 +79,13 @@ class FactoredInteractionGNN(nn.Module):
         start, end = edge_index[0], edge_index[1]
         features = net.derived(features)
         nodes = net.node_encoder(features)
-        differences = None
+        per_edge = []
         if net.edge_differences:
-            differences = pair_differences(features, edge_index, net.periodic_features, net.period, net.difference_scale)
-        edges = self.edge_encoder(nodes, start, end, differences)
+            per_edge.append(pair_differences(features, edge_index, net.periodic_features, net.period, net.difference_scale))
+        if net.geometry.spec is not None:
+            per_edge.append(net.geometry(features, edge_index))
+        rest = torch.cat(per_edge, dim=1) if len(per_edge) > 1 else (per_edge[0] if per_edge else None)
+        edges = self.edge_encoder(nodes, start, end, rest)
         for _ in range(net.n_graph_iters):
             messages = scatter_sum(edges, end, nodes)
             if net.bidirectional_messages:

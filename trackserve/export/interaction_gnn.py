@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .derived import DerivedEta, check_derived_eta
+from .derived import DerivedEta, PairGeometry, check_derived_eta, check_pair_geometry
 from .mlp import make_mlp, pair_differences
 from .network_base import ConfigurableNetwork, positive_int
 from .scatter import scatter_sum
@@ -42,7 +42,8 @@ class InteractionGNN(ConfigurableNetwork):
     ``residual`` (default on), ``bidirectional_messages`` (default off),
     ``edge_update_uses_new_nodes`` (default off), ``edge_differences`` with
     ``periodic_features``, ``period`` and ``difference_scale`` (default off, as for the
-    filter), ``derived_eta`` (default off; see :mod:`~trackserve.export.derived`).
+    filter), ``derived_eta`` and ``pair_geometry`` (default off; see
+    :mod:`~trackserve.export.derived`; the edge geometry joins the edge encoder's input).
     """
 
     kind = "gnn"
@@ -61,6 +62,7 @@ class InteractionGNN(ConfigurableNetwork):
         "period": 2.0,
         "difference_scale": 1.0,
         "derived_eta": None,
+        "pair_geometry": None,
     }
 
     def __init__(self, **hyperparameters):
@@ -91,7 +93,9 @@ class InteractionGNN(ConfigurableNetwork):
         self.periodic_features = [int(i) for i in config["periodic_features"]]
         self.period = float(config["period"])
         self.difference_scale = float(config["difference_scale"])
-        extra = in_width if self.edge_differences else 0
+        config["pair_geometry"] = check_pair_geometry(config["pair_geometry"], config["in_channels"], self.architecture)
+        self.geometry = PairGeometry(config["pair_geometry"])
+        extra = (in_width if self.edge_differences else 0) + self.geometry.width()
         self.edge_encoder = mlp(2 * hidden + extra, edges, out)
         self.node_network = mlp((3 if self.bidirectional_messages else 2) * hidden, nodes, out)
         self.edge_network = mlp(3 * hidden, edges, out)
@@ -107,6 +111,8 @@ class InteractionGNN(ConfigurableNetwork):
             encoder_inputs.append(
                 pair_differences(features, edge_index, self.periodic_features, self.period, self.difference_scale)
             )
+        if self.geometry.spec is not None:
+            encoder_inputs.append(self.geometry(features, edge_index))
         edges = self.edge_encoder(torch.cat(encoder_inputs, dim=1))
         for _ in range(self.n_graph_iters):
             messages = scatter_sum(edges, end, nodes)

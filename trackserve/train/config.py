@@ -160,7 +160,9 @@ class TrainingConfig:
     filter and the GNN learn to keep: edges joining two hits of one particle with at least
     this pT (:func:`~trackserve.train.pairs.signal_labels`); 0 keeps every particle's edges.
     ``derive_eta`` makes every network compute η from the r and z features itself
-    (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z. ``track_building``
+    (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z; ``pair_geometry``
+    gives the filter and the GNN each edge's transverse curvature and r-z pointing
+    (:class:`~trackserve.export.derived.PairGeometry`). ``track_building``
     is the bundle's method (:data:`trackserve.bundle.TRACK_BUILDING_METHODS`), used to
     choose the GNN cut.
     """
@@ -176,11 +178,14 @@ class TrainingConfig:
     min_hits: int = 5
     signal_min_pt: float = 0.0
     derive_eta: bool = False
+    pair_geometry: bool = False
     track_building: str = "components"
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
     periodic_features: tuple[int, ...] = ()
     #: The networks' ``derived_eta`` config (columns and scales of r and z); set by the trainer when ``derive_eta``.
     eta_columns: dict | None = None
+    #: The filter's and GNN's ``pair_geometry`` config; set by the trainer when ``pair_geometry``.
+    geometry_columns: dict | None = None
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""

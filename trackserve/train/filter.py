@@ -31,14 +31,15 @@ def radius_graph(embedding_network, event: TrainingEvent, radius: float, config:
                        direction=config.edge_direction, threads=config.threads)
 
 
-def build_filter_network(settings: FilterSettings, num_features: int, periodic_features=(), derived_eta=None):
+def build_filter_network(settings: FilterSettings, num_features: int, periodic_features=(), derived_eta=None,
+                         pair_geometry=None):
     """A fresh :class:`~trackserve.export.filter.EdgeFilter` of these settings."""
     from ..export.filter import EdgeFilter
 
     return EdgeFilter(in_channels=num_features, hidden=settings.hidden, nb_layer=settings.layers,
                       activation=settings.activation, layer_norm=True, edge_differences=settings.edge_differences,
                       periodic_features=list(periodic_features), difference_scale=settings.difference_scale,
-                      derived_eta=derived_eta)
+                      derived_eta=derived_eta, pair_geometry=pair_geometry)
 
 
 def validate_filter(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> dict:
@@ -57,7 +58,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
 
     settings = config.filter
     network = build_filter_network(settings, events[0].features.shape[1], config.periodic_features,
-                                   config.eta_columns)
+                                   config.eta_columns, config.geometry_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels = [signal_labels(graph, event.particle_ids, event.hit_pt, config.signal_min_pt)
               for event, graph in zip(events, graphs)]

@@ -24,21 +24,22 @@ from .validation import format_figures, graph_figures, track_figures, track_labe
 CANDIDATE_CUTS = tuple(round(0.05 * i, 2) for i in range(2, 20))
 
 
-def build_gnn_network(settings: GNNSettings, num_features: int, periodic_features=(), derived_eta=None):
+def build_gnn_network(settings: GNNSettings, num_features: int, periodic_features=(), derived_eta=None,
+                      pair_geometry=None):
     """A fresh GNN (``settings.architecture``) of these settings."""
     from ..export.interaction_gnn import InteractionGNN
     from ..export.resagnn import ResAGNN
 
     if settings.architecture == "ResAGNN":
-        if derived_eta is not None:
-            raise InputError("the ResAGNN cannot derive eta from its features: train it with the features it reads")
+        if derived_eta is not None or pair_geometry is not None:
+            raise InputError("the ResAGNN reads its features as they are: train it without --derive-eta and --pair-geometry")
         return ResAGNN(in_channels=num_features, hidden=settings.hidden, n_graph_iters=settings.iterations,
                        nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers)
     return InteractionGNN(in_channels=num_features, hidden=settings.hidden, n_graph_iters=settings.iterations,
                           nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers,
                           bidirectional_messages=True, edge_differences=settings.edge_differences,
                           periodic_features=list(periodic_features), difference_scale=settings.difference_scale,
-                          derived_eta=derived_eta)
+                          derived_eta=derived_eta, pair_geometry=pair_geometry)
 
 
 def hit_phi(event: TrainingEvent) -> np.ndarray:
@@ -89,7 +90,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     import torch
 
     settings = config.gnn
-    network = build_gnn_network(settings, events[0].features.shape[1], config.periodic_features, config.eta_columns)
+    network = build_gnn_network(settings, events[0].features.shape[1], config.periodic_features, config.eta_columns,
+                                config.geometry_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels = [signal_labels(graph, event.particle_ids, event.hit_pt, config.signal_min_pt)
               for event, graph in zip(events, graphs)]

@@ -11,15 +11,28 @@ import numpy as np
 from trackserve.bundle import load_bundle
 from trackserve.events.trackml import read_event
 from trackserve.paths import DEFAULT_BUNDLE, SAMPLE_EVENT
+
+SAMPLE_FEATURES = DEFAULT_BUNDLE.parents[1].parent / "shared" / "data" / "exatrkx_service" / "lrt_events" / "evt_0.csv"
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.pipeline import Pipeline
+
+
+def provenance_rescaled(bundle) -> dict:
+    """The record `trackserve rescale` wrote: the bundle was trained on r, phi, z, eta and rescaled."""
+    record = bundle.provenance["rescaled"]
+    assert max(record["max_output_difference_on_check_event"].values()) < 1e-3
+    return record
 
 
 def test_default_bundle_loads_with_its_training_record():
     bundle = load_bundle(DEFAULT_BUNDLE)
     assert set(bundle.networks) == {"embedding", "filter", "gnn"}
-    assert bundle.feature_names == ("r", "phi", "z", "eta")
+    # the published service's three features, eta derived inside the networks; best-edge track building
+    assert bundle.feature_names == ("r", "phi", "z") and bundle.feature_scales == (3000.0, float(np.pi), 400.0)
+    assert all(entry.config["derived_eta"] is not None for entry in bundle.networks.values())
+    assert bundle.stages.track_building == "best_edges"
     assert bundle.networks["gnn"].architecture == "InteractionGNN"
+    assert provenance_rescaled(bundle)["from_features"]["names"] == ["r", "phi", "z", "eta"]
     provenance = bundle.provenance
     assert provenance["trained_by"] == "trackserve train"
     assert set(provenance["validation"]) >= {"graph", "filter", "gnn"}
@@ -35,3 +48,15 @@ def test_default_bundle_labels_every_hit_of_the_sample_event():
     assert np.array_equal(np.unique(result.labels), np.arange(result.num_tracks))
     assert 0 < result.num_edges["filter"] <= result.num_edges["graph"]
     assert result.num_edges["gnn"] <= result.num_edges["filter"]
+
+
+def test_default_bundle_runs_the_published_service_events():
+    from trackserve.events.trackml import read_feature_csv
+
+    features = read_feature_csv(SAMPLE_FEATURES, 3) if SAMPLE_FEATURES.exists() else None
+    if features is None:
+        import pytest
+
+        pytest.skip(f"{SAMPLE_FEATURES} not found (the published service's events live in ../shared/data)")
+    result = Pipeline(DEFAULT_BUNDLE, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(features)
+    assert result.labels.shape == (features.shape[0],) and result.num_edges["graph"] > 0

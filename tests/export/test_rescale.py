@@ -1,0 +1,92 @@
+"""Rescaling a bundle to the service's three features: the same function of each hit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trackserve.bundle import StageParameters, load_bundle, make_bundle
+from trackserve.errors import InputError
+from trackserve.events.features import EXATRKX_SERVICE, FeatureSpec, TRACKML_1000, hit_features
+from trackserve.events.trackml import read_event
+from trackserve.export.bundle_networks import load_torch_network
+from trackserve.export.embedding import EmbeddingNetwork
+from trackserve.export.filter import EdgeFilter
+from trackserve.export.interaction_gnn import InteractionGNN
+from trackserve.export.rescale import rescale_bundle, rescale_networks
+from trackserve.paths import SAMPLE_EVENT
+
+WITH_ETA = FeatureSpec(("r", "phi", "z", "eta"), (1000.0, float(np.pi), 1000.0, 1.0))
+
+
+def _networks(seed=0):
+    torch.manual_seed(seed)
+    common = {"edge_differences": True, "periodic_features": [1], "difference_scale": 20.0}
+    return {
+        "embedding": EmbeddingNetwork(in_channels=4, emb_hidden=16, nb_layer=2, emb_dim=8, layer_norm=True).eval(),
+        "filter": EdgeFilter(in_channels=4, hidden=16, nb_layer=2, **common).eval(),
+        "gnn": InteractionGNN(in_channels=4, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2,
+                              bidirectional_messages=True, **common).eval(),
+    }
+
+
+@pytest.fixture(scope="module")
+def hits():
+    return read_event(SAMPLE_EVENT, parts=()).hits
+
+
+def test_rescaled_networks_compute_the_same_function_of_each_hit(hits):
+    old = _networks()
+    new = rescale_networks(old, WITH_ETA, EXATRKX_SERVICE)
+    old_x = torch.from_numpy(hit_features(hits, WITH_ETA))
+    new_x = torch.from_numpy(hit_features(hits, EXATRKX_SERVICE))
+    edges = torch.from_numpy(np.random.default_rng(1).integers(0, len(old_x), (2, 5000)))
+    edges[:, :100] = edges[:, 100:200]  # repeated edges and destinations
+    with torch.no_grad():
+        np.testing.assert_allclose(new["embedding"](new_x), old["embedding"](old_x), atol=1e-4)
+        for name in ("filter", "gnn"):
+            np.testing.assert_allclose(new[name](new_x, edges), old[name](old_x, edges), atol=2e-4)
+    assert all(net.config["in_channels"] == 3 and net.config["derived_eta"]["r_scale"] == 3000.0 for net in new.values())
+    # without the rescaling of the weights the outputs differ: the test can fail
+    plain = type(old["embedding"]).from_config({**old["embedding"].config, "in_channels": 3,
+                                                  "derived_eta": new["embedding"].config["derived_eta"]})
+    plain.load_state_dict(old["embedding"].state_dict())
+    with torch.no_grad():
+        assert float((plain(new_x) - old["embedding"](old_x)).abs().max()) > 1e-2
+
+
+def test_other_feature_specs_and_networks_are_refused():
+    with pytest.raises(InputError, match="eta last"):
+        rescale_networks(_networks(), TRACKML_1000, EXATRKX_SERVICE)
+    with pytest.raises(InputError, match="the new features must be"):
+        rescale_networks(_networks(), WITH_ETA, WITH_ETA)
+    networks = _networks()
+    networks["gnn"] = networks["filter"]
+    with pytest.raises(InputError, match="cannot rescale the gnn network"):
+        rescale_networks(networks, WITH_ETA, EXATRKX_SERVICE)
+
+
+def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path, hits):
+    from trackserve.cli import main
+    from trackserve.runtime.config import RuntimeConfig
+    from trackserve.runtime.pipeline import Pipeline
+
+    stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j")
+    make_bundle(tmp_path / "old", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "test"})
+    assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "new"), "--track-building", "best_edges"]) == 0
+    bundle = load_bundle(tmp_path / "new")
+    assert bundle.feature_names == ("r", "phi", "z") and bundle.stages.track_building == "best_edges"
+    assert bundle.stages.radius == 1.0
+    record = json.loads((tmp_path / "new" / "pipeline.json").read_text())["provenance"]["rescaled"]
+    assert max(record["max_output_difference_on_check_event"].values()) < 1e-3
+    config = RuntimeConfig(intra_op_threads=1, graph_threads=1)
+    old_run = Pipeline(tmp_path / "old", config=config)
+    new_run = Pipeline(bundle, config=config)
+    old_embedding = old_run.embed(hit_features(hits, WITH_ETA))
+    new_embedding = new_run.embed(hit_features(hits, EXATRKX_SERVICE))
+    np.testing.assert_allclose(new_embedding, old_embedding, atol=1e-4)
+    assert load_torch_network(bundle, "gnn").config["derived_eta"]["z_scale"] == 400.0
+    assert main(["rescale", str(tmp_path / "new"), "--output", str(tmp_path / "again")]) == 2

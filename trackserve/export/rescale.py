@@ -1,0 +1,122 @@
+"""Re-express trained networks for another feature scaling, with η derived inside them.
+
+A bundle trained on the features ``r/1000, φ/π, z/1000, η`` computes, for a hit, the same
+function of ``r, φ, z`` as networks that read the published ExaTrkX service's
+``r/3000, φ/π, z/400`` and derive η themselves
+(:class:`~trackserve.export.derived.DerivedEta`), provided every weight that multiplies a
+scaled feature is multiplied by the ratio of the scales. Only the first layers read
+features: the embedding's and the node encoder's first ``Linear`` (one column per
+feature) and the filter's and edge encoder's first ``Linear`` (columns for each hit's
+features and for their scaled differences). φ/π has the same scale in both, so its
+periodic difference is unchanged. The result agrees with the original to float32
+rounding; :func:`rescale_bundle` checks it on the sample event before writing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+#: The feature names a bundle must have for :func:`rescale_networks`: η last, derived from r and z.
+SOURCE_NAMES = ("r", "phi", "z", "eta")
+
+
+def _column_factors(old_spec, new_spec) -> np.ndarray:
+    if tuple(old_spec.names) != SOURCE_NAMES:
+        raise InputError(f"rescaling needs a bundle on the features {list(SOURCE_NAMES)} (eta last); "
+                         f"this one has {list(old_spec.names)}")
+    if tuple(new_spec.names) != SOURCE_NAMES[:3]:
+        raise InputError(f"the new features must be {list(SOURCE_NAMES[:3])} (eta is derived); got {list(new_spec.names)}")
+    # old feature = physical / old_scale = new feature * new_scale / old_scale
+    return np.array([new / old for new, old in zip(new_spec.scales, old_spec.scales[:3])] + [1.0])
+
+
+def _scale_columns(linear, columns, factors) -> None:
+    import torch
+
+    with torch.no_grad():
+        for column, factor in zip(columns, factors):
+            linear.weight[:, column] *= float(factor)
+
+
+def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
+    """New ``embedding``, ``filter`` and ``gnn`` torch modules reading ``new_spec`` (r, φ, z).
+
+    ``networks`` holds the trained modules on ``old_spec`` (r, φ, z, η). Supported:
+    EmbeddingNetwork, EdgeFilter and InteractionGNN without ``derived_eta``; anything
+    else raises InputError naming it.
+    """
+    from .derived import eta_spec_for
+    from .embedding import EmbeddingNetwork
+    from .filter import EdgeFilter
+    from .interaction_gnn import InteractionGNN
+
+    factors = _column_factors(old_spec, new_spec)
+    eta = eta_spec_for(new_spec.names, new_spec.scales)
+    out = {}
+    for name, network in networks.items():
+        kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "gnn": InteractionGNN}
+        if type(network) is not kinds.get(name) or network.config.get("derived_eta") is not None:
+            raise InputError(f"cannot rescale the {name} network ({type(network).__name__}); supported: "
+                             "EmbeddingNetwork, EdgeFilter, InteractionGNN reading the features as given")
+        config = {**network.config, "in_channels": 3, "derived_eta": eta}
+        fresh = type(network).from_config(config)
+        fresh.load_state_dict(network.state_dict())
+        width = 4  # the layers' view of a hit: r, phi, z, eta
+        if name == "embedding":
+            _scale_columns(fresh.network[0], range(width), factors)
+        elif name == "filter":
+            blocks = 3 if fresh.edge_differences else 2
+            columns = [block * width + j for block in range(blocks) for j in range(width)]
+            _scale_columns(fresh.input_layer, columns, np.tile(factors, blocks))
+        else:
+            _scale_columns(fresh.node_encoder[0], range(width), factors)
+            if fresh.edge_differences:
+                hidden = fresh.config["hidden"]
+                _scale_columns(fresh.edge_encoder[0], [2 * hidden + j for j in range(width)], factors)
+        out[name] = fresh.eval()
+    return out
+
+
+def rescale_bundle(source, output, new_spec, *, track_building: str | None = None, check_features=None) -> dict:
+    """Write the bundle ``source`` again at ``output`` for the features ``new_spec``.
+
+    The networks are rebuilt from the bundle's torch weights, rescaled
+    (:func:`rescale_networks`), exported and validated as every bundle network is; the
+    stage parameters are kept (``track_building`` replaces the method when given).
+    ``check_features`` (an Event) is run through both bundles' networks first: the largest
+    output difference of each network is returned and recorded in the provenance.
+    """
+    import dataclasses
+
+    import torch
+
+    from ..bundle import load_bundle, make_bundle
+    from ..events.features import FeatureSpec, hit_features
+    from .bundle_networks import load_torch_network
+
+    bundle = load_bundle(source)
+    old_spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
+    old = {name: load_torch_network(bundle, name) for name in ("embedding", "filter", "gnn")}
+    new = rescale_networks(old, old_spec, new_spec)
+    differences = {}
+    if check_features is not None:
+        old_x = torch.from_numpy(hit_features(check_features.hits, old_spec))
+        new_x = torch.from_numpy(hit_features(check_features.hits, new_spec))
+        rng = np.random.default_rng(0)
+        edges = torch.from_numpy(rng.integers(0, old_x.shape[0], (2, 20_000)))
+        with torch.no_grad():
+            differences["embedding"] = float((old["embedding"](old_x) - new["embedding"](new_x)).abs().max())
+            for name in ("filter", "gnn"):
+                differences[name] = float((old[name](old_x, edges) - new[name](new_x, edges)).abs().max())
+    stages = bundle.stages if track_building is None else dataclasses.replace(bundle.stages, track_building=track_building)
+    provenance = dict(bundle.provenance)
+    provenance["rescaled"] = {
+        "from": str(Path(source)), "from_features": {"names": list(old_spec.names), "scales": list(old_spec.scales)},
+        "max_output_difference_on_check_event": differences, "track_building": stages.track_building,
+    }
+    make_bundle(output, new, features=new_spec, stages=stages, provenance=provenance)
+    return differences

@@ -16,7 +16,7 @@ from trackserve.export.bundle_networks import load_torch_network
 from trackserve.export.embedding import EmbeddingNetwork
 from trackserve.export.filter import EdgeFilter
 from trackserve.export.interaction_gnn import InteractionGNN
-from trackserve.export.rescale import rescale_bundle, rescale_networks
+from trackserve.export.rescale import rescale_networks
 from trackserve.paths import SAMPLE_EVENT
 
 WITH_ETA = FeatureSpec(("r", "phi", "z", "eta"), (1000.0, float(np.pi), 1000.0, 1.0))

@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
-from _results import machine_description, write_section  # noqa: E402
+from _results import load_note, machine_description, write_section  # noqa: E402
 
 LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 DEFAULT_BUNDLE = REPO / "models" / "default"
@@ -195,7 +195,7 @@ def markdown(args, bundle_note, config, curves, instances, ratios, setup) -> str
     lines = [
         "## Serving: custom model vs ensemble vs direct inference (the published study's comparison)",
         "",
-        f"Machine: {machine_description()}. Provisional figures: other jobs shared the CPU during the run.",
+        f"Machine: {machine_description()}. {setup['load']}",
         "",
         f"Bundle: {bundle_note}. Events: the {args.events} published benchmark events "
         "(`lrt_events/evt_*.csv`, 3 features), cycled. Load: `trackserve.serving.perf`, gRPC, sync mode "
@@ -263,6 +263,7 @@ def main() -> int:
     from trackserve.runtime.pipeline import Pipeline
     from trackserve.serving.repository import RepositoryOptions, write_repository
 
+    load = load_note()
     events = load_events(args.events)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         scratch = Path(scratch)
@@ -282,7 +283,7 @@ def main() -> int:
         written = write_repository(bundle, scratch / "both",
                                    RepositoryOptions(layout="both", instance_count=args.instances, **options))
         server = start_server(written.path)
-        setup = {"startup": server.startup_seconds}
+        setup = {"startup": server.startup_seconds, "load": load}
         try:
             check_identical(server, written.entry_points.values(), pipeline, events)
             curves = {

@@ -24,7 +24,6 @@ from torch import nn
 
 from .interaction_gnn import InteractionGNN
 from .mlp import pair_differences
-from .scatter import scatter_sum
 
 
 class _FactoredInput(nn.Module):
@@ -86,18 +85,8 @@ class FactoredInteractionGNN(nn.Module):
             per_edge.append(net.geometry(features, edge_index))
         rest = torch.cat(per_edge, dim=1) if len(per_edge) > 1 else (per_edge[0] if per_edge else None)
         edges = self.edge_encoder(nodes, start, end, rest)
-        for _ in range(net.n_graph_iters):
-            messages = scatter_sum(edges, end, nodes)
-            if net.bidirectional_messages:
-                messages = torch.cat([messages, scatter_sum(edges, start, nodes)], dim=1)
-            new_nodes = net.node_network(torch.cat([nodes, messages], dim=1))
-            if net.residual:
-                new_nodes = new_nodes + nodes
-            source = new_nodes if net.edge_update_uses_new_nodes else nodes
-            new_edges = self.edge_network(source, start, end, edges)
-            if net.residual:
-                new_edges = new_edges + edges
-            nodes, edges = new_nodes, new_edges
+        nodes, edges = net.pass_messages(nodes, edges, edge_index,
+                                         lambda source, edges: self.edge_network(source, start, end, edges))
         return self.output_edge_classifier(nodes, start, end, edges).squeeze(-1)
 
 

@@ -114,6 +114,20 @@ class InteractionGNN(ConfigurableNetwork):
         if self.geometry.spec is not None:
             encoder_inputs.append(self.geometry(features, edge_index))
         edges = self.edge_encoder(torch.cat(encoder_inputs, dim=1))
+
+        def edge_network(source, edges):
+            return self.edge_network(torch.cat([source[start], source[end], edges], dim=1))
+
+        nodes, edges = self.pass_messages(nodes, edges, edge_index, edge_network)
+        return self.output_edge_classifier(torch.cat([nodes[start], nodes[end], edges], dim=1)).squeeze(-1)
+
+    def pass_messages(self, nodes: torch.Tensor, edges: torch.Tensor, edge_index: torch.Tensor, edge_network):
+        """The ``n_graph_iters`` message-passing steps from encoded ``nodes`` and ``edges``.
+
+        ``edge_network(source_nodes, edges)`` computes the edge MLP's output (the plain
+        concatenation here, the factored form in :mod:`~trackserve.export.inference_forms`).
+        """
+        start, end = edge_index[0], edge_index[1]
         for _ in range(self.n_graph_iters):
             messages = scatter_sum(edges, end, nodes)
             if self.bidirectional_messages:
@@ -122,8 +136,8 @@ class InteractionGNN(ConfigurableNetwork):
             if self.residual:
                 new_nodes = new_nodes + nodes
             source = new_nodes if self.edge_update_uses_new_nodes else nodes
-            new_edges = self.edge_network(torch.cat([source[start], source[end], edges], dim=1))
+            new_edges = edge_network(source, edges)
             if self.residual:
                 new_edges = new_edges + edges
             nodes, edges = new_nodes, new_edges
-        return self.output_edge_classifier(torch.cat([nodes[start], nodes[end], edges], dim=1)).squeeze(-1)
+        return nodes, edges

@@ -251,7 +251,10 @@ def main(argv=None) -> int:
     repeats = 1 if args.quick else args.repeats
     lines = [f"Machine: {machine_description()}.", "",
              "Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()) + f"; {args.threads} cores for both.",
-             f"Bundle: `{args.bundle}` ({bundle.provenance.get('data', 'no data recorded')}); radius "
+             f"Bundle: `{args.bundle}`, features {list(bundle.feature_names)} (trained on: "
+             f"{bundle.provenance.get('data', 'no data recorded')}"
+             + (f"; rescaled from the features {bundle.provenance['rescaled']['from_features']['names']}"
+                if "rescaled" in bundle.provenance else "") + f"); track building {bundle.stages.track_building}; radius "
              f"{bundle.stages.radius:.4g}, K {bundle.stages.max_neighbours}, cuts {bundle.stages.filter_cut}/"
              f"{bundle.stages.gnn_cut}. " + load_note(), ""]
     ratio = None

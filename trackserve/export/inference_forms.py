@@ -5,10 +5,12 @@ Split the weight by blocks, ``W = [W_s | W_e | W_r]``, and the product becomes::
 
     (x @ W_s.T)[start] + (x @ W_e.T)[end] + e @ W_r.T + b
 
-The two node products are computed once per hit instead of once per edge: with ten or
-more edges per hit that removes about two thirds of the first layer's multiply-adds in
-the edge encoder, in every message-passing step and in the output classifier (about 40 %
-of the whole network on the graphs the pipeline builds), and the ``[E, 3H]`` concatenation.
+The two node products are computed once per hit instead of once per edge, which removes
+most of the first layer's multiply-adds in the edge encoder, in every message-passing
+step and in the output classifier when edges outnumber hits, and the ``[E, 3H]``
+concatenation. Measured on the default GNN: 24.4 instead of 38.1 GFLOP on a 100k-hit
+event; on a 1k-hit event with fewer than two filtered edges per hit it costs slightly
+more (0.101 instead of 0.088 GFLOP).
 
 :func:`inference_form` returns the module to hand to ``torch.onnx.export``: the factored
 form for an :class:`~trackserve.export.interaction_gnn.InteractionGNN`, the network itself

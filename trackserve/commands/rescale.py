@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..bundle import TRACK_BUILDING_METHODS
+
 ORDER = 37
 
 
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="directory of the new bundle")
     parser.add_argument("--features", default="exatrkx-service",
                         help="the new features: a preset or scales of r, phi, z (default exatrkx-service)")
-    parser.add_argument("--track-building", choices=("components", "best_edges"), default=None,
+    parser.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                         help="track building method of the new bundle (default: the bundle's)")
     parser.set_defaults(handler=run)
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..bundle import TRACK_BUILDING_METHODS
+
 ORDER = 30
 
 #: Per-stage options: (flag, stage, setting, type, help).
@@ -81,7 +83,7 @@ def register(subparsers) -> None:
                      help="networks compute eta from the r and z features themselves (the bundle reads r, phi, z only)")
     run.add_argument("--pair-geometry", action="store_true",
                      help="filter and GNN also read each edge's transverse curvature and r-z pointing (needs r, phi, z)")
-    run.add_argument("--track-building", choices=("components", "best_edges"), default=None,
+    run.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                      help="the bundle's track building: plain connected components (default) or best_edges")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")

@@ -27,30 +27,51 @@ from ..errors import CheckpointImportError, InputError
 MIN_RADIUS_MM = 1e-3
 
 
-def check_derived_eta(value: Any, in_channels: int, architecture: str) -> dict | None:
-    """``value`` validated as a ``derived_eta`` config (None or the dict above); a clear error otherwise."""
+def _check_column_config(option: str, value: Any, features: tuple[str, ...], in_channels: int,
+                         architecture: str) -> dict | None:
+    """``value`` validated as a config naming a column and a scale for each of ``features``."""
     if value is None:
         return None
-    keys = {"r", "z", "r_scale", "z_scale"}
+    keys = set(features) | {f"{name}_scale" for name in features}
     if not isinstance(value, dict) or set(value) != keys:
         raise CheckpointImportError(
-            f"{architecture} config: derived_eta must be null or an object with exactly the keys "
-            f"r, z, r_scale, z_scale, got {value!r}"
+            f"{architecture} config: {option} must be null or an object with exactly the keys "
+            f"{', '.join(sorted(keys))}, got {value!r}"
         )
-    for name in ("r", "z"):
+    for name in features:
         column = value[name]
         if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < in_channels:
             raise CheckpointImportError(
-                f"{architecture} config: derived_eta.{name} must be a feature column in [0, {in_channels}), got {column!r}"
+                f"{architecture} config: {option}.{name} must be a feature column in [0, {in_channels}), got {column!r}"
             )
-    if value["r"] == value["z"]:
-        raise CheckpointImportError(f"{architecture} config: derived_eta.r and .z are the same column {value['r']}")
-    for name in ("r_scale", "z_scale"):
-        scale = value[name]
+    for first, second in ((x, y) for i, x in enumerate(features) for y in features[i + 1:]):
+        if value[first] == value[second]:
+            raise CheckpointImportError(
+                f"{architecture} config: {option} columns {', '.join(features)} must differ: {option}.{first} and "
+                f".{second} are the same column {value[first]}"
+            )
+    for name in features:
+        scale = value[f"{name}_scale"]
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not float(scale) > 0:
-            raise CheckpointImportError(f"{architecture} config: derived_eta.{name} must be a number > 0, got {scale!r}")
-    return {"r": int(value["r"]), "z": int(value["z"]), "r_scale": float(value["r_scale"]),
-            "z_scale": float(value["z_scale"])}
+            raise CheckpointImportError(f"{architecture} config: {option}.{name}_scale must be a number > 0, got {scale!r}")
+    return {**{name: int(value[name]) for name in features}, **{f"{name}_scale": float(value[f"{name}_scale"])
+                                                                  for name in features}}
+
+
+def _column_config(names, scales, features: tuple[str, ...], purpose: str) -> dict:
+    """The column and scale of each of ``features`` in a feature spec (``names``, ``scales``)."""
+    names = list(names)
+    missing = [name for name in features if name not in names]
+    if missing:
+        raise InputError(f"{purpose} needs the features {', '.join(features)}; the feature spec has {names} "
+                         f"(missing {', '.join(missing)})")
+    return {**{name: names.index(name) for name in features},
+            **{f"{name}_scale": float(scales[names.index(name)]) for name in features}}
+
+
+def check_derived_eta(value: Any, in_channels: int, architecture: str) -> dict | None:
+    """``value`` validated as a ``derived_eta`` config (None or the dict above); a clear error otherwise."""
+    return _check_column_config("derived_eta", value, ("r", "z"), in_channels, architecture)
 
 
 class DerivedEta(nn.Module):
@@ -80,16 +101,9 @@ class DerivedEta(nn.Module):
 
 def eta_spec_for(names: list[str] | tuple[str, ...], scales: list[float] | tuple[float, ...]) -> dict:
     """The ``derived_eta`` config for a feature spec with ``r`` and ``z`` columns (names and scales)."""
-    names = list(names)
-    missing = [name for name in ("r", "z") if name not in names]
-    if missing:
-        raise InputError(
-            f"deriving eta needs the features r and z, the feature spec has {names} (missing {', '.join(missing)})"
-        )
     if "eta" in names:
-        raise InputError(f"the feature spec {names} already has eta: do not ask the networks to derive it too")
-    return {"r": names.index("r"), "z": names.index("z"), "r_scale": float(scales[names.index("r")]),
-            "z_scale": float(scales[names.index("z")])}
+        raise InputError(f"the feature spec {list(names)} already has eta: do not ask the networks to derive it too")
+    return _column_config(names, scales, ("r", "z"), "deriving eta")
 
 
 class PairGeometry(nn.Module):
@@ -140,36 +154,9 @@ class PairGeometry(nn.Module):
 
 def check_pair_geometry(value: Any, in_channels: int, architecture: str) -> dict | None:
     """``value`` validated as a ``pair_geometry`` config (None or the dict above); a clear error otherwise."""
-    if value is None:
-        return None
-    keys = {"r", "phi", "z", "r_scale", "phi_scale", "z_scale"}
-    if not isinstance(value, dict) or set(value) != keys:
-        raise CheckpointImportError(
-            f"{architecture} config: pair_geometry must be null or an object with exactly the keys "
-            f"{', '.join(sorted(keys))}, got {value!r}"
-        )
-    columns = [value[name] for name in ("r", "phi", "z")]
-    for name, column in zip(("r", "phi", "z"), columns):
-        if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < in_channels:
-            raise CheckpointImportError(
-                f"{architecture} config: pair_geometry.{name} must be a feature column in [0, {in_channels}), got {column!r}"
-            )
-    if len(set(columns)) != 3:
-        raise CheckpointImportError(f"{architecture} config: pair_geometry columns r, phi, z must differ, got {columns}")
-    for name in ("r_scale", "phi_scale", "z_scale"):
-        scale = value[name]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not float(scale) > 0:
-            raise CheckpointImportError(f"{architecture} config: pair_geometry.{name} must be a number > 0, got {scale!r}")
-    return {**{name: int(value[name]) for name in ("r", "phi", "z")},
-            **{name: float(value[name]) for name in ("r_scale", "phi_scale", "z_scale")}}
+    return _check_column_config("pair_geometry", value, ("r", "phi", "z"), in_channels, architecture)
 
 
 def geometry_spec_for(names, scales) -> dict:
     """The ``pair_geometry`` config for a feature spec with ``r``, ``phi`` and ``z`` columns."""
-    names = list(names)
-    missing = [name for name in ("r", "phi", "z") if name not in names]
-    if missing:
-        raise InputError(f"pair geometry needs the features r, phi and z; the feature spec has {names} "
-                         f"(missing {', '.join(missing)})")
-    return {**{name: names.index(name) for name in ("r", "phi", "z")},
-            **{f"{name}_scale": float(scales[names.index(name)]) for name in ("r", "phi", "z")}}
+    return _column_config(names, scales, ("r", "phi", "z"), "pair geometry")

@@ -56,9 +56,9 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
 
     factors = _column_factors(old_spec, new_spec)
     eta = eta_spec_for(new_spec.names, new_spec.scales)
+    kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "gnn": InteractionGNN}
     out = {}
     for name, network in networks.items():
-        kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "gnn": InteractionGNN}
         if type(network) is not kinds.get(name) or network.config.get("derived_eta") is not None:
             raise InputError(f"cannot rescale the {name} network ({type(network).__name__}); supported: "
                              "EmbeddingNetwork, EdgeFilter, InteractionGNN reading the features as given")

@@ -110,8 +110,9 @@ def build_graph(
     n = points.shape[0]
     if n < 2:
         return np.zeros((2, 0), dtype=np.int64)
-    if _cap_binds(points, r32, k):
-        small, large = _nearest_capped_pairs(points, r32, k, n_threads)
+    built: dict = {}
+    if _cap_binds(points, r32, k, built):
+        small, large = _nearest_capped_pairs(points, r32, k, n_threads, built.get("tree"))
     else:
         small, large, dist2 = _pairs_within_radius(points, r32, n_threads)
         small, large = _apply_cap(n, small, large, dist2, k)
@@ -131,23 +132,31 @@ _KNN_SAMPLE = 256
 _KNN_GAP = 1e-5
 
 
-def _cap_binds(points: np.ndarray, r32: np.float32, k: int) -> bool:
-    """Whether most hits have far more than ``k`` neighbours within the radius (estimated on a sample)."""
+def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None = None) -> bool:
+    """Whether most hits have far more than ``k`` neighbours within the radius (estimated on a sample).
+
+    The k-d tree of the hits it builds is left in ``built["tree"]`` for the search that follows.
+    """
     n = points.shape[0]
     if n <= 4 * (k + 1 + _KNN_EXTRA) or n < 1_000:
         return False
     step = max(1, n // _KNN_SAMPLE)
     tree = cKDTree(points)
+    if built is not None:
+        built["tree"] = tree
     counts = tree.query_ball_point(points[::step], float(r32), return_length=True)
     return float(np.mean(counts)) - 1.0 > _KNN_FACTOR * k
 
 
-def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int):
-    """The capped pairs (small, large) from each hit's nearest neighbours; see the module docstring."""
+def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int, tree=None):
+    """The capped pairs (small, large) from each hit's nearest neighbours; see the module docstring.
+
+    ``tree``: a k-d tree of ``points`` already built (else one is built here).
+    """
     n = points.shape[0]
     r2 = np.float32(r32 * r32)
     want = min(n, k + 1 + _KNN_EXTRA)
-    tree = cKDTree(points)
+    tree = cKDTree(points) if tree is None else tree
     reach = float(r32) * (1 + _SEARCH_MARGIN)
     dist, index = tree.query(points, k=want, distance_upper_bound=reach, workers=n_threads)
     rows = np.repeat(np.arange(n, dtype=np.int64), want)

@@ -31,7 +31,7 @@ from .inputs import validate_features
 from .memory import MemoryModel
 from .cuts import logit_threshold
 from .subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
-from .track_building import build_tracks, hit_distances
+from .track_building import build_tracks, bundle_hit_order
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
@@ -149,15 +149,7 @@ class Pipeline:
         by the bundle's ``track_building`` method (``best_edges`` reads the hits' r and z from
         ``features``, which it then needs)."""
         return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut, method=self.stages.track_building,
-                            hit_order=self.hit_order(features))
-
-    def hit_order(self, features: np.ndarray | None) -> np.ndarray | None:
-        """Each hit's distance from the origin when the track building needs it (else None)."""
-        if self.stages.track_building != "best_edges":
-            return None
-        if features is None:
-            raise InputError("this bundle builds tracks with 'best_edges', which needs the hits' features (r and z)")
-        return hit_distances(features, self.bundle.feature_names, self.bundle.feature_scales)
+                            hit_order=bundle_hit_order(self.bundle, features))
 
     def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """GNN logits of the pipeline's own (valid) edges, on the touched hits when that is exact."""

@@ -143,6 +143,15 @@ def hit_distances(features: np.ndarray, names, scales) -> np.ndarray:
     return np.hypot(r, z)
 
 
+def bundle_hit_order(bundle, features: np.ndarray | None) -> np.ndarray | None:
+    """The ``hit_order`` a bundle's track building needs for ``features`` (None when its method needs none)."""
+    if bundle.stages.track_building != "best_edges":
+        return None
+    if features is None:
+        raise InputError("this bundle builds tracks with 'best_edges', which needs the hits' features (r and z)")
+    return hit_distances(features, bundle.feature_names, bundle.feature_scales)
+
+
 def _validated_order(hit_order, n: int) -> np.ndarray:
     if hit_order is None:
         raise InputError("track building 'best_edges' needs hit_order (each hit's distance from the origin)")

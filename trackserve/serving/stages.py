@@ -23,7 +23,7 @@ from ..runtime.graph_building import build_graph
 from ..runtime.inputs import validate_features
 from ..runtime.memory import MemoryModel
 from ..runtime.subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
-from ..runtime.track_building import build_tracks, hit_distances
+from ..runtime.track_building import build_tracks, bundle_hit_order
 from .interface import FEATURES, LABELS, StageSpec, stage_spec
 
 
@@ -174,11 +174,8 @@ class ComponentsStage(EnsembleStage):
         num_hits = int(arrays[FEATURES].shape[0])
         edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER")
         scores = _scores(arrays["GNN_SCORES"], edges.shape[1], "GNN_SCORES")
-        order = None
-        if self.stages.track_building == "best_edges":
-            order = hit_distances(arrays[FEATURES], self.bundle.feature_names, self.bundle.feature_scales)
         return {LABELS: build_tracks(num_hits, edges, scores, self.stages.gnn_cut, method=self.stages.track_building,
-                                     hit_order=order)}
+                                     hit_order=bundle_hit_order(self.bundle, arrays[FEATURES]))}
 
 
 _STAGES = {cls.name: cls for cls in (EmbedStage, GraphStage, FilterStage, ApplyFilterStage, GnnStage, ComponentsStage)}

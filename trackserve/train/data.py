@@ -9,6 +9,7 @@ source also gives a short description for the bundle's provenance.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -42,9 +43,9 @@ class TrainingEvent:
         """Number of hits."""
         return int(self.features.shape[0])
 
-    @property
+    @cached_property
     def hit_distance(self) -> np.ndarray:
-        """Each hit's distance from the origin (mm, float64): the order of hits along a track."""
+        """Each hit's distance from the origin (mm, float64): the order of hits along a track (computed once)."""
         hits = self.event.hits
         return np.sqrt(sum(np.asarray(hits[axis], dtype=np.float64) ** 2 for axis in ("x", "y", "z")))
 

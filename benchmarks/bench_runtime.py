@@ -9,6 +9,10 @@ either end); the filter in the same edge chunks; ``scipy.sparse.csgraph.connecte
 on the edges with ``sigmoid(score) > cut`` (for a ``best_edges`` bundle, after keeping each
 hit's best inward and outward edge, written plainly with ``numpy.maximum.at``). Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
 
+On the benchmark events ours is timed twice: one event at a time (every pool at the full
+thread count, like the baseline) and with as many events in flight as threads
+(``Pipeline.run_many`` with ``event_workers``, one thread per pool each).
+
 Events: the 100 published benchmark events (feature CSVs, 3 features) and a full-size
 simulated event (``simulate_event`` with the real particles of ``event000001000``, the
 bundle's features). Thread pools are set explicitly and identically: torch, faiss
@@ -186,12 +190,16 @@ def timed_runs(function, events, repeats):
     return median_run
 
 
-def compare(name, pipeline, baseline, events, repeats, lines) -> tuple[float, int]:
-    """Time both on ``events``, check the labels, add a table to ``lines``; return (ratio, identical)."""
+def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) -> tuple[float, int, float | None]:
+    """Time both on ``events``, check the labels, add a table to ``lines``; return (ratio,
+    identical, ratio of ``in_flight``: a pipeline whose ``run_many`` keeps several events
+    in flight, timed over the same events, or None)."""
     identical, notes = 0, []
+    theirs_all = []
     for i, features in enumerate(events):
         ours = pipeline.run(features).labels
         theirs, _, out = baseline.run(features)
+        theirs_all.append(theirs)
         if same_partition(ours, theirs):
             identical += 1
         else:
@@ -206,9 +214,27 @@ def compare(name, pipeline, baseline, events, repeats, lines) -> tuple[float, in
         b, o = base_stage[stage] / count * 1e3, ours_stage[stage] / count * 1e3
         lines.append(f"| {stage} | {b:.2f} | {o:.2f} | {b / o if o else float('nan'):.2f}x |")
     ratio = base_wall / ours_wall
-    lines += [f"| **events per second** | {count / base_wall:.2f} | {count / ours_wall:.2f} | **{ratio:.2f}x** |", ""]
+    lines += [f"| **events per second** (one event at a time) | {count / base_wall:.2f} | {count / ours_wall:.2f} | "
+              f"**{ratio:.2f}x** |"]
+    flight_ratio = None
+    if in_flight is not None:
+        same = sum(same_partition(r.labels, t) for r, t in zip(in_flight.run_many(events), theirs_all))
+        walls = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _result in in_flight.run_many(events):
+                pass
+            walls.append(time.perf_counter() - start)
+        flight_wall = statistics.median_low(walls)
+        flight_ratio = base_wall / flight_wall
+        config = in_flight.config
+        lines.append(f"| **events per second**, ours with {config.event_workers} events in flight "
+                     f"({config.resolved_intra_op_threads} ONNX Runtime / {config.resolved_graph_threads} graph thread "
+                     f"each; identical partitions {same}/{count}) | {count / base_wall:.2f} | {count / flight_wall:.2f} | "
+                     f"**{flight_ratio:.2f}x** |")
+    lines.append("")
     lines += [f"- {note}" for note in notes[:10]] + ([""] if notes else [])
-    return ratio, identical
+    return ratio, identical, flight_ratio
 
 
 def simulated_event(spec, num_particles: int | None):
@@ -257,14 +283,18 @@ def main(argv=None) -> int:
                 if "rescaled" in bundle.provenance else "") + f"); track building {bundle.stages.track_building}; radius "
              f"{bundle.stages.radius:.4g}, K {bundle.stages.max_neighbours}, cuts {bundle.stages.filter_cut}/"
              f"{bundle.stages.gnn_cut}. " + load_note(), ""]
-    ratio = None
+    ratio = flight_ratio = None
     if bundle.num_features != 3:
         lines += [f"The benchmark events have 3 features, the bundle {bundle.num_features}: skipped.", ""]
     elif LRT_EVENTS.is_dir():
         events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
         for features in events[:5]:  # warm-up
             pipeline.run(features), baseline.run(features)
-        ratio, _ = compare("published benchmark events (lrt_events)", pipeline, baseline, events, repeats, lines)
+        in_flight = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=args.threads))
+        for _result in in_flight.run_many(events[:5]):  # warm-up
+            pass
+        ratio, _, flight_ratio = compare("published benchmark events (lrt_events)", pipeline, baseline, events, repeats,
+                                         lines, in_flight)
     if args.sim_bundle is not None:
         sim_bundle = load_bundle(args.sim_bundle)
         pipeline, baseline = Pipeline(sim_bundle, config=config), Baseline(sim_bundle, config.edge_chunk_size)
@@ -276,8 +306,12 @@ def main(argv=None) -> int:
     compare("simulated full event (event000001000 particles)", pipeline, baseline, [big],
             1 if args.quick else args.sim_repeats, lines)
     if ratio is not None:
-        lines.append(f"Target: ours >= 3x the baseline's throughput on the benchmark events: "
-                     f"{'met' if ratio >= 3 else 'NOT met'} ({ratio:.2f}x).")
+        lines.append(f"Target: ours >= 3x the baseline's throughput on the benchmark events: one event at a time "
+                     f"{'met' if ratio >= 3 else 'NOT met'} ({ratio:.2f}x); with {args.threads} events in flight "
+                     f"(`RuntimeConfig(event_workers={args.threads}, intra_op_threads=1, graph_threads=1)`, "
+                     f"`trackserve run --event-workers {args.threads} --threads 1`) "
+                     f"{'met' if flight_ratio >= 3 else 'NOT met'} ({flight_ratio:.2f}x). The baseline runs one event "
+                     "at a time with every pool at the full thread count, as the published service's scripts do.")
     text = "## runtime_vs_baseline (`benchmarks/bench_runtime.py`)\n\n" + "\n".join(lines)
     print(text)
     if not args.no_write:

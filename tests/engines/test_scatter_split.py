@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trackserve.engines.onnx_runtime import OnnxNetwork
+from trackserve.engines import scatter_split
 from trackserve.engines.scatter_split import ScatterSplitNetwork, _scatter_add, open_network
 from trackserve.errors import InputError
 
@@ -25,19 +26,62 @@ def gnn_path(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("num_hits, num_edges", [(1, 1), (2, 0), (50, 3000), (5000, 40000)])
-def test_same_bits_as_whole_session(gnn_path, num_hits, num_edges):
+def _graph(num_hits, num_edges):
     rng = np.random.default_rng(num_edges)
     features = rng.normal(size=(num_hits, 3)).astype(np.float32)
     # Many repeated destinations: the order of the additions matters at float32 rounding.
     edges = rng.integers(0, num_hits, (2, num_edges)).astype(np.int64)
-    whole = OnnxNetwork(gnn_path, intra_op_threads=2)
-    split = ScatterSplitNetwork(gnn_path, intra_op_threads=2)
-    expected = whole.run(features=features, edge_index=edges)
+    return features, edges
+
+
+@pytest.mark.parametrize("num_hits, num_edges", [(1, 1), (2, 0), (50, 3000), (5000, 40000)])
+def test_sequential_form_same_bits_as_whole_session_at_one_thread(gnn_path, num_hits, num_edges):
+    features, edges = _graph(num_hits, num_edges)
+    expected = OnnxNetwork(gnn_path, intra_op_threads=1).run(features=features, edge_index=edges)
+    network = ScatterSplitNetwork(gnn_path, intra_op_threads=2)  # below SPLIT_MIN_THREADS
+    for _ in range(2):
+        got = network.run(features=features, edge_index=edges)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("num_hits, num_edges", [(1, 1), (50, 3000), (5000, 40000)])
+def test_split_form_same_bits_as_whole_session(gnn_path, num_hits, num_edges, monkeypatch):
+    monkeypatch.setattr(scatter_split, "SPLIT_MIN_INPUT_ELEMENTS", 0)
+    features, edges = _graph(num_hits, num_edges)
+    threads = scatter_split.SPLIT_MIN_THREADS
+    expected = OnnxNetwork(gnn_path, intra_op_threads=threads).run(features=features, edge_index=edges)
+    split = ScatterSplitNetwork(gnn_path, intra_op_threads=threads)
     for _ in range(2):  # the incidence cache must not leak between calls
         got = split.run(features=features, edge_index=edges)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert np.array_equal(got, expected)
+
+
+def test_sequential_model_has_row_scatters_and_no_expanded_indices(gnn_path):
+    import onnx
+
+    model = onnx.load(str(gnn_path))
+    rewritten = scatter_split.sequential_scatter_model(model)
+    ops = [node.op_type for node in rewritten.graph.node]
+    scatters = len(scatter_split.splittable_scatters(model))
+    assert scatters == 3  # one per message-passing iteration
+    assert ops.count("ScatterElements") == 0
+    rows = [n for n in rewritten.graph.node if n.op_type == "ScatterND"
+            and any(a.name == "reduction" and a.s == b"add" for a in n.attribute)]
+    assert len(rows) == scatters
+    expanded = {out for node in rewritten.graph.node if node.op_type == "Expand" for out in node.output}
+    assert not any(name in expanded for row in rows for name in row.input)  # the [E, 1] index itself
+    assert ops.count("Expand") == [n.op_type for n in model.graph.node].count("Expand") - scatters
+    assert [node.op_type for node in model.graph.node].count("ScatterElements") == scatters  # original untouched
+
+
+def test_sequential_form_refuses_an_index_outside_the_hits(gnn_path):
+    network = ScatterSplitNetwork(gnn_path, intra_op_threads=1)
+    features, edges = _graph(10, 20)
+    edges[1, 3] = 10
+    with pytest.raises(InputError, match="cannot run on these inputs"):
+        network.run(features=features, edge_index=edges)
 
 
 def test_open_network_splits_only_graphs_with_scatter_adds(gnn_path, tiny_bundle):

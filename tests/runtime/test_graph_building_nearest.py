@@ -59,7 +59,10 @@ def test_one_point_and_points_on_the_radius(nearest_path):
     np.testing.assert_array_equal(build_graph(points, float(r), 10), [[0], [2]])
 
 
-def test_the_path_is_chosen_when_the_cap_binds():
+@pytest.mark.parametrize("estimate", ["brute force", "k-d tree"])
+def test_the_path_is_chosen_when_the_cap_binds(estimate, monkeypatch):
+    if estimate == "k-d tree":  # the estimate of large events, forced on this one
+        monkeypatch.setattr(graph_building, "_KNN_BRUTE_MAX_HITS", 0)
     rng = np.random.default_rng(5)
     points = rng.normal(size=(5000, 4)).astype(np.float32)
     assert graph_building._cap_binds(points, np.float32(2.0), 8)

@@ -127,7 +127,53 @@ def test_unknown_device_is_refused(tiny_bundle):
         Pipeline(tiny_bundle, device="tpu")
 
 
-@pytest.mark.parametrize("setting", [{"intra_op_threads": 0}, {"edge_chunk_size": 0}, {"memory_limit_bytes": -1}])
+@pytest.mark.parametrize("setting", [{"intra_op_threads": 0}, {"edge_chunk_size": 0}, {"memory_limit_bytes": -1},
+                                     {"event_workers": 0}, {"event_workers": True}, {"event_workers": 1.5}])
 def test_bad_runtime_settings_are_refused(setting):
     with pytest.raises(InputError):
         RuntimeConfig(**setting)
+
+
+def test_event_workers_never_oversubscribe(monkeypatch):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 4)
+    shared = RuntimeConfig(event_workers=2)
+    assert (shared.resolved_intra_op_threads, shared.resolved_graph_threads) == (2, 2)
+    assert RuntimeConfig(event_workers=8).resolved_intra_op_threads == 1
+    assert RuntimeConfig().resolved_intra_op_threads == 4
+    with pytest.raises(InputError, match="event_workers=2 with intra_op_threads=3 would run 6 threads on 4 cores"):
+        RuntimeConfig(event_workers=2, intra_op_threads=3)
+    with pytest.raises(InputError, match="graph_threads"):
+        RuntimeConfig(event_workers=4, graph_threads=2)
+    assert RuntimeConfig(event_workers=2, memory_limit_bytes=1000).memory_limit_per_event == 500
+
+
+def test_run_many_with_event_workers_gives_each_event_its_own_result_in_order(tiny_bundle, pipeline, sample_features):
+    # Events of different sizes (one hit, none, the whole sample, slices): a mix-up would show.
+    events = [sample_features, sample_features[:1], sample_features[:0], sample_features[:300],
+              sample_features[::-1].copy(), sample_features[:40]] * 2
+    expected = [pipeline.run(f).labels for f in events]
+    workers = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2))
+    consumed = []
+
+    def lazily():
+        for features in events:
+            consumed.append(len(features))
+            yield features
+
+    results = workers.run_many(lazily())
+    first = next(results)
+    assert len(consumed) <= 2  # read only as far as the pool needs
+    got = [first.labels] + [r.labels for r in results]
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert np.array_equal(a, b)
+
+
+def test_run_many_with_event_workers_raises_the_failing_events_error_in_turn(tiny_bundle, sample_features):
+    workers = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2))
+    bad = sample_features[:20].copy()
+    bad[3, 1] = np.nan
+    results = workers.run_many([sample_features[:30], bad, sample_features[:30]])
+    assert next(results).num_hits == 30
+    with pytest.raises(InputError, match="hit 3"):
+        next(results)

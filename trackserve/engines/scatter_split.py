@@ -1,20 +1,34 @@
-"""A network whose scatter-adds run outside ONNX Runtime, with the same result bit for bit.
+"""Exact and fast CPU runners for networks with scatter-adds (the message-passing GNNs).
 
 ONNX Runtime's CPU ``ScatterElements(reduction="add")`` walks the updates one element at
-a time (tens of nanoseconds each): on a GNN of a million edges it costs several times
-all the matrix products together. :class:`ScatterSplitNetwork` cuts the graph at each
-such node into ONNX Runtime sessions and does the scatter between them with a sparse
-incidence matrix (scipy CSR times dense), which adds, for every destination row, the
-update rows in edge order starting from the zero data: exactly the float32 sums
-``ScatterElements`` computes, in the same order, so the outputs are identical.
+a time (tens of nanoseconds each) and needs its index expanded to the update shape: on
+the default GNN it took 40 % of the time of a 1,000-hit event and more than all matrix
+products together on a million edges. Two runners avoid it, both giving the float32 sums
+``ScatterElements`` gives, in the same order (tested bit for bit):
 
-Only the pattern the networks export is cut (``scatter_add`` with an index expanded to
-the message shape: ``ScatterElements(data, Expand(index[E, 1]), updates[E, C], axis=0,
-reduction="add")``); the index is taken before the ``Expand``, so the ``[E, C]`` int64
-index is never needed by the scatter. Anything else (non-zero data, other shapes) is
-computed with ``numpy.add.at``, which also adds in update order. Splitting needs the
-``onnx`` package; :func:`open_network` falls back to a plain
-:class:`~trackserve.engines.onnx_runtime.OnnxNetwork` without it.
+* the *sequential* form (:func:`sequential_scatter_model`): the same graph with each
+  scatter-add as a row-wise ``ScatterND(reduction="add")``, run in a session of ONE
+  intra-op thread, where ONNX Runtime's kernel adds the rows in order (with more threads
+  it races and loses additions: ../shared/NOTES.md);
+* the *split* form: the graph cut into sessions at each scatter, the scatters done in
+  between with a sparse incidence matrix (scipy CSR times dense), the pieces at the
+  configured thread count.
+
+Measured on this project's 2-core machine with the default GNN (``benchmarks/
+RESULTS.md``), the sequential form was faster than the split form at 2 threads, and than
+the whole graph at 2 threads, at every size from 2,000 to 300,000 edges (4.6 against
+8.2 ms at 2,000 edges; 1.17 against 1.47 s at 300,000), and it peaked at a quarter of
+the split form's memory (0.56 against 2.1 GB at 300,000 edges). So
+:class:`ScatterSplitNetwork` runs the sequential form unless it was given at least
+:data:`SPLIT_MIN_THREADS` threads and the input is large, where parallel pieces may pay;
+that case was not measured here (two cores).
+
+Only the pattern the networks export is rewritten (``scatter_add`` with an index
+expanded to the message shape: ``ScatterElements(data, Expand(index[E, 1]), updates[E,
+C], axis=0, reduction="add")``); the index is taken before the ``Expand``. In the split
+form anything else (non-zero data, other shapes) is computed with ``numpy.add.at``, which
+also adds in update order. Both need the ``onnx`` package; :func:`open_network` falls
+back to a plain :class:`~trackserve.engines.onnx_runtime.OnnxNetwork` without it.
 """
 
 from __future__ import annotations
@@ -29,8 +43,9 @@ from scipy.sparse import csr_array
 from ..errors import BundleError, InputError
 from .onnx_runtime import OnnxNetwork, session_options
 
-#: Below this many input elements the whole-graph session is faster (fewer calls) and
-#: gives the same bits; the pieces pay off on graphs of tens of thousands of edges.
+#: The split form is used only with at least this many intra-op threads ...
+SPLIT_MIN_THREADS = 4
+#: ... and inputs of at least this many elements; otherwise the sequential form runs.
 SPLIT_MIN_INPUT_ELEMENTS = 50_000
 
 
@@ -70,10 +85,13 @@ def splittable_scatters(model) -> list[int]:
 
 
 class ScatterSplitNetwork(OnnxNetwork):
-    """An :class:`OnnxNetwork` whose scatter-adds are computed between ONNX Runtime sessions.
+    """An :class:`OnnxNetwork` that runs a scatter-add network in its sequential or split form.
 
     Same constructor, attributes and :meth:`run` as :class:`OnnxNetwork` (whose whole-graph
-    ``session`` stays available); :meth:`run` gives the same output bit for bit, faster.
+    ``session`` stays available); :meth:`run` gives, bit for bit and faster, the output of
+    the whole graph in ONNX Runtime at one thread (sequential form) or at the configured
+    threads (split form). ONNX Runtime's results can differ in the last bits between
+    thread counts.
     """
 
     def __init__(self, path, *, intra_op_threads=None, providers=("CPUExecutionProvider",), name=None):
@@ -83,12 +101,22 @@ class ScatterSplitNetwork(OnnxNetwork):
         model = onnx.load(str(self.path))
         self._steps, self._last_use, self._constants = _plan(model, self.intra_op_threads, list(providers))
         self._final = model.graph.output[0].name
+        self._sequential = _open(sequential_scatter_model(model), 1, list(providers))
 
     def run(self, **inputs: np.ndarray) -> np.ndarray:
-        """Check the inputs, run the pieces and scatters in order (small inputs: the whole
-        session), return the first output."""
-        if sum(array.size for array in inputs.values() if isinstance(array, np.ndarray)) < SPLIT_MIN_INPUT_ELEMENTS:
-            return super().run(**inputs)
+        """Check the inputs, run the network and return its first output: in the sequential
+        form (:func:`sequential_scatter_model`), or, with at least :data:`SPLIT_MIN_THREADS`
+        threads and :data:`SPLIT_MIN_INPUT_ELEMENTS` input elements, in the split form."""
+        size = sum(array.size for array in inputs.values() if isinstance(array, np.ndarray))
+        if self.intra_op_threads < SPLIT_MIN_THREADS or size < SPLIT_MIN_INPUT_ELEMENTS:
+            self.check_inputs(inputs)
+            start = time.perf_counter()
+            try:
+                output = self._sequential.run([self._final], inputs)[0]
+            except Exception as error:  # onnxruntime raises its own exception types
+                raise InputError(f"network '{self.name}' cannot run on these inputs: {error}") from error
+            self.last_seconds = time.perf_counter() - start
+            return output
         self.check_inputs(inputs)
         start = time.perf_counter()
         values = dict(self._constants)
@@ -106,6 +134,81 @@ class ScatterSplitNetwork(OnnxNetwork):
                 values.pop(dead, None)
         self.last_seconds = time.perf_counter() - start
         return values[self._final]
+
+
+def sequential_scatter_model(model):
+    """A copy of ``model`` whose splittable scatter-adds are ``ScatterND(reduction="add")``
+    on the ``[E, 1]`` index, for a session with ONE intra-op thread.
+
+    ``ScatterElements`` adds element by element (about 0.3 ms for 2,000 x 32 updates) and
+    needs the index expanded to the update shape; ``ScatterND`` adds whole rows (about
+    30 us). ONNX Runtime's CPU ``ScatterND`` splits the update rows over the session's
+    pool with no guard against two rows of one destination, so at two threads or more it
+    loses additions (../shared/NOTES.md; exported networks never contain it). With one
+    thread its loop runs the rows in order on the calling thread: the same additions as
+    ``ScatterElements`` in the same order, hence the same bits (tested).
+
+    The expanded index is not built either: where the graph reads only its shape
+    (``Shape`` nodes; the exports slice the messages with it), that shape is computed from
+    the ``Expand``'s two inputs by the broadcasting rule (per axis: the target size where
+    the index has 1, else the index's size), which needs both of the same rank."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    graph = rewritten.graph
+    nodes = list(graph.node)
+    producers = {out: node for node in nodes for out in node.output}
+    dims = _known_dims(rewritten)
+    one = "trackserve_sequential_one"
+    for scatter in [nodes[position] for position in splittable_scatters(rewritten)]:
+        expand = producers[scatter.input[1]]
+        index, target = expand.input[0], expand.input[1]
+        rows = helper.make_node(
+            "ScatterND", [scatter.input[0], index, scatter.input[2]], list(scatter.output),
+            name=f"{scatter.name}_rows", reduction="add",
+        )
+        nodes[next(i for i, node in enumerate(nodes) if node is scatter)] = rows
+        readers = [n for n in nodes if expand.output[0] in n.input]
+        shape_only = all(n.op_type == "Shape" and not n.attribute for n in readers)
+        index_rank = len(dims[index]) if index in dims else None
+        target_length = dims[target][0] if len(dims.get(target, [])) == 1 else None
+        if not readers or not shape_only or index_rank is None or index_rank != target_length:
+            continue
+        shape = f"{expand.output[0]}_shape"
+        at = next(i for i, node in enumerate(nodes) if node is expand)
+        nodes[at:at + 1] = [
+            helper.make_node("Shape", [index], [f"{shape}_index"]),
+            helper.make_node("Equal", [f"{shape}_index", one], [f"{shape}_is_one"]),
+            helper.make_node("Where", [f"{shape}_is_one", target, f"{shape}_index"], [shape]),
+        ]
+        for reader in readers:
+            reader.op_type = "Identity"
+            reader.input[0] = shape
+    kept = _needed_nodes(nodes, {o.name for o in graph.output})
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    initializers = [init for init in graph.initializer if init.name in used]
+    if one in used:
+        initializers.append(numpy_helper.from_array(np.array(1, dtype=np.int64), one))
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return rewritten
+
+
+def _known_dims(model) -> dict[str, list]:
+    """Every tensor's dims as shape inference knows them (an int, or None where unknown)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims: dict[str, list] = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            dims[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    return dims
 
 
 def open_network(path: str | Path, *, intra_op_threads: int | None = None, name: str | None = None) -> OnnxNetwork:

@@ -1,9 +1,12 @@
 """Settings of the runtime: thread pools, edge chunking and the memory limit.
 
-Every pool the runtime uses is sized here, explicitly. The stages run one after the
-other, so each pool may use all the cores given to the pipeline without
+Every pool the runtime uses is sized here, explicitly. The stages of one event run one
+after the other, so each pool may use all the cores given to that event without
 oversubscription: ONNX Runtime's intra-op pool while a network runs, the graph
-builder's threads while the graph is built, never both at once.
+builder's threads while the graph is built, never both at once. With ``event_workers``
+above 1, :meth:`~trackserve.runtime.pipeline.Pipeline.run_many` keeps that many events
+in flight at once, and the default pools shrink so that workers times threads stays
+within the cores.
 """
 
 from __future__ import annotations
@@ -31,26 +34,46 @@ def available_cores() -> int:
 class RuntimeConfig:
     """How the pipeline uses the machine.
 
-    ``intra_op_threads``: ONNX Runtime intra-op pool of each network (default: all cores).
-    ``graph_threads``: threads of the graph builder (default: all cores).
+    ``intra_op_threads``: ONNX Runtime intra-op pool of each network (default: the cores
+    divided among the event workers, at least 1).
+    ``graph_threads``: threads of the graph builder (same default).
+    ``event_workers``: events :meth:`~trackserve.runtime.pipeline.Pipeline.run_many` runs
+    at once (default 1: one event at a time with every core). Many small events go
+    faster with one worker per core and one thread each: the per-operator and Python
+    costs of one event then overlap with another's work. Workers times threads may not
+    exceed the cores.
     ``edge_chunk_size``: edges per filter call; the filter scores each edge from its two
     hits only, so chunking changes nothing but the peak memory. The GNN passes messages
     over the whole graph and always runs on all the filtered edges at once.
     ``memory_limit_bytes``: an event whose estimated working memory exceeds this is
     refused with an :class:`~trackserve.errors.InputError` before the stage that would
-    need it.
+    need it; with several event workers each event in flight gets an equal share
+    (:attr:`memory_limit_per_event`).
     """
 
     intra_op_threads: int | None = None
     graph_threads: int | None = None
     edge_chunk_size: int = DEFAULT_EDGE_CHUNK_SIZE
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
+    event_workers: int = 1
 
     def __post_init__(self):
         for name in ("intra_op_threads", "graph_threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"{name} must be an integer >= 1 or None (all cores); got {value!r}")
+        workers = self.event_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InputError(f"event_workers must be an integer >= 1; got {workers!r}")
+        if workers > 1:
+            cores = available_cores()
+            for name in ("intra_op_threads", "graph_threads"):
+                threads = getattr(self, name)
+                if threads is not None and workers * threads > cores:
+                    raise InputError(
+                        f"event_workers={workers} with {name}={threads} would run {workers * threads} threads on "
+                        f"{cores} cores; lower one of them (--event-workers, --threads) or leave {name} unset to share the cores"
+                    )
         if isinstance(self.edge_chunk_size, bool) or not isinstance(self.edge_chunk_size, int) or self.edge_chunk_size < 1:
             raise InputError(f"edge_chunk_size must be an integer >= 1; got {self.edge_chunk_size!r}")
         if (
@@ -61,11 +84,20 @@ class RuntimeConfig:
             raise InputError(f"memory_limit_bytes must be a positive integer; got {self.memory_limit_bytes!r}")
 
     @property
+    def _cores_per_worker(self) -> int:
+        return max(1, available_cores() // self.event_workers)
+
+    @property
     def resolved_intra_op_threads(self) -> int:
         """The ONNX Runtime pool size this config gives."""
-        return self.intra_op_threads or available_cores()
+        return self.intra_op_threads or self._cores_per_worker
 
     @property
     def resolved_graph_threads(self) -> int:
         """The graph builder's thread count this config gives."""
-        return self.graph_threads or available_cores()
+        return self.graph_threads or self._cores_per_worker
+
+    @property
+    def memory_limit_per_event(self) -> int:
+        """The share of ``memory_limit_bytes`` each event in flight may use."""
+        return max(1, self.memory_limit_bytes // self.event_workers)

@@ -127,6 +127,9 @@ _KNN_EXTRA = 8
 _KNN_FACTOR = 1.0
 # Hits sampled to estimate the neighbour count.
 _KNN_SAMPLE = 256
+# Up to this many hits the estimate counts a smaller sample's neighbours by brute force.
+_KNN_BRUTE_MAX_HITS = 20_000
+_KNN_BRUTE_SAMPLE = 64
 # Relative gap (on squared distances) between the K-th float32 distance and the farthest
 # float64 one that proves no unlisted neighbour can rank among the K nearest.
 _KNN_GAP = 1e-5
@@ -140,6 +143,12 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
     n = points.shape[0]
     if n <= 4 * (k + 1 + _KNN_EXTRA) or n < 1_000:
         return False
+    if n <= _KNN_BRUTE_MAX_HITS:
+        # Small events: count a sample's neighbours directly (no tree to build for nothing).
+        sample = points[:: max(1, n // _KNN_BRUTE_SAMPLE)]
+        squared = np.einsum("sd,sd->s", sample, sample)[:, None] + np.einsum("nd,nd->n", points, points)[None, :]
+        squared -= 2 * (sample @ points.T)
+        return float(np.mean(np.count_nonzero(squared < r32 * r32, axis=1))) - 1.0 > _KNN_FACTOR * k
     step = max(1, n // _KNN_SAMPLE)
     tree = cKDTree(points)
     if built is not None:

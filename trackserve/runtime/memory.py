@@ -26,7 +26,11 @@ def _widest(config: dict) -> int:
 
 
 def _gib(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:.2f} GiB"
+    """``num_bytes`` in GiB, or in MiB / KiB where GiB would round to zero."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if num_bytes >= 0.1 * size:
+            return f"{num_bytes / size:.2f} {unit}"
+    return f"{num_bytes / 2**10:.2f} KiB"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ message-passing GNN sees only the hits that some filtered edge touches
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -162,7 +164,7 @@ class Pipeline:
         """Run every stage on one event's features ``[N, F]`` float32 and return its labels and timings."""
         features = validate_features(features, self.num_features)
         num_hits = features.shape[0]
-        self.memory.check_hits(num_hits, self.config.memory_limit_bytes)
+        self.memory.check_hits(num_hits, self.config.memory_limit_per_event)
         timings: dict[str, float] = {}
         start = time.perf_counter()
 
@@ -171,12 +173,12 @@ class Pipeline:
         mark = time.perf_counter()
         edges = self.build_graph(embedding)
         timings["graph"] = time.perf_counter() - mark
-        self.memory.check_edges(num_hits, edges.shape[1], self.config.memory_limit_bytes, self.config.edge_chunk_size)
+        self.memory.check_edges(num_hits, edges.shape[1], self.config.memory_limit_per_event, self.config.edge_chunk_size)
 
         mark = time.perf_counter()
         filtered, _ = self.filter_edges(features, edges)
         timings["filter"] = time.perf_counter() - mark
-        self.memory.check_gnn_edges(num_hits, filtered.shape[1], self.config.memory_limit_bytes)
+        self.memory.check_gnn_edges(num_hits, filtered.shape[1], self.config.memory_limit_per_event)
 
         mark = time.perf_counter()
         gnn_logits = self._gnn_logits(features, filtered)
@@ -201,6 +203,26 @@ class Pipeline:
         return self.run(self.event_features(event))
 
     def run_many(self, events: Iterable[np.ndarray]) -> Iterator[PipelineResult]:
-        """Run events (feature arrays) one after the other, yielding each result as it is ready."""
-        for features in events:
-            yield self.run(features)
+        """Run events (feature arrays) and yield their results in the order given.
+
+        With ``config.event_workers`` above 1, that many events are in flight at once on
+        a thread pool (ONNX Runtime, numpy and scipy release the interpreter lock while
+        they work); ``events`` is read only as far as the pool needs. An event that fails
+        raises its error when its turn to be yielded comes, after the events before it."""
+        workers = self.config.event_workers
+        if workers == 1:
+            for features in events:
+                yield self.run(features)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackserve-event") as pool:
+            pending: deque = deque()
+            try:
+                for features in events:
+                    pending.append(pool.submit(self.run, features))
+                    if len(pending) >= workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()

@@ -1,0 +1,89 @@
+"""``trackserve run``: the default job, feature CSVs, event workers, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trackserve.bundle import load_bundle
+from trackserve.cli import main
+from trackserve.events.submission import read_submission
+from trackserve.events.trackml import read_event
+from trackserve.paths import DEFAULT_BUNDLE
+from trackserve.runtime.memory import MemoryModel
+from trackserve.runtime.pipeline import STAGES, Pipeline
+
+from ..conftest import SAMPLE_EVENT
+
+
+def _json(capsys, *argv) -> dict:
+    assert main(["run", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_default_job_on_the_sample_event(capsys, tmp_path):
+    report = _json(capsys, "--output", str(tmp_path))
+    (event,) = report["events"]
+    hits = read_event(SAMPLE_EVENT, parts=()).hits
+    assert event["num_hits"] == len(hits["hit_id"])
+    assert set(event["timings_ms"]) == {*STAGES, "total"}
+    assert 0 <= event["metrics"]["efficiency"] <= 1  # the sample event has truth
+    event_id, hit_ids, labels = read_submission(tmp_path / f"{event['event']}-labels.csv")
+    assert sorted(hit_ids.tolist()) == sorted(hits["hit_id"].tolist()) and labels.shape == hit_ids.shape
+    summary = report["summary"]
+    assert summary["num_events"] == 1 and summary["wall_seconds"] >= summary["seconds"] > 0
+    assert report["settings"]["event_workers"] == 1
+
+
+@pytest.fixture(scope="module")
+def feature_csvs(tmp_path_factory):
+    """Feature CSVs of the default bundle cut from the sample event: sizes 0.. a whole event."""
+    pipeline = Pipeline(DEFAULT_BUNDLE)
+    features = pipeline.event_features(read_event(SAMPLE_EVENT, parts=()))
+    directory = tmp_path_factory.mktemp("features")
+    for number, size in enumerate([len(features), 1, 700, 2, len(features) // 2]):
+        np.savetxt(directory / f"evt_{number}.csv", features[:size], delimiter=",", fmt="%.9g")
+    return directory
+
+
+def test_event_workers_write_the_same_labels_as_one_event_at_a_time(capsys, tmp_path, feature_csvs, monkeypatch):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    one = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "one"))
+    two = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "two"), "--event-workers", "2", "--threads", "1")
+    assert two["settings"]["event_workers"] == 2 and two["settings"]["intra_op_threads"] == 1
+    assert [e["event"] for e in two["events"]] == [e["event"] for e in one["events"]] == [f"evt_{i}" for i in range(5)]
+    for event in one["events"]:
+        _, ids_one, labels_one = read_submission(tmp_path / "one" / f"{event['event']}-labels.csv")
+        _, ids_two, labels_two = read_submission(tmp_path / "two" / f"{event['event']}-labels.csv")
+        assert np.array_equal(ids_one, ids_two) and np.array_equal(labels_one, labels_two)
+        assert len(ids_one) == event["num_hits"]
+
+
+def test_oversubscribed_workers_are_refused(capsys, feature_csvs, monkeypatch):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    assert main(["run", str(feature_csvs), "--no-labels", "--event-workers", "2", "--threads", "2"]) == 2
+    assert "would run 4 threads on 2 cores" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_event_the_pipeline_refuses_is_named(capsys, tmp_path, workers, monkeypatch):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    rng = np.random.default_rng(0)
+    for number in range(3):
+        np.savetxt(tmp_path / f"evt_{number}.csv", rng.random((50 if number != 1 else 20_000, 3)), delimiter=",")
+    per_hit = MemoryModel.for_bundle(load_bundle(DEFAULT_BUNDLE)).bytes_per_hit
+    limit_gb = 3000 * per_hit * int(workers) / 2**30  # each event in flight gets limit / workers: 3000 hits
+    status = main(["run", str(tmp_path), "--no-labels", "--event-workers", workers, "--threads", "1",
+                   "--memory-limit-gb", str(limit_gb)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "event evt_1: an event of 20,000 hits needs about" in err and "MiB" in err and "memory limit" in err
+
+
+def test_a_feature_csv_with_nan_is_refused_with_its_place(capsys, tmp_path):
+    np.savetxt(tmp_path / "evt_0.csv", [[0.1, 0.2, 0.3], [0.1, np.nan, 0.3]], delimiter=",")
+    assert main(["run", str(tmp_path / "evt_0.csv"), "--no-labels"]) == 2
+    err = capsys.readouterr().err
+    assert "evt_0.csv" in err and "not a finite float32" in err

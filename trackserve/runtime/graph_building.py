@@ -160,7 +160,10 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
 def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int, tree=None):
     """The capped pairs (small, large) from each hit's nearest neighbours; see the module docstring.
 
-    ``tree``: a k-d tree of ``points`` already built (else one is built here).
+    ``tree``: a k-d tree of ``points`` already built (else one is built here). Works on the
+    query's ``[N, K + 9]`` table: the exact float32 distances column by column, then each
+    row ordered by one 64-bit key (the float32 distance's bits, which order like the
+    distances for non-negative floats, above the neighbour's index).
     """
     n = points.shape[0]
     r2 = np.float32(r32 * r32)
@@ -168,32 +171,33 @@ def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads
     tree = cKDTree(points) if tree is None else tree
     reach = float(r32) * (1 + _SEARCH_MARGIN)
     dist, index = tree.query(points, k=want, distance_upper_bound=reach, workers=n_threads)
-    rows = np.repeat(np.arange(n, dtype=np.int64), want)
-    cols = index.reshape(-1).astype(np.int64)
-    valid = (cols < n) & (cols != rows)
-    rows, cols = rows[valid], cols[valid]
-    d32 = _squared_distances(points, rows, cols)
-    close = d32 < r2
-    rows, cols, d32 = rows[close], cols[close], d32[close]
-    # each hit's candidates by (float32 squared distance, index); the first k are its nearest
-    order = np.lexsort((cols, d32, rows))
-    rows, cols, d32 = rows[order], cols[order], d32[order]
-    starts = np.searchsorted(rows, np.arange(n + 1))
-    rank = np.arange(rows.size) - starts[rows]
-    near = rank < k
+    dist, index = dist.reshape(n, want), index.reshape(n, want)
+    listed = (index < n) & (index != np.arange(n)[:, None])
+    neighbour = np.where(listed, index, 0).astype(np.int64)
+    d32 = np.zeros((n, want), dtype=np.float32)
+    for column in points.T:  # the rule's sum, dimension by dimension
+        diff = column[neighbour] - column[:, None]
+        diff *= diff
+        d32 += diff
+    close = listed & (d32 < r2)
+    keys = (d32.view(np.uint32).astype(np.uint64) << np.uint64(32)) | neighbour.astype(np.uint64)
+    keys[~close] = np.iinfo(np.uint64).max
+    keys.sort(axis=1)
+    counts = close.sum(axis=1)
     # a full list (want entries within reach) may hide an unlisted neighbour ranking among the
     # k nearest when the k-th listed distance is close to the farthest listed one: redo those
     full = index[:, -1] < n
-    counts = np.diff(starts)
     kth = np.full(n, np.inf)
-    has_k = counts >= k
-    kth[has_k] = d32[starts[:-1][has_k] + k - 1]
-    farthest = dist[:, -1] ** 2
-    unsure = np.flatnonzero(full & ~(kth < farthest * (1 - _KNN_GAP)))
-    keep_rows, keep_cols = rows[near], cols[near]
+    if k <= want:
+        has_k = counts >= k
+        kth[has_k] = (keys[has_k, k - 1] >> np.uint64(32)).astype(np.uint32).view(np.float32)
+    unsure = np.flatnonzero(full & ~(kth < dist[:, -1] ** 2 * (1 - _KNN_GAP)))
+    near = keys[:, :k]
+    kept = near != np.iinfo(np.uint64).max
+    kept[unsure] = False
+    keep_rows = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], near.shape)[kept]
+    keep_cols = (near[kept] & np.uint64(0xFFFFFFFF)).astype(np.int64)
     if unsure.size:
-        redo = np.isin(keep_rows, unsure, assume_unique=False)
-        keep_rows, keep_cols = keep_rows[~redo], keep_cols[~redo]
         extra_rows, extra_cols = _nearest_by_full_search(points, tree, unsure, r32, r2, k)
         keep_rows = np.concatenate([keep_rows, extra_rows])
         keep_cols = np.concatenate([keep_cols, extra_cols])

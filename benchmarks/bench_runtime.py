@@ -21,7 +21,8 @@ medians. Labels are compared event by event as partitions; a difference is expla
 by the first stage whose output differs (graph edges on the radius, scores at the cut).
 
 ``python benchmarks/bench_runtime.py [--bundle models/default] [--threads 2] [--quick]``
-writes the section ``runtime_vs_baseline`` of ``benchmarks/RESULTS.md``.
+writes the section ``runtime_vs_baseline`` of ``benchmarks/RESULTS.md`` (for a bundle other
+than the default, ``runtime_vs_baseline_<its directory name>``).
 """
 
 from __future__ import annotations
@@ -312,10 +313,13 @@ def main(argv=None) -> int:
                      f"`trackserve run --event-workers {args.threads} --threads 1`) "
                      f"{'met' if flight_ratio >= 3 else 'NOT met'} ({flight_ratio:.2f}x). The baseline runs one event "
                      "at a time with every pool at the full thread count, as the published service's scripts do.")
-    text = "## runtime_vs_baseline (`benchmarks/bench_runtime.py`)\n\n" + "\n".join(lines)
+    # The default bundle's section is runtime_vs_baseline; another bundle gets its own.
+    default = Path(args.bundle).resolve() == (REPO / "models" / "default").resolve()
+    section = "runtime_vs_baseline" if default else f"runtime_vs_baseline_{Path(args.bundle).resolve().name}"
+    text = f"## {section} (`benchmarks/bench_runtime.py`)\n\n" + "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("runtime_vs_baseline", text)
+        write_section(section, text)
     return 0
 
 

@@ -1,20 +1,25 @@
-"""The shipped default bundle loads and runs on the sample event shipped with trackserve.
+"""The shipped bundles (``models/default`` and ``models/wide-gnn``) load and run on the
+sample event shipped with trackserve and on the published service's events.
 
-Its tracking quality is measured by ``benchmarks/bench_default_bundle.py`` (section
-``default_bundle`` of ``benchmarks/RESULTS.md``), not asserted here.
+Their tracking quality is measured by ``benchmarks/bench_default_bundle.py`` (sections
+``default_bundle`` and ``bundle_wide-gnn`` of ``benchmarks/RESULTS.md``), not asserted here.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from trackserve.bundle import load_bundle
 from trackserve.events.trackml import read_event
 from trackserve.paths import DEFAULT_BUNDLE, SAMPLE_EVENT
-
-SAMPLE_FEATURES = DEFAULT_BUNDLE.parents[1].parent / "shared" / "data" / "exatrkx_service" / "lrt_events" / "evt_0.csv"
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.pipeline import Pipeline
+
+SAMPLE_FEATURES = DEFAULT_BUNDLE.parents[1].parent / "shared" / "data" / "exatrkx_service" / "lrt_events" / "evt_0.csv"
+WIDE_GNN_BUNDLE = DEFAULT_BUNDLE.parent / "wide-gnn"
+#: Each shipped bundle and its GNN's hidden width.
+SHIPPED = [pytest.param(DEFAULT_BUNDLE, 32, id="default"), pytest.param(WIDE_GNN_BUNDLE, 64, id="wide-gnn")]
 
 
 def provenance_rescaled(bundle) -> dict:
@@ -24,24 +29,29 @@ def provenance_rescaled(bundle) -> dict:
     return record
 
 
-def test_default_bundle_loads_with_its_training_record():
-    bundle = load_bundle(DEFAULT_BUNDLE)
+@pytest.mark.parametrize("path, gnn_hidden", SHIPPED)
+def test_shipped_bundle_loads_with_its_training_record(path, gnn_hidden):
+    bundle = load_bundle(path)
     assert set(bundle.networks) == {"embedding", "filter", "gnn"}
     # the published service's three features, eta derived inside the networks; best-edge track building
     assert bundle.feature_names == ("r", "phi", "z") and bundle.feature_scales == (3000.0, float(np.pi), 400.0)
     assert all(entry.config["derived_eta"] is not None for entry in bundle.networks.values())
     assert bundle.stages.track_building == "best_edges"
     assert bundle.networks["gnn"].architecture == "InteractionGNN"
+    assert bundle.networks["gnn"].config["hidden"] == gnn_hidden
     assert provenance_rescaled(bundle)["from_features"]["names"] == ["r", "phi", "z", "eta"]
     provenance = bundle.provenance
     assert provenance["trained_by"] == "trackserve train"
+    assert provenance["seconds"]["training"] < 3600  # trained here, within the hour's budget
     assert set(provenance["validation"]) >= {"graph", "filter", "gnn"}
     assert provenance["settings"]["max_neighbours"] == bundle.stages.max_neighbours
+    assert provenance["settings"]["gnn"]["hidden"] == gnn_hidden
 
 
-def test_default_bundle_labels_every_hit_of_the_sample_event():
+@pytest.mark.parametrize("path, gnn_hidden", SHIPPED)
+def test_shipped_bundle_labels_every_hit_of_the_sample_event(path, gnn_hidden):
     event = read_event(SAMPLE_EVENT)
-    pipeline = Pipeline(DEFAULT_BUNDLE, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    pipeline = Pipeline(path, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
     result = pipeline.run_event(event)
     assert result.labels.shape == (event.num_hits,)
     assert result.labels.dtype == np.int64
@@ -50,13 +60,12 @@ def test_default_bundle_labels_every_hit_of_the_sample_event():
     assert result.num_edges["gnn"] <= result.num_edges["filter"]
 
 
-def test_default_bundle_runs_the_published_service_events():
+@pytest.mark.parametrize("path, gnn_hidden", SHIPPED)
+def test_shipped_bundle_runs_the_published_service_events(path, gnn_hidden):
     from trackserve.events.trackml import read_feature_csv
 
-    features = read_feature_csv(SAMPLE_FEATURES, 3) if SAMPLE_FEATURES.exists() else None
-    if features is None:
-        import pytest
-
+    if not SAMPLE_FEATURES.exists():
         pytest.skip(f"{SAMPLE_FEATURES} not found (the published service's events live in ../shared/data)")
-    result = Pipeline(DEFAULT_BUNDLE, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(features)
+    features = read_feature_csv(SAMPLE_FEATURES, 3)
+    result = Pipeline(path, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(features)
     assert result.labels.shape == (features.shape[0],) and result.num_edges["graph"] > 0

@@ -129,7 +129,10 @@ _KNN_FACTOR = 1.0
 _KNN_SAMPLE = 256
 # Up to this many hits the estimate counts a smaller sample's neighbours by brute force.
 _KNN_BRUTE_MAX_HITS = 20_000
-_KNN_BRUTE_SAMPLE = 64
+_KNN_BRUTE_SAMPLE = 16
+# OpenBLAS runs a matrix product of at most m * n * k = 65536 * 4 on the calling thread
+# (its multithreading threshold), so the brute-force count starts no BLAS threads.
+_ONE_THREAD_PRODUCT = 65_536 * 4
 # Relative gap (on squared distances) between the K-th float32 distance and the farthest
 # float64 one that proves no unlisted neighbour can rank among the K nearest.
 _KNN_GAP = 1e-5
@@ -144,11 +147,17 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
     if n <= 4 * (k + 1 + _KNN_EXTRA) or n < 1_000:
         return False
     if n <= _KNN_BRUTE_MAX_HITS:
-        # Small events: count a sample's neighbours directly (no tree to build for nothing).
-        sample = points[:: max(1, n // _KNN_BRUTE_SAMPLE)]
-        squared = np.einsum("sd,sd->s", sample, sample)[:, None] + np.einsum("nd,nd->n", points, points)[None, :]
-        squared -= 2 * (sample @ points.T)
-        return float(np.mean(np.count_nonzero(squared < r32 * r32, axis=1))) - 1.0 > _KNN_FACTOR * k
+        # Small events: count a sample's neighbours directly (no tree to build for nothing),
+        # in products small enough that OpenBLAS keeps them on the calling thread.
+        sample = points[:: n // _KNN_BRUTE_SAMPLE][:_KNN_BRUTE_SAMPLE]
+        sample_norms = np.einsum("sd,sd->s", sample, sample)[:, None]
+        block = max(1, _ONE_THREAD_PRODUCT // (sample.shape[0] * points.shape[1]))
+        within = 0
+        for begin in range(0, n, block):
+            part = points[begin : begin + block]
+            squared = sample_norms + np.einsum("nd,nd->n", part, part)[None, :] - 2 * (sample @ part.T)
+            within += np.count_nonzero(squared < r32 * r32)
+        return within / sample.shape[0] - 1.0 > _KNN_FACTOR * k
     step = max(1, n // _KNN_SAMPLE)
     tree = cKDTree(points)
     if built is not None:

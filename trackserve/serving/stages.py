@@ -1,7 +1,8 @@
 """The ensemble's stage models as plain callables: named arrays in, named arrays out.
 
 Each stage does what the matching step of :meth:`trackserve.runtime.pipeline.Pipeline.run`
-does, with the runtime's own pieces (:class:`~trackserve.engines.onnx_runtime.OnnxNetwork`,
+does, with the runtime's own pieces (the network runners of
+:func:`~trackserve.engines.scatter_split.open_network`,
 :func:`~trackserve.runtime.graph_building.build_graph`,
 :func:`~trackserve.runtime.cuts.logit_threshold`,
 :func:`~trackserve.runtime.track_building.build_tracks`, the memory model), so the ensemble
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..engines.onnx_runtime import OnnxNetwork
+from ..engines.scatter_split import open_network
 from ..errors import InputError
 from ..runtime.config import RuntimeConfig
 from ..runtime.cuts import logit_threshold
@@ -41,7 +43,7 @@ class EnsembleStage:
         self.spec: StageSpec = stage_spec(self.name)
 
     def _network(self, name: str) -> OnnxNetwork:
-        return OnnxNetwork(self.bundle.network_path(name), intra_op_threads=self.config.resolved_intra_op_threads, name=name)
+        return open_network(self.bundle.network_path(name), intra_op_threads=self.config.resolved_intra_op_threads, name=name)
 
     def _features(self, arrays) -> np.ndarray:
         return validate_features(arrays[FEATURES], self.bundle.num_features)

@@ -99,7 +99,10 @@ class ScatterSplitNetwork(OnnxNetwork):
         import onnx
 
         model = onnx.load(str(self.path))
-        self._steps, self._last_use, self._constants = _plan(model, self.intra_op_threads, list(providers))
+        # The split form's sessions are opened only where it may run (see run()).
+        self._steps = None
+        if self.intra_op_threads >= SPLIT_MIN_THREADS:
+            self._steps, self._last_use, self._constants = _plan(model, self.intra_op_threads, list(providers))
         self._final = model.graph.output[0].name
         self._sequential = _open(sequential_scatter_model(model), 1, list(providers))
 
@@ -108,7 +111,7 @@ class ScatterSplitNetwork(OnnxNetwork):
         form (:func:`sequential_scatter_model`), or, with at least :data:`SPLIT_MIN_THREADS`
         threads and :data:`SPLIT_MIN_INPUT_ELEMENTS` input elements, in the split form."""
         size = sum(array.size for array in inputs.values() if isinstance(array, np.ndarray))
-        if self.intra_op_threads < SPLIT_MIN_THREADS or size < SPLIT_MIN_INPUT_ELEMENTS:
+        if self._steps is None or size < SPLIT_MIN_INPUT_ELEMENTS:
             self.check_inputs(inputs)
             start = time.perf_counter()
             try:

@@ -76,6 +76,14 @@ def test_sequential_model_has_row_scatters_and_no_expanded_indices(gnn_path):
     assert [node.op_type for node in model.graph.node].count("ScatterElements") == scatters  # original untouched
 
 
+def test_sequential_form_counts_negative_indices_from_the_end_like_the_whole_graph(gnn_path):
+    features, edges = _graph(40, 500)
+    edges[:, ::7] -= 40  # the same hits, written as negative indices
+    expected = OnnxNetwork(gnn_path, intra_op_threads=1).run(features=features, edge_index=edges)
+    got = ScatterSplitNetwork(gnn_path, intra_op_threads=1).run(features=features, edge_index=edges)
+    assert np.array_equal(got, expected)
+
+
 def test_sequential_form_refuses_an_index_outside_the_hits(gnn_path):
     network = ScatterSplitNetwork(gnn_path, intra_op_threads=1)
     features, edges = _graph(10, 20)

@@ -1,0 +1,105 @@
+"""Choosing the GNN cut on a validation event: ``tune_gnn_cut`` and ``trackserve tune-cut``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from trackserve.bundle import load_bundle
+from trackserve.cli import main
+from trackserve.errors import InputError
+from trackserve.events.metrics import evaluate_event
+from trackserve.events.trackml import read_event
+from trackserve.paths import DEFAULT_BUNDLE
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.cut_tuning import CANDIDATE_CUTS, tune_gnn_cut
+from trackserve.runtime.pipeline import Pipeline
+
+from ..conftest import SAMPLE_EVENT
+
+
+@pytest.fixture(scope="module")
+def event():
+    return read_event(SAMPLE_EVENT, parts=("truth", "particles"))
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    # The shipped default bundle: it finds tracks on the sample event, so the figures vary with the cut.
+    return Pipeline(DEFAULT_BUNDLE, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+
+
+@pytest.mark.parametrize("method", ["components", "best_edges"])
+def test_every_cut_is_scored_as_the_pipeline_would_label_the_event(pipeline, event, method):
+    best, rows = tune_gnn_cut(pipeline, event, method=method, min_pt=0.5, min_hits=3)
+    assert [row.cut for row in rows] == list(CANDIDATE_CUTS)
+    assert best == max(rows, key=lambda row: (row.score, -row.cut)).cut
+    # The figures of a cut are those of the pipeline run with that cut and method.
+    for row in (rows[0], rows[len(rows) // 2], rows[-1]):
+        stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, track_building=method)
+        at_cut = Pipeline(dataclasses.replace(pipeline.bundle, stages=stages),
+                          config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+        labels = at_cut.run_event(event).labels
+        figures = evaluate_event(event, event.hits["hit_id"], labels, min_pt=0.5, min_hits=3)
+        np.testing.assert_equal((row.efficiency, row.fake_rate), (figures["efficiency"], figures["fake_rate"]))
+    assert len({row.efficiency for row in rows}) > 3  # the cut matters on this event
+
+
+def test_a_fake_rate_bound_restricts_the_choice(pipeline, event):
+    best, rows = tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=1.0)
+    assert best == tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3)[0]
+    bound = float(np.median([np.nan_to_num(row.fake_rate) for row in rows]))
+    bounded, _ = tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=bound)
+    chosen = next(row for row in rows if row.cut == bounded)
+    assert np.nan_to_num(chosen.fake_rate) <= bound
+    assert all(row.score <= chosen.score for row in rows if np.nan_to_num(row.fake_rate) <= bound)
+
+
+def test_impossible_bounds_and_events_without_truth_are_refused(pipeline, event):
+    with pytest.raises(InputError, match="no candidate cut keeps the fake rate"):
+        tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=0.0, cuts=(0.0,))
+    with pytest.raises(InputError, match="max_fake_rate must lie in"):
+        tune_gnn_cut(pipeline, event, max_fake_rate=2.0)
+    with pytest.raises(InputError, match="truth and particles"):
+        tune_gnn_cut(pipeline, read_event(SAMPLE_EVENT, parts=()))
+
+
+def test_tune_cut_command_prints_and_writes(tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "<- best" in out and out.count("\n") >= len(CANDIDATE_CUTS)
+    before = json.loads((bundle / "pipeline.json").read_text())
+    assert before == json.loads((DEFAULT_BUNDLE / "pipeline.json").read_text())  # nothing written without --write
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                 "--track-building", "components", "--write"]) == 0
+    best = float(capsys.readouterr().out.split("stored GNN cut ")[1].split()[0])
+    tuned = load_bundle(bundle)
+    assert tuned.stages.gnn_cut == best and tuned.stages.track_building == "components"
+    record = tuned.provenance["gnn_cut_tuned"]
+    assert record["previous"] == {"gnn_cut": before["stages"]["gnn_cut"], "track_building": "best_edges"}
+    assert record["stages"] == {"gnn_cut": best, "track_building": "components"}
+    assert 0 <= record["figures"]["efficiency"] <= 1
+
+
+def test_tune_cut_command_needs_a_validation_event(tiny_bundle, capsys):
+    with pytest.raises(SystemExit):
+        main(["tune-cut", str(tiny_bundle)])
+    assert "--validation" in capsys.readouterr().err
+    assert main(["tune-cut", str(tiny_bundle), "--validation-particles", "/nonexistent.csv"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_figures_that_cannot_be_counted_are_written_as_null(tiny_bundle, tmp_path, capsys):
+    # Random networks find no candidate track at high cuts: a NaN fake rate, stored as null.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                 "--write"]) == 0
+    figures = load_bundle(bundle).provenance["gnn_cut_tuned"]["figures"]
+    assert all(value is None or 0 <= value <= 1 for value in figures.values())

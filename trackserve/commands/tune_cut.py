@@ -1,0 +1,108 @@
+"""``trackserve tune-cut``: choose a bundle's GNN cut for its track building on a validation event.
+
+The trainer chose the cut for the track building it trained with; after ``trackserve
+rescale --track-building`` the bundle keeps that cut. This command runs the bundle on a
+validation event (a TrackML event with truth, or one simulated from a particles table
+with the trainer's validation seeds, so ``--validation-particles TABLE --seed S`` gives
+the event ``trackserve train --seed S`` validated on), prints the track figures of every
+candidate cut, and with ``--write`` stores the best one (the trainer's rule: efficiency
+minus fake rate; with ``--max-fake-rate F`` only among the cuts whose fake rate is at most
+F) in the bundle's ``pipeline.json`` with a provenance record.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..bundle import TRACK_BUILDING_METHODS
+
+ORDER = 38
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``tune-cut`` subcommand."""
+    parser = subparsers.add_parser(
+        "tune-cut",
+        help="choose a bundle's GNN cut for its track building on a validation event",
+        description=(
+            "Run a bundle on a validation event, print the track efficiency, fake and duplicate rates at every "
+            "candidate GNN cut, and with --write store the cut with the best efficiency minus fake rate (the "
+            "rule trackserve train uses) in the bundle."
+        ),
+    )
+    parser.add_argument("bundle", metavar="DIR", help="the bundle")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--validation", metavar="EVENT", help="TrackML event with truth and particles")
+    source.add_argument("--validation-particles", metavar="TABLE.csv",
+                        help="simulate the validation event from this particles table (the trainer's validation seeds)")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed, for --validation-particles (default 0)")
+    parser.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
+                        help="tune for this method and store it with --write (default: the bundle's)")
+    parser.add_argument("--min-pt", type=float, default=1.0, metavar="GEV", help="particles counted (default 1 GeV)")
+    parser.add_argument("--min-hits", type=int, default=5, metavar="N", help="particles counted (default 5 hits)")
+    parser.add_argument("--max-fake-rate", type=float, default=None, metavar="F",
+                        help="only cuts whose fake rate is at most F compete (for example 0.02)")
+    parser.add_argument("--write", action="store_true", help="store the chosen cut (and method) in the bundle")
+    parser.set_defaults(handler=run)
+
+
+def _validation_event(args):
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..events.geometry import load_geometry
+    from ..events.simulate import simulate_event
+    from ..events.trackml import find_event_prefixes, read_event, read_particles
+
+    if args.validation:
+        prefix = find_event_prefixes(args.validation)[0]
+        return read_event(prefix, parts=("truth", "particles")), str(prefix)
+    table = Path(args.validation_particles)
+    if not table.is_file():
+        raise InputError(f"--validation-particles {table}: no such file")
+    # trackserve train simulates its validation event with the seed (seed, stream 2, source 0, event 0).
+    event = simulate_event(load_geometry(), read_particles(table), seed=(args.seed, 2, 0, 0), event_id=0)
+    return event, f"simulated ({table.name}, seed {args.seed}, stream 2)"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Tune, print the table, write the bundle when asked."""
+    from ..bundle import _read_pipeline, load_bundle, write_pipeline_json
+    from ..runtime.cut_tuning import tune_gnn_cut
+    from ..runtime.pipeline import Pipeline
+
+    pipeline = Pipeline(args.bundle)
+    method = args.track_building or pipeline.stages.track_building
+    event, described = _validation_event(args)
+    best, rows = tune_gnn_cut(pipeline, event, method=method, min_pt=args.min_pt, min_hits=args.min_hits,
+                              max_fake_rate=args.max_fake_rate)
+    print(f"{described}: {event.num_hits} hits; track building {method}; particles with pT >= {args.min_pt:g} GeV "
+          f"and >= {args.min_hits} hits")
+    print(f"{'cut':>5}  {'efficiency':>10}  {'fake rate':>9}  {'duplicates':>10}  {'eff - fake':>10}")
+    for row in rows:
+        mark = "  <- best" if row.cut == best else ("  (bundle's)" if row.cut == pipeline.stages.gnn_cut else "")
+        print(f"{row.cut:5.2f}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.duplicate_rate:10.4f}  "
+              f"{row.score:10.4f}{mark}")
+    if not args.write:
+        print(f"best cut {best:g} (the bundle has {pipeline.stages.gnn_cut:g}); --write stores it")
+        return 0
+    directory, data = _read_pipeline(args.bundle)
+    previous = {"gnn_cut": data["stages"]["gnn_cut"], "track_building": data["stages"].get("track_building", "components")}
+    data["stages"]["gnn_cut"] = best
+    data["stages"]["track_building"] = method
+    chosen = next(row for row in rows if row.cut == best)
+    data.setdefault("provenance", {})["gnn_cut_tuned"] = {
+        "event": described, "num_hits": int(event.num_hits), "min_pt": args.min_pt, "min_hits": args.min_hits,
+        "rule": "highest efficiency minus fake rate"
+        + ("" if args.max_fake_rate is None else f" among the cuts with a fake rate <= {args.max_fake_rate:g}"),
+        "previous": previous,
+        "stages": {"gnn_cut": best, "track_building": method},
+        # NaN (no particle or no candidate track to count) is written as null.
+        "figures": {name: (None if value != value else value) for name, value in (
+            ("efficiency", chosen.efficiency), ("fake_rate", chosen.fake_rate), ("duplicate_rate", chosen.duplicate_rate))},
+    }
+    write_pipeline_json(data, directory)
+    load_bundle(directory)  # the written bundle must load
+    print(f"stored GNN cut {best:g} and track building {method} in {directory / 'pipeline.json'} "
+          f"(was {previous['gnn_cut']:g}, {previous['track_building']})")
+    return 0

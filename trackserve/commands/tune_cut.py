@@ -13,6 +13,7 @@ F) in the bundle's ``pipeline.json`` with a provenance record.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
 
@@ -67,7 +68,9 @@ def _validation_event(args):
 
 def run(args: argparse.Namespace) -> int:
     """Tune, print the table, write the bundle when asked."""
-    from ..bundle import _read_pipeline, load_bundle, write_pipeline_json
+    import dataclasses
+
+    from ..bundle import save_bundle
     from ..runtime.cut_tuning import tune_gnn_cut
     from ..runtime.pipeline import Pipeline
 
@@ -86,12 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.write:
         print(f"best cut {best:g} (the bundle has {pipeline.stages.gnn_cut:g}); --write stores it")
         return 0
-    directory, data = _read_pipeline(args.bundle)
-    previous = {"gnn_cut": data["stages"]["gnn_cut"], "track_building": data["stages"].get("track_building", "components")}
-    data["stages"]["gnn_cut"] = best
-    data["stages"]["track_building"] = method
+    bundle = pipeline.bundle
+    previous = {"gnn_cut": bundle.stages.gnn_cut, "track_building": bundle.stages.track_building}
     chosen = next(row for row in rows if row.cut == best)
-    data.setdefault("provenance", {})["gnn_cut_tuned"] = {
+    record = {
         "event": described, "num_hits": int(event.num_hits), "min_pt": args.min_pt, "min_hits": args.min_hits,
         "rule": "highest efficiency minus fake rate"
         + ("" if args.max_fake_rate is None else f" among the cuts with a fake rate <= {args.max_fake_rate:g}"),
@@ -101,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
         "figures": {name: (None if value != value else value) for name, value in (
             ("efficiency", chosen.efficiency), ("fake_rate", chosen.fake_rate), ("duplicate_rate", chosen.duplicate_rate))},
     }
-    write_pipeline_json(data, directory)
-    load_bundle(directory)  # the written bundle must load
-    print(f"stored GNN cut {best:g} and track building {method} in {directory / 'pipeline.json'} "
+    tuned = dataclasses.replace(bundle, stages=dataclasses.replace(bundle.stages, gnn_cut=best, track_building=method),
+                                provenance={**bundle.provenance, "gnn_cut_tuned": record})
+    directory = save_bundle(tuned, bundle.directory).directory
+    print(f"stored GNN cut {best:g} and track building {method} in {Path(directory) / 'pipeline.json'} "
           f"(was {previous['gnn_cut']:g}, {previous['track_building']})")
     return 0

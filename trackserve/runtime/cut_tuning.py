@@ -60,7 +60,7 @@ def tune_gnn_cut(pipeline, event: Event, *, method: str | None = None, min_pt: f
     method = method or pipeline.stages.track_building
     features = pipeline.event_features(event)
     filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
-    logits = pipeline._gnn_logits(features, filtered)
+    logits = pipeline.classify_edges("gnn", features, filtered, chunked=False)
     bundle = pipeline.bundle
     order = hit_distances(features, bundle.feature_names, bundle.feature_scales) if method == "best_edges" else None
     hit_ids = event.hits["hit_id"]

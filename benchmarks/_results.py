@@ -45,6 +45,15 @@ def load_note() -> str:
     return f"Load average (1 min) at the start: {one_minute:.2f} on {os.cpu_count()} cores ({verdict})."
 
 
+def bundle_section(bundle, default_section: str, other_prefix: str) -> str:
+    """The RESULTS.md section of a benchmark run on ``bundle``: ``default_section`` for the
+    shipped default bundle, ``other_prefix`` + the bundle's directory name for any other."""
+    path = Path(bundle).resolve()
+    if path == (RESULTS_PATH.parents[1] / "models" / "default").resolve():
+        return default_section
+    return f"{other_prefix}{path.name}"
+
+
 def write_section(name: str, markdown: str, path: Path = RESULTS_PATH) -> Path:
     """Replace (or append) the section ``name`` of RESULTS.md with ``markdown``."""
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"

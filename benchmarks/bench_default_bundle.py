@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_note, machine_description, write_section  # noqa: E402
+from _results import bundle_section, load_note, machine_description, write_section  # noqa: E402
 
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.metrics import evaluate_event  # noqa: E402
@@ -126,14 +126,6 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     return {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times}
 
 
-def _section_name(bundle: str) -> str:
-    """The RESULTS.md section of a bundle: ``default_bundle`` for the shipped default,
-    ``bundle_<directory name>`` for any other (the shipped ``models/wide-gnn`` too)."""
-    if Path(bundle).resolve() == DEFAULT_BUNDLE.resolve():
-        return "default_bundle"
-    return f"bundle_{Path(bundle).resolve().name}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle to measure (default: models/default)")
@@ -152,7 +144,7 @@ def main() -> int:
               f"{sum(result['times'].values()):.2f} s", flush=True)
 
     stages = pipeline.stages
-    section = _section_name(args.bundle)
+    section = bundle_section(args.bundle, "default_bundle", "bundle_")
     lines = [
         f"## {section.replace('_', ' ')} (`benchmarks/bench_default_bundle.py`)",
         "",

@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_note, machine_description, write_section  # noqa: E402
+from _results import bundle_section, load_note, machine_description, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -334,9 +334,7 @@ def main(argv=None) -> int:
                      f"`trackserve run --event-workers {args.threads} --threads 1`) "
                      f"{'met' if flight_ratio >= 3 else 'NOT met'} ({flight_ratio:.2f}x). The baseline runs one event "
                      "at a time with every pool at the full thread count, as the published service's scripts do.")
-    # The default bundle's section is runtime_vs_baseline; another bundle gets its own.
-    default = Path(args.bundle).resolve() == (REPO / "models" / "default").resolve()
-    section = "runtime_vs_baseline" if default else f"runtime_vs_baseline_{Path(args.bundle).resolve().name}"
+    section = bundle_section(args.bundle, "runtime_vs_baseline", "runtime_vs_baseline_")
     text = f"## {section} (`benchmarks/bench_runtime.py`)\n\n" + "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -47,13 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _validation_event(args):
+def _validation_event(args, spec):
     from pathlib import Path
 
     from ..errors import InputError
-    from ..events.geometry import load_geometry
-    from ..events.simulate import simulate_event
-    from ..events.trackml import find_event_prefixes, read_event, read_particles
+    from ..events.trackml import find_event_prefixes, read_event
+    from ..train.data import VALIDATION_STREAM, SimulatedSource, simulated_events
 
     if args.validation:
         prefix = find_event_prefixes(args.validation)[0]
@@ -61,9 +60,10 @@ def _validation_event(args):
     table = Path(args.validation_particles)
     if not table.is_file():
         raise InputError(f"--validation-particles {table}: no such file")
-    # trackserve train simulates its validation event with the seed (seed, stream 2, source 0, event 0).
-    event = simulate_event(load_geometry(), read_particles(table), seed=(args.seed, 2, 0, 0), event_id=0)
-    return event, f"simulated ({table.name}, seed {args.seed}, stream 2)"
+    # The very event trackserve train --seed S simulates to validate on.
+    source = SimulatedSource(particles=table)
+    event = simulated_events([source], 1, spec, seed=args.seed, stream=VALIDATION_STREAM, show_progress=False)[0].event
+    return event, f"simulated ({source.describe()}, seed {args.seed}, stream {VALIDATION_STREAM})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(args.bundle)
     method = args.track_building or pipeline.stages.track_building
-    event, described = _validation_event(args)
+    event, described = _validation_event(args, pipeline.feature_spec)
     best, rows = tune_gnn_cut(pipeline, event, method=method, min_pt=args.min_pt, min_hits=args.min_hits,
                               max_fake_rate=args.max_fake_rate)
     print(f"{described}: {event.num_hits} hits; track building {method}; particles with pT >= {args.min_pt:g} GeV "

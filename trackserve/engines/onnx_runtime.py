@@ -103,14 +103,20 @@ class OnnxNetwork:
             raise BackendUnavailableError(
                 f"ONNX Runtime providers {missing} are not available here (available: {sorted(available)})"
             )
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise BundleError(f"ONNX Runtime cannot load {self.path}: {error}") from error
         self.intra_op_threads = threads
+        self.session = self._open_session(options, list(providers))
         self.inputs = tuple(self._info(i) for i in self.session.get_inputs())
         self.outputs = tuple(self._info(o) for o in self.session.get_outputs())
         self.last_seconds = 0.0
+
+    def _open_session(self, options, providers: list[str]):
+        """The ONNX Runtime session :meth:`run` uses: the network file as it is."""
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise BundleError(f"ONNX Runtime cannot load {self.path}: {error}") from error
 
     @staticmethod
     def _info(node) -> TensorInfo:
@@ -158,9 +164,15 @@ class OnnxNetwork:
                     )
 
     def run(self, **inputs: np.ndarray) -> np.ndarray:
-        """Check the inputs, run the network and return its first output."""
+        """Check the inputs, run the network and return its first output.
+
+        A failure ONNX Runtime finds only while running (an edge index outside the hits,
+        say) is an :class:`InputError` naming the network."""
         self.check_inputs(inputs)
         start = time.perf_counter()
-        output = self.session.run([self.outputs[0].name], inputs)[0]
+        try:
+            output = self.session.run([self.outputs[0].name], inputs)[0]
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise InputError(f"network '{self.name}' cannot run on these inputs: {error}") from error
         self.last_seconds = time.perf_counter() - start
         return output

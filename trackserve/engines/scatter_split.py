@@ -87,24 +87,28 @@ def splittable_scatters(model) -> list[int]:
 class ScatterSplitNetwork(OnnxNetwork):
     """An :class:`OnnxNetwork` that runs a scatter-add network in its sequential or split form.
 
-    Same constructor, attributes and :meth:`run` as :class:`OnnxNetwork` (whose whole-graph
-    ``session`` stays available); :meth:`run` gives, bit for bit and faster, the output of
-    the whole graph in ONNX Runtime at one thread (sequential form) or at the configured
+    Same constructor, attributes and :meth:`run` as :class:`OnnxNetwork`; its ``session``
+    is the sequential form's (one thread, whatever ``intra_op_threads`` says, which sizes
+    the split form's pieces). :meth:`run` gives, bit for bit and faster, the output of the
+    whole graph in ONNX Runtime at one thread (sequential form) or at the configured
     threads (split form). ONNX Runtime's results can differ in the last bits between
     thread counts.
     """
 
     def __init__(self, path, *, intra_op_threads=None, providers=("CPUExecutionProvider",), name=None):
         super().__init__(path, intra_op_threads=intra_op_threads, providers=providers, name=name)
-        import onnx
-
-        model = onnx.load(str(self.path))
         # The split form's sessions are opened only where it may run (see run()).
         self._steps = None
         if self.intra_op_threads >= SPLIT_MIN_THREADS:
-            self._steps, self._last_use, self._constants = _plan(model, self.intra_op_threads, list(providers))
-        self._final = model.graph.output[0].name
-        self._sequential = _open(sequential_scatter_model(model), 1, list(providers))
+            self._steps, self._last_use, self._constants = _plan(self._model, self.intra_op_threads, list(providers))
+        del self._model
+
+    def _open_session(self, options, providers: list[str]):
+        """The sequential form's session (one thread); keeps the model for the split form's plan."""
+        import onnx
+
+        self._model = onnx.load(str(self.path))
+        return _open(sequential_scatter_model(self._model), 1, providers)
 
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         """Check the inputs, run the network and return its first output: in the sequential
@@ -112,14 +116,7 @@ class ScatterSplitNetwork(OnnxNetwork):
         threads and :data:`SPLIT_MIN_INPUT_ELEMENTS` input elements, in the split form."""
         size = sum(array.size for array in inputs.values() if isinstance(array, np.ndarray))
         if self._steps is None or size < SPLIT_MIN_INPUT_ELEMENTS:
-            self.check_inputs(inputs)
-            start = time.perf_counter()
-            try:
-                output = self._sequential.run([self._final], inputs)[0]
-            except Exception as error:  # onnxruntime raises its own exception types
-                raise InputError(f"network '{self.name}' cannot run on these inputs: {error}") from error
-            self.last_seconds = time.perf_counter() - start
-            return output
+            return super().run(**inputs)
         self.check_inputs(inputs)
         start = time.perf_counter()
         values = dict(self._constants)
@@ -136,7 +133,7 @@ class ScatterSplitNetwork(OnnxNetwork):
             for dead in self._last_use.get(position, ()):
                 values.pop(dead, None)
         self.last_seconds = time.perf_counter() - start
-        return values[self._final]
+        return values[self.outputs[0].name]
 
 
 def sequential_scatter_model(model):

@@ -22,6 +22,11 @@ from ..events.metrics import event_particle_pt
 from ..events.truth_graph import truth_graph
 
 
+#: The ``stream`` of :func:`simulated_events` that a training's validation event comes from
+#: (training events use 0 for particle tables and 1 for random particles).
+VALIDATION_STREAM = 2
+
+
 @dataclass
 class TrainingEvent:
     """One event ready for training: features ``[N, F]``, particle id per hit, truth edges ``[2, M]``.

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.cut_tuning import CANDIDATE_CUTS
 from .classifier import classifier_step, passing, score_edges
 from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
@@ -20,8 +21,6 @@ from .pairs import signal_labels
 from .progress import progress, report
 from .validation import format_figures, graph_figures, track_figures, track_labels
 
-#: Cuts tried by :func:`choose_gnn_cut`.
-CANDIDATE_CUTS = tuple(round(0.05 * i, 2) for i in range(2, 20))
 
 
 def build_gnn_network(settings: GNNSettings, num_features: int, periodic_features=(), derived_eta=None,

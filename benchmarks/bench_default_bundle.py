@@ -14,8 +14,8 @@ Runtime), and the script reports the edge efficiency and purity after the graph,
 filter and the GNN cut (against the truth graph; efficiency for all particles and for
 pT > 1 GeV), the double-majority track efficiency for particles with pT > 1 GeV and at
 least 5 hits, the fake and duplicate rates, and the time of each stage. It writes the
-``default_bundle`` section of ``benchmarks/RESULTS.md`` (for another bundle, such as the
-shipped ``models/wide-gnn``, the section ``bundle_<its directory name>``).
+``default_bundle`` section of ``benchmarks/RESULTS.md`` (for another bundle given with
+``--bundle``, the section ``bundle_<its directory name>``).
 
 Usage: ``python benchmarks/bench_default_bundle.py [--bundle DIR] [--threads N] [--small]``
 (``--small`` simulates 1/10 of the particles, a quick check that the script works).

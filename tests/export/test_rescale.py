@@ -13,6 +13,7 @@ from trackserve.errors import InputError
 from trackserve.events.features import EXATRKX_SERVICE, FeatureSpec, TRACKML_1000, hit_features
 from trackserve.events.trackml import read_event
 from trackserve.export.bundle_networks import load_torch_network
+from trackserve.export.derived import geometry_spec_for
 from trackserve.export.embedding import EmbeddingNetwork
 from trackserve.export.filter import EdgeFilter
 from trackserve.export.interaction_gnn import InteractionGNN
@@ -22,9 +23,10 @@ from trackserve.paths import SAMPLE_EVENT
 WITH_ETA = FeatureSpec(("r", "phi", "z", "eta"), (1000.0, float(np.pi), 1000.0, 1.0))
 
 
-def _networks(seed=0):
+def _networks(seed=0, pair_geometry=False):
     torch.manual_seed(seed)
-    common = {"edge_differences": True, "periodic_features": [1], "difference_scale": 20.0}
+    common = {"edge_differences": True, "periodic_features": [1], "difference_scale": 20.0,
+              "pair_geometry": geometry_spec_for(WITH_ETA.names, WITH_ETA.scales) if pair_geometry else None}
     return {
         "embedding": EmbeddingNetwork(in_channels=4, emb_hidden=16, nb_layer=2, emb_dim=8, layer_norm=True).eval(),
         "filter": EdgeFilter(in_channels=4, hidden=16, nb_layer=2, **common).eval(),
@@ -38,8 +40,9 @@ def hits():
     return read_event(SAMPLE_EVENT, parts=()).hits
 
 
-def test_rescaled_networks_compute_the_same_function_of_each_hit(hits):
-    old = _networks()
+@pytest.mark.parametrize("pair_geometry", [False, True], ids=["hit-features", "pair-geometry"])
+def test_rescaled_networks_compute_the_same_function_of_each_hit(hits, pair_geometry):
+    old = _networks(pair_geometry=pair_geometry)
     new = rescale_networks(old, WITH_ETA, EXATRKX_SERVICE)
     old_x = torch.from_numpy(hit_features(hits, WITH_ETA))
     new_x = torch.from_numpy(hit_features(hits, EXATRKX_SERVICE))
@@ -50,6 +53,9 @@ def test_rescaled_networks_compute_the_same_function_of_each_hit(hits):
         for name in ("filter", "gnn"):
             np.testing.assert_allclose(new[name](new_x, edges), old[name](old_x, edges), atol=2e-4)
     assert all(net.config["in_channels"] == 3 and net.config["derived_eta"]["r_scale"] == 3000.0 for net in new.values())
+    for name in ("filter", "gnn"):
+        geometry = new[name].config["pair_geometry"]
+        assert geometry == (geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales) if pair_geometry else None)
     # without the rescaling of the weights the outputs differ: the test can fail
     plain = type(old["embedding"]).from_config({**old["embedding"].config, "in_channels": 3,
                                                   "derived_eta": new["embedding"].config["derived_eta"]})
@@ -82,6 +88,7 @@ def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path
     assert bundle.stages.radius == 1.0
     record = json.loads((tmp_path / "new" / "pipeline.json").read_text())["provenance"]["rescaled"]
     assert max(record["max_output_difference_on_check_event"].values()) < 1e-3
+    assert set(record["allowed_difference_on_check_event"]) == {"embedding", "filter", "gnn"}
     config = RuntimeConfig(intra_op_threads=1, graph_threads=1)
     old_run = Pipeline(tmp_path / "old", config=config)
     new_run = Pipeline(bundle, config=config)
@@ -90,3 +97,20 @@ def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path
     np.testing.assert_allclose(new_embedding, old_embedding, atol=1e-4)
     assert load_torch_network(bundle, "gnn").config["derived_eta"]["z_scale"] == 400.0
     assert main(["rescale", str(tmp_path / "new"), "--output", str(tmp_path / "again")]) == 2
+
+
+def test_a_rescaling_that_changes_the_networks_output_is_refused_before_writing(tmp_path, monkeypatch):
+    import trackserve.export.rescale as rescale
+    from trackserve.cli import main
+
+    stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j")
+    make_bundle(tmp_path / "old", _networks(4, pair_geometry=True), features=WITH_ETA, stages=stages,
+                provenance={"data": "test"})
+    # without the weight scaling the networks read r and z at the wrong scale: the check must catch it
+    monkeypatch.setattr(rescale, "_scale_columns", lambda linear, columns, factors: None)
+    with pytest.raises(InputError, match=r"nothing was written: embedding: largest difference .*filter: .*gnn: "):
+        rescale.rescale_bundle(tmp_path / "old", tmp_path / "new", EXATRKX_SERVICE,
+                               check_features=read_event(SAMPLE_EVENT, parts=()))
+    assert not (tmp_path / "new").exists()
+    assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()

@@ -20,6 +20,13 @@ import numpy as np
 
 from ..errors import InputError
 
+#: Largest output difference allowed between a rescaled network and its original on the
+#: check event, relative to the original's output scale (at least 1). The two differ by
+#: float32 rounding only (η computed in float32 inside the network instead of read from
+#: the features, the first layer's weights multiplied), which a deep GNN amplifies to a
+#: few 1e-4 of its logit scale; a wrong rescaling differs by tenths or more.
+RESCALE_TOLERANCE = 1e-3
+
 #: The feature names a bundle must have for :func:`rescale_networks`: η last, derived from r and z.
 SOURCE_NAMES = ("r", "phi", "z", "eta")
 
@@ -46,16 +53,18 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
     """New ``embedding``, ``filter`` and ``gnn`` torch modules reading ``new_spec`` (r, φ, z).
 
     ``networks`` holds the trained modules on ``old_spec`` (r, φ, z, η). Supported:
-    EmbeddingNetwork, EdgeFilter and InteractionGNN without ``derived_eta``; anything
-    else raises InputError naming it.
+    EmbeddingNetwork, EdgeFilter and InteractionGNN without ``derived_eta``, with or
+    without ``pair_geometry`` (recomputed from the new scales); anything else raises
+    InputError naming it.
     """
-    from .derived import eta_spec_for
+    from .derived import eta_spec_for, geometry_spec_for
     from .embedding import EmbeddingNetwork
     from .filter import EdgeFilter
     from .interaction_gnn import InteractionGNN
 
     factors = _column_factors(old_spec, new_spec)
     eta = eta_spec_for(new_spec.names, new_spec.scales)
+    geometry = geometry_spec_for(new_spec.names, new_spec.scales)
     kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "gnn": InteractionGNN}
     out = {}
     for name, network in networks.items():
@@ -63,6 +72,10 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
             raise InputError(f"cannot rescale the {name} network ({type(network).__name__}); supported: "
                              "EmbeddingNetwork, EdgeFilter, InteractionGNN reading the features as given")
         config = {**network.config, "in_channels": 3, "derived_eta": eta}
+        if network.config.get("pair_geometry") is not None:
+            # the edge geometry is computed in mm and radians from the r, phi, z columns: same
+            # columns, the new scales (its two outputs join the layer after the hit columns)
+            config["pair_geometry"] = geometry
         fresh = type(network).from_config(config)
         fresh.load_state_dict(network.state_dict())
         width = 4  # the layers' view of a hit: r, phi, z, eta
@@ -88,7 +101,9 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
     (:func:`rescale_networks`), exported and validated as every bundle network is; the
     stage parameters are kept (``track_building`` replaces the method when given).
     ``check_features`` (an Event) is run through both bundles' networks first: the largest
-    output difference of each network is returned and recorded in the provenance.
+    output difference of each network is returned and recorded in the provenance, and a
+    difference above :data:`RESCALE_TOLERANCE` (relative to the output scale) raises
+    InputError naming each network before anything is written.
     """
     import dataclasses
 
@@ -102,21 +117,31 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
     old_spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
     old = {name: load_torch_network(bundle, name) for name in ("embedding", "filter", "gnn")}
     new = rescale_networks(old, old_spec, new_spec)
-    differences = {}
+    differences, allowances = {}, {}
     if check_features is not None:
         old_x = torch.from_numpy(hit_features(check_features.hits, old_spec))
         new_x = torch.from_numpy(hit_features(check_features.hits, new_spec))
         rng = np.random.default_rng(0)
         edges = torch.from_numpy(rng.integers(0, old_x.shape[0], (2, 20_000)))
+        failures = []
         with torch.no_grad():
-            differences["embedding"] = float((old["embedding"](old_x) - new["embedding"](new_x)).abs().max())
-            for name in ("filter", "gnn"):
-                differences[name] = float((old[name](old_x, edges) - new[name](new_x, edges)).abs().max())
+            for name in ("embedding", "filter", "gnn"):
+                args = (old_x,) if name == "embedding" else (old_x, edges)
+                new_args = (new_x,) if name == "embedding" else (new_x, edges)
+                expected = old[name](*args)
+                differences[name] = float((expected - new[name](*new_args)).abs().max())
+                allowances[name] = allowed = RESCALE_TOLERANCE * max(1.0, float(expected.abs().max()))
+                if not differences[name] <= allowed:
+                    failures.append(f"{name}: largest difference {differences[name]:.3g} (allowed {allowed:.3g})")
+        if failures:
+            raise InputError("the rescaled networks do not compute what the originals compute on the check event, "
+                             "so nothing was written: " + "; ".join(failures))
     stages = bundle.stages if track_building is None else dataclasses.replace(bundle.stages, track_building=track_building)
     provenance = dict(bundle.provenance)
     provenance["rescaled"] = {
         "from": str(Path(source)), "from_features": {"names": list(old_spec.names), "scales": list(old_spec.scales)},
-        "max_output_difference_on_check_event": differences, "track_building": stages.track_building,
+        "max_output_difference_on_check_event": differences,
+        "allowed_difference_on_check_event": allowances, "track_building": stages.track_building,
     }
     make_bundle(output, new, features=new_spec, stages=stages, provenance=provenance)
     return differences

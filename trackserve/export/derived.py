@@ -114,7 +114,9 @@ class PairGeometry(nn.Module):
     * ``curvature``: the signed curvature (1/m) of the circle through the beam line and
       the two hits in the transverse plane, ``2 sin(φ2 - φ1) / d`` with ``d`` their
       transverse distance (floored at 1e-3 mm): about ``0.3 B / pT``, 0.6 for 1 GeV in 2 T;
-      clamped to [-20, 20].
+      clamped to [-20, 20]. ``d² = (r2 - r1)² + 4 r1 r2 sin²((φ2 - φ1) / 2)`` from the
+      feature differences, which float32 computes to its own precision even for hits a
+      fraction of a millimetre apart (the law of cosines would cancel there).
     * ``pointing``: the sine of the angle, in the r-z plane, between the segment joining
       the hits and the direction from the origin to its midpoint, times 10: 0 for a
       segment pointing back at the origin, larger the farther its line passes from it.
@@ -137,15 +139,19 @@ class PairGeometry(nn.Module):
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """``[E, 2]`` (curvature, pointing) of the edges ``edge_index [2, E]``."""
         spec = self.spec
-        r = features[:, spec["r"]] * spec["r_scale"]
-        phi = features[:, spec["phi"]] * spec["phi_scale"]
-        z = features[:, spec["z"]] * spec["z_scale"]
         start, end = edge_index[0], edge_index[1]
-        r1, r2, z1, z2 = r[start], r[end], z[start], z[end]
-        dphi = phi[end] - phi[start]
-        transverse = torch.sqrt(torch.clamp(r1 * r1 + r2 * r2 - 2.0 * r1 * r2 * torch.cos(dphi), min=0.0))
+        r_in, phi_in, z_in = features[:, spec["r"]], features[:, spec["phi"]], features[:, spec["z"]]
+        r1, r2 = r_in[start] * spec["r_scale"], r_in[end] * spec["r_scale"]
+        z1, z2 = z_in[start] * spec["z_scale"], z_in[end] * spec["z_scale"]
+        # Differences of the features before scaling (exact for close hits), and the
+        # transverse distance without the cancellation of r1² + r2² - 2 r1 r2 cos Δφ:
+        # hits a fraction of a mm apart a metre from the beam keep their true distance.
+        dphi = (phi_in[end] - phi_in[start]) * spec["phi_scale"]
+        dr = (r_in[end] - r_in[start]) * spec["r_scale"]
+        dz = (z_in[end] - z_in[start]) * spec["z_scale"]
+        half = torch.sin(0.5 * dphi)
+        transverse = torch.sqrt(dr * dr + 4.0 * r1 * r2 * half * half)
         curvature = torch.clamp(2000.0 * torch.sin(dphi) / torch.clamp(transverse, min=MIN_RADIUS_MM), -20.0, 20.0)
-        dr, dz = r2 - r1, z2 - z1
         mr, mz = 0.5 * (r1 + r2), 0.5 * (z1 + z2)
         length = torch.sqrt(dr * dr + dz * dz) * torch.sqrt(mr * mr + mz * mz)
         pointing = 10.0 * (dr * mz - dz * mr) / torch.clamp(length, min=MIN_RADIUS_MM)

@@ -127,6 +127,40 @@ def test_curvature_of_true_edges_follows_the_particle_pt():
     assert np.median(np.abs(noise[:, 1])) > 1.0
 
 
+def test_intercept_of_true_edges_is_the_collision_point_wherever_it_lies():
+    from trackserve.events.geometry import load_geometry
+    from trackserve.events.simulate import SimulationConfig, simulate_event
+    from trackserve.events.truth_graph import truth_graph
+    from trackserve.export.derived import INTERCEPT_UNIT_MM
+
+    # collisions spread 10 cm along the beam: the intercept finds each one, pointing does not
+    config = dataclasses.replace(SimulationConfig(), num_particles=2000, noise_fraction=0.0, vertex_sigma_z=100.0)
+    event = simulate_event(load_geometry(), config, seed=4, event_id=0)
+    features = hit_features(event.hits, EXATRKX_SERVICE)
+    edges = truth_graph(event)
+    spec = geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales, intercept=True)
+    assert spec["intercept"] is True and "intercept" not in geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales)
+    out = PairGeometry(spec)(torch.from_numpy(features), torch.from_numpy(edges)).numpy()
+    assert out.shape == (edges.shape[1], 3)
+    pids = np.asarray(event.truth["particle_id"])[edges[0]]
+    row = {int(p): i for i, p in enumerate(np.asarray(event.particles["particle_id"]))}
+    rows = np.array([row[int(p)] for p in pids])
+    pt = np.hypot(event.particles["px"], event.particles["py"])[rows]
+    vz = np.asarray(event.particles["vz"])[rows]
+    vr = np.hypot(event.particles["vx"], event.particles["vy"])[rows]
+    clean = (pt > 1.5) & (vr < 1.0)
+    assert clean.sum() > 100 and np.percentile(np.abs(vz[clean]), 90) > 100  # displaced collisions present
+    error_mm = np.abs(out[clean, 2] * INTERCEPT_UNIT_MM - vz[clean])
+    assert np.median(error_mm) < 5.0  # mm, against collisions spread over ±20 cm
+    # pointing changes with the collision point, the intercept follows it
+    far = clean & (np.abs(vz) > 100)
+    assert np.median(np.abs(out[far, 1])) > 3 * np.median(np.abs(out[clean & (np.abs(vz) < 10), 1]))
+    # one-layer pairs (no radial step) stay finite and clamped
+    same = torch.tensor([[0.1, 0.2, 0.1], [0.1, 0.2001, 0.3]])
+    flat = PairGeometry(spec)(same, torch.tensor([[0], [1]]))
+    assert torch.isfinite(flat).all() and flat[0, 2].abs() <= 5.0
+
+
 def test_pair_geometry_is_finite_for_coincident_and_zero_hits():
     features = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.1, 0.5, 1.0], [0.1, 0.5, 1.0]])
     edges = torch.tensor([[0, 0, 2], [1, 2, 3]])
@@ -158,6 +192,8 @@ def test_pair_geometry_of_close_hits_far_from_the_beam_has_float32_precision():
     ({**SERVICE_GEOMETRY, "phi": 0}, "columns r, phi, z must differ"),
     ({**SERVICE_GEOMETRY, "z": 5}, r"pair_geometry.z must be a feature column in \[0, 3\)"),
     ({**SERVICE_GEOMETRY, "phi_scale": -1.0}, "pair_geometry.phi_scale must be a number > 0"),
+    ({**SERVICE_GEOMETRY, "intercept": 1}, "pair_geometry.intercept must be true or false, got 1"),
+    ({**SERVICE_GEOMETRY, "intercept": True, "extra": 0}, "exactly the keys"),
 ])
 def test_bad_pair_geometry_configs_are_refused(value, message):
     with pytest.raises(CheckpointImportError, match=message):
@@ -166,17 +202,20 @@ def test_bad_pair_geometry_configs_are_refused(value, message):
         geometry_spec_for(("r", "phi"), (1.0, 1.0))
 
 
+@pytest.mark.parametrize("intercept", [False, True], ids=["two-columns", "with-intercept"])
 @pytest.mark.parametrize("kind", ["filter", "gnn"])
-def test_networks_with_pair_geometry_export_with_parity(tmp_path, kind):
+def test_networks_with_pair_geometry_export_with_parity(tmp_path, kind, intercept):
     torch.manual_seed(5)
+    geometry = {**SERVICE_GEOMETRY, "intercept": True} if intercept else SERVICE_GEOMETRY
     common = {"edge_differences": True, "periodic_features": [1], "derived_eta": SERVICE_ETA,
-              "pair_geometry": SERVICE_GEOMETRY}
+              "pair_geometry": geometry}
+    extra = 3 if intercept else 2
     if kind == "filter":
         network = EdgeFilter(in_channels=3, hidden=16, nb_layer=2, **common)
-        assert network.input_layer.in_features == 3 * 4 + 2
+        assert network.input_layer.in_features == 3 * 4 + extra
     else:
         network = InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2, **common)
-        assert network.edge_encoder[0].in_features == 2 * 8 + 4 + 2
+        assert network.edge_encoder[0].in_features == 2 * 8 + 4 + extra
     report = export_network(network.eval(), None, tmp_path / "network.onnx")
     assert report.validation.passed and report.inputs[0].dims == ("num_hits", 3)
-    assert type(network).from_config(network.config).config["pair_geometry"] == SERVICE_GEOMETRY
+    assert type(network).from_config(network.config).config["pair_geometry"] == geometry

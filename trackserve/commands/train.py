@@ -83,6 +83,9 @@ def register(subparsers) -> None:
                      help="networks compute eta from the r and z features themselves (the bundle reads r, phi, z only)")
     run.add_argument("--pair-geometry", action="store_true",
                      help="filter and GNN also read each edge's transverse curvature and r-z pointing (needs r, phi, z)")
+    run.add_argument("--pair-intercept", action="store_true",
+                     help="with --pair-geometry: also each edge's z intercept on the beam line (the same wherever "
+                          "along the beam the collision happened)")
     run.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                      help="the bundle's track building: plain connected components (default) or best_edges")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
@@ -114,6 +117,7 @@ def training_config(args: argparse.Namespace):
         **({"derive_eta": True} if args.derive_eta else {}),
         **({"track_building": args.track_building} if args.track_building else {}),
         **({"pair_geometry": True} if args.pair_geometry else {}),
+        **({"pair_intercept": True} if args.pair_intercept else {}),
     )
     config.validate()
     return config

@@ -26,6 +26,11 @@ from ..errors import CheckpointImportError, InputError
 #: and the floor keeps η finite for any input.
 MIN_RADIUS_MM = 1e-3
 
+#: Unit (mm) of an edge's z intercept on the beam line, and the clamp of the scaled value:
+#: collisions spread over about ±20 cm along the beam; ±5 units keeps ±1 m.
+INTERCEPT_UNIT_MM = 200.0
+INTERCEPT_CLAMP = 5.0
+
 
 def _check_column_config(option: str, value: Any, features: tuple[str, ...], in_channels: int,
                          architecture: str) -> dict | None:
@@ -120,10 +125,17 @@ class PairGeometry(nn.Module):
     * ``pointing``: the sine of the angle, in the r-z plane, between the segment joining
       the hits and the direction from the origin to its midpoint, times 10: 0 for a
       segment pointing back at the origin, larger the farther its line passes from it.
+    * ``intercept`` (only with ``"intercept": true`` in the config): where the segment's
+      line crosses the beam line, ``z0 = z1 - r1 (z2 - z1) / (r2 - r1)``, in units of
+      :data:`INTERCEPT_UNIT_MM` and clamped to ±:data:`INTERCEPT_CLAMP` (``|r2 - r1|``
+      floored at 1 mm, so hits on one layer give a large value, not a division by zero).
+      Unlike ``pointing`` it is the same for a track wherever along the beam its
+      collision happened, so a network can keep tracks from displaced collisions.
 
     Config (``pair_geometry``): ``None`` (off) or the columns and scales of r, φ and z as
-    ``{"r": i, "phi": j, "z": k, "r_scale": mm, "phi_scale": rad, "z_scale": mm}``.
-    Exports with Gather, Sub, Mul, Sin, Cos, Sqrt, Div, Max and Clip.
+    ``{"r": i, "phi": j, "z": k, "r_scale": mm, "phi_scale": rad, "z_scale": mm}``, plus
+    optionally ``"intercept": true``. Exports with Gather, Sub, Mul, Sin, Sqrt, Div, Max,
+    Min, Where and Clip.
     """
 
     WIDTH = 2
@@ -131,10 +143,13 @@ class PairGeometry(nn.Module):
     def __init__(self, spec: dict | None):
         super().__init__()
         self.spec = spec
+        self.intercept = bool(spec is not None and spec.get("intercept", False))
 
     def width(self) -> int:
         """Columns added to each edge's input (0 when off)."""
-        return self.WIDTH if self.spec is not None else 0
+        if self.spec is None:
+            return 0
+        return self.WIDTH + (1 if self.intercept else 0)
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """``[E, 2]`` (curvature, pointing) of the edges ``edge_index [2, E]``."""
@@ -155,14 +170,28 @@ class PairGeometry(nn.Module):
         mr, mz = 0.5 * (r1 + r2), 0.5 * (z1 + z2)
         length = torch.sqrt(dr * dr + dz * dz) * torch.sqrt(mr * mr + mz * mz)
         pointing = 10.0 * (dr * mz - dz * mr) / torch.clamp(length, min=MIN_RADIUS_MM)
-        return torch.stack([curvature, pointing], dim=1)
+        if not self.intercept:
+            return torch.stack([curvature, pointing], dim=1)
+        run = torch.where(dr >= 0, torch.clamp(dr, min=1.0), torch.clamp(dr, max=-1.0))
+        intercept = torch.clamp((z1 - r1 * (dz / run)) / INTERCEPT_UNIT_MM, -INTERCEPT_CLAMP, INTERCEPT_CLAMP)
+        return torch.stack([curvature, pointing, intercept], dim=1)
 
 
 def check_pair_geometry(value: Any, in_channels: int, architecture: str) -> dict | None:
     """``value`` validated as a ``pair_geometry`` config (None or the dict above); a clear error otherwise."""
-    return _check_column_config("pair_geometry", value, ("r", "phi", "z"), in_channels, architecture)
+    intercept = False
+    if isinstance(value, dict) and "intercept" in value:
+        intercept = value["intercept"]
+        if not isinstance(intercept, bool):
+            raise CheckpointImportError(f"{architecture} config: pair_geometry.intercept must be true or false, "
+                                        f"got {intercept!r}")
+        value = {key: item for key, item in value.items() if key != "intercept"}
+    checked = _check_column_config("pair_geometry", value, ("r", "phi", "z"), in_channels, architecture)
+    return {**checked, "intercept": True} if intercept else checked
 
 
-def geometry_spec_for(names, scales) -> dict:
-    """The ``pair_geometry`` config for a feature spec with ``r``, ``phi`` and ``z`` columns."""
-    return _column_config(names, scales, ("r", "phi", "z"), "pair geometry")
+def geometry_spec_for(names, scales, *, intercept: bool = False) -> dict:
+    """The ``pair_geometry`` config for a feature spec with ``r``, ``phi`` and ``z`` columns
+    (``intercept``: also each edge's z intercept on the beam line)."""
+    spec = _column_config(names, scales, ("r", "phi", "z"), "pair geometry")
+    return {**spec, "intercept": True} if intercept else spec

@@ -64,7 +64,6 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
 
     factors = _column_factors(old_spec, new_spec)
     eta = eta_spec_for(new_spec.names, new_spec.scales)
-    geometry = geometry_spec_for(new_spec.names, new_spec.scales)
     kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "gnn": InteractionGNN}
     out = {}
     for name, network in networks.items():
@@ -74,8 +73,9 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
         config = {**network.config, "in_channels": 3, "derived_eta": eta}
         if network.config.get("pair_geometry") is not None:
             # the edge geometry is computed in mm and radians from the r, phi, z columns: same
-            # columns, the new scales (its two outputs join the layer after the hit columns)
-            config["pair_geometry"] = geometry
+            # columns, the new scales (its outputs join the layer after the hit columns)
+            config["pair_geometry"] = geometry_spec_for(
+                new_spec.names, new_spec.scales, intercept=network.config["pair_geometry"].get("intercept", False))
         fresh = type(network).from_config(config)
         fresh.load_state_dict(network.state_dict())
         width = 4  # the layers' view of a hit: r, phi, z, eta

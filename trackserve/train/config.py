@@ -162,7 +162,8 @@ class TrainingConfig:
     ``derive_eta`` makes every network compute η from the r and z features itself
     (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z; ``pair_geometry``
     gives the filter and the GNN each edge's transverse curvature and r-z pointing
-    (:class:`~trackserve.export.derived.PairGeometry`). ``track_building``
+    (:class:`~trackserve.export.derived.PairGeometry`), and ``pair_intercept`` (with it)
+    its z intercept on the beam line too. ``track_building``
     is the bundle's method (:data:`trackserve.bundle.TRACK_BUILDING_METHODS`), used to
     choose the GNN cut.
     """
@@ -179,6 +180,7 @@ class TrainingConfig:
     signal_min_pt: float = 0.0
     derive_eta: bool = False
     pair_geometry: bool = False
+    pair_intercept: bool = False
     track_building: str = "components"
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
     periodic_features: tuple[int, ...] = ()
@@ -202,6 +204,8 @@ class TrainingConfig:
             ("min_hits", self.min_hits >= 1, "an integer >= 1"),
             ("signal_min_pt", self.signal_min_pt >= 0, ">= 0 GeV"),
             ("track_building", self.track_building in TRACK_BUILDING_METHODS, f"one of {', '.join(TRACK_BUILDING_METHODS)}"),
+            ("pair_intercept", self.pair_geometry or not self.pair_intercept, "off unless pair_geometry is on "
+             "(the intercept is part of the edge geometry)"),
         ], "run")
 
     @classmethod

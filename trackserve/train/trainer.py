@@ -58,7 +58,8 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
 
     config = replace(config, periodic_features=tuple(i for i, name in enumerate(spec.names) if name == "phi"),
                      eta_columns=eta_spec_for(spec.names, spec.scales) if config.derive_eta else None,
-                     geometry_columns=geometry_spec_for(spec.names, spec.scales) if config.pair_geometry else None)
+                     geometry_columns=geometry_spec_for(spec.names, spec.scales, intercept=config.pair_intercept)
+                     if config.pair_geometry else None)
     config.validate()
     _check_events(events, validation, spec)
     torch.set_num_threads(config.threads)

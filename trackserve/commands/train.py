@@ -129,7 +129,8 @@ def handle(args: argparse.Namespace) -> int:
     from ..events.features import feature_spec
     from ..events.geometry import load_geometry
     from ..events.trackml import find_event_prefixes, read_event
-    from ..train.data import VALIDATION_STREAM, SimulatedSource, prepare_event, read_training_events, simulated_events
+    from ..train.data import (SimulatedSource, prepare_event, read_training_events, simulated_events,
+                              simulated_validation_event)
     from ..train.trainer import train_pipeline
 
     config = training_config(args)
@@ -182,9 +183,7 @@ def handle(args: argparse.Namespace) -> int:
             source = SimulatedSource(particles=Path(args.validation_particles))
         else:
             source = sources[0] if sources else random_source
-        validation = simulated_events([source], 1, spec, seed=args.seed, stream=VALIDATION_STREAM, geometry=geometry,
-                                      show_progress=False)[0]
-        validation_source = f"simulated ({source.describe()}, seed stream {VALIDATION_STREAM})"
+        validation, validation_source = simulated_validation_event(source, spec, seed=args.seed, geometry=geometry)
     data_seconds = time.perf_counter() - start
     description = {
         "features": spec.to_dict(),

@@ -48,11 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _validation_event(args, spec):
-    from pathlib import Path
-
     from ..errors import InputError
     from ..events.trackml import find_event_prefixes, read_event
-    from ..train.data import VALIDATION_STREAM, SimulatedSource, simulated_events
+    from ..train.data import SimulatedSource, simulated_validation_event
 
     if args.validation:
         prefix = find_event_prefixes(args.validation)[0]
@@ -61,9 +59,8 @@ def _validation_event(args, spec):
     if not table.is_file():
         raise InputError(f"--validation-particles {table}: no such file")
     # The very event trackserve train --seed S simulates to validate on.
-    source = SimulatedSource(particles=table)
-    event = simulated_events([source], 1, spec, seed=args.seed, stream=VALIDATION_STREAM, show_progress=False)[0].event
-    return event, f"simulated ({source.describe()}, seed {args.seed}, stream {VALIDATION_STREAM})"
+    validation, described = simulated_validation_event(SimulatedSource(particles=table), spec, seed=args.seed)
+    return validation.event, described
 
 
 def run(args: argparse.Namespace) -> int:

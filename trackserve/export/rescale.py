@@ -126,10 +126,9 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
         failures = []
         with torch.no_grad():
             for name in ("embedding", "filter", "gnn"):
-                args = (old_x,) if name == "embedding" else (old_x, edges)
-                new_args = (new_x,) if name == "embedding" else (new_x, edges)
-                expected = old[name](*args)
-                differences[name] = float((expected - new[name](*new_args)).abs().max())
+                extra = () if name == "embedding" else (edges,)
+                expected = old[name](old_x, *extra)
+                differences[name] = float((expected - new[name](new_x, *extra)).abs().max())
                 allowances[name] = allowed = RESCALE_TOLERANCE * max(1.0, float(expected.abs().max()))
                 if not differences[name] <= allowed:
                     failures.append(f"{name}: largest difference {differences[name]:.3g} (allowed {allowed:.3g})")

@@ -141,6 +141,15 @@ def simulated_events(
     return events
 
 
+def simulated_validation_event(source: SimulatedSource, spec: FeatureSpec, *, seed: int,
+                               geometry=None) -> tuple[TrainingEvent, str]:
+    """The validation event ``trackserve train --seed S`` simulates from ``source``
+    (stream :data:`VALIDATION_STREAM`), and how the provenance describes it."""
+    event = simulated_events([source], 1, spec, seed=seed, stream=VALIDATION_STREAM, geometry=geometry,
+                             show_progress=False)[0]
+    return event, f"simulated ({source.describe()}, seed {seed}, stream {VALIDATION_STREAM})"
+
+
 def read_training_events(paths: Iterable[str | Path], spec: FeatureSpec) -> list[TrainingEvent]:
     """Every TrackML event (with truth) found under ``paths`` (prefixes, files or directories)."""
     from ..events.trackml import find_event_prefixes, read_event

@@ -22,7 +22,6 @@ from .progress import progress, report
 from .validation import format_figures, graph_figures, track_figures, track_labels
 
 
-
 def build_gnn_network(settings: GNNSettings, num_features: int, periodic_features=(), derived_eta=None,
                       pair_geometry=None):
     """A fresh GNN (``settings.architecture``) of these settings."""

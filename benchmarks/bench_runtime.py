@@ -56,7 +56,8 @@ def set_threads(threads: int) -> dict:
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     return {"torch.set_num_threads": threads, "faiss.omp_set_num_threads": threads,
-            "ORT intra_op_num_threads": threads, "graph_threads": threads}
+            "trackserve intra_op_threads (parts of each network stage on single-threaded ONNX Runtime calls)": threads,
+            "graph_threads": threads}
 
 
 class Baseline:
@@ -251,7 +252,7 @@ def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) ->
         flight_ratio = base_wall / flight_wall
         config = in_flight.config
         lines.append(f"| **events per second**, ours with {config.event_workers} events in flight "
-                     f"({config.resolved_intra_op_threads} ONNX Runtime / {config.resolved_graph_threads} graph thread "
+                     f"({config.resolved_intra_op_threads} network / {config.resolved_graph_threads} graph thread "
                      f"each; identical partitions {same}/{count}) | {count / base_wall:.2f} | {count / flight_wall:.2f} | "
                      f"**{flight_ratio:.2f}x** |")
     lines.append("")

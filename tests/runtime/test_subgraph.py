@@ -79,8 +79,8 @@ def test_pipeline_gnn_scores_labels_and_counts_do_not_change(tiny_bundle):
 
     fast = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
     plain = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
-    plain._gnn_is_local = False
-    assert fast._gnn_is_local
+    plain._steps.gnn_is_local = False
+    assert fast._steps.gnn_is_local
     features = fast.event_features(read_event(SAMPLE_EVENT, parts=()))
     for count in (2, 300, 4000):
         part = features[:count]

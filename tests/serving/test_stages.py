@@ -79,7 +79,7 @@ def test_unknown_stage_is_named(tiny_pipeline):
 
 def test_gnn_stage_scores_the_touched_hits_as_the_pipeline_does(tiny_pipeline, sample_features):
     gnn = make_stage("gnn", tiny_pipeline.bundle)
-    assert gnn.local
+    assert gnn.steps.gnn_is_local
     # a few edges among many hits: most hits untouched, repeated destinations
     edges = np.array([[0, 5, 7, 7, 900], [5, 7, 900, 901, 5]], dtype=np.int64)
     scores = gnn({FEATURES: sample_features, "EDGE_LIST_AFTER_FILTER": edges})["GNN_SCORES"]

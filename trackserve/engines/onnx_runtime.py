@@ -163,6 +163,11 @@ class OnnxNetwork:
                         f"(shape {list(info.shape)}), got shape {list(array.shape)}"
                     )
 
+    def uses_one_thread(self, num_input_elements: int) -> bool:
+        """Whether a call on inputs of this many elements in all runs on the calling thread
+        alone (so that calls on separate threads never share a pool)."""
+        return self.intra_op_threads == 1
+
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         """Check the inputs, run the network and return its first output.
 

@@ -110,12 +110,16 @@ class ScatterSplitNetwork(OnnxNetwork):
         self._model = onnx.load(str(self.path))
         return _open(sequential_scatter_model(self._model), 1, providers)
 
+    def uses_one_thread(self, num_input_elements: int) -> bool:
+        """True unless this input is large enough for the split form (see :meth:`run`)."""
+        return self._steps is None or num_input_elements < SPLIT_MIN_INPUT_ELEMENTS
+
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         """Check the inputs, run the network and return its first output: in the sequential
         form (:func:`sequential_scatter_model`), or, with at least :data:`SPLIT_MIN_THREADS`
         threads and :data:`SPLIT_MIN_INPUT_ELEMENTS` input elements, in the split form."""
         size = sum(array.size for array in inputs.values() if isinstance(array, np.ndarray))
-        if self._steps is None or size < SPLIT_MIN_INPUT_ELEMENTS:
+        if self.uses_one_thread(size):
             return super().run(**inputs)
         self.check_inputs(inputs)
         start = time.perf_counter()

@@ -8,6 +8,11 @@ alone on arrays (:meth:`Pipeline.embed`, :meth:`Pipeline.build_graph`,
 stage of every call in :class:`PipelineResult.timings`. In :meth:`Pipeline.run` a
 message-passing GNN sees only the hits that some filtered edge touches
 (:mod:`trackserve.runtime.subgraph`): the same scores, bit for bit, for less work.
+
+The cores an event may use (``config.intra_op_threads``) work on parts of it at once
+(:mod:`trackserve.runtime.parallel`): the embedding on slices of the hits, the filter on
+slices of each chunk of edges, the GNN on groups of whole connected components of the
+filtered graph, each part in a single-threaded ONNX Runtime call.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import numpy as np
 
 from ..bundle import Bundle, load_bundle
 from ..engines.onnx_runtime import OnnxNetwork
-from ..engines.scatter_split import open_network
 from ..errors import InputError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
@@ -31,8 +35,8 @@ from .config import RuntimeConfig
 from .graph_building import build_graph
 from .inputs import validate_features
 from .memory import MemoryModel
+from .network_steps import NetworkSteps
 from .cuts import logit_threshold
-from .subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
 from .track_building import build_tracks, bundle_hit_order
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
@@ -86,16 +90,10 @@ class Pipeline:
         self.device = device
         self.config = config or RuntimeConfig()
         self.feature_spec = FeatureSpec(tuple(self.bundle.feature_names), tuple(self.bundle.feature_scales))
-        threads = self.config.resolved_intra_op_threads
-        # open_network computes the GNN's scatter-adds outside ONNX Runtime, bit for bit the same.
-        self.networks: dict[str, OnnxNetwork] = {
-            name: open_network(self.bundle.network_path(name), intra_op_threads=threads, name=name)
-            for name in ("embedding", "filter", "gnn")
-        }
+        self._steps = NetworkSteps(self.bundle, self.config)
+        self.networks: dict[str, OnnxNetwork] = self._steps.networks
         self.stages = self.bundle.stages
         self.memory = MemoryModel.for_bundle(self.bundle)
-        # A message-passing GNN scores the edges from the hits they touch only (see subgraph).
-        self._gnn_is_local = self.bundle.networks["gnn"].architecture in LOCAL_GNN_ARCHITECTURES
 
     @property
     def num_features(self) -> int:
@@ -105,10 +103,7 @@ class Pipeline:
     # -- stages, each callable alone -------------------------------------------------
     def embed(self, features: np.ndarray) -> np.ndarray:
         """Embedding ``[N, D]`` float32 of validated features ``[N, F]``."""
-        if features.shape[0] == 0:
-            dim = self.networks["embedding"].outputs[0].shape[-1]
-            return np.zeros((0, dim if isinstance(dim, int) else 0), dtype=np.float32)
-        return self.networks["embedding"].run(features=features)
+        return self._steps.embed(features)
 
     def build_graph(self, embedding: np.ndarray) -> np.ndarray:
         """Edges ``[2, M]`` int64: pairs closer than the bundle's radius, capped and directed as it says."""
@@ -123,21 +118,11 @@ class Pipeline:
     def classify_edges(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
         """Logits ``[M]`` of edge classifier ``network`` (``"filter"`` or ``"gnn"``) on ``edge_index``.
 
-        With ``chunked`` the edges go through in chunks of ``config.edge_chunk_size``
-        (right only for networks that score each edge from its own two hits: the filter).
+        With ``chunked`` the edges go through in chunks of ``config.edge_chunk_size``, each
+        cut into parts for the event's threads (right only for networks that score each
+        edge from its own two hits: the filter); otherwise all at once in one call.
         """
-        runner = self.networks[network]
-        num_edges = edge_index.shape[1]
-        if num_edges == 0:
-            return np.zeros(0, dtype=np.float32)
-        step = self.config.edge_chunk_size if chunked else num_edges
-        if num_edges <= step:
-            return runner.run(features=features, edge_index=edge_index)
-        scores = np.empty(num_edges, dtype=np.float32)
-        for begin in range(0, num_edges, step):
-            chunk = np.ascontiguousarray(edge_index[:, begin : begin + step])
-            scores[begin : begin + step] = runner.run(features=features, edge_index=chunk)
-        return scores
+        return self._steps.edge_logits(network, features, edge_index, chunked=chunked)
 
     def filter_edges(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the filter in chunks; return ``(kept_edges [2, M'], filter_logits [M])``."""
@@ -154,10 +139,8 @@ class Pipeline:
                             hit_order=bundle_hit_order(self.bundle, features))
 
     def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
-        """GNN logits of the pipeline's own (valid) edges, on the touched hits when that is exact."""
-        if self._gnn_is_local and edge_index.shape[1]:
-            features, edge_index = touched_subgraph(features, edge_index)
-        return self.classify_edges("gnn", features, edge_index, chunked=False)
+        """GNN logits of the pipeline's own (valid) edges (see :meth:`NetworkSteps.gnn_logits`)."""
+        return self._steps.gnn_logits(features, edge_index)
 
     # -- whole events ----------------------------------------------------------------
     def run(self, features: np.ndarray) -> PipelineResult:

@@ -116,14 +116,17 @@ def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray
     swap = (hit_order[first] > hit_order[second]) | ((hit_order[first] == hit_order[second]) & (first > second))
     inner = np.where(swap, second, first)
     outer = np.where(swap, first, second)
-    position = np.arange(first.size)
     keep = np.zeros(first.size, dtype=bool)
-    negated = -np.asarray(scores, dtype=np.float64)
+    # Best first (ties: the earlier edge), then grouped by hit, keeping that order within
+    # a hit: the first edge of each hit's group is its best. Stable sorts throughout.
+    ranked = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     for end in (inner, outer):
-        order = np.lexsort((position, negated, end))
-        leads = np.ones(order.size, dtype=bool)
-        leads[1:] = end[order[1:]] != end[order[:-1]]
-        keep[order[leads]] = True
+        ends = end[ranked]
+        grouped = np.argsort(ends, kind="stable")
+        ends = ends[grouped]
+        leads = np.ones(ends.size, dtype=bool)
+        leads[1:] = ends[1:] != ends[:-1]
+        keep[ranked[grouped[leads]]] = True
     return keep & (inner != outer)
 
 

@@ -1,8 +1,8 @@
 """The ensemble's stage models as plain callables: named arrays in, named arrays out.
 
 Each stage does what the matching step of :meth:`trackserve.runtime.pipeline.Pipeline.run`
-does, with the runtime's own pieces (the network runners of
-:func:`~trackserve.engines.scatter_split.open_network`,
+does, with the runtime's own pieces (the network steps of
+:class:`~trackserve.runtime.network_steps.NetworkSteps`, parts of the event on its threads included,
 :func:`~trackserve.runtime.graph_building.build_graph`,
 :func:`~trackserve.runtime.cuts.logit_threshold`,
 :func:`~trackserve.runtime.track_building.build_tracks`, the memory model), so the ensemble
@@ -16,15 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..bundle import Bundle
-from ..engines.onnx_runtime import OnnxNetwork
-from ..engines.scatter_split import open_network
 from ..errors import InputError
 from ..runtime.config import RuntimeConfig
 from ..runtime.cuts import logit_threshold
 from ..runtime.graph_building import build_graph
 from ..runtime.inputs import validate_features
 from ..runtime.memory import MemoryModel
-from ..runtime.subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
+from ..runtime.network_steps import NetworkSteps
 from ..runtime.track_building import build_tracks, bundle_hit_order
 from .interface import FEATURES, LABELS, StageSpec, stage_spec
 
@@ -42,8 +40,8 @@ class EnsembleStage:
         self.memory = MemoryModel.for_bundle(bundle)
         self.spec: StageSpec = stage_spec(self.name)
 
-    def _network(self, name: str) -> OnnxNetwork:
-        return open_network(self.bundle.network_path(name), intra_op_threads=self.config.resolved_intra_op_threads, name=name)
+    def _steps(self, network: str) -> NetworkSteps:
+        return NetworkSteps(self.bundle, self.config, (network,))
 
     def _features(self, arrays) -> np.ndarray:
         return validate_features(arrays[FEATURES], self.bundle.num_features)
@@ -72,7 +70,7 @@ class EmbedStage(EnsembleStage):
 
     def __init__(self, bundle, config):
         super().__init__(bundle, config)
-        self.network = self._network("embedding")
+        self.steps = self._steps("embedding")
         self.embedding_dim = int(bundle.networks["embedding"].outputs[0].dims[-1])
 
     def __call__(self, arrays):
@@ -80,7 +78,7 @@ class EmbedStage(EnsembleStage):
         self.memory.check_hits(features.shape[0], self.config.memory_limit_bytes)
         if features.shape[0] == 0:
             return {"EMBEDDING": np.zeros((0, self.embedding_dim), dtype=np.float32)}
-        return {"EMBEDDING": self.network.run(features=features)}
+        return {"EMBEDDING": self.steps.embed(features)}
 
 
 class GraphStage(EnsembleStage):
@@ -108,18 +106,12 @@ class FilterStage(EnsembleStage):
 
     def __init__(self, bundle, config):
         super().__init__(bundle, config)
-        self.network = self._network("filter")
+        self.steps = self._steps("filter")
 
     def __call__(self, arrays):
         features = self._features(arrays)
         edges = _edge_list(arrays["EDGE_LIST"], "EDGE_LIST")
-        num_edges = edges.shape[1]
-        scores = np.zeros(num_edges, dtype=np.float32)
-        step = self.config.edge_chunk_size
-        for begin in range(0, num_edges, step):
-            chunk = np.ascontiguousarray(edges[:, begin : begin + step])
-            scores[begin : begin + step] = self.network.run(features=features, edge_index=chunk)
-        return {"FILTER_SCORES": scores}
+        return {"FILTER_SCORES": self.steps.edge_logits("filter", features, edges, chunked=True)}
 
 
 class ApplyFilterStage(EnsembleStage):
@@ -138,16 +130,16 @@ class GnnStage(EnsembleStage):
     """``FEATURES, EDGE_LIST_AFTER_FILTER -> GNN_SCORES``: GNN logits over the whole filtered graph at once.
 
     As in the custom model's :class:`~trackserve.runtime.pipeline.Pipeline`, a
-    message-passing GNN runs on the hits the edges touch only (the same scores, bit for
-    bit, see :mod:`trackserve.runtime.subgraph`), so both layouts do the same work.
+    message-passing GNN runs on the hits the edges touch only and on groups of connected
+    components at once (:meth:`~trackserve.runtime.network_steps.NetworkSteps.gnn_logits`),
+    so both layouts do the same work.
     """
 
     name = "gnn"
 
     def __init__(self, bundle, config):
         super().__init__(bundle, config)
-        self.network = self._network("gnn")
-        self.local = bundle.networks["gnn"].architecture in LOCAL_GNN_ARCHITECTURES
+        self.steps = self._steps("gnn")
 
     def __call__(self, arrays):
         features = self._features(arrays)
@@ -159,9 +151,7 @@ class GnnStage(EnsembleStage):
         if low < 0 or high >= features.shape[0]:
             raise InputError(f"EDGE_LIST_AFTER_FILTER refers to hit {low if low < 0 else high}, "
                              f"but the event has {features.shape[0]} hits")
-        if self.local:
-            features, edges = touched_subgraph(features, edges)
-        return {"GNN_SCORES": self.network.run(features=features, edge_index=edges)}
+        return {"GNN_SCORES": self.steps.gnn_logits(features, edges)}
 
 
 class ComponentsStage(EnsembleStage):

@@ -1,0 +1,163 @@
+"""Parts of one event on several cores: slices, component groups, the part runner, and the pipeline with them."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from trackserve.errors import InputError
+from trackserve.events.trackml import read_event
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.parallel import PartRunner, component_groups, row_parts
+from trackserve.runtime.pipeline import Pipeline
+
+from ..conftest import SAMPLE_EVENT
+
+
+@pytest.mark.parametrize("rows, parts, min_rows, expected", [
+    (0, 4, 256, 1), (1, 2, 256, 1), (511, 2, 256, 1), (512, 2, 256, 2), (10_000, 3, 256, 3), (1000, 16, 256, 3),
+    (7, 7, 1, 7),
+])
+def test_row_parts_cover_every_row_once_in_order(rows, parts, min_rows, expected):
+    slices = row_parts(rows, parts, min_rows)
+    assert len(slices) == expected
+    covered = np.concatenate([np.arange(rows)[s] for s in slices])
+    assert np.array_equal(covered, np.arange(rows))
+    lengths = [s.stop - s.start for s in slices]
+    assert max(lengths) - min(lengths) <= 1
+    if len(slices) > 1:
+        assert min(lengths) >= min_rows
+
+
+@pytest.mark.parametrize("args", [(-1, 2, 1), (10, 0, 1), (10, 2, 0)])
+def test_row_parts_refuses_bad_arguments(args):
+    with pytest.raises(InputError, match="row_parts needs"):
+        row_parts(*args)
+
+
+def _chains(num_chains: int, length: int, rng) -> tuple[int, np.ndarray]:
+    """Edges of ``num_chains`` separate chains of hits (shuffled hit numbers, shuffled edge
+    order, each edge also repeated and reversed once), plus isolated hits."""
+    num_hits = num_chains * length + 50
+    hits = rng.permutation(num_hits)
+    edges = []
+    for chain in range(num_chains):
+        members = hits[chain * length:(chain + 1) * length]
+        edges.append(np.stack([members[:-1], members[1:]]))
+    edges = np.concatenate(edges, axis=1)
+    edges = np.concatenate([edges, edges[::-1], edges[:, : edges.shape[1] // 3]], axis=1)
+    return num_hits, edges[:, rng.permutation(edges.shape[1])].astype(np.int64)
+
+
+def _component_of(num_hits: int, edges: np.ndarray) -> np.ndarray:
+    graph = coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])), shape=(num_hits, num_hits))
+    return connected_components(graph, directed=False)[1]
+
+
+@pytest.mark.parametrize("parts", [2, 3, 8])
+def test_component_groups_keep_components_whole_and_balance_the_edges(parts):
+    rng = np.random.default_rng(parts)
+    # chains of very different lengths: a few long ones, many short ones
+    num_hits, long_edges = _chains(6, 60, rng)
+    short_hits, short_edges = _chains(200, 5, rng)
+    edges = np.concatenate([long_edges, short_edges + num_hits], axis=1)
+    num_hits += short_hits
+    groups = component_groups(num_hits, edges, parts, min_edges=16)
+    assert groups is not None and len(groups) == parts
+    every = np.concatenate(groups)
+    assert np.array_equal(np.sort(every), np.arange(edges.shape[1]))
+    assert all(np.all(np.diff(group) > 0) for group in groups)
+    component = _component_of(num_hits, edges)[edges[0]]
+    owners = [set(component[group]) for group in groups]
+    assert all(not (owners[a] & owners[b]) for a in range(parts) for b in range(a + 1, parts))
+    loads = np.array([group.size for group in groups])
+    assert loads.max() <= edges.shape[1] / parts * 1.15
+
+
+def test_component_groups_decline_when_splitting_does_not_pay():
+    rng = np.random.default_rng(0)
+    num_hits, edges = _chains(40, 10, rng)
+    assert component_groups(num_hits, edges, 1, min_edges=16) is None  # one thread
+    assert component_groups(num_hits, edges, 2, min_edges=edges.shape[1]) is None  # too few edges
+    # one component holding nearly everything
+    giant = np.stack([np.arange(999), np.arange(1, 1000)])
+    small = np.array([[1000, 1002], [1001, 1003]])
+    assert component_groups(1004, np.concatenate([giant, small], axis=1), 2, min_edges=16) is None
+    # empty graph and a graph of self-loops on one hit
+    assert component_groups(5, np.zeros((2, 0), dtype=np.int64), 2, min_edges=1) is None
+    assert component_groups(1, np.zeros((2, 600), dtype=np.int64), 2, min_edges=16) is None
+
+
+def test_part_runner_returns_results_in_order_on_several_threads():
+    runner = PartRunner(3)
+    seen = set()
+
+    def work(part):
+        seen.add(threading.current_thread().name)
+        return part * 10
+
+    assert runner.map(work, [1, 2, 3]) == [10, 20, 30]
+    assert runner.map(work, [4]) == [40]
+    assert len(seen) >= 2
+    with pytest.raises(InputError, match="4 parts for 3 threads"):
+        runner.map(work, [1, 2, 3, 4])
+    runner.close()
+    assert PartRunner(1).map(work, [5]) == [50]
+
+
+def test_part_runner_raises_a_parts_error_after_every_part_has_finished():
+    runner = PartRunner(2)
+    finished = []
+
+    def work(part):
+        if part == "bad":
+            raise InputError("part failed")
+        finished.append(part)
+        return part
+
+    with pytest.raises(InputError, match="part failed"):
+        runner.map(work, ["bad", "good"])
+    assert finished == ["good"]
+    with pytest.raises(InputError, match="part failed"):
+        runner.map(work, ["good", "bad"])
+    with pytest.raises(InputError, match="threads >= 1"):
+        PartRunner(0)
+
+
+@pytest.fixture(scope="module")
+def sample_features(tiny_bundle):
+    return Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).event_features(
+        read_event(SAMPLE_EVENT, parts=()))
+
+
+def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_features, monkeypatch):
+    single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1, edge_chunk_size=5000))
+    calls = []
+    original = PartRunner.map
+
+    def counting(self, function, parts):
+        calls.append(len(parts))
+        return original(self, function, parts)
+
+    monkeypatch.setattr(PartRunner, "map", counting)
+    features = sample_features
+    embedding = split.embed(features)
+    assert np.allclose(embedding, single.embed(features), rtol=0, atol=1e-4 * np.abs(embedding).max())
+    edges = single.build_graph(single.embed(features))
+    filter_scores = split.classify_edges("filter", features, edges, chunked=True)
+    reference = single.classify_edges("filter", features, edges, chunked=True)
+    assert np.allclose(filter_scores, reference, rtol=0, atol=1e-4 * max(1.0, np.abs(reference).max()))
+    filtered, _ = single.filter_edges(features, edges)
+    # a GNN call on each group of components: the same logits as one call on the whole graph
+    before = len(calls)
+    grouped = split._gnn_logits(features, filtered)
+    assert any(count > 1 for count in calls[before:]), "the GNN never ran on component groups"
+    whole = single._gnn_logits(features, filtered)
+    assert np.allclose(grouped, whole, rtol=0, atol=1e-4 * max(1.0, np.abs(whole).max()))
+    assert np.array_equal(split.run(features).labels, single.run(features).labels)
+    assert max(calls) == 2

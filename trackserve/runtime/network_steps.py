@@ -1,0 +1,107 @@
+"""The network steps of one event, on the cores the event may use: embedding, edge scores, GNN.
+
+Shared by :class:`~trackserve.runtime.pipeline.Pipeline` (the custom model) and the
+ensemble's stage models (:mod:`trackserve.serving.stages`), so both layouts run the
+networks the same way:
+
+* the embedding on slices of the hits, the filter on slices of each chunk of
+  ``config.edge_chunk_size`` edges, each slice a single-threaded ONNX Runtime call, the
+  slices of one event at once on ``config.intra_op_threads`` threads
+  (:mod:`trackserve.runtime.parallel`);
+* a message-passing GNN on the hits its edges touch only (:mod:`~trackserve.runtime.subgraph`),
+  and, when the filtered graph falls apart into groups of connected components, on each
+  group at once; a graph held together by one large component (dense events) runs in
+  one call of the GNN runner of :func:`~trackserve.engines.scatter_split.open_network`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..engines.onnx_runtime import OnnxNetwork
+from ..engines.scatter_split import open_network
+from .config import RuntimeConfig
+from .parallel import PartRunner, component_groups, row_parts
+from .subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
+
+#: The networks of a bundle, in pipeline order.
+NETWORKS = ("embedding", "filter", "gnn")
+
+
+class NetworkSteps:
+    """Runners for some of a bundle's networks (``names``, default all three) and the
+    part runner of the event's threads (``config.intra_op_threads`` for each of
+    ``config.event_workers`` events in flight)."""
+
+    def __init__(self, bundle: Bundle, config: RuntimeConfig, names: tuple[str, ...] = NETWORKS):
+        threads = config.resolved_intra_op_threads
+        self.parts = PartRunner(threads, config.event_workers)
+        self.edge_chunk_size = config.edge_chunk_size
+        # Single-threaded sessions, the parts in parallel; the GNN keeps the thread count
+        # for the split form of a large graph on many cores (see scatter_split).
+        self.networks: dict[str, OnnxNetwork] = {
+            name: open_network(bundle.network_path(name), intra_op_threads=threads if name == "gnn" else 1, name=name)
+            for name in names
+        }
+        self.gnn_is_local = bundle.networks["gnn"].architecture in LOCAL_GNN_ARCHITECTURES
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """Embedding ``[N, D]`` float32 of validated features ``[N, F]``."""
+        runner = self.networks["embedding"]
+        if features.shape[0] == 0:
+            dim = runner.outputs[0].shape[-1]
+            return np.zeros((0, dim if isinstance(dim, int) else 0), dtype=np.float32)
+        parts = row_parts(features.shape[0], self.parts.threads)
+        if len(parts) == 1:
+            return runner.run(features=features)
+        return np.concatenate(self.parts.map(lambda rows: runner.run(features=features[rows]), parts))
+
+    def edge_logits(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
+        """Logits ``[M]`` of edge classifier ``network`` (``"filter"`` or ``"gnn"``) on ``edge_index``.
+
+        With ``chunked`` the edges go through in chunks of ``edge_chunk_size``, each cut
+        into parts for the event's threads (right only for networks that score each edge
+        from its own two hits: the filter); otherwise all at once in one call.
+        """
+        runner = self.networks[network]
+        num_edges = edge_index.shape[1]
+        if num_edges == 0:
+            return np.zeros(0, dtype=np.float32)
+        if not chunked:
+            return runner.run(features=features, edge_index=edge_index)
+        step = self.edge_chunk_size
+        if num_edges <= step and len(row_parts(num_edges, self.parts.threads)) == 1:
+            return runner.run(features=features, edge_index=edge_index)
+        scores = np.empty(num_edges, dtype=np.float32)
+
+        def score(columns: slice) -> None:
+            scores[columns] = runner.run(features=features, edge_index=np.ascontiguousarray(edge_index[:, columns]))
+
+        for begin in range(0, num_edges, step):
+            end = min(begin + step, num_edges)
+            self.parts.map(score, [slice(begin + rows.start, begin + rows.stop)
+                                   for rows in row_parts(end - begin, self.parts.threads)])
+        return scores
+
+    def gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+        """GNN logits of valid edges ``[2, M]``: on the touched hits when that is exact, and
+        on groups of whole connected components at once when the threads allow and the
+        graph falls apart into such groups."""
+        runner = self.networks["gnn"]
+        if not (self.gnn_is_local and edge_index.shape[1]):
+            return self.edge_logits("gnn", features, edge_index, chunked=False)
+        groups = None
+        if self.parts.threads > 1 and runner.uses_one_thread(features.size + edge_index.size):
+            groups = component_groups(features.shape[0], edge_index, self.parts.threads)
+        if groups is None:
+            return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
+
+        def score(columns: np.ndarray) -> np.ndarray:
+            part_features, part_edges = touched_subgraph(features, edge_index[:, columns])
+            return runner.run(features=part_features, edge_index=part_edges)
+
+        logits = np.empty(edge_index.shape[1], dtype=np.float32)
+        for columns, part in zip(groups, self.parts.map(score, groups)):
+            logits[columns] = part
+        return logits

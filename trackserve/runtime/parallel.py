@@ -1,0 +1,131 @@
+"""One network stage of one event on several cores: single-threaded calls on parts of the event.
+
+ONNX Runtime's own intra-op pool splits only the matrix products of a network; its
+element-wise operators, LayerNorms and gathers stay on one thread, and every operator
+pays a hand-over between the threads. The runtime's networks are row-wise over hits
+(the embedding) or over edges (the filter), and a message-passing GNN only mixes edges
+of one connected component, so the same work splits cleanly into independent parts,
+each run by a session of ONE thread, the parts at once on a small thread pool. Measured
+on this project's 2-core machine with the default bundle (``benchmarks/RESULTS.md``):
+the filter on 51,804 edges took 19 ms as two halves against 33 ms as one call at two
+intra-op threads, and on the published benchmark events (1,321 hits) the embedding,
+filter and GNN took 0.55 / 1.36 / 4.1 ms as parts against 0.76 / 1.82 / 6.3 ms.
+
+* :func:`row_parts` cuts ``n`` rows into at most ``parts`` contiguous, near-equal slices
+  of at least ``min_rows`` each (one slice when ``n`` is small);
+* :func:`component_groups` groups the edges of a graph into at most ``parts`` sets of
+  whole connected components with balanced edge counts (None when one component holds
+  most of the edges: the GNN then runs on the whole graph, as large dense events need);
+* :class:`PartRunner` runs a function on each part, the first in the calling thread and
+  the others on its pool, and returns the results in order.
+
+A part's result can differ from the same rows' result in a single call in the last
+float32 bits (ONNX Runtime's kernels take other paths for other row counts), as results
+at different thread counts already do; the runtime's parity rule (1e-4 of the output
+scale) and the tests cover both.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
+
+from ..errors import InputError
+
+#: Fewest rows (hits or edges) worth a call of their own: below this a call's fixed cost
+#: (about 300 operators of a few microseconds each for the GNN) outweighs the work.
+MIN_PART_ROWS = 256
+#: The GNN runs on component groups only when the largest group holds at most this share
+#: of the edges; otherwise the groups would gain less than finding them costs.
+MAX_GROUP_SHARE = 0.8
+
+T = TypeVar("T")
+
+
+def row_parts(num_rows: int, parts: int, min_rows: int = MIN_PART_ROWS) -> list[slice]:
+    """Contiguous slices covering ``0 .. num_rows``: at most ``parts`` of them, near-equal,
+    each at least ``min_rows`` long (a single slice when ``num_rows < 2 * min_rows``)."""
+    if num_rows < 0 or parts < 1 or min_rows < 1:
+        raise InputError(f"row_parts needs num_rows >= 0, parts >= 1, min_rows >= 1; got {num_rows}, {parts}, {min_rows}")
+    count = max(1, min(parts, num_rows // min_rows))
+    bounds = np.linspace(0, num_rows, count + 1).round().astype(np.int64)
+    return [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(count)]
+
+
+def component_groups(num_hits: int, edge_index: np.ndarray, parts: int, min_edges: int = MIN_PART_ROWS,
+                     max_share: float = MAX_GROUP_SHARE) -> list[np.ndarray] | None:
+    """The columns of ``edge_index [2, M]`` in at most ``parts`` groups of whole connected
+    components, balanced by edge count; None when splitting does not pay.
+
+    Each group is an ascending int64 array of edge positions; together they cover every
+    edge once, and no component (direction ignored) spans two groups, so a message-passing
+    network run on each group alone computes what it computes on the whole graph. None
+    when ``parts < 2``, when there are fewer than ``2 * min_edges`` edges, or when the
+    largest group would hold more than ``max_share`` of them. Components are placed
+    largest first, each on the lightest group so far, the small ones by running total.
+    """
+    num_edges = edge_index.shape[1]
+    if parts < 2 or num_edges < 2 * min_edges:
+        return None
+    graph = coo_array((np.ones(num_edges, dtype=np.float32), (edge_index[0], edge_index[1])), shape=(num_hits, num_hits))
+    count, hit_component = connected_components(graph, directed=True, connection="weak")
+    edge_component = hit_component[edge_index[0]]
+    sizes = np.bincount(edge_component, minlength=count)
+    order = np.argsort(-sizes, kind="stable")
+    order = order[sizes[order] > 0]
+    group_of = np.zeros(count, dtype=np.int64)
+    loads = np.zeros(parts, dtype=np.int64)
+    # The large components one by one onto the lightest group ...
+    large = order[: 4 * parts]
+    for component in large:
+        lightest = int(np.argmin(loads))
+        group_of[component] = lightest
+        loads[lightest] += sizes[component]
+    # ... then the small ones, in order, filling each group up to an equal share.
+    small = order[4 * parts:]
+    if small.size:
+        running = np.cumsum(sizes[small])
+        share = (loads.sum() + running[-1]) / parts
+        room = np.cumsum(np.maximum(share - loads, 0.0))
+        group_of[small] = np.minimum(np.searchsorted(room, running - 0.5 * sizes[small]), parts - 1)
+        loads += np.bincount(group_of[small], weights=sizes[small], minlength=parts).astype(np.int64)
+    if loads.max() > max_share * num_edges:
+        return None
+    edge_group = group_of[edge_component]
+    groups = [np.flatnonzero(edge_group == group) for group in range(parts)]
+    return [group for group in groups if group.size]
+
+
+class PartRunner:
+    """Runs a function on the parts of one event at once: ``threads`` parts at a time,
+    for ``workers`` events in flight (so at most ``workers * threads`` threads work)."""
+
+    def __init__(self, threads: int, workers: int = 1):
+        if threads < 1 or workers < 1:
+            raise InputError(f"PartRunner needs threads >= 1 and workers >= 1; got {threads}, {workers}")
+        self.threads = threads
+        extra = workers * (threads - 1)
+        self._pool = ThreadPoolExecutor(max_workers=extra, thread_name_prefix="trackserve-part") if extra else None
+
+    def map(self, function: Callable[[object], T], parts: Sequence) -> list[T]:
+        """``[function(part) for part in parts]``, the parts after the first on the pool."""
+        if len(parts) > self.threads:
+            raise InputError(f"{len(parts)} parts for {self.threads} threads: cut the work into at most {self.threads}")
+        if len(parts) < 2 or self._pool is None:
+            return [function(part) for part in parts]
+        futures = [self._pool.submit(function, part) for part in parts[1:]]
+        try:
+            first = function(parts[0])
+        except BaseException:
+            wait(futures)  # no part may still run when the caller sees the error
+            raise
+        return [first, *(future.result() for future in futures)]
+
+    def close(self) -> None:
+        """Stop the pool's threads (idle ones cost nothing; this is for tidy shutdowns)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

@@ -12,8 +12,10 @@ from scipy.sparse.csgraph import connected_components
 from trackserve.errors import InputError
 from trackserve.events.trackml import read_event
 from trackserve.runtime.config import RuntimeConfig
-from trackserve.runtime.parallel import PartRunner, component_groups, row_parts
+from trackserve.runtime import parallel
+from trackserve.runtime.parallel import HaloSplit, PartRunner, component_groups, row_parts
 from trackserve.runtime.pipeline import Pipeline
+from trackserve.runtime.subgraph import halo_hops
 
 from ..conftest import SAMPLE_EVENT
 
@@ -161,3 +163,101 @@ def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_feat
     assert np.allclose(grouped, whole, rtol=0, atol=1e-4 * max(1.0, np.abs(whole).max()))
     assert np.array_equal(split.run(features).labels, single.run(features).labels)
     assert max(calls) == 2
+
+
+def _phi_ring_graph(features: np.ndarray, phi_column: int, neighbours: int) -> np.ndarray:
+    """Each hit joined to the next ``neighbours`` hits in azimuth (cyclic): one component,
+    local in azimuth like a dense event's filtered graph; some edges repeated and reversed."""
+    order = np.argsort(features[:, phi_column], kind="stable")
+    n = order.size
+    first = np.repeat(order, neighbours)
+    second = order[(np.repeat(np.arange(n), neighbours) + np.tile(np.arange(1, neighbours + 1), n)) % n]
+    edges = np.stack([first, second])
+    edges = np.concatenate([edges, edges[::-1, :: 7], edges[:, :: 11]], axis=1)
+    return edges[:, np.random.default_rng(3).permutation(edges.shape[1])].astype(np.int64)
+
+
+def test_halo_split_owns_every_edge_once_and_computes_its_neighbourhood():
+    rng = np.random.default_rng(1)
+    phi = rng.uniform(-np.pi, np.pi, 3000)
+    edges = _phi_ring_graph(phi[:, None], 0, 6)
+    split = HaloSplit(phi.size, edges, 3, 2, phi)
+    owners = np.zeros(edges.shape[1], dtype=np.int64)
+    for part in split.parts:
+        columns, own = split.part(part)
+        assert np.all(np.diff(columns) > 0)
+        owners[columns[own]] += 1
+        # every edge touching a hit of the part's own edges is computed (one hop of halo at least)
+        hits = np.zeros(phi.size, dtype=bool)
+        hits[edges[:, columns[own]].ravel()] = True
+        touching = np.flatnonzero(hits[edges[0]] | hits[edges[1]])
+        assert np.isin(touching, columns).all()
+        assert own.sum() < columns.size < edges.shape[1]
+    assert np.all(owners == 1)
+    assert split.parts == [0, 1, 2]
+    with pytest.raises(InputError, match="HaloSplit needs"):
+        HaloSplit(phi.size, edges, 0, 2, phi)
+
+
+def test_dense_graph_gnn_on_halo_parts_is_the_whole_graphs(tiny_bundle, sample_features):
+    single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1))
+    steps = split._steps
+    assert steps.halo_hops == 1  # two steps of the interaction network reach one hop (halo_hops)
+    edges = _phi_ring_graph(sample_features, steps.phi_column, 8)
+    assert edges.shape[1] >= parallel.HALO_MIN_EDGES
+    assert component_groups(sample_features.shape[0], edges, 2) is None  # one component: halo parts
+    whole = single._gnn_logits(sample_features, edges)
+    np.testing.assert_allclose(split._gnn_logits(sample_features, edges), whole, rtol=0,
+                               atol=1e-5 * max(1.0, np.abs(whole).max()))
+    # too small a halo changes the scores near the parts' borders: the hops matter
+    steps.halo_hops = 0
+    try:
+        near = split._gnn_logits(sample_features, edges)
+    finally:
+        steps.halo_hops = 1
+    assert np.abs(near - whole).max() > 1e-3
+
+
+def _torch_gnn(architecture: str, iterations: int, new_nodes: bool):
+    import torch
+
+    from trackserve.export.interaction_gnn import InteractionGNN
+    from trackserve.export.resagnn import ResAGNN
+
+    torch.manual_seed(iterations)
+    if architecture == "ResAGNN":
+        network = ResAGNN(in_channels=3, hidden=8, n_graph_iters=iterations, nb_node_layer=2, nb_edge_layer=2)
+    else:
+        network = InteractionGNN(in_channels=3, hidden=8, n_graph_iters=iterations, nb_node_layer=1, nb_edge_layer=1,
+                                 bidirectional_messages=True, edge_update_uses_new_nodes=new_nodes)
+    return network.eval()
+
+
+@pytest.mark.parametrize("architecture, iterations, new_nodes", [
+    ("InteractionGNN", 1, False), ("InteractionGNN", 3, False), ("InteractionGNN", 6, False),
+    ("InteractionGNN", 3, True), ("ResAGNN", 1, False), ("ResAGNN", 3, False),
+])
+def test_halo_hops_are_exactly_what_each_gnn_needs(architecture, iterations, new_nodes):
+    torch = pytest.importorskip("torch")
+    network = _torch_gnn(architecture, iterations, new_nodes)
+    hops = halo_hops(architecture, dict(network.config))
+    rng = np.random.default_rng(iterations)
+    features = rng.normal(size=(600, 3)).astype(np.float32)
+    edges = _phi_ring_graph(features, 0, 3)
+
+    def scores(edge_columns):
+        with torch.no_grad():
+            return network(torch.from_numpy(features), torch.from_numpy(edges[:, edge_columns])).numpy()
+
+    whole = scores(np.arange(edges.shape[1]))
+    worst = {}
+    for used in (hops, hops - 1):
+        if used < 0:
+            continue
+        split = HaloSplit(features.shape[0], edges, 4, used, features[:, 0])
+        worst[used] = max(np.abs(scores(columns)[own] - whole[columns[own]]).max()
+                          for columns, own in map(split.part, split.parts))
+    assert worst[hops] <= 1e-5
+    if hops >= 1:
+        assert worst[hops - 1] > 1e-4, "one hop less should change some scores"

@@ -10,8 +10,12 @@ networks the same way:
   (:mod:`trackserve.runtime.parallel`);
 * a message-passing GNN on the hits its edges touch only (:mod:`~trackserve.runtime.subgraph`),
   and, when the filtered graph falls apart into groups of connected components, on each
-  group at once; a graph held together by one large component (dense events) runs in
-  one call of the GNN runner of :func:`~trackserve.engines.scatter_split.open_network`.
+  group at once; a graph held together by one large component (dense events) is cut
+  by azimuth into overlapping parts, each computing its own edges with the halo of
+  hops that exact message passing needs (:func:`~trackserve.runtime.subgraph.halo_hops`)
+  (:class:`~trackserve.runtime.parallel.HaloSplit`), from
+  :data:`~trackserve.runtime.parallel.HALO_MIN_EDGES` edges; below that, one call of the
+  GNN runner of :func:`~trackserve.engines.scatter_split.open_network`.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from ..bundle import Bundle
 from ..engines.onnx_runtime import OnnxNetwork
 from ..engines.scatter_split import open_network
 from .config import RuntimeConfig
-from .parallel import PartRunner, component_groups, row_parts
-from .subgraph import LOCAL_GNN_ARCHITECTURES, touched_subgraph
+from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts
+from .subgraph import LOCAL_GNN_ARCHITECTURES, halo_hops, touched_subgraph
 
 #: The networks of a bundle, in pipeline order.
 NETWORKS = ("embedding", "filter", "gnn")
@@ -44,7 +48,12 @@ class NetworkSteps:
             name: open_network(bundle.network_path(name), intra_op_threads=threads if name == "gnn" else 1, name=name)
             for name in names
         }
-        self.gnn_is_local = bundle.networks["gnn"].architecture in LOCAL_GNN_ARCHITECTURES
+        gnn = bundle.networks["gnn"]
+        self.gnn_is_local = gnn.architecture in LOCAL_GNN_ARCHITECTURES
+        # Hops of the halo a part of a dense graph needs (None: never cut such a graph).
+        self.halo_hops = halo_hops(gnn.architecture, gnn.config) if "phi" in bundle.feature_names else None
+        if self.halo_hops is not None:
+            self.phi_column = list(bundle.feature_names).index("phi")
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         """Embedding ``[N, D]`` float32 of validated features ``[N, F]``."""
@@ -91,10 +100,7 @@ class NetworkSteps:
         runner = self.networks["gnn"]
         if not (self.gnn_is_local and edge_index.shape[1]):
             return self.edge_logits("gnn", features, edge_index, chunked=False)
-        groups = None
-        if self.parts.threads > 1 and runner.uses_one_thread(features.size + edge_index.size):
-            groups = component_groups(features.shape[0], edge_index, self.parts.threads)
-        if groups is None:
+        if self.parts.threads == 1 or not runner.uses_one_thread(features.size + edge_index.size):
             return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
 
         def score(columns: np.ndarray) -> np.ndarray:
@@ -102,6 +108,20 @@ class NetworkSteps:
             return runner.run(features=part_features, edge_index=part_edges)
 
         logits = np.empty(edge_index.shape[1], dtype=np.float32)
-        for columns, part in zip(groups, self.parts.map(score, groups)):
+        groups = component_groups(features.shape[0], edge_index, self.parts.threads)
+        if groups is not None:
+            for columns, part in zip(groups, self.parts.map(score, groups)):
+                logits[columns] = part
+            return logits
+        if self.halo_hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
+            return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
+        split = HaloSplit(features.shape[0], edge_index, self.parts.threads, self.halo_hops,
+                          features[:, self.phi_column])
+
+        def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:
+            columns, own = split.part(part)
+            return columns[own], score(columns)[own]
+
+        for columns, part in self.parts.map(score_own, split.parts):
             logits[columns] = part
         return logits

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
-from scipy.sparse import coo_array
+from scipy.sparse import coo_array, csr_array
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
@@ -42,6 +42,11 @@ MIN_PART_ROWS = 256
 #: The GNN runs on component groups only when the largest group holds at most this share
 #: of the edges; otherwise the groups would gain less than finding them costs.
 MAX_GROUP_SHARE = 0.8
+
+#: A graph held together by one component is split into overlapping parts (with the halo
+#: message passing needs) only from this many edges: below it the halos cost more than
+#: the parts gain.
+HALO_MIN_EDGES = 20_000
 
 T = TypeVar("T")
 
@@ -98,6 +103,50 @@ def component_groups(num_hits: int, edge_index: np.ndarray, parts: int, min_edge
     edge_group = group_of[edge_component]
     groups = [np.flatnonzero(edge_group == group) for group in range(parts)]
     return [group for group in groups if group.size]
+
+
+class HaloSplit:
+    """A graph held together by one large component, in ``parts`` owned sets of edges, each
+    with the surrounding edges that exact ``hops``-hop message passing needs.
+
+    An edge belongs to the part whose range of ``hit_key`` (quantiles over the edges, so
+    equal edge counts; the runtime uses the hits' azimuth, which keeps tracks together)
+    holds its first hit. A message-passing network's score of an edge depends only on the
+    graph within a few hops of its two hits (:func:`~trackserve.runtime.subgraph.halo_hops`),
+    so :meth:`part` gives every edge both of whose hits lie within ``hops`` hops of
+    the part's own edges' hits: each hit near the part's own edges then sees all of its
+    edges, in the same order, and the own edges' scores are the whole graph's. Building
+    the split is cheap; each part's search (``hops`` sparse products) runs in
+    :meth:`part`, on the thread that computes the part.
+    """
+
+    def __init__(self, num_hits: int, edge_index: np.ndarray, parts: int, hops: int, hit_key: np.ndarray):
+        if parts < 1 or hops < 0:
+            raise InputError(f"HaloSplit needs parts >= 1 and hops >= 0; got {parts}, {hops}")
+        self.edge_index = edge_index
+        self.hops = hops
+        first, second = edge_index
+        key = np.asarray(hit_key)[first]
+        bounds = np.quantile(key, np.linspace(0.0, 1.0, parts + 1)[1:-1]) if key.size else np.zeros(0)
+        self.owner = np.searchsorted(bounds, key, side="right")
+        self.parts = [part for part in range(parts) if np.any(self.owner == part)]
+        self.adjacency = csr_array(
+            (np.ones(2 * first.size, dtype=np.float32), (np.concatenate([first, second]), np.concatenate([second, first]))),
+            shape=(num_hits, num_hits),
+        )
+
+    def part(self, part: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(columns, own)``: the ascending edge positions part ``part`` computes, and which
+        of them it owns (over all parts the owned edges cover every edge once)."""
+        first, second = self.edge_index
+        owned = self.owner == part
+        reached = np.zeros(self.adjacency.shape[0], dtype=np.float32)
+        reached[first[owned]] = 1.0
+        reached[second[owned]] = 1.0
+        for _ in range(self.hops):
+            reached = np.minimum(reached + self.adjacency @ reached, 1.0)
+        columns = np.flatnonzero((reached[first] > 0) & (reached[second] > 0))
+        return columns, owned[columns]
 
 
 class PartRunner:

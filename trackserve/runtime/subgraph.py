@@ -33,3 +33,35 @@ def touched_subgraph(features: np.ndarray, edge_index: np.ndarray) -> tuple[np.n
     new_index = np.empty(num_hits, dtype=np.int64)
     new_index[nodes] = np.arange(nodes.size, dtype=np.int64)
     return features[nodes], new_index[edge_index]
+
+
+def halo_hops(architecture: str | None, config: dict) -> int | None:
+    """How many hops around an edge's hits its GNN score can depend on: ``h`` such that the
+    score is exact on any subgraph holding every edge both of whose hits lie within ``h``
+    hops of the edge's hits. None for an architecture or config it does not know.
+
+    By the update rules: in ``InteractionGNN`` a hit's state after step ``k`` needs all
+    of its edges' states after step ``k - 1``, and an edge's state needs its hits' states
+    after step ``k - 1`` (or ``k`` with ``edge_update_uses_new_nodes``), so the reach grows
+    by one hop every step or every other step; in ``ResAGNN`` a hit's state needs its
+    neighbours' previous states, one hop per step. The score reads both hits' and (for
+    the interaction network) the edge's final states.
+    """
+    iterations = config.get("n_graph_iters")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        return None
+    if architecture == "ResAGNN":
+        return iterations
+    if architecture != "InteractionGNN":
+        return None
+    # Levels: -1 needs nothing beyond the edge itself; L >= 0 needs every edge of every
+    # hit within L hops of the edge's hits. A hit's state needs its own previous state,
+    # all of its edges, and each of those edges' previous state (one hop further out).
+    node, edge = -1, -1
+    new_nodes = bool(config.get("edge_update_uses_new_nodes", False))
+    for _ in range(iterations):
+        previous_node = node
+        node = max(node, edge + 1, 0)
+        edge = max(node if new_nodes else previous_node, edge)
+    # Every edge of the hits within L hops has both of its hits within L + 1 hops.
+    return max(node, edge) + 1

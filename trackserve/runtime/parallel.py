@@ -15,7 +15,10 @@ filter and GNN took 0.55 / 1.36 / 4.1 ms as parts against 0.76 / 1.82 / 6.3 ms.
   of at least ``min_rows`` each (one slice when ``n`` is small);
 * :func:`component_groups` groups the edges of a graph into at most ``parts`` sets of
   whole connected components with balanced edge counts (None when one component holds
-  most of the edges: the GNN then runs on the whole graph, as large dense events need);
+  most of the edges, as in dense events);
+* :class:`HaloSplit` cuts a graph held together by one component into azimuth slices of
+  edges, each computed with the halo of neighbouring edges that exact message passing
+  needs;
 * :class:`PartRunner` runs a function on each part, the first in the calling thread and
   the others on its pool, and returns the results in order.
 

@@ -70,7 +70,6 @@ def simulate_features(target_hits: int, spec, seed: int) -> np.ndarray:
 def child(features_path: str, bundle: str, threads: int, repeats: int) -> dict:
     """Run in the subprocess: time the stages of one event, report memory and graph sizes."""
     from trackserve.runtime.config import RuntimeConfig
-    from trackserve.runtime.parallel import component_groups
     from trackserve.runtime.pipeline import Pipeline
 
     features = np.load(features_path)
@@ -82,9 +81,8 @@ def child(features_path: str, bundle: str, threads: int, repeats: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # The GNN runs on the hits some filtered edge touches: its node networks see only those.
     filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
-    groups = component_groups(features.shape[0], filtered, threads)
     return {"hits": int(features.shape[0]), "timings": timings, "num_edges": result.num_edges,
-            "gnn_hits": int(np.unique(filtered).size), "gnn_groups": len(groups) if groups else 1,
+            "gnn_hits": int(np.unique(filtered).size), "gnn_layout": pipeline._steps.last_gnn_layout,
             "rss_before": rss_before, "peak": peak}
 
 
@@ -131,18 +129,19 @@ def main(argv=None) -> int:
              f"Bundle: `{args.bundle}` ({bundle.provenance.get('data', 'no data recorded')}). Random-particle events "
              f"on the full detector, each size in a fresh process; medians of {repeats} runs after a warm-up. "
              "Peak memory: ru_maxrss of that process (in brackets: before the first event). " + load_note(), "",
-             "| hits | graph / filtered edges | GNN groups | " + " | ".join(f"{s} (ms)" for s in STAGES)
+             "| hits | graph / filtered edges | GNN ran as | " + " | ".join(f"{s} (ms)" for s in STAGES)
              + " | total (ms) | peak memory (MiB) |",
-             "| ---: | ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: |"]
+             "| ---: | ---: | --- | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: |"]
     rate_lines = ["", "FLOPs of the matrix products at the sizes each network ran at (the GNN: the hits its "
-                  "filtered edges touch). The GNN runs on groups of whole connected components at once when its "
-                  "graph falls apart into them, else in ONE thread (the runtime's sequential scatter form, README); "
-                  "the column `GNN groups` says which: with one group, against this "
-                  f"{args.threads}-thread peak it can reach at most 1/{args.threads}.", "",
+                  "filtered edges touch; in halo slices it computes the halo edges twice, not counted here). "
+                  "The column `GNN ran as` says how the GNN used the threads (README): groups of connected "
+                  "components or azimuth slices with their halos at once; in one call it runs on one thread "
+                  f"(the sequential scatter form) and against this {args.threads}-thread peak could reach at most "
+                  f"1/{args.threads}.", "",
                   "| hits | network | GFLOP | GFLOP/s | of matmul peak |", "| ---: | --- | ---: | ---: | ---: |"]
     for row in rows:
         t, e = row["timings"], row["num_edges"]
-        lines.append(f"| {row['hits']:,} | {e['graph']:,} / {e['filter']:,} | {row['gnn_groups']} | "
+        lines.append(f"| {row['hits']:,} | {e['graph']:,} / {e['filter']:,} | {row['gnn_layout']} | "
                      + " | ".join(f"{t[s] * 1e3:.1f}" for s in STAGES)
                      + f" | {t['total'] * 1e3:.1f} | {row['peak'] / 2**20:.0f} ({row['rss_before'] / 2**20:.0f}) |")
         stage_edges = {"embed": 0, "filter": e["graph"], "gnn": e["filter"]}

@@ -159,6 +159,7 @@ def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_feat
     before = len(calls)
     grouped = split._gnn_logits(features, filtered)
     assert any(count > 1 for count in calls[before:]), "the GNN never ran on component groups"
+    assert split._steps.last_gnn_layout == "2 component groups"
     whole = single._gnn_logits(features, filtered)
     assert np.allclose(grouped, whole, rtol=0, atol=1e-4 * max(1.0, np.abs(whole).max()))
     assert np.array_equal(split.run(features).labels, single.run(features).labels)
@@ -210,6 +211,8 @@ def test_dense_graph_gnn_on_halo_parts_is_the_whole_graphs(tiny_bundle, sample_f
     whole = single._gnn_logits(sample_features, edges)
     np.testing.assert_allclose(split._gnn_logits(sample_features, edges), whole, rtol=0,
                                atol=1e-5 * max(1.0, np.abs(whole).max()))
+    assert steps.last_gnn_layout == "2 halo slices (1 hops)"
+    assert single._steps.last_gnn_layout == "one call"
     # too small a halo changes the scores near the parts' borders: the hops matter
     steps.halo_hops = 0
     try:

@@ -50,6 +50,7 @@ class NetworkSteps:
         }
         gnn = bundle.networks["gnn"]
         self.gnn_is_local = gnn.architecture in LOCAL_GNN_ARCHITECTURES
+        self.last_gnn_layout = "one call"
         # Hops of the halo a part of a dense graph needs (None: never cut such a graph).
         self.halo_hops = halo_hops(gnn.architecture, gnn.config) if "phi" in bundle.feature_names else None
         if self.halo_hops is not None:
@@ -94,10 +95,13 @@ class NetworkSteps:
         return scores
 
     def gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
-        """GNN logits of valid edges ``[2, M]``: on the touched hits when that is exact, and
-        on groups of whole connected components at once when the threads allow and the
-        graph falls apart into such groups."""
+        """GNN logits of valid edges ``[2, M]``: on the touched hits when that is exact, and,
+        when the threads allow, on groups of whole connected components at once or, for a
+        large graph in one component, on azimuth slices with their halos. How the latest
+        call ran is in :attr:`last_gnn_layout` (``"one call"``, ``"N component groups"``,
+        ``"N halo slices (H hops)"``)."""
         runner = self.networks["gnn"]
+        self.last_gnn_layout = "one call"
         if not (self.gnn_is_local and edge_index.shape[1]):
             return self.edge_logits("gnn", features, edge_index, chunked=False)
         if self.parts.threads == 1 or not runner.uses_one_thread(features.size + edge_index.size):
@@ -112,6 +116,7 @@ class NetworkSteps:
         if groups is not None:
             for columns, part in zip(groups, self.parts.map(score, groups)):
                 logits[columns] = part
+            self.last_gnn_layout = f"{len(groups)} component groups"
             return logits
         if self.halo_hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
             return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
@@ -124,4 +129,5 @@ class NetworkSteps:
 
         for columns, part in self.parts.map(score_own, split.parts):
             logits[columns] = part
+        self.last_gnn_layout = f"{len(split.parts)} halo slices ({self.halo_hops} hops)"
         return logits

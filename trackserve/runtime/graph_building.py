@@ -379,7 +379,14 @@ def _apply_cap(n: int, small: np.ndarray, large: np.ndarray, dist2: np.ndarray, 
         return small, large
     source = np.concatenate([small, large])
     target = np.concatenate([large, small])
-    order = np.lexsort((target, np.concatenate([dist2, dist2]), source))
+    if n <= 1 << 16:
+        # One 64-bit key (source, distance, target): the float32 bits of a distance >= 0
+        # order as the distances do; one sort instead of lexsort's three.
+        bits = np.concatenate([dist2, dist2]).view(np.uint32).astype(np.uint64)
+        keys = (source.astype(np.uint64) << np.uint64(48)) | (bits << np.uint64(16)) | target.astype(np.uint64)
+        order = np.argsort(keys)
+    else:
+        order = np.lexsort((target, np.concatenate([dist2, dist2]), source))
     first_of_source = np.cumsum(degree) - degree
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size) - first_of_source[source[order]]

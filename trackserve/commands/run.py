@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--no-labels", action="store_true", help="do not write label files")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="ONNX Runtime intra-op threads and graph-building threads (default: all cores)")
+                        help="threads of each network stage (parts of the event at once) and of graph building "
+                             "(default: all cores)")
     parser.add_argument("--event-workers", type=int, default=None, metavar="N",
                         help="events run at once, each with --threads threads (default 1: one event at a time on "
                         "every core); many small events go faster with one worker per core")
@@ -130,7 +131,7 @@ def _print_tables(report: dict, stages, out) -> None:
     settings = report["settings"]
     print(f"{summary['num_events']} event(s), {summary['num_hits']} hits in {summary['seconds']:.3f} s of pipeline time: "
           f"{_fmt(summary['events_per_second'], '.2f')} events/s  (threads: {settings['intra_op_threads']} "
-          f"ONNX Runtime, {settings['graph_threads']} graph building)", file=out)
+          f"network, {settings['graph_threads']} graph building)", file=out)
     print(f"wall time {summary['wall_seconds']:.3f} s with reading, writing and metrics, {settings['event_workers']} "
           f"event(s) at once: {_fmt(summary['events_per_second_wall'], '.2f')} events/s", file=out)
     if report.get("labels_directory"):

@@ -2,8 +2,8 @@
 
 Every pool the runtime uses is sized here, explicitly. The stages of one event run one
 after the other, so each pool may use all the cores given to that event without
-oversubscription: ONNX Runtime's intra-op pool while a network runs, the graph
-builder's threads while the graph is built, never both at once. With ``event_workers``
+oversubscription: the network stage's parts (single-threaded ONNX Runtime calls) while
+a network runs, the graph builder's threads while the graph is built, never both at once. With ``event_workers``
 above 1, :meth:`~trackserve.runtime.pipeline.Pipeline.run_many` keeps that many events
 in flight at once, and the default pools shrink so that workers times threads stays
 within the cores.
@@ -34,8 +34,10 @@ def available_cores() -> int:
 class RuntimeConfig:
     """How the pipeline uses the machine.
 
-    ``intra_op_threads``: ONNX Runtime intra-op pool of each network (default: the cores
-    divided among the event workers, at least 1).
+    ``intra_op_threads``: threads of each network stage of one event (default: the cores
+    divided among the event workers, at least 1); the stage runs that many
+    single-threaded ONNX Runtime calls on parts of the event at once
+    (:mod:`trackserve.runtime.network_steps`).
     ``graph_threads``: threads of the graph builder (same default).
     ``event_workers``: events :meth:`~trackserve.runtime.pipeline.Pipeline.run_many` runs
     at once (default 1: one event at a time with every core). Many small events go

@@ -26,7 +26,7 @@ from ..bundle import Bundle
 from ..engines.onnx_runtime import OnnxNetwork
 from ..engines.scatter_split import open_network
 from .config import RuntimeConfig
-from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts
+from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts, symmetric_adjacency
 from .subgraph import LOCAL_GNN_ARCHITECTURES, halo_hops, touched_subgraph
 
 #: The networks of a bundle, in pipeline order.
@@ -48,6 +48,7 @@ class NetworkSteps:
             name: open_network(bundle.network_path(name), intra_op_threads=threads if name == "gnn" else 1, name=name)
             for name in names
         }
+        self.embedding_dim = int(bundle.networks["embedding"].outputs[0].dims[-1])
         gnn = bundle.networks["gnn"]
         self.gnn_is_local = gnn.architecture in LOCAL_GNN_ARCHITECTURES
         self.last_gnn_layout = "one call"
@@ -60,8 +61,7 @@ class NetworkSteps:
         """Embedding ``[N, D]`` float32 of validated features ``[N, F]``."""
         runner = self.networks["embedding"]
         if features.shape[0] == 0:
-            dim = runner.outputs[0].shape[-1]
-            return np.zeros((0, dim if isinstance(dim, int) else 0), dtype=np.float32)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
         parts = row_parts(features.shape[0], self.parts.threads)
         if len(parts) == 1:
             return runner.run(features=features)
@@ -81,17 +81,18 @@ class NetworkSteps:
         if not chunked:
             return runner.run(features=features, edge_index=edge_index)
         step = self.edge_chunk_size
-        if num_edges <= step and len(row_parts(num_edges, self.parts.threads)) == 1:
+        chunks = [[slice(begin + rows.start, begin + rows.stop)
+                   for rows in row_parts(min(step, num_edges - begin), self.parts.threads)]
+                  for begin in range(0, num_edges, step)]
+        if len(chunks) == 1 and len(chunks[0]) == 1:
             return runner.run(features=features, edge_index=edge_index)
         scores = np.empty(num_edges, dtype=np.float32)
 
         def score(columns: slice) -> None:
             scores[columns] = runner.run(features=features, edge_index=np.ascontiguousarray(edge_index[:, columns]))
 
-        for begin in range(0, num_edges, step):
-            end = min(begin + step, num_edges)
-            self.parts.map(score, [slice(begin + rows.start, begin + rows.stop)
-                                   for rows in row_parts(end - begin, self.parts.threads)])
+        for parts in chunks:  # one chunk's parts at once, the chunks one after the other
+            self.parts.map(score, parts)
         return scores
 
     def gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
@@ -112,7 +113,8 @@ class NetworkSteps:
             return runner.run(features=part_features, edge_index=part_edges)
 
         logits = np.empty(edge_index.shape[1], dtype=np.float32)
-        groups = component_groups(features.shape[0], edge_index, self.parts.threads)
+        adjacency = symmetric_adjacency(features.shape[0], edge_index)
+        groups = component_groups(features.shape[0], edge_index, self.parts.threads, adjacency=adjacency)
         if groups is not None:
             for columns, part in zip(groups, self.parts.map(score, groups)):
                 logits[columns] = part
@@ -121,7 +123,7 @@ class NetworkSteps:
         if self.halo_hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
             return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
         split = HaloSplit(features.shape[0], edge_index, self.parts.threads, self.halo_hops,
-                          features[:, self.phi_column])
+                          features[:, self.phi_column], adjacency=adjacency)
 
         def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:
             columns, own = split.part(part)

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
-from scipy.sparse import coo_array, csr_array
+from scipy.sparse import csr_array
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
@@ -64,8 +64,16 @@ def row_parts(num_rows: int, parts: int, min_rows: int = MIN_PART_ROWS) -> list[
     return [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(count)]
 
 
+def symmetric_adjacency(num_hits: int, edge_index: np.ndarray) -> csr_array:
+    """The hits' adjacency ``[N, N]`` (CSR, both directions, repeated edges summed): what
+    :func:`component_groups` and :class:`HaloSplit` both walk, so a caller builds it once."""
+    first, second = edge_index
+    return csr_array((np.ones(2 * first.size, dtype=np.float32),
+                      (np.concatenate([first, second]), np.concatenate([second, first]))), shape=(num_hits, num_hits))
+
+
 def component_groups(num_hits: int, edge_index: np.ndarray, parts: int, min_edges: int = MIN_PART_ROWS,
-                     max_share: float = MAX_GROUP_SHARE) -> list[np.ndarray] | None:
+                     max_share: float = MAX_GROUP_SHARE, *, adjacency: csr_array | None = None) -> list[np.ndarray] | None:
     """The columns of ``edge_index [2, M]`` in at most ``parts`` groups of whole connected
     components, balanced by edge count; None when splitting does not pay.
 
@@ -75,12 +83,14 @@ def component_groups(num_hits: int, edge_index: np.ndarray, parts: int, min_edge
     when ``parts < 2``, when there are fewer than ``2 * min_edges`` edges, or when the
     largest group would hold more than ``max_share`` of them. Components are placed
     largest first, each on the lightest group so far, the small ones by running total.
+    ``adjacency``: :func:`symmetric_adjacency` of the graph when the caller has it.
     """
     num_edges = edge_index.shape[1]
     if parts < 2 or num_edges < 2 * min_edges:
         return None
-    graph = coo_array((np.ones(num_edges, dtype=np.float32), (edge_index[0], edge_index[1])), shape=(num_hits, num_hits))
-    count, hit_component = connected_components(graph, directed=True, connection="weak")
+    if adjacency is None:
+        adjacency = symmetric_adjacency(num_hits, edge_index)
+    count, hit_component = connected_components(adjacency, directed=False)
     edge_component = hit_component[edge_index[0]]
     sizes = np.bincount(edge_component, minlength=count)
     order = np.argsort(-sizes, kind="stable")
@@ -119,11 +129,13 @@ class HaloSplit:
     so :meth:`part` gives every edge both of whose hits lie within ``hops`` hops of
     the part's own edges' hits: each hit near the part's own edges then sees all of its
     edges, in the same order, and the own edges' scores are the whole graph's. Building
-    the split is cheap; each part's search (``hops`` sparse products) runs in
+    the split is cheap (``adjacency``: :func:`symmetric_adjacency`, when the caller has it);
+    each part's search (``hops`` sparse products) runs in
     :meth:`part`, on the thread that computes the part.
     """
 
-    def __init__(self, num_hits: int, edge_index: np.ndarray, parts: int, hops: int, hit_key: np.ndarray):
+    def __init__(self, num_hits: int, edge_index: np.ndarray, parts: int, hops: int, hit_key: np.ndarray, *,
+                 adjacency: csr_array | None = None):
         if parts < 1 or hops < 0:
             raise InputError(f"HaloSplit needs parts >= 1 and hops >= 0; got {parts}, {hops}")
         self.edge_index = edge_index
@@ -133,10 +145,7 @@ class HaloSplit:
         bounds = np.quantile(key, np.linspace(0.0, 1.0, parts + 1)[1:-1]) if key.size else np.zeros(0)
         self.owner = np.searchsorted(bounds, key, side="right")
         self.parts = [part for part in range(parts) if np.any(self.owner == part)]
-        self.adjacency = csr_array(
-            (np.ones(2 * first.size, dtype=np.float32), (np.concatenate([first, second]), np.concatenate([second, first]))),
-            shape=(num_hits, num_hits),
-        )
+        self.adjacency = symmetric_adjacency(num_hits, edge_index) if adjacency is None else adjacency
 
     def part(self, part: int) -> tuple[np.ndarray, np.ndarray]:
         """``(columns, own)``: the ascending edge positions part ``part`` computes, and which

@@ -71,13 +71,10 @@ class EmbedStage(EnsembleStage):
     def __init__(self, bundle, config):
         super().__init__(bundle, config)
         self.steps = self._steps("embedding")
-        self.embedding_dim = int(bundle.networks["embedding"].outputs[0].dims[-1])
 
     def __call__(self, arrays):
         features = self._features(arrays)
         self.memory.check_hits(features.shape[0], self.config.memory_limit_bytes)
-        if features.shape[0] == 0:
-            return {"EMBEDDING": np.zeros((0, self.embedding_dim), dtype=np.float32)}
         return {"EMBEDDING": self.steps.embed(features)}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,32 @@ def test_weighted_bce_empty_and_bad_input():
         weighted_bce(torch.zeros(2), torch.zeros(2, dtype=torch.bool), 0.0)
     with pytest.raises(ValueError, match="shape"):
         weighted_bce(torch.zeros(2), torch.zeros(3, dtype=torch.bool))
+
+
+def test_classifier_step_counts_only_the_counted_edges_in_its_loss():
+    from trackserve.train.classifier import classifier_step
+
+    class Scores(torch.nn.Module):
+        """One free logit per edge, so the loss of each edge is visible in the gradient."""
+
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.tensor([2.0, -1.0, 0.5, 3.0]))
+
+        def forward(self, features, edges):
+            return self.logits * 1.0
+
+    features = np.zeros((3, 2), dtype=np.float32)
+    edges = np.array([[0, 1, 1, 2], [1, 2, 2, 0]])  # a repeated edge
+    labels = np.array([True, False, True, False])
+    counted = np.array([True, False, True, False])
+    network = Scores()
+    optimizer = torch.optim.SGD(network.parameters(), lr=1.0)
+    loss = classifier_step(network, optimizer, features, edges, labels, 2.0, counted)
+    expected = weighted_bce(torch.tensor([2.0, 0.5]), torch.tensor([True, True]), 2.0).item()
+    assert loss == pytest.approx(expected, rel=1e-6)
+    moved = (network.logits.detach() != torch.tensor([2.0, -1.0, 0.5, 3.0])).tolist()
+    assert moved == [True, False, True, False]
+    network = Scores()
+    every = classifier_step(network, torch.optim.SGD(network.parameters(), lr=1.0), features, edges, labels, 2.0)
+    assert every == pytest.approx(weighted_bce(torch.tensor([2.0, -1.0, 0.5, 3.0]), torch.from_numpy(labels), 2.0).item())

@@ -10,7 +10,8 @@ from trackserve.runtime.graph_building import build_graph
 from trackserve.train.classifier import cut_for_efficiency, passing
 from trackserve.train.embedding import radius_for_efficiency
 from trackserve.train.gnn import sector_subgraph
-from trackserve.train.pairs import knn_graph, neighbour_pairs, pair_labels, random_pairs, signal_labels, true_pairs
+from trackserve.train.pairs import (knn_graph, loss_mask, neighbour_pairs, pair_labels, random_pairs, signal_labels,
+                                    true_pairs)
 
 
 def test_true_pairs_keep_every_edge_touching_an_anchor():
@@ -41,6 +42,20 @@ def test_signal_labels_keep_only_the_edges_of_particles_above_the_pt():
     assert signal_labels(pairs, pids, pt, 0.0).tolist() == [True, False, True, False, True]
     assert signal_labels(pairs, pids, pt, 0.7).tolist() == [False, False, True, False, True]
     assert signal_labels(pairs, pids, pt, 1.0).tolist() == [False, False, True, False, False]
+
+
+def test_loss_mask_leaves_out_only_the_edges_of_soft_particles():
+    pids = np.array([7, 7, 0, 0, 3, 3, 5, 5])
+    pt = np.array([0.4, 0.4, 0.0, 0.0, 2.0, 2.0, 0.7, 0.7])
+    # soft particle 7, noise pair, hard particle 3, hard-to-soft (wrong) edge, soft 5 twice (repeated edge)
+    pairs = np.array([[0, 2, 4, 4, 6, 6], [1, 3, 5, 6, 7, 7]])
+    assert loss_mask(pairs, pids, pt, 1.0, ignore_soft=False) is None
+    assert loss_mask(pairs, pids, pt, 0.0, ignore_soft=True) is None
+    assert loss_mask(pairs, pids, pt, 0.5, ignore_soft=True).tolist() == [False, True, True, True, True, True]
+    assert loss_mask(pairs, pids, pt, 1.0, ignore_soft=True).tolist() == [False, True, True, True, False, False]
+    # what is counted keeps its label: wrong edges stay wrong, hard edges stay true
+    counted = loss_mask(pairs, pids, pt, 1.0, ignore_soft=True)
+    assert signal_labels(pairs, pids, pt, 1.0)[counted].tolist() == [False, True, False]
 
 
 def test_neighbour_pairs_match_brute_force():

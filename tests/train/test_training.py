@@ -89,7 +89,8 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
     from trackserve.events.features import EXATRKX_SERVICE
 
     events = simulated_events([SimulatedSource(num_particles=30)], 3, EXATRKX_SERVICE, seed=6, show_progress=False)
-    config = TrainingConfig.quick(threads=1, derive_eta=True, signal_min_pt=0.5, pair_geometry=True, pair_intercept=True)
+    config = TrainingConfig.quick(threads=1, derive_eta=True, signal_min_pt=0.5, ignore_soft_edges=True,
+                                  pair_geometry=True, pair_intercept=True)
     train_pipeline(events[:2], events[2], config, tmp_path / "bundle", spec=EXATRKX_SERVICE, show_progress=False)
     bundle = load_bundle(tmp_path / "bundle")
     eta = {"r": 0, "z": 2, "r_scale": 3000.0, "z_scale": 400.0}
@@ -97,7 +98,8 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
         assert bundle.networks[name].config["derived_eta"] == eta
         assert bundle.networks[name].inputs[0].dims[1] == 3
     settings = json.loads((tmp_path / "bundle" / "pipeline.json").read_text())["provenance"]["settings"]
-    assert settings["signal_min_pt"] == 0.5 and settings["derive_eta"] and settings["eta_columns"] == eta
+    assert settings["signal_min_pt"] == 0.5 and settings["ignore_soft_edges"]
+    assert settings["derive_eta"] and settings["eta_columns"] == eta
     geometry = {"r": 0, "phi": 1, "z": 2, "r_scale": 3000.0, "phi_scale": math.pi, "z_scale": 400.0, "intercept": True}
     assert settings["pair_intercept"] and settings["geometry_columns"] == geometry
     for name in ("filter", "gnn"):
@@ -118,6 +120,9 @@ def test_config_validation_names_the_setting():
         replace(config, threads=0).validate()
     with pytest.raises(InputError, match="run.signal_min_pt"):
         replace(config, signal_min_pt=-1.0).validate()
+    with pytest.raises(InputError, match="run.ignore_soft_edges must be off unless signal_min_pt is above 0"):
+        replace(config, ignore_soft_edges=True).validate()
+    replace(config, ignore_soft_edges=True, signal_min_pt=0.8).validate()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -130,6 +135,7 @@ def test_config_validation_names_the_setting():
     (["--random-events", "1", "--validation", "x", "--validation-particles", "y.csv"], "not both"),
     (["--random-events", "1", "--features", "r:1000,phi:pi,z:1000,eta:1", "--derive-eta"], "already has eta"),
     (["--random-events", "1", "--pair-intercept"], "run.pair_intercept must be off unless pair_geometry is on"),
+    (["--random-events", "1", "--ignore-soft-edges"], "run.ignore_soft_edges must be off unless signal_min_pt"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
     from trackserve.cli import main

@@ -79,6 +79,9 @@ def register(subparsers) -> None:
     run.add_argument("--max-neighbours", type=int, default=None, metavar="K", help="cap of the radius graph per hit")
     run.add_argument("--signal-min-pt", type=float, default=None, metavar="GEV",
                      help="filter and GNN learn to keep only edges of particles with at least this pT (default 0: all)")
+    run.add_argument("--ignore-soft-edges", action="store_true",
+                     help="with --signal-min-pt: leave the edges of softer particles out of the filter's and the "
+                          "GNN's loss instead of teaching them as wrong edges")
     run.add_argument("--derive-eta", action="store_true",
                      help="networks compute eta from the r and z features themselves (the bundle reads r, phi, z only)")
     run.add_argument("--pair-geometry", action="store_true",
@@ -114,6 +117,7 @@ def training_config(args: argparse.Namespace):
         seed=args.seed, threads=args.threads,
         **({"max_neighbours": args.max_neighbours} if args.max_neighbours is not None else {}),
         **({"signal_min_pt": args.signal_min_pt} if args.signal_min_pt is not None else {}),
+        **({"ignore_soft_edges": True} if args.ignore_soft_edges else {}),
         **({"derive_eta": True} if args.derive_eta else {}),
         **({"track_building": args.track_building} if args.track_building else {}),
         **({"pair_geometry": True} if args.pair_geometry else {}),

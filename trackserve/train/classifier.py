@@ -12,12 +12,20 @@ from .losses import weighted_bce
 
 
 def classifier_step(network, optimizer, features: np.ndarray, edges: np.ndarray, labels: np.ndarray,
-                    positive_weight: float) -> float:
-    """One optimiser step of weighted BCE on the edges ``[2, E]`` with boolean ``labels [E]``; the loss."""
+                    positive_weight: float, counted: np.ndarray | None = None) -> float:
+    """One optimiser step of weighted BCE on the edges ``[2, E]`` with boolean ``labels [E]``; the loss.
+
+    ``counted`` (bool ``[E]``, optional): only these edges enter the loss; every edge is
+    still part of the graph the network sees (a GNN passes messages along all of them).
+    """
     import torch
 
     logits = network(torch.from_numpy(features), torch.from_numpy(np.ascontiguousarray(edges)))
-    loss = weighted_bce(logits, torch.from_numpy(labels), positive_weight)
+    targets = torch.from_numpy(labels)
+    if counted is not None:
+        keep = torch.from_numpy(np.asarray(counted, dtype=bool))
+        logits, targets = logits[keep], targets[keep]
+    loss = weighted_bce(logits, targets, positive_weight)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -159,6 +159,8 @@ class TrainingConfig:
     particles of the validation track efficiency. ``signal_min_pt`` (GeV) sets what the
     filter and the GNN learn to keep: edges joining two hits of one particle with at least
     this pT (:func:`~trackserve.train.pairs.signal_labels`); 0 keeps every particle's edges.
+    ``ignore_soft_edges`` (with ``signal_min_pt > 0``) leaves the edges of softer particles
+    out of both losses instead of teaching them as wrong (:func:`~trackserve.train.pairs.loss_mask`).
     ``derive_eta`` makes every network compute η from the r and z features itself
     (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z; ``pair_geometry``
     gives the filter and the GNN each edge's transverse curvature and r-z pointing
@@ -178,6 +180,7 @@ class TrainingConfig:
     min_pt: float = 1.0
     min_hits: int = 5
     signal_min_pt: float = 0.0
+    ignore_soft_edges: bool = False
     derive_eta: bool = False
     pair_geometry: bool = False
     pair_intercept: bool = False
@@ -203,6 +206,8 @@ class TrainingConfig:
             ("min_pt", self.min_pt >= 0, ">= 0"),
             ("min_hits", self.min_hits >= 1, "an integer >= 1"),
             ("signal_min_pt", self.signal_min_pt >= 0, ">= 0 GeV"),
+            ("ignore_soft_edges", self.signal_min_pt > 0 or not self.ignore_soft_edges,
+             "off unless signal_min_pt is above 0 (it says which particles are soft)"),
             ("track_building", self.track_building in TRACK_BUILDING_METHODS, f"one of {', '.join(TRACK_BUILDING_METHODS)}"),
             ("pair_intercept", self.pair_geometry or not self.pair_intercept, "off unless pair_geometry is on "
              "(the intercept is part of the edge geometry)"),

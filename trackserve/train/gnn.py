@@ -17,7 +17,7 @@ from ..runtime.cut_tuning import CANDIDATE_CUTS
 from .classifier import classifier_step, passing, score_edges
 from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
-from .pairs import signal_labels
+from .pairs import loss_mask, signal_labels
 from .progress import progress, report
 from .validation import format_figures, graph_figures, track_figures, track_labels
 
@@ -93,6 +93,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels = [signal_labels(graph, event.particle_ids, event.hit_pt, config.signal_min_pt)
               for event, graph in zip(events, graphs)]
+    counted = [loss_mask(graph, event.particle_ids, event.hit_pt, config.signal_min_pt, config.ignore_soft_edges)
+               for event, graph in zip(events, graphs)]
     phis = [hit_phi(event) for event in events]
     half_width = np.pi / settings.sectors
     steps = settings.sectors * len(events)
@@ -109,7 +111,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
             hits, local, rows = sector_subgraph(phis[k], graphs[k], centre, half_width)
             if rows.size:
                 losses.append(classifier_step(network, optimizer, events[k].features[hits], local, labels[k][rows],
-                                              settings.positive_weight))
+                                              settings.positive_weight,
+                                              None if counted[k] is None else counted[k][rows]))
             scheduler.step()
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),

@@ -66,6 +66,20 @@ def signal_labels(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarra
     return same & (hit_pt[pairs[0]] >= min_pt)
 
 
+def loss_mask(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarray, min_pt: float,
+              ignore_soft: bool) -> np.ndarray | None:
+    """Which pairs the filter's and the GNN's loss counts, bool ``[P]``, or None for all of them.
+
+    With ``ignore_soft`` (and ``min_pt > 0``) the pairs joining two hits of one particle
+    softer than ``min_pt`` are left out: they are neither taught as edges to keep nor as
+    wrong edges, so the network spends its capacity on the tracks above ``min_pt`` without
+    learning that a real (curling) track segment is wrong. Otherwise every pair counts.
+    """
+    if not ignore_soft or min_pt <= 0:
+        return None
+    return ~(pair_labels(pairs, particle_ids) & (hit_pt[pairs[0]] < min_pt))
+
+
 def knn_graph(embedding: np.ndarray, radius: float, k: int) -> np.ndarray:
     """Pairs ``i < j`` closer than ``radius`` where either hit has the other among its ``k`` nearest.
 

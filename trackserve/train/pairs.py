@@ -58,7 +58,8 @@ def signal_labels(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarra
     The labels the filter and the GNN train on: with ``min_pt > 0`` the edges of softer
     particles count as wrong edges, so the networks learn to keep the tracks the bundle is
     meant for and to cut the curling low-pT ones that otherwise merge tracks in the
-    connected components. ``min_pt = 0`` gives :func:`pair_labels`.
+    connected components (or, with ``--ignore-soft-edges``, :func:`loss_mask` leaves them out
+    of the loss). ``min_pt = 0`` gives :func:`pair_labels`.
     """
     same = pair_labels(pairs, particle_ids)
     if min_pt <= 0:

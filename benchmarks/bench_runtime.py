@@ -16,8 +16,9 @@ thread count, like the baseline) and with as many events in flight as threads
 Events: the 100 published benchmark events (feature CSVs, 3 features) and a full-size
 simulated event (``simulate_event`` with the real particles of ``event000001000``, the
 bundle's features). Thread pools are set explicitly and identically: torch, faiss
-(OpenMP), ONNX Runtime intra-op, our graph threads. Warm-up first, then repetitions;
-medians. Labels are compared event by event as partitions; a difference is explained
+(OpenMP), ONNX Runtime intra-op, our graph threads. Warm-up first, then rounds, each
+one pass of every side in turn (a slow spell of a shared machine falls on both sides);
+ratios are the median of the rounds' ratios. Labels are compared event by event as partitions; a difference is explained
 by the first stage whose output differs (graph edges on the radius, scores at the cut).
 
 ``python benchmarks/bench_runtime.py [--bundle models/default] [--threads 2] [--quick]``
@@ -197,26 +198,63 @@ def explain(pipeline, features, base_out) -> str:
     return "gnn: scores at the cut"
 
 
-def timed_runs(function, events, repeats):
-    """Median over repeats of (seconds per stage summed over events, wall seconds)."""
-    runs = []
+def timed_pass(function, events):
+    """One pass of ``function`` over ``events``: (seconds per stage summed over events, wall seconds)."""
+    stage = dict.fromkeys(STAGES, 0.0)
+    start = time.perf_counter()
+    for features in events:
+        for key, value in function(features).items():
+            if key in stage:
+                stage[key] += value
+    return stage, time.perf_counter() - start
+
+
+def in_flight_pass(in_flight, events):
+    """One pass of ``in_flight.run_many`` over ``events``: (no stage times, wall seconds)."""
+    start = time.perf_counter()
+    for _result in in_flight.run_many(events):
+        pass
+    return None, time.perf_counter() - start
+
+
+def interleaved_rounds(passes: dict, repeats: int) -> dict:
+    """``repeats`` rounds, each running every pass of ``passes`` (name -> no-argument callable
+    returning (stage seconds, wall seconds)) once, in turn; returns name -> list of results.
+
+    Interleaving puts both sides of a comparison in the same few seconds of the machine's
+    life, so a slow spell of a shared machine falls on both instead of on whichever ran
+    then; ratios are taken round by round.
+    """
+    results = {name: [] for name in passes}
     for _ in range(repeats):
-        stage = dict.fromkeys(STAGES, 0.0)
-        start = time.perf_counter()
-        for features in events:
-            for key, value in function(features).items():
-                if key in stage:
-                    stage[key] += value
-        runs.append((stage, time.perf_counter() - start))
-    walls = [w for _, w in runs]
-    median_run = runs[walls.index(statistics.median_low(walls))]
-    return median_run
+        for name, run_pass in passes.items():
+            results[name].append(run_pass())
+    return results
+
+
+def median_pass(results: list) -> tuple:
+    """The pass with the median wall time (the lower one of an even count)."""
+    walls = [wall for _, wall in results]
+    return results[walls.index(statistics.median_low(walls))]
+
+
+def round_ratios(base: list, ours: list) -> list[float]:
+    """Baseline wall / our wall, round by round."""
+    return [b_wall / o_wall for (_, b_wall), (_, o_wall) in zip(base, ours)]
+
+
+def ratio_text(ratios: list[float]) -> str:
+    """``**median**x`` with the range of the rounds when there are several."""
+    median = statistics.median(ratios)
+    spread = f" (rounds {min(ratios):.2f}–{max(ratios):.2f}x)" if len(ratios) > 1 else ""
+    return f"**{median:.2f}x**{spread}"
 
 
 def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) -> tuple[float, int, float | None]:
-    """Time both on ``events``, check the labels, add a table to ``lines``; return (ratio,
-    identical, ratio of ``in_flight``: a pipeline whose ``run_many`` keeps several events
-    in flight, timed over the same events, or None)."""
+    """Time both on ``events`` in interleaved rounds, check the labels, add a table to ``lines``;
+    return (median per-round ratio, identical, median per-round ratio of ``in_flight``: a
+    pipeline whose ``run_many`` keeps several events in flight, timed in the same rounds, or
+    None)."""
     identical, notes = 0, []
     theirs_all = []
     for i, features in enumerate(events):
@@ -227,34 +265,37 @@ def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) ->
             identical += 1
         else:
             notes.append(f"event {i}: {explain(pipeline, features, out)}")
-    ours_stage, ours_wall = timed_runs(lambda f: pipeline.run(f).timings, events, repeats)
-    base_stage, base_wall = timed_runs(lambda f: baseline.run(f)[1], events, repeats)
+    same_in_flight = None
+    passes = {"ours": lambda: timed_pass(lambda f: pipeline.run(f).timings, events),
+              "baseline": lambda: timed_pass(lambda f: baseline.run(f)[1], events)}
+    if in_flight is not None:
+        same_in_flight = sum(same_partition(r.labels, t) for r, t in zip(in_flight.run_many(events), theirs_all))
+        passes["in_flight"] = lambda: in_flight_pass(in_flight, events)
+    rounds = interleaved_rounds(passes, repeats)
+    (ours_stage, ours_wall), (base_stage, base_wall) = median_pass(rounds["ours"]), median_pass(rounds["baseline"])
     count = len(events)
     lines += [f"**{name}**: {count} events, {sum(e.shape[0] for e in events) / count:,.0f} hits per event "
-              f"on average; median of {repeats} passes after a warm-up. Identical partitions: {identical}/{count}.", "",
+              f"on average; {repeats} rounds after a warm-up, each one pass of every side in turn; times from the "
+              f"median pass of each side, ratios the median of the rounds' ratios. Identical partitions: "
+              f"{identical}/{count}.", "",
               "| stage | baseline (ms/event) | ours (ms/event) | baseline / ours |", "| --- | ---: | ---: | ---: |"]
     for stage in STAGES:
         b, o = base_stage[stage] / count * 1e3, ours_stage[stage] / count * 1e3
         lines.append(f"| {stage} | {b:.2f} | {o:.2f} | {b / o if o else float('nan'):.2f}x |")
-    ratio = base_wall / ours_wall
+    ratios = round_ratios(rounds["baseline"], rounds["ours"])
+    ratio = statistics.median(ratios)
     lines += [f"| **events per second** (one event at a time) | {count / base_wall:.2f} | {count / ours_wall:.2f} | "
-              f"**{ratio:.2f}x** |"]
+              f"{ratio_text(ratios)} |"]
     flight_ratio = None
     if in_flight is not None:
-        same = sum(same_partition(r.labels, t) for r, t in zip(in_flight.run_many(events), theirs_all))
-        walls = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _result in in_flight.run_many(events):
-                pass
-            walls.append(time.perf_counter() - start)
-        flight_wall = statistics.median_low(walls)
-        flight_ratio = base_wall / flight_wall
+        flight_ratios = round_ratios(rounds["baseline"], rounds["in_flight"])
+        flight_ratio = statistics.median(flight_ratios)
+        flight_wall = median_pass(rounds["in_flight"])[1]
         config = in_flight.config
         lines.append(f"| **events per second**, ours with {config.event_workers} events in flight "
                      f"({config.resolved_intra_op_threads} network / {config.resolved_graph_threads} graph thread "
-                     f"each; identical partitions {same}/{count}) | {count / base_wall:.2f} | {count / flight_wall:.2f} | "
-                     f"**{flight_ratio:.2f}x** |")
+                     f"each; identical partitions {same_in_flight}/{count}) | {count / base_wall:.2f} | "
+                     f"{count / flight_wall:.2f} | {ratio_text(flight_ratios)} |")
     lines.append("")
     lines += [f"- {note}" for note in notes[:10]] + ([""] if notes else [])
     return ratio, identical, flight_ratio
@@ -278,7 +319,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the benchmark events")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds over the benchmark events (one pass of each side per round)")
     parser.add_argument("--sim-repeats", type=int, default=2, help="timed runs of the simulated event")
     parser.add_argument("--quick", action="store_true", help="20 events, 1 repeat, a 1/8-size simulated event")
     parser.add_argument("--sim-bundle", default=None,

@@ -18,8 +18,9 @@ simulated event (``simulate_event`` with the real particles of ``event000001000`
 bundle's features). Thread pools are set explicitly and identically: torch, faiss
 (OpenMP), ONNX Runtime intra-op, our graph threads. Warm-up first, then rounds, each
 one pass of every side in turn (a slow spell of a shared machine falls on both sides);
-ratios are the median of the rounds' ratios. Labels are compared event by event as partitions; a difference is explained
-by the first stage whose output differs (graph edges on the radius, scores at the cut).
+ratios are the median of the rounds' ratios. Labels are compared event by event as
+partitions; a difference is explained by the first stage whose output differs (graph
+edges on the radius, scores at the cut).
 
 ``python benchmarks/bench_runtime.py [--bundle models/default] [--threads 2] [--quick]``
 writes the section ``runtime_vs_baseline`` of ``benchmarks/RESULTS.md`` (for a bundle other
@@ -319,7 +320,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds over the benchmark events (one pass of each side per round)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds over the benchmark events (one pass of each side per round)")
     parser.add_argument("--sim-repeats", type=int, default=2, help="timed runs of the simulated event")
     parser.add_argument("--quick", action="store_true", help="20 events, 1 repeat, a 1/8-size simulated event")
     parser.add_argument("--sim-bundle", default=None,

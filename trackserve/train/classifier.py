@@ -9,6 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from .losses import weighted_bce
+from .pairs import edge_targets
+
+
+def training_targets(events, graphs: list[np.ndarray], config) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Labels and counted edges (:func:`~trackserve.train.pairs.edge_targets`) of each event's graph,
+    by the config's ``signal_min_pt`` and ``ignore_soft_edges``: ``(labels, counted)``, one entry per event."""
+    targets = [edge_targets(graph, event.particle_ids, event.hit_pt, config.signal_min_pt, config.ignore_soft_edges)
+               for event, graph in zip(events, graphs)]
+    return [labels for labels, _ in targets], [counted for _, counted in targets]
 
 
 def classifier_step(network, optimizer, features: np.ndarray, edges: np.ndarray, labels: np.ndarray,

@@ -158,9 +158,9 @@ class TrainingConfig:
     torch's pool and the graph builder; ``min_pt`` (GeV) and ``min_hits`` select the
     particles of the validation track efficiency. ``signal_min_pt`` (GeV) sets what the
     filter and the GNN learn to keep: edges joining two hits of one particle with at least
-    this pT (:func:`~trackserve.train.pairs.signal_labels`); 0 keeps every particle's edges.
+    this pT (:func:`~trackserve.train.pairs.edge_targets`); 0 keeps every particle's edges.
     ``ignore_soft_edges`` (with ``signal_min_pt > 0``) leaves the edges of softer particles
-    out of both losses instead of teaching them as wrong (:func:`~trackserve.train.pairs.loss_mask`).
+    out of both losses instead of teaching them as wrong (the same function).
     ``derive_eta`` makes every network compute η from the r and z features itself
     (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z; ``pair_geometry``
     gives the filter and the GNN each edge's transverse curvature and r-z pointing

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 
-from .classifier import classifier_step, cut_for_efficiency, passing, score_edges
+from .classifier import classifier_step, cut_for_efficiency, passing, score_edges, training_targets
 from .config import FilterSettings, TrainingConfig
 from .data import TrainingEvent
 from .embedding import embed
-from .pairs import loss_mask, pair_labels, signal_labels
+from .pairs import pair_labels
 from .progress import progress, report
 from .validation import format_figures, graph_figures
 
@@ -60,11 +60,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
     network = build_filter_network(settings, events[0].features.shape[1], config.periodic_features,
                                    config.eta_columns, config.geometry_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
-    labels = [signal_labels(graph, event.particle_ids, event.hit_pt, config.signal_min_pt)
-              for event, graph in zip(events, graphs)]
-    # The filter scores each edge alone, so edges left out of the loss are left out of its batches.
-    counted = [loss_mask(graph, event.particle_ids, event.hit_pt, config.signal_min_pt, config.ignore_soft_edges)
-               for event, graph in zip(events, graphs)]
+    labels, counted = training_targets(events, graphs, config)
     counts = [max(1, -(-graph.shape[1] // settings.batch_edges)) for graph in graphs]
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * sum(counts), pct_start=0.1)
@@ -77,7 +73,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
         network.train()
         for k, b in progress(batches, f"filter epoch {epoch + 1}/{settings.epochs}", enabled=show_progress):
             chosen = orders[k][b * settings.batch_edges:(b + 1) * settings.batch_edges]
-            if counted[k] is not None:
+            if counted[k] is not None:  # the filter scores each edge alone: left out of the loss, out of the batch
                 chosen = chosen[counted[k][chosen]]
             if chosen.size == 0:
                 scheduler.step()

@@ -14,10 +14,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..runtime.cut_tuning import CANDIDATE_CUTS
-from .classifier import classifier_step, passing, score_edges
+from .classifier import classifier_step, passing, score_edges, training_targets
 from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
-from .pairs import loss_mask, signal_labels
 from .progress import progress, report
 from .validation import format_figures, graph_figures, track_figures, track_labels
 
@@ -91,10 +90,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     network = build_gnn_network(settings, events[0].features.shape[1], config.periodic_features, config.eta_columns,
                                 config.geometry_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
-    labels = [signal_labels(graph, event.particle_ids, event.hit_pt, config.signal_min_pt)
-              for event, graph in zip(events, graphs)]
-    counted = [loss_mask(graph, event.particle_ids, event.hit_pt, config.signal_min_pt, config.ignore_soft_edges)
-               for event, graph in zip(events, graphs)]
+    labels, counted = training_targets(events, graphs, config)
     phis = [hit_phi(event) for event in events]
     half_width = np.pi / settings.sectors
     steps = settings.sectors * len(events)

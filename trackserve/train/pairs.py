@@ -52,33 +52,38 @@ def pair_labels(pairs: np.ndarray, particle_ids: np.ndarray) -> np.ndarray:
     return (first == second) & (first != 0)
 
 
-def signal_labels(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarray, min_pt: float) -> np.ndarray:
-    """Whether each pair joins two hits of one particle with pT >= ``min_pt`` (GeV), bool ``[P]``.
+def edge_targets(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarray, min_pt: float,
+                 ignore_soft: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the filter and the GNN train on: ``(labels, counted)`` for the ``pairs [2, P]``.
 
-    The labels the filter and the GNN train on: with ``min_pt > 0`` the edges of softer
-    particles count as wrong edges, so the networks learn to keep the tracks the bundle is
-    meant for and to cut the curling low-pT ones that otherwise merge tracks in the
-    connected components (or, with ``--ignore-soft-edges``, :func:`loss_mask` leaves them out
-    of the loss). ``min_pt = 0`` gives :func:`pair_labels`.
+    ``labels`` (bool ``[P]``): the pair joins two hits of one particle with pT >= ``min_pt``
+    (GeV). With ``min_pt > 0`` the edges of softer particles count as wrong edges, so the
+    networks learn to keep the tracks the bundle is meant for and to cut the curling low-pT
+    ones that otherwise merge tracks in the connected components. ``min_pt = 0`` gives
+    :func:`pair_labels`.
+
+    ``counted`` (bool ``[P]``, or None for every pair): which pairs the loss counts. With
+    ``ignore_soft`` (and ``min_pt > 0``) the pairs joining two hits of one particle softer
+    than ``min_pt`` are left out: neither taught as edges to keep nor as wrong edges, so the
+    network spends its capacity on the tracks above ``min_pt`` without learning that a real
+    (curling) track segment is wrong.
     """
     same = pair_labels(pairs, particle_ids)
     if min_pt <= 0:
-        return same
-    return same & (hit_pt[pairs[0]] >= min_pt)
+        return same, None
+    hard = hit_pt[pairs[0]] >= min_pt
+    return same & hard, (~(same & ~hard) if ignore_soft else None)
+
+
+def signal_labels(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarray, min_pt: float) -> np.ndarray:
+    """The ``labels`` of :func:`edge_targets`, bool ``[P]``."""
+    return edge_targets(pairs, particle_ids, hit_pt, min_pt)[0]
 
 
 def loss_mask(pairs: np.ndarray, particle_ids: np.ndarray, hit_pt: np.ndarray, min_pt: float,
               ignore_soft: bool) -> np.ndarray | None:
-    """Which pairs the filter's and the GNN's loss counts, bool ``[P]``, or None for all of them.
-
-    With ``ignore_soft`` (and ``min_pt > 0``) the pairs joining two hits of one particle
-    softer than ``min_pt`` are left out: they are neither taught as edges to keep nor as
-    wrong edges, so the network spends its capacity on the tracks above ``min_pt`` without
-    learning that a real (curling) track segment is wrong. Otherwise every pair counts.
-    """
-    if not ignore_soft or min_pt <= 0:
-        return None
-    return ~(pair_labels(pairs, particle_ids) & (hit_pt[pairs[0]] < min_pt))
+    """The ``counted`` of :func:`edge_targets`: which pairs the loss counts, or None for all."""
+    return edge_targets(pairs, particle_ids, hit_pt, min_pt, ignore_soft)[1]
 
 
 def knn_graph(embedding: np.ndarray, radius: float, k: int) -> np.ndarray:

@@ -7,7 +7,8 @@ then the bundle's cap and direction rule written plainly (self-pairs dropped, ea
 neighbours ranked by (distance, index), a pair kept when it is among the K nearest of
 either end); the filter in the same edge chunks; ``scipy.sparse.csgraph.connected_components``
 on the edges with ``sigmoid(score) > cut`` (for a ``best_edges`` bundle, after keeping each
-hit's best inward and outward edge, written plainly with ``numpy.maximum.at``). Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
+hit's best inward and outward edge, and with a gap cut the best weaker edges of the hits
+left without one, written plainly with ``numpy.maximum.at``). Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
 
 On the benchmark events ours is timed twice: one event at a time (every pool at the full
 thread count, like the baseline) and with as many events in flight as threads
@@ -102,19 +103,38 @@ class Baseline:
             edges = np.concatenate([np.stack([small, large]), np.stack([large, small])], axis=1)
         return edges[:, np.lexsort((edges[1], edges[0]))]
 
-    def best_edges(self, features, edges, prob):
-        """Each hit's best outward and inward edge (hits ordered by distance from the origin), plainly."""
+    def ends(self, features, edges):
+        """(inner, outer) hit of each edge by distance from the origin, plainly."""
         names, scales = self.feature_names, self.feature_scales
         distance = np.hypot(features[:, names.index("r")] * scales[names.index("r")],
                             features[:, names.index("z")] * scales[names.index("z")])
         swap = (distance[edges[0]] > distance[edges[1]]) | ((distance[edges[0]] == distance[edges[1]]) & (edges[0] > edges[1]))
-        inner, outer = np.where(swap, edges[1], edges[0]), np.where(swap, edges[0], edges[1])
+        return np.where(swap, edges[1], edges[0]), np.where(swap, edges[0], edges[1])
+
+    def best_edges(self, features, edges, prob):
+        """Each hit's best outward and inward edge (hits ordered by distance from the origin), plainly: a mask."""
+        inner, outer = self.ends(features, edges)
         keep = np.zeros(edges.shape[1], dtype=bool)
         for end in (inner, outer):
             best = np.full(features.shape[0], -np.inf)
             np.maximum.at(best, end, prob)
             keep |= prob == best[end]
-        return edges[:, keep & (inner != outer)]
+        return keep & (inner != outer)
+
+    def gap_edges(self, features, edges, prob, kept):
+        """The edges that are the best of both of their free ends (no kept edge on that side), plainly: a mask."""
+        inner, outer = self.ends(features, edges)
+        has_out = np.zeros(features.shape[0], dtype=bool)
+        has_out[inner[kept]] = True
+        has_in = np.zeros(features.shape[0], dtype=bool)
+        has_in[outer[kept]] = True
+        free = ~kept & (inner != outer) & ~has_out[inner] & ~has_in[outer]
+        fills = free.copy()
+        for end in (inner, outer):
+            best = np.full(features.shape[0], -np.inf)
+            np.maximum.at(best, end[free], prob[free])
+            fills &= prob == best[end]
+        return fills
 
     def run(self, features: np.ndarray):
         """(labels, per-stage seconds, intermediate results) of one event."""
@@ -139,10 +159,20 @@ class Baseline:
             gnn_prob = torch.sigmoid(self.nets["gnn"](x, torch.from_numpy(kept))).numpy() if kept.shape[1] else np.zeros(0)
             times["gnn"] = time.perf_counter() - t
         t = time.perf_counter()
-        good = kept[:, gnn_prob > self.stages.gnn_cut]
         n = features.shape[0]
-        if self.stages.track_building == "best_edges":
-            good = self.best_edges(features, good, gnn_prob[gnn_prob > self.stages.gnn_cut])
+        gap_cut = self.stages.gap_cut
+        if self.stages.track_building != "best_edges":
+            good = kept[:, gnn_prob > self.stages.gnn_cut]
+        elif gap_cut is None:
+            strong = gnn_prob > self.stages.gnn_cut
+            good = kept[:, strong][:, self.best_edges(features, kept[:, strong], gnn_prob[strong])]
+        else:
+            weak = gnn_prob > gap_cut
+            edges, prob = kept[:, weak], gnn_prob[weak]
+            strong = prob > self.stages.gnn_cut
+            chosen = np.zeros(prob.size, dtype=bool)
+            chosen[strong] = self.best_edges(features, edges[:, strong], prob[strong])
+            good = edges[:, chosen | self.gap_edges(features, edges, prob, chosen)]
         graph = coo_array((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
         _, labels = connected_components(graph, directed=False)
         times["tracks"] = time.perf_counter() - t

@@ -20,8 +20,11 @@ Layout::
   it and its ``architecture`` (the torch class), and optionally ``weights`` (``file`` and
   ``sha256`` of the torch ``state_dict``, to rebuild the exact torch network);
 * ``stages``: ``radius`` and ``max_neighbours`` of the graph, ``filter_cut`` and
-  ``gnn_cut`` (probabilities, applied after the sigmoid), and ``edge_direction``
-  (see :data:`EDGE_DIRECTIONS`);
+  ``gnn_cut`` (probabilities, applied after the sigmoid), ``edge_direction``
+  (see :data:`EDGE_DIRECTIONS`), optionally ``track_building`` (see
+  :data:`TRACK_BUILDING_METHODS`; ``"components"`` when absent) and, for ``best_edges``,
+  ``gap_cut`` (a lower cut whose edges fill the gaps the GNN cut leaves; absent: none).
+  Any other key is refused, so a bundle that needs a newer trackserve says so;
 * ``provenance``: free-form record of the data, training settings, package versions
   and creation date.
 
@@ -129,8 +132,12 @@ NETWORK_KINDS: dict[str, str] = {"embedding": "embedding", "filter": "edge_class
 TRACK_BUILDING_METHODS = ("components", "best_edges")
 
 
+#: The keys of ``stages`` in ``pipeline.json``; the last two are optional.
+STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction", "track_building", "gap_cut")
+
+
 def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
-                    track_building="components") -> list[str]:
+                    track_building="components", gap_cut=None) -> list[str]:
     problems = []
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
@@ -147,6 +154,13 @@ def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
         problems.append(
             f"stages.track_building: {track_building!r} is not one of {', '.join(map(repr, TRACK_BUILDING_METHODS))}"
         )
+    if gap_cut is not None:
+        if isinstance(gap_cut, bool) or not isinstance(gap_cut, (int, float)) or not (0.0 <= gap_cut <= 1.0):
+            problems.append(f"stages.gap_cut: {gap_cut!r} is outside [0, 1] (a probability, like gnn_cut)")
+        elif isinstance(gnn_cut, (int, float)) and not isinstance(gnn_cut, bool) and gap_cut > gnn_cut:
+            problems.append(f"stages.gap_cut: {gap_cut!r} is above gnn_cut {gnn_cut!r} (it fills the gaps that cut leaves)")
+        if track_building != "best_edges":
+            problems.append(f"stages.gap_cut: gap filling needs track_building 'best_edges', not {track_building!r}")
     return problems
 
 
@@ -158,7 +172,9 @@ class StageParameters:
     embedding, at most ``max_neighbours`` per hit. ``filter_cut`` and ``gnn_cut``: an edge is
     kept when ``sigmoid(logit) > cut``. ``edge_direction``: one of :data:`EDGE_DIRECTIONS`.
     ``track_building``: one of :data:`TRACK_BUILDING_METHODS` (default ``"components"``,
-    also for bundles written before the key existed).
+    also for bundles written before the key existed). ``gap_cut``: for ``best_edges``, a
+    cut in ``[0, gnn_cut]`` whose edges fill the gaps ``gnn_cut`` leaves
+    (:func:`~trackserve.runtime.track_building.gap_edges`); None (default): no gap filling.
     Invalid values raise :class:`~trackserve.errors.BundleError` naming each.
     """
 
@@ -168,10 +184,11 @@ class StageParameters:
     gnn_cut: float
     edge_direction: str
     track_building: str = "components"
+    gap_cut: float | None = None
 
     def __post_init__(self):
         problems = _stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction,
-                                   self.track_building)
+                                   self.track_building, self.gap_cut)
         if problems:
             raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -184,16 +201,25 @@ class StageParameters:
             "gnn_cut": self.gnn_cut,
             "edge_direction": self.edge_direction,
             "track_building": self.track_building,
+            **({} if self.gap_cut is None else {"gap_cut": self.gap_cut}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "StageParameters":
-        """Inverse of :meth:`to_dict`; missing keys or invalid values raise BundleError."""
-        missing = [k for k in ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction") if k not in data]
+        """Inverse of :meth:`to_dict`; missing or unknown keys or invalid values raise BundleError."""
+        missing = [k for k in STAGE_KEYS[:5] if k not in data]
         if missing:
             raise BundleError(f"stages: missing key(s) {', '.join(map(repr, missing))}")
+        unknown = [k for k in data if k not in STAGE_KEYS]
+        if unknown:
+            raise BundleError(_unknown_stage_keys(unknown))
         return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"],
-                   data.get("track_building", "components"))
+                   data.get("track_building", "components"), data.get("gap_cut"))
+
+
+def _unknown_stage_keys(unknown: list) -> str:
+    return (f"stages: unknown key(s) {', '.join(map(repr, unknown))} (this trackserve knows "
+            f"{', '.join(STAGE_KEYS)}; a bundle written by a newer trackserve needs that version)")
 
 
 @dataclass(frozen=True)
@@ -520,20 +546,24 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
     if not isinstance(raw_stages, dict):
         problems.append(f"stages: expected an object, got {type(raw_stages).__name__}")
     else:
-        keys = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction")
+        keys = STAGE_KEYS[:5]
         absent = [k for k in keys if k not in raw_stages]
+        unknown = [k for k in raw_stages if k not in STAGE_KEYS]
+        if unknown:
+            problems.append(_unknown_stage_keys(unknown))
         if absent:
             problems.append(f"stages: missing key(s) {', '.join(map(repr, absent))}")
-        else:
+        elif not unknown:
             method = raw_stages.get("track_building", "components")
-            stage_problems = _stage_problems(*(raw_stages[k] for k in keys), method)
+            gap_cut = raw_stages.get("gap_cut")
+            stage_problems = _stage_problems(*(raw_stages[k] for k in keys), method, gap_cut)
             if method == "best_edges" and features is not None and not {"r", "z"} <= set(features["names"]):
                 stage_problems.append(
                     f"stages.track_building: 'best_edges' orders hits by r and z, the features {features['names']} lack them"
                 )
             problems.extend(stage_problems)
             if not stage_problems:
-                stages = StageParameters(*(raw_stages[k] for k in keys), method)
+                stages = StageParameters(*(raw_stages[k] for k in keys), method, gap_cut)
 
     provenance = data["provenance"]
     if not isinstance(provenance, dict):

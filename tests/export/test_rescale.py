@@ -101,6 +101,19 @@ def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path
     assert main(["rescale", str(tmp_path / "new"), "--output", str(tmp_path / "again")]) == 2
 
 
+def test_rescaling_keeps_the_gap_cut_unless_the_method_changes(tmp_path):
+    from trackserve.export.rescale import rescale_bundle
+
+    stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j",
+                             track_building="best_edges", gap_cut=0.2)
+    make_bundle(tmp_path / "old", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "test"})
+    rescale_bundle(tmp_path / "old", tmp_path / "same", EXATRKX_SERVICE)
+    assert load_bundle(tmp_path / "same").stages == stages
+    rescale_bundle(tmp_path / "old", tmp_path / "plain", EXATRKX_SERVICE, track_building="components")
+    plain = load_bundle(tmp_path / "plain").stages
+    assert (plain.track_building, plain.gap_cut, plain.gnn_cut) == ("components", None, 0.5)
+
+
 def test_a_rescaling_that_changes_the_networks_output_is_refused_before_writing(tmp_path, monkeypatch):
     import trackserve.export.rescale as rescale
     from trackserve.cli import main

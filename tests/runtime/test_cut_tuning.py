@@ -16,7 +16,7 @@ from trackserve.events.metrics import evaluate_event
 from trackserve.events.trackml import read_event
 from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.config import RuntimeConfig
-from trackserve.runtime.cut_tuning import CANDIDATE_CUTS, tune_gnn_cut
+from trackserve.runtime.cut_tuning import CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, tune_gnn_cut
 from trackserve.runtime.pipeline import Pipeline
 
 from ..conftest import SAMPLE_EVENT
@@ -37,10 +37,11 @@ def pipeline():
 def test_every_cut_is_scored_as_the_pipeline_would_label_the_event(pipeline, event, method):
     best, rows = tune_gnn_cut(pipeline, event, method=method, min_pt=0.5, min_hits=3)
     assert [row.cut for row in rows] == list(CANDIDATE_CUTS)
-    assert best == max(rows, key=lambda row: (row.score, -row.cut)).cut
+    assert all(row.gap_cut is None for row in rows)
+    assert best == max(rows, key=lambda row: (row.score, -row.cut))
     # The figures of a cut are those of the pipeline run with that cut and method.
     for row in (rows[0], rows[len(rows) // 2], rows[-1]):
-        stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, track_building=method)
+        stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, gap_cut=row.gap_cut, track_building=method)
         at_cut = Pipeline(dataclasses.replace(pipeline.bundle, stages=stages),
                           config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
         labels = at_cut.run_event(event).labels
@@ -53,8 +54,8 @@ def test_a_fake_rate_bound_restricts_the_choice(pipeline, event):
     best, rows = tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=1.0)
     assert best == tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3)[0]
     bound = float(np.median([np.nan_to_num(row.fake_rate) for row in rows]))
-    bounded, _ = tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=bound)
-    chosen = next(row for row in rows if row.cut == bounded)
+    chosen, _ = tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=bound)
+    assert chosen in rows
     assert np.nan_to_num(chosen.fake_rate) <= bound
     assert all(row.score <= chosen.score for row in rows if np.nan_to_num(row.fake_rate) <= bound)
 
@@ -78,13 +79,49 @@ def test_tune_cut_command_prints_and_writes(tmp_path, capsys):
     assert before == json.loads((DEFAULT_BUNDLE / "pipeline.json").read_text())  # nothing written without --write
     assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
                  "--track-building", "components", "--write"]) == 0
-    best = float(capsys.readouterr().out.split("stored GNN cut ")[1].split()[0])
+    best = float(capsys.readouterr().out.split("stored GNN cut ")[1].split(",")[0])
     tuned = load_bundle(bundle)
     assert tuned.stages.gnn_cut == best and tuned.stages.track_building == "components"
+    assert tuned.stages.gap_cut is None
     record = tuned.provenance["gnn_cut_tuned"]
-    assert record["previous"] == {"gnn_cut": before["stages"]["gnn_cut"], "track_building": "best_edges"}
-    assert record["stages"] == {"gnn_cut": best, "track_building": "components"}
+    assert record["previous"] == {"gnn_cut": before["stages"]["gnn_cut"], "gap_cut": before["stages"].get("gap_cut"),
+                                  "track_building": "best_edges"}
+    assert record["stages"] == {"gnn_cut": best, "gap_cut": None, "track_building": "components"}
     assert 0 <= record["figures"]["efficiency"] <= 1
+
+
+def test_gap_cuts_are_tried_below_each_cut_and_scored_as_the_pipeline_would(pipeline, event):
+    cuts, gaps = (0.5, 0.8), (0.1, 0.3, 0.6, 0.9)
+    best, rows = tune_gnn_cut(pipeline, event, method="best_edges", min_pt=0.5, min_hits=3, cuts=cuts, gap_cuts=gaps)
+    assert [(row.cut, row.gap_cut) for row in rows] == [(0.5, None), (0.5, 0.1), (0.5, 0.3),
+                                                         (0.8, None), (0.8, 0.1), (0.8, 0.3), (0.8, 0.6)]
+    assert best == max(rows, key=lambda row: (row.score, -row.cut, row.cut if row.gap_cut is None else row.gap_cut))
+    row = rows[1]
+    stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, gap_cut=row.gap_cut, track_building="best_edges")
+    labels = Pipeline(dataclasses.replace(pipeline.bundle, stages=stages),
+                      config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run_event(event).labels
+    figures = evaluate_event(event, event.hits["hit_id"], labels, min_pt=0.5, min_hits=3)
+    np.testing.assert_equal((row.efficiency, row.fake_rate), (figures["efficiency"], figures["fake_rate"]))
+    with pytest.raises(InputError, match="tune them with track building 'best_edges', not 'components'"):
+        tune_gnn_cut(pipeline, event, method="components", gap_cuts=gaps)
+
+
+def test_tune_cut_command_fills_gaps_and_writes_the_gap_cut(tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                 "--fill-gaps", "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "gap cut" in out and "<- best" in out
+    tuned = load_bundle(bundle)
+    record = tuned.provenance["gnn_cut_tuned"]
+    assert record["gap_cuts_tried"] == list(CANDIDATE_GAP_CUTS)
+    assert record["stages"] == {"gnn_cut": tuned.stages.gnn_cut, "gap_cut": tuned.stages.gap_cut,
+                                "track_building": "best_edges"}
+    assert tuned.stages.gap_cut is None or tuned.stages.gap_cut < tuned.stages.gnn_cut
+    before = json.loads((DEFAULT_BUNDLE / "pipeline.json").read_text())["provenance"].get("gnn_cut_tuned")
+    if before is not None:  # the shipped bundle's own tuning stays on record
+        assert record["earlier"][0] == {k: v for k, v in before.items() if k != "earlier"}
 
 
 def test_tune_cut_command_needs_a_validation_event(tiny_bundle, capsys):

@@ -52,6 +52,7 @@ def describe(bundle) -> str:
     lines.append(
         f"stages: radius {stages.radius:g}, max_neighbours {stages.max_neighbours}, filter_cut {stages.filter_cut:g}, "
         f"gnn_cut {stages.gnn_cut:g}, edge_direction {stages.edge_direction}, track_building {stages.track_building}"
+        + ("" if stages.gap_cut is None else f", gap_cut {stages.gap_cut:g}")
     )
     engines = sorted(p.name for p in (bundle.directory / ENGINES_DIR).glob("*") if p.is_dir()) \
         if (bundle.directory / ENGINES_DIR).is_dir() else []

@@ -7,7 +7,11 @@ with the trainer's validation seeds, so ``--validation-particles TABLE --seed S`
 the event ``trackserve train --seed S`` validated on), prints the track figures of every
 candidate cut, and with ``--write`` stores the best one (the trainer's rule: efficiency
 minus fake rate; with ``--max-fake-rate F`` only among the cuts whose fake rate is at most
-F) in the bundle's ``pipeline.json`` with a provenance record.
+F) in the bundle's ``pipeline.json`` with a provenance record (``gnn_cut_tuned``; the
+records of earlier tunings move into its ``earlier`` list). With ``--fill-gaps``
+(track building ``best_edges``) each cut is also tried with every lower gap cut of
+0.05, 0.10, ..., 0.90 and the best pair is chosen; ``--write`` then stores the gap cut too
+(without ``--fill-gaps`` the bundle is written without one).
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-hits", type=int, default=5, metavar="N", help="particles counted (default 5 hits)")
     parser.add_argument("--max-fake-rate", type=float, default=None, metavar="F",
                         help="only cuts whose fake rate is at most F compete (for example 0.02)")
-    parser.add_argument("--write", action="store_true", help="store the chosen cut (and method) in the bundle")
+    parser.add_argument("--fill-gaps", action="store_true",
+                        help="best_edges only: also try each cut with every lower gap cut (0.05 .. 0.90), whose edges "
+                             "fill the gaps the cut leaves, and choose the best pair")
+    parser.add_argument("--write", action="store_true",
+                        help="store the chosen cut, gap cut and method in the bundle")
     parser.set_defaults(handler=run)
 
 
@@ -68,40 +76,70 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..bundle import save_bundle
-    from ..runtime.cut_tuning import tune_gnn_cut
+    from ..runtime.cut_tuning import CANDIDATE_GAP_CUTS, tune_gnn_cut
     from ..runtime.pipeline import Pipeline
 
     pipeline = Pipeline(args.bundle)
     method = args.track_building or pipeline.stages.track_building
     event, described = _validation_event(args, pipeline.feature_spec)
     best, rows = tune_gnn_cut(pipeline, event, method=method, min_pt=args.min_pt, min_hits=args.min_hits,
+                              gap_cuts=CANDIDATE_GAP_CUTS if args.fill_gaps else None,
                               max_fake_rate=args.max_fake_rate)
+    stages = pipeline.stages
     print(f"{described}: {event.num_hits} hits; track building {method}; particles with pT >= {args.min_pt:g} GeV "
           f"and >= {args.min_hits} hits")
-    print(f"{'cut':>5}  {'efficiency':>10}  {'fake rate':>9}  {'duplicates':>10}  {'eff - fake':>10}")
-    for row in rows:
-        mark = "  <- best" if row.cut == best else ("  (bundle's)" if row.cut == pipeline.stages.gnn_cut else "")
-        print(f"{row.cut:5.2f}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.duplicate_rate:10.4f}  "
+    if args.fill_gaps:
+        print("each cut without gap filling, then with the gap cut that scores best at it")
+    print(f"{'cut':>5}  {'gap cut':>7}  {'efficiency':>10}  {'fake rate':>9}  {'duplicates':>10}  {'eff - fake':>10}")
+    for row in _shown_rows(rows, args.max_fake_rate):
+        current = row.cut == stages.gnn_cut and row.gap_cut == stages.gap_cut and method == stages.track_building
+        mark = "  <- best" if row == best else ("  (bundle's)" if current else "")
+        gap = "-" if row.gap_cut is None else f"{row.gap_cut:.2f}"
+        print(f"{row.cut:5.2f}  {gap:>7}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.duplicate_rate:10.4f}  "
               f"{row.score:10.4f}{mark}")
+    chosen = _describe(best.cut, best.gap_cut)
     if not args.write:
-        print(f"best cut {best:g} (the bundle has {pipeline.stages.gnn_cut:g}); --write stores it")
+        print(f"best: {chosen} (the bundle has {_describe(stages.gnn_cut, stages.gap_cut)}); --write stores it")
         return 0
     bundle = pipeline.bundle
-    previous = {"gnn_cut": bundle.stages.gnn_cut, "track_building": bundle.stages.track_building}
-    chosen = next(row for row in rows if row.cut == best)
+    previous = {"gnn_cut": stages.gnn_cut, "gap_cut": stages.gap_cut, "track_building": stages.track_building}
+    rule = "highest efficiency minus fake rate"
+    if args.max_fake_rate is not None:
+        rule += f" among the candidates with a fake rate <= {args.max_fake_rate:g}"
     record = {
         "event": described, "num_hits": int(event.num_hits), "min_pt": args.min_pt, "min_hits": args.min_hits,
-        "rule": "highest efficiency minus fake rate"
-        + ("" if args.max_fake_rate is None else f" among the cuts with a fake rate <= {args.max_fake_rate:g}"),
+        "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
         "previous": previous,
-        "stages": {"gnn_cut": best, "track_building": method},
+        "stages": {"gnn_cut": best.cut, "gap_cut": best.gap_cut, "track_building": method},
         # NaN (no particle or no candidate track to count) is written as null.
         "figures": {name: (None if value != value else value) for name, value in (
-            ("efficiency", chosen.efficiency), ("fake_rate", chosen.fake_rate), ("duplicate_rate", chosen.duplicate_rate))},
+            ("efficiency", best.efficiency), ("fake_rate", best.fake_rate), ("duplicate_rate", best.duplicate_rate))},
     }
-    tuned = dataclasses.replace(bundle, stages=dataclasses.replace(bundle.stages, gnn_cut=best, track_building=method),
-                                provenance={**bundle.provenance, "gnn_cut_tuned": record})
+    earlier = bundle.provenance.get("gnn_cut_tuned")
+    if isinstance(earlier, dict):  # keep the history of earlier tunings, latest first
+        record["earlier"] = [{k: v for k, v in earlier.items() if k != "earlier"}, *earlier.get("earlier", [])]
+    new_stages = dataclasses.replace(stages, gnn_cut=best.cut, gap_cut=best.gap_cut, track_building=method)
+    tuned = dataclasses.replace(bundle, stages=new_stages, provenance={**bundle.provenance, "gnn_cut_tuned": record})
     directory = save_bundle(tuned, bundle.directory).directory
-    print(f"stored GNN cut {best:g} and track building {method} in {Path(directory) / 'pipeline.json'} "
-          f"(was {previous['gnn_cut']:g}, {previous['track_building']})")
+    print(f"stored {chosen} and track building {method} in {Path(directory) / 'pipeline.json'} "
+          f"(was {_describe(stages.gnn_cut, stages.gap_cut)}, {stages.track_building})")
     return 0
+
+
+def _describe(cut: float, gap_cut: float | None) -> str:
+    return f"GNN cut {cut:g}, " + ("no gap cut" if gap_cut is None else f"gap cut {gap_cut:g}")
+
+
+def _shown_rows(rows, max_fake_rate):
+    """Every cut's row without gap filling, then its best gap-filling row (within the fake-rate bound if any)."""
+    import numpy as np
+
+    shown = []
+    for cut in dict.fromkeys(row.cut for row in rows):
+        at_cut = [row for row in rows if row.cut == cut]
+        shown.extend(row for row in at_cut if row.gap_cut is None)
+        gaps = [row for row in at_cut if row.gap_cut is not None]
+        allowed = [row for row in gaps if max_fake_rate is None or np.nan_to_num(row.fake_rate) <= max_fake_rate]
+        if allowed or gaps:
+            shown.append(max(allowed or gaps, key=lambda row: (row.score, row.gap_cut)))
+    return shown

@@ -99,7 +99,8 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
 
     The networks are rebuilt from the bundle's torch weights, rescaled
     (:func:`rescale_networks`), exported and validated as every bundle network is; the
-    stage parameters are kept (``track_building`` replaces the method when given).
+    stage parameters are kept (``track_building`` replaces the method when given, and a change of method drops
+    the gap cut, which was chosen for the old one).
     ``check_features`` (an Event) is run through both bundles' networks first: the largest
     output difference of each network is returned and recorded in the provenance, and a
     difference above :data:`RESCALE_TOLERANCE` (relative to the output scale) raises
@@ -135,7 +136,10 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
         if failures:
             raise InputError("the rescaled networks do not compute what the originals compute on the check event, "
                              "so nothing was written: " + "; ".join(failures))
-    stages = bundle.stages if track_building is None else dataclasses.replace(bundle.stages, track_building=track_building)
+    stages = bundle.stages
+    if track_building is not None and track_building != stages.track_building:
+        # A gap cut belongs to the best-edge method it was chosen for.
+        stages = dataclasses.replace(stages, track_building=track_building, gap_cut=None)
     provenance = dict(bundle.provenance)
     provenance["rescaled"] = {
         "from": str(Path(source)), "from_features": {"names": list(old_spec.names), "scales": list(old_spec.scales)},

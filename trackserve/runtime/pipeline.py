@@ -134,9 +134,9 @@ class Pipeline:
                      features: np.ndarray | None = None) -> np.ndarray:
         """Track label per hit: connected components of the edges whose GNN score passes the cut,
         by the bundle's ``track_building`` method (``best_edges`` reads the hits' r and z from
-        ``features``, which it then needs)."""
+        ``features``, which it then needs) and its ``gap_cut`` when it has one."""
         return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut, method=self.stages.track_building,
-                            hit_order=bundle_hit_order(self.bundle, features))
+                            hit_order=bundle_hit_order(self.bundle, features), gap_cut=self.stages.gap_cut)
 
     def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """GNN logits of the pipeline's own (valid) edges (see :meth:`NetworkSteps.gnn_logits`)."""

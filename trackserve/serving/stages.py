@@ -164,7 +164,8 @@ class ComponentsStage(EnsembleStage):
         edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER")
         scores = _scores(arrays["GNN_SCORES"], edges.shape[1], "GNN_SCORES")
         return {LABELS: build_tracks(num_hits, edges, scores, self.stages.gnn_cut, method=self.stages.track_building,
-                                     hit_order=bundle_hit_order(self.bundle, arrays[FEATURES]))}
+                                     hit_order=bundle_hit_order(self.bundle, arrays[FEATURES]),
+                                     gap_cut=self.stages.gap_cut)}
 
 
 _STAGES = {cls.name: cls for cls in (EmbedStage, GraphStage, FilterStage, ApplyFilterStage, GnnStage, ComponentsStage)}

@@ -151,7 +151,10 @@ def main() -> int:
         f"Machine: {machine_description()}. Threads: ONNX Runtime intra-op {args.threads}, graph building {args.threads} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + load_note(),
         f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
-        f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g}."
+        f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g}, "
+        f"track building {stages.track_building}"
+        + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
+           "passing the GNN cut; gaps are filled from the edges passing the gap cut)") + "."
         + (" **Small run (`--small`): 1/10 of the particles.**" if args.small else ""),
         "",
         f"Tracks: double-majority efficiency for particles with pT > {MIN_PT:g} GeV and >= {MIN_HITS} hits; fake rate = "

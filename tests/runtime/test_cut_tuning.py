@@ -125,9 +125,10 @@ def test_tune_cut_command_fills_gaps_and_writes_the_gap_cut(tmp_path, capsys):
 
 
 def test_tune_cut_command_needs_a_validation_event(tiny_bundle, capsys):
-    with pytest.raises(SystemExit):
-        main(["tune-cut", str(tiny_bundle)])
-    assert "--validation" in capsys.readouterr().err
+    assert main(["tune-cut", str(tiny_bundle)]) == 2
+    assert "give at least one validation event: --validation EVENT" in capsys.readouterr().err
+    assert main(["tune-cut", str(tiny_bundle), "--validation-random", "0"]) == 2
+    assert "give a number of particles >= 1" in capsys.readouterr().err
     assert main(["tune-cut", str(tiny_bundle), "--validation-particles", "/nonexistent.csv"]) == 2
     assert "no such file" in capsys.readouterr().err
 
@@ -140,3 +141,26 @@ def test_figures_that_cannot_be_counted_are_written_as_null(tiny_bundle, tmp_pat
                  "--write"]) == 0
     figures = load_bundle(bundle).provenance["gnn_cut_tuned"]["figures"]
     assert all(value is None or 0 <= value <= 1 for value in figures.values())
+
+
+def test_several_validation_events_are_averaged_and_the_bound_holds_on_each(pipeline, event):
+    from trackserve.events.simulate import SimulationConfig, simulate_event
+    from trackserve.events.geometry import load_geometry
+
+    other = simulate_event(load_geometry(), SimulationConfig(num_particles=300), seed=(7, 1), event_id=1)
+    cuts, gaps = (0.5, 0.8), (0.2,)
+    both, rows = tune_gnn_cut(pipeline, [event, other], min_pt=0.5, min_hits=3, cuts=cuts, gap_cuts=gaps)
+    _, first = tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, cuts=cuts, gap_cuts=gaps)
+    _, second = tune_gnn_cut(pipeline, other, min_pt=0.5, min_hits=3, cuts=cuts, gap_cuts=gaps)
+    for row, a, b in zip(rows, first, second):
+        assert (row.cut, row.gap_cut) == (a.cut, a.gap_cut) == (b.cut, b.gap_cut)
+        np.testing.assert_allclose(row.efficiency, np.nanmean([a.efficiency, b.efficiency]))
+        np.testing.assert_allclose(row.fake_rate, np.nanmean([a.fake_rate, b.fake_rate]))
+        assert row.worst_fake_rate == max(a.worst_fake_rate, b.worst_fake_rate)
+    bound = sorted(row.worst_fake_rate for row in rows)[1]
+    chosen, _ = tune_gnn_cut(pipeline, [event, other], min_pt=0.5, min_hits=3, cuts=cuts, gap_cuts=gaps,
+                             max_fake_rate=bound)
+    assert chosen.worst_fake_rate <= bound
+    assert all(row.score <= chosen.score for row in rows if row.worst_fake_rate <= bound)
+    with pytest.raises(InputError, match="no validation event given"):
+        tune_gnn_cut(pipeline, [])

@@ -1,17 +1,19 @@
-"""``trackserve tune-cut``: choose a bundle's GNN cut for its track building on a validation event.
+"""``trackserve tune-cut``: choose a bundle's GNN cut for its track building on validation events.
 
 The trainer chose the cut for the track building it trained with; after ``trackserve
-rescale --track-building`` the bundle keeps that cut. This command runs the bundle on a
-validation event (a TrackML event with truth, or one simulated from a particles table
-with the trainer's validation seeds, so ``--validation-particles TABLE --seed S`` gives
-the event ``trackserve train --seed S`` validated on), prints the track figures of every
-candidate cut, and with ``--write`` stores the best one (the trainer's rule: efficiency
-minus fake rate; with ``--max-fake-rate F`` only among the cuts whose fake rate is at most
-F) in the bundle's ``pipeline.json`` with a provenance record (``gnn_cut_tuned``; the
-records of earlier tunings move into its ``earlier`` list). With ``--fill-gaps``
-(track building ``best_edges``) each cut is also tried with every lower gap cut of
-0.05, 0.10, ..., 0.90 and the best pair is chosen; ``--write`` then stores the gap cut too
-(without ``--fill-gaps`` the bundle is written without one).
+rescale --track-building`` the bundle keeps that cut. This command runs the bundle on
+one or more validation events (TrackML events with truth, events simulated from a
+particles table with the trainer's validation seeds, so ``--validation-particles TABLE
+--seed S`` gives the event ``trackserve train --seed S`` validated on, or events of
+random particles simulated with the same seeds), prints the track figures of every
+candidate cut (averaged over the events), and with ``--write`` stores the best one (the
+trainer's rule: efficiency minus fake rate; with ``--max-fake-rate F`` only among the
+cuts whose fake rate is at most F on every event) in the bundle's ``pipeline.json`` with
+a provenance record (``gnn_cut_tuned``; the records of earlier tunings move into its
+``earlier`` list). With ``--fill-gaps`` (track building ``best_edges``) each cut is also
+tried with every lower gap cut of 0.05, 0.10, ..., 0.90 and the best pair is chosen;
+``--write`` then stores the gap cut too (without ``--fill-gaps`` the bundle is written
+without one).
 """
 
 from __future__ import annotations
@@ -28,25 +30,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``tune-cut`` subcommand."""
     parser = subparsers.add_parser(
         "tune-cut",
-        help="choose a bundle's GNN cut for its track building on a validation event",
+        help="choose a bundle's GNN cut for its track building on validation events",
         description=(
-            "Run a bundle on a validation event, print the track efficiency, fake and duplicate rates at every "
+            "Run a bundle on validation events, print the track efficiency, fake and duplicate rates at every "
             "candidate GNN cut, and with --write store the cut with the best efficiency minus fake rate (the "
             "rule trackserve train uses) in the bundle."
         ),
     )
     parser.add_argument("bundle", metavar="DIR", help="the bundle")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--validation", metavar="EVENT", help="TrackML event with truth and particles")
-    source.add_argument("--validation-particles", metavar="TABLE.csv",
-                        help="simulate the validation event from this particles table (the trainer's validation seeds)")
-    parser.add_argument("--seed", type=int, default=0, help="the training seed, for --validation-particles (default 0)")
+    parser.add_argument("--validation", metavar="EVENT", action="append", default=[],
+                        help="TrackML event with truth and particles (repeatable)")
+    parser.add_argument("--validation-particles", metavar="TABLE.csv", action="append", default=[],
+                        help="simulate a validation event from this particles table, with the trainer's validation "
+                             "seeds (repeatable)")
+    parser.add_argument("--validation-random", metavar="N", type=int, action="append", default=[],
+                        help="simulate a validation event of N random particles, with the trainer's validation seeds "
+                             "(repeatable)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the training seed, for the simulated validation events (default 0)")
     parser.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                         help="tune for this method and store it with --write (default: the bundle's)")
     parser.add_argument("--min-pt", type=float, default=1.0, metavar="GEV", help="particles counted (default 1 GeV)")
     parser.add_argument("--min-hits", type=int, default=5, metavar="N", help="particles counted (default 5 hits)")
     parser.add_argument("--max-fake-rate", type=float, default=None, metavar="F",
-                        help="only cuts whose fake rate is at most F compete (for example 0.02)")
+                        help="only cuts whose fake rate is at most F on every validation event compete (for example 0.02)")
     parser.add_argument("--fill-gaps", action="store_true",
                         help="best_edges only: also try each cut with every lower gap cut (0.05 .. 0.90), whose edges "
                              "fill the gaps the cut leaves, and choose the best pair")
@@ -55,20 +62,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _validation_event(args, spec):
+def _validation_events(args, spec) -> list[tuple]:
+    """``(event, description)`` of every validation event the options name, in their order."""
     from ..errors import InputError
     from ..events.trackml import find_event_prefixes, read_event
     from ..train.data import SimulatedSource, simulated_validation_event
 
-    if args.validation:
-        prefix = find_event_prefixes(args.validation)[0]
-        return read_event(prefix, parts=("truth", "particles")), str(prefix)
-    table = Path(args.validation_particles)
-    if not table.is_file():
-        raise InputError(f"--validation-particles {table}: no such file")
-    # The very event trackserve train --seed S simulates to validate on.
-    validation, described = simulated_validation_event(SimulatedSource(particles=table), spec, seed=args.seed)
-    return validation.event, described
+    if not (args.validation or args.validation_particles or args.validation_random):
+        raise InputError("give at least one validation event: --validation EVENT, --validation-particles TABLE.csv "
+                         "or --validation-random N")
+    events = []
+    for path in args.validation:
+        prefix = find_event_prefixes(path)[0]
+        events.append((read_event(prefix, parts=("truth", "particles")), str(prefix)))
+    sources = []
+    for table in map(Path, args.validation_particles):
+        if not table.is_file():
+            raise InputError(f"--validation-particles {table}: no such file")
+        sources.append(SimulatedSource(particles=table))
+    for count in args.validation_random:
+        if count < 1:
+            raise InputError(f"--validation-random {count}: give a number of particles >= 1")
+        sources.append(SimulatedSource(num_particles=count))
+    for source in sources:
+        # For a table, the very event trackserve train --seed S simulates to validate on.
+        validation, described = simulated_validation_event(source, spec, seed=args.seed)
+        events.append((validation.event, described))
+    return events
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,22 +101,26 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(args.bundle)
     method = args.track_building or pipeline.stages.track_building
-    event, described = _validation_event(args, pipeline.feature_spec)
-    best, rows = tune_gnn_cut(pipeline, event, method=method, min_pt=args.min_pt, min_hits=args.min_hits,
+    validations = _validation_events(args, pipeline.feature_spec)
+    events = [event for event, _ in validations]
+    best, rows = tune_gnn_cut(pipeline, events, method=method, min_pt=args.min_pt, min_hits=args.min_hits,
                               gap_cuts=CANDIDATE_GAP_CUTS if args.fill_gaps else None,
                               max_fake_rate=args.max_fake_rate)
     stages = pipeline.stages
-    print(f"{described}: {event.num_hits} hits; track building {method}; particles with pT >= {args.min_pt:g} GeV "
-          f"and >= {args.min_hits} hits")
+    for event, described in validations:
+        print(f"validation: {described}: {event.num_hits} hits")
+    print(f"track building {method}; particles with pT >= {args.min_pt:g} GeV and >= {args.min_hits} hits"
+          + ("; figures averaged over the events, 'worst fake' the highest event's" if len(events) > 1 else ""))
     if args.fill_gaps:
         print("each cut without gap filling, then with the gap cut that scores best at it")
-    print(f"{'cut':>5}  {'gap cut':>7}  {'efficiency':>10}  {'fake rate':>9}  {'duplicates':>10}  {'eff - fake':>10}")
+    print(f"{'cut':>5}  {'gap cut':>7}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'duplicates':>10}  "
+          f"{'eff - fake':>10}")
     for row in _shown_rows(rows, args.max_fake_rate):
         current = row.cut == stages.gnn_cut and row.gap_cut == stages.gap_cut and method == stages.track_building
         mark = "  <- best" if row == best else ("  (bundle's)" if current else "")
         gap = "-" if row.gap_cut is None else f"{row.gap_cut:.2f}"
-        print(f"{row.cut:5.2f}  {gap:>7}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.duplicate_rate:10.4f}  "
-              f"{row.score:10.4f}{mark}")
+        print(f"{row.cut:5.2f}  {gap:>7}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.worst_fake_rate:10.4f}  "
+              f"{row.duplicate_rate:10.4f}  {row.score:10.4f}{mark}")
     chosen = _describe(best.cut, best.gap_cut)
     if not args.write:
         print(f"best: {chosen} (the bundle has {_describe(stages.gnn_cut, stages.gap_cut)}); --write stores it")
@@ -105,15 +129,19 @@ def run(args: argparse.Namespace) -> int:
     previous = {"gnn_cut": stages.gnn_cut, "gap_cut": stages.gap_cut, "track_building": stages.track_building}
     rule = "highest efficiency minus fake rate"
     if args.max_fake_rate is not None:
-        rule += f" among the candidates with a fake rate <= {args.max_fake_rate:g}"
+        rule += f" among the candidates with a fake rate <= {args.max_fake_rate:g} on every event"
+    if len(events) > 1:
+        rule += " (means over the events)"
     record = {
-        "event": described, "num_hits": int(event.num_hits), "min_pt": args.min_pt, "min_hits": args.min_hits,
+        "events": [described for _, described in validations], "num_hits": [int(event.num_hits) for event in events],
+        "min_pt": args.min_pt, "min_hits": args.min_hits,
         "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
         "previous": previous,
         "stages": {"gnn_cut": best.cut, "gap_cut": best.gap_cut, "track_building": method},
         # NaN (no particle or no candidate track to count) is written as null.
         "figures": {name: (None if value != value else value) for name, value in (
             ("efficiency", best.efficiency), ("fake_rate", best.fake_rate), ("duplicate_rate", best.duplicate_rate))},
+        "fake_rate_per_event": [None if value != value else value for value in best.fake_rates],
     }
     earlier = bundle.provenance.get("gnn_cut_tuned")
     if isinstance(earlier, dict):  # keep the history of earlier tunings, latest first
@@ -132,14 +160,12 @@ def _describe(cut: float, gap_cut: float | None) -> str:
 
 def _shown_rows(rows, max_fake_rate):
     """Every cut's row without gap filling, then its best gap-filling row (within the fake-rate bound if any)."""
-    import numpy as np
-
     shown = []
     for cut in dict.fromkeys(row.cut for row in rows):
         at_cut = [row for row in rows if row.cut == cut]
         shown.extend(row for row in at_cut if row.gap_cut is None)
         gaps = [row for row in at_cut if row.gap_cut is not None]
-        allowed = [row for row in gaps if max_fake_rate is None or np.nan_to_num(row.fake_rate) <= max_fake_rate]
+        allowed = [row for row in gaps if max_fake_rate is None or row.worst_fake_rate <= max_fake_rate]
         if allowed or gaps:
             shown.append(max(allowed or gaps, key=lambda row: (row.score, row.gap_cut)))
     return shown

@@ -6,7 +6,9 @@ cut chosen for the old method; :func:`tune_gnn_cut` chooses it again, by the tra
 rule (the candidate cut with the highest track efficiency minus fake rate, double
 majority, for particles above ``min_pt`` with at least ``min_hits`` hits; optionally only
 among the cuts whose fake rate stays under a bound), running the
-bundle's own networks once and only the track building per cut. With ``gap_cuts``
+bundle's own networks once per validation event and only the track building per cut. With
+several validation events the criterion is the mean over the events, and a fake-rate
+bound must hold on each of them. With ``gap_cuts``
 (track building ``best_edges`` only) every cut is also tried with each lower gap cut
 (:func:`~trackserve.runtime.track_building.gap_edges`), and the best pair wins. Numpy,
 scipy and ONNX Runtime only.
@@ -15,6 +17,7 @@ scipy and ONNX Runtime only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -31,36 +34,55 @@ CANDIDATE_GAP_CUTS = tuple(round(0.05 * i, 2) for i in range(1, 19))
 
 @dataclass(frozen=True)
 class CutFigures:
-    """Track figures of the validation event at one GNN cut (and gap cut; None: no gap filling)."""
+    """Track figures at one GNN cut (and gap cut; None: no gap filling), averaged over the
+    validation events (NaN where no event could count them); ``fake_rates`` per event."""
 
     cut: float
     efficiency: float
     fake_rate: float
     duplicate_rate: float
     gap_cut: float | None = None
+    fake_rates: tuple[float, ...] = ()
 
     @property
     def score(self) -> float:
         """The trainer's criterion: efficiency minus fake rate (NaN counts as 0)."""
         return float(np.nan_to_num(self.efficiency) - np.nan_to_num(self.fake_rate))
 
+    @property
+    def worst_fake_rate(self) -> float:
+        """The highest fake rate of any validation event (NaN counts as 0)."""
+        rates = self.fake_rates or (self.fake_rate,)
+        return float(max(np.nan_to_num(rate) for rate in rates))
 
-def tune_gnn_cut(pipeline, event: Event, *, method: str | None = None, min_pt: float = 1.0, min_hits: int = 5,
-                 cuts=CANDIDATE_CUTS, gap_cuts=None, max_fake_rate: float | None = None
+
+def _mean(values: list[float]) -> float:
+    finite = [value for value in values if value == value]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def tune_gnn_cut(pipeline, events: Event | Sequence[Event], *, method: str | None = None, min_pt: float = 1.0,
+                 min_hits: int = 5, cuts=CANDIDATE_CUTS, gap_cuts=None, max_fake_rate: float | None = None
                  ) -> tuple[CutFigures, list[CutFigures]]:
-    """The best of ``cuts`` for ``pipeline``'s bundle on ``event`` and the figures of every candidate.
+    """The best of ``cuts`` for ``pipeline``'s bundle on the validation ``events`` (one or
+    several) and the figures of every candidate.
 
-    ``method``: the track building to tune for (default: the bundle's). ``event`` needs
+    ``method``: the track building to tune for (default: the bundle's). Every event needs
     truth and particles. Each cut is tried without gap filling and, with ``gap_cuts``
-    (``best_edges`` only), with each gap cut below it. With ``max_fake_rate`` only the
-    candidates whose fake rate is at most that compete (an :class:`InputError` says when
-    none is). Ties keep the smaller cut, then the higher gap cut (no gap filling first).
+    (``best_edges`` only), with each gap cut below it. The criterion is the mean over the
+    events of efficiency minus fake rate; with ``max_fake_rate`` only the candidates whose
+    fake rate is at most that on every event compete (an :class:`InputError` says when none
+    is). Ties keep the smaller cut, then the higher gap cut (no gap filling first).
     Returns the chosen candidate's figures and all of them, in the order tried.
     """
+    events = [events] if isinstance(events, Event) else list(events)
+    if not events:
+        raise InputError("no validation event given")
     if max_fake_rate is not None and not 0.0 <= max_fake_rate <= 1.0:
         raise InputError(f"max_fake_rate must lie in [0, 1]; got {max_fake_rate}")
-    if event.truth is None or event.particles is None:
-        raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")
+    for event in events:
+        if event.truth is None or event.particles is None:
+            raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")
     if not cuts:
         raise InputError("no candidate cuts given")
     bad = [cut for cut in (*cuts, *(gap_cuts or ())) if not 0.0 <= float(cut) <= 1.0]
@@ -69,25 +91,34 @@ def tune_gnn_cut(pipeline, event: Event, *, method: str | None = None, min_pt: f
     method = method or pipeline.stages.track_building
     if gap_cuts and method != "best_edges":
         raise InputError(f"gap cuts fill gaps between best edges: tune them with track building 'best_edges', not {method!r}")
+    scored = [_scored_event(pipeline, event, method) for event in events]
+    rows = []
+    for cut in cuts:
+        for gap_cut in (None, *sorted(float(g) for g in (gap_cuts or ()) if float(g) < float(cut))):
+            figures = []
+            for event, (filtered, logits, order) in zip(events, scored):
+                labels = build_tracks(event.num_hits, filtered, logits, float(cut), method=method, hit_order=order,
+                                      gap_cut=gap_cut)
+                figures.append(evaluate_event(event, event.hits["hit_id"], labels, min_pt=min_pt, min_hits=min_hits))
+            rows.append(CutFigures(
+                float(cut), *(_mean([f[key] for f in figures]) for key in ("efficiency", "fake_rate", "duplicate_rate")),
+                gap_cut, tuple(float(f["fake_rate"]) for f in figures)))
+    allowed = [row for row in rows if max_fake_rate is None or row.worst_fake_rate <= max_fake_rate]
+    if not allowed:
+        lowest = min(rows, key=lambda row: row.worst_fake_rate)
+        where = events[0].name if len(events) == 1 else f"every one of {len(events)} validation events"
+        raise InputError(f"no candidate cut keeps the fake rate at or below {max_fake_rate:g} on {where} "
+                         f"(lowest: {lowest.worst_fake_rate:.4f} at cut {lowest.cut:g}"
+                         + ("" if lowest.gap_cut is None else f", gap cut {lowest.gap_cut:g}") + ")")
+    best = max(allowed, key=lambda row: (row.score, -row.cut, row.cut if row.gap_cut is None else row.gap_cut))
+    return best, rows
+
+
+def _scored_event(pipeline, event: Event, method: str):
+    """``(filtered edges, GNN logits, hit order or None)`` of one validation event."""
     features = pipeline.event_features(event)
     filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
     logits = pipeline.classify_edges("gnn", features, filtered, chunked=False)
     bundle = pipeline.bundle
     order = hit_distances(features, bundle.feature_names, bundle.feature_scales) if method == "best_edges" else None
-    hit_ids = event.hits["hit_id"]
-    rows = []
-    for cut in cuts:
-        for gap_cut in (None, *sorted(float(g) for g in (gap_cuts or ()) if float(g) < float(cut))):
-            labels = build_tracks(event.num_hits, filtered, logits, float(cut), method=method, hit_order=order,
-                                  gap_cut=gap_cut)
-            figures = evaluate_event(event, hit_ids, labels, min_pt=min_pt, min_hits=min_hits)
-            rows.append(CutFigures(float(cut), figures["efficiency"], figures["fake_rate"], figures["duplicate_rate"],
-                                   gap_cut))
-    allowed = [row for row in rows if max_fake_rate is None or np.nan_to_num(row.fake_rate) <= max_fake_rate]
-    if not allowed:
-        lowest = min(rows, key=lambda row: np.nan_to_num(row.fake_rate))
-        raise InputError(f"no candidate cut keeps the fake rate at or below {max_fake_rate:g} on {event.name} "
-                         f"(lowest: {lowest.fake_rate:.4f} at cut {lowest.cut:g}"
-                         + ("" if lowest.gap_cut is None else f", gap cut {lowest.gap_cut:g}") + ")")
-    best = max(allowed, key=lambda row: (row.score, -row.cut, row.cut if row.gap_cut is None else row.gap_cut))
-    return best, rows
+    return filtered, logits, order

@@ -111,30 +111,34 @@ class Baseline:
         swap = (distance[edges[0]] > distance[edges[1]]) | ((distance[edges[0]] == distance[edges[1]]) & (edges[0] > edges[1]))
         return np.where(swap, edges[1], edges[0]), np.where(swap, edges[0], edges[1])
 
-    def best_edges(self, features, edges, prob):
+    @staticmethod
+    def best_of_each_hit(num_hits, end, value, among):
+        """Which edges (of those in ``among``) have the highest ``value`` of their ``end`` hit, the earliest on ties."""
+        index = np.arange(end.size)
+        best = np.full(num_hits, -np.inf)
+        np.maximum.at(best, end[among], value[among])
+        top = among & (value == best[end])
+        earliest = np.full(num_hits, end.size)
+        np.minimum.at(earliest, end[top], index[top])
+        return top & (earliest[end] == index)
+
+    def best_edges(self, features, edges, logits):
         """Each hit's best outward and inward edge (hits ordered by distance from the origin), plainly: a mask."""
         inner, outer = self.ends(features, edges)
-        keep = np.zeros(edges.shape[1], dtype=bool)
-        for end in (inner, outer):
-            best = np.full(features.shape[0], -np.inf)
-            np.maximum.at(best, end, prob)
-            keep |= prob == best[end]
+        n, every = features.shape[0], np.ones(edges.shape[1], dtype=bool)
+        keep = self.best_of_each_hit(n, inner, logits, every) | self.best_of_each_hit(n, outer, logits, every)
         return keep & (inner != outer)
 
-    def gap_edges(self, features, edges, prob, kept):
+    def gap_edges(self, features, edges, logits, kept):
         """The edges that are the best of both of their free ends (no kept edge on that side), plainly: a mask."""
         inner, outer = self.ends(features, edges)
-        has_out = np.zeros(features.shape[0], dtype=bool)
+        n = features.shape[0]
+        has_out = np.zeros(n, dtype=bool)
         has_out[inner[kept]] = True
-        has_in = np.zeros(features.shape[0], dtype=bool)
+        has_in = np.zeros(n, dtype=bool)
         has_in[outer[kept]] = True
         free = ~kept & (inner != outer) & ~has_out[inner] & ~has_in[outer]
-        fills = free.copy()
-        for end in (inner, outer):
-            best = np.full(features.shape[0], -np.inf)
-            np.maximum.at(best, end[free], prob[free])
-            fills &= prob == best[end]
-        return fills
+        return self.best_of_each_hit(n, inner, logits, free) & self.best_of_each_hit(n, outer, logits, free)
 
     def run(self, features: np.ndarray):
         """(labels, per-stage seconds, intermediate results) of one event."""
@@ -156,23 +160,27 @@ class Baseline:
             kept = np.ascontiguousarray(edges[:, filter_prob > self.stages.filter_cut])
             times["filter"] = time.perf_counter() - t
             t = time.perf_counter()
-            gnn_prob = torch.sigmoid(self.nets["gnn"](x, torch.from_numpy(kept))).numpy() if kept.shape[1] else np.zeros(0)
+            gnn_logits = self.nets["gnn"](x, torch.from_numpy(kept)) if kept.shape[1] else torch.zeros(0)
+            gnn_prob = torch.sigmoid(gnn_logits).numpy()
             times["gnn"] = time.perf_counter() - t
         t = time.perf_counter()
         n = features.shape[0]
+        # Cuts on the probabilities; the best edges ranked by the logits (float32 probabilities
+        # round many confident edges to exactly 1).
+        gnn_logits = gnn_logits.numpy()
         gap_cut = self.stages.gap_cut
         if self.stages.track_building != "best_edges":
             good = kept[:, gnn_prob > self.stages.gnn_cut]
         elif gap_cut is None:
             strong = gnn_prob > self.stages.gnn_cut
-            good = kept[:, strong][:, self.best_edges(features, kept[:, strong], gnn_prob[strong])]
+            good = kept[:, strong][:, self.best_edges(features, kept[:, strong], gnn_logits[strong])]
         else:
             weak = gnn_prob > gap_cut
-            edges, prob = kept[:, weak], gnn_prob[weak]
-            strong = prob > self.stages.gnn_cut
-            chosen = np.zeros(prob.size, dtype=bool)
-            chosen[strong] = self.best_edges(features, edges[:, strong], prob[strong])
-            good = edges[:, chosen | self.gap_edges(features, edges, prob, chosen)]
+            candidates, logits = kept[:, weak], gnn_logits[weak]
+            strong = gnn_prob[weak] > self.stages.gnn_cut
+            chosen = np.zeros(logits.size, dtype=bool)
+            chosen[strong] = self.best_edges(features, candidates[:, strong], logits[strong])
+            good = candidates[:, chosen | self.gap_edges(features, candidates, logits, chosen)]
         graph = coo_array((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
         _, labels = connected_components(graph, directed=False)
         times["tracks"] = time.perf_counter() - t

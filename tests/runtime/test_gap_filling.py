@@ -55,6 +55,8 @@ def test_gap_edges_match_a_loop_on_random_graphs_with_ties_repeats_and_self_loop
     edges[:, 40:50] = edges[:, 0:10]  # repeated edges
     edges[1, 50:54] = edges[0, 50:54]  # self-loops
     scores = rng.integers(-3, 4, m).astype(np.float32)  # many equal scores
+    scores[rng.random(m) < 0.1] = -np.inf
+    scores[rng.random(m) < 0.05] = np.inf
     order = rng.integers(0, 8, n).astype(np.float64)  # many hits at the same distance
     kept = rng.random(m) < 0.2
     np.testing.assert_array_equal(gap_edges(edges, scores, order, kept), _reference_gaps(edges, scores, order, kept))

@@ -26,7 +26,7 @@ from ..bundle import Bundle
 from ..engines.onnx_runtime import OnnxNetwork
 from ..engines.scatter_split import open_network
 from .config import RuntimeConfig
-from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts, symmetric_adjacency
+from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts
 from .subgraph import LOCAL_GNN_ARCHITECTURES, halo_hops, touched_subgraph
 
 #: The networks of a bundle, in pipeline order.
@@ -113,8 +113,7 @@ class NetworkSteps:
             return runner.run(features=part_features, edge_index=part_edges)
 
         logits = np.empty(edge_index.shape[1], dtype=np.float32)
-        adjacency = symmetric_adjacency(features.shape[0], edge_index)
-        groups = component_groups(features.shape[0], edge_index, self.parts.threads, adjacency=adjacency)
+        groups = component_groups(features.shape[0], edge_index, self.parts.threads)
         if groups is not None:
             for columns, part in zip(groups, self.parts.map(score, groups)):
                 logits[columns] = part
@@ -123,7 +122,7 @@ class NetworkSteps:
         if self.halo_hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
             return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
         split = HaloSplit(features.shape[0], edge_index, self.parts.threads, self.halo_hops,
-                          features[:, self.phi_column], adjacency=adjacency)
+                          features[:, self.phi_column])
 
         def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:
             columns, own = split.part(part)

@@ -35,9 +35,9 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 from scipy.sparse import csr_array
-from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
+from .components import component_labels
 
 #: Fewest rows (hits or edges) worth a call of their own: below this a call's fixed cost
 #: (about 300 operators of a few microseconds each for the GNN) outweighs the work.
@@ -73,7 +73,7 @@ def symmetric_adjacency(num_hits: int, edge_index: np.ndarray) -> csr_array:
 
 
 def component_groups(num_hits: int, edge_index: np.ndarray, parts: int, min_edges: int = MIN_PART_ROWS,
-                     max_share: float = MAX_GROUP_SHARE, *, adjacency: csr_array | None = None) -> list[np.ndarray] | None:
+                     max_share: float = MAX_GROUP_SHARE) -> list[np.ndarray] | None:
     """The columns of ``edge_index [2, M]`` in at most ``parts`` groups of whole connected
     components, balanced by edge count; None when splitting does not pay.
 
@@ -83,14 +83,11 @@ def component_groups(num_hits: int, edge_index: np.ndarray, parts: int, min_edge
     when ``parts < 2``, when there are fewer than ``2 * min_edges`` edges, or when the
     largest group would hold more than ``max_share`` of them. Components are placed
     largest first, each on the lightest group so far, the small ones by running total.
-    ``adjacency``: :func:`symmetric_adjacency` of the graph when the caller has it.
     """
     num_edges = edge_index.shape[1]
     if parts < 2 or num_edges < 2 * min_edges:
         return None
-    if adjacency is None:
-        adjacency = symmetric_adjacency(num_hits, edge_index)
-    count, hit_component = connected_components(adjacency, directed=False)
+    count, hit_component = component_labels(num_hits, edge_index)
     edge_component = hit_component[edge_index[0]]
     sizes = np.bincount(edge_component, minlength=count)
     order = np.argsort(-sizes, kind="stable")

@@ -36,12 +36,11 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from scipy.sparse import coo_array, csr_array
-from scipy.sparse.csgraph import connected_components
 
 from trackserve.bundle import TRACK_BUILDING_METHODS
 from trackserve.errors import InputError
 
+from .components import component_labels, group_order
 from .cuts import logit_threshold
 
 
@@ -115,10 +114,7 @@ def build_tracks(
         candidates = wide > gap_threshold
         kept = np.compress(candidates, edges, axis=1)
         scores_kept = wide[candidates]
-        strong = np.flatnonzero(scores_kept > threshold)
-        best = np.zeros(kept.shape[1], dtype=bool)
-        best[strong] = best_edges(kept[:, strong], scores_kept[strong], order)
-        kept = kept[:, best | gap_edges(kept, scores_kept, order, best)]
+        kept = kept[:, _best_and_gap_edges(kept, scores_kept, order, scores_kept > threshold)]
     return _components(n, kept)
 
 
@@ -126,26 +122,7 @@ def _components(n: int, kept: np.ndarray) -> np.ndarray:
     """Compact, stable labels of the weakly connected components of ``n`` hits joined by ``kept [2, M]``."""
     if kept.shape[1] == 0:
         return np.arange(n, dtype=np.int64)
-    first, second = kept
-    if n <= _RADIX_MAX_HITS:
-        # Rows grouped by a stable sort of 16-bit keys (numpy's radix sort, linear): a CSR
-        # graph straight away, without the COO graph's conversion.
-        rows = np.argsort(first.astype(np.uint16), kind="stable")
-        indptr = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(np.bincount(first, minlength=n), out=indptr[1:])
-        graph = csr_array((np.ones(first.size, dtype=np.float64), second[rows].astype(np.int32), indptr), shape=(n, n))
-    else:
-        index = np.int32 if n < 2**31 else np.int64
-        # A COO graph: scipy groups it by row in O(M).
-        graph = coo_array((np.ones(first.size, dtype=np.float64), (first.astype(index), second.astype(index))),
-                          shape=(n, n))
-    # Weak components ignore the direction.
-    _, labels = connected_components(graph, directed=True, connection="weak")
-    return _compact_in_order(labels)
-
-
-#: Up to this many hits, edges are grouped by hit with 16-bit keys (a linear radix sort).
-_RADIX_MAX_HITS = 1 << 16
+    return _compact_in_order(component_labels(n, kept)[1])
 
 
 def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray) -> np.ndarray:
@@ -159,7 +136,7 @@ def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray
     inner, outer = oriented_ends(edge_index, hit_order)
     values = np.asarray(scores, dtype=np.float64)
     num_hits = hit_order.shape[0]
-    keep = _best_of_each_hit(inner, values, num_hits) | _best_of_each_hit(outer, values, num_hits)
+    keep = _HitGroups(inner, num_hits).best(values) | _HitGroups(outer, num_hits).best(values)
     return keep & (inner != outer)
 
 
@@ -171,22 +148,36 @@ def gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray,
     a candidate fills a gap when it is the best candidate of both of its hits: the
     highest-scoring (earliest on ties) candidate outward of its inner hit and inward of
     its outer hit. So each hit gains at most one edge on each side, on a side that had
-    none. Returns bool ``[M]``, false where ``kept`` is true.
+    none. Returns bool ``[M]``, false where ``kept`` is true. ``scores``: no NaN.
     """
     inner, outer = oriented_ends(edge_index, hit_order)
-    kept = np.asarray(kept, dtype=bool)
     num_hits = hit_order.shape[0]
-    has_outward = np.zeros(num_hits, dtype=bool)
+    values = np.asarray(scores, dtype=np.float64)
+    return _gaps(_HitGroups(inner, num_hits), _HitGroups(outer, num_hits), values, np.asarray(kept, dtype=bool))
+
+
+def _best_and_gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray,
+                        strong: np.ndarray) -> np.ndarray:
+    """``best_edges`` among the ``strong`` edges, then ``gap_edges`` around them (bool ``[M]``),
+    grouping the edges by hit once for both."""
+    inner, outer = oriented_ends(edge_index, hit_order)
+    num_hits = hit_order.shape[0]
+    by_inner, by_outer = _HitGroups(inner, num_hits), _HitGroups(outer, num_hits)
+    best = (by_inner.best(scores, strong) | by_outer.best(scores, strong)) & (inner != outer)
+    return best | _gaps(by_inner, by_outer, scores, best)
+
+
+def _gaps(by_inner: "_HitGroups", by_outer: "_HitGroups", scores: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The gap edges of :func:`gap_edges`, from the edges grouped by inner and by outer hit."""
+    inner, outer = by_inner.hits, by_outer.hits
+    has_outward = np.zeros(by_inner.num_hits, dtype=bool)
     has_outward[inner[kept]] = True
-    has_inward = np.zeros(num_hits, dtype=bool)
+    has_inward = np.zeros(by_inner.num_hits, dtype=bool)
     has_inward[outer[kept]] = True
-    candidates = np.flatnonzero(~kept & (inner != outer) & ~has_outward[inner] & ~has_inward[outer])
-    fills = np.zeros(kept.shape[0], dtype=bool)
-    if candidates.size:
-        values = np.asarray(scores, dtype=np.float64)[candidates]
-        fills[candidates] = (_best_of_each_hit(inner[candidates], values, num_hits)
-                             & _best_of_each_hit(outer[candidates], values, num_hits))
-    return fills
+    free = ~kept & (inner != outer) & ~has_outward[inner] & ~has_inward[outer]
+    if not free.any():
+        return free
+    return by_inner.best(scores, free) & by_outer.best(scores, free)
 
 
 def oriented_ends(edge_index: np.ndarray, hit_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,27 +187,39 @@ def oriented_ends(edge_index: np.ndarray, hit_order: np.ndarray) -> tuple[np.nda
     return np.where(swap, second, first), np.where(swap, first, second)
 
 
-def _best_of_each_hit(hits: np.ndarray, scores: np.ndarray, num_hits: int) -> np.ndarray:
-    """Bool ``[M]``: whether edge ``i`` has the highest score of the edges whose ``hits[i]``
-    is the same hit, the earliest such edge on ties."""
-    if hits.size == 0:
-        return np.zeros(0, dtype=bool)
-    # Grouped by hit, each group in edge order (stable); then the first position of each
-    # group that holds the group's maximum.
-    keys = hits.astype(np.uint16) if num_hits <= _RADIX_MAX_HITS else hits
-    grouped = np.argsort(keys, kind="stable")
-    sorted_hits = hits[grouped]
-    sorted_scores = scores[grouped]
-    starts = np.ones(hits.size, dtype=bool)
-    np.not_equal(sorted_hits[1:], sorted_hits[:-1], out=starts[1:])
-    group = np.cumsum(starts) - 1
-    maxima = np.maximum.reduceat(sorted_scores, np.flatnonzero(starts))
-    at_maximum = np.flatnonzero(sorted_scores == maxima[group])
-    first_at_maximum = np.ones(at_maximum.size, dtype=bool)
-    np.not_equal(group[at_maximum[1:]], group[at_maximum[:-1]], out=first_at_maximum[1:])
-    best = np.zeros(hits.size, dtype=bool)
-    best[grouped[at_maximum[first_at_maximum]]] = True
-    return best
+class _HitGroups:
+    """Edges grouped by one of their hits (``hits [M]``), each group in edge order, to pick
+    each hit's best edge, among all edges or a subset."""
+
+    def __init__(self, hits: np.ndarray, num_hits: int):
+        self.hits = hits
+        self.num_hits = num_hits
+        self.order = group_order(hits, num_hits)
+        sorted_hits = hits[self.order]
+        starts = np.ones(hits.size, dtype=bool)
+        np.not_equal(sorted_hits[1:], sorted_hits[:-1], out=starts[1:])
+        self.group = np.cumsum(starts) - 1
+        self.starts = np.flatnonzero(starts)
+
+    def best(self, scores: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+        """Bool ``[M]``: whether an edge has the highest score of its hit's edges (of those in
+        ``among``: the others count as ``-inf`` and are never chosen), the earliest such edge on ties."""
+        best = np.zeros(self.hits.size, dtype=bool)
+        if self.hits.size == 0:
+            return best
+        sorted_scores = scores[self.order]
+        if among is not None:
+            sorted_among = among[self.order]
+            sorted_scores = np.where(sorted_among, sorted_scores, -np.inf)
+        maxima = np.maximum.reduceat(sorted_scores, self.starts)
+        at_maximum = sorted_scores == maxima[self.group]
+        if among is not None:
+            at_maximum &= sorted_among
+        at_maximum = np.flatnonzero(at_maximum)
+        first_at_maximum = np.ones(at_maximum.size, dtype=bool)
+        np.not_equal(self.group[at_maximum[1:]], self.group[at_maximum[:-1]], out=first_at_maximum[1:])
+        best[self.order[at_maximum[first_at_maximum]]] = True
+        return best
 
 
 def hit_distances(features: np.ndarray, names, scales) -> np.ndarray:

@@ -386,7 +386,8 @@ def main(argv=None) -> int:
              + (f"; rescaled from the features {bundle.provenance['rescaled']['from_features']['names']}"
                 if "rescaled" in bundle.provenance else "") + f"); track building {bundle.stages.track_building}; radius "
              f"{bundle.stages.radius:.4g}, K {bundle.stages.max_neighbours}, cuts {bundle.stages.filter_cut}/"
-             f"{bundle.stages.gnn_cut}. " + load_note(), ""]
+             f"{bundle.stages.gnn_cut}" + ("" if bundle.stages.gap_cut is None else f", gap cut {bundle.stages.gap_cut}")
+             + ". " + load_note(), ""]
     ratio = flight_ratio = None
     if bundle.num_features != 3:
         lines += [f"The benchmark events have 3 features, the bundle {bundle.num_features}: skipped.", ""]

@@ -66,7 +66,7 @@ def row_parts(num_rows: int, parts: int, min_rows: int = MIN_PART_ROWS) -> list[
 
 def symmetric_adjacency(num_hits: int, edge_index: np.ndarray) -> csr_array:
     """The hits' adjacency ``[N, N]`` (CSR, both directions, repeated edges summed): what
-    :func:`component_groups` and :class:`HaloSplit` both walk, so a caller builds it once."""
+    :class:`HaloSplit` walks to find each part's halo."""
     first, second = edge_index
     return csr_array((np.ones(2 * first.size, dtype=np.float32),
                       (np.concatenate([first, second]), np.concatenate([second, first]))), shape=(num_hits, num_hits))

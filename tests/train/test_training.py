@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,6 +109,25 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
     assert output.labels.shape == (events[2].num_hits,)
 
 
+def test_a_blind_gnn_hit_encoder_keeps_those_weights_at_zero(tiny_events):
+    from trackserve.errors import InputError
+    from trackserve.train.trainer import blind_columns
+
+    events, validation = tiny_events
+    z = TRACKML_1000.names.index("z")
+    config = TrainingConfig.quick(seed=3, threads=1, gnn_blind_to=("z",), gnn_blind_columns=(z,))
+    torch.set_num_threads(1)
+    graphs = [np.asarray(event.truth_edges) for event in events]
+    gnn, _ = train_gnn(events, graphs, validation, np.asarray(validation.truth_edges), config, seed_everything(3),
+                       show_progress=False)
+    first = gnn.node_encoder[0].weight.detach()
+    assert torch.count_nonzero(first[:, z]) == 0
+    assert all(torch.count_nonzero(first[:, column]) == first.shape[0] for column in range(first.shape[1]) if column != z)
+    assert blind_columns(("eta", "z"), ("r", "phi", "z"), derive_eta=True) == (2, 3)
+    with pytest.raises(InputError, match="eta is not a feature the GNN reads"):
+        blind_columns(("eta",), ("r", "phi", "z"), derive_eta=False)
+
+
 def test_config_validation_names_the_setting():
     from trackserve.errors import InputError
 
@@ -136,6 +156,8 @@ def test_config_validation_names_the_setting():
     (["--random-events", "1", "--features", "r:1000,phi:pi,z:1000,eta:1", "--derive-eta"], "already has eta"),
     (["--random-events", "1", "--pair-intercept"], "run.pair_intercept must be off unless pair_geometry is on"),
     (["--random-events", "1", "--ignore-soft-edges"], "run.ignore_soft_edges must be off unless signal_min_pt"),
+    (["--random-events", "1", "--gnn-blind-to", "z,theta"], "--gnn-blind-to: theta is not a feature the GNN reads"),
+    (["--random-events", "1", "--gnn-blind-to", "z", "--gnn", "ResAGNN"], "run.gnn_blind_to must be empty unless"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
     from trackserve.cli import main

@@ -89,6 +89,9 @@ def register(subparsers) -> None:
     run.add_argument("--pair-intercept", action="store_true",
                      help="with --pair-geometry: also each edge's z intercept on the beam line (the same wherever "
                           "along the beam the collision happened)")
+    run.add_argument("--gnn-blind-to", metavar="NAMES", default=None,
+                     help="comma-separated hit features (for example z,eta) the GNN's hit encoder does not read: the "
+                          "GNN sees them only through its edge inputs")
     run.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                      help="the bundle's track building: plain connected components (default) or best_edges")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
@@ -118,6 +121,8 @@ def training_config(args: argparse.Namespace):
         **({"max_neighbours": args.max_neighbours} if args.max_neighbours is not None else {}),
         **({"signal_min_pt": args.signal_min_pt} if args.signal_min_pt is not None else {}),
         **({"ignore_soft_edges": True} if args.ignore_soft_edges else {}),
+        **({"gnn_blind_to": tuple(name.strip() for name in args.gnn_blind_to.split(",") if name.strip())}
+           if args.gnn_blind_to else {}),
         **({"derive_eta": True} if args.derive_eta else {}),
         **({"track_building": args.track_building} if args.track_building else {}),
         **({"pair_geometry": True} if args.pair_geometry else {}),
@@ -147,6 +152,11 @@ def handle(args: argparse.Namespace) -> int:
         from ..export.derived import geometry_spec_for
 
         geometry_spec_for(spec.names, spec.scales)  # refuses a spec without r, phi and z
+    if config.gnn_blind_to:
+        from ..train.trainer import blind_columns
+
+        config.validate()
+        blind_columns(config.gnn_blind_to, spec.names, config.derive_eta)  # refuses a feature the GNN does not read
     if config.track_building == "best_edges" and not {"r", "z"} <= set(spec.names):
         raise InputError(f"--track-building best_edges orders hits by r and z; the features {list(spec.names)} lack them")
     for name in ("simulate", "random_events", "num_particles"):

@@ -167,7 +167,10 @@ class TrainingConfig:
     (:class:`~trackserve.export.derived.PairGeometry`), and ``pair_intercept`` (with it)
     its z intercept on the beam line too. ``track_building``
     is the bundle's method (:data:`trackserve.bundle.TRACK_BUILDING_METHODS`), used to
-    choose the GNN cut.
+    choose the GNN cut. ``gnn_blind_to`` names hit features (of the feature spec, or
+    ``eta`` when derived) that the interaction GNN's hit encoder does not read: its
+    first-layer weights for them start at zero and get no gradient, so the GNN sees those
+    features only through its edge inputs (differences, geometry).
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -185,6 +188,9 @@ class TrainingConfig:
     pair_geometry: bool = False
     pair_intercept: bool = False
     track_building: str = "components"
+    gnn_blind_to: tuple[str, ...] = ()
+    #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
+    gnn_blind_columns: tuple[int, ...] = ()
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
     periodic_features: tuple[int, ...] = ()
     #: The networks' ``derived_eta`` config (columns and scales of r and z); set by the trainer when ``derive_eta``.
@@ -211,6 +217,8 @@ class TrainingConfig:
             ("track_building", self.track_building in TRACK_BUILDING_METHODS, f"one of {', '.join(TRACK_BUILDING_METHODS)}"),
             ("pair_intercept", self.pair_geometry or not self.pair_intercept, "off unless pair_geometry is on "
              "(the intercept is part of the edge geometry)"),
+            ("gnn_blind_to", not self.gnn_blind_to or self.gnn.architecture == "InteractionGNN",
+             "empty unless the GNN is an InteractionGNN (the only one with a hit encoder)"),
         ], "run")
 
     @classmethod

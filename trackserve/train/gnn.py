@@ -39,6 +39,19 @@ def build_gnn_network(settings: GNNSettings, num_features: int, periodic_feature
                           derived_eta=derived_eta, pair_geometry=pair_geometry)
 
 
+def blind_hit_encoder(network, columns) -> None:
+    """Make ``network``'s hit encoder ignore its input ``columns``: their first-layer weights
+    set to zero and their gradient zeroed on every backward pass, so they stay zero under
+    AdamW (no gradient, and decoupled weight decay keeps a zero at zero)."""
+    import torch
+
+    first = network.node_encoder[0]
+    index = torch.tensor(list(columns), dtype=torch.long)
+    with torch.no_grad():
+        first.weight[:, index] = 0.0
+    first.weight.register_hook(lambda grad: grad.index_fill(1, index, 0.0))
+
+
 def hit_phi(event: TrainingEvent) -> np.ndarray:
     """Azimuth of every hit (rad)."""
     return np.arctan2(np.asarray(event.event.hits["y"], float), np.asarray(event.event.hits["x"], float))
@@ -89,6 +102,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     settings = config.gnn
     network = build_gnn_network(settings, events[0].features.shape[1], config.periodic_features, config.eta_columns,
                                 config.geometry_columns)
+    if config.gnn_blind_columns:
+        blind_hit_encoder(network, config.gnn_blind_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels, counted = training_targets(events, graphs, config)
     phis = [hit_phi(event) for event in events]

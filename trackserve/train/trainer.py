@@ -47,6 +47,16 @@ def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: 
             raise InputError(f"event {event.name} has no truth edge (no particle with two hits): it cannot train a pipeline")
 
 
+def blind_columns(names, feature_names, derive_eta: bool) -> tuple[int, ...]:
+    """The GNN hit-encoder input columns of the feature ``names`` (``eta`` is the column the
+    networks append when they derive it); InputError for a name the GNN does not read."""
+    columns = list(feature_names) + (["eta"] if derive_eta and "eta" not in feature_names else [])
+    unknown = [name for name in names if name not in columns]
+    if unknown:
+        raise InputError(f"--gnn-blind-to: {', '.join(unknown)} is not a feature the GNN reads (it reads {', '.join(columns)})")
+    return tuple(sorted({columns.index(name) for name in names}))
+
+
 def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, config: TrainingConfig, output: str | Path,
                    *, spec: FeatureSpec, data_description: dict | None = None, show_progress: bool = True) -> TrainingResult:
     """Train a pipeline on ``events``, tune it on ``validation`` and write the bundle to ``output``."""
@@ -60,6 +70,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
                      eta_columns=eta_spec_for(spec.names, spec.scales) if config.derive_eta else None,
                      geometry_columns=geometry_spec_for(spec.names, spec.scales, intercept=config.pair_intercept)
                      if config.pair_geometry else None)
+    config = replace(config, gnn_blind_columns=blind_columns(config.gnn_blind_to, spec.names, config.derive_eta))
     config.validate()
     _check_events(events, validation, spec)
     torch.set_num_threads(config.threads)

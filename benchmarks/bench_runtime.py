@@ -122,23 +122,20 @@ class Baseline:
         np.minimum.at(earliest, end[top], index[top])
         return top & (earliest[end] == index)
 
-    def best_edges(self, features, edges, logits):
-        """Each hit's best outward and inward edge (hits ordered by distance from the origin), plainly: a mask."""
-        inner, outer = self.ends(features, edges)
-        n, every = features.shape[0], np.ones(edges.shape[1], dtype=bool)
-        keep = self.best_of_each_hit(n, inner, logits, every) | self.best_of_each_hit(n, outer, logits, every)
+    def best_edges(self, num_hits, inner, outer, logits):
+        """Each hit's best outward and inward edge (edges oriented by ``ends``), plainly: a mask."""
+        every = np.ones(inner.size, dtype=bool)
+        keep = self.best_of_each_hit(num_hits, inner, logits, every) | self.best_of_each_hit(num_hits, outer, logits, every)
         return keep & (inner != outer)
 
-    def gap_edges(self, features, edges, logits, kept):
+    def gap_edges(self, num_hits, inner, outer, logits, kept):
         """The edges that are the best of both of their free ends (no kept edge on that side), plainly: a mask."""
-        inner, outer = self.ends(features, edges)
-        n = features.shape[0]
-        has_out = np.zeros(n, dtype=bool)
+        has_out = np.zeros(num_hits, dtype=bool)
         has_out[inner[kept]] = True
-        has_in = np.zeros(n, dtype=bool)
+        has_in = np.zeros(num_hits, dtype=bool)
         has_in[outer[kept]] = True
         free = ~kept & (inner != outer) & ~has_out[inner] & ~has_in[outer]
-        return self.best_of_each_hit(n, inner, logits, free) & self.best_of_each_hit(n, outer, logits, free)
+        return self.best_of_each_hit(num_hits, inner, logits, free) & self.best_of_each_hit(num_hits, outer, logits, free)
 
     def run(self, features: np.ndarray):
         """(labels, per-stage seconds, intermediate results) of one event."""
@@ -171,16 +168,16 @@ class Baseline:
         gap_cut = self.stages.gap_cut
         if self.stages.track_building != "best_edges":
             good = kept[:, gnn_prob > self.stages.gnn_cut]
-        elif gap_cut is None:
-            strong = gnn_prob > self.stages.gnn_cut
-            good = kept[:, strong][:, self.best_edges(features, kept[:, strong], gnn_logits[strong])]
         else:
-            weak = gnn_prob > gap_cut
+            weak = gnn_prob > (self.stages.gnn_cut if gap_cut is None else gap_cut)
             candidates, logits = kept[:, weak], gnn_logits[weak]
+            inner, outer = self.ends(features, candidates)
             strong = gnn_prob[weak] > self.stages.gnn_cut
             chosen = np.zeros(logits.size, dtype=bool)
-            chosen[strong] = self.best_edges(features, candidates[:, strong], logits[strong])
-            good = candidates[:, chosen | self.gap_edges(features, candidates, logits, chosen)]
+            chosen[strong] = self.best_edges(n, inner[strong], outer[strong], logits[strong])
+            if gap_cut is not None:
+                chosen |= self.gap_edges(n, inner, outer, logits, chosen)
+            good = candidates[:, chosen]
         graph = coo_array((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
         _, labels = connected_components(graph, directed=False)
         times["tracks"] = time.perf_counter() - t

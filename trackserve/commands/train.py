@@ -143,6 +143,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..train.trainer import train_pipeline
 
     config = training_config(args)
+    config.validate()  # settings out of range are refused before any event is read or simulated
     spec = feature_spec(args.features)
     if config.derive_eta:
         from ..export.derived import eta_spec_for
@@ -155,7 +156,6 @@ def handle(args: argparse.Namespace) -> int:
     if config.gnn_blind_to:
         from ..train.trainer import blind_columns
 
-        config.validate()
         blind_columns(config.gnn_blind_to, spec.names, config.derive_eta)  # refuses a feature the GNN does not read
     if config.track_building == "best_edges" and not {"r", "z"} <= set(spec.names):
         raise InputError(f"--track-building best_edges orders hits by r and z; the features {list(spec.names)} lack them")

@@ -167,5 +167,5 @@ def _shown_rows(rows, max_fake_rate):
         gaps = [row for row in at_cut if row.gap_cut is not None]
         allowed = [row for row in gaps if max_fake_rate is None or row.worst_fake_rate <= max_fake_rate]
         if allowed or gaps:
-            shown.append(max(allowed or gaps, key=lambda row: (row.score, row.gap_cut)))
+            shown.append(max(allowed or gaps, key=lambda row: row.preference))
     return shown

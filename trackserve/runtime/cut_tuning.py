@@ -50,6 +50,12 @@ class CutFigures:
         return float(np.nan_to_num(self.efficiency) - np.nan_to_num(self.fake_rate))
 
     @property
+    def preference(self) -> tuple:
+        """The order candidates are chosen in: higher score, then the smaller cut, then the
+        higher gap cut (no gap filling counts as a gap cut equal to the cut)."""
+        return (self.score, -self.cut, self.cut if self.gap_cut is None else self.gap_cut)
+
+    @property
     def worst_fake_rate(self) -> float:
         """The highest fake rate of any validation event (NaN counts as 0)."""
         rates = self.fake_rates or (self.fake_rate,)
@@ -110,7 +116,7 @@ def tune_gnn_cut(pipeline, events: Event | Sequence[Event], *, method: str | Non
         raise InputError(f"no candidate cut keeps the fake rate at or below {max_fake_rate:g} on {where} "
                          f"(lowest: {lowest.worst_fake_rate:.4f} at cut {lowest.cut:g}"
                          + ("" if lowest.gap_cut is None else f", gap cut {lowest.gap_cut:g}") + ")")
-    best = max(allowed, key=lambda row: (row.score, -row.cut, row.cut if row.gap_cut is None else row.gap_cut))
+    best = max(allowed, key=lambda row: row.preference)
     return best, rows
 
 

@@ -4,15 +4,22 @@ Events of about 1k, 10k and 100k hits are simulated on the full TrackML detector
 random particles (the count chosen to give the size). Each size runs in a fresh
 subprocess that loads the features from a file, opens the Pipeline, runs it once to
 warm up and then ``--repeats`` times (median per stage); its peak memory is the
-process's ``ru_maxrss``, reported with the resident size before the first run (imports,
+process's peak resident size (``VmHWM``), reported with the resident size before the first run (imports,
 sessions) so the event's own share shows. For each network stage the FLOPs of its
 matrix products are counted from the ONNX graph (:func:`trackserve.engines.flops.network_flops`
 with that stage's hits and edges) and the achieved rate is set against the machine's
 own float32 matrix-multiply peak, measured in the same run with the same thread count
 (numpy ``float32`` matmul of 2048x2048 matrices, best of 5).
 
-``python benchmarks/bench_scaling.py [--bundle models/default] [--threads 2] [--quick]``
-writes the section ``scaling`` of ``benchmarks/RESULTS.md``.
+Two more tables say how much of that peak depends on the networks rather than the runtime:
+the same events of 10k hits and more on a bundle of random networks with the published
+ExaTrkX service's sizes (``benchmarks/published_size_bundle.py``: 512 wide where the
+default bundle is 64), and the rate ONNX Runtime reaches on bare chains of layers of 32,
+64 and 512 columns (matrix products alone, then with LayerNorm and an activation), run
+the way the runtime runs a network stage.
+
+``python benchmarks/bench_scaling.py [--bundle models/default] [--threads 2] [--quick]
+[--no-published-sizes]`` writes the section ``scaling`` of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -67,6 +74,19 @@ def simulate_features(target_hits: int, spec, seed: int) -> np.ndarray:
     return hit_features(event.hits, spec)
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory: ``VmHWM`` of /proc/self/status where there is one
+    (Linux; it starts afresh at exec, where ``ru_maxrss`` keeps the parent's peak at the fork),
+    else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(features_path: str, bundle: str, threads: int, repeats: int) -> dict:
     """Run in the subprocess: time the stages of one event, report memory and graph sizes."""
     from trackserve.runtime.config import RuntimeConfig
@@ -74,11 +94,11 @@ def child(features_path: str, bundle: str, threads: int, repeats: int) -> dict:
 
     features = np.load(features_path)
     pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=threads, graph_threads=threads))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_before = peak_resident_bytes()
     result = pipeline.run(features)
     runs = [pipeline.run(features).timings for _ in range(repeats)]
     timings = {key: float(np.median([run[key] for run in runs])) for key in (*STAGES, "total")}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_resident_bytes()
     # The GNN runs on the hits some filtered edge touches: its node networks see only those.
     filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
     return {"hits": int(features.shape[0]), "timings": timings, "num_edges": result.num_edges,
@@ -86,13 +106,125 @@ def child(features_path: str, bundle: str, threads: int, repeats: int) -> dict:
             "rss_before": rss_before, "peak": peak}
 
 
+def layer_chain_model(width: int, layers: int, layer_norm: bool, activation: str | None) -> bytes:
+    """An ONNX model of ``layers`` blocks ``Gemm [rows, width] x [width, width]`` (+ LayerNorm, + activation)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(width)
+    nodes, weights, current = [], [], "x"
+    for layer in range(layers):
+        weights += [numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32),
+                                            f"w{layer}"),
+                    numpy_helper.from_array(np.zeros(width, np.float32), f"b{layer}")]
+        nodes.append(helper.make_node("Gemm", [current, f"w{layer}", f"b{layer}"], [f"gemm{layer}"]))
+        current = f"gemm{layer}"
+        if layer_norm:
+            weights += [numpy_helper.from_array(np.ones(width, np.float32), f"scale{layer}"),
+                        numpy_helper.from_array(np.zeros(width, np.float32), f"shift{layer}")]
+            nodes.append(helper.make_node("LayerNormalization", [current, f"scale{layer}", f"shift{layer}"],
+                                          [f"norm{layer}"], axis=-1))
+            current = f"norm{layer}"
+        if activation:
+            nodes.append(helper.make_node(activation, [current], [f"act{layer}"]))
+            current = f"act{layer}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", width])],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["rows", width])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+#: The layer chains timed for the ceiling table: (label, LayerNorm, activation).
+CHAIN_KINDS = (("products only", False, None), ("+ LayerNorm + Tanh", True, "Tanh"), ("+ LayerNorm + ReLU", True, "Relu"))
+
+
+def layer_chain_rates(widths, threads: int, rows: int = 100_000, layers: int = 4) -> list[tuple[int, str, float]]:
+    """(width, kind, FLOP/s) of 4-layer chains on ``rows`` rows, run as the runtime runs a
+    network stage: ``threads`` single-threaded ONNX Runtime sessions on row slices at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+
+    results = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for width in widths:
+            x = np.random.default_rng(1).standard_normal((rows, width), dtype=np.float32)
+            slices = np.array_split(x, threads)
+            for label, layer_norm, activation in CHAIN_KINDS:
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = 1
+                options.inter_op_num_threads = 1
+                session = ort.InferenceSession(layer_chain_model(width, layers, layer_norm, activation), options,
+                                               providers=["CPUExecutionProvider"])
+
+                def run_all():
+                    list(pool.map(lambda part: session.run(None, {"x": part}), slices))
+
+                run_all()
+                best = float("inf")
+                for _ in range(3):
+                    start = time.perf_counter()
+                    run_all()
+                    best = min(best, time.perf_counter() - start)
+                results.append((width, label, 2.0 * rows * width * width * layers / best))
+    return results
+
+
+def measure_bundle(bundle_path: str, sizes, threads: int, repeats: int, scratch: Path, tag: str) -> list[dict]:
+    """Run every size of event on ``bundle_path`` in its own process; the rows of the tables."""
+    from trackserve.bundle import load_bundle
+    from trackserve.events.features import FeatureSpec
+
+    bundle = load_bundle(bundle_path)
+    spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
+    rows = []
+    for size in sizes:
+        features_path, out_path = scratch / f"{tag}-f{size}.npy", scratch / f"{tag}-r{size}.json"
+        np.save(features_path, simulate_features(size, spec, seed=size))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+        subprocess.run([sys.executable, __file__, "--bundle", bundle_path, "--threads", str(threads),
+                        "--repeats", str(repeats), "--child", str(features_path), str(out_path)],
+                       check=True, env=env)
+        rows.append(json.loads(out_path.read_text()))
+    return rows
+
+
+def bundle_tables(bundle_path: str, rows: list[dict], peak: float) -> tuple[list[str], list[str]]:
+    """The stage table and the FLOP-rate table (markdown lines) of one bundle's rows."""
+    from trackserve.bundle import load_bundle
+    from trackserve.engines.flops import network_flops
+
+    bundle = load_bundle(bundle_path)
+    stage_lines = ["| hits | graph / filtered edges | GNN ran as | " + " | ".join(f"{s} (ms)" for s in STAGES)
+                   + " | total (ms) | peak memory (MiB) |",
+                   "| ---: | ---: | --- | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: |"]
+    rate_lines = ["| hits | network | GFLOP | GFLOP/s | of matmul peak |", "| ---: | --- | ---: | ---: | ---: |"]
+    for row in rows:
+        t, e = row["timings"], row["num_edges"]
+        stage_lines.append(f"| {row['hits']:,} | {e['graph']:,} / {e['filter']:,} | {row['gnn_layout']} | "
+                           + " | ".join(f"{t[s] * 1e3:.1f}" for s in STAGES)
+                           + f" | {t['total'] * 1e3:.1f} | {row['peak'] / 2**20:.0f} ({row['rss_before'] / 2**20:.0f}) |")
+        stage_edges = {"embed": 0, "filter": e["graph"], "gnn": e["filter"]}
+        stage_hits = {"embed": row["hits"], "filter": row["hits"], "gnn": row["gnn_hits"]}
+        for stage, network in NETWORK_OF_STAGE.items():
+            flops = network_flops(bundle.network_path(network), stage_hits[stage], stage_edges[stage])
+            rate = flops / t[stage] if t[stage] > 0 else 0.0
+            rate_lines.append(f"| {row['hits']:,} | {network} | {flops / 1e9:.3f} | {rate / 1e9:.1f} | {rate / peak:.0%} |")
+    return stage_lines, rate_lines
+
+
 def main(argv=None) -> int:
-    """Run every size in its own process, print the table and write the RESULTS.md section."""
+    """Run every size in its own process, print the tables and write the RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--published-sizes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time a bundle of random networks with the published service's sizes "
+                             "(benchmarks/published_size_bundle.py; needs torch to write it)")
+    parser.add_argument("--published-repeats", type=int, default=1,
+                        help="runs after the warm-up for the published-size bundle (its 100k-hit event takes ~30 s)")
     parser.add_argument("--quick", action="store_true", help="sizes 1k and 10k, 1 repeat")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     parser.add_argument("--child", nargs=2, metavar=("FEATURES", "OUT"), help=argparse.SUPPRESS)
@@ -102,24 +234,46 @@ def main(argv=None) -> int:
         return 0
 
     from trackserve.bundle import load_bundle
-    from trackserve.engines.flops import network_flops
-    from trackserve.events.features import FeatureSpec
 
     bundle = load_bundle(args.bundle)
-    spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
     sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
     repeats = 1 if args.quick else args.repeats
+    note = load_note()
     peak = matmul_peak(args.threads)
-    rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for size in sizes:
-            features_path, out_path = Path(scratch) / f"f{size}.npy", Path(scratch) / f"r{size}.json"
-            np.save(features_path, simulate_features(size, spec, seed=size))
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
-            subprocess.run([sys.executable, __file__, "--bundle", args.bundle, "--threads", str(args.threads),
-                            "--repeats", str(repeats), "--child", str(features_path), str(out_path)],
-                           check=True, env=env)
-            rows.append(json.loads(out_path.read_text()))
+        rows = measure_bundle(args.bundle, sizes, args.threads, repeats, Path(scratch), "bundle")
+        stage_lines, rate_lines = bundle_tables(args.bundle, rows, peak)
+        published_lines: list[str] = []
+        if args.published_sizes:
+            from published_size_bundle import EMBEDDING, FILTER, GNN
+
+            published = str(Path(scratch) / "published-sizes")
+            # in its own process: torch stays out of this one and of the children's memory figures
+            subprocess.run([sys.executable, str(Path(__file__).with_name("published_size_bundle.py")), published],
+                           check=True)
+            published_rows = measure_bundle(published, [s for s in sizes if s >= 10_000], args.threads,
+                                            args.published_repeats, Path(scratch), "published")
+            p_stage, p_rate = bundle_tables(published, published_rows, peak)
+            stages = load_bundle(published).stages
+            published_lines = [
+                "", "### The same runtime on networks of the published service's sizes", "",
+                "Random weights with the sizes of the published ExaTrkX service's hyperparameter files "
+                f"(`benchmarks/published_size_bundle.py`): embedding {EMBEDDING['nb_layer']} layers of "
+                f"{EMBEDDING['emb_hidden']}, filter {FILTER['nb_layer']} layers of {FILTER['hidden']} (both LayerNorm "
+                f"and Tanh), attention GNN (ResAGNN) of width {GNN['hidden']}, {GNN['n_graph_iters']} iterations, "
+                f"{GNN['nb_node_layer']}-layer node and edge networks; radius {stages.radius} (10 neighbours for the "
+                f"median hit of a 10k-hit event), cap {stages.max_neighbours}, filter cut {stages.filter_cut:.3f} (a "
+                f"third of the edges), GNN cut {stages.gnn_cut}. Medians of {args.published_repeats} run(s) after a "
+                "warm-up; the same events as above.", "", *p_stage, "", *p_rate]
+        chain_lines = ["", "### What ONNX Runtime reaches on layers of these widths", "",
+                       f"Chains of 4 layers `[100,000 x w] x [w x w]` run as the runtime runs a network stage "
+                       f"({args.threads} single-threaded sessions on row slices at once), best of 3: the matrix "
+                       "products alone, and each followed by a LayerNorm and an activation as in the networks. The "
+                       "default bundle's networks are 64 (embedding, filter) and 32 (GNN) wide; the published "
+                       "service's embedding and filter 512.", "",
+                       "| width | layers | GFLOP/s | of matmul peak |", "| ---: | --- | ---: | ---: |"]
+        for width, label, rate in layer_chain_rates((32, 64, 512), args.threads):
+            chain_lines.append(f"| {width} | {label} | {rate / 1e9:.1f} | {rate / peak:.0%} |")
 
     lines = [f"Machine: {machine_description()}.", "",
              f"Threads: trackserve intra_op_threads={args.threads} (each network stage as {args.threads} single-threaded "
@@ -128,29 +282,16 @@ def main(argv=None) -> int:
              f"**{peak / 1e9:.1f} GFLOP/s** (float32 2048x2048, best of 5).",
              f"Bundle: `{args.bundle}` ({bundle.provenance.get('data', 'no data recorded')}). Random-particle events "
              f"on the full detector, each size in a fresh process; medians of {repeats} runs after a warm-up. "
-             "Peak memory: ru_maxrss of that process (in brackets: before the first event). " + load_note(), "",
-             "| hits | graph / filtered edges | GNN ran as | " + " | ".join(f"{s} (ms)" for s in STAGES)
-             + " | total (ms) | peak memory (MiB) |",
-             "| ---: | ---: | --- | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: |"]
-    rate_lines = ["", "FLOPs of the matrix products at the sizes each network ran at (the GNN: the hits its "
+             "Peak memory: the peak resident size (VmHWM) of that process (in brackets: before the first event). " + note, "",
+             *stage_lines]
+    rate_intro = ["", "FLOPs of the matrix products at the sizes each network ran at (the GNN: the hits its "
                   "filtered edges touch; in halo slices it computes the halo edges twice, not counted here). "
                   "The column `GNN ran as` says how the GNN used the threads (README): groups of connected "
                   "components or azimuth slices with their halos at once; in one call it runs on one thread "
                   f"(the sequential scatter form) and against this {args.threads}-thread peak could reach at most "
-                  f"1/{args.threads}.", "",
-                  "| hits | network | GFLOP | GFLOP/s | of matmul peak |", "| ---: | --- | ---: | ---: | ---: |"]
-    for row in rows:
-        t, e = row["timings"], row["num_edges"]
-        lines.append(f"| {row['hits']:,} | {e['graph']:,} / {e['filter']:,} | {row['gnn_layout']} | "
-                     + " | ".join(f"{t[s] * 1e3:.1f}" for s in STAGES)
-                     + f" | {t['total'] * 1e3:.1f} | {row['peak'] / 2**20:.0f} ({row['rss_before'] / 2**20:.0f}) |")
-        stage_edges = {"embed": 0, "filter": e["graph"], "gnn": e["filter"]}
-        stage_hits = {"embed": row["hits"], "filter": row["hits"], "gnn": row["gnn_hits"]}
-        for stage, network in NETWORK_OF_STAGE.items():
-            flops = network_flops(bundle.network_path(network), stage_hits[stage], stage_edges[stage])
-            rate = flops / t[stage] if t[stage] > 0 else 0.0
-            rate_lines.append(f"| {row['hits']:,} | {network} | {flops / 1e9:.3f} | {rate / 1e9:.1f} | {rate / peak:.0%} |")
-    text = "## scaling (`benchmarks/bench_scaling.py`)\n\n" + "\n".join(lines + rate_lines)
+                  f"1/{args.threads}.", ""]
+    text = ("## scaling (`benchmarks/bench_scaling.py`)\n\n"
+            + "\n".join(lines + rate_intro + rate_lines + published_lines + chain_lines))
     print(text)
     if not args.no_write:
         write_section("scaling", text)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from trackserve.export.embedding import EmbeddingNetwork
-from trackserve.export.inference_forms import FactoredInteractionGNN, inference_form
+from trackserve.export.inference_forms import FactoredInteractionGNN, FactoredResAGNN, inference_form
 from trackserve.export.interaction_gnn import InteractionGNN
+from trackserve.export.resagnn import ResAGNN
 from trackserve.export.onnx_export import export_network
 from trackserve.export.specs import power_law_edges
 
@@ -60,10 +61,49 @@ def test_factored_form_shares_the_trained_parameters():
     assert dict(factored.named_parameters()).keys() == {f"network.{key}" for key, _ in network.named_parameters()}
 
 
+RESAGNN_VARIANTS = {
+    "service": {},
+    "ctd2022": {"node_input_order": "nodes_first", "hidden_activation": "Tanh"},
+    "no_norm_wide_edges": {"layer_norm": False, "edge_hidden": 24},
+    "bare_edge_network": {"nb_edge_layer": 0},
+    "no_iterations": {"n_graph_iters": 0},
+}
+
+
+def _resagnn(options, seed=0):
+    torch.manual_seed(seed)
+    config = {"in_channels": 3, "hidden": 16, "n_graph_iters": 3, "nb_node_layer": 2, "nb_edge_layer": 2, **options}
+    return ResAGNN(**config).eval()
+
+
+@pytest.mark.parametrize("name", RESAGNN_VARIANTS)
+@pytest.mark.parametrize("num_hits, num_edges", [(1, 0), (2, 1), (300, 5000)])
+def test_factored_resagnn_matches_the_network(name, num_hits, num_edges):
+    network = _resagnn(RESAGNN_VARIANTS[name])
+    factored = FactoredResAGNN(network).eval()
+    features, edges = _graph(num_hits, num_edges, seed=num_edges)
+    if num_edges == 1:
+        edges = torch.tensor([[0], [1]])
+    with torch.no_grad():
+        expected, got = network(features, edges), factored(features, edges)
+    assert got.shape == expected.shape == (edges.shape[1],)
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    difference = float((got - expected).abs().max()) if got.numel() else 0.0
+    assert difference <= 1e-5 * scale
+
+
+def test_factored_resagnn_shares_the_trained_parameters():
+    network = _resagnn({})
+    factored = FactoredResAGNN(network)
+    assert factored.edge_network.first.weight is network.edge_network.network[0].weight
+    assert dict(factored.named_parameters()).keys() == {f"network.{key}" for key, _ in network.named_parameters()}
+
+
 def test_other_networks_are_exported_as_they_are():
     embedding = EmbeddingNetwork(in_channels=3, emb_hidden=8, nb_layer=2, emb_dim=4)
     assert inference_form(embedding) is embedding
     assert isinstance(inference_form(_network({})), FactoredInteractionGNN)
+    assert isinstance(inference_form(_resagnn({})), FactoredResAGNN)
 
 
 def _products_reading(path, width):
@@ -81,3 +121,21 @@ def test_exported_graph_is_the_factored_one_and_passes_parity(tmp_path):
     # Only the node networks (one per iteration) still read a [rows, 3 x hidden] input;
     # the edge networks and the classifier read hidden-wide blocks instead.
     assert _products_reading(tmp_path / "gnn.onnx", 3 * 16) == network.n_graph_iters
+
+
+def _products_with_weight(path, dims):
+    """How many MatMul/Gemm nodes of the exported graph multiply by a weight of these two dims (either order)."""
+    model = onnx.load(str(path))
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    return sum(1 for node in model.graph.node
+               if node.op_type in ("MatMul", "Gemm") and sorted(weights.get(node.input[1], ())) == sorted(dims))
+
+
+def test_exported_resagnn_is_the_factored_one_and_passes_parity(tmp_path):
+    network = _resagnn({"edge_hidden": 24})
+    report = export_network(network, None, tmp_path / "gnn.onnx")
+    assert report.validation.passed
+    width = 16 + 3
+    # the edge network's first layer: [N, width] times each [width, 24] half, never [E, 2 * width] times the whole
+    assert _products_with_weight(tmp_path / "gnn.onnx", (2 * width, 24)) == 0
+    assert _products_with_weight(tmp_path / "gnn.onnx", (width, 24)) >= 2

@@ -1,22 +1,29 @@
 """Cheaper forms of a network with the same function, used for the ONNX graph only.
 
-An interaction network's edge MLPs start with a ``Linear`` on ``cat[x[start], x[end], e]``.
-Split the weight by blocks, ``W = [W_s | W_e | W_r]``, and the product becomes::
+A message-passing GNN's edge MLPs start with a ``Linear`` on ``cat[x[start], x[end], e]``
+(or on ``cat[x[start], x[end]]``). Split the weight by blocks, ``W = [W_s | W_e | W_r]``,
+and the product becomes::
 
     (x @ W_s.T)[start] + (x @ W_e.T)[end] + e @ W_r.T + b
 
 The two node products are computed once per hit instead of once per edge, which removes
-most of the first layer's multiply-adds in the edge encoder, in every message-passing
-step and in the output classifier when edges outnumber hits, and the ``[E, 3H]``
-concatenation. Measured on the default GNN: 24.4 instead of 38.1 GFLOP on a 100k-hit
-event; on a 1k-hit event with fewer than two filtered edges per hit it costs slightly
-more (0.101 instead of 0.088 GFLOP).
+most of the first layer's multiply-adds (when edges outnumber hits) and the ``[E, 2W]``
+or ``[E, 3H]`` concatenation:
+
+* in an :class:`~trackserve.export.interaction_gnn.InteractionGNN`, the edge encoder, the
+  edge network of every message-passing step and the output classifier. Measured on the
+  default GNN: 24.4 instead of 38.1 GFLOP on a 100k-hit event; on a 1k-hit event with
+  fewer than two filtered edges per hit it costs slightly more (0.101 instead of 0.088
+  GFLOP);
+* in a :class:`~trackserve.export.resagnn.ResAGNN` (the published service's GNN), its one
+  edge network, used for the attention weights of every iteration and for the output
+  logits.
 
 :func:`inference_form` returns the module to hand to ``torch.onnx.export``: the factored
-form for an :class:`~trackserve.export.interaction_gnn.InteractionGNN`, the network itself
-for everything else. The factored module shares the trained parameters (no copy); the
-export is validated against the original network, so a mistake here cannot reach a bundle.
-Summation order differs from the original, so the outputs agree to float32 rounding.
+form for those two architectures, the network itself for everything else. The factored
+module shares the trained parameters (no copy); the export is validated against the
+original network, so a mistake here cannot reach a bundle. Summation order differs from
+the original, so the outputs agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from torch import nn
 
 from .interaction_gnn import InteractionGNN
 from .mlp import pair_differences
+from .resagnn import ResAGNN
 
 
 class _FactoredInput(nn.Module):
@@ -92,8 +100,44 @@ class FactoredInteractionGNN(nn.Module):
         return self.output_edge_classifier(nodes, start, end, edges).squeeze(-1)
 
 
+class FactoredResAGNN(nn.Module):
+    """A :class:`ResAGNN`'s forward with its edge network's first layer factored (same parameters)."""
+
+    def __init__(self, network: ResAGNN):
+        super().__init__()
+        self.network = network
+        width = network.config["hidden"] + network.config["in_channels"]
+        self.edge_network = _FactoredInput(network.edge_network.network, width)
+        if self.edge_network.first.in_features != 2 * width:
+            raise ValueError(f"a ResAGNN edge network reads cat[h[start], h[end]] of width {2 * width}; "
+                             f"this one's first layer reads {self.edge_network.first.in_features}")
+
+    @property
+    def kind(self) -> str:
+        """The pipeline role (``"gnn"``), as the wrapped network's."""
+        return self.network.kind
+
+    @property
+    def config(self) -> dict:
+        """The wrapped network's config."""
+        return self.network.config
+
+    def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """GNN logits ``[E]``, the same function as the wrapped network's ``forward``."""
+        net = self.network
+        start, end = edge_index[0], edge_index[1]
+        hidden = torch.cat([net.input_network(features), features], dim=-1)
+        for _ in range(net.n_graph_iters):
+            weights = torch.sigmoid(self.edge_network(hidden, start, end, None).squeeze(-1))
+            update = net.node_network(hidden, weights, edge_index)
+            hidden = hidden + torch.cat([update, features], dim=-1)
+        return self.edge_network(hidden, start, end, None).squeeze(-1)
+
+
 def inference_form(module: nn.Module) -> nn.Module:
     """The module to export for ``module``: its factored form when there is one, else ``module`` itself."""
     if type(module) is InteractionGNN:
         return FactoredInteractionGNN(module).eval()
+    if type(module) is ResAGNN:
+        return FactoredResAGNN(module).eval()
     return module

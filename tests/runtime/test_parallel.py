@@ -12,6 +12,7 @@ from scipy.sparse.csgraph import connected_components
 from trackserve.errors import InputError
 from trackserve.events.trackml import read_event
 from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.network_steps import EMBED_BLOCK_ROWS
 from trackserve.runtime import parallel
 from trackserve.runtime.parallel import HaloSplit, PartRunner, component_groups, row_parts
 from trackserve.runtime.pipeline import Pipeline
@@ -164,6 +165,18 @@ def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_feat
     assert np.allclose(grouped, whole, rtol=0, atol=1e-4 * max(1.0, np.abs(whole).max()))
     assert np.array_equal(split.run(features).labels, single.run(features).labels)
     assert max(calls) == 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("num_hits", [1, EMBED_BLOCK_ROWS, EMBED_BLOCK_ROWS + 1, 2 * EMBED_BLOCK_ROWS + 513])
+def test_embedding_in_blocks_fills_every_row_as_one_call(tiny_bundle, sample_features, threads, num_hits):
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=threads, graph_threads=1))
+    # rows repeated from the sample event up to the size wanted, the last ones distinct from the first
+    features = np.ascontiguousarray(np.resize(sample_features[::-1], (num_hits, sample_features.shape[1])))
+    whole = pipeline._steps.networks["embedding"].run(features=features)
+    blocked = pipeline.embed(features)
+    assert blocked.shape == whole.shape and blocked.dtype == np.float32
+    assert np.allclose(blocked, whole, rtol=0, atol=1e-5 * max(1.0, np.abs(whole).max()))
 
 
 def _phi_ring_graph(features: np.ndarray, phi_column: int, neighbours: int) -> np.ndarray:

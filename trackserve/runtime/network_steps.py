@@ -4,7 +4,8 @@ Shared by :class:`~trackserve.runtime.pipeline.Pipeline` (the custom model) and 
 ensemble's stage models (:mod:`trackserve.serving.stages`), so both layouts run the
 networks the same way:
 
-* the embedding on slices of the hits, the filter on slices of each chunk of
+* the embedding on slices of the hits (each slice in calls of at most
+  :data:`EMBED_BLOCK_ROWS` hits), the filter on slices of each chunk of
   ``config.edge_chunk_size`` edges, each slice a single-threaded ONNX Runtime call, the
   slices of one event at once on ``config.intra_op_threads`` threads
   (:mod:`trackserve.runtime.parallel`);
@@ -31,6 +32,13 @@ from .subgraph import LOCAL_GNN_ARCHITECTURES, halo_hops, touched_subgraph
 
 #: The networks of a bundle, in pipeline order.
 NETWORKS = ("embedding", "filter", "gnn")
+
+#: Hits per embedding call within one thread's slice: a block's activations stay in the
+#: core's caches between layers. Measured on this project's 2-core machine on a 100k-hit
+#: event: the default embedding took 29-48 ms in blocks of 1,024 against 49-66 ms in one
+#: call per slice, an embedding of the published service's size (6 x 512) 1.35 s against
+#: 1.68 s; the embedding is row-wise, and the results were the same bit for bit.
+EMBED_BLOCK_ROWS = 1024
 
 
 class NetworkSteps:
@@ -60,12 +68,21 @@ class NetworkSteps:
     def embed(self, features: np.ndarray) -> np.ndarray:
         """Embedding ``[N, D]`` float32 of validated features ``[N, F]``."""
         runner = self.networks["embedding"]
-        if features.shape[0] == 0:
+        num_hits = features.shape[0]
+        if num_hits == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        parts = row_parts(features.shape[0], self.parts.threads)
-        if len(parts) == 1:
+        parts = row_parts(num_hits, self.parts.threads)
+        if len(parts) == 1 and num_hits <= EMBED_BLOCK_ROWS:
             return runner.run(features=features)
-        return np.concatenate(self.parts.map(lambda rows: runner.run(features=features[rows]), parts))
+        embedding = np.empty((num_hits, self.embedding_dim), dtype=np.float32)
+
+        def embed_part(rows: slice) -> None:
+            for begin in range(rows.start, rows.stop, EMBED_BLOCK_ROWS):
+                block = slice(begin, min(begin + EMBED_BLOCK_ROWS, rows.stop))
+                embedding[block] = runner.run(features=features[block])
+
+        self.parts.map(embed_part, parts)
+        return embedding
 
     def edge_logits(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
         """Logits ``[M]`` of edge classifier ``network`` (``"filter"`` or ``"gnn"``) on ``edge_index``.

@@ -139,11 +139,14 @@ CHAIN_KINDS = (("products only", False, None), ("+ LayerNorm + Tanh", True, "Tan
 
 
 def layer_chain_rates(widths, threads: int, rows: int = 100_000, layers: int = 4) -> list[tuple[int, str, float]]:
-    """(width, kind, FLOP/s) of 4-layer chains on ``rows`` rows, run as the runtime runs a
-    network stage: ``threads`` single-threaded ONNX Runtime sessions on row slices at once."""
+    """(width, kind, FLOP/s) of 4-layer chains on ``rows`` rows, run as the runtime runs the
+    embedding: ``threads`` single-threaded ONNX Runtime sessions on row slices at once, each
+    slice in calls of :data:`~trackserve.runtime.network_steps.EMBED_BLOCK_ROWS` rows."""
     from concurrent.futures import ThreadPoolExecutor
 
     import onnxruntime as ort
+
+    from trackserve.runtime.network_steps import EMBED_BLOCK_ROWS
 
     results = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -157,8 +160,12 @@ def layer_chain_rates(widths, threads: int, rows: int = 100_000, layers: int = 4
                 session = ort.InferenceSession(layer_chain_model(width, layers, layer_norm, activation), options,
                                                providers=["CPUExecutionProvider"])
 
+                def run_slice(part):
+                    for begin in range(0, part.shape[0], EMBED_BLOCK_ROWS):
+                        session.run(None, {"x": part[begin:begin + EMBED_BLOCK_ROWS]})
+
                 def run_all():
-                    list(pool.map(lambda part: session.run(None, {"x": part}), slices))
+                    list(pool.map(run_slice, slices))
 
                 run_all()
                 best = float("inf")
@@ -234,6 +241,7 @@ def main(argv=None) -> int:
         return 0
 
     from trackserve.bundle import load_bundle
+    from trackserve.runtime.network_steps import EMBED_BLOCK_ROWS
 
     bundle = load_bundle(args.bundle)
     sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -266,8 +274,9 @@ def main(argv=None) -> int:
                 f"third of the edges), GNN cut {stages.gnn_cut}. Medians of {args.published_repeats} run(s) after a "
                 "warm-up; the same events as above.", "", *p_stage, "", *p_rate]
         chain_lines = ["", "### What ONNX Runtime reaches on layers of these widths", "",
-                       f"Chains of 4 layers `[100,000 x w] x [w x w]` run as the runtime runs a network stage "
-                       f"({args.threads} single-threaded sessions on row slices at once), best of 3: the matrix "
+                       f"Chains of 4 layers `[100,000 x w] x [w x w]` run as the runtime runs the embedding "
+                       f"({args.threads} single-threaded sessions on row slices at once, each slice in calls of "
+                       f"{EMBED_BLOCK_ROWS:,} rows), best of 3: the matrix "
                        "products alone, and each followed by a LayerNorm and an activation as in the networks. The "
                        "default bundle's networks are 64 (embedding, filter) and 32 (GNN) wide; the published "
                        "service's embedding and filter 512.", "",

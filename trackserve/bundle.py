@@ -23,7 +23,9 @@ Layout::
   ``gnn_cut`` (probabilities, applied after the sigmoid), ``edge_direction``
   (see :data:`EDGE_DIRECTIONS`), optionally ``track_building`` (see
   :data:`TRACK_BUILDING_METHODS`; ``"components"`` when absent) and, for ``best_edges``,
-  ``gap_cut`` (a lower cut whose edges fill the gaps the GNN cut leaves; absent: none).
+  ``gap_cut`` (a lower cut whose edges fill the gaps the GNN cut leaves; absent: none)
+  and ``join_pieces`` (the settings for joining track pieces that fit one trajectory,
+  see :class:`JoinSettings`; absent: none).
   Any other key is refused, so a bundle that needs a newer trackserve says so;
 * ``provenance``: free-form record of the data, training settings, package versions
   and creation date.
@@ -43,7 +45,7 @@ import math
 import os
 import platform
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -132,12 +134,13 @@ NETWORK_KINDS: dict[str, str] = {"embedding": "embedding", "filter": "edge_class
 TRACK_BUILDING_METHODS = ("components", "best_edges")
 
 
-#: The keys of ``stages`` in ``pipeline.json``; the last two are optional.
-STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction", "track_building", "gap_cut")
+#: The keys of ``stages`` in ``pipeline.json``; the last three are optional.
+STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction", "track_building", "gap_cut",
+              "join_pieces")
 
 
 def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
-                    track_building="components", gap_cut=None) -> list[str]:
+                    track_building="components", gap_cut=None, join_pieces=None) -> list[str]:
     problems = []
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
@@ -161,6 +164,89 @@ def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
             problems.append(f"stages.gap_cut: {gap_cut!r} is above gnn_cut {gnn_cut!r} (it fills the gaps that cut leaves)")
         if track_building != "best_edges":
             problems.append(f"stages.gap_cut: gap filling needs track_building 'best_edges', not {track_building!r}")
+    if join_pieces is not None:
+        settings = join_pieces.to_dict() if isinstance(join_pieces, JoinSettings) else join_pieces
+        problems.extend(f"stages.join_pieces: {problem}" for problem in join_settings_problems(settings))
+        if track_building != "best_edges":
+            problems.append(f"stages.join_pieces: joining track pieces needs track_building 'best_edges', "
+                            f"not {track_building!r}")
+    return problems
+
+
+#: The fields of ``stages.join_pieces`` (:class:`JoinSettings`).
+JOIN_FIELDS = ("min_score", "transverse_mm", "z_mm", "single_hit_scale", "rounds")
+
+
+@dataclass(frozen=True)
+class JoinSettings:
+    """How track pieces are joined (:func:`trackserve.runtime.piece_joining.join_pieces`).
+
+    ``min_score``: the probability a candidate edge's score must pass (``sigmoid(score) >
+    min_score`` for logits), in ``[0, 1]``; ``transverse_mm`` and ``z_mm``: the tolerances
+    (> 0, mm); ``single_hit_scale``: in ``[0, 1]``, the tolerances' factor for attaching a
+    lone hit (0: never); ``rounds``: an integer >= 1. Invalid values raise BundleError
+    naming each.
+    """
+
+    min_score: float
+    transverse_mm: float
+    z_mm: float
+    single_hit_scale: float
+    rounds: int
+
+    def __post_init__(self):
+        problems = join_settings_problems(asdict(self))
+        if problems:
+            raise BundleError("invalid piece-joining settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_mapping(cls, data) -> "JoinSettings":
+        """Settings from a mapping with exactly the five fields (a bundle's ``stages.join_pieces``)."""
+        problems = join_settings_problems(data)
+        if problems:
+            raise BundleError("invalid piece-joining settings: " + "; ".join(problems))
+        return cls(**{name: data[name] for name in JOIN_FIELDS})
+
+    def to_dict(self) -> dict:
+        """The five fields as a plain dict (as written in a bundle)."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for tables and messages."""
+        return (f"join above {self.min_score:g} within {self.transverse_mm:g} mm / {self.z_mm:g} mm, "
+                f"lone hits x{self.single_hit_scale:g}, {self.rounds} round{'s' if self.rounds != 1 else ''}")
+
+
+def join_settings_problems(data) -> list[str]:
+    """What is wrong with a mapping of piece-joining settings (empty when nothing is)."""
+    if not isinstance(data, Mapping):
+        return [f"expected an object with {', '.join(JOIN_FIELDS)}; got {data!r}"]
+    problems = []
+    missing = [name for name in JOIN_FIELDS if name not in data]
+    unknown = [name for name in data if name not in JOIN_FIELDS]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unknown:
+        problems.append(f"unknown {', '.join(map(str, unknown))} (the fields are {', '.join(JOIN_FIELDS)})")
+
+    def real(name):
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            problems.append(f"{name} must be a finite number; got {value!r}")
+            return None
+        return float(value)
+
+    if "min_score" in data and (value := real("min_score")) is not None and not 0.0 <= value <= 1.0:
+        problems.append(f"min_score {value!r} is outside [0, 1] (a probability, like the cuts)")
+    for name in ("transverse_mm", "z_mm"):
+        if name in data and (value := real(name)) is not None and value <= 0.0:
+            problems.append(f"{name} must be above 0 mm; got {value!r}")
+    if "single_hit_scale" in data and (value := real("single_hit_scale")) is not None and not 0.0 <= value <= 1.0:
+        problems.append(f"single_hit_scale {value!r} is outside [0, 1]")
+    if "rounds" in data:
+        rounds = data["rounds"]
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            problems.append(f"rounds must be an integer >= 1; got {rounds!r}")
     return problems
 
 
@@ -175,6 +261,9 @@ class StageParameters:
     also for bundles written before the key existed). ``gap_cut``: for ``best_edges``, a
     cut in ``[0, gnn_cut]`` whose edges fill the gaps ``gnn_cut`` leaves
     (:func:`~trackserve.runtime.track_building.gap_edges`); None (default): no gap filling.
+    ``join_pieces``: for ``best_edges``, :class:`JoinSettings` for joining the track pieces
+    that fit one trajectory (:mod:`trackserve.runtime.piece_joining`; it needs the features
+    r, phi and z); None (default): no joining.
     Invalid values raise :class:`~trackserve.errors.BundleError` naming each.
     """
 
@@ -185,10 +274,13 @@ class StageParameters:
     edge_direction: str
     track_building: str = "components"
     gap_cut: float | None = None
+    join_pieces: JoinSettings | None = None
 
     def __post_init__(self):
+        if self.join_pieces is not None and not isinstance(self.join_pieces, JoinSettings):
+            raise BundleError(f"invalid stage parameters: join_pieces must be JoinSettings or None; got {self.join_pieces!r}")
         problems = _stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction,
-                                   self.track_building, self.gap_cut)
+                                   self.track_building, self.gap_cut, self.join_pieces)
         if problems:
             raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -202,6 +294,7 @@ class StageParameters:
             "edge_direction": self.edge_direction,
             "track_building": self.track_building,
             **({} if self.gap_cut is None else {"gap_cut": self.gap_cut}),
+            **({} if self.join_pieces is None else {"join_pieces": self.join_pieces.to_dict()}),
         }
 
     @classmethod
@@ -213,8 +306,14 @@ class StageParameters:
         unknown = [k for k in data if k not in STAGE_KEYS]
         if unknown:
             raise BundleError(_unknown_stage_keys(unknown))
+        join = data.get("join_pieces")
+        if join is not None:
+            problems = join_settings_problems(join)
+            if problems:
+                raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - stages.join_pieces: {p}" for p in problems))
+            join = JoinSettings.from_mapping(join)
         return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"],
-                   data.get("track_building", "components"), data.get("gap_cut"))
+                   data.get("track_building", "components"), data.get("gap_cut"), join)
 
 
 def _unknown_stage_keys(unknown: list) -> str:
@@ -556,14 +655,21 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
         elif not unknown:
             method = raw_stages.get("track_building", "components")
             gap_cut = raw_stages.get("gap_cut")
-            stage_problems = _stage_problems(*(raw_stages[k] for k in keys), method, gap_cut)
+            join = raw_stages.get("join_pieces")
+            stage_problems = _stage_problems(*(raw_stages[k] for k in keys), method, gap_cut, join)
             if method == "best_edges" and features is not None and not {"r", "z"} <= set(features["names"]):
                 stage_problems.append(
                     f"stages.track_building: 'best_edges' orders hits by r and z, the features {features['names']} lack them"
                 )
+            if join is not None and features is not None and not {"r", "phi", "z"} <= set(features["names"]):
+                stage_problems.append(
+                    f"stages.join_pieces: joining track pieces fits lines in r, phi and z, the features "
+                    f"{features['names']} lack some of them"
+                )
             problems.extend(stage_problems)
             if not stage_problems:
-                stages = StageParameters(*(raw_stages[k] for k in keys), method, gap_cut)
+                stages = StageParameters(*(raw_stages[k] for k in keys), method, gap_cut,
+                                         None if join is None else JoinSettings.from_mapping(join))
 
     provenance = data["provenance"]
     if not isinstance(provenance, dict):

@@ -101,17 +101,18 @@ def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path
     assert main(["rescale", str(tmp_path / "new"), "--output", str(tmp_path / "again")]) == 2
 
 
-def test_rescaling_keeps_the_gap_cut_unless_the_method_changes(tmp_path):
+def test_rescaling_keeps_the_gap_cut_and_joining_unless_the_method_changes(tmp_path):
+    from trackserve.bundle import JoinSettings
     from trackserve.export.rescale import rescale_bundle
 
     stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j",
-                             track_building="best_edges", gap_cut=0.2)
+                             track_building="best_edges", gap_cut=0.2, join_pieces=JoinSettings(0.01, 5.0, 10.0, 0.25, 3))
     make_bundle(tmp_path / "old", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "test"})
     rescale_bundle(tmp_path / "old", tmp_path / "same", EXATRKX_SERVICE)
     assert load_bundle(tmp_path / "same").stages == stages
     rescale_bundle(tmp_path / "old", tmp_path / "plain", EXATRKX_SERVICE, track_building="components")
     plain = load_bundle(tmp_path / "plain").stages
-    assert (plain.track_building, plain.gap_cut, plain.gnn_cut) == ("components", None, 0.5)
+    assert (plain.track_building, plain.gap_cut, plain.join_pieces, plain.gnn_cut) == ("components", None, None, 0.5)
 
 
 def test_a_rescaling_that_changes_the_networks_output_is_refused_before_writing(tmp_path, monkeypatch):

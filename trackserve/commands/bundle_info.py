@@ -53,6 +53,7 @@ def describe(bundle) -> str:
         f"stages: radius {stages.radius:g}, max_neighbours {stages.max_neighbours}, filter_cut {stages.filter_cut:g}, "
         f"gnn_cut {stages.gnn_cut:g}, edge_direction {stages.edge_direction}, track_building {stages.track_building}"
         + ("" if stages.gap_cut is None else f", gap_cut {stages.gap_cut:g}")
+        + ("" if stages.join_pieces is None else f", join_pieces ({stages.join_pieces.describe()})")
     )
     engines = sorted(p.name for p in (bundle.directory / ENGINES_DIR).glob("*") if p.is_dir()) \
         if (bundle.directory / ENGINES_DIR).is_dir() else []

@@ -13,7 +13,11 @@ a provenance record (``gnn_cut_tuned``; the records of earlier tunings move into
 ``earlier`` list). With ``--fill-gaps`` (track building ``best_edges``) each cut is also
 tried with every lower gap cut of 0.05, 0.10, ..., 0.90 and the best pair is chosen;
 ``--write`` then stores the gap cut too (without ``--fill-gaps`` the bundle is written
-without one).
+without one). With ``--join-pieces`` (``best_edges``; features r, phi and z) the
+piece-joining settings of :data:`~trackserve.runtime.cut_tuning.CANDIDATE_JOINS` are then
+tried at the chosen cut and gap cut, and the best of them (or no joining, when none does
+better) is chosen by the same rule; ``--write`` stores it (without ``--join-pieces`` the
+bundle is written without joining).
 """
 
 from __future__ import annotations
@@ -57,8 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fill-gaps", action="store_true",
                         help="best_edges only: also try each cut with every lower gap cut (0.05 .. 0.90), whose edges "
                              "fill the gaps the cut leaves, and choose the best pair")
+    parser.add_argument("--join-pieces", action="store_true",
+                        help="best_edges only: then try the piece-joining settings (72 of them) at the chosen cuts and "
+                             "choose the best, or none")
     parser.add_argument("--write", action="store_true",
-                        help="store the chosen cut, gap cut and method in the bundle")
+                        help="store the chosen cut, gap cut, piece joining and method in the bundle")
     parser.set_defaults(handler=run)
 
 
@@ -92,18 +99,24 @@ def _validation_events(args, spec) -> list[tuple]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Tune, print the table, write the bundle when asked."""
+    """Tune, print the tables, write the bundle when asked."""
     import dataclasses
 
     from ..bundle import save_bundle
-    from ..runtime.cut_tuning import CANDIDATE_GAP_CUTS, tune_gnn_cut
+    from ..errors import InputError
+    from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOINS, ValidationSet, tune_gnn_cut,
+                                      tune_piece_joining)
     from ..runtime.pipeline import Pipeline
 
     pipeline = Pipeline(args.bundle)
     method = args.track_building or pipeline.stages.track_building
+    if args.join_pieces and method != "best_edges":
+        raise InputError(f"--join-pieces joins the pieces of best edges: it needs track building 'best_edges', "
+                         f"not {method!r}")
     validations = _validation_events(args, pipeline.feature_spec)
     events = [event for event, _ in validations]
-    best, rows = tune_gnn_cut(pipeline, events, method=method, min_pt=args.min_pt, min_hits=args.min_hits,
+    validation = ValidationSet(pipeline, events, method)
+    best, rows = tune_gnn_cut(pipeline, validation, min_pt=args.min_pt, min_hits=args.min_hits,
                               gap_cuts=CANDIDATE_GAP_CUTS if args.fill_gaps else None,
                               max_fake_rate=args.max_fake_rate)
     stages = pipeline.stages
@@ -116,28 +129,47 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'cut':>5}  {'gap cut':>7}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'duplicates':>10}  "
           f"{'eff - fake':>10}")
     for row in _shown_rows(rows, args.max_fake_rate):
-        current = row.cut == stages.gnn_cut and row.gap_cut == stages.gap_cut and method == stages.track_building
+        current = (row.cut == stages.gnn_cut and row.gap_cut == stages.gap_cut and method == stages.track_building
+                   and stages.join_pieces is None)
         mark = "  <- best" if row == best else ("  (bundle's)" if current else "")
         gap = "-" if row.gap_cut is None else f"{row.gap_cut:.2f}"
         print(f"{row.cut:5.2f}  {gap:>7}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.worst_fake_rate:10.4f}  "
               f"{row.duplicate_rate:10.4f}  {row.score:10.4f}{mark}")
-    chosen = _describe(best.cut, best.gap_cut)
+    if args.join_pieces:
+        best, join_rows = tune_piece_joining(pipeline, validation, cut=best.cut, gap_cut=best.gap_cut,
+                                             min_pt=args.min_pt, min_hits=args.min_hits,
+                                             max_fake_rate=args.max_fake_rate)
+        print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the {JOINS_SHOWN} best of "
+              f"{len(CANDIDATE_JOINS)} settings")
+        print(f"{'joining':<62}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'eff - fake':>10}")
+        for row in _shown_join_rows(join_rows, args.max_fake_rate):
+            mark = "  <- best" if row == best else ""
+            described = "no joining" if row.join is None else row.join.describe()
+            print(f"{described:<62}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.worst_fake_rate:10.4f}  "
+                  f"{row.score:10.4f}{mark}")
+    chosen = _describe(best.cut, best.gap_cut, best.join)
     if not args.write:
-        print(f"best: {chosen} (the bundle has {_describe(stages.gnn_cut, stages.gap_cut)}); --write stores it")
+        print(f"best: {chosen} (the bundle has {_describe(stages.gnn_cut, stages.gap_cut, stages.join_pieces)}); "
+              "--write stores it")
         return 0
     bundle = pipeline.bundle
-    previous = {"gnn_cut": stages.gnn_cut, "gap_cut": stages.gap_cut, "track_building": stages.track_building}
+    previous = {"gnn_cut": stages.gnn_cut, "gap_cut": stages.gap_cut, "track_building": stages.track_building,
+                "join_pieces": None if stages.join_pieces is None else stages.join_pieces.to_dict()}
     rule = "highest efficiency minus fake rate"
     if args.max_fake_rate is not None:
         rule += f" among the candidates with a fake rate <= {args.max_fake_rate:g} on every event"
     if len(events) > 1:
         rule += " (means over the events)"
+    if args.join_pieces:
+        rule += "; the cut and gap cut without joining, then the piece joining at them"
     record = {
         "events": [described for _, described in validations], "num_hits": [int(event.num_hits) for event in events],
         "min_pt": args.min_pt, "min_hits": args.min_hits,
         "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
+        "joins_tried": [join.to_dict() for join in CANDIDATE_JOINS] if args.join_pieces else [],
         "previous": previous,
-        "stages": {"gnn_cut": best.cut, "gap_cut": best.gap_cut, "track_building": method},
+        "stages": {"gnn_cut": best.cut, "gap_cut": best.gap_cut, "track_building": method,
+                   "join_pieces": None if best.join is None else best.join.to_dict()},
         # NaN (no particle or no candidate track to count) is written as null.
         "figures": {name: (None if value != value else value) for name, value in (
             ("efficiency", best.efficiency), ("fake_rate", best.fake_rate), ("duplicate_rate", best.duplicate_rate))},
@@ -146,16 +178,31 @@ def run(args: argparse.Namespace) -> int:
     earlier = bundle.provenance.get("gnn_cut_tuned")
     if isinstance(earlier, dict):  # keep the history of earlier tunings, latest first
         record["earlier"] = [{k: v for k, v in earlier.items() if k != "earlier"}, *earlier.get("earlier", [])]
-    new_stages = dataclasses.replace(stages, gnn_cut=best.cut, gap_cut=best.gap_cut, track_building=method)
+    new_stages = dataclasses.replace(stages, gnn_cut=best.cut, gap_cut=best.gap_cut, track_building=method,
+                                     join_pieces=best.join)
     tuned = dataclasses.replace(bundle, stages=new_stages, provenance={**bundle.provenance, "gnn_cut_tuned": record})
     directory = save_bundle(tuned, bundle.directory).directory
     print(f"stored {chosen} and track building {method} in {Path(directory) / 'pipeline.json'} "
-          f"(was {_describe(stages.gnn_cut, stages.gap_cut)}, {stages.track_building})")
+          f"(was {_describe(stages.gnn_cut, stages.gap_cut, stages.join_pieces)}, {stages.track_building})")
     return 0
 
 
-def _describe(cut: float, gap_cut: float | None) -> str:
-    return f"GNN cut {cut:g}, " + ("no gap cut" if gap_cut is None else f"gap cut {gap_cut:g}")
+#: Piece-joining rows shown besides no joining.
+JOINS_SHOWN = 10
+
+
+def _describe(cut: float, gap_cut: float | None, join=None) -> str:
+    return (f"GNN cut {cut:g}, " + ("no gap cut" if gap_cut is None else f"gap cut {gap_cut:g}")
+            + ("" if join is None else f", {join.describe()}"))
+
+
+def _shown_join_rows(rows, max_fake_rate):
+    """No joining, then the best :data:`JOINS_SHOWN` settings (within the fake-rate bound first)."""
+    joined = [row for row in rows if row.join is not None]
+    allowed = [row for row in joined if max_fake_rate is None or row.worst_fake_rate <= max_fake_rate]
+    ranked = sorted(allowed, key=lambda row: row.preference, reverse=True)
+    ranked += sorted((row for row in joined if row not in allowed), key=lambda row: row.preference, reverse=True)
+    return [row for row in rows if row.join is None] + ranked[:JOINS_SHOWN]
 
 
 def _shown_rows(rows, max_fake_rate):

@@ -138,8 +138,8 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
                              "so nothing was written: " + "; ".join(failures))
     stages = bundle.stages
     if track_building is not None and track_building != stages.track_building:
-        # A gap cut belongs to the best-edge method it was chosen for.
-        stages = dataclasses.replace(stages, track_building=track_building, gap_cut=None)
+        # A gap cut and piece joining belong to the best-edge method they were chosen for.
+        stages = dataclasses.replace(stages, track_building=track_building, gap_cut=None, join_pieces=None)
     provenance = dict(bundle.provenance)
     provenance["rescaled"] = {
         "from": str(Path(source)), "from_features": {"names": list(old_spec.names), "scales": list(old_spec.scales)},

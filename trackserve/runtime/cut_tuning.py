@@ -10,8 +10,11 @@ bundle's own networks once per validation event and only the track building per 
 several validation events the criterion is the mean over the events, and a fake-rate
 bound must hold on each of them. With ``gap_cuts``
 (track building ``best_edges`` only) every cut is also tried with each lower gap cut
-(:func:`~trackserve.runtime.track_building.gap_edges`), and the best pair wins. Numpy,
-scipy and ONNX Runtime only.
+(:func:`~trackserve.runtime.track_building.gap_edges`), and the best pair wins.
+:func:`tune_piece_joining` then chooses, at a cut and gap cut, the piece-joining settings
+(:mod:`~trackserve.runtime.piece_joining`) by the same rule among
+:data:`CANDIDATE_JOINS` and no joining at all. A :class:`ValidationSet` runs the
+networks on the events once for both. Numpy, scipy and ONNX Runtime only.
 """
 
 from __future__ import annotations
@@ -21,15 +24,24 @@ from typing import Sequence
 
 import numpy as np
 
+from ..bundle import JoinSettings
 from ..errors import InputError
 from ..events.event import Event
 from ..events.metrics import evaluate_event
+from .piece_joining import POSITION_COLUMNS, hit_positions
 from .track_building import build_tracks, hit_distances
 
 #: The cuts tried, the trainer's (0.10, 0.15, ..., 0.95).
 CANDIDATE_CUTS = tuple(round(0.05 * i, 2) for i in range(2, 20))
 #: The gap cuts tried below each cut when gaps are filled (0.05, 0.10, ..., 0.90).
 CANDIDATE_GAP_CUTS = tuple(round(0.05 * i, 2) for i in range(1, 19))
+#: The piece-joining settings tried: candidate edges above 0.01 or 0.1, tolerances of 2, 5
+#: or 10 mm across and 10 or 30 mm along the beam, lone hits never attached or within a
+#: quarter or a half of the tolerances, 1 or 3 rounds (72 settings).
+CANDIDATE_JOINS = tuple(
+    JoinSettings(min_score, transverse, along, single, rounds)
+    for min_score in (0.01, 0.1) for transverse in (2.0, 5.0, 10.0) for along in (10.0, 30.0)
+    for single in (0.0, 0.25, 0.5) for rounds in (1, 3))
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class CutFigures:
     duplicate_rate: float
     gap_cut: float | None = None
     fake_rates: tuple[float, ...] = ()
+    join: JoinSettings | None = None
 
     @property
     def score(self) -> float:
@@ -52,8 +65,8 @@ class CutFigures:
     @property
     def preference(self) -> tuple:
         """The order candidates are chosen in: higher score, then the smaller cut, then the
-        higher gap cut (no gap filling counts as a gap cut equal to the cut)."""
-        return (self.score, -self.cut, self.cut if self.gap_cut is None else self.gap_cut)
+        higher gap cut (no gap filling counts as a gap cut equal to the cut), then no joining."""
+        return (self.score, -self.cut, self.cut if self.gap_cut is None else self.gap_cut, self.join is None)
 
     @property
     def worst_fake_rate(self) -> float:
@@ -67,64 +80,127 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def tune_gnn_cut(pipeline, events: Event | Sequence[Event], *, method: str | None = None, min_pt: float = 1.0,
-                 min_hits: int = 5, cuts=CANDIDATE_CUTS, gap_cuts=None, max_fake_rate: float | None = None
-                 ) -> tuple[CutFigures, list[CutFigures]]:
-    """The best of ``cuts`` for ``pipeline``'s bundle on the validation ``events`` (one or
-    several) and the figures of every candidate.
+class ValidationSet:
+    """Validation events with the bundle's networks run on them once: for each event its
+    filtered edges, GNN logits, hit order (``best_edges``) and hit positions (when the
+    features have r, phi and z), ready for trying track-building settings.
 
-    ``method``: the track building to tune for (default: the bundle's). Every event needs
-    truth and particles. Each cut is tried without gap filling and, with ``gap_cuts``
-    (``best_edges`` only), with each gap cut below it. The criterion is the mean over the
-    events of efficiency minus fake rate; with ``max_fake_rate`` only the candidates whose
-    fake rate is at most that on every event compete (an :class:`InputError` says when none
-    is). Ties keep the smaller cut, then the higher gap cut (no gap filling first).
-    Returns the chosen candidate's figures and all of them, in the order tried.
+    Every event needs truth and particles (:class:`InputError` otherwise, or when there
+    is no event).
     """
-    events = [events] if isinstance(events, Event) else list(events)
-    if not events:
-        raise InputError("no validation event given")
-    if max_fake_rate is not None and not 0.0 <= max_fake_rate <= 1.0:
-        raise InputError(f"max_fake_rate must lie in [0, 1]; got {max_fake_rate}")
-    for event in events:
-        if event.truth is None or event.particles is None:
-            raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")
+
+    def __init__(self, pipeline, events: Event | Sequence[Event], method: str | None = None):
+        events = [events] if isinstance(events, Event) else list(events)
+        if not events:
+            raise InputError("no validation event given")
+        for event in events:
+            if event.truth is None or event.particles is None:
+                raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")
+        self.events = events
+        self.method = method or pipeline.stages.track_building
+        self.scored = [_scored_event(pipeline, event, self.method) for event in events]
+
+    def figures(self, cut: float, gap_cut: float | None = None, join: JoinSettings | None = None, *,
+                min_pt: float = 1.0, min_hits: int = 5) -> CutFigures:
+        """The track figures of these settings, averaged over the events (fake rates per event kept)."""
+        figures = []
+        for event, (filtered, logits, order, positions) in zip(self.events, self.scored):
+            if join is not None and positions is None:
+                raise InputError(f"joining track pieces needs the features {', '.join(POSITION_COLUMNS)}")
+            labels = build_tracks(event.num_hits, filtered, logits, float(cut), method=self.method, hit_order=order,
+                                  gap_cut=gap_cut, join=join, positions=positions)
+            figures.append(evaluate_event(event, event.hits["hit_id"], labels, min_pt=min_pt, min_hits=min_hits))
+        return CutFigures(
+            float(cut), *(_mean([f[key] for f in figures]) for key in ("efficiency", "fake_rate", "duplicate_rate")),
+            gap_cut, tuple(float(f["fake_rate"]) for f in figures), join)
+
+
+def tune_gnn_cut(pipeline, events: Event | Sequence[Event] | ValidationSet, *, method: str | None = None,
+                 min_pt: float = 1.0, min_hits: int = 5, cuts=CANDIDATE_CUTS, gap_cuts=None,
+                 max_fake_rate: float | None = None) -> tuple[CutFigures, list[CutFigures]]:
+    """The best of ``cuts`` for ``pipeline``'s bundle on the validation ``events`` (one or
+    several, or a :class:`ValidationSet` of them) and the figures of every candidate.
+
+    ``method``: the track building to tune for (default: the bundle's, or the validation
+    set's). Every event needs truth and particles. Each cut is tried without gap filling
+    and, with ``gap_cuts`` (``best_edges`` only), with each gap cut below it; no candidate
+    joins pieces. The criterion is the mean over the events of efficiency minus fake rate;
+    with ``max_fake_rate`` only the candidates whose fake rate is at most that on every
+    event compete (an :class:`InputError` says when none is). Ties keep the smaller cut,
+    then the higher gap cut (no gap filling first). Returns the chosen candidate's
+    figures and all of them, in the order tried.
+    """
+    _check_bound(max_fake_rate)
     if not cuts:
         raise InputError("no candidate cuts given")
     bad = [cut for cut in (*cuts, *(gap_cuts or ())) if not 0.0 <= float(cut) <= 1.0]
     if bad:
         raise InputError(f"candidate cuts must lie in [0, 1]; got {bad}")
-    method = method or pipeline.stages.track_building
-    if gap_cuts and method != "best_edges":
-        raise InputError(f"gap cuts fill gaps between best edges: tune them with track building 'best_edges', not {method!r}")
-    scored = [_scored_event(pipeline, event, method) for event in events]
-    rows = []
-    for cut in cuts:
-        for gap_cut in (None, *sorted(float(g) for g in (gap_cuts or ()) if float(g) < float(cut))):
-            figures = []
-            for event, (filtered, logits, order) in zip(events, scored):
-                labels = build_tracks(event.num_hits, filtered, logits, float(cut), method=method, hit_order=order,
-                                      gap_cut=gap_cut)
-                figures.append(evaluate_event(event, event.hits["hit_id"], labels, min_pt=min_pt, min_hits=min_hits))
-            rows.append(CutFigures(
-                float(cut), *(_mean([f[key] for f in figures]) for key in ("efficiency", "fake_rate", "duplicate_rate")),
-                gap_cut, tuple(float(f["fake_rate"]) for f in figures)))
+    validation = _validation_set(pipeline, events, method)
+    if gap_cuts and validation.method != "best_edges":
+        raise InputError(f"gap cuts fill gaps between best edges: tune them with track building 'best_edges', "
+                         f"not {validation.method!r}")
+    rows = [validation.figures(cut, gap_cut, min_pt=min_pt, min_hits=min_hits)
+            for cut in cuts
+            for gap_cut in (None, *sorted(float(g) for g in (gap_cuts or ()) if float(g) < float(cut)))]
+    return _best(rows, max_fake_rate, validation, "cut"), rows
+
+
+def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet, *, cut: float,
+                       gap_cut: float | None = None, candidates=CANDIDATE_JOINS, min_pt: float = 1.0,
+                       min_hits: int = 5, max_fake_rate: float | None = None) -> tuple[CutFigures, list[CutFigures]]:
+    """The best piece-joining settings (or none) at ``cut`` and ``gap_cut`` on the validation
+    ``events``, by :func:`tune_gnn_cut`'s rule, and the figures of every candidate (no
+    joining first, then ``candidates`` in order). Track building ``best_edges`` only; the
+    features need r, phi and z. Ties keep no joining, then the earlier candidate."""
+    _check_bound(max_fake_rate)
+    validation = _validation_set(pipeline, events, "best_edges")
+    if validation.method != "best_edges":
+        raise InputError(f"joining track pieces needs track building 'best_edges', not {validation.method!r}")
+    names = list(pipeline.bundle.feature_names)
+    if not set(POSITION_COLUMNS) <= set(names):
+        raise InputError(f"joining track pieces needs the features {', '.join(POSITION_COLUMNS)}; "
+                         f"this bundle's features are {names}")
+    if not candidates:
+        raise InputError("no candidate piece-joining settings given")
+    rows = [validation.figures(cut, gap_cut, join, min_pt=min_pt, min_hits=min_hits) for join in (None, *candidates)]
+    return _best(rows, max_fake_rate, validation, "setting"), rows
+
+
+def _check_bound(max_fake_rate: float | None) -> None:
+    if max_fake_rate is not None and not 0.0 <= max_fake_rate <= 1.0:
+        raise InputError(f"max_fake_rate must lie in [0, 1]; got {max_fake_rate}")
+
+
+def _validation_set(pipeline, events, method: str | None) -> ValidationSet:
+    if isinstance(events, ValidationSet):
+        if method is not None and method != events.method:
+            raise InputError(f"this validation set was scored for track building {events.method!r}, not {method!r}")
+        return events
+    return ValidationSet(pipeline, events, method)
+
+
+def _best(rows: list[CutFigures], max_fake_rate: float | None, validation: ValidationSet, what: str) -> CutFigures:
     allowed = [row for row in rows if max_fake_rate is None or row.worst_fake_rate <= max_fake_rate]
     if not allowed:
         lowest = min(rows, key=lambda row: row.worst_fake_rate)
+        events = validation.events
         where = events[0].name if len(events) == 1 else f"every one of {len(events)} validation events"
-        raise InputError(f"no candidate cut keeps the fake rate at or below {max_fake_rate:g} on {where} "
+        raise InputError(f"no candidate {what} keeps the fake rate at or below {max_fake_rate:g} on {where} "
                          f"(lowest: {lowest.worst_fake_rate:.4f} at cut {lowest.cut:g}"
-                         + ("" if lowest.gap_cut is None else f", gap cut {lowest.gap_cut:g}") + ")")
-    best = max(allowed, key=lambda row: row.preference)
-    return best, rows
+                         + ("" if lowest.gap_cut is None else f", gap cut {lowest.gap_cut:g}")
+                         + ("" if lowest.join is None else f", {lowest.join.describe()}") + ")")
+    return max(allowed, key=lambda row: row.preference)
 
 
 def _scored_event(pipeline, event: Event, method: str):
-    """``(filtered edges, GNN logits, hit order or None)`` of one validation event."""
+    """``(filtered edges, GNN logits, hit order or None, positions or None)`` of one validation event."""
     features = pipeline.event_features(event)
     filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
     logits = pipeline.classify_edges("gnn", features, filtered, chunked=False)
     bundle = pipeline.bundle
-    order = hit_distances(features, bundle.feature_names, bundle.feature_scales) if method == "best_edges" else None
-    return filtered, logits, order
+    names = list(bundle.feature_names)
+    order = hit_distances(features, names, bundle.feature_scales) if method == "best_edges" else None
+    positions = (hit_positions(features, names, bundle.feature_scales)
+                 if method == "best_edges" and set(POSITION_COLUMNS) <= set(names) else None)
+    return filtered, logits, order, positions

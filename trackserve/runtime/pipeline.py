@@ -37,7 +37,7 @@ from .inputs import validate_features
 from .memory import MemoryModel
 from .network_steps import NetworkSteps
 from .cuts import logit_threshold
-from .track_building import build_tracks, bundle_hit_order
+from .track_building import build_tracks, bundle_track_options
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
@@ -134,9 +134,10 @@ class Pipeline:
                      features: np.ndarray | None = None) -> np.ndarray:
         """Track label per hit: connected components of the edges whose GNN score passes the cut,
         by the bundle's ``track_building`` method (``best_edges`` reads the hits' r and z from
-        ``features``, which it then needs) and its ``gap_cut`` when it has one."""
-        return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut, method=self.stages.track_building,
-                            hit_order=bundle_hit_order(self.bundle, features), gap_cut=self.stages.gap_cut)
+        ``features``, which it then needs), its ``gap_cut`` and its ``join_pieces`` when it
+        has them (joining reads r, phi and z)."""
+        return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut,
+                            **bundle_track_options(self.bundle, features))
 
     def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """GNN logits of the pipeline's own (valid) edges (see :meth:`NetworkSteps.gnn_logits`)."""

@@ -24,6 +24,11 @@ Two methods (the bundle's ``track_building`` stage parameter):
   alone to the free end of a track piece, or joins two pieces end to start, and never
   gives a hit a second edge on the same side, so it cannot branch a track.
 
+  With *piece joining* (the bundle's optional ``join_pieces``), the pieces found so far
+  are then joined where an edge links the outer end of one to the inner end of another
+  and the two pieces lie on one trajectory (straight lines in ``phi(r)`` and ``z(r)``
+  fitted to each piece, within tolerances): see :mod:`trackserve.runtime.piece_joining`.
+
 Every hit gets a label, also a hit with no kept edge: it is a track of its own (the
 published service gave all such hits one shared label; a single-hit "track" is easy
 to drop downstream by its size, a shared label would merge unrelated hits). Labels
@@ -37,11 +42,12 @@ import numbers
 
 import numpy as np
 
-from trackserve.bundle import TRACK_BUILDING_METHODS
+from trackserve.bundle import TRACK_BUILDING_METHODS, JoinSettings
 from trackserve.errors import InputError
 
 from .components import component_labels, group_order
 from .cuts import logit_threshold
+from .piece_joining import hit_positions, join_pieces
 
 
 def build_tracks(
@@ -54,6 +60,8 @@ def build_tracks(
     method: str = "components",
     hit_order: np.ndarray | None = None,
     gap_cut: float | None = None,
+    join: JoinSettings | None = None,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label each hit with its track: connected components over the edges passing ``cut``.
 
@@ -80,6 +88,13 @@ def build_tracks(
         for ``"best_edges"`` only: a second, lower threshold in ``[0, cut]`` on the same
         scale as ``cut``; the gaps the cut leaves are filled with edges passing it (see
         the module docstring). None (the default): no gap filling.
+    join:
+        for ``"best_edges"`` only: :class:`~trackserve.bundle.JoinSettings` for joining the
+        track pieces that fit one trajectory (:func:`~trackserve.runtime.piece_joining.join_pieces`;
+        its ``min_score`` is on the same scale as ``cut``). None (the default): no joining.
+    positions:
+        float array ``[N, 3]``, finite, with ``join``: each hit's ``(r mm, phi rad, z mm)``
+        (:func:`~trackserve.runtime.piece_joining.hit_positions`).
 
     Returns
     -------
@@ -98,6 +113,13 @@ def build_tracks(
         raise InputError(f"track building method must be one of {', '.join(TRACK_BUILDING_METHODS)}; got {method!r}")
     order = _validated_order(hit_order, n) if method == "best_edges" else None
     gap_threshold = _validated_gap_threshold(gap_cut, cut, method, scores_are_logits)
+    if join is not None:
+        if not isinstance(join, JoinSettings):
+            raise InputError(f"join must be JoinSettings or None; got {join!r}")
+        if method != "best_edges":
+            raise InputError(f"joining track pieces needs track building 'best_edges', not {method!r}")
+        if positions is None:
+            raise InputError("joining track pieces needs positions (each hit's r, phi and z)")
 
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -115,7 +137,10 @@ def build_tracks(
         kept = np.compress(candidates, edges, axis=1)
         scores_kept = wide[candidates]
         kept = kept[:, _best_and_gap_edges(kept, scores_kept, order, scores_kept > threshold)]
-    return _components(n, kept)
+    labels = _components(n, kept)
+    if join is None:
+        return labels
+    return join_pieces(labels, edges, values, positions, order, join, scores_are_logits=scores_are_logits)
 
 
 def _components(n: int, kept: np.ndarray) -> np.ndarray:
@@ -245,6 +270,24 @@ def bundle_hit_order(bundle, features: np.ndarray | None) -> np.ndarray | None:
     if features is None:
         raise InputError("this bundle builds tracks with 'best_edges', which needs the hits' features (r and z)")
     return hit_distances(features, bundle.feature_names, bundle.feature_scales)
+
+
+def bundle_track_options(bundle, features: np.ndarray | None) -> dict:
+    """The keyword arguments of :func:`build_tracks` (all but the cut) that a bundle's stage
+    parameters give for an event's ``features``: method, hit order, gap cut, piece joining
+    and positions."""
+    stages = bundle.stages
+    return {"method": stages.track_building, "hit_order": bundle_hit_order(bundle, features),
+            "gap_cut": stages.gap_cut, "join": stages.join_pieces, "positions": bundle_hit_positions(bundle, features)}
+
+
+def bundle_hit_positions(bundle, features: np.ndarray | None) -> np.ndarray | None:
+    """The ``positions`` a bundle's track building needs for ``features`` (None when it joins no pieces)."""
+    if bundle.stages.join_pieces is None:
+        return None
+    if features is None:
+        raise InputError("this bundle joins track pieces, which needs the hits' features (r, phi and z)")
+    return hit_positions(features, bundle.feature_names, bundle.feature_scales)
 
 
 def _validated_order(hit_order, n: int) -> np.ndarray:

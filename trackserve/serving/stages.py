@@ -23,7 +23,7 @@ from ..runtime.graph_building import build_graph
 from ..runtime.inputs import validate_features
 from ..runtime.memory import MemoryModel
 from ..runtime.network_steps import NetworkSteps
-from ..runtime.track_building import build_tracks, bundle_hit_order
+from ..runtime.track_building import build_tracks, bundle_track_options
 from .interface import FEATURES, LABELS, StageSpec, stage_spec
 
 
@@ -163,9 +163,8 @@ class ComponentsStage(EnsembleStage):
         num_hits = int(arrays[FEATURES].shape[0])
         edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER")
         scores = _scores(arrays["GNN_SCORES"], edges.shape[1], "GNN_SCORES")
-        return {LABELS: build_tracks(num_hits, edges, scores, self.stages.gnn_cut, method=self.stages.track_building,
-                                     hit_order=bundle_hit_order(self.bundle, arrays[FEATURES]),
-                                     gap_cut=self.stages.gap_cut)}
+        return {LABELS: build_tracks(num_hits, edges, scores, self.stages.gnn_cut,
+                                     **bundle_track_options(self.bundle, arrays[FEATURES]))}
 
 
 _STAGES = {cls.name: cls for cls in (EmbedStage, GraphStage, FilterStage, ApplyFilterStage, GnnStage, ComponentsStage)}

@@ -1,0 +1,192 @@
+"""Joining track pieces that fit one trajectory: the last step of ``best_edges`` track building.
+
+Where the GNN scores one true edge of a track below the cuts, best edges and gap filling
+leave the track in pieces, and a double-majority track is lost when no piece holds more
+than half of its hits. Most of those weak edges still join the outer end of one piece to
+the inner end of the next; what tells the true ones from the many wrong ones is whether
+the two pieces lie on one trajectory. :func:`join_pieces` checks exactly that, in the
+cylindrical coordinates of the hits (``r`` and ``z`` in mm, ``phi`` in rad):
+
+1. Every piece (a track of the labels given) is ordered by ``hit_order`` (the hit's
+   distance from the origin; ties by hit index): its *inner end* is its first hit, its
+   *outer end* its last. A piece of at least two hits at more than one radius gets
+   least-squares lines ``phi(r)`` (unwrapped around its inner end's azimuth) and
+   ``z(r)``: over the short span of a piece a helix from the beam line is close to both.
+2. A *candidate* is an edge of the graph whose score passes ``min_score`` and whose
+   inner hit is the outer end of one piece and whose outer hit the inner end of another.
+3. Its *residual*: a fitted piece predicts the other piece's end hit at that hit's
+   radius; the miss is ``|dphi| * r`` across and ``|dz|`` along the beam, each divided
+   by its tolerance (``transverse_mm``, ``z_mm``), the larger of the two counting. With
+   both pieces fitted, the larger of their two residuals; with one piece a single hit
+   and the other at least :data:`MIN_HITS_TO_ATTACH` hits, the fitted piece's residual
+   divided by ``single_hit_scale`` (tighter tolerances: a lone hit says nothing about
+   its direction; 0 never attaches one); otherwise the candidate is dropped.
+4. A candidate with residual below 1 joins its two pieces when it has the lowest
+   residual of the candidates at both of its ends (ties: the earlier edge), so each end
+   joins at most one other piece and a track never branches.
+
+This repeats ``rounds`` times (pieces joined in one round are fitted as one in the
+next) or until a round joins nothing. The settings are a bundle's optional
+``stages.join_pieces`` (:class:`JoinSettings`), chosen on validation events by
+``trackserve tune-cut --join-pieces``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trackserve.bundle import JOIN_FIELDS, JoinSettings
+from trackserve.errors import InputError
+
+from .components import component_labels
+from .cuts import logit_threshold
+
+__all__ = ["JOIN_FIELDS", "JoinSettings", "MIN_HITS_TO_ATTACH", "POSITION_COLUMNS", "hit_positions", "join_pieces"]
+
+#: The fewest hits a piece needs to have a lone hit attached to one of its ends.
+MIN_HITS_TO_ATTACH = 3
+#: The names of the position columns :func:`join_pieces` reads, in order.
+POSITION_COLUMNS = ("r", "phi", "z")
+
+
+def hit_positions(features: np.ndarray, names, scales) -> np.ndarray:
+    """``[N, 3]`` float64 ``(r mm, phi rad, z mm)`` of each hit from its ``r``, ``phi`` and ``z``
+    features (a column's value times its scale is the quantity). Raises InputError when
+    the features lack one of them."""
+    names = list(names)
+    missing = [name for name in POSITION_COLUMNS if name not in names]
+    if missing:
+        raise InputError(f"joining track pieces needs the features r, phi and z; these features are {names}")
+    return np.stack([features[:, names.index(name)].astype(np.float64) * float(scales[names.index(name)])
+                     for name in POSITION_COLUMNS], axis=1)
+
+
+def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, positions: np.ndarray,
+                hit_order: np.ndarray, settings: JoinSettings, *, scores_are_logits: bool = True) -> np.ndarray:
+    """Labels ``[N]`` after joining the pieces of ``labels`` that fit one trajectory.
+
+    ``labels``: int ``[N]`` in ``0 .. T-1`` (every value used); ``edge_index`` int64 ``[2, M]``
+    valid hit indices; ``scores [M]`` without NaN (logits, or probabilities with
+    ``scores_are_logits=False``); ``positions [N, 3]`` finite ``(r, phi, z)``
+    (:func:`hit_positions`); ``hit_order [N]`` finite. Returns int64 labels, compact and
+    numbered in order of each track's smallest hit index. See the module docstring.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    num_hits = labels.shape[0]
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.shape != (num_hits, 3):
+        raise InputError(f"positions must have shape [{num_hits}, 3] (r, phi, z per hit); got {positions.shape}")
+    if num_hits and not np.isfinite(positions).all():
+        row = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
+        raise InputError(f"position of hit {row} is not finite ({positions[row].tolist()})")
+    values = np.asarray(scores, dtype=np.float64)
+    candidates = np.flatnonzero(values > logit_threshold(settings.min_score, scores_are_logits))
+    if num_hits == 0 or candidates.size == 0:
+        return _first_appearance(labels)
+    first, second = edge_index[:, candidates]
+    swap = (hit_order[first] > hit_order[second]) | ((hit_order[first] == hit_order[second]) & (first > second))
+    inner, outer = np.where(swap, second, first), np.where(swap, first, second)
+    for _ in range(settings.rounds):
+        pieces = _Pieces(labels, hit_order, positions)
+        joins = pieces.joins(inner, outer, settings)
+        if joins.shape[1] == 0:
+            break
+        _, merged = component_labels(pieces.count, joins)
+        labels = merged[labels].astype(np.int64)
+    return _first_appearance(labels)
+
+
+class _Pieces:
+    """The pieces of one labelling: their ends, sizes and fitted lines."""
+
+    def __init__(self, labels: np.ndarray, hit_order: np.ndarray, positions: np.ndarray):
+        num_hits = labels.shape[0]
+        self.labels = labels
+        self.count = int(labels.max()) + 1
+        by_piece = np.lexsort((np.arange(num_hits), hit_order, labels))
+        sorted_labels = labels[by_piece]
+        starts = np.ones(num_hits, dtype=bool)
+        np.not_equal(sorted_labels[1:], sorted_labels[:-1], out=starts[1:])
+        ends = np.ones(num_hits, dtype=bool)
+        ends[:-1] = starts[1:]
+        self.inner_end = np.full(self.count, -1, dtype=np.int64)
+        self.outer_end = np.full(self.count, -1, dtype=np.int64)
+        self.inner_end[sorted_labels[starts]] = by_piece[starts]
+        self.outer_end[sorted_labels[ends]] = by_piece[ends]
+        self.size = np.bincount(labels, minlength=self.count)
+
+        r, phi, z = positions.T
+        self.r, self.phi, self.z = r, phi, z
+        self.reference = phi[self.inner_end]
+        turned = _wrapped(phi - self.reference[labels])
+        sums = [np.bincount(labels, weights=v, minlength=self.count) for v in (r, r * r, turned, r * turned, z, r * z)]
+        sum_r, sum_rr, sum_phi, sum_r_phi, sum_z, sum_r_z = sums
+        denominator = self.size * sum_rr - sum_r * sum_r
+        self.fitted = (self.size >= 2) & (denominator > 1e-9 * np.maximum(self.size * sum_rr, 1.0))
+        safe = np.where(self.fitted, denominator, 1.0)
+        size = np.maximum(self.size, 1)
+        self.phi_slope = (self.size * sum_r_phi - sum_r * sum_phi) / safe
+        self.phi_at_zero = (sum_phi - self.phi_slope * sum_r) / size
+        self.z_slope = (self.size * sum_r_z - sum_r * sum_z) / safe
+        self.z_at_zero = (sum_z - self.z_slope * sum_r) / size
+
+    def residual(self, piece: np.ndarray, hit: np.ndarray, settings: JoinSettings) -> np.ndarray:
+        """How far ``hit`` lies from the lines of ``piece``, in tolerances (inf where unfitted)."""
+        r = self.r[hit]
+        across = np.abs(_wrapped(self.phi[hit] - self.reference[piece] - self.phi_at_zero[piece]
+                                 - self.phi_slope[piece] * r)) * r
+        along = np.abs(self.z[hit] - self.z_at_zero[piece] - self.z_slope[piece] * r)
+        miss = np.maximum(across / settings.transverse_mm, along / settings.z_mm)
+        return np.where(self.fitted[piece], miss, np.inf)
+
+    def joins(self, inner: np.ndarray, outer: np.ndarray, settings: JoinSettings) -> np.ndarray:
+        """``[2, J]`` pairs of pieces to join this round, from the candidate edges ``inner -> outer``."""
+        labels = self.labels
+        low, high = labels[inner], labels[outer]
+        usable = (self.outer_end[low] == inner) & (self.inner_end[high] == outer) & (low != high)
+        where = np.flatnonzero(usable)
+        if where.size == 0:
+            return np.zeros((2, 0), dtype=np.int64)
+        inner, outer, low, high = inner[where], outer[where], low[where], high[where]
+        from_low = self.residual(low, outer, settings)
+        from_high = self.residual(high, inner, settings)
+        both = self.fitted[low] & self.fitted[high]
+        residual = np.full(where.size, np.inf)
+        residual[both] = np.maximum(from_low, from_high)[both]
+        if settings.single_hit_scale > 0:
+            lone_high = (self.size[high] == 1) & (self.size[low] >= MIN_HITS_TO_ATTACH) & self.fitted[low]
+            lone_low = (self.size[low] == 1) & (self.size[high] >= MIN_HITS_TO_ATTACH) & self.fitted[high]
+            residual[lone_high] = from_low[lone_high] / settings.single_hit_scale
+            residual[lone_low] = from_high[lone_low] / settings.single_hit_scale
+        passing = np.flatnonzero(residual < 1.0)
+        if passing.size == 0:
+            return np.zeros((2, 0), dtype=np.int64)
+        residual, inner, outer = residual[passing], inner[passing], outer[passing]
+        chosen = _lowest_per(inner, residual) & _lowest_per(outer, residual)
+        return np.stack([low[passing][chosen], high[passing][chosen]])
+
+
+def _lowest_per(key: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Bool: whether an entry has the lowest residual of the entries sharing its ``key``
+    (the earliest such entry on ties)."""
+    order = np.lexsort((np.arange(key.size), residual, key))
+    first = np.ones(key.size, dtype=bool)
+    np.not_equal(key[order][1:], key[order][:-1], out=first[1:])
+    chosen = np.zeros(key.size, dtype=bool)
+    chosen[order[first]] = True
+    return chosen
+
+
+def _wrapped(angle: np.ndarray) -> np.ndarray:
+    """Angles wrapped into ``[-pi, pi)``."""
+    return np.remainder(angle + np.pi, 2.0 * np.pi) - np.pi
+
+
+def _first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0.. in order of each label's smallest hit index."""
+    if labels.size == 0:
+        return labels.astype(np.int64)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse.reshape(-1)]

@@ -16,7 +16,9 @@ from trackserve.events.metrics import evaluate_event
 from trackserve.events.trackml import read_event
 from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.config import RuntimeConfig
-from trackserve.runtime.cut_tuning import CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, tune_gnn_cut
+from trackserve.bundle import JoinSettings
+from trackserve.runtime.cut_tuning import (CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, CANDIDATE_JOINS, ValidationSet,
+                                          tune_gnn_cut, tune_piece_joining)
 from trackserve.runtime.pipeline import Pipeline
 
 from ..conftest import SAMPLE_EVENT
@@ -85,8 +87,9 @@ def test_tune_cut_command_prints_and_writes(tmp_path, capsys):
     assert tuned.stages.gap_cut is None
     record = tuned.provenance["gnn_cut_tuned"]
     assert record["previous"] == {"gnn_cut": before["stages"]["gnn_cut"], "gap_cut": before["stages"].get("gap_cut"),
-                                  "track_building": "best_edges"}
-    assert record["stages"] == {"gnn_cut": best, "gap_cut": None, "track_building": "components"}
+                                  "track_building": "best_edges", "join_pieces": before["stages"].get("join_pieces")}
+    assert record["stages"] == {"gnn_cut": best, "gap_cut": None, "track_building": "components", "join_pieces": None}
+    assert tuned.stages.join_pieces is None and record["joins_tried"] == []
     assert 0 <= record["figures"]["efficiency"] <= 1
 
 
@@ -117,7 +120,7 @@ def test_tune_cut_command_fills_gaps_and_writes_the_gap_cut(tmp_path, capsys):
     record = tuned.provenance["gnn_cut_tuned"]
     assert record["gap_cuts_tried"] == list(CANDIDATE_GAP_CUTS)
     assert record["stages"] == {"gnn_cut": tuned.stages.gnn_cut, "gap_cut": tuned.stages.gap_cut,
-                                "track_building": "best_edges"}
+                                "track_building": "best_edges", "join_pieces": None}
     assert tuned.stages.gap_cut is None or tuned.stages.gap_cut < tuned.stages.gnn_cut
     before = json.loads((DEFAULT_BUNDLE / "pipeline.json").read_text())["provenance"].get("gnn_cut_tuned")
     if before is not None:  # the shipped bundle's own tuning stays on record
@@ -164,3 +167,50 @@ def test_several_validation_events_are_averaged_and_the_bound_holds_on_each(pipe
     assert all(row.score <= chosen.score for row in rows if row.worst_fake_rate <= bound)
     with pytest.raises(InputError, match="no validation event given"):
         tune_gnn_cut(pipeline, [])
+
+
+def test_piece_joining_is_tried_at_the_cuts_and_scored_as_the_pipeline_would(pipeline, event):
+    joins = (JoinSettings(0.01, 5.0, 10.0, 0.25, 3), JoinSettings(0.1, 2.0, 10.0, 0.0, 1),
+             JoinSettings(0.0, 500.0, 2000.0, 1.0, 3))
+    validation = ValidationSet(pipeline, event, "best_edges")
+    best, rows = tune_piece_joining(pipeline, validation, cut=0.8, gap_cut=0.5, candidates=joins, min_pt=0.5,
+                                    min_hits=3)
+    assert [row.join for row in rows] == [None, *joins]
+    assert all((row.cut, row.gap_cut) == (0.8, 0.5) for row in rows)
+    assert best == max(rows, key=lambda row: row.preference)
+    assert rows[0] == validation.figures(0.8, 0.5, min_pt=0.5, min_hits=3)
+    assert len({(row.efficiency, row.fake_rate) for row in rows}) > 1  # the settings change the tracks
+    row = rows[1]
+    stages = dataclasses.replace(pipeline.stages, gnn_cut=0.8, gap_cut=0.5, track_building="best_edges",
+                                 join_pieces=row.join)
+    labels = Pipeline(dataclasses.replace(pipeline.bundle, stages=stages),
+                      config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run_event(event).labels
+    figures = evaluate_event(event, event.hits["hit_id"], labels, min_pt=0.5, min_hits=3)
+    np.testing.assert_equal((row.efficiency, row.fake_rate), (figures["efficiency"], figures["fake_rate"]))
+    bound = rows[0].worst_fake_rate
+    chosen, _ = tune_piece_joining(pipeline, validation, cut=0.8, gap_cut=0.5, candidates=joins, min_pt=0.5,
+                                   min_hits=3, max_fake_rate=bound)
+    assert chosen.worst_fake_rate <= bound
+    with pytest.raises(InputError, match="needs track building 'best_edges', not 'components'"):
+        tune_piece_joining(pipeline, ValidationSet(pipeline, event, "components"), cut=0.8)
+    with pytest.raises(InputError, match="no candidate piece-joining settings"):
+        tune_piece_joining(pipeline, validation, cut=0.8, candidates=())
+    assert len(CANDIDATE_JOINS) == len(set(CANDIDATE_JOINS)) == 72
+
+
+def test_tune_cut_command_joins_pieces_and_writes_the_settings(tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                 "--join-pieces", "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "piece joining at GNN cut" in out and "no joining" in out
+    tuned = load_bundle(bundle)
+    record = tuned.provenance["gnn_cut_tuned"]
+    assert record["joins_tried"] == [join.to_dict() for join in CANDIDATE_JOINS]
+    chosen = tuned.stages.join_pieces
+    assert record["stages"]["join_pieces"] == (None if chosen is None else chosen.to_dict())
+    assert "then the piece joining at them" in record["rule"]
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--track-building", "components",
+                 "--join-pieces"]) == 2
+    assert "--join-pieces joins the pieces of best edges" in capsys.readouterr().err

@@ -154,7 +154,7 @@ def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet
     joining first, then ``candidates`` in order). Track building ``best_edges`` only; the
     features need r, phi and z. Ties keep no joining, then the earlier candidate."""
     _check_bound(max_fake_rate)
-    validation = _validation_set(pipeline, events, "best_edges")
+    validation = events if isinstance(events, ValidationSet) else ValidationSet(pipeline, events, "best_edges")
     if validation.method != "best_edges":
         raise InputError(f"joining track pieces needs track building 'best_edges', not {validation.method!r}")
     names = list(pipeline.bundle.feature_names)

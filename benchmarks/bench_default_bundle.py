@@ -44,6 +44,7 @@ from trackserve.paths import DEFAULT_BUNDLE, SAMPLE_EVENT  # noqa: E402
 from trackserve.runtime.config import RuntimeConfig  # noqa: E402
 from trackserve.runtime.cuts import logit_threshold  # noqa: E402
 from trackserve.runtime.pipeline import Pipeline  # noqa: E402
+from trackserve.runtime.track_building import build_tracks, bundle_track_options  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "data" / "trackml"
@@ -123,7 +124,14 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     stages = {name: (edges.shape[1],) + _edge_figures(edges, truth, pids, high, event.num_hits)
               for name, edges in (("graph", graph), ("filter", filtered), ("gnn", kept))}
     tracks = evaluate_event(event, event.hits["hit_id"], labels, min_pt=MIN_PT, min_hits=MIN_HITS)
-    return {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times}
+    result = {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times}
+    if pipeline.stages.join_pieces is not None:
+        # the same GNN scores with the bundle's track building up to the pieces, without joining them
+        unjoined = build_tracks(event.num_hits, filtered, logits, pipeline.stages.gnn_cut,
+                                **{**bundle_track_options(pipeline.bundle, features), "join": None})
+        result["without_joining"] = evaluate_event(event, event.hits["hit_id"], unjoined, min_pt=MIN_PT,
+                                                   min_hits=MIN_HITS)
+    return result
 
 
 def main() -> int:
@@ -154,21 +162,26 @@ def main() -> int:
         f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g}, "
         f"track building {stages.track_building}"
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
-           "passing the GNN cut; gaps are filled from the edges passing the gap cut)") + "."
+           "passing the GNN cut; gaps are filled from the edges passing the gap cut)")
+        + ("" if stages.join_pieces is None else f", piece joining: {stages.join_pieces.describe()}") + "."
         + (" **Small run (`--small`): 1/10 of the particles.**" if args.small else ""),
         "",
         f"Tracks: double-majority efficiency for particles with pT > {MIN_PT:g} GeV and >= {MIN_HITS} hits; fake rate = "
         f"candidate tracks (>= {MIN_HITS} hits) matched to no particle. Target on the held-out simulated events: "
         f"efficiency >= {TARGET_EFFICIENCY:.0%}, fake rate <= {TARGET_FAKE_RATE:.0%}.",
         "",
-        "| event | hits | efficiency | fake rate | duplicate rate | meets target | total time (s) |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
+    joined = stages.join_pieces is not None
+    lines += ["| event | hits | efficiency | fake rate | duplicate rate | meets target | total time (s) |"
+              + (" without joining: efficiency / fake rate |" if joined else ""),
+              "| --- | ---: | ---: | ---: | ---: | --- | ---: |" + (" ---: |" if joined else "")]
     for name, result in results:
         tracks = result["tracks"]
         meets = tracks["efficiency"] >= TARGET_EFFICIENCY and tracks["fake_rate"] <= TARGET_FAKE_RATE
         lines.append(f"| {name} | {result['hits']} | {tracks['efficiency']:.4f} | {tracks['fake_rate']:.4f} | "
-                     f"{tracks['duplicate_rate']:.4f} | {'yes' if meets else 'no'} | {sum(result['times'].values()):.2f} |")
+                     f"{tracks['duplicate_rate']:.4f} | {'yes' if meets else 'no'} | {sum(result['times'].values()):.2f} |"
+                     + (f" {result['without_joining']['efficiency']:.4f} / {result['without_joining']['fake_rate']:.4f} |"
+                        if joined else ""))
     lines += [
         "",
         "Edges after each stage against the truth graph (efficiency: all particles / pT > 1 GeV; purity: edges joining two hits of one particle):",

@@ -8,7 +8,9 @@ neighbours ranked by (distance, index), a pair kept when it is among the K neare
 either end); the filter in the same edge chunks; ``scipy.sparse.csgraph.connected_components``
 on the edges with ``sigmoid(score) > cut`` (for a ``best_edges`` bundle, after keeping each
 hit's best inward and outward edge, and with a gap cut the best weaker edges of the hits
-left without one, written plainly with ``numpy.maximum.at``). Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
+left without one, written plainly with ``numpy.maximum.at``; with piece joining, the
+pieces' lines and the joins written plainly with ``numpy.add.at`` and ``numpy.minimum.at``
+and scipy's components over the pieces). Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
 
 On the benchmark events ours is timed twice: one event at a time (every pool at the full
 thread count, like the baseline) and with as many events in flight as threads
@@ -137,6 +139,79 @@ class Baseline:
         free = ~kept & (inner != outer) & ~has_out[inner] & ~has_in[outer]
         return self.best_of_each_hit(num_hits, inner, logits, free) & self.best_of_each_hit(num_hits, outer, logits, free)
 
+    def join_pieces(self, features, edges, logits, labels):
+        """The bundle's piece joining, plainly: per round, each piece's lines phi(r) and z(r)
+        from sums accumulated with ``numpy.add.at``, each candidate's residual, the lowest
+        at both ends with ``numpy.minimum.at``, and scipy's components over the pieces."""
+        settings = self.stages.join_pieces
+        names, scales = self.feature_names, self.feature_scales
+        r, phi, z = (features[:, names.index(name)].astype(np.float64) * float(scales[names.index(name)])
+                     for name in ("r", "phi", "z"))
+        p = settings.min_score
+        threshold = -np.inf if p == 0 else (np.inf if p == 1 else float(np.log(p) - np.log1p(-p)))
+        passing = logits.astype(np.float64) > threshold
+        inner, outer = self.ends(features, edges[:, passing])
+        n = features.shape[0]
+        distance = np.hypot(r, z)
+        wrap = lambda angle: np.remainder(angle + np.pi, 2.0 * np.pi) - np.pi  # noqa: E731
+        labels = labels.astype(np.int64)
+        for _ in range(settings.rounds):
+            count = int(labels.max()) + 1
+            order = np.lexsort((np.arange(n), distance, labels))
+            first_of = np.full(count, -1)
+            last_of = np.full(count, -1)
+            first_of[labels[order[::-1]]] = order[::-1]  # the last write wins: the first hit
+            last_of[labels[order]] = order
+            size = np.zeros(count)
+            np.add.at(size, labels, 1.0)
+            turned = wrap(phi - phi[first_of][labels])
+            sums = []
+            for value in (r, r * r, turned, r * turned, z, r * z):
+                total = np.zeros(count)
+                np.add.at(total, labels, value)
+                sums.append(total)
+            sr, srr, sp, srp, sz, srz = sums
+            den = size * srr - sr * sr
+            fitted = (size >= 2) & (den > 1e-9 * np.maximum(size * srr, 1.0))
+            den = np.where(fitted, den, 1.0)
+            phi_slope = (size * srp - sr * sp) / den
+            phi_zero = (sp - phi_slope * sr) / np.maximum(size, 1)
+            z_slope = (size * srz - sr * sz) / den
+            z_zero = (sz - z_slope * sr) / np.maximum(size, 1)
+            low, high = labels[inner], labels[outer]
+            ok = (last_of[low] == inner) & (first_of[high] == outer) & (low != high)
+            a, b, lo, hi = inner[ok], outer[ok], low[ok], high[ok]
+
+            def miss(piece, hit):
+                across = np.abs(wrap(phi[hit] - phi[first_of][piece] - phi_zero[piece] - phi_slope[piece] * r[hit])) * r[hit]
+                along = np.abs(z[hit] - z_zero[piece] - z_slope[piece] * r[hit])
+                value = np.maximum(across / settings.transverse_mm, along / settings.z_mm)
+                return np.where(fitted[piece], value, np.inf)
+
+            from_low, from_high = miss(lo, b), miss(hi, a)
+            residual = np.where(fitted[lo] & fitted[hi], np.maximum(from_low, from_high), np.inf)
+            if settings.single_hit_scale > 0:
+                lone_high = (size[hi] == 1) & (size[lo] >= 3) & fitted[lo]
+                lone_low = (size[lo] == 1) & (size[hi] >= 3) & fitted[hi]
+                residual = np.where(lone_high, from_low / settings.single_hit_scale, residual)
+                residual = np.where(lone_low, from_high / settings.single_hit_scale, residual)
+            good = residual < 1.0
+            a, b, lo, hi, residual = a[good], b[good], lo[good], hi[good], residual[good]
+            index = np.arange(residual.size)
+            chosen = np.ones(residual.size, dtype=bool)
+            for end in (a, b):
+                lowest = np.full(n, np.inf)
+                np.minimum.at(lowest, end, residual)
+                top = residual == lowest[end]
+                earliest = np.full(n, residual.size)
+                np.minimum.at(earliest, end[top], index[top])
+                chosen &= top & (earliest[end] == index)
+            if not chosen.any():
+                break
+            pieces = coo_array((np.ones(int(chosen.sum())), (lo[chosen], hi[chosen])), shape=(count, count))
+            labels = connected_components(pieces, directed=False)[1][labels]
+        return labels
+
     def run(self, features: np.ndarray):
         """(labels, per-stage seconds, intermediate results) of one event."""
         import torch
@@ -180,6 +255,8 @@ class Baseline:
             good = candidates[:, chosen]
         graph = coo_array((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
         _, labels = connected_components(graph, directed=False)
+        if self.stages.join_pieces is not None and self.stages.track_building == "best_edges":
+            labels = self.join_pieces(features, kept, gnn_logits, labels)
         times["tracks"] = time.perf_counter() - t
         out.update(points=points, edges=edges, filter_prob=filter_prob, kept=kept, gnn_prob=gnn_prob)
         return labels, times, out

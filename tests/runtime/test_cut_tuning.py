@@ -17,8 +17,8 @@ from trackserve.events.trackml import read_event
 from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.bundle import JoinSettings
-from trackserve.runtime.cut_tuning import (CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, CANDIDATE_JOINS, ValidationSet,
-                                          tune_gnn_cut, tune_piece_joining)
+from trackserve.runtime.cut_tuning import (CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS,
+                                          ValidationSet, tune_gnn_cut, tune_piece_joining)
 from trackserve.runtime.pipeline import Pipeline
 
 from ..conftest import SAMPLE_EVENT
@@ -89,7 +89,7 @@ def test_tune_cut_command_prints_and_writes(tmp_path, capsys):
     assert record["previous"] == {"gnn_cut": before["stages"]["gnn_cut"], "gap_cut": before["stages"].get("gap_cut"),
                                   "track_building": "best_edges", "join_pieces": before["stages"].get("join_pieces")}
     assert record["stages"] == {"gnn_cut": best, "gap_cut": None, "track_building": "components", "join_pieces": None}
-    assert tuned.stages.join_pieces is None and record["joins_tried"] == []
+    assert tuned.stages.join_pieces is None and record["joins_tried"] is None
     assert 0 <= record["figures"]["efficiency"] <= 1
 
 
@@ -207,7 +207,8 @@ def test_tune_cut_command_joins_pieces_and_writes_the_settings(tmp_path, capsys)
     assert "piece joining at GNN cut" in out and "no joining" in out
     tuned = load_bundle(bundle)
     record = tuned.provenance["gnn_cut_tuned"]
-    assert record["joins_tried"] == [join.to_dict() for join in CANDIDATE_JOINS]
+    assert record["joins_tried"] == {name: list(values) for name, values in CANDIDATE_JOIN_GRID.items()}
+    assert len(CANDIDATE_JOINS) == np.prod([len(values) for values in CANDIDATE_JOIN_GRID.values()])
     chosen = tuned.stages.join_pieces
     assert record["stages"]["join_pieces"] == (None if chosen is None else chosen.to_dict())
     assert "then the piece joining at them" in record["rule"]

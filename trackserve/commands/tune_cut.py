@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bundle import save_bundle
     from ..errors import InputError
-    from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOINS, ValidationSet, tune_gnn_cut,
-                                      tune_piece_joining)
+    from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
+                                      tune_gnn_cut, tune_piece_joining)
     from ..runtime.pipeline import Pipeline
 
     pipeline = Pipeline(args.bundle)
@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         "events": [described for _, described in validations], "num_hits": [int(event.num_hits) for event in events],
         "min_pt": args.min_pt, "min_hits": args.min_hits,
         "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
-        "joins_tried": [join.to_dict() for join in CANDIDATE_JOINS] if args.join_pieces else [],
+        # every combination of these values (none without --join-pieces)
+        "joins_tried": {name: list(values) for name, values in CANDIDATE_JOIN_GRID.items()} if args.join_pieces else None,
         "previous": previous,
         "stages": {"gnn_cut": best.cut, "gap_cut": best.gap_cut, "track_building": method,
                    "join_pieces": None if best.join is None else best.join.to_dict()},

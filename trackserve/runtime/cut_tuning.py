@@ -19,6 +19,7 @@ networks on the events once for both. Numpy, scipy and ONNX Runtime only.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,13 +36,14 @@ from .track_building import build_tracks, hit_distances
 CANDIDATE_CUTS = tuple(round(0.05 * i, 2) for i in range(2, 20))
 #: The gap cuts tried below each cut when gaps are filled (0.05, 0.10, ..., 0.90).
 CANDIDATE_GAP_CUTS = tuple(round(0.05 * i, 2) for i in range(1, 19))
-#: The piece-joining settings tried: candidate edges above 0.01 or 0.1, tolerances of 2, 5
-#: or 10 mm across and 10 or 30 mm along the beam, lone hits never attached or within a
-#: quarter or a half of the tolerances, 1 or 3 rounds (72 settings).
-CANDIDATE_JOINS = tuple(
-    JoinSettings(min_score, transverse, along, single, rounds)
-    for min_score in (0.01, 0.1) for transverse in (2.0, 5.0, 10.0) for along in (10.0, 30.0)
-    for single in (0.0, 0.25, 0.5) for rounds in (1, 3))
+#: The values of each piece-joining setting tried: candidate edges above 0.01 or 0.1,
+#: tolerances of 2, 5 or 10 mm across and 10 or 30 mm along the beam, lone hits never
+#: attached or within a quarter or a half of the tolerances, 1 or 3 rounds.
+CANDIDATE_JOIN_GRID = {"min_score": (0.01, 0.1), "transverse_mm": (2.0, 5.0, 10.0), "z_mm": (10.0, 30.0),
+                       "single_hit_scale": (0.0, 0.25, 0.5), "rounds": (1, 3)}
+#: Every combination of :data:`CANDIDATE_JOIN_GRID` (72 settings), the last setting varying fastest.
+CANDIDATE_JOINS = tuple(JoinSettings(**dict(zip(CANDIDATE_JOIN_GRID, values)))
+                        for values in itertools.product(*CANDIDATE_JOIN_GRID.values()))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ import numpy as np
 from trackserve.bundle import JOIN_FIELDS, JoinSettings
 from trackserve.errors import InputError
 
-from .components import component_labels
 from .cuts import logit_threshold
 
 __all__ = ["JOIN_FIELDS", "JoinSettings", "MIN_HITS_TO_ATTACH", "POSITION_COLUMNS", "hit_positions", "join_pieces"]
@@ -86,24 +85,42 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
     first, second = edge_index[:, candidates]
     swap = (hit_order[first] > hit_order[second]) | ((hit_order[first] == hit_order[second]) & (first > second))
     inner, outer = np.where(swap, second, first), np.where(swap, first, second)
+    by_order = np.argsort(hit_order, kind="stable")  # along the tracks, ties by hit index
     for _ in range(settings.rounds):
-        pieces = _Pieces(labels, hit_order, positions)
-        joins = pieces.joins(inner, outer, settings)
-        if joins.shape[1] == 0:
+        pieces = _Pieces(labels, by_order, positions)
+        low, high = pieces.joins(inner, outer, settings)
+        if low.size == 0:
             break
-        _, merged = component_labels(pieces.count, joins)
-        labels = merged[labels].astype(np.int64)
+        labels = _chain_heads(pieces.count, low, high)[labels]
     return _first_appearance(labels)
+
+
+def _chain_heads(count: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """For ``count`` pieces joined ``low[i] -> high[i]``, the first piece of each one's chain.
+
+    Each piece is ``high`` of at most one join (one candidate per inner end) and ``low`` of
+    at most one (one per outer end), and a join goes outward (the inner end of ``high``
+    lies beyond the outer end of ``low`` along the tracks), so the joins form chains
+    without cycles: pointer jumping finds every chain's head in log(length) steps.
+    """
+    head = np.arange(count, dtype=np.int64)
+    head[high] = low
+    while True:
+        further = head[head]
+        if np.array_equal(further, head):
+            return head
+        head = further
 
 
 class _Pieces:
     """The pieces of one labelling: their ends, sizes and fitted lines."""
 
-    def __init__(self, labels: np.ndarray, hit_order: np.ndarray, positions: np.ndarray):
+    def __init__(self, labels: np.ndarray, by_order: np.ndarray, positions: np.ndarray):
         num_hits = labels.shape[0]
         self.labels = labels
         self.count = int(labels.max()) + 1
-        by_piece = np.lexsort((np.arange(num_hits), hit_order, labels))
+        # the hits grouped by piece, each piece's hits in order along the track (``by_order``)
+        by_piece = by_order[np.argsort(labels[by_order], kind="stable")]
         sorted_labels = labels[by_piece]
         starts = np.ones(num_hits, dtype=bool)
         np.not_equal(sorted_labels[1:], sorted_labels[:-1], out=starts[1:])
@@ -140,13 +157,14 @@ class _Pieces:
         return np.where(self.fitted[piece], miss, np.inf)
 
     def joins(self, inner: np.ndarray, outer: np.ndarray, settings: JoinSettings) -> np.ndarray:
-        """``[2, J]`` pairs of pieces to join this round, from the candidate edges ``inner -> outer``."""
+        """``(low, high)``: the pieces to join this round, ``low[i]``'s outer end to ``high[i]``'s
+        inner end, from the candidate edges ``inner -> outer``."""
         labels = self.labels
         low, high = labels[inner], labels[outer]
         usable = (self.outer_end[low] == inner) & (self.inner_end[high] == outer) & (low != high)
         where = np.flatnonzero(usable)
         if where.size == 0:
-            return np.zeros((2, 0), dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         inner, outer, low, high = inner[where], outer[where], low[where], high[where]
         from_low = self.residual(low, outer, settings)
         from_high = self.residual(high, inner, settings)
@@ -160,10 +178,10 @@ class _Pieces:
             residual[lone_low] = from_high[lone_low] / settings.single_hit_scale
         passing = np.flatnonzero(residual < 1.0)
         if passing.size == 0:
-            return np.zeros((2, 0), dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         residual, inner, outer = residual[passing], inner[passing], outer[passing]
         chosen = _lowest_per(inner, residual) & _lowest_per(outer, residual)
-        return np.stack([low[passing][chosen], high[passing][chosen]])
+        return low[passing][chosen], high[passing][chosen]
 
 
 def _lowest_per(key: np.ndarray, residual: np.ndarray) -> np.ndarray:

@@ -43,7 +43,8 @@ def test_every_cut_is_scored_as_the_pipeline_would_label_the_event(pipeline, eve
     assert best == max(rows, key=lambda row: (row.score, -row.cut))
     # The figures of a cut are those of the pipeline run with that cut and method.
     for row in (rows[0], rows[len(rows) // 2], rows[-1]):
-        stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, gap_cut=row.gap_cut, track_building=method)
+        stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, gap_cut=row.gap_cut, track_building=method,
+                                     join_pieces=None)
         at_cut = Pipeline(dataclasses.replace(pipeline.bundle, stages=stages),
                           config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
         labels = at_cut.run_event(event).labels
@@ -100,7 +101,8 @@ def test_gap_cuts_are_tried_below_each_cut_and_scored_as_the_pipeline_would(pipe
                                                          (0.8, None), (0.8, 0.1), (0.8, 0.3), (0.8, 0.6)]
     assert best == max(rows, key=lambda row: (row.score, -row.cut, row.cut if row.gap_cut is None else row.gap_cut))
     row = rows[1]
-    stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, gap_cut=row.gap_cut, track_building="best_edges")
+    stages = dataclasses.replace(pipeline.stages, gnn_cut=row.cut, gap_cut=row.gap_cut, track_building="best_edges",
+                                 join_pieces=None)
     labels = Pipeline(dataclasses.replace(pipeline.bundle, stages=stages),
                       config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run_event(event).labels
     figures = evaluate_event(event, event.hits["hit_id"], labels, min_pt=0.5, min_hits=3)

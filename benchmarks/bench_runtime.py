@@ -461,6 +461,7 @@ def main(argv=None) -> int:
                 if "rescaled" in bundle.provenance else "") + f"); track building {bundle.stages.track_building}; radius "
              f"{bundle.stages.radius:.4g}, K {bundle.stages.max_neighbours}, cuts {bundle.stages.filter_cut}/"
              f"{bundle.stages.gnn_cut}" + ("" if bundle.stages.gap_cut is None else f", gap cut {bundle.stages.gap_cut}")
+             + ("" if bundle.stages.join_pieces is None else f", piece joining ({bundle.stages.join_pieces.describe()})")
              + ". " + load_note(), ""]
     ratio = flight_ratio = None
     if bundle.num_features != 3:

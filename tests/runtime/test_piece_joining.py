@@ -295,6 +295,14 @@ def test_bad_inputs_are_refused():
         JoinSettings.from_mapping({k: v for k, v in SETTINGS.to_dict().items() if k != "rounds"})
     with pytest.raises(BundleError, match="unknown walk"):
         JoinSettings.from_mapping({**SETTINGS.to_dict(), "walk": 1})
+    with pytest.raises(InputError, match="labels must be a 1-D array of integers >= 0"):
+        join_pieces(labels - 1, edges, scores, positions, order, SETTINGS)
+    with pytest.raises(InputError, match=r"edge_index must be \[2, M\] with scores \[M\]"):
+        join_pieces(labels, edges, np.zeros(2), positions, order, SETTINGS)
+    with pytest.raises(InputError, match="edge_index refers to hits outside 0..5"):
+        join_pieces(labels, edges + 4, scores, positions, order, SETTINGS)
+    with pytest.raises(InputError, match=r"hit_order must have shape \[6\]"):
+        join_pieces(labels, edges, scores, positions, order[:5], SETTINGS)
     with pytest.raises(InputError, match=r"positions must have shape \[6, 3\]"):
         join_pieces(labels, edges, scores, positions[:, :2], order, SETTINGS)
     bad = positions.copy()

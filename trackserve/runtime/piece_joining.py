@@ -70,8 +70,18 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
     (:func:`hit_positions`); ``hit_order [N]`` finite. Returns int64 labels, compact and
     numbered in order of each track's smallest hit index. See the module docstring.
     """
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise InputError(f"labels must be a 1-D array of integers >= 0; got {labels.dtype} {labels.shape}")
+    labels = labels.astype(np.int64, copy=False)
     num_hits = labels.shape[0]
+    edge_index, hit_order = np.asarray(edge_index), np.asarray(hit_order, dtype=np.float64)
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2 or np.shape(scores) != (edge_index.shape[1],):
+        raise InputError(f"edge_index must be [2, M] with scores [M]; got {edge_index.shape} and {np.shape(scores)}")
+    if edge_index.size and (edge_index.min() < 0 or edge_index.max() >= num_hits):
+        raise InputError(f"edge_index refers to hits outside 0..{num_hits - 1}")
+    if hit_order.shape != (num_hits,):
+        raise InputError(f"hit_order must have shape [{num_hits}]; got {hit_order.shape}")
     positions = np.asarray(positions, dtype=np.float64)
     if positions.shape != (num_hits, 3):
         raise InputError(f"positions must have shape [{num_hits}, 3] (r, phi, z per hit); got {positions.shape}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +75,21 @@ def tiny_torch_networks():
     from trackserve.events.features import TRACKML_1000
 
     return _tiny_networks(TRACKML_1000.num_features, seed=7)
+
+
+def copy_with_stages(bundle: Path, directory: Path, **stages) -> Path:
+    """A copy of ``bundle`` in ``directory`` with these ``stages`` of its pipeline.json changed."""
+    shutil.copytree(bundle, directory)
+    data = json.loads((directory / "pipeline.json").read_text())
+    data["stages"].update(stages)
+    (directory / "pipeline.json").write_text(json.dumps(data))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sample_features():
+    """The sample event's features on the tiny bundle's feature spec (TRACKML_1000)."""
+    from trackserve.events.features import TRACKML_1000, hit_features
+    from trackserve.events.trackml import read_event
+
+    return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)

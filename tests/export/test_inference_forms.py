@@ -38,22 +38,6 @@ def _graph(num_hits, num_edges, seed):
     return torch.from_numpy(features), torch.from_numpy(power_law_edges(num_hits, num_edges, rng))
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("num_hits, num_edges", [(1, 0), (2, 1), (300, 5000)])
-def test_factored_form_matches_the_network(name, num_hits, num_edges):
-    network = _network(VARIANTS[name])
-    factored = FactoredInteractionGNN(network).eval()
-    features, edges = _graph(num_hits, num_edges, seed=num_edges)
-    if num_edges == 1:
-        edges = torch.tensor([[0], [1]])
-    with torch.no_grad():
-        expected, got = network(features, edges), factored(features, edges)
-    assert got.shape == expected.shape == (edges.shape[1],)
-    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    difference = float((got - expected).abs().max()) if got.numel() else 0.0
-    assert difference <= 1e-5 * scale
-
-
 def test_factored_form_shares_the_trained_parameters():
     network = _network({})
     factored = FactoredInteractionGNN(network)
@@ -76,11 +60,16 @@ def _resagnn(options, seed=0):
     return ResAGNN(**config).eval()
 
 
-@pytest.mark.parametrize("name", RESAGNN_VARIANTS)
+FORMS = [pytest.param(_network, FactoredInteractionGNN, options, id=f"interaction-{name}")
+         for name, options in VARIANTS.items()] + \
+        [pytest.param(_resagnn, FactoredResAGNN, options, id=f"resagnn-{name}") for name, options in RESAGNN_VARIANTS.items()]
+
+
+@pytest.mark.parametrize("build, form, options", FORMS)
 @pytest.mark.parametrize("num_hits, num_edges", [(1, 0), (2, 1), (300, 5000)])
-def test_factored_resagnn_matches_the_network(name, num_hits, num_edges):
-    network = _resagnn(RESAGNN_VARIANTS[name])
-    factored = FactoredResAGNN(network).eval()
+def test_factored_form_matches_the_network(build, form, options, num_hits, num_edges):
+    network = build(options)
+    factored = form(network).eval()
     features, edges = _graph(num_hits, num_edges, seed=num_edges)
     if num_edges == 1:
         edges = torch.tensor([[0], [1]])

@@ -18,6 +18,8 @@ from trackserve.runtime.track_building import best_edges, build_tracks, hit_dist
 from trackserve.serving.interface import STAGE_NAMES
 from trackserve.serving.stages import make_stage, run_stages
 
+from ..conftest import copy_with_stages
+
 
 def _reference_best(edges, scores, order):
     """The rule written as a loop over hits."""
@@ -106,22 +108,9 @@ def test_hit_distances_from_scaled_features():
 
 
 @pytest.fixture(scope="module")
-def sample_features():
-    from trackserve.events.features import TRACKML_1000, hit_features
-    from trackserve.events.trackml import read_event
-    from trackserve.paths import SAMPLE_EVENT
-
-    return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
-
-
-@pytest.fixture(scope="module")
 def best_edges_bundle(tiny_bundle, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("best_edges_bundle") / "bundle"
-    shutil.copytree(tiny_bundle, directory)
-    data = json.loads((directory / "pipeline.json").read_text())
-    data["stages"]["track_building"] = "best_edges"
-    (directory / "pipeline.json").write_text(json.dumps(data))
-    return directory
+    return copy_with_stages(tiny_bundle, tmp_path_factory.mktemp("best_edges_bundle") / "bundle",
+                            track_building="best_edges")
 
 
 def test_pipeline_and_ensemble_build_tracks_by_the_bundle_method(best_edges_bundle, tiny_bundle, sample_features):

@@ -19,6 +19,8 @@ from trackserve.runtime.track_building import best_edges, build_tracks, gap_edge
 from trackserve.serving.interface import STAGE_NAMES
 from trackserve.serving.stages import make_stage, run_stages
 
+from ..conftest import copy_with_stages
+
 from .test_best_edges import _reference_best, _same_partition
 
 
@@ -142,21 +144,8 @@ def test_empty_and_one_hit_events_with_a_gap_cut():
 
 @pytest.fixture(scope="module")
 def gap_bundle(tiny_bundle, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gap_bundle") / "bundle"
-    shutil.copytree(tiny_bundle, directory)
-    data = json.loads((directory / "pipeline.json").read_text())
-    data["stages"].update(track_building="best_edges", gnn_cut=0.6, gap_cut=0.3)
-    (directory / "pipeline.json").write_text(json.dumps(data))
-    return directory
-
-
-@pytest.fixture(scope="module")
-def sample_features():
-    from trackserve.events.features import TRACKML_1000, hit_features
-    from trackserve.events.trackml import read_event
-    from trackserve.paths import SAMPLE_EVENT
-
-    return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
+    return copy_with_stages(tiny_bundle, tmp_path_factory.mktemp("gap_bundle") / "bundle",
+                            track_building="best_edges", gnn_cut=0.6, gap_cut=0.3)
 
 
 def test_pipeline_and_ensemble_fill_gaps_by_the_bundle(gap_bundle, sample_features):

@@ -10,7 +10,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from trackserve.errors import InputError
-from trackserve.events.trackml import read_event
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.network_steps import EMBED_BLOCK_ROWS
 from trackserve.runtime import parallel
@@ -18,7 +17,6 @@ from trackserve.runtime.parallel import HaloSplit, PartRunner, component_groups,
 from trackserve.runtime.pipeline import Pipeline
 from trackserve.runtime.subgraph import halo_hops
 
-from ..conftest import SAMPLE_EVENT
 
 
 @pytest.mark.parametrize("rows, parts, min_rows, expected", [
@@ -129,12 +127,6 @@ def test_part_runner_raises_a_parts_error_after_every_part_has_finished():
         runner.map(work, ["good", "bad"])
     with pytest.raises(InputError, match="threads >= 1"):
         PartRunner(0)
-
-
-@pytest.fixture(scope="module")
-def sample_features(tiny_bundle):
-    return Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).event_features(
-        read_event(SAMPLE_EVENT, parts=()))
 
 
 def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_features, monkeypatch):

@@ -18,6 +18,8 @@ from trackserve.runtime.track_building import build_tracks, hit_distances
 from trackserve.serving.interface import STAGE_NAMES
 from trackserve.serving.stages import make_stage, run_stages
 
+from ..conftest import copy_with_stages
+
 RADII = np.array([32.0, 72.0, 116.0, 172.0, 260.0, 360.0, 500.0, 660.0, 820.0, 1020.0])
 SETTINGS = JoinSettings(min_score=0.2, transverse_mm=5.0, z_mm=10.0, single_hit_scale=0.5, rounds=3)
 
@@ -213,29 +215,31 @@ def test_a_lone_hit_joins_a_long_enough_piece_within_the_tighter_tolerances():
     assert join_pieces(labels, edges, scores, positions, order, settings, scores_are_logits=False).tolist() == [0, 0, 1]
 
 
+def _forked_track(copied: slice):
+    """Pieces 0, 1, 2 of three hits each: a six-hit track whose hits ``copied`` (its first or
+    last three) appear once more 2 mm off across, as an extra piece placed where they are."""
+    track = _line(0.5, 2e-4, 10.0, 0.8, RADII[:6])
+    off = track[copied].copy()
+    off[:, 1] += 2.0 / off[:, 0]
+    positions = np.concatenate([track, off]) if copied.start else np.concatenate([track[:3], off, track[3:]])
+    return np.repeat([0, 1, 2], 3), positions, np.hypot(positions[:, 0], positions[:, 2])
+
+
 def test_each_end_takes_its_closest_piece_and_rounds_join_chains():
-    # piece 0 (3 hits) could continue into piece 1 or piece 2 (two copies of the next hits,
-    # the second 2 mm off): it takes the closer one; piece 2 stays alone
-    positions = _line(0.5, 2e-4, 10.0, 0.8, RADII[:6])
-    off = positions[3:].copy()
-    off[:, 1] += 2.0 / off[:, 0]
-    positions = np.concatenate([positions, off])
-    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    order = np.hypot(positions[:, 0], positions[:, 2])
-    edges = np.array([[2, 2], [6, 3]])
-    result = join_pieces(labels, edges, np.array([0.9, 0.3]), positions, order, SETTINGS, scores_are_logits=False)
-    assert result.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1]
-    # and the mirror case: piece 2 (3 hits) could be continued by piece 0 or by piece 1 (the
-    # same hits 2 mm off): it takes the closer one, and piece 1 stays alone
-    positions = _line(0.5, 2e-4, 10.0, 0.8, RADII[:6])
-    off = positions[:3].copy()
-    off[:, 1] += 2.0 / off[:, 0]
-    positions = np.concatenate([positions[:3], off, positions[3:]])
-    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    order = np.hypot(positions[:, 0], positions[:, 2])
-    edges = np.array([[5, 2], [6, 6]])
-    result = join_pieces(labels, edges, np.array([0.9, 0.3]), positions, order, SETTINGS, scores_are_logits=False)
-    assert result.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0]
+    # piece 0 could continue into piece 1 or into piece 2 (the same hits 2 mm off): it takes
+    # the closer one, and piece 2 stays alone
+    labels, positions, order = _forked_track(slice(3, 6))
+    for edges, scores in (([[2, 2], [6, 3]], [0.9, 0.3]), ([[2, 2], [3, 6]], [0.3, 0.9])):
+        result = join_pieces(labels, np.array(edges), np.array(scores), positions, order, SETTINGS,
+                             scores_are_logits=False)
+        assert result.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1]
+    # and the mirror case: piece 2 could be continued by piece 0 or by piece 1 (piece 0's hits
+    # 2 mm off): it takes the closer one, and piece 1 stays alone
+    labels, positions, order = _forked_track(slice(0, 3))
+    for edges, scores in (([[5, 2], [6, 6]], [0.9, 0.3]), ([[2, 5], [6, 6]], [0.3, 0.9])):
+        result = join_pieces(labels, np.array(edges), np.array(scores), positions, order, SETTINGS,
+                             scores_are_logits=False)
+        assert result.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0]
     # two hits, one lone hit, three hits: the lone hit joins the three in round 1 and the
     # pair joins them in round 2 (a pair cannot take a lone hit)
     positions = _line(0.5, 2e-4, 10.0, 0.8, RADII[:6])
@@ -322,24 +326,11 @@ def test_bad_inputs_are_refused():
 
 @pytest.fixture(scope="module")
 def join_bundle(tiny_bundle, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("join_bundle") / "bundle"
-    shutil.copytree(tiny_bundle, directory)
-    data = json.loads((directory / "pipeline.json").read_text())
-    data["stages"].update(track_building="best_edges", gnn_cut=0.6,
-                          # wide tolerances: the random networks' pieces are not tracks
-                          join_pieces={"min_score": 0.0, "transverse_mm": 1000.0, "z_mm": 5000.0,
-                                       "single_hit_scale": 1.0, "rounds": 3})
-    (directory / "pipeline.json").write_text(json.dumps(data))
-    return directory
-
-
-@pytest.fixture(scope="module")
-def sample_features():
-    from trackserve.events.features import TRACKML_1000, hit_features
-    from trackserve.events.trackml import read_event
-    from trackserve.paths import SAMPLE_EVENT
-
-    return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
+    # wide tolerances: the random networks' pieces are not tracks
+    return copy_with_stages(tiny_bundle, tmp_path_factory.mktemp("join_bundle") / "bundle",
+                            track_building="best_edges", gnn_cut=0.6,
+                            join_pieces={"min_score": 0.0, "transverse_mm": 1000.0, "z_mm": 5000.0,
+                                         "single_hit_scale": 1.0, "rounds": 3})
 
 
 def test_pipeline_and_ensemble_join_pieces_by_the_bundle(join_bundle, sample_features):

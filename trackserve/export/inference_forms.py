@@ -61,16 +61,12 @@ class _FactoredInput(nn.Module):
         return self.rest(out)
 
 
-class FactoredInteractionGNN(nn.Module):
-    """An :class:`InteractionGNN`'s forward with its edge MLPs' first layers factored (same parameters)."""
+class _FactoredForm(nn.Module):
+    """What the factored forms share: the wrapped network (its parameters), its kind and config."""
 
-    def __init__(self, network: InteractionGNN):
+    def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
-        hidden = network.config["hidden"]
-        self.edge_encoder = _FactoredInput(network.edge_encoder, hidden)
-        self.edge_network = _FactoredInput(network.edge_network, hidden)
-        self.output_edge_classifier = _FactoredInput(network.output_edge_classifier, hidden)
 
     @property
     def kind(self) -> str:
@@ -81,6 +77,17 @@ class FactoredInteractionGNN(nn.Module):
     def config(self) -> dict:
         """The wrapped network's config."""
         return self.network.config
+
+
+class FactoredInteractionGNN(_FactoredForm):
+    """An :class:`InteractionGNN`'s forward with its edge MLPs' first layers factored (same parameters)."""
+
+    def __init__(self, network: InteractionGNN):
+        super().__init__(network)
+        hidden = network.config["hidden"]
+        self.edge_encoder = _FactoredInput(network.edge_encoder, hidden)
+        self.edge_network = _FactoredInput(network.edge_network, hidden)
+        self.output_edge_classifier = _FactoredInput(network.output_edge_classifier, hidden)
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """GNN logits ``[E]``, the same function as the wrapped network's ``forward``."""
@@ -100,27 +107,16 @@ class FactoredInteractionGNN(nn.Module):
         return self.output_edge_classifier(nodes, start, end, edges).squeeze(-1)
 
 
-class FactoredResAGNN(nn.Module):
+class FactoredResAGNN(_FactoredForm):
     """A :class:`ResAGNN`'s forward with its edge network's first layer factored (same parameters)."""
 
     def __init__(self, network: ResAGNN):
-        super().__init__()
-        self.network = network
+        super().__init__(network)
         width = network.config["hidden"] + network.config["in_channels"]
         self.edge_network = _FactoredInput(network.edge_network.network, width)
         if self.edge_network.first.in_features != 2 * width:
             raise ValueError(f"a ResAGNN edge network reads cat[h[start], h[end]] of width {2 * width}; "
                              f"this one's first layer reads {self.edge_network.first.in_features}")
-
-    @property
-    def kind(self) -> str:
-        """The pipeline role (``"gnn"``), as the wrapped network's."""
-        return self.network.kind
-
-    @property
-    def config(self) -> dict:
-        """The wrapped network's config."""
-        return self.network.config
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """GNN logits ``[E]``, the same function as the wrapped network's ``forward``."""

@@ -93,3 +93,16 @@ def sample_features():
     from trackserve.events.trackml import read_event
 
     return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
+
+
+def assert_stages_refused(bundle: Path, directory: Path, change: dict, message: str) -> None:
+    """A copy of ``bundle`` with ``change`` in its stages is refused with ``message`` (a regex)
+    both by ``load_bundle`` and by ``StageParameters.from_dict``."""
+    from trackserve.bundle import StageParameters, load_bundle
+    from trackserve.errors import BundleError
+
+    bad = copy_with_stages(bundle, directory, **change)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bad)
+    with pytest.raises(BundleError, match=message):
+        StageParameters.from_dict(json.loads((bad / "pipeline.json").read_text())["stages"])

@@ -111,15 +111,20 @@ def test_gap_cuts_are_tried_below_each_cut_and_scored_as_the_pipeline_would(pipe
         tune_gnn_cut(pipeline, event, method="components", gap_cuts=gaps)
 
 
-def test_tune_cut_command_fills_gaps_and_writes_the_gap_cut(tmp_path, capsys):
+def _tuned_copy(tmp_path, capsys, *options):
+    """``trackserve tune-cut --write`` with ``options`` on a copy of the default bundle on the
+    sample event: (what it printed, the tuned bundle, its tuning record)."""
     bundle = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, bundle)
     assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
-                 "--fill-gaps", "--write"]) == 0
-    out = capsys.readouterr().out
-    assert "gap cut" in out and "<- best" in out
+                 *options, "--write"]) == 0
     tuned = load_bundle(bundle)
-    record = tuned.provenance["gnn_cut_tuned"]
+    return capsys.readouterr().out, tuned, tuned.provenance["gnn_cut_tuned"]
+
+
+def test_tune_cut_command_fills_gaps_and_writes_the_gap_cut(tmp_path, capsys):
+    out, tuned, record = _tuned_copy(tmp_path, capsys, "--fill-gaps")
+    assert "gap cut" in out and "<- best" in out
     assert record["gap_cuts_tried"] == list(CANDIDATE_GAP_CUTS)
     assert record["stages"] == {"gnn_cut": tuned.stages.gnn_cut, "gap_cut": tuned.stages.gap_cut,
                                 "track_building": "best_edges", "join_pieces": None}
@@ -201,19 +206,13 @@ def test_piece_joining_is_tried_at_the_cuts_and_scored_as_the_pipeline_would(pip
 
 
 def test_tune_cut_command_joins_pieces_and_writes_the_settings(tmp_path, capsys):
-    bundle = tmp_path / "bundle"
-    shutil.copytree(DEFAULT_BUNDLE, bundle)
-    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
-                 "--join-pieces", "--write"]) == 0
-    out = capsys.readouterr().out
+    out, tuned, record = _tuned_copy(tmp_path, capsys, "--join-pieces")
     assert "piece joining at GNN cut" in out and "no joining" in out
-    tuned = load_bundle(bundle)
-    record = tuned.provenance["gnn_cut_tuned"]
     assert record["joins_tried"] == {name: list(values) for name, values in CANDIDATE_JOIN_GRID.items()}
     assert len(CANDIDATE_JOINS) == np.prod([len(values) for values in CANDIDATE_JOIN_GRID.values()])
     chosen = tuned.stages.join_pieces
     assert record["stages"]["join_pieces"] == (None if chosen is None else chosen.to_dict())
     assert "then the piece joining at them" in record["rule"]
-    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--track-building", "components",
-                 "--join-pieces"]) == 2
+    assert main(["tune-cut", str(tuned.directory), "--validation", str(SAMPLE_EVENT), "--track-building",
+                 "components", "--join-pieces"]) == 2
     assert "--join-pieces joins the pieces of best edges" in capsys.readouterr().err

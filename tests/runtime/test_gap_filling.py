@@ -12,14 +12,14 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
 from trackserve.bundle import StageParameters, load_bundle
-from trackserve.errors import BundleError, InputError
+from trackserve.errors import InputError
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.pipeline import Pipeline
 from trackserve.runtime.track_building import best_edges, build_tracks, gap_edges, hit_distances
 from trackserve.serving.interface import STAGE_NAMES
 from trackserve.serving.stages import make_stage, run_stages
 
-from ..conftest import copy_with_stages
+from ..conftest import assert_stages_refused, copy_with_stages
 
 from .test_best_edges import _reference_best, _same_partition
 
@@ -176,15 +176,7 @@ def test_bundle_gap_cut_is_validated_and_round_trips(gap_bundle, tmp_path):
         ({"track_building": "components"}, "gap filling needs track_building 'best_edges', not 'components'"),
         ({"walk_cut": 0.2}, r"stages: unknown key\(s\) 'walk_cut'.*newer trackserve"),
     ]:
-        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(gap_bundle, bad)
-        data = json.loads((bad / "pipeline.json").read_text())
-        data["stages"].update(change)
-        (bad / "pipeline.json").write_text(json.dumps(data))
-        with pytest.raises(BundleError, match=message):
-            load_bundle(bad)
-        with pytest.raises(BundleError, match=message):
-            StageParameters.from_dict(data["stages"])
+        assert_stages_refused(gap_bundle, tmp_path / f"bad{len(list(tmp_path.iterdir()))}", change, message)
     data = json.loads((gap_bundle / "pipeline.json").read_text())
     data["stages"]["gap_cut"] = None  # null: no gap filling
     null = tmp_path / "null"

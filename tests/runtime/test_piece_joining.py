@@ -18,7 +18,7 @@ from trackserve.runtime.track_building import build_tracks, hit_distances
 from trackserve.serving.interface import STAGE_NAMES
 from trackserve.serving.stages import make_stage, run_stages
 
-from ..conftest import copy_with_stages
+from ..conftest import assert_stages_refused, copy_with_stages
 
 RADII = np.array([32.0, 72.0, 116.0, 172.0, 260.0, 360.0, 500.0, 660.0, 820.0, 1020.0])
 SETTINGS = JoinSettings(min_score=0.2, transverse_mm=5.0, z_mm=10.0, single_hit_scale=0.5, rounds=3)
@@ -365,15 +365,7 @@ def test_bundle_join_pieces_is_validated_and_round_trips(join_bundle, tmp_path):
         ({"track_building": "components"},
          "joining track pieces needs track_building 'best_edges', not 'components'"),
     ]:
-        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(join_bundle, bad)
-        data = json.loads((bad / "pipeline.json").read_text())
-        data["stages"].update(change)
-        (bad / "pipeline.json").write_text(json.dumps(data))
-        with pytest.raises(BundleError, match=message):
-            load_bundle(bad)
-        with pytest.raises(BundleError, match=message):
-            StageParameters.from_dict(data["stages"])
+        assert_stages_refused(join_bundle, tmp_path / f"bad{len(list(tmp_path.iterdir()))}", change, message)
     # joining reads r, phi and z: a bundle whose features lack phi is refused
     bad = tmp_path / "no_phi"
     shutil.copytree(join_bundle, bad)

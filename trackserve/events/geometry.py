@@ -95,26 +95,6 @@ class _LayerBins:
     candidates: np.ndarray  # [total bins, K] int32 module indices, -1 padded
 
 
-def row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``sum(a * b, axis=-1)`` over the last axis of length 3, written out term by term.
-
-    numpy's reductions and ``einsum`` may add short rows in an order that depends on where
-    the arrays lie in memory (their SIMD loops), so a seeded simulation could differ in the
-    last bit between two runs; element-wise products and sums do not.
-    """
-    return (a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1]) + a[..., 2] * b[..., 2]
-
-
-def row_norm(a: np.ndarray) -> np.ndarray:
-    """The Euclidean norm over the last axis of length 3 (see :func:`row_dot`)."""
-    return np.sqrt(row_dot(a, a))
-
-
-def rotate(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """``matrices [..., 3, 3]`` times ``vectors [..., 3]`` (broadcast), term by term (see :func:`row_dot`)."""
-    return np.stack([row_dot(matrices[..., i, :], vectors) for i in range(3)], axis=-1)
-
-
 class Geometry:
     """The modules of a detector, its layers, and a fast module lookup.
 
@@ -173,11 +153,11 @@ class Geometry:
 
     def to_local(self, modules: np.ndarray, points: np.ndarray) -> np.ndarray:
         """Local ``(u, v, w)`` coordinates of global ``points [n, 3]`` in the frames of ``modules [n]``."""
-        return rotate(np.swapaxes(self.rotation[modules], 1, 2), points - self.center[modules])
+        return np.einsum("nij,ni->nj", self.rotation[modules], points - self.center[modules])
 
     def to_global(self, modules: np.ndarray, local: np.ndarray) -> np.ndarray:
         """Global ``(x, y, z)`` of local ``(u, v, w)`` points ``[n, 3]`` in the frames of ``modules [n]``."""
-        return self.center[modules] + rotate(self.rotation[modules], local)
+        return self.center[modules] + np.einsum("nij,nj->ni", self.rotation[modules], local)
 
     def half_width_u(self, modules: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Half-width of the active area in ``u`` at local ``v`` (linear from ``minhu`` at ``-hv`` to ``maxhu`` at ``+hv``)."""
@@ -242,7 +222,7 @@ class Geometry:
         v = sv[None, :] * self.hv[modules, None]
         u = su[None, :] * self.half_width_u(modules[:, None], v)
         local = np.stack([u, v, np.zeros_like(u)], axis=-1)
-        return self.center[modules, None, :] + rotate(self.rotation[modules, None], local)
+        return self.center[modules, None, :] + np.einsum("nij,nkj->nki", self.rotation[modules], local)
 
     def _build_layers(self) -> tuple[tuple[Layer, ...], np.ndarray]:
         """Group modules into layers, classify each as barrel or disc, and measure its extent."""

@@ -53,7 +53,7 @@ import numpy as np
 
 from ..errors import EventFormatError, InputError
 from .event import PARTICLES_COLUMNS, Event, Table, table_length
-from .geometry import Geometry, row_dot, row_norm
+from .geometry import Geometry
 
 #: ``pT [GeV] = C * |q| * B [T] * R [mm]``.
 GEV_PER_TESLA_MM = 0.299792458e-3
@@ -367,7 +367,7 @@ def _module_crossings(geometry: Geometry, helices: _Helices, layers: np.ndarray)
             x, y, z = helix.point(alpha[todo])
             n, c = normal[todo], centre[todo]
             residual = n[:, 0] * (x - c[:, 0]) + n[:, 1] * (y - c[:, 1]) + n[:, 2] * (z - c[:, 2])
-            slope = row_dot(n, helix.tangent(alpha[todo]))
+            slope = np.einsum("ni,ni->n", n, helix.tangent(alpha[todo]))
             alpha[todo] -= residual / slope
             todo = todo[np.abs(residual) > _NEWTON_TOLERANCE_MM]  # no longer finite ones drop out here too
             if not len(todo):
@@ -386,9 +386,9 @@ def _module_crossings(geometry: Geometry, helices: _Helices, layers: np.ndarray)
 def _scatter(momentum: np.ndarray, normal: np.ndarray, charge: np.ndarray, mass: np.ndarray,
              x_over_x0: float, rng: np.random.Generator) -> np.ndarray:
     """Momenta ``[n, 3]`` after a multiple-scattering kick in a layer of surface normal ``normal [n, 3]``."""
-    p = row_norm(momentum)
+    p = np.linalg.norm(momentum, axis=1)
     direction = momentum / p[:, None]
-    cos_incidence = np.abs(row_dot(direction, normal))
+    cos_incidence = np.abs(np.einsum("ni,ni->n", direction, normal))
     thickness = x_over_x0 * np.minimum(1.0 / np.maximum(cos_incidence, 1e-12), _MAX_PATH_FACTOR)
     beta = p / np.sqrt(p * p + mass * mass)
     z2 = charge.astype(np.float64) ** 2
@@ -397,11 +397,11 @@ def _scatter(momentum: np.ndarray, normal: np.ndarray, charge: np.ndarray, mass:
     # Two unit vectors perpendicular to the direction.
     helper = np.where(np.abs(direction[:, 2:3]) < 0.9, np.array([[0.0, 0.0, 1.0]]), np.array([[1.0, 0.0, 0.0]]))
     first = np.cross(helper, direction)
-    first /= row_norm(first)[:, None]
+    first /= np.linalg.norm(first, axis=1)[:, None]
     second = np.cross(direction, first)
     angles = rng.normal(0.0, 1.0, (len(p), 2)) * theta0[:, None]
     kicked = direction + np.tan(angles[:, :1]) * first + np.tan(angles[:, 1:]) * second
-    kicked /= row_norm(kicked)[:, None]
+    kicked /= np.linalg.norm(kicked, axis=1)[:, None]
     return kicked * p[:, None]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import BundleError, EventFormatError, InputError
 from .event import Table, table_length
+from .stable_math import arctan2
 
 
 def _r(x, y, z):
@@ -31,7 +32,7 @@ def _eta(x, y, z):
 
 _FEATURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
     "r": _r,
-    "phi": lambda x, y, z: np.arctan2(y, x),
+    "phi": lambda x, y, z: arctan2(y, x),
     "z": lambda x, y, z: z,
     "x": lambda x, y, z: x,
     "y": lambda x, y, z: y,

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeometryError
+from .stable_math import arctan2
 
 #: Columns of the geometry file, in file order.
 GEOMETRY_COLUMNS: tuple[str, ...] = (
@@ -204,7 +205,7 @@ class Geometry:
         """
         bins = self._bins
         layers = np.asarray(layers, dtype=np.int64)
-        phi = np.arctan2(points[:, 1], points[:, 0])
+        phi = arctan2(points[:, 1], points[:, 0])
         barrel = self._layer_is_barrel[layers]
         b = np.where(barrel, points[:, 2], np.hypot(points[:, 0], points[:, 1]))
         num_phi = bins.num_phi[layers]
@@ -282,8 +283,8 @@ class Geometry:
         for layer in self.layers:
             modules = np.arange(layer.first_module, layer.first_module + layer.num_modules)
             outline = self._outline(modules)
-            centre_phi = np.arctan2(self.center[modules, 1], self.center[modules, 0])
-            phi = np.arctan2(outline[..., 1], outline[..., 0])
+            centre_phi = arctan2(self.center[modules, 1], self.center[modules, 0])
+            phi = arctan2(outline[..., 1], outline[..., 0])
             dphi = np.angle(np.exp(1j * (phi - centre_phi[:, None])))
             b = outline[..., 2] if layer.kind == "barrel" else np.hypot(outline[..., 0], outline[..., 1])
             phi_lo = centre_phi + dphi.min(axis=1)

@@ -54,6 +54,7 @@ import numpy as np
 from ..errors import EventFormatError, InputError
 from .event import PARTICLES_COLUMNS, Event, Table, table_length
 from .geometry import Geometry
+from .stable_math import arctan2
 
 #: ``pT [GeV] = C * |q| * B [T] * R [mm]``.
 GEV_PER_TESLA_MM = 0.299792458e-3
@@ -227,7 +228,7 @@ class _Helices:
         scale = GEV_PER_TESLA_MM * np.abs(charge) * field
         return cls(
             x=position[:, 0], y=position[:, 1], z=position[:, 2],
-            phi=np.arctan2(momentum[:, 1], momentum[:, 0]),
+            phi=arctan2(momentum[:, 1], momentum[:, 0]),
             radius=pt / scale, dz=momentum[:, 2] / scale,
             turn=-np.sign(charge).astype(np.float64),
         )
@@ -257,15 +258,15 @@ class _Helices:
     def turn_to_max_radius(self) -> np.ndarray:
         """Turning angle in ``[0, 2 pi)`` at which the distance from the beam line is largest."""
         cx, cy = self.centre()
-        psi = np.arctan2(cy, cx)
-        beta0 = np.arctan2(self.y - cy, self.x - cx)
+        psi = arctan2(cy, cx)
+        beta0 = arctan2(self.y - cy, self.x - cx)
         return np.mod(self.turn * (psi - beta0), _TWO_PI)
 
 
 def _momentum_after(momentum: np.ndarray, turn: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Momentum vectors ``[n, 3]`` after turning by ``alpha`` in the transverse plane."""
     pt = np.hypot(momentum[:, 0], momentum[:, 1])
-    phi = np.arctan2(momentum[:, 1], momentum[:, 0]) + turn * alpha
+    phi = arctan2(momentum[:, 1], momentum[:, 0]) + turn * alpha
     return np.stack([pt * np.cos(phi), pt * np.sin(phi), momentum[:, 2]], axis=1)
 
 
@@ -321,8 +322,8 @@ def _next_crossing(helices: _Helices, limit: np.ndarray, last_layer: np.ndarray,
     if len(surfaces.barrel_layer):
         cx, cy = helices.centre()
         d = np.maximum(np.hypot(cx, cy), 1e-12)
-        psi = np.arctan2(cy, cx)
-        beta0 = np.arctan2(helices.y - cy, helices.x - cx)
+        psi = arctan2(cy, cx)
+        beta0 = arctan2(helices.y - cy, helices.x - cx)
         radius = helices.radius[:, None]
         cosine = (surfaces.barrel_radius[None, :] ** 2 - d[:, None] ** 2 - radius**2) / (2.0 * radius * d[:, None])
         meets = np.abs(cosine) <= 1.0

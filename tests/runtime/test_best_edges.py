@@ -66,20 +66,32 @@ def test_a_wrong_edge_that_merges_two_tracks_is_dropped():
     assert pruned.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
+def _random_scored_graph(seed, n, m):
+    """(edges [2, m] with repeats and self-loops, float32 logits [m], hit order [n]) at random."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, (2, m)), rng.normal(0, 2, m).astype(np.float32), rng.random(n)
+
+
+def _components(n, kept):
+    """scipy's component label of each of ``n`` hits joined by the edges ``kept [2, M]``."""
+    graph = coo_array((np.ones(kept.shape[1]), (kept[0], kept[1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _assert_compact_partition(labels, expected):
+    """``labels`` group the hits as ``expected`` does and are numbered 0.. from the first hit."""
+    assert _same_partition(labels, expected)
+    assert labels.max() + 1 == len(np.unique(labels)) and labels[0] == 0
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_labels_are_the_components_of_the_kept_edges(seed):
-    rng = np.random.default_rng(10 + seed)
-    n, m = 500, 3000
-    edges = rng.integers(0, n, (2, m))
-    logits = rng.normal(0, 2, m).astype(np.float32)
-    order = rng.random(n)
+    n = 500
+    edges, logits, order = _random_scored_graph(10 + seed, n, 3000)
     labels = build_tracks(n, edges, logits, 0.3, method="best_edges", hit_order=order)
     passing = logits.astype(np.float64) > np.log(0.3 / 0.7)
     kept = edges[:, passing][:, _reference_best(edges[:, passing], logits[passing], order)]
-    _, expected = connected_components(coo_array((np.ones(kept.shape[1]), (kept[0], kept[1])), shape=(n, n)),
-                                       directed=False)
-    assert _same_partition(labels, expected)
-    assert labels.max() + 1 == len(np.unique(labels)) and labels[0] == 0
+    _assert_compact_partition(labels, _components(n, kept))
 
 
 def test_empty_and_one_hit_events():

@@ -8,8 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from scipy.sparse import coo_array
-from scipy.sparse.csgraph import connected_components
 
 from trackserve.bundle import StageParameters, load_bundle
 from trackserve.errors import InputError
@@ -21,7 +19,8 @@ from trackserve.serving.stages import make_stage, run_stages
 
 from ..conftest import assert_stages_refused, copy_with_stages
 
-from .test_best_edges import _reference_best, _same_partition
+from .test_best_edges import (_assert_compact_partition, _components, _random_scored_graph, _reference_best,
+                              _same_partition)
 
 
 def _reference_gaps(edges, scores, order, kept):
@@ -42,11 +41,6 @@ def _reference_gaps(edges, scores, order, kept):
     for e in candidates:
         fills[e] = best_out[inner[e]] == e and best_in[outer[e]] == e
     return fills
-
-
-def _components(n, kept):
-    graph = coo_array((np.ones(kept.shape[1]), (kept[0], kept[1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -82,11 +76,8 @@ def test_a_weak_edge_closes_the_gap_in_a_track_without_branching_another():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_labels_are_the_components_of_best_edges_and_gap_edges(seed):
-    rng = np.random.default_rng(20 + seed)
-    n, m = 400, 2500
-    edges = rng.integers(0, n, (2, m))
-    logits = rng.normal(0, 2, m).astype(np.float32)
-    order = rng.random(n)
+    n = 400
+    edges, logits, order = _random_scored_graph(20 + seed, n, 2500)
     labels = build_tracks(n, edges, logits, 0.7, method="best_edges", hit_order=order, gap_cut=0.3)
     weak = logits.astype(np.float64) > np.log(0.3 / 0.7)
     candidates, scores = edges[:, weak], logits[weak]
@@ -94,8 +85,7 @@ def test_labels_are_the_components_of_best_edges_and_gap_edges(seed):
     best = np.zeros(strong.size, dtype=bool)
     best[strong] = _reference_best(candidates[:, strong], scores[strong], order)
     kept = candidates[:, best | _reference_gaps(candidates, scores, order, best)]
-    assert _same_partition(labels, _components(n, kept))
-    assert labels.max() + 1 == len(np.unique(labels)) and labels[0] == 0
+    _assert_compact_partition(labels, _components(n, kept))
 
 
 def test_events_above_65536_hits_follow_the_same_rule():

@@ -10,8 +10,8 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
 from trackserve.errors import InputError
-from trackserve.runtime import track_building
 from trackserve.runtime.track_building import build_tracks
+from trackserve.runtime.components import compact_in_order
 
 REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "exatrkx_service" / "reference_event"
 
@@ -56,8 +56,9 @@ def test_labels_are_compact_and_ordered_by_smallest_hit():
 
 
 def test_renumbering_of_unordered_component_labels():
-    np.testing.assert_array_equal(track_building._compact_in_order(np.array([2, 2, 0, 1, 0, 5])), [0, 0, 1, 2, 1, 3])
-    np.testing.assert_array_equal(track_building._compact_in_order(np.array([0, 1, 0, 2, 1])), [0, 1, 0, 2, 1])
+    np.testing.assert_array_equal(compact_in_order(np.array([2, 2, 0, 1, 0, 5])), [0, 0, 1, 2, 1, 3])
+    np.testing.assert_array_equal(compact_in_order(np.array([0, 1, 0, 2, 1])), [0, 1, 0, 2, 1])
+    assert compact_in_order(np.zeros(0, dtype=np.int64)).shape == (0,)
 
 
 def test_isolated_hits_get_their_own_label():

@@ -5,7 +5,8 @@ edge list through a COO matrix (sort, sum duplicates, checks) costs more than th
 itself on the graphs of one small event. With at most :data:`RADIX_MAX_HITS` hits the
 rows are grouped by a stable sort of 16-bit keys (numpy's radix sort, linear in the
 edges) into a CSR matrix directly; larger graphs go through scipy's COO conversion,
-which is linear too. Direction is ignored (weak components).
+which is linear too. Direction is ignored (weak components). :func:`compact_in_order`
+numbers any labelling 0.. in order of each label's first hit.
 """
 
 from __future__ import annotations
@@ -41,3 +42,18 @@ def group_order(hits: np.ndarray, num_hits: int) -> np.ndarray:
     sort of 16-bit keys up to :data:`RADIX_MAX_HITS` hits, numpy's stable sort above."""
     keys = hits.astype(np.uint16) if num_hits <= RADIX_MAX_HITS else hits
     return np.argsort(keys, kind="stable")
+
+
+def compact_in_order(labels: np.ndarray) -> np.ndarray:
+    """Renumber component labels 0.. in order of first appearance (smallest hit index)."""
+    labels = labels.astype(np.int64, copy=False)
+    if labels.size == 0:
+        return labels
+    running_max = np.maximum.accumulate(labels)
+    if running_max[0] == 0 and np.all(np.diff(running_max) <= 1):
+        # Each new label is one above every label before it: already in first-appearance order.
+        return labels
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse]

@@ -35,3 +35,18 @@ def validate_features(features, num_features: int) -> np.ndarray:
             f"{count} hit(s) have NaN or infinite features"
         )
     return np.ascontiguousarray(features)
+
+
+def scaled_columns(features: np.ndarray, names, scales, wanted, purpose: str) -> list[np.ndarray]:
+    """The feature columns ``wanted`` (names) times their scales, float64: the physical
+    quantities (mm, rad) of a bundle's features. Raises InputError naming ``purpose`` when
+    the features lack one of them."""
+    names = list(names)
+    if any(name not in names for name in wanted):
+        raise InputError(f"{purpose} needs the features {_listed(wanted)}; these features are {names}")
+    return [features[:, names.index(name)].astype(np.float64) * float(scales[names.index(name)]) for name in wanted]
+
+
+def _listed(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -38,7 +38,10 @@ import numpy as np
 from trackserve.bundle import JOIN_FIELDS, JoinSettings
 from trackserve.errors import InputError
 
+from .components import compact_in_order
 from .cuts import logit_threshold
+from .hit_edges import HitGroups, oriented_ends
+from .inputs import scaled_columns
 
 __all__ = ["JOIN_FIELDS", "JoinSettings", "MIN_HITS_TO_ATTACH", "POSITION_COLUMNS", "hit_positions", "join_pieces"]
 
@@ -52,12 +55,7 @@ def hit_positions(features: np.ndarray, names, scales) -> np.ndarray:
     """``[N, 3]`` float64 ``(r mm, phi rad, z mm)`` of each hit from its ``r``, ``phi`` and ``z``
     features (a column's value times its scale is the quantity). Raises InputError when
     the features lack one of them."""
-    names = list(names)
-    missing = [name for name in POSITION_COLUMNS if name not in names]
-    if missing:
-        raise InputError(f"joining track pieces needs the features r, phi and z; these features are {names}")
-    return np.stack([features[:, names.index(name)].astype(np.float64) * float(scales[names.index(name)])
-                     for name in POSITION_COLUMNS], axis=1)
+    return np.stack(scaled_columns(features, names, scales, POSITION_COLUMNS, "joining track pieces"), axis=1)
 
 
 def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, positions: np.ndarray,
@@ -91,10 +89,8 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
     values = np.asarray(scores, dtype=np.float64)
     candidates = np.flatnonzero(values > logit_threshold(settings.min_score, scores_are_logits))
     if num_hits == 0 or candidates.size == 0:
-        return _first_appearance(labels)
-    first, second = edge_index[:, candidates]
-    swap = (hit_order[first] > hit_order[second]) | ((hit_order[first] == hit_order[second]) & (first > second))
-    inner, outer = np.where(swap, second, first), np.where(swap, first, second)
+        return compact_in_order(labels)
+    inner, outer = oriented_ends(edge_index[:, candidates], hit_order)
     by_order = np.argsort(hit_order, kind="stable")  # along the tracks, ties by hit index
     for _ in range(settings.rounds):
         pieces = _Pieces(labels, by_order, positions)
@@ -102,7 +98,7 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
         if low.size == 0:
             break
         labels = _chain_heads(pieces.count, low, high)[labels]
-    return _first_appearance(labels)
+    return compact_in_order(labels)
 
 
 def _chain_heads(count: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -166,7 +162,7 @@ class _Pieces:
         miss = np.maximum(across / settings.transverse_mm, along / settings.z_mm)
         return np.where(self.fitted[piece], miss, np.inf)
 
-    def joins(self, inner: np.ndarray, outer: np.ndarray, settings: JoinSettings) -> np.ndarray:
+    def joins(self, inner: np.ndarray, outer: np.ndarray, settings: JoinSettings) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``: the pieces to join this round, ``low[i]``'s outer end to ``high[i]``'s
         inner end, from the candidate edges ``inner -> outer``."""
         labels = self.labels
@@ -189,32 +185,13 @@ class _Pieces:
         passing = np.flatnonzero(residual < 1.0)
         if passing.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        residual, inner, outer = residual[passing], inner[passing], outer[passing]
-        chosen = _lowest_per(inner, residual) & _lowest_per(outer, residual)
+        # each end's closest candidate: the best of its hit's candidates by -residual, earliest on ties
+        closeness, num_hits = -residual[passing], labels.shape[0]
+        chosen = (HitGroups(inner[passing], num_hits).best(closeness)
+                  & HitGroups(outer[passing], num_hits).best(closeness))
         return low[passing][chosen], high[passing][chosen]
-
-
-def _lowest_per(key: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """Bool: whether an entry has the lowest residual of the entries sharing its ``key``
-    (the earliest such entry on ties)."""
-    order = np.lexsort((np.arange(key.size), residual, key))
-    first = np.ones(key.size, dtype=bool)
-    np.not_equal(key[order][1:], key[order][:-1], out=first[1:])
-    chosen = np.zeros(key.size, dtype=bool)
-    chosen[order[first]] = True
-    return chosen
 
 
 def _wrapped(angle: np.ndarray) -> np.ndarray:
     """Angles wrapped into ``[-pi, pi)``."""
     return np.remainder(angle + np.pi, 2.0 * np.pi) - np.pi
-
-
-def _first_appearance(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 0.. in order of each label's smallest hit index."""
-    if labels.size == 0:
-        return labels.astype(np.int64)
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inverse.reshape(-1)]

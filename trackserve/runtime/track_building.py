@@ -45,8 +45,10 @@ import numpy as np
 from trackserve.bundle import TRACK_BUILDING_METHODS, JoinSettings
 from trackserve.errors import InputError
 
-from .components import component_labels, group_order
+from .components import compact_in_order, component_labels
 from .cuts import logit_threshold
+from .hit_edges import HitGroups, oriented_ends
+from .inputs import scaled_columns
 from .piece_joining import hit_positions, join_pieces
 
 
@@ -147,7 +149,7 @@ def _components(n: int, kept: np.ndarray) -> np.ndarray:
     """Compact, stable labels of the weakly connected components of ``n`` hits joined by ``kept [2, M]``."""
     if kept.shape[1] == 0:
         return np.arange(n, dtype=np.int64)
-    return _compact_in_order(component_labels(n, kept)[1])
+    return compact_in_order(component_labels(n, kept)[1])
 
 
 def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray) -> np.ndarray:
@@ -161,7 +163,7 @@ def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray
     inner, outer = oriented_ends(edge_index, hit_order)
     values = np.asarray(scores, dtype=np.float64)
     num_hits = hit_order.shape[0]
-    keep = _HitGroups(inner, num_hits).best(values) | _HitGroups(outer, num_hits).best(values)
+    keep = HitGroups(inner, num_hits).best(values) | HitGroups(outer, num_hits).best(values)
     return keep & (inner != outer)
 
 
@@ -178,7 +180,7 @@ def gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray,
     inner, outer = oriented_ends(edge_index, hit_order)
     num_hits = hit_order.shape[0]
     values = np.asarray(scores, dtype=np.float64)
-    return _gaps(_HitGroups(inner, num_hits), _HitGroups(outer, num_hits), values, np.asarray(kept, dtype=bool))
+    return _gaps(HitGroups(inner, num_hits), HitGroups(outer, num_hits), values, np.asarray(kept, dtype=bool))
 
 
 def _best_and_gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray,
@@ -187,12 +189,12 @@ def _best_and_gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: n
     grouping the edges by hit once for both."""
     inner, outer = oriented_ends(edge_index, hit_order)
     num_hits = hit_order.shape[0]
-    by_inner, by_outer = _HitGroups(inner, num_hits), _HitGroups(outer, num_hits)
+    by_inner, by_outer = HitGroups(inner, num_hits), HitGroups(outer, num_hits)
     best = (by_inner.best(scores, strong) | by_outer.best(scores, strong)) & (inner != outer)
     return best | _gaps(by_inner, by_outer, scores, best)
 
 
-def _gaps(by_inner: "_HitGroups", by_outer: "_HitGroups", scores: np.ndarray, kept: np.ndarray) -> np.ndarray:
+def _gaps(by_inner: "HitGroups", by_outer: "HitGroups", scores: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """The gap edges of :func:`gap_edges`, from the edges grouped by inner and by outer hit."""
     inner, outer = by_inner.hits, by_outer.hits
     has_outward = np.zeros(by_inner.num_hits, dtype=bool)
@@ -205,48 +207,6 @@ def _gaps(by_inner: "_HitGroups", by_outer: "_HitGroups", scores: np.ndarray, ke
     return by_inner.best(scores, free) & by_outer.best(scores, free)
 
 
-def oriented_ends(edge_index: np.ndarray, hit_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(inner, outer)`` hit of each edge ``[2, M]``: inner has the smaller ``(hit_order, index)``."""
-    first, second = edge_index
-    swap = (hit_order[first] > hit_order[second]) | ((hit_order[first] == hit_order[second]) & (first > second))
-    return np.where(swap, second, first), np.where(swap, first, second)
-
-
-class _HitGroups:
-    """Edges grouped by one of their hits (``hits [M]``), each group in edge order, to pick
-    each hit's best edge, among all edges or a subset."""
-
-    def __init__(self, hits: np.ndarray, num_hits: int):
-        self.hits = hits
-        self.num_hits = num_hits
-        self.order = group_order(hits, num_hits)
-        sorted_hits = hits[self.order]
-        starts = np.ones(hits.size, dtype=bool)
-        np.not_equal(sorted_hits[1:], sorted_hits[:-1], out=starts[1:])
-        self.group = np.cumsum(starts) - 1
-        self.starts = np.flatnonzero(starts)
-
-    def best(self, scores: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
-        """Bool ``[M]``: whether an edge has the highest score of its hit's edges (of those in
-        ``among``: the others count as ``-inf`` and are never chosen), the earliest such edge on ties."""
-        best = np.zeros(self.hits.size, dtype=bool)
-        if self.hits.size == 0:
-            return best
-        sorted_scores = scores[self.order]
-        if among is not None:
-            sorted_among = among[self.order]
-            sorted_scores = np.where(sorted_among, sorted_scores, -np.inf)
-        maxima = np.maximum.reduceat(sorted_scores, self.starts)
-        at_maximum = sorted_scores == maxima[self.group]
-        if among is not None:
-            at_maximum &= sorted_among
-        at_maximum = np.flatnonzero(at_maximum)
-        first_at_maximum = np.ones(at_maximum.size, dtype=bool)
-        np.not_equal(self.group[at_maximum[1:]], self.group[at_maximum[:-1]], out=first_at_maximum[1:])
-        best[self.order[at_maximum[first_at_maximum]]] = True
-        return best
-
-
 def hit_distances(features: np.ndarray, names, scales) -> np.ndarray:
     """Distance of each hit from the origin (mm, float64) from its ``r`` and ``z`` features.
 
@@ -254,12 +214,7 @@ def hit_distances(features: np.ndarray, names, scales) -> np.ndarray:
     value of a column times its scale is the quantity in mm). Raises InputError when the
     features lack ``r`` or ``z``.
     """
-    names = list(names)
-    missing = [name for name in ("r", "z") if name not in names]
-    if missing:
-        raise InputError(f"ordering hits along tracks needs the features r and z; these features are {names}")
-    r = features[:, names.index("r")].astype(np.float64) * float(scales[names.index("r")])
-    z = features[:, names.index("z")].astype(np.float64) * float(scales[names.index("z")])
+    r, z = scaled_columns(features, names, scales, ("r", "z"), "ordering hits along tracks")
     return np.hypot(r, z)
 
 
@@ -278,7 +233,8 @@ def bundle_track_options(bundle, features: np.ndarray | None) -> dict:
     and positions."""
     stages = bundle.stages
     return {"method": stages.track_building, "hit_order": bundle_hit_order(bundle, features),
-            "gap_cut": stages.gap_cut, "join": stages.join_pieces, "positions": bundle_hit_positions(bundle, features)}
+            "gap_cut": stages.gap_cut, "join": stages.join_pieces,
+            "positions": bundle_hit_positions(bundle, features)}
 
 
 def bundle_hit_positions(bundle, features: np.ndarray | None) -> np.ndarray | None:
@@ -353,16 +309,3 @@ def _validated_scores(scores, m: int) -> np.ndarray:
     if nan.any():
         raise InputError(f"score of edge {int(np.flatnonzero(nan)[0])} is NaN ({int(nan.sum())} NaN scores in all)")
     return values
-
-
-def _compact_in_order(labels: np.ndarray) -> np.ndarray:
-    """Renumber component labels 0.. in order of first appearance (smallest hit index)."""
-    labels = labels.astype(np.int64, copy=False)
-    running_max = np.maximum.accumulate(labels)
-    if running_max[0] == 0 and np.all(np.diff(running_max) <= 1):
-        # Each new label is one above every label before it: already in first-appearance order.
-        return labels
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inverse]

@@ -42,15 +42,26 @@ def _same_partition(a, b):
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
 
 
+def _tied_random_graph(seed, n, m, distances, infinite_scores=False):
+    """Random edges ``[2, m]`` with repeated edges and self-loops, scores with many ties
+    (and some +-inf with ``infinite_scores``), hit orders with many hits at the same one of
+    ``distances`` values: ``(edges, scores, order, rng)``."""
+    rng = np.random.default_rng(seed)
+    edges = rng.integers(0, n, (2, m))
+    at = m // 8
+    edges[:, at:at + 10] = edges[:, 0:10]  # repeated edges
+    edges[1, at + 10:at + 14] = edges[0, at + 10:at + 14]  # self-loops
+    scores = rng.integers(-3, 4, m).astype(np.float32)  # many equal scores
+    if infinite_scores:
+        scores[rng.random(m) < 0.1] = -np.inf
+        scores[rng.random(m) < 0.05] = np.inf
+    order = rng.integers(0, distances, n).astype(np.float64)  # many hits at the same distance
+    return edges, scores, order, rng
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_best_edges_match_a_loop_on_random_graphs_with_ties_and_repeats(seed):
-    rng = np.random.default_rng(seed)
-    n, m = 60, 400
-    edges = rng.integers(0, n, (2, m))
-    edges[:, 50:60] = edges[:, 0:10]  # repeated edges
-    edges[:, 60:63] = edges[0, 63:66]  # self-loops
-    scores = rng.integers(-3, 4, m).astype(np.float32)  # many equal scores
-    order = rng.integers(0, 10, n).astype(np.float64)  # many hits at the same distance
+    edges, scores, order, _ = _tied_random_graph(seed, 60, 400, 10)
     np.testing.assert_array_equal(best_edges(edges, scores, order), _reference_best(edges, scores, order))
 
 

@@ -20,7 +20,7 @@ from trackserve.serving.stages import make_stage, run_stages
 from ..conftest import assert_stages_refused, copy_with_stages
 
 from .test_best_edges import (_assert_compact_partition, _components, _random_scored_graph, _reference_best,
-                              _same_partition)
+                              _same_partition, _tied_random_graph)
 
 
 def _reference_gaps(edges, scores, order, kept):
@@ -45,16 +45,8 @@ def _reference_gaps(edges, scores, order, kept):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_gap_edges_match_a_loop_on_random_graphs_with_ties_repeats_and_self_loops(seed):
-    rng = np.random.default_rng(seed)
-    n, m = 50, 300
-    edges = rng.integers(0, n, (2, m))
-    edges[:, 40:50] = edges[:, 0:10]  # repeated edges
-    edges[1, 50:54] = edges[0, 50:54]  # self-loops
-    scores = rng.integers(-3, 4, m).astype(np.float32)  # many equal scores
-    scores[rng.random(m) < 0.1] = -np.inf
-    scores[rng.random(m) < 0.05] = np.inf
-    order = rng.integers(0, 8, n).astype(np.float64)  # many hits at the same distance
-    kept = rng.random(m) < 0.2
+    edges, scores, order, rng = _tied_random_graph(seed, 50, 300, 8, infinite_scores=True)
+    kept = rng.random(edges.shape[1]) < 0.2
     np.testing.assert_array_equal(gap_edges(edges, scores, order, kept), _reference_gaps(edges, scores, order, kept))
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from trackserve.export.embedding import EmbeddingNetwork
-from trackserve.export.inference_forms import FactoredInteractionGNN, FactoredResAGNN, inference_form
+from trackserve.export.inference_forms import FactoredInteractionGNN, FactoredResAGNN, factored_form, inference_form
 from trackserve.export.interaction_gnn import InteractionGNN
 from trackserve.export.resagnn import ResAGNN
 from trackserve.export.onnx_export import export_network
 from trackserve.export.specs import power_law_edges
+from trackserve.train.classifier import classifier_step
 
 VARIANTS = {
     "exatrkx": {},
@@ -88,9 +89,28 @@ def test_factored_resagnn_shares_the_trained_parameters():
     assert dict(factored.named_parameters()).keys() == {f"network.{key}" for key, _ in network.named_parameters()}
 
 
-def test_other_networks_are_exported_as_they_are():
+@pytest.mark.parametrize("build", [_network, _resagnn], ids=["interaction", "resagnn"])
+def test_a_training_step_through_the_factored_form_is_the_networks_own_step(build):
+    """Training takes its steps through the factored form: the gradients, hence the
+    updated parameters, must be the original network's (to float32 rounding)."""
+    features, edges = _graph(200, 3000, seed=5)
+    labels = np.random.default_rng(5).random(3000) < 0.3
+    plain, factored = build({}, seed=1).train(), build({}, seed=1).train()
+    before = [p.detach().clone() for p in plain.parameters()]
+    for module, network in ((plain, plain), (factored_form(factored), factored)):
+        classifier_step(module, torch.optim.SGD(network.parameters(), lr=0.5), features.numpy(), edges.numpy(),
+                        labels, 2.0)
+    moved = 0.0
+    for start, (name, a), b in zip(before, plain.named_parameters(), factored.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), name
+        moved = max(moved, float((a.detach() - start).abs().max()))
+    assert moved > 1e-3  # the step changed the weights, so the comparison means something
+
+
+def test_other_networks_are_exported_and_trained_as_they_are():
     embedding = EmbeddingNetwork(in_channels=3, emb_hidden=8, nb_layer=2, emb_dim=4)
     assert inference_form(embedding) is embedding
+    assert factored_form(embedding) is embedding
     assert isinstance(inference_form(_network({})), FactoredInteractionGNN)
     assert isinstance(inference_form(_resagnn({})), FactoredResAGNN)
 

@@ -57,6 +57,26 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_events
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
+def test_gnn_training_steps_go_through_the_factored_form(tiny_events, monkeypatch):
+    import trackserve.train.gnn as gnn_training
+    from trackserve.export.inference_forms import FactoredInteractionGNN
+
+    events, validation = tiny_events
+    stepped = []
+    real_step = gnn_training.classifier_step
+
+    def recording_step(network, *args, **kwargs):
+        stepped.append(network)
+        return real_step(network, *args, **kwargs)
+
+    monkeypatch.setattr(gnn_training, "classifier_step", recording_step)
+    config = TrainingConfig.quick(seed=3, threads=1)
+    graphs = [np.asarray(event.truth_edges) for event in events]
+    gnn, _ = train_gnn(events, graphs, validation, np.asarray(validation.truth_edges), config, seed_everything(3),
+                       show_progress=False)
+    assert stepped and all(isinstance(module, FactoredInteractionGNN) and module.network is gnn for module in stepped)
+
+
 @pytest.mark.slow
 def test_tiny_training_writes_a_bundle_the_pipeline_runs(tiny_events, tmp_path):
     events, validation = tiny_events

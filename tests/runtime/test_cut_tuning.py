@@ -18,7 +18,8 @@ from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.bundle import JoinSettings
 from trackserve.runtime.cut_tuning import (CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS,
-                                          ValidationSet, tune_gnn_cut, tune_piece_joining)
+                                          ValidationSet, best_rows, tune_cuts_and_joining, tune_gnn_cut,
+                                          tune_piece_joining)
 from trackserve.runtime.pipeline import Pipeline
 
 from ..conftest import SAMPLE_EVENT
@@ -216,3 +217,49 @@ def test_tune_cut_command_joins_pieces_and_writes_the_settings(tmp_path, capsys)
     assert main(["tune-cut", str(tuned.directory), "--validation", str(SAMPLE_EVENT), "--track-building",
                  "components", "--join-pieces"]) == 2
     assert "--join-pieces joins the pieces of best edges" in capsys.readouterr().err
+
+
+def test_joining_at_several_cut_pairs_keeps_the_best_of_all(pipeline, event):
+    joins = (JoinSettings(0.01, 5.0, 10.0, 0.25, 3), JoinSettings(0.0, 500.0, 2000.0, 1.0, 3))
+    validation = ValidationSet(pipeline, event, "best_edges")
+    _, rows = tune_gnn_cut(pipeline, validation, cuts=(0.5, 0.65, 0.8), gap_cuts=(0.3, 0.5), min_pt=0.5, min_hits=3)
+    ranked = best_rows(rows, 3)
+    assert len(ranked) == 3 and ranked == sorted(rows, key=lambda row: row.preference, reverse=True)[:3]
+    chosen, tables = tune_cuts_and_joining(pipeline, validation, rows, pairs=3, candidates=joins, min_pt=0.5, min_hits=3)
+    assert len(tables) == 3
+    for row, table in zip(ranked, tables):
+        # each pair's table is tune_piece_joining's at that pair
+        assert table == tune_piece_joining(pipeline, validation, cut=row.cut, gap_cut=row.gap_cut, candidates=joins,
+                                           min_pt=0.5, min_hits=3)[1]
+    bests = [max(table, key=lambda row: row.preference) for table in tables]
+    top = max(best.score for best in bests)
+    assert chosen == next(best for best in bests if best.score == top)  # the earliest pair of the best score
+    single, tables_one = tune_cuts_and_joining(pipeline, validation, rows, pairs=1, candidates=joins, min_pt=0.5,
+                                               min_hits=3)
+    assert single == bests[0] and len(tables_one) == 1
+    assert chosen.score >= single.score
+    # a bound: only pairs within it are tried, and the choice keeps it
+    bound = sorted(row.worst_fake_rate for row in rows)[len(rows) // 2]
+    within = best_rows(rows, len(rows), bound)
+    assert within and all(row.worst_fake_rate <= bound for row in within)
+    chosen, _ = tune_cuts_and_joining(pipeline, validation, rows, pairs=2, candidates=joins, min_pt=0.5, min_hits=3,
+                                      max_fake_rate=bound)
+    assert chosen.worst_fake_rate <= bound and (chosen.cut, chosen.gap_cut) in [(r.cut, r.gap_cut) for r in within[:2]]
+    for count in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="number of cut pairs"):
+            best_rows(rows, count)
+
+
+def test_tune_cut_command_joins_at_several_cut_pairs(tmp_path, capsys):
+    out, tuned, record = _tuned_copy(tmp_path, capsys, "--fill-gaps", "--join-pieces", "--join-at", "3")
+    assert "piece joining at the 3 best cut pairs" in out
+    assert len(record["join_pairs_tried"]) == 3
+    stages = record["stages"]
+    assert [stages["gnn_cut"], stages["gap_cut"]] in record["join_pairs_tried"]
+    assert "at each of the 3 best pairs" in record["rule"]
+    assert (tuned.stages.gnn_cut, tuned.stages.gap_cut) == (stages["gnn_cut"], stages["gap_cut"])
+    bundle = str(tuned.directory)
+    assert main(["tune-cut", bundle, "--validation", str(SAMPLE_EVENT), "--join-at", "2"]) == 2
+    assert "give it with --join-pieces" in capsys.readouterr().err
+    assert main(["tune-cut", bundle, "--validation", str(SAMPLE_EVENT), "--join-pieces", "--join-at", "0"]) == 2
+    assert "--join-at 0: give a number of cut pairs >= 1" in capsys.readouterr().err

@@ -17,7 +17,10 @@ without one). With ``--join-pieces`` (``best_edges``; features r, phi and z) the
 piece-joining settings of :data:`~trackserve.runtime.cut_tuning.CANDIDATE_JOINS` are then
 tried at the chosen cut and gap cut, and the best of them (or no joining, when none does
 better) is chosen by the same rule; ``--write`` stores it (without ``--join-pieces`` the
-bundle is written without joining).
+bundle is written without joining). ``--join-at N`` tries them at each of the N best cut
+and gap-cut pairs instead and keeps the best of all (joining adds fakes, so a pair with
+more room under ``--max-fake-rate`` can gain more from it); each pair costs one pass of
+the joining settings (about 40 s on three 100k-hit events here).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--join-pieces", action="store_true",
                         help="best_edges only: then try the piece-joining settings (72 of them) at the chosen cuts and "
                              "choose the best, or none")
+    parser.add_argument("--join-at", type=int, default=1, metavar="N",
+                        help="with --join-pieces: try the joining settings at each of the N best cut and gap-cut pairs "
+                             "and keep the best of all (default 1: the chosen pair only)")
     parser.add_argument("--write", action="store_true",
                         help="store the chosen cut, gap cut, piece joining and method in the bundle")
     parser.set_defaults(handler=run)
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import save_bundle
     from ..errors import InputError
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
-                                      tune_gnn_cut, tune_piece_joining)
+                                      best_rows, tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.pipeline import Pipeline
 
     pipeline = Pipeline(args.bundle)
@@ -113,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if args.join_pieces and method != "best_edges":
         raise InputError(f"--join-pieces joins the pieces of best edges: it needs track building 'best_edges', "
                          f"not {method!r}")
+    if args.join_at != 1 and not args.join_pieces:
+        raise InputError("--join-at says at how many cut pairs to try piece joining: give it with --join-pieces")
+    if args.join_at < 1:
+        raise InputError(f"--join-at {args.join_at}: give a number of cut pairs >= 1")
     validations = _validation_events(args, pipeline.feature_spec)
     events = [event for event, _ in validations]
     validation = ValidationSet(pipeline, events, method)
@@ -135,10 +145,23 @@ def run(args: argparse.Namespace) -> int:
         gap = "-" if row.gap_cut is None else f"{row.gap_cut:.2f}"
         print(f"{row.cut:5.2f}  {gap:>7}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.worst_fake_rate:10.4f}  "
               f"{row.duplicate_rate:10.4f}  {row.score:10.4f}{mark}")
+    pairs_tried = []
     if args.join_pieces:
-        best, join_rows = tune_piece_joining(pipeline, validation, cut=best.cut, gap_cut=best.gap_cut,
-                                             min_pt=args.min_pt, min_hits=args.min_hits,
-                                             max_fake_rate=args.max_fake_rate)
+        pairs_tried = [(row.cut, row.gap_cut) for row in best_rows(rows, args.join_at, args.max_fake_rate)]
+        best, tables = tune_cuts_and_joining(pipeline, validation, rows, pairs=args.join_at, min_pt=args.min_pt,
+                                             min_hits=args.min_hits, max_fake_rate=args.max_fake_rate)
+        if len(tables) > 1:
+            print(f"piece joining at the {len(tables)} best cut pairs: the best setting at each")
+            print(f"{'cut pair':<30}  {'joining':<62}  {'efficiency':>10}  {'worst fake':>10}  {'eff - fake':>10}")
+            for (cut, gap_cut), table in zip(pairs_tried, tables):
+                top = _shown_join_rows(table, args.max_fake_rate)
+                allowed = [row for row in top if args.max_fake_rate is None or row.worst_fake_rate <= args.max_fake_rate]
+                row = max(allowed, key=lambda row: row.preference)
+                described = "no joining" if row.join is None else row.join.describe()
+                mark = "  <- best" if row == best else ""
+                print(f"{_describe(cut, gap_cut):<30}  {described:<62}  {row.efficiency:10.4f}  "
+                      f"{row.worst_fake_rate:10.4f}  {row.score:10.4f}{mark}")
+        join_rows = tables[pairs_tried.index((best.cut, best.gap_cut))]
         print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the {JOINS_SHOWN} best of "
               f"{len(CANDIDATE_JOINS)} settings")
         print(f"{'joining':<62}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'eff - fake':>10}")
@@ -160,14 +183,19 @@ def run(args: argparse.Namespace) -> int:
         rule += f" among the candidates with a fake rate <= {args.max_fake_rate:g} on every event"
     if len(events) > 1:
         rule += " (means over the events)"
-    if args.join_pieces:
+    if args.join_pieces and args.join_at == 1:
         rule += "; the cut and gap cut without joining, then the piece joining at them"
+    elif args.join_pieces:
+        rule += (f"; the cut and gap cut without joining, then the piece joining at each of the {args.join_at} best "
+                 "pairs, the best of all")
     record = {
         "events": [described for _, described in validations], "num_hits": [int(event.num_hits) for event in events],
         "min_pt": args.min_pt, "min_hits": args.min_hits,
         "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
         # every combination of these values (none without --join-pieces)
         "joins_tried": {name: list(values) for name, values in CANDIDATE_JOIN_GRID.items()} if args.join_pieces else None,
+        # the (cut, gap cut) pairs the joining settings were tried at, best first
+        "join_pairs_tried": [list(pair) for pair in pairs_tried],
         "previous": previous,
         "stages": {"gnn_cut": best.cut, "gap_cut": best.gap_cut, "track_building": method,
                    "join_pieces": None if best.join is None else best.join.to_dict()},

@@ -13,7 +13,8 @@ bound must hold on each of them. With ``gap_cuts``
 (:func:`~trackserve.runtime.track_building.gap_edges`), and the best pair wins.
 :func:`tune_piece_joining` then chooses, at a cut and gap cut, the piece-joining settings
 (:mod:`~trackserve.runtime.piece_joining`) by the same rule among
-:data:`CANDIDATE_JOINS` and no joining at all. A :class:`ValidationSet` runs the
+:data:`CANDIDATE_JOINS` and no joining at all, and :func:`tune_cuts_and_joining` does
+that at several of the best cut and gap-cut pairs and keeps the best of all. A :class:`ValidationSet` runs the
 networks on the events once for both. Numpy, scipy and ONNX Runtime only.
 """
 
@@ -167,6 +168,40 @@ def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet
         raise InputError("no candidate piece-joining settings given")
     rows = [validation.figures(cut, gap_cut, join, min_pt=min_pt, min_hits=min_hits) for join in (None, *candidates)]
     return _best(rows, max_fake_rate, validation, "setting"), rows
+
+
+def best_rows(rows: list[CutFigures], count: int, max_fake_rate: float | None = None) -> list[CutFigures]:
+    """The ``count`` best of ``rows`` by the tuning rule (highest :attr:`CutFigures.preference`
+    first), only those whose fake rate is at most ``max_fake_rate`` on every event when given:
+    the cut and gap-cut pairs :func:`tune_cuts_and_joining` tries the joining settings at."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InputError(f"the number of cut pairs to try joining at must be an integer >= 1; got {count!r}")
+    _check_bound(max_fake_rate)
+    allowed = [row for row in rows if max_fake_rate is None or row.worst_fake_rate <= max_fake_rate]
+    return sorted(allowed, key=lambda row: row.preference, reverse=True)[:count]
+
+
+def tune_cuts_and_joining(pipeline, validation: ValidationSet, cut_rows: list[CutFigures], *, pairs: int = 1,
+                          candidates=CANDIDATE_JOINS, min_pt: float = 1.0, min_hits: int = 5,
+                          max_fake_rate: float | None = None) -> tuple[CutFigures, list[list[CutFigures]]]:
+    """Piece joining tried at the ``pairs`` best cut and gap-cut pairs of ``cut_rows`` (the
+    rows of :func:`tune_gnn_cut` on ``validation``), and the best of all: joining raises the
+    fake rate, so the best pair without joining is not always the best with it (a pair
+    with more room under ``max_fake_rate`` can take a joining setting that adds more).
+    Returns the chosen figures and, for each pair tried (best first), the rows of
+    :func:`tune_piece_joining` there (no joining first). Ties keep the earlier pair."""
+    tried = best_rows(cut_rows, pairs, max_fake_rate)
+    if not tried:
+        # the same error tune_gnn_cut gives when no cut keeps the bound
+        _best(cut_rows, max_fake_rate, validation, "cut")
+    chosen, tables = None, []
+    for row in tried:
+        best, rows = tune_piece_joining(pipeline, validation, cut=row.cut, gap_cut=row.gap_cut, candidates=candidates,
+                                        min_pt=min_pt, min_hits=min_hits, max_fake_rate=max_fake_rate)
+        tables.append(rows)
+        if chosen is None or best.score > chosen.score:
+            chosen = best
+    return chosen, tables
 
 
 def _check_bound(max_fake_rate: float | None) -> None:

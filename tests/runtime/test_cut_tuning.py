@@ -228,10 +228,11 @@ def test_joining_at_several_cut_pairs_keeps_the_best_of_all(pipeline, event):
     chosen, tables = tune_cuts_and_joining(pipeline, validation, rows, pairs=3, candidates=joins, min_pt=0.5, min_hits=3)
     assert len(tables) == 3
     for row, table in zip(ranked, tables):
-        # each pair's table is tune_piece_joining's at that pair
+        # each pair's best and rows are tune_piece_joining's at that pair
         assert table == tune_piece_joining(pipeline, validation, cut=row.cut, gap_cut=row.gap_cut, candidates=joins,
-                                           min_pt=0.5, min_hits=3)[1]
-    bests = [max(table, key=lambda row: row.preference) for table in tables]
+                                           min_pt=0.5, min_hits=3)
+    bests = [max(rows_at_pair, key=lambda row: row.preference) for _, rows_at_pair in tables]
+    assert bests == [pair_best for pair_best, _ in tables]
     top = max(best.score for best in bests)
     assert chosen == next(best for best in bests if best.score == top)  # the earliest pair of the best score
     single, tables_one = tune_cuts_and_joining(pipeline, validation, rows, pairs=1, candidates=joins, min_pt=0.5,
@@ -248,6 +249,11 @@ def test_joining_at_several_cut_pairs_keeps_the_best_of_all(pipeline, event):
     for count in (0, -1, 1.5, True):
         with pytest.raises(InputError, match="number of cut pairs"):
             best_rows(rows, count)
+    with pytest.raises(InputError, match="keeps the fake rate at or below 0"):
+        tune_cuts_and_joining(pipeline, validation, [row for row in rows if row.worst_fake_rate > 0], pairs=2,
+                              candidates=joins, max_fake_rate=0.0)
+    with pytest.raises(InputError, match="no cut and gap-cut rows"):
+        tune_cuts_and_joining(pipeline, validation, [], candidates=joins)
 
 
 def test_tune_cut_command_joins_at_several_cut_pairs(tmp_path, capsys):

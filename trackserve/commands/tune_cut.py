@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import save_bundle
     from ..errors import InputError
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
-                                      best_rows, tune_cuts_and_joining, tune_gnn_cut)
+                                      tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.pipeline import Pipeline
 
     pipeline = Pipeline(args.bundle)
@@ -147,21 +147,18 @@ def run(args: argparse.Namespace) -> int:
               f"{row.duplicate_rate:10.4f}  {row.score:10.4f}{mark}")
     pairs_tried = []
     if args.join_pieces:
-        pairs_tried = [(row.cut, row.gap_cut) for row in best_rows(rows, args.join_at, args.max_fake_rate)]
         best, tables = tune_cuts_and_joining(pipeline, validation, rows, pairs=args.join_at, min_pt=args.min_pt,
                                              min_hits=args.min_hits, max_fake_rate=args.max_fake_rate)
+        pairs_tried = [(pair_best.cut, pair_best.gap_cut) for pair_best, _ in tables]
         if len(tables) > 1:
             print(f"piece joining at the {len(tables)} best cut pairs: the best setting at each")
             print(f"{'cut pair':<30}  {'joining':<62}  {'efficiency':>10}  {'worst fake':>10}  {'eff - fake':>10}")
-            for (cut, gap_cut), table in zip(pairs_tried, tables):
-                top = _shown_join_rows(table, args.max_fake_rate)
-                allowed = [row for row in top if args.max_fake_rate is None or row.worst_fake_rate <= args.max_fake_rate]
-                row = max(allowed, key=lambda row: row.preference)
-                described = "no joining" if row.join is None else row.join.describe()
-                mark = "  <- best" if row == best else ""
-                print(f"{_describe(cut, gap_cut):<30}  {described:<62}  {row.efficiency:10.4f}  "
-                      f"{row.worst_fake_rate:10.4f}  {row.score:10.4f}{mark}")
-        join_rows = tables[pairs_tried.index((best.cut, best.gap_cut))]
+            for pair_best, _ in tables:
+                described = "no joining" if pair_best.join is None else pair_best.join.describe()
+                mark = "  <- best" if pair_best == best else ""
+                print(f"{_describe(pair_best.cut, pair_best.gap_cut):<30}  {described:<62}  "
+                      f"{pair_best.efficiency:10.4f}  {pair_best.worst_fake_rate:10.4f}  {pair_best.score:10.4f}{mark}")
+        join_rows = tables[pairs_tried.index((best.cut, best.gap_cut))][1]
         print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the {JOINS_SHOWN} best of "
               f"{len(CANDIDATE_JOINS)} settings")
         print(f"{'joining':<62}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'eff - fake':>10}")

@@ -14,8 +14,9 @@ bound must hold on each of them. With ``gap_cuts``
 :func:`tune_piece_joining` then chooses, at a cut and gap cut, the piece-joining settings
 (:mod:`~trackserve.runtime.piece_joining`) by the same rule among
 :data:`CANDIDATE_JOINS` and no joining at all, and :func:`tune_cuts_and_joining` does
-that at several of the best cut and gap-cut pairs and keeps the best of all. A :class:`ValidationSet` runs the
-networks on the events once for both. Numpy, scipy and ONNX Runtime only.
+that at several of the best cut and gap-cut pairs and keeps the best of all. A
+:class:`ValidationSet` runs the networks on the events once for all of them. Numpy,
+scipy and ONNX Runtime only.
 """
 
 from __future__ import annotations
@@ -183,25 +184,23 @@ def best_rows(rows: list[CutFigures], count: int, max_fake_rate: float | None = 
 
 def tune_cuts_and_joining(pipeline, validation: ValidationSet, cut_rows: list[CutFigures], *, pairs: int = 1,
                           candidates=CANDIDATE_JOINS, min_pt: float = 1.0, min_hits: int = 5,
-                          max_fake_rate: float | None = None) -> tuple[CutFigures, list[list[CutFigures]]]:
+                          max_fake_rate: float | None = None) -> tuple[CutFigures, list[tuple[CutFigures, list[CutFigures]]]]:
     """Piece joining tried at the ``pairs`` best cut and gap-cut pairs of ``cut_rows`` (the
     rows of :func:`tune_gnn_cut` on ``validation``), and the best of all: joining raises the
     fake rate, so the best pair without joining is not always the best with it (a pair
     with more room under ``max_fake_rate`` can take a joining setting that adds more).
-    Returns the chosen figures and, for each pair tried (best first), the rows of
-    :func:`tune_piece_joining` there (no joining first). Ties keep the earlier pair."""
+    Returns the chosen figures and, for each pair tried (best first), what
+    :func:`tune_piece_joining` returns there: the pair's best and its rows (no joining
+    first). Ties keep the earlier pair."""
+    if not cut_rows:
+        raise InputError("no cut and gap-cut rows given to try piece joining at")
     tried = best_rows(cut_rows, pairs, max_fake_rate)
     if not tried:
-        # the same error tune_gnn_cut gives when no cut keeps the bound
-        _best(cut_rows, max_fake_rate, validation, "cut")
-    chosen, tables = None, []
-    for row in tried:
-        best, rows = tune_piece_joining(pipeline, validation, cut=row.cut, gap_cut=row.gap_cut, candidates=candidates,
-                                        min_pt=min_pt, min_hits=min_hits, max_fake_rate=max_fake_rate)
-        tables.append(rows)
-        if chosen is None or best.score > chosen.score:
-            chosen = best
-    return chosen, tables
+        _best(cut_rows, max_fake_rate, validation, "cut")  # raises tune_gnn_cut's error: no row keeps the bound
+    tables = [tune_piece_joining(pipeline, validation, cut=row.cut, gap_cut=row.gap_cut, candidates=candidates,
+                                 min_pt=min_pt, min_hits=min_hits, max_fake_rate=max_fake_rate) for row in tried]
+    top = max(best.score for best, _ in tables)
+    return next(best for best, _ in tables if best.score == top), tables
 
 
 def _check_bound(max_fake_rate: float | None) -> None:

@@ -4,7 +4,8 @@ A sector keeps the hits whose azimuth lies within ``π / sectors`` of a random c
 the edges between two of them, so a step sees a small, complete piece of the detector.
 Steps go through the network's factored form
 (:func:`~trackserve.export.inference_forms.factored_form`: its edge networks' first
-layers applied per hit, then gathered; the same parameters and function). After training, :func:`choose_gnn_cut` picks the cut that maximises the validation track
+layers applied per hit, then gathered; the same parameters and function). After
+training, :func:`choose_gnn_cut` picks the cut that maximises the validation track
 efficiency minus the fake rate.
 """
 

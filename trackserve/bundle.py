@@ -277,12 +277,12 @@ class StageParameters:
     join_pieces: JoinSettings | None = None
 
     def __post_init__(self):
-        if self.join_pieces is not None and not isinstance(self.join_pieces, JoinSettings):
-            raise BundleError(f"invalid stage parameters: join_pieces must be JoinSettings or None; got {self.join_pieces!r}")
         problems = _stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction,
                                    self.track_building, self.gap_cut, self.join_pieces)
         if problems:
             raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - {p}" for p in problems))
+        if self.join_pieces is not None and not isinstance(self.join_pieces, JoinSettings):
+            raise BundleError(f"invalid stage parameters: join_pieces must be JoinSettings or None; got {self.join_pieces!r}")
 
     def to_dict(self) -> dict:
         """The JSON form (the ``stages`` object of ``pipeline.json``)."""
@@ -307,11 +307,8 @@ class StageParameters:
         if unknown:
             raise BundleError(_unknown_stage_keys(unknown))
         join = data.get("join_pieces")
-        if join is not None:
-            problems = join_settings_problems(join)
-            if problems:
-                raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - stages.join_pieces: {p}" for p in problems))
-            join = JoinSettings.from_mapping(join)
+        if join is not None and not join_settings_problems(join):
+            join = JoinSettings.from_mapping(join)  # a faulty mapping is refused by __post_init__, naming each problem
         return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"],
                    data.get("track_building", "components"), data.get("gap_cut"), join)
 

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 mark = "  <- best" if pair_best == best else ""
                 print(f"{_describe(pair_best.cut, pair_best.gap_cut):<30}  {described:<62}  "
                       f"{pair_best.efficiency:10.4f}  {pair_best.worst_fake_rate:10.4f}  {pair_best.score:10.4f}{mark}")
-        join_rows = tables[pairs_tried.index((best.cut, best.gap_cut))][1]
+        join_rows = next(rows_at_pair for pair_best, rows_at_pair in tables if pair_best is best)
         print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the {JOINS_SHOWN} best of "
               f"{len(CANDIDATE_JOINS)} settings")
         print(f"{'joining':<62}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'eff - fake':>10}")

@@ -161,6 +161,48 @@ def test_intercept_of_true_edges_is_the_collision_point_wherever_it_lies():
     assert torch.isfinite(flat).all() and flat[0, 2].abs() <= 5.0
 
 
+def test_direction_of_true_edges_is_the_particle_eta_wherever_the_collision_lies():
+    from trackserve.events.geometry import load_geometry
+    from trackserve.events.simulate import SimulationConfig, simulate_event
+    from trackserve.events.truth_graph import truth_graph
+    from trackserve.export.derived import DIRECTION_SLOPE_CLAMP
+
+    # collisions spread 10 cm along the beam: each hit's own eta (seen from the origin) moves
+    # along a displaced track, the segment's direction stays the particle's
+    config = dataclasses.replace(SimulationConfig(), num_particles=2000, noise_fraction=0.0, vertex_sigma_z=100.0)
+    event = simulate_event(load_geometry(), config, seed=4, event_id=0)
+    features = hit_features(event.hits, EXATRKX_SERVICE)
+    edges = truth_graph(event)
+    spec = geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales, direction=True)
+    assert spec["direction"] is True and "intercept" not in spec
+    geometry = PairGeometry(spec)
+    out = geometry(torch.from_numpy(features), torch.from_numpy(edges)).numpy()
+    assert geometry.width() == 3 and out.shape == (edges.shape[1], 3)
+    # the same value whichever hit comes first
+    flipped = geometry(torch.from_numpy(features), torch.from_numpy(edges[::-1].copy())).numpy()
+    np.testing.assert_allclose(flipped[:, 2], out[:, 2], atol=1e-5)
+    pids = np.asarray(event.truth["particle_id"])[edges[0]]
+    row = {int(p): i for i, p in enumerate(np.asarray(event.particles["particle_id"]))}
+    rows = np.array([row[int(p)] for p in pids])
+    px, py, pz = (np.asarray(event.particles[name])[rows] for name in ("px", "py", "pz"))
+    pt = np.hypot(px, py)
+    eta = np.arcsinh(pz / pt)
+    vz = np.asarray(event.particles["vz"])[rows]
+    vr = np.hypot(event.particles["vx"], event.particles["vy"])[rows]
+    clean = (pt > 1.0) & (vr < 1.0) & (np.abs(eta) < 1.5)
+    far = clean & (np.abs(vz) > 60)
+    assert far.sum() > 30
+    assert np.median(np.abs(out[far, 2] - eta[far])) < 0.01
+    # each hit's own eta does not follow a displaced particle: the test can fail
+    hit_eta = DerivedEta(SERVICE_ETA)(torch.from_numpy(features)).numpy()[:, 3]
+    assert np.median(np.abs(hit_eta[edges[0, far]] - eta[far])) > 0.1
+    # hits on one layer and coincident hits stay finite and within the clamp
+    same = torch.tensor([[0.1, 0.2, 0.1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.1]])
+    flat = geometry(same, torch.tensor([[0, 0], [1, 2]]))
+    limit = float(np.arcsinh(DIRECTION_SLOPE_CLAMP))
+    assert torch.isfinite(flat).all() and (flat[:, 2].abs() <= limit + 1e-5).all() and flat[1, 2] == 0.0
+
+
 def test_pair_geometry_is_finite_for_coincident_and_zero_hits():
     features = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.1, 0.5, 1.0], [0.1, 0.5, 1.0]])
     edges = torch.tensor([[0, 0, 2], [1, 2, 3]])
@@ -194,6 +236,7 @@ def test_pair_geometry_of_close_hits_far_from_the_beam_has_float32_precision():
     ({**SERVICE_GEOMETRY, "phi_scale": -1.0}, "pair_geometry.phi_scale must be a number > 0"),
     ({**SERVICE_GEOMETRY, "intercept": 1}, "pair_geometry.intercept must be true or false, got 1"),
     ({**SERVICE_GEOMETRY, "intercept": True, "extra": 0}, "exactly the keys"),
+    ({**SERVICE_GEOMETRY, "direction": "yes"}, "pair_geometry.direction must be true or false, got 'yes'"),
 ])
 def test_bad_pair_geometry_configs_are_refused(value, message):
     with pytest.raises(CheckpointImportError, match=message):
@@ -202,14 +245,15 @@ def test_bad_pair_geometry_configs_are_refused(value, message):
         geometry_spec_for(("r", "phi"), (1.0, 1.0))
 
 
-@pytest.mark.parametrize("intercept", [False, True], ids=["two-columns", "with-intercept"])
+@pytest.mark.parametrize("flags", [(), ("intercept",), ("intercept", "direction")],
+                         ids=["two-columns", "with-intercept", "with-intercept-and-direction"])
 @pytest.mark.parametrize("kind", ["filter", "gnn"])
-def test_networks_with_pair_geometry_export_with_parity(tmp_path, kind, intercept):
+def test_networks_with_pair_geometry_export_with_parity(tmp_path, kind, flags):
     torch.manual_seed(5)
-    geometry = {**SERVICE_GEOMETRY, "intercept": True} if intercept else SERVICE_GEOMETRY
+    geometry = {**SERVICE_GEOMETRY, **{flag: True for flag in flags}}
     common = {"edge_differences": True, "periodic_features": [1], "derived_eta": SERVICE_ETA,
               "pair_geometry": geometry}
-    extra = 3 if intercept else 2
+    extra = 2 + len(flags)
     if kind == "filter":
         network = EdgeFilter(in_channels=3, hidden=16, nb_layer=2, **common)
         assert network.input_layer.in_features == 3 * 4 + extra

@@ -23,9 +23,10 @@ from trackserve.paths import SAMPLE_EVENT
 WITH_ETA = FeatureSpec(("r", "phi", "z", "eta"), (1000.0, float(np.pi), 1000.0, 1.0))
 
 
-def _networks(seed=0, pair_geometry=False, intercept=False):
+def _networks(seed=0, pair_geometry=False, intercept=False, direction=False):
     torch.manual_seed(seed)
-    geometry = geometry_spec_for(WITH_ETA.names, WITH_ETA.scales, intercept=intercept) if pair_geometry else None
+    geometry = (geometry_spec_for(WITH_ETA.names, WITH_ETA.scales, intercept=intercept, direction=direction)
+                if pair_geometry else None)
     common = {"edge_differences": True, "periodic_features": [1], "difference_scale": 20.0, "pair_geometry": geometry}
     return {
         "embedding": EmbeddingNetwork(in_channels=4, emb_hidden=16, nb_layer=2, emb_dim=8, layer_norm=True).eval(),
@@ -40,10 +41,11 @@ def hits():
     return read_event(SAMPLE_EVENT, parts=()).hits
 
 
-@pytest.mark.parametrize("pair_geometry, intercept", [(False, False), (True, False), (True, True)],
-                         ids=["hit-features", "pair-geometry", "pair-intercept"])
-def test_rescaled_networks_compute_the_same_function_of_each_hit(hits, pair_geometry, intercept):
-    old = _networks(pair_geometry=pair_geometry, intercept=intercept)
+@pytest.mark.parametrize("pair_geometry, intercept, direction",
+                         [(False, False, False), (True, False, False), (True, True, False), (True, False, True)],
+                         ids=["hit-features", "pair-geometry", "pair-intercept", "pair-direction"])
+def test_rescaled_networks_compute_the_same_function_of_each_hit(hits, pair_geometry, intercept, direction):
+    old = _networks(pair_geometry=pair_geometry, intercept=intercept, direction=direction)
     new = rescale_networks(old, WITH_ETA, EXATRKX_SERVICE)
     old_x = torch.from_numpy(hit_features(hits, WITH_ETA))
     new_x = torch.from_numpy(hit_features(hits, EXATRKX_SERVICE))
@@ -56,8 +58,8 @@ def test_rescaled_networks_compute_the_same_function_of_each_hit(hits, pair_geom
     assert all(net.config["in_channels"] == 3 and net.config["derived_eta"]["r_scale"] == 3000.0 for net in new.values())
     for name in ("filter", "gnn"):
         geometry = new[name].config["pair_geometry"]
-        assert geometry == (geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales, intercept=intercept)
-                            if pair_geometry else None)
+        assert geometry == (geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales, intercept=intercept,
+                                              direction=direction) if pair_geometry else None)
     # without the rescaling of the weights the outputs differ: the test can fail
     plain = type(old["embedding"]).from_config({**old["embedding"].config, "in_channels": 3,
                                                   "derived_eta": new["embedding"].config["derived_eta"]})

@@ -111,7 +111,7 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
 
     events = simulated_events([SimulatedSource(num_particles=30)], 3, EXATRKX_SERVICE, seed=6, show_progress=False)
     config = TrainingConfig.quick(threads=1, derive_eta=True, signal_min_pt=0.5, ignore_soft_edges=True,
-                                  pair_geometry=True, pair_intercept=True)
+                                  pair_geometry=True, pair_intercept=True, pair_direction=True)
     train_pipeline(events[:2], events[2], config, tmp_path / "bundle", spec=EXATRKX_SERVICE, show_progress=False)
     bundle = load_bundle(tmp_path / "bundle")
     eta = {"r": 0, "z": 2, "r_scale": 3000.0, "z_scale": 400.0}
@@ -121,8 +121,9 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
     settings = json.loads((tmp_path / "bundle" / "pipeline.json").read_text())["provenance"]["settings"]
     assert settings["signal_min_pt"] == 0.5 and settings["ignore_soft_edges"]
     assert settings["derive_eta"] and settings["eta_columns"] == eta
-    geometry = {"r": 0, "phi": 1, "z": 2, "r_scale": 3000.0, "phi_scale": math.pi, "z_scale": 400.0, "intercept": True}
-    assert settings["pair_intercept"] and settings["geometry_columns"] == geometry
+    geometry = {"r": 0, "phi": 1, "z": 2, "r_scale": 3000.0, "phi_scale": math.pi, "z_scale": 400.0, "intercept": True,
+                "direction": True}
+    assert settings["pair_intercept"] and settings["pair_direction"] and settings["geometry_columns"] == geometry
     for name in ("filter", "gnn"):
         assert bundle.networks[name].config["pair_geometry"] == geometry
     output = Pipeline(tmp_path / "bundle", config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(events[2].features)
@@ -175,6 +176,7 @@ def test_config_validation_names_the_setting():
     (["--random-events", "1", "--validation", "x", "--validation-particles", "y.csv"], "not both"),
     (["--random-events", "1", "--features", "r:1000,phi:pi,z:1000,eta:1", "--derive-eta"], "already has eta"),
     (["--random-events", "1", "--pair-intercept"], "run.pair_intercept must be off unless pair_geometry is on"),
+    (["--random-events", "1", "--pair-direction"], "run.pair_direction must be off unless pair_geometry is on"),
     (["--random-events", "1", "--ignore-soft-edges"], "run.ignore_soft_edges must be off unless signal_min_pt"),
     (["--random-events", "1", "--gnn-blind-to", "z,theta"], "--gnn-blind-to: theta is not a feature the GNN reads"),
     (["--random-events", "1", "--gnn-blind-to", "z", "--gnn", "ResAGNN"], "run.gnn_blind_to must be empty unless"),

@@ -89,6 +89,9 @@ def register(subparsers) -> None:
     run.add_argument("--pair-intercept", action="store_true",
                      help="with --pair-geometry: also each edge's z intercept on the beam line (the same wherever "
                           "along the beam the collision happened)")
+    run.add_argument("--pair-direction", action="store_true",
+                     help="with --pair-geometry: also each edge's own pseudorapidity, from its slope along the beam "
+                          "(the particle's eta wherever along the beam the collision happened)")
     run.add_argument("--gnn-blind-to", metavar="NAMES", default=None,
                      help="comma-separated hit features (for example z,eta) the GNN's hit encoder does not read: the "
                           "GNN sees them only through its edge inputs")
@@ -127,6 +130,7 @@ def training_config(args: argparse.Namespace):
         **({"track_building": args.track_building} if args.track_building else {}),
         **({"pair_geometry": True} if args.pair_geometry else {}),
         **({"pair_intercept": True} if args.pair_intercept else {}),
+        **({"pair_direction": True} if args.pair_direction else {}),
     )
     config.validate()
     return config

@@ -31,6 +31,10 @@ MIN_RADIUS_MM = 1e-3
 INTERCEPT_UNIT_MM = 200.0
 INTERCEPT_CLAMP = 5.0
 
+#: Clamp of an edge's outward slope dz/d (d its transverse length) before its asinh, the
+#: segment's own pseudorapidity: ±100 keeps |η| up to 5.3, past the detector's 4.
+DIRECTION_SLOPE_CLAMP = 100.0
+
 
 def _check_column_config(option: str, value: Any, features: tuple[str, ...], in_channels: int,
                          architecture: str) -> dict | None:
@@ -131,11 +135,19 @@ class PairGeometry(nn.Module):
       floored at 1 mm, so hits on one layer give a large value, not a division by zero).
       Unlike ``pointing`` it is the same for a track wherever along the beam its
       collision happened, so a network can keep tracks from displaced collisions.
+    * ``direction`` (only with ``"direction": true``): the segment's own pseudorapidity,
+      ``asinh(s)`` with ``s = ±(z2 - z1) / d`` its slope along the beam per transverse
+      length, signed so that it follows the segment outward (the sign of ``r2 - r1``; the
+      same value whichever hit comes first) and clamped to ±:data:`DIRECTION_SLOPE_CLAMP`.
+      For the segments of a track it is the particle's η wherever its collision happened,
+      where each hit's own η (seen from the origin) changes along a track from a
+      displaced collision, most in the barrel's inner layers.
 
     Config (``pair_geometry``): ``None`` (off) or the columns and scales of r, φ and z as
     ``{"r": i, "phi": j, "z": k, "r_scale": mm, "phi_scale": rad, "z_scale": mm}``, plus
-    optionally ``"intercept": true``. Exports with Gather, Sub, Mul, Sin, Sqrt, Div, Max,
-    Min, Where and Clip.
+    optionally ``"intercept": true`` and ``"direction": true`` (columns in that order after
+    curvature and pointing). Exports with Gather, Sub, Mul, Sin, Sqrt, Div, Max, Min,
+    Where, Clip, Abs, Log and Sign.
     """
 
     WIDTH = 2
@@ -144,15 +156,16 @@ class PairGeometry(nn.Module):
         super().__init__()
         self.spec = spec
         self.intercept = bool(spec is not None and spec.get("intercept", False))
+        self.direction = bool(spec is not None and spec.get("direction", False))
 
     def width(self) -> int:
         """Columns added to each edge's input (0 when off)."""
         if self.spec is None:
             return 0
-        return self.WIDTH + (1 if self.intercept else 0)
+        return self.WIDTH + (1 if self.intercept else 0) + (1 if self.direction else 0)
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        """``[E, 2]`` (curvature, pointing) of the edges ``edge_index [2, E]``."""
+        """``[E, width()]``: curvature, pointing (then intercept, direction when on) of the edges ``edge_index [2, E]``."""
         spec = self.spec
         start, end = edge_index[0], edge_index[1]
         r_in, phi_in, z_in = features[:, spec["r"]], features[:, spec["phi"]], features[:, spec["z"]]
@@ -170,28 +183,43 @@ class PairGeometry(nn.Module):
         mr, mz = 0.5 * (r1 + r2), 0.5 * (z1 + z2)
         length = torch.sqrt(dr * dr + dz * dz) * torch.sqrt(mr * mr + mz * mz)
         pointing = 10.0 * (dr * mz - dz * mr) / torch.clamp(length, min=MIN_RADIUS_MM)
-        if not self.intercept:
-            return torch.stack([curvature, pointing], dim=1)
-        run = torch.where(dr >= 0, torch.clamp(dr, min=1.0), torch.clamp(dr, max=-1.0))
-        intercept = torch.clamp((z1 - r1 * (dz / run)) / INTERCEPT_UNIT_MM, -INTERCEPT_CLAMP, INTERCEPT_CLAMP)
-        return torch.stack([curvature, pointing, intercept], dim=1)
+        columns = [curvature, pointing]
+        if self.intercept:
+            run = torch.where(dr >= 0, torch.clamp(dr, min=1.0), torch.clamp(dr, max=-1.0))
+            columns.append(torch.clamp((z1 - r1 * (dz / run)) / INTERCEPT_UNIT_MM, -INTERCEPT_CLAMP, INTERCEPT_CLAMP))
+        if self.direction:
+            outward = torch.where(dr >= 0, dz, -dz)
+            slope = torch.clamp(outward / torch.clamp(transverse, min=MIN_RADIUS_MM), -DIRECTION_SLOPE_CLAMP,
+                                DIRECTION_SLOPE_CLAMP)
+            size = slope.abs()
+            columns.append(torch.sign(slope) * torch.log(size + torch.sqrt(size * size + 1.0)))
+        return torch.stack(columns, dim=1)
+
+
+#: Optional columns of the edge geometry, each switched on by its key set to true.
+GEOMETRY_FLAGS = ("intercept", "direction")
 
 
 def check_pair_geometry(value: Any, in_channels: int, architecture: str) -> dict | None:
     """``value`` validated as a ``pair_geometry`` config (None or the dict above); a clear error otherwise."""
-    intercept = False
-    if isinstance(value, dict) and "intercept" in value:
-        intercept = value["intercept"]
-        if not isinstance(intercept, bool):
-            raise CheckpointImportError(f"{architecture} config: pair_geometry.intercept must be true or false, "
-                                        f"got {intercept!r}")
-        value = {key: item for key, item in value.items() if key != "intercept"}
+    flags = {}
+    if isinstance(value, dict):
+        for flag in GEOMETRY_FLAGS:
+            if flag in value:
+                if not isinstance(value[flag], bool):
+                    raise CheckpointImportError(f"{architecture} config: pair_geometry.{flag} must be true or false, "
+                                                f"got {value[flag]!r}")
+                flags[flag] = value[flag]
+        value = {key: item for key, item in value.items() if key not in GEOMETRY_FLAGS}
     checked = _check_column_config("pair_geometry", value, ("r", "phi", "z"), in_channels, architecture)
-    return {**checked, "intercept": True} if intercept else checked
+    if checked is None:
+        return None
+    return {**checked, **{flag: True for flag, on in flags.items() if on}}
 
 
-def geometry_spec_for(names, scales, *, intercept: bool = False) -> dict:
+def geometry_spec_for(names, scales, *, intercept: bool = False, direction: bool = False) -> dict:
     """The ``pair_geometry`` config for a feature spec with ``r``, ``phi`` and ``z`` columns
-    (``intercept``: also each edge's z intercept on the beam line)."""
+    (``intercept``: also each edge's z intercept on the beam line; ``direction``: also the
+    segment's own pseudorapidity)."""
     spec = _column_config(names, scales, ("r", "phi", "z"), "pair geometry")
-    return {**spec, "intercept": True} if intercept else spec
+    return {**spec, **({"intercept": True} if intercept else {}), **({"direction": True} if direction else {})}

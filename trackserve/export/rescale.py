@@ -74,8 +74,10 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
         if network.config.get("pair_geometry") is not None:
             # the edge geometry is computed in mm and radians from the r, phi, z columns: same
             # columns, the new scales (its outputs join the layer after the hit columns)
+            old_geometry = network.config["pair_geometry"]
             config["pair_geometry"] = geometry_spec_for(
-                new_spec.names, new_spec.scales, intercept=network.config["pair_geometry"].get("intercept", False))
+                new_spec.names, new_spec.scales, intercept=old_geometry.get("intercept", False),
+                direction=old_geometry.get("direction", False))
         fresh = type(network).from_config(config)
         fresh.load_state_dict(network.state_dict())
         width = 4  # the layers' view of a hit: r, phi, z, eta

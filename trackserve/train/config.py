@@ -165,7 +165,8 @@ class TrainingConfig:
     (:mod:`trackserve.export.derived`), so the bundle reads only r, φ, z; ``pair_geometry``
     gives the filter and the GNN each edge's transverse curvature and r-z pointing
     (:class:`~trackserve.export.derived.PairGeometry`), and ``pair_intercept`` (with it)
-    its z intercept on the beam line too. ``track_building``
+    its z intercept on the beam line too, ``pair_direction`` (with it) the segment's own
+    pseudorapidity. ``track_building``
     is the bundle's method (:data:`trackserve.bundle.TRACK_BUILDING_METHODS`), used to
     choose the GNN cut. ``gnn_blind_to`` names hit features (of the feature spec, or
     ``eta`` when derived) that the interaction GNN's hit encoder does not read: its
@@ -187,6 +188,7 @@ class TrainingConfig:
     derive_eta: bool = False
     pair_geometry: bool = False
     pair_intercept: bool = False
+    pair_direction: bool = False
     track_building: str = "components"
     gnn_blind_to: tuple[str, ...] = ()
     #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
@@ -217,6 +219,8 @@ class TrainingConfig:
             ("track_building", self.track_building in TRACK_BUILDING_METHODS, f"one of {', '.join(TRACK_BUILDING_METHODS)}"),
             ("pair_intercept", self.pair_geometry or not self.pair_intercept, "off unless pair_geometry is on "
              "(the intercept is part of the edge geometry)"),
+            ("pair_direction", self.pair_geometry or not self.pair_direction, "off unless pair_geometry is on "
+             "(the direction is part of the edge geometry)"),
             ("gnn_blind_to", not self.gnn_blind_to or self.gnn.architecture == "InteractionGNN",
              "empty unless the GNN is an InteractionGNN (the only one with a hit encoder)"),
         ], "run")

@@ -68,7 +68,8 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
 
     config = replace(config, periodic_features=tuple(i for i, name in enumerate(spec.names) if name == "phi"),
                      eta_columns=eta_spec_for(spec.names, spec.scales) if config.derive_eta else None,
-                     geometry_columns=geometry_spec_for(spec.names, spec.scales, intercept=config.pair_intercept)
+                     geometry_columns=geometry_spec_for(spec.names, spec.scales, intercept=config.pair_intercept,
+                                                       direction=config.pair_direction)
                      if config.pair_geometry else None)
     config = replace(config, gnn_blind_columns=blind_columns(config.gnn_blind_to, spec.names, config.derive_eta))
     config.validate()

@@ -13,7 +13,9 @@ For each event the bundle runs stage by stage on the runtime :class:`Pipeline` (
 Runtime), and the script reports the edge efficiency and purity after the graph, the
 filter and the GNN cut (against the truth graph; efficiency for all particles and for
 pT > 1 GeV), the double-majority track efficiency for particles with pT > 1 GeV and at
-least 5 hits, the fake and duplicate rates, and the time of each stage. It writes the
+least 5 hits, the fake and duplicate rates, the same efficiency split by where along the
+beam each particle was produced (``|vz|``) and by its direction (``|η|``: barrel, between,
+endcaps), and the time of each stage. It writes the
 ``default_bundle`` section of ``benchmarks/RESULTS.md`` (for another bundle given with
 ``--bundle``, the section ``bundle_<its directory name>``).
 
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import bundle_section, load_note, machine_description, write_section  # noqa: E402
 
 from trackserve.events.geometry import load_geometry  # noqa: E402
-from trackserve.events.metrics import evaluate_event  # noqa: E402
+from trackserve.events.metrics import evaluate_event, event_particle_pt, found_particles  # noqa: E402
 from trackserve.events.simulate import SimulationConfig, simulate_event  # noqa: E402
 from trackserve.events.trackml import read_event, read_particles  # noqa: E402
 from trackserve.events.truth_graph import truth_graph  # noqa: E402
@@ -54,6 +56,9 @@ BARREL = SHARED / "barrel_subset_event000001000" / "20-density"
 HELD_OUT_SEED = 20_261_128
 MIN_PT, MIN_HITS = 1.0, 5
 TARGET_EFFICIENCY, TARGET_FAKE_RATE = 0.95, 0.02
+#: Bin edges of the efficiency split: |vz| of the particle's production point (mm), and |eta|.
+VZ_EDGES = (20.0, 50.0, 100.0)
+ETA_EDGES = (1.0, 2.0)
 
 
 def held_out_events(small: bool):
@@ -95,6 +100,47 @@ def _edge_figures(edges: np.ndarray, truth: np.ndarray, pids: np.ndarray, high: 
     return mean(found), mean(found[high]), mean(same)
 
 
+def _bin_names(edges: tuple[float, ...], unit: str) -> list[str]:
+    bounds = (0.0,) + edges
+    return [f"{lo:g}-{hi:g}{unit}" for lo, hi in zip(bounds, edges)] + [f">= {edges[-1]:g}{unit}"]
+
+
+def efficiency_by_origin(event, labels: np.ndarray) -> dict:
+    """Found / reconstructable particles (pT > MIN_PT, >= MIN_HITS hits) in each (|eta| bin, |vz| bin).
+
+    Keys ``(eta_bin, vz_bin)`` index :data:`ETA_EDGES` and :data:`VZ_EDGES` bins; values
+    ``(found, reconstructable)``. Particles missing from the event's particle table (none in
+    TrackML or simulated events) are counted under ``"no production point"``.
+    """
+    pids = np.asarray(event.truth["particle_id"], dtype=np.int64)
+    ids, sizes, found = found_particles(pids, labels, min_track_hits=MIN_HITS)
+    table_ids = np.asarray(event.particles["particle_id"], dtype=np.int64)
+    order = np.argsort(table_ids)
+    where = np.minimum(np.searchsorted(table_ids[order], ids), max(table_ids.size - 1, 0))
+    known = table_ids.size > 0
+    known = (table_ids[order][where] == ids) if known else np.zeros(ids.size, dtype=bool)
+    rows = order[where]
+    column = lambda name: np.asarray(event.particles[name], dtype=np.float64)[rows]  # noqa: E731
+    px, py, pz, vz = column("px"), column("py"), column("pz"), column("vz")
+    eta = np.abs(np.arcsinh(pz / np.maximum(np.hypot(px, py), 1e-12)))
+    # the pT the track figures select on (evaluate_event), so the cells add up to its count
+    pt_ids, pt_values = event_particle_pt(event)
+    pt_order = np.argsort(pt_ids)
+    pt = np.asarray(pt_values, dtype=np.float64)[pt_order][np.searchsorted(pt_ids[pt_order], ids)]
+    counted = known & (sizes >= MIN_HITS) & (pt >= MIN_PT)
+    eta_bin = np.searchsorted(ETA_EDGES, eta, side="right")
+    vz_bin = np.searchsorted(VZ_EDGES, np.abs(vz), side="right")
+    table = {}
+    for e in range(len(ETA_EDGES) + 1):
+        for v in range(len(VZ_EDGES) + 1):
+            cell = counted & (eta_bin == e) & (vz_bin == v)
+            table[(e, v)] = (int(np.count_nonzero(found & cell)), int(np.count_nonzero(cell)))
+    missing = ~known & (sizes >= MIN_HITS) & (pt >= MIN_PT)
+    if missing.any():
+        table["no production point"] = (int(np.count_nonzero(found & missing)), int(np.count_nonzero(missing)))
+    return table
+
+
 def evaluate(pipeline: Pipeline, event) -> dict:
     """Run the pipeline stage by stage on ``event``; edge figures per stage, track figures, stage times."""
     features = pipeline.event_features(event)
@@ -124,7 +170,12 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     stages = {name: (edges.shape[1],) + _edge_figures(edges, truth, pids, high, event.num_hits)
               for name, edges in (("graph", graph), ("filter", filtered), ("gnn", kept))}
     tracks = evaluate_event(event, event.hits["hit_id"], labels, min_pt=MIN_PT, min_hits=MIN_HITS)
-    result = {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times}
+    by_origin = efficiency_by_origin(event, labels)
+    split = [sum(cell[k] for cell in by_origin.values()) for k in (0, 1)]
+    if split != [tracks["num_matched"], tracks["num_reconstructable"]]:
+        raise RuntimeError(f"{event.name}: the efficiency split counts {split[0]}/{split[1]} particles, the track "
+                           f"figures {tracks['num_matched']}/{tracks['num_reconstructable']}")
+    result = {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times, "by_origin": by_origin}
     if pipeline.stages.join_pieces is not None:
         # the same GNN scores with the bundle's track building up to the pieces, without joining them
         unjoined = build_tracks(event.num_hits, filtered, logits, pipeline.stages.gnn_cut,
@@ -192,6 +243,28 @@ def main() -> int:
     for name, result in results:
         for stage, (count, efficiency, high, purity) in result["stages"].items():
             lines.append(f"| {name} | {stage} | {count} | {efficiency:.4f} | {high:.4f} | {purity:.4f} |")
+    vz_names, eta_names = _bin_names(VZ_EDGES, " mm"), _bin_names(ETA_EDGES, "")
+    lines += [
+        "",
+        f"Efficiency by where along the beam each particle was produced (|vz|) and its direction (|eta|: "
+        f"< {ETA_EDGES[0]:g} barrel, >= {ETA_EDGES[1]:g} endcaps); found / counted (pT > {MIN_PT:g} GeV, "
+        f">= {MIN_HITS} hits), the same tracks as above:",
+        "",
+        "| event | abs(eta) | " + " | ".join(f"abs(vz) {name}" for name in vz_names) + " |",
+        "| --- | --- |" + " ---: |" * len(vz_names),
+    ]
+    for name, result in results:
+        table = result["by_origin"]
+        for e, eta_name in enumerate(eta_names):
+            cells = []
+            for v in range(len(vz_names)):
+                found, counted = table[(e, v)]
+                cells.append(f"{found / counted:.3f} ({found}/{counted})" if counted else "-")
+            lines.append(f"| {name} | {eta_name} | " + " | ".join(cells) + " |")
+        if "no production point" in table:
+            found, counted = table["no production point"]
+            lines.append(f"| {name} | no production point in the particle table | {found}/{counted} |"
+                         + " |" * (len(vz_names) - 1))
     lines += ["", "Stage times (s):", "", "| event | embed | graph | filter | gnn | tracks |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, result in results:
         t = result["times"]

@@ -16,6 +16,7 @@ from trackserve.events.metrics import (
     edge_metrics,
     evaluate_event,
     event_particle_pt,
+    found_particles,
     track_metrics,
     trackml_score,
 )
@@ -112,6 +113,20 @@ def test_track_metrics_hand_case_noise_excluded():
     # Every candidate is pure: no fake. B's second half-track is a duplicate.
     assert (m.num_matched_tracks, m.num_fake_tracks, m.fake_rate) == (4, 0, 0.0)
     assert m.num_duplicate_tracks == 1 and m.duplicate_rate == pytest.approx(1 / 4)
+
+
+def test_found_particles_hand_case():
+    ids, sizes, found = found_particles(HAND_PIDS, HAND_LABELS, min_track_hits=3)
+    # A (4 hits) found by T1, B (6) split in halves: not found, C (4) found by T4
+    assert ids.tolist() == [11, 22, 33] and sizes.tolist() == [4, 6, 4] and found.tolist() == [True, False, True]
+    # with candidates of at least 4 hits T4 (3 hits without noise) no longer finds C
+    assert found_particles(HAND_PIDS, HAND_LABELS, min_track_hits=4)[2].tolist() == [True, False, False]
+    empty = found_particles(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert [part.size for part in empty] == [0, 0, 0]
+    with pytest.raises(InputError, match="17 hits but labels has 3"):
+        found_particles(HAND_PIDS, np.arange(3))
+    with pytest.raises(InputError, match="min_track_hits must be >= 0"):
+        found_particles(HAND_PIDS, HAND_LABELS, min_track_hits=-1)
 
 
 def test_track_metrics_hand_case_noise_kept():
@@ -255,6 +270,7 @@ def _reference(pids, labels, weights, pt, min_pt, min_hits, min_track_hits, excl
         "efficiency": len(found & reconstructable) / len(reconstructable) if reconstructable else nan,
         "fake_rate": (candidates - matched_tracks) / candidates if candidates else nan,
         "score": score / sum(weights) if sum(weights) else nan,
+        "found": found,
     }
 
 
@@ -293,6 +309,11 @@ def test_track_metrics_match_loop_reference(seed):
     )
     ref = _reference(pids, labels, weights, pt, min_pt, min_hits,
                      min_hits if min_track_hits is None else min_track_hits, exclude_noise)
+    particle_ids, sizes, found = found_particles(
+        pids, labels, min_track_hits=min_hits if min_track_hits is None else min_track_hits, exclude_noise=exclude_noise)
+    assert set(particle_ids[found].tolist()) == ref.pop("found")
+    assert particle_ids.tolist() == sorted(set(pids.tolist()) - {0})
+    assert sizes.tolist() == [int(np.count_nonzero(pids == p)) for p in particle_ids]
     for name, value in ref.items():
         got = trackml_score(np.arange(num_hits), labels, {"hit_id": np.arange(num_hits), "particle_id": pids,
                                                            "weight": weights}) if name == "score" else getattr(m, name)

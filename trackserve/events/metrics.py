@@ -282,6 +282,40 @@ def _particle_pt_lookup(particle_ids: np.ndarray, particle_pt) -> np.ndarray:
     return table_pt[order][where]
 
 
+def _matching(pids: np.ndarray, labs: np.ndarray, min_track_hits: int, exclude_noise: bool):
+    """The overlaps of a labelling, which particles are found (double majority, by a
+    candidate track), which tracks are candidates and which pairs are matches."""
+    ov = _overlaps(pids, labs, (pids != 0) if exclude_noise else None)
+    real = ov.particle_ids != 0
+    candidate = ov.track_sizes >= min_track_hits
+    usable = real[ov.particle] & candidate[ov.track]
+    matched_pairs = ov.majority & usable
+    found = np.zeros(ov.particle_ids.size, dtype=bool)
+    found[ov.particle[ov.double_majority & usable]] = True
+    return ov, found, candidate, matched_pairs
+
+
+def found_particles(hit_particle_ids, labels, *, min_track_hits: int = DEFAULT_MIN_HITS,
+                    exclude_noise: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which particles a labelling finds, one by one: ``(particle_ids, num_hits, found)``.
+
+    Every particle of the truth except noise (id 0), in increasing id order, with its
+    number of hits and whether a candidate track (at least ``min_track_hits`` hits) finds
+    it by double majority, exactly as :func:`track_metrics` counts it (so its efficiency
+    is the share found among the reconstructable ones). Lets an efficiency be split by
+    any property of the particles (where they were produced, their direction).
+    """
+    pids = _integer_array(hit_particle_ids, "hit_particle_ids")
+    labs = _integer_array(labels, "labels")
+    if pids.shape != labs.shape:
+        raise InputError(f"hit_particle_ids has {pids.size} hits but labels has {labs.size}")
+    if min_track_hits < 0:
+        raise InputError(f"min_track_hits must be >= 0, got {min_track_hits}")
+    ov, found, _, _ = _matching(pids, labs, int(min_track_hits), exclude_noise)
+    real = ov.particle_ids != 0
+    return ov.particle_ids[real], ov.particle_sizes[real], found[real]
+
+
 def track_metrics(
     hit_particle_ids,
     labels,
@@ -310,20 +344,13 @@ def track_metrics(
         raise InputError(f"min_pt={min_pt} needs particle_pt, the pT of every particle")
     min_track_hits = int(min_hits if min_track_hits is None else min_track_hits)
 
-    ov = _overlaps(pids, labs, (pids != 0) if exclude_noise else None)
+    ov, found, candidate, matched_pairs = _matching(pids, labs, min_track_hits, exclude_noise)
     real = ov.particle_ids != 0
     reconstructable = real & (ov.particle_sizes >= min_hits)
     if min_pt > 0:
         pt = np.full(ov.particle_ids.size, np.inf)
         pt[real] = _particle_pt_lookup(ov.particle_ids[real], particle_pt)
         reconstructable &= pt >= min_pt
-    candidate = ov.track_sizes >= min_track_hits
-    usable = real[ov.particle] & candidate[ov.track]
-    matched_pairs = ov.majority & usable
-    found_pairs = ov.double_majority & usable
-
-    found = np.zeros(ov.particle_ids.size, dtype=bool)
-    found[ov.particle[found_pairs]] = True
     num_reconstructable = int(np.count_nonzero(reconstructable))
     num_found = int(np.count_nonzero(found & reconstructable))
     num_candidates = int(np.count_nonzero(candidate))

@@ -127,28 +127,37 @@ def test_curvature_of_true_edges_follows_the_particle_pt():
     assert np.median(np.abs(noise[:, 1])) > 1.0
 
 
-def test_intercept_of_true_edges_is_the_collision_point_wherever_it_lies():
+@pytest.fixture(scope="module")
+def displaced_event():
+    """An event whose collisions spread 10 cm along the beam: hit features, its truth
+    edges and, per edge, the particle's pT, production point (vz, transverse) and eta."""
     from trackserve.events.geometry import load_geometry
     from trackserve.events.simulate import SimulationConfig, simulate_event
     from trackserve.events.truth_graph import truth_graph
+
+    config = dataclasses.replace(SimulationConfig(), num_particles=2000, noise_fraction=0.0, vertex_sigma_z=100.0)
+    event = simulate_event(load_geometry(), config, seed=4, event_id=0)
+    edges = truth_graph(event)
+    pids = np.asarray(event.truth["particle_id"])[edges[0]]
+    row = {int(p): i for i, p in enumerate(np.asarray(event.particles["particle_id"]))}
+    rows = np.array([row[int(p)] for p in pids])
+    px, py, pz = (np.asarray(event.particles[name])[rows] for name in ("px", "py", "pz"))
+    pt = np.hypot(px, py)
+    return {"features": hit_features(event.hits, EXATRKX_SERVICE), "edges": edges, "pt": pt,
+            "vz": np.asarray(event.particles["vz"])[rows], "eta": np.arcsinh(pz / pt),
+            "vr": np.hypot(event.particles["vx"], event.particles["vy"])[rows]}
+
+
+def test_intercept_of_true_edges_is_the_collision_point_wherever_it_lies(displaced_event):
     from trackserve.export.derived import INTERCEPT_UNIT_MM
 
     # collisions spread 10 cm along the beam: the intercept finds each one, pointing does not
-    config = dataclasses.replace(SimulationConfig(), num_particles=2000, noise_fraction=0.0, vertex_sigma_z=100.0)
-    event = simulate_event(load_geometry(), config, seed=4, event_id=0)
-    features = hit_features(event.hits, EXATRKX_SERVICE)
-    edges = truth_graph(event)
+    features, edges, vz = displaced_event["features"], displaced_event["edges"], displaced_event["vz"]
     spec = geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales, intercept=True)
     assert spec["intercept"] is True and "intercept" not in geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales)
     out = PairGeometry(spec)(torch.from_numpy(features), torch.from_numpy(edges)).numpy()
     assert out.shape == (edges.shape[1], 3)
-    pids = np.asarray(event.truth["particle_id"])[edges[0]]
-    row = {int(p): i for i, p in enumerate(np.asarray(event.particles["particle_id"]))}
-    rows = np.array([row[int(p)] for p in pids])
-    pt = np.hypot(event.particles["px"], event.particles["py"])[rows]
-    vz = np.asarray(event.particles["vz"])[rows]
-    vr = np.hypot(event.particles["vx"], event.particles["vy"])[rows]
-    clean = (pt > 1.5) & (vr < 1.0)
+    clean = (displaced_event["pt"] > 1.5) & (displaced_event["vr"] < 1.0)
     assert clean.sum() > 100 and np.percentile(np.abs(vz[clean]), 90) > 100  # displaced collisions present
     error_mm = np.abs(out[clean, 2] * INTERCEPT_UNIT_MM - vz[clean])
     assert np.median(error_mm) < 5.0  # mm, against collisions spread over ±20 cm
@@ -161,18 +170,12 @@ def test_intercept_of_true_edges_is_the_collision_point_wherever_it_lies():
     assert torch.isfinite(flat).all() and flat[0, 2].abs() <= 5.0
 
 
-def test_direction_of_true_edges_is_the_particle_eta_wherever_the_collision_lies():
-    from trackserve.events.geometry import load_geometry
-    from trackserve.events.simulate import SimulationConfig, simulate_event
-    from trackserve.events.truth_graph import truth_graph
+def test_direction_of_true_edges_is_the_particle_eta_wherever_the_collision_lies(displaced_event):
     from trackserve.export.derived import DIRECTION_SLOPE_CLAMP
 
     # collisions spread 10 cm along the beam: each hit's own eta (seen from the origin) moves
     # along a displaced track, the segment's direction stays the particle's
-    config = dataclasses.replace(SimulationConfig(), num_particles=2000, noise_fraction=0.0, vertex_sigma_z=100.0)
-    event = simulate_event(load_geometry(), config, seed=4, event_id=0)
-    features = hit_features(event.hits, EXATRKX_SERVICE)
-    edges = truth_graph(event)
+    features, edges, vz, eta = (displaced_event[key] for key in ("features", "edges", "vz", "eta"))
     spec = geometry_spec_for(EXATRKX_SERVICE.names, EXATRKX_SERVICE.scales, direction=True)
     assert spec["direction"] is True and "intercept" not in spec
     geometry = PairGeometry(spec)
@@ -181,15 +184,7 @@ def test_direction_of_true_edges_is_the_particle_eta_wherever_the_collision_lies
     # the same value whichever hit comes first
     flipped = geometry(torch.from_numpy(features), torch.from_numpy(edges[::-1].copy())).numpy()
     np.testing.assert_allclose(flipped[:, 2], out[:, 2], atol=1e-5)
-    pids = np.asarray(event.truth["particle_id"])[edges[0]]
-    row = {int(p): i for i, p in enumerate(np.asarray(event.particles["particle_id"]))}
-    rows = np.array([row[int(p)] for p in pids])
-    px, py, pz = (np.asarray(event.particles[name])[rows] for name in ("px", "py", "pz"))
-    pt = np.hypot(px, py)
-    eta = np.arcsinh(pz / pt)
-    vz = np.asarray(event.particles["vz"])[rows]
-    vr = np.hypot(event.particles["vx"], event.particles["vy"])[rows]
-    clean = (pt > 1.0) & (vr < 1.0) & (np.abs(eta) < 1.5)
+    clean = (displaced_event["pt"] > 1.0) & (displaced_event["vr"] < 1.0) & (np.abs(eta) < 1.5)
     far = clean & (np.abs(vz) > 60)
     assert far.sum() > 30
     assert np.median(np.abs(out[far, 2] - eta[far])) < 0.01

@@ -39,6 +39,9 @@ Tracks (:func:`track_metrics`)
       which counts a lone matched track of an unfound particle as a duplicate: here it is
       not).
 
+    :func:`found_particles` gives the same matching particle by particle, so that an
+    efficiency can be split by any property of the particles.
+
 TrackML score (:func:`trackml_score`)
     The official ``trackml.score.score_event``: for every track, its majority particle
     (the one with most hits on it); the track counts when more than half of its hits

@@ -114,13 +114,15 @@ def efficiency_by_origin(event, labels: np.ndarray) -> dict:
     """
     pids = np.asarray(event.truth["particle_id"], dtype=np.int64)
     ids, sizes, found = found_particles(pids, labels, min_track_hits=MIN_HITS)
-    table_ids = np.asarray(event.particles["particle_id"], dtype=np.int64)
+    particles = event.particles or {name: np.zeros(0) for name in ("particle_id", "px", "py", "pz", "vz")}
+    table_ids = np.asarray(particles["particle_id"], dtype=np.int64)
+    # each particle's row in the table (row 0 of a one-row stand-in when the table is empty)
     order = np.argsort(table_ids)
     where = np.minimum(np.searchsorted(table_ids[order], ids), max(table_ids.size - 1, 0))
-    known = table_ids.size > 0
-    known = (table_ids[order][where] == ids) if known else np.zeros(ids.size, dtype=bool)
-    rows = order[where]
-    column = lambda name: np.asarray(event.particles[name], dtype=np.float64)[rows]  # noqa: E731
+    rows = order[where] if table_ids.size else np.zeros(ids.size, dtype=np.int64)
+    known = (table_ids[rows] == ids) if table_ids.size else np.zeros(ids.size, dtype=bool)
+    column = lambda name: (np.asarray(particles[name], dtype=np.float64)[rows] if table_ids.size  # noqa: E731
+                           else np.zeros(ids.size))
     px, py, pz, vz = column("px"), column("py"), column("pz"), column("vz")
     eta = np.abs(np.arcsinh(pz / np.maximum(np.hypot(px, py), 1e-12)))
     # the pT the track figures select on (evaluate_event), so the cells add up to its count

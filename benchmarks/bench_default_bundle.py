@@ -105,30 +105,34 @@ def _bin_names(edges: tuple[float, ...], unit: str) -> list[str]:
     return [f"{lo:g}-{hi:g}{unit}" for lo, hi in zip(bounds, edges)] + [f">= {edges[-1]:g}{unit}"]
 
 
-def efficiency_by_origin(event, labels: np.ndarray) -> dict:
+def _rows_of(table_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each of ``ids``'s row in ``table_ids`` and whether it is there at all (row 0 when not)."""
+    if table_ids.size == 0:
+        return np.zeros(ids.size, dtype=np.int64), np.zeros(ids.size, dtype=bool)
+    order = np.argsort(table_ids, kind="stable")
+    rows = order[np.minimum(np.searchsorted(table_ids[order], ids), table_ids.size - 1)]
+    return rows, table_ids[rows] == ids
+
+
+def efficiency_by_origin(event, pids: np.ndarray, labels: np.ndarray) -> dict:
     """Found / reconstructable particles (pT > MIN_PT, >= MIN_HITS hits) in each (|eta| bin, |vz| bin).
 
-    Keys ``(eta_bin, vz_bin)`` index :data:`ETA_EDGES` and :data:`VZ_EDGES` bins; values
-    ``(found, reconstructable)``. Particles missing from the event's particle table (none in
-    TrackML or simulated events) are counted under ``"no production point"``.
+    ``pids`` is each hit's true particle. Keys ``(eta_bin, vz_bin)`` index
+    :data:`ETA_EDGES` and :data:`VZ_EDGES` bins; values ``(found, reconstructable)``.
+    Particles missing from the event's particle table (none in TrackML or simulated
+    events) are counted under ``"no production point"``.
     """
-    pids = np.asarray(event.truth["particle_id"], dtype=np.int64)
     ids, sizes, found = found_particles(pids, labels, min_track_hits=MIN_HITS)
     particles = event.particles or {name: np.zeros(0) for name in ("particle_id", "px", "py", "pz", "vz")}
-    table_ids = np.asarray(particles["particle_id"], dtype=np.int64)
-    # each particle's row in the table (row 0 of a one-row stand-in when the table is empty)
-    order = np.argsort(table_ids)
-    where = np.minimum(np.searchsorted(table_ids[order], ids), max(table_ids.size - 1, 0))
-    rows = order[where] if table_ids.size else np.zeros(ids.size, dtype=np.int64)
-    known = (table_ids[rows] == ids) if table_ids.size else np.zeros(ids.size, dtype=bool)
-    column = lambda name: (np.asarray(particles[name], dtype=np.float64)[rows] if table_ids.size  # noqa: E731
+    rows, known = _rows_of(np.asarray(particles["particle_id"], dtype=np.int64), ids)
+    # values of unknown particles are never counted; an empty table gives zeros
+    column = lambda name: (np.asarray(particles[name], dtype=np.float64)[rows] if known.any()  # noqa: E731
                            else np.zeros(ids.size))
     px, py, pz, vz = column("px"), column("py"), column("pz"), column("vz")
     eta = np.abs(np.arcsinh(pz / np.maximum(np.hypot(px, py), 1e-12)))
     # the pT the track figures select on (evaluate_event), so the cells add up to its count
     pt_ids, pt_values = event_particle_pt(event)
-    pt_order = np.argsort(pt_ids)
-    pt = np.asarray(pt_values, dtype=np.float64)[pt_order][np.searchsorted(pt_ids[pt_order], ids)]
+    pt = np.asarray(pt_values, dtype=np.float64)[_rows_of(np.asarray(pt_ids, dtype=np.int64), ids)[0]]
     counted = known & (sizes >= MIN_HITS) & (pt >= MIN_PT)
     eta_bin = np.searchsorted(ETA_EDGES, eta, side="right")
     vz_bin = np.searchsorted(VZ_EDGES, np.abs(vz), side="right")
@@ -172,7 +176,7 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     stages = {name: (edges.shape[1],) + _edge_figures(edges, truth, pids, high, event.num_hits)
               for name, edges in (("graph", graph), ("filter", filtered), ("gnn", kept))}
     tracks = evaluate_event(event, event.hits["hit_id"], labels, min_pt=MIN_PT, min_hits=MIN_HITS)
-    by_origin = efficiency_by_origin(event, labels)
+    by_origin = efficiency_by_origin(event, pids, labels)
     split = [sum(cell[k] for cell in by_origin.values()) for k in (0, 1)]
     if split != [tracks["num_matched"], tracks["num_reconstructable"]]:
         raise RuntimeError(f"{event.name}: the efficiency split counts {split[0]}/{split[1]} particles, the track "

@@ -57,7 +57,7 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
     without ``pair_geometry`` (recomputed from the new scales); anything else raises
     InputError naming it.
     """
-    from .derived import eta_spec_for, geometry_spec_for
+    from .derived import GEOMETRY_FLAGS, eta_spec_for, geometry_spec_for
     from .embedding import EmbeddingNetwork
     from .filter import EdgeFilter
     from .interaction_gnn import InteractionGNN
@@ -74,10 +74,9 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
         if network.config.get("pair_geometry") is not None:
             # the edge geometry is computed in mm and radians from the r, phi, z columns: same
             # columns, the new scales (its outputs join the layer after the hit columns)
-            old_geometry = network.config["pair_geometry"]
             config["pair_geometry"] = geometry_spec_for(
-                new_spec.names, new_spec.scales, intercept=old_geometry.get("intercept", False),
-                direction=old_geometry.get("direction", False))
+                new_spec.names, new_spec.scales,
+                **{flag: network.config["pair_geometry"].get(flag, False) for flag in GEOMETRY_FLAGS})
         fresh = type(network).from_config(config)
         fresh.load_state_dict(network.state_dict())
         width = 4  # the layers' view of a hit: r, phi, z, eta

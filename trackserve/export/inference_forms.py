@@ -37,12 +37,14 @@ from torch import nn
 from .interaction_gnn import InteractionGNN
 from .mlp import pair_differences
 from .resagnn import ResAGNN
+from .scatter import scatter_sum
+from .training_rows import gather_rows, sum_rows
 
 
 class _FactoredInput(nn.Module):
     """The first ``Linear`` of an MLP on ``cat[nodes[start], nodes[end], rest]``, factored; then the MLP's other layers."""
 
-    def __init__(self, mlp: nn.Sequential, hidden: int):
+    def __init__(self, mlp: nn.Sequential, hidden: int, gather=None):
         super().__init__()
         first = mlp[0]
         if not isinstance(first, nn.Linear) or first.in_features < 2 * hidden:
@@ -50,13 +52,17 @@ class _FactoredInput(nn.Module):
         self.first = first
         self.hidden = hidden
         self.rest = mlp[1:]
+        self.gather = gather  # None: plain indexing (what exports)
 
     def forward(self, nodes: torch.Tensor, start: torch.Tensor, end: torch.Tensor, rest: torch.Tensor | None) -> torch.Tensor:
         """The MLP's output for the edges ``(start, end)`` with per-edge inputs ``rest`` (or none)."""
         weight, hidden = self.first.weight, self.hidden
         from_start = nodes @ weight[:, :hidden].t()
         from_end = nodes @ weight[:, hidden:2 * hidden].t()
-        out = from_start[start] + from_end[end]
+        if self.gather is None:
+            out = from_start[start] + from_end[end]
+        else:
+            out = self.gather(from_start, start) + self.gather(from_end, end)
         if rest is not None:
             out = out + rest @ weight[:, 2 * hidden:].t()
         if self.first.bias is not None:
@@ -85,12 +91,14 @@ class _FactoredForm(nn.Module):
 class FactoredInteractionGNN(_FactoredForm):
     """An :class:`InteractionGNN`'s forward with its edge MLPs' first layers factored (same parameters)."""
 
-    def __init__(self, network: InteractionGNN):
+    def __init__(self, network: InteractionGNN, *, training: bool = False):
         super().__init__(network)
         hidden = network.config["hidden"]
-        self.edge_encoder = _FactoredInput(network.edge_encoder, hidden)
-        self.edge_network = _FactoredInput(network.edge_network, hidden)
-        self.output_edge_classifier = _FactoredInput(network.output_edge_classifier, hidden)
+        gather = gather_rows if training else None
+        self.sum_into = sum_rows if training else scatter_sum
+        self.edge_encoder = _FactoredInput(network.edge_encoder, hidden, gather)
+        self.edge_network = _FactoredInput(network.edge_network, hidden, gather)
+        self.output_edge_classifier = _FactoredInput(network.output_edge_classifier, hidden, gather)
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """GNN logits ``[E]``, the same function as the wrapped network's ``forward``."""
@@ -106,17 +114,18 @@ class FactoredInteractionGNN(_FactoredForm):
         rest = torch.cat(per_edge, dim=1) if len(per_edge) > 1 else (per_edge[0] if per_edge else None)
         edges = self.edge_encoder(nodes, start, end, rest)
         nodes, edges = net.pass_messages(nodes, edges, edge_index,
-                                         lambda source, edges: self.edge_network(source, start, end, edges))
+                                         lambda source, edges: self.edge_network(source, start, end, edges),
+                                         self.sum_into)
         return self.output_edge_classifier(nodes, start, end, edges).squeeze(-1)
 
 
 class FactoredResAGNN(_FactoredForm):
     """A :class:`ResAGNN`'s forward with its edge network's first layer factored (same parameters)."""
 
-    def __init__(self, network: ResAGNN):
+    def __init__(self, network: ResAGNN, *, training: bool = False):
         super().__init__(network)
         width = network.config["hidden"] + network.config["in_channels"]
-        self.edge_network = _FactoredInput(network.edge_network.network, width)
+        self.edge_network = _FactoredInput(network.edge_network.network, width, gather_rows if training else None)
         if self.edge_network.first.in_features != 2 * width:
             raise ValueError(f"a ResAGNN edge network reads cat[h[start], h[end]] of width {2 * width}; "
                              f"this one's first layer reads {self.edge_network.first.in_features}")
@@ -133,12 +142,17 @@ class FactoredResAGNN(_FactoredForm):
         return self.edge_network(hidden, start, end, None).squeeze(-1)
 
 
-def factored_form(module: nn.Module) -> nn.Module:
-    """``module``'s factored form sharing its parameters when there is one, else ``module`` itself."""
+def factored_form(module: nn.Module, *, training: bool = False) -> nn.Module:
+    """``module``'s factored form sharing its parameters when there is one, else ``module`` itself.
+
+    ``training=True``: the form to take optimiser steps through, whose row gathers and
+    message sums have cheap CPU gradients (:mod:`~trackserve.export.training_rows`); the
+    same function, but not exportable to ONNX.
+    """
     if type(module) is InteractionGNN:
-        return FactoredInteractionGNN(module)
+        return FactoredInteractionGNN(module, training=training)
     if type(module) is ResAGNN:
-        return FactoredResAGNN(module)
+        return FactoredResAGNN(module, training=training)
     return module
 
 

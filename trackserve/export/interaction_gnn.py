@@ -121,17 +121,20 @@ class InteractionGNN(ConfigurableNetwork):
         nodes, edges = self.pass_messages(nodes, edges, edge_index, edge_network)
         return self.output_edge_classifier(torch.cat([nodes[start], nodes[end], edges], dim=1)).squeeze(-1)
 
-    def pass_messages(self, nodes: torch.Tensor, edges: torch.Tensor, edge_index: torch.Tensor, edge_network):
+    def pass_messages(self, nodes: torch.Tensor, edges: torch.Tensor, edge_index: torch.Tensor, edge_network,
+                      sum_into=scatter_sum):
         """The ``n_graph_iters`` message-passing steps from encoded ``nodes`` and ``edges``.
 
         ``edge_network(source_nodes, edges)`` computes the edge MLP's output (the plain
-        concatenation here, the factored form in :mod:`~trackserve.export.inference_forms`).
+        concatenation here, the factored form in :mod:`~trackserve.export.inference_forms`);
+        ``sum_into(messages, index, like)`` aggregates (:func:`scatter_sum`, or the same sum
+        with a cheaper gradient for training steps).
         """
         start, end = edge_index[0], edge_index[1]
         for _ in range(self.n_graph_iters):
-            messages = scatter_sum(edges, end, nodes)
+            messages = sum_into(edges, end, nodes)
             if self.bidirectional_messages:
-                messages = torch.cat([messages, scatter_sum(edges, start, nodes)], dim=1)
+                messages = torch.cat([messages, sum_into(edges, start, nodes)], dim=1)
             new_nodes = self.node_network(torch.cat([nodes, messages], dim=1))
             if self.residual:
                 new_nodes = new_nodes + nodes

@@ -66,11 +66,12 @@ FORMS = [pytest.param(_network, FactoredInteractionGNN, options, id=f"interactio
         [pytest.param(_resagnn, FactoredResAGNN, options, id=f"resagnn-{name}") for name, options in RESAGNN_VARIANTS.items()]
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["exported", "training"])
 @pytest.mark.parametrize("build, form, options", FORMS)
 @pytest.mark.parametrize("num_hits, num_edges", [(1, 0), (2, 1), (300, 5000)])
-def test_factored_form_matches_the_network(build, form, options, num_hits, num_edges):
+def test_factored_form_matches_the_network(build, form, options, num_hits, num_edges, training):
     network = build(options)
-    factored = form(network).eval()
+    factored = form(network, training=training).eval()
     features, edges = _graph(num_hits, num_edges, seed=num_edges)
     if num_edges == 1:
         edges = torch.tensor([[0], [1]])
@@ -89,15 +90,17 @@ def test_factored_resagnn_shares_the_trained_parameters():
     assert dict(factored.named_parameters()).keys() == {f"network.{key}" for key, _ in network.named_parameters()}
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["exported", "training"])
 @pytest.mark.parametrize("build", [_network, _resagnn], ids=["interaction", "resagnn"])
-def test_a_training_step_through_the_factored_form_is_the_networks_own_step(build):
-    """Training takes its steps through the factored form: the gradients, hence the
-    updated parameters, must be the original network's (to float32 rounding)."""
+def test_a_training_step_through_the_factored_form_is_the_networks_own_step(build, training):
+    """Training takes its steps through the factored form (``training=True``: with the
+    cheap-gradient gathers and sums): the gradients, hence the updated parameters, must
+    be the original network's (to float32 rounding)."""
     features, edges = _graph(200, 3000, seed=5)
     labels = np.random.default_rng(5).random(3000) < 0.3
     plain, factored = build({}, seed=1).train(), build({}, seed=1).train()
     before = [p.detach().clone() for p in plain.parameters()]
-    for module, network in ((plain, plain), (factored_form(factored), factored)):
+    for module, network in ((plain, plain), (factored_form(factored, training=training), factored)):
         classifier_step(module, torch.optim.SGD(network.parameters(), lr=0.5), features.numpy(), edges.numpy(),
                         labels, 2.0)
     moved = 0.0
@@ -105,6 +108,19 @@ def test_a_training_step_through_the_factored_form_is_the_networks_own_step(buil
         assert torch.allclose(a, b, rtol=0, atol=1e-5), name
         moved = max(moved, float((a.detach() - start).abs().max()))
     assert moved > 1e-3  # the step changed the weights, so the comparison means something
+
+
+def test_the_exported_form_never_uses_the_training_gathers():
+    """The training gathers and sums are autograd functions ONNX cannot express."""
+    from trackserve.export.scatter import scatter_sum
+    from trackserve.export.training_rows import gather_rows, sum_rows
+
+    exported, training = inference_form(_network({})), factored_form(_network({}), training=True)
+    assert exported.sum_into is scatter_sum and training.sum_into is sum_rows
+    for name in ("edge_encoder", "edge_network", "output_edge_classifier"):
+        assert getattr(exported, name).gather is None and getattr(training, name).gather is gather_rows
+    assert inference_form(_resagnn({})).edge_network.gather is None
+    assert factored_form(_resagnn({}), training=True).edge_network.gather is gather_rows
 
 
 def test_other_networks_are_exported_and_trained_as_they_are():

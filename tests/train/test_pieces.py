@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from trackserve.runtime.graph_building import build_graph
 from trackserve.train.classifier import cut_for_efficiency, passing
 from trackserve.train.embedding import radius_for_efficiency
-from trackserve.train.gnn import sector_subgraph
+from trackserve.train.gnn import SectorIndex, sector_subgraph
 from trackserve.train.pairs import (knn_graph, loss_mask, neighbour_pairs, pair_labels, random_pairs, signal_labels,
                                     true_pairs)
 
@@ -115,3 +115,33 @@ def test_sector_subgraph_wraps_around_pi_and_renumbers():
     assert hits.tolist() == [0, 1, 3, 4]
     assert rows.tolist() == [0, 3]
     assert hits[local].tolist() == edges[:, rows].tolist()
+
+
+def _sector_event(num_hits, num_edges, seed):
+    rng = np.random.default_rng(seed)
+    phi = rng.uniform(-np.pi, np.pi, num_hits)
+    phi[:6] = [np.pi, -np.pi, np.nextafter(np.pi, 0), np.nextafter(-np.pi, 0), 0.0, 0.5]
+    phi[6:12] = phi[:6]  # hits on one azimuth
+    near = np.clip(np.arange(num_edges) % num_hits + rng.integers(-20, 21, num_edges), 0, num_hits - 1)
+    edges = np.stack([rng.integers(0, num_hits, num_edges), near])
+    edges[:, :30] = edges[:, 30:60]  # repeated edges
+    order = np.argsort(phi, kind="stable")
+    return phi, order[edges]  # most edges join hits close in azimuth, as in a filtered graph
+
+
+@pytest.mark.parametrize("num_hits, num_edges", [(1, 0), (40, 0), (3000, 20000)])
+def test_the_sector_index_cuts_exactly_the_sectors_of_sector_subgraph(num_hits, num_edges):
+    """Same hits, same renumbered edges, same edge rows in the same order, for sectors
+    anywhere (across the wrap at ±pi, centred on a hit, on the border of others) and of
+    any width, also wider than the detector."""
+    if num_hits == 1:
+        phi, edges = np.array([0.25]), np.zeros((2, 0), dtype=np.int64)
+    else:
+        phi, edges = _sector_event(num_hits, num_edges, seed=num_hits)
+    index = SectorIndex(phi, edges)
+    centres = list(np.random.default_rng(7).uniform(-np.pi, np.pi, 25)) + [np.pi, -np.pi, 0.0, 0.5, phi[0]]
+    for half_width in (np.pi / 64, 0.5 - 0.25, np.pi / 2, np.pi, 4.0):
+        for centre in centres + [0.5 + half_width, 0.5 - half_width]:
+            expected, got = sector_subgraph(phi, edges, centre, half_width), index.subgraph(centre, half_width)
+            for a, b in zip(expected, got):
+                assert a.dtype == b.dtype and np.array_equal(a, b), (centre, half_width)

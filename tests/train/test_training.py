@@ -60,6 +60,7 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_events
 def test_gnn_training_steps_go_through_the_factored_form(tiny_events, monkeypatch):
     import trackserve.train.gnn as gnn_training
     from trackserve.export.inference_forms import FactoredInteractionGNN
+    from trackserve.export.training_rows import gather_rows, sum_rows
 
     events, validation = tiny_events
     stepped = []
@@ -75,6 +76,8 @@ def test_gnn_training_steps_go_through_the_factored_form(tiny_events, monkeypatc
     gnn, _ = train_gnn(events, graphs, validation, np.asarray(validation.truth_edges), config, seed_everything(3),
                        show_progress=False)
     assert stepped and all(isinstance(module, FactoredInteractionGNN) and module.network is gnn for module in stepped)
+    # the training form: row gathers and message sums with cheap CPU gradients
+    assert all(module.sum_into is sum_rows and module.edge_network.gather is gather_rows for module in stepped)
 
 
 @pytest.mark.slow

@@ -112,14 +112,15 @@ def test_a_training_step_through_the_factored_form_is_the_networks_own_step(buil
 
 def test_the_exported_form_never_uses_the_training_gathers():
     """The training gathers and sums are autograd functions ONNX cannot express."""
+    from trackserve.export.inference_forms import _index_rows
     from trackserve.export.scatter import scatter_sum
     from trackserve.export.training_rows import gather_rows, sum_rows
 
     exported, training = inference_form(_network({})), factored_form(_network({}), training=True)
     assert exported.sum_into is scatter_sum and training.sum_into is sum_rows
     for name in ("edge_encoder", "edge_network", "output_edge_classifier"):
-        assert getattr(exported, name).gather is None and getattr(training, name).gather is gather_rows
-    assert inference_form(_resagnn({})).edge_network.gather is None
+        assert getattr(exported, name).gather is _index_rows and getattr(training, name).gather is gather_rows
+    assert inference_form(_resagnn({})).edge_network.gather is _index_rows
     assert factored_form(_resagnn({}), training=True).edge_network.gather is gather_rows
 
 

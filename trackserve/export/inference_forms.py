@@ -46,6 +46,11 @@ from .scatter import scatter_sum
 from .training_rows import gather_rows, sum_rows
 
 
+def _index_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]``: plain indexing, the gather that exports (ONNX ``Gather``)."""
+    return values[index]
+
+
 class _FactoredInput(nn.Module):
     """The first ``Linear`` of an MLP on ``cat[nodes[start], nodes[end], rest]``, factored; then the MLP's other layers."""
 
@@ -57,17 +62,14 @@ class _FactoredInput(nn.Module):
         self.first = first
         self.hidden = hidden
         self.rest = mlp[1:]
-        self.gather = gather  # None: plain indexing (what exports)
+        self.gather = gather or _index_rows
 
     def forward(self, nodes: torch.Tensor, start: torch.Tensor, end: torch.Tensor, rest: torch.Tensor | None) -> torch.Tensor:
         """The MLP's output for the edges ``(start, end)`` with per-edge inputs ``rest`` (or none)."""
         weight, hidden = self.first.weight, self.hidden
         from_start = nodes @ weight[:, :hidden].t()
         from_end = nodes @ weight[:, hidden:2 * hidden].t()
-        if self.gather is None:
-            out = from_start[start] + from_end[end]
-        else:
-            out = self.gather(from_start, start) + self.gather(from_end, end)
+        out = self.gather(from_start, start) + self.gather(from_end, end)
         if rest is not None:
             out = out + rest @ weight[:, 2 * hidden:].t()
         if self.first.bias is not None:

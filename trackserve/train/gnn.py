@@ -62,13 +62,18 @@ def hit_phi(event: TrainingEvent) -> np.ndarray:
     return np.arctan2(np.asarray(event.event.hits["y"], float), np.asarray(event.event.hits["x"], float))
 
 
+def _within(phi: np.ndarray, centre: float, half_width: float) -> np.ndarray:
+    """Which azimuths lie closer than ``half_width`` to ``centre`` around the circle."""
+    return np.abs(np.angle(np.exp(1j * (phi - centre)))) < half_width
+
+
 def sector_subgraph(phi: np.ndarray, edges: np.ndarray, centre: float, half_width: float):
     """The hits within ``half_width`` of azimuth ``centre`` and the edges between them.
 
     Returns ``(hits, local_edges, edge_rows)``: the hit rows kept, the kept edges renumbered
     to positions in ``hits``, and the kept edges' columns in ``edges``.
     """
-    inside = np.abs(np.angle(np.exp(1j * (phi - centre)))) < half_width
+    inside = _within(phi, centre, half_width)
     edge_rows = np.flatnonzero(inside[edges[0]] & inside[edges[1]])
     hits = np.flatnonzero(inside)
     position = np.full(phi.shape[0], -1, dtype=np.int64)
@@ -113,17 +118,14 @@ class SectorIndex:
         if half_width + self.MARGIN >= np.pi:
             return sector_subgraph(self.phi, self.edges, centre, half_width)
 
-        def inside(values):
-            return np.abs(np.angle(np.exp(1j * (values - centre)))) < half_width
-
         hits = self._candidates(self.sorted_phi, self.hit_order, centre, half_width)
-        hits = np.sort(hits[inside(self.phi[hits])])
+        hits = np.sort(hits[_within(self.phi[hits], centre, half_width)])
         rows = self._candidates(self.sorted_start_phi, self.edge_order, centre, half_width)
         ends = self.edges[:, rows]
-        rows = rows[inside(self.phi[ends[0]]) & inside(self.phi[ends[1]])]
-        rows.sort()
-        local = np.searchsorted(hits, self.edges[:, rows]).astype(np.int64)
-        return hits, local, rows
+        keep = _within(self.phi[ends[0]], centre, half_width) & _within(self.phi[ends[1]], centre, half_width)
+        rows, ends = rows[keep], ends[:, keep]
+        order = np.argsort(rows, kind="stable")  # the edges in their order in the graph
+        return hits, np.searchsorted(hits, ends[:, order]).astype(np.int64), rows[order]
 
 
 def gnn_scores(network, event: TrainingEvent, graph: np.ndarray) -> np.ndarray:

@@ -63,6 +63,19 @@ class InputError(TrackserveError, ValueError):
     """Invalid input arrays or options (shape, dtype, NaN, out-of-range settings, size limits)."""
 
 
+class MemoryLimitError(InputError):
+    """An event's estimated working memory exceeds the memory limit it was given.
+
+    ``needed`` and ``limit`` are the estimate and that limit in bytes; with several
+    events in flight the limit is the event's share of the runtime's memory limit.
+    """
+
+    def __init__(self, message: str, *, needed: float, limit: int):
+        self.needed = needed
+        self.limit = limit
+        super().__init__(message)
+
+
 class BackendUnavailableError(TrackserveError, RuntimeError):
     """An optional backend (torch, TensorRT, CuPy, FAISS, Triton) is not installed or has no device."""
 

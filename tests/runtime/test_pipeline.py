@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from trackserve.errors import InputError
+from trackserve.errors import InputError, MemoryLimitError
 from trackserve.events.trackml import read_event
-from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.config import AUTOMATIC_MAX_EVENT_WORKERS, RuntimeConfig, automatic_event_workers
 from trackserve.runtime.pipeline import STAGES, Pipeline
 
 from ..conftest import SAMPLE_EVENT
@@ -118,8 +120,80 @@ def test_bad_features_are_refused_clearly(pipeline, sample_features, make, messa
 
 def test_event_above_memory_limit_is_refused(tiny_bundle, sample_features):
     small = Pipeline(tiny_bundle, config=RuntimeConfig(memory_limit_bytes=100_000))
-    with pytest.raises(InputError, match="memory limit"):
+    with pytest.raises(MemoryLimitError, match="memory limit") as refused:
         small.run(sample_features)
+    assert isinstance(refused.value, InputError)
+    assert refused.value.limit == 100_000 and refused.value.needed > 100_000
+
+
+def _working_memory(pipeline, result) -> float:
+    """The largest estimate ``Pipeline.run`` checked for an event that gave ``result``."""
+    model, hits = pipeline.memory, result.num_hits
+    graph, filtered = result.num_edges["graph"], result.num_edges["filter"]
+    return max(hits * model.bytes_per_hit,
+               hits * model.bytes_per_hit + graph * model.bytes_per_graph_edge
+               + min(graph, pipeline.config.edge_chunk_size) * model.bytes_per_filter_edge,
+               hits * (model.bytes_per_hit + model.bytes_per_gnn_hit) + filtered * model.bytes_per_gnn_edge)
+
+
+def test_run_many_runs_an_event_too_large_for_its_share_alone(tiny_bundle, pipeline, sample_features):
+    # The whole sample fits the limit but not half of it; the small events fit half.
+    big = sample_features
+    needed = _working_memory(pipeline, pipeline.run(big))
+    limit = int(needed) + 1
+    events = [big[:30], big, big[: len(big) // 3], big[::-1].copy(), big[:1], big[:50], big[:0]]
+    expected = [pipeline.run(f).labels for f in events]
+    with pytest.raises(MemoryLimitError, match="memory limit"):  # what a worker alone would say
+        Pipeline(tiny_bundle, config=RuntimeConfig(memory_limit_bytes=limit // 2)).run(big)
+    workers = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
+                                                         memory_limit_bytes=limit))
+    in_flight = []
+    worker_run = workers.run
+
+    def counted_run(features):
+        in_flight.append(len(features))
+        try:
+            if len(features) == len(big) // 3:
+                time.sleep(0.3)  # still in flight when the whole event before it is refused
+            return worker_run(features)
+        finally:
+            in_flight.remove(len(features))
+
+    class Alone:
+        """The one-worker pipeline, noting how many events were in flight as each of its runs began."""
+
+        def __init__(self):
+            self.inner, self.in_flight_at_start = Pipeline(tiny_bundle, config=RuntimeConfig(memory_limit_bytes=limit)), []
+
+        def run(self, features):
+            self.in_flight_at_start.append(len(in_flight))
+            return self.inner.run(features)
+
+    workers.run, workers._alone = counted_run, Alone()
+    got = [r.labels for r in workers.run_many(events)]
+    assert len(got) == len(events)
+    for a, b in zip(got, expected):
+        assert np.array_equal(a, b)
+    assert workers._alone.in_flight_at_start == [0, 0]  # both whole events, each alone
+    # Over the whole limit it is still refused, in its turn.
+    tight = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
+                                                       memory_limit_bytes=int(needed) - 1))
+    results = tight.run_many([big[:30], big, big[:30]])
+    assert next(results).num_hits == 30
+    with pytest.raises(MemoryLimitError, match="memory limit"):
+        next(results)
+
+
+@pytest.mark.parametrize("events, cores, expected", [
+    (0, 4, 1), (1, 4, 1), (2, 1, 1), (2, 2, 2), (5, 2, 2), (5, 16, AUTOMATIC_MAX_EVENT_WORKERS), (3, 3, 2)])
+def test_automatic_event_workers(events, cores, expected):
+    assert automatic_event_workers(events, cores) == expected
+
+
+@pytest.mark.parametrize("events", [-1, 1.5, True, None])
+def test_automatic_event_workers_refuses_bad_counts(events):
+    with pytest.raises(InputError, match="num_events"):
+        automatic_event_workers(events, 2)
 
 
 def test_unknown_device_is_refused(tiny_bundle):

@@ -50,15 +50,42 @@ def feature_csvs(tmp_path_factory):
 
 def test_event_workers_write_the_same_labels_as_one_event_at_a_time(capsys, tmp_path, feature_csvs, monkeypatch):
     monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
-    one = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "one"))
+    one = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "one"), "--event-workers", "1")
     two = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "two"), "--event-workers", "2", "--threads", "1")
+    auto = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "auto"))
+    assert (one["settings"]["event_workers"], one["settings"]["intra_op_threads"]) == (1, 2)
     assert two["settings"]["event_workers"] == 2 and two["settings"]["intra_op_threads"] == 1
-    assert [e["event"] for e in two["events"]] == [e["event"] for e in one["events"]] == [f"evt_{i}" for i in range(5)]
+    # several events and neither option: one event in flight per core, each on one core
+    assert (auto["settings"]["event_workers"], auto["settings"]["intra_op_threads"]) == (2, 1)
+    assert auto["settings"]["event_workers_chosen"] == "automatically"
+    assert two["settings"]["event_workers_chosen"] == "by --event-workers"
+    names = [f"evt_{i}" for i in range(5)]
+    assert [e["event"] for e in two["events"]] == [e["event"] for e in auto["events"]] == [e["event"] for e in one["events"]] == names
     for event in one["events"]:
         _, ids_one, labels_one = read_submission(tmp_path / "one" / f"{event['event']}-labels.csv")
-        _, ids_two, labels_two = read_submission(tmp_path / "two" / f"{event['event']}-labels.csv")
-        assert np.array_equal(ids_one, ids_two) and np.array_equal(labels_one, labels_two)
+        for other in ("two", "auto"):
+            _, ids_other, labels_other = read_submission(tmp_path / other / f"{event['event']}-labels.csv")
+            assert np.array_equal(ids_one, ids_other) and np.array_equal(labels_one, labels_other)
         assert len(ids_one) == event["num_hits"]
+
+
+@pytest.mark.parametrize("cores, options, expected", [
+    (2, [], (2, 1)),                      # several events: in flight, one core each
+    (1, [], (1, 1)),                      # one core: one event at a time
+    (8, [], (2, 4)),                      # at most 2 in flight; the cores shared between them
+    (2, ["--threads", "1"], (1, 1)),      # threads given: one event at a time with them
+    (2, ["--threads", "2"], (1, 2)),
+])
+def test_events_in_flight_are_chosen_from_the_cores_unless_set(capsys, feature_csvs, monkeypatch, cores, options, expected):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: cores)
+    report = _json(capsys, str(feature_csvs / "evt_1.csv"), str(feature_csvs / "evt_3.csv"), "--no-labels", *options)
+    assert (report["settings"]["event_workers"], report["settings"]["intra_op_threads"]) == expected
+
+
+def test_a_single_event_keeps_every_core(capsys, feature_csvs, monkeypatch):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    report = _json(capsys, str(feature_csvs / "evt_1.csv"), "--no-labels")
+    assert (report["settings"]["event_workers"], report["settings"]["intra_op_threads"]) == (1, 2)
 
 
 def test_oversubscribed_workers_are_refused(capsys, feature_csvs, monkeypatch):

@@ -5,7 +5,10 @@ the default bundle and the sample event shipped with trackserve are used when no
 given. Labels are written in the TrackML submission format, and a table (or, with
 ``--json``, one JSON object) gives per-stage times, graph sizes, tracks found and, when
 the event has truth, the tracking metrics. With ``--event-workers N`` N events are in
-flight at once (:meth:`~trackserve.runtime.pipeline.Pipeline.run_many`).
+flight at once (:meth:`~trackserve.runtime.pipeline.Pipeline.run_many`); when neither it
+nor ``--threads`` is given, several events run in flight, one per core up to 2
+(:func:`~trackserve.runtime.config.automatic_event_workers`), and a single event uses
+every core.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ def register(subparsers) -> None:
                         help="threads of each network stage (parts of the event at once) and of graph building "
                              "(default: all cores)")
     parser.add_argument("--event-workers", type=int, default=None, metavar="N",
-                        help="events run at once, each with --threads threads (default 1: one event at a time on "
-                        "every core); many small events go faster with one worker per core")
+                        help="events run at once, each with --threads threads (default: with several events and "
+                        "no --threads, one per core up to 2, each on one core; otherwise 1, one event at a time on "
+                        "every core)")
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
                         help="refuse events whose estimated working memory exceeds this")
@@ -61,9 +65,11 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def _config(args):
+def _config(args, num_events: int):
+    """The runtime settings the options ask for; the events in flight chosen for
+    ``num_events`` events when neither they nor the threads were given."""
     from ..errors import InputError
-    from ..runtime.config import RuntimeConfig
+    from ..runtime.config import RuntimeConfig, automatic_event_workers
 
     settings = {}
     if args.threads is not None:
@@ -71,6 +77,8 @@ def _config(args):
         settings["graph_threads"] = args.threads
     if args.event_workers is not None:
         settings["event_workers"] = args.event_workers
+    elif args.threads is None:
+        settings["event_workers"] = automatic_event_workers(num_events)
     if args.edge_chunk_size is not None:
         settings["edge_chunk_size"] = args.edge_chunk_size
     if args.memory_limit_gb is not None:
@@ -150,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
     bundle = args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle")
     paths = args.events or [shipped_path(SAMPLE_EVENT, "sample event")]
-    pipeline = Pipeline(bundle, config=_config(args))
     inputs = list_inputs(paths)
+    pipeline = Pipeline(bundle, config=_config(args, len(inputs)))
     output = None if args.no_labels else Path(args.output)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -192,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             "intra_op_threads": pipeline.config.resolved_intra_op_threads,
             "graph_threads": pipeline.config.resolved_graph_threads,
             "event_workers": pipeline.config.event_workers,
+            "event_workers_chosen": "automatically" if args.event_workers is None else "by --event-workers",
             "edge_chunk_size": pipeline.config.edge_chunk_size,
             "min_pt": args.min_pt,
             "min_hits": args.min_hits,

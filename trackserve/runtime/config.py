@@ -20,6 +20,9 @@ from ..errors import InputError
 DEFAULT_EDGE_CHUNK_SIZE = 400_000
 #: Memory an event may need, by the runtime's estimate, before it is refused.
 DEFAULT_MEMORY_LIMIT_BYTES = 8 * 2**30
+#: The most events in flight :func:`automatic_event_workers` chooses: the count measured
+#: (on 2 cores, ``benchmarks/RESULTS.md``); more is for the user to set and measure.
+AUTOMATIC_MAX_EVENT_WORKERS = 2
 
 
 def available_cores() -> int:
@@ -28,6 +31,23 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def automatic_event_workers(num_events: int, cores: int | None = None) -> int:
+    """Events in flight for a run of ``num_events`` events when neither the events in
+    flight nor the threads were set: one per core, at most
+    :data:`AUTOMATIC_MAX_EVENT_WORKERS`, never more than the events (1 for a single event).
+
+    Why: on this project's 2-core machine two events in flight with one thread each ran
+    the published benchmark events (1.3k hits) 1.37 times, simulated events of 10k hits
+    1.52 times and of 100k hits 1.22 times as fast as one event at a time on both cores
+    (parts of each event), with the same labels (``benchmarks/bench_event_workers.py``);
+    each event's own time is longer, so a single event keeps every core. ``cores``
+    defaults to :func:`available_cores`."""
+    if isinstance(num_events, bool) or not isinstance(num_events, int) or num_events < 0:
+        raise InputError(f"num_events must be an integer >= 0; got {num_events!r}")
+    cores = available_cores() if cores is None else cores
+    return max(1, min(num_events, cores, AUTOMATIC_MAX_EVENT_WORKERS))
 
 
 @dataclass(frozen=True)

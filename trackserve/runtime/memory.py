@@ -3,14 +3,15 @@
 The estimate is deliberately simple and on the safe side: float32 activations of the
 widest layer of each network, a few live at once, per hit and per edge. It is checked
 before the stage that would need the memory, so an oversized event is refused with a
-clear :class:`~trackserve.errors.InputError` instead of exhausting the machine.
+clear :class:`~trackserve.errors.MemoryLimitError` (an
+:class:`~trackserve.errors.InputError`) instead of exhausting the machine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError
+from ..errors import MemoryLimitError
 
 _FLOAT = 4
 _INDEX = 8
@@ -60,9 +61,10 @@ class MemoryModel:
         )
 
     def _refuse(self, what: str, needed: float, limit: int) -> None:
-        raise InputError(
+        raise MemoryLimitError(
             f"{what} needs about {_gib(needed)} of working memory, more than the memory limit of "
-            f"{_gib(limit)}; raise the limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb) or split the event"
+            f"{_gib(limit)}; raise the limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb) or split the event",
+            needed=needed, limit=limit,
         )
 
     def check_hits(self, num_hits: int, limit: int) -> None:

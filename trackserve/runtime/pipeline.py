@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..bundle import Bundle, load_bundle
 from ..engines.onnx_runtime import OnnxNetwork
-from ..errors import InputError
+from ..errors import InputError, MemoryLimitError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
 from .config import RuntimeConfig
@@ -94,6 +94,8 @@ class Pipeline:
         self.networks: dict[str, OnnxNetwork] = self._steps.networks
         self.stages = self.bundle.stages
         self.memory = MemoryModel.for_bundle(self.bundle)
+        # One-worker pipeline for events too large for a worker's share of the memory (run_many).
+        self._alone: Pipeline | None = None
 
     @property
     def num_features(self) -> int:
@@ -191,22 +193,41 @@ class Pipeline:
 
         With ``config.event_workers`` above 1, that many events are in flight at once on
         a thread pool (ONNX Runtime, numpy and scipy release the interpreter lock while
-        they work); ``events`` is read only as far as the pool needs. An event that fails
-        raises its error when its turn to be yielded comes, after the events before it."""
+        they work); ``events`` is read only as far as the pool needs. Each event in flight
+        may use its share of the memory limit (:attr:`RuntimeConfig.memory_limit_per_event`);
+        one refused only for its share, whose estimate fits the whole limit, runs again
+        when its turn comes, alone: the events in flight finish first, then it runs with
+        one worker (all the configured cores unless the threads were set), so nothing a
+        one-worker run would take is refused. An event that fails raises its error when
+        its turn to be yielded comes, after the events before it."""
         workers = self.config.event_workers
         if workers == 1:
             for features in events:
                 yield self.run(features)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackserve-event") as pool:
-            pending: deque = deque()
+            pending: deque = deque()  # (features, future) of the events in flight, oldest first
             try:
                 for features in events:
-                    pending.append(pool.submit(self.run, features))
+                    pending.append((features, pool.submit(self.run, features)))
                     if len(pending) >= workers:
-                        yield pending.popleft().result()
+                        yield self._oldest_result(pending)
                 while pending:
-                    yield pending.popleft().result()
+                    yield self._oldest_result(pending)
             finally:
-                for future in pending:
+                for _features, future in pending:
                     future.cancel()
+
+    def _oldest_result(self, pending: deque) -> PipelineResult:
+        """The result of the oldest event in flight (see :meth:`run_many`); re-raises its error,
+        except a refusal for its share of the memory limit that the whole limit allows."""
+        features, future = pending.popleft()
+        try:
+            return future.result()
+        except MemoryLimitError as error:
+            if error.needed > self.config.memory_limit_bytes:
+                raise
+        wait([other for _features, other in pending])
+        if self._alone is None:
+            self._alone = Pipeline(self.bundle, device=self.device, config=replace(self.config, event_workers=1))
+        return self._alone.run(features)

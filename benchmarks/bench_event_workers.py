@@ -1,0 +1,116 @@
+"""Several events in flight against one event at a time: the choice ``trackserve run`` makes.
+
+``trackserve run`` given several events, and neither ``--event-workers`` nor ``--threads``,
+keeps one event in flight per core, at most 2, each on its share of the cores
+(:func:`trackserve.runtime.config.automatic_event_workers`); a single event runs alone on
+every core. This script measures that choice against one event at a time on every core
+(the cores split between parts of each event), on the same events in the same process:
+
+* the 100 published benchmark events (``lrt_events``, 1.3k hits), when present;
+* simulated random-particle events on the full detector of about 10k hits (8 of them)
+  and 100k hits (2 of them).
+
+Each size runs in interleaved rounds (one pass of each way per round, after a warm-up
+pass of each); throughput is events over the wall time of a pass, from the median pass
+of each way, and the ratio is the median of the rounds' ratios. The labels of the two
+ways are compared event by event.
+
+``python benchmarks/bench_event_workers.py [--bundle models/default] [--quick]`` writes the
+section ``event_workers`` of ``benchmarks/RESULTS.md`` (for another bundle,
+``event_workers_<its directory name>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import bundle_section, load_note, machine_description, write_section  # noqa: E402
+from bench_scaling import simulate_features  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
+
+
+def timed_pass(pipeline, events) -> tuple[float, list[np.ndarray]]:
+    """Wall seconds of one ``run_many`` pass over ``events``, and the labels."""
+    start = time.perf_counter()
+    labels = [result.labels for result in pipeline.run_many(events)]
+    return time.perf_counter() - start, labels
+
+
+def compare(name: str, ways: dict, events: list, rounds: int) -> str:
+    """One table row: throughput of each way (median pass), the median ratio of the rounds, identical labels."""
+    for pipeline in ways.values():  # warm-up pass of each way
+        timed_pass(pipeline, events)
+    walls = {way: [] for way in ways}
+    labels = {}
+    for _ in range(rounds):
+        for way, pipeline in ways.items():
+            wall, labels[way] = timed_pass(pipeline, events)
+            walls[way].append(wall)
+    (one, one_walls), (flight, flight_walls) = walls.items()
+    ratios = [a / b for a, b in zip(one_walls, flight_walls)]
+    same = sum(np.array_equal(a, b) for a, b in zip(labels[one], labels[flight]))
+    count = len(events)
+    hits = sum(len(features) for features in events) / count
+    spread = f" (rounds {min(ratios):.2f}–{max(ratios):.2f}x)" if rounds > 1 else ""
+    return (f"| {name} | {count} | {hits:,.0f} | {count / statistics.median_low(one_walls):.2f} | "
+            f"{count / statistics.median_low(flight_walls):.2f} | **{statistics.median(ratios):.2f}x**{spread} | "
+            f"{same}/{count} |")
+
+
+def main(argv=None) -> int:
+    """Run the comparison, print the table and write the RESULTS.md section."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller events, one round")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+
+    from trackserve.bundle import load_bundle
+    from trackserve.events.trackml import read_feature_csv
+    from trackserve.runtime.config import RuntimeConfig, automatic_event_workers, available_cores
+    from trackserve.runtime.pipeline import Pipeline
+
+    bundle = load_bundle(args.bundle)
+    cores = available_cores()
+    workers = automatic_event_workers(100, cores)
+    one = Pipeline(bundle, config=RuntimeConfig(event_workers=1))
+    flight = Pipeline(bundle, config=RuntimeConfig(event_workers=workers))
+    ways = {"one": one, "flight": flight}
+    sizes = [("simulated, random particles", 10_000, 8, 3), ("simulated, random particles", 100_000, 2, 2)]
+    if args.quick:
+        sizes = [("simulated, random particles", 3_000, 4, 1)]
+    rows = []
+    if bundle.num_features == 3 and LRT_EVENTS.is_dir():
+        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
+        rows.append(compare("published benchmark events (lrt_events)", ways, events, 1 if args.quick else 5))
+    for name, hits, count, rounds in sizes:
+        events = [simulate_features(hits, one.feature_spec, seed=100 + i) for i in range(count)]
+        rows.append(compare(name, ways, events, rounds))
+    lines = [f"Machine: {machine_description()}.", "",
+             f"Bundle: `{args.bundle}`. One at a time: `RuntimeConfig(event_workers=1)`, "
+             f"{one.config.resolved_intra_op_threads} network / {one.config.resolved_graph_threads} graph-building "
+             f"threads for each event (parts of it at once). In flight: `RuntimeConfig(event_workers={workers})`, "
+             f"{flight.config.resolved_intra_op_threads} / {flight.config.resolved_graph_threads} for each, what "
+             f"`trackserve run` chooses for several events on these {cores} cores. {load_note()}", "",
+             "| events | count | hits per event | one at a time (events/s) | in flight (events/s) | "
+             "in flight / one at a time | identical labels |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
+    section = bundle_section(args.bundle, "event_workers", "event_workers_")
+    text = f"## {section} (`benchmarks/bench_event_workers.py`)\n\n" + "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(section, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

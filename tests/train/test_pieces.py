@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from trackserve.runtime.graph_building import build_graph
 from trackserve.train.classifier import cut_for_efficiency, passing
 from trackserve.train.embedding import radius_for_efficiency
-from trackserve.train.gnn import SectorIndex, sector_subgraph
+from trackserve.train.gnn import SectorIndex, sector_loss_mask, sector_subgraph
 from trackserve.train.pairs import (knn_graph, loss_mask, neighbour_pairs, pair_labels, random_pairs, signal_labels,
                                     true_pairs)
 
@@ -145,3 +145,26 @@ def test_the_sector_index_cuts_exactly_the_sectors_of_sector_subgraph(num_hits, 
             expected, got = sector_subgraph(phi, edges, centre, half_width), index.subgraph(centre, half_width)
             for a, b in zip(expected, got):
                 assert a.dtype == b.dtype and np.array_equal(a, b), (centre, half_width)
+
+
+def test_a_halo_sector_puts_only_the_sectors_own_edges_in_the_loss():
+    """Against the bare sector: the loss edges of a sub-graph with a halo are exactly the
+    edges of the bare sector (same edges of the event), further limited by ``counted``."""
+    phi, edges = _sector_event(3000, 20000, seed=4)
+    index = SectorIndex(phi, edges)
+    counted = np.random.default_rng(2).random(edges.shape[1]) < 0.7
+    half = np.pi / 64
+    for centre in (0.3, np.pi - 0.01, -np.pi, 2.0):
+        bare_rows = index.subgraph(centre, half)[2]
+        for reach in (half * 2, half * 3, np.pi + 1.0):
+            hits, local, rows = index.subgraph(centre, reach)
+            assert rows.size > bare_rows.size
+            mask = sector_loss_mask(phi[hits], local, centre, half, reach, None)
+            assert np.array_equal(np.sort(rows[mask]), np.sort(bare_rows))
+            both = sector_loss_mask(phi[hits], local, centre, half, reach, counted[rows])
+            assert np.array_equal(np.sort(rows[both]), np.sort(bare_rows[counted[bare_rows]]))
+    # no halo: the mask is what was counted, untouched
+    hits, local, rows = index.subgraph(0.3, half)
+    assert sector_loss_mask(phi[hits], local, 0.3, half, half, None) is None
+    given = counted[rows]
+    assert sector_loss_mask(phi[hits], local, 0.3, half, half, given) is given

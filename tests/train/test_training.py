@@ -133,6 +133,27 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
     assert output.labels.shape == (events[2].num_hits,)
 
 
+def test_gnn_training_with_a_halo_sees_more_edges_than_it_learns_from(tiny_events, monkeypatch):
+    import trackserve.train.gnn as gnn_training
+
+    events, validation = tiny_events
+    seen = []
+    real_step = gnn_training.classifier_step
+
+    def recording_step(network, optimizer, features, edges, labels, positive_weight, counted=None):
+        seen.append((edges.shape[1], None if counted is None else int(np.count_nonzero(counted))))
+        return real_step(network, optimizer, features, edges, labels, positive_weight, counted)
+
+    monkeypatch.setattr(gnn_training, "classifier_step", recording_step)
+    config = TrainingConfig.quick(seed=3, threads=1)
+    config = replace(config, gnn=replace(config.gnn, sectors=8, halo=0.5))
+    graphs = [np.asarray(event.truth_edges) for event in events]
+    train_gnn(events, graphs, validation, np.asarray(validation.truth_edges), config, seed_everything(3),
+              show_progress=False)
+    assert seen and all(0 < learned <= edges for edges, learned in seen)
+    assert any(learned < edges for edges, learned in seen)  # halo edges carry messages only
+
+
 def test_a_blind_gnn_hit_encoder_keeps_those_weights_at_zero(tiny_events):
     from trackserve.errors import InputError
     from trackserve.train.trainer import blind_columns
@@ -164,6 +185,9 @@ def test_config_validation_names_the_setting():
         replace(config, threads=0).validate()
     with pytest.raises(InputError, match="run.signal_min_pt"):
         replace(config, signal_min_pt=-1.0).validate()
+    for halo in (-0.5, float("nan")):
+        with pytest.raises(InputError, match="gnn.halo"):
+            replace(config, gnn=replace(config.gnn, halo=halo)).validate()
     with pytest.raises(InputError, match="run.ignore_soft_edges must be off unless signal_min_pt is above 0"):
         replace(config, ignore_soft_edges=True).validate()
     replace(config, ignore_soft_edges=True, signal_min_pt=0.8).validate()
@@ -175,6 +199,7 @@ def test_config_validation_names_the_setting():
     (["--random-events", "-1"], "--random-events"),
     ([], "no training events"),
     (["--random-events", "1", "--gnn", "GCN"], "gnn.architecture"),
+    (["--random-events", "1", "--gnn-halo", "-1"], "gnn.halo"),
     (["--random-events", "1", "--validation-particles", "nope.csv"], "--validation-particles nope.csv: no such file"),
     (["--random-events", "1", "--validation", "x", "--validation-particles", "y.csv"], "not both"),
     (["--random-events", "1", "--features", "r:1000,phi:pi,z:1000,eta:1", "--derive-eta"], "already has eta"),

@@ -41,6 +41,8 @@ _STAGE_OPTIONS = (
     ("--gnn-lr", "gnn", "learning_rate", float, "peak learning rate of the GNN"),
     ("--gnn-pos-weight", "gnn", "positive_weight", float, "weight of true edges in the GNN loss"),
     ("--sectors", "gnn", "sectors", int, "phi sectors per event (GNN sub-graphs)"),
+    ("--gnn-halo", "gnn", "halo", float, "context around each GNN sector, in sector widths on each side; only the "
+     "sector's own edges enter the loss (default 0)"),
 )
 
 

@@ -116,7 +116,11 @@ class GNNSettings:
     (message-passing steps), ``node_layers`` and ``edge_layers`` size it. Each step
     trains on the edges whose two hits both lie in one φ sector of width ``2π / sectors``
     centred at random (a sub-graph, to keep steps small); an epoch is ``sectors`` steps
-    per training event. Loss: weighted BCE with ``positive_weight``. ``edge_differences``
+    per training event. With ``halo`` above 0 each step's sub-graph reaches ``halo`` sector
+    widths further on each side, and only the edges of the sector itself (both hits inside)
+    enter the loss: the others give them the neighbourhood messages come from, as the whole
+    graph does at inference, where a bare sector cuts every track and neighbourhood at its
+    borders. Loss: weighted BCE with ``positive_weight``. ``edge_differences``
     and ``difference_scale`` as for the filter (edge encoder input). The cut is chosen on
     the validation event to maximise the track efficiency minus the fake rate.
     """
@@ -132,11 +136,13 @@ class GNNSettings:
     positive_weight: float = 1.0
     edge_differences: bool = True
     difference_scale: float = 20.0
+    halo: float = 0.0
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
         _check([
             ("architecture", self.architecture in GNN_ARCHITECTURES, f"one of {', '.join(GNN_ARCHITECTURES)}"),
+            ("halo", self.halo >= 0 and self.halo == self.halo, ">= 0 (sector widths of context on each side)"),
             ("hidden", self.hidden >= 1, "an integer >= 1"),
             ("iterations", self.iterations >= 0, "an integer >= 0"),
             ("node_layers", self.node_layers >= 1, "an integer >= 1"),

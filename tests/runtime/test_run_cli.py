@@ -80,6 +80,8 @@ def test_events_in_flight_are_chosen_from_the_cores_unless_set(capsys, feature_c
     monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: cores)
     report = _json(capsys, str(feature_csvs / "evt_1.csv"), str(feature_csvs / "evt_3.csv"), "--no-labels", *options)
     assert (report["settings"]["event_workers"], report["settings"]["intra_op_threads"]) == expected
+    chosen = "automatically" if not options else "one, as --threads was given"
+    assert report["settings"]["event_workers_chosen"] == chosen
 
 
 def test_a_single_event_keeps_every_core(capsys, feature_csvs, monkeypatch):

@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
             "intra_op_threads": pipeline.config.resolved_intra_op_threads,
             "graph_threads": pipeline.config.resolved_graph_threads,
             "event_workers": pipeline.config.event_workers,
-            "event_workers_chosen": "automatically" if args.event_workers is None else "by --event-workers",
+            "event_workers_chosen": ("by --event-workers" if args.event_workers is not None
+                                     else "automatically" if args.threads is None else "one, as --threads was given"),
             "edge_chunk_size": pipeline.config.edge_chunk_size,
             "min_pt": args.min_pt,
             "min_hits": args.min_hits,

@@ -66,3 +66,13 @@ def write_section(name: str, markdown: str, path: Path = RESULTS_PATH) -> Path:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
     return path
+
+
+def publish(section: str, script: str, lines: list[str], write: bool) -> str:
+    """The section's markdown (a ``## section (`benchmarks/script`)`` heading over ``lines``),
+    printed, and written to RESULTS.md when ``write``; returns the markdown."""
+    text = f"## {section} (`benchmarks/{script}`)\n\n" + "\n".join(lines)
+    print(text)
+    if write:
+        write_section(section, text)
+    return text

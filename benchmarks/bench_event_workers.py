@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import bundle_section, load_note, machine_description, write_section  # noqa: E402
+from _results import bundle_section, load_note, machine_description, publish  # noqa: E402
 from bench_scaling import simulate_features  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,10 +105,7 @@ def main(argv=None) -> int:
              "in flight / one at a time | identical labels |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
     section = bundle_section(args.bundle, "event_workers", "event_workers_")
-    text = f"## {section} (`benchmarks/bench_event_workers.py`)\n\n" + "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(section, text)
+    publish(section, "bench_event_workers.py", lines, write=not args.no_write)
     return 0
 
 

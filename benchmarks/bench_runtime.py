@@ -45,7 +45,7 @@ from scipy.spatial import cKDTree
 from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import bundle_section, load_note, machine_description, write_section  # noqa: E402
+from _results import bundle_section, load_note, machine_description, publish  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -496,10 +496,7 @@ def main(argv=None) -> int:
                      f"({ratio:.2f}x). The baseline runs one event at a time with every pool at the full thread count, "
                      "as the published service's scripts do.")
     section = bundle_section(args.bundle, "runtime_vs_baseline", "runtime_vs_baseline_")
-    text = f"## {section} (`benchmarks/bench_runtime.py`)\n\n" + "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(section, text)
+    publish(section, "bench_runtime.py", lines, write=not args.no_write)
     return 0
 
 

@@ -39,11 +39,12 @@ def automatic_event_workers(num_events: int, cores: int | None = None) -> int:
     :data:`AUTOMATIC_MAX_EVENT_WORKERS`, never more than the events (1 for a single event).
 
     Why: on this project's 2-core machine two events in flight with one thread each ran
-    the published benchmark events (1.3k hits) 1.23-1.37 times, simulated events of 10k
-    hits 1.50-1.52 times and of 100k hits 1.12-1.22 times as fast as one event at a time
-    on both cores (parts of each event), with the same labels (two runs of
-    ``benchmarks/bench_event_workers.py``); each event's own time is longer, so a single
-    event keeps every core. ``cores`` defaults to :func:`available_cores`."""
+    the published benchmark events (1.3k hits) 1.37 times, simulated events of 10k hits
+    1.52 times and of 100k hits 1.22 times as fast as one event at a time on both cores
+    (parts of each event), with the same labels (``benchmarks/bench_event_workers.py``;
+    1.23, 1.50 and 1.12 times in a second run with another bundle of the same sizes);
+    each event's own time is longer, so a single event keeps every core. ``cores``
+    defaults to :func:`available_cores`."""
     if isinstance(num_events, bool) or not isinstance(num_events, int) or num_events < 0:
         raise InputError(f"num_events must be an integer >= 0; got {num_events!r}")
     cores = available_cores() if cores is None else cores

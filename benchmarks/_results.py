@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import statistics
 from pathlib import Path
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
@@ -76,3 +77,36 @@ def publish(section: str, script: str, lines: list[str], write: bool) -> str:
     if write:
         write_section(section, text)
     return text
+
+
+def interleaved_rounds(passes: dict, repeats: int) -> dict:
+    """``repeats`` rounds, each running every pass of ``passes`` (name -> no-argument callable
+    returning (anything, wall seconds)) once, in turn; returns name -> list of results.
+
+    Interleaving puts both sides of a comparison in the same few seconds of the machine's
+    life, so a slow spell of a shared machine falls on both instead of on whichever ran
+    then; ratios are taken round by round.
+    """
+    results = {name: [] for name in passes}
+    for _ in range(repeats):
+        for name, run_pass in passes.items():
+            results[name].append(run_pass())
+    return results
+
+
+def median_pass(results: list) -> tuple:
+    """The pass with the median wall time (the lower one of an even count)."""
+    walls = [wall for _, wall in results]
+    return results[walls.index(statistics.median_low(walls))]
+
+
+def round_ratios(base: list, ours: list) -> list[float]:
+    """Wall of ``base`` / wall of ``ours``, round by round (each a list of (anything, wall seconds))."""
+    return [b_wall / o_wall for (_, b_wall), (_, o_wall) in zip(base, ours)]
+
+
+def ratio_text(ratios: list[float]) -> str:
+    """``**median**x`` with the range of the rounds when there are several."""
+    median = statistics.median(ratios)
+    spread = f" (rounds {min(ratios):.2f}–{max(ratios):.2f}x)" if len(ratios) > 1 else ""
+    return f"**{median:.2f}x**{spread}"

@@ -23,7 +23,6 @@ section ``event_workers`` of ``benchmarks/RESULTS.md`` (for another bundle,
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,39 +30,33 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import bundle_section, load_note, machine_description, publish  # noqa: E402
+from _results import (bundle_section, interleaved_rounds, load_note, machine_description, median_pass,  # noqa: E402
+                      publish, ratio_text, round_ratios)
 from bench_scaling import simulate_features  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 
 
-def timed_pass(pipeline, events) -> tuple[float, list[np.ndarray]]:
-    """Wall seconds of one ``run_many`` pass over ``events``, and the labels."""
+def timed_pass(pipeline, events) -> tuple[list[np.ndarray], float]:
+    """One ``run_many`` pass over ``events``: (the labels, wall seconds)."""
     start = time.perf_counter()
     labels = [result.labels for result in pipeline.run_many(events)]
-    return time.perf_counter() - start, labels
+    return labels, time.perf_counter() - start
 
 
-def compare(name: str, ways: dict, events: list, rounds: int) -> str:
+def compare(name: str, one, flight, events: list, rounds: int) -> str:
     """One table row: throughput of each way (median pass), the median ratio of the rounds, identical labels."""
-    for pipeline in ways.values():  # warm-up pass of each way
-        timed_pass(pipeline, events)
-    walls = {way: [] for way in ways}
-    labels = {}
-    for _ in range(rounds):
-        for way, pipeline in ways.items():
-            wall, labels[way] = timed_pass(pipeline, events)
-            walls[way].append(wall)
-    (one, one_walls), (flight, flight_walls) = walls.items()
-    ratios = [a / b for a, b in zip(one_walls, flight_walls)]
-    same = sum(np.array_equal(a, b) for a, b in zip(labels[one], labels[flight]))
+    passes = {"one": lambda: timed_pass(one, events), "flight": lambda: timed_pass(flight, events)}
+    for run_pass in passes.values():  # warm-up pass of each way
+        run_pass()
+    results = interleaved_rounds(passes, rounds)
+    (one_labels, one_wall), (flight_labels, flight_wall) = median_pass(results["one"]), median_pass(results["flight"])
+    same = sum(np.array_equal(a, b) for a, b in zip(one_labels, flight_labels))
     count = len(events)
     hits = sum(len(features) for features in events) / count
-    spread = f" (rounds {min(ratios):.2f}–{max(ratios):.2f}x)" if rounds > 1 else ""
-    return (f"| {name} | {count} | {hits:,.0f} | {count / statistics.median_low(one_walls):.2f} | "
-            f"{count / statistics.median_low(flight_walls):.2f} | **{statistics.median(ratios):.2f}x**{spread} | "
-            f"{same}/{count} |")
+    return (f"| {name} | {count} | {hits:,.0f} | {count / one_wall:.2f} | {count / flight_wall:.2f} | "
+            f"{ratio_text(round_ratios(results['one'], results['flight']))} | {same}/{count} |")
 
 
 def main(argv=None) -> int:
@@ -84,17 +77,16 @@ def main(argv=None) -> int:
     workers = automatic_event_workers(100, cores)
     one = Pipeline(bundle, config=RuntimeConfig(event_workers=1))
     flight = Pipeline(bundle, config=RuntimeConfig(event_workers=workers))
-    ways = {"one": one, "flight": flight}
     sizes = [("simulated, random particles", 10_000, 8, 3), ("simulated, random particles", 100_000, 2, 2)]
     if args.quick:
         sizes = [("simulated, random particles", 3_000, 4, 1)]
     rows = []
     if bundle.num_features == 3 and LRT_EVENTS.is_dir():
         events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
-        rows.append(compare("published benchmark events (lrt_events)", ways, events, 1 if args.quick else 5))
+        rows.append(compare("published benchmark events (lrt_events)", one, flight, events, 1 if args.quick else 5))
     for name, hits, count, rounds in sizes:
         events = [simulate_features(hits, one.feature_spec, seed=100 + i) for i in range(count)]
-        rows.append(compare(name, ways, events, rounds))
+        rows.append(compare(name, one, flight, events, rounds))
     lines = [f"Machine: {machine_description()}.", "",
              f"Bundle: `{args.bundle}`. One at a time: `RuntimeConfig(event_workers=1)`, "
              f"{one.config.resolved_intra_op_threads} network / {one.config.resolved_graph_threads} graph-building "

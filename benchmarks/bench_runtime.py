@@ -45,7 +45,8 @@ from scipy.spatial import cKDTree
 from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import bundle_section, load_note, machine_description, publish  # noqa: E402
+from _results import (bundle_section, interleaved_rounds, load_note, machine_description, median_pass,  # noqa: E402
+                      publish, ratio_text, round_ratios)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -329,39 +330,6 @@ def in_flight_pass(in_flight, events):
     for _result in in_flight.run_many(events):
         pass
     return None, time.perf_counter() - start
-
-
-def interleaved_rounds(passes: dict, repeats: int) -> dict:
-    """``repeats`` rounds, each running every pass of ``passes`` (name -> no-argument callable
-    returning (stage seconds, wall seconds)) once, in turn; returns name -> list of results.
-
-    Interleaving puts both sides of a comparison in the same few seconds of the machine's
-    life, so a slow spell of a shared machine falls on both instead of on whichever ran
-    then; ratios are taken round by round.
-    """
-    results = {name: [] for name in passes}
-    for _ in range(repeats):
-        for name, run_pass in passes.items():
-            results[name].append(run_pass())
-    return results
-
-
-def median_pass(results: list) -> tuple:
-    """The pass with the median wall time (the lower one of an even count)."""
-    walls = [wall for _, wall in results]
-    return results[walls.index(statistics.median_low(walls))]
-
-
-def round_ratios(base: list, ours: list) -> list[float]:
-    """Baseline wall / our wall, round by round."""
-    return [b_wall / o_wall for (_, b_wall), (_, o_wall) in zip(base, ours)]
-
-
-def ratio_text(ratios: list[float]) -> str:
-    """``**median**x`` with the range of the rounds when there are several."""
-    median = statistics.median(ratios)
-    spread = f" (rounds {min(ratios):.2f}–{max(ratios):.2f}x)" if len(ratios) > 1 else ""
-    return f"**{median:.2f}x**{spread}"
 
 
 def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) -> tuple[float, int, float | None]:

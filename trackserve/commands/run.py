@@ -66,8 +66,9 @@ def register(subparsers) -> None:
 
 
 def _config(args, num_events: int):
-    """The runtime settings the options ask for; the events in flight chosen for
-    ``num_events`` events when neither they nor the threads were given."""
+    """``(runtime settings, how the events in flight were chosen)`` for the options: the
+    events in flight chosen for ``num_events`` events when neither they nor the threads
+    were given."""
     from ..errors import InputError
     from ..runtime.config import RuntimeConfig, automatic_event_workers
 
@@ -76,16 +77,18 @@ def _config(args, num_events: int):
         settings["intra_op_threads"] = args.threads
         settings["graph_threads"] = args.threads
     if args.event_workers is not None:
-        settings["event_workers"] = args.event_workers
+        settings["event_workers"], chosen = args.event_workers, "by --event-workers"
     elif args.threads is None:
-        settings["event_workers"] = automatic_event_workers(num_events)
+        settings["event_workers"], chosen = automatic_event_workers(num_events), "automatically"
+    else:
+        chosen = "one, as --threads was given"
     if args.edge_chunk_size is not None:
         settings["edge_chunk_size"] = args.edge_chunk_size
     if args.memory_limit_gb is not None:
         if not (args.memory_limit_gb > 0 and math.isfinite(args.memory_limit_gb)):
             raise InputError(f"--memory-limit-gb must be a positive number, got {args.memory_limit_gb}")
         settings["memory_limit_bytes"] = int(args.memory_limit_gb * 2**30)
-    return RuntimeConfig(**settings)
+    return RuntimeConfig(**settings), chosen
 
 
 def _event_record(item, result, args) -> dict:
@@ -159,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle")
     paths = args.events or [shipped_path(SAMPLE_EVENT, "sample event")]
     inputs = list_inputs(paths)
-    pipeline = Pipeline(bundle, config=_config(args, len(inputs)))
+    config, workers_chosen = _config(args, len(inputs))
+    pipeline = Pipeline(bundle, config=config)
     output = None if args.no_labels else Path(args.output)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -200,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
             "intra_op_threads": pipeline.config.resolved_intra_op_threads,
             "graph_threads": pipeline.config.resolved_graph_threads,
             "event_workers": pipeline.config.event_workers,
-            "event_workers_chosen": ("by --event-workers" if args.event_workers is not None
-                                     else "automatically" if args.threads is None else "one, as --threads was given"),
+            "event_workers_chosen": workers_chosen,
             "edge_chunk_size": pipeline.config.edge_chunk_size,
             "min_pt": args.min_pt,
             "min_hits": args.min_hits,

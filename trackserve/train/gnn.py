@@ -191,8 +191,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     # per step) with its training gathers and sums (cheap CPU gradients).
     stepped = factored_form(network, training=True)
     labels, counted = training_targets(events, graphs, config)
-    phis = [hit_phi(event) for event in events]
-    sectors = [SectorIndex(phi, graph) for phi, graph in zip(phis, graphs)]
+    sectors = [SectorIndex(hit_phi(event), graph) for event, graph in zip(events, graphs)]
     half_width = np.pi / settings.sectors
     reach = half_width * (1.0 + 2.0 * settings.halo)  # the sector and its halo on both sides
     steps = settings.sectors * len(events)
@@ -207,7 +206,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
         for k, centre in progress(zip(order, centres), f"gnn epoch {epoch + 1}/{settings.epochs}", total=steps,
                                   enabled=show_progress):
             hits, local, rows = sectors[k].subgraph(centre, reach)
-            in_loss = sector_loss_mask(phis[k][hits], local, centre, half_width, reach,
+            in_loss = sector_loss_mask(sectors[k].phi[hits], local, centre, half_width, reach,
                                        None if counted[k] is None else counted[k][rows])
             if rows.size and (in_loss is None or in_loss.any()):
                 losses.append(classifier_step(stepped, optimizer, events[k].features[hits], local, labels[k][rows],

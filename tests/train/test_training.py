@@ -115,6 +115,7 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
     events = simulated_events([SimulatedSource(num_particles=30)], 3, EXATRKX_SERVICE, seed=6, show_progress=False)
     config = TrainingConfig.quick(threads=1, derive_eta=True, signal_min_pt=0.5, ignore_soft_edges=True,
                                   pair_geometry=True, pair_intercept=True, pair_direction=True)
+    config = replace(config, gnn=replace(config.gnn, edge_update_uses_new_nodes=True))
     train_pipeline(events[:2], events[2], config, tmp_path / "bundle", spec=EXATRKX_SERVICE, show_progress=False)
     bundle = load_bundle(tmp_path / "bundle")
     eta = {"r": 0, "z": 2, "r_scale": 3000.0, "z_scale": 400.0}
@@ -123,6 +124,7 @@ def test_training_with_derived_eta_and_signal_pt_gives_a_three_feature_bundle(tm
         assert bundle.networks[name].inputs[0].dims[1] == 3
     settings = json.loads((tmp_path / "bundle" / "pipeline.json").read_text())["provenance"]["settings"]
     assert settings["signal_min_pt"] == 0.5 and settings["ignore_soft_edges"]
+    assert settings["gnn"]["edge_update_uses_new_nodes"] and bundle.networks["gnn"].config["edge_update_uses_new_nodes"]
     assert settings["derive_eta"] and settings["eta_columns"] == eta
     geometry = {"r": 0, "phi": 1, "z": 2, "r_scale": 3000.0, "phi_scale": math.pi, "z_scale": 400.0, "intercept": True,
                 "direction": True}
@@ -193,6 +195,31 @@ def test_config_validation_names_the_setting():
     replace(config, ignore_soft_edges=True, signal_min_pt=0.8).validate()
 
 
+def test_the_new_node_edge_update_reaches_the_gnn_and_changes_what_it_computes(tiny_events):
+    """The setting builds the interaction network with it (the bundle's config records it),
+    and it is a different network: the same weights give other logits."""
+    from trackserve.train.gnn import build_gnn_network
+
+    events, _ = tiny_events
+    settings = TrainingConfig.quick().gnn
+    old, new = (build_gnn_network(replace(settings, edge_update_uses_new_nodes=flag), events[0].features.shape[1])
+                for flag in (False, True))
+    assert not old.config["edge_update_uses_new_nodes"] and new.config["edge_update_uses_new_nodes"]
+    new.load_state_dict(old.state_dict())
+    features, edges = torch.from_numpy(events[0].features), torch.from_numpy(np.asarray(events[0].truth_edges))
+    with torch.no_grad():
+        assert not torch.allclose(old(features, edges), new(features, edges))
+
+
+def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
+    from trackserve.cli import build_parser
+    from trackserve.commands.train import training_config
+
+    base = ["train", "--output", str(tmp_path / "b"), "--random-events", "1"]
+    assert not training_config(build_parser().parse_args(base)).gnn.edge_update_uses_new_nodes
+    assert training_config(build_parser().parse_args([*base, "--gnn-edge-update-new-nodes"])).gnn.edge_update_uses_new_nodes
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--simulate", "2"], "--particles"),
     (["--particles", "x.csv", "--simulate", "1"], "no such file"),
@@ -200,6 +227,7 @@ def test_config_validation_names_the_setting():
     ([], "no training events"),
     (["--random-events", "1", "--gnn", "GCN"], "gnn.architecture"),
     (["--random-events", "1", "--gnn-halo", "-1"], "gnn.halo"),
+    (["--random-events", "1", "--gnn", "ResAGNN", "--gnn-edge-update-new-nodes"], "gnn.edge_update_uses_new_nodes"),
     (["--random-events", "1", "--validation-particles", "nope.csv"], "--validation-particles nope.csv: no such file"),
     (["--random-events", "1", "--validation", "x", "--validation-particles", "y.csv"], "not both"),
     (["--random-events", "1", "--features", "r:1000,phi:pi,z:1000,eta:1", "--derive-eta"], "already has eta"),

@@ -94,6 +94,9 @@ def register(subparsers) -> None:
     run.add_argument("--pair-direction", action="store_true",
                      help="with --pair-geometry: also each edge's own pseudorapidity, from its slope along the beam "
                           "(the particle's eta wherever along the beam the collision happened)")
+    run.add_argument("--gnn-edge-update-new-nodes", action="store_true",
+                     help="each GNN step's edge update reads the hits as that step left them (as ACORN's network "
+                          "does): an edge hears its neighbouring edges in one step instead of two")
     run.add_argument("--gnn-blind-to", metavar="NAMES", default=None,
                      help="comma-separated hit features (for example z,eta) the GNN's hit encoder does not read: the "
                           "GNN sees them only through its edge inputs")
@@ -121,7 +124,8 @@ def training_config(args: argparse.Namespace):
         config,
         embedding=replace(config.embedding, **stages["embedding"]),
         filter=replace(config.filter, **stages["filter"]),
-        gnn=replace(config.gnn, **stages["gnn"]),
+        gnn=replace(config.gnn, **stages["gnn"],
+                    **({"edge_update_uses_new_nodes": True} if args.gnn_edge_update_new_nodes else {})),
         seed=args.seed, threads=args.threads,
         **({"max_neighbours": args.max_neighbours} if args.max_neighbours is not None else {}),
         **({"signal_min_pt": args.signal_min_pt} if args.signal_min_pt is not None else {}),

@@ -120,7 +120,11 @@ class GNNSettings:
     widths further on each side, and only the edges of the sector itself (both hits inside)
     enter the loss: the others give them the neighbourhood messages come from, as the whole
     graph does at inference, where a bare sector cuts every track and neighbourhood at its
-    borders. Loss: weighted BCE with ``positive_weight``. ``edge_differences``
+    borders. ``edge_update_uses_new_nodes`` makes each step's edge update read the hits as
+    that step's node update left them (as ACORN's interaction network does), so what an
+    edge learns reaches the edges next to it in one step instead of two; off, the edge
+    update reads the hits as they entered the step. Loss: weighted BCE with
+    ``positive_weight``. ``edge_differences``
     and ``difference_scale`` as for the filter (edge encoder input). The cut is chosen on
     the validation event to maximise the track efficiency minus the fake rate.
     """
@@ -137,6 +141,7 @@ class GNNSettings:
     edge_differences: bool = True
     difference_scale: float = 20.0
     halo: float = 0.0
+    edge_update_uses_new_nodes: bool = False
 
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
@@ -152,6 +157,8 @@ class GNNSettings:
             ("sectors", self.sectors >= 1, "an integer >= 1"),
             ("positive_weight", self.positive_weight > 0, "> 0"),
             ("difference_scale", self.difference_scale > 0, "> 0"),
+            ("edge_update_uses_new_nodes", not (self.edge_update_uses_new_nodes and self.architecture == "ResAGNN"),
+             "off for the ResAGNN (it is a setting of the interaction network)"),
         ], "gnn")
 
 

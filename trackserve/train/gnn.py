@@ -40,6 +40,7 @@ def build_gnn_network(settings: GNNSettings, num_features: int, periodic_feature
     return InteractionGNN(in_channels=num_features, hidden=settings.hidden, n_graph_iters=settings.iterations,
                           nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers,
                           bidirectional_messages=True, edge_differences=settings.edge_differences,
+                          edge_update_uses_new_nodes=settings.edge_update_uses_new_nodes,
                           periodic_features=list(periodic_features), difference_scale=settings.difference_scale,
                           derived_eta=derived_eta, pair_geometry=pair_geometry)
 

@@ -18,7 +18,7 @@ from ..bundle import TRACK_BUILDING_METHODS
 
 ORDER = 30
 
-#: Per-stage options: (flag, stage, setting, type, help).
+#: Per-stage options: (flag, stage, setting, type, help); a ``bool`` setting is an on switch.
 _STAGE_OPTIONS = (
     ("--embedding-epochs", "embedding", "epochs", int, "epochs of metric learning"),
     ("--embedding-hidden", "embedding", "hidden", int, "width of the embedding MLP"),
@@ -43,6 +43,9 @@ _STAGE_OPTIONS = (
     ("--sectors", "gnn", "sectors", int, "phi sectors per event (GNN sub-graphs)"),
     ("--gnn-halo", "gnn", "halo", float, "context around each GNN sector, in sector widths on each side; only the "
      "sector's own edges enter the loss (default 0)"),
+    ("--gnn-edge-update-new-nodes", "gnn", "edge_update_uses_new_nodes", bool,
+     "each GNN step's edge update reads the hits as that step left them (as ACORN's network does): an edge hears "
+     "its neighbouring edges in one step instead of two"),
 )
 
 
@@ -94,9 +97,6 @@ def register(subparsers) -> None:
     run.add_argument("--pair-direction", action="store_true",
                      help="with --pair-geometry: also each edge's own pseudorapidity, from its slope along the beam "
                           "(the particle's eta wherever along the beam the collision happened)")
-    run.add_argument("--gnn-edge-update-new-nodes", action="store_true",
-                     help="each GNN step's edge update reads the hits as that step left them (as ACORN's network "
-                          "does): an edge hears its neighbouring edges in one step instead of two")
     run.add_argument("--gnn-blind-to", metavar="NAMES", default=None,
                      help="comma-separated hit features (for example z,eta) the GNN's hit encoder does not read: the "
                           "GNN sees them only through its edge inputs")
@@ -106,7 +106,11 @@ def register(subparsers) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
     for flag, _, name, kind, text in _STAGE_OPTIONS:
-        stage.add_argument(flag, dest=f"{flag[2:].replace('-', '_')}", type=kind, default=None, help=text)
+        dest = flag[2:].replace("-", "_")
+        if kind is bool:  # absent: None, so the stage keeps its default
+            stage.add_argument(flag, dest=dest, action="store_true", default=None, help=text)
+        else:
+            stage.add_argument(flag, dest=dest, type=kind, default=None, help=text)
     parser.set_defaults(handler=handle)
 
 
@@ -124,8 +128,7 @@ def training_config(args: argparse.Namespace):
         config,
         embedding=replace(config.embedding, **stages["embedding"]),
         filter=replace(config.filter, **stages["filter"]),
-        gnn=replace(config.gnn, **stages["gnn"],
-                    **({"edge_update_uses_new_nodes": True} if args.gnn_edge_update_new_nodes else {})),
+        gnn=replace(config.gnn, **stages["gnn"]),
         seed=args.seed, threads=args.threads,
         **({"max_neighbours": args.max_neighbours} if args.max_neighbours is not None else {}),
         **({"signal_min_pt": args.signal_min_pt} if args.signal_min_pt is not None else {}),

@@ -15,7 +15,9 @@ filter and the GNN cut (against the truth graph; efficiency for all particles an
 pT > 1 GeV), the double-majority track efficiency for particles with pT > 1 GeV and at
 least 5 hits, the fake and duplicate rates, the same efficiency split by where along the
 beam each particle was produced (``|vz|``) and by its direction (``|η|``: barrel, between,
-endcaps), and the time of each stage. It writes the
+endcaps), how the particles not found are lost (merged into another track, or split,
+and then how many of the steps between their hits each stage kept), and the time of
+each stage. It writes the
 ``default_bundle`` section of ``benchmarks/RESULTS.md`` (for another bundle given with
 ``--bundle``, the section ``bundle_<its directory name>``).
 
@@ -147,6 +149,54 @@ def efficiency_by_origin(event, pids: np.ndarray, labels: np.ndarray) -> dict:
     return table
 
 
+def _edge_keys(edges: np.ndarray, n: int) -> np.ndarray:
+    """Sorted unique keys of the unordered pairs ``edges [2, M]`` of ``n`` hits."""
+    return np.unique(np.minimum(edges[0], edges[1]) * n + np.maximum(edges[0], edges[1]))
+
+
+def lost_particles(event, pids: np.ndarray, labels: np.ndarray, stage_edges: dict) -> dict:
+    """Why the counted particles (pT > MIN_PT, >= MIN_HITS hits) that ``labels`` does not find are lost.
+
+    ``merged``: a track holds more than half of the particle's hits, yet does not find it
+    (more than half of that track is other hits, or it is too short to be a candidate);
+    ``split``: no track holds more than half of them. For the split ones, ``pieces`` is the
+    median number of labels their hits carry, and ``steps`` gives, for each stage of
+    ``stage_edges`` (name -> ``[2, M]``), the share of the steps between consecutive hits
+    (ordered by distance from the origin) that are edges after that stage.
+    """
+    ids, sizes, found = found_particles(pids, labels, min_track_hits=MIN_HITS)
+    pt_ids, pt_values = event_particle_pt(event)
+    pt = np.asarray(pt_values, dtype=np.float64)[_rows_of(np.asarray(pt_ids, dtype=np.int64), ids)[0]]
+    counted = (sizes >= MIN_HITS) & (pt >= MIN_PT)
+    lost = ids[counted & ~found]
+    # the hits of each lost particle, in order along it (distance from the origin)
+    hits = np.flatnonzero(np.isin(pids, lost))
+    distance = np.sqrt(sum(np.asarray(event.hits[c], dtype=np.float64)[hits] ** 2 for c in ("x", "y", "z")))
+    hits = hits[np.lexsort((distance, pids[hits]))]
+    owner = pids[hits]
+    first = np.r_[True, owner[1:] != owner[:-1]] if hits.size else np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(first)
+    # the largest number of one particle's hits sharing a label, and how many labels they carry
+    pair_order = np.lexsort((labels[hits], owner))
+    run_owner, run_label = owner[pair_order], labels[hits][pair_order]
+    new_run = np.r_[True, (run_owner[1:] != run_owner[:-1]) | (run_label[1:] != run_label[:-1])] if hits.size else first
+    run_starts = np.flatnonzero(new_run)
+    run_sizes = np.diff(np.r_[run_starts, hits.size])
+    run_particle = np.searchsorted(starts, run_starts, side="right") - 1
+    largest = np.zeros(starts.size, dtype=np.int64)
+    np.maximum.at(largest, run_particle, run_sizes)
+    pieces = np.bincount(run_particle, minlength=starts.size)
+    particle_size = np.diff(np.r_[starts, hits.size])
+    split = 2 * largest <= particle_size
+    steps = ~first[1:] & split[np.searchsorted(starts, np.arange(1, hits.size), side="right") - 1]
+    step_keys = np.minimum(hits[:-1], hits[1:])[steps] * event.num_hits + np.maximum(hits[:-1], hits[1:])[steps]
+    shares = {name: float(np.isin(step_keys, _edge_keys(edges, event.num_hits)).mean()) if step_keys.size else float("nan")
+              for name, edges in stage_edges.items()}
+    return {"counted": int(counted.sum()), "found": int((counted & found).sum()), "merged": int((~split).sum()),
+            "split": int(split.sum()), "pieces": float(np.median(pieces[split])) if split.any() else float("nan"),
+            "steps": shares, "num_steps": int(step_keys.size)}
+
+
 def evaluate(pipeline: Pipeline, event) -> dict:
     """Run the pipeline stage by stage on ``event``; edge figures per stage, track figures, stage times."""
     features = pipeline.event_features(event)
@@ -181,7 +231,12 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     if split != [tracks["num_matched"], tracks["num_reconstructable"]]:
         raise RuntimeError(f"{event.name}: the efficiency split counts {split[0]}/{split[1]} particles, the track "
                            f"figures {tracks['num_matched']}/{tracks['num_reconstructable']}")
-    result = {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times, "by_origin": by_origin}
+    lost = lost_particles(event, pids, labels, {"graph": graph, "filter": filtered, "gnn": kept})
+    if lost["found"] != tracks["num_matched"] or lost["counted"] != tracks["num_reconstructable"]:
+        raise RuntimeError(f"{event.name}: the lost-particle count finds {lost['found']}/{lost['counted']} particles, the "
+                           f"track figures {tracks['num_matched']}/{tracks['num_reconstructable']}")
+    result = {"hits": event.num_hits, "stages": stages, "tracks": tracks, "times": times, "by_origin": by_origin,
+              "lost": lost}
     if pipeline.stages.join_pieces is not None:
         # the same GNN scores with the bundle's track building up to the pieces, without joining them
         unjoined = build_tracks(event.num_hits, filtered, logits, pipeline.stages.gnn_cut,
@@ -271,6 +326,24 @@ def main() -> int:
             found, counted = table["no production point"]
             lines.append(f"| {name} | no production point in the particle table | {found}/{counted} |"
                          + " |" * (len(vz_names) - 1))
+    lines += [
+        "",
+        "The counted particles that are not found: merged (a track holds more than half of the particle's hits but "
+        "does not find it) or split (no track holds more than half); for the split ones, the median number of "
+        "labels their hits carry and the share of the steps between their consecutive hits (by distance from the "
+        "origin) that are edges after the graph, the filter and the GNN cut (a step the graph misses, no later "
+        "stage can bring back):",
+        "",
+        "| event | counted | found | merged | split | pieces of a split one | steps in the graph | after the filter "
+        "| passing the GNN cut |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, result in results:
+        lost = result["lost"]
+        shares = " | ".join(f"{lost['steps'][stage]:.3f}" if lost["num_steps"] else "-" for stage in ("graph", "filter", "gnn"))
+        pieces = f"{lost['pieces']:g}" if lost["split"] else "-"
+        lines.append(f"| {name} | {lost['counted']} | {lost['found']} | {lost['merged']} | {lost['split']} | {pieces} | "
+                     f"{shares} |")
     lines += ["", "Stage times (s):", "", "| event | embed | graph | filter | gnn | tracks |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, result in results:
         t = result["times"]

@@ -93,8 +93,13 @@ def real_events():
     return events
 
 
-def _edge_figures(edges: np.ndarray, truth: np.ndarray, pids: np.ndarray, high: np.ndarray, n: int) -> tuple[float, float, float]:
-    keys = np.unique(np.minimum(edges[0], edges[1]) * n + np.maximum(edges[0], edges[1]))
+def _edge_keys(edges: np.ndarray, n: int) -> np.ndarray:
+    """Sorted unique keys of the unordered pairs ``edges [2, M]`` of ``n`` hits."""
+    return np.unique(np.minimum(edges[0], edges[1]) * n + np.maximum(edges[0], edges[1]))
+
+
+def _edge_figures(edges: np.ndarray, keys: np.ndarray, truth: np.ndarray, pids: np.ndarray, high: np.ndarray,
+                  n: int) -> tuple[float, float, float]:
     truth_keys = np.minimum(truth[0], truth[1]) * n + np.maximum(truth[0], truth[1])
     found = np.isin(truth_keys, keys)
     same = (pids[edges[0]] == pids[edges[1]]) & (pids[edges[0]] != 0)
@@ -116,15 +121,24 @@ def _rows_of(table_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     return rows, table_ids[rows] == ids
 
 
-def efficiency_by_origin(event, pids: np.ndarray, labels: np.ndarray) -> dict:
+def particle_matching(event, pids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, sizes, found, pt)`` of every particle of ``labels`` (:func:`found_particles`),
+    with the pT the track figures select on (:func:`evaluate_event`)."""
+    ids, sizes, found = found_particles(pids, labels, min_track_hits=MIN_HITS)
+    pt_ids, pt_values = event_particle_pt(event)
+    pt = np.asarray(pt_values, dtype=np.float64)[_rows_of(np.asarray(pt_ids, dtype=np.int64), ids)[0]]
+    return ids, sizes, found, pt
+
+
+def efficiency_by_origin(event, matching) -> dict:
     """Found / reconstructable particles (pT > MIN_PT, >= MIN_HITS hits) in each (|eta| bin, |vz| bin).
 
-    ``pids`` is each hit's true particle. Keys ``(eta_bin, vz_bin)`` index
+    ``matching``: :func:`particle_matching` of the labels. Keys ``(eta_bin, vz_bin)`` index
     :data:`ETA_EDGES` and :data:`VZ_EDGES` bins; values ``(found, reconstructable)``.
     Particles missing from the event's particle table (none in TrackML or simulated
     events) are counted under ``"no production point"``.
     """
-    ids, sizes, found = found_particles(pids, labels, min_track_hits=MIN_HITS)
+    ids, sizes, found, pt = matching
     particles = event.particles or {name: np.zeros(0) for name in ("particle_id", "px", "py", "pz", "vz")}
     rows, known = _rows_of(np.asarray(particles["particle_id"], dtype=np.int64), ids)
     # values of unknown particles are never counted; an empty table gives zeros
@@ -132,9 +146,6 @@ def efficiency_by_origin(event, pids: np.ndarray, labels: np.ndarray) -> dict:
                            else np.zeros(ids.size))
     px, py, pz, vz = column("px"), column("py"), column("pz"), column("vz")
     eta = np.abs(np.arcsinh(pz / np.maximum(np.hypot(px, py), 1e-12)))
-    # the pT the track figures select on (evaluate_event), so the cells add up to its count
-    pt_ids, pt_values = event_particle_pt(event)
-    pt = np.asarray(pt_values, dtype=np.float64)[_rows_of(np.asarray(pt_ids, dtype=np.int64), ids)[0]]
     counted = known & (sizes >= MIN_HITS) & (pt >= MIN_PT)
     eta_bin = np.searchsorted(ETA_EDGES, eta, side="right")
     vz_bin = np.searchsorted(VZ_EDGES, np.abs(vz), side="right")
@@ -149,24 +160,18 @@ def efficiency_by_origin(event, pids: np.ndarray, labels: np.ndarray) -> dict:
     return table
 
 
-def _edge_keys(edges: np.ndarray, n: int) -> np.ndarray:
-    """Sorted unique keys of the unordered pairs ``edges [2, M]`` of ``n`` hits."""
-    return np.unique(np.minimum(edges[0], edges[1]) * n + np.maximum(edges[0], edges[1]))
-
-
-def lost_particles(event, pids: np.ndarray, labels: np.ndarray, stage_edges: dict) -> dict:
+def lost_particles(event, pids: np.ndarray, labels: np.ndarray, matching, stage_keys: dict) -> dict:
     """Why the counted particles (pT > MIN_PT, >= MIN_HITS hits) that ``labels`` does not find are lost.
 
     ``merged``: a track holds more than half of the particle's hits, yet does not find it
     (more than half of that track is other hits, or it is too short to be a candidate);
     ``split``: no track holds more than half of them. For the split ones, ``pieces`` is the
     median number of labels their hits carry, and ``steps`` gives, for each stage of
-    ``stage_edges`` (name -> ``[2, M]``), the share of the steps between consecutive hits
-    (ordered by distance from the origin) that are edges after that stage.
+    ``stage_keys`` (name -> its edges' :func:`_edge_keys`), the share of the steps between
+    consecutive hits (ordered by distance from the origin) that are edges after that stage.
+    ``matching``: :func:`particle_matching` of the labels.
     """
-    ids, sizes, found = found_particles(pids, labels, min_track_hits=MIN_HITS)
-    pt_ids, pt_values = event_particle_pt(event)
-    pt = np.asarray(pt_values, dtype=np.float64)[_rows_of(np.asarray(pt_ids, dtype=np.int64), ids)[0]]
+    ids, sizes, found, pt = matching
     counted = (sizes >= MIN_HITS) & (pt >= MIN_PT)
     lost = ids[counted & ~found]
     # the hits of each lost particle, in order along it (distance from the origin)
@@ -190,8 +195,8 @@ def lost_particles(event, pids: np.ndarray, labels: np.ndarray, stage_edges: dic
     split = 2 * largest <= particle_size
     steps = ~first[1:] & split[np.searchsorted(starts, np.arange(1, hits.size), side="right") - 1]
     step_keys = np.minimum(hits[:-1], hits[1:])[steps] * event.num_hits + np.maximum(hits[:-1], hits[1:])[steps]
-    shares = {name: float(np.isin(step_keys, _edge_keys(edges, event.num_hits)).mean()) if step_keys.size else float("nan")
-              for name, edges in stage_edges.items()}
+    shares = {name: float(np.isin(step_keys, keys).mean()) if step_keys.size else float("nan")
+              for name, keys in stage_keys.items()}
     return {"counted": int(counted.sum()), "found": int((counted & found).sum()), "merged": int((~split).sum()),
             "split": int(split.sum()), "pieces": float(np.median(pieces[split])) if split.any() else float("nan"),
             "steps": shares, "num_steps": int(step_keys.size)}
@@ -223,15 +228,18 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     pt = np.hypot(event.particles["px"], event.particles["py"])
     pt_of = dict(zip(event.particles["particle_id"].tolist(), pt.tolist()))
     high = np.array([pt_of.get(int(p), 0.0) >= MIN_PT for p in pids[truth[0]]], dtype=bool)
-    stages = {name: (edges.shape[1],) + _edge_figures(edges, truth, pids, high, event.num_hits)
-              for name, edges in (("graph", graph), ("filter", filtered), ("gnn", kept))}
+    stage_edges = {"graph": graph, "filter": filtered, "gnn": kept}
+    stage_keys = {name: _edge_keys(edges, event.num_hits) for name, edges in stage_edges.items()}
+    stages = {name: (edges.shape[1],) + _edge_figures(edges, stage_keys[name], truth, pids, high, event.num_hits)
+              for name, edges in stage_edges.items()}
     tracks = evaluate_event(event, event.hits["hit_id"], labels, min_pt=MIN_PT, min_hits=MIN_HITS)
-    by_origin = efficiency_by_origin(event, pids, labels)
+    matching = particle_matching(event, pids, labels)
+    by_origin = efficiency_by_origin(event, matching)
     split = [sum(cell[k] for cell in by_origin.values()) for k in (0, 1)]
     if split != [tracks["num_matched"], tracks["num_reconstructable"]]:
         raise RuntimeError(f"{event.name}: the efficiency split counts {split[0]}/{split[1]} particles, the track "
                            f"figures {tracks['num_matched']}/{tracks['num_reconstructable']}")
-    lost = lost_particles(event, pids, labels, {"graph": graph, "filter": filtered, "gnn": kept})
+    lost = lost_particles(event, pids, labels, matching, stage_keys)
     if lost["found"] != tracks["num_matched"] or lost["counted"] != tracks["num_reconstructable"]:
         raise RuntimeError(f"{event.name}: the lost-particle count finds {lost['found']}/{lost['counted']} particles, the "
                            f"track figures {tracks['num_matched']}/{tracks['num_reconstructable']}")

@@ -303,8 +303,10 @@ def _projection(points: np.ndarray, r32: np.float32) -> tuple[np.ndarray, float]
     step = max(1, n // _SAMPLE)
     sample = points[::step].astype(np.float64)
     # Any centre gives the same projected differences; the sample's mean is cheap and close.
-    # (Sums as a product with ones: numpy's axis-0 reductions of a few columns are slow.)
-    mean = (np.ones(sample.shape[0]) @ sample) / sample.shape[0]
+    # (Summed by einsum: numpy's axis-0 reductions of a few columns are slow, and a product
+    # with ones is a matrix-vector product that OpenBLAS runs on its thread pool from 9,216
+    # elements, whose threads then spin for milliseconds beside the stages that follow.)
+    mean = np.einsum("sd->d", sample) / sample.shape[0]
     sample -= mean
     _, vectors = np.linalg.eigh(sample.T @ sample)
     axes = np.ascontiguousarray(vectors[:, ::-1])

@@ -40,7 +40,7 @@ from trackserve.errors import InputError
 
 from .components import compact_in_order
 from .cuts import logit_threshold
-from .hit_edges import HitGroups, oriented_ends
+from .hit_edges import oriented_ends
 from .inputs import scaled_columns
 
 __all__ = ["JOIN_FIELDS", "JoinSettings", "MIN_HITS_TO_ATTACH", "POSITION_COLUMNS", "hit_positions", "join_pieces"]
@@ -91,14 +91,18 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
     if num_hits == 0 or candidates.size == 0:
         return compact_in_order(labels)
     inner, outer = oriented_ends(edge_index[:, candidates], hit_order)
-    by_order = np.argsort(hit_order, kind="stable")  # along the tracks, ties by hit index
+    pieces = _Pieces(labels, hit_order, positions)
     for _ in range(settings.rounds):
-        pieces = _Pieces(labels, by_order, positions)
+        # A candidate that does not join two ends now never will: joined pieces stay
+        # joined, and an end that joins another piece is an end no more.
+        inner, outer = pieces.end_to_end(inner, outer)
+        if inner.size == 0:
+            break
         low, high = pieces.joins(inner, outer, settings)
         if low.size == 0:
             break
-        labels = _chain_heads(pieces.count, low, high)[labels]
-    return compact_in_order(labels)
+        pieces.join(low, high)
+    return compact_in_order(pieces.labels)
 
 
 def _chain_heads(count: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -119,13 +123,18 @@ def _chain_heads(count: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 class _Pieces:
-    """The pieces of one labelling: their ends, sizes and fitted lines."""
+    """The pieces of one labelling: their ends, sizes and fitted lines, updated as pieces join.
 
-    def __init__(self, labels: np.ndarray, by_order: np.ndarray, positions: np.ndarray):
+    A piece is numbered by a label of the first labelling; after joins, every hit carries
+    the number of the first (innermost) piece of its chain.
+    """
+
+    def __init__(self, labels: np.ndarray, hit_order: np.ndarray, positions: np.ndarray):
         num_hits = labels.shape[0]
         self.labels = labels
         self.count = int(labels.max()) + 1
-        # the hits grouped by piece, each piece's hits in order along the track (``by_order``)
+        # the hits grouped by piece, each piece's hits in order along the track (ties by hit index)
+        by_order = np.argsort(hit_order, kind="stable")
         by_piece = by_order[np.argsort(labels[by_order], kind="stable")]
         sorted_labels = labels[by_piece]
         starts = np.ones(num_hits, dtype=bool)
@@ -136,10 +145,13 @@ class _Pieces:
         self.outer_end = np.full(self.count, -1, dtype=np.int64)
         self.inner_end[sorted_labels[starts]] = by_piece[starts]
         self.outer_end[sorted_labels[ends]] = by_piece[ends]
-        self.size = np.bincount(labels, minlength=self.count)
+        self.r, self.phi, self.z = positions.T
+        self._fit()
 
-        r, phi, z = positions.T
-        self.r, self.phi, self.z = r, phi, z
+    def _fit(self) -> None:
+        """Each piece's size and least-squares lines phi(r) (around its inner end's azimuth) and z(r)."""
+        labels, r, phi, z = self.labels, self.r, self.phi, self.z
+        self.size = np.bincount(labels, minlength=self.count)
         self.reference = phi[self.inner_end]
         turned = _wrapped(phi - self.reference[labels])
         sums = [np.bincount(labels, weights=v, minlength=self.count) for v in (r, r * r, turned, r * turned, z, r * z)]
@@ -153,6 +165,13 @@ class _Pieces:
         self.z_slope = (self.size * sum_r_z - sum_r * sum_z) / safe
         self.z_at_zero = (sum_z - self.z_slope * sum_r) / size
 
+    def end_to_end(self, inner: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates ``inner -> outer`` (in their order) whose inner hit is the outer end of
+        one piece and whose outer hit the inner end of another."""
+        low, high = self.labels[inner], self.labels[outer]
+        usable = (self.outer_end[low] == inner) & (self.inner_end[high] == outer) & (low != high)
+        return inner[usable], outer[usable]
+
     def residual(self, piece: np.ndarray, hit: np.ndarray, settings: JoinSettings) -> np.ndarray:
         """How far ``hit`` lies from the lines of ``piece``, in tolerances (inf where unfitted)."""
         r = self.r[hit]
@@ -164,18 +183,13 @@ class _Pieces:
 
     def joins(self, inner: np.ndarray, outer: np.ndarray, settings: JoinSettings) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``: the pieces to join this round, ``low[i]``'s outer end to ``high[i]``'s
-        inner end, from the candidate edges ``inner -> outer``."""
+        inner end, from the end-to-end candidate edges ``inner -> outer`` (:meth:`end_to_end`)."""
         labels = self.labels
         low, high = labels[inner], labels[outer]
-        usable = (self.outer_end[low] == inner) & (self.inner_end[high] == outer) & (low != high)
-        where = np.flatnonzero(usable)
-        if where.size == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        inner, outer, low, high = inner[where], outer[where], low[where], high[where]
         from_low = self.residual(low, outer, settings)
         from_high = self.residual(high, inner, settings)
         both = self.fitted[low] & self.fitted[high]
-        residual = np.full(where.size, np.inf)
+        residual = np.full(inner.size, np.inf)
         residual[both] = np.maximum(from_low, from_high)[both]
         if settings.single_hit_scale > 0:
             lone_high = (self.size[high] == 1) & (self.size[low] >= MIN_HITS_TO_ATTACH) & self.fitted[low]
@@ -185,11 +199,29 @@ class _Pieces:
         passing = np.flatnonzero(residual < 1.0)
         if passing.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        # each end's closest candidate: the best of its hit's candidates by -residual, earliest on ties
-        closeness, num_hits = -residual[passing], labels.shape[0]
-        chosen = (HitGroups(inner[passing], num_hits).best(closeness)
-                  & HitGroups(outer[passing], num_hits).best(closeness))
+        # each end's closest candidate, the earliest on ties: the first of its hit's
+        # candidates in the order (residual, candidate)
+        rank = np.empty(passing.size, dtype=np.int64)
+        rank[np.argsort(residual[passing], kind="stable")] = np.arange(passing.size)
+        inner, outer = inner[passing], outer[passing]
+        chosen = np.ones(passing.size, dtype=bool)
+        for ends in (inner, outer):
+            first_rank = np.full(labels.shape[0], passing.size, dtype=np.int64)
+            np.minimum.at(first_rank, ends, rank)
+            chosen &= first_rank[ends] == rank
         return low[passing][chosen], high[passing][chosen]
+
+    def join(self, low: np.ndarray, high: np.ndarray) -> None:
+        """Join each piece ``low[i]``'s outer end to ``high[i]``'s inner end (from :meth:`joins`)."""
+        head = _chain_heads(self.count, low, high)
+        # A chain's inner end is its head's; its outer end is that of its last piece, the
+        # one joined to an inner piece and to no outer one.
+        joins_outward = np.zeros(self.count, dtype=bool)
+        joins_outward[low] = True
+        last = high[~joins_outward[high]]
+        self.outer_end[head[last]] = self.outer_end[last]
+        self.labels = head[self.labels]
+        self._fit()
 
 
 def _wrapped(angle: np.ndarray) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 Events:
 
-* held-out simulated events at full density: the particle tables of the real TrackML events
-  1000 and 21139 simulated with seeds no training event used, and one event of 8,500 random
-  particles (about 100k hits each);
+* held-out simulated events at full density, three of each kind unless told
+  (``--per-kind``): the particle tables of the real TrackML events 1000 and 21139
+  simulated with seeds no training event used, and events of 8,500 random particles
+  (about 100k hits each); each kind's figures are also pooled over its events;
 * the real TrackML event shipped in the repository (``data/event000000001``, 5 % of its
   particles) and the real barrel subset of event 1000 (``../shared/data/trackml/
   barrel_subset_event000001000/20-density``), when present.
@@ -17,11 +18,12 @@ least 5 hits, the fake and duplicate rates, the same efficiency split by where a
 beam each particle was produced (``|vz|``) and by its direction (``|η|``: barrel, between,
 endcaps), how the particles not found are lost (merged into another track, or split,
 and then how many of the steps between their hits each stage kept), and the time of
-each stage. It writes the
+each stage (these detailed tables for the first event of each kind, whose seed every
+earlier run used). It writes the
 ``default_bundle`` section of ``benchmarks/RESULTS.md`` (for another bundle given with
 ``--bundle``, the section ``bundle_<its directory name>``).
 
-Usage: ``python benchmarks/bench_default_bundle.py [--bundle DIR] [--threads N] [--small]``
+Usage: ``python benchmarks/bench_default_bundle.py [--bundle DIR] [--threads N] [--per-kind N] [--small]``
 (``--small`` simulates 1/10 of the particles, a quick check that the script works).
 """
 
@@ -63,10 +65,13 @@ VZ_EDGES = (20.0, 50.0, 100.0)
 ETA_EDGES = (1.0, 2.0)
 
 
-def held_out_events(small: bool):
-    """(name, event) of the held-out simulated events."""
+def held_out_events(small: bool, per_kind: int = 1):
+    """(kind, name, event) of the held-out simulated events: ``per_kind`` events of each kind.
+
+    The first event of a kind keeps the seed it always had (the figures stay comparable
+    between runs and bundles); the others add a third seed component."""
     geometry = load_geometry()
-    events = []
+    kinds = []
     for index, table_name in enumerate(TABLES):
         path = SHARED / table_name
         if not path.exists():
@@ -76,18 +81,25 @@ def held_out_events(small: bool):
         if small:
             keep = np.arange(len(table["particle_id"])) % 10 == 0
             table = {key: value[keep] for key, value in table.items()}
-        event = simulate_event(geometry, table, seed=(HELD_OUT_SEED, index), event_id=index)
-        events.append((f"simulated from {table_name.split('-')[0]} particles", event))
+        kinds.append((f"simulated from {table_name.split('-')[0]} particles", table, index))
     config = replace(SimulationConfig(), num_particles=850 if small else 8500)
-    events.append((f"simulated, {config.num_particles} random particles", simulate_event(geometry, config, seed=(HELD_OUT_SEED, 9), event_id=9)))
+    kinds.append((f"simulated, {config.num_particles} random particles", config, 9))
+    events = []
+    for kind, source, index in kinds:
+        for k in range(per_kind):
+            seed = (HELD_OUT_SEED, index) if k == 0 else (HELD_OUT_SEED, index, k)
+            name = kind if k == 0 else f"{kind}, held-out seed {k + 1}"
+            events.append((kind, name, simulate_event(geometry, source, seed=seed, event_id=index if k == 0 else 100 * k + index)))
     return events
 
 
 def real_events():
-    """(name, event) of the real TrackML events available."""
-    events = [("real: data/event000000001 (5 % of the particles)", read_event(SAMPLE_EVENT))]
+    """(kind, name, event) of the real TrackML events available (each its own kind)."""
+    name = "real: data/event000000001 (5 % of the particles)"
+    events = [(name, name, read_event(SAMPLE_EVENT))]
     if BARREL.with_name(BARREL.name + "-hits.csv").exists():
-        events.append(("real: barrel subset of event 1000 (20 % of particles)", read_event(BARREL, parts=("truth", "particles"))))
+        name = "real: barrel subset of event 1000 (20 % of particles)"
+        events.append((name, name, read_event(BARREL, parts=("truth", "particles"))))
     else:
         print(f"skipping the barrel subset: {BARREL} not found", file=sys.stderr)
     return events
@@ -254,22 +266,51 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     return result
 
 
+def summary_by_kind(every: list) -> list[str]:
+    """Markdown lines: each kind's figures pooled over its events (found / counted particles,
+    fake / candidate tracks summed), with the range of the events' own figures."""
+    lines = ["Pooled over the events of each kind (efficiency: found / counted particles summed over the events; "
+             "fake rate: fake / candidate tracks summed), with the range of the single events:",
+             "",
+             "| events | how many | efficiency | range | fake rate | range | meets target |",
+             "| --- | ---: | ---: | --- | ---: | --- | --- |"]
+    for kind in dict.fromkeys(kind for kind, _name, _result in every):
+        tracks = [result["tracks"] for k, _name, result in every if k == kind]
+        found, counted = (sum(t[key] for t in tracks) for key in ("num_matched", "num_reconstructable"))
+        fakes, candidates = (sum(t[key] for t in tracks) for key in ("num_fake_tracks", "num_candidate_tracks"))
+        efficiency = found / counted if counted else float("nan")
+        fake_rate = fakes / candidates if candidates else float("nan")
+        meets = efficiency >= TARGET_EFFICIENCY and fake_rate <= TARGET_FAKE_RATE
+        span = lambda key: (f"{min(t[key] for t in tracks):.4f}–{max(t[key] for t in tracks):.4f}"  # noqa: E731
+                            if len(tracks) > 1 else "-")
+        lines.append(f"| {kind} | {len(tracks)} | {efficiency:.4f} | {span('efficiency')} | {fake_rate:.4f} | "
+                     f"{span('fake_rate')} | {'yes' if meets else 'no'} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle to measure (default: models/default)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime and graph-building threads (default 2)")
     parser.add_argument("--small", action="store_true", help="simulated events with 1/10 of the particles (a quick check)")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
+    parser.add_argument("--per-kind", type=int, default=3,
+                        help="held-out simulated events of each kind (default 3; the first of each has the seed of "
+                        "every earlier run)")
     args = parser.parse_args()
+    if args.per_kind < 1:
+        parser.error(f"--per-kind must be >= 1, got {args.per_kind}")
 
     pipeline = Pipeline(args.bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
-    results = []
-    for name, event in held_out_events(args.small) + real_events():
+    every = []  # (kind, name, result) of every event
+    for kind, name, event in held_out_events(args.small, args.per_kind) + real_events():
         result = evaluate(pipeline, event)
-        results.append((name, result))
+        every.append((kind, name, result))
         tracks = result["tracks"]
         print(f"{name}: {result['hits']} hits, efficiency {tracks['efficiency']:.4f}, fake rate {tracks['fake_rate']:.4f}, "
               f"{sum(result['times'].values()):.2f} s", flush=True)
+    # the detailed tables: the first event of each kind (the seeds of every earlier run)
+    results = [(name, result) for kind, name, result in every if name == kind]
 
     stages = pipeline.stages
     section = bundle_section(args.bundle, "default_bundle", "bundle_")
@@ -292,10 +333,14 @@ def main() -> int:
         "",
     ]
     joined = stages.join_pieces is not None
-    lines += ["| event | hits | efficiency | fake rate | duplicate rate | meets target | total time (s) |"
-              + (" without joining: efficiency / fake rate |" if joined else ""),
-              "| --- | ---: | ---: | ---: | ---: | --- | ---: |" + (" ---: |" if joined else "")]
-    for name, result in results:
+    lines += summary_by_kind(every) + [
+        "",
+        "Each event (the tables after this one: the first event of each kind, whose seed every earlier run used):",
+        "",
+        "| event | hits | efficiency | fake rate | duplicate rate | meets target | total time (s) |"
+        + (" without joining: efficiency / fake rate |" if joined else ""),
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: |" + (" ---: |" if joined else "")]
+    for _kind, name, result in every:
         tracks = result["tracks"]
         meets = tracks["efficiency"] >= TARGET_EFFICIENCY and tracks["fake_rate"] <= TARGET_FAKE_RATE
         lines.append(f"| {name} | {result['hits']} | {tracks['efficiency']:.4f} | {tracks['fake_rate']:.4f} | "

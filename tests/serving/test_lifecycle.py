@@ -46,6 +46,14 @@ def test_the_environment_puts_this_python_first():
     assert installation.stub.parent.name == f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def test_the_environment_holds_the_instances_thread_pools_to_one_unless_set():
+    require_triton()
+    installation = find_triton()
+    env = installation.environment({"PATH": "/usr/bin", "OPENBLAS_NUM_THREADS": "3"})
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert env["OPENBLAS_NUM_THREADS"] == "3"
+
+
 def test_a_taken_port_is_refused_before_starting(custom_repository):
     require_triton()
     with socket.socket() as taken:

@@ -47,6 +47,13 @@ _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
 
 
+#: Thread-pool variables the server's model instances get at 1 unless the environment sets
+#: them: every instance is a process of its own whose parallel work runs on the threads its
+#: repository options give (``intra_op_threads``, ``graph_threads``); a BLAS or OpenMP pool
+#: sized to the machine in each of them would only add threads the options do not count.
+ONE_THREAD_POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 @dataclass(frozen=True)
 class TritonInstallation:
     """Where the server's pieces are: the binary, its library folders, the Python backend and its stub."""
@@ -57,8 +64,12 @@ class TritonInstallation:
     stub: Path
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """The environment the server runs in: library path and ``PATH`` set as the module docstring says."""
+        """The environment the server runs in: library path and ``PATH`` set as the module docstring
+        says, and the thread pools of numpy's BLAS and of OpenMP at one thread unless ``base``
+        sets them (:data:`ONE_THREAD_POOLS`)."""
         env = dict(os.environ if base is None else base)
+        for variable in ONE_THREAD_POOLS:
+            env.setdefault(variable, "1")
         libdir = sysconfig.get_config_var("LIBDIR")
         dirs = [str(d) for d in self.library_dirs] + ([libdir] if libdir else [])
         if env.get("LD_LIBRARY_PATH"):

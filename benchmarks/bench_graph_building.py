@@ -236,7 +236,7 @@ def main() -> int:
         f"Threads: ours `threads={args.threads}`; FAISS `omp_set_num_threads({args.threads})`; "
         f"cKDTree `query_ball_point(workers={args.threads})`, `query_pairs` has no workers option "
         "(1 thread); scipy connected_components is single-threaded. Medians of "
-        f"{args.repeats} runs (FAISS: 1 run). Our graph building uses no BLAS. " + load_note(),
+        f"{args.repeats} runs (FAISS: 1 run). Our graph building keeps its few BLAS products (a sample's covariance and distances) on the calling thread. " + load_note(),
         "",
     ]
     for kind in args.kinds.split(","):

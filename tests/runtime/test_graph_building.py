@@ -204,6 +204,14 @@ def test_single_slab_and_multi_slab_searches_agree_on_borders_duplicates_and_cap
     monkeypatch.setattr(graph_building, "_MAX_SLAB", 90)
     for case, expected in zip(cases, single):
         np.testing.assert_array_equal(build_graph(points, case[0], case[1], direction=case[2], threads=2), expected)
+    # the balanced, compact search trees of large events, in the slab path and the one-tree path
+    monkeypatch.setattr(graph_building, "_BALANCED_TREE_MIN", 1)
+    for min_slab, max_slab in ((40, 90), (16_384, 65_536)):
+        monkeypatch.setattr(graph_building, "_MIN_SLAB", min_slab)
+        monkeypatch.setattr(graph_building, "_MAX_SLAB", max_slab)
+        for case, expected in zip(cases, single):
+            np.testing.assert_array_equal(build_graph(points, case[0], case[1], direction=case[2], threads=2),
+                                          expected)
 
 
 def test_embedding_on_a_low_dimensional_manifold_matches_kdtree_reference():

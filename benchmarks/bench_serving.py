@@ -31,7 +31,11 @@ from __future__ import annotations
 
 import os
 
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+# The served instances get these pools at one thread (trackserve serve's environment); the
+# direct pipeline in this process gets the same, set before numpy loads.
+from trackserve.serving.server import ONE_THREAD_POOLS
+
+for _variable in ONE_THREAD_POOLS:
     os.environ.setdefault(_variable, "1")
 
 import argparse  # noqa: E402

@@ -157,15 +157,17 @@ def layer_chain_rates(widths, threads: int, rows: int = 100_000, layers: int = 4
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = 1
                 options.inter_op_num_threads = 1
-                session = ort.InferenceSession(layer_chain_model(width, layers, layer_norm, activation), options,
-                                               providers=["CPUExecutionProvider"])
+                model = layer_chain_model(width, layers, layer_norm, activation)
+                # A session per thread, as the runtime's networks keep one per call at once.
+                sessions = [ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+                            for _ in slices]
 
-                def run_slice(part):
+                def run_slice(session, part):
                     for begin in range(0, part.shape[0], EMBED_BLOCK_ROWS):
                         session.run(None, {"x": part[begin:begin + EMBED_BLOCK_ROWS]})
 
                 def run_all():
-                    list(pool.map(run_slice, slices))
+                    list(pool.map(run_slice, sessions, slices))
 
                 run_all()
                 best = float("inf")

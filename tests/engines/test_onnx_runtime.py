@@ -26,3 +26,31 @@ def test_outputs_are_the_same_bits_at_one_and_two_threads(tiny_bundle):
         if name != "embedding":
             inputs["edge_index"] = rng.integers(0, 5000, size=(2, 20_000))
         assert np.array_equal(one.run(**inputs), two.run(**inputs))
+
+
+def test_calls_at_once_each_get_a_session_of_their_own(tiny_bundle):
+    """A busy session is never shared: a call that finds none idle opens another, and
+    ``reserve`` opens them ahead; every session gives the same outputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    for name in ("filter", "gnn"):
+        network = open_network(tiny_bundle / f"{name}.onnx", intra_op_threads=1)
+        assert network.session_count == 1
+        features = rng.normal(size=(3000, network.inputs[0].shape[1])).astype(np.float32)
+        edges = rng.integers(0, 3000, size=(2, 8000))
+        expected = network.run(features=features, edge_index=edges)
+        busy = network._idle.get()  # as if another thread were running it
+        try:
+            assert np.array_equal(network.run(features=features, edge_index=edges), expected)
+            assert network.session_count == 2
+        finally:
+            network._idle.put(busy)
+        network.reserve(4)
+        assert network.session_count == 4
+        network.reserve(2)  # never closes sessions
+        assert network.session_count == 4
+        with ThreadPoolExecutor(6) as pool:
+            outputs = list(pool.map(lambda _: network.run(features=features, edge_index=edges), range(24)))
+        assert all(np.array_equal(output, expected) for output in outputs)
+        assert 4 <= network.session_count <= 6

@@ -104,11 +104,14 @@ class ScatterSplitNetwork(OnnxNetwork):
         del self._model
 
     def _open_session(self, options, providers: list[str]):
-        """The sequential form's session (one thread); keeps the model for the split form's plan."""
-        import onnx
+        """A session of the sequential form (one thread); the first call keeps the model for
+        the split form's plan and the sequential form for the sessions opened later."""
+        if getattr(self, "_sequential", None) is None:
+            import onnx
 
-        self._model = onnx.load(str(self.path))
-        return _open(sequential_scatter_model(self._model), 1, providers)
+            self._model = onnx.load(str(self.path))
+            self._sequential = sequential_scatter_model(self._model)
+        return _open(self._sequential, 1, providers)
 
     def uses_one_thread(self, num_input_elements: int) -> bool:
         """True unless this input is large enough for the split form (see :meth:`run`)."""

@@ -56,6 +56,10 @@ class NetworkSteps:
             name: open_network(bundle.network_path(name), intra_op_threads=threads if name == "gnn" else 1, name=name)
             for name in names
         }
+        # A session for every call that can run at once (the parts of each event in flight):
+        # calls never share one (see trackserve.engines.onnx_runtime).
+        for network in self.networks.values():
+            network.reserve(threads * config.event_workers)
         self.embedding_dim = int(bundle.networks["embedding"].outputs[0].dims[-1])
         gnn = bundle.networks["gnn"]
         self.gnn_is_local = gnn.architecture in LOCAL_GNN_ARCHITECTURES

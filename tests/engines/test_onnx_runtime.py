@@ -40,12 +40,12 @@ def test_calls_at_once_each_get_a_session_of_their_own(tiny_bundle):
         features = rng.normal(size=(3000, network.inputs[0].shape[1])).astype(np.float32)
         edges = rng.integers(0, 3000, size=(2, 8000))
         expected = network.run(features=features, edge_index=edges)
-        busy = network._idle.get()  # as if another thread were running it
+        busy = network._pool._idle.get()  # as if another thread were running it
         try:
             assert np.array_equal(network.run(features=features, edge_index=edges), expected)
             assert network.session_count == 2
         finally:
-            network._idle.put(busy)
+            network._pool._idle.put(busy)
         network.reserve(4)
         assert network.session_count == 4
         network.reserve(2)  # never closes sessions

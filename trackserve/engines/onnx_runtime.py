@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -78,6 +78,44 @@ def session_options(intra_op_threads: int):
     return options
 
 
+class SessionPool:
+    """Sessions of one model, one per call at once: a call takes an idle session, or opens
+    a new one with ``open_session()`` when all are busy, and gives it back when done."""
+
+    def __init__(self, open_session: Callable[[], object]):
+        self._open_session = open_session
+        self.first = open_session()
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle.put(self.first)
+        self._count = 1
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        """How many sessions are open."""
+        return self._count
+
+    def reserve(self, calls: int) -> None:
+        """Open sessions until ``calls`` calls at once each find one of their own."""
+        with self._lock:
+            while self._count < calls:
+                self._idle.put(self._open_session())
+                self._count += 1
+
+    def run(self, output_names, inputs: Mapping[str, np.ndarray]) -> list:
+        """``session.run(output_names, inputs)`` on a session no other call is using."""
+        try:
+            session = self._idle.get_nowait()
+        except queue.Empty:
+            session = self._open_session()
+            with self._lock:
+                self._count += 1
+        try:
+            return session.run(output_names, inputs)
+        finally:
+            self._idle.put(session)
+
+
 class OnnxNetwork:
     """One ONNX network run by ONNX Runtime on the CPU (or another provider given explicitly).
 
@@ -92,6 +130,7 @@ class OnnxNetwork:
         intra_op_threads: int | None = None,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         name: str | None = None,
+        per_event: tuple[str, ...] = (),
     ):
         try:
             import onnxruntime as ort
@@ -114,15 +153,15 @@ class OnnxNetwork:
                 f"ONNX Runtime providers {missing} are not available here (available: {sorted(available)})"
             )
         self.intra_op_threads = threads
-        self._options, self._providers = options, list(providers)
-        self.session = self._open_session(options, self._providers)
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        self._idle.put(self.session)
-        self._sessions = 1
-        self._opening = threading.Lock()
+        self._pool = SessionPool(lambda: self._open_session(options, list(providers)))
+        self.session = self._pool.first
         self.inputs = tuple(self._info(i) for i in self.session.get_inputs())
         self.outputs = tuple(self._info(o) for o in self.session.get_outputs())
         self.last_seconds = 0.0
+        self.per_event = tuple(per_event)
+        self._split = None
+        if self.per_event:
+            self._split = self._open_split(options, list(providers))
 
     def _open_session(self, options, providers: list[str]):
         """The ONNX Runtime session :meth:`run` uses: the network file as it is."""
@@ -132,6 +171,34 @@ class OnnxNetwork:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
             raise BundleError(f"ONNX Runtime cannot load {self.path}: {error}") from error
+
+    def _open_split(self, options, providers: list[str]):
+        """The prefix and rest session pools of the network cut after its per-event work
+        (:mod:`trackserve.engines.per_event_prefix`), or None when it has none to hoist or
+        ``onnx`` is not installed."""
+        try:
+            import onnx
+        except ImportError:
+            return None
+        import onnxruntime as ort
+
+        from .per_event_prefix import split_per_event
+
+        missing = [name for name in self.per_event if name not in self.input_names]
+        if missing:
+            raise InputError(f"network '{self.name}' has no inputs {missing} (inputs: {list(self.input_names)})")
+        split = split_per_event(onnx.load(str(self.path)), self.per_event)
+        if split is None:
+            return None
+
+        def pool(model) -> SessionPool:
+            serialized = model.SerializeToString()
+            return SessionPool(lambda: ort.InferenceSession(serialized, sess_options=options, providers=providers))
+
+        try:
+            return split, pool(split.prefix), pool(split.rest)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise BundleError(f"ONNX Runtime cannot load the split of {self.path}: {error}") from error
 
     @staticmethod
     def _info(node) -> TensorInfo:
@@ -150,15 +217,18 @@ class OnnxNetwork:
         """Names of the model outputs, in order."""
         return tuple(o.name for o in self.outputs)
 
-    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
-        """Raise :class:`InputError` unless ``inputs`` match the model's names, ranks, dtypes and fixed dims."""
-        expected = set(self.input_names)
+    def check_inputs(self, inputs: Mapping[str, np.ndarray], names: tuple[str, ...] | None = None) -> None:
+        """Raise :class:`InputError` unless ``inputs`` match the model's names, ranks, dtypes
+        and fixed dims (of the inputs in ``names`` only, when given)."""
+        expected = set(self.input_names if names is None else names)
         given = set(inputs)
         if given != expected:
             raise InputError(
                 f"network '{self.name}' takes inputs {sorted(expected)}, got {sorted(given)}"
             )
         for info in self.inputs:
+            if info.name not in expected:
+                continue
             array = inputs[info.name]
             if not isinstance(array, np.ndarray):
                 raise InputError(f"input '{info.name}' of '{self.name}' must be a numpy array, got {type(array).__name__}")
@@ -185,28 +255,27 @@ class OnnxNetwork:
 
     @property
     def session_count(self) -> int:
-        """How many sessions of the network are open (the most calls seen at once, or reserved)."""
-        return self._sessions
+        """How many sessions of the whole network are open (the most calls seen at once, or reserved)."""
+        return self._pool.count
+
+    @property
+    def is_split(self) -> bool:
+        """Whether :meth:`prepare` does the network's per-event work once (see the module's
+        ``per_event``); otherwise it only checks and keeps the per-event inputs."""
+        return self._split is not None
 
     def reserve(self, calls: int) -> None:
         """Open sessions until ``calls`` calls at once each find one of their own."""
-        with self._opening:
-            while self._sessions < calls:
-                self._idle.put(self._open_session(self._options, self._providers))
-                self._sessions += 1
+        self._pool.reserve(calls)
+        if self._split is not None:
+            self._split[2].reserve(calls)
 
-    def _run_session(self, output_names: list[str], inputs: Mapping[str, np.ndarray]) -> list:
-        """``session.run`` on an idle session of this network (a new one when all are busy)."""
+    def _call(self, pool: SessionPool, output_names: list[str], inputs: Mapping[str, np.ndarray]) -> list:
+        """Run ``pool``'s model; ONNX Runtime's own errors become an :class:`InputError` naming the network."""
         try:
-            session = self._idle.get_nowait()
-        except queue.Empty:
-            session = self._open_session(self._options, self._providers)
-            with self._opening:
-                self._sessions += 1
-        try:
-            return session.run(output_names, inputs)
-        finally:
-            self._idle.put(session)
+            return pool.run(output_names, inputs)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise InputError(f"network '{self.name}' cannot run on these inputs: {error}") from error
 
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         """Check the inputs, run the network and return its first output (safe to call from
@@ -216,9 +285,33 @@ class OnnxNetwork:
         say) is an :class:`InputError` naming the network."""
         self.check_inputs(inputs)
         start = time.perf_counter()
-        try:
-            output = self._run_session([self.outputs[0].name], inputs)[0]
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise InputError(f"network '{self.name}' cannot run on these inputs: {error}") from error
+        output = self._call(self._pool, [self.outputs[0].name], inputs)[0]
+        self.last_seconds = time.perf_counter() - start
+        return output
+
+    def prepare(self, **per_event_inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Check the per-event inputs (the constructor's ``per_event``, e.g. ``features``)
+        and do the network's work on them alone, once: what :meth:`run_prepared` takes."""
+        if not self.per_event:
+            raise InputError(f"network '{self.name}' was opened without per-event inputs; use run()")
+        self.check_inputs(per_event_inputs, self.per_event)
+        if self._split is None:
+            return dict(per_event_inputs)
+        split, prefix, _ = self._split
+        prepared = dict(zip(split.handed, self._call(prefix, list(split.handed), per_event_inputs)))
+        prepared.update((name, per_event_inputs[name]) for name in split.passed)
+        return prepared
+
+    def run_prepared(self, prepared: Mapping[str, np.ndarray], **inputs: np.ndarray) -> np.ndarray:
+        """The first output of the network on :meth:`prepare`'s result and the other inputs
+        (``edge_index``): the same values as :meth:`run` on all of them, without redoing the
+        per-event work (safe from several threads at once)."""
+        others = tuple(name for name in self.input_names if name not in self.per_event)
+        self.check_inputs(inputs, others)
+        start = time.perf_counter()
+        if self._split is None:
+            output = self._call(self._pool, [self.outputs[0].name], {**prepared, **inputs})[0]
+        else:
+            output = self._call(self._split[2], [self.outputs[0].name], {**prepared, **inputs})[0]
         self.last_seconds = time.perf_counter() - start
         return output

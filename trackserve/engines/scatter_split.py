@@ -218,20 +218,22 @@ def _known_dims(model) -> dict[str, list]:
     return dims
 
 
-def open_network(path: str | Path, *, intra_op_threads: int | None = None, name: str | None = None) -> OnnxNetwork:
+def open_network(path: str | Path, *, intra_op_threads: int | None = None, name: str | None = None,
+                 per_event: tuple[str, ...] = ()) -> OnnxNetwork:
     """The fastest exact CPU runner of an ONNX network: :class:`ScatterSplitNetwork` when the
-    graph has scatter-adds to take over and ``onnx`` is installed, else :class:`OnnxNetwork`."""
+    graph has scatter-adds to take over and ``onnx`` is installed, else :class:`OnnxNetwork`
+    (with ``per_event``: its work on those inputs alone done once by ``prepare``)."""
     try:
         import onnx
     except ImportError:
-        return OnnxNetwork(path, intra_op_threads=intra_op_threads, name=name)
+        return OnnxNetwork(path, intra_op_threads=intra_op_threads, name=name, per_event=per_event)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and others
         raise BundleError(f"cannot read the ONNX file {path}: {error}") from error
     if splittable_scatters(model):
         return ScatterSplitNetwork(path, intra_op_threads=intra_op_threads, name=name)
-    return OnnxNetwork(path, intra_op_threads=intra_op_threads, name=name)
+    return OnnxNetwork(path, intra_op_threads=intra_op_threads, name=name, per_event=per_event)
 
 
 def _scatter_add(data: np.ndarray, index: np.ndarray, updates: np.ndarray, incidence: dict, name: str) -> np.ndarray:

@@ -72,6 +72,10 @@ def test_sequential_model_has_row_scatters_and_no_expanded_indices(gnn_path):
     assert len(rows) == scatters
     expanded = {out for node in rewritten.graph.node if node.op_type == "Expand" for out in node.output}
     assert not any(name in expanded for row in rows for name in row.input)  # the [E, 1] index itself
+    # ... and the messages themselves, not a copy of them all (Slice to the expanded shape).
+    sliced = {out for node in rewritten.graph.node if node.op_type == "Slice" for out in node.output}
+    assert not any(row.input[2] in sliced for row in rows)
+    assert ops.count("Slice") == [n.op_type for n in model.graph.node].count("Slice") - scatters
     assert ops.count("Expand") == [n.op_type for n in model.graph.node].count("Expand") - scatters
     assert [node.op_type for node in model.graph.node].count("ScatterElements") == scatters  # original untouched
 

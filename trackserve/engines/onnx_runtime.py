@@ -274,6 +274,8 @@ class OnnxNetwork:
         """Run ``pool``'s model; ONNX Runtime's own errors become an :class:`InputError` naming the network."""
         try:
             return pool.run(output_names, inputs)
+        except BundleError:  # a further session that could not be opened
+            raise
         except Exception as error:  # onnxruntime raises its own exception types
             raise InputError(f"network '{self.name}' cannot run on these inputs: {error}") from error
 

@@ -6,9 +6,10 @@ networks the same way:
 
 * the embedding on slices of the hits (each slice in calls of at most
   :data:`EMBED_BLOCK_ROWS` hits), the filter on slices of each chunk of
-  ``config.edge_chunk_size`` edges, each slice a single-threaded ONNX Runtime call, the
-  slices of one event at once on ``config.intra_op_threads`` threads
-  (:mod:`trackserve.runtime.parallel`);
+  ``config.edge_chunk_size`` edges (each slice in calls of at most
+  :data:`FILTER_BLOCK_EDGES` edges, its work on the hits alone done once per event),
+  each call single-threaded in a session of its own, the slices of one event at once on
+  ``config.intra_op_threads`` threads (:mod:`trackserve.runtime.parallel`);
 * a message-passing GNN on the hits its edges touch only (:mod:`~trackserve.runtime.subgraph`),
   and, when the filtered graph falls apart into groups of connected components, on each
   group at once; a graph held together by one large component (dense events) is cut

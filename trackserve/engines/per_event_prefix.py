@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .scatter_split import needed_nodes
+
 
 @dataclass(frozen=True)
 class PrefixSplit:
@@ -72,7 +74,7 @@ def split_per_event(model, per_event: Sequence[str]) -> PrefixSplit | None:
     if any(name not in types for name in handed):
         return None  # a handed tensor of unknown type cannot be declared as an input
     prefix = _model_like(
-        model, _needed_nodes(prefix_nodes, set(handed)), [inputs[name] for name in per_event],
+        model, needed_nodes(prefix_nodes, set(handed)), [inputs[name] for name in per_event],
         [types[name] for name in handed], initializers, "prefix",
     )
     rest_inputs = [inputs[name] for name in passed] + [types[name] for name in handed]
@@ -91,18 +93,6 @@ def _tensor_types(model) -> dict:
         if value.type.tensor_type.elem_type:
             known[value.name] = value
     return known
-
-
-def _needed_nodes(nodes: list, wanted: set[str]) -> list:
-    """The nodes (in order) the ``wanted`` tensors depend on."""
-    needed = set(wanted)
-    kept = []
-    for node in reversed(nodes):
-        if any(out in needed for out in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    kept.reverse()
-    return kept
 
 
 def _model_like(model, nodes: list, inputs: list, outputs: list, initializer_names: set[str], suffix: str):

@@ -195,7 +195,7 @@ def sequential_scatter_model(model):
             reader.op_type = "Identity"
             reader.input[0] = shape
         _skip_whole_slice(rows, expand, readers, producers, graph)
-    kept = _needed_nodes(nodes, {o.name for o in graph.output})
+    kept = needed_nodes(nodes, {o.name for o in graph.output})
     del graph.node[:]
     graph.node.extend(kept)
     used = {name for node in kept for name in node.input}
@@ -348,7 +348,7 @@ def _plan(model, threads: int, providers: list[str]):
     for k, piece in enumerate(pieces):
         produced = {out for node in piece for out in node.output}
         wanted = [name for name in sorted(produced) if name in consumed_later[k]]
-        kept = _needed_nodes(piece, set(wanted))
+        kept = needed_nodes(piece, set(wanted))
         if kept:
             needed_inputs = []
             used_initializers = []
@@ -387,7 +387,7 @@ def _plan(model, threads: int, providers: list[str]):
     return steps, last_use, constants
 
 
-def _needed_nodes(piece: list, wanted: set[str]) -> list:
+def needed_nodes(piece: list, wanted: set[str]) -> list:
     """The nodes of ``piece`` (in order) that the ``wanted`` tensors depend on."""
     needed = set(wanted)
     kept = []

@@ -65,8 +65,10 @@ class RuntimeConfig:
     faster with one worker per core and one thread each: the per-operator and Python
     costs of one event then overlap with another's work. Workers times threads may not
     exceed the cores.
-    ``edge_chunk_size``: edges per filter call; the filter scores each edge from its two
-    hits only, so chunking changes nothing but the peak memory. The GNN passes messages
+    ``edge_chunk_size``: edges the filter scores at once (cut into a part per thread,
+    each part in calls of at most ``network_steps.FILTER_BLOCK_EDGES`` edges); the filter
+    scores each edge from its two hits only, so chunking changes nothing but the peak
+    memory. The GNN passes messages
     over the whole graph and always runs on all the filtered edges at once.
     ``memory_limit_bytes``: an event whose estimated working memory exceeds this is
     refused with an :class:`~trackserve.errors.InputError` before the stage that would

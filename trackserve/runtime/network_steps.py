@@ -103,7 +103,9 @@ class NetworkSteps:
 
         With ``chunked`` the edges go through in chunks of ``edge_chunk_size``, each cut
         into parts for the event's threads (right only for networks that score each edge
-        from its own two hits: the filter); otherwise all at once in one call.
+        from its own two hits: the filter), each part in calls of at most
+        :data:`FILTER_BLOCK_EDGES` edges on the hits prepared once (when the network was
+        opened with per-event inputs); otherwise all at once in one call.
         """
         runner = self.networks[network]
         num_edges = edge_index.shape[1]

@@ -75,11 +75,11 @@ def split_per_event(model, per_event: Sequence[str]) -> PrefixSplit | None:
         return None  # a handed tensor of unknown type cannot be declared as an input
     prefix = _model_like(
         model, needed_nodes(prefix_nodes, set(handed)), [inputs[name] for name in per_event],
-        [types[name] for name in handed], initializers, "prefix",
+        [types[name] for name in handed], "prefix",
     )
     rest_inputs = [inputs[name] for name in passed] + [types[name] for name in handed]
     rest_inputs += [value for value in graph.input if value.name not in per_event]
-    rest = _model_like(model, rest_constants + rest_nodes, rest_inputs, list(graph.output), initializers, "rest")
+    rest = _model_like(model, rest_constants + rest_nodes, rest_inputs, list(graph.output), "rest")
     return PrefixSplit(prefix, rest, handed, passed)
 
 
@@ -95,12 +95,12 @@ def _tensor_types(model) -> dict:
     return known
 
 
-def _model_like(model, nodes: list, inputs: list, outputs: list, initializer_names: set[str], suffix: str):
+def _model_like(model, nodes: list, inputs: list, outputs: list, suffix: str):
     """A model with ``model``'s opsets and IR version over ``nodes``, with the initializers they read."""
     from onnx import helper
 
     used = {name for node in nodes for name in node.input}
-    initializers = [init for init in model.graph.initializer if init.name in used and init.name in initializer_names]
+    initializers = [init for init in model.graph.initializer if init.name in used]
     graph = helper.make_graph(nodes, f"{model.graph.name}_{suffix}", inputs, outputs, initializers)
     piece = helper.make_model(graph, opset_imports=list(model.opset_import))
     piece.ir_version = model.ir_version

@@ -97,6 +97,7 @@ class ScatterSplitNetwork(OnnxNetwork):
     """
 
     def __init__(self, path, *, intra_op_threads=None, providers=("CPUExecutionProvider",), name=None):
+        self._sequential = None  # the sequential form, made by the first _open_session
         super().__init__(path, intra_op_threads=intra_op_threads, providers=providers, name=name)
         # The split form's sessions are opened only where it may run (see run()).
         self._steps = None
@@ -107,7 +108,7 @@ class ScatterSplitNetwork(OnnxNetwork):
     def _open_session(self, options, providers: list[str]):
         """A session of the sequential form (one thread); the first call keeps the model for
         the split form's plan and the sequential form for the sessions opened later."""
-        if getattr(self, "_sequential", None) is None:
+        if self._sequential is None:
             import onnx
 
             self._model = onnx.load(str(self.path))

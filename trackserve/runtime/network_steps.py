@@ -104,8 +104,8 @@ class NetworkSteps:
         With ``chunked`` the edges go through in chunks of ``edge_chunk_size``, each cut
         into parts for the event's threads (right only for networks that score each edge
         from its own two hits: the filter), each part in calls of at most
-        :data:`FILTER_BLOCK_EDGES` edges on the hits prepared once (when the network was
-        opened with per-event inputs); otherwise all at once in one call.
+        :data:`FILTER_BLOCK_EDGES` edges on the hits prepared once (when the network's
+        per-hit work could be cut off: ``is_split``); otherwise all at once in one call.
         """
         runner = self.networks[network]
         num_edges = edge_index.shape[1]
@@ -117,10 +117,11 @@ class NetworkSteps:
         chunks = [[slice(begin + rows.start, begin + rows.stop)
                    for rows in row_parts(min(step, num_edges - begin), self.parts.threads)]
                   for begin in range(0, num_edges, step)]
-        if len(chunks) == 1 and len(chunks[0]) == 1 and (num_edges <= FILTER_BLOCK_EDGES or not runner.per_event):
+        if len(chunks) == 1 and len(chunks[0]) == 1 and (num_edges <= FILTER_BLOCK_EDGES or not runner.is_split):
             return runner.run(features=features, edge_index=edge_index)
         scores = np.empty(num_edges, dtype=np.float32)
-        if runner.per_event:
+        # Blocks pay only where the per-hit work is done once (otherwise every block redoes it).
+        if runner.is_split:
             prepared = runner.prepare(features=features)
 
             def score(columns: slice) -> None:

@@ -7,6 +7,7 @@ Layout::
       embedding.onnx       one file per network, named in pipeline.json
       filter.onnx
       gnn.onnx
+      pruner.onnx          (optional: a first GNN whose low cut prunes the GNN's edges)
       engines/<device>/    engines built for one GPU (written by trackserve.engines)
 
 ``pipeline.json`` (schema version 1) holds:
@@ -14,7 +15,8 @@ Layout::
 * ``schema_version``: the integer :data:`SCHEMA_VERSION`;
 * ``features``: ``names`` and ``scales`` of the node features, in column order (a
   feature is the raw quantity divided by its scale), as ``FeatureSpec.to_dict`` writes them;
-* ``networks``: for each of ``embedding``, ``filter`` and ``gnn`` its ``kind``, ``file``
+* ``networks``: for each of ``embedding``, ``filter`` and ``gnn`` (and the optional
+  ``pruner``, see :data:`OPTIONAL_NETWORKS`) its ``kind``, ``file``
   (relative to the bundle), ``sha256``, ``inputs`` and ``outputs`` (name, dtype, dims;
   a dynamic dim is a name such as ``"num_hits"``), the torch ``config`` that rebuilds
   it and its ``architecture`` (the torch class), and optionally ``weights`` (``file`` and
@@ -25,7 +27,8 @@ Layout::
   :data:`TRACK_BUILDING_METHODS`; ``"components"`` when absent) and, for ``best_edges``,
   ``gap_cut`` (a lower cut whose edges fill the gaps the GNN cut leaves; absent: none)
   and ``join_pieces`` (the settings for joining track pieces that fit one trajectory,
-  see :class:`JoinSettings`; absent: none).
+  see :class:`JoinSettings`; absent: none), and ``prune_cut`` exactly when the bundle
+  has a ``pruner`` (the GNN scores only the edges whose pruner score passes it).
   Any other key is refused, so a bundle that needs a newer trackserve says so;
 * ``provenance``: free-form record of the data, training settings, package versions
   and creation date.
@@ -125,8 +128,16 @@ NETWORK_INTERFACES: dict[str, NetworkInterface] = {
     ),
 }
 
-#: The networks of a bundle and the kind of each.
-NETWORK_KINDS: dict[str, str] = {"embedding": "embedding", "filter": "edge_classifier", "gnn": "edge_classifier"}
+#: The networks of a bundle and the kind of each, in pipeline order.
+NETWORK_KINDS: dict[str, str] = {"embedding": "embedding", "filter": "edge_classifier", "pruner": "edge_classifier",
+                                 "gnn": "edge_classifier"}
+#: The networks a bundle may leave out. ``pruner``: a first GNN run on the filtered edges;
+#: the GNN then sees only the edges whose pruner score passes ``stages.prune_cut`` (a graph
+#: of higher purity, which it tells apart better), and a pruned edge keeps the pruner's
+#: logit as its score (below the cut, so no later cut passes it).
+OPTIONAL_NETWORKS = ("pruner",)
+#: The networks every bundle has.
+REQUIRED_NETWORKS = tuple(name for name in NETWORK_KINDS if name not in OPTIONAL_NETWORKS)
 
 
 #: Track building methods (``stages.track_building``; see :mod:`trackserve.runtime.track_building`).
@@ -134,13 +145,13 @@ NETWORK_KINDS: dict[str, str] = {"embedding": "embedding", "filter": "edge_class
 TRACK_BUILDING_METHODS = ("components", "best_edges")
 
 
-#: The keys of ``stages`` in ``pipeline.json``; the last three are optional.
+#: The keys of ``stages`` in ``pipeline.json``; the last four are optional.
 STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction", "track_building", "gap_cut",
-              "join_pieces")
+              "join_pieces", "prune_cut")
 
 
 def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
-                    track_building="components", gap_cut=None, join_pieces=None) -> list[str]:
+                    track_building="components", gap_cut=None, join_pieces=None, prune_cut=None) -> list[str]:
     problems = []
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
@@ -164,6 +175,14 @@ def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
             problems.append(f"stages.gap_cut: {gap_cut!r} is above gnn_cut {gnn_cut!r} (it fills the gaps that cut leaves)")
         if track_building != "best_edges":
             problems.append(f"stages.gap_cut: gap filling needs track_building 'best_edges', not {track_building!r}")
+    if prune_cut is not None:
+        if isinstance(prune_cut, bool) or not isinstance(prune_cut, (int, float)) or not (0.0 <= prune_cut < 1.0):
+            problems.append(f"stages.prune_cut: {prune_cut!r} is outside [0, 1) (a probability, like gnn_cut)")
+        else:
+            for name, cut in (("gnn_cut", gnn_cut), ("gap_cut", gap_cut)):
+                if isinstance(cut, (int, float)) and not isinstance(cut, bool) and prune_cut > cut:
+                    problems.append(f"stages.prune_cut: {prune_cut!r} is above {name} {cut!r} (a pruned edge keeps the "
+                                    f"pruner's score, so the pruning cut must not be above a later cut)")
     if join_pieces is not None:
         settings = join_pieces.to_dict() if isinstance(join_pieces, JoinSettings) else join_pieces
         problems.extend(f"stages.join_pieces: {problem}" for problem in join_settings_problems(settings))
@@ -263,7 +282,9 @@ class StageParameters:
     (:func:`~trackserve.runtime.track_building.gap_edges`); None (default): no gap filling.
     ``join_pieces``: for ``best_edges``, :class:`JoinSettings` for joining the track pieces
     that fit one trajectory (:mod:`trackserve.runtime.piece_joining`; it needs the features
-    r, phi and z); None (default): no joining.
+    r, phi and z); None (default): no joining. ``prune_cut``: set exactly when the bundle
+    has a ``pruner`` network (:data:`OPTIONAL_NETWORKS`): the GNN scores only the filtered
+    edges whose pruner score passes it, in ``[0, gnn_cut]`` and not above ``gap_cut``.
     Invalid values raise :class:`~trackserve.errors.BundleError` naming each.
     """
 
@@ -275,10 +296,11 @@ class StageParameters:
     track_building: str = "components"
     gap_cut: float | None = None
     join_pieces: JoinSettings | None = None
+    prune_cut: float | None = None
 
     def __post_init__(self):
         problems = _stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction,
-                                   self.track_building, self.gap_cut, self.join_pieces)
+                                   self.track_building, self.gap_cut, self.join_pieces, self.prune_cut)
         if problems:
             raise BundleError("invalid stage parameters:\n" + "\n".join(f"  - {p}" for p in problems))
         if self.join_pieces is not None and not isinstance(self.join_pieces, JoinSettings):
@@ -295,6 +317,7 @@ class StageParameters:
             "track_building": self.track_building,
             **({} if self.gap_cut is None else {"gap_cut": self.gap_cut}),
             **({} if self.join_pieces is None else {"join_pieces": self.join_pieces.to_dict()}),
+            **({} if self.prune_cut is None else {"prune_cut": self.prune_cut}),
         }
 
     @classmethod
@@ -310,7 +333,7 @@ class StageParameters:
         if join is not None and not join_settings_problems(join):
             join = JoinSettings.from_mapping(join)  # a faulty mapping is refused by __post_init__, naming each problem
         return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"],
-                   data.get("track_building", "components"), data.get("gap_cut"), join)
+                   data.get("track_building", "components"), data.get("gap_cut"), join, data.get("prune_cut"))
 
 
 def _unknown_stage_keys(unknown: list) -> str:
@@ -653,7 +676,8 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
             method = raw_stages.get("track_building", "components")
             gap_cut = raw_stages.get("gap_cut")
             join = raw_stages.get("join_pieces")
-            stage_problems = _stage_problems(*(raw_stages[k] for k in keys), method, gap_cut, join)
+            prune_cut = raw_stages.get("prune_cut")
+            stage_problems = _stage_problems(*(raw_stages[k] for k in keys), method, gap_cut, join, prune_cut)
             if method == "best_edges" and features is not None and not {"r", "z"} <= set(features["names"]):
                 stage_problems.append(
                     f"stages.track_building: 'best_edges' orders hits by r and z, the features {features['names']} lack them"
@@ -666,7 +690,7 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
             problems.extend(stage_problems)
             if not stage_problems:
                 stages = StageParameters(*(raw_stages[k] for k in keys), method, gap_cut,
-                                         None if join is None else JoinSettings.from_mapping(join))
+                                         None if join is None else JoinSettings.from_mapping(join), prune_cut)
 
     provenance = data["provenance"]
     if not isinstance(provenance, dict):
@@ -680,9 +704,11 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
         unknown = [n for n in raw_networks if n not in NETWORK_KINDS]
         if unknown:
             problems.append(f"networks: unknown network(s) {', '.join(map(repr, unknown))}; a bundle has {', '.join(NETWORK_KINDS)}")
-        absent = [n for n in NETWORK_KINDS if n not in raw_networks]
+        absent = [n for n in REQUIRED_NETWORKS if n not in raw_networks]
         if absent:
             problems.append(f"networks: missing network(s) {', '.join(map(repr, absent))}")
+        if isinstance(raw_stages, dict):
+            problems.extend(_pruner_problems("pruner" in raw_networks, raw_stages.get("prune_cut")))
         num_features = len(features["names"]) if features is not None else None
         for name in NETWORK_KINDS:
             if name not in raw_networks:
@@ -699,6 +725,16 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
     if problems:
         return None
     return Bundle(features, networks, stages, dict(provenance), directory, version)
+
+
+def _pruner_problems(has_pruner: bool, prune_cut) -> list[str]:
+    """The pruner network and ``stages.prune_cut`` come together or not at all."""
+    if has_pruner and prune_cut is None:
+        return ["stages: the bundle has a pruner network but no 'prune_cut' (the cut its scores must pass for an edge "
+                "to reach the GNN)"]
+    if prune_cut is not None and not has_pruner:
+        return [f"stages.prune_cut: {prune_cut!r} is set but the bundle has no pruner network to apply it to"]
+    return []
 
 
 def _file_problems(name: str, entry: NetworkEntry, directory: Path, *, check_onnx: bool) -> list[str]:
@@ -867,8 +903,8 @@ def make_bundle(
 ) -> Bundle:
     """Export torch networks to ONNX (each validated against PyTorch) and write a bundle.
 
-    ``networks`` maps ``embedding``, ``filter`` and ``gnn`` to a torch module or a
-    ``(module, kind)`` pair; ``features`` is a FeatureSpec (or a mapping) with ``names``
+    ``networks`` maps ``embedding``, ``filter`` and ``gnn`` (and optionally ``pruner``,
+    with ``stages.prune_cut``) to a torch module or a ``(module, kind)`` pair; ``features`` is a FeatureSpec (or a mapping) with ``names``
     and ``scales``; ``provenance`` is merged into :func:`default_provenance`. Each
     network is written to ``<directory>/<name>.onnx`` by
     :func:`trackserve.export.onnx_export.export_network`, which raises
@@ -884,15 +920,18 @@ def make_bundle(
     if _parse_features(features, problems) is None:
         raise _bundle_error(directory, problems)
     unknown = [n for n in networks if n not in NETWORK_KINDS]
-    absent = [n for n in NETWORK_KINDS if n not in networks]
+    absent = [n for n in REQUIRED_NETWORKS if n not in networks]
     if unknown or absent:
         raise BundleError(
-            f"make_bundle needs exactly the networks {', '.join(NETWORK_KINDS)}; "
+            f"make_bundle needs the networks {', '.join(REQUIRED_NETWORKS)} (optionally {', '.join(OPTIONAL_NETWORKS)}); "
             + (f"unknown: {', '.join(unknown)}; " if unknown else "")
             + (f"missing: {', '.join(absent)}" if absent else "")
         )
     if not isinstance(stages, StageParameters):
         stages = StageParameters.from_dict(stages)
+    pruner_problems = _pruner_problems("pruner" in networks, stages.prune_cut)
+    if pruner_problems:
+        raise BundleError("make_bundle: " + "; ".join(pruner_problems))
     modules = {}
     for name, value in networks.items():
         module, kind = value if isinstance(value, tuple) else (value, NETWORK_KINDS[name])
@@ -901,8 +940,8 @@ def make_bundle(
         modules[name] = module
     directory.mkdir(parents=True, exist_ok=True)
     entries = {}
-    for name, module in modules.items():
-        kind = NETWORK_KINDS[name]
+    for name in (name for name in NETWORK_KINDS if name in modules):
+        module, kind = modules[name], NETWORK_KINDS[name]
         report = export_network(
             module, kind, directory / f"{name}.onnx", num_features=len(features["names"]),
             opset=opset or DEFAULT_OPSET, validate=True,
@@ -972,8 +1011,8 @@ def replace_network(
     bundle = _parse(data, directory, problems, check_files=False)
     if problems:
         raise _bundle_error(directory, problems)
-    if name not in NETWORK_KINDS:
-        raise BundleError(f"unknown network {name!r}: a bundle has {', '.join(NETWORK_KINDS)}")
+    if name not in bundle.networks:
+        raise BundleError(f"unknown network {name!r}: this bundle has {', '.join(bundle.networks)}")
     entry = bundle.networks[name]
     config = getattr(module, "config", None)
     takes = config.get("in_channels") if isinstance(config, dict) else None

@@ -150,10 +150,10 @@ def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_feat
     filtered, _ = single.filter_edges(features, edges)
     # a GNN call on each group of components: the same logits as one call on the whole graph
     before = len(calls)
-    grouped = split._gnn_logits(features, filtered)
+    grouped = split.gnn_logits(features, filtered)
     assert any(count > 1 for count in calls[before:]), "the GNN never ran on component groups"
     assert split._steps.last_gnn_layout == "2 component groups"
-    whole = single._gnn_logits(features, filtered)
+    whole = single.gnn_logits(features, filtered)
     assert np.allclose(grouped, whole, rtol=0, atol=1e-4 * max(1.0, np.abs(whole).max()))
     assert np.array_equal(split.run(features).labels, single.run(features).labels)
     assert max(calls) == 2
@@ -209,21 +209,21 @@ def test_dense_graph_gnn_on_halo_parts_is_the_whole_graphs(tiny_bundle, sample_f
     single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
     split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1))
     steps = split._steps
-    assert steps.halo_hops == 1  # two steps of the interaction network reach one hop (halo_hops)
+    assert steps.halo_hops == {"gnn": 1}  # two steps of the interaction network reach one hop (halo_hops)
     edges = _phi_ring_graph(sample_features, steps.phi_column, 8)
     assert edges.shape[1] >= parallel.HALO_MIN_EDGES
     assert component_groups(sample_features.shape[0], edges, 2) is None  # one component: halo parts
-    whole = single._gnn_logits(sample_features, edges)
-    np.testing.assert_allclose(split._gnn_logits(sample_features, edges), whole, rtol=0,
+    whole = single.gnn_logits(sample_features, edges)
+    np.testing.assert_allclose(split.gnn_logits(sample_features, edges), whole, rtol=0,
                                atol=1e-5 * max(1.0, np.abs(whole).max()))
     assert steps.last_gnn_layout == "2 halo slices (1 hops)"
     assert single._steps.last_gnn_layout == "one call"
     # too small a halo changes the scores near the parts' borders: the hops matter
-    steps.halo_hops = 0
+    steps.halo_hops["gnn"] = 0
     try:
-        near = split._gnn_logits(sample_features, edges)
+        near = split.gnn_logits(sample_features, edges)
     finally:
-        steps.halo_hops = 1
+        steps.halo_hops["gnn"] = 1
     assert np.abs(near - whole).max() > 1e-3
 
 

@@ -79,14 +79,14 @@ def test_pipeline_gnn_scores_labels_and_counts_do_not_change(tiny_bundle):
 
     fast = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
     plain = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
-    plain._steps.gnn_is_local = False
-    assert fast._steps.gnn_is_local
+    plain._steps.is_local["gnn"] = False
+    assert fast._steps.is_local["gnn"]
     features = fast.event_features(read_event(SAMPLE_EVENT, parts=()))
     for count in (2, 300, 4000):
         part = features[:count]
         edges = fast.build_graph(fast.embed(part))
         kept, _ = fast.filter_edges(part, edges)
-        logits = fast._gnn_logits(part, kept)
+        logits = fast.gnn_logits(part, kept)
         assert np.array_equal(logits, fast.classify_edges("gnn", part, kept, chunked=False))
         a, b = fast.run(part), plain.run(part)
         assert np.array_equal(a.labels, b.labels)

@@ -79,11 +79,11 @@ def test_unknown_stage_is_named(tiny_pipeline):
 
 def test_gnn_stage_scores_the_touched_hits_as_the_pipeline_does(tiny_pipeline, sample_features):
     gnn = make_stage("gnn", tiny_pipeline.bundle)
-    assert gnn.steps.gnn_is_local
+    assert gnn.steps.is_local["gnn"]
     # a few edges among many hits: most hits untouched, repeated destinations
     edges = np.array([[0, 5, 7, 7, 900], [5, 7, 900, 901, 5]], dtype=np.int64)
     scores = gnn({FEATURES: sample_features, "EDGE_LIST_AFTER_FILTER": edges})["GNN_SCORES"]
-    np.testing.assert_array_equal(scores, tiny_pipeline._gnn_logits(sample_features, edges))
+    np.testing.assert_array_equal(scores, tiny_pipeline.gnn_logits(sample_features, edges))
     whole = tiny_pipeline.classify_edges("gnn", sample_features, edges, chunked=False)
     np.testing.assert_allclose(scores, whole, rtol=0, atol=1e-5)
     with pytest.raises(InputError, match=f"refers to hit {sample_features.shape[0]}, but the event has"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trackserve.bundle import load_bundle
+from trackserve.errors import InputError
 from trackserve.events.features import TRACKML_1000
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.pipeline import Pipeline
@@ -236,6 +237,10 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--ignore-soft-edges"], "run.ignore_soft_edges must be off unless signal_min_pt"),
     (["--random-events", "1", "--gnn-blind-to", "z,theta"], "--gnn-blind-to: theta is not a feature the GNN reads"),
     (["--random-events", "1", "--gnn-blind-to", "z", "--gnn", "ResAGNN"], "run.gnn_blind_to must be empty unless"),
+    (["--random-events", "1", "--prune-cut", "0.7"], "run.prune_cut must be a probability in (0, 0.5)"),
+    (["--random-events", "1", "--pruned-gnn-epochs", "3"], "run.pruned_gnn_epochs must be an integer >= 1, and only"),
+    (["--random-events", "1", "--start-from", "somewhere"], "give --prune-cut too"),
+    (["--random-events", "1", "--prune-cut", "0.01", "--start-from", "nowhere"], "--start-from nowhere: no bundle"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
     from trackserve.cli import main
@@ -243,3 +248,41 @@ def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, c
     assert main(["train", "--output", str(tmp_path / "b"), "--quiet", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_pruned_training_writes_a_pruner_and_starting_from_a_bundle_trains_only_the_second_gnn(tiny_events, tmp_path):
+    events, validation = tiny_events
+    config = TrainingConfig.quick(threads=1, prune_cut=0.4, pruned_gnn_epochs=2)
+    result = train_pipeline(events, validation, config, tmp_path / "pruned", spec=TRACKML_1000, show_progress=False)
+    bundle = load_bundle(tmp_path / "pruned")
+    assert set(bundle.networks) == {"embedding", "filter", "pruner", "gnn"}
+    assert bundle.stages.prune_cut == 0.4 and bundle.stages.gnn_cut >= 0.4
+    provenance = json.loads((tmp_path / "pruned" / "pipeline.json").read_text())["provenance"]
+    assert len(provenance["history"]["gnn"]) == config.gnn.epochs and len(provenance["history"]["pruned_gnn"]) == 2
+    # the second GNN learned on fewer edges than the filter kept: the ones the first GNN passes
+    assert result.validation["pruner"]["num_edges"] < result.validation["filter"]["num_edges"]
+    output = Pipeline(tmp_path / "pruned", config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(validation.features)
+    assert output.labels.shape == (validation.num_hits,)
+
+    # --start-from: the embedding, filter and first GNN of a plain bundle as they are, only the second GNN trained
+    plain = tmp_path / "plain"
+    train_pipeline(events, validation, TrainingConfig.quick(threads=1), plain, spec=TRACKML_1000, show_progress=False)
+    train_pipeline(events, validation, config, tmp_path / "started", spec=TRACKML_1000, show_progress=False,
+                   start_from=plain)
+    started, before = load_bundle(tmp_path / "started"), load_bundle(plain)
+    for name, was in (("embedding", "embedding"), ("filter", "filter"), ("pruner", "gnn")):
+        now, then = (torch.load(path, weights_only=True) for path in (started.directory / f"{name}.pt",
+                                                                        before.directory / f"{was}.pt"))
+        assert now.keys() == then.keys() and all(torch.equal(now[key], then[key]) for key in now)
+    assert started.stages.radius == before.stages.radius and started.stages.filter_cut == before.stages.filter_cut
+    record = json.loads((tmp_path / "started" / "pipeline.json").read_text())["provenance"]["started_from"]
+    assert record["bundle"] == str(plain) and "training" in record["seconds"]
+    with pytest.raises(InputError, match="give --prune-cut too"):
+        train_pipeline(events, validation, TrainingConfig.quick(threads=1), tmp_path / "x", spec=TRACKML_1000,
+                       show_progress=False, start_from=plain)
+    with pytest.raises(InputError, match="has a pruner already"):
+        train_pipeline(events, validation, config, tmp_path / "y", spec=TRACKML_1000, show_progress=False,
+                       start_from=tmp_path / "pruned")
+    with pytest.raises(InputError, match="max neighbours"):
+        train_pipeline(events, validation, replace(config, max_neighbours=7), tmp_path / "z", spec=TRACKML_1000,
+                       show_progress=False, start_from=plain)

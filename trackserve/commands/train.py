@@ -102,6 +102,15 @@ def register(subparsers) -> None:
                           "GNN sees them only through its edge inputs")
     run.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                      help="the bundle's track building: plain connected components (default) or best_edges")
+    run.add_argument("--prune-cut", type=float, default=None, metavar="P",
+                     help="train a second GNN on the edges whose first GNN's score passes this low cut (for example "
+                          "0.001: a graph of higher purity); the first GNN becomes the bundle's pruner")
+    run.add_argument("--pruned-gnn-epochs", type=int, default=None, metavar="N",
+                     help="with --prune-cut: epochs of the second GNN (default: --gnn-epochs)")
+    run.add_argument("--start-from", metavar="BUNDLE_DIR", default=None,
+                     help="with --prune-cut: take the embedding, filter and GNN (and the radius and filter cut) of this "
+                          "bundle, trained before by trackserve train on the same features and data, and train only the "
+                          "second GNN")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
@@ -140,6 +149,8 @@ def training_config(args: argparse.Namespace):
         **({"pair_geometry": True} if args.pair_geometry else {}),
         **({"pair_intercept": True} if args.pair_intercept else {}),
         **({"pair_direction": True} if args.pair_direction else {}),
+        **({"prune_cut": args.prune_cut} if args.prune_cut is not None else {}),
+        **({"pruned_gnn_epochs": args.pruned_gnn_epochs} if args.pruned_gnn_epochs is not None else {}),
     )
     config.validate()
     return config
@@ -157,6 +168,11 @@ def handle(args: argparse.Namespace) -> int:
 
     config = training_config(args)
     config.validate()  # settings out of range are refused before any event is read or simulated
+    if args.start_from is not None:
+        if config.prune_cut is None:
+            raise InputError("--start-from trains only the pruned GNN on a bundle trained before: give --prune-cut too")
+        if not Path(args.start_from, "pipeline.json").is_file():
+            raise InputError(f"--start-from {args.start_from}: no bundle there (no pipeline.json)")
     spec = feature_spec(args.features)
     if config.derive_eta:
         from ..export.derived import eta_spec_for
@@ -224,12 +240,12 @@ def handle(args: argparse.Namespace) -> int:
         "data_seconds": data_seconds,
     }
     result = train_pipeline(events, validation, config, args.output, spec=spec, data_description=description,
-                            show_progress=show)
+                            show_progress=show, start_from=args.start_from)
     check = result.validation["bundle_check"]
     stages = result.bundle.stages
     print(f"bundle written to {args.output} in {time.perf_counter() - start:.0f} s "
           f"(radius {stages.radius:g}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g})")
-    for stage in ("graph", "filter", "gnn"):
+    for stage in (name for name in ("graph", "filter", "pruner", "gnn") if name in result.validation):
         figures = result.validation[stage]
         print(f"  {stage:6s} edges {figures['num_edges']:>9d}  efficiency {figures['efficiency']:.4f}  purity {figures['purity']:.4f}")
     print(f"  tracks (pT > {config.min_pt:g} GeV, >= {config.min_hits} hits): efficiency {check['track_efficiency']:.4f}, "

@@ -64,7 +64,7 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
 
     factors = _column_factors(old_spec, new_spec)
     eta = eta_spec_for(new_spec.names, new_spec.scales)
-    kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "gnn": InteractionGNN}
+    kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "pruner": InteractionGNN, "gnn": InteractionGNN}
     out = {}
     for name, network in networks.items():
         if type(network) is not kinds.get(name) or network.config.get("derived_eta") is not None:
@@ -117,7 +117,7 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
 
     bundle = load_bundle(source)
     old_spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
-    old = {name: load_torch_network(bundle, name) for name in ("embedding", "filter", "gnn")}
+    old = {name: load_torch_network(bundle, name) for name in bundle.networks}
     new = rescale_networks(old, old_spec, new_spec)
     differences, allowances = {}, {}
     if check_features is not None:
@@ -127,7 +127,7 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
         edges = torch.from_numpy(rng.integers(0, old_x.shape[0], (2, 20_000)))
         failures = []
         with torch.no_grad():
-            for name in ("embedding", "filter", "gnn"):
+            for name in old:
                 extra = () if name == "embedding" else (edges,)
                 expected = old[name](old_x, *extra)
                 differences[name] = float((expected - new[name](new_x, *extra)).abs().max())

@@ -50,7 +50,8 @@ class MemoryModel:
         features = bundle.num_features
         embedding = _widest(bundle.networks["embedding"].config)
         filter_width = _widest(bundle.networks["filter"].config)
-        gnn = _widest(bundle.networks["gnn"].config)
+        # The pruner (when the bundle has one) runs on all the filtered edges, the GNN on fewer.
+        gnn = max(_widest(bundle.networks[name].config) for name in ("pruner", "gnn") if name in bundle.networks)
         return cls(
             bytes_per_hit=_FLOAT * (2 * features + _LIVE_ACTIVATIONS * embedding) + _INDEX,
             # edge_index (int64 pair), candidate distances and the kept mask while building.

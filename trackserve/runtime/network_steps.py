@@ -17,7 +17,10 @@ networks the same way:
   hops that exact message passing needs (:func:`~trackserve.runtime.subgraph.halo_hops`)
   (:class:`~trackserve.runtime.parallel.HaloSplit`), from
   :data:`~trackserve.runtime.parallel.HALO_MIN_EDGES` edges; below that, one call of the
-  GNN runner of :func:`~trackserve.engines.scatter_split.open_network`.
+  GNN runner of :func:`~trackserve.engines.scatter_split.open_network`;
+* with a bundle's ``pruner`` (:data:`~trackserve.bundle.OPTIONAL_NETWORKS`), the GNN step
+  runs the pruner that way on the filtered edges first, then the GNN on the edges whose
+  pruner score passes ``stages.prune_cut``; a pruned edge keeps the pruner's logit.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from ..bundle import Bundle
 from ..engines.onnx_runtime import OnnxNetwork
 from ..engines.scatter_split import open_network
 from .config import RuntimeConfig
+from .cuts import logit_threshold
 from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts
 from .subgraph import LOCAL_GNN_ARCHITECTURES, halo_hops, touched_subgraph
 
-#: The networks of a bundle, in pipeline order.
+#: The networks of a bundle, in pipeline order (a bundle's optional ``pruner`` opens with the ``gnn``).
 NETWORKS = ("embedding", "filter", "gnn")
+#: The message-passing networks: the GNN and the optional pruner before it.
+MESSAGE_PASSING = ("pruner", "gnn")
 
 #: Hits per embedding call within one thread's slice: a block's activations stay in the
 #: core's caches between layers. Measured on this project's 2-core machine on a 100k-hit
@@ -51,18 +57,21 @@ FILTER_BLOCK_EDGES = 8192
 
 
 class NetworkSteps:
-    """Runners for some of a bundle's networks (``names``, default all three) and the
-    part runner of the event's threads (``config.intra_op_threads`` for each of
-    ``config.event_workers`` events in flight)."""
+    """Runners for some of a bundle's networks (``names``, default all three; the bundle's
+    ``pruner``, when it has one, comes with the ``gnn``) and the part runner of the event's
+    threads (``config.intra_op_threads`` for each of ``config.event_workers`` events in flight)."""
 
     def __init__(self, bundle: Bundle, config: RuntimeConfig, names: tuple[str, ...] = NETWORKS):
+        if "gnn" in names and "pruner" in bundle.networks and "pruner" not in names:
+            names = tuple(names) + ("pruner",)
         threads = config.resolved_intra_op_threads
         self.parts = PartRunner(threads, config.event_workers)
         self.edge_chunk_size = config.edge_chunk_size
         # Single-threaded sessions, the parts in parallel; the GNN keeps the thread count
         # for the split form of a large graph on many cores (see scatter_split).
         self.networks: dict[str, OnnxNetwork] = {
-            name: open_network(bundle.network_path(name), intra_op_threads=threads if name == "gnn" else 1, name=name,
+            name: open_network(bundle.network_path(name), intra_op_threads=threads if name in MESSAGE_PASSING else 1,
+                               name=name,
                                per_event=("features",) if name == "filter" else ())
             for name in names
         }
@@ -71,12 +80,14 @@ class NetworkSteps:
         for network in self.networks.values():
             network.reserve(threads * config.event_workers)
         self.embedding_dim = int(bundle.networks["embedding"].outputs[0].dims[-1])
-        gnn = bundle.networks["gnn"]
-        self.gnn_is_local = gnn.architecture in LOCAL_GNN_ARCHITECTURES
+        passing = [bundle.networks[name] for name in MESSAGE_PASSING if name in self.networks]
+        self.is_local = {entry.name: entry.architecture in LOCAL_GNN_ARCHITECTURES for entry in passing}
         self.last_gnn_layout = "one call"
         # Hops of the halo a part of a dense graph needs (None: never cut such a graph).
-        self.halo_hops = halo_hops(gnn.architecture, gnn.config) if "phi" in bundle.feature_names else None
-        if self.halo_hops is not None:
+        self.halo_hops = {entry.name: halo_hops(entry.architecture, entry.config) if "phi" in bundle.feature_names
+                          else None for entry in passing}
+        self.prune_cut = bundle.stages.prune_cut if "pruner" in self.networks else None
+        if "phi" in bundle.feature_names:
             self.phi_column = list(bundle.feature_names).index("phi")
 
     def embed(self, features: np.ndarray) -> np.ndarray:
@@ -137,17 +148,35 @@ class NetworkSteps:
         return scores
 
     def gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
-        """GNN logits of valid edges ``[2, M]``: on the touched hits when that is exact, and,
-        when the threads allow, on groups of whole connected components at once or, for a
-        large graph in one component, on azimuth slices with their halos. How the latest
-        call ran is in :attr:`last_gnn_layout` (``"one call"``, ``"N component groups"``,
-        ``"N halo slices (H hops)"``)."""
-        runner = self.networks["gnn"]
+        """GNN logits of valid edges ``[2, M]``, each message-passing network run as
+        :meth:`message_passing_logits` runs it. With a pruner: the pruner on all the edges,
+        then the GNN on those whose pruner score passes ``prune_cut``; the other edges keep
+        the pruner's logit (at most the cut's). How the latest call ran is in
+        :attr:`last_gnn_layout`."""
+        if self.prune_cut is None:
+            return self.message_passing_logits("gnn", features, edge_index)
+        first = self.message_passing_logits("pruner", features, edge_index)
+        pruner_layout = self.last_gnn_layout
+        keep = first.astype(np.float64) > logit_threshold(self.prune_cut)  # float64 with numpy < 2 too
+        kept = np.ascontiguousarray(edge_index[:, keep])
+        logits = first.copy()
+        logits[keep] = self.message_passing_logits("gnn", features, kept)
+        self.last_gnn_layout = f"pruner {pruner_layout}, GNN on {kept.shape[1]:,} edges {self.last_gnn_layout}"
+        return logits
+
+    def message_passing_logits(self, name: str, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+        """Logits of message-passing network ``name`` (``"gnn"`` or ``"pruner"``) on valid edges
+        ``[2, M]``: on the touched hits when that is exact, and, when the threads allow, on
+        groups of whole connected components at once or, for a large graph in one
+        component, on azimuth slices with their halos. How the latest call ran is in
+        :attr:`last_gnn_layout` (``"one call"``, ``"N component groups"``, ``"N halo slices
+        (H hops)"``)."""
+        runner = self.networks[name]
         self.last_gnn_layout = "one call"
-        if not (self.gnn_is_local and edge_index.shape[1]):
-            return self.edge_logits("gnn", features, edge_index, chunked=False)
+        if not (self.is_local[name] and edge_index.shape[1]):
+            return self.edge_logits(name, features, edge_index, chunked=False)
         if self.parts.threads == 1 or not runner.uses_one_thread(features.size + edge_index.size):
-            return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False)
 
         def score(columns: np.ndarray) -> np.ndarray:
             part_features, part_edges = touched_subgraph(features, edge_index[:, columns])
@@ -160,10 +189,10 @@ class NetworkSteps:
                 logits[columns] = part
             self.last_gnn_layout = f"{len(groups)} component groups"
             return logits
-        if self.halo_hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
-            return self.edge_logits("gnn", *touched_subgraph(features, edge_index), chunked=False)
-        split = HaloSplit(features.shape[0], edge_index, self.parts.threads, self.halo_hops,
-                          features[:, self.phi_column])
+        hops = self.halo_hops[name]
+        if hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False)
+        split = HaloSplit(features.shape[0], edge_index, self.parts.threads, hops, features[:, self.phi_column])
 
         def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:
             columns, own = split.part(part)
@@ -171,5 +200,5 @@ class NetworkSteps:
 
         for columns, part in self.parts.map(score_own, split.parts):
             logits[columns] = part
-        self.last_gnn_layout = f"{len(split.parts)} halo slices ({self.halo_hops} hops)"
+        self.last_gnn_layout = f"{len(split.parts)} halo slices ({hops} hops)"
         return logits

@@ -118,13 +118,26 @@ class Pipeline:
         )
 
     def classify_edges(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
-        """Logits ``[M]`` of edge classifier ``network`` (``"filter"`` or ``"gnn"``) on ``edge_index``.
+        """Logits ``[M]`` of edge classifier ``network`` (``"filter"``, ``"gnn"``, or a bundle's
+        ``"pruner"``) on ``edge_index``.
 
         With ``chunked`` the edges go through in chunks of ``config.edge_chunk_size``, each
         cut into parts for the event's threads (right only for networks that score each
-        edge from its own two hits: the filter); otherwise all at once in one call.
+        edge from its own two hits: the filter); otherwise all at once in one call. For a
+        bundle with a pruner, ``"gnn"`` unchunked is the whole GNN step (:meth:`gnn_logits`:
+        the GNN sees only the edges the pruner keeps), never the GNN on edges it was not
+        trained to see.
         """
+        if network == "gnn" and not chunked and "pruner" in self.bundle.networks:
+            return self.gnn_logits(features, edge_index)
         return self._steps.edge_logits(network, features, edge_index, chunked=chunked)
+
+    def gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+        """The GNN step's logits ``[M]`` of the filtered edges ``edge_index`` (valid hit indices), as
+        :meth:`run` computes them: on the hits the edges touch, on the event's threads, and,
+        with a bundle's ``pruner``, the GNN only on the edges whose pruner score passes
+        ``stages.prune_cut`` (the others keep the pruner's logit)."""
+        return self._steps.gnn_logits(features, edge_index)
 
     def filter_edges(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the filter in chunks; return ``(kept_edges [2, M'], filter_logits [M])``."""
@@ -141,9 +154,6 @@ class Pipeline:
         return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut,
                             **bundle_track_options(self.bundle, features))
 
-    def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
-        """GNN logits of the pipeline's own (valid) edges (see :meth:`NetworkSteps.gnn_logits`)."""
-        return self._steps.gnn_logits(features, edge_index)
 
     # -- whole events ----------------------------------------------------------------
     def run(self, features: np.ndarray) -> PipelineResult:
@@ -167,18 +177,15 @@ class Pipeline:
         self.memory.check_gnn_edges(num_hits, filtered.shape[1], self.config.memory_limit_per_event)
 
         mark = time.perf_counter()
-        gnn_logits = self._gnn_logits(features, filtered)
+        gnn_logits = self.gnn_logits(features, filtered)
         timings["gnn"] = time.perf_counter() - mark
         mark = time.perf_counter()
         labels = self.build_tracks(num_hits, filtered, gnn_logits, features)
         timings["tracks"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
         passed = int(np.count_nonzero(gnn_logits.astype(np.float64) > logit_threshold(self.stages.gnn_cut)))
-        return PipelineResult(
-            labels=labels,
-            timings=timings,
-            num_edges={"graph": int(edges.shape[1]), "filter": int(filtered.shape[1]), "gnn": passed},
-        )
+        num_edges = {"graph": int(edges.shape[1]), "filter": int(filtered.shape[1]), "gnn": passed}
+        return PipelineResult(labels=labels, timings=timings, num_edges=num_edges)
 
     def event_features(self, event: Event) -> np.ndarray:
         """The bundle's node features of a TrackML event's hits."""

@@ -184,7 +184,11 @@ class TrainingConfig:
     choose the GNN cut. ``gnn_blind_to`` names hit features (of the feature spec, or
     ``eta`` when derived) that the interaction GNN's hit encoder does not read: its
     first-layer weights for them start at zero and get no gradient, so the GNN sees those
-    features only through its edge inputs (differences, geometry).
+    features only through its edge inputs (differences, geometry). ``prune_cut`` (a
+    probability; None: off) trains a second GNN, of the same settings with
+    ``pruned_gnn_epochs`` epochs (None: ``gnn.epochs``), on the edges whose first GNN's
+    score passes it; the first GNN becomes the bundle's ``pruner``
+    (:data:`trackserve.bundle.OPTIONAL_NETWORKS`).
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -204,6 +208,8 @@ class TrainingConfig:
     pair_direction: bool = False
     track_building: str = "components"
     gnn_blind_to: tuple[str, ...] = ()
+    prune_cut: float | None = None
+    pruned_gnn_epochs: int | None = None
     #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
     gnn_blind_columns: tuple[int, ...] = ()
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
@@ -236,6 +242,11 @@ class TrainingConfig:
              "(the direction is part of the edge geometry)"),
             ("gnn_blind_to", not self.gnn_blind_to or self.gnn.architecture == "InteractionGNN",
              "empty unless the GNN is an InteractionGNN (the only one with a hit encoder)"),
+            ("prune_cut", self.prune_cut is None or 0.0 < self.prune_cut < 0.5,
+             "a probability in (0, 0.5): the first GNN's low cut, below any track-building cut"),
+            ("pruned_gnn_epochs", self.pruned_gnn_epochs is None or (self.prune_cut is not None
+                                                                     and self.pruned_gnn_epochs >= 1),
+             "an integer >= 1, and only with prune_cut"),
         ], "run")
 
     @classmethod

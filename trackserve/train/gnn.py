@@ -161,10 +161,11 @@ def validate_gnn(network, event: TrainingEvent, graph: np.ndarray, cut: float, c
 
 
 def choose_gnn_cut(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> tuple[float, dict]:
-    """The cut of :data:`CANDIDATE_CUTS` with the best track efficiency minus fake rate on ``event``, and its figures."""
+    """The cut of :data:`CANDIDATE_CUTS` (those not below ``config.prune_cut``) with the best track
+    efficiency minus fake rate on ``event``, and its figures."""
     logits = gnn_scores(network, event, graph)
     best = None
-    for cut in CANDIDATE_CUTS:
+    for cut in (cut for cut in CANDIDATE_CUTS if config.prune_cut is None or cut >= config.prune_cut):
         labels = track_labels(event.num_hits, graph, logits, cut, config.track_building, event.hit_distance)
         figures = track_figures(event, labels, config.min_pt, config.min_hits)
         value = np.nan_to_num(figures["track_efficiency"]) - np.nan_to_num(figures["fake_rate"])

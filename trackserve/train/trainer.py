@@ -1,7 +1,10 @@
 """The whole training run: embedding, radius, filter, GNN, cuts, then the bundle.
 
 :func:`train_pipeline` trains the three networks in order, each on what the previous
-stage produces, picks the radius and the cuts on the validation event, writes the bundle
+stage produces (with ``prune_cut``, a second GNN on the edges the first one keeps above
+that low cut, the first becoming the bundle's pruner; with ``start_from``, the embedding,
+filter and GNN of a bundle trained before, so that only the second GNN is trained),
+picks the radius and the cuts on the validation event, writes the bundle
 with :func:`~trackserve.bundle.make_bundle` (ONNX export with parity checks) and finally
 runs the written bundle through the runtime :class:`~trackserve.runtime.pipeline.Pipeline`
 on the validation event, recording every figure and setting in the provenance.
@@ -22,7 +25,8 @@ from .config import TrainingConfig
 from .data import TrainingEvent, describe_events
 from .embedding import embed, radius_for_efficiency, train_embedding
 from .filter import filtered_graph, radius_graph, train_filter
-from .gnn import choose_gnn_cut, train_gnn
+from .classifier import passing
+from .gnn import choose_gnn_cut, gnn_scores, train_gnn
 from .progress import report, seed_everything
 from .validation import format_figures, graph_figures, track_figures
 
@@ -57,9 +61,61 @@ def blind_columns(names, feature_names, derive_eta: bool) -> tuple[int, ...]:
     return tuple(sorted({columns.index(name) for name in names}))
 
 
+@dataclass
+class StartingPoint:
+    """The networks and graph settings a training run takes from a bundle trained before."""
+
+    embedding: object
+    filter: object
+    gnn: object
+    radius: float
+    filter_cut: float
+    record: dict
+
+
+def starting_point(path: str | Path, spec: FeatureSpec, config: TrainingConfig) -> StartingPoint:
+    """The embedding, filter and GNN (torch) of the bundle at ``path``, with its radius and
+    filter cut, to train a pruned GNN on; InputError when the bundle does not fit this run
+    (other features, another graph cap or direction, a pruner already, no torch weights)."""
+    from ..bundle import file_sha256, load_bundle, PIPELINE_FILE
+    from ..errors import BundleError
+    from ..export.bundle_networks import load_torch_network
+
+    bundle = load_bundle(path)
+    where = f"--start-from {path}"
+    if tuple(bundle.feature_names) != tuple(spec.names) or \
+            any(abs(a - b) > 1e-12 * abs(b) for a, b in zip(bundle.feature_scales, spec.scales)):
+        raise InputError(f"{where}: its features {list(bundle.feature_names)} with scales {list(bundle.feature_scales)} "
+                         f"are not this run's {list(spec.names)} with scales {list(spec.scales)}; give the --features "
+                         "it was trained with (a rescaled bundle cannot be trained on)")
+    if "pruner" in bundle.networks:
+        raise InputError(f"{where}: the bundle has a pruner already; start from the bundle trained before it")
+    stages = bundle.stages
+    for name, theirs, ours in (("max neighbours", stages.max_neighbours, config.max_neighbours),
+                               ("edge direction", stages.edge_direction, config.edge_direction)):
+        if theirs != ours:
+            raise InputError(f"{where}: its graph's {name} is {theirs!r}, this run's {ours!r}; give the settings it was "
+                             "trained with")
+    try:
+        networks = {name: load_torch_network(bundle, name) for name in ("embedding", "filter", "gnn")}
+    except BundleError as error:
+        raise InputError(f"{where}: {error}") from error
+    provenance = bundle.provenance
+    record = {"bundle": str(path), "pipeline_sha256": file_sha256(Path(bundle.directory) / PIPELINE_FILE),
+              "seconds": provenance.get("seconds"), "history": provenance.get("history"),
+              "settings": provenance.get("settings")}
+    return StartingPoint(networks["embedding"], networks["filter"], networks["gnn"], stages.radius, stages.filter_cut,
+                         record)
+
+
 def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, config: TrainingConfig, output: str | Path,
-                   *, spec: FeatureSpec, data_description: dict | None = None, show_progress: bool = True) -> TrainingResult:
-    """Train a pipeline on ``events``, tune it on ``validation`` and write the bundle to ``output``."""
+                   *, spec: FeatureSpec, data_description: dict | None = None, show_progress: bool = True,
+                   start_from: str | Path | None = None) -> TrainingResult:
+    """Train a pipeline on ``events``, tune it on ``validation`` and write the bundle to ``output``.
+
+    ``start_from``: a bundle trained before on the same features, whose embedding, filter
+    and GNN are taken as they are (with its radius and filter cut); the run then trains
+    only the pruned GNN, so ``config.prune_cut`` must be set."""
     import torch
 
     from ..bundle import StageParameters, load_bundle, make_bundle, write_pipeline_json
@@ -73,45 +129,78 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
                      if config.pair_geometry else None)
     config = replace(config, gnn_blind_columns=blind_columns(config.gnn_blind_to, spec.names, config.derive_eta))
     config.validate()
+    if start_from is not None and config.prune_cut is None:
+        raise InputError("--start-from takes the networks of a bundle trained before and trains only a pruned GNN: "
+                         "give --prune-cut too")
     _check_events(events, validation, spec)
     torch.set_num_threads(config.threads)
     rng = seed_everything(config.seed)
     seconds, started = {}, time.perf_counter()
+    start = None if start_from is None else starting_point(start_from, spec, config)
 
     mark = time.perf_counter()
-    embedding_net, embedding_history = train_embedding(events, validation, config, rng, show_progress=show_progress)
-    radius = radius_for_efficiency(embed(embedding_net, validation.features), validation.truth_edges_above(config.min_pt),
-                                   config.embedding.target_efficiency)
-    radius = float(np.format_float_positional(radius, precision=5, unique=True, fractional=False, trim="-"))
-    seconds["embedding"] = time.perf_counter() - mark
+    if start is None:
+        embedding_net, embedding_history = train_embedding(events, validation, config, rng, show_progress=show_progress)
+        radius = radius_for_efficiency(embed(embedding_net, validation.features),
+                                       validation.truth_edges_above(config.min_pt), config.embedding.target_efficiency)
+        radius = float(np.format_float_positional(radius, precision=5, unique=True, fractional=False, trim="-"))
+        seconds["embedding"] = time.perf_counter() - mark
+    else:
+        embedding_net, radius = start.embedding, start.radius
+        embedding_history = (start.record["history"] or {}).get("embedding")
 
     mark = time.perf_counter()
     graphs = [radius_graph(embedding_net, event, radius, config) for event in events]
     validation_graph = radius_graph(embedding_net, validation, radius, config)
     report(f"radius {radius:.5g}: validation graph {format_figures(graph_figures(validation, validation_graph, config.min_pt))}",
            enabled=show_progress)
-    filter_net, filter_cut, filter_history = train_filter(events, graphs, validation, validation_graph, config, rng,
-                                                          show_progress=show_progress)
-    seconds["filter"] = time.perf_counter() - mark
+    if start is None:
+        filter_net, filter_cut, filter_history = train_filter(events, graphs, validation, validation_graph, config, rng,
+                                                              show_progress=show_progress)
+        seconds["filter"] = time.perf_counter() - mark
+    else:
+        filter_net, filter_cut = start.filter, start.filter_cut
+        filter_history = (start.record["history"] or {}).get("filter")
 
     mark = time.perf_counter()
     filtered = [filtered_graph(filter_net, event, graph, filter_cut) for event, graph in zip(events, graphs)]
     validation_filtered = filtered_graph(filter_net, validation, validation_graph, filter_cut)
-    gnn_net, gnn_history = train_gnn(events, filtered, validation, validation_filtered, config, rng,
-                                     show_progress=show_progress)
-    gnn_cut, gnn_figures = choose_gnn_cut(gnn_net, validation, validation_filtered, config)
-    seconds["gnn"] = time.perf_counter() - mark
+    if start is None:
+        gnn_net, gnn_history = train_gnn(events, filtered, validation, validation_filtered, config, rng,
+                                         show_progress=show_progress)
+    else:
+        gnn_net, gnn_history = start.gnn, (start.record["history"] or {}).get("gnn")
+    history = {"embedding": embedding_history, "filter": filter_history, "gnn": gnn_history}
+    networks = {"embedding": embedding_net, "filter": filter_net, "gnn": gnn_net}
+    gnn_graph = validation_filtered
+    if config.prune_cut is not None:
+        seconds["gnn"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        networks["pruner"] = gnn_net
+        pruned = [np.ascontiguousarray(graph[:, passing(gnn_scores(gnn_net, event, graph), config.prune_cut)])
+                  for event, graph in zip(events, filtered)]
+        gnn_graph = np.ascontiguousarray(
+            validation_filtered[:, passing(gnn_scores(gnn_net, validation, validation_filtered), config.prune_cut)])
+        report(f"pruned at {config.prune_cut:g}: validation graph {format_figures(graph_figures(validation, gnn_graph, config.min_pt))}",
+               enabled=show_progress)
+        second = replace(config, gnn=replace(config.gnn, epochs=config.pruned_gnn_epochs or config.gnn.epochs))
+        gnn_net, history["pruned_gnn"] = train_gnn(events, pruned, validation, gnn_graph, second, rng,
+                                                   show_progress=show_progress)
+        networks["gnn"] = gnn_net
+    gnn_cut, gnn_figures = choose_gnn_cut(gnn_net, validation, gnn_graph, config)
+    seconds["pruned_gnn" if config.prune_cut is not None else "gnn"] = time.perf_counter() - mark
     seconds["training"] = time.perf_counter() - started
 
     final = {
         "graph": graph_figures(validation, validation_graph, config.min_pt),
         "filter": graph_figures(validation, validation_filtered, config.min_pt),
+        **({} if config.prune_cut is None else {"pruner": graph_figures(validation, gnn_graph, config.min_pt)}),
         "gnn": gnn_figures,
     }
     report(f"validation: gnn cut {gnn_cut}: {format_figures(gnn_figures)}", enabled=show_progress)
     stages = StageParameters(radius=radius, max_neighbours=config.max_neighbours, filter_cut=filter_cut,
-                             gnn_cut=gnn_cut, edge_direction=config.edge_direction, track_building=config.track_building)
-    history = {"embedding": embedding_history, "filter": filter_history, "gnn": gnn_history}
+                             gnn_cut=gnn_cut, edge_direction=config.edge_direction, track_building=config.track_building,
+                             prune_cut=config.prune_cut)
     provenance = json_ready({
         "trained_by": "trackserve train",
         "data": {**(data_description or {}), "training": describe_events(events), "validation": describe_events([validation])},
@@ -120,10 +209,10 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
         "validation": final,
         "seconds": seconds,
         "torch_threads": config.threads,
+        **({} if start is None else {"started_from": start.record}),
     })
     mark = time.perf_counter()
-    make_bundle(output, {"embedding": embedding_net, "filter": filter_net, "gnn": gnn_net},
-                features=spec, stages=stages, provenance=provenance)
+    make_bundle(output, networks, features=spec, stages=stages, provenance=provenance)
     seconds["export"] = time.perf_counter() - mark
 
     bundle_check = run_bundle_check(output, validation, config)

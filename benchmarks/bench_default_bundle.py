@@ -241,6 +241,10 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     pt_of = dict(zip(event.particles["particle_id"].tolist(), pt.tolist()))
     high = np.array([pt_of.get(int(p), 0.0) >= MIN_PT for p in pids[truth[0]]], dtype=bool)
     stage_edges = {"graph": graph, "filter": filtered, "gnn": kept}
+    if pipeline.stages.prune_cut is not None:  # the edges the pruner leaves the GNN
+        first = pipeline.classify_edges("pruner", features, filtered, chunked=False)
+        stage_edges = {"graph": graph, "filter": filtered,
+                       "pruner": filtered[:, first > logit_threshold(pipeline.stages.prune_cut)], "gnn": kept}
     stage_keys = {name: _edge_keys(edges, event.num_hits) for name, edges in stage_edges.items()}
     stages = {name: (edges.shape[1],) + _edge_figures(edges, stage_keys[name], truth, pids, high, event.num_hits)
               for name, edges in stage_edges.items()}
@@ -320,7 +324,10 @@ def main() -> int:
         f"Machine: {machine_description()}. Threads: ONNX Runtime intra-op {args.threads}, graph building {args.threads} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + load_note(),
         f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
-        f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g}, "
+        f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, "
+        + ("" if stages.prune_cut is None else f"pruner cut {stages.prune_cut:g} (the 'pruner' rows: the filtered edges "
+           "it passes, the only ones the GNN scores), ")
+        + f"GNN cut {stages.gnn_cut:g}, "
         f"track building {stages.track_building}"
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
            "passing the GNN cut; gaps are filled from the edges passing the gap cut)")

@@ -73,7 +73,7 @@ class Baseline:
     def __init__(self, bundle, chunk: int):
         from trackserve.export.bundle_networks import load_torch_network
 
-        self.nets = {name: load_torch_network(bundle, name) for name in ("embedding", "filter", "gnn")}
+        self.nets = {name: load_torch_network(bundle, name) for name in bundle.networks}
         self.stages = bundle.stages
         self.feature_names, self.feature_scales = list(bundle.feature_names), list(bundle.feature_scales)
         self.chunk = chunk
@@ -214,6 +214,18 @@ class Baseline:
             labels = connected_components(pieces, directed=False)[1][labels]
         return labels
 
+    def gnn(self, x, edges):
+        """GNN logits of the filtered ``edges``; with a pruner, the GNN on the edges it passes only."""
+        import torch
+
+        if "pruner" not in self.nets:
+            return self.nets["gnn"](x, edges)
+        logits = self.nets["pruner"](x, edges)
+        keep = torch.sigmoid(logits) > self.stages.prune_cut
+        if keep.any():
+            logits[keep] = self.nets["gnn"](x, edges[:, keep])
+        return logits
+
     def run(self, features: np.ndarray):
         """(labels, per-stage seconds, intermediate results) of one event."""
         import torch
@@ -234,7 +246,7 @@ class Baseline:
             kept = np.ascontiguousarray(edges[:, filter_prob > self.stages.filter_cut])
             times["filter"] = time.perf_counter() - t
             t = time.perf_counter()
-            gnn_logits = self.nets["gnn"](x, torch.from_numpy(kept)) if kept.shape[1] else torch.zeros(0)
+            gnn_logits = self.gnn(x, torch.from_numpy(kept)) if kept.shape[1] else torch.zeros(0)
             gnn_prob = torch.sigmoid(gnn_logits).numpy()
             times["gnn"] = time.perf_counter() - t
         t = time.perf_counter()

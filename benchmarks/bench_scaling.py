@@ -101,9 +101,18 @@ def child(features_path: str, bundle: str, threads: int, repeats: int) -> dict:
     peak = peak_resident_bytes()
     # The GNN runs on the hits some filtered edge touches: its node networks see only those.
     filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
-    return {"hits": int(features.shape[0]), "timings": timings, "num_edges": result.num_edges,
-            "gnn_hits": int(np.unique(filtered).size), "gnn_layout": pipeline._steps.last_gnn_layout,
-            "rss_before": rss_before, "peak": peak}
+    layout = pipeline._steps.last_gnn_layout
+    sizes = {"gnn_hits": int(np.unique(filtered).size), "gnn_edges": int(filtered.shape[1])}
+    if pipeline.stages.prune_cut is not None:
+        # With a pruner the GNN step runs it on the filtered graph, then the GNN on the edges it passes.
+        from trackserve.runtime.cuts import logit_threshold
+
+        first = pipeline.classify_edges("pruner", features, filtered, chunked=False)
+        pruned = filtered[:, first.astype(np.float64) > logit_threshold(pipeline.stages.prune_cut)]
+        sizes = {"pruner_hits": sizes["gnn_hits"], "pruner_edges": sizes["gnn_edges"],
+                 "gnn_hits": int(np.unique(pruned).size), "gnn_edges": int(pruned.shape[1])}
+    return {"hits": int(features.shape[0]), "timings": timings, "num_edges": result.num_edges, **sizes,
+            "gnn_layout": layout, "rss_before": rss_before, "peak": peak}
 
 
 def layer_chain_model(width: int, layers: int, layer_norm: bool, activation: str | None) -> bytes:
@@ -213,10 +222,13 @@ def bundle_tables(bundle_path: str, rows: list[dict], peak: float) -> tuple[list
         stage_lines.append(f"| {row['hits']:,} | {e['graph']:,} / {e['filter']:,} | {row['gnn_layout']} | "
                            + " | ".join(f"{t[s] * 1e3:.1f}" for s in STAGES)
                            + f" | {t['total'] * 1e3:.1f} | {row['peak'] / 2**20:.0f} ({row['rss_before'] / 2**20:.0f}) |")
-        stage_edges = {"embed": 0, "filter": e["graph"], "gnn": e["filter"]}
+        stage_edges = {"embed": 0, "filter": e["graph"], "gnn": row.get("gnn_edges", e["filter"])}
         stage_hits = {"embed": row["hits"], "filter": row["hits"], "gnn": row["gnn_hits"]}
         for stage, network in NETWORK_OF_STAGE.items():
             flops = network_flops(bundle.network_path(network), stage_hits[stage], stage_edges[stage])
+            if stage == "gnn" and "pruner_edges" in row:  # the GNN step is the pruner, then the GNN
+                flops += network_flops(bundle.network_path("pruner"), row["pruner_hits"], row["pruner_edges"])
+                network = f"pruner ({row['pruner_edges']:,} edges) + gnn ({row['gnn_edges']:,})"
             rate = flops / t[stage] if t[stage] > 0 else 0.0
             rate_lines.append(f"| {row['hits']:,} | {network} | {flops / 1e9:.3f} | {rate / 1e9:.1f} | {rate / peak:.0%} |")
     return stage_lines, rate_lines

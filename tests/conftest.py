@@ -69,6 +69,44 @@ def tiny_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pruned_bundle(tiny_bundle, tmp_path_factory):
+    """:func:`tiny_bundle` with a pruner: a random three-step interaction GNN whose output
+    bias is shifted so that its cut (``prune_cut`` 0.3, below the GNN cut 0.5) prunes about
+    half of the sample event's filtered edges."""
+    import torch
+
+    from trackserve.bundle import StageParameters, load_bundle, make_bundle
+    from trackserve.events.features import TRACKML_1000
+    from trackserve.export.interaction_gnn import InteractionGNN
+    from trackserve.runtime.config import RuntimeConfig
+    from trackserve.runtime.pipeline import Pipeline
+
+    embedding, edge_filter, gnn = _tiny_networks(TRACKML_1000.num_features, seed=7)
+    torch.manual_seed(11)
+    pruner = InteractionGNN(in_channels=TRACKML_1000.num_features, hidden=8, n_graph_iters=3, nb_node_layer=1,
+                            nb_edge_layer=2).eval()
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    features = hit_features_of_sample()
+    filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
+    with torch.no_grad():
+        logits = pruner(torch.from_numpy(features), torch.from_numpy(filtered)).numpy()
+        pruner.output_edge_classifier[-1].bias -= float(np.median(logits)) - float(np.log(0.3 / 0.7))
+    stages = StageParameters(**{**load_bundle(tiny_bundle).stages.to_dict(), "prune_cut": 0.3})
+    directory = tmp_path_factory.mktemp("pruned_bundle")
+    make_bundle(directory, {"embedding": embedding, "filter": edge_filter, "pruner": pruner, "gnn": gnn},
+                features=TRACKML_1000, stages=stages, provenance={"data": "random weights, for tests"})
+    return directory
+
+
+def hit_features_of_sample() -> np.ndarray:
+    """The sample event's features on the TRACKML_1000 spec."""
+    from trackserve.events.features import TRACKML_1000, hit_features
+    from trackserve.events.trackml import read_event
+
+    return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
+
+
+@pytest.fixture(scope="session")
 def tiny_torch_networks():
     """The torch networks of :func:`tiny_bundle` (same seed, same weights)."""
     pytest.importorskip("torch")
@@ -89,10 +127,7 @@ def copy_with_stages(bundle: Path, directory: Path, **stages) -> Path:
 @pytest.fixture(scope="session")
 def sample_features():
     """The sample event's features on the tiny bundle's feature spec (TRACKML_1000)."""
-    from trackserve.events.features import TRACKML_1000, hit_features
-    from trackserve.events.trackml import read_event
-
-    return hit_features(read_event(SAMPLE_EVENT, parts=()).hits, TRACKML_1000)
+    return hit_features_of_sample()
 
 
 def assert_stages_refused(bundle: Path, directory: Path, change: dict, message: str) -> None:

@@ -81,6 +81,6 @@ def test_export_into_a_bundle_replaces_the_network(bundle_dir, tmp_path, capsys)
 def test_bundle_without_network_name_is_refused(bundle_dir, tmp_path, capsys):
     checkpoint = _save_checkpoint(_gnn(3), tmp_path / "gnn.ckpt")
     assert main(["export", checkpoint, "--bundle", str(bundle_dir)]) == 2
-    assert "--bundle needs --network embedding|filter|gnn" in capsys.readouterr().err
+    assert "--bundle needs --network embedding|filter|pruner|gnn" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", checkpoint, "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "0"])

@@ -132,3 +132,25 @@ def test_a_rescaling_that_changes_the_networks_output_is_refused_before_writing(
     assert not (tmp_path / "new").exists()
     assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "new")]) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_rescaling_keeps_a_pruner_and_its_cut(tmp_path, hits):
+    from trackserve.export.rescale import rescale_bundle
+    from trackserve.runtime.config import RuntimeConfig
+    from trackserve.runtime.pipeline import Pipeline
+
+    networks = _networks(3)
+    networks["pruner"] = _networks(4)["gnn"]
+    stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j",
+                             prune_cut=0.2)
+    make_bundle(tmp_path / "old", networks, features=WITH_ETA, stages=stages, provenance={"data": "test"})
+    differences = rescale_bundle(tmp_path / "old", tmp_path / "new", EXATRKX_SERVICE, check_features=read_event(
+        SAMPLE_EVENT, parts=()))
+    assert set(differences) == {"embedding", "filter", "pruner", "gnn"}
+    bundle = load_bundle(tmp_path / "new")
+    assert bundle.stages.prune_cut == 0.2 and bundle.networks["pruner"].config["derived_eta"]["z_scale"] == 400.0
+    config = RuntimeConfig(intra_op_threads=1, graph_threads=1)
+    old_run, new_run = Pipeline(tmp_path / "old", config=config), Pipeline(bundle, config=config)
+    old_x, new_x = hit_features(hits, WITH_ETA), hit_features(hits, EXATRKX_SERVICE)
+    edges = np.random.default_rng(2).integers(0, len(old_x), (2, 3000))
+    np.testing.assert_allclose(new_run.gnn_logits(new_x, edges), old_run.gnn_logits(old_x, edges), atol=2e-3)

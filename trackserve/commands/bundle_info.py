@@ -54,6 +54,8 @@ def describe(bundle) -> str:
         f"gnn_cut {stages.gnn_cut:g}, edge_direction {stages.edge_direction}, track_building {stages.track_building}"
         + ("" if stages.gap_cut is None else f", gap_cut {stages.gap_cut:g}")
         + ("" if stages.join_pieces is None else f", join_pieces ({stages.join_pieces.describe()})")
+        + ("" if stages.prune_cut is None else f", prune_cut {stages.prune_cut:g} (the GNN scores the edges the pruner "
+                                                "passes)")
     )
     engines = sorted(p.name for p in (bundle.directory / ENGINES_DIR).glob("*") if p.is_dir()) \
         if (bundle.directory / ENGINES_DIR).is_dir() else []

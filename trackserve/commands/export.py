@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", "-o", metavar="OUT.onnx", help="ONNX file to write (or to check, with --check)")
     target.add_argument("--bundle", metavar="DIR", help="bundle whose network (--network) is written or checked")
-    parser.add_argument("--network", dest="name", choices=("embedding", "filter", "gnn"),
-                        help="which network of the bundle (required with --bundle)")
+    parser.add_argument("--network", dest="name", choices=("embedding", "filter", "pruner", "gnn"),
+                        help="which network of the bundle (required with --bundle; pruner: a bundle's first GNN)")
     parser.add_argument("--check", action="store_true", help="validate the existing ONNX file; write nothing")
     parser.add_argument("--kind", choices=("embedding", "filter", "gnn", "resagnn", "interaction"),
                         help="network kind when the file does not tell (default: detected, or --network)")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import BackendUnavailableError, BundleError
 
     if args.bundle and not args.name:
-        raise BundleError("--bundle needs --network embedding|filter|gnn: which network of the bundle")
+        raise BundleError("--bundle needs --network embedding|filter|pruner|gnn: which network of the bundle")
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError as error:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.checkpoint_import import import_checkpoint
     from ..export.onnx_export import DEFAULT_OPSET, export_network, validate_onnx
 
-    kind = args.kind or args.name
+    kind = args.kind or ("gnn" if args.name == "pruner" else args.name)
     network = import_checkpoint(args.network, kind=kind, hparams=args.hparams, trust_pickle=args.trust_pickle)
     print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {args.network}")
     opset = args.opset or DEFAULT_OPSET

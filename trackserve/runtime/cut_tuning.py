@@ -131,8 +131,9 @@ def tune_gnn_cut(pipeline, events: Event | Sequence[Event] | ValidationSet, *, m
     joins pieces. The criterion is the mean over the events of efficiency minus fake rate;
     with ``max_fake_rate`` only the candidates whose fake rate is at most that on every
     event compete (an :class:`InputError` says when none is). Ties keep the smaller cut,
-    then the higher gap cut (no gap filling first). Returns the chosen candidate's
-    figures and all of them, in the order tried.
+    then the higher gap cut (no gap filling first). Candidates below a bundle's
+    ``prune_cut`` are left out. Returns the chosen candidate's figures and all of them, in
+    the order tried.
     """
     _check_bound(max_fake_rate)
     if not cuts:
@@ -140,6 +141,12 @@ def tune_gnn_cut(pipeline, events: Event | Sequence[Event] | ValidationSet, *, m
     bad = [cut for cut in (*cuts, *(gap_cuts or ())) if not 0.0 <= float(cut) <= 1.0]
     if bad:
         raise InputError(f"candidate cuts must lie in [0, 1]; got {bad}")
+    prune_cut = pipeline.stages.prune_cut
+    if prune_cut is not None:  # a pruned edge keeps the pruner's score: no cut below the pruning cut
+        cuts = [cut for cut in cuts if float(cut) >= prune_cut]
+        gap_cuts = None if gap_cuts is None else [cut for cut in gap_cuts if float(cut) >= prune_cut]
+        if not cuts:
+            raise InputError(f"every candidate cut lies below the bundle's pruning cut {prune_cut:g}")
     validation = _validation_set(pipeline, events, method)
     if gap_cuts and validation.method != "best_edges":
         raise InputError(f"gap cuts fill gaps between best edges: tune them with track building 'best_edges', "

@@ -1,0 +1,112 @@
+"""A bundle's pruner: a first GNN whose cut leaves the GNN only the edges it passes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ..conftest import assert_stages_refused
+from trackserve.bundle import StageParameters, load_bundle, make_bundle
+from trackserve.errors import BundleError
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.cuts import logit_threshold
+from trackserve.runtime.pipeline import Pipeline
+from trackserve.runtime.track_building import build_tracks, bundle_track_options
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def one_thread(pruned_bundle):
+    return Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+
+
+def _filtered(pipeline, features):
+    return pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))[0]
+
+
+def test_the_gnn_scores_only_the_edges_the_pruner_passes(one_thread, sample_features):
+    filtered = _filtered(one_thread, sample_features)
+    first = one_thread.classify_edges("pruner", sample_features, filtered, chunked=False)
+    keep = first.astype(np.float64) > logit_threshold(0.3)
+    assert 0.2 < keep.mean() < 0.8  # both kinds of edge, many of each
+    second = one_thread._steps.edge_logits("gnn", sample_features, np.ascontiguousarray(filtered[:, keep]),
+                                           chunked=False)
+    logits = one_thread.gnn_logits(sample_features, filtered)
+    np.testing.assert_array_equal(logits[~keep], first[~keep])  # a pruned edge keeps the pruner's logit
+    np.testing.assert_allclose(logits[keep], second, rtol=0, atol=1e-5 * max(1.0, np.abs(second).max()))
+    # the GNN on the pruned graph is not the GNN on all the edges: the pruning changes what it computes
+    unpruned = one_thread._steps.edge_logits("gnn", sample_features, filtered, chunked=False)
+    assert np.abs(unpruned[keep] - logits[keep]).max() > 1e-3
+    # the stage callable alone means the whole GNN step
+    np.testing.assert_array_equal(one_thread.classify_edges("gnn", sample_features, filtered, chunked=False), logits)
+
+
+def test_runs_give_the_labels_of_the_pruned_scores_on_any_threads(one_thread, pruned_bundle, sample_features):
+    filtered = _filtered(one_thread, sample_features)
+    logits = one_thread.gnn_logits(sample_features, filtered)
+    expected = build_tracks(sample_features.shape[0], filtered, logits, 0.5,
+                            **bundle_track_options(one_thread.bundle, sample_features))
+    result = one_thread.run(sample_features)
+    np.testing.assert_array_equal(result.labels, expected)
+    two = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))
+    np.testing.assert_allclose(two.gnn_logits(sample_features, filtered), logits, rtol=0, atol=1e-5)
+    assert "pruner" in two._steps.last_gnn_layout and "GNN on" in two._steps.last_gnn_layout
+    np.testing.assert_array_equal(two.run(sample_features).labels, expected)
+    # the halo of each message-passing network follows its own steps
+    assert two._steps.halo_hops == {"pruner": 2, "gnn": 1}
+
+
+def test_zero_and_one_hit_events(one_thread, sample_features):
+    assert one_thread.run(sample_features[:0]).labels.shape == (0,)
+    assert one_thread.run(sample_features[:1]).labels.tolist() == [0]
+    empty = np.zeros((2, 0), dtype=np.int64)
+    assert one_thread.gnn_logits(sample_features, empty).shape == (0,)
+
+
+def test_the_pruner_and_its_cut_come_together(pruned_bundle, tiny_bundle, tmp_path):
+    data = json.loads((pruned_bundle / "pipeline.json").read_text())
+    shutil.copytree(pruned_bundle, tmp_path / "no_cut")
+    del data["stages"]["prune_cut"]
+    (tmp_path / "no_cut" / "pipeline.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="has a pruner network but no 'prune_cut'"):
+        load_bundle(tmp_path / "no_cut")
+    shutil.copytree(tiny_bundle, tmp_path / "no_pruner")
+    data = json.loads((tiny_bundle / "pipeline.json").read_text())
+    data["stages"]["prune_cut"] = 0.1
+    (tmp_path / "no_pruner" / "pipeline.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="prune_cut: 0.1 is set but the bundle has no pruner network"):
+        load_bundle(tmp_path / "no_pruner")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prune_cut": 0.7}, r"prune_cut: 0.7 is above gnn_cut 0.5"),
+    ({"prune_cut": 1.0}, r"prune_cut: 1.0 is outside \[0, 1\)"),
+    ({"prune_cut": "low"}, r"prune_cut: 'low' is outside"),
+    ({"track_building": "best_edges", "gap_cut": 0.2}, r"prune_cut: 0.3 is above gap_cut 0.2"),
+])
+def test_a_pruning_cut_above_a_later_cut_is_refused(pruned_bundle, tmp_path, change, message):
+    assert_stages_refused(pruned_bundle, tmp_path / "bad", change, message)
+
+
+def test_make_bundle_refuses_a_pruner_without_its_cut(tiny_torch_networks, tmp_path):
+    embedding, edge_filter, gnn = tiny_torch_networks
+    stages = StageParameters(radius=1.0, max_neighbours=8, filter_cut=0.4, gnn_cut=0.5, edge_direction="i<j")
+    with pytest.raises(BundleError, match="has a pruner network but no 'prune_cut'"):
+        make_bundle(tmp_path / "b", {"embedding": embedding, "filter": edge_filter, "pruner": gnn, "gnn": gnn},
+                    features={"names": ["r", "phi", "z"], "scales": [1000.0, 3.14159, 1000.0]}, stages=stages)
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_ensemble_gnn_stage_runs_the_pruner_too(one_thread, sample_features):
+    from trackserve.serving.interface import FEATURES
+    from trackserve.serving.stages import make_stage
+
+    filtered = _filtered(one_thread, sample_features)
+    gnn = make_stage("gnn", one_thread.bundle)
+    assert set(gnn.steps.networks) == {"gnn", "pruner"}
+    scores = gnn({FEATURES: sample_features, "EDGE_LIST_AFTER_FILTER": filtered})["GNN_SCORES"]
+    np.testing.assert_allclose(scores, one_thread.gnn_logits(sample_features, filtered), rtol=0, atol=1e-5)

@@ -190,6 +190,9 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     gnn_cut, gnn_figures = choose_gnn_cut(gnn_net, validation, gnn_graph, config)
     seconds["pruned_gnn" if config.prune_cut is not None else "gnn"] = time.perf_counter() - mark
     seconds["training"] = time.perf_counter() - started
+    if start is not None:  # this run's training and the training of the bundle it started from
+        before = start.record["seconds"] or {}
+        seconds["training_total"] = seconds["training"] + float(before.get("training_total", before.get("training", 0.0)))
 
     final = {
         "graph": graph_figures(validation, validation_graph, config.min_pt),

@@ -168,13 +168,13 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     if start is None:
         gnn_net, gnn_history = train_gnn(events, filtered, validation, validation_filtered, config, rng,
                                          show_progress=show_progress)
+        seconds["gnn"] = time.perf_counter() - mark
     else:
         gnn_net, gnn_history = start.gnn, (start.record["history"] or {}).get("gnn")
     history = {"embedding": embedding_history, "filter": filter_history, "gnn": gnn_history}
     networks = {"embedding": embedding_net, "filter": filter_net, "gnn": gnn_net}
     gnn_graph = validation_filtered
     if config.prune_cut is not None:
-        seconds["gnn"] = time.perf_counter() - mark
         mark = time.perf_counter()
         networks["pruner"] = gnn_net
         pruned = [np.ascontiguousarray(graph[:, passing(gnn_scores(gnn_net, event, graph), config.prune_cut)])
@@ -187,8 +187,8 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
         gnn_net, history["pruned_gnn"] = train_gnn(events, pruned, validation, gnn_graph, second, rng,
                                                    show_progress=show_progress)
         networks["gnn"] = gnn_net
+        seconds["pruned_gnn"] = time.perf_counter() - mark
     gnn_cut, gnn_figures = choose_gnn_cut(gnn_net, validation, gnn_graph, config)
-    seconds["pruned_gnn" if config.prune_cut is not None else "gnn"] = time.perf_counter() - mark
     seconds["training"] = time.perf_counter() - started
     if start is not None:  # this run's training and the training of the bundle it started from
         before = start.record["seconds"] or {}

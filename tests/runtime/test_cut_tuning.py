@@ -65,8 +65,12 @@ def test_a_fake_rate_bound_restricts_the_choice(pipeline, event):
 
 
 def test_impossible_bounds_and_events_without_truth_are_refused(pipeline, event):
+    lowest = pipeline.stages.prune_cut or 0.0  # a pruned edge keeps the pruner's score: no cut below its cut
     with pytest.raises(InputError, match="no candidate cut keeps the fake rate"):
-        tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=0.0, cuts=(0.0,))
+        tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, max_fake_rate=0.0, cuts=(lowest,))
+    if pipeline.stages.prune_cut is not None:
+        with pytest.raises(InputError, match="every candidate cut lies below the bundle's pruning cut"):
+            tune_gnn_cut(pipeline, event, min_pt=0.5, min_hits=3, cuts=(lowest / 2,))
     with pytest.raises(InputError, match="max_fake_rate must lie in"):
         tune_gnn_cut(pipeline, event, max_fake_rate=2.0)
     with pytest.raises(InputError, match="truth and particles"):

@@ -179,7 +179,9 @@ def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
         if isinstance(prune_cut, bool) or not isinstance(prune_cut, (int, float)) or not (0.0 <= prune_cut < 1.0):
             problems.append(f"stages.prune_cut: {prune_cut!r} is outside [0, 1) (a probability, like gnn_cut)")
         else:
-            for name, cut in (("gnn_cut", gnn_cut), ("gap_cut", gap_cut)):
+            join_score = join_pieces.min_score if isinstance(join_pieces, JoinSettings) else \
+                join_pieces.get("min_score") if isinstance(join_pieces, dict) else None
+            for name, cut in (("gnn_cut", gnn_cut), ("gap_cut", gap_cut), ("join_pieces.min_score", join_score)):
                 if isinstance(cut, (int, float)) and not isinstance(cut, bool) and prune_cut > cut:
                     problems.append(f"stages.prune_cut: {prune_cut!r} is above {name} {cut!r} (a pruned edge keeps the "
                                     f"pruner's score, so the pruning cut must not be above a later cut)")
@@ -284,7 +286,8 @@ class StageParameters:
     that fit one trajectory (:mod:`trackserve.runtime.piece_joining`; it needs the features
     r, phi and z); None (default): no joining. ``prune_cut``: set exactly when the bundle
     has a ``pruner`` network (:data:`OPTIONAL_NETWORKS`): the GNN scores only the filtered
-    edges whose pruner score passes it, in ``[0, gnn_cut]`` and not above ``gap_cut``.
+    edges whose pruner score passes it, in ``[0, gnn_cut]`` and not above ``gap_cut`` or
+    the joining's ``min_score``.
     Invalid values raise :class:`~trackserve.errors.BundleError` naming each.
     """
 

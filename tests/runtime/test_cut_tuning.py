@@ -182,8 +182,9 @@ def test_several_validation_events_are_averaged_and_the_bound_holds_on_each(pipe
 
 
 def test_piece_joining_is_tried_at_the_cuts_and_scored_as_the_pipeline_would(pipeline, event):
+    lowest = pipeline.stages.prune_cut or 0.0  # joining below a pruning cut is never tried
     joins = (JoinSettings(0.01, 5.0, 10.0, 0.25, 3), JoinSettings(0.1, 2.0, 10.0, 0.0, 1),
-             JoinSettings(0.0, 500.0, 2000.0, 1.0, 3))
+             JoinSettings(lowest, 500.0, 2000.0, 1.0, 3))
     validation = ValidationSet(pipeline, event, "best_edges")
     best, rows = tune_piece_joining(pipeline, validation, cut=0.8, gap_cut=0.5, candidates=joins, min_pt=0.5,
                                     min_hits=3)
@@ -207,6 +208,11 @@ def test_piece_joining_is_tried_at_the_cuts_and_scored_as_the_pipeline_would(pip
         tune_piece_joining(pipeline, ValidationSet(pipeline, event, "components"), cut=0.8)
     with pytest.raises(InputError, match="no candidate piece-joining settings"):
         tune_piece_joining(pipeline, validation, cut=0.8, candidates=())
+    if pipeline.stages.prune_cut is not None:
+        below = JoinSettings(lowest / 2, 5.0, 10.0, 0.25, 3)
+        _, tried = tune_piece_joining(pipeline, validation, cut=0.8, gap_cut=0.5, candidates=(below, joins[0]),
+                                      min_pt=0.5, min_hits=3)
+        assert [row.join for row in tried] == [None, joins[0]]
     assert len(CANDIDATE_JOINS) == len(set(CANDIDATE_JOINS)) == 72
 
 

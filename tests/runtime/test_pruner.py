@@ -87,6 +87,9 @@ def test_the_pruner_and_its_cut_come_together(pruned_bundle, tiny_bundle, tmp_pa
     ({"prune_cut": 1.0}, r"prune_cut: 1.0 is outside \[0, 1\)"),
     ({"prune_cut": "low"}, r"prune_cut: 'low' is outside"),
     ({"track_building": "best_edges", "gap_cut": 0.2}, r"prune_cut: 0.3 is above gap_cut 0.2"),
+    ({"track_building": "best_edges", "join_pieces": {"min_score": 0.1, "transverse_mm": 2.0, "z_mm": 10.0,
+                                                      "single_hit_scale": 0.5, "rounds": 3}},
+     r"prune_cut: 0.3 is above join_pieces.min_score 0.1"),
 ])
 def test_a_pruning_cut_above_a_later_cut_is_refused(pruned_bundle, tmp_path, change, message):
     assert_stages_refused(pruned_bundle, tmp_path / "bad", change, message)

@@ -163,7 +163,8 @@ def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet
     """The best piece-joining settings (or none) at ``cut`` and ``gap_cut`` on the validation
     ``events``, by :func:`tune_gnn_cut`'s rule, and the figures of every candidate (no
     joining first, then ``candidates`` in order). Track building ``best_edges`` only; the
-    features need r, phi and z. Ties keep no joining, then the earlier candidate."""
+    features need r, phi and z. Ties keep no joining, then the earlier candidate. Settings
+    whose ``min_score`` lies below a bundle's ``prune_cut`` are left out."""
     _check_bound(max_fake_rate)
     validation = events if isinstance(events, ValidationSet) else ValidationSet(pipeline, events, "best_edges")
     if validation.method != "best_edges":
@@ -174,6 +175,9 @@ def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet
                          f"this bundle's features are {names}")
     if not candidates:
         raise InputError("no candidate piece-joining settings given")
+    prune_cut = pipeline.stages.prune_cut
+    if prune_cut is not None:  # joining must not reach the edges the pruner cut (their scores are the pruner's)
+        candidates = [join for join in candidates if join.min_score >= prune_cut]
     rows = [validation.figures(cut, gap_cut, join, min_pt=min_pt, min_hits=min_hits) for join in (None, *candidates)]
     return _best(rows, max_fake_rate, validation, "setting"), rows
 

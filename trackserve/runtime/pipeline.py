@@ -154,7 +154,6 @@ class Pipeline:
         return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut,
                             **bundle_track_options(self.bundle, features))
 
-
     # -- whole events ----------------------------------------------------------------
     def run(self, features: np.ndarray) -> PipelineResult:
         """Run every stage on one event's features ``[N, F]`` float32 and return its labels and timings."""

@@ -242,9 +242,8 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     high = np.array([pt_of.get(int(p), 0.0) >= MIN_PT for p in pids[truth[0]]], dtype=bool)
     stage_edges = {"graph": graph, "filter": filtered, "gnn": kept}
     if pipeline.stages.prune_cut is not None:  # the edges the pruner leaves the GNN
-        first = pipeline.classify_edges("pruner", features, filtered, chunked=False)
-        stage_edges = {"graph": graph, "filter": filtered,
-                       "pruner": filtered[:, first > logit_threshold(pipeline.stages.prune_cut)], "gnn": kept}
+        stage_edges = {"graph": graph, "filter": filtered, "pruner": pipeline.pruned_edges(features, filtered),
+                       "gnn": kept}
     stage_keys = {name: _edge_keys(edges, event.num_hits) for name, edges in stage_edges.items()}
     stages = {name: (edges.shape[1],) + _edge_figures(edges, stage_keys[name], truth, pids, high, event.num_hits)
               for name, edges in stage_edges.items()}

@@ -105,10 +105,7 @@ def child(features_path: str, bundle: str, threads: int, repeats: int) -> dict:
     sizes = {"gnn_hits": int(np.unique(filtered).size), "gnn_edges": int(filtered.shape[1])}
     if pipeline.stages.prune_cut is not None:
         # With a pruner the GNN step runs it on the filtered graph, then the GNN on the edges it passes.
-        from trackserve.runtime.cuts import logit_threshold
-
-        first = pipeline.classify_edges("pruner", features, filtered, chunked=False)
-        pruned = filtered[:, first.astype(np.float64) > logit_threshold(pipeline.stages.prune_cut)]
+        pruned = pipeline.pruned_edges(features, filtered)
         sizes = {"pruner_hits": sizes["gnn_hits"], "pruner_edges": sizes["gnn_edges"],
                  "gnn_hits": int(np.unique(pruned).size), "gnn_edges": int(pruned.shape[1])}
     return {"hits": int(features.shape[0]), "timings": timings, "num_edges": result.num_edges, **sizes,

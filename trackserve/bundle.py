@@ -153,6 +153,7 @@ STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_directi
 def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
                     track_building="components", gap_cut=None, join_pieces=None, prune_cut=None) -> list[str]:
     problems = []
+    join_settings = join_pieces.to_dict() if isinstance(join_pieces, JoinSettings) else join_pieces
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
     if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
@@ -179,15 +180,13 @@ def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
         if isinstance(prune_cut, bool) or not isinstance(prune_cut, (int, float)) or not (0.0 <= prune_cut < 1.0):
             problems.append(f"stages.prune_cut: {prune_cut!r} is outside [0, 1) (a probability, like gnn_cut)")
         else:
-            join_score = join_pieces.min_score if isinstance(join_pieces, JoinSettings) else \
-                join_pieces.get("min_score") if isinstance(join_pieces, dict) else None
+            join_score = join_settings.get("min_score") if isinstance(join_settings, dict) else None
             for name, cut in (("gnn_cut", gnn_cut), ("gap_cut", gap_cut), ("join_pieces.min_score", join_score)):
                 if isinstance(cut, (int, float)) and not isinstance(cut, bool) and prune_cut > cut:
                     problems.append(f"stages.prune_cut: {prune_cut!r} is above {name} {cut!r} (a pruned edge keeps the "
                                     f"pruner's score, so the pruning cut must not be above a later cut)")
     if join_pieces is not None:
-        settings = join_pieces.to_dict() if isinstance(join_pieces, JoinSettings) else join_pieces
-        problems.extend(f"stages.join_pieces: {problem}" for problem in join_settings_problems(settings))
+        problems.extend(f"stages.join_pieces: {problem}" for problem in join_settings_problems(join_settings))
         if track_building != "best_edges":
             problems.append(f"stages.join_pieces: joining track pieces needs track_building 'best_edges', "
                             f"not {track_building!r}")

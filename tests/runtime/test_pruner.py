@@ -43,6 +43,16 @@ def test_the_gnn_scores_only_the_edges_the_pruner_passes(one_thread, sample_feat
     assert np.abs(unpruned[keep] - logits[keep]).max() > 1e-3
     # the stage callable alone means the whole GNN step
     np.testing.assert_array_equal(one_thread.classify_edges("gnn", sample_features, filtered, chunked=False), logits)
+    # the edges the GNN scores, for callers that want them
+    np.testing.assert_array_equal(one_thread.pruned_edges(sample_features, filtered), filtered[:, keep])
+
+
+def test_a_bundle_without_a_pruner_has_no_pruned_edges(tiny_bundle, sample_features):
+    from trackserve.errors import InputError
+
+    plain = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    with pytest.raises(InputError, match="this bundle has no pruner"):
+        plain.pruned_edges(sample_features, np.zeros((2, 0), dtype=np.int64))
 
 
 def test_runs_give_the_labels_of_the_pruned_scores_on_any_threads(one_thread, pruned_bundle, sample_features):

@@ -120,7 +120,9 @@ class OnnxNetwork:
     """One ONNX network run by ONNX Runtime on the CPU (or another provider given explicitly).
 
     ``run(**inputs)`` returns the first output as a numpy array; ``last_seconds`` holds the
-    wall time of the latest call.
+    wall time of the latest call. ``per_event``: inputs whose work alone is done once by
+    :meth:`prepare`; ``model``: the file's ``onnx`` model, when the caller has read it
+    already (so the file is not read again to cut it).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class OnnxNetwork:
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         name: str | None = None,
         per_event: tuple[str, ...] = (),
+        model=None,
     ):
         try:
             import onnxruntime as ort
@@ -161,7 +164,7 @@ class OnnxNetwork:
         self.per_event = tuple(per_event)
         self._split = None
         if self.per_event:
-            self._split = self._open_split(options, list(providers))
+            self._split = self._open_split(options, list(providers), model)
 
     def _open_session(self, options, providers: list[str]):
         """The ONNX Runtime session :meth:`run` uses: the network file as it is."""
@@ -172,10 +175,11 @@ class OnnxNetwork:
         except Exception as error:  # onnxruntime raises its own exception types
             raise BundleError(f"ONNX Runtime cannot load {self.path}: {error}") from error
 
-    def _open_split(self, options, providers: list[str]):
+    def _open_split(self, options, providers: list[str], model=None):
         """The prefix and rest session pools of the network cut after its per-event work
         (:mod:`trackserve.engines.per_event_prefix`), or None when it has none to hoist or
-        ``onnx`` is not installed."""
+        ``onnx`` is not installed. ``model``: the file's ``onnx`` model when the caller has
+        read it already (otherwise it is read here)."""
         try:
             import onnx
         except ImportError:
@@ -187,7 +191,7 @@ class OnnxNetwork:
         missing = [name for name in self.per_event if name not in self.input_names]
         if missing:
             raise InputError(f"network '{self.name}' has no inputs {missing} (inputs: {list(self.input_names)})")
-        split = split_per_event(onnx.load(str(self.path)), self.per_event)
+        split = split_per_event(onnx.load(str(self.path)) if model is None else model, self.per_event)
         if split is None:
             return None
 

@@ -261,12 +261,14 @@ def open_network(path: str | Path, *, intra_op_threads: int | None = None, name:
     except ImportError:
         return OnnxNetwork(path, intra_op_threads=intra_op_threads, name=name, per_event=per_event)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        # with per-event inputs the whole model is cut in two, external data and all
+        model = onnx.load(str(path), load_external_data=bool(per_event))
     except Exception as error:  # onnx raises DecodeError and others
         raise BundleError(f"cannot read the ONNX file {path}: {error}") from error
     if splittable_scatters(model):
         return ScatterSplitNetwork(path, intra_op_threads=intra_op_threads, name=name)
-    return OnnxNetwork(path, intra_op_threads=intra_op_threads, name=name, per_event=per_event)
+    # the model read here is the one cut for the per-event inputs: the file is read once
+    return OnnxNetwork(path, intra_op_threads=intra_op_threads, name=name, per_event=per_event, model=model)
 
 
 def _scatter_add(data: np.ndarray, index: np.ndarray, updates: np.ndarray, incidence: dict, name: str) -> np.ndarray:

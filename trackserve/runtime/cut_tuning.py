@@ -31,6 +31,7 @@ from ..bundle import JoinSettings
 from ..errors import InputError
 from ..events.event import Event
 from ..events.metrics import evaluate_event
+from .cuts import not_below_prune_cut
 from .piece_joining import POSITION_COLUMNS, hit_positions
 from .track_building import build_tracks, hit_distances
 
@@ -142,9 +143,9 @@ def tune_gnn_cut(pipeline, events: Event | Sequence[Event] | ValidationSet, *, m
     if bad:
         raise InputError(f"candidate cuts must lie in [0, 1]; got {bad}")
     prune_cut = pipeline.stages.prune_cut
-    if prune_cut is not None:  # a pruned edge keeps the pruner's score: no cut below the pruning cut
-        cuts = [cut for cut in cuts if float(cut) >= prune_cut]
-        gap_cuts = None if gap_cuts is None else [cut for cut in gap_cuts if float(cut) >= prune_cut]
+    if prune_cut is not None:
+        cuts = not_below_prune_cut(cuts, prune_cut)
+        gap_cuts = None if gap_cuts is None else not_below_prune_cut(gap_cuts, prune_cut)
         if not cuts:
             raise InputError(f"every candidate cut lies below the bundle's pruning cut {prune_cut:g}")
     validation = _validation_set(pipeline, events, method)
@@ -175,9 +176,7 @@ def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet
                          f"this bundle's features are {names}")
     if not candidates:
         raise InputError("no candidate piece-joining settings given")
-    prune_cut = pipeline.stages.prune_cut
-    if prune_cut is not None:  # joining must not reach the edges the pruner cut (their scores are the pruner's)
-        candidates = [join for join in candidates if join.min_score >= prune_cut]
+    candidates = not_below_prune_cut(candidates, pipeline.stages.prune_cut, key=lambda join: join.min_score)
     rows = [validation.figures(cut, gap_cut, join, min_pt=min_pt, min_hits=min_hits) for join in (None, *candidates)]
     return _best(rows, max_fake_rate, validation, "setting"), rows
 

@@ -13,6 +13,13 @@ import numpy as np
 from ..errors import InputError
 
 
+def not_below_prune_cut(values, prune_cut: float | None, key=float) -> list:
+    """The ``values`` (cuts, or settings whose ``key`` is a cut) at or above ``prune_cut``:
+    a pruned edge keeps its pruner's score, at most that cut, so no later cut may lie
+    below it. All of them when there is no pruning cut."""
+    return [value for value in values if prune_cut is None or key(value) >= prune_cut]
+
+
 def logit_threshold(cut, scores_are_logits: bool = True) -> np.float64:
     """The value a score must strictly exceed to pass ``cut`` (a probability in ``[0, 1]``).
 

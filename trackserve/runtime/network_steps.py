@@ -155,14 +155,19 @@ class NetworkSteps:
         :attr:`last_gnn_layout`."""
         if self.prune_cut is None:
             return self.message_passing_logits("gnn", features, edge_index)
-        first = self.message_passing_logits("pruner", features, edge_index)
+        first, keep = self.prune(features, edge_index)
         pruner_layout = self.last_gnn_layout
-        keep = first.astype(np.float64) > logit_threshold(self.prune_cut)  # float64 with numpy < 2 too
         kept = np.ascontiguousarray(edge_index[:, keep])
         logits = first.copy()
         logits[keep] = self.message_passing_logits("gnn", features, kept)
         self.last_gnn_layout = f"pruner {pruner_layout}, GNN on {kept.shape[1]:,} edges {self.last_gnn_layout}"
         return logits
+
+    def prune(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(pruner logits [M], keep [M])`` of valid edges ``[2, M]``: which pass ``prune_cut``
+        (the edges the GNN scores). Only for a bundle with a pruner."""
+        first = self.message_passing_logits("pruner", features, edge_index)
+        return first, first.astype(np.float64) > logit_threshold(self.prune_cut)  # float64 with numpy < 2 too
 
     def message_passing_logits(self, name: str, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """Logits of message-passing network ``name`` (``"gnn"`` or ``"pruner"``) on valid edges

@@ -139,6 +139,13 @@ class Pipeline:
         ``stages.prune_cut`` (the others keep the pruner's logit)."""
         return self._steps.gnn_logits(features, edge_index)
 
+    def pruned_edges(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+        """The filtered edges ``edge_index`` (valid hit indices) whose pruner score passes
+        ``stages.prune_cut``: those the GNN scores. InputError for a bundle without a pruner."""
+        if self.stages.prune_cut is None:
+            raise InputError("this bundle has no pruner: its GNN scores every filtered edge")
+        return np.ascontiguousarray(edge_index[:, self._steps.prune(features, edge_index)[1]])
+
     def filter_edges(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the filter in chunks; return ``(kept_edges [2, M'], filter_logits [M])``."""
         logits = self.classify_edges("filter", features, edge_index, chunked=True)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..runtime.cut_tuning import CANDIDATE_CUTS
+from ..runtime.cuts import not_below_prune_cut
 from .classifier import classifier_step, passing, score_edges, training_targets
 from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
@@ -165,7 +166,7 @@ def choose_gnn_cut(network, event: TrainingEvent, graph: np.ndarray, config: Tra
     efficiency minus fake rate on ``event``, and its figures."""
     logits = gnn_scores(network, event, graph)
     best = None
-    for cut in (cut for cut in CANDIDATE_CUTS if config.prune_cut is None or cut >= config.prune_cut):
+    for cut in not_below_prune_cut(CANDIDATE_CUTS, config.prune_cut):
         labels = track_labels(event.num_hits, graph, logits, cut, config.track_building, event.hit_distance)
         figures = track_figures(event, labels, config.min_pt, config.min_hits)
         value = np.nan_to_num(figures["track_efficiency"]) - np.nan_to_num(figures["fake_rate"])

@@ -70,6 +70,9 @@ class StartingPoint:
     gnn: object
     radius: float
     filter_cut: float
+    #: Its per-epoch training history (``embedding``, ``filter``, ``gnn``), carried into the new bundle's.
+    history: dict
+    #: What the new bundle's provenance records of it (``started_from``).
     record: dict
 
 
@@ -102,10 +105,9 @@ def starting_point(path: str | Path, spec: FeatureSpec, config: TrainingConfig) 
         raise InputError(f"{where}: {error}") from error
     provenance = bundle.provenance
     record = {"bundle": str(path), "pipeline_sha256": file_sha256(Path(bundle.directory) / PIPELINE_FILE),
-              "seconds": provenance.get("seconds"), "history": provenance.get("history"),
-              "settings": provenance.get("settings")}
+              "seconds": provenance.get("seconds"), "settings": provenance.get("settings")}
     return StartingPoint(networks["embedding"], networks["filter"], networks["gnn"], stages.radius, stages.filter_cut,
-                         record)
+                         provenance.get("history") or {}, record)
 
 
 def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, config: TrainingConfig, output: str | Path,
@@ -147,7 +149,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
         seconds["embedding"] = time.perf_counter() - mark
     else:
         embedding_net, radius = start.embedding, start.radius
-        embedding_history = (start.record["history"] or {}).get("embedding")
+        embedding_history = start.history.get("embedding")
 
     mark = time.perf_counter()
     graphs = [radius_graph(embedding_net, event, radius, config) for event in events]
@@ -160,7 +162,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
         seconds["filter"] = time.perf_counter() - mark
     else:
         filter_net, filter_cut = start.filter, start.filter_cut
-        filter_history = (start.record["history"] or {}).get("filter")
+        filter_history = start.history.get("filter")
 
     mark = time.perf_counter()
     filtered = [filtered_graph(filter_net, event, graph, filter_cut) for event, graph in zip(events, graphs)]
@@ -170,7 +172,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
                                          show_progress=show_progress)
         seconds["gnn"] = time.perf_counter() - mark
     else:
-        gnn_net, gnn_history = start.gnn, (start.record["history"] or {}).get("gnn")
+        gnn_net, gnn_history = start.gnn, start.history.get("gnn")
     history = {"embedding": embedding_history, "filter": filter_history, "gnn": gnn_history}
     networks = {"embedding": embedding_net, "filter": filter_net, "gnn": gnn_net}
     gnn_graph = validation_filtered

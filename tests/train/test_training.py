@@ -239,6 +239,9 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--gnn-blind-to", "z", "--gnn", "ResAGNN"], "run.gnn_blind_to must be empty unless"),
     (["--random-events", "1", "--prune-cut", "0.7"], "run.prune_cut must be a probability in (0, 0.5)"),
     (["--random-events", "1", "--pruned-gnn-epochs", "3"], "run.pruned_gnn_epochs must be an integer >= 1, and only"),
+    (["--random-events", "1", "--pruned-gnn-hidden", "48"], "run.pruned_gnn_hidden must be an integer >= 1, and only"),
+    (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-iterations", "0"],
+     "run.pruned_gnn_iterations must be an integer >= 1"),
     (["--random-events", "1", "--start-from", "somewhere"], "give --prune-cut too"),
     (["--random-events", "1", "--prune-cut", "0.01", "--start-from", "nowhere"], "--start-from nowhere: no bundle"),
 ])
@@ -267,9 +270,14 @@ def test_pruned_training_writes_a_pruner_and_starting_from_a_bundle_trains_only_
     # --start-from: the embedding, filter and first GNN of a plain bundle as they are, only the second GNN trained
     plain = tmp_path / "plain"
     train_pipeline(events, validation, TrainingConfig.quick(threads=1), plain, spec=TRACKML_1000, show_progress=False)
-    train_pipeline(events, validation, config, tmp_path / "started", spec=TRACKML_1000, show_progress=False,
+    wider = replace(config, pruned_gnn_hidden=12, pruned_gnn_iterations=3)
+    train_pipeline(events, validation, wider, tmp_path / "started", spec=TRACKML_1000, show_progress=False,
                    start_from=plain)
     started, before = load_bundle(tmp_path / "started"), load_bundle(plain)
+    # the second GNN of its own size, the pruner (the first GNN) of the first's
+    assert (started.networks["gnn"].config["hidden"], started.networks["gnn"].config["n_graph_iters"]) == (12, 3)
+    assert (started.networks["pruner"].config["hidden"], started.networks["pruner"].config["n_graph_iters"]) == \
+        (config.gnn.hidden, config.gnn.iterations)
     for name, was in (("embedding", "embedding"), ("filter", "filter"), ("pruner", "gnn")):
         now, then = (torch.load(path, weights_only=True) for path in (started.directory / f"{name}.pt",
                                                                         before.directory / f"{was}.pt"))

@@ -107,6 +107,11 @@ def register(subparsers) -> None:
                           "0.001: a graph of higher purity); the first GNN becomes the bundle's pruner")
     run.add_argument("--pruned-gnn-epochs", type=int, default=None, metavar="N",
                      help="with --prune-cut: epochs of the second GNN (default: --gnn-epochs)")
+    run.add_argument("--pruned-gnn-hidden", type=int, default=None, metavar="W",
+                     help="with --prune-cut: width of the second GNN (default: --gnn-hidden); it scores a graph "
+                          "several times smaller than the first, so a wider one costs little")
+    run.add_argument("--pruned-gnn-iterations", type=int, default=None, metavar="N",
+                     help="with --prune-cut: message-passing steps of the second GNN (default: --gnn-iterations)")
     run.add_argument("--start-from", metavar="BUNDLE_DIR", default=None,
                      help="with --prune-cut: take the embedding, filter and GNN (and the radius and filter cut) of this "
                           "bundle, trained before by trackserve train on the same features and data, and train only the "
@@ -151,6 +156,8 @@ def training_config(args: argparse.Namespace):
         **({"pair_direction": True} if args.pair_direction else {}),
         **({"prune_cut": args.prune_cut} if args.prune_cut is not None else {}),
         **({"pruned_gnn_epochs": args.pruned_gnn_epochs} if args.pruned_gnn_epochs is not None else {}),
+        **({"pruned_gnn_hidden": args.pruned_gnn_hidden} if args.pruned_gnn_hidden is not None else {}),
+        **({"pruned_gnn_iterations": args.pruned_gnn_iterations} if args.pruned_gnn_iterations is not None else {}),
     )
     config.validate()
     return config

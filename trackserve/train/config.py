@@ -186,9 +186,12 @@ class TrainingConfig:
     first-layer weights for them start at zero and get no gradient, so the GNN sees those
     features only through its edge inputs (differences, geometry). ``prune_cut`` (a
     probability; None: off) trains a second GNN, of the same settings with
-    ``pruned_gnn_epochs`` epochs (None: ``gnn.epochs``), on the edges whose first GNN's
-    score passes it; the first GNN becomes the bundle's ``pruner``
-    (:data:`trackserve.bundle.OPTIONAL_NETWORKS`).
+    ``pruned_gnn_epochs`` epochs (None: ``gnn.epochs``), ``pruned_gnn_hidden`` wide (None:
+    ``gnn.hidden``) and ``pruned_gnn_iterations`` message-passing steps (None:
+    ``gnn.iterations``), on the edges whose first GNN's score passes it; the first GNN
+    becomes the bundle's ``pruner`` (:data:`trackserve.bundle.OPTIONAL_NETWORKS`). The
+    second GNN sees a graph several times smaller than the first, so it can be wider or
+    deeper for little more time (:meth:`pruned_gnn_settings`).
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -210,6 +213,8 @@ class TrainingConfig:
     gnn_blind_to: tuple[str, ...] = ()
     prune_cut: float | None = None
     pruned_gnn_epochs: int | None = None
+    pruned_gnn_hidden: int | None = None
+    pruned_gnn_iterations: int | None = None
     #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
     gnn_blind_columns: tuple[int, ...] = ()
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
@@ -247,7 +252,19 @@ class TrainingConfig:
             ("pruned_gnn_epochs", self.pruned_gnn_epochs is None or (self.prune_cut is not None
                                                                      and self.pruned_gnn_epochs >= 1),
              "an integer >= 1, and only with prune_cut"),
+            ("pruned_gnn_hidden", self.pruned_gnn_hidden is None or (self.prune_cut is not None
+                                                                     and self.pruned_gnn_hidden >= 1),
+             "an integer >= 1, and only with prune_cut"),
+            ("pruned_gnn_iterations", self.pruned_gnn_iterations is None or (self.prune_cut is not None
+                                                                             and self.pruned_gnn_iterations >= 1),
+             "an integer >= 1, and only with prune_cut"),
         ], "run")
+
+    def pruned_gnn_settings(self) -> GNNSettings:
+        """The second GNN's settings (with ``prune_cut``): ``gnn`` with the ``pruned_gnn_*`` values that are set."""
+        chosen = {"epochs": self.pruned_gnn_epochs, "hidden": self.pruned_gnn_hidden,
+                  "iterations": self.pruned_gnn_iterations}
+        return replace(self.gnn, **{name: value for name, value in chosen.items() if value is not None})
 
     @classmethod
     def quick(cls, **overrides) -> "TrainingConfig":

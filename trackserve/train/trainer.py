@@ -185,7 +185,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
             validation_filtered[:, passing(gnn_scores(gnn_net, validation, validation_filtered), config.prune_cut)])
         report(f"pruned at {config.prune_cut:g}: validation graph {format_figures(graph_figures(validation, gnn_graph, config.min_pt))}",
                enabled=show_progress)
-        second = replace(config, gnn=replace(config.gnn, epochs=config.pruned_gnn_epochs or config.gnn.epochs))
+        second = replace(config, gnn=config.pruned_gnn_settings())
         gnn_net, history["pruned_gnn"] = train_gnn(events, pruned, validation, gnn_graph, second, rng,
                                                    show_progress=show_progress)
         networks["gnn"] = gnn_net

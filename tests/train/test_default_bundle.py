@@ -17,8 +17,9 @@ from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.pipeline import Pipeline
 
 SAMPLE_FEATURES = DEFAULT_BUNDLE.parents[1].parent / "shared" / "data" / "exatrkx_service" / "lrt_events" / "evt_0.csv"
-#: Each shipped bundle and its GNN's hidden width.
-SHIPPED = [pytest.param(DEFAULT_BUNDLE, 32, id="default")]
+#: Each shipped bundle with the widths of its first GNN (the pruner) and its second (the GNN).
+SHIPPED = [pytest.param(DEFAULT_BUNDLE, 32, 48, id="default")]
+SHIPPED_PATHS = [pytest.param(DEFAULT_BUNDLE, id="default")]
 
 
 def provenance_rescaled(bundle) -> dict:
@@ -30,8 +31,8 @@ def provenance_rescaled(bundle) -> dict:
     return record
 
 
-@pytest.mark.parametrize("path, gnn_hidden", SHIPPED)
-def test_shipped_bundle_loads_with_its_training_record(path, gnn_hidden):
+@pytest.mark.parametrize("path, pruner_hidden, gnn_hidden", SHIPPED)
+def test_shipped_bundle_loads_with_its_training_record(path, pruner_hidden, gnn_hidden):
     bundle = load_bundle(path)
     # a pruner (the first GNN) before the GNN, which scores only the edges passing its cut
     assert set(bundle.networks) == {"embedding", "filter", "pruner", "gnn"}
@@ -41,7 +42,8 @@ def test_shipped_bundle_loads_with_its_training_record(path, gnn_hidden):
     assert all(entry.config["derived_eta"] is not None for entry in bundle.networks.values())
     assert bundle.stages.track_building == "best_edges"
     assert bundle.networks["gnn"].architecture == "InteractionGNN"
-    assert bundle.networks["gnn"].config["hidden"] == bundle.networks["pruner"].config["hidden"] == gnn_hidden
+    # the second GNN of its own width (it scores a sixth of the edges), the first as trained in step 1
+    assert (bundle.networks["pruner"].config["hidden"], bundle.networks["gnn"].config["hidden"]) == (pruner_hidden, gnn_hidden)
     assert provenance_rescaled(bundle)["from_features"]["names"] == ["r", "phi", "z", "eta"]
     provenance = bundle.provenance
     assert provenance["trained_by"] == "trackserve train"
@@ -49,13 +51,14 @@ def test_shipped_bundle_loads_with_its_training_record(path, gnn_hidden):
     assert provenance["seconds"].get("training_total", provenance["seconds"]["training"]) < 3600
     assert set(provenance["validation"]) >= {"graph", "filter", "gnn"}
     assert provenance["settings"]["max_neighbours"] == bundle.stages.max_neighbours
-    assert provenance["settings"]["gnn"]["hidden"] == gnn_hidden
+    assert provenance["settings"]["gnn"]["hidden"] == pruner_hidden
+    assert provenance["settings"]["pruned_gnn_hidden"] == gnn_hidden
     assert provenance["settings"]["prune_cut"] == bundle.stages.prune_cut
     assert provenance["started_from"]["settings"]["max_neighbours"] == bundle.stages.max_neighbours
 
 
-@pytest.mark.parametrize("path, gnn_hidden", SHIPPED)
-def test_shipped_bundle_labels_every_hit_of_the_sample_event(path, gnn_hidden):
+@pytest.mark.parametrize("path", SHIPPED_PATHS)
+def test_shipped_bundle_labels_every_hit_of_the_sample_event(path):
     event = read_event(SAMPLE_EVENT)
     pipeline = Pipeline(path, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
     result = pipeline.run_event(event)
@@ -66,8 +69,8 @@ def test_shipped_bundle_labels_every_hit_of_the_sample_event(path, gnn_hidden):
     assert result.num_edges["gnn"] <= result.num_edges["filter"]
 
 
-@pytest.mark.parametrize("path, gnn_hidden", SHIPPED)
-def test_shipped_bundle_runs_the_published_service_events(path, gnn_hidden):
+@pytest.mark.parametrize("path", SHIPPED_PATHS)
+def test_shipped_bundle_runs_the_published_service_events(path):
     from trackserve.events.trackml import read_feature_csv
 
     if not SAMPLE_FEATURES.exists():

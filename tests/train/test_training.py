@@ -285,6 +285,8 @@ def test_pruned_training_writes_a_pruner_and_starting_from_a_bundle_trains_only_
     assert started.stages.radius == before.stages.radius and started.stages.filter_cut == before.stages.filter_cut
     record = json.loads((tmp_path / "started" / "pipeline.json").read_text())["provenance"]["started_from"]
     assert record["bundle"] == str(plain) and "training" in record["seconds"]
+    # the events the taken networks learned on, which this run's own data may differ from
+    assert record["data"] == json.loads((plain / "pipeline.json").read_text())["provenance"]["data"]
     seconds = json.loads((tmp_path / "started" / "pipeline.json").read_text())["provenance"]["seconds"]
     assert seconds["training_total"] == pytest.approx(seconds["training"] + record["seconds"]["training"])
     with pytest.raises(InputError, match="give --prune-cut too"):

@@ -114,8 +114,8 @@ def register(subparsers) -> None:
                      help="with --prune-cut: message-passing steps of the second GNN (default: --gnn-iterations)")
     run.add_argument("--start-from", metavar="BUNDLE_DIR", default=None,
                      help="with --prune-cut: take the embedding, filter and GNN (and the radius and filter cut) of this "
-                          "bundle, trained before by trackserve train on the same features and data, and train only the "
-                          "second GNN")
+                          "bundle, trained before by trackserve train on the same features, and train only the second GNN, on "
+                          "this run's events (which may be more than that bundle's; its own are recorded)")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")

@@ -105,7 +105,8 @@ def starting_point(path: str | Path, spec: FeatureSpec, config: TrainingConfig) 
         raise InputError(f"{where}: {error}") from error
     provenance = bundle.provenance
     record = {"bundle": str(path), "pipeline_sha256": file_sha256(Path(bundle.directory) / PIPELINE_FILE),
-              "seconds": provenance.get("seconds"), "settings": provenance.get("settings")}
+              "seconds": provenance.get("seconds"), "settings": provenance.get("settings"),
+              "data": provenance.get("data")}
     return StartingPoint(networks["embedding"], networks["filter"], networks["gnn"], stages.radius, stages.filter_cut,
                          provenance.get("history") or {}, record)
 

@@ -249,15 +249,10 @@ class TrainingConfig:
              "empty unless the GNN is an InteractionGNN (the only one with a hit encoder)"),
             ("prune_cut", self.prune_cut is None or 0.0 < self.prune_cut < 0.5,
              "a probability in (0, 0.5): the first GNN's low cut, below any track-building cut"),
-            ("pruned_gnn_epochs", self.pruned_gnn_epochs is None or (self.prune_cut is not None
-                                                                     and self.pruned_gnn_epochs >= 1),
-             "an integer >= 1, and only with prune_cut"),
-            ("pruned_gnn_hidden", self.pruned_gnn_hidden is None or (self.prune_cut is not None
-                                                                     and self.pruned_gnn_hidden >= 1),
-             "an integer >= 1, and only with prune_cut"),
-            ("pruned_gnn_iterations", self.pruned_gnn_iterations is None or (self.prune_cut is not None
-                                                                             and self.pruned_gnn_iterations >= 1),
-             "an integer >= 1, and only with prune_cut"),
+        ] + [
+            (name, value is None or (self.prune_cut is not None and value >= 1), "an integer >= 1, and only with prune_cut")
+            for name, value in (("pruned_gnn_epochs", self.pruned_gnn_epochs), ("pruned_gnn_hidden", self.pruned_gnn_hidden),
+                                ("pruned_gnn_iterations", self.pruned_gnn_iterations))
         ], "run")
 
     def pruned_gnn_settings(self) -> GNNSettings:

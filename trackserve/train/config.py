@@ -250,16 +250,20 @@ class TrainingConfig:
             ("prune_cut", self.prune_cut is None or 0.0 < self.prune_cut < 0.5,
              "a probability in (0, 0.5): the first GNN's low cut, below any track-building cut"),
         ] + [
-            (name, value is None or (self.prune_cut is not None and value >= 1), "an integer >= 1, and only with prune_cut")
-            for name, value in (("pruned_gnn_epochs", self.pruned_gnn_epochs), ("pruned_gnn_hidden", self.pruned_gnn_hidden),
-                                ("pruned_gnn_iterations", self.pruned_gnn_iterations))
+            (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= 1),
+             "an integer >= 1, and only with prune_cut")
+            for name, value in self._pruned_gnn_overrides().items()
         ], "run")
+
+    def _pruned_gnn_overrides(self) -> dict:
+        """The ``pruned_gnn_*`` settings by the ``gnn`` setting each replaces (None: not replaced)."""
+        return {"epochs": self.pruned_gnn_epochs, "hidden": self.pruned_gnn_hidden,
+                "iterations": self.pruned_gnn_iterations}
 
     def pruned_gnn_settings(self) -> GNNSettings:
         """The second GNN's settings (with ``prune_cut``): ``gnn`` with the ``pruned_gnn_*`` values that are set."""
-        chosen = {"epochs": self.pruned_gnn_epochs, "hidden": self.pruned_gnn_hidden,
-                  "iterations": self.pruned_gnn_iterations}
-        return replace(self.gnn, **{name: value for name, value in chosen.items() if value is not None})
+        return replace(self.gnn, **{name: value for name, value in self._pruned_gnn_overrides().items()
+                                    if value is not None})
 
     @classmethod
     def quick(cls, **overrides) -> "TrainingConfig":

@@ -56,7 +56,7 @@ def test_table_of_perfect_labels(capsys, perfect):
     assert rows["fake rate"] == "0.0000" and rows["duplicate rate"] == "0.0000"
     assert rows["TrackML score"] == "1.0000"
     assert rows["particles"] == "468"
-    assert rows["selection"].startswith("pT >= 0 GeV, >= 5 hits per particle, >= 5 hits per track")
+    assert rows["selection"].startswith("pT >= 1 GeV, >= 5 hits per particle, >= 5 hits per track")
     # Every value starts in the same column.
     starts = {len(line) - len(line[26:].lstrip()) for line in out.splitlines()}
     assert len(starts) == 1
@@ -78,6 +78,21 @@ def test_json_matches_library_and_options(capsys, tmp_path, event):
     assert result.pop("event") == str(PREFIX) and result.pop("labels") == str(path)
     assert result == pytest.approx(expected)
     assert 0 < result["efficiency"] < 1 and 0 < result["fake_rate"] < 1 and result["exclude_noise"] is False
+
+
+def test_default_selection_is_one_gev_and_zero_counts_every_particle(capsys, tmp_path, event):
+    # The sample event's 468 particles: 53 above 1 GeV with 5 hits or more, many more at any pT.
+    labels = _perfect_labels(event.truth["particle_id"])
+    labels[: labels.size // 2] = np.arange(labels.size // 2) + labels.max() + 1  # half the hits alone
+    path = write_submission(tmp_path / "labels.csv", 1, event.hits["hit_id"], labels)
+    status, out, _ = _run(capsys, PREFIX, path, "--json")
+    default = json.loads(out)
+    assert status == 0 and default["min_pt"] == 1.0
+    assert default == pytest.approx({**default, **evaluate_event(event, event.hits["hit_id"], labels, min_pt=1.0)})
+    status, out, _ = _run(capsys, PREFIX, path, "--json", "--min-pt", "0")
+    every = json.loads(out)
+    assert status == 0 and every["min_pt"] == 0.0
+    assert every["num_reconstructable"] > default["num_reconstructable"] == 53
 
 
 def test_json_undefined_ratio_is_null(capsys, tmp_path, event):

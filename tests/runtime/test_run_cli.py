@@ -30,6 +30,8 @@ def test_default_job_on_the_sample_event(capsys, tmp_path):
     assert event["num_hits"] == len(hits["hit_id"])
     assert set(event["timings_ms"]) == {*STAGES, "total"}
     assert 0 <= event["metrics"]["efficiency"] <= 1  # the sample event has truth
+    # Particles counted as the targets are quoted: pT >= 1 GeV, >= 5 hits (53 on the sample event).
+    assert report["settings"]["min_pt"] == 1.0 and event["metrics"]["num_reconstructable"] == 53
     event_id, hit_ids, labels = read_submission(tmp_path / f"{event['event']}-labels.csv")
     assert sorted(hit_ids.tolist()) == sorted(hits["hit_id"].tolist()) and labels.shape == hit_ids.shape
     summary = report["summary"]

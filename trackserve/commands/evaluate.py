@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..events.metrics import DEFAULT_MIN_HITS
+from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT
 from ..jsonout import dumps
 
 ORDER = 20
@@ -50,8 +50,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("event", metavar="EVENT", help="the event: a prefix such as data/event000000001, or one of its files")
     parser.add_argument("labels", metavar="LABELS.csv", help="the track labels, TrackML submission format (.csv or .csv.gz)")
-    parser.add_argument("--min-pt", type=float, default=0.0, metavar="GEV",
-                        help="reconstructable particles have at least this transverse momentum (GeV; default 0)")
+    parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
+                        help="reconstructable particles have at least this transverse momentum (GeV; default "
+                        "%(default)g; 0 counts every particle)")
     parser.add_argument("--min-hits", type=int, default=DEFAULT_MIN_HITS, metavar="N",
                         help="reconstructable particles have at least N hits (default %(default)s)")
     parser.add_argument("--min-track-hits", type=int, default=None, metavar="N",

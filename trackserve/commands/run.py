@@ -20,6 +20,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..events.metrics import DEFAULT_MIN_PT
 from ..jsonout import dumps
 from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
 
@@ -58,8 +59,9 @@ def register(subparsers) -> None:
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
                         help="refuse events whose estimated working memory exceeds this")
-    parser.add_argument("--min-pt", type=float, default=0.0, metavar="GEV",
-                        help="metrics: reconstructable particles have at least this pT (default 0)")
+    parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
+                        help="metrics: reconstructable particles have at least this pT (GeV; default %(default)g; "
+                        "0 counts every particle)")
     parser.add_argument("--min-hits", type=int, default=MIN_TRACK_HITS, metavar="N",
                         help="metrics: reconstructable particles have at least N hits (default %(default)s)")
     parser.set_defaults(handler=run)

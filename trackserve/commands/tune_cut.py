@@ -29,6 +29,7 @@ import argparse
 from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
+from ..events.metrics import DEFAULT_MIN_PT
 
 ORDER = 38
 
@@ -57,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the training seed, for the simulated validation events (default 0)")
     parser.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                         help="tune for this method and store it with --write (default: the bundle's)")
-    parser.add_argument("--min-pt", type=float, default=1.0, metavar="GEV", help="particles counted (default 1 GeV)")
+    parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
+                        help="particles counted (default %(default)g GeV)")
     parser.add_argument("--min-hits", type=int, default=5, metavar="N", help="particles counted (default 5 hits)")
     parser.add_argument("--max-fake-rate", type=float, default=None, metavar="F",
                         help="only cuts whose fake rate is at most F on every validation event compete (for example 0.02)")

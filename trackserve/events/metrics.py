@@ -67,6 +67,10 @@ from .event import Event, table_length
 
 #: Default minimum number of hits of a reconstructable particle and of a candidate track.
 DEFAULT_MIN_HITS = 5
+#: The transverse momentum (GeV) above which the command-line tools count particles by
+#: default: the selection the ExaTrkX results and this project's targets are quoted for
+#: (the functions here count every particle unless given ``min_pt``).
+DEFAULT_MIN_PT = 1.0
 #: How many offending ids an error message lists before summarising the rest.
 _SHOWN_IDS = 5
 

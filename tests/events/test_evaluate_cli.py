@@ -95,6 +95,13 @@ def test_default_selection_is_one_gev_and_zero_counts_every_particle(capsys, tmp
     assert every["num_reconstructable"] > default["num_reconstructable"] == 53
 
 
+@pytest.mark.parametrize("option", [("--min-pt", "-1"), ("--min-pt", "nan"), ("--min-hits", "-2"),
+                                    ("--min-track-hits", "-1")])
+def test_an_impossible_selection_is_an_error_naming_the_option(capsys, perfect, option):
+    status, out, err = _run(capsys, PREFIX, perfect, *option)
+    assert status == 2 and out == "" and f"error: {option[0]} must be" in err
+
+
 def test_json_undefined_ratio_is_null(capsys, tmp_path, event):
     # Singleton tracks with --min-hits 100: no particle is reconstructable, no track is a candidate.
     path = write_submission(tmp_path / "l.csv", 1, event.hits["hit_id"], np.arange(event.num_hits))

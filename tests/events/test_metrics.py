@@ -13,6 +13,7 @@ from trackserve.errors import EventFormatError, InputError
 from trackserve.events.event import Event
 from trackserve.events.metrics import (
     align_labels,
+    check_selection,
     edge_metrics,
     evaluate_event,
     event_particle_pt,
@@ -127,6 +128,27 @@ def test_found_particles_hand_case():
         found_particles(HAND_PIDS, np.arange(3))
     with pytest.raises(InputError, match="min_track_hits must be >= 0"):
         found_particles(HAND_PIDS, HAND_LABELS, min_track_hits=-1)
+
+
+@pytest.mark.parametrize("min_pt", [-0.5, float("nan"), float("inf"), True, "1"])
+def test_a_selection_with_an_impossible_pt_is_refused(min_pt):
+    with pytest.raises(InputError, match=r"min_pt must be a finite transverse momentum >= 0 GeV"):
+        track_metrics(HAND_PIDS, HAND_LABELS, min_pt=min_pt, particle_pt=(np.array([11, 22, 33]), np.ones(3)))
+
+
+@pytest.mark.parametrize("counts", [{"min_hits": -1}, {"min_hits": 2.5}, {"min_track_hits": -1},
+                                    {"min_track_hits": True}])
+def test_a_selection_with_an_impossible_hit_count_is_refused(counts):
+    name = next(iter(counts))
+    with pytest.raises(InputError, match=rf"{name} must be a whole number of hits >= 0"):
+        track_metrics(HAND_PIDS, HAND_LABELS, **counts)
+
+
+def test_check_selection_accepts_numpy_scalars_and_names_the_options():
+    check_selection(np.float32(1.0), np.int64(5), None)
+    check_selection(0, 0, 0)
+    with pytest.raises(InputError, match=r"^--min-hits must be a whole number"):
+        check_selection(1.0, -3, names=("--min-pt", "--min-hits", "--min-track-hits"))
 
 
 def test_track_metrics_hand_case_noise_kept():

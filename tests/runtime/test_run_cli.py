@@ -39,6 +39,13 @@ def test_default_job_on_the_sample_event(capsys, tmp_path):
     assert report["settings"]["event_workers"] == 1
 
 
+@pytest.mark.parametrize("option", [("--min-pt", "-1"), ("--min-pt", "inf"), ("--min-hits", "-1")])
+def test_an_impossible_metrics_selection_is_refused_before_running(capsys, tmp_path, option):
+    assert main(["run", "--output", str(tmp_path / "labels"), *option]) == 2
+    assert f"error: {option[0]} must be" in capsys.readouterr().err
+    assert not (tmp_path / "labels").exists()  # refused before any event ran
+
+
 @pytest.fixture(scope="module")
 def feature_csvs(tmp_path_factory):
     """Feature CSVs of the default bundle cut from the sample event: sizes 0.. a whole event."""

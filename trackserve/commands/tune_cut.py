@@ -112,10 +112,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bundle import save_bundle
     from ..errors import InputError
+    from ..events.metrics import check_selection
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
                                       tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.pipeline import Pipeline
 
+    check_selection(args.min_pt, args.min_hits, names=("--min-pt", "--min-hits", "--min-track-hits"))
     pipeline = Pipeline(args.bundle)
     method = args.track_building or pipeline.stages.track_building
     if args.join_pieces and method != "best_edges":

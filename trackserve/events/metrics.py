@@ -323,6 +323,21 @@ def found_particles(hit_particle_ids, labels, *, min_track_hits: int = DEFAULT_M
     return ov.particle_ids[real], ov.particle_sizes[real], found[real]
 
 
+def check_selection(min_pt, min_hits, min_track_hits=None, *,
+                    names: tuple[str, str, str] = ("min_pt", "min_hits", "min_track_hits")) -> None:
+    """Raise an :class:`InputError` unless the selection is one the metrics can apply: a
+    finite ``min_pt`` of at least 0 GeV and hit counts that are whole numbers of at least 0
+    (``min_track_hits`` may be None). ``names`` are what the message calls the three (the
+    command-line tools pass their option names)."""
+    if (isinstance(min_pt, bool) or not isinstance(min_pt, (int, float, np.integer, np.floating))
+            or not math.isfinite(min_pt) or min_pt < 0):
+        raise InputError(f"{names[0]} must be a finite transverse momentum >= 0 GeV, got {min_pt!r}")
+    counts = [(names[1], min_hits)] + ([] if min_track_hits is None else [(names[2], min_track_hits)])
+    for name, value in counts:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise InputError(f"{name} must be a whole number of hits >= 0, got {value!r}")
+
+
 def track_metrics(
     hit_particle_ids,
     labels,
@@ -345,8 +360,7 @@ def track_metrics(
     labs = _integer_array(labels, "labels")
     if pids.shape != labs.shape:
         raise InputError(f"hit_particle_ids has {pids.size} hits but labels has {labs.size}")
-    if min_hits < 0 or (min_track_hits is not None and min_track_hits < 0):
-        raise InputError(f"min_hits and min_track_hits must be >= 0, got {min_hits} and {min_track_hits}")
+    check_selection(min_pt, min_hits, min_track_hits)
     if min_pt > 0 and particle_pt is None:
         raise InputError(f"min_pt={min_pt} needs particle_pt, the pT of every particle")
     min_track_hits = int(min_hits if min_track_hits is None else min_track_hits)

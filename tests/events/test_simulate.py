@@ -421,3 +421,7 @@ def test_command_line_refuses_bad_options(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["simulate", "--output", str(tmp_path), "--inefficiency", "2"]) == 2
     assert "inefficiency" in capsys.readouterr().err
+    for count in ("0", "-1"):
+        assert main(["simulate", "--output", str(tmp_path / "none"), "--events", count]) == 2
+        assert "nothing would be simulated" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

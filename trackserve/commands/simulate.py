@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from ..events.simulate import simulate_event
     from ..events.trackml import read_particles, write_event
 
-    if args.events < 0:
-        raise InputError(f"--events {args.events} must be >= 0")
+    if args.events < 1:
+        raise InputError(f"--events {args.events}: nothing would be simulated; give a number of events >= 1")
     if args.first_event_id < 0:
         raise InputError(f"--first-event-id {args.first_event_id} must be >= 0")
     config = _config(args)

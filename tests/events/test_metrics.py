@@ -13,6 +13,7 @@ from trackserve.errors import EventFormatError, InputError
 from trackserve.events.event import Event
 from trackserve.events.metrics import (
     align_labels,
+    SELECTION_OPTIONS,
     check_selection,
     edge_metrics,
     evaluate_event,
@@ -148,7 +149,7 @@ def test_check_selection_accepts_numpy_scalars_and_names_the_options():
     check_selection(np.float32(1.0), np.int64(5), None)
     check_selection(0, 0, 0)
     with pytest.raises(InputError, match=r"^--min-hits must be a whole number"):
-        check_selection(1.0, -3, names=("--min-pt", "--min-hits", "--min-track-hits"))
+        check_selection(1.0, -3, names=SELECTION_OPTIONS)
 
 
 def test_track_metrics_hand_case_noise_kept():

@@ -97,12 +97,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import EventFormatError
-    from ..events.metrics import check_selection, evaluate_event
+    from ..events.metrics import SELECTION_OPTIONS, check_selection, evaluate_event
     from ..events.submission import read_submission
     from ..events.trackml import read_event
 
-    check_selection(args.min_pt, args.min_hits, args.min_track_hits,
-                    names=("--min-pt", "--min-hits", "--min-track-hits"))
+    check_selection(args.min_pt, args.min_hits, args.min_track_hits, names=SELECTION_OPTIONS)
 
     event = read_event(args.event, parts=("truth", "particles"))
     event_ids, hit_ids, track_ids = read_submission(args.labels)

@@ -156,13 +156,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..errors import InputError
-    from ..events.metrics import check_selection
+    from ..events.metrics import SELECTION_OPTIONS, check_selection
     from ..events.sources import list_inputs, read_input
     from ..events.submission import write_submission
-
-    check_selection(args.min_pt, args.min_hits, names=("--min-pt", "--min-hits", "--min-track-hits"))
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
+
+    check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
     bundle = args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle")
     paths = args.events or [shipped_path(SAMPLE_EVENT, "sample event")]

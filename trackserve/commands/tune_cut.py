@@ -29,7 +29,7 @@ import argparse
 from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
-from ..events.metrics import DEFAULT_MIN_PT
+from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT
 
 ORDER = 38
 
@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="tune for this method and store it with --write (default: the bundle's)")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
                         help="particles counted (default %(default)g GeV)")
-    parser.add_argument("--min-hits", type=int, default=5, metavar="N", help="particles counted (default 5 hits)")
+    parser.add_argument("--min-hits", type=int, default=DEFAULT_MIN_HITS, metavar="N",
+                        help="particles counted (default %(default)s hits)")
     parser.add_argument("--max-fake-rate", type=float, default=None, metavar="F",
                         help="only cuts whose fake rate is at most F on every validation event compete (for example 0.02)")
     parser.add_argument("--fill-gaps", action="store_true",
@@ -112,12 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bundle import save_bundle
     from ..errors import InputError
-    from ..events.metrics import check_selection
+    from ..events.metrics import SELECTION_OPTIONS, check_selection
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
                                       tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.pipeline import Pipeline
 
-    check_selection(args.min_pt, args.min_hits, names=("--min-pt", "--min-hits", "--min-track-hits"))
+    check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
     pipeline = Pipeline(args.bundle)
     method = args.track_building or pipeline.stages.track_building
     if args.join_pieces and method != "best_edges":

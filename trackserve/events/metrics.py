@@ -71,6 +71,9 @@ DEFAULT_MIN_HITS = 5
 #: default: the selection the ExaTrkX results and this project's targets are quoted for
 #: (the functions here count every particle unless given ``min_pt``).
 DEFAULT_MIN_PT = 1.0
+#: The command-line tools' names for the selection (``min_pt``, ``min_hits``,
+#: ``min_track_hits``), which :func:`check_selection`'s messages then use.
+SELECTION_OPTIONS = ("--min-pt", "--min-hits", "--min-track-hits")
 #: How many offending ids an error message lists before summarising the rest.
 _SHOWN_IDS = 5
 

@@ -228,14 +228,36 @@ def test_unknown_network_and_bad_files_are_explained(tmp_path):
     with pytest.raises(CheckpointImportError, match="does not exist"):
         import_checkpoint(tmp_path / "absent.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name in ("text.pt", "empty.pt"):  # neither a zip archive nor a pickle: no advice to trust it
+        with pytest.raises(CheckpointImportError, match="is not a PyTorch checkpoint: it is neither a zip") as error:
+            import_checkpoint(tmp_path / name)
+        assert "trust_pickle" not in str(error.value)
+    good = (tmp_path / "other.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])  # a zip archive cut short
+    with pytest.raises(CheckpointImportError, match="is a damaged zip archive"):
+        import_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "cut-pickle.pt").write_bytes(b"\x80\x02}q\x00")  # a pickle cut short
     with pytest.raises(CheckpointImportError, match="cannot be read by torch.load"):
-        import_checkpoint(tmp_path / "text.pt")
+        import_checkpoint(tmp_path / "cut-pickle.pt")
     with pytest.raises(CheckpointImportError, match="unknown kind"):
         import_checkpoint(tmp_path / "other.pt", kind="transformer")
 
 
 class _Unsafe:
     """A pickled class: loading it needs trust."""
+
+
+def test_legacy_torch_save_format_still_reads(tmp_path):
+    # torch.save's format before the zip archive: pickles one after the other.
+    network = EdgeFilter(in_channels=3, hidden=8, nb_layer=2)
+    path = tmp_path / "legacy.pt"
+    torch.save(network.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:1] == b"\x80"
+    imported = import_checkpoint(path)
+    assert isinstance(imported, EdgeFilter)
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(imported.state_dict()[name], tensor)
 
 
 def test_pickle_with_python_objects_needs_trust(tmp_path):

@@ -73,8 +73,21 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointC
     path = Path(path)
     if not path.is_file():
         raise CheckpointImportError(f"checkpoint {path} does not exist or is not a file")
-    if zipfile.is_zipfile(path) and _is_torchscript_archive(path):
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip and _is_torchscript_archive(path):
         return _read_torchscript(path)
+    if not is_zip:
+        start = _first_bytes(path, 4)
+        if start == b"PK\x03\x04":
+            raise CheckpointImportError(
+                f"checkpoint {path} is a damaged zip archive (it begins as one but has no directory at its end: "
+                "cut short or corrupted); copy it again"
+            )
+        if start[:1] != b"\x80":  # torch.save's legacy format: pickles of protocol 2 or later
+            raise CheckpointImportError(
+                f"checkpoint {path} is not a PyTorch checkpoint: it is neither a zip archive (what torch.save, "
+                "Lightning and torch.jit.save write) nor a pickle; give the .pt or .ckpt file the training wrote"
+            )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError or others
@@ -85,6 +98,12 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointC
         )
         raise CheckpointImportError(f"checkpoint {path} cannot be read by torch.load: {error}.{hint}") from error
     return _from_payload(path, payload)
+
+
+def _first_bytes(path: Path, count: int) -> bytes:
+    """The first ``count`` bytes of a file (fewer when it is shorter)."""
+    with open(path, "rb") as handle:
+        return handle.read(count)
 
 
 def _is_torchscript_archive(path: Path) -> bool:

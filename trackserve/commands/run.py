@@ -37,9 +37,11 @@ def register(subparsers) -> None:
         help="run a bundle on events (TrackML or feature CSV) and write track labels",
         description=(
             "Run the pipeline of a bundle (features -> embedding -> radius graph -> filter -> GNN -> "
-            "connected components) on each event and write its labels as <output>/<event>-labels.csv "
+            "track building: connected components, or the bundle's best-edge method with its gap filling "
+            "and piece joining) on each event and write its labels as <output>/<event>-labels.csv "
             "(TrackML submission format: event_id,hit_id,track_id). With no EVENT the sample event "
-            "shipped with trackserve is used; with no --bundle, the shipped default bundle."
+            "shipped with trackserve is used; with no --bundle, the shipped default bundle. Events with "
+            "truth also get the tracking metrics of `trackserve evaluate`."
         ),
     )
     parser.add_argument("events", nargs="*", metavar="EVENT",

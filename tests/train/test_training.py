@@ -243,6 +243,8 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-iterations", "0"],
      "run.pruned_gnn_iterations must be an integer >= 1"),
     (["--random-events", "1", "--start-from", "somewhere"], "give --prune-cut too"),
+    (["--random-events", "1", "--time-budget", "0"], "run.time_budget must be a finite number of seconds > 0"),
+    (["--random-events", "1", "--time-budget", "nan"], "run.time_budget must be a finite number of seconds > 0"),
     (["--random-events", "1", "--prune-cut", "0.01", "--start-from", "nowhere"], "--start-from nowhere: no bundle"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):

@@ -116,6 +116,11 @@ def register(subparsers) -> None:
                      help="with --prune-cut: take the embedding, filter and GNN (and the radius and filter cut) of this "
                           "bundle, trained before by trackserve train on the same features, and train only the second GNN, on "
                           "this run's events (which may be more than that bundle's; its own are recorded)")
+    run.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                     help="keep the whole training (with the --start-from bundle's) within SECONDS: the last GNN "
+                          "trained (the second with --prune-cut) ends its learning-rate cycle early when its epochs "
+                          "would pass the time left (30 s kept for choosing its cut); the stages before it are not "
+                          "cut short")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
@@ -158,6 +163,7 @@ def training_config(args: argparse.Namespace):
         **({"pruned_gnn_epochs": args.pruned_gnn_epochs} if args.pruned_gnn_epochs is not None else {}),
         **({"pruned_gnn_hidden": args.pruned_gnn_hidden} if args.pruned_gnn_hidden is not None else {}),
         **({"pruned_gnn_iterations": args.pruned_gnn_iterations} if args.pruned_gnn_iterations is not None else {}),
+        **({"time_budget": args.time_budget} if args.time_budget is not None else {}),
     )
     config.validate()
     return config

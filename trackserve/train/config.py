@@ -7,6 +7,7 @@ provenance records.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import InputError
@@ -191,7 +192,12 @@ class TrainingConfig:
     ``gnn.iterations``), on the edges whose first GNN's score passes it; the first GNN
     becomes the bundle's ``pruner`` (:data:`trackserve.bundle.OPTIONAL_NETWORKS`). The
     second GNN sees a graph several times smaller than the first, so it can be wider or
-    deeper for little more time (:meth:`pruned_gnn_settings`).
+    deeper for little more time (:meth:`pruned_gnn_settings`). ``time_budget`` (seconds;
+    None: none) bounds the whole training, with the training of a bundle it starts from:
+    the last GNN trained (the second with ``prune_cut``) ends its learning-rate cycle by
+    the time left, less :data:`~trackserve.train.time_budget.RESERVE_SECONDS`, if its
+    epochs would not (:mod:`trackserve.train.time_budget`); the stages before it are not
+    cut short.
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -215,6 +221,7 @@ class TrainingConfig:
     pruned_gnn_epochs: int | None = None
     pruned_gnn_hidden: int | None = None
     pruned_gnn_iterations: int | None = None
+    time_budget: float | None = None
     #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
     gnn_blind_columns: tuple[int, ...] = ()
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
@@ -249,6 +256,9 @@ class TrainingConfig:
              "empty unless the GNN is an InteractionGNN (the only one with a hit encoder)"),
             ("prune_cut", self.prune_cut is None or 0.0 < self.prune_cut < 0.5,
              "a probability in (0, 0.5): the first GNN's low cut, below any track-building cut"),
+            ("time_budget", self.time_budget is None or (isinstance(self.time_budget, (int, float))
+                                                         and math.isfinite(self.time_budget) and self.time_budget > 0),
+             "a finite number of seconds > 0"),
         ] + [
             (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= 1),
              "an integer >= 1, and only with prune_cut")

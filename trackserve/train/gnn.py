@@ -178,9 +178,18 @@ def choose_gnn_cut(network, event: TrainingEvent, graph: np.ndarray, config: Tra
 
 def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation: TrainingEvent,
               validation_graph: np.ndarray, config: TrainingConfig, rng: np.random.Generator,
-              *, show_progress: bool = True):
-    """Train the GNN on sectors of ``graphs`` (one per event); return ``(network, history)``."""
+              *, show_progress: bool = True, deadline: float | None = None):
+    """Train the GNN on sectors of ``graphs`` (one per event); return ``(network, history)``.
+
+    ``deadline`` (a ``time.perf_counter()`` value; None: none) ends the learning-rate cycle
+    by then if the epochs would not (:class:`~trackserve.train.time_budget.BudgetedCycle`):
+    the training stops when the cycle is complete, possibly within an epoch, and each
+    epoch's figures then say how much of the cycle was done (``cycle``) and in how many
+    steps (``steps``).
+    """
     import torch
+
+    from .time_budget import BudgetedCycle
 
     from ..export.inference_forms import factored_form
 
@@ -200,6 +209,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     steps = settings.sectors * len(events)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps, pct_start=0.1)
+    cycle = None if deadline is None else BudgetedCycle(scheduler, settings.epochs * steps, time.perf_counter(),
+                                                        deadline)
     history = []
     for epoch in range(settings.epochs):
         start, losses = time.perf_counter(), []
@@ -214,11 +225,17 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
             if rows.size and (in_loss is None or in_loss.any()):
                 losses.append(classifier_step(stepped, optimizer, events[k].features[hits], local, labels[k][rows],
                                               settings.positive_weight, in_loss))
-            scheduler.step()
+            if cycle is None:
+                scheduler.step()
+            elif not cycle.advance():
+                break  # the cycle ended by the deadline
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "seconds": time.perf_counter() - start,
+                   **({} if cycle is None else {"cycle": cycle.fraction, "steps": cycle.steps_taken}),
                    **validate_gnn(network, validation, validation_graph, 0.5, config)}
         history.append(figures)
         report(f"gnn epoch {epoch + 1}: {format_figures(figures)}", enabled=show_progress)
+        if cycle is not None and cycle.done:
+            break
     return network, history

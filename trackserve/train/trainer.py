@@ -28,6 +28,7 @@ from .filter import filtered_graph, radius_graph, train_filter
 from .classifier import passing
 from .gnn import choose_gnn_cut, gnn_scores, train_gnn
 from .progress import report, seed_everything
+from .time_budget import stage_deadline
 from .validation import format_figures, graph_figures, track_figures
 
 
@@ -111,6 +112,12 @@ def starting_point(path: str | Path, spec: FeatureSpec, config: TrainingConfig) 
                          provenance.get("history") or {}, record)
 
 
+def _training_seconds(seconds: dict) -> float:
+    """A bundle's whole training time from its ``provenance.seconds`` (its own training,
+    with the training of any bundle it started from)."""
+    return float(seconds.get("training_total", seconds.get("training", 0.0)))
+
+
 def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, config: TrainingConfig, output: str | Path,
                    *, spec: FeatureSpec, data_description: dict | None = None, show_progress: bool = True,
                    start_from: str | Path | None = None) -> TrainingResult:
@@ -140,6 +147,11 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     rng = seed_everything(config.seed)
     seconds, started = {}, time.perf_counter()
     start = None if start_from is None else starting_point(start_from, spec, config)
+    used_before = 0.0 if start is None else _training_seconds(start.record["seconds"] or {})
+
+    def last_gnn_deadline() -> float | None:
+        """When the last GNN's steps must end for the run to keep within ``config.time_budget``."""
+        return None if config.time_budget is None else stage_deadline(config.time_budget, used_before, started)
 
     mark = time.perf_counter()
     if start is None:
@@ -170,7 +182,8 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     validation_filtered = filtered_graph(filter_net, validation, validation_graph, filter_cut)
     if start is None:
         gnn_net, gnn_history = train_gnn(events, filtered, validation, validation_filtered, config, rng,
-                                         show_progress=show_progress)
+                                         show_progress=show_progress,
+                                         deadline=last_gnn_deadline() if config.prune_cut is None else None)
         seconds["gnn"] = time.perf_counter() - mark
     else:
         gnn_net, gnn_history = start.gnn, start.history.get("gnn")
@@ -188,14 +201,13 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
                enabled=show_progress)
         second = replace(config, gnn=config.pruned_gnn_settings())
         gnn_net, history["pruned_gnn"] = train_gnn(events, pruned, validation, gnn_graph, second, rng,
-                                                   show_progress=show_progress)
+                                                   show_progress=show_progress, deadline=last_gnn_deadline())
         networks["gnn"] = gnn_net
         seconds["pruned_gnn"] = time.perf_counter() - mark
     gnn_cut, gnn_figures = choose_gnn_cut(gnn_net, validation, gnn_graph, config)
     seconds["training"] = time.perf_counter() - started
     if start is not None:  # this run's training and the training of the bundle it started from
-        before = start.record["seconds"] or {}
-        seconds["training_total"] = seconds["training"] + float(before.get("training_total", before.get("training", 0.0)))
+        seconds["training_total"] = seconds["training"] + used_before
 
     final = {
         "graph": graph_figures(validation, validation_graph, config.min_pt),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -72,6 +73,14 @@ def test_when_time_runs_short_the_cycle_skips_ahead_and_ends_annealed_at_the_dea
     assert cycle.done and optimizer.param_groups[0]["lr"] == pytest.approx(final_lr)
     # past the peak the learning rate only falls: the skipped steps follow the same curve
     assert final_lr < 1e-5 < 0.01
+
+
+def test_without_a_deadline_the_steps_alone_drive_the_cycle():
+    _, scheduler = _one_cycle(100)
+    clock = FakeClock()
+    cycle = BudgetedCycle(scheduler, 100, start=clock.now, deadline=math.inf, clock=clock)
+    clock.now += 1e9
+    assert cycle.advance() and cycle.position == 1 and cycle.fraction == 0.01
 
 
 def test_a_cycle_needs_steps_and_a_deadline_after_its_start():

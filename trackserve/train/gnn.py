@@ -13,6 +13,7 @@ efficiency minus the fake rate.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -209,8 +210,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     steps = settings.sectors * len(events)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps, pct_start=0.1)
-    cycle = None if deadline is None else BudgetedCycle(scheduler, settings.epochs * steps, time.perf_counter(),
-                                                        deadline)
+    cycle = BudgetedCycle(scheduler, settings.epochs * steps, time.perf_counter(),
+                          math.inf if deadline is None else deadline)
     history = []
     for epoch in range(settings.epochs):
         start, losses = time.perf_counter(), []
@@ -225,17 +226,15 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
             if rows.size and (in_loss is None or in_loss.any()):
                 losses.append(classifier_step(stepped, optimizer, events[k].features[hits], local, labels[k][rows],
                                               settings.positive_weight, in_loss))
-            if cycle is None:
-                scheduler.step()
-            elif not cycle.advance():
-                break  # the cycle ended by the deadline
+            if not cycle.advance():
+                break  # the cycle is complete: its last step, or the deadline
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "seconds": time.perf_counter() - start,
-                   **({} if cycle is None else {"cycle": cycle.fraction, "steps": cycle.steps_taken}),
+                   **({} if deadline is None else {"cycle": cycle.fraction, "steps": cycle.steps_taken}),
                    **validate_gnn(network, validation, validation_graph, 0.5, config)}
         history.append(figures)
         report(f"gnn epoch {epoch + 1}: {format_figures(figures)}", enabled=show_progress)
-        if cycle is not None and cycle.done:
+        if cycle.done:
             break
     return network, history

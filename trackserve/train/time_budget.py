@@ -45,7 +45,8 @@ def stage_deadline(budget: float, used_before: float, started: float, reserve: f
 
 class BudgetedCycle:
     """Advances a one-cycle ``scheduler`` of ``total_steps`` steps by the larger of the steps
-    done and the time used between ``start`` and ``deadline`` (``clock`` values).
+    done and the time used between ``start`` and ``deadline`` (``clock`` values;
+    ``math.inf``: the steps alone, one schedule step per step taken).
 
     Call :meth:`advance` after each optimiser step instead of ``scheduler.step()``; it
     returns False once the cycle is complete (:attr:`done`), after which no step should

@@ -76,10 +76,11 @@ def test_when_time_runs_short_the_cycle_skips_ahead_and_ends_annealed_at_the_dea
 
 
 def test_without_a_deadline_the_steps_alone_drive_the_cycle():
-    _, scheduler = _one_cycle(100)
+    optimizer, scheduler = _one_cycle(100)
     clock = FakeClock()
     cycle = BudgetedCycle(scheduler, 100, start=clock.now, deadline=math.inf, clock=clock)
     clock.now += 1e9
+    optimizer.step()
     assert cycle.advance() and cycle.position == 1 and cycle.fraction == 0.01
 
 

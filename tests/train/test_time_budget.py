@@ -12,7 +12,7 @@ from trackserve.errors import InputError
 from trackserve.events.features import TRACKML_1000
 from trackserve.train.config import TrainingConfig
 from trackserve.train.data import SimulatedSource, simulated_events
-from trackserve.train.time_budget import RESERVE_SECONDS, BudgetedCycle, stage_deadline
+from trackserve.train.time_budget import RESERVE_SECONDS, BudgetedCycle, budget_summary, stage_deadline
 from trackserve.train.trainer import train_pipeline
 
 
@@ -136,3 +136,25 @@ def test_without_a_budget_the_history_is_as_before(tiny_events, tmp_path):
                    show_progress=False)
     history = json.loads((tmp_path / "b" / "pipeline.json").read_text())["provenance"]["history"]["gnn"]
     assert len(history) == 1 and "cycle" not in history[0] and "steps" not in history[0]
+
+
+def test_the_summary_says_how_the_budget_was_kept():
+    history = [{"steps": 40}, {"steps": 80}, {"steps": 95}]
+    assert budget_summary(None, {"training": 5.0}, history, 400) is None
+    short = budget_summary(3600.0, {"training": 1200.0, "training_total": 3575.4}, history, 400)
+    assert short == ("time budget 3600 s: 3575 s of training in all; the last GNN took 95 of its 400 steps in 3 "
+                     "epochs (its learning-rate cycle ended by the budget)")
+    whole = budget_summary(600.0, {"training": 12.2}, [{"steps": 40}], 40)
+    assert whole.endswith("took 40 of its 40 steps in 1 epoch (every step, within the budget)")
+
+
+def test_the_cli_prints_the_budget_line(tmp_path, capsys):
+    from trackserve.cli import main
+
+    argv = ["train", "--output", str(tmp_path / "b"), "--quick", "--random-events", "2", "--num-particles", "30",
+            "--quiet", "--time-budget", "600"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "time budget 600 s: " in out and "(every step, within the budget)" in out
+    assert main(argv[:-2] + ["--output", str(tmp_path / "c")]) == 0
+    assert "time budget" not in capsys.readouterr().out

@@ -177,6 +177,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..events.trackml import find_event_prefixes, read_event
     from ..train.data import (SimulatedSource, prepare_event, read_training_events, simulated_events,
                               simulated_validation_event)
+    from ..train.time_budget import budget_summary
     from ..train.trainer import train_pipeline
 
     config = training_config(args)
@@ -258,6 +259,12 @@ def handle(args: argparse.Namespace) -> int:
     stages = result.bundle.stages
     print(f"bundle written to {args.output} in {time.perf_counter() - start:.0f} s "
           f"(radius {stages.radius:g}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g})")
+    last = "pruned_gnn" if config.prune_cut is not None else "gnn"
+    last_settings = config.pruned_gnn_settings() if config.prune_cut is not None else config.gnn
+    budget = budget_summary(config.time_budget, result.seconds, result.history[last],
+                            last_settings.epochs * last_settings.sectors * len(events))
+    if budget is not None:
+        print(budget)
     for stage in (name for name in ("graph", "filter", "pruner", "gnn") if name in result.validation):
         figures = result.validation[stage]
         print(f"  {stage:6s} edges {figures['num_edges']:>9d}  efficiency {figures['efficiency']:.4f}  purity {figures['purity']:.4f}")

@@ -88,3 +88,18 @@ class BudgetedCycle:
         while self.position < target:
             self.scheduler.step()
         return not self.done
+
+
+def budget_summary(budget: float | None, seconds: dict, history: list[dict], total_steps: int) -> str | None:
+    """One line on how a run kept its time ``budget`` (None: it had none): the training's
+    seconds in all (``seconds``: a bundle's ``provenance.seconds``), and how many of its
+    ``total_steps`` steps the last GNN took (``history``: that GNN's epochs), saying when
+    the budget ended its cycle early."""
+    if budget is None:
+        return None
+    used = float(seconds.get("training_total", seconds.get("training", 0.0)))
+    steps = int(history[-1]["steps"])
+    how = ("its learning-rate cycle ended by the budget" if steps < total_steps
+           else "every step, within the budget")
+    return (f"time budget {budget:g} s: {used:.0f} s of training in all; the last GNN took {steps} of its "
+            f"{total_steps} steps in {len(history)} epoch{'' if len(history) == 1 else 's'} ({how})")

@@ -121,6 +121,7 @@ def test_a_run_with_a_budget_ends_its_second_gnn_by_time_and_keeps_within_it(tin
     steps_per_epoch = config.gnn.sectors * len(events)
     assert len(history) < 5000 and history[-1]["steps"] < 5000 * steps_per_epoch
     assert history[-1]["cycle"] == 1.0 and all(a["cycle"] < b["cycle"] for a, b in zip(history, history[1:]))
+    assert history[-1]["cycle_steps"] == 5000 * steps_per_epoch
     assert provenance["settings"]["time_budget"] == budget
     assert provenance["seconds"]["training_total"] <= budget
     # A budget already spent by the bundle started from is refused before any training.
@@ -139,12 +140,12 @@ def test_without_a_budget_the_history_is_as_before(tiny_events, tmp_path):
 
 
 def test_the_summary_says_how_the_budget_was_kept():
-    history = [{"steps": 40}, {"steps": 80}, {"steps": 95}]
-    assert budget_summary(None, {"training": 5.0}, history, 400) is None
-    short = budget_summary(3600.0, {"training": 1200.0, "training_total": 3575.4}, history, 400)
+    history = [{"steps": 40, "cycle_steps": 400}, {"steps": 80, "cycle_steps": 400}, {"steps": 95, "cycle_steps": 400}]
+    assert budget_summary(None, {"training": 5.0}, history) is None
+    short = budget_summary(3600.0, {"training": 1200.0, "training_total": 3575.4}, history)
     assert short == ("time budget 3600 s: 3575 s of training in all; the last GNN took 95 of its 400 steps in 3 "
                      "epochs (its learning-rate cycle ended by the budget)")
-    whole = budget_summary(600.0, {"training": 12.2}, [{"steps": 40}], 40)
+    whole = budget_summary(600.0, {"training": 12.2}, [{"steps": 40, "cycle_steps": 40}])
     assert whole.endswith("took 40 of its 40 steps in 1 epoch (every step, within the budget)")
 
 

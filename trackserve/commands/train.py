@@ -260,9 +260,7 @@ def handle(args: argparse.Namespace) -> int:
     print(f"bundle written to {args.output} in {time.perf_counter() - start:.0f} s "
           f"(radius {stages.radius:g}, filter cut {stages.filter_cut:g}, GNN cut {stages.gnn_cut:g})")
     last = "pruned_gnn" if config.prune_cut is not None else "gnn"
-    last_settings = config.pruned_gnn_settings() if config.prune_cut is not None else config.gnn
-    budget = budget_summary(config.time_budget, result.seconds, result.history[last],
-                            last_settings.epochs * last_settings.sectors * len(events))
+    budget = budget_summary(config.time_budget, result.seconds, result.history[last])
     if budget is not None:
         print(budget)
     for stage in (name for name in ("graph", "filter", "pruner", "gnn") if name in result.validation):

@@ -185,8 +185,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     ``deadline`` (a ``time.perf_counter()`` value; None: none) ends the learning-rate cycle
     by then if the epochs would not (:class:`~trackserve.train.time_budget.BudgetedCycle`):
     the training stops when the cycle is complete, possibly within an epoch, and each
-    epoch's figures then say how much of the cycle was done (``cycle``) and in how many
-    steps (``steps``).
+    epoch's figures then say how much of the cycle was done (``cycle``), in how many
+    steps (``steps``) of the cycle's ``cycle_steps``.
     """
     import torch
 
@@ -231,7 +231,8 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "seconds": time.perf_counter() - start,
-                   **({} if deadline is None else {"cycle": cycle.fraction, "steps": cycle.steps_taken}),
+                   **({} if deadline is None else {"cycle": cycle.fraction, "steps": cycle.steps_taken,
+                                                   "cycle_steps": cycle.total_steps}),
                    **validate_gnn(network, validation, validation_graph, 0.5, config)}
         history.append(figures)
         report(f"gnn epoch {epoch + 1}: {format_figures(figures)}", enabled=show_progress)

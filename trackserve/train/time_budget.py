@@ -90,15 +90,16 @@ class BudgetedCycle:
         return not self.done
 
 
-def budget_summary(budget: float | None, seconds: dict, history: list[dict], total_steps: int) -> str | None:
+def budget_summary(budget: float | None, seconds: dict, history: list[dict]) -> str | None:
     """One line on how a run kept its time ``budget`` (None: it had none): the training's
     seconds in all (``seconds``: a bundle's ``provenance.seconds``), and how many of its
-    ``total_steps`` steps the last GNN took (``history``: that GNN's epochs), saying when
-    the budget ended its cycle early."""
+    cycle's steps the last GNN took (``history``: that GNN's epochs, as
+    :func:`~trackserve.train.gnn.train_gnn` records them under a deadline), saying when the
+    budget ended its cycle early."""
     if budget is None:
         return None
     used = float(seconds.get("training_total", seconds.get("training", 0.0)))
-    steps = int(history[-1]["steps"])
+    steps, total_steps = int(history[-1]["steps"]), int(history[-1]["cycle_steps"])
     how = ("its learning-rate cycle ended by the budget" if steps < total_steps
            else "every step, within the budget")
     return (f"time budget {budget:g} s: {used:.0f} s of training in all; the last GNN took {steps} of its "

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ..events.metrics import DEFAULT_MIN_PT
+from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT
 from ..jsonout import dumps
 from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
 
@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
                         help="metrics: reconstructable particles have at least this pT (GeV; default %(default)g; "
                         "0 counts every particle)")
-    parser.add_argument("--min-hits", type=int, default=MIN_TRACK_HITS, metavar="N",
+    parser.add_argument("--min-hits", type=int, default=DEFAULT_MIN_HITS, metavar="N",
                         help="metrics: reconstructable particles have at least N hits (default %(default)s)")
     parser.set_defaults(handler=run)
 

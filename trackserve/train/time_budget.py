@@ -90,6 +90,12 @@ class BudgetedCycle:
         return not self.done
 
 
+def training_seconds(seconds: dict) -> float:
+    """A bundle's whole training time from its ``provenance.seconds``: its own training with
+    the training of any bundle it started from (``training_total``), else ``training``."""
+    return float(seconds.get("training_total", seconds.get("training", 0.0)))
+
+
 def budget_summary(budget: float | None, seconds: dict, history: list[dict]) -> str | None:
     """One line on how a run kept its time ``budget`` (None: it had none): the training's
     seconds in all (``seconds``: a bundle's ``provenance.seconds``), and how many of its
@@ -98,7 +104,7 @@ def budget_summary(budget: float | None, seconds: dict, history: list[dict]) -> 
     budget ended its cycle early."""
     if budget is None:
         return None
-    used = float(seconds.get("training_total", seconds.get("training", 0.0)))
+    used = training_seconds(seconds)
     steps, total_steps = int(history[-1]["steps"]), int(history[-1]["cycle_steps"])
     how = ("its learning-rate cycle ended by the budget" if steps < total_steps
            else "every step, within the budget")

@@ -28,7 +28,7 @@ from .filter import filtered_graph, radius_graph, train_filter
 from .classifier import passing
 from .gnn import choose_gnn_cut, gnn_scores, train_gnn
 from .progress import report, seed_everything
-from .time_budget import stage_deadline
+from .time_budget import stage_deadline, training_seconds
 from .validation import format_figures, graph_figures, track_figures
 
 
@@ -112,12 +112,6 @@ def starting_point(path: str | Path, spec: FeatureSpec, config: TrainingConfig) 
                          provenance.get("history") or {}, record)
 
 
-def _training_seconds(seconds: dict) -> float:
-    """A bundle's whole training time from its ``provenance.seconds`` (its own training,
-    with the training of any bundle it started from)."""
-    return float(seconds.get("training_total", seconds.get("training", 0.0)))
-
-
 def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, config: TrainingConfig, output: str | Path,
                    *, spec: FeatureSpec, data_description: dict | None = None, show_progress: bool = True,
                    start_from: str | Path | None = None) -> TrainingResult:
@@ -147,7 +141,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     rng = seed_everything(config.seed)
     seconds, started = {}, time.perf_counter()
     start = None if start_from is None else starting_point(start_from, spec, config)
-    used_before = 0.0 if start is None else _training_seconds(start.record["seconds"] or {})
+    used_before = 0.0 if start is None else training_seconds(start.record["seconds"] or {})
 
     def last_gnn_deadline() -> float | None:
         """When the last GNN's steps must end for the run to keep within ``config.time_budget``."""

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
+from ..train.precision import TRAINING_PRECISIONS
 
 ORDER = 30
 
@@ -121,6 +122,11 @@ def register(subparsers) -> None:
                           "trained (the second with --prune-cut) ends its learning-rate cycle early when its epochs "
                           "would pass the time left (30 s kept for choosing its cut); the stages before it are not "
                           "cut short")
+    run.add_argument("--precision", choices=TRAINING_PRECISIONS, default="float32",
+                     help="number type of the filter's and the GNNs' training steps: float32 (default), or bfloat16 "
+                          "matrix products with everything else in float32 (mixed precision; faster on a CPU with "
+                          "bfloat16 instructions, slower without). The embedding trains in float32, and the exported "
+                          "networks are float32 either way")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
@@ -164,6 +170,7 @@ def training_config(args: argparse.Namespace):
         **({"pruned_gnn_hidden": args.pruned_gnn_hidden} if args.pruned_gnn_hidden is not None else {}),
         **({"pruned_gnn_iterations": args.pruned_gnn_iterations} if args.pruned_gnn_iterations is not None else {}),
         **({"time_budget": args.time_budget} if args.time_budget is not None else {}),
+        precision=args.precision,
     )
     config.validate()
     return config

@@ -21,15 +21,22 @@ def training_targets(events, graphs: list[np.ndarray], config) -> tuple[list[np.
 
 
 def classifier_step(network, optimizer, features: np.ndarray, edges: np.ndarray, labels: np.ndarray,
-                    positive_weight: float, counted: np.ndarray | None = None) -> float:
+                    positive_weight: float, counted: np.ndarray | None = None, precision: str = "float32") -> float:
     """One optimiser step of weighted BCE on the edges ``[2, E]`` with boolean ``labels [E]``; the loss.
 
     ``counted`` (bool ``[E]``, optional): only these edges enter the loss; every edge is
     still part of the graph the network sees (a GNN passes messages along all of them).
+    ``precision`` (:data:`~trackserve.train.precision.TRAINING_PRECISIONS`): the forward
+    pass's number type (:func:`~trackserve.train.precision.step_precision`); the loss is
+    computed in float32 either way.
     """
     import torch
 
-    logits = network(torch.from_numpy(features), torch.from_numpy(np.ascontiguousarray(edges)))
+    from .precision import step_precision
+
+    with step_precision(precision):
+        logits = network(torch.from_numpy(features), torch.from_numpy(np.ascontiguousarray(edges)))
+    logits = logits.float()
     targets = torch.from_numpy(labels)
     if counted is not None:
         keep = torch.from_numpy(np.asarray(counted, dtype=bool))

@@ -197,7 +197,10 @@ class TrainingConfig:
     the last GNN trained (the second with ``prune_cut``) ends its learning-rate cycle by
     the time left, less :data:`~trackserve.train.time_budget.RESERVE_SECONDS`, if its
     epochs would not (:mod:`trackserve.train.time_budget`); the stages before it are not
-    cut short.
+    cut short. ``precision`` (:data:`~trackserve.train.precision.TRAINING_PRECISIONS`) is
+    the number type of the filter's and the GNNs' training steps: ``bfloat16`` runs their
+    matrix products in bfloat16 under autocast, everything else in float32
+    (:mod:`trackserve.train.precision`).
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -222,6 +225,7 @@ class TrainingConfig:
     pruned_gnn_hidden: int | None = None
     pruned_gnn_iterations: int | None = None
     time_budget: float | None = None
+    precision: str = "float32"
     #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
     gnn_blind_columns: tuple[int, ...] = ()
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
@@ -234,6 +238,7 @@ class TrainingConfig:
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
         from ..bundle import EDGE_DIRECTIONS, TRACK_BUILDING_METHODS
+        from .precision import TRAINING_PRECISIONS
 
         self.embedding.validate()
         self.filter.validate()
@@ -259,6 +264,7 @@ class TrainingConfig:
             ("time_budget", self.time_budget is None or (isinstance(self.time_budget, (int, float))
                                                          and math.isfinite(self.time_budget) and self.time_budget > 0),
              "a finite number of seconds > 0"),
+            ("precision", self.precision in TRAINING_PRECISIONS, f"one of {', '.join(TRAINING_PRECISIONS)}"),
         ] + [
             (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= 1),
              "an integer >= 1, and only with prune_cut")

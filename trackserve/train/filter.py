@@ -79,7 +79,8 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
                 scheduler.step()
                 continue
             losses.append(classifier_step(network, optimizer, events[k].features, graphs[k][:, chosen],
-                                          labels[k][chosen], settings.positive_weight))
+                                          labels[k][chosen], settings.positive_weight,
+                                          precision=config.precision))
             scheduler.step()
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),

@@ -225,7 +225,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
                                        None if counted[k] is None else counted[k][rows])
             if rows.size and (in_loss is None or in_loss.any()):
                 losses.append(classifier_step(stepped, optimizer, events[k].features[hits], local, labels[k][rows],
-                                              settings.positive_weight, in_loss))
+                                              settings.positive_weight, in_loss, precision=config.precision))
             if not cycle.advance():
                 break  # the cycle is complete: its last step, or the deadline
         network.eval()

@@ -1,0 +1,126 @@
+"""Mixed-precision training (``--precision bfloat16``): bfloat16 products, float32 weights, sums that stay exact."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from trackserve.errors import InputError
+from trackserve.events.features import TRACKML_1000
+from trackserve.export.training_rows import gather_rows, sum_rows
+from trackserve.train.classifier import classifier_step
+from trackserve.train.config import TrainingConfig
+from trackserve.train.data import SimulatedSource, simulated_events
+from trackserve.train.gnn import build_gnn_network
+from trackserve.train.precision import TRAINING_PRECISIONS, step_precision
+from trackserve.train.trainer import train_pipeline
+
+
+def test_many_bfloat16_messages_into_one_hit_add_up_as_float32_would():
+    # 1,000 messages of 1 into one hit: a bfloat16 running sum (8-bit mantissa) stops at 256;
+    # the message sums round once, at the end.
+    messages = torch.ones(1000, 3, dtype=torch.bfloat16, requires_grad=True)
+    index = torch.zeros(1000, dtype=torch.int64)
+    sums = sum_rows(messages, index, torch.zeros(2, 3))
+    assert sums.dtype == torch.bfloat16
+    assert sums[0].tolist() == [1000.0] * 3 and sums[1].tolist() == [0.0] * 3
+    sums.float().sum().backward()
+    assert messages.grad.dtype == torch.bfloat16 and torch.equal(messages.grad, torch.ones_like(messages))
+    # Random messages, many per hit: within one bfloat16 rounding (2^-8) of the float64 sums.
+    rng = np.random.default_rng(1)
+    rows = torch.from_numpy(rng.uniform(0, 1, (20000, 8))).to(torch.bfloat16)
+    index = torch.from_numpy(rng.integers(0, 5, 20000))
+    exact = torch.zeros(5, 8, dtype=torch.float64).index_add_(0, index, rows.double())
+    sums = sum_rows(rows, index, torch.zeros(5, 8)).double()
+    assert ((sums - exact).abs() / exact).max() <= 2.0 ** -8
+
+
+def test_the_gradient_of_a_row_gathered_many_times_adds_up_as_float32_would():
+    values = torch.zeros(2, 4, dtype=torch.bfloat16, requires_grad=True)
+    index = torch.tensor([1] * 1000 + [0], dtype=torch.int64)
+    gathered = gather_rows(values, index)
+    assert gathered.dtype == torch.bfloat16
+    gathered.float().sum().backward()
+    assert values.grad.dtype == torch.bfloat16
+    assert values.grad[1].tolist() == [1000.0] * 4 and values.grad[0].tolist() == [1.0] * 4
+
+
+def test_float32_rows_are_summed_and_gathered_as_before():
+    rng = np.random.default_rng(0)
+    messages = torch.from_numpy(rng.normal(size=(50, 4)).astype(np.float32)).requires_grad_()
+    index = torch.from_numpy(rng.integers(0, 7, 50))
+    sums = sum_rows(messages, index, torch.zeros(7, 4))
+    assert sums.dtype == torch.float32
+    assert torch.equal(sums, torch.zeros(7, 4).index_add_(0, index, messages.detach()))
+    values = torch.from_numpy(rng.normal(size=(7, 4)).astype(np.float32)).requires_grad_()
+    (gather_rows(values, index) * messages.detach()).sum().backward()
+    assert values.grad.dtype == torch.float32
+    assert torch.equal(values.grad, torch.zeros(7, 4).index_add_(0, index, messages.detach()))
+
+
+def test_step_precision_runs_the_products_in_bfloat16_and_refuses_unknown_types():
+    layer = torch.nn.Linear(4, 3)
+    inputs = torch.ones(2, 4)
+    with step_precision("float32"):
+        assert layer(inputs).dtype == torch.float32
+    with step_precision("bfloat16"):
+        assert layer(inputs).dtype == torch.bfloat16
+    assert layer(inputs).dtype == torch.float32
+    assert TRAINING_PRECISIONS == ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="unknown training precision 'float16': use one of float32, bfloat16"):
+        step_precision("float16")
+
+
+@pytest.fixture(scope="module")
+def tiny_event():
+    return simulated_events([SimulatedSource(num_particles=30)], 1, TRACKML_1000, seed=7, show_progress=False)[0]
+
+
+def test_a_bfloat16_step_trains_float32_weights_on_about_the_float32_loss(tiny_event):
+    torch.manual_seed(0)
+    network = build_gnn_network(TrainingConfig.quick().gnn, tiny_event.features.shape[1])
+    twin = copy.deepcopy(network)
+    edges = np.asarray(tiny_event.truth_edges)
+    edges = np.concatenate([edges, edges[::-1]], axis=1)  # every hit twice as busy, half the edges wrong way round
+    labels = np.arange(edges.shape[1]) % 3 == 0
+    before = [p.detach().clone() for p in network.parameters()]
+    losses = {}
+    for precision, net in (("float32", network), ("bfloat16", twin)):
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        losses[precision] = classifier_step(net, optimizer, tiny_event.features, edges, labels, 2.0,
+                                            precision=precision)
+    assert all(p.dtype == torch.float32 for p in twin.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, twin.parameters()))
+    assert np.isfinite(losses["bfloat16"])
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+    assert losses["bfloat16"] != losses["float32"]  # the products did run in bfloat16
+
+
+def test_the_config_and_the_cli_name_the_precision(tmp_path, capsys):
+    from trackserve.cli import main
+
+    with pytest.raises(InputError, match="run.precision must be one of float32, bfloat16"):
+        replace(TrainingConfig(), precision="float16").validate()
+    with pytest.raises(SystemExit):
+        main(["train", "--output", str(tmp_path / "x"), "--random-events", "1", "--precision", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_bfloat16_run_writes_float32_networks_and_records_its_precision(tmp_path):
+    events = simulated_events([SimulatedSource(num_particles=30)], 3, TRACKML_1000, seed=5, show_progress=False)
+    config = TrainingConfig.quick(threads=1, precision="bfloat16", prune_cut=0.4)
+    train_pipeline(events[:2], events[2], config, tmp_path / "b", spec=TRACKML_1000, show_progress=False)
+    pipeline = json.loads((tmp_path / "b" / "pipeline.json").read_text())
+    assert pipeline["provenance"]["settings"]["precision"] == "bfloat16"
+    import onnx
+
+    for name in ("embedding", "filter", "pruner", "gnn"):
+        model = onnx.load(str(tmp_path / "b" / pipeline["networks"][name]["file"]))
+        assert {init.data_type for init in model.graph.initializer} <= {onnx.TensorProto.FLOAT,
+                                                                        onnx.TensorProto.INT64}

@@ -17,7 +17,7 @@ from trackserve.train.classifier import classifier_step
 from trackserve.train.config import TrainingConfig
 from trackserve.train.data import SimulatedSource, simulated_events
 from trackserve.train.gnn import build_gnn_network
-from trackserve.train.precision import TRAINING_PRECISIONS, step_precision
+from trackserve.train.precision import TRAINING_PRECISIONS, pad_edges, pad_hits, step_precision
 from trackserve.train.trainer import train_pipeline
 
 
@@ -124,3 +124,84 @@ def test_a_bfloat16_run_writes_float32_networks_and_records_its_precision(tmp_pa
         model = onnx.load(str(tmp_path / "b" / pipeline["networks"][name]["file"]))
         assert {init.data_type for init in model.graph.initializer} <= {onnx.TensorProto.FLOAT,
                                                                         onnx.TensorProto.INT64}
+
+
+def test_padding_gives_shapes_in_steps_of_the_multiple_and_marks_what_it_added():
+    features = np.arange(30, dtype=np.float32).reshape(10, 3)
+    padded, dummy = pad_hits(features, multiple=8)
+    assert padded.shape == (16, 3) and dummy == 10
+    assert np.array_equal(padded[:10], features) and np.array_equal(padded[10:], np.repeat(features[:1], 6, axis=0))
+    # A multiple already reached still gets its padding hit (a whole step more).
+    assert pad_hits(features[:8], multiple=8)[0].shape == (16, 3)
+    assert pad_hits(np.zeros((0, 3), np.float32), multiple=8)[0].shape == (8, 3)
+    edges = np.array([[0, 1, 2], [1, 2, 3]])
+    padded_edges, labels, counted = pad_edges(edges, np.array([True, False, True]), None, dummy, multiple=8)
+    assert padded_edges.shape == (2, 8) and np.array_equal(padded_edges[:, :3], edges)
+    assert (padded_edges[:, 3:] == dummy).all()
+    assert labels.tolist() == [True, False, True] + [False] * 5
+    assert counted.tolist() == [True] * 3 + [False] * 5
+    _, _, kept = pad_edges(edges, np.ones(3, bool), np.array([False, True, True]), dummy, multiple=8)
+    assert kept.tolist() == [False, True, True] + [False] * 5
+    assert pad_edges(np.zeros((2, 8), np.int64), np.ones(8, bool), None, 0, multiple=8)[0].shape == (2, 8)
+
+
+@pytest.mark.parametrize("kind", ["gnn", "filter"])
+def test_a_padded_step_scores_trains_and_learns_as_the_unpadded_one(tiny_event, kind):
+    """Padding hits and their self-loops change nothing the real edges see: the same logits, loss and gradients."""
+    from trackserve.export.inference_forms import factored_form
+    from trackserve.train.filter import build_filter_network
+
+    torch.manual_seed(1)
+    config = TrainingConfig.quick()
+    if kind == "gnn":
+        network = build_gnn_network(replace(config.gnn, hidden=16, iterations=3), tiny_event.features.shape[1])
+        stepped = factored_form(network, training=True)
+    else:
+        network = stepped = build_filter_network(config.filter, tiny_event.features.shape[1])
+    edges = np.asarray(tiny_event.truth_edges)
+    edges = np.concatenate([edges, edges[::-1], edges[:, ::7]], axis=1)  # repeated hits and edges
+    labels = np.arange(edges.shape[1]) % 3 == 0
+    counted = np.arange(edges.shape[1]) % 5 != 0
+    features, dummy = pad_hits(tiny_event.features)
+    padded_edges, padded_labels, padded_counted = pad_edges(edges, labels, counted, dummy)
+    assert padded_edges.shape[1] % 256 == 0 and padded_edges.shape[1] > edges.shape[1]
+    with torch.no_grad():
+        plain = stepped(torch.from_numpy(tiny_event.features), torch.from_numpy(edges))
+        padded = stepped(torch.from_numpy(features), torch.from_numpy(padded_edges))
+    torch.testing.assert_close(padded[:edges.shape[1]], plain, rtol=1e-5, atol=1e-6)
+    gradients, losses = [], []
+    for args in ((tiny_event.features, edges, labels, counted), (features, padded_edges, padded_labels, padded_counted)):
+        twin = copy.deepcopy(stepped)
+        optimizer = torch.optim.SGD(twin.parameters(), lr=0.0)  # a step that keeps the weights, to read the gradients
+        losses.append(classifier_step(twin, optimizer, args[0], args[1], args[2], 2.0, args[3]))
+        gradients.append([p.grad.clone() for p in twin.parameters()])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for plain_grad, padded_grad in zip(*gradients):
+        torch.testing.assert_close(padded_grad, plain_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")  # the recorder takes no step
+def test_bfloat16_training_steps_run_on_padded_shapes(tiny_event, monkeypatch):
+    import trackserve.train.filter as filter_training
+    import trackserve.train.gnn as gnn_training
+    from trackserve.train.filter import train_filter
+    from trackserve.train.gnn import train_gnn
+    from trackserve.train.progress import seed_everything
+
+    shapes = []
+
+    def recording_step(network, optimizer, features, edges, labels, positive_weight, counted=None, precision="float32"):
+        shapes.append((features.shape[0], edges.shape[1], precision, None if counted is None else int(counted.sum())))
+        return 0.0
+
+    monkeypatch.setattr(gnn_training, "classifier_step", recording_step)
+    monkeypatch.setattr(filter_training, "classifier_step", recording_step)
+    graphs = [np.asarray(tiny_event.truth_edges)]
+    for precision in TRAINING_PRECISIONS:
+        shapes.clear()
+        config = TrainingConfig.quick(threads=1, precision=precision)
+        train_gnn([tiny_event], graphs, tiny_event, graphs[0], config, seed_everything(0), show_progress=False)
+        train_filter([tiny_event], graphs, tiny_event, graphs[0], config, seed_everything(0), show_progress=False)
+        assert shapes and all(step[2] == precision for step in shapes)
+        padded = [step[0] % 256 == 0 and step[1] % 256 == 0 for step in shapes]
+        assert all(padded) if precision == "bfloat16" else not any(padded)

@@ -143,9 +143,9 @@ def test_gnn_training_with_a_halo_sees_more_edges_than_it_learns_from(tiny_event
     seen = []
     real_step = gnn_training.classifier_step
 
-    def recording_step(network, optimizer, features, edges, labels, positive_weight, counted=None):
+    def recording_step(network, optimizer, features, edges, labels, positive_weight, counted=None, **options):
         seen.append((edges.shape[1], None if counted is None else int(np.count_nonzero(counted))))
-        return real_step(network, optimizer, features, edges, labels, positive_weight, counted)
+        return real_step(network, optimizer, features, edges, labels, positive_weight, counted, **options)
 
     monkeypatch.setattr(gnn_training, "classifier_step", recording_step)
     config = TrainingConfig.quick(seed=3, threads=1)

@@ -124,8 +124,8 @@ def register(subparsers) -> None:
                           "cut short")
     run.add_argument("--precision", choices=TRAINING_PRECISIONS, default="float32",
                      help="number type of the filter's and the GNNs' training steps: float32 (default), or bfloat16 "
-                          "matrix products with everything else in float32 (mixed precision; faster on a CPU with "
-                          "bfloat16 instructions, slower without). The embedding trains in float32, and the exported "
+                          "matrix products with everything else in float32 (mixed precision: faster on a CPU with "
+                          "bfloat16 instructions; measure on one without, where they are emulated). The embedding trains in float32, and the exported "
                           "networks are float32 either way")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")

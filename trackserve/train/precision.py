@@ -8,14 +8,15 @@ gradients (:mod:`trackserve.export.training_rows`, ``index_add_``) see bfloat16 
 PyTorch's CPU kernel adds them up in float32 and rounds each sum once, so a hit's sum of
 thousands of messages is as exact as a bfloat16 number can hold (a plain bfloat16 running
 sum would stop growing at 256 ones). On a CPU with bfloat16
-instructions (AVX512-BF16, AMX) the products run several times faster; the whole step
-less so, since the gathers, sums and norms around them do not change. Validation, the
+instructions (AVX512-BF16, AMX) the products run several times faster; the whole step less
+so, since the gathers, sums and norms around them do not change (on this project's
+machine: ``benchmarks/bench_training_precision.py``). Validation, the
 cut choices and the exported networks are float32 whatever the training precision.
 
 PyTorch's bfloat16 products on a CPU go through oneDNN, which builds (compiles) a kernel
 for each new matrix shape and caches it; training steps whose sub-graphs all differ in
-size would build one every step, which on this project's machine cost all the time the
-bfloat16 products saved (the default bundle's second GNN: 43 s an epoch against 27–32 s in
+size would build one every step, which on this project's machine cost more than the
+bfloat16 products saved (the default bundle's second GNN: 43 s an epoch against 25–33 s in
 float32). So in bfloat16 every step's hits and edges are padded up to a multiple of
 :data:`SHAPE_MULTIPLE` (:func:`pad_hits`, :func:`pad_edges`): padding hits that no real
 edge touches, and padding edges from the first padding hit to itself, left out of the

@@ -42,17 +42,6 @@ SECTORS, HALO, SIGNAL_MIN_PT = 64, 0.25, 0.8
 WAYS = ("float32", "bfloat16, steps' own shapes", "bfloat16, padded shapes")
 
 
-def cpu_flags() -> str:
-    """The CPU's bfloat16 instruction sets, as /proc/cpuinfo names them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
-    return ", ".join(found) if found else "none"
-
-
 def event_graphs(particles: Path | None, seed: int):
     """One simulated event in the default bundle's features, its radius graph and the pruner's graph."""
     from trackserve.runtime.config import RuntimeConfig
@@ -145,9 +134,11 @@ def main() -> int:
     from trackserve.export.bundle_networks import load_torch_network
     from trackserve.export.inference_forms import factored_form
     from trackserve.train.config import FilterSettings
-    from trackserve.train.precision import pad_hits
+    from trackserve.train.precision import bfloat16_cpu_flags, pad_hits
 
     torch.set_num_threads(args.threads)
+    found = bfloat16_cpu_flags()
+    flags = "unknown" if found is None else ", ".join(found) or "none"
     note = load_note()
     rng = np.random.default_rng(0)
     source, event, graph, pruned = event_graphs(args.particles, seed=1)
@@ -169,7 +160,7 @@ def main() -> int:
                                                                             event_padded))
 
     lines = [
-        f"Machine: {machine_description()}; bfloat16 instructions: {cpu_flags()}. Threads: torch "
+        f"Machine: {machine_description()}; bfloat16 instructions: {flags}. Threads: torch "
         f"{args.threads} (`trackserve train --threads {args.threads}`). {note}",
         "",
         f"Event: simulated from {source.describe()} (seed 1), {event.num_hits:,} hits; the default bundle's radius "

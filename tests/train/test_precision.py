@@ -17,7 +17,8 @@ from trackserve.train.classifier import classifier_step
 from trackserve.train.config import TrainingConfig
 from trackserve.train.data import SimulatedSource, simulated_events
 from trackserve.train.gnn import build_gnn_network
-from trackserve.train.precision import TRAINING_PRECISIONS, pad_edges, pad_hits, step_precision
+from trackserve.train.precision import (TRAINING_PRECISIONS, bfloat16_cpu_flags, emulation_warning, pad_edges, pad_hits,
+                                         step_precision)
 from trackserve.train.trainer import train_pipeline
 
 
@@ -205,3 +206,37 @@ def test_bfloat16_training_steps_run_on_padded_shapes(tiny_event, monkeypatch):
         assert shapes and all(step[2] == precision for step in shapes)
         padded = [step[0] % 256 == 0 and step[1] % 256 == 0 for step in shapes]
         assert all(padded) if precision == "bfloat16" else not any(padded)
+
+
+def test_the_cpu_flags_say_whether_bfloat16_is_native_or_emulated(tmp_path):
+    native = tmp_path / "native"
+    native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    unlisted = tmp_path / "unlisted"
+    unlisted.write_text("processor\t: 0\n")
+    assert bfloat16_cpu_flags(native) == ("avx512_bf16",)
+    assert bfloat16_cpu_flags(plain) == ()
+    assert bfloat16_cpu_flags(unlisted) is None and bfloat16_cpu_flags(tmp_path / "absent") is None
+    assert emulation_warning("bfloat16", native) is None
+    assert emulation_warning("float32", plain) is None
+    assert emulation_warning("bfloat16", unlisted) is None  # unknown: no claim either way
+    warning = emulation_warning("bfloat16", plain)
+    assert warning.startswith("warning: --precision bfloat16 on a CPU without bfloat16 instructions")
+    assert "avx512_bf16, amx_bf16" in warning and "emulates" in warning
+
+
+def test_the_cli_warns_before_training_in_emulated_bfloat16(tmp_path, capsys, monkeypatch):
+    import trackserve.train.precision as precision
+    from trackserve.cli import main
+
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("flags\t\t: fpu avx2\n")
+    real = precision.emulation_warning
+    monkeypatch.setattr(precision, "emulation_warning", lambda name: real(name, plain))
+    argv = ["train", "--output", str(tmp_path / "b"), "--quick", "--random-events", "2", "--num-particles", "30",
+            "--quiet", "--precision", "bfloat16"]
+    assert main(argv) == 0
+    assert "warning: --precision bfloat16 on a CPU without bfloat16 instructions" in capsys.readouterr().err
+    assert main(argv[:-1] + ["float32", "--output", str(tmp_path / "c")]) == 0
+    assert "warning" not in capsys.readouterr().err

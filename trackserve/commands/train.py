@@ -10,6 +10,7 @@ event: ``--validation``, or one more simulated event with seeds no training even
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -184,6 +185,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..events.trackml import find_event_prefixes, read_event
     from ..train.data import (SimulatedSource, prepare_event, read_training_events, simulated_events,
                               simulated_validation_event)
+    from ..train.precision import emulation_warning
     from ..train.time_budget import budget_summary
     from ..train.trainer import train_pipeline
 
@@ -194,6 +196,9 @@ def handle(args: argparse.Namespace) -> int:
             raise InputError("--start-from trains only the pruned GNN on a bundle trained before: give --prune-cut too")
         if not Path(args.start_from, "pipeline.json").is_file():
             raise InputError(f"--start-from {args.start_from}: no bundle there (no pipeline.json)")
+    warning = emulation_warning(config.precision)
+    if warning:
+        print(warning, file=sys.stderr)
     spec = feature_spec(args.features)
     if config.derive_eta:
         from ..export.derived import eta_spec_for

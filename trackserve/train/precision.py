@@ -33,11 +33,40 @@ hundredth of their size, the scale of the neighbourhoods the radius graph then k
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 
 #: The training precisions: ``float32`` (plain) and ``bfloat16`` (mixed: bfloat16 products).
 TRAINING_PRECISIONS = ("float32", "bfloat16")
+
+
+#: The CPU flags (as Linux's /proc/cpuinfo names them) of instructions that compute in bfloat16.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bfloat16_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...] | None:
+    """The :data:`BFLOAT16_CPU_FLAGS` this machine's CPU has (empty: none), or None where
+    ``cpuinfo`` cannot be read or lists no flags (not Linux): then nobody knows here."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return tuple(flag for flag in BFLOAT16_CPU_FLAGS if flag in flags)
+    return None
+
+
+def emulation_warning(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """A warning when ``precision`` is bfloat16 and the CPU has none of :data:`BFLOAT16_CPU_FLAGS`
+    (PyTorch then emulates bfloat16, which may make the training slower than float32); None otherwise."""
+    if precision != "bfloat16" or bfloat16_cpu_flags(cpuinfo) != ():
+        return None
+    return ("warning: --precision bfloat16 on a CPU without bfloat16 instructions (none of "
+            f"{', '.join(BFLOAT16_CPU_FLAGS)} in {cpuinfo}): PyTorch emulates them, which may train slower "
+            "than float32; time a few epochs of each before a long run")
 
 
 def step_precision(precision: str):

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -119,8 +120,6 @@ def test_a_bfloat16_run_writes_float32_networks_and_records_its_precision(tmp_pa
     train_pipeline(events[:2], events[2], config, tmp_path / "b", spec=TRACKML_1000, show_progress=False)
     pipeline = json.loads((tmp_path / "b" / "pipeline.json").read_text())
     assert pipeline["provenance"]["settings"]["precision"] == "bfloat16"
-    import onnx
-
     for name in ("embedding", "filter", "pruner", "gnn"):
         model = onnx.load(str(tmp_path / "b" / pipeline["networks"][name]["file"]))
         assert {init.data_type for init in model.graph.initializer} <= {onnx.TensorProto.FLOAT,

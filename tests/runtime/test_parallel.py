@@ -60,7 +60,7 @@ def _component_of(num_hits: int, edges: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("parts", [2, 3, 8])
-def test_component_groups_keep_components_whole_and_balance_the_edges(parts):
+def test_component_groups_keep_components_whole_and_balance_the_work(parts):
     rng = np.random.default_rng(parts)
     # chains of very different lengths: a few long ones, many short ones
     num_hits, long_edges = _chains(6, 60, rng)
@@ -75,8 +75,32 @@ def test_component_groups_keep_components_whole_and_balance_the_edges(parts):
     component = _component_of(num_hits, edges)[edges[0]]
     owners = [set(component[group]) for group in groups]
     assert all(not (owners[a] & owners[b]) for a in range(parts) for b in range(a + 1, parts))
-    loads = np.array([group.size for group in groups])
-    assert loads.max() <= edges.shape[1] / parts * 1.15
+    work = [_work(edges[:, group]) for group in groups]
+    assert max(work) <= sum(work) / parts * 1.15
+
+
+def _work(edges: np.ndarray) -> int:
+    """What component_groups balances: a group's edges plus the hits they touch."""
+    return edges.shape[1] + np.unique(edges).size
+
+
+def test_component_groups_balance_edges_and_touched_hits_not_edges_alone():
+    """Dense components (few hits, many repeated edges) and sparse ones (two hits, one edge):
+    equal edge counts would give one group far more hits, and a GNN's node networks run on those."""
+    rng = np.random.default_rng(4)
+    dense = [np.stack([rng.integers(0, 8, 60), rng.integers(0, 8, 60)]) + 8 * k for k in range(40)]
+    dense = np.concatenate(dense, axis=1)
+    dense = dense[:, dense[0] != dense[1]]
+    base = 8 * 40
+    sparse = np.stack([base + 2 * np.arange(2000), base + 2 * np.arange(2000) + 1])
+    edges = np.concatenate([dense, sparse], axis=1)
+    edges = edges[:, rng.permutation(edges.shape[1])].astype(np.int64)
+    groups = component_groups(base + 4000, edges, 2, min_edges=16)
+    work = [_work(edges[:, group]) for group in groups]
+    assert max(work) <= sum(work) / 2 * 1.05
+    # Balanced by edges alone the groups would differ by far more than that in work.
+    sizes = [group.size for group in groups]
+    assert max(sizes) > 1.2 * min(sizes)
 
 
 def test_component_groups_decline_when_splitting_does_not_pay():

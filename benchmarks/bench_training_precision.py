@@ -88,27 +88,16 @@ def filter_steps(event, graph: np.ndarray, count: int, batch_edges: int, rng: np
     return steps
 
 
-def padded_step(step: tuple, event_features: np.ndarray, event_padded: tuple) -> tuple:
-    """A step with its hits and edges padded as the trainer pads bfloat16 steps: a GNN
-    step's own hits each step, a filter step's (the whole event's) once (``event_padded``,
-    :func:`~trackserve.train.precision.pad_hits` of ``event_features``)."""
-    from trackserve.train.precision import pad_edges, pad_hits
-
-    features, edges, labels, counted = step
-    features, dummy = event_padded if features is event_features else pad_hits(features)
-    edges, labels, counted = pad_edges(edges, labels, counted, dummy)
-    return features, edges, labels, counted
-
-
 def time_steps(network, steps: list[tuple], way: str, event_features: np.ndarray, event_padded: tuple) -> float:
     """Milliseconds per step of ``steps`` the ``way`` of :data:`WAYS`."""
     import torch
 
     from trackserve.train.classifier import classifier_step
+    from trackserve.train.precision import pad_step
 
     precision = "float32" if way == "float32" else "bfloat16"
     if way == "bfloat16, padded shapes":
-        steps = [padded_step(step, event_features, event_padded) for step in steps]
+        steps = [pad_step(*step, hits=event_padded if step[0] is event_features else None) for step in steps]
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-5)
     start = time.perf_counter()
     for features, edges, labels, counted in steps:

@@ -16,7 +16,7 @@ from .config import FilterSettings, TrainingConfig
 from .data import TrainingEvent
 from .embedding import embed
 from .pairs import pair_labels
-from .precision import pad_edges, pad_hits
+from .precision import pad_hits, pad_step
 from .progress import progress, report
 from .validation import format_figures, graph_figures
 
@@ -66,9 +66,8 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * sum(counts), pct_start=0.1)
     history, cut = [], 0.5
-    # Each event's hits, padded once for bfloat16 steps (then (features, its padding hit)).
-    padded = [pad_hits(event.features) if config.precision == "bfloat16" else (event.features, None)
-              for event in events]
+    # Each event's hits padded once for bfloat16 steps (every step reads the whole table).
+    padded_hits = [pad_hits(event.features) if config.precision == "bfloat16" else None for event in events]
     for epoch in range(settings.epochs):
         start, losses = time.perf_counter(), []
         batches = [(k, b) for k in range(len(events)) for b in range(counts[k])]
@@ -82,11 +81,11 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
             if chosen.size == 0:
                 scheduler.step()
                 continue
-            step_edges, step_labels, step_counted = graphs[k][:, chosen], labels[k][chosen], None
+            step = (events[k].features, graphs[k][:, chosen], labels[k][chosen], None)
             if config.precision == "bfloat16":  # shapes that repeat (see trackserve.train.precision)
-                step_edges, step_labels, step_counted = pad_edges(step_edges, step_labels, None, padded[k][1])
-            losses.append(classifier_step(network, optimizer, padded[k][0], step_edges, step_labels,
-                                          settings.positive_weight, step_counted, precision=config.precision))
+                step = pad_step(*step, hits=padded_hits[k])
+            losses.append(classifier_step(network, optimizer, *step[:3], settings.positive_weight, step[3],
+                                          precision=config.precision))
             scheduler.step()
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),

@@ -24,7 +24,7 @@ from ..runtime.cuts import not_below_prune_cut
 from .classifier import classifier_step, passing, score_edges, training_targets
 from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
-from .precision import pad_edges, pad_hits
+from .precision import pad_step
 from .progress import progress, report
 from .validation import format_figures, graph_figures, track_figures, track_labels
 
@@ -225,12 +225,11 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
             in_loss = sector_loss_mask(sectors[k].phi[hits], local, centre, half_width, reach,
                                        None if counted[k] is None else counted[k][rows])
             if rows.size and (in_loss is None or in_loss.any()):
-                step_features, step_labels = events[k].features[hits], labels[k][rows]
+                step = (events[k].features[hits], local, labels[k][rows], in_loss)
                 if config.precision == "bfloat16":  # shapes that repeat (see trackserve.train.precision)
-                    step_features, dummy = pad_hits(step_features)
-                    local, step_labels, in_loss = pad_edges(local, step_labels, in_loss, dummy)
-                losses.append(classifier_step(stepped, optimizer, step_features, local, step_labels,
-                                              settings.positive_weight, in_loss, precision=config.precision))
+                    step = pad_step(*step)
+                losses.append(classifier_step(stepped, optimizer, *step[:3], settings.positive_weight, step[3],
+                                              precision=config.precision))
             if not cycle.advance():
                 break  # the cycle is complete: its last step, or the deadline
         network.eval()

@@ -18,7 +18,7 @@ for each new matrix shape and caches it; training steps whose sub-graphs all dif
 size would build one every step, which on this project's machine cost more than the
 bfloat16 products saved (the default bundle's second GNN: 43 s an epoch against 25–33 s in
 float32). So in bfloat16 every step's hits and edges are padded up to a multiple of
-:data:`SHAPE_MULTIPLE` (:func:`pad_hits`, :func:`pad_edges`): padding hits that no real
+:data:`SHAPE_MULTIPLE` (:func:`pad_step`): padding hits that no real
 edge touches, and padding edges from the first padding hit to itself, left out of the
 loss. A message passes along an edge only between its two hits and every network here
 scores an edge from its own hits and their messages, so the real edges' scores, the loss
@@ -91,7 +91,7 @@ SHAPE_MULTIPLE = 256
 def pad_hits(features: np.ndarray, multiple: int = SHAPE_MULTIPLE) -> tuple[np.ndarray, int]:
     """``(features padded, dummy)``: ``features [N, F]`` with 1 to ``multiple`` rows more, copies
     of row 0 (any finite values do), to a multiple of ``multiple`` rows; ``dummy`` = N, the first
-    padding row, which :func:`pad_edges` joins to itself. An empty ``features`` gets zero rows."""
+    padding row, which :func:`pad_edges` joins to itself. An empty ``features`` gets ``multiple`` rows."""
     num_hits = features.shape[0]
     padded = -(-(num_hits + 1) // multiple) * multiple
     source = features[:1] if num_hits else np.zeros((1, features.shape[1]), dtype=features.dtype)
@@ -109,3 +109,13 @@ def pad_edges(edges: np.ndarray, labels: np.ndarray, counted: np.ndarray | None,
     return (np.concatenate([edges, np.full((2, extra), dummy, dtype=edges.dtype)], axis=1),
             np.concatenate([np.asarray(labels, dtype=bool), np.zeros(extra, dtype=bool)]),
             np.concatenate([counted, np.zeros(extra, dtype=bool)]))
+
+
+def pad_step(features: np.ndarray, edges: np.ndarray, labels: np.ndarray, counted: np.ndarray | None,
+             hits: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A bfloat16 training step's ``(features, edges, labels, counted)`` with its hits
+    (:func:`pad_hits`) and edges (:func:`pad_edges`) padded. ``hits``: the
+    :func:`pad_hits` of ``features`` when the caller padded them once for many steps (the
+    filter's steps all read their event's whole hit table); None pads them here."""
+    padded, dummy = pad_hits(features) if hits is None else hits
+    return (padded, *pad_edges(edges, labels, counted, dummy))

@@ -190,7 +190,9 @@ def test_bfloat16_training_steps_run_on_padded_shapes(tiny_event, monkeypatch):
 
     shapes = []
 
-    def recording_step(network, optimizer, features, edges, labels, positive_weight, counted=None, precision="float32"):
+    def recording_step(network, optimizer, features, edges, labels, positive_weight, counted=None, precision="float32",
+                       edge_weights=None):
+        assert edge_weights is None or edge_weights.shape == labels.shape
         shapes.append((features.shape[0], edges.shape[1], precision, None if counted is None else int(counted.sum())))
         return 0.0
 

@@ -128,6 +128,9 @@ def register(subparsers) -> None:
                           "matrix products with everything else in float32 (mixed precision: faster on a CPU with "
                           "bfloat16 instructions; measure on one without, where they are emulated). The embedding trains in float32, and the exported "
                           "networks are float32 either way")
+    run.add_argument("--displaced-weight", type=float, default=0.0, metavar="W",
+                     help="weigh the true edges of particles produced away from the centre more in the GNNs' loss: "
+                          "1 + W * min(|vz|, 200 mm) / 100 mm (default 0: off; needs each event's particles table)")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
@@ -171,7 +174,7 @@ def training_config(args: argparse.Namespace):
         **({"pruned_gnn_hidden": args.pruned_gnn_hidden} if args.pruned_gnn_hidden is not None else {}),
         **({"pruned_gnn_iterations": args.pruned_gnn_iterations} if args.pruned_gnn_iterations is not None else {}),
         **({"time_budget": args.time_budget} if args.time_budget is not None else {}),
-        precision=args.precision,
+        precision=args.precision, displaced_weight=args.displaced_weight,
     )
     config.validate()
     return config

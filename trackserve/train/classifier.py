@@ -21,14 +21,16 @@ def training_targets(events, graphs: list[np.ndarray], config) -> tuple[list[np.
 
 
 def classifier_step(network, optimizer, features: np.ndarray, edges: np.ndarray, labels: np.ndarray,
-                    positive_weight: float, counted: np.ndarray | None = None, precision: str = "float32") -> float:
+                    positive_weight: float, counted: np.ndarray | None = None, precision: str = "float32",
+                    edge_weights: np.ndarray | None = None) -> float:
     """One optimiser step of weighted BCE on the edges ``[2, E]`` with boolean ``labels [E]``; the loss.
 
     ``counted`` (bool ``[E]``, optional): only these edges enter the loss; every edge is
     still part of the graph the network sees (a GNN passes messages along all of them).
     ``precision`` (:data:`~trackserve.train.precision.TRAINING_PRECISIONS`): the forward
     pass's number type (:func:`~trackserve.train.precision.step_precision`); the loss is
-    computed in float32 either way.
+    computed in float32 either way. ``edge_weights`` (float ``[E]``, optional): each edge's
+    weight in the loss (:func:`~trackserve.train.pairs.displaced_weights`).
     """
     import torch
 
@@ -38,14 +40,27 @@ def classifier_step(network, optimizer, features: np.ndarray, edges: np.ndarray,
         logits = network(torch.from_numpy(features), torch.from_numpy(np.ascontiguousarray(edges)))
     logits = logits.float()
     targets = torch.from_numpy(labels)
+    weights = None if edge_weights is None else torch.from_numpy(np.asarray(edge_weights, dtype=np.float32))
     if counted is not None:
         keep = torch.from_numpy(np.asarray(counted, dtype=bool))
         logits, targets = logits[keep], targets[keep]
-    loss = weighted_bce(logits, targets, positive_weight)
+        weights = None if weights is None else weights[keep]
+    loss = weighted_bce(logits, targets, positive_weight, weights)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return float(loss.detach())
+
+
+def training_weights(events, graphs: list[np.ndarray], labels: list[np.ndarray], config) -> list[np.ndarray | None]:
+    """Each event's per-edge loss weights for the GNNs: :func:`~trackserve.train.pairs.displaced_weights`
+    of its labels with the config's ``displaced_weight``; None for every event when that is 0."""
+    from .pairs import displaced_weights
+
+    if config.displaced_weight == 0:
+        return [None] * len(events)
+    return [displaced_weights(event_labels, event.hit_vz[graph[0]], config.displaced_weight)
+            for event, graph, event_labels in zip(events, graphs, labels)]
 
 
 def score_edges(network, features: np.ndarray, edges: np.ndarray, chunk: int | None = None) -> np.ndarray:

@@ -200,7 +200,10 @@ class TrainingConfig:
     cut short. ``precision`` (:data:`~trackserve.train.precision.TRAINING_PRECISIONS`) is
     the number type of the filter's and the GNNs' training steps: ``bfloat16`` runs their
     matrix products in bfloat16 under autocast, everything else in float32
-    (:mod:`trackserve.train.precision`).
+    (:mod:`trackserve.train.precision`). ``displaced_weight`` (0: off) weighs the true edges of
+    particles produced away from the centre more in the GNNs' loss (the first, the pruner when
+    there is one, and the second): ``1 + displaced_weight * min(|vz|, 200 mm) / 100 mm``
+    (:func:`~trackserve.train.pairs.displaced_weights`); it needs each event's particles table.
     """
 
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -226,6 +229,7 @@ class TrainingConfig:
     pruned_gnn_iterations: int | None = None
     time_budget: float | None = None
     precision: str = "float32"
+    displaced_weight: float = 0.0
     #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
     gnn_blind_columns: tuple[int, ...] = ()
     #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
@@ -265,6 +269,8 @@ class TrainingConfig:
                                                          and math.isfinite(self.time_budget) and self.time_budget > 0),
              "a finite number of seconds > 0"),
             ("precision", self.precision in TRAINING_PRECISIONS, f"one of {', '.join(TRAINING_PRECISIONS)}"),
+            ("displaced_weight", isinstance(self.displaced_weight, (int, float)) and math.isfinite(self.displaced_weight)
+             and self.displaced_weight >= 0, "a finite number >= 0"),
         ] + [
             (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= 1),
              "an integer >= 1, and only with prune_cut")

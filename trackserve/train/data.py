@@ -54,6 +54,30 @@ class TrainingEvent:
         hits = self.event.hits
         return np.sqrt(sum(np.asarray(hits[axis], dtype=np.float64) ** 2 for axis in ("x", "y", "z")))
 
+    @cached_property
+    def hit_vz(self) -> np.ndarray:
+        """``|vz|`` (mm, float64) of each hit's particle, where along the beam it was produced; 0 for
+        noise (computed once). Needs the event's particles table (with ``particle_id`` and ``vz``)
+        listing every particle of the truth; EventFormatError otherwise."""
+        particles = self.event.particles
+        source = self.event.source
+        if particles is None or "vz" not in particles or "particle_id" not in particles:
+            raise EventFormatError(
+                f"{self.name}: the production point of each particle (the particles table's particle_id and vz) "
+                "is needed to weigh edges by it; give events with their -particles.csv", path=source)
+        ids = np.asarray(particles["particle_id"], dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        ids, vz = ids[order], np.abs(np.asarray(particles["vz"], dtype=np.float64)[order])
+        signal = np.flatnonzero(self.particle_ids != 0)
+        where = np.searchsorted(ids, self.particle_ids[signal])
+        missing = (where >= ids.size) | (ids[np.minimum(where, ids.size - 1)] != self.particle_ids[signal])
+        if missing.any():
+            raise EventFormatError(f"{self.name}: particle {int(self.particle_ids[signal][missing][0])} of the truth "
+                                   "is not in the particles table (its production point is unknown)", path=source)
+        out = np.zeros(self.num_hits)
+        out[signal] = vz[where]
+        return out
+
     def truth_edges_above(self, min_pt: float) -> np.ndarray:
         """The truth edges of particles with ``pT >= min_pt`` (GeV)."""
         if min_pt <= 0:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..runtime.cut_tuning import CANDIDATE_CUTS
 from ..runtime.cuts import not_below_prune_cut
-from .classifier import classifier_step, passing, score_edges, training_targets
+from .classifier import classifier_step, passing, score_edges, training_targets, training_weights
 from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
 from .precision import pad_step
@@ -205,6 +205,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     # per step) with its training gathers and sums (cheap CPU gradients).
     stepped = factored_form(network, training=True)
     labels, counted = training_targets(events, graphs, config)
+    weights = training_weights(events, graphs, labels, config)
     sectors = [SectorIndex(hit_phi(event), graph) for event, graph in zip(events, graphs)]
     half_width = np.pi / settings.sectors
     reach = half_width * (1.0 + 2.0 * settings.halo)  # the sector and its halo on both sides
@@ -226,10 +227,14 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
                                        None if counted[k] is None else counted[k][rows])
             if rows.size and (in_loss is None or in_loss.any()):
                 step = (events[k].features[hits], local, labels[k][rows], in_loss)
+                step_weights = None if weights[k] is None else weights[k][rows]
                 if config.precision == "bfloat16":  # shapes that repeat (see trackserve.train.precision)
                     step = pad_step(*step)
+                    if step_weights is not None:  # the padding edges are not counted: weight 1 for them
+                        padding = np.ones(step[1].shape[1] - step_weights.size, dtype=np.float32)
+                        step_weights = np.concatenate([step_weights, padding])
                 losses.append(classifier_step(stepped, optimizer, *step[:3], settings.positive_weight, step[3],
-                                              precision=config.precision))
+                                              precision=config.precision, edge_weights=step_weights))
             if not cycle.advance():
                 break  # the cycle is complete: its last step, or the deadline
         network.eval()

@@ -31,17 +31,23 @@ def hinge_loss(distances: torch.Tensor, positive: torch.Tensor, margin: float, p
     return torch.where(positive, pull, push).mean()
 
 
-def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float = 1.0) -> torch.Tensor:
+def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float = 1.0,
+                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy of ``logits [E]`` against boolean ``targets [E]``, true edges weighted.
 
     Per edge: ``-(w * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x)))`` with
-    ``w = positive_weight``, computed stably from the logits; the mean over edges (0 for none).
+    ``w = positive_weight``, computed stably from the logits, times the edge's
+    ``edge_weights`` entry when given (``[E]``, >= 0); the mean over edges (0 for none).
     """
     if logits.shape != targets.shape:
         raise ValueError(f"weighted_bce: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
+    if edge_weights is not None and edge_weights.shape != logits.shape:
+        raise ValueError(f"weighted_bce: edge_weights {tuple(edge_weights.shape)} and logits {tuple(logits.shape)} "
+                         "differ in shape")
     if positive_weight <= 0:
         raise ValueError(f"weighted_bce: positive_weight must be > 0, got {positive_weight}")
     if logits.numel() == 0:
         return logits.sum() * 0.0
     weight = torch.tensor(positive_weight, dtype=logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=weight)
+    per_edge = None if edge_weights is None else edge_weights.to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), weight=per_edge, pos_weight=weight)

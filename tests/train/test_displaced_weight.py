@@ -145,3 +145,19 @@ def test_config_and_cli_take_the_displaced_weight(tmp_path):
     assert training_config(build_parser().parse_args(base)).displaced_weight == 0.0
     assert training_config(build_parser().parse_args([*base, "--displaced-weight", "2"])).displaced_weight == 2.0
     assert TrainingConfig(displaced_weight=2.0).to_dict()["displaced_weight"] == 2.0
+
+
+def test_training_refuses_events_without_production_points_before_it_trains(event, tmp_path, monkeypatch):
+    import trackserve.train.trainer as trainer
+    from trackserve.train.data import TrainingEvent
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the embedding started training")
+
+    monkeypatch.setattr(trainer, "train_embedding", no_training)
+    bare = TrainingEvent(event.name, event.features, event.particle_ids, event.truth_edges, event.hit_pt,
+                         replace(event.event, particles=None))
+    config = TrainingConfig.quick(threads=1, displaced_weight=1.0)
+    with pytest.raises(EventFormatError, match="particles table's particle_id and vz"):
+        trainer.train_pipeline([bare], event, config, tmp_path / "bundle", spec=TRACKML_1000, show_progress=False)
+    assert not (tmp_path / "bundle").exists()

@@ -137,6 +137,9 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
         raise InputError("--start-from takes the networks of a bundle trained before and trains only a pruned GNN: "
                          "give --prune-cut too")
     _check_events(events, validation, spec)
+    if config.displaced_weight > 0:
+        for event in events:
+            _ = event.hit_vz  # refuses an event without its production points now, not after an hour of training
     torch.set_num_threads(config.threads)
     rng = seed_everything(config.seed)
     seconds, started = {}, time.perf_counter()

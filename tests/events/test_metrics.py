@@ -467,3 +467,17 @@ def test_evaluate_event_needs_weights():
     del event.truth["weight"]
     with pytest.raises(EventFormatError, match="column 'weight': the truth table has no 'weight' column"):
         evaluate_event(event, event.hits["hit_id"], HAND_LABELS)
+
+
+def test_particle_values_look_up_an_unsorted_table_and_name_the_missing():
+    from trackserve.events.metrics import particle_values
+
+    table_ids = np.array([40, 7, 19, 3])
+    values = np.array([4.0, 0.7, 1.9, 0.3])
+    wanted = np.array([19, 3, 19, 40, 7, 7])
+    assert particle_values(wanted, table_ids, values, "t", "x").tolist() == [1.9, 0.3, 1.9, 4.0, 0.7, 0.7]
+    assert particle_values(np.zeros(0, dtype=np.int64), table_ids, values, "t", "x").shape == (0,)
+    with pytest.raises(InputError, match=r"the table has no vz for particle\(s\) 5, 99 of the truth"):
+        particle_values(np.array([3, 5, 99]), table_ids, values, "the table", "vz")
+    with pytest.raises(InputError, match="has no vz for particle"):
+        particle_values(np.array([1]), np.zeros(0, dtype=np.int64), np.zeros(0), "the table", "vz")

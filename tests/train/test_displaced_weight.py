@@ -95,7 +95,7 @@ def test_hit_vz_needs_the_particles_table(event):
     first_signal = int(event.particle_ids[event.particle_ids != 0][0])
     keep = np.asarray(table["particle_id"], dtype=np.int64) != first_signal
     smaller = {name: np.asarray(column)[keep] for name, column in table.items()}
-    with pytest.raises(EventFormatError, match=f"particle {first_signal} of the truth is not in the particles table"):
+    with pytest.raises(EventFormatError, match=f"the particles table has no production point \\(vz\\) for particle\\(s\\) {first_signal}"):
         _ = copy_with(smaller).hit_vz
 
 

@@ -282,14 +282,23 @@ def _particle_pt_lookup(particle_ids: np.ndarray, particle_pt) -> np.ndarray:
     table_pt = np.asarray(table_pt, dtype=np.float64)
     if table_pt.shape != table_ids.shape:
         raise InputError(f"particle_pt: {table_ids.size} ids but {table_pt.size} pT values")
+    return particle_values(particle_ids, table_ids, table_pt, "particle_pt", "pT")
+
+
+def particle_values(particle_ids: np.ndarray, table_ids: np.ndarray, values: np.ndarray, table: str,
+                    quantity: str) -> np.ndarray:
+    """The ``values`` entry of each particle of ``particle_ids`` in a table of ``table_ids``
+    (any order); an InputError names the particles the table lacks, as "``table`` has no
+    ``quantity`` for particle(s) ... of the truth"."""
+    particle_ids = np.asarray(particle_ids, dtype=np.int64)
     order = np.argsort(table_ids, kind="stable")
     sorted_ids = table_ids[order]
     where = np.searchsorted(sorted_ids, particle_ids)
     found = where < sorted_ids.size
     found[found] = sorted_ids[where[found]] == particle_ids[found]
     if not found.all():
-        raise InputError(f"particle_pt has no pT for particle(s) {_listing(particle_ids[~found])} of the truth")
-    return table_pt[order][where]
+        raise InputError(f"{table} has no {quantity} for particle(s) {_listing(particle_ids[~found])} of the truth")
+    return np.asarray(values)[order][where]
 
 
 def _matching(pids: np.ndarray, labs: np.ndarray, min_track_hits: int, exclude_noise: bool):

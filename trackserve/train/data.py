@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import EventFormatError, InputError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
-from ..events.metrics import event_particle_pt
+from ..events.metrics import event_particle_pt, particle_values
 from ..events.truth_graph import truth_graph
 
 
@@ -65,17 +65,15 @@ class TrainingEvent:
             raise EventFormatError(
                 f"{self.name}: the production point of each particle (the particles table's particle_id and vz) "
                 "is needed to weigh edges by it; give events with their -particles.csv", path=source)
-        ids = np.asarray(particles["particle_id"], dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
-        ids, vz = ids[order], np.abs(np.asarray(particles["vz"], dtype=np.float64)[order])
-        signal = np.flatnonzero(self.particle_ids != 0)
-        where = np.searchsorted(ids, self.particle_ids[signal])
-        missing = (where >= ids.size) | (ids[np.minimum(where, ids.size - 1)] != self.particle_ids[signal])
-        if missing.any():
-            raise EventFormatError(f"{self.name}: particle {int(self.particle_ids[signal][missing][0])} of the truth "
-                                   "is not in the particles table (its production point is unknown)", path=source)
+        signal = self.particle_ids != 0
         out = np.zeros(self.num_hits)
-        out[signal] = vz[where]
+        table_ids = np.asarray(particles["particle_id"], dtype=np.int64)
+        table_vz = np.abs(np.asarray(particles["vz"], dtype=np.float64))
+        try:
+            out[signal] = particle_values(self.particle_ids[signal], table_ids, table_vz,
+                                          f"{self.name}: the particles table", "production point (vz)")
+        except InputError as error:
+            raise EventFormatError(str(error), path=source) from None
         return out
 
     def truth_edges_above(self, min_pt: float) -> np.ndarray:

@@ -97,7 +97,7 @@ def time_steps(network, steps: list[tuple], way: str, event_features: np.ndarray
 
     precision = "float32" if way == "float32" else "bfloat16"
     if way == "bfloat16, padded shapes":
-        steps = [pad_step(*step, hits=event_padded if step[0] is event_features else None) for step in steps]
+        steps = [pad_step(*step, hits=event_padded if step[0] is event_features else None)[:4] for step in steps]
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-5)
     start = time.perf_counter()
     for features, edges, labels, counted in steps:

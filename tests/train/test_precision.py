@@ -19,7 +19,7 @@ from trackserve.train.config import TrainingConfig
 from trackserve.train.data import SimulatedSource, simulated_events
 from trackserve.train.gnn import build_gnn_network
 from trackserve.train.precision import (TRAINING_PRECISIONS, bfloat16_cpu_flags, emulation_warning, pad_edges, pad_hits,
-                                         step_precision)
+                                         pad_step, step_precision)
 from trackserve.train.trainer import train_pipeline
 
 
@@ -143,6 +143,18 @@ def test_padding_gives_shapes_in_steps_of_the_multiple_and_marks_what_it_added()
     _, _, kept = pad_edges(edges, np.ones(3, bool), np.array([False, True, True]), dummy, multiple=8)
     assert kept.tolist() == [False, True, True] + [False] * 5
     assert pad_edges(np.zeros((2, 8), np.int64), np.ones(8, bool), None, 0, multiple=8)[0].shape == (2, 8)
+
+
+def test_a_padded_step_carries_its_edge_weights_and_weighs_the_padding_one():
+    features = np.ones((10, 3), np.float32)
+    edges = np.array([[0, 1, 2], [1, 2, 3]])
+    step = pad_step(features, edges, np.array([True, False, True]), None, np.array([2.0, 1.0, 3.5]))
+    padded_features, padded_edges, labels, counted, weights = step
+    assert padded_edges.shape[1] == weights.shape[0] == labels.shape[0] == counted.shape[0]
+    assert weights.dtype == np.float32 and weights[:3].tolist() == [2.0, 1.0, 3.5] and (weights[3:] == 1.0).all()
+    assert pad_step(features, edges, np.ones(3, bool), None)[4] is None
+    hits = pad_hits(features)
+    assert pad_step(features, edges, np.ones(3, bool), None, hits=hits)[0] is hits[0]
 
 
 @pytest.mark.parametrize("kind", ["gnn", "filter"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .losses import weighted_bce
-from .pairs import edge_targets
+from .pairs import displaced_weights, edge_targets
 
 
 def training_targets(events, graphs: list[np.ndarray], config) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
@@ -55,8 +55,6 @@ def classifier_step(network, optimizer, features: np.ndarray, edges: np.ndarray,
 def training_weights(events, graphs: list[np.ndarray], labels: list[np.ndarray], config) -> list[np.ndarray | None]:
     """Each event's per-edge loss weights for the GNNs: :func:`~trackserve.train.pairs.displaced_weights`
     of its labels with the config's ``displaced_weight``; None for every event when that is 0."""
-    from .pairs import displaced_weights
-
     if config.displaced_weight == 0:
         return [None] * len(events)
     return [displaced_weights(event_labels, event.hit_vz[graph[0]], config.displaced_weight)

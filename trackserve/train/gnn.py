@@ -226,15 +226,12 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
             in_loss = sector_loss_mask(sectors[k].phi[hits], local, centre, half_width, reach,
                                        None if counted[k] is None else counted[k][rows])
             if rows.size and (in_loss is None or in_loss.any()):
-                step = (events[k].features[hits], local, labels[k][rows], in_loss)
-                step_weights = None if weights[k] is None else weights[k][rows]
+                step = (events[k].features[hits], local, labels[k][rows], in_loss,
+                        None if weights[k] is None else weights[k][rows])
                 if config.precision == "bfloat16":  # shapes that repeat (see trackserve.train.precision)
                     step = pad_step(*step)
-                    if step_weights is not None:  # the padding edges are not counted: weight 1 for them
-                        padding = np.ones(step[1].shape[1] - step_weights.size, dtype=np.float32)
-                        step_weights = np.concatenate([step_weights, padding])
                 losses.append(classifier_step(stepped, optimizer, *step[:3], settings.positive_weight, step[3],
-                                              precision=config.precision, edge_weights=step_weights))
+                                              precision=config.precision, edge_weights=step[4]))
             if not cycle.advance():
                 break  # the cycle is complete: its last step, or the deadline
         network.eval()

@@ -112,10 +112,16 @@ def pad_edges(edges: np.ndarray, labels: np.ndarray, counted: np.ndarray | None,
 
 
 def pad_step(features: np.ndarray, edges: np.ndarray, labels: np.ndarray, counted: np.ndarray | None,
-             hits: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A bfloat16 training step's ``(features, edges, labels, counted)`` with its hits
-    (:func:`pad_hits`) and edges (:func:`pad_edges`) padded. ``hits``: the
+             edge_weights: np.ndarray | None = None, hits: tuple[np.ndarray, int] | None = None,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """A bfloat16 training step's ``(features, edges, labels, counted, edge_weights)`` with its
+    hits (:func:`pad_hits`) and edges (:func:`pad_edges`) padded; the padding edges weigh 1
+    (they are not counted), and ``edge_weights`` None stays None. ``hits``: the
     :func:`pad_hits` of ``features`` when the caller padded them once for many steps (the
     filter's steps all read their event's whole hit table); None pads them here."""
     padded, dummy = pad_hits(features) if hits is None else hits
-    return (padded, *pad_edges(edges, labels, counted, dummy))
+    edges, labels, counted = pad_edges(edges, labels, counted, dummy)
+    if edge_weights is not None:
+        padding = np.ones(edges.shape[1] - edge_weights.size, dtype=np.float32)
+        edge_weights = np.concatenate([np.asarray(edge_weights, dtype=np.float32), padding])
+    return padded, edges, labels, counted, edge_weights

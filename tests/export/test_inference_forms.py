@@ -144,9 +144,17 @@ def test_exported_graph_is_the_factored_one_and_passes_parity(tmp_path):
     network = _network(VARIANTS["acorn"])
     report = export_network(network, None, tmp_path / "gnn.onnx")
     assert report.validation.passed
-    # Only the node networks (one per iteration) still read a [rows, 3 x hidden] input;
-    # the edge networks and the classifier read hidden-wide blocks instead.
-    assert _products_reading(tmp_path / "gnn.onnx", 3 * 16) == network.n_graph_iters
+    # No product reads a [rows, 3 x hidden] concatenation: the edge networks and the
+    # classifier read hidden-wide blocks of the hits' rows, the node networks one block per
+    # part of their input (the hits, the messages in, the messages out) ...
+    assert _products_reading(tmp_path / "gnn.onnx", 3 * 16) == 0
+    assert _products_with_weight(tmp_path / "gnn.onnx", (16, 16)) >= network.n_graph_iters * (3 + 3 + 1)
+    # ... and nothing concatenates them.
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "gnn.onnx")))
+    widths = {info.name: info.type.tensor_type.shape.dim[-1].dim_value for info in model.graph.value_info
+              if info.type.tensor_type.shape.dim}
+    assert not [node.output[0] for node in model.graph.node
+                if node.op_type == "Concat" and widths.get(node.output[0]) in (2 * 16, 3 * 16)]
 
 
 def _products_with_weight(path, dims):

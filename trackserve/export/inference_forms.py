@@ -8,13 +8,15 @@ and the product becomes::
 
 The two node products are computed once per hit instead of once per edge, which removes
 most of the first layer's multiply-adds (when edges outnumber hits) and the ``[E, 2W]``
-or ``[E, 3H]`` concatenation:
+or ``[E, 3H]`` concatenation; the bias joins the first node product (once per hit, not
+once per edge):
 
 * in an :class:`~trackserve.export.interaction_gnn.InteractionGNN`, the edge encoder, the
   edge network of every message-passing step and the output classifier. Measured on the
   default GNN: 24.4 instead of 38.1 GFLOP on a 100k-hit event; on a 1k-hit event with
   fewer than two filtered edges per hit it costs slightly more (0.101 instead of 0.088
-  GFLOP);
+  GFLOP); and its node network, whose first ``Linear`` on ``cat[x, messages]`` becomes one
+  product per part (no ``[N, 3H]`` concatenation either);
 * in a :class:`~trackserve.export.resagnn.ResAGNN` (the published service's GNN), its one
   edge network, used for the attention weights of every iteration and for the output
   logits.
@@ -27,6 +29,14 @@ GNN's sector subgraphs a step with its gradient took 65 instead of 81 ms on this
 project's 2-core machine) and the trained network is the original module. The export is
 validated against the original network, so a mistake here cannot reach a bundle.
 Summation order differs from the original, so the outputs agree to float32 rounding.
+
+On narrow networks ONNX Runtime's CPU cost is mostly per row, not per multiply-add: on the
+project's Intel machine a broadcast bias ``Add`` on ``[2775, 32]`` took about 50 us (a
+same-shape ``Add`` 16), a ``LayerNormalization`` about 100. Moving the edge MLPs' biases
+to the hits and splitting the node network's input took the default bundle's pruner from
+6.03 to 5.84 ms and its GNN from 9.08 to 8.49 ms (one thread, ONNX Runtime's own profile,
+a published benchmark event's 2,775 filtered edges; ``benchmarks/RESULTS.md`` has the
+whole pipeline).
 
 ``factored_form(network, training=True)`` is the form training steps go through: the
 same again, with its row gathers and message sums done by
@@ -68,12 +78,44 @@ class _FactoredInput(nn.Module):
         """The MLP's output for the edges ``(start, end)`` with per-edge inputs ``rest`` (or none)."""
         weight, hidden = self.first.weight, self.hidden
         from_start = nodes @ weight[:, :hidden].t()
+        if self.first.bias is not None:  # added once per hit, not once per edge
+            from_start = from_start + self.first.bias
         from_end = nodes @ weight[:, hidden:2 * hidden].t()
         out = self.gather(from_start, start) + self.gather(from_end, end)
         if rest is not None:
             out = out + rest @ weight[:, 2 * hidden:].t()
+        return self.rest(out)
+
+
+class _SplitInput(nn.Module):
+    """The first ``Linear`` of an MLP on ``cat[parts]``, as one product per part; then the MLP's other layers.
+
+    ``Linear(cat[a, b, c]) = a @ W_a.T + b @ W_b.T + c @ W_c.T + bias``: no concatenation
+    is written (in ONNX Runtime on the CPU, a ``Concat`` of the node network's ``[N, 3H]``
+    input cost about as much as its product).
+    """
+
+    def __init__(self, mlp: nn.Sequential, widths: tuple[int, ...]):
+        super().__init__()
+        first = mlp[0]
+        if not isinstance(first, nn.Linear) or first.in_features != sum(widths):
+            raise ValueError(f"cannot split an MLP whose first layer is {first!r} into inputs of widths {widths}")
+        self.first = first
+        self.bounds = [0]
+        for width in widths:
+            self.bounds.append(self.bounds[-1] + int(width))
+        self.rest = mlp[1:]
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The MLP's output on ``cat(parts, dim=1)``."""
+        if len(parts) != len(self.bounds) - 1:
+            raise ValueError(f"expected {len(self.bounds) - 1} input parts, got {len(parts)}")
+        weight = self.first.weight
+        out = parts[0] @ weight[:, self.bounds[0]:self.bounds[1]].t()
         if self.first.bias is not None:
             out = out + self.first.bias
+        for index in range(1, len(parts)):
+            out = out + parts[index] @ weight[:, self.bounds[index]:self.bounds[index + 1]].t()
         return self.rest(out)
 
 
@@ -106,6 +148,7 @@ class FactoredInteractionGNN(_FactoredForm):
         self.edge_encoder = _FactoredInput(network.edge_encoder, hidden, gather)
         self.edge_network = _FactoredInput(network.edge_network, hidden, gather)
         self.output_edge_classifier = _FactoredInput(network.output_edge_classifier, hidden, gather)
+        self.node_network = _SplitInput(network.node_network, (hidden,) * (3 if network.bidirectional_messages else 2))
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """GNN logits ``[E]``, the same function as the wrapped network's ``forward``."""
@@ -122,7 +165,7 @@ class FactoredInteractionGNN(_FactoredForm):
         edges = self.edge_encoder(nodes, start, end, rest)
         nodes, edges = net.pass_messages(nodes, edges, edge_index,
                                          lambda source, edges: self.edge_network(source, start, end, edges),
-                                         self.sum_into)
+                                         self.sum_into, self.node_network)
         return self.output_edge_classifier(nodes, start, end, edges).squeeze(-1)
 
 

@@ -122,20 +122,25 @@ class InteractionGNN(ConfigurableNetwork):
         return self.output_edge_classifier(torch.cat([nodes[start], nodes[end], edges], dim=1)).squeeze(-1)
 
     def pass_messages(self, nodes: torch.Tensor, edges: torch.Tensor, edge_index: torch.Tensor, edge_network,
-                      sum_into=scatter_sum):
+                      sum_into=scatter_sum, node_network=None):
         """The ``n_graph_iters`` message-passing steps from encoded ``nodes`` and ``edges``.
 
         ``edge_network(source_nodes, edges)`` computes the edge MLP's output (the plain
         concatenation here, the factored form in :mod:`~trackserve.export.inference_forms`);
+        ``node_network([nodes, messages_in(, messages_out)])`` the node MLP's output on the
+        concatenation of those parts (default: the plain concatenation);
         ``sum_into(messages, index, like)`` aggregates (:func:`scatter_sum`, or the same sum
         with a cheaper gradient for training steps).
         """
         start, end = edge_index[0], edge_index[1]
+        if node_network is None:
+            def node_network(parts):
+                return self.node_network(torch.cat(parts, dim=1))
         for _ in range(self.n_graph_iters):
-            messages = sum_into(edges, end, nodes)
+            parts = [nodes, sum_into(edges, end, nodes)]
             if self.bidirectional_messages:
-                messages = torch.cat([messages, sum_into(edges, start, nodes)], dim=1)
-            new_nodes = self.node_network(torch.cat([nodes, messages], dim=1))
+                parts.append(sum_into(edges, start, nodes))
+            new_nodes = node_network(parts)
             if self.residual:
                 new_nodes = new_nodes + nodes
             source = new_nodes if self.edge_update_uses_new_nodes else nodes

@@ -12,10 +12,11 @@ left without one, written plainly with ``numpy.maximum.at``; with piece joining,
 pieces' lines and the joins written plainly with ``numpy.add.at`` and ``numpy.minimum.at``
 and scipy's components over the pieces). Ours: :class:`trackserve.runtime.pipeline.Pipeline`.
 
-On the benchmark events ours is timed twice: one event at a time (every pool at the full
-thread count, like the baseline) and with as many events in flight as threads
-(``Pipeline.run_many`` with ``event_workers``, one thread per pool each: what ``trackserve
-run`` chooses for several events when the threads are the machine's 2 cores).
+On the benchmark events ours is timed three times: one event at a time (every pool at the
+full thread count, like the baseline) and with as many events in flight as threads
+(``Pipeline.run_many`` with ``event_workers``, one thread per pool each), on threads (what
+``trackserve run`` chooses for several events when the threads are the machine's 2 cores)
+and in worker processes (``event_executor="processes"``, started before the rounds).
 
 Events: the 100 published benchmark events (feature CSVs, 3 features) and a full-size
 simulated event (``simulate_event`` with the real particles of ``event000001000``, the
@@ -344,11 +345,11 @@ def in_flight_pass(in_flight, events):
     return None, time.perf_counter() - start
 
 
-def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) -> tuple[float, int, float | None]:
+def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) -> tuple[float, int, dict]:
     """Time both on ``events`` in interleaved rounds, check the labels, add a table to ``lines``;
-    return (median per-round ratio, identical, median per-round ratio of ``in_flight``: a
-    pipeline whose ``run_many`` keeps several events in flight, timed in the same rounds, or
-    None)."""
+    return (median per-round ratio, identical, the median per-round ratio of each pipeline of
+    ``in_flight``: pipelines by executor name whose ``run_many`` keeps several events in
+    flight, timed in the same rounds)."""
     identical, notes = 0, []
     theirs_all = []
     for i, features in enumerate(events):
@@ -359,12 +360,13 @@ def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) ->
             identical += 1
         else:
             notes.append(f"event {i}: {explain(pipeline, features, out)}")
-    same_in_flight = None
+    in_flight = in_flight or {}
+    same_in_flight = {}
     passes = {"ours": lambda: timed_pass(lambda f: pipeline.run(f).timings, events),
               "baseline": lambda: timed_pass(lambda f: baseline.run(f)[1], events)}
-    if in_flight is not None:
-        same_in_flight = sum(same_partition(r.labels, t) for r, t in zip(in_flight.run_many(events), theirs_all))
-        passes["in_flight"] = lambda: in_flight_pass(in_flight, events)
+    for executor, runner in in_flight.items():
+        same_in_flight[executor] = sum(same_partition(r.labels, t) for r, t in zip(runner.run_many(events), theirs_all))
+        passes[executor] = lambda runner=runner: in_flight_pass(runner, events)
     rounds = interleaved_rounds(passes, repeats)
     (ours_stage, ours_wall), (base_stage, base_wall) = median_pass(rounds["ours"]), median_pass(rounds["baseline"])
     count = len(events)
@@ -380,16 +382,17 @@ def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) ->
     ratio = statistics.median(ratios)
     lines += [f"| **events per second** (one event at a time) | {count / base_wall:.2f} | {count / ours_wall:.2f} | "
               f"{ratio_text(ratios)} |"]
-    flight_ratio = None
-    if in_flight is not None:
-        flight_ratios = round_ratios(rounds["baseline"], rounds["in_flight"])
-        flight_ratio = statistics.median(flight_ratios)
-        flight_wall = median_pass(rounds["in_flight"])[1]
-        config = in_flight.config
-        lines.append(f"| **events per second**, ours with {config.event_workers} events in flight as `trackserve run` "
-                     f"runs several events "
+    flight_ratio = {}
+    for executor, runner in in_flight.items():
+        flight_ratios = round_ratios(rounds["baseline"], rounds[executor])
+        flight_ratio[executor] = statistics.median(flight_ratios)
+        flight_wall = median_pass(rounds[executor])[1]
+        config = runner.config
+        how = ("on threads, as `trackserve run` runs several events" if executor == "threads" else
+               "in worker processes (`trackserve run --event-executor processes`)")
+        lines.append(f"| **events per second**, ours with {config.event_workers} events in flight {how} "
                      f"({config.resolved_intra_op_threads} network / {config.resolved_graph_threads} graph thread "
-                     f"each; identical partitions {same_in_flight}/{count}) | {count / base_wall:.2f} | "
+                     f"each; identical partitions {same_in_flight[executor]}/{count}) | {count / base_wall:.2f} | "
                      f"{count / flight_wall:.2f} | {ratio_text(flight_ratios)} |")
     lines.append("")
     lines += [f"- {note}" for note in notes[:10]] + ([""] if notes else [])
@@ -452,11 +455,15 @@ def main(argv=None) -> int:
         events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
         for features in events[:5]:  # warm-up
             pipeline.run(features), baseline.run(features)
-        in_flight = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=args.threads))
-        for _result in in_flight.run_many(events[:5]):  # warm-up
-            pass
+        in_flight = {executor: Pipeline(bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1,
+                                                                     event_workers=args.threads, event_executor=executor))
+                     for executor in ("threads", "processes")}
+        for runner in in_flight.values():  # warm-up (and the worker processes' start)
+            for _result in runner.run_many(events[:10]):
+                pass
         ratio, _, flight_ratio = compare("published benchmark events (lrt_events)", pipeline, baseline, events, repeats,
                                          lines, in_flight)
+        in_flight["processes"].close()
     if args.sim_bundle is not None:
         sim_bundle = load_bundle(args.sim_bundle)
         pipeline, baseline = Pipeline(sim_bundle, config=config), Baseline(sim_bundle, config.edge_chunk_size)
@@ -468,10 +475,13 @@ def main(argv=None) -> int:
     compare("simulated full event (event000001000 particles)", pipeline, baseline, [big],
             1 if args.quick else args.sim_repeats, lines)
     if ratio is not None:
+        threads, processes = flight_ratio["threads"], flight_ratio["processes"]
         lines.append(f"Target: ours >= 3x the baseline's throughput on the benchmark events: with {args.threads} events "
-                     f"in flight (`RuntimeConfig(event_workers={args.threads}, intra_op_threads=1, graph_threads=1)`, "
-                     f"what `trackserve run` does with several events on {args.threads} cores) "
-                     f"{'met' if flight_ratio >= 3 else 'NOT met'} ({flight_ratio:.2f}x); one event at a time "
+                     f"in flight in worker processes (`RuntimeConfig(event_workers={args.threads}, intra_op_threads=1, "
+                     f"graph_threads=1, event_executor=\"processes\")`, `trackserve run --event-executor processes`) "
+                     f"{'met' if processes >= 3 else 'NOT met'} ({processes:.2f}x); on threads (what `trackserve run` "
+                     f"does with several events on {args.threads} cores) "
+                     f"{'met' if threads >= 3 else 'NOT met'} ({threads:.2f}x); one event at a time "
                      f"(`Pipeline.run`, `trackserve run --event-workers 1`) {'met' if ratio >= 3 else 'NOT met'} "
                      f"({ratio:.2f}x). The baseline runs one event at a time with every pool at the full thread count, "
                      "as the published service's scripts do.")

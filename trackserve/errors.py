@@ -75,6 +75,18 @@ class MemoryLimitError(InputError):
         self.limit = limit
         super().__init__(message)
 
+    def __reduce__(self):
+        # Keyword-only fields: rebuilt whole when the error comes back from an event worker process.
+        return _memory_limit_error, (self.args[0], self.needed, self.limit)
+
+
+def _memory_limit_error(message: str, needed: float, limit: int) -> MemoryLimitError:
+    return MemoryLimitError(message, needed=needed, limit=limit)
+
+
+class WorkerError(TrackserveError, RuntimeError):
+    """A worker process of the runtime stopped unexpectedly (killed, out of memory, crashed)."""
+
 
 class BackendUnavailableError(TrackserveError, RuntimeError):
     """An optional backend (torch, TensorRT, CuPy, FAISS, Triton) is not installed or has no device."""

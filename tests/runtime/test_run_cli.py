@@ -62,6 +62,9 @@ def test_event_workers_write_the_same_labels_as_one_event_at_a_time(capsys, tmp_
     one = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "one"), "--event-workers", "1")
     two = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "two"), "--event-workers", "2", "--threads", "1")
     auto = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "auto"))
+    procs = _json(capsys, str(feature_csvs), "--output", str(tmp_path / "procs"), "--event-executor", "processes")
+    assert (auto["settings"]["event_executor"], procs["settings"]["event_executor"]) == ("threads", "processes")
+    assert one["settings"]["event_executor"] is None  # one event at a time: no executor
     assert (one["settings"]["event_workers"], one["settings"]["intra_op_threads"]) == (1, 2)
     assert two["settings"]["event_workers"] == 2 and two["settings"]["intra_op_threads"] == 1
     # several events and neither option: one event in flight per core, each on one core
@@ -72,7 +75,7 @@ def test_event_workers_write_the_same_labels_as_one_event_at_a_time(capsys, tmp_
     assert [e["event"] for e in two["events"]] == [e["event"] for e in auto["events"]] == [e["event"] for e in one["events"]] == names
     for event in one["events"]:
         _, ids_one, labels_one = read_submission(tmp_path / "one" / f"{event['event']}-labels.csv")
-        for other in ("two", "auto"):
+        for other in ("two", "auto", "procs"):
             _, ids_other, labels_other = read_submission(tmp_path / other / f"{event['event']}-labels.csv")
             assert np.array_equal(ids_one, ids_other) and np.array_equal(labels_one, labels_other)
         assert len(ids_one) == event["num_hits"]
@@ -105,8 +108,8 @@ def test_oversubscribed_workers_are_refused(capsys, feature_csvs, monkeypatch):
     assert "would run 4 threads on 2 cores" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_an_event_the_pipeline_refuses_is_named(capsys, tmp_path, workers, monkeypatch):
+@pytest.mark.parametrize("workers, executor", [("1", "threads"), ("2", "threads"), ("2", "processes")])
+def test_an_event_the_pipeline_refuses_is_named(capsys, tmp_path, workers, executor, monkeypatch):
     monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
     rng = np.random.default_rng(0)
     for number in range(3):
@@ -114,7 +117,7 @@ def test_an_event_the_pipeline_refuses_is_named(capsys, tmp_path, workers, monke
     per_hit = MemoryModel.for_bundle(load_bundle(DEFAULT_BUNDLE)).bytes_per_hit
     limit_gb = 3000 * per_hit * int(workers) / 2**30  # each event in flight gets limit / workers: 3000 hits
     status = main(["run", str(tmp_path), "--no-labels", "--event-workers", workers, "--threads", "1",
-                   "--memory-limit-gb", str(limit_gb)])
+                   "--memory-limit-gb", str(limit_gb), "--event-executor", executor])
     assert status == 2
     err = capsys.readouterr().err
     assert "event evt_1: an event of 20,000 hits needs about" in err and "MiB" in err and "memory limit" in err

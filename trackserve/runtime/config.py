@@ -23,6 +23,8 @@ DEFAULT_MEMORY_LIMIT_BYTES = 8 * 2**30
 #: The most events in flight :func:`automatic_event_workers` chooses: the count measured
 #: (on 2 cores, ``benchmarks/RESULTS.md``); more is for the user to set and measure.
 AUTOMATIC_MAX_EVENT_WORKERS = 2
+#: Where the events in flight run (:attr:`RuntimeConfig.event_executor`).
+EVENT_EXECUTORS = ("threads", "processes")
 
 
 def available_cores() -> int:
@@ -65,6 +67,11 @@ class RuntimeConfig:
     faster with one worker per core and one thread each: the per-operator and Python
     costs of one event then overlap with another's work. Workers times threads may not
     exceed the cores.
+    ``event_executor``: how the events in flight run when ``event_workers`` is above 1:
+    ``"threads"`` (default) on threads of this process, ``"processes"`` in worker
+    processes with a pipeline each (:mod:`~trackserve.runtime.event_processes`: faster on
+    small events, whose Python steps hold the interpreter lock; started with ``spawn``,
+    so a script must run them under ``if __name__ == "__main__":``).
     ``edge_chunk_size``: edges the filter scores at once (cut into a part per thread,
     each part in calls of at most ``network_steps.FILTER_BLOCK_EDGES`` edges); the filter
     scores each edge from its two hits only, so chunking changes nothing but the peak
@@ -81,6 +88,7 @@ class RuntimeConfig:
     edge_chunk_size: int = DEFAULT_EDGE_CHUNK_SIZE
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
     event_workers: int = 1
+    event_executor: str = "threads"
 
     def __post_init__(self):
         for name in ("intra_op_threads", "graph_threads"):
@@ -99,6 +107,8 @@ class RuntimeConfig:
                         f"event_workers={workers} with {name}={threads} would run {workers * threads} threads on "
                         f"{cores} cores; lower one of them (--event-workers, --threads) or leave {name} unset to share the cores"
                     )
+        if self.event_executor not in EVENT_EXECUTORS:
+            raise InputError(f"event_executor must be one of {', '.join(EVENT_EXECUTORS)}; got {self.event_executor!r}")
         if isinstance(self.edge_chunk_size, bool) or not isinstance(self.edge_chunk_size, int) or self.edge_chunk_size < 1:
             raise InputError(f"edge_chunk_size must be an integer >= 1; got {self.edge_chunk_size!r}")
         if (

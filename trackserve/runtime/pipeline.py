@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -32,6 +33,7 @@ from ..errors import InputError, MemoryLimitError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
 from .config import RuntimeConfig
+from .event_processes import EventProcesses
 from .graph_building import build_graph
 from .inputs import validate_features
 from .memory import MemoryModel
@@ -96,6 +98,8 @@ class Pipeline:
         self.memory = MemoryModel.for_bundle(self.bundle)
         # One-worker pipeline for events too large for a worker's share of the memory (run_many).
         self._alone: Pipeline | None = None
+        # Worker processes of run_many with event_executor="processes", started on first use.
+        self._processes: EventProcesses | None = None
 
     @property
     def num_features(self) -> int:
@@ -206,7 +210,10 @@ class Pipeline:
 
         With ``config.event_workers`` above 1, that many events are in flight at once on
         a thread pool (ONNX Runtime, numpy and scipy release the interpreter lock while
-        they work); ``events`` is read only as far as the pool needs. Each event in flight
+        they work), or with ``config.event_executor="processes"`` in as many worker
+        processes (:mod:`~trackserve.runtime.event_processes`; they stay up for later
+        calls until :meth:`close`); ``events`` is read only as far as the pool needs (one
+        event more than the workers for processes). Each event in flight
         may use its share of the memory limit (:attr:`RuntimeConfig.memory_limit_per_event`);
         one refused only for its share, whose estimate fits the whole limit, runs again
         when its turn comes, alone: the events in flight finish first, then it runs with
@@ -218,18 +225,55 @@ class Pipeline:
             for features in events:
                 yield self.run(features)
             return
+        if self.config.event_executor == "processes":
+            # Workers in processes of their own, kept for later calls (close() stops them);
+            # one event more than the workers is handed over ahead, so none waits for the next.
+            yield from self._in_flight(events, self._event_processes().submit, workers + 1)
+            return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackserve-event") as pool:
-            pending: deque = deque()  # (features, future) of the events in flight, oldest first
-            try:
-                for features in events:
-                    pending.append((features, pool.submit(self.run, features)))
-                    if len(pending) >= workers:
-                        yield self._oldest_result(pending)
-                while pending:
+            yield from self._in_flight(events, lambda features: pool.submit(self.run, features), workers)
+
+    def _in_flight(self, events: Iterable[np.ndarray], submit, window: int) -> Iterator[PipelineResult]:
+        """Results of ``events`` in order, with at most ``window`` of them submitted (``submit(features)``
+        returns a future) and not yet yielded."""
+        pending: deque = deque()  # (features, future) of the events in flight, oldest first
+        try:
+            for features in events:
+                pending.append((features, submit(features)))
+                if len(pending) >= window:
                     yield self._oldest_result(pending)
-            finally:
-                for _features, future in pending:
-                    future.cancel()
+            while pending:
+                yield self._oldest_result(pending)
+        finally:
+            for _features, future in pending:
+                future.cancel()
+
+    def _event_processes(self) -> EventProcesses:
+        """The worker processes of :meth:`run_many` (started on first use): each runs one event at
+        a time with this config's threads per event and its memory share; new ones after a worker died."""
+        if self._processes is not None and self._processes.failed:
+            self.close()
+        if self._processes is None:
+            config = self.config
+            one_event = replace(config, event_workers=1, event_executor="threads",
+                                intra_op_threads=config.resolved_intra_op_threads,
+                                graph_threads=config.resolved_graph_threads,
+                                memory_limit_bytes=config.memory_limit_per_event)
+            self._processes = EventProcesses(self.bundle.directory, self.device, one_event, config.event_workers)
+        return self._processes
+
+    def close(self) -> None:
+        """Stop the worker processes of :meth:`run_many`, if it started any (they are started
+        again when needed). Also done when the pipeline is garbage-collected or at exit."""
+        if self._processes is not None:
+            self._processes.close()
+            self._processes = None
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _oldest_result(self, pending: deque) -> PipelineResult:
         """The result of the oldest event in flight (see :meth:`run_many`); re-raises its error,
@@ -240,6 +284,9 @@ class Pipeline:
         except MemoryLimitError as error:
             if error.needed > self.config.memory_limit_bytes:
                 raise
+        except BrokenProcessPool as error:
+            self.close()
+            raise EventProcesses.broken(error) from error
         wait([other for _features, other in pending])
         if self._alone is None:
             self._alone = Pipeline(self.bundle, device=self.device, config=replace(self.config, event_workers=1))

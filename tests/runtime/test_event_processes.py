@@ -1,0 +1,128 @@
+"""Events in flight in worker processes: the same results, in order, with the same errors as one at a time."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+
+import numpy as np
+import pytest
+
+from trackserve.errors import InputError, MemoryLimitError, WorkerError
+from trackserve.events.trackml import read_event
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.pipeline import Pipeline
+
+from ..conftest import SAMPLE_EVENT
+
+ONE_THREAD = {"intra_op_threads": 1, "graph_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def alone(tiny_bundle):
+    return Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD))
+
+
+@pytest.fixture(scope="module")
+def sample_features(alone):
+    return alone.event_features(read_event(SAMPLE_EVENT, parts=()))
+
+
+@pytest.fixture(scope="module")
+def in_processes(tiny_bundle):
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
+    yield pipeline
+    pipeline.close()
+
+
+def test_results_come_back_in_order_and_equal_to_one_at_a_time(alone, in_processes, sample_features):
+    # Events of different sizes (one hit, none, the whole sample, slices): a mix-up would show.
+    events = [sample_features, sample_features[:1], sample_features[:0], sample_features[:300],
+              sample_features[::-1].copy(), sample_features[:40]] * 2
+    expected = [alone.run(f) for f in events]
+    consumed = []
+
+    def lazily():
+        for features in events:
+            consumed.append(len(features))
+            yield features
+
+    results = in_processes.run_many(lazily())
+    first = next(results)
+    assert len(consumed) <= 3  # the two workers' events and one handed over ahead
+    got = [first] + list(results)
+    assert len(got) == len(expected)
+    for result, want in zip(got, expected):
+        assert np.array_equal(result.labels, want.labels)
+        assert result.num_edges == want.num_edges
+        assert set(result.timings) == set(want.timings)
+    # The workers stay up for the next call.
+    processes = in_processes._processes
+    assert [r.num_hits for r in in_processes.run_many([sample_features[:10]])] == [10]
+    assert in_processes._processes is processes
+
+
+def test_a_failing_event_raises_its_own_error_in_turn(in_processes, sample_features):
+    bad = sample_features[:20].copy()
+    bad[3, 1] = np.nan
+    results = in_processes.run_many([sample_features[:30], bad, sample_features[:30]])
+    assert next(results).num_hits == 30
+    with pytest.raises(InputError, match="hit 3"):
+        next(results)
+
+
+def test_memory_limit_error_survives_the_trip_between_processes():
+    error = MemoryLimitError("needs 3 GB", needed=3e9, limit=2**31)
+    back = pickle.loads(pickle.dumps(error))
+    assert (type(back), str(back), back.needed, back.limit) == (MemoryLimitError, "needs 3 GB", 3e9, 2**31)
+
+
+def test_an_event_too_large_for_its_share_runs_alone_and_one_too_large_for_all_is_refused(
+        tiny_bundle, alone, sample_features):
+    big = sample_features
+    result = alone.run(big)
+    model, graph = alone.memory, result.num_edges["graph"]
+    needed = max(big.shape[0] * model.bytes_per_hit + graph * model.bytes_per_graph_edge
+                 + graph * model.bytes_per_filter_edge,
+                 big.shape[0] * (model.bytes_per_hit + model.bytes_per_gnn_hit)
+                 + result.num_edges["filter"] * model.bytes_per_gnn_edge)
+    events = [big[:30], big, big[:50]]
+    with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes",
+                                                    memory_limit_bytes=int(needed) + 1)) as fits:
+        got = [r.labels for r in fits.run_many(events)]
+        assert fits._alone is not None  # the whole event ran in this process, alone
+    for labels, features in zip(got, events):
+        assert np.array_equal(labels, alone.run(features).labels)
+    with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes",
+                                                    memory_limit_bytes=int(needed) - 1)) as tight:
+        results = tight.run_many(events)
+        assert next(results).num_hits == 30
+        with pytest.raises(MemoryLimitError, match="memory limit") as refused:
+            next(results)
+        assert refused.value.needed > int(needed) - 1
+
+
+def test_a_worker_that_dies_gives_a_clear_error_and_the_pipeline_starts_new_ones(tiny_bundle, sample_features):
+    with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes")) as pipeline:
+        results = pipeline.run_many([sample_features[:30]] * 6)
+        assert next(results).num_hits == 30
+        for pid in list(pipeline._processes._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerError, match="event worker process stopped unexpectedly"):
+            list(results)
+        assert [r.num_hits for r in pipeline.run_many([sample_features[:20]] * 3)] == [20, 20, 20]
+
+
+def test_close_stops_the_workers(tiny_bundle, sample_features):
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
+    assert [r.num_hits for r in pipeline.run_many([sample_features[:10]] * 2)] == [10, 10]
+    workers = list(pipeline._processes._pool._processes.values())
+    pipeline.close()
+    assert pipeline._processes is None
+    assert all(not worker.is_alive() for worker in workers)
+
+
+def test_an_unknown_executor_is_refused():
+    with pytest.raises(InputError, match="event_executor must be one of threads, processes; got 'fibers'"):
+        RuntimeConfig(event_executor="fibers")

@@ -1,0 +1,90 @@
+"""Events in flight in worker processes, each with a pipeline of its own.
+
+:meth:`~trackserve.runtime.pipeline.Pipeline.run_many` keeps ``config.event_workers``
+events in flight. On a thread pool (``event_executor="threads"``) the events share one
+interpreter: ONNX Runtime, numpy and scipy release its lock while they work, but the
+many small numpy and Python steps of graph and track building do not, so on small events
+the workers wait on each other. With ``event_executor="processes"`` each worker is a
+process of its own (started with ``spawn``: nothing of this process's thread pools is
+inherited), loads the bundle once and runs whole events; only the feature arrays go to
+it and the :class:`~trackserve.runtime.pipeline.PipelineResult` comes back. Measured on
+the project's 2-core Intel machine with the default bundle on the 100 published
+benchmark events: 92.5 events/s in two processes against 79.2 in two threads
+(``benchmarks/RESULTS.md`` has the benchmark), the same labels.
+
+Like any use of :mod:`multiprocessing` with ``spawn``, a script that runs events this way
+must start them under ``if __name__ == "__main__":``; ``trackserve run`` does. Starting
+the workers takes about a second (each imports trackserve and opens the bundle's
+sessions); the pool stays up for the pipeline's later calls until
+:meth:`EventProcesses.close` (or the pipeline's ``close``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import weakref
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WorkerError
+
+#: The pipeline of this worker process (set once by :func:`_start_worker`).
+_worker_pipeline = None
+
+
+def _start_worker(bundle_directory: str, device: str, config) -> None:
+    """Worker initializer: open the bundle's pipeline once for every event this process runs."""
+    global _worker_pipeline
+    from .pipeline import Pipeline
+
+    _worker_pipeline = Pipeline(bundle_directory, device=device, config=config)
+
+
+def _run_event(features: np.ndarray):
+    """Worker task: one event through the worker's pipeline."""
+    return _worker_pipeline.run(features)
+
+
+def _shutdown(pool: ProcessPoolExecutor) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+class EventProcesses:
+    """``workers`` processes, each running whole events through a pipeline of the bundle at
+    ``bundle_directory`` with ``config`` (one event at a time: give it the threads and the
+    memory share of one event in flight)."""
+
+    def __init__(self, bundle_directory: str | Path, device: str, config, workers: int):
+        self.workers = int(workers)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(str(bundle_directory), device, config),
+        )
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+        #: Whether a worker died: the pool takes no more events (start a new one).
+        self.failed = False
+
+    def submit(self, features: np.ndarray) -> Future:
+        """Start one event (features ``[N, F]``) in a worker; the future gives its PipelineResult
+        or raises its error (the same error :meth:`Pipeline.run` raises)."""
+        try:
+            return self._pool.submit(_run_event, features)
+        except BrokenProcessPool as error:
+            self.failed = True
+            raise self.broken(error) from error
+
+    @staticmethod
+    def broken(error: BaseException) -> WorkerError:
+        """The error to raise when a worker process died (killed, out of memory, crashed)."""
+        return WorkerError(
+            f"an event worker process stopped unexpectedly ({error}); the events in flight were lost. "
+            "If the machine ran out of memory, run fewer events at once (--event-workers) or lower "
+            "--memory-limit-gb; --event-executor threads runs them in this process instead"
+        )
+
+    def close(self) -> None:
+        """Stop the workers (waiting for the events they are running)."""
+        self._finalizer()

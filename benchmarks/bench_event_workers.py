@@ -3,8 +3,9 @@
 ``trackserve run`` given several events, and neither ``--event-workers`` nor ``--threads``,
 keeps one event in flight per core, at most 2, each on its share of the cores
 (:func:`trackserve.runtime.config.automatic_event_workers`); a single event runs alone on
-every core. This script measures that choice against one event at a time on every core
-(the cores split between parts of each event), on the same events in the same process:
+every core. This script measures that choice, on threads and in worker processes
+(``event_executor="processes"``), against one event at a time on every core (the cores
+split between parts of each event), on the same events:
 
 * the 100 published benchmark events (``lrt_events``, 1.3k hits), when present;
 * simulated random-particle events on the full detector of about 10k hits (8 of them)
@@ -45,18 +46,28 @@ def timed_pass(pipeline, events) -> tuple[list[np.ndarray], float]:
     return labels, time.perf_counter() - start
 
 
-def compare(name: str, one, flight, events: list, rounds: int) -> str:
-    """One table row: throughput of each way (median pass), the median ratio of the rounds, identical labels."""
-    passes = {"one": lambda: timed_pass(one, events), "flight": lambda: timed_pass(flight, events)}
+def compare(name: str, one, flights: dict, events: list, rounds: int) -> str:
+    """One table row: throughput of each way (median pass), the median ratio of the rounds
+    of each way in flight (``flights``: pipelines by executor) to one at a time, and how
+    many events got identical labels every way."""
+    passes = {"one": lambda: timed_pass(one, events)}
+    for executor, flight in flights.items():
+        passes[executor] = lambda flight=flight: timed_pass(flight, events)
     for run_pass in passes.values():  # warm-up pass of each way
         run_pass()
     results = interleaved_rounds(passes, rounds)
-    (one_labels, one_wall), (flight_labels, flight_wall) = median_pass(results["one"]), median_pass(results["flight"])
-    same = sum(np.array_equal(a, b) for a, b in zip(one_labels, flight_labels))
+    one_labels, one_wall = median_pass(results["one"])
     count = len(events)
     hits = sum(len(features) for features in events) / count
-    return (f"| {name} | {count} | {hits:,.0f} | {count / one_wall:.2f} | {count / flight_wall:.2f} | "
-            f"{ratio_text(round_ratios(results['one'], results['flight']))} | {same}/{count} |")
+    same = [True] * count
+    rates, ratios = [], []
+    for executor in flights:
+        labels, wall = median_pass(results[executor])
+        same = [s and np.array_equal(a, b) for s, a, b in zip(same, one_labels, labels)]
+        rates.append(f"{count / wall:.2f}")
+        ratios.append(ratio_text(round_ratios(results["one"], results[executor])))
+    return (f"| {name} | {count} | {hits:,.0f} | {count / one_wall:.2f} | {' | '.join(rates)} | "
+            f"{' | '.join(ratios)} | {sum(same)}/{count} |")
 
 
 def main(argv=None) -> int:
@@ -76,26 +87,32 @@ def main(argv=None) -> int:
     cores = available_cores()
     workers = automatic_event_workers(100, cores)
     one = Pipeline(bundle, config=RuntimeConfig(event_workers=1))
-    flight = Pipeline(bundle, config=RuntimeConfig(event_workers=workers))
+    flights = {executor: Pipeline(bundle, config=RuntimeConfig(event_workers=workers, event_executor=executor))
+               for executor in ("threads", "processes")}
+    flight = flights["threads"]
     sizes = [("simulated, random particles", 10_000, 8, 3), ("simulated, random particles", 100_000, 2, 2)]
     if args.quick:
         sizes = [("simulated, random particles", 3_000, 4, 1)]
     rows = []
     if bundle.num_features == 3 and LRT_EVENTS.is_dir():
         events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
-        rows.append(compare("published benchmark events (lrt_events)", one, flight, events, 1 if args.quick else 5))
+        rows.append(compare("published benchmark events (lrt_events)", one, flights, events, 1 if args.quick else 5))
     for name, hits, count, rounds in sizes:
         events = [simulate_features(hits, one.feature_spec, seed=100 + i) for i in range(count)]
-        rows.append(compare(name, one, flight, events, rounds))
+        rows.append(compare(name, one, flights, events, rounds))
+    flights["processes"].close()
     lines = [f"Machine: {machine_description()}.", "",
              f"Bundle: `{args.bundle}`. One at a time: `RuntimeConfig(event_workers=1)`, "
              f"{one.config.resolved_intra_op_threads} network / {one.config.resolved_graph_threads} graph-building "
              f"threads for each event (parts of it at once). In flight: `RuntimeConfig(event_workers={workers})`, "
-             f"{flight.config.resolved_intra_op_threads} / {flight.config.resolved_graph_threads} for each, what "
-             f"`trackserve run` chooses for several events on these {cores} cores. {load_note()}", "",
-             "| events | count | hits per event | one at a time (events/s) | in flight (events/s) | "
-             "in flight / one at a time | identical labels |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
+             f"{flight.config.resolved_intra_op_threads} / {flight.config.resolved_graph_threads} for each, on "
+             f"threads (what `trackserve run` chooses for several events on these {cores} cores) and in worker "
+             f"processes (`event_executor=\"processes\"`, `--event-executor processes`; started in the warm-up "
+             f"pass). {load_note()}", "",
+             "| events | count | hits per event | one at a time (events/s) | in flight, threads (events/s) | "
+             "in flight, processes (events/s) | threads / one at a time | processes / one at a time | "
+             "identical labels (all three) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
     section = bundle_section(args.bundle, "event_workers", "event_workers_")
     publish(section, "bench_event_workers.py", lines, write=not args.no_write)
     return 0

@@ -774,7 +774,7 @@ def _onnx_file_problems(name: str, entry: NetworkEntry, directory: Path, *, chec
     return _onnx_problems(name, entry, path) if check_onnx else []
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
+def load_bundle(path: str | os.PathLike, *, check_files: bool = True) -> Bundle:
     """Read and validate the bundle in directory ``path`` (or the ``pipeline.json`` file itself).
 
     Checks the JSON, the schema version, every key, the feature list, the stage
@@ -782,11 +782,12 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     exists with the declared sha256, and that each ONNX file declares the same inputs
     and outputs (names, dtypes, dims) as ``pipeline.json`` (read from ONNX Runtime's
     session metadata; nothing is run). Raises :class:`~trackserve.errors.BundleError`
-    listing every problem found.
+    listing every problem found. ``check_files=False`` checks ``pipeline.json`` alone (to
+    repair a bundle whose network files changed or are missing, not to run it).
     """
     directory, data = _read_pipeline(path)
     problems: list[str] = []
-    bundle = _parse(data, directory, problems, check_files=True)
+    bundle = _parse(data, directory, problems, check_files=check_files)
     if problems:
         raise _bundle_error(directory, problems)
     return bundle

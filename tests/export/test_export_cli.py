@@ -84,3 +84,21 @@ def test_bundle_without_network_name_is_refused(bundle_dir, tmp_path, capsys):
     assert "--bundle needs --network embedding|filter|pruner|gnn" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", checkpoint, "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "0"])
+
+
+def test_a_bundle_network_is_exported_again_from_its_own_weights(bundle_dir, capsys):
+    (bundle_dir / "gnn.onnx").write_bytes(b"an export from another version")
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--check", "--runs", "1"]) == 2
+    assert "trackserve export: error:" in capsys.readouterr().err
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "network: ResAGNN from the bundle's own weights (gnn.pt)" in out and "updated" in out
+    bundle = load_bundle(bundle_dir)
+    assert bundle.networks["gnn"].sha256 == file_sha256(bundle_dir / "gnn.onnx")
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--check", "--runs", "1"]) == 0
+    assert "ok: " in capsys.readouterr().out
+
+
+def test_export_without_a_network_needs_a_bundle(tmp_path, capsys):
+    assert main(["export", "-o", str(tmp_path / "gnn.onnx")]) == 2
+    assert "give the torch network NET.pt to export" in capsys.readouterr().err

@@ -9,7 +9,11 @@ ones (see :mod:`trackserve.export.onnx_export`):
   bundle whose file was changed or lost);
 * ``trackserve export NET.pt --check OUT.onnx``: validate an existing ONNX file;
 * ``trackserve export NET.pt --bundle DIR --network gnn --check``: validate the
-  bundle's file against the network.
+  bundle's file against the network;
+* ``trackserve export --bundle DIR --network gnn``: export the bundle's own network again
+  from the torch weights and config the bundle records (so a bundle written by an older
+  trackserve gets this version's export, e.g. its cheaper factored form), or with
+  ``--check`` validate the file against them.
 
 ``NET.pt`` is anything :func:`trackserve.export.checkpoint_import.import_checkpoint`
 reads: a TorchScript module, a Lightning checkpoint or a state dict.
@@ -35,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "output's difference. With --check, validate an existing ONNX file instead of writing one."
         ),
     )
-    parser.add_argument("network", metavar="NET.pt", help="the torch network: TorchScript, Lightning checkpoint or state dict")
+    parser.add_argument("network", metavar="NET.pt", nargs="?", default=None,
+                        help="the torch network: TorchScript, Lightning checkpoint or state dict (with --bundle, "
+                        "default: the bundle's own weights of --network)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", "-o", metavar="OUT.onnx", help="ONNX file to write (or to check, with --check)")
     target.add_argument("--bundle", metavar="DIR", help="bundle whose network (--network) is written or checked")
@@ -70,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bundle and not args.name:
         raise BundleError("--bundle needs --network embedding|filter|pruner|gnn: which network of the bundle")
+    if args.network is None and not args.bundle:
+        raise BundleError("give the torch network NET.pt to export (only with --bundle can it be left out: "
+                          "the bundle's own weights are then used)")
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError as error:
@@ -80,9 +89,17 @@ def run(args: argparse.Namespace) -> int:
     from ..export.checkpoint_import import import_checkpoint
     from ..export.onnx_export import DEFAULT_OPSET, export_network, validate_onnx
 
-    kind = args.kind or ("gnn" if args.name == "pruner" else args.name)
-    network = import_checkpoint(args.network, kind=kind, hparams=args.hparams, trust_pickle=args.trust_pickle)
-    print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {args.network}")
+    if args.network is None:
+        from ..export.bundle_networks import load_torch_network
+
+        described = load_bundle(args.bundle, check_files=False)  # its ONNX file may be the one to repair
+        network = load_torch_network(described, args.name)
+        source = f"the bundle's own weights ({described.networks[args.name].weights['file']})"
+    else:
+        kind = args.kind or ("gnn" if args.name == "pruner" else args.name)
+        network = import_checkpoint(args.network, kind=kind, hparams=args.hparams, trust_pickle=args.trust_pickle)
+        source = args.network
+    print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {source}")
     opset = args.opset or DEFAULT_OPSET
 
     if args.check:
@@ -93,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             path, export_kind = args.output, None
         report = validate_onnx(path, network, export_kind, runs=args.runs)
         print(report.summary())
-        print(f"ok: {path} computes what {args.network} computes")
+        print(f"ok: {path} computes what {source} computes")
         return 0
 
     if args.bundle:

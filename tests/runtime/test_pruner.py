@@ -123,3 +123,53 @@ def test_the_ensemble_gnn_stage_runs_the_pruner_too(one_thread, sample_features)
     assert set(gnn.steps.networks) == {"gnn", "pruner"}
     scores = gnn({FEATURES: sample_features, "EDGE_LIST_AFTER_FILTER": filtered})["GNN_SCORES"]
     np.testing.assert_allclose(scores, one_thread.gnn_logits(sample_features, filtered), rtol=0, atol=1e-5)
+
+
+def test_the_gnn_takes_over_the_pruners_component_groups(one_thread, pruned_bundle, sample_features, monkeypatch):
+    import trackserve.runtime.network_steps as network_steps
+    from trackserve.runtime.components import component_labels
+
+    # 300 separate chains of 5 hits (1,200 edges): components enough for groups on 2 threads.
+    hits = sample_features[:1500]
+    chains = np.arange(1500).reshape(300, 5)
+    edges = np.ascontiguousarray(np.stack([chains[:, :-1].ravel(), chains[:, 1:].ravel()]).astype(np.int64))
+    found = []
+
+    def counted(*args, **kwargs):
+        found.append(args[1].shape[1])
+        return component_groups(*args, **kwargs)
+
+    component_groups = network_steps.component_groups
+    monkeypatch.setattr(network_steps, "component_groups", counted)
+    two = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))
+    logits = two.gnn_logits(hits, edges)
+    steps = two._steps
+    assert steps.last_gnn_layout.startswith("pruner 2 component groups, GNN on")
+    assert steps.last_gnn_layout.endswith("edges 2 component groups")
+    assert found == [edges.shape[1]]  # found once, for the pruner; the GNN took them over
+    # The GNN's groups: every kept edge once, each group whole components of the kept graph.
+    keep = one_thread._steps.prune(hits, edges)[1]
+    kept = edges[:, keep]
+    groups = steps.last_groups
+    assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(kept.shape[1]))
+    _, component = component_labels(hits.shape[0], kept)
+    owners = [set(component[kept[0, group]]) for group in groups]
+    assert not owners[0] & owners[1]
+    np.testing.assert_allclose(logits, one_thread.gnn_logits(hits, edges), rtol=0, atol=1e-5)
+
+
+def test_pruner_groups_are_not_taken_over_when_too_few_or_uneven(pruned_bundle):
+    steps = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))._steps
+    groups = [np.arange(0, 2000, 2), np.arange(1, 2000, 2)]
+    steps.last_groups = groups
+    keep = np.ones(2000, dtype=bool)
+    carried = steps._kept_groups(keep)
+    assert [g.tolist() for g in carried] == [g.tolist() for g in groups]
+    keep[1::2] = False
+    keep[1] = True  # group 1 keeps a single edge: the first group would hold almost all
+    assert steps._kept_groups(keep) is None
+    keep = np.zeros(2000, dtype=bool)
+    keep[:400] = True  # 400 edges: too few to share out
+    assert steps._kept_groups(keep) is None
+    steps.last_groups = None
+    assert steps._kept_groups(np.ones(2000, dtype=bool)) is None

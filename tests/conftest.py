@@ -141,3 +141,23 @@ def assert_stages_refused(bundle: Path, directory: Path, change: dict, message: 
         load_bundle(bad)
     with pytest.raises(BundleError, match=message):
         StageParameters.from_dict(json.loads((bad / "pipeline.json").read_text())["stages"])
+
+
+def mixed_size_events(features: np.ndarray) -> list[np.ndarray]:
+    """Events of different sizes from one event's features (the whole, one hit, none, slices,
+    reversed), twice over: results handed back to the wrong event would show."""
+    return [features, features[:1], features[:0], features[:300], features[::-1].copy(), features[:40]] * 2
+
+
+class LazyEvents:
+    """An iterable over ``events`` that records the size of each one as it is read
+    (``consumed``), to check how far ahead ``run_many`` reads."""
+
+    def __init__(self, events):
+        self.events = events
+        self.consumed: list[int] = []
+
+    def __iter__(self):
+        for features in self.events:
+            self.consumed.append(len(features))
+            yield features

@@ -1,4 +1,6 @@
-"""Events in flight in worker processes: the same results, in order, with the same errors as one at a time."""
+"""Events in flight in worker processes: the same results, in order, with the same errors as one at a time.
+
+(An event's own error coming back in its turn is tested for both executors in test_pipeline.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from trackserve.events.trackml import read_event
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.pipeline import Pipeline
 
-from ..conftest import SAMPLE_EVENT
+from ..conftest import SAMPLE_EVENT, LazyEvents, mixed_size_events
 
 ONE_THREAD = {"intra_op_threads": 1, "graph_threads": 1}
 
@@ -37,20 +39,12 @@ def in_processes(tiny_bundle):
 
 
 def test_results_come_back_in_order_and_equal_to_one_at_a_time(alone, in_processes, sample_features):
-    # Events of different sizes (one hit, none, the whole sample, slices): a mix-up would show.
-    events = [sample_features, sample_features[:1], sample_features[:0], sample_features[:300],
-              sample_features[::-1].copy(), sample_features[:40]] * 2
+    events = mixed_size_events(sample_features)
     expected = [alone.run(f) for f in events]
-    consumed = []
-
-    def lazily():
-        for features in events:
-            consumed.append(len(features))
-            yield features
-
-    results = in_processes.run_many(lazily())
+    lazily = LazyEvents(events)
+    results = in_processes.run_many(lazily)
     first = next(results)
-    assert len(consumed) <= 3  # the two workers' events and one handed over ahead
+    assert len(lazily.consumed) <= 3  # the two workers' events and one handed over ahead
     got = [first] + list(results)
     assert len(got) == len(expected)
     for result, want in zip(got, expected):
@@ -61,15 +55,6 @@ def test_results_come_back_in_order_and_equal_to_one_at_a_time(alone, in_process
     processes = in_processes._processes
     assert [r.num_hits for r in in_processes.run_many([sample_features[:10]])] == [10]
     assert in_processes._processes is processes
-
-
-def test_a_failing_event_raises_its_own_error_in_turn(in_processes, sample_features):
-    bad = sample_features[:20].copy()
-    bad[3, 1] = np.nan
-    results = in_processes.run_many([sample_features[:30], bad, sample_features[:30]])
-    assert next(results).num_hits == 30
-    with pytest.raises(InputError, match="hit 3"):
-        next(results)
 
 
 def test_memory_limit_error_survives_the_trip_between_processes():

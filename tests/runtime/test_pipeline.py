@@ -14,7 +14,7 @@ from trackserve.events.trackml import read_event
 from trackserve.runtime.config import AUTOMATIC_MAX_EVENT_WORKERS, RuntimeConfig, automatic_event_workers
 from trackserve.runtime.pipeline import STAGES, Pipeline
 
-from ..conftest import SAMPLE_EVENT
+from ..conftest import SAMPLE_EVENT, LazyEvents, mixed_size_events
 
 
 @pytest.fixture(scope="module")
@@ -222,32 +222,26 @@ def test_event_workers_never_oversubscribe(monkeypatch):
 
 
 def test_run_many_with_event_workers_gives_each_event_its_own_result_in_order(tiny_bundle, pipeline, sample_features):
-    # Events of different sizes (one hit, none, the whole sample, slices): a mix-up would show.
-    events = [sample_features, sample_features[:1], sample_features[:0], sample_features[:300],
-              sample_features[::-1].copy(), sample_features[:40]] * 2
+    events = mixed_size_events(sample_features)
     expected = [pipeline.run(f).labels for f in events]
     workers = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2))
-    consumed = []
-
-    def lazily():
-        for features in events:
-            consumed.append(len(features))
-            yield features
-
-    results = workers.run_many(lazily())
+    lazily = LazyEvents(events)
+    results = workers.run_many(lazily)
     first = next(results)
-    assert len(consumed) <= 2  # read only as far as the pool needs
+    assert len(lazily.consumed) <= 2  # read only as far as the pool needs
     got = [first.labels] + [r.labels for r in results]
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert np.array_equal(a, b)
 
 
-def test_run_many_with_event_workers_raises_the_failing_events_error_in_turn(tiny_bundle, sample_features):
-    workers = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2))
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_run_many_with_event_workers_raises_the_failing_events_error_in_turn(tiny_bundle, sample_features, executor):
     bad = sample_features[:20].copy()
     bad[3, 1] = np.nan
-    results = workers.run_many([sample_features[:30], bad, sample_features[:30]])
-    assert next(results).num_hits == 30
-    with pytest.raises(InputError, match="hit 3"):
-        next(results)
+    with Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
+                                                    event_executor=executor)) as workers:
+        results = workers.run_many([sample_features[:30], bad, sample_features[:30]])
+        assert next(results).num_hits == 30
+        with pytest.raises(InputError, match="hit 3"):
+            next(results)

@@ -13,6 +13,7 @@ from trackserve.bundle import StageParameters, load_bundle, make_bundle
 from trackserve.errors import BundleError
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.cuts import logit_threshold
+from trackserve.runtime.network_steps import kept_groups
 from trackserve.runtime.pipeline import Pipeline
 from trackserve.runtime.track_building import build_tracks, bundle_track_options
 
@@ -148,9 +149,11 @@ def test_the_gnn_takes_over_the_pruners_component_groups(one_thread, pruned_bund
     assert steps.last_gnn_layout.endswith("edges 2 component groups")
     assert found == [edges.shape[1]]  # found once, for the pruner; the GNN took them over
     # The GNN's groups: every kept edge once, each group whole components of the kept graph.
-    keep = one_thread._steps.prune(hits, edges)[1]
+    first, _, pruner_groups = steps._message_passing("pruner", hits, edges)
+    keep = steps._passes_prune_cut(first)
     kept = edges[:, keep]
-    groups = steps.last_groups
+    groups = kept_groups(pruner_groups, keep)
+    assert len(groups) == 2
     assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(kept.shape[1]))
     _, component = component_labels(hits.shape[0], kept)
     owners = [set(component[kept[0, group]]) for group in groups]
@@ -158,18 +161,20 @@ def test_the_gnn_takes_over_the_pruners_component_groups(one_thread, pruned_bund
     np.testing.assert_allclose(logits, one_thread.gnn_logits(hits, edges), rtol=0, atol=1e-5)
 
 
-def test_pruner_groups_are_not_taken_over_when_too_few_or_uneven(pruned_bundle):
-    steps = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))._steps
+def test_kept_groups_are_positions_among_the_kept_edges_and_decline_when_too_few_or_uneven():
     groups = [np.arange(0, 2000, 2), np.arange(1, 2000, 2)]
-    steps.last_groups = groups
     keep = np.ones(2000, dtype=bool)
-    carried = steps._kept_groups(keep)
-    assert [g.tolist() for g in carried] == [g.tolist() for g in groups]
+    assert [g.tolist() for g in kept_groups(groups, keep)] == [g.tolist() for g in groups]
+    keep[::4] = False  # half of group 0 dropped: the carried groups index the kept edges
+    carried = kept_groups(groups, keep)
+    assert np.array_equal(np.sort(np.concatenate(carried)), np.arange(keep.sum()))
+    assert all(keep.nonzero()[0][group].tolist() == [c for c in columns if keep[c]]
+               for group, columns in zip(carried, groups))
+    keep = np.ones(2000, dtype=bool)
     keep[1::2] = False
     keep[1] = True  # group 1 keeps a single edge: the first group would hold almost all
-    assert steps._kept_groups(keep) is None
+    assert kept_groups(groups, keep) is None
     keep = np.zeros(2000, dtype=bool)
     keep[:400] = True  # 400 edges: too few to share out
-    assert steps._kept_groups(keep) is None
-    steps.last_groups = None
-    assert steps._kept_groups(np.ones(2000, dtype=bool)) is None
+    assert kept_groups(groups, keep) is None
+    assert kept_groups(None, np.ones(2000, dtype=bool)) is None

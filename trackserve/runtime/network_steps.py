@@ -83,7 +83,6 @@ class NetworkSteps:
         passing = [bundle.networks[name] for name in MESSAGE_PASSING if name in self.networks]
         self.is_local = {entry.name: entry.architecture in LOCAL_GNN_ARCHITECTURES for entry in passing}
         self.last_gnn_layout = "one call"
-        self.last_groups: list[np.ndarray] | None = None
         # Hops of the halo a part of a dense graph needs (None: never cut such a graph).
         self.halo_hops = {entry.name: halo_hops(entry.architecture, entry.config) if "phi" in bundle.feature_names
                           else None for entry in passing}
@@ -152,63 +151,49 @@ class NetworkSteps:
         """GNN logits of valid edges ``[2, M]``, each message-passing network run as
         :meth:`message_passing_logits` runs it. With a pruner: the pruner on all the edges,
         then the GNN on those whose pruner score passes ``prune_cut``; the other edges keep
-        the pruner's logit (at most the cut's). How the latest call ran is in
+        the pruner's logit (at most the cut's). When the pruner ran on component groups, the
+        GNN takes them over (:func:`kept_groups`). How the latest call ran is in
         :attr:`last_gnn_layout`."""
         if self.prune_cut is None:
             return self.message_passing_logits("gnn", features, edge_index)
-        first, keep = self.prune(features, edge_index)
-        pruner_layout = self.last_gnn_layout
+        first, pruner_layout, groups = self._message_passing("pruner", features, edge_index)
+        keep = self._passes_prune_cut(first)
         kept = np.ascontiguousarray(edge_index[:, keep])
         logits = first.copy()
-        logits[keep] = self.message_passing_logits("gnn", features, kept, groups=self._kept_groups(keep))
-        self.last_gnn_layout = f"pruner {pruner_layout}, GNN on {kept.shape[1]:,} edges {self.last_gnn_layout}"
+        logits[keep], layout, _ = self._message_passing("gnn", features, kept, kept_groups(groups, keep))
+        self.last_gnn_layout = f"pruner {pruner_layout}, GNN on {kept.shape[1]:,} edges {layout}"
         return logits
-
-    def _kept_groups(self, keep: np.ndarray) -> list[np.ndarray] | None:
-        """The pruner's component groups (of its latest call) carried over to the edges it kept
-        (``keep [M]``), or None when it ran without groups or the kept edges are too few or
-        too unevenly grouped to share out that way.
-
-        A kept edge's component lies within its pruner component, so the groups stay whole
-        components of the kept graph; carrying them over spares finding the components
-        again (about 0.5 ms of a published benchmark event's 14 ms on the project's
-        machine), and the kept share of each group is near the pruner's, which were balanced.
-        """
-        groups = self.last_groups
-        if groups is None:
-            return None
-        position = np.cumsum(keep) - 1
-        kept_groups = [position[columns[keep[columns]]] for columns in groups]
-        kept_groups = [group for group in kept_groups if group.size]
-        sizes = [group.size for group in kept_groups]
-        total = sum(sizes)
-        if len(kept_groups) < 2 or total < 2 * MIN_PART_ROWS or max(sizes) > MAX_GROUP_SHARE * total:
-            return None
-        return kept_groups
 
     def prune(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(pruner logits [M], keep [M])`` of valid edges ``[2, M]``: which pass ``prune_cut``
         (the edges the GNN scores). Only for a bundle with a pruner."""
         first = self.message_passing_logits("pruner", features, edge_index)
-        return first, first.astype(np.float64) > logit_threshold(self.prune_cut)  # float64 with numpy < 2 too
+        return first, self._passes_prune_cut(first)
 
-    def message_passing_logits(self, name: str, features: np.ndarray, edge_index: np.ndarray, *,
-                               groups: list[np.ndarray] | None = None) -> np.ndarray:
+    def _passes_prune_cut(self, logits: np.ndarray) -> np.ndarray:
+        return logits.astype(np.float64) > logit_threshold(self.prune_cut)  # float64 with numpy < 2 too
+
+    def message_passing_logits(self, name: str, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """Logits of message-passing network ``name`` (``"gnn"`` or ``"pruner"``) on valid edges
         ``[2, M]``: on the touched hits when that is exact, and, when the threads allow, on
         groups of whole connected components at once or, for a large graph in one
-        component, on azimuth slices with their halos. ``groups``: component groups of these
-        edges known already (each whole components, at most one per thread), used instead
-        of finding them. How the latest call ran is in :attr:`last_gnn_layout` (``"one
-        call"``, ``"N component groups"``, ``"N halo slices (H hops)"``) and its groups, if
-        any, in :attr:`last_groups`."""
+        component, on azimuth slices with their halos. How the latest call ran is in
+        :attr:`last_gnn_layout` (``"one call"``, ``"N component groups"``, ``"N halo slices
+        (H hops)"``)."""
+        logits, self.last_gnn_layout, _ = self._message_passing(name, features, edge_index)
+        return logits
+
+    def _message_passing(self, name: str, features: np.ndarray, edge_index: np.ndarray,
+                         groups: list[np.ndarray] | None = None) -> tuple[np.ndarray, str, list[np.ndarray] | None]:
+        """``(logits, layout, component groups or None)`` of :meth:`message_passing_logits`;
+        ``groups``: component groups of these edges known already (whole components, at most
+        one per thread), used instead of finding them. Keeps no state, so events in flight
+        on threads can share it."""
         runner = self.networks[name]
-        self.last_gnn_layout = "one call"
-        self.last_groups = None
         if not (self.is_local[name] and edge_index.shape[1]):
-            return self.edge_logits(name, features, edge_index, chunked=False)
+            return self.edge_logits(name, features, edge_index, chunked=False), "one call", None
         if self.parts.threads == 1 or not runner.uses_one_thread(features.size + edge_index.size):
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False)
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call", None
 
         def score(columns: np.ndarray) -> np.ndarray:
             part_features, part_edges = touched_subgraph(features, edge_index[:, columns])
@@ -220,12 +205,10 @@ class NetworkSteps:
         if groups is not None:
             for columns, part in zip(groups, self.parts.map(score, groups)):
                 logits[columns] = part
-            self.last_gnn_layout = f"{len(groups)} component groups"
-            self.last_groups = groups
-            return logits
+            return logits, f"{len(groups)} component groups", groups
         hops = self.halo_hops[name]
         if hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False)
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call", None
         split = HaloSplit(features.shape[0], edge_index, self.parts.threads, hops, features[:, self.phi_column])
 
         def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,5 +217,27 @@ class NetworkSteps:
 
         for columns, part in self.parts.map(score_own, split.parts):
             logits[columns] = part
-        self.last_gnn_layout = f"{len(split.parts)} halo slices ({hops} hops)"
-        return logits
+        return logits, f"{len(split.parts)} halo slices ({hops} hops)", None
+
+
+def kept_groups(groups: list[np.ndarray] | None, keep: np.ndarray) -> list[np.ndarray] | None:
+    """Component groups of edges (``groups``: ascending edge positions) carried over to the
+    edges ``keep [M]`` keeps, as positions among the kept edges; None when there were no
+    groups or the kept edges are too few or too unevenly grouped to share out that way.
+
+    A kept edge's component lies within its component among all the edges, so the groups
+    stay whole components of the kept graph. The GNN step uses it for the pruner's groups:
+    finding the components again cost about 0.5 ms of a published benchmark event's 14 ms
+    on the project's machine, and the kept share of each group is near the pruner's, which
+    were balanced.
+    """
+    if groups is None:
+        return None
+    position = np.cumsum(keep) - 1
+    carried = [position[columns[keep[columns]]] for columns in groups]
+    carried = [group for group in carried if group.size]
+    sizes = [group.size for group in carried]
+    total = sum(sizes)
+    if len(carried) < 2 or total < 2 * MIN_PART_ROWS or max(sizes) > MAX_GROUP_SHARE * total:
+        return None
+    return carried

@@ -60,9 +60,8 @@ class EventProcesses:
     memory share of one event in flight)."""
 
     def __init__(self, bundle_directory: str | Path, device: str, config, workers: int):
-        self.workers = int(workers)
         self._pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+            max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker, initargs=(str(bundle_directory), device, config),
         )
         self._finalizer = weakref.finalize(self, _shutdown, self._pool)

@@ -128,3 +128,13 @@ def test_a_feature_csv_with_nan_is_refused_with_its_place(capsys, tmp_path):
     assert main(["run", str(tmp_path / "evt_0.csv"), "--no-labels"]) == 2
     err = capsys.readouterr().err
     assert "evt_0.csv" in err and "not a finite float32" in err
+
+
+@pytest.mark.parametrize("threshold, executor", [(6, "threads"), (5, "processes")])
+def test_events_in_flight_run_in_processes_from_many_events(capsys, feature_csvs, monkeypatch, threshold, executor):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    monkeypatch.setattr("trackserve.commands.run.PROCESSES_MIN_EVENTS", threshold)
+    report = _json(capsys, str(feature_csvs), "--no-labels")  # 5 events
+    assert (report["settings"]["event_workers"], report["settings"]["event_executor"]) == (2, executor)
+    forced = _json(capsys, str(feature_csvs), "--no-labels", "--event-executor", "threads")
+    assert forced["settings"]["event_executor"] == "threads"

@@ -8,11 +8,9 @@ the event has truth, the tracking metrics. With ``--event-workers N`` N events a
 flight at once (:meth:`~trackserve.runtime.pipeline.Pipeline.run_many`); when neither it
 nor ``--threads`` is given, several events run in flight, one per core up to 2
 (:func:`~trackserve.runtime.config.automatic_event_workers`), and a single event uses
-every core. Events in flight run on threads, or with ``--event-executor processes`` in
-worker processes (:mod:`~trackserve.runtime.event_processes`). Measured on the project's
-2-core Intel machine with the default bundle, the 100 published benchmark events took
-1.50 s of wall time on threads and 1.93 s in processes (their start included), 400 such
-events 5.68 / 5.78 s against 5.43 / 5.56 s (two runs each).
+every core. Events in flight run on threads, or in worker processes
+(:mod:`~trackserve.runtime.event_processes`) from :data:`PROCESSES_MIN_EVENTS` events or
+with ``--event-executor processes``.
 """
 
 from __future__ import annotations
@@ -32,6 +30,13 @@ ORDER = 50
 
 #: Tracks of at least this many hits are counted as "tracks found" in the summary.
 MIN_TRACK_HITS = 5
+#: ``--event-executor auto`` runs the events in flight in worker processes from this many
+#: events (threads below): on the project's 2-core Intel machine with the default bundle,
+#: copies of the published benchmark events took 1.93 s in processes against 1.50 s on
+#: threads for 100 events (the workers' start not yet paid back), 5.43-5.56 against
+#: 5.68-5.78 s for 400, 11.52-11.68 against 12.38-12.42 s for 1,000 (wall time with
+#: reading and metrics, two runs each).
+PROCESSES_MIN_EVENTS = 500
 
 
 def register(subparsers) -> None:
@@ -62,10 +67,10 @@ def register(subparsers) -> None:
                         help="events run at once, each with --threads threads (default: with several events and "
                         "no --threads, one per core up to 2, each on one core; otherwise 1, one event at a time on "
                         "every core)")
-    parser.add_argument("--event-executor", choices=("threads", "processes"), default="threads",
-                        help="where the events in flight run: threads of this process (default) or worker "
-                        "processes with a pipeline each, which pay about a second to start and then run small "
-                        "events faster (for runs of many hundreds of events)")
+    parser.add_argument("--event-executor", choices=("auto", "threads", "processes"), default="auto",
+                        help="where the events in flight run: threads of this process, or worker processes with a "
+                        "pipeline each, which pay about a second to start and then run small events faster "
+                        f"(default auto: processes from {PROCESSES_MIN_EVENTS} events, threads below)")
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
                         help="refuse events whose estimated working memory exceeds this")
@@ -94,7 +99,10 @@ def _config(args, num_events: int):
         settings["event_workers"], chosen = automatic_event_workers(num_events), "automatically"
     else:
         chosen = "one, as --threads was given"
-    settings["event_executor"] = args.event_executor
+    executor = args.event_executor
+    if executor == "auto":
+        executor = "processes" if num_events >= PROCESSES_MIN_EVENTS else "threads"
+    settings["event_executor"] = executor
     if args.edge_chunk_size is not None:
         settings["edge_chunk_size"] = args.edge_chunk_size
     if args.memory_limit_gb is not None:

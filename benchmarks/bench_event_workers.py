@@ -106,9 +106,9 @@ def main(argv=None) -> int:
              f"{one.config.resolved_intra_op_threads} network / {one.config.resolved_graph_threads} graph-building "
              f"threads for each event (parts of it at once). In flight: `RuntimeConfig(event_workers={workers})`, "
              f"{flight.config.resolved_intra_op_threads} / {flight.config.resolved_graph_threads} for each, on "
-             f"threads (what `trackserve run` chooses for several events on these {cores} cores) and in worker "
-             f"processes (`event_executor=\"processes\"`, `--event-executor processes`; started in the warm-up "
-             f"pass). {load_note()}", "",
+             f"threads (what `trackserve run` chooses for several events on these {cores} cores, below 500) and "
+             f"in worker processes (`event_executor=\"processes\"`: `trackserve run` from 500 events; started in "
+             f"the warm-up pass). {load_note()}", "",
              "| events | count | hits per event | one at a time (events/s) | in flight, threads (events/s) | "
              "in flight, processes (events/s) | threads / one at a time | processes / one at a time | "
              "identical labels (all three) |",

@@ -303,6 +303,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.per_kind < 1:
         parser.error(f"--per-kind must be >= 1, got {args.per_kind}")
+    note = load_note()  # before the benchmark's own work raises the load
 
     pipeline = Pipeline(args.bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
     every = []  # (kind, name, result) of every event
@@ -321,7 +322,7 @@ def main() -> int:
         f"## {section.replace('_', ' ')} (`benchmarks/bench_default_bundle.py`)",
         "",
         f"Machine: {machine_description()}. Threads: ONNX Runtime intra-op {args.threads}, graph building {args.threads} "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + load_note(),
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + note,
         f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
         f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, "
         + ("" if stages.prune_cut is None else f"pruner cut {stages.prune_cut:g} (the 'pruner' rows: the filtered edges "

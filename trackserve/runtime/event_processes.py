@@ -26,7 +26,6 @@ from __future__ import annotations
 import multiprocessing
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -65,17 +64,12 @@ class EventProcesses:
             initializer=_start_worker, initargs=(str(bundle_directory), device, config),
         )
         self._finalizer = weakref.finalize(self, _shutdown, self._pool)
-        #: Whether a worker died: the pool takes no more events (start a new one).
-        self.failed = False
 
     def submit(self, features: np.ndarray) -> Future:
         """Start one event (features ``[N, F]``) in a worker; the future gives its PipelineResult
-        or raises its error (the same error :meth:`Pipeline.run` raises)."""
-        try:
-            return self._pool.submit(_run_event, features)
-        except BrokenProcessPool as error:
-            self.failed = True
-            raise self.broken(error) from error
+        or raises its error (the same error :meth:`Pipeline.run` raises). Raises (and a
+        future raises) ``BrokenProcessPool`` once a worker died: close these and start new ones."""
+        return self._pool.submit(_run_event, features)
 
     @staticmethod
     def broken(error: BaseException) -> WorkerError:

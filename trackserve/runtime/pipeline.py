@@ -228,7 +228,7 @@ class Pipeline:
         if self.config.event_executor == "processes":
             # Workers in processes of their own, kept for later calls (close() stops them);
             # one event more than the workers is handed over ahead, so none waits for the next.
-            yield from self._in_flight(events, self._event_processes().submit, workers + 1)
+            yield from self._in_flight(events, self._submit_to_processes, workers + 1)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackserve-event") as pool:
             yield from self._in_flight(events, lambda features: pool.submit(self.run, features), workers)
@@ -248,11 +248,10 @@ class Pipeline:
             for _features, future in pending:
                 future.cancel()
 
-    def _event_processes(self) -> EventProcesses:
-        """The worker processes of :meth:`run_many` (started on first use): each runs one event at
-        a time with this config's threads per event and its memory share; new ones after a worker died."""
-        if self._processes is not None and self._processes.failed:
-            self.close()
+    def _submit_to_processes(self, features: np.ndarray):
+        """Start one event in the worker processes (started on first use: each runs one event at
+        a time with this config's threads per event and its memory share); after a worker died,
+        the next call starts new ones."""
         if self._processes is None:
             config = self.config
             one_event = replace(config, event_workers=1, event_executor="threads",
@@ -260,7 +259,11 @@ class Pipeline:
                                 graph_threads=config.resolved_graph_threads,
                                 memory_limit_bytes=config.memory_limit_per_event)
             self._processes = EventProcesses(self.bundle.directory, self.device, one_event, config.event_workers)
-        return self._processes
+        try:
+            return self._processes.submit(features)
+        except BrokenProcessPool as error:
+            self.close()
+            raise EventProcesses.broken(error) from error
 
     def close(self) -> None:
         """Stop the worker processes of :meth:`run_many`, if it started any (they are started

@@ -13,7 +13,6 @@ from trackserve.bundle import StageParameters, load_bundle, make_bundle
 from trackserve.errors import BundleError
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.cuts import logit_threshold
-from trackserve.runtime.network_steps import kept_groups
 from trackserve.runtime.pipeline import Pipeline
 from trackserve.runtime.track_building import build_tracks, bundle_track_options
 
@@ -126,15 +125,17 @@ def test_the_ensemble_gnn_stage_runs_the_pruner_too(one_thread, sample_features)
     np.testing.assert_allclose(scores, one_thread.gnn_logits(sample_features, filtered), rtol=0, atol=1e-5)
 
 
-def test_the_gnn_takes_over_the_pruners_component_groups(one_thread, pruned_bundle, sample_features, monkeypatch):
+def test_each_component_group_runs_the_pruner_its_cut_and_the_gnn_in_one_go(one_thread, pruned_bundle,
+                                                                              sample_features, monkeypatch):
     import trackserve.runtime.network_steps as network_steps
     from trackserve.runtime.components import component_labels
+    from trackserve.runtime.subgraph import touched_subgraph
 
     # 300 separate chains of 5 hits (1,200 edges): components enough for groups on 2 threads.
     hits = sample_features[:1500]
     chains = np.arange(1500).reshape(300, 5)
     edges = np.ascontiguousarray(np.stack([chains[:, :-1].ravel(), chains[:, 1:].ravel()]).astype(np.int64))
-    found = []
+    found, maps = [], []
 
     def counted(*args, **kwargs):
         found.append(args[1].shape[1])
@@ -143,38 +144,52 @@ def test_the_gnn_takes_over_the_pruners_component_groups(one_thread, pruned_bund
     component_groups = network_steps.component_groups
     monkeypatch.setattr(network_steps, "component_groups", counted)
     two = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))
-    logits = two.gnn_logits(hits, edges)
     steps = two._steps
-    assert steps.last_gnn_layout.startswith("pruner 2 component groups, GNN on")
-    assert steps.last_gnn_layout.endswith("edges 2 component groups")
-    assert found == [edges.shape[1]]  # found once, for the pruner; the GNN took them over
-    # The GNN's groups: every kept edge once, each group whole components of the kept graph.
-    first, _, pruner_groups = steps._message_passing("pruner", hits, edges)
-    keep = steps._passes_prune_cut(first)
+    mapped = steps.parts.map
+    monkeypatch.setattr(steps.parts, "map", lambda function, parts: maps.append(len(parts)) or mapped(function, parts))
+    calls = []
+    for name in ("pruner", "gnn"):
+        runner = steps.networks[name]
+        monkeypatch.setattr(runner, "run", lambda *, _run=runner.run, _name=name, **inputs:
+                            calls.append((_name, inputs["edge_index"].copy())) or _run(**inputs))
+    logits = two.gnn_logits(hits, edges)
+    assert found == [edges.shape[1]] and maps == [2]  # the groups found once, one hand-over to the threads
+    groups = component_groups(hits.shape[0], edges, 2)
+    first = one_thread.classify_edges("pruner", hits, edges, chunked=False)
+    keep = first.astype(np.float64) > logit_threshold(0.3)
+    assert steps.last_gnn_layout == f"pruner and GNN on 2 component groups (GNN on {int(keep.sum()):,} edges)"
+    # each group's GNN call sees exactly what the kept edges of that group give, renumbered onto their hits
+    kept_calls = sorted(edge_index.tolist() for name, edge_index in calls if name == "gnn")
+    expected = sorted(touched_subgraph(hits, np.ascontiguousarray(edges[:, group[keep[group]]]))[1].tolist()
+                      for group in groups)
+    assert kept_calls == expected
+    # the groups are whole components of the kept graph too
     kept = edges[:, keep]
-    groups = kept_groups(pruner_groups, keep)
-    assert len(groups) == 2
-    assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(kept.shape[1]))
     _, component = component_labels(hits.shape[0], kept)
-    owners = [set(component[kept[0, group]]) for group in groups]
+    owners = [set(component[edges[0, group[keep[group]]]]) for group in groups]
     assert not owners[0] & owners[1]
+    np.testing.assert_array_equal(logits[~keep], first[~keep])  # a pruned edge keeps the pruner's logit
     np.testing.assert_allclose(logits, one_thread.gnn_logits(hits, edges), rtol=0, atol=1e-5)
 
 
-def test_kept_groups_are_positions_among_the_kept_edges_and_decline_when_too_few_or_uneven():
-    groups = [np.arange(0, 2000, 2), np.arange(1, 2000, 2)]
-    keep = np.ones(2000, dtype=bool)
-    assert [g.tolist() for g in kept_groups(groups, keep)] == [g.tolist() for g in groups]
-    keep[::4] = False  # half of group 0 dropped: the carried groups index the kept edges
-    carried = kept_groups(groups, keep)
-    assert np.array_equal(np.sort(np.concatenate(carried)), np.arange(keep.sum()))
-    assert all(keep.nonzero()[0][group].tolist() == [c for c in columns if keep[c]]
-               for group, columns in zip(carried, groups))
-    keep = np.ones(2000, dtype=bool)
-    keep[1::2] = False
-    keep[1] = True  # group 1 keeps a single edge: the first group would hold almost all
-    assert kept_groups(groups, keep) is None
-    keep = np.zeros(2000, dtype=bool)
-    keep[:400] = True  # 400 edges: too few to share out
-    assert kept_groups(groups, keep) is None
-    assert kept_groups(None, np.ones(2000, dtype=bool)) is None
+def test_a_graph_in_no_groups_runs_the_pruner_then_the_gnn_each_on_its_own_layout(pruned_bundle, sample_features,
+                                                                                   monkeypatch):
+    import trackserve.runtime.network_steps as network_steps
+
+    # one chain through 600 hits: a single component, too few edges for halo slices
+    hits = sample_features[:600]
+    edges = np.ascontiguousarray(np.stack([np.arange(599), np.arange(1, 600)]).astype(np.int64))
+    found = []
+    component_groups = network_steps.component_groups
+    monkeypatch.setattr(network_steps, "component_groups",
+                        lambda *args, **kwargs: found.append(args[1].shape[1]) or component_groups(*args, **kwargs))
+    two = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))
+    logits = two.gnn_logits(hits, edges)
+    layout, looked = two._steps.last_gnn_layout, list(found)
+    kept = two.pruned_edges(hits, edges).shape[1]
+    assert 0 < kept < edges.shape[1]
+    # looked for once on all the edges (not again for the pruner), once on the kept ones for the GNN
+    assert looked == [edges.shape[1], kept]
+    assert layout == f"pruner one call, GNN on {kept:,} edges one call"
+    one = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    np.testing.assert_allclose(logits, one.gnn_logits(hits, edges), rtol=0, atol=1e-5)

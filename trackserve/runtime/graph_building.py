@@ -24,7 +24,9 @@ neighbours instead (:func:`_nearest_capped_pairs`): a k-d tree query of the
 them, and each hit's K first by (float32 squared distance, index). A hit whose K-th
 float32 distance is not clearly below the farthest float64 distance returned (a near
 tie at the edge of the list) is searched again over its whole radius, so the result is
-the rule's, not an approximation; memory is ``N x (K + 9)`` whatever the radius.
+the rule's, not an approximation; memory is ``N x (K + 9)`` whatever the radius. With
+several threads the hits are cut into row slabs, each queried and checked in its own
+thread.
 Otherwise the embedding is projected onto its ``g`` leading
 principal axes (an orthogonal projection shortens every distance), candidate pairs
 closer than ``r`` (plus a relative margin of 1e-5, far wider than float32 rounding)
@@ -118,7 +120,11 @@ def build_graph(
         return np.zeros((2, 0), dtype=np.int64)
     built: dict = {}
     if _cap_binds(points, r32, k, built):
-        small, large = _nearest_capped_pairs(points, r32, k, n_threads, built.get("tree"))
+        keys = _nearest_capped_pairs(points, r32, k, n_threads, built.get("tree"))
+        small = keys // n
+        if direction == "i<j":  # the keys are the pairs in this order already
+            return np.stack([small, keys - small * n])
+        large = keys - small * n
     else:
         small, large, dist2 = _pairs_within_radius(points, r32, n_threads)
         small, large = _apply_cap(n, small, large, dist2, k)
@@ -172,26 +178,52 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
     return float(np.mean(counts)) - 1.0 > _KNN_FACTOR * k
 
 
-def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int, tree=None):
-    """The capped pairs (small, large) from each hit's nearest neighbours; see the module docstring.
+def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int, tree=None) -> np.ndarray:
+    """The capped pairs from each hit's nearest neighbours, as ascending unique keys
+    ``small * N + large``; see the module docstring.
 
-    ``tree``: a k-d tree of ``points`` already built (else one is built here). Works on the
-    query's ``[N, K + 9]`` table: the exact float32 distances column by column, then each
-    row ordered by one 64-bit key (the float32 distance's bits, which order like the
-    distances for non-negative floats, above the neighbour's index).
+    ``tree``: a k-d tree of ``points`` already built (else one is built here). The hits are
+    cut into row slabs (from :data:`_MIN_SLAB` hits each, at most one per thread), each
+    queried and worked through by :func:`_nearest_rows` in a thread of its own (the k-d
+    tree query and numpy's work on the large tables release the interpreter lock);
+    one slab queries with all the threads. Measured on the project's 2-core Intel machine
+    on a 100k-hit event (the default bundle's embedding, 2.5 million edges; 15 builds each
+    in 5 alternating processes): 1.01 s median (best 0.86) in two slabs against 1.48 s
+    (best 1.14) in one slab with a two-thread query, the same edges.
+    """
+    n = points.shape[0]
+    tree = cKDTree(points) if tree is None else tree
+    n_slabs = max(1, min(n_threads, n // _MIN_SLAB))
+    bounds = np.linspace(0, n, n_slabs + 1).astype(np.int64)
+    slabs = [(int(bounds[i]), int(bounds[i + 1])) for i in range(n_slabs)]
+    if n_slabs == 1:
+        keys = _nearest_rows(points, tree, 0, n, r32, k, n_threads)
+    else:
+        with ThreadPoolExecutor(max_workers=n_slabs) as pool:
+            keys = np.concatenate(list(pool.map(lambda slab: _nearest_rows(points, tree, *slab, r32, k, 1), slabs)))
+    return np.unique(keys)
+
+
+def _nearest_rows(points: np.ndarray, tree, lo: int, hi: int, r32: np.float32, k: int, workers: int) -> np.ndarray:
+    """The capped pairs that hits ``lo .. hi-1`` keep as their k nearest, as keys ``small * N + large``.
+
+    Works on the query's ``[hi - lo, K + 9]`` table: the exact float32 distances column by
+    column, then each row ordered by one 64-bit key (the float32 distance's bits, which
+    order like the distances for non-negative floats, above the neighbour's index).
     """
     n = points.shape[0]
     r2 = np.float32(r32 * r32)
     want = min(n, k + 1 + _KNN_EXTRA)
-    tree = cKDTree(points) if tree is None else tree
+    rows = hi - lo
     reach = float(r32) * (1 + _SEARCH_MARGIN)
-    dist, index = tree.query(points, k=want, distance_upper_bound=reach, workers=n_threads)
-    dist, index = dist.reshape(n, want), index.reshape(n, want)
-    listed = (index < n) & (index != np.arange(n)[:, None])
+    dist, index = tree.query(points[lo:hi], k=want, distance_upper_bound=reach, workers=workers)
+    dist, index = dist.reshape(rows, want), index.reshape(rows, want)
+    own = np.arange(lo, hi, dtype=np.int64)
+    listed = (index < n) & (index != own[:, None])
     neighbour = np.where(listed, index, 0).astype(np.int64)
-    d32 = np.zeros((n, want), dtype=np.float32)
+    d32 = np.zeros((rows, want), dtype=np.float32)
     for column in points.T:  # the rule's sum, dimension by dimension
-        diff = column[neighbour] - column[:, None]
+        diff = column[neighbour] - column[lo:hi, None]
         diff *= diff
         d32 += diff
     close = listed & (d32 < r2)
@@ -202,7 +234,7 @@ def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads
     # a full list (want entries within reach) may hide an unlisted neighbour ranking among the
     # k nearest when the k-th listed distance is close to the farthest listed one: redo those
     full = index[:, -1] < n
-    kth = np.full(n, np.inf)
+    kth = np.full(rows, np.inf)
     if k <= want:
         has_k = counts >= k
         kth[has_k] = (keys[has_k, k - 1] >> np.uint64(32)).astype(np.uint32).view(np.float32)
@@ -210,15 +242,13 @@ def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads
     near = keys[:, :k]
     kept = near != np.iinfo(np.uint64).max
     kept[unsure] = False
-    keep_rows = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], near.shape)[kept]
+    keep_rows = np.broadcast_to(own[:, None], near.shape)[kept]
     keep_cols = (near[kept] & np.uint64(0xFFFFFFFF)).astype(np.int64)
     if unsure.size:
-        extra_rows, extra_cols = _nearest_by_full_search(points, tree, unsure, r32, r2, k)
+        extra_rows, extra_cols = _nearest_by_full_search(points, tree, unsure + lo, r32, r2, k)
         keep_rows = np.concatenate([keep_rows, extra_rows])
         keep_cols = np.concatenate([keep_cols, extra_cols])
-    small, large = np.minimum(keep_rows, keep_cols), np.maximum(keep_rows, keep_cols)
-    keys = np.unique(small * n + large)
-    return keys // n, keys % n
+    return np.minimum(keep_rows, keep_cols) * n + np.maximum(keep_rows, keep_cols)
 
 
 def _nearest_by_full_search(points, tree, hits, r32, r2, k):

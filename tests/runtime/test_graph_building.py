@@ -277,3 +277,32 @@ def test_reference_event_matches_the_published_service():
 def test_bad_input_is_refused_with_a_clear_message(embedding, radius, cap, kwargs, message):
     with pytest.raises(InputError, match=message):
         build_graph(embedding, radius, cap, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "clustered", "manifold"])
+def test_the_projection_choice_stops_early_with_the_full_search_s_answer(kind, monkeypatch):
+    # The choice stops counting once the traversal term alone passes the best cost so far;
+    # it must pick what the argmin over every dimension picks (counted here in full).
+    monkeypatch.setattr(graph_building, "_SAMPLE", 300)
+    rng = np.random.default_rng(31)
+    n, dims = 3000, 8
+    if kind == "uniform":
+        points = rng.uniform(-1, 1, (n, dims))
+    elif kind == "clustered":
+        points = clustered(rng, n, dims, 0.05, 60)
+    else:  # points on a 3-D subspace of the 8-D space, a little noise off it
+        points = rng.normal(size=(n, 3)) @ rng.normal(size=(3, dims)) + rng.normal(0, 0.01, (n, dims))
+    points = points.astype(np.float32)
+    r32 = np.float32(0.3)
+    projected, search = graph_building._projection(points, r32)
+    sample = points[:: n // 300].astype(np.float64)
+    sample -= np.einsum("sd->d", sample) / sample.shape[0]
+    axes = np.linalg.eigh(sample.T @ sample)[1][:, ::-1]
+    rotated = sample @ axes
+    costs = []
+    for g in range(1, 7):
+        tree = cKDTree(np.ascontiguousarray(rotated[:, :g]))
+        pairs = (tree.count_neighbors(tree, search) - sample.shape[0]) / 2 * (n / sample.shape[0]) ** 2
+        costs.append(pairs + graph_building._TRAVERSAL_COST * n * 2**g)
+    assert projected.shape[1] == 1 + int(np.argmin(costs))
+    assert_same_graph(points[:600], 0.3, 500)

@@ -358,12 +358,20 @@ def _projection(points: np.ndarray, r32: np.float32) -> tuple[np.ndarray, float]
     else:
         rotated_sample = sample @ axes
         scale = (n / sample.shape[0]) ** 2
-        costs = []
+        best, lowest = 1, math.inf
         for g in range(1, min(dims, _MAX_TREE_DIMS) + 1):
+            traversal = _TRAVERSAL_COST * n * 2**g
+            if traversal >= lowest:
+                # this g and every higher one cost more than the best so far whatever their
+                # candidates, so the choice is the full argmin's. Counting is the dearest
+                # part of the choice and dearer the higher g: on the default bundle's
+                # 10k-hit event the six counts took 13.5 ms, g = 5 and 6 5.5 ms of it, and
+                # stopping here took graph building from 35 to 28 ms (medians of 15).
+                break
             tree = cKDTree(np.ascontiguousarray(rotated_sample[:, :g]))
-            candidates = (tree.count_neighbors(tree, search) - sample.shape[0]) / 2 * scale
-            costs.append(candidates + _TRAVERSAL_COST * n * 2**g)
-        best = 1 + int(np.argmin(costs))
+            cost = (tree.count_neighbors(tree, search) - sample.shape[0]) / 2 * scale + traversal
+            if cost < lowest:
+                best, lowest = g, cost
     # einsum, not BLAS: a skinny product where a BLAS thread pool only adds start-up cost.
     return np.einsum("nd,dg->ng", centred, axes[:, :best]), search
 

@@ -213,7 +213,7 @@ class Pipeline:
         they work), or with ``config.event_executor="processes"`` in as many worker
         processes (:mod:`~trackserve.runtime.event_processes`; they stay up for later
         calls until :meth:`close`); ``events`` is read only as far as the pool needs (one
-        event more than the workers for processes). Each event in flight
+        event more than the workers, handed over ahead). Each event in flight
         may use its share of the memory limit (:attr:`RuntimeConfig.memory_limit_per_event`);
         one refused only for its share, whose estimate fits the whole limit, runs again
         when its turn comes, alone: the events in flight finish first, then it runs with
@@ -225,13 +225,19 @@ class Pipeline:
             for features in events:
                 yield self.run(features)
             return
+        # One event more than the workers is handed over ahead, so that a worker that finishes
+        # takes the next at once instead of waiting for the caller to take the oldest result
+        # and hand over another (the queued event holds only its features: it starts when a
+        # worker is free, so no more events run at once than there are workers). On threads,
+        # the 100 published benchmark events on the project's 2-core Intel machine ran 9.64
+        # ms an event against 10.81 with no event ahead (medians of 7 alternating passes).
+        window = workers + 1
         if self.config.event_executor == "processes":
-            # Workers in processes of their own, kept for later calls (close() stops them);
-            # one event more than the workers is handed over ahead, so none waits for the next.
-            yield from self._in_flight(events, self._submit_to_processes, workers + 1)
+            # Workers in processes of their own, kept for later calls (close() stops them).
+            yield from self._in_flight(events, self._submit_to_processes, window)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackserve-event") as pool:
-            yield from self._in_flight(events, lambda features: pool.submit(self.run, features), workers)
+            yield from self._in_flight(events, lambda features: pool.submit(self.run, features), window)
 
     def _in_flight(self, events: Iterable[np.ndarray], submit, window: int) -> Iterator[PipelineResult]:
         """Results of ``events`` in order, with at most ``window`` of them submitted (``submit(features)``

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trackserve.commands.run import PROCESSES_MIN_EVENTS  # noqa: E402
 from _results import (bundle_section, interleaved_rounds, load_note, machine_description, median_pass,  # noqa: E402
                       publish, ratio_text, round_ratios)
 from bench_scaling import simulate_features  # noqa: E402
@@ -107,8 +108,9 @@ def main(argv=None) -> int:
              f"{one.config.resolved_intra_op_threads} network / {one.config.resolved_graph_threads} graph-building "
              f"threads for each event (parts of it at once). In flight: `RuntimeConfig(event_workers={workers})`, "
              f"{flight.config.resolved_intra_op_threads} / {flight.config.resolved_graph_threads} for each, on "
-             f"threads (what `trackserve run` chooses for several events on these {cores} cores, below 500) and "
-             f"in worker processes (`event_executor=\"processes\"`: `trackserve run` from 500 events; started in "
+             f"threads (what `trackserve run` chooses for several events on these {cores} cores, below "
+             f"{PROCESSES_MIN_EVENTS}) and in worker processes (`event_executor=\"processes\"`: `trackserve run` from "
+             f"{PROCESSES_MIN_EVENTS} events; started in "
              f"the warm-up pass). {note}", "",
              "| events | count | hits per event | one at a time (events/s) | in flight, threads (events/s) | "
              "in flight, processes (events/s) | threads / one at a time | processes / one at a time | "

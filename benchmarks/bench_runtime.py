@@ -46,6 +46,7 @@ from scipy.spatial import cKDTree
 from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trackserve.commands.run import PROCESSES_MIN_EVENTS  # noqa: E402
 from _results import (bundle_section, interleaved_rounds, load_note, machine_description, median_pass,  # noqa: E402
                       publish, ratio_text, round_ratios)
 
@@ -388,8 +389,9 @@ def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) ->
         flight_ratio[executor] = statistics.median(flight_ratios)
         flight_wall = median_pass(rounds[executor])[1]
         config = runner.config
-        how = ("on threads, as `trackserve run` runs fewer than 500 events" if executor == "threads" else
-               "in worker processes, as `trackserve run` runs 500 events or more (`--event-executor processes`)")
+        how = (f"on threads, as `trackserve run` runs fewer than {PROCESSES_MIN_EVENTS} events" if executor == "threads"
+               else f"in worker processes, as `trackserve run` runs {PROCESSES_MIN_EVENTS} events or more "
+               "(`--event-executor processes`)")
         lines.append(f"| **events per second**, ours with {config.event_workers} events in flight {how} "
                      f"({config.resolved_intra_op_threads} network / {config.resolved_graph_threads} graph thread "
                      f"each; identical partitions {same_in_flight[executor]}/{count}) | {count / base_wall:.2f} | "
@@ -478,7 +480,7 @@ def main(argv=None) -> int:
         threads, processes = flight_ratio["threads"], flight_ratio["processes"]
         lines.append(f"Target: ours >= 3x the baseline's throughput on the benchmark events: with {args.threads} events "
                      f"in flight in worker processes (`RuntimeConfig(event_workers={args.threads}, intra_op_threads=1, "
-                     f"graph_threads=1, event_executor=\"processes\")`, what `trackserve run` does with 500 events or more) "
+                     f"graph_threads=1, event_executor=\"processes\")`, what `trackserve run` does with {PROCESSES_MIN_EVENTS} events or more) "
                      f"{'met' if processes >= 3 else 'NOT met'} ({processes:.2f}x); on threads (what `trackserve run` "
                      f"does with fewer events on {args.threads} cores) "
                      f"{'met' if threads >= 3 else 'NOT met'} ({threads:.2f}x); one event at a time "

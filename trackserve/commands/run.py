@@ -32,11 +32,12 @@ ORDER = 50
 MIN_TRACK_HITS = 5
 #: ``--event-executor auto`` runs the events in flight in worker processes from this many
 #: events (threads below): on the project's 2-core Intel machine with the default bundle,
-#: copies of the published benchmark events took 1.93 s in processes against 1.50 s on
-#: threads for 100 events (the workers' start not yet paid back), 5.43-5.56 against
-#: 5.68-5.78 s for 400, 11.52-11.68 against 12.38-12.42 s for 1,000 (wall time with
-#: reading and metrics, two runs each).
-PROCESSES_MIN_EVENTS = 500
+#: with one event handed over ahead on threads too, copies of the published benchmark
+#: events took 1.90 s on threads against 2.38-2.45 s in processes for 100 events (the
+#: workers' start not yet paid back), 6.48-6.61 against 6.75-6.89 s for 500 and
+#: 13.05-13.71 against 12.58-13.09 s for 1,000 (wall time with reading and metrics, two
+#: runs each, 2026-11-30); the two ways cross at about 700.
+PROCESSES_MIN_EVENTS = 700
 
 
 def register(subparsers) -> None:

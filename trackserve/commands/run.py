@@ -70,7 +70,7 @@ def register(subparsers) -> None:
                         "every core)")
     parser.add_argument("--event-executor", choices=("auto", "threads", "processes"), default="auto",
                         help="where the events in flight run: threads of this process, or worker processes with a "
-                        "pipeline each, which pay about a second to start and then run small events faster "
+                        "pipeline each, which pay about a second to start and then run small events a little faster "
                         f"(default auto: processes from {PROCESSES_MIN_EVENTS} events, threads below)")
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",

@@ -69,9 +69,10 @@ class RuntimeConfig:
     exceed the cores.
     ``event_executor``: how the events in flight run when ``event_workers`` is above 1:
     ``"threads"`` (default) on threads of this process, ``"processes"`` in worker
-    processes with a pipeline each (:mod:`~trackserve.runtime.event_processes`: faster on
-    small events, whose Python steps hold the interpreter lock; started with ``spawn``,
-    so a script must run them under ``if __name__ == "__main__":``).
+    processes with a pipeline each (:mod:`~trackserve.runtime.event_processes`: a little
+    faster on small events, whose Python steps hold the interpreter lock, once started,
+    which takes about a second; they start with ``spawn``, so a script must run them
+    under ``if __name__ == "__main__":``).
     ``edge_chunk_size``: edges the filter scores at once (cut into a part per thread,
     each part in calls of at most ``network_steps.FILTER_BLOCK_EDGES`` edges); the filter
     scores each edge from its two hits only, so chunking changes nothing but the peak

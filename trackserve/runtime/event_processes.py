@@ -10,9 +10,10 @@ inherited), loads the bundle once and runs whole events; only the feature arrays
 it and the :class:`~trackserve.runtime.pipeline.PipelineResult` comes back. Measured on
 the project's 2-core Intel machine with the default bundle on the 100 published
 benchmark events (``benchmarks/RESULTS.md``, sections event_workers and
-runtime_vs_baseline): 98.5 and 104.8 events/s in two processes against 86.4 and 91.7 on
-two threads, the same labels; on simulated events of 10k and 100k hits, whose time is
-mostly ONNX Runtime's, both ways ran about as fast.
+runtime_vs_baseline, 2026-11-30 14:11-14:18 UTC): 108.2 events/s in two processes against
+105.4 on two threads (each with one event handed over ahead; before threads had it,
+98.5 against 86.4), the same labels; on simulated events of 10k and 100k hits, whose
+time is mostly ONNX Runtime's, both ways ran about as fast.
 
 Like any use of :mod:`multiprocessing` with ``spawn``, a script that runs events this way
 must start them under ``if __name__ == "__main__":``; ``trackserve run`` does. Starting

@@ -49,6 +49,8 @@ from scipy.spatial import cKDTree
 
 from trackserve.errors import InputError
 
+from .parallel import row_parts
+
 DIRECTIONS = ("i<j", "i>j", "both")
 
 # Relative widening of the search radius in the projection: float32 rounding of the
@@ -193,14 +195,13 @@ def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads
     """
     n = points.shape[0]
     tree = cKDTree(points) if tree is None else tree
-    n_slabs = max(1, min(n_threads, n // _MIN_SLAB))
-    bounds = np.linspace(0, n, n_slabs + 1).astype(np.int64)
-    slabs = [(int(bounds[i]), int(bounds[i + 1])) for i in range(n_slabs)]
-    if n_slabs == 1:
+    slabs = row_parts(n, n_threads, _MIN_SLAB)
+    if len(slabs) == 1:
         keys = _nearest_rows(points, tree, 0, n, r32, k, n_threads)
     else:
-        with ThreadPoolExecutor(max_workers=n_slabs) as pool:
-            keys = np.concatenate(list(pool.map(lambda slab: _nearest_rows(points, tree, *slab, r32, k, 1), slabs)))
+        with ThreadPoolExecutor(max_workers=len(slabs)) as pool:
+            keys = np.concatenate(list(pool.map(
+                lambda slab: _nearest_rows(points, tree, slab.start, slab.stop, r32, k, 1), slabs)))
     return np.unique(keys)
 
 

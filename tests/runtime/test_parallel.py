@@ -229,10 +229,23 @@ def test_halo_split_owns_every_edge_once_and_computes_its_neighbourhood():
         HaloSplit(phi.size, edges, 0, 2, phi)
 
 
-def test_dense_graph_gnn_on_halo_parts_is_the_whole_graphs(tiny_bundle, sample_features):
+def test_dense_graph_gnn_in_blocks_of_rows_on_both_threads_is_the_one_call_bit_for_bit(tiny_bundle, sample_features):
+    single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1))
+    edges = _phi_ring_graph(sample_features, split._steps.phi_column, 8)
+    assert component_groups(sample_features.shape[0], edges, 2) is None  # one component
+    whole = single.gnn_logits(sample_features, edges)
+    assert single._steps.last_gnn_layout == "one call"  # too few edges for blocks on one thread
+    np.testing.assert_array_equal(split.gnn_logits(sample_features, edges), whole)
+    assert split._steps.last_gnn_layout == "blocks of rows on 2 threads"
+
+
+def test_dense_graph_gnn_on_halo_parts_is_the_whole_graphs(tiny_bundle, sample_features, monkeypatch):
     single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
     split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1))
     steps = split._steps
+    # halo slices are what a network without a blocked form of rows runs as
+    monkeypatch.setattr(steps.networks["gnn"], "runs_in_blocks", lambda num_edges, threads: False)
     assert steps.halo_hops == {"gnn": 1}  # two steps of the interaction network reach one hop (halo_hops)
     edges = _phi_ring_graph(sample_features, steps.phi_column, 8)
     assert edges.shape[1] >= parallel.HALO_MIN_EDGES

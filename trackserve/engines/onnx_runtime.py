@@ -102,16 +102,36 @@ class SessionPool:
                 self._idle.put(self._open_session())
                 self._count += 1
 
-    def run(self, output_names, inputs: Mapping[str, np.ndarray]) -> list:
-        """``session.run(output_names, inputs)`` on a session no other call is using."""
+    def _take(self):
+        """An idle session, or a new one when all are busy (given back by the caller)."""
         try:
-            session = self._idle.get_nowait()
+            return self._idle.get_nowait()
         except queue.Empty:
             session = self._open_session()
             with self._lock:
                 self._count += 1
+            return session
+
+    def run(self, output_names, inputs: Mapping[str, np.ndarray]) -> list:
+        """``session.run(output_names, inputs)`` on a session no other call is using."""
+        session = self._take()
         try:
             return session.run(output_names, inputs)
+        finally:
+            self._idle.put(session)
+
+    def run_into(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        """Run on a session no other call is using, writing each output into the C-contiguous
+        array of that name in ``outputs`` (of the output's exact shape and dtype) instead
+        of a new one."""
+        session = self._take()
+        try:
+            binding = session.io_binding()
+            for name, array in inputs.items():
+                binding.bind_cpu_input(name, array)
+            for name, array in outputs.items():
+                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            session.run_with_iobinding(binding)
         finally:
             self._idle.put(session)
 
@@ -256,6 +276,11 @@ class OnnxNetwork:
         """Whether a call on inputs of this many elements in all runs on the calling thread
         alone (so that calls on separate threads never share a pool)."""
         return self.intra_op_threads == 1
+
+    def runs_in_blocks(self, num_edges: int, threads: int) -> bool:
+        """Whether a call on this many edges runs in blocks of rows (only a
+        :class:`~trackserve.engines.scatter_split.ScatterSplitNetwork` does)."""
+        return False
 
     @property
     def session_count(self) -> int:

@@ -230,10 +230,12 @@ class NetworkSteps:
         the caller found these edges in no component groups already (so they are not looked
         for again). Keeps no state, so events in flight on threads can share it."""
         runner = self.networks[name]
-        if not (self.is_local[name] and edge_index.shape[1]):
-            return self.edge_logits(name, features, edge_index, chunked=False), "one call"
+        num_edges = edge_index.shape[1]
+        one_call = "one call in blocks of rows" if runner.runs_in_blocks(num_edges, 1) else "one call"
+        if not (self.is_local[name] and num_edges):
+            return self.edge_logits(name, features, edge_index, chunked=False), one_call
         if not self._splits(name, features, edge_index):
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call"
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), one_call
 
         def score(columns: np.ndarray) -> np.ndarray:
             part_features, part_edges = touched_subgraph(features, edge_index[:, columns])
@@ -245,9 +247,13 @@ class NetworkSteps:
             for columns, part in zip(groups, self.parts.map(score, groups)):
                 logits[columns] = part
             return logits, f"{len(groups)} component groups"
+        if runner.runs_in_blocks(num_edges, self.parts.threads):
+            part_features, part_edges = touched_subgraph(features, edge_index)
+            logits = runner.run_in_blocks(self.parts, features=part_features, edge_index=part_edges)
+            return logits, f"blocks of rows on {self.parts.threads} threads"
         hops = self.halo_hops[name]
-        if hops is None or edge_index.shape[1] < HALO_MIN_EDGES:
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), "one call"
+        if hops is None or num_edges < HALO_MIN_EDGES:
+            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), one_call
         split = HaloSplit(features.shape[0], edge_index, self.parts.threads, hops, features[:, self.phi_column])
 
         def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:

@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     rate_intro = ["", "FLOPs of the matrix products at the sizes each network ran at (the GNN: the hits its "
                   "filtered edges touch; in halo slices it computes the halo edges twice, not counted here). "
                   "The column `GNN ran as` says how the GNN used the threads (README): groups of connected "
-                  "components or azimuth slices with their halos at once; in one call it runs on one thread "
+                  "components, or blocks of rows on all threads, at once; in one call it runs on one thread "
                   f"(the sequential scatter form) and against this {args.threads}-thread peak could reach at most "
                   f"1/{args.threads}.", ""]
     text = ("## scaling (`benchmarks/bench_scaling.py`)\n\n"

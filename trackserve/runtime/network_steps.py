@@ -12,12 +12,15 @@ networks the same way:
   ``config.intra_op_threads`` threads (:mod:`trackserve.runtime.parallel`);
 * a message-passing GNN on the hits its edges touch only (:mod:`~trackserve.runtime.subgraph`),
   and, when the filtered graph falls apart into groups of connected components, on each
-  group at once; a graph held together by one large component (dense events) is cut
-  by azimuth into overlapping parts, each computing its own edges with the halo of
-  hops that exact message passing needs (:func:`~trackserve.runtime.subgraph.halo_hops`)
-  (:class:`~trackserve.runtime.parallel.HaloSplit`), from
-  :data:`~trackserve.runtime.parallel.HALO_MIN_EDGES` edges; below that, one call of the
-  GNN runner of :func:`~trackserve.engines.scatter_split.open_network`;
+  group at once; a graph held together by one large component (dense events) runs in
+  blocks of rows on all the threads (:mod:`~trackserve.engines.row_blocks`, from
+  :data:`~trackserve.engines.scatter_split.BLOCKED_MIN_EDGES_PARALLEL` edges), or, for a
+  network without that form, is cut by azimuth into overlapping parts, each computing its
+  own edges with the halo of hops that exact message passing needs
+  (:func:`~trackserve.runtime.subgraph.halo_hops`, :class:`~trackserve.runtime.parallel.HaloSplit`),
+  from :data:`~trackserve.runtime.parallel.HALO_MIN_EDGES` edges; below that, one call of
+  the GNN runner of :func:`~trackserve.engines.scatter_split.open_network` (in blocks of
+  rows on the calling thread from :data:`~trackserve.engines.scatter_split.BLOCKED_MIN_EDGES`);
 * with a bundle's ``pruner`` (:data:`~trackserve.bundle.OPTIONAL_NETWORKS`), the GNN step
   runs the pruner on the filtered edges first, then the GNN on the edges whose pruner
   score passes ``stages.prune_cut``; a pruned edge keeps the pruner's logit. When the
@@ -212,9 +215,10 @@ class NetworkSteps:
         """Logits of message-passing network ``name`` (``"gnn"`` or ``"pruner"``) on valid edges
         ``[2, M]``: on the touched hits when that is exact, and, when the threads allow, on
         groups of whole connected components at once or, for a large graph in one
-        component, on azimuth slices with their halos. How the latest call ran is in
-        :attr:`last_gnn_layout` (``"one call"``, ``"N component groups"``, ``"N halo slices
-        (H hops)"``)."""
+        component, in blocks of rows on all the threads (azimuth slices with their halos
+        for a network without that form). How the latest call ran is in
+        :attr:`last_gnn_layout` (``"one call"``, ``"one call in blocks of rows"``, ``"N
+        component groups"``, ``"blocks of rows on N threads"``, ``"N halo slices (H hops)"``)."""
         logits, self.last_gnn_layout = self._message_passing(name, features, edge_index)
         return logits
 

@@ -13,6 +13,7 @@ from trackserve.errors import InputError
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.network_steps import EMBED_BLOCK_ROWS
 from trackserve.runtime import parallel
+from trackserve.engines import scatter_split
 from trackserve.runtime.parallel import HaloSplit, PartRunner, component_groups, row_parts
 from trackserve.runtime.pipeline import Pipeline
 from trackserve.runtime.subgraph import halo_hops
@@ -229,7 +230,7 @@ def test_halo_split_owns_every_edge_once_and_computes_its_neighbourhood():
         HaloSplit(phi.size, edges, 0, 2, phi)
 
 
-def test_dense_graph_gnn_in_blocks_of_rows_on_both_threads_is_the_one_call_bit_for_bit(tiny_bundle, sample_features):
+def test_dense_graph_gnn_in_blocks_of_rows_is_the_one_call_bit_for_bit(tiny_bundle, sample_features, monkeypatch):
     single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
     split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1))
     edges = _phi_ring_graph(sample_features, split._steps.phi_column, 8)
@@ -238,6 +239,10 @@ def test_dense_graph_gnn_in_blocks_of_rows_on_both_threads_is_the_one_call_bit_f
     assert single._steps.last_gnn_layout == "one call"  # too few edges for blocks on one thread
     np.testing.assert_array_equal(split.gnn_logits(sample_features, edges), whole)
     assert split._steps.last_gnn_layout == "blocks of rows on 2 threads"
+    # on one thread a call runs in blocks from BLOCKED_MIN_EDGES edges: the same bits
+    monkeypatch.setattr(scatter_split, "BLOCKED_MIN_EDGES", edges.shape[1])
+    np.testing.assert_array_equal(single.gnn_logits(sample_features, edges), whole)
+    assert single._steps.last_gnn_layout == "one call in blocks of rows"
 
 
 def test_dense_graph_gnn_on_halo_parts_is_the_whole_graphs(tiny_bundle, sample_features, monkeypatch):

@@ -235,11 +235,17 @@ class NetworkSteps:
         for again). Keeps no state, so events in flight on threads can share it."""
         runner = self.networks[name]
         num_edges = edge_index.shape[1]
-        one_call = "one call in blocks of rows" if runner.runs_in_blocks(num_edges, 1) else "one call"
+
+        def one_call(call_features: np.ndarray, call_edges: np.ndarray) -> tuple[np.ndarray, str]:
+            logits = self.edge_logits(name, call_features, call_edges, chunked=False)
+            blocked = (runner.uses_one_thread(call_features.size + call_edges.size)
+                       and runner.runs_in_blocks(call_edges.shape[1], 1))
+            return logits, "one call in blocks of rows" if blocked else "one call"
+
         if not (self.is_local[name] and num_edges):
-            return self.edge_logits(name, features, edge_index, chunked=False), one_call
+            return one_call(features, edge_index)
         if not self._splits(name, features, edge_index):
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), one_call
+            return one_call(*touched_subgraph(features, edge_index))
 
         def score(columns: np.ndarray) -> np.ndarray:
             part_features, part_edges = touched_subgraph(features, edge_index[:, columns])
@@ -257,7 +263,7 @@ class NetworkSteps:
             return logits, f"blocks of rows on {self.parts.threads} threads"
         hops = self.halo_hops[name]
         if hops is None or num_edges < HALO_MIN_EDGES:
-            return self.edge_logits(name, *touched_subgraph(features, edge_index), chunked=False), one_call
+            return one_call(*touched_subgraph(features, edge_index))
         split = HaloSplit(features.shape[0], edge_index, self.parts.threads, hops, features[:, self.phi_column])
 
         def score_own(part: int) -> tuple[np.ndarray, np.ndarray]:

@@ -48,10 +48,11 @@ from ..errors import BundleError
 from ..runtime.parallel import row_parts
 from .onnx_runtime import SessionPool, session_options
 
-#: Rows (edges or hits) per call of a stage of rows: its intermediate tensors stay in the
-#: core's caches. Measured on this project's 2-core machine with the default pruner on a
-#: 100k-hit event's 870,009 edges at 2 threads: blocks of 4,096 / 8,192 / 16,384 / 32,768
-#: / 65,536 rows took 1.69 / 1.26 / 1.19 / 1.23 / 1.20 s (the halo slices 1.50-1.70 s).
+#: Rows (edges or hits) per call of a stage of rows: its intermediate tensors stay near the
+#: core. Measured on this project's 2-core machine with the default pruner on a 100k-hit
+#: event's 870,009 edges at 2 threads: blocks of 4,096 / 8,192 / 16,384 / 32,768 / 65,536
+#: rows took 0.92 / 1.02 / 0.93 / 0.98 / 0.99 s (medians of 3, within the machine's noise;
+#: an early version's sweep had 4,096 rows 40 % slower than 16,384).
 BLOCK_ROWS = 16_384
 #: The fewest rows of a part of a stage of rows (smaller stages run as one part).
 MIN_PART_ROWS = 1_024

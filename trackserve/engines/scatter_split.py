@@ -57,8 +57,9 @@ SPLIT_MIN_INPUT_ELEMENTS = 50_000
 #: against 2.00 s, the same logits bit for bit.
 BLOCKED_MIN_EDGES = 150_000
 #: With several threads for one graph, its blocks of rows run on all of them from this
-#: many edges (the same pruner at 2 threads: 48,934 edges 63 ms against 82 ms as two
-#: halo slices, 101,176 edges 108 against 194 ms, 870,009 edges 1.43 against 1.50-1.70 s).
+#: many edges, where halo slices ran before (the same pruner at 2 threads, alternating
+#: calls: 48,934 edges 66 ms against 84 ms as two halo slices, 101,176 edges 115 against
+#: 209 ms, 212,172 edges 289 against 385 ms, 870,009 edges 1.15 against 1.50 s).
 BLOCKED_MIN_EDGES_PARALLEL = 20_000
 
 

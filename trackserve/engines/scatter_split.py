@@ -15,6 +15,13 @@ products together on a million edges. Two runners avoid it, both giving the floa
   between with a sparse incidence matrix (scipy CSR times dense), the pieces at the
   configured thread count.
 
+On large graphs the sequential form also runs as its *blocked* form
+(:mod:`~trackserve.engines.row_blocks`: the row-wise work in cache-sized blocks of edges
+and hits, on several threads when the caller hands it a part runner; the same bits):
+:meth:`ScatterSplitNetwork.run` from :data:`BLOCKED_MIN_EDGES` edges on the calling
+thread, :meth:`ScatterSplitNetwork.run_in_blocks` for the runtime's large single-component
+graphs on all of an event's threads.
+
 Measured on this project's 2-core machine with the default GNN (``benchmarks/
 RESULTS.md``), the sequential form was faster than the split form at 2 threads, and than
 the whole graph at 2 threads, at every size from 2,000 to 300,000 edges (4.6 against

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trackserve.engines.onnx_runtime import OnnxNetwork
-from trackserve.engines import scatter_split
+from trackserve.engines import row_blocks, scatter_split
 from trackserve.engines.scatter_split import ScatterSplitNetwork, _scatter_add, open_network
 from trackserve.errors import InputError
 
@@ -48,6 +48,8 @@ def test_sequential_form_same_bits_as_whole_session_at_one_thread(gnn_path, num_
 @pytest.mark.parametrize("num_hits, num_edges", [(1, 1), (50, 3000), (5000, 40000)])
 def test_split_form_same_bits_as_whole_session(gnn_path, num_hits, num_edges, monkeypatch):
     monkeypatch.setattr(scatter_split, "SPLIT_MIN_INPUT_ELEMENTS", 0)
+    # only a network without a blocked form of rows runs split
+    monkeypatch.setattr(row_blocks, "RowBlockedForm", _no_blocked_form)
     features, edges = _graph(num_hits, num_edges)
     threads = scatter_split.SPLIT_MIN_THREADS
     expected = OnnxNetwork(gnn_path, intra_op_threads=threads).run(features=features, edge_index=edges)
@@ -56,6 +58,19 @@ def test_split_form_same_bits_as_whole_session(gnn_path, num_hits, num_edges, mo
         got = split.run(features=features, edge_index=edges)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert np.array_equal(got, expected)
+
+
+def _no_blocked_form(*args, **kwargs):
+    raise row_blocks.BlockedFormUnavailable("not in this test")
+
+
+def test_many_threads_run_a_network_with_a_blocked_form_on_the_callers_threads(gnn_path, monkeypatch):
+    monkeypatch.setattr(scatter_split, "SPLIT_MIN_INPUT_ELEMENTS", 0)
+    features, edges = _graph(5000, 40000)
+    expected = ScatterSplitNetwork(gnn_path, intra_op_threads=1).run(features=features, edge_index=edges)
+    network = ScatterSplitNetwork(gnn_path, intra_op_threads=scatter_split.SPLIT_MIN_THREADS)
+    assert network.uses_one_thread(features.size + edges.size)  # parts of the graph at once, not the split form
+    assert np.array_equal(network.run(features=features, edge_index=edges), expected)
 
 
 def test_sequential_model_has_row_scatters_and_no_expanded_indices(gnn_path):

@@ -27,9 +27,12 @@ RESULTS.md``), the sequential form was faster than the split form at 2 threads, 
 the whole graph at 2 threads, at every size from 2,000 to 300,000 edges (4.6 against
 8.2 ms at 2,000 edges; 1.17 against 1.47 s at 300,000), and it peaked at a quarter of
 the split form's memory (0.56 against 2.1 GB at 300,000 edges). So
-:class:`ScatterSplitNetwork` runs the sequential form unless it was given at least
-:data:`SPLIT_MIN_THREADS` threads and the input is large, where parallel pieces may pay;
-that case was not measured here (two cores).
+:class:`ScatterSplitNetwork` runs the sequential form (or its blocked form, below); the
+split form only for a network without a blocked form, given at least
+:data:`SPLIT_MIN_THREADS` threads and a large input, where parallel pieces may pay (not
+measured here: two cores). With a blocked form, many cores work on component groups or
+blocks of rows of one graph at once instead, measured faster at 2 threads than anything
+else here, and the scores do not depend on the number of cores.
 
 Only the pattern the networks export is rewritten (``scatter_add`` with an index
 expanded to the message shape: ``ScatterElements(data, Expand(index[E, 1]), updates[E,
@@ -144,8 +147,12 @@ class ScatterSplitNetwork(OnnxNetwork):
         return _open(self._sequential, 1, providers)
 
     def uses_one_thread(self, num_input_elements: int) -> bool:
-        """True unless this input is large enough for the split form (see :meth:`run`)."""
-        return self._steps is None or num_input_elements < SPLIT_MIN_INPUT_ELEMENTS
+        """True unless a call on this many input elements runs in the split form (see
+        :meth:`run`): only a network without a blocked form does, since the blocked form
+        uses the caller's threads instead (component groups or blocks of rows at once) and
+        gives the one-thread result bit for bit whatever the number of cores."""
+        return (self._steps is None or num_input_elements < SPLIT_MIN_INPUT_ELEMENTS
+                or self.blocked_form() is not None)
 
     def blocked_form(self):
         """The network's :class:`~trackserve.engines.row_blocks.RowBlockedForm`, built on the
@@ -186,8 +193,9 @@ class ScatterSplitNetwork(OnnxNetwork):
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         """Check the inputs, run the network and return its first output: in the sequential
         form (:func:`sequential_scatter_model`), in blocks of rows on the calling thread from
-        :data:`BLOCKED_MIN_EDGES` edges, or, with at least :data:`SPLIT_MIN_THREADS` threads
-        and :data:`SPLIT_MIN_INPUT_ELEMENTS` input elements, in the split form."""
+        :data:`BLOCKED_MIN_EDGES` edges, or, for a network without a blocked form, with at
+        least :data:`SPLIT_MIN_THREADS` threads and :data:`SPLIT_MIN_INPUT_ELEMENTS` input
+        elements, in the split form."""
         size = sum(array.size for array in inputs.values() if isinstance(array, np.ndarray))
         if self.uses_one_thread(size):
             edges = inputs.get(self._edge_input)

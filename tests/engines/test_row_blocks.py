@@ -12,7 +12,7 @@ from trackserve.engines.row_blocks import (
     KINDS, ROW_ALIGN, BlockedFormUnavailable, RowBlockedForm, aligned_parts, is_row_wise, stage_numbers,
 )
 from trackserve.engines.scatter_split import ScatterSplitNetwork, sequential_scatter_model
-from trackserve.errors import BundleError
+from trackserve.errors import BundleError, InputError
 from trackserve.runtime.parallel import PartRunner
 
 onnx = pytest.importorskip("onnx")
@@ -236,3 +236,20 @@ def test_network_runs_large_graphs_in_blocks_and_falls_back_without_a_form(netwo
 
 def _refuse(*args, **kwargs):
     raise BlockedFormUnavailable("no form here")
+
+
+def test_blocked_form_reads_negative_indices_and_refuses_hits_outside_like_the_sequential_form(networks):
+    path = networks["interaction"]
+    features, edges = _graph(300, 4000, seed=9)
+    edges[:, ::7] -= 300  # the same hits, written as negative indices
+    expected = _sequential_output(path, features, edges)
+    network = ScatterSplitNetwork(path, intra_op_threads=2)
+    runner = PartRunner(2)
+    try:
+        got = network.run_in_blocks(runner, features=features, edge_index=edges)
+        assert np.array_equal(got, expected)
+        edges[1, 123] = 300  # one past the last hit
+        with pytest.raises(InputError, match="network 'interaction' cannot run on these inputs"):
+            network.run_in_blocks(runner, features=features, edge_index=edges)
+    finally:
+        runner.close()

@@ -195,6 +195,17 @@ def test_a_form_that_would_not_be_exact_is_refused(monkeypatch):
         RowBlockedForm(model)
 
 
+def test_a_form_that_cannot_run_the_probe_is_refused(monkeypatch):
+    from trackserve.engines.onnx_runtime import SessionPool
+
+    def fail(self, inputs, outputs):
+        raise RuntimeError("kernel failure")
+
+    monkeypatch.setattr(SessionPool, "run_into", fail)
+    with pytest.raises(BlockedFormUnavailable, match="could not run the probe inputs: kernel failure"):
+        RowBlockedForm(_cumulative_model())
+
+
 def test_networks_with_other_inputs_have_no_blocked_form():
     graph = helper.make_graph(
         [helper.make_node("Identity", ["features"], ["scores"])], "other",
@@ -203,6 +214,12 @@ def test_networks_with_other_inputs_have_no_blocked_form():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(BlockedFormUnavailable, match="neither an edge index"):
         RowBlockedForm(model)
+    edges_only = helper.make_graph(
+        [helper.make_node("Cast", ["edge_index"], ["scores"], to=TensorProto.FLOAT)], "edges_only",
+        [helper.make_tensor_value_info("edge_index", TensorProto.INT64, [2, "num_edges"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)])
+    with pytest.raises(BlockedFormUnavailable, match="and a hit table"):
+        RowBlockedForm(helper.make_model(edges_only, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     assert issubclass(BlockedFormUnavailable, BundleError)
 
 

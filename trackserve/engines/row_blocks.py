@@ -148,13 +148,15 @@ def probe_inputs(model) -> dict[str, np.ndarray]:
             inputs[value.name] = rng.uniform(0.1, 1.0, (PROBE_HITS, dims[1])).astype(np.float32)
         else:
             raise BlockedFormUnavailable(f"input '{value.name}' is neither an edge index [2, E] nor a hit table [N, F]")
-    if sum(array.dtype == np.int64 for array in inputs.values()) != 1:
-        raise BlockedFormUnavailable("the network needs exactly one edge index input [2, E]")
+    edge_inputs = sum(array.dtype == np.int64 for array in inputs.values())
+    if edge_inputs != 1 or len(inputs) == edge_inputs:
+        raise BlockedFormUnavailable("the network needs exactly one edge index input [2, E] and a hit table [N, F]")
     return inputs
 
 
 def probe_values(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every tensor of ``model`` (inputs, initializers, each node's outputs) on ``inputs``."""
+    """Every tensor of ``model`` (inputs, initializers, each node's outputs) on ``inputs``;
+    :class:`BlockedFormUnavailable` when ONNX Runtime cannot give them all."""
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
@@ -164,9 +166,14 @@ def probe_values(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     names = [name for node in probe.graph.node for name in node.output if name]
     del probe.graph.output[:]
     probe.graph.output.extend([helper.make_value_info(name, onnx.TypeProto()) for name in names])
-    session = ort.InferenceSession(probe.SerializeToString(), sess_options=session_options(1),
-                                   providers=["CPUExecutionProvider"])
-    values = dict(zip(names, session.run(names, dict(inputs))))
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), sess_options=session_options(1),
+                                       providers=["CPUExecutionProvider"])
+        values = dict(zip(names, session.run(names, dict(inputs))))
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise BlockedFormUnavailable(f"the probe run of every tensor failed: {error}") from error
+    if not all(isinstance(value, np.ndarray) for value in values.values()):
+        raise BlockedFormUnavailable("the network has tensors that are not arrays (sequences or maps)")
     values.update(inputs)
     values.update((init.name, numpy_helper.to_array(init)) for init in model.graph.initializer)
     return values
@@ -372,7 +379,10 @@ class RowBlockedForm:
         session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(1),
                                        providers=["CPUExecutionProvider"])
         expected = session.run([self.output], dict(inputs))[0]
-        got = self.run(inputs, _SerialParts(2), block_rows=CHECK_BLOCK_ROWS, min_part_rows=1)
+        try:
+            got = self.run(inputs, _SerialParts(2), block_rows=CHECK_BLOCK_ROWS, min_part_rows=1)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise BlockedFormUnavailable(f"the blocked form could not run the probe inputs: {error}") from error
         if expected.shape != got.shape or not np.array_equal(expected, got, equal_nan=True):
             raise BlockedFormUnavailable("the blocked form's output on the probe inputs differs from the network's")
 

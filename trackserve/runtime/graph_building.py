@@ -430,7 +430,7 @@ def _apply_cap(n: int, small: np.ndarray, large: np.ndarray, dist2: np.ndarray, 
 
     Only the hits with more than k pairs rank theirs: every pair of a hit within the cap is
     among its k nearest. On the default bundle's 10k-hit event (50,265 pairs before the
-    cap) ranking only those took the cap from 2.9 to about 1 ms."""
+    cap) ranking only those took the cap from 2.78 to 0.43 ms (the graph 24.0 -> 21.9 ms)."""
     degree = np.bincount(small, minlength=n) + np.bincount(large, minlength=n)
     if small.size == 0 or degree.max() <= k:
         return small, large

@@ -273,7 +273,10 @@ class RowBlockedForm:
 
     Raises :class:`BlockedFormUnavailable` when the network does not fit (see the module
     docstring) or when its blocked run on the probe inputs is not the sequential form's
-    output bit for bit. :meth:`run` is safe from several threads at once."""
+    output bit for bit (checked against a session of the sequential form itself: the probe
+    run, which exposes every tensor, keeps ONNX Runtime from fusing and so may round
+    differently). :meth:`run` is safe from several threads at once. ``counts``: how many of
+    the network's nodes fell to each kind of stage."""
 
     def __init__(self, model, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
         import onnxruntime as ort

@@ -68,8 +68,9 @@ SPLIT_MIN_INPUT_ELEMENTS = 50_000
 BLOCKED_MIN_EDGES = 150_000
 #: With several threads for one graph, its blocks of rows run on all of them from this
 #: many edges, where halo slices ran before (the same pruner at 2 threads, alternating
-#: calls: 48,934 edges 66 ms against 84 ms as two halo slices, 101,176 edges 115 against
-#: 209 ms, 212,172 edges 289 against 385 ms, 870,009 edges 1.15 against 1.50 s).
+#: calls: 26,107 edges 36.8 ms against 44.2 ms as two halo slices and 38.9 ms in one call,
+#: 48,934 edges 66 against 84 ms, 101,176 edges 115 against 209 ms, 212,172 edges 289
+#: against 385 ms, 870,009 edges 1.15 against 1.50 s).
 BLOCKED_MIN_EDGES_PARALLEL = 20_000
 
 

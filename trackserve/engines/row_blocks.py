@@ -57,10 +57,11 @@ BLOCK_ROWS = 16_384
 #: The fewest rows of a part of a stage of rows (smaller stages run as one part).
 MIN_PART_ROWS = 1_024
 #: Every block and part starts at a multiple of this many rows: ONNX Runtime's vectorised
-#: kernels (its ``Log``, ``Tanh``, ... on the 1-column tensors of a network's geometry)
-#: round an element on a vector lane and one in a loop's remainder differently, so a cut
-#: elsewhere can change the last bit of such an element; at these cuts every element is
-#: computed where one call computes it.
+#: element-wise kernels can round an element on a vector lane and one in a loop's
+#: remainder differently, so a cut elsewhere can change the last bit of an element of a
+#: narrow tensor (cut at every 97 rows, the default pruner's derived eta column differed
+#: in the last bit at the blocks' last rows); at these cuts every element is computed
+#: where one call computes it.
 ROW_ALIGN = 64
 
 #: Element-wise operators: row-wise when no input broadcasts across rows.

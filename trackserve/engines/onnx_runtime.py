@@ -282,6 +282,10 @@ class OnnxNetwork:
         :class:`~trackserve.engines.scatter_split.ScatterSplitNetwork` does)."""
         return False
 
+    def call_in_blocks(self, inputs: Mapping[str, np.ndarray]) -> bool:
+        """Whether :meth:`run` on ``inputs`` runs in blocks of rows (never here)."""
+        return False
+
     @property
     def session_count(self) -> int:
         """How many sessions of the whole network are open (the most calls seen at once, or reserved)."""

@@ -48,6 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from scipy.sparse import csr_array
@@ -175,6 +176,13 @@ class ScatterSplitNetwork(OnnxNetwork):
         least = BLOCKED_MIN_EDGES if threads < 2 else BLOCKED_MIN_EDGES_PARALLEL
         return self._edge_input is not None and num_edges >= least and self.blocked_form() is not None
 
+    def call_in_blocks(self, inputs: Mapping[str, np.ndarray]) -> bool:
+        """Whether :meth:`run` on ``inputs`` runs in blocks of rows on the calling thread."""
+        size = sum(array.size for array in inputs.values() if isinstance(array, np.ndarray))
+        edges = inputs.get(self._edge_input)
+        return (isinstance(edges, np.ndarray) and edges.ndim == 2 and self.uses_one_thread(size)
+                and self.runs_in_blocks(edges.shape[1], 1))
+
     def run_in_blocks(self, parallel, **inputs: np.ndarray) -> np.ndarray:
         """Check the inputs and run the network's blocked form, its stages of rows on the
         threads of ``parallel`` (a :class:`~trackserve.runtime.parallel.PartRunner`, or None
@@ -197,11 +205,10 @@ class ScatterSplitNetwork(OnnxNetwork):
         :data:`BLOCKED_MIN_EDGES` edges, or, for a network without a blocked form, with at
         least :data:`SPLIT_MIN_THREADS` threads and :data:`SPLIT_MIN_INPUT_ELEMENTS` input
         elements, in the split form."""
+        if self.call_in_blocks(inputs):
+            return self.run_in_blocks(None, **inputs)
         size = sum(array.size for array in inputs.values() if isinstance(array, np.ndarray))
         if self.uses_one_thread(size):
-            edges = inputs.get(self._edge_input)
-            if isinstance(edges, np.ndarray) and edges.ndim == 2 and self.runs_in_blocks(edges.shape[1], 1):
-                return self.run_in_blocks(None, **inputs)
             return super().run(**inputs)
         self.check_inputs(inputs)
         start = time.perf_counter()

@@ -238,8 +238,7 @@ class NetworkSteps:
 
         def one_call(call_features: np.ndarray, call_edges: np.ndarray) -> tuple[np.ndarray, str]:
             logits = self.edge_logits(name, call_features, call_edges, chunked=False)
-            blocked = (runner.uses_one_thread(call_features.size + call_edges.size)
-                       and runner.runs_in_blocks(call_edges.shape[1], 1))
+            blocked = runner.call_in_blocks({"features": call_features, "edge_index": call_edges})
             return logits, "one call in blocks of rows" if blocked else "one call"
 
         if not (self.is_local[name] and num_edges):

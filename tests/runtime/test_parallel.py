@@ -154,9 +154,10 @@ def test_part_runner_raises_a_parts_error_after_every_part_has_finished():
         PartRunner(0)
 
 
-def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_features, monkeypatch):
+@pytest.mark.parametrize("threads", [2, 4])
+def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_features, monkeypatch, threads):
     single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
-    split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1, edge_chunk_size=5000))
+    split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=threads, graph_threads=1, edge_chunk_size=5000))
     calls = []
     original = PartRunner.map
 
@@ -177,11 +178,11 @@ def test_pipeline_on_parts_gives_the_one_thread_results(tiny_bundle, sample_feat
     before = len(calls)
     grouped = split.gnn_logits(features, filtered)
     assert any(count > 1 for count in calls[before:]), "the GNN never ran on component groups"
-    assert split._steps.last_gnn_layout == "2 component groups"
+    assert split._steps.last_gnn_layout == f"{threads} component groups"
     whole = single.gnn_logits(features, filtered)
     assert np.allclose(grouped, whole, rtol=0, atol=1e-4 * max(1.0, np.abs(whole).max()))
     assert np.array_equal(split.run(features).labels, single.run(features).labels)
-    assert max(calls) == 2
+    assert max(calls) == threads
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -230,15 +231,18 @@ def test_halo_split_owns_every_edge_once_and_computes_its_neighbourhood():
         HaloSplit(phi.size, edges, 0, 2, phi)
 
 
-def test_dense_graph_gnn_in_blocks_of_rows_is_the_one_call_bit_for_bit(tiny_bundle, sample_features, monkeypatch):
+# 3 and 4 threads: the layout of machines with more cores than this project's (oversubscribed here).
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_dense_graph_gnn_in_blocks_of_rows_is_the_one_call_bit_for_bit(tiny_bundle, sample_features, monkeypatch,
+                                                                       threads):
     single = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
-    split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=1))
+    split = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=threads, graph_threads=1))
     edges = _phi_ring_graph(sample_features, split._steps.phi_column, 8)
-    assert component_groups(sample_features.shape[0], edges, 2) is None  # one component
+    assert component_groups(sample_features.shape[0], edges, threads) is None  # one component
     whole = single.gnn_logits(sample_features, edges)
     assert single._steps.last_gnn_layout == "one call"  # too few edges for blocks on one thread
     np.testing.assert_array_equal(split.gnn_logits(sample_features, edges), whole)
-    assert split._steps.last_gnn_layout == "blocks of rows on 2 threads"
+    assert split._steps.last_gnn_layout == f"blocks of rows on {threads} threads"
     # on one thread a call runs in blocks from BLOCKED_MIN_EDGES edges: the same bits
     monkeypatch.setattr(scatter_split, "BLOCKED_MIN_EDGES", edges.shape[1])
     np.testing.assert_array_equal(single.gnn_logits(sample_features, edges), whole)

@@ -135,6 +135,33 @@ def test_config_parameters_reach_the_runtime(tiny_bundle):
     assert [s.name for s in model.inputs] == ["FEATURES"] and model.inputs[0].dims == (-1, 3)
 
 
+@pytest.mark.parametrize("groups, cores, expected", [
+    (None, 8, (None, None)),  # no instance groups: one instance, the runtime's default (all cores)
+    ([{"kind": "KIND_CPU", "count": 1}], 8, (None, None)),
+    ([{"kind": "KIND_CPU", "count": 2}], 8, (4, 4)),
+    ([{"kind": "KIND_CPU", "count": 3}], 8, (2, 2)),
+    ([{"kind": "KIND_CPU", "count": 2}, {"kind": "KIND_CPU", "count": 2}], 8, (2, 2)),
+    ([{"kind": "KIND_CPU", "count": 16}], 8, (1, 1)),  # never fewer than one thread
+    ([{"kind": "KIND_GPU", "count": 2, "gpus": [0, 1]}], 8, (2, 2)),  # count per GPU
+])
+def test_unset_threads_share_the_cores_among_the_instances(monkeypatch, groups, cores, expected):
+    monkeypatch.setattr(backend, "available_cores", lambda: cores)
+    config = {} if groups is None else {"instance_group": groups}
+    runtime = backend.runtime_config({}, backend.instance_count(config))
+    assert (runtime.intra_op_threads, runtime.graph_threads) == expected
+
+
+def test_threads_set_in_the_config_win_over_the_share(tiny_bundle, monkeypatch):
+    monkeypatch.setattr(backend, "available_cores", lambda: 8)
+    config = {"parameters": {"bundle": {"string_value": str(tiny_bundle)}, "intra_op_threads": {"string_value": "3"}},
+              "instance_group": [{"kind": "KIND_CPU", "count": 4, "gpus": []}]}
+    model = PipelineModel.from_args({"model_config": json.dumps(config), "model_instance_kind": "CPU",
+                                     "model_repository": "/nowhere/model"})
+    assert (model.pipeline.config.intra_op_threads, model.pipeline.config.graph_threads) == (3, 2)
+    with pytest.raises(InputError, match="instance_group count must be a whole number, got -1"):
+        backend.instance_count({"instance_group": [{"count": -1}]})
+
+
 def test_relative_bundle_is_found_from_the_repository_root(tiny_bundle):
     args = args_for(tiny_bundle.name)
     args["model_repository"] = str(tiny_bundle.parent / "exatrkx")

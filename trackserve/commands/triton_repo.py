@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US",
                         help="dynamic batcher's max queue delay in microseconds (default: 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="ONNX Runtime and graph-building threads of each instance (default: all cores)")
+                        help="ONNX Runtime and graph-building threads of each instance (default: the cores of the "
+                             "serving machine shared among a model's instances, at least 1 each)")
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
                         help="refuse events whose estimated working memory exceeds this")

@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import InputError, TrackserveError
-from ..runtime.config import RuntimeConfig
+from ..runtime.config import RuntimeConfig, available_cores
 from .interface import FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
 
 #: ``config.pbtxt`` parameter keys the models read.
@@ -48,8 +48,25 @@ def model_parameters(model_config: Mapping) -> dict[str, str]:
     return {key: str(value.get("string_value", "")) for key, value in model_config.get("parameters", {}).items()}
 
 
-def runtime_config(parameters: Mapping[str, str]) -> RuntimeConfig:
-    """The :class:`RuntimeConfig` the model parameters give (unset ones keep the runtime's defaults)."""
+def instance_count(model_config: Mapping) -> int:
+    """How many instances of the model Triton runs: the ``count`` of each ``instance_group``
+    entry (times its GPUs when it names some), summed; 1 for a config without instance
+    groups (Triton's default)."""
+    total = 0
+    for group in model_config.get("instance_group") or [{}]:
+        count = group.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, (int, str)) or not str(count).strip().isdigit():
+            raise InputError(f"instance_group count must be a whole number, got {count!r}")
+        total += int(count) * max(1, len(group.get("gpus") or []))
+    return max(1, total)
+
+
+def runtime_config(parameters: Mapping[str, str], instances: int = 1) -> RuntimeConfig:
+    """The :class:`RuntimeConfig` the model parameters give. Unset thread counts are the
+    cores shared among the model's ``instances`` (each Triton instance is a process of
+    its own): ``cores // instances`` each, at least 1, so N instances never run N times
+    as many threads as there are cores; with one instance, all the cores (the runtime's
+    default). The other unset settings keep the runtime's defaults."""
     settings = {}
     for key, field in _INT_PARAMETERS.items():
         text = parameters.get(key, "").strip()
@@ -59,6 +76,10 @@ def runtime_config(parameters: Mapping[str, str]) -> RuntimeConfig:
             settings[field] = int(text)
         except ValueError:
             raise InputError(f"model parameter {key!r} must be an integer, got {text!r}") from None
+    if instances > 1:
+        share = max(1, available_cores() // instances)
+        settings.setdefault("intra_op_threads", share)
+        settings.setdefault("graph_threads", share)
     return RuntimeConfig(**settings)
 
 
@@ -111,8 +132,10 @@ class PipelineModel(ServedModel):
     @classmethod
     def from_args(cls, args: Mapping) -> "PipelineModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
-        parameters = model_parameters(_model_config(args))
-        return cls(bundle_path(args, parameters), device=instance_device(args), config=runtime_config(parameters))
+        model_config = _model_config(args)
+        parameters = model_parameters(model_config)
+        return cls(bundle_path(args, parameters), device=instance_device(args),
+                   config=runtime_config(parameters, instance_count(model_config)))
 
     def __call__(self, arrays):
         return {LABELS: self.pipeline.run(arrays[FEATURES]).labels}
@@ -138,11 +161,13 @@ class StageModel(ServedModel):
     @classmethod
     def from_args(cls, args: Mapping) -> "StageModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
-        parameters = model_parameters(_model_config(args))
+        model_config = _model_config(args)
+        parameters = model_parameters(model_config)
         stage = parameters.get(PARAM_STAGE, "").strip()
         if not stage:
             raise InputError(f"the stage model config has no parameter {PARAM_STAGE!r} naming its stage")
-        return cls(bundle_path(args, parameters), stage, device=instance_device(args), config=runtime_config(parameters))
+        return cls(bundle_path(args, parameters), stage, device=instance_device(args),
+                   config=runtime_config(parameters, instance_count(model_config)))
 
     def __call__(self, arrays):
         return self.stage(arrays)

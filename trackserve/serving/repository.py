@@ -65,7 +65,9 @@ class RepositoryOptions:
     interface has ``max_batch_size: 0`` (one request = one event), so Triton queues requests
     but hands each ``execute`` call one at a time (measured with tritonserver 2.51).
     ``intra_op_threads``, ``graph_threads``, ``edge_chunk_size``, ``memory_limit_bytes``:
-    the runtime settings of every instance (``None``: the runtime's default).
+    the runtime settings of every instance (``None``: the runtime's default; for the thread
+    counts, the serving machine's cores shared among the model's instances,
+    :func:`~trackserve.serving.backend.runtime_config`).
     """
 
     layout: str = "custom"

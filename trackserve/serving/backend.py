@@ -55,9 +55,9 @@ def instance_count(model_config: Mapping) -> int:
     total = 0
     for group in model_config.get("instance_group") or [{}]:
         count = group.get("count", 1)
-        if isinstance(count, bool) or not isinstance(count, (int, str)) or not str(count).strip().isdigit():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InputError(f"instance_group count must be a whole number, got {count!r}")
-        total += int(count) * max(1, len(group.get("gpus") or []))
+        total += count * max(1, len(group.get("gpus") or []))
     return max(1, total)
 
 

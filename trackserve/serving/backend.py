@@ -107,6 +107,14 @@ def _model_config(args: Mapping) -> dict:
     return json.loads(config) if isinstance(config, str) else dict(config)
 
 
+def _served_settings(args: Mapping) -> tuple[dict[str, str], RuntimeConfig]:
+    """The model parameters of an ``initialize``'s ``args`` and the runtime settings they and
+    the model's instance count give."""
+    model_config = _model_config(args)
+    parameters = model_parameters(model_config)
+    return parameters, runtime_config(parameters, instance_count(model_config))
+
+
 class ServedModel:
     """A callable ``model(arrays) -> outputs`` with the tensor specs of its inputs and outputs."""
 
@@ -132,10 +140,8 @@ class PipelineModel(ServedModel):
     @classmethod
     def from_args(cls, args: Mapping) -> "PipelineModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
-        model_config = _model_config(args)
-        parameters = model_parameters(model_config)
-        return cls(bundle_path(args, parameters), device=instance_device(args),
-                   config=runtime_config(parameters, instance_count(model_config)))
+        parameters, config = _served_settings(args)
+        return cls(bundle_path(args, parameters), device=instance_device(args), config=config)
 
     def __call__(self, arrays):
         return {LABELS: self.pipeline.run(arrays[FEATURES]).labels}
@@ -161,13 +167,11 @@ class StageModel(ServedModel):
     @classmethod
     def from_args(cls, args: Mapping) -> "StageModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
-        model_config = _model_config(args)
-        parameters = model_parameters(model_config)
+        parameters, config = _served_settings(args)
         stage = parameters.get(PARAM_STAGE, "").strip()
         if not stage:
             raise InputError(f"the stage model config has no parameter {PARAM_STAGE!r} naming its stage")
-        return cls(bundle_path(args, parameters), stage, device=instance_device(args),
-                   config=runtime_config(parameters, instance_count(model_config)))
+        return cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
 
     def __call__(self, arrays):
         return self.stage(arrays)

@@ -184,6 +184,9 @@ def test_bad_json_names_line_and_column(bundle_dir):
         (lambda d: d["stages"].update(max_neighbours=0), "stages.max_neighbours: 0 is not an integer >= 1"),
         (lambda d: d["stages"].update(edge_direction="up"), "stages.edge_direction: 'up' is not one of 'i<j', 'i>j', 'both'"),
         (lambda d: d.update(provenance="yesterday"), "provenance: expected an object, got str"),
+        (lambda d: d.update(stage={}), "pipeline.json: unknown key(s) 'stage' (schema version 1 has schema_version,"),
+        (lambda d: d["networks"]["gnn"].update(checksum="0" * 64),
+         "networks.gnn: unknown key(s) 'checksum' (a network entry has kind, file, sha256,"),
     ],
     ids=lambda value: value if isinstance(value, str) and len(value) < 40 else None,
 )
@@ -192,6 +195,15 @@ def test_damaged_pipeline_json_is_refused_with_the_problem_named(bundle_dir, cha
     message = _refused(bundle_dir)
     assert expected in message
     assert str(bundle_dir) in message
+
+
+def test_a_key_given_twice_is_refused(bundle_dir):
+    # json keeps the last of two equal keys without a word: a hand edit would silently win or lose
+    path = bundle_dir / PIPELINE_FILE
+    text = path.read_text()
+    assert '"radius": ' in text
+    path.write_text(text.replace('"radius": ', '"radius": 50.0, "radius": ', 1))
+    assert f"{path}: the key 'radius' appears twice in one object; keep one of them" in _refused(bundle_dir)
 
 
 def test_missing_file_is_named(bundle_dir):

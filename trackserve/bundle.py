@@ -145,6 +145,9 @@ REQUIRED_NETWORKS = tuple(name for name in NETWORK_KINDS if name not in OPTIONAL
 TRACK_BUILDING_METHODS = ("components", "best_edges")
 
 
+#: The keys of ``pipeline.json`` (schema version :data:`SCHEMA_VERSION`) and of each network entry.
+TOP_LEVEL_KEYS = ("schema_version", "features", "networks", "stages", "provenance")
+ENTRY_KEYS = ("kind", "file", "sha256", "inputs", "outputs", "config", "architecture", "weights")
 #: The keys of ``stages`` in ``pipeline.json``; the last four are optional.
 STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction", "track_building", "gap_cut",
               "join_pieces", "prune_cut")
@@ -610,6 +613,11 @@ def _parse_entry(name: str, value, problems: list[str]) -> NetworkEntry | None:
     if missing:
         problems.append(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
         return None
+    unknown = [k for k in value if k not in ENTRY_KEYS]
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (a network entry has "
+                        f"{', '.join(ENTRY_KEYS)})")
+        return None
     before = len(problems)
     kind, file, sha256 = value["kind"], value["file"], value["sha256"]
     if kind != NETWORK_KINDS[name]:
@@ -658,6 +666,11 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
     missing = [k for k in ("features", "networks", "stages", "provenance") if k not in data]
     if missing:
         problems.append(f"{PIPELINE_FILE}: missing key(s) {', '.join(map(repr, missing))}")
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        problems.append(f"{PIPELINE_FILE}: unknown key(s) {', '.join(map(repr, unknown))} (schema version "
+                        f"{SCHEMA_VERSION} has {', '.join(TOP_LEVEL_KEYS)})")
+    if missing or unknown:
         return None
 
     features = _parse_features(data["features"], problems)
@@ -793,6 +806,20 @@ def load_bundle(path: str | os.PathLike, *, check_files: bool = True) -> Bundle:
     return bundle
 
 
+class _DuplicateKey(Exception):
+    """A JSON object of ``pipeline.json`` names a key twice (json keeps the last one silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook`` of the JSON decoder: a dict, or _DuplicateKey for a key given twice."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def _read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
     """The bundle directory of ``path`` and its decoded ``pipeline.json`` (not yet validated)."""
     path = Path(path)
@@ -806,7 +833,9 @@ def _read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
             "and one ONNX file per network; create one with `trackserve train` or trackserve.bundle.make_bundle)"
         )
     try:
-        return directory, json.loads(pipeline.read_text(encoding="utf-8"))
+        return directory, json.loads(pipeline.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as error:
+        raise BundleError(f"{pipeline}: the key {error.args[0]!r} appears twice in one object; keep one of them") from None
     except json.JSONDecodeError as error:
         raise BundleError(
             f"{pipeline} is not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}"

@@ -6,9 +6,10 @@ the package is meant to be installed from a checkout (``pip install -e .``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from .errors import TrackserveError
+from .errors import InputError, TrackserveError
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPOSITORY_ROOT / "data"
@@ -26,3 +27,20 @@ def shipped_path(path: Path, what: str) -> Path:
         f"the {what} shipped with trackserve is missing ({path}); trackserve looks for it in its "
         "repository checkout: install with `pip install -e .` from a clone, or give the path explicitly"
     )
+
+
+def output_directory(path: str | Path, option: str) -> Path:
+    """Create ``path`` (with its parents) as a job's output directory before the job does any work.
+
+    Raises InputError naming ``option`` (the command-line option that gave the path) when
+    the path exists but is not a directory, cannot be created, or cannot be written to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{option} {path}: cannot create the directory ({error.strerror or error})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: the directory is not writable")
+    return path

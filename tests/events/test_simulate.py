@@ -416,7 +416,7 @@ def test_command_line_writes_the_same_events(geometry, tmp_path, capsys):
 def test_command_line_refuses_bad_options(tmp_path, capsys):
     table = tmp_path / "particles.csv"
     assert main(["simulate", "--output", str(tmp_path), "--particles", str(table), "--pt-min", "1"]) == 2
-    assert "--pt-min only apply to random particles" in capsys.readouterr().err
+    assert "--pt-min: options of random particles, which --particles replaces" in capsys.readouterr().err
     assert main(["simulate", "--output", str(tmp_path), "--geometry", str(tmp_path / "none.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["simulate", "--output", str(tmp_path), "--inefficiency", "2"]) == 2
@@ -425,3 +425,44 @@ def test_command_line_refuses_bad_options(tmp_path, capsys):
         assert main(["simulate", "--output", str(tmp_path / "none"), "--events", count]) == 2
         assert "nothing would be simulated" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--seed", "-1"], "--seed -1 must be >= 0"),
+    (["--eta-max", "inf"], "eta_max = inf must be a finite number"),
+    (["--pt-max", "inf"], "pt_max = inf must be a finite number"),
+    (["--vertex-sigma-z", "nan"], "vertex_sigma_z = nan must be a finite number"),
+    (["--magnetic-field", "inf"], "magnetic_field = inf must be a finite number"),
+    (["--pt-max", "1e300", "--pt-power", "0.5"], "keep pt_max * cosh(eta_max) below"),
+    (["--num-particles", "100000000000"], "simulate fewer particles per event"),
+    (["--first-event-id", str(2**63 - 1), "--events", "2"], "gives event ids above 9223372036854775807"),
+    (["--no-smearing", "--resolution-u", "0.5"], "--resolution-u set the smearing, which --no-smearing turns off"),
+])
+def test_command_line_refuses_options_before_writing(tmp_path, capsys, options, message):
+    assert main(["simulate", "--output", str(tmp_path / "out"), "--num-particles", "10", *options]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_output_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    assert main(["simulate", "--output", str(target), "--num-particles", "10"]) == 2
+    assert f"--output {target}: exists and is not a directory" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+def test_command_line_refuses_to_write_over_events_unless_asked(geometry, tmp_path, capsys):
+    first = ["simulate", "--output", str(tmp_path), "--num-particles", "20", "--seed", "1"]
+    assert main(first) == 0
+    hits = tmp_path / "event000000000-hits.csv"
+    before = hits.read_bytes()
+    assert main([*first[:-1], "2"]) == 2
+    assert "already holds event000000000-hits.csv" in capsys.readouterr().err
+    assert hits.read_bytes() == before
+    # --overwrite replaces every file of the event, in the other compression too
+    assert main([*first, "--gzip", "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "event000000000-hits.csv.gz", "event000000000-particles.csv.gz", "event000000000-truth.csv.gz"]
+    assert read_event(tmp_path / "event000000000").num_hits > 0

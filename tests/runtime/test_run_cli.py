@@ -138,3 +138,74 @@ def test_events_in_flight_run_in_processes_from_many_events(capsys, feature_csvs
     assert (report["settings"]["event_workers"], report["settings"]["event_executor"]) == (2, executor)
     forced = _json(capsys, str(feature_csvs), "--no-labels", "--event-executor", "threads")
     assert forced["settings"]["event_executor"] == "threads"
+
+
+def test_an_output_that_cannot_hold_labels_is_refused_before_running(capsys, tmp_path, feature_csvs):
+    event = str(feature_csvs / "evt_1.csv")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for output, message in [(afile, f"--output {afile}: exists and is not a directory"),
+                            (afile / "sub", f"--output {afile / 'sub'}: cannot create the directory")]:
+        assert main(["run", event, "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert afile.read_text() == "keep me"
+    (tmp_path / "out" / "evt_1-labels.csv").mkdir(parents=True)
+    assert main(["run", event, "--output", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'out' / 'evt_1-labels.csv'} is a directory" in capsys.readouterr().err
+
+
+def test_events_that_would_write_one_labels_file_are_refused(capsys, tmp_path, feature_csvs):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evt_7.csv").write_text((feature_csvs / "evt_1.csv").read_text())
+    first, second = str(tmp_path / "a" / "evt_7.csv"), str(tmp_path / "b" / "evt_7.csv")
+    output = tmp_path / "labels"
+    assert main(["run", first, second, "--output", str(output)]) == 2
+    assert f"{first} and {second} have the same name: both would write" in capsys.readouterr().err
+    assert main(["run", first, first, "--output", str(output)]) == 2
+    assert f"{first} is given twice" in capsys.readouterr().err
+    assert not list(output.iterdir())  # refused before any event ran
+    assert main(["run", first, second, "--no-labels"]) == 0  # nothing written, nothing lost
+
+
+@pytest.mark.parametrize("option", ["--threads", "--event-workers"])
+def test_more_threads_or_events_than_cores_are_refused(capsys, feature_csvs, monkeypatch, option):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    assert main(["run", str(feature_csvs), "--no-labels", option, "3"]) == 2
+    assert f"{option} 3 is more than the 2 cores this process may use" in capsys.readouterr().err
+
+
+def test_labels_files_and_csvs_beside_events_are_not_read_as_events(capsys, tmp_path, feature_csvs):
+    directory = tmp_path / "events"
+    directory.mkdir()
+    for name in ("evt_1.csv", "evt_3.csv"):
+        (directory / name).write_text((feature_csvs / name).read_text())
+    first = _json(capsys, str(directory), "--output", str(directory))
+    assert [event["event"] for event in first["events"]] == ["evt_1", "evt_3"]
+    # run again into the same directory: its labels files are not events
+    again = _json(capsys, str(directory), "--output", str(directory))
+    assert [event["event"] for event in again["events"]] == ["evt_1", "evt_3"]
+    assert main(["run", str(directory), "--no-labels"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: not read as events: {directory / 'evt_1-labels.csv'}, {directory / 'evt_3-labels.csv'}" in err
+    # a feature CSV beside a TrackML event is named too, and the event runs alone
+    for path in SAMPLE_EVENT.parent.glob(SAMPLE_EVENT.name + "-*"):
+        (directory / path.name).write_bytes(path.read_bytes())
+    assert main(["run", "--json", str(directory), "--no-labels"]) == 0
+    out, err = capsys.readouterr()
+    assert [event["event"] for event in json.loads(out)["events"]] == [SAMPLE_EVENT.name]
+    assert "note: not read as events: " in err and str(directory / "evt_1.csv") in err
+
+
+def test_a_feature_csv_with_an_empty_line_is_refused(capsys, tmp_path):
+    (tmp_path / "evt_0.csv").write_text("0.1,0.2,0.3\n\n0.1,0.25,0.3\n")
+    assert main(["run", str(tmp_path / "evt_0.csv"), "--no-labels"]) == 2
+    assert "line 2 is empty: a feature file holds one hit per line" in capsys.readouterr().err
+
+
+def test_an_event_id_beyond_64_bits_is_refused(capsys, tmp_path, feature_csvs):
+    name = "evt_99999999999999999999.csv"
+    (tmp_path / name).write_text((feature_csvs / "evt_1.csv").read_text())
+    assert main(["run", str(tmp_path / name), "--output", str(tmp_path / "labels")]) == 2
+    assert "the event id 99999999999999999999 in the name is above 9223372036854775807" in capsys.readouterr().err

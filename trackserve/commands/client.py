@@ -59,19 +59,21 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
+    from ..labels_output import labels_files, note_skipped
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
     spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
     url = args.url or f"127.0.0.1:{PROTOCOLS[args.protocol]}"
-    inputs = list_inputs(args.events or [shipped_path(SAMPLE_EVENT, "sample event")])
+    skipped: list[Path] = []
+    inputs = list_inputs(args.events or [shipped_path(SAMPLE_EVENT, "sample event")], skipped)
+    note_skipped("client", skipped)
+    output = None if args.no_labels else Path(args.output)
+    labels_paths = labels_files(output, inputs)
     pipeline = None
     if args.check:
         from ..runtime.pipeline import Pipeline
 
         pipeline = Pipeline(bundle)
-    output = None if args.no_labels else Path(args.output)
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
 
     failures = 0
     with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 f"model {args.model!r} at {url} takes {served} features per hit but the bundle has "
                 f"{bundle.num_features}; give the --bundle the server serves"
             )
-        for kind, path in inputs:
+        for number, (kind, path) in enumerate(inputs):
             item = read_input(kind, path, spec)
             try:
                 labels = client.infer(item.features, request_id=item.name)
@@ -98,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
                     failures += 1
                     differ = int(np.count_nonzero(labels != expected)) if labels.shape == expected.shape else labels.size
                     line += f", MISMATCH: {differ} of {expected.size} labels differ from the local runtime"
-            if output is not None:
-                write_submission(output / f"{item.name}-labels.csv", item.event_id, item.hit_ids, labels)
+            if labels_paths is not None:
+                write_submission(labels_paths[number], item.event_id, item.hit_ids, labels)
             print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
     answered = len(inputs) - failures
     print(f"{answered} of {len(inputs)} event(s) answered{' and identical' if args.check else ''} by "

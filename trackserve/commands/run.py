@@ -88,9 +88,15 @@ def _config(args, num_events: int):
     events in flight chosen for ``num_events`` events when neither they nor the threads
     were given."""
     from ..errors import InputError
-    from ..runtime.config import RuntimeConfig, automatic_event_workers
+    from ..runtime.config import RuntimeConfig, automatic_event_workers, available_cores
 
     settings = {}
+    cores = available_cores()
+    for option, value, what in (("--threads", args.threads, "threads"), ("--event-workers", args.event_workers, "events")):
+        # RuntimeConfig itself allows more (the tests run larger machines' layouts); a run does not.
+        if value is not None and value > cores:
+            raise InputError(f"{option} {value} is more than the {cores} cores this process may use: the {what} "
+                             f"would take turns on the cores and run slower; give at most {cores}, or leave it out")
     if args.threads is not None:
         settings["intra_op_threads"] = args.threads
         settings["graph_threads"] = args.threads
@@ -182,17 +188,19 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
+    from ..labels_output import labels_files, note_skipped
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
     bundle = args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle")
     paths = args.events or [shipped_path(SAMPLE_EVENT, "sample event")]
-    inputs = list_inputs(paths)
+    skipped: list[Path] = []
+    inputs = list_inputs(paths, skipped)
+    note_skipped("run", skipped)
     config, workers_chosen = _config(args, len(inputs))
-    pipeline = Pipeline(bundle, config=config)
     output = None if args.no_labels else Path(args.output)
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
+    labels_paths = labels_files(output, inputs)
+    pipeline = Pipeline(bundle, config=config)
     records = []
     total_seconds = 0.0
     total_hits = 0
@@ -219,8 +227,8 @@ def run(args: argparse.Namespace) -> int:
             item = read.popleft()
             total_seconds += result.timings["total"]
             total_hits += result.num_hits
-            if output is not None:
-                write_submission(output / f"{item.name}-labels.csv", item.event_id, item.hit_ids, result.labels)
+            if labels_paths is not None:
+                write_submission(labels_paths[len(records)], item.event_id, item.hit_ids, result.labels)
             records.append(_event_record(item, result, args))
             progress.update()
     finally:

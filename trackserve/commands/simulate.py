@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import time
 from dataclasses import fields, replace
 
 ORDER = 10
+
+#: The largest event id a TrackML file holds (event ids are signed 64-bit integers).
+MAX_EVENT_ID = 2**63 - 1
 
 #: Options of random particles: (flag, SimulationConfig field, type, help).
 _RANDOM_OPTIONS = (
@@ -50,6 +55,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; event i uses (S, its event id)")
     parser.add_argument("--geometry", metavar="detectors.csv", help="TrackML geometry file (default: the repository's data/detectors.csv)")
     parser.add_argument("--gzip", action="store_true", help="write .csv.gz files")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of events already in --output (default: refuse to write over them)")
     random_group = parser.add_argument_group("random particles (without --particles)")
     for flag, name, kind, text in _RANDOM_OPTIONS:
         random_group.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {defaults[name]})")
@@ -71,11 +78,48 @@ def _config(args: argparse.Namespace):
         clashing = [flag for flag, name, _, _ in _RANDOM_OPTIONS if given[name] is not None]
         if clashing:
             raise InputError(
-                f"{', '.join(clashing)} only apply to random particles; drop them or drop --particles {args.particles}"
+                f"{', '.join(clashing)}: options of random particles, which --particles replaces; drop them "
+                f"or drop --particles {args.particles}"
             )
+    if not args.smearing:
+        ignored = [flag for flag, name, _, _ in _DETECTOR_OPTIONS if name.startswith("resolution") and given[name] is not None]
+        if ignored:
+            raise InputError(f"{', '.join(ignored)} set the smearing, which --no-smearing turns off; drop one of them")
     config = replace(SimulationConfig(), smearing=args.smearing, **{k: v for k, v in given.items() if v is not None})
     config.validate()
     return config
+
+
+def _check_memory(num_particles: int) -> None:
+    """Refuse an event whose simulation would not fit in the memory the machine has free."""
+    from ..errors import InputError
+    from ..events.simulate import estimated_memory_bytes
+
+    needed = estimated_memory_bytes(num_particles)
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > free:
+        raise InputError(f"an event of {num_particles:,} particles needs about {needed / 2**30:.1f} GiB, more than the "
+                         f"{free / 2**30:.1f} GiB of memory free; simulate fewer particles per event")
+
+
+def _event_files(output, event_id: int) -> list:
+    """The TrackML files of event ``event_id`` in directory ``output`` (either compression)."""
+    from ..events.event import event_name
+
+    name = event_name(event_id)
+    return sorted(path for path in output.glob(f"{name}-*.csv*")
+                  if re.fullmatch(rf"{name}-(hits|truth|particles|cells)\.csv(\.gz)?", path.name))
+
+
+def _refuse_existing(output, event_ids) -> None:
+    """Refuse to write over events already in ``output`` (``--overwrite`` allows it)."""
+    from ..errors import InputError
+
+    for event_id in event_ids:
+        present = _event_files(output, event_id)
+        if present:
+            raise InputError(f"--output {output} already holds {present[0].name}; give another directory or "
+                             "--first-event-id, or --overwrite to replace the events' files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,19 +130,32 @@ def run(args: argparse.Namespace) -> int:
     from ..events.geometry import load_geometry
     from ..events.simulate import simulate_event
     from ..events.trackml import read_particles, write_event
+    from ..paths import output_directory
 
     if args.events < 1:
         raise InputError(f"--events {args.events}: nothing would be simulated; give a number of events >= 1")
     if args.first_event_id < 0:
         raise InputError(f"--first-event-id {args.first_event_id} must be >= 0")
+    if args.first_event_id + args.events - 1 > MAX_EVENT_ID:
+        raise InputError(f"--first-event-id {args.first_event_id} with --events {args.events} gives event ids above "
+                         f"{MAX_EVENT_ID}, the largest a TrackML file holds (a signed 64-bit integer)")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed} must be >= 0")
     config = _config(args)
     geometry = load_geometry(args.geometry)
     source = config if args.particles is None else read_particles(args.particles)
-    for event_id in range(args.first_event_id, args.first_event_id + args.events):
+    _check_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles)
+    output = output_directory(args.output, "--output")
+    event_ids = range(args.first_event_id, args.first_event_id + args.events)
+    if not args.overwrite:
+        _refuse_existing(output, event_ids)
+    for event_id in event_ids:
         start = time.perf_counter()
         event = simulate_event(geometry, source, seed=[args.seed, event_id], config=config, event_id=event_id)
         elapsed = time.perf_counter() - start
-        written = write_event(event, args.output, compress=args.gzip)
+        for path in _event_files(output, event_id):  # with --overwrite: none of the old files stays
+            path.unlink()
+        written = write_event(event, output, compress=args.gzip)
         noise = int(np.count_nonzero(event.truth["particle_id"] == 0))
         with_hits = int(np.count_nonzero(event.particles["nhits"] > 0))
         print(

@@ -79,6 +79,11 @@ def empty_table(schema: dict[str, type]) -> Table:
     return {name: np.zeros(0, dtype=dtype) for name, dtype in schema.items()}
 
 
+def event_name(event_id: int) -> str:
+    """The TrackML file prefix of event ``event_id``: ``event<id zero-padded to 9>``."""
+    return f"event{event_id:09d}"
+
+
 @dataclass
 class Event:
     """One TrackML event.
@@ -103,4 +108,4 @@ class Event:
     @property
     def name(self) -> str:
         """The TrackML file prefix of this event, ``event<id zero-padded to 9>``."""
-        return f"event{self.event_id:09d}"
+        return event_name(self.event_id)

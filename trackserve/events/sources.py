@@ -8,6 +8,11 @@
 * a feature CSV: one hit per line, the bundle's features already computed (the input
   format of the published ExaTrkX service, e.g. its ``lrt_events/evt_12.csv``); its hits
   are numbered 1..N in file order, and its event id is the last number in the file name.
+
+A directory is read as TrackML events when it holds any, and as feature CSVs otherwise;
+the CSV files it holds that are not read (other files beside TrackML events, and the
+``*-labels.csv`` files ``trackserve run`` writes) can be collected with ``skipped``.
+Each input has a name (:func:`input_name`), which names its labels file.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import numpy as np
 from ..errors import EventFormatError
 from .event import Event
 from .features import FeatureSpec, hit_features
-from .trackml import find_event_prefixes, read_event, read_feature_csv
+from .trackml import event_id_from_digits, find_event_prefixes, read_event, read_feature_csv
 
 _TRACKML_FILE = re.compile(r"-(hits|truth|particles|cells)\.csv(\.gz)?$")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+#: The endings of the labels files ``trackserve run`` writes (``<event>-labels.csv``).
+LABELS_SUFFIXES = ("-labels.csv", "-labels.csv.gz")
 
 
 @dataclass
@@ -48,18 +55,24 @@ def _natural_key(path: Path):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def input_name(kind: str, path: Path) -> str:
+    """The name of an input listed by :func:`list_inputs` (without reading it): a feature
+    file's name up to its first dot, a TrackML event's prefix name."""
+    return path.name.split(".")[0] if kind == "features" else path.name
+
+
 def _feature_csv_event(path: Path, num_features: int) -> InputEvent:
     features = read_feature_csv(path, num_features)
-    match = _LAST_NUMBER.search(path.name.split(".")[0])
-    event_id = int(match.group(1)) if match else 0
+    match = _LAST_NUMBER.search(input_name("features", path))
+    event_id = event_id_from_digits(match.group(1), path) if match else 0
     hit_ids = np.arange(1, features.shape[0] + 1, dtype=np.int64)
-    return InputEvent(path.name.split(".")[0], event_id, hit_ids, features)
+    return InputEvent(input_name("features", path), event_id, hit_ids, features)
 
 
 def _trackml_event(prefix: Path, spec: FeatureSpec) -> InputEvent:
     event = read_event(prefix, parts=("truth", "particles"))
     return InputEvent(
-        event.name if prefix.name.startswith("event") else prefix.name,
+        input_name("trackml", prefix),
         event.event_id,
         np.asarray(event.hits["hit_id"], dtype=np.int64),
         hit_features(event.hits, spec),
@@ -67,26 +80,40 @@ def _trackml_event(prefix: Path, spec: FeatureSpec) -> InputEvent:
     )
 
 
-def _expand(path: Path) -> list[tuple[str, Path]]:
-    """The inputs ``path`` designates, as (``"trackml"`` or ``"features"``, path) pairs."""
+def _csv_files(directory: Path) -> list[Path]:
+    return sorted((p for p in directory.iterdir() if p.is_file() and p.name.endswith((".csv", ".csv.gz"))),
+                  key=_natural_key)
+
+
+def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
+    """The inputs ``path`` designates, as (``"trackml"`` or ``"features"``, path) pairs; the
+    CSV files of a directory that are not read go to ``skipped``."""
     if path.is_dir():
-        has_hits = any(_TRACKML_FILE.search(p.name) for p in path.iterdir() if p.is_file())
-        if has_hits:
+        csvs = _csv_files(path)
+        if any(_TRACKML_FILE.search(p.name) for p in csvs):
+            skipped.extend(p for p in csvs if not _TRACKML_FILE.search(p.name))
             return [("trackml", prefix) for prefix in find_event_prefixes(path)]
-        csvs = sorted((p for p in path.iterdir() if p.is_file() and p.name.endswith((".csv", ".csv.gz"))), key=_natural_key)
-        if not csvs:
-            raise EventFormatError("holds no TrackML event and no feature CSV file", path=path)
-        return [("features", p) for p in csvs]
+        labels = [p for p in csvs if p.name.endswith(LABELS_SUFFIXES)]
+        skipped.extend(labels)
+        features = [p for p in csvs if p not in labels]
+        if not features:
+            found = f" (only labels files: {', '.join(p.name for p in labels[:3])})" if labels else ""
+            raise EventFormatError(f"holds no TrackML event and no feature CSV file{found}", path=path)
+        return [("features", p) for p in features]
     if path.is_file() and not _TRACKML_FILE.search(path.name):
         return [("features", path)]
     return [("trackml", prefix) for prefix in find_event_prefixes(path)]
 
 
-def list_inputs(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
-    """Every input the given paths designate, in order, without reading them (for progress bars)."""
+def list_inputs(paths: Iterable[str | Path], skipped: list[Path] | None = None) -> list[tuple[str, Path]]:
+    """Every input the given paths designate, in order, without reading them (for progress bars).
+
+    The CSV files of the directories given that are not inputs are appended to ``skipped``
+    when it is given: files other than the TrackML events of a directory that holds any,
+    and labels files (``*-labels.csv[.gz]``) in a directory of feature CSVs."""
     found: list[tuple[str, Path]] = []
     for path in paths:
-        found.extend(_expand(Path(path)))
+        found.extend(_expand(Path(path), [] if skipped is None else skipped))
     return found
 
 

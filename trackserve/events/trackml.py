@@ -53,6 +53,8 @@ _FILE_NAME = re.compile(r"^(?P<prefix>.+)-(?P<kind>hits|truth|particles|cells)\.
 _EVENT_ID = re.compile(r"event(\d+)")
 _INTEGER_TEXT = re.compile(r"^[+-]?\d+$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: An empty (or blank) line of a headerless feature file, before its last hit.
+_BLANK_LINE = re.compile(r"(^|\n)[ \t\r]*\n")
 _MAX_LISTED = 5
 
 # --------------------------------------------------------------------------- reading text
@@ -232,7 +234,8 @@ def read_feature_csv(path: str | Path, num_features: int | None = None) -> np.nd
 
     This is the input format of the published ExaTrkX service (e.g. its ``lrt_events``).
     Every line must have the same number of values, each a finite number also in
-    float32. An empty file gives ``[0, num_features]`` (``[0, 0]`` when not given). With
+    float32; empty lines only at the end (the hits are numbered by line). An empty file
+    gives ``[0, num_features]`` (``[0, 0]`` when not given). With
     ``num_features`` the width is checked. Errors name the file, row (1-based) and the
     1-based column number.
     """
@@ -240,6 +243,15 @@ def read_feature_csv(path: str | Path, num_features: int | None = None) -> np.nd
     text = _read_text(path)
     if text.strip() == "":
         return np.zeros((0, num_features or 0), dtype=np.float32)
+    blank = _BLANK_LINE.search(text.rstrip())
+    if blank is not None:
+        # Hits are numbered by line: a skipped line would give every later hit the id of the one before.
+        line = text.count("\n", 0, blank.start()) + (2 if blank.group(1) else 1)
+        raise EventFormatError(
+            f"line {line} is empty: a feature file holds one hit per line and numbers the hits by line, "
+            "so empty lines are only allowed at the end",
+            path=path,
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -302,7 +314,17 @@ def event_id_from_prefix(prefix: str | Path) -> int:
     directory's id.
     """
     match = _EVENT_ID.search(Path(prefix).name)
-    return int(match.group(1)) if match else 0
+    return event_id_from_digits(match.group(1), prefix) if match else 0
+
+
+def event_id_from_digits(digits: str, path: str | Path) -> int:
+    """The event id the ``digits`` in the name of ``path`` give; EventFormatError when it does not
+    fit the signed 64-bit integer a TrackML file holds."""
+    event_id = int(digits)
+    if event_id > _INT64_MAX:
+        raise EventFormatError(f"the event id {digits} in the name is above {_INT64_MAX}, the largest a TrackML "
+                               "file holds; rename it", path=path)
+    return event_id
 
 
 def event_file(prefix: str | Path, kind: str) -> Path | None:

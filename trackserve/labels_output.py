@@ -1,0 +1,56 @@
+"""Where the jobs that run events (``run``, ``client``) write each event's labels.
+
+Everything that could stop a labels file from being written is checked before the first
+event runs: the output directory (created if missing), and every event's file name,
+``<output>/<name>-labels.csv``. Two inputs of the same name (the same file given twice,
+or ``a/evt_1.csv`` and ``b/evt_1.csv``) would write one file, the second over the first,
+so they are refused up front instead of losing the first event's labels.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import InputError
+from .events.sources import input_name
+from .paths import output_directory
+
+#: How many skipped files a note names before it only counts them.
+_NAMED = 3
+
+
+def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Path] | None:
+    """The labels file of each input listed by :func:`~trackserve.events.sources.list_inputs`,
+    with the output directory created (None: no labels written).
+
+    Raises InputError when the directory cannot be used, when two inputs have the same
+    name (so the same labels file), or when a labels file's path is a directory."""
+    if output is None:
+        return None
+    directory = output_directory(output, "--output")
+    first_of: dict[str, Path] = {}
+    files = []
+    for kind, path in inputs:
+        name = input_name(kind, path)
+        if name in first_of:
+            same = f"{path} is given twice" if first_of[name].resolve() == path.resolve() else (
+                f"{first_of[name]} and {path} have the same name")
+            raise InputError(f"{same}: both would write {directory / (name + '-labels.csv')}; "
+                             "give each event once, and events of the same name in separate runs (--output)")
+        first_of[name] = path
+        target = directory / f"{name}-labels.csv"
+        if target.is_dir():
+            raise InputError(f"cannot write the labels of {path}: {target} is a directory")
+        files.append(target)
+    return files
+
+
+def note_skipped(command: str, skipped: list[Path]) -> None:
+    """Say on stderr which CSV files of the directories given were not read as events."""
+    if not skipped:
+        return
+    named = ", ".join(str(path) for path in skipped[:_NAMED])
+    more = f" and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else ""
+    print(f"trackserve {command}: note: not read as events: {named}{more} (CSV files beside TrackML events, "
+          "and labels files; give a feature CSV by its file name to run it)", file=sys.stderr)

@@ -211,6 +211,15 @@ def test_missing_file_is_named(bundle_dir):
     assert f"networks.gnn.file: gnn.onnx does not exist in {bundle_dir}" in _refused(bundle_dir)
 
 
+@pytest.mark.parametrize(("file", "key"), [("gnn.onnx", "networks.gnn.file"), ("gnn.pt", "networks.gnn.weights.file")])
+def test_a_directory_in_place_of_a_file_is_named_as_such(bundle_dir, file, key):
+    (bundle_dir / file).unlink()
+    (bundle_dir / file).mkdir()
+    message = _refused(bundle_dir)
+    assert f"{key}: {file} in {bundle_dir} is a directory, not a file" in message
+    assert "does not exist" not in message
+
+
 def test_changed_file_is_caught_by_its_hash(bundle_dir):
     with open(bundle_dir / "filter.onnx", "ab") as stream:
         stream.write(b"\0")

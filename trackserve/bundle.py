@@ -757,13 +757,20 @@ def _file_problems(name: str, entry: NetworkEntry, directory: Path, *, check_onn
     return problems + _onnx_file_problems(name, entry, directory, check_onnx=check_onnx)
 
 
+def _not_a_file_problem(key: str, file: str, path: Path, directory: Path) -> str:
+    """The problem of a network file ``path`` (``file`` in pipeline.json's ``key``) that is not a file."""
+    if path.is_dir():
+        return f"{key}: {file} in {directory} is a directory, not a file: put the network's file in its place"
+    return f"{key}: {file} does not exist in {directory}"
+
+
 def _weights_problems(name: str, entry: NetworkEntry, directory: Path) -> list[str]:
     """Problems of the optional torch weights file (used to rebuild the torch network)."""
     if entry.weights is None:
         return []
     path = directory / entry.weights["file"]
     if not path.is_file():
-        return [f"networks.{name}.weights.file: {entry.weights['file']} does not exist in {directory}"]
+        return [_not_a_file_problem(f"networks.{name}.weights.file", entry.weights["file"], path, directory)]
     actual = file_sha256(path)
     if actual != entry.weights["sha256"]:
         return [
@@ -776,7 +783,7 @@ def _weights_problems(name: str, entry: NetworkEntry, directory: Path) -> list[s
 def _onnx_file_problems(name: str, entry: NetworkEntry, directory: Path, *, check_onnx: bool) -> list[str]:
     path = directory / entry.file
     if not path.is_file():
-        return [f"networks.{name}.file: {entry.file} does not exist in {directory}"]
+        return [_not_a_file_problem(f"networks.{name}.file", entry.file, path, directory)]
     actual = file_sha256(path)
     if actual != entry.sha256:
         return [

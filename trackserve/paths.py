@@ -44,3 +44,19 @@ def output_directory(path: str | Path, option: str) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise InputError(f"{option} {path}: the directory is not writable")
     return path
+
+
+def output_file(path: str | Path, option: str) -> Path:
+    """Check, before a job does its work, that it will be able to write the file ``path``.
+
+    Raises InputError naming ``option`` when the path is a directory, its directory does
+    not exist, or the file or its directory is not writable. Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: the directory {parent} does not exist")
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise InputError(f"{option} {path}: not writable")
+    return path

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from trackserve.cli import main
+from trackserve.events.event import HITS_COLUMNS, PARTICLES_COLUMNS, TRUTH_COLUMNS
 from trackserve.events.metrics import evaluate_event
 from trackserve.events.submission import write_submission
 from trackserve.events.trackml import read_event
@@ -129,6 +130,21 @@ def test_labels_of_another_event(capsys, tmp_path, event):
     path = write_submission(tmp_path / "other.csv", 2, event.hits["hit_id"], np.zeros(event.num_hits, np.int64))
     status, _, err = _run(capsys, PREFIX, path)
     assert status == 2 and "no labels for event 1 (the file holds event(s) 2)" in err
+
+
+def test_event_without_hits_and_labels_without_rows(capsys, tmp_path):
+    # What `trackserve run` writes for a zero-hit event: header-only event files and labels.
+    for kind, columns in (("hits", HITS_COLUMNS), ("truth", TRUTH_COLUMNS), ("particles", PARTICLES_COLUMNS)):
+        (tmp_path / f"event000000000-{kind}.csv").write_text(",".join(columns) + "\n")
+    labels = write_submission(tmp_path / "labels.csv", 0, [], [])
+    status, out, err = _run(capsys, tmp_path / "event000000000", labels, "--json")
+    result = json.loads(out)
+    assert status == 0 and err == ""
+    assert result["num_hits"] == result["num_particles"] == result["num_reconstructable"] == result["num_tracks"] == 0
+    assert result["efficiency"] is None and result["fake_rate"] is None and result["trackml_score"] is None
+    # An event that has hits still needs its labels.
+    status, _, err = _run(capsys, PREFIX, labels)
+    assert status == 2 and "no labels for event 1 (the file holds no rows)" in err
 
 
 def test_event_without_truth(capsys, tmp_path, perfect):

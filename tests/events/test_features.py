@@ -202,3 +202,14 @@ def test_exatrkx_service_scales_match_its_reference_event():
         assert -1.0 <= phi.min() < -0.9 and 0.9 < phi.max() <= 1.0
     # The other preset would put the reference event's hits inside the beam pipe.
     assert reference[:, 0].min() * TRACKML_1000.scales[0] < 12.0
+
+
+@pytest.mark.parametrize("x, y, z", [(1.0, 2.0, 1e300), (2e42, 2e42, 1.0)])
+def test_features_beyond_float32_are_named_without_numpy_warnings(x, y, z):
+    import warnings
+
+    hits = {"hit_id": np.array([1, 2]), "x": np.array([30.0, x]), "y": np.array([40.0, y]), "z": np.array([5.0, z])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning would fail here before the named error
+        with pytest.raises(EventFormatError, match="of hit row 2 is inf"):
+            hit_features(hits, FeatureSpec(("r", "phi", "z"), (1000.0, math.pi, 1000.0)))

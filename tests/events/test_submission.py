@@ -106,3 +106,14 @@ def test_read_errors_name_file_column_row(tmp_path):
     with pytest.raises(EventFormatError, match="does not exist"):
         read_submission(tmp_path / "missing.csv")
     assert list(SUBMISSION_COLUMNS) == ["event_id", "hit_id", "track_id"]
+
+
+def test_labels_without_their_header_line_are_named_as_such(tmp_path):
+    # `tail -n +2` of a labels file: the first data line's repeated numbers are not a repeated column name.
+    written = write_submission(tmp_path / "full.csv", 0, [1, 2, 3], [0, 0, 1])
+    path = tmp_path / "s.csv"
+    error = read_error(path, "".join(written.read_text().splitlines(keepends=True)[1:]))
+    assert (error.path, error.column, error.row) == (str(path), None, None)
+    assert "has no header line: the first line (0,1,0) looks like data" in str(error)
+    assert "add one such as event_id,hit_id,track_id" in str(error)
+    assert "appears twice" not in str(error)

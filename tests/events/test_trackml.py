@@ -85,6 +85,7 @@ def synthetic_event(event_id: int, num_hits: int, seed: int) -> Event:
     truth = {"hit_id": hit_ids.copy(), "particle_id": owner.astype(np.int64)}
     for name in ("tx", "ty", "tz", "tpx", "tpy", "tpz", "weight"):
         truth[name] = rng.normal(0, 10, num_hits)
+    truth["weight"] = np.abs(truth["weight"])  # TrackML weights are >= 0
     particles = {"particle_id": particle_ids, "particle_type": rng.choice([-211, 211, 11, -13], len(particle_ids))}
     for name in ("vx", "vy", "vz", "px", "py", "pz"):
         particles[name] = rng.normal(0, 1, len(particle_ids))
@@ -370,6 +371,14 @@ def test_headerless_file_gets_a_hint(tmp_path):
         read_table(path, {"a": np.int64, "b": np.float64})
 
 
+def test_headerless_file_with_repeated_numbers_says_it_has_no_header(tmp_path):
+    path = write_text(tmp_path / "event000000001-hits.csv", "1,2,2,1,8,2,1\n2,3,3,1,8,2,1\n")
+    with pytest.raises(EventFormatError) as error:
+        read_table(path, HITS_COLUMNS)
+    check_error(error, path, None, None, "has no header line: the first line (1,2,2,1,8,2,1) looks like data",
+                f"add one such as {HITS_HEADER}")
+
+
 def test_bad_headers(tmp_path):
     path = write_text(tmp_path / "t.csv", "a,b,a\n1,2,3\n")
     with pytest.raises(EventFormatError) as error:
@@ -410,6 +419,31 @@ def test_duplicated_hit_ids(tmp_path):
     with pytest.raises(EventFormatError) as error:
         read_event(prefix)
     check_error(error, tmp_path / "event000000007-hits.csv", "hit_id", 3, "hit_id 1 is duplicated (first at row 1)")
+
+
+def test_negative_hit_ids_are_refused(tmp_path):
+    prefix = tiny_event_files(tmp_path, hits=f"{HITS_HEADER}\n1,1,1,1,8,2,1\n-5,1,1,1,8,2,1\n3,1,1,1,8,2,1\n")
+    with pytest.raises(EventFormatError) as error:
+        read_event(prefix, parts=())
+    check_error(error, tmp_path / "event000000007-hits.csv", "hit_id", 2, "hit_id -5 is negative", "hit ids are >= 0")
+    # 0 is not negative: only the negative ids are refused.
+    event = read_event(tiny_event_files(tmp_path, hits=f"{HITS_HEADER}\n0,1,1,1,8,2,1\n"), parts=())
+    assert event.hits["hit_id"].tolist() == [0]
+
+
+def test_negative_truth_weight_names_the_truth_file_and_its_row(tmp_path):
+    # The truth rows are in another order than the hits: the row named is the file's row.
+    truth = f"{TRUTH_HEADER}\n3,0,100,-50,5,0,0,0,0\n1,42,30.5,1.5,-10.25,1,0.1,0.2,0.5\n2,42,70.5,3.5,-20.5,1,0.1,0.2,-0.5\n"
+    with pytest.raises(EventFormatError) as error:
+        read_event(tiny_event_files(tmp_path, truth=truth), parts=("truth",))
+    check_error(error, tmp_path / "event000000007-truth.csv", "weight", 3, "weight -0.5 is negative", "weights are >= 0")
+
+
+def test_negative_nhits_is_refused(tmp_path):
+    particles = f"{PARTICLES_HEADER}\n42,0,0,0,1,0.1,0.2,1,-2\n"
+    with pytest.raises(EventFormatError) as error:
+        read_event(tiny_event_files(tmp_path, particles=particles))
+    check_error(error, tmp_path / "event000000007-particles.csv", "nhits", 1, "nhits -2 is negative")
 
 
 def test_truth_in_another_order_is_aligned_to_hits(tmp_path):

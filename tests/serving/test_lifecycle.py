@@ -66,6 +66,42 @@ def test_a_taken_port_is_refused_before_starting(custom_repository):
     assert server.process is None
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(http_port=70000), "the http port must be an integer in 1..65535, got 70000"),
+    (dict(grpc_port=0), "the grpc port must be an integer in 1..65535, got 0"),
+    (dict(metrics_port=-1), "the metrics port must be an integer in 1..65535, got -1"),
+    (dict(startup_timeout_s=float("nan")), "startup timeout must be a finite number of seconds > 0, got nan"),
+    (dict(startup_timeout_s=-5), "startup timeout must be a finite number of seconds > 0, got -5"),
+    (dict(host="::1"), "IPv6 addresses are not supported"),
+])
+def test_bad_server_settings_are_named(settings, message):
+    with pytest.raises(InputError) as error:
+        ServerSettings(**settings)
+    assert message in str(error.value)
+
+
+def test_a_host_that_does_not_resolve_is_named(custom_repository):
+    require_triton()
+    server = TritonServer(custom_repository.path, ServerSettings(host="no.such.host.invalid", http_port=free_port(),
+                                                                  grpc_port=free_port(), metrics_port=None))
+    with pytest.raises(InputError, match="cannot bind host 'no.such.host.invalid': the name does not resolve"):
+        server.start()
+    assert server.process is None
+
+
+def test_a_python_model_without_its_code_is_refused_before_starting(custom_repository, tmp_path):
+    require_triton()
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(custom_repository.path, broken)
+    (broken / "exatrkx" / "1" / "model.py").unlink()  # Triton would wait for it until the startup timeout
+    server = TritonServer(broken, ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None))
+    with pytest.raises(InputError, match="model exatrkx in .* is a Python-backend model without its <version>/model.py"):
+        server.start()
+    assert server.process is None
+
+
 def test_not_a_repository_is_refused(tmp_path):
     require_triton()
     with pytest.raises(InputError, match="holds no model folder with a config.pbtxt"):
@@ -115,9 +151,13 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_a_signal(custom_repository,
         with TritonClient(f"127.0.0.1:{grpc}") as client:
             assert client.infer(sample_features[:300]).tolist() == tiny_pipeline.run(sample_features[:300]).labels.tolist()
         process.send_signal(signum)
+        time.sleep(0.5)
+        if process.poll() is None:  # a second signal while stopping is noted, and the stop goes on
+            process.send_signal(signum)
         assert process.wait(timeout=60) == 0
         err = process.stderr.read()
         assert f"{signal.Signals(signum).name} received, stopping the server" in err
+        assert "Traceback" not in err
         assert "stopped (tritonserver status 0)" in err
         with TritonClient(f"127.0.0.1:{grpc}", timeout_s=5) as client:
             assert not client.is_ready()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import numpy as np
@@ -87,6 +88,8 @@ def test_a_killed_server_gives_a_clear_error_per_request_and_a_restart_serves(se
             thread.start()
         time.sleep(3)
         server.kill()
+        # the killed instances' shared-memory regions are removed with them
+        assert not list(Path("/dev/shm").glob(server._shm_prefix + "*"))
         for event in failed:
             event.wait(timeout=60)
         stop.set()

@@ -92,6 +92,30 @@ def test_a_level_with_no_answer_has_no_latency_and_zero_throughput(tmp_path):
     assert rows[0]["p99_ms"] == "" and rows[0]["first_error"] == "refused"
 
 
+@pytest.mark.parametrize("name, value, need", [("warmup_s", -0.5, ">= 0"), ("error_backoff_s", -0.01, ">= 0"),
+                                              ("window_s", 0.0, "> 0"), ("timeout_s", -1.0, "> 0")])
+def test_a_negative_or_zero_time_is_refused(name, value, need):
+    # a negative warm-up started the window before the first request: throughput far too low
+    with pytest.raises(InputError, match=f"{name} must be a finite number {need}"):
+        PerfSettings(url="x:1", **{name: value})
+    if need == ">= 0":
+        PerfSettings(url="x:1", **{name: 0.0})
+
+
+@pytest.mark.parametrize("text", ["4:1", "1:2:0"])
+def test_an_empty_concurrency_range_is_named(text):
+    with pytest.raises(InputError, match=f"concurrency range '{text}' is empty or has a step below 1"):
+        parse_concurrency(text)
+
+
+def test_output_files_are_checked_before_the_sweep(tmp_path, capsys):
+    for option, target, message in [("--csv", tmp_path / "none" / "x.csv", "does not exist"),
+                                     ("--json", tmp_path, "is a directory; give a file name")]:
+        # no server at this address: the files are refused before it is asked anything
+        assert main(["perf", "--url", "127.0.0.1:1", option, str(target)]) == 2
+        assert f"{option} {target}: " in (err := capsys.readouterr().err) and message in err
+
+
 def test_bad_settings_are_named():
     with pytest.raises(InputError) as caught:
         PerfSettings(url="x:1", protocol="udp", mode="fast", window_s=0, timeout_s=float("nan"))

@@ -87,7 +87,10 @@ def test_instance_kind_is_written(tiny_bundle, tmp_path):
         (dict(layout="split"), "layout 'split' is not one of custom, ensemble, both"),
         (dict(instance_count=0), "instance count must be an integer >= 1, got 0"),
         (dict(instance_kind="tpu"), "instance kind 'tpu' is not one of cpu, gpu"),
-        (dict(max_queue_delay_us=-5), "max queue delay must be an integer >= 0"),
+        (dict(max_queue_delay_us=-5), "max queue delay must be an integer in 0..9223372036854775807"),
+        (dict(max_queue_delay_us=10**20, dynamic_batching=True), "max queue delay must be an integer in 0.."),
+        (dict(max_queue_delay_us=5), "applies only to the dynamic batcher"),
+        (dict(instance_count=100_000), "instance count 100000 is above 256"),
         (dict(model_name="gnn"), "is the name of an ensemble stage model"),
         (dict(model_name="a b"), "model name 'a b' must be letters"),
         (dict(layout="both", ensemble_name="exatrkx"), "both are named 'exatrkx'"),
@@ -133,4 +136,37 @@ def test_a_bad_bundle_is_refused_before_anything_is_written(tmp_path):
     (bundle / "pipeline.json").write_text(json.dumps({"schema_version": 1}))
     with pytest.raises(Exception, match="invalid bundle"):
         write_repository(bundle, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_force_never_deletes_the_bundle_it_is_asked_to_copy(tiny_bundle, tmp_path):
+    written = write_repository(tiny_bundle, tmp_path / "repo")
+    inner = written.path / "exatrkx" / "bundle"
+    with pytest.raises(InputError, match="lies inside .* which --force would delete"):
+        write_repository(inner, tmp_path / "repo", overwrite=True)
+    assert (inner / "pipeline.json").is_file()
+
+
+def test_unusable_repository_paths_are_refused_cleanly(tiny_bundle, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    with pytest.raises(InputError, match="cannot create the directory"):
+        write_repository(tiny_bundle, afile / "sub")
+    written = write_repository(tiny_bundle, tmp_path / "repo")
+    link = tmp_path / "link"
+    link.symlink_to(written.path)
+    with pytest.raises(InputError, match="is a symbolic link; give the directory it points to"):
+        write_repository(tiny_bundle, link, overwrite=True)
+    assert (written.path / "exatrkx" / "config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["--edge-chunk-size", "-3"], "--edge-chunk-size must be an integer >= 1, got -3"),
+    (["--memory-limit-gb", "1e-12"], "--memory-limit-gb 1e-12 is less than one byte"),
+    (["--max-queue-delay-us", "5"], "--max-queue-delay-us 5 applies only with --dynamic-batching"),
+])
+def test_the_command_names_its_own_options(tiny_bundle, tmp_path, capsys, options, message):
+    assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle), *options]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import SAMPLE_EVENT
 from trackserve.cli import main
-from trackserve.errors import ServingError
+from trackserve.errors import InputError, ServingError
 from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.serving.client import TritonClient
 
@@ -114,6 +114,44 @@ def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path,
     captured = capsys.readouterr()
     assert code == 1
     assert "MISMATCH" in captured.err and "labels differ from the local runtime" in captured.err
+
+
+def test_client_command_sends_the_other_events_when_one_cannot_be_read(triton_server, tiny_bundle, sample_features,
+                                                                       tmp_path, capsys):
+    good = tmp_path / "evt_1.csv"
+    np.savetxt(good, sample_features[:200], delimiter=",", fmt="%.9g")
+    bad = tmp_path / "evt_2.csv"
+    bad.write_text("0.1,nan,0.3\n")
+    last = tmp_path / "evt_3.csv"
+    np.savetxt(last, sample_features[200:400], delimiter=",", fmt="%.9g")
+    code = main(["client", str(good), str(bad), str(last), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--output", str(tmp_path / "labels")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{bad}: FAILED, not sent: " in captured.err and "not a finite float32" in captured.err
+    assert "2 of 3 event(s) answered" in captured.out
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["evt_1-labels.csv", "evt_3-labels.csv"]
+
+
+def test_client_refuses_a_stage_model_before_sending(triton_server, tiny_bundle, capsys):
+    # the ensemble's embed stage takes FEATURES too, but answers no LABELS
+    code = main(["client", str(SAMPLE_EVENT), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--model", "embed", "--no-labels"])
+    assert code == 2
+    assert "model 'embed' at" in (err := capsys.readouterr().err) and "has no output 'LABELS'" in err
+
+
+@pytest.mark.parametrize("url, timeout, message", [
+    ("http://127.0.0.1:8000", 5, "give host:port without a scheme"),
+    ("127.0.0.1", 5, "give host:port with a port in 1..65535"),
+    ("127.0.0.1:70000", 5, "give host:port with a port in 1..65535"),
+    ("127.0.0.1:8001", 0, "the request timeout must be a finite number of seconds > 0; got 0"),
+    ("127.0.0.1:8001", float("nan"), "the request timeout must be a finite number of seconds > 0; got nan"),
+])
+def test_a_bad_address_or_timeout_is_refused_before_connecting(url, timeout, message):
+    with pytest.raises(InputError) as error:
+        TritonClient(url, timeout_s=timeout)
+    assert message in str(error.value)
 
 
 def test_client_command_names_an_unreachable_server(tiny_bundle, capsys):

@@ -88,3 +88,13 @@ def test_gnn_stage_scores_the_touched_hits_as_the_pipeline_does(tiny_pipeline, s
     np.testing.assert_allclose(scores, whole, rtol=0, atol=1e-5)
     with pytest.raises(InputError, match=f"refers to hit {sample_features.shape[0]}, but the event has"):
         gnn({FEATURES: sample_features, "EDGE_LIST_AFTER_FILTER": edges + sample_features.shape[0] - 901})
+
+
+@pytest.mark.parametrize("stage, edges_name", [("filter", "EDGE_LIST"), ("gnn", "EDGE_LIST_AFTER_FILTER")])
+@pytest.mark.parametrize("bad", [-1, "num_hits"])
+def test_edge_stages_refuse_indices_outside_the_event(tiny_pipeline, sample_features, stage, edges_name, bad):
+    # a negative index would silently wrap to the last hit in a gather
+    index = sample_features.shape[0] if bad == "num_hits" else bad
+    edges = np.array([[0, index], [5, 3]], dtype=np.int64)
+    with pytest.raises(InputError, match=f"{edges_name} refers to hit {index}, but the event has"):
+        make_stage(stage, tiny_pipeline.bundle)({FEATURES: sample_features, edges_name: edges})

@@ -4,7 +4,8 @@ Events are TrackML events or feature CSVs (as for ``trackserve run``), sent one 
 per event over gRPC or HTTP; the labels are written in the TrackML submission format.
 With ``--check`` each event is also run by the local runtime on the same bundle and the
 labels must be identical. Exit status: 0 when every event was answered (and matched),
-1 when a request failed or a label differed, 2 on a usage error.
+1 when an event file could not be read (the others are still sent), a request failed or
+a label differed, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..bundle import load_bundle
-    from ..errors import ServingError
+    from ..errors import ServingError, TrackserveError
     from ..events.features import FeatureSpec
     from ..events.sources import list_inputs, read_input
     from ..events.submission import write_submission
@@ -84,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{bundle.num_features}; give the --bundle the server serves"
             )
         for number, (kind, path) in enumerate(inputs):
-            item = read_input(kind, path, spec)
+            try:
+                item = read_input(kind, path, spec)
+            except TrackserveError as error:  # a bad input file: report it, send the others
+                failures += 1
+                print(f"{path}: FAILED, not sent: {error}", file=sys.stderr)
+                continue
             try:
                 labels = client.infer(item.features, request_id=item.name)
             except ServingError as error:

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     event = read_event(args.event, parts=("truth", "particles"))
     event_ids, hit_ids, track_ids = read_submission(args.labels)
     rows = event_ids == event.event_id
-    if not rows.any():
+    if not rows.any() and event.num_hits:  # an event without hits has no labels to give
         present = np.unique(event_ids)
         held = ", ".join(str(v) for v in present[:5].tolist()) + (" ..." if present.size > 5 else "")
         raise EventFormatError(

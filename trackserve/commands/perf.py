@@ -96,11 +96,14 @@ def load_events(paths, num_features: int, bundle_path) -> list:
 
 def run(args: argparse.Namespace) -> int:
     """Check the server, load the events, run the sweep, print and write the results."""
-    from ..paths import shipped_path
+    from ..paths import output_file, shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
     from ..serving.perf import PerfSettings, format_table, parse_concurrency, report, run_sweep, write_csv
 
     levels = parse_concurrency(args.concurrency)
+    for option, target in (("--csv", args.csv), ("--json", args.json)):
+        if target and target != "-":
+            output_file(target, option)  # refused now, not after the sweep
     url = args.url or f"127.0.0.1:{PROTOCOLS[args.protocol]}"
     settings = PerfSettings(url=url, protocol=args.protocol, model=args.model, mode=args.mode,
                             window_s=args.window_seconds, warmup_s=args.warmup_seconds, timeout_s=args.timeout)

@@ -51,6 +51,11 @@ def _raise_stop(signum, frame):
     raise _Stop(signal.Signals(signum).name)
 
 
+def _already_stopping(signum, frame):
+    print(f"trackserve serve: {signal.Signals(signum).name} received, already stopping the server",
+          file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 after a clean stop, 1 if the server died on its own."""
     from ..serving.server import ServerSettings, TritonServer
@@ -86,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, _Stop) as reason:
         name = "SIGINT" if isinstance(reason, KeyboardInterrupt) else str(reason)
         print(f"trackserve serve: {name} received, stopping the server", file=sys.stderr, flush=True)
+        for signum in previous:  # a second Ctrl-C or SIGTERM must not cut the clean stop short
+            signal.signal(signum, _already_stopping)
         code = server.stop()
         print(f"trackserve serve: stopped (tritonserver status {code})", file=sys.stderr, flush=True)
         return 0

@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dynamic-batching", action="store_true",
                         help="queue requests with Triton's dynamic batcher (each event is still run on its own)")
     parser.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US",
-                        help="dynamic batcher's max queue delay in microseconds (default: 0)")
+                        help="dynamic batcher's max queue delay in microseconds, with --dynamic-batching (default: 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime and graph-building threads of each instance (default: the cores of the "
                              "serving machine shared among a model's instances, at least 1 each)")
@@ -64,6 +64,14 @@ def options_from_args(args: argparse.Namespace):
         if not (args.memory_limit_gb > 0 and math.isfinite(args.memory_limit_gb)):
             raise InputError(f"--memory-limit-gb must be a positive number, got {args.memory_limit_gb}")
         memory = int(args.memory_limit_gb * 2**30)
+        if memory < 1:
+            raise InputError(f"--memory-limit-gb {args.memory_limit_gb} is less than one byte")
+    for option, value in (("--threads", args.threads), ("--edge-chunk-size", args.edge_chunk_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be an integer >= 1, got {value}")
+    if args.max_queue_delay_us and not args.dynamic_batching:
+        raise InputError(f"--max-queue-delay-us {args.max_queue_delay_us} applies only with --dynamic-batching; "
+                         "give both or drop the delay")
     return RepositoryOptions(
         layout=args.layout,
         instance_count=args.instances,

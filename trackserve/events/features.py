@@ -161,7 +161,7 @@ def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray
     n = table_length(hits)
     x, y, z = (np.asarray(hits[name], dtype=np.float64) for name in ("x", "y", "z"))
     features = np.empty((n, spec.num_features), dtype=np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite features are named below
         for column, (name, scale) in enumerate(zip(spec.names, spec.scales)):
             features[:, column] = _FEATURES[name](x, y, z) / scale
     bad = ~np.isfinite(features)

@@ -12,7 +12,7 @@ Reading conventions, shared by every reader here:
   index), are ignored: they are not kept in the returned table. A missing required
   column, or a name given twice, is an error naming it.
 * A file with a header and no data rows is a valid empty table; a file with no header
-  at all (zero bytes or only blank lines) is an error.
+  at all (zero bytes or only blank lines, or a first line made only of numbers) is an error.
 * Errors are :class:`~trackserve.errors.EventFormatError` naming the file and, where it
   applies, the column and the *row*: data rows are numbered from 1 for the first data
   line after the header; empty lines are skipped and not counted.
@@ -136,13 +136,25 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _parse_header(path: Path, text: str) -> tuple[list[str], str]:
-    """Split a table file's text into its header names and the body after the header line."""
+def _parse_header(path: Path, text: str, expected: Iterable[str]) -> tuple[list[str], str]:
+    """Split a table file's text into its header names and the body after the header line.
+
+    A first line made only of numbers is data, not a header: the error says so and names
+    the ``expected`` columns (before a repeated number could be taken for a repeated name).
+    """
     if text.strip() == "":
         raise EventFormatError("the file is empty: a TrackML table needs a header line naming its columns", path=path)
     newline = text.find("\n")
     header, body = (text, "") if newline < 0 else (text[:newline], text[newline + 1 :])
     names = [name.strip() for name in header.lstrip("\ufeff").rstrip("\r").split(",")]
+    if all(_looks_numeric(name) for name in names):
+        shown = header.strip()
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise EventFormatError(
+            f"has no header line: the first line ({shown}) looks like data: TrackML files need a header line "
+            f"naming the columns; add one such as {','.join(expected)}",
+            path=path,
+        )
     seen: set[str] = set()
     for name in names:
         if name == "":
@@ -167,21 +179,18 @@ def read_table(
     fails is the file scanned again line by line to name the bad row and column.
 
     Raises :class:`EventFormatError` (file, column, row) for a missing file, an empty
-    file, a missing column, a line with the wrong number of fields, a value that does
-    not parse, and a non-finite value in a float column. A header-only file gives a
-    table with zero rows.
+    file, a first line of numbers instead of a header, a missing column, a line with the
+    wrong number of fields, a value that does not parse, and a non-finite value in a
+    float column. A header-only file gives a table with zero rows.
     """
     path = Path(path)
     optional = dict(optional or {})
-    names, body = _parse_header(path, _read_text(path))
+    names, body = _parse_header(path, _read_text(path), schema)
     missing = [name for name in schema if name not in names]
     if missing:
-        hint = ""
-        if all(_looks_numeric(name) for name in names):
-            hint = " (the first line looks like data: TrackML files need a header line)"
         raise EventFormatError(
             f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
-            f"the header has {', '.join(names)}{hint}",
+            f"the header has {', '.join(names)}",
             path=path,
             column=missing[0] if len(missing) == 1 else None,
         )
@@ -410,6 +419,21 @@ def _check_unique(values: np.ndarray, path: Path, column: str) -> None:
     )
 
 
+def _check_not_negative(values: np.ndarray, path: Path, column: str, rule: str) -> None:
+    """Raise naming the first row whose ``column`` value is negative; ``rule`` says what the column holds."""
+    negative = values < 0
+    if not negative.any():
+        return
+    row = int(np.argmax(negative))
+    count = int(negative.sum())
+    raise EventFormatError(
+        f"{column} {values[row]} is negative{f' ({count} rows are)' if count > 1 else ''}: {rule}",
+        path=path,
+        column=column,
+        row=row + 1,
+    )
+
+
 def _align_truth(truth: Table, hit_ids: np.ndarray, truth_path: Path, hits_path: Path) -> Table:
     """The truth table with its rows in the order of the hits; error if the hit id sets differ."""
     _check_unique(truth["hit_id"], truth_path, "hit_id")
@@ -469,10 +493,11 @@ def _check_cells(cells: Table, hit_ids: np.ndarray, cells_path: Path, hits_path:
 
 
 def read_particles(path: str | Path) -> Table:
-    """Read a particles table (``particle_type`` optional) and check its particle ids are unique."""
+    """Read a particles table (``particle_type`` optional); check its particle ids are unique and ``nhits`` >= 0."""
     path = Path(path)
     particles = read_table(path, PARTICLES_COLUMNS, optional=PARTICLES_OPTIONAL_COLUMNS)
     _check_unique(particles["particle_id"], path, "particle_id")
+    _check_not_negative(particles["nhits"], path, "nhits", "nhits counts the particle's hits, so it is >= 0")
     return particles
 
 
@@ -482,12 +507,15 @@ def _read_prefix(prefix: Path, parts: Iterable[str]) -> Event:
     if hits_path is None:
         raise EventFormatError(f"no hits file {prefix.name}-hits.csv[.gz]", path=prefix.parent)
     hits = read_table(hits_path, HITS_COLUMNS)
+    _check_not_negative(hits["hit_id"], hits_path, "hit_id", "TrackML hit ids are >= 0; renumber the hits")
     _check_unique(hits["hit_id"], hits_path, "hit_id")
     paths = {kind: event_file(prefix, kind) for kind in parts}
 
     truth = particles = cells = None
     if paths.get("truth") is not None:
-        truth = _align_truth(read_table(paths["truth"], TRUTH_COLUMNS), hits["hit_id"], paths["truth"], hits_path)
+        truth = read_table(paths["truth"], TRUTH_COLUMNS)
+        _check_not_negative(truth["weight"], paths["truth"], "weight", "truth weights are >= 0 (noise hits weigh 0)")
+        truth = _align_truth(truth, hits["hit_id"], paths["truth"], hits_path)
     if paths.get("particles") is not None:
         particles = read_particles(paths["particles"])
     if paths.get("cells") is not None:
@@ -520,10 +548,11 @@ def read_event(path: str | Path, parts: Iterable[str] = EVENT_PARTS) -> Event:
     event. A part that is asked for but has no file is ``None``; a part not asked for is
     not read. The event id is :func:`event_id_from_prefix` of the prefix.
 
-    Checks, each an :class:`EventFormatError` naming file, column and row: hit ids unique;
-    truth has exactly the hits' hit ids (rows are reordered to the hits' order when only
-    the order differs; otherwise the differing ids are listed); particle ids unique; each
-    non-zero truth particle id is in the particles table; each cell's hit id is a hit.
+    Checks, each an :class:`EventFormatError` naming file, column and row: hit ids unique
+    and >= 0; truth weights >= 0; truth has exactly the hits' hit ids (rows are reordered
+    to the hits' order when only the order differs; otherwise the differing ids are
+    listed); particle ids unique and ``nhits`` >= 0; each non-zero truth particle id is in
+    the particles table; each cell's hit id is a hit.
     """
     parts = _check_parts(parts)
     prefixes = find_event_prefixes(path)

@@ -9,6 +9,8 @@ message. :class:`TritonClient` holds one connection (use one per thread) and com
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, ServingError
@@ -91,6 +93,16 @@ def describe_failure(error: Exception, url: str, model: str) -> str:
     return f"model {model!r} at {url} refused the request: {prefix}{text.strip()}"
 
 
+def check_url(url: str) -> None:
+    """Refuse a server address that is not ``host:port`` (a scheme, no port, a port outside 1..65535)."""
+    text = str(url)
+    if "://" in text:
+        raise InputError(f"server address {text!r}: give host:port without a scheme, e.g. 127.0.0.1:8001")
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InputError(f"server address {text!r}: give host:port with a port in 1..65535, e.g. 127.0.0.1:8001")
+
+
 class TritonClient:
     """One connection to a Triton server serving a trackserve model (not shared between threads).
 
@@ -99,6 +111,10 @@ class TritonClient:
     """
 
     def __init__(self, url: str, *, protocol: str = "grpc", model: str = DEFAULT_MODEL_NAME, timeout_s: float = 120.0):
+        check_url(url)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
+                math.isfinite(timeout_s) and timeout_s > 0):
+            raise InputError(f"the request timeout must be a finite number of seconds > 0; got {timeout_s!r}")
         self.module = client_module(protocol)
         self.protocol = protocol
         self.url = url
@@ -133,6 +149,9 @@ class TritonClient:
             metadata = self._call("model metadata", self.connection.get_model_metadata, self.model, as_json=True)
         else:
             metadata = self._call("model metadata", self.connection.get_model_metadata, self.model)
+        if not any(tensor.get("name") == LABELS for tensor in metadata.get("outputs", [])):
+            raise ServingError(f"model {self.model!r} at {self.url} has no output {LABELS!r}: it is not a model that "
+                               "labels whole events (a stage of the ensemble?); send to the custom model or the ensemble")
         for tensor in metadata.get("inputs", []):
             if tensor.get("name") == FEATURES:
                 return int(tensor["shape"][-1])

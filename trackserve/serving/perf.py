@@ -67,18 +67,18 @@ def parse_concurrency(text: str) -> list[int]:
     text = str(text).strip()
     hint = "give start:end[:step] (e.g. 1:16) or a list (e.g. 1,2,4,8,16) of integers >= 1"
     try:
-        if ":" in text:
-            parts = [int(part) for part in text.split(":")]
-            if len(parts) not in (2, 3):
-                raise ValueError
-            start, end, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
-            if step < 1 or end < start:
-                raise InputError(f"concurrency range {text!r} is empty or has a step below 1; {hint}")
-            levels = list(range(start, end + 1, step))
-        else:
-            levels = [int(part) for part in text.split(",")]
+        parts = [int(part) for part in text.split(":" if ":" in text else ",")]
     except ValueError:
         raise InputError(f"concurrency {text!r} is not understood; {hint}") from None
+    if ":" in text:
+        if len(parts) not in (2, 3):
+            raise InputError(f"concurrency {text!r} is not understood; {hint}")
+        start, end, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
+        if step < 1 or end < start:
+            raise InputError(f"concurrency range {text!r} is empty or has a step below 1; {hint}")
+        levels = list(range(start, end + 1, step))
+    else:
+        levels = parts
     bad = [level for level in levels if level < 1 or level > MAX_CONCURRENCY]
     if not levels or bad:
         raise InputError(f"concurrency {text!r} has levels outside 1..{MAX_CONCURRENCY} ({bad}); {hint}")
@@ -112,11 +112,12 @@ class PerfSettings:
             problems.append(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
-        for name, low in (("window_s", 0.0), ("warmup_s", -1.0), ("timeout_s", 0.0), ("error_backoff_s", -1.0)):
+        for name, zero_allowed in (("window_s", False), ("warmup_s", True), ("timeout_s", False),
+                                   ("error_backoff_s", True)):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
-                need = "> 0" if low == 0.0 else ">= 0"
-                problems.append(f"{name} must be a finite number {need}, got {value!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value)
+                    and (value >= 0 if zero_allowed else value > 0)):
+                problems.append(f"{name} must be a finite number {'>= 0' if zero_allowed else '> 0'}, got {value!r}")
         if not isinstance(self.max_error_messages, int) or self.max_error_messages < 1:
             problems.append(f"max_error_messages must be an integer >= 1, got {self.max_error_messages!r}")
         if problems:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..bundle import Bundle, load_bundle
 from ..errors import InputError
+from ..paths import output_directory
 from .interface import (
     DEFAULT_ENSEMBLE_NAME,
     DEFAULT_MODEL_NAME,
@@ -52,6 +53,10 @@ INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 BUNDLE_DIR = "bundle"
 #: Name of the config file Triton reads in each model folder.
 CONFIG_FILE = "config.pbtxt"
+#: The most instances of one model a repository may ask for: each is a process with a pipeline of its own.
+MAX_INSTANCES = 256
+#: The longest dynamic-batcher queue delay (microseconds): a signed 64-bit integer, as Triton reads it.
+MAX_QUEUE_DELAY_US = 2**63 - 1
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -90,8 +95,15 @@ class RepositoryOptions:
             problems.append(f"instance kind {self.instance_kind!r} is not one of {', '.join(INSTANCE_KINDS)}")
         if not _positive_int(self.instance_count):
             problems.append(f"instance count must be an integer >= 1, got {self.instance_count!r}")
-        if not (_positive_int(self.max_queue_delay_us) or self.max_queue_delay_us == 0) or isinstance(self.max_queue_delay_us, bool):
-            problems.append(f"max queue delay must be an integer >= 0 microseconds, got {self.max_queue_delay_us!r}")
+        elif self.instance_count > MAX_INSTANCES:
+            problems.append(f"instance count {self.instance_count} is above {MAX_INSTANCES}: each instance is a process "
+                            "with its own pipeline")
+        delay = self.max_queue_delay_us
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_QUEUE_DELAY_US:
+            problems.append(f"max queue delay must be an integer in 0..{MAX_QUEUE_DELAY_US} microseconds, got {delay!r}")
+        elif delay and not self.dynamic_batching:
+            problems.append(f"a max queue delay ({delay} us) applies only to the dynamic batcher; turn it on "
+                            "(dynamic batching) or drop the delay")
         for what, value in (("intra_op_threads", self.intra_op_threads), ("graph_threads", self.graph_threads),
                             ("edge_chunk_size", self.edge_chunk_size), ("memory_limit_bytes", self.memory_limit_bytes)):
             if value is not None and not _positive_int(value):
@@ -189,7 +201,9 @@ def _runtime_parameters(options: RepositoryOptions) -> dict[str, str]:
 # ------------------------------------------------------------------ writing
 
 
-def _prepare_output(output: Path, overwrite: bool) -> None:
+def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> None:
+    """Make ``output`` an empty directory, replacing a model repository there only with ``overwrite``
+    (never the one that holds the bundle being written, nor through a symbolic link)."""
     if output.exists() and not output.is_dir():
         raise InputError(f"the repository path {output} is a file; give a directory")
     if output.is_dir() and any(output.iterdir()):
@@ -201,8 +215,13 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
                     f"{output} is not a model repository ({entry.name} is not a model folder with {CONFIG_FILE}); "
                     "refusing to replace it: give another path"
                 )
+        if output.is_symlink():
+            raise InputError(f"{output} is a symbolic link; give the directory it points to ({output.resolve()})")
+        if bundle_directory.resolve().is_relative_to(output.resolve()):
+            raise InputError(f"the bundle {bundle_directory} lies inside {output}, which --force would delete "
+                             "before copying it; copy the bundle elsewhere first or write another repository")
         shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output_directory(output, "the repository path")
 
 
 def _write_python_model(output: Path, name: str, source: Path, config: str) -> None:
@@ -227,7 +246,7 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     options = options or RepositoryOptions()
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     output = Path(output)
-    _prepare_output(output, overwrite)
+    _prepare_output(output, overwrite, loaded.directory)
     specs = bundle_tensor_specs(loaded)
     runtime = _runtime_parameters(options)
     written = WrittenRepository(path=output.resolve())

@@ -16,6 +16,7 @@ resort.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import re
 import shutil
@@ -166,6 +167,24 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _check_python_models(repository: Path) -> None:
+    """Refuse a Python-backend model folder without its ``model.py`` (Triton would wait forever on it)."""
+    for folder in sorted(entry for entry in repository.iterdir() if (entry / "config.pbtxt").is_file()):
+        config = (folder / "config.pbtxt").read_text(encoding="utf-8", errors="replace")
+        if re.search(r'backend:\s*"python"', config) and not any(folder.glob("[0-9]*/model.py")):
+            raise InputError(f"model {folder.name} in {repository} is a Python-backend model without its "
+                             f"<version>/model.py; write the repository again with `trackserve triton-repo`")
+
+
+def _remove_shared_memory(prefix: str) -> None:
+    """Remove the shared-memory regions named ``prefix...`` (left behind when a server is killed)."""
+    for region in Path("/dev/shm").glob(prefix + "*"):
+        try:
+            region.unlink()
+        except OSError:  # gone already, or not ours to remove
+            pass
+
+
 @dataclass
 class ServerSettings:
     """Where and how the server listens: host, ports (``metrics_port`` ``None``: metrics off), logging, timeouts."""
@@ -178,6 +197,21 @@ class ServerSettings:
     startup_timeout_s: float = 120.0
     stop_timeout_s: float = 30.0
     extra_args: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if not isinstance(self.host, str) or not self.host:
+            raise InputError(f"the host to bind must be an address or a name, got {self.host!r}")
+        if ":" in self.host:
+            raise InputError(f"host {self.host!r}: IPv6 addresses are not supported; bind an IPv4 address "
+                             "(127.0.0.1 for this machine only, 0.0.0.0 for every interface)")
+        for name, port in self.ports().items():
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise InputError(f"the {name} port must be an integer in 1..65535, got {port!r}")
+        for name in ("startup_timeout_s", "stop_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise InputError(f"{name.replace('_s', '').replace('_', ' ')} must be a finite number of seconds > 0, "
+                                 f"got {value!r}")
 
     def ports(self) -> dict[str, int]:
         """The ports the server binds, by endpoint."""
@@ -208,6 +242,9 @@ class TritonServer:
         self._errors: collections.deque[str] = collections.deque(maxlen=ERROR_LINES)
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._reader: threading.Thread | None = None
+        # The Python backend's shared-memory regions are named with this prefix, so that
+        # those a killed server leaves behind can be removed (see _finish).
+        self._shm_prefix = f"trackserve_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
 
     # -- endpoints --------------------------------------------------------------------
     @property
@@ -253,7 +290,7 @@ class TritonServer:
     def command(self, backend_dir: Path) -> list[str]:
         """The ``tritonserver`` command line."""
         s = self.settings
-        shm_prefix = f"trackserve_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        shm_prefix = self._shm_prefix
         command = [
             str(self.installation.binary),
             f"--model-repository={self.repository}",
@@ -275,9 +312,15 @@ class TritonServer:
             raise InputError(f"the model repository {self.repository} does not exist; write one with `trackserve triton-repo`")
         if not any((entry / "config.pbtxt").is_file() for entry in self.repository.iterdir() if entry.is_dir()):
             raise InputError(f"{self.repository} holds no model folder with a config.pbtxt; write one with `trackserve triton-repo`")
+        _check_python_models(self.repository)
         ports = self.settings.ports()
         if len(set(ports.values())) != len(ports):
             raise InputError(f"the server's ports must differ, got {ports}")
+        try:
+            socket.getaddrinfo(self.settings.host, None, socket.AF_INET)
+        except socket.gaierror as error:
+            raise InputError(f"cannot bind host {self.settings.host!r}: the name does not resolve to an IPv4 "
+                             f"address ({error.strerror})") from None
         for name, port in ports.items():
             if not port_is_free(self.settings.host, port):
                 raise InputError(
@@ -409,6 +452,7 @@ class TritonServer:
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+        _remove_shared_memory(self._shm_prefix)
         return code
 
     def __enter__(self) -> "TritonServer":

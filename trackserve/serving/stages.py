@@ -51,10 +51,16 @@ class EnsembleStage:
         raise NotImplementedError  # pragma: no cover - every registered stage overrides it
 
 
-def _edge_list(array, what: str) -> np.ndarray:
+def _edge_list(array, what: str, num_hits: int | None = None) -> np.ndarray:
+    """The edge list ``[2, M]`` int64 of a request; with ``num_hits``, every index must name one of its hits."""
     if array.ndim != 2 or array.shape[0] != 2:
         raise InputError(f"{what} must have shape [2, M]; got {list(array.shape)}")
-    return np.ascontiguousarray(array, dtype=np.int64)
+    edges = np.ascontiguousarray(array, dtype=np.int64)
+    if num_hits is not None and edges.size:
+        low, high = int(edges.min()), int(edges.max())
+        if low < 0 or high >= num_hits:
+            raise InputError(f"{what} refers to hit {low if low < 0 else high}, but the event has {num_hits} hits")
+    return edges
 
 
 def _scores(array, num_edges: int, what: str) -> np.ndarray:
@@ -107,7 +113,7 @@ class FilterStage(EnsembleStage):
 
     def __call__(self, arrays):
         features = self._features(arrays)
-        edges = _edge_list(arrays["EDGE_LIST"], "EDGE_LIST")
+        edges = _edge_list(arrays["EDGE_LIST"], "EDGE_LIST", features.shape[0])
         return {"FILTER_SCORES": self.steps.edge_logits("filter", features, edges, chunked=True)}
 
 
@@ -140,14 +146,10 @@ class GnnStage(EnsembleStage):
 
     def __call__(self, arrays):
         features = self._features(arrays)
-        edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER")
+        edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER", features.shape[0])
         self.memory.check_gnn_edges(features.shape[0], edges.shape[1], self.config.memory_limit_bytes)
         if edges.shape[1] == 0:
             return {"GNN_SCORES": np.zeros(0, dtype=np.float32)}
-        low, high = int(edges.min()), int(edges.max())
-        if low < 0 or high >= features.shape[0]:
-            raise InputError(f"EDGE_LIST_AFTER_FILTER refers to hit {low if low < 0 else high}, "
-                             f"but the event has {features.shape[0]} hits")
         return {"GNN_SCORES": self.steps.gnn_logits(features, edges)}
 
 

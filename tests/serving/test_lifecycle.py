@@ -102,6 +102,15 @@ def test_a_python_model_without_its_code_is_refused_before_starting(custom_repos
     assert server.process is None
 
 
+def test_an_option_tritonserver_refuses_is_named_not_its_usage_text(custom_repository):
+    require_triton()
+    server = TritonServer(custom_repository.path, ServerSettings(http_port=free_port(), grpc_port=free_port(),
+                                                                  metrics_port=None, extra_args=("--bogus-flag",)))
+    with pytest.raises(ServingError, match="it refused its command line: .*unrecognized option '--bogus-flag'"):
+        server.start()
+    assert not server.running
+
+
 def test_not_a_repository_is_refused(tmp_path):
     require_triton()
     with pytest.raises(InputError, match="holds no model folder with a config.pbtxt"):

@@ -42,6 +42,8 @@ LOG_TAIL_LINES = 60
 #: Error lines (``E<date> ...``) of the server's log kept for error messages, the harmless CUDA ones excepted.
 ERROR_LINES = 20
 _ERROR_LINE = re.compile(r"^E\d{4} ")
+#: The line in which tritonserver says why it refused its command line (then prints its usage).
+_USAGE_ERROR = re.compile(r"(unrecognized option|requires an argument|invalid argument|Unexpected argument)")
 _HARMLESS = ("CudaDriverHelper", "CUDA driver", "pinned memory", "cuda")
 #: Files of the bundled Python backend copied into the private backend folder.
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
@@ -242,6 +244,7 @@ class TritonServer:
         self._errors: collections.deque[str] = collections.deque(maxlen=ERROR_LINES)
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._reader: threading.Thread | None = None
+        self._usage_error: str | None = None
         # The Python backend's shared-memory regions are named with this prefix, so that
         # those a killed server leaves behind can be removed (see _finish).
         self._shm_prefix = f"trackserve_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
@@ -282,6 +285,8 @@ class TritonServer:
     def failure_report(self) -> str:
         """What the log says went wrong: its error lines, then its last lines."""
         last = "\n".join(list(self._tail)[-8:])
+        if self._usage_error is not None:  # a bad command-line option: its usage text followed the reason
+            return f"it refused its command line: {self._usage_error.strip()}"
         if not self._errors:
             return f"the end of its log:\n{last}"
         return "its log's errors:\n" + "\n".join(self._errors) + f"\nthe end of its log:\n{last}"
@@ -345,6 +350,8 @@ class TritonServer:
             self._tail.append(line)
             if _ERROR_LINE.match(line) and not any(word in line for word in _HARMLESS):
                 self._errors.append(line)
+            if self._usage_error is None and _USAGE_ERROR.search(line):
+                self._usage_error = line
             if self.log is not None:
                 self.log(line)
 
@@ -357,6 +364,7 @@ class TritonServer:
         started = time.perf_counter()
         self._tail.clear()
         self._errors.clear()
+        self._usage_error = None
         self.process = subprocess.Popen(
             self.command(backend_dir),
             env=self.installation.environment(),

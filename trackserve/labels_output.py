@@ -1,4 +1,4 @@
-"""Where the jobs that run events (``run``, ``client``) write each event's labels.
+"""Where the jobs that run events (``run``, ``client``) write each event's labels, and their notes on the inputs.
 
 Everything that could stop a labels file from being written is checked before the first
 event runs: the output directory (created if missing), and every event's file name,
@@ -54,3 +54,13 @@ def note_skipped(command: str, skipped: list[Path]) -> None:
     more = f" and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else ""
     print(f"trackserve {command}: note: not read as events: {named}{more} (CSV files beside TrackML events, "
           "and labels files; give a feature CSV by its file name to run it)", file=sys.stderr)
+
+
+def note_beyond_detector(command: str, path: Path, features, spec) -> None:
+    """Say on stderr when a feature file's hits lie beyond the detector for the bundle's scales
+    (:func:`~trackserve.events.features.beyond_detector`): the event still runs."""
+    from .events.features import beyond_detector
+
+    found = beyond_detector(features, spec)
+    if found is not None:
+        print(f"trackserve {command}: note: {path}: {found}; were the features scaled?", file=sys.stderr)

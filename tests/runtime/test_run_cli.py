@@ -209,3 +209,14 @@ def test_an_event_id_beyond_64_bits_is_refused(capsys, tmp_path, feature_csvs):
     (tmp_path / name).write_text((feature_csvs / "evt_1.csv").read_text())
     assert main(["run", str(tmp_path / name), "--output", str(tmp_path / "labels")]) == 2
     assert "the event id 99999999999999999999 in the name is above 9223372036854775807" in capsys.readouterr().err
+
+
+def test_features_far_beyond_the_detector_get_a_note_and_still_run(capsys, tmp_path, feature_csvs):
+    # the default bundle's features are r / 3000, phi / pi, z / 400: values in mm and rad are far off
+    features = np.loadtxt(feature_csvs / "evt_4.csv", delimiter=",") * [3000.0, np.pi, 400.0]
+    np.savetxt(tmp_path / "evt_9.csv", features, delimiter=",")
+    assert main(["run", str(tmp_path / "evt_9.csv"), "--no-labels"]) == 0
+    err = capsys.readouterr().err
+    assert "evt_9.csv: hits far beyond the TrackML detector: |r| up to" in err and "were the features scaled?" in err
+    assert main(["run", str(feature_csvs / "evt_4.csv"), "--no-labels"]) == 0
+    assert "note" not in capsys.readouterr().err

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
-    from ..labels_output import labels_files, note_skipped
+    from ..labels_output import labels_files, note_beyond_detector, note_skipped
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
     spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
                 failures += 1
                 print(f"{path}: FAILED, not sent: {error}", file=sys.stderr)
                 continue
+            if kind == "features":
+                note_beyond_detector("client", path, item.features, spec)
             try:
                 labels = client.infer(item.features, request_id=item.name)
             except ServingError as error:

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
-    from ..labels_output import labels_files, note_skipped
+    from ..labels_output import labels_files, note_beyond_detector, note_skipped
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -212,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
     def features():
         for kind, path in inputs:
             read.append(read_input(kind, path, pipeline.feature_spec))
+            if kind == "features":
+                note_beyond_detector("run", path, read[-1].features, pipeline.feature_spec)
             yield read[-1].features
 
     wall = time.perf_counter()

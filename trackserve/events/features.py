@@ -40,6 +40,31 @@ _FEATURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]
 }
 #: Feature names :func:`hit_features` can compute.
 KNOWN_FEATURES: tuple[str, ...] = tuple(_FEATURES)
+
+#: Ten times as far as hits of the TrackML detector reach in each length feature (mm; the
+#: detector ends near r = 1,030 and |z| = 3,000), the full circle in phi (rad) and twice the
+#: hits' |eta|: feature values beyond were most likely not divided by the bundle's scales
+#: (e.g. r in mm where the bundle expects r / 3000 gives 3 million), while another
+#: convention of scales still passes (the published service's events give r up to 3,076).
+DETECTOR_REACH: dict[str, float] = {"r": 10_000.0, "x": 10_000.0, "y": 10_000.0, "z": 30_000.0,
+                                    "phi": math.pi * 1.001, "eta": 12.0}
+
+
+def beyond_detector(features: np.ndarray, spec: "FeatureSpec") -> str | None:
+    """Which features of ``features [N, F]`` (a feature file's rows, in ``spec``'s order and
+    scales) put hits far beyond the TrackML detector (:data:`DETECTOR_REACH`), as one line
+    naming each with its largest value; None when all lie within reach."""
+    found = []
+    for column, (name, scale) in enumerate(zip(spec.names, spec.scales)):
+        if features.shape[0] == 0:
+            break
+        largest = float(np.max(np.abs(features[:, column].astype(np.float64)))) * abs(scale)
+        if largest > DETECTOR_REACH[name]:
+            found.append(f"|{name}| up to {largest:.4g} (at most {DETECTOR_REACH[name]:.4g} expected)")
+    if not found:
+        return None
+    scales = ", ".join(f"{name} / {scale:g}" for name, scale in zip(spec.names, spec.scales))
+    return f"hits far beyond the TrackML detector: {'; '.join(found)}; the bundle expects the features {scales}"
 _DEFAULT_NAMES = ("r", "phi", "z")
 
 

@@ -345,6 +345,18 @@ def test_bundle_info_prints_a_valid_bundle(made, capsys):
     assert json.loads(capsys.readouterr().out) == made[0].to_dict()
 
 
+def test_bundle_info_shortens_long_provenance_entries(bundle_dir, capsys):
+    history = {"gnn": [{"epoch": epoch, "loss": 1.0 / epoch} for epoch in range(1, 400)]}
+    _edit(bundle_dir, lambda d: d["provenance"].update(history=history, note="short"))
+    assert main(["bundle-info", str(bundle_dir)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("  history: "))
+    assert line.startswith("  history: {gnn} ... (") and line.endswith(" characters)")
+    assert "  note: short" in out and "--json prints everything" in out
+    assert main(["bundle-info", "--json", str(bundle_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["provenance"]["history"] == history
+
+
 def test_bundle_info_reports_problems_with_status_2(bundle_dir, capsys):
     _edit(bundle_dir, lambda d: d["stages"].update(gnn_cut=7))
     assert main(["bundle-info", str(bundle_dir)]) == 2

@@ -12,6 +12,9 @@ import json
 
 ORDER = 36
 
+#: The longest provenance entry the summary prints in full (characters); ``--json`` prints all.
+PROVENANCE_WIDTH = 160
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bundle-info`` subcommand."""
@@ -61,10 +64,26 @@ def describe(bundle) -> str:
         if (bundle.directory / ENGINES_DIR).is_dir() else []
     lines.append(f"engines: {', '.join(engines) if engines else 'none built'}")
     lines.append("provenance:")
+    shortened = False
     for key, value in bundle.provenance.items():
         text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+        if len(text) > PROVENANCE_WIDTH:
+            text = _shortened(value, text)
+            shortened = True
         lines.append(f"  {key}: {text}")
+    if shortened:
+        lines.append("  (entries marked ... are shortened; --json prints everything)")
     return "\n".join(lines)
+
+
+def _shortened(value, text: str) -> str:
+    """A provenance entry too long for one line: an object's keys, or the start of the text."""
+    if isinstance(value, dict):
+        keys = ", ".join(map(str, value))
+        summary = f"{{{keys}}}"
+        if len(summary) <= PROVENANCE_WIDTH:
+            return f"{summary} ... ({len(text):,} characters)"
+    return f"{text[:PROVENANCE_WIDTH]} ... ({len(text):,} characters)"
 
 
 def run(args: argparse.Namespace) -> int:

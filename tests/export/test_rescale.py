@@ -154,3 +154,26 @@ def test_rescaling_keeps_a_pruner_and_its_cut(tmp_path, hits):
     old_x, new_x = hit_features(hits, WITH_ETA), hit_features(hits, EXATRKX_SERVICE)
     edges = np.random.default_rng(2).integers(0, len(old_x), (2, 3000))
     np.testing.assert_allclose(new_run.gnn_logits(new_x, edges), old_run.gnn_logits(old_x, edges), atol=2e-3)
+
+
+def test_rescale_replaces_a_bundle_only_with_overwrite_and_only_after_its_check(tmp_path, capsys, monkeypatch):
+    import trackserve.export.rescale as rescale
+    from trackserve.cli import main
+
+    stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j")
+    make_bundle(tmp_path / "old", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "test"})
+    make_bundle(tmp_path / "there", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "other"})
+    (tmp_path / "there" / "pruner.onnx").write_text("a file of the bundle that was there")
+    before = (tmp_path / "there" / "pipeline.json").read_bytes()
+    assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "old"), "--overwrite"]) == 2
+    assert "is the bundle given by the BUNDLE argument, which this job reads" in capsys.readouterr().err
+    assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "there")]) == 2
+    assert "already holds a bundle; give --overwrite" in capsys.readouterr().err
+    with monkeypatch.context() as patched:  # a rescaling that fails its check leaves the bundle there as it was
+        patched.setattr(rescale, "_scale_columns", lambda linear, columns, factors: None)
+        assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "there"), "--overwrite"]) == 2
+    assert (tmp_path / "there" / "pipeline.json").read_bytes() == before
+    assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "there"), "--overwrite"]) == 0
+    assert not (tmp_path / "there" / "pruner.onnx").exists()
+    assert load_bundle(tmp_path / "there").feature_names == ("r", "phi", "z")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "there"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -246,6 +247,11 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--time-budget", "0"], "run.time_budget must be a finite number of seconds > 0"),
     (["--random-events", "1", "--time-budget", "nan"], "run.time_budget must be a finite number of seconds > 0"),
     (["--random-events", "1", "--prune-cut", "0.01", "--start-from", "nowhere"], "--start-from nowhere: no bundle"),
+    (["--random-events", "1", "--gnn-lr", "inf"], "training setting gnn.learning_rate must be in (0, 1]"),
+    (["--random-events", "1", "--filter-lr", "1e30"], "training setting filter.learning_rate must be in (0, 1]"),
+    (["--random-events", "1", "--embedding-lr", "nan"], "training setting embedding.learning_rate must be in (0, 1]"),
+    (["--random-events", "1", "--seed", "-1"], "--seed -1 must be in 0..9223372036854775807"),
+    (["--random-events", "1", "--seed", str(10**20)], "must be in 0..9223372036854775807"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
     from trackserve.cli import main
@@ -300,3 +306,79 @@ def test_pruned_training_writes_a_pruner_and_starting_from_a_bundle_trains_only_
     with pytest.raises(InputError, match="max neighbours"):
         train_pipeline(events, validation, replace(config, max_neighbours=7), tmp_path / "z", spec=TRACKML_1000,
                        show_progress=False, start_from=plain)
+
+
+def _quick_train(tmp_path, output, *extra):
+    from trackserve.cli import main
+
+    return main(["train", "--output", str(output), "--quick", "--random-events", "2", "--num-particles", "30",
+                 "--quiet", "--threads", "1", *extra])
+
+
+def test_cli_never_writes_over_a_directory_unasked(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    assert _quick_train(tmp_path, afile) == 2
+    assert f"--output {afile}: exists and is not a directory" in capsys.readouterr().err
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("keep me")
+    assert _quick_train(tmp_path, notes, "--overwrite") == 2
+    assert "holds files but no bundle (pipeline.json); refusing to replace them" in capsys.readouterr().err
+    assert _quick_train(tmp_path, afile / "sub") == 2
+    assert "cannot create the directory" in capsys.readouterr().err
+    assert afile.read_text() == "keep me" and (notes / "thesis.tex").read_text() == "keep me"
+
+
+def test_cli_replaces_a_bundle_only_with_overwrite_and_only_after_success(tmp_path, capsys, monkeypatch):
+    from trackserve.errors import InputError
+    from trackserve.train import trainer
+
+    bundle = tmp_path / "b"
+    assert _quick_train(tmp_path, bundle) == 0
+    assert _quick_train(tmp_path, bundle) == 2
+    assert f"--output {bundle} already holds a bundle; give --overwrite" in capsys.readouterr().err
+    assert _quick_train(tmp_path, bundle, "--prune-cut", "0.01", "--start-from", str(bundle), "--overwrite") == 2
+    assert "is the bundle given by --start-from, which this job reads" in capsys.readouterr().err
+    before = (bundle / "pipeline.json").read_bytes()
+
+    def fails(events, validation, config, output, **kwargs):
+        (Path(output) / "embedding.onnx").write_text("half written")
+        raise InputError("the gnn training diverged at step 3")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "train_pipeline", fails)
+        assert _quick_train(tmp_path, bundle, "--overwrite") == 2
+    assert (bundle / "pipeline.json").read_bytes() == before  # a failed run leaves the old bundle as it was
+    (bundle / "stale.onnx").write_text("from another bundle")
+    assert _quick_train(tmp_path, bundle, "--overwrite", "--seed", "1") == 0
+    assert not (bundle / "stale.onnx").exists() and (bundle / "pipeline.json").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no partial directory left behind
+    load_bundle(bundle)
+
+
+def test_a_diverging_stage_stops_the_run_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from trackserve.train import gnn
+
+    monkeypatch.setattr(gnn, "classifier_step", lambda *args, **kwargs: float("nan"))
+    assert _quick_train(tmp_path, tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert "the gnn training diverged at step 1: its loss is nan" in err and "lower --gnn-lr" in err
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 9, 10, 11, 20])
+def test_the_one_cycle_schedule_runs_at_every_step_count(total_steps):
+    from trackserve.train.schedule import one_cycle
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=0.01)
+    scheduler = one_cycle(optimizer, 0.01, total_steps)
+    rates = []
+    for _ in range(total_steps):  # torch divided by zero here at exactly 10 steps with a tenth of warm-up
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(np.isfinite(rates)) and max(rates) <= 0.01 + 1e-12
+    if total_steps == 20:  # the usual tenth: at the peak once the second step begins
+        assert rates[0] == pytest.approx(0.01) and rates[1] < rates[0]

@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("bundle", metavar="DIR", help="the bundle to rescale (it must hold torch weights)")
     parser.add_argument("--output", required=True, metavar="DIR", help="directory of the new bundle")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the bundle already in --output (default: refuse)")
     parser.add_argument("--features", default="exatrkx-service",
                         help="the new features: a preset or scales of r, phi, z (default exatrkx-service)")
     parser.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
@@ -40,19 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Rescale, export with parity, write the bundle, print the check."""
-    from pathlib import Path
-
-    from ..errors import InputError
+    from ..bundle_output import bundle_written_to, check_bundle_output
     from ..events.features import feature_spec
     from ..events.trackml import read_event
     from ..export.rescale import rescale_bundle
     from ..paths import SAMPLE_EVENT
 
-    if Path(args.output).resolve() == Path(args.bundle).resolve():
-        raise InputError("--output must be a new directory, not the bundle being rescaled")
+    check_bundle_output(args.output, overwrite=args.overwrite, reads={"the BUNDLE argument": args.bundle})
     event = read_event(SAMPLE_EVENT, parts=())
-    differences = rescale_bundle(args.bundle, args.output, feature_spec(args.features),
-                                 track_building=args.track_building, check_features=event)
+    with bundle_written_to(args.output) as directory:  # replaces --output only when the rescaled bundle passed its check
+        differences = rescale_bundle(args.bundle, directory, feature_spec(args.features),
+                                     track_building=args.track_building, check_features=event)
     print(f"bundle written to {args.output}")
     for name, value in differences.items():
         print(f"  {name}: largest output difference from the original on the sample event {value:.2e}")

@@ -20,6 +20,9 @@ from ..train.precision import TRAINING_PRECISIONS
 
 ORDER = 30
 
+#: The largest seed a run takes (numpy and torch seed from a signed 64-bit integer).
+MAX_SEED = 2**63 - 1
+
 #: Per-stage options: (flag, stage, setting, type, help); a ``bool`` setting is an on switch.
 _STAGE_OPTIONS = (
     ("--embedding-epochs", "embedding", "epochs", int, "epochs of metric learning"),
@@ -64,6 +67,9 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("--output", required=True, metavar="BUNDLE_DIR", help="directory to write the bundle to")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the bundle already in --output (default: refuse); it is replaced only when the "
+                        "training succeeds")
     data = parser.add_argument_group("data")
     data.add_argument("--events", action="append", default=[], metavar="DIR",
                       help="TrackML events with truth to train on (prefix, file or directory; repeatable)")
@@ -182,6 +188,7 @@ def training_config(args: argparse.Namespace):
 
 def handle(args: argparse.Namespace) -> int:
     """Read or simulate the events, train, write the bundle and print the validation figures."""
+    from ..bundle_output import bundle_written_to, check_bundle_output
     from ..errors import InputError
     from ..events.features import feature_spec
     from ..events.geometry import load_geometry
@@ -194,6 +201,9 @@ def handle(args: argparse.Namespace) -> int:
 
     config = training_config(args)
     config.validate()  # settings out of range are refused before any event is read or simulated
+    if not 0 <= args.seed <= MAX_SEED:
+        raise InputError(f"--seed {args.seed} must be in 0..{MAX_SEED}")
+    check_bundle_output(args.output, overwrite=args.overwrite, reads={"--start-from": args.start_from})
     if args.start_from is not None:
         if config.prune_cut is None:
             raise InputError("--start-from trains only the pruned GNN on a bundle trained before: give --prune-cut too")
@@ -268,8 +278,9 @@ def handle(args: argparse.Namespace) -> int:
         "validation_event": validation_source,
         "data_seconds": data_seconds,
     }
-    result = train_pipeline(events, validation, config, args.output, spec=spec, data_description=description,
-                            show_progress=show, start_from=args.start_from)
+    with bundle_written_to(args.output) as directory:  # the bundle takes --output's place only when all went well
+        result = train_pipeline(events, validation, config, directory, spec=spec, data_description=description,
+                                show_progress=show, start_from=args.start_from)
     check = result.validation["bundle_check"]
     stages = result.bundle.stages
     print(f"bundle written to {args.output} in {time.perf_counter() - start:.0f} s "

@@ -16,6 +16,10 @@ from ..errors import InputError
 GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
 
 
+#: The highest learning rate a stage takes: AdamW steps of that size already diverge on these networks.
+MAX_LEARNING_RATE = 1.0
+
+
 def _check(conditions: list[tuple[str, bool, str]], where: str) -> None:
     for name, ok, expected in conditions:
         if not ok:
@@ -60,7 +64,7 @@ class EmbeddingSettings:
             ("layers", self.layers >= 1, "an integer >= 1"),
             ("dim", self.dim >= 1, "an integer >= 1"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("anchors", self.anchors >= 1, "an integer >= 1"),
             ("random_pairs", self.random_pairs >= 0, "an integer >= 0"),
             ("hard_negatives", self.hard_negatives >= 0, "an integer >= 0"),
@@ -101,7 +105,7 @@ class FilterSettings:
             ("hidden", self.hidden >= 1, "an integer >= 1"),
             ("layers", self.layers >= 1, "an integer >= 1"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("batch_edges", self.batch_edges >= 1, "an integer >= 1"),
             ("positive_weight", self.positive_weight > 0, "> 0"),
             ("target_efficiency", 0 < self.target_efficiency <= 1, "in (0, 1]"),
@@ -154,7 +158,7 @@ class GNNSettings:
             ("node_layers", self.node_layers >= 1, "an integer >= 1"),
             ("edge_layers", self.edge_layers >= 1, "an integer >= 1"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("sectors", self.sectors >= 1, "an integer >= 1"),
             ("positive_weight", self.positive_weight > 0, "> 0"),
             ("difference_scale", self.difference_scale > 0, "> 0"),

@@ -20,6 +20,7 @@ from .data import TrainingEvent
 from .losses import hinge_loss
 from .pairs import knn_graph, neighbour_pairs, pair_labels, random_pairs, true_pairs
 from .progress import progress, report
+from .schedule import check_finite_loss, one_cycle, stop_diverged
 from .validation import format_figures, graph_figures
 
 #: Steps between two refreshes of the whole-event embedding used for hard-negative mining.
@@ -97,8 +98,7 @@ def train_embedding(events: list[TrainingEvent], validation: TrainingEvent, conf
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     steps_per_epoch = sum(-(-event.num_hits // settings.anchors) for event in events)
     total_steps = settings.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.learning_rate, total_steps=total_steps,
-                                                    pct_start=0.1)
+    scheduler = one_cycle(optimizer, settings.learning_rate, total_steps)
     true_edges = [event.truth_edges_above(settings.pair_min_pt) for event in events]
     history = []
     for epoch in range(settings.epochs):
@@ -113,10 +113,13 @@ def train_embedding(events: list[TrainingEvent], validation: TrainingEvent, conf
                 network.eval()
                 embedding = embed(network, event.features)
                 network.train()
+                if not np.isfinite(embedding).all():
+                    stop_diverged("embedding", step, settings.learning_rate, "its embedding of the hits is not finite")
                 tree, current = cKDTree(embedding), k
             anchors = orders[k][b * settings.anchors:(b + 1) * settings.anchors]
             pairs = _step_pairs(event, true_edges[k], anchors, tree, embedding, settings, rng)
             losses.append(_train_step(network, optimizer, event, pairs, settings))
+            check_finite_loss(losses[-1], "embedding", step + 1, settings.learning_rate)
             scheduler.step()
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,

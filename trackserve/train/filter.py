@@ -18,6 +18,7 @@ from .embedding import embed
 from .pairs import pair_labels
 from .precision import pad_hits, pad_step
 from .progress import progress, report
+from .schedule import check_finite_loss, one_cycle
 from .validation import format_figures, graph_figures
 
 #: Edges scored at once when the filter runs on a whole graph.
@@ -63,8 +64,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels, counted = training_targets(events, graphs, config)
     counts = [max(1, -(-graph.shape[1] // settings.batch_edges)) for graph in graphs]
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * sum(counts), pct_start=0.1)
+    scheduler = one_cycle(optimizer, settings.learning_rate, settings.epochs * sum(counts))
     history, cut = [], 0.5
     # Each event's hits padded once for bfloat16 steps (every step reads the whole table).
     padded_hits = [pad_hits(event.features) if config.precision == "bfloat16" else None for event in events]
@@ -86,6 +86,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
                 step = pad_step(*step, hits=padded_hits[k])
             losses.append(classifier_step(network, optimizer, *step[:3], settings.positive_weight, step[3],
                                           precision=config.precision))
+            check_finite_loss(losses[-1], "filter", len(losses), settings.learning_rate)
             scheduler.step()
         network.eval()
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),

@@ -26,6 +26,7 @@ from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
 from .precision import pad_step
 from .progress import progress, report
+from .schedule import check_finite_loss, one_cycle
 from .validation import format_figures, graph_figures, track_figures, track_labels
 
 
@@ -210,8 +211,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     half_width = np.pi / settings.sectors
     reach = half_width * (1.0 + 2.0 * settings.halo)  # the sector and its halo on both sides
     steps = settings.sectors * len(events)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps, pct_start=0.1)
+    scheduler = one_cycle(optimizer, settings.learning_rate, settings.epochs * steps)
     cycle = BudgetedCycle(scheduler, settings.epochs * steps, time.perf_counter(),
                           math.inf if deadline is None else deadline)
     history = []
@@ -232,6 +232,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
                     step = pad_step(*step)
                 losses.append(classifier_step(stepped, optimizer, *step[:3], settings.positive_weight, step[3],
                                               precision=config.precision, edge_weights=step[4]))
+                check_finite_loss(losses[-1], "gnn", len(losses), settings.learning_rate)
             if not cycle.advance():
                 break  # the cycle is complete: its last step, or the deadline
         network.eval()

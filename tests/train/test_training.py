@@ -382,3 +382,17 @@ def test_the_one_cycle_schedule_runs_at_every_step_count(total_steps):
     assert all(np.isfinite(rates)) and max(rates) <= 0.01 + 1e-12
     if total_steps == 20:  # the usual tenth: at the peak once the second step begins
         assert rates[0] == pytest.approx(0.01) and rates[1] < rates[0]
+
+
+def test_cli_refuses_an_event_twice_and_a_validation_event_it_trains_on(tmp_path, capsys):
+    from trackserve.cli import main
+
+    assert main(["simulate", "--output", str(tmp_path / "sim"), "--events", "2", "--num-particles", "30"]) == 0
+    assert main(["simulate", "--output", str(tmp_path / "val"), "--first-event-id", "2", "--num-particles", "30"]) == 0
+    first, second = tmp_path / "sim" / "event000000000", tmp_path / "val" / "event000000002"
+    base = ["train", "--output", str(tmp_path / "b"), "--quick", "--quiet", "--threads", "1"]
+    assert main([*base, "--events", str(tmp_path / "sim"), "--events", str(first), "--validation", str(second)]) == 2
+    assert f"the training event {first} is given twice" in capsys.readouterr().err
+    assert main([*base, "--events", str(tmp_path / "sim"), "--validation", str(first)]) == 2
+    assert f"--validation {first} is one of the training events" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -247,6 +247,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.validation_particles and not Path(args.validation_particles).is_file():
         raise InputError(f"--validation-particles {args.validation_particles}: no such file")
 
+    if args.validation and args.events:
+        trained_on = {prefix.resolve() for path in args.events for prefix in find_event_prefixes(path)}
+        if find_event_prefixes(args.validation)[0].resolve() in trained_on:
+            raise InputError(f"--validation {args.validation} is one of the training events: the cuts and the "
+                             "figures need an event the networks did not learn from; give a held-out event")
     start = time.perf_counter()
     events = read_training_events(args.events, spec) if args.events else []
     if args.simulate:

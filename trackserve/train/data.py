@@ -176,9 +176,13 @@ def read_training_events(paths: Iterable[str | Path], spec: FeatureSpec) -> list
     """Every TrackML event (with truth) found under ``paths`` (prefixes, files or directories)."""
     from ..events.trackml import find_event_prefixes, read_event
 
-    events = []
+    events, seen = [], {}
     for path in paths:
         for prefix in find_event_prefixes(path):
+            if prefix.resolve() in seen:
+                raise InputError(f"the training event {prefix} is given twice ({seen[prefix.resolve()]} and {path}): "
+                                 "it would weigh double; give each event once")
+            seen[prefix.resolve()] = path
             event = read_event(prefix, parts=("truth", "particles"))
             events.append(prepare_event(event, spec, name=str(prefix)))
     if not events:

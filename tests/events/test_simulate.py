@@ -428,7 +428,7 @@ def test_command_line_refuses_bad_options(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--seed", "-1"], "--seed -1 must be >= 0"),
+    (["--seed", "-1"], "--seed -1 must be in 0..9223372036854775807"),
     (["--eta-max", "inf"], "eta_max = inf must be a finite number"),
     (["--pt-max", "inf"], "pt_max = inf must be a finite number"),
     (["--vertex-sigma-z", "nan"], "vertex_sigma_z = nan must be a finite number"),

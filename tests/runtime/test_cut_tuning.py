@@ -18,8 +18,8 @@ from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.bundle import JoinSettings
 from trackserve.runtime.cut_tuning import (CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS,
-                                          ValidationSet, best_rows, tune_cuts_and_joining, tune_gnn_cut,
-                                          tune_piece_joining)
+                                          ValidationSet, best_rows, check_counted_particles, tune_cuts_and_joining,
+                                          tune_gnn_cut, tune_piece_joining)
 from trackserve.runtime.pipeline import Pipeline
 
 from ..conftest import SAMPLE_EVENT
@@ -279,3 +279,93 @@ def test_tune_cut_command_joins_at_several_cut_pairs(tmp_path, capsys):
     assert "give it with --join-pieces" in capsys.readouterr().err
     assert main(["tune-cut", bundle, "--validation", str(SAMPLE_EVENT), "--join-pieces", "--join-at", "0"]) == 2
     assert "--join-at 0: give a number of cut pairs >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_event():
+    """A simulated event of 300 particles (fast to read, write and run)."""
+    from trackserve.events.geometry import load_geometry
+    from trackserve.events.simulate import SimulationConfig, simulate_event
+
+    return simulate_event(load_geometry(), SimulationConfig(num_particles=300), seed=(7, 1), event_id=1)
+
+
+def _particle_hits_and_pt(event):
+    """Each particle's number of hits and pT, as the metrics count them."""
+    from trackserve.events.metrics import event_particle_pt
+
+    pids = np.asarray(event.truth["particle_id"], dtype=np.int64)
+    ids, hits = np.unique(pids[pids != 0], return_counts=True)
+    pt_ids, pt = event_particle_pt(event)
+    assert np.array_equal(ids, pt_ids)
+    return hits, pt
+
+
+def test_events_without_a_particle_the_selection_counts_are_refused(pipeline, small_event):
+    hits, pt = _particle_hits_and_pt(small_event)
+    check_counted_particles([small_event], min_pt=1.0, min_hits=5)  # it has such particles: no error
+    with pytest.raises(InputError, match=rf"none with pT >= 1000 GeV \(the highest: {pt.max():.3g} GeV\); "
+                                         r"lower min_pt, so that"):
+        check_counted_particles([small_event], min_pt=1000.0, min_hits=5)
+    with pytest.raises(InputError, match=rf"none with >= 1000 hits \(the most: {hits.max()}\).*; lower min_hits,"):
+        check_counted_particles([small_event], min_pt=0.0, min_hits=1000)
+    # Fast particles and long ones, but none both: either bound can be lowered.
+    fastest = pt >= pt.max()
+    assert hits.max() > hits[fastest].max()
+    with pytest.raises(InputError, match="but none with both; lower --min-pt or --min-hits"):
+        check_counted_particles([small_event], min_pt=float(pt.max()), min_hits=int(hits[fastest].max()) + 1,
+                                names=("--min-pt", "--min-hits"))
+    noise = dataclasses.replace(small_event, truth={**small_event.truth,
+                                                    "particle_id": np.zeros_like(small_event.truth["particle_id"])})
+    with pytest.raises(InputError, match=r"has only noise hits \(particle_id 0 in the truth\)"):
+        check_counted_particles([noise], min_pt=0.0, min_hits=0)
+    with pytest.raises(InputError, match=r"the 2 validation events have no particle with pT >= 1000 GeV"):
+        check_counted_particles([small_event, noise], min_pt=1000.0, min_hits=5)
+    check_counted_particles([small_event, noise], min_pt=1.0, min_hits=5)  # one event with particles is enough
+    # The tuning functions refuse them too, rather than choose a cut on NaN efficiencies.
+    with pytest.raises(InputError, match="has only noise hits"):
+        tune_gnn_cut(pipeline, noise, cuts=(0.5,))
+    with pytest.raises(InputError, match="lower min_pt"):
+        tune_piece_joining(pipeline, ValidationSet(pipeline, small_event, "best_edges"), cut=0.5, min_pt=1000.0,
+                           candidates=CANDIDATE_JOINS[:1])
+
+
+
+def test_tune_cut_command_refuses_validation_events_without_a_counted_particle(small_event, tmp_path, capsys):
+    from trackserve.events.trackml import write_event
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    empty = tmp_path / "empty"  # a zero-hit event: each file only its header
+    empty.mkdir()
+    (empty / "event000000011-hits.csv").write_text("hit_id,x,y,z,volume_id,layer_id,module_id\n")
+    (empty / "event000000011-truth.csv").write_text("hit_id,particle_id,tx,ty,tz,tpx,tpy,tpz,weight\n")
+    (empty / "event000000011-particles.csv").write_text("particle_id,particle_type,vx,vy,vz,px,py,pz,q,nhits\n")
+    small = tmp_path / "small"
+    write_event(small_event, small)
+    hits, pt = _particle_hits_and_pt(small_event)
+    for options, expected in (
+            (["--validation", str(empty)], "has no hits; give validation events with hits"),
+            (["--validation", str(small), "--min-pt", "1000"],
+             f"none with pT >= 1000 GeV (the highest: {pt.max():.3g} GeV); lower --min-pt, so that"),
+            (["--validation", str(small), "--min-hits", "1000"], f"(the most: {hits.max()})"),
+            (["--validation", str(small), "--min-hits", "1000"], "; lower --min-hits, so that")):
+        assert main(["tune-cut", str(bundle), *options, "--write"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+        assert "(--min-pt) and >= " in err
+        # Nothing written: the bundle keeps its cut, gap cut and joining.
+        assert (bundle / "pipeline.json").read_text() == (DEFAULT_BUNDLE / "pipeline.json").read_text()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), "99999999999999999999"])
+def test_tune_cut_command_refuses_seeds_train_does_not_take(seed, capsys):
+    assert main(["tune-cut", str(DEFAULT_BUNDLE), "--seed", seed, "--validation-random", "100"]) == 2
+    err = capsys.readouterr().err
+    assert f"--seed {seed} must be in 0..{2**63 - 1}" in err and err.count("\n") == 1
+
+
+def test_tune_cut_command_takes_the_highest_seed(capsys):
+    assert main(["tune-cut", str(DEFAULT_BUNDLE), "--seed", str(2**63 - 1), "--validation-random", "100",
+                 "--min-pt", "0"]) == 0
+    assert f"seed {2**63 - 1}, stream" in capsys.readouterr().out

@@ -251,6 +251,9 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--filter-lr", "1e30"], "training setting filter.learning_rate must be in (0, 1]"),
     (["--random-events", "1", "--embedding-lr", "nan"], "training setting embedding.learning_rate must be in (0, 1]"),
     (["--random-events", "1", "--seed", "-1"], "--seed -1 must be in 0..9223372036854775807"),
+    (["--random-events", "1", "--gnn-hidden", "100000000"], "training setting gnn.hidden must be an integer in 1..4096"),
+    (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-hidden", "100000000"],
+     "training setting gnn.hidden must be an integer in 1..4096"),
     (["--random-events", "1", "--seed", str(10**20)], "must be in 0..9223372036854775807"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):

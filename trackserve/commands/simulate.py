@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..events.geometry import load_geometry
-    from ..events.simulate import simulate_event
+    from ..events.simulate import check_seed, simulate_event
     from ..events.trackml import read_particles, write_event
     from ..paths import output_directory
 
@@ -139,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.first_event_id + args.events - 1 > MAX_EVENT_ID:
         raise InputError(f"--first-event-id {args.first_event_id} with --events {args.events} gives event ids above "
                          f"{MAX_EVENT_ID}, the largest a TrackML file holds (a signed 64-bit integer)")
-    if args.seed < 0:
-        raise InputError(f"--seed {args.seed} must be >= 0")
+    check_seed(args.seed)
     config = _config(args)
     geometry = load_geometry(args.geometry)
     source = config if args.particles is None else read_particles(args.particles)

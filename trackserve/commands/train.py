@@ -20,9 +20,6 @@ from ..train.precision import TRAINING_PRECISIONS
 
 ORDER = 30
 
-#: The largest seed a run takes (numpy and torch seed from a signed 64-bit integer).
-MAX_SEED = 2**63 - 1
-
 #: Per-stage options: (flag, stage, setting, type, help); a ``bool`` setting is an on switch.
 _STAGE_OPTIONS = (
     ("--embedding-epochs", "embedding", "epochs", int, "epochs of metric learning"),
@@ -192,6 +189,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..events.features import feature_spec
     from ..events.geometry import load_geometry
+    from ..events.simulate import check_seed
     from ..events.trackml import find_event_prefixes, read_event
     from ..train.data import (SimulatedSource, prepare_event, read_training_events, simulated_events,
                               simulated_validation_event)
@@ -201,8 +199,7 @@ def handle(args: argparse.Namespace) -> int:
 
     config = training_config(args)
     config.validate()  # settings out of range are refused before any event is read or simulated
-    if not 0 <= args.seed <= MAX_SEED:
-        raise InputError(f"--seed {args.seed} must be in 0..{MAX_SEED}")
+    check_seed(args.seed)
     check_bundle_output(args.output, overwrite=args.overwrite, reads={"--start-from": args.start_from})
     if args.start_from is not None:
         if config.prune_cut is None:

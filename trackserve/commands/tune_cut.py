@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="simulate a validation event of N random particles, with the trainer's validation seeds "
                              "(repeatable)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="the training seed, for the simulated validation events (default 0)")
+                        help="the training seed, for the simulated validation events (0 .. 2^63-1; default 0)")
     parser.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                         help="tune for this method and store it with --write (default: the bundle's)")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
@@ -114,11 +114,13 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import save_bundle
     from ..errors import InputError
     from ..events.metrics import SELECTION_OPTIONS, check_selection
+    from ..events.simulate import check_seed
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
-                                      tune_cuts_and_joining, tune_gnn_cut)
+                                      check_counted_particles, tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.pipeline import Pipeline
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
+    check_seed(args.seed)  # the seed trackserve train takes
     pipeline = Pipeline(args.bundle)
     method = args.track_building or pipeline.stages.track_building
     if args.join_pieces and method != "best_edges":
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--join-at {args.join_at}: give a number of cut pairs >= 1")
     validations = _validation_events(args, pipeline.feature_spec)
     events = [event for event, _ in validations]
+    # Before the networks run: with no particle to count, every cut's efficiency is NaN.
+    check_counted_particles(events, min_pt=args.min_pt, min_hits=args.min_hits, names=SELECTION_OPTIONS[:2])
     validation = ValidationSet(pipeline, events, method)
     best, rows = tune_gnn_cut(pipeline, validation, min_pt=args.min_pt, min_hits=args.min_hits,
                               gap_cuts=CANDIDATE_GAP_CUTS if args.fill_gaps else None,

@@ -73,6 +73,17 @@ BASE_MEMORY_BYTES = 100 * 2**20
 BYTES_PER_PARTICLE = 15_000
 
 
+#: The largest seed the jobs take (simulation, training, tune-cut): numpy and torch seed
+#: from a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    """Refuse a seed outside ``0 .. MAX_SEED`` with an InputError naming ``option``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{option} {seed} must be in 0..{MAX_SEED}")
+
+
 def estimated_memory_bytes(num_particles: int) -> int:
     """The peak memory (bytes) a simulated event of ``num_particles`` particles is expected to take."""
     return BASE_MEMORY_BYTES + BYTES_PER_PARTICLE * int(num_particles)

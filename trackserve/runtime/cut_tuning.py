@@ -5,7 +5,8 @@ whose track building changed afterwards (``trackserve rescale --track-building``
 cut chosen for the old method; :func:`tune_gnn_cut` chooses it again, by the trainer's
 rule (the candidate cut with the highest track efficiency minus fake rate, double
 majority, for particles above ``min_pt`` with at least ``min_hits`` hits; optionally only
-among the cuts whose fake rate stays under a bound), running the
+among the cuts whose fake rate stays under a bound; refused by
+:func:`check_counted_particles` when no validation event has such a particle), running the
 bundle's own networks once per validation event and only the track building per cut. With
 several validation events the criterion is the mean over the events, and a fake-rate
 bound must hold on each of them. With ``gap_cuts``
@@ -30,7 +31,7 @@ import numpy as np
 from ..bundle import JoinSettings
 from ..errors import InputError
 from ..events.event import Event
-from ..events.metrics import evaluate_event
+from ..events.metrics import evaluate_event, event_particle_pt
 from .cuts import not_below_prune_cut
 from .piece_joining import POSITION_COLUMNS, hit_positions
 from .track_building import build_tracks, hit_distances
@@ -133,8 +134,9 @@ def tune_gnn_cut(pipeline, events: Event | Sequence[Event] | ValidationSet, *, m
     with ``max_fake_rate`` only the candidates whose fake rate is at most that on every
     event compete (an :class:`InputError` says when none is). Ties keep the smaller cut,
     then the higher gap cut (no gap filling first). Candidates below a bundle's
-    ``prune_cut`` are left out. Returns the chosen candidate's figures and all of them, in
-    the order tried.
+    ``prune_cut`` are left out. Validation events with no particle the selection counts
+    are refused (:func:`check_counted_particles`). Returns the chosen candidate's figures
+    and all of them, in the order tried.
     """
     _check_bound(max_fake_rate)
     if not cuts:
@@ -149,6 +151,7 @@ def tune_gnn_cut(pipeline, events: Event | Sequence[Event] | ValidationSet, *, m
         if not cuts:
             raise InputError(f"every candidate cut lies below the bundle's pruning cut {prune_cut:g}")
     validation = _validation_set(pipeline, events, method)
+    check_counted_particles(validation.events, min_pt=min_pt, min_hits=min_hits)
     if gap_cuts and validation.method != "best_edges":
         raise InputError(f"gap cuts fill gaps between best edges: tune them with track building 'best_edges', "
                          f"not {validation.method!r}")
@@ -177,6 +180,7 @@ def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet
     if not candidates:
         raise InputError("no candidate piece-joining settings given")
     candidates = not_below_prune_cut(candidates, pipeline.stages.prune_cut, key=lambda join: join.min_score)
+    check_counted_particles(validation.events, min_pt=min_pt, min_hits=min_hits)
     rows = [validation.figures(cut, gap_cut, join, min_pt=min_pt, min_hits=min_hits) for join in (None, *candidates)]
     return _best(rows, max_fake_rate, validation, "setting"), rows
 
@@ -211,6 +215,61 @@ def tune_cuts_and_joining(pipeline, validation: ValidationSet, cut_rows: list[Cu
                                  min_pt=min_pt, min_hits=min_hits, max_fake_rate=max_fake_rate) for row in tried]
     top = max(best.score for best, _ in tables)
     return next(best for best, _ in tables if best.score == top), tables
+
+
+def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits: int,
+                            names: tuple[str, str] = ("min_pt", "min_hits")) -> None:
+    """Raise an :class:`InputError` when no event of ``events`` (with truth) holds a particle
+    the selection counts (pT >= ``min_pt``, >= ``min_hits`` hits): the efficiency is then
+    NaN at every cut and the choice meaningless. The message says why (no hits, only noise,
+    or which bound no particle reaches, with the most the particles have) and which bound
+    to lower; ``names`` are what it calls ``min_pt`` and ``min_hits`` (the command's
+    options). The check reads the truth only: it can run before the networks do."""
+    if not events:
+        raise InputError("no validation event given")
+    summaries = [_particle_hits_and_pt(event, min_pt) for event in events]
+    hits = np.concatenate([np.zeros(0, np.int64), *(hits for hits, _ in summaries)])
+    pt = np.concatenate([np.zeros(0), *(pt for _, pt in summaries)])
+    if np.any((hits >= min_hits) & (pt >= min_pt)):
+        return
+    several = len(events) > 1
+    where = f"the {len(events)} validation events" if several else f"the validation event {events[0].name}"
+    selection = f"pT >= {min_pt:g} GeV ({names[0]}) and >= {min_hits} hits ({names[1]})"
+    if sum(int(event.num_hits) for event in events) == 0:
+        reason, advice = "no hits", "give validation events with hits"
+    elif hits.size == 0:
+        reason, advice = "only noise hits (particle_id 0 in the truth)", "give validation events with particles"
+    else:
+        reason, advice = _unreached_bounds(hits, pt, min_pt=min_pt, min_hits=min_hits, names=names)
+    raise InputError(f"{where} {'have' if several else 'has'} no particle with {selection} to count: "
+                     f"{'they have' if several else 'it has'} {reason}; {advice}, so that the efficiency can be "
+                     "measured")
+
+
+def _particle_hits_and_pt(event: Event, min_pt: float) -> tuple[np.ndarray, np.ndarray]:
+    """The number of hits and the pT of each particle (non-zero id) of the event's truth, as
+    :func:`~trackserve.events.metrics.track_metrics` counts them (pT infinite when
+    ``min_pt`` is 0: no bound on it)."""
+    pids = np.asarray(event.truth["particle_id"], dtype=np.int64)
+    ids, hits = np.unique(pids[pids != 0], return_counts=True)
+    pt = event_particle_pt(event)[1] if min_pt > 0 else np.full(ids.size, np.inf)
+    return hits, pt
+
+
+def _unreached_bounds(hits: np.ndarray, pt: np.ndarray, *, min_pt: float, min_hits: int,
+                      names: tuple[str, str]) -> tuple[str, str]:
+    """Why none of these particles (``hits`` and ``pt`` of each, at least one) is counted,
+    and which of the bounds (``names``) to lower."""
+    many, fast = int(np.count_nonzero(hits >= min_hits)), int(np.count_nonzero(pt >= min_pt))
+    parts = [f"{many} with >= {min_hits} hits" if many else f"none with >= {min_hits} hits (the most: {hits.max()})"]
+    if min_pt > 0:
+        parts.append(f"{fast} with pT >= {min_pt:g} GeV" if fast
+                     else f"none with pT >= {min_pt:g} GeV (the highest: {pt.max():.3g} GeV)")
+    reason = f"{hits.size} particle{'s' if hits.size != 1 else ''}, " + " and ".join(parts)
+    if many and fast:
+        return reason + ", but none with both", f"lower {names[0]} or {names[1]}"
+    unreached = [name for name, count in ((names[0], fast), (names[1], many)) if not count]
+    return reason, f"lower {' and '.join(unreached)}"
 
 
 def _check_bound(max_fake_rate: float | None) -> None:

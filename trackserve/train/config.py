@@ -16,6 +16,9 @@ from ..errors import InputError
 GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
 
 
+#: The widest layer a network may have: the networks run on CPUs, and a typo of a few digits
+#: (``--gnn-hidden 100000000``) would otherwise ask for petabytes of weights.
+MAX_WIDTH = 4096
 #: The highest learning rate a stage takes: AdamW steps of that size already diverge on these networks.
 MAX_LEARNING_RATE = 1.0
 
@@ -60,9 +63,9 @@ class EmbeddingSettings:
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
         _check([
-            ("hidden", self.hidden >= 1, "an integer >= 1"),
+            ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("layers", self.layers >= 1, "an integer >= 1"),
-            ("dim", self.dim >= 1, "an integer >= 1"),
+            ("dim", 1 <= self.dim <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("anchors", self.anchors >= 1, "an integer >= 1"),
@@ -102,7 +105,7 @@ class FilterSettings:
     def validate(self) -> None:
         """Raise InputError naming the first setting out of range."""
         _check([
-            ("hidden", self.hidden >= 1, "an integer >= 1"),
+            ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("layers", self.layers >= 1, "an integer >= 1"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
@@ -153,7 +156,7 @@ class GNNSettings:
         _check([
             ("architecture", self.architecture in GNN_ARCHITECTURES, f"one of {', '.join(GNN_ARCHITECTURES)}"),
             ("halo", self.halo >= 0 and self.halo == self.halo, ">= 0 (sector widths of context on each side)"),
-            ("hidden", self.hidden >= 1, "an integer >= 1"),
+            ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("iterations", self.iterations >= 0, "an integer >= 0"),
             ("node_layers", self.node_layers >= 1, "an integer >= 1"),
             ("edge_layers", self.edge_layers >= 1, "an integer >= 1"),
@@ -280,6 +283,8 @@ class TrainingConfig:
              "an integer >= 1, and only with prune_cut")
             for name, value in self._pruned_gnn_overrides().items()
         ], "run")
+        if self.prune_cut is not None:
+            self.pruned_gnn_settings().validate()  # the second GNN's own settings, widths included
 
     def _pruned_gnn_overrides(self) -> dict:
         """The ``pruned_gnn_*`` settings by the ``gnn`` setting each replaces (None: not replaced)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -49,3 +50,36 @@ def test_bundle_without_weights_says_it_cannot_rebuild(tiny_bundle, tmp_path):
     (copy / "pipeline.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="no torch weights"):
         load_torch_network(copy, "filter")
+
+
+@pytest.mark.parametrize("replacement", ["another network's weights", "not a checkpoint"])
+def test_weights_recorded_with_their_sha256_but_unusable_are_explained(tiny_bundle, tmp_path, replacement):
+    """pipeline.json edited to the sha256 of a wrong file: still one clear error, not torch's."""
+    from trackserve.bundle import file_sha256
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    if replacement == "not a checkpoint":
+        (copy / "gnn.pt").write_text("not a checkpoint")
+        problem = r"cannot be read by torch\.load \(\w+: "
+    else:
+        shutil.copy(copy / "filter.pt", copy / "gnn.pt")
+        problem = r"do not fit its \w+ \(\d+ missing key\(s\): .*; \d+ unexpected key\(s\): "
+    data = json.loads((copy / "pipeline.json").read_text())
+    data["networks"]["gnn"]["weights"]["sha256"] = file_sha256(copy / "gnn.pt")
+    (copy / "pipeline.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=rf"network 'gnn' of bundle {re.escape(str(copy))}: its torch weights gnn\.pt {problem}") as raised:
+        load_torch_network(copy, "gnn")
+    assert "\n" not in str(raised.value)
+
+
+def test_a_bundle_loaded_without_its_files_still_has_its_weights_checked(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    (copy / "gnn.pt").write_bytes((copy / "gnn.pt").read_bytes()[:100])
+    with pytest.raises(BundleError, match=r"its torch weights gnn\.pt have sha256 \w+, pipeline\.json records \w+ "
+                                          r"\(changed or damaged\); restore the file"):
+        load_torch_network(load_bundle(copy, check_files=False), "gnn")
+    (copy / "gnn.pt").unlink()
+    with pytest.raises(BundleError, match=r"its torch weights gnn\.pt do not exist"):
+        load_torch_network(load_bundle(copy, check_files=False), "gnn")

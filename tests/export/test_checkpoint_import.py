@@ -3,6 +3,7 @@ Lightning / state-dict files written the way the ExaTrkX and ACORN training code
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,24 @@ def test_frozen_ctd2022_filter_is_recovered_from_its_code():
 def test_service_hparams_contradicting_the_weights_are_refused():
     with pytest.raises(CheckpointImportError, match="hidden=32 but the weights give hidden=64"):
         import_checkpoint(SERVICE / "models" / "gnn.pt", hparams={"hidden": 32})
+
+
+@needs_data
+@pytest.mark.parametrize("hparams, conflict", [
+    ({"n_graph_iters": 3}, "n_graph_iters=3, the module has 8"),
+    ({"hidden_activation": "Tanh"}, "hidden_activation='Tanh', the module uses ReLU"),
+], ids=["n_graph_iters", "activation"])
+def test_service_hparams_contradicting_the_torchscript_module_are_refused(tmp_path, hparams, conflict):
+    """Hyperparameters the weights cannot check: the rebuilt network is compared with the module itself."""
+    text = (SERVICE / "models" / "hparams_GNN.yaml").read_text()
+    (key, value), = hparams.items()
+    edited = tmp_path / "hparams_GNN.yaml"
+    edited.write_text(re.sub(rf"(?m)^{key}: .*$", f"{key}: {value}", text))
+    with pytest.raises(CheckpointImportError) as raised:
+        import_checkpoint(SERVICE / "models" / "gnn.pt", hparams=edited)
+    message = str(raised.value)
+    assert "the ResAGNN rebuilt from it does not compute what its TorchScript module computes" in message
+    assert f"the hyperparameters given disagree with the checkpoint ({conflict})" in message and "\n" not in message
 
 
 @needs_data
@@ -200,6 +219,40 @@ def test_interaction_gnn_state_dict_imports_with_hparams(tmp_path, variant):
     assert_same_outputs(imported, original, 4)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_traced_torchscript_with_wrong_hparams_is_refused(tmp_path):
+    """A TorchScript module without an n_graph_iters attribute: the outputs tell the hyperparameters are wrong."""
+    torch.manual_seed(6)
+    original = ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=1, nb_edge_layer=1).eval()
+    x, edges = crowded_graph(20, 50, 5, 3, seed=1)
+    torch.jit.save(torch.jit.trace(original, (x, edges)), tmp_path / "traced.pt")
+    imported = import_checkpoint(tmp_path / "traced.pt", hparams={"n_graph_iters": 2})
+    assert_same_outputs(imported, original, 3)
+    with pytest.raises(CheckpointImportError, match=r"outputs differ by up to .* on random inputs of 23 hits, 61 edges\): "
+                                                    r"the hyperparameters given likely disagree with the checkpoint"):
+        import_checkpoint(tmp_path / "traced.pt", hparams={"n_graph_iters": 3})
+    with pytest.raises(CheckpointImportError, match=r"\(hidden_activation='Tanh', the module uses ReLU\): correct them"):
+        import_checkpoint(tmp_path / "traced.pt", hparams={"n_graph_iters": 2, "hidden_activation": "Tanh"})
+
+
+@pytest.mark.parametrize("value", [0, -2, float("nan"), 2.5, True, "8"])
+def test_n_graph_iters_must_be_a_positive_integer(tmp_path, value):
+    torch.save(InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=1, nb_edge_layer=1).state_dict(),
+               tmp_path / "ignn.pt")
+    with pytest.raises(CheckpointImportError, match=rf"'n_graph_iters' must be an integer >= 1, the hyperparameters give "
+                                                    rf"{re.escape(repr(value))}$"):
+        import_checkpoint(tmp_path / "ignn.pt", hparams={"n_graph_iters": value})
+
+
+def test_invalid_hparams_yaml_is_one_line(tmp_path):
+    (tmp_path / "hparams.yaml").write_text("hidden: 64\nregime: [rp, hnm\n")
+    torch.save(EdgeFilter(in_channels=3, hidden=8, nb_layer=2).state_dict(), tmp_path / "filter.pt")
+    with pytest.raises(CheckpointImportError) as raised:
+        import_checkpoint(tmp_path / "filter.pt", hparams=tmp_path / "hparams.yaml")
+    assert str(raised.value) == (f"hyperparameter file {tmp_path / 'hparams.yaml'} is not valid YAML: "
+                                 "expected ',' or ']', but got '<stream end>' at line 3, column 1")
+
+
 def test_missing_n_graph_iters_is_asked_for(tmp_path):
     torch.save(InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=1, nb_edge_layer=1).state_dict(),
                tmp_path / "ignn.pt")
@@ -238,7 +291,7 @@ def test_unknown_network_and_bad_files_are_explained(tmp_path):
     with pytest.raises(CheckpointImportError, match="is a damaged zip archive"):
         import_checkpoint(tmp_path / "cut.pt")
     (tmp_path / "cut-pickle.pt").write_bytes(b"\x80\x02}q\x00")  # a pickle cut short
-    with pytest.raises(CheckpointImportError, match="cannot be read by torch.load"):
+    with pytest.raises(CheckpointImportError, match="cannot be read by torch.load: it ends early"):
         import_checkpoint(tmp_path / "cut-pickle.pt")
     with pytest.raises(CheckpointImportError, match="unknown kind"):
         import_checkpoint(tmp_path / "other.pt", kind="transformer")
@@ -264,8 +317,10 @@ def test_pickle_with_python_objects_needs_trust(tmp_path):
     state = EdgeFilter(in_channels=3, hidden=8, nb_layer=2).state_dict()
     path = tmp_path / "filter.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": {"name": "VanillaFilter"}, "extra": _Unsafe()}, path)
-    with pytest.raises(CheckpointImportError, match="trust_pickle=True"):
+    with pytest.raises(CheckpointImportError, match="trust_pickle=True") as raised:
         import_checkpoint(path)
+    assert f"holds Python objects besides tensors, which are not read unless trusted (Unsupported global: GLOBAL {__name__}._Unsafe)" \
+        in str(raised.value) and "\n" not in str(raised.value)
     assert isinstance(import_checkpoint(path, trust_pickle=True), EdgeFilter)
 
 

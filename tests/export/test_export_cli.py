@@ -102,3 +102,140 @@ def test_a_bundle_network_is_exported_again_from_its_own_weights(bundle_dir, cap
 def test_export_without_a_network_needs_a_bundle(tmp_path, capsys):
     assert main(["export", "-o", str(tmp_path / "gnn.onnx")]) == 2
     assert "give the torch network NET.pt to export" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- refusals, each in one line
+
+
+def _one_line(err: str) -> str:
+    """The error ``trackserve`` printed, checked to be a single line."""
+    assert err.count("\n") == 1, err
+    return err
+
+
+def _nan_gnn() -> ResAGNN:
+    """A GNN whose first layer holds a NaN: every score it computes is NaN."""
+    network = _gnn(1)
+    with torch.no_grad():
+        network.input_network[0].weight[0, 0] = float("nan")
+    return network
+
+
+def test_an_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, capsys):
+    checkpoint = _save_checkpoint(_gnn(1), tmp_path / "gnn.ckpt")
+    hparams = tmp_path / "hparams.yaml"
+    hparams.write_text("n_graph_iters: 1\n")
+    before = file_sha256(checkpoint), file_sha256(hparams)
+    for command, source in (
+        (["export", checkpoint, "--kind", "gnn", "-o", checkpoint], checkpoint),
+        (["import", checkpoint, "-o", checkpoint], checkpoint),
+        (["import", checkpoint, "--hparams", str(hparams), "-o", str(hparams)], str(hparams)),
+    ):
+        assert main(command + ["--overwrite"]) == 2
+        assert f"--output {source} is the input file {source}: writing it would destroy" in _one_line(capsys.readouterr().err)
+    assert (file_sha256(checkpoint), file_sha256(hparams)) == before
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, capsys):
+    checkpoint = _save_checkpoint(_gnn(1), tmp_path / "gnn.ckpt")
+    output = tmp_path / "gnn.onnx"
+    output.write_bytes(b"an earlier export")
+    for command in (["export", checkpoint, "--kind", "gnn", "--runs", "1"], ["import", checkpoint]):
+        assert main(command + ["-o", str(output)]) == 2
+        assert f"--output {output} exists; pass --overwrite to replace it" in _one_line(capsys.readouterr().err)
+        assert output.read_bytes() == b"an earlier export"
+        assert main(command + ["-o", str(output), "--overwrite"]) == 0
+        assert f"wrote {output}" in capsys.readouterr().out
+        output.write_bytes(b"an earlier export")
+    # a missing directory is still created, as before
+    assert main(["export", checkpoint, "--kind", "gnn", "--runs", "1", "-o", str(tmp_path / "new" / "gnn.onnx")]) == 0
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_an_unusable_output_path_is_refused_before_any_work(tmp_path, capsys, where):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "plain").write_text("a file")
+    output, problem = {
+        "a directory": (tmp_path / "out", "is a directory; give a file name"),
+        "under a file": (tmp_path / "plain" / "gnn.onnx", f"{tmp_path / 'plain'} is a file, not a directory"),
+    }[where]
+    absent = str(tmp_path / "absent.ckpt")  # would be the error if the network were loaded first
+    for command in (["export", absent, "--kind", "gnn"], ["import", absent]):
+        assert main(command + ["-o", str(output)]) == 2
+        err = _one_line(capsys.readouterr().err)
+        assert f"--output {output}" in err and problem in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "plain"]  # no .partial file left
+    assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+def test_an_output_where_no_file_can_be_created_is_blamed_on_the_path(tmp_path, capsys):
+    checkpoint = _save_checkpoint(_gnn(1), tmp_path / "gnn.ckpt")
+    assert main(["export", checkpoint, "--kind", "gnn", "-o", "/proc/gnn.onnx"]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "--output /proc/gnn.onnx" in err and "network" not in err
+
+
+def test_check_of_a_file_that_is_no_onnx_model_is_explained(tmp_path, capsys):
+    checkpoint = _save_checkpoint(_gnn(1), tmp_path / "gnn.ckpt")
+    assert main(["export", checkpoint, "--kind", "gnn", "-o", str(tmp_path / "gnn.onnx"), "--runs", "1"]) == 0
+    data = (tmp_path / "gnn.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.onnx").write_text("not an ONNX model\n")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "folder.onnx").mkdir()
+    for name, problem in (
+        ("cut.onnx", "cannot be read as an ONNX model (DecodeError"), ("text.onnx", "cannot be read as an ONNX model"),
+        ("empty.onnx", "holds no ONNX graph"), ("absent.onnx", "does not exist"), ("folder.onnx", "is a directory"),
+    ):
+        capsys.readouterr()
+        assert main(["export", checkpoint, "--kind", "gnn", "-o", str(tmp_path / name), "--check"]) == 2
+        assert f"ONNX file {tmp_path / name} {problem}" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("opset", ["7", "99"])
+def test_an_unsupported_opset_is_refused_in_one_line(tmp_path, capfd, opset):
+    checkpoint = _save_checkpoint(_gnn(1), tmp_path / "gnn.ckpt")
+    assert main(["export", checkpoint, "--kind", "gnn", "-o", str(tmp_path / "gnn.onnx"), "--opset", opset]) == 2
+    captured = capfd.readouterr()
+    assert "Torch IR graph" not in captured.out
+    assert f"--opset {opset} is not supported: trackserve exports ONNX opsets 16 to" in _one_line(captured.err)
+    assert not (tmp_path / "gnn.onnx").exists()
+
+
+def test_network_without_a_bundle_is_refused(tmp_path, capsys):
+    checkpoint = _save_checkpoint(_gnn(1), tmp_path / "gnn.ckpt")
+    assert main(["export", checkpoint, "--network", "gnn", "-o", str(tmp_path / "gnn.onnx")]) == 2
+    assert "--network gnn names a network of a bundle and needs --bundle DIR" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "gnn.onnx").exists()
+
+
+def test_nan_weights_fail_the_export_and_the_check(tmp_path, capsys):
+    from trackserve.export.onnx_export import export_network
+
+    checkpoint = _save_checkpoint(_nan_gnn(), tmp_path / "nan.ckpt")
+    assert main(["export", checkpoint, "--kind", "gnn", "-o", str(tmp_path / "gnn.onnx"), "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "'scores' max|onnx - torch| = 0" in err  # both sides agree on their NaN...
+    assert "not finite (NaN or infinity): 15 of 15 values in PyTorch and 15 of 15 values in ONNX Runtime: FAIL" in err
+    assert "weights hold NaN or infinity: input_network.0.weight (1 of 12)" in err
+    assert not (tmp_path / "gnn.onnx").exists()
+    unchecked = export_network(_nan_gnn(), "gnn", tmp_path / "unchecked.onnx", validate=False).path
+    assert main(["export", checkpoint, "--kind", "gnn", "-o", unchecked, "--check", "--runs", "1"]) == 2
+    assert "values in PyTorch and 15 of 15 values in ONNX Runtime: FAIL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["cut short", "missing", "another network's"])
+def test_damaged_bundle_weights_are_named_in_one_line(bundle_dir, capsys, damage):
+    weights = bundle_dir / "gnn.pt"
+    if damage == "cut short":
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif damage == "missing":
+        weights.unlink()
+    else:
+        shutil.copy(bundle_dir / "filter.pt", weights)
+    for check in ([], ["--check"]):
+        assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1", *check]) == 2
+        err = _one_line(capsys.readouterr().err)
+        assert f"network 'gnn' of bundle {bundle_dir}: its torch weights gnn.pt" in err
+        assert f"trackserve export NET.pt --bundle {bundle_dir} --network gnn" in err

@@ -20,9 +20,9 @@ import torch
 from onnx import TensorProto, helper
 
 from trackserve.bundle import file_sha256
-from trackserve.errors import ExportError, ExportParityError
+from trackserve.errors import ExportError, ExportParityError, InputError
 from trackserve.export.graph_scan import scan_graph
-from trackserve.export.onnx_export import export_network, max_abs_difference, validate_onnx
+from trackserve.export.onnx_export import MIN_OPSET, export_network, max_abs_difference, validate_onnx
 from trackserve.export.specs import SPECS, get_spec, power_law_edges
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -329,6 +329,57 @@ def test_unknown_feature_count_and_kind_are_explained(tmp_path):
         export_network(ToyGNN(), "tracker", tmp_path / "a.onnx")
     with pytest.raises(ExportError, match="forward fails on features \\[17, 5\\]"):
         export_network(ToyEmbedding(), None, tmp_path / "a.onnx", num_features=5)
+
+
+class CumulativeMax(torch.nn.Module):
+    """An embedding through ``cummax``, an operator the TorchScript-based exporter cannot write."""
+
+    kind = "embedding"
+    config = {"in_channels": 3}
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 4)
+
+    def forward(self, features):
+        return torch.cummax(self.linear(features), dim=0)[0]
+
+
+def test_a_failing_export_is_one_error_without_torch_ir_on_stdout(tmp_path, capfd):
+    with pytest.raises(ExportError, match="aten::cummax"):
+        export_network(CumulativeMax(), None, tmp_path / "embedding.onnx")
+    assert "Torch IR graph" not in capfd.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("opset", [7, MIN_OPSET - 1, 99])
+def test_opsets_outside_the_supported_range_are_refused(tmp_path, opset):
+    with pytest.raises(InputError, match=rf"opset {opset} is not supported: trackserve exports ONNX opsets 16 to \d+ "):
+        export_network(ToyGNN(), "gnn", tmp_path / "gnn.onnx", opset=opset)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_lowest_supported_opset_exports_message_passing(tmp_path):
+    report = export_network(ToyGNN(), "gnn", tmp_path / "gnn.onnx", opset=MIN_OPSET, runs=1)
+    assert report.validation.passed and onnx.load(report.path).opset_import[0].version == MIN_OPSET
+
+
+def test_nan_outputs_fail_even_where_onnx_and_torch_agree(tmp_path):
+    module = ToyEdgeMLP()
+    with torch.no_grad():
+        module.network[0].bias[0] = float("inf")  # tanh(inf) = 1: finite; the NaN comes from the weight
+        module.network[2].weight[0, 0] = float("nan")
+    path = tmp_path / "filter.onnx"
+    with pytest.raises(ExportParityError) as caught:
+        export_network(module, None, path, runs=1)
+    report = caught.value.report
+    assert not path.exists()
+    failed = [check for check in report.checks if not check.passed]
+    assert failed and all(check.max_abs_diff == 0 and check.torch_nonfinite == check.values for check in failed)
+    message = str(caught.value)
+    assert ("case 'a few hits (6 hits, 15 edges)': 'scores' max|onnx - torch| = 0, bound 0.0001 (max|torch| = 0), "
+            "1 run(s), not finite (NaN or infinity): 15 of 15 values in PyTorch and 15 of 15 values in ONNX Runtime: FAIL") in message
+    assert "weights hold NaN or infinity: network.0.bias (1 of 8), network.2.weight (1 of 8);" in message
 
 
 # ----------------------------------------------------------------------------- trackserve's networks

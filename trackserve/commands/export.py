@@ -3,7 +3,8 @@
 Four uses, all comparing ONNX Runtime with PyTorch at shapes other than the traced
 ones (see :mod:`trackserve.export.onnx_export`):
 
-* ``trackserve export NET.pt -o OUT.onnx``: export to a file;
+* ``trackserve export NET.pt -o OUT.onnx``: export to a file (an existing file only
+  with ``--overwrite``, and never NET.pt itself);
 * ``trackserve export NET.pt --bundle DIR --network gnn``: export into a bundle,
   replacing that network's file and updating ``pipeline.json`` (this also repairs a
   bundle whose file was changed or lost);
@@ -48,12 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--network", dest="name", choices=("embedding", "filter", "pruner", "gnn"),
                         help="which network of the bundle (required with --bundle; pruner: a bundle's first GNN)")
     parser.add_argument("--check", action="store_true", help="validate the existing ONNX file; write nothing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT.onnx (never the input NET.pt itself; a bundle's network "
+                        "file is always replaced)")
     parser.add_argument("--kind", choices=("embedding", "filter", "gnn", "resagnn", "interaction"),
                         help="network kind when the file does not tell (default: detected, or --network)")
     parser.add_argument("--hparams", metavar="YAML", help="training hyperparameters (e.g. hparams_GNN.yaml)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow a file that pickles arbitrary Python objects (runs code: trusted files only)")
-    parser.add_argument("--opset", type=_positive_int, default=None, metavar="N", help="ONNX opset (default 17)")
+    parser.add_argument("--opset", type=_positive_int, default=None, metavar="N",
+                        help="ONNX opset (default 17; 16 to the highest the installed torch writes)")
     parser.add_argument("--runs", type=_positive_int, default=3, metavar="N",
                         help="ONNX Runtime runs per validation shape (default %(default)s)")
     parser.set_defaults(handler=run)
@@ -72,10 +77,13 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the network, then export or check as the arguments say; print the comparisons."""
-    from ..errors import BackendUnavailableError, BundleError
+    from ..errors import BackendUnavailableError, BundleError, InputError
 
     if args.bundle and not args.name:
         raise BundleError("--bundle needs --network embedding|filter|pruner|gnn: which network of the bundle")
+    if args.name and not args.bundle:
+        raise InputError(f"--network {args.name} names a network of a bundle and needs --bundle DIR; "
+                         "to say which kind of network NET.pt holds, use --kind")
     if args.network is None and not args.bundle:
         raise BundleError("give the torch network NET.pt to export (only with --bundle can it be left out: "
                           "the bundle's own weights are then used)")
@@ -87,8 +95,15 @@ def run(args: argparse.Namespace) -> int:
         ) from error
     from ..bundle import load_bundle, replace_network
     from ..export.checkpoint_import import import_checkpoint
-    from ..export.onnx_export import DEFAULT_OPSET, export_network, validate_onnx
+    from ..export.onnx_export import (
+        DEFAULT_OPSET, check_opset, check_output_path, export_network, read_onnx_model, validate_onnx,
+    )
 
+    opset = check_opset(args.opset or DEFAULT_OPSET, "--opset")
+    if args.output and args.check:
+        read_onnx_model(args.output)  # refused before the network is loaded
+    elif args.output:
+        check_output_path(args.output, "--output", overwrite=args.overwrite, inputs=(args.network, args.hparams))
     if args.network is None:
         from ..export.bundle_networks import load_torch_network
 
@@ -100,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
         network = import_checkpoint(args.network, kind=kind, hparams=args.hparams, trust_pickle=args.trust_pickle)
         source = args.network
     print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {source}")
-    opset = args.opset or DEFAULT_OPSET
 
     if args.check:
         if args.bundle:

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="network kind (default: detected from the checkpoint)",
     )
     parser.add_argument("--output", "-o", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT.onnx (never the checkpoint or hyperparameter file itself)")
     parser.add_argument(
         "--trust-pickle", action="store_true",
         help="allow a checkpoint that pickles arbitrary Python objects (runs code: trusted files only)",
@@ -43,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
             f"trackserve import needs torch ({error}); install it with: pip install 'trackserve[export]'"
         ) from error
     from ..export.checkpoint_import import import_checkpoint
-    from ..export.onnx_export import export_network
+    from ..export.onnx_export import check_output_path, export_network
 
+    check_output_path(args.output, "--output", overwrite=args.overwrite, inputs=(args.checkpoint, args.hparams))
     network = import_checkpoint(args.checkpoint, kind=args.kind, hparams=args.hparams, trust_pickle=args.trust_pickle)
     parameters = sum(parameter.numel() for parameter in network.parameters())
     print(f"imported {network.architecture} ({parameters:,} parameters) from {args.checkpoint}")

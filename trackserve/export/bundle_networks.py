@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from ..bundle import Bundle, load_bundle
+from ..bundle import Bundle, file_sha256, load_bundle
 from ..errors import BundleError
 from .networks import build_network
+
+#: What to do about a bundle's torch weights file that is missing, changed or wrong.
+_REPAIR = ("restore the file from a copy of the bundle, or export the network into the bundle from its checkpoint "
+           "(trackserve export NET.pt --bundle {directory} --network {name})")
 
 
 def load_torch_network(bundle: Bundle | str, name: str):
@@ -12,7 +16,9 @@ def load_torch_network(bundle: Bundle | str, name: str):
 
     Needs the network's ``architecture`` and its ``weights`` file (written by
     :func:`trackserve.bundle.make_bundle`); a bundle without them can only be run from
-    its ONNX files, and this raises :class:`BundleError` saying so.
+    its ONNX files, and this raises :class:`BundleError` saying so. The weights file must
+    have the sha256 ``pipeline.json`` records and fit the architecture (the bundle may have
+    been loaded without checking its files): otherwise a one-line :class:`BundleError`.
     """
     import torch
 
@@ -27,6 +33,51 @@ def load_torch_network(bundle: Bundle | str, name: str):
             "it can be run from ONNX but not rebuilt in torch (re-create the bundle with make_bundle)"
         )
     module = build_network(entry.architecture, entry.config)
-    state = torch.load(bundle.directory / entry.weights["file"], map_location="cpu", weights_only=True)
+    path = _checked_weights_file(bundle, name)
+    where = f"network {name!r} of bundle {bundle.directory}: its torch weights {entry.weights['file']}"
+    repair = _REPAIR.format(directory=bundle.directory, name=name)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError and others, with many lines
+        text = str(error).strip()
+        raise BundleError(f"{where} cannot be read by torch.load ({type(error).__name__}: "
+                          f"{text.splitlines()[0] if text else ''}); {repair}") from None
+    problem = _state_problem(module, state)
+    if problem:
+        raise BundleError(f"{where} do not fit its {entry.architecture} ({problem}); {repair}")
     module.load_state_dict(state)
     return module.eval()
+
+
+def _state_problem(module, state) -> str | None:
+    """Why ``state`` cannot be loaded into ``module`` (keys or shapes, a few named), or None."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a state dict"
+    expected = module.state_dict()
+    problems = []
+    for label, names in (("missing", sorted(set(expected) - set(state))), ("unexpected", sorted(set(state) - set(expected)))):
+        if names:
+            problems.append(f"{len(names)} {label} key(s): {', '.join(names[:3])}" + (", ..." if len(names) > 3 else ""))
+    shapes = [f"{key} {tuple(getattr(state[key], 'shape', ('not a tensor',)))} instead of {tuple(expected[key].shape)}"
+              for key in sorted(set(state) & set(expected))
+              if getattr(state[key], "shape", None) != expected[key].shape]
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {', '.join(shapes[:3])}" + (", ..." if len(shapes) > 3 else ""))
+    return "; ".join(problems) or None
+
+
+def _checked_weights_file(bundle: Bundle, name: str):
+    """The path of network ``name``'s torch weights; BundleError when it is missing, a
+    directory, or its sha256 is not the one ``pipeline.json`` records."""
+    weights = bundle.networks[name].weights
+    path = bundle.directory / weights["file"]
+    where = f"network {name!r} of bundle {bundle.directory}: its torch weights {weights['file']}"
+    if path.is_dir():
+        problem = "are a directory, not a file"
+    elif not path.is_file():
+        problem = "do not exist"
+    elif file_sha256(path) != weights["sha256"]:
+        problem = f"have sha256 {file_sha256(path)}, pipeline.json records {weights['sha256']} (changed or damaged)"
+    else:
+        return path
+    raise BundleError(f"{where} {problem}; " + _REPAIR.format(directory=bundle.directory, name=name))

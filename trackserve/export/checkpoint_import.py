@@ -15,10 +15,12 @@ docstring of each network states.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointImportError
@@ -28,7 +30,9 @@ from .filter import EdgeFilter
 from .interaction_gnn import InteractionGNN
 from .mlp import ACTIVATIONS
 from .network_base import ConfigurableNetwork
+from .onnx_export import max_abs_difference
 from .resagnn import ResAGNN
+from .specs import get_spec
 
 #: Accepted values of ``kind`` and the architecture each one means (``"gnn"``: either GNN, detected).
 KINDS = {"embedding": "LayerlessEmbedding", "filter": "VanillaFilter", "gnn": None,
@@ -57,9 +61,12 @@ def import_checkpoint(
     ``hparams`` (a dict or a YAML file such as ``hparams_GNN.yaml``) overrides the
     checkpoint's own hyperparameters. ``trust_pickle`` allows pickles holding
     arbitrary Python objects. Raises :class:`CheckpointImportError` when the weights
-    cannot be mapped, listing every unexpected or missing key and shape mismatch.
+    cannot be mapped, listing every unexpected or missing key and shape mismatch, and
+    when the checkpoint is a TorchScript module (which can be run) whose outputs the
+    rebuilt network does not reproduce (see :func:`check_against_torchscript`).
     """
     contents = read_checkpoint(path, trust_pickle=trust_pickle)
+    given = None
     if hparams is not None:
         given = read_hparams_yaml(hparams) if isinstance(hparams, (str, Path)) else dict(hparams)
         contents.hparams = {**(contents.hparams or {}), **given}
@@ -68,7 +75,64 @@ def import_checkpoint(
     state, config = builder(contents)
     network = _ARCHITECTURE_CLASSES[architecture].from_config(config)
     load_weights(network, state, contents.path)
-    return network.eval()
+    network.eval()
+    if contents.module is not None:
+        check_against_torchscript(network, contents, given)
+    return network
+
+
+def check_against_torchscript(network: ConfigurableNetwork, contents: CheckpointContents,
+                              hparams: dict[str, Any] | None = None) -> None:
+    """Refuse a network rebuilt from a TorchScript checkpoint that does not compute what the module does.
+
+    Both run on the inputs the export traces at (:mod:`.specs`); the outputs must agree
+    within the export's parity bound. The likely cause of a disagreement is named:
+    ``hparams`` (the hyperparameters given) that contradict the module, or else an
+    architecture trackserve does not reproduce. A module that cannot be run on those
+    inputs (another interface) is not compared.
+    """
+    spec = get_spec(network.kind)
+    inputs = [torch.from_numpy(array) for array in spec.make_inputs(spec.trace, network.config["in_channels"]).values()]
+    with torch.no_grad():
+        ours = network(*inputs).numpy()
+        try:
+            theirs = contents.module(*inputs)
+        except Exception:  # a module with another interface: nothing to compare with
+            return
+    if not isinstance(theirs, torch.Tensor) or theirs.numel() != ours.size:
+        return
+    theirs = theirs.detach().float().reshape(ours.shape).numpy()
+    difference = max_abs_difference(ours, theirs)
+    bound = spec.tolerance * max(1.0, float(np.abs(theirs[np.isfinite(theirs)]).max(initial=0.0)))
+    if difference <= bound:
+        return
+    conflicts = _conflicts_with_torchscript(contents, hparams or {})
+    if conflicts:
+        cause = f"the hyperparameters given disagree with the checkpoint ({'; '.join(conflicts)}): correct them"
+    elif hparams:
+        cause = ("the hyperparameters given likely disagree with the checkpoint: check them, or leave them out so "
+                 "that the TorchScript module's own are used")
+    else:
+        cause = (f"trackserve's {network.architecture} does not reproduce this module; pass the hyperparameters of its "
+                 "training run (--hparams) if they differ from what the module tells")
+    raise CheckpointImportError(
+        f"checkpoint {contents.path}: the {network.architecture} rebuilt from it does not compute what its TorchScript "
+        f"module computes (outputs differ by up to {difference:.3g}, bound {bound:.3g}, on random inputs of "
+        f"{spec.trace.num_hits} hits" + (f", {spec.trace.num_edges} edges" if len(inputs) > 1 else "") + f"): {cause}"
+    )
+
+
+def _conflicts_with_torchscript(contents: CheckpointContents, hparams: dict[str, Any]) -> list[str]:
+    """The given hyperparameters that contradict the TorchScript module: its int attributes
+    (``n_graph_iters``) and, when it uses one activation type only, the activation."""
+    conflicts = [f"{key}={hparams[key]!r}, the module has {value!r}" for key, value in contents.attributes.items()
+                 if hparams.get(key) is not None and hparams[key] != value]
+    kinds = set(_activations(contents))
+    if len(kinds) == 1:
+        (kind,) = kinds
+        conflicts += [f"{key}={hparams[key]!r}, the module uses {kind}" for key in ("hidden_activation", "activation")
+                      if hparams.get(key) and hparams[key] != kind]
+    return conflicts
 
 
 def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
@@ -200,12 +264,16 @@ def _one_activation(contents: CheckpointContents, hparams: dict[str, Any], key: 
 
 
 def _required_int(contents: CheckpointContents, hparams: dict[str, Any], key: str) -> int:
-    """An int hyperparameter that the weights cannot give (``n_graph_iters``)."""
+    """A positive int hyperparameter that the weights cannot give (``n_graph_iters``)."""
     value = hparams.get(key, contents.attributes.get(key))
     if value is None:
         raise CheckpointImportError(
             f"checkpoint {contents.path}: '{key}' cannot be read from the weights; pass hyperparameters with '{key}'"
         )
+    whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
+        source = "the hyperparameters give" if key in hparams else "the checkpoint gives"
+        raise CheckpointImportError(f"checkpoint {contents.path}: '{key}' must be an integer >= 1, {source} {value!r}")
     return int(value)
 
 

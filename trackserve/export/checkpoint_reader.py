@@ -51,7 +51,8 @@ class CheckpointContents:
     them; ``class_name`` the network class when known; ``attributes`` the TorchScript
     int/float/bool attributes; ``module_types`` the TorchScript module class at each
     path (``"input_network.2": "ReLU"``); ``fixed`` config values the format
-    determines (a frozen filter's activation and LayerNorm use).
+    determines (a frozen filter's activation and LayerNorm use); ``module`` the
+    TorchScript module itself, which can be run to check the network rebuilt from it.
     """
 
     path: str
@@ -62,6 +63,7 @@ class CheckpointContents:
     attributes: dict[str, Any] = field(default_factory=dict)
     module_types: dict[str, str] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
+    module: Any = None
 
 
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointContents:
@@ -89,15 +91,38 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointC
                 "Lightning and torch.jit.save write) nor a pickle; give the .pt or .ckpt file the training wrote"
             )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():  # torch warns of pickle protocols its safe unpickler may not read
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError or others
-        hint = (
-            " It holds Python objects besides tensors: if the file comes from a source you trust, "
-            "pass trust_pickle=True (CLI: --trust-pickle)."
-            if not trust_pickle and "weights_only" in str(error) else ""
-        )
-        raise CheckpointImportError(f"checkpoint {path} cannot be read by torch.load: {error}.{hint}") from error
+        if not trust_pickle and "weights_only" in str(error):
+            reason = _unpickler_reason(error)
+            what = ("holds Python objects besides tensors, which are not read unless trusted"
+                    if reason.startswith("Unsupported global") else "is refused by torch.load's safe (weights-only) unpickler")
+            raise CheckpointImportError(
+                f"checkpoint {path} {what} ({reason}): if the file comes from a source you trust, "
+                "pass trust_pickle=True (CLI: --trust-pickle)"
+            ) from None
+        if isinstance(error, EOFError):
+            raise CheckpointImportError(f"checkpoint {path} cannot be read by torch.load: it ends early (cut short); "
+                                        "copy it again") from None
+        raise CheckpointImportError(f"checkpoint {path} cannot be read by torch.load: {_first_line(error)}") from None
     return _from_payload(path, payload)
+
+
+def _first_line(error: Exception) -> str:
+    """The exception's type and the first non-empty line of its message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """What torch's safe unpickler refused, from its many-line message (``Unsupported global: GLOBAL x``)."""
+    _, found, rest = str(error).partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in rest.splitlines() if line.strip()] if found else []
+    if not lines:
+        return _first_line(error)
+    return re.sub(r" was not an allowed global by default.*", "", lines[0]).rstrip(". ")
 
 
 def _first_bytes(path: Path, count: int) -> bytes:
@@ -129,7 +154,7 @@ def _read_torchscript(path: Path) -> CheckpointContents:
     module_types = {name: sub.original_name for name, sub in module.named_modules() if name}
     contents = CheckpointContents(
         path=str(path), format="torchscript", state=state, class_name=module.original_name,
-        attributes=attributes, module_types=module_types,
+        attributes=attributes, module_types=module_types, module=module,
     )
     if not state:
         _recover_frozen_filter(module, contents)
@@ -230,6 +255,14 @@ def flatten_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _yaml_problem(error: Exception) -> str:
+    """A YAML parser error in one line: its problem and where (1-based line and column)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if not problem:
+        return _first_line(error)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
 def read_hparams_yaml(path: str | Path) -> dict[str, Any]:
     """The hyperparameters of an ExaTrkX/ACORN YAML file (``hparams_GNN.yaml``), flattened."""
     import yaml
@@ -240,7 +273,7 @@ def read_hparams_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointImportError(f"hyperparameter file {path} does not exist") from None
     except yaml.YAMLError as error:
-        raise CheckpointImportError(f"hyperparameter file {path} is not valid YAML: {error}") from error
+        raise CheckpointImportError(f"hyperparameter file {path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(loaded, dict):
         raise CheckpointImportError(f"hyperparameter file {path} must hold a mapping of names to values")
     return flatten_hparams(loaded)

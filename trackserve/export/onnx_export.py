@@ -16,7 +16,8 @@ at the sizes of its kind's :class:`~trackserve.export.specs.ExportSpec`, with dy
 
    where the maxima run over all elements of that output in that case (a NaN or
    infinity where the other side has a different value counts as an infinite
-   difference);
+   difference), and every value is finite on both sides (NaN or infinity agreed on by
+   both still fails: a network with NaN weights computes nothing);
 4. the graph: :func:`~trackserve.export.graph_scan.scan_graph` finds no scatter
    known to aggregate wrongly.
 
@@ -26,8 +27,11 @@ lists them all together with every output's difference. Needs torch and onnx.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import TensorInfo, file_sha256, tensor_problems
-from ..errors import ExportError, ExportParityError
+from ..errors import ExportError, ExportParityError, InputError
+from ..paths import output_directory, output_file
 from .graph_scan import GraphHazard, scan_graph
 from .specs import ExportSpec, ShapeCase, get_spec
 
@@ -43,11 +48,22 @@ from .specs import ExportSpec, ShapeCase, get_spec
 #: 1.17 and later, and TensorRT 8.6 and later; it has ScatterElements(reduction="add").
 DEFAULT_OPSET = 17
 
+#: The lowest ONNX opset written: the first with ScatterElements(reduction="add"); below it
+#: the legacy exporter writes message passing as overwrite-then-add scatters (wrong sums).
+MIN_OPSET = 16
+
+#: The highest opset written when torch does not say which it knows.
+_FALLBACK_MAX_OPSET = 20
 
 
 @dataclass(frozen=True)
 class OutputCheck:
-    """The comparison of one output in one validation case, over all runs."""
+    """The comparison of one output in one validation case, over all runs.
+
+    ``torch_nonfinite`` and ``onnx_nonfinite`` count the NaN and infinite values of the
+    output (ONNX Runtime: in its worst run) among its ``values``: a network whose outputs
+    are not finite fails, even where both sides agree on them.
+    """
 
     case: str
     output: str
@@ -56,18 +72,26 @@ class OutputCheck:
     reference_scale: float
     run_spread: float
     runs: int
+    values: int = 0
+    torch_nonfinite: int = 0
+    onnx_nonfinite: int = 0
 
     @property
     def passed(self) -> bool:
-        """Whether the difference is within the bound."""
-        return self.max_abs_diff <= self.bound
+        """Whether the difference is within the bound and every value is finite."""
+        return self.max_abs_diff <= self.bound and not self.torch_nonfinite and not self.onnx_nonfinite
 
     def __str__(self) -> str:
         verdict = "ok" if self.passed else "FAIL"
         text = (
             f"{self.case}: '{self.output}' max|onnx - torch| = {self.max_abs_diff:.3g}, "
-            f"bound {self.bound:.3g} (max|torch| = {self.reference_scale:.3g}), {self.runs} run(s): {verdict}"
+            f"bound {self.bound:.3g} (max|torch| = {self.reference_scale:.3g}), {self.runs} run(s)"
         )
+        nonfinite = [f"{count} of {self.values} values in {side}" for count, side in
+                     ((self.torch_nonfinite, "PyTorch"), (self.onnx_nonfinite, "ONNX Runtime")) if count]
+        if nonfinite:
+            text += ", not finite (NaN or infinity): " + " and ".join(nonfinite)
+        text += f": {verdict}"
         if self.run_spread > 0:
             text += f"; runs differ from each other by up to {self.run_spread:.3g} (nondeterministic kernel)"
         return text
@@ -210,6 +234,24 @@ def _scale(reference: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
+def _nonfinite_count(values: np.ndarray) -> int:
+    """How many elements of ``values`` are NaN or infinite."""
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def _nonfinite_parameters(module) -> list[str]:
+    """``name (count of size)`` of each parameter or buffer of ``module`` holding NaN or infinity."""
+    import torch
+
+    found = []
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if tensor.is_floating_point():
+            count = int(tensor.numel() - torch.isfinite(tensor).sum())
+            if count:
+                found.append(f"{name} ({count} of {tensor.numel()})")
+    return found
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
@@ -225,6 +267,29 @@ def _metadata_failures(session, inputs: tuple[TensorInfo, ...], outputs: tuple[T
                 dynamic_reference="the interface has", dynamic_hint=" (exported without dynamic axes)", fixed_must_match_symbolic=False,
             ))
     return failures
+
+
+def read_onnx_model(path: str | os.PathLike):
+    """The ``onnx.ModelProto`` of the ONNX file ``path`` (external data not loaded).
+
+    Raises :class:`~trackserve.errors.InputError` with one line when the path is missing,
+    is a directory, or holds no ONNX model (cut short, damaged, or another kind of file).
+    """
+    import onnx
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"ONNX file {path} is a directory; give the .onnx file")
+    if not path.is_file():
+        raise InputError(f"ONNX file {path} does not exist")
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and others
+        raise InputError(f"ONNX file {path} cannot be read as an ONNX model ({_first_line(error)}): it is cut short, "
+                         "damaged or not ONNX; export it again") from None
+    if not model.HasField("graph"):
+        raise InputError(f"ONNX file {path} holds no ONNX graph (empty or not ONNX); export it again")
+    return model
 
 
 def validate_onnx(
@@ -249,6 +314,8 @@ def validate_onnx(
     the report when everything passes; otherwise raises
     :class:`~trackserve.errors.ExportParityError` listing every failure and comparison
     (the report is its ``report`` attribute). See the module docstring for the bound.
+    A path that holds no readable ONNX model raises :class:`~trackserve.errors.InputError`
+    (see :func:`read_onnx_model`).
     """
     import onnxruntime as ort
 
@@ -262,7 +329,8 @@ def validate_onnx(
     failures: list[str] = []
     checks: list[OutputCheck] = []
 
-    hazards = tuple(scan_graph(path)) if check_graph else ()
+    model = read_onnx_model(path)  # a file that is no ONNX model: one clear error, not a failure listing
+    hazards = tuple(scan_graph(model)) if check_graph else ()
     try:
         session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=providers)
     except Exception as error:
@@ -275,6 +343,10 @@ def validate_onnx(
     try:
         if session is not None:
             failures += _compare(session, module, spec, num_features, cases or spec.cases, runs, tolerance, seed, checks)
+        if any(check.torch_nonfinite for check in checks) and (broken := _nonfinite_parameters(module)):
+            listed = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+            failures.append(f"the torch network's weights hold NaN or infinity: {listed}; "
+                            "use weights from before the training diverged")
     finally:
         if was_training:
             module.train()
@@ -346,11 +418,94 @@ def _compare(session, module, spec, num_features, cases, runs, tolerance, seed, 
                 reference_scale=scale,
                 run_spread=max(max_abs_difference(r[name], results[0][name]) for r in results),
                 runs=runs,
+                values=int(want.size),
+                torch_nonfinite=_nonfinite_count(want),
+                onnx_nonfinite=max(_nonfinite_count(r[name]) for r in results),
             )
             checks.append(check)
             if not check.passed:
                 failures.append(str(check))
     return failures
+
+
+def supported_opsets() -> range:
+    """The ONNX opsets :func:`export_network` writes: :data:`MIN_OPSET` to the highest the
+    installed torch's exporter knows."""
+    try:
+        from torch.onnx import _constants
+
+        highest = int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # a private module of torch: absent in some versions
+        highest = _FALLBACK_MAX_OPSET
+    return range(MIN_OPSET, highest + 1)
+
+
+def check_opset(opset, option: str = "opset") -> int:
+    """``opset`` when :func:`export_network` can write it; else InputError naming ``option``
+    (``--opset`` on the command line) with the supported range."""
+    opsets = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in opsets:
+        raise InputError(
+            f"{option} {opset!r} is not supported: trackserve exports ONNX opsets {opsets.start} to {opsets[-1]} "
+            f"({opsets.start} is the first with ScatterElements(reduction='add'), which message passing needs; "
+            f"{opsets[-1]} the last the installed torch writes); the default is {DEFAULT_OPSET}"
+        )
+    return opset
+
+
+def check_output_path(path: str | os.PathLike, option: str, *, overwrite: bool = False,
+                      inputs: tuple = ()) -> Path:
+    """Check, before any work, that an export may write the ONNX file ``path`` (given by ``option``).
+
+    Raises InputError naming ``option`` when ``path`` is one of the files ``inputs`` the job
+    reads (never written over, even with ``overwrite``), an existing file and not
+    ``overwrite``, a directory, or a place where no file can be created (tried by creating
+    and removing a file next to it, where the export writes its temporary file). A missing
+    parent directory is created, as :func:`export_network` would create it.
+    """
+    path = Path(path)
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise InputError(f"{option} {path} is the input file {source}: writing it would destroy the input; "
+                             "give another file name")
+    if path.exists() and not path.is_dir() and not overwrite:
+        raise InputError(f"{option} {path} exists; pass --overwrite to replace it, or give another file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{option} {path}: {path.parent} is a file, not a directory")
+    if not path.parent.exists():
+        output_directory(path.parent, option)
+    output_file(path, option)
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as error:
+        raise InputError(f"{option} {path}: cannot create a file in {path.parent} ({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(probe)
+    return path
+
+
+@contextlib.contextmanager
+def _exporter_log_discarded():
+    """Send the process's standard output (file descriptor 1) to the null device meanwhile.
+
+    torch's TorchScript-based exporter switches its C++ log on for every export (its
+    ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled`` instead of
+    calling it), so an export that fails first prints the whole Torch IR graph, hundreds
+    of lines, to standard output; the error itself says what failed.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def export_network(
@@ -375,7 +530,8 @@ def export_network(
     :class:`~trackserve.errors.ExportError` when the network cannot be exported and
     :class:`~trackserve.errors.ExportParityError` (with the
     :class:`ValidationReport` as its ``report`` attribute) when ONNX Runtime disagrees
-    with PyTorch.
+    with PyTorch; an ``opset`` outside :func:`supported_opsets` raises
+    :class:`~trackserve.errors.InputError`.
     """
     import torch
 
@@ -383,6 +539,7 @@ def export_network(
 
     spec = _resolve_kind(module, kind)
     num_features = infer_num_features(module, num_features)
+    check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial")
@@ -404,7 +561,7 @@ def export_network(
 
         device = _module_device(module)
         args = tuple(torch.from_numpy(trace_inputs[name]).to(device) for name in spec.input_names)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _exporter_log_discarded():
             warnings.simplefilter("always")
             try:
                 torch.onnx.export(

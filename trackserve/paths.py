@@ -7,6 +7,7 @@ the package is meant to be installed from a checkout (``pip install -e .``).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import InputError, TrackserveError
@@ -50,13 +51,21 @@ def output_file(path: str | Path, option: str) -> Path:
     """Check, before a job does its work, that it will be able to write the file ``path``.
 
     Raises InputError naming ``option`` when the path is a directory, its directory does
-    not exist, or the file or its directory is not writable. Creates nothing."""
+    not exist, the file is not writable, or no file can be created in its directory
+    (tried by creating and removing a scratch file there: permission bits alone do not
+    tell, e.g. for root in /proc). Leaves nothing behind."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{option} {path}: is a directory; give a file name")
     parent = path.parent
     if not parent.is_dir():
         raise InputError(f"{option} {path}: the directory {parent} does not exist")
-    if not os.access(path if path.exists() else parent, os.W_OK):
+    if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"{option} {path}: not writable")
+    try:
+        handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as error:
+        raise InputError(f"{option} {path}: cannot create a file in {parent} ({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(scratch)
     return path

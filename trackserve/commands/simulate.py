@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from dataclasses import fields, replace
 
@@ -105,10 +104,9 @@ def _check_memory(num_particles: int) -> None:
 def _event_files(output, event_id: int) -> list:
     """The TrackML files of event ``event_id`` in directory ``output`` (either compression)."""
     from ..events.event import event_name
+    from ..events.trackml import event_files
 
-    name = event_name(event_id)
-    return sorted(path for path in output.glob(f"{name}-*.csv*")
-                  if re.fullmatch(rf"{name}-(hits|truth|particles|cells)\.csv(\.gz)?", path.name))
+    return event_files(output / event_name(event_id))
 
 
 def _refuse_existing(output, event_ids) -> None:

@@ -23,6 +23,7 @@ Reading conventions, shared by every reader here:
 
 from __future__ import annotations
 
+import glob
 import gzip
 import io
 import re
@@ -334,6 +335,14 @@ def event_id_from_digits(digits: str, path: str | Path) -> int:
         raise EventFormatError(f"the event id {digits} in the name is above {_INT64_MAX}, the largest a TrackML "
                                "file holds; rename it", path=path)
     return event_id
+
+
+def event_files(prefix: str | Path) -> list[Path]:
+    """Every file of the event ``prefix`` there is (hits, truth, particles, cells; ``.csv`` or
+    ``.csv.gz``, both when both exist), sorted by name."""
+    prefix = Path(prefix)
+    return sorted(path for path in prefix.parent.glob(f"{glob.escape(prefix.name)}-*.csv*")
+                  if (match := _FILE_NAME.match(path.name)) and match["prefix"] == prefix.name and path.is_file())
 
 
 def event_file(prefix: str | Path, kind: str) -> Path | None:

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -459,8 +458,8 @@ def check_output_path(path: str | os.PathLike, option: str, *, overwrite: bool =
 
     Raises InputError naming ``option`` when ``path`` is one of the files ``inputs`` the job
     reads (never written over, even with ``overwrite``), an existing file and not
-    ``overwrite``, a directory, or a place where no file can be created (tried by creating
-    and removing a file next to it, where the export writes its temporary file). A missing
+    ``overwrite``, a directory, or a place where no file can be created
+    (:func:`~trackserve.paths.output_file`). A missing
     parent directory is created, as :func:`export_network` would create it.
     """
     path = Path(path)
@@ -474,14 +473,7 @@ def check_output_path(path: str | os.PathLike, option: str, *, overwrite: bool =
         raise InputError(f"{option} {path}: {path.parent} is a file, not a directory")
     if not path.parent.exists():
         output_directory(path.parent, option)
-    output_file(path, option)
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-    except OSError as error:
-        raise InputError(f"{option} {path}: cannot create a file in {path.parent} ({error.strerror or error})") from None
-    os.close(handle)
-    os.unlink(probe)
-    return path
+    return output_file(path, option)  # also tries creating a file there, where the export writes its temporary one
 
 
 @contextlib.contextmanager

@@ -245,3 +245,61 @@ def test_run_many_with_event_workers_raises_the_failing_events_error_in_turn(tin
         assert next(results).num_hits == 30
         with pytest.raises(InputError, match="hit 3"):
             next(results)
+
+
+def _stage_inputs(pipeline, sample_features):
+    features = sample_features[:1500]
+    kept, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
+    assert kept.shape[1] > 10
+    return features, kept
+
+
+@pytest.mark.parametrize("bad_index", [-1, -5, "num_hits", "far"])
+@pytest.mark.parametrize("stage", ["filter_edges", "gnn_logits", "classify_gnn"])
+def test_each_stage_refuses_edges_outside_the_event(pipeline, sample_features, stage, bad_index):
+    # a negative index would count from the end (ONNX Gather), a large one crashed scipy's components at 2 threads
+    features, kept = _stage_inputs(pipeline, sample_features)
+    num_hits = features.shape[0]
+    index = {"num_hits": num_hits, "far": num_hits + 200}.get(bad_index, bad_index)
+    edges = kept.copy()
+    edges[1, -1] = index
+    call = {"filter_edges": lambda: pipeline.filter_edges(features, edges),
+            "gnn_logits": lambda: pipeline.gnn_logits(features, edges),
+            "classify_gnn": lambda: pipeline.classify_edges("gnn", features, edges, chunked=False)}[stage]
+    with pytest.raises(InputError, match=rf"edge {edges.shape[1] - 1} \(\d+ -> {index}\) refers to a hit outside 0\.\."):
+        call()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f, e: (f.tolist(), e), "features must be a numpy array"),
+    (lambda f, e: (np.where(np.arange(f.shape[0])[:, None] == 3, np.nan, f).astype(np.float32), e), "features of hit 3"),
+    (lambda f, e: (f, e.T.copy()), "must have shape [2, M], got"),
+    (lambda f, e: (f, e.astype(np.float64)), "must hold integers (hit indices), got dtype float64"),
+    (lambda f, e: (f, e.tolist()), "edge_index must be a numpy array of shape [2, M], got list"),
+])
+def test_each_stage_checks_features_and_edges(pipeline, sample_features, make, message):
+    features, kept = _stage_inputs(pipeline, sample_features)
+    bad_features, bad_edges = make(features, kept)
+    for call in (lambda: pipeline.filter_edges(bad_features, bad_edges),
+                 lambda: pipeline.gnn_logits(bad_features, bad_edges),
+                 lambda: pipeline.classify_edges("filter", bad_features, bad_edges, chunked=True)):
+        with pytest.raises(InputError) as error:
+            call()
+        assert message in str(error.value)
+
+
+def test_embed_graph_and_tracks_check_their_inputs(pipeline, sample_features):
+    features, kept = _stage_inputs(pipeline, sample_features)
+    with pytest.raises(InputError, match="features must be float32"):
+        pipeline.embed(features.astype(np.float64))
+    embedding = pipeline.embed(features)
+    width = embedding.shape[1]
+    for wrong in (embedding.T, embedding[:, :-1]):  # a transposed embedding gave no edges without a word
+        with pytest.raises(InputError, match=rf"embedding must have shape \[N, {width}\]"):
+            pipeline.build_graph(wrong)
+    np.testing.assert_array_equal(pipeline.build_graph(np.asfortranarray(embedding)), pipeline.build_graph(embedding))
+    logits = pipeline.gnn_logits(features, kept)
+    with pytest.raises(InputError, match="features hold 1499 hits but num_hits is 1500"):
+        pipeline.build_tracks(1500, kept, logits, features[:-1])
+    with pytest.raises(InputError, match="'embedding' is not an edge classifier of this bundle"):
+        pipeline.classify_edges("embedding", features, kept, chunked=False)

@@ -317,7 +317,10 @@ class OnnxNetwork:
         several threads at once: each call runs in a session of its own).
 
         A failure ONNX Runtime finds only while running (an edge index outside the hits,
-        say) is an :class:`InputError` naming the network."""
+        say) is an :class:`InputError` naming the network. Edge indices are read as ONNX
+        ``Gather`` reads them: a negative one counts from the last hit (the blocked and
+        split forms read them the same way); :class:`~trackserve.runtime.pipeline.Pipeline`'s
+        stages refuse indices outside ``[0, N)`` before they get here."""
         self.check_inputs(inputs)
         start = time.perf_counter()
         output = self._call(self._pool, [self.outputs[0].name], inputs)[0]

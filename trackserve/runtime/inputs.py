@@ -37,6 +37,42 @@ def validate_features(features, num_features: int) -> np.ndarray:
     return np.ascontiguousarray(features)
 
 
+def validate_edges(edge_index, num_hits: int, what: str = "edge_index") -> np.ndarray:
+    """Return ``edge_index`` as a C-contiguous int64 ``[2, M]`` array of hit indices in
+    ``[0, num_hits)``, or raise InputError naming ``what``.
+
+    Refused: anything but a numpy array of integers shaped ``[2, M]`` (an ``[M, 2]`` list
+    of pairs is named as such), and any index outside the event: a negative index would
+    otherwise count from the end (ONNX ``Gather``, numpy) and a too-large one reach past
+    the hits (scipy's components write out of bounds).
+    """
+    if not isinstance(edge_index, np.ndarray):
+        raise InputError(f"{what} must be a numpy array of shape [2, M], got {type(edge_index).__name__}")
+    if edge_index.dtype.kind not in "iu":
+        raise InputError(f"{what} must hold integers (hit indices), got dtype {edge_index.dtype}")
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+        pairs = " (pairs in rows: transpose it)" if edge_index.ndim == 2 and edge_index.shape[1] == 2 else ""
+        raise InputError(f"{what} must have shape [2, M], got {list(edge_index.shape)}{pairs}")
+    if edge_index.size:
+        low, high = int(edge_index.min()), int(edge_index.max())
+        if low < 0 or high >= num_hits:
+            bad = int(np.flatnonzero(((edge_index < 0) | (edge_index >= num_hits)).any(axis=0))[0])
+            raise InputError(f"{what}: edge {bad} ({int(edge_index[0, bad])} -> {int(edge_index[1, bad])}) refers to "
+                             f"a hit outside 0..{num_hits - 1} (the event has {num_hits} hits)")
+    return np.ascontiguousarray(edge_index, dtype=np.int64)
+
+
+def validate_embedding(embedding, dim: int) -> np.ndarray:
+    """Return ``embedding`` when it is a numpy array ``[N, dim]`` (the bundle's embedding
+    width); InputError otherwise (the graph builder checks its values)."""
+    if not isinstance(embedding, np.ndarray):
+        raise InputError(f"embedding must be a numpy array of shape [N, {dim}], got {type(embedding).__name__}")
+    if embedding.ndim != 2 or embedding.shape[1] != dim:
+        raise InputError(f"embedding must have shape [N, {dim}] (the bundle's embedding has {dim} dimensions), "
+                         f"got {list(embedding.shape)}")
+    return embedding
+
+
 def scaled_columns(features: np.ndarray, names, scales, wanted, purpose: str) -> list[np.ndarray]:
     """The feature columns ``wanted`` (names) times their scales, float64: the physical
     quantities (mm, rad) of a bundle's features. Raises InputError naming ``purpose`` when

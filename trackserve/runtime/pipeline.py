@@ -35,7 +35,7 @@ from ..events.features import FeatureSpec, hit_features
 from .config import RuntimeConfig
 from .event_processes import EventProcesses
 from .graph_building import build_graph
-from .inputs import validate_features
+from .inputs import validate_edges, validate_embedding, validate_features
 from .memory import MemoryModel
 from .network_steps import NetworkSteps
 from .cuts import logit_threshold
@@ -107,12 +107,18 @@ class Pipeline:
         return self.bundle.num_features
 
     # -- stages, each callable alone -------------------------------------------------
+    # Each public stage checks its inputs (InputError naming the problem); run() checks the
+    # event's features once and calls the stages' unchecked forms (_graph, _filtered, ...).
     def embed(self, features: np.ndarray) -> np.ndarray:
-        """Embedding ``[N, D]`` float32 of validated features ``[N, F]``."""
-        return self._steps.embed(features)
+        """Embedding ``[N, D]`` float32 of features ``[N, F]`` float32 (checked)."""
+        return self._steps.embed(validate_features(features, self.num_features))
 
     def build_graph(self, embedding: np.ndarray) -> np.ndarray:
-        """Edges ``[2, M]`` int64: pairs closer than the bundle's radius, capped and directed as it says."""
+        """Edges ``[2, M]`` int64: pairs closer than the bundle's radius, capped and directed as it says.
+        ``embedding``: ``[N, D]`` with the bundle's embedding width D."""
+        return self._graph(validate_embedding(embedding, self._steps.embedding_dim))
+
+    def _graph(self, embedding: np.ndarray) -> np.ndarray:
         return build_graph(
             embedding,
             self.stages.radius,
@@ -120,6 +126,11 @@ class Pipeline:
             direction=self.stages.edge_direction,
             threads=self.config.resolved_graph_threads,
         )
+
+    def _checked(self, features, edge_index) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``[N, F]`` float32 and edges ``[2, M]`` of hit indices in ``[0, N)``, checked."""
+        features = validate_features(features, self.num_features)
+        return features, validate_edges(edge_index, features.shape[0])
 
     def classify_edges(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
         """Logits ``[M]`` of edge classifier ``network`` (``"filter"``, ``"gnn"``, or a bundle's
@@ -132,8 +143,12 @@ class Pipeline:
         the GNN sees only the edges the pruner keeps), never the GNN on edges it was not
         trained to see.
         """
+        classifiers = [name for name in ("filter", "pruner", "gnn") if name in self.networks]
+        if network not in classifiers:
+            raise InputError(f"{network!r} is not an edge classifier of this bundle: give one of {', '.join(classifiers)}")
+        features, edge_index = self._checked(features, edge_index)
         if network == "gnn" and not chunked and "pruner" in self.bundle.networks:
-            return self.gnn_logits(features, edge_index)
+            return self._steps.gnn_logits(features, edge_index)
         return self._steps.edge_logits(network, features, edge_index, chunked=chunked)
 
     def gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
@@ -141,18 +156,22 @@ class Pipeline:
         :meth:`run` computes them: on the hits the edges touch, on the event's threads, and,
         with a bundle's ``pruner``, the GNN only on the edges whose pruner score passes
         ``stages.prune_cut`` (the others keep the pruner's logit)."""
-        return self._steps.gnn_logits(features, edge_index)
+        return self._steps.gnn_logits(*self._checked(features, edge_index))
 
     def pruned_edges(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """The filtered edges ``edge_index`` (valid hit indices) whose pruner score passes
         ``stages.prune_cut``: those the GNN scores. InputError for a bundle without a pruner."""
         if self.stages.prune_cut is None:
             raise InputError("this bundle has no pruner: its GNN scores every filtered edge")
+        features, edge_index = self._checked(features, edge_index)
         return np.ascontiguousarray(edge_index[:, self._steps.prune(features, edge_index)[1]])
 
     def filter_edges(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the filter in chunks; return ``(kept_edges [2, M'], filter_logits [M])``."""
-        logits = self.classify_edges("filter", features, edge_index, chunked=True)
+        return self._filtered(*self._checked(features, edge_index))
+
+    def _filtered(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits = self._steps.edge_logits("filter", features, edge_index, chunked=True)
         kept = logits.astype(np.float64) > logit_threshold(self.stages.filter_cut)  # float64 with numpy < 2 too
         return np.ascontiguousarray(edge_index[:, kept]), logits
 
@@ -162,6 +181,14 @@ class Pipeline:
         by the bundle's ``track_building`` method (``best_edges`` reads the hits' r and z from
         ``features``, which it then needs), its ``gap_cut`` and its ``join_pieces`` when it
         has them (joining reads r, phi and z)."""
+        if features is not None:
+            features = validate_features(features, self.num_features)
+            if features.shape[0] != num_hits:
+                raise InputError(f"features hold {features.shape[0]} hits but num_hits is {num_hits}: give the "
+                                 "event's features, one row per hit")
+        return self._tracks(num_hits, edge_index, gnn_logits, features)
+
+    def _tracks(self, num_hits: int, edge_index: np.ndarray, gnn_logits: np.ndarray, features) -> np.ndarray:
         return build_tracks(num_hits, edge_index, gnn_logits, self.stages.gnn_cut,
                             **bundle_track_options(self.bundle, features))
 
@@ -174,23 +201,23 @@ class Pipeline:
         timings: dict[str, float] = {}
         start = time.perf_counter()
 
-        embedding = self.embed(features)
+        embedding = self._steps.embed(features)
         timings["embed"] = time.perf_counter() - start
         mark = time.perf_counter()
-        edges = self.build_graph(embedding)
+        edges = self._graph(embedding)
         timings["graph"] = time.perf_counter() - mark
         self.memory.check_edges(num_hits, edges.shape[1], self.config.memory_limit_per_event, self.config.edge_chunk_size)
 
         mark = time.perf_counter()
-        filtered, _ = self.filter_edges(features, edges)
+        filtered, _ = self._filtered(features, edges)
         timings["filter"] = time.perf_counter() - mark
         self.memory.check_gnn_edges(num_hits, filtered.shape[1], self.config.memory_limit_per_event)
 
         mark = time.perf_counter()
-        gnn_logits = self.gnn_logits(features, filtered)
+        gnn_logits = self._steps.gnn_logits(features, filtered)
         timings["gnn"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        labels = self.build_tracks(num_hits, filtered, gnn_logits, features)
+        labels = self._tracks(num_hits, filtered, gnn_logits, features)
         timings["tracks"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
         passed = int(np.count_nonzero(gnn_logits.astype(np.float64) > logit_threshold(self.stages.gnn_cut)))

@@ -89,3 +89,15 @@ def test_row_slabs_on_threads_give_the_same_graph(nearest_path, monkeypatch):
         for threads in (1, 2, 3):
             np.testing.assert_array_equal(build_graph(points, 0.25, cap, threads=threads), expected)
     assert nearest_path["full"] >= 3, "ties must reach the full search in the slabs too"
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000, 1 << 20])
+def test_a_crowd_of_equal_points_is_searched_in_bounded_batches_and_stays_exact(nearest_path, monkeypatch, batch):
+    # every hit of a crowd has the whole crowd within the radius: the full search fetches
+    # the neighbour lists a batch at a time (it held N^2 of them at once, 6.8 GB at 12,000 hits)
+    monkeypatch.setattr(graph_building, "_FULL_SEARCH_BATCH", batch)
+    rng = np.random.default_rng(5)
+    points = np.concatenate([np.zeros((60, 4)), rng.uniform(-1, 1, (40, 4))]).astype(np.float32)
+    for cap in (1, 5):
+        np.testing.assert_array_equal(build_graph(points, 0.3, cap), brute_force(points, 0.3, cap))
+    assert nearest_path["full"] >= 1

@@ -24,7 +24,10 @@ neighbours instead (:func:`_nearest_capped_pairs`): a k-d tree query of the
 them, and each hit's K first by (float32 squared distance, index). A hit whose K-th
 float32 distance is not clearly below the farthest float64 distance returned (a near
 tie at the edge of the list) is searched again over its whole radius, so the result is
-the rule's, not an approximation; memory is ``N x (K + 9)`` whatever the radius. With
+the rule's, not an approximation; memory is ``N x (K + 9)`` whatever the radius, plus at
+most about a million neighbours at once for the hits searched again (a crowd of hits at
+one point in the embedding has each of them search the whole crowd: time grows as its
+square, 11 s for 12,000 equal points here, memory does not). With
 several threads the hits are cut into row slabs, each queried and checked in its own
 thread.
 Otherwise the embedding is projected onto its ``g`` leading
@@ -150,6 +153,9 @@ _ONE_THREAD_PRODUCT = 65_536 * 4
 # Relative gap (on squared distances) between the K-th float32 distance and the farthest
 # float64 one that proves no unlisted neighbour can rank among the K nearest.
 _KNN_GAP = 1e-5
+#: Neighbours fetched at once by the full search of the hits whose k nearest the capped query
+#: could not settle (see _nearest_by_full_search): bounds its memory on crowded points.
+_FULL_SEARCH_BATCH = 1 << 20
 # Points per leaf of the k-d tree the nearest-neighbour query walks (scipy's default is 16).
 # Measured on this project's 2-core Intel machine on the default bundle's 100k-hit event
 # (57 nearest of 50k hits on one thread: 0.53 s at 16, 0.47 s at 32 and 64; the whole graph
@@ -260,19 +266,32 @@ def _nearest_rows(points: np.ndarray, tree, lo: int, hi: int, r32: np.float32, k
 
 
 def _nearest_by_full_search(points, tree, hits, r32, r2, k):
-    """(hit, neighbour) for the k nearest of each of ``hits`` among all its neighbours within the radius."""
+    """(hit, neighbour) for the k nearest of each of ``hits`` among all its neighbours within the radius.
+
+    The hits' neighbour lists are fetched a batch at a time, each batch holding at most
+    :data:`_FULL_SEARCH_BATCH` neighbours in all (a hit with more alone): on hits that
+    nearly coincide in the embedding every hit has the whole crowd within the radius, and
+    fetching all lists at once held N^2 Python integers (6.8 GB for 12,000 equal points)."""
     reach = float(r32) * (1 + _SEARCH_MARGIN)
-    out_rows, out_cols = [], []
-    for hit, neighbours in zip(hits, tree.query_ball_point(points[hits], reach)):
-        cols = np.asarray(neighbours, dtype=np.int64)
-        cols = cols[cols != hit]
-        rows = np.full(cols.size, hit, dtype=np.int64)
-        d32 = _squared_distances(points, rows, cols)
-        close = d32 < r2
-        cols, d32 = cols[close], d32[close]
-        chosen = cols[np.lexsort((cols, d32))[:k]]
-        out_rows.append(np.full(chosen.size, hit, dtype=np.int64))
-        out_cols.append(chosen)
+    hits = np.asarray(hits, dtype=np.int64)
+    lengths = np.asarray(tree.query_ball_point(points[hits], reach, return_length=True), dtype=np.int64)
+    out_rows, out_cols = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    start = 0
+    while start < hits.size:
+        # as many hits as fit the batch by their neighbour counts, at least one
+        stop = start + max(1, int(np.searchsorted(np.cumsum(lengths[start:]), _FULL_SEARCH_BATCH, side="right")))
+        batch = hits[start:stop]
+        for hit, neighbours in zip(batch, tree.query_ball_point(points[batch], reach)):
+            cols = np.asarray(neighbours, dtype=np.int64)
+            cols = cols[cols != hit]
+            rows = np.full(cols.size, hit, dtype=np.int64)
+            d32 = _squared_distances(points, rows, cols)
+            close = d32 < r2
+            cols, d32 = cols[close], d32[close]
+            chosen = cols[np.lexsort((cols, d32))[:k]]
+            out_rows.append(np.full(chosen.size, hit, dtype=np.int64))
+            out_cols.append(chosen)
+        start = stop
     return np.concatenate(out_rows), np.concatenate(out_cols)
 
 

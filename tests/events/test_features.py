@@ -213,3 +213,10 @@ def test_features_beyond_float32_are_named_without_numpy_warnings(x, y, z):
         warnings.simplefilter("error")  # an overflow RuntimeWarning would fail here before the named error
         with pytest.raises(EventFormatError, match="of hit row 2 is inf"):
             hit_features(hits, FeatureSpec(("r", "phi", "z"), (1000.0, math.pi, 1000.0)))
+
+
+def test_hit_columns_of_other_lengths_are_refused_not_broadcast():
+    with pytest.raises(EventFormatError, match=r"column y of the hits table has shape \[1\]; every column must be 1-D"):
+        hit_features({"x": np.array([30.0, 40.0]), "y": np.array([40.0]), "z": np.array([10.0, 20.0])})
+    with pytest.raises(EventFormatError, match="the hits' x, y and z must be numbers"):
+        hit_features({"x": np.array(["a", "b"]), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})

@@ -481,3 +481,11 @@ def test_particle_values_look_up_an_unsorted_table_and_name_the_missing():
         particle_values(np.array([3, 5, 99]), table_ids, values, "the table", "vz")
     with pytest.raises(InputError, match="has no vz for particle"):
         particle_values(np.array([1]), np.zeros(0, dtype=np.int64), np.zeros(0), "the table", "vz")
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0])
+def test_a_nan_or_negative_pt_is_refused(bad):
+    # a NaN pT made every particle unreconstructable: efficiency NaN without a word
+    pt = (np.array([11, 22, 33]), np.array([2.0, bad, 3.0]))
+    with pytest.raises(InputError, match="particle_pt: the pT of particle 22 is"):
+        track_metrics(HAND_PIDS, HAND_LABELS, min_pt=1.0, particle_pt=pt)

@@ -303,3 +303,21 @@ def test_embed_graph_and_tracks_check_their_inputs(pipeline, sample_features):
         pipeline.build_tracks(1500, kept, logits, features[:-1])
     with pytest.raises(InputError, match="'embedding' is not an edge classifier of this bundle"):
         pipeline.classify_edges("embedding", features, kept, chunked=False)
+
+
+def test_numpy_integers_are_integer_settings():
+    config = RuntimeConfig(intra_op_threads=np.int64(1), graph_threads=np.int32(1), edge_chunk_size=np.int64(10))
+    assert (config.intra_op_threads, config.edge_chunk_size) == (1, 10) and type(config.intra_op_threads) is int
+    with pytest.raises(InputError, match="intra_op_threads must be an integer >= 1"):
+        RuntimeConfig(intra_op_threads=np.bool_(True))
+
+
+def test_features_the_embedding_network_cannot_take_are_named_as_such(sample_features):
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    default = Pipeline(DEFAULT_BUNDLE, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    features = default.event_features(read_event(SAMPLE_EVENT, parts=()))[:50].copy()
+    features[7] = 3e38  # finite float32, but the default embedding overflows on it
+    for call in (default.run, default.embed):
+        with pytest.raises(InputError, match=r"the embedding network gives NaN or infinite values for hit 7 \(0-based"):
+            call(features)

@@ -150,3 +150,11 @@ def test_reference_event_gives_the_published_partition():
 def test_bad_input_is_refused_with_a_clear_message(num_hits, edges, scores, cut, message):
     with pytest.raises(InputError, match=message):
         build_tracks(num_hits, edges, scores, cut)
+
+
+def test_probabilities_outside_zero_to_one_are_refused():
+    # logits passed as probabilities were compared with the cut as they were
+    edges = np.array([[0, 1, 2], [1, 2, 3]])
+    with pytest.raises(InputError, match=r"score of edge 0 is 5.0, not a probability in \[0, 1\]"):
+        build_tracks(4, edges, np.array([5.0, -3.0, 0.2]), 0.5, scores_are_logits=False)
+    assert build_tracks(4, edges, np.array([5.0, -3.0, 0.2]), 0.5).tolist() == [0, 0, 1, 1]  # as logits

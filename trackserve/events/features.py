@@ -184,7 +184,14 @@ def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray
     if missing:
         raise EventFormatError(f"the hits table has no column(s) {', '.join(missing)}; features need x, y, z")
     n = table_length(hits)
-    x, y, z = (np.asarray(hits[name], dtype=np.float64) for name in ("x", "y", "z"))
+    try:
+        x, y, z = (np.asarray(hits[name], dtype=np.float64) for name in ("x", "y", "z"))
+    except (TypeError, ValueError) as error:
+        raise EventFormatError(f"the hits' x, y and z must be numbers ({error})") from None
+    for name, column in zip("xyz", (x, y, z)):
+        if column.shape != (n,):
+            raise EventFormatError(f"column {name} of the hits table has shape {list(column.shape)}; every column "
+                                   f"must be 1-D with one value per hit ({n} hits)", column=name)
     features = np.empty((n, spec.num_features), dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite features are named below
         for column, (name, scale) in enumerate(zip(spec.names, spec.scales)):

@@ -282,6 +282,11 @@ def _particle_pt_lookup(particle_ids: np.ndarray, particle_pt) -> np.ndarray:
     table_pt = np.asarray(table_pt, dtype=np.float64)
     if table_pt.shape != table_ids.shape:
         raise InputError(f"particle_pt: {table_ids.size} ids but {table_pt.size} pT values")
+    bad = np.isnan(table_pt) | (table_pt < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(f"particle_pt: the pT of particle {int(table_ids[first])} is {table_pt[first]} "
+                         f"({int(bad.sum())} NaN or negative in all); pT is a number >= 0 (GeV)")
     return particle_values(particle_ids, table_ids, table_pt, "particle_pt", "pT")
 
 

@@ -11,8 +11,11 @@ within the cores.
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..errors import InputError
 
@@ -92,6 +95,10 @@ class RuntimeConfig:
     event_executor: str = "threads"
 
     def __post_init__(self):
+        for name in ("intra_op_threads", "graph_threads", "edge_chunk_size", "memory_limit_bytes", "event_workers"):
+            value = getattr(self, name)  # numpy integers (np.int64(2)) are integers too
+            if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+                object.__setattr__(self, name, int(value))
         for name in ("intra_op_threads", "graph_threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

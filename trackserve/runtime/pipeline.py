@@ -111,7 +111,18 @@ class Pipeline:
     # event's features once and calls the stages' unchecked forms (_graph, _filtered, ...).
     def embed(self, features: np.ndarray) -> np.ndarray:
         """Embedding ``[N, D]`` float32 of features ``[N, F]`` float32 (checked)."""
-        return self._steps.embed(validate_features(features, self.num_features))
+        return self._embedded(validate_features(features, self.num_features))
+
+    def _embedded(self, features: np.ndarray) -> np.ndarray:
+        """The embedding of checked features; InputError when the network's output is not finite."""
+        embedding = self._steps.embed(features)
+        finite = np.isfinite(embedding)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite.all(axis=1))[0])
+            raise InputError(f"the embedding network gives NaN or infinite values for hit {row} (0-based; features "
+                             f"{features[row].tolist()}): features this large are beyond what the network takes; "
+                             "were they divided by the bundle's scales?")
+        return embedding
 
     def build_graph(self, embedding: np.ndarray) -> np.ndarray:
         """Edges ``[2, M]`` int64: pairs closer than the bundle's radius, capped and directed as it says.
@@ -201,7 +212,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         start = time.perf_counter()
 
-        embedding = self._steps.embed(features)
+        embedding = self._embedded(features)
         timings["embed"] = time.perf_counter() - start
         mark = time.perf_counter()
         edges = self._graph(embedding)

@@ -110,6 +110,10 @@ def build_tracks(
     n = _validated_num_hits(num_hits)
     edges = _validated_edges(edge_index, n)
     values = _validated_scores(scores, edges.shape[1])
+    if not scores_are_logits and values.size and (values.min() < 0 or values.max() > 1):
+        bad = int(np.flatnonzero((values < 0) | (values > 1))[0])
+        raise InputError(f"score of edge {bad} is {values[bad]}, not a probability in [0, 1]; with logits leave "
+                         "scores_are_logits at True")
     threshold = logit_threshold(cut, scores_are_logits)
     if method not in TRACK_BUILDING_METHODS:
         raise InputError(f"track building method must be one of {', '.join(TRACK_BUILDING_METHODS)}; got {method!r}")

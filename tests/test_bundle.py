@@ -361,3 +361,8 @@ def test_bundle_info_reports_problems_with_status_2(bundle_dir, capsys):
     _edit(bundle_dir, lambda d: d["stages"].update(gnn_cut=7))
     assert main(["bundle-info", str(bundle_dir)]) == 2
     assert "stages.gnn_cut: 7 is outside [0, 1]" in capsys.readouterr().err
+
+
+def test_a_bundle_given_by_something_else_than_a_path_is_named():
+    with pytest.raises(BundleError, match="a bundle is given by its directory .* got NoneType"):
+        load_bundle(None)

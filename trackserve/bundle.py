@@ -829,6 +829,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 def _read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
     """The bundle directory of ``path`` and its decoded ``pipeline.json`` (not yet validated)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise BundleError(f"a bundle is given by its directory (a path), got {type(path).__name__}")
     path = Path(path)
     directory = path.parent if path.name == PIPELINE_FILE and path.is_file() else path
     if not directory.is_dir():

@@ -489,3 +489,13 @@ def test_a_nan_or_negative_pt_is_refused(bad):
     pt = (np.array([11, 22, 33]), np.array([2.0, bad, 3.0]))
     with pytest.raises(InputError, match="particle_pt: the pT of particle 22 is"):
         track_metrics(HAND_PIDS, HAND_LABELS, min_pt=1.0, particle_pt=pt)
+
+
+def test_evaluate_event_checks_the_selection_and_the_event_first(tmp_path):
+    from trackserve.events.metrics import evaluate_event
+
+    for min_pt in ("1", None):
+        with pytest.raises(InputError, match="min_pt must be a finite transverse momentum"):
+            evaluate_event(None, [1], [0], min_pt=min_pt)
+    with pytest.raises(InputError, match="event must be an Event .* got NoneType"):
+        evaluate_event(None, [1], [0], min_pt=1.0)

@@ -466,3 +466,12 @@ def test_command_line_refuses_to_write_over_events_unless_asked(geometry, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "event000000000-hits.csv.gz", "event000000000-particles.csv.gz", "event000000000-truth.csv.gz"]
     assert read_event(tmp_path / "event000000000").num_hits > 0
+
+
+@pytest.mark.parametrize("seed, message", [(-1, "seed -1 must be in 0.."), (1.5, "seed must be an integer or a sequence"),
+                                           ((1, -2), "seed -2 must be in 0.."), (True, "seed must be an integer")])
+def test_simulate_event_refuses_seeds_numpy_would_reject(geometry, seed, message):
+    from trackserve.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        simulate_event(geometry, SimulationConfig(num_particles=5), seed=seed)

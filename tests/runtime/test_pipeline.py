@@ -321,3 +321,10 @@ def test_features_the_embedding_network_cannot_take_are_named_as_such(sample_fea
     for call in (default.run, default.embed):
         with pytest.raises(InputError, match=r"the embedding network gives NaN or infinite values for hit 7 \(0-based"):
             call(features)
+
+
+def test_a_config_or_bundle_of_the_wrong_kind_is_named(tiny_bundle):
+    with pytest.raises(InputError, match="config must be a RuntimeConfig .* got dict"):
+        Pipeline(tiny_bundle, config={"intra_op_threads": 1})
+    with pytest.raises(InputError, match="bundle must be a bundle directory .* got NoneType"):
+        Pipeline(None)

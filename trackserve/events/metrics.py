@@ -582,6 +582,9 @@ def evaluate_event(
     :class:`TrackMetrics` fields and ``trackml_score``. Particle pT comes from
     :func:`event_particle_pt`.
     """
+    check_selection(min_pt, min_hits, min_track_hits)  # before min_pt is compared with anything
+    if not isinstance(event, Event):
+        raise InputError(f"event must be an Event (trackserve.events.trackml.read_event), got {type(event).__name__}")
     if event.truth is None:
         raise EventFormatError(
             f"evaluation needs the event's truth file ({event.name}-truth.csv or .csv.gz) "

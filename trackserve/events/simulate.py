@@ -46,6 +46,8 @@ in a fixed order, so an event is a function of its inputs and seed.
 
 from __future__ import annotations
 
+import numbers
+
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -550,6 +552,10 @@ def simulate_event(geometry: Geometry, source: Table | SimulationConfig, *, seed
         config = source
     config = SimulationConfig() if config is None else config
     config.validate()
+    for value in ((seed,) if isinstance(seed, numbers.Integral) else seed if isinstance(seed, (list, tuple)) else (seed,)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise InputError(f"seed must be an integer or a sequence of integers, e.g. (run_seed, event_id); got {seed!r}")
+        check_seed(int(value), "seed")
     rng = np.random.default_rng(seed)
     particles = generate_particles(config, rng) if isinstance(source, SimulationConfig) else _checked_particles(source)
     n = table_length(particles)

@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import EventFormatError
+from ..errors import EventFormatError, InputError
 from .event import (
     CELLS_COLUMNS,
     HITS_COLUMNS,
@@ -546,7 +546,7 @@ def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:
     parts = (parts,) if isinstance(parts, str) else tuple(parts)
     unknown = [part for part in parts if part not in EVENT_PARTS]
     if unknown:
-        raise ValueError(f"unknown event part(s) {unknown}; choose among {list(EVENT_PARTS)} (hits are always read)")
+        raise InputError(f"unknown event part(s) {unknown}; choose among {list(EVENT_PARTS)} (hits are always read)")
     return parts
 
 

@@ -88,6 +88,11 @@ class Pipeline:
     def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", config: RuntimeConfig | None = None):
         if device not in DEVICES:
             raise InputError(f"device {device!r} is not supported by this runtime; choose one of {', '.join(DEVICES)}")
+        if config is not None and not isinstance(config, RuntimeConfig):
+            raise InputError(f"config must be a RuntimeConfig (e.g. RuntimeConfig(intra_op_threads=2)), "
+                             f"got {type(config).__name__}")
+        if not isinstance(bundle, (Bundle, str, Path)):
+            raise InputError(f"bundle must be a bundle directory (a path) or a loaded Bundle, got {type(bundle).__name__}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = device
         self.config = config or RuntimeConfig()

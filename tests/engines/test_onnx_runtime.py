@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from trackserve.engines.onnx_runtime import OnnxNetwork, session_options
 from trackserve.engines.scatter_split import open_network
@@ -54,3 +55,11 @@ def test_calls_at_once_each_get_a_session_of_their_own(tiny_bundle):
             outputs = list(pool.map(lambda _: network.run(features=features, edge_index=edges), range(24)))
         assert all(np.array_equal(output, expected) for output in outputs)
         assert 4 <= network.session_count <= 6
+
+
+@pytest.mark.parametrize("threads", [1.7, "2", True])
+def test_a_thread_count_of_the_wrong_kind_is_refused_not_coerced(tiny_bundle, threads):
+    from trackserve.errors import InputError
+
+    with pytest.raises(InputError, match="intra_op_threads must be an integer >= 1 or None"):
+        OnnxNetwork(tiny_bundle / "embedding.onnx", intra_op_threads=threads)

@@ -475,3 +475,11 @@ def test_simulate_event_refuses_seeds_numpy_would_reject(geometry, seed, message
 
     with pytest.raises(InputError, match=message):
         simulate_event(geometry, SimulationConfig(num_particles=5), seed=seed)
+
+
+@pytest.mark.parametrize("event_id", [-1, 2.7, True])
+def test_simulate_event_refuses_an_event_id_that_is_no_trackml_id(geometry, event_id):
+    from trackserve.errors import InputError
+
+    with pytest.raises(InputError, match="event_id must be an integer in 0.."):
+        simulate_event(geometry, SimulationConfig(num_particles=5), seed=1, event_id=event_id)

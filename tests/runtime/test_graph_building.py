@@ -306,3 +306,11 @@ def test_the_projection_choice_stops_early_with_the_full_search_s_answer(kind, m
         costs.append(pairs + graph_building._TRAVERSAL_COST * n * 2**g)
     assert projected.shape[1] == 1 + int(np.argmin(costs))
     assert_same_graph(points[:600], 0.3, 500)
+
+
+@pytest.mark.parametrize("radius", [True, "1.5", None])
+def test_a_radius_of_the_wrong_kind_is_refused_not_coerced(radius):
+    from trackserve.errors import InputError
+
+    with pytest.raises(InputError, match="radius must be a number"):
+        build_graph(np.zeros((3, 2), np.float32), radius, 4)

@@ -158,3 +158,12 @@ def test_probabilities_outside_zero_to_one_are_refused():
     with pytest.raises(InputError, match=r"score of edge 0 is 5.0, not a probability in \[0, 1\]"):
         build_tracks(4, edges, np.array([5.0, -3.0, 0.2]), 0.5, scores_are_logits=False)
     assert build_tracks(4, edges, np.array([5.0, -3.0, 0.2]), 0.5).tolist() == [0, 0, 1, 1]  # as logits
+
+
+@pytest.mark.parametrize("cut, flag, message", [(True, True, "cut must be a number in [0, 1]; got True"),
+                                                ("0.5", True, "cut must be a number in [0, 1]; got '0.5'"),
+                                                (0.5, "no", "scores_are_logits must be True or False; got 'no'")])
+def test_a_cut_or_flag_of_the_wrong_kind_is_refused_not_coerced(cut, flag, message):
+    with pytest.raises(InputError) as error:
+        build_tracks(2, np.array([[0], [1]]), np.array([0.3]), cut, scores_are_logits=flag)
+    assert message in str(error.value)

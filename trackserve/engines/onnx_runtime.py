@@ -17,6 +17,7 @@ took 12.9 ms in one shared session against 8.1 ms in two (one half alone: 7.6 ms
 
 from __future__ import annotations
 
+import numbers
 import os
 import queue
 import threading
@@ -165,6 +166,9 @@ class OnnxNetwork:
         self.name = name or self.path.stem
         if not self.path.is_file():
             raise BundleError(f"network file {self.path} does not exist")
+        if intra_op_threads is not None and (isinstance(intra_op_threads, (bool, np.bool_))
+                                             or not isinstance(intra_op_threads, numbers.Integral)):
+            raise InputError(f"intra_op_threads must be an integer >= 1 or None (all cores), got {intra_op_threads!r}")
         threads = default_intra_op_threads() if intra_op_threads is None else int(intra_op_threads)
         if threads < 1:
             raise InputError(f"intra_op_threads must be at least 1, got {threads}")

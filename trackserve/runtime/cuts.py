@@ -8,6 +8,8 @@ and ``cut = 1`` lets nothing pass. The published ExaTrkX service used the same s
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..errors import InputError
@@ -26,10 +28,11 @@ def logit_threshold(cut, scores_are_logits: bool = True) -> np.float64:
     For logits this is ``logit(cut)`` (``-inf`` at 0, ``+inf`` at 1); for probabilities
     it is ``cut`` itself. A float64 scalar, so float32 scores compare in float64.
     """
-    try:
-        value = float(cut)
-    except (TypeError, ValueError):
-        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}") from None
+    if isinstance(cut, (bool, np.bool_)) or not isinstance(cut, numbers.Real):
+        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}")
+    if not isinstance(scores_are_logits, (bool, np.bool_)):
+        raise InputError(f"scores_are_logits must be True or False; got {scores_are_logits!r}")
+    value = float(cut)
     if not 0.0 <= value <= 1.0:
         raise InputError(f"cut must be a number in [0, 1]; got {cut!r}")
     if not scores_are_logits:

@@ -44,6 +44,7 @@ number of candidates of one slab, never with N squared (unless the output does).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -312,10 +313,9 @@ def _validated_embedding(embedding) -> np.ndarray:
 
 
 def _validated_radius(radius) -> np.float32:
-    try:
-        value = float(radius)
-    except (TypeError, ValueError):
-        raise InputError(f"radius must be a number; got {radius!r}") from None
+    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, numbers.Real):
+        raise InputError(f"radius must be a number; got {radius!r}")
+    value = float(radius)
     r32 = np.float32(value)
     with np.errstate(over="ignore", under="ignore"):
         r2 = np.float32(r32 * r32)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import TrackserveError
@@ -43,21 +45,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that a job's
+    clean-ups (a half-written bundle removed, servers stopped) run on either."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``trackserve`` console script; returns the exit status."""
+    """Entry point of the ``trackserve`` console script; returns the exit status.
+
+    Ctrl-C gives status 130 and SIGTERM 143 (128 + the signal), each after the job's
+    clean-ups ran and with one line saying so."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.handler(args) or 0)
     except TrackserveError as error:
         print(f"trackserve {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"trackserve {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"trackserve {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

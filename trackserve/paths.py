@@ -58,6 +58,8 @@ def output_file(path: str | Path, option: str) -> Path:
     if path.is_dir():
         raise InputError(f"{option} {path}: is a directory; give a file name")
     parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{option} {path}: {parent} is a file, not a directory")
     if not parent.is_dir():
         raise InputError(f"{option} {path}: the directory {parent} does not exist")
     if path.exists() and not os.access(path, os.W_OK):

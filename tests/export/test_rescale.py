@@ -163,7 +163,11 @@ def test_rescale_replaces_a_bundle_only_with_overwrite_and_only_after_its_check(
     stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j")
     make_bundle(tmp_path / "old", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "test"})
     make_bundle(tmp_path / "there", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "other"})
+    data = json.loads((tmp_path / "there" / "pipeline.json").read_text())
+    data["networks"]["pruner"] = {"file": "pruner.onnx"}  # a file of the bundle that was there, not of the new one
+    (tmp_path / "there" / "pipeline.json").write_text(json.dumps(data))
     (tmp_path / "there" / "pruner.onnx").write_text("a file of the bundle that was there")
+    (tmp_path / "there" / "README.md").write_text("how it was made")
     before = (tmp_path / "there" / "pipeline.json").read_bytes()
     assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "old"), "--overwrite"]) == 2
     assert "is the bundle given by the BUNDLE argument, which this job reads" in capsys.readouterr().err
@@ -175,5 +179,6 @@ def test_rescale_replaces_a_bundle_only_with_overwrite_and_only_after_its_check(
     assert (tmp_path / "there" / "pipeline.json").read_bytes() == before
     assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "there"), "--overwrite"]) == 0
     assert not (tmp_path / "there" / "pruner.onnx").exists()
+    assert (tmp_path / "there" / "README.md").read_text() == "how it was made"
     assert load_bundle(tmp_path / "there").feature_names == ("r", "phi", "z")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "there"]

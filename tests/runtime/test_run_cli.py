@@ -220,3 +220,14 @@ def test_features_far_beyond_the_detector_get_a_note_and_still_run(capsys, tmp_p
     assert "evt_9.csv: hits far beyond the TrackML detector: |r| up to" in err and "were the features scaled?" in err
     assert main(["run", str(feature_csvs / "evt_4.csv"), "--no-labels"]) == 0
     assert "note" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["--event-workers", "0"], "--event-workers must be an integer >= 1, got 0"),
+    (["--event-workers", "2", "--threads", "2"], "--event-workers 2 with --threads 2 would run 4 threads on 2 cores"),
+])
+def test_thread_options_are_named_in_their_errors(capsys, feature_csvs, monkeypatch, options, message):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    assert main(["run", str(feature_csvs), "--no-labels", *options]) == 2
+    assert message in capsys.readouterr().err

@@ -116,6 +116,18 @@ def test_output_files_are_checked_before_the_sweep(tmp_path, capsys):
         assert f"{option} {target}: " in (err := capsys.readouterr().err) and message in err
 
 
+@pytest.mark.parametrize("command", ["perf", "client"])
+def test_a_timeout_that_is_no_positive_number_names_the_option(capsys, command):
+    assert main([command, "--url", "127.0.0.1:1", "--timeout", "0"]) == 2
+    assert "--timeout must be a finite number of seconds > 0, got 0.0" in capsys.readouterr().err
+
+
+def test_an_output_under_a_file_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["perf", "--url", "127.0.0.1:1", "--csv", str(tmp_path / "afile" / "x.csv")]) == 2
+    assert f"{tmp_path / 'afile'} is a file, not a directory" in capsys.readouterr().err
+
+
 def test_bad_settings_are_named():
     with pytest.raises(InputError) as caught:
         PerfSettings(url="x:1", protocol="udp", mode="fast", window_s=0, timeout_s=float("nan"))

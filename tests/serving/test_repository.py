@@ -105,7 +105,7 @@ def test_bad_options_are_named(options, message):
 
 def test_an_occupied_output_is_refused_unless_it_is_a_repository_and_forced(tiny_bundle, tmp_path):
     write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(layout="both"))
-    with pytest.raises(InputError, match="already exists and is not empty; give --force"):
+    with pytest.raises(InputError, match=r"already exists and is not empty; give --overwrite \(or --force\)"):
         write_repository(tiny_bundle, tmp_path / "repo")
     written = write_repository(tiny_bundle, tmp_path / "repo", overwrite=True)
     assert sorted(p.name for p in written.path.iterdir()) == ["exatrkx"]
@@ -127,7 +127,9 @@ def test_the_command_writes_a_repository(tiny_bundle, tmp_path, capsys):
     assert parameters(config)["memory_limit_bytes"] == str(2 * 2**30)
     assert config.instance_group[0].count == 2 and config.HasField("dynamic_batching")
     assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle)]) == 2
-    assert "give --force" in capsys.readouterr().err
+    assert "give --overwrite (or --force)" in capsys.readouterr().err
+    # --overwrite, as the other writers call it, is the same option
+    assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle), "--overwrite"]) == 0
 
 
 def test_a_bad_bundle_is_refused_before_anything_is_written(tmp_path):

@@ -145,6 +145,7 @@ def test_client_refuses_a_stage_model_before_sending(triton_server, tiny_bundle,
     ("http://127.0.0.1:8000", 5, "give host:port without a scheme"),
     ("127.0.0.1", 5, "give host:port with a port in 1..65535"),
     ("127.0.0.1:70000", 5, "give host:port with a port in 1..65535"),
+    ("::1:8001", 5, "write an IPv6 address in brackets, e.g. [::1]:8001"),
     ("127.0.0.1:8001", 0, "the request timeout must be a finite number of seconds > 0; got 0"),
     ("127.0.0.1:8001", float("nan"), "the request timeout must be a finite number of seconds > 0; got nan"),
 ])

@@ -353,9 +353,17 @@ def test_cli_replaces_a_bundle_only_with_overwrite_and_only_after_success(tmp_pa
         patched.setattr(trainer, "train_pipeline", fails)
         assert _quick_train(tmp_path, bundle, "--overwrite") == 2
     assert (bundle / "pipeline.json").read_bytes() == before  # a failed run leaves the old bundle as it was
-    (bundle / "stale.onnx").write_text("from another bundle")
+    # the old bundle's own files go (a pruner it had, the new one has none); other files stay
+    data = json.loads(before)
+    data["networks"]["pruner"] = {"file": "pruner.onnx", "weights": {"file": "pruner.pt"}}
+    (bundle / "pipeline.json").write_text(json.dumps(data))
+    for name in ("pruner.onnx", "pruner.pt"):
+        (bundle / name).write_text("from the bundle that was there")
+    (bundle / "NOTES.txt").write_text("the user's own")
     assert _quick_train(tmp_path, bundle, "--overwrite", "--seed", "1") == 0
-    assert not (bundle / "stale.onnx").exists() and (bundle / "pipeline.json").read_bytes() != before
+    assert not (bundle / "pruner.onnx").exists() and not (bundle / "pruner.pt").exists()
+    assert (bundle / "NOTES.txt").read_text() == "the user's own"
+    assert (bundle / "pipeline.json").read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no partial directory left behind
     load_bundle(bundle)
 
@@ -399,3 +407,53 @@ def test_cli_refuses_an_event_twice_and_a_validation_event_it_trains_on(tmp_path
     assert main([*base, "--events", str(tmp_path / "sim"), "--validation", str(first)]) == 2
     assert f"--validation {first} is one of the training events" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_bundle_output_writes_through_links_keeps_other_files_and_normal_modes(tmp_path, capsys, monkeypatch):
+    import os
+    import stat
+
+    real = tmp_path / "real" / "bundle"
+    assert _quick_train(tmp_path, real) == 0
+    (real / "README.md").write_text("how this bundle was made")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert _quick_train(tmp_path, link, "--overwrite", "--seed", "3") == 0
+    assert link.is_symlink() and (real / "pipeline.json").is_file()  # the link's target replaced, the link kept
+    assert (real / "README.md").read_text() == "how this bundle was made"  # not the bundle's file: kept
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(real.stat().st_mode) == 0o777 & ~umask
+    assert not [p for p in (tmp_path / "real").iterdir() if p.name.startswith(".")]
+    monkeypatch.chdir(real)
+    assert _quick_train(tmp_path, ".", "--overwrite") == 2
+    assert "--output . is the current directory" in capsys.readouterr().err
+    assert _quick_train(tmp_path, "/proc/trackserve-bundle") == 2
+    assert "--output /proc/trackserve-bundle: cannot create the directory" in capsys.readouterr().err
+
+
+def test_cli_sigterm_removes_the_half_written_bundle(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from trackserve.train import trainer
+
+    def terminated(events, validation, config, output, **kwargs):
+        (Path(output) / "embedding.onnx").write_text("half written")
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(trainer, "train_pipeline", terminated)
+    assert _quick_train(tmp_path, tmp_path / "b") == 143
+    assert "trackserve train: terminated (SIGTERM)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("threads, message", [("0", "--threads 0 must be in 1.."), ("64", "--threads 64 must be in 1..")])
+def test_cli_training_threads_stay_within_the_cores(tmp_path, capsys, monkeypatch, threads, message):
+    monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
+    from trackserve.cli import main
+
+    assert main(["train", "--output", str(tmp_path / "b"), "--random-events", "1", "--threads", threads]) == 2
+    assert message in capsys.readouterr().err

@@ -11,6 +11,7 @@ a label differed, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Send every event, write and optionally check its labels; report each failure."""
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        from ..errors import InputError
+
+        raise InputError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
     import numpy as np
 
     from ..bundle import load_bundle

@@ -93,10 +93,16 @@ def _config(args, num_events: int):
     settings = {}
     cores = available_cores()
     for option, value, what in (("--threads", args.threads, "threads"), ("--event-workers", args.event_workers, "events")):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be an integer >= 1, got {value}")
         # RuntimeConfig itself allows more (the tests run larger machines' layouts); a run does not.
         if value is not None and value > cores:
             raise InputError(f"{option} {value} is more than the {cores} cores this process may use: the {what} "
                              f"would take turns on the cores and run slower; give at most {cores}, or leave it out")
+    if args.threads is not None and args.event_workers is not None and args.threads * args.event_workers > cores:
+        raise InputError(f"--event-workers {args.event_workers} with --threads {args.threads} would run "
+                         f"{args.threads * args.event_workers} threads on {cores} cores; lower one of them, or leave "
+                         "--threads out to share the cores")
     if args.threads is not None:
         settings["intra_op_threads"] = args.threads
         settings["graph_threads"] = args.threads

@@ -20,6 +20,9 @@ from ..train.precision import TRAINING_PRECISIONS
 
 ORDER = 30
 
+#: Training threads when --threads is not given (fewer on a machine with fewer cores).
+DEFAULT_THREADS = 2
+
 #: Per-stage options: (flag, stage, setting, type, help); a ``bool`` setting is an on switch.
 _STAGE_OPTIONS = (
     ("--embedding-epochs", "embedding", "epochs", int, "epochs of metric learning"),
@@ -85,7 +88,8 @@ def register(subparsers) -> None:
     data.add_argument("--geometry", metavar="detectors.csv", help="geometry for the simulation (default: data/detectors.csv)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0, help="seed of the simulation and of the training (default 0)")
-    run.add_argument("--threads", type=int, default=2, help="torch and graph-building threads (default 2)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch and graph-building threads, at most the cores (default 2, or 1 on one core)")
     run.add_argument("--max-neighbours", type=int, default=None, metavar="K", help="cap of the radius graph per hit")
     run.add_argument("--signal-min-pt", type=float, default=None, metavar="GEV",
                      help="filter and GNN learn to keep only edges of particles with at least this pT (default 0: all)")
@@ -161,7 +165,7 @@ def training_config(args: argparse.Namespace):
         embedding=replace(config.embedding, **stages["embedding"]),
         filter=replace(config.filter, **stages["filter"]),
         gnn=replace(config.gnn, **stages["gnn"]),
-        seed=args.seed, threads=args.threads,
+        seed=args.seed, threads=_threads(args.threads),
         **({"max_neighbours": args.max_neighbours} if args.max_neighbours is not None else {}),
         **({"signal_min_pt": args.signal_min_pt} if args.signal_min_pt is not None else {}),
         **({"ignore_soft_edges": True} if args.ignore_soft_edges else {}),
@@ -181,6 +185,19 @@ def training_config(args: argparse.Namespace):
     )
     config.validate()
     return config
+
+
+def _threads(given: int | None) -> int:
+    """The training's thread count: ``--threads`` (1 .. the cores), or 2 where the cores allow."""
+    from ..errors import InputError
+    from ..runtime.config import available_cores
+
+    cores = available_cores()
+    if given is None:
+        return min(DEFAULT_THREADS, cores)
+    if not 1 <= given <= cores:
+        raise InputError(f"--threads {given} must be in 1..{cores} (the cores this process may use)")
+    return given
 
 
 def handle(args: argparse.Namespace) -> int:

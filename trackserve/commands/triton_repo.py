@@ -50,7 +50,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
     parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
                         help="name of the ensemble model (default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it is an existing model repository")
+    parser.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                        help="replace OUTPUT if it is an existing model repository")
     parser.set_defaults(handler=run)
 
 

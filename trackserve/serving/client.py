@@ -99,6 +99,8 @@ def check_url(url: str) -> None:
     if "://" in text:
         raise InputError(f"server address {text!r}: give host:port without a scheme, e.g. 127.0.0.1:8001")
     host, _, port = text.rpartition(":")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise InputError(f"server address {text!r}: write an IPv6 address in brackets, e.g. [::1]:8001")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise InputError(f"server address {text!r}: give host:port with a port in 1..65535, e.g. 127.0.0.1:8001")
 

@@ -208,7 +208,7 @@ def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> No
         raise InputError(f"the repository path {output} is a file; give a directory")
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
-            raise InputError(f"{output} already exists and is not empty; give --force to replace it or another path")
+            raise InputError(f"{output} already exists and is not empty; give --overwrite (or --force) to replace it, or another path")
         for entry in output.iterdir():
             if not (entry.is_dir() and (entry / CONFIG_FILE).is_file()):
                 raise InputError(

@@ -146,8 +146,8 @@ def test_client_refuses_a_stage_model_before_sending(triton_server, tiny_bundle,
     ("127.0.0.1", 5, "give host:port with a port in 1..65535"),
     ("127.0.0.1:70000", 5, "give host:port with a port in 1..65535"),
     ("::1:8001", 5, "write an IPv6 address in brackets, e.g. [::1]:8001"),
-    ("127.0.0.1:8001", 0, "the request timeout must be a finite number of seconds > 0; got 0"),
-    ("127.0.0.1:8001", float("nan"), "the request timeout must be a finite number of seconds > 0; got nan"),
+    ("127.0.0.1:8001", 0, "the request timeout must be a finite number of seconds > 0, got 0"),
+    ("127.0.0.1:8001", float("nan"), "the request timeout must be a finite number of seconds > 0, got nan"),
 ])
 def test_a_bad_address_or_timeout_is_refused_before_connecting(url, timeout, message):
     with pytest.raises(InputError) as error:

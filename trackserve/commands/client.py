@@ -11,7 +11,6 @@ a label differed, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -52,10 +51,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Send every event, write and optionally check its labels; report each failure."""
-    if not (args.timeout > 0 and math.isfinite(args.timeout)):
-        from ..errors import InputError
+    from ..serving.client import check_timeout
 
-        raise InputError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
+    check_timeout(args.timeout, "--timeout")
     import numpy as np
 
     from ..bundle import load_bundle

@@ -11,7 +11,6 @@ Exit status: 0 when every request was answered, 1 when any failed, 2 on a usage 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -97,10 +96,9 @@ def load_events(paths, num_features: int, bundle_path) -> list:
 
 def run(args: argparse.Namespace) -> int:
     """Check the server, load the events, run the sweep, print and write the results."""
-    if not (args.timeout > 0 and math.isfinite(args.timeout)):
-        from ..errors import InputError
+    from ..serving.client import check_timeout
 
-        raise InputError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
+    check_timeout(args.timeout, "--timeout")
     from ..paths import output_file, shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
     from ..serving.perf import PerfSettings, format_table, parse_concurrency, report, run_sweep, write_csv

@@ -105,6 +105,13 @@ def check_url(url: str) -> None:
         raise InputError(f"server address {text!r}: give host:port with a port in 1..65535, e.g. 127.0.0.1:8001")
 
 
+def check_timeout(timeout_s, name: str = "the request timeout") -> None:
+    """Refuse a request timeout that is not a finite number of seconds > 0, calling it ``name``."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
+            math.isfinite(timeout_s) and timeout_s > 0):
+        raise InputError(f"{name} must be a finite number of seconds > 0, got {timeout_s!r}")
+
+
 class TritonClient:
     """One connection to a Triton server serving a trackserve model (not shared between threads).
 
@@ -114,9 +121,7 @@ class TritonClient:
 
     def __init__(self, url: str, *, protocol: str = "grpc", model: str = DEFAULT_MODEL_NAME, timeout_s: float = 120.0):
         check_url(url)
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
-                math.isfinite(timeout_s) and timeout_s > 0):
-            raise InputError(f"the request timeout must be a finite number of seconds > 0; got {timeout_s!r}")
+        check_timeout(timeout_s)
         self.module = client_module(protocol)
         self.protocol = protocol
         self.url = url

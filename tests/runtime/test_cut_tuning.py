@@ -356,6 +356,10 @@ def test_tune_cut_command_refuses_validation_events_without_a_counted_particle(s
         assert "(--min-pt) and >= " in err
         # Nothing written: the bundle keeps its cut, gap cut and joining.
         assert (bundle / "pipeline.json").read_text() == (DEFAULT_BUNDLE / "pipeline.json").read_text()
+    # with another event that has particles to count, the empty one is named, not silently averaged in
+    assert main(["tune-cut", str(bundle), "--validation", str(small), "--validation", str(empty)]) == 0
+    assert f"note: validation event {empty / 'event000000011'} has no particle the selection counts" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**63), "99999999999999999999"])

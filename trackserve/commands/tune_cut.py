@@ -26,6 +26,7 @@ the joining settings (about 40 s on three 100k-hit events here).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
@@ -134,6 +135,14 @@ def run(args: argparse.Namespace) -> int:
     events = [event for event, _ in validations]
     # Before the networks run: with no particle to count, every cut's efficiency is NaN.
     check_counted_particles(events, min_pt=args.min_pt, min_hits=args.min_hits, names=SELECTION_OPTIONS[:2])
+    if len(events) > 1:
+        for event, description in validations:
+            try:
+                check_counted_particles([event], min_pt=args.min_pt, min_hits=args.min_hits)
+            except InputError:  # the others have some: this one counts for its fakes only
+                print(f"trackserve tune-cut: note: validation event {description} has no particle the selection "
+                      "counts: the efficiencies are averaged over the other events (its fakes still count)",
+                      file=sys.stderr)
     validation = ValidationSet(pipeline, events, method)
     best, rows = tune_gnn_cut(pipeline, validation, min_pt=args.min_pt, min_hits=args.min_hits,
                               gap_cuts=CANDIDATE_GAP_CUTS if args.fill_gaps else None,

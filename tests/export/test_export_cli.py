@@ -102,6 +102,8 @@ def test_a_bundle_network_is_exported_again_from_its_own_weights(bundle_dir, cap
 def test_export_without_a_network_needs_a_bundle(tmp_path, capsys):
     assert main(["export", "-o", str(tmp_path / "gnn.onnx")]) == 2
     assert "give the torch network NET.pt to export" in capsys.readouterr().err
+    assert main(["export", "-o", str(tmp_path / "gnn.onnx"), "--check"]) == 2
+    assert "give the torch network NET.pt to check the ONNX file against" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- refusals, each in one line

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--network {args.name} names a network of a bundle and needs --bundle DIR; "
                          "to say which kind of network NET.pt holds, use --kind")
     if args.network is None and not args.bundle:
-        raise BundleError("give the torch network NET.pt to export (only with --bundle can it be left out: "
+        doing = "to check the ONNX file against" if args.check else "to export"
+        raise BundleError(f"give the torch network NET.pt {doing} (only with --bundle can it be left out: "
                           "the bundle's own weights are then used)")
     try:
         import torch  # noqa: F401

@@ -36,7 +36,9 @@ def test_custom_layout_is_one_model_derived_from_the_bundle(tiny_bundle, tmp_pat
     assert [(t.name, list(t.dims)) for t in config.output] == [("LABELS", [-1])]
     assert config.input[0].data_type == 11 and config.output[0].data_type == 9  # TYPE_FP32, TYPE_INT64
     assert not config.HasField("dynamic_batching")
-    assert parameters(config) == {"bundle": "exatrkx/bundle"}
+    bundle = load_bundle(tiny_bundle)
+    features = {"names": list(bundle.feature_names), "scales": list(bundle.feature_scales)}
+    assert parameters(config) == {"bundle": "exatrkx/bundle", "features": json.dumps(features)}  # for clients to check
     assert (tmp_path / "repo" / "exatrkx" / "1" / "model.py").read_text() == PIPELINE_MODEL.read_text()
     copy = load_bundle(tmp_path / "repo" / "exatrkx" / "bundle")
     assert copy.to_dict()["networks"] == load_bundle(tiny_bundle).to_dict()["networks"]

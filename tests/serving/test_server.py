@@ -155,6 +155,29 @@ def test_a_bad_address_or_timeout_is_refused_before_connecting(url, timeout, mes
     assert message in str(error.value)
 
 
+def test_client_refuses_a_bundle_whose_features_differ_from_the_served_ones(triton_server, tiny_bundle, tmp_path,
+                                                                           capsys):
+    from trackserve.bundle import load_bundle
+
+    served = load_bundle(tiny_bundle)
+    with TritonClient(triton_server.grpc_url) as client:
+        assert client.served_features() == (tuple(served.feature_names), tuple(served.feature_scales))
+    other = tmp_path / "other_scales"
+    shutil.copytree(tiny_bundle, other)
+    data = json.loads((other / "pipeline.json").read_text())
+    assert data["features"]["scales"][0] == 1000.0  # the tiny bundle reads r/1000, z/1000
+    data["features"]["scales"] = [3000.0, data["features"]["scales"][1], 400.0]  # the same width, other scales
+    (other / "pipeline.json").write_text(json.dumps(data))
+    # before: features at the wrong scales were sent and labelled without a word
+    code = main(["client", str(SAMPLE_EVENT), "--bundle", str(other), "--url", triton_server.grpc_url, "--no-labels"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "serves a bundle that reads the features r/1000" in err and f"--bundle {other} computes r/3000" in err
+    code = main(["perf", str(SAMPLE_EVENT), "--bundle", str(other), "--url", triton_server.grpc_url,
+                 "--concurrency", "1", "--window-seconds", "0.5", "--warmup-seconds", "0"])
+    assert code == 2 and "the served model serves a bundle that reads the features r/1000" in capsys.readouterr().err
+
+
 def test_client_command_names_an_unreachable_server(tiny_bundle, capsys):
     from trackserve.serving.server import free_port
 

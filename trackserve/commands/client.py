@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
                 f"model {args.model!r} at {url} takes {served} features per hit but the bundle has "
                 f"{bundle.num_features}; give the --bundle the server serves"
             )
+        if args.check or any(kind == "trackml" for kind, _ in inputs):  # the bundle computes or checks the features
+            client.check_features(bundle.feature_names, bundle.feature_scales,
+                                  f"--bundle {args.bundle}" if args.bundle else "the shipped default bundle (no --bundle)")
         for number, (kind, path) in enumerate(inputs):
             try:
                 item = read_input(kind, path, spec)

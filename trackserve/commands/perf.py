@@ -62,11 +62,12 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def load_events(paths, num_features: int, bundle_path) -> list:
+def load_events(paths, num_features: int, bundle_path, served=None) -> list:
     """Feature arrays of the events ``paths`` designate: feature CSVs as they are, TrackML events via the bundle.
 
-    ``num_features``: the width the served model takes; a bundle with another width is
-    refused with a message saying which bundle to give.
+    ``num_features``: the width the served model takes; ``served``: the ``(names, scales)``
+    of the features its bundle reads, when the server says; a bundle with another width or
+    other features is refused with a message saying which bundle to give.
     """
     from ..errors import InputError
     from ..events.sources import list_inputs, read_input
@@ -82,6 +83,7 @@ def load_events(paths, num_features: int, bundle_path) -> list:
             from ..bundle import load_bundle
             from ..events.features import FeatureSpec
             from ..paths import shipped_path
+            from ..serving.client import check_served_features
 
             bundle = load_bundle(bundle_path or shipped_path(DEFAULT_BUNDLE, "default bundle"))
             if bundle.num_features != num_features:
@@ -89,6 +91,8 @@ def load_events(paths, num_features: int, bundle_path) -> list:
                     f"the served model takes {num_features} features per hit but the bundle {bundle.directory} "
                     f"gives {bundle.num_features}; give the --bundle the server serves"
                 )
+            check_served_features(served, bundle.feature_names, bundle.feature_scales, "the served model",
+                                  f"--bundle {bundle_path}" if bundle_path else "the shipped default bundle (no --bundle)")
             spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
         arrays.append(read_input(kind, path, spec).features)
     return arrays
@@ -112,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
                             window_s=args.window_seconds, warmup_s=args.warmup_seconds, timeout_s=args.timeout)
     with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
         num_features = client.num_features()  # ServingError (exit 2) when the server or the model does not answer
-    events = load_events(args.events or [shipped_path(SAMPLE_EVENT, "sample event")], num_features, args.bundle)
+        served = client.served_features()
+    events = load_events(args.events or [shipped_path(SAMPLE_EVENT, "sample event")], num_features, args.bundle, served)
     table_stream = sys.stderr if args.json == "-" else sys.stdout
     print(f"trackserve perf: {len(events)} event(s) to '{args.model}' at {url} ({args.protocol}, {args.mode}), "
           f"{settings.warmup_s:g} s warm-up + {settings.window_s:g} s window per level", file=sys.stderr, flush=True)

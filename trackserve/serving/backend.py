@@ -33,6 +33,10 @@ PARAM_INTRA_OP_THREADS = "intra_op_threads"
 PARAM_GRAPH_THREADS = "graph_threads"
 PARAM_EDGE_CHUNK_SIZE = "edge_chunk_size"
 PARAM_MEMORY_LIMIT_BYTES = "memory_limit_bytes"
+#: The served bundle's features as JSON ``{"names": [...], "scales": [...]}``: written by
+#: ``trackserve triton-repo`` for clients to check the features they compute against (the
+#: models themselves read the bundle).
+PARAM_FEATURES = "features"
 _INT_PARAMETERS = {
     PARAM_INTRA_OP_THREADS: "intra_op_threads",
     PARAM_GRAPH_THREADS: "graph_threads",

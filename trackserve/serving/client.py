@@ -9,11 +9,13 @@ message. :class:`TritonClient` holds one connection (use one per thread) and com
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, ServingError
+from .backend import PARAM_FEATURES
 from .interface import DEFAULT_MODEL_NAME, FEATURES, LABELS, WIRE_DTYPES
 
 #: Supported protocols, with the default port of each.
@@ -105,6 +107,26 @@ def check_url(url: str) -> None:
         raise InputError(f"server address {text!r}: give host:port with a port in 1..65535, e.g. 127.0.0.1:8001")
 
 
+def check_served_features(served, names, scales, where: str, bundle_description: str) -> None:
+    """Raise ServingError when the features a served bundle reads (``served``: ``(names,
+    scales)``, or None when the server does not say) differ from ``names``/``scales``, those
+    of the bundle the caller computes features with (``bundle_description``): the server
+    would label hits from features at the wrong scales without a word."""
+    if served is None:
+        return
+    mine = (tuple(names), tuple(float(scale) for scale in scales))
+    if served[0] != mine[0] or not np.allclose(served[1], mine[1], rtol=1e-9, atol=0):
+        raise ServingError(
+            f"{where} serves a bundle that reads the features {_describe(served)}, but {bundle_description} "
+            f"computes {_describe(mine)}: the labels would be wrong; give --bundle the bundle the server serves"
+        )
+
+
+def _describe(spec) -> str:
+    names, scales = spec
+    return ", ".join(f"{name}/{scale:g}" for name, scale in zip(names, scales))
+
+
 def check_timeout(timeout_s, name: str = "the request timeout") -> None:
     """Refuse a request timeout that is not a finite number of seconds > 0, calling it ``name``."""
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
@@ -163,6 +185,31 @@ class TritonClient:
             if tensor.get("name") == FEATURES:
                 return int(tensor["shape"][-1])
         raise ServingError(f"model {self.model!r} at {self.url} has no input {FEATURES!r}: it is not a trackserve model")
+
+    def served_features(self) -> tuple[tuple[str, ...], tuple[float, ...]] | None:
+        """``(names, scales)`` of the features the served bundle reads, from the model config's
+        ``features`` parameter (``trackserve triton-repo`` writes it); None when the config has
+        none (a repository written by hand or by an older trackserve)."""
+        if self.protocol == "grpc":
+            config = self._call("model config", self.connection.get_model_config, self.model, as_json=True)
+            config = config.get("config", config)
+        else:
+            config = self._call("model config", self.connection.get_model_config, self.model)
+        text = (config.get("parameters", {}).get(PARAM_FEATURES) or {}).get("string_value")
+        if not text:
+            return None
+        try:
+            spec = json.loads(text)
+            return tuple(spec["names"]), tuple(float(scale) for scale in spec["scales"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def check_features(self, names, scales, bundle_description: str) -> None:
+        """Refuse to send features computed for ``names``/``scales`` (the bundle the caller uses,
+        described as ``bundle_description``) to a model whose bundle reads others
+        (:func:`check_served_features`)."""
+        check_served_features(self.served_features(), names, scales, f"model {self.model!r} at {self.url}",
+                              bundle_description)
 
     def infer(self, features: np.ndarray, *, request_id: str = "") -> np.ndarray:
         """Send one event's features ``[N, F]`` and return its labels ``[N]`` int64; ServingError on any failure."""

@@ -18,6 +18,7 @@ self-contained; configs name it relative to the repository root.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .interface import (
 from .backend import (
     PARAM_BUNDLE,
     PARAM_EDGE_CHUNK_SIZE,
+    PARAM_FEATURES,
     PARAM_GRAPH_THREADS,
     PARAM_INTRA_OP_THREADS,
     PARAM_MEMORY_LIMIT_BYTES,
@@ -251,10 +253,12 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     runtime = _runtime_parameters(options)
     written = WrittenRepository(path=output.resolve())
 
+    features = {PARAM_FEATURES: json.dumps({"names": list(loaded.feature_names), "scales": list(loaded.feature_scales)})}
     if options.writes_custom:
         name = options.model_name
         bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
-        config = _python_model_config(name, [specs[FEATURES]], [specs[LABELS]], {PARAM_BUNDLE: bundle_ref, **runtime}, options)
+        config = _python_model_config(name, [specs[FEATURES]], [specs[LABELS]],
+                                      {PARAM_BUNDLE: bundle_ref, **runtime, **features}, options)
         _write_python_model(output, name, PIPELINE_MODEL, config)
         written.models.append(name)
         written.entry_points["custom"] = name
@@ -263,7 +267,7 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
         name = options.ensemble_name
         (output / name / "1").mkdir(parents=True)
         bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
-        (output / name / CONFIG_FILE).write_text(_ensemble_config(name, specs))
+        (output / name / CONFIG_FILE).write_text(_ensemble_config(name, specs) + _parameters_block(features))
         for stage in ENSEMBLE_STAGES:
             parameters = {PARAM_BUNDLE: bundle_ref, PARAM_STAGE: stage.name, **runtime}
             config = _python_model_config(

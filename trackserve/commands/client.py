@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                 failures += 1
                 print(f"{item.name}: FAILED: {error}", file=sys.stderr)
                 continue
-            line = f"{item.name}: {labels.shape[0]} hits, {int(labels.max()) + 1 if labels.size else 0} labels"
+            tracks = int(labels.max()) + 1 if labels.size else 0
+            line = f"{item.name}: {labels.shape[0]} hits, {tracks} tracks (distinct labels)"
             if pipeline is not None:
                 expected = pipeline.run(item.features).labels
                 if np.array_equal(labels, expected):

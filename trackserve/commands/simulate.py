@@ -9,9 +9,6 @@ from dataclasses import fields, replace
 
 ORDER = 10
 
-#: The largest event id a TrackML file holds (event ids are signed 64-bit integers).
-MAX_EVENT_ID = 2**63 - 1
-
 #: Options of random particles: (flag, SimulationConfig field, type, help).
 _RANDOM_OPTIONS = (
     ("--num-particles", "num_particles", int, "number of random particles per event"),
@@ -126,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..events.geometry import load_geometry
+    from ..events.event import MAX_EVENT_ID
     from ..events.simulate import check_seed, simulate_event
     from ..events.trackml import read_particles, write_event
     from ..paths import output_directory

@@ -79,6 +79,10 @@ def empty_table(schema: dict[str, type]) -> Table:
     return {name: np.zeros(0, dtype=dtype) for name, dtype in schema.items()}
 
 
+#: The largest event id a TrackML file holds (event ids are signed 64-bit integers).
+MAX_EVENT_ID = 2**63 - 1
+
+
 def event_name(event_id: int) -> str:
     """The TrackML file prefix of event ``event_id``: ``event<id zero-padded to 9>``."""
     return f"event{event_id:09d}"

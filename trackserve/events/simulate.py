@@ -54,7 +54,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..errors import EventFormatError, InputError
-from .event import PARTICLES_COLUMNS, Event, Table, table_length
+from .event import MAX_EVENT_ID, PARTICLES_COLUMNS, Event, Table, table_length
 from .geometry import Geometry
 from .stable_math import arctan2
 
@@ -556,8 +556,9 @@ def simulate_event(geometry: Geometry, source: Table | SimulationConfig, *, seed
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise InputError(f"seed must be an integer or a sequence of integers, e.g. (run_seed, event_id); got {seed!r}")
         check_seed(int(value), "seed")
-    if isinstance(event_id, (bool, np.bool_)) or not isinstance(event_id, numbers.Integral) or not 0 <= event_id <= MAX_SEED:
-        raise InputError(f"event_id must be an integer in 0..{MAX_SEED} (a TrackML event id); got {event_id!r}")
+    if isinstance(event_id, (bool, np.bool_)) or not isinstance(event_id, numbers.Integral) \
+            or not 0 <= event_id <= MAX_EVENT_ID:
+        raise InputError(f"event_id must be an integer in 0..{MAX_EVENT_ID} (a TrackML event id); got {event_id!r}")
     rng = np.random.default_rng(seed)
     particles = generate_particles(config, rng) if isinstance(source, SimulationConfig) else _checked_particles(source)
     n = table_length(particles)

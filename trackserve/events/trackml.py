@@ -38,6 +38,7 @@ from ..errors import EventFormatError, InputError
 from .event import (
     CELLS_COLUMNS,
     HITS_COLUMNS,
+    MAX_EVENT_ID,
     PARTICLES_COLUMNS,
     PARTICLES_OPTIONAL_COLUMNS,
     SCHEMAS,
@@ -331,8 +332,8 @@ def event_id_from_digits(digits: str, path: str | Path) -> int:
     """The event id the ``digits`` in the name of ``path`` give; EventFormatError when it does not
     fit the signed 64-bit integer a TrackML file holds."""
     event_id = int(digits)
-    if event_id > _INT64_MAX:
-        raise EventFormatError(f"the event id {digits} in the name is above {_INT64_MAX}, the largest a TrackML "
+    if event_id > MAX_EVENT_ID:
+        raise EventFormatError(f"the event id {digits} in the name is above {MAX_EVENT_ID}, the largest a TrackML "
                                "file holds; rename it", path=path)
     return event_id
 

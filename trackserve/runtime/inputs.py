@@ -37,9 +37,10 @@ def validate_features(features, num_features: int) -> np.ndarray:
     return np.ascontiguousarray(features)
 
 
-def validate_edges(edge_index, num_hits: int, what: str = "edge_index") -> np.ndarray:
+def validate_edges(edge_index, num_hits: int | None, what: str = "edge_index") -> np.ndarray:
     """Return ``edge_index`` as a C-contiguous int64 ``[2, M]`` array of hit indices in
-    ``[0, num_hits)``, or raise InputError naming ``what``.
+    ``[0, num_hits)`` (any index when ``num_hits`` is None: a caller that does not know
+    the event's hits), or raise InputError naming ``what``.
 
     Refused: anything but a numpy array of integers shaped ``[2, M]`` (an ``[M, 2]`` list
     of pairs is named as such), and any index outside the event: a negative index would
@@ -53,12 +54,15 @@ def validate_edges(edge_index, num_hits: int, what: str = "edge_index") -> np.nd
     if edge_index.ndim != 2 or edge_index.shape[0] != 2:
         pairs = " (pairs in rows: transpose it)" if edge_index.ndim == 2 and edge_index.shape[1] == 2 else ""
         raise InputError(f"{what} must have shape [2, M], got {list(edge_index.shape)}{pairs}")
-    if edge_index.size:
+    if num_hits is not None and edge_index.size:
         low, high = int(edge_index.min()), int(edge_index.max())
         if low < 0 or high >= num_hits:
-            bad = int(np.flatnonzero(((edge_index < 0) | (edge_index >= num_hits)).any(axis=0))[0])
-            raise InputError(f"{what}: edge {bad} ({int(edge_index[0, bad])} -> {int(edge_index[1, bad])}) refers to "
-                             f"a hit outside 0..{num_hits - 1} (the event has {num_hits} hits)")
+            outside = (edge_index < 0) | (edge_index >= num_hits)
+            bad = int(np.flatnonzero(outside.any(axis=0))[0])
+            value = int(edge_index[:, bad][outside[:, bad]][0])
+            raise InputError(f"{what} refers to hit {value}, but the event has {num_hits} hits: edge {bad} "
+                             f"({int(edge_index[0, bad])} -> {int(edge_index[1, bad])}) refers to a hit outside "
+                             f"0..{num_hits - 1}")
     return np.ascontiguousarray(edge_index, dtype=np.int64)
 
 

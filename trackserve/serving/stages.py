@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..runtime.config import RuntimeConfig
 from ..runtime.cuts import logit_threshold
 from ..runtime.graph_building import build_graph
-from ..runtime.inputs import validate_features
+from ..runtime.inputs import validate_edges, validate_features
 from ..runtime.memory import MemoryModel
 from ..runtime.network_steps import NetworkSteps
 from ..runtime.track_building import build_tracks, bundle_track_options
@@ -49,18 +49,6 @@ class EnsembleStage:
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the stage on its named inputs and return its named outputs."""
         raise NotImplementedError  # pragma: no cover - every registered stage overrides it
-
-
-def _edge_list(array, what: str, num_hits: int | None = None) -> np.ndarray:
-    """The edge list ``[2, M]`` int64 of a request; with ``num_hits``, every index must name one of its hits."""
-    if array.ndim != 2 or array.shape[0] != 2:
-        raise InputError(f"{what} must have shape [2, M]; got {list(array.shape)}")
-    edges = np.ascontiguousarray(array, dtype=np.int64)
-    if num_hits is not None and edges.size:
-        low, high = int(edges.min()), int(edges.max())
-        if low < 0 or high >= num_hits:
-            raise InputError(f"{what} refers to hit {low if low < 0 else high}, but the event has {num_hits} hits")
-    return edges
 
 
 def _scores(array, num_edges: int, what: str) -> np.ndarray:
@@ -113,7 +101,7 @@ class FilterStage(EnsembleStage):
 
     def __call__(self, arrays):
         features = self._features(arrays)
-        edges = _edge_list(arrays["EDGE_LIST"], "EDGE_LIST", features.shape[0])
+        edges = validate_edges(arrays["EDGE_LIST"], features.shape[0], "EDGE_LIST")
         return {"FILTER_SCORES": self.steps.edge_logits("filter", features, edges, chunked=True)}
 
 
@@ -123,7 +111,7 @@ class ApplyFilterStage(EnsembleStage):
     name = "applyfilter"
 
     def __call__(self, arrays):
-        edges = _edge_list(arrays["EDGE_LIST"], "EDGE_LIST")
+        edges = validate_edges(arrays["EDGE_LIST"], None, "EDGE_LIST")
         scores = _scores(arrays["FILTER_SCORES"], edges.shape[1], "FILTER_SCORES")
         kept = scores > logit_threshold(self.stages.filter_cut)
         return {"EDGE_LIST_AFTER_FILTER": np.ascontiguousarray(edges[:, kept])}
@@ -146,7 +134,7 @@ class GnnStage(EnsembleStage):
 
     def __call__(self, arrays):
         features = self._features(arrays)
-        edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER", features.shape[0])
+        edges = validate_edges(arrays["EDGE_LIST_AFTER_FILTER"], features.shape[0], "EDGE_LIST_AFTER_FILTER")
         self.memory.check_gnn_edges(features.shape[0], edges.shape[1], self.config.memory_limit_bytes)
         if edges.shape[1] == 0:
             return {"GNN_SCORES": np.zeros(0, dtype=np.float32)}
@@ -163,7 +151,7 @@ class ComponentsStage(EnsembleStage):
 
     def __call__(self, arrays):
         num_hits = int(arrays[FEATURES].shape[0])
-        edges = _edge_list(arrays["EDGE_LIST_AFTER_FILTER"], "EDGE_LIST_AFTER_FILTER")
+        edges = validate_edges(arrays["EDGE_LIST_AFTER_FILTER"], None, "EDGE_LIST_AFTER_FILTER")
         scores = _scores(arrays["GNN_SCORES"], edges.shape[1], "GNN_SCORES")
         return {LABELS: build_tracks(num_hits, edges, scores, self.stages.gnn_cut,
                                      **bundle_track_options(self.bundle, arrays[FEATURES]))}

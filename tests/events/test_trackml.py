@@ -26,6 +26,7 @@ from trackserve.events.trackml import (
     read_events,
     read_feature_csv,
     read_particles,
+    in_hit_id_order,
     read_table,
     write_event,
 )
@@ -212,8 +213,10 @@ def test_round_trip_synthetic(tmp_path, compress):
     assert paths["hits"].name == ("event000000012-hits.csv.gz" if compress else "event000000012-hits.csv")
     back = read_event(tmp_path)
     assert back.event_id == 12
-    assert_tables_match(back.hits, event.hits, HITS_COLUMNS)
-    assert_tables_match(back.truth, event.truth, TRUTH_COLUMNS)
+    # the synthetic hit ids are shuffled: read back in hit id order, the truth with them
+    order = np.argsort(event.hits["hit_id"])
+    assert_tables_match(back.hits, {name: column[order] for name, column in event.hits.items()}, HITS_COLUMNS)
+    assert_tables_match(back.truth, {name: column[order] for name, column in event.truth.items()}, TRUTH_COLUMNS)
     assert_tables_match(back.particles, event.particles, {**PARTICLES_COLUMNS, "particle_type": np.int64})
     assert_tables_match(back.cells, event.cells, CELLS_COLUMNS)
 
@@ -224,6 +227,30 @@ def test_round_trip_real_event(tmp_path):
     back = read_event(tmp_path / "event000000001")
     for kind in SCHEMAS:
         assert_tables_match(getattr(back, kind), getattr(event, kind), {**SCHEMAS[kind], "particle_type": np.int64})
+
+
+def test_hits_in_any_row_order_read_in_hit_id_order(tmp_path):
+    # The networks' edge direction follows the hit order: a file whose rows are shuffled
+    # must give the same event as the file in TrackML's order.
+    event = read_event(SAMPLE)
+    shuffle = np.random.default_rng(5).permutation(event.num_hits)
+    shuffled = Event(event.event_id, {name: column[shuffle] for name, column in event.hits.items()},
+                     {name: column[shuffle] for name, column in event.truth.items()}, event.particles, event.cells)
+    write_event(shuffled, tmp_path)
+    text = (tmp_path / "event000000001-hits.csv").read_text().splitlines()
+    assert text[1].split(",")[0] != "1"  # the file's rows really are shuffled
+    back = read_event(tmp_path / "event000000001")
+    assert_tables_match(back.hits, event.hits, HITS_COLUMNS)
+    assert_tables_match(back.truth, event.truth, TRUTH_COLUMNS)
+
+
+def test_in_hit_id_order_keeps_sorted_tables_and_sorts_others():
+    hits = {"hit_id": np.array([3, 1, 2]), "x": np.array([30.0, 10.0, 20.0])}
+    assert in_hit_id_order(hits)["x"].tolist() == [10.0, 20.0, 30.0]
+    ordered = {"hit_id": np.array([1, 5, 9]), "x": np.zeros(3)}
+    assert in_hit_id_order(ordered) is ordered
+    one = {"hit_id": np.array([7]), "x": np.zeros(1)}
+    assert in_hit_id_order(one) is one
 
 
 def test_read_events_sorted_by_id(tmp_path):

@@ -519,6 +519,7 @@ def _read_prefix(prefix: Path, parts: Iterable[str]) -> Event:
     hits = read_table(hits_path, HITS_COLUMNS)
     _check_not_negative(hits["hit_id"], hits_path, "hit_id", "TrackML hit ids are >= 0; renumber the hits")
     _check_unique(hits["hit_id"], hits_path, "hit_id")
+    hits = in_hit_id_order(hits)
     paths = {kind: event_file(prefix, kind) for kind in parts}
 
     truth = particles = cells = None
@@ -543,6 +544,21 @@ def _read_prefix(prefix: Path, parts: Iterable[str]) -> Event:
     )
 
 
+def in_hit_id_order(hits: Table) -> Table:
+    """``hits`` with its rows in increasing ``hit_id`` order (the table itself when they already are).
+
+    TrackML numbers the hits in the detector's order (volume, layer, module), and a bundle's
+    graph stores each pair in a direction that follows the hits' order (its ``edge_direction``,
+    ``i<j`` for the shipped one), which its filter and GNN learned on hits in that order: the
+    same hits in another row order give other edges and worse tracks. So an event's hits are
+    taken in hit id order whatever the order of the file's rows."""
+    ids = hits["hit_id"]
+    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return hits
+    order = np.argsort(ids, kind="stable")
+    return {name: column[order] for name, column in hits.items()}
+
+
 def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:
     parts = (parts,) if isinstance(parts, str) else tuple(parts)
     unknown = [part for part in parts if part not in EVENT_PARTS]
@@ -556,7 +572,9 @@ def read_event(path: str | Path, parts: Iterable[str] = EVENT_PARTS) -> Event:
 
     ``path`` is anything :func:`find_event_prefixes` accepts that designates exactly one
     event. A part that is asked for but has no file is ``None``; a part not asked for is
-    not read. The event id is :func:`event_id_from_prefix` of the prefix.
+    not read. The event id is :func:`event_id_from_prefix` of the prefix. The hits come in
+    increasing hit id order whatever the file's row order (:func:`in_hit_id_order`), the
+    truth in the hits' order.
 
     Checks, each an :class:`EventFormatError` naming file, column and row: hit ids unique
     and >= 0; truth weights >= 0; truth has exactly the hits' hit ids (rows are reordered

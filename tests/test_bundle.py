@@ -177,7 +177,7 @@ def test_bad_json_names_line_and_column(bundle_dir):
          "networks.gnn.outputs: names ['logits'] differ from the edge_classifier interface ['scores']"),
         (lambda d: d["features"].update(names=["r", "phi", "z", "eta"], scales=[1, 1, 1, 1]),
          "networks.embedding.inputs 'features': takes 3 features but the bundle declares 4"),
-        (lambda d: d["features"].update(scales=[1.0, 0.0, 1.0]), "features.scales: [1.0, 0.0, 1.0] is not a list of finite non-zero"),
+        (lambda d: d["features"].update(scales=[1.0, 0.0, 1.0]), "features.scales: [1.0, 0.0, 1.0] is not a list of finite positive numbers"),
         (lambda d: d["stages"].update(filter_cut=1.5), "stages.filter_cut: 1.5 is outside [0, 1]"),
         (lambda d: d["stages"].update(gnn_cut=-0.1), "stages.gnn_cut: -0.1 is outside [0, 1]"),
         (lambda d: d["stages"].update(radius=-1.0), "stages.radius: -1.0 is not a positive finite number"),

@@ -153,12 +153,19 @@ STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_directi
               "join_pieces", "prune_cut")
 
 
+#: float32's smallest normal number and its largest finite one (graph building squares the radius in float32).
+_FLOAT32_TINY, _FLOAT32_MAX = 2.0**-126, 3.4028234663852886e38
+
+
 def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
                     track_building="components", gap_cut=None, join_pieces=None, prune_cut=None) -> list[str]:
     problems = []
     join_settings = join_pieces.to_dict() if isinstance(join_pieces, JoinSettings) else join_pieces
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
+    elif not _FLOAT32_TINY < float(radius) * float(radius) < _FLOAT32_MAX:  # inf beyond, no OverflowError
+        problems.append(f"stages.radius: {radius!r} is out of range: graph building compares float32 squared "
+                        "distances, so the radius must lie between about 1.1e-19 and 1.8e19")
     if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
         problems.append(f"stages.max_neighbours: {max_neighbours!r} is not an integer >= 1")
     for name, cut in (("filter_cut", filter_cut), ("gnn_cut", gnn_cut)):
@@ -166,6 +173,9 @@ def _stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
             problems.append(
                 f"stages.{name}: {cut!r} is outside [0, 1] (cuts are probabilities, applied after the sigmoid of the logits)"
             )
+        elif cut == 1.0:
+            problems.append(f"stages.{name}: 1 keeps no edge (an edge passes when the sigmoid of its logit is above the "
+                            "cut, and no sigmoid is); use a cut below 1")
     if edge_direction not in EDGE_DIRECTIONS:
         problems.append(f"stages.edge_direction: {edge_direction!r} is not one of {', '.join(map(repr, EDGE_DIRECTIONS))}")
     if track_building not in TRACK_BUILDING_METHODS:
@@ -581,10 +591,19 @@ def _parse_features(value, problems: list[str]) -> dict | None:
     elif len(set(names)) != len(names):
         problems.append(f"features.names: {names!r} repeats a name")
         ok = False
+    else:
+        from .events.features import KNOWN_FEATURES
+
+        unknown_names = [n for n in names if n not in KNOWN_FEATURES]
+        if unknown_names:
+            problems.append(f"features.names: unknown feature name(s) {unknown_names}; the features trackserve "
+                            f"computes are {', '.join(KNOWN_FEATURES)} (lower case)")
+            ok = False
     if not isinstance(scales, list) or not all(
-        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s != 0 for s in scales
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales
     ):
-        problems.append(f"features.scales: {scales!r} is not a list of finite non-zero numbers")
+        problems.append(f"features.scales: {scales!r} is not a list of finite positive numbers (each feature is "
+                        "its value divided by its scale)")
         ok = False
     unknown = sorted(set(value) - {"names", "scales"})
     if unknown:
@@ -594,6 +613,57 @@ def _parse_features(value, problems: list[str]) -> dict | None:
         problems.append(f"features: {len(names)} names but {len(scales)} scales")
         ok = False
     return dict(value) if ok else None
+
+
+#: The config keys of a network that name feature columns and their scales (the derived
+#: inputs: η from r and z, the edge geometry from r, φ and z).
+_DERIVED_CONFIG_KEYS = ("derived_eta", "pair_geometry")
+
+
+def _feature_config_problems(name: str, config: Mapping, features: Mapping) -> list[str]:
+    """Where a network's config contradicts the bundle's features: its input count, the
+    columns and scales its derived inputs read, its periodic (φ) columns and their period.
+    Keys a config does not have are not checked (imported networks record fewer)."""
+    names, scales = features["names"], features["scales"]
+    where = f"networks.{name}.config"
+    problems = []
+    channels = config.get("in_channels")
+    if isinstance(channels, int) and not isinstance(channels, bool) and channels != len(names):
+        problems.append(f"{where}.in_channels: {channels}, but the bundle has {len(names)} features {names}")
+    for key in _DERIVED_CONFIG_KEYS:
+        spec = config.get(key)
+        if spec is None:
+            continue
+        if not isinstance(spec, dict):
+            problems.append(f"{where}.{key}: expected an object of feature columns and scales, got {spec!r}")
+            continue
+        for feature in ("r", "phi", "z"):
+            if feature not in spec:
+                continue
+            column, scale = spec[feature], spec.get(f"{feature}_scale")
+            if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < len(names):
+                problems.append(f"{where}.{key}.{feature}: {column!r} is not a column of the {len(names)} features")
+            elif names[column] != feature:
+                problems.append(f"{where}.{key}: the network reads {feature} from column {column}, which the "
+                                f"bundle's features name {names[column]!r}: features.names {names} is not the order "
+                                "the network was trained on")
+            elif not isinstance(scale, (int, float)) or not math.isclose(scale, scales[column], rel_tol=1e-9):
+                problems.append(f"{where}.{key}.{feature}_scale: {scale!r}, but features.scales gives {feature} the "
+                                f"scale {scales[column]!r}: the network was made for other scales (rescale a bundle "
+                                "with `trackserve rescale`, never by editing its scales)")
+    periodic, period = config.get("periodic_features"), config.get("period")
+    if isinstance(periodic, list):
+        for column in periodic:
+            if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < len(names):
+                problems.append(f"{where}.periodic_features: {column!r} is not a column of the {len(names)} features")
+            elif names[column] != "phi":
+                problems.append(f"{where}.periodic_features: column {column} is {names[column]!r}, not 'phi' (the "
+                                "periodic feature)")
+            elif isinstance(period, (int, float)) and not math.isclose(period, 2 * math.pi / scales[column],
+                                                                        rel_tol=1e-6):
+                problems.append(f"{where}.period: {period!r}, but phi's scale {scales[column]!r} makes its period "
+                                f"{2 * math.pi / scales[column]!r}: the network was made for another phi scale")
+    return problems
 
 
 def _is_relative_file(file) -> bool:
@@ -657,7 +727,11 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
         problems.append(f"{PIPELINE_FILE}: missing key 'schema_version'")
         return None
     version = data["schema_version"]
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int:
+        problems.append(f"schema_version: {version!r} is not an integer (this trackserve reads schema version "
+                        f"{SCHEMA_VERSION}, written as the number {SCHEMA_VERSION})")
+        return None
+    if version != SCHEMA_VERSION:
         problems.append(
             f"schema_version: {version!r} is not supported: this trackserve reads schema version {SCHEMA_VERSION}; "
             "use the trackserve release that wrote the bundle, or re-create the bundle"
@@ -687,7 +761,7 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
             problems.append(_unknown_stage_keys(unknown))
         if absent:
             problems.append(f"stages: missing key(s) {', '.join(map(repr, absent))}")
-        elif not unknown:
+        else:  # the known keys' problems too when there are unknown keys: every problem at once
             method = raw_stages.get("track_building", "components")
             gap_cut = raw_stages.get("gap_cut")
             join = raw_stages.get("join_pieces")
@@ -734,6 +808,8 @@ def _parse(data, directory: Path, problems: list[str], *, check_files: bool) -> 
             networks[name] = entry
             interface_problems = _interface_problems(name, entry, num_features)
             problems.extend(interface_problems)
+            if features is not None:
+                problems.extend(_feature_config_problems(name, entry.config, features))
             if check_files:
                 problems.extend(_file_problems(name, entry, directory, check_onnx=not interface_problems))
 
@@ -836,6 +912,8 @@ def _read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
     if not directory.is_dir():
         raise BundleError(f"bundle {directory} does not exist or is not a directory")
     pipeline = directory / PIPELINE_FILE
+    if pipeline.is_dir():
+        raise BundleError(f"{pipeline} is a directory: a bundle's {PIPELINE_FILE} is a file (JSON)")
     if not pipeline.is_file():
         raise BundleError(
             f"{directory} is not a bundle: it has no {PIPELINE_FILE} (a bundle is a directory with {PIPELINE_FILE} "
@@ -851,6 +929,10 @@ def _read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
         ) from None
     except UnicodeDecodeError as error:
         raise BundleError(f"{pipeline} is not UTF-8 text: {error}") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise BundleError(f"{pipeline} is not a valid pipeline file: {error}") from None
+    except RecursionError:
+        raise BundleError(f"{pipeline} is not a valid pipeline file: its JSON is nested too deeply to read") from None
 
 
 # --------------------------------------------------------------------------- saving

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_bad_options_are_named(options, message):
 
 def test_an_occupied_output_is_refused_unless_it_is_a_repository_and_forced(tiny_bundle, tmp_path):
     write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(layout="both"))
-    with pytest.raises(InputError, match=r"already exists and is not empty; give --overwrite \(or --force\)"):
+    with pytest.raises(InputError, match="already exists and is not empty; give --overwrite to replace it"):
         write_repository(tiny_bundle, tmp_path / "repo")
     written = write_repository(tiny_bundle, tmp_path / "repo", overwrite=True)
     assert sorted(p.name for p in written.path.iterdir()) == ["exatrkx"]
@@ -129,7 +130,7 @@ def test_the_command_writes_a_repository(tiny_bundle, tmp_path, capsys):
     assert parameters(config)["memory_limit_bytes"] == str(2 * 2**30)
     assert config.instance_group[0].count == 2 and config.HasField("dynamic_batching")
     assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle)]) == 2
-    assert "give --overwrite (or --force)" in capsys.readouterr().err
+    assert "give --overwrite to replace it" in capsys.readouterr().err
     # --overwrite, as the other writers call it, is the same option
     assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle), "--overwrite"]) == 0
 
@@ -146,9 +147,20 @@ def test_a_bad_bundle_is_refused_before_anything_is_written(tmp_path):
 def test_force_never_deletes_the_bundle_it_is_asked_to_copy(tiny_bundle, tmp_path):
     written = write_repository(tiny_bundle, tmp_path / "repo")
     inner = written.path / "exatrkx" / "bundle"
-    with pytest.raises(InputError, match="lies inside .* which --force would delete"):
+    with pytest.raises(InputError, match="lies inside .* which --overwrite would delete"):
         write_repository(inner, tmp_path / "repo", overwrite=True)
     assert (inner / "pipeline.json").is_file()
+
+
+def test_a_repository_inside_the_bundle_is_refused_before_anything_is_written(tiny_bundle, tmp_path):
+    # The bundle is copied into the repository: inside the bundle it would copy itself into itself.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    before = sorted(p.relative_to(bundle) for p in bundle.rglob("*"))
+    for output in (bundle / "triton", bundle, bundle / "a" / "b"):
+        with pytest.raises(InputError, match="lies inside the bundle .* write the repository outside the bundle"):
+            write_repository(bundle, output)
+    assert sorted(p.relative_to(bundle) for p in bundle.rglob("*")) == before
 
 
 def test_unusable_repository_paths_are_refused_cleanly(tiny_bundle, tmp_path):

@@ -208,9 +208,12 @@ def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> No
     (never the one that holds the bundle being written, nor through a symbolic link)."""
     if output.exists() and not output.is_dir():
         raise InputError(f"the repository path {output} is a file; give a directory")
+    if output.resolve().is_relative_to(bundle_directory.resolve()):
+        raise InputError(f"the repository path {output} lies inside the bundle {bundle_directory}, which is copied "
+                         "into the repository: write the repository outside the bundle")
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
-            raise InputError(f"{output} already exists and is not empty; give --overwrite (or --force) to replace it, or another path")
+            raise InputError(f"{output} already exists and is not empty; give --overwrite to replace it, or another path")
         for entry in output.iterdir():
             if not (entry.is_dir() and (entry / CONFIG_FILE).is_file()):
                 raise InputError(
@@ -220,7 +223,7 @@ def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> No
         if output.is_symlink():
             raise InputError(f"{output} is a symbolic link; give the directory it points to ({output.resolve()})")
         if bundle_directory.resolve().is_relative_to(output.resolve()):
-            raise InputError(f"the bundle {bundle_directory} lies inside {output}, which --force would delete "
+            raise InputError(f"the bundle {bundle_directory} lies inside {output}, which --overwrite would delete "
                              "before copying it; copy the bundle elsewhere first or write another repository")
         shutil.rmtree(output)
     output_directory(output, "the repository path")

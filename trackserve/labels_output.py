@@ -63,4 +63,4 @@ def note_beyond_detector(command: str, path: Path, features, spec) -> None:
 
     found = beyond_detector(features, spec)
     if found is not None:
-        print(f"trackserve {command}: note: {path}: {found}; were the features scaled?", file=sys.stderr)
+        print(f"trackserve {command}: note: {path}: {found}; were the features scaled, and in this order?", file=sys.stderr)

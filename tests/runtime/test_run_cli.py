@@ -217,9 +217,28 @@ def test_features_far_beyond_the_detector_get_a_note_and_still_run(capsys, tmp_p
     np.savetxt(tmp_path / "evt_9.csv", features, delimiter=",")
     assert main(["run", str(tmp_path / "evt_9.csv"), "--no-labels"]) == 0
     err = capsys.readouterr().err
-    assert "evt_9.csv: hits far beyond the TrackML detector: |r| up to" in err and "were the features scaled?" in err
+    assert "evt_9.csv: hits outside the TrackML detector: |r| up to" in err and "were the features scaled" in err
     assert main(["run", str(feature_csvs / "evt_4.csv"), "--no-labels"]) == 0
     assert "note" not in capsys.readouterr().err
+
+
+def test_features_in_another_column_order_get_a_note(capsys, tmp_path, feature_csvs):
+    # z, phi, r instead of r, phi, z: the r column holds negative values, which r never has
+    features = np.loadtxt(feature_csvs / "evt_4.csv", delimiter=",")[:, ::-1]
+    np.savetxt(tmp_path / "evt_9.csv", features, delimiter=",")
+    assert main(["run", str(tmp_path / "evt_9.csv"), "--no-labels"]) == 0
+    err = capsys.readouterr().err
+    assert "evt_9.csv: hits outside the TrackML detector: " in err and "; r down to -" in err
+    assert "(it is never negative)" in err
+    assert "in this order?" in err
+
+
+def test_a_feature_csv_with_a_byte_order_mark_is_read(capsys, tmp_path, feature_csvs):
+    text = (feature_csvs / "evt_4.csv").read_text()
+    (tmp_path / "evt_4.csv").write_bytes("\ufeff".encode() + text.encode())
+    assert main(["run", str(tmp_path / "evt_4.csv"), "--output", str(tmp_path / "bom")]) == 0
+    assert main(["run", str(feature_csvs / "evt_4.csv"), "--output", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "bom" / "evt_4-labels.csv").read_text() == (tmp_path / "plain" / "evt_4-labels.csv").read_text()
 
 
 @pytest.mark.parametrize("options, message", [

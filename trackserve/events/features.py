@@ -50,21 +50,30 @@ DETECTOR_REACH: dict[str, float] = {"r": 10_000.0, "x": 10_000.0, "y": 10_000.0,
                                     "phi": math.pi * 1.001, "eta": 12.0}
 
 
+#: Features that are never negative (a value below 0 in their column is another quantity).
+NON_NEGATIVE_FEATURES = ("r",)
+
+
 def beyond_detector(features: np.ndarray, spec: "FeatureSpec") -> str | None:
     """Which features of ``features [N, F]`` (a feature file's rows, in ``spec``'s order and
-    scales) put hits far beyond the TrackML detector (:data:`DETECTOR_REACH`), as one line
-    naming each with its largest value; None when all lie within reach."""
+    scales) put hits far beyond the TrackML detector (:data:`DETECTOR_REACH`) or below zero
+    where they cannot be (:data:`NON_NEGATIVE_FEATURES`), as one line naming each with its
+    extreme value; None when all lie within reach."""
     found = []
     for column, (name, scale) in enumerate(zip(spec.names, spec.scales)):
         if features.shape[0] == 0:
             break
-        largest = float(np.max(np.abs(features[:, column].astype(np.float64)))) * abs(scale)
+        values = features[:, column].astype(np.float64)
+        largest = float(np.max(np.abs(values))) * abs(scale)
         if largest > DETECTOR_REACH[name]:
             found.append(f"|{name}| up to {largest:.4g} (at most {DETECTOR_REACH[name]:.4g} expected)")
+        if name in NON_NEGATIVE_FEATURES and scale > 0 and values.min() < 0:
+            # r is a distance: a negative one is another quantity in its column (columns out of order)
+            found.append(f"{name} down to {float(values.min()) * scale:.4g} (it is never negative)")
     if not found:
         return None
     scales = ", ".join(f"{name} / {scale:g}" for name, scale in zip(spec.names, spec.scales))
-    return f"hits far beyond the TrackML detector: {'; '.join(found)}; the bundle expects the features {scales}"
+    return f"hits outside the TrackML detector: {'; '.join(found)}; the bundle expects the features {scales}"
 _DEFAULT_NAMES = ("r", "phi", "z")
 
 

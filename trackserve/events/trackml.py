@@ -251,7 +251,7 @@ def read_feature_csv(path: str | Path, num_features: int | None = None) -> np.nd
     1-based column number.
     """
     path = Path(path)
-    text = _read_text(path)
+    text = _read_text(path).removeprefix("\ufeff")  # a byte-order mark some editors write first
     if text.strip() == "":
         return np.zeros((0, num_features or 0), dtype=np.float32)
     blank = _BLANK_LINE.search(text.rstrip())

@@ -53,7 +53,8 @@ def note_skipped(command: str, skipped: list[Path]) -> None:
     named = ", ".join(str(path) for path in skipped[:_NAMED])
     more = f" and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else ""
     print(f"trackserve {command}: note: not read as events: {named}{more} (CSV files beside TrackML events, "
-          "and labels files; give a feature CSV by its file name to run it)", file=sys.stderr)
+          "the files of an event without a hits file, CSV files compressed otherwise than with gzip, and labels "
+          "files; give a feature CSV by its file name to run it)", file=sys.stderr)
 
 
 def note_beyond_detector(command: str, path: Path, features, spec) -> None:

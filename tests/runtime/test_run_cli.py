@@ -198,6 +198,30 @@ def test_labels_files_and_csvs_beside_events_are_not_read_as_events(capsys, tmp_
     assert "note: not read as events: " in err and str(directory / "evt_1.csv") in err
 
 
+def test_event_files_that_are_not_read_are_named(capsys, tmp_path):
+    # beside the sample event: an event with no hits file, and CSV files compressed otherwise than with gzip
+    directory = tmp_path / "events"
+    directory.mkdir()
+    for path in SAMPLE_EVENT.parent.glob(SAMPLE_EVENT.name + "-*"):
+        (directory / path.name).write_bytes(path.read_bytes())
+    orphans = ["event000000002-truth.csv.gz", "event000000002-particles.csv.gz", "event000000003-hits.csv.zip",
+               "event000000004-hits.csv.bz2"]
+    for name in orphans:
+        (directory / name).write_bytes(b"")
+    assert main(["run", "--json", str(directory), "--no-labels"]) == 0
+    out, err = capsys.readouterr()
+    assert [event["event"] for event in json.loads(out)["events"]] == [SAMPLE_EVENT.name]
+    assert "note: not read as events: " in err and "without a hits file" in err
+    # the note names three and counts the rest
+    assert sum(str(directory / name) in err for name in orphans) == 3 and "and 1 more" in err, err
+
+
+def test_trackml_files_without_a_prefix_are_named_as_such(capsys, tmp_path):
+    (tmp_path / "hits.csv.gz").write_bytes((SAMPLE_EVENT.parent / (SAMPLE_EVENT.name + "-hits.csv.gz")).read_bytes())
+    assert main(["run", str(tmp_path / "hits.csv.gz"), "--no-labels"]) == 2
+    assert "starts with the header of a TrackML hits, truth or cells file" in capsys.readouterr().err
+
+
 def test_a_feature_csv_with_an_empty_line_is_refused(capsys, tmp_path):
     (tmp_path / "evt_0.csv").write_text("0.1,0.2,0.3\n\n0.1,0.25,0.3\n")
     assert main(["run", str(tmp_path / "evt_0.csv"), "--no-labels"]) == 2

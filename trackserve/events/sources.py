@@ -10,7 +10,8 @@
   are numbered 1..N in file order, and its event id is the last number in the file name.
 
 A directory is read as TrackML events when it holds any, and as feature CSVs otherwise;
-the CSV files it holds that are not read (other files beside TrackML events, and the
+the CSV files it holds that are not read (other files beside TrackML events, the files of
+an event without a hits file, CSV files compressed otherwise than with gzip, and the
 ``*-labels.csv`` files ``trackserve run`` writes) can be collected with ``skipped``.
 Each input has a name (:func:`input_name`), which names its labels file.
 """
@@ -85,14 +86,26 @@ def _csv_files(directory: Path) -> list[Path]:
                   key=_natural_key)
 
 
+def _other_compressed_csvs(directory: Path) -> list[Path]:
+    """The files of ``directory`` named like a CSV compressed otherwise than with gzip
+    (``.csv.zip``, ``.csv.bz2``, ``.csv.xz``, ...), which are never read."""
+    return sorted((p for p in directory.iterdir()
+                   if p.is_file() and ".csv." in p.name and not p.name.endswith(".csv.gz")), key=_natural_key)
+
+
 def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
     """The inputs ``path`` designates, as (``"trackml"`` or ``"features"``, path) pairs; the
     CSV files of a directory that are not read go to ``skipped``."""
     if path.is_dir():
         csvs = _csv_files(path)
+        skipped.extend(_other_compressed_csvs(path))
         if any(_TRACKML_FILE.search(p.name) for p in csvs):
-            skipped.extend(p for p in csvs if not _TRACKML_FILE.search(p.name))
-            return [("trackml", prefix) for prefix in find_event_prefixes(path)]
+            prefixes = find_event_prefixes(path)
+            names = {prefix.name for prefix in prefixes}
+            # other CSV files, and the files of an event without a hits file (a lone particle table)
+            skipped.extend(p for p in csvs if not ((match := _TRACKML_FILE.search(p.name))
+                                               and p.name[:match.start()] in names))
+            return [("trackml", prefix) for prefix in prefixes]
         labels = [p for p in csvs if p.name.endswith(LABELS_SUFFIXES)]
         skipped.extend(labels)
         features = [p for p in csvs if p not in labels]

@@ -303,6 +303,14 @@ def _diagnose_features(path: Path, text: str, reason: str) -> EventFormatError:
             )
         for col, field in enumerate(fields):
             if not _field_parses(field, np.float64):
+                if row == 1 and field.strip() in ("hit_id", "particle_id"):
+                    kind = "hits, truth or cells" if field.strip() == "hit_id" else "particles"
+                    return EventFormatError(
+                        f"starts with the header of a TrackML {kind} file, not feature values: TrackML files are "
+                        "read by their names, <prefix>-hits.csv[.gz] and so on (e.g. event000000001-hits.csv.gz); "
+                        "rename them so",
+                        path=path,
+                    )
                 hint = " (feature files have no header line)" if row == 1 else ""
                 return EventFormatError(
                     f"cannot read {field.strip()!r} (line {line}) as a number{hint}",

@@ -247,6 +247,25 @@ def test_run_many_with_event_workers_raises_the_failing_events_error_in_turn(tin
             next(results)
 
 
+@pytest.mark.parametrize("workers, executor", [(1, "threads"), (2, "threads"), (2, "processes")])
+def test_run_many_yields_a_refused_events_error_in_its_place_and_goes_on(tiny_bundle, sample_features, workers,
+                                                                        executor):
+    bad = sample_features[:20].copy()
+    bad[3, 1] = np.nan
+    sizes = [30, 20, 25, 20, 40]
+    events = [sample_features[:30], bad, sample_features[:25], bad, sample_features[:40]]
+    with Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=workers,
+                                                    event_executor=executor)) as pipeline:
+        outcomes = list(pipeline.run_many(events, yield_errors=True))
+        alone = [pipeline.run(sample_features[:size]).labels for size in (30, 25, 40)]
+    assert [type(outcome).__name__ for outcome in outcomes] == ["PipelineResult", "InputError", "PipelineResult",
+                                                                "InputError", "PipelineResult"]
+    assert [outcome.num_hits for outcome in outcomes[::2]] == sizes[::2]
+    assert all("hit 3" in str(outcome) for outcome in outcomes[1::2])
+    for outcome, labels in zip(outcomes[::2], alone):
+        np.testing.assert_array_equal(outcome.labels, labels)
+
+
 def _stage_inputs(pipeline, sample_features):
     features = sample_features[:1500]
     kept, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))

@@ -116,11 +116,39 @@ def test_an_event_the_pipeline_refuses_is_named(capsys, tmp_path, workers, execu
         np.savetxt(tmp_path / f"evt_{number}.csv", rng.random((50 if number != 1 else 20_000, 3)), delimiter=",")
     per_hit = MemoryModel.for_bundle(load_bundle(DEFAULT_BUNDLE)).bytes_per_hit
     limit_gb = 3000 * per_hit * int(workers) / 2**30  # each event in flight gets limit / workers: 3000 hits
-    status = main(["run", str(tmp_path), "--no-labels", "--event-workers", workers, "--threads", "1",
-                   "--memory-limit-gb", str(limit_gb), "--event-executor", executor])
+    status = main(["run", str(tmp_path), "--json", "--output", str(tmp_path / "labels"), "--event-workers", workers,
+                   "--threads", "1", "--memory-limit-gb", str(limit_gb), "--event-executor", executor])
     assert status == 2
-    err = capsys.readouterr().err
-    assert "event evt_1: an event of 20,000 hits needs about" in err and "MiB" in err and "memory limit" in err
+    out, err = capsys.readouterr()
+    assert f"event evt_1 ({tmp_path / 'evt_1.csv'}): an event of 20,000 hits needs about" in err
+    assert "MiB" in err and "memory limit" in err
+    assert "1 of 3 event(s) failed (evt_1; each error above); the others' labels were written" in err
+    # the events before and after it still ran and were written
+    report = json.loads(out)
+    assert [event["event"] for event in report["events"]] == ["evt_0", "evt_2"]
+    assert [entry["event"] for entry in report["failed"]] == ["evt_1"] and report["summary"]["num_failed"] == 1
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["evt_0-labels.csv", "evt_2-labels.csv"]
+
+
+@pytest.mark.parametrize("workers, executor", [("1", "threads"), ("2", "threads"), ("2", "processes")])
+def test_an_unreadable_event_is_named_and_the_others_still_run(capsys, tmp_path, feature_csvs, workers, executor):
+    for number in range(5):
+        (tmp_path / f"evt_{number}.csv").write_text((feature_csvs / f"evt_{number}.csv").read_text())
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "evt_2-labels.csv").write_text("an earlier run's labels\n")
+    with (tmp_path / "evt_2.csv").open("a") as broken:
+        broken.write("1.0,abc,2.0\n")
+    status = main(["run", str(tmp_path), "--json", "--output", str(labels), "--event-workers", workers,
+                   "--event-executor", executor, "--threads", "1"])
+    assert status == 2
+    out, err = capsys.readouterr()
+    assert "event evt_2: file " in err and "cannot read 'abc'" in err
+    assert f"removed {labels / 'evt_2-labels.csv'}, an earlier run's labels of the event that failed" in err
+    report = json.loads(out)
+    assert [event["event"] for event in report["events"]] == ["evt_0", "evt_1", "evt_3", "evt_4"]
+    assert report["failed"][0]["event"] == "evt_2" and "cannot read 'abc'" in report["failed"][0]["error"]
+    assert sorted(p.name for p in labels.iterdir()) == [f"evt_{n}-labels.csv" for n in (0, 1, 3, 4)]
 
 
 def test_a_feature_csv_with_nan_is_refused_with_its_place(capsys, tmp_path):

@@ -157,8 +157,9 @@ def _print_tables(report: dict, stages, out) -> None:
         row = [ev["event"], ev["num_hits"], ev["num_edges"]["graph"], ev["num_edges"]["filter"], ev["num_edges"]["gnn"], ev["num_tracks"]]
         row += [f"{ev['timings_ms'][s]:.1f}" for s in stages] + [f"{ev['timings_ms']['total']:.1f}"]
         rows.append([str(v) for v in row])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths)), file=out)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    if rows:  # (none when every event failed)
+        print("  ".join(h.rjust(w) for h, w in zip(header, widths)), file=out)
     for row in rows:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)), file=out)
     with_metrics = [ev for ev in report["events"] if "metrics" in ev]
@@ -188,9 +189,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the bundle on every event and report."""
     from tqdm import tqdm
 
-    from ..errors import InputError
+    from ..errors import InputError, TrackserveError
     from ..events.metrics import SELECTION_OPTIONS, check_selection
-    from ..events.sources import list_inputs, read_input
+    from ..events.sources import input_name, list_inputs, read_input
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
@@ -212,31 +213,43 @@ def run(args: argparse.Namespace) -> int:
     total_hits = 0
     progress = tqdm(total=len(inputs), desc="events", unit="event", file=sys.stderr, disable=len(inputs) < 2 or None)
     # Events are read as the pipeline asks for them (several ahead with event workers);
-    # their results come back in the same order.
-    read: deque = deque()
+    # their results come back in the same order. An event that cannot be read or that the
+    # pipeline refuses is named and left out; the others still run.
+    read: deque = deque()  # (input index, event) of the events handed to the pipeline
+    failed: list[tuple[int, dict]] = []  # (input index, what failed and why)
+
+    def fail(index: int, name: str, error: Exception) -> None:
+        where = "" if str(inputs[index][1]) in str(error) else f" ({inputs[index][1]})"
+        print(f"trackserve run: error: event {name}{where}: {error}", file=sys.stderr)
+        removed = labels_paths is not None and _remove_stale(labels_paths[index])
+        failed.append((index, {"event": name, "input": str(inputs[index][1]), "error": str(error),
+                               **({"removed_old_labels": str(labels_paths[index])} if removed else {})}))
+        progress.update()
 
     def features():
-        for kind, path in inputs:
-            read.append(read_input(kind, path, pipeline.feature_spec))
+        for index, (kind, path) in enumerate(inputs):
+            try:
+                item = read_input(kind, path, pipeline.feature_spec)
+            except (TrackserveError, OSError) as error:  # unreadable: the pipeline never sees it
+                fail(index, input_name(kind, path), error)
+                continue
+            read.append((index, item))
             if kind == "features":
-                note_beyond_detector("run", path, read[-1].features, pipeline.feature_spec)
-            yield read[-1].features
+                note_beyond_detector("run", path, item.features, pipeline.feature_spec)
+            yield item.features
 
     wall = time.perf_counter()
-    results = pipeline.run_many(features())
+    results = pipeline.run_many(features(), yield_errors=True)
     try:
-        while True:
-            try:
-                result = next(results)
-            except StopIteration:
-                break
-            except InputError as error:  # the pipeline refused the oldest event still in flight
-                raise InputError(f"event {read[0].name}: {error}") from error
-            item = read.popleft()
+        for result in results:
+            index, item = read.popleft()
+            if isinstance(result, InputError):  # the pipeline refused this event
+                fail(index, item.name, result)
+                continue
             total_seconds += result.timings["total"]
             total_hits += result.num_hits
             if labels_paths is not None:
-                write_submission(labels_paths[len(records)], item.event_id, item.hit_ids, result.labels)
+                write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
             records.append(_event_record(item, result, args))
             progress.update()
     finally:
@@ -258,8 +271,10 @@ def run(args: argparse.Namespace) -> int:
         },
         "labels_directory": None if output is None else str(output.resolve()),
         "events": records,
+        "failed": [entry for _index, entry in sorted(failed, key=lambda pair: pair[0])],
         "summary": {
             "num_events": len(records),
+            "num_failed": len(failed),
             "num_hits": total_hits,
             "seconds": total_seconds,
             "events_per_second": (len(records) / total_seconds) if total_seconds > 0 else None,
@@ -271,5 +286,21 @@ def run(args: argparse.Namespace) -> int:
         print(dumps(report, indent=2))
     else:
         _print_tables(report, STAGES, sys.stdout)
+    if failed:
+        names = ", ".join(entry["event"] for entry in report["failed"][:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        print(f"trackserve run: {len(failed)} of {len(inputs)} event(s) failed ({names}{more}; each error above)"
+              + ("" if labels_paths is None else "; the others' labels were written"), file=sys.stderr)
+        return 2
     return 0
+
+
+def _remove_stale(path: Path) -> bool:
+    """Remove the labels file an earlier run left at ``path`` for an event that failed now
+    (it would have been replaced): no old file passes for this run's result. Whether one was removed."""
+    if not path.is_file():
+        return False
+    path.unlink()
+    print(f"trackserve run: note: removed {path}, an earlier run's labels of the event that failed", file=sys.stderr)
+    return True
 

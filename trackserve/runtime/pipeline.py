@@ -248,7 +248,7 @@ class Pipeline:
         """Compute the bundle's features of a TrackML event and run :meth:`run` on them."""
         return self.run(self.event_features(event))
 
-    def run_many(self, events: Iterable[np.ndarray]) -> Iterator[PipelineResult]:
+    def run_many(self, events: Iterable[np.ndarray], *, yield_errors: bool = False) -> Iterator[PipelineResult]:
         """Run events (feature arrays) and yield their results in the order given.
 
         With ``config.event_workers`` above 1, that many events are in flight at once on
@@ -262,11 +262,14 @@ class Pipeline:
         when its turn comes, alone: the events in flight finish first, then it runs with
         one worker (all the configured cores unless the threads were set), so nothing a
         one-worker run would take is refused. An event that fails raises its error when
-        its turn to be yielded comes, after the events before it."""
+        its turn to be yielded comes, after the events before it; with ``yield_errors``
+        an event refused as input (:class:`~trackserve.errors.InputError`: bad features,
+        too large for the memory limit) is yielded as that error in its place instead, and
+        the events after it still run. A worker process that died raises either way."""
         workers = self.config.event_workers
         if workers == 1:
             for features in events:
-                yield self.run(features)
+                yield self._outcome(lambda: self.run(features), yield_errors)
             return
         # One event more than the workers is handed over ahead, so that a worker that finishes
         # takes the next at once instead of waiting for the caller to take the oldest result
@@ -277,12 +280,24 @@ class Pipeline:
         window = workers + 1
         if self.config.event_executor == "processes":
             # Workers in processes of their own, kept for later calls (close() stops them).
-            yield from self._in_flight(events, self._submit_to_processes, window)
+            yield from self._in_flight(events, self._submit_to_processes, window, yield_errors)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trackserve-event") as pool:
-            yield from self._in_flight(events, lambda features: pool.submit(self.run, features), window)
+            yield from self._in_flight(events, lambda features: pool.submit(self.run, features), window,
+                                       yield_errors)
 
-    def _in_flight(self, events: Iterable[np.ndarray], submit, window: int) -> Iterator[PipelineResult]:
+    @staticmethod
+    def _outcome(compute, yield_errors: bool):
+        """``compute()``, or with ``yield_errors`` the InputError it raises."""
+        if not yield_errors:
+            return compute()
+        try:
+            return compute()
+        except InputError as error:
+            return error
+
+    def _in_flight(self, events: Iterable[np.ndarray], submit, window: int,
+                   yield_errors: bool = False) -> Iterator[PipelineResult]:
         """Results of ``events`` in order, with at most ``window`` of them submitted (``submit(features)``
         returns a future) and not yet yielded."""
         pending: deque = deque()  # (features, future) of the events in flight, oldest first
@@ -290,9 +305,9 @@ class Pipeline:
             for features in events:
                 pending.append((features, submit(features)))
                 if len(pending) >= window:
-                    yield self._oldest_result(pending)
+                    yield self._outcome(lambda: self._oldest_result(pending), yield_errors)
             while pending:
-                yield self._oldest_result(pending)
+                yield self._outcome(lambda: self._oldest_result(pending), yield_errors)
         finally:
             for _features, future in pending:
                 future.cancel()

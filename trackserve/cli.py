@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -50,6 +51,24 @@ class Terminated(KeyboardInterrupt):
     clean-ups (a half-written bundle removed, servers stopped) run on either."""
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``command`` of the ``trackserve`` parser."""
+    for action in parser._subparsers._group_actions:  # argparse keeps the subparsers' map here
+        if command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that nothing more (Python's flush at exit)
+    writes to a pipe whose reader is gone."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (tests)
+        pass
+
+
 def _raise_terminated(signum, frame):
     raise Terminated()
 
@@ -60,15 +79,26 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C gives status 130 and SIGTERM 143 (128 + the signal), each after the job's
     clean-ups ran and with one line saying so."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if getattr(args, "handler", None) is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 2
+    if extra:  # named by the subcommand's parser, with its usage (argparse names the top level's)
+        _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     previous = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(args.handler(args) or 0)
+        status = int(args.handler(args) or 0)
+        sys.stdout.flush()  # here, so that a reader that went away is met below, not at exit
+        return status
+    except BrokenPipeError:
+        # the reader of the output stopped early (`trackserve ... | head`): stop quietly, as
+        # command-line tools do, with the status a shell gives a process killed by SIGPIPE
+        _discard_stdout()
+        return 128 + signal.SIGPIPE
     except TrackserveError as error:
         print(f"trackserve {args.command}: error: {error}", file=sys.stderr)
         return 2

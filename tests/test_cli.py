@@ -1,0 +1,36 @@
+"""The ``trackserve`` command itself: unknown options named by the subcommand, a closed pipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trackserve.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_an_unknown_option_is_named_with_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--bogus"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: trackserve run " in err and "trackserve run: error: unrecognized arguments: --bogus" in err
+    with pytest.raises(SystemExit):
+        main(["--bogus"])
+    assert "trackserve: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    # `trackserve run ... | head -1`: the pipe closes while the table is being written
+    code = ("import sys; from trackserve.cli import main; "
+            f"sys.exit(main(['run', {str(REPO / 'data' / 'event000000001')!r}, '--no-labels', '--event-workers', '1']))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=tmp_path)
+    process.stdout.close()  # the reader goes away before the command writes (it takes a second to start)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()

@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ import pytest
 from trackserve.errors import InputError, MemoryLimitError, WorkerError
 from trackserve.events.trackml import read_event
 from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime import pipeline as pipeline_module
 from trackserve.runtime.pipeline import Pipeline
 
 from ..conftest import SAMPLE_EVENT, LazyEvents, mixed_size_events
@@ -111,3 +116,107 @@ def test_close_stops_the_workers(tiny_bundle, sample_features):
 def test_an_unknown_executor_is_refused():
     with pytest.raises(InputError, match="event_executor must be one of threads, processes; got 'fibers'"):
         RuntimeConfig(event_executor="fibers")
+
+
+def test_a_worker_that_died_while_idle_is_replaced_without_an_error(tiny_bundle, sample_features):
+    with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes")) as pipeline:
+        assert [r.num_hits for r in pipeline.run_many([sample_features[:10]] * 2)] == [10, 10]
+        pool = pipeline._processes._pool
+        victim = next(iter(pool._processes.values()))
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=30)
+        deadline = time.monotonic() + 30
+        while not pool._broken and time.monotonic() < deadline:  # the pool notices the death
+            time.sleep(0.05)
+        # nothing was in flight: the next events go to new workers, no error
+        assert [r.num_hits for r in pipeline.run_many([sample_features[:20]] * 3)] == [20, 20, 20]
+
+
+def test_close_without_waiting_stops_workers_in_the_middle_of_an_event(tiny_bundle, sample_features):
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
+    assert [r.num_hits for r in pipeline.run_many([sample_features[:10]] * 2)] == [10, 10]
+    workers = list(pipeline._processes._pool._processes.values())
+    results = pipeline.run_many([sample_features] * 50)
+    next(results)
+    start = time.monotonic()
+    results.close()
+    pipeline.close(wait=False)
+    assert time.monotonic() - start < 10
+    assert all(not worker.is_alive() for worker in workers)
+
+
+def test_one_pool_whichever_threads_start_it(tiny_bundle, sample_features):
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
+    barrier = threading.Barrier(3)
+    outcomes = []
+
+    def run():
+        barrier.wait()
+        outcomes.append([r.num_hits for r in pipeline.run_many([sample_features[:15]] * 3)])
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    created = []
+    original = pipeline_module.EventProcesses
+
+    class Counted(original):
+        def __init__(self, *args, **kwargs):
+            created.append(1)
+            super().__init__(*args, **kwargs)
+
+    pipeline_module.EventProcesses = Counted
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        pipeline_module.EventProcesses = original
+    workers = list(pipeline._processes._pool._processes.values())
+    pipeline.close()
+    assert outcomes == [[15, 15, 15]] * 3 and len(created) == 1
+    assert all(not worker.is_alive() for worker in workers)
+
+
+def test_workers_ignore_ctrl_c_and_exit_when_their_parent_is_killed(tiny_bundle, tmp_path):
+    # A parent that starts two workers, prints their process ids and waits to be killed.
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time, numpy as np\n"
+        "from trackserve.runtime.config import RuntimeConfig\n"
+        "from trackserve.runtime.pipeline import Pipeline\n"
+        "if __name__ == '__main__':\n"
+        f"    p = Pipeline({str(tiny_bundle)!r}, config=RuntimeConfig(intra_op_threads=1, graph_threads=1,"
+        " event_workers=2, event_executor='processes'))\n"
+        "    list(p.run_many([np.random.default_rng(0).random((20, 3), dtype=np.float32)] * 2))\n"
+        "    print(' '.join(map(str, p._processes._pool._processes)), flush=True)\n"
+        "    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGINT)  # Ctrl-C reaches the workers too: they leave it to the parent
+        time.sleep(0.5)
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        parent.kill()  # no clean-up runs in the parent
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_pipeline_pickles_as_its_bundle_device_and_config(tiny_bundle, sample_features):
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
+    copy = pickle.loads(pickle.dumps(pipeline))
+    assert copy.config == pipeline.config and copy.device == pipeline.device
+    assert np.array_equal(copy.run(sample_features[:40]).labels, pipeline.run(sample_features[:40]).labels)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

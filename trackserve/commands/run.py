@@ -252,6 +252,10 @@ def run(args: argparse.Namespace) -> int:
                 write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
             records.append(_event_record(item, result, args))
             progress.update()
+    except BaseException:  # Ctrl-C, SIGTERM, an error: stop the worker processes now, not after their events
+        results.close()
+        pipeline.close(wait=False)
+        raise
     finally:
         results.close()
         pipeline.close()

@@ -25,6 +25,10 @@ sessions); the pool stays up for the pipeline's later calls until
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
+import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -37,12 +41,33 @@ from ..errors import WorkerError
 _worker_pipeline = None
 
 
+#: How often (seconds) a worker checks that the process that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
 def _start_worker(bundle_directory: str, device: str, config) -> None:
-    """Worker initializer: open the bundle's pipeline once for every event this process runs."""
+    """Worker initializer: open the bundle's pipeline once for every event this process runs.
+
+    Ctrl-C reaches every process of the terminal's group: the workers ignore it, and the
+    process that started them stops them (:meth:`EventProcesses.close`). A worker whose
+    parent is gone (killed without its clean-up) exits within :data:`PARENT_CHECK_SECONDS`
+    instead of living on with no one to serve."""
     global _worker_pipeline
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="trackserve-parent-watch",
+                     daemon=True).start()
     from .pipeline import Pipeline
 
     _worker_pipeline = Pipeline(bundle_directory, device=device, config=config)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit this worker process at once when its parent process ``parent`` is gone (it was
+    given to another parent, usually init)."""
+    while True:
+        time.sleep(PARENT_CHECK_SECONDS)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _run_event(features: np.ndarray):
@@ -81,6 +106,10 @@ class EventProcesses:
             "--memory-limit-gb; --event-executor threads runs them in this process instead"
         )
 
-    def close(self) -> None:
-        """Stop the workers (waiting for the events they are running)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the workers: after the events they are running, or with ``wait=False`` at
+        once (those events are lost: on Ctrl-C, SIGTERM or an error of the caller)."""
+        if not wait and self._finalizer.alive:
+            for process in list((self._pool._processes or {}).values()):  # (no public way before Python 3.14)
+                process.terminate()
         self._finalizer()

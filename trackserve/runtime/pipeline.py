@@ -17,6 +17,7 @@ filtered graph, each part in a single-threaded ONNX Runtime call.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -105,6 +106,7 @@ class Pipeline:
         self._alone: Pipeline | None = None
         # Worker processes of run_many with event_executor="processes", started on first use.
         self._processes: EventProcesses | None = None
+        self._processes_lock = threading.Lock()
 
     @property
     def num_features(self) -> int:
@@ -316,6 +318,10 @@ class Pipeline:
         """Start one event in the worker processes (started on first use: each runs one event at
         a time with this config's threads per event and its memory share); after a worker died,
         the next call starts new ones."""
+        with self._processes_lock:  # one pool, whichever thread starts it
+            return self._submit_locked(features)
+
+    def _submit_locked(self, features: np.ndarray):
         if self._processes is None:
             config = self.config
             one_event = replace(config, event_workers=1, event_executor="threads",
@@ -325,22 +331,32 @@ class Pipeline:
             self._processes = EventProcesses(self.bundle.directory, self.device, one_event, config.event_workers)
         try:
             return self._processes.submit(features)
-        except BrokenProcessPool as error:
-            self.close()
-            raise EventProcesses.broken(error) from error
-
-    def close(self) -> None:
-        """Stop the worker processes of :meth:`run_many`, if it started any (they are started
-        again when needed). Also done when the pipeline is garbage-collected or at exit."""
-        if self._processes is not None:
+        except BrokenProcessPool:
+            # A worker died before this event was handed over (while idle, or with events in
+            # flight, whose results raise WorkerError in their turn): this event goes to new workers.
             self._processes.close()
             self._processes = None
+            return self._submit_locked(features)
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the worker processes of :meth:`run_many`, if it started any (they are started
+        again when needed): after the events they are running, or with ``wait=False`` at once.
+        Also done when the pipeline is garbage-collected or at exit."""
+        with self._processes_lock:
+            if self._processes is not None:
+                self._processes.close(wait=wait)
+                self._processes = None
 
     def __enter__(self) -> "Pipeline":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self.close(wait=exc_type is None)  # on an error or Ctrl-C the worker processes stop at once
+
+    def __reduce__(self):
+        # Pickled as what rebuilds it (the bundle's directory, the device, the config): ONNX
+        # Runtime sessions and worker processes do not travel; the copy opens its own.
+        return (_rebuilt_pipeline, (str(Path(self.bundle.directory).resolve()), self.device, self.config))
 
     def _oldest_result(self, pending: deque) -> PipelineResult:
         """The result of the oldest event in flight (see :meth:`run_many`); re-raises its error,
@@ -358,3 +374,8 @@ class Pipeline:
         if self._alone is None:
             self._alone = Pipeline(self.bundle, device=self.device, config=replace(self.config, event_workers=1))
         return self._alone.run(features)
+
+
+def _rebuilt_pipeline(bundle_directory: str, device: str, config: RuntimeConfig) -> Pipeline:
+    """A pipeline unpickled: opened again from its bundle's directory (see ``Pipeline.__reduce__``)."""
+    return Pipeline(bundle_directory, device=device, config=config)

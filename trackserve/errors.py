@@ -68,20 +68,22 @@ class MemoryLimitError(InputError):
 
     ``needed`` and ``limit`` are the estimate and that limit in bytes; with several
     events in flight the limit is the event's share of the runtime's memory limit.
+    ``subject`` says what needed it (``"an event of 20,000 hits"``), when known.
     """
 
-    def __init__(self, message: str, *, needed: float, limit: int):
+    def __init__(self, message: str, *, needed: float, limit: int, subject: str | None = None):
         self.needed = needed
         self.limit = limit
+        self.subject = subject
         super().__init__(message)
 
     def __reduce__(self):
         # Keyword-only fields: rebuilt whole when the error comes back from an event worker process.
-        return _memory_limit_error, (self.args[0], self.needed, self.limit)
+        return _memory_limit_error, (self.args[0], self.needed, self.limit, self.subject)
 
 
-def _memory_limit_error(message: str, needed: float, limit: int) -> MemoryLimitError:
-    return MemoryLimitError(message, needed=needed, limit=limit)
+def _memory_limit_error(message: str, needed: float, limit: int, subject: str | None = None) -> MemoryLimitError:
+    return MemoryLimitError(message, needed=needed, limit=limit, subject=subject)
 
 
 class WorkerError(TrackserveError, RuntimeError):

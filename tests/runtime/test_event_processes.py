@@ -18,6 +18,7 @@ import pytest
 from trackserve.errors import InputError, MemoryLimitError, WorkerError
 from trackserve.events.trackml import read_event
 from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.memory import _gib
 from trackserve.runtime import pipeline as pipeline_module
 from trackserve.runtime.pipeline import Pipeline
 
@@ -91,6 +92,9 @@ def test_an_event_too_large_for_its_share_runs_alone_and_one_too_large_for_all_i
         with pytest.raises(MemoryLimitError, match="memory limit") as refused:
             next(results)
         assert refused.value.needed > int(needed) - 1
+        # refused for the whole limit, which the message quotes (not the share it had in flight)
+        assert refused.value.limit == int(needed) - 1
+        assert f"more than the memory limit of {_gib(int(needed) - 1)};" in str(refused.value)
 
 
 def test_a_worker_that_dies_gives_a_clear_error_and_the_pipeline_starts_new_ones(tiny_bundle, sample_features):

@@ -347,3 +347,9 @@ def test_a_config_or_bundle_of_the_wrong_kind_is_named(tiny_bundle):
         Pipeline(tiny_bundle, config={"intra_op_threads": 1})
     with pytest.raises(InputError, match="bundle must be a bundle directory .* got NoneType"):
         Pipeline(None)
+
+
+@pytest.mark.parametrize("event", ["data/event000000001", None, 3])
+def test_run_event_names_what_it_takes(pipeline, event):
+    with pytest.raises(InputError, match="run_event takes a TrackML Event .*read_event"):
+        pipeline.run_event(event)

@@ -74,7 +74,8 @@ def register(subparsers) -> None:
                         f"(default auto: processes from {PROCESSES_MIN_EVENTS} events, threads below)")
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
-                        help="refuse events whose estimated working memory exceeds this")
+                        help="refuse events whose estimated working memory exceeds this many GiB (2**30 bytes); "
+                             "with several events in flight each has its share")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
                         help="metrics: reconstructable particles have at least this pT (GeV; default %(default)g; "
                         "0 counts every particle)")
@@ -88,7 +89,7 @@ def _config(args, num_events: int):
     events in flight chosen for ``num_events`` events when neither they nor the threads
     were given."""
     from ..errors import InputError
-    from ..runtime.config import RuntimeConfig, automatic_event_workers, available_cores
+    from ..runtime.config import RuntimeConfig, automatic_event_workers, available_cores, memory_limit_from_gib
 
     settings = {}
     cores = available_cores()
@@ -119,9 +120,7 @@ def _config(args, num_events: int):
     if args.edge_chunk_size is not None:
         settings["edge_chunk_size"] = args.edge_chunk_size
     if args.memory_limit_gb is not None:
-        if not (args.memory_limit_gb > 0 and math.isfinite(args.memory_limit_gb)):
-            raise InputError(f"--memory-limit-gb must be a positive number, got {args.memory_limit_gb}")
-        settings["memory_limit_bytes"] = int(args.memory_limit_gb * 2**30)
+        settings["memory_limit_bytes"] = memory_limit_from_gib(args.memory_limit_gb)
     return RuntimeConfig(**settings), chosen
 
 

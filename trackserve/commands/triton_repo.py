@@ -8,7 +8,6 @@ from the bundle. See :mod:`trackserve.serving.repository`.
 from __future__ import annotations
 
 import argparse
-import math
 
 from ..paths import DEFAULT_BUNDLE
 
@@ -46,7 +45,8 @@ def register(subparsers) -> None:
                              "serving machine shared among a model's instances, at least 1 each)")
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
-                        help="refuse events whose estimated working memory exceeds this")
+                        help="refuse events whose estimated working memory exceeds this many GiB (2**30 bytes); "
+                             "with several events in flight each has its share")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
     parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
                         help="name of the ensemble model (default: %(default)s)")
@@ -58,15 +58,12 @@ def register(subparsers) -> None:
 def options_from_args(args: argparse.Namespace):
     """The :class:`~trackserve.serving.repository.RepositoryOptions` the command line gives."""
     from ..errors import InputError
+    from ..runtime.config import memory_limit_from_gib
     from ..serving.repository import RepositoryOptions
 
     memory = None
     if args.memory_limit_gb is not None:
-        if not (args.memory_limit_gb > 0 and math.isfinite(args.memory_limit_gb)):
-            raise InputError(f"--memory-limit-gb must be a positive number, got {args.memory_limit_gb}")
-        memory = int(args.memory_limit_gb * 2**30)
-        if memory < 1:
-            raise InputError(f"--memory-limit-gb {args.memory_limit_gb} is less than one byte")
+        memory = memory_limit_from_gib(args.memory_limit_gb)
     for option, value in (("--threads", args.threads), ("--edge-chunk-size", args.edge_chunk_size)):
         if value is not None and value < 1:
             raise InputError(f"{option} must be an integer >= 1, got {value}")

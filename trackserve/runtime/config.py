@@ -11,6 +11,8 @@ within the cores.
 
 from __future__ import annotations
 
+import math
+
 import numbers
 import os
 from dataclasses import dataclass
@@ -144,3 +146,14 @@ class RuntimeConfig:
     def memory_limit_per_event(self) -> int:
         """The share of ``memory_limit_bytes`` each event in flight may use."""
         return max(1, self.memory_limit_bytes // self.event_workers)
+
+
+def memory_limit_from_gib(value: float, option: str = "--memory-limit-gb") -> int:
+    """The memory limit in bytes of the command-line ``option`` given in GiB (2**30 bytes);
+    InputError naming the option for a value that is not positive, not finite or under a byte."""
+    if not (value > 0 and math.isfinite(value)):
+        raise InputError(f"{option} must be a positive number (GiB), got {value}")
+    limit = int(value * 2**30)
+    if limit < 1:
+        raise InputError(f"{option} {value} is less than one byte")
+    return limit

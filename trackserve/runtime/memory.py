@@ -26,6 +26,16 @@ def _widest(config: dict) -> int:
     return max(widths, default=_DEFAULT_WIDTH)
 
 
+def memory_limit_error(what: str, needed: float, limit: int) -> MemoryLimitError:
+    """The error refusing ``what`` (an event, a graph, a GNN step), which needs about ``needed``
+    bytes of working memory, more than ``limit``."""
+    return MemoryLimitError(
+        f"{what} needs about {_gib(needed)} of working memory, more than the memory limit of "
+        f"{_gib(limit)}; raise the limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb) or split the event",
+        needed=needed, limit=limit, subject=what,
+    )
+
+
 def _gib(num_bytes: float) -> str:
     """``num_bytes`` in GiB, or in MiB / KiB where GiB would round to zero."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
@@ -62,11 +72,7 @@ class MemoryModel:
         )
 
     def _refuse(self, what: str, needed: float, limit: int) -> None:
-        raise MemoryLimitError(
-            f"{what} needs about {_gib(needed)} of working memory, more than the memory limit of "
-            f"{_gib(limit)}; raise the limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb) or split the event",
-            needed=needed, limit=limit,
-        )
+        raise memory_limit_error(what, needed, limit)
 
     def check_hits(self, num_hits: int, limit: int) -> None:
         """Refuse an event whose hits alone exceed ``limit`` bytes."""

@@ -37,7 +37,7 @@ from .config import RuntimeConfig
 from .event_processes import EventProcesses
 from .graph_building import build_graph
 from .inputs import validate_edges, validate_embedding, validate_features
-from .memory import MemoryModel
+from .memory import MemoryModel, memory_limit_error
 from .network_steps import NetworkSteps
 from .cuts import logit_threshold
 from .track_building import build_tracks, bundle_track_options
@@ -248,6 +248,9 @@ class Pipeline:
 
     def run_event(self, event: Event) -> PipelineResult:
         """Compute the bundle's features of a TrackML event and run :meth:`run` on them."""
+        if not isinstance(event, Event):
+            raise InputError(f"run_event takes a TrackML Event (trackserve.events.read_event(path) reads one); got "
+                             f"{type(event).__name__}" + (f" {event!r}" if isinstance(event, (str, Path)) else ""))
         return self.run(self.event_features(event))
 
     def run_many(self, events: Iterable[np.ndarray], *, yield_errors: bool = False) -> Iterator[PipelineResult]:
@@ -366,7 +369,9 @@ class Pipeline:
             return future.result()
         except MemoryLimitError as error:
             if error.needed > self.config.memory_limit_bytes:
-                raise
+                # refused for the whole limit too: say so, not the share it had in flight
+                whole = self.config.memory_limit_bytes
+                raise (error if error.subject is None else memory_limit_error(error.subject, error.needed, whole))
         except BrokenProcessPool as error:
             self.close()
             raise EventProcesses.broken(error) from error

@@ -107,7 +107,7 @@ def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path,
     other = tmp_path / "other_bundle"
     shutil.copytree(tiny_bundle, other)
     data = json.loads((other / "pipeline.json").read_text())
-    data["stages"]["gnn_cut"] = 1.0  # no edge passes: every hit its own track
+    data["stages"]["gnn_cut"] = 0.9999999  # (a cut of 1 is refused) no edge of the tiny networks passes: every hit its own track
     (other / "pipeline.json").write_text(json.dumps(data))
     code = main(["client", str(SAMPLE_EVENT), "--bundle", str(other), "--url", triton_server.http_url,
                  "--protocol", "http", "--model", "exatrkx_ensemble", "--check", "--no-labels"])
@@ -176,6 +176,26 @@ def test_client_refuses_a_bundle_whose_features_differ_from_the_served_ones(trit
     code = main(["perf", str(SAMPLE_EVENT), "--bundle", str(other), "--url", triton_server.grpc_url,
                  "--concurrency", "1", "--window-seconds", "0.5", "--warmup-seconds", "0"])
     assert code == 2 and "the served model serves a bundle that reads the features r/1000" in capsys.readouterr().err
+
+
+def test_feature_csvs_need_no_bundle_but_a_bundle_given_is_checked(triton_server, tiny_bundle, sample_features,
+                                                                    tmp_path, capsys):
+    csv = tmp_path / "evt_1.csv"
+    np.savetxt(csv, sample_features[:300], delimiter=",", fmt="%.9g")
+    # sent as they are: the shipped default bundle (other scales than the served one) is not used
+    assert main(["client", str(csv), "--url", triton_server.grpc_url, "--no-labels"]) == 0
+    assert "1 of 1 event(s) answered" in capsys.readouterr().out
+    other = tmp_path / "other_scales"
+    shutil.copytree(tiny_bundle, other)
+    data = json.loads((other / "pipeline.json").read_text())
+    data["features"]["scales"] = [3000.0, data["features"]["scales"][1], 400.0]
+    (other / "pipeline.json").write_text(json.dumps(data))
+    # a --bundle given is checked against the served model whatever the inputs, by client and perf alike
+    assert main(["client", str(csv), "--bundle", str(other), "--url", triton_server.grpc_url, "--no-labels"]) == 2
+    assert "serves a bundle that reads the features r/1000" in capsys.readouterr().err
+    assert main(["perf", str(csv), "--bundle", str(other), "--url", triton_server.grpc_url, "--concurrency", "1",
+                 "--window-seconds", "0.5", "--warmup-seconds", "0"]) == 2
+    assert "serves a bundle that reads the features r/1000" in capsys.readouterr().err
 
 
 def test_client_command_names_an_unreachable_server(tiny_bundle, capsys):

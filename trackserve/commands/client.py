@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle import load_bundle
     from ..errors import ServingError, TrackserveError
     from ..events.features import FeatureSpec
-    from ..events.sources import list_inputs, read_input
+    from ..events.sources import list_inputs, read_feature_input, read_input
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
@@ -80,25 +80,32 @@ def run(args: argparse.Namespace) -> int:
         pipeline = Pipeline(bundle)
 
     failures = 0
+    # The bundle is checked against the served model when it computes or checks features, or
+    # was given: feature CSVs sent as they are, with no --bundle, need only the served width.
+    uses_bundle = args.check or args.bundle is not None or any(kind == "trackml" for kind, _ in inputs)
     with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
         served = client.num_features()
-        if served != bundle.num_features:
-            raise ServingError(
-                f"model {args.model!r} at {url} takes {served} features per hit but the bundle has "
-                f"{bundle.num_features}; give the --bundle the server serves"
-            )
-        if args.check or any(kind == "trackml" for kind, _ in inputs):  # the bundle computes or checks the features
+        note_spec = spec
+        if uses_bundle:
+            if served != bundle.num_features:
+                raise ServingError(
+                    f"model {args.model!r} at {url} takes {served} features per hit but the bundle has "
+                    f"{bundle.num_features}; give the --bundle the server serves"
+                )
             client.check_features(bundle.feature_names, bundle.feature_scales,
                                   f"--bundle {args.bundle}" if args.bundle else "the shipped default bundle (no --bundle)")
+        else:
+            served_features = client.served_features()  # (names, scales), for the note on far-off values
+            note_spec = None if served_features is None else FeatureSpec(*served_features)
         for number, (kind, path) in enumerate(inputs):
             try:
-                item = read_input(kind, path, spec)
+                item = read_input(kind, path, spec) if kind == "trackml" else read_feature_input(path, served)
             except TrackserveError as error:  # a bad input file: report it, send the others
                 failures += 1
                 print(f"{path}: FAILED, not sent: {error}", file=sys.stderr)
                 continue
-            if kind == "features":
-                note_beyond_detector("client", path, item.features, spec)
+            if kind == "features" and note_spec is not None:
+                note_beyond_detector("client", path, item.features, note_spec)
             try:
                 labels = client.infer(item.features, request_id=item.name)
             except ServingError as error:

@@ -67,7 +67,9 @@ def load_events(paths, num_features: int, bundle_path, served=None) -> list:
 
     ``num_features``: the width the served model takes; ``served``: the ``(names, scales)``
     of the features its bundle reads, when the server says; a bundle with another width or
-    other features is refused with a message saying which bundle to give.
+    other features is refused with a message saying which bundle to give. ``bundle_path``
+    given is checked so whatever the inputs; the shipped default (None) only when a TrackML
+    event needs it.
     """
     from ..errors import InputError
     from ..events.sources import list_inputs, read_input
@@ -76,10 +78,10 @@ def load_events(paths, num_features: int, bundle_path, served=None) -> list:
     spec = None
     arrays = []
     for kind, path in list_inputs(paths):
-        if kind == "features":
+        if kind == "features" and bundle_path is None:  # sent as they are: no bundle is used
             arrays.append(read_feature_csv(path, num_features))
             continue
-        if spec is None:
+        if spec is None:  # a --bundle given is checked against the served model, used or not
             from ..bundle import load_bundle
             from ..events.features import FeatureSpec
             from ..paths import shipped_path

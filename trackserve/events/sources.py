@@ -62,6 +62,12 @@ def input_name(kind: str, path: Path) -> str:
     return path.name.split(".")[0] if kind == "features" else path.name
 
 
+def read_feature_input(path: Path, num_features: int) -> InputEvent:
+    """Read a feature CSV of ``num_features`` features per hit as an input (hits numbered
+    1..N in file order, the event id the last number of its name)."""
+    return _feature_csv_event(path, num_features)
+
+
 def _feature_csv_event(path: Path, num_features: int) -> InputEvent:
     features = read_feature_csv(path, num_features)
     match = _LAST_NUMBER.search(input_name("features", path))

@@ -98,8 +98,12 @@ def test_an_event_too_large_for_its_share_runs_alone_and_one_too_large_for_all_i
 
 
 def test_a_worker_that_dies_gives_a_clear_error_and_the_pipeline_starts_new_ones(tiny_bundle, sample_features):
+    # events large enough (seconds each) to be in flight when the workers die
+    rng = np.random.default_rng(1)
+    large = np.concatenate([sample_features + rng.normal(0, 1e-3, sample_features.shape).astype(np.float32)
+                            for _ in range(12)])
     with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes")) as pipeline:
-        results = pipeline.run_many([sample_features[:30]] * 6)
+        results = pipeline.run_many([sample_features[:30], large, large, large])
         assert next(results).num_hits == 30
         for pid in list(pipeline._processes._pool._processes):
             os.kill(pid, signal.SIGKILL)

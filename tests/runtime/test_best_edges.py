@@ -30,11 +30,13 @@ def _reference_best(edges, scores, order):
     for ends in (inner, outer):
         best = {}
         for e in range(m):
+            if inner[e] == outer[e]:
+                continue  # a self-loop is no edge of a track: it never competes
             hit = ends[e]
             if hit not in best or scores[e] > scores[best[hit]]:
                 best[hit] = e
         keep[list(best.values())] = True
-    return keep & (np.array(inner) != np.array(outer))
+    return keep
 
 
 def _same_partition(a, b):
@@ -176,3 +178,16 @@ def test_bundle_track_building_is_validated(best_edges_bundle, tiny_bundle, tmp_
     data["stages"].pop("track_building", None)
     (old / "pipeline.json").write_text(json.dumps(data))
     assert load_bundle(old).stages.track_building == "components"
+
+
+@pytest.mark.parametrize("gap_cut", [None, 0.1])
+def test_a_self_loop_never_takes_a_hits_best_slot(gap_cut):
+    # hit 1's only real inward edge (0, 1) must stay its best though the loop (1, 1) scores higher
+    order = np.array([0.0, 1.0, 2.0])
+    without = build_tracks(3, np.array([[0, 0], [2, 1]]), np.array([5.0, 3.0]), 0.5, method="best_edges",
+                           hit_order=order, gap_cut=gap_cut)
+    with_loop = build_tracks(3, np.array([[0, 0, 1], [2, 1, 1]]), np.array([5.0, 3.0, 9.0]), 0.5,
+                             method="best_edges", hit_order=order, gap_cut=gap_cut)
+    assert without.tolist() == with_loop.tolist() == [0, 0, 0]
+    edges = np.array([[0, 0, 1], [2, 1, 1]])
+    assert best_edges(edges, np.array([5.0, 3.0, 9.0]), order).tolist() == [True, True, False]

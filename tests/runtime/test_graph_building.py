@@ -314,3 +314,16 @@ def test_a_radius_of_the_wrong_kind_is_refused_not_coerced(radius):
 
     with pytest.raises(InputError, match="radius must be a number"):
         build_graph(np.zeros((3, 2), np.float32), radius, 4)
+
+
+def test_far_off_points_give_no_numpy_warnings_and_values_beyond_float32_are_named():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(1500, 8)) * 3e18  # finite in float32; their distances overflow it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edges = build_graph(points, 2.4e18, 4)
+    assert edges.shape[0] == 2 and edges.shape[1] > 0
+    with pytest.raises(InputError, match=r"row 1 holds a value beyond float32's range .*\[0.0, 1e\+39\]"):
+        build_graph(np.array([[0.0, 0.0], [0.0, 1e39]]), 1.0, 4)

@@ -1,7 +1,8 @@
 """Score cuts: an edge passes when ``sigmoid(score) > cut``, decided without a sigmoid.
 
-With logits the test is ``score > logit(cut)`` in float64, the exact mathematical
-equivalent: nothing saturates, ``cut = 0`` lets every finite logit pass (not ``-inf``)
+With logits the test is ``score > logit(cut)`` in float64, the exact decision except for
+scores within about 1e-16 of the threshold (its float64 rounding; a sigmoid in float32
+would round far more): nothing saturates, ``cut = 0`` lets every finite logit pass (not ``-inf``)
 and ``cut = 1`` lets nothing pass. The published ExaTrkX service used the same strict
 ``>`` after a sigmoid.
 """

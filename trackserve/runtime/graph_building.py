@@ -183,7 +183,8 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
         within = 0
         for begin in range(0, n, block):
             part = points[begin : begin + block]
-            squared = sample_norms + np.einsum("nd,nd->n", part, part)[None, :] - 2 * (sample @ part.T)
+            with np.errstate(over="ignore", invalid="ignore"):  # far-off points overflow: inf or nan, not within
+                squared = sample_norms + np.einsum("nd,nd->n", part, part)[None, :] - 2 * (sample @ part.T)
             within += np.count_nonzero(squared < r32 * r32)
         return within / sample.shape[0] - 1.0 > _KNN_FACTOR * k
     step = max(1, n // _KNN_SAMPLE)
@@ -304,10 +305,14 @@ def _validated_embedding(embedding) -> np.ndarray:
         raise InputError(f"embedding must hold floating-point values (float32); got dtype {array.dtype}")
     if array.shape[1] < 1:
         raise InputError("embedding has zero dimensions; it needs at least one column")
-    points = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a finite value beyond float32's range is named below
+        points = np.ascontiguousarray(array, dtype=np.float32)
     finite = np.isfinite(points)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        if np.isfinite(array[row]).all():
+            raise InputError(f"embedding row {row} holds a value beyond float32's range (about 3.4e38), where graph "
+                             f"building computes: {array[row].tolist()}")
         raise InputError(f"embedding row {row} holds a NaN or infinite value ({points[row].tolist()})")
     return points
 
@@ -349,10 +354,11 @@ def _squared_distances(points: np.ndarray, first: np.ndarray, second: np.ndarray
     """The exact float32 squared distances of the pairs, summed over dimensions in order."""
     columns = points.T
     total = np.zeros(first.shape[0], dtype=np.float32)
-    for column in columns:
-        diff = column[first] - column[second]
-        diff *= diff
-        total += diff
+    with np.errstate(over="ignore"):  # pairs too far apart for float32 sum to inf: never within the radius
+        for column in columns:
+            diff = column[first] - column[second]
+            diff *= diff
+            total += diff
     return total
 
 

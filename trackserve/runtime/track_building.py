@@ -2,8 +2,9 @@
 
 An edge is kept when its score passes the cut strictly, ``sigmoid(score) > cut`` as in
 the published ExaTrkX service. With logits this is decided as ``score > logit(cut)``
-in float64, the exact mathematical equivalent (no sigmoid is evaluated, so nothing
-saturates): at ``cut = 0`` every finite logit passes and ``-inf`` does not, at
+in float64 (no sigmoid is evaluated, so nothing saturates; the same decision as the
+exact one except for a score within about 1e-16 of ``logit(cut)``, the float64 rounding
+of that threshold): at ``cut = 0`` every finite logit passes and ``-inf`` does not, at
 ``cut = 1`` nothing passes. With probabilities it is ``score > cut``.
 
 Two methods (the bundle's ``track_building`` stage parameter):
@@ -162,13 +163,20 @@ def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray
     ``edge_index`` int64 ``[2, M]``, ``scores [M]`` (higher is better, no NaN),
     ``hit_order [N]``: inner is the end with the smaller ``(hit_order, index)``. A hit's
     best edge has its highest score, the earliest such edge on ties. Returns bool ``[M]``.
-    Self-loops are never kept.
+    Self-loops are never kept, nor compete for a hit's best edge.
     """
     inner, outer = oriented_ends(edge_index, hit_order)
     values = np.asarray(scores, dtype=np.float64)
     num_hits = hit_order.shape[0]
-    keep = HitGroups(inner, num_hits).best(values) | HitGroups(outer, num_hits).best(values)
+    among = _not_loops(inner, outer)  # a self-loop never takes a hit's best slot
+    keep = HitGroups(inner, num_hits).best(values, among) | HitGroups(outer, num_hits).best(values, among)
     return keep & (inner != outer)
+
+
+def _not_loops(inner: np.ndarray, outer: np.ndarray) -> np.ndarray | None:
+    """Bool ``[M]``: which edges are not self-loops; None when none is (graph building makes none)."""
+    loops = inner == outer
+    return ~loops if loops.any() else None
 
 
 def gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -194,7 +202,8 @@ def _best_and_gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: n
     inner, outer = oriented_ends(edge_index, hit_order)
     num_hits = hit_order.shape[0]
     by_inner, by_outer = HitGroups(inner, num_hits), HitGroups(outer, num_hits)
-    best = (by_inner.best(scores, strong) | by_outer.best(scores, strong)) & (inner != outer)
+    strong = strong & (inner != outer)  # a self-loop never takes a hit's best slot
+    best = by_inner.best(scores, strong) | by_outer.best(scores, strong)
     return best | _gaps(by_inner, by_outer, scores, best)
 
 

@@ -974,8 +974,15 @@ def write_pipeline_json(data: Mapping, directory: str | os.PathLike) -> Path:
             f"cannot write {target}: {error} (every value, network configs and provenance included, "
             "must be JSON: str, finite number, bool, null, list, object)"
         ) from None
-    temporary.write_text(text + "\n", encoding="utf-8")
-    os.replace(temporary, target)
+    try:
+        temporary.write_text(text + "\n", encoding="utf-8")
+        os.replace(temporary, target)
+    except OSError as error:
+        try:
+            temporary.unlink(missing_ok=True)  # no stray file left in the bundle
+        except OSError:
+            pass
+        raise BundleError(f"cannot write {target}: {error.strerror or error}") from None
     return target
 
 

@@ -139,6 +139,48 @@ def test_tune_cut_command_fills_gaps_and_writes_the_gap_cut(tmp_path, capsys):
         assert record["earlier"][0] == {k: v for k, v in before.items() if k != "earlier"}
 
 
+def test_tune_cut_takes_each_validation_event_once_and_every_event_of_a_directory(tiny_bundle, tmp_path, capsys):
+    assert main(["tune-cut", str(tiny_bundle), "--validation", str(SAMPLE_EVENT), "--validation",
+                 str(SAMPLE_EVENT)]) == 2
+    assert "names the validation event of --validation" in capsys.readouterr().err
+    assert main(["tune-cut", str(tiny_bundle), "--validation-random", "300", "--validation-random", "300"]) == 2
+    assert "--validation-random 300 names the validation event of --validation-random 300 again" in \
+        capsys.readouterr().err
+    assert main(["simulate", "--output", str(tmp_path / "val"), "--events", "2", "--num-particles", "300"]) == 0
+    capsys.readouterr()
+    assert main(["tune-cut", str(tiny_bundle), "--validation", str(tmp_path / "val"), "--min-pt", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "validation: " + str(tmp_path / "val" / "event000000000") in out
+    assert "validation: " + str(tmp_path / "val" / "event000000001") in out
+
+
+def test_tune_cut_write_refuses_a_bundle_it_cannot_write_before_tuning(tmp_path, capsys, monkeypatch):
+    import os
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a read-only bundle answers
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--write"]) == 2
+    captured = capsys.readouterr()
+    assert "--write: the bundle" in captured.err and "is not writable" in captured.err
+    assert "<- best" not in captured.out  # refused before any tuning
+
+
+def test_a_pipeline_json_that_cannot_be_replaced_leaves_no_stray_file(tmp_path, monkeypatch):
+    import os
+
+    from trackserve.bundle import write_pipeline_json
+    from trackserve.errors import BundleError
+
+    def refuse(source, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(BundleError, match="cannot write .*pipeline.json: Permission denied"):
+        write_pipeline_json({"schema_version": 1}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tune_cut_command_needs_a_validation_event(tiny_bundle, capsys):
     assert main(["tune-cut", str(tiny_bundle)]) == 2
     assert "give at least one validation event: --validation EVENT" in capsys.readouterr().err

@@ -125,7 +125,7 @@ def test_a_run_with_a_budget_ends_its_second_gnn_by_time_and_keeps_within_it(tin
     assert provenance["settings"]["time_budget"] == budget
     assert provenance["seconds"]["training_total"] <= budget
     # A budget already spent by the bundle started from is refused before any training.
-    spent = TrainingConfig.quick(threads=1, prune_cut=0.4, time_budget=before / 2)
+    spent = TrainingConfig.quick(threads=1, prune_cut=0.4, time_budget=RESERVE_SECONDS + before / 2)
     with pytest.raises(InputError, match="is spent before the last GNN could train"):
         train_pipeline(events, validation, spent, tmp_path / "spent", spec=TRACKML_1000, show_progress=False,
                        start_from=plain)
@@ -159,3 +159,8 @@ def test_the_cli_prints_the_budget_line(tmp_path, capsys):
     assert "time budget 600 s: " in out and "(every step, within the budget)" in out
     assert main(argv[:-2] + ["--output", str(tmp_path / "c")]) == 0
     assert "time budget" not in capsys.readouterr().out
+
+
+def test_a_budget_no_larger_than_the_reserve_is_refused_before_anything_trains():
+    with pytest.raises(InputError, match=r"time_budget must be a finite number of seconds above the 30 s kept"):
+        TrainingConfig.quick(threads=1, time_budget=RESERVE_SECONDS).validate()

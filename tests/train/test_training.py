@@ -244,8 +244,8 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-iterations", "0"],
      "run.pruned_gnn_iterations must be an integer >= 1"),
     (["--random-events", "1", "--start-from", "somewhere"], "give --prune-cut too"),
-    (["--random-events", "1", "--time-budget", "0"], "run.time_budget must be a finite number of seconds > 0"),
-    (["--random-events", "1", "--time-budget", "nan"], "run.time_budget must be a finite number of seconds > 0"),
+    (["--random-events", "1", "--time-budget", "0"], "run.time_budget must be a finite number of seconds above the 30 s"),
+    (["--random-events", "1", "--time-budget", "nan"], "run.time_budget must be a finite number of seconds above"),
     (["--random-events", "1", "--prune-cut", "0.01", "--start-from", "nowhere"], "--start-from nowhere: no bundle"),
     (["--random-events", "1", "--gnn-lr", "inf"], "training setting gnn.learning_rate must be in (0, 1]"),
     (["--random-events", "1", "--filter-lr", "1e30"], "training setting filter.learning_rate must be in (0, 1]"),
@@ -406,6 +406,9 @@ def test_cli_refuses_an_event_twice_and_a_validation_event_it_trains_on(tmp_path
     assert f"the training event {first} is given twice" in capsys.readouterr().err
     assert main([*base, "--events", str(tmp_path / "sim"), "--validation", str(first)]) == 2
     assert f"--validation {first} is one of the training events" in capsys.readouterr().err
+    # a directory of several events: training validates on one, it used to take the first silently
+    assert main([*base, "--events", str(tmp_path / "val"), "--validation", str(tmp_path / "sim")]) == 2
+    assert f"--validation {tmp_path / 'sim'} holds 2 events" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 
@@ -457,3 +460,26 @@ def test_cli_training_threads_stay_within_the_cores(tmp_path, capsys, monkeypatc
 
     assert main(["train", "--output", str(tmp_path / "b"), "--random-events", "1", "--threads", threads]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_validation_event_without_a_counted_particle_is_refused_before_training(tiny_events, tmp_path):
+    # the radius and the cuts keep a fraction of its pT >= 1 GeV truth edges: with none they were made up
+    events, validation = tiny_events
+    particles = dict(validation.event.particles)
+    particles["px"], particles["py"] = particles["px"] * 1e-3, particles["py"] * 1e-3  # every particle below 1 GeV
+    truth = dict(validation.event.truth)
+    truth["tpx"], truth["tpy"] = truth["tpx"] * 1e-3, truth["tpy"] * 1e-3
+    soft = dataclasses.replace(validation, event=dataclasses.replace(validation.event, particles=particles, truth=truth))
+    with pytest.raises(InputError, match=r"has no particle with pT >= 1 GeV .* the radius and the cuts are chosen on "
+                                         r"them: give a validation event"):
+        train_pipeline(events, soft, TrainingConfig.quick(seed=1, threads=1), tmp_path / "b", spec=TRACKML_1000,
+                       show_progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_signal_pt_above_every_training_particle_is_refused(tiny_events, tmp_path):
+    events, validation = tiny_events
+    config = replace(TrainingConfig.quick(seed=1, threads=1), signal_min_pt=1000.0)
+    with pytest.raises(InputError, match=r"--signal-min-pt 1000: no training event has a truth edge of a particle "
+                                         r"with pT >= 1000 GeV .* lower it"):
+        train_pipeline(events, validation, config, tmp_path / "b", spec=TRACKML_1000, show_progress=False)

@@ -87,7 +87,9 @@ def register(subparsers) -> None:
                       help="feature spec: a preset (trackml-1000, exatrkx-service) or scales (default trackml-1000)")
     data.add_argument("--geometry", metavar="detectors.csv", help="geometry for the simulation (default: data/detectors.csv)")
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0, help="seed of the simulation and of the training (default 0)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed of the simulation and of the training (default 0); byte-identical networks at "
+                          "--threads 1, at more threads they can differ slightly from run to run")
     run.add_argument("--threads", type=int, default=None,
                      help="torch and graph-building threads, at most the cores (default 2, or 1 on one core)")
     run.add_argument("--max-neighbours", type=int, default=None, metavar="K", help="cap of the radius graph per hit")
@@ -261,6 +263,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.validation_particles and not Path(args.validation_particles).is_file():
         raise InputError(f"--validation-particles {args.validation_particles}: no such file")
 
+    if args.validation and len(find_event_prefixes(args.validation)) > 1:
+        held = find_event_prefixes(args.validation)
+        raise InputError(f"--validation {args.validation} holds {len(held)} events ({', '.join(p.name for p in held[:3])}"
+                         f"{', ...' if len(held) > 3 else ''}); training validates on one: give one event's prefix, "
+                         f"such as {held[0]}")
     if args.validation and args.events:
         trained_on = {prefix.resolve() for path in args.events for prefix in find_event_prefixes(path)}
         if find_event_prefixes(args.validation)[0].resolve() in trained_on:

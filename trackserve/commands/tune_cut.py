@@ -89,23 +89,47 @@ def _validation_events(args, spec) -> list[tuple]:
         raise InputError("give at least one validation event: --validation EVENT, --validation-particles TABLE.csv "
                          "or --validation-random N")
     events = []
+    seen: dict = {}  # each event once: one given twice would count twice in the means
+
+    def once(key, given: str) -> None:
+        if key in seen:
+            raise InputError(f"{given} names the validation event of {seen[key]} again: give each event once "
+                             "(it would count twice in the means)")
+        seen[key] = given
+
     for path in args.validation:
-        prefix = find_event_prefixes(path)[0]
-        events.append((read_event(prefix, parts=("truth", "particles")), str(prefix)))
+        for prefix in find_event_prefixes(path):  # a directory: every event in it
+            once(prefix.resolve(), f"--validation {path}")
+            events.append((read_event(prefix, parts=("truth", "particles")), str(prefix)))
     sources = []
     for table in map(Path, args.validation_particles):
         if not table.is_file():
             raise InputError(f"--validation-particles {table}: no such file")
+        once(("table", table.resolve()), f"--validation-particles {table}")
         sources.append(SimulatedSource(particles=table))
     for count in args.validation_random:
         if count < 1:
             raise InputError(f"--validation-random {count}: give a number of particles >= 1")
+        once(("random", count), f"--validation-random {count}")
         sources.append(SimulatedSource(num_particles=count))
     for source in sources:
         # For a table, the very event trackserve train --seed S simulates to validate on.
         validation, described = simulated_validation_event(source, spec, seed=args.seed)
         events.append((validation.event, described))
     return events
+
+
+def _check_writable(directory: Path) -> None:
+    """InputError when ``--write`` could not store the choice in the bundle at ``directory``
+    (its pipeline.json is replaced by a new file written beside it)."""
+    import os
+
+    from ..bundle import PIPELINE_FILE
+    from ..errors import InputError
+
+    if not os.access(directory, os.W_OK | os.X_OK) or not os.access(Path(directory) / PIPELINE_FILE, os.W_OK):
+        raise InputError(f"--write: the bundle {directory} (or its {PIPELINE_FILE}) is not writable; make it "
+                         "writable, or run without --write and copy the chosen cuts by hand")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
     check_seed(args.seed)  # the seed trackserve train takes
     pipeline = Pipeline(args.bundle)
+    if args.write:
+        _check_writable(pipeline.bundle.directory)  # before the tuning, not after it
     method = args.track_building or pipeline.stages.track_building
     if args.join_pieces and method != "best_edges":
         raise InputError(f"--join-pieces joins the pieces of best edges: it needs track building 'best_edges', "

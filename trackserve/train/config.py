@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import InputError
+from .time_budget import RESERVE_SECONDS
 
 #: GNN architectures ``trackserve train`` can train.
 GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
@@ -273,8 +274,9 @@ class TrainingConfig:
             ("prune_cut", self.prune_cut is None or 0.0 < self.prune_cut < 0.5,
              "a probability in (0, 0.5): the first GNN's low cut, below any track-building cut"),
             ("time_budget", self.time_budget is None or (isinstance(self.time_budget, (int, float))
-                                                         and math.isfinite(self.time_budget) and self.time_budget > 0),
-             "a finite number of seconds > 0"),
+                                                         and math.isfinite(self.time_budget)
+                                                         and self.time_budget > RESERVE_SECONDS),
+             f"a finite number of seconds above the {RESERVE_SECONDS:g} s kept for choosing the last GNN's cut"),
             ("precision", self.precision in TRAINING_PRECISIONS, f"one of {', '.join(TRAINING_PRECISIONS)}"),
             ("displaced_weight", isinstance(self.displaced_weight, (int, float)) and math.isfinite(self.displaced_weight)
              and self.displaced_weight >= 0, "a finite number >= 0"),

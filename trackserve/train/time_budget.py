@@ -35,9 +35,10 @@ def stage_deadline(budget: float, used_before: float, started: float, reserve: f
     left = deadline - clock()
     if left <= 0:
         spent = used_before + clock() - started
+        before = f" (with the started-from bundle's {used_before:.0f} s)" if used_before else ""
         raise InputError(
-            f"the time budget of {budget:g} s is spent before the last GNN could train: {spent:.0f} s were used "
-            f"(with the started-from bundle's {used_before:.0f} s) and {reserve:g} s are kept for choosing its cut; "
+            f"the time budget of {budget:g} s is spent before the last GNN could train: {spent:.0f} s were used"
+            f"{before} and {reserve:g} s are kept for choosing its cut; "
             "give a larger --time-budget or fewer epochs to the stages before it"
         )
     return deadline

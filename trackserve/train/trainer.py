@@ -42,7 +42,11 @@ class TrainingResult:
     seconds: dict
 
 
-def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: FeatureSpec) -> None:
+def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: FeatureSpec,
+                  config: TrainingConfig) -> None:
+    """Refuse, before any training, events that cannot train or validate the pipeline."""
+    from ..runtime.cut_tuning import check_counted_particles
+
     if not events:
         raise InputError("training needs at least one training event (give --events, or --simulate with sources)")
     for event in list(events) + [validation]:
@@ -50,6 +54,19 @@ def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: 
             raise InputError(f"event {event.name} has {event.features.shape[1]} features, the spec {spec.names} has {spec.num_features}")
         if event.truth_edges.shape[1] == 0:
             raise InputError(f"event {event.name} has no truth edge (no particle with two hits): it cannot train a pipeline")
+    # The radius and the cuts keep a fraction of the validation's truth edges of particles above
+    # min_pt, and the figures count its tracks: with none, they would be made up.
+    try:
+        check_counted_particles([validation.event], min_pt=config.min_pt, min_hits=config.min_hits,
+                                names=("the validation's pT bound", "its hit bound"))
+    except InputError as error:
+        raise InputError(f"{error}; the radius and the cuts are chosen on them: give a validation event "
+                         "(--validation, --validation-particles) with such particles") from None
+    if config.signal_min_pt > 0 and not any(event.truth_edges_above(config.signal_min_pt).shape[1] for event in events):
+        highest = max(float(event.hit_pt.max()) if event.hit_pt.size else 0.0 for event in events)
+        raise InputError(f"--signal-min-pt {config.signal_min_pt:g}: no training event has a truth edge of a particle "
+                         f"with pT >= {config.signal_min_pt:g} GeV (the highest pT of a training hit's particle: "
+                         f"{highest:.3g} GeV), so the filter and the GNN would learn no edge to keep; lower it")
 
 
 def blind_columns(names, feature_names, derive_eta: bool) -> tuple[int, ...]:
@@ -136,7 +153,7 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     if start_from is not None and config.prune_cut is None:
         raise InputError("--start-from takes the networks of a bundle trained before and trains only a pruned GNN: "
                          "give --prune-cut too")
-    _check_events(events, validation, spec)
+    _check_events(events, validation, spec, config)
     if config.displaced_weight > 0:
         for event in events:
             _ = event.hit_vz  # refuses an event without its production points now, not after an hour of training
@@ -145,6 +162,8 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     seconds, started = {}, time.perf_counter()
     start = None if start_from is None else starting_point(start_from, spec, config)
     used_before = 0.0 if start is None else training_seconds(start.record["seconds"] or {})
+    if config.time_budget is not None:
+        stage_deadline(config.time_budget, used_before, started)  # refused now when nothing is left, not after training
 
     def last_gnn_deadline() -> float | None:
         """When the last GNN's steps must end for the run to keep within ``config.time_budget``."""

@@ -1129,7 +1129,10 @@ def replace_network(
 
     The network's file is overwritten only once the export passed validation; its
     sha256, inputs, outputs, config and architecture are updated in ``pipeline.json``,
-    and the whole bundle is loaded back (and so checked). The rest of ``pipeline.json``
+    the export is recorded in the provenance's ``exported_again`` list (network, opset,
+    date, and whether it replaced the network by another: then the bundle's cuts and
+    recorded figures describe the old one), and the whole bundle is loaded back (and so
+    checked). The rest of ``pipeline.json``
     must be valid, but the old network file may be missing or damaged: this is how a
     bundle whose file changed is repaired. Returns the loaded bundle and the
     :class:`~trackserve.export.onnx_export.ExportReport`. Needs torch.
@@ -1155,10 +1158,22 @@ def replace_network(
         module, entry.kind, directory / entry.file, num_features=bundle.num_features,
         opset=opset or DEFAULT_OPSET, runs=runs,
     )
+    new_config, new_architecture = dict(getattr(module, "config", None) or {}), architecture_name(module)
     bundle.networks[name] = NetworkEntry(
-        name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs,
-        dict(getattr(module, "config", None) or {}), architecture_name(module),
+        name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs, new_config, new_architecture,
         save_weights(module, directory / Path(entry.file).with_suffix(".pt").name),
     )
+    # What was exported when, so that the provenance does not describe only the first export
+    # (and says when the network is another than the one the cuts were chosen with).
+    replaced = new_architecture != entry.architecture or new_config != entry.config
+    bundle.provenance.setdefault("exported_again", []).append({
+        "network": name, "opset": report.opset,
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "architecture": new_architecture,
+        "replaced": replaced,
+        **({"replaced_architecture": entry.architecture, "note": "another network than the one the bundle was "
+            "trained and tuned with: its cuts and the provenance's settings and figures describe that one"}
+           if replaced else {}),
+    })
     write_pipeline_json(bundle.to_dict(), directory)
     return load_bundle(directory), report

@@ -97,6 +97,21 @@ def test_a_bundle_network_is_exported_again_from_its_own_weights(bundle_dir, cap
     assert bundle.networks["gnn"].sha256 == file_sha256(bundle_dir / "gnn.onnx")
     assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--check", "--runs", "1"]) == 0
     assert "ok: " in capsys.readouterr().out
+    # the provenance records the export again; the same network is not "replaced", so no note
+    record = bundle.provenance["exported_again"][-1]
+    assert record["network"] == "gnn" and record["replaced"] is False and record["opset"] >= 16
+
+
+def test_a_network_replaced_by_another_is_recorded_and_noted(bundle_dir, tmp_path, capsys):
+    torch.manual_seed(4)
+    wider = ResAGNN(in_channels=3, hidden=6, n_graph_iters=1, nb_node_layer=1, nb_edge_layer=1)  # the bundle's: 4
+    checkpoint = _save_checkpoint(wider, tmp_path / "gnn.ckpt")
+    assert main(["export", checkpoint, "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "the gnn network is now another than the one" in err and "tune-cut" in err
+    record = load_bundle(bundle_dir).provenance["exported_again"][-1]
+    assert record["replaced"] is True and record["architecture"] == "ResAGNN"
+    assert "cuts and the provenance's settings and figures describe that one" in record["note"]
 
 
 def test_export_without_a_network_needs_a_bundle(tmp_path, capsys):

@@ -23,6 +23,7 @@ reads: a TorchScript module, a Lightning checkpoint or a state dict.
 from __future__ import annotations
 
 import argparse
+import sys
 
 ORDER = 35
 
@@ -133,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
         entry = bundle.networks[args.name]
         print(report.validation.summary())
         print(f"wrote {bundle.network_path(args.name)} (sha256 {entry.sha256}) and updated {args.bundle}/pipeline.json")
+        if bundle.provenance["exported_again"][-1]["replaced"]:
+            print(f"trackserve export: note: the {args.name} network is now another than the one {args.bundle} was "
+                  "trained and tuned with: its cuts were chosen for that one; choose them again (trackserve "
+                  "tune-cut) before relying on its tracks", file=sys.stderr)
         return 0
 
     report = export_network(network, None, args.output, opset=opset, runs=args.runs)

@@ -483,3 +483,38 @@ def test_a_signal_pt_above_every_training_particle_is_refused(tiny_events, tmp_p
     with pytest.raises(InputError, match=r"--signal-min-pt 1000: no training event has a truth edge of a particle "
                                          r"with pT >= 1000 GeV .* lower it"):
         train_pipeline(events, validation, config, tmp_path / "b", spec=TRACKML_1000, show_progress=False)
+
+
+def test_cli_refuses_a_validation_event_the_started_from_bundle_trained_on(tmp_path, capsys):
+    from trackserve.cli import main
+
+    assert main(["simulate", "--output", str(tmp_path / "sim"), "--events", "2", "--num-particles", "30"]) == 0
+    assert main(["simulate", "--output", str(tmp_path / "val"), "--first-event-id", "2", "--num-particles", "30"]) == 0
+    base = ["train", "--quick", "--quiet", "--threads", "1"]
+    assert main([*base, "--output", str(tmp_path / "d"), "--events", str(tmp_path / "sim"),
+                 "--validation", str(tmp_path / "val" / "event000000002")]) == 0
+    capsys.readouterr()
+    trained_on = tmp_path / "sim" / "event000000001"
+    assert main([*base, "--output", str(tmp_path / "p"), "--start-from", str(tmp_path / "d"), "--prune-cut", "0.05",
+                 "--events", str(tmp_path / "val"), "--validation", str(trained_on)]) == 2
+    assert f"--validation {trained_on} is one of the events the --start-from bundle" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_start_from_notes_the_settings_it_does_not_use_for_the_stages_it_reuses(tiny_events, tmp_path, capsys):
+    events, validation = tiny_events
+    plain = tmp_path / "plain"
+    train_pipeline(events, validation, TrainingConfig.quick(threads=1), plain, spec=TRACKML_1000, show_progress=False)
+    same = replace(TrainingConfig.quick(threads=1), prune_cut=0.05)
+    train_pipeline(events, validation, same, tmp_path / "same", spec=TRACKML_1000, show_progress=False,
+                   start_from=plain)
+    assert "note" not in capsys.readouterr().err  # the recipe's way: the same settings again, no note
+    quick = TrainingConfig.quick(threads=1)
+    other = replace(same, embedding=replace(quick.embedding, hidden=quick.embedding.hidden * 2), signal_min_pt=0.5)
+    train_pipeline(events, validation, other, tmp_path / "other", spec=TRACKML_1000, show_progress=False,
+                   start_from=plain)
+    err = capsys.readouterr().err
+    assert f"embedding.hidden {quick.embedding.hidden * 2} (the bundle's {quick.embedding.hidden})" in err
+    assert "signal_min_pt 0.5 (the bundle's 0.0)" in err
+    recorded = json.loads((tmp_path / "other" / "pipeline.json").read_text())["provenance"]["started_from"]
+    assert any(entry.startswith("embedding.hidden") for entry in recorded["settings_not_used"])

@@ -202,6 +202,27 @@ def _threads(given: int | None) -> int:
     return given
 
 
+def _check_not_trained_on(validation: Path, bundle: Path) -> None:
+    """InputError when the ``--validation`` event is one the ``--start-from`` bundle's networks
+    trained on (its provenance names them): the cuts and figures need a held-out event."""
+    import json
+
+    from ..errors import InputError
+
+    try:
+        provenance = json.loads((bundle / "pipeline.json").read_text(encoding="utf-8")).get("provenance", {})
+    except (OSError, ValueError):
+        return  # the bundle itself is checked (and refused) where it is loaded
+    names = []
+    for record in (provenance, provenance.get("started_from") or {}):
+        training = ((record.get("data") or {}).get("training") or {}) if isinstance(record, dict) else {}
+        names += [name for name in training.get("events", []) if isinstance(name, str)]
+    if any(Path(name).resolve() == validation.resolve() for name in names):
+        raise InputError(f"--validation {validation} is one of the events the --start-from bundle {bundle} trained "
+                         "on: the cuts and the figures need an event its networks did not learn from; give a "
+                         "held-out event")
+
+
 def handle(args: argparse.Namespace) -> int:
     """Read or simulate the events, train, write the bundle and print the validation figures."""
     from ..bundle_output import bundle_written_to, check_bundle_output
@@ -273,6 +294,8 @@ def handle(args: argparse.Namespace) -> int:
         if find_event_prefixes(args.validation)[0].resolve() in trained_on:
             raise InputError(f"--validation {args.validation} is one of the training events: the cuts and the "
                              "figures need an event the networks did not learn from; give a held-out event")
+    if args.validation and args.start_from is not None:
+        _check_not_trained_on(find_event_prefixes(args.validation)[0], Path(args.start_from))
     start = time.perf_counter()
     events = read_training_events(args.events, spec) if args.events else []
     if args.simulate:

@@ -12,6 +12,8 @@ on the validation event, recording every figure and setting in the provenance.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -94,6 +96,28 @@ class StartingPoint:
     record: dict
 
 
+#: The settings of a run that shape the stages ``--start-from`` takes as they are (the
+#: embedding, the filter and the first GNN, with their inputs and training targets).
+REUSED_STAGE_SETTINGS = ("embedding", "filter", "gnn")
+REUSED_RUN_SETTINGS = ("derive_eta", "pair_geometry", "pair_intercept", "pair_direction", "signal_min_pt",
+                       "ignore_soft_edges", "gnn_blind_to")
+
+
+def reused_setting_differences(settings: dict, started: dict) -> list[str]:
+    """Where this run's ``settings`` (``TrainingConfig.to_dict()``) differ from those the
+    started-from bundle was trained with (``started``), for the stages it gives as they
+    are: ``"embedding.hidden 64 (the bundle's 16)"``, one entry each; settings the bundle
+    does not record are not compared."""
+    found = []
+    for stage in REUSED_STAGE_SETTINGS:
+        ours, theirs = settings.get(stage) or {}, started.get(stage) or {}
+        found += [f"{stage}.{key} {ours[key]!r} (the bundle's {theirs[key]!r})"
+                  for key in ours if key in theirs and ours[key] != theirs[key]]
+    found += [f"{key} {settings[key]!r} (the bundle's {started[key]!r})"
+              for key in REUSED_RUN_SETTINGS if key in settings and key in started and settings[key] != started[key]]
+    return found
+
+
 def starting_point(path: str | Path, spec: FeatureSpec, config: TrainingConfig) -> StartingPoint:
     """The embedding, filter and GNN (torch) of the bundle at ``path``, with its radius and
     filter cut, to train a pruned GNN on; InputError when the bundle does not fit this run
@@ -162,6 +186,14 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     seconds, started = {}, time.perf_counter()
     start = None if start_from is None else starting_point(start_from, spec, config)
     used_before = 0.0 if start is None else training_seconds(start.record["seconds"] or {})
+    if start is not None:
+        as_recorded = json.loads(json.dumps(json_ready(config.to_dict())))  # tuples as lists, as the bundle has them
+        unused = reused_setting_differences(as_recorded, start.record.get("settings") or {})
+        if unused:
+            start.record["settings_not_used"] = unused
+            print(f"trackserve train: note: --start-from {start_from}: its embedding, filter and first GNN are taken "
+                  f"as they were trained, so where this run's settings differ from theirs they are not used for them "
+                  f"({'; '.join(unused)}); the new GNN is trained with this run's", file=sys.stderr)
     if config.time_budget is not None:
         stage_deadline(config.time_budget, used_before, started)  # refused now when nothing is left, not after training
 

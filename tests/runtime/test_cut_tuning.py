@@ -154,6 +154,13 @@ def test_tune_cut_takes_each_validation_event_once_and_every_event_of_a_director
     assert "validation: " + str(tmp_path / "val" / "event000000001") in out
 
 
+def test_cuts_the_validation_cannot_tell_apart_are_noted(capsys):
+    # the sample event is sparse: every cut finds the same particles without a fake
+    assert main(["tune-cut", str(DEFAULT_BUNDLE), "--validation", str(SAMPLE_EVENT)]) == 0
+    err = capsys.readouterr().err
+    assert "cuts (0.1 to 0.95) score the same best" in err and "do not tell them apart" in err
+
+
 def test_tune_cut_write_refuses_a_bundle_it_cannot_write_before_tuning(tmp_path, capsys, monkeypatch):
     import os
 

@@ -211,6 +211,12 @@ def run(args: argparse.Namespace) -> int:
             described = "no joining" if row.join is None else row.join.describe()
             print(f"{described:<62}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.worst_fake_rate:10.4f}  "
                   f"{row.score:10.4f}{mark}")
+    tied = sorted({row.cut for row in rows if row.score == best.score
+                   and (args.max_fake_rate is None or row.worst_fake_rate <= args.max_fake_rate)})
+    if len(tied) > 1:
+        print(f"trackserve tune-cut: note: {len(tied)} cuts ({tied[0]:g} to {tied[-1]:g}) score the same best "
+              f"{best.score:.4f}: these validation events do not tell them apart, and the rule takes the smallest; "
+              "denser validation events (like those the bundle will see) would", file=sys.stderr)
     chosen = _describe(best.cut, best.gap_cut, best.join)
     if not args.write:
         print(f"best: {chosen} (the bundle has {_describe(stages.gnn_cut, stages.gap_cut, stages.join_pieces)}); "

@@ -182,3 +182,13 @@ def test_rescale_replaces_a_bundle_only_with_overwrite_and_only_after_its_check(
     assert (tmp_path / "there" / "README.md").read_text() == "how it was made"
     assert load_bundle(tmp_path / "there").feature_names == ("r", "phi", "z")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "there"]
+
+
+def test_a_new_phi_scale_is_refused_with_the_reason(tmp_path, capsys):
+    from trackserve.cli import main
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    assert main(["rescale", str(DEFAULT_BUNDLE), "--features", "3000,1,400", "--output", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "phi's scale must stay 3.14159" in err and "period 2" in err and "give phi:pi" in err
+    assert not (tmp_path / "b").exists()

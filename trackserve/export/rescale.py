@@ -95,6 +95,20 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
     return out
 
 
+def _check_phi_scale(bundle, old_spec, new_spec) -> None:
+    """InputError when the φ scale changes for networks that take φ's differences as periodic:
+    their period (2 for φ/π) is a property of the trained weights that rescaling cannot move."""
+    if "phi" not in old_spec.names or "phi" not in new_spec.names:
+        return
+    old_scale = old_spec.scales[old_spec.names.index("phi")]
+    new_scale = new_spec.scales[new_spec.names.index("phi")]
+    periodic = [name for name, entry in bundle.networks.items() if entry.config.get("periodic_features")]
+    if periodic and not np.isclose(old_scale, new_scale, rtol=1e-12, atol=0):
+        raise InputError(f"phi's scale must stay {old_scale:g} (the bundle's): the {', '.join(periodic)} network(s) "
+                         f"wrap phi's differences with the period {2 * np.pi / old_scale:g} that scale gives, which "
+                         f"rescaling cannot move; give phi:{'pi' if np.isclose(old_scale, np.pi) else old_scale}")
+
+
 def rescale_bundle(source, output, new_spec, *, track_building: str | None = None, check_features=None) -> dict:
     """Write the bundle ``source`` again at ``output`` for the features ``new_spec``.
 
@@ -117,6 +131,7 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
 
     bundle = load_bundle(source)
     old_spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
+    _check_phi_scale(bundle, old_spec, new_spec)
     old = {name: load_torch_network(bundle, name) for name in bundle.networks}
     new = rescale_networks(old, old_spec, new_spec)
     differences, allowances = {}, {}

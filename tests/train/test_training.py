@@ -518,3 +518,11 @@ def test_start_from_notes_the_settings_it_does_not_use_for_the_stages_it_reuses(
     assert "signal_min_pt 0.5 (the bundle's 0.0)" in err
     recorded = json.loads((tmp_path / "other" / "pipeline.json").read_text())["provenance"]["started_from"]
     assert any(entry.startswith("embedding.hidden") for entry in recorded["settings_not_used"])
+
+
+def test_cli_warns_when_the_bundle_finds_no_track(tmp_path, capsys):
+    # a --quick run on 30 particles (seed 0, one thread) learns too little to find a track
+    assert _quick_train(tmp_path, tmp_path / "b") == 0
+    out, err = capsys.readouterr()
+    assert "tracks (pT > 1 GeV, >= 5 hits): efficiency 0.0000" in out
+    assert "warning: the bundle finds no track of the validation event" in err

@@ -343,4 +343,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"  {stage:6s} edges {figures['num_edges']:>9d}  efficiency {figures['efficiency']:.4f}  purity {figures['purity']:.4f}")
     print(f"  tracks (pT > {config.min_pt:g} GeV, >= {config.min_hits} hits): efficiency {check['track_efficiency']:.4f}, "
           f"fake rate {check['fake_rate']:.4f}, duplicate rate {check['duplicate_rate']:.4f}")
+    if not check["track_efficiency"] > 0:  # 0 or NaN: the bundle was written, but finds nothing
+        print(f"trackserve train: warning: the bundle finds no track of the validation event (efficiency "
+              f"{check['track_efficiency']:.4f}): train longer or on more events before using it", file=sys.stderr)
     return 0

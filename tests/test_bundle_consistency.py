@@ -3,7 +3,6 @@ by ``load_bundle`` with the problem named (not later, in the runtime or an expor
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 
 from trackserve.bundle import PIPELINE_FILE, load_bundle
 from trackserve.errors import BundleError
+
+from .test_bundle import _edit, _refused
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -24,13 +25,9 @@ def default_copy(tmp_path) -> Path:
 
 
 def _edited(directory: Path, change) -> str:
-    path = directory / PIPELINE_FILE
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-    with pytest.raises(BundleError) as caught:
-        load_bundle(directory)
-    return str(caught.value)
+    """The message refusing the bundle at ``directory`` once ``change`` edited its pipeline.json."""
+    _edit(directory, change)
+    return _refused(directory)
 
 
 def _set_stage(**values):

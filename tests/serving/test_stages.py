@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,23 @@ def test_edge_stages_refuse_indices_outside_the_event(tiny_pipeline, sample_feat
     edges = np.array([[0, index], [5, 3]], dtype=np.int64)
     with pytest.raises(InputError, match=f"{edges_name} refers to hit {index}, but the event has"):
         make_stage(stage, tiny_pipeline.bundle)({FEATURES: sample_features, edges_name: edges})
+
+
+def test_the_filter_cut_is_decided_in_float64_as_the_custom_model_decides_it(tiny_pipeline):
+    # a float32 score that float32 comparison rounds onto the threshold: the two layouts kept different edges
+    from trackserve.runtime.cuts import logit_threshold, passes_cut
+
+    cut = 0.0028
+    threshold = logit_threshold(cut)
+    at = np.float32(threshold)  # rounds up or down onto the float32 grid
+    scores = np.array([at, np.nextafter(at, np.float32(-np.inf)), np.nextafter(at, np.float32(np.inf))],
+                      dtype=np.float32)
+    expected = scores.astype(np.float64) > threshold
+    assert float(at) != threshold  # so a float32 comparison would see the score equal to the threshold
+    assert expected.tolist() != (scores > np.float32(threshold)).tolist()
+    stage = make_stage("applyfilter", tiny_pipeline.bundle)
+    stage.stages = dataclasses.replace(stage.stages, filter_cut=cut)
+    edges = np.array([[0, 1, 2], [1, 2, 3]], dtype=np.int64)
+    kept = stage({"EDGE_LIST": edges, "FILTER_SCORES": scores})["EDGE_LIST_AFTER_FILTER"]
+    assert kept.tolist() == edges[:, expected].tolist()
+    assert passes_cut(scores, cut).tolist() == expected.tolist()

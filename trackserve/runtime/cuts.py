@@ -43,3 +43,10 @@ def logit_threshold(cut, scores_are_logits: bool = True) -> np.float64:
     if value == 1.0:
         return np.float64(np.inf)
     return np.float64(np.log(value) - np.log1p(-value))
+
+
+def passes_cut(scores, cut, scores_are_logits: bool = True) -> np.ndarray:
+    """Bool array: which ``scores`` pass ``cut`` (``sigmoid(score) > cut`` for logits), compared in
+    float64 whatever the scores' type: with numpy < 2 a float32 array compared with a float64
+    scalar is compared in float32, where a logit just above ``logit(cut)`` can round onto it."""
+    return np.asarray(scores).astype(np.float64, copy=False) > logit_threshold(cut, scores_are_logits)

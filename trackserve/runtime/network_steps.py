@@ -38,7 +38,7 @@ from ..bundle import Bundle
 from ..engines.onnx_runtime import OnnxNetwork
 from ..engines.scatter_split import open_network
 from .config import RuntimeConfig
-from .cuts import logit_threshold
+from .cuts import passes_cut
 from .parallel import HALO_MIN_EDGES, HaloSplit, PartRunner, component_groups, row_parts
 from .subgraph import LOCAL_GNN_ARCHITECTURES, halo_hops, touched_subgraph
 
@@ -209,7 +209,7 @@ class NetworkSteps:
         return first, self._passes_prune_cut(first)
 
     def _passes_prune_cut(self, logits: np.ndarray) -> np.ndarray:
-        return logits.astype(np.float64) > logit_threshold(self.prune_cut)  # float64 with numpy < 2 too
+        return passes_cut(logits, self.prune_cut)
 
     def message_passing_logits(self, name: str, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """Logits of message-passing network ``name`` (``"gnn"`` or ``"pruner"``) on valid edges

@@ -39,7 +39,7 @@ from .graph_building import build_graph
 from .inputs import validate_edges, validate_embedding, validate_features
 from .memory import MemoryModel, memory_limit_error
 from .network_steps import NetworkSteps
-from .cuts import logit_threshold
+from .cuts import passes_cut
 from .track_building import build_tracks, bundle_track_options
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
@@ -190,7 +190,7 @@ class Pipeline:
 
     def _filtered(self, features: np.ndarray, edge_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits = self._steps.edge_logits("filter", features, edge_index, chunked=True)
-        kept = logits.astype(np.float64) > logit_threshold(self.stages.filter_cut)  # float64 with numpy < 2 too
+        kept = passes_cut(logits, self.stages.filter_cut)
         return np.ascontiguousarray(edge_index[:, kept]), logits
 
     def build_tracks(self, num_hits: int, edge_index: np.ndarray, gnn_logits: np.ndarray,
@@ -238,7 +238,7 @@ class Pipeline:
         labels = self._tracks(num_hits, filtered, gnn_logits, features)
         timings["tracks"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
-        passed = int(np.count_nonzero(gnn_logits.astype(np.float64) > logit_threshold(self.stages.gnn_cut)))
+        passed = int(np.count_nonzero(passes_cut(gnn_logits, self.stages.gnn_cut)))
         num_edges = {"graph": int(edges.shape[1]), "filter": int(filtered.shape[1]), "gnn": passed}
         return PipelineResult(labels=labels, timings=timings, num_edges=num_edges)
 

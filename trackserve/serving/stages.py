@@ -4,7 +4,7 @@ Each stage does what the matching step of :meth:`trackserve.runtime.pipeline.Pip
 does, with the runtime's own pieces (the network steps of
 :class:`~trackserve.runtime.network_steps.NetworkSteps`, parts of the event on its threads included,
 :func:`~trackserve.runtime.graph_building.build_graph`,
-:func:`~trackserve.runtime.cuts.logit_threshold`,
+:func:`~trackserve.runtime.cuts.passes_cut`,
 :func:`~trackserve.runtime.track_building.build_tracks`, the memory model), so the ensemble
 gives the labels the custom model gives. A stage opens only the network it runs. The
 Triton stage model (``triton_models/stage_model.py``) wraps one of these; tests chain them
@@ -18,7 +18,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import InputError
 from ..runtime.config import RuntimeConfig
-from ..runtime.cuts import logit_threshold
+from ..runtime.cuts import passes_cut
 from ..runtime.graph_building import build_graph
 from ..runtime.inputs import validate_edges, validate_features
 from ..runtime.memory import MemoryModel
@@ -113,7 +113,7 @@ class ApplyFilterStage(EnsembleStage):
     def __call__(self, arrays):
         edges = validate_edges(arrays["EDGE_LIST"], None, "EDGE_LIST")
         scores = _scores(arrays["FILTER_SCORES"], edges.shape[1], "FILTER_SCORES")
-        kept = scores > logit_threshold(self.stages.filter_cut)
+        kept = passes_cut(scores, self.stages.filter_cut)  # in float64, as the custom model's pipeline
         return {"EDGE_LIST_AFTER_FILTER": np.ascontiguousarray(edges[:, kept])}
 
 

@@ -94,6 +94,6 @@ def cut_for_efficiency(logits: np.ndarray, labels: np.ndarray, efficiency: float
 
 def passing(logits: np.ndarray, cut: float) -> np.ndarray:
     """Which edges pass ``sigmoid(logit) > cut`` (decided on the logit, as the runtime does)."""
-    from ..runtime.cuts import logit_threshold
+    from ..runtime.cuts import passes_cut
 
-    return logits > logit_threshold(cut)
+    return passes_cut(logits, cut)

@@ -59,10 +59,10 @@ def track_labels(num_hits: int, edges: np.ndarray, logits: np.ndarray, cut: floa
     from scipy.sparse import coo_array
     from scipy.sparse.csgraph import connected_components
 
-    from ..runtime.cuts import logit_threshold
+    from ..runtime.cuts import passes_cut
     from ..runtime.track_building import best_edges
 
-    passing = logits > logit_threshold(cut)
+    passing = passes_cut(logits, cut)  # in float64, as the runtime decides
     kept = edges[:, passing]
     if method == "best_edges" and kept.shape[1]:
         kept = kept[:, best_edges(kept, logits[passing], hit_order)]

@@ -112,3 +112,12 @@ def test_a_killed_server_gives_a_clear_error_per_request_and_a_restart_serves(se
     finally:
         stop.set()
         server.stop()
+
+
+@pytest.mark.parametrize("text", ["timed out", "Deadline Exceeded", "read timeout=3"])
+def test_a_request_that_ran_out_of_time_is_not_called_a_refusal(text):
+    from trackserve.serving.client import describe_failure
+
+    assert describe_failure(RuntimeError(text), "127.0.0.1:8000", "exatrkx") == \
+        f"the server at 127.0.0.1:8000 did not answer in time ({text})"
+    assert "refused the request" in describe_failure(RuntimeError("bad input"), "127.0.0.1:8000", "exatrkx")

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
                         help="refuse events whose estimated working memory exceeds this many GiB (2**30 bytes); "
-                             "with several events in flight each has its share")
+                             "each instance (a process of its own) applies it to the event it runs")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
     parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
                         help="name of the ensemble model (default: %(default)s)")

@@ -89,7 +89,7 @@ def describe_failure(error: Exception, url: str, model: str) -> str:
     if any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "connection reset",
                                         "broken pipe", "socket closed", "connection aborted", "eof")):
         return f"the server at {url} did not answer ({text.strip()}): is it running?"
-    if "timeout" in lowered or "deadline" in lowered:
+    if "timeout" in lowered or "timed out" in lowered or "deadline" in lowered:
         return f"the server at {url} did not answer in time ({text.strip()})"
     prefix = f"[{status}] " if status and str(status) not in text else ""
     return f"model {model!r} at {url} refused the request: {prefix}{text.strip()}"

@@ -453,10 +453,13 @@ class TritonServer:
 
     def _finish(self) -> int | None:
         code = self.process.returncode
+        # Model stubs can outlive a server that died on its own (killed, crashed) and hold its
+        # log pipe open: end them, so that they leave no process behind and the log ends.
+        self._kill_group()
         if self._reader is not None:
             self._reader.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        if self.process.stdout is not None and (self._reader is None or not self._reader.is_alive()):
+            self.process.stdout.close()  # (a reader still blocked on it would block the close)
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None

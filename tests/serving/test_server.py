@@ -124,13 +124,21 @@ def test_client_command_sends_the_other_events_when_one_cannot_be_read(triton_se
     bad.write_text("0.1,nan,0.3\n")
     last = tmp_path / "evt_3.csv"
     np.savetxt(last, sample_features[200:400], delimiter=",", fmt="%.9g")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "evt_2-labels.csv").write_text("an earlier run's labels\n")
     code = main(["client", str(good), str(bad), str(last), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
                  "--output", str(tmp_path / "labels")])
     captured = capsys.readouterr()
     assert code == 1
     assert f"{bad}: FAILED, not sent: " in captured.err and "not a finite float32" in captured.err
     assert "2 of 3 event(s) answered" in captured.out
+    # the failed event's old labels file is removed: no old file passes for this run's answer
+    assert f"removed {tmp_path / 'labels' / 'evt_2-labels.csv'}" in captured.err
     assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["evt_1-labels.csv", "evt_3-labels.csv"]
+    assert main(["client", str(bad), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--output", str(tmp_path / "labels")]) == 1
+    out = capsys.readouterr().out
+    assert "0 of 1 event(s) answered" in out and "labels in" not in out  # no labels were written
 
 
 def test_client_refuses_a_stage_model_before_sending(triton_server, tiny_bundle, capsys):

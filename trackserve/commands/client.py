@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             except TrackserveError as error:  # a bad input file: report it, send the others
                 failures += 1
                 print(f"{path}: FAILED, not sent: {error}", file=sys.stderr)
+                _remove_stale(labels_paths, number)
                 continue
             if kind == "features" and note_spec is not None:
                 note_beyond_detector("client", path, item.features, note_spec)
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             except ServingError as error:
                 failures += 1
                 print(f"{item.name}: FAILED: {error}", file=sys.stderr)
+                _remove_stale(labels_paths, number)
                 continue
             tracks = int(labels.max()) + 1 if labels.size else 0
             line = f"{item.name}: {labels.shape[0]} hits, {tracks} tracks (distinct labels)"
@@ -127,5 +129,16 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
     answered = len(inputs) - failures
     print(f"{answered} of {len(inputs)} event(s) answered{' and identical' if args.check else ''} by "
-          f"'{args.model}' at {url} ({args.protocol})" + (f"; labels in {output.resolve()}" if output else ""))
+          f"'{args.model}' at {url} ({args.protocol})" + (f"; labels in {output.resolve()}" if output and answered
+                                                           else ""))
     return 0 if failures == 0 else 1
+
+
+def _remove_stale(labels_paths, number: int) -> None:
+    """Remove the labels file an earlier run left for the event ``number`` that failed now
+    (it would have been replaced), so that no old file passes for this run's answer."""
+    if labels_paths is None or not labels_paths[number].is_file():
+        return
+    labels_paths[number].unlink()
+    print(f"trackserve client: note: removed {labels_paths[number]}, an earlier run's labels of the event that "
+          "failed", file=sys.stderr)

@@ -239,6 +239,31 @@ def test_command_writes_table_csv_and_json(triton_server, tiny_bundle, tmp_path,
     assert float(rows[0]["throughput_infer_per_s"]) == pytest.approx(data["levels"][0]["throughput"])
 
 
+def test_an_interrupted_sweep_writes_the_levels_it_measured(triton_server, tiny_bundle, tmp_path, capsys,
+                                                             monkeypatch):
+    import trackserve.serving.perf as perf
+
+    require_triton()
+    measure = perf.measure_level
+
+    def interrupted_at_the_second_level(events, concurrency, settings):
+        if concurrency == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second level runs
+        return measure(events, concurrency, settings)
+
+    monkeypatch.setattr(perf, "measure_level", interrupted_at_the_second_level)
+    json_path, csv_path = tmp_path / "perf.json", tmp_path / "perf.csv"
+    code = main(["perf", str(SAMPLE_EVENT), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--concurrency", "1,2,4", "--window-seconds", str(WINDOW), "--warmup-seconds", str(WARMUP),
+                 "--csv", str(csv_path), "--json", str(json_path)])
+    assert code == 130
+    assert "interrupted after 1 of 3 concurrency level(s); writing those" in capsys.readouterr().err
+    data = json.loads(json_path.read_text())
+    assert [level["concurrency"] for level in data["levels"]] == [1]
+    assert data["interrupted"] == "after 1 of 3 concurrency level(s)"
+    assert [int(row["concurrency"]) for row in csv.DictReader(csv_path.open())] == [1]
+
+
 def test_command_json_to_stdout_with_feature_csvs_over_http(triton_server, sample_features, tmp_path, capsys):
     require_triton()
     for index, features in enumerate(_events(sample_features)[:3]):

@@ -124,19 +124,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"trackserve perf: {len(events)} event(s) to '{args.model}' at {url} ({args.protocol}, {args.mode}), "
           f"{settings.warmup_s:g} s warm-up + {settings.window_s:g} s window per level", file=sys.stderr, flush=True)
 
+    measured = []
+
     def progress(result) -> None:
+        measured.append(result)
         print(f"  concurrency {result.concurrency}: {result.throughput:.2f} infer/s, "
               f"{result.requests} requests, {result.errors} errors", file=sys.stderr, flush=True)
 
-    results = run_sweep(events, levels, settings, progress=progress)
-    print(format_table(results), file=table_stream, flush=True)
-    if args.csv:
-        print(f"CSV written to {write_csv(results, args.csv).resolve()}", file=sys.stderr)
-    if args.json:
-        text = dumps(report(results, settings, num_events=len(events)), indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
-            print(f"JSON written to {Path(args.json).resolve()}", file=sys.stderr)
+    def write(results, interrupted: bool = False) -> None:
+        print(format_table(results), file=table_stream, flush=True)
+        if args.csv:
+            print(f"CSV written to {write_csv(results, args.csv).resolve()}", file=sys.stderr)
+        if args.json:
+            document = report(results, settings, num_events=len(events))
+            if interrupted:
+                document["interrupted"] = f"after {len(results)} of {len(levels)} concurrency level(s)"
+            text = dumps(document, indent=2)
+            if args.json == "-":
+                print(text)
+            else:
+                Path(args.json).write_text(text + "\n")
+                print(f"JSON written to {Path(args.json).resolve()}", file=sys.stderr)
+
+    try:
+        results = run_sweep(events, levels, settings, progress=progress)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the levels already measured
+        if measured:
+            print(f"trackserve perf: interrupted after {len(measured)} of {len(levels)} concurrency level(s); "
+                  "writing those", file=sys.stderr)
+            write(measured, interrupted=True)
+        raise
+    write(results)
     return 1 if any(result.failed for result in results) else 0

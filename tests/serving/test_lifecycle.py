@@ -174,3 +174,31 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_a_signal(custom_repository,
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("status, code, message", [
+    (0, 0, "stopped (tritonserver status 0)"),
+    (-9, 1, "did not stop cleanly within --stop-timeout 2 s (status -9): requests still in flight were dropped"),
+])
+def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, monkeypatch, capsys, status, code,
+                                                             message):
+    from trackserve.cli import main
+    from trackserve.serving.server import TritonServer
+
+    seen = {}
+
+    def start(self):
+        seen["stop_timeout"] = self.settings.stop_timeout_s
+        self.startup_seconds = 0.1
+        return self
+
+    def wait(self, timeout=None):
+        raise KeyboardInterrupt  # Ctrl-C while serving
+
+    monkeypatch.setattr(TritonServer, "start", start)
+    monkeypatch.setattr(TritonServer, "endpoints", lambda self: {})
+    monkeypatch.setattr(TritonServer, "wait", wait)
+    monkeypatch.setattr(TritonServer, "stop", lambda self: status)
+    assert main(["serve", str(custom_repository.path), "--stop-timeout", "2", "--quiet"]) == code
+    assert seen["stop_timeout"] == 2.0
+    assert message in capsys.readouterr().err

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
         description=(
             "Start Triton Inference Server on a model repository written by `trackserve triton-repo`, "
             "wait until it is ready, print its endpoints and forward its log; Ctrl-C or SIGTERM stops it "
-            "cleanly (requests in flight are finished first)."
+            "cleanly (requests in flight are finished first, for at most --stop-timeout seconds; exit 1 if some were "
+            "dropped)."
         ),
     )
     parser.add_argument("repository", metavar="REPOSITORY", help="model repository directory")
@@ -36,6 +37,9 @@ def register(subparsers) -> None:
                         help="tritonserver binary to run (default: the one in the nvidia-pytriton wheel)")
     parser.add_argument("--startup-timeout", type=float, default=120.0, metavar="S",
                         help="seconds to wait for the server to be ready (default: %(default)s)")
+    parser.add_argument("--stop-timeout", type=float, default=30.0, metavar="S",
+                        help="on Ctrl-C or SIGTERM, seconds the requests in flight have to finish before the server "
+                             "is killed (default: %(default)s)")
     parser.add_argument("--log-verbose", type=int, default=0, metavar="N", help="Triton's --log-verbose level")
     parser.add_argument("--quiet", action="store_true", help="do not forward the server's log")
     parser.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
@@ -57,7 +61,7 @@ def _already_stopping(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; 0 after a clean stop, 1 if the server died on its own."""
+    """Serve until interrupted; 0 after a clean stop, 1 if the server died on its own or had to be killed."""
     from ..serving.server import ServerSettings, TritonServer
 
     settings = ServerSettings(
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=None if args.no_metrics else args.metrics_port,
         log_verbose=args.log_verbose,
         startup_timeout_s=args.startup_timeout,
+        stop_timeout_s=args.stop_timeout,
         extra_args=tuple(args.triton_arg),
     )
 
@@ -94,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
         for signum in previous:  # a second Ctrl-C or SIGTERM must not cut the clean stop short
             signal.signal(signum, _already_stopping)
         code = server.stop()
+        if code != 0:  # killed after --stop-timeout, or failed while stopping: requests may have been dropped
+            print(f"trackserve serve: tritonserver did not stop cleanly within --stop-timeout {args.stop_timeout:g} s "
+                  f"(status {code}): requests still in flight were dropped; give a longer --stop-timeout",
+                  file=sys.stderr, flush=True)
+            return 1
         print(f"trackserve serve: stopped (tritonserver status {code})", file=sys.stderr, flush=True)
         return 0
     finally:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +203,44 @@ def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, 
     assert main(["serve", str(custom_repository.path), "--stop-timeout", "2", "--quiet"]) == code
     assert seen["stop_timeout"] == 2.0
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_stops_with_status_1_when_a_model_process_dies(custom_repository):
+    # Triton kept reporting the model ready while every request to it failed
+    require_triton()
+    process = _serve(custom_repository.path, free_port(), free_port())
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "stop with Ctrl-C" not in (line := process.stdout.readline()):
+            assert line, process.stderr.read()
+        stubs = [pid for pid in _children_of_servers(process.pid) if "stub" in _command(pid)]
+        assert stubs, "the server runs its model in a stub process"
+        os.kill(stubs[0], signal.SIGKILL)  # as the out-of-memory killer would
+        assert process.wait(timeout=60) == 1
+        err = process.stderr.read()
+        assert f"a model process of the server died (pid {stubs[0]}" in err and "start it again" in err
+        assert "Traceback" not in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _children_of_servers(serve_pid: int) -> list[int]:
+    """The processes whose parent is a tritonserver started by the ``serve`` process ``serve_pid``."""
+    def parent(pid):
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return None
+
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    servers = {pid for pid in pids if parent(pid) == serve_pid and "tritonserver" in _command(pid)}
+    return [pid for pid in pids if parent(pid) in servers]

@@ -11,7 +11,7 @@ import pytest
 
 from trackserve.errors import ServingError
 from trackserve.serving.client import TritonClient
-from trackserve.serving.server import ServerSettings, TritonServer, free_port
+from trackserve.serving.server import ServerSettings, TritonServer, free_port, process_group_members
 
 from .conftest import require_triton
 
@@ -123,21 +123,6 @@ def test_a_request_that_ran_out_of_time_is_not_called_a_refusal(text):
     assert "refused the request" in describe_failure(RuntimeError("bad input"), "127.0.0.1:8000", "exatrkx")
 
 
-def _group_members(pgid: int) -> list[int]:
-    """The live processes (not zombies) of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
 def test_stubs_that_outlive_a_killed_server_are_ended_and_stop_returns(served_repository):
     # A model stub stuck when the server dies (here: stopped) kept its log pipe open: stop()
     # blocked for ever closing it, and the stub lived on as an orphan.
@@ -148,7 +133,7 @@ def test_stubs_that_outlive_a_killed_server_are_ended_and_stop_returns(served_re
     settings = ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None, startup_timeout_s=240)
     server = TritonServer(served_repository.path, settings).start()
     try:
-        stubs = [pid for pid in _group_members(server.process.pid) if pid != server.process.pid]
+        stubs = sorted(server.model_processes())
         assert stubs, "the server runs its models in stub processes of its group"
         for pid in stubs:
             os.kill(pid, signal.SIGSTOP)
@@ -157,8 +142,8 @@ def test_stubs_that_outlive_a_killed_server_are_ended_and_stop_returns(served_re
         finished = threading.Event()
         threading.Thread(target=lambda: (server.stop(), finished.set()), daemon=True).start()
         assert finished.wait(timeout=60), "stop() hung on the orphaned stubs"
-        assert _group_members(server.process.pid) == []
+        assert process_group_members(server.process.pid) == set()
         assert not list(Path("/dev/shm").glob(server._shm_prefix + "*"))
     finally:
-        for pid in _group_members(server.process.pid):
+        for pid in process_group_members(server.process.pid):
             os.kill(pid, signal.SIGKILL)

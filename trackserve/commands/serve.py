@@ -47,6 +47,10 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+#: How often (seconds) ``serve`` checks that the server and its model processes are alive.
+MODEL_CHECK_SECONDS = 1.0
+
+
 class _Stop(Exception):
     """Raised in the main thread by the SIGTERM and SIGINT handler."""
 
@@ -89,7 +93,18 @@ def run(args: argparse.Namespace) -> int:
         for name, url in server.endpoints().items():
             print(f"  {name:8s} {url}", flush=True)
         print("  stop with Ctrl-C or SIGTERM", flush=True)
-        code = server.wait()
+        models = server.model_processes()
+        while (code := server.wait(timeout=MODEL_CHECK_SECONDS)) is None:
+            lost = models - server.model_processes()
+            if lost:
+                # Triton keeps reporting the model ready, but every request to it now fails:
+                # stop, so that whatever supervises this command starts it again.
+                print(f"trackserve serve: a model process of the server died (pid {', '.join(map(str, sorted(lost)))}; "
+                      "killed, or out of memory): its model answers no more requests, so the server is stopped; "
+                      "start it again (with a lower --memory-limit-gb in the repository if memory ran out)",
+                      file=sys.stderr, flush=True)
+                server.stop()
+                return 1
         print(f"trackserve serve: tritonserver exited on its own with status {code}; "
               + server.failure_report(), file=sys.stderr)
         return 1

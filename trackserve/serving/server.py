@@ -422,6 +422,13 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             return None
 
+    def model_processes(self) -> set[int]:
+        """The process ids of the server's model processes (Python-backend stubs: the live
+        members of its process group other than the server itself); empty when it is not running."""
+        if not self.running:
+            return set()
+        return process_group_members(self.process.pid) - {self.process.pid}
+
     def stop(self) -> int | None:
         """Stop the server: SIGTERM, then SIGKILL after ``stop_timeout_s``; returns its exit status."""
         if self.process is None:
@@ -471,6 +478,21 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def process_group_members(group: int) -> set[int]:
+    """The live processes (not zombies) of the process group ``group``, read from ``/proc``."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            members.add(int(entry.name))
+    return members
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

@@ -117,6 +117,37 @@ def test_a_crash_fails_its_request_only_and_is_logged():
     assert len(logged) == 2 and "Traceback" in logged[0]
 
 
+def test_a_request_its_client_cancelled_is_not_run(pipeline_model, tiny_pipeline, sample_features):
+    pb = fake_pb_utils()
+    pb.TritonError.CANCELLED = "CANCELLED"
+
+    class Request(dict):
+        def __init__(self, tensors, cancelled):
+            super().__init__(tensors)
+            self.cancelled = cancelled
+
+        def is_cancelled(self):
+            return self.cancelled
+
+    ran = []
+
+    class Counting(backend.ServedModel):
+        inputs, outputs = pipeline_model.inputs, pipeline_model.outputs
+
+        def __call__(self, arrays):
+            ran.append(arrays["FEATURES"].shape[0])
+            return pipeline_model(arrays)
+
+    a = sample_features[:300]
+    responses = respond(pb, [Request(request(a), True), Request(request(a[:100]), False)], Counting())
+    assert ran == [100]  # the cancelled event was never computed
+    assert responses[0].error.code == "CANCELLED" and "cancelled by its client" in responses[0].error.message
+    assert responses[1].error is None
+    np.testing.assert_array_equal(responses[1].output_tensors[0].array, tiny_pipeline.run(a[:100]).labels)
+    # a backend without is_cancelled (before python_backend 23.10) runs every request
+    assert respond(pb, [request(a[:50])], Counting())[0].error is None and ran == [100, 50]
+
+
 def test_outputs_go_through_dlpack_with_numpy_2(monkeypatch):
     pb = fake_pb_utils()
     labels = np.arange(7, dtype=np.int64)

@@ -215,7 +215,15 @@ def error_response(pb_utils, message: str, *, invalid_argument: bool):
 
 
 def respond_one(pb_utils, request, model: ServedModel, log: Callable[[str], None] | None = None):
-    """The response to one request: the model's outputs, or an error response naming what went wrong."""
+    """The response to one request: the model's outputs, or an error response naming what went wrong.
+
+    A request its client gave up on while it waited (a gRPC deadline passed, the call was
+    cancelled) is not run: its event would only delay the requests after it."""
+    if _cancelled(request):
+        code = getattr(pb_utils.TritonError, "CANCELLED", None)
+        message = "the request was cancelled by its client (timed out or interrupted) before it ran"
+        error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)
     try:
         arrays = {spec.name: read_input(pb_utils, request, spec) for spec in model.inputs}
         outputs = model(arrays)
@@ -229,6 +237,15 @@ def respond_one(pb_utils, request, model: ServedModel, log: Callable[[str], None
         if log is not None:
             log(traceback.format_exc())
         return error_response(pb_utils, f"internal error: {type(error).__name__}: {error}", invalid_argument=False)
+
+
+def _cancelled(request) -> bool:
+    """Whether Triton marked ``request`` cancelled (python_backend 23.10 and later; False before)."""
+    is_cancelled = getattr(request, "is_cancelled", None)
+    try:
+        return bool(is_cancelled()) if callable(is_cancelled) else False
+    except Exception:  # a backend that cannot tell: run the request
+        return False
 
 
 def respond(pb_utils, requests, model: ServedModel, log: Callable[[str], None] | None = None) -> list:

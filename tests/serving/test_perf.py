@@ -291,3 +291,20 @@ def test_report_is_json_ready(tmp_path):
     data = json.loads(json.dumps(report([result], settings, num_events=4)))
     assert data["levels"][0]["latency_ms"]["p50"] == pytest.approx(500.0)
     assert data["settings"]["url"] == "unused:1"
+
+
+def test_the_window_waits_until_every_client_has_had_an_answer():
+    import time
+
+    from trackserve.serving.perf import PerfSettings, _warmed_up
+
+    settings = PerfSettings(url="127.0.0.1:1", warmup_s=0.0, timeout_s=5.0)
+    polls = []
+    begin = time.perf_counter()
+    start = _warmed_up(begin, settings, lambda: len(polls) >= 3, lambda seconds: polls.append(seconds))
+    assert len(polls) == 3 and start >= begin  # the queue was still filling for three polls
+    # a client that never hears back: the window starts anyway, timeout_s after the warm-up
+    quick = PerfSettings(url="127.0.0.1:1", warmup_s=0.0, timeout_s=0.2)
+    begin = time.perf_counter()
+    start = _warmed_up(begin, quick, lambda: False, time.sleep)
+    assert 0.2 <= start - begin < 2.0

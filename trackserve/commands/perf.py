@@ -54,7 +54,8 @@ def register(subparsers) -> None:
     parser.add_argument("--window-seconds", type=float, default=5.0, metavar="S",
                         help="measurement window of each level (default: %(default)s)")
     parser.add_argument("--warmup-seconds", type=float, default=1.0, metavar="S",
-                        help="unmeasured run before each window (default: %(default)s)")
+                        help="unmeasured run before each window: at least this long, and until every client has had an "
+                             "answer (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request (default: %(default)s)")
     parser.add_argument("--csv", default=None, metavar="FILE", help="write one CSV row per level to FILE")
     parser.add_argument("--json", default=None, metavar="FILE",
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     events = load_events(args.events or [shipped_path(SAMPLE_EVENT, "sample event")], num_features, args.bundle, served)
     table_stream = sys.stderr if args.json == "-" else sys.stdout
     print(f"trackserve perf: {len(events)} event(s) to '{args.model}' at {url} ({args.protocol}, {args.mode}), "
-          f"{settings.warmup_s:g} s warm-up + {settings.window_s:g} s window per level", file=sys.stderr, flush=True)
+          f"a warm-up of at least {settings.warmup_s:g} s + a {settings.window_s:g} s window per level", file=sys.stderr, flush=True)
 
     measured = []
 

@@ -14,7 +14,9 @@ Modes:
   (``tritonclient.grpc.aio`` / ``tritonclient.http.aio``).
 
 Timeline of one level: the clients connect and build their requests, then run for
-``warmup_s`` (not measured), then for the measurement window ``window_s``; then they
+``warmup_s`` and until every client has had one request answered (not measured: at a high
+concurrency the server's queue is filling until then), then for the measurement window
+``window_s``; then they
 stop sending and the requests still in flight are finished. A request belongs to the
 phase in which it completed. Throughput counts the requests answered in the window,
 divided by the window; latencies are those of the requests answered in the window
@@ -269,6 +271,20 @@ class _SyncWorker:
             client.close()
 
 
+#: How often (seconds) the end of the warm-up is checked.
+_WARM_POLL_S = 0.02
+
+
+def _warmed_up(begin: float, settings: PerfSettings, every_client_answered, sleep) -> float:
+    """When the measurement window starts: once ``warmup_s`` has passed (the caller slept it)
+    and every client has had a request answered (or failed), so that at a high concurrency
+    the window sees the server's queue full, not filling; at most ``timeout_s`` later."""
+    limit = begin + settings.warmup_s + settings.timeout_s
+    while not every_client_answered() and time.perf_counter() < limit:
+        sleep(_WARM_POLL_S)
+    return time.perf_counter()
+
+
 def _run_sync(events, concurrency: int, settings: PerfSettings) -> LevelResult:
     stop = threading.Event()
     ready = threading.Barrier(concurrency + 1)
@@ -284,7 +300,8 @@ def _run_sync(events, concurrency: int, settings: PerfSettings) -> LevelResult:
             worker.thread.join()
         raise ServingError(f"cannot set up the clients of {settings.model!r} at {settings.url}: {setup_errors[0]}")
     begin = time.perf_counter()
-    window_start = begin + settings.warmup_s
+    time.sleep(settings.warmup_s)
+    window_start = _warmed_up(begin, settings, lambda: all(worker.records for worker in workers), time.sleep)
     window_end = window_start + settings.window_s
     time.sleep(max(0.0, window_end - time.perf_counter()))
     stop.set()
@@ -323,7 +340,9 @@ async def _run_async_level(events, concurrency: int, settings: PerfSettings):
                                         settings.timeout_s + 5.0)
         labels_from_result(result, num_hits)
 
-    async def worker() -> None:
+    answered_once: set[int] = set()
+
+    async def worker(number: int) -> None:
         while not stopping.is_set():
             inputs, num_hits = requests[next(counter) % len(requests)]
             sent[0] += 1
@@ -338,13 +357,18 @@ async def _run_async_level(events, concurrency: int, settings: PerfSettings):
             except Exception as failure:  # tritonclient and its transports raise many types
                 error = f"request: {describe_failure(failure, settings.url, settings.model)}"
             records.append(RequestRecord(start, time.perf_counter(), error))
+            answered_once.add(number)
             if error is not None and settings.error_backoff_s:
                 await asyncio.sleep(settings.error_backoff_s)
 
     begin = time.perf_counter()
-    window_start = begin + settings.warmup_s
+    tasks = [asyncio.create_task(worker(number)) for number in range(concurrency)]
+    await asyncio.sleep(settings.warmup_s)
+    limit = begin + settings.warmup_s + settings.timeout_s
+    while len(answered_once) < concurrency and time.perf_counter() < limit:  # as _warmed_up, on the loop
+        await asyncio.sleep(_WARM_POLL_S)
+    window_start = time.perf_counter()
     window_end = window_start + settings.window_s
-    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
     stopping.set()
     try:

@@ -153,6 +153,20 @@ def test_close_without_waiting_stops_workers_in_the_middle_of_an_event(tiny_bund
     assert all(not worker.is_alive() for worker in workers)
 
 
+def test_close_without_waiting_ends_even_with_half_a_result_in_the_pipe(tiny_bundle, sample_features):
+    # A worker killed while sending its result leaves half a message: the pool's manager
+    # thread waited for the rest for ever, and close() with it.
+    import struct
+
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
+    assert [r.num_hits for r in pipeline.run_many([sample_features[:10]] * 2)] == [10, 10]
+    pool = pipeline._processes._pool
+    os.write(pool._result_queue._writer.fileno(), struct.pack("!i", 100_000))  # a length, and no message
+    finished = threading.Event()
+    threading.Thread(target=lambda: (pipeline.close(wait=False), finished.set()), daemon=True).start()
+    assert finished.wait(timeout=60), "close(wait=False) hung on half a result"
+
+
 def test_one_pool_whichever_threads_start_it(tiny_bundle, sample_features):
     pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
     barrier = threading.Barrier(3)

@@ -110,6 +110,15 @@ class EventProcesses:
         """Stop the workers: after the events they are running, or with ``wait=False`` at
         once (those events are lost: on Ctrl-C, SIGTERM or an error of the caller)."""
         if not wait and self._finalizer.alive:
-            for process in list((self._pool._processes or {}).values()):  # (no public way before Python 3.14)
-                process.terminate()
+            processes = list((self._pool._processes or {}).values())  # (no public way before Python 3.14)
+            for process in processes:
+                process.kill()
+            for process in processes:
+                process.join(timeout=10)
+            # A worker killed while sending its result leaves half a message in the result pipe,
+            # and the pool's manager thread waits for the rest for ever (shutdown joins it). With
+            # the workers gone, closing this process's own end for writing gives that read its end.
+            writer = getattr(getattr(self._pool, "_result_queue", None), "_writer", None)
+            if writer is not None:
+                writer.close()
         self._finalizer()

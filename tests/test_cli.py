@@ -34,3 +34,24 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 141, err.decode()
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+
+
+def test_a_reader_that_stops_early_does_not_cut_the_job_short(tmp_path):
+    # `trackserve tune-cut ... --write | head -1`: the choice is still written
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "models" / "default", bundle)
+    code = ("import sys; from trackserve.cli import main; "
+            f"sys.exit(main(['tune-cut', {str(bundle)!r}, '--validation', "
+            f"{str(REPO / 'data' / 'event000000001')!r}, '--write']))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=tmp_path)
+    process.stdout.close()
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 141, err.decode()
+    assert b"Traceback" not in err
+    # the shipped bundle's cut is 0.95; on the sample event every cut ties and the rule stores the smallest
+    assert json.loads((REPO / "models" / "default" / "pipeline.json").read_text())["stages"]["gnn_cut"] == 0.95
+    assert json.loads((bundle / "pipeline.json").read_text())["stages"]["gnn_cut"] == 0.1

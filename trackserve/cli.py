@@ -59,6 +59,37 @@ def _subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argpars
     return parser
 
 
+class _OutputGuard:
+    """Standard output that drops what is written once its reader has gone (a broken pipe)
+    instead of raising, so that the job goes on to its end; ``reader_gone`` says it happened."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def _gone(self) -> None:
+        self.reader_gone = True
+        _discard_stdout()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ... of the stream itself
+        return getattr(self.stream, name)
+
+
 def _discard_stdout() -> None:
     """Point standard output at /dev/null, so that nothing more (Python's flush at exit)
     writes to a pipe whose reader is gone."""
@@ -90,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # A reader of the output that stops early (`trackserve ... | head`) must not cut the job
+    # short (a bundle not written, labels lost): what is printed after is dropped, the job
+    # finishes, and the status is the one a shell gives a process killed by SIGPIPE.
+    guarded = sys.stdout = _OutputGuard(sys.stdout)
     try:
         status = int(args.handler(args) or 0)
-        sys.stdout.flush()  # here, so that a reader that went away is met below, not at exit
-        return status
-    except BrokenPipeError:
-        # the reader of the output stopped early (`trackserve ... | head`): stop quietly, as
-        # command-line tools do, with the status a shell gives a process killed by SIGPIPE
+        sys.stdout.flush()
+        return 128 + signal.SIGPIPE if guarded.reader_gone else status
+    except BrokenPipeError:  # a write that did not go through the guard
         _discard_stdout()
         return 128 + signal.SIGPIPE
     except TrackserveError as error:
@@ -109,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trackserve {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
+        if sys.stdout is guarded:
+            sys.stdout = guarded.stream
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .events.sources import input_name
+from .events.trackml import event_files
 from .paths import output_directory
 
 #: How many skipped files a note names before it only counts them.
@@ -25,12 +26,16 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
     with the output directory created (None: no labels written).
 
     Raises InputError when the directory cannot be used, when two inputs have the same
-    name (so the same labels file), or when a labels file's path is a directory."""
+    name (so the same labels file), or when a labels file's path is a directory or one of
+    the inputs' files (it would be written over, or removed as stale)."""
     if output is None:
         return None
     directory = output_directory(output, "--output")
     first_of: dict[str, Path] = {}
     files = []
+    # every file an input reads (a TrackML prefix's files too): none may be written over
+    read = {file.resolve() for kind, path in inputs
+            for file in ([path] if kind == "features" else event_files(path))}
     for kind, path in inputs:
         name = input_name(kind, path)
         if name in first_of:
@@ -42,6 +47,9 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
         target = directory / f"{name}-labels.csv"
         if target.is_dir():
             raise InputError(f"cannot write the labels of {path}: {target} is a directory")
+        if target.resolve() in read:
+            raise InputError(f"the labels of {path} would be written over {target}, which is one of the inputs; "
+                             "give another --output, or rename that input")
         files.append(target)
     return files
 

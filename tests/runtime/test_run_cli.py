@@ -226,6 +226,23 @@ def test_labels_files_and_csvs_beside_events_are_not_read_as_events(capsys, tmp_
     assert "note: not read as events: " in err and str(directory / "evt_1.csv") in err
 
 
+def test_a_labels_file_that_is_an_input_is_refused_before_anything_runs(capsys, tmp_path, feature_csvs):
+    # `run a.csv a-labels.csv -o DIR`: a's labels would be written over (or removed as stale) the second input
+    for name in ("a.csv", "a-labels.csv"):
+        (tmp_path / name).write_text((feature_csvs / "evt_4.csv").read_text())
+    before = (tmp_path / "a-labels.csv").read_text()
+    assert main(["run", str(tmp_path / "a.csv"), str(tmp_path / "a-labels.csv"), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"the labels of {tmp_path / 'a.csv'} would be written over" in err and "which is one of the inputs" in err
+    assert (tmp_path / "a-labels.csv").read_text() == before
+    # running TrackML events into their own directory again is fine (their labels are no input)
+    for path in SAMPLE_EVENT.parent.glob(SAMPLE_EVENT.name + "-*"):
+        (tmp_path / "ev").mkdir(exist_ok=True)
+        (tmp_path / "ev" / path.name).write_bytes(path.read_bytes())
+    assert main(["run", str(tmp_path / "ev"), "-o", str(tmp_path / "ev"), "--event-workers", "1"]) == 0
+    assert main(["run", str(tmp_path / "ev"), "-o", str(tmp_path / "ev"), "--event-workers", "1"]) == 0
+
+
 def test_event_files_that_are_not_read_are_named(capsys, tmp_path):
     # beside the sample event: an event with no hits file, and CSV files compressed otherwise than with gzip
     directory = tmp_path / "events"

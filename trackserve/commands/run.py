@@ -180,7 +180,7 @@ def _print_tables(report: dict, stages, out) -> None:
     where = f" in {settings['event_executor']}" if settings.get("event_executor") else ""
     print(f"wall time {summary['wall_seconds']:.3f} s with reading, writing and metrics, {settings['event_workers']} "
           f"event(s) at once{where}: {_fmt(summary['events_per_second_wall'], '.2f')} events/s", file=out)
-    if report.get("labels_directory"):
+    if report.get("labels_directory") and report["events"]:
         print(f"labels written to {report['labels_directory']}", file=out)
 
 
@@ -293,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(entry["event"] for entry in report["failed"][:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         print(f"trackserve run: {len(failed)} of {len(inputs)} event(s) failed ({names}{more}; each error above)"
-              + ("" if labels_paths is None else "; the others' labels were written"), file=sys.stderr)
+              + ("; the others' labels were written" if labels_paths is not None and records else ""),
+              file=sys.stderr)
         return 2
     return 0
 

@@ -485,15 +485,18 @@ def test_a_signal_pt_above_every_training_particle_is_refused(tiny_events, tmp_p
         train_pipeline(events, validation, config, tmp_path / "b", spec=TRACKML_1000, show_progress=False)
 
 
-def test_cli_refuses_a_validation_event_the_started_from_bundle_trained_on(tmp_path, capsys):
+def test_cli_refuses_a_validation_event_the_started_from_bundle_trained_on(tmp_path, capsys, monkeypatch):
     from trackserve.cli import main
 
     assert main(["simulate", "--output", str(tmp_path / "sim"), "--events", "2", "--num-particles", "30"]) == 0
     assert main(["simulate", "--output", str(tmp_path / "val"), "--first-event-id", "2", "--num-particles", "30"]) == 0
     base = ["train", "--quick", "--quiet", "--threads", "1"]
-    assert main([*base, "--output", str(tmp_path / "d"), "--events", str(tmp_path / "sim"),
-                 "--validation", str(tmp_path / "val" / "event000000002")]) == 0
+    monkeypatch.chdir(tmp_path)  # the bundle is trained on events given by relative paths
+    assert main([*base, "--output", "d", "--events", "sim", "--validation", "val/event000000002"]) == 0
     capsys.readouterr()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)  # and started from in another directory
     trained_on = tmp_path / "sim" / "event000000001"
     assert main([*base, "--output", str(tmp_path / "p"), "--start-from", str(tmp_path / "d"), "--prune-cut", "0.05",
                  "--events", str(tmp_path / "val"), "--validation", str(trained_on)]) == 2

@@ -217,7 +217,9 @@ def _check_not_trained_on(validation: Path, bundle: Path) -> None:
     for record in (provenance, provenance.get("started_from") or {}):
         training = ((record.get("data") or {}).get("training") or {}) if isinstance(record, dict) else {}
         names += [name for name in training.get("events", []) if isinstance(name, str)]
-    if any(Path(name).resolve() == validation.resolve() for name in names):
+    # Bundles record their TrackML training events by absolute path (earlier ones as given,
+    # relative to a directory this run cannot know: those cannot be compared and are skipped).
+    if any(Path(name).is_absolute() and Path(name).resolve() == validation.resolve() for name in names):
         raise InputError(f"--validation {validation} is one of the events the --start-from bundle {bundle} trained "
                          "on: the cuts and the figures need an event its networks did not learn from; give a "
                          "held-out event")

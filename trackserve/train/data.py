@@ -184,7 +184,8 @@ def read_training_events(paths: Iterable[str | Path], spec: FeatureSpec) -> list
                                  "it would weigh double; give each event once")
             seen[prefix.resolve()] = path
             event = read_event(prefix, parts=("truth", "particles"))
-            events.append(prepare_event(event, spec, name=str(prefix)))
+            # named by its absolute path: the provenance then says which event it was from anywhere
+            events.append(prepare_event(event, spec, name=str(prefix.resolve())))
     if not events:
         raise InputError(f"no TrackML event found in {', '.join(map(str, paths))}")
     return events

@@ -190,5 +190,8 @@ def test_a_new_phi_scale_is_refused_with_the_reason(tmp_path, capsys):
 
     assert main(["rescale", str(DEFAULT_BUNDLE), "--features", "3000,1,400", "--output", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "phi's scale must stay 3.14159" in err and "period 2" in err and "give phi:pi" in err
+    assert "phi's scale must be exactly the bundle's, 3.141592653589793 (got 1.0)" in err
+    assert "period 2" in err and "write it as phi:pi" in err
+    assert main(["rescale", str(DEFAULT_BUNDLE), "--features", "1000,3.14159,1000", "--output", str(tmp_path / "b")]) == 2
+    assert "(got 3.14159)" in capsys.readouterr().err  # close to pi is not pi
     assert not (tmp_path / "b").exists()

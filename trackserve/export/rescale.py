@@ -104,9 +104,11 @@ def _check_phi_scale(bundle, old_spec, new_spec) -> None:
     new_scale = new_spec.scales[new_spec.names.index("phi")]
     periodic = [name for name, entry in bundle.networks.items() if entry.config.get("periodic_features")]
     if periodic and not np.isclose(old_scale, new_scale, rtol=1e-12, atol=0):
-        raise InputError(f"phi's scale must stay {old_scale:g} (the bundle's): the {', '.join(periodic)} network(s) "
-                         f"wrap phi's differences with the period {2 * np.pi / old_scale:g} that scale gives, which "
-                         f"rescaling cannot move; give phi:{'pi' if np.isclose(old_scale, np.pi) else old_scale}")
+        given = "pi" if np.isclose(old_scale, np.pi, rtol=1e-12, atol=0) else repr(old_scale)
+        raise InputError(f"phi's scale must be exactly the bundle's, {old_scale!r} (got {new_scale!r}): the "
+                         f"{', '.join(periodic)} network(s) wrap phi's differences with the period "
+                         f"{2 * np.pi / old_scale:g} that scale gives, which rescaling cannot move; write it as "
+                         f"phi:{given}")
 
 
 def rescale_bundle(source, output, new_spec, *, track_building: str | None = None, check_features=None) -> dict:

@@ -54,6 +54,18 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
     return files
 
 
+def remove_stale_labels(command: str, path: Path) -> bool:
+    """Remove the labels file an earlier run left at ``path`` for an event that failed now (it
+    would have been replaced), so that no old file passes for this run's result; say so on
+    stderr. Whether one was removed."""
+    if not path.is_file():
+        return False
+    path.unlink()
+    print(f"trackserve {command}: note: removed {path}, an earlier run's labels of the event that failed",
+          file=sys.stderr)
+    return True
+
+
 def note_skipped(command: str, skipped: list[Path]) -> None:
     """Say on stderr which CSV files of the directories given were not read as events."""
     if not skipped:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
-    from ..labels_output import labels_files, note_beyond_detector, note_skipped
+    from ..labels_output import labels_files, note_beyond_detector, note_skipped, remove_stale_labels
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
     spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
             except TrackserveError as error:  # a bad input file: report it, send the others
                 failures += 1
                 print(f"{path}: FAILED, not sent: {error}", file=sys.stderr)
-                _remove_stale(labels_paths, number)
+                if labels_paths is not None:
+                    remove_stale_labels("client", labels_paths[number])
                 continue
             if kind == "features" and note_spec is not None:
                 note_beyond_detector("client", path, item.features, note_spec)
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
             except ServingError as error:
                 failures += 1
                 print(f"{item.name}: FAILED: {error}", file=sys.stderr)
-                _remove_stale(labels_paths, number)
+                if labels_paths is not None:
+                    remove_stale_labels("client", labels_paths[number])
                 continue
             tracks = int(labels.max()) + 1 if labels.size else 0
             line = f"{item.name}: {labels.shape[0]} hits, {tracks} tracks (distinct labels)"
@@ -132,13 +134,3 @@ def run(args: argparse.Namespace) -> int:
           f"'{args.model}' at {url} ({args.protocol})" + (f"; labels in {output.resolve()}" if output and answered
                                                            else ""))
     return 0 if failures == 0 else 1
-
-
-def _remove_stale(labels_paths, number: int) -> None:
-    """Remove the labels file an earlier run left for the event ``number`` that failed now
-    (it would have been replaced), so that no old file passes for this run's answer."""
-    if labels_paths is None or not labels_paths[number].is_file():
-        return
-    labels_paths[number].unlink()
-    print(f"trackserve client: note: removed {labels_paths[number]}, an earlier run's labels of the event that "
-          "failed", file=sys.stderr)

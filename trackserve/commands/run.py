@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
-    from ..labels_output import labels_files, note_beyond_detector, note_skipped
+    from ..labels_output import labels_files, note_beyond_detector, note_skipped, remove_stale_labels
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     def fail(index: int, name: str, error: Exception) -> None:
         where = "" if str(inputs[index][1]) in str(error) else f" ({inputs[index][1]})"
         print(f"trackserve run: error: event {name}{where}: {error}", file=sys.stderr)
-        removed = labels_paths is not None and _remove_stale(labels_paths[index])
+        removed = labels_paths is not None and remove_stale_labels("run", labels_paths[index])
         failed.append((index, {"event": name, "input": str(inputs[index][1]), "error": str(error),
                                **({"removed_old_labels": str(labels_paths[index])} if removed else {})}))
         progress.update()
@@ -297,14 +297,3 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return 0
-
-
-def _remove_stale(path: Path) -> bool:
-    """Remove the labels file an earlier run left at ``path`` for an event that failed now
-    (it would have been replaced): no old file passes for this run's result. Whether one was removed."""
-    if not path.is_file():
-        return False
-    path.unlink()
-    print(f"trackserve run: note: removed {path}, an earlier run's labels of the event that failed", file=sys.stderr)
-    return True
-

@@ -205,14 +205,10 @@ def _threads(given: int | None) -> int:
 def _check_not_trained_on(validation: Path, bundle: Path) -> None:
     """InputError when the ``--validation`` event is one the ``--start-from`` bundle's networks
     trained on (its provenance names them): the cuts and figures need a held-out event."""
-    import json
-
+    from ..bundle import load_bundle
     from ..errors import InputError
 
-    try:
-        provenance = json.loads((bundle / "pipeline.json").read_text(encoding="utf-8")).get("provenance", {})
-    except (OSError, ValueError):
-        return  # the bundle itself is checked (and refused) where it is loaded
+    provenance = load_bundle(bundle, check_files=False).provenance
     names = []
     for record in (provenance, provenance.get("started_from") or {}):
         training = ((record.get("data") or {}).get("training") or {}) if isinstance(record, dict) else {}

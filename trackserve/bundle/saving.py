@@ -1,0 +1,260 @@
+"""Writing a bundle: saving one built in memory, exporting torch networks into a new bundle
+(:func:`make_bundle`) or into an existing one (:func:`replace_network`), and the
+provenance record."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import BundleError
+from .checks import parse_features
+from .loading import bundle_error, file_sha256, load_bundle, parse_pipeline_data, pruner_problems, read_pipeline
+from .schema import NETWORK_KINDS, OPTIONAL_NETWORKS, PIPELINE_FILE, REQUIRED_NETWORKS, Bundle, NetworkEntry
+from .stages import StageParameters
+
+
+def save_bundle(bundle: Bundle, directory: str | os.PathLike) -> Bundle:
+    """Write ``bundle`` to ``directory`` and return it as loaded back from there.
+
+    Network files (ONNX and torch weights) are copied from ``bundle.directory`` when it is another directory;
+    ``pipeline.json`` is written last, atomically. The result is checked by
+    :func:`load_bundle`, so a bundle that saves is a bundle that loads.
+    """
+    directory = Path(directory)
+    data = bundle.to_dict()
+    problems: list[str] = []
+    parse_pipeline_data(json.loads(json.dumps(data)), directory, problems, check_files=False)
+    if problems:
+        raise bundle_error(directory, problems)
+    directory.mkdir(parents=True, exist_ok=True)
+    if bundle.directory is not None and Path(bundle.directory).resolve() != directory.resolve():
+        for entry in bundle.networks.values():
+            files = [entry.file] + ([entry.weights["file"]] if entry.weights is not None else [])
+            for file in files:
+                target = directory / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(bundle.directory) / file, target)
+    write_pipeline_json(data, directory)
+    return load_bundle(directory)
+
+
+def write_pipeline_json(data: Mapping, directory: str | os.PathLike) -> Path:
+    """Write ``data`` as ``directory/pipeline.json`` atomically (temporary file, then rename)."""
+    target = Path(directory) / PIPELINE_FILE
+    temporary = target.with_name(target.name + ".tmp")
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise BundleError(
+            f"cannot write {target}: {error} (every value, network configs and provenance included, "
+            "must be JSON: str, finite number, bool, null, list, object)"
+        ) from None
+    try:
+        temporary.write_text(text + "\n", encoding="utf-8")
+        os.replace(temporary, target)
+    except OSError as error:
+        try:
+            temporary.unlink(missing_ok=True)  # no stray file left in the bundle
+        except OSError:
+            pass
+        raise BundleError(f"cannot write {target}: {error.strerror or error}") from None
+    return target
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a bundle (those installed), for the provenance record."""
+    from importlib import metadata
+
+    from .. import __version__
+
+    versions = {"trackserve": __version__, "python": platform.python_version()}
+    for package in ("torch", "onnx", "onnxruntime", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def default_provenance(**record: Any) -> dict:
+    """A provenance record: creation date (UTC, ISO 8601), package versions, and ``record``."""
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return {"created": created, "packages": package_versions(), **record}
+
+
+def _features_dict(features) -> dict:
+    if hasattr(features, "to_dict"):
+        features = features.to_dict()
+    elif hasattr(features, "names") and hasattr(features, "scales"):
+        features = {"names": features.names, "scales": features.scales}
+    if not isinstance(features, Mapping):
+        raise BundleError(f"features: expected a FeatureSpec or a mapping with 'names' and 'scales', got {features!r}")
+    result = dict(features)
+    if isinstance(result.get("names"), (list, tuple)):
+        result["names"] = list(result["names"])
+    if isinstance(result.get("scales"), (list, tuple)):
+        result["scales"] = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in result["scales"]]
+    return result
+
+
+def make_bundle(
+    directory: str | os.PathLike,
+    networks: Mapping[str, Any],
+    *,
+    features,
+    stages: StageParameters,
+    provenance: Mapping | None = None,
+    opset: int | None = None,
+) -> Bundle:
+    """Export torch networks to ONNX (each validated against PyTorch) and write a bundle.
+
+    ``networks`` maps ``embedding``, ``filter`` and ``gnn`` (and optionally ``pruner``,
+    with ``stages.prune_cut``) to a torch module or a ``(module, kind)`` pair; ``features`` is a FeatureSpec (or a mapping) with ``names``
+    and ``scales``; ``provenance`` is merged into :func:`default_provenance`. Each
+    network is written to ``<directory>/<name>.onnx`` by
+    :func:`trackserve.export.onnx_export.export_network`, which raises
+    :class:`~trackserve.errors.ExportParityError` if ONNX Runtime disagrees with PyTorch.
+    Needs torch.
+    """
+    from ..export.onnx_export import DEFAULT_OPSET, export_network
+    from ..export.specs import KIND_ALIASES
+
+    directory = Path(directory)
+    features = _features_dict(features)
+    problems: list[str] = []
+    if parse_features(features, problems) is None:
+        raise bundle_error(directory, problems)
+    unknown = [n for n in networks if n not in NETWORK_KINDS]
+    absent = [n for n in REQUIRED_NETWORKS if n not in networks]
+    if unknown or absent:
+        raise BundleError(
+            f"make_bundle needs the networks {', '.join(REQUIRED_NETWORKS)} (optionally {', '.join(OPTIONAL_NETWORKS)}); "
+            + (f"unknown: {', '.join(unknown)}; " if unknown else "")
+            + (f"missing: {', '.join(absent)}" if absent else "")
+        )
+    if not isinstance(stages, StageParameters):
+        stages = StageParameters.from_dict(stages)
+    pairing = pruner_problems("pruner" in networks, stages.prune_cut)
+    if pairing:
+        raise BundleError("make_bundle: " + "; ".join(pairing))
+    modules = {}
+    for name, value in networks.items():
+        module, kind = value if isinstance(value, tuple) else (value, NETWORK_KINDS[name])
+        if KIND_ALIASES.get(kind, kind) != NETWORK_KINDS[name]:
+            raise BundleError(f"networks.{name}: kind {kind!r}, the {name} network must be of kind {NETWORK_KINDS[name]!r}")
+        modules[name] = module
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name in (name for name in NETWORK_KINDS if name in modules):
+        module, kind = modules[name], NETWORK_KINDS[name]
+        report = export_network(
+            module, kind, directory / f"{name}.onnx", num_features=len(features["names"]),
+            opset=opset or DEFAULT_OPSET, validate=True,
+        )
+        entries[name] = NetworkEntry(
+            name=name,
+            kind=kind,
+            file=f"{name}.onnx",
+            sha256=report.sha256,
+            inputs=report.inputs,
+            outputs=report.outputs,
+            config=dict(getattr(module, "config", None) or {}),
+            architecture=architecture_name(module),
+            weights=save_weights(module, directory / f"{name}.pt"),
+        )
+    record = default_provenance(**dict(provenance or {}))
+    record.setdefault("export", {"opset": opset or DEFAULT_OPSET, "exporter": "torch.onnx (TorchScript-based, dynamo=False)"})
+    bundle = Bundle(features, entries, stages, record, directory)
+    write_pipeline_json(bundle.to_dict(), directory)
+    return load_bundle(directory)
+
+
+def save_weights(module, path: Path) -> dict:
+    """Save a torch network's ``state_dict`` to ``path``; return its ``weights`` entry (file, sha256).
+
+    The weights let :func:`trackserve.export.bundle_networks.load_torch_network` rebuild
+    the exact torch network of a bundle (for fine-tuning, re-export, or the eager
+    PyTorch baseline of the benchmarks). Needs torch.
+    """
+    import torch
+
+    torch.save({key: value.detach().cpu() for key, value in module.state_dict().items()}, path)
+    return {"file": path.name, "sha256": file_sha256(path)}
+
+
+def architecture_name(module) -> str:
+    """What a bundle records as a network's architecture: the registry name of a trackserve
+    network (``"ResAGNN"``...; see :func:`trackserve.export.networks.build_network`), else the
+    qualified class name."""
+    name = getattr(type(module), "architecture", None)
+    if isinstance(name, str) and name:
+        return name
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def replace_network(
+    directory: str | os.PathLike,
+    name: str,
+    module,
+    *,
+    opset: int | None = None,
+    runs: int = 3,
+) -> tuple[Bundle, Any]:
+    """Export ``module`` (validated against PyTorch) as network ``name`` of the bundle in ``directory``.
+
+    The network's file is overwritten only once the export passed validation; its
+    sha256, inputs, outputs, config and architecture are updated in ``pipeline.json``,
+    the export is recorded in the provenance's ``exported_again`` list (network, opset,
+    date, and whether it replaced the network by another: then the bundle's cuts and
+    recorded figures describe the old one), and the whole bundle is loaded back (and so
+    checked). The rest of ``pipeline.json``
+    must be valid, but the old network file may be missing or damaged: this is how a
+    bundle whose file changed is repaired. Returns the loaded bundle and the
+    :class:`~trackserve.export.onnx_export.ExportReport`. Needs torch.
+    """
+    from ..export.onnx_export import DEFAULT_OPSET, export_network
+
+    directory, data = read_pipeline(directory)
+    problems: list[str] = []
+    bundle = parse_pipeline_data(data, directory, problems, check_files=False)
+    if problems:
+        raise bundle_error(directory, problems)
+    if name not in bundle.networks:
+        raise BundleError(f"unknown network {name!r}: this bundle has {', '.join(bundle.networks)}")
+    entry = bundle.networks[name]
+    config = getattr(module, "config", None)
+    takes = config.get("in_channels") if isinstance(config, dict) else None
+    if takes is not None and takes != bundle.num_features:
+        raise BundleError(
+            f"the new {name} network takes {takes} features but the bundle's features are "
+            f"{list(bundle.feature_names)} ({bundle.num_features}); every network reads the same feature array"
+        )
+    report = export_network(
+        module, entry.kind, directory / entry.file, num_features=bundle.num_features,
+        opset=opset or DEFAULT_OPSET, runs=runs,
+    )
+    new_config, new_architecture = dict(getattr(module, "config", None) or {}), architecture_name(module)
+    bundle.networks[name] = NetworkEntry(
+        name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs, new_config, new_architecture,
+        save_weights(module, directory / Path(entry.file).with_suffix(".pt").name),
+    )
+    # What was exported when, so that the provenance does not describe only the first export
+    # (and says when the network is another than the one the cuts were chosen with).
+    replaced = new_architecture != entry.architecture or new_config != entry.config
+    bundle.provenance.setdefault("exported_again", []).append({
+        "network": name, "opset": report.opset,
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "architecture": new_architecture,
+        "replaced": replaced,
+        **({"replaced_architecture": entry.architecture, "note": "another network than the one the bundle was "
+            "trained and tuned with: its cuts and the provenance's settings and figures describe that one"}
+           if replaced else {}),
+    })
+    write_pipeline_json(bundle.to_dict(), directory)
+    return load_bundle(directory), report

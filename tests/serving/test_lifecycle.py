@@ -244,3 +244,54 @@ def _children_of_servers(serve_pid: int) -> list[int]:
     pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
     servers = {pid for pid in pids if parent(pid) == serve_pid and "tritonserver" in _command(pid)}
     return [pid for pid in pids if parent(pid) in servers]
+
+
+def test_another_server_that_takes_the_port_first_is_not_taken_for_this_one(custom_repository, monkeypatch):
+    """Two servers started at the same instant: the one that loses the port must not see the
+    winner's readiness as its own (it fails, naming the other server)."""
+    require_triton()
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import trackserve.serving.server as server_module
+
+    class OtherServer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"name": "triton", "version": "2.51.0"}).encode() if self.path == "/v2" else b""
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), OtherServer)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        # the other server took the port after this one checked it (the race)
+        monkeypatch.setattr(server_module, "port_is_free", lambda host, port: True)
+        server = TritonServer(custom_repository.path, ServerSettings(http_port=other.server_address[1],
+                                                                      grpc_port=free_port(), metrics_port=None,
+                                                                      startup_timeout_s=60))
+        with pytest.raises(ServingError, match="another server \\(id 'triton'\\) answered on 127.0.0.1:"):
+            server.start()
+        assert not server.running
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_this_server_answers_with_its_own_id(custom_repository):
+    require_triton()
+    import json
+    import urllib.request
+
+    with TritonServer(custom_repository.path, ServerSettings(http_port=free_port(), grpc_port=free_port(),
+                                                             metrics_port=None)) as server:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=5) as answer:
+            assert json.loads(answer.read())["name"] == server.server_id
+        assert server.server_id.startswith("trackserve-")
+    given = TritonServer(custom_repository.path, ServerSettings(extra_args=("--id", "mine")))
+    assert given.server_id == "mine" and "--id=mine" not in given.command(Path("/b"))

@@ -16,6 +16,7 @@ resort.
 from __future__ import annotations
 
 import collections
+import json
 import math
 import os
 import re
@@ -248,6 +249,11 @@ class TritonServer:
         # The Python backend's shared-memory regions are named with this prefix, so that
         # those a killed server leaves behind can be removed (see _finish).
         self._shm_prefix = f"trackserve_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        # The id this server answers with in its metadata, so that the readiness check knows
+        # its own server from another one that took the port first (``--id`` in extra_args
+        # is used as given).
+        self.server_id = _given_server_id(self.settings.extra_args) or f"trackserve-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._foreign_server: str | None = None
 
     # -- endpoints --------------------------------------------------------------------
     @property
@@ -287,6 +293,9 @@ class TritonServer:
         last = "\n".join(list(self._tail)[-8:])
         if self._usage_error is not None:  # a bad command-line option: its usage text followed the reason
             return f"it refused its command line: {self._usage_error.strip()}"
+        if self._foreign_server is not None:
+            last = (f"another server ({self._foreign_server}) answered on {self.http_url} while this one started: "
+                    f"it took a port between the check and the start\n{last}")
         if not self._errors:
             return f"the end of its log:\n{last}"
         return "its log's errors:\n" + "\n".join(self._errors) + f"\nthe end of its log:\n{last}"
@@ -306,6 +315,8 @@ class TritonServer:
             f"--log-verbose={s.log_verbose}",
             "--exit-timeout-secs=" + str(max(1, int(s.stop_timeout_s))),
         ]
+        if _given_server_id(s.extra_args) is None:
+            command.append(f"--id={self.server_id}")
         if s.metrics_port is None:
             command.append("--allow-metrics=false")
         else:
@@ -365,6 +376,7 @@ class TritonServer:
         self._tail.clear()
         self._errors.clear()
         self._usage_error = None
+        self._foreign_server = None
         self.process = subprocess.Popen(
             self.command(backend_dir),
             env=self.installation.environment(),
@@ -397,7 +409,7 @@ class TritonServer:
                 )
             try:
                 with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
+                    if answer.status == 200 and self._is_this_server():
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
@@ -407,6 +419,19 @@ class TritonServer:
                     + self.failure_report()
                 )
             time.sleep(0.05)
+
+    def _is_this_server(self) -> bool:
+        """Whether the server answering on the HTTP port is this one (its metadata names
+        :attr:`server_id`); another one is remembered for the failure report."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=1) as answer:
+                name = json.loads(answer.read().decode("utf-8", errors="replace")).get("name")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError, AttributeError):
+            return False
+        if name == self.server_id:
+            return True
+        self._foreign_server = f"id {name!r}"
+        return False
 
     @property
     def running(self) -> bool:
@@ -478,6 +503,17 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _given_server_id(extra_args: Sequence[str]) -> str | None:
+    """The server id an ``--id`` option among ``extra_args`` sets (``--id=X`` or ``--id X``), if any."""
+    args = list(extra_args)
+    for index, arg in enumerate(args):
+        if arg.startswith("--id="):
+            return arg[len("--id="):]
+        if arg == "--id" and index + 1 < len(args):
+            return args[index + 1]
+    return None
 
 
 def process_group_members(group: int) -> set[int]:

@@ -7,6 +7,8 @@ the ``trackserve`` command prints their message and exits with status 2.
 
 from __future__ import annotations
 
+import os
+
 
 class TrackserveError(Exception):
     """Base class of every error raised on purpose by trackserve."""
@@ -15,7 +17,7 @@ class TrackserveError(Exception):
 class EventFormatError(TrackserveError, ValueError):
     """An event file is missing or malformed: missing column, bad value, duplicated id, inconsistent truth.
 
-    The message names the file and, where it applies, the column and the (1-based, header
+    The message names the file (or directory) and, where it applies, the column and the (1-based, header
     excluded) data row.
     """
 
@@ -25,7 +27,7 @@ class EventFormatError(TrackserveError, ValueError):
         self.row = row
         where = []
         if self.path is not None:
-            where.append(f"file {self.path}")
+            where.append(f"{'directory' if os.path.isdir(self.path) else 'file'} {self.path}")
         if column is not None:
             where.append(f"column '{column}'")
         if row is not None:

@@ -612,3 +612,12 @@ def test_feature_csv_width_is_checked(tmp_path):
     path = write_text(tmp_path / "f.csv", "1,2\n")
     with pytest.raises(EventFormatError, match="has 2 features per hit, expected 3"):
         read_feature_csv(path, num_features=3)
+
+
+def test_a_directory_of_feature_csvs_is_named_a_directory_holding_no_truth(tmp_path):
+    (tmp_path / "evt_0.csv").write_text("r,phi,z\n0.1,0.2,0.3\n")
+    with pytest.raises(EventFormatError) as error:
+        read_events(tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"directory {tmp_path}: no TrackML event in this directory")
+    assert "it holds 1 other CSV file: evt_0.csv; feature CSVs carry no truth" in message

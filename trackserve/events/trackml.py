@@ -386,8 +386,14 @@ def find_event_prefixes(path: str | Path) -> list[Path]:
             if match and match["kind"] == "hits" and child.is_file():
                 prefixes.add(path / match["prefix"])
         if not prefixes:
+            others = sorted(child.name for child in path.iterdir() if child.is_file() and ".csv" in child.name)
+            held = ""
+            if others:
+                named = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                held = (f" (it holds {len(others)} other CSV file{'s' if len(others) != 1 else ''}: {named}; feature "
+                        "CSVs carry no truth: `trackserve run` labels them, but nothing can be scored or trained on them)")
             raise EventFormatError(
-                "no TrackML event in this directory: no file named <prefix>-hits.csv or <prefix>-hits.csv.gz",
+                "no TrackML event in this directory: no file named <prefix>-hits.csv or <prefix>-hits.csv.gz" + held,
                 path=path,
             )
         return sorted(prefixes, key=lambda prefix: (event_id_from_prefix(prefix), prefix.name))

@@ -102,3 +102,11 @@ class ServingError(TrackserveError, RuntimeError):
     The message names the server (binary, address, model) and, for a failed start, the
     last lines of the server's log.
     """
+
+
+class GraphConventionWarning(UserWarning):
+    """Edges handed to a network stage do not form a graph the bundle's graph stage could have
+    built (another direction, self-loops, repeated pairs): the networks compute on them
+    exactly, but they were trained on the bundle's convention, so the scores differ from
+    what :meth:`~trackserve.runtime.pipeline.Pipeline.run` gives."""
+

@@ -499,3 +499,13 @@ def test_evaluate_event_checks_the_selection_and_the_event_first(tmp_path):
             evaluate_event(None, [1], [0], min_pt=min_pt)
     with pytest.raises(InputError, match="event must be an Event .* got NoneType"):
         evaluate_event(None, [1], [0], min_pt=1.0)
+
+
+def test_trackml_score_names_an_event_or_a_non_table_given_as_truth():
+    truth = {"hit_id": np.arange(1, 18), "particle_id": HAND_PIDS, "weight": HAND_WEIGHTS}
+    event = Event(1, {"hit_id": truth["hit_id"]}, truth, {}, {})
+    with pytest.raises(InputError, match=r"truth must be the event's truth table \(event.truth\), got the Event itself"):
+        trackml_score(np.arange(1, 18), HAND_LABELS, event)
+    with pytest.raises(InputError, match="truth must be a table of columns .* with hit_id, particle_id, weight; got "
+                                         "NoneType"):
+        trackml_score(np.arange(1, 18), HAND_LABELS, None)

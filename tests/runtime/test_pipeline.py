@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -353,3 +354,92 @@ def test_a_config_or_bundle_of_the_wrong_kind_is_named(tiny_bundle):
 def test_run_event_names_what_it_takes(pipeline, event):
     with pytest.raises(InputError, match="run_event takes a TrackML Event .*read_event"):
         pipeline.run_event(event)
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda e, n: e[::-1].copy(), "edges (i, j) with i > j"),
+    (lambda e, n: np.concatenate([e, np.array([[3], [3]])], axis=1), "1 self-loop (i -> i)"),
+    (lambda e, n: np.concatenate([e, e[:, :4]], axis=1), "4 repeated edges"),
+])
+@pytest.mark.parametrize("stage", ["filter_edges", "gnn_logits", "classify_filter", "pruned_edges"])
+def test_each_stage_warns_about_edges_its_graph_stage_would_not_build(pipeline, pruned_bundle, sample_features, make,
+                                                                       problem, stage):
+    from trackserve.errors import GraphConventionWarning
+
+    features, kept = _stage_inputs(pipeline, sample_features)
+    if stage == "pruned_edges":
+        pipeline = Pipeline(pruned_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    call = {"filter_edges": lambda e: pipeline.filter_edges(features, e),
+            "gnn_logits": lambda e: pipeline.gnn_logits(features, e),
+            "classify_filter": lambda e: pipeline.classify_edges("filter", features, e, chunked=True),
+            "pruned_edges": lambda e: pipeline.pruned_edges(features, e)}[stage]
+    with pytest.warns(GraphConventionWarning, match=r"not a graph this bundle's graph stage builds \(each pair once, "
+                      r"as edge_index\[:, k\] = \(i, j\) with i < j, no self-loops\): it has .*" + re.escape(problem)) as caught:
+        call(make(kept, features.shape[0]))
+    assert caught[0].filename == __file__  # pointed at the caller's line
+
+
+def test_edges_the_graph_stage_built_pass_without_a_warning(pipeline, sample_features):
+    import warnings
+
+    features = sample_features[:1500]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
+        pipeline.gnn_logits(features, kept)
+        pipeline.gnn_logits(features, np.zeros((2, 0), dtype=np.int64))
+
+
+@pytest.mark.parametrize("direction, edges, problems", [
+    ("i<j", [[0, 1, 2], [1, 2, 3]], []),
+    ("i>j", [[0, 1, 2], [1, 2, 3]], ["3 edges (i, j) with i < j"]),
+    ("i>j", [[1, 2, 2], [0, 1, 1]], ["1 repeated edge"]),
+    ("both", [[0, 1, 1, 2], [1, 0, 2, 1]], []),
+    ("both", [[0, 1, 1], [1, 0, 2]], ["1 pair given one way only"]),
+    ("both", [[0, 1, 4, 0, 2], [1, 0, 4, 1, 3]], ["1 self-loop (i -> i)", "1 repeated edge",
+                                                  "1 pair given one way only"]),
+])
+def test_graph_convention_problems_in_each_direction(direction, edges, problems):
+    from trackserve.runtime.inputs import graph_convention_problems
+
+    assert graph_convention_problems(np.array(edges, dtype=np.int64), direction) == problems
+
+
+def test_classify_edges_refuses_chunks_for_a_message_passing_network(pipeline, sample_features):
+    features, kept = _stage_inputs(pipeline, sample_features)
+    with pytest.raises(InputError, match="chunked=True cuts the edges into parts scored apart, right only for the "
+                                         "filter; the gnn passes messages over the whole graph: call it with "
+                                         "chunked=False"):
+        pipeline.classify_edges("gnn", features, kept, chunked=True)
+
+
+def test_run_and_run_many_name_an_event_or_one_array_given_in_the_wrong_place(pipeline, sample_features):
+    event = read_event(SAMPLE_EVENT, parts=())
+    with pytest.raises(InputError, match=r"run\(\) takes an event's features array \[N, F\]; for an Event use "
+                                         r"run_event\(event\)"):
+        pipeline.run(event)
+    for given, what in ((sample_features, "array"), (event, "Event")):
+        with pytest.raises(InputError, match=f"run_many takes an iterable of events' feature arrays, got one {what}: "
+                                             r"use run\(\) for one array, run_event\(\) for one Event"):
+            list(pipeline.run_many(given, yield_errors=True))
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_big_endian_features_are_refused_alike_on_threads_and_in_processes(tiny_bundle, sample_features, executor):
+    swapped = sample_features[:20].astype(">f4")
+    with Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
+                                                    event_executor=executor)) as workers:
+        results = list(workers.run_many([sample_features[:30], swapped, sample_features[:25]], yield_errors=True))
+    assert [r.num_hits for r in (results[0], results[2])] == [30, 25]
+    assert isinstance(results[1], InputError)
+    assert "features must be float32, got >f4" in str(results[1])
+
+
+def test_a_network_error_is_raised_without_onnx_runtime_logging_it(pipeline, sample_features, capfd):
+    features, kept = _stage_inputs(pipeline, sample_features)
+    edges = kept.copy()
+    edges[1, 0] = features.shape[0] + 5
+    capfd.readouterr()
+    with pytest.raises(InputError):
+        pipeline.networks["filter"].run(features=features, edge_index=edges)
+    assert capfd.readouterr().err == ""

@@ -167,3 +167,10 @@ def test_a_cut_or_flag_of_the_wrong_kind_is_refused_not_coerced(cut, flag, messa
     with pytest.raises(InputError) as error:
         build_tracks(2, np.array([[0], [1]]), np.array([0.3]), cut, scores_are_logits=flag)
     assert message in str(error.value)
+
+
+def test_pairs_in_rows_are_named_with_a_hint_to_transpose():
+    pairs = np.array([[0, 1], [1, 2], [2, 3]])
+    with pytest.raises(InputError, match=r"edge_index must have shape \[2, M\]; got \[3, 2\] \(pairs in rows: "
+                                         r"transpose it\)"):
+        build_tracks(4, pairs, np.ones(3), 0.5)

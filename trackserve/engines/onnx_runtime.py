@@ -60,7 +60,9 @@ def default_intra_op_threads() -> int:
 def session_options(intra_op_threads: int):
     """The ONNX Runtime session options of every network: ``intra_op_threads`` in the
     intra-op pool, one inter-op thread (the networks are single chains), sequential
-    execution, all graph optimisations, warnings and errors only.
+    execution, all graph optimisations, and none of its log lines below fatal: every error it
+    logs it also raises, and the caller turns that into an error naming the network (the log
+    line would only repeat it, in red, on the user's terminal).
 
     The pool's threads block instead of spinning while they wait for work: a spinning
     worker keeps a core busy after each run, which on a shared machine (the pipeline's
@@ -75,7 +77,7 @@ def session_options(intra_op_threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     return options
 
 

@@ -466,7 +466,13 @@ def _alignment_error(event_sorted: np.ndarray, labelled_sorted: np.ndarray, sour
 
 
 def _truth_columns(truth, names: tuple[str, ...], path=None) -> list[np.ndarray]:
-    """The named columns of a truth table, or an EventFormatError naming the missing one."""
+    """The named columns of a truth table, or an error naming what is wrong with it (not a
+    table; a missing column)."""
+    if isinstance(truth, Event):
+        raise InputError("truth must be the event's truth table (event.truth), got the Event itself")
+    if not hasattr(truth, "__contains__") or not hasattr(truth, "__getitem__") or isinstance(truth, (str, bytes)):
+        raise InputError(f"truth must be a table of columns (a mapping such as event.truth, or a pandas DataFrame) "
+                         f"with {', '.join(names)}; got {type(truth).__name__}")
     for name in names:
         if name not in truth:
             raise EventFormatError(f"the truth table has no '{name}' column", path=path, column=name)

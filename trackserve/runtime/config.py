@@ -70,8 +70,10 @@ class RuntimeConfig:
     ``event_workers``: events :meth:`~trackserve.runtime.pipeline.Pipeline.run_many` runs
     at once (default 1: one event at a time with every core). Many small events go
     faster with one worker per core and one thread each: the per-operator and Python
-    costs of one event then overlap with another's work. Workers times threads may not
-    exceed the cores.
+    costs of one event then overlap with another's work. With several workers, workers
+    times threads may not exceed the cores; the defaults never do, and threads set for
+    one event at a time are taken as given (a layout meant for a machine with more cores
+    runs, slower, on fewer).
     ``event_executor``: how the events in flight run when ``event_workers`` is above 1:
     ``"threads"`` (default) on threads of this process, ``"processes"`` in worker
     processes with a pipeline each (:mod:`~trackserve.runtime.event_processes`: a little

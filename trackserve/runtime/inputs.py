@@ -66,6 +66,36 @@ def validate_edges(edge_index, num_hits: int | None, what: str = "edge_index") -
     return np.ascontiguousarray(edge_index, dtype=np.int64)
 
 
+def graph_convention_problems(edge_index: np.ndarray, direction: str) -> list[str]:
+    """How checked edges ``[2, M]`` differ from a graph the graph stage builds in ``direction``
+    (``"i<j"``, ``"i>j"``: each pair once that way; ``"both"``: each pair both ways): edges
+    the other way, self-loops, repeated edges, and for ``"both"`` pairs given one way only.
+    Empty when they follow it. Sorts the edges' keys once (O(M log M))."""
+    if edge_index.shape[1] == 0:
+        return []
+    first, second = edge_index[0], edge_index[1]
+    problems = []
+    loops = int(np.count_nonzero(first == second))
+    if loops:
+        problems.append(f"{loops} self-loop{'s' if loops != 1 else ''} (i -> i)")
+    if direction in ("i<j", "i>j"):
+        wrong = int(np.count_nonzero(first > second) if direction == "i<j" else np.count_nonzero(first < second))
+        if wrong:
+            way = "i > j" if direction == "i<j" else "i < j"
+            problems.append(f"{wrong} edge{'s' if wrong != 1 else ''} (i, j) with {way}")
+    width = max(int(edge_index.max()) + 1, 1)
+    keys = np.sort(first.astype(np.int64) * width + second)
+    repeated = int(np.count_nonzero(keys[1:] == keys[:-1]))
+    if repeated:
+        problems.append(f"{repeated} repeated edge{'s' if repeated != 1 else ''}")
+    if direction == "both":
+        reverse = np.sort(second.astype(np.int64) * width + first)
+        one_way = int(np.count_nonzero(~np.isin(reverse, keys, assume_unique=False)))
+        if one_way:
+            problems.append(f"{one_way} pair{'s' if one_way != 1 else ''} given one way only")
+    return problems
+
+
 def validate_embedding(embedding, dim: int) -> np.ndarray:
     """Return ``embedding`` when it is a numpy array ``[N, dim]`` (the bundle's embedding
     width); InputError otherwise (the graph builder checks its values)."""

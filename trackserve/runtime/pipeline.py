@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,15 +29,15 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import Bundle, load_bundle
+from ..bundle import EDGE_DIRECTIONS, Bundle, load_bundle
 from ..engines.onnx_runtime import OnnxNetwork
-from ..errors import InputError, MemoryLimitError
+from ..errors import GraphConventionWarning, InputError, MemoryLimitError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
 from .config import RuntimeConfig
 from .event_processes import EventProcesses
 from .graph_building import build_graph
-from .inputs import validate_edges, validate_embedding, validate_features
+from .inputs import graph_convention_problems, validate_edges, validate_embedding, validate_features
 from .memory import MemoryModel, memory_limit_error
 from .network_steps import NetworkSteps
 from .cuts import passes_cut
@@ -146,9 +147,21 @@ class Pipeline:
         )
 
     def _checked(self, features, edge_index) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``[N, F]`` float32 and edges ``[2, M]`` of hit indices in ``[0, N)``, checked."""
+        """Features ``[N, F]`` float32 and edges ``[2, M]`` of hit indices in ``[0, N)``, checked;
+        a :class:`~trackserve.errors.GraphConventionWarning` when the edges are not a graph the
+        bundle's graph stage builds (another direction, self-loops, repeated edges)."""
         features = validate_features(features, self.num_features)
-        return features, validate_edges(edge_index, features.shape[0])
+        edge_index = validate_edges(edge_index, features.shape[0])
+        problems = graph_convention_problems(edge_index, self.stages.edge_direction)
+        if problems:
+            warnings.warn(
+                f"edge_index is not a graph this bundle's graph stage builds ({EDGE_DIRECTIONS[self.stages.edge_direction]}, "
+                f"no self-loops): it has "
+                f"{'; '.join(problems)}. The networks score it as given, but they were trained on the bundle's "
+                "convention, so their scores and the tracks differ from what run() gives; build the edges with "
+                "build_graph(), or orient them as the bundle's stages.edge_direction says",
+                GraphConventionWarning, stacklevel=3)
+        return features, edge_index
 
     def classify_edges(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
         """Logits ``[M]`` of edge classifier ``network`` (``"filter"``, ``"gnn"``, or a bundle's
@@ -164,6 +177,9 @@ class Pipeline:
         classifiers = [name for name in ("filter", "pruner", "gnn") if name in self.networks]
         if network not in classifiers:
             raise InputError(f"{network!r} is not an edge classifier of this bundle: give one of {', '.join(classifiers)}")
+        if chunked and network != "filter":
+            raise InputError(f"chunked=True cuts the edges into parts scored apart, right only for the filter; the "
+                             f"{network} passes messages over the whole graph: call it with chunked=False")
         features, edge_index = self._checked(features, edge_index)
         if network == "gnn" and not chunked and "pruner" in self.bundle.networks:
             return self._steps.gnn_logits(features, edge_index)
@@ -213,7 +229,7 @@ class Pipeline:
     # -- whole events ----------------------------------------------------------------
     def run(self, features: np.ndarray) -> PipelineResult:
         """Run every stage on one event's features ``[N, F]`` float32 and return its labels and timings."""
-        features = validate_features(features, self.num_features)
+        features = self._event_features_checked(features)
         num_hits = features.shape[0]
         self.memory.check_hits(num_hits, self.config.memory_limit_per_event)
         timings: dict[str, float] = {}
@@ -271,6 +287,10 @@ class Pipeline:
         an event refused as input (:class:`~trackserve.errors.InputError`: bad features,
         too large for the memory limit) is yielded as that error in its place instead, and
         the events after it still run. A worker process that died raises either way."""
+        if isinstance(events, (np.ndarray, Event)):
+            raise InputError(f"run_many takes an iterable of events' feature arrays, got one "
+                             f"{'Event' if isinstance(events, Event) else 'array'}: use run() for one array, "
+                             "run_event() for one Event, or give a list")
         workers = self.config.event_workers
         if workers == 1:
             for features in events:
@@ -317,10 +337,26 @@ class Pipeline:
             for _features, future in pending:
                 future.cancel()
 
+    def _event_features_checked(self, features) -> np.ndarray:
+        """An event's features as :meth:`run` takes them (checked), or InputError; an Event
+        given instead is named as such."""
+        if isinstance(features, Event):
+            raise InputError("run() takes an event's features array [N, F]; for an Event use run_event(event), "
+                             "or pipeline.event_features(event) for its features")
+        return validate_features(features, self.num_features)
+
     def _submit_to_processes(self, features: np.ndarray):
         """Start one event in the worker processes (started on first use: each runs one event at
         a time with this config's threads per event and its memory share); after a worker died,
-        the next call starts new ones."""
+        the next call starts new ones. Features run() refuses are refused here, in a future that
+        raises in the event's turn, since pickling them for a worker can change them (a
+        big-endian array arrives in the machine's order)."""
+        try:
+            self._event_features_checked(features)
+        except InputError as error:
+            refused = Future()
+            refused.set_exception(error)
+            return refused
         with self._processes_lock:  # one pool, whichever thread starts it
             return self._submit_locked(features)
 

@@ -295,7 +295,8 @@ def _validated_num_hits(num_hits) -> int:
 def _validated_edges(edge_index, n: int) -> np.ndarray:
     edges = np.asarray(edge_index)
     if edges.ndim != 2 or edges.shape[0] != 2:
-        raise InputError(f"edge_index must have shape [2, M]; got {edges.shape}")
+        pairs = " (pairs in rows: transpose it)" if edges.ndim == 2 and edges.shape[1] == 2 else ""
+        raise InputError(f"edge_index must have shape [2, M]; got {list(edges.shape)}{pairs}")
     if edges.size == 0:
         return np.zeros((2, 0), dtype=np.int64)
     if edges.dtype.kind not in "iu":

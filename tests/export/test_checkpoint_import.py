@@ -146,13 +146,17 @@ def assert_same_outputs(imported, original, features: int, with_edges: bool = Tr
 
 def test_lightning_resagnn_checkpoint_imports(tmp_path):
     torch.manual_seed(0)
+    # ExaTrkX's ResAGNN builds its input network with make_mlp's default hidden activation
+    # (ReLU) and hidden_activation only at its output
     original = ResAGNN(in_channels=3, hidden=16, n_graph_iters=4, nb_node_layer=2, nb_edge_layer=2,
-                       hidden_activation="Tanh").eval()
+                       hidden_activation="Tanh", input_hidden_activation="ReLU").eval()
     hparams = {"name": "ResAGNN", "in_channels": 3, "hidden": 16, "n_graph_iters": 4, "nb_node_layer": 2,
                "nb_edge_layer": 2, "hidden_activation": "Tanh", "layernorm": True, "lr": 0.001}
     path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(), hparams)
     imported = import_checkpoint(path)
     assert isinstance(imported, ResAGNN) and imported.config == original.config
+    assert [type(m).__name__ for m in imported.input_network] == ["Linear", "LayerNorm", "ReLU", "Linear",
+                                                                   "LayerNorm", "Tanh"]
     assert_same_outputs(imported, original, 3)
 
 
@@ -204,8 +208,9 @@ def test_filter_trained_with_batchnorm_is_refused(tmp_path):
 
 @pytest.mark.parametrize("variant", [
     {},
+    # ACORN's make_mlp puts no LayerNorm before the output activation (output_layer_norm False)
     dict(residual=False, bidirectional_messages=True, edge_update_uses_new_nodes=True, layer_norm_affine=False,
-         hidden_activation="SiLU", output_activation="Tanh"),
+         hidden_activation="SiLU", output_activation="Tanh", output_layer_norm=False),
 ], ids=["exatrkx", "acorn"])
 def test_interaction_gnn_state_dict_imports_with_hparams(tmp_path, variant):
     torch.manual_seed(4)
@@ -267,7 +272,7 @@ def test_unmappable_keys_and_shapes_are_all_listed(tmp_path):
     del state["node_network.network.3.bias"]               # missing
     torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(CheckpointImportError) as raised:
-        import_checkpoint(tmp_path / "broken.pt", hparams={"n_graph_iters": 2})
+        import_checkpoint(tmp_path / "broken.pt", hparams={"n_graph_iters": 2, "hidden_activation": "ReLU"})
     message = str(raised.value)
     assert "unexpected keys (in the checkpoint, not in the network): attention.weight" in message
     assert "missing keys (in the network, not in the checkpoint): node_network.network.3.bias" in message
@@ -332,7 +337,8 @@ def test_cli_import_writes_an_onnx_file_that_matches_the_checkpoint(tmp_path, ca
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(5)
     original = ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=1).eval()
-    path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(), {"name": "ResAGNN", "n_graph_iters": 2})
+    path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(), {"name": "ResAGNN", "n_graph_iters": 2,
+                                                                          "hidden_activation": "ReLU"})
     output = tmp_path / "gnn.onnx"
     assert cli.main(["import", str(path), "--output", str(output)]) == 0
     assert "imported ResAGNN" in capsys.readouterr().out
@@ -348,3 +354,137 @@ def test_cli_import_reports_errors_with_status_2(tmp_path, capsys):
     status = cli.main(["import", str(tmp_path / "absent.pt"), "--output", str(tmp_path / "x.onnx")])
     assert status == 2
     assert "absent.pt does not exist" in capsys.readouterr().err
+
+
+def _small_interaction(**variant):
+    torch.manual_seed(8)
+    return InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2, **variant).eval()
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ({"aggregation": "mean"}, "aggregation 'mean': trackserve's GNNs sum the messages"),
+    ({"aggregation": ["sum", "max"]}, r"aggregation \['sum', 'max'\]: trackserve's GNNs sum the messages"),
+    ({"aggregation": "sum_max"}, "aggregation 'sum_max'"),
+    ({"undirected": True}, r"undirected=True \(each edge scored both ways and the two scores averaged\)"),
+    ({"batchnorm": True}, "trained with batchnorm=True, whose batch statistics"),
+    ({"node_net_recurrent": False}, "node_net_recurrent=False gives each message-passing step networks of its own"),
+])
+def test_gnn_options_that_change_what_it_computes_are_refused(tmp_path, hparams, message):
+    path = save_lightning(tmp_path / "gnn.ckpt", _small_interaction().state_dict(),
+                          {"name": "InteractionGNN", "n_graph_iters": 2, "hidden_activation": "ReLU", **hparams})
+    with pytest.raises(CheckpointImportError, match=message):
+        import_checkpoint(path)
+
+
+@pytest.mark.parametrize("aggregation", ["sum", ["sum"], "add"])
+def test_summed_aggregations_import(tmp_path, aggregation):
+    original = _small_interaction()
+    path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(),
+                          {"name": "InteractionGNN", "n_graph_iters": 2, "hidden_activation": "ReLU",
+                           "aggregation": aggregation})
+    assert_same_outputs(import_checkpoint(path), original, 3)
+
+
+@pytest.mark.parametrize("key", ["name", "model"])
+def test_acorn_interaction_gnn2_is_refused_by_name(tmp_path, key):
+    path = save_lightning(tmp_path / "gnn.ckpt", _small_interaction().state_dict(),
+                          {key: "InteractionGNN2", "n_graph_iters": 2, "hidden_activation": "ReLU"})
+    with pytest.raises(CheckpointImportError, match="holds ACORN's InteractionGNN2 .* which trackserve cannot rebuild"):
+        import_checkpoint(path)
+
+
+def test_acorn_output_activation_has_no_layer_norm_before_it(tmp_path):
+    """ACORN's make_mlp adds the output LayerNorm only when asked (output_layer_norm), which its
+    InteractionGNN never does: the imported encoders end Linear, activation."""
+    acorn = dict(residual=False, bidirectional_messages=True, edge_update_uses_new_nodes=True, layer_norm_affine=False,
+                 output_layer_norm=False, hidden_activation="SiLU", output_activation="Tanh")
+    original = _small_interaction(**acorn)
+    path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(),
+                          {"model": "InteractionGNN", "n_graph_iters": 2, "hidden_activation": "SiLU",
+                           "output_activation": "Tanh", "layernorm": True})
+    imported = import_checkpoint(path)
+    assert [type(m).__name__ for m in imported.node_encoder] == ["Linear", "LayerNorm", "SiLU", "Linear", "Tanh"]
+    assert_same_outputs(imported, original, 3)
+
+
+def test_acorn_metric_learning_named_by_model_is_normalised(tmp_path):
+    torch.manual_seed(3)
+    original = EmbeddingNetwork(in_channels=3, emb_hidden=16, nb_layer=2, emb_dim=4, activation="Tanh",
+                                layer_norm=True, layer_norm_affine=False, normalize=True).eval()
+    path = save_lightning(tmp_path / "embedding.ckpt", original.state_dict(),
+                          {"model": "MetricLearning", "activation": "Tanh", "emb_hidden": 16, "nb_layer": 2,
+                           "emb_dim": 4})
+    imported = import_checkpoint(path)
+    assert imported.config["normalize"] is True
+    assert_same_outputs(imported, original, 3, with_edges=False)
+
+
+def test_a_gnn_state_dict_without_its_activation_is_asked_for_it(tmp_path):
+    torch.save(_small_interaction(hidden_activation="SiLU").state_dict(), tmp_path / "gnn.pt")
+    with pytest.raises(CheckpointImportError, match="the hidden activation cannot be read from the weights; pass "
+                                                    "hyperparameters with 'hidden_activation'"):
+        import_checkpoint(tmp_path / "gnn.pt", kind="interaction", hparams={"n_graph_iters": 2})
+    with pytest.raises(CheckpointImportError, match="pass hyperparameters with 'n_graph_iters' \\(and "
+                                                    "'hidden_activation', which they cannot tell either\\)"):
+        import_checkpoint(tmp_path / "gnn.pt", kind="interaction")
+
+
+class _LogitsAndScores(InteractionGNN):
+    """A GNN whose traced module returns its logits and their sigmoid."""
+
+    def forward(self, x, edge_index):
+        logits = super().forward(x, edge_index)
+        return logits, torch.sigmoid(logits)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_module_returning_several_tensors_is_compared(tmp_path):
+    original = _small_interaction(hidden_activation="Tanh")
+    both = _LogitsAndScores(**original.config)
+    both.load_state_dict(original.state_dict())
+    x, edges = crowded_graph(20, 50, 5, 3, seed=1)
+    torch.jit.save(torch.jit.trace(both.eval(), (x, edges)), tmp_path / "traced.pt")
+    hparams = {"n_graph_iters": 2, "hidden_activation": "Tanh"}
+    assert_same_outputs(import_checkpoint(tmp_path / "traced.pt", kind="interaction", hparams=hparams), original, 3)
+    with pytest.raises(CheckpointImportError, match="does not compute what its TorchScript module computes"):
+        import_checkpoint(tmp_path / "traced.pt", kind="interaction", hparams={**hparams, "n_graph_iters": 3})
+
+
+class _OtherInterface(InteractionGNN):
+    """A GNN whose traced module takes a third input."""
+
+    def forward(self, x, edge_index, edge_weights):
+        return super().forward(x, edge_index) * edge_weights
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torchscript_module_that_cannot_be_compared_is_said_so(tmp_path, capsys):
+    other = _OtherInterface(**_small_interaction().config).eval()
+    x, edges = crowded_graph(20, 50, 5, 3, seed=1)
+    torch.jit.save(torch.jit.trace(other, (x, edges, torch.ones(edges.shape[1]))), tmp_path / "scripted.pt")
+    with pytest.warns(UserWarning, match="not compared with its TorchScript module: it cannot be called as "
+                                         r"module\(features, edge_index\)"):
+        import_checkpoint(tmp_path / "scripted.pt", kind="interaction", hparams={"n_graph_iters": 2,
+                                                                                "hidden_activation": "ReLU"})
+    assert cli.main(["import", str(tmp_path / "scripted.pt"), "--kind", "interaction", "--hparams",
+                     str(_write_yaml(tmp_path / "h.yaml", "n_graph_iters: 2\nhidden_activation: ReLU\n")),
+                     "-o", str(tmp_path / "gnn.onnx")]) == 0
+    assert "trackserve import: note: checkpoint" in capsys.readouterr().err
+
+
+def _write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_unreadable_hyperparameters_are_one_line_errors(tmp_path):
+    torch.save(_small_interaction().state_dict(), tmp_path / "gnn.pt")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    for hparams, message in ((tmp_path, "is a directory: give the YAML file itself"),
+                             (tmp_path / "binary.yaml", r"is not UTF-8 text \(byte 0\)")):
+        with pytest.raises(CheckpointImportError, match=message):
+            import_checkpoint(tmp_path / "gnn.pt", hparams=hparams)
+    path = tmp_path / "listed.ckpt"
+    torch.save({"state_dict": _small_interaction().state_dict(), "hyper_parameters": [1, 2]}, path)
+    with pytest.raises(CheckpointImportError, match="its hyper_parameters are a list, not a mapping"):
+        import_checkpoint(path)

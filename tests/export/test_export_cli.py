@@ -256,3 +256,15 @@ def test_damaged_bundle_weights_are_named_in_one_line(bundle_dir, capsys, damage
         err = _one_line(capsys.readouterr().err)
         assert f"network 'gnn' of bundle {bundle_dir}: its torch weights gnn.pt" in err
         assert f"trackserve export NET.pt --bundle {bundle_dir} --network gnn" in err
+
+
+def test_exporting_into_a_bundle_that_cannot_be_written_says_so(bundle_dir, capsys, monkeypatch):
+    import os
+
+    before = (bundle_dir / "pipeline.json").read_bytes()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == bundle_dir else real_access(path, mode))
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 2
+    assert (f"cannot export into the bundle {bundle_dir}: its directory is not writable; export into a copy of the "
+            "bundle you can write") in capsys.readouterr().err
+    assert (bundle_dir / "pipeline.json").read_bytes() == before

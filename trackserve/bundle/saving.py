@@ -225,6 +225,9 @@ def replace_network(
     bundle = parse_pipeline_data(data, directory, problems, check_files=False)
     if problems:
         raise bundle_error(directory, problems)
+    if not os.access(directory, os.W_OK):
+        raise BundleError(f"cannot export into the bundle {directory}: its directory is not writable; export into a "
+                          "copy of the bundle you can write")
     if name not in bundle.networks:
         raise BundleError(f"unknown network {name!r}: this bundle has {', '.join(bundle.networks)}")
     entry = bundle.networks[name]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 
 ORDER = 40
 
@@ -24,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--kind", choices=("embedding", "filter", "gnn", "resagnn", "interaction"),
         help="network kind (default: detected from the checkpoint)",
     )
-    parser.add_argument("--output", "-o", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    parser.add_argument("--output", "-o", required=True, metavar="OUT.onnx",
+                        help="ONNX file to write (its directory is created when missing)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT.onnx (never the checkpoint or hyperparameter file itself)")
     parser.add_argument(
@@ -48,7 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from ..export.onnx_export import check_output_path, export_network
 
     check_output_path(args.output, "--output", overwrite=args.overwrite, inputs=(args.checkpoint, args.hparams))
-    network = import_checkpoint(args.checkpoint, kind=args.kind, hparams=args.hparams, trust_pickle=args.trust_pickle)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        network = import_checkpoint(args.checkpoint, kind=args.kind, hparams=args.hparams,
+                                    trust_pickle=args.trust_pickle)
+    for warning in caught:
+        if "not compared with its TorchScript module" in str(warning.message):
+            print(f"trackserve import: note: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     parameters = sum(parameter.numel() for parameter in network.parameters())
     print(f"imported {network.architecture} ({parameters:,} parameters) from {args.checkpoint}")
     print(f"config: {json.dumps(network.config, sort_keys=True)}")

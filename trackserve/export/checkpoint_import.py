@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointImportError
-from .checkpoint_reader import CheckpointContents, read_checkpoint, read_hparams_yaml
+from .checkpoint_reader import CheckpointContents, class_name, read_checkpoint, read_hparams_yaml
 from .embedding import EmbeddingNetwork
 from .filter import EdgeFilter
 from .interaction_gnn import InteractionGNN
@@ -38,13 +39,21 @@ from .specs import get_spec
 KINDS = {"embedding": "LayerlessEmbedding", "filter": "VanillaFilter", "gnn": None,
          "resagnn": "ResAGNN", "interaction": "InteractionGNN"}
 
-#: ExaTrkX / ACORN class names (hparams ``name``, TorchScript ``original_name``) -> our architecture.
+#: ExaTrkX / ACORN class names (hparams ``name`` or ACORN's ``model``, TorchScript
+#: ``original_name``) -> our architecture.
 _CLASS_NAMES = {
     "LayerlessEmbedding": "LayerlessEmbedding", "MetricLearning": "LayerlessEmbedding",
     "VanillaFilter": "VanillaFilter",
     "ResAGNN": "ResAGNN",
-    "InteractionGNN": "InteractionGNN", "InteractionGNN2": "InteractionGNN",
+    "InteractionGNN": "InteractionGNN",
 }
+#: Classes of those codebases trackserve has no definition for, and what they are.
+_UNSUPPORTED_CLASSES = {
+    "InteractionGNN2": "ACORN's InteractionGNN2 (the L2IT interaction network, another layout)",
+    "Filter": "ACORN's Filter (its own MLP layout under 'net.')",
+}
+#: Message aggregations the GNNs compute (a sum over the edges into a hit).
+_SUMMED = (None, "sum", "add", ["sum"], ["add"], ("sum",), ("add",))
 
 
 def import_checkpoint(
@@ -71,6 +80,7 @@ def import_checkpoint(
         given = read_hparams_yaml(hparams) if isinstance(hparams, (str, Path)) else dict(hparams)
         contents.hparams = {**(contents.hparams or {}), **given}
     architecture = detect_architecture(contents, kind)
+    refuse_unsupported_options(contents, architecture)
     builder = _BUILDERS[architecture]
     state, config = builder(contents)
     network = _ARCHITECTURE_CLASSES[architecture].from_config(config)
@@ -88,20 +98,30 @@ def check_against_torchscript(network: ConfigurableNetwork, contents: Checkpoint
     Both run on the inputs the export traces at (:mod:`.specs`); the outputs must agree
     within the export's parity bound. The likely cause of a disagreement is named:
     ``hparams`` (the hyperparameters given) that contradict the module, or else an
-    architecture trackserve does not reproduce. A module that cannot be run on those
-    inputs (another interface) is not compared.
+    architecture trackserve does not reproduce. A module that returns several tensors
+    (``(logits, scores)``, say) passes when one of them of the output's size agrees. A
+    module that cannot be run on those inputs (another interface), or returns nothing of
+    the output's size, is not compared: a :class:`UserWarning` says so, since nothing
+    then vouches for the rebuilt network.
     """
     spec = get_spec(network.kind)
     inputs = [torch.from_numpy(array) for array in spec.make_inputs(spec.trace, network.config["in_channels"]).values()]
+    call = "module(features)" if len(inputs) == 1 else "module(features, edge_index)"
     with torch.no_grad():
         ours = network(*inputs).numpy()
         try:
-            theirs = contents.module(*inputs)
-        except Exception:  # a module with another interface: nothing to compare with
+            returned = contents.module(*inputs)
+        except Exception as error:  # a module with another interface: nothing to compare with
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            _not_compared(contents, f"it cannot be called as {call} ({first})")
             return
-    if not isinstance(theirs, torch.Tensor) or theirs.numel() != ours.size:
+    outputs = list(returned) if isinstance(returned, (tuple, list)) else [returned]
+    candidates = [t.detach().float().reshape(ours.shape).numpy() for t in outputs
+                  if isinstance(t, torch.Tensor) and t.numel() == ours.size]
+    if not candidates:
+        _not_compared(contents, f"{call} returns no tensor of the {ours.size} values the rebuilt network gives")
         return
-    theirs = theirs.detach().float().reshape(ours.shape).numpy()
+    theirs = min(candidates, key=lambda candidate: max_abs_difference(ours, candidate))
     difference = max_abs_difference(ours, theirs)
     bound = spec.tolerance * max(1.0, float(np.abs(theirs[np.isfinite(theirs)]).max(initial=0.0)))
     if difference <= bound:
@@ -122,6 +142,12 @@ def check_against_torchscript(network: ConfigurableNetwork, contents: Checkpoint
     )
 
 
+def _not_compared(contents: CheckpointContents, reason: str) -> None:
+    """Warn that a TorchScript checkpoint's rebuilt network could not be compared with its module."""
+    warnings.warn(f"checkpoint {contents.path}: the rebuilt network was not compared with its TorchScript module: "
+                  f"{reason}; nothing checks that it computes what the module does", UserWarning, stacklevel=3)
+
+
 def _conflicts_with_torchscript(contents: CheckpointContents, hparams: dict[str, Any]) -> list[str]:
     """The given hyperparameters that contradict the TorchScript module: its int attributes
     (``n_graph_iters``) and, when it uses one activation type only, the activation."""
@@ -140,7 +166,12 @@ def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
     if kind is not None and kind not in KINDS:
         raise CheckpointImportError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
     wanted = KINDS.get(kind) if kind else None
-    named = _CLASS_NAMES.get(contents.class_name or "") or _CLASS_NAMES.get(str((contents.hparams or {}).get("name")))
+    names = [contents.class_name, class_name(contents.hparams)]
+    for name in names:
+        if name in _UNSUPPORTED_CLASSES:
+            raise CheckpointImportError(f"checkpoint {contents.path} holds {_UNSUPPORTED_CLASSES[name]}, which "
+                                        f"trackserve cannot rebuild; the networks it imports are {', '.join(_CLASS_NAMES)}")
+    named = next((_CLASS_NAMES[name] for name in names if name in _CLASS_NAMES), None)
     by_keys = _architecture_from_keys(contents.state)
     found = named or by_keys
     if wanted is not None:
@@ -157,6 +188,31 @@ def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
     if kind == "gnn" and found not in ("ResAGNN", "InteractionGNN"):
         raise CheckpointImportError(f"checkpoint {contents.path} holds a {found} network, not a GNN")
     return found
+
+
+def refuse_unsupported_options(contents: CheckpointContents, architecture: str) -> None:
+    """Refuse hyperparameters that change what a network computes in ways trackserve's
+    definitions do not reproduce (and the weights would not show): batch normalisation,
+    message aggregations other than a sum, ACORN's undirected scoring, and networks with
+    their own weights per message-passing step."""
+    hparams = contents.hparams or {}
+    where = f"checkpoint {contents.path}"
+    if architecture != "VanillaFilter" and hparams.get("batchnorm"):  # the filter names its own reason
+        raise CheckpointImportError(f"{where}: trained with batchnorm=True, whose batch statistics trackserve's "
+                                    f"{architecture} does not reproduce (it has LayerNorms only); not supported")
+    if architecture not in ("ResAGNN", "InteractionGNN"):
+        return
+    aggregation = hparams.get("aggregation")
+    if aggregation not in _SUMMED:
+        raise CheckpointImportError(f"{where}: aggregation {aggregation!r}: trackserve's GNNs sum the messages into "
+                                    "each hit, so a GNN trained with another aggregation cannot be imported")
+    if hparams.get("undirected"):
+        raise CheckpointImportError(f"{where}: trained with undirected=True (each edge scored both ways and the two "
+                                    "scores averaged), which trackserve's GNNs do not do; not supported")
+    for key in ("node_net_recurrent", "edge_net_recurrent"):
+        if hparams.get(key) is False:
+            raise CheckpointImportError(f"{where}: {key}=False gives each message-passing step networks of its own; "
+                                        "trackserve's GNNs share one per role across the steps; not supported")
 
 
 def _architecture_from_keys(state: dict[str, torch.Tensor]) -> str | None:
@@ -267,8 +323,11 @@ def _required_int(contents: CheckpointContents, hparams: dict[str, Any], key: st
     """A positive int hyperparameter that the weights cannot give (``n_graph_iters``)."""
     value = hparams.get(key, contents.attributes.get(key))
     if value is None:
+        also = (" (and 'hidden_activation', which they cannot tell either)"
+                if key == "n_graph_iters" and not hparams.get("hidden_activation") and not _activations(contents) else "")
         raise CheckpointImportError(
             f"checkpoint {contents.path}: '{key}' cannot be read from the weights; pass hyperparameters with '{key}'"
+            + also
         )
     whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
     if isinstance(value, bool) or not whole or value < 1:
@@ -386,7 +445,9 @@ def _build_resagnn(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor
         "nb_edge_layer": len(edges) - 1,
         "nb_input_layer": len(encoder),
         "edge_hidden": int(edges[0][1][0]) if len(edges) > 1 else None,
-        "hidden_activation": _one_activation(contents, hparams, "hidden_activation", "ReLU"),
+        "hidden_activation": hparams.get("hidden_activation") or _first_activation(contents, "edge_network."),
+        "input_hidden_activation": _input_hidden_activation(contents, "node_encoder." if nodes_first else "input_network.",
+                                                            len(encoder)),
         "layer_norm": layer_norm,
         "node_input_order": "nodes_first" if nodes_first else "messages_first",
     }
@@ -394,6 +455,26 @@ def _build_resagnn(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor
                                      "layer_norm": "layernorm"}, contents.path)
     config.update(_overrides(hparams, ResAGNN))
     return state, config
+
+
+def _first_activation(contents: CheckpointContents, prefix: str) -> str:
+    """The first activation of the TorchScript module under ``prefix``; without a module (or
+    one there), an error asking for the ``hidden_activation`` hyperparameter."""
+    found = _activations(contents, prefix)
+    if not found:
+        raise CheckpointImportError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
+                                    "weights; pass hyperparameters with 'hidden_activation'")
+    return found[0]
+
+
+def _input_hidden_activation(contents: CheckpointContents, prefix: str, layers: int) -> str | None:
+    """The activation of the ResAGNN input network's hidden layers: the TorchScript module's
+    own, else ``"ReLU"``: ExaTrkX builds that network with make_mlp's default hidden
+    activation and the hyperparameter's only at its output. None for one layer (none)."""
+    if layers < 2:
+        return None
+    found = _activations(contents, prefix)
+    return found[0] if found else "ReLU"
 
 
 def _build_interaction(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -406,16 +487,28 @@ def _build_interaction(contents: CheckpointContents) -> tuple[dict[str, torch.Te
     bidirectional = int(node_net[0][1][1]) == 3 * hidden
     layer_norm, affine = _mlp_norm(state, "output_edge_classifier.", hparams)
     activations = _activations(contents, "output_edge_classifier.")
+    n_graph_iters = _required_int(contents, hparams, "n_graph_iters")
+    hidden_activation = hparams.get("hidden_activation") or (activations[0] if activations else None)
+    if hidden_activation is None:
+        raise CheckpointImportError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
+                                    "weights; pass hyperparameters with 'hidden_activation' (and 'output_activation' "
+                                    "if the training used one)")
+    output_activation = hparams.get("output_activation")
+    # ExaTrkX's make_mlp puts a LayerNorm before an output activation whenever it has
+    # LayerNorms; ACORN's (parameter-free LayerNorms) only with output_layer_norm=True,
+    # which its InteractionGNN never passes.
+    output_layer_norm = hparams.get("output_layer_norm", None if affine else False)
     config = {
         "in_channels": int(encoder[0][1][1]),
         "hidden": hidden,
-        "n_graph_iters": _required_int(contents, hparams, "n_graph_iters"),
+        "n_graph_iters": n_graph_iters,
         "nb_node_layer": len(node_net),
         "nb_edge_layer": len(edge_net),
-        "hidden_activation": hparams.get("hidden_activation") or (activations[0] if activations else "ReLU"),
-        "output_activation": hparams.get("output_activation"),
+        "hidden_activation": hidden_activation,
+        "output_activation": output_activation,
         "layer_norm": layer_norm,
         "layer_norm_affine": affine,
+        "output_layer_norm": None if output_layer_norm is None else bool(output_layer_norm),
         "residual": not bidirectional,
         "bidirectional_messages": bidirectional,
         "edge_update_uses_new_nodes": bidirectional,

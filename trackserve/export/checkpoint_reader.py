@@ -75,6 +75,10 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointC
     path = Path(path)
     if not path.is_file():
         raise CheckpointImportError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        _first_bytes(path, 1)
+    except OSError as error:
+        raise CheckpointImportError(f"checkpoint {path} cannot be read: {error.strerror or error}") from None
     is_zip = zipfile.is_zipfile(path)
     if is_zip and _is_torchscript_archive(path):
         return _read_torchscript(path)
@@ -222,6 +226,11 @@ def _from_payload(path: Path, payload: Any) -> CheckpointContents:
     if "state_dict" in payload:
         fmt, state = "lightning", payload["state_dict"]
         raw = payload.get("hyper_parameters")
+        if raw and not isinstance(raw, dict):
+            raise CheckpointImportError(
+                f"checkpoint {path}: its hyper_parameters are a {type(raw).__name__}, not a mapping of names to "
+                "values; pass the training run's hyperparameters with --hparams"
+            )
         hparams = flatten_hparams(dict(raw)) if raw else None
     else:
         fmt, state = "state_dict", payload
@@ -235,8 +244,17 @@ def _from_payload(path: Path, payload: Any) -> CheckpointContents:
     state = {name: tensor.detach().float() for name, tensor in state.items() if tensor.is_floating_point()}
     return CheckpointContents(
         path=str(path), format=fmt, state=strip_wrapper_prefix(state),
-        hparams=hparams, class_name=(hparams or {}).get("name"),
+        hparams=hparams, class_name=class_name(hparams),
     )
+
+
+def class_name(hparams: dict[str, Any] | None) -> str | None:
+    """The network class the hyperparameters name: ExaTrkX's ``name``, or ACORN's ``model``."""
+    for key in ("name", "model"):
+        value = (hparams or {}).get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def strip_wrapper_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -269,9 +287,19 @@ def read_hparams_yaml(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointImportError(f"hyperparameter file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointImportError(f"hyperparameter file {path} is a directory: give the YAML file itself "
+                                    "(e.g. hparams_GNN.yaml)") from None
+    except PermissionError:
+        raise CheckpointImportError(f"hyperparameter file {path} cannot be read: permission denied") from None
+    except UnicodeDecodeError as error:
+        raise CheckpointImportError(f"hyperparameter file {path} is not UTF-8 text (byte {error.start}): is it the "
+                                    "YAML file of the training run?") from None
+    except OSError as error:
+        raise CheckpointImportError(f"hyperparameter file {path} cannot be read: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         raise CheckpointImportError(f"hyperparameter file {path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(loaded, dict):

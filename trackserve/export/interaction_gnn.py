@@ -39,6 +39,8 @@ class InteractionGNN(ConfigurableNetwork):
     ``nb_edge_layer``, ``hidden_activation`` (default ``"ReLU"``),
     ``output_activation`` (of the encoders and of the node and edge networks; default
     none), ``layer_norm`` (default on), ``layer_norm_affine`` (default on),
+    ``output_layer_norm`` (a LayerNorm before the output activation; default None: when
+    ``layer_norm``, as ExaTrkX builds it; ACORN's InteractionGNN has none there: False),
     ``residual`` (default on), ``bidirectional_messages`` (default off),
     ``edge_update_uses_new_nodes`` (default off), ``edge_differences`` with
     ``periodic_features``, ``period`` and ``difference_scale`` (default off, as for the
@@ -54,6 +56,7 @@ class InteractionGNN(ConfigurableNetwork):
         "output_activation": None,
         "layer_norm": True,
         "layer_norm_affine": True,
+        "output_layer_norm": None,
         "residual": True,
         "bidirectional_messages": False,
         "edge_update_uses_new_nodes": False,
@@ -82,6 +85,7 @@ class InteractionGNN(ConfigurableNetwork):
                 input_size, sizes,
                 hidden_activation=config["hidden_activation"], output_activation=output_activation,
                 layer_norm=bool(config["layer_norm"]), layer_norm_affine=bool(config["layer_norm_affine"]),
+                output_layer_norm=config["output_layer_norm"],
             )
 
         config["derived_eta"] = check_derived_eta(config["derived_eta"], config["in_channels"], self.architecture)

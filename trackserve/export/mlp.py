@@ -7,6 +7,9 @@ state dict written by their training code loads into it key for key. The layout 
     for each hidden layer:  Linear, [LayerNorm], hidden activation
     final layer:            Linear, and when an output activation is given: [LayerNorm], output activation
 
+(the output's LayerNorm: ExaTrkX's whenever the hidden layers have them, ACORN's only with
+``output_layer_norm``; ``make_mlp``'s ``output_layer_norm`` chooses).
+
 ExaTrkX's LayerNorms carry an affine weight and bias; ACORN's are built with
 ``elementwise_affine=False`` (no parameters): ``layer_norm_affine`` chooses.
 """
@@ -39,12 +42,15 @@ def make_mlp(
     output_activation: str | None = None,
     layer_norm: bool = False,
     layer_norm_affine: bool = True,
+    output_layer_norm: bool | None = None,
 ) -> nn.Sequential:
     """An MLP ``input_size -> sizes[0] -> ... -> sizes[-1]`` in the ExaTrkX/ACORN layout.
 
     ``hidden_activation`` and ``output_activation`` are ``torch.nn`` class names; with
     ``output_activation=None`` the last layer is a bare ``Linear`` (and has no LayerNorm).
-    ``layer_norm`` inserts a ``LayerNorm`` between each ``Linear`` and its activation.
+    ``layer_norm`` inserts a ``LayerNorm`` between each ``Linear`` and its activation;
+    ``output_layer_norm`` decides for the output activation alone (None: as ``layer_norm``,
+    ExaTrkX's rule; ACORN's make_mlp adds none there unless asked).
     """
     if input_size < 1 or not sizes or any(int(size) < 1 for size in sizes):
         raise CheckpointImportError(
@@ -62,7 +68,7 @@ def make_mlp(
         layers.append(activation_module(hidden_activation))
     layers.append(nn.Linear(widths[-2], widths[-1]))
     if output_activation is not None:
-        if layer_norm:
+        if layer_norm if output_layer_norm is None else output_layer_norm:
             layers.append(nn.LayerNorm(widths[-1], elementwise_affine=layer_norm_affine))
         layers.append(activation_module(output_activation))
     return nn.Sequential(*layers)

@@ -68,8 +68,10 @@ class ResAGNN(ConfigurableNetwork):
     network depth), ``nb_edge_layer`` (edge network hidden layers), ``nb_input_layer``
     (input network depth; default ``nb_node_layer``), ``edge_hidden`` (edge network
     width; default ``hidden + in_channels``), ``hidden_activation`` (default
-    ``"ReLU"``), ``layer_norm`` (default on), ``node_input_order`` (default
-    ``"messages_first"``).
+    ``"ReLU"``), ``input_hidden_activation`` (of the input network's hidden layers; its
+    output takes ``hidden_activation``; default None: ``hidden_activation``, while
+    ExaTrkX's own ResAGNN has ``"ReLU"`` there, what its import sets), ``layer_norm``
+    (default on), ``node_input_order`` (default ``"messages_first"``).
     """
 
     kind = "gnn"
@@ -79,6 +81,7 @@ class ResAGNN(ConfigurableNetwork):
         "nb_input_layer": None,
         "edge_hidden": None,
         "hidden_activation": "ReLU",
+        "input_hidden_activation": None,
         "layer_norm": True,
         "node_input_order": "messages_first",
     }
@@ -105,7 +108,8 @@ class ResAGNN(ConfigurableNetwork):
         self.n_graph_iters = config["n_graph_iters"]
         self.input_network = make_mlp(
             in_channels, [hidden] * config["nb_input_layer"],
-            hidden_activation=activation, output_activation=activation, layer_norm=layer_norm,
+            hidden_activation=config["input_hidden_activation"] or activation, output_activation=activation,
+            layer_norm=layer_norm,
         )
         self.edge_network = _EdgeNetwork(make_mlp(
             2 * width, [config["edge_hidden"]] * config["nb_edge_layer"] + [1],

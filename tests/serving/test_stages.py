@@ -79,6 +79,7 @@ def test_unknown_stage_is_named(tiny_pipeline):
         make_stage("cluster", tiny_pipeline.bundle)
 
 
+@pytest.mark.filterwarnings("ignore::trackserve.errors.GraphConventionWarning")  # an edge j -> i on purpose
 def test_gnn_stage_scores_the_touched_hits_as_the_pipeline_does(tiny_pipeline, sample_features):
     gnn = make_stage("gnn", tiny_pipeline.bundle)
     assert gnn.steps.is_local["gnn"]

@@ -15,6 +15,7 @@ from trackserve.errors import EventFormatError, InputError
 from trackserve.events.event import PARTICLES_COLUMNS, TRUTH_COLUMNS, HITS_COLUMNS
 from trackserve.events.geometry import load_geometry
 from trackserve.events.simulate import (
+    SIMULATE_STREAM,
     GEV_PER_TESLA_MM,
     SimulationConfig,
     generate_particles,
@@ -406,7 +407,7 @@ def test_command_line_writes_the_same_events(geometry, tmp_path, capsys):
     config = SimulationConfig(num_particles=50, noise_fraction=0.05)
     for event_id in (1000, 1001):
         written = read_event(tmp_path / f"event{event_id:09d}")
-        expected = simulate_event(geometry, config, seed=[3, event_id], event_id=event_id)
+        expected = simulate_event(geometry, config, seed=[3, SIMULATE_STREAM, event_id], event_id=event_id)
         np.testing.assert_array_equal(written.hits["module_id"], expected.hits["module_id"])
         np.testing.assert_allclose(written.hits["x"], expected.hits["x"], rtol=1e-8)
         np.testing.assert_array_equal(written.truth["particle_id"], expected.truth["particle_id"])
@@ -483,3 +484,20 @@ def test_simulate_event_refuses_an_event_id_that_is_no_trackml_id(geometry, even
 
     with pytest.raises(InputError, match="event_id must be an integer in 0.."):
         simulate_event(geometry, SimulationConfig(num_particles=5), seed=1, event_id=event_id)
+
+
+def test_command_line_events_are_never_the_training_events_of_the_same_seed(tmp_path):
+    """numpy's SeedSequence ignores trailing zeros: (S, i) would be the training's (S, i, 0, 0)."""
+    from trackserve.events.features import FeatureSpec
+    from trackserve.train.data import SimulatedSource, simulated_events, simulated_validation_event
+
+    assert main(["simulate", "--output", str(tmp_path), "--events", "3", "--num-particles", "40", "--seed", "7"]) == 0
+    spec = FeatureSpec(("r", "phi", "z"), (1000.0, np.pi, 1000.0))
+    source = SimulatedSource(num_particles=40)
+    trained = [event.features for stream in (0, 1)
+               for event in simulated_events([source], 3, spec, seed=7, stream=stream, show_progress=False)]
+    trained.append(simulated_validation_event(source, spec, seed=7)[0].features)
+    from trackserve.events.features import hit_features
+    for event_id in range(3):
+        written = hit_features(read_event(tmp_path / f"event{event_id:09d}").hits, spec)
+        assert not any(f.shape == written.shape and np.allclose(f, written) for f in trained)

@@ -48,7 +48,8 @@ def register(subparsers) -> None:
     parser.add_argument("--events", type=int, default=1, metavar="N", help="number of events (default 1)")
     parser.add_argument("--first-event-id", type=int, default=0, metavar="ID", help="id of the first event (default 0)")
     parser.add_argument("--particles", metavar="TABLE.csv", help="TrackML particles table to simulate in every event")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; event i uses (S, its event id)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; event i uses the seed sequence (S, 3, its event id), never one of "
+                             "the events `trackserve train --seed S` simulates for training or validation")
     parser.add_argument("--geometry", metavar="detectors.csv", help="TrackML geometry file (default: the repository's data/detectors.csv)")
     parser.add_argument("--gzip", action="store_true", help="write .csv.gz files")
     parser.add_argument("--overwrite", action="store_true",
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..events.geometry import load_geometry
     from ..events.event import MAX_EVENT_ID
-    from ..events.simulate import check_seed, simulate_event
+    from ..events.simulate import SIMULATE_STREAM, check_seed, simulate_event
     from ..events.trackml import read_particles, write_event
     from ..paths import output_directory
 
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         _refuse_existing(output, event_ids)
     for event_id in event_ids:
         start = time.perf_counter()
-        event = simulate_event(geometry, source, seed=[args.seed, event_id], config=config, event_id=event_id)
+        event = simulate_event(geometry, source, seed=[args.seed, SIMULATE_STREAM, event_id], config=config,
+                               event_id=event_id)
         elapsed = time.perf_counter() - start
         for path in _event_files(output, event_id):  # with --overwrite: none of the old files stays
             path.unlink()

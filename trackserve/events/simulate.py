@@ -79,6 +79,13 @@ BYTES_PER_PARTICLE = 15_000
 #: from a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
 
+#: The seed component after the run seed that ``trackserve simulate`` gives its events: event
+#: ``i`` uses ``(S, SIMULATE_STREAM, i)``. The training's events use ``(S, 0 or 1, source, i)``
+#: and its validation event ``(S, 2, 0, 0)`` (:mod:`trackserve.train.data`); numpy's
+#: ``SeedSequence`` ignores trailing zeros, so a plain ``(S, i)`` would be the training's
+#: stream ``i``: events simulated to hold out would be training events.
+SIMULATE_STREAM = 3
+
 
 def check_seed(seed: int, option: str = "--seed") -> None:
     """Refuse a seed outside ``0 .. MAX_SEED`` with an InputError naming ``option``."""

@@ -23,7 +23,8 @@ from ..events.truth_graph import truth_graph
 
 
 #: The ``stream`` of :func:`simulated_events` that a training's validation event comes from
-#: (training events use 0 for particle tables and 1 for random particles).
+#: (training events use 0 for particle tables and 1 for random particles; ``trackserve
+#: simulate`` uses :data:`trackserve.events.simulate.SIMULATE_STREAM`).
 VALIDATION_STREAM = 2
 
 

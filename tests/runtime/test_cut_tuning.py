@@ -159,6 +159,7 @@ def test_cuts_the_validation_cannot_tell_apart_are_noted(capsys):
     assert main(["tune-cut", str(DEFAULT_BUNDLE), "--validation", str(SAMPLE_EVENT)]) == 0
     err = capsys.readouterr().err
     assert "cuts (0.1 to 0.95) score the same best" in err and "do not tell them apart" in err
+    assert err.rstrip().endswith("would tell them apart")
 
 
 def test_tune_cut_write_refuses_a_bundle_it_cannot_write_before_tuning(tmp_path, capsys, monkeypatch):
@@ -422,3 +423,46 @@ def test_tune_cut_command_takes_the_highest_seed(capsys):
     assert main(["tune-cut", str(DEFAULT_BUNDLE), "--seed", str(2**63 - 1), "--validation-random", "100",
                  "--min-pt", "0"]) == 0
     assert f"seed {2**63 - 1}, stream" in capsys.readouterr().out
+
+
+def test_tune_cut_refuses_events_the_bundle_trained_on_and_copies_of_them(tmp_path, capsys):
+    assert main(["simulate", "--output", str(tmp_path / "sim"), "--events", "2", "--num-particles", "30"]) == 0
+    assert main(["simulate", "--output", str(tmp_path / "val"), "--first-event-id", "2", "--num-particles", "30",
+                 "--seed", "1"]) == 0
+    assert main(["train", "--quick", "--quiet", "--threads", "1", "--output", str(tmp_path / "b"), "--events",
+                 str(tmp_path / "sim"), "--validation", str(tmp_path / "val" / "event000000002")]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "sim", copy)
+    capsys.readouterr()
+    for given in (tmp_path / "sim" / "event000000001", copy):
+        assert main(["tune-cut", str(tmp_path / "b"), "--validation", str(given)]) == 2
+        assert "is one of the events the bundle's networks trained on" in capsys.readouterr().err
+    # train itself refuses a copy of a training event as its validation event
+    assert main(["train", "--quick", "--quiet", "--threads", "1", "--output", str(tmp_path / "c"), "--events",
+                 str(tmp_path / "sim"), "--validation", str(copy / "event000000000")]) == 2
+    assert "is one of the training events" in capsys.readouterr().err
+
+
+def test_tune_cut_simulates_with_the_bundles_training_seed_unless_told(tiny_bundle, capsys, monkeypatch):
+    import trackserve.commands.tune_cut as tune_cut
+
+    seeds = []
+    original = tune_cut._validation_events
+    monkeypatch.setattr(tune_cut, "_validation_events",
+                        lambda args, spec, bundle: seeds.append(args.seed) or original(args, spec, bundle))
+    recorded = tune_cut._recorded_seed(load_bundle(tiny_bundle).provenance)
+    assert main(["tune-cut", str(tiny_bundle), "--validation-random", "300", "--min-pt", "0.5"]) == 0
+    note = capsys.readouterr().err
+    assert seeds[-1] == (recorded or 0) and f"simulating the validation events with seed {seeds[-1]}" in note
+    assert main(["tune-cut", str(tiny_bundle), "--validation-random", "300", "--min-pt", "0.5", "--seed", "4"]) == 0
+    assert seeds[-1] == 4 and "simulating the validation events" not in capsys.readouterr().err
+
+
+def test_settings_that_build_no_track_rank_below_every_one_that_builds_some():
+    from trackserve.runtime.cut_tuning import CutFigures
+
+    nothing = CutFigures(0.9, 0.0, float("nan"), float("nan"), fake_rates=(float("nan"),))
+    poor = CutFigures(0.1, 0.2, 0.5, 0.0, fake_rates=(0.5,))  # more fakes than efficiency: score -0.3
+    assert poor.score < nothing.score and not nothing.builds_tracks and poor.builds_tracks
+    assert max([nothing, poor], key=lambda row: row.preference) is poor
+    assert nothing.worst_fake_rate != nothing.worst_fake_rate  # undefined, so no fake-rate bound holds for it

@@ -489,7 +489,8 @@ def test_cli_refuses_a_validation_event_the_started_from_bundle_trained_on(tmp_p
     from trackserve.cli import main
 
     assert main(["simulate", "--output", str(tmp_path / "sim"), "--events", "2", "--num-particles", "30"]) == 0
-    assert main(["simulate", "--output", str(tmp_path / "val"), "--first-event-id", "2", "--num-particles", "30"]) == 0
+    assert main(["simulate", "--output", str(tmp_path / "val"), "--first-event-id", "2", "--num-particles", "30",
+                 "--seed", "1"]) == 0
     base = ["train", "--quick", "--quiet", "--threads", "1"]
     monkeypatch.chdir(tmp_path)  # the bundle is trained on events given by relative paths
     assert main([*base, "--output", "d", "--events", "sim", "--validation", "val/event000000002"]) == 0

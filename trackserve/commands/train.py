@@ -208,14 +208,10 @@ def _check_not_trained_on(validation: Path, bundle: Path) -> None:
     from ..bundle import load_bundle
     from ..errors import InputError
 
+    from ..train.data import same_event, trained_event_paths
+
     provenance = load_bundle(bundle, check_files=False).provenance
-    names = []
-    for record in (provenance, provenance.get("started_from") or {}):
-        training = ((record.get("data") or {}).get("training") or {}) if isinstance(record, dict) else {}
-        names += [name for name in training.get("events", []) if isinstance(name, str)]
-    # Bundles record their TrackML training events by absolute path (earlier ones as given,
-    # relative to a directory this run cannot know: those cannot be compared and are skipped).
-    if any(Path(name).is_absolute() and Path(name).resolve() == validation.resolve() for name in names):
+    if any(same_event(trained, validation) for trained in trained_event_paths(provenance)):
         raise InputError(f"--validation {validation} is one of the events the --start-from bundle {bundle} trained "
                          "on: the cuts and the figures need an event its networks did not learn from; give a "
                          "held-out event")
@@ -288,8 +284,10 @@ def handle(args: argparse.Namespace) -> int:
                          f"{', ...' if len(held) > 3 else ''}); training validates on one: give one event's prefix, "
                          f"such as {held[0]}")
     if args.validation and args.events:
-        trained_on = {prefix.resolve() for path in args.events for prefix in find_event_prefixes(path)}
-        if find_event_prefixes(args.validation)[0].resolve() in trained_on:
+        from ..train.data import same_event
+
+        held_out = find_event_prefixes(args.validation)[0]
+        if any(same_event(prefix, held_out) for path in args.events for prefix in find_event_prefixes(path)):
             raise InputError(f"--validation {args.validation} is one of the training events: the cuts and the "
                              "figures need an event the networks did not learn from; give a held-out event")
     if args.validation and args.start_from is not None:

@@ -55,8 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validation-random", metavar="N", type=int, action="append", default=[],
                         help="simulate a validation event of N random particles, with the trainer's validation seeds "
                              "(repeatable)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the training seed, for the simulated validation events (0 .. 2^63-1; default 0)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the training seed, for the simulated validation events (0 .. 2^63-1; default: the "
+                             "seed the bundle's provenance records, else 0)")
     parser.add_argument("--track-building", choices=TRACK_BUILDING_METHODS, default=None,
                         help="tune for this method and store it with --write (default: the bundle's)")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
@@ -79,11 +80,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _validation_events(args, spec) -> list[tuple]:
-    """``(event, description)`` of every validation event the options name, in their order."""
+def _recorded_seed(provenance: dict) -> int | None:
+    """The training seed a bundle's provenance records (``settings.seed``), if any."""
+    seed = (provenance.get("settings") or {}).get("seed") if isinstance(provenance, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None
+
+
+def _validation_events(args, spec, bundle) -> list[tuple]:
+    """``(event, description)`` of every validation event the options name, in their order;
+    an InputError for an event ``bundle``'s networks trained on (its provenance names them)."""
     from ..errors import InputError
     from ..events.trackml import find_event_prefixes, read_event
-    from ..train.data import SimulatedSource, simulated_validation_event
+    from ..train.data import SimulatedSource, same_event, simulated_validation_event, trained_event_paths
 
     if not (args.validation or args.validation_particles or args.validation_random):
         raise InputError("give at least one validation event: --validation EVENT, --validation-particles TABLE.csv "
@@ -97,8 +105,13 @@ def _validation_events(args, spec) -> list[tuple]:
                              "(it would count twice in the means)")
         seen[key] = given
 
+    trained = trained_event_paths(bundle.provenance)
     for path in args.validation:
         for prefix in find_event_prefixes(path):  # a directory: every event in it
+            if any(same_event(event, prefix) for event in trained):
+                raise InputError(f"--validation {path}: {prefix} is one of the events the bundle's networks trained "
+                                 "on, where they score better than on new events: the cut chosen there would not "
+                                 "hold; give held-out events")
             once(prefix.resolve(), f"--validation {path}")
             events.append((read_event(prefix, parts=("truth", "particles")), str(prefix)))
     sources = []
@@ -117,6 +130,12 @@ def _validation_events(args, spec) -> list[tuple]:
         validation, described = simulated_validation_event(source, spec, seed=args.seed)
         events.append((validation.event, described))
     return events
+
+
+def _rate(value: float) -> str:
+    """A rate for the tables: four decimals, or ``n/a`` where it is undefined (no candidate
+    track to count fakes among), as ``run`` and ``evaluate`` print it."""
+    return "n/a" if value != value else f"{value:.4f}"
 
 
 def _check_writable(directory: Path) -> None:
@@ -145,8 +164,16 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.pipeline import Pipeline
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
-    check_seed(args.seed)  # the seed trackserve train takes
+    if args.seed is not None:
+        check_seed(args.seed)  # the seed trackserve train takes
     pipeline = Pipeline(args.bundle)
+    if args.seed is None:
+        recorded = _recorded_seed(pipeline.bundle.provenance)
+        args.seed = 0 if recorded is None else recorded
+        if args.validation_particles or args.validation_random:
+            print(f"trackserve tune-cut: note: simulating the validation events with seed {args.seed}, "
+                  + ("the bundle's training seed" if recorded is not None else "as the bundle records no training "
+                     "seed") + " (--seed chooses another)", file=sys.stderr)
     if args.write:
         _check_writable(pipeline.bundle.directory)  # before the tuning, not after it
     method = args.track_building or pipeline.stages.track_building
@@ -157,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--join-at says at how many cut pairs to try piece joining: give it with --join-pieces")
     if args.join_at < 1:
         raise InputError(f"--join-at {args.join_at}: give a number of cut pairs >= 1")
-    validations = _validation_events(args, pipeline.feature_spec)
+    validations = _validation_events(args, pipeline.feature_spec, pipeline.bundle)
     events = [event for event, _ in validations]
     # Before the networks run: with no particle to count, every cut's efficiency is NaN.
     check_counted_particles(events, min_pt=args.min_pt, min_hits=args.min_hits, names=SELECTION_OPTIONS[:2])
@@ -187,8 +214,8 @@ def run(args: argparse.Namespace) -> int:
                    and stages.join_pieces is None)
         mark = "  <- best" if row == best else ("  (bundle's)" if current else "")
         gap = "-" if row.gap_cut is None else f"{row.gap_cut:.2f}"
-        print(f"{row.cut:5.2f}  {gap:>7}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.worst_fake_rate:10.4f}  "
-              f"{row.duplicate_rate:10.4f}  {row.score:10.4f}{mark}")
+        print(f"{row.cut:5.2f}  {gap:>7}  {_rate(row.efficiency):>10}  {_rate(row.fake_rate):>9}  "
+              f"{_rate(row.worst_fake_rate):>10}  {_rate(row.duplicate_rate):>10}  {row.score:10.4f}{mark}")
     pairs_tried = []
     if args.join_pieces:
         best, tables = tune_cuts_and_joining(pipeline, validation, rows, pairs=args.join_at, min_pt=args.min_pt,
@@ -201,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
                 described = "no joining" if pair_best.join is None else pair_best.join.describe()
                 mark = "  <- best" if pair_best == best else ""
                 print(f"{_describe(pair_best.cut, pair_best.gap_cut):<30}  {described:<62}  "
-                      f"{pair_best.efficiency:10.4f}  {pair_best.worst_fake_rate:10.4f}  {pair_best.score:10.4f}{mark}")
+                      f"{_rate(pair_best.efficiency):>10}  {_rate(pair_best.worst_fake_rate):>10}  "
+                      f"{pair_best.score:10.4f}{mark}")
         join_rows = next(rows_at_pair for pair_best, rows_at_pair in tables if pair_best is best)
         print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the {JOINS_SHOWN} best of "
               f"{len(CANDIDATE_JOINS)} settings")
@@ -209,14 +237,14 @@ def run(args: argparse.Namespace) -> int:
         for row in _shown_join_rows(join_rows, args.max_fake_rate):
             mark = "  <- best" if row == best else ""
             described = "no joining" if row.join is None else row.join.describe()
-            print(f"{described:<62}  {row.efficiency:10.4f}  {row.fake_rate:9.4f}  {row.worst_fake_rate:10.4f}  "
+            print(f"{described:<62}  {_rate(row.efficiency):>10}  {_rate(row.fake_rate):>9}  {_rate(row.worst_fake_rate):>10}  "
                   f"{row.score:10.4f}{mark}")
     tied = sorted({row.cut for row in rows if row.score == best.score
                    and (args.max_fake_rate is None or row.worst_fake_rate <= args.max_fake_rate)})
     if len(tied) > 1:
         print(f"trackserve tune-cut: note: {len(tied)} cuts ({tied[0]:g} to {tied[-1]:g}) score the same best "
               f"{best.score:.4f}: these validation events do not tell them apart, and the rule takes the smallest; "
-              "denser validation events (like those the bundle will see) would", file=sys.stderr)
+              "denser validation events (like those the bundle will see) would tell them apart", file=sys.stderr)
     chosen = _describe(best.cut, best.gap_cut, best.join)
     if not args.write:
         print(f"best: {chosen} (the bundle has {_describe(stages.gnn_cut, stages.gap_cut, stages.join_pieces)}); "

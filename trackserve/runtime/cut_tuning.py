@@ -69,16 +69,27 @@ class CutFigures:
         return float(np.nan_to_num(self.efficiency) - np.nan_to_num(self.fake_rate))
 
     @property
+    def builds_tracks(self) -> bool:
+        """Whether these settings build a candidate track on every validation event (where
+        they build none, the fake rate is undefined: NaN)."""
+        rates = self.fake_rates or (self.fake_rate,)
+        return all(rate == rate for rate in rates)
+
+    @property
     def preference(self) -> tuple:
-        """The order candidates are chosen in: higher score, then the smaller cut, then the
-        higher gap cut (no gap filling counts as a gap cut equal to the cut), then no joining."""
-        return (self.score, -self.cut, self.cut if self.gap_cut is None else self.gap_cut, self.join is None)
+        """The order candidates are chosen in: those that build tracks on every event first
+        (settings that build none would otherwise win with a score of 0 wherever every
+        other one has more fakes than efficiency), then the higher score, the smaller cut,
+        the higher gap cut (no gap filling counts as a gap cut equal to the cut), no joining."""
+        return (self.builds_tracks, self.score, -self.cut, self.cut if self.gap_cut is None else self.gap_cut,
+                self.join is None)
 
     @property
     def worst_fake_rate(self) -> float:
-        """The highest fake rate of any validation event (NaN counts as 0)."""
-        rates = self.fake_rates or (self.fake_rate,)
-        return float(max(np.nan_to_num(rate) for rate in rates))
+        """The highest fake rate of the validation events where one is defined (NaN when these
+        settings build no track on any event: no fake-rate bound can then be said to hold)."""
+        finite = [rate for rate in (self.fake_rates or (self.fake_rate,)) if rate == rate]
+        return float(max(finite)) if finite else float("nan")
 
 
 def _mean(values: list[float]) -> float:
@@ -213,8 +224,8 @@ def tune_cuts_and_joining(pipeline, validation: ValidationSet, cut_rows: list[Cu
         _best(cut_rows, max_fake_rate, validation, "cut")  # raises tune_gnn_cut's error: no row keeps the bound
     tables = [tune_piece_joining(pipeline, validation, cut=row.cut, gap_cut=row.gap_cut, candidates=candidates,
                                  min_pt=min_pt, min_hits=min_hits, max_fake_rate=max_fake_rate) for row in tried]
-    top = max(best.score for best, _ in tables)
-    return next(best for best, _ in tables if best.score == top), tables
+    top = max((best.builds_tracks, best.score) for best, _ in tables)
+    return next(best for best, _ in tables if (best.builds_tracks, best.score) == top), tables
 
 
 def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits: int,
@@ -288,7 +299,8 @@ def _validation_set(pipeline, events, method: str | None) -> ValidationSet:
 def _best(rows: list[CutFigures], max_fake_rate: float | None, validation: ValidationSet, what: str) -> CutFigures:
     allowed = [row for row in rows if max_fake_rate is None or row.worst_fake_rate <= max_fake_rate]
     if not allowed:
-        lowest = min(rows, key=lambda row: row.worst_fake_rate)
+        lowest = min(rows, key=lambda row: row.worst_fake_rate if row.worst_fake_rate == row.worst_fake_rate
+                      else float("inf"))
         events = validation.events
         where = events[0].name if len(events) == 1 else f"every one of {len(events)} validation events"
         raise InputError(f"no candidate {what} keeps the fake rate at or below {max_fake_rate:g} on {where} "

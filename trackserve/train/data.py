@@ -200,3 +200,44 @@ def describe_events(events: Sequence[TrainingEvent]) -> dict:
         "num_hits": int(sum(event.num_hits for event in events)),
         "num_truth_edges": int(sum(event.truth_edges.shape[1] for event in events)),
     }
+
+
+def trained_event_paths(provenance: dict) -> list[Path]:
+    """The TrackML events a bundle's networks trained on, from its provenance (its own
+    ``data.training.events`` and, for a bundle trained ``--start-from`` another, that one's
+    too). Bundles record them by absolute path; earlier ones recorded them as given,
+    relative to a directory no later run can know, and those are left out."""
+    def field(record, key):  # provenance is free-form: anything may be missing or of another type
+        return record.get(key) if isinstance(record, dict) else None
+
+    names = []
+    for record in (provenance, field(provenance, "started_from")):
+        events = field(field(field(record, "data"), "training"), "events")
+        names += [name for name in events if isinstance(name, str)] if isinstance(events, list) else []
+    return [Path(name) for name in names if Path(name).is_absolute()]
+
+
+def same_event(first: Path, second: Path) -> bool:
+    """Whether two TrackML event prefixes are one event: the same files, or hits files with
+    the same bytes (a copy of an event under another name is still that event)."""
+    if first.resolve() == second.resolve():
+        return True
+    hits = [_hits_file(prefix) for prefix in (first, second)]
+    if any(path is None for path in hits) or hits[0].stat().st_size != hits[1].stat().st_size:
+        return False
+    with open(hits[0], "rb") as one, open(hits[1], "rb") as other:
+        while True:
+            block = one.read(1 << 20)
+            if block != other.read(1 << 20):
+                return False
+            if not block:
+                return True
+
+
+def _hits_file(prefix: Path) -> Path | None:
+    for suffix in ("-hits.csv", "-hits.csv.gz"):
+        path = prefix.with_name(prefix.name + suffix)
+        if path.is_file():
+            return path
+    return None
+

@@ -166,13 +166,16 @@ def validate_gnn(network, event: TrainingEvent, graph: np.ndarray, cut: float, c
 
 def choose_gnn_cut(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> tuple[float, dict]:
     """The cut of :data:`CANDIDATE_CUTS` (those not below ``config.prune_cut``) with the best track
-    efficiency minus fake rate on ``event``, and its figures."""
+    efficiency minus fake rate on ``event`` among those that build a track (any cut when
+    none does), and its figures."""
     logits = gnn_scores(network, event, graph)
     best = None
     for cut in not_below_prune_cut(CANDIDATE_CUTS, config.prune_cut):
         labels = track_labels(event.num_hits, graph, logits, cut, config.track_building, event.hit_distance)
         figures = track_figures(event, labels, config.min_pt, config.min_hits)
-        value = np.nan_to_num(figures["track_efficiency"]) - np.nan_to_num(figures["fake_rate"])
+        # a cut that builds no track (fake rate NaN) ranks below every cut that builds some
+        builds = figures["fake_rate"] == figures["fake_rate"]
+        value = (builds, float(np.nan_to_num(figures["track_efficiency"]) - np.nan_to_num(figures["fake_rate"])))
         if best is None or value > best[0]:
             best = (value, cut)
     cut = best[1]

@@ -13,7 +13,7 @@ Events:
 For each event the bundle runs stage by stage on the runtime :class:`Pipeline` (ONNX
 Runtime), and the script reports the edge efficiency and purity after the graph, the
 filter and the GNN cut (against the truth graph; efficiency for all particles and for
-pT > 1 GeV), the double-majority track efficiency for particles with pT > 1 GeV and at
+pT >= 1 GeV), the double-majority track efficiency for particles with pT >= 1 GeV and at
 least 5 hits, the fake and duplicate rates, the same efficiency split by where along the
 beam each particle was produced (``|vz|``) and by its direction (``|η|``: barrel, between,
 endcaps), how the particles not found are lost (merged into another track, or split,
@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import bundle_section, load_note, machine_description, write_section  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
+                      publish, reduced_run_note)
 
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.metrics import evaluate_event, event_particle_pt, found_particles  # noqa: E402
@@ -143,7 +145,7 @@ def particle_matching(event, pids: np.ndarray, labels: np.ndarray) -> tuple[np.n
 
 
 def efficiency_by_origin(event, matching) -> dict:
-    """Found / reconstructable particles (pT > MIN_PT, >= MIN_HITS hits) in each (|eta| bin, |vz| bin).
+    """Found / reconstructable particles (pT >= MIN_PT, >= MIN_HITS hits) in each (|eta| bin, |vz| bin).
 
     ``matching``: :func:`particle_matching` of the labels. Keys ``(eta_bin, vz_bin)`` index
     :data:`ETA_EDGES` and :data:`VZ_EDGES` bins; values ``(found, reconstructable)``.
@@ -173,7 +175,7 @@ def efficiency_by_origin(event, matching) -> dict:
 
 
 def lost_particles(event, pids: np.ndarray, labels: np.ndarray, matching, stage_keys: dict) -> dict:
-    """Why the counted particles (pT > MIN_PT, >= MIN_HITS hits) that ``labels`` does not find are lost.
+    """Why the counted particles (pT >= MIN_PT, >= MIN_HITS hits) that ``labels`` does not find are lost.
 
     ``merged``: a track holds more than half of the particle's hits, yet does not find it
     (more than half of that track is other hits, or it is too short to be a candidate);
@@ -291,21 +293,28 @@ def summary_by_kind(every: list) -> list[str]:
     return lines
 
 
-def main() -> int:
+#: Held-out simulated events of each kind in the full run.
+FULL_PER_KIND = 3
+
+
+def main(argv=None) -> int:
+    """Measure the bundle on every event, print the tables and write the RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle to measure (default: models/default)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime and graph-building threads (default 2)")
-    parser.add_argument("--small", action="store_true", help="simulated events with 1/10 of the particles (a quick check)")
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="ONNX Runtime and graph-building threads (default 2)")
+    parser.add_argument("--small", action="store_true",
+                        help="simulated events with 1/10 of the particles (a quick check; the section says it is a "
+                        "reduced run)")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
-    parser.add_argument("--per-kind", type=int, default=3,
-                        help="held-out simulated events of each kind (default 3; the first of each has the seed of "
-                        "every earlier run)")
-    args = parser.parse_args()
-    if args.per_kind < 1:
-        parser.error(f"--per-kind must be >= 1, got {args.per_kind}")
-    note = load_note()  # before the benchmark's own work raises the load
+    parser.add_argument("--per-kind", type=positive_int, default=FULL_PER_KIND,
+                        help=f"held-out simulated events of each kind (default {FULL_PER_KIND}; the first of each has "
+                        "the seed of every earlier run)")
+    args = parser.parse_args(argv)
+    bundle = load_bundle_option(parser, "--bundle", args.bundle)
+    watch = LoadWatch()  # before the benchmark's own work raises the load
 
-    pipeline = Pipeline(args.bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
+    pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
     every = []  # (kind, name, result) of every event
     for kind, name, event in held_out_events(args.small, args.per_kind) + real_events():
         result = evaluate(pipeline, event)
@@ -313,16 +322,18 @@ def main() -> int:
         tracks = result["tracks"]
         print(f"{name}: {result['hits']} hits, efficiency {tracks['efficiency']:.4f}, fake rate {tracks['fake_rate']:.4f}, "
               f"{sum(result['times'].values()):.2f} s", flush=True)
+    watch.finish()
     # the detailed tables: the first event of each kind (the seeds of every earlier run)
     results = [(name, result) for kind, name, result in every if name == kind]
 
     stages = pipeline.stages
     section = bundle_section(args.bundle, "default_bundle", "bundle_")
+    reduced = reduced_run_note((["1/10 of the particles in the simulated events (`--small`)"] if args.small else [])
+                               + ([f"{args.per_kind} held-out simulated event(s) of each kind instead of {FULL_PER_KIND}"]
+                                  if args.per_kind < FULL_PER_KIND else []))
     lines = [
-        f"## {section.replace('_', ' ')} (`benchmarks/bench_default_bundle.py`)",
-        "",
         f"Machine: {machine_description()}. Threads: ONNX Runtime intra-op {args.threads}, graph building {args.threads} "
-        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + note,
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + watch.note(),
         f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
         f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, "
         + ("" if stages.prune_cut is None else f"pruner cut {stages.prune_cut:g} (the 'pruner' rows: the filtered edges "
@@ -332,9 +343,9 @@ def main() -> int:
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
            "passing the GNN cut; gaps are filled from the edges passing the gap cut)")
         + ("" if stages.join_pieces is None else f", piece joining: {stages.join_pieces.describe()}") + "."
-        + (" **Small run (`--small`): 1/10 of the particles.**" if args.small else ""),
+        + (f" {reduced}" if reduced else ""),
         "",
-        f"Tracks: double-majority efficiency for particles with pT > {MIN_PT:g} GeV and >= {MIN_HITS} hits; fake rate = "
+        f"Tracks: double-majority efficiency for particles with pT >= {MIN_PT:g} GeV and >= {MIN_HITS} hits; fake rate = "
         f"candidate tracks (>= {MIN_HITS} hits) matched to no particle. Target on the held-out simulated events: "
         f"efficiency >= {TARGET_EFFICIENCY:.0%}, fake rate <= {TARGET_FAKE_RATE:.0%}.",
         "",
@@ -356,9 +367,10 @@ def main() -> int:
                         if joined else ""))
     lines += [
         "",
-        "Edges after each stage against the truth graph (efficiency: all particles / pT > 1 GeV; purity: edges joining two hits of one particle):",
+        f"Edges after each stage against the truth graph (efficiency: all particles / pT >= {MIN_PT:g} GeV; purity: edges "
+        "joining two hits of one particle):",
         "",
-        "| event | stage | edges | efficiency | efficiency pT > 1 | purity |",
+        f"| event | stage | edges | efficiency | efficiency pT >= {MIN_PT:g} | purity |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, result in results:
@@ -368,7 +380,7 @@ def main() -> int:
     lines += [
         "",
         f"Efficiency by where along the beam each particle was produced (|vz|) and its direction (|eta|: "
-        f"< {ETA_EDGES[0]:g} barrel, >= {ETA_EDGES[1]:g} endcaps); found / counted (pT > {MIN_PT:g} GeV, "
+        f"< {ETA_EDGES[0]:g} barrel, >= {ETA_EDGES[1]:g} endcaps); found / counted (pT >= {MIN_PT:g} GeV, "
         f">= {MIN_HITS} hits), the same tracks as above:",
         "",
         "| event | abs(eta) | " + " | ".join(f"abs(vz) {name}" for name in vz_names) + " |",
@@ -408,10 +420,7 @@ def main() -> int:
     for name, result in results:
         t = result["times"]
         lines.append(f"| {name} | {t['embed']:.3f} | {t['graph']:.3f} | {t['filter']:.3f} | {t['gnn']:.3f} | {t['tracks']:.3f} |")
-    markdown = "\n".join(lines)
-    print(markdown)
-    if not args.no_write:
-        write_section(section, markdown)
+    publish(section, "bench_default_bundle.py", lines, write=not args.no_write, title=section.replace("_", " "))
     return 0
 
 

@@ -16,8 +16,8 @@ pass of each); throughput is events over the wall time of a pass, from the media
 of each way, and the ratio is the median of the rounds' ratios. The labels of the two
 ways are compared event by event.
 
-``python benchmarks/bench_event_workers.py [--bundle models/default] [--quick]`` writes the
-section ``event_workers`` of ``benchmarks/RESULTS.md`` (for another bundle,
+``python benchmarks/bench_event_workers.py [--bundle models/default] [--quick] [--no-write]``
+writes the section ``event_workers`` of ``benchmarks/RESULTS.md`` (for another bundle,
 ``event_workers_<its directory name>``).
 """
 
@@ -30,13 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 from trackserve.commands.run import PROCESSES_MIN_EVENTS  # noqa: E402
-from _results import (bundle_section, interleaved_rounds, load_note, machine_description, median_pass,  # noqa: E402
-                      publish, ratio_text, round_ratios)
+from _results import (LoadWatch, bundle_description, bundle_section, interleaved_rounds,  # noqa: E402
+                      load_bundle_option, machine_description, median_pass, publish, ratio_text, reduced_run_note,
+                      round_ratios, use_checkout_in_children)
 from bench_scaling import simulate_features  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 
 
@@ -71,51 +73,74 @@ def compare(name: str, one, flights: dict, events: list, rounds: int) -> str:
             f"{' | '.join(ratios)} | {sum(same)}/{count} |")
 
 
+#: Simulated events of the full run: (name, hits, count, rounds); and of ``--quick``.
+SIZES = (("simulated, random particles", 10_000, 8, 3), ("simulated, random particles", 100_000, 2, 2))
+QUICK_SIZES = (("simulated, random particles", 3_000, 4, 1),)
+#: Benchmark events and rounds on them: the full run's and ``--quick``'s.
+LRT_FULL, LRT_QUICK = (100, 5), (20, 1)
+
+
 def main(argv=None) -> int:
     """Run the comparison, print the table and write the RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
-    parser.add_argument("--quick", action="store_true", help="fewer and smaller events, one round")
+    parser.add_argument("--bundle", default=str(REPO / "models" / "default"),
+                        help="bundle every way runs (default: models/default); the benchmark events are used when it "
+                        "has 3 features")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a quick check: {LRT_QUICK[0]} benchmark events in {LRT_QUICK[1]} round instead of "
+                        f"{LRT_FULL[0]} in {LRT_FULL[1]}, and {QUICK_SIZES[0][2]} simulated events of "
+                        f"{QUICK_SIZES[0][1]:,} hits in {QUICK_SIZES[0][3]} round instead of the 10k- and 100k-hit "
+                        "ones; the section says it is a reduced run")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    bundle = load_bundle_option(parser, "--bundle", args.bundle)
+    use_checkout_in_children()  # the worker processes import this checkout too
+    watch = LoadWatch()  # before the benchmark's own work raises the load
 
-    from trackserve.bundle import load_bundle
     from trackserve.events.trackml import read_feature_csv
     from trackserve.runtime.config import RuntimeConfig, automatic_event_workers, available_cores
     from trackserve.runtime.pipeline import Pipeline
 
-    note = load_note()  # before the benchmark's own work raises the load
-    bundle = load_bundle(args.bundle)
     cores = available_cores()
     workers = automatic_event_workers(100, cores)
     one = Pipeline(bundle, config=RuntimeConfig(event_workers=1))
     flights = {executor: Pipeline(bundle, config=RuntimeConfig(event_workers=workers, event_executor=executor))
                for executor in ("threads", "processes")}
     flight = flights["threads"]
-    sizes = [("simulated, random particles", 10_000, 8, 3), ("simulated, random particles", 100_000, 2, 2)]
-    if args.quick:
-        sizes = [("simulated, random particles", 3_000, 4, 1)]
-    rows = []
-    if bundle.num_features == 3 and LRT_EVENTS.is_dir():
-        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
-        rows.append(compare("published benchmark events (lrt_events)", one, flights, events, 1 if args.quick else 5))
+    sizes = QUICK_SIZES if args.quick else SIZES
+    lrt_count, lrt_rounds = LRT_QUICK if args.quick else LRT_FULL
+    rows, skipped = [], ""
+    if bundle.num_features != 3:
+        skipped = f" The benchmark events have 3 features, the bundle {bundle.num_features}: skipped."
+    elif not LRT_EVENTS.is_dir():
+        skipped = f" The published benchmark events are absent ({LRT_EVENTS}): skipped."
+    else:
+        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(lrt_count)]
+        rows.append(compare("published benchmark events (lrt_events)", one, flights, events, lrt_rounds))
     for name, hits, count, rounds in sizes:
         events = [simulate_features(hits, one.feature_spec, seed=100 + i) for i in range(count)]
         rows.append(compare(name, one, flights, events, rounds))
     flights["processes"].close()
+    watch.finish()
+    reduced = reduced_run_note([f"{lrt_count} benchmark events in {lrt_rounds} round instead of {LRT_FULL[0]} in "
+                                f"{LRT_FULL[1]}", f"{QUICK_SIZES[0][2]} simulated events of {QUICK_SIZES[0][1]:,} hits "
+                                f"in {QUICK_SIZES[0][3]} round instead of 8 of 10k and 2 of 100k hits"]
+                               if args.quick else [], "--quick")
     lines = [f"Machine: {machine_description()}.", "",
-             f"Bundle: `{args.bundle}`. One at a time: `RuntimeConfig(event_workers=1)`, "
+             f"Bundle: {bundle_description(bundle, args.bundle)}. One at a time: `RuntimeConfig(event_workers=1)`, "
              f"{one.config.resolved_intra_op_threads} network / {one.config.resolved_graph_threads} graph-building "
              f"threads for each event (parts of it at once). In flight: `RuntimeConfig(event_workers={workers})`, "
              f"{flight.config.resolved_intra_op_threads} / {flight.config.resolved_graph_threads} for each, on "
              f"threads (what `trackserve run` chooses for several events on these {cores} cores, below "
              f"{PROCESSES_MIN_EVENTS}) and in worker processes (`event_executor=\"processes\"`: `trackserve run` from "
              f"{PROCESSES_MIN_EVENTS} events; started in "
-             f"the warm-up pass). {note}", "",
-             "| events | count | hits per event | one at a time (events/s) | in flight, threads (events/s) | "
-             "in flight, processes (events/s) | threads / one at a time | processes / one at a time | "
-             "identical labels (all three) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
+             f"the warm-up pass). {watch.note()}{skipped}", ""]
+    if reduced:
+        lines += [reduced, ""]
+    lines += ["| events | count | hits per event | one at a time (events/s) | in flight, threads (events/s) | "
+              "in flight, processes (events/s) | threads / one at a time | processes / one at a time | "
+              "identical labels (all three) |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
     section = bundle_section(args.bundle, "event_workers", "event_workers_")
     publish(section, "bench_event_workers.py", lines, write=not args.no_write)
     return 0

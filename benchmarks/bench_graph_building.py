@@ -19,7 +19,7 @@ Track building: ``build_tracks`` against ``scipy.sparse.csgraph.connected_compon
 about 1M scored edges (tracks of ~10 hits plus random fakes), same cut, partitions asserted.
 
 Run ``python benchmarks/bench_graph_building.py`` (``--help`` for sizes and threads); it
-writes the section ``graph_building`` of ``benchmarks/RESULTS.md``.
+writes the section ``graph_building`` of ``benchmarks/RESULTS.md`` (not with ``--no-write``).
 """
 
 from __future__ import annotations
@@ -36,13 +36,22 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_note, machine_description, write_section  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from _results import (LoadWatch, comma_choices, machine_description, positive_int, publish,  # noqa: E402
+                      reduced_run_note)
 
 from trackserve.runtime.graph_building import build_graph  # noqa: E402
 from trackserve.runtime.track_building import build_tracks  # noqa: E402
 
 BORDER = 1e-4  # relative distance to the radius within which the references may disagree
+#: The kinds of point sets (see the module docstring).
+KINDS = ("manifold", "uniform")
+#: The full run's settings.
+FULL = {"points": 100_000, "edges": 1_000_000, "repeats": 3}
+#: The fewest scored edges track_rows can build an event of (0.4 of them are hits: at least one).
+MIN_EDGES = 3
 
 
 def manifold_points(n: int, dims: int, per_cluster: int, rng: np.random.Generator) -> np.ndarray:
@@ -134,7 +143,8 @@ def kdtree_ball(points: np.ndarray, radius: float, threads: int) -> np.ndarray:
 
 
 def graph_rows(kind: str, args, rng: np.random.Generator) -> list[str]:
-    generate = manifold_points if kind == "manifold" else uniform_points
+    """Time our graph building and the references on a point set of ``kind``; the section's lines for it."""
+    generate = {"manifold": manifold_points, "uniform": uniform_points}[kind]
     points = generate(args.points, args.dims, args.per_cluster, rng)
     radius = radius_for(points, args.per_cluster, rng)
     n = points.shape[0]
@@ -216,36 +226,58 @@ def track_rows(args, rng: np.random.Generator) -> list[str]:
     ]
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    """Time graph and track building against the references, print and write the RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=100_000, help="points per graph (default 100000)")
-    parser.add_argument("--dims", type=int, default=8, help="embedding dimensions (default 8)")
-    parser.add_argument("--per-cluster", type=int, default=10, help="points per cluster and target neighbours")
-    parser.add_argument("--edges", type=int, default=1_000_000, help="scored edges for track building")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every method")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per method (median); FAISS runs once")
-    parser.add_argument("--kinds", default="manifold,uniform", help="point sets: manifold,uniform")
+    parser.add_argument("--points", type=positive_int, default=FULL["points"],
+                        help=f"points per graph (default {FULL['points']}; more than --per-cluster, so that every "
+                        "point has that many neighbours to set the radius by)")
+    parser.add_argument("--dims", type=positive_int, default=8, help="embedding dimensions (default 8)")
+    parser.add_argument("--per-cluster", type=positive_int, default=10,
+                        help="points per cluster and target neighbours (default 10)")
+    parser.add_argument("--edges", type=positive_int, default=FULL["edges"],
+                        help=f"scored edges for track building (default {FULL['edges']}; at least {MIN_EDGES})")
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+                        help="threads for every method (default: the machine's cores)")
+    parser.add_argument("--repeats", type=positive_int, default=FULL["repeats"],
+                        help=f"runs per method (median; default {FULL['repeats']}); FAISS runs once")
+    parser.add_argument("--kinds", type=comma_choices(KINDS), default=list(KINDS),
+                        help=f"comma list of point sets among {', '.join(KINDS)} (default: both)")
     parser.add_argument("--skip-faiss", action="store_true", help="leave FAISS out (it takes tens of seconds)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update RESULTS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.points <= args.per_cluster:
+        # radius_for takes the distance to the per_cluster-th neighbour: with fewer other points it is infinite
+        parser.error(f"argument --points: must be more than --per-cluster ({args.per_cluster}) so that the radius "
+                     f"(the distance to the {args.per_cluster}th neighbour) is finite, got {args.points}")
+    if args.edges < MIN_EDGES:
+        parser.error(f"argument --edges: must be >= {MIN_EDGES} (0.4 of them are the hits of the track-building "
+                     f"event), got {args.edges}")
+    watch = LoadWatch()  # before the benchmark's own work raises the load
 
     rng = np.random.default_rng(2024)
+    body = []
+    for kind in args.kinds:
+        body += graph_rows(kind, args, rng)
+    body += track_rows(args, rng)
+    watch.finish()
+    changes = [f"{args.points:,} points instead of {FULL['points']:,}"] if args.points < FULL["points"] else []
+    changes += [f"{args.edges:,} scored edges instead of {FULL['edges']:,}"] if args.edges < FULL["edges"] else []
+    changes += [f"medians of {args.repeats} runs instead of {FULL['repeats']}"] if args.repeats < FULL["repeats"] else []
+    changes += [f"only the point sets {', '.join(args.kinds)}"] if set(KINDS) - set(args.kinds) else []
+    changes += ["FAISS left out (`--skip-faiss`)"] if args.skip_faiss else []
+    reduced = reduced_run_note(changes)
     lines = [
         f"Machine: {machine_description()}",
         "",
         f"Threads: ours `threads={args.threads}`; FAISS `omp_set_num_threads({args.threads})`; "
         f"cKDTree `query_ball_point(workers={args.threads})`, `query_pairs` has no workers option "
         "(1 thread); scipy connected_components is single-threaded. Medians of "
-        f"{args.repeats} runs (FAISS: 1 run). Our graph building keeps its few BLAS products (a sample's covariance and distances) on the calling thread. " + load_note(),
+        f"{args.repeats} runs (FAISS: 1 run). Our graph building keeps its few BLAS products (a sample's covariance and distances) on the calling thread. " + watch.note(),
         "",
+        *([reduced, ""] if reduced else []),
     ]
-    for kind in args.kinds.split(","):
-        lines += graph_rows(kind.strip(), args, rng)
-    lines += track_rows(args, rng)
-    markdown = "## graph_building\n\n" + "\n".join(lines)
-    print(markdown)
-    if not args.no_write:
-        print(f"wrote {write_section('graph_building', markdown)}")
+    publish("graph_building", "bench_graph_building.py", lines + body, write=not args.no_write)
     return 0
 
 

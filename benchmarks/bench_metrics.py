@@ -6,7 +6,7 @@ Builds a synthetic full-size TrackML-like event (default 110,000 hits, 12,000 pa
 straightforward loop over tracks computing the same figures, checks they agree, and
 writes the "metrics" section of benchmarks/RESULTS.md.
 
-Run: ``python benchmarks/bench_metrics.py [--hits N] [--repeat R]``.
+Run: ``python benchmarks/bench_metrics.py [--hits N] [--repeat R] [--no-write]``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,26 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from _results import load_note, machine_description, write_section
-from trackserve.events.event import Event
-from trackserve.events.metrics import evaluate_event, track_metrics, trackml_score
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from _results import (LoadWatch, int_at_least, machine_description, positive_int, publish,  # noqa: E402
+                      reduced_run_note, significant)
+from trackserve.events.event import Event  # noqa: E402
+from trackserve.events.metrics import evaluate_event, track_metrics, trackml_score  # noqa: E402
+
+#: The full run's settings.
+FULL = {"hits": 110_000, "repeat": 5}
+#: The smallest event the comparison is defined on: a smaller one may hold no particle of
+#: 5 hits (no efficiency) or no candidate track (no fake rate).
+MIN_EVENT_HITS = 100
 
 
 def synthetic(num_hits: int, seed: int = 0):
@@ -85,13 +97,17 @@ def best_of(repeat: int, function, *args, **kwargs):
     return best, result
 
 
-def main() -> None:
+def main(argv=None) -> int:
     """Time both implementations, check agreement, write the RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hits", type=int, default=110_000, help="hits in the synthetic event (default 110000)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions, best kept (default 5)")
-    args = parser.parse_args()
-    note = load_note()  # before the benchmark's own work raises the load
+    parser.add_argument("--hits", type=int_at_least(MIN_EVENT_HITS), default=FULL["hits"],
+                        help=f"hits in the synthetic event (default {FULL['hits']}; at least {MIN_EVENT_HITS}, "
+                        "below which the event may hold no particle the figures count)")
+    parser.add_argument("--repeat", type=positive_int, default=FULL["repeat"],
+                        help=f"timed repetitions, best kept (default {FULL['repeat']})")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    watch = LoadWatch()  # before the benchmark's own work raises the load
 
     pids, labels, weights, hit_ids = synthetic(args.hits)
     truth = {"hit_id": hit_ids, "particle_id": pids, "weight": weights}
@@ -107,6 +123,7 @@ def main() -> None:
     t_score, score = best_of(args.repeat, trackml_score, hit_ids, labels, truth)
     t_event, result = best_of(args.repeat, evaluate_event, event, hit_ids[order], labels[order], min_hits=5)
     t_loop, (loop_eff, loop_fake, loop_score) = best_of(1, loop_figures, pids, labels, weights, 5)
+    watch.finish()
     for name, mine, theirs in (
         ("efficiency", metrics.efficiency, loop_eff),
         ("fake_rate", metrics.fake_rate, loop_fake),
@@ -117,12 +134,14 @@ def main() -> None:
             raise SystemExit(f"{name}: vectorised {mine!r} != loop {theirs!r}")
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    reduced = reduced_run_note(
+        ([f"{args.hits:,} hits instead of {FULL['hits']:,}"] if args.hits < FULL["hits"] else [])
+        + ([f"best of {args.repeat} runs instead of {FULL['repeat']}"] if args.repeat < FULL["repeat"] else []))
     lines = [
-        "## metrics",
-        "",
         f"Machine: {machine_description()}. numpy {np.__version__}; OMP_NUM_THREADS={threads} "
-        "(the metrics are single-threaded numpy sorts and counts). " + note,
+        "(the metrics are single-threaded numpy sorts and counts). " + watch.note(),
         "",
+        *([reduced, ""] if reduced else []),
         f"Synthetic event: {args.hits} hits, {metrics.num_particles} particles, "
         f"{int((pids == 0).sum())} noise hits, {metrics.num_tracks} tracks "
         f"(efficiency {metrics.efficiency:.4f}, fake rate {metrics.fake_rate:.4f}, score {score:.4f}; "
@@ -131,15 +150,14 @@ def main() -> None:
         "",
         "| what | time (ms) | loop / this |",
         "| --- | ---: | ---: |",
-        f"| `track_metrics` | {t_tracks * 1e3:.1f} | {t_loop / t_tracks:.0f}x |",
-        f"| `trackml_score` (alignment included) | {t_score * 1e3:.1f} | {t_loop / t_score:.0f}x |",
-        f"| `evaluate_event` (all figures, shuffled rows) | {t_event * 1e3:.1f} | {t_loop / t_event:.0f}x |",
-        f"| Python loop over tracks (efficiency, fake rate, score) | {t_loop * 1e3:.1f} | 1x |",
+        f"| `track_metrics` | {t_tracks * 1e3:.1f} | {significant(t_loop / t_tracks)}x |",
+        f"| `trackml_score` (alignment included) | {t_score * 1e3:.1f} | {significant(t_loop / t_score)}x |",
+        f"| `evaluate_event` (all figures, shuffled rows) | {t_event * 1e3:.1f} | {significant(t_loop / t_event)}x |",
+        f"| Python loop over tracks (efficiency, fake rate, score) | {t_loop * 1e3:.1f} | 1.0x |",
     ]
-    markdown = "\n".join(lines)
-    print(markdown)
-    write_section("metrics", markdown)
+    publish("metrics", "bench_metrics.py", lines, write=not args.no_write)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

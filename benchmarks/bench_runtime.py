@@ -27,8 +27,8 @@ ratios are the median of the rounds' ratios. Labels are compared event by event 
 partitions; a difference is explained by the first stage whose output differs (graph
 edges on the radius, scores at the cut).
 
-``python benchmarks/bench_runtime.py [--bundle models/default] [--threads 2] [--quick]``
-writes the section ``runtime_vs_baseline`` of ``benchmarks/RESULTS.md`` (for a bundle other
+``python benchmarks/bench_runtime.py [--bundle models/default] [--threads 2] [--quick] [--sim-bundle DIR]
+[--no-write]`` writes the section ``runtime_vs_baseline`` of ``benchmarks/RESULTS.md`` (for a bundle other
 than the default, ``runtime_vs_baseline_<its directory name>``).
 """
 
@@ -45,12 +45,14 @@ from scipy.sparse import coo_array
 from scipy.spatial import cKDTree
 from scipy.sparse.csgraph import connected_components
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trackserve.commands.run import PROCESSES_MIN_EVENTS  # noqa: E402
-from _results import (bundle_section, interleaved_rounds, load_note, machine_description, median_pass,  # noqa: E402
-                      publish, ratio_text, round_ratios)
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from trackserve.commands.run import PROCESSES_MIN_EVENTS  # noqa: E402
+from _results import (LoadWatch, bundle_description, bundle_section, interleaved_rounds,  # noqa: E402
+                      load_bundle_option, machine_description, median_pass, positive_int, publish, ratio_text,
+                      reduced_run_note, round_ratios, use_checkout_in_children)
+
 SHARED = REPO.parent / "shared" / "data"
 LRT_EVENTS = SHARED / "exatrkx_service" / "lrt_events"
 PARTICLES = SHARED / "trackml" / "event000001000-particles.csv"
@@ -401,8 +403,14 @@ def compare(name, pipeline, baseline, events, repeats, lines, in_flight=None) ->
     return ratio, identical, flight_ratio
 
 
-def simulated_event(spec, num_particles: int | None):
-    """Features of an event simulated from the real particles of event000001000 (or a subset)."""
+#: The full run's settings and those of ``--quick``; ``--repeats`` and ``--sim-repeats`` override either.
+FULL = {"events": 100, "repeats": 5, "sim_repeats": 2, "sim_particles": None}
+QUICK = {"events": 20, "repeats": 1, "sim_repeats": 1, "sim_particles": 1500}
+
+
+def simulated_event(spec, num_particles: int | None) -> tuple[np.ndarray, str]:
+    """Features of an event simulated from the real particles of event000001000 (all of them,
+    or the first ``num_particles``), and its name, which gives its size."""
     from trackserve.events.features import hit_features
     from trackserve.events.geometry import load_geometry
     from trackserve.events.simulate import simulate_event
@@ -411,50 +419,98 @@ def simulated_event(spec, num_particles: int | None):
     particles = read_particles(PARTICLES)
     if num_particles is not None:
         particles = {key: value[:num_particles] for key, value in particles.items()}
-    return hit_features(simulate_event(load_geometry(), particles, seed=1).hits, spec)
+    features = hit_features(simulate_event(load_geometry(), particles, seed=1).hits, spec)
+    source = PARTICLES.name.split("-")[0]
+    if num_particles is None:
+        return features, f"simulated full event ({features.shape[0]:,} hits, the particles of {source})"
+    return features, (f"simulated event of {features.shape[0]:,} hits (the first {num_particles:,} particles of "
+                      f"{source}, not a full event)")
 
 
-def main(argv=None) -> int:
-    """Run the comparison, print the tables and write the RESULTS.md section."""
+def parse_arguments(argv):
+    """The options, with the settings ``--quick`` leaves to explicit options resolved, and the
+    bundles loaded and checked (a bad path is a one-line error before any work):
+    (args, bundle, simulated-event bundle)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed rounds over the benchmark events (one pass of each side per round)")
-    parser.add_argument("--sim-repeats", type=int, default=2, help="timed runs of the simulated event")
-    parser.add_argument("--quick", action="store_true", help="20 events, 1 repeat, a 1/8-size simulated event")
+    parser.add_argument("--bundle", default=str(REPO / "models" / "default"),
+                        help="bundle both sides run (default: models/default); the benchmark events need one of 3 "
+                        "features")
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="threads of every pool on both sides (torch, faiss's OpenMP, ONNX Runtime intra-op, "
+                        "graph building), and the events in flight for the in-flight rows (default 2)")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help=f"timed rounds over the benchmark events, one pass of each side per round (default "
+                        f"{FULL['repeats']}; {QUICK['repeats']} with --quick)")
+    parser.add_argument("--sim-repeats", type=positive_int, default=None,
+                        help=f"timed rounds of the simulated event (default {FULL['sim_repeats']}; "
+                        f"{QUICK['sim_repeats']} with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a quick check: {QUICK['events']} benchmark events instead of {FULL['events']}, a "
+                        f"simulated event of the first {QUICK['sim_particles']:,} particles instead of the full event, "
+                        "and the --quick defaults of --repeats and --sim-repeats (explicit values override them); "
+                        "the section says it is a reduced run")
     parser.add_argument("--sim-bundle", default=None,
                         help="bundle for the simulated event (default: --bundle); the benchmark events need a "
                         "3-feature bundle, the simulated event a bundle trained for full-density events")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    args.events, args.sim_particles = settings["events"], settings["sim_particles"]
+    args.repeats = settings["repeats"] if args.repeats is None else args.repeats
+    args.sim_repeats = settings["sim_repeats"] if args.sim_repeats is None else args.sim_repeats
+    if not PARTICLES.is_file():
+        parser.error(f"the simulated event needs the particles of {PARTICLES.name}, not found at {PARTICLES} "
+                     "(the shared data folder next to the repository)")
+    bundle = load_bundle_option(parser, "--bundle", args.bundle)
+    sim_bundle = None if args.sim_bundle is None else load_bundle_option(parser, "--sim-bundle", args.sim_bundle)
+    return args, bundle, sim_bundle
 
-    from trackserve.bundle import load_bundle
+
+def reduced_settings(args, benchmark_events: bool) -> list[str]:
+    """What this run does below the full run's settings, each in words (none for a full run)."""
+    changes = []
+    if benchmark_events and args.events < FULL["events"]:
+        changes.append(f"{args.events} benchmark events instead of {FULL['events']}")
+    if benchmark_events and args.repeats < FULL["repeats"]:
+        changes.append(f"{args.repeats} round(s) on the benchmark events instead of {FULL['repeats']}")
+    if args.sim_particles is not None:
+        changes.append(f"a simulated event of the first {args.sim_particles:,} particles instead of the full event")
+    if args.sim_repeats < FULL["sim_repeats"]:
+        changes.append(f"{args.sim_repeats} round(s) on the simulated event instead of {FULL['sim_repeats']}")
+    return changes
+
+
+def stage_settings(bundle) -> str:
+    """The bundle's graph, cuts and track building, in a few words."""
+    stages = bundle.stages
+    return (f"track building {stages.track_building}; radius {stages.radius:.4g}, K {stages.max_neighbours}, cuts "
+            f"{stages.filter_cut}/{stages.gnn_cut}" + ("" if stages.gap_cut is None else f", gap cut {stages.gap_cut}")
+            + ("" if stages.join_pieces is None else f", piece joining ({stages.join_pieces.describe()})"))
+
+
+def main(argv=None) -> int:
+    """Run the comparison, print the tables and write the RESULTS.md section."""
+    args, bundle, sim_bundle = parse_arguments(argv)
+    use_checkout_in_children()  # the worker processes import this checkout too
+    watch = LoadWatch()  # before the benchmark's own work raises the load
+
     from trackserve.events.trackml import read_feature_csv
     from trackserve.runtime.config import RuntimeConfig
     from trackserve.runtime.pipeline import Pipeline
 
     threads = set_threads(args.threads)
-    bundle = load_bundle(args.bundle)
     config = RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads)
     pipeline = Pipeline(bundle, config=config)
     baseline = Baseline(bundle, config.edge_chunk_size)
-    repeats = 1 if args.quick else args.repeats
-    lines = [f"Machine: {machine_description()}.", "",
-             "Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()) + f"; {args.threads} cores for both.",
-             f"Bundle: `{args.bundle}`, features {list(bundle.feature_names)} (trained on: "
-             f"{bundle.provenance.get('data', 'no data recorded')}"
-             + (f"; rescaled from the features {bundle.provenance['rescaled']['from_features']['names']}"
-                if "rescaled" in bundle.provenance else "") + f"); track building {bundle.stages.track_building}; radius "
-             f"{bundle.stages.radius:.4g}, K {bundle.stages.max_neighbours}, cuts {bundle.stages.filter_cut}/"
-             f"{bundle.stages.gnn_cut}" + ("" if bundle.stages.gap_cut is None else f", gap cut {bundle.stages.gap_cut}")
-             + ("" if bundle.stages.join_pieces is None else f", piece joining ({bundle.stages.join_pieces.describe()})")
-             + ". " + load_note(), ""]
+    lines = []
     ratio = flight_ratio = None
+    benchmark_events = bundle.num_features == 3 and LRT_EVENTS.is_dir()
     if bundle.num_features != 3:
         lines += [f"The benchmark events have 3 features, the bundle {bundle.num_features}: skipped.", ""]
-    elif LRT_EVENTS.is_dir():
-        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(20 if args.quick else 100)]
+    elif not LRT_EVENTS.is_dir():
+        lines += [f"The published benchmark events are absent ({LRT_EVENTS}): skipped.", ""]
+    else:
+        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(args.events)]
         for features in events[:5]:  # warm-up
             pipeline.run(features), baseline.run(features)
         in_flight = {executor: Pipeline(bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1,
@@ -463,32 +519,44 @@ def main(argv=None) -> int:
         for runner in in_flight.values():  # warm-up (and the worker processes' start)
             for _result in runner.run_many(events[:10]):
                 pass
-        ratio, _, flight_ratio = compare("published benchmark events (lrt_events)", pipeline, baseline, events, repeats,
-                                         lines, in_flight)
+        ratio, _, flight_ratio = compare("published benchmark events (lrt_events)", pipeline, baseline, events,
+                                         args.repeats, lines, in_flight)
         in_flight["processes"].close()
-    if args.sim_bundle is not None:
-        sim_bundle = load_bundle(args.sim_bundle)
+    if sim_bundle is not None:
         pipeline, baseline = Pipeline(sim_bundle, config=config), Baseline(sim_bundle, config.edge_chunk_size)
-        lines += [f"Simulated event: bundle `{args.sim_bundle}` ({sim_bundle.provenance.get('data', {}).get('simulated', '')} "
-                  f"trained; radius {sim_bundle.stages.radius:.4g}, K {sim_bundle.stages.max_neighbours}, cuts "
-                  f"{sim_bundle.stages.filter_cut}/{sim_bundle.stages.gnn_cut}).", ""]
-    big = simulated_event(pipeline.feature_spec, 1500 if args.quick else None)
+        lines += [f"Simulated event: bundle {bundle_description(sim_bundle, args.sim_bundle)}; {stage_settings(sim_bundle)}.",
+                  ""]
+    big, big_name = simulated_event(pipeline.feature_spec, args.sim_particles)
     # compare() runs both once to check the labels before timing: that is the warm-up here.
-    compare("simulated full event (event000001000 particles)", pipeline, baseline, [big],
-            1 if args.quick else args.sim_repeats, lines)
+    compare(big_name, pipeline, baseline, [big], args.sim_repeats, lines)
+    watch.finish()
     if ratio is not None:
-        threads, processes = flight_ratio["threads"], flight_ratio["processes"]
+        def verdict(value: float) -> str:
+            return ("met" if value >= 3 else "NOT met") + watch.provisional()
+
+        threads_ratio, processes = flight_ratio["threads"], flight_ratio["processes"]
         lines.append(f"Target: ours >= 3x the baseline's throughput on the benchmark events: with {args.threads} events "
                      f"in flight in worker processes (`RuntimeConfig(event_workers={args.threads}, intra_op_threads=1, "
                      f"graph_threads=1, event_executor=\"processes\")`, what `trackserve run` does with {PROCESSES_MIN_EVENTS} events or more) "
-                     f"{'met' if processes >= 3 else 'NOT met'} ({processes:.2f}x); on threads (what `trackserve run` "
+                     f"{verdict(processes)} ({processes:.2f}x); on threads (what `trackserve run` "
                      f"does with fewer events on {args.threads} cores) "
-                     f"{'met' if threads >= 3 else 'NOT met'} ({threads:.2f}x); one event at a time "
-                     f"(`Pipeline.run`, `trackserve run --event-workers 1`) {'met' if ratio >= 3 else 'NOT met'} "
+                     f"{verdict(threads_ratio)} ({threads_ratio:.2f}x); one event at a time "
+                     f"(`Pipeline.run`, `trackserve run --event-workers 1`) {verdict(ratio)} "
                      f"({ratio:.2f}x). The baseline runs one event at a time with every pool at the full thread count, "
-                     "as the published service's scripts do.")
+                     "as the published service's scripts do."
+                     + (" Provisional: the load average says the machine was busy during the run (see above); rerun "
+                        "on a quiet machine for a verdict." if watch.busy else ""))
+    rescaled = bundle.provenance.get("rescaled", {}).get("from_features", {}).get("names")
+    header = [f"Machine: {machine_description()}.", "",
+              "Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()) + f"; {args.threads} cores for both.",
+              f"Bundle: {bundle_description(bundle, args.bundle)}"
+              + (f"; rescaled from the features {', '.join(rescaled)}" if rescaled else "")
+              + f"; {stage_settings(bundle)}. " + watch.note(), ""]
+    reduced = reduced_run_note(reduced_settings(args, benchmark_events), "--quick" if args.quick else None)
+    if reduced:
+        header += [reduced, ""]
     section = bundle_section(args.bundle, "runtime_vs_baseline", "runtime_vs_baseline_")
-    publish(section, "bench_runtime.py", lines, write=not args.no_write)
+    publish(section, "bench_runtime.py", header + lines, write=not args.no_write)
     return 0
 
 

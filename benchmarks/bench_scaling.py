@@ -8,25 +8,29 @@ process's peak resident size (``VmHWM``), reported with the resident size before
 sessions) so the event's own share shows. For each network stage the FLOPs of its
 matrix products are counted from the ONNX graph (:func:`trackserve.engines.flops.network_flops`
 with that stage's hits and edges) and the achieved rate is set against the machine's
-own float32 matrix-multiply peak, measured in the same run with the same thread count
-(numpy ``float32`` matmul of 2048x2048 matrices, best of 5).
+own float32 matrix-multiply peak: numpy ``float32`` matmul of 2048x2048 matrices, best
+of 5, in a child process with the stage processes' thread environment
+(``OMP_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` at ``--threads``), measured at the start
+and again at the end of the run; the higher of the two is the peak.
 
 Two more tables say how much of that peak depends on the networks rather than the runtime:
 the same events of 10k hits and more on a bundle of random networks with the published
 ExaTrkX service's sizes (``benchmarks/published_size_bundle.py``: 512 wide where the
-default bundle is 64), and the rate ONNX Runtime reaches on bare chains of layers of 32,
-64 and 512 columns (matrix products alone, then with LayerNorm and an activation), run
-the way the runtime runs a network stage.
+default bundle's embedding and filter are 64), and the rate ONNX Runtime reaches on bare
+chains of layers of the bundle's widths and of the published service's 512 columns (matrix
+products alone, then with LayerNorm and an activation), run the way the runtime runs a
+network stage.
 
 ``python benchmarks/bench_scaling.py [--bundle models/default] [--threads 2] [--quick]
-[--no-published-sizes]`` writes the section ``scaling`` of ``benchmarks/RESULTS.md``.
+[--no-published-sizes] [--no-write]`` writes the section ``scaling`` of
+``benchmarks/RESULTS.md`` (for a bundle other than the default, ``scaling_<its directory name>``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -36,18 +40,35 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_note, machine_description, write_section  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one; children get it on PYTHONPATH
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from _results import (LoadWatch, bundle_description, bundle_section, checkout_environment,  # noqa: E402
+                      load_bundle_option, machine_description, network_sizes, network_widths, positive_int,
+                      positive_int_list, publish, reduced_run_note)
+
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
 NETWORK_OF_STAGE = {"embed": "embedding", "filter": "filter", "gnn": "gnn"}
 #: Simulated hits per random particle with the default options (about 13, measured below).
 _CALIBRATION_PARTICLES = 500
 
 
-def matmul_peak(threads: int, size: int = 2048) -> float:
-    """Best float32 matmul rate (FLOP/s) of numpy on ``size`` square matrices, BLAS set to ``threads``."""
+#: The full run's settings and those of ``--quick``; ``--sizes`` and ``--repeats`` override either.
+FULL = {"sizes": [1000, 10000, 100000], "repeats": 3}
+QUICK = {"sizes": [1000, 10000], "repeats": 1}
+#: The matrices of the matmul peak: float32, this many rows and columns.
+PEAK_SIZE = 2048
+
+
+def child_environment(threads: int) -> dict:
+    """The environment of every measuring child process (stages and matmul peak): this
+    checkout first on PYTHONPATH, OpenMP and numpy's OpenBLAS at ``threads`` threads."""
+    return checkout_environment(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+
+
+def matmul_peak(size: int = PEAK_SIZE) -> float:
+    """Best float32 matmul rate (FLOP/s) of numpy on ``size`` square matrices, best of 5, with
+    BLAS at whatever thread count this process's environment set (run it in :func:`measured_peak`)."""
     rng = np.random.default_rng(0)
     a = rng.random((size, size), dtype=np.float32)
     b = rng.random((size, size), dtype=np.float32)
@@ -58,6 +79,14 @@ def matmul_peak(threads: int, size: int = 2048) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+def measured_peak(threads: int) -> float:
+    """:func:`matmul_peak` (FLOP/s) measured in a child process with :func:`child_environment`,
+    exactly the thread environment the stage measurements run in."""
+    done = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--peak-child"], check=True,
+                          env=child_environment(threads), stdout=subprocess.PIPE, text=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak"])
 
 
 def simulate_features(target_hits: int, spec, seed: int) -> np.ndarray:
@@ -196,10 +225,9 @@ def measure_bundle(bundle_path: str, sizes, threads: int, repeats: int, scratch:
     for size in sizes:
         features_path, out_path = scratch / f"{tag}-f{size}.npy", scratch / f"{tag}-r{size}.json"
         np.save(features_path, simulate_features(size, spec, seed=size))
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
         subprocess.run([sys.executable, __file__, "--bundle", bundle_path, "--threads", str(threads),
                         "--repeats", str(repeats), "--child", str(features_path), str(out_path)],
-                       check=True, env=env)
+                       check=True, env=child_environment(threads))
         rows.append(json.loads(out_path.read_text()))
     return rows
 
@@ -231,51 +259,80 @@ def bundle_tables(bundle_path: str, rows: list[dict], peak: float) -> tuple[list
     return stage_lines, rate_lines
 
 
-def main(argv=None) -> int:
-    """Run every size in its own process, print the tables and write the RESULTS.md section."""
+def parse_arguments(argv):
+    """The options, with the settings ``--quick`` leaves to explicit options resolved; in the
+    parent (not a child process), the bundle loaded and checked and torch looked for when the
+    published-size bundle is wanted, each failure a one-line error before any work:
+    (args, bundle or None in a child)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "models" / "default"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--bundle", default=str(REPO / "models" / "default"),
+                        help="bundle to time (default: models/default)")
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="trackserve intra_op_threads and graph_threads of every measurement, and the "
+                        "OMP_NUM_THREADS/OPENBLAS_NUM_THREADS of the measuring processes (default 2)")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help=f"runs of each event after the warm-up, median kept (default {FULL['repeats']}; "
+                        f"{QUICK['repeats']} with --quick)")
+    parser.add_argument("--sizes", type=positive_int_list, default=None,
+                        help="comma list of event sizes in hits (default "
+                        f"{','.join(map(str, FULL['sizes']))}; {','.join(map(str, QUICK['sizes']))} with --quick)")
     parser.add_argument("--published-sizes", action=argparse.BooleanOptionalAction, default=True,
                         help="also time a bundle of random networks with the published service's sizes "
-                             "(benchmarks/published_size_bundle.py; needs torch to write it)")
-    parser.add_argument("--published-repeats", type=int, default=1,
+                             "(benchmarks/published_size_bundle.py; needs torch to write it), on the sizes of 10k "
+                             "hits and more")
+    parser.add_argument("--published-repeats", type=positive_int, default=1,
                         help="runs after the warm-up for the published-size bundle (its 100k-hit event takes ~30 s)")
-    parser.add_argument("--quick", action="store_true", help="sizes 1k and 10k, 1 repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="a quick check: the --quick defaults of --sizes and --repeats (explicit values override "
+                        "them); the section says it is a reduced run")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     parser.add_argument("--child", nargs=2, metavar=("FEATURES", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        Path(args.child[1]).write_text(json.dumps(child(args.child[0], args.bundle, args.threads, args.repeats)))
-        return 0
+    settings = QUICK if args.quick else FULL
+    args.sizes = settings["sizes"] if args.sizes is None else args.sizes
+    args.repeats = settings["repeats"] if args.repeats is None else args.repeats
+    if args.child or args.peak_child:
+        return args, None
+    if args.published_sizes and importlib.util.find_spec("torch") is None:
+        parser.error("--published-sizes needs torch to write the published-size bundle, and torch is not installed: "
+                     "install it or pass --no-published-sizes")
+    return args, load_bundle_option(parser, "--bundle", args.bundle)
 
+
+def reduced_settings(args) -> list[str]:
+    """What this run does below the full run's settings, each in words (none for a full run)."""
+    changes = []
+    if not set(FULL["sizes"]) <= set(args.sizes):
+        changes.append(f"event sizes {', '.join(f'{s:,}' for s in args.sizes)} instead of "
+                       f"{', '.join(f'{s:,}' for s in FULL['sizes'])} hits")
+    if args.repeats < FULL["repeats"]:
+        changes.append(f"medians of {args.repeats} run(s) instead of {FULL['repeats']}")
+    if not args.published_sizes:
+        changes.append("the published-size tables left out (`--no-published-sizes`)")
+    return changes
+
+
+def published_tables(args, scratch: Path):
+    """Write the published-size bundle (in its own process: torch stays out of this one and of
+    the children's memory figures) and time it on the sizes of 10k hits and more; return the
+    function that gives the section's lines for it once the matmul peak is known."""
     from trackserve.bundle import load_bundle
-    from trackserve.runtime.network_steps import EMBED_BLOCK_ROWS
+    from published_size_bundle import EMBEDDING, FILTER, GNN
 
-    bundle = load_bundle(args.bundle)
-    sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    repeats = 1 if args.quick else args.repeats
-    note = load_note()
-    peak = matmul_peak(args.threads)
-    with tempfile.TemporaryDirectory() as scratch:
-        rows = measure_bundle(args.bundle, sizes, args.threads, repeats, Path(scratch), "bundle")
-        stage_lines, rate_lines = bundle_tables(args.bundle, rows, peak)
-        published_lines: list[str] = []
-        if args.published_sizes:
-            from published_size_bundle import EMBEDDING, FILTER, GNN
+    sizes = [s for s in args.sizes if s >= 10_000]
+    if not sizes:
+        return lambda _peak: ["", "### The same runtime on networks of the published service's sizes", "",
+                              "Not run: it runs on the sizes of 10k hits and more, and none was asked for."]
+    published = str(scratch / "published-sizes")
+    subprocess.run([sys.executable, str(Path(__file__).with_name("published_size_bundle.py")), published],
+                   check=True, env=checkout_environment())
+    rows = measure_bundle(published, sizes, args.threads, args.published_repeats, scratch, "published")
+    stages = load_bundle(published).stages
 
-            published = str(Path(scratch) / "published-sizes")
-            # in its own process: torch stays out of this one and of the children's memory figures
-            subprocess.run([sys.executable, str(Path(__file__).with_name("published_size_bundle.py")), published],
-                           check=True)
-            published_rows = measure_bundle(published, [s for s in sizes if s >= 10_000], args.threads,
-                                            args.published_repeats, Path(scratch), "published")
-            p_stage, p_rate = bundle_tables(published, published_rows, peak)
-            stages = load_bundle(published).stages
-            published_lines = [
-                "", "### The same runtime on networks of the published service's sizes", "",
+    def lines(peak: float) -> list[str]:
+        p_stage, p_rate = bundle_tables(published, rows, peak)
+        return ["", "### The same runtime on networks of the published service's sizes", "",
                 "Random weights with the sizes of the published ExaTrkX service's hyperparameter files "
                 f"(`benchmarks/published_size_bundle.py`): embedding {EMBEDDING['nb_layer']} layers of "
                 f"{EMBEDDING['emb_hidden']}, filter {FILTER['nb_layer']} layers of {FILTER['hidden']} (both LayerNorm "
@@ -284,37 +341,70 @@ def main(argv=None) -> int:
                 f"median hit of a 10k-hit event), cap {stages.max_neighbours}, filter cut {stages.filter_cut:.3f} (a "
                 f"third of the edges), GNN cut {stages.gnn_cut}. Medians of {args.published_repeats} run(s) after a "
                 "warm-up; the same events as above.", "", *p_stage, "", *p_rate]
-        chain_lines = ["", "### What ONNX Runtime reaches on layers of these widths", "",
-                       f"Chains of 4 layers `[100,000 x w] x [w x w]` run as the runtime runs the embedding "
-                       f"({args.threads} single-threaded sessions on row slices at once, each slice in calls of "
-                       f"{EMBED_BLOCK_ROWS:,} rows), best of 3: the matrix "
-                       "products alone, and each followed by a LayerNorm and an activation as in the networks. The "
-                       "default bundle's networks are 64 (embedding, filter) and 32 (GNN) wide; the published "
-                       "service's embedding and filter 512.", "",
-                       "| width | layers | GFLOP/s | of matmul peak |", "| ---: | --- | ---: | ---: |"]
-        for width, label, rate in layer_chain_rates((32, 64, 512), args.threads):
-            chain_lines.append(f"| {width} | {label} | {rate / 1e9:.1f} | {rate / peak:.0%} |")
 
+    return lines
+
+
+def main(argv=None) -> int:
+    """Run every size in its own process, print the tables and write the RESULTS.md section."""
+    args, bundle = parse_arguments(argv)
+    if args.child:
+        Path(args.child[1]).write_text(json.dumps(child(args.child[0], args.bundle, args.threads, args.repeats)))
+        return 0
+    if args.peak_child:
+        print(json.dumps({"peak": matmul_peak()}))
+        return 0
+
+    from published_size_bundle import EMBEDDING, FILTER
+    from trackserve.runtime.network_steps import EMBED_BLOCK_ROWS
+
+    watch = LoadWatch()  # before the benchmark's own work raises the load
+    peak_start = measured_peak(args.threads)
+    widths = sorted(set(network_widths(bundle).values()) | {EMBEDDING["emb_hidden"], FILTER["hidden"]})
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = measure_bundle(args.bundle, args.sizes, args.threads, args.repeats, Path(scratch), "bundle")
+        published_lines = published_tables(args, Path(scratch)) if args.published_sizes else lambda _peak: []
+        chains = layer_chain_rates(widths, args.threads)
+        peak_end = measured_peak(args.threads)
+        watch.finish()
+        peak = max(peak_start, peak_end)
+        stage_lines, rate_lines = bundle_tables(args.bundle, rows, peak)
+        published = published_lines(peak)  # reads the published-size bundle's ONNX files, still in scratch
+    chain_lines = ["", "### What ONNX Runtime reaches on layers of these widths", "",
+                   f"Chains of 4 layers `[100,000 x w] x [w x w]` run as the runtime runs the embedding "
+                   f"({args.threads} single-threaded sessions on row slices at once, each slice in calls of "
+                   f"{EMBED_BLOCK_ROWS:,} rows), best of 3: the matrix products alone, and each followed by a "
+                   "LayerNorm and an activation as in the networks. The widths: the bundle's networks' (from its "
+                   f"pipeline.json: {network_sizes(bundle)}) and the published service's embedding and filter "
+                   f"({EMBEDDING['emb_hidden']}).", "",
+                   "| width | layers | GFLOP/s | of matmul peak |", "| ---: | --- | ---: | ---: |"]
+    for width, label, rate in chains:
+        chain_lines.append(f"| {width} | {label} | {rate / 1e9:.1f} | {rate / peak:.0%} |")
+    env = f"OMP_NUM_THREADS={args.threads}, OPENBLAS_NUM_THREADS={args.threads}"
     lines = [f"Machine: {machine_description()}.", "",
              f"Threads: trackserve intra_op_threads={args.threads} (each network stage as {args.threads} single-threaded "
-             f"ONNX Runtime calls on parts of the event), graph_threads={args.threads}; matmul peak with "
-             f"numpy BLAS at {args.threads} threads (OPENBLAS_NUM_THREADS={args.threads}): "
-             f"**{peak / 1e9:.1f} GFLOP/s** (float32 2048x2048, best of 5).",
-             f"Bundle: `{args.bundle}` ({bundle.provenance.get('data', 'no data recorded')}). Random-particle events "
-             f"on the full detector, each size in a fresh process; medians of {repeats} runs after a warm-up. "
-             "Peak memory: the peak resident size (VmHWM) of that process (in brackets: before the first event). " + note, "",
-             *stage_lines]
+             f"ONNX Runtime calls on parts of the event), graph_threads={args.threads}; every measuring process "
+             f"(each event size, and the matmul peak) started with {env}. Matmul peak: numpy float32 "
+             f"{PEAK_SIZE}x{PEAK_SIZE} matmul, best of 5, in such a process: {peak_start / 1e9:.1f} GFLOP/s at the "
+             f"start of the run, {peak_end / 1e9:.1f} at the end; the rates below are set against the higher, "
+             f"**{peak / 1e9:.1f} GFLOP/s**.",
+             f"Bundle: {bundle_description(bundle, args.bundle)}. Random-particle events "
+             f"on the full detector, each size in a fresh process; medians of {args.repeats} runs after a warm-up. "
+             "Peak memory: the peak resident size (VmHWM) of that process (in brackets: before the first event). "
+             + watch.note(), ""]
+    reduced = reduced_run_note(reduced_settings(args), "--quick" if args.quick else None)
+    if reduced:
+        lines += [reduced, ""]
+    lines += stage_lines
     rate_intro = ["", "FLOPs of the matrix products at the sizes each network ran at (the GNN: the hits its "
                   "filtered edges touch; in halo slices it computes the halo edges twice, not counted here). "
                   "The column `GNN ran as` says how the GNN used the threads (README): groups of connected "
                   "components, or blocks of rows on all threads, at once; in one call it runs on one thread "
                   f"(the sequential scatter form) and against this {args.threads}-thread peak could reach at most "
                   f"1/{args.threads}.", ""]
-    text = ("## scaling (`benchmarks/bench_scaling.py`)\n\n"
-            + "\n".join(lines + rate_intro + rate_lines + published_lines + chain_lines))
-    print(text)
-    if not args.no_write:
-        write_section("scaling", text)
+    section = bundle_section(args.bundle, "scaling", "scaling_")
+    publish(section, "bench_scaling.py", lines + rate_intro + rate_lines + published + chain_lines,
+            write=not args.no_write)
     return 0
 
 

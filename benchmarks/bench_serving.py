@@ -23,36 +23,41 @@ pools are 1 (set before numpy loads). The machine has few cores, shared by the
 server's instances, the load generator's client threads and (for ``direct``) the
 pipeline's threads: the report says so with the figures.
 
-Usage: ``python benchmarks/bench_serving.py [--bundle DIR] [--threads 1] [--instances 2] [--quick]``;
-writes section ``serving`` of ``benchmarks/RESULTS.md`` and ``benchmarks/serving_throughput.png``.
+Usage: ``python benchmarks/bench_serving.py [--bundle DIR] [--threads 1] [--instances 2] [--quick] [--no-write]``;
+writes section ``serving`` of ``benchmarks/RESULTS.md`` and ``benchmarks/serving_throughput.png``
+(for a bundle other than ``models/default``: ``serving_<its directory name>`` and
+``serving_throughput_<its directory name>.png``).
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import os
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+# This checkout's trackserve, here and (through PYTHONPATH, set in main) in the served instances.
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(HERE))
 
 # The served instances get these pools at one thread (trackserve serve's environment); the
 # direct pipeline in this process gets the same, set before numpy loads.
-from trackserve.serving.server import ONE_THREAD_POOLS
+from trackserve.serving.server import ONE_THREAD_POOLS  # noqa: E402
 
 for _variable in ONE_THREAD_POOLS:
     os.environ.setdefault(_variable, "1")
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import numpy as np  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(REPO))
-from _results import load_note, machine_description, write_section  # noqa: E402
+from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
+                      publish, reduced_run_note, replace_file, repo_relative, use_checkout_in_children)
 
 LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 DEFAULT_BUNDLE = REPO / "models" / "default"
@@ -67,8 +72,6 @@ def load_events(count: int) -> list[np.ndarray]:
     """The first ``count`` published benchmark events (feature CSVs, 3 features)."""
     from trackserve.events.trackml import read_feature_csv
 
-    if not LRT_EVENTS.is_dir():
-        sys.exit(f"the published events are absent: {LRT_EVENTS} (the shared data folder)")
     return [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(count)]
 
 
@@ -186,7 +189,7 @@ def plot(curves: dict, instances: list, path: Path) -> None:
     right.set_title(f"custom model, concurrency {instances[0][1].concurrency}")
     right.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    replace_file(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
 
 
@@ -194,13 +197,38 @@ def _cell(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(args, bundle_note, config, curves, instances, ratios, setup) -> str:
-    """The ``serving`` section of RESULTS.md."""
+def published_event_count() -> int:
+    """How many published benchmark events there are: ``evt_0.csv``, ``evt_1.csv``... in a row (0 when absent)."""
+    count = 0
+    while (LRT_EVENTS / f"evt_{count}.csv").is_file():
+        count += 1
+    return count
+
+
+def plot_path(section: str) -> Path:
+    """The plot of ``section``: ``serving_throughput.png`` for ``serving``, with the bundle's suffix for another."""
+    return PLOT if section == "serving" else PLOT.with_name(f"{PLOT.stem}{section[len('serving'):]}{PLOT.suffix}")
+
+
+def reduced_settings(args, config) -> list[str]:
+    """What this run does below the full run's settings, each in words (none for a full run)."""
+    changes = []
+    if args.quick:
+        changes.append(f"concurrency levels {', '.join(map(str, config['levels']))} instead of "
+                       f"{', '.join(map(str, FULL['levels']))}, warm-up {config['warmup']:g} s and window "
+                       f"{config['window']:g} s instead of {FULL['warmup']:g} s and {FULL['window']:g} s (`--quick`)")
+    if args.events < 100:
+        changes.append(f"{args.events} of the 100 published events")
+    return changes
+
+
+def markdown(args, bundle_note, config, curves, instances, ratios, setup, watch, plot_note) -> list[str]:
+    """The lines of the serving section of RESULTS.md (under the heading :func:`publish` gives it)."""
+    reduced = reduced_run_note(reduced_settings(args, config))
     lines = [
-        "## Serving: custom model vs ensemble vs direct inference (the published study's comparison)",
+        f"Machine: {machine_description()}. {watch.note()}",
         "",
-        f"Machine: {machine_description()}. {setup['load']}",
-        "",
+        *([reduced, ""] if reduced else []),
         f"Bundle: {bundle_note}. Events: the {args.events} published benchmark events "
         "(`lrt_events/evt_*.csv`, 3 features), cycled. Load: `trackserve.serving.perf`, gRPC, sync mode "
         f"(N client threads back to back); warm-up {config['warmup']:g} s then a {config['window']:g} s window "
@@ -243,36 +271,60 @@ def markdown(args, bundle_note, config, curves, instances, ratios, setup) -> str
             ("custom_over_direct", f"custom ({args.instances} instances) / direct", "custom_over_direct"),
             ("custom_any_instances_over_direct", "custom (best instance count too) / direct", "custom_over_direct"))
     for key, label, reference in rows:
-        met = "yes" if ratios[key] >= TARGETS[reference] else "no"
+        met = ("yes" if ratios[key] >= TARGETS[reference] else "no") + watch.provisional()
         lines.append(f"| {label} | {ratios[key]:.2f} | {PUBLISHED[reference]:.2f} | >= {TARGETS[reference]:.1f} | {met} |")
-    lines += ["", f"Plot: `benchmarks/{PLOT.name}`. Rerun: `python benchmarks/bench_serving.py"
-              + (" --quick" if args.quick else "") + "`."]
-    return "\n".join(lines)
+    lines += ["", f"{plot_note} Rerun: `python benchmarks/bench_serving.py"
+              + "".join(f" {shlex.quote(arg)}" for arg in args.argv if arg != "--no-write") + "`."]
+    return lines
 
 
-def main() -> int:
-    """Run the comparison, write RESULTS.md's ``serving`` section and the plot."""
+def parse_arguments(argv):
+    """The options, checked before any work (one-line errors): counts positive, ``--events``
+    at most the published events there are, ``--bundle`` loaded and checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None,
                         help="bundle to serve (default: models/default if it exists, else the tests' tiny bundle)")
-    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op and graph threads per instance (default 1)")
-    parser.add_argument("--instances", type=int, default=2, help="instances of every model in the concurrency sweep")
-    parser.add_argument("--events", type=int, default=100, help="how many of the 100 published events (default 100)")
-    parser.add_argument("--instance-concurrency", type=int, default=8, help="concurrency of the instance sweep")
-    parser.add_argument("--quick", action="store_true", help="short windows and fewer levels (a check that it works)")
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="ORT intra-op and graph threads per instance (default 1)")
+    parser.add_argument("--instances", type=positive_int, default=2,
+                        help="instances of every model in the concurrency sweep")
+    parser.add_argument("--events", type=positive_int, default=100,
+                        help="how many of the 100 published events (default 100; fewer: a reduced run)")
+    parser.add_argument("--instance-concurrency", type=positive_int, default=8, help="concurrency of the instance sweep")
+    parser.add_argument("--quick", action="store_true",
+                        help="short windows and fewer levels (a check that it works; the section says it is a "
+                        "reduced run)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only: leave RESULTS.md and the plot alone")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    available = published_event_count()
+    if available == 0:
+        parser.error(f"the published benchmark events are absent: no {LRT_EVENTS / 'evt_0.csv'} (the shared data "
+                     "folder next to the repository)")
+    if args.events > available:
+        parser.error(f"argument --events: at most the {available} published events in {LRT_EVENTS}, got {args.events}")
+    if args.bundle is not None:
+        load_bundle_option(parser, "--bundle", args.bundle)
+    return args
+
+
+def main(argv=None) -> int:
+    """Run the comparison, write RESULTS.md's serving section and the plot (unless ``--no-write``)."""
+    args = parse_arguments(argv)
     config = QUICK if args.quick else FULL
+    use_checkout_in_children()  # the served instances' Python imports this checkout too
 
     from trackserve.runtime.config import RuntimeConfig
     from trackserve.runtime.pipeline import Pipeline
     from trackserve.serving.repository import RepositoryOptions, write_repository
 
-    load = load_note()
+    watch = LoadWatch()  # before the benchmark's own work raises the load
     events = load_events(args.events)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         scratch = Path(scratch)
         if args.bundle:
-            bundle, bundle_note = Path(args.bundle), f"`{args.bundle}`"
+            bundle, bundle_note = Path(args.bundle), f"`{repo_relative(args.bundle)}`"
         elif (DEFAULT_BUNDLE / "pipeline.json").is_file():
             bundle, bundle_note = DEFAULT_BUNDLE, "`models/default` (the shipped default bundle)"
         else:
@@ -280,6 +332,7 @@ def main() -> int:
             bundle_note = ("the tests' tiny-bundle recipe (random small networks, tests/conftest.py) on 3 features, "
                            "because models/default does not exist yet: the networks are far smaller than a trained "
                            "bundle's, so serving overheads weigh more than they would")
+        section = bundle_section(bundle, "serving", "serving_")
         print(f"bundle: {bundle}", flush=True)
         pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
 
@@ -287,7 +340,7 @@ def main() -> int:
         written = write_repository(bundle, scratch / "both",
                                    RepositoryOptions(layout="both", instance_count=args.instances, **options))
         server = start_server(written.path)
-        setup = {"startup": server.startup_seconds, "load": load}
+        setup = {"startup": server.startup_seconds}
         try:
             check_identical(server, written.entry_points.values(), pipeline, events)
             curves = {
@@ -316,6 +369,7 @@ def main() -> int:
                 server.stop()
             print(f"    ({count} instance(s))", flush=True)
             instances.append((count, result))
+    watch.finish()
 
     best = {name: _best(results) for name, results in curves.items()}
     ratios = {
@@ -327,9 +381,17 @@ def main() -> int:
     for key, value in ratios.items():
         print(f"{key}: {value:.2f} (published {PUBLISHED.get(key, PUBLISHED['custom_over_direct'])}, "
               f"target >= {TARGETS.get(key, TARGETS['custom_over_direct'])})")
-    plot(curves, instances, PLOT)
-    write_section("serving", markdown(args, bundle_note, config, curves, instances, ratios, setup))
-    print(f"wrote the 'serving' section of {HERE / 'RESULTS.md'} and {PLOT}")
+    plot_file = plot_path(section)
+    plot_note = (f"Plot: `benchmarks/{plot_file.name}`." if not args.no_write
+                 else f"Plot: not written (`--no-write`; it would be `benchmarks/{plot_file.name}`).")
+    if not args.no_write:
+        plot(curves, instances, plot_file)
+        print(f"wrote {plot_file}")
+    publish(section, "bench_serving.py",
+            markdown(args, bundle_note, config, curves, instances, ratios, setup, watch, plot_note),
+            write=not args.no_write,
+            title="Serving: custom model vs ensemble vs direct inference (the published study's comparison)"
+            + ("" if section == "serving" else f", bundle {bundle.name}"))
     return 0
 
 

@@ -6,9 +6,9 @@ Sources, side by side in one run: the two real full-event particle tables in
 event's hit count, for comparison), the simulation time (best of ``--repeats``), its
 ratio to the 10 s budget for a 100k-hit event, and the time to write the event as CSV.
 
-Run: ``python benchmarks/bench_simulate.py [--repeats N] [--small]``; writes the
+Run: ``python benchmarks/bench_simulate.py [--repeats N] [--small] [--no-write]``; writes the
 "simulate" section of ``benchmarks/RESULTS.md``. ``--small`` simulates a tenth of each
-source, for a quick check that the script works.
+source, for a quick check that the script works (the section says it is a reduced run).
 """
 
 from __future__ import annotations
@@ -27,18 +27,22 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import load_note, machine_description, write_section  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from _results import LoadWatch, machine_description, positive_int, publish, reduced_run_note  # noqa: E402
 
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.simulate import SimulationConfig, simulate_event  # noqa: E402
 from trackserve.events.trackml import read_particles, write_event  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "trackml"
+SHARED_DATA = REPO / ".." / "shared" / "data" / "trackml"
 TABLES = ("event000001000-particles.csv", "event000021139-particles.csv")
 BUDGET_S = 10.0
 #: Random particles per event, chosen to give about 100k particle hits with the default options.
 RANDOM_PARTICLES = 8500
+#: Runs per source of the full run.
+FULL_REPEATS = 3
 
 
 def _best_time(function, repeats: int):
@@ -54,11 +58,14 @@ def _best_time(function, repeats: int):
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per source; the best is reported (default 3)")
-    parser.add_argument("--small", action="store_true", help="a tenth of each source: a quick check")
+    parser.add_argument("--repeats", type=positive_int, default=FULL_REPEATS,
+                        help=f"runs per source; the best is reported (default {FULL_REPEATS})")
+    parser.add_argument("--small", action="store_true",
+                        help="a tenth of each source: a quick check (the section says it is a reduced run)")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
     fraction = 0.1 if args.small else 1.0
-    note = load_note()  # before the benchmark's own work raises the load
+    watch = LoadWatch()  # before the benchmark's own work raises the load
 
     load_time, geometry = _best_time(load_geometry, 1)
     config = SimulationConfig()
@@ -86,15 +93,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, event.num_hits, signal, real_hits, seconds, per_100k, write_seconds))
             print(f"{label}: {event.num_hits} hits ({signal} from particles), {seconds:.2f} s, write {write_seconds:.2f} s")
 
+    watch.finish()
     threads = ", ".join(f"{name}={os.environ.get(name)}" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+    reduced = reduced_run_note((["a tenth of each source (`--small`)"] if args.small else [])
+                               + ([f"best of {args.repeats} runs instead of {FULL_REPEATS}"]
+                                  if args.repeats < FULL_REPEATS else []))
     lines = [
-        "## simulate (`benchmarks/bench_simulate.py`)",
-        "",
         f"Machine: {machine_description()}. Threads: single-threaded numpy code ({threads}).",
         f"Default options (2 T, smearing pitch/sqrt(12), x/X0 = 0.02 per layer, noise fraction 0.1). "
         f"Best of {args.repeats} runs{'; `--small`: a tenth of each source' if args.small else ''}. "
-        f"Geometry load (once): {load_time:.2f} s. " + note,
+        f"Geometry load (once): {load_time:.2f} s. " + watch.note(),
         "",
+        *([reduced, ""] if reduced else []),
         "| source | hits | particle hits | real event's particle hits | simulated / real | simulate (s) | s per 100k hits | budget 10 s / per-100k time | write CSV (s) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop some particles earlier; this simulation follows every particle through its outgoing half turn."
     )
     lines.extend(notes)
-    write_section("simulate", "\n".join(lines))
+    publish("simulate", "bench_simulate.py", lines, write=not args.no_write)
     return 0
 
 

@@ -9,7 +9,7 @@ TrackML event) written as CSV and CSV.gz:
   neighbours).
 
 Each figure is the best of ``--repeat`` runs. Writes the ``trackml_io`` section of
-``benchmarks/RESULTS.md``. Run: ``python benchmarks/bench_trackml_io.py [--hits 20000]``.
+``benchmarks/RESULTS.md``. Run: ``python benchmarks/bench_trackml_io.py [--hits 20000] [--repeat 3] [--no-write]``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine_description, write_section  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from _results import LoadWatch, machine_description, positive_int, publish, reduced_run_note  # noqa: E402
 
 from trackserve.events.event import HITS_COLUMNS, Event  # noqa: E402
 from trackserve.events.trackml import read_table, write_table  # noqa: E402
 from trackserve.events.truth_graph import truth_graph  # noqa: E402
+
+#: The full run's settings.
+FULL = {"hits": 100_000, "repeat": 3}
 
 
 def best_of(repeat: int, function) -> float:
@@ -88,12 +93,16 @@ def loop_truth_graph(event: Event) -> np.ndarray:
     return np.stack([np.concatenate(sources), np.concatenate(targets)])
 
 
-def main() -> int:
+def main(argv=None) -> int:
     """Run the measurements, print them and write the RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hits", type=int, default=100_000, help="number of hits of the synthetic event")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is kept")
-    args = parser.parse_args()
+    parser.add_argument("--hits", type=positive_int, default=FULL["hits"],
+                        help=f"number of hits of the synthetic event (default {FULL['hits']})")
+    parser.add_argument("--repeat", type=positive_int, default=FULL["repeat"],
+                        help=f"runs per figure; the best is kept (default {FULL['repeat']})")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    watch = LoadWatch()  # before the benchmark's own work raises the load
 
     hits, particle_ids = synthetic_hits(args.hits)
     rows = []
@@ -102,32 +111,37 @@ def main() -> int:
             path = write_table(Path(directory) / name, hits, list(HITS_COLUMNS))
             ours = best_of(args.repeat, lambda: read_table(path, HITS_COLUMNS))
             base = best_of(args.repeat, lambda: csv_module_read(path))
-            table = read_table(path, HITS_COLUMNS)
-            assert all(np.array_equal(table[c], csv_module_read(path)[c]) for c in HITS_COLUMNS)
+            table, theirs = read_table(path, HITS_COLUMNS), csv_module_read(path)
+            differing = [c for c in HITS_COLUMNS if not np.array_equal(table[c], theirs[c])]
+            if differing:
+                raise SystemExit(f"{name}: read_table and the csv module read other values in {differing}")
             rows.append((f"read `{name.split('-', 1)[1]}`", ours, "csv module", base))
 
     truth = {"hit_id": hits["hit_id"], "particle_id": particle_ids}
     event = Event(1, hits, truth)
     ours = best_of(args.repeat, lambda: truth_graph(event))
     base = best_of(args.repeat, lambda: loop_truth_graph(event))
-    assert np.array_equal(truth_graph(event), loop_truth_graph(event))
+    watch.finish()
+    if not np.array_equal(truth_graph(event), loop_truth_graph(event)):
+        raise SystemExit("truth_graph and the loop over particles give other edges")
     rows.append(("truth_graph", ours, "loop over particles", base))
 
     threads = ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    reduced = reduced_run_note(
+        ([f"{args.hits:,} hits instead of {FULL['hits']:,}"] if args.hits < FULL["hits"] else [])
+        + ([f"best of {args.repeat} runs instead of {FULL['repeat']}"] if args.repeat < FULL["repeat"] else []))
     lines = [
-        "## TrackML I/O and truth graph (`benchmarks/bench_trackml_io.py`)",
-        "",
         f"Machine: {machine_description()}. Threads: single-threaded numpy code ({threads}).",
-        f"Synthetic event of {args.hits:,} hits, best of {args.repeat} runs. Other work may have shared the CPU.",
+        f"Synthetic event of {args.hits:,} hits, best of {args.repeat} runs. " + watch.note(),
         "",
+        *([reduced, ""] if reduced else []),
         "| step | trackserve (ms) | baseline | baseline (ms) | speed-up |",
         "| --- | ---: | --- | ---: | ---: |",
     ]
     for step, ours, baseline, base in rows:
         lines.append(f"| {step} | {ours * 1e3:.1f} | {baseline} | {base * 1e3:.1f} | {base / ours:.1f}x |")
-    markdown = "\n".join(lines)
-    print(markdown)
-    write_section("trackml_io", markdown)
+    publish("trackml_io", "bench_trackml_io.py", lines, write=not args.no_write,
+            title="TrackML I/O and truth graph")
     return 0
 
 

@@ -34,12 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import load_note, machine_description, publish  # noqa: E402
+from _results import LoadWatch, machine_description, one_line, positive_int, publish, reduced_run_note  # noqa: E402
 
 DEFAULT_TABLE = ROOT.parent / "shared" / "data" / "trackml" / "event000021139-particles.csv"
 #: The default recipe's GNN sectors and halo, and the pT below which edges leave the loss.
 SECTORS, HALO, SIGNAL_MIN_PT = 64, 0.25, 0.8
 WAYS = ("float32", "bfloat16, steps' own shapes", "bfloat16, padded shapes")
+#: The full run's settings.
+FULL = {"gnn_steps": 40, "filter_steps": 6, "rounds": 4}
 
 
 def event_graphs(particles: Path | None, seed: int):
@@ -105,18 +107,39 @@ def time_steps(network, steps: list[tuple], way: str, event_features: np.ndarray
     return (time.perf_counter() - start) / len(steps) * 1e3
 
 
+def check_particles(parser: argparse.ArgumentParser, path: Path | None) -> None:
+    """Read the particle table of ``--particles`` now, so a bad one is a one-line error before any work."""
+    from trackserve.errors import TrackserveError
+    from trackserve.events.trackml import read_particles
+
+    if path is None:
+        return
+    if not path.is_file():
+        parser.error(f"argument --particles: {path} is not a file (give a TrackML particle table, "
+                     "event...-particles.csv)")
+    try:
+        read_particles(path)
+    except (TrackserveError, OSError) as error:
+        parser.error(f"argument --particles: {one_line(error)}")
+
+
 def main() -> int:
     """Time the steps, print the table and write the RESULTS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=Path, default=DEFAULT_TABLE if DEFAULT_TABLE.exists() else None,
                         help="particle table of the event (default: TrackML event 21139's, when ../shared has it; "
                              "otherwise 8,500 random particles)")
-    parser.add_argument("--gnn-steps", type=int, default=40, help="GNN steps per round")
-    parser.add_argument("--filter-steps", type=int, default=6, help="filter steps per round")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds (each with new steps)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, as trackserve train --threads")
+    parser.add_argument("--gnn-steps", type=positive_int, default=FULL["gnn_steps"],
+                        help=f"GNN steps per round (default {FULL['gnn_steps']})")
+    parser.add_argument("--filter-steps", type=positive_int, default=FULL["filter_steps"],
+                        help=f"filter steps per round (default {FULL['filter_steps']})")
+    parser.add_argument("--rounds", type=positive_int, default=FULL["rounds"],
+                        help=f"rounds, each with new steps (default {FULL['rounds']})")
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="torch threads, as trackserve train --threads (default 2)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args()
+    check_particles(parser, args.particles)
 
     import torch
 
@@ -128,7 +151,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     found = bfloat16_cpu_flags()
     flags = "unknown" if found is None else ", ".join(found) or "none"
-    note = load_note()
+    watch = LoadWatch()  # before the benchmark's own work raises the load
     rng = np.random.default_rng(0)
     source, event, graph, pruned = event_graphs(args.particles, seed=1)
     batch_edges = FilterSettings().batch_edges
@@ -148,10 +171,15 @@ def main() -> int:
                 times.setdefault((name, way), []).append(time_steps(network, steps, way, event.features,
                                                                             event_padded))
 
+    watch.finish()
+    names = {"gnn_steps": "GNN steps per round", "filter_steps": "filter steps per round", "rounds": "rounds"}
+    reduced = reduced_run_note([f"{getattr(args, key)} {names[key]} instead of {value}"
+                                for key, value in FULL.items() if getattr(args, key) < value])
     lines = [
         f"Machine: {machine_description()}; bfloat16 instructions: {flags}. Threads: torch "
-        f"{args.threads} (`trackserve train --threads {args.threads}`). {note}",
+        f"{args.threads} (`trackserve train --threads {args.threads}`). {watch.note()}",
         "",
+        *([reduced, ""] if reduced else []),
         f"Event: simulated from {source.describe()} (seed 1), {event.num_hits:,} hits; the default bundle's radius "
         f"graph {graph.shape[1]:,} edges, its pruner's graph {pruned.shape[1]:,}. Networks: the default bundle's "
         f"filter and second GNN (their weights, trained on). GNN steps: sectors of 1/{SECTORS} of the azimuth with "

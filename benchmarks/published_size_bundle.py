@@ -12,8 +12,9 @@ embedding and filter weights were not).
 
 The stage parameters are chosen on a simulated random-particle event of about 10k hits
 (features of the service: r/3000, φ/π, z/400): the radius gives the median hit 10
-neighbours in the random embedding, the cap is the default bundle's 32, the filter cut
-keeps a third of that event's graph edges and the GNN cut is 0.5.
+neighbours in the random embedding, the cap is the default bundle's (its
+``max_neighbours``, read from ``models/default/pipeline.json``), the filter cut keeps a
+third of that event's graph edges and the GNN cut is 0.5.
 
 Usage: ``python benchmarks/published_size_bundle.py OUTPUT_DIR [--seed S]``
 """
@@ -26,6 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+from _results import DEFAULT_BUNDLE_DIR, non_negative_int  # noqa: E402
+
 #: The published service's sizes (its hparams_Embedding / _Filter / _GNN.yaml).
 EMBEDDING = {"in_channels": 3, "emb_hidden": 512, "nb_layer": 6, "emb_dim": 8, "activation": "Tanh", "layer_norm": True}
 FILTER = {"in_channels": 3, "hidden": 512, "nb_layer": 5, "activation": "Tanh", "layer_norm": True}
@@ -35,6 +41,13 @@ GNN = {"in_channels": 3, "hidden": 64, "n_graph_iters": 8, "nb_node_layer": 3, "
 NEIGHBOURS = 10
 #: Hits of the calibration event (about; random particles on the full detector).
 CALIBRATION_HITS = 10_000
+
+
+def default_bundle_cap() -> int:
+    """``max_neighbours`` of the checkout's default bundle (``models/default``), from its pipeline.json."""
+    from trackserve.bundle import load_bundle
+
+    return load_bundle(DEFAULT_BUNDLE_DIR, check_files=False).stages.max_neighbours
 
 
 def write_published_size_bundle(output: str | Path, seed: int = 3):
@@ -51,6 +64,7 @@ def write_published_size_bundle(output: str | Path, seed: int = 3):
     from trackserve.export.resagnn import ResAGNN
     from trackserve.runtime.graph_building import build_graph
 
+    cap = default_bundle_cap()
     torch.manual_seed(seed)
     embedding = EmbeddingNetwork(**EMBEDDING).eval()
     edge_filter = EdgeFilter(**FILTER).eval()
@@ -62,7 +76,7 @@ def write_published_size_bundle(output: str | Path, seed: int = 3):
         points = embedding(torch.from_numpy(features)).numpy()
     distances, _ = cKDTree(points).query(points, k=NEIGHBOURS + 1)
     radius = float(np.format_float_positional(np.median(distances[:, -1]), precision=5, unique=True, fractional=False))
-    edges = build_graph(points, radius, 32, direction="i<j")
+    edges = build_graph(points, radius, cap, direction="i<j")
     with torch.no_grad():
         logits = edge_filter(torch.from_numpy(features), torch.from_numpy(edges)).numpy().astype(np.float64)
     filter_cut = float(1.0 / (1.0 + np.exp(-np.quantile(logits, 2 / 3))))
@@ -70,7 +84,7 @@ def write_published_size_bundle(output: str | Path, seed: int = 3):
         output,
         {"embedding": embedding, "filter": edge_filter, "gnn": gnn},
         features=EXATRKX_SERVICE,
-        stages=StageParameters(radius=radius, max_neighbours=32, filter_cut=filter_cut, gnn_cut=0.5,
+        stages=StageParameters(radius=radius, max_neighbours=cap, filter_cut=filter_cut, gnn_cut=0.5,
                                edge_direction="i<j"),
         provenance={"data": f"random weights (seed {seed}) with the published ExaTrkX service's network sizes, "
                             "for throughput benchmarks only; finds no tracks"},
@@ -82,11 +96,13 @@ def main() -> int:
     """Write the bundle to the directory given on the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", help="bundle directory to write")
-    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--seed", type=non_negative_int, default=3, help="seed of the weights and the calibration "
+                        "event (default 3)")
     args = parser.parse_args()
     bundle = write_published_size_bundle(args.output, args.seed)
     stages = bundle.stages
-    print(f"wrote {args.output} (radius {stages.radius}, filter cut {stages.filter_cut:.4f})")
+    print(f"wrote {args.output} (radius {stages.radius}, cap {stages.max_neighbours}, filter cut "
+          f"{stages.filter_cut:.4f})")
     return 0
 
 

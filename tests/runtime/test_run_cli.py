@@ -319,3 +319,14 @@ def test_thread_options_are_named_in_their_errors(capsys, feature_csvs, monkeypa
     monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 2)
     assert main(["run", str(feature_csvs), "--no-labels", *options]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_run_where_every_event_failed_times_nothing(capsys, tmp_path):
+    np.savetxt(tmp_path / "evt_0.csv", np.random.default_rng(0).random((30, 4)), delimiter=",")
+    assert main(["run", str(tmp_path / "evt_0.csv")]) == 2
+    out, err = capsys.readouterr()
+    assert "no event ran to the end: nothing to time" in out and "events/s" not in out
+    assert "1 of 1 event(s) failed" in err
+    assert main(["run", str(tmp_path / "evt_0.csv"), "--json"]) == 2
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["num_events"] == 0 and summary["events_per_second_wall"] is None

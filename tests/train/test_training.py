@@ -530,3 +530,19 @@ def test_cli_warns_when_the_bundle_finds_no_track(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "tracks (pT > 1 GeV, >= 5 hits): efficiency 0.0000" in out
     assert "warning: the bundle finds no track of the validation event" in err
+
+
+def test_cli_provenance_names_particle_tables_by_path_and_no_random_events_it_did_not_simulate(tmp_path, capsys):
+    import gzip
+    import json
+
+    from trackserve.cli import main
+
+    lines = gzip.open(Path(__file__).parents[2] / "data" / "event000000001-particles.csv.gz", "rt").read().splitlines()
+    table = tmp_path / "few-particles.csv"
+    table.write_text("\n".join(lines[:61]) + "\n")  # the header and 60 particles
+    assert main(["train", "--quick", "--quiet", "--threads", "1", "--output", str(tmp_path / "b"), "--particles",
+                 str(table), "--simulate", "1", "--random-events", "0", "--validation-particles", str(table)]) == 0
+    simulated = json.loads((tmp_path / "b" / "pipeline.json").read_text())["provenance"]["data"]["simulated"]
+    assert simulated["tables"] == [{"table": str(table.resolve()), "events": 1}]
+    assert "random" not in simulated

@@ -174,6 +174,9 @@ def _print_tables(report: dict, stages, out) -> None:
     summary = report["summary"]
     print(file=out)
     settings = report["settings"]
+    if not summary["num_events"]:
+        print(f"no event ran to the end: nothing to time (wall time {summary['wall_seconds']:.3f} s)", file=out)
+        return
     print(f"{summary['num_events']} event(s), {summary['num_hits']} hits in {summary['seconds']:.3f} s of pipeline time: "
           f"{_fmt(summary['events_per_second'], '.2f')} events/s  (threads: {settings['intra_op_threads']} "
           f"network, {settings['graph_threads']} graph building)", file=out)
@@ -282,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": total_seconds,
             "events_per_second": (len(records) / total_seconds) if total_seconds > 0 else None,
             "wall_seconds": wall,
-            "events_per_second_wall": (len(records) / wall) if wall > 0 else None,
+            "events_per_second_wall": (len(records) / wall) if wall > 0 and records else None,
         },
     }
     if args.json:

@@ -316,8 +316,10 @@ def handle(args: argparse.Namespace) -> int:
         "features": spec.to_dict(),
         "trackml_events": [str(path) for path in args.events],
         "simulated": {
-            "tables": [{"table": table.name, "events": args.simulate} for table in tables],
-            "random": {"events": args.random_events, "particles": args.num_particles},
+            # tables by absolute path (the provenance then says which file it was from anywhere)
+            "tables": [{"table": str(table.resolve()), "events": args.simulate} for table in tables],
+            **({"random": {"events": args.random_events, "particles": args.num_particles}}
+               if args.random_events else {}),
             "seed": args.seed, "simulation": "trackserve.events.simulate defaults (2 T, noise fraction 0.1)",
         },
         "validation_event": validation_source,

@@ -147,3 +147,14 @@ def test_stubs_that_outlive_a_killed_server_are_ended_and_stop_returns(served_re
     finally:
         for pid in process_group_members(server.process.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_grpc_client_at_an_http_port_is_told_so():
+    from trackserve.serving.client import describe_failure
+
+    # what grpcio says when the port answers HTTP/1 (Triton's HTTP port, say)
+    text = ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:8000: Failed parsing HTTP/2 "
+            "(Expected SETTINGS frame as the first frame, got frame type 79)")
+    described = describe_failure(RuntimeError(text), "127.0.0.1:8000", "exatrkx")
+    assert described.startswith("the server at 127.0.0.1:8000 answers HTTP/1, not gRPC")
+    assert "give its gRPC port (8001 by default) or use --protocol http" in described

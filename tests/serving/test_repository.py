@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from trackserve.bundle import load_bundle
+from trackserve.bundle import file_sha256, load_bundle
 from trackserve.cli import main
 from trackserve.errors import InputError
 from trackserve.serving.interface import STAGE_NAMES
@@ -39,7 +39,9 @@ def test_custom_layout_is_one_model_derived_from_the_bundle(tiny_bundle, tmp_pat
     assert not config.HasField("dynamic_batching")
     bundle = load_bundle(tiny_bundle)
     features = {"names": list(bundle.feature_names), "scales": list(bundle.feature_scales)}
-    assert parameters(config) == {"bundle": "exatrkx/bundle", "features": json.dumps(features)}  # for clients to check
+    # for clients to check: the features, and which bundle (its pipeline.json's sha256)
+    assert parameters(config) == {"bundle": "exatrkx/bundle", "features": json.dumps(features),
+                                  "pipeline_sha256": file_sha256(tiny_bundle / "pipeline.json")}
     assert (tmp_path / "repo" / "exatrkx" / "1" / "model.py").read_text() == PIPELINE_MODEL.read_text()
     copy = load_bundle(tmp_path / "repo" / "exatrkx" / "bundle")
     assert copy.to_dict()["networks"] == load_bundle(tiny_bundle).to_dict()["networks"]

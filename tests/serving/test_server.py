@@ -114,6 +114,12 @@ def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path,
     captured = capsys.readouterr()
     assert code == 1
     assert "MISMATCH" in captured.err and "labels differ from the local runtime" in captured.err
+    # and says why: the server serves another bundle (the model config's pipeline_sha256)
+    assert "serves another bundle than --bundle" in captured.err and "--check compares its labels with another" in \
+        captured.err
+    code = main(["client", str(SAMPLE_EVENT), "--bundle", str(tiny_bundle), "--url", triton_server.http_url,
+                 "--protocol", "http", "--model", "exatrkx_ensemble", "--check", "--no-labels"])
+    assert code == 0 and "serves another bundle" not in capsys.readouterr().err
 
 
 def test_client_command_sends_the_other_events_when_one_cannot_be_read(triton_server, tiny_bundle, sample_features,

@@ -49,6 +49,25 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def _note_served_bundle(client, bundle, described: str, check: bool) -> None:
+    """Say on stderr when the server serves another bundle than the local one (the model
+    config's ``pipeline_sha256``, which ``triton-repo`` writes): with ``--check`` every
+    label compared may then differ for no fault of the server; without it the features
+    match (checked before), so the labels are simply the served bundle's."""
+    from ..bundle import PIPELINE_FILE, file_sha256
+
+    served = client.served_pipeline_sha256()
+    mine = file_sha256(Path(bundle.directory) / PIPELINE_FILE)
+    if served is None or served == mine:
+        return
+    where = (f"model {client.model!r} at {client.url} serves another bundle than {described} (pipeline.json "
+             f"sha256 {served[:12]}... served, {mine[:12]}... here)")
+    consequence = ("--check compares its labels with another pipeline's, so they may differ for no fault of the "
+                   "server; give --bundle the bundle the server serves (the model repository holds a copy)"
+                   if check else "the features match, so the labels are the served bundle's")
+    print(f"trackserve client: note: {where}: {consequence}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Send every event, write and optionally check its labels; report each failure."""
     from ..serving.client import check_timeout
@@ -92,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
                     f"model {args.model!r} at {url} takes {served} features per hit but the bundle has "
                     f"{bundle.num_features}; give the --bundle the server serves"
                 )
-            client.check_features(bundle.feature_names, bundle.feature_scales,
-                                  f"--bundle {args.bundle}" if args.bundle else "the shipped default bundle (no --bundle)")
+            described = f"--bundle {args.bundle}" if args.bundle else "the shipped default bundle (no --bundle)"
+            client.check_features(bundle.feature_names, bundle.feature_scales, described)
+            _note_served_bundle(client, bundle, described, args.check)
         else:
             served_features = client.served_features()  # (names, scales), for the note on far-off values
             note_spec = None if served_features is None else FeatureSpec(*served_features)

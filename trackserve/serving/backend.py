@@ -37,6 +37,10 @@ PARAM_MEMORY_LIMIT_BYTES = "memory_limit_bytes"
 #: ``trackserve triton-repo`` for clients to check the features they compute against (the
 #: models themselves read the bundle).
 PARAM_FEATURES = "features"
+#: The sha256 of the served bundle's ``pipeline.json`` (which names every network file's
+#: sha256): written by ``trackserve triton-repo`` so that a client checking labels against
+#: a local bundle can tell whether it is the bundle the server serves.
+PARAM_PIPELINE_SHA256 = "pipeline_sha256"
 _INT_PARAMETERS = {
     PARAM_INTRA_OP_THREADS: "intra_op_threads",
     PARAM_GRAPH_THREADS: "graph_threads",

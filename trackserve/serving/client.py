@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, ServingError
-from .backend import PARAM_FEATURES
+from .backend import PARAM_FEATURES, PARAM_PIPELINE_SHA256
 from .interface import DEFAULT_MODEL_NAME, FEATURES, LABELS, WIRE_DTYPES
 
 #: Supported protocols, with the default port of each.
@@ -86,6 +86,9 @@ def describe_failure(error: Exception, url: str, model: str) -> str:
     status = getattr(error, "status", None)
     status = status() if callable(status) else status
     lowered = text.lower()
+    if "failed parsing http/2" in lowered or "http1.x server" in lowered:
+        return (f"the server at {url} answers HTTP/1, not gRPC ({text.strip()}): that is an HTTP port (Triton's is "
+                "8000 by default); give its gRPC port (8001 by default) or use --protocol http")
     if any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "connection reset",
                                         "broken pipe", "socket closed", "connection aborted", "eof")):
         return f"the server at {url} did not answer ({text.strip()}): is it running?"
@@ -186,16 +189,26 @@ class TritonClient:
                 return int(tensor["shape"][-1])
         raise ServingError(f"model {self.model!r} at {self.url} has no input {FEATURES!r}: it is not a trackserve model")
 
-    def served_features(self) -> tuple[tuple[str, ...], tuple[float, ...]] | None:
-        """``(names, scales)`` of the features the served bundle reads, from the model config's
-        ``features`` parameter (``trackserve triton-repo`` writes it); None when the config has
-        none (a repository written by hand or by an older trackserve)."""
+    def _config_parameter(self, key: str) -> str | None:
+        """The string value of parameter ``key`` in the served model's config, or None."""
         if self.protocol == "grpc":
             config = self._call("model config", self.connection.get_model_config, self.model, as_json=True)
             config = config.get("config", config)
         else:
             config = self._call("model config", self.connection.get_model_config, self.model)
-        text = (config.get("parameters", {}).get(PARAM_FEATURES) or {}).get("string_value")
+        return (config.get("parameters", {}).get(key) or {}).get("string_value") or None
+
+    def served_pipeline_sha256(self) -> str | None:
+        """The sha256 of the served bundle's ``pipeline.json`` (``trackserve triton-repo`` writes
+        it into the model config); None when the config has none (a repository written by hand
+        or by an older trackserve)."""
+        return self._config_parameter(PARAM_PIPELINE_SHA256)
+
+    def served_features(self) -> tuple[tuple[str, ...], tuple[float, ...]] | None:
+        """``(names, scales)`` of the features the served bundle reads, from the model config's
+        ``features`` parameter (``trackserve triton-repo`` writes it); None when the config has
+        none (a repository written by hand or by an older trackserve)."""
+        text = self._config_parameter(PARAM_FEATURES)
         if not text:
             return None
         try:

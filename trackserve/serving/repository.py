@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..bundle import Bundle, load_bundle
+from ..bundle import PIPELINE_FILE, Bundle, file_sha256, load_bundle
 from ..errors import InputError
 from ..paths import output_directory
 from .interface import (
@@ -44,6 +44,7 @@ from .backend import (
     PARAM_GRAPH_THREADS,
     PARAM_INTRA_OP_THREADS,
     PARAM_MEMORY_LIMIT_BYTES,
+    PARAM_PIPELINE_SHA256,
     PARAM_STAGE,
 )
 from .triton_models import PIPELINE_MODEL, STAGE_MODEL
@@ -256,7 +257,8 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     runtime = _runtime_parameters(options)
     written = WrittenRepository(path=output.resolve())
 
-    features = {PARAM_FEATURES: json.dumps({"names": list(loaded.feature_names), "scales": list(loaded.feature_scales)})}
+    features = {PARAM_FEATURES: json.dumps({"names": list(loaded.feature_names), "scales": list(loaded.feature_scales)}),
+                PARAM_PIPELINE_SHA256: file_sha256(Path(loaded.directory) / PIPELINE_FILE)}
     if options.writes_custom:
         name = options.model_name
         bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)

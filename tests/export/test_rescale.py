@@ -70,6 +70,10 @@ def test_rescaled_networks_compute_the_same_function_of_each_hit(hits, pair_geom
 
 def test_other_feature_specs_and_networks_are_refused():
     with pytest.raises(InputError, match="eta last"):
+        rescale_networks(_networks(), FeatureSpec(("r", "z", "phi", "eta"), (1000.0, 1000.0, float(np.pi), 1.0)),
+                         EXATRKX_SERVICE)
+    with pytest.raises(InputError, match=r"the embedding network takes 4 features per hit, but the bundle's features "
+                                         r"are \['r', 'phi', 'z'\]"):
         rescale_networks(_networks(), TRACKML_1000, EXATRKX_SERVICE)
     with pytest.raises(InputError, match="the new features must be"):
         rescale_networks(_networks(), WITH_ETA, WITH_ETA)
@@ -100,7 +104,11 @@ def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path
     new_embedding = new_run.embed(hit_features(hits, EXATRKX_SERVICE))
     np.testing.assert_allclose(new_embedding, old_embedding, atol=1e-4)
     assert load_torch_network(bundle, "gnn").config["derived_eta"]["z_scale"] == 400.0
-    assert main(["rescale", str(tmp_path / "new"), "--output", str(tmp_path / "again")]) == 2
+    # a bundle on r, phi, z rescales too: back to r/1000, phi/pi, z/1000, the original's function again
+    assert main(["rescale", str(tmp_path / "new"), "--output", str(tmp_path / "again"), "--features",
+                 "r:1000,phi:pi,z:1000"]) == 0
+    back = Pipeline(tmp_path / "again", config=config)
+    np.testing.assert_allclose(back.embed(hit_features(hits, TRACKML_1000)), old_embedding, atol=1e-4)
 
 
 def test_rescaling_keeps_the_gap_cut_and_joining_unless_the_method_changes(tmp_path):
@@ -196,3 +204,39 @@ def test_a_new_phi_scale_is_refused_with_the_reason(tmp_path, capsys):
     assert main(["rescale", str(DEFAULT_BUNDLE), "--features", "1000,3.14159,1000", "--output", str(tmp_path / "b")]) == 2
     assert "(got 3.14159)" in capsys.readouterr().err  # close to pi is not pi
     assert not (tmp_path / "b").exists()
+
+
+def _three_feature_networks(derive_eta: bool, seed=2):
+    from trackserve.export.derived import eta_spec_for
+
+    torch.manual_seed(seed)
+    spec = TRACKML_1000
+    eta = eta_spec_for(spec.names, spec.scales) if derive_eta else None
+    geometry = geometry_spec_for(spec.names, spec.scales)
+    common = {"edge_differences": True, "periodic_features": [1], "difference_scale": 20.0, "derived_eta": eta}
+    return {
+        "embedding": EmbeddingNetwork(in_channels=3, emb_hidden=16, nb_layer=2, emb_dim=8, layer_norm=True,
+                                      derived_eta=eta).eval(),
+        "filter": EdgeFilter(in_channels=3, hidden=16, nb_layer=2, pair_geometry=geometry, **common).eval(),
+        "gnn": InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2,
+                              bidirectional_messages=True, **common).eval(),
+    }
+
+
+@pytest.mark.parametrize("derive_eta", [False, True], ids=["no-eta", "eta-derived"])
+def test_bundles_on_r_phi_z_alone_are_rescaled_too(hits, derive_eta):
+    """What `trackserve train` makes by default (r/1000, phi/pi, z/1000), with eta derived
+    inside the networks or not used: the same function of each hit at the service's scales."""
+    assert tuple(TRACKML_1000.names) == ("r", "phi", "z")
+    old = _three_feature_networks(derive_eta)
+    new = rescale_networks(old, TRACKML_1000, EXATRKX_SERVICE)
+    old_x = torch.from_numpy(hit_features(hits, TRACKML_1000))
+    new_x = torch.from_numpy(hit_features(hits, EXATRKX_SERVICE))
+    edges = torch.from_numpy(np.random.default_rng(3).integers(0, len(old_x), (2, 5000)))
+    with torch.no_grad():
+        np.testing.assert_allclose(new["embedding"](new_x), old["embedding"](old_x), atol=1e-4)
+        for name in ("filter", "gnn"):
+            np.testing.assert_allclose(new[name](new_x, edges), old[name](old_x, edges), atol=2e-4)
+    for network in new.values():
+        assert network.config["in_channels"] == 3
+        assert (network.config["derived_eta"] is not None) == derive_eta

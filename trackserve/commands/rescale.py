@@ -1,7 +1,8 @@
 """``trackserve rescale``: write a bundle again for other feature scales, with η derived in the networks.
 
-A bundle trained on ``r/1000, φ/π, z/1000, η`` becomes one that reads the published
-ExaTrkX service's three features (``--features exatrkx-service``, the default), so the
+A bundle trained on ``r/1000, φ/π, z/1000, η`` (or on r, φ, z alone, as ``trackserve
+train`` does by default, η derived inside its networks or not used) becomes one that
+reads the published ExaTrkX service's three features (``--features exatrkx-service``, the default), so the
 service's clients and event files work with it unchanged. The networks are rebuilt from
 the bundle's torch weights, their first-layer weights multiplied by the ratios of the
 scales (the same function of the hit), exported and validated like every bundle network;
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rescale",
         help="write a bundle again for other feature scales (eta derived inside the networks)",
         description=(
-            "Rebuild a bundle on the features r, phi, z, eta for the features r, phi, z at other scales "
+            "Rebuild a bundle on the features r, phi, z, eta (or r, phi, z) for the features r, phi, z at other scales "
             "(default: the published ExaTrkX service's r/3000, phi/pi, z/400), deriving eta inside every "
             "network; the networks compute the same function of each hit. Needs torch (the export extra)."
         ),

@@ -27,14 +27,17 @@ from ..errors import InputError
 #: 1.4e-5 of the logit scale for the shipped GNN); a wrong rescaling differs by tenths.
 RESCALE_TOLERANCE = 1e-4
 
-#: The feature names a bundle must have for :func:`rescale_networks`: η last, derived from r and z.
+#: The feature names a bundle may have for :func:`rescale_networks`: r, φ, z and η read as a
+#: feature (η last), or r, φ, z alone (η derived inside the networks, or not used).
 SOURCE_NAMES = ("r", "phi", "z", "eta")
 
 
 def _column_factors(old_spec, new_spec) -> np.ndarray:
-    if tuple(old_spec.names) != SOURCE_NAMES:
-        raise InputError(f"rescaling needs a bundle on the features {list(SOURCE_NAMES)} (eta last); "
-                         f"this one has {list(old_spec.names)}")
+    """The factor of each column of a network's view of a hit (r, φ, z and η, read or derived:
+    η's factor is 1, a pseudorapidity being a pure number)."""
+    if tuple(old_spec.names) not in (SOURCE_NAMES, SOURCE_NAMES[:3]):
+        raise InputError(f"rescaling needs a bundle on the features {list(SOURCE_NAMES)} (eta last) or "
+                         f"{list(SOURCE_NAMES[:3])}; this one has {list(old_spec.names)}")
     if tuple(new_spec.names) != SOURCE_NAMES[:3]:
         raise InputError(f"the new features must be {list(SOURCE_NAMES[:3])} (eta is derived); got {list(new_spec.names)}")
     # old feature = physical / old_scale = new feature * new_scale / old_scale
@@ -52,25 +55,32 @@ def _scale_columns(linear, columns, factors) -> None:
 def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
     """New ``embedding``, ``filter`` and ``gnn`` torch modules reading ``new_spec`` (r, φ, z).
 
-    ``networks`` holds the trained modules on ``old_spec`` (r, φ, z, η). Supported:
-    EmbeddingNetwork, EdgeFilter and InteractionGNN without ``derived_eta``, with or
-    without ``pair_geometry`` (recomputed from the new scales); anything else raises
-    InputError naming it.
+    ``networks`` holds the trained modules on ``old_spec``: r, φ, z, η (η then derived inside
+    the new networks), or r, φ, z (η derived inside, with the new scales, where the old
+    networks derived it; not used where they did not). Supported: EmbeddingNetwork,
+    EdgeFilter and InteractionGNN, with or without ``pair_geometry`` (recomputed from the
+    new scales); anything else raises InputError naming it.
     """
     from .derived import GEOMETRY_FLAGS, eta_spec_for, geometry_spec_for
     from .embedding import EmbeddingNetwork
     from .filter import EdgeFilter
     from .interaction_gnn import InteractionGNN
 
-    factors = _column_factors(old_spec, new_spec)
+    view_factors = _column_factors(old_spec, new_spec)  # r, phi, z, eta
+    reads_eta = "eta" in old_spec.names
     eta = eta_spec_for(new_spec.names, new_spec.scales)
     kinds = {"embedding": EmbeddingNetwork, "filter": EdgeFilter, "pruner": InteractionGNN, "gnn": InteractionGNN}
     out = {}
     for name, network in networks.items():
-        if type(network) is not kinds.get(name) or network.config.get("derived_eta") is not None:
+        if network.config.get("in_channels") != len(old_spec.names):
+            raise InputError(f"the {name} network takes {network.config.get('in_channels')} features per hit, but "
+                             f"the bundle's features are {list(old_spec.names)}")
+        derives_eta = network.config.get("derived_eta") is not None
+        if type(network) is not kinds.get(name) or (reads_eta and derives_eta):
             raise InputError(f"cannot rescale the {name} network ({type(network).__name__}); supported: "
-                             "EmbeddingNetwork, EdgeFilter, InteractionGNN reading the features as given")
-        config = {**network.config, "in_channels": 3, "derived_eta": eta}
+                             "EmbeddingNetwork, EdgeFilter, InteractionGNN")
+        sees_eta = reads_eta or derives_eta
+        config = {**network.config, "in_channels": 3, "derived_eta": eta if sees_eta else None}
         if network.config.get("pair_geometry") is not None:
             # the edge geometry is computed in mm and radians from the r, phi, z columns: same
             # columns, the new scales (its outputs join the layer after the hit columns)
@@ -79,7 +89,8 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
                 **{flag: network.config["pair_geometry"].get(flag, False) for flag in GEOMETRY_FLAGS})
         fresh = type(network).from_config(config)
         fresh.load_state_dict(network.state_dict())
-        width = 4  # the layers' view of a hit: r, phi, z, eta
+        width = 4 if sees_eta else 3  # the layers' view of a hit: r, phi, z (and eta)
+        factors = view_factors[:width]
         if name == "embedding":
             _scale_columns(fresh.network[0], range(width), factors)
         elif name == "filter":

@@ -330,3 +330,11 @@ def test_a_run_where_every_event_failed_times_nothing(capsys, tmp_path):
     assert main(["run", str(tmp_path / "evt_0.csv"), "--json"]) == 2
     summary = json.loads(capsys.readouterr().out)["summary"]
     assert summary["num_events"] == 0 and summary["events_per_second_wall"] is None
+
+
+def test_run_json_names_what_its_track_count_counts(capsys):
+    assert main(["run", str(SAMPLE_EVENT), "--json", "--no-labels"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    event = report["events"][0]
+    assert "num_tracks" not in event and report["settings"]["min_track_hits"] == 5
+    assert event["metrics"]["num_tracks"] >= event["num_tracks_min_hits"] > 0

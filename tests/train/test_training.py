@@ -528,7 +528,7 @@ def test_cli_warns_when_the_bundle_finds_no_track(tmp_path, capsys):
     # a --quick run on 30 particles (seed 0, one thread) learns too little to find a track
     assert _quick_train(tmp_path, tmp_path / "b") == 0
     out, err = capsys.readouterr()
-    assert "tracks (pT > 1 GeV, >= 5 hits): efficiency 0.0000" in out
+    assert "tracks of the written bundle (pT >= 1 GeV, >= 5 hits): efficiency 0.0000" in out
     assert "warning: the bundle finds no track of the validation event" in err
 
 

@@ -217,6 +217,11 @@ def _check_not_trained_on(validation: Path, bundle: Path) -> None:
                          "held-out event")
 
 
+def _rate(value: float) -> str:
+    """A rate to four decimals, or ``n/a`` where it is undefined (NaN: nothing to count)."""
+    return "n/a" if value != value else f"{value:.4f}"
+
+
 def handle(args: argparse.Namespace) -> int:
     """Read or simulate the events, train, write the bundle and print the validation figures."""
     from ..bundle_output import bundle_written_to, check_bundle_output
@@ -336,11 +341,14 @@ def handle(args: argparse.Namespace) -> int:
     budget = budget_summary(config.time_budget, result.seconds, result.history[last])
     if budget is not None:
         print(budget)
+    print("validation event, edges after each stage (the trained PyTorch networks; the written bundle, run by "
+          "ONNX Runtime, may keep an edge more or less from float rounding: provenance.validation.bundle_check):")
     for stage in (name for name in ("graph", "filter", "pruner", "gnn") if name in result.validation):
         figures = result.validation[stage]
         print(f"  {stage:6s} edges {figures['num_edges']:>9d}  efficiency {figures['efficiency']:.4f}  purity {figures['purity']:.4f}")
-    print(f"  tracks (pT > {config.min_pt:g} GeV, >= {config.min_hits} hits): efficiency {check['track_efficiency']:.4f}, "
-          f"fake rate {check['fake_rate']:.4f}, duplicate rate {check['duplicate_rate']:.4f}")
+    print(f"  tracks of the written bundle (pT >= {config.min_pt:g} GeV, >= {config.min_hits} hits): efficiency "
+          f"{_rate(check['track_efficiency'])}, fake rate {_rate(check['fake_rate'])}, duplicate rate "
+          f"{_rate(check['duplicate_rate'])}")
     if not check["track_efficiency"] > 0:  # 0 or NaN: the bundle was written, but finds nothing
         print(f"trackserve train: warning: the bundle finds no track of the validation event (efficiency "
               f"{check['track_efficiency']:.4f}): train longer or on more events before using it", file=sys.stderr)

@@ -619,3 +619,10 @@ def evaluate_event(
     result.update(tracks.as_dict())
     result["trackml_score"] = _aligned_trackml_score(pids, labels, truth["weight"])
     return result
+
+
+def rate_text(value: float) -> str:
+    """A rate (efficiency, fake or duplicate rate) for the commands' tables: four decimals, or
+    ``n/a`` where it is undefined (NaN: no particle or no candidate track to count)."""
+    return "n/a" if value != value else f"{value:.4f}"
+

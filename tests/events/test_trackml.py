@@ -620,4 +620,11 @@ def test_a_directory_of_feature_csvs_is_named_a_directory_holding_no_truth(tmp_p
         read_events(tmp_path)
     message = str(error.value)
     assert message.startswith(f"directory {tmp_path}: no TrackML event in this directory")
-    assert "it holds 1 other CSV file: evt_0.csv; feature CSVs carry no truth" in message
+    assert "it holds 1 other CSV file(s): evt_0.csv (feature CSVs carry no truth" in message
+    (tmp_path / "evt_0.csv").unlink()
+    (tmp_path / "event000000001-truth.csv").write_text("hit_id\n")
+    (tmp_path / "event000000001-labels.csv").write_text("event_id,hit_id,track_id\n")
+    with pytest.raises(EventFormatError) as error:
+        read_events(tmp_path)
+    assert str(error.value).endswith("(it holds 1 file(s) of events without their hits file: "
+                                     "event000000001-truth.csv; 1 labels file(s): event000000001-labels.csv)")

@@ -488,3 +488,26 @@ def test_unreadable_hyperparameters_are_one_line_errors(tmp_path):
     torch.save({"state_dict": _small_interaction().state_dict(), "hyper_parameters": [1, 2]}, path)
     with pytest.raises(CheckpointImportError, match="its hyper_parameters are a list, not a mapping"):
         import_checkpoint(path)
+
+
+@pytest.mark.parametrize("value, refused", [("false", False), ("False", False), (0, False), ("true", True),
+                                            ("Yes", True), (1, True)])
+def test_flags_written_as_words_or_numbers_are_read_as_they_mean(tmp_path, value, refused):
+    original = _small_interaction()
+    path = save_lightning(tmp_path / "gnn.ckpt", original.state_dict(),
+                          {"name": "InteractionGNN", "n_graph_iters": 2, "hidden_activation": "ReLU",
+                           "undirected": value, "node_net_recurrent": "True"})
+    if refused:
+        with pytest.raises(CheckpointImportError, match="undirected=True"):
+            import_checkpoint(path)
+    else:
+        assert_same_outputs(import_checkpoint(path), original, 3)
+
+
+def test_a_flag_that_is_neither_true_nor_false_is_named(tmp_path):
+    path = save_lightning(tmp_path / "gnn.ckpt", _small_interaction().state_dict(),
+                          {"name": "InteractionGNN", "n_graph_iters": 2, "hidden_activation": "ReLU",
+                           "node_net_recurrent": "sometimes"})
+    with pytest.raises(CheckpointImportError, match="hyperparameter node_net_recurrent='sometimes' is neither true "
+                                                    "nor false"):
+        import_checkpoint(path)

@@ -268,3 +268,19 @@ def test_exporting_into_a_bundle_that_cannot_be_written_says_so(bundle_dir, caps
     assert (f"cannot export into the bundle {bundle_dir}: its directory is not writable; export into a copy of the "
             "bundle you can write") in capsys.readouterr().err
     assert (bundle_dir / "pipeline.json").read_bytes() == before
+
+
+def test_the_shipped_bundle_exported_again_is_the_same_network_with_the_same_config(tmp_path, capsys):
+    """Config keys added later (output_layer_norm) are not written while at their default: a
+    bundle written before them, exported again from its own weights, keeps its config and is
+    not recorded as another network."""
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    copy = tmp_path / "default"
+    shutil.copytree(DEFAULT_BUNDLE, copy)
+    before = load_bundle(copy).networks["gnn"].config
+    assert main(["export", "--bundle", str(copy), "--network", "gnn", "--runs", "1"]) == 0
+    assert "now another than the one" not in capsys.readouterr().err
+    bundle = load_bundle(copy)
+    assert bundle.networks["gnn"].config == before
+    assert bundle.provenance["exported_again"][-1]["replaced"] is False

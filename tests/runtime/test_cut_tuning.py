@@ -466,3 +466,12 @@ def test_settings_that_build_no_track_rank_below_every_one_that_builds_some():
     assert poor.score < nothing.score and not nothing.builds_tracks and poor.builds_tracks
     assert max([nothing, poor], key=lambda row: row.preference) is poor
     assert nothing.worst_fake_rate != nothing.worst_fake_rate  # undefined, so no fake-rate bound holds for it
+
+
+def test_settings_without_tracks_on_one_event_of_several_still_compete_by_their_score():
+    from trackserve.runtime.cut_tuning import CutFigures
+
+    good = CutFigures(0.5, 0.9, 0.01, 0.0, fake_rates=(0.01, float("nan")))  # no track on a tiny second event
+    poor = CutFigures(0.1, 0.05, 0.9, 0.0, fake_rates=(0.9, 0.9))
+    assert good.builds_tracks and max([poor, good], key=lambda row: row.preference) is good
+    assert good.worst_fake_rate == 0.01

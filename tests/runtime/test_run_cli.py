@@ -338,3 +338,8 @@ def test_run_json_names_what_its_track_count_counts(capsys):
     event = report["events"][0]
     assert "num_tracks" not in event and report["settings"]["min_track_hits"] == 5
     assert event["metrics"]["num_tracks"] >= event["num_tracks_min_hits"] > 0
+    # with --min-hits 3 the column and the metrics' candidate tracks use the same size
+    assert main(["run", str(SAMPLE_EVENT), "--json", "--no-labels", "--min-hits", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["min_track_hits"] == report["events"][0]["metrics"]["min_track_hits"] == 3
+    assert report["events"][0]["num_tracks_min_hits"] > event["num_tracks_min_hits"]

@@ -295,3 +295,8 @@ def test_this_server_answers_with_its_own_id(custom_repository):
         assert server.server_id.startswith("trackserve-")
     given = TritonServer(custom_repository.path, ServerSettings(extra_args=("--id", "mine")))
     assert given.server_id == "mine" and "--id=mine" not in given.command(Path("/b"))
+    # tritonserver takes the last --id, an empty one too
+    for extra, expected in ((("--id=a", "--id=b"), "b"), (("--id=",), ""), (("--id", "a", "--id=c"), "c")):
+        server = TritonServer(custom_repository.path, ServerSettings(extra_args=extra))
+        assert server.server_id == expected and not any(arg.startswith("--id=trackserve") for arg in
+                                                        server.command(Path("/b")))

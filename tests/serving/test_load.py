@@ -13,6 +13,7 @@ from trackserve.errors import ServingError
 from trackserve.serving.client import TritonClient
 from trackserve.serving.server import ServerSettings, TritonServer, free_port, process_group_members
 
+from ..conftest import SAMPLE_EVENT
 from .conftest import require_triton
 
 CLIENTS = 16
@@ -156,5 +157,14 @@ def test_a_grpc_client_at_an_http_port_is_told_so():
     text = ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:8000: Failed parsing HTTP/2 "
             "(Expected SETTINGS frame as the first frame, got frame type 79)")
     described = describe_failure(RuntimeError(text), "127.0.0.1:8000", "exatrkx")
-    assert described.startswith("the server at 127.0.0.1:8000 answers HTTP/1, not gRPC")
+    assert described.startswith("the server at 127.0.0.1:8000 answers HTTP, not gRPC")
     assert "give its gRPC port (8001 by default) or use --protocol http" in described
+
+
+def test_a_grpc_client_at_tritons_http_port_is_told_so(triton_server, capsys):
+    """Triton's HTTP server closes a gRPC connection ("Socket closed"): the port is probed."""
+    from trackserve.cli import main
+
+    http_address = triton_server.http_url
+    assert main(["client", str(SAMPLE_EVENT), "--url", http_address, "--protocol", "grpc", "--no-labels"]) != 0
+    assert f"the server at {http_address} answers HTTP, not gRPC" in capsys.readouterr().err

@@ -545,4 +545,20 @@ def test_cli_provenance_names_particle_tables_by_path_and_no_random_events_it_di
                  str(table), "--simulate", "1", "--random-events", "0", "--validation-particles", str(table)]) == 0
     simulated = json.loads((tmp_path / "b" / "pipeline.json").read_text())["provenance"]["data"]["simulated"]
     assert simulated["tables"] == [{"table": str(table.resolve()), "events": 1}]
+
     assert "random" not in simulated
+
+
+def test_cli_provenance_names_trackml_event_paths_absolutely(tmp_path, capsys, monkeypatch):
+    import json
+
+    from trackserve.cli import main
+
+    assert main(["simulate", "--output", str(tmp_path / "sim"), "--events", "2", "--num-particles", "30"]) == 0
+    assert main(["simulate", "--output", str(tmp_path / "val"), "--first-event-id", "2", "--num-particles", "30",
+                 "--seed", "1"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--quick", "--quiet", "--threads", "1", "--output", "b", "--events", "sim", "--validation",
+                 "val/event000000002"]) == 0
+    data = json.loads((tmp_path / "b" / "pipeline.json").read_text())["provenance"]["data"]
+    assert data["trackml_events"] == [str((tmp_path / "sim").resolve())]

@@ -47,6 +47,7 @@ interfaces, their ONNX files and the features), :mod:`~trackserve.bundle.loading
 ``trackserve.bundle`` itself.
 """
 
+from ..errors import BundleError  # the error every check here raises, importable with them
 from .checks import tensor_problems
 from .loading import file_sha256, load_bundle
 from .saving import (architecture_name, default_provenance, make_bundle, package_versions, replace_network,
@@ -60,7 +61,7 @@ from .stages import (EDGE_DIRECTIONS, JOIN_FIELDS, STAGE_KEYS, TRACK_BUILDING_ME
 __all__ = [
     "DYNAMIC_DIMS", "EDGE_DIRECTIONS", "ENGINES_DIR", "ENTRY_KEYS", "JOIN_FIELDS", "NETWORK_INTERFACES", "NETWORK_KINDS",
     "OPTIONAL_NETWORKS", "PIPELINE_FILE", "REQUIRED_NETWORKS", "SCHEMA_VERSION", "STAGE_KEYS", "TOP_LEVEL_KEYS",
-    "TRACK_BUILDING_METHODS", "Bundle", "JoinSettings", "NetworkEntry", "NetworkInterface", "StageParameters",
+    "TRACK_BUILDING_METHODS", "Bundle", "BundleError", "JoinSettings", "NetworkEntry", "NetworkInterface", "StageParameters",
     "TensorInfo", "architecture_name", "default_provenance", "file_sha256", "join_settings_problems", "load_bundle",
     "make_bundle", "package_versions", "replace_network", "save_bundle", "save_weights", "tensor_problems",
     "write_pipeline_json",

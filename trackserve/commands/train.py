@@ -315,7 +315,7 @@ def handle(args: argparse.Namespace) -> int:
     data_seconds = time.perf_counter() - start
     description = {
         "features": spec.to_dict(),
-        "trackml_events": [str(path) for path in args.events],
+        "trackml_events": [str(Path(path).resolve()) for path in args.events],
         "simulated": {
             # tables by absolute path (the provenance then says which file it was from anywhere)
             "tables": [{"table": str(table.resolve()), "events": args.simulate} for table in tables],

@@ -369,6 +369,29 @@ def event_file(prefix: str | Path, kind: str) -> Path | None:
     return present[0] if present else None
 
 
+def _what_else_it_holds(directory: Path) -> str:
+    """`` (it holds ...)``: the CSV files of a directory without TrackML hits files, by kind
+    (files of events without their hits file, labels files, other CSVs such as feature
+    files), or ``""`` when it holds none."""
+    names = sorted(child.name for child in directory.iterdir() if child.is_file() and ".csv" in child.name)
+    event_parts = [name for name in names if _FILE_NAME.match(name)]
+    labels = [name for name in names if name not in event_parts and name.endswith(("-labels.csv", "-labels.csv.gz"))]
+    others = [name for name in names if name not in event_parts and name not in labels]
+
+    def listed(found: list[str]) -> str:
+        return f"{len(found)} {{}}: " + ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+
+    held = []
+    if event_parts:
+        held.append(listed(event_parts).format("file(s) of events without their hits file"))
+    if labels:
+        held.append(listed(labels).format("labels file(s)"))
+    if others:
+        held.append(listed(others).format("other CSV file(s)") + " (feature CSVs carry no truth: `trackserve "
+                                                                 "run` labels them, nothing can be scored or trained on them)")
+    return f" (it holds {'; '.join(held)})" if held else ""
+
+
 def find_event_prefixes(path: str | Path) -> list[Path]:
     """The event prefixes that ``path`` designates, sorted by event id then name.
 
@@ -386,14 +409,9 @@ def find_event_prefixes(path: str | Path) -> list[Path]:
             if match and match["kind"] == "hits" and child.is_file():
                 prefixes.add(path / match["prefix"])
         if not prefixes:
-            others = sorted(child.name for child in path.iterdir() if child.is_file() and ".csv" in child.name)
-            held = ""
-            if others:
-                named = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-                held = (f" (it holds {len(others)} other CSV file{'s' if len(others) != 1 else ''}: {named}; feature "
-                        "CSVs carry no truth: `trackserve run` labels them, but nothing can be scored or trained on them)")
             raise EventFormatError(
-                "no TrackML event in this directory: no file named <prefix>-hits.csv or <prefix>-hits.csv.gz" + held,
+                "no TrackML event in this directory: no file named <prefix>-hits.csv or <prefix>-hits.csv.gz"
+                + _what_else_it_holds(path),
                 path=path,
             )
         return sorted(prefixes, key=lambda prefix: (event_id_from_prefix(prefix), prefix.name))

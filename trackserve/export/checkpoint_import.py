@@ -197,7 +197,9 @@ def refuse_unsupported_options(contents: CheckpointContents, architecture: str) 
     their own weights per message-passing step."""
     hparams = contents.hparams or {}
     where = f"checkpoint {contents.path}"
-    if architecture != "VanillaFilter" and hparams.get("batchnorm"):  # the filter names its own reason
+    flag = {key: _flag(hparams, key, where) for key in ("batchnorm", "undirected", "node_net_recurrent",
+                                                         "edge_net_recurrent")}
+    if architecture != "VanillaFilter" and flag["batchnorm"]:  # the filter names its own reason
         raise CheckpointImportError(f"{where}: trained with batchnorm=True, whose batch statistics trackserve's "
                                     f"{architecture} does not reproduce (it has LayerNorms only); not supported")
     if architecture not in ("ResAGNN", "InteractionGNN"):
@@ -206,13 +208,30 @@ def refuse_unsupported_options(contents: CheckpointContents, architecture: str) 
     if aggregation not in _SUMMED:
         raise CheckpointImportError(f"{where}: aggregation {aggregation!r}: trackserve's GNNs sum the messages into "
                                     "each hit, so a GNN trained with another aggregation cannot be imported")
-    if hparams.get("undirected"):
+    if flag["undirected"]:
         raise CheckpointImportError(f"{where}: trained with undirected=True (each edge scored both ways and the two "
                                     "scores averaged), which trackserve's GNNs do not do; not supported")
     for key in ("node_net_recurrent", "edge_net_recurrent"):
-        if hparams.get(key) is False:
+        if flag[key] is False:
             raise CheckpointImportError(f"{where}: {key}=False gives each message-passing step networks of its own; "
                                         "trackserve's GNNs share one per role across the steps; not supported")
+
+
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "none", "null", "")
+
+
+def _flag(hparams: dict[str, Any], key: str, where: str) -> bool | None:
+    """Hyperparameter ``key`` as a bool (None when absent): YAML booleans, 0 / 1, and the words
+    ``true`` / ``false`` (``yes`` / ``no``...) in any case, as a hand-written file may give them;
+    anything else is an error naming it (a flag misread either way changes the network)."""
+    value = hparams.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise CheckpointImportError(f"{where}: hyperparameter {key}={value!r} is neither true nor false")
 
 
 def _architecture_from_keys(state: dict[str, torch.Tensor]) -> str | None:
@@ -385,7 +404,7 @@ def _build_embedding(contents: CheckpointContents) -> tuple[dict[str, torch.Tens
 def _build_filter(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """VanillaFilter config and state; unused ``batchnorm`` (and unused ``layernorm``) dropped."""
     state, hparams = dict(contents.state), contents.hparams or {}
-    if hparams.get("batchnorm"):
+    if _flag(hparams, "batchnorm", f"checkpoint {contents.path}"):
         raise CheckpointImportError(
             f"checkpoint {contents.path}: a VanillaFilter trained with batchnorm=True normalises with the statistics "
             "of each inference batch, which an exported network cannot reproduce; it is not supported"

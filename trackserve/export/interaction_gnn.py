@@ -51,6 +51,7 @@ class InteractionGNN(ConfigurableNetwork):
     kind = "gnn"
     architecture = "InteractionGNN"
     REQUIRED = ("in_channels", "hidden", "n_graph_iters", "nb_node_layer", "nb_edge_layer")
+    ADDED_KEYS = ("output_layer_norm",)
     DEFAULTS = {
         "hidden_activation": "ReLU",
         "output_activation": None,

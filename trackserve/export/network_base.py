@@ -28,6 +28,11 @@ class ConfigurableNetwork(nn.Module):
     architecture: ClassVar[str] = ""
     REQUIRED: ClassVar[tuple[str, ...]] = ()
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: Keys of ``DEFAULTS`` added after bundles were written: left out of :attr:`config` while
+    #: at their default, so that such a network's config is the one its bundle records (a
+    #: re-export is not taken for another network) and earlier trackserve versions, which do
+    #: not know the key, still read the bundles written since.
+    ADDED_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **hyperparameters: Any):
         super().__init__()
@@ -54,8 +59,10 @@ class ConfigurableNetwork(nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        """The hyperparameters this network was built with (a copy; JSON-serialisable)."""
-        return dict(self._config)
+        """The hyperparameters this network was built with (a copy; JSON-serialisable), less
+        the :attr:`ADDED_KEYS` left at their default."""
+        return {key: value for key, value in self._config.items()
+                if not (key in self.ADDED_KEYS and value == self.DEFAULTS[key])}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ConfigurableNetwork":

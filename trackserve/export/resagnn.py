@@ -77,6 +77,7 @@ class ResAGNN(ConfigurableNetwork):
     kind = "gnn"
     architecture = "ResAGNN"
     REQUIRED = ("in_channels", "hidden", "n_graph_iters", "nb_node_layer", "nb_edge_layer")
+    ADDED_KEYS = ("input_hidden_activation",)
     DEFAULTS = {
         "nb_input_layer": None,
         "edge_hidden": None,

@@ -70,16 +70,16 @@ class CutFigures:
 
     @property
     def builds_tracks(self) -> bool:
-        """Whether these settings build a candidate track on every validation event (where
-        they build none, the fake rate is undefined: NaN)."""
+        """Whether these settings build a candidate track on some validation event (where they
+        build none, the fake rate is undefined: NaN; the mean is over the others)."""
         rates = self.fake_rates or (self.fake_rate,)
-        return all(rate == rate for rate in rates)
+        return any(rate == rate for rate in rates)
 
     @property
     def preference(self) -> tuple:
-        """The order candidates are chosen in: those that build tracks on every event first
-        (settings that build none would otherwise win with a score of 0 wherever every
-        other one has more fakes than efficiency), then the higher score, the smaller cut,
+        """The order candidates are chosen in: those that build tracks first (settings that
+        build none on any event would otherwise win with a score of 0 wherever every other
+        one has more fakes than efficiency), then the higher score, the smaller cut,
         the higher gap cut (no gap filling counts as a gap cut equal to the cut), no joining."""
         return (self.builds_tracks, self.score, -self.cut, self.cut if self.gap_cut is None else self.gap_cut,
                 self.join is None)

@@ -286,11 +286,17 @@ class Pipeline:
         its turn to be yielded comes, after the events before it; with ``yield_errors``
         an event refused as input (:class:`~trackserve.errors.InputError`: bad features,
         too large for the memory limit) is yielded as that error in its place instead, and
-        the events after it still run. A worker process that died raises either way."""
-        if isinstance(events, (np.ndarray, Event)):
-            raise InputError(f"run_many takes an iterable of events' feature arrays, got one "
-                             f"{'Event' if isinstance(events, Event) else 'array'}: use run() for one array, "
-                             "run_event() for one Event, or give a list")
+        the events after it still run. A worker process that died raises either way. One
+        event's features (a 2-D array) or an Event given instead of an iterable of events is
+        refused at once (a 3-D array is events of equal size, one per row)."""
+        if isinstance(events, Event) or (isinstance(events, np.ndarray) and events.ndim != 3):
+            what = "Event" if isinstance(events, Event) else f"{events.ndim}-D array"
+            raise InputError(f"run_many takes an iterable of events' feature arrays, got one {what}: use run() for "
+                             "one event's features, run_event() for one Event, or give a list")
+        return self._results_of(events, yield_errors)
+
+    def _results_of(self, events: Iterable[np.ndarray], yield_errors: bool) -> Iterator[PipelineResult]:
+        """The generator :meth:`run_many` returns, once its arguments are checked."""
         workers = self.config.event_workers
         if workers == 1:
             for features in events:

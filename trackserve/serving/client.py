@@ -79,23 +79,42 @@ def labels_from_result(result, num_hits: int, *, name: str = LABELS) -> np.ndarr
     return labels
 
 
-def describe_failure(error: Exception, url: str, model: str) -> str:
-    """A one-line account of why a request to ``model`` at ``url`` failed."""
+def describe_failure(error: Exception, url: str, model: str, protocol: str | None = None) -> str:
+    """A one-line account of why a request to ``model`` at ``url`` failed. With ``protocol``
+    ``"grpc"``, a connection that failed is checked for an HTTP server on that port (Triton's
+    HTTP port given for its gRPC one), which is then named."""
     message = getattr(error, "message", None)
     text = message() if callable(message) else str(error)
     status = getattr(error, "status", None)
     status = status() if callable(status) else status
     lowered = text.lower()
+    wrong_port = (f"the server at {url} answers HTTP, not gRPC: that is an HTTP port (Triton's is 8000 by default); "
+                  "give its gRPC port (8001 by default) or use --protocol http")
     if "failed parsing http/2" in lowered or "http1.x server" in lowered:
-        return (f"the server at {url} answers HTTP/1, not gRPC ({text.strip()}): that is an HTTP port (Triton's is "
-                "8000 by default); give its gRPC port (8001 by default) or use --protocol http")
+        return f"{wrong_port} ({text.strip()})"
     if any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "connection reset",
                                         "broken pipe", "socket closed", "connection aborted", "eof")):
+        if protocol == "grpc" and answers_http(url):
+            return f"{wrong_port} ({text.strip()})"
         return f"the server at {url} did not answer ({text.strip()}): is it running?"
     if "timeout" in lowered or "timed out" in lowered or "deadline" in lowered:
         return f"the server at {url} did not answer in time ({text.strip()})"
     prefix = f"[{status}] " if status and str(status) not in text else ""
     return f"model {model!r} at {url} refused the request: {prefix}{text.strip()}"
+
+
+def answers_http(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether an HTTP server answers at ``url`` (``host:port``): any HTTP status counts."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=timeout_s):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def check_url(url: str) -> None:
@@ -166,7 +185,7 @@ class TritonClient:
         try:
             return function(*args, **kwargs)
         except Exception as error:  # tritonclient and its transports raise many types
-            raise ServingError(f"{what}: {describe_failure(error, self.url, self.model)}") from error
+            raise ServingError(f"{what}: {describe_failure(error, self.url, self.model, self.protocol)}") from error
 
     def is_ready(self) -> bool:
         """Whether the server and the model answer as ready (False when unreachable)."""

@@ -252,7 +252,8 @@ class TritonServer:
         # The id this server answers with in its metadata, so that the readiness check knows
         # its own server from another one that took the port first (``--id`` in extra_args
         # is used as given).
-        self.server_id = _given_server_id(self.settings.extra_args) or f"trackserve-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        given = _given_server_id(self.settings.extra_args)
+        self.server_id = given if given is not None else f"trackserve-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._foreign_server: str | None = None
 
     # -- endpoints --------------------------------------------------------------------
@@ -506,14 +507,16 @@ class TritonServer:
 
 
 def _given_server_id(extra_args: Sequence[str]) -> str | None:
-    """The server id an ``--id`` option among ``extra_args`` sets (``--id=X`` or ``--id X``), if any."""
+    """The server id the ``--id`` options among ``extra_args`` set (``--id=X`` or ``--id X``; the
+    last one, as tritonserver takes it; an empty one too), or None when there is none."""
     args = list(extra_args)
+    found = None
     for index, arg in enumerate(args):
         if arg.startswith("--id="):
-            return arg[len("--id="):]
-        if arg == "--id" and index + 1 < len(args):
-            return args[index + 1]
-    return None
+            found = arg[len("--id="):]
+        elif arg == "--id" and index + 1 < len(args):
+            found = args[index + 1]
+    return found
 
 
 def process_group_members(group: int) -> set[int]:

@@ -168,3 +168,11 @@ def test_a_grpc_client_at_tritons_http_port_is_told_so(triton_server, capsys):
     http_address = triton_server.http_url
     assert main(["client", str(SAMPLE_EVENT), "--url", http_address, "--protocol", "grpc", "--no-labels"]) != 0
     assert f"the server at {http_address} answers HTTP, not gRPC" in capsys.readouterr().err
+
+
+def test_aiohttps_cannot_connect_is_called_a_server_that_did_not_answer():
+    from trackserve.serving.client import describe_failure
+
+    text = "Cannot connect to host 127.0.0.1:18299 ssl:default [Connect call failed ('127.0.0.1', 18299)]"
+    assert describe_failure(RuntimeError(text), "127.0.0.1:18299", "exatrkx").startswith(
+        "the server at 127.0.0.1:18299 did not answer")

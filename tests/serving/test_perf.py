@@ -90,6 +90,16 @@ def test_a_level_with_no_answer_has_no_latency_and_zero_throughput(tmp_path):
     assert "-" in format_table([result]) and "refused" in format_table([result])
     rows = list(csv.DictReader(write_csv([result], tmp_path / "r.csv").open()))
     assert rows[0]["p99_ms"] == "" and rows[0]["first_error"] == "refused"
+    # an empty or near-empty window is flagged: its figures are rough
+    assert result.few_requests and rows[0]["few_requests"] == "True" and result.as_dict()["few_requests"] is True
+    assert "concurrency 1: only 0 request(s) answered in the 1 s window: rough figures" in format_table([result])
+
+
+def test_a_window_with_enough_requests_is_not_flagged():
+    settings = PerfSettings(url="unused:1")
+    records = [RequestRecord(0.1 * i, 0.1 * i + 0.05, None) for i in range(40)]
+    result = summarize(records, concurrency=1, settings=settings, window_start=0.0, window_end=4.0)
+    assert result.requests == 40 and not result.few_requests and "rough" not in format_table([result])
 
 
 @pytest.mark.parametrize("name, value, need", [("warmup_s", -0.5, ">= 0"), ("error_backoff_s", -0.01, ">= 0"),

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
                         help="sync: one thread per client; async: N requests in flight on one asyncio loop "
                         "(default: %(default)s)")
     parser.add_argument("--window-seconds", type=float, default=5.0, metavar="S",
-                        help="measurement window of each level (default: %(default)s)")
+                        help="measurement window of each level (default: %(default)s); a level whose window "
+                        "holds fewer than 20 answered requests is flagged as rough (give a longer window)")
     parser.add_argument("--warmup-seconds", type=float, default=1.0, metavar="S",
                         help="unmeasured run before each window: at least this long, and until every client has had an "
                              "answer (default: %(default)s)")

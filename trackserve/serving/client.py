@@ -93,7 +93,7 @@ def describe_failure(error: Exception, url: str, model: str, protocol: str | Non
     if "failed parsing http/2" in lowered or "http1.x server" in lowered:
         return f"{wrong_port} ({text.strip()})"
     if any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "connection reset",
-                                        "broken pipe", "socket closed", "connection aborted", "eof")):
+                                        "broken pipe", "socket closed", "connection aborted", "eof", "cannot connect")):
         if protocol == "grpc" and answers_http(url):
             return f"{wrong_port} ({text.strip()})"
         return f"the server at {url} did not answer ({text.strip()}): is it running?"

@@ -10,8 +10,8 @@ Modes:
 * ``sync``: one thread per client, each with its own connection
   (:class:`~trackserve.serving.client.TritonClient`), sending its next request as soon
   as the previous one is answered;
-* ``async``: one asyncio loop with N requests in flight over one connection
-  (``tritonclient.grpc.aio`` / ``tritonclient.http.aio``).
+* ``async``: one asyncio loop with N requests in flight (``tritonclient.grpc.aio`` over one
+  channel; ``tritonclient.http.aio`` over its pool of connections).
 
 Timeline of one level: the clients connect and build their requests, then run for
 ``warmup_s`` and until every client has had one request answered (not measured: at a high
@@ -20,7 +20,11 @@ concurrency the server's queue is filling until then), then for the measurement 
 stop sending and the requests still in flight are finished. A request belongs to the
 phase in which it completed. Throughput counts the requests answered in the window,
 divided by the window; latencies are those of the requests answered in the window
-(percentiles by nearest rank, so each is an observed latency).
+(percentiles by nearest rank, so each is an observed latency: the p-th is the value of rank
+ceil(p/100 · n); perf_analyzer takes rank round(p/100 · (n-1)) + 1, the same or its
+neighbour). A window that saw fewer than :data:`FEW_REQUESTS` answered requests gives
+rough figures (throughput in steps of 1/window, p99 the largest latency): the level is
+flagged ``few_requests`` and ``trackserve perf`` says so.
 
 No request is lost silently: each client counts a request when it sends it and records
 it as answered (labels checked: int64, one per hit) or failed with its message, whatever
@@ -57,6 +61,7 @@ MAX_CONCURRENCY = 1024
 CSV_COLUMNS = (
     "concurrency", "mode", "protocol", "model", "throughput_infer_per_s", "p50_ms", "p95_ms", "p99_ms",
     "mean_ms", "min_ms", "max_ms", "requests", "errors", "window_s", "sent", "answered", "failed", "first_error",
+    "few_requests",
 )
 
 
@@ -140,6 +145,10 @@ class RequestRecord:
         return self.end - self.start
 
 
+#: A level whose window holds fewer answered requests than this is flagged ``few_requests``.
+FEW_REQUESTS = 20
+
+
 @dataclass
 class LevelResult:
     """What one concurrency level measured.
@@ -165,6 +174,11 @@ class LevelResult:
     failed: int
     error_messages: list[str] = field(default_factory=list)
 
+    @property
+    def few_requests(self) -> bool:
+        """Whether the window holds fewer than :data:`FEW_REQUESTS` answered requests (rough figures)."""
+        return self.requests < FEW_REQUESTS
+
     def row(self) -> dict:
         """The level as one flat row (the CSV columns, :data:`CSV_COLUMNS`)."""
         values = {
@@ -174,12 +188,13 @@ class LevelResult:
             "requests": self.requests, "errors": self.errors, "window_s": self.window_s,
             "sent": self.sent, "answered": self.answered, "failed": self.failed,
             "first_error": self.error_messages[0] if self.error_messages else "",
+            "few_requests": self.few_requests,
         }
         return {column: values[column] for column in CSV_COLUMNS}
 
     def as_dict(self) -> dict:
-        """The level as a JSON-ready mapping (every field)."""
-        return asdict(self)
+        """The level as a JSON-ready mapping (every field, and ``few_requests``)."""
+        return {**asdict(self), "few_requests": self.few_requests}
 
 
 def nearest_rank(sorted_values: Sequence[float], percent: float) -> float:
@@ -440,6 +455,9 @@ def format_table(results: Sequence[LevelResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     for r in results:
+        if r.few_requests:
+            lines.append(f"concurrency {r.concurrency}: only {r.requests} request(s) answered in the {r.window_s:g} s "
+                         f"window: rough figures (fewer than {FEW_REQUESTS}); give a longer --window-seconds")
         if r.failed:
             lines.append(f"concurrency {r.concurrency}: {r.failed} of {r.sent} request(s) failed; first errors:")
             lines.extend(f"  - {message}" for message in r.error_messages)

@@ -226,6 +226,38 @@ def test_serve_stops_with_status_1_when_a_model_process_dies(custom_repository):
             process.kill()
 
 
+def test_serve_names_a_killed_tritonserver(custom_repository):
+    require_triton()
+    process = _serve(custom_repository.path, free_port(), free_port())
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "stop with Ctrl-C" not in (line := process.stdout.readline()):
+            assert line, process.stderr.read()
+        servers = [pid for pid in _children_of(process.pid) if "tritonserver" in _command(pid)]
+        assert servers, "serve runs tritonserver as its child"
+        os.kill(servers[0], signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+        err = process.stderr.read()
+        assert "trackserve serve: tritonserver was killed by SIGKILL, so the server is down" in err
+        assert "Traceback" not in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
 def _command(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -235,15 +267,8 @@ def _command(pid: int) -> str:
 
 def _children_of_servers(serve_pid: int) -> list[int]:
     """The processes whose parent is a tritonserver started by the ``serve`` process ``serve_pid``."""
-    def parent(pid):
-        try:
-            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            return None
-
-    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-    servers = {pid for pid in pids if parent(pid) == serve_pid and "tritonserver" in _command(pid)}
-    return [pid for pid in pids if parent(pid) in servers]
+    servers = [pid for pid in _children_of(serve_pid) if "tritonserver" in _command(pid)]
+    return [child for server in servers for child in _children_of(server)]
 
 
 def test_another_server_that_takes_the_port_first_is_not_taken_for_this_one(custom_repository, monkeypatch):

@@ -105,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr, flush=True)
                 server.stop()
                 return 1
-        print(f"trackserve serve: tritonserver exited on its own with status {code}; "
-              + server.failure_report(), file=sys.stderr)
+        how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
+               else f"exited on its own with status {code}")
+        print(f"trackserve serve: tritonserver {how}, so the server is down; " + server.failure_report(),
+              file=sys.stderr, flush=True)
         return 1
     except (KeyboardInterrupt, _Stop) as reason:
         name = "SIGINT" if isinstance(reason, KeyboardInterrupt) else str(reason)

@@ -56,6 +56,8 @@ for _variable in ONE_THREAD_POOLS:
 
 import numpy as np  # noqa: E402
 
+from trackserve.serving.perf import FEW_REQUESTS  # noqa: E402  (numpy's pools set above)
+
 from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
                       publish, reduced_run_note, replace_file, repo_relative, use_checkout_in_children)
 
@@ -222,6 +224,11 @@ def reduced_settings(args, config) -> list[str]:
     return changes
 
 
+def _percentiles(result) -> str:
+    """``p50 / p95 / p99`` of a level, in ms."""
+    return " / ".join(_cell(result.latency_ms[key]) for key in ("p50", "p95", "p99"))
+
+
 def markdown(args, bundle_note, config, curves, instances, ratios, setup, watch, plot_note) -> list[str]:
     """The lines of the serving section of RESULTS.md (under the heading :func:`publish` gives it)."""
     reduced = reduced_run_note(reduced_settings(args, config))
@@ -253,18 +260,28 @@ def markdown(args, bundle_note, config, curves, instances, ratios, setup, watch,
             f"| {custom.throughput / max(ensemble.throughput, 1e-12):.2f} | {custom.throughput / max(direct.throughput, 1e-12):.2f} "
             f"| {_cell(custom.latency_ms['p50'])} | {_cell(ensemble.latency_ms['p50'])} |"
         )
-    errors = sum(r.failed for results in curves.values() for r in results)
+    lines += ["", "Latency (p50 / p95 / p99, ms) and failed requests of every level, each target:", "",
+              "| concurrency | custom | ensemble | direct | failed (custom / ensemble / direct) |",
+              "|---:|---:|---:|---:|---:|"]
+    for custom, ensemble, direct in zip(curves["custom"], curves["ensemble"], curves["direct"]):
+        lines.append(f"| {custom.concurrency} | {_percentiles(custom)} | {_percentiles(ensemble)} | "
+                     f"{_percentiles(direct)} | {custom.failed} / {ensemble.failed} / {direct.failed} |")
+    rough = sorted({f"{name} at concurrency {r.concurrency}" for name, results in curves.items() for r in results
+                    if r.few_requests} | {f"custom with {n} instance(s)" for n, r in instances if r.few_requests})
+    errors = sum(r.failed for results in curves.values() for r in results) + sum(r.failed for _, r in instances)
     lines += [
         "",
-        f"Failed requests over the whole sweep: {errors}.",
+        f"Failed requests over the whole run (the three sweeps and the instance sweep): {errors}."
+        + (f" Rough levels (fewer than {FEW_REQUESTS} events answered in the window): {', '.join(rough)}."
+           if rough else ""),
         "",
         f"Custom model versus instance count (concurrency {instances[0][1].concurrency}):",
         "",
-        "| instances | events/s | p50 ms | p99 ms |",
-        "|---:|---:|---:|---:|",
+        "| instances | events/s | p50 ms | p95 ms | p99 ms | failed |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {n} | {r.throughput:.2f} | {_cell(r.latency_ms['p50'])} | {_cell(r.latency_ms['p99'])} |"
-              for n, r in instances]
+    lines += [f"| {n} | {r.throughput:.2f} | {_cell(r.latency_ms['p50'])} | {_cell(r.latency_ms['p95'])} | "
+              f"{_cell(r.latency_ms['p99'])} | {r.failed} |" for n, r in instances]
     lines += ["", "Ratios at the best concurrency of each (best throughput against best throughput):", "",
               "| ratio | here | published (A100) | target | met |", "|---|---:|---:|---:|---|"]
     rows = (("custom_over_ensemble", "custom / ensemble", "custom_over_ensemble"),

@@ -205,44 +205,44 @@ def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, 
     assert message in capsys.readouterr().err
 
 
+def _serve_then_kill(repository, choose) -> tuple[int, str]:
+    """Start ``trackserve serve``, wait until it is ready, SIGKILL the process ``choose(serve_pid)``
+    names, and return the killed pid and serve's stderr once it exited with status 1."""
+    process = _serve(repository, free_port(), free_port())
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "stop with Ctrl-C" not in (line := process.stdout.readline()):
+            assert line, process.stderr.read()
+        victim = choose(process.pid)
+        os.kill(victim, signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+        err = process.stderr.read()
+        assert "Traceback" not in err
+        return victim, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _first(pids: list[int], what: str) -> int:
+    assert pids, what
+    return pids[0]
+
+
 @pytest.mark.slow
 def test_serve_stops_with_status_1_when_a_model_process_dies(custom_repository):
     # Triton kept reporting the model ready while every request to it failed
     require_triton()
-    process = _serve(custom_repository.path, free_port(), free_port())
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and "stop with Ctrl-C" not in (line := process.stdout.readline()):
-            assert line, process.stderr.read()
-        stubs = [pid for pid in _children_of_servers(process.pid) if "stub" in _command(pid)]
-        assert stubs, "the server runs its model in a stub process"
-        os.kill(stubs[0], signal.SIGKILL)  # as the out-of-memory killer would
-        assert process.wait(timeout=60) == 1
-        err = process.stderr.read()
-        assert f"a model process of the server died (pid {stubs[0]}" in err and "start it again" in err
-        assert "Traceback" not in err
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stub, err = _serve_then_kill(custom_repository.path, lambda serve: _first(  # as the out-of-memory killer would
+        [pid for pid in _children_of_servers(serve) if "stub" in _command(pid)], "the model runs in a stub process"))
+    assert f"a model process of the server died (pid {stub}" in err and "start it again" in err
 
 
 def test_serve_names_a_killed_tritonserver(custom_repository):
     require_triton()
-    process = _serve(custom_repository.path, free_port(), free_port())
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and "stop with Ctrl-C" not in (line := process.stdout.readline()):
-            assert line, process.stderr.read()
-        servers = [pid for pid in _children_of(process.pid) if "tritonserver" in _command(pid)]
-        assert servers, "serve runs tritonserver as its child"
-        os.kill(servers[0], signal.SIGKILL)
-        assert process.wait(timeout=60) == 1
-        err = process.stderr.read()
-        assert "trackserve serve: tritonserver was killed by SIGKILL, so the server is down" in err
-        assert "Traceback" not in err
-    finally:
-        if process.poll() is None:
-            process.kill()
+    _, err = _serve_then_kill(custom_repository.path, lambda serve: _first(
+        [pid for pid in _children_of(serve) if "tritonserver" in _command(pid)], "serve runs tritonserver"))
+    assert "trackserve serve: tritonserver was killed by SIGKILL, so the server is down" in err
 
 
 def _children_of(pid: int) -> list[int]:

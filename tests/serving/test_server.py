@@ -101,6 +101,7 @@ def test_client_command_checks_against_the_local_runtime(triton_server, tiny_bun
 
     _, hits, tracks = read_submission(tmp_path / "labels" / "event000000001-labels.csv")
     assert hits.size == 5527 and tracks.max() > 0
+    assert f"event000000001: 5527 hits, {np.unique(tracks).size} tracks (distinct labels)" in out
 
 
 def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path, capsys):

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 if labels_paths is not None:
                     remove_stale_labels("client", labels_paths[number])
                 continue
-            tracks = int(labels.max()) + 1 if labels.size else 0
+            tracks = int(np.unique(labels).size)  # whatever labels the server sent, compact or not
             line = f"{item.name}: {labels.shape[0]} hits, {tracks} tracks (distinct labels)"
             if pipeline is not None:
                 expected = pipeline.run(item.features).labels

@@ -23,8 +23,8 @@ divided by the window; latencies are those of the requests answered in the windo
 (percentiles by nearest rank, so each is an observed latency: the p-th is the value of rank
 ceil(p/100 · n); perf_analyzer takes rank round(p/100 · (n-1)) + 1, the same or its
 neighbour). A window that saw fewer than :data:`FEW_REQUESTS` answered requests gives
-rough figures (throughput in steps of 1/window, p99 the largest latency): the level is
-flagged ``few_requests`` and ``trackserve perf`` says so.
+rough figures (throughput in steps of 1/window; and below 100 requests p99 is the largest
+latency): the level is flagged ``few_requests`` and ``trackserve perf`` says so.
 
 No request is lost silently: each client counts a request when it sends it and records
 it as answered (labels checked: int64, one per hit) or failed with its message, whatever

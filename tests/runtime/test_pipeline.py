@@ -401,7 +401,7 @@ def test_edges_the_graph_stage_built_pass_without_a_warning(pipeline, sample_fea
 def test_graph_convention_problems_in_each_direction(direction, edges, problems):
     from trackserve.runtime.inputs import graph_convention_problems
 
-    assert graph_convention_problems(np.array(edges, dtype=np.int64), direction) == problems
+    assert graph_convention_problems(np.array(edges, dtype=np.int64), direction, 5) == problems
 
 
 def test_classify_edges_refuses_chunks_for_a_message_passing_network(pipeline, sample_features):

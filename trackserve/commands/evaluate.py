@@ -9,9 +9,8 @@ The definitions are those of :mod:`trackserve.events.metrics`.
 from __future__ import annotations
 
 import argparse
-import math
 
-from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT
+from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT, figure_text
 from ..jsonout import dumps
 
 ORDER = 20
@@ -63,13 +62,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def _format(value, spec: str) -> str:
-    """A figure as text; an undefined ratio (nan) is ``n/a``."""
-    if isinstance(value, float) and math.isnan(value):
-        return "n/a"
-    return format(value, spec)
-
-
 def _selection(result: dict) -> str:
     """The selection that produced ``result``, in words."""
     noise = "noise hits ignored" if result["exclude_noise"] else "noise hits kept on tracks"
@@ -87,7 +79,7 @@ def format_table(result: dict) -> str:
         ("hits", f"{result['num_hits']} ({result['num_noise_hits']} noise)"),
         ("selection", _selection(result)),
     ]
-    rows.extend((label, _format(result[key], spec)) for label, key, spec in _ROWS)
+    rows.extend((label, figure_text(result[key], spec)) for label, key, spec in _ROWS)
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 

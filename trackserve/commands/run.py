@@ -16,13 +16,12 @@ with ``--event-executor processes``.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections import deque
 from pathlib import Path
 
-from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT
+from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT, figure_text
 from ..jsonout import dumps
 from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
 
@@ -143,12 +142,6 @@ def _event_record(item, result, args) -> dict:
     return record
 
 
-def _fmt(value, spec=".3f") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return format(value, spec)
-
-
 def _print_tables(report: dict, stages, out) -> None:
     header = ["event", "hits", "graph", "filtered", "kept", f"tracks>={report['settings']['min_track_hits']}"]
     header += [f"{s} ms" for s in stages] + ["total ms"]
@@ -171,8 +164,8 @@ def _print_tables(report: dict, stages, out) -> None:
         print(f"{'event':>16}  {'efficiency':>10}  {'fake rate':>9}  {'duplicates':>10}  {'TrackML score':>13}", file=out)
         for ev in with_metrics:
             m = ev["metrics"]
-            print(f"{ev['event']:>16}  {_fmt(m['efficiency']):>10}  {_fmt(m['fake_rate']):>9}  "
-                  f"{_fmt(m['duplicate_rate']):>10}  {_fmt(m['trackml_score']):>13}", file=out)
+            print(f"{ev['event']:>16}  {figure_text(m['efficiency'], '.3f'):>10}  {figure_text(m['fake_rate'], '.3f'):>9}  "
+                  f"{figure_text(m['duplicate_rate'], '.3f'):>10}  {figure_text(m['trackml_score'], '.3f'):>13}", file=out)
     summary = report["summary"]
     print(file=out)
     settings = report["settings"]
@@ -180,11 +173,11 @@ def _print_tables(report: dict, stages, out) -> None:
         print(f"no event ran to the end: nothing to time (wall time {summary['wall_seconds']:.3f} s)", file=out)
         return
     print(f"{summary['num_events']} event(s), {summary['num_hits']} hits in {summary['seconds']:.3f} s of pipeline time: "
-          f"{_fmt(summary['events_per_second'], '.2f')} events/s  (threads: {settings['intra_op_threads']} "
+          f"{figure_text(summary['events_per_second'], '.2f')} events/s  (threads: {settings['intra_op_threads']} "
           f"network, {settings['graph_threads']} graph building)", file=out)
     where = f" in {settings['event_executor']}" if settings.get("event_executor") else ""
     print(f"wall time {summary['wall_seconds']:.3f} s with reading, writing and metrics, {settings['event_workers']} "
-          f"event(s) at once{where}: {_fmt(summary['events_per_second_wall'], '.2f')} events/s", file=out)
+          f"event(s) at once{where}: {figure_text(summary['events_per_second_wall'], '.2f')} events/s", file=out)
     if report.get("labels_directory") and report["events"]:
         print(f"labels written to {report['labels_directory']}", file=out)
 

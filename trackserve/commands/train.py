@@ -222,7 +222,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..bundle_output import bundle_written_to, check_bundle_output
     from ..errors import InputError
     from ..events.features import feature_spec
-    from ..events.metrics import rate_text
+    from ..events.metrics import figure_text
     from ..events.geometry import load_geometry
     from ..events.simulate import check_seed
     from ..events.trackml import find_event_prefixes, read_event
@@ -343,8 +343,8 @@ def handle(args: argparse.Namespace) -> int:
         figures = result.validation[stage]
         print(f"  {stage:6s} edges {figures['num_edges']:>9d}  efficiency {figures['efficiency']:.4f}  purity {figures['purity']:.4f}")
     print(f"  tracks of the written bundle (pT >= {config.min_pt:g} GeV, >= {config.min_hits} hits): efficiency "
-          f"{rate_text(check['track_efficiency'])}, fake rate {rate_text(check['fake_rate'])}, duplicate rate "
-          f"{rate_text(check['duplicate_rate'])}")
+          f"{figure_text(check['track_efficiency'])}, fake rate {figure_text(check['fake_rate'])}, duplicate rate "
+          f"{figure_text(check['duplicate_rate'])}")
     if not check["track_efficiency"] > 0:  # 0 or NaN: the bundle was written, but finds nothing
         print(f"trackserve train: warning: the bundle finds no track of the validation event (efficiency "
               f"{check['track_efficiency']:.4f}): train longer or on more events before using it", file=sys.stderr)

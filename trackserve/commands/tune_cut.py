@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bundle import save_bundle
     from ..errors import InputError
-    from ..events.metrics import SELECTION_OPTIONS, check_selection, rate_text
+    from ..events.metrics import SELECTION_OPTIONS, check_selection, figure_text
     from ..events.simulate import check_seed
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
                                       check_counted_particles, tune_cuts_and_joining, tune_gnn_cut)
@@ -208,8 +208,8 @@ def run(args: argparse.Namespace) -> int:
                    and stages.join_pieces is None)
         mark = "  <- best" if row == best else ("  (bundle's)" if current else "")
         gap = "-" if row.gap_cut is None else f"{row.gap_cut:.2f}"
-        print(f"{row.cut:5.2f}  {gap:>7}  {rate_text(row.efficiency):>10}  {rate_text(row.fake_rate):>9}  "
-              f"{rate_text(row.worst_fake_rate):>10}  {rate_text(row.duplicate_rate):>10}  {row.score:10.4f}{mark}")
+        print(f"{row.cut:5.2f}  {gap:>7}  {figure_text(row.efficiency):>10}  {figure_text(row.fake_rate):>9}  "
+              f"{figure_text(row.worst_fake_rate):>10}  {figure_text(row.duplicate_rate):>10}  {row.score:10.4f}{mark}")
     pairs_tried = []
     if args.join_pieces:
         best, tables = tune_cuts_and_joining(pipeline, validation, rows, pairs=args.join_at, min_pt=args.min_pt,
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 described = "no joining" if pair_best.join is None else pair_best.join.describe()
                 mark = "  <- best" if pair_best == best else ""
                 print(f"{_describe(pair_best.cut, pair_best.gap_cut):<30}  {described:<62}  "
-                      f"{rate_text(pair_best.efficiency):>10}  {rate_text(pair_best.worst_fake_rate):>10}  "
+                      f"{figure_text(pair_best.efficiency):>10}  {figure_text(pair_best.worst_fake_rate):>10}  "
                       f"{pair_best.score:10.4f}{mark}")
         join_rows = next(rows_at_pair for pair_best, rows_at_pair in tables if pair_best is best)
         print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the {JOINS_SHOWN} best of "
@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         for row in _shown_join_rows(join_rows, args.max_fake_rate):
             mark = "  <- best" if row == best else ""
             described = "no joining" if row.join is None else row.join.describe()
-            print(f"{described:<62}  {rate_text(row.efficiency):>10}  {rate_text(row.fake_rate):>9}  {rate_text(row.worst_fake_rate):>10}  "
+            print(f"{described:<62}  {figure_text(row.efficiency):>10}  {figure_text(row.fake_rate):>9}  {figure_text(row.worst_fake_rate):>10}  "
                   f"{row.score:10.4f}{mark}")
     tied = sorted({row.cut for row in rows if row.score == best.score
                    and (args.max_fake_rate is None or row.worst_fake_rate <= args.max_fake_rate)})

@@ -621,8 +621,10 @@ def evaluate_event(
     return result
 
 
-def rate_text(value: float) -> str:
-    """A rate (efficiency, fake or duplicate rate) for the commands' tables: four decimals, or
-    ``n/a`` where it is undefined (NaN: no particle or no candidate track to count)."""
-    return "n/a" if value != value else f"{value:.4f}"
+def figure_text(value, spec: str = ".4f") -> str:
+    """A figure for the commands' tables, formatted by ``spec``, or ``n/a`` where it is undefined
+    (None, or a NaN rate: no particle or no candidate track to count)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
 

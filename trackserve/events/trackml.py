@@ -373,9 +373,11 @@ def _what_else_it_holds(directory: Path) -> str:
     """`` (it holds ...)``: the CSV files of a directory without TrackML hits files, by kind
     (files of events without their hits file, labels files, other CSVs such as feature
     files), or ``""`` when it holds none."""
+    from .sources import LABELS_SUFFIXES  # (sources reads events with this module)
+
     names = sorted(child.name for child in directory.iterdir() if child.is_file() and ".csv" in child.name)
     event_parts = [name for name in names if _FILE_NAME.match(name)]
-    labels = [name for name in names if name not in event_parts and name.endswith(("-labels.csv", "-labels.csv.gz"))]
+    labels = [name for name in names if name not in event_parts and name.endswith(LABELS_SUFFIXES)]
     others = [name for name in names if name not in event_parts and name not in labels]
 
     def listed(found: list[str]) -> str:

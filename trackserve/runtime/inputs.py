@@ -66,9 +66,9 @@ def validate_edges(edge_index, num_hits: int | None, what: str = "edge_index") -
     return np.ascontiguousarray(edge_index, dtype=np.int64)
 
 
-def graph_convention_problems(edge_index: np.ndarray, direction: str) -> list[str]:
-    """How checked edges ``[2, M]`` differ from a graph the graph stage builds in ``direction``
-    (``"i<j"``, ``"i>j"``: each pair once that way; ``"both"``: each pair both ways): edges
+def graph_convention_problems(edge_index: np.ndarray, direction: str, num_hits: int) -> list[str]:
+    """How edges ``[2, M]`` (checked to lie in ``[0, num_hits)``) differ from a graph the graph
+    stage builds in ``direction`` (``"i<j"``, ``"i>j"``: each pair once that way; ``"both"``: each pair both ways): edges
     the other way, self-loops, repeated edges. Empty when they follow it. (For ``"both"``,
     a pair given one way only is not a difference: the filter keeps the two ways of a pair
     apart, so the edges handed on after it often hold one.) O(M) for edges in (i, j) order,
@@ -85,8 +85,7 @@ def graph_convention_problems(edge_index: np.ndarray, direction: str) -> list[st
         if wrong:
             way = "i > j" if direction == "i<j" else "i < j"
             problems.append(f"{wrong} edge{'s' if wrong != 1 else ''} (i, j) with {way}")
-    width = max(int(edge_index.max()) + 1, 1)
-    keys = first.astype(np.int64) * width + second
+    keys = first.astype(np.int64) * max(num_hits, 1) + second  # indices checked in [0, num_hits)
     if not np.all(keys[1:] > keys[:-1]):  # the graph stage's edges (and the filter's) come in key order
         keys = np.sort(keys)
     repeated = int(np.count_nonzero(keys[1:] == keys[:-1]))

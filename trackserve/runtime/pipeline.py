@@ -152,7 +152,7 @@ class Pipeline:
         bundle's graph stage builds (another direction, self-loops, repeated edges)."""
         features = validate_features(features, self.num_features)
         edge_index = validate_edges(edge_index, features.shape[0])
-        problems = graph_convention_problems(edge_index, self.stages.edge_direction)
+        problems = graph_convention_problems(edge_index, self.stages.edge_direction, features.shape[0])
         if problems:
             warnings.warn(
                 f"edge_index is not a graph this bundle's graph stage builds ({EDGE_DIRECTIONS[self.stages.edge_direction]}, "

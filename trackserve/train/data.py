@@ -222,7 +222,9 @@ def same_event(first: Path, second: Path) -> bool:
     the same bytes (a copy of an event under another name is still that event)."""
     if first.resolve() == second.resolve():
         return True
-    hits = [_hits_file(prefix) for prefix in (first, second)]
+    from ..events.trackml import event_file
+
+    hits = [event_file(prefix, "hits") for prefix in (first, second)]
     if any(path is None for path in hits) or hits[0].stat().st_size != hits[1].stat().st_size:
         return False
     with open(hits[0], "rb") as one, open(hits[1], "rb") as other:
@@ -233,11 +235,4 @@ def same_event(first: Path, second: Path) -> bool:
             if not block:
                 return True
 
-
-def _hits_file(prefix: Path) -> Path | None:
-    for suffix in ("-hits.csv", "-hits.csv.gz"):
-        path = prefix.with_name(prefix.name + suffix)
-        if path.is_file():
-            return path
-    return None
 

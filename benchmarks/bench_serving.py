@@ -32,6 +32,7 @@ writes section ``serving`` of ``benchmarks/RESULTS.md`` and ``benchmarks/serving
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import shlex
@@ -297,7 +298,8 @@ def markdown(args, bundle_note, config, curves, instances, ratios, setup, watch,
 
 def parse_arguments(argv):
     """The options, checked before any work (one-line errors): counts positive, ``--events``
-    at most the published events there are, ``--bundle`` loaded and checked."""
+    at most the published events there are, ``--bundle`` loaded and checked, matplotlib
+    present for the plot unless ``--no-write``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None,
                         help="bundle to serve (default: models/default if it exists, else the tests' tiny bundle)")
@@ -323,6 +325,9 @@ def parse_arguments(argv):
         parser.error(f"argument --events: at most the {available} published events in {LRT_EVENTS}, got {args.events}")
     if args.bundle is not None:
         load_bundle_option(parser, "--bundle", args.bundle)
+    if not args.no_write and importlib.util.find_spec("matplotlib") is None:
+        parser.error("the plot needs matplotlib, which is not installed: pip install -e '.[bench]' "
+                     "(or pass --no-write to print the figures only)")
     return args
 
 

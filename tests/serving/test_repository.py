@@ -74,10 +74,19 @@ def test_ensemble_layout_chains_the_stage_models(tiny_bundle, tmp_path):
     assert list(embed.output[0].dims) == [-1, 4]  # the tiny bundle's embedding width
 
 
-def test_instance_kind_is_written(tiny_bundle, tmp_path):
+def test_gpu_instances_are_refused_while_the_runtime_has_no_cuda_device(tiny_bundle, tmp_path):
+    with pytest.raises(InputError, match=r"instance kind 'gpu' needs the runtime's 'cuda' device, which this runtime "
+                                         r"does not have yet \(it runs on cpu\); use instance kind cpu"):
+        write_repository(tiny_bundle, tmp_path / "gpu", RepositoryOptions(instance_kind="gpu"))
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_instance_kind_is_written(tiny_bundle, tmp_path, monkeypatch):
     model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed")
+    import trackserve.serving.repository as repository
 
     write_repository(tiny_bundle, tmp_path / "cpu", RepositoryOptions(instance_count=2))
+    monkeypatch.setattr(repository, "DEVICES", ("cpu", "cuda"))  # a runtime with the GPU issue's device
     write_repository(tiny_bundle, tmp_path / "gpu", RepositoryOptions(instance_kind="gpu"))
     kinds = model_config_pb2.ModelInstanceGroup.Kind
     cpu = parse_config(tmp_path / "cpu" / "exatrkx" / "config.pbtxt").instance_group[0]

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT, figure_text
 from ..jsonout import dumps
 from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
+from ..runtime.config import DEFAULT_EDGE_CHUNK_SIZE, DEFAULT_MEMORY_LIMIT_BYTES
 
 ORDER = 50
 
@@ -69,9 +70,12 @@ def register(subparsers) -> None:
                         help="where the events in flight run: threads of this process, or worker processes with a "
                         "pipeline each, which pay about a second to start and then run small events a little faster "
                         f"(default auto: processes from {PROCESSES_MIN_EVENTS} events, threads below)")
-    parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
+    parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N",
+                        help="edges the filter scores at once, bounding its memory (cut into a part per thread, each "
+                             f"scored in blocks of a few thousand; default {DEFAULT_EDGE_CHUNK_SIZE:,})")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
-                        help="refuse events whose estimated working memory exceeds this many GiB (2**30 bytes); "
+                        help=f"refuse events whose estimated working memory exceeds this many GiB (2**30 bytes; default "
+                             f"{DEFAULT_MEMORY_LIMIT_BYTES / 2**30:g}); "
                              "with several events in flight each has its share")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
                         help="metrics: reconstructable particles have at least this pT (GeV; default %(default)g; "

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
+from ..train.config import TrainingConfig
 from ..train.precision import TRAINING_PRECISIONS
 
 ORDER = 30
@@ -47,7 +48,7 @@ _STAGE_OPTIONS = (
     ("--gnn-pos-weight", "gnn", "positive_weight", float, "weight of true edges in the GNN loss"),
     ("--sectors", "gnn", "sectors", int, "phi sectors per event (GNN sub-graphs)"),
     ("--gnn-halo", "gnn", "halo", float, "context around each GNN sector, in sector widths on each side; only the "
-     "sector's own edges enter the loss (default 0)"),
+     "sector's own edges enter the loss"),
     ("--gnn-edge-update-new-nodes", "gnn", "edge_update_uses_new_nodes", bool,
      "each GNN step's edge update reads the hits as that step left them (as ACORN's network does): an edge hears "
      "its neighbouring edges in one step instead of two"),
@@ -75,8 +76,8 @@ def register(subparsers) -> None:
                       help="TrackML events with truth to train on (prefix, file or directory; repeatable)")
     data.add_argument("--particles", action="append", default=[], metavar="TABLE.csv",
                       help="TrackML particles table to simulate training events from (repeatable)")
-    data.add_argument("--simulate", type=int, default=0, metavar="N", help="events simulated from each --particles table")
-    data.add_argument("--random-events", type=int, default=0, metavar="N", help="events of random particles to simulate")
+    data.add_argument("--simulate", type=int, default=0, metavar="N", help="events simulated from each --particles table (default 0)")
+    data.add_argument("--random-events", type=int, default=0, metavar="N", help="events of random particles to simulate (default 0)")
     data.add_argument("--num-particles", type=int, default=8500, metavar="P", help="particles per random event (default 8500)")
     data.add_argument("--validation", metavar="EVENT",
                       help="TrackML event with truth to tune the radius and cuts on (default: one more simulated event)")
@@ -92,7 +93,8 @@ def register(subparsers) -> None:
                           "--threads 1, at more threads they can differ slightly from run to run")
     run.add_argument("--threads", type=int, default=None,
                      help="torch and graph-building threads, at most the cores (default 2, or 1 on one core)")
-    run.add_argument("--max-neighbours", type=int, default=None, metavar="K", help="cap of the radius graph per hit")
+    run.add_argument("--max-neighbours", type=int, default=None, metavar="K",
+                     help=f"cap of the radius graph per hit (default {TrainingConfig().max_neighbours})")
     run.add_argument("--signal-min-pt", type=float, default=None, metavar="GEV",
                      help="filter and GNN learn to keep only edges of particles with at least this pT (default 0: all)")
     run.add_argument("--ignore-soft-edges", action="store_true",
@@ -142,14 +144,26 @@ def register(subparsers) -> None:
                           "1 + W * min(|vz|, 200 mm) / 100 mm (default 0: off; needs each event's particles table)")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    stage = parser.add_argument_group("stages (defaults: see trackserve.train.config)")
-    for flag, _, name, kind, text in _STAGE_OPTIONS:
+    stage = parser.add_argument_group("stages (the shipped bundle's own settings: models/default/README.md)")
+    defaults, quick = TrainingConfig(), TrainingConfig.quick()
+    for flag, stage_name, name, kind, text in _STAGE_OPTIONS:
         dest = flag[2:].replace("-", "_")
         if kind is bool:  # absent: None, so the stage keeps its default
-            stage.add_argument(flag, dest=dest, action="store_true", default=None, help=text)
+            stage.add_argument(flag, dest=dest, action="store_true", default=None,
+                               help=f"{text} (default: {'on' if getattr(getattr(defaults, stage_name), name) else 'off'})")
         else:
-            stage.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+            stage.add_argument(flag, dest=dest, type=kind, default=None,
+                               help=f"{text} ({_stage_defaults(defaults, quick, stage_name, name)})")
     parser.set_defaults(handler=handle)
+
+
+def _stage_defaults(defaults, quick, stage: str, name: str) -> str:
+    """The help text's default of one stage setting, with --quick's where it differs."""
+    value, quick_value = getattr(getattr(defaults, stage), name), getattr(getattr(quick, stage), name)
+    text = f"default {value:g}" if isinstance(value, float) else f"default {value}"
+    if quick_value != value:
+        text += f"; --quick {quick_value:g}" if isinstance(quick_value, float) else f"; --quick {quick_value}"
+    return text.replace("%", "%%")
 
 
 def training_config(args: argparse.Namespace):

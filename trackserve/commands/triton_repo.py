@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..paths import DEFAULT_BUNDLE
+from ..runtime.config import DEFAULT_EDGE_CHUNK_SIZE, DEFAULT_MEMORY_LIMIT_BYTES
 
 ORDER = 60
 
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
                         help="which models to write (default: %(default)s)")
     parser.add_argument("--instances", type=int, default=1, metavar="N", help="instances of each model (default: 1)")
     parser.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
-                        help="instance_group kind of each model (default: %(default)s)")
+                        help="instance_group kind of each model (default: %(default)s; gpu is refused until the runtime "
+                             "has a CUDA device)")
     parser.add_argument("--dynamic-batching", action="store_true",
                         help="queue requests with Triton's dynamic batcher (each event is still run on its own)")
     parser.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US",
@@ -43,9 +45,12 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime and graph-building threads of each instance (default: the cores of the "
                              "serving machine shared among a model's instances, at least 1 each)")
-    parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N", help="edges per filter call")
+    parser.add_argument("--edge-chunk-size", type=int, default=None, metavar="N",
+                        help="edges the filter scores at once, bounding its memory (cut into a part per thread, each "
+                             f"scored in blocks of a few thousand; default {DEFAULT_EDGE_CHUNK_SIZE:,})")
     parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
-                        help="refuse events whose estimated working memory exceeds this many GiB (2**30 bytes); "
+                        help=f"refuse events whose estimated working memory exceeds this many GiB (2**30 bytes; default "
+                             f"{DEFAULT_MEMORY_LIMIT_BYTES / 2**30:g}); "
                              "each instance (a process of its own) applies it to the event it runs")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
     parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,

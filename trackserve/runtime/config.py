@@ -21,6 +21,16 @@ import numpy as np
 
 from ..errors import InputError
 
+#: The devices this runtime supports (the GPU issue adds "cuda").
+DEVICES = ("cpu",)
+
+
+def require_device(device: str) -> None:
+    """Raise :class:`InputError` unless ``device`` is one of :data:`DEVICES`."""
+    if device not in DEVICES:
+        raise InputError(f"device {device!r} is not supported by this runtime; choose one of {', '.join(DEVICES)}")
+
+
 #: Edges per filter call: about 100 MB of float32 activations for a 64-wide filter.
 DEFAULT_EDGE_CHUNK_SIZE = 400_000
 #: Memory an event may need, by the runtime's estimate, before it is refused.

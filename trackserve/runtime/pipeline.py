@@ -34,7 +34,7 @@ from ..engines.onnx_runtime import OnnxNetwork
 from ..errors import GraphConventionWarning, InputError, MemoryLimitError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
-from .config import RuntimeConfig
+from .config import RuntimeConfig, require_device
 from .event_processes import EventProcesses
 from .graph_building import build_graph
 from .inputs import graph_convention_problems, validate_edges, validate_embedding, validate_features
@@ -45,8 +45,6 @@ from .track_building import build_tracks, bundle_track_options
 
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
-#: The devices this runtime supports (the GPU issue adds "cuda").
-DEVICES = ("cpu",)
 
 
 @dataclass
@@ -88,8 +86,7 @@ class Pipeline:
     """
 
     def __init__(self, bundle: Bundle | str | Path, *, device: str = "cpu", config: RuntimeConfig | None = None):
-        if device not in DEVICES:
-            raise InputError(f"device {device!r} is not supported by this runtime; choose one of {', '.join(DEVICES)}")
+        require_device(device)
         if config is not None and not isinstance(config, RuntimeConfig):
             raise InputError(f"config must be a RuntimeConfig (e.g. RuntimeConfig(intra_op_threads=2)), "
                              f"got {type(config).__name__}")

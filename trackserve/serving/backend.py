@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import InputError, TrackserveError
-from ..runtime.config import RuntimeConfig, available_cores
+from ..runtime.config import RuntimeConfig, available_cores, require_device
 from .interface import FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
 
 #: ``config.pbtxt`` parameter keys the models read.
@@ -160,11 +160,9 @@ class StageModel(ServedModel):
 
     def __init__(self, bundle: str | Path, stage: str, *, device: str = "cpu", config: RuntimeConfig | None = None):
         from ..bundle import load_bundle
-        from ..runtime.pipeline import DEVICES
         from .stages import make_stage
 
-        if device not in DEVICES:
-            raise InputError(f"device {device!r} is not supported by this runtime; choose one of {', '.join(DEVICES)}")
+        require_device(device)
         loaded = load_bundle(bundle)
         self.stage = make_stage(stage, loaded, config)
         specs = bundle_tensor_specs(loaded)

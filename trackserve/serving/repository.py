@@ -37,7 +37,9 @@ from .interface import (
     TensorSpec,
     bundle_tensor_specs,
 )
+from ..runtime.config import DEVICES
 from .backend import (
+    KIND_DEVICES,
     PARAM_BUNDLE,
     PARAM_EDGE_CHUNK_SIZE,
     PARAM_FEATURES,
@@ -61,6 +63,11 @@ MAX_INSTANCES = 256
 #: The longest dynamic-batcher queue delay (microseconds): a signed 64-bit integer, as Triton reads it.
 MAX_QUEUE_DELAY_US = 2**63 - 1
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _kind_device(kind: str) -> str:
+    """The runtime device an ``--instance-kind`` runs its pipeline on (``gpu`` -> ``cuda``)."""
+    return KIND_DEVICES[INSTANCE_KINDS[kind].removeprefix("KIND_")]
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,10 @@ class RepositoryOptions:
             problems.append(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.instance_kind not in INSTANCE_KINDS:
             problems.append(f"instance kind {self.instance_kind!r} is not one of {', '.join(INSTANCE_KINDS)}")
+        elif _kind_device(self.instance_kind) not in DEVICES:
+            problems.append(f"instance kind {self.instance_kind!r} needs the runtime's {_kind_device(self.instance_kind)!r} "
+                            f"device, which this runtime does not have yet (it runs on {', '.join(DEVICES)}); "
+                            "use instance kind cpu")
         if not _positive_int(self.instance_count):
             problems.append(f"instance count must be an integer >= 1, got {self.instance_count!r}")
         elif self.instance_count > MAX_INSTANCES:

@@ -187,6 +187,12 @@ def test_bad_json_names_line_and_column(bundle_dir):
         (lambda d: d.update(stage={}), "pipeline.json: unknown key(s) 'stage' (schema version 1 has schema_version,"),
         (lambda d: d["networks"]["gnn"].update(checksum="0" * 64),
          "networks.gnn: unknown key(s) 'checksum' (a network entry has kind, file, sha256,"),
+        (lambda d: d["networks"]["gnn"]["outputs"][0].update(unit="logit"),
+         "networks.gnn.outputs[0]: expected an object with the keys 'name', 'dtype', 'dims' and no other"),
+        (lambda d: d["networks"]["gnn"]["weights"].update(size=10),
+         "networks.gnn.weights: {'file': 'gnn.pt', 'sha256': "),
+        (lambda d: d["networks"]["gnn"]["config"].update(in_channels="3"),
+         "networks.gnn.config.in_channels: '3' is not an integer (the number of features the network reads: 3"),
     ],
     ids=lambda value: value if isinstance(value, str) and len(value) < 40 else None,
 )
@@ -209,6 +215,12 @@ def test_a_key_given_twice_is_refused(bundle_dir):
 def test_missing_file_is_named(bundle_dir):
     (bundle_dir / "gnn.onnx").unlink()
     assert f"networks.gnn.file: gnn.onnx does not exist in {bundle_dir}" in _refused(bundle_dir)
+    (bundle_dir / "gnn.onnx").symlink_to(bundle_dir / "gone.onnx")
+    assert f"networks.gnn.file: gnn.onnx in {bundle_dir} is a symbolic link to nothing" in _refused(bundle_dir)
+    (bundle_dir / "gnn.pt").unlink()
+    assert ("networks.gnn.weights.file: gnn.pt does not exist in "
+            f"{bundle_dir} (the torch weights, for re-export and fine-tuning: restore the file, or remove the "
+            "entry's 'weights' to run the bundle without them)") in _refused(bundle_dir)
 
 
 @pytest.mark.parametrize(("file", "key"), [("gnn.onnx", "networks.gnn.file"), ("gnn.pt", "networks.gnn.weights.file")])
@@ -366,3 +378,63 @@ def test_bundle_info_reports_problems_with_status_2(bundle_dir, capsys):
 def test_a_bundle_given_by_something_else_than_a_path_is_named():
     with pytest.raises(BundleError, match="a bundle is given by its directory .* got NoneType"):
         load_bundle(None)
+
+
+def test_non_standard_numbers_in_pipeline_json_are_refused(bundle_dir):
+    # Python's json writes NaN / Infinity unless told not to; standard JSON has no such value.
+    _edit(bundle_dir, lambda d: d["provenance"].update(figure=float("nan")))
+    assert "NaN is not a JSON number" in _refused(bundle_dir)
+    _edit(bundle_dir, lambda d: d["provenance"].update(figure=-float("inf")))
+    assert "-Infinity is not a JSON number" in _refused(bundle_dir)
+
+
+def test_replace_network_writes_the_weights_where_the_entry_names_them(bundle_dir):
+    (bundle_dir / "nets").mkdir()
+    for suffix in ("onnx", "pt"):
+        (bundle_dir / f"gnn.{suffix}").rename(bundle_dir / "nets" / f"gnn.{suffix}")
+
+    def move(data):
+        data["networks"]["gnn"]["file"] = "nets/gnn.onnx"
+        data["networks"]["gnn"]["weights"]["file"] = "nets/gnn.pt"
+
+    _edit(bundle_dir, move)
+    load_bundle(bundle_dir)
+    torch.manual_seed(2)
+    bundle, _ = replace_network(bundle_dir, "gnn", ResAGNN(in_channels=3, hidden=8, n_graph_iters=1, nb_node_layer=1,
+                                                           nb_edge_layer=1))
+    assert bundle.networks["gnn"].weights["file"] == "nets/gnn.pt"
+    assert bundle.networks["gnn"].weights["sha256"] == file_sha256(bundle_dir / "nets" / "gnn.pt")
+    assert not (bundle_dir / "gnn.pt").exists()
+    assert sorted(p.name for p in (bundle_dir / "nets").iterdir()) == ["gnn.onnx", "gnn.pt"]
+
+
+def test_replace_network_replaces_a_linked_weights_file_instead_of_writing_through_it(bundle_dir, tmp_path):
+    original = tmp_path / "original"
+    shutil.copytree(bundle_dir, original)  # a variant bundle's files link into the original's
+    for suffix in ("onnx", "pt"):
+        (bundle_dir / f"gnn.{suffix}").unlink()
+        (bundle_dir / f"gnn.{suffix}").symlink_to(original / f"gnn.{suffix}")
+    before = {p.name: p.read_bytes() for p in original.iterdir()}
+    torch.manual_seed(3)
+    replace_network(bundle_dir, "gnn", ResAGNN(in_channels=3, hidden=8, n_graph_iters=1, nb_node_layer=1, nb_edge_layer=1))
+    assert {p.name: p.read_bytes() for p in original.iterdir()} == before
+    load_bundle(original)
+    assert not (bundle_dir / "gnn.pt").is_symlink() and not (bundle_dir / "gnn.onnx").is_symlink()
+
+
+def test_two_networks_naming_one_file_are_refused(bundle_dir):
+    def point_gnn_at_the_filter(data):  # a hand edit that updated the hash too
+        gnn, filter_entry = data["networks"]["gnn"], data["networks"]["filter"]
+        gnn["file"], gnn["sha256"] = "./" + filter_entry["file"], filter_entry["sha256"]
+
+    _edit(bundle_dir, point_gnn_at_the_filter)
+    message = _refused(bundle_dir)
+    assert "networks.gnn.file: ./filter.onnx is also networks.filter's file; each network has its own" in message
+
+
+def test_a_stage_direction_other_than_the_training_one_is_refused(bundle_dir):
+    _edit(bundle_dir, lambda d: d["provenance"].update(settings={"edge_direction": "i>j"}))
+    assert load_bundle(bundle_dir).stages.edge_direction == "i>j"
+    _edit(bundle_dir, lambda d: d["stages"].update(edge_direction="i<j"))
+    assert ("stages.edge_direction: 'i<j', but the networks were trained on edges 'i>j' "
+            "(provenance.settings.edge_direction)") in _refused(bundle_dir)

@@ -61,6 +61,10 @@ class CheckpointImportError(TrackserveError, ValueError):
     """A checkpoint cannot be mapped onto one of trackserve's network definitions."""
 
 
+class OutputError(TrackserveError, OSError):
+    """A result file cannot be written (no space left, no permission, a read-only file system)."""
+
+
 class InputError(TrackserveError, ValueError):
     """Invalid input arrays or options (shape, dtype, NaN, out-of-range settings, size limits)."""
 

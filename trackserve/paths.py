@@ -44,7 +44,19 @@ def output_directory(path: str | Path, option: str) -> Path:
         raise InputError(f"{option} {path}: cannot create the directory ({error.strerror or error})") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise InputError(f"{option} {path}: the directory is not writable")
+    _probe_directory(path, f"{option} {path}")
     return path
+
+
+def _probe_directory(directory: Path, subject: str) -> None:
+    """Create and remove a scratch file in ``directory`` (permission bits alone do not tell:
+    root in /sys, a read-only file system); raise InputError naming ``subject`` if it fails."""
+    try:
+        handle, scratch = tempfile.mkstemp(prefix=".trackserve.", suffix=".probe", dir=directory)
+    except OSError as error:
+        raise InputError(f"{subject}: cannot create a file in {directory} ({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(scratch)
 
 
 def output_file(path: str | Path, option: str) -> Path:
@@ -64,10 +76,5 @@ def output_file(path: str | Path, option: str) -> Path:
         raise InputError(f"{option} {path}: the directory {parent} does not exist")
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"{option} {path}: not writable")
-    try:
-        handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-    except OSError as error:
-        raise InputError(f"{option} {path}: cannot create a file in {parent} ({error.strerror or error})") from None
-    os.close(handle)
-    os.unlink(scratch)
+    _probe_directory(parent, f"{option} {path}")
     return path

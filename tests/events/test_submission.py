@@ -117,3 +117,26 @@ def test_labels_without_their_header_line_are_named_as_such(tmp_path):
     assert "has no header line: the first line (0,1,0) looks like data" in str(error)
     assert "add one such as event_id,hit_id,track_id" in str(error)
     assert "appears twice" not in str(error)
+
+
+@pytest.mark.parametrize("name", ["sub.csv", "sub.csv.gz"])
+def test_a_file_that_cannot_be_written_is_named_and_the_old_one_kept_whole(tmp_path, name, monkeypatch):
+    import errno
+    import os
+
+    import trackserve.events.trackml as trackml
+    from trackserve.errors import OutputError
+
+    path = tmp_path / name
+    write_submission(path, 1, [1, 2], [0, 0])
+    before = path.read_bytes()
+
+    def no_space(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trackml.os, "replace", no_space)
+    with pytest.raises(OutputError, match=f"cannot write {path}: No space left on device"):
+        write_submission(path, 1, [1, 2, 3], [0, 1, 1])
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [name]
+    monkeypatch.undo()
+    assert read_submission(path)[1].tolist() == [1, 2]

@@ -343,3 +343,33 @@ def test_run_json_names_what_its_track_count_counts(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["settings"]["min_track_hits"] == report["events"][0]["metrics"]["min_track_hits"] == 3
     assert report["events"][0]["num_tracks_min_hits"] > event["num_tracks_min_hits"]
+
+
+def test_labels_that_cannot_be_written_fail_their_event_and_leave_no_partial_file(capsys, tmp_path, feature_csvs,
+                                                                                 monkeypatch):
+    import errno
+    import os
+
+    import trackserve.events.trackml as trackml
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "evt_1-labels.csv").write_text("an earlier run's labels\n")
+    real_replace = os.replace
+
+    def full_disk_for_evt_1(source, target):  # the disk fills up while evt_1's labels are written
+        if str(target).endswith("evt_1-labels.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(trackml.os, "replace", full_disk_for_evt_1)
+    status = main(["run", str(feature_csvs), "--json", "--output", str(labels), "--event-workers", "1"])
+    assert status == 2
+    out, err = capsys.readouterr()
+    assert f"event evt_1 ({feature_csvs / 'evt_1.csv'}): cannot write {labels / 'evt_1-labels.csv'}: " \
+           "No space left on device" in err
+    report = json.loads(out)
+    assert [event["event"] for event in report["events"]] == ["evt_0", "evt_2", "evt_3", "evt_4"]
+    assert "No space left on device" in report["failed"][0]["error"]
+    # Neither a truncated file nor the earlier run's labels of that event are left.
+    assert sorted(p.name for p in labels.iterdir()) == [f"evt_{n}-labels.csv" for n in (0, 2, 3, 4)]

@@ -161,7 +161,10 @@ def feature_config_problems(name: str, config: Mapping, features: Mapping) -> li
     where = f"networks.{name}.config"
     problems = []
     channels = config.get("in_channels")
-    if isinstance(channels, int) and not isinstance(channels, bool) and channels != len(names):
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)):
+        problems.append(f"{where}.in_channels: {channels!r} is not an integer (the number of features the network "
+                        f"reads: {len(names)} for this bundle's {names})")
+    elif channels is not None and channels != len(names):
         problems.append(f"{where}.in_channels: {channels}, but the bundle has {len(names)} features {names}")
     for key in _DERIVED_CONFIG_KEYS:
         spec = config.get(key)

@@ -36,8 +36,9 @@ def _parse_tensors(value, where: str, problems: list[str]) -> tuple[TensorInfo, 
         return None
     tensors = []
     for i, item in enumerate(value):
-        if not isinstance(item, dict) or not {"name", "dtype", "dims"} <= item.keys():
-            problems.append(f"{where}[{i}]: expected an object with keys 'name', 'dtype', 'dims', got {item!r}")
+        if not isinstance(item, dict) or set(item) != {"name", "dtype", "dims"}:
+            problems.append(f"{where}[{i}]: expected an object with the keys 'name', 'dtype', 'dims' and no other, "
+                            f"got {item!r}")
             return None
         dims = item["dims"]
         if not isinstance(dims, list) or not all(
@@ -88,11 +89,13 @@ def _parse_entry(name: str, value, problems: list[str]) -> NetworkEntry | None:
     weights = value.get("weights")
     if weights is not None and not (
         isinstance(weights, dict)
+        and set(weights) == {"file", "sha256"}
         and _is_relative_file(weights.get("file"))
         and _is_sha256(weights.get("sha256"))
     ):
         problems.append(
-            f"{where}.weights: {weights!r} is not an object with a relative 'file' and a 64-character hex 'sha256'"
+            f"{where}.weights: {weights!r} is not an object with a relative 'file' and a 64-character hex 'sha256' "
+            "(and no other key)"
         )
     inputs = _parse_tensors(value["inputs"], f"{where}.inputs", problems)
     outputs = _parse_tensors(value["outputs"], f"{where}.outputs", problems)
@@ -167,6 +170,8 @@ def parse_pipeline_data(data, directory: Path, problems: list[str], *, check_fil
     provenance = data["provenance"]
     if not isinstance(provenance, dict):
         problems.append(f"provenance: expected an object, got {type(provenance).__name__}")
+    elif stages is not None:
+        problems.extend(_training_direction_problems(stages.edge_direction, provenance))
 
     networks: dict[str, NetworkEntry] = {}
     raw_networks = data["networks"]
@@ -196,9 +201,40 @@ def parse_pipeline_data(data, directory: Path, problems: list[str], *, check_fil
             if check_files:
                 problems.extend(_file_problems(name, entry, directory, check_onnx=not declared))
 
+        problems.extend(_shared_file_problems(networks))
+
     if problems:
         return None
     return Bundle(features, networks, stages, dict(provenance), directory, version)
+
+
+def _training_direction_problems(edge_direction: str, provenance: dict) -> list[str]:
+    """The stage's edge direction against the one the networks were trained on (trained bundles
+    record it in ``provenance.settings``): the filter and GNN score edges in that direction."""
+    settings = provenance.get("settings")
+    trained = settings.get("edge_direction") if isinstance(settings, dict) else None
+    if trained is None or trained == edge_direction:
+        return []
+    return [f"stages.edge_direction: {edge_direction!r}, but the networks were trained on edges {trained!r} "
+            f"(provenance.settings.edge_direction); their scores hold for that direction only: set it back to "
+            f"{trained!r}"]
+
+
+def _shared_file_problems(networks: dict[str, NetworkEntry]) -> list[str]:
+    """Two networks naming one file: each network has its own ONNX file (and weights file)."""
+    owners: dict[str, str] = {}
+    problems = []
+    for name, entry in networks.items():
+        files = [("file", entry.file)] + ([("weights.file", entry.weights["file"])] if entry.weights else [])
+        for key, file in files:
+            normal = os.path.normpath(file)
+            if normal in owners:
+                problems.append(f"networks.{name}.{key}: {file} is also networks.{owners[normal]}'s file; each "
+                                "network has its own (a hand edit? restore the entry, or re-export the network "
+                                "with `trackserve export --bundle`)")
+            else:
+                owners[normal] = f"{name}.{key}".removesuffix(".file")
+    return problems
 
 
 def pruner_problems(has_pruner: bool, prune_cut) -> list[str]:
@@ -220,6 +256,8 @@ def _not_a_file_problem(key: str, file: str, path: Path, directory: Path) -> str
     """The problem of a network file ``path`` (``file`` in pipeline.json's ``key``) that is not a file."""
     if path.is_dir():
         return f"{key}: {file} in {directory} is a directory, not a file: put the network's file in its place"
+    if path.is_symlink():
+        return f"{key}: {file} in {directory} is a symbolic link to nothing (its target is gone or a loop)"
     return f"{key}: {file} does not exist in {directory}"
 
 
@@ -229,7 +267,9 @@ def _weights_problems(name: str, entry: NetworkEntry, directory: Path) -> list[s
         return []
     path = directory / entry.weights["file"]
     if not path.is_file():
-        return [_not_a_file_problem(f"networks.{name}.weights.file", entry.weights["file"], path, directory)]
+        return [_not_a_file_problem(f"networks.{name}.weights.file", entry.weights["file"], path, directory)
+                + " (the torch weights, for re-export and fine-tuning: restore the file, or remove the entry's "
+                "'weights' to run the bundle without them)"]
     actual = file_sha256(path)
     if actual != entry.weights["sha256"]:
         return [
@@ -286,6 +326,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return result
 
 
+class _NonStandardNumber(ValueError):
+    """A NaN, Infinity or -Infinity literal in pipeline.json."""
+
+
+def _refuse_constant(name: str):
+    """``parse_constant`` of the JSON decoder: refuse the non-standard NaN / Infinity literals."""
+    raise _NonStandardNumber(name)
+
+
 def read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
     """The bundle directory of ``path`` and its decoded ``pipeline.json`` (not yet validated)."""
     if not isinstance(path, (str, os.PathLike)):
@@ -303,9 +352,13 @@ def read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
             "and one ONNX file per network; create one with `trackserve train` or trackserve.bundle.make_bundle)"
         )
     try:
-        return directory, json.loads(pipeline.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        return directory, json.loads(pipeline.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys,
+                                     parse_constant=_refuse_constant)
     except _DuplicateKey as error:
         raise BundleError(f"{pipeline}: the key {error.args[0]!r} appears twice in one object; keep one of them") from None
+    except _NonStandardNumber as error:
+        raise BundleError(f"{pipeline}: {error.args[0]} is not a JSON number (Python's json writes it, standard JSON "
+                          "has no such value); write a finite number, or null where the field allows it") from None
     except json.JSONDecodeError as error:
         raise BundleError(
             f"{pipeline} is not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}"

@@ -175,17 +175,29 @@ def make_bundle(
     return load_bundle(directory)
 
 
-def save_weights(module, path: Path) -> dict:
+def save_weights(module, path: Path, *, bundle_directory: Path | None = None) -> dict:
     """Save a torch network's ``state_dict`` to ``path``; return its ``weights`` entry (file, sha256).
 
-    The weights let :func:`trackserve.export.bundle_networks.load_torch_network` rebuild
-    the exact torch network of a bundle (for fine-tuning, re-export, or the eager
-    PyTorch baseline of the benchmarks). Needs torch.
+    The file is written whole or not at all (a temporary file beside it, then renamed over
+    it), and a symbolic link at ``path`` is replaced, never written through, so a file it
+    points to (another bundle's) is left alone. The entry's ``file`` is ``path`` relative to
+    ``bundle_directory`` (default: its name). The weights let
+    :func:`trackserve.export.bundle_networks.load_torch_network` rebuild the exact torch
+    network of a bundle (for fine-tuning, re-export, or the eager PyTorch baseline of the
+    benchmarks). Needs torch.
     """
     import torch
 
-    torch.save({key: value.detach().cpu() for key, value in module.state_dict().items()}, path)
-    return {"file": path.name, "sha256": file_sha256(path)}
+    path = Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    try:
+        torch.save({key: value.detach().cpu() for key, value in module.state_dict().items()}, temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise BundleError(f"cannot write the weights {path}: {error.strerror or error}") from None
+    file = path.name if bundle_directory is None else path.relative_to(bundle_directory).as_posix()
+    return {"file": file, "sha256": file_sha256(path)}
 
 
 def architecture_name(module) -> str:
@@ -232,12 +244,19 @@ def replace_network(
         raise BundleError(f"unknown network {name!r}: this bundle has {', '.join(bundle.networks)}")
     entry = bundle.networks[name]
     config = getattr(module, "config", None)
+    try:  # checked before any file of the bundle is touched: pipeline.json is written last
+        json.dumps(dict(config or {}), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise BundleError(f"the new {name} network's config cannot be written into pipeline.json: {error} (every "
+                          "value must be JSON: str, finite number, bool, null, list, object)") from None
     takes = config.get("in_channels") if isinstance(config, dict) else None
     if takes is not None and takes != bundle.num_features:
         raise BundleError(
             f"the new {name} network takes {takes} features but the bundle's features are "
             f"{list(bundle.feature_names)} ({bundle.num_features}); every network reads the same feature array"
         )
+    # The weights go where the entry names them, else beside the network's file (same folder).
+    weights_file = entry.weights["file"] if entry.weights else Path(entry.file).with_suffix(".pt").as_posix()
     report = export_network(
         module, entry.kind, directory / entry.file, num_features=bundle.num_features,
         opset=opset or DEFAULT_OPSET, runs=runs,
@@ -245,7 +264,7 @@ def replace_network(
     new_config, new_architecture = dict(getattr(module, "config", None) or {}), architecture_name(module)
     bundle.networks[name] = NetworkEntry(
         name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs, new_config, new_architecture,
-        save_weights(module, directory / Path(entry.file).with_suffix(".pt").name),
+        save_weights(module, directory / weights_file, bundle_directory=directory),
     )
     # What was exported when, so that the provenance does not describe only the first export
     # (and says when the network is another than the one the cuts were chosen with).

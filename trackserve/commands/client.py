@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..bundle import load_bundle
-    from ..errors import ServingError, TrackserveError
+    from ..errors import OutputError, ServingError, TrackserveError
     from ..events.features import FeatureSpec
     from ..events.sources import list_inputs, read_feature_input, read_input
     from ..events.submission import write_submission
@@ -147,7 +147,13 @@ def run(args: argparse.Namespace) -> int:
                     differ = int(np.count_nonzero(labels != expected)) if labels.shape == expected.shape else labels.size
                     line += f", MISMATCH: {differ} of {expected.size} labels differ from the local runtime"
             if labels_paths is not None:
-                write_submission(labels_paths[number], item.event_id, item.hit_ids, labels)
+                try:
+                    write_submission(labels_paths[number], item.event_id, item.hit_ids, labels)
+                except OutputError as error:  # no space left, say: this event's labels are lost, named
+                    failures += 1
+                    print(f"{item.name}: FAILED: answered, but {error}", file=sys.stderr)
+                    remove_stale_labels("client", labels_paths[number])
+                    continue
             print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
     answered = len(inputs) - failures
     print(f"{answered} of {len(inputs)} event(s) answered{' and identical' if args.check else ''} by "

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the bundle on every event and report."""
     from tqdm import tqdm
 
-    from ..errors import InputError, TrackserveError
+    from ..errors import InputError, OutputError, TrackserveError
     from ..events.metrics import SELECTION_OPTIONS, check_selection
     from ..events.sources import input_name, list_inputs, read_input
     from ..events.submission import write_submission
@@ -250,7 +250,11 @@ def run(args: argparse.Namespace) -> int:
             total_seconds += result.timings["total"]
             total_hits += result.num_hits
             if labels_paths is not None:
-                write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
+                try:
+                    write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
+                except OutputError as error:  # no space left, say: this event failed, the next may not
+                    fail(index, item.name, error)
+                    continue
             records.append(_event_record(item, result, args))
             progress.update()
     except BaseException:  # Ctrl-C, SIGTERM, an error: stop the worker processes now, not after their events

@@ -26,6 +26,7 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import os
 import re
 import warnings
 import zlib
@@ -34,7 +35,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import EventFormatError, InputError
+from ..errors import EventFormatError, InputError, OutputError
 from .event import (
     CELLS_COLUMNS,
     HITS_COLUMNS,
@@ -650,17 +651,25 @@ def _format_column(values: np.ndarray) -> list[str]:
 
 
 def write_table(path: str | Path, table: Table, columns: list[str]) -> Path:
-    """Write ``table``'s ``columns`` to a CSV file with a header; ``.gz`` paths are gzip-compressed."""
+    """Write ``table``'s ``columns`` to a CSV file with a header; ``.gz`` paths are gzip-compressed.
+
+    The file is written whole or not at all (a temporary file beside it, then renamed);
+    :class:`~trackserve.errors.OutputError` names the file when it cannot be written."""
     path = Path(path)
     texts = [_format_column(np.asarray(table[name])) for name in columns]
     lines = [",".join(columns)]
     lines.extend(",".join(row) for row in zip(*texts))
     data = ("\n".join(lines) + "\n").encode()
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb", compresslevel=4) as handle:
-            handle.write(data)
-    else:
-        path.write_bytes(data)
+    temporary = path.with_name(path.name + ".partial")  # written whole or not at all: no truncated file
+    try:
+        temporary.write_bytes(gzip.compress(data, compresslevel=4) if path.suffix == ".gz" else data)
+        os.replace(temporary, path)
+    except OSError as error:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
     return path
 
 

@@ -438,3 +438,38 @@ def test_a_stage_direction_other_than_the_training_one_is_refused(bundle_dir):
     _edit(bundle_dir, lambda d: d["stages"].update(edge_direction="i<j"))
     assert ("stages.edge_direction: 'i<j', but the networks were trained on edges 'i>j' "
             "(provenance.settings.edge_direction)") in _refused(bundle_dir)
+
+
+def test_another_networks_file_in_place_of_one_is_refused(bundle_dir):
+    # The filter's file copied over the GNN's, the hash updated: interface and hash agree, the network does not.
+    shutil.copyfile(bundle_dir / "filter.onnx", bundle_dir / "gnn.onnx")
+    _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(sha256=file_sha256(bundle_dir / "gnn.onnx")))
+    message = _refused(bundle_dir)
+    assert "networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys " in message
+    assert "and 10 more and architecture (VanillaFilter in the file) differ)" in message
+
+
+def test_a_config_edited_by_hand_is_refused(bundle_dir):
+    _edit(bundle_dir, lambda d: d["networks"]["gnn"]["config"].update(hidden=64))
+    assert ("networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys hidden differ)"
+            in _refused(bundle_dir))
+    _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(config={}))  # every key removed
+    assert "holds another network than pipeline.json declares (config keys " in _refused(bundle_dir)
+
+
+def test_files_without_the_network_record_are_not_checked_against_the_entry(bundle_dir):
+    import onnx
+
+    from trackserve.bundle.schema import NETWORK_METADATA_KEY
+
+    model = onnx.load(bundle_dir / "gnn.onnx")
+    assert [p.key for p in model.metadata_props] == [NETWORK_METADATA_KEY]
+    del model.metadata_props[:]  # as exported before the record existed, or by another tool
+    onnx.save(model, bundle_dir / "gnn.onnx")
+
+    def edit(data):
+        data["networks"]["gnn"]["sha256"] = file_sha256(bundle_dir / "gnn.onnx")
+        data["networks"]["gnn"]["config"]["hidden"] = 64
+
+    _edit(bundle_dir, edit)
+    assert load_bundle(bundle_dir).networks["gnn"].config["hidden"] == 64

@@ -4,11 +4,12 @@ against the networks' configs."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Mapping
 
-from .schema import DYNAMIC_DIMS, NETWORK_INTERFACES, NetworkEntry, TensorInfo
+from .schema import DYNAMIC_DIMS, NETWORK_INTERFACES, NETWORK_METADATA_KEY, NetworkEntry, TensorInfo, network_description
 
 def interface_problems(name: str, entry: NetworkEntry, num_features: int | None) -> list[str]:
     """Compare the declared inputs/outputs of ``entry`` with the interface of its kind."""
@@ -81,7 +82,7 @@ def onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
     except Exception as error:  # onnxruntime raises its own exception types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return [f"networks.{name}: {entry.file} cannot be loaded by ONNX Runtime: {first_line}"]
-    problems = []
+    problems = _recorded_network_problems(name, entry, session.get_modelmeta().custom_metadata_map)
     for role, declared, actual in (
         ("inputs", entry.inputs, session.get_inputs()),
         ("outputs", entry.outputs, session.get_outputs()),
@@ -98,6 +99,34 @@ def onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
                 dynamic_hint=": the network was exported without dynamic axes; re-export it with `trackserve export`",
             ))
     return problems
+
+
+def _recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping[str, str]) -> list[str]:
+    """The network the ONNX file records it holds (:data:`NETWORK_METADATA_KEY`, written by
+    trackserve's export) against the entry's architecture and config: another network's file
+    in its place, or a hand-edited config, would otherwise pass every other check."""
+    recorded = metadata.get(NETWORK_METADATA_KEY)
+    if recorded is None:  # exported before the record existed, or by another tool
+        return []
+    try:
+        held = json.loads(recorded)
+        architecture, config = held["architecture"], held["config"]
+    except (ValueError, TypeError, KeyError):
+        return [f"networks.{name}: {entry.file} has an unreadable '{NETWORK_METADATA_KEY}' record ({recorded[:80]!r}); "
+                "re-export the network with `trackserve export --bundle`"]
+    try:
+        declared = json.loads(network_description(entry.architecture, entry.config))
+    except (TypeError, ValueError):
+        declared = None
+    if declared == {"architecture": architecture, "config": config}:
+        return []
+    differ = sorted(key for key in set(config) | set(entry.config) if config.get(key) != entry.config.get(key))
+    shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+    what = (f"config keys {shown}" if differ else "") + (
+        (" and " if differ else "") + f"architecture ({architecture} in the file)" if architecture != entry.architecture else "")
+    return [f"networks.{name}: {entry.file} holds another network than pipeline.json declares ({what} differ): "
+            "another network's file put in its place, or an entry edited by hand; restore the file or the entry "
+            "(`trackserve export --bundle DIR --network NAME` writes the file from the bundle's own weights)"]
 
 
 _ORT_DTYPES = {

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -189,12 +190,15 @@ def save_weights(module, path: Path, *, bundle_directory: Path | None = None) ->
     import torch
 
     path = Path(path)
-    temporary = path.with_name(path.name + ".partial")
     try:
-        torch.save({key: value.detach().cpu() for key, value in module.state_dict().items()}, temporary)
-        os.replace(temporary, path)
+        # In a scratch folder under the file's own name: torch names the archive's records after the file.
+        scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=path.parent))
+        try:
+            torch.save({key: value.detach().cpu() for key, value in module.state_dict().items()}, scratch / path.name)
+            os.replace(scratch / path.name, path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise BundleError(f"cannot write the weights {path}: {error.strerror or error}") from None
     file = path.name if bundle_directory is None else path.relative_to(bundle_directory).as_posix()
     return {"file": file, "sha256": file_sha256(path)}

@@ -3,6 +3,7 @@ network kinds, a network's entry and the :class:`Bundle` itself."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -88,6 +89,19 @@ OPTIONAL_NETWORKS = ("pruner",)
 #: The networks every bundle has.
 REQUIRED_NETWORKS = tuple(name for name in NETWORK_KINDS if name not in OPTIONAL_NETWORKS)
 
+
+
+#: The ONNX metadata property (``metadata_props``) in which :func:`~trackserve.export.onnx_export.export_network`
+#: records what network a file holds (:func:`network_description`), so that a bundle's entry and
+#: its file can be checked against each other beyond their interface (files exported before
+#: it existed, or by other tools, have none and are not checked).
+NETWORK_METADATA_KEY = "trackserve.network"
+
+
+def network_description(architecture: str | None, config: Mapping) -> str:
+    """The value of :data:`NETWORK_METADATA_KEY`: the network's architecture and config as JSON
+    (keys sorted; raises ``TypeError`` / ``ValueError`` for a config that is not JSON)."""
+    return json.dumps({"architecture": architecture, "config": dict(config)}, sort_keys=True, allow_nan=False)
 
 
 #: The keys of ``pipeline.json`` (schema version :data:`SCHEMA_VERSION`) and of each network entry.

@@ -500,6 +500,27 @@ def _exporter_log_discarded():
         os.close(saved)
 
 
+def _record_network(path: Path, module) -> None:
+    """Write what network the ONNX file at ``path`` holds into its metadata
+    (:data:`~trackserve.bundle.schema.NETWORK_METADATA_KEY`: architecture and config, as a
+    bundle's entry records them), unless its config is not JSON (then nothing is recorded)."""
+    import onnx
+
+    from ..bundle.saving import architecture_name
+    from ..bundle.schema import NETWORK_METADATA_KEY, network_description
+
+    try:
+        description = network_description(architecture_name(module), getattr(module, "config", None) or {})
+    except (TypeError, ValueError):
+        return
+    model = onnx.load(os.fspath(path))
+    kept = [prop for prop in model.metadata_props if prop.key != NETWORK_METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=NETWORK_METADATA_KEY, value=description)
+    onnx.save(model, os.fspath(path))
+
+
 def export_network(
     module,
     kind: str | None,
@@ -518,7 +539,9 @@ def export_network(
     The file is written next to ``path`` first and moved into place only once it passed
     validation, so a failed export never replaces a good file. The graph written is that of
     :func:`~trackserve.export.inference_forms.inference_form` (a cheaper form of the same
-    function for some networks), validated against ``module`` itself. Raises
+    function for some networks), validated against ``module`` itself; the file records the
+    network's architecture and config in its metadata (``trackserve.network``), which a
+    bundle's loading compares with the network's entry. Raises
     :class:`~trackserve.errors.ExportError` when the network cannot be exported and
     :class:`~trackserve.errors.ExportParityError` (with the
     :class:`ValidationReport` as its ``report`` attribute) when ONNX Runtime disagrees
@@ -565,6 +588,7 @@ def export_network(
                 temporary.unlink(missing_ok=True)
                 raise ExportError(f"torch.onnx.export fails on the {spec.kind} network: {_first_line(error)}") from error
         export_warnings = tuple(dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()))
+        _record_network(temporary, module)
 
         validation = None
         if validate:

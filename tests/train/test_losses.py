@@ -101,3 +101,14 @@ def test_classifier_step_counts_only_the_counted_edges_in_its_loss():
     network = Scores()
     every = classifier_step(network, torch.optim.SGD(network.parameters(), lr=1.0), features, edges, labels, 2.0)
     assert every == pytest.approx(weighted_bce(torch.tensor([2.0, -1.0, 0.5, 3.0]), torch.from_numpy(labels), 2.0).item())
+
+
+def test_a_stage_that_took_no_step_is_an_error_not_an_untrained_network():
+    from trackserve.errors import InputError
+    from trackserve.train.schedule import check_trained
+
+    check_trained("filter", 1, [np.zeros((2, 5))])
+    with pytest.raises(InputError, match=r"the gnn took no training step: no batch held an edge it learns from "
+                                         r"\(0 edge\(s\) in the filtered radius graphs of 2 training event\(s\)\); "
+                                         r"give events with more particles"):
+        check_trained("gnn", 0, [np.zeros((2, 0)), np.zeros((2, 0))])

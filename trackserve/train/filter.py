@@ -18,7 +18,7 @@ from .embedding import embed
 from .pairs import pair_labels
 from .precision import pad_hits, pad_step
 from .progress import progress, report
-from .schedule import check_finite_loss, one_cycle
+from .schedule import check_finite_loss, check_trained, one_cycle
 from .validation import format_figures, graph_figures
 
 #: Edges scored at once when the filter runs on a whole graph.
@@ -65,7 +65,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
     labels, counted = training_targets(events, graphs, config)
     counts = [max(1, -(-graph.shape[1] // settings.batch_edges)) for graph in graphs]
     scheduler = one_cycle(optimizer, settings.learning_rate, settings.epochs * sum(counts))
-    history, cut = [], 0.5
+    history, cut, taken = [], 0.5, 0
     # Each event's hits padded once for bfloat16 steps (every step reads the whole table).
     padded_hits = [pad_hits(event.features) if config.precision == "bfloat16" else None for event in events]
     for epoch in range(settings.epochs):
@@ -89,12 +89,14 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
             check_finite_loss(losses[-1], "filter", len(losses), settings.learning_rate)
             scheduler.step()
         network.eval()
+        taken += len(losses)
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "seconds": time.perf_counter() - start,
                    **validate_filter(network, validation, validation_graph, config)}
         cut = figures["cut"]
         history.append(figures)
         report(f"filter epoch {epoch + 1}: {format_figures(figures)}", enabled=show_progress)
+    check_trained("filter", taken, graphs)
     return network, cut, history
 
 

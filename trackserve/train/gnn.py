@@ -26,7 +26,7 @@ from .config import GNNSettings, TrainingConfig
 from .data import TrainingEvent
 from .precision import pad_step
 from .progress import progress, report
-from .schedule import check_finite_loss, one_cycle
+from .schedule import check_finite_loss, check_trained, one_cycle
 from .validation import format_figures, graph_figures, track_figures, track_labels
 
 
@@ -217,7 +217,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
     scheduler = one_cycle(optimizer, settings.learning_rate, settings.epochs * steps)
     cycle = BudgetedCycle(scheduler, settings.epochs * steps, time.perf_counter(),
                           math.inf if deadline is None else deadline)
-    history = []
+    history, taken = [], 0
     for epoch in range(settings.epochs):
         start, losses = time.perf_counter(), []
         order = np.repeat(np.arange(len(events)), settings.sectors)[rng.permutation(steps)]
@@ -239,6 +239,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
             if not cycle.advance():
                 break  # the cycle is complete: its last step, or the deadline
         network.eval()
+        taken += len(losses)
         figures = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "seconds": time.perf_counter() - start,
                    **({} if deadline is None else {"cycle": cycle.fraction, "steps": cycle.steps_taken,
@@ -248,4 +249,5 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
         report(f"gnn epoch {epoch + 1}: {format_figures(figures)}", enabled=show_progress)
         if cycle.done:
             break
+    check_trained("gnn", taken, graphs)
     return network, history

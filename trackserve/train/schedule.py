@@ -42,3 +42,16 @@ def stop_diverged(stage: str, step: int, learning_rate: float, what: str) -> Non
         f"the {stage} training diverged at step {step}: {what} (learning rate {learning_rate:g}); "
         f"lower --{stage}-lr (nothing was written)"
     )
+
+
+def check_trained(stage: str, steps: int, graphs) -> None:
+    """Stop a stage that took no optimiser step: every batch had no edge it learns from, so
+    its network would be written as initialised, untrained, with nothing said."""
+    if steps == 0:
+        edges = sum(int(graph.shape[1]) for graph in graphs)
+        raise InputError(
+            f"the {stage} took no training step: no batch held an edge it learns from ({edges:,} edge(s) in the "
+            + ("filtered " if stage != "filter" else "") + f"radius graph{'s' if len(graphs) != 1 else ''} of "
+            f"{len(graphs)} training event(s)); give events with more particles, or keep more "
+            "edges (--graph-efficiency, --filter-efficiency) (nothing was written)"
+        )

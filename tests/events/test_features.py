@@ -54,9 +54,10 @@ def test_spec_is_frozen_and_normalised():
         (("r", "phi"), (1.0,), "but 1 scales"),
         (("r", "rho"), (1.0, 1.0), "unknown feature name(s) ['rho']"),
         (("r", "r"), (1.0, 1.0), "repeat"),
-        (("r",), (0.0,), "finite and non-zero"),
-        (("r",), (math.inf,), "finite and non-zero"),
-        (("r",), (math.nan,), "finite and non-zero"),
+        (("r",), (0.0,), "finite and positive"),
+        (("r",), (math.inf,), "finite and positive"),
+        (("r",), (math.nan,), "finite and positive"),
+        (("r", "z"), (1000.0, -400.0), "finite and positive"),
     ],
 )
 def test_invalid_specs(names, scales, fragment):
@@ -82,7 +83,7 @@ def test_dict_round_trip_through_json():
         ({"names": ["r"], "scales": ["1"]}, "features.scales must be a list of numbers"),
         ({"names": ["r"], "scales": [True]}, "features.scales must be a list of numbers"),
         ({"names": ["r", "q"], "scales": [1.0, 2.0]}, "unknown feature name"),
-        ({"names": ["r"], "scales": [0]}, "non-zero"),
+        ({"names": ["r"], "scales": [0]}, "finite and positive"),
     ],
 )
 def test_from_dict_errors(data, fragment):
@@ -116,7 +117,7 @@ def test_feature_spec_parser(text, expected):
         ("1000,pi", "without names give 3"),
         ("r:1000,pi,z:3", "for every scale or for none"),
         ("r:1000,q:2", "unknown feature name"),
-        ("0,pi,400", "non-zero"),
+        ("0,pi,400", "finite and positive"),
         ("", "invalid feature spec"),
     ],
 )

@@ -221,6 +221,31 @@ def test_round_trip_synthetic(tmp_path, compress):
     assert_tables_match(back.cells, event.cells, CELLS_COLUMNS)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_an_event_interrupted_while_written_leaves_no_file(tmp_path, compress, monkeypatch):
+    import trackserve.events.trackml as trackml
+
+    event = synthetic_event(12, 200, seed=3)
+    real_write_bytes = Path.write_bytes
+    calls = []
+
+    def interrupted_at_the_third_file(self, data):  # Ctrl-C while the third table is written
+        calls.append(self.name)
+        if len(calls) == 3:
+            real_write_bytes(self, data[: len(data) // 2])
+            raise KeyboardInterrupt
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(trackml.Path, "write_bytes", interrupted_at_the_third_file)
+    with pytest.raises(KeyboardInterrupt):
+        write_event(event, tmp_path, compress=compress)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    written = write_event(event, tmp_path, compress=compress)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.values())
+    assert list(written) == list(SCHEMAS)  # by kind, in the usual order, though the hits went last
+
+
 def test_round_trip_real_event(tmp_path):
     event = read_event(SAMPLE)
     write_event(event, tmp_path, compress=True)

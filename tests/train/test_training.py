@@ -250,6 +250,9 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--gnn-lr", "inf"], "training setting gnn.learning_rate must be in (0, 1]"),
     (["--random-events", "1", "--filter-lr", "1e30"], "training setting filter.learning_rate must be in (0, 1]"),
     (["--random-events", "1", "--embedding-lr", "nan"], "training setting embedding.learning_rate must be in (0, 1]"),
+    (["--random-events", "1", "--gnn-pos-weight", "inf"], "training setting gnn.positive_weight must be in (0, 1e+06]"),
+    (["--random-events", "1", "--filter-pos-weight", "nan"], "training setting filter.positive_weight must be in (0, 1e+06]"),
+    (["--random-events", "1", "--margin", "1e30"], "training setting embedding.margin must be in (0, 10000]"),
     (["--random-events", "1", "--seed", "-1"], "--seed -1 must be in 0..9223372036854775807"),
     (["--random-events", "1", "--gnn-hidden", "100000000"], "training setting gnn.hidden must be an integer in 1..4096"),
     (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-hidden", "100000000"],
@@ -406,6 +409,20 @@ def test_cli_refuses_an_event_twice_and_a_validation_event_it_trains_on(tmp_path
     assert f"the training event {first} is given twice" in capsys.readouterr().err
     assert main([*base, "--events", str(tmp_path / "sim"), "--validation", str(first)]) == 2
     assert f"--validation {first} is one of the training events" in capsys.readouterr().err
+    # Copies: under another name, and in the other compression.
+    import gzip
+    import shutil
+
+    (tmp_path / "copies").mkdir()
+    for kind in ("hits", "truth", "particles"):
+        source = tmp_path / "sim" / f"event000000000-{kind}.csv"
+        shutil.copyfile(source, tmp_path / "copies" / f"event000000007-{kind}.csv")
+        (tmp_path / "copies" / f"event000000008-{kind}.csv.gz").write_bytes(gzip.compress(source.read_bytes()))
+    copy, zipped = tmp_path / "copies" / "event000000007", tmp_path / "copies" / "event000000008"
+    assert main([*base, "--events", str(tmp_path / "sim"), "--events", str(copy), "--validation", str(second)]) == 2
+    assert f"the training event {copy} is a copy of {first} (the same hits)" in capsys.readouterr().err
+    assert main([*base, "--events", str(tmp_path / "sim"), "--validation", str(zipped)]) == 2
+    assert f"--validation {zipped} is one of the training events" in capsys.readouterr().err
     # a directory of several events: training validates on one, it used to take the first silently
     assert main([*base, "--events", str(tmp_path / "val"), "--validation", str(tmp_path / "sim")]) == 2
     assert f"--validation {tmp_path / 'sim'} holds 2 events" in capsys.readouterr().err

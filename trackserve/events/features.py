@@ -82,7 +82,7 @@ class FeatureSpec:
     """Which hit features a pipeline uses, in order, and the scale each is divided by.
 
     ``names`` are among :data:`KNOWN_FEATURES`, without repeats; ``scales`` are finite
-    and non-zero, one per name. Construction raises ``ValueError`` otherwise.
+    and positive (as a bundle requires), one per name. Construction raises ``ValueError`` otherwise.
     """
 
     names: tuple[str, ...]
@@ -100,9 +100,9 @@ class FeatureSpec:
             raise ValueError(f"unknown feature name(s) {unknown}; known: {list(KNOWN_FEATURES)}")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"feature names repeat: {self.names}")
-        bad = [scale for scale in self.scales if not math.isfinite(scale) or scale == 0.0]
+        bad = [scale for scale in self.scales if not math.isfinite(scale) or scale <= 0.0]
         if bad:
-            raise ValueError(f"feature scales must be finite and non-zero, got {self.scales}")
+            raise ValueError(f"feature scales must be finite and positive, got {self.scales}")
 
     @property
     def num_features(self) -> int:

@@ -664,30 +664,45 @@ def write_table(path: str | Path, table: Table, columns: list[str]) -> Path:
     try:
         temporary.write_bytes(gzip.compress(data, compresslevel=4) if path.suffix == ".gz" else data)
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:  # a full disk, or Ctrl-C / SIGTERM mid-write: no stray temporary file
         try:
             temporary.unlink(missing_ok=True)
         except OSError:
             pass
-        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        raise
     return path
 
 
 def write_event(event: Event, directory: str | Path, *, compress: bool = False) -> dict[str, Path]:
     """Write every table the event has as ``<directory>/event<id>-<kind>.csv[.gz]``.
 
-    Returns the written paths by kind. The directory is created if needed.
+    Returns the written paths by kind. The directory is created if needed. The event is
+    written whole or not at all: each file through a temporary one, the hits file (by which
+    readers find an event) last, and the files already written are removed when a later one
+    fails or the writing is interrupted (Ctrl-C, SIGTERM).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ".csv.gz" if compress else ".csv"
     written: dict[str, Path] = {}
-    for kind, schema in SCHEMAS.items():
-        table = getattr(event, kind)
-        if table is None:
-            continue
-        columns = list(schema)
-        if kind == "particles" and "particle_type" in table:
-            columns.insert(1, "particle_type")
-        written[kind] = write_table(directory / f"{event.name}-{kind}{suffix}", table, columns)
-    return written
+    try:
+        for kind in sorted(SCHEMAS, key=lambda kind: kind == "hits"):
+            table = getattr(event, kind)
+            if table is None:
+                continue
+            columns = list(SCHEMAS[kind])
+            if kind == "particles" and "particle_type" in table:
+                columns.insert(1, "particle_type")
+            path = directory / f"{event.name}-{kind}{suffix}"
+            written[kind] = path  # before the write: an interruption right after the rename still removes it
+            write_table(path, table, columns)
+    except BaseException:
+        for path in written.values():
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise
+    return {kind: written[kind] for kind in SCHEMAS if kind in written}

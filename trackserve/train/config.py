@@ -24,6 +24,17 @@ MAX_WIDTH = 4096
 MAX_LEARNING_RATE = 1.0
 
 
+#: The largest hinge margin (embedding distance) and loss weight or input scale a setting
+#: may take: beyond them float32 losses overflow, and training diverges after the stages before.
+MAX_MARGIN = 1e4
+MAX_WEIGHT = 1e6
+
+
+def _bounded_weight(value) -> bool:
+    """Whether ``value`` is a number in (0, :data:`MAX_WEIGHT`] (NaN and infinity are not)."""
+    return 0 < value <= MAX_WEIGHT
+
+
 def _check(conditions: list[tuple[str, bool, str]], where: str) -> None:
     for name, ok, expected in conditions:
         if not ok:
@@ -72,9 +83,10 @@ class EmbeddingSettings:
             ("anchors", self.anchors >= 1, "an integer >= 1"),
             ("random_pairs", self.random_pairs >= 0, "an integer >= 0"),
             ("hard_negatives", self.hard_negatives >= 0, "an integer >= 0"),
-            ("margin", self.margin > 0, "> 0"),
-            ("positive_weight", self.positive_weight > 0, "> 0"),
-            ("pair_min_pt", self.pair_min_pt >= 0, ">= 0 GeV"),
+            ("margin", 0 < self.margin <= MAX_MARGIN, f"in (0, {MAX_MARGIN:g}] (embedding distance; the hinge "
+             "loss squares it in float32)"),
+            ("positive_weight", _bounded_weight(self.positive_weight), f"in (0, {MAX_WEIGHT:g}]"),
+            ("pair_min_pt", 0 <= self.pair_min_pt < math.inf, "a finite number >= 0 GeV"),
             ("target_efficiency", 0 < self.target_efficiency <= 1, "in (0, 1]"),
         ], "embedding")
 
@@ -111,9 +123,9 @@ class FilterSettings:
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("batch_edges", self.batch_edges >= 1, "an integer >= 1"),
-            ("positive_weight", self.positive_weight > 0, "> 0"),
+            ("positive_weight", _bounded_weight(self.positive_weight), f"in (0, {MAX_WEIGHT:g}]"),
             ("target_efficiency", 0 < self.target_efficiency <= 1, "in (0, 1]"),
-            ("difference_scale", self.difference_scale > 0, "> 0"),
+            ("difference_scale", _bounded_weight(self.difference_scale), f"in (0, {MAX_WEIGHT:g}]"),
         ], "filter")
 
 
@@ -164,8 +176,8 @@ class GNNSettings:
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("sectors", self.sectors >= 1, "an integer >= 1"),
-            ("positive_weight", self.positive_weight > 0, "> 0"),
-            ("difference_scale", self.difference_scale > 0, "> 0"),
+            ("positive_weight", _bounded_weight(self.positive_weight), f"in (0, {MAX_WEIGHT:g}]"),
+            ("difference_scale", _bounded_weight(self.difference_scale), f"in (0, {MAX_WEIGHT:g}]"),
             ("edge_update_uses_new_nodes", not (self.edge_update_uses_new_nodes and self.architecture == "ResAGNN"),
              "off for the ResAGNN (it is a setting of the interaction network)"),
         ], "gnn")

@@ -177,13 +177,18 @@ def read_training_events(paths: Iterable[str | Path], spec: FeatureSpec) -> list
     """Every TrackML event (with truth) found under ``paths`` (prefixes, files or directories)."""
     from ..events.trackml import find_event_prefixes, read_event
 
-    events, seen = [], {}
+    events, seen, contents = [], {}, {}
     for path in paths:
         for prefix in find_event_prefixes(path):
             if prefix.resolve() in seen:
                 raise InputError(f"the training event {prefix} is given twice ({seen[prefix.resolve()]} and {path}): "
                                  "it would weigh double; give each event once")
             seen[prefix.resolve()] = path
+            fingerprint = hits_fingerprint(prefix)
+            if fingerprint is not None and fingerprint in contents:
+                raise InputError(f"the training event {prefix} is a copy of {contents[fingerprint]} (the same hits): "
+                                 "it would weigh double; give each event once")
+            contents[fingerprint] = prefix
             event = read_event(prefix, parts=("truth", "particles"))
             # named by its absolute path: the provenance then says which event it was from anywhere
             events.append(prepare_event(event, spec, name=str(prefix.resolve())))
@@ -217,22 +222,32 @@ def trained_event_paths(provenance: dict) -> list[Path]:
     return [Path(name) for name in names if Path(name).is_absolute()]
 
 
-def same_event(first: Path, second: Path) -> bool:
-    """Whether two TrackML event prefixes are one event: the same files, or hits files with
-    the same bytes (a copy of an event under another name is still that event)."""
-    if first.resolve() == second.resolve():
-        return True
+def hits_fingerprint(prefix: Path) -> str | None:
+    """The sha256 of an event's hits file as text (a ``.gz`` file decompressed first), or None
+    when the event has no hits file: the same for a copy of the event under another name or
+    in the other compression."""
+    import gzip
+    import hashlib
+
     from ..events.trackml import event_file
 
-    hits = [event_file(prefix, "hits") for prefix in (first, second)]
-    if any(path is None for path in hits) or hits[0].stat().st_size != hits[1].stat().st_size:
-        return False
-    with open(hits[0], "rb") as one, open(hits[1], "rb") as other:
-        while True:
-            block = one.read(1 << 20)
-            if block != other.read(1 << 20):
-                return False
-            if not block:
-                return True
+    path = event_file(prefix, "hits")
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def same_event(first: Path, second: Path) -> bool:
+    """Whether two TrackML event prefixes are one event: the same files, or hits files of the
+    same text (a copy of an event under another name, or in the other compression, is still
+    that event)."""
+    if first.resolve() == second.resolve():
+        return True
+    fingerprint = hits_fingerprint(first)
+    return fingerprint is not None and fingerprint == hits_fingerprint(second)
 
 

@@ -357,6 +357,8 @@ def test_random_particles_follow_the_options():
         (lambda t: t["particle_id"].__setitem__(2, t["particle_id"][0]), "column 'particle_id', row 3: particle table: particle id 7 appears more than once"),
         (lambda t: t["particle_id"].__setitem__(0, 0), "column 'particle_id', row 1: particle table: particle id 0 is reserved"),
         (lambda t: t.__setitem__("q", np.array([1.0, 0.5, 1.0])), "column 'q', row 2: particle table: value must be an integer"),
+        (lambda t: t["pz"].__setitem__(1, 2e6), "row 2: particle table: a momentum of 2e\\+06 GeV is beyond what the "
+         "simulation's helix arithmetic resolves \\(below 1e\\+06 GeV\\)"),
     ],
 )
 def test_bad_particle_tables_are_refused(geometry, change, message):
@@ -435,6 +437,7 @@ def test_command_line_refuses_bad_options(tmp_path, capsys):
     (["--vertex-sigma-z", "nan"], "vertex_sigma_z = nan must be a finite number"),
     (["--magnetic-field", "inf"], "magnetic_field = inf must be a finite number"),
     (["--pt-max", "1e300", "--pt-power", "0.5"], "keep pt_max * cosh(eta_max) below"),
+    (["--pt-min", "1e-300", "--pt-power", "5"], "give a spectrum float64 cannot sample"),
     (["--num-particles", "100000000000"], "simulate fewer particles per event"),
     (["--first-event-id", str(2**63 - 1), "--events", "2"], "gives event ids above 9223372036854775807"),
     (["--no-smearing", "--resolution-u", "0.5"], "--resolution-u set the smearing, which --no-smearing turns off"),
@@ -501,3 +504,12 @@ def test_command_line_events_are_never_the_training_events_of_the_same_seed(tmp_
     for event_id in range(3):
         written = hit_features(read_event(tmp_path / f"event{event_id:09d}").hits, spec)
         assert not any(f.shape == written.shape and np.allclose(f, written) for f in trained)
+
+
+def test_a_particles_table_without_nhits_is_simulated(tmp_path, capsys):
+    # nhits is what the simulation computes: a table to simulate from need not have it
+    table = tmp_path / "particles.csv"
+    table.write_text("particle_id,vx,vy,vz,px,py,pz,q\n1,0,0,0,1,1,0.5,1\n2,0,0,0,-2,1,0.1,-1\n")
+    assert main(["simulate", "--output", str(tmp_path / "out"), "--particles", str(table), "--seed", "1"]) == 0
+    written = read_event(tmp_path / "out" / "event000000000")
+    assert written.particles["particle_id"].tolist() == [1, 2] and (written.particles["nhits"] > 5).all()

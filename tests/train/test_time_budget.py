@@ -147,6 +147,10 @@ def test_the_summary_says_how_the_budget_was_kept():
                      "epochs (its learning-rate cycle ended by the budget)")
     whole = budget_summary(600.0, {"training": 12.2}, [{"steps": 40, "cycle_steps": 40}])
     assert whole.endswith("took 40 of its 40 steps in 1 epoch (every step, within the budget)")
+    over = budget_summary(32.5, {"training": 52.0}, [{"steps": 1, "cycle_steps": 15}])
+    assert over.endswith("(its learning-rate cycle ended by the budget); OVER the budget by 20 s: a step, an epoch's "
+                         "validation or the choice of the cut took longer than the time left, and the budget ends "
+                         "the cycle only between steps")
 
 
 def test_the_cli_prints_the_budget_line(tmp_path, capsys):

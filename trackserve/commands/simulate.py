@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     config = _config(args)
     geometry = load_geometry(args.geometry)
-    source = config if args.particles is None else read_particles(args.particles)
+    source = config if args.particles is None else read_particles(args.particles, need_nhits=False)
     _check_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles)
     output = output_directory(args.output, "--output")
     event_ids = range(args.first_event_id, args.first_event_id + args.events)

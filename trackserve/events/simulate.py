@@ -46,6 +46,7 @@ in a fixed order, so an event is a function of its inputs and seed.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from collections.abc import Sequence
@@ -163,6 +164,18 @@ class SimulationConfig:
                 raise InputError(f"simulation option {name} = {value!r} must be a finite number")
             if not ok:
                 raise InputError(f"simulation option {name} = {value!r} must be {expected}")
+        if abs(self.pt_power - 1.0) >= 1e-12:  # the spectrum is sampled through pt**(1 - pt_power)
+            k = 1.0 - self.pt_power
+            try:
+                ends = (self.pt_min ** k, self.pt_max ** k)
+            except (OverflowError, ZeroDivisionError):
+                ends = (math.inf, math.inf)
+            if not all(math.isfinite(end) and end > 0 for end in ends) or (ends[0] == ends[1] and self.pt_max > self.pt_min):
+                raise InputError(
+                    f"simulation options pt_min = {self.pt_min!r}, pt_max = {self.pt_max!r} and pt_power = "
+                    f"{self.pt_power!r} give a spectrum float64 cannot sample (pt**(1 - pt_power) overflows or "
+                    "underflows at its ends); bring pt_min, pt_max or pt_power closer to 1"
+                )
         with np.errstate(over="ignore"):
             largest_momentum = self.pt_max * np.cosh(self.eta_max)
         if not largest_momentum < MAX_MOMENTUM_GEV:
@@ -226,6 +239,12 @@ def _checked_particles(particles: Table) -> Table:
             table[name] = exact
     for name in ("vx", "vy", "vz", "px", "py", "pz"):
         table[name] = table[name].astype(np.float64)
+    with np.errstate(over="ignore"):
+        momentum = np.sqrt(table["px"] ** 2 + table["py"] ** 2 + table["pz"] ** 2)
+    if np.any(momentum >= MAX_MOMENTUM_GEV):
+        row = int(np.flatnonzero(momentum >= MAX_MOMENTUM_GEV)[0]) + 1
+        raise EventFormatError(f"{where}: a momentum of {momentum[row - 1]:.3g} GeV is beyond what the simulation's "
+                               f"helix arithmetic resolves (below {MAX_MOMENTUM_GEV:g} GeV)", column="px", row=row)
     ids = table["particle_id"]
     if np.any(ids == 0):
         row = int(np.flatnonzero(ids == 0)[0]) + 1

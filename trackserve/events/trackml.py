@@ -537,12 +537,18 @@ def _check_cells(cells: Table, hit_ids: np.ndarray, cells_path: Path, hits_path:
 # --------------------------------------------------------------------------- events
 
 
-def read_particles(path: str | Path) -> Table:
-    """Read a particles table (``particle_type`` optional); check its particle ids are unique and ``nhits`` >= 0."""
+def read_particles(path: str | Path, *, need_nhits: bool = True) -> Table:
+    """Read a particles table (``particle_type`` optional); check its particle ids are unique and ``nhits`` >= 0.
+
+    ``need_nhits=False`` (a table to simulate events from, which recomputes the hits):
+    ``nhits`` is read when the file has it, not required."""
     path = Path(path)
-    particles = read_table(path, PARTICLES_COLUMNS, optional=PARTICLES_OPTIONAL_COLUMNS)
+    schema = PARTICLES_COLUMNS if need_nhits else {k: v for k, v in PARTICLES_COLUMNS.items() if k != "nhits"}
+    optional = PARTICLES_OPTIONAL_COLUMNS if need_nhits else {**PARTICLES_OPTIONAL_COLUMNS, "nhits": np.int64}
+    particles = read_table(path, schema, optional=optional)
     _check_unique(particles["particle_id"], path, "particle_id")
-    _check_not_negative(particles["nhits"], path, "nhits", "nhits counts the particle's hits, so it is >= 0")
+    if "nhits" in particles:
+        _check_not_negative(particles["nhits"], path, "nhits", "nhits counts the particle's hits, so it is >= 0")
     return particles
 
 

@@ -149,7 +149,8 @@ def simulated_events(
         raise InputError(f"events per source must be >= 0, got {events_per_source}")
     geometry = load_geometry() if geometry is None else geometry
     jobs = [(k, i) for k in range(len(sources)) for i in range(events_per_source)]
-    tables = {k: read_particles(source.particles) for k, source in enumerate(sources) if source.particles is not None}
+    tables = {k: read_particles(source.particles, need_nhits=False)
+              for k, source in enumerate(sources) if source.particles is not None}
     events = []
     for k, i in progress(jobs, "simulate", enabled=show_progress):
         source = sources[k]

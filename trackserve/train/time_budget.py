@@ -109,5 +109,9 @@ def budget_summary(budget: float | None, seconds: dict, history: list[dict]) -> 
     steps, total_steps = int(history[-1]["steps"]), int(history[-1]["cycle_steps"])
     how = ("its learning-rate cycle ended by the budget" if steps < total_steps
            else "every step, within the budget")
-    return (f"time budget {budget:g} s: {used:.0f} s of training in all; the last GNN took {steps} of its "
+    line = (f"time budget {budget:g} s: {used:.0f} s of training in all; the last GNN took {steps} of its "
             f"{total_steps} steps in {len(history)} epoch{'' if len(history) == 1 else 's'} ({how})")
+    if used > budget:
+        line += (f"; OVER the budget by {used - budget:.0f} s: a step, an epoch's validation or the choice of the cut "
+                 "took longer than the time left, and the budget ends the cycle only between steps")
+    return line

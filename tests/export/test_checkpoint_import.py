@@ -95,6 +95,12 @@ def test_frozen_ctd2022_filter_is_recovered_from_its_code():
 def test_service_hparams_contradicting_the_weights_are_refused():
     with pytest.raises(CheckpointImportError, match="hidden=32 but the weights give hidden=64"):
         import_checkpoint(SERVICE / "models" / "gnn.pt", hparams={"hidden": 32})
+    with pytest.raises(CheckpointImportError, match="nb_node_layer=5 but the weights give nb_node_layer=3"):
+        import_checkpoint(SERVICE / "models" / "gnn.pt", hparams={"nb_node_layer": 5})
+    # The service's hyperparameter file beside the ctd2022 GNN, whose networks are two layers deep.
+    with pytest.raises(CheckpointImportError, match="nb_node_layer=3 but the weights give nb_node_layer=2; "
+                                                    "nb_edge_layer=3 but the weights give nb_edge_layer=2"):
+        import_checkpoint(CTD2022 / "gnn_model.pt", hparams=SERVICE / "models" / "hparams_GNN.yaml")
 
 
 @needs_data

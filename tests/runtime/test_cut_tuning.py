@@ -475,3 +475,15 @@ def test_settings_without_tracks_on_one_event_of_several_still_compete_by_their_
     poor = CutFigures(0.1, 0.05, 0.9, 0.0, fake_rates=(0.9, 0.9))
     assert good.builds_tracks and max([poor, good], key=lambda row: row.preference) is good
     assert good.worst_fake_rate == 0.01
+
+
+def test_a_fake_rate_bound_where_no_setting_builds_a_track_says_so():
+    from types import SimpleNamespace
+
+    from trackserve.runtime.cut_tuning import CutFigures, _best
+
+    nothing = [CutFigures(cut, 0.0, float("nan"), float("nan"), fake_rates=(float("nan"),)) for cut in (0.1, 0.5)]
+    validation = SimpleNamespace(events=[SimpleNamespace(name="event000000007")])
+    with pytest.raises(InputError, match=r"no candidate cut builds a single track on event000000007, so no fake rate "
+                                         r"can be held to 0.02: the bundle's GNN passes no edge of them at any cut"):
+        _best(nothing, 0.02, validation, "cut")

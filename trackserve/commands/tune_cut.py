@@ -235,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{row.score:10.4f}{mark}")
     tied = sorted({row.cut for row in rows if row.score == best.score
                    and (args.max_fake_rate is None or row.worst_fake_rate <= args.max_fake_rate)})
-    if len(tied) > 1:
+    if not best.builds_tracks:
+        print("trackserve tune-cut: note: no candidate builds a single track on these validation events (the "
+              "bundle's GNN passes none of their edges at any cut), so every cut scores the same and the rule "
+              "takes the smallest; check the bundle (trackserve run on these events) before writing it",
+              file=sys.stderr)
+    elif len(tied) > 1:
         print(f"trackserve tune-cut: note: {len(tied)} cuts ({tied[0]:g} to {tied[-1]:g}) score the same best "
               f"{best.score:.4f}: these validation events do not tell them apart, and the rule takes the smallest; "
               "denser validation events (like those the bundle will see) would tell them apart", file=sys.stderr)

@@ -471,7 +471,8 @@ def _build_resagnn(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor
         "node_input_order": "nodes_first" if nodes_first else "messages_first",
     }
     _check_hparams(config, hparams, {"hidden": "hidden", "in_channels": "in_channels", "n_graph_iters": "n_graph_iters",
-                                     "layer_norm": "layernorm"}, contents.path)
+                                     "layer_norm": "layernorm", "nb_node_layer": "nb_node_layer",
+                                     "nb_edge_layer": "nb_edge_layer"}, contents.path)
     config.update(_overrides(hparams, ResAGNN))
     return state, config
 

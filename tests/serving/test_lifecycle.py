@@ -74,6 +74,7 @@ def test_a_taken_port_is_refused_before_starting(custom_repository):
     (dict(startup_timeout_s=float("nan")), "startup timeout must be a finite number of seconds > 0, got nan"),
     (dict(startup_timeout_s=-5), "startup timeout must be a finite number of seconds > 0, got -5"),
     (dict(host="::1"), "IPv6 addresses are not supported"),
+    (dict(stop_timeout_s=3e9), "stop timeout 3e+09 s is above 2147483647 s"),
 ])
 def test_bad_server_settings_are_named(settings, message):
     with pytest.raises(InputError) as error:
@@ -116,6 +117,37 @@ def test_not_a_repository_is_refused(tmp_path):
     require_triton()
     with pytest.raises(InputError, match="holds no model folder with a config.pbtxt"):
         TritonServer(tmp_path, ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None)).start()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="the model repository .*file is a file, not a directory"):
+        TritonServer(tmp_path / "file", ServerSettings(http_port=free_port(), grpc_port=free_port())).start()
+
+
+def test_a_repository_path_with_whitespace_is_refused_before_starting(custom_repository, tmp_path):
+    require_triton()
+    import shutil
+
+    spaced = tmp_path / "my repo"
+    shutil.copytree(custom_repository.path, spaced)  # Triton's Python stubs could not start from it
+    server = TritonServer(spaced, ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None))
+    with pytest.raises(InputError, match="holds whitespace, which Triton's Python backend cannot start models from"):
+        server.start()
+    assert server.process is None
+
+
+def test_an_address_this_machine_lacks_is_not_called_a_taken_port():
+    from trackserve.serving.server import port_is_free
+
+    with pytest.raises(InputError, match="cannot bind 192.0.2.1: this machine has no such address"):
+        port_is_free("192.0.2.1", free_port())  # TEST-NET-1: never a local address
+
+
+def test_the_environment_puts_this_trackserve_first_on_the_python_path():
+    require_triton()
+    import trackserve
+
+    env = find_triton().environment({"PATH": "/usr/bin", "PYTHONPATH": "/elsewhere"})
+    checkout = str(Path(trackserve.__file__).resolve().parents[1])
+    assert env["PYTHONPATH"].split(os.pathsep) == [checkout, "/elsewhere"]
 
 
 def test_a_model_that_cannot_load_stops_startup_with_its_reason(custom_repository, tmp_path):
@@ -177,12 +209,17 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_a_signal(custom_repository,
             process.wait()
 
 
-@pytest.mark.parametrize("status, code, message", [
-    (0, 0, "stopped (tritonserver status 0)"),
-    (-9, 1, "did not stop cleanly within --stop-timeout 2 s (status -9): requests still in flight were dropped"),
+@pytest.mark.parametrize("status, killed, ready, code, message", [
+    (0, False, True, 0, "stopped (tritonserver status 0)"),
+    (-9, True, True, 1, "did not stop within --stop-timeout 2 s and was killed (status -9): requests still in flight "
+                        "were dropped"),
+    (1, False, True, 1, "tritonserver stopped with status 1: its exit timeout (--stop-timeout 2 s) ran out with "
+                        "requests in flight, which may not all have been answered"),
+    (-15, False, False, 0, "stopped while the models were loading, before the server was ready (tritonserver status "
+                           "-15); no request had been served"),
 ])
-def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, monkeypatch, capsys, status, code,
-                                                             message):
+def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, monkeypatch, capsys, status, killed,
+                                                             ready, code, message):
     from trackserve.cli import main
     from trackserve.serving.server import TritonServer
 
@@ -190,16 +227,22 @@ def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, 
 
     def start(self):
         seen["stop_timeout"] = self.settings.stop_timeout_s
+        if not ready:
+            raise KeyboardInterrupt  # Ctrl-C while the models load
         self.startup_seconds = 0.1
         return self
 
     def wait(self, timeout=None):
         raise KeyboardInterrupt  # Ctrl-C while serving
 
+    def stop(self):
+        self.killed = killed
+        return status
+
     monkeypatch.setattr(TritonServer, "start", start)
     monkeypatch.setattr(TritonServer, "endpoints", lambda self: {})
     monkeypatch.setattr(TritonServer, "wait", wait)
-    monkeypatch.setattr(TritonServer, "stop", lambda self: status)
+    monkeypatch.setattr(TritonServer, "stop", stop)
     assert main(["serve", str(custom_repository.path), "--stop-timeout", "2", "--quiet"]) == code
     assert seen["stop_timeout"] == 2.0
     assert message in capsys.readouterr().err

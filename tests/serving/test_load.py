@@ -161,6 +161,18 @@ def test_a_grpc_client_at_an_http_port_is_told_so():
     assert "give its gRPC port (8001 by default) or use --protocol http" in described
 
 
+def test_an_http_client_at_a_grpc_port_and_a_closed_connection_are_told_so():
+    from trackserve.serving.client import describe_failure
+
+    # what geventhttpclient says when the port answers HTTP/2 (Triton's gRPC port, say)
+    described = describe_failure(RuntimeError("('Expected HTTP/, RTSP/ or ICE/', 8)"), "127.0.0.1:8001", "exatrkx",
+                                 protocol="http")
+    assert described.startswith("the server at 127.0.0.1:8001 does not answer HTTP: that is a gRPC port")
+    # a server killed while the request was in flight: not a refusal by the model
+    assert describe_failure(RuntimeError("connection closed."), "127.0.0.1:8000", "exatrkx", protocol="http") == \
+        "the server at 127.0.0.1:8000 did not answer (connection closed.): is it running?"
+
+
 def test_a_grpc_client_at_tritons_http_port_is_told_so(triton_server, capsys):
     """Triton's HTTP server closes a gRPC connection ("Socket closed"): the port is probed."""
     from trackserve.cli import main

@@ -92,7 +92,8 @@ def test_a_level_with_no_answer_has_no_latency_and_zero_throughput(tmp_path):
     assert rows[0]["p99_ms"] == "" and rows[0]["first_error"] == "refused"
     # an empty or near-empty window is flagged: its figures are rough
     assert result.few_requests and rows[0]["few_requests"] == "True" and result.as_dict()["few_requests"] is True
-    assert "concurrency 1: only 0 request(s) answered in the 1 s window: rough figures" in format_table([result])
+    assert ("concurrency 1: NO request answered within the 1 s window (1 answered outside it): its 0 infer/s and "
+            "missing latencies are no measurement") in format_table([result])
 
 
 def test_a_window_with_enough_requests_is_not_flagged():
@@ -100,6 +101,9 @@ def test_a_window_with_enough_requests_is_not_flagged():
     records = [RequestRecord(0.1 * i, 0.1 * i + 0.05, None) for i in range(40)]
     result = summarize(records, concurrency=1, settings=settings, window_start=0.0, window_end=4.0)
     assert result.requests == 40 and not result.few_requests and "rough" not in format_table([result])
+    few = summarize(records, concurrency=2, settings=settings, window_start=0.0, window_end=0.3)
+    assert few.requests == 3 and few.few_requests
+    assert "concurrency 2: only 3 request(s) answered in the 0.3 s window: rough figures" in format_table([few])
 
 
 @pytest.mark.parametrize("name, value, need", [("warmup_s", -0.5, ">= 0"), ("error_backoff_s", -0.01, ">= 0"),

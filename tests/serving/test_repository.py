@@ -197,3 +197,9 @@ def test_the_command_names_its_own_options(tiny_bundle, tmp_path, capsys, option
     assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle), *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_repository_path_with_whitespace_is_refused(tiny_bundle, tmp_path):
+    with pytest.raises(InputError, match="holds whitespace, which Triton's Python backend cannot start models from"):
+        write_repository(tiny_bundle, tmp_path / "my repo")
+    assert not (tmp_path / "my repo").exists()

@@ -22,8 +22,9 @@ def register(subparsers) -> None:
         description=(
             "Start Triton Inference Server on a model repository written by `trackserve triton-repo`, "
             "wait until it is ready, print its endpoints and forward its log; Ctrl-C or SIGTERM stops it "
-            "cleanly (requests in flight are finished first, for at most --stop-timeout seconds; exit 1 if some were "
-            "dropped)."
+            "cleanly (requests in flight are finished first, for at most --stop-timeout seconds; exit 1 if that time ran "
+            "out with requests in flight). The repository's path may not hold whitespace (Triton's Python backend "
+            "cannot start models from it)."
         ),
     )
     parser.add_argument("repository", metavar="REPOSITORY", help="model repository directory")
@@ -43,7 +44,9 @@ def register(subparsers) -> None:
     parser.add_argument("--log-verbose", type=int, default=0, metavar="N", help="Triton's --log-verbose level")
     parser.add_argument("--quiet", action="store_true", help="do not forward the server's log")
     parser.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
-                        help="extra tritonserver argument, e.g. --triton-arg=--exit-on-error=false (repeatable)")
+                        help="extra tritonserver argument, e.g. --triton-arg=--log-info=false (repeatable); to serve the "
+                             "models that load while others fail, give both --triton-arg=--exit-on-error=false and "
+                             "--triton-arg=--strict-readiness=false (readiness otherwise waits for every model)")
     parser.set_defaults(handler=run)
 
 
@@ -115,11 +118,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"trackserve serve: {name} received, stopping the server", file=sys.stderr, flush=True)
         for signum in previous:  # a second Ctrl-C or SIGTERM must not cut the clean stop short
             signal.signal(signum, _already_stopping)
+        was_ready = server.startup_seconds is not None
         code = server.stop()
-        if code != 0:  # killed after --stop-timeout, or failed while stopping: requests may have been dropped
-            print(f"trackserve serve: tritonserver did not stop cleanly within --stop-timeout {args.stop_timeout:g} s "
-                  f"(status {code}): requests still in flight were dropped; give a longer --stop-timeout",
+        if not was_ready:  # nothing was served yet: no request can have been lost
+            print(f"trackserve serve: stopped while the models were loading, before the server was ready "
+                  f"(tritonserver status {code}); no request had been served", file=sys.stderr, flush=True)
+            return 0
+        if server.killed:
+            print(f"trackserve serve: tritonserver did not stop within --stop-timeout {args.stop_timeout:g} s and "
+                  f"was killed (status {code}): requests still in flight were dropped; give a longer --stop-timeout",
                   file=sys.stderr, flush=True)
+            return 1
+        if code != 0:  # Triton's own exit timeout ran out (or it failed while stopping)
+            print(f"trackserve serve: tritonserver stopped with status {code}: its exit timeout (--stop-timeout "
+                  f"{args.stop_timeout:g} s) ran out with requests in flight, which may not all have been answered; "
+                  "give a longer --stop-timeout", file=sys.stderr, flush=True)
             return 1
         print(f"trackserve serve: stopped (tritonserver status {code})", file=sys.stderr, flush=True)
         return 0

@@ -8,6 +8,7 @@ from the bundle. See :mod:`trackserve.serving.repository`.
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from ..paths import DEFAULT_BUNDLE
 from ..runtime.config import DEFAULT_EDGE_CHUNK_SIZE, DEFAULT_MEMORY_LIMIT_BYTES
@@ -101,5 +102,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"  models: {', '.join(written.models)}")
     for kind, name in written.entry_points.items():
         print(f"  send events to '{name}' ({kind}): input FEATURES FP32 [-1, F], output LABELS INT64 [-1]")
-    print(f"serve it with: trackserve serve {written.path}")
+    print(f"serve it with: trackserve serve {shlex.quote(str(written.path))}")
     return 0

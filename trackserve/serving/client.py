@@ -92,8 +92,12 @@ def describe_failure(error: Exception, url: str, model: str, protocol: str | Non
                   "give its gRPC port (8001 by default) or use --protocol http")
     if "failed parsing http/2" in lowered or "http1.x server" in lowered:
         return f"{wrong_port} ({text.strip()})"
+    if protocol == "http" and "expected http/" in lowered:  # an HTTP client answered in HTTP/2 frames
+        return (f"the server at {url} does not answer HTTP: that is a gRPC port (Triton's is 8001 by default); give its "
+                f"HTTP port (8000 by default) or use --protocol grpc ({text.strip()})")
     if any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "connection reset",
-                                        "broken pipe", "socket closed", "connection aborted", "eof", "cannot connect")):
+                                        "broken pipe", "socket closed", "connection aborted", "eof", "cannot connect",
+                                        "connection closed")):
         if protocol == "grpc" and answers_http(url):
             return f"{wrong_port} ({text.strip()})"
         return f"the server at {url} did not answer ({text.strip()}): is it running?"

@@ -455,7 +455,11 @@ def format_table(results: Sequence[LevelResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     for r in results:
-        if r.few_requests:
+        if r.requests == 0:
+            lines.append(f"concurrency {r.concurrency}: NO request answered within the {r.window_s:g} s window "
+                         f"({r.answered} answered outside it): its 0 infer/s and missing latencies are no measurement; "
+                         "give a longer --window-seconds")
+        elif r.few_requests:
             lines.append(f"concurrency {r.concurrency}: only {r.requests} request(s) answered in the {r.window_s:g} s "
                          f"window: rough figures (fewer than {FEW_REQUESTS}); give a longer --window-seconds")
         if r.failed:

@@ -38,6 +38,7 @@ from .interface import (
     bundle_tensor_specs,
 )
 from ..runtime.config import DEVICES
+from .server import check_repository_path
 from .backend import (
     KIND_DEVICES,
     PARAM_BUNDLE,
@@ -220,6 +221,7 @@ def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> No
     (never the one that holds the bundle being written, nor through a symbolic link)."""
     if output.exists() and not output.is_dir():
         raise InputError(f"the repository path {output} is a file; give a directory")
+    check_repository_path(output)
     if output.resolve().is_relative_to(bundle_directory.resolve()):
         raise InputError(f"the repository path {output} lies inside the bundle {bundle_directory}, which is copied "
                          "into the repository: write the repository outside the bundle")

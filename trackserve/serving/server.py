@@ -7,7 +7,9 @@ this interpreter's minor version. :class:`TritonServer` prepares a private backe
 folder (``libtriton_python.so``, ``triton_python_backend_utils.py`` and the stub), sets
 ``LD_LIBRARY_PATH`` (the server's libraries and this interpreter's ``LIBDIR``, so the stub
 loads the right libpython) and ``PATH`` (this environment's ``bin/`` first, so the stub's
-``python3`` can ``import trackserve``), checks that the ports are free, starts the
+``python3`` can ``import trackserve``) and ``PYTHONPATH`` (the folder of the trackserve
+package that starts the server first, so the models run that same code), checks that the
+ports are free, starts the
 server in its own process group, forwards its log lines, waits until it is ready and
 stops it with SIGTERM (Triton then finishes the requests in flight), SIGKILL as a last
 resort.
@@ -16,6 +18,7 @@ resort.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import math
 import os
@@ -44,7 +47,9 @@ LOG_TAIL_LINES = 60
 ERROR_LINES = 20
 _ERROR_LINE = re.compile(r"^E\d{4} ")
 #: The line in which tritonserver says why it refused its command line (then prints its usage).
-_USAGE_ERROR = re.compile(r"(unrecognized option|requires an argument|invalid argument|Unexpected argument)")
+_USAGE_ERROR = re.compile(r"(unrecognized option|requires an argument|invalid argument|Unexpected argument|Bad option)")
+#: The longest stop timeout: tritonserver reads --exit-timeout-secs as a 32-bit signed integer.
+MAX_STOP_TIMEOUT_S = 2**31 - 1
 _HARMLESS = ("CudaDriverHelper", "CUDA driver", "pinned memory", "cuda")
 #: Files of the bundled Python backend copied into the private backend folder.
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
@@ -80,6 +85,10 @@ class TritonInstallation:
             dirs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(dirs)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # The models' stubs import the trackserve that starts the server (a checkout run with
+        # PYTHONPATH, say), not whichever one the interpreter would find first.
+        checkout = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([checkout] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         return env
 
 
@@ -143,13 +152,27 @@ def find_triton(binary: str | os.PathLike | None = None) -> TritonInstallation:
     return TritonInstallation(binary_path, existing, python_backend_dir, stub)
 
 
+def check_repository_path(path: Path) -> None:
+    """Refuse a model repository whose absolute path holds whitespace: the Python backend hands it
+    to each model's stub on a command line split at spaces, so every stub fails to start (and the
+    server never becomes ready)."""
+    absolute = str(Path(path).resolve())
+    if any(character.isspace() for character in absolute):
+        raise InputError(f"the model repository path {absolute!r} holds whitespace, which Triton's Python backend "
+                         "cannot start models from; move the repository (or write it) to a path without spaces")
+
+
 def port_is_free(host: str, port: int) -> bool:
-    """Whether a TCP server could bind ``host:port`` now."""
+    """Whether a TCP server could bind ``host:port`` now (False when it is taken; an address this
+    machine does not have raises :class:`~trackserve.errors.InputError`)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
+        except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise InputError(f"cannot bind {host}: this machine has no such address (bind 127.0.0.1 for this "
+                                 "machine only, 0.0.0.0 for every interface, or one of its own addresses)") from None
             return False
     return True
 
@@ -215,6 +238,9 @@ class ServerSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
                 raise InputError(f"{name.replace('_s', '').replace('_', ' ')} must be a finite number of seconds > 0, "
                                  f"got {value!r}")
+        if self.stop_timeout_s > MAX_STOP_TIMEOUT_S:
+            raise InputError(f"stop timeout {self.stop_timeout_s:g} s is above {MAX_STOP_TIMEOUT_S} s, the longest "
+                             "exit timeout tritonserver takes (--exit-timeout-secs, a 32-bit integer)")
 
     def ports(self) -> dict[str, int]:
         """The ports the server binds, by endpoint."""
@@ -241,6 +267,8 @@ class TritonServer:
         self.log = log
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
+        #: Whether :meth:`stop` had to kill the server (it did not end within the stop timeout).
+        self.killed = False
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._errors: collections.deque[str] = collections.deque(maxlen=ERROR_LINES)
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -325,8 +353,12 @@ class TritonServer:
         return command + list(s.extra_args)
 
     def _check_before_start(self) -> None:
+        if self.repository.exists() and not self.repository.is_dir():
+            raise InputError(f"the model repository {self.repository} is a file, not a directory; give the directory "
+                             "`trackserve triton-repo` wrote")
         if not (self.repository / "").is_dir():
             raise InputError(f"the model repository {self.repository} does not exist; write one with `trackserve triton-repo`")
+        check_repository_path(self.repository)
         if not any((entry / "config.pbtxt").is_file() for entry in self.repository.iterdir() if entry.is_dir()):
             raise InputError(f"{self.repository} holds no model folder with a config.pbtxt; write one with `trackserve triton-repo`")
         _check_python_models(self.repository)
@@ -456,7 +488,8 @@ class TritonServer:
         return process_group_members(self.process.pid) - {self.process.pid}
 
     def stop(self) -> int | None:
-        """Stop the server: SIGTERM, then SIGKILL after ``stop_timeout_s``; returns its exit status."""
+        """Stop the server: SIGTERM, then SIGKILL after ``stop_timeout_s``; returns its exit status
+        (:attr:`killed` then says whether it had to be killed)."""
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -464,6 +497,7 @@ class TritonServer:
             try:
                 self.process.wait(self.settings.stop_timeout_s + 5)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self._kill_group()
                 self.process.wait()
         return self._finish()

@@ -114,3 +114,9 @@ class GraphConventionWarning(UserWarning):
     exactly, but they were trained on the bundle's convention, so the scores differ from
     what :meth:`~trackserve.runtime.pipeline.Pipeline.run` gives."""
 
+
+
+class HitOrderWarning(UserWarning):
+    """An event's hits are not in ``hit_id`` order, the order a bundle's networks and edge
+    direction were trained on: features taken in the event's own row order give other edges
+    and worse tracks (:meth:`trackserve.events.event.Event.in_hit_id_order` reorders)."""

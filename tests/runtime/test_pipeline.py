@@ -464,3 +464,26 @@ def test_a_both_ways_bundle_warns_of_nothing_on_its_own_stages(tiny_bundle, samp
         forward = kept[0] < kept[1]
         assert forward.any() and (~forward).any()
         pipeline.gnn_logits(features, kept)  # the filter keeps some pairs one way only: no warning
+
+
+def test_an_event_built_in_another_row_order_runs_in_hit_id_order(tiny_bundle):
+    from trackserve.errors import HitOrderWarning
+    from trackserve.events.event import Event
+    from trackserve.runtime.cut_tuning import ValidationSet
+
+    pipeline = Pipeline(tiny_bundle)
+    event = read_event(SAMPLE_EVENT)
+    shuffle = np.random.default_rng(0).permutation(event.num_hits)
+    shuffled = Event(event.event_id, {k: v[shuffle] for k, v in event.hits.items()},
+                     {k: v[shuffle] for k, v in event.truth.items()}, event.particles)
+    assert event.hit_id_order() is None and event.in_hit_id_order() is event
+    back = shuffled.in_hit_id_order()
+    assert all(np.array_equal(back.hits[k], event.hits[k]) for k in event.hits)
+    assert all(np.array_equal(back.truth[k], event.truth[k]) for k in event.truth)
+    # The same tracks, each hit's label given in the shuffled event's own row order.
+    labels, shuffled_labels = pipeline.run_event(event).labels, pipeline.run_event(shuffled).labels
+    pairs = set(zip(labels[shuffle].tolist(), shuffled_labels.tolist()))
+    assert len(pairs) == len(set(labels.tolist())) == len(set(shuffled_labels.tolist()))
+    with pytest.warns(HitOrderWarning, match="its hits are not in hit_id order"):
+        pipeline.event_features(shuffled)
+    assert ValidationSet(pipeline, [shuffled]).events[0].hit_id_order() is None

@@ -113,3 +113,25 @@ class Event:
     def name(self) -> str:
         """The TrackML file prefix of this event, ``event<id zero-padded to 9>``."""
         return event_name(self.event_id)
+
+    def hit_id_order(self) -> np.ndarray | None:
+        """The row order that puts the hits in increasing ``hit_id`` order, or None when they
+        already are (as :func:`~trackserve.events.trackml.read_event` reads them)."""
+        ids = np.asarray(self.hits["hit_id"])
+        if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+            return None
+        return np.argsort(ids, kind="stable")
+
+    def in_hit_id_order(self) -> "Event":
+        """This event with its hits (and the truth rows that follow them) in increasing
+        ``hit_id`` order: the order a bundle's networks and edge direction were trained on
+        (an event built in memory from rows in another order gives other edges and worse
+        tracks). The event itself when its hits already are in that order."""
+        order = self.hit_id_order()
+        if order is None:
+            return self
+        truth = self.truth
+        if truth is not None and table_length(truth) == len(order):
+            truth = {name: np.asarray(column)[order] for name, column in truth.items()}
+        hits = {name: np.asarray(column)[order] for name, column in self.hits.items()}
+        return Event(self.event_id, hits, truth, self.particles, self.cells, self.source)

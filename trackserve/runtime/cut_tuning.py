@@ -110,6 +110,8 @@ class ValidationSet:
         events = [events] if isinstance(events, Event) else list(events)
         if not events:
             raise InputError("no validation event given")
+        # In hit_id order, as the networks were trained (an event built in memory may not be).
+        events = [event.in_hit_id_order() if isinstance(event, Event) else event for event in events]
         for event in events:
             if event.truth is None or event.particles is None:
                 raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..bundle import EDGE_DIRECTIONS, Bundle, load_bundle
 from ..engines.onnx_runtime import OnnxNetwork
-from ..errors import GraphConventionWarning, InputError, MemoryLimitError
+from ..errors import GraphConventionWarning, HitOrderWarning, InputError, MemoryLimitError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
 from .config import RuntimeConfig, require_device
@@ -256,15 +256,31 @@ class Pipeline:
         return PipelineResult(labels=labels, timings=timings, num_edges=num_edges)
 
     def event_features(self, event: Event) -> np.ndarray:
-        """The bundle's node features of a TrackML event's hits."""
+        """The bundle's node features of a TrackML event's hits, one row per hit in the event's
+        row order. The networks expect hits in ``hit_id`` order (as ``read_event`` reads them):
+        for an event whose rows are in another order a :class:`HitOrderWarning` says so
+        (:meth:`run_event` takes care of it; for :meth:`run`, take ``event.in_hit_id_order()``)."""
+        if event.hit_id_order() is not None:
+            warnings.warn(HitOrderWarning(
+                f"event {event.name}: its hits are not in hit_id order, which the bundle's networks and edge direction "
+                "were trained on; these features follow the event's rows (run_event reorders by itself; for run(), "
+                "take event.in_hit_id_order())"), stacklevel=2)
         return hit_features(event.hits, self.feature_spec)
 
     def run_event(self, event: Event) -> PipelineResult:
-        """Compute the bundle's features of a TrackML event and run :meth:`run` on them."""
+        """Compute the bundle's features of a TrackML event and run :meth:`run` on them; hits
+        whose rows are not in ``hit_id`` order are run in that order, and the labels come back
+        in the event's own row order."""
         if not isinstance(event, Event):
             raise InputError(f"run_event takes a TrackML Event (trackserve.events.read_event(path) reads one); got "
                              f"{type(event).__name__}" + (f" {event!r}" if isinstance(event, (str, Path)) else ""))
-        return self.run(self.event_features(event))
+        order = event.hit_id_order()
+        if order is None:
+            return self.run(hit_features(event.hits, self.feature_spec))
+        result = self.run(hit_features(event.in_hit_id_order().hits, self.feature_spec))
+        labels = np.empty_like(result.labels)
+        labels[order] = result.labels
+        return replace(result, labels=labels)
 
     def run_many(self, events: Iterable[np.ndarray], *, yield_errors: bool = False) -> Iterator[PipelineResult]:
         """Run events (feature arrays) and yield their results in the order given.

@@ -48,6 +48,8 @@ ERROR_LINES = 20
 _ERROR_LINE = re.compile(r"^E\d{4} ")
 #: The line in which tritonserver says why it refused its command line (then prints its usage).
 _USAGE_ERROR = re.compile(r"(unrecognized option|requires an argument|invalid argument|Unexpected argument|Bad option)")
+#: How long stopping waits for the killed model processes to be gone (seconds).
+GROUP_EXIT_WAIT_S = 5.0
 #: The longest stop timeout: tritonserver reads --exit-timeout-secs as a 32-bit signed integer.
 MAX_STOP_TIMEOUT_S = 2**31 - 1
 _HARMLESS = ("CudaDriverHelper", "CUDA driver", "pinned memory", "cuda")
@@ -523,6 +525,9 @@ class TritonServer:
         # Model stubs can outlive a server that died on its own (killed, crashed) and hold its
         # log pipe open: end them, so that they leave no process behind and the log ends.
         self._kill_group()
+        deadline = time.monotonic() + GROUP_EXIT_WAIT_S  # SIGKILL is not instant on a loaded machine
+        while process_group_members(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         if self._reader is not None:
             self._reader.join(timeout=5)
         if self.process.stdout is not None and (self._reader is None or not self._reader.is_alive()):

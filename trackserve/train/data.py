@@ -94,6 +94,7 @@ def prepare_event(event: Event, spec: FeatureSpec, name: str | None = None) -> T
     truth_ids = np.asarray(event.truth["hit_id"], dtype=np.int64)
     if not np.array_equal(truth_ids, np.asarray(event.hits["hit_id"], dtype=np.int64)):
         raise EventFormatError("the truth rows must follow the hits rows (read the event with read_event)", path=event.source)
+    event = event.in_hit_id_order()  # the order the networks learn and run on (read_event's)
     particle_ids = np.asarray(event.truth["particle_id"], dtype=np.int64)
     ids, pt = event_particle_pt(event)
     hit_pt = np.zeros(len(particle_ids))

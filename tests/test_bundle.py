@@ -25,7 +25,7 @@ from trackserve.bundle import (
     save_bundle,
 )
 from trackserve.cli import main
-from trackserve.errors import BundleError, ExportParityError
+from trackserve.errors import BundleError, ExportParityError, InputError
 from trackserve.events.features import EXATRKX_SERVICE
 from trackserve.export.embedding import EmbeddingNetwork
 from trackserve.export.filter import EdgeFilter
@@ -473,3 +473,35 @@ def test_files_without_the_network_record_are_not_checked_against_the_entry(bund
 
     _edit(bundle_dir, edit)
     assert load_bundle(bundle_dir).networks["gnn"].config["hidden"] == 64
+
+
+def test_a_failed_make_bundle_leaves_the_bundle_already_there_as_it_was(made, bundle_dir, tmp_path):
+    _, networks = made
+    before = {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
+    broken = _networks()
+    with torch.no_grad():
+        next(broken["gnn"].parameters()).fill_(float("nan"))  # its export fails the parity check
+    with pytest.raises(ExportParityError):
+        make_bundle(bundle_dir, broken, features=EXATRKX_SERVICE, stages=STAGES)
+    assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
+    load_bundle(bundle_dir)
+    assert not [p for p in bundle_dir.parent.iterdir() if ".partial" in p.name]
+    # A directory holding other files but no bundle is not written over.
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "event000000001-hits.csv").write_text("hit_id,x,y,z\n")
+    with pytest.raises(InputError, match="holds files but no bundle"):
+        make_bundle(tmp_path / "events", networks, features=EXATRKX_SERVICE, stages=STAGES)
+
+
+def test_export_options_are_checked_before_any_file_is_written(bundle_dir, tmp_path):
+    from trackserve.export.onnx_export import export_network
+
+    gnn = _networks()["gnn"]
+    before = {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
+    with pytest.raises(InputError, match="runs .* must be an integer >= 1, got 0"):
+        replace_network(bundle_dir, "gnn", gnn, runs=0)
+    assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputError, match="out is a directory: give the ONNX file to write"):
+        export_network(gnn, "edge_classifier", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "out"]

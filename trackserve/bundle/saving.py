@@ -121,7 +121,10 @@ def make_bundle(
     network is written to ``<directory>/<name>.onnx`` by
     :func:`trackserve.export.onnx_export.export_network`, which raises
     :class:`~trackserve.errors.ExportParityError` if ONNX Runtime disagrees with PyTorch.
-    Needs torch.
+    The bundle is written beside ``directory`` and takes its place only when it is whole and
+    loads (:mod:`trackserve.bundle_output`): a bundle already there is replaced then, and
+    left as it was when anything fails; a directory holding other files but no bundle, or
+    the current directory, is refused. Needs torch.
     """
     from ..export.onnx_export import DEFAULT_OPSET, export_network
     from ..export.specs import KIND_ALIASES
@@ -150,29 +153,35 @@ def make_bundle(
         if KIND_ALIASES.get(kind, kind) != NETWORK_KINDS[name]:
             raise BundleError(f"networks.{name}: kind {kind!r}, the {name} network must be of kind {NETWORK_KINDS[name]!r}")
         modules[name] = module
-    directory.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for name in (name for name in NETWORK_KINDS if name in modules):
-        module, kind = modules[name], NETWORK_KINDS[name]
-        report = export_network(
-            module, kind, directory / f"{name}.onnx", num_features=len(features["names"]),
-            opset=opset or DEFAULT_OPSET, validate=True,
-        )
-        entries[name] = NetworkEntry(
-            name=name,
-            kind=kind,
-            file=f"{name}.onnx",
-            sha256=report.sha256,
-            inputs=report.inputs,
-            outputs=report.outputs,
-            config=dict(getattr(module, "config", None) or {}),
-            architecture=architecture_name(module),
-            weights=save_weights(module, directory / f"{name}.pt"),
-        )
-    record = default_provenance(**dict(provenance or {}))
-    record.setdefault("export", {"opset": opset or DEFAULT_OPSET, "exporter": "torch.onnx (TorchScript-based, dynamo=False)"})
-    bundle = Bundle(features, entries, stages, record, directory)
-    write_pipeline_json(bundle.to_dict(), directory)
+    from ..bundle_output import bundle_written_to, check_bundle_output
+
+    check_bundle_output(directory, overwrite=True, option="the bundle directory")
+    # Written beside the directory and moved into place only when whole and valid: a failed
+    # export or check leaves a bundle already there as it was.
+    with bundle_written_to(directory) as partial:
+        entries = {}
+        for name in (name for name in NETWORK_KINDS if name in modules):
+            module, kind = modules[name], NETWORK_KINDS[name]
+            report = export_network(
+                module, kind, partial / f"{name}.onnx", num_features=len(features["names"]),
+                opset=opset or DEFAULT_OPSET, validate=True,
+            )
+            entries[name] = NetworkEntry(
+                name=name,
+                kind=kind,
+                file=f"{name}.onnx",
+                sha256=report.sha256,
+                inputs=report.inputs,
+                outputs=report.outputs,
+                config=dict(getattr(module, "config", None) or {}),
+                architecture=architecture_name(module),
+                weights=save_weights(module, partial / f"{name}.pt"),
+            )
+        record = default_provenance(**dict(provenance or {}))
+        record.setdefault("export", {"opset": opset or DEFAULT_OPSET,
+                                     "exporter": "torch.onnx (TorchScript-based, dynamo=False)"})
+        write_pipeline_json(Bundle(features, entries, stages, record, partial).to_dict(), partial)
+        load_bundle(partial)  # every check, before it takes the directory's place
     return load_bundle(directory)
 
 

@@ -291,6 +291,12 @@ def read_onnx_model(path: str | os.PathLike):
     return model
 
 
+def _check_runs(runs) -> None:
+    """``runs`` (ONNX Runtime runs per validation case) must be an integer >= 1."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise InputError(f"runs (ONNX Runtime runs per validation case) must be an integer >= 1, got {runs!r}")
+
+
 def validate_onnx(
     path: str | os.PathLike,
     module,
@@ -321,8 +327,7 @@ def validate_onnx(
     spec = _resolve_kind(module, kind)
     num_features = infer_num_features(module, num_features)
     tolerance = spec.tolerance if tolerance is None else float(tolerance)
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
+    _check_runs(runs)
     providers = list(providers or ["CPUExecutionProvider"])
     path = Path(path)
     failures: list[str] = []
@@ -555,7 +560,11 @@ def export_network(
     spec = _resolve_kind(module, kind)
     num_features = infer_num_features(module, num_features)
     check_opset(opset)
+    if validate:
+        _check_runs(runs)
     path = Path(path)
+    if path.is_dir():  # checked before any work: the file is moved into place only at the end
+        raise InputError(f"{path} is a directory: give the ONNX file to write (for example {path / 'network.onnx'})")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial")
 

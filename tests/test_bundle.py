@@ -505,3 +505,16 @@ def test_export_options_are_checked_before_any_file_is_written(bundle_dir, tmp_p
     with pytest.raises(InputError, match="out is a directory: give the ONNX file to write"):
         export_network(gnn, "edge_classifier", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "out"]
+
+
+def test_stage_parameters_take_numpy_numbers_as_python_ones():
+    from trackserve.bundle import JoinSettings
+
+    stages = StageParameters(radius=np.float32(0.75), max_neighbours=np.int64(32), filter_cut=np.float32(0.25),
+                             gnn_cut=np.float64(0.5), edge_direction="i<j", prune_cut=np.float32(0.125))
+    assert stages.to_dict()["radius"] == 0.75 and type(stages.max_neighbours) is int
+    assert json.loads(json.dumps(stages.to_dict()))["filter_cut"] == 0.25
+    join = JoinSettings(np.float32(0.5), 5.0, 30.0, 0.5, np.int64(2))
+    assert type(join.rounds) is int and type(join.min_score) is float
+    with pytest.raises(BundleError, match="stages.max_neighbours: True is not an integer >= 1"):
+        StageParameters(radius=1.0, max_neighbours=np.bool_(True), filter_cut=0.1, gnn_cut=0.5, edge_direction="i<j")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from dataclasses import replace
 
@@ -579,3 +580,20 @@ def test_cli_provenance_names_trackml_event_paths_absolutely(tmp_path, capsys, m
                  "val/event000000002"]) == 0
     data = json.loads((tmp_path / "b" / "pipeline.json").read_text())["provenance"]["data"]
     assert data["trackml_events"] == [str((tmp_path / "sim").resolve())]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seed=-1), "run.seed must be an integer in 0..9223372036854775807"),
+    (dict(seed=1.5), "run.seed must be an integer, got 1.5"),
+    (dict(threads=1.5), "run.threads must be an integer, got 1.5"),
+    (dict(time_budget="600"), "run.time_budget must be a number or None, got '600'"),
+    (dict(embedding=dict(epochs=1.5)), "embedding.epochs must be an integer, got 1.5"),
+    (dict(gnn=dict(hidden=8.5)), "gnn.hidden must be an integer, got 8.5"),
+    (dict(filter=dict(learning_rate="0.1")), "filter.learning_rate must be a number, got '0.1'"),
+])
+def test_settings_of_the_wrong_type_are_named_before_training(change, message):
+    config = TrainingConfig.quick()
+    change = {key: replace(getattr(config, key), **value) if isinstance(value, dict) else value
+              for key, value in change.items()}
+    with pytest.raises(InputError, match=re.escape(f"training setting {message}")):
+        replace(config, **change).validate()

@@ -8,6 +8,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
+import numpy as np
+
 from ..errors import BundleError
 
 #: Edge direction conventions of the graph stage: how each neighbouring pair ``{i, j}`` is stored.
@@ -30,6 +32,18 @@ STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_directi
 
 #: float32's smallest normal number and its largest finite one (graph building squares the radius in float32).
 _FLOAT32_TINY, _FLOAT32_MAX = 2.0**-126, 3.4028234663852886e38
+
+
+def _python_numbers(settings, names) -> None:
+    """Set numpy scalars among the fields ``names`` of a frozen dataclass to Python numbers
+    (a radius or cut computed from float32 arrays is an ``np.float32``); numpy booleans are
+    left for the checks to refuse, as Python's are."""
+    for name in names:
+        value = getattr(settings, name)
+        if isinstance(value, np.integer):
+            object.__setattr__(settings, name, int(value))
+        elif isinstance(value, np.floating):
+            object.__setattr__(settings, name, float(value))
 
 
 def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
@@ -105,6 +119,7 @@ class JoinSettings:
     rounds: int
 
     def __post_init__(self):
+        _python_numbers(self, JOIN_FIELDS)
         problems = join_settings_problems(asdict(self))
         if problems:
             raise BundleError("invalid piece-joining settings: " + "; ".join(problems))
@@ -191,6 +206,7 @@ class StageParameters:
     prune_cut: float | None = None
 
     def __post_init__(self):
+        _python_numbers(self, ("radius", "max_neighbours", "filter_cut", "gnn_cut", "gap_cut", "prune_cut"))
         problems = stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction,
                                    self.track_building, self.gap_cut, self.join_pieces, self.prune_cut)
         if problems:

@@ -8,7 +8,8 @@ provenance records.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+import numbers
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..errors import InputError
 from .time_budget import RESERVE_SECONDS
@@ -33,6 +34,35 @@ MAX_WEIGHT = 1e6
 def _bounded_weight(value) -> bool:
     """Whether ``value`` is a number in (0, :data:`MAX_WEIGHT`] (NaN and infinity are not)."""
     return 0 < value <= MAX_WEIGHT
+
+
+#: The largest seed (numpy seeds take non-negative integers; trackserve keeps them to 63 bits).
+MAX_TRAINING_SEED = 2**63 - 1
+
+_TYPE_CHECKS = {
+    "int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_types(settings, where: str) -> None:
+    """Raise InputError naming the first field of the dataclass ``settings`` whose value is not
+    of its declared type (``int``, ``float``, ``bool``, ``str``, each optionally ``| None``):
+    the range checks after it compare values, and training would otherwise fail deep inside
+    numpy or torch (an epoch count of 1.5, a seed given as text)."""
+    for item in fields(settings):
+        declared = str(item.type)
+        optional = declared.endswith(" | None")
+        check = _TYPE_CHECKS.get(declared.removesuffix(" | None"))
+        value = getattr(settings, item.name)
+        if check is None or (optional and value is None):
+            continue
+        accepts, expected = check
+        if not accepts(value):
+            raise InputError(f"training setting {where}.{item.name} must be {expected}"
+                             + (" or None" if optional else "") + f", got {value!r}")
 
 
 def _check(conditions: list[tuple[str, bool, str]], where: str) -> None:
@@ -73,7 +103,8 @@ class EmbeddingSettings:
     target_efficiency: float = 0.99
 
     def validate(self) -> None:
-        """Raise InputError naming the first setting out of range."""
+        """Raise InputError naming the first setting of the wrong type or out of range."""
+        _check_types(self, "embedding")
         _check([
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("layers", self.layers >= 1, "an integer >= 1"),
@@ -116,7 +147,8 @@ class FilterSettings:
     difference_scale: float = 20.0
 
     def validate(self) -> None:
-        """Raise InputError naming the first setting out of range."""
+        """Raise InputError naming the first setting of the wrong type or out of range."""
+        _check_types(self, "filter")
         _check([
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("layers", self.layers >= 1, "an integer >= 1"),
@@ -165,7 +197,8 @@ class GNNSettings:
     edge_update_uses_new_nodes: bool = False
 
     def validate(self) -> None:
-        """Raise InputError naming the first setting out of range."""
+        """Raise InputError naming the first setting of the wrong type or out of range."""
+        _check_types(self, "gnn")
         _check([
             ("architecture", self.architecture in GNN_ARCHITECTURES, f"one of {', '.join(GNN_ARCHITECTURES)}"),
             ("halo", self.halo >= 0 and self.halo == self.halo, ">= 0 (sector widths of context on each side)"),
@@ -267,7 +300,9 @@ class TrainingConfig:
         self.embedding.validate()
         self.filter.validate()
         self.gnn.validate()
+        _check_types(self, "run")
         _check([
+            ("seed", 0 <= self.seed <= MAX_TRAINING_SEED, f"an integer in 0..{MAX_TRAINING_SEED}"),
             ("max_neighbours", self.max_neighbours >= 1, "an integer >= 1"),
             ("edge_direction", self.edge_direction in EDGE_DIRECTIONS, f"one of {', '.join(EDGE_DIRECTIONS)}"),
             ("threads", self.threads >= 1, "an integer >= 1"),

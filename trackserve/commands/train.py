@@ -246,9 +246,9 @@ def handle(args: argparse.Namespace) -> int:
     from ..train.time_budget import budget_summary
     from ..train.trainer import train_pipeline
 
+    check_seed(args.seed)  # named by its option (the config's own check names run.seed)
     config = training_config(args)
     config.validate()  # settings out of range are refused before any event is read or simulated
-    check_seed(args.seed)
     check_bundle_output(args.output, overwrite=args.overwrite, reads={"--start-from": args.start_from})
     if args.start_from is not None:
         if config.prune_cut is None:

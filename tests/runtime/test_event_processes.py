@@ -242,3 +242,42 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_worker_that_died_while_handing_back_a_result_is_not_waited_for(tiny_bundle, monkeypatch):
+    # A worker killed while sending its result leaves the pool's reader waiting for the rest of
+    # the message, and the event's future never finishes: the wait checks that the workers live.
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadWorkers:
+        closed_waiting = None
+
+        def a_worker_died(self):
+            return True
+
+        def close(self, *, wait=True):
+            DeadWorkers.closed_waiting = wait
+
+    monkeypatch.setattr(pipeline_module, "WORKER_CHECK_SECONDS", 0.01)
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes"))
+    pipeline._processes = DeadWorkers()
+    with pytest.raises(BrokenProcessPool, match="a worker process died while handing back a result"):
+        pipeline._result_of(Future())  # never finished
+    assert DeadWorkers.closed_waiting is False and pipeline._processes is None
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_results_before_a_failing_source_are_yielded_before_its_error(tiny_bundle, sample_features, executor):
+    def source():
+        for number in range(8):
+            if number == 5:
+                raise RuntimeError("the source broke")
+            yield sample_features[:10 + number]
+
+    got = []
+    with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor=executor)) as pipeline:
+        with pytest.raises(RuntimeError, match="the source broke"):
+            for result in pipeline.run_many(source()):
+                got.append(result.num_hits)
+    assert got == [10, 11, 12, 13, 14]

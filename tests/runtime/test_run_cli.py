@@ -373,3 +373,40 @@ def test_labels_that_cannot_be_written_fail_their_event_and_leave_no_partial_fil
     assert "No space left on device" in report["failed"][0]["error"]
     # Neither a truncated file nor the earlier run's labels of that event are left.
     assert sorted(p.name for p in labels.iterdir()) == [f"evt_{n}-labels.csv" for n in (0, 2, 3, 4)]
+
+
+def test_events_lost_with_a_dead_worker_are_named_and_the_others_still_run(capsys, tmp_path, feature_csvs, monkeypatch):
+    from trackserve.errors import WorkerError
+
+    real_run_many = Pipeline.run_many
+    calls = []
+
+    def worker_dies_once(self, events, *, yield_errors=False):
+        calls.append(1)
+        results = real_run_many(self, events, yield_errors=yield_errors)
+        if len(calls) > 1:
+            return results
+
+        def dying():
+            yield next(results)
+            next(iter(events))  # one more event handed over, in flight when the worker dies
+            raise WorkerError("an event worker process stopped unexpectedly (killed); the events in flight were lost")
+        return dying()
+
+    monkeypatch.setattr(Pipeline, "run_many", worker_dies_once)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "evt_1-labels.csv").write_text("an earlier run's labels\n")
+    assert main(["run", str(feature_csvs), "--json", "--output", str(labels), "--event-workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert len(calls) == 2
+    assert [event["event"] for event in report["events"]] == ["evt_0", "evt_2", "evt_3", "evt_4"]
+    assert report["failed"][0]["event"] == "evt_1" and "the events in flight were lost" in report["failed"][0]["error"]
+    assert sorted(p.name for p in labels.iterdir()) == [f"evt_{n}-labels.csv" for n in (0, 2, 3, 4)]
+
+
+def test_processes_asked_for_with_one_event_at_a_time_get_a_note(capsys, feature_csvs):
+    assert main(["run", str(feature_csvs / "evt_1.csv"), "--event-executor", "processes", "--no-labels"]) == 0
+    assert ("--event-executor processes runs the events in flight in worker processes; this run takes one event at a "
+            "time (one event given), so every event runs in this process") in capsys.readouterr().err

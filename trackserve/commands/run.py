@@ -123,7 +123,12 @@ def _config(args, num_events: int):
         settings["edge_chunk_size"] = args.edge_chunk_size
     if args.memory_limit_gb is not None:
         settings["memory_limit_bytes"] = memory_limit_from_gib(args.memory_limit_gb)
-    return RuntimeConfig(**settings), chosen
+    config = RuntimeConfig(**settings)
+    if args.event_executor == "processes" and config.event_workers == 1:
+        print("trackserve run: note: --event-executor processes runs the events in flight in worker processes; "
+              "this run takes one event at a time" + (" (one event given)" if num_events == 1 else "")
+              + ", so every event runs in this process", file=sys.stderr)
+    return config, chosen
 
 
 def _event_record(item, result, args) -> dict:
@@ -190,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the bundle on every event and report."""
     from tqdm import tqdm
 
-    from ..errors import InputError, OutputError, TrackserveError
+    from ..errors import InputError, OutputError, TrackserveError, WorkerError
     from ..events.metrics import SELECTION_OPTIONS, check_selection
     from ..events.sources import input_name, list_inputs, read_input
     from ..events.submission import write_submission
@@ -240,23 +245,32 @@ def run(args: argparse.Namespace) -> int:
             yield item.features
 
     wall = time.perf_counter()
-    results = pipeline.run_many(features(), yield_errors=True)
+    source = features()
+    results = pipeline.run_many(source, yield_errors=True)
     try:
-        for result in results:
-            index, item = read.popleft()
-            if isinstance(result, InputError):  # the pipeline refused this event
-                fail(index, item.name, result)
-                continue
-            total_seconds += result.timings["total"]
-            total_hits += result.num_hits
-            if labels_paths is not None:
-                try:
-                    write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
-                except OutputError as error:  # no space left, say: this event failed, the next may not
+        while True:
+            try:
+                for result in results:
+                    index, item = read.popleft()
+                    if isinstance(result, InputError):  # the pipeline refused this event
+                        fail(index, item.name, result)
+                        continue
+                    total_seconds += result.timings["total"]
+                    total_hits += result.num_hits
+                    if labels_paths is not None:
+                        try:
+                            write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
+                        except OutputError as error:  # no space left, say: this event failed, the next may not
+                            fail(index, item.name, error)
+                            continue
+                    records.append(_event_record(item, result, args))
+                    progress.update()
+                break
+            except WorkerError as error:  # a worker process died: its events in flight are lost, named,
+                while read:               # and the others run in new workers
+                    index, item = read.popleft()
                     fail(index, item.name, error)
-                    continue
-            records.append(_event_record(item, result, args))
-            progress.update()
+                results = pipeline.run_many(source, yield_errors=True)
     except BaseException:  # Ctrl-C, SIGTERM, an error: stop the worker processes now, not after their events
         results.close()
         pipeline.close(wait=False)

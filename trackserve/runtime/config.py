@@ -92,12 +92,14 @@ class RuntimeConfig:
     under ``if __name__ == "__main__":``).
     ``edge_chunk_size``: edges the filter scores at once (cut into a part per thread,
     each part in calls of at most ``network_steps.FILTER_BLOCK_EDGES`` edges); the filter
-    scores each edge from its two hits only, so chunking changes nothing but the peak
-    memory. The GNN passes messages
+    scores each edge from its two hits only, so chunking changes only the peak memory and,
+    in the last float32 bits, some scores (ONNX Runtime's kernels block a call's rows by its
+    size; labels were identical in every comparison made). The GNN passes messages
     over the whole graph and always runs on all the filtered edges at once.
     ``memory_limit_bytes``: an event whose estimated working memory exceeds this is
     refused with an :class:`~trackserve.errors.InputError` before the stage that would
-    need it; with several event workers each event in flight gets an equal share
+    need it (graph building's own pairs cannot be counted before it finds them: its graph
+    is checked once built); with several event workers each event in flight gets an equal share
     (:attr:`memory_limit_per_event`).
     """
 

@@ -97,6 +97,15 @@ class EventProcesses:
         future raises) ``BrokenProcessPool`` once a worker died: close these and start new ones."""
         return self._pool.submit(_run_event, features)
 
+    def a_worker_died(self) -> bool:
+        """Whether one of the worker processes has ended (killed, out of memory, crashed): the
+        pool then runs nothing more. Its futures usually raise ``BrokenProcessPool`` by
+        themselves, but not when the worker died while sending a result, which leaves the
+        pool's reader waiting for the rest of the message for ever; :meth:`Pipeline.run_many`
+        asks this while it waits."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        return any(process.exitcode is not None for process in processes)
+
     @staticmethod
     def broken(error: BaseException) -> WorkerError:
         """The error to raise when a worker process died (killed, out of memory, crashed)."""

@@ -43,6 +43,8 @@ from .network_steps import NetworkSteps
 from .cuts import passes_cut
 from .track_building import build_tracks, bundle_track_options
 
+#: How often (seconds) waiting for an event in a worker process checks that the workers live.
+WORKER_CHECK_SECONDS = 1.0
 #: Stage names in execution order, as they appear in :attr:`PipelineResult.timings`.
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
 
@@ -345,13 +347,24 @@ class Pipeline:
         """Results of ``events`` in order, with at most ``window`` of them submitted (``submit(features)``
         returns a future) and not yet yielded."""
         pending: deque = deque()  # (features, future) of the events in flight, oldest first
+        source = iter(events)
+        source_error = None
         try:
-            for features in events:
+            while True:
+                try:
+                    features = next(source)
+                except StopIteration:
+                    break
+                except Exception as error:  # the events' source failed: the events before it still count
+                    source_error = error
+                    break
                 pending.append((features, submit(features)))
                 if len(pending) >= window:
                     yield self._outcome(lambda: self._oldest_result(pending), yield_errors)
             while pending:
                 yield self._outcome(lambda: self._oldest_result(pending), yield_errors)
+            if source_error is not None:
+                raise source_error
         finally:
             for _features, future in pending:
                 future.cancel()
@@ -416,12 +429,30 @@ class Pipeline:
         # Runtime sessions and worker processes do not travel; the copy opens its own.
         return (_rebuilt_pipeline, (str(Path(self.bundle.directory).resolve()), self.device, self.config))
 
+    def _result_of(self, future: Future) -> PipelineResult:
+        """``future.result()``; for an event in a worker process, checking while it waits that
+        the workers live: one that died while sending a result leaves the future waiting for
+        ever, which is then a ``BrokenProcessPool`` like any other death of a worker."""
+        processes = self._processes
+        if processes is None:
+            return future.result()
+        while True:
+            try:
+                return future.result(timeout=WORKER_CHECK_SECONDS)
+            except TimeoutError:
+                if processes.a_worker_died():
+                    try:  # the pool's own notice of the death, if it comes
+                        return future.result(timeout=WORKER_CHECK_SECONDS)
+                    except TimeoutError:
+                        self.close(wait=False)  # ends the reader stuck on half a message
+                        raise BrokenProcessPool("a worker process died while handing back a result") from None
+
     def _oldest_result(self, pending: deque) -> PipelineResult:
         """The result of the oldest event in flight (see :meth:`run_many`); re-raises its error,
         except a refusal for its share of the memory limit that the whole limit allows."""
         features, future = pending.popleft()
         try:
-            return future.result()
+            return self._result_of(future)
         except MemoryLimitError as error:
             if error.needed > self.config.memory_limit_bytes:
                 # refused for the whole limit too: say so, not the share it had in flight

@@ -63,3 +63,13 @@ def test_a_thread_count_of_the_wrong_kind_is_refused_not_coerced(tiny_bundle, th
 
     with pytest.raises(InputError, match="intra_op_threads must be an integer >= 1 or None"):
         OnnxNetwork(tiny_bundle / "embedding.onnx", intra_op_threads=threads)
+
+
+def test_a_bundle_directory_or_a_provider_string_is_named_as_such(tiny_bundle):
+    from trackserve.errors import BundleError, InputError
+
+    with pytest.raises(BundleError, match="is a directory; give the network's .onnx file"):
+        OnnxNetwork(tiny_bundle)
+    with pytest.raises(InputError, match=r"providers must be a sequence of ONNX Runtime provider names, e.g. "
+                                         r"\('CPUExecutionProvider',\)"):
+        OnnxNetwork(tiny_bundle / "gnn.onnx", providers="CPUExecutionProvider")

@@ -221,3 +221,11 @@ def test_hit_columns_of_other_lengths_are_refused_not_broadcast():
         hit_features({"x": np.array([30.0, 40.0]), "y": np.array([40.0]), "z": np.array([10.0, 20.0])})
     with pytest.raises(EventFormatError, match="the hits' x, y and z must be numbers"):
         hit_features({"x": np.array(["a", "b"]), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})
+
+
+def test_a_spec_given_by_its_name_is_named_as_such():
+    from trackserve.errors import InputError
+
+    hits = {"x": np.array([1.0]), "y": np.array([2.0]), "z": np.array([3.0])}
+    with pytest.raises(InputError, match="spec must be a FeatureSpec, got str 'exatrkx-service': .*feature_spec"):
+        hit_features(hits, "exatrkx-service")

@@ -513,3 +513,8 @@ def test_a_particles_table_without_nhits_is_simulated(tmp_path, capsys):
     assert main(["simulate", "--output", str(tmp_path / "out"), "--particles", str(table), "--seed", "1"]) == 0
     written = read_event(tmp_path / "out" / "event000000000")
     assert written.particles["particle_id"].tolist() == [1, 2] and (written.particles["nhits"] > 5).all()
+
+
+def test_a_geometry_given_by_its_path_is_named_as_such():
+    with pytest.raises(InputError, match="simulate_event takes the detector geometry loaded, not str"):
+        simulate_event("data/detectors.csv", SimulationConfig(num_particles=3), seed=1)

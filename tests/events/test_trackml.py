@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trackserve.errors import EventFormatError
+from trackserve.errors import EventFormatError, InputError
 from trackserve.events.event import (
     CELLS_COLUMNS,
     HITS_COLUMNS,
@@ -653,3 +653,17 @@ def test_a_directory_of_feature_csvs_is_named_a_directory_holding_no_truth(tmp_p
         read_events(tmp_path)
     assert str(error.value).endswith("(it holds 1 file(s) of events without their hits file: "
                                      "event000000001-truth.csv; 1 labels file(s): event000000001-labels.csv)")
+
+
+def test_write_event_refuses_what_read_event_could_not_read_back(tmp_path):
+    event = synthetic_event(12, 50, seed=3)
+    write_event(event, tmp_path)
+    with pytest.raises(InputError, match=r"cannot write event event000000012 as .csv.gz files into .*: it holds "
+                                         r"event000000012-cells.csv, event000000012-hits.csv"):
+        write_event(event, tmp_path, compress=True)
+    assert read_event(tmp_path).event_id == 12  # the event there is left as it was, readable
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="it is a file, not a directory"):
+        write_event(event, tmp_path / "file")
+    with pytest.raises(InputError, match="write_event takes an Event"):
+        write_event({"hits": event.hits}, tmp_path / "other")

@@ -597,3 +597,22 @@ def test_settings_of_the_wrong_type_are_named_before_training(change, message):
               for key, value in change.items()}
     with pytest.raises(InputError, match=re.escape(f"training setting {message}")):
         replace(config, **change).validate()
+
+
+def test_the_python_api_takes_events_as_read_and_names_a_spec_given_as_text(tmp_path):
+    from trackserve.events.geometry import load_geometry
+    from trackserve.events.simulate import SimulationConfig, simulate_event
+    from trackserve.train.data import read_training_events
+    from trackserve.train.trainer import train_pipeline
+
+    geometry = load_geometry()
+    events = [simulate_event(geometry, SimulationConfig(num_particles=200), seed=(5, i), event_id=i) for i in range(3)]
+    with pytest.raises(InputError, match="spec must be a FeatureSpec, got str 'trackml-1000'"):
+        train_pipeline(events[:2], events[2], TrainingConfig.quick(threads=1), tmp_path / "b", spec="trackml-1000")
+    result = train_pipeline(events[:2], events[2], TrainingConfig.quick(threads=1), tmp_path / "b", spec=TRACKML_1000,
+                            show_progress=False)
+    assert load_bundle(tmp_path / "b").stages == result.bundle.stages
+    from trackserve.events.trackml import write_event
+
+    write_event(events[0], tmp_path / "one")
+    assert len(read_training_events(str(tmp_path / "one"), TRACKML_1000)) == 1  # one path, not its characters

@@ -166,8 +166,14 @@ class OnnxNetwork:
             ) from error
         self.path = Path(path)
         self.name = name or self.path.stem
+        if self.path.is_dir():
+            raise BundleError(f"network file {self.path} is a directory; give the network's .onnx file (a bundle's "
+                              "networks run through trackserve.runtime.pipeline.Pipeline(bundle_directory))")
         if not self.path.is_file():
             raise BundleError(f"network file {self.path} does not exist")
+        if isinstance(providers, str):
+            raise InputError(f"providers must be a sequence of ONNX Runtime provider names, e.g. ({providers!r},); "
+                             f"got the string {providers!r}")
         if intra_op_threads is not None and (isinstance(intra_op_threads, (bool, np.bool_))
                                              or not isinstance(intra_op_threads, numbers.Integral)):
             raise InputError(f"intra_op_threads must be an integer >= 1 or None (all cores), got {intra_op_threads!r}")

@@ -189,6 +189,9 @@ def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray
     ``eta``; a non-finite feature raises :class:`EventFormatError` naming the feature and
     the hit row (1-based).
     """
+    if not isinstance(spec, FeatureSpec):
+        raise InputError(f"spec must be a FeatureSpec, got {type(spec).__name__} {spec!r}: "
+                         "trackserve.events.features.feature_spec(text) makes one from a preset name or scales")
     missing = [name for name in ("x", "y", "z") if name not in hits]
     if missing:
         raise EventFormatError(f"the hits table has no column(s) {', '.join(missing)}; features need x, y, z")

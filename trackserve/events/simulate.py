@@ -572,6 +572,10 @@ def simulate_event(geometry: Geometry, source: Table | SimulationConfig, *, seed
     (e.g. ``(run_seed, event_id)``) for ``numpy.random.default_rng``; the same inputs and
     seed give the same event.
     """
+    if not isinstance(geometry, Geometry):
+        raise InputError(f"simulate_event takes the detector geometry loaded, not {type(geometry).__name__} "
+                         f"{geometry!r}: trackserve.events.geometry.load_geometry() (the shipped one) or "
+                         "load_geometry(path)")
     if isinstance(source, SimulationConfig):
         if config is not None and config != source:
             raise InputError("simulate_event: give the options once, as source or as config, not two different configs")

@@ -689,9 +689,22 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     readers find an event) last, and the files already written are removed when a later one
     fails or the writing is interrupted (Ctrl-C, SIGTERM).
     """
+    if not isinstance(event, Event):
+        raise InputError(f"write_event takes an Event (trackserve.events.event.Event), got {type(event).__name__}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"cannot write event {event.name} into {directory}: it is a file, not a directory")
     suffix = ".csv.gz" if compress else ".csv"
+    other = ".csv" if compress else ".csv.gz"
+    clashing = sorted(path.name for kind in SCHEMAS if (path := directory / f"{event.name}-{kind}{other}").exists())
+    if clashing:
+        raise InputError(f"cannot write event {event.name} as {suffix} files into {directory}: it holds "
+                         f"{', '.join(clashing)}, and read_event refuses an event in both compressions; remove "
+                         "them or write to another directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the directory {directory}: {error.strerror or error}") from None
     written: dict[str, Path] = {}
     try:
         for kind in sorted(SCHEMAS, key=lambda kind: kind == "hits"):

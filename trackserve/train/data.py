@@ -179,6 +179,8 @@ def read_training_events(paths: Iterable[str | Path], spec: FeatureSpec) -> list
     """Every TrackML event (with truth) found under ``paths`` (prefixes, files or directories)."""
     from ..events.trackml import find_event_prefixes, read_event
 
+    if isinstance(paths, (str, Path)):  # one path, not the characters of one
+        paths = [paths]
     events, seen, contents = [], {}, {}
     for path in paths:
         for prefix in find_event_prefixes(path):

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..events.event import Event
 from ..events.features import FeatureSpec
 from ..jsonout import json_ready
 from .config import TrainingConfig
-from .data import TrainingEvent, describe_events
+from .data import TrainingEvent, describe_events, prepare_event
 from .embedding import embed, radius_for_efficiency, train_embedding
 from .filter import filtered_graph, radius_graph, train_filter
 from .classifier import passing
@@ -158,6 +159,9 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
                    start_from: str | Path | None = None) -> TrainingResult:
     """Train a pipeline on ``events``, tune it on ``validation`` and write the bundle to ``output``.
 
+    ``events`` and ``validation``: TrackML :class:`~trackserve.events.event.Event` objects with
+    truth (prepared here, in hit_id order) or :class:`TrainingEvent` objects already prepared.
+
     ``start_from``: a bundle trained before on the same features, whose embedding, filter
     and GNN are taken as they are (with its radius and filter cut); the run then trains
     only the pruned GNN, so ``config.prune_cut`` must be set."""
@@ -167,6 +171,19 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
 
     from ..export.derived import eta_spec_for, geometry_spec_for
 
+    if not isinstance(spec, FeatureSpec):
+        raise InputError(f"spec must be a FeatureSpec, got {type(spec).__name__} {spec!r}: "
+                         "trackserve.events.features.feature_spec(text) makes one from a preset name or scales")
+    if not isinstance(config, TrainingConfig):
+        raise InputError(f"config must be a TrainingConfig (trackserve.train.config), got {type(config).__name__}")
+    # Events as read (trackserve.events.Event) are prepared here; TrainingEvents are taken as they are.
+    events = [prepare_event(event, spec) if isinstance(event, Event) else event for event in events]
+    if isinstance(validation, Event):
+        validation = prepare_event(validation, spec)
+    strays = [type(event).__name__ for event in [*events, validation] if not isinstance(event, TrainingEvent)]
+    if strays:
+        raise InputError(f"train_pipeline takes Events (trackserve.events.read_event) or TrainingEvents "
+                         f"(trackserve.train.data.prepare_event), got {', '.join(sorted(set(strays)))}")
     config = replace(config, periodic_features=tuple(i for i, name in enumerate(spec.names) if name == "phi"),
                      eta_columns=eta_spec_for(spec.names, spec.scales) if config.derive_eta else None,
                      geometry_columns=geometry_spec_for(spec.names, spec.scales, intercept=config.pair_intercept,

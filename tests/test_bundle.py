@@ -445,16 +445,17 @@ def test_another_networks_file_in_place_of_one_is_refused(bundle_dir):
     shutil.copyfile(bundle_dir / "filter.onnx", bundle_dir / "gnn.onnx")
     _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(sha256=file_sha256(bundle_dir / "gnn.onnx")))
     message = _refused(bundle_dir)
-    assert "networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys " in message
-    assert "and 10 more and architecture (VanillaFilter in the file) differ)" in message
+    assert "networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ; " in message
+    assert "and 10 more; and the file holds a VanillaFilter): either another network's file was put" in message
 
 
 def test_a_config_edited_by_hand_is_refused(bundle_dir):
     _edit(bundle_dir, lambda d: d["networks"]["gnn"]["config"].update(hidden=64))
-    assert ("networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys hidden differ)"
-            in _refused(bundle_dir))
+    assert ("networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ; the "
+            "file's hidden 8): either another network's file was put in its place (restore the file) or the entry "
+            "was edited by hand (restore the entry to what the file records)") in _refused(bundle_dir)
     _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(config={}))  # every key removed
-    assert "holds another network than pipeline.json declares (config keys " in _refused(bundle_dir)
+    assert "holds another network than pipeline.json declares (config keys differ; " in _refused(bundle_dir)
 
 
 def test_files_without_the_network_record_are_not_checked_against_the_entry(bundle_dir):

@@ -667,3 +667,27 @@ def test_write_event_refuses_what_read_event_could_not_read_back(tmp_path):
         write_event(event, tmp_path / "file")
     with pytest.raises(InputError, match="write_event takes an Event"):
         write_event({"hits": event.hits}, tmp_path / "other")
+
+
+def test_an_event_written_again_over_itself_is_kept_whole_when_the_writing_fails(tmp_path, monkeypatch):
+    import errno
+
+    import trackserve.events.trackml as trackml
+    from trackserve.errors import OutputError
+
+    event = synthetic_event(12, 50, seed=3)
+    write_event(event, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_write_bytes = Path.write_bytes
+    calls = []
+
+    def disk_full_at_the_third_file(self, data):
+        calls.append(self.name)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(trackml.Path, "write_bytes", disk_full_at_the_third_file)
+    with pytest.raises(OutputError, match="No space left on device"):
+        write_event(synthetic_event(12, 60, seed=4), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

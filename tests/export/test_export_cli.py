@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -100,6 +101,18 @@ def test_a_bundle_network_is_exported_again_from_its_own_weights(bundle_dir, cap
     # the provenance records the export again; the same network is not "replaced", so no note
     record = bundle.provenance["exported_again"][-1]
     assert record["network"] == "gnn" and record["replaced"] is False and record["opset"] >= 16
+
+
+def test_an_edited_entry_is_not_built_into_the_bundle_from_its_own_weights(bundle_dir, capsys):
+    path = bundle_dir / "pipeline.json"
+    data = json.loads(path.read_text())
+    data["networks"]["gnn"]["config"]["hidden"] = 6  # the weights' network is 4 wide
+    path.write_text(json.dumps(data))
+    before = (bundle_dir / "gnn.onnx").read_bytes()
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds another network than pipeline.json declares (config keys differ; the file's hidden 4)" in err
+    assert "so restore the entry first" in err and (bundle_dir / "gnn.onnx").read_bytes() == before
 
 
 def test_a_network_replaced_by_another_is_recorded_and_noted(bundle_dir, tmp_path, capsys):

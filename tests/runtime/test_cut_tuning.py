@@ -484,6 +484,24 @@ def test_a_fake_rate_bound_where_no_setting_builds_a_track_says_so():
 
     nothing = [CutFigures(cut, 0.0, float("nan"), float("nan"), fake_rates=(float("nan"),)) for cut in (0.1, 0.5)]
     validation = SimpleNamespace(events=[SimpleNamespace(name="event000000007")])
-    with pytest.raises(InputError, match=r"no candidate cut builds a single track on event000000007, so no fake rate "
-                                         r"can be held to 0.02: the bundle's GNN passes no edge of them at any cut"):
+    with pytest.raises(InputError, match=r"no candidate cut builds a single track that counts \(of at least the hits "
+                                         r"--min-hits asks for\) on event000000007, so no fake rate can be held to "
+                                         r"0.02: the bundle's GNN passes too few of their edges"):
         _best(nothing, 0.02, validation, "cut")
+
+
+def test_write_refuses_a_choice_where_no_cut_builds_a_track(tmp_path, capsys):
+    import shutil
+
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    before = (bundle / "pipeline.json").read_text()
+    # the longest particle of the sample event has 17 hits: no track the shipped bundle builds has them all
+    argv = ["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0", "--min-hits", "17"]
+    assert main(argv) == 0
+    assert "no candidate builds a single track of at least 17 hits (--min-hits)" in capsys.readouterr().err
+    assert main([*argv, "--write"]) == 2
+    assert "there is no choice to store: nothing was written" in capsys.readouterr().err
+    assert (bundle / "pipeline.json").read_text() == before

@@ -371,6 +371,7 @@ def test_labels_that_cannot_be_written_fail_their_event_and_leave_no_partial_fil
     report = json.loads(out)
     assert [event["event"] for event in report["events"]] == ["evt_0", "evt_2", "evt_3", "evt_4"]
     assert "No space left on device" in report["failed"][0]["error"]
+    assert report["summary"]["num_hits"] == sum(event["num_hits"] for event in report["events"])
     # Neither a truncated file nor the earlier run's labels of that event are left.
     assert sorted(p.name for p in labels.iterdir()) == [f"evt_{n}-labels.csv" for n in (0, 2, 3, 4)]
 

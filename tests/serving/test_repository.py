@@ -199,7 +199,9 @@ def test_the_command_names_its_own_options(tiny_bundle, tmp_path, capsys, option
     assert not (tmp_path / "repo").exists()
 
 
-def test_a_repository_path_with_whitespace_is_refused(tiny_bundle, tmp_path):
+def test_a_repository_path_with_whitespace_or_shell_characters_is_refused(tiny_bundle, tmp_path):
     with pytest.raises(InputError, match="holds whitespace, which Triton's Python backend cannot start models from"):
         write_repository(tiny_bundle, tmp_path / "my repo")
-    assert not (tmp_path / "my repo").exists()
+    with pytest.raises(InputError, match=r"holds \( \), which Triton's Python backend cannot start models from"):
+        write_repository(tiny_bundle, tmp_path / "p(x)" / "repo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -101,6 +101,19 @@ def onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
     return problems
 
 
+def recorded_network_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
+    """The network the ONNX file at ``path`` records against ``entry`` (see
+    :func:`_recorded_network_problems`); nothing when the file is missing, unreadable or
+    carries no record (a damaged file is what re-exporting repairs). Needs onnx."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # missing or damaged: there is no record to contradict the entry
+        return []
+    return _recorded_network_problems(name, entry, {prop.key: prop.value for prop in model.metadata_props})
+
+
 def _recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping[str, str]) -> list[str]:
     """The network the ONNX file records it holds (:data:`NETWORK_METADATA_KEY`, written by
     trackserve's export) against the entry's architecture and config: another network's file
@@ -121,12 +134,13 @@ def _recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping
     if declared == {"architecture": architecture, "config": config}:
         return []
     differ = sorted(key for key in set(config) | set(entry.config) if config.get(key) != entry.config.get(key))
-    shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
-    what = (f"config keys {shown}" if differ else "") + (
-        (" and " if differ else "") + f"architecture ({architecture} in the file)" if architecture != entry.architecture else "")
-    return [f"networks.{name}: {entry.file} holds another network than pipeline.json declares ({what} differ): "
-            "another network's file put in its place, or an entry edited by hand; restore the file or the entry "
-            "(`trackserve export --bundle DIR --network NAME` writes the file from the bundle's own weights)"]
+    shown = ", ".join(f"{key} {config.get(key)!r}" for key in differ[:4]) + (
+        f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+    what = (f"config keys differ; the file's {shown}" if differ else "") + (
+        ("; and " if differ else "") + f"the file holds a {architecture}" if architecture != entry.architecture else "")
+    return [f"networks.{name}: {entry.file} holds another network than pipeline.json declares ({what}): either "
+            "another network's file was put in its place (restore the file) or the entry was edited by hand (restore "
+            "the entry to what the file records)"]
 
 
 _ORT_DTYPES = {

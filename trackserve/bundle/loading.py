@@ -230,8 +230,7 @@ def _shared_file_problems(networks: dict[str, NetworkEntry]) -> list[str]:
             normal = os.path.normpath(file)
             if normal in owners:
                 problems.append(f"networks.{name}.{key}: {file} is also networks.{owners[normal]}'s file; each "
-                                "network has its own (a hand edit? restore the entry, or re-export the network "
-                                "with `trackserve export --bundle`)")
+                                "network has its own: restore the entry's file name (and its sha256) as written")
             else:
                 owners[normal] = f"{name}.{key}".removesuffix(".file")
     return problems

@@ -109,7 +109,13 @@ def run(args: argparse.Namespace) -> int:
     if args.network is None:
         from ..export.bundle_networks import load_torch_network
 
+        from ..bundle.checks import recorded_network_problems
+
         described = load_bundle(args.bundle, check_files=False)  # its ONNX file may be the one to repair
+        edited = recorded_network_problems(args.name, described.networks[args.name], described.network_path(args.name))
+        if edited:  # the weights would be rebuilt with a config they were not trained with
+            raise BundleError(f"{edited[0]}; exporting from the bundle's own weights would build them into the "
+                              "entry's config as it now stands, so restore the entry first")
         network = load_torch_network(described, args.name)
         source = f"the bundle's own weights ({described.networks[args.name].weights['file']})"
     else:

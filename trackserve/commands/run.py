@@ -255,14 +255,14 @@ def run(args: argparse.Namespace) -> int:
                     if isinstance(result, InputError):  # the pipeline refused this event
                         fail(index, item.name, result)
                         continue
-                    total_seconds += result.timings["total"]
-                    total_hits += result.num_hits
                     if labels_paths is not None:
                         try:
                             write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
                         except OutputError as error:  # no space left, say: this event failed, the next may not
                             fail(index, item.name, error)
                             continue
+                    total_seconds += result.timings["total"]  # the summary counts the events it lists
+                    total_hits += result.num_hits
                     records.append(_event_record(item, result, args))
                     progress.update()
                 break

@@ -23,8 +23,8 @@ def register(subparsers) -> None:
             "Start Triton Inference Server on a model repository written by `trackserve triton-repo`, "
             "wait until it is ready, print its endpoints and forward its log; Ctrl-C or SIGTERM stops it "
             "cleanly (requests in flight are finished first, for at most --stop-timeout seconds; exit 1 if that time ran "
-            "out with requests in flight). The repository's path may not hold whitespace (Triton's Python backend "
-            "cannot start models from it)."
+            "out with requests in flight). The repository's path may not hold whitespace or shell characters such as "
+            "( or $ (Triton's Python backend cannot start models from it)."
         ),
     )
     parser.add_argument("repository", metavar="REPOSITORY", help="model repository directory")

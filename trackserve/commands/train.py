@@ -144,7 +144,8 @@ def register(subparsers) -> None:
                           "1 + W * min(|vz|, 200 mm) / 100 mm (default 0: off; needs each event's particles table)")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    stage = parser.add_argument_group("stages (the shipped bundle's own settings: models/default/README.md)")
+    stage = parser.add_argument_group("stages (the defaults are a small recipe, not the shipped bundle's; its "
+                                      "command and settings: models/default/README.md)")
     defaults, quick = TrainingConfig(), TrainingConfig.quick()
     for flag, stage_name, name, kind, text in _STAGE_OPTIONS:
         dest = flag[2:].replace("-", "_")

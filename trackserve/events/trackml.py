@@ -656,28 +656,49 @@ def _format_column(values: np.ndarray) -> list[str]:
     return [f"{v:.9g}" for v in values.tolist()]
 
 
+def _table_bytes(table: Table, columns: list[str], compress: bool) -> bytes:
+    """``table``'s ``columns`` as the bytes of a CSV file with a header (gzip-compressed with ``compress``)."""
+    texts = [_format_column(np.asarray(table[name])) for name in columns]
+    lines = [",".join(columns)]
+    lines.extend(",".join(row) for row in zip(*texts))
+    data = ("\n".join(lines) + "\n").encode()
+    return gzip.compress(data, compresslevel=4) if compress else data
+
+
+def _write_files(contents: list[tuple[Path, bytes]]) -> None:
+    """Write each ``(path, bytes)``: all to temporary files beside their paths first, then each
+    renamed into place in the order given, so a failure or an interruption (Ctrl-C, SIGTERM)
+    while writing leaves every path as it was and no temporary file; :class:`OutputError`
+    names the file that could not be written."""
+    temporaries: list[Path] = []
+    current = None
+    try:
+        for path, data in contents:
+            current = path
+            temporary = path.with_name(path.name + ".partial")
+            temporaries.append(temporary)
+            temporary.write_bytes(data)
+        for (path, _data), temporary in zip(contents, temporaries):
+            current = path
+            os.replace(temporary, path)
+    except BaseException as error:
+        for temporary in temporaries:
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {current}: {error.strerror or error}") from None
+        raise
+
+
 def write_table(path: str | Path, table: Table, columns: list[str]) -> Path:
     """Write ``table``'s ``columns`` to a CSV file with a header; ``.gz`` paths are gzip-compressed.
 
     The file is written whole or not at all (a temporary file beside it, then renamed);
     :class:`~trackserve.errors.OutputError` names the file when it cannot be written."""
     path = Path(path)
-    texts = [_format_column(np.asarray(table[name])) for name in columns]
-    lines = [",".join(columns)]
-    lines.extend(",".join(row) for row in zip(*texts))
-    data = ("\n".join(lines) + "\n").encode()
-    temporary = path.with_name(path.name + ".partial")  # written whole or not at all: no truncated file
-    try:
-        temporary.write_bytes(gzip.compress(data, compresslevel=4) if path.suffix == ".gz" else data)
-        os.replace(temporary, path)
-    except BaseException as error:  # a full disk, or Ctrl-C / SIGTERM mid-write: no stray temporary file
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-        raise
+    _write_files([(path, _table_bytes(table, columns, path.suffix == ".gz"))])
     return path
 
 
@@ -685,9 +706,10 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     """Write every table the event has as ``<directory>/event<id>-<kind>.csv[.gz]``.
 
     Returns the written paths by kind. The directory is created if needed. The event is
-    written whole or not at all: each file through a temporary one, the hits file (by which
-    readers find an event) last, and the files already written are removed when a later one
-    fails or the writing is interrupted (Ctrl-C, SIGTERM).
+    written whole or not at all: every file to a temporary one first, then all renamed into
+    place (the hits file, by which readers find an event, last), so a failure or an
+    interruption (Ctrl-C, SIGTERM) while writing leaves the directory as it was, an earlier
+    copy of the event included.
     """
     if not isinstance(event, Event):
         raise InputError(f"write_event takes an Event (trackserve.events.event.Event), got {type(event).__name__}")
@@ -705,23 +727,15 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create the directory {directory}: {error.strerror or error}") from None
-    written: dict[str, Path] = {}
-    try:
-        for kind in sorted(SCHEMAS, key=lambda kind: kind == "hits"):
-            table = getattr(event, kind)
-            if table is None:
-                continue
-            columns = list(SCHEMAS[kind])
-            if kind == "particles" and "particle_type" in table:
-                columns.insert(1, "particle_type")
-            path = directory / f"{event.name}-{kind}{suffix}"
-            written[kind] = path  # before the write: an interruption right after the rename still removes it
-            write_table(path, table, columns)
-    except BaseException:
-        for path in written.values():
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                pass
-        raise
+    contents: list[tuple[str, Path, bytes]] = []
+    for kind in sorted(SCHEMAS, key=lambda kind: kind == "hits"):
+        table = getattr(event, kind)
+        if table is None:
+            continue
+        columns = list(SCHEMAS[kind])
+        if kind == "particles" and "particle_type" in table:
+            columns.insert(1, "particle_type")
+        contents.append((kind, directory / f"{event.name}-{kind}{suffix}", _table_bytes(table, columns, compress)))
+    _write_files([(path, data) for _kind, path, data in contents])
+    written = {kind: path for kind, path, _data in contents}
     return {kind: written[kind] for kind in SCHEMAS if kind in written}

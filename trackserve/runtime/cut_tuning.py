@@ -303,9 +303,10 @@ def _best(rows: list[CutFigures], max_fake_rate: float | None, validation: Valid
     if not allowed and not any(row.builds_tracks for row in rows):
         events = validation.events
         where = events[0].name if len(events) == 1 else f"any of {len(events)} validation events"
-        raise InputError(f"no candidate {what} builds a single track on {where}, so no fake rate can be held to "
-                         f"{max_fake_rate:g}: the bundle's GNN passes no edge of them at any cut; check the bundle "
-                         "(trackserve run on these events) and the events")
+        raise InputError(f"no candidate {what} builds a single track that counts (of at least the hits --min-hits "
+                         f"asks for) on {where}, so no fake rate can be held to {max_fake_rate:g}: the bundle's GNN "
+                         "passes too few of their edges at every cut, or the hit bound is above their tracks' length; "
+                         "check the bundle (trackserve run on these events) and the selection")
     if not allowed:
         lowest = min(rows, key=lambda row: row.worst_fake_rate if row.worst_fake_rate == row.worst_fake_rate
                       else float("inf"))

@@ -154,14 +154,25 @@ def find_triton(binary: str | os.PathLike | None = None) -> TritonInstallation:
     return TritonInstallation(binary_path, existing, python_backend_dir, stub)
 
 
+#: Characters a shell reads as more than part of a word: Triton's Python backend starts each
+#: model's stub through ``bash -c`` with the model's path unquoted.
+_SHELL_CHARACTERS = set("'\"`$&;|<>()[]{}*?\\")
+
+
 def check_repository_path(path: Path) -> None:
-    """Refuse a model repository whose absolute path holds whitespace: the Python backend hands it
-    to each model's stub on a command line split at spaces, so every stub fails to start (and the
-    server never becomes ready)."""
+    """Refuse a model repository whose absolute path holds whitespace or a character the shell
+    treats specially (``( ) ' " $ & ;`` ...): the Python backend starts each model's stub
+    through ``bash -c`` with the path unquoted, so every stub fails to start (and the server
+    never becomes ready)."""
     absolute = str(Path(path).resolve())
     if any(character.isspace() for character in absolute):
         raise InputError(f"the model repository path {absolute!r} holds whitespace, which Triton's Python backend "
                          "cannot start models from; move the repository (or write it) to a path without spaces")
+    special = sorted({character for character in absolute if character in _SHELL_CHARACTERS})
+    if special:
+        raise InputError(f"the model repository path {absolute!r} holds {' '.join(special)}, which Triton's Python "
+                         "backend cannot start models from (it passes the path through a shell unquoted); move the "
+                         "repository (or write it) to a path of letters, digits and / . _ - only")
 
 
 def port_is_free(host: str, port: int) -> bool:

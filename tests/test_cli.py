@@ -55,3 +55,18 @@ def test_a_reader_that_stops_early_does_not_cut_the_job_short(tmp_path):
     # the shipped bundle's cut is 0.95; on the sample event every cut ties and the rule stores the smallest
     assert json.loads((REPO / "models" / "default" / "pipeline.json").read_text())["stages"]["gnn_cut"] == 0.95
     assert json.loads((bundle / "pipeline.json").read_text())["stages"]["gnn_cut"] == 0.1
+
+
+@pytest.mark.parametrize("argv", [["train", "--quick", "--random-events", "1", "--output", "b"],
+                                  ["rescale", "models/default", "--output", "r"],
+                                  ["import", "checkpoint.pt", "--output", "net.onnx"],
+                                  ["export", "net.pt", "--output", "net.onnx"]])
+def test_jobs_of_the_export_extra_name_it_when_torch_is_missing(argv, monkeypatch, capsys, tmp_path):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in an install without the export extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"trackserve {argv[0]} needs the export extra" in err
+    assert 'pip install torch==2.13.0 && pip install -e ".[export]"' in err and "Traceback" not in err

@@ -28,12 +28,6 @@ class FakeTensor:
     def as_numpy(self):
         return self.array
 
-    @classmethod
-    def from_dlpack(cls, name, array):
-        tensor = cls(name, np.from_dlpack(array))
-        tensor.via_dlpack = True
-        return tensor
-
 
 class FakeError:
     INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
@@ -148,15 +142,12 @@ def test_a_request_its_client_cancelled_is_not_run(pipeline_model, tiny_pipeline
     assert respond(pb, [request(a[:50])], Counting())[0].error is None and ran == [100, 50]
 
 
-def test_outputs_go_through_dlpack_with_numpy_2(monkeypatch):
-    pb = fake_pb_utils()
-    labels = np.arange(7, dtype=np.int64)
-    monkeypatch.setattr(backend.np, "__version__", "2.1.0")
-    tensor = backend.output_tensor(pb, "LABELS", labels)
-    assert getattr(tensor, "via_dlpack", False)
-    np.testing.assert_array_equal(tensor.array, labels)
-    monkeypatch.setattr(backend.np, "__version__", "1.26.4")
-    assert not getattr(backend.output_tensor(pb, "LABELS", labels), "via_dlpack", False)
+def test_a_model_refuses_to_load_with_numpy_2(tiny_bundle, monkeypatch):
+    from trackserve.errors import BackendUnavailableError
+
+    monkeypatch.setattr(backend.np, "__version__", "2.1.0")  # its tensors would arrive empty or wrong
+    with pytest.raises(BackendUnavailableError, match="needs numpy < 2"):
+        PipelineModel.from_args(args_for(tiny_bundle))
 
 
 def test_config_parameters_reach_the_runtime(tiny_bundle):
@@ -222,3 +213,13 @@ def test_the_shipped_model_file_drives_the_pipeline(tiny_bundle, tiny_pipeline, 
     responses = model.execute([request(sample_features), request(sample_features[:0])])
     np.testing.assert_array_equal(responses[0].output_tensors[0].array, tiny_pipeline.run(sample_features).labels)
     assert responses[1].output_tensors[0].array.shape == (0,)
+
+
+def test_numpy_2_is_refused_where_models_are_served():
+    from trackserve.errors import BackendUnavailableError
+    from trackserve.serving.backend import check_served_numpy
+
+    check_served_numpy("1.26.4")
+    with pytest.raises(BackendUnavailableError, match=r"numpy 2.4.6 is installed where the models are served, but "
+                                                      r"tritonserver's Python backend .* needs numpy < 2"):
+        check_served_numpy("2.4.6")

@@ -368,3 +368,17 @@ def test_this_server_answers_with_its_own_id(custom_repository):
         server = TritonServer(custom_repository.path, ServerSettings(extra_args=extra))
         assert server.server_id == expected and not any(arg.startswith("--id=trackserve") for arg in
                                                         server.command(Path("/b")))
+
+
+def test_a_server_is_not_started_with_numpy_2(custom_repository, monkeypatch):
+    require_triton()
+    import numpy
+
+    from trackserve.errors import BackendUnavailableError
+
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")  # as the gpu extra's cupy 14 installs it
+    server = TritonServer(custom_repository.path, ServerSettings(http_port=free_port(), grpc_port=free_port(),
+                                                                 metrics_port=None))
+    with pytest.raises(BackendUnavailableError, match="needs numpy < 2"):
+        server.start()
+    assert server.process is None

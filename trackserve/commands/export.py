@@ -78,7 +78,8 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the network, then export or check as the arguments say; print the comparisons."""
-    from ..errors import BackendUnavailableError, BundleError, InputError
+    from ..errors import BundleError, InputError
+    from ..extras import require_export_extra
 
     if args.bundle and not args.name:
         raise BundleError("--bundle needs --network embedding|filter|pruner|gnn: which network of the bundle")
@@ -89,12 +90,7 @@ def run(args: argparse.Namespace) -> int:
         doing = "to check the ONNX file against" if args.check else "to export"
         raise BundleError(f"give the torch network NET.pt {doing} (only with --bundle can it be left out: "
                           "the bundle's own weights are then used)")
-    try:
-        import torch  # noqa: F401
-    except ModuleNotFoundError as error:
-        raise BackendUnavailableError(
-            f"trackserve export needs torch ({error}); install it with: pip install 'trackserve[export]'"
-        ) from error
+    require_export_extra("trackserve export")
     from ..bundle import load_bundle, replace_network
     from ..export.checkpoint_import import import_checkpoint
     from ..export.onnx_export import (

@@ -39,14 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Import the checkpoint, export it to ONNX and print what was built."""
-    from ..errors import BackendUnavailableError
+    from ..extras import require_export_extra
 
-    try:
-        import torch  # noqa: F401
-    except ModuleNotFoundError as error:
-        raise BackendUnavailableError(
-            f"trackserve import needs torch ({error}); install it with: pip install 'trackserve[export]'"
-        ) from error
+    require_export_extra("trackserve import")
     from ..export.checkpoint_import import import_checkpoint
     from ..export.onnx_export import check_output_path, export_network
 

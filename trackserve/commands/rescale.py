@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Rescale, export with parity, write the bundle, print the check."""
+    from ..extras import require_export_extra
+
+    require_export_extra("trackserve rescale")
     from ..bundle_output import bundle_written_to, check_bundle_output
     from ..events.features import feature_spec
     from ..events.trackml import read_event

@@ -234,6 +234,9 @@ def _check_not_trained_on(validation: Path, bundle: Path) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Read or simulate the events, train, write the bundle and print the validation figures."""
+    from ..extras import require_export_extra
+
+    require_export_extra("trackserve train")
     from ..bundle_output import bundle_written_to, check_bundle_output
     from ..errors import InputError
     from ..events.features import feature_spec

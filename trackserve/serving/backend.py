@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..errors import InputError, TrackserveError
+from ..errors import BackendUnavailableError, InputError, TrackserveError
 from ..runtime.config import RuntimeConfig, available_cores, require_device
 from .interface import FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
 
@@ -118,6 +118,7 @@ def _model_config(args: Mapping) -> dict:
 def _served_settings(args: Mapping) -> tuple[dict[str, str], RuntimeConfig]:
     """The model parameters of an ``initialize``'s ``args`` and the runtime settings they and
     the model's instance count give."""
+    check_served_numpy()  # the model fails to load, naming why, rather than answering wrongly
     model_config = _model_config(args)
     parameters = model_parameters(model_config)
     return parameters, runtime_config(parameters, instance_count(model_config))
@@ -197,15 +198,22 @@ def read_input(pb_utils, request, spec: TensorSpec) -> np.ndarray:
 
 
 def output_tensor(pb_utils, name: str, array: np.ndarray):
-    """A ``pb_utils.Tensor`` of a numpy array.
+    """A ``pb_utils.Tensor`` of a numpy array (numpy 1: see :func:`check_served_numpy`)."""
+    return pb_utils.Tensor(name, np.ascontiguousarray(array))
 
-    With numpy 2 in the stub's environment, ``pb_utils.Tensor(name, array)`` sends an empty
-    tensor (python_backend 2.51); DLPack carries the data in both numpy generations.
-    """
-    array = np.ascontiguousarray(array)
-    if int(np.__version__.split(".")[0]) >= 2:
-        return pb_utils.Tensor.from_dlpack(name, array)
-    return pb_utils.Tensor(name, array)
+
+def check_served_numpy(version: str | None = None) -> None:
+    """Refuse to serve with numpy 2 or later (``version``: numpy's, default the one imported).
+
+    The Python backend of tritonserver 2.51 (in nvidia-pytriton 0.7.0, which requires
+    numpy < 2) passes tensors as numpy 1 arrays: with numpy 2 its outputs arrive empty or
+    its DLPack exchange fails, and models have returned wrong labels without an error."""
+    version = np.__version__ if version is None else version
+    if int(version.split(".")[0]) >= 2:
+        raise BackendUnavailableError(
+            f"numpy {version} is installed where the models are served, but tritonserver's Python backend "
+            "(nvidia-pytriton 0.7.0) needs numpy < 2: with numpy 2 its tensors arrive empty or wrong; "
+            "pip install 'numpy<2' (installing another extra after serving, such as cupy's, can upgrade numpy)")
 
 
 def error_response(pb_utils, message: str, *, invalid_argument: bool):

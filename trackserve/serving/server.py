@@ -366,6 +366,9 @@ class TritonServer:
         return command + list(s.extra_args)
 
     def _check_before_start(self) -> None:
+        from .backend import check_served_numpy
+
+        check_served_numpy()  # the models run in this environment (PATH, PYTHONPATH above)
         if self.repository.exists() and not self.repository.is_dir():
             raise InputError(f"the model repository {self.repository} is a file, not a directory; give the directory "
                              "`trackserve triton-repo` wrote")

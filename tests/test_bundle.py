@@ -452,8 +452,9 @@ def test_another_networks_file_in_place_of_one_is_refused(bundle_dir):
 def test_a_config_edited_by_hand_is_refused(bundle_dir):
     _edit(bundle_dir, lambda d: d["networks"]["gnn"]["config"].update(hidden=64))
     assert ("networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ; the "
-            "file's hidden 8): either another network's file was put in its place (restore the file) or the entry "
-            "was edited by hand (restore the entry to what the file records)") in _refused(bundle_dir)
+            "file's hidden 8): either another network's file was put in its place (restore the file; `trackserve "
+            "export --bundle DIR --network gnn` rebuilds it from the bundle's weights) or the entry was edited by "
+            "hand (restore the entry to what the file records)") in _refused(bundle_dir)
     _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(config={}))  # every key removed
     assert "holds another network than pipeline.json declares (config keys differ; " in _refused(bundle_dir)
 

@@ -112,7 +112,18 @@ def test_an_edited_entry_is_not_built_into_the_bundle_from_its_own_weights(bundl
     assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 2
     err = capsys.readouterr().err
     assert "holds another network than pipeline.json declares (config keys differ; the file's hidden 4)" in err
-    assert "so restore the entry first" in err and (bundle_dir / "gnn.onnx").read_bytes() == before
+    assert "the bundle's weights fit the network the file records" in err and "restore the entry first" in err
+    assert (bundle_dir / "gnn.onnx").read_bytes() == before
+
+
+def test_another_networks_file_in_place_of_one_is_repaired_from_the_bundles_weights(bundle_dir, capsys):
+    import shutil
+
+    shutil.copyfile(bundle_dir / "filter.onnx", bundle_dir / "gnn.onnx")  # the filter's file over the GNN's
+    assert main(["bundle-info", str(bundle_dir)]) == 2
+    capsys.readouterr()
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 0
+    assert load_bundle(bundle_dir).networks["gnn"].sha256 == file_sha256(bundle_dir / "gnn.onnx")
 
 
 def test_a_network_replaced_by_another_is_recorded_and_noted(bundle_dir, tmp_path, capsys):

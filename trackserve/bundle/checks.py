@@ -101,17 +101,33 @@ def onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
     return problems
 
 
-def recorded_network_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
-    """The network the ONNX file at ``path`` records against ``entry`` (see
-    :func:`_recorded_network_problems`); nothing when the file is missing, unreadable or
-    carries no record (a damaged file is what re-exporting repairs). Needs onnx."""
+def _file_metadata(path: Path) -> dict[str, str]:
+    """The metadata properties of the ONNX file at ``path`` (empty when it is missing or
+    unreadable: a damaged file is what re-exporting repairs). Needs onnx."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # missing or damaged: there is no record to contradict the entry
-        return []
-    return _recorded_network_problems(name, entry, {prop.key: prop.value for prop in model.metadata_props})
+    except Exception:  # missing or damaged: there is no record
+        return {}
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def recorded_network(path: Path) -> tuple[str | None, dict] | None:
+    """``(architecture, config)`` the ONNX file at ``path`` records it holds, or None (no
+    readable record). Needs onnx."""
+    try:
+        held = json.loads(_file_metadata(path)[NETWORK_METADATA_KEY])
+        return held["architecture"], dict(held["config"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def recorded_network_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
+    """The network the ONNX file at ``path`` records against ``entry`` (see
+    :func:`_recorded_network_problems`); nothing when the file is missing, unreadable or
+    carries no record. Needs onnx."""
+    return _recorded_network_problems(name, entry, _file_metadata(path))
 
 
 def _recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping[str, str]) -> list[str]:
@@ -139,7 +155,8 @@ def _recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping
     what = (f"config keys differ; the file's {shown}" if differ else "") + (
         ("; and " if differ else "") + f"the file holds a {architecture}" if architecture != entry.architecture else "")
     return [f"networks.{name}: {entry.file} holds another network than pipeline.json declares ({what}): either "
-            "another network's file was put in its place (restore the file) or the entry was edited by hand (restore "
+            "another network's file was put in its place (restore the file; `trackserve export --bundle DIR "
+            f"--network {name}` rebuilds it from the bundle's weights) or the entry was edited by hand (restore "
             "the entry to what the file records)"]
 
 

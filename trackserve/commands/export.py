@@ -105,13 +105,22 @@ def run(args: argparse.Namespace) -> int:
     if args.network is None:
         from ..export.bundle_networks import load_torch_network
 
-        from ..bundle.checks import recorded_network_problems
+        from ..bundle.checks import recorded_network, recorded_network_problems
+        from ..export.bundle_networks import weights_fit
 
         described = load_bundle(args.bundle, check_files=False)  # its ONNX file may be the one to repair
-        edited = recorded_network_problems(args.name, described.networks[args.name], described.network_path(args.name))
-        if edited:  # the weights would be rebuilt with a config they were not trained with
-            raise BundleError(f"{edited[0]}; exporting from the bundle's own weights would build them into the "
-                              "entry's config as it now stands, so restore the entry first")
+        path = described.network_path(args.name)
+        differs = recorded_network_problems(args.name, described.networks[args.name], path)
+        record = recorded_network(path) if differs else None
+        # The file records another network than the entry. If the bundle's weights fit the
+        # file's network as well, the entry may have been edited by hand, and exporting would
+        # build the weights into the edited config: refuse. If they do not, the file is
+        # another network's, put in its place: exporting from the weights repairs it.
+        if record is not None and weights_fit(described, args.name, *record):
+            raise BundleError(f"{differs[0]}; the bundle's weights fit the network the file records, so the entry "
+                              "may have been edited, and exporting would build the weights into the entry's config "
+                              "as it now stands: restore the entry first (or, if the file is another network's of "
+                              "the same shape, put the network's own file back)")
         network = load_torch_network(described, args.name)
         source = f"the bundle's own weights ({described.networks[args.name].weights['file']})"
     else:

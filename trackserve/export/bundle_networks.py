@@ -49,6 +49,19 @@ def load_torch_network(bundle: Bundle | str, name: str):
     return module.eval()
 
 
+def weights_fit(bundle: Bundle, name: str, architecture: str | None, config: dict) -> bool:
+    """Whether network ``name``'s torch weights load into the network ``architecture`` with
+    ``config`` (False when that network cannot be built or the weights cannot be read)."""
+    import torch
+
+    try:
+        module = build_network(architecture, config)
+        state = torch.load(_checked_weights_file(bundle, name), map_location="cpu", weights_only=True)
+    except Exception:  # an unknown architecture or config, unreadable weights: they do not fit
+        return False
+    return _state_problem(module, state) is None
+
+
 def _state_problem(module, state) -> str | None:
     """Why ``state`` cannot be loaded into ``module`` (keys or shapes, a few named), or None."""
     if not isinstance(state, dict):

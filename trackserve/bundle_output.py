@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -57,17 +59,24 @@ def check_bundle_output(output: str | Path, *, overwrite: bool, reads: dict[str,
         if not overwrite:
             raise InputError(f"{option} {output} already holds a bundle; give --overwrite to replace it, or "
                              "another directory")
-    ancestor = target.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"{option} {output}: cannot create the directory ({ancestor} is not a directory)")
-    try:  # permission bits do not tell (root, /proc): try making a directory there
-        os.rmdir(tempfile.mkdtemp(prefix=".trackserve-probe-", dir=ancestor))
-    except OSError as error:
-        raise InputError(f"{option} {output}: cannot create the directory ({ancestor}: "
-                         f"{error.strerror or error})") from None
-    return output
+    if target.is_dir():  # written beside it, or (a read-only parent, a mount point) inside it
+        places = [target.parent, target]
+    else:
+        ancestor = target.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise InputError(f"{option} {output}: cannot create the directory ({ancestor} is not a directory)")
+        places = [ancestor]
+    problems = []
+    for place in places:
+        try:  # permission bits do not tell (root, /proc): try making a directory there
+            os.rmdir(tempfile.mkdtemp(prefix=".trackserve-probe-", dir=place))
+            return output
+        except OSError as error:
+            problems.append(f"{place}: {error.strerror or error}")
+    what = "write the bundle into the directory" if target.is_dir() else "create the directory"
+    raise InputError(f"{option} {output}: cannot {what} ({'; '.join(problems)})")
 
 
 def bundle_files(directory: Path) -> set[str]:
@@ -88,32 +97,91 @@ def bundle_files(directory: Path) -> set[str]:
 
 @contextmanager
 def bundle_written_to(output: str | Path) -> Iterator[Path]:
-    """A fresh directory beside ``output`` for the job to write its bundle into; when the
-    ``with`` block ends without an error it replaces the bundle at ``output`` (whose other
-    files, such as a README, move into the new one unless it has files of their names),
-    otherwise it is removed and ``output`` stays as it was."""
+    """A fresh directory for the job to write its bundle into; when the ``with`` block ends
+    without an error the new bundle replaces the one at ``output`` (whose other files, such as
+    a README, are kept unless the new bundle has files of their names), otherwise it is removed
+    and ``output`` stays as it was.
+
+    The fresh directory lies beside ``output``, and the old directory is renamed aside before
+    the new one takes its name, so the old bundle is removed only once the new one is in
+    place. Where ``output`` cannot be renamed (a mount point) or nothing can be created beside
+    it (a read-only parent), the fresh directory lies inside ``output`` and the new bundle's
+    files replace the old bundle's there, one by one. ``output`` keeps its permissions."""
     target = _target(output)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot create the directory {target.parent} ({error.strerror or error})") from None
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o777 & ~umask)  # a directory as mkdir makes it, not mkdtemp's private 0700
+    try:
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError:
+        if not target.is_dir():
+            raise
+        partial = Path(tempfile.mkdtemp(prefix=".trackserve.partial-", dir=target))  # written in place at the end
+    if target.is_dir():
+        mode = stat.S_IMODE(target.stat().st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o777 & ~umask  # a directory as mkdir makes it, not mkdtemp's private 0700
+    os.chmod(partial, mode)
     try:
         yield partial
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     try:
-        if target.is_dir():
-            own = bundle_files(target)
-            for entry in target.iterdir():
-                if entry.name not in own and not (partial / entry.name).exists():
-                    entry.rename(partial / entry.name)
-            shutil.rmtree(target)
-        partial.rename(target)
+        if partial.parent == target or not _replace_by_renaming(partial, target):
+            _replace_in_place(partial, target)
     except OSError as error:  # the new bundle is whole: leave it where it is and say so
         raise InputError(f"the new bundle is complete in {partial} but could not take the place of {target} "
                          f"({error.strerror or error}); move it there by hand") from None
+
+
+def _replace_by_renaming(partial: Path, target: Path) -> bool:
+    """Put ``partial`` in ``target``'s place by renaming (the old directory aside first, then
+    removed), moving the old directory's other files into the new one; False, with nothing
+    changed, when ``target`` cannot be renamed (a mount point, another file system)."""
+    if not target.exists():
+        partial.rename(target)
+        return True
+    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    try:
+        target.rename(aside)
+    except OSError:
+        return False
+    moved = []
+    try:
+        own = bundle_files(aside)
+        for entry in aside.iterdir():
+            if entry.name not in own and not (partial / entry.name).exists():
+                entry.rename(partial / entry.name)
+                moved.append(entry.name)
+        partial.rename(target)
+    except OSError:
+        for name in moved:  # as it was: the other files back, the old directory back in place
+            (partial / name).rename(aside / name)
+        aside.rename(target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+def _replace_in_place(partial: Path, target: Path) -> None:
+    """Replace the bundle in ``target`` by the one in ``partial`` file by file (each file
+    renamed over the old one; the old bundle's files the new one lacks removed), then remove
+    ``partial``; for a ``target`` that cannot be renamed."""
+    old_own = bundle_files(target) if (target / PIPELINE_FILE).is_file() else set()
+    new_names = {entry.name for entry in partial.iterdir()}
+    for name in sorted(old_own - new_names):
+        stale = target / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        elif stale.exists() or stale.is_symlink():
+            stale.unlink()
+    for entry in sorted(partial.iterdir(), key=lambda entry: entry.name == PIPELINE_FILE):  # pipeline.json last
+        destination = target / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)
+        shutil.move(str(entry), str(destination))
+    shutil.rmtree(partial, ignore_errors=True)

@@ -691,3 +691,16 @@ def test_an_event_written_again_over_itself_is_kept_whole_when_the_writing_fails
     with pytest.raises(OutputError, match="No space left on device"):
         write_event(synthetic_event(12, 60, seed=4), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_event_written_over_a_copy_with_more_tables_reads_back_as_written(tmp_path):
+    from trackserve.events.event import Event
+
+    event = synthetic_event(12, 50, seed=3)
+    write_event(event, tmp_path)
+    moved = dict(event.hits)
+    moved["x"] = moved["x"] + 1.0
+    write_event(Event(event.event_id, moved), tmp_path)  # hits only: the old truth is not this event's
+    back = read_event(tmp_path)
+    assert back.truth is None and back.particles is None and back.cells is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["event000000012-hits.csv"]

@@ -198,13 +198,22 @@ def test_tune_cut_command_needs_a_validation_event(tiny_bundle, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_figures_that_cannot_be_counted_are_written_as_null(tiny_bundle, tmp_path, capsys):
-    # Random networks find no candidate track at high cuts: a NaN fake rate, stored as null.
+def test_a_choice_among_cuts_that_find_nothing_is_not_written_and_figures_are_json(tiny_bundle, tmp_path, capsys):
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    # Random networks find no particle at any cut (efficiency 0): no choice to store.
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
-                 "--write"]) == 0
-    figures = load_bundle(bundle).provenance["gnn_cut_tuned"]["figures"]
+    before = (bundle / "pipeline.json").read_text()
+    argv = ["--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3", "--write"]
+    assert main(["tune-cut", str(bundle), *argv]) == 2
+    assert "no candidate finds a single particle of these validation events" in capsys.readouterr().err
+    assert (bundle / "pipeline.json").read_text() == before
+    # A bundle that tracks them: its figures stored as numbers in [0, 1] (or null where undefined).
+    shipped = tmp_path / "shipped"
+    shutil.copytree(DEFAULT_BUNDLE, shipped)
+    assert main(["tune-cut", str(shipped), *argv]) == 0
+    figures = load_bundle(shipped).provenance["gnn_cut_tuned"]["figures"]
     assert all(value is None or 0 <= value <= 1 for value in figures.values())
 
 

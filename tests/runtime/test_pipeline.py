@@ -487,3 +487,12 @@ def test_an_event_built_in_another_row_order_runs_in_hit_id_order(tiny_bundle):
     with pytest.warns(HitOrderWarning, match="its hits are not in hit_id order"):
         pipeline.event_features(shuffled)
     assert ValidationSet(pipeline, [shuffled]).events[0].hit_id_order() is None
+
+
+def test_repeated_hit_ids_in_order_are_in_hit_id_order():
+    from trackserve.events.event import Event
+
+    event = Event(1, {"hit_id": np.array([1, 2, 2, 3]), "x": np.zeros(4), "y": np.zeros(4), "z": np.zeros(4)})
+    assert event.hit_id_order() is None and event.in_hit_id_order() is event
+    shuffled = Event(1, {name: column[[3, 1, 0, 2]] for name, column in event.hits.items()})
+    assert shuffled.in_hit_id_order().hits["hit_id"].tolist() == [1, 2, 2, 3]

@@ -616,3 +616,10 @@ def test_the_python_api_takes_events_as_read_and_names_a_spec_given_as_text(tmp_
 
     write_event(events[0], tmp_path / "one")
     assert len(read_training_events(str(tmp_path / "one"), TRACKML_1000)) == 1  # one path, not its characters
+
+
+def test_numpy_booleans_are_settings_and_a_string_is_no_tuple_of_features():
+    config = TrainingConfig.quick()
+    replace(config, derive_eta=np.bool_(True)).validate()
+    with pytest.raises(InputError, match="training setting run.gnn_blind_to must be a tuple of strings, got 'phi'"):
+        replace(config, gnn_blind_to="phi").validate()

@@ -235,15 +235,20 @@ def run(args: argparse.Namespace) -> int:
                   f"{row.score:10.4f}{mark}")
     tied = sorted({row.cut for row in rows if row.score == best.score
                    and (args.max_fake_rate is None or row.worst_fake_rate <= args.max_fake_rate)})
-    if not best.builds_tracks:
+    finds_nothing = not any(row.efficiency > 0 for row in rows)  # (NaN counts as nothing found)
+    if not best.builds_tracks or finds_nothing:
         nothing = (f"no candidate builds a single track of at least {args.min_hits} hits (--min-hits) on these "
                    "validation events: the bundle's GNN passes too few of their edges at every cut, or --min-hits is "
-                   "above the length of their tracks")
+                   "above the length of their tracks") if not best.builds_tracks else (
+                   "no candidate finds a single particle of these validation events (efficiency 0 at every cut): "
+                   "the bundle does not track them (another detector, other features or scales?) or the selection "
+                   "(--min-pt, --min-hits) leaves nothing it finds")
         if args.write:
-            raise InputError(f"{nothing}; every cut scores the same, so there is no choice to store: nothing was "
-                             "written (check the bundle with trackserve run on these events, or the selection)")
-        print(f"trackserve tune-cut: note: {nothing}, so every cut scores the same and the rule takes the smallest; "
-              "check the bundle (trackserve run on these events) or the selection", file=sys.stderr)
+            raise InputError(f"{nothing}; no cut is better than another there, so there is no choice to store: "
+                             "nothing was written (check the bundle with trackserve run on these events, or the "
+                             "selection)")
+        print(f"trackserve tune-cut: note: {nothing}, so no cut is better than another there and the one shown means "
+              "nothing; check the bundle (trackserve run on these events) or the selection", file=sys.stderr)
     elif len(tied) > 1:
         print(f"trackserve tune-cut: note: {len(tied)} cuts ({tied[0]:g} to {tied[-1]:g}) score the same best "
               f"{best.score:.4f}: these validation events do not tell them apart, and the rule takes the smallest; "

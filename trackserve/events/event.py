@@ -118,7 +118,7 @@ class Event:
         """The row order that puts the hits in increasing ``hit_id`` order, or None when they
         already are (as :func:`~trackserve.events.trackml.read_event` reads them)."""
         ids = np.asarray(self.hits["hit_id"])
-        if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        if ids.size < 2 or bool(np.all(ids[1:] >= ids[:-1])):  # (repeated ids stay as they are)
             return None
         return np.argsort(ids, kind="stable")
 

@@ -709,7 +709,8 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     written whole or not at all: every file to a temporary one first, then all renamed into
     place (the hits file, by which readers find an event, last), so a failure or an
     interruption (Ctrl-C, SIGTERM) while writing leaves the directory as it was, an earlier
-    copy of the event included.
+    copy of the event included. Once written, an earlier copy's tables that this event does
+    not have (its truth, say) are removed, so that the event reads back as written.
     """
     if not isinstance(event, Event):
         raise InputError(f"write_event takes an Event (trackserve.events.event.Event), got {type(event).__name__}")
@@ -738,4 +739,12 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
         contents.append((kind, directory / f"{event.name}-{kind}{suffix}", _table_bytes(table, columns, compress)))
     _write_files([(path, data) for _kind, path, data in contents])
     written = {kind: path for kind, path, _data in contents}
+    for kind in SCHEMAS:  # an earlier copy's tables this event lacks would be read back with it
+        stale = directory / f"{event.name}-{kind}{suffix}"
+        if kind not in written and stale.is_file():
+            try:
+                stale.unlink()
+            except OSError as error:
+                raise OutputError(f"cannot remove {stale}, an earlier copy's {kind} of the event just written "
+                                  f"(read_event would read it with the new hits): {error.strerror or error}") from None
     return {kind: written[kind] for kind in SCHEMAS if kind in written}

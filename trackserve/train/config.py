@@ -11,6 +11,8 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 
+import numpy as np
+
 from ..errors import InputError
 from .time_budget import RESERVE_SECONDS
 
@@ -42,7 +44,12 @@ MAX_TRAINING_SEED = 2**63 - 1
 _TYPE_CHECKS = {
     "int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
     "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
-    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "bool": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "tuple[str, ...]": (lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v),
+                        "a tuple of strings"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, numbers.Integral)
+                                                                        and not isinstance(x, bool) for x in v),
+                        "a tuple of integers"),
     "str": (lambda v: isinstance(v, str), "a string"),
 }
 

@@ -281,3 +281,17 @@ def test_results_before_a_failing_source_are_yielded_before_its_error(tiny_bundl
             for result in pipeline.run_many(source()):
                 got.append(result.num_hits)
     assert got == [10, 11, 12, 13, 14]
+
+
+def test_a_worker_that_died_while_idle_is_replaced_before_the_next_events(tiny_bundle, sample_features):
+    with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes")) as pipeline:
+        assert [r.num_hits for r in pipeline.run_many([sample_features[:10]] * 2)] == [10, 10]
+        victim = next(iter(pipeline._processes._pool._processes.values()))
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)  # dead, and nothing of the pipeline in flight
+        old = pipeline._processes
+        assert old.a_worker_died() and not old.busy()
+        # As if the pool had not noticed the death yet: it would take the event and never run it.
+        old._pool.submit = lambda *args: pytest.fail("an event was handed to a pool with a dead worker")
+        assert [r.num_hits for r in pipeline.run_many([sample_features[:20]] * 3)] == [20, 20, 20]
+        assert pipeline._processes is not old

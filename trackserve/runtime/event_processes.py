@@ -90,12 +90,20 @@ class EventProcesses:
             initializer=_start_worker, initargs=(str(bundle_directory), device, config),
         )
         self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+        self._unfinished: set[Future] = set()
 
     def submit(self, features: np.ndarray) -> Future:
         """Start one event (features ``[N, F]``) in a worker; the future gives its PipelineResult
         or raises its error (the same error :meth:`Pipeline.run` raises). Raises (and a
         future raises) ``BrokenProcessPool`` once a worker died: close these and start new ones."""
-        return self._pool.submit(_run_event, features)
+        future = self._pool.submit(_run_event, features)
+        self._unfinished.add(future)
+        future.add_done_callback(self._unfinished.discard)
+        return future
+
+    def busy(self) -> bool:
+        """Whether an event handed to these workers has not finished yet."""
+        return bool(self._unfinished)
 
     def a_worker_died(self) -> bool:
         """Whether one of the worker processes has ended (killed, out of memory, crashed): the

@@ -393,6 +393,11 @@ class Pipeline:
             return self._submit_locked(features)
 
     def _submit_locked(self, features: np.ndarray):
+        if self._processes is not None and not self._processes.busy() and self._processes.a_worker_died():
+            # A worker died while idle (nothing of this pipeline in flight): new workers, rather than
+            # an event handed to a pool that can run nothing and then reported lost.
+            self._processes.close(wait=False)
+            self._processes = None
         if self._processes is None:
             config = self.config
             one_event = replace(config, event_workers=1, event_executor="threads",

@@ -239,10 +239,15 @@ def test_changed_file_is_caught_by_its_hash(bundle_dir):
     assert "networks.filter.sha256: filter.onnx has sha256" in message and "changed after the bundle was written" in message
 
 
-def test_onnx_file_with_other_inputs_is_caught_without_running_it(bundle_dir):
-    shutil.copyfile(bundle_dir / "embedding.onnx", bundle_dir / "gnn.onnx")
+def _refused_with_file_in_place_of_the_gnn(bundle_dir, source: str) -> str:
+    """The refusal of the bundle once ``source``'s file is copied over the GNN's, its sha256 updated."""
+    shutil.copyfile(bundle_dir / source, bundle_dir / "gnn.onnx")
     _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(sha256=file_sha256(bundle_dir / "gnn.onnx")))
-    message = _refused(bundle_dir)
+    return _refused(bundle_dir)
+
+
+def test_onnx_file_with_other_inputs_is_caught_without_running_it(bundle_dir):
+    message = _refused_with_file_in_place_of_the_gnn(bundle_dir, "embedding.onnx")
     assert "networks.gnn.inputs: gnn.onnx has inputs ['features'], pipeline.json declares ['features', 'edge_index']" in message
     assert "networks.gnn.outputs: gnn.onnx has outputs ['embedding'], pipeline.json declares ['scores']" in message
 
@@ -442,9 +447,7 @@ def test_a_stage_direction_other_than_the_training_one_is_refused(bundle_dir):
 
 def test_another_networks_file_in_place_of_one_is_refused(bundle_dir):
     # The filter's file copied over the GNN's, the hash updated: interface and hash agree, the network does not.
-    shutil.copyfile(bundle_dir / "filter.onnx", bundle_dir / "gnn.onnx")
-    _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(sha256=file_sha256(bundle_dir / "gnn.onnx")))
-    message = _refused(bundle_dir)
+    message = _refused_with_file_in_place_of_the_gnn(bundle_dir, "filter.onnx")
     assert "networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ; " in message
     assert "and 10 more; and the file holds a VanillaFilter): either another network's file was put" in message
 

@@ -434,7 +434,7 @@ def test_two_networks_naming_one_file_are_refused(bundle_dir):
 
     _edit(bundle_dir, point_gnn_at_the_filter)
     message = _refused(bundle_dir)
-    assert "networks.gnn.file: ./filter.onnx is also networks.filter's file; each network has its own" in message
+    assert "networks.gnn.file and networks.filter: both name ./filter.onnx; each network has its own" in message
 
 
 def test_a_stage_direction_other_than_the_training_one_is_refused(bundle_dir):

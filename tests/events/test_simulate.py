@@ -357,7 +357,7 @@ def test_random_particles_follow_the_options():
         (lambda t: t["particle_id"].__setitem__(2, t["particle_id"][0]), "column 'particle_id', row 3: particle table: particle id 7 appears more than once"),
         (lambda t: t["particle_id"].__setitem__(0, 0), "column 'particle_id', row 1: particle table: particle id 0 is reserved"),
         (lambda t: t.__setitem__("q", np.array([1.0, 0.5, 1.0])), "column 'q', row 2: particle table: value must be an integer"),
-        (lambda t: t["pz"].__setitem__(1, 2e6), "row 2: particle table: a momentum of 2e\\+06 GeV is beyond what the "
+        (lambda t: t["pz"].__setitem__(1, 2e6), "column 'pz', row 2: particle table: a momentum of 2e\\+06 GeV is beyond what the "
          "simulation's helix arithmetic resolves \\(below 1e\\+06 GeV\\)"),
     ],
 )

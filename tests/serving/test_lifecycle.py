@@ -132,6 +132,12 @@ def test_a_repository_path_with_whitespace_is_refused_before_starting(custom_rep
     with pytest.raises(InputError, match="holds whitespace, which Triton's Python backend cannot start models from"):
         server.start()
     assert server.process is None
+    shell = tmp_path / "repo$(x)"
+    shutil.copytree(custom_repository.path, shell)
+    server = TritonServer(shell, ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None))
+    with pytest.raises(InputError, match=r"holds \$ \( \), which Triton's Python backend cannot start models from"):
+        server.start()
+    assert server.process is None
 
 
 def test_an_address_this_machine_lacks_is_not_called_a_taken_port():

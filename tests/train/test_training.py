@@ -616,6 +616,30 @@ def test_the_python_api_takes_events_as_read_and_names_a_spec_given_as_text(tmp_
 
     write_event(events[0], tmp_path / "one")
     assert len(read_training_events(str(tmp_path / "one"), TRACKML_1000)) == 1  # one path, not its characters
+    with pytest.raises(InputError, match="read_training_events takes paths of TrackML events, got Event"):
+        read_training_events([events[0]], TRACKML_1000)
+    with pytest.raises(InputError, match="read_training_events takes paths .*, got NoneType"):
+        read_training_events(None, TRACKML_1000)
+    with pytest.raises(InputError, match=r"train_pipeline takes a list of training events, got one event: give \[event\]"):
+        train_pipeline(events[0], events[2], TrainingConfig.quick(threads=1), tmp_path / "c", spec=TRACKML_1000)
+    with pytest.raises(InputError, match="config must be a TrainingConfig"):
+        train_pipeline(events[:2], events[2], {"seed": 1}, tmp_path / "c", spec=TRACKML_1000)
+
+
+def test_events_built_in_another_row_order_are_trained_in_hit_id_order():
+    from trackserve.events.event import Event
+    from trackserve.events.trackml import read_event
+    from trackserve.paths import SAMPLE_EVENT
+    from trackserve.train.data import prepare_event
+
+    event = read_event(SAMPLE_EVENT)
+    shuffle = np.random.default_rng(0).permutation(event.num_hits)
+    shuffled = Event(event.event_id, {k: v[shuffle] for k, v in event.hits.items()},
+                     {k: v[shuffle] for k, v in event.truth.items()}, event.particles)
+    ordered, reordered = prepare_event(event, TRACKML_1000), prepare_event(shuffled, TRACKML_1000)
+    np.testing.assert_array_equal(ordered.features, reordered.features)
+    np.testing.assert_array_equal(ordered.truth_edges, reordered.truth_edges)
+    np.testing.assert_array_equal(ordered.particle_ids, reordered.particle_ids)
 
 
 def test_numpy_booleans_are_settings_and_a_string_is_no_tuple_of_features():

@@ -229,8 +229,9 @@ def _shared_file_problems(networks: dict[str, NetworkEntry]) -> list[str]:
         for key, file in files:
             normal = os.path.normpath(file)
             if normal in owners:
-                problems.append(f"networks.{name}.{key}: {file} is also networks.{owners[normal]}'s file; each "
-                                "network has its own: restore the entry's file name (and its sha256) as written")
+                problems.append(f"networks.{name}.{key} and networks.{owners[normal]}: both name {file}; each "
+                                "network has its own: restore the file name (and its sha256) of the entry that was "
+                                "edited")
             else:
                 owners[normal] = f"{name}.{key}".removesuffix(".file")
     return problems

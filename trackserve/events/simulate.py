@@ -243,8 +243,9 @@ def _checked_particles(particles: Table) -> Table:
         momentum = np.sqrt(table["px"] ** 2 + table["py"] ** 2 + table["pz"] ** 2)
     if np.any(momentum >= MAX_MOMENTUM_GEV):
         row = int(np.flatnonzero(momentum >= MAX_MOMENTUM_GEV)[0]) + 1
+        largest = max(("px", "py", "pz"), key=lambda name: abs(float(table[name][row - 1])))
         raise EventFormatError(f"{where}: a momentum of {momentum[row - 1]:.3g} GeV is beyond what the simulation's "
-                               f"helix arithmetic resolves (below {MAX_MOMENTUM_GEV:g} GeV)", column="px", row=row)
+                               f"helix arithmetic resolves (below {MAX_MOMENTUM_GEV:g} GeV)", column=largest, row=row)
     ids = table["particle_id"]
     if np.any(ids == 0):
         row = int(np.flatnonzero(ids == 0)[0]) + 1

@@ -22,6 +22,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -444,11 +445,11 @@ class Pipeline:
         while True:
             try:
                 return future.result(timeout=WORKER_CHECK_SECONDS)
-            except TimeoutError:
+            except FutureTimeoutError:  # (the built-in TimeoutError only from Python 3.11)
                 if processes.a_worker_died():
                     try:  # the pool's own notice of the death, if it comes
                         return future.result(timeout=WORKER_CHECK_SECONDS)
-                    except TimeoutError:
+                    except FutureTimeoutError:
                         self.close(wait=False)  # ends the reader stuck on half a message
                         raise BrokenProcessPool("a worker process died while handing back a result") from None
 

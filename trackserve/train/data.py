@@ -181,6 +181,13 @@ def read_training_events(paths: Iterable[str | Path], spec: FeatureSpec) -> list
 
     if isinstance(paths, (str, Path)):  # one path, not the characters of one
         paths = [paths]
+    if not isinstance(paths, Iterable) or isinstance(paths, Event):
+        raise InputError(f"read_training_events takes paths (a path, or a list of them), got {type(paths).__name__}")
+    paths = list(paths)
+    strays = sorted({type(path).__name__ for path in paths if not isinstance(path, (str, Path))})
+    if strays:
+        raise InputError(f"read_training_events takes paths of TrackML events, got {', '.join(strays)} (events "
+                         "already read go to train_pipeline, or to prepare_event, as they are)")
     events, seen, contents = [], {}, {}
     for path in paths:
         for prefix in find_event_prefixes(path):

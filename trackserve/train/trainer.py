@@ -176,6 +176,8 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
                          "trackserve.events.features.feature_spec(text) makes one from a preset name or scales")
     if not isinstance(config, TrainingConfig):
         raise InputError(f"config must be a TrainingConfig (trackserve.train.config), got {type(config).__name__}")
+    if isinstance(events, (Event, TrainingEvent)):
+        raise InputError("train_pipeline takes a list of training events, got one event: give [event]")
     # Events as read (trackserve.events.Event) are prepared here; TrainingEvents are taken as they are.
     events = [prepare_event(event, spec) if isinstance(event, Event) else event for event in events]
     if isinstance(validation, Event):

@@ -122,9 +122,10 @@ def main(argv=None) -> int:
         rows.append(compare(name, one, flights, events, rounds))
     flights["processes"].close()
     watch.finish()
-    reduced = reduced_run_note([f"{lrt_count} benchmark events in {lrt_rounds} round instead of {LRT_FULL[0]} in "
-                                f"{LRT_FULL[1]}", f"{QUICK_SIZES[0][2]} simulated events of {QUICK_SIZES[0][1]:,} hits "
-                                f"in {QUICK_SIZES[0][3]} round instead of 8 of 10k and 2 of 100k hits"]
+    reduced = reduced_run_note(([] if skipped else [f"{lrt_count} benchmark events in {lrt_rounds} round instead of "
+                                                    f"{LRT_FULL[0]} in {LRT_FULL[1]}"])
+                               + [f"{QUICK_SIZES[0][2]} simulated events of {QUICK_SIZES[0][1]:,} hits "
+                                  f"in {QUICK_SIZES[0][3]} round instead of 8 of 10k and 2 of 100k hits"]
                                if args.quick else [], "--quick")
     lines = [f"Machine: {machine_description()}.", "",
              f"Bundle: {bundle_description(bundle, args.bundle)}. One at a time: `RuntimeConfig(event_workers=1)`, "

@@ -544,8 +544,8 @@ def main(argv=None) -> int:
                      f"(`Pipeline.run`, `trackserve run --event-workers 1`) {verdict(ratio)} "
                      f"({ratio:.2f}x). The baseline runs one event at a time with every pool at the full thread count, "
                      "as the published service's scripts do."
-                     + (" Provisional: the load average says the machine was busy during the run (see above); rerun "
-                        "on a quiet machine for a verdict." if watch.busy else ""))
+                     + (" Provisional: the machine was busy at the start or during the run (the load note above); "
+                        "rerun on a quiet machine for a verdict." if watch.busy else ""))
     rescaled = bundle.provenance.get("rescaled", {}).get("from_features", {}).get("names")
     header = [f"Machine: {machine_description()}.", "",
               "Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()) + f"; {args.threads} cores for both.",

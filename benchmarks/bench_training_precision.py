@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import statistics
 import sys
 import time
@@ -196,7 +197,8 @@ def main() -> int:
         for way in WAYS:
             value = statistics.median(times[(name, way)])
             lines.append(f"| {name} | {way} | {value:.1f} | {base / value:.2f}x |")
-    lines += ["", "Rerun: `python benchmarks/bench_training_precision.py`."]
+    lines += ["", "Rerun: `python benchmarks/bench_training_precision.py"
+              + "".join(f" {shlex.quote(arg)}" for arg in sys.argv[1:] if arg != "--no-write") + "`."]
     publish("training_precision", "bench_training_precision.py", lines, not args.no_write)
     return 0
 

@@ -99,6 +99,13 @@ def main() -> int:
     parser.add_argument("--seed", type=non_negative_int, default=3, help="seed of the weights and the calibration "
                         "event (default 3)")
     args = parser.parse_args()
+    from trackserve.bundle_output import check_bundle_output
+    from trackserve.errors import TrackserveError
+
+    try:  # before any work: a folder of other files, the current directory, one that cannot be written
+        check_bundle_output(args.output, overwrite=True, option="the output")
+    except TrackserveError as error:
+        parser.error(str(error))
     bundle = write_published_size_bundle(args.output, args.seed)
     stages = bundle.stages
     print(f"wrote {args.output} (radius {stages.radius}, cap {stages.max_neighbours}, filter cut "

@@ -97,6 +97,7 @@ def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path
     record = json.loads((tmp_path / "new" / "pipeline.json").read_text())["provenance"]["rescaled"]
     assert max(record["max_output_difference_on_check_event"].values()) < 1e-3
     assert set(record["allowed_difference_on_check_event"]) == {"embedding", "filter", "gnn"}
+    assert record["from"] == str((tmp_path / "old").resolve()) and record["date"].endswith("+00:00")
     config = RuntimeConfig(intra_op_threads=1, graph_threads=1)
     old_run = Pipeline(tmp_path / "old", config=config)
     new_run = Pipeline(bundle, config=config)
@@ -109,6 +110,8 @@ def test_rescaled_bundle_runs_on_service_features_and_records_the_check(tmp_path
                  "r:1000,phi:pi,z:1000"]) == 0
     back = Pipeline(tmp_path / "again", config=config)
     np.testing.assert_allclose(back.embed(hit_features(hits, TRACKML_1000)), old_embedding, atol=1e-4)
+    again = json.loads((tmp_path / "again" / "pipeline.json").read_text())["provenance"]["rescaled"]
+    assert again["from"] == str((tmp_path / "new").resolve()) and again["previous"] == record  # the first kept
 
 
 def test_rescaling_keeps_the_gap_cut_and_joining_unless_the_method_changes(tmp_path):

@@ -96,6 +96,15 @@ def test_a_level_with_no_answer_has_no_latency_and_zero_throughput(tmp_path):
             "missing latencies are no measurement") in format_table([result])
 
 
+def test_a_level_where_every_request_failed_blames_the_failures_not_the_window():
+    settings = PerfSettings(url="unused:1")
+    records = [RequestRecord(0.1 * i, 0.1 * i + 0.3, "Deadline Exceeded") for i in range(10)]
+    result = summarize(records, concurrency=1, settings=settings, window_start=0.0, window_end=3.0)
+    table = format_table([result])
+    assert "NO request answered: all 10 failed (below), so its 0 infer/s is no measurement" in table
+    assert "give a longer --window-seconds" not in table
+
+
 def test_a_window_with_enough_requests_is_not_flagged():
     settings = PerfSettings(url="unused:1")
     records = [RequestRecord(0.1 * i, 0.1 * i + 0.05, None) for i in range(40)]

@@ -111,10 +111,13 @@ def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path,
     data["stages"]["gnn_cut"] = 0.9999999  # (a cut of 1 is refused) no edge of the tiny networks passes: every hit its own track
     (other / "pipeline.json").write_text(json.dumps(data))
     code = main(["client", str(SAMPLE_EVENT), "--bundle", str(other), "--url", triton_server.http_url,
-                 "--protocol", "http", "--model", "exatrkx_ensemble", "--check", "--no-labels"])
+                 "--protocol", "http", "--model", "exatrkx_ensemble", "--check", "--output", str(tmp_path / "labels")])
     captured = capsys.readouterr()
     assert code == 1
-    assert "MISMATCH" in captured.err and "labels differ from the local runtime" in captured.err
+    assert "MISMATCH" in captured.err and "hits are in tracks other than the local runtime's" in captured.err
+    # what the server answered is written all the same, and said so
+    assert f"0 of 1 event(s) answered and identical" in captured.out
+    assert f"labels of 1 event(s) in {(tmp_path / 'labels').resolve()}" in captured.out
     # and says why: the server serves another bundle (the model config's pipeline_sha256)
     assert "serves another bundle than --bundle" in captured.err and "--check compares its labels with another" in \
         captured.err
@@ -241,3 +244,15 @@ def test_default_bundle_is_served_identically(tmp_path):
                 np.testing.assert_array_equal(client.infer(features), pipeline.run(features).labels)
     finally:
         server.stop()
+
+
+def test_a_mismatch_counts_the_hits_in_other_tracks_not_renumbered_labels():
+    from trackserve.commands.client import hits_in_other_tracks
+
+    expected = np.array([0, 0, 1, 1, 2, 2, 3])
+    assert hits_in_other_tracks(expected, expected) == 0
+    assert hits_in_other_tracks(np.array([4, 4, 0, 0, 7, 7, 1]), expected) == 0  # the same tracks, numbered otherwise
+    # track 1 split in two: every label after it shifts, but only its 2 hits are in other tracks
+    assert hits_in_other_tracks(np.array([0, 0, 1, 2, 3, 3, 4]), expected) == 2
+    assert hits_in_other_tracks(np.array([0, 0, 0, 0, 2, 2, 3]), expected) == 4  # tracks 0 and 1 merged
+    assert hits_in_other_tracks(np.array([], dtype=np.int64), np.array([], dtype=np.int64)) == 0

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline = Pipeline(bundle)
 
     failures = 0
+    written = 0  # events whose labels were written (a mismatch's too: they are what the server answered)
     # The bundle is checked against the served model when it computes or checks features, or
     # was given: feature CSVs sent as they are, with no --bundle, need only the served width.
     uses_bundle = args.check or args.bundle is not None or any(kind == "trackml" for kind, _ in inputs)
@@ -144,8 +145,11 @@ def run(args: argparse.Namespace) -> int:
                     line += ", identical to the local runtime"
                 else:
                     failures += 1
-                    differ = int(np.count_nonzero(labels != expected)) if labels.shape == expected.shape else labels.size
-                    line += f", MISMATCH: {differ} of {expected.size} labels differ from the local runtime"
+                    if labels.shape == expected.shape:
+                        line += (f", MISMATCH: {hits_in_other_tracks(labels, expected)} of {expected.size} hits are in "
+                                 "tracks other than the local runtime's")
+                    else:
+                        line += f", MISMATCH: {labels.size} labels for the local runtime's {expected.size} hits"
             if labels_paths is not None:
                 try:
                     write_submission(labels_paths[number], item.event_id, item.hit_ids, labels)
@@ -154,9 +158,28 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{item.name}: FAILED: answered, but {error}", file=sys.stderr)
                     remove_stale_labels("client", labels_paths[number])
                     continue
+                written += 1
             print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
     answered = len(inputs) - failures
     print(f"{answered} of {len(inputs)} event(s) answered{' and identical' if args.check else ''} by "
-          f"'{args.model}' at {url} ({args.protocol})" + (f"; labels in {output.resolve()}" if output and answered
-                                                           else ""))
+          f"'{args.model}' at {url} ({args.protocol})"
+          + (f"; labels of {written} event(s) in {output.resolve()}" if output and written else ""))
     return 0 if failures == 0 else 1
+
+
+def hits_in_other_tracks(labels, expected) -> int:
+    """How many hits lie in a track of ``labels`` that is not exactly a track of ``expected``
+    (the same hits, whatever the track numbers: a split or merged track counts its hits, the
+    numbering shifted after it does not)."""
+    import numpy as np
+
+    labels, expected = np.asarray(labels), np.asarray(expected)
+    if labels.size == 0:
+        return 0
+    pairs, pair_index, pair_counts = np.unique(np.stack([labels, expected]), axis=1, return_inverse=True,
+                                               return_counts=True)
+    _, label_index, label_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    _, expected_index, expected_counts = np.unique(expected, return_inverse=True, return_counts=True)
+    pair_size = pair_counts[pair_index.reshape(-1)]
+    same = (pair_size == label_counts[label_index.reshape(-1)]) & (pair_size == expected_counts[expected_index.reshape(-1)])
+    return int(np.count_nonzero(~same))

@@ -14,10 +14,12 @@ rounding; :func:`rescale_bundle` checks it on the sample event before writing.
 
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
 
 import numpy as np
 
+from ..bundle.saving import package_versions
 from ..errors import InputError
 
 #: Largest output difference allowed between a rescaled network and its original on the
@@ -170,10 +172,15 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
         # A gap cut and piece joining belong to the best-edge method they were chosen for.
         stages = dataclasses.replace(stages, track_building=track_building, gap_cut=None, join_pieces=None)
     provenance = dict(bundle.provenance)
-    provenance["rescaled"] = {
-        "from": str(Path(source)), "from_features": {"names": list(old_spec.names), "scales": list(old_spec.scales)},
+    record = {
+        "from": str(Path(source).resolve()), "from_features": {"names": list(old_spec.names), "scales": list(old_spec.scales)},
         "max_output_difference_on_check_event": differences,
         "allowed_difference_on_check_event": allowances, "track_building": stages.track_building,
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "packages": package_versions(),
     }
+    if "rescaled" in provenance:  # a bundle rescaled before: its record is kept, inside this one
+        record["previous"] = provenance["rescaled"]
+    provenance["rescaled"] = record
     make_bundle(output, new, features=new_spec, stages=stages, provenance=provenance)
     return differences

@@ -455,7 +455,10 @@ def format_table(results: Sequence[LevelResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     for r in results:
-        if r.requests == 0:
+        if r.requests == 0 and r.answered == 0 and r.failed:
+            lines.append(f"concurrency {r.concurrency}: NO request answered: all {r.failed} failed (below), so its "
+                         "0 infer/s is no measurement of throughput; a longer window would not help")
+        elif r.requests == 0:
             lines.append(f"concurrency {r.concurrency}: NO request answered within the {r.window_s:g} s window "
                          f"({r.answered} answered outside it): its 0 infer/s and missing latencies are no measurement; "
                          "give a longer --window-seconds")

@@ -116,7 +116,7 @@ def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path,
     assert code == 1
     assert "MISMATCH" in captured.err and "hits are in tracks other than the local runtime's" in captured.err
     # what the server answered is written all the same, and said so
-    assert f"0 of 1 event(s) answered and identical" in captured.out
+    assert "0 of 1 event(s) answered and identical" in captured.out
     assert f"labels of 1 event(s) in {(tmp_path / 'labels').resolve()}" in captured.out
     # and says why: the server serves another bundle (the model config's pipeline_sha256)
     assert "serves another bundle than --bundle" in captured.err and "--check compares its labels with another" in \

@@ -411,3 +411,13 @@ def test_processes_asked_for_with_one_event_at_a_time_get_a_note(capsys, feature
     assert main(["run", str(feature_csvs / "evt_1.csv"), "--event-executor", "processes", "--no-labels"]) == 0
     assert ("--event-executor processes runs the events in flight in worker processes; this run takes one event at a "
             "time (one event given), so every event runs in this process") in capsys.readouterr().err
+
+
+def test_the_text_report_names_the_events_that_failed(capsys, tmp_path, feature_csvs):
+    for number in range(3):
+        (tmp_path / f"evt_{number}.csv").write_text((feature_csvs / f"evt_{number}.csv").read_text())
+    (tmp_path / "evt_9.csv").write_text("1.0,abc,2.0\n")
+    assert main(["run", str(tmp_path), "--no-labels", "--event-workers", "1"]) == 2
+    out = capsys.readouterr().out
+    assert "1 event(s) failed, not in the tables: evt_9 (their errors on stderr)" in out
+    assert "3 event(s), " in out

@@ -178,6 +178,11 @@ def _print_tables(report: dict, stages, out) -> None:
     summary = report["summary"]
     print(file=out)
     settings = report["settings"]
+    failed = report["failed"]
+    if failed:  # (each one's error is on stderr, and in --json's failed list)
+        names = ", ".join(entry["event"] for entry in failed[:10]) + (f" and {len(failed) - 10} more"
+                                                                    if len(failed) > 10 else "")
+        print(f"{len(failed)} event(s) failed, not in the tables: {names} (their errors on stderr)", file=out)
     if not summary["num_events"]:
         print(f"no event ran to the end: nothing to time (wall time {summary['wall_seconds']:.3f} s)", file=out)
         return

@@ -82,7 +82,7 @@ def onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
     except Exception as error:  # onnxruntime raises its own exception types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return [f"networks.{name}: {entry.file} cannot be loaded by ONNX Runtime: {first_line}"]
-    problems = _recorded_network_problems(name, entry, session.get_modelmeta().custom_metadata_map)
+    problems = recorded_network_problems(name, entry, session.get_modelmeta().custom_metadata_map)
     for role, declared, actual in (
         ("inputs", entry.inputs, session.get_inputs()),
         ("outputs", entry.outputs, session.get_outputs()),
@@ -101,7 +101,7 @@ def onnx_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
     return problems
 
 
-def _file_metadata(path: Path) -> dict[str, str]:
+def onnx_metadata(path: Path) -> dict[str, str]:
     """The metadata properties of the ONNX file at ``path`` (empty when it is missing or
     unreadable: a damaged file is what re-exporting repairs). Needs onnx."""
     import onnx
@@ -113,24 +113,17 @@ def _file_metadata(path: Path) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
-def recorded_network(path: Path) -> tuple[str | None, dict] | None:
-    """``(architecture, config)`` the ONNX file at ``path`` records it holds, or None (no
-    readable record). Needs onnx."""
+def recorded_network(metadata: Mapping[str, str]) -> tuple[str | None, dict] | None:
+    """``(architecture, config)`` an ONNX file's ``metadata`` (:func:`onnx_metadata`) records
+    it holds, or None (no readable record)."""
     try:
-        held = json.loads(_file_metadata(path)[NETWORK_METADATA_KEY])
+        held = json.loads(metadata[NETWORK_METADATA_KEY])
         return held["architecture"], dict(held["config"])
     except (KeyError, ValueError, TypeError):
         return None
 
 
-def recorded_network_problems(name: str, entry: NetworkEntry, path: Path) -> list[str]:
-    """The network the ONNX file at ``path`` records against ``entry`` (see
-    :func:`_recorded_network_problems`); nothing when the file is missing, unreadable or
-    carries no record. Needs onnx."""
-    return _recorded_network_problems(name, entry, _file_metadata(path))
-
-
-def _recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping[str, str]) -> list[str]:
+def recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping[str, str]) -> list[str]:
     """The network the ONNX file records it holds (:data:`NETWORK_METADATA_KEY`, written by
     trackserve's export) against the entry's architecture and config: another network's file
     in its place, or a hand-edited config, would otherwise pass every other check."""

@@ -105,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
     if args.network is None:
         from ..export.bundle_networks import load_torch_network
 
-        from ..bundle.checks import recorded_network, recorded_network_problems
+        from ..bundle.checks import onnx_metadata, recorded_network, recorded_network_problems
         from ..export.bundle_networks import weights_fit
 
         described = load_bundle(args.bundle, check_files=False)  # its ONNX file may be the one to repair
-        path = described.network_path(args.name)
-        differs = recorded_network_problems(args.name, described.networks[args.name], path)
-        record = recorded_network(path) if differs else None
+        metadata = onnx_metadata(described.network_path(args.name))
+        differs = recorded_network_problems(args.name, described.networks[args.name], metadata)
+        record = recorded_network(metadata) if differs else None
         # The file records another network than the entry. If the bundle's weights fit the
         # file's network as well, the entry may have been edited by hand, and exporting would
         # build the weights into the edited config: refuse. If they do not, the file is

@@ -67,6 +67,15 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+def hit_id_row_order(hit_ids) -> np.ndarray | None:
+    """The (stable) row order that puts ``hit_ids`` in increasing order, or None when they
+    already are (repeated ids next to each other count as in order)."""
+    ids = np.asarray(hit_ids)
+    if ids.size < 2 or bool(np.all(ids[1:] >= ids[:-1])):
+        return None
+    return np.argsort(ids, kind="stable")
+
+
 def table_length(table: Table) -> int:
     """Number of rows of a table (0 for a table with no columns)."""
     for column in table.values():
@@ -117,10 +126,7 @@ class Event:
     def hit_id_order(self) -> np.ndarray | None:
         """The row order that puts the hits in increasing ``hit_id`` order, or None when they
         already are (as :func:`~trackserve.events.trackml.read_event` reads them)."""
-        ids = np.asarray(self.hits["hit_id"])
-        if ids.size < 2 or bool(np.all(ids[1:] >= ids[:-1])):  # (repeated ids stay as they are)
-            return None
-        return np.argsort(ids, kind="stable")
+        return hit_id_row_order(self.hits["hit_id"])
 
     def in_hit_id_order(self) -> "Event":
         """This event with its hits (and the truth rows that follow them) in increasing

@@ -47,6 +47,7 @@ from .event import (
     Event,
     Table,
     empty_table,
+    hit_id_row_order,
 )
 
 #: The optional parts of an event, read by :func:`read_event` when present.
@@ -593,11 +594,8 @@ def in_hit_id_order(hits: Table) -> Table:
     ``i<j`` for the shipped one), which its filter and GNN learned on hits in that order: the
     same hits in another row order give other edges and worse tracks. So an event's hits are
     taken in hit id order whatever the order of the file's rows."""
-    ids = hits["hit_id"]
-    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
-        return hits
-    order = np.argsort(ids, kind="stable")
-    return {name: column[order] for name, column in hits.items()}
+    order = hit_id_row_order(hits["hit_id"])
+    return hits if order is None else {name: column[order] for name, column in hits.items()}
 
 
 def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:

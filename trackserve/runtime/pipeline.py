@@ -280,7 +280,8 @@ class Pipeline:
         order = event.hit_id_order()
         if order is None:
             return self.run(hit_features(event.hits, self.feature_spec))
-        result = self.run(hit_features(event.in_hit_id_order().hits, self.feature_spec))
+        result = self.run(hit_features({name: np.asarray(column)[order] for name, column in event.hits.items()},
+                                       self.feature_spec))
         labels = np.empty_like(result.labels)
         labels[order] = result.labels
         return replace(result, labels=labels)

@@ -77,6 +77,11 @@ def register(subparsers) -> None:
                         help=f"refuse events whose estimated working memory exceeds this many GiB (2**30 bytes; default "
                              f"{DEFAULT_MEMORY_LIMIT_BYTES / 2**30:g}); "
                              "with several events in flight each has its share")
+    parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
+                        help="run each event's networks and graph once per position along the beam (mm; write it "
+                        "with '=': --vertex-shifts=-100,-50,0,50,100) and merge the edges by where each points on "
+                        "the beam line: finds more of the particles produced far from the centre, at about one "
+                        "event's time per shift (default: one pass at the centre; README, 'Vertex shifts')")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
                         help="metrics: reconstructable particles have at least this pT (GeV; default %(default)g; "
                         "0 counts every particle)")
@@ -92,6 +97,7 @@ def _config(args, num_events: int):
     were given."""
     from ..errors import InputError
     from ..runtime.config import RuntimeConfig, automatic_event_workers, available_cores, memory_limit_from_gib
+    from ..runtime.vertex_shifts import parse_vertex_shifts
 
     settings = {}
     cores = available_cores()
@@ -123,12 +129,22 @@ def _config(args, num_events: int):
         settings["edge_chunk_size"] = args.edge_chunk_size
     if args.memory_limit_gb is not None:
         settings["memory_limit_bytes"] = memory_limit_from_gib(args.memory_limit_gb)
+    if args.vertex_shifts is not None:
+        settings["vertex_shifts"] = parse_vertex_shifts(args.vertex_shifts)
     config = RuntimeConfig(**settings)
     if args.event_executor == "processes" and config.event_workers == 1:
         print("trackserve run: note: --event-executor processes runs the events in flight in worker processes; "
               "this run takes one event at a time" + (" (one event given)" if num_events == 1 else "")
               + ", so every event runs in this process", file=sys.stderr)
     return config, chosen
+
+
+def _shifts_text(settings: dict) -> str:
+    """The text report's note of the vertex shifts, empty for one pass at the centre."""
+    shifts = settings["vertex_shifts"]
+    if shifts == [0.0]:
+        return ""
+    return f"; {len(shifts)} passes at vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm"
 
 
 def _event_record(item, result, args) -> dict:
@@ -188,7 +204,7 @@ def _print_tables(report: dict, stages, out) -> None:
         return
     print(f"{summary['num_events']} event(s), {summary['num_hits']} hits in {summary['seconds']:.3f} s of pipeline time: "
           f"{figure_text(summary['events_per_second'], '.2f')} events/s  (threads: {settings['intra_op_threads']} "
-          f"network, {settings['graph_threads']} graph building)", file=out)
+          f"network, {settings['graph_threads']} graph building{_shifts_text(settings)})", file=out)
     where = f" in {settings['event_executor']}" if settings.get("event_executor") else ""
     print(f"wall time {summary['wall_seconds']:.3f} s with reading, writing and metrics, {settings['event_workers']} "
           f"event(s) at once{where}: {figure_text(summary['events_per_second_wall'], '.2f')} events/s", file=out)
@@ -294,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
             "event_workers_chosen": workers_chosen,
             "event_executor": pipeline.config.event_executor if pipeline.config.event_workers > 1 else None,
             "edge_chunk_size": pipeline.config.edge_chunk_size,
+            "vertex_shifts": list(pipeline.config.vertex_shifts or (0.0,)),
             "min_pt": args.min_pt,
             "min_hits": args.min_hits,
             "min_track_hits": args.min_hits,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .vertex_shifts import validate_vertex_shifts
 
 #: The devices this runtime supports (the GPU issue adds "cuda").
 DEVICES = ("cpu",)
@@ -101,6 +102,11 @@ class RuntimeConfig:
     need it (graph building's own pairs cannot be counted before it finds them: its graph
     is checked once built); with several event workers each event in flight gets an equal share
     (:attr:`memory_limit_per_event`).
+    ``vertex_shifts``: positions along the beam (mm) to run each event's network stages
+    and graph at, merged edge by edge before the tracks are built
+    (:mod:`~trackserve.runtime.vertex_shifts`; needs features ``r`` and ``z``); None
+    (default) or ``(0,)``: one pass at the centre. Each shift costs about a whole event's
+    time, and finds more of the particles produced far from the centre.
     """
 
     intra_op_threads: int | None = None
@@ -109,8 +115,10 @@ class RuntimeConfig:
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES
     event_workers: int = 1
     event_executor: str = "threads"
+    vertex_shifts: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "vertex_shifts", validate_vertex_shifts(self.vertex_shifts))
         for name in ("intra_op_threads", "graph_threads", "edge_chunk_size", "memory_limit_bytes", "event_workers"):
             value = getattr(self, name)  # numpy integers (np.int64(2)) are integers too
             if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):

@@ -17,6 +17,9 @@ _FLOAT = 4
 _INDEX = 8
 # Live activation arrays of the widest layer at any time (input, output, workspace).
 _LIVE_ACTIVATIONS = 3
+# Bytes per edge row of the passes while vertex shifts merge them (the rows, their pass,
+# intercept, rank, sort key and order, and the passes' own edges and logits still held).
+_MERGE_ROW = 160
 # Hidden width assumed for a network whose config names none.
 _DEFAULT_WIDTH = 128
 
@@ -92,3 +95,10 @@ class MemoryModel:
         needed = num_hits * (self.bytes_per_hit + self.bytes_per_gnn_hit) + num_edges * self.bytes_per_gnn_edge
         if needed > limit:
             self._refuse(f"the GNN on {num_hits:,} hits and {num_edges:,} filtered edges", needed, limit)
+
+    def check_merged_edges(self, num_hits: int, num_rows: int, limit: int) -> None:
+        """Refuse merging ``num_rows`` filtered edges of the vertex-shift passes (all passes'
+        rows together) whose working memory exceeds ``limit`` bytes."""
+        needed = num_hits * self.bytes_per_hit + num_rows * _MERGE_ROW
+        if needed > limit:
+            self._refuse(f"merging the vertex-shift passes' {num_rows:,} filtered edges of {num_hits:,} hits", needed, limit)

@@ -43,6 +43,7 @@ from .memory import MemoryModel, memory_limit_error
 from .network_steps import NetworkSteps
 from .cuts import passes_cut
 from .track_building import build_tracks, bundle_track_options
+from .vertex_shifts import SHIFT_FEATURES, is_shifted, merge_by_intercept, shifted_features
 
 #: How often (seconds) waiting for an event in a worker process checks that the workers live.
 WORKER_CHECK_SECONDS = 1.0
@@ -103,6 +104,14 @@ class Pipeline:
         self.networks: dict[str, OnnxNetwork] = self._steps.networks
         self.stages = self.bundle.stages
         self.memory = MemoryModel.for_bundle(self.bundle)
+        self._vertex_shifts = self.config.vertex_shifts if is_shifted(self.config.vertex_shifts) else None
+        if self._vertex_shifts is not None:
+            missing = [name for name in SHIFT_FEATURES if name not in self.feature_spec.names]
+            if missing:
+                raise InputError(f"vertex_shifts move the hits along the beam and merge edges by their r-z intercept, "
+                                 f"which needs the features {', '.join(SHIFT_FEATURES)}; this bundle reads "
+                                 f"{', '.join(self.feature_spec.names)} (no {', '.join(missing)})")
+        self._z_column = self.feature_spec.names.index("z") if "z" in self.feature_spec.names else None
         # One-worker pipeline for events too large for a worker's share of the memory (run_many).
         self._alone: Pipeline | None = None
         # Worker processes of run_many with event_executor="processes", started on first use.
@@ -228,35 +237,73 @@ class Pipeline:
 
     # -- whole events ----------------------------------------------------------------
     def run(self, features: np.ndarray) -> PipelineResult:
-        """Run every stage on one event's features ``[N, F]`` float32 and return its labels and timings."""
+        """Run every stage on one event's features ``[N, F]`` float32 and return its labels and timings.
+
+        With ``config.vertex_shifts`` the stages up to the GNN run once per shift, each
+        stage's time summed over the passes, the passes' edges merged
+        (:func:`~trackserve.runtime.vertex_shifts.merge_by_intercept`, timed with the
+        tracks) and ``num_edges`` of the graph and the filter summed over them."""
         features = self._event_features_checked(features)
         num_hits = features.shape[0]
         self.memory.check_hits(num_hits, self.config.memory_limit_per_event)
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         start = time.perf_counter()
-
-        embedding = self._embedded(features)
-        timings["embed"] = time.perf_counter() - start
+        passes = [self._scored_pass(features, shift, timings) for shift in self._vertex_shifts or (0.0,)]
         mark = time.perf_counter()
-        edges = self._graph(embedding)
-        timings["graph"] = time.perf_counter() - mark
-        self.memory.check_edges(num_hits, edges.shape[1], self.config.memory_limit_per_event, self.config.edge_chunk_size)
-
-        mark = time.perf_counter()
-        filtered, _ = self._filtered(features, edges)
-        timings["filter"] = time.perf_counter() - mark
-        self.memory.check_gnn_edges(num_hits, filtered.shape[1], self.config.memory_limit_per_event)
-
-        mark = time.perf_counter()
-        gnn_logits = self._steps.gnn_logits(features, filtered)
-        timings["gnn"] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        if len(passes) == 1:
+            _, filtered, gnn_logits = passes[0]
+        else:
+            filtered, gnn_logits = self._merged_passes(features, passes)
         labels = self._tracks(num_hits, filtered, gnn_logits, features)
         timings["tracks"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
         passed = int(np.count_nonzero(passes_cut(gnn_logits, self.stages.gnn_cut)))
-        num_edges = {"graph": int(edges.shape[1]), "filter": int(filtered.shape[1]), "gnn": passed}
+        num_edges = {"graph": sum(graph for graph, _, _ in passes), "filter": sum(f.shape[1] for _, f, _ in passes),
+                     "gnn": passed}
         return PipelineResult(labels=labels, timings=timings, num_edges=num_edges)
+
+    def _scored_pass(self, features: np.ndarray, shift: float, timings: dict) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(graph edges, filtered edges, GNN logits)`` of checked features with the hits moved by
+        ``-shift`` mm along the beam (as they are for 0), each stage's seconds added to ``timings``."""
+        num_hits = features.shape[0]
+        limit = self.config.memory_limit_per_event
+        if shift:
+            features = shifted_features(features, self._z_column, self.feature_spec.scales[self._z_column], shift)
+        mark = time.perf_counter()
+        embedding = self._embedded(features)
+        timings["embed"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        edges = self._graph(embedding)
+        timings["graph"] += time.perf_counter() - mark
+        self.memory.check_edges(num_hits, edges.shape[1], limit, self.config.edge_chunk_size)
+        mark = time.perf_counter()
+        filtered, _ = self._filtered(features, edges)
+        timings["filter"] += time.perf_counter() - mark
+        self.memory.check_gnn_edges(num_hits, filtered.shape[1], limit)
+        mark = time.perf_counter()
+        gnn_logits = self._steps.gnn_logits(features, filtered)
+        timings["gnn"] += time.perf_counter() - mark
+        return int(edges.shape[1]), filtered, gnn_logits
+
+    def _merged_passes(self, features: np.ndarray, passes: list) -> tuple[np.ndarray, np.ndarray]:
+        """The vertex-shift passes' filtered edges and GNN logits merged edge by edge."""
+        rows = sum(filtered.shape[1] for _, filtered, _ in passes)
+        self.memory.check_merged_edges(features.shape[0], rows, self.config.memory_limit_per_event)
+        return self.merge_vertex_shifts(features, [filtered for _, filtered, _ in passes],
+                                        [logits for _, _, logits in passes])
+
+    def merge_vertex_shifts(self, features: np.ndarray, edges: list, logits: list) -> tuple[np.ndarray, np.ndarray]:
+        """``(edge_index, logits)`` of the passes at ``config.vertex_shifts`` (one filtered edge set
+        and its GNN logits per shift, in the shifts' order) merged edge by edge
+        (:func:`~trackserve.runtime.vertex_shifts.merge_by_intercept`) by the hits' own
+        positions in ``features``."""
+        if self._vertex_shifts is None:
+            raise InputError("this pipeline runs one pass at the centre: give RuntimeConfig(vertex_shifts=...) to merge "
+                             "passes")
+        r_column, z_column = (self.feature_spec.names.index(name) for name in SHIFT_FEATURES)
+        r = features[:, r_column].astype(np.float64) * self.feature_spec.scales[r_column]
+        z = features[:, z_column].astype(np.float64) * self.feature_spec.scales[z_column]
+        return merge_by_intercept(features.shape[0], self._vertex_shifts, edges, logits, r, z)
 
     def event_features(self, event: Event) -> np.ndarray:
         """The bundle's node features of a TrackML event's hits, one row per hit in the event's

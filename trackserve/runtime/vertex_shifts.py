@@ -1,0 +1,143 @@
+"""Vertex shifts: the network stages run once per position along the beam, merged edge by edge.
+
+The networks read each hit's position (and the filter and GNN each edge's pointing in r-z)
+as seen from the centre of the detector. Trained on events whose collisions spread along
+the beam (TrackML's spread, about 55 mm), they still find fewer of the particles produced
+far from the centre: in the barrel their hits point elsewhere than the central particles'
+that most of the training edges come from (``models/default/README.md``, "Quality").
+
+A pass with every hit's ``z`` moved by ``-shift`` shows the networks the particles
+produced near ``z = shift`` as central ones. :func:`merge_by_intercept` then gives each
+edge the logit of the pass whose shift lies nearest the edge's own intercept with the
+beam line (where the straight line through its two hits in the r-z plane meets r = 0,
+clipped to the shifts' range), among the passes whose filtered graph holds the edge;
+equally near passes go by their order in the shifts. Tracks are built once, on the
+merged edges, from the hits' own positions.
+
+Cost: every network stage and the graph run once per shift. Measured on full-size
+simulated events (``benchmarks/RESULTS.md``, section ``default_bundle_vertex_shifts``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+#: The most passes one event may be run in.
+MAX_VERTEX_SHIFTS = 16
+#: The largest shift (mm) taken: the barrel's half-length is about a metre, collisions lie within a few hundred mm.
+MAX_VERTEX_SHIFT_MM = 500.0
+#: The features a shifted run needs: ``z`` to shift, ``r`` and ``z`` for each edge's intercept.
+SHIFT_FEATURES = ("r", "z")
+
+
+def validate_vertex_shifts(shifts) -> tuple[float, ...] | None:
+    """The shifts (mm along the beam) as a sorted tuple of floats, or None for none given.
+
+    ``(0.0,)`` is one pass at the centre, the same as none. InputError naming the problem
+    for anything but 1 to :data:`MAX_VERTEX_SHIFTS` distinct finite numbers within
+    :data:`MAX_VERTEX_SHIFT_MM` of the centre."""
+    if shifts is None:
+        return None
+    if isinstance(shifts, (str, bytes)) or not isinstance(shifts, Sequence) and not isinstance(shifts, np.ndarray):
+        raise InputError(f"vertex_shifts must be a sequence of numbers (mm along the beam, e.g. (-100, -50, 0, 50, "
+                         f"100)) or None; got {shifts!r}")
+    values = list(shifts)
+    if not 1 <= len(values) <= MAX_VERTEX_SHIFTS:
+        raise InputError(f"vertex_shifts must hold 1 to {MAX_VERTEX_SHIFTS} shifts (one pass each); got {len(values)}")
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise InputError(f"vertex_shifts must be numbers (mm along the beam); got {value!r}")
+        if not math.isfinite(float(value)) or abs(float(value)) > MAX_VERTEX_SHIFT_MM:
+            raise InputError(f"vertex shift {value!r} mm is not a finite number within {MAX_VERTEX_SHIFT_MM:g} mm of the "
+                             "centre")
+    result = tuple(sorted(float(value) for value in values))
+    repeated = sorted({value for value in result if result.count(value) > 1})
+    if repeated:
+        raise InputError(f"vertex_shifts repeat {', '.join(f'{value:g}' for value in repeated)} mm: each shift runs "
+                         "the whole event once, give each once")
+    return result
+
+
+def parse_vertex_shifts(text: str) -> tuple[float, ...]:
+    """The shifts of a command-line value: comma-separated mm (``-100,-50,0,50,100``), or
+    ``0`` / ``none`` for one pass at the centre. InputError naming the problem otherwise."""
+    if text.strip().lower() in ("none", "0"):
+        return (0.0,)
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise InputError(f"--vertex-shifts takes comma-separated numbers of mm along the beam (write it "
+                             f"--vertex-shifts=-100,-50,0,50,100), or none; {part.strip()!r} is not a number") from None
+    return validate_vertex_shifts(values)
+
+
+def is_shifted(shifts: tuple[float, ...] | None) -> bool:
+    """Whether ``shifts`` (validated) asks for more than the one central pass."""
+    return shifts is not None and shifts != (0.0,)
+
+
+def shifted_features(features: np.ndarray, z_column: int, z_scale: float, shift: float) -> np.ndarray:
+    """A copy of ``features`` ``[N, F]`` with every hit moved by ``-shift`` mm along the beam
+    (column ``z_column`` holds ``z / z_scale``); the features themselves for shift 0."""
+    if shift == 0.0:
+        return features
+    moved = features.copy()
+    moved[:, z_column] -= np.float32(shift / z_scale)
+    return moved
+
+
+def edge_intercepts(edge_index: np.ndarray, r: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``[M]`` float64: where the straight line through each edge's two hits in the r-z plane
+    meets the beam line (``z`` at ``r = 0``, mm); NaN for an edge whose hits lie at one
+    radius (no such line)."""
+    r0, r1 = r[edge_index[0]], r[edge_index[1]]
+    z0, z1 = z[edge_index[0]], z[edge_index[1]]
+    dr = r1 - r0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intercept = z0 - r0 * (z1 - z0) / dr
+    intercept[dr == 0] = np.nan
+    return intercept
+
+
+def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[np.ndarray],
+                       logits: Sequence[np.ndarray], r: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(edge_index [2, M], logits [M])``: every edge of the passes once, ordered by its
+    two hits, with the logit of the pass (``shifts[k]``, ``edges[k]``, ``logits[k]``) whose
+    shift lies nearest the edge's intercept with the beam line (:func:`edge_intercepts`
+    from the hits' positions ``r`` and ``z`` in mm, clipped to the shifts' range) among
+    the passes that hold the edge; equally near passes by their order in ``shifts``, an
+    edge with no intercept (both hits at one radius) from its earliest pass."""
+    if not (len(shifts) == len(edges) == len(logits)) or not shifts:
+        raise InputError(f"merge_by_intercept needs one edge set and one logit array per shift; got {len(shifts)} "
+                         f"shifts, {len(edges)} edge sets, {len(logits)} logit arrays")
+    passes = len(shifts)
+    every = np.concatenate([np.asarray(e, dtype=np.int64).reshape(2, -1) for e in edges], axis=1)
+    scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s in logits])
+    if scores.shape[0] != every.shape[1]:
+        raise InputError(f"merge_by_intercept: {every.shape[1]} edges but {scores.shape[0]} logits")
+    which = np.repeat(np.arange(passes), [np.asarray(e).reshape(2, -1).shape[1] for e in edges])
+    centres = np.asarray(shifts, dtype=np.float64)
+    intercept = np.clip(edge_intercepts(every, r, z), centres.min(), centres.max())
+    # The rank of each row's pass among the passes by distance to its edge's intercept
+    # (ties by pass order); an edge with no intercept ranks its passes by their order.
+    own = np.abs(intercept - centres[which])
+    rank = np.zeros(which.shape[0], dtype=np.int64)
+    for k, centre in enumerate(centres):
+        distance = np.abs(intercept - centre)
+        rank += (distance < own) | ((distance == own) & (k < which))
+    rank = np.where(np.isnan(intercept), which, rank)
+    key = (every[0] * num_hits + every[1]) * passes + rank
+    order = np.argsort(key, kind="stable")
+    edge_key = key[order] // passes
+    first = np.ones(order.shape[0], dtype=bool)
+    first[1:] = edge_key[1:] != edge_key[:-1]
+    chosen = order[first]
+    return np.ascontiguousarray(every[:, chosen]), scores[chosen]

@@ -43,6 +43,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
                       publish, reduced_run_note)
 
+from trackserve.errors import InputError  # noqa: E402
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.metrics import evaluate_event, event_particle_pt, found_particles  # noqa: E402
 from trackserve.events.simulate import SimulationConfig, simulate_event  # noqa: E402
@@ -53,6 +54,7 @@ from trackserve.runtime.config import RuntimeConfig  # noqa: E402
 from trackserve.runtime.cuts import logit_threshold  # noqa: E402
 from trackserve.runtime.pipeline import Pipeline  # noqa: E402
 from trackserve.runtime.track_building import build_tracks, bundle_track_options  # noqa: E402
+from trackserve.runtime.vertex_shifts import is_shifted, parse_vertex_shifts, shifted_features  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "data" / "trackml"
@@ -219,20 +221,32 @@ def lost_particles(event, pids: np.ndarray, labels: np.ndarray, matching, stage_
 def evaluate(pipeline: Pipeline, event) -> dict:
     """Run the pipeline stage by stage on ``event``; edge figures per stage, track figures, stage times."""
     features = pipeline.event_features(event)
-    times = {}
+    times = dict.fromkeys(("embed", "graph", "filter", "gnn", "tracks"), 0.0)
+    shifts = pipeline.config.vertex_shifts if is_shifted(pipeline.config.vertex_shifts) else (0.0,)
+    z_column = pipeline.feature_spec.names.index("z") if len(shifts) > 1 else None
+    graphs, filtereds, logit_sets = [], [], []
+    for shift in shifts:  # one pass, or one per vertex shift (as Pipeline.run runs them)
+        moved = features if z_column is None else shifted_features(features, z_column,
+                                                                   pipeline.feature_spec.scales[z_column], shift)
+        mark = time.perf_counter()
+        embedding = pipeline.embed(moved)
+        times["embed"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        graphs.append(pipeline.build_graph(embedding))
+        times["graph"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        filtereds.append(pipeline.filter_edges(moved, graphs[-1])[0])
+        times["filter"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        logit_sets.append(pipeline.classify_edges("gnn", moved, filtereds[-1], chunked=False))
+        times["gnn"] += time.perf_counter() - mark
     mark = time.perf_counter()
-    embedding = pipeline.embed(features)
-    times["embed"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    graph = pipeline.build_graph(embedding)
-    times["graph"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    filtered, _ = pipeline.filter_edges(features, graph)
-    times["filter"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    logits = pipeline.classify_edges("gnn", features, filtered, chunked=False)
-    times["gnn"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    if len(shifts) == 1:
+        graph, filtered, logits = graphs[0], filtereds[0], logit_sets[0]
+    else:  # the passes merged edge by edge; the graph row counts each pass's edges once
+        filtered, logits = pipeline.merge_vertex_shifts(features, filtereds, logit_sets)
+        keys = np.unique(np.concatenate([g[0] * event.num_hits + g[1] for g in graphs]))
+        graph = np.stack([keys // event.num_hits, keys % event.num_hits])
     labels = pipeline.build_tracks(event.num_hits, filtered, logits, features)
     times["tracks"] = time.perf_counter() - mark
     kept = filtered[:, logits > logit_threshold(pipeline.stages.gnn_cut)]
@@ -243,7 +257,7 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     pt_of = dict(zip(event.particles["particle_id"].tolist(), pt.tolist()))
     high = np.array([pt_of.get(int(p), 0.0) >= MIN_PT for p in pids[truth[0]]], dtype=bool)
     stage_edges = {"graph": graph, "filter": filtered, "gnn": kept}
-    if pipeline.stages.prune_cut is not None:  # the edges the pruner leaves the GNN
+    if pipeline.stages.prune_cut is not None and len(shifts) == 1:  # the edges the pruner leaves the GNN
         stage_edges = {"graph": graph, "filter": filtered, "pruner": pipeline.pruned_edges(features, filtered),
                        "gnn": kept}
     stage_keys = {name: _edge_keys(edges, event.num_hits) for name, edges in stage_edges.items()}
@@ -310,11 +324,23 @@ def main(argv=None) -> int:
     parser.add_argument("--per-kind", type=positive_int, default=FULL_PER_KIND,
                         help=f"held-out simulated events of each kind (default {FULL_PER_KIND}; the first of each has "
                         "the seed of every earlier run)")
+    parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
+                        help="run each event once per vertex shift and merge the passes, as `trackserve run "
+                        "--vertex-shifts` does (write it with '=': --vertex-shifts=-100,-50,0,50,100); the section "
+                        "gets the suffix _vertex_shifts")
     args = parser.parse_args(argv)
     bundle = load_bundle_option(parser, "--bundle", args.bundle)
+    shifts = None
+    if args.vertex_shifts is not None:
+        try:
+            shifts = parse_vertex_shifts(args.vertex_shifts)
+        except InputError as error:
+            parser.error(str(error))
     watch = LoadWatch()  # before the benchmark's own work raises the load
 
-    pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads))
+    pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads,
+                                                     vertex_shifts=shifts))
+    shifted = is_shifted(shifts)
     every = []  # (kind, name, result) of every event
     for kind, name, event in held_out_events(args.small, args.per_kind) + real_events():
         result = evaluate(pipeline, event)
@@ -327,7 +353,7 @@ def main(argv=None) -> int:
     results = [(name, result) for kind, name, result in every if name == kind]
 
     stages = pipeline.stages
-    section = bundle_section(args.bundle, "default_bundle", "bundle_")
+    section = bundle_section(args.bundle, "default_bundle", "bundle_") + ("_vertex_shifts" if shifted else "")
     reduced = reduced_run_note((["1/10 of the particles in the simulated events (`--small`)"] if args.small else [])
                                + ([f"{args.per_kind} held-out simulated event(s) of each kind instead of {FULL_PER_KIND}"]
                                   if args.per_kind < FULL_PER_KIND else []))
@@ -336,13 +362,17 @@ def main(argv=None) -> int:
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + watch.note(),
         f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
         f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, "
-        + ("" if stages.prune_cut is None else f"pruner cut {stages.prune_cut:g} (the 'pruner' rows: the filtered edges "
+        + ("" if stages.prune_cut is None or shifted else f"pruner cut {stages.prune_cut:g} (the 'pruner' rows: the filtered edges "
            "it passes, the only ones the GNN scores), ")
         + f"GNN cut {stages.gnn_cut:g}, "
         f"track building {stages.track_building}"
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
            "passing the GNN cut; gaps are filled from the edges passing the gap cut)")
         + ("" if stages.join_pieces is None else f", piece joining: {stages.join_pieces.describe()}") + "."
+        + (f" Vertex shifts: each event run at {', '.join(f'{shift:g}' for shift in shifts)} mm along the beam and the "
+           "passes merged by each edge's intercept with the beam line (`trackserve run --vertex-shifts`); the 'graph' "
+           "rows count the passes' graphs' distinct edges, the 'filter' rows the merged edges, and stage times are "
+           "summed over the passes (the merge is timed with the tracks)." if shifted else "")
         + (f" {reduced}" if reduced else ""),
         "",
         f"Tracks: double-majority efficiency for particles with pT >= {MIN_PT:g} GeV and >= {MIN_HITS} hits; fake rate = "

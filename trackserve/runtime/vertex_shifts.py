@@ -127,13 +127,13 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
     centres = np.asarray(shifts, dtype=np.float64)
     intercept = np.clip(edge_intercepts(every, r, z), centres.min(), centres.max())
     # The rank of each row's pass among the passes by distance to its edge's intercept
-    # (ties by pass order); an edge with no intercept ranks its passes by their order.
+    # (ties by pass order). An edge with no intercept compares NaNs: every row ranks 0 and
+    # the stable sort below keeps its earliest pass.
     own = np.abs(intercept - centres[which])
     rank = np.zeros(which.shape[0], dtype=np.int64)
     for k, centre in enumerate(centres):
         distance = np.abs(intercept - centre)
         rank += (distance < own) | ((distance == own) & (k < which))
-    rank = np.where(np.isnan(intercept), which, rank)
     key = (every[0] * num_hits + every[1]) * passes + rank
     order = np.argsort(key, kind="stable")
     edge_key = key[order] // passes

@@ -1,0 +1,262 @@
+"""Vertex shifts: the passes along the beam, their merge against a brute-force reference, the pipeline and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trackserve.cli import main as cli_main
+from trackserve.errors import InputError, MemoryLimitError
+from trackserve.events.trackml import read_event
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.pipeline import Pipeline
+from trackserve.runtime.vertex_shifts import (MAX_VERTEX_SHIFTS, edge_intercepts, is_shifted, merge_by_intercept,
+                                              parse_vertex_shifts, shifted_features, validate_vertex_shifts)
+
+from ..conftest import SAMPLE_EVENT
+
+SHIFTS = (-100.0, -50.0, 0.0, 50.0, 100.0)
+
+
+# -- settings -------------------------------------------------------------------------
+def test_shifts_are_sorted_floats_and_none_stays_none():
+    assert validate_vertex_shifts(None) is None
+    assert validate_vertex_shifts([50, np.float32(-50), 0]) == (-50.0, 0.0, 50.0)
+    assert validate_vertex_shifts(np.array([10, -10])) == (-10.0, 10.0)
+    assert RuntimeConfig(vertex_shifts=[0, -70, 70]).vertex_shifts == (-70.0, 0.0, 70.0)
+    assert RuntimeConfig().vertex_shifts is None
+    assert not is_shifted(None) and not is_shifted((0.0,)) and is_shifted((0.0, 50.0)) and is_shifted((50.0,))
+
+
+@pytest.mark.parametrize("shifts, message", [
+    ("-50,0,50", "sequence of numbers"),
+    (5.0, "sequence of numbers"),
+    ([], "1 to 16 shifts"),
+    (list(range(MAX_VERTEX_SHIFTS + 1)), "1 to 16 shifts"),
+    ([0, float("nan")], "not a finite number"),
+    ([0, float("inf")], "not a finite number"),
+    ([0, 501], "within 500 mm"),
+    ([0, True], "must be numbers"),
+    ([0, "50"], "must be numbers"),
+    ([-50, 0, 50, -50.0], "repeat -50 mm"),
+])
+def test_bad_shifts_are_refused_by_name(shifts, message):
+    with pytest.raises(InputError, match=message):
+        validate_vertex_shifts(shifts)
+    with pytest.raises(InputError, match=message):
+        RuntimeConfig(vertex_shifts=shifts)
+
+
+def test_command_line_shifts():
+    assert parse_vertex_shifts("-100,-50,0,50,100") == SHIFTS
+    assert parse_vertex_shifts(" 50 , -50") == (-50.0, 50.0)
+    assert parse_vertex_shifts("none") == parse_vertex_shifts("0") == (0.0,)
+    with pytest.raises(InputError, match=r"'a' is not a number.*|--vertex-shifts=-100"):
+        parse_vertex_shifts("-100,a")
+    with pytest.raises(InputError, match="repeat 0 mm"):
+        parse_vertex_shifts("0,0")
+
+
+# -- the pieces -----------------------------------------------------------------------
+def test_shifted_features_move_only_z_and_copy():
+    features = np.arange(12, dtype=np.float32).reshape(4, 3)
+    moved = shifted_features(features, 2, 400.0, 100.0)
+    assert moved is not features
+    np.testing.assert_array_equal(moved[:, :2], features[:, :2])
+    np.testing.assert_allclose(moved[:, 2], features[:, 2] - 0.25)
+    assert shifted_features(features, 2, 400.0, 0.0) is features
+    assert features[0, 2] == 2.0  # the input is untouched
+
+
+def test_edge_intercepts_on_lines_through_known_points():
+    r = np.array([30.0, 60.0, 90.0, 60.0, 100.0])
+    z = np.array([40.0, 70.0, 100.0, 10.0, -200.0])
+    edges = np.array([[0, 0, 1, 3, 1], [1, 2, 2, 1, 4]])
+    intercepts = edge_intercepts(edges, r, z)
+    # hits 0, 1, 2 lie on z = 10 + r; the edge 3 -> 1 joins two hits at one radius; 1 -> 4: z = 70 - 6.75 (r - 60)
+    np.testing.assert_allclose(intercepts[:3], [10.0, 10.0, 10.0])
+    assert np.isnan(intercepts[3])
+    np.testing.assert_allclose(intercepts[4], 70.0 + 6.75 * 60.0)
+
+
+def _reference_merge(num_hits, shifts, edges, logits, r, z):
+    """Edge by edge in Python: the pass nearest the clipped intercept among those holding the edge."""
+    held = {}
+    for k, (pass_edges, pass_logits) in enumerate(zip(edges, logits)):
+        for (a, b), logit in zip(pass_edges.T.tolist(), pass_logits.tolist()):
+            held.setdefault((a, b), {})[k] = logit
+    merged = []
+    for (a, b), by_pass in sorted(held.items()):
+        if r[a] == r[b]:
+            chosen = min(by_pass)
+        else:
+            intercept = z[a] - r[a] * (z[b] - z[a]) / (r[b] - r[a])
+            intercept = min(max(intercept, min(shifts)), max(shifts))
+            chosen = min(by_pass, key=lambda k: (abs(intercept - shifts[k]), k))
+        merged.append((a, b, by_pass[chosen]))
+    if not merged:
+        return np.zeros((2, 0), dtype=np.int64), np.zeros(0, dtype=np.float32)
+    array = np.array(merged)
+    return array[:, :2].T.astype(np.int64), array[:, 2].astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merge_matches_an_edge_by_edge_reference(seed):
+    rng = np.random.default_rng(seed)
+    num_hits, shifts = 60, (-100.0, -50.0, 0.0, 50.0, 100.0)
+    r = rng.choice([30.0, 70.0, 115.0, 170.0], size=num_hits)  # few radii: edges at one radius happen
+    z = rng.uniform(-400, 400, size=num_hits).round(-1)  # coarse: intercepts exactly between two shifts happen
+    pool = np.array([(a, b) for a in range(num_hits) for b in range(a + 1, num_hits)]).T
+    edges, logits = [], []
+    for _ in shifts:  # every pass holds a random part of one pool: the same edge in several passes
+        chosen = np.sort(rng.choice(pool.shape[1], size=400, replace=False))
+        edges.append(pool[:, chosen])
+        logits.append(rng.normal(size=400).astype(np.float32))
+    merged_edges, merged_logits = merge_by_intercept(num_hits, shifts, edges, logits, r, z)
+    expected_edges, expected_logits = _reference_merge(num_hits, shifts, edges, logits, r, z)
+    np.testing.assert_array_equal(merged_edges, expected_edges)
+    np.testing.assert_array_equal(merged_logits, expected_logits)
+    assert merged_edges.shape[1] < sum(e.shape[1] for e in edges)  # repeated edges were merged
+
+
+def test_merge_picks_the_pass_the_edge_points_to():
+    # hits on a line from z = 60 mm: the pass at 50 mm decides, whatever the others say
+    r = np.array([30.0, 60.0, 90.0])
+    z = 60.0 + np.array([30.0, 60.0, 90.0])
+    edge = np.array([[0], [1]])
+    logits = [np.array([5.0], np.float32), np.array([-3.0], np.float32), np.array([1.5], np.float32)]
+    _, merged = merge_by_intercept(3, (-50.0, 0.0, 50.0), [edge] * 3, logits, r, z)
+    assert merged.tolist() == [1.5]
+    # the pass at 50 mm lacks the edge: the nearest pass that holds it, at 0
+    _, merged = merge_by_intercept(3, (-50.0, 0.0, 50.0), [edge, edge, np.zeros((2, 0), np.int64)],
+                                   [logits[0], logits[1], np.zeros(0, np.float32)], r, z)
+    assert merged.tolist() == [-3.0]
+    # an intercept halfway between two passes (25 mm): the earlier of them, whichever order the logits favour
+    _, merged = merge_by_intercept(3, (-50.0, 0.0, 50.0), [edge] * 3, logits, r, z - 35.0)
+    assert merged.tolist() == [-3.0]
+    _, merged = merge_by_intercept(3, (-50.0, 0.0, 50.0), [edge] * 3, logits[::-1], r, z - 35.0)
+    assert merged.tolist() == [-3.0]
+    # both hits at one radius (no intercept): the earliest pass holding the edge
+    flat = np.array([30.0, 30.0, 90.0])
+    _, merged = merge_by_intercept(3, (-50.0, 0.0, 50.0), [np.zeros((2, 0), np.int64), edge, edge],
+                                   [np.zeros(0, np.float32), logits[1], logits[2]], flat, z)
+    assert merged.tolist() == [-3.0]
+    # an intercept beyond the shifts goes to the outermost pass
+    _, merged = merge_by_intercept(3, (-50.0, 0.0, 50.0), [edge] * 3, logits, r, z + 500.0)
+    assert merged.tolist() == [1.5]
+
+
+def test_merge_of_empty_passes_and_of_one_pass():
+    empty = np.zeros((2, 0), np.int64)
+    edges, logits = merge_by_intercept(5, (-50.0, 50.0), [empty, empty], [np.zeros(0, np.float32)] * 2,
+                                       np.ones(5), np.zeros(5))
+    assert edges.shape == (2, 0) and logits.shape == (0,)
+    one = np.array([[3, 0, 1], [4, 2, 2]])
+    edges, logits = merge_by_intercept(5, (0.0,), [one], [np.array([1, 2, 3], np.float32)], np.arange(5.0), np.zeros(5))
+    np.testing.assert_array_equal(edges, [[0, 1, 3], [2, 2, 4]])  # ordered by their hits
+    assert logits.tolist() == [2.0, 3.0, 1.0]
+    with pytest.raises(InputError, match="one edge set and one logit array per shift"):
+        merge_by_intercept(5, (0.0, 50.0), [one], [np.zeros(3, np.float32)], np.arange(5.0), np.zeros(5))
+    with pytest.raises(InputError, match="3 edges but 2 logits"):
+        merge_by_intercept(5, (0.0,), [one], [np.zeros(2, np.float32)], np.arange(5.0), np.zeros(5))
+
+
+# -- the pipeline ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sample_features(tiny_bundle):
+    return Pipeline(tiny_bundle).event_features(read_event(SAMPLE_EVENT, parts=()))
+
+
+def test_one_central_pass_is_the_plain_run(tiny_bundle, sample_features):
+    plain = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(sample_features)
+    central = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1,
+                                                         vertex_shifts=(0,))).run(sample_features)
+    np.testing.assert_array_equal(plain.labels, central.labels)
+    assert plain.num_edges == central.num_edges
+
+
+def test_shifted_run_is_its_passes_merged(tiny_bundle, sample_features):
+    """run() with shifts against the stages called by hand: each pass on moved hits, merged, tracks built once."""
+    config = RuntimeConfig(intra_op_threads=2, graph_threads=2, vertex_shifts=(-60, 0, 60))
+    pipeline = Pipeline(tiny_bundle, config=config)
+    result = pipeline.run(sample_features)
+    plain = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))
+    graphs, edge_sets, logit_sets = [], [], []
+    for shift in config.vertex_shifts:
+        moved = sample_features.copy()
+        moved[:, 2] -= np.float32(shift / 1000.0)  # TRACKML_1000: z / 1000 mm
+        graphs.append(plain.build_graph(plain.embed(moved)))
+        edge_sets.append(plain.filter_edges(moved, graphs[-1])[0])
+        logit_sets.append(plain.gnn_logits(moved, edge_sets[-1]))
+    assert len({g.shape[1] for g in graphs}) > 1  # the passes saw different graphs
+    r, z = (sample_features[:, column].astype(np.float64) * 1000.0 for column in (0, 2))
+    edges, logits = merge_by_intercept(len(sample_features), config.vertex_shifts, edge_sets, logit_sets, r, z)
+    expected = plain.build_tracks(len(sample_features), edges, logits, sample_features)
+    np.testing.assert_array_equal(result.labels, expected)
+    assert result.num_edges["graph"] == sum(g.shape[1] for g in graphs)
+    assert result.num_edges["filter"] == sum(e.shape[1] for e in edge_sets)
+    assert set(result.timings) == {"embed", "graph", "filter", "gnn", "tracks", "total"}
+    merged = pipeline.merge_vertex_shifts(sample_features, edge_sets, logit_sets)
+    np.testing.assert_array_equal(merged[0], edges)
+    with pytest.raises(InputError, match="one pass at the centre"):
+        plain.merge_vertex_shifts(sample_features, edge_sets, logit_sets)
+
+
+def test_shifted_events_in_flight_match_one_at_a_time(tiny_bundle, sample_features):
+    events = [sample_features, sample_features[:1], sample_features[:0], sample_features[:700]]
+    alone = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, vertex_shifts=SHIFTS))
+    expected = [alone.run(features).labels for features in events]
+    with Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
+                                                    vertex_shifts=SHIFTS)) as flight:
+        for result, labels in zip(flight.run_many(events), expected):
+            np.testing.assert_array_equal(result.labels, labels)
+
+
+def test_merge_memory_is_checked(tiny_bundle, sample_features):
+    plain = Pipeline(tiny_bundle, config=RuntimeConfig(vertex_shifts=SHIFTS))
+    limit = plain.memory.bytes_per_hit * len(sample_features) + 1000
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(vertex_shifts=SHIFTS))
+    with pytest.raises(MemoryLimitError, match="merging the vertex-shift passes"):
+        pipeline.memory.check_merged_edges(len(sample_features), 100, limit)
+    pipeline.memory.check_merged_edges(len(sample_features), 6, limit)
+
+
+def test_a_bundle_without_z_cannot_shift(tiny_bundle, tmp_path):
+    pytest.importorskip("torch")
+    from trackserve.bundle import load_bundle, make_bundle
+    from trackserve.events.features import FeatureSpec
+
+    from ..conftest import _tiny_networks
+
+    embedding, edge_filter, gnn = _tiny_networks(3, seed=3)
+    make_bundle(tmp_path / "no-z", {"embedding": embedding, "filter": edge_filter, "gnn": gnn},
+                features=FeatureSpec(("r", "phi", "eta"), (1000.0, np.pi, 1.0)), stages=load_bundle(tiny_bundle).stages,
+                provenance={"data": "random weights, for tests"})
+    Pipeline(tmp_path / "no-z")  # one pass is fine
+    with pytest.raises(InputError, match=r"needs the features r, z; this bundle reads r, phi, eta \(no z\)"):
+        Pipeline(tmp_path / "no-z", config=RuntimeConfig(vertex_shifts=(-50, 0, 50)))
+
+
+# -- the command line -----------------------------------------------------------------
+def test_run_with_vertex_shifts(tiny_bundle, tmp_path, capsys):
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", "--vertex-shifts=-50,0,50",
+                     str(SAMPLE_EVENT)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["vertex_shifts"] == [-50.0, 0.0, 50.0]
+    expected = Pipeline(tiny_bundle, config=RuntimeConfig(vertex_shifts=(-50, 0, 50))).run_event(
+        read_event(SAMPLE_EVENT))
+    assert report["events"][0]["num_edges"] == expected.num_edges
+    assert report["events"][0]["num_tracks_min_hits"] == expected.num_tracks_with(5)
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--vertex-shifts=-50,0,50",
+                     str(SAMPLE_EVENT)]) == 0
+    assert "3 passes at vertex shifts -50, 0, 50 mm" in capsys.readouterr().out
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", str(SAMPLE_EVENT)]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [0.0]
+
+
+def test_run_refuses_bad_vertex_shifts(tiny_bundle, capsys):
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--vertex-shifts=-50,x",
+                     str(SAMPLE_EVENT)]) != 0
+    assert "'x' is not a number" in capsys.readouterr().err

@@ -93,10 +93,6 @@ def run(args: argparse.Namespace) -> int:
     output = None if args.no_labels else Path(args.output)
     labels_paths = labels_files(output, inputs)
     pipeline = None
-    if args.check:
-        from ..runtime.pipeline import Pipeline
-
-        pipeline = Pipeline(bundle)
 
     failures = 0
     written = 0  # events whose labels were written (a mismatch's too: they are what the server answered)
@@ -118,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             served_features = client.served_features()  # (names, scales), for the note on far-off values
             note_spec = None if served_features is None else FeatureSpec(*served_features)
+        if args.check:  # the local runtime runs the events as the served model does, vertex shifts included
+            from ..runtime.config import RuntimeConfig
+            from ..runtime.pipeline import Pipeline
+
+            pipeline = Pipeline(bundle, config=RuntimeConfig(vertex_shifts=client.served_vertex_shifts()))
         for number, (kind, path) in enumerate(inputs):
             try:
                 item = read_input(kind, path, spec) if kind == "trackml" else read_feature_input(path, served)

@@ -53,6 +53,10 @@ def register(subparsers) -> None:
                         help=f"refuse events whose estimated working memory exceeds this many GiB (2**30 bytes; default "
                              f"{DEFAULT_MEMORY_LIMIT_BYTES / 2**30:g}); "
                              "each instance (a process of its own) applies it to the event it runs")
+    parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
+                        help="the custom model runs each event once per position along the beam and merges the "
+                        "passes, as `trackserve run --vertex-shifts` does (write it with '=': "
+                        "--vertex-shifts=-100,-50,0,50,100; --layout custom only)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
     parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
                         help="name of the ensemble model (default: %(default)s)")
@@ -65,6 +69,7 @@ def options_from_args(args: argparse.Namespace):
     """The :class:`~trackserve.serving.repository.RepositoryOptions` the command line gives."""
     from ..errors import InputError
     from ..runtime.config import memory_limit_from_gib
+    from ..runtime.vertex_shifts import parse_vertex_shifts
     from ..serving.repository import RepositoryOptions
 
     memory = None
@@ -88,6 +93,7 @@ def options_from_args(args: argparse.Namespace):
         graph_threads=args.threads,
         edge_chunk_size=args.edge_chunk_size,
         memory_limit_bytes=memory,
+        vertex_shifts=None if args.vertex_shifts is None else parse_vertex_shifts(args.vertex_shifts),
     )
 
 

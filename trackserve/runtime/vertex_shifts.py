@@ -64,9 +64,10 @@ def validate_vertex_shifts(shifts) -> tuple[float, ...] | None:
     return result
 
 
-def parse_vertex_shifts(text: str) -> tuple[float, ...]:
-    """The shifts of a command-line value: comma-separated mm (``-100,-50,0,50,100``), or
-    ``0`` / ``none`` for one pass at the centre. InputError naming the problem otherwise."""
+def parse_vertex_shifts(text: str, source: str = "--vertex-shifts") -> tuple[float, ...]:
+    """The shifts of a command-line or model-parameter value (``source`` names it in errors):
+    comma-separated mm (``-100,-50,0,50,100``), or ``0`` / ``none`` for one pass at the
+    centre. InputError naming the problem otherwise."""
     if text.strip().lower() in ("none", "0"):
         return (0.0,)
     values = []
@@ -74,9 +75,15 @@ def parse_vertex_shifts(text: str) -> tuple[float, ...]:
         try:
             values.append(float(part))
         except ValueError:
-            raise InputError(f"--vertex-shifts takes comma-separated numbers of mm along the beam (write it "
-                             f"--vertex-shifts=-100,-50,0,50,100), or none; {part.strip()!r} is not a number") from None
+            example = "--vertex-shifts=-100,-50,0,50,100" if source.startswith("--") else "-100,-50,0,50,100"
+            raise InputError(f"{source} takes comma-separated numbers of mm along the beam (write it {example}), or "
+                             f"none; {part.strip()!r} is not a number") from None
     return validate_vertex_shifts(values)
+
+
+def shifts_text(shifts: tuple[float, ...]) -> str:
+    """The comma-separated form :func:`parse_vertex_shifts` reads back (``-100,-50,0,50,100``)."""
+    return ",".join(f"{shift:g}" for shift in shifts)
 
 
 def is_shifted(shifts: tuple[float, ...] | None) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, TrackserveError
 from ..runtime.config import RuntimeConfig, available_cores, require_device
+from ..runtime.vertex_shifts import is_shifted, parse_vertex_shifts
 from .interface import FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
 
 #: ``config.pbtxt`` parameter keys the models read.
@@ -33,6 +34,8 @@ PARAM_INTRA_OP_THREADS = "intra_op_threads"
 PARAM_GRAPH_THREADS = "graph_threads"
 PARAM_EDGE_CHUNK_SIZE = "edge_chunk_size"
 PARAM_MEMORY_LIMIT_BYTES = "memory_limit_bytes"
+#: The custom model's vertex shifts (``-100,-50,0,50,100``; :mod:`trackserve.runtime.vertex_shifts`).
+PARAM_VERTEX_SHIFTS = "vertex_shifts"
 #: The served bundle's features as JSON ``{"names": [...], "scales": [...]}``: written by
 #: ``trackserve triton-repo`` for clients to check the features they compute against (the
 #: models themselves read the bundle).
@@ -84,6 +87,9 @@ def runtime_config(parameters: Mapping[str, str], instances: int = 1) -> Runtime
             settings[field] = int(text)
         except ValueError:
             raise InputError(f"model parameter {key!r} must be an integer, got {text!r}") from None
+    text = parameters.get(PARAM_VERTEX_SHIFTS, "").strip()
+    if text:
+        settings["vertex_shifts"] = parse_vertex_shifts(text, f"model parameter {PARAM_VERTEX_SHIFTS!r}")
     if instances > 1:
         share = max(1, available_cores() // instances)
         settings.setdefault("intra_op_threads", share)
@@ -178,6 +184,9 @@ class StageModel(ServedModel):
         stage = parameters.get(PARAM_STAGE, "").strip()
         if not stage:
             raise InputError(f"the stage model config has no parameter {PARAM_STAGE!r} naming its stage")
+        if is_shifted(config.vertex_shifts):
+            raise InputError(f"the stage model {stage!r} has the parameter {PARAM_VERTEX_SHIFTS!r}: an ensemble runs each "
+                             "stage once, and only the custom model runs an event once per vertex shift; remove it")
         return cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
 
     def __call__(self, arrays):

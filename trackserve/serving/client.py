@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, ServingError
-from .backend import PARAM_FEATURES, PARAM_PIPELINE_SHA256
+from ..runtime.vertex_shifts import parse_vertex_shifts
+from .backend import PARAM_FEATURES, PARAM_PIPELINE_SHA256, PARAM_VERTEX_SHIFTS
 from .interface import DEFAULT_MODEL_NAME, FEATURES, LABELS, WIRE_DTYPES
 
 #: Supported protocols, with the default port of each.
@@ -239,6 +240,14 @@ class TritonClient:
             return tuple(spec["names"]), tuple(float(scale) for scale in spec["scales"])
         except (ValueError, KeyError, TypeError):
             return None
+
+    def served_vertex_shifts(self) -> tuple[float, ...] | None:
+        """The vertex shifts the served model runs each event at (its config's ``vertex_shifts``
+        parameter, which ``trackserve triton-repo --vertex-shifts`` writes); None for one pass."""
+        text = self._config_parameter(PARAM_VERTEX_SHIFTS)
+        if not text:
+            return None
+        return parse_vertex_shifts(text, f"model {self.model!r}'s parameter {PARAM_VERTEX_SHIFTS!r}")
 
     def check_features(self, names, scales, bundle_description: str) -> None:
         """Refuse to send features computed for ``names``/``scales`` (the bundle the caller uses,

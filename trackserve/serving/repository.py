@@ -38,6 +38,7 @@ from .interface import (
     bundle_tensor_specs,
 )
 from ..runtime.config import DEVICES
+from ..runtime.vertex_shifts import SHIFT_FEATURES, is_shifted, shifts_text, validate_vertex_shifts
 from .server import check_repository_path
 from .backend import (
     KIND_DEVICES,
@@ -49,6 +50,7 @@ from .backend import (
     PARAM_MEMORY_LIMIT_BYTES,
     PARAM_PIPELINE_SHA256,
     PARAM_STAGE,
+    PARAM_VERTEX_SHIFTS,
 )
 from .triton_models import PIPELINE_MODEL, STAGE_MODEL
 
@@ -83,7 +85,9 @@ class RepositoryOptions:
     ``intra_op_threads``, ``graph_threads``, ``edge_chunk_size``, ``memory_limit_bytes``:
     the runtime settings of every instance (``None``: the runtime's default; for the thread
     counts, the serving machine's cores shared among the model's instances,
-    :func:`~trackserve.serving.backend.runtime_config`).
+    :func:`~trackserve.serving.backend.runtime_config`). ``vertex_shifts``: the custom
+    model runs each event once per shift (:mod:`~trackserve.runtime.vertex_shifts`;
+    ``None``: one pass); the ensemble runs each stage once, so a layout with it refuses them.
     """
 
     layout: str = "custom"
@@ -97,9 +101,19 @@ class RepositoryOptions:
     graph_threads: int | None = None
     edge_chunk_size: int | None = None
     memory_limit_bytes: int | None = None
+    vertex_shifts: tuple[float, ...] | None = None
 
     def __post_init__(self):
         problems = []
+        try:
+            object.__setattr__(self, "vertex_shifts", validate_vertex_shifts(self.vertex_shifts))
+        except InputError as error:
+            problems.append(str(error))
+        else:
+            if is_shifted(self.vertex_shifts) and self.layout != "custom":
+                problems.append(f"vertex shifts run the whole pipeline once per shift, which only the custom model does; "
+                                f"the ensemble runs each stage once: use layout custom (--layout custom), or no vertex "
+                                f"shifts for layout {self.layout}")
         if self.layout not in LAYOUTS:
             problems.append(f"layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.instance_kind not in INSTANCE_KINDS:
@@ -264,6 +278,10 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     """
     options = options or RepositoryOptions()
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    missing = [name for name in SHIFT_FEATURES if name not in loaded.feature_names]
+    if is_shifted(options.vertex_shifts) and missing:
+        raise InputError(f"vertex shifts need the features {', '.join(SHIFT_FEATURES)}; the bundle reads "
+                         f"{', '.join(loaded.feature_names)} (no {', '.join(missing)}): serve it without them")
     output = Path(output)
     _prepare_output(output, overwrite, loaded.directory)
     specs = bundle_tensor_specs(loaded)
@@ -275,8 +293,10 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     if options.writes_custom:
         name = options.model_name
         bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
+        shifts = ({PARAM_VERTEX_SHIFTS: shifts_text(options.vertex_shifts)} if is_shifted(options.vertex_shifts)
+                  else {})
         config = _python_model_config(name, [specs[FEATURES]], [specs[LABELS]],
-                                      {PARAM_BUNDLE: bundle_ref, **runtime, **features}, options)
+                                      {PARAM_BUNDLE: bundle_ref, **runtime, **shifts, **features}, options)
         _write_python_model(output, name, PIPELINE_MODEL, config)
         written.models.append(name)
         written.entry_points["custom"] = name

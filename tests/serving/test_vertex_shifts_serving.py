@@ -1,0 +1,84 @@
+"""Vertex shifts in serving: the repository's custom model carries them, the backend runs them,
+the ensemble refuses them, and ``client --check`` runs the local runtime as the server does (no server needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trackserve.cli import main
+from trackserve.errors import InputError
+from trackserve.runtime.config import RuntimeConfig
+from trackserve.runtime.pipeline import Pipeline
+from trackserve.serving import backend
+from trackserve.serving.backend import PipelineModel, StageModel
+from trackserve.serving.client import TritonClient
+from trackserve.serving.repository import RepositoryOptions, write_repository
+
+from .test_backend import args_for
+from .test_repository import parameters, parse_config
+
+
+def _parameters(config_path) -> dict:
+    """The ``parameters`` of a written config.pbtxt, parsed by Triton's own ModelConfig message."""
+    return parameters(parse_config(config_path))
+
+
+def test_the_custom_model_carries_the_shifts(tiny_bundle, tmp_path):
+    write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(vertex_shifts=(50, -50, 0)))
+    assert _parameters(tmp_path / "repo" / "exatrkx" / "config.pbtxt")["vertex_shifts"] == "-50,0,50"
+    write_repository(tiny_bundle, tmp_path / "plain", RepositoryOptions(vertex_shifts=(0,)))
+    assert "vertex_shifts" not in _parameters(tmp_path / "plain" / "exatrkx" / "config.pbtxt")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(layout="ensemble", vertex_shifts=(-50, 0, 50)), "only the custom model does"),
+    (dict(layout="both", vertex_shifts=(-50, 0, 50)), "no vertex shifts for layout both"),
+    (dict(vertex_shifts=(0, 900)), "not a finite number within 500 mm"),
+    (dict(vertex_shifts="0,50"), "sequence of numbers"),
+])
+def test_bad_shift_options_are_refused(options, message):
+    with pytest.raises(InputError, match="invalid model repository options") as error:
+        RepositoryOptions(**options)
+    assert message in str(error.value)
+    assert RepositoryOptions(layout="ensemble", vertex_shifts=(0,)).vertex_shifts == (0.0,)  # one pass is no shift
+
+
+def test_the_command_writes_the_shifts(tiny_bundle, tmp_path, capsys):
+    assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle),
+                 "--vertex-shifts=-60,0,60"]) == 0
+    assert _parameters(tmp_path / "repo" / "exatrkx" / "config.pbtxt")["vertex_shifts"] == "-60,0,60"
+    assert main(["triton-repo", str(tmp_path / "bad"), "--bundle", str(tiny_bundle), "--layout", "ensemble",
+                 "--vertex-shifts=-60,0,60"]) != 0
+    assert "use layout custom (--layout custom)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_served_model_runs_the_shifts(tiny_bundle, sample_features):
+    model = PipelineModel.from_args(args_for(tiny_bundle, intra_op_threads=1, graph_threads=1,
+                                             vertex_shifts="-50,0,50"))
+    assert model.pipeline.config.vertex_shifts == (-50.0, 0.0, 50.0)
+    local = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, vertex_shifts=(-50, 0, 50)))
+    features = sample_features[:2000]
+    np.testing.assert_array_equal(model({"FEATURES": features})["LABELS"], local.run(features).labels)
+    assert backend.runtime_config({"vertex_shifts": " "}).vertex_shifts is None
+    with pytest.raises(InputError, match="model parameter 'vertex_shifts' takes comma-separated numbers .* 'x'"):
+        backend.runtime_config({"vertex_shifts": "-50,x"})
+
+
+def test_a_stage_model_refuses_shifts(tiny_bundle):
+    with pytest.raises(InputError, match="only the custom model runs an event once per vertex shift"):
+        StageModel.from_args(args_for(tiny_bundle, stage="gnn", vertex_shifts="-50,0,50"))
+
+
+def test_client_reads_the_served_shifts(monkeypatch):
+    client = TritonClient.__new__(TritonClient)
+    client.model = "exatrkx"
+    served = {}
+    monkeypatch.setattr(TritonClient, "_config_parameter", lambda self, key: served.get(key))
+    assert client.served_vertex_shifts() is None
+    served["vertex_shifts"] = "-50,0,50"
+    assert client.served_vertex_shifts() == (-50.0, 0.0, 50.0)
+    served["vertex_shifts"] = "a"
+    with pytest.raises(InputError, match="model 'exatrkx''s parameter 'vertex_shifts'"):
+        client.served_vertex_shifts()

@@ -10,6 +10,7 @@ import pytest
 from trackserve.cli import main as cli_main
 from trackserve.errors import InputError, MemoryLimitError
 from trackserve.events.trackml import read_event
+from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.pipeline import Pipeline
 from trackserve.runtime.vertex_shifts import (MAX_VERTEX_SHIFTS, edge_intercepts, is_shifted, merge_by_intercept,
@@ -259,4 +260,43 @@ def test_run_with_vertex_shifts(tiny_bundle, tmp_path, capsys):
 def test_run_refuses_bad_vertex_shifts(tiny_bundle, capsys):
     assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--vertex-shifts=-50,x",
                      str(SAMPLE_EVENT)]) != 0
+    assert "'x' is not a number" in capsys.readouterr().err
+
+
+# -- tuning the cuts on shifted runs --------------------------------------------------
+def test_scored_edges_are_what_run_builds_tracks_from(tiny_bundle, sample_features):
+    for shifts in (None, (-60, 0, 60)):
+        pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1,
+                                                              vertex_shifts=shifts))
+        edges, logits = pipeline.scored_edges(sample_features)
+        labels = pipeline.build_tracks(len(sample_features), edges, logits, sample_features)
+        np.testing.assert_array_equal(labels, pipeline.run(sample_features).labels)
+    with pytest.raises(InputError, match="takes an event's features array"):
+        pipeline.scored_edges(read_event(SAMPLE_EVENT))
+
+
+def test_tune_cut_scores_the_validation_events_with_the_shifts(tiny_bundle, tmp_path, capsys):
+    import shutil
+
+    from trackserve.bundle import load_bundle
+    from trackserve.runtime.cut_tuning import ValidationSet
+
+    event = read_event(SAMPLE_EVENT, parts=("truth", "particles"))
+    shifted = Pipeline(tiny_bundle, config=RuntimeConfig(vertex_shifts=(-60, 0, 60)))
+    validation = ValidationSet(shifted, event)
+    expected = shifted.scored_edges(shifted.event_features(event))
+    np.testing.assert_array_equal(validation.scored[0][0], expected[0])
+    np.testing.assert_array_equal(validation.scored[0][1], expected[1])
+    assert validation.scored[0][0].shape != ValidationSet(Pipeline(tiny_bundle), event).scored[0][0].shape
+
+    bundle = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "bundle")  # random weights find no particle to tune on
+    assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                     "--vertex-shifts=-60,0,60", "--write"]) == 0
+    assert "3 passes at vertex shifts -60, 0, 60 mm, merged" in capsys.readouterr().out
+    assert load_bundle(bundle).provenance["gnn_cut_tuned"]["vertex_shifts"] == [-60.0, 0.0, 60.0]
+    assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                     "--write"]) == 0
+    record = load_bundle(bundle).provenance["gnn_cut_tuned"]
+    assert record["vertex_shifts"] == [0.0] and record["earlier"][0]["vertex_shifts"] == [-60.0, 0.0, 60.0]
+    assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--vertex-shifts=1,x"]) == 2
     assert "'x' is not a number" in capsys.readouterr().err

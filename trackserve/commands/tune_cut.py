@@ -20,7 +20,10 @@ better) is chosen by the same rule; ``--write`` stores it (without ``--join-piec
 bundle is written without joining). ``--join-at N`` tries them at each of the N best cut
 and gap-cut pairs instead and keeps the best of all (joining adds fakes, so a pair with
 more room under ``--max-fake-rate`` can gain more from it); each pair costs one pass of
-the joining settings (about 40 s on three 100k-hit events here).
+the joining settings (about 40 s on three 100k-hit events here). With ``--vertex-shifts``
+the validation events are scored as ``trackserve run --vertex-shifts`` scores them (a pass
+per shift, merged edge by edge), so the cuts suit runs with those shifts; ``--write``
+records the shifts in ``gnn_cut_tuned``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--join-at", type=int, default=1, metavar="N",
                         help="with --join-pieces: try the joining settings at each of the N best cut and gap-cut pairs "
                              "and keep the best of all (default 1: the chosen pair only)")
+    parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
+                        help="score the validation events as `trackserve run --vertex-shifts` does, a pass per "
+                        "position along the beam merged edge by edge (write it with '=': "
+                        "--vertex-shifts=-100,-50,0,50,100), so that the cuts suit runs with those shifts; "
+                        "--write records them with the tuning (default: one pass)")
     parser.add_argument("--write", action="store_true",
                         help="store the chosen cut, gap cut, piece joining and method in the bundle")
     parser.set_defaults(handler=run)
@@ -155,12 +163,15 @@ def run(args: argparse.Namespace) -> int:
     from ..events.simulate import check_seed
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
                                       check_counted_particles, tune_cuts_and_joining, tune_gnn_cut)
+    from ..runtime.config import RuntimeConfig
     from ..runtime.pipeline import Pipeline
+    from ..runtime.vertex_shifts import is_shifted, parse_vertex_shifts
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
     if args.seed is not None:
         check_seed(args.seed)  # the seed trackserve train takes
-    pipeline = Pipeline(args.bundle)
+    shifts = None if args.vertex_shifts is None else parse_vertex_shifts(args.vertex_shifts)
+    pipeline = Pipeline(args.bundle, config=RuntimeConfig(vertex_shifts=shifts))
     if args.seed is None:
         recorded = _recorded_seed(pipeline.bundle.provenance)
         args.seed = 0 if recorded is None else recorded
@@ -198,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
     for event, described in validations:
         print(f"validation: {described}: {event.num_hits} hits")
     print(f"track building {method}; particles with pT >= {args.min_pt:g} GeV and >= {args.min_hits} hits"
-          + ("; figures averaged over the events, 'worst fake' the highest event's" if len(events) > 1 else ""))
+          + ("; figures averaged over the events, 'worst fake' the highest event's" if len(events) > 1 else "")
+          + (f"; {len(shifts)} passes at vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm, merged"
+             if is_shifted(shifts) else ""))
     if args.fill_gaps:
         print("each cut without gap filling, then with the gap cut that scores best at it")
     print(f"{'cut':>5}  {'gap cut':>7}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'duplicates':>10}  "
@@ -274,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "events": [described for _, described in validations], "num_hits": [int(event.num_hits) for event in events],
         "min_pt": args.min_pt, "min_hits": args.min_hits,
+        # the passes the validation events were scored with (one at 0 mm: no vertex shifts)
+        "vertex_shifts": list(pipeline.config.vertex_shifts or (0.0,)),
         "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
         # every combination of these values (none without --join-pieces)
         "joins_tried": {name: list(values) for name, values in CANDIDATE_JOIN_GRID.items()} if args.join_pieces else None,

@@ -322,8 +322,7 @@ def _best(rows: list[CutFigures], max_fake_rate: float | None, validation: Valid
 def _scored_event(pipeline, event: Event, method: str):
     """``(filtered edges, GNN logits, hit order or None, positions or None)`` of one validation event."""
     features = pipeline.event_features(event)
-    filtered, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
-    logits = pipeline.classify_edges("gnn", features, filtered, chunked=False)
+    filtered, logits = pipeline.scored_edges(features)  # with the pipeline's vertex shifts, if it has some
     bundle = pipeline.bundle
     names = list(bundle.feature_names)
     order = hit_distances(features, names, bundle.feature_scales) if method == "best_edges" else None

@@ -262,6 +262,18 @@ class Pipeline:
                      "gnn": passed}
         return PipelineResult(labels=labels, timings=timings, num_edges=num_edges)
 
+    def scored_edges(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(edge_index [2, M], GNN logits [M])`` of an event's features ``[N, F]``, the edges
+        track building takes, as :meth:`run` computes them: the filtered edges of one pass, or
+        with ``config.vertex_shifts`` the passes merged edge by edge."""
+        features = self._event_features_checked(features)
+        self.memory.check_hits(features.shape[0], self.config.memory_limit_per_event)
+        timings = dict.fromkeys(STAGES, 0.0)
+        passes = [self._scored_pass(features, shift, timings) for shift in self._vertex_shifts or (0.0,)]
+        if len(passes) == 1:
+            return passes[0][1], passes[0][2]
+        return self._merged_passes(features, passes)
+
     def _scored_pass(self, features: np.ndarray, shift: float, timings: dict) -> tuple[int, np.ndarray, np.ndarray]:
         """``(graph edges, filtered edges, GNN logits)`` of checked features with the hits moved by
         ``-shift`` mm along the beam (as they are for 0), each stage's seconds added to ``timings``."""

@@ -203,6 +203,14 @@ def test_shifted_run_is_its_passes_merged(tiny_bundle, sample_features):
     np.testing.assert_array_equal(merged[0], edges)
     with pytest.raises(InputError, match="one pass at the centre"):
         plain.merge_vertex_shifts(sample_features, edge_sets, logit_sets)
+    with pytest.raises(InputError, match=r"one edge set and one logit array per vertex shift \(3: -60, 0, 60 mm\)"):
+        pipeline.merge_vertex_shifts(sample_features, edge_sets[:2], logit_sets[:2])
+    outside = edge_sets[2].copy()
+    outside[1, 0] = len(sample_features)
+    with pytest.raises(InputError, match="edges of the pass at 60 mm"):
+        pipeline.merge_vertex_shifts(sample_features, [edge_sets[0], edge_sets[1], outside], logit_sets)
+    with pytest.raises(InputError, match="features"):
+        pipeline.merge_vertex_shifts(sample_features[:, :2], edge_sets, logit_sets)
 
 
 def test_shifted_events_in_flight_match_one_at_a_time(tiny_bundle, sample_features):

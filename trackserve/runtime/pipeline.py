@@ -248,14 +248,10 @@ class Pipeline:
         self.memory.check_hits(num_hits, self.config.memory_limit_per_event)
         timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         start = time.perf_counter()
-        passes = [self._scored_pass(features, shift, timings) for shift in self._vertex_shifts or (0.0,)]
+        passes, filtered, gnn_logits = self._scored(features, timings)
         mark = time.perf_counter()
-        if len(passes) == 1:
-            _, filtered, gnn_logits = passes[0]
-        else:
-            filtered, gnn_logits = self._merged_passes(features, passes)
         labels = self._tracks(num_hits, filtered, gnn_logits, features)
-        timings["tracks"] = time.perf_counter() - mark
+        timings["tracks"] += time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
         passed = int(np.count_nonzero(passes_cut(gnn_logits, self.stages.gnn_cut)))
         num_edges = {"graph": sum(graph for graph, _, _ in passes), "filter": sum(f.shape[1] for _, f, _ in passes),
@@ -268,11 +264,22 @@ class Pipeline:
         with ``config.vertex_shifts`` the passes merged edge by edge."""
         features = self._event_features_checked(features)
         self.memory.check_hits(features.shape[0], self.config.memory_limit_per_event)
-        timings = dict.fromkeys(STAGES, 0.0)
+        _, edges, logits = self._scored(features, dict.fromkeys(STAGES, 0.0))
+        return edges, logits
+
+    def _scored(self, features: np.ndarray, timings: dict) -> tuple[list, np.ndarray, np.ndarray]:
+        """``(passes, edges, GNN logits)`` of checked features: each pass's ``(graph edges, filtered
+        edges, logits)``, and the edges track building takes with their logits (the one pass's,
+        or the passes merged, the merge's seconds added to ``timings["tracks"]``)."""
         passes = [self._scored_pass(features, shift, timings) for shift in self._vertex_shifts or (0.0,)]
         if len(passes) == 1:
-            return passes[0][1], passes[0][2]
-        return self._merged_passes(features, passes)
+            return passes, passes[0][1], passes[0][2]
+        mark = time.perf_counter()
+        rows = sum(filtered.shape[1] for _, filtered, _ in passes)
+        self.memory.check_merged_edges(features.shape[0], rows, self.config.memory_limit_per_event)
+        edges, logits = self._merged(features, [filtered for _, filtered, _ in passes], [l for _, _, l in passes])
+        timings["tracks"] += time.perf_counter() - mark
+        return passes, edges, logits
 
     def _scored_pass(self, features: np.ndarray, shift: float, timings: dict) -> tuple[int, np.ndarray, np.ndarray]:
         """``(graph edges, filtered edges, GNN logits)`` of checked features with the hits moved by
@@ -297,21 +304,24 @@ class Pipeline:
         timings["gnn"] += time.perf_counter() - mark
         return int(edges.shape[1]), filtered, gnn_logits
 
-    def _merged_passes(self, features: np.ndarray, passes: list) -> tuple[np.ndarray, np.ndarray]:
-        """The vertex-shift passes' filtered edges and GNN logits merged edge by edge."""
-        rows = sum(filtered.shape[1] for _, filtered, _ in passes)
-        self.memory.check_merged_edges(features.shape[0], rows, self.config.memory_limit_per_event)
-        return self.merge_vertex_shifts(features, [filtered for _, filtered, _ in passes],
-                                        [logits for _, _, logits in passes])
-
     def merge_vertex_shifts(self, features: np.ndarray, edges: list, logits: list) -> tuple[np.ndarray, np.ndarray]:
         """``(edge_index, logits)`` of the passes at ``config.vertex_shifts`` (one filtered edge set
-        and its GNN logits per shift, in the shifts' order) merged edge by edge
-        (:func:`~trackserve.runtime.vertex_shifts.merge_by_intercept`) by the hits' own
-        positions in ``features``."""
+        ``[2, M_k]`` and its GNN logits ``[M_k]`` per shift, in the shifts' order) merged edge by
+        edge (:func:`~trackserve.runtime.vertex_shifts.merge_by_intercept`) by the hits' own
+        positions in ``features`` ``[N, F]``. Checks its inputs (InputError naming the problem)."""
         if self._vertex_shifts is None:
             raise InputError("this pipeline runs one pass at the centre: give RuntimeConfig(vertex_shifts=...) to merge "
                              "passes")
+        features = validate_features(features, self.num_features)
+        if not (len(edges) == len(logits) == len(self._vertex_shifts)):
+            raise InputError(f"give one edge set and one logit array per vertex shift ({len(self._vertex_shifts)}: "
+                             f"{', '.join(f'{shift:g}' for shift in self._vertex_shifts)} mm); got {len(edges)} edge "
+                             f"sets and {len(logits)} logit arrays")
+        edges = [validate_edges(edge_index, features.shape[0], f"edges of the pass at {shift:g} mm")
+                 for edge_index, shift in zip(edges, self._vertex_shifts)]
+        return self._merged(features, edges, logits)
+
+    def _merged(self, features: np.ndarray, edges: list, logits: list) -> tuple[np.ndarray, np.ndarray]:
         r_column, z_column = (self.feature_spec.names.index(name) for name in SHIFT_FEATURES)
         r = features[:, r_column].astype(np.float64) * self.feature_spec.scales[r_column]
         z = features[:, z_column].astype(np.float64) * self.feature_spec.scales[z_column]

@@ -23,8 +23,10 @@ earlier run used). It writes the
 ``default_bundle`` section of ``benchmarks/RESULTS.md`` (for another bundle given with
 ``--bundle``, the section ``bundle_<its directory name>``).
 
-Usage: ``python benchmarks/bench_default_bundle.py [--bundle DIR] [--threads N] [--per-kind N] [--small]``
-(``--small`` simulates 1/10 of the particles, a quick check that the script works).
+Usage: ``python benchmarks/bench_default_bundle.py [--bundle DIR] [--threads N] [--per-kind N] [--small]
+[--vertex-shifts=MM,MM,...]`` (``--small`` simulates 1/10 of the particles, a quick check that the
+script works; ``--vertex-shifts`` runs each event once per shift and merges the passes, as
+``trackserve run --vertex-shifts`` does, into the section ``default_bundle_vertex_shifts``).
 """
 
 from __future__ import annotations

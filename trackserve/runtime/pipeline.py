@@ -58,7 +58,9 @@ class PipelineResult:
     ``labels[i]`` is the track of hit ``i`` (compact, ``0 .. num_tracks-1``; a hit no kept
     edge reaches is a track of its own). ``timings`` maps each name of :data:`STAGES`
     and ``"total"`` to seconds. ``num_edges`` gives the edges after ``graph``,
-    ``filter`` and ``gnn`` (the edges that passed the GNN cut).
+    ``filter`` and ``gnn`` (the edges that passed the GNN cut); with vertex shifts
+    (:attr:`RuntimeConfig.vertex_shifts`) the stage times and the ``graph`` and ``filter``
+    counts are summed over the passes, and ``gnn`` counts the merged edges passing the cut.
     """
 
     labels: np.ndarray

@@ -217,9 +217,12 @@ def test_shifted_events_in_flight_match_one_at_a_time(tiny_bundle, sample_featur
     events = [sample_features, sample_features[:1], sample_features[:0], sample_features[:700]]
     alone = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, vertex_shifts=SHIFTS))
     expected = [alone.run(features).labels for features in events]
-    with Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
-                                                    vertex_shifts=SHIFTS)) as flight:
-        for result, labels in zip(flight.run_many(events), expected):
+    for executor in ("threads", "processes"):  # worker processes get the shifts with the config
+        with Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
+                                                        event_executor=executor, vertex_shifts=SHIFTS)) as flight:
+            results = list(flight.run_many(events))
+        assert len(results) == len(expected)
+        for result, labels in zip(results, expected):
             np.testing.assert_array_equal(result.labels, labels)
 
 

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import signal
 import sys
 import threading
@@ -104,13 +105,39 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+#: Options whose value is a comma-separated list that may start with a minus sign.
+LIST_OPTIONS = ("--vertex-shifts",)
+_NUMBER_LIST = re.compile(r"^-\d|^-\.\d")
+
+
+def _joined_list_values(argv: list[str]) -> list[str]:
+    """``argv`` with ``--vertex-shifts -100,0,100`` written as ``--vertex-shifts=-100,0,100``:
+    argparse takes a value that starts with ``-`` and is not a plain number for an option."""
+    joined: list[str] = []
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument in LIST_OPTIONS:
+            value = next(arguments, None)
+            if value is not None and _NUMBER_LIST.match(value):
+                joined.append(f"{argument}={value}")
+                continue
+            joined.append(argument)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(argument)
+        if argument == "--":
+            joined.extend(arguments)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trackserve`` console script; returns the exit status.
 
     Ctrl-C gives status 130 and SIGTERM 143 (128 + the signal), each after the job's
     clean-ups ran and with one line saying so."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_joined_list_values(sys.argv[1:] if argv is None else list(argv)))
     if getattr(args, "handler", None) is None:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

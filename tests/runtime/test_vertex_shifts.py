@@ -311,3 +311,15 @@ def test_tune_cut_scores_the_validation_events_with_the_shifts(tiny_bundle, tmp_
     assert record["vertex_shifts"] == [0.0] and record["earlier"][0]["vertex_shifts"] == [-60.0, 0.0, 60.0]
     assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--vertex-shifts=1,x"]) == 2
     assert "'x' is not a number" in capsys.readouterr().err
+
+
+def test_a_negative_list_may_follow_the_option_after_a_space(tiny_bundle, capsys):
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", "--vertex-shifts", "-50,0,50",
+                     str(SAMPLE_EVENT)]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [-50.0, 0.0, 50.0]
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", "--vertex-shifts", "none",
+                     str(SAMPLE_EVENT)]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [0.0]
+    with pytest.raises(SystemExit):  # an option after it is no value
+        cli_main(["run", "--vertex-shifts", "--json"])
+    assert "--vertex-shifts: expected one argument" in capsys.readouterr().err

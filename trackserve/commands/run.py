@@ -78,8 +78,8 @@ def register(subparsers) -> None:
                              f"{DEFAULT_MEMORY_LIMIT_BYTES / 2**30:g}); "
                              "with several events in flight each has its share")
     parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
-                        help="run each event's networks and graph once per position along the beam (mm; write it "
-                        "with '=': --vertex-shifts=-100,-50,0,50,100) and merge the edges by where each points on "
+                        help="run each event's networks and graph once per position along the beam (mm, "
+                        "e.g. -100,-50,0,50,100) and merge the edges by where each points on "
                         "the beam line: finds more of the particles produced far from the centre, at about one "
                         "event's time per shift (default: one pass at the centre; README, 'Vertex shifts')")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",

@@ -55,8 +55,8 @@ def register(subparsers) -> None:
                              "each instance (a process of its own) applies it to the event it runs")
     parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
                         help="the custom model runs each event once per position along the beam and merges the "
-                        "passes, as `trackserve run --vertex-shifts` does (write it with '=': "
-                        "--vertex-shifts=-100,-50,0,50,100; --layout custom only)")
+                        "passes, as `trackserve run --vertex-shifts` does (mm, e.g. -100,-50,0,50,100; "
+                        "--layout custom only)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
     parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
                         help="name of the ensemble model (default: %(default)s)")

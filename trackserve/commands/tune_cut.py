@@ -80,8 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "and keep the best of all (default 1: the chosen pair only)")
     parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
                         help="score the validation events as `trackserve run --vertex-shifts` does, a pass per "
-                        "position along the beam merged edge by edge (write it with '=': "
-                        "--vertex-shifts=-100,-50,0,50,100), so that the cuts suit runs with those shifts; "
+                        "position along the beam merged edge by edge (mm, e.g. -100,-50,0,50,100), "
+                        "so that the cuts suit runs with those shifts; "
                         "--write records them with the tuning (default: one pass)")
     parser.add_argument("--write", action="store_true",
                         help="store the chosen cut, gap cut, piece joining and method in the bundle")

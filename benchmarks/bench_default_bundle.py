@@ -56,7 +56,7 @@ from trackserve.runtime.config import RuntimeConfig  # noqa: E402
 from trackserve.runtime.cuts import logit_threshold  # noqa: E402
 from trackserve.runtime.pipeline import Pipeline  # noqa: E402
 from trackserve.runtime.track_building import build_tracks, bundle_track_options  # noqa: E402
-from trackserve.runtime.vertex_shifts import is_shifted, parse_vertex_shifts, shifted_features  # noqa: E402
+from trackserve.runtime.vertex_shifts import parse_vertex_shifts, shifted_features  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "data" / "trackml"
@@ -224,12 +224,10 @@ def evaluate(pipeline: Pipeline, event) -> dict:
     """Run the pipeline stage by stage on ``event``; edge figures per stage, track figures, stage times."""
     features = pipeline.event_features(event)
     times = dict.fromkeys(("embed", "graph", "filter", "gnn", "tracks"), 0.0)
-    shifts = pipeline.config.vertex_shifts if is_shifted(pipeline.config.vertex_shifts) else (0.0,)
-    z_column = pipeline.feature_spec.names.index("z") if len(shifts) > 1 else None
+    shifts = pipeline.vertex_shifts or (0.0,)
     graphs, filtereds, logit_sets = [], [], []
     for shift in shifts:  # one pass, or one per vertex shift (as Pipeline.run runs them)
-        moved = features if z_column is None else shifted_features(features, z_column,
-                                                                   pipeline.feature_spec.scales[z_column], shift)
+        moved = shifted_features(features, pipeline.feature_spec.names, pipeline.feature_spec.scales, shift)
         mark = time.perf_counter()
         embedding = pipeline.embed(moved)
         times["embed"] += time.perf_counter() - mark
@@ -342,7 +340,7 @@ def main(argv=None) -> int:
 
     pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads,
                                                      vertex_shifts=shifts))
-    shifted = is_shifted(shifts)
+    shifted = pipeline.vertex_shifts is not None
     every = []  # (kind, name, result) of every event
     for kind, name, event in held_out_events(args.small, args.per_kind) + real_events():
         result = evaluate(pipeline, event)
@@ -371,7 +369,7 @@ def main(argv=None) -> int:
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
            "passing the GNN cut; gaps are filled from the edges passing the gap cut)")
         + ("" if stages.join_pieces is None else f", piece joining: {stages.join_pieces.describe()}") + "."
-        + (f" Vertex shifts: each event run at {', '.join(f'{shift:g}' for shift in shifts)} mm along the beam and the "
+        + (f" Vertex shifts: each event run at {', '.join(f'{shift:g}' for shift in pipeline.vertex_shifts)} mm along the beam and the "
            "passes merged by each edge's intercept with the beam line (`trackserve run --vertex-shifts`); the 'graph' "
            "rows count the passes' graphs' distinct edges, the 'filter' rows the merged edges, and stage times are "
            "summed over the passes (the merge is timed with the tracks)." if shifted else "")

@@ -116,7 +116,8 @@ def _joined_list_values(argv: list[str]) -> list[str]:
     joined: list[str] = []
     arguments = iter(argv)
     for argument in arguments:
-        if argument in LIST_OPTIONS:
+        # the option, or a prefix of it that argparse takes for it (--vertex-shift)
+        if argument.startswith("--ve") and any(option.startswith(argument) for option in LIST_OPTIONS):
             value = next(arguments, None)
             if value is not None and _NUMBER_LIST.match(value):
                 joined.append(f"{argument}={value}")

@@ -41,6 +41,8 @@ def test_shifts_are_sorted_floats_and_none_stays_none():
     ([0, 501], "within 500 mm"),
     ([0, True], "must be numbers"),
     ([0, "50"], "must be numbers"),
+    (np.array(50.0), "got a 0-d array"),
+    (np.zeros((2, 2)), "got a 2-d array"),
     ([-50, 0, 50, -50.0], "repeat -50 mm"),
 ])
 def test_bad_shifts_are_refused_by_name(shifts, message):
@@ -61,14 +63,24 @@ def test_command_line_shifts():
 
 
 # -- the pieces -----------------------------------------------------------------------
-def test_shifted_features_move_only_z_and_copy():
-    features = np.arange(12, dtype=np.float32).reshape(4, 3)
-    moved = shifted_features(features, 2, 400.0, 100.0)
+def test_shifted_features_move_z_and_recompute_eta():
+    features = np.array([[0.1, 0.5, 0.2], [0.3, -0.5, -0.4]], dtype=np.float32)
+    moved = shifted_features(features, ("r", "phi", "z"), (1000.0, np.pi, 1000.0), 100.0)
     assert moved is not features
     np.testing.assert_array_equal(moved[:, :2], features[:, :2])
-    np.testing.assert_allclose(moved[:, 2], features[:, 2] - 0.25)
-    assert shifted_features(features, 2, 400.0, 0.0) is features
-    assert features[0, 2] == 2.0  # the input is untouched
+    np.testing.assert_allclose(moved[:, 2], features[:, 2] - 0.1, rtol=0, atol=1e-7)
+    assert shifted_features(features, ("r", "phi", "z"), (1000.0, np.pi, 1000.0), 0.0) is features
+    assert features[0, 2] == np.float32(0.2)  # the input is untouched
+    # eta depends on z: computed again from the moved hit, as hit_features computes it from moved hits
+    from trackserve.events.features import FeatureSpec, hit_features
+
+    spec = FeatureSpec(("r", "phi", "z", "eta"), (1000.0, np.pi, 1000.0, 2.0))
+    x, y, z = np.array([100.0, -250.0, 30.0]), np.array([0.0, 60.0, -40.0]), np.array([300.0, -20.0, 0.0])
+    hits = hit_features({"x": x, "y": y, "z": z}, spec)
+    moved = shifted_features(hits, spec.names, spec.scales, 120.0)
+    expected = hit_features({"x": x, "y": y, "z": z - 120.0}, spec)
+    np.testing.assert_allclose(moved, expected, rtol=1e-6, atol=1e-6)
+    assert np.abs(moved[:, 3] - hits[:, 3]).max() > 0.1
 
 
 def test_edge_intercepts_on_lines_through_known_points():
@@ -160,8 +172,21 @@ def test_merge_of_empty_passes_and_of_one_pass():
     assert logits.tolist() == [2.0, 3.0, 1.0]
     with pytest.raises(InputError, match="one edge set and one logit array per shift"):
         merge_by_intercept(5, (0.0, 50.0), [one], [np.zeros(3, np.float32)], np.arange(5.0), np.zeros(5))
-    with pytest.raises(InputError, match="3 edges but 2 logits"):
+    with pytest.raises(InputError, match=r"the pass at 0 mm has 3 edges but logits of shape \[2\]"):
         merge_by_intercept(5, (0.0,), [one], [np.zeros(2, np.float32)], np.arange(5.0), np.zeros(5))
+    # counts that add up but belong to the wrong passes, and 2-d logits, are refused pass by pass
+    two = one[:, :2]
+    with pytest.raises(InputError, match="the pass at 0 mm has 3 edges but logits of shape"):
+        merge_by_intercept(5, (0.0, 50.0), [one, two], [np.zeros(2, np.float32), np.zeros(3, np.float32)],
+                           np.arange(5.0), np.zeros(5))
+    with pytest.raises(InputError, match=r"logits of shape \[3, 1\]"):
+        merge_by_intercept(5, (0.0,), [one], [np.zeros((3, 1), np.float32)], np.arange(5.0), np.zeros(5))
+    # an index beyond the hits would collide with another edge's key: refused
+    with pytest.raises(InputError, match="the edges of the pass at 0 mm"):
+        merge_by_intercept(3, (0.0, 50.0), [np.array([[0, 1], [5, 2]]), np.zeros((2, 0), np.int64)],
+                           [np.array([1.0, 2.0]), np.zeros(0)], np.arange(10.0, 70, 10), np.zeros(6))
+    with pytest.raises(InputError, match="repeat 50 mm"):
+        merge_by_intercept(5, (50.0, 0.0, 50.0), [one] * 3, [np.zeros(3, np.float32)] * 3, np.arange(5.0), np.zeros(5))
 
 
 # -- the pipeline ---------------------------------------------------------------------
@@ -198,16 +223,18 @@ def test_shifted_run_is_its_passes_merged(tiny_bundle, sample_features):
     np.testing.assert_array_equal(result.labels, expected)
     assert result.num_edges["graph"] == sum(g.shape[1] for g in graphs)
     assert result.num_edges["filter"] == sum(e.shape[1] for e in edge_sets)
+    assert result.num_edges["merged"] == edges.shape[1] < result.num_edges["filter"]
+    assert pipeline.vertex_shifts == (-60.0, 0.0, 60.0) and plain.vertex_shifts is None
     assert set(result.timings) == {"embed", "graph", "filter", "gnn", "tracks", "total"}
     merged = pipeline.merge_vertex_shifts(sample_features, edge_sets, logit_sets)
     np.testing.assert_array_equal(merged[0], edges)
     with pytest.raises(InputError, match="one pass at the centre"):
         plain.merge_vertex_shifts(sample_features, edge_sets, logit_sets)
-    with pytest.raises(InputError, match=r"one edge set and one logit array per vertex shift \(3: -60, 0, 60 mm\)"):
+    with pytest.raises(InputError, match=r"one edge set and one logit array per vertex shift, in the order -60, 0, 60"):
         pipeline.merge_vertex_shifts(sample_features, edge_sets[:2], logit_sets[:2])
     outside = edge_sets[2].copy()
     outside[1, 0] = len(sample_features)
-    with pytest.raises(InputError, match="edges of the pass at 60 mm"):
+    with pytest.raises(InputError, match="the edges of the pass at 60 mm"):
         pipeline.merge_vertex_shifts(sample_features, [edge_sets[0], edge_sets[1], outside], logit_sets)
     with pytest.raises(InputError, match="features"):
         pipeline.merge_vertex_shifts(sample_features[:, :2], edge_sets, logit_sets)
@@ -263,7 +290,8 @@ def test_run_with_vertex_shifts(tiny_bundle, tmp_path, capsys):
     assert report["events"][0]["num_tracks_min_hits"] == expected.num_tracks_with(5)
     assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--vertex-shifts=-50,0,50",
                      str(SAMPLE_EVENT)]) == 0
-    assert "3 passes at vertex shifts -50, 0, 50 mm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 passes at vertex shifts -50, 0, 50 mm" in out and " merged " in out.splitlines()[0]
     assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", str(SAMPLE_EVENT)]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [0.0]
 
@@ -305,9 +333,25 @@ def test_tune_cut_scores_the_validation_events_with_the_shifts(tiny_bundle, tmp_
                      "--vertex-shifts=-60,0,60", "--write"]) == 0
     assert "3 passes at vertex shifts -60, 0, 60 mm, merged" in capsys.readouterr().out
     assert load_bundle(bundle).provenance["gnn_cut_tuned"]["vertex_shifts"] == [-60.0, 0.0, 60.0]
+
+    # the bundle now runs at its shifts: a pipeline, bundle-info and a further tuning take them
+    tuned = load_bundle(bundle)
+    assert tuned.stages.vertex_shifts == (-60.0, 0.0, 60.0)
+    assert json.loads((bundle / "pipeline.json").read_text())["stages"]["vertex_shifts"] == [-60.0, 0.0, 60.0]
+    assert Pipeline(bundle).vertex_shifts == (-60.0, 0.0, 60.0)
+    assert Pipeline(bundle, config=RuntimeConfig(vertex_shifts=(0,))).vertex_shifts is None  # the runtime overrides
+    assert cli_main(["bundle-info", str(bundle)]) == 0
+    assert "vertex_shifts -60, 0, 60 mm" in capsys.readouterr().out
     assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
                      "--write"]) == 0
+    assert "3 passes at vertex shifts -60, 0, 60 mm, merged" in capsys.readouterr().out
+    assert load_bundle(bundle).stages.vertex_shifts == (-60.0, 0.0, 60.0)
+    # tuned for one pass again: the shifts leave the stages
+    assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                     "--vertex-shifts", "0", "--write"]) == 0
     record = load_bundle(bundle).provenance["gnn_cut_tuned"]
+    assert load_bundle(bundle).stages.vertex_shifts is None and "vertex_shifts" not in json.loads(
+        (bundle / "pipeline.json").read_text())["stages"]
     assert record["vertex_shifts"] == [0.0] and record["earlier"][0]["vertex_shifts"] == [-60.0, 0.0, 60.0]
     assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--vertex-shifts=1,x"]) == 2
     assert "'x' is not a number" in capsys.readouterr().err
@@ -320,6 +364,53 @@ def test_a_negative_list_may_follow_the_option_after_a_space(tiny_bundle, capsys
     assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", "--vertex-shifts", "none",
                      str(SAMPLE_EVENT)]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [0.0]
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", "--vertex-shift", "-50,50",
+                     str(SAMPLE_EVENT)]) == 0  # the prefix argparse takes for it
+    assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [-50.0, 50.0]
     with pytest.raises(SystemExit):  # an option after it is no value
         cli_main(["run", "--vertex-shifts", "--json"])
     assert "--vertex-shifts: expected one argument" in capsys.readouterr().err
+
+
+# -- a bundle that runs at vertex shifts ----------------------------------------------
+@pytest.mark.parametrize("value, message", [
+    ("-50,50", "is not a list of positions along the beam"),
+    ([0, 0], "repeat 0 mm"),
+    ([0, 700], "within 500 mm"),
+    ([], "1 to 16 shifts"),
+    ([0, None], "must be numbers"),
+])
+def test_bad_bundle_shifts_are_refused(tiny_bundle, tmp_path, value, message):
+    from ..conftest import assert_stages_refused
+
+    assert_stages_refused(tiny_bundle, tmp_path / "bad", {"vertex_shifts": value}, f"stages.vertex_shifts: .*{message}")
+
+
+def test_bundle_shifts_run_and_one_pass_is_stored_as_none(tiny_bundle, tmp_path, sample_features):
+    from trackserve.bundle import StageParameters, load_bundle
+
+    from ..conftest import copy_with_stages
+
+    shifted = copy_with_stages(tiny_bundle, tmp_path / "shifted", vertex_shifts=[60, -60, 0])
+    assert load_bundle(shifted).stages.vertex_shifts == (-60.0, 0.0, 60.0)
+    labels = Pipeline(shifted, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(sample_features).labels
+    given = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, vertex_shifts=(-60, 0, 60)))
+    np.testing.assert_array_equal(labels, given.run(sample_features).labels)
+    central = copy_with_stages(tiny_bundle, tmp_path / "central", vertex_shifts=[0])
+    assert load_bundle(central).stages.vertex_shifts is None
+    assert StageParameters.from_dict({**load_bundle(tiny_bundle).stages.to_dict(), "vertex_shifts": [0.0]}).to_dict() \
+        == load_bundle(tiny_bundle).stages.to_dict()
+
+
+def test_a_bundle_without_r_or_z_cannot_store_shifts(tiny_bundle, tmp_path):
+    from trackserve.bundle import load_bundle
+    from trackserve.errors import BundleError
+
+    from ..conftest import copy_with_stages
+
+    bad = copy_with_stages(tiny_bundle, tmp_path / "bad", vertex_shifts=[-50, 50])
+    data = json.loads((bad / "pipeline.json").read_text())
+    data["features"]["names"] = ["r", "phi", "x"]  # (also contradicts the networks' configs: both named)
+    (bad / "pipeline.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"stages.vertex_shifts: .* lack r or z"):
+        load_bundle(bad)

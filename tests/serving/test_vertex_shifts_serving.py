@@ -25,10 +25,13 @@ def _parameters(config_path) -> dict:
 
 
 def test_the_custom_model_carries_the_shifts(tiny_bundle, tmp_path):
-    write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(vertex_shifts=(50, -50, 0)))
-    assert _parameters(tmp_path / "repo" / "exatrkx" / "config.pbtxt")["vertex_shifts"] == "-50,0,50"
-    write_repository(tiny_bundle, tmp_path / "plain", RepositoryOptions(vertex_shifts=(0,)))
+    write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(vertex_shifts=(50, -50, 0, 123.4567, 1e-7)))
+    text = _parameters(tmp_path / "repo" / "exatrkx" / "config.pbtxt")["vertex_shifts"]
+    assert backend.runtime_config({"vertex_shifts": text}).vertex_shifts == (-50.0, 0.0, 1e-7, 50.0, 123.4567)  # exact
+    write_repository(tiny_bundle, tmp_path / "plain", RepositoryOptions())
     assert "vertex_shifts" not in _parameters(tmp_path / "plain" / "exatrkx" / "config.pbtxt")
+    write_repository(tiny_bundle, tmp_path / "one", RepositoryOptions(vertex_shifts=(0,)))  # one pass, said so
+    assert _parameters(tmp_path / "one" / "exatrkx" / "config.pbtxt")["vertex_shifts"] == "0.0"
 
 
 @pytest.mark.parametrize("options, message", [
@@ -47,7 +50,7 @@ def test_bad_shift_options_are_refused(options, message):
 def test_the_command_writes_the_shifts(tiny_bundle, tmp_path, capsys):
     assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle),
                  "--vertex-shifts=-60,0,60"]) == 0
-    assert _parameters(tmp_path / "repo" / "exatrkx" / "config.pbtxt")["vertex_shifts"] == "-60,0,60"
+    assert _parameters(tmp_path / "repo" / "exatrkx" / "config.pbtxt")["vertex_shifts"] == "-60.0,0.0,60.0"
     assert main(["triton-repo", str(tmp_path / "bad"), "--bundle", str(tiny_bundle), "--layout", "ensemble",
                  "--vertex-shifts=-60,0,60"]) != 0
     assert "use layout custom (--layout custom)" in capsys.readouterr().err
@@ -82,3 +85,20 @@ def test_client_reads_the_served_shifts(monkeypatch):
     served["vertex_shifts"] = "a"
     with pytest.raises(InputError, match="model 'exatrkx''s parameter 'vertex_shifts'"):
         client.served_vertex_shifts()
+
+
+def test_a_bundle_with_shifts_is_served_by_the_custom_model_only(tiny_bundle, tmp_path):
+    from ..conftest import copy_with_stages
+
+    shifted = copy_with_stages(tiny_bundle, tmp_path / "shifted", vertex_shifts=[-50, 0, 50])
+    with pytest.raises(InputError, match=r"runs each event at vertex shifts -50.0,0.0,50.0 mm .* use --layout custom"):
+        write_repository(shifted, tmp_path / "repo", RepositoryOptions(layout="both"))
+    assert not (tmp_path / "repo").exists()
+    write_repository(shifted, tmp_path / "custom", RepositoryOptions())
+    assert "vertex_shifts" not in _parameters(tmp_path / "custom" / "exatrkx" / "config.pbtxt")  # the bundle's own
+    model = PipelineModel.from_args(args_for(shifted, intra_op_threads=1, graph_threads=1))
+    assert model.pipeline.vertex_shifts == (-50.0, 0.0, 50.0)
+    one_pass = PipelineModel.from_args(args_for(shifted, intra_op_threads=1, graph_threads=1, vertex_shifts="0"))
+    assert one_pass.pipeline.vertex_shifts is None
+    with pytest.raises(InputError, match=r"runs each event at vertex shifts -50, 0, 50 mm .* serve it as the custom"):
+        StageModel.from_args(args_for(shifted, stage="embed"))

@@ -13,7 +13,7 @@ from ..errors import BundleError
 from .checks import feature_config_problems, interface_problems, onnx_problems, parse_features
 from .schema import (ENTRY_KEYS, NETWORK_KINDS, PIPELINE_FILE, REQUIRED_NETWORKS, SCHEMA_VERSION, TOP_LEVEL_KEYS,
                      Bundle, NetworkEntry, TensorInfo)
-from .stages import STAGE_KEYS, JoinSettings, StageParameters, stage_problems, unknown_stage_keys
+from .stages import STAGE_KEYS, JoinSettings, StageParameters, stage_problems, unknown_stage_keys, vertex_shift_problem
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
@@ -152,7 +152,14 @@ def parse_pipeline_data(data, directory: Path, problems: list[str], *, check_fil
             gap_cut = raw_stages.get("gap_cut")
             join = raw_stages.get("join_pieces")
             prune_cut = raw_stages.get("prune_cut")
+            shifts = raw_stages.get("vertex_shifts")
             found = stage_problems(*(raw_stages[k] for k in keys), method, gap_cut, join, prune_cut)
+            shift_problem = vertex_shift_problem(shifts)
+            if shift_problem:
+                found.append(shift_problem)
+            elif shifts is not None and features is not None and not {"r", "z"} <= set(features["names"]):
+                found.append(f"stages.vertex_shifts: the passes move the hits along the beam and merge edges by their "
+                             f"r-z intercept, the features {features['names']} lack r or z")
             if method == "best_edges" and features is not None and not {"r", "z"} <= set(features["names"]):
                 found.append(
                     f"stages.track_building: 'best_edges' orders hits by r and z, the features {features['names']} lack them"
@@ -165,7 +172,8 @@ def parse_pipeline_data(data, directory: Path, problems: list[str], *, check_fil
             problems.extend(found)
             if not found:
                 stages = StageParameters(*(raw_stages[k] for k in keys), method, gap_cut,
-                                         None if join is None else JoinSettings.from_mapping(join), prune_cut)
+                                         None if join is None else JoinSettings.from_mapping(join), prune_cut,
+                                         None if shifts is None else tuple(shifts))
 
     provenance = data["provenance"]
     if not isinstance(provenance, dict):

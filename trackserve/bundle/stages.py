@@ -10,7 +10,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, InputError
+from ..runtime.vertex_shifts import is_shifted, validate_vertex_shifts
 
 #: Edge direction conventions of the graph stage: how each neighbouring pair ``{i, j}`` is stored.
 EDGE_DIRECTIONS: dict[str, str] = {
@@ -25,9 +26,9 @@ EDGE_DIRECTIONS: dict[str, str] = {
 TRACK_BUILDING_METHODS = ("components", "best_edges")
 
 
-#: The keys of ``stages`` in ``pipeline.json``; the last four are optional.
+#: The keys of ``stages`` in ``pipeline.json``; the last five are optional.
 STAGE_KEYS = ("radius", "max_neighbours", "filter_cut", "gnn_cut", "edge_direction", "track_building", "gap_cut",
-              "join_pieces", "prune_cut")
+              "join_pieces", "prune_cut", "vertex_shifts")
 
 
 #: float32's smallest normal number and its largest finite one (graph building squares the radius in float32).
@@ -191,7 +192,11 @@ class StageParameters:
     r, phi and z); None (default): no joining. ``prune_cut``: set exactly when the bundle
     has a ``pruner`` network (:data:`OPTIONAL_NETWORKS`): the GNN scores only the filtered
     edges whose pruner score passes it, in ``[0, gnn_cut]`` and not above ``gap_cut`` or
-    the joining's ``min_score``.
+    the joining's ``min_score``. ``vertex_shifts``: positions along the beam (mm) to run
+    each event at, the passes merged edge by edge (:mod:`trackserve.runtime.vertex_shifts`;
+    a bundle whose cuts were tuned for them, ``trackserve tune-cut --vertex-shifts
+    --write``); None (default) for one pass (``(0,)`` is stored as None). A runtime's
+    ``RuntimeConfig(vertex_shifts=...)`` overrides it.
     Invalid values raise :class:`~trackserve.errors.BundleError` naming each.
     """
 
@@ -204,9 +209,15 @@ class StageParameters:
     gap_cut: float | None = None
     join_pieces: JoinSettings | None = None
     prune_cut: float | None = None
+    vertex_shifts: tuple[float, ...] | None = None
 
     def __post_init__(self):
         _python_numbers(self, ("radius", "max_neighbours", "filter_cut", "gnn_cut", "gap_cut", "prune_cut"))
+        problem = vertex_shift_problem(self.vertex_shifts)
+        if problem:
+            raise BundleError(f"invalid stage parameters:\n  - {problem}")
+        shifts = validate_vertex_shifts(self.vertex_shifts)
+        object.__setattr__(self, "vertex_shifts", shifts if is_shifted(shifts) else None)
         problems = stage_problems(self.radius, self.max_neighbours, self.filter_cut, self.gnn_cut, self.edge_direction,
                                    self.track_building, self.gap_cut, self.join_pieces, self.prune_cut)
         if problems:
@@ -226,6 +237,7 @@ class StageParameters:
             **({} if self.gap_cut is None else {"gap_cut": self.gap_cut}),
             **({} if self.join_pieces is None else {"join_pieces": self.join_pieces.to_dict()}),
             **({} if self.prune_cut is None else {"prune_cut": self.prune_cut}),
+            **({} if self.vertex_shifts is None else {"vertex_shifts": list(self.vertex_shifts)}),
         }
 
     @classmethod
@@ -241,7 +253,23 @@ class StageParameters:
         if join is not None and not join_settings_problems(join):
             join = JoinSettings.from_mapping(join)  # a faulty mapping is refused by __post_init__, naming each problem
         return cls(data["radius"], data["max_neighbours"], data["filter_cut"], data["gnn_cut"], data["edge_direction"],
-                   data.get("track_building", "components"), data.get("gap_cut"), join, data.get("prune_cut"))
+                   data.get("track_building", "components"), data.get("gap_cut"), join, data.get("prune_cut"),
+                   data.get("vertex_shifts"))
+
+
+def vertex_shift_problem(shifts) -> str | None:
+    """What is wrong with ``stages.vertex_shifts`` (a list of mm, or None), or None."""
+    if isinstance(shifts, tuple) or shifts is None:
+        candidate = shifts
+    elif isinstance(shifts, list):
+        candidate = tuple(shifts)
+    else:
+        return f"stages.vertex_shifts: {shifts!r} is not a list of positions along the beam (mm)"
+    try:
+        validate_vertex_shifts(candidate)
+    except InputError as error:
+        return f"stages.vertex_shifts: {error}"
+    return None
 
 
 def unknown_stage_keys(unknown: list) -> str:

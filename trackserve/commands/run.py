@@ -144,7 +144,8 @@ def _shifts_text(settings: dict) -> str:
     shifts = settings["vertex_shifts"]
     if shifts == [0.0]:
         return ""
-    return f"; {len(shifts)} passes at vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm"
+    return (f"; {len(shifts)} passes at vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm: graph and "
+            "filtered edges summed over the passes, merged the distinct filtered edges tracks are built from")
 
 
 def _event_record(item, result, args) -> dict:
@@ -168,12 +169,15 @@ def _event_record(item, result, args) -> dict:
 
 
 def _print_tables(report: dict, stages, out) -> None:
-    header = ["event", "hits", "graph", "filtered", "kept", f"tracks>={report['settings']['min_track_hits']}"]
+    shifted = report["settings"]["vertex_shifts"] != [0.0]  # graph and filtered: summed over the passes
+    header = ["event", "hits", "graph", "filtered"] + (["merged"] if shifted else []) + [
+        "kept", f"tracks>={report['settings']['min_track_hits']}"]
     header += [f"{s} ms" for s in stages] + ["total ms"]
     rows = []
     for ev in report["events"]:
-        row = [ev["event"], ev["num_hits"], ev["num_edges"]["graph"], ev["num_edges"]["filter"], ev["num_edges"]["gnn"],
-               ev["num_tracks_min_hits"]]
+        edges = ev["num_edges"]
+        row = [ev["event"], ev["num_hits"], edges["graph"], edges["filter"]] + ([edges["merged"]] if shifted else []) + [
+            edges["gnn"], ev["num_tracks_min_hits"]]
         row += [f"{ev['timings_ms'][s]:.1f}" for s in stages] + [f"{ev['timings_ms']['total']:.1f}"]
         rows.append([str(v) for v in row])
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
@@ -310,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
             "event_workers_chosen": workers_chosen,
             "event_executor": pipeline.config.event_executor if pipeline.config.event_workers > 1 else None,
             "edge_chunk_size": pipeline.config.edge_chunk_size,
-            "vertex_shifts": list(pipeline.config.vertex_shifts or (0.0,)),
+            "vertex_shifts": list(pipeline.vertex_shifts or (0.0,)),
             "min_pt": args.min_pt,
             "min_hits": args.min_hits,
             "min_track_hits": args.min_hits,

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                                       check_counted_particles, tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.config import RuntimeConfig
     from ..runtime.pipeline import Pipeline
-    from ..runtime.vertex_shifts import is_shifted, parse_vertex_shifts
+    from ..runtime.vertex_shifts import parse_vertex_shifts
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
     if args.seed is not None:
@@ -210,8 +210,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"validation: {described}: {event.num_hits} hits")
     print(f"track building {method}; particles with pT >= {args.min_pt:g} GeV and >= {args.min_hits} hits"
           + ("; figures averaged over the events, 'worst fake' the highest event's" if len(events) > 1 else "")
-          + (f"; {len(shifts)} passes at vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm, merged"
-             if is_shifted(shifts) else ""))
+          + (f"; {len(pipeline.vertex_shifts)} passes at vertex shifts "
+             f"{', '.join(f'{shift:g}' for shift in pipeline.vertex_shifts)} mm, merged"
+             if pipeline.vertex_shifts is not None else ""))
     if args.fill_gaps:
         print("each cut without gap filling, then with the gap cut that scores best at it")
     print(f"{'cut':>5}  {'gap cut':>7}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'duplicates':>10}  "
@@ -288,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         "events": [described for _, described in validations], "num_hits": [int(event.num_hits) for event in events],
         "min_pt": args.min_pt, "min_hits": args.min_hits,
         # the passes the validation events were scored with (one at 0 mm: no vertex shifts)
-        "vertex_shifts": list(pipeline.config.vertex_shifts or (0.0,)),
+        "vertex_shifts": list(pipeline.vertex_shifts or (0.0,)),
         "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
         # every combination of these values (none without --join-pieces)
         "joins_tried": {name: list(values) for name, values in CANDIDATE_JOIN_GRID.items()} if args.join_pieces else None,
@@ -306,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(earlier, dict):  # keep the history of earlier tunings, latest first
         record["earlier"] = [{k: v for k, v in earlier.items() if k != "earlier"}, *earlier.get("earlier", [])]
     new_stages = dataclasses.replace(stages, gnn_cut=best.cut, gap_cut=best.gap_cut, track_building=method,
-                                     join_pieces=best.join)
+                                     join_pieces=best.join, vertex_shifts=pipeline.vertex_shifts)
     tuned = dataclasses.replace(bundle, stages=new_stages, provenance={**bundle.provenance, "gnn_cut_tuned": record})
     directory = save_bundle(tuned, bundle.directory).directory
     print(f"stored {chosen} and track building {method} in {Path(directory) / 'pipeline.json'} "

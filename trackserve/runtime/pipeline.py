@@ -59,8 +59,9 @@ class PipelineResult:
     edge reaches is a track of its own). ``timings`` maps each name of :data:`STAGES`
     and ``"total"`` to seconds. ``num_edges`` gives the edges after ``graph``,
     ``filter`` and ``gnn`` (the edges that passed the GNN cut); with vertex shifts
-    (:attr:`RuntimeConfig.vertex_shifts`) the stage times and the ``graph`` and ``filter``
-    counts are summed over the passes, and ``gnn`` counts the merged edges passing the cut.
+    (:attr:`Pipeline.vertex_shifts`) the stage times and the ``graph`` and ``filter``
+    counts are summed over the passes, ``merged`` counts the distinct filtered edges the
+    tracks are built from, and ``gnn`` those of them passing the cut.
     """
 
     labels: np.ndarray
@@ -106,19 +107,26 @@ class Pipeline:
         self.networks: dict[str, OnnxNetwork] = self._steps.networks
         self.stages = self.bundle.stages
         self.memory = MemoryModel.for_bundle(self.bundle)
-        self._vertex_shifts = self.config.vertex_shifts if is_shifted(self.config.vertex_shifts) else None
+        # The runtime's shifts, else the bundle's (a bundle whose cuts were tuned for them).
+        shifts = self.config.vertex_shifts if self.config.vertex_shifts is not None else self.stages.vertex_shifts
+        self._vertex_shifts = shifts if is_shifted(shifts) else None
         if self._vertex_shifts is not None:
             missing = [name for name in SHIFT_FEATURES if name not in self.feature_spec.names]
             if missing:
                 raise InputError(f"vertex_shifts move the hits along the beam and merge edges by their r-z intercept, "
                                  f"which needs the features {', '.join(SHIFT_FEATURES)}; this bundle reads "
                                  f"{', '.join(self.feature_spec.names)} (no {', '.join(missing)})")
-        self._z_column = self.feature_spec.names.index("z") if "z" in self.feature_spec.names else None
         # One-worker pipeline for events too large for a worker's share of the memory (run_many).
         self._alone: Pipeline | None = None
         # Worker processes of run_many with event_executor="processes", started on first use.
         self._processes: EventProcesses | None = None
         self._processes_lock = threading.Lock()
+
+    @property
+    def vertex_shifts(self) -> tuple[float, ...] | None:
+        """The shifts (mm, sorted) each event runs at: ``config.vertex_shifts``, else the bundle's
+        ``stages.vertex_shifts``; None for one pass at the centre."""
+        return self._vertex_shifts
 
     @property
     def num_features(self) -> int:
@@ -258,6 +266,8 @@ class Pipeline:
         passed = int(np.count_nonzero(passes_cut(gnn_logits, self.stages.gnn_cut)))
         num_edges = {"graph": sum(graph for graph, _, _ in passes), "filter": sum(f.shape[1] for _, f, _ in passes),
                      "gnn": passed}
+        if len(passes) > 1:
+            num_edges["merged"] = int(filtered.shape[1])
         return PipelineResult(labels=labels, timings=timings, num_edges=num_edges)
 
     def scored_edges(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -289,7 +299,7 @@ class Pipeline:
         num_hits = features.shape[0]
         limit = self.config.memory_limit_per_event
         if shift:
-            features = shifted_features(features, self._z_column, self.feature_spec.scales[self._z_column], shift)
+            features = shifted_features(features, self.feature_spec.names, self.feature_spec.scales, shift)
         mark = time.perf_counter()
         embedding = self._embedded(features)
         timings["embed"] += time.perf_counter() - mark
@@ -307,19 +317,23 @@ class Pipeline:
         return int(edges.shape[1]), filtered, gnn_logits
 
     def merge_vertex_shifts(self, features: np.ndarray, edges: list, logits: list) -> tuple[np.ndarray, np.ndarray]:
-        """``(edge_index, logits)`` of the passes at ``config.vertex_shifts`` (one filtered edge set
-        ``[2, M_k]`` and its GNN logits ``[M_k]`` per shift, in the shifts' order) merged edge by
-        edge (:func:`~trackserve.runtime.vertex_shifts.merge_by_intercept`) by the hits' own
-        positions in ``features`` ``[N, F]``. Checks its inputs (InputError naming the problem)."""
+        """``(edge_index, logits)`` of the passes at :attr:`vertex_shifts` (one filtered edge set
+        ``[2, M_k]`` and its GNN logits ``[M_k]`` per shift, in the order of :attr:`vertex_shifts`,
+        which is sorted whatever order the config gave) merged edge by edge
+        (:func:`~trackserve.runtime.vertex_shifts.merge_by_intercept`) by the hits' own
+        positions in ``features`` ``[N, F]``. Checks its inputs (InputError naming the problem;
+        a :class:`~trackserve.errors.GraphConventionWarning` for edges not in the bundle's
+        convention, as the other stages give)."""
         if self._vertex_shifts is None:
             raise InputError("this pipeline runs one pass at the centre: give RuntimeConfig(vertex_shifts=...) to merge "
                              "passes")
         features = validate_features(features, self.num_features)
         if not (len(edges) == len(logits) == len(self._vertex_shifts)):
-            raise InputError(f"give one edge set and one logit array per vertex shift ({len(self._vertex_shifts)}: "
-                             f"{', '.join(f'{shift:g}' for shift in self._vertex_shifts)} mm); got {len(edges)} edge "
-                             f"sets and {len(logits)} logit arrays")
-        edges = [validate_edges(edge_index, features.shape[0], f"edges of the pass at {shift:g} mm")
+            raise InputError(f"give one edge set and one logit array per vertex shift, in the order "
+                             f"{', '.join(f'{shift:g}' for shift in self._vertex_shifts)} mm (pipeline.vertex_shifts); "
+                             f"got {len(edges)} edge sets and {len(logits)} logit arrays")
+        edges = [self._checked(features, validate_edges(edge_index, features.shape[0],
+                                                        f"the edges of the pass at {shift:g} mm"))[1]
                  for edge_index, shift in zip(edges, self._vertex_shifts)]
         return self._merged(features, edges, logits)
 

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from .inputs import validate_edges
 
 #: The most passes one event may be run in.
 MAX_VERTEX_SHIFTS = 16
@@ -44,6 +45,8 @@ def validate_vertex_shifts(shifts) -> tuple[float, ...] | None:
     :data:`MAX_VERTEX_SHIFT_MM` of the centre."""
     if shifts is None:
         return None
+    if isinstance(shifts, np.ndarray) and shifts.ndim != 1:
+        raise InputError(f"vertex_shifts must be a sequence of numbers (mm along the beam); got a {shifts.ndim}-d array")
     if isinstance(shifts, (str, bytes)) or not isinstance(shifts, Sequence) and not isinstance(shifts, np.ndarray):
         raise InputError(f"vertex_shifts must be a sequence of numbers (mm along the beam, e.g. (-100, -50, 0, 50, "
                          f"100)) or None; got {shifts!r}")
@@ -82,8 +85,8 @@ def parse_vertex_shifts(text: str, source: str = "--vertex-shifts") -> tuple[flo
 
 
 def shifts_text(shifts: tuple[float, ...]) -> str:
-    """The comma-separated form :func:`parse_vertex_shifts` reads back (``-100,-50,0,50,100``)."""
-    return ",".join(f"{shift:g}" for shift in shifts)
+    """The comma-separated form :func:`parse_vertex_shifts` reads back exactly (``-100.0,0.0,100.0``)."""
+    return ",".join(repr(float(shift)) for shift in shifts)
 
 
 def is_shifted(shifts: tuple[float, ...] | None) -> bool:
@@ -91,13 +94,24 @@ def is_shifted(shifts: tuple[float, ...] | None) -> bool:
     return shifts is not None and shifts != (0.0,)
 
 
-def shifted_features(features: np.ndarray, z_column: int, z_scale: float, shift: float) -> np.ndarray:
-    """A copy of ``features`` ``[N, F]`` with every hit moved by ``-shift`` mm along the beam
-    (column ``z_column`` holds ``z / z_scale``); the features themselves for shift 0."""
+def shifted_features(features: np.ndarray, names: Sequence[str], scales: Sequence[float], shift: float) -> np.ndarray:
+    """A copy of features ``[N, F]`` (columns ``names``, each divided by its ``scales`` entry)
+    with every hit moved by ``-shift`` mm along the beam: ``z`` moved, and ``eta``, which
+    depends on it, computed again from the moved ``z`` and ``r``; the features themselves for
+    shift 0. Needs ``r`` and ``z`` among ``names`` (:data:`SHIFT_FEATURES`)."""
     if shift == 0.0:
         return features
+    names = list(names)
+    r_column, z_column = (names.index(name) for name in SHIFT_FEATURES)
     moved = features.copy()
-    moved[:, z_column] -= np.float32(shift / z_scale)
+    moved[:, z_column] -= np.float32(shift / scales[z_column])
+    if "eta" in names:
+        z = moved[:, z_column].astype(np.float64) * scales[z_column]
+        r = features[:, r_column].astype(np.float64) * scales[r_column]
+        with np.errstate(divide="ignore", invalid="ignore"):  # a hit on the beam line: as hit_features computes it
+            eta = np.arcsinh(z / r)
+        eta_column = names.index("eta")
+        moved[:, eta_column] = eta / scales[eta_column]
     return moved
 
 
@@ -125,12 +139,20 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
     if not (len(shifts) == len(edges) == len(logits)) or not shifts:
         raise InputError(f"merge_by_intercept needs one edge set and one logit array per shift; got {len(shifts)} "
                          f"shifts, {len(edges)} edge sets, {len(logits)} logit arrays")
+    validate_vertex_shifts(list(shifts))  # distinct finite shifts (in any order: ties go by it)
     passes = len(shifts)
-    every = np.concatenate([np.asarray(e, dtype=np.int64).reshape(2, -1) for e in edges], axis=1)
-    scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s in logits])
-    if scores.shape[0] != every.shape[1]:
-        raise InputError(f"merge_by_intercept: {every.shape[1]} edges but {scores.shape[0]} logits")
-    which = np.repeat(np.arange(passes), [np.asarray(e).reshape(2, -1).shape[1] for e in edges])
+    edge_sets, logit_sets = [], []
+    for shift, edge_index, pass_logits in zip(shifts, edges, logits):
+        edge_index = validate_edges(edge_index, num_hits, f"the edges of the pass at {shift:g} mm")
+        pass_logits = np.asarray(pass_logits)
+        if pass_logits.shape != (edge_index.shape[1],):
+            raise InputError(f"the pass at {shift:g} mm has {edge_index.shape[1]} edges but logits of shape "
+                             f"{list(pass_logits.shape)}: give one logit per edge, [M]")
+        edge_sets.append(edge_index)
+        logit_sets.append(pass_logits.astype(np.float32, copy=False))
+    every = np.concatenate(edge_sets, axis=1)
+    scores = np.concatenate(logit_sets)
+    which = np.repeat(np.arange(passes), [e.shape[1] for e in edge_sets])
     centres = np.asarray(shifts, dtype=np.float64)
     intercept = np.clip(edge_intercepts(every, r, z), centres.min(), centres.max())
     # The rank of each row's pass among the passes by distance to its edge's intercept

@@ -171,6 +171,11 @@ class StageModel(ServedModel):
 
         require_device(device)
         loaded = load_bundle(bundle)
+        if loaded.stages.vertex_shifts is not None:
+            raise InputError(f"the bundle {bundle} runs each event at vertex shifts "
+                             f"{', '.join(f'{shift:g}' for shift in loaded.stages.vertex_shifts)} mm "
+                             "(stages.vertex_shifts), which only the custom model does; the ensemble's stage models run "
+                             "each stage once: serve it as the custom model")
         self.stage = make_stage(stage, loaded, config)
         specs = bundle_tensor_specs(loaded)
         spec = stage_spec(stage)

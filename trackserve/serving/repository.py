@@ -282,6 +282,11 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     if is_shifted(options.vertex_shifts) and missing:
         raise InputError(f"vertex shifts need the features {', '.join(SHIFT_FEATURES)}; the bundle reads "
                          f"{', '.join(loaded.feature_names)} (no {', '.join(missing)}): serve it without them")
+    if options.writes_ensemble and loaded.stages.vertex_shifts is not None:
+        raise InputError(f"the bundle runs each event at vertex shifts {shifts_text(loaded.stages.vertex_shifts)} mm "
+                         "(stages.vertex_shifts), which only the custom model does; the ensemble runs each stage once: "
+                         "use --layout custom, or tune a copy of the bundle for one pass (trackserve tune-cut "
+                         "--vertex-shifts 0 --write) and serve that")
     output = Path(output)
     _prepare_output(output, overwrite, loaded.directory)
     specs = bundle_tensor_specs(loaded)
@@ -293,8 +298,8 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     if options.writes_custom:
         name = options.model_name
         bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
-        shifts = ({PARAM_VERTEX_SHIFTS: shifts_text(options.vertex_shifts)} if is_shifted(options.vertex_shifts)
-                  else {})
+        # given: they override the bundle's stages.vertex_shifts (0: one pass); not given: the bundle's
+        shifts = {} if options.vertex_shifts is None else {PARAM_VERTEX_SHIFTS: shifts_text(options.vertex_shifts)}
         config = _python_model_config(name, [specs[FEATURES]], [specs[LABELS]],
                                       {PARAM_BUNDLE: bundle_ref, **runtime, **shifts, **features}, options)
         _write_python_model(output, name, PIPELINE_MODEL, config)

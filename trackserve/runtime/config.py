@@ -104,9 +104,10 @@ class RuntimeConfig:
     (:attr:`memory_limit_per_event`).
     ``vertex_shifts``: positions along the beam (mm) to run each event's network stages
     and graph at, merged edge by edge before the tracks are built
-    (:mod:`~trackserve.runtime.vertex_shifts`; needs features ``r`` and ``z``); None
-    (default) or ``(0,)``: one pass at the centre. Each shift costs about a whole event's
-    time, and finds more of the particles produced far from the centre.
+    (:mod:`~trackserve.runtime.vertex_shifts`; needs features ``r`` and ``z``; kept
+    sorted); ``(0,)``: one pass at the centre; None (default): the bundle's
+    ``stages.vertex_shifts``, one pass for a bundle without them. Each shift costs about a
+    whole event's time, and finds more of the particles produced far from the centre.
     """
 
     intra_op_threads: int | None = None

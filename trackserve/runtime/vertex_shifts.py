@@ -6,8 +6,10 @@ the beam (TrackML's spread, about 55 mm), they still find fewer of the particles
 far from the centre: in the barrel their hits point elsewhere than the central particles'
 that most of the training edges come from (``models/default/README.md``, "Quality").
 
-A pass with every hit's ``z`` moved by ``-shift`` shows the networks the particles
-produced near ``z = shift`` as central ones. :func:`merge_by_intercept` then gives each
+A pass with every hit's ``z`` moved by ``-shift`` (and its ``eta``, when the networks
+read one, computed again) shows the networks the particles produced near ``z = shift``
+as central ones. The runtime takes the shifts from ``RuntimeConfig.vertex_shifts``, else
+from the bundle's ``stages.vertex_shifts``. :func:`merge_by_intercept` then gives each
 edge the logit of the pass whose shift lies nearest the edge's own intercept with the
 beam line (where the straight line through its two hits in the r-z plane meets r = 0,
 clipped to the shifts' range), among the passes whose filtered graph holds the edge;

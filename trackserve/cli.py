@@ -117,7 +117,7 @@ def _joined_list_values(argv: list[str]) -> list[str]:
     arguments = iter(argv)
     for argument in arguments:
         # the option, or a prefix of it that argparse takes for it (--vertex-shift)
-        if argument.startswith("--ve") and any(option.startswith(argument) for option in LIST_OPTIONS):
+        if argument.startswith("--v") and any(option.startswith(argument) for option in LIST_OPTIONS):
             value = next(arguments, None)
             if value is not None and _NUMBER_LIST.match(value):
                 joined.append(f"{argument}={value}")

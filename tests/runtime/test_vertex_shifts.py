@@ -42,6 +42,7 @@ def test_shifts_are_sorted_floats_and_none_stays_none():
     ([0, True], "must be numbers"),
     ([0, "50"], "must be numbers"),
     (np.array(50.0), "got a 0-d array"),
+    ([10**400], "not a finite number"),
     (np.zeros((2, 2)), "got a 2-d array"),
     ([-50, 0, 50, -50.0], "repeat -50 mm"),
 ])
@@ -60,6 +61,10 @@ def test_command_line_shifts():
         parse_vertex_shifts("-100,a")
     with pytest.raises(InputError, match="repeat 0 mm"):
         parse_vertex_shifts("0,0")
+    for text in ("1_0,0", "inf,0", "nan", "0x10"):
+        with pytest.raises(InputError, match="is not a number"):
+            parse_vertex_shifts(text)
+    assert parse_vertex_shifts("+5e1,-.5") == (-0.5, 50.0)
 
 
 # -- the pieces -----------------------------------------------------------------------
@@ -184,7 +189,11 @@ def test_merge_of_empty_passes_and_of_one_pass():
     # an index beyond the hits would collide with another edge's key: refused
     with pytest.raises(InputError, match="the edges of the pass at 0 mm"):
         merge_by_intercept(3, (0.0, 50.0), [np.array([[0, 1], [5, 2]]), np.zeros((2, 0), np.int64)],
-                           [np.array([1.0, 2.0]), np.zeros(0)], np.arange(10.0, 70, 10), np.zeros(6))
+                           [np.array([1.0, 2.0]), np.zeros(0)], np.arange(10.0, 40, 10), np.zeros(3))
+    with pytest.raises(InputError, match=r"r and z must hold one position per hit, \[5\]; got shapes \[2\]"):
+        merge_by_intercept(5, (0.0,), [one], [np.zeros(3, np.float32)], np.arange(2.0), np.zeros(2))
+    with pytest.raises(InputError, match="must be numbers, got dtype"):
+        merge_by_intercept(5, (0.0,), [one], [np.array(["a", "b", "c"])], np.arange(5.0), np.zeros(5))
     with pytest.raises(InputError, match="repeat 50 mm"):
         merge_by_intercept(5, (50.0, 0.0, 50.0), [one] * 3, [np.zeros(3, np.float32)] * 3, np.arange(5.0), np.zeros(5))
 
@@ -353,6 +362,8 @@ def test_tune_cut_scores_the_validation_events_with_the_shifts(tiny_bundle, tmp_
     assert load_bundle(bundle).stages.vertex_shifts is None and "vertex_shifts" not in json.loads(
         (bundle / "pipeline.json").read_text())["stages"]
     assert record["vertex_shifts"] == [0.0] and record["earlier"][0]["vertex_shifts"] == [-60.0, 0.0, 60.0]
+    assert record["previous"]["vertex_shifts"] == [-60.0, 0.0, 60.0] and record["stages"]["vertex_shifts"] is None
+    assert "and one pass in" in capsys.readouterr().out.split("stored ")[1]
     assert cli_main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--vertex-shifts=1,x"]) == 2
     assert "'x' is not a number" in capsys.readouterr().err
 
@@ -367,6 +378,8 @@ def test_a_negative_list_may_follow_the_option_after_a_space(tiny_bundle, capsys
     assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", "--vertex-shift", "-50,50",
                      str(SAMPLE_EVENT)]) == 0  # the prefix argparse takes for it
     assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [-50.0, 50.0]
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--json", "--v", "-50", str(SAMPLE_EVENT)]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["vertex_shifts"] == [-50.0]
     with pytest.raises(SystemExit):  # an option after it is no value
         cli_main(["run", "--vertex-shifts", "--json"])
     assert "--vertex-shifts: expected one argument" in capsys.readouterr().err
@@ -414,3 +427,36 @@ def test_a_bundle_without_r_or_z_cannot_store_shifts(tiny_bundle, tmp_path):
     (bad / "pipeline.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match=r"stages.vertex_shifts: .* lack r or z"):
         load_bundle(bad)
+
+
+def test_one_shift_away_from_the_centre_is_one_moved_pass(tiny_bundle, sample_features, capsys):
+    pipeline = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, vertex_shifts=(50,)))
+    result = pipeline.run(sample_features)
+    plain = Pipeline(tiny_bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    moved = shifted_features(sample_features, ("r", "phi", "z"), (1000.0, np.pi, 1000.0), 50.0)
+    filtered = plain.filter_edges(moved, plain.build_graph(plain.embed(moved)))[0]
+    assert result.num_edges["merged"] == result.num_edges["filter"] == filtered.shape[1]
+    assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--vertex-shifts", "50", str(SAMPLE_EVENT)]) == 0
+    assert "1 passes at vertex shifts 50 mm" in capsys.readouterr().out
+
+
+def test_a_bundle_changed_in_memory_keeps_its_stages_in_processes_and_copies(tiny_bundle, sample_features):
+    import dataclasses
+    import pickle
+
+    from trackserve.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    changed = dataclasses.replace(bundle, stages=dataclasses.replace(bundle.stages, vertex_shifts=(-60.0, 0.0, 60.0),
+                                                                     gnn_cut=0.7))
+    alone = Pipeline(changed, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    copy = pickle.loads(pickle.dumps(alone))
+    assert copy.vertex_shifts == (-60.0, 0.0, 60.0) and copy.stages == changed.stages
+    assert pickle.loads(pickle.dumps(Pipeline(tiny_bundle))).stages == bundle.stages
+    events = [sample_features[:900], sample_features]
+    with Pipeline(changed, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,
+                                                event_executor="processes")) as flight:
+        results = list(flight.run_many(events))
+    for result, features in zip(results, events):
+        np.testing.assert_array_equal(result.labels, alone.run(features).labels)
+        assert "merged" in result.num_edges

@@ -102,3 +102,16 @@ def test_a_bundle_with_shifts_is_served_by_the_custom_model_only(tiny_bundle, tm
     assert one_pass.pipeline.vertex_shifts is None
     with pytest.raises(InputError, match=r"runs each event at vertex shifts -50, 0, 50 mm .* serve it as the custom"):
         StageModel.from_args(args_for(shifted, stage="embed"))
+
+
+def test_a_bundle_changed_in_memory_is_not_copied_as_if_it_were_its_directory(tiny_bundle, tmp_path):
+    import dataclasses
+
+    from trackserve.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    changed = dataclasses.replace(bundle, stages=dataclasses.replace(bundle.stages, vertex_shifts=(-50.0, 50.0)))
+    with pytest.raises(InputError, match="differs from its directory .* save it first"):
+        write_repository(changed, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+    write_repository(bundle, tmp_path / "same")  # a Bundle as loaded is fine

@@ -259,14 +259,10 @@ class StageParameters:
 
 def vertex_shift_problem(shifts) -> str | None:
     """What is wrong with ``stages.vertex_shifts`` (a list of mm, or None), or None."""
-    if isinstance(shifts, tuple) or shifts is None:
-        candidate = shifts
-    elif isinstance(shifts, list):
-        candidate = tuple(shifts)
-    else:
+    if isinstance(shifts, (str, bytes)):
         return f"stages.vertex_shifts: {shifts!r} is not a list of positions along the beam (mm)"
     try:
-        validate_vertex_shifts(candidate)
+        validate_vertex_shifts(shifts)
     except InputError as error:
         return f"stages.vertex_shifts: {error}"
     return None

@@ -60,7 +60,8 @@ def describe(bundle) -> str:
         + ("" if stages.prune_cut is None else f", prune_cut {stages.prune_cut:g} (the GNN scores the edges the pruner "
                                                 "passes)")
         + ("" if stages.vertex_shifts is None else f", vertex_shifts {', '.join(f'{s:g}' for s in stages.vertex_shifts)} "
-                                                    "mm (a pass each, merged)")
+                                                    + ("mm (a pass each, merged)" if len(stages.vertex_shifts) > 1
+                                                       else "mm (one pass, the hits moved by it)"))
     )
     engines = sorted(p.name for p in (bundle.directory / ENGINES_DIR).glob("*") if p.is_dir()) \
         if (bundle.directory / ENGINES_DIR).is_dir() else []

@@ -81,7 +81,8 @@ def register(subparsers) -> None:
                         help="run each event's networks and graph once per position along the beam (mm, "
                         "e.g. -100,-50,0,50,100) and merge the edges by where each points on "
                         "the beam line: finds more of the particles produced far from the centre, at about one "
-                        "event's time per shift (default: one pass at the centre; README, 'Vertex shifts')")
+                        "event's time per shift (default: the bundle's stages.vertex_shifts, one pass at the centre for "
+                        "a bundle without; 0: one pass; README, 'Vertex shifts')")
     parser.add_argument("--min-pt", type=float, default=DEFAULT_MIN_PT, metavar="GEV",
                         help="metrics: reconstructable particles have at least this pT (GeV; default %(default)g; "
                         "0 counts every particle)")

@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
                         help="the custom model runs each event once per position along the beam and merges the "
                         "passes, as `trackserve run --vertex-shifts` does (mm, e.g. -100,-50,0,50,100; "
-                        "--layout custom only)")
+                        "--layout custom only; default: the bundle's stages.vertex_shifts, one pass for a bundle "
+                        "without; 0: one pass)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
     parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
                         help="name of the ensemble model (default: %(default)s)")

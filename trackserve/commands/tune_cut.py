@@ -81,8 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
                         help="score the validation events as `trackserve run --vertex-shifts` does, a pass per "
                         "position along the beam merged edge by edge (mm, e.g. -100,-50,0,50,100), "
-                        "so that the cuts suit runs with those shifts; "
-                        "--write records them with the tuning (default: one pass)")
+                        "so that the cuts suit runs with those shifts; --write stores them in the bundle's stages "
+                        "with the cuts (default: the bundle's stages.vertex_shifts, one pass for a bundle without; "
+                        "0: one pass, and --write removes them)")
     parser.add_argument("--write", action="store_true",
                         help="store the chosen cut, gap cut, piece joining and method in the bundle")
     parser.set_defaults(handler=run)
@@ -153,6 +154,11 @@ def _check_writable(directory: Path) -> None:
                          "writable, or run without --write and copy the chosen cuts by hand")
 
 
+def _shifts(shifts) -> str:
+    """The vertex shifts of a bundle's stages, in words."""
+    return "one pass" if shifts is None else f"vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm"
+
+
 def run(args: argparse.Namespace) -> int:
     """Tune, print the tables, write the bundle when asked."""
     import dataclasses
@@ -219,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
           f"{'eff - fake':>10}")
     for row in _shown_rows(rows, args.max_fake_rate):
         current = (row.cut == stages.gnn_cut and row.gap_cut == stages.gap_cut and method == stages.track_building
-                   and stages.join_pieces is None)
+                   and stages.join_pieces is None and pipeline.vertex_shifts == stages.vertex_shifts)
         mark = "  <- best" if row == best else ("  (bundle's)" if current else "")
         gap = "-" if row.gap_cut is None else f"{row.gap_cut:.2f}"
         print(f"{row.cut:5.2f}  {gap:>7}  {figure_text(row.efficiency):>10}  {figure_text(row.fake_rate):>9}  "
@@ -274,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     bundle = pipeline.bundle
     previous = {"gnn_cut": stages.gnn_cut, "gap_cut": stages.gap_cut, "track_building": stages.track_building,
-                "join_pieces": None if stages.join_pieces is None else stages.join_pieces.to_dict()}
+                "join_pieces": None if stages.join_pieces is None else stages.join_pieces.to_dict(),
+                "vertex_shifts": None if stages.vertex_shifts is None else list(stages.vertex_shifts)}
     rule = "highest efficiency minus fake rate"
     if args.max_fake_rate is not None:
         rule += f" among the candidates with a fake rate <= {args.max_fake_rate:g} on every event"
@@ -297,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
         "join_pairs_tried": [list(pair) for pair in pairs_tried],
         "previous": previous,
         "stages": {"gnn_cut": best.cut, "gap_cut": best.gap_cut, "track_building": method,
-                   "join_pieces": None if best.join is None else best.join.to_dict()},
+                   "join_pieces": None if best.join is None else best.join.to_dict(),
+                   "vertex_shifts": None if pipeline.vertex_shifts is None else list(pipeline.vertex_shifts)},
         # NaN (no particle or no candidate track to count) is written as null.
         "figures": {name: (None if value != value else value) for name, value in (
             ("efficiency", best.efficiency), ("fake_rate", best.fake_rate), ("duplicate_rate", best.duplicate_rate))},
@@ -310,8 +318,9 @@ def run(args: argparse.Namespace) -> int:
                                      join_pieces=best.join, vertex_shifts=pipeline.vertex_shifts)
     tuned = dataclasses.replace(bundle, stages=new_stages, provenance={**bundle.provenance, "gnn_cut_tuned": record})
     directory = save_bundle(tuned, bundle.directory).directory
-    print(f"stored {chosen} and track building {method} in {Path(directory) / 'pipeline.json'} "
-          f"(was {_describe(stages.gnn_cut, stages.gap_cut, stages.join_pieces)}, {stages.track_building})")
+    print(f"stored {chosen}, track building {method} and {_shifts(pipeline.vertex_shifts)} in "
+          f"{Path(directory) / 'pipeline.json'} (was {_describe(stages.gnn_cut, stages.gap_cut, stages.join_pieces)}, "
+          f"{stages.track_building}, {_shifts(stages.vertex_shifts)})")
     return 0
 
 

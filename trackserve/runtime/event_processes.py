@@ -45,7 +45,7 @@ _worker_pipeline = None
 PARENT_CHECK_SECONDS = 1.0
 
 
-def _start_worker(bundle_directory: str, device: str, config) -> None:
+def _start_worker(bundle_directory: str, device: str, config, stages: dict | None = None) -> None:
     """Worker initializer: open the bundle's pipeline once for every event this process runs.
 
     Ctrl-C reaches every process of the terminal's group: the workers ignore it, and the
@@ -56,9 +56,9 @@ def _start_worker(bundle_directory: str, device: str, config) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="trackserve-parent-watch",
                      daemon=True).start()
-    from .pipeline import Pipeline
+    from .pipeline import opened_pipeline
 
-    _worker_pipeline = Pipeline(bundle_directory, device=device, config=config)
+    _worker_pipeline = opened_pipeline(bundle_directory, device, config, stages)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -82,12 +82,13 @@ def _shutdown(pool: ProcessPoolExecutor) -> None:
 class EventProcesses:
     """``workers`` processes, each running whole events through a pipeline of the bundle at
     ``bundle_directory`` with ``config`` (one event at a time: give it the threads and the
-    memory share of one event in flight)."""
+    memory share of one event in flight), and ``stages`` (the ``stages`` of ``pipeline.json``)
+    instead of the directory's when given (a bundle changed in memory)."""
 
-    def __init__(self, bundle_directory: str | Path, device: str, config, workers: int):
+    def __init__(self, bundle_directory: str | Path, device: str, config, workers: int, stages: dict | None = None):
         self._pool = ProcessPoolExecutor(
             max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(str(bundle_directory), device, config),
+            initializer=_start_worker, initargs=(str(bundle_directory), device, config, stages),
         )
         self._finalizer = weakref.finalize(self, _shutdown, self._pool)
         self._unfinished: set[Future] = set()

@@ -30,9 +30,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import EDGE_DIRECTIONS, Bundle, load_bundle
+from ..bundle import EDGE_DIRECTIONS, Bundle, StageParameters, load_bundle
 from ..engines.onnx_runtime import OnnxNetwork
-from ..errors import GraphConventionWarning, HitOrderWarning, InputError, MemoryLimitError
+from ..errors import BundleError, GraphConventionWarning, HitOrderWarning, InputError, MemoryLimitError
 from ..events.event import Event
 from ..events.features import FeatureSpec, hit_features
 from .config import RuntimeConfig, require_device
@@ -266,7 +266,7 @@ class Pipeline:
         passed = int(np.count_nonzero(passes_cut(gnn_logits, self.stages.gnn_cut)))
         num_edges = {"graph": sum(graph for graph, _, _ in passes), "filter": sum(f.shape[1] for _, f, _ in passes),
                      "gnn": passed}
-        if len(passes) > 1:
+        if self._vertex_shifts is not None:  # (one shift away from the centre: one pass, nothing to merge)
             num_edges["merged"] = int(filtered.shape[1])
         return PipelineResult(labels=labels, timings=timings, num_edges=num_edges)
 
@@ -491,7 +491,8 @@ class Pipeline:
                                 intra_op_threads=config.resolved_intra_op_threads,
                                 graph_threads=config.resolved_graph_threads,
                                 memory_limit_bytes=config.memory_limit_per_event)
-            self._processes = EventProcesses(self.bundle.directory, self.device, one_event, config.event_workers)
+            self._processes = EventProcesses(self.bundle.directory, self.device, one_event, config.event_workers,
+                                             self._stages_in_memory())
         try:
             return self._processes.submit(features)
         except BrokenProcessPool:
@@ -517,9 +518,20 @@ class Pipeline:
         self.close(wait=exc_type is None)  # on an error or Ctrl-C the worker processes stop at once
 
     def __reduce__(self):
-        # Pickled as what rebuilds it (the bundle's directory, the device, the config): ONNX
-        # Runtime sessions and worker processes do not travel; the copy opens its own.
-        return (_rebuilt_pipeline, (str(Path(self.bundle.directory).resolve()), self.device, self.config))
+        # Pickled as what rebuilds it (the bundle's directory, the device, the config, and
+        # stages changed in memory): ONNX Runtime sessions and worker processes do not
+        # travel; the copy opens its own.
+        return (opened_pipeline, (str(Path(self.bundle.directory).resolve()), self.device, self.config,
+                                  self._stages_in_memory()))
+
+    def _stages_in_memory(self) -> dict | None:
+        """The bundle's stages when they are not its directory's (a Bundle changed with
+        ``dataclasses.replace``), which a pipeline opened again from the directory needs."""
+        try:
+            on_disk = load_bundle(self.bundle.directory).stages
+        except (BundleError, OSError):  # the directory changed or went away: hand over what this pipeline runs
+            on_disk = None
+        return None if on_disk == self.stages else self.stages.to_dict()
 
     def _result_of(self, future: Future) -> PipelineResult:
         """``future.result()``; for an event in a worker process, checking while it waits that
@@ -559,6 +571,10 @@ class Pipeline:
         return self._alone.run(features)
 
 
-def _rebuilt_pipeline(bundle_directory: str, device: str, config: RuntimeConfig) -> Pipeline:
-    """A pipeline unpickled: opened again from its bundle's directory (see ``Pipeline.__reduce__``)."""
-    return Pipeline(bundle_directory, device=device, config=config)
+def opened_pipeline(bundle_directory: str, device: str, config: RuntimeConfig, stages: dict | None = None) -> Pipeline:
+    """A pipeline opened again from its bundle's directory (unpickled, or in a worker process),
+    with ``stages`` (a ``pipeline.json`` ``stages`` object) instead of the directory's when given."""
+    bundle = load_bundle(bundle_directory)
+    if stages is not None:
+        bundle = replace(bundle, stages=StageParameters.from_dict(stages))
+    return Pipeline(bundle, device=device, config=config)

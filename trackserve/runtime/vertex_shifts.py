@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Sequence
 
 import numpy as np
@@ -35,6 +36,8 @@ from .inputs import validate_edges
 MAX_VERTEX_SHIFTS = 16
 #: The largest shift (mm) taken: the barrel's half-length is about a metre, collisions lie within a few hundred mm.
 MAX_VERTEX_SHIFT_MM = 500.0
+#: A decimal number as the command line takes it (no ``1_0``, ``inf`` or ``nan``).
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 #: The features a shifted run needs: ``z`` to shift, ``r`` and ``z`` for each edge's intercept.
 SHIFT_FEATURES = ("r", "z")
 
@@ -58,7 +61,11 @@ def validate_vertex_shifts(shifts) -> tuple[float, ...] | None:
     for value in values:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise InputError(f"vertex_shifts must be numbers (mm along the beam); got {value!r}")
-        if not math.isfinite(float(value)) or abs(float(value)) > MAX_VERTEX_SHIFT_MM:
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite or abs(float(value)) > MAX_VERTEX_SHIFT_MM:
             raise InputError(f"vertex shift {value!r} mm is not a finite number within {MAX_VERTEX_SHIFT_MM:g} mm of the "
                              "centre")
     result = tuple(sorted(float(value) for value in values))
@@ -78,6 +85,8 @@ def parse_vertex_shifts(text: str, source: str = "--vertex-shifts") -> tuple[flo
     values = []
     for part in text.split(","):
         try:
+            if not _NUMBER.fullmatch(part.strip()):
+                raise ValueError(part)
             values.append(float(part))
         except ValueError:
             example = "--vertex-shifts=-100,-50,0,50,100" if source.startswith("--") else "-100,-50,0,50,100"
@@ -142,11 +151,17 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
         raise InputError(f"merge_by_intercept needs one edge set and one logit array per shift; got {len(shifts)} "
                          f"shifts, {len(edges)} edge sets, {len(logits)} logit arrays")
     validate_vertex_shifts(list(shifts))  # distinct finite shifts (in any order: ties go by it)
+    r, z = np.asarray(r, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    if r.shape != (num_hits,) or z.shape != (num_hits,):
+        raise InputError(f"merge_by_intercept: r and z must hold one position per hit, [{num_hits}]; got shapes "
+                         f"{list(r.shape)} and {list(z.shape)}")
     passes = len(shifts)
     edge_sets, logit_sets = [], []
     for shift, edge_index, pass_logits in zip(shifts, edges, logits):
         edge_index = validate_edges(edge_index, num_hits, f"the edges of the pass at {shift:g} mm")
         pass_logits = np.asarray(pass_logits)
+        if pass_logits.dtype.kind not in "fiu":
+            raise InputError(f"the logits of the pass at {shift:g} mm must be numbers, got dtype {pass_logits.dtype}")
         if pass_logits.shape != (edge_index.shape[1],):
             raise InputError(f"the pass at {shift:g} mm has {edge_index.shape[1]} edges but logits of shape "
                              f"{list(pass_logits.shape)}: give one logit per edge, [M]")

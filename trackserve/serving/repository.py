@@ -278,6 +278,9 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     """
     options = options or RepositoryOptions()
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if isinstance(bundle, Bundle) and load_bundle(bundle.directory).to_dict() != bundle.to_dict():
+        raise InputError(f"the Bundle given differs from its directory {bundle.directory}, which the repository "
+                         "copies: save it first (trackserve.bundle.save_bundle) and write the repository from that")
     missing = [name for name in SHIFT_FEATURES if name not in loaded.feature_names]
     if is_shifted(options.vertex_shifts) and missing:
         raise InputError(f"vertex shifts need the features {', '.join(SHIFT_FEATURES)}; the bundle reads "

@@ -93,8 +93,10 @@ def test_tune_cut_command_prints_and_writes(tmp_path, capsys):
     assert tuned.stages.gap_cut is None
     record = tuned.provenance["gnn_cut_tuned"]
     assert record["previous"] == {"gnn_cut": before["stages"]["gnn_cut"], "gap_cut": before["stages"].get("gap_cut"),
-                                  "track_building": "best_edges", "join_pieces": before["stages"].get("join_pieces")}
-    assert record["stages"] == {"gnn_cut": best, "gap_cut": None, "track_building": "components", "join_pieces": None}
+                                  "track_building": "best_edges", "join_pieces": before["stages"].get("join_pieces"),
+                                  "vertex_shifts": None}
+    assert record["stages"] == {"gnn_cut": best, "gap_cut": None, "track_building": "components", "join_pieces": None,
+                                "vertex_shifts": None}
     assert tuned.stages.join_pieces is None and record["joins_tried"] is None
     assert 0 <= record["figures"]["efficiency"] <= 1
 
@@ -132,7 +134,7 @@ def test_tune_cut_command_fills_gaps_and_writes_the_gap_cut(tmp_path, capsys):
     assert "gap cut" in out and "<- best" in out
     assert record["gap_cuts_tried"] == list(CANDIDATE_GAP_CUTS)
     assert record["stages"] == {"gnn_cut": tuned.stages.gnn_cut, "gap_cut": tuned.stages.gap_cut,
-                                "track_building": "best_edges", "join_pieces": None}
+                                "track_building": "best_edges", "join_pieces": None, "vertex_shifts": None}
     assert tuned.stages.gap_cut is None or tuned.stages.gap_cut < tuned.stages.gnn_cut
     before = json.loads((DEFAULT_BUNDLE / "pipeline.json").read_text())["provenance"].get("gnn_cut_tuned")
     if before is not None:  # the shipped bundle's own tuning stays on record

@@ -353,7 +353,10 @@ def main(argv=None) -> int:
     results = [(name, result) for kind, name, result in every if name == kind]
 
     stages = pipeline.stages
-    section = bundle_section(args.bundle, "default_bundle", "bundle_") + ("_vertex_shifts" if shifted else "")
+    # shifts given here get a section of their own; a bundle's own shifts are how that bundle runs
+    by_option = shifted and stages.vertex_shifts != pipeline.vertex_shifts
+    section = bundle_section(args.bundle, "default_bundle", "bundle_") + ("_vertex_shifts" if by_option else "")
+    shift_source = "--vertex-shifts" if by_option else "the bundle's stages.vertex_shifts"
     reduced = reduced_run_note((["1/10 of the particles in the simulated events (`--small`)"] if args.small else [])
                                + ([f"{args.per_kind} held-out simulated event(s) of each kind instead of {FULL_PER_KIND}"]
                                   if args.per_kind < FULL_PER_KIND else []))
@@ -369,7 +372,7 @@ def main(argv=None) -> int:
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
            "passing the GNN cut; gaps are filled from the edges passing the gap cut)")
         + ("" if stages.join_pieces is None else f", piece joining: {stages.join_pieces.describe()}") + "."
-        + (f" Vertex shifts: each event run at {', '.join(f'{shift:g}' for shift in pipeline.vertex_shifts)} mm along the beam and the "
+        + (f" Vertex shifts ({shift_source}): each event run at {', '.join(f'{shift:g}' for shift in pipeline.vertex_shifts)} mm along the beam and the "
            "passes merged by each edge's intercept with the beam line (`trackserve run --vertex-shifts`); the 'graph' "
            "rows count the passes' graphs' distinct edges, the 'filter' rows the merged edges, and stage times are "
            "summed over the passes (the merge is timed with the tracks)." if shifted else "")

@@ -18,8 +18,11 @@ from trackserve.runtime.pipeline import Pipeline
 
 SAMPLE_FEATURES = DEFAULT_BUNDLE.parents[1].parent / "shared" / "data" / "exatrkx_service" / "lrt_events" / "evt_0.csv"
 #: Each shipped bundle with the widths of its first GNN (the pruner) and its second (the GNN).
-SHIPPED = [pytest.param(DEFAULT_BUNDLE, 32, 48, id="default")]
-SHIPPED_PATHS = [pytest.param(DEFAULT_BUNDLE, id="default")]
+#: The default bundle's networks with cuts tuned for five vertex shifts, which it carries.
+VERTEX_SHIFTS_BUNDLE = DEFAULT_BUNDLE.parent / "default-vertex-shifts"
+SHIPPED = [pytest.param(DEFAULT_BUNDLE, 32, 48, id="default"),
+           pytest.param(VERTEX_SHIFTS_BUNDLE, 32, 48, id="default-vertex-shifts")]
+SHIPPED_PATHS = [pytest.param(DEFAULT_BUNDLE, id="default"), pytest.param(VERTEX_SHIFTS_BUNDLE, id="default-vertex-shifts")]
 
 
 def provenance_rescaled(bundle) -> dict:
@@ -78,3 +81,20 @@ def test_shipped_bundle_runs_the_published_service_events(path):
     features = read_feature_csv(SAMPLE_FEATURES, 3)
     result = Pipeline(path, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run(features)
     assert result.labels.shape == (features.shape[0],) and result.num_edges["graph"] > 0
+
+
+def test_the_vertex_shift_bundle_is_the_default_networks_tuned_for_its_shifts():
+    default, shifted = load_bundle(DEFAULT_BUNDLE), load_bundle(VERTEX_SHIFTS_BUNDLE)
+    assert {name: entry.sha256 for name, entry in shifted.networks.items()} == \
+        {name: entry.sha256 for name, entry in default.networks.items()}
+    assert default.stages.vertex_shifts is None
+    assert shifted.stages.vertex_shifts == (-100.0, -50.0, 0.0, 50.0, 100.0)
+    tuned = shifted.provenance["gnn_cut_tuned"]
+    assert tuned["vertex_shifts"] == list(shifted.stages.vertex_shifts) and tuned["previous"]["vertex_shifts"] is None
+    assert tuned["stages"]["gnn_cut"] == shifted.stages.gnn_cut and tuned["stages"]["gap_cut"] == shifted.stages.gap_cut
+    # the same radius, cap and filter cut: only the track-building cuts were tuned again
+    for key in ("radius", "max_neighbours", "filter_cut", "prune_cut", "edge_direction", "track_building"):
+        assert getattr(shifted.stages, key) == getattr(default.stages, key)
+    event = read_event(SAMPLE_EVENT)
+    result = Pipeline(VERTEX_SHIFTS_BUNDLE, config=RuntimeConfig(intra_op_threads=1, graph_threads=1)).run_event(event)
+    assert result.num_edges["merged"] < result.num_edges["filter"]  # five passes, merged

@@ -365,8 +365,8 @@ def main(argv=None) -> int:
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + watch.note(),
         f"Bundle `{Path(args.bundle).name}`: features {list(pipeline.bundle.feature_names)}, radius {stages.radius:g}, "
         f"max neighbours {stages.max_neighbours}, filter cut {stages.filter_cut:g}, "
-        + ("" if stages.prune_cut is None or shifted else f"pruner cut {stages.prune_cut:g} (the 'pruner' rows: the filtered edges "
-           "it passes, the only ones the GNN scores), ")
+        + ("" if stages.prune_cut is None else f"pruner cut {stages.prune_cut:g} (the GNN scores only the filtered edges "
+           "it passes" + ("; in each pass" if shifted else "; the 'pruner' rows count them") + "), ")
         + f"GNN cut {stages.gnn_cut:g}, "
         f"track building {stages.track_building}"
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "

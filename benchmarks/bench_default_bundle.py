@@ -45,6 +45,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
                       publish, reduced_run_note)
 
+from trackserve.cli import joined_list_values  # noqa: E402
 from trackserve.errors import InputError  # noqa: E402
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.metrics import evaluate_event, event_particle_pt, found_particles  # noqa: E402
@@ -326,9 +327,9 @@ def main(argv=None) -> int:
                         "the seed of every earlier run)")
     parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
                         help="run each event once per vertex shift and merge the passes, as `trackserve run "
-                        "--vertex-shifts` does (write it with '=': --vertex-shifts=-100,-50,0,50,100); the section "
-                        "gets the suffix _vertex_shifts")
-    args = parser.parse_args(argv)
+                        "--vertex-shifts` does (mm, e.g. -100,-50,0,50,100); the section gets the suffix "
+                        "_vertex_shifts")
+    args = parser.parse_args(joined_list_values(sys.argv[1:] if argv is None else list(argv)))
     bundle = load_bundle_option(parser, "--bundle", args.bundle)
     shifts = None
     if args.vertex_shifts is not None:

@@ -110,7 +110,7 @@ LIST_OPTIONS = ("--vertex-shifts",)
 _NUMBER_LIST = re.compile(r"^-\d|^-\.\d")
 
 
-def _joined_list_values(argv: list[str]) -> list[str]:
+def joined_list_values(argv: list[str]) -> list[str]:
     """``argv`` with ``--vertex-shifts -100,0,100`` written as ``--vertex-shifts=-100,0,100``:
     argparse takes a value that starts with ``-`` and is not a plain number for an option."""
     joined: list[str] = []
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C gives status 130 and SIGTERM 143 (128 + the signal), each after the job's
     clean-ups ran and with one line saying so."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(_joined_list_values(sys.argv[1:] if argv is None else list(argv)))
+    args, extra = parser.parse_known_args(joined_list_values(sys.argv[1:] if argv is None else list(argv)))
     if getattr(args, "handler", None) is None:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

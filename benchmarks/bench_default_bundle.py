@@ -57,7 +57,7 @@ from trackserve.runtime.config import RuntimeConfig  # noqa: E402
 from trackserve.runtime.cuts import logit_threshold  # noqa: E402
 from trackserve.runtime.pipeline import Pipeline  # noqa: E402
 from trackserve.runtime.track_building import build_tracks, bundle_track_options  # noqa: E402
-from trackserve.runtime.vertex_shifts import parse_vertex_shifts, shifted_features  # noqa: E402
+from trackserve.runtime.vertex_shifts import parse_vertex_shifts, shifted_features, shifts_in_words  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "data" / "trackml"
@@ -373,7 +373,7 @@ def main(argv=None) -> int:
         + ("" if stages.gap_cut is None else f" with gap cut {stages.gap_cut:g} (the 'gnn' rows count the edges "
            "passing the GNN cut; gaps are filled from the edges passing the gap cut)")
         + ("" if stages.join_pieces is None else f", piece joining: {stages.join_pieces.describe()}") + "."
-        + (f" Vertex shifts ({shift_source}): each event run at {', '.join(f'{shift:g}' for shift in pipeline.vertex_shifts)} mm along the beam and the "
+        + (f" Vertex shifts ({shift_source}): each event run at {shifts_in_words(pipeline.vertex_shifts)} along the beam and the "
            "passes merged by each edge's intercept with the beam line (`trackserve run --vertex-shifts`); the 'graph' "
            "rows count the passes' graphs' distinct edges, the 'filter' rows the merged edges, and stage times are "
            "summed over the passes (the merge is timed with the tracks)." if shifted else "")

@@ -39,6 +39,7 @@ def _dims(tensors) -> str:
 def describe(bundle) -> str:
     """A human-readable summary of a loaded bundle."""
     from ..bundle import ENGINES_DIR
+    from ..runtime.vertex_shifts import shifts_in_words
 
     lines = [f"bundle {bundle.directory} (schema version {bundle.schema_version}): valid"]
     features = ", ".join(f"{name}/{scale:g}" for name, scale in zip(bundle.feature_names, bundle.feature_scales))
@@ -59,9 +60,9 @@ def describe(bundle) -> str:
         + ("" if stages.join_pieces is None else f", join_pieces ({stages.join_pieces.describe()})")
         + ("" if stages.prune_cut is None else f", prune_cut {stages.prune_cut:g} (the GNN scores the edges the pruner "
                                                 "passes)")
-        + ("" if stages.vertex_shifts is None else f", vertex_shifts {', '.join(f'{s:g}' for s in stages.vertex_shifts)} "
-                                                    + ("mm (a pass each, merged)" if len(stages.vertex_shifts) > 1
-                                                       else "mm (one pass, the hits moved by it)"))
+        + ("" if stages.vertex_shifts is None else f", vertex_shifts {shifts_in_words(stages.vertex_shifts)} "
+                                                    + ("(a pass each, merged)" if len(stages.vertex_shifts) > 1
+                                                       else "(one pass, the hits moved by it)"))
     )
     engines = sorted(p.name for p in (bundle.directory / ENGINES_DIR).glob("*") if p.is_dir()) \
         if (bundle.directory / ENGINES_DIR).is_dir() else []

@@ -142,10 +142,12 @@ def _config(args, num_events: int):
 
 def _shifts_text(settings: dict) -> str:
     """The text report's note of the vertex shifts, empty for one pass at the centre."""
+    from ..runtime.vertex_shifts import shifts_in_words
+
     shifts = settings["vertex_shifts"]
     if shifts == [0.0]:
         return ""
-    return (f"; {len(shifts)} passes at vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm: graph and "
+    return (f"; {len(shifts)} passes at vertex shifts {shifts_in_words(shifts)}: graph and "
             "filtered edges summed over the passes, merged the distinct filtered edges tracks are built from")
 
 

@@ -156,7 +156,9 @@ def _check_writable(directory: Path) -> None:
 
 def _shifts(shifts) -> str:
     """The vertex shifts of a bundle's stages, in words."""
-    return "one pass" if shifts is None else f"vertex shifts {', '.join(f'{shift:g}' for shift in shifts)} mm"
+    from ..runtime.vertex_shifts import shifts_in_words
+
+    return "one pass" if shifts is None else f"vertex shifts {shifts_in_words(shifts)}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
                                       check_counted_particles, tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.config import RuntimeConfig
     from ..runtime.pipeline import Pipeline
-    from ..runtime.vertex_shifts import parse_vertex_shifts
+    from ..runtime.vertex_shifts import parse_vertex_shifts, shifts_in_words
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
     if args.seed is not None:
@@ -217,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"track building {method}; particles with pT >= {args.min_pt:g} GeV and >= {args.min_hits} hits"
           + ("; figures averaged over the events, 'worst fake' the highest event's" if len(events) > 1 else "")
           + (f"; {len(pipeline.vertex_shifts)} passes at vertex shifts "
-             f"{', '.join(f'{shift:g}' for shift in pipeline.vertex_shifts)} mm, merged"
+             f"{shifts_in_words(pipeline.vertex_shifts)}, merged"
              if pipeline.vertex_shifts is not None else ""))
     if args.fill_gaps:
         print("each cut without gap filling, then with the gap cut that scores best at it")

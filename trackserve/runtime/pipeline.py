@@ -43,7 +43,7 @@ from .memory import MemoryModel, memory_limit_error
 from .network_steps import NetworkSteps
 from .cuts import passes_cut
 from .track_building import build_tracks, bundle_track_options
-from .vertex_shifts import SHIFT_FEATURES, is_shifted, merge_by_intercept, shifted_features
+from .vertex_shifts import SHIFT_FEATURES, is_shifted, merge_by_intercept, shifted_features, shifts_in_words
 
 #: How often (seconds) waiting for an event in a worker process checks that the workers live.
 WORKER_CHECK_SECONDS = 1.0
@@ -330,7 +330,7 @@ class Pipeline:
         features = validate_features(features, self.num_features)
         if not (len(edges) == len(logits) == len(self._vertex_shifts)):
             raise InputError(f"give one edge set and one logit array per vertex shift, in the order "
-                             f"{', '.join(f'{shift:g}' for shift in self._vertex_shifts)} mm (pipeline.vertex_shifts); "
+                             f"{shifts_in_words(self._vertex_shifts)} (pipeline.vertex_shifts); "
                              f"got {len(edges)} edge sets and {len(logits)} logit arrays")
         edges = [self._checked(features, validate_edges(edge_index, features.shape[0],
                                                         f"the edges of the pass at {shift:g} mm"))[1]

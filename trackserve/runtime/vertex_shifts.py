@@ -100,6 +100,11 @@ def shifts_text(shifts: tuple[float, ...]) -> str:
     return ",".join(repr(float(shift)) for shift in shifts)
 
 
+def shifts_in_words(shifts) -> str:
+    """``-100, -50, 0, 50, 100 mm``: the shifts as messages and reports give them."""
+    return f"{', '.join(f'{shift:g}' for shift in shifts)} mm"
+
+
 def is_shifted(shifts: tuple[float, ...] | None) -> bool:
     """Whether ``shifts`` (validated) asks for more than the one central pass."""
     return shifts is not None and shifts != (0.0,)

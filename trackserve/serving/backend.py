@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, TrackserveError
 from ..runtime.config import RuntimeConfig, available_cores, require_device
-from ..runtime.vertex_shifts import is_shifted, parse_vertex_shifts
+from ..runtime.vertex_shifts import is_shifted, parse_vertex_shifts, shifts_in_words
 from .interface import FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
 
 #: ``config.pbtxt`` parameter keys the models read.
@@ -173,7 +173,7 @@ class StageModel(ServedModel):
         loaded = load_bundle(bundle)
         if loaded.stages.vertex_shifts is not None:
             raise InputError(f"the bundle {bundle} runs each event at vertex shifts "
-                             f"{', '.join(f'{shift:g}' for shift in loaded.stages.vertex_shifts)} mm "
+                             f"{shifts_in_words(loaded.stages.vertex_shifts)} "
                              "(stages.vertex_shifts), which only the custom model does; the ensemble's stage models run "
                              "each stage once: serve it as the custom model")
         self.stage = make_stage(stage, loaded, config)

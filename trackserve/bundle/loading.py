@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
+from ..runtime.vertex_shifts import missing_shift_features
 from .checks import feature_config_problems, interface_problems, onnx_problems, parse_features
 from .schema import (ENTRY_KEYS, NETWORK_KINDS, PIPELINE_FILE, REQUIRED_NETWORKS, SCHEMA_VERSION, TOP_LEVEL_KEYS,
                      Bundle, NetworkEntry, TensorInfo)
@@ -157,7 +158,7 @@ def parse_pipeline_data(data, directory: Path, problems: list[str], *, check_fil
             shift_problem = vertex_shift_problem(shifts)
             if shift_problem:
                 found.append(shift_problem)
-            elif shifts is not None and features is not None and not {"r", "z"} <= set(features["names"]):
+            elif shifts is not None and features is not None and missing_shift_features(features["names"]):
                 found.append(f"stages.vertex_shifts: the passes move the hits along the beam and merge edges by their "
                              f"r-z intercept, the features {features['names']} lack r or z")
             if method == "best_edges" and features is not None and not {"r", "z"} <= set(features["names"]):

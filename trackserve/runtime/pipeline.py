@@ -17,6 +17,7 @@ filtered graph, each part in a single-threaded ONNX Runtime call.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import warnings
@@ -30,7 +31,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import EDGE_DIRECTIONS, Bundle, StageParameters, load_bundle
+from ..bundle import EDGE_DIRECTIONS, PIPELINE_FILE, Bundle, StageParameters, load_bundle
 from ..engines.onnx_runtime import OnnxNetwork
 from ..errors import BundleError, GraphConventionWarning, HitOrderWarning, InputError, MemoryLimitError
 from ..events.event import Event
@@ -43,7 +44,8 @@ from .memory import MemoryModel, memory_limit_error
 from .network_steps import NetworkSteps
 from .cuts import passes_cut
 from .track_building import build_tracks, bundle_track_options
-from .vertex_shifts import SHIFT_FEATURES, is_shifted, merge_by_intercept, shifted_features, shifts_in_words
+from .vertex_shifts import (SHIFT_FEATURES, is_shifted, merge_by_intercept, missing_shift_features, shifted_features,
+                            shifts_in_words)
 
 #: How often (seconds) waiting for an event in a worker process checks that the workers live.
 WORKER_CHECK_SECONDS = 1.0
@@ -111,7 +113,7 @@ class Pipeline:
         shifts = self.config.vertex_shifts if self.config.vertex_shifts is not None else self.stages.vertex_shifts
         self._vertex_shifts = shifts if is_shifted(shifts) else None
         if self._vertex_shifts is not None:
-            missing = [name for name in SHIFT_FEATURES if name not in self.feature_spec.names]
+            missing = missing_shift_features(self.feature_spec.names)
             if missing:
                 raise InputError(f"vertex_shifts move the hits along the beam and merge edges by their r-z intercept, "
                                  f"which needs the features {', '.join(SHIFT_FEATURES)}; this bundle reads "
@@ -527,9 +529,10 @@ class Pipeline:
     def _stages_in_memory(self) -> dict | None:
         """The bundle's stages when they are not its directory's (a Bundle changed with
         ``dataclasses.replace``), which a pipeline opened again from the directory needs."""
-        try:
-            on_disk = load_bundle(self.bundle.directory).stages
-        except (BundleError, OSError):  # the directory changed or went away: hand over what this pipeline runs
+        try:  # only the stages of pipeline.json: the networks are checked when the copy opens them
+            data = json.loads((Path(self.bundle.directory) / PIPELINE_FILE).read_text())
+            on_disk = StageParameters.from_dict(data["stages"])
+        except (BundleError, OSError, ValueError, KeyError, TypeError):  # changed or gone: hand over what this runs
             on_disk = None
         return None if on_disk == self.stages else self.stages.to_dict()
 

@@ -100,6 +100,11 @@ def shifts_text(shifts: tuple[float, ...]) -> str:
     return ",".join(repr(float(shift)) for shift in shifts)
 
 
+def missing_shift_features(names) -> list[str]:
+    """The features among :data:`SHIFT_FEATURES` that ``names`` (a bundle's features) lacks."""
+    return [name for name in SHIFT_FEATURES if name not in names]
+
+
 def shifts_in_words(shifts) -> str:
     """``-100, -50, 0, 50, 100 mm``: the shifts as messages and reports give them."""
     return f"{', '.join(f'{shift:g}' for shift in shifts)} mm"

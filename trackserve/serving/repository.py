@@ -38,7 +38,8 @@ from .interface import (
     bundle_tensor_specs,
 )
 from ..runtime.config import DEVICES
-from ..runtime.vertex_shifts import SHIFT_FEATURES, is_shifted, shifts_text, validate_vertex_shifts
+from ..runtime.vertex_shifts import (SHIFT_FEATURES, is_shifted, missing_shift_features, shifts_text,
+                                     validate_vertex_shifts)
 from .server import check_repository_path
 from .backend import (
     KIND_DEVICES,
@@ -281,7 +282,7 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
     if isinstance(bundle, Bundle) and load_bundle(bundle.directory).to_dict() != bundle.to_dict():
         raise InputError(f"the Bundle given differs from its directory {bundle.directory}, which the repository "
                          "copies: save it first (trackserve.bundle.save_bundle) and write the repository from that")
-    missing = [name for name in SHIFT_FEATURES if name not in loaded.feature_names]
+    missing = missing_shift_features(loaded.feature_names)
     if is_shifted(options.vertex_shifts) and missing:
         raise InputError(f"vertex shifts need the features {', '.join(SHIFT_FEATURES)}; the bundle reads "
                          f"{', '.join(loaded.feature_names)} (no {', '.join(missing)}): serve it without them")

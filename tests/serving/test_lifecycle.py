@@ -254,6 +254,35 @@ def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, 
     assert message in capsys.readouterr().err
 
 
+def test_serve_watches_the_model_processes_running_when_the_server_became_ready(custom_repository, monkeypatch,
+                                                                               capsys):
+    """A stub killed right after readiness is announced (before ``serve`` looked at the model
+    processes) must still stop the server: the processes are taken when it becomes ready."""
+    from trackserve.cli import main
+    from trackserve.serving.server import TritonServer
+
+    waits = []
+
+    def start(self):
+        self.startup_seconds = 0.1
+        self.ready_model_processes = {101, 102}
+        return self
+
+    def wait(self, timeout=None):
+        waits.append(timeout)
+        if len(waits) > 3:
+            raise KeyboardInterrupt  # the stub's death was missed
+        return None
+
+    monkeypatch.setattr(TritonServer, "start", start)
+    monkeypatch.setattr(TritonServer, "endpoints", lambda self: {})
+    monkeypatch.setattr(TritonServer, "model_processes", lambda self: {101})  # 102 died as readiness was announced
+    monkeypatch.setattr(TritonServer, "wait", wait)
+    monkeypatch.setattr(TritonServer, "stop", lambda self: 0)
+    assert main(["serve", str(custom_repository.path), "--quiet"]) == 1
+    assert "a model process of the server died (pid 102;" in capsys.readouterr().err
+
+
 def _serve_then_kill(repository, choose) -> tuple[int, str]:
     """Start ``trackserve serve``, wait until it is ready, SIGKILL the process ``choose(serve_pid)``
     names, and return the killed pid and serve's stderr once it exited with status 1."""

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         for name, url in server.endpoints().items():
             print(f"  {name:8s} {url}", flush=True)
         print("  stop with Ctrl-C or SIGTERM", flush=True)
-        models = server.model_processes()
+        models = server.ready_model_processes
         while (code := server.wait(timeout=MODEL_CHECK_SECONDS)) is None:
             lost = models - server.model_processes()
             if lost:

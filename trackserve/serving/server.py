@@ -282,6 +282,9 @@ class TritonServer:
         self.startup_seconds: float | None = None
         #: Whether :meth:`stop` had to kill the server (it did not end within the stop timeout).
         self.killed = False
+        #: The model processes (Python-backend stubs) running when the server became ready;
+        #: one missing later has died (see ``trackserve serve``).
+        self.ready_model_processes: set[int] = set()
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self._errors: collections.deque[str] = collections.deque(maxlen=ERROR_LINES)
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -443,6 +446,9 @@ class TritonServer:
             self.stop()
             raise
         self.startup_seconds = time.perf_counter() - started
+        # Taken here, before anyone is told the server is ready: a stub that dies once
+        # clients may use the server is then always among these.
+        self.ready_model_processes = self.model_processes()
         return self
 
     def _wait_ready(self, started: float) -> None:

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import resource
+import signal
 import statistics
 import tempfile
 import time
@@ -88,6 +89,18 @@ def machine_busy_seconds() -> float | None:
     idle = sum(ticks[3:5])  # idle, iowait
     guest = sum(ticks[8:10])  # already counted in user and nice
     return (sum(ticks) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end the script as Ctrl-C does, through its ``finally`` blocks and
+    ``with`` statements: its temporary folders are removed and the servers or worker
+    processes it started are stopped (by default SIGTERM ends Python at once). The exit
+    status is 143, the shell's for a SIGTERM."""
+    def _exit(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def own_cpu_seconds() -> float:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed on
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 from _results import (LoadWatch, bundle_description, bundle_section, checkout_environment,  # noqa: E402
                       load_bundle_option, machine_description, network_sizes, network_widths, positive_int,
-                      positive_int_list, publish, reduced_run_note)
+                      positive_int_list, publish, reduced_run_note, stop_cleanly_on_sigterm)
 
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
 NETWORK_OF_STAGE = {"embed": "embedding", "filter": "filter", "gnn": "gnn"}
@@ -348,6 +348,7 @@ def published_tables(args, scratch: Path):
 def main(argv=None) -> int:
     """Run every size in its own process, print the tables and write the RESULTS.md section."""
     args, bundle = parse_arguments(argv)
+    stop_cleanly_on_sigterm()  # its temporary folder is removed
     if args.child:
         Path(args.child[1]).write_text(json.dumps(child(args.child[0], args.bundle, args.threads, args.repeats)))
         return 0

@@ -60,7 +60,8 @@ import numpy as np  # noqa: E402
 from trackserve.serving.perf import FEW_REQUESTS  # noqa: E402  (numpy's pools set above)
 
 from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
-                      publish, reduced_run_note, replace_file, repo_relative, use_checkout_in_children)
+                      publish, reduced_run_note, replace_file, repo_relative, stop_cleanly_on_sigterm,
+                      use_checkout_in_children)
 
 LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 DEFAULT_BUNDLE = REPO / "models" / "default"
@@ -346,6 +347,7 @@ def parse_arguments(argv):
 def main(argv=None) -> int:
     """Run the comparison, write RESULTS.md's serving section and the plot (unless ``--no-write``)."""
     args = parse_arguments(argv)
+    stop_cleanly_on_sigterm()  # the temporary repositories are removed and the servers stopped
     config = QUICK if args.quick else FULL
     use_checkout_in_children()  # the served instances' Python imports this checkout too
 

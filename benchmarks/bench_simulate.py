@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
 sys.path.insert(1, str(Path(__file__).resolve().parent))
-from _results import LoadWatch, machine_description, positive_int, publish, reduced_run_note  # noqa: E402
+from _results import (LoadWatch, machine_description, positive_int, publish, reduced_run_note,  # noqa: E402
+                      stop_cleanly_on_sigterm)
 
 from trackserve.events.geometry import load_geometry  # noqa: E402
 from trackserve.events.simulate import SimulationConfig, simulate_event  # noqa: E402
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a tenth of each source: a quick check (the section says it is a reduced run)")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()  # its temporary folder is removed
     fraction = 0.1 if args.small else 1.0
     watch = LoadWatch()  # before the benchmark's own work raises the load
 

@@ -28,7 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
 sys.path.insert(1, str(Path(__file__).resolve().parent))
-from _results import LoadWatch, machine_description, positive_int, publish, reduced_run_note  # noqa: E402
+from _results import (LoadWatch, machine_description, positive_int, publish, reduced_run_note,  # noqa: E402
+                      stop_cleanly_on_sigterm)
 
 from trackserve.events.event import HITS_COLUMNS, Event  # noqa: E402
 from trackserve.events.trackml import read_table, write_table  # noqa: E402
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
                         help=f"runs per figure; the best is kept (default {FULL['repeat']})")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()  # its temporary folder is removed
     watch = LoadWatch()  # before the benchmark's own work raises the load
 
     hits, particle_ids = synthetic_hits(args.hits)

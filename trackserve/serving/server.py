@@ -446,8 +446,8 @@ class TritonServer:
             self.stop()
             raise
         self.startup_seconds = time.perf_counter() - started
-        # Taken here, before anyone is told the server is ready: a stub that dies once
-        # clients may use the server is then always among these.
+        # Taken here, before start() returns and the caller announces the server: a stub
+        # that dies after that announcement is then always among these.
         self.ready_model_processes = self.model_processes()
         return self
 

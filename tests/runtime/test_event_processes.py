@@ -295,3 +295,29 @@ def test_a_worker_that_died_while_idle_is_replaced_before_the_next_events(tiny_b
         old._pool.submit = lambda *args: pytest.fail("an event was handed to a pool with a dead worker")
         assert [r.num_hits for r in pipeline.run_many([sample_features[:20]] * 3)] == [20, 20, 20]
         assert pipeline._processes is not old
+
+
+def test_a_dead_worker_counts_as_dead_while_another_thread_is_reaping_it(monkeypatch):
+    """The pool's manager thread reaps a dead worker too: between its wait and its record of the
+    status, ``exitcode`` asked from another thread is None. The death is read from the
+    process's sentinel instead (ready once the process has exited)."""
+    from types import SimpleNamespace
+
+    from trackserve.runtime.event_processes import EventProcesses
+
+    read_end, write_end = os.pipe()
+    alive_read, alive_write = os.pipe()
+    try:
+        os.close(write_end)  # the worker has exited: its end of the sentinel pipe is closed
+        dead = SimpleNamespace(exitcode=None, sentinel=read_end)  # reaped by the other thread, status not yet recorded
+        alive = SimpleNamespace(exitcode=None, sentinel=alive_read)
+        processes = object.__new__(EventProcesses)
+        processes._pool = SimpleNamespace(_processes={1: alive})
+        assert not processes.a_worker_died()
+        processes._pool = SimpleNamespace(_processes={1: alive, 2: dead})
+        assert processes.a_worker_died()
+        processes._pool = SimpleNamespace(_processes=None)  # a pool shut down
+        assert not processes.a_worker_died()
+    finally:
+        for fd in (read_end, alive_read, alive_write):
+            os.close(fd)

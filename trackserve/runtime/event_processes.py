@@ -25,6 +25,7 @@ sessions); the pool stays up for the pipeline's later calls until
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -75,6 +76,18 @@ def _run_event(features: np.ndarray):
     return _worker_pipeline.run(features)
 
 
+def _has_ended(process) -> bool:
+    """Whether the worker ``process`` has ended, read from its sentinel (which becomes ready
+    when the process exits, whoever reaps it). Its ``exitcode`` can stay None for a moment
+    after it died: the pool's manager thread reaps a dead worker too, and while that thread
+    has reaped it but not yet recorded its status, ``exitcode`` asked from another thread
+    finds no child left to wait for and says None."""
+    try:
+        return bool(multiprocessing.connection.wait([process.sentinel], timeout=0))
+    except (OSError, ValueError):  # the sentinel was closed with the process object: it had ended
+        return True
+
+
 def _shutdown(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -113,7 +126,7 @@ class EventProcesses:
         pool's reader waiting for the rest of the message for ever; :meth:`Pipeline.run_many`
         asks this while it waits."""
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
-        return any(process.exitcode is not None for process in processes)
+        return any(_has_ended(process) for process in processes)
 
     @staticmethod
     def broken(error: BaseException) -> WorkerError:

@@ -31,6 +31,9 @@ RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 REPO = RESULTS_PATH.parents[1]
 #: The shipped default bundle of that repository.
 DEFAULT_BUNDLE_DIR = REPO / "models" / "default"
+#: The published ExaTrkX service's 100 benchmark events (feature CSVs ``evt_<i>.csv``, 3
+#: features each), in the shared data folder beside the repository.
+LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 _HEADER = "# Benchmark results\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
 #: The share of the cores the 1-minute load average must stay under for the machine to count as quiet.
 QUIET_LOAD_SHARE = 0.5
@@ -101,6 +104,14 @@ def stop_cleanly_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
+
+
+def published_events(count: int) -> list:
+    """The features (float32 ``[N, 3]``) of the first ``count`` published benchmark events
+    (:data:`LRT_EVENTS`), in their numbering."""
+    from trackserve.events.trackml import read_feature_csv
+
+    return [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(count)]
 
 
 def own_cpu_seconds() -> float:

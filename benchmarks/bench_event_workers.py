@@ -34,12 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 from trackserve.commands.run import PROCESSES_MIN_EVENTS  # noqa: E402
-from _results import (LoadWatch, bundle_description, bundle_section, interleaved_rounds,  # noqa: E402
-                      load_bundle_option, machine_description, median_pass, publish, ratio_text, reduced_run_note,
-                      round_ratios, use_checkout_in_children)
+from _results import (LRT_EVENTS, LoadWatch, bundle_description, bundle_section, interleaved_rounds,  # noqa: E402
+                      load_bundle_option, machine_description, median_pass, publish, published_events, ratio_text,
+                      reduced_run_note, round_ratios, use_checkout_in_children)
 from bench_scaling import simulate_features  # noqa: E402
 
-LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 
 
 def timed_pass(pipeline, events) -> tuple[list[np.ndarray], float]:
@@ -97,7 +96,6 @@ def main(argv=None) -> int:
     use_checkout_in_children()  # the worker processes import this checkout too
     watch = LoadWatch()  # before the benchmark's own work raises the load
 
-    from trackserve.events.trackml import read_feature_csv
     from trackserve.runtime.config import RuntimeConfig, automatic_event_workers, available_cores
     from trackserve.runtime.pipeline import Pipeline
 
@@ -115,7 +113,7 @@ def main(argv=None) -> int:
     elif not LRT_EVENTS.is_dir():
         skipped = f" The published benchmark events are absent ({LRT_EVENTS}): skipped."
     else:
-        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(lrt_count)]
+        events = published_events(lrt_count)
         rows.append(compare("published benchmark events (lrt_events)", one, flights, events, lrt_rounds))
     for name, hits, count, rounds in sizes:
         events = [simulate_features(hits, one.feature_spec, seed=100 + i) for i in range(count)]

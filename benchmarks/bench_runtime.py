@@ -49,12 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 from trackserve.commands.run import PROCESSES_MIN_EVENTS  # noqa: E402
-from _results import (LoadWatch, bundle_description, bundle_section, interleaved_rounds,  # noqa: E402
-                      load_bundle_option, machine_description, median_pass, positive_int, publish, ratio_text,
-                      reduced_run_note, round_ratios, use_checkout_in_children)
+from _results import (LRT_EVENTS, LoadWatch, bundle_description, bundle_section, interleaved_rounds,  # noqa: E402
+                      load_bundle_option, machine_description, median_pass, positive_int, publish, published_events,
+                      ratio_text, reduced_run_note, round_ratios, use_checkout_in_children)
 
 SHARED = REPO.parent / "shared" / "data"
-LRT_EVENTS = SHARED / "exatrkx_service" / "lrt_events"
 PARTICLES = SHARED / "trackml" / "event000001000-particles.csv"
 STAGES = ("embed", "graph", "filter", "gnn", "tracks")
 
@@ -494,7 +493,6 @@ def main(argv=None) -> int:
     use_checkout_in_children()  # the worker processes import this checkout too
     watch = LoadWatch()  # before the benchmark's own work raises the load
 
-    from trackserve.events.trackml import read_feature_csv
     from trackserve.runtime.config import RuntimeConfig
     from trackserve.runtime.pipeline import Pipeline
 
@@ -510,7 +508,7 @@ def main(argv=None) -> int:
     elif not LRT_EVENTS.is_dir():
         lines += [f"The published benchmark events are absent ({LRT_EVENTS}): skipped.", ""]
     else:
-        events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(args.events)]
+        events = published_events(args.events)
         for features in events[:5]:  # warm-up
             pipeline.run(features), baseline.run(features)
         in_flight = {executor: Pipeline(bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1,

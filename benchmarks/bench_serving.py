@@ -59,11 +59,10 @@ import numpy as np  # noqa: E402
 
 from trackserve.serving.perf import FEW_REQUESTS  # noqa: E402  (numpy's pools set above)
 
-from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
-                      publish, reduced_run_note, replace_file, repo_relative, stop_cleanly_on_sigterm,
-                      use_checkout_in_children)
+from _results import (LRT_EVENTS, LoadWatch, bundle_section, load_bundle_option, machine_description,  # noqa: E402
+                      positive_int, publish, published_events, reduced_run_note, replace_file, repo_relative,
+                      stop_cleanly_on_sigterm, use_checkout_in_children)
 
-LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 DEFAULT_BUNDLE = REPO / "models" / "default"
 PLOT = HERE / "serving_throughput.png"
 PUBLISHED = {"custom_over_ensemble": 2.1, "custom_over_direct": 0.84}
@@ -71,12 +70,6 @@ TARGETS = {"custom_over_ensemble": 2.0, "custom_over_direct": 0.9}
 FULL = {"levels": (1, 2, 4, 8, 12, 16), "instances": (1, 2, 4), "warmup": 2.0, "window": 8.0}
 QUICK = {"levels": (1, 4, 16), "instances": (1, 2, 4), "warmup": 0.5, "window": 2.0}
 
-
-def load_events(count: int) -> list[np.ndarray]:
-    """The first ``count`` published benchmark events (feature CSVs, 3 features)."""
-    from trackserve.events.trackml import read_feature_csv
-
-    return [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(count)]
 
 
 def tiny_bundle(directory: Path, events: list[np.ndarray]) -> Path:
@@ -356,7 +349,7 @@ def main(argv=None) -> int:
     from trackserve.serving.repository import RepositoryOptions, write_repository
 
     watch = LoadWatch()  # before the benchmark's own work raises the load
-    events = load_events(args.events)
+    events = published_events(args.events)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         scratch = Path(scratch)
         if args.bundle:

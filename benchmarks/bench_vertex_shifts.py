@@ -23,16 +23,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's trackserve, not an installed one
 sys.path.insert(1, str(Path(__file__).resolve().parent))
-from _results import (LoadWatch, bundle_section, interleaved_rounds, load_bundle_option,  # noqa: E402
-                      machine_description, median_pass, positive_int, publish, ratio_text, reduced_run_note,
-                      round_ratios)
+from _results import (LRT_EVENTS, LoadWatch, bundle_section, interleaved_rounds, load_bundle_option,  # noqa: E402
+                      machine_description, median_pass, positive_int, publish, published_events, ratio_text,
+                      reduced_run_note, round_ratios)
 
-from trackserve.events.trackml import read_feature_csv  # noqa: E402
 from trackserve.paths import DEFAULT_BUNDLE  # noqa: E402
 from trackserve.runtime.config import RuntimeConfig  # noqa: E402
 from trackserve.runtime.pipeline import Pipeline  # noqa: E402
 
-LRT_EVENTS = REPO.parent / "shared" / "data" / "exatrkx_service" / "lrt_events"
 #: The ways compared: a name and the runtime's shifts ((0,): one pass, whatever the bundle carries).
 WAYS = (("one pass", (0.0,)), ("3 shifts (-70, 0, 70 mm)", (-70.0, 0.0, 70.0)),
         ("5 shifts (-100 ... 100 mm)", (-100.0, -50.0, 0.0, 50.0, 100.0)))
@@ -54,7 +52,7 @@ def main(argv=None) -> int:
         parser.error(f"the published benchmark events are absent ({LRT_EVENTS}); they live in ../shared/data")
     if bundle.num_features != 3:
         parser.error(f"the published events have 3 features per hit, the bundle {bundle.num_features}")
-    events = [read_feature_csv(LRT_EVENTS / f"evt_{i}.csv", 3) for i in range(min(args.events, 100))]
+    events = published_events(min(args.events, 100))
     watch = LoadWatch()
     pipelines = {name: Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads,
                                                              vertex_shifts=shifts))

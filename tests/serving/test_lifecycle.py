@@ -417,3 +417,31 @@ def test_a_server_is_not_started_with_numpy_2(custom_repository, monkeypatch):
     with pytest.raises(BackendUnavailableError, match="needs numpy < 2"):
         server.start()
     assert server.process is None
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch):
+    """The kernel may give a just-closed port again: two calls for one server's HTTP and gRPC
+    ports once agreed (CI: 'the server's ports must differ')."""
+    import trackserve.serving.server as server_module
+
+    picks = iter([47001, 47001, 47001, 47002])
+
+    class Socket:
+        def __init__(self, *args):
+            self.port = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            return False
+
+        def bind(self, address):
+            self.port = next(picks)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(server_module, "_PORTS_GIVEN", set())
+    monkeypatch.setattr(server_module.socket, "socket", Socket)
+    assert [free_port(), free_port()] == [47001, 47002]

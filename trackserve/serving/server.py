@@ -190,11 +190,25 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+#: The ports :func:`free_port` has handed out in this process.
+_PORTS_GIVEN: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that is free now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on ``host`` that is free now (the kernel picks it) and that no earlier call
+    in this process returned: the kernel may pick a port it just gave again once its socket
+    is closed, so two calls for one server's HTTP and gRPC ports could otherwise agree."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with _PORTS_LOCK:
+        for _attempt in range(1000):
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise ServingError(f"no free TCP port on {host} that this process has not handed out already")
 
 
 def _client_host(host: str) -> str:

@@ -24,6 +24,15 @@ def test_an_unknown_option_is_named_with_the_subcommands_usage(capsys):
     assert "trackserve: error: unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
+def test_python_dash_m_runs_the_same_command_line():
+    done = subprocess.run([sys.executable, "-m", "trackserve", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("trackserve ")
+    done = subprocess.run([sys.executable, "-m", "trackserve", "run", "no-such-event"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "trackserve run: error: file no-such-event: does not exist" in done.stderr
+
+
 def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     # `trackserve run ... | head -1`: the pipe closes while the table is being written
     code = ("import sys; from trackserve.cli import main; "

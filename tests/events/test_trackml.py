@@ -145,6 +145,16 @@ def test_every_way_to_name_the_sample_event(target):
     assert read_event(REPO / target, parts=()).num_hits == 5527
 
 
+def test_a_path_that_does_not_exist_is_named_as_missing(tmp_path):
+    with pytest.raises(EventFormatError, match="does not exist: no such file or directory") as error:
+        find_event_prefixes(tmp_path / "nosuch" / "evt.csv")
+    assert "evt.csv-hits.csv" in str(error.value)
+    # an existing folder without the prefix's hits file is not "missing"
+    (tmp_path / "event000000002-truth.csv").write_text("hit_id\n")
+    with pytest.raises(EventFormatError, match="no event here"):
+        find_event_prefixes(tmp_path / "event000000002")
+
+
 def test_parts_not_asked_for_are_not_read():
     event = read_event(SAMPLE, parts=("truth",))
     assert event.truth is not None and event.particles is None and event.cells is None
@@ -584,7 +594,8 @@ def test_plain_and_gz_of_the_same_kind_is_ambiguous(tmp_path):
 
 def test_paths_that_are_not_events(tmp_path):
     tiny_event_files(tmp_path)
-    with pytest.raises(EventFormatError, match="neither event000000008-hits.csv nor event000000008-hits.csv.gz"):
+    # a prefix with no file at all does not exist
+    with pytest.raises(EventFormatError, match="does not exist.*event000000008-hits.csv or event000000008-hits.csv.gz"):
         read_event(tmp_path / "event000000008")
     write_text(tmp_path / "notes.txt", "hello")
     with pytest.raises(EventFormatError, match="is not a TrackML event file"):

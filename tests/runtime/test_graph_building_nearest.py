@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,27 @@ def test_duplicates_and_lattice_ties_take_the_full_search_and_stay_exact(nearest
     for cap in (1, 2, 6):
         np.testing.assert_array_equal(build_graph(points, 0.25, cap), brute_force(points, 0.25, cap))
     assert nearest_path["full"] >= 1, "equal distances at the end of the list must trigger the full search"
+
+
+@pytest.mark.parametrize("scale,cap", [(1e-24, 1), (1e-22, 3), (1e-20, 2)])
+def test_distances_whose_float32_squares_underflow_stay_exact(nearest_path, scale, cap):
+    # The rule's float32 squares underflow (to zero at 1e-24: every pair ties and the lower
+    # index wins); the float64 query's order then proves nothing, so those hits are searched in full.
+    points = (np.random.default_rng(0).random((300, 3)) * scale).astype(np.float32)
+    for direction in ("i<j", "both"):
+        np.testing.assert_array_equal(build_graph(points, 1e-18, cap, direction=direction),
+                                      brute_force(points, 1e-18, cap, direction))
+    assert nearest_path["full"] >= 1
+
+
+def test_huge_coordinates_give_no_overflow_warning(nearest_path):
+    points = (np.random.default_rng(5).random((300, 4)) * 1.5e19).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a pair beyond float32's range is simply not within the radius
+        graph = build_graph(points, 1e19, 2)
+    with np.errstate(over="ignore"):  # the brute force's own sums overflow the same way
+        expected = brute_force(points, 1e19, 2)
+    np.testing.assert_array_equal(graph, expected)
 
 
 def test_one_point_and_points_on_the_radius(nearest_path):

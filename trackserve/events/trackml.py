@@ -396,6 +396,11 @@ def _what_else_it_holds(directory: Path) -> str:
     return f" (it holds {'; '.join(held)})" if held else ""
 
 
+def _has_prefix_files(prefix: Path) -> bool:
+    """Whether any file of the folder ``prefix`` names starts with ``<prefix>-`` (an event's other files)."""
+    return prefix.parent.is_dir() and any(child.name.startswith(prefix.name + "-") for child in prefix.parent.iterdir())
+
+
 def find_event_prefixes(path: str | Path) -> list[Path]:
     """The event prefixes that ``path`` designates, sorted by event id then name.
 
@@ -430,6 +435,12 @@ def find_event_prefixes(path: str | Path) -> list[Path]:
     else:
         prefix = path
     if event_file(prefix, "hits") is None:
+        if not path.exists() and not _has_prefix_files(prefix):  # a typo or a missing file, not an event prefix
+            raise EventFormatError(
+                f"does not exist: no such file or directory, nor an event prefix ({prefix.name}-hits.csv or "
+                f"{prefix.name}-hits.csv.gz in {prefix.parent})",
+                path=path,
+            )
         raise EventFormatError(
             f"no event here: neither {prefix.name}-hits.csv nor {prefix.name}-hits.csv.gz exists in {prefix.parent}",
             path=path,

@@ -23,7 +23,8 @@ neighbours instead (:func:`_nearest_capped_pairs`): a k-d tree query of the
 ``K + 1 + 8`` nearest within the radius in float64, the exact float32 rule applied to
 them, and each hit's K first by (float32 squared distance, index). A hit whose K-th
 float32 distance is not clearly below the farthest float64 distance returned (a near
-tie at the edge of the list) is searched again over its whole radius, so the result is
+tie at the edge of the list, or distances so small that their float32 squares underflow)
+is searched again over its whole radius, so the result is
 the rule's, not an approximation; memory is ``N x (K + 9)`` whatever the radius, plus at
 most about a million neighbours at once for the hits searched again (a crowd of hits at
 one point in the embedding has each of them search the whole crowd: time grows as its
@@ -154,6 +155,11 @@ _ONE_THREAD_PRODUCT = 65_536 * 4
 # Relative gap (on squared distances) between the K-th float32 distance and the farthest
 # float64 one that proves no unlisted neighbour can rank among the K nearest.
 _KNN_GAP = 1e-5
+# The smallest squared distance the gap proof holds for: float32 squares of differences below
+# about 1e-19 underflow (subnormal or zero, an absolute error of up to 2**-150 each), which
+# this bound (float32's smallest normal number over the gap, about 1.2e-33) keeps far below
+# the gap's own width. Hits nearer than that are searched in full.
+_KNN_SURE_MIN = float(np.finfo(np.float32).tiny) / _KNN_GAP
 #: Neighbours fetched at once by the full search of the hits whose k nearest the capped query
 #: could not settle (see _nearest_by_full_search): bounds its memory on crowded points.
 _FULL_SEARCH_BATCH = 1 << 20
@@ -238,10 +244,11 @@ def _nearest_rows(points: np.ndarray, tree, lo: int, hi: int, r32: np.float32, k
     listed = (index < n) & (index != own[:, None])
     neighbour = np.where(listed, index, 0).astype(np.int64)
     d32 = np.zeros((rows, want), dtype=np.float32)
-    for column in points.T:  # the rule's sum, dimension by dimension
-        diff = column[neighbour] - column[lo:hi, None]
-        diff *= diff
-        d32 += diff
+    with np.errstate(over="ignore"):  # pairs too far apart for float32 sum to inf: never within the radius
+        for column in points.T:  # the rule's sum, dimension by dimension
+            diff = column[neighbour] - column[lo:hi, None]
+            diff *= diff
+            d32 += diff
     close = listed & (d32 < r2)
     keys = (d32.view(np.uint32).astype(np.uint64) << np.uint64(32)) | neighbour.astype(np.uint64)
     keys[~close] = np.iinfo(np.uint64).max
@@ -254,7 +261,10 @@ def _nearest_rows(points: np.ndarray, tree, lo: int, hi: int, r32: np.float32, k
     if k <= want:
         has_k = counts >= k
         kth[has_k] = (keys[has_k, k - 1] >> np.uint64(32)).astype(np.uint32).view(np.float32)
-    unsure = np.flatnonzero(full & ~(kth < dist[:, -1] ** 2 * (1 - _KNN_GAP)))
+    # Below _KNN_SURE_MIN the float32 squares of unlisted neighbours may have underflowed (to
+    # subnormals or zero, off by far more than the gap): no proof there either.
+    bound = dist[:, -1] ** 2 * (1 - _KNN_GAP)
+    unsure = np.flatnonzero(full & ~((kth < bound) & (bound >= _KNN_SURE_MIN)))
     near = keys[:, :k]
     kept = near != np.iinfo(np.uint64).max
     kept[unsure] = False

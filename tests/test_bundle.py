@@ -277,7 +277,8 @@ def test_every_problem_is_listed_at_once(bundle_dir):
     ("kwargs", "expected"),
     [
         ({"filter_cut": 1.01}, "stages.filter_cut: 1.01 is outside [0, 1]"),
-        ({"gnn_cut": float("nan")}, "stages.gnn_cut: nan is outside [0, 1]"),
+        ({"gnn_cut": float("nan")}, "stages.gnn_cut: nan is not a number"),
+        ({"gnn_cut": "0.95"}, "stages.gnn_cut: '0.95' is not a number (a probability in [0, 1]"),
         ({"radius": 0.0}, "stages.radius: 0.0 is not a positive finite number"),
         ({"radius": float("inf")}, "stages.radius: inf is not a positive finite number"),
         ({"max_neighbours": 2.5}, "stages.max_neighbours: 2.5 is not an integer >= 1"),
@@ -445,21 +446,30 @@ def test_a_stage_direction_other_than_the_training_one_is_refused(bundle_dir):
             "(provenance.settings.edge_direction)") in _refused(bundle_dir)
 
 
+def test_a_config_value_of_the_wrong_type_or_a_missing_config_is_named(bundle_dir):
+    _edit(bundle_dir, lambda d: d["networks"]["gnn"]["config"].update(hidden="8"))
+    assert "(config keys differ: hidden: the file's 8, the entry's '8')" in _refused(bundle_dir)
+    _edit(bundle_dir, lambda d: d["networks"]["gnn"].pop("config"))
+    assert "holds another network than pipeline.json declares (pipeline.json gives no config, the file records " \
+           in _refused(bundle_dir)
+
+
 def test_another_networks_file_in_place_of_one_is_refused(bundle_dir):
     # The filter's file copied over the GNN's, the hash updated: interface and hash agree, the network does not.
     message = _refused_with_file_in_place_of_the_gnn(bundle_dir, "filter.onnx")
-    assert "networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ; " in message
-    assert "and 10 more; and the file holds a VanillaFilter): either another network's file was put" in message
+    assert "networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ: " in message
+    assert "; and 12 more keys; and the file holds a VanillaFilter): either another network's file was put" in message
 
 
 def test_a_config_edited_by_hand_is_refused(bundle_dir):
     _edit(bundle_dir, lambda d: d["networks"]["gnn"]["config"].update(hidden=64))
-    assert ("networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ; the "
-            "file's hidden 8): either another network's file was put in its place (restore the file; `trackserve "
+    assert ("networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ: hidden: "
+            "the file's 8, the entry's 64): either another network's file was put in its place (restore the file; `trackserve "
             "export --bundle DIR --network gnn` rebuilds it from the bundle's weights) or the entry was edited by "
             "hand (restore the entry to what the file records)") in _refused(bundle_dir)
     _edit(bundle_dir, lambda d: d["networks"]["gnn"].update(config={}))  # every key removed
-    assert "holds another network than pipeline.json declares (config keys differ; " in _refused(bundle_dir)
+    assert "holds another network than pipeline.json declares (pipeline.json gives no config, the file records " \
+           in _refused(bundle_dir)
 
 
 def test_files_without_the_network_record_are_not_checked_against_the_entry(bundle_dir):

@@ -3,7 +3,9 @@ Lightning / state-dict files written the way the ExaTrkX and ACORN training code
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,17 @@ import torch
 
 from trackserve import cli
 from trackserve.errors import CheckpointImportError
-from trackserve.export.checkpoint_import import import_checkpoint
+from trackserve.export.bundle_networks import load_torch_network
+from trackserve.export.checkpoint_import import ImportNote, import_checkpoint
 from trackserve.export.embedding import EmbeddingNetwork
 from trackserve.export.filter import EdgeFilter
 from trackserve.export.interaction_gnn import InteractionGNN
 from trackserve.export.resagnn import ResAGNN
 
 torch.set_num_threads(2)
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning"),
+              # the notes of settings taken by convention (tested on their own below)
+              pytest.mark.filterwarnings("ignore::trackserve.export.checkpoint_import.ImportNote")]
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 SERVICE = DATA / "exatrkx_service"
@@ -517,3 +522,91 @@ def test_a_flag_that_is_neither_true_nor_false_is_named(tmp_path):
     with pytest.raises(CheckpointImportError, match="hyperparameter node_net_recurrent='sometimes' is neither true "
                                                     "nor false"):
         import_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- trackserve's own networks
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name,kind", [("embedding", "embedding"), ("filter", "filter"), ("pruner", "gnn"),
+                                       ("gnn", "gnn")])
+def test_a_bundle_networks_weights_import_with_its_own_config(name, kind):
+    # The default bundle's networks read more first-layer columns than features (derived eta,
+    # pair differences, edge geometry): the original layouts' shape rules cannot tell their
+    # config, the bundle's own config (as pipeline.json gives it) must build them as they are.
+    bundle = REPO / "models" / "default"
+    original = load_torch_network(str(bundle), name)
+    imported = import_checkpoint(bundle / f"{name}.pt", kind=kind, hparams=dict(original.config))
+    assert type(imported) is type(original) and imported.config == original.config
+    in_channels = original.config["in_channels"]
+    x, edges = crowded_graph(300, 2000, 10, in_channels, seed=3)
+    with torch.no_grad():
+        ours = imported(x) if kind == "embedding" else imported(x, edges)
+        theirs = original(x) if kind == "embedding" else original(x, edges)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_a_full_config_that_does_not_fit_the_weights_is_refused_with_every_mismatch():
+    config = dict(load_torch_network(str(REPO / "models" / "default"), "gnn").config)
+    config["hidden"] = 32  # the pruner's width, not this GNN's 48
+    with pytest.raises(CheckpointImportError, match="shape mismatches: .*node_encoder.0.weight: checkpoint \\(48, "):
+        import_checkpoint(REPO / "models" / "default" / "gnn.pt", kind="gnn", hparams=config)
+
+
+def test_settings_the_weights_cannot_show_are_noted_when_taken_by_convention(tmp_path, capsys):
+    torch.manual_seed(2)
+    original = InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2,
+                              bidirectional_messages=True, residual=True).eval()
+    torch.save(original.state_dict(), tmp_path / "ignn.pt")
+    hparams = {"n_graph_iters": 2, "hidden_activation": "ReLU"}
+    with pytest.warns(ImportNote, match="residual and edge_update_uses_new_nodes cannot be read from the weights"):
+        guessed = import_checkpoint(tmp_path / "ignn.pt", kind="interaction", hparams=hparams)
+    assert guessed.config["residual"] is False  # ACORN's convention for a bidirectional one: not this network
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImportNote)  # given: nothing to note, and the network is the trained one
+        given = import_checkpoint(tmp_path / "ignn.pt", kind="interaction",
+                                  hparams={**hparams, "residual": True, "edge_update_uses_new_nodes": False})
+    assert given.config == original.config
+    assert cli.main(["import", str(tmp_path / "ignn.pt"), "--kind", "interaction", "--hparams",
+                     str(_write_yaml(tmp_path / "h.yaml", "n_graph_iters: 2\nhidden_activation: ReLU\n")),
+                     "-o", str(tmp_path / "gnn.onnx")]) == 0
+    assert "trackserve import: note: checkpoint" in capsys.readouterr().err
+
+    resagnn = ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2,
+                      node_input_order="nodes_first").eval()
+    torch.save(resagnn.state_dict(), tmp_path / "res.pt")
+    with pytest.warns(ImportNote, match="node_input_order cannot be read from the weights .* built with "
+                                        "node_input_order='messages_first'"):
+        import_checkpoint(tmp_path / "res.pt", kind="resagnn", hparams={"n_graph_iters": 2, "hidden_activation": "ReLU"})
+
+
+def test_cli_export_of_a_bundle_networks_weights_with_its_config(tmp_path, capsys):
+    bundle = REPO / "models" / "default"
+    config = load_torch_network(str(bundle), "filter").config
+    hparams = tmp_path / "filter.json"
+    hparams.write_text(json.dumps(config))
+    assert cli.main(["export", str(bundle / "filter.pt"), "--kind", "filter", "--hparams", str(hparams),
+                     "-o", str(tmp_path / "filter.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "network: VanillaFilter from" in out and "wrote " in out
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_an_unknown_class_name_is_noted_and_trackserve_own_class_names_are_known(tmp_path):
+    torch.manual_seed(1)
+    net = ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=2, nb_edge_layer=2).eval()
+    torch.save({"state_dict": net.state_dict(), "hyper_parameters": {"name": "GravNetGNN", "n_graph_iters": 2,
+                                                                     "hidden_activation": "ReLU"}},
+               tmp_path / "gravnet.ckpt")
+    with pytest.warns(ImportNote, match="names its class 'GravNetGNN', which trackserve does not know; it was taken "
+                                        "for a ResAGNN by its key layout"):
+        import_checkpoint(tmp_path / "gravnet.ckpt")
+    embedding = EmbeddingNetwork(in_channels=3, emb_hidden=16, nb_layer=2, emb_dim=4).eval()
+    x = torch.rand(50, 3)
+    torch.jit.save(torch.jit.trace(embedding, (x,)), tmp_path / "embedding.pt")
+    imported = import_checkpoint(tmp_path / "embedding.pt")
+    assert isinstance(imported, EmbeddingNetwork)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x), embedding(x))

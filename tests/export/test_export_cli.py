@@ -111,7 +111,7 @@ def test_an_edited_entry_is_not_built_into_the_bundle_from_its_own_weights(bundl
     before = (bundle_dir / "gnn.onnx").read_bytes()
     assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 2
     err = capsys.readouterr().err
-    assert "holds another network than pipeline.json declares (config keys differ; the file's hidden 4)" in err
+    assert "holds another network than pipeline.json declares (config keys differ: hidden: the file's 4, the entry's 6)" in err
     assert "the bundle's weights fit the network the file records" in err and "restore the entry first" in err
     assert (bundle_dir / "gnn.onnx").read_bytes() == before
 

@@ -191,6 +191,18 @@ def test_embedding_dim_comes_from_the_network(tmp_path):
 # ----------------------------------------------------------------------------- wrong networks
 
 
+def test_a_file_of_another_output_width_is_refused_naming_both_shapes(tmp_path):
+    from trackserve.export.embedding import EmbeddingNetwork
+
+    torch.manual_seed(0)
+    export_network(EmbeddingNetwork(in_channels=3, emb_hidden=8, nb_layer=2, emb_dim=4).eval(), "embedding",
+                   tmp_path / "a.onnx")
+    wider = EmbeddingNetwork(in_channels=3, emb_hidden=8, nb_layer=2, emb_dim=6).eval()
+    with pytest.raises(ExportParityError, match=r"case 'a few hits \(5 hits\)': output 'embedding' has shape \[5, 4\] "
+                                                r"in ONNX Runtime, \[5, 6\] in PyTorch"):
+        validate_onnx(tmp_path / "a.onnx", wider, "embedding")
+
+
 @pytest.mark.parametrize("aggregation", ["index_add", "index_put"])
 def test_accumulating_scatter_without_reduction_is_refused_with_a_listing(tmp_path, aggregation):
     path = tmp_path / "gnn.onnx"

@@ -430,6 +430,13 @@ def test_tune_cut_command_refuses_seeds_train_does_not_take(seed, capsys):
     assert f"--seed {seed} must be in 0..{2**63 - 1}" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("rate", ["1.5", "-0.1", "nan"])
+def test_tune_cut_command_refuses_a_fake_rate_bound_outside_0_1_before_any_work(rate, capsys):
+    assert main(["tune-cut", str(DEFAULT_BUNDLE), "--max-fake-rate", rate, "--validation-random", "100"]) == 2
+    err = capsys.readouterr().err
+    assert f"--max-fake-rate {float(rate):g}: give a fake rate in [0, 1]" in err and err.count("\n") == 1
+
+
 def test_tune_cut_command_takes_the_highest_seed(capsys):
     assert main(["tune-cut", str(DEFAULT_BUNDLE), "--seed", str(2**63 - 1), "--validation-random", "100",
                  "--min-pt", "0"]) == 0

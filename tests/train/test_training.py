@@ -228,7 +228,6 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--particles", "x.csv", "--simulate", "1"], "no such file"),
     (["--random-events", "-1"], "--random-events"),
     ([], "no training events"),
-    (["--random-events", "1", "--gnn", "GCN"], "gnn.architecture"),
     (["--random-events", "1", "--gnn-halo", "-1"], "gnn.halo"),
     (["--random-events", "1", "--gnn", "ResAGNN", "--gnn-edge-update-new-nodes"], "gnn.edge_update_uses_new_nodes"),
     (["--random-events", "1", "--validation-particles", "nope.csv"], "--validation-particles nope.csv: no such file"),
@@ -647,3 +646,13 @@ def test_numpy_booleans_are_settings_and_a_string_is_no_tuple_of_features():
     replace(config, derive_eta=np.bool_(True)).validate()
     with pytest.raises(InputError, match="training setting run.gnn_blind_to must be a tuple of strings, got 'phi'"):
         replace(config, gnn_blind_to="phi").validate()
+
+
+def test_cli_names_the_gnn_architectures_it_takes(tmp_path, capsys):
+    from trackserve.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--output", str(tmp_path / "b"), "--random-events", "1", "--gnn", "Foo"])
+    assert exit_.value.code == 2
+    assert "argument --gnn: invalid choice: 'Foo' (choose from 'InteractionGNN', 'ResAGNN')" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -142,11 +142,21 @@ def recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping[
         declared = None
     if declared == {"architecture": architecture, "config": config}:
         return []
-    differ = sorted(key for key in set(config) | set(entry.config) if config.get(key) != entry.config.get(key))
-    shown = ", ".join(f"{key} {config.get(key)!r}" for key in differ[:4]) + (
-        f" and {len(differ) - 4} more" if len(differ) > 4 else "")
-    what = (f"config keys differ; the file's {shown}" if differ else "") + (
-        ("; and " if differ else "") + f"the file holds a {architecture}" if architecture != entry.architecture else "")
+    missing = object()
+    differ = sorted(key for key in set(config) | set(entry.config)
+                    if config.get(key, missing) != entry.config.get(key, missing))
+
+    def value(held: dict, key: str) -> str:
+        return repr(held[key]) if key in held else "absent"
+
+    if not entry.config and config:
+        what = f"pipeline.json gives no config, the file records {len(config)} keys"
+    else:
+        shown = "; ".join(f"{key}: the file's {value(config, key)}, the entry's {value(entry.config, key)}"
+                          for key in differ[:4]) + (f"; and {len(differ) - 4} more keys" if len(differ) > 4 else "")
+        what = f"config keys differ: {shown}" if differ else ""
+    if architecture != entry.architecture:
+        what += ("; and " if what else "") + f"the file holds a {architecture}"
     return [f"networks.{name}: {entry.file} holds another network than pipeline.json declares ({what}): either "
             "another network's file was put in its place (restore the file; `trackserve export --bundle DIR "
             f"--network {name}` rebuilds it from the bundle's weights) or the entry was edited by hand (restore "

@@ -47,6 +47,11 @@ def _python_numbers(settings, names) -> None:
             object.__setattr__(settings, name, float(value))
 
 
+def _is_number(value) -> bool:
+    """Whether ``value`` is a real number that is not NaN (an int or a float, not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+
+
 def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
                     track_building="components", gap_cut=None, join_pieces=None, prune_cut=None) -> list[str]:
     """What is wrong with these stage parameters, each problem naming its ``stages.`` key
@@ -61,7 +66,10 @@ def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
     if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
         problems.append(f"stages.max_neighbours: {max_neighbours!r} is not an integer >= 1")
     for name, cut in (("filter_cut", filter_cut), ("gnn_cut", gnn_cut)):
-        if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not (0.0 <= cut <= 1.0):
+        if not _is_number(cut):
+            problems.append(f"stages.{name}: {cut!r} is not a number (a probability in [0, 1], applied after the "
+                            "sigmoid of the logits)")
+        elif not 0.0 <= cut <= 1.0:
             problems.append(
                 f"stages.{name}: {cut!r} is outside [0, 1] (cuts are probabilities, applied after the sigmoid of the logits)"
             )
@@ -75,14 +83,18 @@ def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
             f"stages.track_building: {track_building!r} is not one of {', '.join(map(repr, TRACK_BUILDING_METHODS))}"
         )
     if gap_cut is not None:
-        if isinstance(gap_cut, bool) or not isinstance(gap_cut, (int, float)) or not (0.0 <= gap_cut <= 1.0):
+        if not _is_number(gap_cut):
+            problems.append(f"stages.gap_cut: {gap_cut!r} is not a number (a probability in [0, 1], like gnn_cut)")
+        elif not 0.0 <= gap_cut <= 1.0:
             problems.append(f"stages.gap_cut: {gap_cut!r} is outside [0, 1] (a probability, like gnn_cut)")
         elif isinstance(gnn_cut, (int, float)) and not isinstance(gnn_cut, bool) and gap_cut > gnn_cut:
             problems.append(f"stages.gap_cut: {gap_cut!r} is above gnn_cut {gnn_cut!r} (it fills the gaps that cut leaves)")
         if track_building != "best_edges":
             problems.append(f"stages.gap_cut: gap filling needs track_building 'best_edges', not {track_building!r}")
     if prune_cut is not None:
-        if isinstance(prune_cut, bool) or not isinstance(prune_cut, (int, float)) or not (0.0 <= prune_cut < 1.0):
+        if not _is_number(prune_cut):
+            problems.append(f"stages.prune_cut: {prune_cut!r} is not a number (a probability in [0, 1), like gnn_cut)")
+        elif not 0.0 <= prune_cut < 1.0:
             problems.append(f"stages.prune_cut: {prune_cut!r} is outside [0, 1) (a probability, like gnn_cut)")
         else:
             join_score = join_settings.get("min_score") if isinstance(join_settings, dict) else None

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                           "the bundle's own weights are then used)")
     require_export_extra("trackserve export")
     from ..bundle import load_bundle, replace_network
-    from ..export.checkpoint_import import import_checkpoint
+    from ..export.checkpoint_import import import_with_notes
     from ..export.onnx_export import (
         DEFAULT_OPSET, check_opset, check_output_path, export_network, read_onnx_model, validate_onnx,
     )
@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         source = f"the bundle's own weights ({described.networks[args.name].weights['file']})"
     else:
         kind = args.kind or ("gnn" if args.name == "pruner" else args.name)
-        network = import_checkpoint(args.network, kind=kind, hparams=args.hparams, trust_pickle=args.trust_pickle)
+        network = import_with_notes("trackserve export", args.network, kind=kind, hparams=args.hparams,
+                                    trust_pickle=args.trust_pickle)
         source = args.network
     print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {source}")
 

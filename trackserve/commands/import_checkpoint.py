@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import warnings
 
 ORDER = 40
 
@@ -42,19 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from ..extras import require_export_extra
 
     require_export_extra("trackserve import")
-    from ..export.checkpoint_import import import_checkpoint
+    from ..export.checkpoint_import import import_with_notes
     from ..export.onnx_export import check_output_path, export_network
 
     check_output_path(args.output, "--output", overwrite=args.overwrite, inputs=(args.checkpoint, args.hparams))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        network = import_checkpoint(args.checkpoint, kind=args.kind, hparams=args.hparams,
-                                    trust_pickle=args.trust_pickle)
-    for warning in caught:
-        if "not compared with its TorchScript module" in str(warning.message):
-            print(f"trackserve import: note: {warning.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    network = import_with_notes("trackserve import", args.checkpoint, kind=args.kind, hparams=args.hparams,
+                                trust_pickle=args.trust_pickle)
     parameters = sum(parameter.numel() for parameter in network.parameters())
     print(f"imported {network.architecture} ({parameters:,} parameters) from {args.checkpoint}")
     print(f"config: {json.dumps(network.config, sort_keys=True)}")

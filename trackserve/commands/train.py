@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
-from ..train.config import TrainingConfig
+from ..train.config import GNN_ARCHITECTURES, TrainingConfig
 from ..train.precision import TRAINING_PRECISIONS
 
 ORDER = 30
@@ -24,6 +24,8 @@ ORDER = 30
 #: Training threads when --threads is not given (fewer on a machine with fewer cores).
 DEFAULT_THREADS = 2
 
+#: The metavariable of a per-stage option by its type (as the other options name theirs).
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
 #: Per-stage options: (flag, stage, setting, type, help); a ``bool`` setting is an on switch.
 _STAGE_OPTIONS = (
     ("--embedding-epochs", "embedding", "epochs", int, "epochs of metric learning"),
@@ -144,16 +146,19 @@ def register(subparsers) -> None:
                           "1 + W * min(|vz|, 200 mm) / 100 mm (default 0: off; needs each event's particles table)")
     run.add_argument("--quick", action="store_true", help="tiny networks, one epoch per stage (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    stage = parser.add_argument_group("stages (the defaults are a small recipe, not the shipped bundle's; its "
-                                      "command and settings: models/default/README.md)")
+    stage = parser.add_argument_group("stages", "The defaults are a small recipe, not the shipped bundle's (its "
+                                      "command and settings: models/default/README.md).")
     defaults, quick = TrainingConfig(), TrainingConfig.quick()
     for flag, stage_name, name, kind, text in _STAGE_OPTIONS:
         dest = flag[2:].replace("-", "_")
         if kind is bool:  # absent: None, so the stage keeps its default
             stage.add_argument(flag, dest=dest, action="store_true", default=None,
                                help=f"{text} (default: {'on' if getattr(getattr(defaults, stage_name), name) else 'off'})")
+        elif (stage_name, name) == ("gnn", "architecture"):
+            stage.add_argument(flag, dest=dest, choices=GNN_ARCHITECTURES, default=None,
+                               help=f"{text} ({_stage_defaults(defaults, quick, stage_name, name)})")
         else:
-            stage.add_argument(flag, dest=dest, type=kind, default=None,
+            stage.add_argument(flag, dest=dest, type=kind, default=None, metavar=_METAVARS[kind],
                                help=f"{text} ({_stage_defaults(defaults, quick, stage_name, name)})")
     parser.set_defaults(handler=handle)
 

@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.vertex_shifts import parse_vertex_shifts, shifts_in_words
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
+    if args.max_fake_rate is not None and not 0.0 <= args.max_fake_rate <= 1.0:  # (NaN too) before any work
+        raise InputError(f"--max-fake-rate {args.max_fake_rate:g}: give a fake rate in [0, 1] (for example 0.02)")
     if args.seed is not None:
         check_seed(args.seed)  # the seed trackserve train takes
     shifts = None if args.vertex_shifts is None else parse_vertex_shifts(args.vertex_shifts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ from .onnx_export import max_abs_difference
 from .resagnn import ResAGNN
 from .specs import get_spec
 
+class ImportNote(UserWarning):
+    """What an import could not check or had to assume (``trackserve import`` and ``export``
+    print these as notes): a rebuilt network not compared with its TorchScript module, or a
+    setting the weights cannot show taken from the original code's convention."""
+
+
 #: Accepted values of ``kind`` and the architecture each one means (``"gnn"``: either GNN, detected).
 KINDS = {"embedding": "LayerlessEmbedding", "filter": "VanillaFilter", "gnn": None,
          "resagnn": "ResAGNN", "interaction": "InteractionGNN"}
@@ -46,6 +53,8 @@ _CLASS_NAMES = {
     "VanillaFilter": "VanillaFilter",
     "ResAGNN": "ResAGNN",
     "InteractionGNN": "InteractionGNN",
+    # trackserve's own classes (a traced or scripted module of one)
+    "EmbeddingNetwork": "LayerlessEmbedding", "EdgeFilter": "VanillaFilter",
 }
 #: Classes of those codebases trackserve has no definition for, and what they are.
 _UNSUPPORTED_CLASSES = {
@@ -81,14 +90,44 @@ def import_checkpoint(
         contents.hparams = {**(contents.hparams or {}), **given}
     architecture = detect_architecture(contents, kind)
     refuse_unsupported_options(contents, architecture)
-    builder = _BUILDERS[architecture]
-    state, config = builder(contents)
-    network = _ARCHITECTURE_CLASSES[architecture].from_config(config)
+    cls = _ARCHITECTURE_CLASSES[architecture]
+    if given is not None and is_full_config(given, cls):
+        # A trackserve config (a bundle's pipeline.json entry, a bundle network's
+        # *.config.json): the network as it says, the weights loaded strictly below. Its
+        # first layers may read more columns than the features (derived eta, differences,
+        # edge geometry), which the shape rules of the original layouts would misread.
+        state, config = dict(contents.state), dict(given)
+    else:
+        state, config = _BUILDERS[architecture](contents)
+    network = cls.from_config(config)
     load_weights(network, state, contents.path)
     network.eval()
     if contents.module is not None:
         check_against_torchscript(network, contents, given)
     return network
+
+
+def import_with_notes(command: str, path: str | Path, **options: Any) -> ConfigurableNetwork:
+    """:func:`import_checkpoint` for a command line: its :class:`ImportNote` warnings printed to
+    stderr as ``<command>: note: ...`` lines, other warnings shown as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        network = import_checkpoint(path, **options)
+    for warning in caught:
+        if issubclass(warning.category, ImportNote):
+            print(f"{command}: note: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return network
+
+
+def is_full_config(hparams: dict[str, Any], cls: type[ConfigurableNetwork]) -> bool:
+    """Whether ``hparams`` is a whole trackserve config of ``cls``: every key of its
+    :attr:`~ConfigurableNetwork.config` (the required ones and every default but the
+    later-added ones) and no other key."""
+    known = set(cls.REQUIRED) | set(cls.DEFAULTS)
+    needed = set(cls.REQUIRED) | (set(cls.DEFAULTS) - set(cls.ADDED_KEYS))
+    return needed <= set(hparams) <= known
 
 
 def check_against_torchscript(network: ConfigurableNetwork, contents: CheckpointContents,
@@ -145,7 +184,20 @@ def check_against_torchscript(network: ConfigurableNetwork, contents: Checkpoint
 def _not_compared(contents: CheckpointContents, reason: str) -> None:
     """Warn that a TorchScript checkpoint's rebuilt network could not be compared with its module."""
     warnings.warn(f"checkpoint {contents.path}: the rebuilt network was not compared with its TorchScript module: "
-                  f"{reason}; nothing checks that it computes what the module does", UserWarning, stacklevel=3)
+                  f"{reason}; nothing checks that it computes what the module does", ImportNote, stacklevel=3)
+
+
+def _note_assumed(contents: CheckpointContents, architecture: str, assumed: dict[str, Any], why: str) -> None:
+    """Note the settings the weights cannot show and no hyperparameter gave, for a checkpoint
+    without a TorchScript module (whose comparison would catch a wrong guess)."""
+    if not assumed or contents.module is not None:
+        return
+    settings = ", ".join(f"{key}={value!r}" for key, value in assumed.items())
+    names = " and ".join(assumed)
+    warnings.warn(f"checkpoint {contents.path}: {names} cannot be read from the weights and no hyperparameter gives "
+                  f"{'it' if len(assumed) == 1 else 'them'}; the {architecture} was built with {settings} ({why}): "
+                  "pass the training's own with --hparams if it used others (other settings compute another function)",
+                  ImportNote, stacklevel=4)
 
 
 def _conflicts_with_torchscript(contents: CheckpointContents, hparams: dict[str, Any]) -> list[str]:
@@ -174,6 +226,11 @@ def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
     named = next((_CLASS_NAMES[name] for name in names if name in _CLASS_NAMES), None)
     by_keys = _architecture_from_keys(contents.state)
     found = named or by_keys
+    unknown = [name for name in names if name and name not in _CLASS_NAMES]
+    if named is None and by_keys is not None and unknown and contents.module is None:  # (a module is compared)
+        warnings.warn(f"checkpoint {contents.path} names its class {unknown[0]!r}, which trackserve does not know; it "
+                      f"was taken for a {by_keys} by its key layout" + (f" (and kind {kind!r})" if kind else "")
+                      + ": check that the network is one", ImportNote, stacklevel=3)
     if wanted is not None:
         if found is not None and found != wanted:
             raise CheckpointImportError(
@@ -474,6 +531,9 @@ def _build_resagnn(contents: CheckpointContents) -> tuple[dict[str, torch.Tensor
                                      "layer_norm": "layernorm", "nb_node_layer": "nb_node_layer",
                                      "nb_edge_layer": "nb_edge_layer"}, contents.path)
     config.update(_overrides(hparams, ResAGNN))
+    if not nodes_first and "node_input_order" not in hparams:
+        _note_assumed(contents, "ResAGNN", {"node_input_order": config["node_input_order"]},
+                      "the Lightning ResAGNN's order, as its key names input_network.* suggest")
     return state, config
 
 
@@ -536,6 +596,11 @@ def _build_interaction(contents: CheckpointContents) -> tuple[dict[str, torch.Te
     _check_hparams(config, hparams, {"hidden": "hidden", "n_graph_iters": "n_graph_iters",
                                      "nb_node_layer": "nb_node_layer", "nb_edge_layer": "nb_edge_layer"}, contents.path)
     config.update(_overrides(hparams, InteractionGNN))
+    _note_assumed(contents, "InteractionGNN",
+                  {key: config[key] for key in ("residual", "edge_update_uses_new_nodes") if key not in hparams},
+                  "as ACORN's InteractionGNN, whose node network reads the messages summed both ways as this one's does"
+                  if bidirectional else
+                  "as ExaTrkX's InteractionGNN, whose node network reads the messages summed one way as this one's does")
     return state, config
 
 

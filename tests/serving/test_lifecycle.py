@@ -33,7 +33,13 @@ def test_a_missing_binary_is_named(tmp_path):
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    with pytest.raises(BackendUnavailableError, match="Python backend of .* is incomplete"):
+    with pytest.raises(BackendUnavailableError, match="Python backend of .* is incomplete: .* not found \\(a "
+                                                      "tritonserver binary sits in <install>/bin beside"):
+        find_triton(fake)
+    with pytest.raises(BackendUnavailableError, match="tritonserver binary .*/bin is a directory: give the binary itself"):
+        find_triton(tmp_path / "bin")
+    fake.chmod(0o644)
+    with pytest.raises(BackendUnavailableError, match="is not executable"):
         find_triton(fake)
 
 
@@ -171,10 +177,10 @@ def test_a_model_that_cannot_load_stops_startup_with_its_reason(custom_repositor
     assert not server.running
 
 
-def _serve(repository, http, grpc):
+def _serve(repository, http, grpc, extra=()):
     return subprocess.Popen(
         [sys.executable, "-m", "trackserve.cli", "serve", str(repository), "--http-port", str(http),
-         "--grpc-port", str(grpc), "--no-metrics", "--quiet"],
+         "--grpc-port", str(grpc), "--no-metrics", "--quiet", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -241,7 +247,7 @@ def test_serve_says_when_the_stop_timeout_cut_requests_short(custom_repository, 
     def wait(self, timeout=None):
         raise KeyboardInterrupt  # Ctrl-C while serving
 
-    def stop(self):
+    def stop(self, timeout_s=None):
         self.killed = killed
         return status
 
@@ -278,15 +284,28 @@ def test_serve_watches_the_model_processes_running_when_the_server_became_ready(
     monkeypatch.setattr(TritonServer, "endpoints", lambda self: {})
     monkeypatch.setattr(TritonServer, "model_processes", lambda self: {101})  # 102 died as readiness was announced
     monkeypatch.setattr(TritonServer, "wait", wait)
-    monkeypatch.setattr(TritonServer, "stop", lambda self: 0)
+    stops = []
+
+    def stop(self, timeout_s=None):  # the dead process's model never unloads: the server is killed
+        stops.append(timeout_s)
+        self.killed = True
+        return -9
+
+    monkeypatch.setattr(TritonServer, "stop", stop)
     assert main(["serve", str(custom_repository.path), "--quiet"]) == 1
-    assert "a model process of the server died (pid 102;" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a model process of the server died (pid 102;" in err
+    # killed after a few seconds, not Triton's whole exit timeout (--stop-timeout, 30 s by default)
+    assert stops[0] == 5.0 and "trackserve serve: server stopped (killed after 5 s: the dead process's model never " \
+        "unloads)" in err
 
 
-def _serve_then_kill(repository, choose) -> tuple[int, str]:
-    """Start ``trackserve serve``, wait until it is ready, SIGKILL the process ``choose(serve_pid)``
-    names, and return the killed pid and serve's stderr once it exited with status 1."""
-    process = _serve(repository, free_port(), free_port())
+def _serve_then_kill(repository, choose, stop_timeout: float | None = None) -> tuple[int, str]:
+    """Start ``trackserve serve`` (with ``--stop-timeout`` when given), wait until it is ready,
+    SIGKILL the process ``choose(serve_pid)`` names, and return the killed pid and serve's
+    stderr once it exited with status 1 (within 60 s)."""
+    process = _serve(repository, free_port(), free_port(),
+                     () if stop_timeout is None else ("--stop-timeout", str(stop_timeout)))
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and "stop with Ctrl-C" not in (line := process.stdout.readline()):
@@ -312,8 +331,10 @@ def test_serve_stops_with_status_1_when_a_model_process_dies(custom_repository):
     # Triton kept reporting the model ready while every request to it failed
     require_triton()
     stub, err = _serve_then_kill(custom_repository.path, lambda serve: _first(  # as the out-of-memory killer would
-        [pid for pid in _children_of_servers(serve) if "stub" in _command(pid)], "the model runs in a stub process"))
+        [pid for pid in _children_of_servers(serve) if "stub" in _command(pid)], "the model runs in a stub process"),
+        stop_timeout=600)
     assert f"a model process of the server died (pid {stub}" in err and "start it again" in err
+    assert "trackserve serve: server stopped (" in err  # and how it ended
 
 
 def test_serve_names_a_killed_tritonserver(custom_repository):

@@ -124,6 +124,28 @@ def test_a_request_that_ran_out_of_time_is_not_called_a_refusal(text):
     assert "refused the request" in describe_failure(RuntimeError("bad input"), "127.0.0.1:8000", "exatrkx")
 
 
+def test_the_async_http_clients_lost_connections_are_not_called_refusals():
+    # aiohttp's own errors (the asynchronous HTTP client's) name no connection in their text
+    from trackserve.serving.client import describe_failure
+
+    class ClientConnectionError(Exception):  # the aiohttp hierarchy, by name
+        pass
+
+    class ServerDisconnectedError(ClientConnectionError):
+        pass
+
+    class ClientOSError(ClientConnectionError, OSError):
+        pass
+
+    for error in (ServerDisconnectedError("Server disconnected"),
+                  ClientOSError(None, "Can not write request body for http://127.0.0.1:8000/v2/models/exatrkx/infer"),
+                  ConnectionResetError("peer gone")):
+        described = describe_failure(error, "127.0.0.1:8000", "exatrkx", "http")
+        assert described.startswith("the server at 127.0.0.1:8000 did not answer (") and "is it running?" in described
+    aiohttp = pytest.importorskip("aiohttp")
+    assert "did not answer" in describe_failure(aiohttp.ServerDisconnectedError(), "127.0.0.1:8000", "exatrkx", "http")
+
+
 def test_stubs_that_outlive_a_killed_server_are_ended_and_stop_returns(served_repository):
     # A model stub stuck when the server dies (here: stopped) kept its log pipe open: stop()
     # blocked for ever closing it, and the stub lived on as an orphan.

@@ -331,3 +331,24 @@ def test_the_window_waits_until_every_client_has_had_an_answer():
     begin = time.perf_counter()
     start = _warmed_up(begin, quick, lambda: False, time.sleep)
     assert 0.2 <= start - begin < 2.0
+
+
+def test_command_sets_and_notes_the_pause_after_a_failed_request(triton_server, monkeypatch, capsys, tmp_path):
+    require_triton()
+    event = tmp_path / "evt.csv"
+    event.write_text("0.1,0.2,0.3\n0.2,0.3,0.4\n")
+    import trackserve.serving.perf as perf_module
+
+    seen = {}
+
+    def sweep(events, levels, settings, progress=None):  # one level where half the requests failed
+        seen["backoff"] = settings.error_backoff_s
+        records = [RequestRecord(0.1 * i, 0.1 * i + 0.05, None if i % 2 else "refused") for i in range(10)]
+        return [summarize(records, concurrency=1, settings=settings, window_start=0.0, window_end=1.0)]
+
+    monkeypatch.setattr(perf_module, "run_sweep", sweep)
+    code = main(["perf", str(event), "--url", triton_server.grpc_url, "--concurrency", "1", "--error-backoff-ms", "20"])
+    err = capsys.readouterr().err
+    assert code == 1 and seen["backoff"] == pytest.approx(0.02), err
+    assert ("trackserve perf: note: each client paused 20 ms after every failed request (--error-backoff-ms), which "
+            "lowers the throughput of the levels with errors") in err

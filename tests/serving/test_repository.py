@@ -192,6 +192,10 @@ def test_unusable_repository_paths_are_refused_cleanly(tiny_bundle, tmp_path):
     (["--edge-chunk-size", "-3"], "--edge-chunk-size must be an integer >= 1, got -3"),
     (["--memory-limit-gb", "1e-12"], "--memory-limit-gb 1e-12 is less than one byte"),
     (["--max-queue-delay-us", "5"], "--max-queue-delay-us 5 applies only with --dynamic-batching"),
+    (["--max-queue-delay-us", "0"], "--max-queue-delay-us 0 applies only with --dynamic-batching"),
+    (["--ensemble-name", "e2"], "--ensemble-name e2 names the ensemble, which --layout custom does not write"),
+    (["--layout", "ensemble", "--model-name", "m2"],
+     "--model-name m2 names the custom model, which --layout ensemble does not write; drop it or use --layout both"),
 ])
 def test_the_command_names_its_own_options(tiny_bundle, tmp_path, capsys, options, message):
     assert main(["triton-repo", str(tmp_path / "repo"), "--bundle", str(tiny_bundle), *options]) == 2

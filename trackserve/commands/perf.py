@@ -58,6 +58,9 @@ def register(subparsers) -> None:
                         help="unmeasured run before each window: at least this long, and until every client has had an "
                              "answer (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request (default: %(default)s)")
+    parser.add_argument("--error-backoff-ms", type=float, default=50.0, metavar="MS",
+                        help="a client's pause after a failed request, so that a dead server is not hammered (default: "
+                             "%(default)g; it lowers the throughput of levels with errors; 0: none)")
     parser.add_argument("--csv", default=None, metavar="FILE", help="write one CSV row per level to FILE")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="write the results as JSON to FILE ('-': standard output, the table then goes to stderr)")
@@ -117,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             output_file(target, option)  # refused now, not after the sweep
     url = args.url or f"127.0.0.1:{PROTOCOLS[args.protocol]}"
     settings = PerfSettings(url=url, protocol=args.protocol, model=args.model, mode=args.mode,
-                            window_s=args.window_seconds, warmup_s=args.warmup_seconds, timeout_s=args.timeout)
+                            window_s=args.window_seconds, warmup_s=args.warmup_seconds, timeout_s=args.timeout,
+                            error_backoff_s=args.error_backoff_ms / 1000.0)
     with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
         num_features = client.num_features()  # ServingError (exit 2) when the server or the model does not answer
         served = client.served_features()
@@ -135,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
 
     def write(results, interrupted: bool = False) -> None:
         print(format_table(results), file=table_stream, flush=True)
+        if settings.error_backoff_s and any(result.errors for result in results):
+            print(f"trackserve perf: note: each client paused {args.error_backoff_ms:g} ms after every failed request "
+                  "(--error-backoff-ms), which lowers the throughput of the levels with errors", file=sys.stderr)
         if args.csv:
             print(f"CSV written to {write_csv(results, args.csv).resolve()}", file=sys.stderr)
         if args.json:

@@ -52,6 +52,10 @@ def register(subparsers) -> None:
 
 #: How often (seconds) ``serve`` checks that the server and its model processes are alive.
 MODEL_CHECK_SECONDS = 1.0
+#: How long a server whose model process died may take to stop before it is killed. Triton
+#: waits its whole exit timeout (--stop-timeout) for the dead process's model, which never
+#: unloads; the requests other models still answer get this long.
+MODEL_DEATH_STOP_SECONDS = 5.0
 
 
 class _Stop(Exception):
@@ -106,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
                       "killed, or out of memory): its model answers no more requests, so the server is stopped; "
                       "start it again (with a lower --memory-limit-gb in the repository if memory ran out)",
                       file=sys.stderr, flush=True)
-                server.stop()
+                grace = min(args.stop_timeout, MODEL_DEATH_STOP_SECONDS)
+                code = server.stop(timeout_s=grace)
+                ended = (f"killed after {grace:g} s: the dead process's model never unloads" if server.killed
+                         else f"tritonserver status {code}")
+                print(f"trackserve serve: server stopped ({ended})", file=sys.stderr, flush=True)
                 return 1
         how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
                else f"exited on its own with status {code}")

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
                              "has a CUDA device)")
     parser.add_argument("--dynamic-batching", action="store_true",
                         help="queue requests with Triton's dynamic batcher (each event is still run on its own)")
-    parser.add_argument("--max-queue-delay-us", type=int, default=0, metavar="US",
+    parser.add_argument("--max-queue-delay-us", type=int, default=None, metavar="US",
                         help="dynamic batcher's max queue delay in microseconds, with --dynamic-batching (default: 0)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime and graph-building threads of each instance (default: the cores of the "
@@ -58,9 +58,10 @@ def register(subparsers) -> None:
                         "passes, as `trackserve run --vertex-shifts` does (mm, e.g. -100,-50,0,50,100; "
                         "--layout custom only; default: the bundle's stages.vertex_shifts, one pass for a bundle "
                         "without; 0: one pass)")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="name of the custom model (default: %(default)s)")
-    parser.add_argument("--ensemble-name", default=DEFAULT_ENSEMBLE_NAME,
-                        help="name of the ensemble model (default: %(default)s)")
+    parser.add_argument("--model-name", default=None,
+                        help=f"name of the custom model (default: {DEFAULT_MODEL_NAME}; not with --layout ensemble)")
+    parser.add_argument("--ensemble-name", default=None,
+                        help=f"name of the ensemble model (default: {DEFAULT_ENSEMBLE_NAME}; not with --layout custom)")
     parser.add_argument("--overwrite", "--force", dest="force", action="store_true",
                         help="replace OUTPUT if it is an existing model repository")
     parser.set_defaults(handler=run)
@@ -71,6 +72,7 @@ def options_from_args(args: argparse.Namespace):
     from ..errors import InputError
     from ..runtime.config import memory_limit_from_gib
     from ..runtime.vertex_shifts import parse_vertex_shifts
+    from ..serving.interface import DEFAULT_ENSEMBLE_NAME, DEFAULT_MODEL_NAME
     from ..serving.repository import RepositoryOptions
 
     memory = None
@@ -79,17 +81,24 @@ def options_from_args(args: argparse.Namespace):
     for option, value in (("--threads", args.threads), ("--edge-chunk-size", args.edge_chunk_size)):
         if value is not None and value < 1:
             raise InputError(f"{option} must be an integer >= 1, got {value}")
-    if args.max_queue_delay_us and not args.dynamic_batching:
+    if args.max_queue_delay_us is not None and not args.dynamic_batching:
         raise InputError(f"--max-queue-delay-us {args.max_queue_delay_us} applies only with --dynamic-batching; "
                          "give both or drop the delay")
+    # a name of a model the layout does not write would be ignored: say so instead
+    for option, value, layout in (("--model-name", args.model_name, "ensemble"),
+                                  ("--ensemble-name", args.ensemble_name, "custom")):
+        if value is not None and args.layout == layout:
+            what = "the custom model" if layout == "ensemble" else "the ensemble"
+            raise InputError(f"{option} {value} names {what}, which --layout {layout} does not write; drop it or use "
+                             "--layout both")
     return RepositoryOptions(
         layout=args.layout,
         instance_count=args.instances,
         instance_kind=args.instance_kind,
         dynamic_batching=args.dynamic_batching,
-        max_queue_delay_us=args.max_queue_delay_us,
-        model_name=args.model_name,
-        ensemble_name=args.ensemble_name,
+        max_queue_delay_us=0 if args.max_queue_delay_us is None else args.max_queue_delay_us,
+        model_name=DEFAULT_MODEL_NAME if args.model_name is None else args.model_name,
+        ensemble_name=DEFAULT_ENSEMBLE_NAME if args.ensemble_name is None else args.ensemble_name,
         intra_op_threads=args.threads,
         graph_threads=args.threads,
         edge_chunk_size=args.edge_chunk_size,

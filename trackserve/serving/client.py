@@ -96,9 +96,10 @@ def describe_failure(error: Exception, url: str, model: str, protocol: str | Non
     if protocol == "http" and "expected http/" in lowered:  # an HTTP client answered in HTTP/2 frames
         return (f"the server at {url} does not answer HTTP: that is a gRPC port (Triton's is 8001 by default); give its "
                 f"HTTP port (8000 by default) or use --protocol grpc ({text.strip()})")
-    if any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "connection reset",
-                                        "broken pipe", "socket closed", "connection aborted", "eof", "cannot connect",
-                                        "connection closed")):
+    if _lost_connection(error) or any(word in lowered for word in (
+            "unavailable", "connection refused", "failed to connect", "connection reset", "broken pipe",
+            "socket closed", "connection aborted", "eof", "cannot connect", "connection closed",
+            "server disconnected", "can not write request body")):
         if protocol == "grpc" and answers_http(url):
             return f"{wrong_port} ({text.strip()})"
         return f"the server at {url} did not answer ({text.strip()}): is it running?"
@@ -106,6 +107,17 @@ def describe_failure(error: Exception, url: str, model: str, protocol: str | Non
         return f"the server at {url} did not answer in time ({text.strip()})"
     prefix = f"[{status}] " if status and str(status) not in text else ""
     return f"model {model!r} at {url} refused the request: {prefix}{text.strip()}"
+
+
+#: Exception classes (by name, so that aiohttp need not be imported) of a connection lost or
+#: never made: the asynchronous HTTP client raises aiohttp's own, whose texts ("Server
+#: disconnected", "Can not write request body for ...") name no connection.
+_CONNECTION_ERRORS = ("ConnectionError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError")
+
+
+def _lost_connection(error: Exception) -> bool:
+    """Whether ``error`` is of a class that means the connection to the server failed."""
+    return any(cls.__name__ in _CONNECTION_ERRORS for cls in type(error).__mro__)
 
 
 def answers_http(url: str, timeout_s: float = 1.0) -> bool:

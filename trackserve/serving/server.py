@@ -132,14 +132,19 @@ def find_triton(binary: str | os.PathLike | None = None) -> TritonInstallation:
         if root is not None and not stub.is_file():
             stub = root / "tritonserver" / "python_backend_stubs" / version / _STUB
     python_backend_dir = server_dir / "backends" / "python"
+    if binary_path.is_dir():
+        raise BackendUnavailableError(f"the tritonserver binary {binary_path} is a directory: give the binary itself "
+                                      "(for a Triton install, <install>/bin/tritonserver)")
     if not binary_path.is_file():
         raise BackendUnavailableError(f"the tritonserver binary {binary_path} does not exist")
     if not os.access(binary_path, os.X_OK):
-        raise BackendUnavailableError(f"the tritonserver binary {binary_path} is not executable (chmod +x it)")
+        raise BackendUnavailableError(f"the tritonserver binary {binary_path} is not executable (chmod +x it, if it "
+                                      "is a tritonserver)")
     missing = [python_backend_dir / name for name in _BACKEND_FILES if not (python_backend_dir / name).is_file()]
     if missing:
         raise BackendUnavailableError(
-            f"the Python backend of {binary_path} is incomplete: {', '.join(map(str, missing))} not found"
+            f"the Python backend of {binary_path} is incomplete: {', '.join(map(str, missing))} not found (a "
+            "tritonserver binary sits in <install>/bin beside <install>/backends/python)"
         )
     if not stub.is_file():
         raise BackendUnavailableError(
@@ -523,15 +528,16 @@ class TritonServer:
             return set()
         return process_group_members(self.process.pid) - {self.process.pid}
 
-    def stop(self) -> int | None:
-        """Stop the server: SIGTERM, then SIGKILL after ``stop_timeout_s``; returns its exit status
-        (:attr:`killed` then says whether it had to be killed)."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """Stop the server: SIGTERM, then SIGKILL after ``timeout_s`` (default: Triton's own exit
+        timeout, ``stop_timeout_s``, and 5 s more); returns its exit status (:attr:`killed` then
+        says whether it had to be killed)."""
         if self.process is None:
             return None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(self.settings.stop_timeout_s + 5)
+                self.process.wait(self.settings.stop_timeout_s + 5 if timeout_s is None else timeout_s)
             except subprocess.TimeoutExpired:
                 self.killed = True
                 self._kill_group()

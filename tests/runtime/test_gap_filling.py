@@ -154,7 +154,7 @@ def test_bundle_gap_cut_is_validated_and_round_trips(gap_bundle, tmp_path):
     for change, message in [
         ({"gap_cut": 0.9}, "stages.gap_cut: 0.9 is above gnn_cut 0.6"),
         ({"gap_cut": 1.5}, r"stages.gap_cut: 1.5 is outside \[0, 1\]"),
-        ({"gap_cut": True}, r"stages.gap_cut: True is outside \[0, 1\]"),
+        ({"gap_cut": True}, r"stages.gap_cut: True is not a number \(a probability in \[0, 1\]"),
         ({"track_building": "components"}, "gap filling needs track_building 'best_edges', not 'components'"),
         ({"walk_cut": 0.2}, r"stages: unknown key\(s\) 'walk_cut'.*newer trackserve"),
     ]:

@@ -95,7 +95,7 @@ def test_the_pruner_and_its_cut_come_together(pruned_bundle, tiny_bundle, tmp_pa
 @pytest.mark.parametrize("change, message", [
     ({"prune_cut": 0.7}, r"prune_cut: 0.7 is above gnn_cut 0.5"),
     ({"prune_cut": 1.0}, r"prune_cut: 1.0 is outside \[0, 1\)"),
-    ({"prune_cut": "low"}, r"prune_cut: 'low' is outside"),
+    ({"prune_cut": "low"}, r"prune_cut: 'low' is not a number \(a probability in \[0, 1\)"),
     ({"track_building": "best_edges", "gap_cut": 0.2}, r"prune_cut: 0.3 is above gap_cut 0.2"),
     ({"track_building": "best_edges", "join_pieces": {"min_score": 0.1, "transverse_mm": 2.0, "z_mm": 10.0,
                                                       "single_hit_scale": 0.5, "rounds": 3}},

@@ -10,7 +10,10 @@ mapped is listed in one :class:`~trackserve.errors.CheckpointImportError`.
 What the weights cannot tell comes from the hyperparameters (``--hparams`` or the
 Lightning checkpoint's own), or from the TorchScript module (its activations and
 ``n_graph_iters``), or, last, from the defaults of the original code, which the
-docstring of each network states.
+docstring of each network states; settings taken by such a convention for a checkpoint
+without a module to compare with are said in an :class:`ImportNote`. A whole trackserve
+config as the hyperparameters (a bundle's ``pipeline.json`` entry) builds the network it
+describes, whose weights must then fit it key for key.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .network_base import ConfigurableNetwork
 from .onnx_export import max_abs_difference
 from .resagnn import ResAGNN
 from .specs import get_spec
+
 
 class ImportNote(UserWarning):
     """What an import could not check or had to assume (``trackserve import`` and ``export``

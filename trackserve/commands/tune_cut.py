@@ -85,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "with the cuts (default: the bundle's stages.vertex_shifts, one pass for a bundle without; "
                         "0: one pass, and --write removes them)")
     parser.add_argument("--write", action="store_true",
-                        help="store the chosen cut, gap cut, piece joining and method in the bundle")
+                        help="store the chosen cut, gap cut, piece joining and method in the bundle, replacing its "
+                             "own: without --fill-gaps and --join-pieces the stored bundle has no gap cut and "
+                             "no piece joining (the line printed says what it had)")
     parser.set_defaults(handler=run)
 
 

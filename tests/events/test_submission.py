@@ -122,7 +122,6 @@ def test_labels_without_their_header_line_are_named_as_such(tmp_path):
 @pytest.mark.parametrize("name", ["sub.csv", "sub.csv.gz"])
 def test_a_file_that_cannot_be_written_is_named_and_the_old_one_kept_whole(tmp_path, name, monkeypatch):
     import errno
-    import os
 
     import trackserve.events.trackml as trackml
     from trackserve.errors import OutputError

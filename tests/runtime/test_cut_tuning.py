@@ -523,3 +523,16 @@ def test_write_refuses_a_choice_where_no_cut_builds_a_track(tmp_path, capsys):
     assert main([*argv, "--write"]) == 2
     assert "there is no choice to store: nothing was written" in capsys.readouterr().err
     assert (bundle / "pipeline.json").read_text() == before
+
+
+@pytest.mark.parametrize("missing", ["truth", "particles"])
+def test_tune_cut_command_names_a_validation_event_without_truth(tiny_bundle, tmp_path, capsys, missing):
+    # The check of counted particles read the truth first and crashed where it was missing.
+    for part in ("hits", "truth", "particles"):
+        if part != missing:
+            name = f"{SAMPLE_EVENT.name}-{part}.csv.gz"
+            shutil.copy(SAMPLE_EVENT.parent / name, tmp_path / name)
+    assert main(["tune-cut", str(tiny_bundle), "--validation", str(tmp_path / SAMPLE_EVENT.name)]) == 2
+    assert f"event {SAMPLE_EVENT.name}: tuning the GNN cut needs its truth and particles files" in capsys.readouterr().err
+    with pytest.raises(InputError, match="needs its truth and particles"):
+        check_counted_particles([read_event(tmp_path / SAMPLE_EVENT.name, parts=())], min_pt=1.0, min_hits=5)

@@ -112,9 +112,7 @@ class ValidationSet:
             raise InputError("no validation event given")
         # In hit_id order, as the networks were trained (an event built in memory may not be).
         events = [event.in_hit_id_order() if isinstance(event, Event) else event for event in events]
-        for event in events:
-            if event.truth is None or event.particles is None:
-                raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")
+        check_truth(events)
         self.events = events
         self.method = method or pipeline.stages.track_building
         self.scored = [_scored_event(pipeline, event, self.method) for event in events]
@@ -230,9 +228,18 @@ def tune_cuts_and_joining(pipeline, validation: ValidationSet, cut_rows: list[Cu
     return next(best for best, _ in tables if (best.builds_tracks, best.score) == top), tables
 
 
+def check_truth(events: Sequence[Event]) -> None:
+    """Raise an :class:`InputError` naming the first event of ``events`` without its truth or
+    particles table: tuning counts particles, so each validation event needs both."""
+    for event in events:
+        if event.truth is None or event.particles is None:
+            raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")
+
+
 def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits: int,
                             names: tuple[str, str] = ("min_pt", "min_hits")) -> None:
-    """Raise an :class:`InputError` when no event of ``events`` (with truth) holds a particle
+    """Raise an :class:`InputError` when an event of ``events`` lacks its truth or particles
+    (:func:`check_truth`), or when no event holds a particle
     the selection counts (pT >= ``min_pt``, >= ``min_hits`` hits): the efficiency is then
     NaN at every cut and the choice meaningless. The message says why (no hits, only noise,
     or which bound no particle reaches, with the most the particles have) and which bound
@@ -240,6 +247,7 @@ def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits:
     options). The check reads the truth only: it can run before the networks do."""
     if not events:
         raise InputError("no validation event given")
+    check_truth(events)
     summaries = [_particle_hits_and_pt(event, min_pt) for event in events]
     hits = np.concatenate([np.zeros(0, np.int64), *(hits for hits, _ in summaries)])
     pt = np.concatenate([np.zeros(0), *(pt for _, pt in summaries)])

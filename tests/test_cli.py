@@ -24,6 +24,20 @@ def test_an_unknown_option_is_named_with_the_subcommands_usage(capsys):
     assert "trackserve: error: unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["run", "x.csv", "--bundle", ""], "--bundle"),  # was the shipped bundle, silently
+    (["run", ""], "EVENT"),  # was every CSV of the current directory
+    (["run", "x.csv", "-o", " "], "--output/-o"),  # was the current directory
+    (["export", "--bundle", "", "--network", "gnn", "--check"], "--bundle"),  # was "needs --bundle DIR"
+    (["perf", "x.csv", "--csv", ""], "--csv"),
+])
+def test_an_empty_value_is_named_as_such(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"error: argument {named}: empty value (an unset shell variable?)" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs_the_same_command_line():
     done = subprocess.run([sys.executable, "-m", "trackserve", "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("trackserve ")

@@ -132,6 +132,19 @@ def joined_list_values(argv: list[str]) -> list[str]:
     return joined
 
 
+def _refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error naming the first argument given as an empty string (what an
+    unset shell variable gives, ``--bundle "$B"``): no option takes one, and a path would
+    otherwise be read as the current directory or as not given at all."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and not item.strip() for item in values):
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            parser.error(f"argument {name}: empty value (an unset shell variable?): give one, or leave the "
+                         + ("option" if action.option_strings else "argument") + " out")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trackserve`` console script; returns the exit status.
 
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if extra:  # named by the subcommand's parser, with its usage (argparse names the top level's)
         _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
+    _refuse_empty_values(_subcommand_parser(parser, args.command), args)
     previous = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

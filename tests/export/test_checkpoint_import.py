@@ -433,9 +433,9 @@ def test_acorn_metric_learning_named_by_model_is_normalised(tmp_path):
 def test_a_gnn_state_dict_without_its_activation_is_asked_for_it(tmp_path):
     torch.save(_small_interaction(hidden_activation="SiLU").state_dict(), tmp_path / "gnn.pt")
     with pytest.raises(CheckpointImportError, match="the hidden activation cannot be read from the weights; pass "
-                                                    "hyperparameters with 'hidden_activation'"):
+                                                    "hyperparameters \\(--hparams YAML\\) with 'hidden_activation'"):
         import_checkpoint(tmp_path / "gnn.pt", kind="interaction", hparams={"n_graph_iters": 2})
-    with pytest.raises(CheckpointImportError, match="pass hyperparameters with 'n_graph_iters' \\(and "
+    with pytest.raises(CheckpointImportError, match="pass hyperparameters \\(--hparams YAML\\) with 'n_graph_iters' \\(and "
                                                     "'hidden_activation', which they cannot tell either\\)"):
         import_checkpoint(tmp_path / "gnn.pt", kind="interaction")
 
@@ -610,3 +610,11 @@ def test_an_unknown_class_name_is_noted_and_trackserve_own_class_names_are_known
     assert isinstance(imported, EmbeddingNetwork)
     with torch.no_grad():
         torch.testing.assert_close(imported(x), embedding(x))
+
+
+def test_hyperparameters_of_another_network_are_named_as_such(tmp_path):
+    # Was "no Linear layer found under 'network.'": the class the hyperparameters named was built and found no weights.
+    torch.save(_small_interaction().state_dict(), tmp_path / "gnn.pt")
+    with pytest.raises(CheckpointImportError, match="the hyperparameters name the class 'LayerlessEmbedding', but its "
+                                                    "weights have the key layout of InteractionGNN .*another network's"):
+        import_checkpoint(tmp_path / "gnn.pt", hparams={"name": "LayerlessEmbedding", "n_graph_iters": 2})

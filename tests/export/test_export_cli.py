@@ -103,6 +103,27 @@ def test_a_bundle_network_is_exported_again_from_its_own_weights(bundle_dir, cap
     assert record["network"] == "gnn" and record["replaced"] is False and record["opset"] >= 16
 
 
+@pytest.mark.parametrize("options, named", [
+    (["--kind", "gnn", "--hparams", "h.yaml"], "--kind and --hparams describe NET.pt, but NET.pt is not given"),
+    (["--trust-pickle"], "--trust-pickle describes NET.pt, but NET.pt is not given"),
+    (["--check", "--opset", "18"], "--opset says which opset to write, and --check writes nothing"),
+])
+def test_options_a_bundle_export_would_ignore_are_refused(bundle_dir, capsys, options, named):
+    # They were ignored without a word: the network written or checked was the bundle's own.
+    before = (bundle_dir / "pipeline.json").read_bytes()
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "embedding", *options]) == 2
+    assert named in capsys.readouterr().err
+    assert (bundle_dir / "pipeline.json").read_bytes() == before
+
+
+def test_weights_without_their_config_point_at_the_bundles_own(bundle_dir, tmp_path, capsys):
+    torch.save(_gnn(3).state_dict(), tmp_path / "gnn.pt")  # weights only: the iterations cannot be read from them
+    assert main(["export", str(tmp_path / "gnn.pt"), "--bundle", str(bundle_dir), "--network", "gnn", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "pass hyperparameters (--hparams YAML) with 'n_graph_iters'" in err
+    assert "or, for the bundle's own weights of gnn with the config it records, leave NET.pt out" in err
+
+
 def test_an_edited_entry_is_not_built_into_the_bundle_from_its_own_weights(bundle_dir, capsys):
     path = bundle_dir / "pipeline.json"
     data = json.loads(path.read_text())

@@ -78,7 +78,7 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the network, then export or check as the arguments say; print the comparisons."""
-    from ..errors import BundleError, InputError
+    from ..errors import BundleError, CheckpointImportError, InputError
     from ..extras import require_export_extra
 
     if args.bundle and not args.name:
@@ -90,6 +90,16 @@ def run(args: argparse.Namespace) -> int:
         doing = "to check the ONNX file against" if args.check else "to export"
         raise BundleError(f"give the torch network NET.pt {doing} (only with --bundle can it be left out: "
                           "the bundle's own weights are then used)")
+    if args.check and args.opset is not None:
+        raise InputError("--opset says which opset to write, and --check writes nothing: leave one of them out")
+    if args.network is None:
+        described_by = [option for option, given in (("--kind", args.kind), ("--hparams", args.hparams),
+                                                     ("--trust-pickle", args.trust_pickle)) if given]
+        if described_by:
+            raise InputError(f"{' and '.join(described_by)} describe{'s' if len(described_by) == 1 else ''} NET.pt, "
+                             f"but NET.pt is not given: without it the bundle's own weights of {args.name} are read with "
+                             "the config the bundle records; give NET.pt, or leave "
+                             + ("it" if len(described_by) == 1 else "them") + " out")
     require_export_extra("trackserve export")
     from ..bundle import load_bundle, replace_network
     from ..export.checkpoint_import import import_with_notes
@@ -125,8 +135,14 @@ def run(args: argparse.Namespace) -> int:
         source = f"the bundle's own weights ({described.networks[args.name].weights['file']})"
     else:
         kind = args.kind or ("gnn" if args.name == "pruner" else args.name)
-        network = import_with_notes("trackserve export", args.network, kind=kind, hparams=args.hparams,
-                                    trust_pickle=args.trust_pickle)
+        try:
+            network = import_with_notes("trackserve export", args.network, kind=kind, hparams=args.hparams,
+                                        trust_pickle=args.trust_pickle)
+        except CheckpointImportError as error:
+            if args.bundle and not args.hparams and "cannot be read from the weights" in str(error):
+                raise CheckpointImportError(f"{error}; or, for the bundle's own weights of {args.name} with the "
+                                            "config it records, leave NET.pt out") from None
+            raise
         source = args.network
     print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {source}")
 

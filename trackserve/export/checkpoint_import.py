@@ -229,6 +229,12 @@ def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
                                         f"trackserve cannot rebuild; the networks it imports are {', '.join(_CLASS_NAMES)}")
     named = next((_CLASS_NAMES[name] for name in names if name in _CLASS_NAMES), None)
     by_keys = _architecture_from_keys(contents.state)
+    if named is not None and by_keys is not None and named != by_keys:
+        index, name = next((i, name) for i, name in enumerate(names) if name in _CLASS_NAMES)
+        source = ("its class is" if index == 0 else "the hyperparameters name the class") + f" {name!r}"
+        raise CheckpointImportError(f"checkpoint {contents.path}: {source}" + (f" ({named})" if name != named else "")
+                                    + f", but its weights have the key layout of {by_keys} (keys "
+                                    f"{_key_summary(contents.state)}): are the hyperparameters another network's?")
     found = named or by_keys
     unknown = [name for name in names if name and name not in _CLASS_NAMES]
     if named is None and by_keys is not None and unknown and contents.module is None:  # (a module is compared)
@@ -244,7 +250,7 @@ def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
     if found is None:
         raise CheckpointImportError(
             f"cannot tell which network checkpoint {contents.path} holds (class {contents.class_name!r}, "
-            f"keys {_key_summary(contents.state)}): pass kind (one of {', '.join(KINDS)})"
+            f"keys {_key_summary(contents.state)}): pass kind (--kind on the command line; one of {', '.join(KINDS)})"
         )
     if kind == "gnn" and found not in ("ResAGNN", "InteractionGNN"):
         raise CheckpointImportError(f"checkpoint {contents.path} holds a {found} network, not a GNN")
@@ -394,7 +400,8 @@ def _one_activation(contents: CheckpointContents, hparams: dict[str, Any], key: 
         return kinds.pop()
     if default is None:
         raise CheckpointImportError(
-            f"checkpoint {contents.path}: the activation cannot be read from the weights; pass hyperparameters with '{key}'"
+            f"checkpoint {contents.path}: the activation cannot be read from the weights; pass hyperparameters "
+            f"(--hparams YAML) with '{key}'"
         )
     return default
 
@@ -406,7 +413,8 @@ def _required_int(contents: CheckpointContents, hparams: dict[str, Any], key: st
         also = (" (and 'hidden_activation', which they cannot tell either)"
                 if key == "n_graph_iters" and not hparams.get("hidden_activation") and not _activations(contents) else "")
         raise CheckpointImportError(
-            f"checkpoint {contents.path}: '{key}' cannot be read from the weights; pass hyperparameters with '{key}'"
+            f"checkpoint {contents.path}: '{key}' cannot be read from the weights; pass hyperparameters (--hparams YAML) "
+            f"with '{key}'"
             + also
         )
     whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
@@ -547,7 +555,7 @@ def _first_activation(contents: CheckpointContents, prefix: str) -> str:
     found = _activations(contents, prefix)
     if not found:
         raise CheckpointImportError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
-                                    "weights; pass hyperparameters with 'hidden_activation'")
+                                    "weights; pass hyperparameters (--hparams YAML) with 'hidden_activation'")
     return found[0]
 
 
@@ -575,7 +583,7 @@ def _build_interaction(contents: CheckpointContents) -> tuple[dict[str, torch.Te
     hidden_activation = hparams.get("hidden_activation") or (activations[0] if activations else None)
     if hidden_activation is None:
         raise CheckpointImportError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
-                                    "weights; pass hyperparameters with 'hidden_activation' (and 'output_activation' "
+                                    "weights; pass hyperparameters (--hparams YAML) with 'hidden_activation' (and 'output_activation' "
                                     "if the training used one)")
     output_activation = hparams.get("output_activation")
     # ExaTrkX's make_mlp puts a LayerNorm before an output activation whenever it has

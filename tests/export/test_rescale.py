@@ -243,3 +243,32 @@ def test_bundles_on_r_phi_z_alone_are_rescaled_too(hits, derive_eta):
     for network in new.values():
         assert network.config["in_channels"] == 3
         assert (network.config["derived_eta"] is not None) == derive_eta
+
+
+def test_a_change_of_track_building_says_what_it_dropped(tmp_path, capsys):
+    from trackserve.cli import main
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    source = load_bundle(DEFAULT_BUNDLE).stages
+    assert source.gap_cut is not None and source.join_pieces is not None  # what the note is about
+    assert main(["rescale", str(DEFAULT_BUNDLE), "--output", str(tmp_path / "b"), "--track-building", "components"]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: track building is now 'components', not 'best_edges': the bundle's gap cut {source.gap_cut:g} and "
+            "piece joining (") in err and "were dropped" in err
+    assert main(["rescale", str(DEFAULT_BUNDLE), "--output", str(tmp_path / "c")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scales, named", [
+    ("1e20,pi,400", "do not export with parity, so nothing was written"),  # named a temporary file's export before
+    ("1e-300,pi,400", "make the check event's features unusable"),  # named a hit's feature alone before
+])
+def test_scales_far_from_the_bundles_are_named_as_the_cause(tmp_path, capsys, scales, named):
+    from trackserve.cli import main
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    assert main(["rescale", str(DEFAULT_BUNDLE), "--output", str(tmp_path / "b"), "--features", scales]) == 2
+    err = capsys.readouterr().err
+    assert f"the feature scales r {float(scales.split(',')[0]):g}, phi 3.14159, z 400" in err and named in err
+    assert "give scales nearer the bundle's" in err and ".partial" not in err
+    assert list(tmp_path.iterdir()) == []

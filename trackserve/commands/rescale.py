@@ -13,6 +13,7 @@ recorded. ``--track-building`` also changes the track building method.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..bundle import TRACK_BUILDING_METHODS
 
@@ -58,6 +59,24 @@ def run(args: argparse.Namespace) -> int:
         differences = rescale_bundle(args.bundle, directory, feature_spec(args.features),
                                      track_building=args.track_building, check_features=event)
     print(f"bundle written to {args.output}")
+    _note_dropped_track_settings(args.bundle, args.track_building)
     for name, value in differences.items():
         print(f"  {name}: largest output difference from the original on the sample event {value:.2e}")
     return 0
+
+
+def _note_dropped_track_settings(source: str, track_building: str | None) -> None:
+    """Say on stderr which of the source bundle's track-building settings the new method dropped
+    (its gap cut and piece joining belong to the best-edge method they were chosen for)."""
+    from ..bundle import load_bundle
+
+    stages = load_bundle(source, check_files=False).stages
+    if track_building is None or track_building == stages.track_building:
+        return
+    dropped = ([f"gap cut {stages.gap_cut:g}"] if stages.gap_cut is not None else []) + (
+        [f"piece joining ({stages.join_pieces.describe()})"] if stages.join_pieces is not None else [])
+    if dropped:
+        print(f"trackserve rescale: note: track building is now {track_building!r}, not {stages.track_building!r}: "
+              f"the bundle's {' and '.join(dropped)}, chosen for {stages.track_building!r}, "
+              f"{'were' if len(dropped) > 1 else 'was'} dropped; the GNN cut {stages.gnn_cut:g} is kept (trackserve "
+              "tune-cut chooses one for the new method)", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle.saving import package_versions
-from ..errors import InputError
+from ..errors import EventFormatError, ExportParityError, InputError
 
 #: Largest output difference allowed between a rescaled network and its original on the
 #: check event, relative to the original's output scale (at least 1), as for the export
@@ -134,7 +134,9 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
     ``check_features`` (an Event) is run through both bundles' networks first: the largest
     output difference of each network is returned and recorded in the provenance, and a
     difference above :data:`RESCALE_TOLERANCE` (relative to the output scale) raises
-    InputError naming each network before anything is written.
+    InputError naming each network before anything is written. Scales so far from the
+    bundle's that the check event's features or the exported networks stop being finite
+    raise InputError naming the scales.
     """
     import dataclasses
 
@@ -152,7 +154,12 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
     differences, allowances = {}, {}
     if check_features is not None:
         old_x = torch.from_numpy(hit_features(check_features.hits, old_spec))
-        new_x = torch.from_numpy(hit_features(check_features.hits, new_spec))
+        try:
+            new_x = torch.from_numpy(hit_features(check_features.hits, new_spec))
+        except EventFormatError as error:
+            raise InputError(f"the feature scales {_scales_in_words(new_spec)} (the bundle's: "
+                             f"{_scales_in_words(old_spec)}) make the check event's features unusable ({error}): "
+                             "give scales nearer the bundle's") from None
         rng = np.random.default_rng(0)
         edges = torch.from_numpy(rng.integers(0, old_x.shape[0], (2, 20_000)))
         failures = []
@@ -182,5 +189,18 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
     if "rescaled" in provenance:  # a bundle rescaled before: its record is kept, inside this one
         record["previous"] = provenance["rescaled"]
     provenance["rescaled"] = record
-    make_bundle(output, new, features=new_spec, stages=stages, provenance=provenance)
+    try:
+        make_bundle(output, new, features=new_spec, stages=stages, provenance=provenance)
+    except ExportParityError as error:  # the export checks at features of the usual scale, not the event's
+        report = dataclasses.replace(error.report, path=f"(rescaled) {Path(error.report.path).name}")
+        raise InputError(f"the networks rescaled for the feature scales {_scales_in_words(new_spec)} (the bundle's: "
+                         f"{_scales_in_words(old_spec)}) do not "
+                         f"export with parity, so nothing was written: scales that far from the bundle's make the "
+                         f"rescaled weights overflow or lose float32 precision; give scales nearer the bundle's. The "
+                         f"export's check:\n{report.summary()}") from None
     return differences
+
+
+def _scales_in_words(spec) -> str:
+    """A feature spec's names and scales for messages: ``r 3000, phi 3.14159, z 400``."""
+    return ", ".join(f"{name} {scale:g}" for name, scale in zip(spec.names, spec.scales))

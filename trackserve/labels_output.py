@@ -15,10 +15,30 @@ from pathlib import Path
 from .errors import InputError
 from .events.sources import input_name
 from .events.trackml import event_files
-from .paths import output_directory
+from .paths import DEFAULT_LABELS_DIRECTORY, output_directory
 
 #: How many skipped files a note names before it only counts them.
 _NAMED = 3
+
+
+def chosen_output(output: str | None, no_labels: bool) -> Path | None:
+    """The labels directory of ``--output`` (default :data:`~trackserve.paths.DEFAULT_LABELS_DIRECTORY`),
+    None with ``--no-labels``; both given is an InputError (the directory would receive nothing)."""
+    if no_labels:
+        if output is not None:
+            raise InputError("--no-labels writes no labels files, so --output would receive nothing: leave one of "
+                             "them out")
+        return None
+    return Path(DEFAULT_LABELS_DIRECTORY if output is None else output)
+
+
+def note_replaced(command: str, files: list[Path] | None) -> None:
+    """Say on stderr how many of the labels ``files`` exist already (an earlier run's): each is
+    replaced by this run's, or removed if its event fails now."""
+    existing = [path for path in files or () if path.is_file()]
+    if existing:
+        print(f"trackserve {command}: note: {len(existing)} labels file{'s' if len(existing) > 1 else ''} of an "
+              f"earlier run in {existing[0].parent} (such as {existing[0].name}) will be replaced", file=sys.stderr)
 
 
 def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Path] | None:

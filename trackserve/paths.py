@@ -16,6 +16,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPOSITORY_ROOT / "data"
 DEFAULT_GEOMETRY = DATA_DIR / "detectors.csv"
 SAMPLE_EVENT = DATA_DIR / "event000000001"
+#: Where ``run`` and ``client`` write labels files when ``--output`` is not given.
+DEFAULT_LABELS_DIRECTORY = "trackserve-output"
 DEFAULT_BUNDLE = REPOSITORY_ROOT / "models" / "default"
 
 

@@ -183,6 +183,24 @@ def test_an_output_that_cannot_hold_labels_is_refused_before_running(capsys, tmp
     assert f"{tmp_path / 'out' / 'evt_1-labels.csv'} is a directory" in capsys.readouterr().err
 
 
+def test_labels_of_an_earlier_run_are_replaced_with_a_note(capsys, tmp_path, feature_csvs):
+    event = str(feature_csvs / "evt_1.csv")
+    assert main(["run", event, "--output", str(tmp_path)]) == 0
+    assert "will be replaced" not in capsys.readouterr().err
+    (tmp_path / "evt_1-labels.csv").write_text("an earlier run's labels\n")
+    assert main(["run", event, "--output", str(tmp_path)]) == 0
+    assert (f"note: 1 labels file of an earlier run in {tmp_path} (such as evt_1-labels.csv) will be replaced"
+            in capsys.readouterr().err)
+    assert (tmp_path / "evt_1-labels.csv").read_text().startswith("event_id,hit_id,track_id")
+
+
+def test_an_output_with_no_labels_is_refused(capsys, tmp_path, feature_csvs):
+    # --output was ignored without a word: nothing was written there.
+    assert main(["run", str(feature_csvs / "evt_1.csv"), "--no-labels", "--output", str(tmp_path / "out")]) == 2
+    assert "--no-labels writes no labels files, so --output would receive nothing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_events_that_would_write_one_labels_file_are_refused(capsys, tmp_path, feature_csvs):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

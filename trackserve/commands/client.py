@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
+from ..paths import DEFAULT_BUNDLE, DEFAULT_LABELS_DIRECTORY, SAMPLE_EVENT
 
 ORDER = 62
 
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
                         help="served model to call: the custom model or the ensemble (default: %(default)s)")
     parser.add_argument("--bundle", default=None,
                         help="bundle the server serves (features of TrackML events, --check); default: models/default")
-    parser.add_argument("--output", "-o", default="trackserve-output", help="directory for the label files (default: %(default)s)")
+    parser.add_argument("--output", "-o", default=None, help=f"directory for the label files (default: {DEFAULT_LABELS_DIRECTORY})")
     parser.add_argument("--no-labels", action="store_true", help="do not write label files")
     parser.add_argument("--check", action="store_true",
                         help="run each event with the local runtime too and exit 1 unless the labels are identical")
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
-    from ..labels_output import labels_files, note_beyond_detector, note_skipped, remove_stale_labels
+    from ..labels_output import (chosen_output, labels_files, note_beyond_detector, note_replaced, note_skipped,
+                                 remove_stale_labels)
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
     spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
@@ -90,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[Path] = []
     inputs = list_inputs(args.events or [shipped_path(SAMPLE_EVENT, "sample event")], skipped)
     note_skipped("client", skipped)
-    output = None if args.no_labels else Path(args.output)
+    output = chosen_output(args.output, args.no_labels)
     labels_paths = labels_files(output, inputs)
+    note_replaced("client", labels_paths)
     pipeline = None
 
     failures = 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT, figure_text
 from ..jsonout import dumps
-from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
+from ..paths import DEFAULT_BUNDLE, DEFAULT_LABELS_DIRECTORY, SAMPLE_EVENT
 from ..runtime.config import DEFAULT_EDGE_CHUNK_SIZE, DEFAULT_MEMORY_LIMIT_BYTES
 
 ORDER = 50
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
                         help="TrackML event prefixes, files or directories, or feature CSV files or directories "
                         "(default: the shipped sample event)")
     parser.add_argument("--bundle", default=None, help="bundle directory (default: the shipped models/default)")
-    parser.add_argument("--output", "-o", default="trackserve-output", help="directory for the label files (default: %(default)s)")
+    parser.add_argument("--output", "-o", default=None, help=f"directory for the label files (default: {DEFAULT_LABELS_DIRECTORY})")
     parser.add_argument("--no-labels", action="store_true", help="do not write label files")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
-    from ..labels_output import labels_files, note_beyond_detector, note_skipped, remove_stale_labels
+    from ..labels_output import (chosen_output, labels_files, note_beyond_detector, note_replaced, note_skipped,
+                                 remove_stale_labels)
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -239,8 +240,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = list_inputs(paths, skipped)
     note_skipped("run", skipped)
     config, workers_chosen = _config(args, len(inputs))
-    output = None if args.no_labels else Path(args.output)
+    output = chosen_output(args.output, args.no_labels)
     labels_paths = labels_files(output, inputs)
+    note_replaced("run", labels_paths)
     pipeline = Pipeline(bundle, config=config)
     records = []
     total_seconds = 0.0

@@ -354,6 +354,15 @@ def test_large_int64_ids_are_exact(tmp_path):
     assert read_table(path, {"id": np.int64})["id"].tolist() == [2**63 - 1, -(2**63), 4503668346847233]
 
 
+def test_an_integer_beyond_int64_is_named_as_such(tmp_path):
+    path = write_text(tmp_path / "t.csv", "id\n1\n9223372036854775808\n")
+    with pytest.raises(EventFormatError, match=r"cannot read '9223372036854775808' \(line 3\) as an integer \(it lies "
+                                               r"beyond the 64-bit integers"):
+        read_table(path, {"id": np.int64})
+    with pytest.raises(EventFormatError, match=r"\(line 2\) as an integer$"):  # not an integer at all: no such remark
+        read_table(write_text(tmp_path / "u.csv", "id\n1.5\n"), {"id": np.int64})
+
+
 def test_header_only_is_an_empty_table(tmp_path):
     table = read_table(write_text(tmp_path / "t.csv.gz", "a,b\n"), {"a": np.int64, "b": np.float64})
     assert table["a"].dtype == np.int64 and table["b"].dtype == np.float64

@@ -331,6 +331,7 @@ def test_a_feature_csv_with_a_byte_order_mark_is_read(capsys, tmp_path, feature_
 @pytest.mark.parametrize("options, message", [
     (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
     (["--event-workers", "0"], "--event-workers must be an integer >= 1, got 0"),
+    (["--edge-chunk-size", "0"], "--edge-chunk-size must be an integer >= 1, got 0"),
     (["--event-workers", "2", "--threads", "2"], "--event-workers 2 with --threads 2 would run 4 threads on 2 cores"),
 ])
 def test_thread_options_are_named_in_their_errors(capsys, feature_csvs, monkeypatch, options, message):

@@ -437,7 +437,10 @@ def test_one_shift_away_from_the_centre_is_one_moved_pass(tiny_bundle, sample_fe
     filtered = plain.filter_edges(moved, plain.build_graph(plain.embed(moved)))[0]
     assert result.num_edges["merged"] == result.num_edges["filter"] == filtered.shape[1]
     assert cli_main(["run", "--bundle", str(tiny_bundle), "--no-labels", "--vertex-shifts", "50", str(SAMPLE_EVENT)]) == 0
-    assert "1 passes at vertex shifts 50 mm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "; one pass at vertex shift 50 mm)" in out and "summed over the passes" not in out
+    assert cli_main(["run", "--no-labels", "--vertex-shifts=50,50", str(SAMPLE_EVENT)]) == 2
+    assert "error: --vertex-shifts repeat 50 mm" in capsys.readouterr().err
 
 
 def test_a_bundle_changed_in_memory_keeps_its_stages_in_processes_and_copies(tiny_bundle, sample_features):

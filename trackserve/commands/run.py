@@ -127,6 +127,8 @@ def _config(args, num_events: int):
         executor = "processes" if num_events >= PROCESSES_MIN_EVENTS else "threads"
     settings["event_executor"] = executor
     if args.edge_chunk_size is not None:
+        if args.edge_chunk_size < 1:
+            raise InputError(f"--edge-chunk-size must be an integer >= 1, got {args.edge_chunk_size}")
         settings["edge_chunk_size"] = args.edge_chunk_size
     if args.memory_limit_gb is not None:
         settings["memory_limit_bytes"] = memory_limit_from_gib(args.memory_limit_gb)
@@ -147,6 +149,8 @@ def _shifts_text(settings: dict) -> str:
     shifts = settings["vertex_shifts"]
     if shifts == [0.0]:
         return ""
+    if len(shifts) == 1:
+        return f"; one pass at vertex shift {shifts_in_words(shifts)}"
     return (f"; {len(shifts)} passes at vertex shifts {shifts_in_words(shifts)}: graph and "
             "filtered edges summed over the passes, merged the distinct filtered edges tracks are built from")
 

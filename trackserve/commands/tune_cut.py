@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                                       check_counted_particles, tune_cuts_and_joining, tune_gnn_cut)
     from ..runtime.config import RuntimeConfig
     from ..runtime.pipeline import Pipeline
-    from ..runtime.vertex_shifts import parse_vertex_shifts, shifts_in_words
+    from ..runtime.vertex_shifts import parse_vertex_shifts
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
     if args.max_fake_rate is not None and not 0.0 <= args.max_fake_rate <= 1.0:  # (NaN too) before any work
@@ -222,9 +222,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"validation: {described}: {event.num_hits} hits")
     print(f"track building {method}; particles with pT >= {args.min_pt:g} GeV and >= {args.min_hits} hits"
           + ("; figures averaged over the events, 'worst fake' the highest event's" if len(events) > 1 else "")
-          + (f"; {len(pipeline.vertex_shifts)} passes at vertex shifts "
-             f"{shifts_in_words(pipeline.vertex_shifts)}, merged"
-             if pipeline.vertex_shifts is not None else ""))
+          + _shifts_note(pipeline.vertex_shifts))
     if args.fill_gaps:
         print("each cut without gap filling, then with the gap cut that scores best at it")
     print(f"{'cut':>5}  {'gap cut':>7}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'duplicates':>10}  "
@@ -359,3 +357,14 @@ def _shown_rows(rows, max_fake_rate):
         if allowed or gaps:
             shown.append(max(allowed or gaps, key=lambda row: row.preference))
     return shown
+
+
+def _shifts_note(shifts) -> str:
+    """The table heading's note of the vertex shifts (empty without any)."""
+    from ..runtime.vertex_shifts import shifts_in_words
+
+    if shifts is None:
+        return ""
+    if len(shifts) == 1:
+        return f"; one pass at vertex shift {shifts_in_words(shifts)}"
+    return f"; {len(shifts)} passes at vertex shifts {shifts_in_words(shifts)}, merged"

@@ -123,8 +123,11 @@ def _diagnose_table(path: Path, body: str, num_fields: int, selected, reason: st
             )
         for name, dtype, index in selected:
             if not _field_parses(fields[index], dtype):
+                text = fields[index].strip()
+                beyond = (" (it lies beyond the 64-bit integers: -2**63 .. 2**63 - 1)"
+                          if _INTEGER_TEXT.match(text) and np.issubdtype(np.dtype(dtype), np.integer) else "")
                 return EventFormatError(
-                    f"cannot read {fields[index].strip()!r} (line {line}) as {_describe_dtype(dtype)}",
+                    f"cannot read {text!r} (line {line}) as {_describe_dtype(dtype)}{beyond}",
                     path=path,
                     column=name,
                     row=row,

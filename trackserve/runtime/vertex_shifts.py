@@ -42,25 +42,25 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 SHIFT_FEATURES = ("r", "z")
 
 
-def validate_vertex_shifts(shifts) -> tuple[float, ...] | None:
+def validate_vertex_shifts(shifts, name: str = "vertex_shifts") -> tuple[float, ...] | None:
     """The shifts (mm along the beam) as a sorted tuple of floats, or None for none given.
 
     ``(0.0,)`` is one pass at the centre, the same as none. InputError naming the problem
     for anything but 1 to :data:`MAX_VERTEX_SHIFTS` distinct finite numbers within
-    :data:`MAX_VERTEX_SHIFT_MM` of the centre."""
+    :data:`MAX_VERTEX_SHIFT_MM` of the centre; ``name`` is what the messages call the value."""
     if shifts is None:
         return None
     if isinstance(shifts, np.ndarray) and shifts.ndim != 1:
-        raise InputError(f"vertex_shifts must be a sequence of numbers (mm along the beam); got a {shifts.ndim}-d array")
+        raise InputError(f"{name} must be a sequence of numbers (mm along the beam); got a {shifts.ndim}-d array")
     if isinstance(shifts, (str, bytes)) or not isinstance(shifts, Sequence) and not isinstance(shifts, np.ndarray):
-        raise InputError(f"vertex_shifts must be a sequence of numbers (mm along the beam, e.g. (-100, -50, 0, 50, "
+        raise InputError(f"{name} must be a sequence of numbers (mm along the beam, e.g. (-100, -50, 0, 50, "
                          f"100)) or None; got {shifts!r}")
     values = list(shifts)
     if not 1 <= len(values) <= MAX_VERTEX_SHIFTS:
-        raise InputError(f"vertex_shifts must hold 1 to {MAX_VERTEX_SHIFTS} shifts (one pass each); got {len(values)}")
+        raise InputError(f"{name} must hold 1 to {MAX_VERTEX_SHIFTS} shifts (one pass each); got {len(values)}")
     for value in values:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise InputError(f"vertex_shifts must be numbers (mm along the beam); got {value!r}")
+            raise InputError(f"{name} must be numbers (mm along the beam); got {value!r}")
         try:
             finite = math.isfinite(float(value))
         except OverflowError:  # an integer beyond any float
@@ -71,7 +71,7 @@ def validate_vertex_shifts(shifts) -> tuple[float, ...] | None:
     result = tuple(sorted(float(value) for value in values))
     repeated = sorted({value for value in result if result.count(value) > 1})
     if repeated:
-        raise InputError(f"vertex_shifts repeat {', '.join(f'{value:g}' for value in repeated)} mm: each shift runs "
+        raise InputError(f"{name} repeat {', '.join(f'{value:g}' for value in repeated)} mm: each shift runs "
                          "the whole event once, give each once")
     return result
 
@@ -92,7 +92,7 @@ def parse_vertex_shifts(text: str, source: str = "--vertex-shifts") -> tuple[flo
             example = "--vertex-shifts=-100,-50,0,50,100" if source.startswith("--") else "-100,-50,0,50,100"
             raise InputError(f"{source} takes comma-separated numbers of mm along the beam (write it {example}), or "
                              f"none; {part.strip()!r} is not a number") from None
-    return validate_vertex_shifts(values)
+    return validate_vertex_shifts(values, source)
 
 
 def shifts_text(shifts: tuple[float, ...]) -> str:

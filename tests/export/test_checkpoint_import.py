@@ -109,6 +109,14 @@ def test_service_hparams_contradicting_the_weights_are_refused():
 
 
 @needs_data
+def test_a_torchscript_module_with_another_networks_hyperparameters_is_refused():
+    # The module was compared and exported as it is; the wrong file given went unremarked.
+    with pytest.raises(CheckpointImportError, match="its class is 'ResAGNN', but the hyperparameters name the class "
+                                                    "'LayerlessEmbedding': are the hyperparameters another network's"):
+        import_checkpoint(SERVICE / "models" / "gnn.pt", hparams=SERVICE / "models" / "hparams_Embedding.yaml")
+
+
+@needs_data
 @pytest.mark.parametrize("hparams, conflict", [
     ({"n_graph_iters": 3}, "n_graph_iters=3, the module has 8"),
     ({"hidden_activation": "Tanh"}, "hidden_activation='Tanh', the module uses ReLU"),

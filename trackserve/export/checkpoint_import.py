@@ -227,7 +227,11 @@ def detect_architecture(contents: CheckpointContents, kind: str | None) -> str:
         if name in _UNSUPPORTED_CLASSES:
             raise CheckpointImportError(f"checkpoint {contents.path} holds {_UNSUPPORTED_CLASSES[name]}, which "
                                         f"trackserve cannot rebuild; the networks it imports are {', '.join(_CLASS_NAMES)}")
-    named = next((_CLASS_NAMES[name] for name in names if name in _CLASS_NAMES), None)
+    known = [name for name in names if name in _CLASS_NAMES]
+    if len(known) == 2 and _CLASS_NAMES[known[0]] != _CLASS_NAMES[known[1]]:
+        raise CheckpointImportError(f"checkpoint {contents.path}: its class is {known[0]!r}, but the hyperparameters "
+                                    f"name the class {known[1]!r}: are the hyperparameters another network's?")
+    named = _CLASS_NAMES[known[0]] if known else None
     by_keys = _architecture_from_keys(contents.state)
     if named is not None and by_keys is not None and named != by_keys:
         index, name = next((i, name) for i, name in enumerate(names) if name in _CLASS_NAMES)

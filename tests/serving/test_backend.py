@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import types
 
@@ -223,3 +224,40 @@ def test_numpy_2_is_refused_where_models_are_served():
     with pytest.raises(BackendUnavailableError, match=r"numpy 2.4.6 is installed where the models are served, but "
                                                       r"tritonserver's Python backend .* needs numpy < 2"):
         check_served_numpy("2.4.6")
+
+
+def test_a_config_that_no_longer_fits_its_bundle_is_refused_at_load(tiny_bundle, tmp_path):
+    # Both loaded and answered before: a changed bundle made `client --check` blame the wrong bundle,
+    # and dims edited in config.pbtxt had the server ready while it refused every request.
+    from trackserve.bundle import file_sha256
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    recorded = file_sha256(bundle / "pipeline.json")
+    declared = {"input": [{"name": "FEATURES", "data_type": "TYPE_FP32", "dims": ["-1", "3"]}],
+                "output": [{"name": "LABELS", "data_type": "TYPE_INT64", "dims": ["-1"]}]}
+
+    def args(sha256=recorded, **tensors):
+        config = json.loads(args_for(bundle, intra_op_threads=1, graph_threads=1, pipeline_sha256=sha256)["model_config"])
+        config.update(declared, **tensors)
+        return {"model_config": json.dumps(config), "model_instance_kind": "CPU", "model_repository": "/nowhere/m"}
+
+    assert PipelineModel.from_args(args()).inputs[0].dims == (-1, 3)  # what triton-repo writes loads
+    with pytest.raises(InputError, match="declares input 'FEATURES' as TYPE_FP32 \\[-1, 4\\], but the bundle .* gives "
+                                         "TYPE_FP32 \\[-1, 3\\]; write the repository again"):
+        PipelineModel.from_args(args(input=[{"name": "FEATURES", "data_type": "TYPE_FP32", "dims": [-1, 4]}]))
+    with pytest.raises(InputError, match="declares output 'LABELS' as TYPE_INT32"):
+        PipelineModel.from_args(args(output=[{"name": "LABELS", "data_type": "TYPE_INT32", "dims": [-1]}]))
+    with pytest.raises(InputError, match="declares no input 'FEATURES'"):
+        PipelineModel.from_args(args(input=[{"name": "HITS", "data_type": "TYPE_FP32", "dims": [-1, 3]}]))
+    data = json.loads((bundle / "pipeline.json").read_text())
+    data["stages"]["gnn_cut"] = 0.99
+    (bundle / "pipeline.json").write_text(json.dumps(data))
+    for make in (lambda: PipelineModel.from_args(args()),
+                 lambda: StageModel.from_args({**args(), "model_config": json.dumps({
+                     **json.loads(args()["model_config"]), "input": [], "output": [],
+                     "parameters": {**json.loads(args()["model_config"])["parameters"],
+                                    "stage": {"string_value": "wcc"}}})})):
+        with pytest.raises(InputError, match=f"was changed after its model config was written: .*records "
+                                             f"{recorded[:12]}\\.\\.\\.; write the repository again"):
+            make()

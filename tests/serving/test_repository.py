@@ -65,7 +65,8 @@ def test_ensemble_layout_chains_the_stage_models(tiny_bundle, tmp_path):
         assert sorted(step.output_map) == sorted(t.name for t in stage.output)
         produced |= set(step.output_map.values())
         assert parameters(stage) == {"bundle": "exatrkx_ensemble/bundle", "stage": step.model_name,
-                                     "intra_op_threads": "1", "graph_threads": "2"}
+                                     "intra_op_threads": "1", "graph_threads": "2",
+                                     "pipeline_sha256": file_sha256(tiny_bundle / "pipeline.json")}
         assert [(g.count, g.kind) for g in stage.instance_group] == [(3, 2)]  # 2: KIND_CPU
         assert stage.dynamic_batching.max_queue_delay_microseconds == 250
         assert (tmp_path / "repo" / step.model_name / "1" / "model.py").read_text() == STAGE_MODEL.read_text()
@@ -119,15 +120,16 @@ def test_bad_options_are_named(options, message):
 
 def test_an_occupied_output_is_refused_unless_it_is_a_repository_and_forced(tiny_bundle, tmp_path):
     write_repository(tiny_bundle, tmp_path / "repo", RepositoryOptions(layout="both"))
-    with pytest.raises(InputError, match="already exists and is not empty; give --overwrite to replace it"):
+    with pytest.raises(InputError, match="already holds a model repository; give --overwrite to replace it"):
         write_repository(tiny_bundle, tmp_path / "repo")
     written = write_repository(tiny_bundle, tmp_path / "repo", overwrite=True)
     assert sorted(p.name for p in written.path.iterdir()) == ["exatrkx"]
     other = tmp_path / "notes"
     other.mkdir()
     (other / "thesis.tex").write_text("keep me")
-    with pytest.raises(InputError, match="is not a model repository .*thesis.tex"):
-        write_repository(tiny_bundle, other, overwrite=True)
+    for overwrite in (False, True):  # without --overwrite, not advised to give it: it would be refused too
+        with pytest.raises(InputError, match="is not empty and not a model repository .*thesis.tex.*give another path$"):
+            write_repository(tiny_bundle, other, overwrite=overwrite)
     assert (other / "thesis.tex").read_text() == "keep me"
 
 

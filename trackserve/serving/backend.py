@@ -121,6 +121,43 @@ def _model_config(args: Mapping) -> dict:
     return json.loads(config) if isinstance(config, str) else dict(config)
 
 
+def check_config_matches(args: Mapping, parameters: Mapping[str, str], bundle: Path, model: "ServedModel") -> None:
+    """Refuse to load a model whose ``config.pbtxt`` no longer fits the bundle it serves: the
+    bundle's ``pipeline.json`` changed since ``trackserve triton-repo`` recorded its sha256
+    (parameter ``pipeline_sha256``; a client checking labels would compare with the wrong
+    bundle), or the config declares an input or output with other dims or dtype than the
+    bundle gives (every request would be refused). InputError saying to write the repository again."""
+    from ..bundle import PIPELINE_FILE, file_sha256
+
+    again = "write the repository again from the bundle (trackserve triton-repo ... --overwrite)"
+    recorded = parameters.get(PARAM_PIPELINE_SHA256, "").strip()
+    if recorded:
+        actual = file_sha256(Path(bundle) / PIPELINE_FILE)
+        if actual != recorded:
+            raise InputError(f"the bundle {bundle} was changed after its model config was written: its "
+                             f"{PIPELINE_FILE} has sha256 {actual[:12]}..., the config's parameter "
+                             f"{PARAM_PIPELINE_SHA256!r} records {recorded[:12]}...; {again}, so that the config "
+                             "and the clients checking against it describe the bundle served")
+    model_config = _model_config(args)
+    for kind, specs in (("input", model.inputs), ("output", model.outputs)):
+        declared = {str(entry.get("name")): entry for entry in model_config.get(kind) or []}
+        if not declared:
+            continue  # nothing declared to compare (Triton's own configs always declare them)
+        for spec in specs:
+            entry = declared.get(spec.name)
+            if entry is None:
+                raise InputError(f"the model config declares no {kind} {spec.name!r}, which the bundle's model "
+                                 f"has ({spec.config_dtype} {list(spec.dims)}); {again}")
+            try:
+                dims = tuple(int(dim) for dim in entry.get("dims") or [])
+            except (TypeError, ValueError):
+                dims = None
+            if dims != spec.dims or entry.get("data_type", spec.config_dtype) != spec.config_dtype:
+                raise InputError(f"the model config declares {kind} {spec.name!r} as {entry.get('data_type')} "
+                                 f"{list(entry.get('dims') or [])}, but the bundle {bundle} gives {spec.config_dtype} "
+                                 f"{list(spec.dims)}; {again}")
+
+
 def _served_settings(args: Mapping) -> tuple[dict[str, str], RuntimeConfig]:
     """The model parameters of an ``initialize``'s ``args`` and the runtime settings they and
     the model's instance count give."""
@@ -156,7 +193,10 @@ class PipelineModel(ServedModel):
     def from_args(cls, args: Mapping) -> "PipelineModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
         parameters, config = _served_settings(args)
-        return cls(bundle_path(args, parameters), device=instance_device(args), config=config)
+        bundle = bundle_path(args, parameters)
+        model = cls(bundle, device=instance_device(args), config=config)
+        check_config_matches(args, parameters, bundle, model)
+        return model
 
     def __call__(self, arrays):
         return {LABELS: self.pipeline.run(arrays[FEATURES]).labels}
@@ -192,7 +232,10 @@ class StageModel(ServedModel):
         if is_shifted(config.vertex_shifts):
             raise InputError(f"the stage model {stage!r} has the parameter {PARAM_VERTEX_SHIFTS!r}: an ensemble runs each "
                              "stage once, and only the custom model runs an event once per vertex shift; remove it")
-        return cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
+        bundle = bundle_path(args, parameters)
+        model = cls(bundle, stage, device=instance_device(args), config=config)
+        check_config_matches(args, parameters, bundle, model)
+        return model
 
     def __call__(self, arrays):
         return self.stage(arrays)

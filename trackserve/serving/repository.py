@@ -241,14 +241,15 @@ def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> No
         raise InputError(f"the repository path {output} lies inside the bundle {bundle_directory}, which is copied "
                          "into the repository: write the repository outside the bundle")
     if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise InputError(f"{output} already exists and is not empty; give --overwrite to replace it, or another path")
         for entry in output.iterdir():
             if not (entry.is_dir() and (entry / CONFIG_FILE).is_file()):
                 raise InputError(
-                    f"{output} is not a model repository ({entry.name} is not a model folder with {CONFIG_FILE}); "
-                    "refusing to replace it: give another path"
+                    f"{output} is not empty and not a model repository ({entry.name} is not a model folder with "
+                    f"{CONFIG_FILE}); refusing to write into it or replace it: give another path"
                 )
+        if not overwrite:
+            raise InputError(f"{output} already holds a model repository; give --overwrite to replace it, or another "
+                             "path")
         if output.is_symlink():
             raise InputError(f"{output} is a symbolic link; give the directory it points to ({output.resolve()})")
         if bundle_directory.resolve().is_relative_to(output.resolve()):
@@ -316,7 +317,8 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
         bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
         (output / name / CONFIG_FILE).write_text(_ensemble_config(name, specs) + _parameters_block(features))
         for stage in ENSEMBLE_STAGES:
-            parameters = {PARAM_BUNDLE: bundle_ref, PARAM_STAGE: stage.name, **runtime}
+            parameters = {PARAM_BUNDLE: bundle_ref, PARAM_STAGE: stage.name, **runtime,
+                          PARAM_PIPELINE_SHA256: features[PARAM_PIPELINE_SHA256]}
             config = _python_model_config(
                 stage.name,
                 [specs[t] for t in stage.inputs],

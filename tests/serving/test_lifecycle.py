@@ -81,6 +81,11 @@ def test_a_taken_port_is_refused_before_starting(custom_repository):
     (dict(startup_timeout_s=-5), "startup timeout must be a finite number of seconds > 0, got -5"),
     (dict(host="::1"), "IPv6 addresses are not supported"),
     (dict(stop_timeout_s=3e9), "stop timeout 3e+09 s is above 2147483647 s"),
+    # These went to tritonserver: wrong endpoints printed, or a readiness wait that timed out.
+    (dict(extra_args=("--grpc-port=18007",)), "'--grpc-port=18007' sets what serve manages itself: use --grpc-port"),
+    (dict(extra_args=("--log-info=false", "--http-port", "5")), "'--http-port' sets what serve manages itself"),
+    (dict(extra_args=("--allow-http=false",)), "serve waits for readiness over HTTP"),
+    (dict(extra_args=("--model-control-mode=explicit",)), "serve loads every model of the repository at start"),
 ])
 def test_bad_server_settings_are_named(settings, message):
     with pytest.raises(InputError) as error:

@@ -270,6 +270,7 @@ class ServerSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
                 raise InputError(f"{name.replace('_s', '').replace('_', ' ')} must be a finite number of seconds > 0, "
                                  f"got {value!r}")
+        _refuse_managed_arguments(self.extra_args)
         if self.stop_timeout_s > MAX_STOP_TIMEOUT_S:
             raise InputError(f"stop timeout {self.stop_timeout_s:g} s is above {MAX_STOP_TIMEOUT_S} s, the longest "
                              "exit timeout tritonserver takes (--exit-timeout-secs, a 32-bit integer)")
@@ -583,6 +584,34 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+#: tritonserver options that ``serve`` sets itself, and what to do instead of giving one as an
+#: extra argument: tritonserver would take the later value while ``serve`` printed, watched and
+#: waited on its own (wrong endpoints printed, a readiness wait that times out).
+MANAGED_ARGUMENTS = {
+    "--model-repository": "give the repository as the REPOSITORY argument",
+    "--model-store": "give the repository as the REPOSITORY argument",
+    "--http-address": "use --host", "--grpc-address": "use --host", "--metrics-address": "use --host",
+    "--http-port": "use --http-port", "--grpc-port": "use --grpc-port", "--metrics-port": "use --metrics-port",
+    "--allow-metrics": "use --no-metrics",
+    "--allow-http": "serve waits for readiness over HTTP and prints both endpoints, so both stay on",
+    "--allow-grpc": "serve waits for readiness over HTTP and prints both endpoints, so both stay on",
+    "--model-control-mode": "serve loads every model of the repository at start and is ready only then",
+    "--log-verbose": "use --log-verbose", "--exit-timeout-secs": "use --stop-timeout",
+    "--backend-directory": "use --tritonserver (the backends are found beside the binary)",
+}
+
+
+def _refuse_managed_arguments(extra_args: Sequence[str]) -> None:
+    """InputError naming the first extra argument that sets an option of :data:`MANAGED_ARGUMENTS`."""
+    for arg in extra_args:
+        if not isinstance(arg, str):
+            raise InputError(f"extra tritonserver arguments must be strings, got {arg!r}")
+        name = arg.split("=", 1)[0]
+        if name in MANAGED_ARGUMENTS:
+            raise InputError(f"the tritonserver argument {arg!r} sets what serve manages itself: "
+                             f"{MANAGED_ARGUMENTS[name]}")
 
 
 def _given_server_id(extra_args: Sequence[str]) -> str | None:

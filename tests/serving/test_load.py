@@ -146,6 +146,27 @@ def test_the_async_http_clients_lost_connections_are_not_called_refusals():
     assert "did not answer" in describe_failure(aiohttp.ServerDisconnectedError(), "127.0.0.1:8000", "exatrkx", "http")
 
 
+def test_a_host_that_does_not_resolve_or_a_metrics_port_is_not_called_a_refusal():
+    # Both were "model 'exatrkx' ... refused the request" (the texts are tritonclient's, gRPC and HTTP).
+    from trackserve.serving.client import describe_failure
+
+    class GrpcError(Exception):
+        def message(self):
+            return "errors resolving nosuchhost.invalid:8001: Domain name not found"
+
+        def status(self):
+            return "StatusCode.UNAVAILABLE"
+
+    assert describe_failure(GrpcError(), "nosuchhost.invalid:8001", "exatrkx", "grpc").startswith(
+        "the host of nosuchhost.invalid:8001 does not resolve (errors resolving")
+    assert describe_failure(OSError(-2, "Name or service not known"), "nosuchhost.invalid:8000", "exatrkx",
+                            "http").endswith("): check the address")
+    described = describe_failure(RuntimeError("Parse error at offset 0: The document is empty."), "127.0.0.1:8002",
+                                 "exatrkx", "http")
+    assert described.startswith("the server at 127.0.0.1:8002 does not answer as a Triton HTTP endpoint")
+    assert "metrics port (8002 by default)? give its HTTP port" in described
+
+
 def test_stubs_that_outlive_a_killed_server_are_ended_and_stop_returns(served_repository):
     # A model stub stuck when the server dies (here: stopped) kept its log pipe open: stop()
     # blocked for ever closing it, and the stub lived on as an orphan.

@@ -157,6 +157,11 @@ def test_client_refuses_a_stage_model_before_sending(triton_server, tiny_bundle,
                  "--model", "embed", "--no-labels"])
     assert code == 2
     assert "model 'embed' at" in (err := capsys.readouterr().err) and "has no output 'LABELS'" in err
+    # wcc answers LABELS, from edges and scores: it was sent the event and failed it ("expected 3 inputs")
+    code = main(["client", str(SAMPLE_EVENT), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--model", "wcc", "--no-labels"])
+    assert code == 2
+    assert "takes the inputs EDGE_LIST_AFTER_FILTER, GNN_SCORES besides FEATURES" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("url, timeout, message", [

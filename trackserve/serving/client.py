@@ -96,7 +96,13 @@ def describe_failure(error: Exception, url: str, model: str, protocol: str | Non
     if protocol == "http" and "expected http/" in lowered:  # an HTTP client answered in HTTP/2 frames
         return (f"the server at {url} does not answer HTTP: that is a gRPC port (Triton's is 8001 by default); give its "
                 f"HTTP port (8000 by default) or use --protocol grpc ({text.strip()})")
-    if _lost_connection(error) or any(word in lowered for word in (
+    if any(words in lowered for words in ("errors resolving", "name or service not known", "name resolution",
+                                          "nodename nor servname", "no address associated", "dns resolution")):
+        return f"the host of {url} does not resolve ({text.strip()}): check the address"
+    if protocol == "http" and ("parse error at offset" in lowered or "document is empty" in lowered):
+        return (f"the server at {url} does not answer as a Triton HTTP endpoint ({text.strip()}): is that its "
+                "metrics port (8002 by default)? give its HTTP port (8000 by default)")
+    if "unavailable" in str(status).lower() or _lost_connection(error) or any(word in lowered for word in (
             "unavailable", "connection refused", "failed to connect", "connection reset", "broken pipe",
             "socket closed", "connection aborted", "eof", "cannot connect", "connection closed",
             "server disconnected", "can not write request body")):
@@ -220,6 +226,11 @@ class TritonClient:
         if not any(tensor.get("name") == LABELS for tensor in metadata.get("outputs", [])):
             raise ServingError(f"model {self.model!r} at {self.url} has no output {LABELS!r}: it is not a model that "
                                "labels whole events (a stage of the ensemble?); send to the custom model or the ensemble")
+        others = [str(tensor.get("name")) for tensor in metadata.get("inputs", []) if tensor.get("name") != FEATURES]
+        if others:  # the ensemble's last stage (wcc) outputs LABELS too, from edges and scores
+            raise ServingError(f"model {self.model!r} at {self.url} takes the inputs {', '.join(others)} besides "
+                               f"{FEATURES}: it is not a model that labels whole events from their features (a stage "
+                               "of the ensemble?); send to the custom model or the ensemble")
         for tensor in metadata.get("inputs", []):
             if tensor.get("name") == FEATURES:
                 return int(tensor["shape"][-1])

@@ -72,6 +72,13 @@ def test_stage_inputs_of_wrong_shape_are_refused(tiny_pipeline):
         applyfilter({"EDGE_LIST": edges, "FILTER_SCORES": np.zeros(2, dtype=np.float32)})
     with pytest.raises(InputError, match=r"EDGE_LIST must have shape \[2, M\]"):
         applyfilter({"EDGE_LIST": edges.T.copy(), "FILTER_SCORES": np.zeros(3, dtype=np.float32)})
+    # NaN filter scores passed no cut and their edges were dropped silently (wcc refused NaN GNN scores)
+    with pytest.raises(InputError, match="FILTER_SCORES: score of edge 0 is NaN \\(2 NaN scores in all\\)"):
+        applyfilter({"EDGE_LIST": edges, "FILTER_SCORES": np.array([np.nan, 1, np.nan], dtype=np.float32)})
+    wcc = make_stage("wcc", tiny_pipeline.bundle)
+    with pytest.raises(InputError, match="GNN_SCORES: score of edge 1 is NaN"):
+        wcc({FEATURES: np.zeros((4, 3), dtype=np.float32), "EDGE_LIST_AFTER_FILTER": edges,
+             "GNN_SCORES": np.array([1, np.nan, 1], dtype=np.float32)})
 
 
 def test_unknown_stage_is_named(tiny_pipeline):

@@ -52,8 +52,13 @@ class EnsembleStage:
 
 
 def _scores(array, num_edges: int, what: str) -> np.ndarray:
+    """The scores ``array`` checked: one per edge and no NaN (which would pass no cut silently)."""
     if array.ndim != 1 or array.shape[0] != num_edges:
         raise InputError(f"{what} must have shape [{num_edges}] (one per edge); got {list(array.shape)}")
+    nan = np.isnan(array)
+    if nan.any():
+        raise InputError(f"{what}: score of edge {int(np.flatnonzero(nan)[0])} is NaN ({int(nan.sum())} NaN scores "
+                         "in all)")
     return array
 
 

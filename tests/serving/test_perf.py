@@ -92,8 +92,32 @@ def test_a_level_with_no_answer_has_no_latency_and_zero_throughput(tmp_path):
     assert rows[0]["p99_ms"] == "" and rows[0]["first_error"] == "refused"
     # an empty or near-empty window is flagged: its figures are rough
     assert result.few_requests and rows[0]["few_requests"] == "True" and result.as_dict()["few_requests"] is True
+    # the one request that ended in the window failed: a longer window would not help
+    table = format_table([result])
+    assert ("concurrency 1: NO request answered within the 1 s window: all 1 that ended in it failed (below; "
+            "1 answered outside it), so its 0 infer/s is no measurement; a longer window would not help") in table
+    assert "give a longer --window-seconds" not in table
+
+
+def test_a_window_in_which_no_request_ended_asks_for_a_longer_window():
+    settings = PerfSettings(url="unused:1")
+    records = [RequestRecord(0.0, 0.5, "refused"), RequestRecord(0.5, 9.0, None)]  # nothing ends in [1, 2]
+    result = summarize(records, concurrency=1, settings=settings, window_start=1.0, window_end=2.0)
     assert ("concurrency 1: NO request answered within the 1 s window (1 answered outside it): its 0 infer/s and "
-            "missing latencies are no measurement") in format_table([result])
+            "missing latencies are no measurement; give a longer --window-seconds") in format_table([result])
+
+
+def test_a_server_that_died_during_the_window_is_not_blamed_on_the_window():
+    # as QA saw it: one request answered in the warm-up, then the server died and all the rest failed
+    settings = PerfSettings(url="unused:1")
+    records = [RequestRecord(0.0, 0.2, None)] + [RequestRecord(1.0 + i / 1000, 1.0 + i / 1000 + 1e-4, "did not answer")
+                                                 for i in range(3000)]
+    result = summarize(records, concurrency=4, settings=settings, window_start=1.0, window_end=5.0)
+    assert (result.requests, result.errors, result.answered) == (0, 3000, 1)
+    table = format_table([result])
+    assert "give a longer --window-seconds" not in table
+    assert "all 3000 that ended in it failed (below; 1 answered outside it)" in table
+    assert "a longer window would not help" in table
 
 
 def test_a_level_where_every_request_failed_blames_the_failures_not_the_window():
@@ -125,6 +149,20 @@ def test_a_negative_or_zero_time_is_refused(name, value, need):
         PerfSettings(url="x:1", **{name: 0.0})
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--error-backoff-ms", "-1", "--error-backoff-ms must be a finite number of milliseconds >= 0, got -1"),
+    ("--window-seconds", "0", "--window-seconds must be a finite number of seconds > 0, got 0"),
+    ("--window-seconds", "nan", "--window-seconds must be a finite number of seconds > 0, got nan"),
+    ("--warmup-seconds", "-0.5", "--warmup-seconds must be a finite number of seconds >= 0, got -0.5"),
+    ("--warmup-seconds", "inf", "--warmup-seconds must be a finite number of seconds >= 0, got inf"),
+])
+def test_a_time_out_of_range_names_the_option_and_the_value_given(capsys, option, value, message):
+    # no server at this address: refused before it is asked anything
+    assert main(["perf", "--url", "127.0.0.1:1", option, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "_s must be" not in err, err
+
+
 @pytest.mark.parametrize("text", ["4:1", "1:2:0"])
 def test_an_empty_concurrency_range_is_named(text):
     with pytest.raises(InputError, match=f"concurrency range '{text}' is empty or has a step below 1"):
@@ -137,6 +175,183 @@ def test_output_files_are_checked_before_the_sweep(tmp_path, capsys):
         # no server at this address: the files are refused before it is asked anything
         assert main(["perf", "--url", "127.0.0.1:1", option, str(target)]) == 2
         assert f"{option} {target}: " in (err := capsys.readouterr().err) and message in err
+
+
+def _feature_event(directory, name="evt_0.csv"):
+    event = directory / name
+    event.write_text("0.1,0.2,0.3\n0.2,0.3,0.4\n")
+    return event
+
+
+@pytest.mark.parametrize("option", ["--csv", "--json"])
+def test_an_output_naming_an_input_event_file_is_refused_before_any_request(tmp_path, capsys, option):
+    event = _feature_event(tmp_path)
+    before = event.read_text()
+    # no server at this address: refused before it is asked anything, the event untouched
+    assert main(["perf", str(event), "--url", "127.0.0.1:1", option, str(event)]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {event} is the input event file {event}" in err, err
+    assert event.read_text() == before
+    # the same file reached through the directory given, and a TrackML event's file through its prefix
+    assert main(["perf", str(tmp_path), "--url", "127.0.0.1:1", option, f"{tmp_path}/./evt_0.csv"]) == 2
+    assert f"is the input event file {event}" in capsys.readouterr().err
+    for part in ("hits", "truth"):
+        source = SAMPLE_EVENT.with_name(f"{SAMPLE_EVENT.name}-{part}.csv.gz")
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    target = tmp_path / f"{SAMPLE_EVENT.name}-truth.csv.gz"
+    truth = target.read_bytes()
+    assert main(["perf", str(tmp_path / SAMPLE_EVENT.name), "--url", "127.0.0.1:1", option, str(target)]) == 2
+    assert f"{option} {target} is the input event file {target}" in capsys.readouterr().err
+    assert target.read_bytes() == truth
+
+
+def test_csv_and_json_naming_the_same_file_are_refused(tmp_path, capsys):
+    event = _feature_event(tmp_path)
+    out = tmp_path / "perf.out"
+    assert main(["perf", str(event), "--url", "127.0.0.1:1", "--csv", str(out), "--json", f"{tmp_path}/./{out.name}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--csv {out} and --json {tmp_path}/./{out.name} name the same file" in err, err
+    assert not out.exists()
+    # standard output for both would mix the CSV and the JSON
+    assert main(["perf", str(event), "--url", "127.0.0.1:1", "--csv", "-", "--json", "-"]) == 2
+    assert "--csv - and --json - both name standard output" in capsys.readouterr().err
+
+
+class _FakeClient:
+    """Stands for a server serving a model of 3 features (perf's own checks before the sweep)."""
+
+    connect = None  # called on num_features: raise from it to fail or interrupt there
+
+    def __init__(self, url, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def num_features(self):
+        if self.connect is not None:
+            self.connect()
+        return 3
+
+    def served_features(self):
+        return None
+
+
+def _fake_server(monkeypatch, sweep=None, connect=None):
+    import trackserve.serving.client as client_module
+    import trackserve.serving.perf as perf_module
+
+    monkeypatch.setattr(client_module, "TritonClient", type("Fake", (_FakeClient,), {"connect": staticmethod(connect)}
+                                                            if connect else {}))
+    if sweep is not None:
+        monkeypatch.setattr(perf_module, "run_sweep", sweep)
+
+
+def _level(concurrency, records, settings, window=(0.0, 1.0)):
+    return summarize(records, concurrency=concurrency, settings=settings, window_start=window[0], window_end=window[1])
+
+
+def _interrupt(signal_name):
+    from trackserve.cli import Terminated
+
+    return KeyboardInterrupt if signal_name == "INT" else Terminated
+
+
+@pytest.mark.parametrize("signal_name, status", [("INT", 130), ("TERM", 143)])
+@pytest.mark.parametrize("where", ["first level", "connecting"])
+def test_an_interruption_before_the_first_level_leaves_no_earlier_results(tmp_path, capsys, monkeypatch,
+                                                                           signal_name, status, where):
+    event = _feature_event(tmp_path)
+    csv_path, json_path = tmp_path / "perf.csv", tmp_path / "perf.json"
+    csv_path.write_text("an earlier run's rows\n")
+    json_path.write_text('{"levels": ["an earlier run"]}\n')
+
+    def raise_interrupt(*args, **kwargs):
+        raise _interrupt(signal_name)
+
+    _fake_server(monkeypatch, sweep=raise_interrupt if where == "first level" else None,
+                 connect=raise_interrupt if where == "connecting" else None)
+    code = main(["perf", str(event), "--url", "127.0.0.1:1", "--concurrency", "1,2,4",
+                 "--csv", str(csv_path), "--json", str(json_path)])
+    assert code == status
+    err = capsys.readouterr().err
+    assert "interrupted after 0 of 3 concurrency level(s): nothing was measured" in err, err
+    data = json.loads(json_path.read_text())
+    assert data["levels"] == [] and data["interrupted"] == "after 0 of 3 concurrency level(s)"
+    assert data["num_events"] == 1
+    with csv_path.open() as handle:
+        assert list(csv.reader(handle)) == [list(CSV_COLUMNS)]
+
+
+def test_an_interruption_after_a_level_writes_it(tmp_path, capsys, monkeypatch):
+    event = _feature_event(tmp_path)
+    json_path = tmp_path / "perf.json"
+
+    def sweep(events, levels, settings, progress=None):
+        progress(_level(levels[0], [RequestRecord(0.1 * i, 0.1 * i + 0.05) for i in range(30)], settings,
+                        window=(0.0, 3.0)))
+        raise KeyboardInterrupt
+
+    _fake_server(monkeypatch, sweep)
+    assert main(["perf", str(event), "--url", "127.0.0.1:1", "--concurrency", "1,2", "--json", str(json_path)]) == 130
+    assert "interrupted after 1 of 2 concurrency level(s); writing those" in capsys.readouterr().err
+    data = json.loads(json_path.read_text())
+    assert [level["concurrency"] for level in data["levels"]] == [1]
+    assert data["interrupted"] == "after 1 of 2 concurrency level(s)"
+
+
+def test_csv_dash_is_standard_output(tmp_path, capsys, monkeypatch):
+    event = _feature_event(tmp_path)
+    monkeypatch.chdir(tmp_path)
+
+    def sweep(events, levels, settings, progress=None):
+        return [_level(c, [RequestRecord(0.1 * i, 0.1 * i + 0.05) for i in range(30)], settings, window=(0.0, 3.0))
+                for c in levels]
+
+    _fake_server(monkeypatch, sweep)
+    assert main(["perf", str(event), "--url", "127.0.0.1:1", "--concurrency", "1,2", "--csv", "-"]) == 0
+    captured = capsys.readouterr()
+    assert not (tmp_path / "-").exists()
+    rows = list(csv.DictReader(captured.out.splitlines()))
+    assert [int(row["concurrency"]) for row in rows] == [1, 2] and tuple(rows[0]) == CSV_COLUMNS
+    assert "infer/s" in captured.err and "CSV written" not in captured.err  # the table on stderr
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_run_that_measured_nothing_at_any_level_exits_2(tmp_path, capsys, monkeypatch, failing):
+    event = _feature_event(tmp_path)
+    json_path = tmp_path / "perf.json"
+
+    def sweep(events, levels, settings, progress=None):  # nothing ends in any window (or all that ends fails)
+        records = [RequestRecord(0.0, 1.0005 if failing else 0.5, "refused"), RequestRecord(0.5, 9.0, None)]
+        return [_level(c, records, settings, window=(1.0, 1.001)) for c in levels]
+
+    _fake_server(monkeypatch, sweep)
+    code = main(["perf", str(event), "--url", "127.0.0.1:1", "--concurrency", "1,2", "--window-seconds", "0.001",
+                 "--json", str(json_path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("trackserve perf: nothing measured: no request was answered within the window of any of "
+                           "the 2 concurrency level(s)"), last
+    assert ("every request that ended in a window failed (errors above)" in last) == failing
+    assert ("give a longer --window-seconds" in last) == (not failing)
+    assert len(json.loads(json_path.read_text())["levels"]) == 2  # the results are still written
+
+
+def test_a_run_where_one_level_measured_something_is_not_refused(tmp_path, capsys, monkeypatch):
+    event = _feature_event(tmp_path)
+
+    def sweep(events, levels, settings, progress=None):
+        return [_level(1, [RequestRecord(0.5, 9.0, None)], settings),  # nothing in its window
+                _level(2, [RequestRecord(0.1 * i, 0.1 * i + 0.05) for i in range(30)], settings, window=(0.0, 3.0))]
+
+    _fake_server(monkeypatch, sweep)
+    assert main(["perf", str(event), "--url", "127.0.0.1:1", "--concurrency", "1,2"]) == 0
+    assert "nothing measured" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["perf", "client"])

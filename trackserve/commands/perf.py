@@ -5,12 +5,17 @@ a sweep, synchronously (one thread per client) or asynchronously (N requests in 
 and reports per level the throughput, the p50/p95/p99 latency, the requests and the
 errors, as a table and optionally as CSV and JSON. See :mod:`trackserve.serving.perf`.
 Exit status: 0 when every request was answered, 1 when any failed, 2 on a usage error
-(including a server or model that does not answer before the sweep starts).
+(including a server or model that does not answer before the sweep starts) and when no
+level measured anything (no request answered within any level's window); 130 / 143 when
+interrupted (Ctrl-C / SIGTERM), after writing the levels measured so far (none: the CSV
+and JSON say so, so that no earlier run's files pass for this run's).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +66,8 @@ def register(subparsers) -> None:
     parser.add_argument("--error-backoff-ms", type=float, default=50.0, metavar="MS",
                         help="a client's pause after a failed request, so that a dead server is not hammered (default: "
                              "%(default)g; it lowers the throughput of levels with errors; 0: none)")
-    parser.add_argument("--csv", default=None, metavar="FILE", help="write one CSV row per level to FILE")
+    parser.add_argument("--csv", default=None, metavar="FILE",
+                        help="write one CSV row per level to FILE ('-': standard output, the table then goes to stderr)")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="write the results as JSON to FILE ('-': standard output, the table then goes to stderr)")
     parser.set_defaults(handler=run)
@@ -105,30 +111,87 @@ def load_events(paths, num_features: int, bundle_path, served=None) -> list:
     return arrays
 
 
+def _given(value: float) -> str:
+    """``value`` as an option's value is written (``0`` for 0.0, ``-1`` for -1.0), exactly."""
+    text = f"{value:g}"
+    return text if not math.isfinite(value) or float(text) == value else repr(value)
+
+
+def check_times(args: argparse.Namespace) -> None:
+    """Refuse a window, warm-up or error back-off out of range, naming the option and the value given."""
+    from ..errors import InputError
+
+    for option, value, unit, zero_allowed in (("--window-seconds", args.window_seconds, "seconds", False),
+                                              ("--warmup-seconds", args.warmup_seconds, "seconds", True),
+                                              ("--error-backoff-ms", args.error_backoff_ms, "milliseconds", True)):
+        if not (math.isfinite(value) and (value >= 0 if zero_allowed else value > 0)):
+            raise InputError(f"{option} must be a finite number of {unit} {'>= 0' if zero_allowed else '> 0'}, "
+                             f"got {_given(value)}")
+
+
+def input_files(inputs) -> list[Path]:
+    """Every file the inputs listed by :func:`~trackserve.events.sources.list_inputs` read
+    (a feature CSV; each file of a TrackML event)."""
+    from ..events.trackml import event_files
+
+    files: list[Path] = []
+    for kind, path in inputs:
+        files.extend([path] if kind == "features" else event_files(path))
+    return files
+
+
+def _same_file(first, second) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return Path(first).resolve() == Path(second).resolve()
+
+
+def check_outputs(csv_target, json_target, sources) -> None:
+    """Refuse, before any request, output files perf could not write, that are one of the
+    event files ``sources`` (overwritten with the results), or that are one file for both
+    ``--csv`` and ``--json`` (the JSON would overwrite the CSV); ``-`` is standard output,
+    which only one of them may take."""
+    from ..errors import InputError
+    from ..paths import output_file
+
+    if csv_target == "-" and json_target == "-":
+        raise InputError("--csv - and --json - both name standard output, where the CSV and the JSON would be mixed; "
+                         "give a file name to one of them")
+    for option, target in (("--csv", csv_target), ("--json", json_target)):
+        if not target or target == "-":
+            continue
+        for source in sources:
+            if _same_file(target, source):
+                raise InputError(f"{option} {target} is the input event file {source}: perf would overwrite it with "
+                                 "its results; give another file name")
+        output_file(target, option)  # refused now, not after the sweep
+    if csv_target and json_target and "-" not in (csv_target, json_target) and _same_file(csv_target, json_target):
+        raise InputError(f"--csv {csv_target} and --json {json_target} name the same file: the JSON would overwrite "
+                         "the CSV; give two file names")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Check the server, load the events, run the sweep, print and write the results."""
+    """Check the options and the server, load the events, run the sweep, print and write the results."""
+    from ..events.sources import list_inputs
     from ..serving.client import check_timeout
 
     check_timeout(args.timeout, "--timeout")
-    from ..paths import output_file, shipped_path
+    check_times(args)
+    from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
-    from ..serving.perf import PerfSettings, format_table, parse_concurrency, report, run_sweep, write_csv
+    from ..serving.perf import (PerfSettings, format_table, measured_nothing, parse_concurrency, report, run_sweep,
+                                write_csv, write_csv_rows)
 
     levels = parse_concurrency(args.concurrency)
-    for option, target in (("--csv", args.csv), ("--json", args.json)):
-        if target and target != "-":
-            output_file(target, option)  # refused now, not after the sweep
+    event_paths = args.events or [shipped_path(SAMPLE_EVENT, "sample event")]
+    inputs = list_inputs(event_paths)
+    check_outputs(args.csv, args.json, input_files(inputs))
     url = args.url or f"127.0.0.1:{PROTOCOLS[args.protocol]}"
     settings = PerfSettings(url=url, protocol=args.protocol, model=args.model, mode=args.mode,
                             window_s=args.window_seconds, warmup_s=args.warmup_seconds, timeout_s=args.timeout,
                             error_backoff_s=args.error_backoff_ms / 1000.0)
-    with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
-        num_features = client.num_features()  # ServingError (exit 2) when the server or the model does not answer
-        served = client.served_features()
-    events = load_events(args.events or [shipped_path(SAMPLE_EVENT, "sample event")], num_features, args.bundle, served)
-    table_stream = sys.stderr if args.json == "-" else sys.stdout
-    print(f"trackserve perf: {len(events)} event(s) to '{args.model}' at {url} ({args.protocol}, {args.mode}), "
-          f"a warm-up of at least {settings.warmup_s:g} s + a {settings.window_s:g} s window per level", file=sys.stderr, flush=True)
+    table_stream = sys.stderr if "-" in (args.csv, args.json) else sys.stdout
 
     measured = []
 
@@ -138,14 +201,18 @@ def run(args: argparse.Namespace) -> int:
               f"{result.requests} requests, {result.errors} errors", file=sys.stderr, flush=True)
 
     def write(results, interrupted: bool = False) -> None:
-        print(format_table(results), file=table_stream, flush=True)
+        if results:
+            print(format_table(results), file=table_stream, flush=True)
         if settings.error_backoff_s and any(result.errors for result in results):
             print(f"trackserve perf: note: each client paused {args.error_backoff_ms:g} ms after every failed request "
                   "(--error-backoff-ms), which lowers the throughput of the levels with errors", file=sys.stderr)
-        if args.csv:
+        if args.csv == "-":
+            write_csv_rows(results, sys.stdout)
+            sys.stdout.flush()
+        elif args.csv:
             print(f"CSV written to {write_csv(results, args.csv).resolve()}", file=sys.stderr)
         if args.json:
-            document = report(results, settings, num_events=len(events))
+            document = report(results, settings, num_events=len(inputs))
             if interrupted:
                 document["interrupted"] = f"after {len(results)} of {len(levels)} concurrency level(s)"
             text = dumps(document, indent=2)
@@ -156,12 +223,30 @@ def run(args: argparse.Namespace) -> int:
                 print(f"JSON written to {Path(args.json).resolve()}", file=sys.stderr)
 
     try:
+        with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
+            num_features = client.num_features()  # ServingError (exit 2) when the server or the model does not answer
+            served = client.served_features()
+        events = load_events(event_paths, num_features, args.bundle, served)
+        print(f"trackserve perf: {len(events)} event(s) to '{args.model}' at {url} ({args.protocol}, {args.mode}), "
+              f"a warm-up of at least {settings.warmup_s:g} s + a {settings.window_s:g} s window per level",
+              file=sys.stderr, flush=True)
         results = run_sweep(events, levels, settings, progress=progress)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the levels already measured
         if measured:
             print(f"trackserve perf: interrupted after {len(measured)} of {len(levels)} concurrency level(s); "
                   "writing those", file=sys.stderr)
-            write(measured, interrupted=True)
+        else:  # files saying so replace an earlier run's, which would pass for this run's results
+            print(f"trackserve perf: interrupted after 0 of {len(levels)} concurrency level(s): nothing was measured"
+                  + ("; writing the CSV / JSON with no level" if args.csv or args.json else ""), file=sys.stderr)
+        write(measured, interrupted=True)
         raise
     write(results)
+    if measured_nothing(results):
+        failing = [result for result in results if result.errors]  # levels whose window saw only failures
+        why = ("every request that ended in a window failed (errors above)" if len(failing) == len(results) else
+               "no request ended within any window; give a longer --window-seconds" if not failing else
+               "requests failed (errors above) or ended outside the window (give a longer --window-seconds)")
+        print(f"trackserve perf: nothing measured: no request was answered within the window of any of the "
+              f"{len(results)} concurrency level(s): {why}", file=sys.stderr)
+        return 2
     return 1 if any(result.failed for result in results) else 0

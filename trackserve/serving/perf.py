@@ -458,7 +458,11 @@ def format_table(results: Sequence[LevelResult]) -> str:
         if r.requests == 0 and r.answered == 0 and r.failed:
             lines.append(f"concurrency {r.concurrency}: NO request answered: all {r.failed} failed (below), so its "
                          "0 infer/s is no measurement of throughput; a longer window would not help")
-        elif r.requests == 0:
+        elif r.requests == 0 and r.errors:  # every request that ended in the window failed (a server that died)
+            lines.append(f"concurrency {r.concurrency}: NO request answered within the {r.window_s:g} s window: all "
+                         f"{r.errors} that ended in it failed (below; {r.answered} answered outside it), so its 0 "
+                         "infer/s is no measurement; a longer window would not help")
+        elif r.requests == 0:  # no request ended in the window at all: it is shorter than a request
             lines.append(f"concurrency {r.concurrency}: NO request answered within the {r.window_s:g} s window "
                          f"({r.answered} answered outside it): its 0 infer/s and missing latencies are no measurement; "
                          "give a longer --window-seconds")
@@ -471,15 +475,26 @@ def format_table(results: Sequence[LevelResult]) -> str:
     return "\n".join(lines)
 
 
+def write_csv_rows(results: Sequence[LevelResult], handle) -> None:
+    """Write the header and one CSV row per level (:data:`CSV_COLUMNS`; an undefined latency
+    is an empty cell) to the open text stream ``handle`` (standard output, say)."""
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for result in results:
+        writer.writerow({key: "" if value is None else value for key, value in result.row().items()})
+
+
 def write_csv(results: Sequence[LevelResult], path: str | Path) -> Path:
-    """Write one CSV row per level (:data:`CSV_COLUMNS`; an undefined latency is an empty cell)."""
+    """Write one CSV row per level to the file ``path`` (:func:`write_csv_rows`; no levels: the header alone)."""
     path = Path(path)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for result in results:
-            writer.writerow({key: "" if value is None else value for key, value in result.row().items()})
+        write_csv_rows(results, handle)
     return path
+
+
+def measured_nothing(results: Sequence[LevelResult]) -> bool:
+    """Whether no level's window saw an answered request (every throughput 0, no latency: no measurement)."""
+    return bool(results) and all(result.requests == 0 for result in results)
 
 
 def report(results: Sequence[LevelResult], settings: PerfSettings, *, num_events: int) -> dict:

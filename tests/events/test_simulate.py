@@ -439,6 +439,8 @@ def test_command_line_refuses_bad_options(tmp_path, capsys):
     (["--pt-max", "1e300", "--pt-power", "0.5"], "keep pt_max * cosh(eta_max) below"),
     (["--pt-min", "1e-300", "--pt-power", "5"], "give a spectrum float64 cannot sample"),
     (["--num-particles", "100000000000"], "simulate fewer particles per event"),
+    # the noise hits were not counted: a MemoryError traceback (or the machine's memory used up)
+    (["--noise-fraction", "0.999999999999"], "simulate fewer particles per event or a lower --noise-fraction"),
     (["--first-event-id", str(2**63 - 1), "--events", "2"], "gives event ids above 9223372036854775807"),
     (["--no-smearing", "--resolution-u", "0.5"], "--resolution-u set the smearing, which --no-smearing turns off"),
 ])

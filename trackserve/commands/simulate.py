@@ -87,16 +87,19 @@ def _config(args: argparse.Namespace):
     return config
 
 
-def _check_memory(num_particles: int) -> None:
+def _check_memory(num_particles: int, noise_fraction: float) -> None:
     """Refuse an event whose simulation would not fit in the memory the machine has free."""
     from ..errors import InputError
-    from ..events.simulate import estimated_memory_bytes
+    from ..events.simulate import HITS_PER_PARTICLE, estimated_memory_bytes
 
-    needed = estimated_memory_bytes(num_particles)
+    needed = estimated_memory_bytes(num_particles, noise_fraction)
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > free:
-        raise InputError(f"an event of {num_particles:,} particles needs about {needed / 2**30:.1f} GiB, more than the "
-                         f"{free / 2**30:.1f} GiB of memory free; simulate fewer particles per event")
+        noise = noise_fraction / (1.0 - noise_fraction) * HITS_PER_PARTICLE * num_particles
+        raise InputError(f"an event of {num_particles:,} particles at noise fraction {noise_fraction:.12g} (about "
+                         f"{noise:,.0f} noise hits) needs about {needed / 2**30:.1f} GiB, more than the "
+                         f"{free / 2**30:.1f} GiB of memory free; simulate fewer particles per event"
+                         + (" or a lower --noise-fraction" if noise > HITS_PER_PARTICLE * num_particles else ""))
 
 
 def _event_files(output, event_id: int) -> list:
@@ -140,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     geometry = load_geometry(args.geometry)
     source = config if args.particles is None else read_particles(args.particles, need_nhits=False)
-    _check_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles)
+    _check_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles,
+                  config.noise_fraction)
     output = output_directory(args.output, "--output")
     event_ids = range(args.first_event_id, args.first_event_id + args.events)
     if not args.overwrite:

@@ -233,30 +233,37 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--validation-particles", "nope.csv"], "--validation-particles nope.csv: no such file"),
     (["--random-events", "1", "--validation", "x", "--validation-particles", "y.csv"], "not both"),
     (["--random-events", "1", "--features", "r:1000,phi:pi,z:1000,eta:1", "--derive-eta"], "already has eta"),
-    (["--random-events", "1", "--pair-intercept"], "run.pair_intercept must be off unless pair_geometry is on"),
-    (["--random-events", "1", "--pair-direction"], "run.pair_direction must be off unless pair_geometry is on"),
-    (["--random-events", "1", "--ignore-soft-edges"], "run.ignore_soft_edges must be off unless signal_min_pt"),
+    (["--random-events", "1", "--pair-intercept"], "--pair-intercept must be off unless pair_geometry is on"),
+    (["--random-events", "1", "--pair-direction"], "--pair-direction must be off unless pair_geometry is on"),
+    (["--random-events", "1", "--ignore-soft-edges"], "--ignore-soft-edges must be off unless signal_min_pt"),
     (["--random-events", "1", "--gnn-blind-to", "z,theta"], "--gnn-blind-to: theta is not a feature the GNN reads"),
-    (["--random-events", "1", "--gnn-blind-to", "z", "--gnn", "ResAGNN"], "run.gnn_blind_to must be empty unless"),
-    (["--random-events", "1", "--prune-cut", "0.7"], "run.prune_cut must be a probability in (0, 0.5)"),
-    (["--random-events", "1", "--pruned-gnn-epochs", "3"], "run.pruned_gnn_epochs must be an integer >= 1, and only"),
-    (["--random-events", "1", "--pruned-gnn-hidden", "48"], "run.pruned_gnn_hidden must be an integer >= 1, and only"),
+    (["--random-events", "1", "--gnn-blind-to", "z", "--gnn", "ResAGNN"], "--gnn-blind-to must be empty unless"),
+    (["--random-events", "1", "--prune-cut", "0.7"], "--prune-cut must be a probability in (0, 0.5)"),
+    (["--random-events", "1", "--pruned-gnn-epochs", "3"], "--pruned-gnn-epochs must be an integer >= 1, and only"),
+    (["--random-events", "1", "--pruned-gnn-hidden", "48"], "--pruned-gnn-hidden must be an integer >= 1, and only"),
     (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-iterations", "0"],
-     "run.pruned_gnn_iterations must be an integer >= 1"),
+     "--pruned-gnn-iterations must be an integer >= 1"),
     (["--random-events", "1", "--start-from", "somewhere"], "give --prune-cut too"),
-    (["--random-events", "1", "--time-budget", "0"], "run.time_budget must be a finite number of seconds above the 30 s"),
-    (["--random-events", "1", "--time-budget", "nan"], "run.time_budget must be a finite number of seconds above"),
+    (["--random-events", "1", "--time-budget", "0"], "--time-budget must be a finite number of seconds above the 30 s"),
+    (["--random-events", "1", "--time-budget", "nan"], "--time-budget must be a finite number of seconds above"),
     (["--random-events", "1", "--prune-cut", "0.01", "--start-from", "nowhere"], "--start-from nowhere: no bundle"),
-    (["--random-events", "1", "--gnn-lr", "inf"], "training setting gnn.learning_rate must be in (0, 1]"),
-    (["--random-events", "1", "--filter-lr", "1e30"], "training setting filter.learning_rate must be in (0, 1]"),
-    (["--random-events", "1", "--embedding-lr", "nan"], "training setting embedding.learning_rate must be in (0, 1]"),
-    (["--random-events", "1", "--gnn-pos-weight", "inf"], "training setting gnn.positive_weight must be in (0, 1e+06]"),
-    (["--random-events", "1", "--filter-pos-weight", "nan"], "training setting filter.positive_weight must be in (0, 1e+06]"),
-    (["--random-events", "1", "--margin", "1e30"], "training setting embedding.margin must be in (0, 10000]"),
+    (["--random-events", "1", "--gnn-lr", "inf"], "--gnn-lr must be in (0, 1]"),
+    (["--random-events", "1", "--filter-lr", "1e30"], "--filter-lr must be in (0, 1]"),
+    (["--random-events", "1", "--embedding-lr", "nan"], "--embedding-lr must be in (0, 1]"),
+    (["--random-events", "1", "--gnn-pos-weight", "inf"], "--gnn-pos-weight must be in (0, 1e+06]"),
+    (["--random-events", "1", "--filter-pos-weight", "nan"], "--filter-pos-weight must be in (0, 1e+06]"),
+    (["--random-events", "1", "--margin", "1e30"], "--margin must be in (0, 10000]"),
     (["--random-events", "1", "--seed", "-1"], "--seed -1 must be in 0..9223372036854775807"),
-    (["--random-events", "1", "--gnn-hidden", "100000000"], "training setting gnn.hidden must be an integer in 1..4096"),
+    (["--random-events", "1", "--gnn-hidden", "100000000"], "--gnn-hidden must be an integer in 1..4096"),
     (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-hidden", "100000000"],
-     "training setting gnn.hidden must be an integer in 1..4096"),
+     "--pruned-gnn-hidden must be an integer in 1..4096 (training setting pruned_gnn.hidden)"),
+    # no bound at all before: a typo ran out of memory (iterations) or without end (sectors)
+    (["--random-events", "1", "--gnn-iterations", "100000"], "--gnn-iterations must be an integer in 0..64"),
+    (["--random-events", "1", "--sectors", "100000000"], "--sectors must be an integer in 1..1024"),
+    (["--random-events", "1", "--embedding-layers", "1000"], "--embedding-layers must be an integer in 1..64"),
+    (["--random-events", "1", "--hard-negatives", "100000000"], "--hard-negatives must be an integer in 0..1024"),
+    (["--random-events", "1", "--graph-efficiency", "0"],
+     "--graph-efficiency must be in (0, 1] (training setting embedding.target_efficiency)"),
     (["--random-events", "1", "--seed", str(10**20)], "must be in 0..9223372036854775807"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
@@ -656,3 +663,40 @@ def test_cli_names_the_gnn_architectures_it_takes(tmp_path, capsys):
     assert exit_.value.code == 2
     assert "argument --gnn: invalid choice: 'Foo' (choose from 'InteractionGNN', 'ResAGNN')" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_validation_event_that_cannot_serve_is_refused_first_and_by_its_option(tmp_path, capsys, monkeypatch):
+    # Refused only after every training event was read or simulated, as "training needs the truth of every event".
+    import shutil
+
+    from trackserve.cli import main
+    from trackserve.commands import train as train_command
+    from trackserve.paths import SAMPLE_EVENT
+
+    for part in ("hits", "particles"):
+        shutil.copy(SAMPLE_EVENT.parent / f"{SAMPLE_EVENT.name}-{part}.csv.gz", tmp_path)
+
+    def no_training_events(*args, **kwargs):
+        raise AssertionError("the training events were simulated before the validation event was checked")
+
+    monkeypatch.setattr(train_command, "simulated_events", no_training_events, raising=False)
+    monkeypatch.setattr("trackserve.train.data.simulated_events", no_training_events)
+    assert main(["train", "--output", str(tmp_path / "b"), "--quiet", "--quick", "--random-events", "1",
+                 "--validation", str(tmp_path / SAMPLE_EVENT.name)]) == 2
+    err = capsys.readouterr().err
+    assert f"--validation {tmp_path / SAMPLE_EVENT.name}: event {SAMPLE_EVENT.name} has no truth file" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_validation_event_without_counted_particles_is_not_told_to_lower_a_bound_train_has_no_option_for(
+        tiny_events):
+    events, validation = tiny_events
+    config = TrainingConfig.quick(threads=1, min_pt=1e6)
+    with pytest.raises(InputError) as error:
+        from trackserve.train.trainer import _check_events
+
+        _check_events(events, validation, TRACKML_1000, config)
+    message = str(error.value)
+    assert "no particle with pT >= 1e+06 GeV and >= 5 hits to count" in message
+    assert "give a validation event (--validation, --validation-particles) with such particles" in message
+    assert "lower" not in message

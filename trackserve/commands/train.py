@@ -174,7 +174,8 @@ def _stage_defaults(defaults, quick, stage: str, name: str) -> str:
 
 def training_config(args: argparse.Namespace):
     """The :class:`~trackserve.train.config.TrainingConfig` the options describe."""
-    from ..train.config import TrainingConfig
+    from ..errors import InputError
+    from ..train.config import TrainingConfig, TrainingSettingError
 
     config = TrainingConfig.quick() if args.quick else TrainingConfig()
     stages = {"embedding": {}, "filter": {}, "gnn": {}}
@@ -205,8 +206,29 @@ def training_config(args: argparse.Namespace):
         **({"time_budget": args.time_budget} if args.time_budget is not None else {}),
         precision=args.precision, displaced_weight=args.displaced_weight,
     )
-    config.validate()
+    try:
+        config.validate()
+    except TrainingSettingError as error:  # named by the option that set it, where one did
+        option = setting_option(error.setting, args)
+        if option is None:
+            raise
+        raise InputError(f"{option} must be {error.requirement} (training setting {error.setting})") from None
     return config
+
+
+def setting_option(setting: str, args: argparse.Namespace | None = None) -> str | None:
+    """The option of ``trackserve train`` that sets training setting ``setting`` (``gnn.iterations``
+    -> ``--gnn-iterations``; ``pruned_gnn.hidden`` -> ``--pruned-gnn-hidden``), None for one no
+    option sets (``args``: the parsed options, whose names the run-wide settings share)."""
+    stage, _, name = setting.partition(".")
+    for flag, stage_name, field_name, _, _ in _STAGE_OPTIONS:
+        if (stage_name, field_name) == (stage, name):
+            return flag
+    candidates = {"run": name, "pruned_gnn": f"pruned_gnn_{name}"}
+    dest = candidates.get(stage)
+    if dest is not None and args is not None and hasattr(args, dest):
+        return "--" + dest.replace("_", "-")
+    return None
 
 
 def _threads(given: int | None) -> int:
@@ -220,6 +242,23 @@ def _threads(given: int | None) -> int:
     if not 1 <= given <= cores:
         raise InputError(f"--threads {given} must be in 1..{cores} (the cores this process may use)")
     return given
+
+
+def _validation_event(path: str, spec):
+    """``(event, source)``: the ``--validation`` event prepared for training, refused with its
+    option named when it lacks the truth or particles the radius and the cuts are chosen with."""
+    from ..errors import InputError
+    from ..events.trackml import find_event_prefixes, read_event
+    from ..train.data import prepare_event
+
+    prefix = find_event_prefixes(path)[0]
+    event = read_event(prefix, parts=("truth", "particles"))
+    missing = [part for part in ("truth", "particles") if getattr(event, part) is None]
+    if missing:
+        raise InputError(f"--validation {path}: event {prefix.name} has no {' and no '.join(missing)} file "
+                         f"({', '.join(f'{prefix.name}-{part}.csv' for part in missing)}): the radius and the cuts are "
+                         "chosen on the validation event's true edges and particles; give an event with both")
+    return prepare_event(event, spec, name=str(prefix)), str(prefix)
 
 
 def _check_not_trained_on(validation: Path, bundle: Path) -> None:
@@ -248,8 +287,8 @@ def handle(args: argparse.Namespace) -> int:
     from ..events.metrics import figure_text
     from ..events.geometry import load_geometry
     from ..events.simulate import check_seed
-    from ..events.trackml import find_event_prefixes, read_event
-    from ..train.data import (SimulatedSource, prepare_event, read_training_events, simulated_events,
+    from ..events.trackml import find_event_prefixes
+    from ..train.data import (SimulatedSource, read_training_events, simulated_events,
                               simulated_validation_event)
     from ..train.precision import emulation_warning
     from ..train.time_budget import budget_summary
@@ -317,6 +356,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.validation and args.start_from is not None:
         _check_not_trained_on(find_event_prefixes(args.validation)[0], Path(args.start_from))
     start = time.perf_counter()
+    if args.validation:  # read first: a validation event that cannot serve is refused before the training events
+        validation, validation_source = _validation_event(args.validation, spec)
     events = read_training_events(args.events, spec) if args.events else []
     if args.simulate:
         events += simulated_events(sources, args.simulate, spec, seed=args.seed, stream=0, geometry=geometry, show_progress=show)
@@ -325,11 +366,7 @@ def handle(args: argparse.Namespace) -> int:
                                    geometry=geometry, show_progress=show)
     if not events:
         raise InputError("no training events: give --events DIR, --particles TABLE --simulate N, or --random-events N")
-    if args.validation:
-        prefixes = find_event_prefixes(args.validation)
-        validation = prepare_event(read_event(prefixes[0], parts=("truth", "particles")), spec, name=str(prefixes[0]))
-        validation_source = str(prefixes[0])
-    else:
+    if not args.validation:
         if args.validation_particles:
             source = SimulatedSource(particles=Path(args.validation_particles))
         else:

@@ -237,14 +237,16 @@ def check_truth(events: Sequence[Event]) -> None:
 
 
 def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits: int,
-                            names: tuple[str, str] = ("min_pt", "min_hits")) -> None:
+                            names: tuple[str, str] | None = ("min_pt", "min_hits"), advice: str | None = None) -> None:
     """Raise an :class:`InputError` when an event of ``events`` lacks its truth or particles
     (:func:`check_truth`), or when no event holds a particle
     the selection counts (pT >= ``min_pt``, >= ``min_hits`` hits): the efficiency is then
     NaN at every cut and the choice meaningless. The message says why (no hits, only noise,
     or which bound no particle reaches, with the most the particles have) and which bound
     to lower; ``names`` are what it calls ``min_pt`` and ``min_hits`` (the command's
-    options). The check reads the truth only: it can run before the networks do."""
+    options). Where no option sets the bounds, ``names`` None leaves them unnamed and
+    ``advice`` replaces the advice. The check reads the truth only: it can run before the
+    networks do."""
     if not events:
         raise InputError("no validation event given")
     check_truth(events)
@@ -255,13 +257,16 @@ def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits:
         return
     several = len(events) > 1
     where = f"the {len(events)} validation events" if several else f"the validation event {events[0].name}"
-    selection = f"pT >= {min_pt:g} GeV ({names[0]}) and >= {min_hits} hits ({names[1]})"
+    selection = (f"pT >= {min_pt:g} GeV and >= {min_hits} hits" if names is None else
+                 f"pT >= {min_pt:g} GeV ({names[0]}) and >= {min_hits} hits ({names[1]})")
     if sum(int(event.num_hits) for event in events) == 0:
-        reason, advice = "no hits", "give validation events with hits"
+        reason, advised = "no hits", "give validation events with hits"
     elif hits.size == 0:
-        reason, advice = "only noise hits (particle_id 0 in the truth)", "give validation events with particles"
+        reason, advised = "only noise hits (particle_id 0 in the truth)", "give validation events with particles"
     else:
-        reason, advice = _unreached_bounds(hits, pt, min_pt=min_pt, min_hits=min_hits, names=names)
+        reason, advised = _unreached_bounds(hits, pt, min_pt=min_pt, min_hits=min_hits,
+                                            names=names or ("min_pt", "min_hits"))
+    advice = advice or advised
     raise InputError(f"{where} {'have' if several else 'has'} no particle with {selection} to count: "
                      f"{'they have' if several else 'it has'} {reason}; {advice}, so that the efficiency can be "
                      "measured")

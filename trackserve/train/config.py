@@ -23,6 +23,14 @@ GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
 #: The widest layer a network may have: the networks run on CPUs, and a typo of a few digits
 #: (``--gnn-hidden 100000000``) would otherwise ask for petabytes of weights.
 MAX_WIDTH = 4096
+#: The most layers (or message-passing iterations) a network may have, and the most φ sectors
+#: or hard negatives and random partners per anchor a stage may take: as with the widths, a
+#: typo of a few digits (``--gnn-iterations 100000``) would otherwise take the machine's memory
+#: or run without end instead of being refused. The published ExaTrkX networks use up to 8
+#: iterations and layers, and sectors of a few degrees.
+MAX_DEPTH = 64
+MAX_SECTORS = 1024
+MAX_PAIRS_PER_ANCHOR = 1024
 #: The highest learning rate a stage takes: AdamW steps of that size already diverge on these networks.
 MAX_LEARNING_RATE = 1.0
 
@@ -68,14 +76,23 @@ def _check_types(settings, where: str) -> None:
             continue
         accepts, expected = check
         if not accepts(value):
-            raise InputError(f"training setting {where}.{item.name} must be {expected}"
-                             + (" or None" if optional else "") + f", got {value!r}")
+            raise TrainingSettingError(f"{where}.{item.name}", expected + (" or None" if optional else "")
+                                       + f", got {value!r}")
+
+
+class TrainingSettingError(InputError):
+    """A training setting of the wrong type or out of range: ``setting`` names it
+    (``gnn.iterations``), ``requirement`` says what it must be (a command line names its option)."""
+
+    def __init__(self, setting: str, requirement: str):
+        super().__init__(f"training setting {setting} must be {requirement}")
+        self.setting, self.requirement = setting, requirement
 
 
 def _check(conditions: list[tuple[str, bool, str]], where: str) -> None:
     for name, ok, expected in conditions:
         if not ok:
-            raise InputError(f"training setting {where}.{name} must be {expected}")
+            raise TrainingSettingError(f"{where}.{name}", expected)
 
 
 @dataclass(frozen=True)
@@ -114,13 +131,14 @@ class EmbeddingSettings:
         _check_types(self, "embedding")
         _check([
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
-            ("layers", self.layers >= 1, "an integer >= 1"),
+            ("layers", 1 <= self.layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
             ("dim", 1 <= self.dim <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("anchors", self.anchors >= 1, "an integer >= 1"),
-            ("random_pairs", self.random_pairs >= 0, "an integer >= 0"),
-            ("hard_negatives", self.hard_negatives >= 0, "an integer >= 0"),
+            ("random_pairs", 0 <= self.random_pairs <= MAX_PAIRS_PER_ANCHOR, f"an integer in 0..{MAX_PAIRS_PER_ANCHOR}"),
+            ("hard_negatives", 0 <= self.hard_negatives <= MAX_PAIRS_PER_ANCHOR,
+             f"an integer in 0..{MAX_PAIRS_PER_ANCHOR}"),
             ("margin", 0 < self.margin <= MAX_MARGIN, f"in (0, {MAX_MARGIN:g}] (embedding distance; the hinge "
              "loss squares it in float32)"),
             ("positive_weight", _bounded_weight(self.positive_weight), f"in (0, {MAX_WEIGHT:g}]"),
@@ -158,7 +176,7 @@ class FilterSettings:
         _check_types(self, "filter")
         _check([
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
-            ("layers", self.layers >= 1, "an integer >= 1"),
+            ("layers", 1 <= self.layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("batch_edges", self.batch_edges >= 1, "an integer >= 1"),
@@ -203,24 +221,24 @@ class GNNSettings:
     halo: float = 0.0
     edge_update_uses_new_nodes: bool = False
 
-    def validate(self) -> None:
+    def validate(self, where: str = "gnn") -> None:
         """Raise InputError naming the first setting of the wrong type or out of range."""
-        _check_types(self, "gnn")
+        _check_types(self, where)
         _check([
             ("architecture", self.architecture in GNN_ARCHITECTURES, f"one of {', '.join(GNN_ARCHITECTURES)}"),
             ("halo", self.halo >= 0 and self.halo == self.halo, ">= 0 (sector widths of context on each side)"),
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
-            ("iterations", self.iterations >= 0, "an integer >= 0"),
-            ("node_layers", self.node_layers >= 1, "an integer >= 1"),
-            ("edge_layers", self.edge_layers >= 1, "an integer >= 1"),
+            ("iterations", 0 <= self.iterations <= MAX_DEPTH, f"an integer in 0..{MAX_DEPTH}"),
+            ("node_layers", 1 <= self.node_layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
+            ("edge_layers", 1 <= self.edge_layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
-            ("sectors", self.sectors >= 1, "an integer >= 1"),
+            ("sectors", 1 <= self.sectors <= MAX_SECTORS, f"an integer in 1..{MAX_SECTORS}"),
             ("positive_weight", _bounded_weight(self.positive_weight), f"in (0, {MAX_WEIGHT:g}]"),
             ("difference_scale", _bounded_weight(self.difference_scale), f"in (0, {MAX_WEIGHT:g}]"),
             ("edge_update_uses_new_nodes", not (self.edge_update_uses_new_nodes and self.architecture == "ResAGNN"),
              "off for the ResAGNN (it is a setting of the interaction network)"),
-        ], "gnn")
+        ], where)
 
 
 @dataclass(frozen=True)
@@ -340,7 +358,7 @@ class TrainingConfig:
             for name, value in self._pruned_gnn_overrides().items()
         ], "run")
         if self.prune_cut is not None:
-            self.pruned_gnn_settings().validate()  # the second GNN's own settings, widths included
+            self.pruned_gnn_settings().validate("pruned_gnn")  # the second GNN's own settings, widths included
 
     def _pruned_gnn_overrides(self) -> dict:
         """The ``pruned_gnn_*`` settings by the ``gnn`` setting each replaces (None: not replaced)."""

@@ -56,15 +56,14 @@ def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: 
         if event.features.shape[1] != spec.num_features:
             raise InputError(f"event {event.name} has {event.features.shape[1]} features, the spec {spec.names} has {spec.num_features}")
         if event.truth_edges.shape[1] == 0:
-            raise InputError(f"event {event.name} has no truth edge (no particle with two hits): it cannot train a pipeline")
+            use = ("validate a pipeline (the radius and the cuts are chosen on its truth edges)" if event is validation
+                   else "train a pipeline")
+            raise InputError(f"event {event.name} has no truth edge (no particle with two hits): it cannot {use}")
     # The radius and the cuts keep a fraction of the validation's truth edges of particles above
     # min_pt, and the figures count its tracks: with none, they would be made up.
-    try:
-        check_counted_particles([validation.event], min_pt=config.min_pt, min_hits=config.min_hits,
-                                names=("the validation's pT bound", "its hit bound"))
-    except InputError as error:
-        raise InputError(f"{error}; the radius and the cuts are chosen on them: give a validation event "
-                         "(--validation, --validation-particles) with such particles") from None
+    check_counted_particles([validation.event], min_pt=config.min_pt, min_hits=config.min_hits, names=None,
+                            advice="the radius and the cuts are chosen on them: give a validation event "
+                                   "(--validation, --validation-particles) with such particles")
     if config.signal_min_pt > 0 and not any(event.truth_edges_above(config.signal_min_pt).shape[1] for event in events):
         highest = max(float(event.hit_pt.max()) if event.hit_pt.size else 0.0 for event in events)
         raise InputError(f"--signal-min-pt {config.signal_min_pt:g}: no training event has a truth edge of a particle "

@@ -509,3 +509,18 @@ def test_trackml_score_names_an_event_or_a_non_table_given_as_truth():
     with pytest.raises(InputError, match="truth must be a table of columns .* with hit_id, particle_id, weight; got "
                                          "NoneType"):
         trackml_score(np.arange(1, 18), HAND_LABELS, None)
+
+
+def test_truth_columns_of_different_lengths_are_named():
+    # was numpy's IndexError (a boolean index of another length) or a broadcast ValueError
+    truth = {"hit_id": np.arange(1, 8), "particle_id": np.array([1, 1, 1, 2, 2, 2, 0]), "weight": np.ones(3)}
+    with pytest.raises(EventFormatError, match=r"column 'weight': the truth table's 'weight' column has shape \[3\], "
+                                               r"its 'hit_id' column \[7\]"):
+        trackml_score(np.arange(1, 8), np.array([0, 0, 0, 1, 1, 1, 2]), truth)
+
+
+def test_a_particle_given_two_pts_is_refused():
+    # was accepted: whether the particle counted depended on which of its two pT the lookup met
+    with pytest.raises(InputError, match="particle_pt: particle\\(s\\) 1 appear more than once"):
+        track_metrics(np.array([1, 1, 1, 2, 2, 2, 0]), np.array([0, 0, 0, 1, 1, 1, 2]), min_pt=1.0, min_hits=3,
+                      particle_pt=(np.array([1, 1, 2]), np.array([2.0, 0.1, 3.0])))

@@ -287,6 +287,10 @@ def _particle_pt_lookup(particle_ids: np.ndarray, particle_pt) -> np.ndarray:
         first = int(np.flatnonzero(bad)[0])
         raise InputError(f"particle_pt: the pT of particle {int(table_ids[first])} is {table_pt[first]} "
                          f"({int(bad.sum())} NaN or negative in all); pT is a number >= 0 (GeV)")
+    ids, counts = np.unique(table_ids, return_counts=True)
+    if (counts > 1).any():  # which pT would count is arbitrary
+        raise InputError(f"particle_pt: particle(s) {_listing(ids[counts > 1])} appear more than once; give each "
+                         "particle's pT once")
     return particle_values(particle_ids, table_ids, table_pt, "particle_pt", "pT")
 
 
@@ -476,7 +480,13 @@ def _truth_columns(truth, names: tuple[str, ...], path=None) -> list[np.ndarray]
     for name in names:
         if name not in truth:
             raise EventFormatError(f"the truth table has no '{name}' column", path=path, column=name)
-    return [np.asarray(truth[name]) for name in names]
+    columns = [np.asarray(truth[name]) for name in names]
+    for name, column in zip(names, columns):
+        if column.ndim != 1 or column.shape != columns[0].shape:
+            raise EventFormatError(f"the truth table's '{name}' column has shape {list(column.shape)}, its "
+                                   f"'{names[0]}' column {list(columns[0].shape)}: a table's columns are 1-D and "
+                                   "of one length", path=path, column=name)
+    return columns
 
 
 def trackml_score(hit_ids, track_ids, truth) -> float:

@@ -119,6 +119,8 @@ def test_feature_spec_parser(text, expected):
         ("r:1000,q:2", "unknown feature name"),
         ("0,pi,400", "finite and positive"),
         ("", "invalid feature spec"),
+        ("r:1000,phi:pi,z:1000,", "item 4 of 4 is empty (a stray comma?)"),  # was "a name for every scale"
+        ("3000,,400", "item 2 of 3 is empty"),
     ],
 )
 def test_feature_spec_parser_errors(text, fragment):

@@ -165,6 +165,8 @@ def feature_spec(name_or_scales: str | FeatureSpec) -> FeatureSpec:
         return FEATURE_PRESETS[key]
     items = [item.strip() for item in text.split(",")]
     try:
+        if len(items) > 1 and "" in items:
+            raise ValueError(f"item {items.index('') + 1} of {len(items)} is empty (a stray comma?)")
         if all(":" in item for item in items):
             pairs = [item.split(":", 1) for item in items]
             return FeatureSpec(tuple(name.strip() for name, _ in pairs), tuple(_parse_scale(s) for _, s in pairs))

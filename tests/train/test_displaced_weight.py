@@ -158,6 +158,9 @@ def test_training_refuses_events_without_production_points_before_it_trains(even
     bare = TrainingEvent(event.name, event.features, event.particle_ids, event.truth_edges, event.hit_pt,
                          replace(event.event, particles=None))
     config = TrainingConfig.quick(threads=1, displaced_weight=1.0)
-    with pytest.raises(EventFormatError, match="particles table's particle_id and vz"):
+    with pytest.raises(EventFormatError) as error:
         trainer.train_pipeline([bare], event, config, tmp_path / "bundle", spec=TRACKML_1000, show_progress=False)
+    # the event named once (its path was given twice, after calling the event's prefix a "file")
+    assert str(error.value).startswith(f"event {event.name}: the production point of each particle (the particles "
+                                       "table's particle_id and vz)")
     assert not (tmp_path / "bundle").exists()

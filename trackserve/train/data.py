@@ -61,20 +61,19 @@ class TrainingEvent:
         noise (computed once). Needs the event's particles table (with ``particle_id`` and ``vz``)
         listing every particle of the truth; EventFormatError otherwise."""
         particles = self.event.particles
-        source = self.event.source
         if particles is None or "vz" not in particles or "particle_id" not in particles:
             raise EventFormatError(
-                f"{self.name}: the production point of each particle (the particles table's particle_id and vz) "
-                "is needed to weigh edges by it; give events with their -particles.csv", path=source)
+                f"event {self.name}: the production point of each particle (the particles table's particle_id and vz) "
+                "is needed to weigh edges by it; give events with their -particles.csv")
         signal = self.particle_ids != 0
         out = np.zeros(self.num_hits)
         table_ids = np.asarray(particles["particle_id"], dtype=np.int64)
         table_vz = np.abs(np.asarray(particles["vz"], dtype=np.float64))
         try:
             out[signal] = particle_values(self.particle_ids[signal], table_ids, table_vz,
-                                          f"{self.name}: the particles table", "production point (vz)")
+                                          f"event {self.name}: the particles table", "production point (vz)")
         except InputError as error:
-            raise EventFormatError(str(error), path=source) from None
+            raise EventFormatError(str(error)) from None
         return out
 
     def truth_edges_above(self, min_pt: float) -> np.ndarray:

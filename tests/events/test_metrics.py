@@ -521,6 +521,11 @@ def test_truth_columns_of_different_lengths_are_named():
 
 def test_a_particle_given_two_pts_is_refused():
     # was accepted: whether the particle counted depended on which of its two pT the lookup met
-    with pytest.raises(InputError, match="particle_pt: particle\\(s\\) 1 appear more than once"):
+    with pytest.raises(InputError, match="particle_pt: particle\\(s\\) 1 are given different pT"):
         track_metrics(np.array([1, 1, 1, 2, 2, 2, 0]), np.array([0, 0, 0, 1, 1, 1, 2]), min_pt=1.0, min_hits=3,
                       particle_pt=(np.array([1, 1, 2]), np.array([2.0, 0.1, 3.0])))
+    # one pT per hit, repeated alike: well defined, as before
+    pids = np.array([1, 1, 1, 2, 2, 2, 0])
+    figures = track_metrics(pids, np.array([0, 0, 0, 1, 1, 1, 2]), min_pt=1.0, min_hits=3,
+                            particle_pt=(pids[:6], np.array([2.0, 2.0, 2.0, 0.1, 0.1, 0.1])))
+    assert figures.efficiency == 1.0

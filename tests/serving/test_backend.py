@@ -261,3 +261,12 @@ def test_a_config_that_no_longer_fits_its_bundle_is_refused_at_load(tiny_bundle,
         with pytest.raises(InputError, match=f"was changed after its model config was written: .*records "
                                              f"{recorded[:12]}\\.\\.\\.; write the repository again"):
             make()
+
+
+def test_a_bundle_named_by_its_pipeline_json_loads_with_its_recorded_sha256(tiny_bundle):
+    # load_bundle takes the pipeline.json path too; the hash check took it for a directory (NotADirectoryError)
+    from trackserve.bundle import file_sha256
+
+    args = args_for(tiny_bundle / "pipeline.json", intra_op_threads=1, graph_threads=1,
+                    pipeline_sha256=file_sha256(tiny_bundle / "pipeline.json"))
+    assert PipelineModel.from_args(args).inputs[0].name == "FEATURES"

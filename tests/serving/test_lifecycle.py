@@ -85,7 +85,10 @@ def test_a_taken_port_is_refused_before_starting(custom_repository):
     (dict(extra_args=("--grpc-port=18007",)), "'--grpc-port=18007' sets what serve manages itself: use --grpc-port"),
     (dict(extra_args=("--log-info=false", "--http-port", "5")), "'--http-port' sets what serve manages itself"),
     (dict(extra_args=("--allow-http=false",)), "serve waits for readiness over HTTP"),
-    (dict(extra_args=("--model-control-mode=explicit",)), "serve loads every model of the repository at start"),
+    (dict(extra_args=("--model-control-mode=explicit",)), "in explicit mode none is (modes none and poll are"),
+    (dict(extra_args=("--model-control-mode", "EXPLICIT")), "in explicit mode none is"),
+    (dict(extra_args=("--grpc-p=18007",)), "'--grpc-p=18007' sets what serve manages itself: use --grpc-port"),  # getopt
+    (dict(extra_args=("--backend-config=python,shm-region-prefix-name=mine",)), "shared-memory regions to remove"),
 ])
 def test_bad_server_settings_are_named(settings, message):
     with pytest.raises(InputError) as error:
@@ -471,3 +474,14 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch):
     monkeypatch.setattr(server_module, "_PORTS_GIVEN", set())
     monkeypatch.setattr(server_module.socket, "socket", Socket)
     assert [free_port(), free_port()] == [47001, 47002]
+
+
+@pytest.mark.parametrize("extra", [
+    ("--model-control-mode=poll", "--repository-poll-secs=5"),  # hot reload of the repository
+    ("--model-control-mode", "none"),
+    ("--metrics-address=0.0.0.0",),  # metrics for Prometheus elsewhere, HTTP and gRPC on loopback
+    ("--backend-config=python,shm-default-byte-size=1048576",),
+    ("--log-info=false", "--exit-on-error=false", "--strict-readiness=false"),
+])
+def test_triton_arguments_serve_does_not_manage_are_passed_on(extra):
+    assert ServerSettings(extra_args=extra).extra_args == extra

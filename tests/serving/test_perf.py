@@ -337,9 +337,23 @@ def test_a_run_that_measured_nothing_at_any_level_exits_2(tmp_path, capsys, monk
     last = err.strip().splitlines()[-1]
     assert last.startswith("trackserve perf: nothing measured: no request was answered within the window of any of "
                            "the 2 concurrency level(s)"), last
-    assert ("every request that ended in a window failed (errors above)" in last) == failing
+    assert ("requests failed at every level (errors above); a longer --window-seconds would not help" in last) == failing
     assert ("give a longer --window-seconds" in last) == (not failing)
     assert len(json.loads(json_path.read_text())["levels"]) == 2  # the results are still written
+
+
+def test_requests_that_all_failed_outside_the_window_are_not_blamed_on_the_window(tmp_path, capsys, monkeypatch):
+    # failed before the window opened (a hung or dead server): the table said a longer window would not help,
+    # the last line said to give one
+    event = _feature_event(tmp_path)
+
+    def sweep(events, levels, settings, progress=None):
+        return [_level(c, [RequestRecord(0.0, 0.5, "refused")], settings, window=(1.0, 2.0)) for c in levels]
+
+    _fake_server(monkeypatch, sweep)
+    assert main(["perf", str(event), "--url", "127.0.0.1:1", "--concurrency", "1,2"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "requests failed at every level" in last and "give a longer" not in last, last
 
 
 def test_a_run_where_one_level_measured_something_is_not_refused(tmp_path, capsys, monkeypatch):

@@ -242,8 +242,10 @@ def run(args: argparse.Namespace) -> int:
         raise
     write(results)
     if measured_nothing(results):
-        failing = [result for result in results if result.errors]  # levels whose window saw only failures
-        why = ("every request that ended in a window failed (errors above)" if len(failing) == len(results) else
+        # levels whose requests failed (in the window, or all of them wherever they ended): not the window's fault
+        failing = [result for result in results if result.errors or (result.answered == 0 and result.failed)]
+        why = ("requests failed at every level (errors above); a longer --window-seconds would not help"
+               if len(failing) == len(results) else
                "no request ended within any window; give a longer --window-seconds" if not failing else
                "requests failed (errors above) or ended outside the window (give a longer --window-seconds)")
         print(f"trackserve perf: nothing measured: no request was answered within the window of any of the "

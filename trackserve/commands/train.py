@@ -10,6 +10,7 @@ event: ``--validation``, or one more simulated event with seeds no training even
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import replace
@@ -212,7 +213,10 @@ def training_config(args: argparse.Namespace):
         option = setting_option(error.setting, args)
         if option is None:
             raise
-        raise InputError(f"{option} must be {error.requirement} (training setting {error.setting})") from None
+        requirement = re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",  # settings it refers to, by their options too
+                             lambda match: setting_option(f"run.{match.group(0)}", args) or match.group(0),
+                             error.requirement)
+        raise InputError(f"{option} must be {requirement} (training setting {error.setting})") from None
     return config
 
 

@@ -287,10 +287,12 @@ def _particle_pt_lookup(particle_ids: np.ndarray, particle_pt) -> np.ndarray:
         first = int(np.flatnonzero(bad)[0])
         raise InputError(f"particle_pt: the pT of particle {int(table_ids[first])} is {table_pt[first]} "
                          f"({int(bad.sum())} NaN or negative in all); pT is a number >= 0 (GeV)")
-    ids, counts = np.unique(table_ids, return_counts=True)
-    if (counts > 1).any():  # which pT would count is arbitrary
-        raise InputError(f"particle_pt: particle(s) {_listing(ids[counts > 1])} appear more than once; give each "
-                         "particle's pT once")
+    order = np.lexsort((table_pt, table_ids))
+    ids, values = table_ids[order], table_pt[order]
+    differ = (ids[1:] == ids[:-1]) & (values[1:] != values[:-1])
+    if differ.any():  # which of its pT would count is arbitrary
+        raise InputError(f"particle_pt: particle(s) {_listing(np.unique(ids[1:][differ]))} are given different pT; "
+                         "give each particle one pT")
     return particle_values(particle_ids, table_ids, table_pt, "particle_pt", "pT")
 
 

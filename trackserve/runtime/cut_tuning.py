@@ -228,16 +228,17 @@ def tune_cuts_and_joining(pipeline, validation: ValidationSet, cut_rows: list[Cu
     return next(best for best, _ in tables if (best.builds_tracks, best.score) == top), tables
 
 
-def check_truth(events: Sequence[Event]) -> None:
+def check_truth(events: Sequence[Event], needed_for: str = "tuning the GNN cut") -> None:
     """Raise an :class:`InputError` naming the first event of ``events`` without its truth or
-    particles table: tuning counts particles, so each validation event needs both."""
+    particles table: counting particles (``needed_for`` says for what) needs both."""
     for event in events:
         if event.truth is None or event.particles is None:
-            raise InputError(f"event {event.name}: tuning the GNN cut needs its truth and particles files")
+            raise InputError(f"event {event.name}: {needed_for} needs its truth and particles files")
 
 
 def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits: int,
-                            names: tuple[str, str] | None = ("min_pt", "min_hits"), advice: str | None = None) -> None:
+                            names: tuple[str, str] | None = ("min_pt", "min_hits"), advice: str | None = None,
+                            needed_for: str = "tuning the GNN cut") -> None:
     """Raise an :class:`InputError` when an event of ``events`` lacks its truth or particles
     (:func:`check_truth`), or when no event holds a particle
     the selection counts (pT >= ``min_pt``, >= ``min_hits`` hits): the efficiency is then
@@ -245,11 +246,12 @@ def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits:
     or which bound no particle reaches, with the most the particles have) and which bound
     to lower; ``names`` are what it calls ``min_pt`` and ``min_hits`` (the command's
     options). Where no option sets the bounds, ``names`` None leaves them unnamed and
-    ``advice`` replaces the advice. The check reads the truth only: it can run before the
+    ``advice`` replaces the advice; ``needed_for`` says what needs the truth (for the message
+    when an event lacks it). The check reads the truth only: it can run before the
     networks do."""
     if not events:
         raise InputError("no validation event given")
-    check_truth(events)
+    check_truth(events, needed_for)
     summaries = [_particle_hits_and_pt(event, min_pt) for event in events]
     hits = np.concatenate([np.zeros(0, np.int64), *(hits for hits, _ in summaries)])
     pt = np.concatenate([np.zeros(0), *(pt for _, pt in summaries)])

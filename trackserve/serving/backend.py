@@ -132,7 +132,8 @@ def check_config_matches(args: Mapping, parameters: Mapping[str, str], bundle: P
     again = "write the repository again from the bundle (trackserve triton-repo ... --overwrite)"
     recorded = parameters.get(PARAM_PIPELINE_SHA256, "").strip()
     if recorded:
-        actual = file_sha256(Path(bundle) / PIPELINE_FILE)
+        given = Path(bundle)
+        actual = file_sha256(given if given.is_file() else given / PIPELINE_FILE)  # the directory or its pipeline.json
         if actual != recorded:
             raise InputError(f"the bundle {bundle} was changed after its model config was written: its "
                              f"{PIPELINE_FILE} has sha256 {actual[:12]}..., the config's parameter "

@@ -592,26 +592,47 @@ class TritonServer:
 MANAGED_ARGUMENTS = {
     "--model-repository": "give the repository as the REPOSITORY argument",
     "--model-store": "give the repository as the REPOSITORY argument",
-    "--http-address": "use --host", "--grpc-address": "use --host", "--metrics-address": "use --host",
+    "--http-address": "use --host", "--grpc-address": "use --host",
     "--http-port": "use --http-port", "--grpc-port": "use --grpc-port", "--metrics-port": "use --metrics-port",
     "--allow-metrics": "use --no-metrics",
     "--allow-http": "serve waits for readiness over HTTP and prints both endpoints, so both stay on",
     "--allow-grpc": "serve waits for readiness over HTTP and prints both endpoints, so both stay on",
-    "--model-control-mode": "serve loads every model of the repository at start and is ready only then",
+    "--model-control-mode=explicit": "serve reports ready once the repository's models are loaded, and in explicit "
+                                     "mode none is (modes none and poll are accepted)",
     "--log-verbose": "use --log-verbose", "--exit-timeout-secs": "use --stop-timeout",
     "--backend-directory": "use --tritonserver (the backends are found beside the binary)",
 }
 
 
+#: The least an abbreviation must spell out (after ``--``) to be taken for a managed option:
+#: tritonserver parses its options with ``getopt_long``, which takes unambiguous prefixes.
+_MIN_ABBREVIATION = 4
+
+
 def _refuse_managed_arguments(extra_args: Sequence[str]) -> None:
-    """InputError naming the first extra argument that sets an option of :data:`MANAGED_ARGUMENTS`."""
-    for arg in extra_args:
+    """InputError naming the first extra argument that sets an option of :data:`MANAGED_ARGUMENTS`
+    (also abbreviated, as tritonserver takes it; ``--model-control-mode`` only with ``explicit``,
+    also given as the next argument), or that changes the Python backend's shared-memory prefix,
+    by which ``serve`` removes a killed server's regions."""
+    args = list(extra_args)
+    for index, arg in enumerate(args):
         if not isinstance(arg, str):
             raise InputError(f"extra tritonserver arguments must be strings, got {arg!r}")
-        name = arg.split("=", 1)[0]
-        if name in MANAGED_ARGUMENTS:
+        name, has_value, value = arg.partition("=")
+        if not has_value and index + 1 < len(args) and isinstance(args[index + 1], str):
+            value = args[index + 1]
+        full = next((option.split("=", 1)[0] for option in MANAGED_ARGUMENTS
+                     if name.startswith("--") and len(name) >= 2 + _MIN_ABBREVIATION
+                     and option.split("=", 1)[0].startswith(name)), None)
+        if full is None:
+            if name.startswith("--backend-config") and "shm-region-prefix-name" in value:
+                raise InputError(f"the tritonserver argument {arg!r} sets what serve manages itself: serve names the "
+                                 "Python backend's shared-memory regions to remove them with a killed server")
+            continue
+        key = full if full in MANAGED_ARGUMENTS else f"{full}={value.strip().lower()}"
+        if key in MANAGED_ARGUMENTS:
             raise InputError(f"the tritonserver argument {arg!r} sets what serve manages itself: "
-                             f"{MANAGED_ARGUMENTS[name]}")
+                             f"{MANAGED_ARGUMENTS[key]}")
 
 
 def _given_server_id(extra_args: Sequence[str]) -> str | None:

@@ -62,6 +62,7 @@ def _check_events(events: list[TrainingEvent], validation: TrainingEvent, spec: 
     # The radius and the cuts keep a fraction of the validation's truth edges of particles above
     # min_pt, and the figures count its tracks: with none, they would be made up.
     check_counted_particles([validation.event], min_pt=config.min_pt, min_hits=config.min_hits, names=None,
+                            needed_for="validating the training (its radius and cuts)",
                             advice="the radius and the cuts are chosen on them: give a validation event "
                                    "(--validation, --validation-particles) with such particles")
     if config.signal_min_pt > 0 and not any(event.truth_edges_above(config.signal_min_pt).shape[1] for event in events):

@@ -61,6 +61,11 @@ class CheckpointImportError(TrackserveError, ValueError):
     """A checkpoint cannot be mapped onto one of trackserve's network definitions."""
 
 
+class MissingHyperparameterError(CheckpointImportError):
+    """A hyperparameter the weights cannot tell (iterations, activation) was given by no
+    hyperparameter file: the message names the key to pass."""
+
+
 class OutputError(TrackserveError, OSError):
     """A result file cannot be written (no space left, no permission, a read-only file system)."""
 

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
-from .events.sources import input_name
-from .events.trackml import event_files
+from .events.sources import input_files, input_name
 from .paths import DEFAULT_LABELS_DIRECTORY, output_directory
 
 #: How many skipped files a note names before it only counts them.
@@ -54,8 +53,7 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
     first_of: dict[str, Path] = {}
     files = []
     # every file an input reads (a TrackML prefix's files too): none may be written over
-    read = {file.resolve() for kind, path in inputs
-            for file in ([path] if kind == "features" else event_files(path))}
+    read = {file.resolve() for file in input_files(inputs)}
     for kind, path in inputs:
         name = input_name(kind, path)
         if name in first_of:

@@ -61,6 +61,15 @@ def _probe_directory(directory: Path, subject: str) -> None:
     os.unlink(scratch)
 
 
+def same_file(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one file: the same file on disk (hard links and other spellings
+    too) when both exist, else the same resolved path (two outputs not written yet)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return Path(first).resolve() == Path(second).resolve()
+
+
 def output_file(path: str | Path, option: str) -> Path:
     """Check, before a job does its work, that it will be able to write the file ``path``.
 

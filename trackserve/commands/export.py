@@ -78,7 +78,7 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the network, then export or check as the arguments say; print the comparisons."""
-    from ..errors import BundleError, CheckpointImportError, InputError
+    from ..errors import BundleError, InputError, MissingHyperparameterError
     from ..extras import require_export_extra
 
     if args.bundle and not args.name:
@@ -138,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             network = import_with_notes("trackserve export", args.network, kind=kind, hparams=args.hparams,
                                         trust_pickle=args.trust_pickle)
-        except CheckpointImportError as error:
-            if args.bundle and not args.hparams and "cannot be read from the weights" in str(error):
-                raise CheckpointImportError(f"{error}; or, for the bundle's own weights of {args.name} with the "
-                                            "config it records, leave NET.pt out") from None
+        except MissingHyperparameterError as error:
+            if args.bundle and not args.hparams:
+                raise MissingHyperparameterError(f"{error}; or, for the bundle's own weights of {args.name} with the "
+                                                 "config it records, leave NET.pt out") from None
             raise
         source = args.network
     print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {source}")

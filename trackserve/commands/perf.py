@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -73,8 +72,9 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def load_events(paths, num_features: int, bundle_path, served=None) -> list:
-    """Feature arrays of the events ``paths`` designate: feature CSVs as they are, TrackML events via the bundle.
+def load_events(inputs, num_features: int, bundle_path, served=None) -> list:
+    """Feature arrays of the ``inputs`` (listed by :func:`~trackserve.events.sources.list_inputs`):
+    feature CSVs as they are, TrackML events via the bundle.
 
     ``num_features``: the width the served model takes; ``served``: the ``(names, scales)``
     of the features its bundle reads, when the server says; a bundle with another width or
@@ -83,12 +83,12 @@ def load_events(paths, num_features: int, bundle_path, served=None) -> list:
     event needs it.
     """
     from ..errors import InputError
-    from ..events.sources import list_inputs, read_input
+    from ..events.sources import read_input
     from ..events.trackml import read_feature_csv
 
     spec = None
     arrays = []
-    for kind, path in list_inputs(paths):
+    for kind, path in inputs:
         if kind == "features" and bundle_path is None:  # sent as they are: no bundle is used
             arrays.append(read_feature_csv(path, num_features))
             continue
@@ -129,31 +129,13 @@ def check_times(args: argparse.Namespace) -> None:
                              f"got {_given(value)}")
 
 
-def input_files(inputs) -> list[Path]:
-    """Every file the inputs listed by :func:`~trackserve.events.sources.list_inputs` read
-    (a feature CSV; each file of a TrackML event)."""
-    from ..events.trackml import event_files
-
-    files: list[Path] = []
-    for kind, path in inputs:
-        files.extend([path] if kind == "features" else event_files(path))
-    return files
-
-
-def _same_file(first, second) -> bool:
-    try:
-        return os.path.samefile(first, second)
-    except OSError:  # one of them does not exist (yet)
-        return Path(first).resolve() == Path(second).resolve()
-
-
 def check_outputs(csv_target, json_target, sources) -> None:
     """Refuse, before any request, output files perf could not write, that are one of the
     event files ``sources`` (overwritten with the results), or that are one file for both
     ``--csv`` and ``--json`` (the JSON would overwrite the CSV); ``-`` is standard output,
     which only one of them may take."""
     from ..errors import InputError
-    from ..paths import output_file
+    from ..paths import output_file, same_file
 
     if csv_target == "-" and json_target == "-":
         raise InputError("--csv - and --json - both name standard output, where the CSV and the JSON would be mixed; "
@@ -162,18 +144,18 @@ def check_outputs(csv_target, json_target, sources) -> None:
         if not target or target == "-":
             continue
         for source in sources:
-            if _same_file(target, source):
+            if same_file(target, source):
                 raise InputError(f"{option} {target} is the input event file {source}: perf would overwrite it with "
                                  "its results; give another file name")
         output_file(target, option)  # refused now, not after the sweep
-    if csv_target and json_target and "-" not in (csv_target, json_target) and _same_file(csv_target, json_target):
+    if csv_target and json_target and "-" not in (csv_target, json_target) and same_file(csv_target, json_target):
         raise InputError(f"--csv {csv_target} and --json {json_target} name the same file: the JSON would overwrite "
                          "the CSV; give two file names")
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the options and the server, load the events, run the sweep, print and write the results."""
-    from ..events.sources import list_inputs
+    from ..events.sources import input_files, list_inputs
     from ..serving.client import check_timeout
 
     check_timeout(args.timeout, "--timeout")
@@ -184,8 +166,7 @@ def run(args: argparse.Namespace) -> int:
                                 write_csv, write_csv_rows)
 
     levels = parse_concurrency(args.concurrency)
-    event_paths = args.events or [shipped_path(SAMPLE_EVENT, "sample event")]
-    inputs = list_inputs(event_paths)
+    inputs = list_inputs(args.events or [shipped_path(SAMPLE_EVENT, "sample event")])
     check_outputs(args.csv, args.json, input_files(inputs))
     url = args.url or f"127.0.0.1:{PROTOCOLS[args.protocol]}"
     settings = PerfSettings(url=url, protocol=args.protocol, model=args.model, mode=args.mode,
@@ -226,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         with TritonClient(url, protocol=args.protocol, model=args.model, timeout_s=args.timeout) as client:
             num_features = client.num_features()  # ServingError (exit 2) when the server or the model does not answer
             served = client.served_features()
-        events = load_events(event_paths, num_features, args.bundle, served)
+        events = load_events(inputs, num_features, args.bundle, served)
         print(f"trackserve perf: {len(events)} event(s) to '{args.model}' at {url} ({args.protocol}, {args.mode}), "
               f"a warm-up of at least {settings.warmup_s:g} s + a {settings.window_s:g} s window per level",
               file=sys.stderr, flush=True)

@@ -144,15 +144,13 @@ def _config(args, num_events: int):
 
 def _shifts_text(settings: dict) -> str:
     """The text report's note of the vertex shifts, empty for one pass at the centre."""
-    from ..runtime.vertex_shifts import shifts_in_words
+    from ..runtime.vertex_shifts import passes_in_words
 
     shifts = settings["vertex_shifts"]
     if shifts == [0.0]:
         return ""
-    if len(shifts) == 1:
-        return f"; one pass at vertex shift {shifts_in_words(shifts)}"
-    return (f"; {len(shifts)} passes at vertex shifts {shifts_in_words(shifts)}: graph and "
-            "filtered edges summed over the passes, merged the distinct filtered edges tracks are built from")
+    return f"; {passes_in_words(shifts)}" + ("" if len(shifts) == 1 else (
+        ": graph and filtered edges summed over the passes, merged the distinct filtered edges tracks are built from"))
 
 
 def _event_record(item, result, args) -> dict:

@@ -90,12 +90,12 @@ def _config(args: argparse.Namespace):
 def _check_memory(num_particles: int, noise_fraction: float) -> None:
     """Refuse an event whose simulation would not fit in the memory the machine has free."""
     from ..errors import InputError
-    from ..events.simulate import HITS_PER_PARTICLE, estimated_memory_bytes
+    from ..events.simulate import HITS_PER_PARTICLE, estimated_memory_bytes, estimated_noise_hits
 
     needed = estimated_memory_bytes(num_particles, noise_fraction)
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > free:
-        noise = noise_fraction / (1.0 - noise_fraction) * HITS_PER_PARTICLE * num_particles
+        noise = estimated_noise_hits(num_particles, noise_fraction)
         raise InputError(f"an event of {num_particles:,} particles at noise fraction {noise_fraction:.12g} (about "
                          f"{noise:,.0f} noise hits) needs about {needed / 2**30:.1f} GiB, more than the "
                          f"{free / 2**30:.1f} GiB of memory free; simulate fewer particles per event"

@@ -361,10 +361,8 @@ def _shown_rows(rows, max_fake_rate):
 
 def _shifts_note(shifts) -> str:
     """The table heading's note of the vertex shifts (empty without any)."""
-    from ..runtime.vertex_shifts import shifts_in_words
+    from ..runtime.vertex_shifts import passes_in_words
 
     if shifts is None:
         return ""
-    if len(shifts) == 1:
-        return f"; one pass at vertex shift {shifts_in_words(shifts)}"
-    return f"; {len(shifts)} passes at vertex shifts {shifts_in_words(shifts)}, merged"
+    return f"; {passes_in_words(shifts)}" + ("" if len(shifts) == 1 else ", merged")

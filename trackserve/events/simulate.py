@@ -100,11 +100,17 @@ def check_seed(seed: int, option: str = "--seed") -> None:
         raise InputError(f"{option} {seed} must be in 0..{MAX_SEED}")
 
 
+def estimated_noise_hits(num_particles: int, noise_fraction: float) -> float:
+    """About how many noise hits an event of ``num_particles`` particles gets: ``noise_fraction``
+    (in ``[0, 1)``) of all its hits, so that fraction over the rest times the particles' hits."""
+    return noise_fraction / (1.0 - noise_fraction) * HITS_PER_PARTICLE * int(num_particles)
+
+
 def estimated_memory_bytes(num_particles: int, noise_fraction: float = 0.1) -> int:
     """The peak memory (bytes) a simulated event of ``num_particles`` particles is expected to
-    take, with its noise hits (``noise_fraction`` of all hits, in ``[0, 1)``)."""
-    noise_hits = noise_fraction / (1.0 - noise_fraction) * HITS_PER_PARTICLE * int(num_particles)
-    return int(BASE_MEMORY_BYTES + BYTES_PER_PARTICLE * int(num_particles) + BYTES_PER_NOISE_HIT * noise_hits)
+    take, with its noise hits (:func:`estimated_noise_hits`)."""
+    return int(BASE_MEMORY_BYTES + BYTES_PER_PARTICLE * int(num_particles)
+               + BYTES_PER_NOISE_HIT * estimated_noise_hits(num_particles, noise_fraction))
 #: Path length (mm) below which a crossing counts as the one just made.
 _MIN_STEP_MM = 0.05
 #: A module crossing must lie within this path length (mm) of the layer crossing.

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import EventFormatError
 from .event import Event
 from .features import FeatureSpec, hit_features
-from .trackml import event_id_from_digits, find_event_prefixes, read_event, read_feature_csv
+from .trackml import event_files, event_id_from_digits, find_event_prefixes, read_event, read_feature_csv
 
 _TRACKML_FILE = re.compile(r"-(hits|truth|particles|cells)\.csv(\.gz)?$")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
@@ -134,6 +134,15 @@ def list_inputs(paths: Iterable[str | Path], skipped: list[Path] | None = None) 
     for path in paths:
         found.extend(_expand(Path(path), [] if skipped is None else skipped))
     return found
+
+
+def input_files(inputs: Iterable[tuple[str, Path]]) -> list[Path]:
+    """Every file the inputs listed by :func:`list_inputs` read: a feature CSV, or each file of a
+    TrackML event (what a job's outputs must never be written over)."""
+    files: list[Path] = []
+    for kind, path in inputs:
+        files.extend([path] if kind == "features" else event_files(path))
+    return files
 
 
 def read_input(kind: str, path: Path, spec: FeatureSpec) -> InputEvent:

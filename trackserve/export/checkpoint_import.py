@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointImportError
+from ..errors import CheckpointImportError, MissingHyperparameterError
 from .checkpoint_reader import CheckpointContents, class_name, read_checkpoint, read_hparams_yaml
 from .embedding import EmbeddingNetwork
 from .filter import EdgeFilter
@@ -403,7 +403,7 @@ def _one_activation(contents: CheckpointContents, hparams: dict[str, Any], key: 
     if len(kinds) == 1:
         return kinds.pop()
     if default is None:
-        raise CheckpointImportError(
+        raise MissingHyperparameterError(
             f"checkpoint {contents.path}: the activation cannot be read from the weights; pass hyperparameters "
             f"(--hparams YAML) with '{key}'"
         )
@@ -416,7 +416,7 @@ def _required_int(contents: CheckpointContents, hparams: dict[str, Any], key: st
     if value is None:
         also = (" (and 'hidden_activation', which they cannot tell either)"
                 if key == "n_graph_iters" and not hparams.get("hidden_activation") and not _activations(contents) else "")
-        raise CheckpointImportError(
+        raise MissingHyperparameterError(
             f"checkpoint {contents.path}: '{key}' cannot be read from the weights; pass hyperparameters (--hparams YAML) "
             f"with '{key}'"
             + also
@@ -558,7 +558,7 @@ def _first_activation(contents: CheckpointContents, prefix: str) -> str:
     one there), an error asking for the ``hidden_activation`` hyperparameter."""
     found = _activations(contents, prefix)
     if not found:
-        raise CheckpointImportError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
+        raise MissingHyperparameterError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
                                     "weights; pass hyperparameters (--hparams YAML) with 'hidden_activation'")
     return found[0]
 
@@ -586,7 +586,7 @@ def _build_interaction(contents: CheckpointContents) -> tuple[dict[str, torch.Te
     n_graph_iters = _required_int(contents, hparams, "n_graph_iters")
     hidden_activation = hparams.get("hidden_activation") or (activations[0] if activations else None)
     if hidden_activation is None:
-        raise CheckpointImportError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
+        raise MissingHyperparameterError(f"checkpoint {contents.path}: the hidden activation cannot be read from the "
                                     "weights; pass hyperparameters (--hparams YAML) with 'hidden_activation' (and 'output_activation' "
                                     "if the training used one)")
     output_activation = hparams.get("output_activation")

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..bundle import TensorInfo, file_sha256, tensor_problems
 from ..errors import ExportError, ExportParityError, InputError
-from ..paths import output_directory, output_file
+from ..paths import output_directory, output_file, same_file
 from .graph_scan import GraphHazard, scan_graph
 from .specs import ExportSpec, ShapeCase, get_spec
 
@@ -468,7 +468,7 @@ def check_output_path(path: str | os.PathLike, option: str, *, overwrite: bool =
     """
     path = Path(path)
     for source in inputs:
-        if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+        if source is not None and path.exists() and Path(source).exists() and same_file(path, source):
             raise InputError(f"{option} {path} is the input file {source}: writing it would destroy the input; "
                              "give another file name")
     if path.exists() and not path.is_dir() and not overwrite:

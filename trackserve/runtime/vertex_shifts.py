@@ -105,6 +105,13 @@ def missing_shift_features(names) -> list[str]:
     return [name for name in SHIFT_FEATURES if name not in names]
 
 
+def passes_in_words(shifts) -> str:
+    """``one pass at vertex shift 50 mm`` or ``5 passes at vertex shifts -100, ..., 100 mm``."""
+    if len(shifts) == 1:
+        return f"one pass at vertex shift {shifts_in_words(shifts)}"
+    return f"{len(shifts)} passes at vertex shifts {shifts_in_words(shifts)}"
+
+
 def shifts_in_words(shifts) -> str:
     """``-100, -50, 0, 50, 100 mm``: the shifts as messages and reports give them."""
     return f"{', '.join(f'{shift:g}' for shift in shifts)} mm"

@@ -121,7 +121,7 @@ def _model_config(args: Mapping) -> dict:
     return json.loads(config) if isinstance(config, str) else dict(config)
 
 
-def check_config_matches(args: Mapping, parameters: Mapping[str, str], bundle: Path, model: "ServedModel") -> None:
+def check_config_matches(args: Mapping, parameters: Mapping[str, str], model: "ServedModel") -> None:
     """Refuse to load a model whose ``config.pbtxt`` no longer fits the bundle it serves: the
     bundle's ``pipeline.json`` changed since ``trackserve triton-repo`` recorded its sha256
     (parameter ``pipeline_sha256``; a client checking labels would compare with the wrong
@@ -131,9 +131,9 @@ def check_config_matches(args: Mapping, parameters: Mapping[str, str], bundle: P
 
     again = "write the repository again from the bundle (trackserve triton-repo ... --overwrite)"
     recorded = parameters.get(PARAM_PIPELINE_SHA256, "").strip()
+    bundle = model.bundle_directory
     if recorded:
-        given = Path(bundle)
-        actual = file_sha256(given if given.is_file() else given / PIPELINE_FILE)  # the directory or its pipeline.json
+        actual = file_sha256(bundle / PIPELINE_FILE)
         if actual != recorded:
             raise InputError(f"the bundle {bundle} was changed after its model config was written: its "
                              f"{PIPELINE_FILE} has sha256 {actual[:12]}..., the config's parameter "
@@ -173,6 +173,8 @@ class ServedModel:
 
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    #: The directory of the bundle the model serves (as loaded).
+    bundle_directory: Path
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Compute the outputs of one request."""
@@ -186,6 +188,7 @@ class PipelineModel(ServedModel):
         from ..runtime.pipeline import Pipeline
 
         self.pipeline = Pipeline(bundle, device=device, config=config)
+        self.bundle_directory = Path(self.pipeline.bundle.directory)
         specs = bundle_tensor_specs(self.pipeline.bundle)
         self.inputs = (specs[FEATURES],)
         self.outputs = (specs[LABELS],)
@@ -194,9 +197,8 @@ class PipelineModel(ServedModel):
     def from_args(cls, args: Mapping) -> "PipelineModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
         parameters, config = _served_settings(args)
-        bundle = bundle_path(args, parameters)
-        model = cls(bundle, device=instance_device(args), config=config)
-        check_config_matches(args, parameters, bundle, model)
+        model = cls(bundle_path(args, parameters), device=instance_device(args), config=config)
+        check_config_matches(args, parameters, model)
         return model
 
     def __call__(self, arrays):
@@ -212,6 +214,7 @@ class StageModel(ServedModel):
 
         require_device(device)
         loaded = load_bundle(bundle)
+        self.bundle_directory = Path(loaded.directory)
         if loaded.stages.vertex_shifts is not None:
             raise InputError(f"the bundle {bundle} runs each event at vertex shifts "
                              f"{shifts_in_words(loaded.stages.vertex_shifts)} "
@@ -233,9 +236,8 @@ class StageModel(ServedModel):
         if is_shifted(config.vertex_shifts):
             raise InputError(f"the stage model {stage!r} has the parameter {PARAM_VERTEX_SHIFTS!r}: an ensemble runs each "
                              "stage once, and only the custom model runs an event once per vertex shift; remove it")
-        bundle = bundle_path(args, parameters)
-        model = cls(bundle, stage, device=instance_device(args), config=config)
-        check_config_matches(args, parameters, bundle, model)
+        model = cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
+        check_config_matches(args, parameters, model)
         return model
 
     def __call__(self, arrays):

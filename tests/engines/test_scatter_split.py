@@ -111,6 +111,22 @@ def test_sequential_form_refuses_an_index_outside_the_hits(gnn_path):
         network.run(features=features, edge_index=edges)
 
 
+@pytest.mark.parametrize("index", [10, -11])
+def test_an_index_outside_the_hits_is_named_not_onnx_runtimes_text(gnn_path, tiny_bundle, index):
+    # before: ONNX Runtime's "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ... Gather node ..." text
+    features, edges = _graph(10, 20)
+    edges[1, 3] = index
+    filter_inputs = {"features": features[:, :OnnxNetwork(tiny_bundle / "filter.onnx").inputs[0].shape[1]],
+                     "edge_index": edges}
+    for network, inputs in ((ScatterSplitNetwork(gnn_path, intra_op_threads=1), {"features": features, "edge_index": edges}),
+                            (OnnxNetwork(tiny_bundle / "filter.onnx"), filter_inputs)):
+        with pytest.raises(InputError) as error:
+            network.run(**inputs)
+        assert f"edge_index holds 1 hit index(es) outside the 10 hits (first {index}; an index must lie in " \
+               "[-10, 10)" in str(error.value)
+        assert "ONNXRuntimeError" not in str(error.value)
+
+
 def test_open_network_splits_only_graphs_with_scatter_adds(gnn_path, tiny_bundle):
     assert isinstance(open_network(gnn_path), ScatterSplitNetwork)
     embedding = open_network(tiny_bundle / "embedding.onnx")

@@ -17,6 +17,7 @@ from trackserve.events.features import (
     KNOWN_FEATURES,
     TRACKML_1000,
     FeatureSpec,
+    beyond_detector,
     feature_spec,
     hit_features,
 )
@@ -58,6 +59,9 @@ def test_spec_is_frozen_and_normalised():
         (("r",), (math.inf,), "finite and positive"),
         (("r",), (math.nan,), "finite and positive"),
         (("r", "z"), (1000.0, -400.0), "finite and positive"),
+        ("rz", (1.0, 1.0), "not the string 'rz'"),  # was read as the names ('r', 'z')
+        (("r",), None, "got names ('r',) and scales None"),  # was a bare TypeError
+        (("r",), ("wide",), "a sequence of numbers"),
     ],
 )
 def test_invalid_specs(names, scales, fragment):
@@ -231,3 +235,32 @@ def test_a_spec_given_by_its_name_is_named_as_such():
     hits = {"x": np.array([1.0]), "y": np.array([2.0]), "z": np.array([3.0])}
     with pytest.raises(InputError, match="spec must be a FeatureSpec, got str 'exatrkx-service': .*feature_spec"):
         hit_features(hits, "exatrkx-service")
+
+
+def test_beyond_detector_checks_its_inputs_and_names_nan():
+    inside = np.array([[0.1, 0.2, 0.3], [0.2, -0.5, 0.1]], np.float32)  # r/3000, phi/pi, z/400
+    assert beyond_detector(inside, EXATRKX_SERVICE) is None
+    with_nan = inside.copy()
+    with_nan[1, 0] = np.nan  # was reported as within reach
+    assert "r is NaN for 1 hit(s)" in beyond_detector(with_nan, EXATRKX_SERVICE)
+    for features in (inside[:, :2], np.hstack([inside, inside]), inside[0]):  # IndexError, or extra columns ignored
+        with pytest.raises(InputError, match=r"needs features as a numeric \[N, 3\] array \(r, phi, z\)"):
+            beyond_detector(features, EXATRKX_SERVICE)
+    assert beyond_detector(inside.tolist(), EXATRKX_SERVICE) is None
+    with pytest.raises(InputError, match="needs a FeatureSpec"):
+        beyond_detector(inside, "exatrkx-service")
+
+
+@pytest.mark.parametrize("hits,message", [
+    ({"x": 1.0, "y": 2.0, "z": 3.0}, "column 'x' of a table is a single value"),
+    ([[1.0, 2.0, 3.0]], "hits must be a table"),
+])
+def test_hits_that_are_no_table_are_named(hits, message):
+    with pytest.raises(InputError, match=message):
+        hit_features(hits, EXATRKX_SERVICE)
+
+
+def test_a_structured_array_is_a_table_of_its_fields():
+    points = np.array([(1.0, 2.0, 3.0), (40.0, -5.0, 60.0)], dtype=[("x", "f8"), ("y", "f8"), ("z", "f8")])
+    np.testing.assert_array_equal(hit_features(points, EXATRKX_SERVICE),
+                                  hit_features({name: points[name] for name in "xyz"}, EXATRKX_SERVICE))

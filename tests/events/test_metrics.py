@@ -127,8 +127,9 @@ def test_found_particles_hand_case():
     assert [part.size for part in empty] == [0, 0, 0]
     with pytest.raises(InputError, match="17 hits but labels has 3"):
         found_particles(HAND_PIDS, np.arange(3))
-    with pytest.raises(InputError, match="min_track_hits must be >= 0"):
-        found_particles(HAND_PIDS, HAND_LABELS, min_track_hits=-1)
+    for count in (-1, 2.5, None, True):  # checked as track_metrics checks it (2.5 was cut to 2, None crashed)
+        with pytest.raises(InputError, match="min_track_hits must be a whole number of hits >= 0"):
+            found_particles(HAND_PIDS, HAND_LABELS, min_track_hits=count)
 
 
 @pytest.mark.parametrize("min_pt", [-0.5, float("nan"), float("inf"), True, "1"])
@@ -214,6 +215,9 @@ def test_track_metrics_input_errors():
         track_metrics(HAND_PIDS, HAND_LABELS, min_pt=1.0, particle_pt=(np.array([11, 22]), np.array([1.0, 1.0])))
     with pytest.raises(InputError, match="17 hits but labels has 3"):
         track_metrics(HAND_PIDS, np.arange(3))
+    # a mapping of pT by id was unpacked as its keys ("ids must be a 1-D array, got shape ()")
+    with pytest.raises(InputError, match="particle_pt must be a pair .* not a dict"):
+        track_metrics(HAND_PIDS, HAND_LABELS, min_pt=1.0, particle_pt={11: 2.0, 22: 0.5, 33: 1.5})
     with pytest.raises(InputError, match="integers"):
         track_metrics(HAND_PIDS, HAND_LABELS.astype(float))
 

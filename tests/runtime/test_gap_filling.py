@@ -114,6 +114,26 @@ def test_bad_gap_cuts_are_refused(kwargs, message):
         build_tracks(4, np.array([[0], [1]]), np.array([1.0]), 0.5, hit_order=np.arange(4.0), **kwargs)
 
 
+def test_the_helpers_check_their_inputs_as_build_tracks_does():
+    # best_edges and gap_edges are public: before, a hit outside hit_order, a score array of
+    # another length or kept flags of integers met numpy's IndexError, and lists a TypeError
+    edges, scores, order = np.array([[0, 1, 2], [1, 2, 3]]), np.array([1.0, 2.0, 3.0]), np.arange(4.0)
+    kept = np.array([True, False, False])
+    assert best_edges(edges.tolist(), scores.tolist(), order.tolist()).tolist() == [True, True, True]
+    assert gap_edges(edges, scores, order, kept).tolist() == [False, True, True]
+    for call, message in [
+        (lambda: best_edges(np.array([[0], [9]]), np.array([1.0]), order), r"edge 0 \(0 -> 9\) refers to a hit outside 0..3"),
+        (lambda: best_edges(edges, scores[:1], order), r"scores must have shape \[3\]"),
+        (lambda: best_edges(edges, np.array([1.0, np.nan, 2.0]), order), "score of edge 1 is NaN"),
+        (lambda: best_edges(edges, scores, order[None]), "hit_order must be 1-D"),
+        (lambda: best_edges(edges.astype(float), scores, order), "edge_index must hold integers"),
+        (lambda: gap_edges(edges, scores, order, np.array([0, 1])), r"kept must be a bool array of shape \[3\]"),
+        (lambda: gap_edges(edges, scores, np.array([0.0, np.inf, 1.0, 2.0]), kept), "hit_order of hit 1 is not finite"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            call()
+
+
 def test_empty_and_one_hit_events_with_a_gap_cut():
     assert build_tracks(0, np.zeros((2, 0), int), np.zeros(0), 0.5, method="best_edges", hit_order=np.zeros(0),
                         gap_cut=0.1).shape == (0,)

@@ -322,6 +322,13 @@ def test_bad_inputs_are_refused():
                      positions=positions)
     with pytest.raises(InputError, match=r"needs the features r, phi and z; these features are \['r', 'z'\]"):
         hit_positions(positions[:, [0, 2]], ["r", "z"], [1.0, 1.0])
+    # before: an IndexError from inside numpy for a scale short, and a silently shorter table or a
+    # TypeError for features of the wrong shape or a list
+    with pytest.raises(InputError, match=r"3 feature names \['r', 'phi', 'z'\] but 1 scales"):
+        hit_positions(positions, ["r", "phi", "z"], [3000.0])
+    with pytest.raises(InputError, match=r"as a numeric \[N, 3\] array \(r, phi, z\); got float64 \(6, 2\)"):
+        hit_positions(positions[:, :2], ["r", "phi", "z"], [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(hit_positions(positions.tolist(), ["r", "phi", "z"], [1.0, 1.0, 1.0]), positions)
 
 
 @pytest.fixture(scope="module")

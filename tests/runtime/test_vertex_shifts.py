@@ -196,6 +196,9 @@ def test_merge_of_empty_passes_and_of_one_pass():
         merge_by_intercept(5, (0.0,), [one], [np.array(["a", "b", "c"])], np.arange(5.0), np.zeros(5))
     with pytest.raises(InputError, match="repeat 50 mm"):
         merge_by_intercept(5, (50.0, 0.0, 50.0), [one] * 3, [np.zeros(3, np.float32)] * 3, np.arange(5.0), np.zeros(5))
+    with pytest.raises(InputError, match="pass at 50 mm hold 1 NaN value"):  # was merged, then refused by track building
+        merge_by_intercept(5, (0.0, 50.0), [one] * 2, [np.zeros(3, np.float32), np.array([0.0, np.nan, 1.0])],
+                           np.arange(5.0), np.zeros(5))
 
 
 # -- the pipeline ---------------------------------------------------------------------

@@ -322,6 +322,9 @@ class OnnxNetwork:
         except BundleError:  # a further session that could not be opened
             raise
         except Exception as error:  # onnxruntime raises its own exception types
+            outside = _edges_outside_hits(inputs)
+            if outside:
+                raise InputError(f"network '{self.name}' cannot run on these inputs: {outside}") from error
             raise InputError(f"network '{self.name}' cannot run on these inputs: {error}") from error
 
     def run(self, **inputs: np.ndarray) -> np.ndarray:
@@ -365,3 +368,20 @@ class OnnxNetwork:
             output = self._call(self._split[2], [self.outputs[0].name], {**prepared, **inputs})[0]
         self.last_seconds = time.perf_counter() - start
         return output
+
+
+def _edges_outside_hits(inputs: Mapping[str, np.ndarray]) -> str | None:
+    """What is wrong with an ``edge_index`` naming hits outside ``[-N, N)`` of the ``features``
+    given with it (the indices ONNX ``Gather`` reads), or None: said only after a failed call,
+    in place of ONNX Runtime's own text."""
+    edges, features = inputs.get("edge_index"), inputs.get("features")
+    if not isinstance(edges, np.ndarray) or not isinstance(features, np.ndarray) or edges.size == 0 \
+            or features.ndim == 0 or edges.dtype.kind not in "iu":
+        return None
+    num_hits = features.shape[0]
+    bad = (edges < -num_hits) | (edges >= num_hits)
+    if not bad.any():
+        return None
+    first = int(edges.reshape(-1)[np.argmax(bad.reshape(-1))])
+    return (f"edge_index holds {int(np.count_nonzero(bad)):,} hit index(es) outside the {num_hits:,} hits "
+            f"(first {first}; an index must lie in [-{num_hits}, {num_hits}), a negative one counting from the last hit)")

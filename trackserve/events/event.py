@@ -14,6 +14,8 @@ from typing import Dict
 
 import numpy as np
 
+from ..errors import EventFormatError, InputError
+
 Table = Dict[str, np.ndarray]
 
 #: Required columns of each TrackML file kind, in file order, with their dtype.
@@ -77,10 +79,27 @@ def hit_id_row_order(hit_ids) -> np.ndarray | None:
 
 
 def table_length(table: Table) -> int:
-    """Number of rows of a table (0 for a table with no columns)."""
-    for column in table.values():
-        return int(len(column))
+    """Number of rows of a table (0 for a table with no columns); a pandas DataFrame counts too."""
+    if hasattr(table, "columns") and hasattr(table, "index"):  # a DataFrame: .values is its array, not a method
+        return int(len(table.index))
+    for name, column in table.items():
+        shape = np.shape(column)
+        if not shape:
+            raise InputError(f"column {name!r} of a table is a single value ({column!r:.40}), not a column: give a "
+                             "1-D array with one value per row")
+        return int(shape[0])
     return 0
+
+
+#: How many offending ids an error message lists before summarising the rest.
+SHOWN_IDS = 5
+
+
+def id_listing(ids: np.ndarray) -> str:
+    """The first few ids of an array as text, with a count of the rest."""
+    shown = ", ".join(str(v) for v in ids[:SHOWN_IDS].tolist())
+    rest = len(ids) - SHOWN_IDS
+    return shown + (f" and {rest} more" if rest > 0 else "")
 
 
 def empty_table(schema: dict[str, type]) -> Table:
@@ -141,3 +160,33 @@ class Event:
             truth = {name: np.asarray(column)[order] for name, column in truth.items()}
         hits = {name: np.asarray(column)[order] for name, column in self.hits.items()}
         return Event(self.event_id, hits, truth, self.particles, self.cells, self.source)
+
+
+def truth_by_hit(event: Event) -> dict[str, np.ndarray]:
+    """The event's truth columns as arrays in the row order of ``event.hits`` (matched by
+    ``hit_id``): truth row ``k`` of the result belongs to hit row ``k``, whatever order the
+    truth table was built in. An :class:`~trackserve.errors.EventFormatError` when the event
+    has no truth, or when its truth does not hold exactly one row per hit."""
+    truth = event.truth
+    if truth is None:
+        raise EventFormatError("the event has no truth table: read it with the 'truth' part and its -truth.csv file",
+                               path=event.source)
+    hit_ids = np.asarray(event.hits["hit_id"], dtype=np.int64)
+    truth_ids = np.asarray(truth["hit_id"], dtype=np.int64)
+    if np.array_equal(truth_ids, hit_ids):
+        return {name: np.asarray(column) for name, column in truth.items()}
+    truth_order, hit_order = np.argsort(truth_ids), np.argsort(hit_ids)
+    if truth_ids.size != hit_ids.size or not np.array_equal(truth_ids[truth_order], hit_ids[hit_order]):
+        absent = np.setdiff1d(hit_ids, truth_ids)
+        unknown = np.setdiff1d(truth_ids, hit_ids)
+        raise EventFormatError(
+            "the truth must have exactly one row per hit: "
+            f"{absent.size} hit(s) without truth ({id_listing(absent)}), "
+            f"{unknown.size} truth row(s) for unknown hits ({id_listing(unknown)}), "
+            f"{truth_ids.size} truth rows for {hit_ids.size} hits",
+            path=event.source,
+            column="hit_id",
+        )
+    rows = np.empty_like(hit_order)
+    rows[hit_order] = truth_order  # hits row k <- truth row with the same hit id
+    return {name: np.asarray(column)[rows] for name, column in truth.items()}

@@ -58,12 +58,28 @@ def beyond_detector(features: np.ndarray, spec: "FeatureSpec") -> str | None:
     """Which features of ``features [N, F]`` (a feature file's rows, in ``spec``'s order and
     scales) put hits far beyond the TrackML detector (:data:`DETECTOR_REACH`) or below zero
     where they cannot be (:data:`NON_NEGATIVE_FEATURES`), as one line naming each with its
-    extreme value; None when all lie within reach."""
+    extreme value (NaN values are named too); None when all lie within reach. An
+    :class:`InputError` for a ``spec`` that is not a :class:`FeatureSpec` or features that
+    are not a numeric ``[N, len(spec.names)]`` array."""
+    if not isinstance(spec, FeatureSpec):
+        raise InputError(f"beyond_detector needs a FeatureSpec (e.g. trackserve.events.EXATRKX_SERVICE), "
+                         f"not {type(spec).__name__} {spec!r:.80}")
+    array = np.asarray(features)
+    if array.ndim != 2 or array.shape[1] != spec.num_features or not (
+            np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise InputError(f"beyond_detector needs features as a numeric [N, {spec.num_features}] array "
+                         f"({', '.join(spec.names)}); got shape {array.shape}, dtype {array.dtype}")
     found = []
     for column, (name, scale) in enumerate(zip(spec.names, spec.scales)):
-        if features.shape[0] == 0:
+        if array.shape[0] == 0:
             break
-        values = features[:, column].astype(np.float64)
+        values = array[:, column].astype(np.float64)
+        missing = np.isnan(values)
+        if missing.any():
+            found.append(f"{name} is NaN for {int(np.count_nonzero(missing)):,} hit(s)")
+            values = values[~missing]
+            if values.size == 0:
+                continue
         largest = float(np.max(np.abs(values))) * abs(scale)
         if largest > DETECTOR_REACH[name]:
             found.append(f"|{name}| up to {largest:.4g} (at most {DETECTOR_REACH[name]:.4g} expected)")
@@ -74,6 +90,8 @@ def beyond_detector(features: np.ndarray, spec: "FeatureSpec") -> str | None:
         return None
     scales = ", ".join(f"{name} / {scale:g}" for name, scale in zip(spec.names, spec.scales))
     return f"hits outside the TrackML detector: {'; '.join(found)}; the bundle expects the features {scales}"
+
+
 _DEFAULT_NAMES = ("r", "phi", "z")
 
 
@@ -89,8 +107,15 @@ class FeatureSpec:
     scales: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "names", tuple(str(name) for name in self.names))
-        object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
+        if isinstance(self.names, str):
+            raise ValueError(f"feature names must be a sequence of names such as ('r', 'phi', 'z'), "
+                             f"not the string {self.names!r}")
+        try:
+            object.__setattr__(self, "names", tuple(str(name) for name in self.names))
+            object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
+        except (TypeError, ValueError):
+            raise ValueError(f"a feature spec needs a sequence of names and a sequence of numbers (one scale per "
+                             f"name), got names {self.names!r} and scales {self.scales!r}") from None
         if not self.names:
             raise ValueError("a feature spec needs at least one feature")
         if len(self.names) != len(self.scales):
@@ -194,6 +219,11 @@ def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray
     if not isinstance(spec, FeatureSpec):
         raise InputError(f"spec must be a FeatureSpec, got {type(spec).__name__} {spec!r}: "
                          "trackserve.events.features.feature_spec(text) makes one from a preset name or scales")
+    if isinstance(hits, np.ndarray) and hits.dtype.names:  # a structured array: its fields are the columns
+        hits = {name: hits[name] for name in hits.dtype.names}
+    if not (isinstance(hits, Mapping) or hasattr(hits, "columns")):
+        raise InputError(f"hits must be a table: a dict of 1-D arrays (or a pandas DataFrame) with columns x, y, z; "
+                         f"got {type(hits).__name__}")
     missing = [name for name in ("x", "y", "z") if name not in hits]
     if missing:
         raise EventFormatError(f"the hits table has no column(s) {', '.join(missing)}; features need x, y, z")

@@ -58,12 +58,13 @@ A ratio whose denominator is 0 is ``nan``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..errors import EventFormatError, InputError
-from .event import Event, table_length
+from .event import Event, id_listing, table_length, truth_by_hit
 
 #: Default minimum number of hits of a reconstructable particle and of a candidate track.
 DEFAULT_MIN_HITS = 5
@@ -74,20 +75,11 @@ DEFAULT_MIN_PT = 1.0
 #: The command-line tools' names for the selection (``min_pt``, ``min_hits``,
 #: ``min_track_hits``), which :func:`check_selection`'s messages then use.
 SELECTION_OPTIONS = ("--min-pt", "--min-hits", "--min-track-hits")
-#: How many offending ids an error message lists before summarising the rest.
-_SHOWN_IDS = 5
 
 
 def _ratio(numerator: int, denominator: int) -> float:
     """``numerator / denominator`` as a float, ``nan`` when the denominator is 0."""
     return float(numerator) / denominator if denominator else float("nan")
-
-
-def _listing(ids: np.ndarray) -> str:
-    """The first few ids of an array as text, with a count of the rest."""
-    shown = ", ".join(str(v) for v in ids[:_SHOWN_IDS].tolist())
-    rest = len(ids) - _SHOWN_IDS
-    return shown + (f" and {rest} more" if rest > 0 else "")
 
 
 def _integer_array(values, name: str) -> np.ndarray:
@@ -274,6 +266,10 @@ def _overlaps(hit_particle_ids: np.ndarray, labels: np.ndarray, keep: np.ndarray
 
 def _particle_pt_lookup(particle_ids: np.ndarray, particle_pt) -> np.ndarray:
     """The pT of each particle of ``particle_ids`` from a ``(ids, pt)`` pair; an InputError names any missing."""
+    if isinstance(particle_pt, Mapping) or hasattr(particle_pt, "columns"):
+        raise InputError(f"particle_pt must be a pair (particle ids, pT values) of 1-D arrays, not a "
+                         f"{type(particle_pt).__name__}: pass (ids, pts), e.g. (table['particle_id'], "
+                         "numpy.hypot(table['px'], table['py']))")
     try:
         table_ids, table_pt = particle_pt
     except (TypeError, ValueError):
@@ -291,7 +287,7 @@ def _particle_pt_lookup(particle_ids: np.ndarray, particle_pt) -> np.ndarray:
     ids, values = table_ids[order], table_pt[order]
     differ = (ids[1:] == ids[:-1]) & (values[1:] != values[:-1])
     if differ.any():  # which of its pT would count is arbitrary
-        raise InputError(f"particle_pt: particle(s) {_listing(np.unique(ids[1:][differ]))} are given different pT; "
+        raise InputError(f"particle_pt: particle(s) {id_listing(np.unique(ids[1:][differ]))} are given different pT; "
                          "give each particle one pT")
     return particle_values(particle_ids, table_ids, table_pt, "particle_pt", "pT")
 
@@ -308,7 +304,7 @@ def particle_values(particle_ids: np.ndarray, table_ids: np.ndarray, values: np.
     found = where < sorted_ids.size
     found[found] = sorted_ids[where[found]] == particle_ids[found]
     if not found.all():
-        raise InputError(f"{table} has no {quantity} for particle(s) {_listing(particle_ids[~found])} of the truth")
+        raise InputError(f"{table} has no {quantity} for particle(s) {id_listing(particle_ids[~found])} of the truth")
     return np.asarray(values)[order][where]
 
 
@@ -339,8 +335,7 @@ def found_particles(hit_particle_ids, labels, *, min_track_hits: int = DEFAULT_M
     labs = _integer_array(labels, "labels")
     if pids.shape != labs.shape:
         raise InputError(f"hit_particle_ids has {pids.size} hits but labels has {labs.size}")
-    if min_track_hits < 0:
-        raise InputError(f"min_track_hits must be >= 0, got {min_track_hits}")
+    check_selection(0.0, min_track_hits, names=("min_pt", "min_track_hits", "min_track_hits"))
     ov, found, _, _ = _matching(pids, labs, int(min_track_hits), exclude_noise)
     real = ov.particle_ids != 0
     return ov.particle_ids[real], ov.particle_sizes[real], found[real]
@@ -454,16 +449,16 @@ def _alignment_error(event_sorted: np.ndarray, labelled_sorted: np.ndarray, sour
     problems = []
     repeated = np.unique(labelled_sorted[1:][labelled_sorted[1:] == labelled_sorted[:-1]])
     if repeated.size:
-        problems.append(f"{repeated.size} hit id(s) labelled more than once: {_listing(repeated)}")
+        problems.append(f"{repeated.size} hit id(s) labelled more than once: {id_listing(repeated)}")
     unknown = np.setdiff1d(labelled_sorted, event_sorted)
     if unknown.size:
-        problems.append(f"{unknown.size} hit id(s) not in the event: {_listing(unknown)}")
+        problems.append(f"{unknown.size} hit id(s) not in the event: {id_listing(unknown)}")
     missing = np.setdiff1d(event_sorted, labelled_sorted)
     if missing.size:
-        problems.append(f"{missing.size} hit(s) of the event not labelled: {_listing(missing)}")
+        problems.append(f"{missing.size} hit(s) of the event not labelled: {id_listing(missing)}")
     if not problems:
         repeated = np.unique(event_sorted[1:][event_sorted[1:] == event_sorted[:-1]])
-        problems.append(f"the event's hit ids repeat ({_listing(repeated)}), so labels cannot be matched to hits")
+        problems.append(f"the event's hit ids repeat ({id_listing(repeated)}), so labels cannot be matched to hits")
     return EventFormatError(
         "; ".join(problems) + ". Every hit of the event must be labelled exactly once "
         "(give noise hits a track id too, e.g. their own singleton tracks)",
@@ -557,30 +552,6 @@ def event_particle_pt(event: Event) -> tuple[np.ndarray, np.ndarray]:
     return ids, pt
 
 
-def _event_truth_by_hit(event: Event) -> dict[str, np.ndarray]:
-    """The event's truth columns reordered to follow ``event.hits['hit_id']``."""
-    truth = event.truth
-    hit_ids = np.asarray(event.hits["hit_id"], dtype=np.int64)
-    truth_ids = np.asarray(truth["hit_id"], dtype=np.int64)
-    if np.array_equal(truth_ids, hit_ids):
-        return dict(truth)
-    truth_order, hit_order = np.argsort(truth_ids), np.argsort(hit_ids)
-    if truth_ids.size != hit_ids.size or not np.array_equal(truth_ids[truth_order], hit_ids[hit_order]):
-        absent = np.setdiff1d(hit_ids, truth_ids)
-        unknown = np.setdiff1d(truth_ids, hit_ids)
-        raise EventFormatError(
-            "the truth must have exactly one row per hit: "
-            f"{absent.size} hit(s) without truth ({_listing(absent)}), "
-            f"{unknown.size} truth row(s) for unknown hits ({_listing(unknown)}), "
-            f"{truth_ids.size} truth rows for {hit_ids.size} hits",
-            path=event.source,
-            column="hit_id",
-        )
-    rows = np.empty_like(hit_order)
-    rows[hit_order] = truth_order  # hits row k <- truth row with the same hit id
-    return {name: np.asarray(column)[rows] for name, column in truth.items()}
-
-
 def evaluate_event(
     event: Event,
     hit_ids,
@@ -612,7 +583,7 @@ def evaluate_event(
     _truth_columns(event.truth, ("hit_id", "particle_id", "weight"), path=event.source)
     hit_order_ids = np.asarray(event.hits["hit_id"], dtype=np.int64)
     labels = align_labels(hit_order_ids, hit_ids, track_ids, source=source)
-    truth = _event_truth_by_hit(event)
+    truth = truth_by_hit(event)
     pids = truth["particle_id"].astype(np.int64)
     tracks = track_metrics(
         pids,

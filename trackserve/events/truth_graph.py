@@ -14,25 +14,35 @@ of LRT studies). The measured hit positions (hits ``x, y, z``) are used, not the
 positions: they are always present and differ by far less than the spacing of
 detector layers. Ties keep the hits' row order, so the result is deterministic.
 
-Edges are rows of the hits table (which is also the truth table's row order after
-:func:`~trackserve.events.trackml.read_event`).
+Edges are rows of the hits table; each hit's truth row is found by its ``hit_id``
+(:func:`~trackserve.events.event.truth_by_hit`), so a truth table in another row order
+than the hits gives the same graph.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from ..errors import EventFormatError, InputError
-from .event import Event
+from .event import Event, truth_by_hit
 
 
 def _truth_particle_ids(event: Event) -> np.ndarray:
-    """The particle id of each hit row; an error if the event has no truth."""
+    """The particle id of each hit row (truth matched to the hits by ``hit_id`` when both
+    tables have it, else row by row); an error if the event has no truth or it does not
+    hold one row per hit."""
     if event.truth is None:
         raise EventFormatError(
             "the event has no truth table: read it with the 'truth' part and its -truth.csv file",
             path=event.source,
         )
+    if "particle_id" not in event.truth:
+        raise EventFormatError("the truth table has no 'particle_id' column", path=event.source, column="particle_id")
+    if "hit_id" in event.truth and "hit_id" in event.hits:
+        return truth_by_hit(event)["particle_id"]
     particle_ids = np.asarray(event.truth["particle_id"])
     if len(particle_ids) != event.num_hits:
         raise EventFormatError(
@@ -78,6 +88,11 @@ def truth_graph(event: Event, *, from_vertex: bool = True, min_pt: float = 0.0) 
     particles with transverse momentum ``hypot(px, py) >= min_pt``; it needs the
     particles table. The event needs its truth table.
     """
+    if not isinstance(event, Event):
+        raise InputError(f"truth_graph takes an Event (trackserve.events.read_event(prefix)), not "
+                         f"{type(event).__name__} {event!r:.80}")
+    if isinstance(min_pt, bool) or not isinstance(min_pt, numbers.Real) or not min_pt >= 0 or math.isinf(min_pt):
+        raise InputError(f"min_pt must be a number of GeV >= 0, got {min_pt!r}")
     particle_ids = _truth_particle_ids(event)
     signal = particle_ids != 0
     x, y, z = (np.asarray(event.hits[name], dtype=np.float64) for name in ("x", "y", "z"))

@@ -109,9 +109,14 @@ def scaled_columns(features: np.ndarray, names, scales, wanted, purpose: str) ->
     """The feature columns ``wanted`` (names) times their scales, float64: the physical
     quantities (mm, rad) of a bundle's features. Raises InputError naming ``purpose`` when
     the features lack one of them."""
-    names = list(names)
+    names, features = list(names), np.asarray(features)
     if any(name not in names for name in wanted):
         raise InputError(f"{purpose} needs the features {_listed(wanted)}; these features are {names}")
+    if len(scales) != len(names):
+        raise InputError(f"{purpose}: {len(names)} feature names {names} but {len(scales)} scales")
+    if features.ndim != 2 or features.shape[1] != len(names) or features.dtype.kind not in "fiu":
+        raise InputError(f"{purpose} needs the features as a numeric [N, {len(names)}] array ({', '.join(names)}); "
+                         f"got {features.dtype} {features.shape}")
     return [features[:, names.index(name)].astype(np.float64) * float(scales[names.index(name)]) for name in wanted]
 
 

@@ -163,10 +163,12 @@ def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray
     ``edge_index`` int64 ``[2, M]``, ``scores [M]`` (higher is better, no NaN),
     ``hit_order [N]``: inner is the end with the smaller ``(hit_order, index)``. A hit's
     best edge has its highest score, the earliest such edge on ties. Returns bool ``[M]``.
-    Self-loops are never kept, nor compete for a hit's best edge.
+    Self-loops are never kept, nor compete for a hit's best edge. Inputs of other shapes,
+    edges outside the hits, NaN scores or orders that are not finite raise
+    :class:`InputError`.
     """
+    edge_index, values, hit_order = _checked_hit_edges(edge_index, scores, hit_order)
     inner, outer = oriented_ends(edge_index, hit_order)
-    values = np.asarray(scores, dtype=np.float64)
     num_hits = hit_order.shape[0]
     among = _not_loops(inner, outer)  # a self-loop never takes a hit's best slot
     keep = HitGroups(inner, num_hits).best(values, among) | HitGroups(outer, num_hits).best(values, among)
@@ -187,12 +189,28 @@ def gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray,
     a candidate fills a gap when it is the best candidate of both of its hits: the
     highest-scoring (earliest on ties) candidate outward of its inner hit and inward of
     its outer hit. So each hit gains at most one edge on each side, on a side that had
-    none. Returns bool ``[M]``, false where ``kept`` is true. ``scores``: no NaN.
+    none. Returns bool ``[M]``, false where ``kept`` is true. ``scores``: no NaN. Inputs
+    are checked as by :func:`best_edges`; ``kept`` must be bool ``[M]``.
     """
+    edge_index, values, hit_order = _checked_hit_edges(edge_index, scores, hit_order)
+    kept = np.asarray(kept)
+    if kept.shape != (edge_index.shape[1],) or kept.dtype != bool:
+        raise InputError(f"kept must be a bool array of shape [{edge_index.shape[1]}] (one per edge); "
+                         f"got {kept.dtype} {kept.shape}")
     inner, outer = oriented_ends(edge_index, hit_order)
     num_hits = hit_order.shape[0]
-    values = np.asarray(scores, dtype=np.float64)
-    return _gaps(HitGroups(inner, num_hits), HitGroups(outer, num_hits), values, np.asarray(kept, dtype=bool))
+    return _gaps(HitGroups(inner, num_hits), HitGroups(outer, num_hits), values, kept)
+
+
+def _checked_hit_edges(edge_index, scores, hit_order) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(edges int64 [2, M], scores float64 [M], hit_order float64 [N])`` of :func:`best_edges`'
+    inputs, the number of hits taken from ``hit_order``; an InputError naming what is wrong."""
+    order = np.asarray(hit_order)
+    if order.ndim != 1:
+        raise InputError(f"hit_order must be 1-D (one value per hit); got shape {order.shape}")
+    order = _validated_order(order, order.shape[0])
+    edges = _validated_edges(edge_index, order.shape[0])
+    return edges, _validated_scores(scores, edges.shape[1]).astype(np.float64, copy=False), order
 
 
 def _best_and_gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray,

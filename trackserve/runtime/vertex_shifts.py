@@ -182,6 +182,9 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
         if pass_logits.shape != (edge_index.shape[1],):
             raise InputError(f"the pass at {shift:g} mm has {edge_index.shape[1]} edges but logits of shape "
                              f"{list(pass_logits.shape)}: give one logit per edge, [M]")
+        if pass_logits.dtype.kind == "f" and np.isnan(pass_logits).any():
+            raise InputError(f"the logits of the pass at {shift:g} mm hold {int(np.count_nonzero(np.isnan(pass_logits)))} "
+                             "NaN value(s): a GNN logit is a number")
         edge_sets.append(edge_index)
         logit_sets.append(pass_logits.astype(np.float32, copy=False))
     every = np.concatenate(edge_sets, axis=1)

@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_EVENT = DATA / "event000000001"
+#: A labels file an earlier run left (a run replaces only files with a labels header).
+EARLIER_LABELS = "event_id,hit_id,track_id\n7,1,0\n7,2,0\n"
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import threading
 
 from . import __version__
 from .errors import TrackserveError
+from .paths import file_problem
 
 
 def command_modules() -> list:
@@ -176,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except TrackserveError as error:
         print(f"trackserve {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.filename is None:  # not a file's problem: a bug, shown whole
+            raise
+        print(f"trackserve {args.command}: error: {file_problem(error)}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"trackserve {args.command}: terminated (SIGTERM)", file=sys.stderr)

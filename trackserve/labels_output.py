@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .events.sources import input_files, input_name
+from .events.submission import SUBMISSION_COLUMNS
 from .paths import DEFAULT_LABELS_DIRECTORY, output_directory
 
 #: How many skipped files a note names before it only counts them.
@@ -31,13 +32,52 @@ def chosen_output(output: str | None, no_labels: bool) -> Path | None:
     return Path(DEFAULT_LABELS_DIRECTORY if output is None else output)
 
 
-def note_replaced(command: str, files: list[Path] | None) -> None:
-    """Say on stderr how many of the labels ``files`` exist already (an earlier run's): each is
-    replaced by this run's, or removed if its event fails now."""
-    existing = [path for path in files or () if path.is_file()]
-    if existing:
-        print(f"trackserve {command}: note: {len(existing)} labels file{'s' if len(existing) > 1 else ''} of an "
-              f"earlier run in {existing[0].parent} (such as {existing[0].name}) will be replaced", file=sys.stderr)
+class EarlierLabels:
+    """The labels files an earlier run left where this run writes (``files``, None: no labels),
+    so that none passes for this run's result: said on stderr at the start, each replaced as
+    this run writes its event's labels (:meth:`replaced`), removed when its event fails now
+    (:meth:`remove`), and the ones not yet replaced removed when the run stops before the end
+    (:meth:`remove_unreplaced`: Ctrl-C, SIGTERM, an error)."""
+
+    def __init__(self, command: str, files: list[Path] | None):
+        self.command = command
+        existing = [path for path in files or () if path.is_file()]
+        self.left = set(existing)
+        if existing:
+            print(f"trackserve {command}: note: {len(existing)} labels file{'s' if len(existing) > 1 else ''} of an "
+                  f"earlier run in {existing[0].parent} (such as {existing[0].name}) will be replaced", file=sys.stderr)
+
+    def replaced(self, path: Path) -> None:
+        """This run wrote ``path``: it is no longer an earlier run's."""
+        self.left.discard(path)
+
+    def remove(self, path: Path) -> bool:
+        """Remove the earlier run's labels at ``path`` of an event that failed now (it would have
+        been replaced) and say so on stderr; whether there was one."""
+        self.left.discard(path)
+        if not path.is_file():
+            return False
+        path.unlink()
+        print(f"trackserve {self.command}: note: removed {path}, an earlier run's labels of the event that failed",
+              file=sys.stderr)
+        return True
+
+    def remove_unreplaced(self) -> int:
+        """Remove the earlier run's labels files this run has not replaced, when it stops before its
+        last event, and say so on stderr; how many were removed."""
+        removed = 0
+        for path in sorted(self.left):
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            print(f"trackserve {self.command}: note: stopped before the end: removed {removed} labels "
+                  f"file{'s' if removed > 1 else ''} of an earlier run in {sorted(self.left)[0].parent} that this run "
+                  "had not replaced yet, so that none passes for this run's", file=sys.stderr)
+        self.left.clear()
+        return removed
 
 
 def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Path] | None:
@@ -45,8 +85,9 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
     with the output directory created (None: no labels written).
 
     Raises InputError when the directory cannot be used, when two inputs have the same
-    name (so the same labels file), or when a labels file's path is a directory or one of
-    the inputs' files (it would be written over, or removed as stale)."""
+    name (so the same labels file), or when a labels file's path is a directory, one of
+    the inputs' files, or a file that is not a labels file (it would be written over, or
+    removed as stale)."""
     if output is None:
         return None
     directory = output_directory(output, "--output")
@@ -68,20 +109,28 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
         if target.resolve() in read:
             raise InputError(f"the labels of {path} would be written over {target}, which is one of the inputs; "
                              "give another --output, or rename that input")
+        if target.exists() and not _is_labels_file(target):
+            raise InputError(f"cannot write the labels of {path}: {target} exists and is not a labels file "
+                             f"(its first line is not {','.join(SUBMISSION_COLUMNS)}); move it away, or give "
+                             "another --output")
         files.append(target)
     return files
 
 
-def remove_stale_labels(command: str, path: Path) -> bool:
-    """Remove the labels file an earlier run left at ``path`` for an event that failed now (it
-    would have been replaced), so that no old file passes for this run's result; say so on
-    stderr. Whether one was removed."""
+def _is_labels_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file that a run may replace: empty, or with a labels file's
+    header (the submission columns, in any order)."""
     if not path.is_file():
         return False
-    path.unlink()
-    print(f"trackserve {command}: note: removed {path}, an earlier run's labels of the event that failed",
-          file=sys.stderr)
-    return True
+    try:
+        with open(path, "rb") as stream:
+            first = stream.readline(4096)
+    except OSError:
+        return False
+    if not first:
+        return True
+    columns = first.decode("utf-8", "replace").lstrip("\ufeff").strip().split(",")
+    return sorted(column.strip() for column in columns) == sorted(SUBMISSION_COLUMNS)
 
 
 def note_skipped(command: str, skipped: list[Path]) -> None:

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import InputError, TrackserveError
+from .errors import InputError, OutputError, TrackserveError
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPOSITORY_ROOT / "data"
@@ -40,6 +40,9 @@ def output_directory(path: str | Path, option: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: exists and is not a directory")
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{option} {path}: a symbolic link to {os.readlink(path)}, which does not exist; create that "
+                         "directory, or give another path")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -89,3 +92,37 @@ def output_file(path: str | Path, option: str) -> Path:
         raise InputError(f"{option} {path}: not writable")
     _probe_directory(parent, f"{option} {path}")
     return path
+
+
+def file_problem(error: OSError) -> str:
+    """One line for an operating-system error on a file: the path(s) and what went wrong
+    (``data/x.csv: Permission denied``), for a job that met it where no step named it."""
+    where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    return f"{where}: {error.strerror or error}"
+
+
+def write_files_atomically(contents: list[tuple[Path, bytes]]) -> None:
+    """Write each ``(path, bytes)``: all to temporary files beside their paths first, then each
+    renamed into place in the order given, so a failure or an interruption (Ctrl-C, SIGTERM)
+    while writing leaves every path as it was and no temporary file; :class:`OutputError`
+    names the file that could not be written."""
+    temporaries: list[Path] = []
+    current = None
+    try:
+        for path, data in contents:
+            current = path
+            temporary = path.with_name(path.name + ".partial")
+            temporaries.append(temporary)
+            temporary.write_bytes(data)
+        for (path, _data), temporary in zip(contents, temporaries):
+            current = path
+            os.replace(temporary, path)
+    except BaseException as error:
+        for temporary in temporaries:
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {current}: {error.strerror or error}") from None
+        raise

@@ -123,7 +123,7 @@ def test_labels_without_their_header_line_are_named_as_such(tmp_path):
 def test_a_file_that_cannot_be_written_is_named_and_the_old_one_kept_whole(tmp_path, name, monkeypatch):
     import errno
 
-    import trackserve.events.trackml as trackml
+    import trackserve.paths as paths
     from trackserve.errors import OutputError
 
     path = tmp_path / name
@@ -133,7 +133,7 @@ def test_a_file_that_cannot_be_written_is_named_and_the_old_one_kept_whole(tmp_p
     def no_space(source, target):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trackml.os, "replace", no_space)
+    monkeypatch.setattr(paths.os, "replace", no_space)
     with pytest.raises(OutputError, match=f"cannot write {path}: No space left on device"):
         write_submission(path, 1, [1, 2, 3], [0, 1, 1])
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [name]

@@ -15,7 +15,7 @@ from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.memory import MemoryModel
 from trackserve.runtime.pipeline import STAGES, Pipeline
 
-from ..conftest import SAMPLE_EVENT
+from ..conftest import EARLIER_LABELS, SAMPLE_EVENT
 
 
 def _json(capsys, *argv) -> dict:
@@ -136,7 +136,7 @@ def test_an_unreadable_event_is_named_and_the_others_still_run(capsys, tmp_path,
         (tmp_path / f"evt_{number}.csv").write_text((feature_csvs / f"evt_{number}.csv").read_text())
     labels = tmp_path / "labels"
     labels.mkdir()
-    (labels / "evt_2-labels.csv").write_text("an earlier run's labels\n")
+    (labels / "evt_2-labels.csv").write_text(EARLIER_LABELS)
     with (tmp_path / "evt_2.csv").open("a") as broken:
         broken.write("1.0,abc,2.0\n")
     status = main(["run", str(tmp_path), "--json", "--output", str(labels), "--event-workers", workers,
@@ -178,6 +178,10 @@ def test_an_output_that_cannot_hold_labels_is_refused_before_running(capsys, tmp
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert afile.read_text() == "keep me"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # was "cannot create the directory (File exists)"
+    assert main(["run", event, "--output", str(tmp_path / "dangling")]) == 2
+    assert (f"--output {tmp_path / 'dangling'}: a symbolic link to {tmp_path / 'nowhere'}, which does not exist"
+            in capsys.readouterr().err)
     (tmp_path / "out" / "evt_1-labels.csv").mkdir(parents=True)
     assert main(["run", event, "--output", str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'out' / 'evt_1-labels.csv'} is a directory" in capsys.readouterr().err
@@ -187,11 +191,86 @@ def test_labels_of_an_earlier_run_are_replaced_with_a_note(capsys, tmp_path, fea
     event = str(feature_csvs / "evt_1.csv")
     assert main(["run", event, "--output", str(tmp_path)]) == 0
     assert "will be replaced" not in capsys.readouterr().err
-    (tmp_path / "evt_1-labels.csv").write_text("an earlier run's labels\n")
+    (tmp_path / "evt_1-labels.csv").write_text(EARLIER_LABELS)
     assert main(["run", event, "--output", str(tmp_path)]) == 0
     assert (f"note: 1 labels file of an earlier run in {tmp_path} (such as evt_1-labels.csv) will be replaced"
             in capsys.readouterr().err)
-    assert (tmp_path / "evt_1-labels.csv").read_text().startswith("event_id,hit_id,track_id")
+    assert (tmp_path / "evt_1-labels.csv").read_text() != EARLIER_LABELS
+    assert read_submission(tmp_path / "evt_1-labels.csv")[0].tolist() == [1]
+
+
+def test_a_file_in_the_way_that_is_no_labels_file_is_refused(capsys, tmp_path, feature_csvs):
+    # It was replaced with the note "1 labels file of an earlier run ... will be replaced".
+    features = (feature_csvs / "evt_3.csv").read_text()
+    (tmp_path / "evt_1-labels.csv").write_text(features)
+    assert main(["run", str(feature_csvs / "evt_1.csv"), "--output", str(tmp_path)]) == 2
+    assert (f"{tmp_path / 'evt_1-labels.csv'} exists and is not a labels file (its first line is not "
+            "event_id,hit_id,track_id); move it away, or give another --output") in capsys.readouterr().err
+    assert (tmp_path / "evt_1-labels.csv").read_text() == features
+    (tmp_path / "evt_1-labels.csv").write_text("")  # an empty file holds nothing to lose
+    assert main(["run", str(feature_csvs / "evt_1.csv"), "--output", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_run_stopped_before_the_end_leaves_no_earlier_labels_among_its_own(capsys, tmp_path, feature_csvs,
+                                                                              monkeypatch, stop):
+    # Stopped after two events, the directory held two new labels files and three of the earlier
+    # run's, nothing telling them apart.
+    for number in range(5):
+        (tmp_path / f"evt_{number}-labels.csv").write_text(EARLIER_LABELS)
+    from trackserve.events import submission
+
+    written = []
+
+    def write_two(path, *args):
+        if len(written) == 2:
+            raise stop("stopped")
+        written.append(path.name)
+        return real_write(path, *args)
+
+    real_write = submission.write_submission
+    monkeypatch.setattr(submission, "write_submission", write_two)
+    arguments = ["run", str(feature_csvs), "--output", str(tmp_path), "--event-workers", "1"]
+    if stop is KeyboardInterrupt:
+        assert main(arguments) == 130
+    else:
+        with pytest.raises(RuntimeError):
+            main(arguments)
+    err = capsys.readouterr().err
+    assert (f"removed 3 labels files of an earlier run in {tmp_path} that this run had not replaced yet, so that "
+            "none passes for this run's") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written) == ["evt_0-labels.csv", "evt_1-labels.csv"]
+    assert all(p.read_text() != EARLIER_LABELS for p in tmp_path.iterdir())
+
+
+def test_a_file_the_system_refuses_is_one_line_naming_it(capsys, tmp_path, feature_csvs, monkeypatch):
+    # PermissionError and other OSErrors of a path ended in a traceback with status 1.
+    from trackserve.events import sources
+
+    def refuse(paths, skipped):
+        raise PermissionError(13, "Permission denied", str(paths[0]))
+
+    monkeypatch.setattr(sources, "list_inputs", refuse)
+    assert main(["run", str(tmp_path / "up")]) == 2
+    assert capsys.readouterr().err == f"trackserve run: error: {tmp_path / 'up'}: Permission denied\n"
+    monkeypatch.setattr(sources, "list_inputs", lambda paths, skipped: (_ for _ in ()).throw(OSError("no file")))
+    with pytest.raises(OSError, match="no file"):  # not a file's problem: a bug, shown whole
+        main(["run", str(tmp_path / "up")])
+
+
+def test_an_event_the_system_refuses_to_read_is_named_by_its_file(capsys, tmp_path, feature_csvs, monkeypatch):
+    from trackserve.events import sources
+
+    real_read = sources.read_input
+
+    def refuse_evt_2(kind, path, spec):
+        if path.name == "evt_2.csv":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(kind, path, spec)
+
+    monkeypatch.setattr(sources, "read_input", refuse_evt_2)
+    assert main(["run", str(feature_csvs), "--no-labels", "--event-workers", "1"]) == 2
+    assert f"event evt_2: {feature_csvs / 'evt_2.csv'}: Permission denied" in capsys.readouterr().err
 
 
 def test_an_output_with_no_labels_is_refused(capsys, tmp_path, feature_csvs):
@@ -233,8 +312,14 @@ def test_labels_files_and_csvs_beside_events_are_not_read_as_events(capsys, tmp_
     again = _json(capsys, str(directory), "--output", str(directory))
     assert [event["event"] for event in again["events"]] == ["evt_1", "evt_3"]
     assert main(["run", str(directory), "--no-labels"]) == 0
+    # the labels of the directory's own events are expected there, not worth a note (one was
+    # printed on every run into the input directory); an orphan labels file is named
+    assert "not read as events" not in capsys.readouterr().err
+    (directory / "evt_1-labels.csv").rename(directory / "evt_9-labels.csv")
+    assert main(["run", str(directory), "--no-labels"]) == 0
     err = capsys.readouterr().err
-    assert f"note: not read as events: {directory / 'evt_1-labels.csv'}, {directory / 'evt_3-labels.csv'}" in err
+    assert f"note: not read as events: {directory / 'evt_9-labels.csv'} (" in err
+    assert "evt_3-labels.csv" not in err
     # a feature CSV beside a TrackML event is named too, and the event runs alone
     for path in SAMPLE_EVENT.parent.glob(SAMPLE_EVENT.name + "-*"):
         (directory / path.name).write_bytes(path.read_bytes())
@@ -369,11 +454,11 @@ def test_labels_that_cannot_be_written_fail_their_event_and_leave_no_partial_fil
     import errno
     import os
 
-    import trackserve.events.trackml as trackml
+    import trackserve.paths as paths
 
     labels = tmp_path / "labels"
     labels.mkdir()
-    (labels / "evt_1-labels.csv").write_text("an earlier run's labels\n")
+    (labels / "evt_1-labels.csv").write_text(EARLIER_LABELS)
     real_replace = os.replace
 
     def full_disk_for_evt_1(source, target):  # the disk fills up while evt_1's labels are written
@@ -381,7 +466,7 @@ def test_labels_that_cannot_be_written_fail_their_event_and_leave_no_partial_fil
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(source, target)
 
-    monkeypatch.setattr(trackml.os, "replace", full_disk_for_evt_1)
+    monkeypatch.setattr(paths.os, "replace", full_disk_for_evt_1)
     status = main(["run", str(feature_csvs), "--json", "--output", str(labels), "--event-workers", "1"])
     assert status == 2
     out, err = capsys.readouterr()
@@ -416,7 +501,7 @@ def test_events_lost_with_a_dead_worker_are_named_and_the_others_still_run(capsy
     monkeypatch.setattr(Pipeline, "run_many", worker_dies_once)
     labels = tmp_path / "labels"
     labels.mkdir()
-    (labels / "evt_1-labels.csv").write_text("an earlier run's labels\n")
+    (labels / "evt_1-labels.csv").write_text(EARLIER_LABELS)
     assert main(["run", str(feature_csvs), "--json", "--output", str(labels), "--event-workers", "1"]) == 2
     out, err = capsys.readouterr()
     report = json.loads(out)

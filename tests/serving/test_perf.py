@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trackserve.cli import main
-from trackserve.errors import InputError
+from trackserve.errors import InputError, OutputError
 from trackserve.serving.perf import (
     CSV_COLUMNS,
     PerfSettings,
@@ -33,6 +33,30 @@ WARMUP = 0.3
 
 
 # ------------------------------------------------------------------ without a server
+
+
+def test_a_csv_that_cannot_be_written_whole_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    # It was written in place: a full disk left a truncated CSV and a traceback.
+    import errno
+    import pathlib
+
+    settings = PerfSettings(url="unused:1")
+    result = summarize([RequestRecord(1.0, 1.5, None)], concurrency=1, settings=settings, window_start=1.0,
+                       window_end=2.0)
+    target = tmp_path / "r.csv"
+    target.write_text("an earlier sweep\n")
+
+    def disk_full(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", disk_full)
+    with pytest.raises(OutputError, match=f"cannot write {target}: No space left on device"):
+        write_csv([result], target)
+    assert target.read_text() == "an earlier sweep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+    monkeypatch.undo()
+    assert list(csv.DictReader(write_csv([result], target).open()))[0]["concurrency"] == "1"
 
 
 @pytest.mark.parametrize("text, expected", [

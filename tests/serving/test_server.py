@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_EVENT
+from tests.conftest import EARLIER_LABELS, SAMPLE_EVENT
 from trackserve.cli import main
 from trackserve.errors import InputError, ServingError
 from trackserve.paths import DEFAULT_BUNDLE
@@ -135,7 +135,7 @@ def test_client_command_sends_the_other_events_when_one_cannot_be_read(triton_se
     last = tmp_path / "evt_3.csv"
     np.savetxt(last, sample_features[200:400], delimiter=",", fmt="%.9g")
     (tmp_path / "labels").mkdir()
-    (tmp_path / "labels" / "evt_2-labels.csv").write_text("an earlier run's labels\n")
+    (tmp_path / "labels" / "evt_2-labels.csv").write_text(EARLIER_LABELS)
     code = main(["client", str(good), str(bad), str(last), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
                  "--output", str(tmp_path / "labels")])
     captured = capsys.readouterr()

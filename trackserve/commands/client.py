@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
-    from ..labels_output import (chosen_output, labels_files, note_beyond_detector, note_replaced, note_skipped,
-                                 remove_stale_labels)
+    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_beyond_detector, note_skipped
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
     spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
@@ -93,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     note_skipped("client", skipped)
     output = chosen_output(args.output, args.no_labels)
     labels_paths = labels_files(output, inputs)
-    note_replaced("client", labels_paths)
+    earlier = EarlierLabels("client", labels_paths)
     pipeline = None
 
     failures = 0
@@ -121,48 +120,54 @@ def run(args: argparse.Namespace) -> int:
             from ..runtime.pipeline import Pipeline
 
             pipeline = Pipeline(bundle, config=RuntimeConfig(vertex_shifts=client.served_vertex_shifts()))
-        for number, (kind, path) in enumerate(inputs):
-            try:
-                item = read_input(kind, path, spec) if kind == "trackml" else read_feature_input(path, served)
-            except TrackserveError as error:  # a bad input file: report it, send the others
-                failures += 1
-                print(f"{path}: FAILED, not sent: {error}", file=sys.stderr)
-                if labels_paths is not None:
-                    remove_stale_labels("client", labels_paths[number])
-                continue
-            if kind == "features" and note_spec is not None:
-                note_beyond_detector("client", path, item.features, note_spec)
-            try:
-                labels = client.infer(item.features, request_id=item.name)
-            except ServingError as error:
-                failures += 1
-                print(f"{item.name}: FAILED: {error}", file=sys.stderr)
-                if labels_paths is not None:
-                    remove_stale_labels("client", labels_paths[number])
-                continue
-            tracks = int(np.unique(labels).size)  # whatever labels the server sent, compact or not
-            line = f"{item.name}: {labels.shape[0]} hits, {tracks} tracks (distinct labels)"
-            if pipeline is not None:
-                expected = pipeline.run(item.features).labels
-                if np.array_equal(labels, expected):
-                    line += ", identical to the local runtime"
-                else:
-                    failures += 1
-                    if labels.shape == expected.shape:
-                        line += (f", MISMATCH: {hits_in_other_tracks(labels, expected)} of {expected.size} hits are in "
-                                 "tracks other than the local runtime's")
-                    else:
-                        line += f", MISMATCH: {labels.size} labels for the local runtime's {expected.size} hits"
-            if labels_paths is not None:
+        try:
+            for number, (kind, path) in enumerate(inputs):
                 try:
-                    write_submission(labels_paths[number], item.event_id, item.hit_ids, labels)
-                except OutputError as error:  # no space left, say: this event's labels are lost, named
+                    item = read_input(kind, path, spec) if kind == "trackml" else read_feature_input(path, served)
+                except TrackserveError as error:  # a bad input file: report it, send the others
                     failures += 1
-                    print(f"{item.name}: FAILED: answered, but {error}", file=sys.stderr)
-                    remove_stale_labels("client", labels_paths[number])
+                    print(f"{path}: FAILED, not sent: {error}", file=sys.stderr)
+                    if labels_paths is not None:
+                        earlier.remove(labels_paths[number])
                     continue
-                written += 1
-            print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
+                if kind == "features" and note_spec is not None:
+                    note_beyond_detector("client", path, item.features, note_spec)
+                try:
+                    labels = client.infer(item.features, request_id=item.name)
+                except ServingError as error:
+                    failures += 1
+                    print(f"{item.name}: FAILED: {error}", file=sys.stderr)
+                    if labels_paths is not None:
+                        earlier.remove(labels_paths[number])
+                    continue
+                tracks = int(np.unique(labels).size)  # whatever labels the server sent, compact or not
+                line = f"{item.name}: {labels.shape[0]} hits, {tracks} tracks (distinct labels)"
+                if pipeline is not None:
+                    expected = pipeline.run(item.features).labels
+                    if np.array_equal(labels, expected):
+                        line += ", identical to the local runtime"
+                    else:
+                        failures += 1
+                        if labels.shape == expected.shape:
+                            moved = hits_in_other_tracks(labels, expected)
+                            line += (f", MISMATCH: {moved} of {expected.size} hits are in tracks other than the "
+                                     "local runtime's")
+                        else:
+                            line += f", MISMATCH: {labels.size} labels for the local runtime's {expected.size} hits"
+                if labels_paths is not None:
+                    try:
+                        write_submission(labels_paths[number], item.event_id, item.hit_ids, labels)
+                    except OutputError as error:  # no space left, say: this event's labels are lost, named
+                        failures += 1
+                        print(f"{item.name}: FAILED: answered, but {error}", file=sys.stderr)
+                        earlier.remove(labels_paths[number])
+                        continue
+                    earlier.replaced(labels_paths[number])
+                    written += 1
+                print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
+        except BaseException:  # Ctrl-C, SIGTERM, an error: no earlier run's labels pass for this run's
+            earlier.remove_unreplaced()
+            raise
     answered = len(inputs) - failures
     print(f"{answered} of {len(inputs)} event(s) answered{' and identical' if args.check else ''} by "
           f"'{args.model}' at {url} ({args.protocol})"

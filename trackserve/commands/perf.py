@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..jsonout import dumps
-from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT
+from ..paths import DEFAULT_BUNDLE, SAMPLE_EVENT, write_files_atomically
 
 ORDER = 63
 
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json == "-":
                 print(text)
             else:
-                Path(args.json).write_text(text + "\n")
+                write_files_atomically([(Path(args.json), (text + "\n").encode())])
                 print(f"JSON written to {Path(args.json).resolve()}", file=sys.stderr)
 
     try:

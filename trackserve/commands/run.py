@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT, figure_text
 from ..jsonout import dumps
-from ..paths import DEFAULT_BUNDLE, DEFAULT_LABELS_DIRECTORY, SAMPLE_EVENT
+from ..paths import DEFAULT_BUNDLE, DEFAULT_LABELS_DIRECTORY, SAMPLE_EVENT, file_problem
 from ..runtime.config import DEFAULT_EDGE_CHUNK_SIZE, DEFAULT_MEMORY_LIMIT_BYTES
 
 ORDER = 50
@@ -231,8 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
-    from ..labels_output import (chosen_output, labels_files, note_beyond_detector, note_replaced, note_skipped,
-                                 remove_stale_labels)
+    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_beyond_detector, note_skipped
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -244,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     config, workers_chosen = _config(args, len(inputs))
     output = chosen_output(args.output, args.no_labels)
     labels_paths = labels_files(output, inputs)
-    note_replaced("run", labels_paths)
+    earlier = EarlierLabels("run", labels_paths)
     pipeline = Pipeline(bundle, config=config)
     records = []
     total_seconds = 0.0
@@ -257,10 +256,11 @@ def run(args: argparse.Namespace) -> int:
     failed: list[tuple[int, dict]] = []  # (input index, what failed and why)
 
     def fail(index: int, name: str, error: Exception) -> None:
-        where = "" if str(inputs[index][1]) in str(error) else f" ({inputs[index][1]})"
-        print(f"trackserve run: error: event {name}{where}: {error}", file=sys.stderr)
-        removed = labels_paths is not None and remove_stale_labels("run", labels_paths[index])
-        failed.append((index, {"event": name, "input": str(inputs[index][1]), "error": str(error),
+        message = file_problem(error) if isinstance(error, OSError) and error.filename is not None else str(error)
+        where = "" if str(inputs[index][1]) in message else f" ({inputs[index][1]})"
+        print(f"trackserve run: error: event {name}{where}: {message}", file=sys.stderr)
+        removed = labels_paths is not None and earlier.remove(labels_paths[index])
+        failed.append((index, {"event": name, "input": str(inputs[index][1]), "error": message,
                                **({"removed_old_labels": str(labels_paths[index])} if removed else {})}))
         progress.update()
 
@@ -293,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
                         except OutputError as error:  # no space left, say: this event failed, the next may not
                             fail(index, item.name, error)
                             continue
+                        earlier.replaced(labels_paths[index])
                     total_seconds += result.timings["total"]  # the summary counts the events it lists
                     total_hits += result.num_hits
                     records.append(_event_record(item, result, args))
@@ -306,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:  # Ctrl-C, SIGTERM, an error: stop the worker processes now, not after their events
         results.close()
         pipeline.close(wait=False)
+        earlier.remove_unreplaced()
         raise
     finally:
         results.close()

@@ -113,8 +113,10 @@ def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
                                                and p.name[:match.start()] in names))
             return [("trackml", prefix) for prefix in prefixes]
         labels = [p for p in csvs if p.name.endswith(LABELS_SUFFIXES)]
-        skipped.extend(labels)
         features = [p for p in csvs if p not in labels]
+        # the labels of this directory's own events (a run with --output here) are not worth a note
+        own = {f"{input_name('features', p)}-labels.csv" for p in features}
+        skipped.extend(p for p in labels if p.name not in own)
         if not features:
             found = f" (only labels files: {', '.join(p.name for p in labels[:3])})" if labels else ""
             raise EventFormatError(f"holds no TrackML event and no feature CSV file{found}", path=path)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import gzip
 import io
-import os
 import re
 import warnings
 import zlib
@@ -36,6 +35,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from ..errors import EventFormatError, InputError, OutputError
+from ..paths import write_files_atomically
 from .event import (
     CELLS_COLUMNS,
     HITS_COLUMNS,
@@ -677,40 +677,13 @@ def _table_bytes(table: Table, columns: list[str], compress: bool) -> bytes:
     return gzip.compress(data, compresslevel=4) if compress else data
 
 
-def _write_files(contents: list[tuple[Path, bytes]]) -> None:
-    """Write each ``(path, bytes)``: all to temporary files beside their paths first, then each
-    renamed into place in the order given, so a failure or an interruption (Ctrl-C, SIGTERM)
-    while writing leaves every path as it was and no temporary file; :class:`OutputError`
-    names the file that could not be written."""
-    temporaries: list[Path] = []
-    current = None
-    try:
-        for path, data in contents:
-            current = path
-            temporary = path.with_name(path.name + ".partial")
-            temporaries.append(temporary)
-            temporary.write_bytes(data)
-        for (path, _data), temporary in zip(contents, temporaries):
-            current = path
-            os.replace(temporary, path)
-    except BaseException as error:
-        for temporary in temporaries:
-            try:
-                temporary.unlink(missing_ok=True)
-            except OSError:
-                pass
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write {current}: {error.strerror or error}") from None
-        raise
-
-
 def write_table(path: str | Path, table: Table, columns: list[str]) -> Path:
     """Write ``table``'s ``columns`` to a CSV file with a header; ``.gz`` paths are gzip-compressed.
 
     The file is written whole or not at all (a temporary file beside it, then renamed);
     :class:`~trackserve.errors.OutputError` names the file when it cannot be written."""
     path = Path(path)
-    _write_files([(path, _table_bytes(table, columns, path.suffix == ".gz"))])
+    write_files_atomically([(path, _table_bytes(table, columns, path.suffix == ".gz"))])
     return path
 
 
@@ -749,7 +722,7 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
         if kind == "particles" and "particle_type" in table:
             columns.insert(1, "particle_type")
         contents.append((kind, directory / f"{event.name}-{kind}{suffix}", _table_bytes(table, columns, compress)))
-    _write_files([(path, data) for _kind, path, data in contents])
+    write_files_atomically([(path, data) for _kind, path, data in contents])
     written = {kind: path for kind, path, _data in contents}
     for kind in SCHEMAS:  # an earlier copy's tables this event lacks would be read back with it
         stale = directory / f"{event.name}-{kind}{suffix}"

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import itertools
 import math
 import threading
@@ -48,6 +49,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError, ServingError
+from ..paths import write_files_atomically
 from .client import PROTOCOLS, TritonClient, client_module, describe_failure, labels_from_result, make_inputs, make_outputs
 from .interface import DEFAULT_MODEL_NAME
 
@@ -485,10 +487,12 @@ def write_csv_rows(results: Sequence[LevelResult], handle) -> None:
 
 
 def write_csv(results: Sequence[LevelResult], path: str | Path) -> Path:
-    """Write one CSV row per level to the file ``path`` (:func:`write_csv_rows`; no levels: the header alone)."""
+    """Write one CSV row per level to the file ``path`` (:func:`write_csv_rows`; no levels: the
+    header alone), whole or not at all (:class:`~trackserve.errors.OutputError` names it)."""
     path = Path(path)
-    with path.open("w", newline="") as handle:
-        write_csv_rows(results, handle)
+    text = io.StringIO(newline="")
+    write_csv_rows(results, text)
+    write_files_atomically([(path, text.getvalue().encode())])
     return path
 
 

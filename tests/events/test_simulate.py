@@ -474,6 +474,38 @@ def test_command_line_refuses_to_write_over_events_unless_asked(geometry, tmp_pa
     assert read_event(tmp_path / "event000000000").num_hits > 0
 
 
+@pytest.mark.parametrize("options, spelling", [
+    (["--overwrite"], "as written"), ([], "as written"), (["--overwrite", "--events", "2", "--gzip"], "as written"),
+    (["--overwrite", "--gzip"], "another spelling"), (["--overwrite", "--events", "3"], "a link elsewhere"),
+])
+def test_command_line_refuses_to_write_over_its_particles_input(tmp_path, capsys, options, spelling):
+    assert main(["simulate", "--output", str(tmp_path), "--num-particles", "20", "--seed", "1"]) == 0
+    table = tmp_path / "event000000000-particles.csv"
+    given = {"as written": table, "another spelling": tmp_path / ".." / tmp_path.name / table.name,
+             "a link elsewhere": tmp_path / "elsewhere" / "particles.csv"}[spelling]
+    if spelling == "a link elsewhere":
+        given.parent.mkdir()
+        given.symlink_to(table)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    capsys.readouterr()
+    assert main(["simulate", "--output", str(tmp_path), "--particles", str(given), "--seed", "5", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" not in err
+    assert f"--output {tmp_path} would write over the --particles input {given}; write the events elsewhere" in err
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+def test_command_line_simulates_particles_of_another_event_in_the_output(tmp_path, capsys):
+    assert main(["simulate", "--output", str(tmp_path), "--num-particles", "20", "--seed", "1"]) == 0
+    table = tmp_path / "event000000000-particles.csv"
+    before = table.read_bytes()
+    assert main(["simulate", "--output", str(tmp_path), "--particles", str(table), "--seed", "5",
+                 "--first-event-id", "1", "--events", "2", "--gzip"]) == 0
+    assert table.read_bytes() == before
+    assert read_event(tmp_path / "event000000002").particles["particle_id"].tolist() == \
+        read_particles(table)["particle_id"].tolist()
+
+
 @pytest.mark.parametrize("seed, message", [(-1, "seed -1 must be in 0.."), (1.5, "seed must be an integer or a sequence"),
                                            ((1, -2), "seed -2 must be in 0.."), (True, "seed must be an integer")])
 def test_simulate_event_refuses_seeds_numpy_would_reject(geometry, seed, message):

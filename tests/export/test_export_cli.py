@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from trackserve.cli import main
 from trackserve.events.features import EXATRKX_SERVICE
 from trackserve.export.embedding import EmbeddingNetwork
 from trackserve.export.filter import EdgeFilter
+from trackserve.export.onnx_export import read_onnx_model
 from trackserve.export.resagnn import ResAGNN
 
 
@@ -228,6 +231,60 @@ def test_an_unusable_output_path_is_refused_before_any_work(tmp_path, capsys, wh
         assert f"--output {output}" in err and problem in err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "plain"]  # no .partial file left
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_an_output_that_is_no_regular_file_is_refused_even_with_overwrite(tmp_path, capsys):
+    """A FIFO (or a device) is no place for a network: os.replace would put a regular file in its place."""
+    fifo = tmp_path / "gnn.onnx"
+    os.mkfifo(fifo)
+    absent = str(tmp_path / "absent.ckpt")  # would be the error if the network were loaded first
+    for command in (["export", absent, "--kind", "gnn"], ["import", absent]):
+        for overwrite in ([], ["--overwrite"]):
+            assert main(command + ["-o", str(fifo), *overwrite]) == 2
+            err = _one_line(capsys.readouterr().err)
+            assert f"--output {fifo} is a FIFO (named pipe), not a file: an ONNX network is written to a regular " \
+                   "file; give a file name" in err and "--overwrite" not in err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gnn.onnx"]  # no .partial file left
+
+
+@pytest.mark.skipif(not stat.S_ISCHR(os.stat("/dev/null").st_mode), reason="needs /dev/null, a character device")
+def test_a_device_output_is_refused_even_with_overwrite(tmp_path, capsys):
+    absent = str(tmp_path / "absent.ckpt")  # nothing to export even if the refusal failed: /dev/null stays
+    for command in (["export", absent, "--kind", "gnn"], ["import", absent]):
+        # checked first: without --overwrite the error must not invite it
+        for overwrite in ([], ["--overwrite"]):
+            assert main(command + ["-o", "/dev/null", *overwrite]) == 2
+            err = _one_line(capsys.readouterr().err)
+            assert "--output /dev/null is a character device, not a file" in err and "--overwrite" not in err
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_symbolic_link_output_is_written_through(tmp_path, capsys):
+    checkpoint = _save_checkpoint(_gnn(1), tmp_path / "gnn.ckpt")
+    target, link = tmp_path / "target.onnx", tmp_path / "cur.onnx"
+    target.write_bytes(b"an earlier export")
+    link.symlink_to(target.name)
+    export = ["export", checkpoint, "--kind", "gnn", "--runs", "1", "-o", str(link)]
+    assert main(export) == 2
+    assert f"--output {link} exists; pass --overwrite to replace it" in _one_line(capsys.readouterr().err)
+    assert main(export + ["--overwrite"]) == 0
+    assert f"wrote {link}" in capsys.readouterr().out
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert read_onnx_model(target).graph.node and file_sha256(link) == file_sha256(target)
+    # a link to nothing yet: its target is created, the link kept
+    dangling, new = tmp_path / "dangling.onnx", tmp_path / "new.onnx"
+    dangling.symlink_to(new.name)
+    assert main(["import", checkpoint, "-o", str(dangling)]) == 0
+    assert dangling.is_symlink() and read_onnx_model(new).graph.node
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")]
+    # a link to an input is the input: still refused
+    before = file_sha256(checkpoint)
+    to_input = tmp_path / "input.onnx"
+    to_input.symlink_to(checkpoint)
+    assert main(["import", checkpoint, "-o", str(to_input), "--overwrite"]) == 2
+    assert f"--output {to_input} is the input file {checkpoint}" in _one_line(capsys.readouterr().err)
+    assert file_sha256(checkpoint) == before and to_input.is_symlink()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")

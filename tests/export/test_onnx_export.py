@@ -188,6 +188,22 @@ def test_embedding_dim_comes_from_the_network(tmp_path):
     assert [t.to_dict() for t in report.outputs] == [{"name": "embedding", "dtype": "float32", "dims": ["num_hits", 4]}]
 
 
+def test_a_link_is_replaced_unless_followed(tmp_path):
+    # A bundle's network file that links to another bundle's must not change that one (its
+    # recorded sha256 would no longer match); `--output link` of export and import writes through.
+    shared = tmp_path / "shared.onnx"
+    shared.write_bytes(b"another bundle's network")
+    link = tmp_path / "embedding.onnx"
+    link.symlink_to(shared)
+    report = export_network(ToyEmbedding(), "embedding", link)
+    assert not link.is_symlink() and file_sha256(link) == report.sha256
+    assert shared.read_bytes() == b"another bundle's network"
+    link.unlink()
+    link.symlink_to(shared)
+    report = export_network(ToyEmbedding(), "embedding", link, follow_link=True)
+    assert link.is_symlink() and file_sha256(shared) == report.sha256
+
+
 # ----------------------------------------------------------------------------- wrong networks
 
 

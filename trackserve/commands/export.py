@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="which network of the bundle (required with --bundle; pruner: a bundle's first GNN)")
     parser.add_argument("--check", action="store_true", help="validate the existing ONNX file; write nothing")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing OUT.onnx (never the input NET.pt itself; a bundle's network "
-                        "file is always replaced)")
+                        help="replace an existing OUT.onnx (a symbolic link's target: the link is kept; never the "
+                        "input NET.pt itself; a bundle's network file is always replaced)")
     parser.add_argument("--kind", choices=("embedding", "filter", "gnn", "resagnn", "interaction"),
                         help="network kind when the file does not tell (default: detected, or --network)")
     parser.add_argument("--hparams", metavar="YAML", help="training hyperparameters (e.g. hparams_GNN.yaml)")
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                   "tune-cut) before relying on its tracks", file=sys.stderr)
         return 0
 
-    report = export_network(network, None, args.output, opset=opset, runs=args.runs)
+    report = export_network(network, None, args.output, opset=opset, runs=args.runs, follow_link=True)
     print(report.validation.summary())
     print(f"wrote {report.path} (opset {report.opset}, sha256 {report.sha256})")
     return 0

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", "-o", required=True, metavar="OUT.onnx",
                         help="ONNX file to write (its directory is created when missing)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing OUT.onnx (never the checkpoint or hyperparameter file itself)")
+                        help="replace an existing OUT.onnx (a symbolic link's target: the link is kept; never the "
+                        "checkpoint or hyperparameter file itself)")
     parser.add_argument(
         "--trust-pickle", action="store_true",
         help="allow a checkpoint that pickles arbitrary Python objects (runs code: trusted files only)",
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     parameters = sum(parameter.numel() for parameter in network.parameters())
     print(f"imported {network.architecture} ({parameters:,} parameters) from {args.checkpoint}")
     print(f"config: {json.dumps(network.config, sort_keys=True)}")
-    report = export_network(network, network.kind, args.output)
+    report = export_network(network, network.kind, args.output, follow_link=True)
     if report.validation is not None:
         print(report.validation.summary())
     print(f"wrote {report.path} (sha256 {report.sha256})")

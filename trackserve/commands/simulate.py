@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from dataclasses import fields, replace
+from pathlib import Path
 
 ORDER = 10
 
@@ -121,6 +123,24 @@ def _refuse_existing(output, event_ids) -> None:
                              "--first-event-id, or --overwrite to replace the events' files")
 
 
+def _refuse_writing_over_particles(output: str, particles: str | None, event_ids: range) -> None:
+    """Refuse an ``--output`` where an event's files would take the place of the ``--particles``
+    table: each event is written as ``event<id>-<kind>.csv[.gz]`` there, and with ``--overwrite``
+    every earlier file of the event, in either compression, is removed first."""
+    from ..errors import InputError
+    from ..events.event import SCHEMAS, event_name
+    from ..paths import same_file
+
+    if particles is None or not os.path.exists(particles):  # a missing table is the reader's to name
+        return
+    for source in (Path(particles), Path(particles).resolve()):  # the name given, and the file a link leads to
+        match = re.fullmatch(r"event(\d+)-(\w+)\.csv(?:\.gz)?", source.name)
+        if (match and match[2] in SCHEMAS and int(match[1]) in event_ids
+                and f"event{match[1]}" == event_name(int(match[1])) and same_file(source.parent, output)):
+            raise InputError(f"--output {output} would write over the --particles input {particles}; "
+                             "write the events elsewhere")
+
+
 def run(args: argparse.Namespace) -> int:
     """Simulate and write ``--events`` events, printing one summary line per event."""
     import numpy as np
@@ -141,12 +161,13 @@ def run(args: argparse.Namespace) -> int:
                          f"{MAX_EVENT_ID}, the largest a TrackML file holds (a signed 64-bit integer)")
     check_seed(args.seed)
     config = _config(args)
+    event_ids = range(args.first_event_id, args.first_event_id + args.events)
+    _refuse_writing_over_particles(args.output, args.particles, event_ids)
     geometry = load_geometry(args.geometry)
     source = config if args.particles is None else read_particles(args.particles, need_nhits=False)
     _check_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles,
                   config.noise_fraction)
     output = output_directory(args.output, "--output")
-    event_ids = range(args.first_event_id, args.first_event_id + args.events)
     if not args.overwrite:
         _refuse_existing(output, event_ids)
     for event_id in event_ids:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import stat
 import sys
 import warnings
 from dataclasses import dataclass
@@ -456,28 +457,58 @@ def check_opset(opset, option: str = "opset") -> int:
     return opset
 
 
+_SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _written_path(path: Path) -> Path:
+    """The file an export to ``path`` replaces: a symbolic link is written through (its
+    target replaced, the link kept, as ``-o link`` means), any other path is itself."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _special_file(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a directory
+    (``"a character device"``, ...), else ``None``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), None)
+
+
 def check_output_path(path: str | os.PathLike, option: str, *, overwrite: bool = False,
                       inputs: tuple = ()) -> Path:
     """Check, before any work, that an export may write the ONNX file ``path`` (given by ``option``).
 
     Raises InputError naming ``option`` when ``path`` is one of the files ``inputs`` the job
-    reads (never written over, even with ``overwrite``), an existing file and not
-    ``overwrite``, a directory, or a place where no file can be created
-    (:func:`~trackserve.paths.output_file`). A missing
-    parent directory is created, as :func:`export_network` would create it.
+    reads (never written over, even with ``overwrite``), a device, FIFO or socket (even with
+    ``overwrite``: the export would put a regular file in its place), an existing file and not
+    ``overwrite``, a directory, a symbolic link loop, or a place where no file can be created
+    (:func:`~trackserve.paths.output_file`). A symbolic link is checked as the file it points
+    to, which the export replaces. A missing parent directory is created, as
+    :func:`export_network` would create it.
     """
     path = Path(path)
     for source in inputs:
         if source is not None and path.exists() and Path(source).exists() and same_file(path, source):
             raise InputError(f"{option} {path} is the input file {source}: writing it would destroy the input; "
                              "give another file name")
-    if path.exists() and not path.is_dir() and not overwrite:
+    target = _written_path(path)
+    if target.is_symlink():  # realpath stops at a link it cannot follow: a loop
+        raise InputError(f"{option} {path} is a symbolic link that leads to no file (a loop); give a file name")
+    special = _special_file(target)
+    if special:
+        raise InputError(f"{option} {path} is {special}, not a file: an ONNX network is written to a regular file; "
+                         "give a file name")
+    if target.exists() and not target.is_dir() and not overwrite:
         raise InputError(f"{option} {path} exists; pass --overwrite to replace it, or give another file name")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise InputError(f"{option} {path}: {path.parent} is a file, not a directory")
-    if not path.parent.exists():
-        output_directory(path.parent, option)
-    return output_file(path, option)  # also tries creating a file there, where the export writes its temporary one
+    if target.parent.exists() and not target.parent.is_dir():
+        raise InputError(f"{option} {path}: {target.parent} is a file, not a directory")
+    if not target.parent.exists():
+        output_directory(target.parent, option)
+    output_file(target, option)  # also tries creating a file there, where the export writes its temporary one
+    return path
 
 
 @contextlib.contextmanager
@@ -535,13 +566,18 @@ def export_network(
     validate: bool = True,
     runs: int = 3,
     providers: list[str] | None = None,
+    follow_link: bool = False,
 ) -> ExportReport:
     """Export ``module`` to the ONNX file ``path`` and (``validate``) check it against PyTorch.
 
     ``kind``: ``embedding`` or ``edge_classifier`` (``filter``/``gnn`` accepted; ``None``
     takes ``module.kind``). ``num_features``: F (default: ``module.config["in_channels"]``).
     The file is written next to ``path`` first and moved into place only once it passed
-    validation, so a failed export never replaces a good file. The graph written is that of
+    validation, so a failed export never replaces a good file; a device, FIFO or socket is
+    refused. A symbolic link ``path`` is replaced by the file, so a file it points to (another
+    bundle's) is left alone, as :func:`~trackserve.bundle.saving.save_weights` does; with
+    ``follow_link`` (``--output`` of ``export`` and ``import``) it is written through instead,
+    its target replaced and the link kept. The graph written is that of
     :func:`~trackserve.export.inference_forms.inference_form` (a cheaper form of the same
     function for some networks), validated against ``module`` itself; the file records the
     network's architecture and config in its metadata (``trackserve.network``), which a
@@ -562,10 +598,14 @@ def export_network(
     if validate:
         _check_runs(runs)
     path = Path(path)
-    if path.is_dir():  # checked before any work: the file is moved into place only at the end
+    target = _written_path(path) if follow_link else path
+    if target.is_dir():  # checked before any work: the file is moved into place only at the end
         raise InputError(f"{path} is a directory: give the ONNX file to write (for example {path / 'network.onnx'})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
+    special = _special_file(target)
+    if special:  # os.replace would put a regular file in its place (/dev/null, as root)
+        raise InputError(f"{path} is {special}, not a file: an ONNX network is written to a regular file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".partial")
 
     was_training = getattr(module, "training", False)
     module.eval()
@@ -611,7 +651,7 @@ def export_network(
     finally:
         if was_training:
             module.train()
-    os.replace(temporary, path)
+    os.replace(temporary, target)
     if validation is not None:
         validation = dataclasses.replace(validation, path=str(path))
     return ExportReport(str(path), spec.kind, opset, file_sha256(path), inputs_info, outputs_info, validation, export_warnings)

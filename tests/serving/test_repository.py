@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from trackserve.bundle import file_sha256, load_bundle
 from trackserve.cli import main
-from trackserve.errors import InputError
+from trackserve.errors import InputError, OutputError
 from trackserve.serving.interface import STAGE_NAMES
 from trackserve.serving.repository import RepositoryOptions, write_repository
 from trackserve.serving.triton_models import PIPELINE_MODEL, STAGE_MODEL
@@ -211,3 +214,94 @@ def test_a_repository_path_with_whitespace_or_shell_characters_is_refused(tiny_b
     with pytest.raises(InputError, match=r"holds \( \), which Triton's Python backend cannot start models from"):
         write_repository(tiny_bundle, tmp_path / "p(x)" / "repo")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def tree(directory) -> dict:
+    """Every file and folder under ``directory``: its bytes and mode (a folder: None and mode)."""
+    return {path.relative_to(directory).as_posix(): (None if path.is_dir() else path.read_bytes(), path.stat().st_mode)
+            for path in sorted(directory.rglob("*"))}
+
+
+def fail_copies_after(monkeypatch, files: int, error: BaseException) -> None:
+    """Make every file copy after the first ``files`` raise ``error``, the failed file left empty as a
+    full disk leaves it (shutil.copyfile: what the writer calls, through shutil.copy2 for the bundle)."""
+    real = shutil.copyfile
+    copied = []
+
+    def copyfile(source, destination, *args, **kwargs):
+        if len(copied) >= files:
+            Path(destination).write_bytes(b"")
+            raise error
+        copied.append(destination)
+        return real(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+
+
+def test_a_full_disk_leaves_the_repository_as_it_was_and_a_rerun_succeeds(tiny_bundle, tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    write_repository(tiny_bundle, repo, RepositoryOptions(layout="both"))
+    before = tree(repo)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    for output, more in ((repo, ["--overwrite"]), (tmp_path / "new", [])):
+        command = ["triton-repo", str(output), "--bundle", str(tiny_bundle), *more]
+        with monkeypatch.context() as patch:
+            fail_copies_after(patch, 3, full)
+            assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"trackserve triton-repo: error: cannot write the model repository {output} (")
+        assert "No space left on device" in err and err.count("\n") == 1, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no temporary directory, no new one
+        assert tree(repo) == before
+        assert main(command) == 0
+        assert sorted(p.name for p in output.iterdir()) == ["exatrkx"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"repo", output.name})
+        before = tree(repo)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), PermissionError(errno.EACCES, "Permission denied")])
+def test_an_interrupted_or_failed_write_leaves_the_repository_as_it_was(tiny_bundle, tmp_path, monkeypatch, error):
+    repo = tmp_path / "repo"
+    write_repository(tiny_bundle, repo)
+    before = tree(repo)
+    fail_copies_after(monkeypatch, 1, error)
+    with pytest.raises(OutputError if isinstance(error, OSError) else KeyboardInterrupt):
+        write_repository(tiny_bundle, repo, RepositoryOptions(layout="both"), overwrite=True)
+    assert tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_the_old_repository_is_restored_when_the_new_one_cannot_take_its_place(tiny_bundle, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    write_repository(tiny_bundle, repo)
+    before = tree(repo)
+    rename = os.rename
+
+    def refuse_the_new_one(source, destination, *args, **kwargs):
+        if ".partial-" in str(source):
+            raise OSError(errno.EIO, "Input/output error", str(source), None, str(destination))
+        return rename(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", refuse_the_new_one)
+    with pytest.raises(OutputError, match=f"cannot write the model repository {repo} .*Input/output error"):
+        write_repository(tiny_bundle, repo, RepositoryOptions(layout="both"), overwrite=True)
+    assert tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_a_repository_that_cannot_be_renamed_is_replaced_inside_itself(tiny_bundle, tmp_path, monkeypatch):
+    # A mount point (a container's volume, say) cannot be renamed: the new repository is written
+    # inside it and takes the old one's place entry by entry, or not at all.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: os.path.realpath(path) == os.path.realpath(repo))
+    write_repository(tiny_bundle, repo, RepositoryOptions(layout="both"))
+    before = tree(repo)
+    with monkeypatch.context() as patch:
+        fail_copies_after(patch, 2, OSError(errno.ENOSPC, "No space left on device"))
+        with pytest.raises(OutputError, match="No space left on device"):
+            write_repository(tiny_bundle, repo, overwrite=True)
+    assert tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+    write_repository(tiny_bundle, repo, overwrite=True)
+    assert sorted(p.name for p in repo.iterdir()) == ["exatrkx"]

@@ -14,19 +14,28 @@ from :mod:`trackserve.serving.interface`, never typed by hand. Each model's ``mo
 is copied from :mod:`trackserve.serving.triton_models`. The bundle is copied into the
 repository (``<model>/bundle``, a folder Triton ignores), so the repository is
 self-contained; configs name it relative to the repository root.
+
+A repository is written whole or not at all: into a fresh directory beside the output,
+which is renamed into place once complete (an old repository there, replaced with
+``overwrite``, is renamed aside first and removed last). A failure (a full disk) or an
+interruption leaves the output as it was and no temporary directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ..bundle import PIPELINE_FILE, Bundle, file_sha256, load_bundle
-from ..errors import InputError
-from ..paths import output_directory
+from ..errors import InputError, OutputError
+from ..paths import file_problem
 from .interface import (
     DEFAULT_ENSEMBLE_NAME,
     DEFAULT_MODEL_NAME,
@@ -232,8 +241,9 @@ def _runtime_parameters(options: RepositoryOptions) -> dict[str, str]:
 
 
 def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> None:
-    """Make ``output`` an empty directory, replacing a model repository there only with ``overwrite``
-    (never the one that holds the bundle being written, nor through a symbolic link)."""
+    """Check that the repository may be written to ``output``: a new or empty directory, or a model
+    repository with ``overwrite`` (never the one that holds the bundle being written, nor through a
+    symbolic link). Changes nothing: :func:`_repository_written_to` replaces ``output``."""
     if output.exists() and not output.is_dir():
         raise InputError(f"the repository path {output} is a file; give a directory")
     check_repository_path(output)
@@ -254,9 +264,98 @@ def _prepare_output(output: Path, overwrite: bool, bundle_directory: Path) -> No
             raise InputError(f"{output} is a symbolic link; give the directory it points to ({output.resolve()})")
         if bundle_directory.resolve().is_relative_to(output.resolve()):
             raise InputError(f"the bundle {bundle_directory} lies inside {output}, which --overwrite would delete "
-                             "before copying it; copy the bundle elsewhere first or write another repository")
-        shutil.rmtree(output)
-    output_directory(output, "the repository path")
+                             "once the new repository is written; copy the bundle elsewhere first or write another "
+                             "repository")
+
+
+@contextmanager
+def _repository_written_to(output: Path) -> Iterator[Path]:
+    """A fresh directory to write the repository into, which takes ``output``'s place when the
+    ``with`` block ends without an error. On an error or an interruption it is removed and
+    ``output`` is left as it was; an :class:`OSError` (a full disk, no permission) is raised as
+    :class:`~trackserve.errors.OutputError` naming ``output``.
+
+    The directory lies beside ``output`` (same file system: renamed into place). A directory
+    that cannot be renamed (a mount point) or beside which nothing can be made (a read-only
+    parent) gets it inside, and its entries are swapped (:func:`_swap_entries`)."""
+    target = Path(os.path.realpath(output))  # an empty directory behind a link is written through
+    existed = target.is_dir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"the repository path {output}: cannot create the directory "
+                         f"({error.strerror or error})") from None
+    if not existed:
+        places = [target.parent]
+    else:  # a mount point cannot be renamed, nor its entries renamed from beside it
+        places = [target] if os.path.ismount(target) else [target.parent, target]
+    problems = []
+    for place in places:
+        partial = place / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
+        try:
+            partial.mkdir()  # mkdir's mode (umask), not mkdtemp's private 0700: the server may run as another user
+            break
+        except OSError as error:
+            problems.append(f"{place}: {error.strerror or error}")
+    else:
+        raise InputError(f"the repository path {output}: cannot create a directory in {'; '.join(problems)}")
+    try:
+        if existed and partial.parent != target:
+            os.chmod(partial, target.stat().st_mode & 0o7777)
+        yield partial
+        if partial.parent == target:
+            _swap_entries(partial, target)
+        else:
+            _rename_into_place(partial, target)
+    except BaseException as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not isinstance(error, OSError) or isinstance(error, OutputError):
+            raise
+        problem = file_problem(error) if error.filename is not None else error.strerror or str(error)
+        raise OutputError(f"cannot write the model repository {output} ({problem.replace(str(partial), str(target))}); "
+                          + ("it is left as it was" if existed else "nothing was written")) from None
+
+
+def _rename_into_place(partial: Path, target: Path) -> None:
+    """Rename ``partial`` to ``target``; an old ``target`` is renamed aside first, put back if
+    ``partial`` cannot take its place, and removed only once it has."""
+    if not target.exists():
+        partial.rename(target)
+        return
+    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
+    target.rename(aside)
+    try:
+        partial.rename(target)
+    except BaseException:
+        try:
+            aside.rename(target)
+        except OSError as error:
+            raise OutputError(f"the new model repository could not take the place of {target}, nor the old one be put "
+                              f"back ({file_problem(error)}): the old one is in {aside}") from None
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _swap_entries(partial: Path, target: Path) -> None:
+    """Put the entries of ``partial``, a directory inside ``target``, in place of ``target``'s
+    others, each renamed (the old ones into a directory aside, removed last); all undone if one
+    rename fails. For a ``target`` that cannot itself be renamed (a mount point)."""
+    aside = target / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    aside.mkdir()
+    moves = [(entry, aside / entry.name) for entry in target.iterdir() if entry not in (partial, aside)]
+    moves += [(entry, target / entry.name) for entry in partial.iterdir()]
+    done = []
+    try:
+        for source, destination in moves:
+            source.rename(destination)
+            done.append((source, destination))
+    except BaseException:
+        for source, destination in reversed(done):
+            destination.rename(source)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    partial.rmdir()
 
 
 def _write_python_model(output: Path, name: str, source: Path, config: str) -> None:
@@ -266,17 +365,31 @@ def _write_python_model(output: Path, name: str, source: Path, config: str) -> N
     (folder / CONFIG_FILE).write_text(config)
 
 
+def _copy_tree(source: Path, destination: Path) -> None:
+    # Not shutil.copytree: it copies on past a failed file (on a full disk, one empty file after
+    # another) and gathers the errors as text in one shutil.Error, with no errno to report.
+    destination.mkdir(parents=True)
+    for entry in Path(source).iterdir():
+        if entry.is_dir():
+            _copy_tree(entry, destination / entry.name)
+        else:
+            shutil.copy2(entry, destination / entry.name)
+    shutil.copystat(source, destination)
+
+
 def _copy_bundle(bundle: Bundle, destination: Path) -> str:
-    shutil.copytree(bundle.directory, destination)
+    _copy_tree(bundle.directory, destination)
     return destination.relative_to(destination.parent.parent).as_posix()
 
 
 def write_repository(bundle, output, options: RepositoryOptions | None = None, *, overwrite: bool = False) -> WrittenRepository:
     """Write a Triton model repository serving ``bundle`` (a path or loaded :class:`Bundle`) into ``output``.
 
-    Raises :class:`~trackserve.errors.BundleError` for an invalid bundle and
+    Raises :class:`~trackserve.errors.BundleError` for an invalid bundle,
     :class:`~trackserve.errors.InputError` for bad options or an occupied ``output``
-    (replaced only with ``overwrite`` and only when it holds model folders alone).
+    (replaced only with ``overwrite`` and only when it holds model folders alone), and
+    :class:`~trackserve.errors.OutputError` when it cannot be written (a full disk): the
+    repository is written whole or not at all, ``output`` left as it was on any failure.
     """
     options = options or RepositoryOptions()
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -300,34 +413,35 @@ def write_repository(bundle, output, options: RepositoryOptions | None = None, *
 
     features = {PARAM_FEATURES: json.dumps({"names": list(loaded.feature_names), "scales": list(loaded.feature_scales)}),
                 PARAM_PIPELINE_SHA256: file_sha256(Path(loaded.directory) / PIPELINE_FILE)}
-    if options.writes_custom:
-        name = options.model_name
-        bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
-        # given: they override the bundle's stages.vertex_shifts (0: one pass); not given: the bundle's
-        shifts = {} if options.vertex_shifts is None else {PARAM_VERTEX_SHIFTS: shifts_text(options.vertex_shifts)}
-        config = _python_model_config(name, [specs[FEATURES]], [specs[LABELS]],
-                                      {PARAM_BUNDLE: bundle_ref, **runtime, **shifts, **features}, options)
-        _write_python_model(output, name, PIPELINE_MODEL, config)
-        written.models.append(name)
-        written.entry_points["custom"] = name
+    with _repository_written_to(output) as directory:
+        if options.writes_custom:
+            name = options.model_name
+            bundle_ref = _copy_bundle(loaded, directory / name / BUNDLE_DIR)
+            # given: they override the bundle's stages.vertex_shifts (0: one pass); not given: the bundle's
+            shifts = {} if options.vertex_shifts is None else {PARAM_VERTEX_SHIFTS: shifts_text(options.vertex_shifts)}
+            config = _python_model_config(name, [specs[FEATURES]], [specs[LABELS]],
+                                          {PARAM_BUNDLE: bundle_ref, **runtime, **shifts, **features}, options)
+            _write_python_model(directory, name, PIPELINE_MODEL, config)
+            written.models.append(name)
+            written.entry_points["custom"] = name
 
-    if options.writes_ensemble:
-        name = options.ensemble_name
-        (output / name / "1").mkdir(parents=True)
-        bundle_ref = _copy_bundle(loaded, output / name / BUNDLE_DIR)
-        (output / name / CONFIG_FILE).write_text(_ensemble_config(name, specs) + _parameters_block(features))
-        for stage in ENSEMBLE_STAGES:
-            parameters = {PARAM_BUNDLE: bundle_ref, PARAM_STAGE: stage.name, **runtime,
-                          PARAM_PIPELINE_SHA256: features[PARAM_PIPELINE_SHA256]}
-            config = _python_model_config(
-                stage.name,
-                [specs[t] for t in stage.inputs],
-                [specs[t] for t in stage.outputs],
-                parameters,
-                options,
-            )
-            _write_python_model(output, stage.name, STAGE_MODEL, config)
-            written.models.append(stage.name)
-        written.models.append(name)
-        written.entry_points["ensemble"] = name
+        if options.writes_ensemble:
+            name = options.ensemble_name
+            (directory / name / "1").mkdir(parents=True)
+            bundle_ref = _copy_bundle(loaded, directory / name / BUNDLE_DIR)
+            (directory / name / CONFIG_FILE).write_text(_ensemble_config(name, specs) + _parameters_block(features))
+            for stage in ENSEMBLE_STAGES:
+                parameters = {PARAM_BUNDLE: bundle_ref, PARAM_STAGE: stage.name, **runtime,
+                              PARAM_PIPELINE_SHA256: features[PARAM_PIPELINE_SHA256]}
+                config = _python_model_config(
+                    stage.name,
+                    [specs[t] for t in stage.inputs],
+                    [specs[t] for t in stage.outputs],
+                    parameters,
+                    options,
+                )
+                _write_python_model(directory, stage.name, STAGE_MODEL, config)
+                written.models.append(stage.name)
+            written.models.append(name)
+            written.entry_points["ensemble"] = name
     return written

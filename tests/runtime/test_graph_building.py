@@ -327,3 +327,30 @@ def test_far_off_points_give_no_numpy_warnings_and_values_beyond_float32_are_nam
     assert edges.shape[0] == 2 and edges.shape[1] > 0
     with pytest.raises(InputError, match=r"row 1 holds a value beyond float32's range .*\[0.0, 1e\+39\]"):
         build_graph(np.array([[0.0, 0.0], [0.0, 1e39]]), 1.0, 4)
+
+
+@pytest.mark.parametrize("spread, cap", [(1.0, 8), (0.05, 8), (1.0, 500)])  # the cap binding or not
+def test_the_memory_estimate_holds_the_search_and_a_limit_refuses_it_before(spread, cap):
+    # A search with far more pairs than the memory limit allows (a 5-million-hit event in a served
+    # model) grew to twice the limit: graph building was checked only after it.
+    import tracemalloc
+
+    from trackserve.errors import MemoryLimitError
+
+    points = np.random.default_rng(11).uniform(0, spread, size=(30_000, 3)).astype(np.float32)
+    radius = 0.02
+    built: dict = {}
+    binds = graph_building._cap_binds(points, np.float32(radius), cap, built)
+    estimate = graph_building.graph_memory_estimate(len(points), cap, binds, built.get("mean_neighbours"))
+    tracemalloc.start()
+    try:
+        edges = build_graph(points, radius, cap, threads=2, memory_limit=int(estimate) + 10**6)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert edges.shape[1] > 0 and peak <= estimate  # the numpy arrays of the search, on the safe side
+    with pytest.raises(MemoryLimitError, match=f"building the graph of 30,000 hits \\(at most {cap} kept each, "
+                                               "about [0-9,]+ neighbours each within the radius\\) needs about"):
+        build_graph(points, radius, cap, threads=2, memory_limit=int(estimate) - 1)
+    with pytest.raises(MemoryLimitError, match="memory limit"):  # what the caller holds counts too
+        build_graph(points, radius, cap, threads=2, memory_limit=int(estimate) + 10**6, memory_held=10**6 + 1)

@@ -127,6 +127,28 @@ def test_event_above_memory_limit_is_refused(tiny_bundle, sample_features):
     assert refused.value.limit == 100_000 and refused.value.needed > 100_000
 
 
+def test_a_dense_event_is_refused_before_its_graph_is_built():
+    # A served 5-million-hit event was not refused: its hits fit the limit, and graph building,
+    # checked only after it, grew the model's process to twice the limit before anything said so.
+    from trackserve.paths import DEFAULT_BUNDLE
+    from trackserve.serving.stages import make_stage
+
+    rng = np.random.default_rng(0)
+    hits = 60_000
+    features = np.stack([rng.uniform(0.03, 1.0, hits), rng.uniform(-1, 1, hits), rng.uniform(-2.9, 2.9, hits)],
+                        axis=1).astype(np.float32)
+    probe = Pipeline(DEFAULT_BUNDLE)
+    limit = probe.memory.hits_bytes(hits) + 10**6  # the hits fit; the search does not
+    config = RuntimeConfig(memory_limit_bytes=limit, intra_op_threads=1, graph_threads=1)
+    message = f"building the graph of {hits:,} hits \\(at most 48 kept each, about [0-9,]+ neighbours each"
+    with pytest.raises(MemoryLimitError, match=message) as refused:
+        Pipeline(DEFAULT_BUNDLE, config=config).run(features)
+    assert refused.value.limit == limit and refused.value.needed > limit
+    stage = make_stage("frnn", probe.bundle, config)  # the ensemble's graph stage says the same
+    with pytest.raises(MemoryLimitError, match=message):
+        stage({"EMBEDDING": probe.embed(features)})
+
+
 def _working_memory(pipeline, result) -> float:
     """The largest estimate ``Pipeline.run`` checked for an event that gave ``result``."""
     model, hits = pipeline.memory, result.num_hits

@@ -65,6 +65,27 @@ def test_bad_features_are_refused_by_the_first_stage(tiny_pipeline, sample_featu
         embed({FEATURES: sample_features[:10].astype(np.float64)})
 
 
+def test_features_the_networks_cannot_take_are_refused_alike_by_both_layouts():
+    # Two equal hits at 1e16 gave the filter a NaN for their edge: the custom model dropped the
+    # edge and answered, the ensemble refused it naming FILTER_SCORES, a tensor the client never
+    # sent; at 3e38 the ensemble did not say why.
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    pipeline = Pipeline(DEFAULT_BUNDLE)
+    stages = _stages(pipeline)
+    rng = np.random.default_rng(2)
+    features = np.stack([rng.uniform(0.03, 0.3, 200), rng.uniform(-1, 1, 200), rng.uniform(-2, 2, 200)],
+                        axis=1).astype(np.float32)
+    for value, message in [(1e16, "the filter network gives NaN for 1 edge(s), the first between hits 0 and 1 "),
+                           (3e38, "the embedding network gives NaN or infinite values for hit 0 ")]:
+        bad = features.copy()
+        bad[:2] = value
+        for run in (pipeline.run, lambda features: run_stages(stages, features)):
+            with pytest.raises(InputError) as refused:
+                run(bad)
+            assert message in str(refused.value) and "were they divided by the bundle's scales?" in str(refused.value)
+
+
 def test_stage_inputs_of_wrong_shape_are_refused(tiny_pipeline):
     applyfilter = make_stage("applyfilter", tiny_pipeline.bundle)
     edges = np.array([[0, 1, 2], [1, 2, 3]], dtype=np.int64)

@@ -54,6 +54,7 @@ from scipy.spatial import cKDTree
 
 from trackserve.errors import InputError
 
+from .memory import memory_limit_error
 from .parallel import row_parts
 
 DIRECTIONS = ("i<j", "i>j", "both")
@@ -87,6 +88,8 @@ def build_graph(
     *,
     direction: str = "i<j",
     threads: int | None = None,
+    memory_limit: int | None = None,
+    memory_held: int = 0,
 ) -> np.ndarray:
     """All pairs of hits closer than ``radius`` in ``embedding``, at most ``max_neighbours`` each.
 
@@ -105,6 +108,12 @@ def build_graph(
         ``"i<j"``, ``"i>j"`` or ``"both"``: how each kept pair is written.
     threads:
         number of threads (``None``: ``os.cpu_count()``).
+    memory_limit, memory_held:
+        bytes the caller may use in all, and those it holds already (``None``: no check).
+        Before searching, the search's working memory is estimated from the neighbour count
+        of a sample of the hits (:func:`graph_memory_estimate`); when the held bytes plus
+        the estimate exceed the limit, :class:`~trackserve.errors.MemoryLimitError` (an
+        ``InputError``) is raised before any is used.
 
     Returns
     -------
@@ -113,7 +122,8 @@ def build_graph(
     Raises
     ------
     InputError
-        on a malformed embedding, radius, cap, direction or thread count.
+        on a malformed embedding, radius, cap, direction or thread count, or (a
+        ``MemoryLimitError``) a search estimated to need more than ``memory_limit``.
     """
     points = _validated_embedding(embedding)
     r32 = _validated_radius(radius)
@@ -126,7 +136,15 @@ def build_graph(
     if n < 2:
         return np.zeros((2, 0), dtype=np.int64)
     built: dict = {}
-    if _cap_binds(points, r32, k, built):
+    binds = _cap_binds(points, r32, k, built)
+    if memory_limit is not None:
+        needed = memory_held + graph_memory_estimate(n, k, binds, built.get("mean_neighbours"))
+        if needed > memory_limit:
+            found = built.get("mean_neighbours")
+            within = "" if found is None else f", about {found:,.0f} neighbours each within the radius"
+            raise memory_limit_error(f"building the graph of {n:,} hits (at most {k} kept each{within})",
+                                     needed, memory_limit)
+    if binds:
         keys = _nearest_capped_pairs(points, r32, k, n_threads, built.get("tree"))
         small = keys // n
         if direction == "i<j":  # the keys are the pairs in this order already
@@ -136,6 +154,30 @@ def build_graph(
         small, large, dist2 = _pairs_within_radius(points, r32, n_threads)
         small, large = _apply_cap(n, small, large, dist2, k)
     return _oriented_sorted(n, small, large, direction)
+
+
+# Peak bytes of the search per slot of the nearest-neighbour tables (N x (K + 9): neighbour
+# indices and distances, the float32 check, the keys and their unique sort), and per pair
+# within the radius when every pair is enumerated (the candidates, their distances, the cap's
+# ranking, the sorted edges). Measured on random-particle embeddings of the default bundle
+# (2026-12-02): 68-70 bytes per slot (200k and 500k hits at K = 16 and 48), 78-119 bytes per
+# pair within the radius (200k hits, 4 and 29 million pairs), and on sparse points about 84
+# bytes per hit whatever their pairs (the points' copies, projection and search order); rounded up.
+_CAPPED_BYTES_PER_SLOT = 80
+_BYTES_PER_PAIR = 150
+_BYTES_PER_HIT = 128
+
+
+def graph_memory_estimate(num_hits: int, max_neighbours: int, cap_binds: bool,
+                          mean_neighbours: float | None) -> float:
+    """Bytes :func:`build_graph`'s search is expected to need at most: the nearest-neighbour
+    tables when the cap binds, else every pair within the radius (``mean_neighbours`` per hit,
+    from a sample; all pairs of the hits when not sampled, on small events)."""
+    base = float(num_hits) * _BYTES_PER_HIT
+    if cap_binds:
+        return base + float(num_hits) * (max_neighbours + 1 + _KNN_EXTRA) * _CAPPED_BYTES_PER_SLOT
+    per_hit = (num_hits - 1) if mean_neighbours is None else min(mean_neighbours, num_hits - 1)
+    return base + float(num_hits) * max(per_hit, 0.0) / 2 * _BYTES_PER_PAIR
 
 
 # Extra neighbours asked of the nearest-neighbour query beyond K + 1 (the hit itself):
@@ -175,7 +217,9 @@ _KNN_LEAF_SIZE = 32
 def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None = None) -> bool:
     """Whether most hits have far more than ``k`` neighbours within the radius (estimated on a sample).
 
-    The k-d tree of the hits it builds is left in ``built["tree"]`` for the search that follows.
+    The k-d tree of the hits it builds is left in ``built["tree"]`` for the search that follows,
+    the sample's mean neighbour count in ``built["mean_neighbours"]`` (not set for the small
+    events it decides without a sample).
     """
     n = points.shape[0]
     if n <= 4 * (k + 1 + _KNN_EXTRA) or n < 1_000:
@@ -192,13 +236,19 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
             with np.errstate(over="ignore", invalid="ignore"):  # far-off points overflow: inf or nan, not within
                 squared = sample_norms + np.einsum("nd,nd->n", part, part)[None, :] - 2 * (sample @ part.T)
             within += np.count_nonzero(squared < r32 * r32)
-        return within / sample.shape[0] - 1.0 > _KNN_FACTOR * k
+        mean = within / sample.shape[0] - 1.0
+        if built is not None:
+            built["mean_neighbours"] = mean
+        return mean > _KNN_FACTOR * k
     step = max(1, n // _KNN_SAMPLE)
     tree = cKDTree(points, leafsize=_KNN_LEAF_SIZE)
     if built is not None:
         built["tree"] = tree
     counts = tree.query_ball_point(points[::step], float(r32), return_length=True)
-    return float(np.mean(counts)) - 1.0 > _KNN_FACTOR * k
+    mean = float(np.mean(counts)) - 1.0
+    if built is not None:
+        built["mean_neighbours"] = mean
+    return mean > _KNN_FACTOR * k
 
 
 def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int, tree=None) -> np.ndarray:

@@ -1,7 +1,9 @@
 """A coarse model of the runtime's working memory, to refuse events that would not fit.
 
 The estimate is deliberately simple and on the safe side: float32 activations of the
-widest layer of each network, a few live at once, per hit and per edge. It is checked
+widest layer of each network, a few live at once, per hit and per edge; graph building's
+search from the neighbour count of a sample of the hits
+(:func:`~trackserve.runtime.graph_building.graph_memory_estimate`). It is checked
 before the stage that would need the memory, so an oversized event is refused with a
 clear :class:`~trackserve.errors.MemoryLimitError` (an
 :class:`~trackserve.errors.InputError`) instead of exhausting the machine.
@@ -82,6 +84,10 @@ class MemoryModel:
         needed = num_hits * self.bytes_per_hit
         if needed > limit:
             self._refuse(f"an event of {num_hits:,} hits", needed, limit)
+
+    def hits_bytes(self, num_hits: int) -> int:
+        """Bytes an event's hits hold through every stage (graph building's ``memory_held``)."""
+        return int(num_hits * self.bytes_per_hit)
 
     def check_edges(self, num_hits: int, num_edges: int, limit: int, chunk: int) -> None:
         """Refuse a graph whose edges plus one filter chunk exceed ``limit`` bytes."""

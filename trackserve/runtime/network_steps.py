@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bundle import Bundle
+from ..errors import InputError
 from ..engines.onnx_runtime import OnnxNetwork
 from ..engines.scatter_split import open_network
 from .config import RuntimeConfig
@@ -105,7 +106,7 @@ class NetworkSteps:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         parts = row_parts(num_hits, self.parts.threads)
         if len(parts) == 1 and num_hits <= EMBED_BLOCK_ROWS:
-            return runner.run(features=features)
+            return _checked_embedding(runner.run(features=features), features)
         embedding = np.empty((num_hits, self.embedding_dim), dtype=np.float32)
 
         def embed_part(rows: slice) -> None:
@@ -114,9 +115,15 @@ class NetworkSteps:
                 embedding[block] = runner.run(features=features[block])
 
         self.parts.map(embed_part, parts)
-        return embedding
+        return _checked_embedding(embedding, features)
 
     def edge_logits(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
+        """Logits ``[M]`` of edge classifier ``network`` (``"filter"`` or ``"gnn"``) on ``edge_index``
+        (:meth:`_edge_logits`); an InputError when the network gives NaN for an edge."""
+        return _checked_logits(network, self._edge_logits(network, features, edge_index, chunked=chunked),
+                               features, edge_index)
+
+    def _edge_logits(self, network: str, features: np.ndarray, edge_index: np.ndarray, *, chunked: bool) -> np.ndarray:
         """Logits ``[M]`` of edge classifier ``network`` (``"filter"`` or ``"gnn"``) on ``edge_index``.
 
         With ``chunked`` the edges go through in chunks of ``edge_chunk_size``, each cut
@@ -155,6 +162,11 @@ class NetworkSteps:
         return scores
 
     def gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+        """GNN logits of valid edges ``[2, M]`` (:meth:`_gnn_logits`); an InputError when the
+        networks give NaN for an edge."""
+        return _checked_logits("gnn", self._gnn_logits(features, edge_index), features, edge_index)
+
+    def _gnn_logits(self, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
         """GNN logits of valid edges ``[2, M]``, each message-passing network run as
         :meth:`message_passing_logits` runs it. With a pruner: the pruner on all the edges,
         then the GNN on those whose pruner score passes ``prune_cut``; the other edges keep
@@ -220,7 +232,7 @@ class NetworkSteps:
         :attr:`last_gnn_layout` (``"one call"``, ``"one call in blocks of rows"``, ``"N
         component groups"``, ``"blocks of rows on N threads"``, ``"N halo slices (H hops)"``)."""
         logits, self.last_gnn_layout = self._message_passing(name, features, edge_index)
-        return logits
+        return _checked_logits(name, logits, features, edge_index)
 
     def _splits(self, name: str, features: np.ndarray, edge_index: np.ndarray) -> bool:
         """Whether network ``name`` may run on parts of these edges (component groups, halo
@@ -237,7 +249,7 @@ class NetworkSteps:
         num_edges = edge_index.shape[1]
 
         def one_call(call_features: np.ndarray, call_edges: np.ndarray) -> tuple[np.ndarray, str]:
-            logits = self.edge_logits(name, call_features, call_edges, chunked=False)
+            logits = self._edge_logits(name, call_features, call_edges, chunked=False)  # checked by the caller
             blocked = runner.call_in_blocks({"features": call_features, "edge_index": call_edges})
             return logits, "one call in blocks of rows" if blocked else "one call"
 
@@ -272,3 +284,30 @@ class NetworkSteps:
         for columns, part in self.parts.map(score_own, split.parts):
             logits[columns] = part
         return logits, f"{len(split.parts)} halo slices ({hops} hops)"
+
+
+#: What a network's output that is not a number says about its inputs, for the errors below.
+_TOO_LARGE = "features this large are beyond what the network takes; were they divided by the bundle's scales?"
+
+
+def _checked_embedding(embedding: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """``embedding``, or an InputError naming the first hit whose embedding is NaN or infinite."""
+    finite = np.isfinite(embedding)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise InputError(f"the embedding network gives NaN or infinite values for hit {row} (0-based; features "
+                         f"{features[row].tolist()}): {_TOO_LARGE}")
+    return embedding
+
+
+def _checked_logits(network: str, logits: np.ndarray, features: np.ndarray, edge_index: np.ndarray) -> np.ndarray:
+    """``logits`` of ``network``, or an InputError naming the first edge whose logit is NaN (it
+    would pass no cut, its edge silently dropped; infinite logits are decided by the cuts)."""
+    nan = np.isnan(logits)
+    if nan.any():
+        edge = int(np.flatnonzero(nan)[0])
+        first, second = (int(hit) for hit in edge_index[:, edge])
+        raise InputError(f"the {network} network gives NaN for {int(nan.sum()):,} edge(s), the first between hits "
+                         f"{first} and {second} (0-based; features {features[first].tolist()} and "
+                         f"{features[second].tolist()}): {_TOO_LARGE}")
+    return logits

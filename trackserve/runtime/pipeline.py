@@ -144,14 +144,7 @@ class Pipeline:
 
     def _embedded(self, features: np.ndarray) -> np.ndarray:
         """The embedding of checked features; InputError when the network's output is not finite."""
-        embedding = self._steps.embed(features)
-        finite = np.isfinite(embedding)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite.all(axis=1))[0])
-            raise InputError(f"the embedding network gives NaN or infinite values for hit {row} (0-based; features "
-                             f"{features[row].tolist()}): features this large are beyond what the network takes; "
-                             "were they divided by the bundle's scales?")
-        return embedding
+        return self._steps.embed(features)
 
     def build_graph(self, embedding: np.ndarray) -> np.ndarray:
         """Edges ``[2, M]`` int64: pairs closer than the bundle's radius, capped and directed as it says.
@@ -165,6 +158,8 @@ class Pipeline:
             self.stages.max_neighbours,
             direction=self.stages.edge_direction,
             threads=self.config.resolved_graph_threads,
+            memory_limit=self.config.memory_limit_per_event,
+            memory_held=self.memory.hits_bytes(embedding.shape[0]),
         )
 
     def _checked(self, features, edge_index) -> tuple[np.ndarray, np.ndarray]:

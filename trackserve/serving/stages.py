@@ -90,6 +90,8 @@ class GraphStage(EnsembleStage):
             self.stages.max_neighbours,
             direction=self.stages.edge_direction,
             threads=self.config.resolved_graph_threads,
+            memory_limit=self.config.memory_limit_bytes,
+            memory_held=self.memory.hits_bytes(embedding.shape[0]),
         )
         self.memory.check_edges(embedding.shape[0], edges.shape[1], self.config.memory_limit_bytes, self.config.edge_chunk_size)
         return {"EDGE_LIST": edges}

@@ -20,6 +20,7 @@ from trackserve.events.trackml import read_event
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.runtime.memory import _gib
 from trackserve.runtime import pipeline as pipeline_module
+from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.pipeline import Pipeline
 
 from ..conftest import SAMPLE_EVENT, LazyEvents, mixed_size_events
@@ -321,3 +322,45 @@ def test_a_dead_worker_counts_as_dead_while_another_thread_is_reaping_it(monkeyp
     finally:
         for fd in (read_end, alive_read, alive_write):
             os.close(fd)
+
+
+def test_a_pipeline_serves_forked_and_spawned_children_and_lets_them_exit(tmp_path):
+    # Three hangs: a forked child used a pipeline whose parent had run an event (its part threads
+    # and ONNX Runtime sessions stay in the parent) and waited for ever; a forked child's
+    # run_many with processes handed its event to the parent's copied pool, which runs nothing
+    # in the child; a spawned child holding a pipeline with workers never exited without close().
+    script = tmp_path / "children.py"
+    script.write_text(
+        "import multiprocessing as mp, sys\n"
+        "from trackserve.events.trackml import read_event\n"
+        "from trackserve.runtime.config import RuntimeConfig\n"
+        "from trackserve.runtime.pipeline import Pipeline\n"
+        "def one(pipeline, events, queue): queue.put([pipeline.run(f).labels.tolist() for f in events])\n"
+        "def many(pipeline, events, queue): queue.put([r.labels.tolist() for r in pipeline.run_many(events)])\n"
+        "if __name__ == '__main__':\n"
+        f"    bundle, event = {str(DEFAULT_BUNDLE)!r}, {str(SAMPLE_EVENT)!r}\n"
+        "    threads = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))\n"
+        "    features = threads.event_features(read_event(event))\n"
+        "    events = [features[:3000], features[2000:]]\n"
+        "    expected = [threads.run(f).labels.tolist() for f in events]  # the parent's part threads exist now\n"
+        "    processes = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=1, graph_threads=1, event_workers=2,"
+        " event_executor='processes'))\n"
+        "    assert [r.labels.tolist() for r in processes.run_many(events)] == expected  # its workers are up\n"
+        "    for method, target, pipeline in [('fork', one, threads), ('fork', many, processes),"
+        " ('spawn', many, processes)]:\n"
+        "        context = mp.get_context(method)\n"
+        "        queue = context.Queue()\n"
+        "        child = context.Process(target=target, args=(pipeline, events, queue))\n"
+        "        child.start()\n"
+        "        try:\n"
+        "            same = queue.get(timeout=60) == expected\n"
+        "            child.join(60)\n"
+        "        finally:  # no child left behind, whatever happened\n"
+        "            if child.is_alive():\n"
+        "                child.kill()\n"
+        "        print(method, target.__name__, same, child.exitcode, flush=True)\n"
+        "    print('parent', [r.labels.tolist() for r in processes.run_many(events)] == expected, flush=True)\n"
+        "    processes.close()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:4] == ["fork one True 0", "fork many True 0", "spawn many True 0", "parent True"]

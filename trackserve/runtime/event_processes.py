@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.util
 import os
 import signal
 import threading
 import time
-import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -88,7 +88,19 @@ def _has_ended(process) -> bool:
         return True
 
 
-def _shutdown(pool: ProcessPoolExecutor) -> None:
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool``'s workers at once (the events they run are lost) and then the pool."""
+    processes = list((pool._processes or {}).values())  # (no public way before Python 3.14)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
+    # A worker killed while sending its result leaves half a message in the result pipe,
+    # and the pool's manager thread waits for the rest for ever (shutdown joins it). With
+    # the workers gone, closing this process's own end for writing gives that read its end.
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if writer is not None:
+        writer.close()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -103,7 +115,12 @@ class EventProcesses:
             max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker, initargs=(str(bundle_directory), device, config, stages),
         )
-        self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+        # When the pipeline is garbage-collected, or its process ends with the workers still up:
+        # not weakref.finalize, whose atexit hook a multiprocessing child never runs (it leaves
+        # through os._exit after joining its children, and waited for these for ever); this runs
+        # before that join, only in the process that started them. A process that ends stops
+        # them at once (a graceful shutdown there waited for workers that never ended).
+        self._finalizer = multiprocessing.util.Finalize(self, _stop_now, args=(self._pool,), exitpriority=10)
         self._unfinished: set[Future] = set()
 
     def submit(self, features: np.ndarray) -> Future:
@@ -133,23 +150,18 @@ class EventProcesses:
         """The error to raise when a worker process died (killed, out of memory, crashed)."""
         return WorkerError(
             f"an event worker process stopped unexpectedly ({error}); the events in flight were lost. "
-            "If the machine ran out of memory, run fewer events at once (--event-workers) or lower "
-            "--memory-limit-gb; --event-executor threads runs them in this process instead"
+            "If the machine ran out of memory, run fewer events at once (RuntimeConfig.event_workers, "
+            "--event-workers) or lower the memory limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb); "
+            "event_executor='threads' (--event-executor threads) runs them in this process instead"
         )
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the workers: after the events they are running, or with ``wait=False`` at
         once (those events are lost: on Ctrl-C, SIGTERM or an error of the caller)."""
-        if not wait and self._finalizer.alive:
-            processes = list((self._pool._processes or {}).values())  # (no public way before Python 3.14)
-            for process in processes:
-                process.kill()
-            for process in processes:
-                process.join(timeout=10)
-            # A worker killed while sending its result leaves half a message in the result pipe,
-            # and the pool's manager thread waits for the rest for ever (shutdown joins it). With
-            # the workers gone, closing this process's own end for writing gives that read its end.
-            writer = getattr(getattr(self._pool, "_result_queue", None), "_writer", None)
-            if writer is not None:
-                writer.close()
-        self._finalizer()
+        if not self._finalizer.still_active():
+            return
+        if not wait:
+            self._finalizer()  # _stop_now
+            return
+        self._finalizer.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -18,6 +18,7 @@ filtered graph, each part in a single-threaded ONNX Runtime call.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import warnings
@@ -105,8 +106,9 @@ class Pipeline:
         self.device = device
         self.config = config or RuntimeConfig()
         self.feature_spec = FeatureSpec(tuple(self.bundle.feature_names), tuple(self.bundle.feature_scales))
-        self._steps = NetworkSteps(self.bundle, self.config)
-        self.networks: dict[str, OnnxNetwork] = self._steps.networks
+        self._pid = os.getpid()  # the process whose thread pools and sessions these are
+        self._steps_here = NetworkSteps(self.bundle, self.config)
+        self.networks: dict[str, OnnxNetwork] = self._steps_here.networks
         self.stages = self.bundle.stages
         self.memory = MemoryModel.for_bundle(self.bundle)
         # The runtime's shifts, else the bundle's (a bundle whose cuts were tuned for them).
@@ -123,6 +125,26 @@ class Pipeline:
         # Worker processes of run_many with event_executor="processes", started on first use.
         self._processes: EventProcesses | None = None
         self._processes_lock = threading.Lock()
+
+    @property
+    def _steps(self) -> NetworkSteps:
+        """The network steps of this process (opened again in a forked child: see :meth:`_own_process`)."""
+        self._own_process()
+        return self._steps_here
+
+    def _own_process(self) -> None:
+        """In a child forked after this pipeline was made, open again what a fork does not carry
+        over: the thread pool of the event's parts and the ONNX Runtime sessions (whose threads
+        stay in the parent: a child using them waited for ever), and forget the parent's
+        worker processes and its lock (the child starts its own when it needs them)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._processes_lock = threading.Lock()
+        self._processes = None  # the parent's: their clean-up does nothing in this process
+        self._alone = None
+        self._steps_here = NetworkSteps(self.bundle, self.config)
+        self.networks = self._steps_here.networks
 
     @property
     def vertex_shifts(self) -> tuple[float, ...] | None:
@@ -473,6 +495,7 @@ class Pipeline:
             refused = Future()
             refused.set_exception(error)
             return refused
+        self._own_process()
         with self._processes_lock:  # one pool, whichever thread starts it
             return self._submit_locked(features)
 
@@ -502,7 +525,9 @@ class Pipeline:
     def close(self, *, wait: bool = True) -> None:
         """Stop the worker processes of :meth:`run_many`, if it started any (they are started
         again when needed): after the events they are running, or with ``wait=False`` at once.
-        Also done when the pipeline is garbage-collected or at exit."""
+        Also done when the pipeline is garbage-collected or at exit (of a multiprocessing
+        child too, before it waits for its own children)."""
+        self._own_process()
         with self._processes_lock:
             if self._processes is not None:
                 self._processes.close(wait=wait)

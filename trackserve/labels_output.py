@@ -36,19 +36,21 @@ class EarlierLabels:
     """The labels files an earlier run left where this run writes (``files``, None: no labels),
     so that none passes for this run's result: said on stderr at the start, each replaced as
     this run writes its event's labels (:meth:`replaced`), removed when its event fails now
-    (:meth:`remove`), and the ones not yet replaced removed when the run stops before the end
-    (:meth:`remove_unreplaced`: Ctrl-C, SIGTERM, an error)."""
+    (:meth:`remove`), and, once this run changed any, the ones not yet replaced removed when
+    it stops before the end (:meth:`remove_unreplaced`: Ctrl-C, SIGTERM, an error)."""
 
     def __init__(self, command: str, files: list[Path] | None):
         self.command = command
         existing = [path for path in files or () if path.is_file()]
         self.left = set(existing)
+        self.changed = False  # whether this run replaced or removed one of them yet
         if existing:
             print(f"trackserve {command}: note: {len(existing)} labels file{'s' if len(existing) > 1 else ''} of an "
                   f"earlier run in {existing[0].parent} (such as {existing[0].name}) will be replaced", file=sys.stderr)
 
     def replaced(self, path: Path) -> None:
         """This run wrote ``path``: it is no longer an earlier run's."""
+        self.changed = self.changed or path in self.left
         self.left.discard(path)
 
     def remove(self, path: Path) -> bool:
@@ -58,13 +60,18 @@ class EarlierLabels:
         if not path.is_file():
             return False
         path.unlink()
+        self.changed = True
         print(f"trackserve {self.command}: note: removed {path}, an earlier run's labels of the event that failed",
               file=sys.stderr)
         return True
 
     def remove_unreplaced(self) -> int:
         """Remove the earlier run's labels files this run has not replaced, when it stops before its
-        last event, and say so on stderr; how many were removed."""
+        last event having changed some (otherwise the directory still holds one whole earlier
+        run, left as it is), and say so on stderr; how many were removed. A file that cannot be
+        removed is named, not raised: the run's own reason for stopping is what it reports."""
+        if not self.changed:
+            return 0
         removed = 0
         for path in sorted(self.left):
             try:
@@ -72,6 +79,9 @@ class EarlierLabels:
                 removed += 1
             except FileNotFoundError:
                 pass
+            except OSError as error:
+                print(f"trackserve {self.command}: note: could not remove {path}, an earlier run's labels "
+                      f"({error.strerror or error})", file=sys.stderr)
         if removed:
             print(f"trackserve {self.command}: note: stopped before the end: removed {removed} labels "
                   f"file{'s' if removed > 1 else ''} of an earlier run in {sorted(self.left)[0].parent} that this run "
@@ -111,15 +121,15 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
                              "give another --output, or rename that input")
         if target.exists() and not _is_labels_file(target):
             raise InputError(f"cannot write the labels of {path}: {target} exists and is not a labels file "
-                             f"(its first line is not {','.join(SUBMISSION_COLUMNS)}); move it away, or give "
-                             "another --output")
+                             f"(its first line does not name the columns {','.join(SUBMISSION_COLUMNS)}); move it "
+                             "away, or give another --output")
         files.append(target)
     return files
 
 
 def _is_labels_file(path: Path) -> bool:
     """Whether ``path`` is a regular file that a run may replace: empty, or with a labels file's
-    header (the submission columns, in any order)."""
+    header (the submission columns, in any order, others allowed)."""
     if not path.is_file():
         return False
     try:
@@ -129,8 +139,8 @@ def _is_labels_file(path: Path) -> bool:
         return False
     if not first:
         return True
-    columns = first.decode("utf-8", "replace").lstrip("\ufeff").strip().split(",")
-    return sorted(column.strip() for column in columns) == sorted(SUBMISSION_COLUMNS)
+    columns = {column.strip().strip('"') for column in first.decode("utf-8", "replace").lstrip("\ufeff").split(",")}
+    return set(SUBMISSION_COLUMNS) <= columns  # in any order, with others too, as read_submission reads them
 
 
 def note_skipped(command: str, skipped: list[Path]) -> None:

@@ -7,6 +7,7 @@ the package is meant to be installed from a checkout (``pip install -e .``).
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -101,11 +102,38 @@ def file_problem(error: OSError) -> str:
     return f"{where}: {error.strerror or error}"
 
 
-def write_files_atomically(contents: list[tuple[Path, bytes]]) -> None:
+_SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def written_path(path: Path) -> Path:
+    """The file a write to ``path`` given by the user replaces: a symbolic link is written
+    through (its target replaced, the link kept, as ``-o link`` means), any other path is itself."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a directory
+    (``"a character device"``, ...), else ``None``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), None)
+
+
+def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: bool = False) -> None:
     """Write each ``(path, bytes)``: all to temporary files beside their paths first, then each
     renamed into place in the order given, so a failure or an interruption (Ctrl-C, SIGTERM)
     while writing leaves every path as it was and no temporary file; :class:`OutputError`
-    names the file that could not be written."""
+    names the file that could not be written. A path that is a device, FIFO or socket
+    (``/dev/stdout``, say) is written into, never replaced by a regular file; a symbolic
+    link is replaced by the file, or with ``follow_links`` written through (its target
+    replaced, the link kept: for a file the user named, such as ``perf --csv``)."""
+    contents = [(written_path(path) if follow_links else Path(path), data) for path, data in contents]
+    streams = [(path, data) for path, data in contents if special_file(path)]
+    contents = [(path, data) for path, data in contents if not special_file(path)]
     temporaries: list[Path] = []
     current = None
     try:
@@ -126,3 +154,9 @@ def write_files_atomically(contents: list[tuple[Path, bytes]]) -> None:
         if isinstance(error, OSError):
             raise OutputError(f"cannot write {current}: {error.strerror or error}") from None
         raise
+    for path, data in streams:
+        try:
+            with open(path, "wb") as stream:
+                stream.write(data)
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None

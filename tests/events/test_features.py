@@ -59,7 +59,8 @@ def test_spec_is_frozen_and_normalised():
         (("r",), (math.inf,), "finite and positive"),
         (("r",), (math.nan,), "finite and positive"),
         (("r", "z"), (1000.0, -400.0), "finite and positive"),
-        ("rz", (1.0, 1.0), "not the string 'rz'"),  # was read as the names ('r', 'z')
+        ("rz", (1.0, 1.0), "not a string: got 'rz'"),  # was read as the names ('r', 'z')
+        (("r", "z"), "12", "not a string: got ('r', 'z') and '12'"),  # was read as the scales (1.0, 2.0)
         (("r",), None, "got names ('r',) and scales None"),  # was a bare TypeError
         (("r",), ("wide",), "a sequence of numbers"),
     ],

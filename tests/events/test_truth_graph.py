@@ -159,6 +159,18 @@ def test_truth_rows_are_matched_to_the_hits_by_hit_id(real_event):
         truth_graph(missing)
 
 
+def test_repeated_hit_ids_with_truth_in_another_order_are_refused(real_event):
+    # Which truth row is whose could not be told: argsort paired the repeated ids' rows at random.
+    hits = {name: np.asarray(column).copy() for name, column in real_event.hits.items()}
+    hits["hit_id"][1] = hits["hit_id"][0]
+    truth = {name: np.asarray(column).copy() for name, column in real_event.truth.items()}
+    truth["hit_id"][1] = truth["hit_id"][0]
+    truth = {name: column[::-1] for name, column in truth.items()}
+    event = dataclasses.replace(real_event, hits=hits, truth=truth)
+    with pytest.raises(EventFormatError, match="the hits' ids repeat .*its rows cannot be matched to the hits"):
+        truth_graph(event)
+
+
 @pytest.mark.parametrize("event", ["data/event000000001", None])
 def test_something_else_than_an_event_is_named(event):
     with pytest.raises(InputError, match="truth_graph takes an Event"):

@@ -354,3 +354,15 @@ def test_the_memory_estimate_holds_the_search_and_a_limit_refuses_it_before(spre
         build_graph(points, radius, cap, threads=2, memory_limit=int(estimate) - 1)
     with pytest.raises(MemoryLimitError, match="memory limit"):  # what the caller holds counts too
         build_graph(points, radius, cap, threads=2, memory_limit=int(estimate) + 10**6, memory_held=10**6 + 1)
+
+
+def test_a_cap_too_wide_to_bind_is_estimated_from_a_sample_not_from_every_pair():
+    # A bundle with max_neighbours far above any hit's neighbours ("no cap") skipped the cap's
+    # sample, and its search was estimated as every pair of the hits: 1.9 GB for 5,000 sparse points.
+    from trackserve.errors import MemoryLimitError
+
+    points = np.random.default_rng(12).uniform(0, 1, size=(5_000, 3)).astype(np.float32)
+    edges = build_graph(points, 0.05, 100_000, threads=1, memory_limit=50 * 2**20)
+    assert edges.shape[1] > 0
+    with pytest.raises(MemoryLimitError, match="about [0-9,]+ neighbours each within the radius"):
+        build_graph(points, 0.05, 100_000, threads=1, memory_limit=2**20)

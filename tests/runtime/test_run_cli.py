@@ -204,10 +204,13 @@ def test_a_file_in_the_way_that_is_no_labels_file_is_refused(capsys, tmp_path, f
     features = (feature_csvs / "evt_3.csv").read_text()
     (tmp_path / "evt_1-labels.csv").write_text(features)
     assert main(["run", str(feature_csvs / "evt_1.csv"), "--output", str(tmp_path)]) == 2
-    assert (f"{tmp_path / 'evt_1-labels.csv'} exists and is not a labels file (its first line is not "
-            "event_id,hit_id,track_id); move it away, or give another --output") in capsys.readouterr().err
+    assert (f"{tmp_path / 'evt_1-labels.csv'} exists and is not a labels file (its first line does not name the "
+            "columns event_id,hit_id,track_id); move it away, or give another --output") in capsys.readouterr().err
     assert (tmp_path / "evt_1-labels.csv").read_text() == features
     (tmp_path / "evt_1-labels.csv").write_text("")  # an empty file holds nothing to lose
+    assert main(["run", str(feature_csvs / "evt_1.csv"), "--output", str(tmp_path)]) == 0
+    # a labels file as read_submission reads them: columns in any order, others too, quoted
+    (tmp_path / "evt_1-labels.csv").write_text('"track_id",hit_id,event_id,score\n0,1,1,0.5\n')
     assert main(["run", str(feature_csvs / "evt_1.csv"), "--output", str(tmp_path)]) == 0
 
 
@@ -241,6 +244,21 @@ def test_a_run_stopped_before_the_end_leaves_no_earlier_labels_among_its_own(cap
             "none passes for this run's") in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written) == ["evt_0-labels.csv", "evt_1-labels.csv"]
     assert all(p.read_text() != EARLIER_LABELS for p in tmp_path.iterdir())
+
+
+def test_a_run_stopped_before_it_changed_anything_keeps_the_earlier_run_whole(capsys, tmp_path, feature_csvs,
+                                                                              monkeypatch):
+    for number in range(5):
+        (tmp_path / f"evt_{number}-labels.csv").write_text(EARLIER_LABELS)
+    from trackserve.events import submission
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(submission, "write_submission", stop)
+    assert main(["run", str(feature_csvs), "--output", str(tmp_path), "--event-workers", "1"]) == 130
+    assert "removed" not in capsys.readouterr().err
+    assert [p.read_text() for p in sorted(tmp_path.iterdir())] == [EARLIER_LABELS] * 5
 
 
 def test_a_file_the_system_refuses_is_one_line_naming_it(capsys, tmp_path, feature_csvs, monkeypatch):

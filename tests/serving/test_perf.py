@@ -59,6 +59,31 @@ def test_a_csv_that_cannot_be_written_whole_leaves_the_file_as_it_was(tmp_path, 
     assert list(csv.DictReader(write_csv([result], target).open()))[0]["concurrency"] == "1"
 
 
+def test_a_csv_named_through_a_link_or_a_pipe_is_written_there(tmp_path):
+    # Written whole beside the path and renamed over it, a symbolic link became a regular file
+    # (its target untouched) and a FIFO too (as root, /dev/null or the /dev/stdout link would have).
+    import os
+    import threading
+
+    settings = PerfSettings(url="unused:1")
+    result = summarize([RequestRecord(1.0, 1.5, None)], concurrency=1, settings=settings, window_start=1.0,
+                       window_end=2.0)
+    target, link = tmp_path / "results.csv", tmp_path / "link.csv"
+    target.write_text("an earlier sweep\n")
+    link.symlink_to(target)
+    write_csv([result], link)
+    assert link.is_symlink() and list(csv.DictReader(target.open()))[0]["concurrency"] == "1"
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+    write_csv([result], pipe)
+    reader.join(timeout=30)
+    assert received and received[0].startswith("concurrency,") and pipe.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "pipe.csv", "results.csv"]
+
+
 @pytest.mark.parametrize("text, expected", [
     ("1:4", [1, 2, 3, 4]), ("1:16:5", [1, 6, 11, 16]), ("2:2", [2]), ("1,2,4,8,16", [1, 2, 4, 8, 16]),
     (" 3 ", [3]), ("4,1,4", [4, 1, 4]),

@@ -305,3 +305,21 @@ def test_a_repository_that_cannot_be_renamed_is_replaced_inside_itself(tiny_bund
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
     write_repository(tiny_bundle, repo, overwrite=True)
     assert sorted(p.name for p in repo.iterdir()) == ["exatrkx"]
+
+
+def test_a_bind_mount_that_ismount_misses_is_replaced_entry_by_entry(tiny_bundle, tmp_path, monkeypatch):
+    # A bind mount within one file system looks like no mount point to os.path.ismount, yet
+    # cannot be renamed (EBUSY): --overwrite failed where writing into it had worked before.
+    repo = tmp_path / "repo"
+    write_repository(tiny_bundle, repo, RepositoryOptions(layout="both"))
+    real_rename = Path.rename
+
+    def busy(self, target):
+        if os.path.realpath(self) == os.path.realpath(repo):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(self))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", busy)
+    written = write_repository(tiny_bundle, repo, RepositoryOptions(layout="custom"), overwrite=True)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(written.models) == ["exatrkx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]

@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json == "-":
                 print(text)
             else:
-                write_files_atomically([(Path(args.json), (text + "\n").encode())])
+                write_files_atomically([(Path(args.json), (text + "\n").encode())], follow_links=True)
                 print(f"JSON written to {Path(args.json).resolve()}", file=sys.stderr)
 
     try:

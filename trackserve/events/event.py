@@ -176,6 +176,11 @@ def truth_by_hit(event: Event) -> dict[str, np.ndarray]:
     if np.array_equal(truth_ids, hit_ids):
         return {name: np.asarray(column) for name, column in truth.items()}
     truth_order, hit_order = np.argsort(truth_ids), np.argsort(hit_ids)
+    repeated = hit_ids[hit_order][1:][hit_ids[hit_order][1:] == hit_ids[hit_order][:-1]]
+    if repeated.size:  # which truth row is whose could not be told
+        raise EventFormatError(f"the hits' ids repeat ({id_listing(np.unique(repeated))}), and the truth is in "
+                               "another order: its rows cannot be matched to the hits", path=event.source,
+                               column="hit_id")
     if truth_ids.size != hit_ids.size or not np.array_equal(truth_ids[truth_order], hit_ids[hit_order]):
         absent = np.setdiff1d(hit_ids, truth_ids)
         unknown = np.setdiff1d(truth_ids, hit_ids)

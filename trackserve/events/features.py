@@ -107,9 +107,9 @@ class FeatureSpec:
     scales: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if isinstance(self.names, str):
-            raise ValueError(f"feature names must be a sequence of names such as ('r', 'phi', 'z'), "
-                             f"not the string {self.names!r}")
+        if isinstance(self.names, str) or isinstance(self.scales, str):
+            raise ValueError(f"feature names and scales must be sequences, such as ('r', 'phi', 'z') and (3000, "
+                             f"3.14159, 400), not a string: got {self.names!r} and {self.scales!r}")
         try:
             object.__setattr__(self, "names", tuple(str(name) for name in self.names))
             object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import stat
 import sys
 import warnings
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import numpy as np
 
 from ..bundle import TensorInfo, file_sha256, tensor_problems
 from ..errors import ExportError, ExportParityError, InputError
-from ..paths import output_directory, output_file, same_file
+from ..paths import output_directory, output_file, same_file, special_file, written_path
 from .graph_scan import GraphHazard, scan_graph
 from .specs import ExportSpec, ShapeCase, get_spec
 
@@ -457,26 +456,6 @@ def check_opset(opset, option: str = "opset") -> int:
     return opset
 
 
-_SPECIAL_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                  (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
-
-
-def _written_path(path: Path) -> Path:
-    """The file an export to ``path`` replaces: a symbolic link is written through (its
-    target replaced, the link kept, as ``-o link`` means), any other path is itself."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
-
-
-def _special_file(path: Path) -> str | None:
-    """What ``path`` is when it exists and is neither a regular file nor a directory
-    (``"a character device"``, ...), else ``None``."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    return next((name for test, name in _SPECIAL_FILES if test(mode)), None)
-
-
 def check_output_path(path: str | os.PathLike, option: str, *, overwrite: bool = False,
                       inputs: tuple = ()) -> Path:
     """Check, before any work, that an export may write the ONNX file ``path`` (given by ``option``).
@@ -494,10 +473,10 @@ def check_output_path(path: str | os.PathLike, option: str, *, overwrite: bool =
         if source is not None and path.exists() and Path(source).exists() and same_file(path, source):
             raise InputError(f"{option} {path} is the input file {source}: writing it would destroy the input; "
                              "give another file name")
-    target = _written_path(path)
+    target = written_path(path)
     if target.is_symlink():  # realpath stops at a link it cannot follow: a loop
         raise InputError(f"{option} {path} is a symbolic link that leads to no file (a loop); give a file name")
-    special = _special_file(target)
+    special = special_file(target)
     if special:
         raise InputError(f"{option} {path} is {special}, not a file: an ONNX network is written to a regular file; "
                          "give a file name")
@@ -598,10 +577,10 @@ def export_network(
     if validate:
         _check_runs(runs)
     path = Path(path)
-    target = _written_path(path) if follow_link else path
+    target = written_path(path) if follow_link else path
     if target.is_dir():  # checked before any work: the file is moved into place only at the end
         raise InputError(f"{path} is a directory: give the ONNX file to write (for example {path / 'network.onnx'})")
-    special = _special_file(target)
+    special = special_file(target)
     if special:  # os.replace would put a regular file in its place (/dev/null, as root)
         raise InputError(f"{path} is {special}, not a file: an ONNX network is written to a regular file")
     target.parent.mkdir(parents=True, exist_ok=True)

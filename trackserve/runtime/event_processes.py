@@ -127,7 +127,14 @@ class EventProcesses:
         """Start one event (features ``[N, F]``) in a worker; the future gives its PipelineResult
         or raises its error (the same error :meth:`Pipeline.run` raises). Raises (and a
         future raises) ``BrokenProcessPool`` once a worker died: close these and start new ones."""
-        future = self._pool.submit(_run_event, features)
+        # The pool starts its workers in submit, as it needs them: SIGINT blocked here is blocked in
+        # them from their first instruction, so a Ctrl-C while one still starts (before
+        # _start_worker ignores it) no longer kills it with a traceback from deep in its imports.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            future = self._pool.submit(_run_event, features)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._unfinished.add(future)
         future.add_done_callback(self._unfinished.discard)
         return future
@@ -163,5 +170,5 @@ class EventProcesses:
         if not wait:
             self._finalizer()  # _stop_now
             return
-        self._finalizer.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._finalizer.cancel()  # only now: a Ctrl-C during the shutdown still lets close(wait=False) kill them

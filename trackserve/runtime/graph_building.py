@@ -137,6 +137,8 @@ def build_graph(
         return np.zeros((2, 0), dtype=np.int64)
     built: dict = {}
     binds = _cap_binds(points, r32, k, built)
+    if memory_limit is not None and "mean_neighbours" not in built and n >= _SAMPLED_MIN_HITS:
+        built["mean_neighbours"] = _mean_neighbours(points, r32)  # (a cap too wide to bind: no sample yet)
     if memory_limit is not None:
         needed = memory_held + graph_memory_estimate(n, k, binds, built.get("mean_neighbours"))
         if needed > memory_limit:
@@ -186,8 +188,10 @@ _KNN_EXTRA = 8
 # The cap is taken to bind when a sample of hits has on average more than this many
 # times K neighbours within the radius (then enumerating every pair costs more).
 _KNN_FACTOR = 1.0
-# Hits sampled to estimate the neighbour count.
+# Hits sampled to estimate the neighbour count, and the fewest hits of an event whose
+# neighbours are counted on a sample (fewer: the cap is taken not to bind).
 _KNN_SAMPLE = 256
+_SAMPLED_MIN_HITS = 1_000
 # Up to this many hits the estimate counts a smaller sample's neighbours by brute force.
 _KNN_BRUTE_MAX_HITS = 20_000
 _KNN_BRUTE_SAMPLE = 16
@@ -222,8 +226,18 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
     events it decides without a sample).
     """
     n = points.shape[0]
-    if n <= 4 * (k + 1 + _KNN_EXTRA) or n < 1_000:
+    if n <= 4 * (k + 1 + _KNN_EXTRA) or n < _SAMPLED_MIN_HITS:
         return False
+    mean = _mean_neighbours(points, r32, built)
+    if built is not None:
+        built["mean_neighbours"] = mean
+    return mean > _KNN_FACTOR * k
+
+
+def _mean_neighbours(points: np.ndarray, r32: np.float32, built: dict | None = None) -> float:
+    """The mean number of neighbours within the radius of a sample of the hits (brute force on
+    small events, else a k-d tree query, whose tree goes to ``built["tree"]``)."""
+    n = points.shape[0]
     if n <= _KNN_BRUTE_MAX_HITS:
         # Small events: count a sample's neighbours directly (no tree to build for nothing),
         # in products small enough that OpenBLAS keeps them on the calling thread.
@@ -236,19 +250,13 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
             with np.errstate(over="ignore", invalid="ignore"):  # far-off points overflow: inf or nan, not within
                 squared = sample_norms + np.einsum("nd,nd->n", part, part)[None, :] - 2 * (sample @ part.T)
             within += np.count_nonzero(squared < r32 * r32)
-        mean = within / sample.shape[0] - 1.0
-        if built is not None:
-            built["mean_neighbours"] = mean
-        return mean > _KNN_FACTOR * k
+        return within / sample.shape[0] - 1.0
     step = max(1, n // _KNN_SAMPLE)
     tree = cKDTree(points, leafsize=_KNN_LEAF_SIZE)
     if built is not None:
         built["tree"] = tree
     counts = tree.query_ball_point(points[::step], float(r32), return_length=True)
-    mean = float(np.mean(counts)) - 1.0
-    if built is not None:
-        built["mean_neighbours"] = mean
-    return mean > _KNN_FACTOR * k
+    return float(np.mean(counts)) - 1.0
 
 
 def _nearest_capped_pairs(points: np.ndarray, r32: np.float32, k: int, n_threads: int, tree=None) -> np.ndarray:

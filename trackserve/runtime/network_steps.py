@@ -174,7 +174,8 @@ class NetworkSteps:
         on its group at once (:meth:`_pruned_in_groups`). How the latest call ran is in
         :attr:`last_gnn_layout`."""
         if self.prune_cut is None:
-            return self.message_passing_logits("gnn", features, edge_index)
+            logits, self.last_gnn_layout = self._message_passing("gnn", features, edge_index)
+            return logits
         looked = all(self._splits(name, features, edge_index) for name in MESSAGE_PASSING)
         if looked:
             groups = component_groups(features.shape[0], edge_index, self.parts.threads)

@@ -136,15 +136,19 @@ class Pipeline:
         """In a child forked after this pipeline was made, open again what a fork does not carry
         over: the thread pool of the event's parts and the ONNX Runtime sessions (whose threads
         stay in the parent: a child using them waited for ever), and forget the parent's
-        worker processes and its lock (the child starts its own when it needs them)."""
+        worker processes and its lock (the child starts its own when it needs them). Once,
+        whichever of the child's threads comes first; the others wait for it."""
         if self._pid == os.getpid():
             return
-        self._pid = os.getpid()
-        self._processes_lock = threading.Lock()
-        self._processes = None  # the parent's: their clean-up does nothing in this process
-        self._alone = None
-        self._steps_here = NetworkSteps(self.bundle, self.config)
-        self.networks = self._steps_here.networks
+        with _AFTER_FORK.lock:
+            if self._pid == os.getpid():
+                return
+            self._processes_lock = threading.Lock()
+            self._processes = None  # the parent's: their clean-up does nothing in this process
+            self._alone = None
+            self._steps_here = NetworkSteps(self.bundle, self.config)
+            self.networks = self._steps_here.networks
+            self._pid = os.getpid()  # last: no thread may take the parent's steps for this process's
 
     @property
     def vertex_shifts(self) -> tuple[float, ...] | None:
@@ -527,7 +531,9 @@ class Pipeline:
         again when needed): after the events they are running, or with ``wait=False`` at once.
         Also done when the pipeline is garbage-collected or at exit (of a multiprocessing
         child too, before it waits for its own children)."""
-        self._own_process()
+        if self._pid != os.getpid():  # a forked child's copy: the workers are its parent's
+            self._processes = None
+            return
         with self._processes_lock:
             if self._processes is not None:
                 self._processes.close(wait=wait)
@@ -592,6 +598,21 @@ class Pipeline:
         if self._alone is None:
             self._alone = Pipeline(self.bundle, device=self.device, config=replace(self.config, event_workers=1))
         return self._alone.run(features)
+
+
+class _AfterFork:
+    """The lock of :meth:`Pipeline._own_process`, made anew in a forked child (the parent's
+    may have been held by a thread that does not exist there)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self.lock = threading.Lock()
+
+
+_AFTER_FORK = _AfterFork()
 
 
 def opened_pipeline(bundle_directory: str, device: str, config: RuntimeConfig, stages: dict | None = None) -> Pipeline:

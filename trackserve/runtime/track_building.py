@@ -137,7 +137,7 @@ def build_tracks(
         passing = wide > threshold
         kept = np.compress(passing, edges, axis=1)
         if order is not None and kept.shape[1]:
-            kept = kept[:, best_edges(kept, wide[passing], order)]
+            kept = kept[:, _best_edges(kept, wide[passing], order)]
     else:
         # Every edge passing the gap cut; those also passing the cut compete for the best edges first.
         candidates = wide > gap_threshold
@@ -167,7 +167,11 @@ def best_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray
     edges outside the hits, NaN scores or orders that are not finite raise
     :class:`InputError`.
     """
-    edge_index, values, hit_order = _checked_hit_edges(edge_index, scores, hit_order)
+    return _best_edges(*_checked_hit_edges(edge_index, scores, hit_order))
+
+
+def _best_edges(edge_index: np.ndarray, values: np.ndarray, hit_order: np.ndarray) -> np.ndarray:
+    """:func:`best_edges` of inputs already checked (int64 edges, float64 scores, hit order)."""
     inner, outer = oriented_ends(edge_index, hit_order)
     num_hits = hit_order.shape[0]
     among = _not_loops(inner, outer)  # a self-loop never takes a hit's best slot

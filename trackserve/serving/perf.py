@@ -492,7 +492,7 @@ def write_csv(results: Sequence[LevelResult], path: str | Path) -> Path:
     path = Path(path)
     text = io.StringIO(newline="")
     write_csv_rows(results, text)
-    write_files_atomically([(path, text.getvalue().encode())])
+    write_files_atomically([(path, text.getvalue().encode())], follow_links=True)
     return path
 
 

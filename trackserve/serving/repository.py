@@ -23,6 +23,7 @@ interruption leaves the output as it was and no temporary directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -323,7 +324,15 @@ def _rename_into_place(partial: Path, target: Path) -> None:
         partial.rename(target)
         return
     aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
-    target.rename(aside)
+    try:
+        target.rename(aside)
+    except OSError as error:
+        if error.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES):
+            raise
+        # a directory that cannot be renamed though os.path.ismount says it is no mount point
+        # (a bind mount within one file system): its entries are swapped instead
+        _swap_entries(partial, target)
+        return
     try:
         partial.rename(target)
     except BaseException:
@@ -337,9 +346,10 @@ def _rename_into_place(partial: Path, target: Path) -> None:
 
 
 def _swap_entries(partial: Path, target: Path) -> None:
-    """Put the entries of ``partial``, a directory inside ``target``, in place of ``target``'s
-    others, each renamed (the old ones into a directory aside, removed last); all undone if one
-    rename fails. For a ``target`` that cannot itself be renamed (a mount point)."""
+    """Put the entries of ``partial``, a directory inside ``target`` or beside it on the same
+    file system, in place of ``target``'s others, each renamed (the old ones into a directory
+    aside, removed last); all undone if one rename fails. For a ``target`` that cannot itself
+    be renamed (a mount point, a bind mount)."""
     aside = target / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
     aside.mkdir()
     moves = [(entry, aside / entry.name) for entry in target.iterdir() if entry not in (partial, aside)]

@@ -261,6 +261,12 @@ def test_a_config_that_no_longer_fits_its_bundle_is_refused_at_load(tiny_bundle,
         with pytest.raises(InputError, match=f"was changed after its model config was written: .*records "
                                              f"{recorded[:12]}\\.\\.\\.; write the repository again"):
             make()
+    # a change that also breaks the bundle is named as the change (it was named as the broken stages,
+    # the bundle being loaded before its hash was compared)
+    data["stages"]["radius"] = -1.0
+    (bundle / "pipeline.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="was changed after its model config was written"):
+        PipelineModel.from_args(args())
 
 
 def test_a_bundle_named_by_its_pipeline_json_loads_with_its_recorded_sha256(tiny_bundle):

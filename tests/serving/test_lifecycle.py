@@ -485,3 +485,52 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch):
 ])
 def test_triton_arguments_serve_does_not_manage_are_passed_on(extra):
     assert ServerSettings(extra_args=extra).extra_args == extra
+
+
+def test_the_model_control_mode_of_the_extra_arguments():
+    from trackserve.serving.server import model_control_mode
+
+    assert model_control_mode([]) == "none"
+    assert model_control_mode(["--model-control-mode=poll"]) == "poll"
+    assert model_control_mode(["--model-control-mode", "POLL", "--repository-poll-secs=2"]) == "poll"
+    assert model_control_mode(["--model-con=poll"]) == "poll"  # getopt's abbreviation
+    assert model_control_mode(["--model-control-mode=poll", "--model-control-mode=none"]) == "none"
+
+
+@pytest.mark.slow
+def test_serve_in_poll_mode_keeps_serving_a_model_triton_reloads(custom_repository, tiny_pipeline, sample_features,
+                                                                 tmp_path):
+    # Triton reloading a changed model ends its old process: serve took that for a death, stopped
+    # the server and blamed the memory.
+    require_triton()
+    import shutil
+
+    repository = tmp_path / "repository"
+    shutil.copytree(custom_repository.path, repository)
+    grpc = free_port()
+    process = _serve(repository, free_port(), grpc,
+                     ("--triton-arg=--model-control-mode=poll", "--triton-arg=--repository-poll-secs=1"))
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "stop with Ctrl-C" not in (line := process.stdout.readline()):
+            assert line, process.stderr.read()
+        stubs = {pid for pid in _children_of_servers(process.pid) if "stub" in _command(pid)}
+        config = next(repository.glob("*/config.pbtxt"))
+        assert "count: 1" in config.read_text()
+        config.write_text(config.read_text().replace("count: 1", "count: 2"))  # Triton reloads the model
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and stubs & set(_children_of_servers(process.pid)):
+            time.sleep(0.5)  # until the old stub has ended
+        assert not stubs & set(_children_of_servers(process.pid)), "Triton did not reload the model"
+        time.sleep(3)  # serve's watch (every second) has seen it
+        assert process.poll() is None
+        with TritonClient(f"127.0.0.1:{grpc}") as client:
+            assert client.infer(sample_features[:300]).tolist() == tiny_pipeline.run(sample_features[:300]).labels.tolist()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        err = process.stderr.read()
+        assert "with --model-control-mode=poll Triton reloads changed models" in err and "died" not in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -124,6 +124,17 @@ def test_a_request_that_ran_out_of_time_is_not_called_a_refusal(text):
     assert "refused the request" in describe_failure(RuntimeError("bad input"), "127.0.0.1:8000", "exatrkx")
 
 
+@pytest.mark.parametrize("text", ["[StatusCode.NOT_FOUND] Request for unknown model: 'exatrkx' has no available versions",
+                                  "Request for unknown model: 'exatrkx' is not ready"])
+def test_a_model_being_unloaded_is_not_called_a_refusal(text):
+    # a stopping server (or a reload in poll mode) answered so, reported as the model refusing the request
+    from trackserve.serving.client import describe_failure
+
+    assert describe_failure(RuntimeError(text), "127.0.0.1:8001", "exatrkx") == (
+        "model 'exatrkx' at 127.0.0.1:8001 is not available: the server is stopping, or the model is being unloaded "
+        f"or reloaded ({text})")
+
+
 def test_the_async_http_clients_lost_connections_are_not_called_refusals():
     # aiohttp's own errors (the asynchronous HTTP client's) name no connection in their text
     from trackserve.serving.client import describe_failure

@@ -73,7 +73,7 @@ def _already_stopping(signum, frame):
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 after a clean stop, 1 if the server died on its own or had to be killed."""
-    from ..serving.server import ServerSettings, TritonServer
+    from ..serving.server import ServerSettings, TritonServer, model_control_mode
 
     settings = ServerSettings(
         host=args.host,
@@ -101,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:8s} {url}", flush=True)
         print("  stop with Ctrl-C or SIGTERM", flush=True)
         models = server.ready_model_processes
+        if model_control_mode(settings.extra_args) == "poll":
+            # Triton replaces a changed model's processes itself: one ending is no death to stop for
+            models = set()
+            print("trackserve serve: note: with --model-control-mode=poll Triton reloads changed models and ends "
+                  "their old processes itself, so serve does not watch the model processes: one that dies (killed, "
+                  "out of memory) leaves its model refusing requests until it is reloaded", file=sys.stderr, flush=True)
         while (code := server.wait(timeout=MODEL_CHECK_SECONDS)) is None:
             lost = models - server.model_processes()
             if lost:

@@ -121,24 +121,38 @@ def _model_config(args: Mapping) -> dict:
     return json.loads(config) if isinstance(config, str) else dict(config)
 
 
-def check_config_matches(args: Mapping, parameters: Mapping[str, str], model: "ServedModel") -> None:
-    """Refuse to load a model whose ``config.pbtxt`` no longer fits the bundle it serves: the
-    bundle's ``pipeline.json`` changed since ``trackserve triton-repo`` recorded its sha256
-    (parameter ``pipeline_sha256``; a client checking labels would compare with the wrong
-    bundle), or the config declares an input or output with other dims or dtype than the
-    bundle gives (every request would be refused). InputError saying to write the repository again."""
+_AGAIN = "write the repository again from the bundle (trackserve triton-repo ... --overwrite)"
+
+
+def check_bundle_unchanged(bundle: Path, parameters: Mapping[str, str]) -> None:
+    """Refuse, before the bundle is loaded, to serve a bundle (directory, or its ``pipeline.json``)
+    whose ``pipeline.json`` changed since ``trackserve triton-repo`` recorded its sha256 (parameter
+    ``pipeline_sha256``; a client checking labels would compare with the wrong bundle).
+    InputError saying to write the repository again; checked first, so that a change that also
+    breaks the bundle is named as the change it is, at every try to load it."""
     from ..bundle import PIPELINE_FILE, file_sha256
 
-    again = "write the repository again from the bundle (trackserve triton-repo ... --overwrite)"
     recorded = parameters.get(PARAM_PIPELINE_SHA256, "").strip()
+    directory = bundle.parent if bundle.name == PIPELINE_FILE else bundle
+    if not recorded or not (directory / PIPELINE_FILE).is_file():
+        return  # no record to compare; a missing bundle is named by its loading
+    actual = file_sha256(directory / PIPELINE_FILE)
+    if actual != recorded:
+        raise InputError(f"the bundle {directory} was changed after its model config was written: its "
+                         f"{PIPELINE_FILE} has sha256 {actual[:12]}..., the config's parameter "
+                         f"{PARAM_PIPELINE_SHA256!r} records {recorded[:12]}...; {_AGAIN}, so that the config "
+                         "and the clients checking against it describe the bundle served")
+
+
+def check_config_matches(args: Mapping, parameters: Mapping[str, str], model: "ServedModel") -> None:
+    """Refuse to load a model whose ``config.pbtxt`` no longer fits the bundle it serves: the
+    bundle changed since the config was written (:func:`check_bundle_unchanged`, again for the
+    bundle as loaded), or the config declares an input or output with other dims or dtype than
+    the bundle gives (every request would be refused). InputError saying to write the
+    repository again."""
+    check_bundle_unchanged(model.bundle_directory, parameters)
+    again = _AGAIN
     bundle = model.bundle_directory
-    if recorded:
-        actual = file_sha256(bundle / PIPELINE_FILE)
-        if actual != recorded:
-            raise InputError(f"the bundle {bundle} was changed after its model config was written: its "
-                             f"{PIPELINE_FILE} has sha256 {actual[:12]}..., the config's parameter "
-                             f"{PARAM_PIPELINE_SHA256!r} records {recorded[:12]}...; {again}, so that the config "
-                             "and the clients checking against it describe the bundle served")
     model_config = _model_config(args)
     for kind, specs in (("input", model.inputs), ("output", model.outputs)):
         declared = {str(entry.get("name")): entry for entry in model_config.get(kind) or []}
@@ -197,6 +211,7 @@ class PipelineModel(ServedModel):
     def from_args(cls, args: Mapping) -> "PipelineModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
         parameters, config = _served_settings(args)
+        check_bundle_unchanged(bundle_path(args, parameters), parameters)
         model = cls(bundle_path(args, parameters), device=instance_device(args), config=config)
         check_config_matches(args, parameters, model)
         return model
@@ -236,6 +251,7 @@ class StageModel(ServedModel):
         if is_shifted(config.vertex_shifts):
             raise InputError(f"the stage model {stage!r} has the parameter {PARAM_VERTEX_SHIFTS!r}: an ensemble runs each "
                              "stage once, and only the custom model runs an event once per vertex shift; remove it")
+        check_bundle_unchanged(bundle_path(args, parameters), parameters)
         model = cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
         check_config_matches(args, parameters, model)
         return model

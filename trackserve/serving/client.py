@@ -111,6 +111,11 @@ def describe_failure(error: Exception, url: str, model: str, protocol: str | Non
         return f"the server at {url} did not answer ({text.strip()}): is it running?"
     if "timeout" in lowered or "timed out" in lowered or "deadline" in lowered:
         return f"the server at {url} did not answer in time ({text.strip()})"
+    if "has no available versions" in lowered or ("is not ready" in lowered and "model" in lowered):
+        # Triton's answer for a model it unloads (a server stopping, a reload in poll mode): the
+        # model refused nothing, it is not there to ask
+        return (f"model {model!r} at {url} is not available: the server is stopping, or the model is being "
+                f"unloaded or reloaded ({text.strip()})")
     prefix = f"[{status}] " if status and str(status) not in text else ""
     return f"model {model!r} at {url} refused the request: {prefix}{text.strip()}"
 

@@ -635,6 +635,22 @@ def _refuse_managed_arguments(extra_args: Sequence[str]) -> None:
                              f"{MANAGED_ARGUMENTS[key]}")
 
 
+def model_control_mode(extra_args: Sequence[str]) -> str:
+    """The model control mode the extra tritonserver arguments set (``--model-control-mode=M`` or
+    ``--model-control-mode M``, abbreviated as tritonserver takes it; the last one), else
+    ``"none"``, tritonserver's default."""
+    args, mode = list(extra_args), "none"
+    option = "--model-control-mode"
+    for index, arg in enumerate(args):
+        name, has_value, value = arg.partition("=")
+        if not (name.startswith("--") and len(name) >= 2 + _MIN_ABBREVIATION and option.startswith(name)):
+            continue
+        if not has_value:
+            value = args[index + 1] if index + 1 < len(args) else ""
+        mode = value.strip().lower() or mode
+    return mode
+
+
 def _given_server_id(extra_args: Sequence[str]) -> str | None:
     """The server id the ``--id`` options among ``extra_args`` set (``--id=X`` or ``--id X``; the
     last one, as tritonserver takes it; an empty one too), or None when there is none."""

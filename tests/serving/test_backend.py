@@ -269,6 +269,20 @@ def test_a_config_that_no_longer_fits_its_bundle_is_refused_at_load(tiny_bundle,
         PipelineModel.from_args(args())
 
 
+def test_a_damaged_repository_copy_says_to_write_the_repository_again(tiny_bundle, tmp_path):
+    # The bundle's own advice (re-export into the bundle) would mend the copy, whose config then no
+    # longer matched: the repository is written again from the original bundle.
+    from trackserve.errors import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with open(bundle / "gnn.onnx", "r+b") as network:
+        network.truncate(1000)
+    with pytest.raises(BundleError, match="networks.gnn.* this is the model repository's copy of the bundle: write the "
+                                          "repository again from the original bundle \\(trackserve triton-repo"):
+        PipelineModel.from_args(args_for(bundle, intra_op_threads=1, graph_threads=1))
+
+
 def test_a_bundle_named_by_its_pipeline_json_loads_with_its_recorded_sha256(tiny_bundle):
     # load_bundle takes the pipeline.json path too; the hash check took it for a directory (NotADirectoryError)
     from trackserve.bundle import file_sha256

@@ -15,6 +15,7 @@ Triton stub) is passed in, so this module imports and tests without Triton.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
 from pathlib import Path
@@ -144,6 +145,19 @@ def check_bundle_unchanged(bundle: Path, parameters: Mapping[str, str]) -> None:
                          "and the clients checking against it describe the bundle served")
 
 
+@contextlib.contextmanager
+def _repository_copy_advice():
+    """A bundle the model cannot load is the model repository's copy: its own advice (restore a
+    file, export into the bundle) would mend the copy, not the repository; say what does."""
+    from ..errors import BundleError
+
+    try:
+        yield
+    except BundleError as error:
+        raise BundleError(f"{error}; this is the model repository's copy of the bundle: write the repository again "
+                          "from the original bundle (trackserve triton-repo ... --overwrite)") from error
+
+
 def check_config_matches(args: Mapping, parameters: Mapping[str, str], model: "ServedModel") -> None:
     """Refuse to load a model whose ``config.pbtxt`` no longer fits the bundle it serves: the
     bundle changed since the config was written (:func:`check_bundle_unchanged`, again for the
@@ -212,7 +226,8 @@ class PipelineModel(ServedModel):
         """Build from the ``args`` of a Python-backend ``initialize``."""
         parameters, config = _served_settings(args)
         check_bundle_unchanged(bundle_path(args, parameters), parameters)
-        model = cls(bundle_path(args, parameters), device=instance_device(args), config=config)
+        with _repository_copy_advice():
+            model = cls(bundle_path(args, parameters), device=instance_device(args), config=config)
         check_config_matches(args, parameters, model)
         return model
 
@@ -252,7 +267,8 @@ class StageModel(ServedModel):
             raise InputError(f"the stage model {stage!r} has the parameter {PARAM_VERTEX_SHIFTS!r}: an ensemble runs each "
                              "stage once, and only the custom model runs an event once per vertex shift; remove it")
         check_bundle_unchanged(bundle_path(args, parameters), parameters)
-        model = cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
+        with _repository_copy_advice():
+            model = cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
         check_config_matches(args, parameters, model)
         return model
 

@@ -131,9 +131,11 @@ def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: 
     (``/dev/stdout``, say) is written into, never replaced by a regular file; a symbolic
     link is replaced by the file, or with ``follow_links`` written through (its target
     replaced, the link kept: for a file the user named, such as ``perf --csv``)."""
-    contents = [(written_path(path) if follow_links else Path(path), data) for path, data in contents]
-    streams = [(path, data) for path, data in contents if special_file(path)]
-    contents = [(path, data) for path, data in contents if not special_file(path)]
+    streams, files = [], []
+    for path, data in contents:
+        path = written_path(path) if follow_links else Path(path)
+        (streams if special_file(path) else files).append((path, data))
+    contents = files
     temporaries: list[Path] = []
     current = None
     try:

@@ -101,14 +101,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:8s} {url}", flush=True)
         print("  stop with Ctrl-C or SIGTERM", flush=True)
         models = server.ready_model_processes
-        if model_control_mode(settings.extra_args) == "poll":
-            # Triton replaces a changed model's processes itself: one ending is no death to stop for
-            models = set()
+        watching = model_control_mode(settings.extra_args) != "poll"
+        if not watching:  # Triton replaces a changed model's processes itself: one ending is no death
             print("trackserve serve: note: with --model-control-mode=poll Triton reloads changed models and ends "
                   "their old processes itself, so serve does not watch the model processes: one that dies (killed, "
                   "out of memory) leaves its model refusing requests until it is reloaded", file=sys.stderr, flush=True)
         while (code := server.wait(timeout=MODEL_CHECK_SECONDS)) is None:
-            lost = models - server.model_processes()
+            lost = models - server.model_processes() if watching else set()
             if lost:
                 # Triton keeps reporting the model ready, but every request to it now fails:
                 # stop, so that whatever supervises this command starts it again.

@@ -106,7 +106,7 @@ class Pipeline:
         self.device = device
         self.config = config or RuntimeConfig()
         self.feature_spec = FeatureSpec(tuple(self.bundle.feature_names), tuple(self.bundle.feature_scales))
-        self._pid = os.getpid()  # the process whose thread pools and sessions these are
+        self._forks = _AFTER_FORK.forks  # the process whose thread pools and sessions these are
         self._steps_here = NetworkSteps(self.bundle, self.config)
         self.networks: dict[str, OnnxNetwork] = self._steps_here.networks
         self.stages = self.bundle.stages
@@ -138,17 +138,17 @@ class Pipeline:
         stay in the parent: a child using them waited for ever), and forget the parent's
         worker processes and its lock (the child starts its own when it needs them). Once,
         whichever of the child's threads comes first; the others wait for it."""
-        if self._pid == os.getpid():
+        if self._forks == _AFTER_FORK.forks:
             return
         with _AFTER_FORK.lock:
-            if self._pid == os.getpid():
+            if self._forks == _AFTER_FORK.forks:
                 return
             self._processes_lock = threading.Lock()
             self._processes = None  # the parent's: their clean-up does nothing in this process
             self._alone = None
             self._steps_here = NetworkSteps(self.bundle, self.config)
             self.networks = self._steps_here.networks
-            self._pid = os.getpid()  # last: no thread may take the parent's steps for this process's
+            self._forks = _AFTER_FORK.forks  # last: no thread may take the parent's steps for this process's
 
     @property
     def vertex_shifts(self) -> tuple[float, ...] | None:
@@ -531,7 +531,7 @@ class Pipeline:
         again when needed): after the events they are running, or with ``wait=False`` at once.
         Also done when the pipeline is garbage-collected or at exit (of a multiprocessing
         child too, before it waits for its own children)."""
-        if self._pid != os.getpid():  # a forked child's copy: the workers are its parent's
+        if self._forks != _AFTER_FORK.forks:  # a forked child's copy: the workers are its parent's
             self._processes = None
             return
         with self._processes_lock:
@@ -601,14 +601,18 @@ class Pipeline:
 
 
 class _AfterFork:
-    """The lock of :meth:`Pipeline._own_process`, made anew in a forked child (the parent's
-    may have been held by a thread that does not exist there)."""
+    """How many forks led to this process (``forks``: a pipeline made before the last one is a
+    forked copy, told without a system call on the event's path) and the lock of
+    :meth:`Pipeline._own_process`, made anew in a forked child (the parent's may have been held
+    by a thread that does not exist there)."""
 
     def __init__(self):
+        self.forks = 0
         self.lock = threading.Lock()
         os.register_at_fork(after_in_child=self._renew)
 
     def _renew(self) -> None:
+        self.forks += 1
         self.lock = threading.Lock()
 
 

@@ -158,14 +158,23 @@ def _repository_copy_advice():
                           "from the original bundle (trackserve triton-repo ... --overwrite)") from error
 
 
-def check_config_matches(args: Mapping, parameters: Mapping[str, str], model: "ServedModel") -> None:
-    """Refuse to load a model whose ``config.pbtxt`` no longer fits the bundle it serves: the
-    bundle changed since the config was written (:func:`check_bundle_unchanged`, again for the
-    bundle as loaded), or the config declares an input or output with other dims or dtype than
-    the bundle gives (every request would be refused). InputError saying to write the
-    repository again."""
-    check_bundle_unchanged(model.bundle_directory, parameters)
-    again = _AGAIN
+def load_checked(args: Mapping, parameters: Mapping[str, str], build: Callable[[Path], "ServedModel"]) -> "ServedModel":
+    """``build(bundle)`` for the bundle the config names (:func:`bundle_path`), checked as a
+    model repository's copy: unchanged since its config was written (before it is loaded,
+    :func:`check_bundle_unchanged`), loadable (else the repository is to be written again), and
+    described by its config (:func:`check_config_matches`)."""
+    bundle = bundle_path(args, parameters)
+    check_bundle_unchanged(bundle, parameters)
+    with _repository_copy_advice():
+        model = build(bundle)
+    check_config_matches(args, model)
+    return model
+
+
+def check_config_matches(args: Mapping, model: "ServedModel") -> None:
+    """Refuse to load a model whose ``config.pbtxt`` declares an input or output with other
+    dims or dtype than the bundle gives (every request would be refused). InputError saying to
+    write the repository again."""
     bundle = model.bundle_directory
     model_config = _model_config(args)
     for kind, specs in (("input", model.inputs), ("output", model.outputs)):
@@ -176,7 +185,7 @@ def check_config_matches(args: Mapping, parameters: Mapping[str, str], model: "S
             entry = declared.get(spec.name)
             if entry is None:
                 raise InputError(f"the model config declares no {kind} {spec.name!r}, which the bundle's model "
-                                 f"has ({spec.config_dtype} {list(spec.dims)}); {again}")
+                                 f"has ({spec.config_dtype} {list(spec.dims)}); {_AGAIN}")
             try:
                 dims = tuple(int(dim) for dim in entry.get("dims") or [])
             except (TypeError, ValueError):
@@ -184,7 +193,7 @@ def check_config_matches(args: Mapping, parameters: Mapping[str, str], model: "S
             if dims != spec.dims or entry.get("data_type", spec.config_dtype) != spec.config_dtype:
                 raise InputError(f"the model config declares {kind} {spec.name!r} as {entry.get('data_type')} "
                                  f"{list(entry.get('dims') or [])}, but the bundle {bundle} gives {spec.config_dtype} "
-                                 f"{list(spec.dims)}; {again}")
+                                 f"{list(spec.dims)}; {_AGAIN}")
 
 
 def _served_settings(args: Mapping) -> tuple[dict[str, str], RuntimeConfig]:
@@ -225,11 +234,7 @@ class PipelineModel(ServedModel):
     def from_args(cls, args: Mapping) -> "PipelineModel":
         """Build from the ``args`` of a Python-backend ``initialize``."""
         parameters, config = _served_settings(args)
-        check_bundle_unchanged(bundle_path(args, parameters), parameters)
-        with _repository_copy_advice():
-            model = cls(bundle_path(args, parameters), device=instance_device(args), config=config)
-        check_config_matches(args, parameters, model)
-        return model
+        return load_checked(args, parameters, lambda bundle: cls(bundle, device=instance_device(args), config=config))
 
     def __call__(self, arrays):
         return {LABELS: self.pipeline.run(arrays[FEATURES]).labels}
@@ -266,11 +271,8 @@ class StageModel(ServedModel):
         if is_shifted(config.vertex_shifts):
             raise InputError(f"the stage model {stage!r} has the parameter {PARAM_VERTEX_SHIFTS!r}: an ensemble runs each "
                              "stage once, and only the custom model runs an event once per vertex shift; remove it")
-        check_bundle_unchanged(bundle_path(args, parameters), parameters)
-        with _repository_copy_advice():
-            model = cls(bundle_path(args, parameters), stage, device=instance_device(args), config=config)
-        check_config_matches(args, parameters, model)
-        return model
+        return load_checked(args, parameters,
+                            lambda bundle: cls(bundle, stage, device=instance_device(args), config=config))
 
     def __call__(self, arrays):
         return self.stage(arrays)

@@ -19,7 +19,7 @@ import pytest
 from trackserve.errors import InputError
 from trackserve.serving import backend
 from trackserve.serving.backend import PipelineModel, StageModel, respond
-from trackserve.serving.triton_models import PIPELINE_MODEL
+from trackserve.serving.triton_models import PIPELINE_MODEL, STAGE_MODEL
 
 
 class FakeTensor:
@@ -290,3 +290,69 @@ def test_a_bundle_named_by_its_pipeline_json_loads_with_its_recorded_sha256(tiny
     args = args_for(tiny_bundle / "pipeline.json", intra_op_threads=1, graph_threads=1,
                     pipeline_sha256=file_sha256(tiny_bundle / "pipeline.json"))
     assert PipelineModel.from_args(args).inputs[0].name == "FEATURES"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_far_hits_are_logged_at_once_then_at_most_once_an_interval_with_the_count(tiny_pipeline, sample_features):
+    logged, clock = [], Clock()
+    far = backend.FarHitsLog(tiny_pipeline.feature_spec, logged.append, interval_s=60, clock=clock)
+    unscaled = sample_features * np.float32(1000.0)  # the sample's r in mm where the bundle divides it by 1,000
+    far.check(sample_features)
+    assert logged == []
+    far.check(unscaled)
+    assert len(logged) == 1 and "|r| up to" in logged[0] and "like this" not in logged[0]
+    for _ in range(4):
+        clock.now += 10
+        far.check(unscaled)
+        far.check(sample_features)
+    assert len(logged) == 1
+    clock.now += 30  # 70 s after the first line
+    far.check(unscaled)
+    assert len(logged) == 2 and "(5 requests like this since the last such line)" in logged[1]
+
+
+def test_answered_requests_with_far_hits_are_logged_by_the_models_that_read_them_as_sent(
+        pipeline_model, tiny_bundle, tiny_pipeline, sample_features):
+    pb, logged = fake_pb_utils(), []
+    unscaled = sample_features[:500] * np.float32(1000.0)
+    pipeline_model.log_far_hits(logged.append)
+    try:
+        responses = respond(pb, [request(sample_features[:500]), request(unscaled), request(np.ones((3, 2), np.float32))],
+                            pipeline_model)
+    finally:
+        pipeline_model.far_hits = None
+    assert [r.error is None for r in responses] == [True, True, False]
+    np.testing.assert_array_equal(responses[1].output_tensors[0].array, tiny_pipeline.run(unscaled).labels)
+    assert len(logged) == 1 and "hits outside the TrackML detector" in logged[0]
+    embed = StageModel.from_args(args_for(tiny_bundle, stage="embed", intra_op_threads=1, graph_threads=1))
+    filter_stage = StageModel.from_args(args_for(tiny_bundle, stage="filter", intra_op_threads=1, graph_threads=1))
+    embed.log_far_hits(logged.append)
+    filter_stage.log_far_hits(logged.append)
+    assert filter_stage.far_hits is None  # only the ensemble's first stage takes the features as sent
+    assert respond(pb, [request(unscaled)], embed)[0].error is None
+    assert len(logged) == 2 and "|r| up to" in logged[1]
+
+
+@pytest.mark.parametrize("model_file, parameters", [(PIPELINE_MODEL, {}), (STAGE_MODEL, {"stage": "embed"})],
+                         ids=["custom", "ensemble-embed"])
+def test_the_shipped_model_files_log_far_hits_at_warning_level(tiny_bundle, sample_features, monkeypatch,
+                                                               model_file, parameters):
+    pb = fake_pb_utils()
+    lines = []
+    pb.Logger = types.SimpleNamespace(log_warn=lambda m: lines.append(("warn", m)),
+                                      log_error=lambda m: lines.append(("error", m)))
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    spec = importlib.util.spec_from_file_location("trackserve_model_far_hits", model_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize(args_for(tiny_bundle, intra_op_threads=1, graph_threads=1, **parameters))
+    assert model.execute([request(sample_features[:300] * np.float32(1000.0))])[0].error is None
+    assert len(lines) == 1 and lines[0][0] == "warn" and "were its features divided by the scales" in lines[0][1]

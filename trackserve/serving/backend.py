@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Callable, Mapping
@@ -24,9 +26,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, TrackserveError
+from ..events.features import FeatureSpec, beyond_detector
 from ..runtime.config import RuntimeConfig, available_cores, require_device
 from ..runtime.vertex_shifts import is_shifted, parse_vertex_shifts, shifts_in_words
-from .interface import FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
+from .interface import ENSEMBLE_STAGES, FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
 
 #: ``config.pbtxt`` parameter keys the models read.
 PARAM_BUNDLE = "bundle"
@@ -205,6 +208,45 @@ def _served_settings(args: Mapping) -> tuple[dict[str, str], RuntimeConfig]:
     return parameters, runtime_config(parameters, instance_count(model_config))
 
 
+#: The shortest time between two log lines about requests with hits beyond the detector.
+FAR_HITS_LOG_INTERVAL_S = 60.0
+
+
+class FarHitsLog:
+    """Lines in the server's log about answered requests whose hits lie beyond the TrackML
+    detector for the bundle's scales (:func:`~trackserve.events.features.beyond_detector`:
+    typically features not divided by the scales, or columns in another order), whose
+    labels are then mostly wrong although the request succeeds: what ``trackserve run`` and
+    ``client`` say on stderr for a feature file, for the clients that do not (a plain
+    ``tritonclient`` call). The first such request is logged at once, later ones at most
+    once per ``interval_s`` with the count since the last line, so a client sending
+    thousands floods nothing. Safe to call from several threads."""
+
+    def __init__(self, spec: FeatureSpec, log: Callable[[str], None], *, interval_s: float = FAR_HITS_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.spec, self.log, self.interval_s, self.clock = spec, log, interval_s, clock
+        self._lock = threading.Lock()
+        self._unlogged = 0
+        self._next_line = None
+
+    def check(self, features: np.ndarray) -> None:
+        """Count ``features [N, F]`` (an answered request's) when its hits lie beyond the
+        detector, and write a line when one is due."""
+        found = beyond_detector(features, self.spec)
+        if found is None:
+            return
+        with self._lock:
+            self._unlogged += 1
+            now = self.clock()
+            if self._next_line is not None and now < self._next_line:
+                return
+            count, self._unlogged = self._unlogged, 0
+            self._next_line = now + self.interval_s
+        since = "" if count == 1 else f" ({count:,} requests like this since the last such line)"
+        self.log(f"trackserve: a request's {found}{since}: its labels are most likely wrong; were its features "
+                 f"divided by the scales, and in this order? (at most one such line per {self.interval_s:g} s)")
+
+
 class ServedModel:
     """A callable ``model(arrays) -> outputs`` with the tensor specs of its inputs and outputs."""
 
@@ -212,10 +254,23 @@ class ServedModel:
     outputs: tuple[TensorSpec, ...] = ()
     #: The directory of the bundle the model serves (as loaded).
     bundle_directory: Path
+    #: Where answered requests with hits beyond the detector are logged (:meth:`log_far_hits`).
+    far_hits: FarHitsLog | None = None
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Compute the outputs of one request."""
         raise NotImplementedError  # pragma: no cover - subclasses override
+
+    def event_feature_spec(self) -> FeatureSpec | None:
+        """The bundle's features when this model takes an event's features as its client sent
+        them (the custom model, the ensemble's first stage); None for the others."""
+        return None
+
+    def log_far_hits(self, log: Callable[[str], None]) -> None:
+        """Write to ``log`` about answered requests with hits beyond the detector
+        (:class:`FarHitsLog`), when this model takes the event's features as sent."""
+        spec = self.event_feature_spec()
+        self.far_hits = None if spec is None else FarHitsLog(spec, log)
 
 
 class PipelineModel(ServedModel):
@@ -238,6 +293,9 @@ class PipelineModel(ServedModel):
 
     def __call__(self, arrays):
         return {LABELS: self.pipeline.run(arrays[FEATURES]).labels}
+
+    def event_feature_spec(self) -> FeatureSpec:
+        return self.pipeline.feature_spec
 
 
 class StageModel(ServedModel):
@@ -276,6 +334,11 @@ class StageModel(ServedModel):
 
     def __call__(self, arrays):
         return self.stage(arrays)
+
+    def event_feature_spec(self) -> FeatureSpec | None:
+        if self.stage.name != ENSEMBLE_STAGES[0].name:
+            return None
+        return FeatureSpec(tuple(self.stage.bundle.feature_names), tuple(self.stage.bundle.feature_scales))
 
 
 def read_input(pb_utils, request, spec: TensorSpec) -> np.ndarray:
@@ -332,6 +395,8 @@ def respond_one(pb_utils, request, model: ServedModel, log: Callable[[str], None
         arrays = {spec.name: read_input(pb_utils, request, spec) for spec in model.inputs}
         outputs = model(arrays)
         tensors = [output_tensor(pb_utils, spec.name, outputs[spec.name]) for spec in model.outputs]
+        if model.far_hits is not None:
+            model.far_hits.check(arrays[FEATURES])
         return pb_utils.InferenceResponse(output_tensors=tensors)
     except InputError as error:
         return error_response(pb_utils, f"bad request: {error}", invalid_argument=True)
@@ -359,9 +424,18 @@ def respond(pb_utils, requests, model: ServedModel, log: Callable[[str], None] |
 
 def error_logger(pb_utils) -> Callable[[str], None]:
     """A function that writes to Triton's log at error level (stderr where the stub has no logger)."""
+    return _logger(pb_utils, "log_error")
+
+
+def warning_logger(pb_utils) -> Callable[[str], None]:
+    """A function that writes to Triton's log at warning level (stderr where the stub has no logger)."""
+    return _logger(pb_utils, "log_warn")
+
+
+def _logger(pb_utils, level: str) -> Callable[[str], None]:
     logger = getattr(pb_utils, "Logger", None)
-    if logger is not None and hasattr(logger, "log_error"):
-        return logger.log_error
+    if logger is not None and hasattr(logger, level):
+        return getattr(logger, level)
 
     def to_stderr(message: str) -> None:
         import sys

@@ -7,7 +7,7 @@ runtime settings come from the ``parameters`` of ``config.pbtxt``, the device fr
 
 import triton_python_backend_utils as pb_utils
 
-from trackserve.serving.backend import PipelineModel, error_logger, respond
+from trackserve.serving.backend import PipelineModel, error_logger, respond, warning_logger
 
 
 class TritonPythonModel:
@@ -17,6 +17,7 @@ class TritonPythonModel:
         """Load the bundle named in the config and open its networks."""
         self.model = PipelineModel.from_args(args)
         self.log = error_logger(pb_utils)
+        self.model.log_far_hits(warning_logger(pb_utils))
 
     def execute(self, requests):
         """One response per request, each event processed on its own; bad input gets an error response."""

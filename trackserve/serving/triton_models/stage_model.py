@@ -6,7 +6,7 @@ Which stage, the bundle and the runtime settings come from the ``parameters`` of
 
 import triton_python_backend_utils as pb_utils
 
-from trackserve.serving.backend import StageModel, error_logger, respond
+from trackserve.serving.backend import StageModel, error_logger, respond, warning_logger
 
 
 class TritonPythonModel:
@@ -16,6 +16,7 @@ class TritonPythonModel:
         """Load the bundle named in the config and prepare the stage."""
         self.model = StageModel.from_args(args)
         self.log = error_logger(pb_utils)
+        self.model.log_far_hits(warning_logger(pb_utils))
 
     def execute(self, requests):
         """One response per request, each processed on its own; bad input gets an error response."""

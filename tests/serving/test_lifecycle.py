@@ -15,7 +15,7 @@ import pytest
 from trackserve.errors import BackendUnavailableError, InputError, ServingError
 from trackserve.serving.client import TritonClient
 from trackserve.serving.repository import RepositoryOptions, write_repository
-from trackserve.serving.server import ServerSettings, TritonServer, find_triton, free_port
+from trackserve.serving.server import ServerSettings, TritonServer, find_triton, free_port, load_failures
 
 from .conftest import require_triton
 
@@ -180,9 +180,33 @@ def test_a_model_that_cannot_load_stops_startup_with_its_reason(custom_repositor
     server = TritonServer(broken, ServerSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=None))
     with pytest.raises(ServingError, match="exited with status 1 before it was ready") as error:
         server.start()
-    assert "failed to load 'exatrkx'" in str(error.value)
-    assert "BundleError: bundle " in str(error.value) and "exatrkx/bundle does not exist" in str(error.value)
+    message = str(error.value)
+    assert "models that did not load:\n  exatrkx (version 1): BundleError: bundle " in message
+    assert "exatrkx/bundle does not exist" in message
+    assert "\\n" not in message and "At:" not in message  # newlines restored, the backend's frames left out
     assert not server.running
+
+
+def test_load_failures_are_read_from_the_log_one_per_model_with_newlines_restored():
+    def logged(message):  # as Triton writes a message: quoted, with newlines, quotes and backslashes escaped
+        escaped = message.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'E1202 10:02:29.750607 8405 model_lifecycle.cc:642] "{escaped}"'
+
+    reason = 'BundleError: invalid bundle /r/b: 1 problem(s):\n  - networks.gnn.file: "gnn.onnx" in C:\\x'
+    frames = "\n\nAt:\n  /work/trackserve/serving/backend.py(160): _repository_copy_advice\n"
+    lines = [
+        logged(f"ERROR: Failed to create instance: {reason}{frames}"),
+        logged(f"failed to load 'exatrkx' version 1: Internal: {reason}{frames}"),
+        logged("failed to load 'exatrkx' version 1: Internal: again"),
+        logged("failed to load 'embed' version 3: Unavailable: no GPU"),
+        logged("something else"),
+    ]
+    assert "\n" not in "".join(lines)
+    assert load_failures(lines) == [
+        "  exatrkx (version 1): " + reason.replace("\n", "\n    "),
+        "  embed (version 3): Unavailable: no GPU",
+    ]
+    assert load_failures(lines[-1:]) == []
 
 
 def _serve(repository, http, grpc, extra=()):

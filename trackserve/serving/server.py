@@ -53,6 +53,16 @@ GROUP_EXIT_WAIT_S = 5.0
 #: The longest stop timeout: tritonserver reads --exit-timeout-secs as a 32-bit signed integer.
 MAX_STOP_TIMEOUT_S = 2**31 - 1
 _HARMLESS = ("CudaDriverHelper", "CUDA driver", "pinned memory", "cuda")
+#: Triton's log line for a model that did not load: the model, its version and the reason,
+#: a quoted string with its newlines escaped.
+_LOAD_FAILURE = re.compile(r"""failed to load '(?P<model>[^']+)' version (?P<version>\d+): (?P<reason>.*?)"?$""")
+#: The Python backend's frames after an exception's message ("\n\nAt:\n  file(line): function").
+_BACKEND_FRAMES = re.compile(r"\n+At:\n.*$", re.DOTALL)
+_ESCAPE = re.compile(r"\\(.)")
+_ESCAPED = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+#: The Python backend's error line for each instance that did not start (its reason is the
+#: failed load's, which :func:`load_failures` gives).
+_INSTANCE_FAILURE = "Failed to create instance"
 #: Files of the bundled Python backend copied into the private backend folder.
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
@@ -283,6 +293,24 @@ class ServerSettings:
         return ports
 
 
+
+def load_failures(lines: Sequence[str]) -> list[str]:
+    """Each model that Triton's log ``lines`` say did not load, as ``"  NAME (version V):
+    REASON"`` with the reason's escaped newlines restored and the Python backend's frames
+    ("At: file(line): function") left out; in the order of the log, each model once."""
+    found: dict[tuple[str, str], str] = {}
+    for line in lines:
+        match = _LOAD_FAILURE.search(line)
+        if match is None or (match["model"], match["version"]) in found:
+            continue
+        reason = _ESCAPE.sub(lambda escape: _ESCAPED.get(escape[1], escape[0]), match["reason"])
+        reason = _BACKEND_FRAMES.sub("", reason).strip()
+        reason = reason.removeprefix("Internal: ")
+        found[match["model"], match["version"]] = f"  {match['model']} (version {match['version']}): " + reason.replace(
+            "\n", "\n    ")
+    return list(found.values())
+
+
 class TritonServer:
     """One ``tritonserver`` process serving a model repository.
 
@@ -354,13 +382,21 @@ class TritonServer:
         return "\n".join(self._tail)
 
     def failure_report(self) -> str:
-        """What the log says went wrong: its error lines, then its last lines."""
+        """What the log says went wrong: the models that did not load and why (as the model
+        said it, on lines of their own), or else its error lines; then its last lines."""
         last = "\n".join(list(self._tail)[-8:])
         if self._usage_error is not None:  # a bad command-line option: its usage text followed the reason
             return f"it refused its command line: {self._usage_error.strip()}"
         if self._foreign_server is not None:
             last = (f"another server ({self._foreign_server}) answered on {self.http_url} while this one started: "
                     f"it took a port between the check and the start\n{last}")
+        failures = load_failures(self._errors)
+        if failures:
+            report = "models that did not load:\n" + "\n".join(failures)
+            others = [line for line in self._errors if not _LOAD_FAILURE.search(line) and _INSTANCE_FAILURE not in line]
+            if others:
+                report += "\nits log's other errors:\n" + "\n".join(others)
+            return report + f"\nthe end of its log:\n{last}"
         if not self._errors:
             return f"the end of its log:\n{last}"
         return "its log's errors:\n" + "\n".join(self._errors) + f"\nthe end of its log:\n{last}"

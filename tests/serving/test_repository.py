@@ -323,3 +323,57 @@ def test_a_bind_mount_that_ismount_misses_is_replaced_entry_by_entry(tiny_bundle
     written = write_repository(tiny_bundle, repo, RepositoryOptions(layout="custom"), overwrite=True)
     assert sorted(p.name for p in repo.iterdir()) == sorted(written.models) == ["exatrkx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def _fake_tritonserver(cwd, *args):
+    """A process whose command line reads as a tritonserver's (argv[0] "tritonserver") until killed."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(["tritonserver", "-c", "import time; time.sleep(120)", *args], executable=sys.executable,
+                            cwd=cwd)
+
+
+def test_servers_of_a_repository_are_found_with_their_model_control_mode(tmp_path):
+    import time
+
+    from trackserve.serving.server import servers_of
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "other").mkdir()
+    polling = _fake_tritonserver(tmp_path, "--model-repository", "repo", "--model-control-mode=poll")
+    default = _fake_tritonserver(tmp_path / "other", "--model-repository=../repo")
+    elsewhere = _fake_tritonserver(tmp_path, f"--model-repository={tmp_path / 'other'}")
+    try:
+        deadline = time.monotonic() + 10
+        while len(servers_of(tmp_path / "repo")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert servers_of(tmp_path / "repo") == sorted([(polling.pid, "poll"), (default.pid, "none")])
+        assert servers_of(tmp_path / "other") == [(elsewhere.pid, "none")]
+        assert servers_of(tmp_path / "nothing") == []
+    finally:
+        for process in (polling, default, elsewhere):
+            process.kill()
+            process.wait()
+
+
+def test_triton_repo_says_when_a_running_server_does_not_take_the_new_models(tiny_bundle, tmp_path, capsys):
+    import time
+
+    from trackserve.serving.server import servers_of
+
+    output = tmp_path / "repo"
+    assert main(["triton-repo", str(output), "--bundle", str(tiny_bundle)]) == 0
+    assert "note" not in capsys.readouterr().err
+    server = _fake_tritonserver(tmp_path, f"--model-repository={output}")
+    try:
+        deadline = time.monotonic() + 10
+        while not servers_of(output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert main(["triton-repo", str(output), "--bundle", str(tiny_bundle), "--overwrite"]) == 0
+        err = capsys.readouterr().err
+    finally:
+        server.kill()
+        server.wait()
+    assert f"note: a running tritonserver (pid {server.pid}) serves {output}; it does not reload models" in err
+    assert "until it is started again" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 from ..paths import DEFAULT_BUNDLE
 from ..runtime.config import DEFAULT_EDGE_CHUNK_SIZE, DEFAULT_MEMORY_LIMIT_BYTES
@@ -119,4 +120,22 @@ def run(args: argparse.Namespace) -> int:
     for kind, name in written.entry_points.items():
         print(f"  send events to '{name}' ({kind}): input FEATURES FP32 [-1, F], output LABELS INT64 [-1]")
     print(f"serve it with: trackserve serve {shlex.quote(str(written.path))}")
+    _note_running_servers(written.path)
     return 0
+
+
+def _note_running_servers(repository) -> None:
+    """Say on stderr which running servers serve ``repository`` and whether they take the new
+    models: in Triton's default model control mode a server keeps serving what it loaded."""
+    from ..serving.server import servers_of
+
+    for pid, mode in servers_of(repository):
+        if mode == "poll":
+            what = "polls the repository and reloads the models that changed itself"
+        elif mode == "explicit":
+            what = "loads models when asked (its model-control API): load them again to serve the new ones"
+        else:
+            what = ("does not reload models (Triton's default model control mode): it serves the models it loaded "
+                    "until it is started again (stop its trackserve serve and start it)")
+        print(f"trackserve triton-repo: note: a running tritonserver (pid {pid}) serves {repository}; it {what}",
+              file=sys.stderr)

@@ -715,6 +715,33 @@ def process_group_members(group: int) -> set[int]:
     return members
 
 
+def servers_of(repository: str | Path) -> list[tuple[int, str]]:
+    """``(pid, model control mode)`` of each running ``tritonserver`` of this machine whose
+    model repository is ``repository`` (its ``--model-repository`` resolved from that
+    process's working directory), read from ``/proc``; processes it may not read are left out."""
+    wanted = Path(repository).resolve()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [arg.decode("utf-8", "replace") for arg in (entry / "cmdline").read_bytes().split(b"\0")[:-1]]
+            if not argv or Path(argv[0]).name != "tritonserver":
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        for index, arg in enumerate(argv[1:], start=1):
+            name, has_value, value = arg.partition("=")
+            if name not in ("--model-repository", "--model-store"):
+                continue
+            value = value if has_value else (argv[index + 1] if index + 1 < len(argv) else "")
+            if value and (cwd / value).resolve() == wanted:
+                found.append((int(entry.name), model_control_mode(argv[1:])))
+                break
+    return sorted(found)
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to send SIGTERM to the server if trackserve dies without stopping it."""
     try:

@@ -15,7 +15,8 @@ import pytest
 from trackserve.errors import BackendUnavailableError, InputError, ServingError
 from trackserve.serving.client import TritonClient
 from trackserve.serving.repository import RepositoryOptions, write_repository
-from trackserve.serving.server import ServerSettings, TritonServer, find_triton, free_port, load_failures
+from trackserve.serving.server import (ServerSettings, TritonServer, config_parse_errors, find_triton, free_port,
+                                       load_failures)
 
 from .conftest import require_triton
 
@@ -557,3 +558,16 @@ def test_serve_in_poll_mode_keeps_serving_a_model_triton_reloads(custom_reposito
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_config_triton_cannot_read_is_named_with_its_line(tmp_path):
+    pytest.importorskip("tritonclient.grpc")
+    good, bad = tmp_path / "good" / "config.pbtxt", tmp_path / "bad" / "config.pbtxt"
+    for path in (good, bad):
+        path.parent.mkdir()
+    good.write_text('name: "good"\nbackend: "python"\nmax_batch_size: 0\n')
+    bad.write_text('name: "bad"\nbackend: "python"\nmax_batch_sise: 0\n')
+    lines = [f'E1202 10:05:27.603492 12801 model_repository_manager.cc:1460] "Poll failed for model directory '
+             f"'{path.parent.name}': failed to read text proto from {path}\"" for path in (good, bad)]
+    assert config_parse_errors(lines) == [
+        f'  {bad} line 3, column 1: Message type "inference.ModelConfig" has no field named "max_batch_sise".']

@@ -56,6 +56,8 @@ _HARMLESS = ("CudaDriverHelper", "CUDA driver", "pinned memory", "cuda")
 #: Triton's log line for a model that did not load: the model, its version and the reason,
 #: a quoted string with its newlines escaped.
 _LOAD_FAILURE = re.compile(r"""failed to load '(?P<model>[^']+)' version (?P<version>\d+): (?P<reason>.*?)"?$""")
+#: Triton's log line for a model config it could not parse (it names no line).
+_CONFIG_UNREADABLE = re.compile(r"""failed to read text proto from (?P<path>.+?)"?$""")
 #: The Python backend's frames after an exception's message ("\n\nAt:\n  file(line): function").
 _BACKEND_FRAMES = re.compile(r"\n+At:\n.*$", re.DOTALL)
 _ESCAPE = re.compile(r"\\(.)")
@@ -294,6 +296,33 @@ class ServerSettings:
 
 
 
+def config_parse_errors(lines: Sequence[str]) -> list[str]:
+    """Where each ``config.pbtxt`` that Triton's log ``lines`` say it could not read goes
+    wrong, as ``"  PATH line L, column C: WHAT"`` (Triton names the file only): the file
+    parsed again with the protobuf text format and tritonclient's ``ModelConfig``. Files
+    that parse, cannot be read, or with tritonclient not installed, are left out."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return []
+    found = []
+    for line in lines:
+        match = _CONFIG_UNREADABLE.search(line)
+        if match is None:
+            continue
+        path = Path(match["path"])
+        try:
+            text_format.Parse(path.read_text(encoding="utf-8", errors="replace"), model_config_pb2.ModelConfig())
+        except text_format.ParseError as error:  # "3:1 : Message type ... has no field named ..."
+            what = str(error).split(" : ", 1)[-1]
+            place = f" line {error.GetLine()}, column {error.GetColumn()}" if error.GetLine() is not None else ""
+            found.append(f"  {path}{place}: {what}")
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def load_failures(lines: Sequence[str]) -> list[str]:
     """Each model that Triton's log ``lines`` say did not load, as ``"  NAME (version V):
     REASON"`` with the reason's escaped newlines restored and the Python backend's frames
@@ -390,6 +419,10 @@ class TritonServer:
         if self._foreign_server is not None:
             last = (f"another server ({self._foreign_server}) answered on {self.http_url} while this one started: "
                     f"it took a port between the check and the start\n{last}")
+        unparsed = config_parse_errors(self._errors)
+        if unparsed:
+            return ("model configs it could not read:\n" + "\n".join(unparsed) + "\nits log's errors:\n"
+                    + "\n".join(self._errors) + f"\nthe end of its log:\n{last}")
         failures = load_failures(self._errors)
         if failures:
             report = "models that did not load:\n" + "\n".join(failures)

@@ -34,37 +34,85 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
 
 
-def _reference_labels(networks, features, stages) -> tuple[np.ndarray, int, int]:
-    """Eager PyTorch networks, brute-force radius graph, scipy connected components."""
+def _reference_graph(points: np.ndarray, radius: float, max_neighbours: int) -> np.ndarray:
+    """Brute force: the pairs i < j closer than ``radius`` of which one end has the other
+    among its ``max_neighbours`` nearest such neighbours."""
+    distance2 = ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+    close = distance2 < radius**2
+    np.fill_diagonal(close, False)
+    nearest = np.zeros_like(close)
+    for hit in range(len(points)):
+        neighbours = np.flatnonzero(close[hit])
+        nearest[hit, neighbours[np.argsort(distance2[hit, neighbours], kind="stable")[:max_neighbours]]] = True
+    i, j = np.nonzero(np.triu(nearest | nearest.T, k=1))
+    return np.stack([i, j]).astype(np.int64)
+
+
+def _reference_scores(networks, features, stages) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(graph edges, filtered edges, GNN probabilities)`` from eager PyTorch networks and a
+    brute-force graph."""
     import torch
 
     embedding_net, filter_net, gnn_net = networks
     with torch.no_grad():
         x = torch.from_numpy(features)
         points = embedding_net(x).numpy().astype(np.float64)
-        n = len(points)
-        distance2 = ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)
-        i, j = np.nonzero(np.triu(distance2 < stages.radius**2, k=1))
-        edges = np.stack([i, j]).astype(np.int64)
+        edges = _reference_graph(points, stages.radius, stages.max_neighbours)
         filter_prob = torch.sigmoid(filter_net(x, torch.from_numpy(edges))).numpy()
         kept = edges[:, filter_prob > stages.filter_cut]
         gnn_prob = torch.sigmoid(gnn_net(x, torch.from_numpy(kept))).numpy()
+    return edges, kept, gnn_prob
+
+
+def _reference_labels(networks, features, stages) -> tuple[np.ndarray, int, int, int]:
+    """Eager PyTorch networks, brute-force radius graph, scipy connected components: the
+    labels and the numbers of graph, filtered and GNN-passing edges."""
+    edges, kept, gnn_prob = _reference_scores(networks, features, stages)
     good = kept[:, gnn_prob > stages.gnn_cut]
+    n = len(features)
     graph = coo_matrix((np.ones(good.shape[1]), (good[0], good[1])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    return labels, edges.shape[1], kept.shape[1]
+    return labels, edges.shape[1], kept.shape[1], good.shape[1]
 
 
 def test_run_matches_torch_bruteforce_scipy_reference(pipeline, sample_features, tiny_torch_networks):
     features = sample_features[:1500]
     result = pipeline.run(features)
-    reference, graph_edges, filtered_edges = _reference_labels(tiny_torch_networks, features, pipeline.stages)
-    assert result.num_edges["graph"] == graph_edges
-    assert result.num_edges["filter"] == filtered_edges
+    reference, graph_edges, filtered_edges, passing = _reference_labels(tiny_torch_networks, features, pipeline.stages)
+    assert result.num_edges == {"graph": graph_edges, "filter": filtered_edges, "gnn": passing}
     assert _same_partition(result.labels, reference)
     assert result.labels.dtype == np.int64 and result.labels.shape == (1500,)
     assert set(result.timings) == set(STAGES) | {"total"}
     assert all(seconds >= 0 for seconds in result.timings.values())
+
+
+def test_run_matches_the_reference_where_the_cap_binds_and_the_gnn_cut_splits_the_edges(
+        tiny_bundle, sample_features, tiny_torch_networks, tmp_path):
+    """The tiny bundle's random GNN passes every edge and its cap never binds on the sample
+    event; here a copy keeps each hit's 6 nearest neighbours and cuts the GNN between the
+    two middle scores of the widest gap near the median, so the GNN's scores and the cap
+    decide the tracks."""
+    from ..conftest import copy_with_stages
+
+    features = sample_features[:1500]
+    stages = Pipeline(tiny_bundle).stages
+    capped = copy_with_stages(tiny_bundle, tmp_path / "capped", max_neighbours=6)
+    edges, kept, gnn_prob = _reference_scores(tiny_torch_networks, features, Pipeline(capped).stages)
+    uncapped, _, _ = _reference_scores(tiny_torch_networks, features, stages)
+    assert edges.shape[1] < 0.9 * uncapped.shape[1]  # the cap binds
+    ranked = np.sort(gnn_prob)
+    middle = np.arange(len(ranked) // 3, 2 * len(ranked) // 3)
+    widest = middle[np.argmax(ranked[middle + 1] - ranked[middle])]
+    cut = float((ranked[widest] + ranked[widest + 1]) / 2)
+    bundle = copy_with_stages(tiny_bundle, tmp_path / "split", max_neighbours=6, gnn_cut=cut)
+    pipeline = Pipeline(bundle, config=RuntimeConfig(intra_op_threads=2, graph_threads=2))
+    result = pipeline.run(features)
+    reference, graph_edges, filtered_edges, passing = _reference_labels(tiny_torch_networks, features, pipeline.stages)
+    assert result.num_edges == {"graph": graph_edges, "filter": filtered_edges, "gnn": passing}
+    assert filtered_edges / 3 <= passing <= 2 * filtered_edges / 3
+    assert _same_partition(result.labels, reference)
+    uncut, *_ = _reference_labels(tiny_torch_networks, features, Pipeline(capped).stages)
+    assert not _same_partition(reference, uncut)  # the GNN's cut changed the tracks
 
 
 def test_labels_are_compact_and_in_first_hit_order(pipeline, sample_features):

@@ -182,6 +182,24 @@ def test_small_valid_file_loads(tmp_path, file_lines):
     assert [layer.kind for layer in geometry.layers] == ["disc"]
 
 
+def test_a_compressed_or_bom_headed_file_loads_as_the_plain_one(tmp_path, file_lines):
+    import gzip
+
+    text = "\n".join(file_lines[:109]) + "\n"
+    (tmp_path / "detectors.csv.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    for name in ("detectors.csv.gz", "bom.csv"):
+        geometry = load_geometry(tmp_path / name)
+        assert geometry.num_modules == 108
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(text.encode())[:200])
+    with pytest.raises(GeometryError, match=f"the geometry file {cut}: is a gzip file cut short"):
+        load_geometry(cut)
+    (tmp_path / "binary.csv").write_bytes(b"\x00\xff\xfe" * 10)
+    with pytest.raises(GeometryError, match="is not UTF-8 text"):
+        load_geometry(tmp_path / "binary.csv")
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(GeometryError, match="does not exist"):
         load_geometry(tmp_path / "nothing.csv")

@@ -347,6 +347,9 @@ def test_crlf_whitespace_and_compressed_content(tmp_path):
     packed = read_table(tmp_path / "u.csv", {"a": np.int64, "b": np.float64})
     for table in (plain, packed):
         assert table["a"].tolist() == [1, 3] and table["b"].tolist() == [2.5, 4.0]
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(text.encode() * 100)[:30])
+    with pytest.raises(EventFormatError, match="is a gzip file cut short .*: copy or download it again"):
+        read_table(tmp_path / "cut.csv.gz", {"a": np.int64, "b": np.float64})
 
 
 def test_large_int64_ids_are_exact(tmp_path):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import GeometryError
+from ..errors import EventFormatError, GeometryError
 from .stable_math import arctan2
 
 #: Columns of the geometry file, in file order.
@@ -336,12 +336,15 @@ class Geometry:
 
 def _read_columns(path: Path) -> dict[str, np.ndarray]:
     """Read and validate the geometry CSV into column arrays; GeometryError naming file, column and row."""
+    from .trackml import read_text
+
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            header_line = handle.readline()
-            body = handle.read()
+        text = read_text(path).removeprefix("\ufeff")  # gzip-compressed or not; a byte-order mark some editors write
+    except EventFormatError as error:
+        raise GeometryError(f"the geometry {error}") from None
     except OSError as error:
         raise GeometryError(f"cannot read the geometry file {path}: {error.strerror or error}") from error
+    header_line, _, body = text.partition("\n")
     header = [name.strip() for name in header_line.strip().split(",")]
     missing = [name for name in GEOMETRY_COLUMNS if name not in header]
     if missing:

@@ -64,7 +64,7 @@ _MAX_LISTED = 5
 # --------------------------------------------------------------------------- reading text
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The whole text of a (possibly gzip-compressed) file, or an error naming the file."""
     if not path.exists():
         raise EventFormatError("the file does not exist", path=path)
@@ -74,7 +74,10 @@ def _read_text(path: Path) -> str:
     if raw[:2] == b"\x1f\x8b" or path.name.endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
+        except EOFError:
+            raise EventFormatError("is a gzip file cut short (it ends before its end-of-stream marker): copy or "
+                                   "download it again", path=path) from None
+        except (OSError, zlib.error) as exc:
             raise EventFormatError(f"is not a valid gzip file ({exc}); recompress it or drop the .gz suffix", path=path) from None
     try:
         return raw.decode("utf-8")
@@ -192,7 +195,7 @@ def read_table(
     """
     path = Path(path)
     optional = dict(optional or {})
-    names, body = _parse_header(path, _read_text(path), schema)
+    names, body = _parse_header(path, read_text(path), schema)
     missing = [name for name in schema if name not in names]
     if missing:
         raise EventFormatError(
@@ -256,7 +259,7 @@ def read_feature_csv(path: str | Path, num_features: int | None = None) -> np.nd
     1-based column number.
     """
     path = Path(path)
-    text = _read_text(path).removeprefix("\ufeff")  # a byte-order mark some editors write first
+    text = read_text(path).removeprefix("\ufeff")  # a byte-order mark some editors write first
     if text.strip() == "":
         return np.zeros((0, num_features or 0), dtype=np.float32)
     blank = _BLANK_LINE.search(text.rstrip())

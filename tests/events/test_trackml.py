@@ -727,3 +727,26 @@ def test_an_event_written_over_a_copy_with_more_tables_reads_back_as_written(tmp
     back = read_event(tmp_path)
     assert back.truth is None and back.particles is None and back.cells is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["event000000012-hits.csv"]
+
+
+def test_a_dangling_link_or_a_directory_in_an_event_file_s_place_is_named(tmp_path):
+    import shutil
+
+    for part in ("hits", "truth", "particles", "cells"):
+        shutil.copy(SAMPLE / f"event000000001-{part}.csv.gz", tmp_path)
+    (tmp_path / "event000000002-hits.csv").symlink_to(tmp_path / "gone.csv")
+    # the dangling hits link is an event of the directory, named when it is read (not skipped in silence)
+    assert [prefix.name for prefix in find_event_prefixes(tmp_path)] == ["event000000001", "event000000002"]
+    with pytest.raises(EventFormatError, match=r"event000000002-hits\.csv: is a symbolic link to .*gone\.csv, which "
+                                               "does not exist"):
+        read_event(tmp_path / "event000000002")
+    # a dangling truth link is not an event without truth
+    (tmp_path / "event000000001-truth.csv").symlink_to(tmp_path / "gone-truth.csv")
+    with pytest.raises(EventFormatError, match=r"event000000001-truth\.csv: is a symbolic link"):
+        read_event(tmp_path / "event000000001")
+    (tmp_path / "event000000001-truth.csv").unlink()
+    (tmp_path / "event000000001-particles.csv").mkdir()
+    with pytest.raises(EventFormatError, match=r"event000000001-particles\.csv: is a directory or a special file"):
+        read_event(tmp_path / "event000000001")
+    (tmp_path / "event000000001-particles.csv").rmdir()
+    assert read_event(tmp_path / "event000000001").truth is not None

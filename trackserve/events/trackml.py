@@ -26,6 +26,7 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import os
 import re
 import warnings
 import zlib
@@ -369,6 +370,11 @@ def event_file(prefix: str | Path, kind: str) -> Path | None:
     """
     prefix = Path(prefix)
     candidates = [prefix.parent / f"{prefix.name}-{kind}.csv", prefix.parent / f"{prefix.name}-{kind}.csv.gz"]
+    for candidate in candidates:  # a name of the event that is no file must not pass for the file missing
+        if candidate.is_symlink() and not candidate.exists():
+            raise EventFormatError(f"is a symbolic link to {os.readlink(candidate)}, which does not exist", path=candidate)
+        if candidate.exists() and not candidate.is_file():
+            raise EventFormatError("is a directory or a special file, not a CSV file", path=candidate)
     present = [candidate for candidate in candidates if candidate.is_file()]
     if len(present) == 2:
         raise EventFormatError(
@@ -421,8 +427,8 @@ def find_event_prefixes(path: str | Path) -> list[Path]:
         prefixes = set()
         for child in path.iterdir():
             match = _FILE_NAME.match(child.name)
-            if match and match["kind"] == "hits" and child.is_file():
-                prefixes.add(path / match["prefix"])
+            if match and match["kind"] == "hits" and (child.is_file() or child.is_symlink()):
+                prefixes.add(path / match["prefix"])  # (a dangling link is named when its event is read)
         if not prefixes:
             raise EventFormatError(
                 "no TrackML event in this directory: no file named <prefix>-hits.csv or <prefix>-hits.csv.gz"

@@ -154,11 +154,19 @@ def note_skipped(command: str, skipped: list[Path]) -> None:
           "files; give a feature CSV by its file name to run it)", file=sys.stderr)
 
 
-def note_beyond_detector(command: str, path: Path, features, spec) -> None:
-    """Say on stderr when a feature file's hits lie beyond the detector for the bundle's scales
-    (:func:`~trackserve.events.features.beyond_detector`): the event still runs."""
+def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None:
+    """Say on stderr what makes an input's tracks doubtful although it runs: hits beyond the
+    detector for the bundle's scales (:func:`~trackserve.events.features.beyond_detector`;
+    for a feature file, features not scaled or in another order; for a TrackML event,
+    positions not in mm) and a TrackML event's hits not numbered as TrackML numbers them
+    (:func:`~trackserve.events.event.hit_numbering_problem`). ``kind``: ``"features"`` or
+    ``"trackml"``; ``item``: the input as read (its ``features``, and ``event`` for TrackML)."""
     from .events.features import beyond_detector
 
-    found = beyond_detector(features, spec)
+    found = beyond_detector(item.features, spec)
     if found is not None:
-        print(f"trackserve {command}: note: {path}: {found}; were the features scaled, and in this order?", file=sys.stderr)
+        hint = "were the features scaled, and in this order?" if kind == "features" else "are x, y and z in mm?"
+        print(f"trackserve {command}: note: {path}: {found}; {hint}", file=sys.stderr)
+    numbering = item.event.hit_numbering_problem() if kind == "trackml" else None
+    if numbering is not None:
+        print(f"trackserve {command}: note: {path}: {numbering}", file=sys.stderr)

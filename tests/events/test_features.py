@@ -178,11 +178,14 @@ def test_empty_and_one_hit():
 
 def test_non_finite_feature_names_the_hit():
     hits = hits_of([[1.0, 1.0, 1.0], [0.0, 0.0, 5.0]])
+    del hits["hit_id"]
     with pytest.raises(EventFormatError) as error:
         hit_features(hits, FeatureSpec(("r", "eta"), (1.0, 1.0)))
-    assert error.value.column == "eta" and error.value.row == 2
-    hits = hits_of([[1.0, 1.0, np.nan]])
-    with pytest.raises(EventFormatError, match="feature z of hit row 1"):
+    assert error.value.row == 2 and error.value.column is None  # a feature, not a column of the file
+    assert str(error.value) == "row 2: feature eta is inf (from x=0, y=0, z=5 mm)"
+    # a TrackML hits table (rows perhaps in another order than its file's): the hit by its hit_id
+    hits = {**hits_of([[1.0, 1.0, np.nan]]), "hit_id": np.array([7])}
+    with pytest.raises(EventFormatError, match=r"^the hit with hit_id 7: feature z is nan"):
         hit_features(hits, EXATRKX_SERVICE)
 
 
@@ -219,7 +222,7 @@ def test_features_beyond_float32_are_named_without_numpy_warnings(x, y, z):
     hits = {"hit_id": np.array([1, 2]), "x": np.array([30.0, x]), "y": np.array([40.0, y]), "z": np.array([5.0, z])}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an overflow RuntimeWarning would fail here before the named error
-        with pytest.raises(EventFormatError, match="of hit row 2 is inf"):
+        with pytest.raises(EventFormatError, match=r"the hit with hit_id 2: feature [rz] is inf .*, beyond float32"):
             hit_features(hits, FeatureSpec(("r", "phi", "z"), (1000.0, math.pi, 1000.0)))
 
 

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
-    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_beyond_detector, note_skipped
+    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_input_problems, note_skipped
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
     spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
                     if labels_paths is not None:
                         earlier.remove(labels_paths[number])
                     continue
-                if kind == "features" and note_spec is not None:
-                    note_beyond_detector("client", path, item.features, note_spec)
+                if note_spec is not None:
+                    note_input_problems("client", kind, path, item, note_spec)
                 try:
                     labels = client.infer(item.features, request_id=item.name)
                 except ServingError as error:

@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
-    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_beyond_detector, note_skipped
+    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_input_problems, note_skipped
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -272,8 +272,7 @@ def run(args: argparse.Namespace) -> int:
                 fail(index, input_name(kind, path), error)
                 continue
             read.append((index, item))
-            if kind == "features":
-                note_beyond_detector("run", path, item.features, pipeline.feature_spec)
+            note_input_problems("run", kind, path, item, pipeline.feature_spec)
             yield item.features
 
     wall = time.perf_counter()

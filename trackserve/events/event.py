@@ -78,6 +78,36 @@ def hit_id_row_order(hit_ids) -> np.ndarray | None:
     return np.argsort(ids, kind="stable")
 
 
+#: The columns that place a hit in the detector, in the order TrackML numbers its hits by.
+DETECTOR_ORDER_COLUMNS = ("volume_id", "layer_id", "module_id")
+
+
+def hit_numbering_problem(hits: Table) -> str | None:
+    """Why the ``hit_id`` s of a TrackML hits table are not TrackML's numbering, or None.
+
+    TrackML numbers an event's hits in the detector's order (volume, layer, then module:
+    every real and simulated event here has no step back along its hit ids), and a bundle's
+    networks and edge direction (``i<j`` by hit index) were trained on that numbering: an
+    event renumbered otherwise runs, but finds far fewer tracks (the sample event's
+    efficiency went from 0.94 to 0.68 under a random renumbering). None too for a table
+    without the detector columns, where it cannot be told."""
+    if any(name not in hits for name in DETECTOR_ORDER_COLUMNS) or "hit_id" not in hits:
+        return None
+    order = np.argsort(np.asarray(hits["hit_id"]), kind="stable")
+    volume, layer, module = (np.asarray(hits[name], dtype=np.int64)[order] for name in DETECTOR_ORDER_COLUMNS)
+    if volume.size < 2:
+        return None
+    same_volume, same_layer = volume[1:] == volume[:-1], layer[1:] == layer[:-1]
+    back = ((volume[1:] < volume[:-1]) | (same_volume & (layer[1:] < layer[:-1]))
+            | (same_volume & same_layer & (module[1:] < module[:-1])))
+    steps = int(np.count_nonzero(back))
+    if steps == 0:
+        return None
+    return (f"its hit ids do not follow the detector's order (volume, layer, module), as TrackML numbers hits: "
+            f"{steps:,} of {volume.size - 1:,} steps along the hit ids go back; the bundle's networks and edge direction "
+            "were trained on TrackML's numbering, so the tracks found are worse (number the hits in that order)")
+
+
 def table_length(table: Table) -> int:
     """Number of rows of a table (0 for a table with no columns); a pandas DataFrame counts too."""
     if hasattr(table, "columns") and hasattr(table, "index"):  # a DataFrame: .values is its array, not a method
@@ -146,6 +176,10 @@ class Event:
         """The row order that puts the hits in increasing ``hit_id`` order, or None when they
         already are (as :func:`~trackserve.events.trackml.read_event` reads them)."""
         return hit_id_row_order(self.hits["hit_id"])
+
+    def hit_numbering_problem(self) -> str | None:
+        """What is wrong with the event's hit numbering for a bundle (:func:`hit_numbering_problem`), or None."""
+        return hit_numbering_problem(self.hits)
 
     def in_hit_id_order(self) -> "Event":
         """This event with its hits (and the truth rows that follow them) in increasing

@@ -243,10 +243,12 @@ def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray
     bad = ~np.isfinite(features)
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
-        raise EventFormatError(
-            f"feature {spec.names[column]} of hit row {row + 1} is {features[row, column]} "
-            f"(x={x[row]}, y={y[row]}, z={z[row]})",
-            column=spec.names[column],
-            row=row + 1,
-        )
+        name = spec.names[column]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            wide = _FEATURES[name](x[row:row + 1], y[row:row + 1], z[row:row + 1])[0] / spec.scales[column]
+        what = (f"feature {name} is {features[row, column]} (from x={x[row]:g}, y={y[row]:g}, z={z[row]:g} mm"
+                f"{f': {wide:g}, beyond float32' if np.isfinite(wide) else ''})")
+        if "hit_id" in hits:  # a TrackML hits table: its rows may be in another order than the file's
+            raise EventFormatError(f"the hit with hit_id {np.asarray(hits['hit_id'])[row]}: {what}")
+        raise EventFormatError(what, row=row + 1)
     return features

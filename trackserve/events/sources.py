@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import EventFormatError
 from .event import Event
 from .features import FeatureSpec, hit_features
-from .trackml import event_files, event_id_from_digits, find_event_prefixes, read_event, read_feature_csv
+from .trackml import event_file, event_files, event_id_from_digits, find_event_prefixes, read_event, read_feature_csv
 
 _TRACKML_FILE = re.compile(r"-(hits|truth|particles|cells)\.csv(\.gz)?$")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
@@ -78,11 +78,15 @@ def _feature_csv_event(path: Path, num_features: int) -> InputEvent:
 
 def _trackml_event(prefix: Path, spec: FeatureSpec) -> InputEvent:
     event = read_event(prefix, parts=("truth", "particles"))
+    try:
+        features = hit_features(event.hits, spec)
+    except EventFormatError as error:  # named by the hits file it comes from
+        raise EventFormatError(str(error), path=event_file(prefix, "hits")) from None
     return InputEvent(
         input_name("trackml", prefix),
         event.event_id,
         np.asarray(event.hits["hit_id"], dtype=np.int64),
-        hit_features(event.hits, spec),
+        features,
         event,
     )
 

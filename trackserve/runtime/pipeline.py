@@ -376,6 +376,7 @@ class Pipeline:
                 f"event {event.name}: its hits are not in hit_id order, which the bundle's networks and edge direction "
                 "were trained on; these features follow the event's rows (run_event reorders by itself; for run(), "
                 "take event.in_hit_id_order())"), stacklevel=2)
+        _warn_hit_numbering(event, stacklevel=3)
         return hit_features(event.hits, self.feature_spec)
 
     def run_event(self, event: Event) -> PipelineResult:
@@ -385,6 +386,7 @@ class Pipeline:
         if not isinstance(event, Event):
             raise InputError(f"run_event takes a TrackML Event (trackserve.events.read_event(path) reads one); got "
                              f"{type(event).__name__}" + (f" {event!r}" if isinstance(event, (str, Path)) else ""))
+        _warn_hit_numbering(event, stacklevel=3)
         order = event.hit_id_order()
         if order is None:
             return self.run(hit_features(event.hits, self.feature_spec))
@@ -626,3 +628,11 @@ def opened_pipeline(bundle_directory: str, device: str, config: RuntimeConfig, s
     if stages is not None:
         bundle = replace(bundle, stages=StageParameters.from_dict(stages))
     return Pipeline(bundle, device=device, config=config)
+
+
+def _warn_hit_numbering(event: Event, stacklevel: int) -> None:
+    """A :class:`HitOrderWarning` when the event's hit ids are not TrackML's numbering
+    (:func:`~trackserve.events.event.hit_numbering_problem`), which no row order mends."""
+    problem = event.hit_numbering_problem()
+    if problem is not None:
+        warnings.warn(HitOrderWarning(f"event {event.name}: {problem}"), stacklevel=stacklevel)

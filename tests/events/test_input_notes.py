@@ -1,0 +1,90 @@
+"""What `run` says about TrackML events that run but whose tracks are doubtful: hits not
+numbered as TrackML numbers them, positions far beyond the detector, and a hit whose
+features overflow (named by its file and hit_id)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trackserve.cli import main
+from trackserve.errors import HitOrderWarning
+from trackserve.events.event import Event, hit_numbering_problem
+from trackserve.events.trackml import read_event, write_event
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return read_event(SAMPLE / "event000000001")
+
+
+def _written(event: Event, directory: Path, **hits) -> Path:
+    write_event(Event(event.event_id, {**event.hits, **hits}, event.truth, event.particles, event.cells), directory)
+    return directory / f"event{event.event_id:09d}"
+
+
+def _renumbered(event: Event, seed: int = 3) -> Event:
+    """The event with its hit ids permuted at random, consistently in hits, truth and cells."""
+    ids = np.asarray(event.hits["hit_id"])
+    new = np.random.default_rng(seed).permutation(len(ids)) + 1
+    renumber = dict(zip(ids.tolist(), new.tolist()))
+
+    def renumbered(table):
+        return {**table, "hit_id": np.array([renumber[int(i)] for i in table["hit_id"]], dtype=np.int64)}
+
+    return Event(event.event_id, renumbered(event.hits), renumbered(event.truth), event.particles,
+                 renumbered(event.cells))
+
+
+def test_hit_ids_out_of_the_detector_s_order_are_noted_by_run_and_warned_by_the_pipeline(sample, tmp_path, capsys):
+    from trackserve.runtime.pipeline import Pipeline
+
+    assert hit_numbering_problem(sample.hits) is None
+    renumbered = _renumbered(sample)
+    problem = hit_numbering_problem(renumbered.hits)
+    assert problem is not None and "steps along the hit ids go back" in problem
+    write_event(renumbered, tmp_path / "renumbered")
+    write_event(sample, tmp_path / "sample")
+    assert main(["run", str(tmp_path / "renumbered"), "--no-labels"]) == 0
+    assert "its hit ids do not follow the detector's order (volume, layer, module)" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "sample"), "--no-labels"]) == 0
+    assert "note" not in capsys.readouterr().err
+    pipeline = Pipeline(SAMPLE.parent / "models" / "default")
+    reread = read_event(tmp_path / "renumbered" / "event000000001")
+    for call in (pipeline.event_features, pipeline.run_event):
+        with pytest.warns(HitOrderWarning, match="do not follow the detector's order"):
+            call(reread)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.run_event(sample)
+
+
+def test_a_table_without_the_detector_columns_cannot_be_told_and_is_not_blamed(sample):
+    hits = {name: sample.hits[name] for name in ("hit_id", "x", "y", "z")}
+    assert hit_numbering_problem(hits) is None
+    one = {name: np.asarray(column)[:1] for name, column in _renumbered(sample).hits.items()}
+    assert hit_numbering_problem(one) is None
+
+
+def test_trackml_positions_far_beyond_the_detector_are_noted(sample, tmp_path, capsys):
+    prefix = _written(sample, tmp_path / "micrometres", x=np.asarray(sample.hits["x"]) * 1000.0,
+                      y=np.asarray(sample.hits["y"]) * 1000.0, z=np.asarray(sample.hits["z"]) * 1000.0)
+    assert main(["run", str(prefix), "--no-labels"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {prefix}: hits outside the TrackML detector: |r| up to" in err and "are x, y and z in mm?" in err
+
+
+def test_a_hit_whose_features_overflow_is_named_by_its_file_and_hit_id(sample, tmp_path, capsys):
+    x = np.asarray(sample.hits["x"], dtype=np.float64).copy()
+    x[9] = 1e300
+    prefix = _written(sample, tmp_path / "huge", x=x)
+    assert main(["run", str(prefix), "--no-labels"]) == 2
+    err = capsys.readouterr().err
+    hit_id = int(np.asarray(sample.hits["hit_id"])[9])
+    assert f"file {prefix}-hits.csv: the hit with hit_id {hit_id}: feature r is inf (from x=1e+300" in err
+    assert "column 'r'" not in err

@@ -159,7 +159,8 @@ def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None
     detector for the bundle's scales (:func:`~trackserve.events.features.beyond_detector`;
     for a feature file, features not scaled or in another order; for a TrackML event,
     positions not in mm) and a TrackML event's hits not numbered as TrackML numbers them
-    (:func:`~trackserve.events.event.hit_numbering_problem`). ``kind``: ``"features"`` or
+    (:func:`~trackserve.events.event.hit_numbering_problem`); and a TrackML event's truth or
+    particles table left out because it does not read. ``kind``: ``"features"`` or
     ``"trackml"``; ``item``: the input as read (its ``features``, and ``event`` for TrackML)."""
     from .events.features import beyond_detector
 
@@ -170,3 +171,6 @@ def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None
     numbering = item.event.hit_numbering_problem() if kind == "trackml" else None
     if numbering is not None:
         print(f"trackserve {command}: note: {path}: {numbering}", file=sys.stderr)
+    if getattr(item, "truth_problem", None) is not None:
+        left_out = "its particles table left out" if item.has_truth else "no metrics (its truth left out)"
+        print(f"trackserve {command}: note: {path}: labelled with {left_out}: {item.truth_problem}", file=sys.stderr)

@@ -88,3 +88,34 @@ def test_a_hit_whose_features_overflow_is_named_by_its_file_and_hit_id(sample, t
     hit_id = int(np.asarray(sample.hits["hit_id"])[9])
     assert f"file {prefix}-hits.csv: the hit with hit_id {hit_id}: feature r is inf (from x=1e+300" in err
     assert "column 'r'" not in err
+
+
+@pytest.mark.parametrize("case", ["particles without nhits", "particles cut to high pT", "truth without momenta"])
+def test_an_unreadable_truth_or_particles_table_leaves_the_event_labelled(sample, tmp_path, capsys, case):
+    import json
+
+    from trackserve.events.trackml import write_table
+
+    directory = tmp_path / "event"
+    truth, particles = sample.truth, sample.particles
+    if case == "particles cut to high pT":
+        keep = np.hypot(particles["px"], particles["py"]) >= 1.0
+        particles = {name: np.asarray(column)[keep] for name, column in particles.items()}
+    write_event(Event(sample.event_id, sample.hits, truth, particles, sample.cells), directory)
+    if case == "particles without nhits":
+        slim = {name: column for name, column in particles.items() if name != "nhits"}
+        write_table(directory / "event000000001-particles.csv", slim, list(slim))
+    if case == "truth without momenta":
+        slim = {name: truth[name] for name in ("hit_id", "particle_id", "weight")}
+        write_table(directory / "event000000001-truth.csv", slim, list(slim))
+    capsys.readouterr()
+    assert main(["run", str(directory), "--output", str(tmp_path / "labels"), "--json"]) == 0
+    captured = capsys.readouterr()
+    (record,) = json.loads(captured.out)["events"]
+    assert (tmp_path / "labels" / "event000000001-labels.csv").is_file()
+    if case == "truth without momenta":
+        assert "labelled with no metrics (its truth left out): file" in captured.err and "missing columns tx" in captured.err
+        assert "metrics" not in record
+    else:
+        assert "labelled with its particles table left out: file" in captured.err
+        assert record["metrics"]["efficiency"] == pytest.approx(50 / 53)  # the truth alone gives the same figures

@@ -45,6 +45,10 @@ class InputEvent:
     hit_ids: np.ndarray
     features: np.ndarray
     event: Event | None = None
+    #: Why the event's truth or particles table was left out (it does not read, or the two
+    #: disagree), so that its metrics are computed without it or not at all; None when both
+    #: read or are absent.
+    truth_problem: str | None = None
 
     @property
     def has_truth(self) -> bool:
@@ -76,8 +80,25 @@ def _feature_csv_event(path: Path, num_features: int) -> InputEvent:
     return InputEvent(input_name("features", path), event_id, hit_ids, features)
 
 
+def _event_to_run(prefix: Path) -> tuple[Event, str | None]:
+    """The event at ``prefix`` with as much of its truth as reads, and why the rest was left
+    out: a truth or particles table that does not read (particles without ``nhits``, truth
+    without ``tpx``...) or that disagree (particles cut to high pT) leave the event to run,
+    its metrics computed from the truth alone or not at all. The hits must read."""
+    try:
+        return read_event(prefix, parts=("truth", "particles")), None
+    except EventFormatError as error:
+        if error.path is None or Path(error.path) not in (event_file(prefix, "truth"), event_file(prefix, "particles")):
+            raise
+        problem = str(error)
+    try:
+        return read_event(prefix, parts=("truth",)), problem
+    except EventFormatError:
+        return read_event(prefix, parts=()), problem
+
+
 def _trackml_event(prefix: Path, spec: FeatureSpec) -> InputEvent:
-    event = read_event(prefix, parts=("truth", "particles"))
+    event, truth_problem = _event_to_run(prefix)
     try:
         features = hit_features(event.hits, spec)
     except EventFormatError as error:  # named by the hits file it comes from
@@ -88,6 +109,7 @@ def _trackml_event(prefix: Path, spec: FeatureSpec) -> InputEvent:
         np.asarray(event.hits["hit_id"], dtype=np.int64),
         features,
         event,
+        truth_problem,
     )
 
 

@@ -143,6 +143,30 @@ def _is_labels_file(path: Path) -> bool:
     return set(SUBMISSION_COLUMNS) <= columns  # in any order, with others too, as read_submission reads them
 
 
+def note_repeated_event_ids(command: str, inputs: list[tuple[str, Path]]) -> None:
+    """Say on stderr which inputs listed by :func:`~trackserve.events.sources.list_inputs` get
+    the same event id from their names (``event1`` and ``event000000001``; ``20-density``
+    and ``30-density``, both 0): their labels files carry one ``event_id``, which a
+    combined TrackML submission cannot tell apart."""
+    from .errors import EventFormatError
+    from .events.sources import input_event_id, input_name
+
+    names_of: dict[int, list[str]] = {}
+    for kind, path in inputs:
+        try:
+            names_of.setdefault(input_event_id(kind, path), []).append(input_name(kind, path))
+        except EventFormatError:  # an id too large: named when the event is read
+            continue
+    repeated = [(event_id, names) for event_id, names in names_of.items() if len(names) > 1]
+    if not repeated:
+        return
+    shown = "; ".join(f"{', '.join(names[:_NAMED])}{' ...' if len(names) > _NAMED else ''} have event id {event_id}"
+                      for event_id, names in repeated[:_NAMED])
+    more = f" (and {len(repeated) - _NAMED} more ids)" if len(repeated) > _NAMED else ""
+    print(f"trackserve {command}: note: {shown}{more}, from their names: their labels files carry the same event_id, "
+          "which one TrackML submission made of them cannot tell apart", file=sys.stderr)
+
+
 def note_skipped(command: str, skipped: list[Path]) -> None:
     """Say on stderr which CSV files of the directories given were not read as events."""
     if not skipped:

@@ -119,3 +119,16 @@ def test_an_unreadable_truth_or_particles_table_leaves_the_event_labelled(sample
     else:
         assert "labelled with its particles table left out: file" in captured.err
         assert record["metrics"]["efficiency"] == pytest.approx(50 / 53)  # the truth alone gives the same figures
+
+
+def test_inputs_whose_names_give_one_event_id_are_noted_when_labels_are_written(tmp_path, capsys):
+    import shutil
+
+    for name in ("event1", "event000000001", "event000000002"):
+        shutil.copy(SAMPLE / "event000000001-hits.csv.gz", tmp_path / f"{name}-hits.csv.gz")
+    assert main(["run", str(tmp_path), "--output", str(tmp_path / "labels")]) == 0
+    err = capsys.readouterr().err
+    assert "note: event000000001, event1 have event id 1, from their names: their labels files carry the same" in err
+    assert "event id 2" not in err
+    assert main(["run", str(tmp_path), "--no-labels"]) == 0
+    assert "have event id" not in capsys.readouterr().err

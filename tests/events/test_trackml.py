@@ -211,6 +211,19 @@ def test_event_id_from_prefix():
     assert event_id_from_prefix("event7") == 7
     assert event_id_from_prefix("barrel_subset_event000001000/20-density") == 0
     assert event_id_from_prefix("run-event12-hits") == 12
+    for name in ("Event000000003", "event_000000003", "EVENT-3", "event000000003"):  # as users name them
+        assert event_id_from_prefix(name) == 3
+    assert event_id_from_prefix("evt3") == 0 and event_id_from_prefix("events") == 0
+
+
+def test_an_event_id_too_large_is_named_when_read_not_when_listed(tmp_path):
+    import shutil
+
+    for name in ("event000000001", "event99999999999999999999"):
+        shutil.copy(SAMPLE / "event000000001-hits.csv.gz", tmp_path / f"{name}-hits.csv.gz")
+    assert [prefix.name for prefix in find_event_prefixes(tmp_path)] == ["event000000001", "event99999999999999999999"]
+    with pytest.raises(EventFormatError, match="the event id 99999999999999999999 in the name is above"):
+        read_event(tmp_path / "event99999999999999999999")
 
 
 # ---------------------------------------------------------------------- round trips

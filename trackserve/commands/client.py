@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
-    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_input_problems, note_skipped
+    from ..labels_output import (EarlierLabels, chosen_output, labels_files, note_input_problems,
+                                 note_repeated_event_ids, note_skipped)
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
     spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     note_skipped("client", skipped)
     output = chosen_output(args.output, args.no_labels)
     labels_paths = labels_files(output, inputs)
+    if labels_paths is not None:
+        note_repeated_event_ids("client", inputs)
     earlier = EarlierLabels("client", labels_paths)
     pipeline = None
 

@@ -231,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
-    from ..labels_output import EarlierLabels, chosen_output, labels_files, note_input_problems, note_skipped
+    from ..labels_output import (EarlierLabels, chosen_output, labels_files, note_input_problems,
+                                 note_repeated_event_ids, note_skipped)
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -243,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
     config, workers_chosen = _config(args, len(inputs))
     output = chosen_output(args.output, args.no_labels)
     labels_paths = labels_files(output, inputs)
+    if labels_paths is not None:
+        note_repeated_event_ids("run", inputs)
     earlier = EarlierLabels("run", labels_paths)
     pipeline = Pipeline(bundle, config=config)
     records = []

@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import EventFormatError
 from .event import Event
 from .features import FeatureSpec, hit_features
-from .trackml import event_file, event_files, event_id_from_digits, find_event_prefixes, read_event, read_feature_csv
+from .trackml import (event_file, event_files, event_id_from_digits, event_id_from_prefix, find_event_prefixes, read_event,
+                      read_feature_csv)
 
 _TRACKML_FILE = re.compile(r"-(hits|truth|particles|cells)\.csv(\.gz)?$")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
@@ -60,6 +61,15 @@ def _natural_key(path: Path):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def input_event_id(kind: str, path: Path) -> int:
+    """The event id of an input listed by :func:`list_inputs`, from its name (without reading
+    it): a feature file's last number, a TrackML prefix's ``event<digits>`` (0 without)."""
+    if kind != "features":
+        return event_id_from_prefix(path)
+    match = _LAST_NUMBER.search(input_name("features", path))
+    return event_id_from_digits(match.group(1), path) if match else 0
+
+
 def input_name(kind: str, path: Path) -> str:
     """The name of an input listed by :func:`list_inputs` (without reading it): a feature
     file's name up to its first dot, a TrackML event's prefix name."""
@@ -74,8 +84,7 @@ def read_feature_input(path: Path, num_features: int) -> InputEvent:
 
 def _feature_csv_event(path: Path, num_features: int) -> InputEvent:
     features = read_feature_csv(path, num_features)
-    match = _LAST_NUMBER.search(input_name("features", path))
-    event_id = event_id_from_digits(match.group(1), path) if match else 0
+    event_id = input_event_id("features", path)
     hit_ids = np.arange(1, features.shape[0] + 1, dtype=np.int64)
     return InputEvent(input_name("features", path), event_id, hit_ids, features)
 

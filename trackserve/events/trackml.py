@@ -55,7 +55,7 @@ from .event import (
 EVENT_PARTS: tuple[str, ...] = ("truth", "particles", "cells")
 
 _FILE_NAME = re.compile(r"^(?P<prefix>.+)-(?P<kind>hits|truth|particles|cells)\.csv(?:\.gz)?$")
-_EVENT_ID = re.compile(r"event(\d+)")
+_EVENT_ID = re.compile(r"event[_-]?(\d+)", re.IGNORECASE)
 _INTEGER_TEXT = re.compile(r"^[+-]?\d+$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: An empty (or blank) line of a headerless feature file, before its last hit.
@@ -336,13 +336,22 @@ def _diagnose_features(path: Path, text: str, reason: str) -> EventFormatError:
 def event_id_from_prefix(prefix: str | Path) -> int:
     """The event id of a file prefix: the digits after ``event`` in its name, else 0.
 
-    ``.../event000001000`` gives 1000; a prefix without ``event<digits>`` in its last
-    component (such as ``20-density``) gives 0. Only the prefix's own name is looked at,
+    ``.../event000001000`` gives 1000 (so do ``event1000``, ``Event_1000`` and
+    ``event-000001000``); a prefix without ``event<digits>`` in its last component (such as
+    ``20-density``) gives 0. Only the prefix's own name is looked at,
     not its directory, so that several such events in one directory are not given the
     directory's id.
     """
     match = _EVENT_ID.search(Path(prefix).name)
     return event_id_from_digits(match.group(1), prefix) if match else 0
+
+
+def _listing_key(prefix: Path) -> tuple[int, str]:
+    """Events listed by id then name; one whose id does not fit (named when it is read) last."""
+    try:
+        return event_id_from_prefix(prefix), prefix.name
+    except EventFormatError:
+        return MAX_EVENT_ID + 1, prefix.name
 
 
 def event_id_from_digits(digits: str, path: str | Path) -> int:
@@ -435,7 +444,7 @@ def find_event_prefixes(path: str | Path) -> list[Path]:
                 + _what_else_it_holds(path),
                 path=path,
             )
-        return sorted(prefixes, key=lambda prefix: (event_id_from_prefix(prefix), prefix.name))
+        return sorted(prefixes, key=_listing_key)
     if path.is_file():
         match = _FILE_NAME.match(path.name)
         if not match:

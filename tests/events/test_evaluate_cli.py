@@ -150,7 +150,11 @@ def test_event_without_hits_and_labels_without_rows(capsys, tmp_path):
 def test_event_without_truth(capsys, tmp_path, perfect):
     shutil.copy(DATA / "event000000001-hits.csv.gz", tmp_path / "event000000001-hits.csv.gz")
     status, _, err = _run(capsys, tmp_path / "event000000001", perfect)
-    assert status == 2 and "evaluation needs the event's truth file" in err
+    assert status == 2 and "evaluation needs the event's truth file (event000000001-truth.csv" in err
+    # named by the event's own prefix, not by one rebuilt from its id
+    shutil.copy(DATA / "event000000001-hits.csv.gz", tmp_path / "event1-hits.csv.gz")
+    status, _, err = _run(capsys, tmp_path / "event1", perfect)
+    assert status == 2 and "evaluation needs the event's truth file (event1-truth.csv or .csv.gz)" in err
 
 
 def test_listed_in_help(capsys):

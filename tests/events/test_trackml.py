@@ -763,3 +763,14 @@ def test_a_dangling_link_or_a_directory_in_an_event_file_s_place_is_named(tmp_pa
         read_event(tmp_path / "event000000001")
     (tmp_path / "event000000001-particles.csv").rmdir()
     assert read_event(tmp_path / "event000000001").truth is not None
+
+
+def test_an_event_file_named_without_its_gz_says_which_file_exists(tmp_path):
+    import shutil
+
+    shutil.copy(SAMPLE / "event000000001-hits.csv.gz", tmp_path)
+    with pytest.raises(EventFormatError, match=r"event000000001-hits\.csv: does not exist: no such file; "
+                                               r"event000000001-hits\.csv\.gz does: give that, or the event prefix"):
+        find_event_prefixes(tmp_path / "event000000001-hits.csv")
+    with pytest.raises(EventFormatError, match=r"event000000001-truth\.csv\.gz: does not exist: no such file$"):
+        find_event_prefixes(tmp_path / "event000000001-truth.csv.gz")

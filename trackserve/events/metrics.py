@@ -61,6 +61,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import EventFormatError, InputError
@@ -575,8 +577,9 @@ def evaluate_event(
     if not isinstance(event, Event):
         raise InputError(f"event must be an Event (trackserve.events.trackml.read_event), got {type(event).__name__}")
     if event.truth is None:
+        prefix = Path(event.source).name if event.source else event.name  # the files' own prefix (event1000, say)
         raise EventFormatError(
-            f"evaluation needs the event's truth file ({event.name}-truth.csv or .csv.gz) "
+            f"evaluation needs the event's truth file ({prefix}-truth.csv or .csv.gz) "
             "to know which particle made each hit; read the event with its truth",
             path=event.source,
         )

@@ -453,6 +453,10 @@ def find_event_prefixes(path: str | Path) -> list[Path]:
                 path=path,
             )
         prefix = path.parent / match["prefix"]
+    elif (match := _FILE_NAME.match(path.name)) is not None:  # an event file's name, but no such file
+        other = path.with_name(path.name.removesuffix(".gz") if path.name.endswith(".gz") else path.name + ".gz")
+        found = f"; {other.name} does: give that, or the event prefix {path.parent / match['prefix']}" if other.is_file() else ""
+        raise EventFormatError(f"does not exist: no such file{found}", path=path)
     else:
         prefix = path
     if event_file(prefix, "hits") is None:

@@ -25,6 +25,8 @@ class EventFormatError(TrackserveError, ValueError):
         self.path = None if path is None else str(path)
         self.column = column
         self.row = row
+        #: The message without the place (file, column, row) it names first.
+        self.reason = message
         where = []
         if self.path is not None:
             where.append(f"{'directory' if os.path.isdir(self.path) else 'file'} {self.path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -172,6 +173,7 @@ def test_hits_match_an_integrated_lorentz_force(geometry):
             direction = p / np.linalg.norm(p)
             return np.r_[direction, GEV_PER_TESLA_MM * q * np.cross(direction, [0.0, 0.0, field])]
 
+        assert len(modules) == len(true) == len(momentum) > 0
         for module, point, p_true in zip(modules, true, momentum):
             normal, centre = geometry.normal[module], geometry.center[module]
 
@@ -414,6 +416,22 @@ def test_command_line_writes_the_same_events(geometry, tmp_path, capsys):
         np.testing.assert_allclose(written.hits["x"], expected.hits["x"], rtol=1e-8)
         np.testing.assert_array_equal(written.truth["particle_id"], expected.truth["particle_id"])
         np.testing.assert_array_equal(written.particles["nhits"], expected.particles["nhits"])
+
+
+@pytest.mark.parametrize("row, message", [
+    ("2,0,0,0,1e30,1,1,1", "column 'px', row 2: particle table: a momentum of 1e\\+30 GeV"),
+    ("0,0,0,0,1,1,1,1", "column 'particle_id', row 2: particle table: particle id 0 is reserved for noise hits"),
+])
+def test_an_unusable_particle_table_is_named_with_its_file_column_and_row(tmp_path, capsys, row, message):
+    from trackserve.events.features import EXATRKX_SERVICE
+    from trackserve.train.data import SimulatedSource, simulated_events
+
+    table = tmp_path / "particles.csv"
+    table.write_text(f"particle_id,vx,vy,vz,px,py,pz,q\n1,0,0,0,1,1,1,1\n{row}\n")
+    assert main(["simulate", "--output", str(tmp_path / "out"), "--particles", str(table)]) == 2
+    assert re.search(f"error: file {re.escape(str(table))}, {message}", capsys.readouterr().err)
+    with pytest.raises(EventFormatError, match=f"file {re.escape(str(table))}, {message}"):  # train's and tune-cut's
+        simulated_events([SimulatedSource(particles=table)], 1, EXATRKX_SERVICE, seed=1, stream=0)
 
 
 def test_command_line_refuses_bad_options(tmp_path, capsys):

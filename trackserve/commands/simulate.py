@@ -148,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..events.geometry import load_geometry
     from ..events.event import MAX_EVENT_ID
-    from ..events.simulate import SIMULATE_STREAM, check_seed, simulate_event
-    from ..events.trackml import read_particles, write_event
+    from ..events.simulate import SIMULATE_STREAM, check_seed, read_simulation_particles, simulate_event
+    from ..events.trackml import write_event
     from ..paths import output_directory
 
     if args.events < 1:
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     event_ids = range(args.first_event_id, args.first_event_id + args.events)
     _refuse_writing_over_particles(args.output, args.particles, event_ids)
     geometry = load_geometry(args.geometry)
-    source = config if args.particles is None else read_particles(args.particles, need_nhits=False)
+    source = config if args.particles is None else read_simulation_particles(args.particles)
     _check_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles,
                   config.noise_fraction)
     output = output_directory(args.output, "--output")

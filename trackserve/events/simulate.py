@@ -51,6 +51,7 @@ import numbers
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -225,6 +226,21 @@ def generate_particles(config: SimulationConfig, rng: np.random.Generator) -> Ta
         "q": q,
         "nhits": np.zeros(n, dtype=np.int64),
     }
+
+
+def read_simulation_particles(path: str | Path) -> Table:
+    """A particle table file for :func:`simulate_event` (TrackML particles columns; ``nhits``
+    optional), checked as the simulation checks it: an :class:`EventFormatError` names the
+    file, the column and the row of the first unusable value (a momentum too large, an id 0
+    or repeated, a value not finite)."""
+    from .trackml import read_particles
+
+    table = read_particles(path, need_nhits=False)
+    try:
+        _checked_particles(table)
+    except EventFormatError as error:  # rows of the table are the file's data rows, in order
+        raise EventFormatError(error.reason, path=path, column=error.column, row=error.row) from None
+    return table
 
 
 def _checked_particles(particles: Table) -> Table:

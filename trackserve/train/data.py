@@ -141,15 +141,14 @@ def simulated_events(
     from dataclasses import replace
 
     from ..events.geometry import load_geometry
-    from ..events.simulate import SimulationConfig, simulate_event
-    from ..events.trackml import read_particles
+    from ..events.simulate import SimulationConfig, read_simulation_particles, simulate_event
     from .progress import progress
 
     if events_per_source < 0:
         raise InputError(f"events per source must be >= 0, got {events_per_source}")
     geometry = load_geometry() if geometry is None else geometry
     jobs = [(k, i) for k in range(len(sources)) for i in range(events_per_source)]
-    tables = {k: read_particles(source.particles, need_nhits=False)
+    tables = {k: read_simulation_particles(source.particles)
               for k, source in enumerate(sources) if source.particles is not None}
     events = []
     for k, i in progress(jobs, "simulate", enabled=show_progress):

@@ -179,8 +179,8 @@ def note_skipped(command: str, skipped: list[Path]) -> None:
 
 
 def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None:
-    """Say on stderr what makes an input's tracks doubtful although it runs: hits beyond the
-    detector for the bundle's scales (:func:`~trackserve.events.features.beyond_detector`;
+    """Say on stderr what makes an input's tracks doubtful although it runs: no hits at all;
+    hits beyond the detector for the bundle's scales (:func:`~trackserve.events.features.beyond_detector`;
     for a feature file, features not scaled or in another order; for a TrackML event,
     positions not in mm) and a TrackML event's hits not numbered as TrackML numbers them
     (:func:`~trackserve.events.event.hit_numbering_problem`); and a TrackML event's truth or
@@ -188,6 +188,9 @@ def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None
     ``"trackml"``; ``item``: the input as read (its ``features``, and ``event`` for TrackML)."""
     from .events.features import beyond_detector
 
+    if item.features.shape[0] == 0:  # valid, but a file cut short or written empty reads the same
+        print(f"trackserve {command}: note: {path}: holds no hits (an event of zero hits, labelled as such)",
+              file=sys.stderr)
     found = beyond_detector(item.features, spec)
     if found is not None:
         hint = "were the features scaled, and in this order?" if kind == "features" else "are x, y and z in mm?"

@@ -132,3 +132,14 @@ def test_inputs_whose_names_give_one_event_id_are_noted_when_labels_are_written(
     assert "event id 2" not in err
     assert main(["run", str(tmp_path), "--no-labels"]) == 0
     assert "have event id" not in capsys.readouterr().err
+
+
+def test_an_input_without_hits_runs_as_an_empty_event_with_a_note(sample, tmp_path, capsys):
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "evt_1.csv").write_text("")
+    empty = Event(sample.event_id, {name: np.asarray(column)[:0] for name, column in sample.hits.items()})
+    header_only = _written(empty, tmp_path / "trackml")  # a hits file with its header alone
+    for path in (tmp_path / "features" / "evt_1.csv", header_only):
+        assert main(["run", str(path), "--output", str(tmp_path / "labels")]) == 0
+        assert f"note: {path}: holds no hits (an event of zero hits" in capsys.readouterr().err
+    assert (tmp_path / "labels" / "evt_1-labels.csv").read_text() == "event_id,hit_id,track_id\n"

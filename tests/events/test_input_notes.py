@@ -143,3 +143,17 @@ def test_an_input_without_hits_runs_as_an_empty_event_with_a_note(sample, tmp_pa
         assert main(["run", str(path), "--output", str(tmp_path / "labels")]) == 0
         assert f"note: {path}: holds no hits (an event of zero hits" in capsys.readouterr().err
     assert (tmp_path / "labels" / "evt_1-labels.csv").read_text() == "event_id,hit_id,track_id\n"
+
+
+def test_a_directory_without_events_says_where_they_may_be(tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "nested" / "run2").mkdir(parents=True)
+    shutil.copy(SAMPLE / "event000000001-hits.csv.gz", tmp_path / "nested" / "run2")
+    (tmp_path / "upper").mkdir()
+    (tmp_path / "upper" / "EVT_1.CSV").write_text("0.1,0.2,0.3\n")
+    assert main(["run", str(tmp_path / "nested"), "--no-labels"]) == 2
+    assert "holds no TrackML event and no feature CSV file (subdirectories run2/, which are not searched: give them)" \
+        in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "upper"), "--no-labels"]) == 2
+    assert "(EVT_1.CSV: only names ending in .csv or .csv.gz are read; rename them)" in capsys.readouterr().err

@@ -134,6 +134,23 @@ def _other_compressed_csvs(directory: Path) -> list[Path]:
                    if p.is_file() and ".csv." in p.name and not p.name.endswith(".csv.gz")), key=_natural_key)
 
 
+def _elsewhere(directory: Path) -> str:
+    """Where the events of a directory without any may be: files whose names end in ``.CSV``
+    (only ``.csv`` and ``.csv.gz`` are read) and subdirectories (not searched), as
+    `` (...)``; empty when it holds neither."""
+    entries = sorted(directory.iterdir(), key=_natural_key)
+    upper = [p.name for p in entries if p.is_file() and p.name.lower().endswith((".csv", ".csv.gz"))]
+    folders = [p.name + "/" for p in entries if p.is_dir()]
+    hints = []
+    if upper:
+        hints.append(f"{', '.join(upper[:3])}{', ...' if len(upper) > 3 else ''}: only names ending in .csv or "
+                     ".csv.gz are read; rename them")
+    if folders:
+        hints.append(f"subdirectories {', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}, which are not "
+                     "searched: give them")
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
 def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
     """The inputs ``path`` designates, as (``"trackml"`` or ``"features"``, path) pairs; the
     CSV files of a directory that are not read go to ``skipped``."""
@@ -153,7 +170,7 @@ def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
         own = {f"{input_name('features', p)}-labels.csv" for p in features}
         skipped.extend(p for p in labels if p.name not in own)
         if not features:
-            found = f" (only labels files: {', '.join(p.name for p in labels[:3])})" if labels else ""
+            found = f" (only labels files: {', '.join(p.name for p in labels[:3])})" if labels else _elsewhere(path)
             raise EventFormatError(f"holds no TrackML event and no feature CSV file{found}", path=path)
         return [("features", p) for p in features]
     if path.is_file() and not _TRACKML_FILE.search(path.name):

@@ -229,8 +229,16 @@ def test_features_beyond_float32_are_named_without_numpy_warnings(x, y, z):
 def test_hit_columns_of_other_lengths_are_refused_not_broadcast():
     with pytest.raises(EventFormatError, match=r"column y of the hits table has shape \[1\]; every column must be 1-D"):
         hit_features({"x": np.array([30.0, 40.0]), "y": np.array([40.0]), "z": np.array([10.0, 20.0])})
-    with pytest.raises(EventFormatError, match="the hits' x, y and z must be numbers"):
-        hit_features({"x": np.array(["a", "b"]), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})
+    for text in (["a", "b"], ["1.0", "2.0"]):  # text, even of numbers, is no coordinate
+        with pytest.raises(EventFormatError, match="column 'x': the hits' x, y and z must be real numbers, not <U"):
+            hit_features({"x": np.array(text), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})
+    with pytest.raises(EventFormatError, match="column 'y': the hits' x, y and z must be real numbers, not complex128"):
+        hit_features({"x": np.array([1.0, 2.0]), "y": np.array([1.0, 2.0 + 1j]), "z": np.array([1.0, 2.0])})
+    with pytest.raises(EventFormatError, match="the hits' x, y and z must be real numbers"):
+        hit_features({"x": np.array([1.0, 2j], dtype=object), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})
+    objects = hit_features({"x": np.array([30.0, 40.0], dtype=object), "y": np.array([40.0, 30.0]),
+                            "z": np.array([1.0, 2.0])})  # a pandas object column of floats still reads
+    np.testing.assert_allclose(objects[:, 0], [50 / 3000, 50 / 3000], rtol=1e-6)
 
 
 def test_a_spec_given_by_its_name_is_named_as_such():

@@ -146,6 +146,12 @@ def test_a_selection_with_an_impossible_hit_count_is_refused(counts):
         track_metrics(HAND_PIDS, HAND_LABELS, **counts)
 
 
+def test_a_whole_hit_count_given_as_a_float_is_refused_saying_to_give_the_int():
+    with pytest.raises(InputError, match=r"min_hits must be a whole number of hits >= 0 \(an int\), got 5.0: give it as "
+                                         r"the int 5"):
+        track_metrics(HAND_PIDS, HAND_LABELS, min_hits=5.0)
+
+
 def test_check_selection_accepts_numpy_scalars_and_names_the_options():
     check_selection(np.float32(1.0), np.int64(5), None)
     check_selection(0, 0, 0)

@@ -228,10 +228,14 @@ def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray
     if missing:
         raise EventFormatError(f"the hits table has no column(s) {', '.join(missing)}; features need x, y, z")
     n = table_length(hits)
+    for name in ("x", "y", "z"):  # a conversion to float64 would take text and drop imaginary parts in silence
+        dtype = np.asarray(hits[name]).dtype
+        if dtype.kind not in "biufO":
+            raise EventFormatError(f"the hits' x, y and z must be real numbers, not {dtype} values", column=name)
     try:
         x, y, z = (np.asarray(hits[name], dtype=np.float64) for name in ("x", "y", "z"))
-    except (TypeError, ValueError) as error:
-        raise EventFormatError(f"the hits' x, y and z must be numbers ({error})") from None
+    except (TypeError, ValueError) as error:  # objects that are no real numbers
+        raise EventFormatError(f"the hits' x, y and z must be real numbers ({error})") from None
     for name, column in zip("xyz", (x, y, z)):
         if column.shape != (n,):
             raise EventFormatError(f"column {name} of the hits table has shape {list(column.shape)}; every column "

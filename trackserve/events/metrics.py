@@ -355,7 +355,9 @@ def check_selection(min_pt, min_hits, min_track_hits=None, *,
     counts = [(names[1], min_hits)] + ([] if min_track_hits is None else [(names[2], min_track_hits)])
     for name, value in counts:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise InputError(f"{name} must be a whole number of hits >= 0, got {value!r}")
+            as_int = (f": give it as the int {int(value)}" if isinstance(value, (float, np.floating))
+                      and float(value).is_integer() and value >= 0 else "")
+            raise InputError(f"{name} must be a whole number of hits >= 0 (an int), got {value!r}{as_int}")
 
 
 def track_metrics(

@@ -533,6 +533,7 @@ def test_tune_cut_command_names_a_validation_event_without_truth(tiny_bundle, tm
             name = f"{SAMPLE_EVENT.name}-{part}.csv.gz"
             shutil.copy(SAMPLE_EVENT.parent / name, tmp_path / name)
     assert main(["tune-cut", str(tiny_bundle), "--validation", str(tmp_path / SAMPLE_EVENT.name)]) == 2
-    assert f"event {SAMPLE_EVENT.name}: tuning the GNN cut needs its truth and particles files" in capsys.readouterr().err
-    with pytest.raises(InputError, match="needs its truth and particles"):
+    assert (f"event {SAMPLE_EVENT.name} ({tmp_path / SAMPLE_EVENT.name}): tuning the GNN cut needs its truth and "
+            f"particles files, and it has no {missing} file") in capsys.readouterr().err
+    with pytest.raises(InputError, match="needs its truth and particles files, and it has no truth and no particles file"):
         check_counted_particles([read_event(tmp_path / SAMPLE_EVENT.name, parts=())], min_pt=1.0, min_hits=5)

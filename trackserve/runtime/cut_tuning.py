@@ -232,8 +232,11 @@ def check_truth(events: Sequence[Event], needed_for: str = "tuning the GNN cut")
     """Raise an :class:`InputError` naming the first event of ``events`` without its truth or
     particles table: counting particles (``needed_for`` says for what) needs both."""
     for event in events:
-        if event.truth is None or event.particles is None:
-            raise InputError(f"event {event.name}: {needed_for} needs its truth and particles files")
+        missing = [part for part, table in (("truth", event.truth), ("particles", event.particles)) if table is None]
+        if missing:
+            source = f" ({event.source})" if event.source else ""
+            raise InputError(f"event {event.name}{source}: {needed_for} needs its truth and particles files, and it has "
+                             f"no {' and no '.join(missing)} file")
 
 
 def check_counted_particles(events: Sequence[Event], *, min_pt: float, min_hits: int,

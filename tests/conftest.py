@@ -1,9 +1,11 @@
-"""Fixtures shared by the whole suite: paths to the shipped and shared data, a tiny bundle."""
+"""Fixtures shared by the whole suite: paths to the shipped and shared data, a tiny bundle;
+the skip of tests marked ``gpu`` where there is no NVIDIA GPU."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,49 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_EVENT = DATA / "event000000001"
 #: A labels file an earlier run left (a run replaces only files with a labels header).
 EARLIER_LABELS = "event_id,hit_id,track_id\n7,1,0\n7,2,0\n"
+
+
+def gpu_skip_reason(providers, gpus) -> str | None:
+    """Why tests marked ``gpu`` cannot run, or None when they can: they need onnxruntime's
+    ``CUDAExecutionProvider`` among ``providers`` (onnxruntime-gpu) and an NVIDIA GPU among
+    ``gpus`` (the lines of ``nvidia-smi -L``)."""
+    if "CUDAExecutionProvider" not in providers:
+        return (f"needs an NVIDIA GPU: onnxruntime has no CUDAExecutionProvider (its providers: "
+                f"{', '.join(providers) or 'none'})")
+    if not gpus:
+        return "needs an NVIDIA GPU: nvidia-smi is absent or lists none"
+    return None
+
+
+def nvidia_gpus() -> list[str]:
+    """The GPUs ``nvidia-smi -L`` lists (its ``GPU n: ...`` lines); none where it is absent or fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line for line in done.stdout.splitlines() if line.startswith("GPU ")] if done.returncode == 0 else []
+
+
+def onnxruntime_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``gpu`` (pyproject.toml's markers) where no NVIDIA GPU is usable."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    reason = gpu_skip_reason(onnxruntime_providers(), nvidia_gpus())
+    if reason is not None:
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,33 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
 
 
+def test_a_reader_that_stops_early_still_gets_the_labels_written(tmp_path, capsys):
+    # `trackserve run EVENT... | head`: README, the labels files are still written, each in full
+    import numpy as np
+
+    rng = np.random.default_rng(2)  # a second event: 300 hits in the default bundle's scaled units
+    np.savetxt(tmp_path / "evt_1.csv", np.stack([rng.uniform(0.03, 0.3, 300), rng.uniform(-1, 1, 300),
+                                                 rng.uniform(-2, 2, 300)], axis=1), delimiter=",")
+    events = [str(REPO / "data" / "event000000001"), str(tmp_path / "evt_1.csv")]
+    names = {"event000000001-labels.csv": 5527, "evt_1-labels.csv": 300}  # labels file: hits
+    code = ("import sys; from trackserve.cli import main; "
+            f"sys.exit(main(['run', *{events!r}, '--output', 'cut', '--event-workers', '1']))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=tmp_path)
+    process.stdout.close()  # the reader goes away before the command writes
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
+    # the same run with its reader to the end
+    assert main(["run", *events, "--output", str(tmp_path / "full"), "--event-workers", "1"]) == 0
+    assert "event000000001" in capsys.readouterr().out
+    assert sorted(path.name for path in (tmp_path / "cut").iterdir()) == sorted(names)
+    for name, num_hits in names.items():
+        full = (tmp_path / "full" / name).read_bytes()
+        assert full.startswith(b"event_id,hit_id,track_id\n") and full.count(b"\n") == num_hits + 1  # a line a hit
+        assert (tmp_path / "cut" / name).read_bytes() == full, name
+
+
 def test_a_reader_that_stops_early_does_not_cut_the_job_short(tmp_path):
     # `trackserve tune-cut ... --write | head -1`: the choice is still written
     import json

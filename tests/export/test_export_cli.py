@@ -381,8 +381,13 @@ def test_the_shipped_bundle_exported_again_is_the_same_network_with_the_same_con
     copy = tmp_path / "default"
     shutil.copytree(DEFAULT_BUNDLE, copy)
     before = load_bundle(copy).networks["gnn"].config
+    written = {name: (copy / name).stat().st_mtime_ns for name in ("gnn.onnx", "gnn.pt")}
     assert main(["export", "--bundle", str(copy), "--network", "gnn", "--runs", "1"]) == 0
     assert "now another than the one" not in capsys.readouterr().err
     bundle = load_bundle(copy)
     assert bundle.networks["gnn"].config == before
     assert bundle.provenance["exported_again"][-1]["replaced"] is False
+    # README: the command writes the shipped ONNX and weights files byte for byte again
+    for name in ("gnn.onnx", "gnn.pt"):
+        assert (copy / name).stat().st_mtime_ns != written[name], f"{name} was not written again"
+        assert file_sha256(copy / name) == file_sha256(DEFAULT_BUNDLE / name), name

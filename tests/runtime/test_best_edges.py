@@ -92,9 +92,12 @@ def _components(n, kept):
 
 
 def _assert_compact_partition(labels, expected):
-    """``labels`` group the hits as ``expected`` does and are numbered 0.. from the first hit."""
+    """``labels`` group the hits as ``expected`` does and are the track labels 0 .. T-1 in order of
+    each track's first (smallest-index) hit, as build_tracks documents."""
     assert _same_partition(labels, expected)
-    assert labels.max() + 1 == len(np.unique(labels)) and labels[0] == 0
+    values, first = np.unique(labels, return_index=True)
+    assert np.array_equal(values, np.arange(len(values)))  # 0 .. T-1, none missing
+    assert np.all(np.diff(first) > 0)  # track t's first hit comes before track t+1's
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -84,6 +84,7 @@ def test_an_event_too_large_for_its_share_runs_alone_and_one_too_large_for_all_i
                                                     memory_limit_bytes=int(needed) + 1)) as fits:
         got = [r.labels for r in fits.run_many(events)]
         assert fits._alone is not None  # the whole event ran in this process, alone
+    assert len(got) == len(events)
     for labels, features in zip(got, events):
         assert np.array_equal(labels, alone.run(features).labels)
     with Pipeline(tiny_bundle, config=RuntimeConfig(**ONE_THREAD, event_workers=2, event_executor="processes",

@@ -413,6 +413,39 @@ def test_features_the_embedding_network_cannot_take_are_named_as_such(sample_fea
             call(features)
 
 
+def _features_with_a_gnn_nan(pipeline):
+    """``(features, edges, (i, j))``: 200 random hits in the default bundle's scaled units, the
+    edges its filter keeps, and an edge (i, j) appended last between two hits no kept edge
+    touches, both set to 1e16 (far beyond what the networks take: the GNN gives NaN for it)."""
+    rng = np.random.default_rng(2)
+    features = np.stack([rng.uniform(0.03, 0.3, 200), rng.uniform(-1, 1, 200), rng.uniform(-2, 2, 200)],
+                        axis=1).astype(np.float32)
+    kept, _ = pipeline.filter_edges(features, pipeline.build_graph(pipeline.embed(features)))
+    assert kept.shape[1] > 0
+    first, second = np.setdiff1d(np.arange(200), kept.ravel())[[0, -1]]
+    features[[first, second]] = 1e16
+    edges = np.concatenate([kept, np.array([[first], [second]])], axis=1).astype(np.int64)
+    return features, edges, (int(first), int(second))
+
+
+def test_a_gnn_logit_that_is_not_a_number_is_named_with_its_edge():
+    """README: an edge's GNN logit NaN is an InputError naming the edge and its features, never
+    an edge dropped in silence (the filter's and the embedding's are tested above and in
+    tests/serving/test_stages.py)."""
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    default = Pipeline(DEFAULT_BUNDLE, config=RuntimeConfig(intra_op_threads=1, graph_threads=1))
+    features, edges, (first, second) = _features_with_a_gnn_nan(default)
+    message = (f"the gnn network gives NaN for 1 edge(s), the first between hits {first} and {second} (0-based; "
+               f"features {features[first].tolist()} and {features[second].tolist()}): ")
+    for call in (default.gnn_logits, lambda f, e: default.classify_edges("gnn", f, e, chunked=False)):
+        with pytest.raises(InputError) as refused:
+            call(features, edges)
+        assert message in str(refused.value) and "were they divided by the bundle's scales?" in str(refused.value)
+    # the same edges without the bad one are scored
+    assert np.isfinite(default.gnn_logits(features, edges[:, :-1])).all()
+
+
 def test_a_config_or_bundle_of_the_wrong_kind_is_named(tiny_bundle):
     with pytest.raises(InputError, match="config must be a RuntimeConfig .* got dict"):
         Pipeline(tiny_bundle, config={"intra_op_threads": 1})

@@ -471,6 +471,7 @@ def _check_sane(result, concurrency):
 
 def test_sync_sweep_over_grpc_is_sane(triton_server, sample_features):
     results = run_sweep(_events(sample_features), [1, 3], _settings(triton_server))
+    assert len(results) == 2  # one result per level, or the loop below checks fewer
     for result, level in zip(results, (1, 3)):
         _check_sane(result, level)
 

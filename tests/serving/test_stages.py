@@ -26,10 +26,25 @@ def test_every_stage_input_is_produced_before_it_is_used():
     assert LABELS in produced
 
 
-def test_chained_stages_give_the_runtime_labels_on_the_sample_event(tiny_pipeline, sample_features):
-    expected = tiny_pipeline.run(sample_features)
-    assert expected.num_edges["gnn"] > 100, "the tiny bundle must keep edges, or the comparison proves little"
-    labels = run_stages(_stages(tiny_pipeline), sample_features)
+def test_chained_stages_give_the_runtime_labels_on_the_sample_event(tiny_bundle, tiny_pipeline, sample_features,
+                                                                    tmp_path):
+    """The tiny bundle's random GNN passes every edge; a copy cut between the two GNN scores of
+    the widest gap near the median keeps about half of them, so the labels depend on GNN_SCORES."""
+    from tests.conftest import copy_with_stages
+
+    _, logits = tiny_pipeline.scored_edges(sample_features)
+    ranked = np.sort(logits.astype(np.float64))
+    middle = np.arange(len(ranked) // 3, 2 * len(ranked) // 3)
+    widest = middle[np.argmax(ranked[middle + 1] - ranked[middle])]
+    cut = float(1 / (1 + np.exp(-(ranked[widest] + ranked[widest + 1]) / 2)))
+    pipeline = Pipeline(copy_with_stages(tiny_bundle, tmp_path / "cut", gnn_cut=cut))
+    expected = pipeline.run(sample_features)
+    assert expected.num_edges["filter"] / 3 <= expected.num_edges["gnn"] <= 2 * expected.num_edges["filter"] / 3, \
+        "the GNN cut must keep some edges and remove others, or the comparison proves little"
+    uncut = tiny_pipeline.run(sample_features)
+    assert uncut.num_edges["gnn"] == uncut.num_edges["filter"] == expected.num_edges["filter"]
+    assert not np.array_equal(expected.labels, uncut.labels)  # the GNN's cut changed the tracks
+    labels = run_stages(_stages(pipeline), sample_features)
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(labels, expected.labels)
 
@@ -84,6 +99,23 @@ def test_features_the_networks_cannot_take_are_refused_alike_by_both_layouts():
             with pytest.raises(InputError) as refused:
                 run(bad)
             assert message in str(refused.value) and "were they divided by the bundle's scales?" in str(refused.value)
+
+
+def test_a_gnn_logit_that_is_not_a_number_is_refused_by_the_gnn_stage():
+    # as the filter's above: an edge whose GNN logit is NaN is named, never dropped in silence
+    from tests.runtime.test_pipeline import _features_with_a_gnn_nan
+    from trackserve.paths import DEFAULT_BUNDLE
+
+    pipeline = Pipeline(DEFAULT_BUNDLE)
+    features, edges, (first, second) = _features_with_a_gnn_nan(pipeline)
+    gnn = make_stage("gnn", pipeline.bundle)
+    with pytest.raises(InputError) as refused:
+        gnn({FEATURES: features, "EDGE_LIST_AFTER_FILTER": edges})
+    assert (f"the gnn network gives NaN for 1 edge(s), the first between hits {first} and {second} (0-based; "
+            f"features {features[first].tolist()} and {features[second].tolist()}): ") in str(refused.value)
+    assert "were they divided by the bundle's scales?" in str(refused.value)
+    scores = gnn({FEATURES: features, "EDGE_LIST_AFTER_FILTER": edges[:, :-1]})["GNN_SCORES"]
+    np.testing.assert_array_equal(scores, pipeline.gnn_logits(features, edges[:, :-1]))
 
 
 def test_stage_inputs_of_wrong_shape_are_refused(tiny_pipeline):

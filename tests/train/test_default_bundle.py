@@ -1,8 +1,9 @@
 """The shipped bundle (``models/default``) loads and runs on the sample event shipped
 with trackserve and on the published service's events.
 
-Its tracking quality is measured by ``benchmarks/bench_default_bundle.py`` (section
-``default_bundle`` of ``benchmarks/RESULTS.md``), not asserted here.
+Its tracking quality on the held-out events is measured by ``benchmarks/bench_default_bundle.py``
+(section ``default_bundle`` of ``benchmarks/RESULTS.md``), not asserted here; the figures the
+README quotes for the sample event are.
 """
 
 from __future__ import annotations
@@ -70,6 +71,25 @@ def test_shipped_bundle_labels_every_hit_of_the_sample_event(path):
     assert np.array_equal(np.unique(result.labels), np.arange(result.num_tracks))
     assert 0 < result.num_edges["filter"] <= result.num_edges["graph"]
     assert result.num_edges["gnn"] <= result.num_edges["filter"]
+
+
+@pytest.mark.parametrize("path, found", [pytest.param(DEFAULT_BUNDLE, 50, id="default"),
+                                          pytest.param(VERTEX_SHIFTS_BUNDLE, 53, id="default-vertex-shifts")])
+def test_shipped_bundle_finds_the_readme_s_particles_of_the_sample_event(capsys, path, found):
+    """README ("Vertex shifts", "Known limits"): on the sample event `trackserve run` finds 50 of
+    the 53 counted particles (pT >= 1 GeV, >= 5 hits; 94.3 %) with ``models/default`` in one
+    pass and 53 of 53 with ``models/default-vertex-shifts``, with no fake track."""
+    import json
+
+    from trackserve.cli import main
+
+    assert main(["run", "--json", "--no-labels", "--bundle", str(path)]) == 0
+    (event,) = json.loads(capsys.readouterr().out)["events"]
+    metrics = event["metrics"]
+    assert (metrics["min_pt"], metrics["min_hits"]) == (1.0, 5)  # the selection the README's figures are for
+    assert (metrics["num_matched"], metrics["num_reconstructable"]) == (found, 53)
+    assert metrics["efficiency"] == pytest.approx(found / 53)
+    assert metrics["num_fake_tracks"] == 0 and metrics["fake_rate"] == 0.0
 
 
 @pytest.mark.parametrize("path", SHIPPED_PATHS)

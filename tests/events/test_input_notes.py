@@ -157,3 +157,9 @@ def test_a_directory_without_events_says_where_they_may_be(tmp_path, capsys):
         in capsys.readouterr().err
     assert main(["run", str(tmp_path / "upper"), "--no-labels"]) == 2
     assert "(EVT_1.CSV: only names ending in .csv or .csv.gz are read; rename them)" in capsys.readouterr().err
+
+
+def test_the_geometry_file_given_as_an_event_is_recognised(capsys):
+    detectors = SAMPLE / "detectors.csv"
+    assert main(["run", str(detectors), "--no-labels"]) == 2
+    assert f"file {detectors}: is the TrackML detector geometry (detectors.csv), not an event" in capsys.readouterr().err

@@ -312,6 +312,10 @@ def _diagnose_features(path: Path, text: str, reason: str) -> EventFormatError:
             )
         for col, field in enumerate(fields):
             if not _field_parses(field, np.float64):
+                if row == 1 and field.strip() == "volume_id" and "module_id" in content:
+                    return EventFormatError(
+                        "is the TrackML detector geometry (detectors.csv), not an event: `simulate --geometry` "
+                        "takes it", path=path)
                 if row == 1 and field.strip() in ("hit_id", "particle_id"):
                     kind = "hits, truth or cells" if field.strip() == "hit_id" else "particles"
                     return EventFormatError(

@@ -127,6 +127,25 @@ def test_weights_without_their_config_point_at_the_bundles_own(bundle_dir, tmp_p
     assert "or, for the bundle's own weights of gnn with the config it records, leave NET.pt out" in err
 
 
+def test_a_bundle_s_own_weights_file_exports_with_the_config_the_bundle_records(tmp_path, capsys):
+    # a plain state dict: rebuilt from its layout alone, the default filter took 7 features, not the bundle's 3
+    shipped = Path(__file__).resolve().parents[2] / "models" / "default"
+    assert main(["export", str(shipped / "filter.pt"), "--output", str(tmp_path / "filter.onnx")]) == 0
+    assert (f"trackserve export: note: {shipped / 'filter.pt'} is the filter weights of the bundle {shipped}: built with "
+            "the config its pipeline.json records") in capsys.readouterr().err
+    assert file_sha256(tmp_path / "filter.onnx") == file_sha256(shipped / "filter.onnx")
+    # a copy away from its bundle, or one changed since, is no such file: built from its layout, no note
+    from trackserve.export.bundle_networks import recorded_config
+
+    shutil.copy(shipped / "filter.pt", tmp_path / "filter.pt")
+    assert recorded_config(tmp_path / "filter.pt") is None
+    copy = tmp_path / "bundle"
+    shutil.copytree(shipped, copy)
+    assert recorded_config(copy / "filter.pt")[1:] == ("filter", load_bundle(shipped).networks["filter"].config)
+    torch.save({**torch.load(copy / "filter.pt"), "extra": torch.zeros(1)}, copy / "filter.pt")
+    assert recorded_config(copy / "filter.pt") is None
+
+
 def test_an_edited_entry_is_not_built_into_the_bundle_from_its_own_weights(bundle_dir, capsys):
     path = bundle_dir / "pipeline.json"
     data = json.loads(path.read_text())

@@ -94,3 +94,30 @@ def _checked_weights_file(bundle: Bundle, name: str):
     else:
         return path
     raise BundleError(f"{where} {problem}; " + _REPAIR.format(directory=bundle.directory, name=name))
+
+
+def recorded_config(weights_path) -> tuple[str, str, dict] | None:
+    """``(bundle directory, network name, config)`` when ``weights_path`` is a bundle's own
+    torch weights file, as that bundle's ``pipeline.json`` (beside it) records it: the same
+    file name and sha256. None otherwise (a file elsewhere, or changed since). Such a file is
+    a plain state dict, which tells neither the network's derived inputs (derived eta, pair
+    differences, edge geometry) nor its activations: rebuilt from its layout alone it would
+    be another network."""
+    import json
+    from pathlib import Path
+
+    path = Path(weights_path)
+    record = path.parent / "pipeline.json"
+    try:
+        networks = json.loads(record.read_text(encoding="utf-8")).get("networks", {})
+        digest = None
+        for name, entry in networks.items():
+            weights = entry.get("weights") or {}
+            if weights.get("file") != path.name or not isinstance(entry.get("config"), dict):
+                continue
+            digest = digest or file_sha256(path)
+            if weights.get("sha256") == digest:
+                return str(path.parent), name, entry["config"]
+    except (OSError, ValueError, AttributeError):  # no bundle beside it, or not one this can read
+        return None
+    return None

@@ -113,7 +113,18 @@ def import_checkpoint(
 
 def import_with_notes(command: str, path: str | Path, **options: Any) -> ConfigurableNetwork:
     """:func:`import_checkpoint` for a command line: its :class:`ImportNote` warnings printed to
-    stderr as ``<command>: note: ...`` lines, other warnings shown as usual."""
+    stderr as ``<command>: note: ...`` lines, other warnings shown as usual. A bundle's own
+    weights file given without ``hparams`` is built with the config the bundle records
+    (:func:`~trackserve.export.bundle_networks.recorded_config`), with a note."""
+    if options.get("hparams") is None:
+        from .bundle_networks import recorded_config
+
+        recorded = recorded_config(path)
+        if recorded is not None:
+            directory, name, options["hparams"] = recorded
+            print(f"{command}: note: {path} is the {name} weights of the bundle {directory}: built with the config its "
+                  "pipeline.json records (its layout alone does not tell the derived inputs; give --hparams to build "
+                  "it otherwise)", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         network = import_checkpoint(path, **options)

@@ -100,19 +100,26 @@ def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Pa
     removed as stale)."""
     if output is None:
         return None
-    directory = output_directory(output, "--output")
     first_of: dict[str, Path] = {}
+    for kind, path in inputs:  # before the directory is created: a refused run leaves nothing behind
+        name = input_name(kind, path)
+        if name in first_of:
+            same = f"{path} is given twice" if first_of[name].resolve() == path.resolve() else (
+                f"{first_of[name]} and {path} have the same name")
+            raise InputError(f"{same}: both would write {Path(output) / (name + '-labels.csv')}; "
+                             "give each event once, and events of the same name in separate runs (--output)")
+        first_of[name] = path
+    # (the checks below fail only on what the directory already holds: none of them leaves it created)
+    return _checked_labels_files(output_directory(output, "--output"), inputs)
+
+
+def _checked_labels_files(directory: Path, inputs: list[tuple[str, Path]]) -> list[Path]:
+    """The labels files of inputs of distinct names in ``directory``; InputError as :func:`labels_files` says."""
     files = []
     # every file an input reads (a TrackML prefix's files too): none may be written over
     read = {file.resolve() for file in input_files(inputs)}
     for kind, path in inputs:
         name = input_name(kind, path)
-        if name in first_of:
-            same = f"{path} is given twice" if first_of[name].resolve() == path.resolve() else (
-                f"{first_of[name]} and {path} have the same name")
-            raise InputError(f"{same}: both would write {directory / (name + '-labels.csv')}; "
-                             "give each event once, and events of the same name in separate runs (--output)")
-        first_of[name] = path
         target = directory / f"{name}-labels.csv"
         if target.is_dir():
             raise InputError(f"cannot write the labels of {path}: {target} is a directory")

@@ -116,9 +116,14 @@ def test_instance_kind_is_written(tiny_bundle, tmp_path, monkeypatch):
     ],
 )
 def test_bad_options_are_named(options, message):
-    with pytest.raises(InputError, match="invalid model repository options") as error:
+    with pytest.raises(InputError, match="^invalid model repository option: ") as error:  # one problem: one line
         RepositoryOptions(**options)
-    assert message in str(error.value)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_several_bad_options_are_listed_one_a_line():
+    with pytest.raises(InputError, match="^invalid model repository options:\n  - layout 'split' .*\n  - instance count"):
+        RepositoryOptions(layout="split", instance_count=0)
 
 
 def test_an_occupied_output_is_refused_unless_it_is_a_repository_and_forced(tiny_bundle, tmp_path):

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export.rescale import rescale_bundle
     from ..paths import SAMPLE_EVENT
 
-    check_bundle_output(args.output, overwrite=args.overwrite, reads={"the BUNDLE argument": args.bundle})
+    check_bundle_output(args.output, overwrite=args.overwrite, reads={"DIR (the bundle to rescale)": args.bundle})
     event = read_event(SAMPLE_EVENT, parts=())
     with bundle_written_to(args.output) as directory:  # replaces --output only when the rescaled bundle passed its check
         differences = rescale_bundle(args.bundle, directory, feature_spec(args.features),

@@ -156,6 +156,8 @@ class RepositoryOptions:
         if self.layout == "both" and self.model_name == self.ensemble_name:
             problems.append(f"the custom model and the ensemble both are named {self.model_name!r}; give them different names")
         if problems:
+            if len(problems) == 1:
+                raise InputError(f"invalid model repository option: {problems[0]}")
             raise InputError("invalid model repository options:\n" + "\n".join(f"  - {p}" for p in problems))
 
     @property

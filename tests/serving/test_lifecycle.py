@@ -366,7 +366,8 @@ def test_serve_stops_with_status_1_when_a_model_process_dies(custom_repository):
     stub, err = _serve_then_kill(custom_repository.path, lambda serve: _first(  # as the out-of-memory killer would
         [pid for pid in _children_of_servers(serve) if "stub" in _command(pid)], "the model runs in a stub process"),
         stop_timeout=600)
-    assert f"a model process of the server died (pid {stub}" in err and "start it again" in err
+    assert f"a model process of the server died (pid {stub}, model exatrkx (instance exatrkx_0_0);" in err
+    assert "start it again" in err
     assert "trackserve serve: server stopped (" in err  # and how it ended
 
 

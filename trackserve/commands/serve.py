@@ -73,7 +73,7 @@ def _already_stopping(signum, frame):
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 after a clean stop, 1 if the server died on its own or had to be killed."""
-    from ..serving.server import ServerSettings, TritonServer, model_control_mode
+    from ..serving.server import ServerSettings, TritonServer, model_control_mode, model_process_name
 
     settings = ServerSettings(
         host=args.host,
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:8s} {url}", flush=True)
         print("  stop with Ctrl-C or SIGTERM", flush=True)
         models = server.ready_model_processes
+        served_by = {pid: model_process_name(pid) for pid in models}  # (a dead process's command line is gone)
         watching = model_control_mode(settings.extra_args) != "poll"
         if not watching:  # Triton replaces a changed model's processes itself: one ending is no death
             print("trackserve serve: note: with --model-control-mode=poll Triton reloads changed models and ends "
@@ -111,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
             if lost:
                 # Triton keeps reporting the model ready, but every request to it now fails:
                 # stop, so that whatever supervises this command starts it again.
-                print(f"trackserve serve: a model process of the server died (pid {', '.join(map(str, sorted(lost)))}; "
+                died = ", ".join(f"pid {pid}" + (f", model {served_by[pid]}" if served_by.get(pid) else "")
+                                 for pid in sorted(lost))
+                print(f"trackserve serve: a model process of the server died ({died}; "
                       "killed, or out of memory): its model answers no more requests, so the server is stopped; "
                       "start it again (with a lower --memory-limit-gb in the repository if memory ran out)",
                       file=sys.stderr, flush=True)

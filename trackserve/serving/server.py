@@ -748,6 +748,21 @@ def process_group_members(group: int) -> set[int]:
     return members
 
 
+def model_process_name(pid: int) -> str | None:
+    """Which model a Python-backend stub process serves, as ``"MODEL (instance NAME)"``, from
+    its command line (the model's ``model.py`` path, then the instance name); None when it
+    is gone or no stub. Read it while the process lives: a dead one's is gone."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return None
+    if not argv or not argv[0].endswith(_STUB) or len(argv) < 2:
+        return None
+    model = Path(argv[1]).parent.parent.name  # <repository>/<model>/<version>/model.py
+    instance = next((arg for arg in argv[2:] if arg.startswith(model + "_")), None)
+    return model + (f" (instance {instance})" if instance else "")
+
+
 def servers_of(repository: str | Path) -> list[tuple[int, str]]:
     """``(pid, model control mode)`` of each running ``tritonserver`` of this machine whose
     model repository is ``repository`` (its ``--model-repository`` resolved from that

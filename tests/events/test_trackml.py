@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -358,7 +359,9 @@ def test_crlf_whitespace_and_compressed_content(tmp_path):
     # gzip content is recognised whatever the file name
     (tmp_path / "u.csv").write_bytes(gzip.compress(text.encode()))
     packed = read_table(tmp_path / "u.csv", {"a": np.int64, "b": np.float64})
-    for table in (plain, packed):
+    (tmp_path / "mac.csv").write_bytes(text.replace("\r\n", "\r").encode())  # lines ended by CR alone
+    old_mac = read_table(tmp_path / "mac.csv", {"a": np.int64, "b": np.float64})
+    for table in (plain, packed, old_mac):
         assert table["a"].tolist() == [1, 3] and table["b"].tolist() == [2.5, 4.0]
     (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(text.encode() * 100)[:30])
     with pytest.raises(EventFormatError, match="is a gzip file cut short .*: copy or download it again"):
@@ -774,3 +777,13 @@ def test_an_event_file_named_without_its_gz_says_which_file_exists(tmp_path):
         find_event_prefixes(tmp_path / "event000000001-hits.csv")
     with pytest.raises(EventFormatError, match=r"event000000001-truth\.csv\.gz: does not exist: no such file$"):
         find_event_prefixes(tmp_path / "event000000001-truth.csv.gz")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0.1,0.2,0.3,\n0.1,0.2,0.3,\n", "column '4', row 1: line 1 ends with a comma: an empty value where a number belongs"),
+    ("0.1,0.2,0.3\n0.1,,0.3\n", "column '2', row 2: line 2 has two commas in a row: an empty value"),
+])
+def test_an_empty_value_in_a_feature_file_is_named_as_such(tmp_path, text, message):
+    (tmp_path / "evt_1.csv").write_text(text)
+    with pytest.raises(EventFormatError, match=re.escape(message)):
+        read_feature_csv(tmp_path / "evt_1.csv")

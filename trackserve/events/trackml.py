@@ -81,9 +81,12 @@ def read_text(path: Path) -> str:
         except (OSError, zlib.error) as exc:
             raise EventFormatError(f"is not a valid gzip file ({exc}); recompress it or drop the .gz suffix", path=path) from None
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EventFormatError(f"is not UTF-8 text (byte {exc.start}): is it really a CSV file?", path=path) from None
+    if "\r" in text and "\n" not in text:  # lines ended by CR alone (classic Mac OS)
+        text = text.replace("\r", "\n")
+    return text
 
 
 def _data_lines(body: str, first_line: int = 2) -> Iterator[tuple[int, int, str]]:
@@ -324,6 +327,10 @@ def _diagnose_features(path: Path, text: str, reason: str) -> EventFormatError:
                         "rename them so",
                         path=path,
                     )
+                if not field.strip():
+                    where = "ends with a comma" if col == len(fields) - 1 else "has two commas in a row"
+                    return EventFormatError(f"line {line} {where}: an empty value where a number belongs",
+                                            path=path, column=str(col + 1), row=row)
                 hint = " (feature files have no header line)" if row == 1 else ""
                 return EventFormatError(
                     f"cannot read {field.strip()!r} (line {line}) as a number{hint}",

@@ -295,7 +295,6 @@ class ServerSettings:
         return ports
 
 
-
 def config_parse_errors(lines: Sequence[str]) -> list[str]:
     """Where each ``config.pbtxt`` that Triton's log ``lines`` say it could not read goes
     wrong, as ``"  PATH line L, column C: WHAT"`` (Triton names the file only): the file
@@ -748,15 +747,20 @@ def process_group_members(group: int) -> set[int]:
     return members
 
 
+def _command_line(process: Path) -> list[str]:
+    """The arguments of the process whose ``/proc`` entry is ``process`` (OSError when it is gone)."""
+    return [arg.decode("utf-8", "replace") for arg in (process / "cmdline").read_bytes().split(b"\0")[:-1]]
+
+
 def model_process_name(pid: int) -> str | None:
     """Which model a Python-backend stub process serves, as ``"MODEL (instance NAME)"``, from
     its command line (the model's ``model.py`` path, then the instance name); None when it
     is gone or no stub. Read it while the process lives: a dead one's is gone."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        argv = _command_line(Path(f"/proc/{pid}"))
     except OSError:
         return None
-    if not argv or not argv[0].endswith(_STUB) or len(argv) < 2:
+    if len(argv) < 2 or not argv[0].endswith(_STUB):
         return None
     model = Path(argv[1]).parent.parent.name  # <repository>/<model>/<version>/model.py
     instance = next((arg for arg in argv[2:] if arg.startswith(model + "_")), None)
@@ -773,7 +777,7 @@ def servers_of(repository: str | Path) -> list[tuple[int, str]]:
         if not entry.name.isdigit():
             continue
         try:
-            argv = [arg.decode("utf-8", "replace") for arg in (entry / "cmdline").read_bytes().split(b"\0")[:-1]]
+            argv = _command_line(entry)
             if not argv or Path(argv[0]).name != "tritonserver":
                 continue
             cwd = Path(os.readlink(entry / "cwd"))

@@ -205,6 +205,6 @@ def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None
     numbering = item.event.hit_numbering_problem() if kind == "trackml" else None
     if numbering is not None:
         print(f"trackserve {command}: note: {path}: {numbering}", file=sys.stderr)
-    if getattr(item, "truth_problem", None) is not None:
+    if item.truth_problem is not None:
         left_out = "its particles table left out" if item.has_truth else "no metrics (its truth left out)"
         print(f"trackserve {command}: note: {path}: labelled with {left_out}: {item.truth_problem}", file=sys.stderr)

@@ -120,3 +120,36 @@ def test_jobs_of_the_export_extra_name_it_when_torch_is_missing(argv, monkeypatc
     err = capsys.readouterr().err
     assert f"trackserve {argv[0]} needs the export extra" in err
     assert 'pip install torch==2.13.0 && pip install -e ".[export]"' in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("stop, status, line", [
+    (KeyboardInterrupt, 130, "trackserve: interrupted"),
+    ("import-after-sigint", 130, "trackserve: interrupted"),
+    ("import-after-sigterm", 143, "trackserve: terminated (SIGTERM)"),
+])
+def test_a_stop_while_the_commands_load_is_one_line_and_its_status(monkeypatch, capsys, stop, status, line):
+    # a Ctrl-C or SIGTERM in the first tenth of a second: a traceback, or ImportError("initialization failed", exit 1)
+    import signal
+
+    from trackserve import cli
+
+    def interrupted_load():
+        if stop is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        if stop == "import-after-sigint":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed")  # an extension module's init, cut short
+        cli._received.append(signal.SIGTERM)  # the handler ran, the ImportError does not carry it
+        raise ImportError("import numpy failed")
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_load)
+    assert main(["bundle-info", "models/default"]) == status
+    assert capsys.readouterr().err.strip() == line
+    def missing_module():
+        raise ImportError("no module named x")
+
+    monkeypatch.setattr(cli, "build_parser", missing_module)
+    with pytest.raises(ImportError, match="no module named x"):  # an ImportError of its own is not hidden
+        main(["bundle-info", "models/default"])

@@ -102,8 +102,19 @@ def _discard_stdout() -> None:
         pass
 
 
+#: The stop signals this process received (SIGINT, SIGTERM), in order: an extension module
+#: stopped while it loads may fail with an ImportError that does not carry the interrupt.
+_received: list[int] = []
+
+
 def _raise_terminated(signum, frame):
+    _received.append(signal.SIGTERM)
     raise Terminated()
+
+
+def _raise_interrupted(signum, frame):
+    _received.append(signal.SIGINT)
+    raise KeyboardInterrupt()
 
 
 #: Options whose value is a comma-separated list that may start with a minus sign.
@@ -150,7 +161,49 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trackserve`` console script; returns the exit status.
 
     Ctrl-C gives status 130 and SIGTERM 143 (128 + the signal), each after the job's
-    clean-ups ran and with one line saying so."""
+    clean-ups ran and with one line saying so; also while the command's modules load,
+    before it starts (an extension module stopped while it loads fails as an ImportError)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum, default, handler in ((signal.SIGTERM, signal.SIG_DFL, _raise_terminated),
+                                         (signal.SIGINT, signal.default_int_handler, _raise_interrupted)):
+            if signal.getsignal(signum) is default:
+                previous[signum] = signal.signal(signum, handler)
+    del _received[:]
+    try:
+        return _run(argv)
+    except (KeyboardInterrupt, ImportError) as error:  # a stop before the command had started
+        stop = _stop_signal(error)
+        if stop is None:
+            raise
+        print(f"trackserve: {_stopped(stop)}", file=sys.stderr)
+        return 128 + stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_signal(error: BaseException) -> int | None:
+    """SIGTERM or SIGINT when ``error`` is (or was raised while handling, or from) a stop by
+    that signal, or is an ImportError after one: a module whose loading a signal cut short
+    fails so, with or without the interrupt attached."""
+    seen, first = set(), error
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, Terminated):
+            return signal.SIGTERM
+        if isinstance(error, KeyboardInterrupt):
+            return signal.SIGINT
+        error = error.__cause__ or error.__context__
+    return _received[0] if isinstance(first, ImportError) and _received else None
+
+
+def _stopped(signum: int) -> str:
+    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+
+
+def _run(argv: list[str] | None) -> int:
+    """:func:`main` once the SIGTERM handler is in place."""
     parser = build_parser()
     args, extra = parser.parse_known_args(joined_list_values(sys.argv[1:] if argv is None else list(argv)))
     if getattr(args, "handler", None) is None:
@@ -161,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # named by the subcommand's parser, with its usage (argparse names the top level's)
         _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     _refuse_empty_values(_subcommand_parser(parser, args.command), args)
-    previous = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     # A reader of the output that stops early (`trackserve ... | head`) must not cut the job
     # short (a bundle not written, labels lost): what is printed after is dropped, the job
     # finishes, and the status is the one a shell gives a process killed by SIGPIPE.
@@ -183,17 +233,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"trackserve {args.command}: error: {file_problem(error)}", file=sys.stderr)
         return 2
-    except Terminated:
-        print(f"trackserve {args.command}: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print(f"trackserve {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, ImportError) as error:
+        stop = _stop_signal(error)
+        if stop is None:
+            raise
+        print(f"trackserve {args.command}: {_stopped(stop)}", file=sys.stderr)
+        return 128 + stop
     finally:
         if sys.stdout is guarded:
             sys.stdout = guarded.stream
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

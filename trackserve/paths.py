@@ -6,9 +6,12 @@ the package is meant to be installed from a checkout (``pip install -e .``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import InputError, OutputError, TrackserveError
@@ -123,6 +126,35 @@ def special_file(path: Path) -> str | None:
     return next((name for test, name in _SPECIAL_FILES if test(mode)), None)
 
 
+#: The signals a user stops a job with, which :func:`signals_deferred` holds back.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C and SIGTERM back while the block runs, then act on the first one that
+    came (its handler as it was: KeyboardInterrupt, ``Terminated``...), so that a few
+    renames that must all happen, or none, are never cut in two. Only the main thread can
+    hold signals; elsewhere (where Python never runs their handlers anyway) the block runs
+    as it is. Keep the block short: a stop is answered only after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signum, handler = received[0], previous[received[0]]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
 def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: bool = False) -> None:
     """Write each ``(path, bytes)``: all to temporary files beside their paths first, then each
     renamed into place in the order given, so a failure or an interruption (Ctrl-C, SIGTERM)
@@ -144,9 +176,10 @@ def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: 
             temporary = path.with_name(path.name + ".partial")
             temporaries.append(temporary)
             temporary.write_bytes(data)
-        for (path, _data), temporary in zip(contents, temporaries):
-            current = path
-            os.replace(temporary, path)
+        with signals_deferred():  # every file renamed into place, or (a stop before) none
+            for (path, _data), temporary in zip(contents, temporaries):
+                current = path
+                os.replace(temporary, path)
     except BaseException as error:
         for temporary in temporaries:
             try:

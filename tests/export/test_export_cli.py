@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trackserve.bundle import StageParameters, file_sha256, load_bundle, make_bundle
+from trackserve.bundle import StageParameters, file_sha256, load_bundle, make_bundle, replace_network
+from trackserve.errors import BundleError
 from trackserve.cli import main
 from trackserve.events.features import EXATRKX_SERVICE
 from trackserve.export.embedding import EmbeddingNetwork
@@ -179,6 +180,33 @@ def test_a_network_replaced_by_another_is_recorded_and_noted(bundle_dir, tmp_pat
     record = load_bundle(bundle_dir).provenance["exported_again"][-1]
     assert record["replaced"] is True and record["architecture"] == "ResAGNN"
     assert "cuts and the provenance's settings and figures describe that one" in record["note"]
+
+
+def test_other_weights_of_the_same_network_are_a_replacement_too(bundle_dir, tmp_path, capsys):
+    # same architecture and config, other weights: the cuts were chosen for the old weights
+    checkpoint = _save_checkpoint(_gnn(5), tmp_path / "gnn.ckpt")  # the bundle's GNN: _gnn(0)
+    assert main(["export", checkpoint, "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 0
+    assert "the gnn network is now another than the one" in capsys.readouterr().err
+    assert load_bundle(bundle_dir).provenance["exported_again"][-1]["replaced"] is True
+    # the same weights again (its own, re-exported): no replacement
+    assert main(["export", "--bundle", str(bundle_dir), "--network", "gnn", "--runs", "1"]) == 0
+    assert "another than the one" not in capsys.readouterr().err
+    assert load_bundle(bundle_dir).provenance["exported_again"][-1]["replaced"] is False
+
+
+def test_a_network_that_would_make_the_bundle_invalid_leaves_it_untouched(bundle_dir):
+    from trackserve.events.features import TRACKML_1000
+
+    # the same layout, made for other scales: its derived inputs disagree with the bundle's features
+    torch.manual_seed(1)
+    other = EdgeFilter(in_channels=3, hidden=8, nb_layer=1, derived_eta={"r": 0, "z": 2, "r_scale": TRACKML_1000.scales[0],
+                                                                         "z_scale": TRACKML_1000.scales[2]})
+    before = {path.name: path.read_bytes() for path in bundle_dir.iterdir()}
+    with pytest.raises(BundleError, match=f"the filter network was not exported into {bundle_dir}, which is left as it "
+                                          "was: with it the bundle would be invalid: networks.filter.config.derived_eta"):
+        replace_network(bundle_dir, "filter", other, runs=1)
+    assert {path.name: path.read_bytes() for path in bundle_dir.iterdir()} == before  # no stray scratch folder either
+    assert main(["bundle-info", str(bundle_dir)]) == 0
 
 
 def test_export_without_a_network_needs_a_bundle(tmp_path, capsys):

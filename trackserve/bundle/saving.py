@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import BundleError
+from ..errors import BundleError, OutputError
+from ..paths import write_files_atomically
 from .checks import parse_features
 from .loading import bundle_error, file_sha256, load_bundle, parse_pipeline_data, pruner_problems, read_pipeline
 from .schema import NETWORK_KINDS, OPTIONAL_NETWORKS, PIPELINE_FILE, REQUIRED_NETWORKS, Bundle, NetworkEntry
@@ -45,26 +46,26 @@ def save_bundle(bundle: Bundle, directory: str | os.PathLike) -> Bundle:
     return load_bundle(directory)
 
 
-def write_pipeline_json(data: Mapping, directory: str | os.PathLike) -> Path:
-    """Write ``data`` as ``directory/pipeline.json`` atomically (temporary file, then rename)."""
-    target = Path(directory) / PIPELINE_FILE
-    temporary = target.with_name(target.name + ".tmp")
+def pipeline_json_text(data: Mapping, target: str | os.PathLike = PIPELINE_FILE) -> str:
+    """``data`` as the text of a ``pipeline.json`` (``target``, for the error); BundleError when a value is no JSON."""
     try:
-        text = json.dumps(data, indent=2, allow_nan=False)
+        return json.dumps(data, indent=2, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise BundleError(
             f"cannot write {target}: {error} (every value, network configs and provenance included, "
             "must be JSON: str, finite number, bool, null, list, object)"
         ) from None
+
+
+def write_pipeline_json(data: Mapping, directory: str | os.PathLike) -> Path:
+    """Write ``data`` as ``directory/pipeline.json`` atomically (temporary file, then rename;
+    an interruption between the two leaves the old file and no temporary one)."""
+    target = Path(directory) / PIPELINE_FILE
+    text = pipeline_json_text(data, target)
     try:
-        temporary.write_text(text + "\n", encoding="utf-8")
-        os.replace(temporary, target)
-    except OSError as error:
-        try:
-            temporary.unlink(missing_ok=True)  # no stray file left in the bundle
-        except OSError:
-            pass
-        raise BundleError(f"cannot write {target}: {error.strerror or error}") from None
+        write_files_atomically([(target, (text + "\n").encode("utf-8"))])
+    except OutputError as error:
+        raise BundleError(str(error)) from None
     return target
 
 
@@ -270,26 +271,47 @@ def replace_network(
         )
     # The weights go where the entry names them, else beside the network's file (same folder).
     weights_file = entry.weights["file"] if entry.weights else Path(entry.file).with_suffix(".pt").as_posix()
-    report = export_network(
-        module, entry.kind, directory / entry.file, num_features=bundle.num_features,
-        opset=opset or DEFAULT_OPSET, runs=runs,
-    )
-    new_config, new_architecture = dict(getattr(module, "config", None) or {}), architecture_name(module)
-    bundle.networks[name] = NetworkEntry(
-        name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs, new_config, new_architecture,
-        save_weights(module, directory / weights_file, bundle_directory=directory),
-    )
-    # What was exported when, so that the provenance does not describe only the first export
-    # (and says when the network is another than the one the cuts were chosen with).
-    replaced = new_architecture != entry.architecture or new_config != entry.config
-    bundle.provenance.setdefault("exported_again", []).append({
-        "network": name, "opset": report.opset,
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "architecture": new_architecture,
-        "replaced": replaced,
-        **({"replaced_architecture": entry.architecture, "note": "another network than the one the bundle was "
-            "trained and tuned with: its cuts and the provenance's settings and figures describe that one"}
-           if replaced else {}),
-    })
-    write_pipeline_json(bundle.to_dict(), directory)
+    # Everything is made in a scratch folder first and the new pipeline.json checked whole;
+    # only then are the three files renamed into place together (an interruption leaves the
+    # old bundle or the new one, a refusal leaves the bundle untouched).
+    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=directory))
+    try:
+        report = export_network(
+            module, entry.kind, scratch / Path(entry.file).name, num_features=bundle.num_features,
+            opset=opset or DEFAULT_OPSET, runs=runs,
+        )
+        weights = save_weights(module, scratch / Path(weights_file).name)
+        weights["file"] = weights_file
+        new_config, new_architecture = dict(getattr(module, "config", None) or {}), architecture_name(module)
+        bundle.networks[name] = NetworkEntry(name, entry.kind, entry.file, report.sha256, report.inputs, report.outputs,
+                                             new_config, new_architecture, weights)
+        # What was exported when, so that the provenance does not describe only the first export
+        # (and says when the network is another than the one the cuts were chosen with: other
+        # weights are another network, even of the same architecture and config).
+        replaced = (new_architecture != entry.architecture or new_config != entry.config
+                    or entry.weights is None or weights["sha256"] != entry.weights.get("sha256"))
+        bundle.provenance.setdefault("exported_again", []).append({
+            "network": name, "opset": report.opset,
+            "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "architecture": new_architecture,
+            "replaced": replaced,
+            **({"replaced_architecture": entry.architecture, "note": "another network than the one the bundle was "
+                "trained and tuned with: its cuts and the provenance's settings and figures describe that one"}
+               if replaced else {}),
+        })
+        data = bundle.to_dict()
+        new_problems: list[str] = []
+        parse_pipeline_data(json.loads(pipeline_json_text(data)), directory, new_problems, check_files=False)
+        if new_problems:
+            raise BundleError(f"the {name} network was not exported into {directory}, which is left as it was: with it "
+                              f"the bundle would be invalid: {'; '.join(new_problems)}")
+        write_files_atomically([
+            (directory / entry.file, (scratch / Path(entry.file).name).read_bytes()),
+            (directory / weights_file, (scratch / Path(weights_file).name).read_bytes()),
+            (directory / PIPELINE_FILE, (pipeline_json_text(data) + "\n").encode("utf-8")),
+        ])
+    except OSError as error:
+        raise BundleError(f"cannot export into the bundle {directory}: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return load_bundle(directory), report

@@ -83,3 +83,48 @@ def test_a_failed_job_leaves_the_old_bundle_as_it_was(tmp_path):
             raise RuntimeError("the export failed")
     assert {p.name: p.read_text() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+@pytest.mark.parametrize("when", ["renaming the old bundle aside", "removing the old bundle"])
+def test_a_stop_during_the_swap_leaves_the_new_bundle_whole_in_place(tmp_path, monkeypatch, when):
+    # a SIGTERM in the swap left --output missing (the old bundle aside, the new one beside it)
+    import shutil
+    import signal
+
+    from trackserve import bundle_output
+
+    target = tmp_path / "bundle"
+    _old_bundle(target)
+    if when == "removing the old bundle":
+        rmtree = shutil.rmtree
+
+        def stopped(path, *args, **kwargs):
+            signal.raise_signal(signal.SIGTERM)
+            return rmtree(path, *args, **kwargs)
+
+        monkeypatch.setattr(bundle_output.shutil, "rmtree", stopped)
+    else:
+        rename = Path.rename
+
+        def stopped(self, destination):
+            if self == target:
+                signal.raise_signal(signal.SIGTERM)
+            return rename(self, destination)
+
+        monkeypatch.setattr(Path, "rename", stopped)
+
+    class Terminated(Exception):
+        pass
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with pytest.raises(Terminated):
+            with bundle_written_to(target) as partial:
+                _write_new(partial)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "gnn2.onnx", "pipeline.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from .bundle import ENGINES_DIR, PIPELINE_FILE
 from .errors import InputError
+from .paths import signals_deferred
 
 
 
@@ -131,8 +132,9 @@ def bundle_written_to(output: str | Path) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     try:
-        if partial.parent == target or not _replace_by_renaming(partial, target):
-            _replace_in_place(partial, target)
+        with signals_deferred():  # a stop now would leave neither bundle in place, or both
+            if partial.parent == target or not _replace_by_renaming(partial, target):
+                _replace_in_place(partial, target)
     except OSError as error:  # the new bundle is whole: leave it where it is and say so
         raise InputError(f"the new bundle is complete in {partial} but could not take the place of {target} "
                          f"({error.strerror or error}); move it there by hand") from None

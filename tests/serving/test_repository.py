@@ -276,6 +276,28 @@ def test_an_interrupted_or_failed_write_leaves_the_repository_as_it_was(tiny_bun
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
+def test_a_stop_during_the_swap_ends_it_first(tiny_bundle, tmp_path, monkeypatch):
+    # a SIGTERM while the old repository was being removed reported "terminated" with the new one in
+    # place and the old one left aside for ever
+    import signal
+
+    from trackserve.serving import repository
+
+    repo = tmp_path / "repo"
+    write_repository(tiny_bundle, repo)
+    rmtree = repository.shutil.rmtree
+
+    def stopped_rmtree(path, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C as the old repository is removed
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(repository.shutil, "rmtree", stopped_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        write_repository(tiny_bundle, repo, RepositoryOptions(layout="both"), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # nothing left aside
+    assert (repo / "exatrkx_ensemble").is_dir()  # the new one, whole
+
+
 def test_the_old_repository_is_restored_when_the_new_one_cannot_take_its_place(tiny_bundle, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     write_repository(tiny_bundle, repo)

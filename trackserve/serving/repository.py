@@ -36,7 +36,7 @@ from typing import Iterator
 
 from ..bundle import PIPELINE_FILE, Bundle, file_sha256, load_bundle
 from ..errors import InputError, OutputError
-from ..paths import file_problem
+from ..paths import file_problem, signals_deferred
 from .interface import (
     DEFAULT_ENSEMBLE_NAME,
     DEFAULT_MODEL_NAME,
@@ -306,10 +306,11 @@ def _repository_written_to(output: Path) -> Iterator[Path]:
         if existed and partial.parent != target:
             os.chmod(partial, target.stat().st_mode & 0o7777)
         yield partial
-        if partial.parent == target:
-            _swap_entries(partial, target)
-        else:
-            _rename_into_place(partial, target)
+        with signals_deferred():  # the old repository or the new one in place, the old one removed after
+            if partial.parent == target:
+                _swap_entries(partial, target)
+            else:
+                _rename_into_place(partial, target)
     except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
         if not isinstance(error, OSError) or isinstance(error, OutputError):

@@ -147,6 +147,18 @@ def test_max_abs_difference_treats_nan_and_infinity_as_infinite_unless_equal():
     assert max_abs_difference(np.zeros(0, np.float32), np.zeros(0, np.float32)) == 0.0
 
 
+def test_an_export_stopped_during_its_validation_leaves_no_partial_file(tmp_path, monkeypatch):
+    from trackserve.export import onnx_export
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while ONNX Runtime checks the file
+
+    monkeypatch.setattr(onnx_export, "validate_onnx", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        export_network(ToyEdgeMLP(), None, tmp_path / "network.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- correct networks
 
 

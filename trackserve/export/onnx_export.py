@@ -612,7 +612,6 @@ def export_network(
                     dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
                 )
             except Exception as error:
-                temporary.unlink(missing_ok=True)
                 raise ExportError(f"torch.onnx.export fails on the {spec.kind} network: {_first_line(error)}") from error
         export_warnings = tuple(dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()))
         _record_network(temporary, module)
@@ -622,15 +621,17 @@ def export_network(
             try:
                 validation = validate_onnx(temporary, module, spec.kind, num_features=num_features, runs=runs, providers=providers)
             except ExportParityError as error:
-                temporary.unlink(missing_ok=True)
                 report = dataclasses.replace(error.report, path=str(path))
                 replaced = ExportParityError(f"export of {path} rejected (nothing written):\n{report.summary()}")
                 replaced.report = report
                 raise replaced from None
+        os.replace(temporary, target)
+    except BaseException:  # a refusal, a failure, Ctrl-C or SIGTERM: no half-made file left beside the target
+        temporary.unlink(missing_ok=True)
+        raise
     finally:
         if was_training:
             module.train()
-    os.replace(temporary, target)
     if validation is not None:
         validation = dataclasses.replace(validation, path=str(path))
     return ExportReport(str(path), spec.kind, opset, file_sha256(path), inputs_info, outputs_info, validation, export_warnings)

@@ -458,7 +458,7 @@ def test_another_networks_file_in_place_of_one_is_refused(bundle_dir):
     # The filter's file copied over the GNN's, the hash updated: interface and hash agree, the network does not.
     message = _refused_with_file_in_place_of_the_gnn(bundle_dir, "filter.onnx")
     assert "networks.gnn: gnn.onnx holds another network than pipeline.json declares (config keys differ: " in message
-    assert "; and 12 more keys; and the file holds a VanillaFilter): either another network's file was put" in message
+    assert "; and 12 more keys; and the file holds the architecture VanillaFilter): either another network's file was put" in message
 
 
 def test_a_config_edited_by_hand_is_refused(bundle_dir):

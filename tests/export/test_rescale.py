@@ -79,7 +79,9 @@ def test_other_feature_specs_and_networks_are_refused():
         rescale_networks(_networks(), WITH_ETA, WITH_ETA)
     networks = _networks()
     networks["gnn"] = networks["filter"]
-    with pytest.raises(InputError, match="cannot rescale the gnn network"):
+    with pytest.raises(InputError, match=r"cannot rescale the gnn network \(architecture VanillaFilter\); supported: "
+                                         "embedding LayerlessEmbedding, filter VanillaFilter, pruner InteractionGNN, "
+                                         "gnn InteractionGNN"):  # the names the bundle records, not class names
         rescale_networks(networks, WITH_ETA, EXATRKX_SERVICE)
 
 

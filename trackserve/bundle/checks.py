@@ -156,7 +156,7 @@ def recorded_network_problems(name: str, entry: NetworkEntry, metadata: Mapping[
                           for key in differ[:4]) + (f"; and {len(differ) - 4} more keys" if len(differ) > 4 else "")
         what = f"config keys differ: {shown}" if differ else ""
     if architecture != entry.architecture:
-        what += ("; and " if what else "") + f"the file holds a {architecture}"
+        what += ("; and " if what else "") + f"the file holds the architecture {architecture}"
     return [f"networks.{name}: {entry.file} holds another network than pipeline.json declares ({what}): either "
             "another network's file was put in its place (restore the file; `trackserve export --bundle DIR "
             f"--network {name}` rebuilds it from the bundle's weights) or the entry was edited by hand (restore "

@@ -79,8 +79,11 @@ def rescale_networks(networks: dict, old_spec, new_spec) -> dict:
                              f"the bundle's features are {list(old_spec.names)}")
         derives_eta = network.config.get("derived_eta") is not None
         if type(network) is not kinds.get(name) or (reads_eta and derives_eta):
-            raise InputError(f"cannot rescale the {name} network ({type(network).__name__}); supported: "
-                             "EmbeddingNetwork, EdgeFilter, InteractionGNN")
+            what = getattr(type(network), "architecture", type(network).__name__)
+            supported = ", ".join(f"{kind} {getattr(cls, 'architecture', cls.__name__)}" for kind, cls in kinds.items())
+            raise InputError(f"cannot rescale the {name} network (architecture {what}"
+                             f"{', reading eta and deriving it too' if reads_eta and derives_eta else ''}); "
+                             f"supported: {supported}")
         sees_eta = reads_eta or derives_eta
         config = {**network.config, "in_channels": 3, "derived_eta": eta if sees_eta else None}
         if network.config.get("pair_geometry") is not None:

@@ -32,7 +32,9 @@ split form only for a network without a blocked form, given at least
 :data:`SPLIT_MIN_THREADS` threads and a large input, where parallel pieces may pay (not
 measured here: two cores). With a blocked form, many cores work on component groups or
 blocks of rows of one graph at once instead, measured faster at 2 threads than anything
-else here, and the scores do not depend on the number of cores.
+else here; blocks of rows give the one-thread scores bit for bit whatever the number of
+cores, component groups the same up to float32 rounding (each group is a call of its own
+size, whose last rows ONNX Runtime rounds its own way).
 
 Only the pattern the networks export is rewritten (``scatter_add`` with an index
 expanded to the message shape: ``ScatterElements(data, Expand(index[E, 1]), updates[E,
@@ -151,8 +153,8 @@ class ScatterSplitNetwork(OnnxNetwork):
     def uses_one_thread(self, num_input_elements: int) -> bool:
         """True unless a call on this many input elements runs in the split form (see
         :meth:`run`): only a network without a blocked form does, since the blocked form
-        uses the caller's threads instead (component groups or blocks of rows at once) and
-        gives the one-thread result bit for bit whatever the number of cores."""
+        uses the caller's threads instead (component groups or blocks of rows at once): blocks
+        of rows give the one-thread result bit for bit whatever the number of cores."""
         return (self._steps is None or num_input_elements < SPLIT_MIN_INPUT_ELEMENTS
                 or self.blocked_form() is not None)
 

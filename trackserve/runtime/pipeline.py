@@ -7,7 +7,8 @@ alone on arrays (:meth:`Pipeline.embed`, :meth:`Pipeline.build_graph`,
 :meth:`Pipeline.build_tracks`), and :meth:`Pipeline.run` records the wall time of every
 stage of every call in :class:`PipelineResult.timings`. In :meth:`Pipeline.run` a
 message-passing GNN sees only the hits that some filtered edge touches
-(:mod:`trackserve.runtime.subgraph`): the same scores, bit for bit, for less work.
+(:mod:`trackserve.runtime.subgraph`): the same scores for less work (to float32 rounding:
+a call of another size rounds its last rows its own way).
 
 The cores an event may use (``config.intra_op_threads``) work on parts of it at once
 (:mod:`trackserve.runtime.parallel`): the embedding on slices of the hits, the filter on

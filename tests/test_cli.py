@@ -153,3 +153,11 @@ def test_a_stop_while_the_commands_load_is_one_line_and_its_status(monkeypatch, 
     monkeypatch.setattr(cli, "build_parser", missing_module)
     with pytest.raises(ImportError, match="no module named x"):  # an ImportError of its own is not hidden
         main(["bundle-info", "models/default"])
+
+
+def test_an_error_line_meeting_a_closed_pipe_keeps_the_status(tmp_path):
+    # `trackserve bundle-info X 2>&1 | head -0`: the error line cannot be written; status 2, no traceback's 1
+    process = subprocess.Popen([sys.executable, "-m", "trackserve", "bundle-info", str(tmp_path / "none")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process.stdout.close()
+    assert process.wait(timeout=60) == 2

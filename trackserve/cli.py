@@ -92,14 +92,23 @@ class _OutputGuard:
         return getattr(self.stream, name)
 
 
-def _discard_stdout() -> None:
-    """Point standard output at /dev/null, so that nothing more (Python's flush at exit)
-    writes to a pipe whose reader is gone."""
+def _discard_stdout(stream=None) -> None:
+    """Point standard output (or ``stream``) at /dev/null, so that nothing more (Python's
+    flush at exit) writes to a pipe whose reader is gone."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (tests)
+        os.dup2(devnull, (sys.stdout if stream is None else stream).fileno())
+    except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (tests)
         pass
+
+
+def _report(line: str) -> None:
+    """Print a job's last line (its error, its stop) to stderr; a reader of stderr that has
+    gone (`trackserve ... 2>&1 | head -1`) must not turn the job's status into a traceback's 1."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _discard_stdout(sys.stderr)
 
 
 #: The stop signals this process received (SIGINT, SIGTERM), in order: an extension module
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         stop = _stop_signal(error)
         if stop is None:
             raise
-        print(f"trackserve: {_stopped(stop)}", file=sys.stderr)
+        _report(f"trackserve: {_stopped(stop)}")
         return 128 + stop
     finally:
         for signum, handler in previous.items():
@@ -226,18 +235,18 @@ def _run(argv: list[str] | None) -> int:
         _discard_stdout()
         return 128 + signal.SIGPIPE
     except TrackserveError as error:
-        print(f"trackserve {args.command}: error: {error}", file=sys.stderr)
+        _report(f"trackserve {args.command}: error: {error}")
         return 2
     except OSError as error:
         if error.filename is None:  # not a file's problem: a bug, shown whole
             raise
-        print(f"trackserve {args.command}: error: {file_problem(error)}", file=sys.stderr)
+        _report(f"trackserve {args.command}: error: {file_problem(error)}")
         return 2
     except (KeyboardInterrupt, ImportError) as error:
         stop = _stop_signal(error)
         if stop is None:
             raise
-        print(f"trackserve {args.command}: {_stopped(stop)}", file=sys.stderr)
+        _report(f"trackserve {args.command}: {_stopped(stop)}")
         return 128 + stop
     finally:
         if sys.stdout is guarded:

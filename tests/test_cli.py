@@ -161,3 +161,17 @@ def test_an_error_line_meeting_a_closed_pipe_keeps_the_status(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     process.stdout.close()
     assert process.wait(timeout=60) == 2
+
+
+def test_notes_meeting_a_closed_pipe_do_not_cut_the_job_short(tmp_path):
+    # `trackserve run ... 2>&1 | head -1`: a note on stderr (an empty input) broke the pipe and no labels were written
+    (tmp_path / "empty.csv").write_text("")
+    code = ("import sys; from trackserve.cli import main; "
+            f"sys.exit(main(['run', {str(tmp_path / 'empty.csv')!r}, {str(REPO / 'data' / 'event000000001')!r}, "
+            "'--output', 'out', '--event-workers', '1']))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               cwd=tmp_path)
+    process.stdout.close()
+    assert process.wait(timeout=120) == 141
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["empty-labels.csv",
+                                                                        "event000000001-labels.csv"]

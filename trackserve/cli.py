@@ -62,8 +62,9 @@ def _subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argpars
 
 
 class _OutputGuard:
-    """Standard output that drops what is written once its reader has gone (a broken pipe)
-    instead of raising, so that the job goes on to its end; ``reader_gone`` says it happened."""
+    """Standard output (or error) that drops what is written once its reader has gone (a
+    broken pipe) instead of raising, so that the job goes on to its end; ``reader_gone``
+    says it happened."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -86,7 +87,7 @@ class _OutputGuard:
 
     def _gone(self) -> None:
         self.reader_gone = True
-        _discard_stdout()
+        _discard_stdout(self.stream)
 
     def __getattr__(self, name):  # fileno, isatty, encoding, ... of the stream itself
         return getattr(self.stream, name)
@@ -227,10 +228,11 @@ def _run(argv: list[str] | None) -> int:
     # short (a bundle not written, labels lost): what is printed after is dropped, the job
     # finishes, and the status is the one a shell gives a process killed by SIGPIPE.
     guarded = sys.stdout = _OutputGuard(sys.stdout)
+    guarded_errors = sys.stderr = _OutputGuard(sys.stderr)  # its notes too (`... 2>&1 | head`)
     try:
         status = int(args.handler(args) or 0)
         sys.stdout.flush()
-        return 128 + signal.SIGPIPE if guarded.reader_gone else status
+        return 128 + signal.SIGPIPE if guarded.reader_gone or guarded_errors.reader_gone else status
     except BrokenPipeError:  # a write that did not go through the guard
         _discard_stdout()
         return 128 + signal.SIGPIPE
@@ -251,6 +253,8 @@ def _run(argv: list[str] | None) -> int:
     finally:
         if sys.stdout is guarded:
             sys.stdout = guarded.stream
+        if sys.stderr is guarded_errors:
+            sys.stderr = guarded_errors.stream
 
 
 if __name__ == "__main__":  # pragma: no cover

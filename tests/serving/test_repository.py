@@ -372,8 +372,9 @@ def test_servers_of_a_repository_are_found_with_their_model_control_mode(tmp_pat
     default = _fake_tritonserver(tmp_path / "other", "--model-repository=../repo")
     elsewhere = _fake_tritonserver(tmp_path, f"--model-repository={tmp_path / 'other'}")
     try:
-        deadline = time.monotonic() + 10
-        while len(servers_of(tmp_path / "repo")) < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10  # (each process is a tritonserver once it has started)
+        while ((len(servers_of(tmp_path / "repo")) < 2 or not servers_of(tmp_path / "other"))
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         assert servers_of(tmp_path / "repo") == sorted([(polling.pid, "poll"), (default.pid, "none")])
         assert servers_of(tmp_path / "other") == [(elsewhere.pid, "none")]

@@ -47,10 +47,3 @@ def test_the_hook_skips_only_the_marked_items_and_only_without_a_gpu(monkeypatch
         assert len(skips) == 1 and skips[0].kwargs["reason"] == conftest.gpu_skip_reason(providers, gpus)
     else:
         assert skips == []
-
-
-@pytest.mark.gpu
-def test_a_test_marked_gpu_runs_only_where_the_gpu_is_usable():
-    # skipped by the hook here without one; where it runs, the GPU is there for onnxruntime
-    assert conftest.nvidia_gpus()
-    assert "CUDAExecutionProvider" in conftest.onnxruntime_providers()

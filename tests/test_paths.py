@@ -57,3 +57,12 @@ def test_a_stop_between_the_renames_leaves_every_file_new(tmp_path, monkeypatch)
         write_files_atomically([(target, b"new") for target in targets])
     assert [target.read_text() for target in targets] == ["new", "new", "new"]
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(target.name for target in targets)
+
+
+def test_a_block_that_fails_keeps_its_own_error_when_a_stop_came_too():
+    # the new bundle's "complete in X, move it there by hand" was lost behind a bare KeyboardInterrupt
+    with pytest.raises(PermissionError, match="the rename failed"):
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            raise PermissionError("the rename failed")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -192,13 +192,14 @@ def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None
     positions not in mm) and a TrackML event's hits not numbered as TrackML numbers them
     (:func:`~trackserve.events.event.hit_numbering_problem`); and a TrackML event's truth or
     particles table left out because it does not read. ``kind``: ``"features"`` or
-    ``"trackml"``; ``item``: the input as read (its ``features``, and ``event`` for TrackML)."""
+    ``"trackml"``; ``item``: the input as read (its ``features``, and ``event`` for TrackML);
+    ``spec``: the bundle's features, None when unknown (then hits beyond the detector go unsaid)."""
     from .events.features import beyond_detector
 
     if item.features.shape[0] == 0:  # valid, but a file cut short or written empty reads the same
         print(f"trackserve {command}: note: {path}: holds no hits (an event of zero hits, labelled as such)",
               file=sys.stderr)
-    found = beyond_detector(item.features, spec)
+    found = None if spec is None else beyond_detector(item.features, spec)
     if found is not None:
         hint = "were the features scaled, and in this order?" if kind == "features" else "are x, y and z in mm?"
         print(f"trackserve {command}: note: {path}: {found}; {hint}", file=sys.stderr)

@@ -132,27 +132,30 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold Ctrl-C and SIGTERM back while the block runs, then act on the first one that
-    came (its handler as it was: KeyboardInterrupt, ``Terminated``...), so that a few
-    renames that must all happen, or none, are never cut in two. Only the main thread can
-    hold signals; elsewhere (where Python never runs their handlers anyway) the block runs
-    as it is. Keep the block short: a stop is answered only after it."""
+    """Hold Ctrl-C and SIGTERM back while the block runs, then, when it ends without an error,
+    act on the first one that came (its handler as it was: KeyboardInterrupt, ``Terminated``...),
+    so that a few renames that must all happen, or none, are never cut in two; a block that
+    fails keeps its own error. Only the main thread can hold signals; elsewhere (where Python
+    never runs their handlers anyway) the block runs as it is. Keep the block short: a stop is
+    answered only after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in STOP_SIGNALS}
+    previous: dict[int, object] = {}
     try:
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if received:
-            signum, handler = received[0], previous[received[0]]
-            if callable(handler):
-                handler(signum, None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)
+    if received:  # (only after a block that ended well: a failing one raises its own error above)
+        signum, handler = received[0], previous[received[0]]
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
 
 
 def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: bool = False) -> None:

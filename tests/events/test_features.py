@@ -234,8 +234,9 @@ def test_hit_columns_of_other_lengths_are_refused_not_broadcast():
             hit_features({"x": np.array(text), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})
     with pytest.raises(EventFormatError, match="column 'y': the hits' x, y and z must be real numbers, not complex128"):
         hit_features({"x": np.array([1.0, 2.0]), "y": np.array([1.0, 2.0 + 1j]), "z": np.array([1.0, 2.0])})
-    with pytest.raises(EventFormatError, match="the hits' x, y and z must be real numbers"):
-        hit_features({"x": np.array([1.0, 2j], dtype=object), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})
+    for objects, named in (([1.0, 2j], "complex"), (["100", "200"], "str"), ([1.0, None], "NoneType")):
+        with pytest.raises(EventFormatError, match=f"the hits' x, y and z must be real numbers, not {named} values"):
+            hit_features({"x": np.array(objects, dtype=object), "y": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0])})
     objects = hit_features({"x": np.array([30.0, 40.0], dtype=object), "y": np.array([40.0, 30.0]),
                             "z": np.array([1.0, 2.0])})  # a pandas object column of floats still reads
     np.testing.assert_allclose(objects[:, 0], [50 / 3000, 50 / 3000], rtol=1e-6)

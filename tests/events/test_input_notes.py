@@ -163,3 +163,22 @@ def test_the_geometry_file_given_as_an_event_is_recognised(capsys):
     detectors = SAMPLE / "detectors.csv"
     assert main(["run", str(detectors), "--no-labels"]) == 2
     assert f"file {detectors}: is the TrackML detector geometry (detectors.csv), not an event" in capsys.readouterr().err
+
+
+def test_a_dangling_link_in_place_of_the_particles_leaves_the_event_labelled(sample, tmp_path, capsys):
+    directory = tmp_path / "event"
+    write_event(Event(sample.event_id, sample.hits, sample.truth, None, sample.cells), directory)
+    (directory / "event000000001-particles.csv").symlink_to(tmp_path / "gone.csv")
+    assert main(["run", str(directory), "--output", str(tmp_path / "labels")]) == 0
+    err = capsys.readouterr().err
+    assert "labelled with its particles table left out: file" in err and "is a symbolic link to" in err
+    assert (tmp_path / "labels" / "event000000001-labels.csv").is_file()
+
+
+def test_the_empty_input_note_needs_no_feature_spec(tmp_path, capsys):
+    from trackserve.events.sources import read_feature_input
+    from trackserve.labels_output import note_input_problems
+
+    (tmp_path / "evt_1.csv").write_text("")
+    note_input_problems("client", "features", tmp_path / "evt_1.csv", read_feature_input(tmp_path / "evt_1.csv", 3), None)
+X

@@ -135,6 +135,10 @@ def test_a_bundle_s_own_weights_file_exports_with_the_config_the_bundle_records(
     assert (f"trackserve export: note: {shipped / 'filter.pt'} is the filter weights of the bundle {shipped}: built with "
             "the config its pipeline.json records") in capsys.readouterr().err
     assert file_sha256(tmp_path / "filter.onnx") == file_sha256(shipped / "filter.onnx")
+    from trackserve.export.checkpoint_import import ImportNote, import_checkpoint
+
+    with pytest.warns(ImportNote, match="is the filter weights of the bundle"):  # the library function too
+        assert import_checkpoint(shipped / "filter.pt").config == load_bundle(shipped).networks["filter"].config
     # a copy away from its bundle, or one changed since, is no such file: built from its layout, no note
     from trackserve.export.bundle_networks import recorded_config
 

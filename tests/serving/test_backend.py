@@ -356,3 +356,19 @@ def test_the_shipped_model_files_log_far_hits_at_warning_level(tiny_bundle, samp
     model.initialize(args_for(tiny_bundle, intra_op_threads=1, graph_threads=1, **parameters))
     assert model.execute([request(sample_features[:300] * np.float32(1000.0))])[0].error is None
     assert len(lines) == 1 and lines[0][0] == "warn" and "were its features divided by the scales" in lines[0][1]
+
+
+def test_a_far_hits_note_that_fails_costs_the_request_nothing(pipeline_model, tiny_pipeline, sample_features):
+    pb, logged = fake_pb_utils(), []
+
+    def broken_log(message):
+        raise OSError("the log is gone")
+
+    pipeline_model.log_far_hits(broken_log)
+    try:
+        (response,) = respond(pb, [request(sample_features[:300] * np.float32(1000.0))], pipeline_model, logged.append)
+    finally:
+        pipeline_model.far_hits = None
+    assert response.error is None and len(logged) == 1 and "the log is gone" in logged[0]
+    np.testing.assert_array_equal(response.output_tensors[0].array,
+                                  tiny_pipeline.run(sample_features[:300] * np.float32(1000.0)).labels)

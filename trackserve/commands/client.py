@@ -133,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
                     if labels_paths is not None:
                         earlier.remove(labels_paths[number])
                     continue
-                if note_spec is not None:
-                    note_input_problems("client", kind, path, item, note_spec)
+                note_input_problems("client", kind, path, item, note_spec)
                 try:
                     labels = client.infer(item.features, request_id=item.name)
                 except ServingError as error:

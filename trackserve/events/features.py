@@ -12,6 +12,7 @@ radius, not the 3-D distance), ``phi`` = atan2(y, x) in (-π, π], ``z``, ``x``,
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -229,9 +230,15 @@ def hit_features(hits: Table, spec: FeatureSpec = EXATRKX_SERVICE) -> np.ndarray
         raise EventFormatError(f"the hits table has no column(s) {', '.join(missing)}; features need x, y, z")
     n = table_length(hits)
     for name in ("x", "y", "z"):  # a conversion to float64 would take text and drop imaginary parts in silence
-        dtype = np.asarray(hits[name]).dtype
-        if dtype.kind not in "biufO":
-            raise EventFormatError(f"the hits' x, y and z must be real numbers, not {dtype} values", column=name)
+        column = np.asarray(hits[name])
+        if column.dtype.kind not in "biufO":
+            raise EventFormatError(f"the hits' x, y and z must be real numbers, not {column.dtype} values", column=name)
+        if column.dtype.kind == "O":  # (a pandas column of objects: text read from a file, say)
+            odd = [value for value in column.ravel() if isinstance(value, (str, bytes, bool, np.bool_))
+                   or not isinstance(value, numbers.Real)][:1]
+            if odd:
+                raise EventFormatError(f"the hits' x, y and z must be real numbers, not {type(odd[0]).__name__} "
+                                       f"values such as {odd[0]!r:.40}", column=name)
     try:
         x, y, z = (np.asarray(hits[name], dtype=np.float64) for name in ("x", "y", "z"))
     except (TypeError, ValueError) as error:  # objects that are no real numbers

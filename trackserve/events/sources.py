@@ -97,8 +97,9 @@ def _event_to_run(prefix: Path) -> tuple[Event, str | None]:
     try:
         return read_event(prefix, parts=("truth", "particles")), None
     except EventFormatError as error:
-        if error.path is None or Path(error.path) not in (event_file(prefix, "truth"), event_file(prefix, "particles")):
-            raise
+        names = {f"{prefix.name}-{kind}.csv{end}" for kind in ("truth", "particles") for end in ("", ".gz")}
+        if error.path is None or Path(error.path).parent != prefix.parent or Path(error.path).name not in names:
+            raise  # (the hits, which the event needs)
         problem = str(error)
     try:
         return read_event(prefix, parts=("truth",)), problem

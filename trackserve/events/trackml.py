@@ -386,7 +386,8 @@ def event_files(prefix: str | Path) -> list[Path]:
 def event_file(prefix: str | Path, kind: str) -> Path | None:
     """The file ``<prefix>-<kind>.csv`` or ``<prefix>-<kind>.csv.gz``, or ``None`` if neither exists.
 
-    Both existing is an error: which one holds the event would be a guess.
+    Both existing is an error: which one holds the event would be a guess; so is a dangling
+    symbolic link or a directory of either name (not the file missing, but one in its way).
     """
     prefix = Path(prefix)
     candidates = [prefix.parent / f"{prefix.name}-{kind}.csv", prefix.parent / f"{prefix.name}-{kind}.csv.gz"]

@@ -81,7 +81,9 @@ def import_checkpoint(
     ``kind`` is ``"embedding"``, ``"filter"``, ``"gnn"`` (either GNN), ``"resagnn"`` or
     ``"interaction"``; ``None`` detects it from the class name, hyperparameters or keys.
     ``hparams`` (a dict or a YAML file such as ``hparams_GNN.yaml``) overrides the
-    checkpoint's own hyperparameters. ``trust_pickle`` allows pickles holding
+    checkpoint's own hyperparameters; without it, a bundle's own weights file (the bundle's
+    ``pipeline.json`` beside it records it, same sha256) is built with the config recorded
+    there, with an :class:`ImportNote` (its layout alone does not tell its derived inputs). ``trust_pickle`` allows pickles holding
     arbitrary Python objects. Raises :class:`CheckpointImportError` when the weights
     cannot be mapped, listing every unexpected or missing key and shape mismatch, and
     when the checkpoint is a TorchScript module (which can be run) whose outputs the
@@ -89,6 +91,15 @@ def import_checkpoint(
     """
     contents = read_checkpoint(path, trust_pickle=trust_pickle)
     given = None
+    if hparams is None:
+        from .bundle_networks import recorded_config
+
+        recorded = recorded_config(path)
+        if recorded is not None:
+            directory, name, hparams = recorded
+            warnings.warn(ImportNote(
+                f"{path} is the {name} weights of the bundle {directory}: built with the config its pipeline.json "
+                "records (its layout alone does not tell the derived inputs; give --hparams to build it otherwise)"))
     if hparams is not None:
         given = read_hparams_yaml(hparams) if isinstance(hparams, (str, Path)) else dict(hparams)
         contents.hparams = {**(contents.hparams or {}), **given}
@@ -113,18 +124,7 @@ def import_checkpoint(
 
 def import_with_notes(command: str, path: str | Path, **options: Any) -> ConfigurableNetwork:
     """:func:`import_checkpoint` for a command line: its :class:`ImportNote` warnings printed to
-    stderr as ``<command>: note: ...`` lines, other warnings shown as usual. A bundle's own
-    weights file given without ``hparams`` is built with the config the bundle records
-    (:func:`~trackserve.export.bundle_networks.recorded_config`), with a note."""
-    if options.get("hparams") is None:
-        from .bundle_networks import recorded_config
-
-        recorded = recorded_config(path)
-        if recorded is not None:
-            directory, name, options["hparams"] = recorded
-            print(f"{command}: note: {path} is the {name} weights of the bundle {directory}: built with the config its "
-                  "pipeline.json records (its layout alone does not tell the derived inputs; give --hparams to build "
-                  "it otherwise)", file=sys.stderr)
+    stderr as ``<command>: note: ...`` lines, other warnings shown as usual."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         network = import_checkpoint(path, **options)

@@ -394,10 +394,8 @@ def respond_one(pb_utils, request, model: ServedModel, log: Callable[[str], None
     try:
         arrays = {spec.name: read_input(pb_utils, request, spec) for spec in model.inputs}
         outputs = model(arrays)
-        tensors = [output_tensor(pb_utils, spec.name, outputs[spec.name]) for spec in model.outputs]
-        if model.far_hits is not None:
-            model.far_hits.check(arrays[FEATURES])
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        response = pb_utils.InferenceResponse(
+            output_tensors=[output_tensor(pb_utils, spec.name, outputs[spec.name]) for spec in model.outputs])
     except InputError as error:
         return error_response(pb_utils, f"bad request: {error}", invalid_argument=True)
     except TrackserveError as error:
@@ -406,6 +404,13 @@ def respond_one(pb_utils, request, model: ServedModel, log: Callable[[str], None
         if log is not None:
             log(traceback.format_exc())
         return error_response(pb_utils, f"internal error: {type(error).__name__}: {error}", invalid_argument=False)
+    if model.far_hits is not None:
+        try:  # a note about an answered request: it must not cost the answer
+            model.far_hits.check(arrays[FEATURES])
+        except Exception:
+            if log is not None:
+                log(traceback.format_exc())
+    return response
 
 
 def _cancelled(request) -> bool:

@@ -181,4 +181,5 @@ def test_the_empty_input_note_needs_no_feature_spec(tmp_path, capsys):
 
     (tmp_path / "evt_1.csv").write_text("")
     note_input_problems("client", "features", tmp_path / "evt_1.csv", read_feature_input(tmp_path / "evt_1.csv", 3), None)
-X
+    # (a server that does not describe its features: client's case)
+    assert f"trackserve client: note: {tmp_path / 'evt_1.csv'}: holds no hits" in capsys.readouterr().err

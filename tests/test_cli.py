@@ -175,3 +175,23 @@ def test_notes_meeting_a_closed_pipe_do_not_cut_the_job_short(tmp_path):
     assert process.wait(timeout=120) == 141
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["empty-labels.csv",
                                                                         "event000000001-labels.csv"]
+
+
+def test_warnings_about_the_input_are_notes_of_the_command(monkeypatch, capsys):
+    # tune-cut on an event renumbered out of the detector's order showed a raw Python warning line
+    import warnings
+
+    from trackserve.commands import bundle_info
+    from trackserve.errors import HitOrderWarning
+
+    def warns(args):
+        warnings.warn(HitOrderWarning("event event000000001: its hit ids do not follow the detector's order"))
+        warnings.warn(UserWarning("another library's warning"))
+        return 0
+
+    monkeypatch.setattr(bundle_info, "run", warns)
+    with pytest.warns(UserWarning, match="another library's warning"):  # others as Python shows them
+        assert main(["bundle-info", "models/default"]) == 0
+    err = capsys.readouterr().err
+    assert "trackserve bundle-info: note: event event000000001: its hit ids do not follow the detector's order\n" in err
+    assert "another library" not in err

@@ -17,9 +17,10 @@ import re
 import signal
 import sys
 import threading
+import warnings
 
 from . import __version__
-from .errors import TrackserveError
+from .errors import GraphConventionWarning, HitOrderWarning, TrackserveError
 from .paths import file_problem
 
 
@@ -101,6 +102,19 @@ def _discard_stdout(stream=None) -> None:
         os.dup2(devnull, (sys.stdout if stream is None else stream).fileno())
     except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (tests)
         pass
+
+
+def _noting(command: str, show):
+    """A ``warnings.showwarning`` that writes trackserve's own warnings about the input (hits
+    out of order, a graph of another convention) as ``trackserve COMMAND: note: ...`` lines,
+    as the commands write their notes, and leaves the others to ``show``."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (HitOrderWarning, GraphConventionWarning)):
+            print(f"trackserve {command}: note: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def _report(line: str) -> None:
@@ -229,6 +243,8 @@ def _run(argv: list[str] | None) -> int:
     # finishes, and the status is the one a shell gives a process killed by SIGPIPE.
     guarded = sys.stdout = _OutputGuard(sys.stdout)
     guarded_errors = sys.stderr = _OutputGuard(sys.stderr)  # its notes too (`... 2>&1 | head`)
+    shown = warnings.showwarning
+    warnings.showwarning = _noting(args.command, shown)
     try:
         status = int(args.handler(args) or 0)
         sys.stdout.flush()
@@ -251,6 +267,7 @@ def _run(argv: list[str] | None) -> int:
         _report(f"trackserve {args.command}: {_stopped(stop)}")
         return 128 + stop
     finally:
+        warnings.showwarning = shown
         if sys.stdout is guarded:
             sys.stdout = guarded.stream
         if sys.stderr is guarded_errors:

@@ -161,3 +161,10 @@ def test_listed_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "evaluate" in capsys.readouterr().out
+
+
+def test_a_directory_of_several_events_asks_for_one(capsys, tmp_path, perfect):
+    for name in ("event000000001", "event000000002"):
+        shutil.copy(DATA / "event000000001-hits.csv.gz", tmp_path / f"{name}-hits.csv.gz")
+    status, _, err = _run(capsys, tmp_path, perfect)
+    assert status == 2 and "holds 2 events (event000000001, event000000002); give one event's prefix, such as " in err

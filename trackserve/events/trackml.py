@@ -674,8 +674,8 @@ def read_event(path: str | Path, parts: Iterable[str] = EVENT_PARTS) -> Event:
     if len(prefixes) != 1:
         raise EventFormatError(
             f"holds {len(prefixes)} events ({', '.join(p.name for p in prefixes[:_MAX_LISTED])}"
-            f"{', ...' if len(prefixes) > _MAX_LISTED else ''}); give one prefix such as {prefixes[0]}, "
-            "or use read_events",
+            f"{', ...' if len(prefixes) > _MAX_LISTED else ''}); give one event's prefix, such as {prefixes[0]} "
+            "(in Python, read_events reads them all)",
             path=path,
         )
     return _read_prefix(prefixes[0], parts)

@@ -88,18 +88,18 @@ class _OutputGuard:
 
     def _gone(self) -> None:
         self.reader_gone = True
-        _discard_stdout(self.stream)
+        _discard(self.stream)
 
     def __getattr__(self, name):  # fileno, isatty, encoding, ... of the stream itself
         return getattr(self.stream, name)
 
 
-def _discard_stdout(stream=None) -> None:
-    """Point standard output (or ``stream``) at /dev/null, so that nothing more (Python's
+def _discard(stream) -> None:
+    """Point ``stream`` (standard output or error) at /dev/null, so that nothing more (Python's
     flush at exit) writes to a pipe whose reader is gone."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, (sys.stdout if stream is None else stream).fileno())
+        os.dup2(devnull, stream.fileno())
     except (OSError, ValueError, AttributeError):  # a stream without a file descriptor (tests)
         pass
 
@@ -123,7 +123,7 @@ def _report(line: str) -> None:
     try:
         print(line, file=sys.stderr, flush=True)
     except BrokenPipeError:
-        _discard_stdout(sys.stderr)
+        _discard(sys.stderr)
 
 
 #: The stop signals this process received (SIGINT, SIGTERM), in order: an extension module
@@ -227,7 +227,7 @@ def _stopped(signum: int) -> str:
 
 
 def _run(argv: list[str] | None) -> int:
-    """:func:`main` once the SIGTERM handler is in place."""
+    """:func:`main` once its Ctrl-C and SIGTERM handlers are in place."""
     parser = build_parser()
     args, extra = parser.parse_known_args(joined_list_values(sys.argv[1:] if argv is None else list(argv)))
     if getattr(args, "handler", None) is None:
@@ -250,7 +250,7 @@ def _run(argv: list[str] | None) -> int:
         sys.stdout.flush()
         return 128 + signal.SIGPIPE if guarded.reader_gone or guarded_errors.reader_gone else status
     except BrokenPipeError:  # a write that did not go through the guard
-        _discard_stdout()
+        _discard(sys.stdout)
         return 128 + signal.SIGPIPE
     except TrackserveError as error:
         _report(f"trackserve {args.command}: error: {error}")

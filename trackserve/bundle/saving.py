@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BundleError, OutputError
-from ..paths import write_files_atomically
+from ..paths import signals_deferred, write_files_atomically
 from .checks import parse_features
 from .loading import bundle_error, file_sha256, load_bundle, parse_pipeline_data, pruner_problems, read_pipeline
 from .schema import NETWORK_KINDS, OPTIONAL_NETWORKS, PIPELINE_FILE, REQUIRED_NETWORKS, Bundle, NetworkEntry
@@ -299,17 +299,16 @@ def replace_network(
                 "trained and tuned with: its cuts and the provenance's settings and figures describe that one"}
                if replaced else {}),
         })
-        data = bundle.to_dict()
+        text = pipeline_json_text(bundle.to_dict())
         new_problems: list[str] = []
-        parse_pipeline_data(json.loads(pipeline_json_text(data)), directory, new_problems, check_files=False)
+        parse_pipeline_data(json.loads(text), directory, new_problems, check_files=False)
         if new_problems:
             raise BundleError(f"the {name} network was not exported into {directory}, which is left as it was: with it "
                               f"the bundle would be invalid: {'; '.join(new_problems)}")
-        write_files_atomically([
-            (directory / entry.file, (scratch / Path(entry.file).name).read_bytes()),
-            (directory / weights_file, (scratch / Path(weights_file).name).read_bytes()),
-            (directory / PIPELINE_FILE, (pipeline_json_text(data) + "\n").encode("utf-8")),
-        ])
+        (scratch / PIPELINE_FILE).write_text(text + "\n", encoding="utf-8")
+        with signals_deferred():  # the three files of the scratch folder (the same file system) renamed together
+            for file in (entry.file, weights_file, PIPELINE_FILE):
+                os.replace(scratch / Path(file).name, directory / file)
     except OSError as error:
         raise BundleError(f"cannot export into the bundle {directory}: {error.strerror or error}") from None
     finally:

@@ -164,6 +164,13 @@ class Bundle:
         return tuple(float(s) for s in self.features["scales"])
 
     @property
+    def feature_spec(self):
+        """The bundle's features as a :class:`~trackserve.events.features.FeatureSpec` (names and scales)."""
+        from ..events.features import FeatureSpec  # (events imports nothing of the bundle's)
+
+        return FeatureSpec(self.feature_names, self.feature_scales)
+
+    @property
     def num_features(self) -> int:
         """Number of node features F (the second dim of every network's ``features`` input)."""
         return len(self.features["names"])

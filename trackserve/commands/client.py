@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                                  note_repeated_event_ids, note_skipped)
 
     bundle = load_bundle(args.bundle or shipped_path(DEFAULT_BUNDLE, "default bundle"))
-    spec = FeatureSpec(bundle.feature_names, bundle.feature_scales)
+    spec = bundle.feature_spec
     url = args.url or f"127.0.0.1:{PROTOCOLS[args.protocol]}"
     skipped: list[Path] = []
     inputs = list_inputs(args.events or [shipped_path(SAMPLE_EVENT, "sample event")], skipped)

@@ -94,7 +94,6 @@ def load_events(inputs, num_features: int, bundle_path, served=None) -> list:
             continue
         if spec is None:  # a --bundle given is checked against the served model, used or not
             from ..bundle import load_bundle
-            from ..events.features import FeatureSpec
             from ..paths import shipped_path
             from ..serving.client import check_served_features
 
@@ -106,7 +105,7 @@ def load_events(inputs, num_features: int, bundle_path, served=None) -> list:
                 )
             check_served_features(served, bundle.feature_names, bundle.feature_scales, "the served model",
                                   f"--bundle {bundle_path}" if bundle_path else "the shipped default bundle (no --bundle)")
-            spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
+            spec = bundle.feature_spec
         arrays.append(read_input(kind, path, spec).features)
     return arrays
 

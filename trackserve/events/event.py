@@ -93,8 +93,9 @@ def hit_numbering_problem(hits: Table) -> str | None:
     without the detector columns, where it cannot be told."""
     if any(name not in hits for name in DETECTOR_ORDER_COLUMNS) or "hit_id" not in hits:
         return None
-    order = np.argsort(np.asarray(hits["hit_id"]), kind="stable")
-    volume, layer, module = (np.asarray(hits[name], dtype=np.int64)[order] for name in DETECTOR_ORDER_COLUMNS)
+    order = hit_id_row_order(hits["hit_id"])  # (None for hits read by read_event: already in that order)
+    volume, layer, module = (np.asarray(hits[name], dtype=np.int64) if order is None
+                             else np.asarray(hits[name], dtype=np.int64)[order] for name in DETECTOR_ORDER_COLUMNS)
     if volume.size < 2:
         return None
     same_volume, same_layer = volume[1:] == volume[:-1], layer[1:] == layer[:-1]

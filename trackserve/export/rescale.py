@@ -146,11 +146,11 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
     import torch
 
     from ..bundle import load_bundle, make_bundle
-    from ..events.features import FeatureSpec, hit_features
+    from ..events.features import hit_features
     from .bundle_networks import load_torch_network
 
     bundle = load_bundle(source)
-    old_spec = FeatureSpec(tuple(bundle.feature_names), tuple(bundle.feature_scales))
+    old_spec = bundle.feature_spec
     _check_phi_scale(bundle, old_spec, new_spec)
     old = {name: load_torch_network(bundle, name) for name in bundle.networks}
     new = rescale_networks(old, old_spec, new_spec)

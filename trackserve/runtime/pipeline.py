@@ -37,7 +37,7 @@ from ..bundle import EDGE_DIRECTIONS, PIPELINE_FILE, Bundle, StageParameters, lo
 from ..engines.onnx_runtime import OnnxNetwork
 from ..errors import BundleError, GraphConventionWarning, HitOrderWarning, InputError, MemoryLimitError
 from ..events.event import Event
-from ..events.features import FeatureSpec, hit_features
+from ..events.features import hit_features
 from .config import RuntimeConfig, require_device
 from .event_processes import EventProcesses
 from .graph_building import build_graph
@@ -106,7 +106,7 @@ class Pipeline:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = device
         self.config = config or RuntimeConfig()
-        self.feature_spec = FeatureSpec(tuple(self.bundle.feature_names), tuple(self.bundle.feature_scales))
+        self.feature_spec = self.bundle.feature_spec
         self._forks = _AFTER_FORK.forks  # the process whose thread pools and sessions these are
         self._steps_here = NetworkSteps(self.bundle, self.config)
         self.networks: dict[str, OnnxNetwork] = self._steps_here.networks

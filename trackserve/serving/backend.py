@@ -338,7 +338,7 @@ class StageModel(ServedModel):
     def event_feature_spec(self) -> FeatureSpec | None:
         if self.stage.name != ENSEMBLE_STAGES[0].name:
             return None
-        return FeatureSpec(tuple(self.stage.bundle.feature_names), tuple(self.stage.bundle.feature_scales))
+        return self.stage.bundle.feature_spec
 
 
 def read_input(pb_utils, request, spec: TensorSpec) -> np.ndarray:

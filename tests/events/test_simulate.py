@@ -21,6 +21,7 @@ from trackserve.events.simulate import (
     SimulationConfig,
     generate_particles,
     hit_weights,
+    read_simulation_particles,
     simulate_event,
 )
 from trackserve.events.trackml import read_event, read_particles
@@ -373,11 +374,36 @@ def test_bad_particle_tables_are_refused(geometry, change, message):
 @pytest.mark.parametrize(
     "option, value",
     [("pt_min", 0.0), ("pt_max", 0.1), ("eta_max", -1.0), ("magnetic_field", 0.0), ("inefficiency", 1.5),
-     ("noise_fraction", 1.0), ("x_over_x0", -0.1), ("resolution_u", -1.0), ("num_particles", -3), ("vertex_sigma_z", float("nan"))],
+     ("noise_fraction", 1.0), ("x_over_x0", -0.1), ("resolution_u", -1.0), ("num_particles", -3), ("vertex_sigma_z", float("nan")),
+     ("vertex_offset_z", float("inf")), ("vertex_offset_z", -501.0)],
 )
 def test_bad_options_are_named(geometry, option, value):
     with pytest.raises(InputError, match=f"simulation option {option} = "):
         simulate_event(geometry, replace(SimulationConfig(num_particles=5), **{option: value}), seed=0)
+
+
+@pytest.mark.parametrize("random", [True, False])
+def test_a_vertex_offset_moves_the_collision_region_and_nothing_else(geometry, random):
+    """The particles leave from points moved along the beam and cross the detector there: the
+    same particles and momenta, production points moved by the offset, and the hits where the
+    event simulated from the particles moved by hand has them (the detector stays put)."""
+    exact = replace(EXACT, num_particles=200)
+    table = particles([1.0, 2.0, 5.0], eta=[0.2, -0.5, 1.1], phi=[0.1, 2.0, -2.5], q=[1, -1, 1], vertex=(0.0, 0.0, 30.0))
+    if random:
+        plain = simulate_event(geometry, exact, seed=4)
+        moved = simulate_event(geometry, replace(exact, vertex_offset_z=-80.0), seed=4)
+    else:
+        plain = simulate_event(geometry, table, seed=4, config=exact)
+        moved = simulate_event(geometry, table, seed=4, config=replace(exact, vertex_offset_z=-80.0))
+    np.testing.assert_array_equal(moved.particles["particle_id"], plain.particles["particle_id"])
+    np.testing.assert_array_equal(moved.particles["px"], plain.particles["px"])
+    np.testing.assert_allclose(moved.particles["vz"], plain.particles["vz"] - 80.0)
+    by_hand = dict(plain.particles)
+    by_hand["vz"] = by_hand["vz"] - 80.0
+    expected = simulate_event(geometry, by_hand, seed=4, config=exact)
+    for column in ("x", "y", "z", "module_id"):
+        np.testing.assert_array_equal(moved.hits[column], expected.hits[column])
+    assert not np.array_equal(moved.hits["z"], plain.hits["z"])
 
 
 def test_two_different_configs_are_refused(geometry):
@@ -418,6 +444,18 @@ def test_command_line_writes_the_same_events(geometry, tmp_path, capsys):
         np.testing.assert_array_equal(written.particles["nhits"], expected.particles["nhits"])
 
 
+def test_command_line_moves_the_collision_region_of_a_particle_table(geometry, tmp_path, capsys):
+    table = tmp_path / "particles.csv"
+    table.write_text("particle_id,vx,vy,vz,px,py,pz,q\n1,0,0,10,1,1,0.5,1\n2,0,0,-20,-1,2,-1,-1\n")
+    assert main(["simulate", "--output", str(tmp_path / "out"), "--particles", str(table), "--seed", "2",
+                 "--vertex-offset-z", "-75"]) == 0
+    written = read_event(tmp_path / "out" / "event000000000")
+    np.testing.assert_allclose(written.particles["vz"], [-65.0, -95.0])
+    expected = simulate_event(geometry, read_simulation_particles(table), seed=[2, SIMULATE_STREAM, 0],
+                              config=SimulationConfig(vertex_offset_z=-75.0))
+    np.testing.assert_allclose(written.hits["z"], expected.hits["z"], rtol=1e-8)
+
+
 @pytest.mark.parametrize("row, message", [
     ("2,0,0,0,1e30,1,1,1", "column 'px', row 2: particle table: a momentum of 1e\\+30 GeV"),
     ("0,0,0,0,1,1,1,1", "column 'particle_id', row 2: particle table: particle id 0 is reserved for noise hits"),
@@ -453,6 +491,7 @@ def test_command_line_refuses_bad_options(tmp_path, capsys):
     (["--eta-max", "inf"], "eta_max = inf must be a finite number"),
     (["--pt-max", "inf"], "pt_max = inf must be a finite number"),
     (["--vertex-sigma-z", "nan"], "vertex_sigma_z = nan must be a finite number"),
+    (["--vertex-offset-z", "600"], "vertex_offset_z = 600.0 must be within 500 mm of the centre"),
     (["--magnetic-field", "inf"], "magnetic_field = inf must be a finite number"),
     (["--pt-max", "1e300", "--pt-power", "0.5"], "keep pt_max * cosh(eta_max) below"),
     (["--pt-min", "1e-300", "--pt-power", "5"], "give a spectrum float64 cannot sample"),

@@ -51,6 +51,26 @@ def _weights(networks):
     return [tensor.clone() for network in networks for tensor in network.state_dict().values()]
 
 
+def test_vertex_offsets_move_each_training_event_its_own_way_and_keep_the_rest():
+    """Each simulated event's collision region moves by its own offset within the spread,
+    the sources' events alternating -z and +z; otherwise the events are those of the same
+    seeds without offsets, and a source of more events keeps the offsets of its first ones."""
+    from trackserve.train.data import vertex_offset
+
+    sources = [SimulatedSource(num_particles=30), SimulatedSource(num_particles=40)]
+    plain = simulated_events(sources, 2, TRACKML_1000, seed=5, show_progress=False)
+    moved = simulated_events(sources, 3, TRACKML_1000, seed=5, show_progress=False, vertex_offsets=90.0)
+    offsets = [vertex_offset(90.0, (5, 0, k, i)) for k in range(2) for i in range(3)]
+    assert all(0 < abs(offset) <= 90.0 for offset in offsets) and len(set(offsets)) == 6
+    assert [np.sign(offset) for offset in offsets] == [-1, 1, -1] * 2
+    assert [vertex_offset(90.0, (5, 0, 1, i)) for i in range(2)] == offsets[3:5]
+    assert vertex_offset(0.0, (5, 0, 0, 1)) == 0.0
+    for before, after, offset in zip(plain, [moved[0], moved[1], moved[3], moved[4]], offsets[:2] + offsets[3:5]):
+        np.testing.assert_allclose(after.event.particles["vz"], before.event.particles["vz"] + offset)
+        np.testing.assert_array_equal(after.event.particles["px"], before.event.particles["px"])
+        assert after.name == before.name and not np.array_equal(after.features, before.features)
+
+
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_events):
     events, validation = tiny_events
     first = _weights(_train_networks(events, validation, seed=11))
@@ -265,6 +285,9 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--graph-efficiency", "0"],
      "--graph-efficiency must be in (0, 1] (training setting embedding.target_efficiency)"),
     (["--random-events", "1", "--seed", str(10**20)], "must be in 0..9223372036854775807"),
+    (["--random-events", "1", "--vertex-offsets", "-5"], "--vertex-offsets must be a number of mm in 0..500"),
+    (["--random-events", "1", "--vertex-offsets", "nan"], "--vertex-offsets must be a number of mm in 0..500"),
+    (["--events", "somewhere", "--vertex-offsets", "50"], "--vertex-offsets moves simulated training events"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
     from trackserve.cli import main
@@ -566,9 +589,11 @@ def test_cli_provenance_names_particle_tables_by_path_and_no_random_events_it_di
     table = tmp_path / "few-particles.csv"
     table.write_text("\n".join(lines[:61]) + "\n")  # the header and 60 particles
     assert main(["train", "--quick", "--quiet", "--threads", "1", "--output", str(tmp_path / "b"), "--particles",
-                 str(table), "--simulate", "1", "--random-events", "0", "--validation-particles", str(table)]) == 0
+                 str(table), "--simulate", "1", "--random-events", "0", "--validation-particles", str(table),
+                 "--vertex-offsets", "60"]) == 0
     simulated = json.loads((tmp_path / "b" / "pipeline.json").read_text())["provenance"]["data"]["simulated"]
     assert simulated["tables"] == [{"table": str(table.resolve()), "events": 1}]
+    assert simulated["vertex_offsets_mm"] == 60.0
 
     assert "random" not in simulated
 

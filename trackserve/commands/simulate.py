@@ -21,6 +21,11 @@ _RANDOM_OPTIONS = (
     ("--vertex-sigma-xy", "vertex_sigma_xy", float, "Gaussian vertex width in x and y (mm)"),
     ("--vertex-sigma-z", "vertex_sigma_z", float, "Gaussian vertex width in z (mm)"),
 )
+#: Options of the collision region, with random particles or --particles: (flag, SimulationConfig field, type, help).
+_COLLISION_OPTIONS = (
+    ("--vertex-offset-z", "vertex_offset_z", float, "move every particle's production point along the beam by this "
+                                                    "(mm; with --particles too)"),
+)
 #: Detector options: (flag, SimulationConfig field, type, help).
 _DETECTOR_OPTIONS = (
     ("--magnetic-field", "magnetic_field", float, "solenoid field along +z (T)"),
@@ -59,6 +64,9 @@ def register(subparsers) -> None:
     random_group = parser.add_argument_group("random particles (without --particles)")
     for flag, name, kind, text in _RANDOM_OPTIONS:
         random_group.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {defaults[name]})")
+    collision_group = parser.add_argument_group("collision region")
+    for flag, name, kind, text in _COLLISION_OPTIONS:
+        collision_group.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {defaults[name]})")
     detector_group = parser.add_argument_group("detector")
     for flag, name, kind, text in _DETECTOR_OPTIONS:
         shown = defaults[name] if defaults[name] is not None else "per module"
@@ -72,7 +80,7 @@ def _config(args: argparse.Namespace):
     from ..errors import InputError
     from ..events.simulate import SimulationConfig
 
-    given = {name: getattr(args, name) for _, name, _, _ in _RANDOM_OPTIONS + _DETECTOR_OPTIONS}
+    given = {name: getattr(args, name) for _, name, _, _ in _RANDOM_OPTIONS + _COLLISION_OPTIONS + _DETECTOR_OPTIONS}
     if args.particles is not None:
         clashing = [flag for flag, name, _, _ in _RANDOM_OPTIONS if given[name] is not None]
         if clashing:

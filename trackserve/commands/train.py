@@ -10,6 +10,7 @@ event: ``--validation``, or one more simulated event with seeds no training even
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -17,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..bundle import TRACK_BUILDING_METHODS
+from ..events.simulate import MAX_VERTEX_OFFSET_MM
 from ..train.config import GNN_ARCHITECTURES, TrainingConfig
 from ..train.precision import TRAINING_PRECISIONS
 
@@ -82,6 +84,10 @@ def register(subparsers) -> None:
     data.add_argument("--simulate", type=int, default=0, metavar="N", help="events simulated from each --particles table (default 0)")
     data.add_argument("--random-events", type=int, default=0, metavar="N", help="events of random particles to simulate (default 0)")
     data.add_argument("--num-particles", type=int, default=8500, metavar="P", help="particles per random event (default 8500)")
+    data.add_argument("--vertex-offsets", type=float, default=0.0, metavar="MM",
+                      help="move each simulated training event's collision region along the beam by its own random "
+                           "offset within +-MM (default 0: none; the validation event is not moved), so the networks "
+                           "see more particles produced far from the centre")
     data.add_argument("--validation", metavar="EVENT",
                       help="TrackML event with truth to tune the radius and cuts on (default: one more simulated event)")
     data.add_argument("--validation-particles", metavar="TABLE.csv",
@@ -328,6 +334,12 @@ def handle(args: argparse.Namespace) -> int:
     for name in ("simulate", "random_events", "num_particles"):
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not (math.isfinite(args.vertex_offsets) and 0 <= args.vertex_offsets <= MAX_VERTEX_OFFSET_MM):
+        raise InputError(f"--vertex-offsets must be a number of mm in 0..{MAX_VERTEX_OFFSET_MM:g} (each training event's "
+                         f"collision region moves by a random offset within +-MM); got {args.vertex_offsets:g}")
+    if args.vertex_offsets and not (args.simulate or args.random_events):
+        raise InputError("--vertex-offsets moves simulated training events: give --particles TABLE --simulate N or "
+                         "--random-events N (events read with --events are taken as they are)")
     if args.simulate and not args.particles:
         raise InputError("--simulate N simulates events from --particles tables: give at least one --particles TABLE")
     if args.particles and not args.simulate:
@@ -364,10 +376,11 @@ def handle(args: argparse.Namespace) -> int:
         validation, validation_source = _validation_event(args.validation, spec)
     events = read_training_events(args.events, spec) if args.events else []
     if args.simulate:
-        events += simulated_events(sources, args.simulate, spec, seed=args.seed, stream=0, geometry=geometry, show_progress=show)
+        events += simulated_events(sources, args.simulate, spec, seed=args.seed, stream=0, geometry=geometry,
+                                   show_progress=show, vertex_offsets=args.vertex_offsets)
     if args.random_events:
         events += simulated_events([random_source], args.random_events, spec, seed=args.seed, stream=1,
-                                   geometry=geometry, show_progress=show)
+                                   geometry=geometry, show_progress=show, vertex_offsets=args.vertex_offsets)
     if not events:
         raise InputError("no training events: give --events DIR, --particles TABLE --simulate N, or --random-events N")
     if not args.validation:
@@ -386,6 +399,7 @@ def handle(args: argparse.Namespace) -> int:
             **({"random": {"events": args.random_events, "particles": args.num_particles}}
                if args.random_events else {}),
             "seed": args.seed, "simulation": "trackserve.events.simulate defaults (2 T, noise fraction 0.1)",
+            **({"vertex_offsets_mm": args.vertex_offsets} if args.vertex_offsets else {}),
         },
         "validation_event": validation_source,
         "data_seconds": data_seconds,

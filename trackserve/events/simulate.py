@@ -121,6 +121,8 @@ _NEWTON_ITERATIONS = 30
 #: Newton's method stops when the distance to the module plane is below this (mm).
 _NEWTON_TOLERANCE_MM = 1e-9
 _TWO_PI = 2.0 * np.pi
+#: The largest ``vertex_offset_z`` (mm): collisions lie within a few hundred mm of the centre.
+MAX_VERTEX_OFFSET_MM = 500.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,9 @@ class SimulationConfig:
     ``dN/dpT ~ pT^-pt_power`` on ``[pt_min, pt_max]``, pseudorapidity uniform in
     ``[-eta_max, eta_max]``, azimuth uniform, charge +1 or -1 with equal probability
     (pions), vertex Gaussian with widths ``vertex_sigma_xy`` (x and y) and ``vertex_sigma_z``.
+    ``vertex_offset_z`` moves the collision region along the beam: every particle's
+    production point (random or from a table) moves by it, before the particles are
+    propagated through the detector (the event's particles table gives the moved ``vz``).
 
     Detector: ``magnetic_field`` (T, along +z); ``smearing`` on or off; ``resolution_u``
     and ``resolution_v``: Gaussian widths of the local position smearing for every module,
@@ -148,6 +153,7 @@ class SimulationConfig:
     eta_max: float = 3.0
     vertex_sigma_xy: float = 0.015
     vertex_sigma_z: float = 55.0
+    vertex_offset_z: float = 0.0
     magnetic_field: float = 2.0
     smearing: bool = True
     resolution_u: float | None = None
@@ -166,6 +172,8 @@ class SimulationConfig:
             ("eta_max", self.eta_max >= 0, ">= 0"),
             ("vertex_sigma_xy", self.vertex_sigma_xy >= 0, ">= 0 mm"),
             ("vertex_sigma_z", self.vertex_sigma_z >= 0, ">= 0 mm"),
+            ("vertex_offset_z", abs(self.vertex_offset_z) <= MAX_VERTEX_OFFSET_MM,
+             f"within {MAX_VERTEX_OFFSET_MM:g} mm of the centre"),
             ("magnetic_field", self.magnetic_field > 0, "> 0 T"),
             ("resolution_u", self.resolution_u is None or self.resolution_u >= 0, ">= 0 mm or None (pitch/sqrt(12))"),
             ("resolution_v", self.resolution_v is None or self.resolution_v >= 0, ">= 0 mm or None (pitch/sqrt(12))"),
@@ -622,6 +630,8 @@ def simulate_event(geometry: Geometry, source: Table | SimulationConfig, *, seed
         raise InputError(f"event_id must be an integer in 0..{MAX_EVENT_ID} (a TrackML event id); got {event_id!r}")
     rng = np.random.default_rng(seed)
     particles = generate_particles(config, rng) if isinstance(source, SimulationConfig) else _checked_particles(source)
+    if config.vertex_offset_z:
+        particles = {**particles, "vz": np.asarray(particles["vz"], dtype=np.float64) + config.vertex_offset_z}
     n = table_length(particles)
     momentum = np.stack([particles["px"], particles["py"], particles["pz"]], axis=1).astype(np.float64)
     position = np.stack([particles["vx"], particles["vy"], particles["vz"]], axis=1).astype(np.float64)

@@ -26,6 +26,8 @@ from ..events.truth_graph import truth_graph
 #: (training events use 0 for particle tables and 1 for random particles; ``trackserve
 #: simulate`` uses :data:`trackserve.events.simulate.SIMULATE_STREAM`).
 VALIDATION_STREAM = 2
+#: The last seed component of a simulated event's collision-region offset (:func:`vertex_offset`).
+OFFSET_SEED = 7
 
 
 @dataclass
@@ -132,11 +134,16 @@ def simulated_events(
     stream: int = 0,
     geometry=None,
     show_progress: bool = True,
+    vertex_offsets: float = 0.0,
 ) -> list[TrainingEvent]:
     """Simulate ``events_per_source`` events of every source with :func:`~trackserve.events.simulate.simulate_event`.
 
     Event ``i`` of source ``k`` uses the seed ``(seed, stream, k, i)``: training and
     validation use different ``stream`` values, so they never share an event.
+    ``vertex_offsets`` (mm; 0: none) moves each event's collision region along the beam
+    by its own offset (:func:`vertex_offset`; ``SimulationConfig.vertex_offset_z``): the
+    networks then see particles produced far from the centre more often. The event is
+    otherwise the one the same seed gives without it.
     """
     from dataclasses import replace
 
@@ -153,15 +160,28 @@ def simulated_events(
     events = []
     for k, i in progress(jobs, "simulate", enabled=show_progress):
         source = sources[k]
+        offset = vertex_offset(vertex_offsets, (seed, stream, k, i))
         if source.particles is not None:
-            event = simulate_event(geometry, tables[k], seed=(seed, stream, k, i), event_id=i)
+            event = simulate_event(geometry, tables[k], seed=(seed, stream, k, i), event_id=i,
+                                   config=replace(SimulationConfig(), vertex_offset_z=offset))
             label = f"sim-{source.particles.stem.split('-')[0]}-{stream}-{i}"
         else:
-            config = replace(SimulationConfig(), num_particles=int(source.num_particles))
+            config = replace(SimulationConfig(), num_particles=int(source.num_particles), vertex_offset_z=offset)
             event = simulate_event(geometry, config, seed=(seed, stream, k, i), event_id=i)
             label = f"sim-random{source.num_particles}-{stream}-{i}"
         events.append(prepare_event(event, spec, name=label))
     return events
+
+
+def vertex_offset(spread: float, seed: tuple[int, ...]) -> float:
+    """The collision-region offset (mm) of the simulated event of ``seed`` ``(run seed, stream,
+    source, index)``: its size uniform in ``[0, spread]`` from the seed ``(*seed, OFFSET_SEED)``,
+    towards -z for even indices and +z for odd ones (so each source's events go both ways in
+    turn; a source of N events keeps the offsets of its first M < N); 0.0 for no spread."""
+    if not spread:
+        return 0.0
+    size = float(np.random.default_rng((*seed, OFFSET_SEED)).uniform(0.0, spread))
+    return size if seed[-1] % 2 else -size
 
 
 def simulated_validation_event(source: SimulatedSource, spec: FeatureSpec, *, seed: int,

@@ -65,6 +65,9 @@ def test_vertex_offsets_move_each_training_event_its_own_way_and_keep_the_rest()
     assert [np.sign(offset) for offset in offsets] == [-1, 1, -1] * 2
     assert [vertex_offset(90.0, (5, 0, 1, i)) for i in range(2)] == offsets[3:5]
     assert vertex_offset(0.0, (5, 0, 0, 1)) == 0.0
+    for bad in (-1.0, float("nan"), 501, "50", True):
+        with pytest.raises(InputError, match="vertex_offsets must be a number of mm in 0..500"):
+            simulated_events(sources, 1, TRACKML_1000, seed=5, show_progress=False, vertex_offsets=bad)
     for before, after, offset in zip(plain, [moved[0], moved[1], moved[3], moved[4]], offsets[:2] + offsets[3:5]):
         np.testing.assert_allclose(after.event.particles["vz"], before.event.particles["vz"] + offset)
         np.testing.assert_array_equal(after.event.particles["px"], before.event.particles["px"])

@@ -148,11 +148,15 @@ def simulated_events(
     from dataclasses import replace
 
     from ..events.geometry import load_geometry
-    from ..events.simulate import SimulationConfig, read_simulation_particles, simulate_event
+    from ..events.simulate import MAX_VERTEX_OFFSET_MM, SimulationConfig, read_simulation_particles, simulate_event
     from .progress import progress
 
     if events_per_source < 0:
         raise InputError(f"events per source must be >= 0, got {events_per_source}")
+    if isinstance(vertex_offsets, (bool, np.bool_)) or not isinstance(vertex_offsets, (int, float, np.integer, np.floating)) \
+            or not 0 <= vertex_offsets <= MAX_VERTEX_OFFSET_MM:  # (NaN fails the range)
+        raise InputError(f"vertex_offsets must be a number of mm in 0..{MAX_VERTEX_OFFSET_MM:g} (the largest offset of a "
+                         f"training event's collision region); got {vertex_offsets!r}")
     geometry = load_geometry() if geometry is None else geometry
     jobs = [(k, i) for k in range(len(sources)) for i in range(events_per_source)]
     tables = {k: read_simulation_particles(source.particles)

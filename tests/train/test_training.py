@@ -574,6 +574,23 @@ def test_start_from_notes_the_settings_it_does_not_use_for_the_stages_it_reuses(
     assert any(entry.startswith("embedding.hidden") for entry in recorded["settings_not_used"])
 
 
+def test_start_from_notes_training_events_moved_otherwise_than_the_bundles(tiny_events, tmp_path, capsys):
+    events, validation = tiny_events
+    moved = {"simulated": {"vertex_offsets_mm": 80.0}}
+    train_pipeline(events, validation, TrainingConfig.quick(threads=1), tmp_path / "step1", spec=TRACKML_1000,
+                   show_progress=False, data_description=moved)
+    second = replace(TrainingConfig.quick(threads=1), prune_cut=0.05)
+    train_pipeline(events, validation, second, tmp_path / "same", spec=TRACKML_1000, show_progress=False,
+                   start_from=tmp_path / "step1", data_description=moved)
+    assert "note" not in capsys.readouterr().err
+    train_pipeline(events, validation, second, tmp_path / "other", spec=TRACKML_1000, show_progress=False,
+                   start_from=tmp_path / "step1", data_description={"simulated": {}})
+    assert ("its networks were trained on simulated events moved along the beam by up to 80 mm, this run's are moved "
+            "by up to 0 mm (--vertex-offsets)") in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "other" / "pipeline.json").read_text())["provenance"]["started_from"]
+    assert recorded["vertex_offsets_differ"] == {"bundle": 80.0, "this_run": 0.0}
+
+
 def test_cli_warns_when_the_bundle_finds_no_track(tmp_path, capsys):
     # a --quick run on 30 particles (seed 0, one thread) learns too little to find a track
     assert _quick_train(tmp_path, tmp_path / "b") == 0

@@ -66,7 +66,8 @@ def register(subparsers) -> None:
         random_group.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {defaults[name]})")
     collision_group = parser.add_argument_group("collision region")
     for flag, name, kind, text in _COLLISION_OPTIONS:
-        collision_group.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {defaults[name]})")
+        collision_group.add_argument(flag, dest=name, type=kind, default=None, metavar="MM",
+                                     help=f"{text} (default {defaults[name]})")
     detector_group = parser.add_argument_group("detector")
     for flag, name, kind, text in _DETECTOR_OPTIONS:
         shown = defaults[name] if defaults[name] is not None else "per module"

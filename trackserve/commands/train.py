@@ -85,9 +85,10 @@ def register(subparsers) -> None:
     data.add_argument("--random-events", type=int, default=0, metavar="N", help="events of random particles to simulate (default 0)")
     data.add_argument("--num-particles", type=int, default=8500, metavar="P", help="particles per random event (default 8500)")
     data.add_argument("--vertex-offsets", type=float, default=0.0, metavar="MM",
-                      help="move each simulated training event's collision region along the beam by its own random "
-                           "offset within +-MM (default 0: none; the validation event is not moved), so the networks "
-                           "see more particles produced far from the centre")
+                      help="move each simulated training event's collision region along the beam by its own offset "
+                           "of up to MM (random size; towards -z and +z in turn for each source's events; default 0: "
+                           "none; the validation event is not moved), so the networks see more particles produced far "
+                           "from the centre")
     data.add_argument("--validation", metavar="EVENT",
                       help="TrackML event with truth to tune the radius and cuts on (default: one more simulated event)")
     data.add_argument("--validation-particles", metavar="TABLE.csv",
@@ -336,7 +337,7 @@ def handle(args: argparse.Namespace) -> int:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not (math.isfinite(args.vertex_offsets) and 0 <= args.vertex_offsets <= MAX_VERTEX_OFFSET_MM):
         raise InputError(f"--vertex-offsets must be a number of mm in 0..{MAX_VERTEX_OFFSET_MM:g} (each training event's "
-                         f"collision region moves by a random offset within +-MM); got {args.vertex_offsets:g}")
+                         f"collision region moves by up to MM); got {args.vertex_offsets!r}")
     if args.vertex_offsets and not (args.simulate or args.random_events):
         raise InputError("--vertex-offsets moves simulated training events: give --particles TABLE --simulate N or "
                          "--random-events N (events read with --events are taken as they are)")

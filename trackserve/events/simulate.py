@@ -163,7 +163,13 @@ class SimulationConfig:
     noise_fraction: float = 0.1
 
     def validate(self) -> None:
-        """Raise InputError naming the first option with a value outside its range."""
+        """Raise InputError naming the first option with a value outside its range (or not a number)."""
+        for option in fields(self):
+            value = getattr(self, option.name)
+            if option.name == "smearing" or value is None and option.name in ("resolution_u", "resolution_v"):
+                continue
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise InputError(f"simulation option {option.name} = {value!r} must be a number")
         checks = [
             ("num_particles", self.num_particles >= 0 and int(self.num_particles) == self.num_particles, "an integer >= 0"),
             ("pt_min", self.pt_min > 0, "> 0 GeV"),
@@ -183,7 +189,7 @@ class SimulationConfig:
         ]
         for name, ok, expected in checks:
             value = getattr(self, name)
-            if isinstance(value, float) and not np.isfinite(value):
+            if value is not None and not math.isfinite(float(value)):
                 raise InputError(f"simulation option {name} = {value!r} must be a finite number")
             if not ok:
                 raise InputError(f"simulation option {name} = {value!r} must be {expected}")

@@ -213,6 +213,14 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
             print(f"trackserve train: note: --start-from {start_from}: its embedding, filter and first GNN are taken "
                   f"as they were trained, so where this run's settings differ from theirs they are not used for them "
                   f"({'; '.join(unused)}); the new GNN is trained with this run's", file=sys.stderr)
+        theirs, ours = (((data or {}).get("simulated") or {}).get("vertex_offsets_mm", 0.0)
+                        for data in (start.record.get("data"), data_description))
+        if data_description is not None and start.record.get("data") is not None and theirs != ours:
+            start.record["vertex_offsets_differ"] = {"bundle": theirs, "this_run": ours}
+            print(f"trackserve train: note: --start-from {start_from}: its networks were trained on simulated events "
+                  f"moved along the beam by up to {theirs:g} mm, this run's are moved by up to {ours:g} mm "
+                  "(--vertex-offsets): the new GNN trains on other events than theirs, even of the same seeds",
+                  file=sys.stderr)
     if config.time_budget is not None:
         stage_deadline(config.time_budget, used_before, started)  # refused now when nothing is left, not after training
 

@@ -301,18 +301,51 @@ def test_bad_inputs_are_refused():
         JoinSettings.from_mapping({**SETTINGS.to_dict(), "walk": 1})
     with pytest.raises(InputError, match="labels must be a 1-D array of integers >= 0"):
         join_pieces(labels - 1, edges, scores, positions, order, SETTINGS)
-    with pytest.raises(InputError, match=r"edge_index must be \[2, M\] with scores \[M\]"):
+    with pytest.raises(InputError, match=r"scores must have shape \[1\] \(one per edge\)"):
         join_pieces(labels, edges, np.zeros(2), positions, order, SETTINGS)
-    with pytest.raises(InputError, match="edge_index refers to hits outside 0..5"):
+    with pytest.raises(InputError, match="edge_index refers to hit 6, but the event has 6 hits"):
         join_pieces(labels, edges + 4, scores, positions, order, SETTINGS)
-    with pytest.raises(InputError, match=r"hit_order must have shape \[6\]"):
+    with pytest.raises(InputError, match=r"hit_order must be real numbers of shape \[6\]"):
         join_pieces(labels, edges, scores, positions, order[:5], SETTINGS)
-    with pytest.raises(InputError, match=r"positions must have shape \[6, 3\]"):
+    with pytest.raises(InputError, match=r"positions must be real numbers of shape \[6, 3\] \(r, phi, z per hit\)"):
         join_pieces(labels, edges, scores, positions[:, :2], order, SETTINGS)
     bad = positions.copy()
     bad[4, 2] = np.nan
-    with pytest.raises(InputError, match="position of hit 4 is not finite"):
+    with pytest.raises(InputError, match="positions of hit 4 is not finite"):
         join_pieces(labels, edges, scores, bad, order, SETTINGS)
+    # QA, 2026-12-02: each of these got past the checks (raw numpy errors, a silent answer, or a
+    # label of 10**9 allocating by it until the process was killed)
+    with pytest.raises(InputError, match="labels must number the tracks 0..T-1 with T at most the 6 hits; got label"):
+        join_pieces(labels + 10**9, edges, scores, positions, order, SETTINGS)
+    with pytest.raises(InputError, match="edge_index must hold integers"):
+        join_pieces(labels, edges.astype(float), scores, positions, order, SETTINGS)
+    with pytest.raises(InputError, match="edge_index must hold integers"):
+        join_pieces(labels, edges.astype(bool), scores, positions, order, SETTINGS)
+    with pytest.raises(InputError, match="scores must be floating-point; got dtype bool"):
+        join_pieces(labels, edges, scores > 0, positions, order, SETTINGS)
+    with pytest.raises(InputError, match="score of edge 0 is NaN"):
+        join_pieces(labels, edges, np.full(scores.shape, np.nan), positions, order, SETTINGS)
+    with pytest.raises(InputError, match="hit_order must be real numbers"):
+        join_pieces(labels, edges, scores, positions, order > 0, SETTINGS)
+    with pytest.raises(InputError, match="hit_order of hit 2 is not finite"):
+        join_pieces(labels, edges, scores, positions, np.where(np.arange(6) == 2, np.inf, order), SETTINGS)
+    with pytest.raises(InputError, match="positions must be real numbers"):
+        join_pieces(labels, edges, scores, positions > 0, order, SETTINGS)
+    masked = np.ma.masked_array(scores, mask=np.arange(scores.size) == 0)
+    with pytest.raises(InputError, match="scores is a masked array with 1 masked value"):
+        join_pieces(labels, edges, masked, positions, order, SETTINGS)
+
+
+def test_the_labels_returned_are_never_the_callers_array():
+    labels, edges, scores, positions, order = _two_pieces()
+    compact = np.arange(6, dtype=np.int64)  # compact already, and nothing to join below the cut
+    result = join_pieces(compact, edges, np.full(scores.shape, -50.0), positions, order, SETTINGS)
+    np.testing.assert_array_equal(result, compact)
+    assert not np.shares_memory(result, compact)
+
+
+def test_bad_inputs_to_track_building_with_joining_are_refused():
+    labels, edges, scores, positions, order = _two_pieces()
     with pytest.raises(InputError, match="needs track building 'best_edges', not 'components'"):
         build_tracks(6, edges, scores, 0.5, join=SETTINGS, positions=positions)
     with pytest.raises(InputError, match="needs positions"):

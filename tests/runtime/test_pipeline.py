@@ -167,6 +167,28 @@ def test_bad_features_are_refused_clearly(pipeline, sample_features, make, messa
         pipeline.run(make(sample_features[:50]))
 
 
+def test_masked_arrays_are_read_only_without_masked_values(pipeline, sample_features):
+    # QA, 2026-12-02: every stage read a masked array's data as if nothing were masked (a NaN under
+    # the mask got past the features check and was blamed on the embedding network)
+    features = sample_features[:200].copy()
+    features[3, 0] = np.nan
+    masked = np.ma.masked_array(features, mask=np.isnan(features))
+    with pytest.raises(InputError, match=r"features is a masked array with 1 masked value\(s\)"):
+        pipeline.run(masked)
+    plain = sample_features[:200]
+    unmasked = np.ma.masked_array(plain, mask=False)
+    np.testing.assert_array_equal(pipeline.run(unmasked).labels, pipeline.run(plain).labels)
+    embedding = pipeline.embed(plain)
+    edges = pipeline.build_graph(embedding)
+    with pytest.raises(InputError, match="embedding is a masked array with 1 masked value"):
+        pipeline.build_graph(np.ma.masked_array(embedding, mask=np.arange(embedding.size).reshape(embedding.shape) == 0))
+    with pytest.raises(InputError, match="edge_index is a masked array with 2 masked value"):
+        pipeline.filter_edges(plain, np.ma.masked_array(edges, mask=np.arange(edges.size).reshape(edges.shape) < 2))
+    logits = np.zeros(edges.shape[1], dtype=np.float32)
+    with pytest.raises(InputError, match="scores is a masked array with 3 masked value"):
+        pipeline.build_tracks(200, edges, np.ma.masked_array(logits, mask=np.arange(logits.size) < 3), plain)
+
+
 def test_event_above_memory_limit_is_refused(tiny_bundle, sample_features):
     small = Pipeline(tiny_bundle, config=RuntimeConfig(memory_limit_bytes=100_000))
     with pytest.raises(MemoryLimitError, match="memory limit") as refused:

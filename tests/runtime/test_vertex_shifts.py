@@ -194,6 +194,11 @@ def test_merge_of_empty_passes_and_of_one_pass():
         merge_by_intercept(5, (0.0,), [one], [np.zeros(3, np.float32)], np.arange(2.0), np.zeros(2))
     with pytest.raises(InputError, match="must be numbers, got dtype"):
         merge_by_intercept(5, (0.0,), [one], [np.array(["a", "b", "c"])], np.arange(5.0), np.zeros(5))
+    with pytest.raises(InputError, match="merge_by_intercept takes a list of edge sets, one per shift; got NoneType"):
+        merge_by_intercept(5, (0.0,), None, [np.zeros(3, np.float32)], np.arange(5.0), np.zeros(5))
+    with pytest.raises(InputError, match="the logits of the pass at 0 mm is a masked array with 1 masked value"):
+        merge_by_intercept(5, (0.0,), [one], [np.ma.masked_array(np.zeros(3, np.float32), mask=[0, 1, 0])],
+                           np.arange(5.0), np.zeros(5))
     with pytest.raises(InputError, match="repeat 50 mm"):
         merge_by_intercept(5, (50.0, 0.0, 50.0), [one] * 3, [np.zeros(3, np.float32)] * 3, np.arange(5.0), np.zeros(5))
     with pytest.raises(InputError, match="pass at 50 mm hold 1 NaN value"):  # was merged, then refused by track building
@@ -250,6 +255,8 @@ def test_shifted_run_is_its_passes_merged(tiny_bundle, sample_features):
         pipeline.merge_vertex_shifts(sample_features, [edge_sets[0], edge_sets[1], outside], logit_sets)
     with pytest.raises(InputError, match="features"):
         pipeline.merge_vertex_shifts(sample_features[:, :2], edge_sets, logit_sets)
+    with pytest.raises(InputError, match="merge_vertex_shifts takes a list of edge sets, one per vertex shift in the order"):
+        pipeline.merge_vertex_shifts(sample_features, None, logit_sets)  # a raw TypeError before
 
 
 def test_shifted_events_in_flight_match_one_at_a_time(tiny_bundle, sample_features):

@@ -54,6 +54,7 @@ from scipy.spatial import cKDTree
 
 from trackserve.errors import InputError
 
+from .inputs import unmasked
 from .memory import memory_limit_error
 from .parallel import row_parts
 
@@ -366,7 +367,7 @@ def _nearest_by_full_search(points, tree, hits, r32, r2, k):
 
 
 def _validated_embedding(embedding) -> np.ndarray:
-    array = np.asarray(embedding)
+    array = np.asarray(unmasked(embedding, "embedding"))
     if array.ndim != 2:
         raise InputError(f"embedding must be a 2-D array [hits, dims]; got shape {array.shape}")
     if array.dtype.kind != "f":

@@ -7,6 +7,19 @@ import numpy as np
 from ..errors import InputError
 
 
+def unmasked(array, what: str):
+    """``array`` itself, or for a numpy masked array without masked values its data; InputError
+    for one with masked values, which the runtime would otherwise read as if they were not
+    masked (numpy's checks such as ``isfinite(...).all()`` skip them)."""
+    if isinstance(array, np.ma.MaskedArray):
+        masked = int(np.count_nonzero(np.ma.getmaskarray(array)))
+        if masked:
+            raise InputError(f"{what} is a masked array with {masked} masked value(s): the runtime reads every value, "
+                             "masked or not; fill them (array.filled(...)) or leave those rows out")
+        return array.data
+    return array
+
+
 def validate_features(features, num_features: int) -> np.ndarray:
     """Return ``features`` as a C-contiguous float32 ``[N, num_features]`` array, or raise InputError.
 
@@ -15,6 +28,7 @@ def validate_features(features, num_features: int) -> np.ndarray:
     ``[N, num_features]``, and NaN or infinite values (the first bad hit is named).
     Zero hits are valid.
     """
+    features = unmasked(features, "features")
     if not isinstance(features, np.ndarray):
         raise InputError(f"features must be a numpy array of shape [N, {num_features}], got {type(features).__name__}")
     if features.dtype != np.float32:
@@ -47,6 +61,7 @@ def validate_edges(edge_index, num_hits: int | None, what: str = "edge_index") -
     otherwise count from the end (ONNX ``Gather``, numpy) and a too-large one reach past
     the hits (scipy's components write out of bounds).
     """
+    edge_index = unmasked(edge_index, what)
     if not isinstance(edge_index, np.ndarray):
         raise InputError(f"{what} must be a numpy array of shape [2, M], got {type(edge_index).__name__}")
     if edge_index.dtype.kind not in "iu":
@@ -97,6 +112,7 @@ def graph_convention_problems(edge_index: np.ndarray, direction: str, num_hits: 
 def validate_embedding(embedding, dim: int) -> np.ndarray:
     """Return ``embedding`` when it is a numpy array ``[N, dim]`` (the bundle's embedding
     width); InputError otherwise (the graph builder checks its values)."""
+    embedding = unmasked(embedding, "embedding")
     if not isinstance(embedding, np.ndarray):
         raise InputError(f"embedding must be a numpy array of shape [N, {dim}], got {type(embedding).__name__}")
     if embedding.ndim != 2 or embedding.shape[1] != dim:

@@ -41,7 +41,7 @@ from trackserve.errors import InputError
 from .components import compact_in_order
 from .cuts import logit_threshold
 from .hit_edges import oriented_ends
-from .inputs import scaled_columns
+from .inputs import scaled_columns, unmasked, validate_edges
 
 __all__ = ["JOIN_FIELDS", "JoinSettings", "MIN_HITS_TO_ATTACH", "POSITION_COLUMNS", "hit_positions", "join_pieces"]
 
@@ -58,6 +58,19 @@ def hit_positions(features: np.ndarray, names, scales) -> np.ndarray:
     return np.stack(scaled_columns(features, names, scales, POSITION_COLUMNS, "joining track pieces"), axis=1)
 
 
+def _real_per_hit(values, what: str, shape: tuple, meaning: str = "") -> np.ndarray:
+    """``values`` as float64 of ``shape``, every value finite; InputError naming ``what`` otherwise."""
+    array = np.asarray(unmasked(values, what))
+    if array.shape != shape or array.dtype.kind not in "fiu":
+        raise InputError(f"{what} must be real numbers of shape {list(shape)}{meaning}; got {array.dtype} "
+                         f"{list(array.shape)}")
+    array = array.astype(np.float64, copy=False)
+    if array.size and not np.isfinite(array).all():
+        row = int(np.flatnonzero(~np.isfinite(array.reshape(shape[0], -1)).all(axis=1))[0])
+        raise InputError(f"{what} of hit {row} is not finite ({array[row].tolist()})")
+    return array
+
+
 def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, positions: np.ndarray,
                 hit_order: np.ndarray, settings: JoinSettings, *, scores_are_logits: bool = True) -> np.ndarray:
     """Labels ``[N]`` after joining the pieces of ``labels`` that fit one trajectory.
@@ -68,25 +81,25 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
     (:func:`hit_positions`); ``hit_order [N]`` finite. Returns int64 labels, compact and
     numbered in order of each track's smallest hit index. See the module docstring.
     """
-    labels = np.asarray(labels)
+    labels = np.asarray(unmasked(labels, "labels"))
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
         raise InputError(f"labels must be a 1-D array of integers >= 0; got {labels.dtype} {labels.shape}")
-    labels = labels.astype(np.int64, copy=False)
     num_hits = labels.shape[0]
-    edge_index, hit_order = np.asarray(edge_index), np.asarray(hit_order, dtype=np.float64)
-    if edge_index.ndim != 2 or edge_index.shape[0] != 2 or np.shape(scores) != (edge_index.shape[1],):
-        raise InputError(f"edge_index must be [2, M] with scores [M]; got {edge_index.shape} and {np.shape(scores)}")
-    if edge_index.size and (edge_index.min() < 0 or edge_index.max() >= num_hits):
-        raise InputError(f"edge_index refers to hits outside 0..{num_hits - 1}")
-    if hit_order.shape != (num_hits,):
-        raise InputError(f"hit_order must have shape [{num_hits}]; got {hit_order.shape}")
-    positions = np.asarray(positions, dtype=np.float64)
-    if positions.shape != (num_hits, 3):
-        raise InputError(f"positions must have shape [{num_hits}, 3] (r, phi, z per hit); got {positions.shape}")
-    if num_hits and not np.isfinite(positions).all():
-        row = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
-        raise InputError(f"position of hit {row} is not finite ({positions[row].tolist()})")
-    values = np.asarray(scores, dtype=np.float64)
+    if num_hits and labels.max() >= num_hits:
+        raise InputError(f"labels must number the tracks 0..T-1 with T at most the {num_hits} hits; got label "
+                         f"{int(labels.max())} (compact them first: trackserve.runtime.components.compact_in_order)")
+    labels = labels.astype(np.int64)  # a copy: what is returned is never the caller's array
+    edge_index = validate_edges(edge_index, num_hits)
+    values = np.asarray(unmasked(scores, "scores"))
+    if values.shape != (edge_index.shape[1],):
+        raise InputError(f"scores must have shape [{edge_index.shape[1]}] (one per edge); got {values.shape}")
+    if values.size and values.dtype.kind != "f":
+        raise InputError(f"scores must be floating-point; got dtype {values.dtype}")
+    values = values.astype(np.float64, copy=False)
+    if np.isnan(values).any():
+        raise InputError(f"score of edge {int(np.flatnonzero(np.isnan(values))[0])} is NaN")
+    hit_order = _real_per_hit(hit_order, "hit_order", (num_hits,))
+    positions = _real_per_hit(positions, "positions", (num_hits, 3), " (r, phi, z per hit)")
     candidates = np.flatnonzero(values > logit_threshold(settings.min_score, scores_are_logits))
     if num_hits == 0 or candidates.size == 0:
         return compact_in_order(labels)

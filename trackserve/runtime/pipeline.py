@@ -352,6 +352,10 @@ class Pipeline:
             raise InputError("this pipeline runs one pass at the centre: give RuntimeConfig(vertex_shifts=...) to merge "
                              "passes")
         features = validate_features(features, self.num_features)
+        for given, what in ((edges, "edge sets"), (logits, "logit arrays")):
+            if not isinstance(given, (list, tuple)):
+                raise InputError(f"merge_vertex_shifts takes a list of {what}, one per vertex shift in the order "
+                                 f"{shifts_in_words(self._vertex_shifts)}; got {type(given).__name__}")
         if not (len(edges) == len(logits) == len(self._vertex_shifts)):
             raise InputError(f"give one edge set and one logit array per vertex shift, in the order "
                              f"{shifts_in_words(self._vertex_shifts)} (pipeline.vertex_shifts); "

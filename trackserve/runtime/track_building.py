@@ -49,7 +49,7 @@ from trackserve.errors import InputError
 from .components import compact_in_order, component_labels
 from .cuts import logit_threshold
 from .hit_edges import HitGroups, oriented_ends
-from .inputs import scaled_columns
+from .inputs import scaled_columns, unmasked
 from .piece_joining import hit_positions, join_pieces
 
 
@@ -284,7 +284,7 @@ def bundle_hit_positions(bundle, features: np.ndarray | None) -> np.ndarray | No
 def _validated_order(hit_order, n: int) -> np.ndarray:
     if hit_order is None:
         raise InputError("track building 'best_edges' needs hit_order (each hit's distance from the origin)")
-    order = np.asarray(hit_order)
+    order = np.asarray(unmasked(hit_order, "hit_order"))
     if order.shape != (n,) or order.dtype.kind not in "fiu":
         raise InputError(f"hit_order must be a real array of shape [{n}]; got {order.dtype} {order.shape}")
     order = order.astype(np.float64, copy=False)
@@ -315,7 +315,7 @@ def _validated_num_hits(num_hits) -> int:
 
 
 def _validated_edges(edge_index, n: int) -> np.ndarray:
-    edges = np.asarray(edge_index)
+    edges = np.asarray(unmasked(edge_index, "edge_index"))
     if edges.ndim != 2 or edges.shape[0] != 2:
         pairs = " (pairs in rows: transpose it)" if edges.ndim == 2 and edges.shape[1] == 2 else ""
         raise InputError(f"edge_index must have shape [2, M]; got {list(edges.shape)}{pairs}")
@@ -334,7 +334,7 @@ def _validated_edges(edge_index, n: int) -> np.ndarray:
 
 
 def _validated_scores(scores, m: int) -> np.ndarray:
-    values = np.asarray(scores)
+    values = np.asarray(unmasked(scores, "scores"))
     if values.ndim != 1 or values.shape[0] != m:
         raise InputError(f"scores must have shape [{m}] (one per edge); got {values.shape}")
     if m == 0:

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from .inputs import validate_edges
+from .inputs import unmasked, validate_edges
 
 #: The most passes one event may be run in.
 MAX_VERTEX_SHIFTS = 16
@@ -164,11 +164,14 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
     from the hits' positions ``r`` and ``z`` in mm, clipped to the shifts' range) among
     the passes that hold the edge; equally near passes by their order in ``shifts``, an
     edge with no intercept (both hits at one radius) from its earliest pass."""
+    for given, what in ((edges, "edge sets"), (logits, "logit arrays")):
+        if not isinstance(given, (list, tuple)):
+            raise InputError(f"merge_by_intercept takes a list of {what}, one per shift; got {type(given).__name__}")
     if not (len(shifts) == len(edges) == len(logits)) or not shifts:
         raise InputError(f"merge_by_intercept needs one edge set and one logit array per shift; got {len(shifts)} "
                          f"shifts, {len(edges)} edge sets, {len(logits)} logit arrays")
     validate_vertex_shifts(list(shifts))  # distinct finite shifts (in any order: ties go by it)
-    r, z = np.asarray(r, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    r, z = (np.asarray(unmasked(values, name), dtype=np.float64) for values, name in ((r, "r"), (z, "z")))
     if r.shape != (num_hits,) or z.shape != (num_hits,):
         raise InputError(f"merge_by_intercept: r and z must hold one position per hit, [{num_hits}]; got shapes "
                          f"{list(r.shape)} and {list(z.shape)}")
@@ -176,7 +179,7 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
     edge_sets, logit_sets = [], []
     for shift, edge_index, pass_logits in zip(shifts, edges, logits):
         edge_index = validate_edges(edge_index, num_hits, f"the edges of the pass at {shift:g} mm")
-        pass_logits = np.asarray(pass_logits)
+        pass_logits = np.asarray(unmasked(pass_logits, f"the logits of the pass at {shift:g} mm"))
         if pass_logits.dtype.kind not in "fiu":
             raise InputError(f"the logits of the pass at {shift:g} mm must be numbers, got dtype {pass_logits.dtype}")
         if pass_logits.shape != (edge_index.shape[1],):

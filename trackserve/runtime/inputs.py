@@ -109,6 +109,22 @@ def graph_convention_problems(edge_index: np.ndarray, direction: str, num_hits: 
     return problems
 
 
+def validate_scores(scores, m: int) -> np.ndarray:
+    """``scores`` ``[m]`` (one per edge) as a floating-point array without NaN (infinities are
+    valid logits); InputError naming the problem otherwise. Zero edges give an empty float64 array."""
+    values = np.asarray(unmasked(scores, "scores"))
+    if values.ndim != 1 or values.shape[0] != m:
+        raise InputError(f"scores must have shape [{m}] (one per edge); got {values.shape}")
+    if m == 0:
+        return np.zeros(0, dtype=np.float64)
+    if values.dtype.kind != "f":
+        raise InputError(f"scores must be floating-point; got dtype {values.dtype}")
+    nan = np.isnan(values)
+    if nan.any():
+        raise InputError(f"score of edge {int(np.flatnonzero(nan)[0])} is NaN ({int(nan.sum())} NaN scores in all)")
+    return values
+
+
 def validate_embedding(embedding, dim: int) -> np.ndarray:
     """Return ``embedding`` when it is a numpy array ``[N, dim]`` (the bundle's embedding
     width); InputError otherwise (the graph builder checks its values)."""

@@ -41,7 +41,7 @@ from trackserve.errors import InputError
 from .components import compact_in_order
 from .cuts import logit_threshold
 from .hit_edges import oriented_ends
-from .inputs import scaled_columns, unmasked, validate_edges
+from .inputs import scaled_columns, unmasked, validate_edges, validate_scores
 
 __all__ = ["JOIN_FIELDS", "JoinSettings", "MIN_HITS_TO_ATTACH", "POSITION_COLUMNS", "hit_positions", "join_pieces"]
 
@@ -90,14 +90,7 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
                          f"{int(labels.max())} (compact them first: trackserve.runtime.components.compact_in_order)")
     labels = labels.astype(np.int64)  # a copy: what is returned is never the caller's array
     edge_index = validate_edges(edge_index, num_hits)
-    values = np.asarray(unmasked(scores, "scores"))
-    if values.shape != (edge_index.shape[1],):
-        raise InputError(f"scores must have shape [{edge_index.shape[1]}] (one per edge); got {values.shape}")
-    if values.size and values.dtype.kind != "f":
-        raise InputError(f"scores must be floating-point; got dtype {values.dtype}")
-    values = values.astype(np.float64, copy=False)
-    if np.isnan(values).any():
-        raise InputError(f"score of edge {int(np.flatnonzero(np.isnan(values))[0])} is NaN")
+    values = validate_scores(scores, edge_index.shape[1]).astype(np.float64, copy=False)
     hit_order = _real_per_hit(hit_order, "hit_order", (num_hits,))
     positions = _real_per_hit(positions, "positions", (num_hits, 3), " (r, phi, z per hit)")
     candidates = np.flatnonzero(values > logit_threshold(settings.min_score, scores_are_logits))

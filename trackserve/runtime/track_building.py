@@ -49,7 +49,7 @@ from trackserve.errors import InputError
 from .components import compact_in_order, component_labels
 from .cuts import logit_threshold
 from .hit_edges import HitGroups, oriented_ends
-from .inputs import scaled_columns, unmasked
+from .inputs import scaled_columns, unmasked, validate_scores
 from .piece_joining import hit_positions, join_pieces
 
 
@@ -110,7 +110,7 @@ def build_tracks(
     """
     n = _validated_num_hits(num_hits)
     edges = _validated_edges(edge_index, n)
-    values = _validated_scores(scores, edges.shape[1])
+    values = validate_scores(scores, edges.shape[1])
     if not scores_are_logits and values.size and (values.min() < 0 or values.max() > 1):
         bad = int(np.flatnonzero((values < 0) | (values > 1))[0])
         raise InputError(f"score of edge {bad} is {values[bad]}, not a probability in [0, 1]; with logits leave "
@@ -214,7 +214,7 @@ def _checked_hit_edges(edge_index, scores, hit_order) -> tuple[np.ndarray, np.nd
         raise InputError(f"hit_order must be 1-D (one value per hit); got shape {order.shape}")
     order = _validated_order(order, order.shape[0])
     edges = _validated_edges(edge_index, order.shape[0])
-    return edges, _validated_scores(scores, edges.shape[1]).astype(np.float64, copy=False), order
+    return edges, validate_scores(scores, edges.shape[1]).astype(np.float64, copy=False), order
 
 
 def _best_and_gap_edges(edge_index: np.ndarray, scores: np.ndarray, hit_order: np.ndarray,
@@ -331,17 +331,3 @@ def _validated_edges(edge_index, n: int) -> np.ndarray:
             f"0..{n - 1} (num_hits = {n})"
         )
     return edges.astype(np.int64, copy=False)
-
-
-def _validated_scores(scores, m: int) -> np.ndarray:
-    values = np.asarray(unmasked(scores, "scores"))
-    if values.ndim != 1 or values.shape[0] != m:
-        raise InputError(f"scores must have shape [{m}] (one per edge); got {values.shape}")
-    if m == 0:
-        return np.zeros(0, dtype=np.float64)
-    if values.dtype.kind != "f":
-        raise InputError(f"scores must be floating-point; got dtype {values.dtype}")
-    nan = np.isnan(values)
-    if nan.any():
-        raise InputError(f"score of edge {int(np.flatnonzero(nan)[0])} is NaN ({int(nan.sum())} NaN scores in all)")
-    return values

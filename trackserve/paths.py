@@ -40,10 +40,17 @@ def output_directory(path: str | Path, option: str) -> Path:
     """Create ``path`` (with its parents) as a job's output directory before the job does any work.
 
     Raises InputError naming ``option`` (the command-line option that gave the path) when
-    the path exists but is not a directory, cannot be created, or cannot be written to."""
+    the path exists but is not a directory, cannot be created, or cannot be written to, and
+    when a path that does not exist yet reads as a file rather than a directory (``-``, a
+    name ending ``.csv``, ``.gz``, ``.txt`` or ``.json``): the job writes files into it, so
+    it would otherwise make a directory of that name without a word."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: exists and is not a directory")
+    if not path.exists() and not path.is_symlink() and _looks_like_a_file(path):
+        raise InputError(f"{option} {path}: names the directory the files are written into, and "
+                         + ("'-' (standard output) is none" if str(path) == "-" else f"{path.name} reads as a file name")
+                         + "; give a directory (one of that name that exists already is taken as it is)")
     if path.is_symlink() and not path.exists():
         raise InputError(f"{option} {path}: a symbolic link to {os.readlink(path)}, which does not exist; create that "
                          "directory, or give another path")
@@ -55,6 +62,15 @@ def output_directory(path: str | Path, option: str) -> Path:
         raise InputError(f"{option} {path}: the directory is not writable")
     _probe_directory(path, f"{option} {path}")
     return path
+
+
+#: Endings of a path that reads as a file, not the directory an output option wants.
+_FILE_ENDINGS = (".csv", ".gz", ".txt", ".json")
+
+
+def _looks_like_a_file(path: Path) -> bool:
+    """Whether ``path`` reads as a file name (``-``, or one of :data:`_FILE_ENDINGS`)."""
+    return str(path) == "-" or path.name.lower().endswith(_FILE_ENDINGS)
 
 
 def _probe_directory(directory: Path, subject: str) -> None:

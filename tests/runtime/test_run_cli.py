@@ -168,7 +168,7 @@ def test_events_in_flight_run_in_processes_from_many_events(capsys, feature_csvs
     assert forced["settings"]["event_executor"] == "threads"
 
 
-def test_an_output_that_cannot_hold_labels_is_refused_before_running(capsys, tmp_path, feature_csvs):
+def test_an_output_that_cannot_hold_labels_is_refused_before_running(capsys, tmp_path, feature_csvs, monkeypatch):
     event = str(feature_csvs / "evt_1.csv")
     afile = tmp_path / "afile"
     afile.write_text("keep me")
@@ -185,6 +185,21 @@ def test_an_output_that_cannot_hold_labels_is_refused_before_running(capsys, tmp
     (tmp_path / "out" / "evt_1-labels.csv").mkdir(parents=True)
     assert main(["run", event, "--output", str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'out' / 'evt_1-labels.csv'} is a directory" in capsys.readouterr().err
+    # QA, 2026-12-02: a submission-like name made a directory of that name without a word, and '-'
+    # a directory called '-'
+    for name in ("labels.csv", "labels.csv.gz", "out.JSON"):
+        assert main(["run", event, "--output", str(tmp_path / name)]) == 2
+        assert f"{name} reads as a file name; give a directory" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+    (tmp_path / "kept.csv").mkdir()  # one that exists is taken as it is
+    assert main(["run", event, "--output", str(tmp_path / "kept.csv")]) == 0
+    assert (tmp_path / "kept.csv" / "evt_1-labels.csv").is_file()
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", event, "--output", "-"]) == 2
+    assert "--output -: names the directory the files are written into, and '-' (standard output) is none" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
 
 
 def test_labels_of_an_earlier_run_are_replaced_with_a_note(capsys, tmp_path, feature_csvs):

@@ -92,10 +92,19 @@ def test_concurrency_ranges_and_lists(text, expected):
     assert parse_concurrency(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "0", "1:0", "4:1", "1:4:0", "1:2:3:4", "a", "1,,2", "-1", "1:2000", "1.5"])
+@pytest.mark.parametrize("text", ["", "0", "1:0", "4:1", "1:4:0", "1:2:3:4", "a", "1,,2", "-1", "1:2000", "1.5",
+                                  "1_0", "+2", "\u0663"])  # int() took the last three (10, 2 and an Arabic-Indic 3)
 def test_bad_concurrency_is_refused_with_the_accepted_forms(text):
     with pytest.raises(InputError, match="start:end"):
         parse_concurrency(text)
+
+
+def test_a_range_far_out_of_bounds_is_named_in_a_few_words():
+    # QA, 2026-12-02: the message listed every level from 1025 to 100000 (about 700 KB on one line)
+    with pytest.raises(InputError) as refused:
+        parse_concurrency("1:100000")
+    assert "(1025, 1026, 1027, 1028, 1029, ... (98976 levels))" in str(refused.value)
+    assert len(str(refused.value)) < 300
 
 
 @pytest.mark.parametrize("values", [[7.0], [3.0, 3.0, 3.0], list(np.random.default_rng(1).exponential(size=997)),
@@ -196,6 +205,8 @@ def test_a_negative_or_zero_time_is_refused(name, value, need):
         PerfSettings(url="x:1", **{name: value})
     if need == ">= 0":
         PerfSettings(url="x:1", **{name: 0.0})
+    with pytest.raises(InputError, match=rf"{name} must be at most 86400 s \(a day\), got 1e\+308"):
+        PerfSettings(url="x:1", **{name: 1e308})
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -204,6 +215,9 @@ def test_a_negative_or_zero_time_is_refused(name, value, need):
     ("--window-seconds", "nan", "--window-seconds must be a finite number of seconds > 0, got nan"),
     ("--warmup-seconds", "-0.5", "--warmup-seconds must be a finite number of seconds >= 0, got -0.5"),
     ("--warmup-seconds", "inf", "--warmup-seconds must be a finite number of seconds >= 0, got inf"),
+    # QA, 2026-12-02: time.sleep overflowed in sync mode (a traceback) and async mode slept for ever
+    ("--window-seconds", "1e308", "--window-seconds must be at most 86400 seconds (a day), got 1e+308"),
+    ("--warmup-seconds", "100000", "--warmup-seconds must be at most 86400 seconds (a day), got 100000"),
 ])
 def test_a_time_out_of_range_names_the_option_and_the_value_given(capsys, option, value, message):
     # no server at this address: refused before it is asked anything

@@ -96,7 +96,7 @@ def test_client_command_checks_against_the_local_runtime(triton_server, tiny_bun
     out = capsys.readouterr().out
     assert code == 0, out
     assert "event000000001: 5527 hits" in out and "identical to the local runtime" in out
-    assert "2 of 2 event(s) answered and identical" in out
+    assert "2 of 2 event(s) answered" in out and "2 of them identical to the local runtime" in out
     from trackserve.events.submission import read_submission
 
     _, hits, tracks = read_submission(tmp_path / "labels" / "event000000001-labels.csv")
@@ -116,7 +116,8 @@ def test_client_command_reports_a_mismatch(triton_server, tiny_bundle, tmp_path,
     assert code == 1
     assert "MISMATCH" in captured.err and "hits are in tracks other than the local runtime's" in captured.err
     # what the server answered is written all the same, and said so
-    assert "0 of 1 event(s) answered and identical" in captured.out
+    # answered, not identical (it said "0 of 1 event(s) answered and identical", as if none had been answered)
+    assert "1 of 1 event(s) answered" in captured.out and "0 of them identical to the local runtime" in captured.out
     assert f"labels of 1 event(s) in {(tmp_path / 'labels').resolve()}" in captured.out
     # and says why: the server serves another bundle (the model config's pipeline_sha256)
     assert "serves another bundle than --bundle" in captured.err and "--check compares its labels with another" in \
@@ -162,6 +163,19 @@ def test_client_refuses_a_stage_model_before_sending(triton_server, tiny_bundle,
                  "--model", "wcc", "--no-labels"])
     assert code == 2
     assert "takes the inputs EDGE_LIST_AFTER_FILTER, GNN_SCORES besides FEATURES" in capsys.readouterr().err
+
+
+def test_client_says_nothing_of_replacing_labels_when_the_model_is_refused(triton_server, tiny_bundle, tmp_path, capsys):
+    # QA, 2026-12-02: "2 labels files of an earlier run ... will be replaced" came before the model
+    # check refused the run, and nothing was replaced
+    earlier = tmp_path / "labels" / "event000000001-labels.csv"
+    earlier.parent.mkdir()
+    earlier.write_text("event_id,hit_id,track_id\n1,1,0\n")
+    code = main(["client", str(SAMPLE_EVENT), "--bundle", str(tiny_bundle), "--url", triton_server.grpc_url,
+                 "--model", "embed", "--output", str(earlier.parent)])
+    assert code == 2
+    assert "will be replaced" not in capsys.readouterr().err
+    assert earlier.read_text() == "event_id,hit_id,track_id\n1,1,0\n"
 
 
 @pytest.mark.parametrize("url, timeout, message", [

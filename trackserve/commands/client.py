@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     labels_paths = labels_files(output, inputs)
     if labels_paths is not None:
         note_repeated_event_ids("client", inputs)
-    earlier = EarlierLabels("client", labels_paths)
     pipeline = None
 
     failures = 0
+    answered = identical = 0  # events the server answered; of those, with --check, the ones the local runtime matches
     written = 0  # events whose labels were written (a mismatch's too: they are what the server answered)
     # The bundle is checked against the served model when it computes or checks features, or
     # was given: feature CSVs sent as they are, with no --bundle, need only the served width.
@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             from ..runtime.pipeline import Pipeline
 
             pipeline = Pipeline(bundle, config=RuntimeConfig(vertex_shifts=client.served_vertex_shifts()))
+        # (said once the served model was checked: a run refused before would replace nothing)
+        earlier = EarlierLabels("client", labels_paths)
         try:
             for number, (kind, path) in enumerate(inputs):
                 try:
@@ -142,11 +144,13 @@ def run(args: argparse.Namespace) -> int:
                     if labels_paths is not None:
                         earlier.remove(labels_paths[number])
                     continue
+                answered += 1
                 tracks = int(np.unique(labels).size)  # whatever labels the server sent, compact or not
                 line = f"{item.name}: {labels.shape[0]} hits, {tracks} tracks (distinct labels)"
                 if pipeline is not None:
                     expected = pipeline.run(item.features).labels
                     if np.array_equal(labels, expected):
+                        identical += 1
                         line += ", identical to the local runtime"
                     else:
                         failures += 1
@@ -170,9 +174,8 @@ def run(args: argparse.Namespace) -> int:
         except BaseException:  # Ctrl-C, SIGTERM, an error: no earlier run's labels pass for this run's
             earlier.remove_unreplaced()
             raise
-    answered = len(inputs) - failures
-    print(f"{answered} of {len(inputs)} event(s) answered{' and identical' if args.check else ''} by "
-          f"'{args.model}' at {url} ({args.protocol})"
+    print(f"{answered} of {len(inputs)} event(s) answered by '{args.model}' at {url} ({args.protocol})"
+          + (f", {identical} of them identical to the local runtime" if args.check else "")
           + (f"; labels of {written} event(s) in {output.resolve()}" if output and written else ""))
     return 0 if failures == 0 else 1
 

@@ -120,12 +120,17 @@ def check_times(args: argparse.Namespace) -> None:
     """Refuse a window, warm-up or error back-off out of range, naming the option and the value given."""
     from ..errors import InputError
 
-    for option, value, unit, zero_allowed in (("--window-seconds", args.window_seconds, "seconds", False),
-                                              ("--warmup-seconds", args.warmup_seconds, "seconds", True),
-                                              ("--error-backoff-ms", args.error_backoff_ms, "milliseconds", True)):
+    from ..serving.perf import MAX_WINDOW_SECONDS
+
+    for option, value, unit, zero_allowed, most in (
+            ("--window-seconds", args.window_seconds, "seconds", False, MAX_WINDOW_SECONDS),
+            ("--warmup-seconds", args.warmup_seconds, "seconds", True, MAX_WINDOW_SECONDS),
+            ("--error-backoff-ms", args.error_backoff_ms, "milliseconds", True, 1000 * MAX_WINDOW_SECONDS)):
         if not (math.isfinite(value) and (value >= 0 if zero_allowed else value > 0)):
             raise InputError(f"{option} must be a finite number of {unit} {'>= 0' if zero_allowed else '> 0'}, "
                              f"got {_given(value)}")
+        if value > most:
+            raise InputError(f"{option} must be at most {most:g} {unit} (a day), got {_given(value)}")
 
 
 def check_outputs(csv_target, json_target, sources) -> None:

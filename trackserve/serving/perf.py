@@ -40,6 +40,7 @@ import csv
 import io
 import itertools
 import math
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,10 @@ MODES = ("sync", "async")
 PERCENTILES = (50, 95, 99)
 #: Largest concurrency a sweep accepts.
 MAX_CONCURRENCY = 1024
+#: A concurrency as written: ASCII digits, a minus sign allowed (so that a negative level is named as such).
+_INTEGER = re.compile(r"-?[0-9]+")
+#: Longest measurement window or warm-up (s) a sweep accepts: a day.
+MAX_WINDOW_SECONDS = 86_400.0
 #: Columns of the CSV output, in order (one row per concurrency level).
 CSV_COLUMNS = (
     "concurrency", "mode", "protocol", "model", "throughput_infer_per_s", "p50_ms", "p95_ms", "p99_ms",
@@ -75,10 +80,10 @@ def parse_concurrency(text: str) -> list[int]:
     """
     text = str(text).strip()
     hint = "give start:end[:step] (e.g. 1:16) or a list (e.g. 1,2,4,8,16) of integers >= 1"
-    try:
-        parts = [int(part) for part in text.split(":" if ":" in text else ",")]
-    except ValueError:
-        raise InputError(f"concurrency {text!r} is not understood; {hint}") from None
+    pieces = [part.strip() for part in text.split(":" if ":" in text else ",")]
+    if not all(_INTEGER.fullmatch(piece) for piece in pieces):  # (int() would take '1_0', '+2' and non-ASCII digits)
+        raise InputError(f"concurrency {text!r} is not understood; {hint}")
+    parts = [int(piece) for piece in pieces]
     if ":" in text:
         if len(parts) not in (2, 3):
             raise InputError(f"concurrency {text!r} is not understood; {hint}")
@@ -90,7 +95,8 @@ def parse_concurrency(text: str) -> list[int]:
         levels = parts
     bad = [level for level in levels if level < 1 or level > MAX_CONCURRENCY]
     if not levels or bad:
-        raise InputError(f"concurrency {text!r} has levels outside 1..{MAX_CONCURRENCY} ({bad}); {hint}")
+        shown = ", ".join(str(level) for level in bad[:5]) + (f", ... ({len(bad)} levels)" if len(bad) > 5 else "")
+        raise InputError(f"concurrency {text!r} has levels outside 1..{MAX_CONCURRENCY} ({shown}); {hint}")
     return levels
 
 
@@ -127,6 +133,8 @@ class PerfSettings:
             if not (isinstance(value, (int, float)) and math.isfinite(value)
                     and (value >= 0 if zero_allowed else value > 0)):
                 problems.append(f"{name} must be a finite number {'>= 0' if zero_allowed else '> 0'}, got {value!r}")
+            elif value > MAX_WINDOW_SECONDS:
+                problems.append(f"{name} must be at most {MAX_WINDOW_SECONDS:g} s (a day), got {value!r}")
         if not isinstance(self.max_error_messages, int) or self.max_error_messages < 1:
             problems.append(f"max_error_messages must be an integer >= 1, got {self.max_error_messages!r}")
         if problems:

@@ -572,3 +572,24 @@ def test_a_config_triton_cannot_read_is_named_with_its_line(tmp_path):
              f"'{path.parent.name}': failed to read text proto from {path}\"" for path in (good, bad)]
     assert config_parse_errors(lines) == [
         f'  {bad} line 3, column 1: Message type "inference.ModelConfig" has no field named "max_batch_sise".']
+
+
+def test_a_stop_inside_the_http_clients_greenlets_is_not_printed_by_gevent(capfd):
+    # QA, 2026-12-02: SIGTERM during `trackserve client --protocol http` printed gevent's traceback
+    # and "... failed with Terminated" before the command's one-line report (gRPC did not)
+    pytest.importorskip("tritonclient.http")
+    import gevent
+
+    from trackserve.cli import Terminated
+    from trackserve.serving.client import client_module
+
+    client_module("http")
+
+    def stopped():
+        raise Terminated()
+
+    gevent.spawn(stopped)
+    with pytest.raises(Terminated):  # still handed on to the main code, which reports it
+        gevent.sleep(0.05)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "failed with" not in err, err

@@ -32,11 +32,27 @@ def client_module(protocol: str, *, asyncio: bool = False):
         raise InputError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     name = f"tritonclient.{protocol}" + (".aio" if asyncio else "")
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as error:
         raise BackendUnavailableError(
             f"{name} is not importable ({error}); install the serving extra: pip install -e \".[serving]\""
         ) from error
+    if protocol == "http" and not asyncio:
+        quiet_gevent_stops()
+    return module
+
+
+def quiet_gevent_stops() -> None:
+    """Let a stop (Ctrl-C, SIGTERM: KeyboardInterrupt and its subclasses) that comes while
+    ``tritonclient.http`` waits in one of gevent's greenlets reach the main code without gevent
+    printing it first as a failed greenlet (a traceback and a time-stamped line before the
+    command's own one-line report). gevent passes such an exception on to the main greenlet
+    either way; this thread's hub just no longer reports it as an error."""
+    import gevent
+
+    hub = gevent.get_hub()
+    if not issubclass(KeyboardInterrupt, tuple(hub.NOT_ERROR)):
+        hub.NOT_ERROR = tuple(hub.NOT_ERROR) + (KeyboardInterrupt,)
 
 
 def make_inputs(module, features: np.ndarray, *, name: str = FEATURES) -> list:

@@ -135,6 +135,29 @@ def test_a_model_being_unloaded_is_not_called_a_refusal(text):
         f"or reloaded ({text})")
 
 
+class _CancelledByTheServer(Exception):
+    """What tritonclient.grpc raises for a request in flight when the server stops."""
+
+    def message(self):
+        return "CANCELLED"
+
+    def status(self):
+        return "StatusCode.CANCELLED"
+
+
+def test_a_request_the_stopping_server_cancelled_is_not_called_a_refusal():
+    # QA, 2026-12-02: "model 'exatrkx' ... refused the request: [StatusCode.CANCELLED] CANCELLED"
+    from trackserve.serving.client import describe_failure
+
+    assert describe_failure(_CancelledByTheServer(), "127.0.0.1:8001", "exatrkx") == (
+        "the server at 127.0.0.1:8001 cancelled the request: is it stopping? (CANCELLED)")
+    assert describe_failure(RuntimeError("[StatusCode.CANCELLED] CANCELLED"), "127.0.0.1:8001", "exatrkx").startswith(
+        "the server at 127.0.0.1:8001 cancelled the request")
+    # a message that merely holds the word is the model's own answer
+    assert "refused the request" in describe_failure(RuntimeError("cancelled hits are not allowed"), "127.0.0.1:8001",
+                                                     "exatrkx")
+
+
 def test_the_async_http_clients_lost_connections_are_not_called_refusals():
     # aiohttp's own errors (the asynchronous HTTP client's) name no connection in their text
     from trackserve.serving.client import describe_failure

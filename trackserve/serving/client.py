@@ -127,6 +127,9 @@ def describe_failure(error: Exception, url: str, model: str, protocol: str | Non
         return f"the server at {url} did not answer ({text.strip()}): is it running?"
     if "timeout" in lowered or "timed out" in lowered or "deadline" in lowered:
         return f"the server at {url} did not answer in time ({text.strip()})"
+    if "cancelled" in str(status).lower() or lowered.strip() == "cancelled" or "statuscode.cancelled" in lowered:
+        # gRPC's answer for a request in flight when the server (or its connection) went away
+        return f"the server at {url} cancelled the request: is it stopping? ({text.strip()})"
     if "has no available versions" in lowered or ("is not ready" in lowered and "model" in lowered):
         # Triton's answer for a model it unloads (a server stopping, a reload in poll mode): the
         # model refused nothing, it is not there to ask

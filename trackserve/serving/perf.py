@@ -480,7 +480,8 @@ def format_table(results: Sequence[LevelResult]) -> str:
             lines.append(f"concurrency {r.concurrency}: only {r.requests} request(s) answered in the {r.window_s:g} s "
                          f"window: rough figures (fewer than {FEW_REQUESTS}); give a longer --window-seconds")
         if r.failed:
-            lines.append(f"concurrency {r.concurrency}: {r.failed} of {r.sent} request(s) failed; first errors:")
+            lines.append(f"concurrency {r.concurrency}: {r.failed} of the {r.sent} request(s) sent at this level (warm-up "
+                         f"included; {r.errors} of them ended in the window) failed; first errors:")
             lines.extend(f"  - {message}" for message in r.error_messages)
     return "\n".join(lines)
 

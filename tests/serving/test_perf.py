@@ -524,6 +524,48 @@ def test_a_stopped_server_counts_every_request_as_an_error(sample_features, mode
     assert any("did not answer" in message for message in result.error_messages), result.error_messages
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_stop_during_an_async_level_ends_its_requests_before_it_is_acted_on(sample_features, capfd, protocol):
+    # QA, 2026-12-02: SIGTERM during `perf --mode async` raised wherever the event loop was, and
+    # asyncio printed "Task was destroyed but it is pending!" and chained tracebacks after the
+    # command's own report (2 runs of 6)
+    import gc
+    import signal
+    import threading
+    import time
+    import warnings
+
+    require_triton()
+    from trackserve.serving.server import free_port
+
+    class Stopped(KeyboardInterrupt):  # as trackserve.cli's Terminated
+        pass
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    settings = PerfSettings(url=f"127.0.0.1:{free_port()}", protocol=protocol, mode="async", window_s=60.0,
+                            warmup_s=0.0, timeout_s=5.0, error_backoff_s=0.01)
+    previous = signal.signal(signal.SIGTERM, stop)
+    timer = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM))
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # (an unclosed client warns as it is collected)
+        try:
+            timer.start()
+            with pytest.raises(Stopped):
+                measure_level(_events(sample_features), 4, settings)
+        finally:
+            timer.cancel()
+            signal.signal(signal.SIGTERM, previous)
+        gc.collect()
+    assert time.perf_counter() - start < 10  # at once, not after the 60 s window
+    assert signal.getsignal(signal.SIGTERM) is previous
+    err = capfd.readouterr().err
+    assert "Task was destroyed" not in err and "Traceback" not in err and "never retrieved" not in err, err
+    assert not [w for w in caught if "Unclosed" in str(w.message)], [str(w.message) for w in caught]  # closed first
+
+
 @pytest.mark.slow
 def test_a_server_killed_during_the_window_loses_no_request(served_repository, sample_features):
     require_triton()

@@ -388,23 +388,78 @@ async def _run_async_level(events, concurrency: int, settings: PerfSettings):
 
     begin = time.perf_counter()
     tasks = [asyncio.create_task(worker(number)) for number in range(concurrency)]
-    await asyncio.sleep(settings.warmup_s)
-    limit = begin + settings.warmup_s + settings.timeout_s
-    while len(answered_once) < concurrency and time.perf_counter() < limit:  # as _warmed_up, on the loop
-        await asyncio.sleep(_WARM_POLL_S)
-    window_start = time.perf_counter()
-    window_end = window_start + settings.window_s
-    await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
-    stopping.set()
     try:
+        await asyncio.sleep(settings.warmup_s)
+        limit = begin + settings.warmup_s + settings.timeout_s
+        while len(answered_once) < concurrency and time.perf_counter() < limit:  # as _warmed_up, on the loop
+            await asyncio.sleep(_WARM_POLL_S)
+        window_start = time.perf_counter()
+        window_end = window_start + settings.window_s
+        await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
+        stopping.set()
         await asyncio.gather(*tasks)
-    finally:
+    finally:  # (a stop cancels this task: the clients' tasks end too, none is left pending)
+        stopping.set()  # a client whose cancellation wait_for swallowed (its request ending at that moment) ends too
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
     return records, sent[0] - len(records), window_start, window_end
 
 
+class _StoppedBySignal(Exception):
+    """A stop signal that came while a level ran on the event loop (its number in ``args[0]``)."""
+
+
+async def _stoppable(coroutine):
+    """Run ``coroutine`` on the loop with Ctrl-C and SIGTERM turned into its cancellation (in the
+    main thread), so that it ends its tasks and closes its client before the stop is acted on,
+    instead of the stop being raised wherever the loop happened to be (an asyncio task left
+    pending, tracebacks of cancelled requests); :class:`_StoppedBySignal` then names the signal."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return await coroutine
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            main.cancel()
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: handler for signum, handler in previous.items() if handler is not signal.SIG_IGN}
+    for signum in previous:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await coroutine
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        raise _StoppedBySignal(received[0]) from None
+    finally:
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
+
+
 def _run_async(events, concurrency: int, settings: PerfSettings) -> LevelResult:
-    records, unanswered, window_start, window_end = asyncio.run(_run_async_level(events, concurrency, settings))
+    import signal
+
+    try:
+        records, unanswered, window_start, window_end = asyncio.run(
+            _stoppable(_run_async_level(events, concurrency, settings)))
+    except _StoppedBySignal as stopped:  # acted on now, as the signal's own handler would have
+        signum = stopped.args[0]
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            handler(signum, None)  # the command's: KeyboardInterrupt, Terminated
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
+        raise ServingError(f"the concurrency {concurrency} level was stopped by {signal.Signals(signum).name} before "
+                           "its window ended") from None
     return summarize(records, concurrency=concurrency, settings=settings,
                      window_start=window_start, window_end=window_end, unanswered=unanswered)
 

@@ -167,11 +167,17 @@ def signals_deferred():
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if received:  # (only after a block that ended well: a failing one raises its own error above)
-        signum, handler = received[0], previous[received[0]]
-        if callable(handler):
-            handler(signum, None)
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(signum)
+        act_on_signal(received[0], previous[received[0]])
+
+
+def act_on_signal(signum: int, handler) -> None:
+    """Act on signal ``signum`` now, held back until here, as ``handler`` (what
+    ``signal.getsignal`` gave) would have: call a Python handler (KeyboardInterrupt,
+    ``Terminated``...), or raise the signal again for the default action; nothing for one ignored."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
 
 
 def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: bool = False) -> None:

@@ -305,9 +305,9 @@ def test_bad_inputs_are_refused():
         join_pieces(labels, edges, np.zeros(2), positions, order, SETTINGS)
     with pytest.raises(InputError, match="edge_index refers to hit 6, but the event has 6 hits"):
         join_pieces(labels, edges + 4, scores, positions, order, SETTINGS)
-    with pytest.raises(InputError, match=r"hit_order must be real numbers of shape \[6\]"):
+    with pytest.raises(InputError, match=r"hit_order must be a real array of shape \[6\]"):
         join_pieces(labels, edges, scores, positions, order[:5], SETTINGS)
-    with pytest.raises(InputError, match=r"positions must be real numbers of shape \[6, 3\] \(r, phi, z per hit\)"):
+    with pytest.raises(InputError, match=r"positions must be a real array of shape \[6, 3\] \(r, phi, z per hit\)"):
         join_pieces(labels, edges, scores, positions[:, :2], order, SETTINGS)
     bad = positions.copy()
     bad[4, 2] = np.nan
@@ -325,11 +325,11 @@ def test_bad_inputs_are_refused():
         join_pieces(labels, edges, scores > 0, positions, order, SETTINGS)
     with pytest.raises(InputError, match="score of edge 0 is NaN"):
         join_pieces(labels, edges, np.full(scores.shape, np.nan), positions, order, SETTINGS)
-    with pytest.raises(InputError, match="hit_order must be real numbers"):
+    with pytest.raises(InputError, match="hit_order must be a real array"):
         join_pieces(labels, edges, scores, positions, order > 0, SETTINGS)
     with pytest.raises(InputError, match="hit_order of hit 2 is not finite"):
         join_pieces(labels, edges, scores, positions, np.where(np.arange(6) == 2, np.inf, order), SETTINGS)
-    with pytest.raises(InputError, match="positions must be real numbers"):
+    with pytest.raises(InputError, match="positions must be a real array"):
         join_pieces(labels, edges, scores, positions > 0, order, SETTINGS)
     masked = np.ma.masked_array(scores, mask=np.arange(scores.size) == 0)
     with pytest.raises(InputError, match="scores is a masked array with 1 masked value"):

@@ -125,6 +125,20 @@ def validate_scores(scores, m: int) -> np.ndarray:
     return values
 
 
+def validate_per_hit(values, what: str, shape: tuple, meaning: str = "") -> np.ndarray:
+    """``values`` (one row per hit) as float64 of ``shape``, every value finite; InputError naming
+    ``what`` otherwise (``meaning`` says what a row holds)."""
+    array = np.asarray(unmasked(values, what))
+    if array.shape != shape or array.dtype.kind not in "fiu":
+        raise InputError(f"{what} must be a real array of shape {list(shape)}{meaning}; got {array.dtype} "
+                         f"{list(array.shape)}")
+    array = array.astype(np.float64, copy=False)
+    if array.size and not np.isfinite(array).all():
+        row = int(np.flatnonzero(~np.isfinite(array.reshape(shape[0], -1)).all(axis=1))[0])
+        raise InputError(f"{what} of hit {row} is not finite ({array[row].tolist()})")
+    return array
+
+
 def validate_embedding(embedding, dim: int) -> np.ndarray:
     """Return ``embedding`` when it is a numpy array ``[N, dim]`` (the bundle's embedding
     width); InputError otherwise (the graph builder checks its values)."""

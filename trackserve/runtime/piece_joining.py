@@ -41,7 +41,7 @@ from trackserve.errors import InputError
 from .components import compact_in_order
 from .cuts import logit_threshold
 from .hit_edges import oriented_ends
-from .inputs import scaled_columns, unmasked, validate_edges, validate_scores
+from .inputs import scaled_columns, unmasked, validate_edges, validate_per_hit, validate_scores
 
 __all__ = ["JOIN_FIELDS", "JoinSettings", "MIN_HITS_TO_ATTACH", "POSITION_COLUMNS", "hit_positions", "join_pieces"]
 
@@ -56,19 +56,6 @@ def hit_positions(features: np.ndarray, names, scales) -> np.ndarray:
     features (a column's value times its scale is the quantity). Raises InputError when
     the features lack one of them."""
     return np.stack(scaled_columns(features, names, scales, POSITION_COLUMNS, "joining track pieces"), axis=1)
-
-
-def _real_per_hit(values, what: str, shape: tuple, meaning: str = "") -> np.ndarray:
-    """``values`` as float64 of ``shape``, every value finite; InputError naming ``what`` otherwise."""
-    array = np.asarray(unmasked(values, what))
-    if array.shape != shape or array.dtype.kind not in "fiu":
-        raise InputError(f"{what} must be real numbers of shape {list(shape)}{meaning}; got {array.dtype} "
-                         f"{list(array.shape)}")
-    array = array.astype(np.float64, copy=False)
-    if array.size and not np.isfinite(array).all():
-        row = int(np.flatnonzero(~np.isfinite(array.reshape(shape[0], -1)).all(axis=1))[0])
-        raise InputError(f"{what} of hit {row} is not finite ({array[row].tolist()})")
-    return array
 
 
 def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, positions: np.ndarray,
@@ -91,8 +78,8 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
     labels = labels.astype(np.int64)  # a copy: what is returned is never the caller's array
     edge_index = validate_edges(edge_index, num_hits)
     values = validate_scores(scores, edge_index.shape[1]).astype(np.float64, copy=False)
-    hit_order = _real_per_hit(hit_order, "hit_order", (num_hits,))
-    positions = _real_per_hit(positions, "positions", (num_hits, 3), " (r, phi, z per hit)")
+    hit_order = validate_per_hit(hit_order, "hit_order", (num_hits,))
+    positions = validate_per_hit(positions, "positions", (num_hits, 3), " (r, phi, z per hit)")
     candidates = np.flatnonzero(values > logit_threshold(settings.min_score, scores_are_logits))
     if num_hits == 0 or candidates.size == 0:
         return compact_in_order(labels)

@@ -49,7 +49,7 @@ from trackserve.errors import InputError
 from .components import compact_in_order, component_labels
 from .cuts import logit_threshold
 from .hit_edges import HitGroups, oriented_ends
-from .inputs import scaled_columns, unmasked, validate_scores
+from .inputs import scaled_columns, unmasked, validate_per_hit, validate_scores
 from .piece_joining import hit_positions, join_pieces
 
 
@@ -284,13 +284,7 @@ def bundle_hit_positions(bundle, features: np.ndarray | None) -> np.ndarray | No
 def _validated_order(hit_order, n: int) -> np.ndarray:
     if hit_order is None:
         raise InputError("track building 'best_edges' needs hit_order (each hit's distance from the origin)")
-    order = np.asarray(unmasked(hit_order, "hit_order"))
-    if order.shape != (n,) or order.dtype.kind not in "fiu":
-        raise InputError(f"hit_order must be a real array of shape [{n}]; got {order.dtype} {order.shape}")
-    order = order.astype(np.float64, copy=False)
-    if n and not np.isfinite(order).all():
-        raise InputError(f"hit_order of hit {int(np.flatnonzero(~np.isfinite(order))[0])} is not finite")
-    return order
+    return validate_per_hit(hit_order, "hit_order", (n,))
 
 
 def _validated_gap_threshold(gap_cut, cut, method: str, scores_are_logits: bool):

@@ -38,11 +38,11 @@ def client_module(protocol: str, *, asyncio: bool = False):
             f"{name} is not importable ({error}); install the serving extra: pip install -e \".[serving]\""
         ) from error
     if protocol == "http" and not asyncio:
-        quiet_gevent_stops()
+        _quiet_gevent_stops()
     return module
 
 
-def quiet_gevent_stops() -> None:
+def _quiet_gevent_stops() -> None:
     """Let a stop (Ctrl-C, SIGTERM: KeyboardInterrupt and its subclasses) that comes while
     ``tritonclient.http`` waits in one of gevent's greenlets reach the main code without gevent
     printing it first as a failed greenlet (a traceback and a time-stamped line before the

@@ -448,16 +448,14 @@ async def _stoppable(coroutine):
 def _run_async(events, concurrency: int, settings: PerfSettings) -> LevelResult:
     import signal
 
+    from ..paths import act_on_signal
+
     try:
         records, unanswered, window_start, window_end = asyncio.run(
             _stoppable(_run_async_level(events, concurrency, settings)))
     except _StoppedBySignal as stopped:  # acted on now, as the signal's own handler would have
         signum = stopped.args[0]
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            handler(signum, None)  # the command's: KeyboardInterrupt, Terminated
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(signum)
+        act_on_signal(signum, signal.getsignal(signum))  # the command's: KeyboardInterrupt, Terminated
         raise ServingError(f"the concurrency {concurrency} level was stopped by {signal.Signals(signum).name} before "
                            "its window ended") from None
     return summarize(records, concurrency=concurrency, settings=settings,

@@ -154,7 +154,6 @@ def simulated_events(
 
     if events_per_source < 0:
         raise InputError(f"events per source must be >= 0, got {events_per_source}")
-    _check_offset_spread(vertex_offsets)
     geometry = load_geometry() if geometry is None else geometry
     jobs = [(k, i) for k in range(len(sources)) for i in range(events_per_source)]
     tables = {k: read_simulation_particles(source.particles)
@@ -175,22 +174,18 @@ def simulated_events(
     return events
 
 
-def _check_offset_spread(spread) -> None:
-    """InputError unless ``spread`` is a number of mm in 0..``MAX_VERTEX_OFFSET_MM``."""
+def vertex_offset(spread: float, seed: tuple[int, ...]) -> float:
+    """The collision-region offset (mm) of the simulated event of ``seed`` ``(run seed, stream,
+    source, index)``: its size uniform in ``[0, spread]`` from the seed ``(*seed, OFFSET_SEED)``,
+    towards -z for even indices and +z for odd ones (so each source's events go both ways in
+    turn; a source of N events keeps the offsets of its first M < N); 0.0 for no spread.
+    InputError unless ``spread`` is a number of mm in 0..``MAX_VERTEX_OFFSET_MM``."""
     from ..events.simulate import MAX_VERTEX_OFFSET_MM
 
     if isinstance(spread, (bool, np.bool_)) or not isinstance(spread, (int, float, np.integer, np.floating)) \
             or not 0 <= spread <= MAX_VERTEX_OFFSET_MM:  # (NaN fails the range)
         raise InputError(f"vertex_offsets must be a number of mm in 0..{MAX_VERTEX_OFFSET_MM:g} (the largest offset of a "
                          f"training event's collision region); got {spread!r}")
-
-
-def vertex_offset(spread: float, seed: tuple[int, ...]) -> float:
-    """The collision-region offset (mm) of the simulated event of ``seed`` ``(run seed, stream,
-    source, index)``: its size uniform in ``[0, spread]`` from the seed ``(*seed, OFFSET_SEED)``,
-    towards -z for even indices and +z for odd ones (so each source's events go both ways in
-    turn; a source of N events keeps the offsets of its first M < N); 0.0 for no spread."""
-    _check_offset_spread(spread)
     if not spread:
         return 0.0
     size = float(np.random.default_rng((*seed, OFFSET_SEED)).uniform(0.0, spread))

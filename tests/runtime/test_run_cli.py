@@ -39,6 +39,16 @@ def test_default_job_on_the_sample_event(capsys, tmp_path):
     assert report["settings"]["event_workers"] == 1
 
 
+def test_every_json_event_record_has_the_same_keys_metrics_null_without_truth(capsys, tmp_path, feature_csvs):
+    """A script reads one schema: an input without truth (a feature file) has ``metrics``
+    null, not missing, beside a TrackML event with truth in the same run."""
+    report = _json(capsys, str(SAMPLE_EVENT), str(feature_csvs / "evt_2.csv"), "--no-labels", "--threads", "1")
+    with_truth, features_only = report["events"]
+    assert set(with_truth) == set(features_only)
+    assert features_only["event"] == "evt_2" and features_only["metrics"] is None
+    assert with_truth["metrics"]["num_reconstructable"] == 53
+
+
 @pytest.mark.parametrize("option", [("--min-pt", "-1"), ("--min-pt", "inf"), ("--min-hits", "-1")])
 def test_an_impossible_metrics_selection_is_refused_before_running(capsys, tmp_path, option):
     assert main(["run", "--output", str(tmp_path / "labels"), *option]) == 2

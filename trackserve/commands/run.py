@@ -156,7 +156,7 @@ def _shifts_text(settings: dict) -> str:
 def _event_record(item, result, args) -> dict:
     from ..events.metrics import evaluate_event
 
-    record = {
+    return {
         "event": item.name,
         "event_id": item.event_id,
         "num_hits": result.num_hits,
@@ -165,12 +165,10 @@ def _event_record(item, result, args) -> dict:
         # the metrics (metrics.num_tracks, where there is truth, counts every distinct label but noise's)
         "num_tracks_min_hits": result.num_tracks_with(args.min_hits),
         "timings_ms": {stage: 1e3 * seconds for stage, seconds in result.timings.items()},
+        # null for an input without truth (a feature file, hits alone), so every record has the same keys
+        "metrics": evaluate_event(item.event, item.hit_ids, result.labels, min_pt=args.min_pt, min_hits=args.min_hits)
+        if item.has_truth else None,
     }
-    if item.has_truth:
-        record["metrics"] = evaluate_event(
-            item.event, item.hit_ids, result.labels, min_pt=args.min_pt, min_hits=args.min_hits
-        )
-    return record
 
 
 def _print_tables(report: dict, stages, out) -> None:
@@ -190,7 +188,7 @@ def _print_tables(report: dict, stages, out) -> None:
         print("  ".join(h.rjust(w) for h, w in zip(header, widths)), file=out)
     for row in rows:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)), file=out)
-    with_metrics = [ev for ev in report["events"] if "metrics" in ev]
+    with_metrics = [ev for ev in report["events"] if ev["metrics"] is not None]
     if with_metrics:
         print(file=out)
         print(f"tracking metrics (double majority; particles with pT >= {report['settings']['min_pt']:g} GeV "

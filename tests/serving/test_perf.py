@@ -566,6 +566,47 @@ def test_a_stop_during_an_async_level_ends_its_requests_before_it_is_acted_on(sa
     assert not [w for w in caught if "Unclosed" in str(w.message)], [str(w.message) for w in caught]  # closed first
 
 
+def test_a_second_stop_during_a_stuck_async_shutdown_is_acted_on_at_once(capfd):
+    """The first Ctrl-C/SIGTERM cancels the level and waits for its clients to close; a second
+    one while that hangs is acted on at once (it was ignored: only kill -9 ended the command)."""
+    import asyncio
+    import signal
+    import threading
+    import time
+
+    from trackserve.serving.perf import _stoppable
+
+    class Stopped(KeyboardInterrupt):  # as trackserve.cli's Terminated
+        pass
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    async def stuck_level():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(5)  # a client whose close does not return soon; then the level ends
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    timers = [threading.Timer(delay, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM))
+              for delay in (0.3, 0.8)]
+    start = time.perf_counter()
+    try:
+        for timer in timers:
+            timer.start()
+        with pytest.raises(Stopped):
+            asyncio.run(_stoppable(stuck_level(), {signal.SIGTERM: stop, signal.SIGINT: signal.getsignal(signal.SIGINT)}))
+    finally:
+        for timer in timers:
+            timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    assert time.perf_counter() - start < 3  # at the second stop, not after the stuck close's 5 s
+    assert signal.getsignal(signal.SIGTERM) is previous
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "exception" not in err, err
+
+
 @pytest.mark.slow
 def test_a_server_killed_during_the_window_loses_no_request(served_repository, sample_features):
     require_triton()

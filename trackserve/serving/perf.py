@@ -411,38 +411,51 @@ class _StoppedBySignal(Exception):
     """A stop signal that came while a level ran on the event loop (its number in ``args[0]``)."""
 
 
-async def _stoppable(coroutine):
+async def _stoppable(coroutine, handlers: dict):
     """Run ``coroutine`` on the loop with Ctrl-C and SIGTERM turned into its cancellation (in the
     main thread), so that it ends its tasks and closes its client before the stop is acted on,
     instead of the stop being raised wherever the loop happened to be (an asyncio task left
-    pending, tracebacks of cancelled requests); :class:`_StoppedBySignal` then names the signal."""
+    pending, tracebacks of cancelled requests); :class:`_StoppedBySignal` then names the signal.
+    A second stop while the first is being honoured (a client that does not close) is acted on
+    at once, as ``handlers`` (the command's, ``signal.getsignal`` before the loop) say, and
+    the handlers are given back, so a stuck shutdown can always be interrupted."""
     import signal
+
+    from ..paths import act_on_signal
 
     if threading.current_thread() is not threading.main_thread():
         return await coroutine
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     received: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: handler for signum, handler in previous.items() if handler is not signal.SIG_IGN}
+
+    def give_back() -> None:
+        for signum, handler in previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
+        previous.clear()
 
     def stop(signum: int) -> None:
         if not received:
             received.append(signum)
             main.cancel()
+            return
+        received.append(signum)
+        give_back()
+        act_on_signal(signum, handlers.get(signum, signal.SIG_DFL))  # KeyboardInterrupt, Terminated...
 
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    previous = {signum: handler for signum, handler in previous.items() if handler is not signal.SIG_IGN}
     for signum in previous:
         loop.add_signal_handler(signum, stop, signum)
     try:
         return await coroutine
     except asyncio.CancelledError:
-        if not received:
+        if len(received) != 1:  # not a stop's, or a second stop's, acted on already
             raise
         raise _StoppedBySignal(received[0]) from None
     finally:
-        for signum, handler in previous.items():
-            loop.remove_signal_handler(signum)
-            signal.signal(signum, handler)
+        give_back()
 
 
 def _run_async(events, concurrency: int, settings: PerfSettings) -> LevelResult:
@@ -450,12 +463,13 @@ def _run_async(events, concurrency: int, settings: PerfSettings) -> LevelResult:
 
     from ..paths import act_on_signal
 
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         records, unanswered, window_start, window_end = asyncio.run(
-            _stoppable(_run_async_level(events, concurrency, settings)))
+            _stoppable(_run_async_level(events, concurrency, settings), handlers))
     except _StoppedBySignal as stopped:  # acted on now, as the signal's own handler would have
         signum = stopped.args[0]
-        act_on_signal(signum, signal.getsignal(signum))  # the command's: KeyboardInterrupt, Terminated
+        act_on_signal(signum, handlers[signum])  # the command's: KeyboardInterrupt, Terminated
         raise ServingError(f"the concurrency {concurrency} level was stopped by {signal.Signals(signum).name} before "
                            "its window ended") from None
     return summarize(records, concurrency=concurrency, settings=settings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -183,6 +184,16 @@ def test_bad_json_names_line_and_column(bundle_dir):
         (lambda d: d["stages"].update(radius=-1.0), "stages.radius: -1.0 is not a positive finite number"),
         (lambda d: d["stages"].update(max_neighbours=0), "stages.max_neighbours: 0 is not an integer >= 1"),
         (lambda d: d["stages"].update(edge_direction="up"), "stages.edge_direction: 'up' is not one of 'i<j', 'i>j', 'both'"),
+        # QA, 2026-12-02: a list or an object as a name, and integers beyond any float, raised
+        # TypeError / OverflowError from inside the checks
+        (lambda d: d["stages"].update(edge_direction=["i<j"]), "stages.edge_direction: ['i<j'] is not one of 'i<j'"),
+        (lambda d: d["stages"].update(track_building={"a": 1}), "stages.track_building: {'a': 1} is not one of"),
+        (lambda d: d["stages"].update(radius=10**400),
+         "stages.radius: 1" + "0" * 39 + "... (401 characters) is not a positive finite number"),
+        (lambda d: d["stages"].update(gnn_cut=10**400), "stages.gnn_cut: 1" + "0" * 39 + "... (401 characters) is not a number"),
+        (lambda d: d["stages"].update(filter_cut=-10**400), "stages.filter_cut: -1" + "0" * 38 + "... (402 characters) is not"),
+        (lambda d: d["features"]["scales"].__setitem__(0, 10**400), "features.scales: [1000000000000000000000000000000"),
+        (lambda d: d["stages"].update(vertex_shifts=[10**400]), "stages.vertex_shifts: vertex shift 100000000000000000000"),
         (lambda d: d.update(provenance="yesterday"), "provenance: expected an object, got str"),
         (lambda d: d.update(stage={}), "pipeline.json: unknown key(s) 'stage' (schema version 1 has schema_version,"),
         (lambda d: d["networks"]["gnn"].update(checksum="0" * 64),
@@ -210,6 +221,17 @@ def test_a_key_given_twice_is_refused(bundle_dir):
     assert '"radius": ' in text
     path.write_text(text.replace('"radius": ', '"radius": 50.0, "radius": ', 1))
     assert f"{path}: the key 'radius' appears twice in one object; keep one of them" in _refused(bundle_dir)
+
+
+def test_a_number_beyond_float64_is_refused_where_it_is_read(bundle_dir):
+    # QA, 2026-12-02: 1e400 read as inf: loading passed, bundle-info --json printed Infinity and
+    # export / rescale failed only when writing pipeline.json back
+    path = bundle_dir / PIPELINE_FILE
+    text = path.read_text()
+    assert '"radius": ' in text
+    path.write_text(re.sub(r'"radius": [^,}]+', '"radius": -1e400', text, count=1))
+    assert (f"{path}: the number '-1e400' is beyond the range of a float64 (about 1.8e308); write a finite number"
+            in _refused(bundle_dir))
 
 
 def test_missing_file_is_named(bundle_dir):

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Mapping
 
+from ..values import finite_real, shown
 from .schema import DYNAMIC_DIMS, NETWORK_INTERFACES, NETWORK_METADATA_KEY, NetworkEntry, TensorInfo, network_description
 
 def interface_problems(name: str, entry: NetworkEntry, num_features: int | None) -> list[str]:
@@ -195,10 +196,8 @@ def parse_features(value, problems: list[str]) -> dict | None:
             problems.append(f"features.names: unknown feature name(s) {unknown_names}; the features trackserve "
                             f"computes are {', '.join(KNOWN_FEATURES)} (lower case)")
             ok = False
-    if not isinstance(scales, list) or not all(
-        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales
-    ):
-        problems.append(f"features.scales: {scales!r} is not a list of finite positive numbers (each feature is "
+    if not isinstance(scales, list) or not all(isinstance(s, (int, float)) and finite_real(s) and s > 0 for s in scales):
+        problems.append(f"features.scales: {shown(scales)} is not a list of finite positive numbers (each feature is "
                         "its value divided by its scale)")
         ok = False
     unknown = sorted(set(value) - {"names", "scales"})

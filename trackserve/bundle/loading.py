@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
 from ..runtime.vertex_shifts import missing_shift_features
+from ..values import shown
 from .checks import feature_config_problems, interface_problems, onnx_problems, parse_features
 from .schema import (ENTRY_KEYS, NETWORK_KINDS, PIPELINE_FILE, REQUIRED_NETWORKS, SCHEMA_VERSION, TOP_LEVEL_KEYS,
                      Bundle, NetworkEntry, TensorInfo)
@@ -344,6 +346,19 @@ def _refuse_constant(name: str):
     raise _NonStandardNumber(name)
 
 
+class _OverflowingNumber(ValueError):
+    """A number of pipeline.json beyond float64's range (its text in ``args[0]``)."""
+
+
+def _finite_float(text: str) -> float:
+    """``parse_float`` of the JSON decoder: a float, refused where it overflows to infinity
+    (``1e400`` reads as ``inf``, which the checks after it cannot tell from a computed one)."""
+    value = float(text)
+    if math.isinf(value):
+        raise _OverflowingNumber(text)
+    return value
+
+
 def read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
     """The bundle directory of ``path`` and its decoded ``pipeline.json`` (not yet validated)."""
     if not isinstance(path, (str, os.PathLike)):
@@ -362,12 +377,15 @@ def read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
         )
     try:
         return directory, json.loads(pipeline.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys,
-                                     parse_constant=_refuse_constant)
+                                     parse_constant=_refuse_constant, parse_float=_finite_float)
     except _DuplicateKey as error:
         raise BundleError(f"{pipeline}: the key {error.args[0]!r} appears twice in one object; keep one of them") from None
     except _NonStandardNumber as error:
         raise BundleError(f"{pipeline}: {error.args[0]} is not a JSON number (Python's json writes it, standard JSON "
                           "has no such value); write a finite number, or null where the field allows it") from None
+    except _OverflowingNumber as error:
+        raise BundleError(f"{pipeline}: the number {shown(error.args[0])} is beyond the range of a float64 (about "
+                          "1.8e308); write a finite number") from None
     except json.JSONDecodeError as error:
         raise BundleError(
             f"{pipeline} is not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}"

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from ..runtime.vertex_shifts import is_shifted, validate_vertex_shifts
+from ..values import finite_real, shown
 
 #: Edge direction conventions of the graph stage: how each neighbouring pair ``{i, j}`` is stored.
 EDGE_DIRECTIONS: dict[str, str] = {
@@ -48,8 +49,9 @@ def _python_numbers(settings, names) -> None:
 
 
 def _is_number(value) -> bool:
-    """Whether ``value`` is a real number that is not NaN (an int or a float, not a bool)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+    """Whether ``value`` is a real number that is not NaN (an int or a float, not a bool; an
+    infinity passes, an integer beyond any float does not)."""
+    return isinstance(value, (int, float)) and (finite_real(value) or isinstance(value, float) and math.isinf(value))
 
 
 def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
@@ -58,16 +60,17 @@ def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
     (empty when nothing is). ``join_pieces`` is a :class:`JoinSettings` or its mapping."""
     problems = []
     join_settings = join_pieces.to_dict() if isinstance(join_pieces, JoinSettings) else join_pieces
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
-        problems.append(f"stages.radius: {radius!r} is not a positive finite number (the graph radius in embedding space)")
+    if not isinstance(radius, (int, float)) or not finite_real(radius) or radius <= 0:
+        problems.append(f"stages.radius: {shown(radius)} is not a positive finite number (the graph radius in embedding "
+                        "space)")
     elif not _FLOAT32_TINY < float(radius) * float(radius) < _FLOAT32_MAX:  # inf beyond, no OverflowError
         problems.append(f"stages.radius: {radius!r} is out of range: graph building compares float32 squared "
                         "distances, so the radius must lie between about 1.1e-19 and 1.8e19")
     if isinstance(max_neighbours, bool) or not isinstance(max_neighbours, int) or max_neighbours < 1:
-        problems.append(f"stages.max_neighbours: {max_neighbours!r} is not an integer >= 1")
+        problems.append(f"stages.max_neighbours: {shown(max_neighbours)} is not an integer >= 1")
     for name, cut in (("filter_cut", filter_cut), ("gnn_cut", gnn_cut)):
         if not _is_number(cut):
-            problems.append(f"stages.{name}: {cut!r} is not a number (a probability in [0, 1], applied after the "
+            problems.append(f"stages.{name}: {shown(cut)} is not a number (a probability in [0, 1], applied after the "
                             "sigmoid of the logits)")
         elif not 0.0 <= cut <= 1.0:
             problems.append(
@@ -76,15 +79,15 @@ def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
         elif cut == 1.0:
             problems.append(f"stages.{name}: 1 keeps no edge (an edge passes when the sigmoid of its logit is above the "
                             "cut, and no sigmoid is); use a cut below 1")
-    if edge_direction not in EDGE_DIRECTIONS:
-        problems.append(f"stages.edge_direction: {edge_direction!r} is not one of {', '.join(map(repr, EDGE_DIRECTIONS))}")
-    if track_building not in TRACK_BUILDING_METHODS:
+    if not isinstance(edge_direction, str) or edge_direction not in EDGE_DIRECTIONS:
+        problems.append(f"stages.edge_direction: {shown(edge_direction)} is not one of {', '.join(map(repr, EDGE_DIRECTIONS))}")
+    if not isinstance(track_building, str) or track_building not in TRACK_BUILDING_METHODS:
         problems.append(
-            f"stages.track_building: {track_building!r} is not one of {', '.join(map(repr, TRACK_BUILDING_METHODS))}"
+            f"stages.track_building: {shown(track_building)} is not one of {', '.join(map(repr, TRACK_BUILDING_METHODS))}"
         )
     if gap_cut is not None:
         if not _is_number(gap_cut):
-            problems.append(f"stages.gap_cut: {gap_cut!r} is not a number (a probability in [0, 1], like gnn_cut)")
+            problems.append(f"stages.gap_cut: {shown(gap_cut)} is not a number (a probability in [0, 1], like gnn_cut)")
         elif not 0.0 <= gap_cut <= 1.0:
             problems.append(f"stages.gap_cut: {gap_cut!r} is outside [0, 1] (a probability, like gnn_cut)")
         elif isinstance(gnn_cut, (int, float)) and not isinstance(gnn_cut, bool) and gap_cut > gnn_cut:
@@ -93,7 +96,7 @@ def stage_problems(radius, max_neighbours, filter_cut, gnn_cut, edge_direction,
             problems.append(f"stages.gap_cut: gap filling needs track_building 'best_edges', not {track_building!r}")
     if prune_cut is not None:
         if not _is_number(prune_cut):
-            problems.append(f"stages.prune_cut: {prune_cut!r} is not a number (a probability in [0, 1), like gnn_cut)")
+            problems.append(f"stages.prune_cut: {shown(prune_cut)} is not a number (a probability in [0, 1), like gnn_cut)")
         elif not 0.0 <= prune_cut < 1.0:
             problems.append(f"stages.prune_cut: {prune_cut!r} is outside [0, 1) (a probability, like gnn_cut)")
         else:
@@ -169,8 +172,8 @@ def join_settings_problems(data) -> list[str]:
 
     def real(name):
         value = data.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-            problems.append(f"{name} must be a finite number; got {value!r}")
+        if not isinstance(value, (int, float)) or not finite_real(value):
+            problems.append(f"{name} must be a finite number; got {shown(value)}")
             return None
         return float(value)
 

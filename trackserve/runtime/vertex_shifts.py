@@ -22,7 +22,6 @@ simulated events (``benchmarks/RESULTS.md``, section ``default_bundle_vertex_shi
 
 from __future__ import annotations
 
-import math
 import numbers
 import re
 from typing import Sequence
@@ -30,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..values import finite_real, shown
 from .inputs import unmasked, validate_edges
 
 #: The most passes one event may be run in.
@@ -60,13 +60,9 @@ def validate_vertex_shifts(shifts, name: str = "vertex_shifts") -> tuple[float, 
         raise InputError(f"{name} must hold 1 to {MAX_VERTEX_SHIFTS} shifts (one pass each); got {len(values)}")
     for value in values:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise InputError(f"{name} must be numbers (mm along the beam); got {value!r}")
-        try:
-            finite = math.isfinite(float(value))
-        except OverflowError:  # an integer beyond any float
-            finite = False
-        if not finite or abs(float(value)) > MAX_VERTEX_SHIFT_MM:
-            raise InputError(f"vertex shift {value!r} mm is not a finite number within {MAX_VERTEX_SHIFT_MM:g} mm of the "
+            raise InputError(f"{name} must be numbers (mm along the beam); got {shown(value)}")
+        if not finite_real(value) or abs(float(value)) > MAX_VERTEX_SHIFT_MM:
+            raise InputError(f"vertex shift {shown(value)} mm is not a finite number within {MAX_VERTEX_SHIFT_MM:g} mm of the "
                              "centre")
     result = tuple(sorted(float(value) for value in values))
     repeated = sorted({value for value in result if result.count(value) > 1})

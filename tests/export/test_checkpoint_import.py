@@ -268,6 +268,27 @@ def test_n_graph_iters_must_be_a_positive_integer(tmp_path, value):
         import_checkpoint(tmp_path / "ignn.pt", hparams={"n_graph_iters": value})
 
 
+def test_hparams_that_are_beyond_any_network_or_given_twice_are_refused(tmp_path):
+    # QA, 2026-12-02: n_graph_iters 100000000 was built and run (minutes to hours before the
+    # comparison with the module refused it); a key given twice kept the last value silently
+    torch.save(InteractionGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=1, nb_edge_layer=1).state_dict(),
+               tmp_path / "ignn.pt")
+    with pytest.raises(CheckpointImportError, match="n_graph_iters 100000000 is beyond the 64 layers or iterations"):
+        import_checkpoint(tmp_path / "ignn.pt", hparams={"n_graph_iters": 10**8, "hidden_activation": "ReLU"})
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("n_graph_iters: 8\nn_graph_iters: 2\n")
+    with pytest.raises(CheckpointImportError) as raised:
+        import_checkpoint(tmp_path / "ignn.pt", hparams=twice)
+    assert str(raised.value) == (f"hyperparameter file {twice} is not valid YAML: the key 'n_graph_iters' appears twice "
+                                 "in one mapping (keep one of them) at line 2, column 1")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("n_graph_iters: 2\nhparams:\n  n_graph_iters: 8\n  hidden: 8\n")
+    with pytest.raises(CheckpointImportError) as raised:
+        import_checkpoint(tmp_path / "ignn.pt", hparams=nested)
+    assert str(raised.value) == (f"hyperparameter file {nested}: 1 key(s) have two values, at the top level and under "
+                                 "'hparams': n_graph_iters: 2 and 8 under hparams; keep one value of each")
+
+
 def test_invalid_hparams_yaml_is_one_line(tmp_path):
     (tmp_path / "hparams.yaml").write_text("hidden: 64\nregime: [rp, hnm\n")
     torch.save(EdgeFilter(in_channels=3, hidden=8, nb_layer=2).state_dict(), tmp_path / "filter.pt")

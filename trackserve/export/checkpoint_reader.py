@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointImportError
+from ..values import shown
 
 #: Prefixes that wrappers add to every key (a Lightning module holding ``self.model``,
 #: ``DistributedDataParallel``); stripped when every key carries the same one.
@@ -231,7 +232,7 @@ def _from_payload(path: Path, payload: Any) -> CheckpointContents:
                 f"checkpoint {path}: its hyper_parameters are a {type(raw).__name__}, not a mapping of names to "
                 "values; pass the training run's hyperparameters with --hparams"
             )
-        hparams = flatten_hparams(dict(raw)) if raw else None
+        hparams = flatten_hparams(dict(raw), f"checkpoint {path}, its hyper_parameters") if raw else None
     else:
         fmt, state = "state_dict", payload
     if not isinstance(state, dict) or not state:
@@ -265,12 +266,48 @@ def strip_wrapper_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return state
 
 
-def flatten_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """ExaTrkX hyperparameters as one flat dict (their files repeat them under ``hparams:``)."""
+def flatten_hparams(hparams: dict[str, Any], source: str = "the hyperparameters") -> dict[str, Any]:
+    """ExaTrkX hyperparameters as one flat dict (their files repeat them under ``hparams:``);
+    CheckpointImportError naming each key whose two copies disagree (``source`` says whose)."""
     nested = hparams.get("hparams")
     flat = dict(nested) if isinstance(nested, dict) else {}
-    flat.update({key: value for key, value in hparams.items() if key != "hparams"})
+    top = {key: value for key, value in hparams.items() if key != "hparams"}
+    disagree = [f"{key}: {shown(top[key])} and {shown(value)} under hparams" for key, value in flat.items()
+                if key in top and not _same(top[key], value)]
+    if disagree:
+        raise CheckpointImportError(f"{source}: {len(disagree)} key(s) have two values, at the top level and under "
+                                    f"'hparams': {'; '.join(disagree)}; keep one value of each")
+    flat.update(top)
     return flat
+
+
+def _same(first, second) -> bool:
+    """Whether two hyperparameter values are equal (values whose ``==`` is not a plain truth
+    value, such as arrays, count as equal only when they are the same object)."""
+    try:
+        return bool(first == second)
+    except Exception:  # an array's ==, or an object that refuses comparison
+        return first is second
+
+
+def _unique_key_loader():
+    """A safe YAML loader that refuses a mapping naming one key twice (PyYAML keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {key!r} appears twice in one mapping (keep one of them)",
+                            key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _yaml_problem(error: Exception) -> str:
@@ -287,7 +324,7 @@ def read_hparams_yaml(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # noqa: S506 (a safe loader)
     except FileNotFoundError:
         raise CheckpointImportError(f"hyperparameter file {path} does not exist") from None
     except IsADirectoryError:
@@ -304,4 +341,4 @@ def read_hparams_yaml(path: str | Path) -> dict[str, Any]:
         raise CheckpointImportError(f"hyperparameter file {path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(loaded, dict):
         raise CheckpointImportError(f"hyperparameter file {path} must hold a mapping of names to values")
-    return flatten_hparams(loaded)
+    return flatten_hparams(loaded, f"hyperparameter file {path}")

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..errors import CheckpointImportError
+from ..values import shown
+from .limits import MAX_DEPTH
 
 
 class ConfigurableNetwork(nn.Module):
@@ -75,8 +77,14 @@ class ConfigurableNetwork(nn.Module):
 
 
 def positive_int(config: dict[str, Any], name: str, architecture: str, minimum: int = 1) -> int:
-    """``config[name]`` as an int, at least ``minimum``; a clear error otherwise."""
+    """``config[name]`` as an int, at least ``minimum`` and, for a count of layers or
+    message-passing iterations (``nb_*``, ``n_graph_iters``), at most :data:`MAX_DEPTH`; a
+    clear error otherwise."""
     value = config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise CheckpointImportError(f"{architecture} config: {name} must be an integer >= {minimum}, got {value!r}")
+        raise CheckpointImportError(f"{architecture} config: {name} must be an integer >= {minimum}, got {shown(value)}")
+    if (name.startswith("nb_") or name == "n_graph_iters") and value > MAX_DEPTH:
+        raise CheckpointImportError(f"{architecture} config: {name} {shown(value)} is beyond the {MAX_DEPTH} layers or "
+                                    "iterations trackserve builds (the published ExaTrkX networks use up to 8); check "
+                                    "the hyperparameters")
     return value

@@ -14,21 +14,17 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from ..errors import InputError
+from ..export.limits import MAX_DEPTH, MAX_WIDTH
 from .time_budget import RESERVE_SECONDS
 
 #: GNN architectures ``trackserve train`` can train.
 GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
 
 
-#: The widest layer a network may have: the networks run on CPUs, and a typo of a few digits
-#: (``--gnn-hidden 100000000``) would otherwise ask for petabytes of weights.
-MAX_WIDTH = 4096
-#: The most layers (or message-passing iterations) a network may have, and the most φ sectors
-#: or hard negatives and random partners per anchor a stage may take: as with the widths, a
-#: typo of a few digits (``--gnn-iterations 100000``) would otherwise take the machine's memory
-#: or run without end instead of being refused. The published ExaTrkX networks use up to 8
-#: iterations and layers, and sectors of a few degrees.
-MAX_DEPTH = 64
+#: The most φ sectors, or hard negatives and random partners per anchor, a stage may take: as
+#: with the networks' widths and depths (MAX_WIDTH, MAX_DEPTH), a typo of a few digits would
+#: otherwise take the machine's memory or run without end instead of being refused; the
+#: published ExaTrkX sectors are a few degrees wide.
 MAX_SECTORS = 1024
 MAX_PAIRS_PER_ANCHOR = 1024
 #: The highest learning rate a stage takes: AdamW steps of that size already diverge on these networks.

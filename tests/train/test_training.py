@@ -354,6 +354,16 @@ def _quick_train(tmp_path, output, *extra):
                  "--quiet", "--threads", "1", *extra])
 
 
+@pytest.mark.parametrize("features, period", [("r:1000,phi:1,z:1000", 2 * math.pi), ("r:1000,phi:pi,z:1000", 2.0)])
+def test_phi_at_any_scale_trains_its_networks_with_its_own_period(tmp_path, features, period):
+    # QA, 2026-12-02: a phi scale other than pi trained the filter and the GNN wrapping phi
+    # differences at the period 2 of phi/pi, and the finished bundle was refused at the end
+    assert _quick_train(tmp_path, tmp_path / "b", "--features", features) == 0
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.networks["filter"].config["period"] == pytest.approx(period)
+    assert bundle.networks["gnn"].config["period"] == pytest.approx(period)
+
+
 def test_cli_never_writes_over_a_directory_unasked(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep me")

@@ -306,8 +306,10 @@ class TrainingConfig:
     displaced_weight: float = 0.0
     #: The hit-encoder input columns of ``gnn_blind_to``; set from the feature spec by the trainer.
     gnn_blind_columns: tuple[int, ...] = ()
-    #: Feature columns that are angles (φ/π, period 2); set from the feature spec by the trainer.
+    #: Feature columns that are angles (φ over its scale); set from the feature spec by the trainer.
     periodic_features: tuple[int, ...] = ()
+    #: Their period: 2π over φ's scale (2 for the usual φ/π); set from the feature spec by the trainer.
+    phi_period: float = 2.0
     #: The networks' ``derived_eta`` config (columns and scales of r and z); set by the trainer when ``derive_eta``.
     eta_columns: dict | None = None
     #: The filter's and GNN's ``pair_geometry`` config; set by the trainer when ``pair_geometry``.

@@ -34,14 +34,15 @@ def radius_graph(embedding_network, event: TrainingEvent, radius: float, config:
 
 
 def build_filter_network(settings: FilterSettings, num_features: int, periodic_features=(), derived_eta=None,
-                         pair_geometry=None):
-    """A fresh :class:`~trackserve.export.filter.EdgeFilter` of these settings."""
+                         pair_geometry=None, period: float = 2.0):
+    """A fresh :class:`~trackserve.export.filter.EdgeFilter` of these settings (``period``:
+    that of the ``periodic_features`` columns, 2π over φ's scale)."""
     from ..export.filter import EdgeFilter
 
     return EdgeFilter(in_channels=num_features, hidden=settings.hidden, nb_layer=settings.layers,
                       activation=settings.activation, layer_norm=True, edge_differences=settings.edge_differences,
-                      periodic_features=list(periodic_features), difference_scale=settings.difference_scale,
-                      derived_eta=derived_eta, pair_geometry=pair_geometry)
+                      periodic_features=list(periodic_features), period=period,
+                      difference_scale=settings.difference_scale, derived_eta=derived_eta, pair_geometry=pair_geometry)
 
 
 def validate_filter(network, event: TrainingEvent, graph: np.ndarray, config: TrainingConfig) -> dict:
@@ -60,7 +61,7 @@ def train_filter(events: list[TrainingEvent], graphs: list[np.ndarray], validati
 
     settings = config.filter
     network = build_filter_network(settings, events[0].features.shape[1], config.periodic_features,
-                                   config.eta_columns, config.geometry_columns)
+                                   config.eta_columns, config.geometry_columns, period=config.phi_period)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
     labels, counted = training_targets(events, graphs, config)
     counts = [max(1, -(-graph.shape[1] // settings.batch_edges)) for graph in graphs]

@@ -31,8 +31,9 @@ from .validation import format_figures, graph_figures, track_figures, track_labe
 
 
 def build_gnn_network(settings: GNNSettings, num_features: int, periodic_features=(), derived_eta=None,
-                      pair_geometry=None):
-    """A fresh GNN (``settings.architecture``) of these settings."""
+                      pair_geometry=None, period: float = 2.0):
+    """A fresh GNN (``settings.architecture``) of these settings (``period``: that of the
+    ``periodic_features`` columns, 2π over φ's scale)."""
     from ..export.interaction_gnn import InteractionGNN
     from ..export.resagnn import ResAGNN
 
@@ -45,8 +46,9 @@ def build_gnn_network(settings: GNNSettings, num_features: int, periodic_feature
                           nb_node_layer=settings.node_layers, nb_edge_layer=settings.edge_layers,
                           bidirectional_messages=True, edge_differences=settings.edge_differences,
                           edge_update_uses_new_nodes=settings.edge_update_uses_new_nodes,
-                          periodic_features=list(periodic_features), difference_scale=settings.difference_scale,
-                          derived_eta=derived_eta, pair_geometry=pair_geometry)
+                          periodic_features=list(periodic_features), period=period,
+                          difference_scale=settings.difference_scale, derived_eta=derived_eta,
+                          pair_geometry=pair_geometry)
 
 
 def blind_hit_encoder(network, columns) -> None:
@@ -201,7 +203,7 @@ def train_gnn(events: list[TrainingEvent], graphs: list[np.ndarray], validation:
 
     settings = config.gnn
     network = build_gnn_network(settings, events[0].features.shape[1], config.periodic_features, config.eta_columns,
-                                config.geometry_columns)
+                                config.geometry_columns, period=config.phi_period)
     if config.gnn_blind_columns:
         blind_hit_encoder(network, config.gnn_blind_columns)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)

@@ -13,6 +13,7 @@ on the validation event, recording every figure and setting in the provenance.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -186,7 +187,9 @@ def train_pipeline(events: list[TrainingEvent], validation: TrainingEvent, confi
     if strays:
         raise InputError(f"train_pipeline takes Events (trackserve.events.read_event) or TrainingEvents "
                          f"(trackserve.train.data.prepare_event), got {', '.join(sorted(set(strays)))}")
-    config = replace(config, periodic_features=tuple(i for i, name in enumerate(spec.names) if name == "phi"),
+    periodic = tuple(i for i, name in enumerate(spec.names) if name == "phi")
+    config = replace(config, periodic_features=periodic,
+                     phi_period=2 * math.pi / spec.scales[periodic[0]] if periodic else 2.0,
                      eta_columns=eta_spec_for(spec.names, spec.scales) if config.derive_eta else None,
                      geometry_columns=geometry_spec_for(spec.names, spec.scales, intercept=config.pair_intercept,
                                                        direction=config.pair_direction)

@@ -510,6 +510,25 @@ def test_command_line_refuses_options_before_writing(tmp_path, capsys, options, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("compression", [[], ["--gzip"]], ids=["same", "other"])
+def test_an_overwrite_stopped_before_the_new_event_is_written_keeps_the_old_one(geometry, tmp_path, capsys,
+                                                                                monkeypatch, compression):
+    # QA, 2026-12-02: --overwrite removed the old event's files before writing the new ones,
+    # so Ctrl-C in between left neither
+    import trackserve.events.trackml as trackml
+
+    first = ["simulate", "--output", str(tmp_path), "--num-particles", "20", "--seed", "1"]
+    assert main(first) == 0
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    def interrupted(contents, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trackml, "write_files_atomically", interrupted)
+    assert main([*first[:-1], "2", "--overwrite", *compression]) == 130  # (as Ctrl-C)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_command_line_output_that_is_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "afile"
     target.write_text("keep me")

@@ -184,9 +184,8 @@ def run(args: argparse.Namespace) -> int:
         event = simulate_event(geometry, source, seed=[args.seed, SIMULATE_STREAM, event_id], config=config,
                                event_id=event_id)
         elapsed = time.perf_counter() - start
-        for path in _event_files(output, event_id):  # with --overwrite: none of the old files stays
-            path.unlink()
-        written = write_event(event, output, compress=args.gzip)
+        # with --overwrite none of the old files stays, and they stay until the new ones are in place
+        written = write_event(event, output, compress=args.gzip, replace_other_compression=args.overwrite)
         noise = int(np.count_nonzero(event.truth["particle_id"] == 0))
         with_hits = int(np.count_nonzero(event.particles["nhits"] > 0))
         print(

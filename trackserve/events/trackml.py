@@ -721,7 +721,8 @@ def write_table(path: str | Path, table: Table, columns: list[str]) -> Path:
     return path
 
 
-def write_event(event: Event, directory: str | Path, *, compress: bool = False) -> dict[str, Path]:
+def write_event(event: Event, directory: str | Path, *, compress: bool = False,
+                replace_other_compression: bool = False) -> dict[str, Path]:
     """Write every table the event has as ``<directory>/event<id>-<kind>.csv[.gz]``.
 
     Returns the written paths by kind. The directory is created if needed. The event is
@@ -729,7 +730,9 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     place (the hits file, by which readers find an event, last), so a failure or an
     interruption (Ctrl-C, SIGTERM) while writing leaves the directory as it was, an earlier
     copy of the event included. Once written, an earlier copy's tables that this event does
-    not have (its truth, say) are removed, so that the event reads back as written.
+    not have (its truth, say) are removed, so that the event reads back as written. An
+    earlier copy in the other compression is refused (read_event refuses an event in both),
+    or with ``replace_other_compression`` removed once this one is in place.
     """
     if not isinstance(event, Event):
         raise InputError(f"write_event takes an Event (trackserve.events.event.Event), got {type(event).__name__}")
@@ -739,7 +742,7 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
     suffix = ".csv.gz" if compress else ".csv"
     other = ".csv" if compress else ".csv.gz"
     clashing = sorted(path.name for kind in SCHEMAS if (path := directory / f"{event.name}-{kind}{other}").exists())
-    if clashing:
+    if clashing and not replace_other_compression:
         raise InputError(f"cannot write event {event.name} as {suffix} files into {directory}: it holds "
                          f"{', '.join(clashing)}, and read_event refuses an event in both compressions; remove "
                          "them or write to another directory")
@@ -758,12 +761,15 @@ def write_event(event: Event, directory: str | Path, *, compress: bool = False) 
         contents.append((kind, directory / f"{event.name}-{kind}{suffix}", _table_bytes(table, columns, compress)))
     write_files_atomically([(path, data) for _kind, path, data in contents])
     written = {kind: path for kind, path, _data in contents}
-    for kind in SCHEMAS:  # an earlier copy's tables this event lacks would be read back with it
-        stale = directory / f"{event.name}-{kind}{suffix}"
-        if kind not in written and stale.is_file():
+    # an earlier copy's tables this event lacks would be read back with it, and one in the other
+    # compression would make read_event refuse the event
+    stale = [directory / f"{event.name}-{kind}{suffix}" for kind in SCHEMAS if kind not in written]
+    stale += [directory / name for name in clashing]
+    for path in stale:
+        if path.is_file():
             try:
-                stale.unlink()
+                path.unlink()
             except OSError as error:
-                raise OutputError(f"cannot remove {stale}, an earlier copy's {kind} of the event just written "
+                raise OutputError(f"cannot remove {path}, a file of an earlier copy of the event just written "
                                   f"(read_event would read it with the new hits): {error.strerror or error}") from None
     return {kind: written[kind] for kind in SCHEMAS if kind in written}

@@ -196,6 +196,9 @@ def test_tune_cut_command_needs_a_validation_event(tiny_bundle, capsys):
     assert "give at least one validation event: --validation EVENT" in capsys.readouterr().err
     assert main(["tune-cut", str(tiny_bundle), "--validation-random", "0"]) == 2
     assert "give a number of particles >= 1" in capsys.readouterr().err
+    # QA, 2026-12-02: a typo's count of particles was simulated until the memory ran out
+    assert main(["tune-cut", str(tiny_bundle), "--validation-random", "100000000"]) == 2
+    assert "--validation-random 100000000: an event of 100,000,000 particles" in capsys.readouterr().err
     assert main(["tune-cut", str(tiny_bundle), "--validation-particles", "/nonexistent.csv"]) == 2
     assert "no such file" in capsys.readouterr().err
 

@@ -291,6 +291,9 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--vertex-offsets", "-5"], "--vertex-offsets must be a number of mm in 0..500"),
     (["--random-events", "1", "--vertex-offsets", "nan"], "--vertex-offsets must be a number of mm in 0..500"),
     (["--events", "somewhere", "--vertex-offsets", "50"], "--vertex-offsets moves simulated training events"),
+    # QA, 2026-12-02: simulated until the memory ran out
+    (["--random-events", "1", "--num-particles", "100000000"], "--num-particles 100000000: an event of 100,000,000 "
+                                                               "particles at noise fraction 0.1"),
 ])
 def test_cli_refuses_bad_options_with_a_clear_message(argv, message, tmp_path, capsys):
     from trackserve.cli import main

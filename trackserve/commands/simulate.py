@@ -98,21 +98,6 @@ def _config(args: argparse.Namespace):
     return config
 
 
-def _check_memory(num_particles: int, noise_fraction: float) -> None:
-    """Refuse an event whose simulation would not fit in the memory the machine has free."""
-    from ..errors import InputError
-    from ..events.simulate import HITS_PER_PARTICLE, estimated_memory_bytes, estimated_noise_hits
-
-    needed = estimated_memory_bytes(num_particles, noise_fraction)
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if needed > free:
-        noise = estimated_noise_hits(num_particles, noise_fraction)
-        raise InputError(f"an event of {num_particles:,} particles at noise fraction {noise_fraction:.12g} (about "
-                         f"{noise:,.0f} noise hits) needs about {needed / 2**30:.1f} GiB, more than the "
-                         f"{free / 2**30:.1f} GiB of memory free; simulate fewer particles per event"
-                         + (" or a lower --noise-fraction" if noise > HITS_PER_PARTICLE * num_particles else ""))
-
-
 def _event_files(output, event_id: int) -> list:
     """The TrackML files of event ``event_id`` in directory ``output`` (either compression)."""
     from ..events.event import event_name
@@ -157,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..events.geometry import load_geometry
     from ..events.event import MAX_EVENT_ID
-    from ..events.simulate import SIMULATE_STREAM, check_seed, read_simulation_particles, simulate_event
+    from ..events.simulate import (SIMULATE_STREAM, check_seed, check_simulation_memory, read_simulation_particles,
+                                   simulate_event)
     from ..events.trackml import write_event
     from ..paths import output_directory
 
@@ -174,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     _refuse_writing_over_particles(args.output, args.particles, event_ids)
     geometry = load_geometry(args.geometry)
     source = config if args.particles is None else read_simulation_particles(args.particles)
-    _check_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles,
-                  config.noise_fraction)
+    check_simulation_memory(len(source["particle_id"]) if args.particles is not None else config.num_particles,
+                            config.noise_fraction, noise_option="--noise-fraction")
     output = output_directory(args.output, "--output")
     if not args.overwrite:
         _refuse_existing(output, event_ids)

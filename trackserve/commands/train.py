@@ -297,7 +297,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..events.features import feature_spec
     from ..events.metrics import figure_text
     from ..events.geometry import load_geometry
-    from ..events.simulate import check_seed
+    from ..events.simulate import check_seed, check_simulation_memory
     from ..events.trackml import find_event_prefixes
     from ..train.data import (SimulatedSource, read_training_events, simulated_events,
                               simulated_validation_event)
@@ -350,6 +350,8 @@ def handle(args: argparse.Namespace) -> int:
         if not table.is_file():
             raise InputError(f"--particles {table}: no such file")
     sources = [SimulatedSource(particles=table) for table in tables]
+    if args.random_events or not (args.validation or args.validation_particles):  # random events or validation
+        check_simulation_memory(args.num_particles, option=f"--num-particles {args.num_particles}")
     random_source = SimulatedSource(num_particles=args.num_particles)
     show = not args.quiet
     geometry = load_geometry(args.geometry) if (tables or args.random_events or not args.validation) else None

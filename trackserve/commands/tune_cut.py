@@ -101,6 +101,7 @@ def _validation_events(args, spec, bundle) -> list[tuple]:
     """``(event, description)`` of every validation event the options name, in their order;
     an InputError for an event ``bundle``'s networks trained on (its provenance names them)."""
     from ..errors import InputError
+    from ..events.simulate import check_simulation_memory
     from ..events.trackml import find_event_prefixes, read_event
     from ..train.data import SimulatedSource, same_event, simulated_validation_event, trained_event_paths
 
@@ -135,6 +136,7 @@ def _validation_events(args, spec, bundle) -> list[tuple]:
         if count < 1:
             raise InputError(f"--validation-random {count}: give a number of particles >= 1")
         once(("random", count), f"--validation-random {count}")
+        check_simulation_memory(count, option=f"--validation-random {count}")
         sources.append(SimulatedSource(num_particles=count))
     for source in sources:
         # For a table, the very event trackserve train --seed S simulates to validate on.

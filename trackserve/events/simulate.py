@@ -112,6 +112,24 @@ def estimated_memory_bytes(num_particles: int, noise_fraction: float = 0.1) -> i
     take, with its noise hits (:func:`estimated_noise_hits`)."""
     return int(BASE_MEMORY_BYTES + BYTES_PER_PARTICLE * int(num_particles)
                + BYTES_PER_NOISE_HIT * estimated_noise_hits(num_particles, noise_fraction))
+
+
+def check_simulation_memory(num_particles: int, noise_fraction: float = 0.1, option: str = "",
+                            noise_option: str = "noise fraction") -> None:
+    """InputError where simulating one event of ``num_particles`` particles would take more
+    memory than the machine has free (:func:`estimated_memory_bytes`), before it starts;
+    ``option`` (``"--num-particles 100000000"``) is named first, ``noise_option`` where a
+    lower noise fraction would help."""
+    import os
+
+    needed = estimated_memory_bytes(num_particles, noise_fraction)
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > free:
+        noise = estimated_noise_hits(num_particles, noise_fraction)
+        raise InputError(f"{option + ': ' if option else ''}an event of {num_particles:,} particles at noise fraction "
+                         f"{noise_fraction:.12g} (about {noise:,.0f} noise hits) needs about {needed / 2**30:.1f} GiB, "
+                         f"more than the {free / 2**30:.1f} GiB of memory free; simulate fewer particles per event"
+                         + (f" or a lower {noise_option}" if noise > HITS_PER_PARTICLE * num_particles else ""))
 #: Path length (mm) below which a crossing counts as the one just made.
 _MIN_STEP_MM = 0.05
 #: A module crossing must lie within this path length (mm) of the layer crossing.

@@ -291,6 +291,16 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--vertex-offsets", "-5"], "--vertex-offsets must be a number of mm in 0..500"),
     (["--random-events", "1", "--vertex-offsets", "nan"], "--vertex-offsets must be a number of mm in 0..500"),
     (["--events", "somewhere", "--vertex-offsets", "50"], "--vertex-offsets moves simulated training events"),
+    # QA, 2026-12-02: accepted (a halo of inf was recorded as null; the epochs ran until stopped; the
+    # first --validation was dropped; --num-particles and --geometry were ignored)
+    (["--random-events", "1", "--gnn-halo", "inf"], "--gnn-halo must be a number in 0..1024"),
+    (["--random-events", "1", "--gnn-epochs", "99999999999999999999"], "--gnn-epochs must be an integer in 1..10000"),
+    (["--random-events", "1", "--validation", "a", "--validation", "b"], "--validation given 2 times (a, b): training "
+                                                                         "validates on one event; give it once"),
+    (["--particles", "t.csv", "--simulate", "1", "--num-particles", "5"], "--num-particles 5: no random event is "
+                                                                          "simulated"),
+    (["--events", "ev", "--validation", "val", "--geometry", "/nonexistent.csv"],
+     "geometry file /nonexistent.csv does not exist"),
     # QA, 2026-12-02: simulated until the memory ran out
     (["--random-events", "1", "--num-particles", "100000000"], "--num-particles 100000000: an event of 100,000,000 "
                                                                "particles at noise fraction 0.1"),

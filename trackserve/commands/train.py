@@ -26,6 +26,8 @@ ORDER = 30
 
 #: Training threads when --threads is not given (fewer on a machine with fewer cores).
 DEFAULT_THREADS = 2
+#: Particles per random event when --num-particles is not given (about 100k hits: TrackML's density).
+RANDOM_PARTICLES = 8500
 
 #: The metavariable of a per-stage option by its type (as the other options name theirs).
 _METAVARS = {int: "N", float: "X", str: "TEXT"}
@@ -83,17 +85,20 @@ def register(subparsers) -> None:
                       help="TrackML particles table to simulate training events from (repeatable)")
     data.add_argument("--simulate", type=int, default=0, metavar="N", help="events simulated from each --particles table (default 0)")
     data.add_argument("--random-events", type=int, default=0, metavar="N", help="events of random particles to simulate (default 0)")
-    data.add_argument("--num-particles", type=int, default=8500, metavar="P", help="particles per random event (default 8500)")
+    data.add_argument("--num-particles", type=int, default=None, metavar="P",
+                      help=f"particles per random event (default {RANDOM_PARTICLES}): of --random-events, and of the "
+                           "validation event when no --validation, --validation-particles or --particles gives it")
     data.add_argument("--vertex-offsets", type=float, default=0.0, metavar="MM",
                       help="move each simulated training event's collision region along the beam by its own offset "
                            "of up to MM (random size; towards -z and +z in turn for each source's events; default 0: "
                            "none; the validation event is not moved), so the networks see more particles produced far "
                            "from the centre")
-    data.add_argument("--validation", metavar="EVENT",
-                      help="TrackML event with truth to tune the radius and cuts on (default: one more simulated event)")
-    data.add_argument("--validation-particles", metavar="TABLE.csv",
+    data.add_argument("--validation", metavar="EVENT", action="append",
+                      help="TrackML event with truth to tune the radius and cuts on (default: one more simulated "
+                           "event); once")
+    data.add_argument("--validation-particles", metavar="TABLE.csv", action="append",
                       help="simulate the validation event from this particles table (default: the first --particles "
-                           "table, else random particles)")
+                           "table, else random particles); once")
     data.add_argument("--features", default="trackml-1000",
                       help="feature spec: a preset (trackml-1000, exatrkx-service) or scales (default trackml-1000)")
     data.add_argument("--geometry", metavar="detectors.csv", help="geometry for the simulation (default: data/detectors.csv)")
@@ -287,6 +292,19 @@ def _check_not_trained_on(validation: Path, bundle: Path) -> None:
                          "held-out event")
 
 
+def _one_validation(args: argparse.Namespace) -> None:
+    """``--validation`` and ``--validation-particles`` as the one value each takes (None when
+    not given); an InputError for either given more than once (the last one won before)."""
+    from ..errors import InputError
+
+    for name in ("validation", "validation_particles"):
+        given = getattr(args, name) or []
+        if len(given) > 1:
+            raise InputError(f"--{name.replace('_', '-')} given {len(given)} times ({', '.join(given)}): training "
+                             "validates on one event; give it once (trackserve tune-cut takes several)")
+        setattr(args, name, given[0] if given else None)
+
+
 def handle(args: argparse.Namespace) -> int:
     """Read or simulate the events, train, write the bundle and print the validation figures."""
     from ..extras import require_export_extra
@@ -306,6 +324,7 @@ def handle(args: argparse.Namespace) -> int:
     from ..train.trainer import train_pipeline
 
     check_seed(args.seed)  # named by its option (the config's own check names run.seed)
+    _one_validation(args)
     config = training_config(args)
     config.validate()  # settings out of range are refused before any event is read or simulated
     check_bundle_output(args.output, overwrite=args.overwrite, reads={"--start-from": args.start_from})
@@ -332,6 +351,12 @@ def handle(args: argparse.Namespace) -> int:
         blind_columns(config.gnn_blind_to, spec.names, config.derive_eta)  # refuses a feature the GNN does not read
     if config.track_building == "best_edges" and not {"r", "z"} <= set(spec.names):
         raise InputError(f"--track-building best_edges orders hits by r and z; the features {list(spec.names)} lack them")
+    random_particles = bool(args.random_events) or not (args.validation or args.validation_particles or args.particles)
+    if args.num_particles is not None and not random_particles:
+        raise InputError(f"--num-particles {args.num_particles}: no random event is simulated (it sets the particles "
+                         "of --random-events N, and of the validation event when no --validation, "
+                         "--validation-particles or --particles gives it)")
+    args.num_particles = RANDOM_PARTICLES if args.num_particles is None else args.num_particles
     for name in ("simulate", "random_events", "num_particles"):
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -350,11 +375,13 @@ def handle(args: argparse.Namespace) -> int:
         if not table.is_file():
             raise InputError(f"--particles {table}: no such file")
     sources = [SimulatedSource(particles=table) for table in tables]
-    if args.random_events or not (args.validation or args.validation_particles):  # random events or validation
+    if random_particles:
         check_simulation_memory(args.num_particles, option=f"--num-particles {args.num_particles}")
     random_source = SimulatedSource(num_particles=args.num_particles)
     show = not args.quiet
-    geometry = load_geometry(args.geometry) if (tables or args.random_events or not args.validation) else None
+    # (read when given even if nothing is simulated: a wrong --geometry is named, not ignored)
+    simulates = tables or args.random_events or not args.validation
+    geometry = load_geometry(args.geometry) if (simulates or args.geometry) else None
     if args.validation and args.validation_particles:
         raise InputError("give --validation (an event) or --validation-particles (a table to simulate it from), not both")
     if args.validation_particles and not Path(args.validation_particles).is_file():

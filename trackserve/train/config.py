@@ -26,6 +26,9 @@ GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
 #: otherwise take the machine's memory or run without end instead of being refused; the
 #: published ExaTrkX sectors are a few degrees wide.
 MAX_SECTORS = 1024
+#: The most epochs a stage may take: an epoch of the default recipe takes tens of seconds on
+#: 2 cores, so 10,000 is days; beyond it a count is a typo that would run until stopped.
+MAX_EPOCHS = 10_000
 MAX_PAIRS_PER_ANCHOR = 1024
 #: The highest learning rate a stage takes: AdamW steps of that size already diverge on these networks.
 MAX_LEARNING_RATE = 1.0
@@ -129,7 +132,7 @@ class EmbeddingSettings:
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("layers", 1 <= self.layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
             ("dim", 1 <= self.dim <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer in 1..{MAX_EPOCHS}"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("anchors", self.anchors >= 1, "an integer >= 1"),
             ("random_pairs", 0 <= self.random_pairs <= MAX_PAIRS_PER_ANCHOR, f"an integer in 0..{MAX_PAIRS_PER_ANCHOR}"),
@@ -173,7 +176,7 @@ class FilterSettings:
         _check([
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("layers", 1 <= self.layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer in 1..{MAX_EPOCHS}"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("batch_edges", self.batch_edges >= 1, "an integer >= 1"),
             ("positive_weight", _bounded_weight(self.positive_weight), f"in (0, {MAX_WEIGHT:g}]"),
@@ -222,12 +225,13 @@ class GNNSettings:
         _check_types(self, where)
         _check([
             ("architecture", self.architecture in GNN_ARCHITECTURES, f"one of {', '.join(GNN_ARCHITECTURES)}"),
-            ("halo", self.halo >= 0 and self.halo == self.halo, ">= 0 (sector widths of context on each side)"),
+            ("halo", 0 <= self.halo <= MAX_SECTORS, f"a number in 0..{MAX_SECTORS} (sector widths of context on each "
+             "side; the whole event from half the sectors on)"),
             ("hidden", 1 <= self.hidden <= MAX_WIDTH, f"an integer in 1..{MAX_WIDTH}"),
             ("iterations", 0 <= self.iterations <= MAX_DEPTH, f"an integer in 0..{MAX_DEPTH}"),
             ("node_layers", 1 <= self.node_layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
             ("edge_layers", 1 <= self.edge_layers <= MAX_DEPTH, f"an integer in 1..{MAX_DEPTH}"),
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer in 1..{MAX_EPOCHS}"),
             ("learning_rate", 0 < self.learning_rate <= MAX_LEARNING_RATE, f"in (0, {MAX_LEARNING_RATE:g}]"),
             ("sectors", 1 <= self.sectors <= MAX_SECTORS, f"an integer in 1..{MAX_SECTORS}"),
             ("positive_weight", _bounded_weight(self.positive_weight), f"in (0, {MAX_WEIGHT:g}]"),

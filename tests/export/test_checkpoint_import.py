@@ -289,6 +289,20 @@ def test_hparams_that_are_beyond_any_network_or_given_twice_are_refused(tmp_path
                                  "'hparams': n_graph_iters: 2 and 8 under hparams; keep one value of each")
 
 
+def test_weights_alone_are_built_as_their_layout_reads_with_a_note(tmp_path):
+    # QA, 2026-12-02: a bundle's weights file copied out of its bundle was exported without a
+    # word as a network reading 7 features (its first layer's derived columns taken for features)
+    torch.save(EdgeFilter(in_channels=3, hidden=8, nb_layer=2).state_dict(), tmp_path / "filter.pt")
+    with pytest.warns(ImportNote, match=r"holds weights alone: the VanillaFilter was built as their layout reads "
+                                        r"\(in_channels=3, hidden=8, nb_layer=2\); a network whose first layer reads "
+                                        r"derived columns"):
+        network = import_checkpoint(tmp_path / "filter.pt")
+    assert network.config["in_channels"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImportNote)  # with hyperparameters: nothing to note
+        import_checkpoint(tmp_path / "filter.pt", hparams={"in_channels": 3, "hidden": 8, "nb_layer": 2})
+
+
 def test_invalid_hparams_yaml_is_one_line(tmp_path):
     (tmp_path / "hparams.yaml").write_text("hidden: 64\nregime: [rp, hnm\n")
     torch.save(EdgeFilter(in_channels=3, hidden=8, nb_layer=2).state_dict(), tmp_path / "filter.pt")

@@ -114,6 +114,14 @@ def import_checkpoint(
         state, config = dict(contents.state), dict(given)
     else:
         state, config = _BUILDERS[architecture](contents)
+        if not contents.hparams and contents.module is None:
+            read = ", ".join(f"{key}={config[key]!r}" for key in ("in_channels", "hidden", "emb_hidden", "emb_dim",
+                                                                   "nb_layer") if key in config)
+            warnings.warn(ImportNote(
+                f"checkpoint {contents.path} holds weights alone: the {architecture} was built as their layout reads "
+                f"({read}); a network whose first layer reads derived columns (eta, edge geometry, as the networks "
+                "of trackserve's bundles do) has another config: give it with --hparams, or export the weights into "
+                "their bundle with --bundle DIR --network NAME"))
     network = cls.from_config(config)
     load_weights(network, state, contents.path)
     network.eval()

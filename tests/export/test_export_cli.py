@@ -110,13 +110,25 @@ def test_a_bundle_network_is_exported_again_from_its_own_weights(bundle_dir, cap
 @pytest.mark.parametrize("options, named", [
     (["--kind", "gnn", "--hparams", "h.yaml"], "--kind and --hparams describe NET.pt, but NET.pt is not given"),
     (["--trust-pickle"], "--trust-pickle describes NET.pt, but NET.pt is not given"),
-    (["--check", "--opset", "18"], "--opset says which opset to write, and --check writes nothing"),
+    (["--check", "--opset", "18"], "--opset is for writing, and --check writes nothing"),
+    (["--check", "--overwrite"], "--overwrite is for writing, and --check writes nothing"),  # QA, 2026-12-02: ignored
 ])
 def test_options_a_bundle_export_would_ignore_are_refused(bundle_dir, capsys, options, named):
     # They were ignored without a word: the network written or checked was the bundle's own.
     before = (bundle_dir / "pipeline.json").read_bytes()
     assert main(["export", "--bundle", str(bundle_dir), "--network", "embedding", *options]) == 2
     assert named in capsys.readouterr().err
+    assert (bundle_dir / "pipeline.json").read_bytes() == before
+
+
+def test_a_network_of_another_kind_than_the_bundle_slot_is_refused_by_name(bundle_dir, capsys):
+    # QA, 2026-12-02: an embedding given for the GNN failed inside the parity check with
+    # "forward() takes 2 positional arguments but 3 were given"
+    before = (bundle_dir / "pipeline.json").read_bytes()
+    status = main(["export", str(bundle_dir / "embedding.pt"), "--kind", "embedding", "--bundle", str(bundle_dir),
+                   "--network", "gnn"])
+    assert status == 2
+    assert "(embedding network), but the bundle's gnn is a gnn network: give a gnn network" in capsys.readouterr().err
     assert (bundle_dir / "pipeline.json").read_bytes() == before
 
 

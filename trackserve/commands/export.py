@@ -90,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         doing = "to check the ONNX file against" if args.check else "to export"
         raise BundleError(f"give the torch network NET.pt {doing} (only with --bundle can it be left out: "
                           "the bundle's own weights are then used)")
-    if args.check and args.opset is not None:
-        raise InputError("--opset says which opset to write, and --check writes nothing: leave one of them out")
+    for option, given in (("--opset", args.opset is not None), ("--overwrite", args.overwrite)):
+        if args.check and given:
+            raise InputError(f"{option} is for writing, and --check writes nothing: leave one of them out")
     if args.network is None:
         described_by = [option for option, given in (("--kind", args.kind), ("--hparams", args.hparams),
                                                      ("--trust-pickle", args.trust_pickle)) if given]
@@ -144,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
                                                  "config it records, leave NET.pt out") from None
             raise
         source = args.network
+        wanted = "gnn" if args.name == "pruner" else args.name
+        if args.bundle and getattr(network, "kind", wanted) != wanted:
+            raise InputError(f"{args.network} holds a {network.architecture} ({network.kind} network), but the bundle's "
+                             f"{args.name} is a {wanted} network: give a {wanted} network, or another --network")
     print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {source}")
 
     if args.check:

@@ -214,6 +214,13 @@ def test_damaged_pipeline_json_is_refused_with_the_problem_named(bundle_dir, cha
     assert str(bundle_dir) in message
 
 
+def test_an_empty_path_is_no_bundle(tmp_path, monkeypatch):
+    # QA, 2026-12-02: load_bundle("") read the current directory
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BundleError, match="the bundle's directory is empty: give its path"):
+        load_bundle("")
+
+
 def test_a_key_given_twice_is_refused(bundle_dir):
     # json keeps the last of two equal keys without a word: a hand edit would silently win or lose
     path = bundle_dir / PIPELINE_FILE

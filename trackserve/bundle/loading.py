@@ -363,6 +363,8 @@ def read_pipeline(path: str | os.PathLike) -> tuple[Path, Any]:
     """The bundle directory of ``path`` and its decoded ``pipeline.json`` (not yet validated)."""
     if not isinstance(path, (str, os.PathLike)):
         raise BundleError(f"a bundle is given by its directory (a path), got {type(path).__name__}")
+    if not os.fspath(path):  # Path("") is the current directory: a forgotten value, not a choice
+        raise BundleError("the bundle's directory is empty: give its path (\".\" for the current directory)")
     path = Path(path)
     directory = path.parent if path.name == PIPELINE_FILE and path.is_file() else path
     if not directory.is_dir():

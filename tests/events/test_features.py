@@ -108,6 +108,7 @@ def test_from_dict_errors(data, fragment):
         ("r:3000,phi:pi,z:400", EXATRKX_SERVICE),
         ("z:2,eta:1", FeatureSpec(("z", "eta"), (2.0, 1.0))),
         ("phi:3.141592653589793,r:1", FeatureSpec(("phi", "r"), (math.pi, 1.0))),
+        ("3000,+PI,400", FeatureSpec(("r", "phi", "z"), (3000.0, math.pi, 400.0))),
     ],
 )
 def test_feature_spec_parser(text, expected):
@@ -126,6 +127,7 @@ def test_feature_spec_parser(text, expected):
         ("", "invalid feature spec"),
         ("r:1000,phi:pi,z:1000,", "item 4 of 4 is empty (a stray comma?)"),  # was "a name for every scale"
         ("3000,,400", "item 2 of 3 is empty"),
+        ("3000,-pi,400", "finite and positive"),  # QA, 2026-12-02: "could not convert string to float: '-pi'"
     ],
 )
 def test_feature_spec_parser_errors(text, fragment):

@@ -171,8 +171,8 @@ FEATURE_PRESETS: dict[str, FeatureSpec] = {
 
 def _parse_scale(text: str) -> float:
     text = text.strip().lower()
-    if text in ("pi", "π"):
-        return math.pi
+    if text.lstrip("+-") in ("pi", "π") and len(text) <= len(text.lstrip("+-")) + 1:
+        return -math.pi if text.startswith("-") else math.pi  # (-pi then refused as not positive, as -1 is)
     return float(text)
 
 

@@ -366,3 +366,19 @@ def test_a_cap_too_wide_to_bind_is_estimated_from_a_sample_not_from_every_pair()
     assert edges.shape[1] > 0
     with pytest.raises(MemoryLimitError, match="about [0-9,]+ neighbours each within the radius"):
         build_graph(points, 0.05, 100_000, threads=1, memory_limit=2**20)
+
+
+def test_a_small_event_over_the_all_pairs_bound_counts_its_pairs_instead():
+    # QA, 2026-12-02: events under 1,000 hits were estimated as every pair of the hits (999
+    # hits: 72 MiB), so a limit that let 1,000 and 2,500 hits through refused 999
+    from trackserve.errors import MemoryLimitError
+
+    points = np.random.default_rng(13).uniform(0, 1, size=(999, 3)).astype(np.float32)
+    all_pairs = graph_building.graph_memory_estimate(999, 48, False, None)
+    edges = build_graph(points, 0.05, 48, threads=1, memory_limit=int(all_pairs) // 10)
+    assert edges.shape[1] > 0
+    # a limit below the event's own pairs is still refused, naming the neighbours it counted
+    with pytest.raises(MemoryLimitError, match="about [0-9,]+ neighbours each within the radius"):
+        build_graph(points, 0.05, 48, threads=1, memory_limit=10**4)
+    tiny = points[:3]
+    assert np.array_equal(build_graph(tiny, 0.05, 48, memory_limit=10**4), build_graph(tiny, 0.05, 48))

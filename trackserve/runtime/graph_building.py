@@ -142,6 +142,11 @@ def build_graph(
         built["mean_neighbours"] = _mean_neighbours(points, r32)  # (a cap too wide to bind: no sample yet)
     if memory_limit is not None:
         needed = memory_held + graph_memory_estimate(n, k, binds, built.get("mean_neighbours"))
+        if needed > memory_limit and "mean_neighbours" not in built:
+            # A small event, every pair assumed within the radius: count its pairs instead (a
+            # few ms at most), so that it is not refused where larger events, sampled, pass.
+            built["mean_neighbours"] = _mean_neighbours(points, r32, exact=True)
+            needed = memory_held + graph_memory_estimate(n, k, binds, built["mean_neighbours"])
         if needed > memory_limit:
             found = built.get("mean_neighbours")
             within = "" if found is None else f", about {found:,.0f} neighbours each within the radius"
@@ -235,14 +240,15 @@ def _cap_binds(points: np.ndarray, r32: np.float32, k: int, built: dict | None =
     return mean > _KNN_FACTOR * k
 
 
-def _mean_neighbours(points: np.ndarray, r32: np.float32, built: dict | None = None) -> float:
+def _mean_neighbours(points: np.ndarray, r32: np.float32, built: dict | None = None, *, exact: bool = False) -> float:
     """The mean number of neighbours within the radius of a sample of the hits (brute force on
-    small events, else a k-d tree query, whose tree goes to ``built["tree"]``)."""
+    small events, else a k-d tree query, whose tree goes to ``built["tree"]``); with ``exact``
+    (events of at most :data:`_KNN_BRUTE_MAX_HITS` hits) of every hit."""
     n = points.shape[0]
     if n <= _KNN_BRUTE_MAX_HITS:
         # Small events: count a sample's neighbours directly (no tree to build for nothing),
         # in products small enough that OpenBLAS keeps them on the calling thread.
-        sample = points[:: n // _KNN_BRUTE_SAMPLE][:_KNN_BRUTE_SAMPLE]
+        sample = points if exact else points[:: max(1, n // _KNN_BRUTE_SAMPLE)][:_KNN_BRUTE_SAMPLE]
         sample_norms = np.einsum("sd,sd->s", sample, sample)[:, None]
         block = max(1, _ONE_THREAD_PRODUCT // (sample.shape[0] * points.shape[1]))
         within = 0

@@ -305,7 +305,13 @@ def test_event_workers_never_oversubscribe(monkeypatch):
     monkeypatch.setattr("trackserve.runtime.config.available_cores", lambda: 4)
     shared = RuntimeConfig(event_workers=2)
     assert (shared.resolved_intra_op_threads, shared.resolved_graph_threads) == (2, 2)
-    assert RuntimeConfig(event_workers=8).resolved_intra_op_threads == 1
+    assert RuntimeConfig(event_workers=4).resolved_intra_op_threads == 1
+    # QA, 2026-12-02: more events at once than cores were taken (a thread each, the cores oversubscribed)
+    with pytest.raises(InputError, match="event_workers=8 would run more events at once than the 4 cores"):
+        RuntimeConfig(event_workers=8)
+    # a thread count far beyond any machine opened a session per thread until the memory ran out
+    with pytest.raises(InputError, match=r"intra_op_threads must be an integer in 1\.\.1024"):
+        RuntimeConfig(intra_op_threads=1_000_000)
     assert RuntimeConfig().resolved_intra_op_threads == 4
     with pytest.raises(InputError, match="event_workers=2 with intra_op_threads=3 would run 6 threads on 4 cores"):
         RuntimeConfig(event_workers=2, intra_op_threads=3)
@@ -420,7 +426,7 @@ def test_embed_graph_and_tracks_check_their_inputs(pipeline, sample_features):
 def test_numpy_integers_are_integer_settings():
     config = RuntimeConfig(intra_op_threads=np.int64(1), graph_threads=np.int32(1), edge_chunk_size=np.int64(10))
     assert (config.intra_op_threads, config.edge_chunk_size) == (1, 10) and type(config.intra_op_threads) is int
-    with pytest.raises(InputError, match="intra_op_threads must be an integer >= 1"):
+    with pytest.raises(InputError, match="intra_op_threads must be an integer in 1"):
         RuntimeConfig(intra_op_threads=np.bool_(True))
 
 

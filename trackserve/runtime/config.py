@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..values import shown
 from .vertex_shifts import validate_vertex_shifts
 
 #: The devices this runtime supports (the GPU issue adds "cuda").
@@ -41,6 +42,11 @@ DEFAULT_MEMORY_LIMIT_BYTES = 8 * 2**30
 AUTOMATIC_MAX_EVENT_WORKERS = 2
 #: Where the events in flight run (:attr:`RuntimeConfig.event_executor`).
 EVENT_EXECUTORS = ("threads", "processes")
+
+
+#: The most threads a pool of one event may have: each thread holds a session of every
+#: network open, so a typo (``intra_op_threads=1_000_000``) would fill the memory before anything ran.
+MAX_THREADS = 1024
 
 
 def available_cores() -> int:
@@ -73,16 +79,16 @@ def automatic_event_workers(num_events: int, cores: int | None = None) -> int:
 class RuntimeConfig:
     """How the pipeline uses the machine.
 
-    ``intra_op_threads``: threads of each network stage of one event (default: the cores
-    divided among the event workers, at least 1); the stage runs that many
+    ``intra_op_threads``: threads of each network stage of one event, at most
+    :data:`MAX_THREADS` (default: the cores divided among the event workers, at least 1); the stage runs that many
     single-threaded ONNX Runtime calls on parts of the event at once
     (:mod:`trackserve.runtime.network_steps`).
     ``graph_threads``: threads of the graph builder (same default).
     ``event_workers``: events :meth:`~trackserve.runtime.pipeline.Pipeline.run_many` runs
     at once (default 1: one event at a time with every core). Many small events go
     faster with one worker per core and one thread each: the per-operator and Python
-    costs of one event then overlap with another's work. With several workers, workers
-    times threads may not exceed the cores; the defaults never do, and threads set for
+    costs of one event then overlap with another's work. With several workers, the workers,
+    and workers times threads, may not exceed the cores; the defaults never do, and threads set for
     one event at a time are taken as given (a layout meant for a machine with more cores
     runs, slower, on fewer).
     ``event_executor``: how the events in flight run when ``event_workers`` is above 1:
@@ -126,13 +132,16 @@ class RuntimeConfig:
                 object.__setattr__(self, name, int(value))
         for name in ("intra_op_threads", "graph_threads"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InputError(f"{name} must be an integer >= 1 or None (all cores); got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS):
+                raise InputError(f"{name} must be an integer in 1..{MAX_THREADS} or None (all cores); got {shown(value)}")
         workers = self.event_workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise InputError(f"event_workers must be an integer >= 1; got {workers!r}")
+            raise InputError(f"event_workers must be an integer >= 1; got {shown(workers)}")
         if workers > 1:
             cores = available_cores()
+            if workers > cores:
+                raise InputError(f"event_workers={workers} would run more events at once than the {cores} cores this "
+                                 f"process may use (each needs one at least); give at most {cores}")
             for name in ("intra_op_threads", "graph_threads"):
                 threads = getattr(self, name)
                 if threads is not None and workers * threads > cores:

@@ -167,6 +167,16 @@ def test_bad_features_are_refused_clearly(pipeline, sample_features, make, messa
         pipeline.run(make(sample_features[:50]))
 
 
+def test_big_endian_float32_features_are_the_same_event(pipeline, sample_features):
+    # QA, 2026-12-02: refused as "features must be float32, got >f4" (they are float32, in the
+    # other byte order), while big-endian embeddings and edges were taken
+    native = pipeline.run(sample_features)
+    swapped = pipeline.run(sample_features.astype(">f4"))
+    assert np.array_equal(swapped.labels, native.labels)
+    with pytest.raises(InputError, match="features must be float32, got >f8"):
+        pipeline.run(sample_features.astype(">f8"))
+
+
 def test_masked_arrays_are_read_only_without_masked_values(pipeline, sample_features):
     # QA, 2026-12-02: every stage read a masked array's data as if nothing were masked (a NaN under
     # the mask got past the features check and was blamed on the embedding network)

@@ -24,7 +24,8 @@ def validate_features(features, num_features: int) -> np.ndarray:
     """Return ``features`` as a C-contiguous float32 ``[N, num_features]`` array, or raise InputError.
 
     Refused: anything that is not a numpy array, a dtype other than float32 (convert
-    with ``features.astype(np.float32)``; the runtime does not guess), a shape other than
+    with ``features.astype(np.float32)``; the runtime does not guess; float32 of the other
+    byte order is taken, converted), a shape other than
     ``[N, num_features]``, and NaN or infinite values (the first bad hit is named).
     Zero hits are valid.
     """
@@ -32,9 +33,11 @@ def validate_features(features, num_features: int) -> np.ndarray:
     if not isinstance(features, np.ndarray):
         raise InputError(f"features must be a numpy array of shape [N, {num_features}], got {type(features).__name__}")
     if features.dtype != np.float32:
-        raise InputError(
-            f"features must be float32, got {features.dtype}; convert with features.astype(numpy.float32)"
-        )
+        if features.dtype.kind != "f" or features.dtype.itemsize != 4:
+            raise InputError(
+                f"features must be float32, got {features.dtype}; convert with features.astype(numpy.float32)"
+            )
+        features = features.astype(np.float32)  # float32 of the other byte order: the same values, native
     if features.ndim != 2 or features.shape[1] != num_features:
         raise InputError(
             f"features must have shape [N, {num_features}] (the bundle's {num_features} features per hit), "

@@ -275,18 +275,20 @@ def test_hparams_that_are_beyond_any_network_or_given_twice_are_refused(tmp_path
                tmp_path / "ignn.pt")
     with pytest.raises(CheckpointImportError, match="n_graph_iters 100000000 is beyond the 64 layers or iterations"):
         import_checkpoint(tmp_path / "ignn.pt", hparams={"n_graph_iters": 10**8, "hidden_activation": "ReLU"})
-    twice = tmp_path / "twice.yaml"
-    twice.write_text("n_graph_iters: 8\nn_graph_iters: 2\n")
-    with pytest.raises(CheckpointImportError) as raised:
-        import_checkpoint(tmp_path / "ignn.pt", hparams=twice)
-    assert str(raised.value) == (f"hyperparameter file {twice} is not valid YAML: the key 'n_graph_iters' appears twice "
-                                 "in one mapping (keep one of them) at line 2, column 1")
-    nested = tmp_path / "nested.yaml"
-    nested.write_text("n_graph_iters: 2\nhparams:\n  n_graph_iters: 8\n  hidden: 8\n")
-    with pytest.raises(CheckpointImportError) as raised:
-        import_checkpoint(tmp_path / "ignn.pt", hparams=nested)
-    assert str(raised.value) == (f"hyperparameter file {nested}: 1 key(s) have two values, at the top level and under "
-                                 "'hparams': n_graph_iters: 2 and 8 under hparams; keep one value of each")
+
+    def refusal(text: str) -> tuple[Path, str]:
+        hparams = tmp_path / "hparams.yaml"
+        hparams.write_text(text)
+        with pytest.raises(CheckpointImportError) as raised:
+            import_checkpoint(tmp_path / "ignn.pt", hparams=hparams)
+        return hparams, str(raised.value)
+
+    twice, message = refusal("n_graph_iters: 8\nn_graph_iters: 2\n")
+    assert message == (f"hyperparameter file {twice} is not valid YAML: the key 'n_graph_iters' appears twice in one "
+                       "mapping (keep one of them) at line 2, column 1")
+    nested, message = refusal("n_graph_iters: 2\nhparams:\n  n_graph_iters: 8\n  hidden: 8\n")
+    assert message == (f"hyperparameter file {nested}: 1 key(s) have two values, at the top level and under 'hparams': "
+                       "n_graph_iters: 2 and 8 under hparams; keep one value of each")
 
 
 def test_weights_alone_are_built_as_their_layout_reads_with_a_note(tmp_path):

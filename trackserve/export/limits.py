@@ -1,9 +1,9 @@
 """The largest networks trackserve builds, checked before any weight is made.
 
-Torch-free, so that training settings are checked against them before torch loads; the
-network definitions (:mod:`~trackserve.export.network_base`) check every config against
-them too, whether it comes from ``trackserve train``, a checkpoint's hyperparameters
-(``trackserve import --hparams``) or a bundle.
+Torch-free, so that training settings are checked against them before torch loads. The
+network definitions (:mod:`~trackserve.export.network_base`) check every config's depths
+too, whether it comes from ``trackserve train``, a checkpoint's hyperparameters
+(``trackserve import --hparams``) or a bundle; its widths come from the weights there.
 """
 
 #: The widest layer a network may have: the networks run on CPUs, and a typo of a few digits

@@ -96,6 +96,20 @@ def test_one_response_per_request_in_order_bad_ones_isolated(pipeline_model, tin
     assert empty.output_tensors[0].array.dtype == np.int64
 
 
+def test_an_event_beyond_the_memory_limit_is_refused_with_what_a_client_can_do(tiny_bundle, sample_features):
+    # QA, 2026-12-02: a remote client was told to raise RuntimeConfig.memory_limit_bytes, a
+    # setting of the server's model it cannot reach
+    model = PipelineModel.from_args(args_for(tiny_bundle, intra_op_threads=1, graph_threads=1,
+                                             memory_limit_bytes=2**20))
+    (response,) = respond(fake_pb_utils(), [request(sample_features)], model)
+    assert response.error.code == "INVALID_ARG"
+    message = response.error.message
+    assert message.startswith("bad request: an event of ") and "more than the memory limit of 1.00 MiB" in message
+    assert message.endswith("split the event, or have the model repository written with a higher limit (trackserve "
+                            "triton-repo --memory-limit-gb)")
+    assert "RuntimeConfig" not in message
+
+
 def test_a_crash_fails_its_request_only_and_is_logged():
     pb = fake_pb_utils()
     logged = []

@@ -31,14 +31,24 @@ def _widest(config: dict) -> int:
     return max(widths, default=_DEFAULT_WIDTH)
 
 
+#: What to do about a refused event, for a caller of the runtime.
+LOCAL_ADVICE = "raise the limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb) or split the event"
+#: The same for a client of a served model, which cannot change the model's settings.
+SERVED_ADVICE = ("split the event, or have the model repository written with a higher limit (trackserve triton-repo "
+                 "--memory-limit-gb)")
+
+
 def memory_limit_error(what: str, needed: float, limit: int) -> MemoryLimitError:
     """The error refusing ``what`` (an event, a graph, a GNN step), which needs about ``needed``
     bytes of working memory, more than ``limit``."""
-    return MemoryLimitError(
-        f"{what} needs about {_gib(needed)} of working memory, more than the memory limit of "
-        f"{_gib(limit)}; raise the limit (RuntimeConfig.memory_limit_bytes, --memory-limit-gb) or split the event",
-        needed=needed, limit=limit, subject=what,
-    )
+    return MemoryLimitError(memory_refusal(what, needed, limit, LOCAL_ADVICE), needed=needed, limit=limit, subject=what)
+
+
+def memory_refusal(what: str | None, needed: float, limit: int, advice: str) -> str:
+    """The message refusing ``what`` for its ``needed`` bytes of working memory against ``limit``,
+    with ``advice`` (:data:`LOCAL_ADVICE`, :data:`SERVED_ADVICE`)."""
+    return (f"{what or 'the event'} needs about {_gib(needed)} of working memory, more than the memory limit of "
+            f"{_gib(limit)}; {advice}")
 
 
 def _gib(num_bytes: float) -> str:

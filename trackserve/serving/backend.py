@@ -25,9 +25,10 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputError, TrackserveError
+from ..errors import BackendUnavailableError, InputError, MemoryLimitError, TrackserveError
 from ..events.features import FeatureSpec, beyond_detector
 from ..runtime.config import RuntimeConfig, available_cores, require_device
+from ..runtime.memory import SERVED_ADVICE, memory_refusal
 from ..runtime.vertex_shifts import is_shifted, parse_vertex_shifts, shifts_in_words
 from .interface import ENSEMBLE_STAGES, FEATURES, LABELS, TensorSpec, bundle_tensor_specs, stage_spec
 
@@ -396,6 +397,9 @@ def respond_one(pb_utils, request, model: ServedModel, log: Callable[[str], None
         outputs = model(arrays)
         response = pb_utils.InferenceResponse(
             output_tensors=[output_tensor(pb_utils, spec.name, outputs[spec.name]) for spec in model.outputs])
+    except MemoryLimitError as error:  # (the client cannot change the model's RuntimeConfig: say what it can do)
+        message = memory_refusal(error.subject, error.needed, error.limit, SERVED_ADVICE)
+        return error_response(pb_utils, f"bad request: {message}", invalid_argument=True)
     except InputError as error:
         return error_response(pb_utils, f"bad request: {error}", invalid_argument=True)
     except TrackserveError as error:

@@ -292,8 +292,9 @@ def test_a_damaged_repository_copy_says_to_write_the_repository_again(tiny_bundl
     shutil.copytree(tiny_bundle, bundle)
     with open(bundle / "gnn.onnx", "r+b") as network:
         network.truncate(1000)
-    with pytest.raises(BundleError, match="networks.gnn.* this is the model repository's copy of the bundle: write the "
-                                          "repository again from the original bundle \\(trackserve triton-repo"):
+    with pytest.raises(BundleError, match="networks.gnn.* this is the model repository's copy of the bundle, which "
+                                          "such a repair would set apart from the config written for it: instead, "
+                                          "write the repository again from the original bundle \\(trackserve triton-repo"):
         PipelineModel.from_args(args_for(bundle, intra_op_threads=1, graph_threads=1))
 
 

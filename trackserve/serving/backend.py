@@ -158,8 +158,9 @@ def _repository_copy_advice():
     try:
         yield
     except BundleError as error:
-        raise BundleError(f"{error}; this is the model repository's copy of the bundle: write the repository again "
-                          "from the original bundle (trackserve triton-repo ... --overwrite)") from error
+        raise BundleError(f"{error}; this is the model repository's copy of the bundle, which such a repair would "
+                          "set apart from the config written for it: instead, write the repository again from the "
+                          "original bundle (trackserve triton-repo ... --overwrite)") from error
 
 
 def load_checked(args: Mapping, parameters: Mapping[str, str], build: Callable[[Path], "ServedModel"]) -> "ServedModel":

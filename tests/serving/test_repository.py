@@ -111,6 +111,9 @@ def test_instance_kind_is_written(tiny_bundle, tmp_path, monkeypatch):
         (dict(instance_count=100_000), "instance count 100000 is above 256"),
         (dict(model_name="gnn"), "is the name of an ensemble stage model"),
         (dict(model_name="a b"), "model name 'a b' must be letters"),
+        # QA, 2026-12-02: refused only when its directory could not be made, the long path repeated
+        (dict(model_name="a" * 300), "model name 'aaaaaaaaaaaaaaaaaaaa'... has 300 characters; a model's name is its "
+                                     "directory's, at most 255"),
         (dict(layout="both", ensemble_name="exatrkx"), "both are named 'exatrkx'"),
         (dict(intra_op_threads=0), "intra_op_threads must be an integer >= 1"),
     ],

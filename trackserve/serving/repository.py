@@ -77,6 +77,8 @@ MAX_INSTANCES = 256
 #: The longest dynamic-batcher queue delay (microseconds): a signed 64-bit integer, as Triton reads it.
 MAX_QUEUE_DELAY_US = 2**63 - 1
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: The longest model name: the name of the model's directory, which file systems bound (255 bytes).
+MAX_MODEL_NAME = 255
 
 
 def _kind_device(kind: str) -> str:
@@ -151,6 +153,9 @@ class RepositoryOptions:
         for what, name in (("model name", self.model_name), ("ensemble name", self.ensemble_name)):
             if not isinstance(name, str) or not _MODEL_NAME.match(name):
                 problems.append(f"{what} {name!r} must be letters, digits, '_', '-' or '.', starting with a letter or digit")
+            elif len(name) > MAX_MODEL_NAME:
+                problems.append(f"{what} {name[:20]!r}... has {len(name)} characters; a model's name is its "
+                                f"directory's, at most {MAX_MODEL_NAME}")
             elif name in STAGE_NAMES:
                 problems.append(f"{what} {name!r} is the name of an ensemble stage model ({', '.join(STAGE_NAMES)})")
         if self.layout == "both" and self.model_name == self.ensemble_name:

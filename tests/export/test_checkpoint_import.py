@@ -305,6 +305,18 @@ def test_weights_alone_are_built_as_their_layout_reads_with_a_note(tmp_path):
         import_checkpoint(tmp_path / "filter.pt", hparams={"in_channels": 3, "hidden": 8, "nb_layer": 2})
 
 
+def test_weights_missing_a_layer_are_refused_naming_the_checkpoint(tmp_path):
+    # QA, 2026-12-02: "no Linear layer found under 'input_network.'" did not say which file
+    state = {key: value for key, value in ResAGNN(in_channels=3, hidden=8, n_graph_iters=2, nb_node_layer=1,
+                                                  nb_edge_layer=1).state_dict().items()
+             if not key.startswith("input_network.")}
+    torch.save({"state_dict": state, "hyper_parameters": {"n_graph_iters": 2, "hidden_activation": "ReLU"}},
+               tmp_path / "lightning.ckpt")
+    with pytest.raises(CheckpointImportError, match=rf"^checkpoint {re.escape(str(tmp_path / 'lightning.ckpt'))}: no "
+                                                    r"Linear layer found under 'input_network\.'"):
+        import_checkpoint(tmp_path / "lightning.ckpt", kind="resagnn")
+
+
 def test_invalid_hparams_yaml_is_one_line(tmp_path):
     (tmp_path / "hparams.yaml").write_text("hidden: 64\nregime: [rp, hnm\n")
     torch.save(EdgeFilter(in_channels=3, hidden=8, nb_layer=2).state_dict(), tmp_path / "filter.pt")

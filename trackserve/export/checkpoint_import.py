@@ -113,7 +113,12 @@ def import_checkpoint(
         # edge geometry), which the shape rules of the original layouts would misread.
         state, config = dict(contents.state), dict(given)
     else:
-        state, config = _BUILDERS[architecture](contents)
+        try:
+            state, config = _BUILDERS[architecture](contents)
+        except CheckpointImportError as error:  # the layout rules name a key, not always the file
+            if str(contents.path) in str(error):
+                raise
+            raise CheckpointImportError(f"checkpoint {contents.path}: {error}") from None
         if not contents.hparams and contents.module is None:
             read = ", ".join(f"{key}={config[key]!r}" for key in ("in_channels", "hidden", "emb_hidden", "emb_dim",
                                                                    "nb_layer") if key in config)

@@ -264,8 +264,8 @@ def test_cli_passes_the_gnn_edge_update_setting(tmp_path):
     (["--random-events", "1", "--prune-cut", "0.7"], "--prune-cut must be a probability in (0, 0.5)"),
     (["--random-events", "1", "--pruned-gnn-epochs", "3"], "--pruned-gnn-epochs must be an integer >= 1, and only"),
     (["--random-events", "1", "--pruned-gnn-hidden", "48"], "--pruned-gnn-hidden must be an integer >= 1, and only"),
-    (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-iterations", "0"],
-     "--pruned-gnn-iterations must be an integer >= 1"),
+    (["--random-events", "1", "--prune-cut", "0.01", "--pruned-gnn-iterations", "-1"],
+     "--pruned-gnn-iterations must be an integer >= 0"),  # 0 taken, as for --gnn-iterations
     (["--random-events", "1", "--start-from", "somewhere"], "give --prune-cut too"),
     (["--random-events", "1", "--time-budget", "0"], "--time-budget must be a finite number of seconds above the 30 s"),
     (["--random-events", "1", "--time-budget", "nan"], "--time-budget must be a finite number of seconds above"),

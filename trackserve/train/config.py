@@ -355,9 +355,10 @@ class TrainingConfig:
             ("displaced_weight", isinstance(self.displaced_weight, (int, float)) and math.isfinite(self.displaced_weight)
              and self.displaced_weight >= 0, "a finite number >= 0"),
         ] + [
-            (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= 1),
-             "an integer >= 1, and only with prune_cut")
+            (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= least),
+             f"an integer >= {least}, and only with prune_cut")
             for name, value in self._pruned_gnn_overrides().items()
+            for least in [0 if name == "iterations" else 1]  # (as the first GNN's: no message passing is a GNN too)
         ], "run")
         if self.prune_cut is not None:
             self.pruned_gnn_settings().validate("pruned_gnn")  # the second GNN's own settings, widths included

@@ -97,11 +97,22 @@ def _recorded_seed(provenance: dict) -> int | None:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None
 
 
+def _check_random_counts(counts) -> None:
+    """InputError for a ``--validation-random`` count below 1 or whose event would not fit in
+    the free memory, before anything is loaded or noted."""
+    from ..errors import InputError
+    from ..events.simulate import check_simulation_memory
+
+    for count in counts:
+        if count < 1:
+            raise InputError(f"--validation-random {count}: give a number of particles >= 1")
+        check_simulation_memory(count, option=f"--validation-random {count}")
+
+
 def _validation_events(args, spec, bundle) -> list[tuple]:
     """``(event, description)`` of every validation event the options name, in their order;
     an InputError for an event ``bundle``'s networks trained on (its provenance names them)."""
     from ..errors import InputError
-    from ..events.simulate import check_simulation_memory
     from ..events.trackml import find_event_prefixes, read_event
     from ..train.data import SimulatedSource, same_event, simulated_validation_event, trained_event_paths
 
@@ -132,11 +143,8 @@ def _validation_events(args, spec, bundle) -> list[tuple]:
             raise InputError(f"--validation-particles {table}: no such file")
         once(("table", table.resolve()), f"--validation-particles {table}")
         sources.append(SimulatedSource(particles=table))
-    for count in args.validation_random:
-        if count < 1:
-            raise InputError(f"--validation-random {count}: give a number of particles >= 1")
+    for count in args.validation_random:  # (each count checked by _check_random_counts)
         once(("random", count), f"--validation-random {count}")
-        check_simulation_memory(count, option=f"--validation-random {count}")
         sources.append(SimulatedSource(num_particles=count))
     for source in sources:
         # For a table, the very event trackserve train --seed S simulates to validate on.
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--max-fake-rate {args.max_fake_rate:g}: give a fake rate in [0, 1] (for example 0.02)")
     if args.seed is not None:
         check_seed(args.seed)  # the seed trackserve train takes
+    _check_random_counts(args.validation_random)
     shifts = None if args.vertex_shifts is None else parse_vertex_shifts(args.vertex_shifts)
     pipeline = Pipeline(args.bundle, config=RuntimeConfig(vertex_shifts=shifts))
     if args.seed is None:

@@ -529,6 +529,16 @@ def test_an_overwrite_stopped_before_the_new_event_is_written_keeps_the_old_one(
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
+def test_an_event_none_of_whose_particles_reach_the_detector_gets_a_note(tmp_path, capsys):
+    # QA, 2026-12-02: collisions spread 100 m across the beam wrote events of no hits without a word
+    assert main(["simulate", "--output", str(tmp_path), "--num-particles", "10", "--vertex-sigma-xy", "1e5"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 hits (0 noise), 10 particles (0 with hits)" in out
+    assert "note: none of the particles of event000000000 reached a detector module" in err
+    assert main(["simulate", "--output", str(tmp_path / "usual"), "--num-particles", "10"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_command_line_output_that_is_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "afile"
     target.write_text("keep me")

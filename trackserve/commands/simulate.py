@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -178,4 +179,8 @@ def run(args: argparse.Namespace) -> int:
             f"{event.name}: {event.num_hits} hits ({noise} noise), {len(event.particles['particle_id'])} particles "
             f"({with_hits} with hits), simulated in {elapsed:.2f} s -> {written['hits'].parent}"
         )
+        if len(event.particles["particle_id"]) and not with_hits:
+            print(f"trackserve simulate: note: none of the particles of {event.name} reached a detector module; "
+                  "check the production point and field options (--vertex-sigma-xy, --vertex-sigma-z, "
+                  "--vertex-offset-z, --magnetic-field, --pt-min, --eta-max)", file=sys.stderr)
     return 0

@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         network = load_torch_network(described, args.name)
         source = f"the bundle's own weights ({described.networks[args.name].weights['file']})"
     else:
-        kind = args.kind or ("gnn" if args.name == "pruner" else args.name)
+        slot = "gnn" if args.name == "pruner" else args.name  # the network kind --network takes
+        kind = args.kind or slot
         try:
             network = import_with_notes("trackserve export", args.network, kind=kind, hparams=args.hparams,
                                         trust_pickle=args.trust_pickle)
@@ -145,10 +146,9 @@ def run(args: argparse.Namespace) -> int:
                                                  "config it records, leave NET.pt out") from None
             raise
         source = args.network
-        wanted = "gnn" if args.name == "pruner" else args.name
-        if args.bundle and getattr(network, "kind", wanted) != wanted:
+        if args.bundle and getattr(network, "kind", slot) != slot:
             raise InputError(f"{args.network} holds a {network.architecture} ({network.kind} network), but the bundle's "
-                             f"{args.name} is a {wanted} network: give a {wanted} network, or another --network")
+                             f"{args.name} is a {slot} network: give a {slot} network, or another --network")
     print(f"network: {getattr(network, 'architecture', type(network).__name__)} from {source}")
 
     if args.check:

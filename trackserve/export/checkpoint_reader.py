@@ -19,6 +19,7 @@ Python objects is refused unless the caller trusts it.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 import zipfile
@@ -290,6 +291,7 @@ def _same(first, second) -> bool:
         return first is second
 
 
+@functools.cache
 def _unique_key_loader():
     """A safe YAML loader that refuses a mapping naming one key twice (PyYAML keeps the last)."""
     import yaml

@@ -26,6 +26,9 @@ GNN_ARCHITECTURES = ("InteractionGNN", "ResAGNN")
 #: otherwise take the machine's memory or run without end instead of being refused; the
 #: published ExaTrkX sectors are a few degrees wide.
 MAX_SECTORS = 1024
+#: The least value of each ``pruned_gnn_*`` override (iterations as the first GNN's: no message
+#: passing is a GNN too).
+_PRUNED_LEAST = {"epochs": 1, "hidden": 1, "iterations": 0}
 #: The most epochs a stage may take: an epoch of the default recipe takes tens of seconds on
 #: 2 cores, so 10,000 is days; beyond it a count is a typo that would run until stopped.
 MAX_EPOCHS = 10_000
@@ -355,10 +358,9 @@ class TrainingConfig:
             ("displaced_weight", isinstance(self.displaced_weight, (int, float)) and math.isfinite(self.displaced_weight)
              and self.displaced_weight >= 0, "a finite number >= 0"),
         ] + [
-            (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= least),
-             f"an integer >= {least}, and only with prune_cut")
+            (f"pruned_gnn_{name}", value is None or (self.prune_cut is not None and value >= _PRUNED_LEAST[name]),
+             f"an integer >= {_PRUNED_LEAST[name]}, and only with prune_cut")
             for name, value in self._pruned_gnn_overrides().items()
-            for least in [0 if name == "iterations" else 1]  # (as the first GNN's: no message passing is a GNN too)
         ], "run")
         if self.prune_cut is not None:
             self.pruned_gnn_settings().validate("pruned_gnn")  # the second GNN's own settings, widths included

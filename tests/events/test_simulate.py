@@ -377,7 +377,9 @@ def test_bad_particle_tables_are_refused(geometry, change, message):
      ("noise_fraction", 1.0), ("x_over_x0", -0.1), ("resolution_u", -1.0), ("num_particles", -3), ("vertex_sigma_z", float("nan")),
      ("vertex_offset_z", float("inf")), ("vertex_offset_z", -501.0), ("vertex_offset_z", np.float32("nan")),
      # not numbers: a TypeError from abs() or a comparison before, or (True, 1j) taken as 1 mm
-     ("vertex_offset_z", "50"), ("vertex_offset_z", True), ("vertex_offset_z", 1j), ("pt_min", None), ("eta_max", "3")],
+     ("vertex_offset_z", "50"), ("vertex_offset_z", True), ("vertex_offset_z", 1j), ("pt_min", None), ("eta_max", "3"),
+     # integers beyond any float: OverflowError / TypeError from math.isfinite and np.isfinite before
+     ("vertex_sigma_z", 10**400), ("pt_power", 10**400)],
 )
 def test_bad_options_are_named(geometry, option, value):
     with pytest.raises(InputError, match=f"simulation option {option} = "):

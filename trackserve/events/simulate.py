@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -56,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EventFormatError, InputError
+from ..values import finite_real, shown
 from .event import MAX_EVENT_ID, PARTICLES_COLUMNS, Event, Table, table_length
 from .geometry import Geometry
 from .stable_math import arctan2
@@ -120,8 +122,6 @@ def check_simulation_memory(num_particles: int, noise_fraction: float = 0.1, opt
     memory than the machine has free (:func:`estimated_memory_bytes`), before it starts;
     ``option`` (``"--num-particles 100000000"``) is named first, ``noise_option`` where a
     lower noise fraction would help."""
-    import os
-
     needed = estimated_memory_bytes(num_particles, noise_fraction)
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > free:
@@ -192,7 +192,7 @@ class SimulationConfig:
             ("num_particles", self.num_particles >= 0 and int(self.num_particles) == self.num_particles, "an integer >= 0"),
             ("pt_min", self.pt_min > 0, "> 0 GeV"),
             ("pt_max", self.pt_max >= self.pt_min, f">= pt_min ({self.pt_min})"),
-            ("pt_power", np.isfinite(self.pt_power), "finite"),
+            ("pt_power", finite_real(self.pt_power), "finite"),
             ("eta_max", self.eta_max >= 0, ">= 0"),
             ("vertex_sigma_xy", self.vertex_sigma_xy >= 0, ">= 0 mm"),
             ("vertex_sigma_z", self.vertex_sigma_z >= 0, ">= 0 mm"),
@@ -207,8 +207,8 @@ class SimulationConfig:
         ]
         for name, ok, expected in checks:
             value = getattr(self, name)
-            if value is not None and not math.isfinite(float(value)):
-                raise InputError(f"simulation option {name} = {value!r} must be a finite number")
+            if value is not None and not finite_real(value):
+                raise InputError(f"simulation option {name} = {shown(value)} must be a finite number")
             if not ok:
                 raise InputError(f"simulation option {name} = {value!r} must be {expected}")
         if abs(self.pt_power - 1.0) >= 1e-12:  # the spectrum is sampled through pt**(1 - pt_power)

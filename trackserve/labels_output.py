@@ -181,8 +181,9 @@ def note_skipped(command: str, skipped: list[Path]) -> None:
     named = ", ".join(str(path) for path in skipped[:_NAMED])
     more = f" and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else ""
     print(f"trackserve {command}: note: not read as events: {named}{more} (CSV files beside TrackML events, "
-          "the files of an event without a hits file, CSV files compressed otherwise than with gzip, and labels "
-          "files; give a feature CSV by its file name to run it)", file=sys.stderr)
+          "the files of an event without a hits file, CSV files compressed otherwise than with gzip, names ending "
+          "in .CSV or another case (rename them .csv), links to nothing, and labels files; give a feature CSV by "
+          "its file name to run it)", file=sys.stderr)
 
 
 def note_input_problems(command: str, kind: str, path: Path, item, spec) -> None:

@@ -157,6 +157,30 @@ def test_event_without_truth(capsys, tmp_path, perfect):
     assert status == 2 and "evaluation needs the event's truth file (event1-truth.csv or .csv.gz)" in err
 
 
+@pytest.mark.parametrize("cut", ["high_pt", "no_nhits"])
+def test_a_particles_table_run_leaves_out_is_left_out_here_too(capsys, tmp_path, event, perfect, cut):
+    """`run` scores an event whose particles table disagrees with its truth (cut to high pT)
+    or does not read (no nhits) from the truth alone; `evaluate` refused the same event."""
+    for kind in ("hits", "truth"):
+        shutil.copy(DATA / f"event000000001-{kind}.csv.gz", tmp_path / f"event000000001-{kind}.csv.gz")
+    particles = event.particles
+    columns = [name for name in PARTICLES_COLUMNS if cut != "no_nhits" or name != "nhits"]
+    keep = slice(0, 100) if cut == "high_pt" else slice(None)
+    lines = [",".join(columns)] + [",".join(str(particles[name][row]) for name in columns)
+                                   for row in range(len(particles["particle_id"]))[keep]]
+    (tmp_path / "event000000001-particles.csv").write_text("\n".join(lines) + "\n")
+    status, out, err = _run(capsys, tmp_path / "event000000001", perfect, "--json")
+    assert status == 0 and "note: its particles table left out: " in err and "the truth alone" in err
+    whole = json.loads(_run(capsys, PREFIX, perfect, "--json")[1])
+    result = json.loads(out)
+    assert result["efficiency"] == whole["efficiency"] == 1.0
+    assert result["num_reconstructable"] == whole["num_reconstructable"]
+    # a truth table that does not read is still an error: there is nothing to score against
+    (tmp_path / "event000000001-truth.csv.gz").write_bytes(b"hit_id,particle_id\n")
+    status, _, err = _run(capsys, tmp_path / "event000000001", perfect)
+    assert status == 2 and "event000000001-truth.csv.gz" in err
+
+
 def test_listed_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -148,8 +148,13 @@ def test_every_way_to_name_the_sample_event(target):
 
 def test_a_path_that_does_not_exist_is_named_as_missing(tmp_path):
     with pytest.raises(EventFormatError, match="does not exist: no such file or directory") as error:
-        find_event_prefixes(tmp_path / "nosuch" / "evt.csv")
-    assert "evt.csv-hits.csv" in str(error.value)
+        find_event_prefixes(tmp_path / "nosuch" / "evt")
+    assert "evt-hits.csv" in str(error.value)
+    # a file name no prefix is meant by (a feature CSV's) is missing, without a prefix's files to look for
+    for name in ("evt.csv", "evt.csv.gz"):
+        with pytest.raises(EventFormatError) as error:
+            find_event_prefixes(tmp_path / "nosuch" / name)
+        assert str(error.value).endswith(f"{name}: does not exist: no such file"), str(error.value)
     # an existing folder without the prefix's hits file is not "missing"
     (tmp_path / "event000000002-truth.csv").write_text("hit_id\n")
     with pytest.raises(EventFormatError, match="no event here"):
@@ -434,7 +439,7 @@ def test_bad_values_name_column_and_row(tmp_path, body, column, row, fragment):
 
 @pytest.mark.parametrize(
     "body,row,fields",
-    [("1,2,3\n4,5\n", 2, 2), ("1,2,3\n4,5,6,7\n", 2, 4), ("1,2,3,4\n", 1, 4), ("1,2,3\n   \n", 2, 1)],
+    [("1,2,3\n4,5\n", 2, 2), ("1,2,3\n4,5,6,7\n", 2, 4), ("1,2,3,4\n", 1, 4), ("1,2,3\n 4 \n", 2, 1)],
 )
 def test_ragged_lines(tmp_path, body, row, fields):
     path = write_text(tmp_path / "t.csv", "a,b,c\n" + body)
@@ -442,6 +447,40 @@ def test_ragged_lines(tmp_path, body, row, fields):
         # only a and c are read: extra fields must be caught even outside the read columns
         read_table(path, {"a": np.int64, "c": np.int64})
     check_error(error, path, None, row, f"has {fields} fields but the header names 3 columns")
+
+
+def test_a_short_line_and_a_long_one_do_not_pass_for_two_right_ones(tmp_path):
+    """Counted over the whole file, a line without the unread column c and a line with one
+    field more added up right, and the long line's values were read one column off."""
+    path = write_text(tmp_path / "t.csv", "a,b,c\n1,2\n3,4,5,6\n7,8,9\n")
+    with pytest.raises(EventFormatError) as error:
+        read_table(path, {"a": np.int64, "b": np.int64})
+    check_error(error, path, None, 1, "line 2 has 2 fields but the header names 3 columns")
+
+
+def test_lines_of_spaces_are_empty_lines(tmp_path):
+    """A line holding only spaces or tabs, anywhere, is skipped as an empty line is (numpy's
+    reader failed on it, and the error called it a line of one field)."""
+    path = write_text(tmp_path / "t.csv", "a,b\n1,2\n  \n\t\r\n3,4.5\n \n   ")
+    table = read_table(path, {"a": np.int64, "b": np.float64})
+    assert table["a"].tolist() == [1, 3] and table["b"].tolist() == [2.0, 4.5]
+    # rows are still counted without them
+    path = write_text(tmp_path / "u.csv", "a,b\n1,2\n  \n3,x\n")
+    with pytest.raises(EventFormatError) as error:
+        read_table(path, {"a": np.int64, "b": np.float64})
+    check_error(error, path, "b", 2, "cannot read 'x' (line 4) as a number")
+
+
+@pytest.mark.parametrize("column,text", [("a", "\u0663\u0663"), ("b", "\u0663"), ("b", "\uff11.5")])
+def test_digits_of_other_scripts_are_named(tmp_path, column, text):
+    """Python's int() and float() read Arabic-Indic or full-width digits, numpy's reader does
+    not: the file was refused with numpy's message (no column, a row off by one)."""
+    values = {"a": "1", "b": "2"}
+    values[column] = text
+    path = write_text(tmp_path / "t.csv", f"a,b\n5,6\n{values['a']},{values['b']}\n")
+    with pytest.raises(EventFormatError) as error:
+        read_table(path, {"a": np.int64, "b": np.float64})
+    check_error(error, path, column, 2, f"cannot read {text!r} (line 3)")
 
 
 def test_missing_columns_are_named(tmp_path):
@@ -615,8 +654,10 @@ def test_missing_optional_parts_are_none(tmp_path):
 def test_plain_and_gz_of_the_same_kind_is_ambiguous(tmp_path):
     prefix = tiny_event_files(tmp_path)
     write_text(tmp_path / "event000000007-hits.csv.gz", f"{HITS_HEADER}\n")
-    with pytest.raises(EventFormatError, match="both event000000007-hits.csv and event000000007-hits.csv.gz exist"):
+    with pytest.raises(EventFormatError, match="both event000000007-hits.csv and event000000007-hits.csv.gz exist") as error:
         read_event(prefix)
+    # named by the part's file, so that a truth table in both leaves the event to run (`run`)
+    assert error.value.path == str(tmp_path / "event000000007-hits.csv")
     assert event_file(prefix, "truth") == tmp_path / "event000000007-truth.csv"
 
 
@@ -670,6 +711,13 @@ def test_feature_csv_errors(tmp_path, text, row, column, fragment):
     with pytest.raises(EventFormatError) as error:
         read_feature_csv(path)
     check_error(error, path, column, row, fragment)
+
+
+def test_feature_csv_lines_of_spaces_at_the_end_hold_no_hit(tmp_path):
+    path = write_text(tmp_path / "f.csv", "1,2,3\n4,5,6\n  \n\t\n")
+    assert read_feature_csv(path).tolist() == [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(EventFormatError, match="line 2 is empty"):  # before a hit they still number it wrong
+        read_feature_csv(write_text(tmp_path / "g.csv", "1,2,3\n  \n4,5,6\n"))
 
 
 def test_feature_csv_width_is_checked(tmp_path):

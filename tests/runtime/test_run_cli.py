@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -405,6 +406,72 @@ def test_event_files_that_are_not_read_are_named(capsys, tmp_path):
     assert "note: not read as events: " in err and "without a hits file" in err
     # the note names three and counts the rest
     assert sum(str(directory / name) in err for name in orphans) == 3 and "and 1 more" in err, err
+
+
+def test_a_lone_event_table_beside_feature_csvs_leaves_them_to_run(capsys, tmp_path, feature_csvs):
+    """A directory is read as TrackML events when it holds a hits file: a lone particles or
+    truth table beside feature CSVs is named in the note and the CSVs run (the directory was
+    refused as holding no TrackML event)."""
+    for name in ("evt_1.csv", "evt_3.csv"):
+        (tmp_path / name).write_text((feature_csvs / name).read_text())
+    for name in ("event000001000-particles.csv", "foo-truth.csv"):
+        (tmp_path / name).write_text("particle_id\n")
+    assert main(["run", "--json", str(tmp_path), "--no-labels"]) == 0
+    out, err = capsys.readouterr()
+    assert [event["event"] for event in json.loads(out)["events"]] == ["evt_1", "evt_3"]
+    assert "note: not read as events: " in err and str(tmp_path / "event000001000-particles.csv") in err
+    assert str(tmp_path / "foo-truth.csv") in err
+    # with nothing else there, the directory still holds no event, and says why
+    for name in ("evt_1.csv", "evt_3.csv"):
+        (tmp_path / name).unlink()
+    assert main(["run", str(tmp_path), "--no-labels"]) == 2
+    assert "no TrackML event in this directory: no file named <prefix>-hits.csv" in capsys.readouterr().err
+
+
+def test_csv_names_in_another_case_and_links_to_nothing_are_named(capsys, tmp_path, feature_csvs):
+    """They were left out without a word (a hint came only when no feature file was found)."""
+    for name in ("evt_1.csv", "evt_3.csv"):
+        (tmp_path / name).write_text((feature_csvs / name).read_text())
+    (tmp_path / "evt_1.csv").rename(tmp_path / "evt_1.CSV")
+    (tmp_path / "evt_9.csv").symlink_to(tmp_path / "nowhere.csv")
+    assert main(["run", "--json", str(tmp_path), "--no-labels"]) == 0
+    out, err = capsys.readouterr()
+    assert [event["event"] for event in json.loads(out)["events"]] == ["evt_3"]
+    assert f"not read as events: {tmp_path / 'evt_1.CSV'}, {tmp_path / 'evt_9.csv'} (" in err
+    assert "names ending in .CSV or another case" in err and "links to nothing" in err
+
+
+@pytest.mark.parametrize("name,event,event_id", [(".hidden_5.csv", ".hidden_5", 5), ("evt_1.v2.csv", "evt_1.v2", 2),
+                                                 ("evt_4.csv.gz", "evt_4", 4), ("run7.txt", "run7", 7)])
+def test_a_feature_file_is_named_without_its_csv_ending(capsys, tmp_path, feature_csvs, name, event, event_id):
+    """Named up to its first dot, a hidden file's name was empty (labels file ``-labels.csv``,
+    event id 0) and ``evt_1.v2.csv`` took id 1, not the name's last number."""
+    data = (feature_csvs / "evt_3.csv").read_bytes()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    report = _json(capsys, str(tmp_path / name), "--output", str(tmp_path / "labels"))
+    (record,) = report["events"]
+    assert (record["event"], record["event_id"]) == (event, event_id)
+    assert set(read_submission(tmp_path / "labels" / f"{event}-labels.csv")[0].tolist()) == {event_id}
+
+
+def test_a_feature_file_that_does_not_exist_is_named_missing(capsys, tmp_path):
+    assert main(["run", str(tmp_path / "nope" / "evt_1.csv"), "--no-labels"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope' / 'evt_1.csv'}: does not exist: no such file" in err and "-hits.csv" not in err
+
+
+def test_a_truth_table_in_both_compressions_leaves_the_event_to_run(capsys, tmp_path):
+    """As any truth table that does not read: the event is labelled, with a note (the whole
+    event failed, the error being named by the directory)."""
+    for path in SAMPLE_EVENT.parent.glob(SAMPLE_EVENT.name + "-*"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    truth = tmp_path / f"{SAMPLE_EVENT.name}-truth.csv"
+    truth.write_bytes(gzip.decompress((tmp_path / f"{SAMPLE_EVENT.name}-truth.csv.gz").read_bytes()))
+    assert main(["run", "--json", str(tmp_path / SAMPLE_EVENT.name), "--no-labels"]) == 0
+    out, err = capsys.readouterr()
+    (record,) = json.loads(out)["events"]
+    assert record["metrics"] is None and record["num_hits"] == 5527
+    assert "labelled with no metrics (its truth left out)" in err and "exist; remove one of them" in err
 
 
 def test_trackml_files_without_a_prefix_are_named_as_such(capsys, tmp_path):

@@ -9,6 +9,7 @@ The definitions are those of :mod:`trackserve.events.metrics`.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..events.metrics import DEFAULT_MIN_HITS, DEFAULT_MIN_PT, figure_text
 from ..jsonout import dumps
@@ -90,12 +91,20 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import EventFormatError
     from ..events.metrics import SELECTION_OPTIONS, check_selection, evaluate_event
+    from ..events.sources import read_event_with_truth
     from ..events.submission import read_submission
-    from ..events.trackml import read_event
+    from ..events.trackml import event_prefix
 
     check_selection(args.min_pt, args.min_hits, args.min_track_hits, names=SELECTION_OPTIONS)
 
-    event = read_event(args.event, parts=("truth", "particles"))
+    event, problem = read_event_with_truth(event_prefix(args.event))
+    if problem is not None:
+        if event.truth is None:
+            raise problem
+        # as `run` does: a particles table that does not read, or disagrees with the truth
+        # (cut to high pT), is left out and the truth alone gives the figures
+        print(f"trackserve evaluate: note: its particles table left out: {problem}; the figures come from the "
+              "truth alone (pT from its momenta)", file=sys.stderr)
     event_ids, hit_ids, track_ids = read_submission(args.labels)
     rows = event_ids == event.event_id
     if not rows.any() and event.num_hits:  # an event without hits has no labels to give

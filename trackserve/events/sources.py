@@ -9,10 +9,11 @@
   format of the published ExaTrkX service, e.g. its ``lrt_events/evt_12.csv``); its hits
   are numbered 1..N in file order, and its event id is the last number in the file name.
 
-A directory is read as TrackML events when it holds any, and as feature CSVs otherwise;
-the CSV files it holds that are not read (other files beside TrackML events, the files of
-an event without a hits file, CSV files compressed otherwise than with gzip, and the
-``*-labels.csv`` files ``trackserve run`` writes) can be collected with ``skipped``.
+A directory is read as TrackML events when it holds any (a hits file), and as feature CSVs
+otherwise; the CSV files it holds that are not read (other files beside TrackML events, the
+files of an event without a hits file, CSV files compressed otherwise than with gzip, names
+ending in ``.CSV``, links to nothing, and the ``*-labels.csv`` files ``trackserve run``
+writes) can be collected with ``skipped``.
 Each input has a name (:func:`input_name`), which names its labels file.
 """
 
@@ -32,6 +33,8 @@ from .trackml import (event_file, event_files, event_id_from_digits, event_id_fr
                       read_feature_csv)
 
 _TRACKML_FILE = re.compile(r"-(hits|truth|particles|cells)\.csv(\.gz)?$")
+_HITS_FILE = re.compile(r"-hits\.csv(\.gz)?$")
+_CSV_SUFFIX = re.compile(r"\.csv(\.gz)?$")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 #: The endings of the labels files ``trackserve run`` writes (``<event>-labels.csv``).
 LABELS_SUFFIXES = ("-labels.csv", "-labels.csv.gz")
@@ -72,8 +75,12 @@ def input_event_id(kind: str, path: Path) -> int:
 
 def input_name(kind: str, path: Path) -> str:
     """The name of an input listed by :func:`list_inputs` (without reading it): a feature
-    file's name up to its first dot, a TrackML event's prefix name."""
-    return path.name.split(".")[0] if kind == "features" else path.name
+    file's name without its ``.csv`` / ``.csv.gz`` ending (or, named otherwise, without its
+    last suffix), a TrackML event's prefix name."""
+    if kind != "features":
+        return path.name
+    name = _CSV_SUFFIX.sub("", path.name)
+    return path.stem if name == path.name and path.stem.strip(".") else name
 
 
 def read_feature_input(path: Path, num_features: int) -> InputEvent:
@@ -89,18 +96,19 @@ def _feature_csv_event(path: Path, num_features: int) -> InputEvent:
     return InputEvent(input_name("features", path), event_id, hit_ids, features)
 
 
-def _event_to_run(prefix: Path) -> tuple[Event, str | None]:
-    """The event at ``prefix`` with as much of its truth as reads, and why the rest was left
-    out: a truth or particles table that does not read (particles without ``nhits``, truth
-    without ``tpx``...) or that disagree (particles cut to high pT) leave the event to run,
-    its metrics computed from the truth alone or not at all. The hits must read."""
+def read_event_with_truth(prefix: Path) -> tuple[Event, EventFormatError | None]:
+    """The event at ``prefix`` (one event's prefix) with as much of its truth as reads, and
+    the error that left the rest out: a truth or particles table that does not read
+    (particles without ``nhits``, truth without ``tpx``...) or that disagree (particles cut
+    to high pT) leave the event to run, its metrics computed from the truth alone or not
+    at all. The hits must read."""
     try:
         return read_event(prefix, parts=("truth", "particles")), None
     except EventFormatError as error:
         names = {f"{prefix.name}-{kind}.csv{end}" for kind in ("truth", "particles") for end in ("", ".gz")}
         if error.path is None or Path(error.path).parent != prefix.parent or Path(error.path).name not in names:
             raise  # (the hits, which the event needs)
-        problem = str(error)
+        problem = error
     try:
         return read_event(prefix, parts=("truth",)), problem
     except EventFormatError:
@@ -108,7 +116,8 @@ def _event_to_run(prefix: Path) -> tuple[Event, str | None]:
 
 
 def _trackml_event(prefix: Path, spec: FeatureSpec) -> InputEvent:
-    event, truth_problem = _event_to_run(prefix)
+    event, problem = read_event_with_truth(prefix)
+    truth_problem = None if problem is None else str(problem)
     try:
         features = hit_features(event.hits, spec)
     except EventFormatError as error:  # named by the hits file it comes from
@@ -125,6 +134,18 @@ def _trackml_event(prefix: Path, spec: FeatureSpec) -> InputEvent:
 
 def _csv_files(directory: Path) -> list[Path]:
     return sorted((p for p in directory.iterdir() if p.is_file() and p.name.endswith((".csv", ".csv.gz"))),
+                  key=_natural_key)
+
+
+def _unreadable_csvs(directory: Path) -> list[Path]:
+    """The entries of ``directory`` named like CSV files that are never read: names ending in
+    ``.CSV`` or another case (only ``.csv`` and ``.csv.gz`` are read), and symbolic links to
+    nothing."""
+    return sorted((p for p in directory.iterdir()
+                   if p.name.lower().endswith((".csv", ".csv.gz"))
+                   and (not p.name.endswith((".csv", ".csv.gz"))
+                        # (a TrackML event's link to nothing is named when the event is read)
+                        or (p.is_symlink() and not p.exists() and not _TRACKML_FILE.search(p.name)))),
                   key=_natural_key)
 
 
@@ -158,7 +179,8 @@ def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
     if path.is_dir():
         csvs = _csv_files(path)
         skipped.extend(_other_compressed_csvs(path))
-        if any(_TRACKML_FILE.search(p.name) for p in csvs):
+        skipped.extend(_unreadable_csvs(path))
+        if any(_HITS_FILE.search(p.name) for p in csvs):
             prefixes = find_event_prefixes(path)
             names = {prefix.name for prefix in prefixes}
             # other CSV files, and the files of an event without a hits file (a lone particle table)
@@ -166,7 +188,12 @@ def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
                                                and p.name[:match.start()] in names))
             return [("trackml", prefix) for prefix in prefixes]
         labels = [p for p in csvs if p.name.endswith(LABELS_SUFFIXES)]
-        features = [p for p in csvs if p not in labels]
+        # the files of TrackML events without a hits file (a lone particles table) are no features
+        parts = [p for p in csvs if _TRACKML_FILE.search(p.name)]
+        features = [p for p in csvs if p not in labels and p not in parts]
+        if parts and not features:
+            find_event_prefixes(path)  # raises, naming the event files without their hits files
+        skipped.extend(parts)
         # the labels of this directory's own events (a run with --output here) are not worth a note
         own = {f"{input_name('features', p)}-labels.csv" for p in features}
         skipped.extend(p for p in labels if p.name not in own)

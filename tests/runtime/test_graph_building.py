@@ -316,6 +316,28 @@ def test_a_radius_of_the_wrong_kind_is_refused_not_coerced(radius):
         build_graph(np.zeros((3, 2), np.float32), radius, 4)
 
 
+def test_a_radius_beyond_any_float_and_bad_memory_arguments_are_named():
+    """QA, 2026-12-02: 10**400 raised OverflowError, 1e308 printed numpy's cast warning before
+    the refusal, and the memory arguments were not checked (a negative ``memory_held``
+    defeated the limit; ``None`` raised TypeError)."""
+    import warnings
+
+    points = np.zeros((3, 2), np.float32)
+    with pytest.raises(InputError, match=r"radius must be a finite positive number; got 1000000000.*characters"):
+        build_graph(points, 10**400, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="out of range"):
+            build_graph(points, 1e308, 4)
+    for limit in (-5, 0, 1.5, True):
+        with pytest.raises(InputError, match=r"memory_limit must be None or a whole number of bytes >= 1"):
+            build_graph(points, 1.0, 4, memory_limit=limit)
+    for held in (None, -10**15, 2.0):
+        with pytest.raises(InputError, match=r"memory_held must be a whole number of bytes >= 0"):
+            build_graph(points, 1.0, 4, memory_limit=10**9, memory_held=held)
+    assert build_graph(points, 1.0, 4, memory_limit=10**9, memory_held=10).shape == (2, 3)
+
+
 def test_far_off_points_give_no_numpy_warnings_and_values_beyond_float32_are_named():
     import warnings
 

@@ -414,3 +414,17 @@ def test_bundle_join_pieces_is_validated_and_round_trips(join_bundle, tmp_path):
     (bad / "pipeline.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="join_pieces: joining track pieces fits lines in r, phi and z"):
         load_bundle(bad)
+
+
+def test_settings_of_another_kind_and_probabilities_beyond_one_are_refused():
+    """QA, 2026-12-02: a mapping as settings raised AttributeError; probabilities outside [0, 1]
+    (logits given with scores_are_logits=False) were compared with the cut as they were, as
+    build_tracks refuses them."""
+    labels, edges, scores, positions, order = _two_pieces()
+    for settings in (SETTINGS.to_dict(), None):
+        with pytest.raises(InputError, match=r"settings must be JoinSettings .*JoinSettings.from_mapping"):
+            join_pieces(labels, edges, scores, positions, order, settings)
+    with pytest.raises(InputError, match=r"score of edge 0 is 3.0, not a probability in \[0, 1\]"):
+        join_pieces(labels, edges, np.full(scores.shape, 3.0), positions, order, SETTINGS, scores_are_logits=False)
+    with pytest.raises(InputError, match="scores_are_logits must be True or False; got 'no'"):
+        join_pieces(labels, edges, scores, positions, order, SETTINGS, scores_are_logits="no")

@@ -169,6 +169,26 @@ def test_a_cut_or_flag_of_the_wrong_kind_is_refused_not_coerced(cut, flag, messa
     assert message in str(error.value)
 
 
+def test_the_flag_is_named_before_the_scores_it_describes():
+    """QA, 2026-12-02: with a flag of the wrong kind, logits were called improbable probabilities."""
+    with pytest.raises(InputError, match="scores_are_logits must be True or False; got None"):
+        build_tracks(5, np.array([[0, 1, 2], [1, 2, 3]]), np.array([3.0, -3.0, 3.0]), 0.5, scores_are_logits=None)
+
+
+@pytest.mark.parametrize("num_hits, cut, gap_cut, message", [
+    (10**20, 0.5, None, "num_hits 100000000000000000000 is more than the 2,147,483,647 hits one call takes"),
+    (2**62, 0.5, None, "is more than the 2,147,483,647 hits one call takes"),
+    (2, 10**400, None, "cut must be a number in [0, 1]; got 1000000000"),
+    (2, 0.5, 10**400, "gap cut must be a number in [0, 1]; got 1000000000"),
+])
+def test_numbers_beyond_any_float_or_event_are_named(num_hits, cut, gap_cut, message):
+    """QA, 2026-12-02: OverflowError from float(), or scipy's / numpy's errors from deep inside."""
+    with pytest.raises(InputError) as error:
+        build_tracks(num_hits, np.zeros((2, 0), np.int64), np.zeros(0), cut, method="best_edges",
+                     hit_order=np.zeros(num_hits) if num_hits < 10 else None, gap_cut=gap_cut)
+    assert message in str(error.value) and len(str(error.value)) < 300
+
+
 def test_pairs_in_rows_are_named_with_a_hint_to_transpose():
     pairs = np.array([[0, 1], [1, 2], [2, 3]])
     with pytest.raises(InputError, match=r"edge_index must have shape \[2, M\]; got \[3, 2\] \(pairs in rows: "

@@ -139,6 +139,32 @@ def test_merge_matches_an_edge_by_edge_reference(seed):
     assert merged_edges.shape[1] < sum(e.shape[1] for e in edges)  # repeated edges were merged
 
 
+def test_merge_refuses_what_would_pass_silently_or_fail_deep_inside():
+    """QA, 2026-12-02: shifts as a numpy array raised numpy's "truth value ... ambiguous"; NaN
+    or infinite positions chose a pass silently; a float num_hits was taken; float64 logits
+    beyond float32 became infinities with a RuntimeWarning."""
+    import warnings
+
+    edge, logit = np.array([[0], [1]]), np.array([1.0], np.float32)
+    r, z = np.array([10.0, 20.0]), np.array([0.0, 5.0])
+    merged = merge_by_intercept(2, np.array([0.0, 50.0]), [edge, edge], [logit, logit], r, z)
+    assert merged[0].tolist() == [[0], [1]] and merged[1].tolist() == [1.0]
+    for bad in (np.nan, np.inf):
+        with pytest.raises(InputError, match="z of hit 1 is not finite"):
+            merge_by_intercept(2, (0.0, 50.0), [edge, edge], [logit, logit], r, np.array([0.0, bad]))
+    with pytest.raises(InputError, match=r"r must be a real array of shape \[2\] \(mm, one per hit\)"):
+        merge_by_intercept(2, (0.0, 50.0), [edge, edge], [logit, logit], r[:1], z)
+    with pytest.raises(InputError, match="num_hits must be an integer >= 0; got 2.0"):
+        merge_by_intercept(2.0, (0.0, 50.0), [edge, edge], [logit, logit], r, z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"the logits of the pass at 50 mm hold 1 finite value\(s\) beyond float32"):
+            merge_by_intercept(2, (0.0, 50.0), [edge, edge], [logit, np.array([1e39])], r, z)
+    # float64 logits within float32 and infinite ones are taken (as the GNN's float32 would hold them)
+    _, merged = merge_by_intercept(2, (0.0, 50.0), [edge, edge], [np.array([-np.inf]), np.array([2.5])], r, z)
+    assert merged.dtype == np.float32 and merged.tolist() == [-np.inf]
+
+
 def test_merge_picks_the_pass_the_edge_points_to():
     # hits on a line from z = 60 mm: the pass at 50 mm decides, whatever the others say
     r = np.array([30.0, 60.0, 90.0])
@@ -190,7 +216,7 @@ def test_merge_of_empty_passes_and_of_one_pass():
     with pytest.raises(InputError, match="the edges of the pass at 0 mm"):
         merge_by_intercept(3, (0.0, 50.0), [np.array([[0, 1], [5, 2]]), np.zeros((2, 0), np.int64)],
                            [np.array([1.0, 2.0]), np.zeros(0)], np.arange(10.0, 40, 10), np.zeros(3))
-    with pytest.raises(InputError, match=r"r and z must hold one position per hit, \[5\]; got shapes \[2\]"):
+    with pytest.raises(InputError, match=r"r must be a real array of shape \[5\] \(mm, one per hit\); got float64 \[2\]"):
         merge_by_intercept(5, (0.0,), [one], [np.zeros(3, np.float32)], np.arange(2.0), np.zeros(2))
     with pytest.raises(InputError, match="must be numbers, got dtype"):
         merge_by_intercept(5, (0.0,), [one], [np.array(["a", "b", "c"])], np.arange(5.0), np.zeros(5))

@@ -160,18 +160,9 @@ def parse_pipeline_data(data, directory: Path, problems: list[str], *, check_fil
             shift_problem = vertex_shift_problem(shifts)
             if shift_problem:
                 found.append(shift_problem)
-            elif shifts is not None and features is not None and missing_shift_features(features["names"]):
-                found.append(f"stages.vertex_shifts: the passes move the hits along the beam and merge edges by their "
-                             f"r-z intercept, the features {features['names']} lack r or z")
-            if method == "best_edges" and features is not None and not {"r", "z"} <= set(features["names"]):
-                found.append(
-                    f"stages.track_building: 'best_edges' orders hits by r and z, the features {features['names']} lack them"
-                )
-            if join is not None and features is not None and not {"r", "phi", "z"} <= set(features["names"]):
-                found.append(
-                    f"stages.join_pieces: joining track pieces fits lines in r, phi and z, the features "
-                    f"{features['names']} lack some of them"
-                )
+            if features is not None:
+                found.extend(stage_feature_problems(features["names"], method, join,
+                                                    None if shift_problem else shifts))
             problems.extend(found)
             if not found:
                 stages = StageParameters(*(raw_stages[k] for k in keys), method, gap_cut,
@@ -217,6 +208,34 @@ def parse_pipeline_data(data, directory: Path, problems: list[str], *, check_fil
     if problems:
         return None
     return Bundle(features, networks, stages, dict(provenance), directory, version)
+
+
+def stage_feature_problems(feature_names, track_building, join_pieces, vertex_shifts) -> list[str]:
+    """The stages that need features the bundle does not read: ``best_edges`` (r and z),
+    joining track pieces (r, phi and z), vertex shifts (r and z)."""
+    names = list(feature_names)
+    problems = []
+    if vertex_shifts is not None and missing_shift_features(names):
+        problems.append(f"stages.vertex_shifts: the passes move the hits along the beam and merge edges by their "
+                        f"r-z intercept, the features {names} lack r or z")
+    if track_building == "best_edges" and not {"r", "z"} <= set(names):
+        problems.append(f"stages.track_building: 'best_edges' orders hits by r and z, the features {names} lack them")
+    if join_pieces is not None and not {"r", "phi", "z"} <= set(names):
+        problems.append(f"stages.join_pieces: joining track pieces fits lines in r, phi and z, the features {names} "
+                        "lack some of them")
+    return problems
+
+
+def bundle_problems(bundle: Bundle) -> list[str]:
+    """What :func:`load_bundle` would find wrong between the parts of ``bundle`` (its stages
+    against its features, networks and provenance), for a :class:`Bundle` made or changed in
+    memory (``dataclasses.replace``), which no file check has seen: each part is valid on
+    its own (the classes check that), not necessarily with the others."""
+    stages = bundle.stages
+    return (stage_feature_problems(bundle.feature_names, stages.track_building, stages.join_pieces,
+                                   stages.vertex_shifts)
+            + pruner_problems("pruner" in bundle.networks, stages.prune_cut)
+            + _training_direction_problems(stages.edge_direction, bundle.provenance))
 
 
 def _training_direction_problems(edge_direction: str, provenance: dict) -> list[str]:

@@ -9,11 +9,10 @@ and ``cut = 1`` lets nothing pass. The published ExaTrkX service used the same s
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from ..errors import InputError
+from ..values import finite_real, shown
 
 
 def not_below_prune_cut(values, prune_cut: float | None, key=float) -> list:
@@ -29,13 +28,11 @@ def logit_threshold(cut, scores_are_logits: bool = True) -> np.float64:
     For logits this is ``logit(cut)`` (``-inf`` at 0, ``+inf`` at 1); for probabilities
     it is ``cut`` itself. A float64 scalar, so float32 scores compare in float64.
     """
-    if isinstance(cut, (bool, np.bool_)) or not isinstance(cut, numbers.Real):
-        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}")
+    if not finite_real(cut) or not 0.0 <= float(cut) <= 1.0:  # (an integer beyond any float included)
+        raise InputError(f"cut must be a number in [0, 1]; got {shown(cut)}")
     if not isinstance(scores_are_logits, (bool, np.bool_)):
-        raise InputError(f"scores_are_logits must be True or False; got {scores_are_logits!r}")
+        raise InputError(f"scores_are_logits must be True or False; got {shown(scores_are_logits)}")
     value = float(cut)
-    if not 0.0 <= value <= 1.0:
-        raise InputError(f"cut must be a number in [0, 1]; got {cut!r}")
     if not scores_are_logits:
         return np.float64(value)
     if value == 0.0:

@@ -53,6 +53,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from trackserve.errors import InputError
+from trackserve.values import finite_real, shown
 
 from .inputs import unmasked
 from .memory import memory_limit_error
@@ -132,6 +133,11 @@ def build_graph(
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
     n_threads = _validated_threads(threads)
+    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, numbers.Integral)
+                                     or memory_limit < 1):
+        raise InputError(f"memory_limit must be None or a whole number of bytes >= 1; got {shown(memory_limit)}")
+    if isinstance(memory_held, bool) or not isinstance(memory_held, numbers.Integral) or memory_held < 0:
+        raise InputError(f"memory_held must be a whole number of bytes >= 0; got {shown(memory_held)}")
 
     n = points.shape[0]
     if n < 2:
@@ -395,12 +401,12 @@ def _validated_embedding(embedding) -> np.ndarray:
 def _validated_radius(radius) -> np.float32:
     if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, numbers.Real):
         raise InputError(f"radius must be a number; got {radius!r}")
+    if not finite_real(radius) or float(radius) <= 0:  # (an integer beyond any float is no radius either)
+        raise InputError(f"radius must be a finite positive number; got {shown(radius)}")
     value = float(radius)
-    r32 = np.float32(value)
     with np.errstate(over="ignore", under="ignore"):
+        r32 = np.float32(value)
         r2 = np.float32(r32 * r32)
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"radius must be a finite positive number; got {radius!r}")
     if not np.isfinite(r2) or r2 < np.finfo(np.float32).tiny:
         raise InputError(
             f"radius {value!r} is out of range: its float32 square must be a finite normal number "

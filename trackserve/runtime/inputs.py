@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..errors import InputError
+from ..values import shown
+
+#: The most hits one call takes (hit indices and hit pairs stay well inside int64, and an
+#: event this large is far beyond any memory the runtime would allow it).
+MAX_HITS = 2**31 - 1
 
 
 def unmasked(array, what: str):
@@ -112,9 +119,21 @@ def graph_convention_problems(edge_index: np.ndarray, direction: str, num_hits: 
     return problems
 
 
-def validate_scores(scores, m: int) -> np.ndarray:
+def validate_num_hits(num_hits) -> int:
+    """``num_hits`` as an int when it is a whole number in ``0 .. MAX_HITS``; InputError otherwise."""
+    if isinstance(num_hits, (bool, np.bool_)) or not isinstance(num_hits, numbers.Integral) or num_hits < 0:
+        raise InputError(f"num_hits must be an integer >= 0; got {shown(num_hits)}")
+    if num_hits > MAX_HITS:
+        raise InputError(f"num_hits {shown(num_hits)} is more than the {MAX_HITS:,} hits one call takes; split the event")
+    return int(num_hits)
+
+
+def validate_scores(scores, m: int, scores_are_logits: bool = True) -> np.ndarray:
     """``scores`` ``[m]`` (one per edge) as a floating-point array without NaN (infinities are
-    valid logits); InputError naming the problem otherwise. Zero edges give an empty float64 array."""
+    valid logits), each in ``[0, 1]`` for probabilities (``scores_are_logits=False``);
+    InputError naming the problem otherwise. Zero edges give an empty float64 array."""
+    if not isinstance(scores_are_logits, (bool, np.bool_)):
+        raise InputError(f"scores_are_logits must be True or False; got {shown(scores_are_logits)}")
     values = np.asarray(unmasked(scores, "scores"))
     if values.ndim != 1 or values.shape[0] != m:
         raise InputError(f"scores must have shape [{m}] (one per edge); got {values.shape}")
@@ -125,6 +144,10 @@ def validate_scores(scores, m: int) -> np.ndarray:
     nan = np.isnan(values)
     if nan.any():
         raise InputError(f"score of edge {int(np.flatnonzero(nan)[0])} is NaN ({int(nan.sum())} NaN scores in all)")
+    if not scores_are_logits and (values.min() < 0 or values.max() > 1):
+        bad = int(np.flatnonzero((values < 0) | (values > 1))[0])
+        raise InputError(f"score of edge {bad} is {values[bad]}, not a probability in [0, 1]; with logits leave "
+                         "scores_are_logits at True")
     return values
 
 

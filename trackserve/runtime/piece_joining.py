@@ -68,6 +68,9 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
     (:func:`hit_positions`); ``hit_order [N]`` finite. Returns int64 labels, compact and
     numbered in order of each track's smallest hit index. See the module docstring.
     """
+    if not isinstance(settings, JoinSettings):
+        raise InputError(f"settings must be JoinSettings (trackserve.bundle.JoinSettings; from a mapping: "
+                         f"JoinSettings.from_mapping(...)); got {type(settings).__name__}")
     labels = np.asarray(unmasked(labels, "labels"))
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
         raise InputError(f"labels must be a 1-D array of integers >= 0; got {labels.dtype} {labels.shape}")
@@ -77,7 +80,7 @@ def join_pieces(labels: np.ndarray, edge_index: np.ndarray, scores: np.ndarray, 
                          f"{int(labels.max())} (compact them first: trackserve.runtime.components.compact_in_order)")
     labels = labels.astype(np.int64)  # a copy: what is returned is never the caller's array
     edge_index = validate_edges(edge_index, num_hits)
-    values = validate_scores(scores, edge_index.shape[1]).astype(np.float64, copy=False)
+    values = validate_scores(scores, edge_index.shape[1], scores_are_logits).astype(np.float64, copy=False)
     hit_order = validate_per_hit(hit_order, "hit_order", (num_hits,))
     positions = validate_per_hit(positions, "positions", (num_hits, 3), " (r, phi, z per hit)")
     candidates = np.flatnonzero(values > logit_threshold(settings.min_score, scores_are_logits))

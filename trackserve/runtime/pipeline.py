@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..bundle import EDGE_DIRECTIONS, PIPELINE_FILE, Bundle, StageParameters, load_bundle
+from ..bundle.loading import bundle_error, bundle_problems
 from ..engines.onnx_runtime import OnnxNetwork
 from ..errors import BundleError, GraphConventionWarning, HitOrderWarning, InputError, MemoryLimitError
 from ..events.event import Event
@@ -103,6 +104,11 @@ class Pipeline:
                              f"got {type(config).__name__}")
         if not isinstance(bundle, (Bundle, str, Path)):
             raise InputError(f"bundle must be a bundle directory (a path) or a loaded Bundle, got {type(bundle).__name__}")
+        if isinstance(bundle, Bundle):
+            problems = bundle_problems(bundle)  # (a bundle read from disk passed them; one changed in memory may not)
+            if problems:
+                where = "made in memory" if bundle.directory is None else f"{bundle.directory} as changed in memory"
+                raise bundle_error(f"({where})", problems)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = device
         self.config = config or RuntimeConfig()
@@ -220,6 +226,8 @@ class Pipeline:
         classifiers = [name for name in ("filter", "pruner", "gnn") if name in self.networks]
         if network not in classifiers:
             raise InputError(f"{network!r} is not an edge classifier of this bundle: give one of {', '.join(classifiers)}")
+        if not isinstance(chunked, (bool, np.bool_)):
+            raise InputError(f"chunked must be True or False; got {chunked!r}")
         if chunked and network != "filter":
             raise InputError(f"chunked=True cuts the edges into parts scored apart, right only for the filter; the "
                              f"{network} passes messages over the whole graph: call it with chunked=False")
@@ -376,6 +384,7 @@ class Pipeline:
         row order. The networks expect hits in ``hit_id`` order (as ``read_event`` reads them):
         for an event whose rows are in another order a :class:`HitOrderWarning` says so
         (:meth:`run_event` takes care of it; for :meth:`run`, take ``event.in_hit_id_order()``)."""
+        self._require_event(event, "event_features")
         if event.hit_id_order() is not None:
             warnings.warn(HitOrderWarning(
                 f"event {event.name}: its hits are not in hit_id order, which the bundle's networks and edge direction "
@@ -384,13 +393,18 @@ class Pipeline:
         _warn_hit_numbering(event, stacklevel=3)
         return hit_features(event.hits, self.feature_spec)
 
+    @staticmethod
+    def _require_event(event, method: str) -> None:
+        """InputError unless ``event`` is a TrackML :class:`Event` (a path or an array is a common slip)."""
+        if not isinstance(event, Event):
+            raise InputError(f"{method} takes a TrackML Event (trackserve.events.read_event(path) reads one); got "
+                             f"{type(event).__name__}" + (f" {event!r}" if isinstance(event, (str, Path)) else ""))
+
     def run_event(self, event: Event) -> PipelineResult:
         """Compute the bundle's features of a TrackML event and run :meth:`run` on them; hits
         whose rows are not in ``hit_id`` order are run in that order, and the labels come back
         in the event's own row order."""
-        if not isinstance(event, Event):
-            raise InputError(f"run_event takes a TrackML Event (trackserve.events.read_event(path) reads one); got "
-                             f"{type(event).__name__}" + (f" {event!r}" if isinstance(event, (str, Path)) else ""))
+        self._require_event(event, "run_event")
         _warn_hit_numbering(event, stacklevel=3)
         order = event.hit_id_order()
         if order is None:

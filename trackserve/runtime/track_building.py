@@ -39,17 +39,17 @@ hit index of each track, so the same partition always gives the same labels.
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
 from trackserve.bundle import TRACK_BUILDING_METHODS, JoinSettings
 from trackserve.errors import InputError
+from trackserve.values import shown
 
 from .components import compact_in_order, component_labels
 from .cuts import logit_threshold
 from .hit_edges import HitGroups, oriented_ends
-from .inputs import scaled_columns, unmasked, validate_per_hit, validate_scores
+from .inputs import scaled_columns, unmasked, validate_num_hits, validate_per_hit, validate_scores
 from .piece_joining import hit_positions, join_pieces
 
 
@@ -108,21 +108,17 @@ def build_tracks(
     InputError
         on a malformed hit count, edge list, score array or cut.
     """
-    n = _validated_num_hits(num_hits)
+    n = validate_num_hits(num_hits)
     edges = _validated_edges(edge_index, n)
-    values = validate_scores(scores, edges.shape[1])
-    if not scores_are_logits and values.size and (values.min() < 0 or values.max() > 1):
-        bad = int(np.flatnonzero((values < 0) | (values > 1))[0])
-        raise InputError(f"score of edge {bad} is {values[bad]}, not a probability in [0, 1]; with logits leave "
-                         "scores_are_logits at True")
+    values = validate_scores(scores, edges.shape[1], scores_are_logits)
     threshold = logit_threshold(cut, scores_are_logits)
     if method not in TRACK_BUILDING_METHODS:
-        raise InputError(f"track building method must be one of {', '.join(TRACK_BUILDING_METHODS)}; got {method!r}")
+        raise InputError(f"track building method must be one of {', '.join(TRACK_BUILDING_METHODS)}; got {shown(method)}")
     order = _validated_order(hit_order, n) if method == "best_edges" else None
     gap_threshold = _validated_gap_threshold(gap_cut, cut, method, scores_are_logits)
     if join is not None:
         if not isinstance(join, JoinSettings):
-            raise InputError(f"join must be JoinSettings or None; got {join!r}")
+            raise InputError(f"join must be JoinSettings or None; got {shown(join)}")
         if method != "best_edges":
             raise InputError(f"joining track pieces needs track building 'best_edges', not {method!r}")
         if positions is None:
@@ -296,16 +292,10 @@ def _validated_gap_threshold(gap_cut, cut, method: str, scores_are_logits: bool)
     try:
         threshold = logit_threshold(gap_cut, scores_are_logits)
     except InputError:
-        raise InputError(f"gap cut must be a number in [0, 1]; got {gap_cut!r}") from None
+        raise InputError(f"gap cut must be a number in [0, 1]; got {shown(gap_cut)}") from None
     if float(gap_cut) > float(cut):
         raise InputError(f"gap cut {gap_cut!r} is above the cut {cut!r}: the gap cut must lie in [0, cut]")
     return threshold
-
-
-def _validated_num_hits(num_hits) -> int:
-    if isinstance(num_hits, bool) or not isinstance(num_hits, numbers.Integral) or num_hits < 0:
-        raise InputError(f"num_hits must be an integer >= 0; got {num_hits!r}")
-    return int(num_hits)
 
 
 def _validated_edges(edge_index, n: int) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..values import finite_real, shown
-from .inputs import unmasked, validate_edges
+from .inputs import unmasked, validate_edges, validate_num_hits, validate_per_hit
 
 #: The most passes one event may be run in.
 MAX_VERTEX_SHIFTS = 16
@@ -163,15 +163,17 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
     for given, what in ((edges, "edge sets"), (logits, "logit arrays")):
         if not isinstance(given, (list, tuple)):
             raise InputError(f"merge_by_intercept takes a list of {what}, one per shift; got {type(given).__name__}")
-    if not (len(shifts) == len(edges) == len(logits)) or not shifts:
+    num_hits = validate_num_hits(num_hits)
+    if not (len(shifts) == len(edges) == len(logits)) or len(shifts) == 0:
         raise InputError(f"merge_by_intercept needs one edge set and one logit array per shift; got {len(shifts)} "
                          f"shifts, {len(edges)} edge sets, {len(logits)} logit arrays")
-    validate_vertex_shifts(list(shifts))  # distinct finite shifts (in any order: ties go by it)
-    r, z = (np.asarray(unmasked(values, name), dtype=np.float64) for values, name in ((r, "r"), (z, "z")))
-    if r.shape != (num_hits,) or z.shape != (num_hits,):
-        raise InputError(f"merge_by_intercept: r and z must hold one position per hit, [{num_hits}]; got shapes "
-                         f"{list(r.shape)} and {list(z.shape)}")
+    shifts = list(shifts)
+    validate_vertex_shifts(shifts)  # distinct finite shifts (in any order: ties go by it)
     passes = len(shifts)
+    if num_hits * num_hits * passes >= 2**63:  # each edge's sort key
+        raise InputError(f"merge_by_intercept: {num_hits:,} hits in {passes} passes are too many to merge in one "
+                         "call; split the event")
+    r, z = (validate_per_hit(values, name, (num_hits,), " (mm, one per hit)") for values, name in ((r, "r"), (z, "z")))
     edge_sets, logit_sets = [], []
     for shift, edge_index, pass_logits in zip(shifts, edges, logits):
         edge_index = validate_edges(edge_index, num_hits, f"the edges of the pass at {shift:g} mm")
@@ -184,8 +186,14 @@ def merge_by_intercept(num_hits: int, shifts: Sequence[float], edges: Sequence[n
         if pass_logits.dtype.kind == "f" and np.isnan(pass_logits).any():
             raise InputError(f"the logits of the pass at {shift:g} mm hold {int(np.count_nonzero(np.isnan(pass_logits)))} "
                              "NaN value(s): a GNN logit is a number")
+        with np.errstate(over="ignore"):
+            as_float32 = pass_logits.astype(np.float32, copy=False)
+        beyond = np.isinf(as_float32) & ~np.isinf(pass_logits)
+        if beyond.any():  # the merged logits are float32, as the GNN gives them
+            raise InputError(f"the logits of the pass at {shift:g} mm hold {int(np.count_nonzero(beyond))} finite "
+                             f"value(s) beyond float32 (such as {pass_logits[beyond][0]!r}): give the GNN's logits")
         edge_sets.append(edge_index)
-        logit_sets.append(pass_logits.astype(np.float32, copy=False))
+        logit_sets.append(as_float32)
     every = np.concatenate(edge_sets, axis=1)
     scores = np.concatenate(logit_sets)
     which = np.repeat(np.arange(passes), [e.shape[1] for e in edge_sets])

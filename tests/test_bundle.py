@@ -404,6 +404,14 @@ def test_bundle_info_shortens_long_provenance_entries(bundle_dir, capsys):
     assert json.loads(capsys.readouterr().out)["provenance"]["history"] == history
 
 
+def test_bundle_info_prints_a_provenance_string_with_line_breaks_on_one_line(bundle_dir, capsys):
+    """QA, 2026-12-02: printed raw, its line breaks broke the summary's layout."""
+    _edit(bundle_dir, lambda d: d["provenance"].update(note="first line\nsecond line\tand a tab"))
+    assert main(["bundle-info", str(bundle_dir)]) == 0
+    out = capsys.readouterr().out
+    assert '  note: "first line\\nsecond line\\tand a tab"\n' in out and "\nsecond line" not in out
+
+
 def test_bundle_info_reports_problems_with_status_2(bundle_dir, capsys):
     _edit(bundle_dir, lambda d: d["stages"].update(gnn_cut=7))
     assert main(["bundle-info", str(bundle_dir)]) == 2

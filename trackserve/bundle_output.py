@@ -45,7 +45,8 @@ def check_bundle_output(output: str | Path, *, overwrite: bool, reads: dict[str,
     output = Path(output)
     target = _target(output)
     for name, path in (reads or {}).items():
-        if path is not None and _target(path) == target:
+        # (a bundle read by its pipeline.json file, as load_bundle reads it, is that file's directory)
+        if path is not None and (_target(path).parent if _target(path).is_file() else _target(path)) == target:
             raise InputError(f"{option} {output} is the bundle given by {name}, which this job reads: "
                              "write the new bundle to another directory")
     if target == _target(Path.cwd()) or target in _target(Path.cwd()).parents:

@@ -187,7 +187,8 @@ def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: 
     names the file that could not be written. A path that is a device, FIFO or socket
     (``/dev/stdout``, say) is written into, never replaced by a regular file; a symbolic
     link is replaced by the file, or with ``follow_links`` written through (its target
-    replaced, the link kept: for a file the user named, such as ``perf --csv``)."""
+    replaced, the link kept: for a file the user named, such as ``perf --csv``). A file
+    replaced keeps its permission bits."""
     streams, files = [], []
     for path, data in contents:
         path = written_path(path) if follow_links else Path(path)
@@ -201,6 +202,8 @@ def write_files_atomically(contents: list[tuple[Path, bytes]], *, follow_links: 
             temporary = path.with_name(path.name + ".partial")
             temporaries.append(temporary)
             temporary.write_bytes(data)
+            if path.is_file():  # a file replaced keeps its permissions (a private one stays private)
+                os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
         with signals_deferred():  # every file renamed into place, or (a stop before) none
             for (path, _data), temporary in zip(contents, temporaries):
                 current = path

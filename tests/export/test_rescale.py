@@ -185,6 +185,11 @@ def test_rescale_replaces_a_bundle_only_with_overwrite_and_only_after_its_check(
     before = (tmp_path / "there" / "pipeline.json").read_bytes()
     assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "old"), "--overwrite"]) == 2
     assert "is the bundle given by DIR (the bundle to rescale), which this job reads" in capsys.readouterr().err
+    # named by its pipeline.json (as load_bundle reads it), the bundle read is still that directory (QA,
+    # 2026-12-02: it was replaced by the rescaled one)
+    assert main(["rescale", str(tmp_path / "old" / "pipeline.json"), "--output", str(tmp_path / "old"),
+                 "--overwrite"]) == 2
+    assert "is the bundle given by DIR (the bundle to rescale), which this job reads" in capsys.readouterr().err
     assert main(["rescale", str(tmp_path / "old"), "--output", str(tmp_path / "there")]) == 2
     assert "already holds a bundle; give --overwrite" in capsys.readouterr().err
     with monkeypatch.context() as patched:  # a rescaling that fails its check leaves the bundle there as it was

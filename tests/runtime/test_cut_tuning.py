@@ -18,7 +18,8 @@ from trackserve.paths import DEFAULT_BUNDLE
 from trackserve.runtime.config import RuntimeConfig
 from trackserve.bundle import JoinSettings
 from trackserve.runtime.cut_tuning import (CANDIDATE_CUTS, CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS,
-                                          ValidationSet, best_rows, check_counted_particles, tune_cuts_and_joining,
+                                          ValidationSet, best_rows, check_counted_particles, joins_at_or_above_prune_cut,
+                                          tune_cuts_and_joining,
                                           tune_gnn_cut, tune_piece_joining)
 from trackserve.runtime.pipeline import Pipeline
 
@@ -541,3 +542,93 @@ def test_tune_cut_command_names_a_validation_event_without_truth(tiny_bundle, tm
             f"particles files, and it has no {missing} file") in capsys.readouterr().err
     with pytest.raises(InputError, match="needs its truth and particles files, and it has no truth and no particles file"):
         check_counted_particles([read_event(tmp_path / SAMPLE_EVENT.name, parts=())], min_pt=1.0, min_hits=5)
+
+
+def test_copies_of_one_validation_event_or_table_are_refused(tiny_bundle, tmp_path, capsys):
+    """QA, 2026-12-02: a copy of an event (or of a particles table, which simulates the same
+    event) under another name was taken, and the event counted twice in the means."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in SAMPLE_EVENT.parent.glob(SAMPLE_EVENT.name + "-*"):
+        shutil.copy(path, copy / path.name)
+    assert main(["tune-cut", str(tiny_bundle), "--validation", str(SAMPLE_EVENT), "--validation",
+                 str(copy / SAMPLE_EVENT.name)]) == 2
+    err = capsys.readouterr().err
+    assert "names the validation event of --validation" in err and "(a copy of it: the same contents)" in err
+    table = SAMPLE_EVENT.parent / f"{SAMPLE_EVENT.name}-particles.csv.gz"
+    import gzip
+
+    (tmp_path / "table.csv").write_bytes(gzip.decompress(table.read_bytes()))  # the other compression: the same table
+    assert main(["tune-cut", str(tiny_bundle), "--validation-particles", str(table), "--validation-particles",
+                 str(tmp_path / "table.csv")]) == 2
+    assert "(a copy of it: the same contents)" in capsys.readouterr().err
+    assert main(["tune-cut", str(tiny_bundle), "--validation-particles", str(tmp_path)]) == 2
+    assert f"--validation-particles {tmp_path}: is a directory" in capsys.readouterr().err
+
+
+def test_a_seed_with_no_simulated_event_and_a_recorded_seed_out_of_range_are_named(tiny_bundle, tmp_path, capsys):
+    assert main(["tune-cut", str(tiny_bundle), "--validation", str(SAMPLE_EVENT), "--seed", "5"]) == 2
+    assert "--seed 5: no validation event is simulated" in capsys.readouterr().err
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    data = json.loads((bundle / "pipeline.json").read_text())
+    data["provenance"]["settings"] = {"seed": 2**70}
+    (bundle / "pipeline.json").write_text(json.dumps(data))
+    assert main(["tune-cut", str(bundle), "--validation-random", "100"]) == 2
+    assert "the training seed the bundle records (provenance.settings.seed), the default of --seed," in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, tuned, history", [
+    ("x", None, None),
+    ({"seed": 1}, {"gnn_cut": 0.5, "earlier": None}, [{"gnn_cut": 0.5}]),
+    ({"seed": 1}, {"gnn_cut": 0.5, "earlier": "by hand"}, [{"gnn_cut": 0.5}, "by hand"]),
+    ({"seed": 1}, "tuned by hand", ["tuned by hand"]),
+])
+def test_write_keeps_odd_provenance_and_the_file_s_permissions(tmp_path, capsys, settings, tuned, history):
+    """QA, 2026-12-02: provenance of another form than trackserve writes (free-form) raised
+    AttributeError / TypeError (after the whole tuning), spread a string into the history one
+    character per entry, or dropped it; and the new pipeline.json took the umask's
+    permissions (a private one became world-readable)."""
+    import os
+    import stat
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    data = json.loads((bundle / "pipeline.json").read_text())
+    data["provenance"]["settings"] = settings
+    data["provenance"]["gnn_cut_tuned"] = tuned
+    if tuned is None:
+        del data["provenance"]["gnn_cut_tuned"]
+    (bundle / "pipeline.json").write_text(json.dumps(data))
+    os.chmod(bundle / "pipeline.json", 0o600)
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                 "--track-building", "components", "--write"]) == 0
+    record = load_bundle(bundle).provenance["gnn_cut_tuned"]
+    assert record.get("earlier") == history
+    assert stat.S_IMODE((bundle / "pipeline.json").stat().st_mode) == 0o600
+
+
+def test_joining_and_gap_cuts_below_the_pruning_cut_are_neither_tried_nor_recorded(tmp_path, capsys):
+    """QA, 2026-12-02: with a pruning cut above every candidate ``min_score``, --join-pieces
+    tried no joining setting, said it tried the 10 best of 72, wrote "no joining" over the
+    bundle's own and recorded the whole grid as tried; --fill-gaps recorded all 18 gap cuts."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    data = json.loads((bundle / "pipeline.json").read_text())
+    data["stages"].update(prune_cut=0.5, gap_cut=0.65)
+    data["stages"]["join_pieces"]["min_score"] = 0.5
+    (bundle / "pipeline.json").write_text(json.dumps(data))
+    before = (bundle / "pipeline.json").read_bytes()
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--join-pieces", "--write"]) == 2
+    err = capsys.readouterr().err
+    assert "--join-pieces: every candidate piece-joining setting takes edges above 0.01, 0.1, below the bundle's " \
+           "pruning cut 0.5" in err
+    assert (bundle / "pipeline.json").read_bytes() == before
+    with pytest.raises(InputError, match="no joining setting can be tried on this bundle"):
+        joins_at_or_above_prune_cut(CANDIDATE_JOINS, 0.5)
+    assert joins_at_or_above_prune_cut(CANDIDATE_JOINS, 0.05) == [j for j in CANDIDATE_JOINS if j.min_score == 0.1]
+    assert main(["tune-cut", str(bundle), "--validation", str(SAMPLE_EVENT), "--min-pt", "0.5", "--min-hits", "3",
+                 "--fill-gaps", "--write"]) == 0
+    record = load_bundle(bundle).provenance["gnn_cut_tuned"]
+    assert record["gap_cuts_tried"] == [cut for cut in CANDIDATE_GAP_CUTS if cut >= 0.5]

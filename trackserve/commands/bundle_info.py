@@ -71,6 +71,8 @@ def describe(bundle) -> str:
     shortened = False
     for key, value in bundle.provenance.items():
         text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+        if not text.isprintable():  # a line break or control character in a string: one line, as JSON writes it
+            text = json.dumps(value, sort_keys=True)
         if len(text) > PROVENANCE_WIDTH:
             text = _shortened(value, text)
             shortened = True

@@ -92,9 +92,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _recorded_seed(provenance: dict) -> int | None:
-    """The training seed a bundle's provenance records (``settings.seed``), if any."""
-    seed = (provenance.get("settings") or {}).get("seed") if isinstance(provenance, dict) else None
+    """The training seed a bundle's provenance records (``settings.seed``), if any (provenance
+    is free-form: anything of another type records none)."""
+    settings = provenance.get("settings") if isinstance(provenance, dict) else None
+    seed = settings.get("seed") if isinstance(settings, dict) else None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None
+
+
+def _tuning_history(earlier) -> list:
+    """The records of the tunings before this one, latest first, from the bundle's
+    ``gnn_cut_tuned`` (None when it has none; a record of another form is kept as it is)."""
+    if earlier is None:
+        return []
+    if not isinstance(earlier, dict):
+        return [earlier]
+    before = earlier.get("earlier")
+    before = [] if before is None else before if isinstance(before, list) else [before]
+    return [{k: v for k, v in earlier.items() if k != "earlier"}, *before]
 
 
 def _check_random_counts(counts) -> None:
@@ -114,7 +128,8 @@ def _validation_events(args, spec, bundle) -> list[tuple]:
     an InputError for an event ``bundle``'s networks trained on (its provenance names them)."""
     from ..errors import InputError
     from ..events.trackml import find_event_prefixes, read_event
-    from ..train.data import SimulatedSource, same_event, simulated_validation_event, trained_event_paths
+    from ..train.data import (SimulatedSource, hits_fingerprint, same_event, simulated_validation_event,
+                              text_fingerprint, trained_event_paths)
 
     if not (args.validation or args.validation_particles or args.validation_random):
         raise InputError("give at least one validation event: --validation EVENT, --validation-particles TABLE.csv "
@@ -122,11 +137,14 @@ def _validation_events(args, spec, bundle) -> list[tuple]:
     events = []
     seen: dict = {}  # each event once: one given twice would count twice in the means
 
-    def once(key, given: str) -> None:
-        if key in seen:
-            raise InputError(f"{given} names the validation event of {seen[key]} again: give each event once "
-                             "(it would count twice in the means)")
-        seen[key] = given
+    def once(keys, given: str) -> None:
+        """Note the event ``given`` names by each of its ``keys`` (its path, its contents)."""
+        for key in keys:
+            if key in seen:
+                raise InputError(f"{given} names the validation event of {seen[key]} again"
+                                 + (" (a copy of it: the same contents)" if key[0] == "contents" else "")
+                                 + ": give each event once (it would count twice in the means)")
+        seen.update((key, given) for key in keys)
 
     trained = trained_event_paths(bundle.provenance)
     for path in args.validation:
@@ -135,16 +153,18 @@ def _validation_events(args, spec, bundle) -> list[tuple]:
                 raise InputError(f"--validation {path}: {prefix} is one of the events the bundle's networks trained "
                                  "on, where they score better than on new events: the cut chosen there would not "
                                  "hold; give held-out events")
-            once(prefix.resolve(), f"--validation {path}")
+            once([("path", prefix.resolve()), ("contents", "hits", hits_fingerprint(prefix))], f"--validation {path}")
             events.append((read_event(prefix, parts=("truth", "particles")), str(prefix)))
     sources = []
     for table in map(Path, args.validation_particles):
         if not table.is_file():
-            raise InputError(f"--validation-particles {table}: no such file")
-        once(("table", table.resolve()), f"--validation-particles {table}")
+            raise InputError(f"--validation-particles {table}: "
+                             + ("is a directory: give a particles table (a file)" if table.is_dir() else "no such file"))
+        once([("path", table.resolve()), ("contents", "table", text_fingerprint(table))],
+             f"--validation-particles {table}")
         sources.append(SimulatedSource(particles=table))
     for count in args.validation_random:  # (each count checked by _check_random_counts)
-        once(("random", count), f"--validation-random {count}")
+        once([("random", count)], f"--validation-random {count}")
         sources.append(SimulatedSource(num_particles=count))
     for source in sources:
         # For a table, the very event trackserve train --seed S simulates to validate on.
@@ -182,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
     from ..events.metrics import SELECTION_OPTIONS, check_selection, figure_text
     from ..events.simulate import check_seed
     from ..runtime.cut_tuning import (CANDIDATE_GAP_CUTS, CANDIDATE_JOIN_GRID, CANDIDATE_JOINS, ValidationSet,
-                                      check_counted_particles, tune_cuts_and_joining, tune_gnn_cut)
+                                      check_counted_particles, joins_at_or_above_prune_cut, tune_cuts_and_joining,
+                                      tune_gnn_cut)
+    from ..runtime.cuts import not_below_prune_cut
     from ..runtime.config import RuntimeConfig
     from ..runtime.pipeline import Pipeline
     from ..runtime.vertex_shifts import parse_vertex_shifts
@@ -192,12 +214,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--max-fake-rate {args.max_fake_rate:g}: give a fake rate in [0, 1] (for example 0.02)")
     if args.seed is not None:
         check_seed(args.seed)  # the seed trackserve train takes
+        if not (args.validation_particles or args.validation_random):
+            raise InputError(f"--seed {args.seed}: no validation event is simulated (it seeds those of "
+                             "--validation-particles and --validation-random; --validation events are read as they "
+                             "are): leave it out")
     _check_random_counts(args.validation_random)
     shifts = None if args.vertex_shifts is None else parse_vertex_shifts(args.vertex_shifts)
     pipeline = Pipeline(args.bundle, config=RuntimeConfig(vertex_shifts=shifts))
     if args.seed is None:
         recorded = _recorded_seed(pipeline.bundle.provenance)
         args.seed = 0 if recorded is None else recorded
+        if args.validation_particles or args.validation_random:
+            check_seed(args.seed, option="the training seed the bundle records (provenance.settings.seed), the "
+                                         "default of --seed,")
         if args.validation_particles or args.validation_random:
             print(f"trackserve tune-cut: note: simulating the validation events with seed {args.seed}, "
                   + ("the bundle's training seed" if recorded is not None else "as the bundle records no training "
@@ -212,6 +241,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--join-at says at how many cut pairs to try piece joining: give it with --join-pieces")
     if args.join_at < 1:
         raise InputError(f"--join-at {args.join_at}: give a number of cut pairs >= 1")
+    # what a bundle's pruning cut leaves to try (below it no cut may lie), checked before the tuning
+    prune_cut = pipeline.stages.prune_cut
+    gap_cuts_tried = not_below_prune_cut(CANDIDATE_GAP_CUTS, prune_cut) if args.fill_gaps else []
+    joins_tried = []
+    if args.join_pieces:
+        try:
+            joins_tried = joins_at_or_above_prune_cut(CANDIDATE_JOINS, prune_cut)
+        except InputError as error:
+            raise InputError(f"--join-pieces: {error}") from None
     validations = _validation_events(args, pipeline.feature_spec, pipeline.bundle)
     events = [event for event, _ in validations]
     # Before the networks run: with no particle to count, every cut's efficiency is NaN.
@@ -226,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
     validation = ValidationSet(pipeline, events, method)
     best, rows = tune_gnn_cut(pipeline, validation, min_pt=args.min_pt, min_hits=args.min_hits,
-                              gap_cuts=CANDIDATE_GAP_CUTS if args.fill_gaps else None,
+                              gap_cuts=gap_cuts_tried if args.fill_gaps else None,
                               max_fake_rate=args.max_fake_rate)
     stages = pipeline.stages
     for event, described in validations:
@@ -260,8 +298,10 @@ def run(args: argparse.Namespace) -> int:
                       f"{figure_text(pair_best.efficiency):>10}  {figure_text(pair_best.worst_fake_rate):>10}  "
                       f"{pair_best.score:10.4f}{mark}")
         join_rows = next(rows_at_pair for pair_best, rows_at_pair in tables if pair_best is best)
-        print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the {JOINS_SHOWN} best of "
-              f"{len(CANDIDATE_JOINS)} settings")
+        print(f"piece joining at {_describe(best.cut, best.gap_cut)}: no joining and the "
+              f"{min(JOINS_SHOWN, len(joins_tried))} best of {len(joins_tried)} settings"
+              + (f" (those taking edges above the pruning cut {prune_cut:g})" if len(joins_tried) < len(CANDIDATE_JOINS)
+                 else ""))
         print(f"{'joining':<62}  {'efficiency':>10}  {'fake rate':>9}  {'worst fake':>10}  {'eff - fake':>10}")
         for row in _shown_join_rows(join_rows, args.max_fake_rate):
             mark = "  <- best" if row == best else ""
@@ -312,9 +352,10 @@ def run(args: argparse.Namespace) -> int:
         "min_pt": args.min_pt, "min_hits": args.min_hits,
         # the passes the validation events were scored with (one at 0 mm: no vertex shifts)
         "vertex_shifts": list(pipeline.vertex_shifts or (0.0,)),
-        "rule": rule, "gap_cuts_tried": list(CANDIDATE_GAP_CUTS) if args.fill_gaps else [],
+        "rule": rule, "gap_cuts_tried": list(gap_cuts_tried),
         # every combination of these values (none without --join-pieces)
-        "joins_tried": {name: list(values) for name, values in CANDIDATE_JOIN_GRID.items()} if args.join_pieces else None,
+        "joins_tried": {name: sorted({getattr(join, name) for join in joins_tried}) for name in CANDIDATE_JOIN_GRID}
+                       if args.join_pieces else None,
         # the (cut, gap cut) pairs the joining settings were tried at, best first
         "join_pairs_tried": [list(pair) for pair in pairs_tried],
         "previous": previous,
@@ -326,9 +367,9 @@ def run(args: argparse.Namespace) -> int:
             ("efficiency", best.efficiency), ("fake_rate", best.fake_rate), ("duplicate_rate", best.duplicate_rate))},
         "fake_rate_per_event": [None if value != value else value for value in best.fake_rates],
     }
-    earlier = bundle.provenance.get("gnn_cut_tuned")
-    if isinstance(earlier, dict):  # keep the history of earlier tunings, latest first
-        record["earlier"] = [{k: v for k, v in earlier.items() if k != "earlier"}, *earlier.get("earlier", [])]
+    history = _tuning_history(bundle.provenance.get("gnn_cut_tuned"))
+    if history:
+        record["earlier"] = history
     new_stages = dataclasses.replace(stages, gnn_cut=best.cut, gap_cut=best.gap_cut, track_building=method,
                                      join_pieces=best.join, vertex_shifts=pipeline.vertex_shifts)
     tuned = dataclasses.replace(bundle, stages=new_stages, provenance={**bundle.provenance, "gnn_cut_tuned": record})

@@ -190,10 +190,24 @@ def tune_piece_joining(pipeline, events: Event | Sequence[Event] | ValidationSet
                          f"this bundle's features are {names}")
     if not candidates:
         raise InputError("no candidate piece-joining settings given")
-    candidates = not_below_prune_cut(candidates, pipeline.stages.prune_cut, key=lambda join: join.min_score)
+    candidates = joins_at_or_above_prune_cut(candidates, pipeline.stages.prune_cut)
     check_counted_particles(validation.events, min_pt=min_pt, min_hits=min_hits)
     rows = [validation.figures(cut, gap_cut, join, min_pt=min_pt, min_hits=min_hits) for join in (None, *candidates)]
     return _best(rows, max_fake_rate, validation, "setting"), rows
+
+
+def joins_at_or_above_prune_cut(candidates, prune_cut: float | None) -> list[JoinSettings]:
+    """The piece-joining ``candidates`` whose ``min_score`` is at or above a bundle's
+    ``prune_cut`` (a pruned edge keeps a score at most that cut, so no joining may count
+    on it); an InputError when none is, so that joining is never said to be tuned with
+    no setting tried."""
+    kept = not_below_prune_cut(candidates, prune_cut, key=lambda join: join.min_score)
+    if candidates and not kept:
+        scores = sorted({join.min_score for join in candidates})
+        raise InputError(f"every candidate piece-joining setting takes edges above {', '.join(f'{v:g}' for v in scores)}, "
+                         f"below the bundle's pruning cut {prune_cut:g} (a pruned edge keeps its pruner score, at most "
+                         "that cut): no joining setting can be tried on this bundle")
+    return kept
 
 
 def best_rows(rows: list[CutFigures], count: int, max_fake_rate: float | None = None) -> list[CutFigures]:

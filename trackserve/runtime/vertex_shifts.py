@@ -88,7 +88,12 @@ def parse_vertex_shifts(text: str, source: str = "--vertex-shifts") -> tuple[flo
             example = "--vertex-shifts=-100,-50,0,50,100" if source.startswith("--") else "-100,-50,0,50,100"
             raise InputError(f"{source} takes comma-separated numbers of mm along the beam (write it {example}), or "
                              f"none; {part.strip()!r} is not a number") from None
-    return validate_vertex_shifts(values, source)
+    try:
+        return validate_vertex_shifts(values, source)
+    except InputError as error:  # every message names the option or parameter the shifts came from
+        if str(error).startswith(source):
+            raise
+        raise InputError(f"{source}: {error}") from None
 
 
 def shifts_text(shifts: tuple[float, ...]) -> str:

@@ -263,14 +263,18 @@ def hits_fingerprint(prefix: Path) -> str | None:
     """The sha256 of an event's hits file as text (a ``.gz`` file decompressed first), or None
     when the event has no hits file: the same for a copy of the event under another name or
     in the other compression."""
-    import gzip
-    import hashlib
-
     from ..events.trackml import event_file
 
     path = event_file(prefix, "hits")
-    if path is None:
-        return None
+    return None if path is None else text_fingerprint(path)
+
+
+def text_fingerprint(path: Path) -> str:
+    """The sha256 of a file's text (a ``.gz`` file decompressed first): the same for a copy of
+    the file under another name or in the other compression."""
+    import gzip
+    import hashlib
+
     digest = hashlib.sha256()
     with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -476,6 +476,19 @@ def test_an_unusable_particle_table_is_named_with_its_file_column_and_row(tmp_pa
         simulated_events([SimulatedSource(particles=table)], 1, EXATRKX_SERVICE, seed=1, stream=0)
 
 
+def test_a_simulated_source_takes_its_table_s_path_as_text(tmp_path):
+    """It raised AttributeError ('str' object has no attribute 'stem') when naming the event."""
+    from trackserve.events.features import EXATRKX_SERVICE
+    from trackserve.train.data import SimulatedSource, simulated_events
+
+    table = tmp_path / "event000000005-particles.csv"
+    table.write_text("particle_id,vx,vy,vz,px,py,pz,q\n1,0,0,0,1,1,1,1\n2,0,0,0,-1,2,0.5,-1\n")
+    source = SimulatedSource(particles=str(table))
+    assert source.particles == table and source.describe() == "particles of event000000005-particles.csv"
+    (event,) = simulated_events([source], 1, EXATRKX_SERVICE, seed=1, stream=0, show_progress=False)
+    assert event.name == "sim-event000000005-0-0"
+
+
 def test_command_line_refuses_bad_options(tmp_path, capsys):
     table = tmp_path / "particles.csv"
     assert main(["simulate", "--output", str(tmp_path), "--particles", str(table), "--pt-min", "1"]) == 2

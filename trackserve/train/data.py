@@ -118,6 +118,10 @@ class SimulatedSource:
     particles: Path | None = None
     num_particles: int = 8500
 
+    def __post_init__(self):
+        if self.particles is not None and not isinstance(self.particles, Path):  # a path given as text
+            object.__setattr__(self, "particles", Path(self.particles))
+
     def describe(self) -> str:
         """One line for the provenance."""
         if self.particles is not None:

@@ -226,7 +226,16 @@ def positive_int_list(text: str) -> list[int]:
     parts = [part.strip() for part in text.split(",")]
     if not text.strip() or any(not part for part in parts):
         raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers >= 1 such as 1000,10000, got {text!r}")
-    return [positive_int(part) for part in parts]
+    values = [positive_int(part) for part in parts]
+    return _once_each(values, text)
+
+
+def _once_each(values: list, text: str) -> list:
+    """``values``, or an argparse error naming the repeated ones (each would run and be tabled twice)."""
+    repeated = sorted({value for value in values if values.count(value) > 1}, key=values.index)
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} given twice in {text!r}: give each once")
+    return values
 
 
 def comma_choices(choices: tuple[str, ...]):
@@ -238,7 +247,7 @@ def comma_choices(choices: tuple[str, ...]):
         if not text.strip() or unknown:
             raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices)}; "
                                              f"got {', '.join(map(repr, unknown)) or repr(text)}")
-        return names
+        return _once_each(names, text)
 
     parse.__name__ = "comma list"
     return parse
@@ -374,6 +383,13 @@ def write_section(name: str, markdown: str, path: Path = RESULTS_PATH) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             text = path.read_text() if path.exists() else _HEADER
+            counts = (text.count(begin), text.count(end))
+            if counts not in ((0, 0), (1, 1)) or (counts == (1, 1) and text.index(begin) > text.index(end)):
+                # a marker lost or doubled by hand: a replacement would run from one section's
+                # begin to another's end and take everything between
+                raise RuntimeError(f"{path}: the section {name!r} has {counts[0]} begin and {counts[1]} end marker(s) "
+                                   f"({begin} ... {end}); mend them by hand (one of each, in that order) and run again: "
+                                   "nothing was written")
             if pattern.search(text):
                 text = pattern.sub(lambda _match: block, text)
             else:

@@ -26,7 +26,10 @@ earlier run used). It writes the
 Usage: ``python benchmarks/bench_default_bundle.py [--bundle DIR] [--threads N] [--per-kind N] [--small]
 [--vertex-shifts=MM,MM,...]`` (``--small`` simulates 1/10 of the particles, a quick check that the
 script works; ``--vertex-shifts`` runs each event once per shift and merges the passes, as
-``trackserve run --vertex-shifts`` does, into the section ``default_bundle_vertex_shifts``).
+``trackserve run --vertex-shifts`` does, into the section ``default_bundle_vertex_shifts``;
+``--vertex-shifts 0`` on a bundle that carries shifts runs one pass, into its section with
+the suffix ``_one_pass``). A kind of events whose data is missing (no ``../shared``) is
+left out and the section says so as a reduced run.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's trackserve, not an installed one
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 from _results import (LoadWatch, bundle_section, load_bundle_option, machine_description, positive_int,  # noqa: E402
-                      publish, reduced_run_note)
+                      publish, reduced_run_note, repo_relative)
 
 from trackserve.cli import joined_list_values  # noqa: E402
 from trackserve.errors import InputError  # noqa: E402
@@ -72,17 +75,20 @@ VZ_EDGES = (20.0, 50.0, 100.0)
 ETA_EDGES = (1.0, 2.0)
 
 
-def held_out_events(small: bool, per_kind: int = 1):
+def held_out_events(small: bool, per_kind: int = 1, skipped: list[str] | None = None):
     """(kind, name, event) of the held-out simulated events: ``per_kind`` events of each kind.
 
     The first event of a kind keeps the seed it always had (the figures stay comparable
-    between runs and bundles); the others add a third seed component."""
+    between runs and bundles); the others add a third seed component. A kind whose
+    particles table is missing is left out and said in ``skipped``."""
     geometry = load_geometry()
     kinds = []
     for index, table_name in enumerate(TABLES):
         path = SHARED / table_name
         if not path.exists():
             print(f"skipping {table_name}: {path} not found", file=sys.stderr)
+            if skipped is not None:
+                skipped.append(f"no events simulated from {table_name} ({repo_relative(path)} not found)")
             continue
         table = read_particles(path)
         if small:
@@ -100,8 +106,20 @@ def held_out_events(small: bool, per_kind: int = 1):
     return events
 
 
-def real_events():
-    """(kind, name, event) of the real TrackML events available (each its own kind)."""
+def result_section(bundle_path, bundle_shifts, run_shifts, shifts_given: bool) -> tuple[str, bool]:
+    """``(section, by_option)``: the RESULTS.md section of a run of the bundle at ``bundle_path``
+    whose stages carry ``bundle_shifts`` and which ran at ``run_shifts`` (None: one pass), and
+    whether ``--vertex-shifts`` (``shifts_given``) changed how it runs. Shifts given here,
+    one pass on a bundle that carries shifts included, get a section of their own (suffix
+    ``_vertex_shifts`` or ``_one_pass``): a bundle's own section holds how it runs by itself."""
+    by_option = shifts_given and bundle_shifts != run_shifts
+    suffix = ("_vertex_shifts" if run_shifts is not None else "_one_pass") if by_option else ""
+    return bundle_section(bundle_path, "default_bundle", "bundle_") + suffix, by_option
+
+
+def real_events(skipped: list[str] | None = None):
+    """(kind, name, event) of the real TrackML events available (each its own kind); one
+    missing is said in ``skipped``."""
     name = "real: data/event000000001 (5 % of the particles)"
     events = [(name, name, read_event(SAMPLE_EVENT))]
     if BARREL.with_name(BARREL.name + "-hits.csv").exists():
@@ -109,6 +127,8 @@ def real_events():
         events.append((name, name, read_event(BARREL, parts=("truth", "particles"))))
     else:
         print(f"skipping the barrel subset: {BARREL} not found", file=sys.stderr)
+        if skipped is not None:
+            skipped.append(f"without the real barrel subset ({repo_relative(BARREL)} not found)")
     return events
 
 
@@ -328,7 +348,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vertex-shifts", default=None, metavar="MM,MM,...",
                         help="run each event once per vertex shift and merge the passes, as `trackserve run "
                         "--vertex-shifts` does (mm, e.g. -100,-50,0,50,100); the section gets the suffix "
-                        "_vertex_shifts")
+                        "_vertex_shifts (0: one pass, for a bundle that carries shifts; the suffix _one_pass)")
     args = parser.parse_args(joined_list_values(sys.argv[1:] if argv is None else list(argv)))
     bundle = load_bundle_option(parser, "--bundle", args.bundle)
     shifts = None
@@ -343,7 +363,8 @@ def main(argv=None) -> int:
                                                      vertex_shifts=shifts))
     shifted = pipeline.vertex_shifts is not None
     every = []  # (kind, name, result) of every event
-    for kind, name, event in held_out_events(args.small, args.per_kind) + real_events():
+    skipped: list[str] = []  # the kinds of events left out for want of their data
+    for kind, name, event in held_out_events(args.small, args.per_kind, skipped) + real_events(skipped):
         result = evaluate(pipeline, event)
         every.append((kind, name, result))
         tracks = result["tracks"]
@@ -354,13 +375,12 @@ def main(argv=None) -> int:
     results = [(name, result) for kind, name, result in every if name == kind]
 
     stages = pipeline.stages
-    # shifts given here get a section of their own; a bundle's own shifts are how that bundle runs
-    by_option = shifted and stages.vertex_shifts != pipeline.vertex_shifts
-    section = bundle_section(args.bundle, "default_bundle", "bundle_") + ("_vertex_shifts" if by_option else "")
+    section, by_option = result_section(args.bundle, stages.vertex_shifts, pipeline.vertex_shifts,
+                                        args.vertex_shifts is not None)
     shift_source = "--vertex-shifts" if by_option else "the bundle's stages.vertex_shifts"
     reduced = reduced_run_note((["1/10 of the particles in the simulated events (`--small`)"] if args.small else [])
                                + ([f"{args.per_kind} held-out simulated event(s) of each kind instead of {FULL_PER_KIND}"]
-                                  if args.per_kind < FULL_PER_KIND else []))
+                                  if args.per_kind < FULL_PER_KIND else []) + skipped)
     lines = [
         f"Machine: {machine_description()}. Threads: ONNX Runtime intra-op {args.threads}, graph building {args.threads} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). " + watch.note(),
@@ -377,6 +397,8 @@ def main(argv=None) -> int:
            "passes merged by each edge's intercept with the beam line (`trackserve run --vertex-shifts`); the 'graph' "
            "rows count the passes' graphs' distinct edges, the 'filter' rows the merged edges, and stage times are "
            "summed over the passes (the merge is timed with the tracks)." if shifted else "")
+        + (f" One pass (`--vertex-shifts {args.vertex_shifts}`): the bundle's own shifts "
+           f"({shifts_in_words(stages.vertex_shifts)}) left out." if by_option and not shifted else "")
         + (f" {reduced}" if reduced else ""),
         "",
         f"Tracks: double-majority efficiency for particles with pT >= {MIN_PT:g} GeV and >= {MIN_HITS} hits; fake rate = "

@@ -289,6 +289,9 @@ def parse_arguments(argv):
     parser.add_argument("--child", nargs=2, metavar=("FEATURES", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.published_sizes and args.published_repeats != 1:
+        parser.error("--published-repeats counts the runs of the published-size bundle, which --no-published-sizes "
+                     "leaves out: give one of them")
     settings = QUICK if args.quick else FULL
     args.sizes = settings["sizes"] if args.sizes is None else args.sizes
     args.repeats = settings["repeats"] if args.repeats is None else args.repeats

@@ -66,6 +66,10 @@ def gnn_steps(event, pruned: np.ndarray, count: int, rng: np.random.Generator) -
 
     sectors = SectorIndex(hit_phi(event), pruned)
     labels, counted = edge_targets(pruned, event.particle_ids, event.hit_pt, SIGNAL_MIN_PT, True)
+    if not counted.any():  # no sector would ever hold an edge of the loss: the loop below would not end
+        raise SystemExit(f"bench_training_precision.py: the event's pruned graph ({pruned.shape[1]} edges) holds no "
+                         "edge the GNN's loss counts, so no training step can be made of it; give a particles table "
+                         "with more particles")
     half_width = np.pi / SECTORS
     reach = half_width * (1.0 + 2.0 * HALO)
     steps = []

@@ -52,7 +52,9 @@ def main(argv=None) -> int:
         parser.error(f"the published benchmark events are absent ({LRT_EVENTS}); they live in ../shared/data")
     if bundle.num_features != 3:
         parser.error(f"the published events have 3 features per hit, the bundle {bundle.num_features}")
-    events = published_events(min(args.events, 100))
+    if args.events > 100:
+        parser.error(f"argument --events: at most the 100 published events, got {args.events}")
+    events = published_events(args.events)
     watch = LoadWatch()
     pipelines = {name: Pipeline(bundle, config=RuntimeConfig(intra_op_threads=args.threads, graph_threads=args.threads,
                                                              vertex_shifts=shifts))

@@ -80,7 +80,9 @@ def input_name(kind: str, path: Path) -> str:
     if kind != "features":
         return path.name
     name = _CSV_SUFFIX.sub("", path.name)
-    return path.stem if name == path.name and path.stem.strip(".") else name
+    if name == path.name:  # named otherwise: without its last suffix (a name that is all dots kept whole)
+        name = path.stem if path.stem.strip(".") else path.name
+    return name
 
 
 def read_feature_input(path: Path, num_features: int) -> InputEvent:

@@ -570,3 +570,113 @@ def test_stage_parameters_take_numpy_numbers_as_python_ones():
     assert type(join.rounds) is int and type(join.min_score) is float
     with pytest.raises(BundleError, match="stages.max_neighbours: True is not an integer >= 1"):
         StageParameters(radius=1.0, max_neighbours=np.bool_(True), filter_cut=0.1, gnn_cut=0.5, edge_direction="i<j")
+
+
+# ------------------------------------------------- QA of the Python API, 2026-12-02
+
+
+def test_a_save_in_place_that_fails_its_check_leaves_the_bundle_as_it_was(bundle_dir):
+    """pipeline.json was written first and checked after: a Bundle whose entry no longer
+    matched its file left a bundle on disk that no longer loaded."""
+    import dataclasses
+
+    bundle = load_bundle(bundle_dir)
+    entry = bundle.networks["filter"]
+    changed = dataclasses.replace(bundle, networks={**bundle.networks, "filter": dataclasses.replace(
+        entry, config={**entry.config, "hidden": 32})})
+    before = (bundle_dir / PIPELINE_FILE).read_bytes()
+    with pytest.raises(BundleError, match="filter"):
+        save_bundle(changed, bundle_dir)
+    assert (bundle_dir / PIPELINE_FILE).read_bytes() == before
+    assert load_bundle(bundle_dir) == bundle
+
+
+def test_a_save_elsewhere_writes_through_no_link_and_fails_whole(made, tmp_path):
+    """Network files were copied through symbolic links into another bundle's files, and a
+    save over a bundle from a source missing a file left a mix of old and new files."""
+    other = tmp_path / "other"
+    shutil.copytree(made[0].directory, other)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for path in other.iterdir():
+        (linked / path.name).symlink_to(path)
+    sums = {path.name: file_sha256(path) for path in other.iterdir()}
+    source = tmp_path / "source"
+    shutil.copytree(made[0].directory, source)
+    with torch.no_grad():
+        changed = _networks()["filter"]
+        next(changed.parameters()).add_(1.0)  # another filter of the same shape
+    new = replace_network(source, "filter", changed)[0]
+    save_bundle(new, linked)
+    assert {path.name: file_sha256(path) for path in other.iterdir()} == sums  # the other bundle untouched
+    load_bundle(other)
+    assert not (linked / "filter.onnx").is_symlink() and load_bundle(linked).networks["filter"].sha256 == \
+        new.networks["filter"].sha256
+    (source / "gnn.pt").unlink()
+    before = {path.name: file_sha256(path) for path in linked.iterdir() if path.is_file()}
+    with pytest.raises(BundleError, match="cannot copy the network file gnn.pt"):
+        save_bundle(new, linked)
+    assert {path.name: file_sha256(path) for path in linked.iterdir() if path.is_file()} == before
+
+
+@pytest.mark.parametrize("target", ["a file", "none"])
+def test_save_names_a_target_it_cannot_use_and_a_bundle_without_files(made, tmp_path, target):
+    import dataclasses
+
+    if target == "a file":
+        (tmp_path / "out").write_text("not a directory")
+        with pytest.raises(BundleError, match="save_bundle: the bundle directory .*out: exists and is not a directory"):
+            save_bundle(made[0], tmp_path / "out")
+    else:
+        with pytest.raises(BundleError, match="names no directory holding its network files"):
+            save_bundle(dataclasses.replace(made[0], directory=None), tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_network_s_config_and_a_bundle_s_dict_are_copies(made, tmp_path):
+    """A config list shared with the caller let the bundle record another network than the one
+    it holds; Bundle.to_dict() handed out the bundle's own nested lists."""
+    config = dict(in_channels=3, hidden=8, nb_layer=1, edge_differences=True, periodic_features=[1], period=2.0)
+    network = EdgeFilter(**config)
+    config["periodic_features"].clear()
+    assert network.config["periodic_features"] == [1]
+    network.config["periodic_features"].append(2)
+    assert network.config["periodic_features"] == [1]
+    bundle = made[0]
+    data = bundle.to_dict()
+    data["features"]["names"].append("eta")
+    data["networks"]["filter"]["config"]["hidden"] = 99
+    data["provenance"]["data"] = "changed"
+    assert bundle.features["names"] == ["r", "phi", "z"] and bundle.networks["filter"].config["hidden"] == 16
+    assert bundle.provenance["data"] == "random weights, no training"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda n: {**n, "filter": n["filter"].state_dict()}, "networks.filter: expected a torch module"),
+    (lambda n: {**n, "filter": None}, "networks.filter: expected a torch module"),
+    (lambda n: {**n, "filter": (n["filter"],)}, r"networks.filter: a \(module, kind\) pair or a module, got a tuple of 1"),
+    (lambda n: list(n.values()), "networks must map each network's name to its torch module, got list"),
+])
+def test_make_bundle_names_networks_of_the_wrong_form(tmp_path, change, message):
+    with pytest.raises(BundleError, match=message):
+        make_bundle(tmp_path / "b", change(_networks()), features=EXATRKX_SERVICE, stages=STAGES)
+    assert not (tmp_path / "b").exists()
+
+
+def test_make_bundle_names_stages_and_provenance_of_the_wrong_form(tmp_path):
+    with pytest.raises(BundleError, match="stages: expected StageParameters or a mapping of their keys, got NoneType"):
+        make_bundle(tmp_path / "b", _networks(), features=EXATRKX_SERVICE, stages=None)
+    with pytest.raises(BundleError, match=r"provenance must be a mapping with string keys .* the key\(s\) 3"):
+        make_bundle(tmp_path / "b", _networks(), features=EXATRKX_SERVICE, stages=STAGES, provenance={3: "x"})
+    with pytest.raises(BundleError, match="replace_network: expected a torch module as the new filter network, got dict"):
+        replace_network(tmp_path / "b", "filter", {"weight": 1})
+
+
+def test_replace_network_keeps_the_files_permissions(bundle_dir):
+    import os
+    import stat
+
+    for name in (PIPELINE_FILE, "filter.onnx"):
+        os.chmod(bundle_dir / name, 0o600)
+    replace_network(bundle_dir, "filter", _networks()["filter"])
+    assert [stat.S_IMODE((bundle_dir / name).stat().st_mode) for name in (PIPELINE_FILE, "filter.onnx")] == [0o600] * 2

@@ -115,7 +115,8 @@ def bundle_written_to(output: str | Path) -> Iterator[Path]:
     except OSError as error:
         raise InputError(f"cannot create the directory {target.parent} ({error.strerror or error})") from None
     try:
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        # (a long name shortened: the scratch name must fit the file system's 255 bytes)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name[:120]}.partial-", dir=target.parent))
     except OSError:
         if not target.is_dir():
             raise

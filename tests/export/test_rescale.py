@@ -130,6 +130,26 @@ def test_rescaling_keeps_the_gap_cut_and_joining_unless_the_method_changes(tmp_p
     assert (plain.track_building, plain.gap_cut, plain.join_pieces, plain.gnn_cut) == ("components", None, None, 0.5)
 
 
+def test_rescale_bundle_refuses_its_source_as_output_and_arguments_of_other_kinds(tmp_path):
+    """QA, 2026-12-02: the Python function wrote over the bundle it read (the command refused
+    it), and a mapping as the new features or an array as the check event raised AttributeError."""
+    from trackserve.export.rescale import rescale_bundle
+
+    stages = StageParameters(radius=1.0, max_neighbours=16, filter_cut=0.3, gnn_cut=0.5, edge_direction="i<j")
+    make_bundle(tmp_path / "old", _networks(3), features=WITH_ETA, stages=stages, provenance={"data": "test"})
+    before = (tmp_path / "old" / "pipeline.json").read_bytes()
+    for output in (tmp_path / "old", tmp_path / "old" / "pipeline.json"):
+        with pytest.raises(InputError, match="is the bundle given by source"):
+            rescale_bundle(tmp_path / "old" / "pipeline.json", output.parent if output.name == "pipeline.json"
+                           else output, EXATRKX_SERVICE)
+    assert (tmp_path / "old" / "pipeline.json").read_bytes() == before
+    with pytest.raises(InputError, match="new_spec must be a FeatureSpec"):
+        rescale_bundle(tmp_path / "old", tmp_path / "new", {"names": ["r", "phi", "z"], "scales": [1, 1, 1]})
+    with pytest.raises(InputError, match="check_features must be a TrackML Event"):
+        rescale_bundle(tmp_path / "old", tmp_path / "new", EXATRKX_SERVICE, check_features=np.zeros((3, 3)))
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_rescaling_that_changes_the_networks_output_is_refused_before_writing(tmp_path, monkeypatch):
     import trackserve.export.rescale as rescale
     from trackserve.cli import main

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,25 +25,54 @@ from .stages import StageParameters
 def save_bundle(bundle: Bundle, directory: str | os.PathLike) -> Bundle:
     """Write ``bundle`` to ``directory`` and return it as loaded back from there.
 
-    Network files (ONNX and torch weights) are copied from ``bundle.directory`` when it is another directory;
-    ``pipeline.json`` is written last, atomically. The result is checked by
-    :func:`load_bundle`, so a bundle that saves is a bundle that loads.
+    In place (``directory`` is ``bundle.directory``) only ``pipeline.json`` is replaced,
+    atomically and keeping its permissions, once the files it names were checked against
+    it: a bundle whose files are not the networks it declares is refused with nothing
+    written. Elsewhere the bundle is written whole beside ``directory`` (its network files,
+    ONNX and torch weights, copied from ``bundle.directory``, a symbolic link read through
+    and never written through) and takes the directory's place only once it loads, as
+    :func:`make_bundle` writes: a bundle already there is replaced then (its other files,
+    such as a README, kept) and left as it was when anything fails; a file, a directory
+    holding other files but no bundle, and the current directory are refused. So a bundle
+    that saves is a bundle that loads, and a save that fails changes nothing.
     """
+    from ..bundle_output import bundle_written_to, check_bundle_output
+    from ..errors import InputError
+
+    if not isinstance(bundle, Bundle):
+        raise BundleError(f"save_bundle takes a Bundle (load_bundle reads one), got {type(bundle).__name__}")
     directory = Path(directory)
-    data = bundle.to_dict()
+    data = json.loads(pipeline_json_text(bundle.to_dict(), directory / PIPELINE_FILE))
     problems: list[str] = []
-    parse_pipeline_data(json.loads(json.dumps(data)), directory, problems, check_files=False)
+    parse_pipeline_data(data, directory, problems, check_files=False)
     if problems:
         raise bundle_error(directory, problems)
-    directory.mkdir(parents=True, exist_ok=True)
-    if bundle.directory is not None and Path(bundle.directory).resolve() != directory.resolve():
+    source = None if bundle.directory is None else Path(bundle.directory)
+    if source is not None and source.resolve() == directory.resolve():
+        parse_pipeline_data(data, directory, problems, check_files=True)  # the files it names, as loading checks them
+        if problems:
+            raise bundle_error(directory, problems)
+        write_pipeline_json(data, directory)
+        return load_bundle(directory)
+    if source is None:
+        raise BundleError("save_bundle: this Bundle names no directory holding its network files (its directory is "
+                          "None): make a bundle from torch networks with make_bundle")
+    try:
+        check_bundle_output(directory, overwrite=True, option="the bundle directory")
+    except InputError as error:
+        raise BundleError(f"save_bundle: {error}") from None
+    with bundle_written_to(directory) as partial:
         for entry in bundle.networks.values():
-            files = [entry.file] + ([entry.weights["file"]] if entry.weights is not None else [])
-            for file in files:
-                target = directory / file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(bundle.directory) / file, target)
-    write_pipeline_json(data, directory)
+            for file in [entry.file] + ([entry.weights["file"]] if entry.weights is not None else []):
+                target = partial / file
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source / file, target)  # a new file: a link in the source is read through
+                except OSError as error:
+                    raise BundleError(f"cannot copy the network file {file} of {source} into {directory}: "
+                                      f"{error.strerror or error}") from None
+        write_pipeline_json(data, partial)
+        load_bundle(partial)  # every check, before it takes the directory's place
     return load_bundle(directory)
 
 
@@ -130,11 +160,21 @@ def make_bundle(
     from ..export.onnx_export import DEFAULT_OPSET, export_network
     from ..export.specs import KIND_ALIASES
 
+    import torch
+
     directory = Path(directory)
     features = _features_dict(features)
     problems: list[str] = []
     if parse_features(features, problems) is None:
         raise bundle_error(directory, problems)
+    if not isinstance(networks, Mapping):
+        raise BundleError(f"make_bundle: networks must map each network's name to its torch module, got "
+                          f"{type(networks).__name__}")
+    if provenance is not None and (not isinstance(provenance, Mapping)
+                                   or not all(isinstance(key, str) for key in provenance)):
+        raise BundleError("make_bundle: provenance must be a mapping with string keys (it is a JSON object), got "
+                          + (type(provenance).__name__ if not isinstance(provenance, Mapping) else
+                             f"the key(s) {', '.join(repr(k) for k in provenance if not isinstance(k, str))}"))
     unknown = [n for n in networks if n not in NETWORK_KINDS]
     absent = [n for n in REQUIRED_NETWORKS if n not in networks]
     if unknown or absent:
@@ -150,7 +190,12 @@ def make_bundle(
         raise BundleError("make_bundle: " + "; ".join(pairing))
     modules = {}
     for name, value in networks.items():
+        if isinstance(value, tuple) and len(value) != 2:
+            raise BundleError(f"networks.{name}: a (module, kind) pair or a module, got a tuple of {len(value)}")
         module, kind = value if isinstance(value, tuple) else (value, NETWORK_KINDS[name])
+        if not isinstance(module, torch.nn.Module):
+            raise BundleError(f"networks.{name}: expected a torch module (a trackserve network; weights alone are "
+                              f"loaded into one with `trackserve import`), got {type(module).__name__}")
         if KIND_ALIASES.get(kind, kind) != NETWORK_KINDS[name]:
             raise BundleError(f"networks.{name}: kind {kind!r}, the {name} network must be of kind {NETWORK_KINDS[name]!r}")
         modules[name] = module
@@ -244,8 +289,13 @@ def replace_network(
     bundle whose file changed is repaired. Returns the loaded bundle and the
     :class:`~trackserve.export.onnx_export.ExportReport`. Needs torch.
     """
+    import torch
+
     from ..export.onnx_export import DEFAULT_OPSET, export_network
 
+    if not isinstance(module, torch.nn.Module):
+        raise BundleError(f"replace_network: expected a torch module as the new {name} network, got "
+                          f"{type(module).__name__}")
     directory, data = read_pipeline(directory)
     problems: list[str] = []
     bundle = parse_pipeline_data(data, directory, problems, check_files=False)
@@ -308,6 +358,8 @@ def replace_network(
         (scratch / PIPELINE_FILE).write_text(text + "\n", encoding="utf-8")
         with signals_deferred():  # the three files of the scratch folder (the same file system) renamed together
             for file in (entry.file, weights_file, PIPELINE_FILE):
+                if (directory / file).is_file():  # a file replaced keeps its permissions
+                    os.chmod(scratch / Path(file).name, stat.S_IMODE((directory / file).stat().st_mode))
                 os.replace(scratch / Path(file).name, directory / file)
     except OSError as error:
         raise BundleError(f"cannot export into the bundle {directory}: {error.strerror or error}") from None

@@ -3,6 +3,7 @@ network kinds, a network's entry and the :class:`Bundle` itself."""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,7 @@ class NetworkEntry:
             "sha256": self.sha256,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
-            "config": dict(self.config),
+            "config": copy.deepcopy(dict(self.config)),
             "architecture": self.architecture,
         }
         if self.weights is not None:
@@ -192,11 +193,12 @@ class Bundle:
         return Path(self.directory) / ENGINES_DIR / device_key
 
     def to_dict(self) -> dict:
-        """The content of ``pipeline.json``."""
+        """The content of ``pipeline.json``: a copy, nested lists and objects included, so that
+        changing it leaves the bundle as it is."""
         return {
             "schema_version": self.schema_version,
-            "features": dict(self.features),
+            "features": copy.deepcopy(dict(self.features)),
             "networks": {name: entry.to_dict() for name, entry in self.networks.items()},
             "stages": self.stages.to_dict(),
-            "provenance": dict(self.provenance),
+            "provenance": copy.deepcopy(dict(self.provenance)),
         }

@@ -258,6 +258,8 @@ class StageParameters:
     @classmethod
     def from_dict(cls, data: Mapping) -> "StageParameters":
         """Inverse of :meth:`to_dict`; missing or unknown keys or invalid values raise BundleError."""
+        if not isinstance(data, Mapping):
+            raise BundleError(f"stages: expected StageParameters or a mapping of their keys, got {type(data).__name__}")
         missing = [k for k in STAGE_KEYS[:5] if k not in data]
         if missing:
             raise BundleError(f"stages: missing key(s) {', '.join(map(repr, missing))}")

@@ -8,6 +8,7 @@ the dict back. Each network class declares its hyperparameters once, in ``DEFAUL
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 from torch import nn
@@ -57,13 +58,13 @@ class ConfigurableNetwork(nn.Module):
             )
         config = {name: given[name] for name in cls.REQUIRED}
         config.update({name: given.get(name, default) for name, default in cls.DEFAULTS.items()})
-        return config
+        return copy.deepcopy(config)  # the caller's lists are not the network's
 
     @property
     def config(self) -> dict[str, Any]:
         """The hyperparameters this network was built with (a copy; JSON-serialisable), less
         the :attr:`ADDED_KEYS` left at their default."""
-        return {key: value for key, value in self._config.items()
+        return {key: copy.deepcopy(value) for key, value in self._config.items()
                 if not (key in self.ADDED_KEYS and value == self.DEFAULTS[key])}
 
     @classmethod

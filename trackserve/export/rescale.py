@@ -149,6 +149,17 @@ def rescale_bundle(source, output, new_spec, *, track_building: str | None = Non
     from ..events.features import hit_features
     from .bundle_networks import load_torch_network
 
+    from ..bundle_output import check_bundle_output
+    from ..events.event import Event
+    from ..events.features import FeatureSpec
+
+    if not isinstance(new_spec, FeatureSpec):
+        raise InputError(f"new_spec must be a FeatureSpec (trackserve.events.features), got {type(new_spec).__name__}")
+    if check_features is not None and not isinstance(check_features, Event):
+        raise InputError(f"check_features must be a TrackML Event (read_event reads one) or None, got "
+                         f"{type(check_features).__name__}")
+    # before any work, as the command checks it: never the bundle it reads (by its directory or pipeline.json)
+    check_bundle_output(output, overwrite=True, reads={"source (the bundle to rescale)": source}, option="output")
     bundle = load_bundle(source)
     old_spec = bundle.feature_spec
     _check_phi_scale(bundle, old_spec, new_spec)

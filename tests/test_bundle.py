@@ -680,3 +680,20 @@ def test_replace_network_keeps_the_files_permissions(bundle_dir):
         os.chmod(bundle_dir / name, 0o600)
     replace_network(bundle_dir, "filter", _networks()["filter"])
     assert [stat.S_IMODE((bundle_dir / name).stat().st_mode) for name in (PIPELINE_FILE, "filter.onnx")] == [0o600] * 2
+
+
+def test_make_bundle_checks_provenance_and_opset_before_exporting(tmp_path, monkeypatch):
+    """Provenance that is no JSON was found after every network had been exported, and
+    opset 0 exported at the default opset."""
+    import trackserve.export.onnx_export as onnx_export
+
+    exported = []
+    original = onnx_export.export_network
+    monkeypatch.setattr(onnx_export, "export_network", lambda *a, **k: exported.append(1) or original(*a, **k))
+    with pytest.raises(BundleError, match="cannot write .*pipeline.json: .*must be JSON"):
+        make_bundle(tmp_path / "b", _networks(), features=EXATRKX_SERVICE, stages=STAGES,
+                    provenance={"note": {1, 2}})
+    assert exported == []
+    with pytest.raises(InputError, match="opset 0 is not supported"):
+        make_bundle(tmp_path / "b", _networks(), features=EXATRKX_SERVICE, stages=STAGES, opset=0)
+    assert not (tmp_path / "b").exists()

@@ -72,7 +72,7 @@ def save_bundle(bundle: Bundle, directory: str | os.PathLike) -> Bundle:
                     raise BundleError(f"cannot copy the network file {file} of {source} into {directory}: "
                                       f"{error.strerror or error}") from None
         write_pipeline_json(data, partial)
-        load_bundle(partial)  # every check, before it takes the directory's place
+        _check_written(partial, directory)
     return load_bundle(directory)
 
 
@@ -201,6 +201,10 @@ def make_bundle(
         modules[name] = module
     from ..bundle_output import bundle_written_to, check_bundle_output
 
+    opset = DEFAULT_OPSET if opset is None else opset  # (0 is an opset, refused by the export, not the default)
+    record = default_provenance(**dict(provenance or {}))
+    record.setdefault("export", {"opset": opset, "exporter": "torch.onnx (TorchScript-based, dynamo=False)"})
+    pipeline_json_text({"provenance": record}, directory / PIPELINE_FILE)  # not JSON: said before any export
     check_bundle_output(directory, overwrite=True, option="the bundle directory")
     # Written beside the directory and moved into place only when whole and valid: a failed
     # export or check leaves a bundle already there as it was.
@@ -210,7 +214,7 @@ def make_bundle(
             module, kind = modules[name], NETWORK_KINDS[name]
             report = export_network(
                 module, kind, partial / f"{name}.onnx", num_features=len(features["names"]),
-                opset=opset or DEFAULT_OPSET, validate=True,
+                opset=opset, validate=True,
             )
             entries[name] = NetworkEntry(
                 name=name,
@@ -223,12 +227,18 @@ def make_bundle(
                 architecture=architecture_name(module),
                 weights=save_weights(module, partial / f"{name}.pt"),
             )
-        record = default_provenance(**dict(provenance or {}))
-        record.setdefault("export", {"opset": opset or DEFAULT_OPSET,
-                                     "exporter": "torch.onnx (TorchScript-based, dynamo=False)"})
         write_pipeline_json(Bundle(features, entries, stages, record, partial).to_dict(), partial)
-        load_bundle(partial)  # every check, before it takes the directory's place
+        _check_written(partial, directory)
     return load_bundle(directory)
+
+
+def _check_written(partial: Path, directory: Path) -> None:
+    """:func:`load_bundle`'s every check of the bundle written in ``partial``, before it takes
+    the place of ``directory``; its errors name ``directory`` (``partial`` is removed with them)."""
+    try:
+        load_bundle(partial)
+    except BundleError as error:
+        raise BundleError(str(error).replace(str(partial), str(directory))) from None
 
 
 def save_weights(module, path: Path, *, bundle_directory: Path | None = None) -> dict:
@@ -328,7 +338,7 @@ def replace_network(
     try:
         report = export_network(
             module, entry.kind, scratch / Path(entry.file).name, num_features=bundle.num_features,
-            opset=opset or DEFAULT_OPSET, runs=runs,
+            opset=DEFAULT_OPSET if opset is None else opset, runs=runs,
         )
         weights = save_weights(module, scratch / Path(weights_file).name)
         weights["file"] = weights_file

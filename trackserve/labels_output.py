@@ -59,7 +59,12 @@ class EarlierLabels:
         self.left.discard(path)
         if not path.is_file():
             return False
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError as error:  # the event is reported failed; the others still run
+            print(f"trackserve {self.command}: note: could not remove {path}, an earlier run's labels of the event "
+                  f"that failed ({error.strerror or error}): it is not this run's", file=sys.stderr)
+            return False
         self.changed = True
         print(f"trackserve {self.command}: note: removed {path}, an earlier run's labels of the event that failed",
               file=sys.stderr)
@@ -88,6 +93,29 @@ class EarlierLabels:
                   "had not replaced yet, so that none passes for this run's", file=sys.stderr)
         self.left.clear()
         return removed
+
+
+def missing_directories(output: Path | None) -> list[Path]:
+    """The directories writing into ``output`` would create (it and its missing parents),
+    deepest first: what :func:`remove_created` removes again when the run is refused after."""
+    if output is None:
+        return []
+    missing, directory = [], Path(output).absolute()
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def remove_created(directories: list[Path]) -> None:
+    """Remove the ``directories`` (:func:`missing_directories`, deepest first) that are still
+    empty: a run refused once it made the output directory (its bundle would not load, a
+    Ctrl-C while loading) leaves nothing behind."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (something else wrote there), or gone
+            return
 
 
 def labels_files(output: Path | None, inputs: list[tuple[str, Path]]) -> list[Path] | None:
@@ -182,7 +210,8 @@ def note_skipped(command: str, skipped: list[Path]) -> None:
     more = f" and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else ""
     print(f"trackserve {command}: note: not read as events: {named}{more} (CSV files beside TrackML events, "
           "the files of an event without a hits file, CSV files compressed otherwise than with gzip, names ending "
-          "in .CSV or another case (rename them .csv), links to nothing, and labels files; give a feature CSV by "
+          "in .CSV or another case (rename them .csv), links to nothing and other entries that are no regular "
+          "file, and labels files; give a feature CSV by "
           "its file name to run it)", file=sys.stderr)
 
 

@@ -272,6 +272,111 @@ def test_a_run_stopped_before_the_end_leaves_no_earlier_labels_among_its_own(cap
     assert all(p.read_text() != EARLIER_LABELS for p in tmp_path.iterdir())
 
 
+def test_a_second_stop_while_stopping_still_removes_the_earlier_labels(capsys, tmp_path, feature_csvs, monkeypatch):
+    """QA, 2026-12-02: a second Ctrl-C / SIGTERM while the first was honoured (closing the
+    worker processes waits for them) skipped the removal: 93 new labels files among 507 of
+    an earlier run."""
+    for number in range(5):
+        (tmp_path / f"evt_{number}-labels.csv").write_text(EARLIER_LABELS)
+    from trackserve.events import submission
+
+    written = []
+
+    def write_two(path, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the first stop
+        written.append(path.name)
+        return real_write(path, *args)
+
+    def interrupted_close(self, wait=True):
+        real_close(self, wait=wait)
+        if not wait:
+            raise KeyboardInterrupt  # the second, while the workers are waited for
+
+    real_write, real_close = submission.write_submission, Pipeline.close
+    monkeypatch.setattr(submission, "write_submission", write_two)
+    monkeypatch.setattr(Pipeline, "close", interrupted_close)
+    assert main(["run", str(feature_csvs), "--output", str(tmp_path), "--event-workers", "1"]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written)
+    assert "removed 3 labels files of an earlier run" in capsys.readouterr().err
+
+
+def test_a_stop_held_back_while_labels_are_renamed_counts_the_file_as_this_run_s(capsys, tmp_path, feature_csvs,
+                                                                                 monkeypatch):
+    """QA, 2026-12-02: a Ctrl-C during the rename was acted on after the file was in place but
+    before it was counted as this run's, so nothing was removed: one new file and four old."""
+    import os
+    import signal
+
+    for number in range(5):
+        (tmp_path / f"evt_{number}-labels.csv").write_text(EARLIER_LABELS)
+    from trackserve.events import submission
+
+    def write_then_stop(path, *args):
+        real_write(path, *args)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives as the file is in place
+
+    real_write = submission.write_submission
+    monkeypatch.setattr(submission, "write_submission", write_then_stop)
+    assert main(["run", str(feature_csvs), "--output", str(tmp_path), "--event-workers", "1"]) == 130
+    assert [p.name for p in tmp_path.iterdir()] == ["evt_0-labels.csv"]
+    assert (tmp_path / "evt_0-labels.csv").read_text() != EARLIER_LABELS
+
+
+def test_an_earlier_labels_file_that_cannot_be_removed_fails_its_event_only(capsys, tmp_path, feature_csvs,
+                                                                             monkeypatch):
+    """QA, 2026-12-02: an immutable earlier labels file of an event that failed stopped the
+    whole run with a traceback-like second error and no JSON; the other events never ran."""
+    import pathlib
+
+    from trackserve.errors import OutputError
+    from trackserve.events import submission
+
+    for number in (1, 3):
+        (tmp_path / f"evt_{number}-labels.csv").write_text(EARLIER_LABELS)
+    stuck = tmp_path / "evt_1-labels.csv"
+
+    def refuse_one(path, *args):
+        if path == stuck:
+            raise OutputError(f"cannot write {path}: Operation not permitted")
+        return real_write(path, *args)
+
+    def unlink(self, missing_ok=False):
+        if self == stuck:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    real_write, real_unlink = submission.write_submission, pathlib.Path.unlink
+    monkeypatch.setattr(submission, "write_submission", refuse_one)
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    status = main(["run", "--json", str(feature_csvs / "evt_1.csv"), str(feature_csvs / "evt_3.csv"),
+                   "--output", str(tmp_path), "--event-workers", "1"])
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert status == 2 and [event["event"] for event in report["events"]] == ["evt_3"]
+    assert [failure["event"] for failure in report["failed"]] == ["evt_1"]
+    assert f"could not remove {stuck}, an earlier run's labels of the event that failed" in err
+    assert (tmp_path / "evt_3-labels.csv").read_text() != EARLIER_LABELS
+
+
+def test_a_run_refused_while_loading_leaves_no_output_directory_made(capsys, tmp_path, feature_csvs):
+    target = tmp_path / "new" / "a" / "b"
+    assert main(["run", str(feature_csvs / "evt_1.csv"), "--output", str(target), "--bundle",
+                 str(tmp_path / "nonexistent")]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a directory that was there stays
+    assert main(["run", str(feature_csvs / "evt_1.csv"), "--output", str(tmp_path / "kept"), "--bundle",
+                 str(tmp_path / "nonexistent")]) == 2
+    assert (tmp_path / "kept").is_dir()
+
+
+@pytest.mark.parametrize("value", ["1e300", "1e12"])
+def test_a_memory_limit_beyond_any_memory_is_refused(capsys, value):
+    """1e300 raised OverflowError (exit 1); 1e12 GiB was taken and written above int64."""
+    assert main(["run", "--no-labels", "--memory-limit-gb", value]) == 2
+    assert f"--memory-limit-gb {float(value):g} is more than 8,589,934,592 GiB (2**63 bytes" in capsys.readouterr().err
+
+
 def test_a_run_stopped_before_it_changed_anything_keeps_the_earlier_run_whole(capsys, tmp_path, feature_csvs,
                                                                               monkeypatch):
     for number in range(5):
@@ -432,13 +537,22 @@ def test_csv_names_in_another_case_and_links_to_nothing_are_named(capsys, tmp_pa
     """They were left out without a word (a hint came only when no feature file was found)."""
     for name in ("evt_1.csv", "evt_3.csv"):
         (tmp_path / name).write_text((feature_csvs / name).read_text())
+    import os
+
     (tmp_path / "evt_1.csv").rename(tmp_path / "evt_1.CSV")
     (tmp_path / "evt_9.csv").symlink_to(tmp_path / "nowhere.csv")
+    (tmp_path / "evt_10.csv").mkdir()
+    os.mkfifo(tmp_path / "evt_11.csv")
     assert main(["run", "--json", str(tmp_path), "--no-labels"]) == 0
     out, err = capsys.readouterr()
     assert [event["event"] for event in json.loads(out)["events"]] == ["evt_3"]
-    assert f"not read as events: {tmp_path / 'evt_1.CSV'}, {tmp_path / 'evt_9.csv'} (" in err
-    assert "names ending in .CSV or another case" in err and "links to nothing" in err
+    assert (f"not read as events: {tmp_path / 'evt_1.CSV'}, {tmp_path / 'evt_9.csv'}, {tmp_path / 'evt_10.csv'} "
+            "and 1 more (") in err
+    assert "names ending in .CSV or another case" in err and "links to nothing and other entries that are no " \
+        "regular file" in err
+    # given by name, a FIFO is named as such (it was looked for as an event prefix)
+    assert main(["run", str(tmp_path / "evt_11.csv"), "--no-labels"]) == 2
+    assert "evt_11.csv: is not a regular file (a FIFO, device or socket)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,event,event_id", [(".hidden_5.csv", ".hidden_5", 5), ("evt_1.v2.csv", "evt_1.v2", 2),

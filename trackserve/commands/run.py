@@ -107,7 +107,8 @@ def _config(args, num_events: int):
             raise InputError(f"{option} must be an integer >= 1, got {value}")
         # RuntimeConfig itself allows more (the tests run larger machines' layouts); a run does not.
         if value is not None and value > cores:
-            raise InputError(f"{option} {value} is more than the {cores} cores this process may use: the {what} "
+            raise InputError(f"{option} {value} is more than the {cores} core{'s' if cores > 1 else ''} this process "
+                             f"may use: the {what} "
                              f"would take turns on the cores and run slower; give at most {cores}, or leave it out")
     if args.threads is not None and args.event_workers is not None and args.threads * args.event_workers > cores:
         raise InputError(f"--event-workers {args.event_workers} with --threads {args.threads} would run "
@@ -229,8 +230,9 @@ def run(args: argparse.Namespace) -> int:
     from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
-    from ..labels_output import (EarlierLabels, chosen_output, labels_files, note_input_problems,
-                                 note_repeated_event_ids, note_skipped)
+    from ..labels_output import (EarlierLabels, chosen_output, labels_files, missing_directories, note_input_problems,
+                                 note_repeated_event_ids, note_skipped, remove_created)
+    from ..paths import signals_deferred
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -241,11 +243,16 @@ def run(args: argparse.Namespace) -> int:
     note_skipped("run", skipped)
     config, workers_chosen = _config(args, len(inputs))
     output = chosen_output(args.output, args.no_labels)
+    created = missing_directories(output)
     labels_paths = labels_files(output, inputs)
     if labels_paths is not None:
         note_repeated_event_ids("run", inputs)
     earlier = EarlierLabels("run", labels_paths)
-    pipeline = Pipeline(bundle, config=config)
+    try:
+        pipeline = Pipeline(bundle, config=config)
+    except BaseException:  # a bundle refused, a Ctrl-C while loading: no output directory left made
+        remove_created(created)
+        raise
     records = []
     total_seconds = 0.0
     total_hits = 0
@@ -288,12 +295,16 @@ def run(args: argparse.Namespace) -> int:
                         fail(index, item.name, result)
                         continue
                     if labels_paths is not None:
-                        try:
-                            write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
-                        except OutputError as error:  # no space left, say: this event failed, the next may not
-                            fail(index, item.name, error)
+                        with signals_deferred():  # the file in place and counted as this run's, or neither
+                            try:
+                                write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
+                                unwritten = None
+                                earlier.replaced(labels_paths[index])
+                            except OutputError as error:  # no space left, say: this event failed, the next may not
+                                unwritten = error
+                        if unwritten is not None:
+                            fail(index, item.name, unwritten)
                             continue
-                        earlier.replaced(labels_paths[index])
                     total_seconds += result.timings["total"]  # the summary counts the events it lists
                     total_hits += result.num_hits
                     records.append(_event_record(item, result, args))
@@ -305,9 +316,12 @@ def run(args: argparse.Namespace) -> int:
                     fail(index, item.name, error)
                 results = pipeline.run_many(source, yield_errors=True)
     except BaseException:  # Ctrl-C, SIGTERM, an error: stop the worker processes now, not after their events
+        # First what must not be cut short: no earlier run's labels pass for this run's. A second
+        # Ctrl-C meanwhile is held back and then stops the rest of the stop (the workers' wait).
+        with signals_deferred():
+            earlier.remove_unreplaced()
         results.close()
         pipeline.close(wait=False)
-        earlier.remove_unreplaced()
         raise
     finally:
         results.close()

@@ -141,13 +141,13 @@ def _csv_files(directory: Path) -> list[Path]:
 
 def _unreadable_csvs(directory: Path) -> list[Path]:
     """The entries of ``directory`` named like CSV files that are never read: names ending in
-    ``.CSV`` or another case (only ``.csv`` and ``.csv.gz`` are read), and symbolic links to
-    nothing."""
+    ``.CSV`` or another case (only ``.csv`` and ``.csv.gz`` are read), and what is no regular
+    file (symbolic links to nothing, directories, FIFOs)."""
     return sorted((p for p in directory.iterdir()
                    if p.name.lower().endswith((".csv", ".csv.gz"))
                    and (not p.name.endswith((".csv", ".csv.gz"))
-                        # (a TrackML event's link to nothing is named when the event is read)
-                        or (p.is_symlink() and not p.exists() and not _TRACKML_FILE.search(p.name)))),
+                        # (a TrackML event's file that is none is named when the event is read)
+                        or (not p.is_file() and not _TRACKML_FILE.search(p.name)))),
                   key=_natural_key)
 
 
@@ -205,6 +205,8 @@ def _expand(path: Path, skipped: list[Path]) -> list[tuple[str, Path]]:
         return [("features", p) for p in features]
     if path.is_file() and not _TRACKML_FILE.search(path.name):
         return [("features", path)]
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise EventFormatError("is not a regular file (a FIFO, device or socket): give a CSV file", path=path)
     return [("trackml", prefix) for prefix in find_event_prefixes(path)]
 
 

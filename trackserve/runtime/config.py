@@ -37,6 +37,9 @@ def require_device(device: str) -> None:
 DEFAULT_EDGE_CHUNK_SIZE = 400_000
 #: Memory an event may need, by the runtime's estimate, before it is refused.
 DEFAULT_MEMORY_LIMIT_BYTES = 8 * 2**30
+#: The largest memory limit: an int64 of bytes (8 EiB, beyond any machine's memory), so that
+#: every limit a served model's config carries reads back as one.
+MAX_MEMORY_LIMIT_BYTES = 2**63 - 1
 #: The most events in flight :func:`automatic_event_workers` chooses: the count measured
 #: (on 2 cores, ``benchmarks/RESULTS.md``); more is for the user to set and measure.
 AUTOMATIC_MAX_EVENT_WORKERS = 2
@@ -156,9 +159,10 @@ class RuntimeConfig:
         if (
             isinstance(self.memory_limit_bytes, bool)
             or not isinstance(self.memory_limit_bytes, int)
-            or self.memory_limit_bytes < 1
+            or not 1 <= self.memory_limit_bytes <= MAX_MEMORY_LIMIT_BYTES
         ):
-            raise InputError(f"memory_limit_bytes must be a positive integer; got {self.memory_limit_bytes!r}")
+            raise InputError(f"memory_limit_bytes must be an integer from 1 to 2**63 - 1; got "
+                             f"{shown(self.memory_limit_bytes)}")
 
     @property
     def _cores_per_worker(self) -> int:
@@ -185,6 +189,9 @@ def memory_limit_from_gib(value: float, option: str = "--memory-limit-gb") -> in
     InputError naming the option for a value that is not positive, not finite or under a byte."""
     if not (value > 0 and math.isfinite(value)):
         raise InputError(f"{option} must be a positive number (GiB), got {value}")
+    if value > MAX_MEMORY_LIMIT_BYTES / 2**30:  # (1e300 overflowed to an infinity int() cannot take)
+        raise InputError(f"{option} {value:g} is more than {MAX_MEMORY_LIMIT_BYTES / 2**30:,.0f} GiB (2**63 bytes, "
+                         "beyond any memory): give the memory the events may use")
     limit = int(value * 2**30)
     if limit < 1:
         raise InputError(f"{option} {value} is less than one byte")

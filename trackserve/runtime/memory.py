@@ -53,10 +53,10 @@ def memory_refusal(what: str | None, needed: float, limit: int, advice: str) -> 
 
 def _gib(num_bytes: float) -> str:
     """``num_bytes`` in GiB, or in MiB / KiB where GiB would round to zero."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if num_bytes >= 0.1 * size:
             return f"{num_bytes / size:.2f} {unit}"
-    return f"{num_bytes / 2**10:.2f} KiB"
+    return f"{num_bytes:,.0f} bytes"
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, OutputError
 from .events.sources import input_files, input_name
 from .events.submission import SUBMISSION_COLUMNS
-from .paths import DEFAULT_LABELS_DIRECTORY, output_directory
+from .paths import DEFAULT_LABELS_DIRECTORY, output_directory, signals_deferred
 
 #: How many skipped files a note names before it only counts them.
 _NAMED = 3
@@ -53,6 +53,21 @@ class EarlierLabels:
         self.changed = self.changed or path in self.left
         self.left.discard(path)
 
+    def write(self, path: Path, event_id: int, hit_ids, labels) -> OutputError | None:
+        """Write this run's labels of one event to ``path`` (:func:`~trackserve.events.submission.write_submission`)
+        and count the file as this run's, both or neither: a Ctrl-C or SIGTERM meanwhile is held
+        back until both are done. The :class:`OutputError` that kept it from being written
+        (no space left, say), else None."""
+        from .events import submission  # (looked up at each call: tests stand in for it)
+
+        with signals_deferred():
+            try:
+                submission.write_submission(path, event_id, hit_ids, labels)
+            except OutputError as error:
+                return error
+            self.replaced(path)
+        return None
+
     def remove(self, path: Path) -> bool:
         """Remove the earlier run's labels at ``path`` of an event that failed now (it would have
         been replaced) and say so on stderr; whether there was one."""
@@ -74,7 +89,12 @@ class EarlierLabels:
         """Remove the earlier run's labels files this run has not replaced, when it stops before its
         last event having changed some (otherwise the directory still holds one whole earlier
         run, left as it is), and say so on stderr; how many were removed. A file that cannot be
-        removed is named, not raised: the run's own reason for stopping is what it reports."""
+        removed is named, not raised: the run's own reason for stopping is what it reports. A
+        second Ctrl-C or SIGTERM meanwhile is held back until they are all removed."""
+        with signals_deferred():
+            return self._remove_unreplaced()
+
+    def _remove_unreplaced(self) -> int:
         if not self.changed:
             return 0
         removed = 0

@@ -76,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..bundle import load_bundle
-    from ..errors import OutputError, ServingError, TrackserveError
+    from ..errors import ServingError, TrackserveError
     from ..events.features import FeatureSpec
     from ..events.sources import list_inputs, read_feature_input, read_input
-    from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..serving.client import PROTOCOLS, TritonClient
     from ..labels_output import (EarlierLabels, chosen_output, labels_files, note_input_problems,
@@ -161,14 +160,12 @@ def run(args: argparse.Namespace) -> int:
                         else:
                             line += f", MISMATCH: {labels.size} labels for the local runtime's {expected.size} hits"
                 if labels_paths is not None:
-                    try:
-                        write_submission(labels_paths[number], item.event_id, item.hit_ids, labels)
-                    except OutputError as error:  # no space left, say: this event's labels are lost, named
+                    error = earlier.write(labels_paths[number], item.event_id, item.hit_ids, labels)
+                    if error is not None:  # no space left, say: this event's labels are lost, named
                         failures += 1
                         print(f"{item.name}: FAILED: answered, but {error}", file=sys.stderr)
                         earlier.remove(labels_paths[number])
                         continue
-                    earlier.replaced(labels_paths[number])
                     written += 1
                 print(line, file=sys.stdout if "MISMATCH" not in line else sys.stderr)
         except BaseException:  # Ctrl-C, SIGTERM, an error: no earlier run's labels pass for this run's

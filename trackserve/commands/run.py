@@ -224,15 +224,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the bundle on every event and report."""
     from tqdm import tqdm
 
-    from ..errors import InputError, OutputError, TrackserveError, WorkerError
+    from ..errors import InputError, TrackserveError, WorkerError
     from ..events.metrics import SELECTION_OPTIONS, check_selection
     from ..events.sources import input_name, list_inputs, read_input
-    from ..events.submission import write_submission
     from ..paths import shipped_path
     from ..runtime.pipeline import STAGES, Pipeline
     from ..labels_output import (EarlierLabels, chosen_output, labels_files, missing_directories, note_input_problems,
                                  note_repeated_event_ids, note_skipped, remove_created)
-    from ..paths import signals_deferred
 
     check_selection(args.min_pt, args.min_hits, names=SELECTION_OPTIONS)
 
@@ -295,14 +293,8 @@ def run(args: argparse.Namespace) -> int:
                         fail(index, item.name, result)
                         continue
                     if labels_paths is not None:
-                        with signals_deferred():  # the file in place and counted as this run's, or neither
-                            try:
-                                write_submission(labels_paths[index], item.event_id, item.hit_ids, result.labels)
-                                unwritten = None
-                                earlier.replaced(labels_paths[index])
-                            except OutputError as error:  # no space left, say: this event failed, the next may not
-                                unwritten = error
-                        if unwritten is not None:
+                        unwritten = earlier.write(labels_paths[index], item.event_id, item.hit_ids, result.labels)
+                        if unwritten is not None:  # no space left, say: this event failed, the next may not
                             fail(index, item.name, unwritten)
                             continue
                     total_seconds += result.timings["total"]  # the summary counts the events it lists
@@ -316,10 +308,9 @@ def run(args: argparse.Namespace) -> int:
                     fail(index, item.name, error)
                 results = pipeline.run_many(source, yield_errors=True)
     except BaseException:  # Ctrl-C, SIGTERM, an error: stop the worker processes now, not after their events
-        # First what must not be cut short: no earlier run's labels pass for this run's. A second
-        # Ctrl-C meanwhile is held back and then stops the rest of the stop (the workers' wait).
-        with signals_deferred():
-            earlier.remove_unreplaced()
+        # First what must not be cut short: no earlier run's labels pass for this run's (a second
+        # Ctrl-C meanwhile is held back, then stops the rest of the stop: the workers' wait).
+        earlier.remove_unreplaced()
         results.close()
         pipeline.close(wait=False)
         raise
